@@ -1,0 +1,49 @@
+# Front door.  `make demo` and `make test` do all the set-up on a fresh
+# Debian machine (scripts/deps.sh installs what is missing).
+#
+#   make          build into build/ (with fault points, for tests and demo)
+#   make test     build and run the whole suite (ctest)
+#   make demo     build and run the demo on the embedded default (SQLite)
+#   make bench    build and run the benchmarks
+#   make install  release build (no fault points) installed to PREFIX
+#   make asan     AddressSanitizer + UBSan build of the tests, and run them
+
+PREFIX ?= /usr/local
+BUILD  ?= build
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build test demo bench install asan clean format
+
+all: build
+
+deps:
+	@scripts/deps.sh test
+
+build: deps
+	@cmake -S . -B $(BUILD) -DOUTBOX_FAULT_INJECTION=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+bench: build
+	@scripts/bench.sh $(BUILD)
+
+install: deps
+	cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DOUTBOX_BUILD_TESTS=OFF \
+	      -DOUTBOX_BUILD_BENCH=OFF -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	cmake --build build-release -j $(JOBS)
+	cmake --install build-release
+
+asan:
+	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DOUTBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOUTBOX_BUILD_BENCH=OFF $(CMAKE_FLAGS)"
+
+format:
+	clang-format -i include/*.h src/*.h src/*/*.c cmd/outbox/*.c cmd/outbox/*.h tests/*.c tests/*.h bench/*.c examples/*/*.c
+
+clean:
+	rm -rf build build-asan build-release

@@ -1,0 +1,338 @@
+/*
+ * outbox.h - the public contract of liboutbox.
+ *
+ * A transactional outbox: an application writes its business rows and an
+ * outbox message in its OWN database transaction; a relay publishes the
+ * committed messages afterwards, at least once; consumers record message ids
+ * in an inbox inside their own transaction to apply each message once.
+ *
+ * Conventions (the same everywhere in this header):
+ *   - Every fallible call returns an int: OUTBOX_OK (0) on success, a
+ *     negative OUTBOX_E* code on failure, or a documented positive status
+ *     (OUTBOX_DUPLICATE).  outbox_strerror() names any code.
+ *   - Details go to a caller-provided outbox_error (may be NULL).  Its
+ *     message names the offending field or setting and never contains a
+ *     secret (passwords in URLs are masked).
+ *   - Pointer parameters are borrowed unless the comment says otherwise.
+ *     The caller's sqlite3 * is always borrowed: the library never opens,
+ *     begins, commits or closes the caller's connection or transaction.
+ *   - Objects are created with _new and released with _free; _free(NULL) is
+ *     harmless.
+ *   - The library never aborts and never prints: it reports through return
+ *     codes and through the log callback installed with outbox_log_set().
+ */
+#ifndef OUTBOX_H
+#define OUTBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define OUTBOX_VERSION_MAJOR 0
+#define OUTBOX_VERSION_MINOR 1
+#define OUTBOX_VERSION_PATCH 0
+#define OUTBOX_VERSION_STRING "0.1.0"
+
+/* Returns OUTBOX_VERSION_STRING of the library actually linked. */
+const char *outbox_version(void);
+
+/* ------------------------------------------------------------------------
+ * Errors
+ * ---------------------------------------------------------------------- */
+
+/* Result codes.  Keep in step with the table in src/core/error.c. */
+enum {
+    OUTBOX_OK = 0,
+    OUTBOX_DUPLICATE = 1, /* inbox: message id already recorded (not an error) */
+
+    /* Invalid input: refused before anything is written (guarantee 7). */
+    OUTBOX_EINVAL = -1,          /* a required argument is NULL or out of range */
+    OUTBOX_EBADID = -2,          /* message id is not a canonical UUID */
+    OUTBOX_EBADTYPE = -3,        /* event type empty, too long or has control chars */
+    OUTBOX_EBADAGGREGATE = -4,   /* aggregate id/type empty, too long or has control chars */
+    OUTBOX_EBADPAYLOAD = -5,     /* payload is not valid JSON */
+    OUTBOX_EBADHEADERS = -6,     /* headers are not a JSON object of strings */
+    OUTBOX_EBADHEADERCHAR = -7,  /* control character in a header name or value */
+    OUTBOX_EBADTRACEPARENT = -8, /* traceparent header is not W3C trace-context */
+    OUTBOX_ETOOBIG = -9,         /* message larger than the configured limit */
+    OUTBOX_EBADURL = -10,        /* store or destination URL malformed/unsupported */
+    OUTBOX_ECONFIG = -11,        /* bad option value or combination */
+    OUTBOX_ENOTBUILT = -12,      /* driver not compiled into this build */
+
+    /* State of the store or the caller's connection. */
+    OUTBOX_ENOTXN = -20,         /* enqueue/inbox called with no open transaction */
+    OUTBOX_ENOSCHEMA = -21,      /* outbox tables missing: run `outbox init` */
+    OUTBOX_ESCHEMANEWER = -22,   /* schema newer than this library knows */
+    OUTBOX_EEXISTS = -23,        /* a message with this id already exists */
+    OUTBOX_ENOTFOUND = -24,      /* no such message */
+    OUTBOX_ELEASED = -25,        /* another live relay holds this outbox's lease */
+    OUTBOX_ELEASELOST = -26,     /* this relay's lease was taken over */
+
+    /* Runtime failures. */
+    OUTBOX_ENOMEM = -40,         /* out of memory */
+    OUTBOX_EBUSY = -41,          /* database locked/busy: retry may help */
+    OUTBOX_ESTORE = -42,         /* other database error */
+    OUTBOX_EIO = -43,            /* I/O error (write, fsync): retry may help */
+    OUTBOX_EPUBLISH = -44,       /* destination failed to confirm: retry may help */
+    OUTBOX_EREJECTED = -45,      /* destination refused the message for good */
+    OUTBOX_EFAULT = -46,         /* an injected fault (test builds only) */
+    OUTBOX_ESTOPPED = -47,       /* the relay was asked to stop */
+    OUTBOX_EINTERNAL = -48       /* a bug: please report it */
+};
+
+/* Error detail filled by fallible calls.  Zero-initialise or leave as is:
+ * calls overwrite both fields when they fail and leave them alone otherwise. */
+typedef struct outbox_error {
+    int code;
+    char message[512];
+} outbox_error;
+
+/* Short static description of a code, e.g. "payload is not valid JSON".
+ * Never NULL; unknown codes give "unknown error". */
+const char *outbox_strerror(int code);
+
+/* Non-zero when repeating the same call later may succeed (busy database,
+ * I/O or publish failure); zero for invalid input and permanent failures. */
+int outbox_err_retriable(int code);
+
+/* ------------------------------------------------------------------------
+ * Logging
+ * ---------------------------------------------------------------------- */
+
+enum {
+    OUTBOX_LOG_DEBUG = 10,
+    OUTBOX_LOG_INFO = 20,
+    OUTBOX_LOG_WARN = 30,
+    OUTBOX_LOG_ERROR = 40
+};
+
+/* Log callback: level, component ("relay", "store.sqlite", "transport.file",
+ * "inbox", ...), and a one-line message without trailing newline.  Messages
+ * never contain secrets.  Called from whichever thread logs. */
+typedef void (*outbox_log_fn)(void *user, int level, const char *component,
+                              const char *message);
+
+/* Installs the process-wide log callback (NULL: logging off, the default)
+ * and the lowest level passed to it.  Not thread-safe against concurrent
+ * logging: call it at start-up. */
+void outbox_log_set(outbox_log_fn fn, void *user, int min_level);
+
+/* "debug", "info", "warn", "error". */
+const char *outbox_log_level_name(int level);
+
+/* ------------------------------------------------------------------------
+ * Limits
+ * ---------------------------------------------------------------------- */
+
+enum {
+    OUTBOX_LIMIT_MESSAGE_BYTES = 0, /* payload+headers+type+ids; default 1 MiB */
+    OUTBOX_LIMIT_FIELD_BYTES = 1    /* type, aggregate type and id; default 256 */
+};
+
+/* Sets a process-wide limit; returns the previous value.  A value of 0
+ * only queries.  Thread-safe. */
+size_t outbox_limit(int which, size_t value);
+
+/* ------------------------------------------------------------------------
+ * Messages
+ * ---------------------------------------------------------------------- */
+
+typedef struct outbox_msg outbox_msg;
+
+/* Creates a message with a fresh UUIDv7 id and occurred_at = now.
+ * type and aggregate_id are required; aggregate_type may be NULL or "";
+ * payload_json is any JSON text (NULL stands for the empty object "{}").
+ * Every field is validated here (guarantee 7); on failure *out is NULL and
+ * nothing is allocated.  The caller frees the message with outbox_msg_free. */
+int outbox_msg_new(outbox_msg **out, const char *type, const char *aggregate_type,
+                   const char *aggregate_id, const char *payload_json,
+                   outbox_error *err);
+
+/* Replaces the generated id with a caller-given UUID (any version, canonical
+ * 8-4-4-4-12 hex form, either case; stored lower-case).  OUTBOX_EBADID when
+ * malformed. */
+int outbox_msg_set_id(outbox_msg *msg, const char *uuid, outbox_error *err);
+
+/* Sets occurred_at, microseconds since the Unix epoch, UTC. */
+int outbox_msg_set_occurred_at(outbox_msg *msg, int64_t unix_us, outbox_error *err);
+
+/* Adds or replaces one header.  Names are non-empty; names and values must
+ * not contain control characters; a "traceparent" value must be W3C
+ * trace-context (version 00: 00-<32 hex>-<16 hex>-<2 hex>, ids not all zero). */
+int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value,
+                          outbox_error *err);
+
+/* Replaces all headers with a JSON object of string values (NULL or "" clears
+ * them).  Each entry is checked as in outbox_msg_set_header.  On failure the
+ * previous headers are kept. */
+int outbox_msg_set_headers_json(outbox_msg *msg, const char *headers_json,
+                                outbox_error *err);
+
+/* Read access.  Strings are owned by the message and live until it is freed
+ * or the field is set again.  aggregate_type is "" when unset; headers_json
+ * is a compact JSON object ("{}" when none).  seq and attempts are 0 for a
+ * message that was not read from a store. */
+const char *outbox_msg_id(const outbox_msg *msg);
+const char *outbox_msg_type(const outbox_msg *msg);
+const char *outbox_msg_aggregate_type(const outbox_msg *msg);
+const char *outbox_msg_aggregate_id(const outbox_msg *msg);
+const char *outbox_msg_payload(const outbox_msg *msg);
+const char *outbox_msg_headers_json(const outbox_msg *msg);
+int64_t outbox_msg_occurred_at(const outbox_msg *msg);
+int64_t outbox_msg_seq(const outbox_msg *msg);
+int outbox_msg_attempts(const outbox_msg *msg);
+
+/* Number of headers, and the i-th name/value (NULL when i is out of range). */
+size_t outbox_msg_header_count(const outbox_msg *msg);
+const char *outbox_msg_header_name(const outbox_msg *msg, size_t i);
+const char *outbox_msg_header_value(const outbox_msg *msg, size_t i);
+/* Value of a named header, or NULL. */
+const char *outbox_msg_header(const outbox_msg *msg, const char *name);
+
+void outbox_msg_free(outbox_msg *msg);
+
+/* Utilities used by the message model, public because other code needs the
+ * same rules.  uuid_out must hold 37 bytes. */
+int outbox_uuid_v7(char uuid_out[37]);
+int outbox_uuid_valid(const char *uuid);
+int outbox_traceparent_valid(const char *value);
+
+/* Formats unix microseconds as RFC 3339 UTC with microseconds
+ * ("2026-11-28T00:40:27.123456Z"); buf must hold 32 bytes. */
+void outbox_time_format(int64_t unix_us, char buf[32]);
+
+/* ------------------------------------------------------------------------
+ * SQLite: schema, enqueue, inbox
+ *
+ * These take the caller's open connection (borrowed) and write inside the
+ * caller's transaction.  They refuse with OUTBOX_ENOTXN when no transaction
+ * is open (sqlite3_get_autocommit() is true): an enqueue outside a
+ * transaction is not atomic with any business change, so it is treated as a
+ * mistake rather than silently committed on its own.
+ * ---------------------------------------------------------------------- */
+
+typedef struct sqlite3 sqlite3;
+
+/* Creates or upgrades the outbox and inbox tables in the connection's main
+ * database (idempotent).  Runs its own transaction, so call it with no
+ * transaction open.  OUTBOX_ESCHEMANEWER when the database was set up by a
+ * newer version. */
+int outbox_schema_init_sqlite(sqlite3 *db, outbox_error *err);
+
+/* Inserts msg into the outbox inside the caller's open transaction.  The
+ * message becomes visible to the relay if and only if that transaction
+ * commits.  OUTBOX_EEXISTS when the id is already in the outbox;
+ * OUTBOX_ETOOBIG over the size limit; OUTBOX_ENOSCHEMA without `init`.
+ * On failure nothing is written (the caller's transaction stays open and
+ * usable).  A relay running in the same process on the same database file
+ * is woken right after the caller commits. */
+int outbox_enqueue_sqlite(sqlite3 *db, const outbox_msg *msg, outbox_error *err);
+
+/* Records that `consumer` received `message_id`, inside the caller's open
+ * transaction.  Returns OUTBOX_OK the first time and OUTBOX_DUPLICATE every
+ * later time: the caller then skips the message's effect.  Recording and the
+ * effect commit together, which makes the effect happen once. */
+int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer,
+                               const char *message_id, outbox_error *err);
+
+/* Deletes inbox entries older than retention_ms (in its own transaction:
+ * call with no transaction open).  *purged (may be NULL) receives the count.
+ * Logs a warning when retention_ms is shorter than redelivery_horizon_ms
+ * (pass outbox_redelivery_horizon_ms() of the relay's options; 0 means the
+ * default options): a message redelivered after its entry was purged would
+ * be applied twice. */
+int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms,
+                              int64_t redelivery_horizon_ms, int64_t *purged,
+                              outbox_error *err);
+
+/* ------------------------------------------------------------------------
+ * Relay
+ * ---------------------------------------------------------------------- */
+
+enum {
+    OUTBOX_ON_SENT_DELETE = 0, /* delete a message once confirmed (default) */
+    OUTBOX_ON_SENT_MARK = 1    /* keep it as 'sent' with sent_at, for `purge` */
+};
+
+/* In-process destination: called once per message, in enqueue order per
+ * aggregate.  Return OUTBOX_OK once the message is durably handled,
+ * OUTBOX_EPUBLISH (or any retriable code) to retry later with backoff, or
+ * OUTBOX_EREJECTED to fail this attempt permanently.  A message for err is
+ * stored as the message's last_error. */
+typedef int (*outbox_publish_fn)(void *user, const outbox_msg *msg, outbox_error *err);
+
+typedef struct outbox_relay_options {
+    unsigned batch_size;         /* messages claimed at once; default 512 */
+    unsigned max_attempts;       /* then Failed; default 10 */
+    unsigned backoff_base_ms;    /* first retry delay cap; default 500 */
+    unsigned backoff_max_ms;     /* largest delay cap; default 300000 (5 min) */
+    int on_sent;                 /* OUTBOX_ON_SENT_DELETE or _MARK */
+    int failed_blocks_aggregate; /* 1 (default): a Failed message holds back
+                                    later messages of its aggregate until
+                                    retried or purged; 0: they go on */
+    unsigned poll_interval_ms;   /* fallback full check; default 1000 */
+    unsigned change_check_ms;    /* cheap cross-process change check; default 2 */
+    unsigned lease_ttl_ms;       /* relay lease; default 10000 */
+    int wait_for_lease;          /* 0 (default): refuse when another relay holds
+                                    the lease; 1: stand by until it is free */
+    int once;                    /* drain what is due, then return */
+    const char *source;          /* CloudEvents source; default "/outbox" */
+    const char *name;            /* relay name for the lease; default host:pid */
+    outbox_publish_fn publish;   /* in-process destination (to_url NULL) */
+    void *publish_user;
+} outbox_relay_options;
+
+/* Fills opts with the defaults above. */
+void outbox_relay_options_init(outbox_relay_options *opts);
+
+/* Longest time after a message's first publication during which it may be
+ * published again by retries under these options (NULL: defaults).  Inbox
+ * retention should exceed it. */
+int64_t outbox_redelivery_horizon_ms(const outbox_relay_options *opts);
+
+typedef struct outbox_relay outbox_relay;
+
+/* Counters since the relay was created. */
+typedef struct outbox_relay_stats {
+    uint64_t published;  /* confirmed by the destination and recorded */
+    uint64_t retried;    /* attempts that failed and were rescheduled */
+    uint64_t failed;     /* messages moved to Failed */
+    uint64_t batches;    /* claims that returned at least one message */
+} outbox_relay_stats;
+
+/* Creates a relay from store_url (e.g. "sqlite:app.db") to to_url (e.g.
+ * "file:events.jsonl", "stdout:") or, with to_url NULL, to opts->publish.
+ * Checks URLs and options, opens the store, and checks the schema; does not
+ * take the lease yet.  opts may be NULL for defaults; strings in opts are
+ * copied. */
+int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_url,
+                     const outbox_relay_options *opts, outbox_error *err);
+
+/* Takes the lease and runs the loop until outbox_relay_stop() is called
+ * (returns OUTBOX_OK) or, with opts.once, until nothing is due (OUTBOX_OK).
+ * Returns OUTBOX_ELEASED when another relay holds the lease (and
+ * wait_for_lease is 0), OUTBOX_ELEASELOST if it was taken over, or another
+ * error for a failure it cannot ride out.  Never marks a message sent
+ * before the destination confirmed it. */
+int outbox_relay_run(outbox_relay *relay, outbox_error *err);
+
+/* Asks a running relay to stop after its in-flight batch.  Safe from any
+ * thread and from a signal handler. */
+void outbox_relay_stop(outbox_relay *relay);
+
+/* Wakes the relay to check for new messages now.  Safe from any thread.
+ * (outbox_enqueue_sqlite does this by itself for relays in the process.) */
+void outbox_relay_wake(outbox_relay *relay);
+
+void outbox_relay_get_stats(const outbox_relay *relay, outbox_relay_stats *stats);
+
+/* Releases the lease if held and frees everything. */
+void outbox_relay_free(outbox_relay *relay);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OUTBOX_H */

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Installs the Debian packages the build and the tests need, when missing.
+# As root it runs apt-get; otherwise it prints the exact command to run.
+# Usage: scripts/deps.sh [build|test]   (test also wants what tests run)
+set -eu
+want="build-essential cmake pkg-config libjansson-dev libsqlite3-dev sqlite3"
+case "${1:-build}" in
+  test) want="$want python3" ;;
+esac
+missing=""
+for p in $want; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+  echo "deps: installing:$missing" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+else
+  echo "deps: missing packages:$missing" >&2
+  echo "deps: run: sudo apt-get install -y$missing" >&2
+  exit 1
+fi

@@ -1,0 +1,350 @@
+/*
+ * internal.h - what the parts of liboutbox share and the public header does
+ * not show: the message's layout, error/log helpers, the clock, backoff, a
+ * growable buffer, the CloudEvents encoder, fault points, the in-process
+ * wake-up registry, and the two driver interfaces (stores and transports).
+ *
+ * Names: internal non-static functions are outbox__<object>_<verb>.
+ * Drivers are `const` tables of function pointers with a version field that
+ * only grows (like sqlite3_vfs); the relay and the CLI know only these.
+ */
+#ifndef OUTBOX_INTERNAL_H
+#define OUTBOX_INTERNAL_H
+
+#include "outbox.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define OUTBOX__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define OUTBOX__PRINTF(a, b)
+#endif
+
+/* ------------------------------------------------------------------------
+ * Message layout
+ * ---------------------------------------------------------------------- */
+
+enum { OUTBOX_STATUS_PENDING = 0, OUTBOX_STATUS_SENT = 1, OUTBOX_STATUS_FAILED = 2 };
+
+/* "pending", "sent", "failed"; and back (-1 when unknown). */
+const char *outbox__status_name(int status);
+int outbox__status_parse(const char *name);
+
+struct outbox_msg {
+    int64_t seq;          /* 0 until read from a store */
+    int64_t occurred_at;  /* unix microseconds, UTC */
+    char id[37];          /* canonical lower-case UUID */
+    char *type;
+    char *aggregate_type; /* "" when none */
+    char *aggregate_id;
+    char *payload;        /* JSON text as given (validated) */
+    char *headers_json;   /* compact JSON object, "{}" when none */
+    size_t header_count;
+    char **header_names;  /* header_count entries each, in headers_json order */
+    char **header_values;
+
+    /* Relay bookkeeping, filled when read from a store. */
+    int status;           /* OUTBOX_STATUS_* */
+    int attempts;
+    int64_t available_at; /* unix microseconds */
+    int64_t sent_at;      /* unix microseconds, 0 when not sent */
+    char *last_error;     /* NULL when none */
+};
+
+/* Builds a message from a stored row without re-validating the payload
+ * (stores validate on the way in).  headers_json is parsed into the header
+ * arrays; a malformed one gives OUTBOX_EBADHEADERS.  Strings are copied;
+ * last_error may be NULL.  The caller frees *out with outbox_msg_free. */
+int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id,
+                         int64_t occurred_at, const char *type,
+                         const char *aggregate_type, const char *aggregate_id,
+                         const char *payload, const char *headers_json,
+                         outbox_error *err);
+
+/* Size counted against OUTBOX_LIMIT_MESSAGE_BYTES. */
+size_t outbox__msg_size(const outbox_msg *msg);
+
+/* Checks the size limit; OUTBOX_ETOOBIG with a message naming sizes. */
+int outbox__msg_check_size(const outbox_msg *msg, outbox_error *err);
+
+/* ------------------------------------------------------------------------
+ * Errors and logging
+ * ---------------------------------------------------------------------- */
+
+/* Fills err (when not NULL) with code and the formatted message; returns
+ * code, so callers can write `return outbox__error(err, OUTBOX_EBADID, ...)`. */
+int outbox__error(outbox_error *err, int code, const char *fmt, ...) OUTBOX__PRINTF(3, 4);
+
+/* Logs through the installed callback when level >= the minimum. */
+void outbox__log(int level, const char *component, const char *fmt, ...) OUTBOX__PRINTF(3, 4);
+int outbox__log_enabled(int level);
+
+/* Copies url into out with any password (user:PASSWORD@) and values of query
+ * parameters named like secrets (password, token, secret, key, pass) replaced
+ * by "***".  Always NUL-terminates. */
+void outbox__url_redact(const char *url, char *out, size_t out_len);
+
+/* ------------------------------------------------------------------------
+ * Clock, randomness, backoff
+ * ---------------------------------------------------------------------- */
+
+int64_t outbox__now_us(void);      /* wall clock, unix microseconds */
+int64_t outbox__monotonic_us(void);/* CLOCK_MONOTONIC microseconds */
+void outbox__sleep_us(int64_t us);
+
+/* Random 64-bit value from a per-thread generator seeded from the OS. */
+uint64_t outbox__random64(void);
+
+/* Delay before retry number `attempt` (1 = after the first failure):
+ * full jitter, uniform in [0, min(max_ms, base_ms * 2^(attempt-1))]. */
+int64_t outbox__backoff_ms(unsigned attempt, unsigned base_ms, unsigned max_ms);
+
+/* Parses "500ms", "30s", "5m", "2h", "7d" (a bare number is seconds) into
+ * milliseconds; -1 when malformed. */
+int64_t outbox__duration_parse_ms(const char *text);
+
+/* ------------------------------------------------------------------------
+ * Growable buffer
+ * ---------------------------------------------------------------------- */
+
+typedef struct outbox_buf {
+    char *data; /* always NUL-terminated when len > 0 or after any append */
+    size_t len;
+    size_t cap;
+    int oom;    /* set when an allocation failed; later appends are no-ops */
+} outbox_buf;
+
+void outbox__buf_init(outbox_buf *b);
+void outbox__buf_free(outbox_buf *b);
+void outbox__buf_reset(outbox_buf *b); /* len = 0, keeps memory */
+void outbox__buf_append(outbox_buf *b, const char *s, size_t n);
+void outbox__buf_puts(outbox_buf *b, const char *s);
+void outbox__buf_printf(outbox_buf *b, const char *fmt, ...) OUTBOX__PRINTF(2, 3);
+/* Appends s as a JSON string literal, with quotes and escapes. */
+void outbox__buf_json_string(outbox_buf *b, const char *s);
+
+/* ------------------------------------------------------------------------
+ * CloudEvents
+ * ---------------------------------------------------------------------- */
+
+/* Appends msg as one CloudEvents 1.0 structured-mode JSON object (no
+ * newline): specversion, id, source, type, subject (aggregate id), time,
+ * datacontenttype "application/json", data (the payload, verbatim),
+ * aggregatetype when not empty, and each header as an extension attribute
+ * (name lower-cased, characters outside [a-z0-9] dropped; names that would
+ * clash with a standard attribute or an earlier one get the prefix "x"). */
+void outbox__cloudevent_json(outbox_buf *b, const outbox_msg *msg, const char *source);
+
+/* The extension attribute name for a header name, as described above,
+ * written into out (at least 64 bytes); "" when nothing is left. */
+void outbox__cloudevent_ext_name(const char *header, char *out, size_t out_len);
+
+/* ------------------------------------------------------------------------
+ * Fault points
+ *
+ * OUTBOX_FAULT("name") marks a place where a test build can fail on purpose.
+ * The environment variable OUTBOX_FAULT selects what happens:
+ *   OUTBOX_FAULT=name:action[:when][,name:action[:when]...]
+ *   action: crash (SIGKILL the process, as kill -9 would), exit (_exit(99)),
+ *           error (the point returns OUTBOX_EFAULT)
+ *   when:   N   the N-th time the point is reached (default 1)
+ *           pX  each time with probability X (0..1), seeded by
+ *               OUTBOX_FAULT_SEED when set
+ * The macro evaluates to 0 normally and to OUTBOX_EFAULT for "error".
+ * Without OUTBOX_FAULT_INJECTION (release builds) it is the constant 0.
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_FAULT_INJECTION
+int outbox__fault(const char *name);
+#define OUTBOX_FAULT(name) outbox__fault(name)
+#else
+#define OUTBOX_FAULT(name) 0
+#endif
+
+/* ------------------------------------------------------------------------
+ * In-process wake-up: relays register the database file they drain;
+ * outbox_enqueue_sqlite notifies the relays on its connection's file.
+ * ---------------------------------------------------------------------- */
+
+void outbox__wake_register(outbox_relay *relay, const char *db_path);
+void outbox__wake_unregister(outbox_relay *relay);
+void outbox__wake_notify(const char *db_path); /* cheap when none registered */
+
+/* ------------------------------------------------------------------------
+ * Stores
+ * ---------------------------------------------------------------------- */
+
+/* What the relay claims and how it records outcomes. */
+typedef struct outbox_claim_params {
+    size_t batch_size;
+    int64_t now_us;
+    int failed_blocks_aggregate;
+} outbox_claim_params;
+
+enum {
+    OUTBOX_OUTCOME_SENT = 0,   /* confirmed: delete or mark sent */
+    OUTBOX_OUTCOME_RETRY = 1,  /* attempts+1, available_at, last_error */
+    OUTBOX_OUTCOME_FAILED = 2, /* attempts+1, status failed, last_error */
+    OUTBOX_OUTCOME_UNSENT = 3  /* nothing changes (held back in the batch) */
+};
+
+typedef struct outbox_completion {
+    const outbox_msg *msg;
+    int outcome;           /* OUTBOX_OUTCOME_* */
+    int64_t available_at;  /* RETRY: when it is due again (unix us) */
+    const char *error;     /* RETRY/FAILED: stored as last_error */
+} outbox_completion;
+
+typedef struct outbox_complete_params {
+    int on_sent;           /* OUTBOX_ON_SENT_* */
+    int64_t now_us;        /* sent_at */
+    const char *lease_owner; /* renew this lease in the same transaction;
+                                OUTBOX_ELEASELOST (and nothing recorded) if
+                                another owner holds it.  NULL: no check. */
+    int64_t lease_ttl_ms;
+} outbox_complete_params;
+
+typedef struct outbox_status {
+    int schema_version;
+    int64_t pending;          /* all pending */
+    int64_t pending_due;      /* pending with available_at <= now */
+    int64_t retrying;         /* pending with attempts > 0 */
+    int64_t sent;             /* kept with on_sent=mark */
+    int64_t failed;
+    int64_t oldest_pending_us;/* occurred_at of the oldest pending, 0 if none */
+    int64_t next_due_us;      /* earliest available_at of pending, 0 if none */
+    char lease_owner[128];    /* "" when no relay holds a live lease */
+    int64_t lease_expires_us;
+} outbox_status;
+
+typedef struct outbox_list_params {
+    int status;               /* OUTBOX_STATUS_* or -1 for all */
+    int64_t limit;            /* 0: no limit */
+} outbox_list_params;
+
+/* List callback: return non-zero to stop early.  msg is borrowed. */
+typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
+
+typedef struct outbox_store_ops {
+    int version;        /* 1 */
+    const char *scheme; /* "sqlite" */
+
+    /* Opens the store named by url (scheme included).  Does not create the
+     * schema.  On failure *state is NULL. */
+    int (*open)(void **state, const char *url, outbox_error *err);
+    void (*close)(void *state);
+
+    /* Creates or upgrades the schema; *from/*to get the versions. */
+    int (*init)(void *state, int *from_version, int *to_version, outbox_error *err);
+    /* OUTBOX_OK when the schema is current; ENOSCHEMA / ESCHEMANEWER. */
+    int (*check_schema)(void *state, outbox_error *err);
+
+    /* Enqueues msg in a transaction of the store's own. */
+    int (*enqueue)(void *state, const outbox_msg *msg, outbox_error *err);
+
+    /* Lease (one relay per outbox, or per partition for stores that share).
+     * acquire: OUTBOX_OK, or OUTBOX_ELEASED with the holder described in
+     * err->message.  renew: OUTBOX_ELEASELOST when taken over. */
+    int (*lease_acquire)(void *state, const char *owner, int64_t ttl_ms, outbox_error *err);
+    int (*lease_renew)(void *state, const char *owner, int64_t ttl_ms, outbox_error *err);
+    int (*lease_release)(void *state, const char *owner, outbox_error *err);
+
+    /* Claims up to p->batch_size due pending messages in seq order, applying
+     * the per-aggregate ordering rule (guarantee 4).  *msgs receives an
+     * array of *n messages owned by the caller (free each with
+     * outbox_msg_free and the array with free). */
+    int (*claim)(void *state, const outbox_claim_params *p, outbox_msg ***msgs,
+                 size_t *n, outbox_error *err);
+    /* Records outcomes in one transaction. */
+    int (*complete)(void *state, const outbox_completion *c, size_t n,
+                    const outbox_complete_params *p, outbox_error *err);
+
+    /* Cheap check: *changed = 1 when anything committed to the store since
+     * the previous call (the first call says 1). */
+    int (*changed)(void *state, int *changed, outbox_error *err);
+    /* Earliest available_at among pending messages; 0 when none. */
+    int (*next_due)(void *state, int64_t *due_us, outbox_error *err);
+    /* Path of the database file for in-process wake-up, or NULL. */
+    const char *(*wake_path)(void *state);
+
+    /* Operator commands. */
+    int (*status)(void *state, outbox_status *out, outbox_error *err);
+    int (*list)(void *state, const outbox_list_params *p, outbox_list_fn fn,
+                void *user, outbox_error *err);
+    /* *msg gets the message with its bookkeeping fields; ENOTFOUND. */
+    int (*get)(void *state, const char *id, outbox_msg **msg, outbox_error *err);
+    /* Requeues: failed messages by id (ids n > 0) or all failed (all != 0):
+     * status pending, attempts 0, available_at now.  *count: how many. */
+    int (*retry)(void *state, const char *const *ids, size_t n, int all,
+                 int64_t *count, outbox_error *err);
+    /* Deletes sent messages with sent_at < before_us. */
+    int (*purge)(void *state, int64_t before_us, int64_t *count, outbox_error *err);
+} outbox_store_ops;
+
+/* An open store: its driver and the driver's state. */
+typedef struct outbox_store {
+    const outbox_store_ops *ops;
+    void *state;
+} outbox_store;
+
+/* Finds the driver for url's scheme and opens it.  OUTBOX_EBADURL for an
+ * unknown scheme, OUTBOX_ENOTBUILT for a known one left out of the build. */
+int outbox__store_open(outbox_store *store, const char *url, outbox_error *err);
+void outbox__store_close(outbox_store *store);
+
+extern const outbox_store_ops outbox__store_sqlite;
+
+/* ------------------------------------------------------------------------
+ * Transports
+ * ---------------------------------------------------------------------- */
+
+typedef struct outbox_publish_result {
+    int code;               /* OUTBOX_OK: confirmed durably; a retriable code:
+                               retry with backoff; OUTBOX_EREJECTED: fail */
+    int64_t retry_after_ms; /* > 0: the destination asked to wait this long */
+    char error[256];        /* why, for last_error ("" on success) */
+} outbox_publish_result;
+
+typedef struct outbox_transport_config {
+    const char *source;         /* CloudEvents source */
+    outbox_publish_fn publish;  /* for the callback transport */
+    void *publish_user;
+} outbox_transport_config;
+
+typedef struct outbox_transport_ops {
+    int version;        /* 1 */
+    const char *scheme; /* "file", "stdout", "discard", "callback" */
+
+    /* Checks url and opens the destination.  Configuration problems are
+     * reported here (start-up), not at publish time. */
+    int (*open)(void **state, const char *url, const outbox_transport_config *cfg,
+                outbox_error *err);
+    /* Publishes msgs[0..n) in order and fills results[i] for each.  Returns
+     * OUTBOX_OK when results were filled, or a negative code when the whole
+     * batch failed (results then ignored: every message retried).  A message
+     * gets OUTBOX_OK only once durably confirmed. */
+    int (*publish)(void *state, outbox_msg *const *msgs, size_t n,
+                   outbox_publish_result *results);
+    void (*close)(void *state);
+} outbox_transport_ops;
+
+typedef struct outbox_transport {
+    const outbox_transport_ops *ops;
+    void *state;
+} outbox_transport;
+
+/* Finds the driver for url's scheme ("stdout:", "file:PATH", "discard:") and
+ * opens it; url NULL with cfg->publish set opens the callback transport. */
+int outbox__transport_open(outbox_transport *t, const char *url,
+                           const outbox_transport_config *cfg, outbox_error *err);
+void outbox__transport_close(outbox_transport *t);
+
+extern const outbox_transport_ops outbox__transport_stdout;
+extern const outbox_transport_ops outbox__transport_file;
+extern const outbox_transport_ops outbox__transport_discard;
+extern const outbox_transport_ops outbox__transport_callback;
+
+#endif /* OUTBOX_INTERNAL_H */
