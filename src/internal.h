@@ -44,14 +44,20 @@ struct outbox_msg {
     char *headers_json;   /* compact JSON object, "{}" when none */
     size_t header_count;
     char **header_names;  /* header_count entries each, in headers_json order */
-    char **header_values;
+    char **header_values; /* (header_names is one allocation holding both
+                             arrays and their strings: free only it) */
 
     /* Relay bookkeeping, filled when read from a store. */
     int status;           /* OUTBOX_STATUS_* */
     int attempts;
     int64_t available_at; /* unix microseconds */
     int64_t sent_at;      /* unix microseconds, 0 when not sent */
-    char *last_error;     /* NULL when none */
+    char *last_error;     /* NULL when none; always its own allocation */
+
+    /* Set by outbox__msg_from_row, which makes the message and its strings
+     * one allocation: pointers into [msg, block_end) are not freed on their
+     * own.  NULL for messages made otherwise. */
+    char *block_end;
 };
 
 /* Builds a message from a stored row without re-validating the payload
@@ -78,6 +84,9 @@ int outbox__msg_check_size(const outbox_msg *msg, outbox_error *err);
  * code, so callers can write `return outbox__error(err, OUTBOX_EBADID, ...)`. */
 int outbox__error(outbox_error *err, int code, const char *fmt, ...) OUTBOX__PRINTF(3, 4);
 
+/* Short static name of a code, e.g. "EBADPAYLOAD" ("UNKNOWN" if unknown). */
+const char *outbox__error_name(int code);
+
 /* Logs through the installed callback when level >= the minimum. */
 void outbox__log(int level, const char *component, const char *fmt, ...) OUTBOX__PRINTF(3, 4);
 int outbox__log_enabled(int level);
@@ -97,6 +106,10 @@ void outbox__sleep_us(int64_t us);
 
 /* Random 64-bit value from a per-thread generator seeded from the OS. */
 uint64_t outbox__random64(void);
+
+/* Fills p with n bytes straight from the OS (getrandom, /dev/urandom);
+ * never fails.  Unlike outbox__random64 it stays unique across fork(). */
+void outbox__random_bytes(void *p, size_t n);
 
 /* Delay before retry number `attempt` (1 = after the first failure):
  * full jitter, uniform in [0, min(max_ms, base_ms * 2^(attempt-1))]. */
@@ -237,7 +250,7 @@ typedef struct outbox_store_ops {
     int (*open)(void **state, const char *url, outbox_error *err);
     void (*close)(void *state);
 
-    /* Creates or upgrades the schema; *from/*to get the versions. */
+    /* Creates or upgrades the schema; *from_version and *to_version get the versions. */
     int (*init)(void *state, int *from_version, int *to_version, outbox_error *err);
     /* OUTBOX_OK when the schema is current; ENOSCHEMA / ESCHEMANEWER. */
     int (*check_schema)(void *state, outbox_error *err);

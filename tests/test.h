@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "outbox.h"
+
 #define TEST(name) static void test_##name(void)
 #define RUN(name)                                                              \
     do {                                                                       \
@@ -72,9 +74,10 @@
 /* Asserts an outbox call returned OUTBOX_OK, printing the error detail. */
 #define ASSERT_OK(call, errp)                                                  \
     do {                                                                       \
+        const outbox_error *e_ = (errp);                                       \
         int rc_ = (call);                                                      \
         if (rc_ != 0)                                                          \
-            TEST_FAIL_("%s: %d %s", #call, rc_, (errp) ? (errp)->message : ""); \
+            TEST_FAIL_("%s: %d %s", #call, rc_, e_ ? e_->message : "");        \
     } while (0)
 
 #define SKIP(...)                                                              \

@@ -1,0 +1,132 @@
+/*
+ * clock.c - wall and monotonic clocks in microseconds, sleeping, RFC 3339
+ * formatting, and a fast per-thread random generator (xoshiro256**) seeded
+ * from the operating system, used for backoff jitter and UUID bits.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Wall clock, microseconds since the Unix epoch. */
+int64_t outbox__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* CLOCK_MONOTONIC in microseconds (for timeouts and intervals). */
+int64_t outbox__monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Sleeps us microseconds (<= 0: returns at once), resuming after signals. */
+void outbox__sleep_us(int64_t us)
+{
+    struct timespec ts, rem;
+    if (us <= 0) return;
+    ts.tv_sec = (time_t)(us / 1000000);
+    ts.tv_nsec = (long)(us % 1000000) * 1000;
+    while (nanosleep(&ts, &rem) != 0 && errno == EINTR) ts = rem;
+}
+
+/* "2026-11-28T00:40:27.123456Z" into buf (32 bytes).  Values outside
+ * years 1970..9999 are clamped to that range. */
+void outbox_time_format(int64_t unix_us, char buf[32])
+{
+    int64_t sec, frac;
+    time_t t;
+    struct tm tm;
+    if (unix_us < 0) unix_us = 0;
+    if (unix_us > INT64_C(253402300799999999)) unix_us = INT64_C(253402300799999999);
+    sec = unix_us / 1000000;
+    frac = unix_us % 1000000;
+    t = (time_t)sec;
+    if (!gmtime_r(&t, &tm)) {
+        snprintf(buf, 32, "1970-01-01T00:00:00.000000Z");
+        return;
+    }
+    snprintf(buf, 32, "%04u-%02u-%02uT%02u:%02u:%02u.%06uZ",
+             (unsigned)(tm.tm_year + 1900) % 10000u, (unsigned)(tm.tm_mon + 1) % 100u,
+             (unsigned)tm.tm_mday % 100u, (unsigned)tm.tm_hour % 100u,
+             (unsigned)tm.tm_min % 100u, (unsigned)tm.tm_sec % 100u,
+             (unsigned)frac % 1000000u);
+}
+
+/* Fills p with n bytes from the OS; falls back to /dev/urandom, then to
+ * clock and address bits (never fails). */
+static void os_random(void *p, size_t n)
+{
+    unsigned char *out = p;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom(out + got, n - got, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    if (got < n) {
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            while (got < n) {
+                ssize_t r = read(fd, out + got, n - got);
+                if (r < 0 && errno == EINTR) continue;
+                if (r <= 0) break;
+                got += (size_t)r;
+            }
+            close(fd);
+        }
+    }
+    if (got < n) {
+        uint64_t x = (uint64_t)outbox__now_us() ^ ((uint64_t)outbox__monotonic_us() << 20) ^
+                     (uint64_t)(uintptr_t)&x ^ ((uint64_t)getpid() << 40);
+        while (got < n) {
+            x += 0x9e3779b97f4a7c15ULL;
+            out[got++] = (unsigned char)((x ^ (x >> 31)) * 0xbf58476d1ce4e5b9ULL >> 56);
+        }
+    }
+}
+
+static _Thread_local uint64_t rng_state[4];
+static _Thread_local int rng_seeded;
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+/* Random 64-bit value (xoshiro256**), per-thread state seeded from the OS. */
+uint64_t outbox__random64(void)
+{
+    uint64_t *s = rng_state, result, t;
+    if (!rng_seeded) {
+        do {
+            os_random(rng_state, sizeof rng_state);
+        } while ((s[0] | s[1] | s[2] | s[3]) == 0);
+        rng_seeded = 1;
+    }
+    result = rotl(s[1] * 5, 7) * 9;
+    t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* Used by uuid.c for the random bits of ids: straight from the OS. */
+void outbox__random_bytes(void *p, size_t n)
+{
+    os_random(p, n);
+}
