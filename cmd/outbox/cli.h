@@ -1,0 +1,146 @@
+/*
+ * cli.h - what the `outbox` subcommands share.
+ *
+ * The CLI is a thin shell over liboutbox: main.c dispatches argv[1] to one
+ * cmd_<name>() per file (git/redis style); each command parses its own
+ * options with getopt_long, validates everything before it touches the
+ * store, and reports failures as one line on stderr:
+ *
+ *     outbox <cmd>: <what is wrong>; <how to fix>
+ *
+ * Exit codes: CLI_EXIT_OK (0), CLI_EXIT_FAILURE (1: the store, the
+ * destination or the data said no), CLI_EXIT_USAGE (2: the command line or
+ * the configuration is wrong).  The helpers below print the message
+ * themselves and return the exit code, so commands write
+ * `return cli_usage(cmd, "...")`.
+ */
+#ifndef OUTBOX_CLI_H
+#define OUTBOX_CLI_H
+
+#include "internal.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdint.h>
+
+enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
+
+/* getopt_long values for the global options every command accepts. */
+enum {
+    CLI_OPT_LOG_LEVEL = 1000,
+    CLI_OPT_LOG_FORMAT,
+    CLI_OPT_COMMAND_BASE = 1100 /* commands number their long-only options from here */
+};
+
+/* Spliced into every command's `struct option` table. */
+#define CLI_GLOBAL_OPTIONS                                              \
+    {"help", no_argument, NULL, 'h'},                                   \
+    {"log-level", required_argument, NULL, CLI_OPT_LOG_LEVEL},          \
+    {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT}
+
+/* Text shown in every command's --help for the global options. */
+#define CLI_GLOBAL_HELP                                                           \
+    "  --log-level L        debug, info, warn or error (default info)\n"          \
+    "  --log-format F       text or json: how log lines on stderr look (default text)\n" \
+    "  -h, --help           show this help\n"
+
+/* The subcommands (one file each). */
+int cmd_init(int argc, char **argv);
+int cmd_enqueue(int argc, char **argv);
+int cmd_relay(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_list(int argc, char **argv);
+int cmd_show(int argc, char **argv);
+int cmd_retry(int argc, char **argv);
+int cmd_purge(int argc, char **argv);
+
+/* ---- logging -------------------------------------------------------- */
+
+/* Installs the stderr logger with the current level and format. */
+void cli_log_install(void);
+
+/* Handles a global option seen by a command's getopt loop.  Returns -1 when
+ * opt is not a global option, else an exit code (CLI_EXIT_OK, or
+ * CLI_EXIT_USAGE after printing why the value is bad). */
+int cli_global_option(const char *cmd, int opt, const char *arg);
+
+/* Sets the level/format from text ("debug".."error", "text"/"json");
+ * CLI_EXIT_USAGE with a printed message when unknown. */
+int cli_set_log_level(const char *cmd, const char *text);
+int cli_set_log_format(const char *cmd, const char *text);
+
+/* ---- errors --------------------------------------------------------- */
+
+/* Prints "outbox <cmd>: <formatted>" on stderr; returns CLI_EXIT_USAGE. */
+int cli_usage(const char *cmd, const char *fmt, ...) OUTBOX__PRINTF(2, 3);
+
+/* Prints "outbox <cmd>: <formatted>" on stderr; returns CLI_EXIT_FAILURE. */
+int cli_failure(const char *cmd, const char *fmt, ...) OUTBOX__PRINTF(2, 3);
+
+/* Reports a library failure (err may be NULL or empty: the code's
+ * description is used) and returns its exit code (cli_exit_code).  A
+ * missing schema gets the "run outbox init" hint when the message lacks it. */
+int cli_fail(const char *cmd, int code, const outbox_error *err);
+
+/* Exit code for a library result: 0 for OUTBOX_OK, 2 for invalid input and
+ * configuration (EINVAL, EBAD*, ETOOBIG, ECONFIG, ENOTBUILT), 1 otherwise. */
+int cli_exit_code(int code);
+
+/* Handles every getopt_long result a command does not handle itself:
+ * 'h' (prints usage to stdout: return CLI_EXIT_OK), the global options
+ * (CLI_CONTINUE when accepted), refused options ('?', ':') and anything
+ * else (CLI_EXIT_USAGE after a message).  A command returns any value other
+ * than CLI_CONTINUE as its exit code. */
+enum { CLI_CONTINUE = -1 };
+int cli_option(const char *cmd, int c, char **argv, const char *usage);
+
+/* Reports the option getopt_long just refused (returned '?' or ':'). */
+int cli_bad_option(const char *cmd, char **argv, int c);
+
+/* ---- parsing -------------------------------------------------------- */
+
+/* Parses a decimal integer strictly (digits only, whole string, in
+ * [min, max]).  On failure prints a message naming opt and returns
+ * CLI_EXIT_USAGE; CLI_EXIT_OK otherwise. */
+int cli_parse_uint(const char *cmd, const char *opt, const char *text,
+                   uint64_t min, uint64_t max, uint64_t *out);
+
+/* Parses a duration ("500ms", "30s", "5m", "2h", "7d"; a bare number is
+ * seconds) into milliseconds no larger than max_ms; CLI_EXIT_USAGE with a
+ * message naming opt when malformed or too large. */
+int cli_parse_duration(const char *cmd, const char *opt, const char *text,
+                       int64_t max_ms, int64_t *out_ms);
+
+/* The store URL: `value` (from --store) or $OUTBOX_STORE.  CLI_EXIT_USAGE
+ * with a message when neither is set. */
+int cli_store_url(const char *cmd, const char *value, const char **url);
+
+/* Opens the store (outbox__store_open); on failure prints the error and
+ * returns its exit code.  Close with outbox__store_close. */
+int cli_store_open(const char *cmd, const char *url, outbox_store *store);
+
+/* Copies a UUID given on the command line into out in lower case;
+ * CLI_EXIT_USAGE when it is not a canonical UUID. */
+int cli_parse_id(const char *cmd, const char *what, const char *text, char out[37]);
+
+/* ---- output --------------------------------------------------------- */
+
+/* Formats a duration in milliseconds for people: "850ms", "3.2s", "4m12s",
+ * "2h03m", "3d04h". */
+void cli_format_duration(int64_t ms, char *buf, size_t len);
+
+/* Formats unix microseconds as RFC 3339 (outbox_time_format), "-" for 0. */
+void cli_format_time(int64_t unix_us, char buf[32]);
+
+/* Builds the JSON object for a stored message: seq, id, type,
+ * aggregate_type, aggregate_id, occurred_at, status, attempts,
+ * available_at, last_error, sent_at, headers (object) and payload (the JSON
+ * value; a string if it cannot be parsed back).  Returns a new reference
+ * (caller json_decref's it) or NULL when out of memory. */
+json_t *cli_msg_to_json(const outbox_msg *msg);
+
+/* Writes value as indented JSON plus a newline to stdout; CLI_EXIT_FAILURE
+ * (with a message) if that fails. */
+int cli_print_json(const char *cmd, json_t *value);
+
+#endif /* OUTBOX_CLI_H */

@@ -1,0 +1,361 @@
+/*
+ * common.c - helpers shared by the `outbox` subcommands: the stderr logger
+ * (text or JSON lines), global options, the mapping from library codes to
+ * exit codes and one-line error messages, strict parsing of numbers,
+ * durations and ids, store opening, and the JSON form of a message.
+ *
+ * Nothing here prints a URL without passing it through outbox__url_redact.
+ */
+#include "cli.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------------
+ * Logger
+ * ---------------------------------------------------------------------- */
+
+static int log_level = OUTBOX_LOG_INFO;
+static int log_json = 0;
+
+/* 2026-11-28T00:40:27.123Z */
+static void log_timestamp(char *buf, size_t len)
+{
+    int64_t us = outbox__now_us();
+    time_t secs = (time_t)(us / 1000000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)((us % 1000000) / 1000));
+}
+
+static void log_to_stderr(void *user, int level, const char *component,
+                          const char *message)
+{
+    char ts[80];
+    outbox_buf b;
+    (void)user;
+    log_timestamp(ts, sizeof ts);
+    outbox__buf_init(&b);
+    if (log_json) {
+        outbox__buf_puts(&b, "{\"time\":");
+        outbox__buf_json_string(&b, ts);
+        outbox__buf_puts(&b, ",\"level\":");
+        outbox__buf_json_string(&b, outbox_log_level_name(level));
+        outbox__buf_puts(&b, ",\"component\":");
+        outbox__buf_json_string(&b, component ? component : "");
+        outbox__buf_puts(&b, ",\"msg\":");
+        outbox__buf_json_string(&b, message ? message : "");
+        outbox__buf_puts(&b, "}\n");
+    } else {
+        outbox__buf_printf(&b, "%s %s %s: %s\n", ts, outbox_log_level_name(level),
+                           component ? component : "", message ? message : "");
+    }
+    /* One write per line so lines from different threads do not interleave. */
+    if (!b.oom && b.len > 0)
+        fwrite(b.data, 1, b.len, stderr);
+    outbox__buf_free(&b);
+}
+
+void cli_log_install(void)
+{
+    outbox_log_set(log_to_stderr, NULL, log_level);
+}
+
+int cli_set_log_level(const char *cmd, const char *text)
+{
+    static const struct { const char *name; int level; } levels[] = {
+        {"debug", OUTBOX_LOG_DEBUG}, {"info", OUTBOX_LOG_INFO},
+        {"warn", OUTBOX_LOG_WARN},   {"warning", OUTBOX_LOG_WARN},
+        {"error", OUTBOX_LOG_ERROR},
+    };
+    for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
+        if (strcmp(text, levels[i].name) == 0) {
+            log_level = levels[i].level;
+            cli_log_install();
+            return CLI_EXIT_OK;
+        }
+    }
+    return cli_usage(cmd, "--log-level '%s' is not a level; use debug, info, warn or error",
+                     text);
+}
+
+int cli_set_log_format(const char *cmd, const char *text)
+{
+    if (strcmp(text, "text") == 0)
+        log_json = 0;
+    else if (strcmp(text, "json") == 0)
+        log_json = 1;
+    else
+        return cli_usage(cmd, "--log-format '%s' is not a format; use text or json", text);
+    cli_log_install();
+    return CLI_EXIT_OK;
+}
+
+int cli_global_option(const char *cmd, int opt, const char *arg)
+{
+    switch (opt) {
+    case CLI_OPT_LOG_LEVEL:
+        return cli_set_log_level(cmd, arg);
+    case CLI_OPT_LOG_FORMAT:
+        return cli_set_log_format(cmd, arg);
+    default:
+        return -1;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Errors
+ * ---------------------------------------------------------------------- */
+
+static void vreport(const char *cmd, const char *fmt, va_list ap)
+{
+    char line[1024];
+    vsnprintf(line, sizeof line, fmt, ap);
+    if (cmd && cmd[0])
+        fprintf(stderr, "outbox %s: %s\n", cmd, line);
+    else
+        fprintf(stderr, "outbox: %s\n", line);
+}
+
+int cli_usage(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(cmd, fmt, ap);
+    va_end(ap);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_failure(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(cmd, fmt, ap);
+    va_end(ap);
+    return CLI_EXIT_FAILURE;
+}
+
+int cli_exit_code(int code)
+{
+    switch (code) {
+    case OUTBOX_OK:
+        return CLI_EXIT_OK;
+    case OUTBOX_EINVAL:
+    case OUTBOX_EBADID:
+    case OUTBOX_EBADTYPE:
+    case OUTBOX_EBADAGGREGATE:
+    case OUTBOX_EBADPAYLOAD:
+    case OUTBOX_EBADHEADERS:
+    case OUTBOX_EBADHEADERCHAR:
+    case OUTBOX_EBADTRACEPARENT:
+    case OUTBOX_ETOOBIG:
+    case OUTBOX_EBADURL:
+    case OUTBOX_ECONFIG:
+    case OUTBOX_ENOTBUILT:
+        return CLI_EXIT_USAGE;
+    default:
+        return code > 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
+    }
+}
+
+int cli_fail(const char *cmd, int code, const outbox_error *err)
+{
+    const char *what = (err && err->message[0]) ? err->message : outbox_strerror(code);
+    const char *hint = "";
+    if (code == OUTBOX_ENOSCHEMA && !strstr(what, "outbox init"))
+        hint = "; run outbox init --store URL first";
+    else if (code == OUTBOX_ESCHEMANEWER && !strstr(what, "newer"))
+        hint = "; the database was set up by a newer outbox: upgrade this one";
+    fprintf(stderr, "outbox %s: %s%s\n", cmd, what, hint);
+    return cli_exit_code(code);
+}
+
+int cli_bad_option(const char *cmd, char **argv, int c)
+{
+    const char *text = (optind > 0) ? argv[optind - 1] : "?";
+    if (c == ':') {
+        if (optopt && optopt < 256)
+            return cli_usage(cmd, "option -%c needs a value; see outbox %s --help", optopt, cmd);
+        return cli_usage(cmd, "option %s needs a value; see outbox %s --help", text, cmd);
+    }
+    if (optopt && optopt < 256)
+        return cli_usage(cmd, "unknown option -%c; see outbox %s --help", optopt, cmd);
+    return cli_usage(cmd, "unknown option %s; see outbox %s --help", text, cmd);
+}
+
+int cli_option(const char *cmd, int c, char **argv, const char *usage)
+{
+    int rc;
+    if (c == 'h') {
+        fputs(usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    if (c == '?' || c == ':')
+        return cli_bad_option(cmd, argv, c);
+    rc = cli_global_option(cmd, c, optarg);
+    if (rc == CLI_EXIT_OK)
+        return CLI_CONTINUE;
+    if (rc > 0)
+        return rc;
+    return cli_bad_option(cmd, argv, '?');
+}
+
+/* ------------------------------------------------------------------------
+ * Parsing
+ * ---------------------------------------------------------------------- */
+
+int cli_parse_uint(const char *cmd, const char *opt, const char *text,
+                   uint64_t min, uint64_t max, uint64_t *out)
+{
+    unsigned long long v;
+    char *end = NULL;
+    if (!text[0])
+        return cli_usage(cmd, "%s needs a number; got an empty value", opt);
+    for (const char *p = text; *p; p++)
+        if (!isdigit((unsigned char)*p))
+            return cli_usage(cmd, "%s '%s' is not a whole number; give digits only, from %llu to %llu",
+                             opt, text, (unsigned long long)min, (unsigned long long)max);
+    errno = 0;
+    v = strtoull(text, &end, 10);
+    if (errno == ERANGE || *end != '\0' || v < min || v > max)
+        return cli_usage(cmd, "%s %s is out of range; give a number from %llu to %llu", opt, text,
+                         (unsigned long long)min, (unsigned long long)max);
+    *out = v;
+    return CLI_EXIT_OK;
+}
+
+int cli_parse_duration(const char *cmd, const char *opt, const char *text,
+                       int64_t max_ms, int64_t *out_ms)
+{
+    int64_t ms = outbox__duration_parse_ms(text);
+    if (ms < 0)
+        return cli_usage(cmd, "%s '%s' is not a duration; write e.g. 500ms, 30s, 5m, 2h or 7d",
+                         opt, text);
+    if (ms > max_ms)
+        return cli_usage(cmd, "%s %s is too long; the largest allowed is %lld ms", opt, text,
+                         (long long)max_ms);
+    *out_ms = ms;
+    return CLI_EXIT_OK;
+}
+
+int cli_store_url(const char *cmd, const char *value, const char **url)
+{
+    if (!value || !value[0])
+        value = getenv("OUTBOX_STORE");
+    if (!value || !value[0])
+        return cli_usage(cmd, "--store is required (e.g. --store sqlite:app.db); "
+                              "or set OUTBOX_STORE");
+    *url = value;
+    return CLI_EXIT_OK;
+}
+
+int cli_store_open(const char *cmd, const char *url, outbox_store *store)
+{
+    outbox_error err = {0, ""};
+    int rc = outbox__store_open(store, url, &err);
+    if (rc != OUTBOX_OK) {
+        store->ops = NULL;
+        store->state = NULL;
+        return cli_fail(cmd, rc, &err);
+    }
+    return CLI_EXIT_OK;
+}
+
+int cli_parse_id(const char *cmd, const char *what, const char *text, char out[37])
+{
+    if (!outbox_uuid_valid(text))
+        return cli_usage(cmd, "%s '%s' is not a UUID; write it as 8-4-4-4-12 hex digits, "
+                              "e.g. 0190b3c8-7d2a-7c3e-9a41-2f6d8e1b5c07",
+                         what, text);
+    for (size_t i = 0; i < 36; i++)
+        out[i] = (char)tolower((unsigned char)text[i]);
+    out[36] = '\0';
+    return CLI_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * Output
+ * ---------------------------------------------------------------------- */
+
+void cli_format_duration(int64_t ms, char *buf, size_t len)
+{
+    if (ms < 0)
+        ms = 0;
+    if (ms < 1000)
+        snprintf(buf, len, "%lldms", (long long)ms);
+    else if (ms < 60000)
+        snprintf(buf, len, "%lld.%llds", (long long)(ms / 1000), (long long)(ms % 1000 / 100));
+    else if (ms < 3600000)
+        snprintf(buf, len, "%lldm%02llds", (long long)(ms / 60000),
+                 (long long)(ms % 60000 / 1000));
+    else if (ms < 86400000)
+        snprintf(buf, len, "%lldh%02lldm", (long long)(ms / 3600000),
+                 (long long)(ms % 3600000 / 60000));
+    else
+        snprintf(buf, len, "%lldd%02lldh", (long long)(ms / 86400000),
+                 (long long)(ms % 86400000 / 3600000));
+}
+
+void cli_format_time(int64_t unix_us, char buf[32])
+{
+    if (unix_us == 0)
+        snprintf(buf, 32, "-");
+    else
+        outbox_time_format(unix_us, buf);
+}
+
+/* A timestamp as an RFC 3339 string, or null for 0 ("never"). */
+static json_t *time_or_null(int64_t unix_us)
+{
+    char buf[32];
+    if (unix_us == 0)
+        return json_null();
+    outbox_time_format(unix_us, buf);
+    return json_string(buf);
+}
+
+json_t *cli_msg_to_json(const outbox_msg *msg)
+{
+    json_t *o = json_object();
+    json_t *headers, *payload;
+    if (!o)
+        return NULL;
+    headers = json_loads(msg->headers_json ? msg->headers_json : "{}", 0, NULL);
+    if (!headers || !json_is_object(headers)) {
+        json_decref(headers);
+        headers = json_object();
+    }
+    payload = json_loads(msg->payload ? msg->payload : "null", JSON_DECODE_ANY, NULL);
+    if (!payload) /* e.g. an integer beyond 64 bits: keep the text */
+        payload = json_string(msg->payload ? msg->payload : "");
+    json_object_set_new(o, "seq", json_integer((json_int_t)msg->seq));
+    json_object_set_new(o, "id", json_string(msg->id));
+    json_object_set_new(o, "type", json_string(msg->type ? msg->type : ""));
+    json_object_set_new(o, "aggregate_type",
+                        json_string(msg->aggregate_type ? msg->aggregate_type : ""));
+    json_object_set_new(o, "aggregate_id", json_string(msg->aggregate_id ? msg->aggregate_id : ""));
+    json_object_set_new(o, "occurred_at", time_or_null(msg->occurred_at));
+    json_object_set_new(o, "status", json_string(outbox__status_name(msg->status)));
+    json_object_set_new(o, "attempts", json_integer(msg->attempts));
+    json_object_set_new(o, "available_at", time_or_null(msg->available_at));
+    json_object_set_new(o, "last_error",
+                        msg->last_error ? json_string(msg->last_error) : json_null());
+    json_object_set_new(o, "sent_at", time_or_null(msg->sent_at));
+    json_object_set_new(o, "headers", headers);
+    json_object_set_new(o, "payload", payload ? payload : json_null());
+    return o;
+}
+
+int cli_print_json(const char *cmd, json_t *value)
+{
+    if (!value || json_dumpf(value, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF)
+        return cli_failure(cmd, "could not write JSON output; check that stdout is writable");
+    return CLI_EXIT_OK;
+}
