@@ -3,9 +3,14 @@
 # As root it runs apt-get; otherwise it prints the exact command to run.
 # Usage: scripts/deps.sh [build|test]   (test also wants what tests run)
 set -eu
+# The core needs jansson and SQLite; the optional drivers need their client
+# libraries, and their tests the real servers (PostgreSQL, nats-server).
 want="build-essential cmake pkg-config libjansson-dev libsqlite3-dev sqlite3"
+drivers="libpq-dev libcurl4-openssl-dev libmicrohttpd-dev libnats-dev librdkafka-dev"
+servers="postgresql nats-server python3"
 case "${1:-build}" in
-  test) want="$want python3" ;;
+  build) want="$want $drivers" ;;
+  test) want="$want $drivers $servers" ;;
 esac
 missing=""
 for p in $want; do
