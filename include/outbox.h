@@ -80,7 +80,13 @@ enum {
     OUTBOX_EREJECTED = -45,      /* destination refused the message for good */
     OUTBOX_EFAULT = -46,         /* an injected fault (test builds only) */
     OUTBOX_ESTOPPED = -47,       /* the relay was asked to stop */
-    OUTBOX_EINTERNAL = -48       /* a bug: please report it */
+    OUTBOX_EINTERNAL = -48,      /* a bug: please report it */
+
+    /* Webhook verification (outbox_webhook_verify, the receiver). */
+    OUTBOX_ENOSIGNATURE = -60,   /* webhook-id/-timestamp/-signature header missing */
+    OUTBOX_EBADTIMESTAMP = -61,  /* webhook-timestamp is not a Unix time in seconds */
+    OUTBOX_ESTALE = -62,         /* webhook-timestamp outside the tolerance */
+    OUTBOX_EBADSIGNATURE = -63   /* no v1 signature matched the secret */
 };
 
 /* Error detail filled by fallible calls.  Zero-initialise or leave as is:
@@ -249,6 +255,104 @@ int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms,
                               outbox_error *err);
 
 /* ------------------------------------------------------------------------
+ * Webhooks (Standard Webhooks signatures; a receiver for C consumers)
+ *
+ * The http:// and https:// destinations POST each message with the headers
+ * webhook-id (the message id), webhook-timestamp (Unix seconds) and, when a
+ * secret is configured, webhook-signature: "v1," + base64(HMAC-SHA256(key,
+ * "<id>.<timestamp>.<body>")).  A secret is "whsec_" + base64 of the key
+ * bytes (the prefix is optional).  Signing needs OpenSSL (libcrypto) and the
+ * receiver libmicrohttpd: without them these calls return OUTBOX_ENOTBUILT.
+ * ---------------------------------------------------------------------- */
+
+/* Room for one "v1,<base64 of 32 bytes>" signature and its NUL. */
+#define OUTBOX_WEBHOOK_SIGNATURE_SIZE 48
+
+/* Default tolerance for webhook-timestamp, in seconds, both directions. */
+#define OUTBOX_WEBHOOK_TOLERANCE_S 300
+
+/* Writes the signature of (msg_id, timestamp, body) under secret into out
+ * (OUTBOX_WEBHOOK_SIGNATURE_SIZE bytes).  OUTBOX_ECONFIG when the secret is
+ * not valid base64 (the message never shows the secret). */
+int outbox_webhook_sign(const char *secret, const char *msg_id, int64_t timestamp,
+                        const void *body, size_t body_len,
+                        char out[OUTBOX_WEBHOOK_SIGNATURE_SIZE], outbox_error *err);
+
+/* Verifies a received webhook: the three header values as received (each
+ * may be NULL when absent), the raw body, the tolerance in seconds (0: the
+ * default 300) and the current time in Unix seconds (0: the clock).
+ * signature may list several space-separated "v1,..." entries; any match
+ * passes, compared in constant time.  Returns OUTBOX_OK, or:
+ *   OUTBOX_ENOSIGNATURE   a header is missing or empty
+ *   OUTBOX_EBADTIMESTAMP  timestamp is not a decimal number of seconds
+ *   OUTBOX_ESTALE         timestamp further than tolerance from now
+ *   OUTBOX_EBADSIGNATURE  no v1 entry matched
+ *   OUTBOX_ECONFIG        the secret itself is malformed */
+int outbox_webhook_verify(const char *secret, const char *msg_id, const char *timestamp,
+                          const char *signature, const void *body, size_t body_len,
+                          int64_t tolerance_s, int64_t now_s, outbox_error *err);
+
+typedef struct outbox_webhook_receiver outbox_webhook_receiver;
+
+/* Consumer callback: runs inside BEGIN IMMEDIATE ... COMMIT on the
+ * receiver's own connection db (borrowed: do not commit or close it), after
+ * the message id was recorded in the inbox for the first time.  Return
+ * OUTBOX_OK to commit (the sender then gets 204); any error rolls back the
+ * inbox entry and the handler's writes and answers 500, so the sender
+ * retries.  msg is borrowed for the call.  Duplicates never reach it. */
+typedef int (*outbox_webhook_handler_fn)(void *user, sqlite3 *db, const outbox_msg *msg,
+                                         outbox_error *err);
+
+typedef struct outbox_webhook_receiver_options {
+    const char *bind_address;      /* IPv4 address; default "127.0.0.1" */
+    unsigned port;                 /* 0 (default): an ephemeral port */
+    const char *secret;            /* "whsec_..."; NULL: accept unsigned requests
+                                      (testing only, logged at WARN) */
+    int64_t tolerance_s;           /* webhook-timestamp tolerance; default 300 */
+    const char *db_path;           /* the consumer's SQLite database (required);
+                                      the receiver opens its own connection */
+    const char *consumer;          /* inbox consumer name (required) */
+    outbox_webhook_handler_fn handler; /* required */
+    void *handler_user;
+    size_t max_body_bytes;         /* larger bodies get 413; default 1 MiB */
+    unsigned max_headers;          /* more request headers get 431; default 64 */
+    unsigned connection_timeout_s; /* idle/slow clients are cut; default 10 */
+    unsigned connection_limit;     /* concurrent connections; default 64 */
+} outbox_webhook_receiver_options;
+
+/* Fills opts with the defaults above (required fields NULL). */
+void outbox_webhook_receiver_options_init(outbox_webhook_receiver_options *opts);
+
+/* Counters since the receiver started. */
+typedef struct outbox_webhook_receiver_stats {
+    uint64_t applied;    /* committed with the handler's effect */
+    uint64_t duplicates; /* acknowledged without running the handler */
+    uint64_t rejected;   /* answered 4xx (bad signature, malformed, too big) */
+    uint64_t failed;     /* answered 5xx (handler or database failed) */
+} outbox_webhook_receiver_stats;
+
+/* Starts a receiver: opens db_path (creating the inbox table when needed),
+ * binds, and serves POSTs on a thread of its own until freed.  Any path is
+ * accepted.  Answers: 204 applied or duplicate (only after COMMIT); 400
+ * malformed (bad headers, payload not JSON, bad timestamp); 401 unsigned,
+ * bad signature or stale; 405 not POST; 413 body over the limit; 431 too
+ * many headers; 500 handler or database failure (rolled back); 503 busy
+ * database.  On failure *out is NULL and err says which option to fix. */
+int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
+                                const outbox_webhook_receiver_options *opts,
+                                outbox_error *err);
+
+/* The port the receiver listens on (the ephemeral one when port was 0). */
+unsigned outbox_webhook_receiver_port(const outbox_webhook_receiver *r);
+
+void outbox_webhook_receiver_get_stats(outbox_webhook_receiver *r,
+                                       outbox_webhook_receiver_stats *stats);
+
+/* Stops serving (waits for the request in progress), closes the database
+ * connection and frees r.  NULL is harmless. */
+void outbox_webhook_receiver_free(outbox_webhook_receiver *r);
+
+/* ------------------------------------------------------------------------
  * Relay
  * ---------------------------------------------------------------------- */
 
@@ -283,6 +387,11 @@ typedef struct outbox_relay_options {
     const char *name;            /* relay name for the lease; default host:pid */
     outbox_publish_fn publish;   /* in-process destination (to_url NULL) */
     void *publish_user;
+    /* Destination settings as "key=value" strings, NULL-terminated (NULL:
+     * none); the same keys as the destination URL's query parameters, for
+     * settings that cannot go in the URL (an HTTP target's query belongs to
+     * the target).  Unknown keys are a start-up error.  Read by outbox_relay_new only. */
+    const char *const *destination_options;
 } outbox_relay_options;
 
 /* Fills opts with the defaults above. */

@@ -96,6 +96,66 @@ int outbox__log_enabled(int level);
  * by "***".  Always NUL-terminates. */
 void outbox__url_redact(const char *url, char *out, size_t out_len);
 
+/* A URL taken apart: scheme://[user[:password]@]hosts[/path][?query].
+ * "hosts" is kept whole ("a:4222,b:4222"); for "scheme:rest" without "//"
+ * everything after the colon before '?' is the path.  Query parameters and
+ * then the extra "key=value" options are merged into params (percent-
+ * decoded; a key given twice is an error).  Strings are owned by the
+ * struct: free with outbox__url_free. */
+typedef struct outbox_url_param {
+    char *key;
+    char *value;
+    int used; /* set by outbox__url_param; outbox__url_check_unused reports the rest */
+} outbox_url_param;
+
+typedef struct outbox_url {
+    char *scheme;   /* lower-case, without ':' */
+    char *user;     /* NULL when absent */
+    char *password; /* NULL when absent */
+    char *hosts;    /* "" when absent */
+    char *path;     /* "" when absent; without the leading '/' after hosts */
+    outbox_url_param *params;
+    size_t param_count;
+} outbox_url;
+
+/* OUTBOX_EBADURL (message shows the redacted URL) when malformed. */
+int outbox__url_parse(outbox_url *out, const char *url, const char *const *extra_options,
+                      outbox_error *err);
+void outbox__url_free(outbox_url *url);
+/* The value of parameter key (marked used), or NULL. */
+const char *outbox__url_param(outbox_url *url, const char *key);
+/* OUTBOX_ECONFIG naming the first parameter nobody asked for, listing
+ * `known` (a human-readable list) as the accepted ones. */
+int outbox__url_check_unused(const outbox_url *url, const char *known, outbox_error *err);
+
+/* ------------------------------------------------------------------------
+ * Route templates: a subject or topic made from message fields, e.g.
+ * "outbox.{aggregate_type}.{type}".  Placeholders: {type},
+ * {aggregate_type}, {aggregate_id}.  An empty field renders as "none".
+ * ---------------------------------------------------------------------- */
+
+typedef struct outbox_route outbox_route;
+typedef struct outbox_buf outbox_buf; /* defined below */
+
+enum {
+    OUTBOX_ROUTE_NATS_SUBJECT = 1, /* tokens split by '.', none empty; no spaces,
+                                      no '*' or '>' wildcards; rendered field
+                                      values have '.', ' ', '*', '>' replaced by '_' */
+    OUTBOX_ROUTE_KAFKA_TOPIC = 2   /* [A-Za-z0-9._-], at most 249 bytes; other
+                                      characters in field values become '_' */
+};
+
+/* Parses and checks a template at start-up: OUTBOX_ECONFIG naming the
+ * problem (unknown placeholder, unbalanced brace, empty token, bad char). */
+int outbox__route_new(outbox_route **out, const char *tmpl, int kind, outbox_error *err);
+/* Renders into b (reset first); OUTBOX_EREJECTED when the result is not a
+ * valid subject/topic (e.g. too long), with the reason in err. */
+int outbox__route_render(const outbox_route *route, const outbox_msg *msg, outbox_buf *b,
+                         outbox_error *err);
+/* Non-zero when the template has no placeholders (one fixed destination). */
+int outbox__route_is_fixed(const outbox_route *route);
+void outbox__route_free(outbox_route *route);
+
 /* ------------------------------------------------------------------------
  * Clock, randomness, backoff
  * ---------------------------------------------------------------------- */
@@ -154,6 +214,25 @@ void outbox__cloudevent_json(outbox_buf *b, const outbox_msg *msg, const char *s
 /* The extension attribute name for a header name, as described above,
  * written into out (at least 64 bytes); "" when nothing is left. */
 void outbox__cloudevent_ext_name(const char *header, char *out, size_t out_len);
+
+/* ------------------------------------------------------------------------
+ * Webhook signing (src/core/webhook.c; needs OUTBOX_HAVE_CRYPTO)
+ * ---------------------------------------------------------------------- */
+
+enum { OUTBOX_WEBHOOK_KEY_MAX = 256 };
+
+/* Decodes a "whsec_<base64>" (prefix optional) secret into key (room for
+ * OUTBOX_WEBHOOK_KEY_MAX bytes).  OUTBOX_ECONFIG naming `what` (e.g. "the
+ * secret in secret_file=...") when malformed; never shows the secret;
+ * OUTBOX_ENOTBUILT without libcrypto. */
+int outbox__webhook_key_decode(const char *secret, const char *what, unsigned char *key,
+                               size_t *key_len, outbox_error *err);
+
+/* "v1," + base64(HMAC-SHA256(key, "<msg_id>.<timestamp>.<body>")) into out.
+ * OUTBOX_ENOMEM or OUTBOX_ENOTBUILT on failure. */
+int outbox__webhook_sign_key(const unsigned char *key, size_t key_len, const char *msg_id,
+                             int64_t timestamp, const void *body, size_t body_len,
+                             char out[OUTBOX_WEBHOOK_SIGNATURE_SIZE]);
 
 /* ------------------------------------------------------------------------
  * Fault points
@@ -325,6 +404,7 @@ typedef struct outbox_transport_config {
     const char *source;         /* CloudEvents source */
     outbox_publish_fn publish;  /* for the callback transport */
     void *publish_user;
+    const char *const *options; /* "key=value", NULL-terminated, or NULL */
 } outbox_transport_config;
 
 typedef struct outbox_transport_ops {
@@ -359,5 +439,9 @@ extern const outbox_transport_ops outbox__transport_stdout;
 extern const outbox_transport_ops outbox__transport_file;
 extern const outbox_transport_ops outbox__transport_discard;
 extern const outbox_transport_ops outbox__transport_callback;
+extern const outbox_transport_ops outbox__transport_http;  /* OUTBOX_HAVE_CURL */
+extern const outbox_transport_ops outbox__transport_https; /* OUTBOX_HAVE_CURL */
+extern const outbox_transport_ops outbox__transport_nats;  /* OUTBOX_HAVE_NATS */
+extern const outbox_transport_ops outbox__transport_kafka; /* OUTBOX_HAVE_RDKAFKA */
 
 #endif /* OUTBOX_INTERNAL_H */

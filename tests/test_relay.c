@@ -853,7 +853,7 @@ TEST(file_destination_lines_and_torn_tail)
 TEST(transport_registry_direct)
 {
     outbox_transport t;
-    outbox_transport_config cfg = {"/x", NULL, NULL};
+    outbox_transport_config cfg = {"/x", NULL, NULL, NULL};
     outbox_error err_ = {0, ""}, *err = &err_;
     outbox_publish_result res[2];
     outbox_msg *m[2] = {NULL, NULL};
@@ -892,7 +892,7 @@ TEST(callback_holds_back_in_batch)
 {
     outbox_transport t;
     int calls = 0;
-    outbox_transport_config cfg = {"/x", fail_first_a, &calls};
+    outbox_transport_config cfg = {"/x", fail_first_a, &calls, NULL};
     outbox_error err_ = {0, ""}, *err = &err_;
     outbox_publish_result res[3];
     outbox_msg *m[3];

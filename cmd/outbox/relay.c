@@ -20,7 +20,7 @@ static const char usage[] =
     "usage: outbox relay --store URL --to URL [--once] [--batch N] [--max-attempts N]\n"
     "                    [--backoff-base DUR] [--backoff-max DUR] [--on-sent delete|mark]\n"
     "                    [--failed-blocks yes|no] [--poll-interval DUR] [--lease-ttl DUR]\n"
-    "                    [--wait-lease] [--source URI] [--name NAME]\n"
+    "                    [--wait-lease] [--source URI] [--name NAME] [--to-opt KEY=VALUE]...\n"
     "\n"
     "Publishes committed outbox messages to a destination, at least once, in\n"
     "enqueue order per aggregate, and marks them sent once the destination has\n"
@@ -47,6 +47,9 @@ static const char usage[] =
     "  --wait-lease         stand by while another relay holds the lease (default: exit 1)\n"
     "  --source URI         CloudEvents source attribute (default /outbox)\n"
     "  --name NAME          relay name shown in status (default host:pid)\n"
+    "  --to-opt KEY=VALUE   a destination setting (repeatable), the same keys as the\n"
+    "                       destination URL's query parameters; for settings that\n"
+    "                       cannot go in the URL (an HTTP target's query is its own)\n"
     CLI_GLOBAL_HELP
     "\n"
     "Durations: 500ms, 30s, 5m, 2h, 7d (a bare number is seconds).\n"
@@ -68,8 +71,12 @@ enum {
     OPT_LEASE_TTL,
     OPT_WAIT_LEASE,
     OPT_SOURCE,
-    OPT_NAME
+    OPT_NAME,
+    OPT_TO_OPT
 };
+
+/* Most --to-opt settings one relay takes. */
+#define MAX_TO_OPTS 64
 
 /* The relay the signal handlers stop; set only while it runs. */
 static outbox_relay *volatile running_relay;
@@ -121,13 +128,15 @@ int cmd_relay(int argc, char **argv)
         {"wait-lease", no_argument, NULL, OPT_WAIT_LEASE},
         {"source", required_argument, NULL, OPT_SOURCE},
         {"name", required_argument, NULL, OPT_NAME},
+        {"to-opt", required_argument, NULL, OPT_TO_OPT},
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "relay", *store_opt = NULL, *url = NULL, *to = NULL;
     outbox_relay_options opts;
     outbox_relay *relay = NULL;
-    outbox_relay_stats stats;
+    const char *to_opts[MAX_TO_OPTS + 1];
+    size_t to_opt_count = 0;
     outbox_error err = {0, ""};
     uint64_t n;
     int c, rc;
@@ -142,6 +151,14 @@ int cmd_relay(int argc, char **argv)
         case OPT_WAIT_LEASE: opts.wait_for_lease = 1; break;
         case OPT_SOURCE: opts.source = optarg; break;
         case OPT_NAME: opts.name = optarg; break;
+        case OPT_TO_OPT:
+            if (!strchr(optarg, '=') || optarg[0] == '=')
+                rc = cli_usage(cmd, "--to-opt '%s' is not KEY=VALUE", optarg);
+            else if (to_opt_count == MAX_TO_OPTS)
+                rc = cli_usage(cmd, "more than %d --to-opt settings", MAX_TO_OPTS);
+            else
+                to_opts[to_opt_count++] = optarg;
+            break;
         case OPT_BATCH:
             if ((rc = cli_parse_uint(cmd, "--batch", optarg, 1, 100000, &n)) == CLI_EXIT_OK)
                 opts.batch_size = (unsigned)n;
@@ -199,6 +216,8 @@ int cmd_relay(int argc, char **argv)
         return cli_usage(cmd, "--backoff-max (%u ms) is shorter than --backoff-base (%u ms); "
                               "make it at least as long", opts.backoff_max_ms, opts.backoff_base_ms);
 
+    to_opts[to_opt_count] = NULL;
+    opts.destination_options = to_opts;
     if ((rc = outbox_relay_new(&relay, url, to, &opts, &err)) != OUTBOX_OK)
         return cli_fail(cmd, rc, &err);
 
@@ -213,10 +232,6 @@ int cmd_relay(int argc, char **argv)
     set_handler(SIGTERM, SIG_DFL);
     running_relay = NULL;
 
-    outbox_relay_get_stats(relay, &stats);
-    outbox__log(OUTBOX_LOG_INFO, "cli", "relay exiting: published %llu, retried %llu, failed %llu",
-                (unsigned long long)stats.published, (unsigned long long)stats.retried,
-                (unsigned long long)stats.failed);
     if (rc == OUTBOX_OK || rc == OUTBOX_ESTOPPED)
         rc = CLI_EXIT_OK;
     else

@@ -269,6 +269,8 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     cfg.source = r->source;
     cfg.publish = r->opts.publish;
     cfg.publish_user = r->opts.publish_user;
+    cfg.options = r->opts.destination_options;
+    r->opts.destination_options = NULL; /* read here only: the caller keeps them */
     rc = outbox__transport_open(&r->transport, to_url, &cfg, err);
     if (rc != OUTBOX_OK) goto fail;
 
