@@ -1,0 +1,386 @@
+/*
+ * test_crash_pg.c - guarantees 2 (at least once) and 4 (per-aggregate
+ * order) with the PostgreSQL store, under crashes of the relay, of the
+ * database, and with several relays sharing one outbox.
+ *
+ * A producer thread enqueues through outbox_enqueue_pg in transactions of
+ * 1-50 messages over many aggregates, each payload carrying its
+ * aggregate's enqueue counter; `outbox relay --to file:OUT` publishes.
+ * The file transport appends one write per batch with O_APPEND, so the
+ * lines of several relays sharing OUT are in publication order.
+ *
+ *   1. kill sweep: 100,000 messages, the relay SIGKILLed at random moments
+ *      at least 50 times and restarted, then `relay --once` drains the rest;
+ *   2. database restarts: 50,000 messages enqueued, then during the drain
+ *      PostgreSQL is stopped with `pg_ctl stop -m immediate` and restarted
+ *      10 times; the relay must reconnect by itself;
+ *   3. three relays draining 30,000 messages while the producer writes, one of them
+ *      SIGKILLed and restarted again and again.
+ *
+ * Each run checks: lost 0, per-aggregate order violations 0, nothing left
+ * pending or failed.  Duplicates are allowed and printed.
+ * OUTBOX_TEST_SCALE (default 1) scales message and kill counts down.
+ */
+#include "crash_harness.h"
+#include "pg_harness.h"
+
+static pgh_server server;
+static uint64_t rng;
+
+/* ------------------------------------------------------------------------
+ * Producer on PostgreSQL (fills a ch_producer so ch_check_file can judge)
+ * ---------------------------------------------------------------------- */
+
+typedef struct pg_producer {
+    ch_producer p; /* aggregates, aggs, committed, transactions, total, ... */
+    char conninfo[512];
+    int async_commit; /* synchronous_commit=off: only for runs where the
+                         database itself is not crashed */
+} pg_producer;
+
+static void *pg_producer_main(void *arg)
+{
+    pg_producer *pp = arg;
+    ch_producer *p = &pp->p;
+    uint64_t r = p->seed;
+    outbox_error err;
+    outbox_msg *batch[64];
+    int batch_agg[64];
+    PGconn *c = PQconnectdb(pp->conninfo);
+    memset(&err, 0, sizeof err);
+    if (PQstatus(c) != CONNECTION_OK) {
+        snprintf(p->error, sizeof p->error, "connect: %s", PQerrorMessage(c));
+        goto out;
+    }
+    if (pp->async_commit) PQclear(PQexec(c, "SET synchronous_commit = off"));
+    while (p->committed < p->total) {
+        int k = (int)ch_rand_range(&r, 1, p->max_txn), i, ok = 1;
+        if (k > p->total - p->committed) k = p->total - p->committed;
+        PQclear(PQexec(c, "BEGIN"));
+        for (i = 0; i < k; i++) {
+            int agg = (int)ch_rand_range(&r, 0, p->aggregates - 1);
+            int n = p->aggs[agg].count;
+            for (int j = 0; j < i; j++)
+                if (batch_agg[j] == agg) n++;
+            char agg_id[32], payload[128];
+            snprintf(agg_id, sizeof agg_id, "a%d", agg);
+            snprintf(payload, sizeof payload, "{\"agg\":\"%s\",\"n\":%d,\"txn\":%d}", agg_id, n,
+                     p->transactions);
+            batch[i] = NULL;
+            batch_agg[i] = agg;
+            if (outbox_msg_new(&batch[i], "Tick", "Agg", agg_id, payload, &err) != OUTBOX_OK ||
+                outbox_enqueue_pg(c, batch[i], &err) != OUTBOX_OK) {
+                snprintf(p->error, sizeof p->error, "enqueue: %d %s", err.code, err.message);
+                ok = 0;
+                i++;
+                break;
+            }
+        }
+        PGresult *res = ok ? PQexec(c, "COMMIT") : NULL;
+        if (ok && PQresultStatus(res) == PGRES_COMMAND_OK) {
+            for (int j = 0; j < i; j++) ch_agg_push(&p->aggs[batch_agg[j]], outbox_msg_id(batch[j]));
+            p->committed += i;
+            p->transactions++;
+        } else {
+            if (ok) snprintf(p->error, sizeof p->error, "commit: %s", PQerrorMessage(c));
+            PQclear(PQexec(c, "ROLLBACK"));
+            ok = 0;
+        }
+        PQclear(res);
+        for (int j = 0; j < i; j++) outbox_msg_free(batch[j]);
+        if (!ok) goto out;
+        if (p->pause_us) usleep((useconds_t)p->pause_us);
+    }
+out:
+    PQfinish(c);
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+
+static void producer_start(pg_producer *pp, int total, int aggregates, int pause_us,
+                           int async_commit)
+{
+    memset(pp, 0, sizeof *pp);
+    pp->async_commit = async_commit;
+    snprintf(pp->conninfo, sizeof pp->conninfo, "%s", server.conninfo);
+    pp->p.total = total;
+    pp->p.aggregates = aggregates;
+    pp->p.max_txn = 50;
+    pp->p.pause_us = pause_us;
+    pp->p.seed = ch_rand(&rng);
+    pp->p.aggs = calloc((size_t)aggregates, sizeof *pp->p.aggs);
+    if (!pp->p.aggs) TEST_FAIL_("out of memory");
+    if (pthread_create(&pp->p.thread, NULL, pg_producer_main, pp) != 0)
+        TEST_FAIL_("pthread_create failed");
+}
+
+/* ------------------------------------------------------------------------
+ * Helpers
+ * ---------------------------------------------------------------------- */
+
+typedef struct relay_cmd {
+    char to[700], batch[16];
+    const char *argv[24];
+} relay_cmd;
+
+static void relay_cmd_init(relay_cmd *c, const char *out, int once, int batch)
+{
+    int i = 0;
+    snprintf(c->to, sizeof c->to, "file:%s", out);
+    snprintf(c->batch, sizeof c->batch, "%d", batch);
+    c->argv[i++] = test_outbox_bin();
+    c->argv[i++] = "relay";
+    c->argv[i++] = "--store";
+    c->argv[i++] = server.url;
+    c->argv[i++] = "--to";
+    c->argv[i++] = c->to;
+    c->argv[i++] = "--batch";
+    c->argv[i++] = c->batch;
+    c->argv[i++] = "--lease-ttl";
+    c->argv[i++] = "2s";
+    if (once) c->argv[i++] = "--once";
+    c->argv[i] = NULL;
+}
+
+static void reset_outbox(void)
+{
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    PQfinish(c);
+}
+
+static int64_t outbox_count(const char *status)
+{
+    PGconn *c = pgh_connect(&server);
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox.outbox WHERE status = '%s'", status);
+    int64_t n = pgh_count(c, sql);
+    PQfinish(c);
+    return n;
+}
+
+/* Pending count, or -1 while the server does not answer. */
+static int64_t pending_or_down(void)
+{
+    PGconn *c = PQconnectdb(server.conninfo);
+    int64_t n = -1;
+    if (PQstatus(c) == CONNECTION_OK) {
+        PGresult *r = PQexec(c, "SELECT count(*) FROM outbox.outbox WHERE status = 'pending'");
+        if (PQresultStatus(r) == PGRES_TUPLES_OK) n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+    }
+    PQfinish(c);
+    return n;
+}
+
+static void wait_drained(int64_t timeout_ms, const char *errp)
+{
+    int64_t deadline = ch_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t n = pending_or_down();
+        if (n == 0) return;
+        if (ch_now_ms() > deadline) {
+            ch_dump("relay stderr", errp);
+            TEST_FAIL_("%lld messages still pending after %lld ms", (long long)n,
+                       (long long)timeout_ms);
+        }
+        ch_sleep_ms(50);
+    }
+}
+
+static void check_run(const char *label, const char *out, pg_producer *pp, int max_torn)
+{
+    ch_report r;
+    ch_check_file(out, &pp->p, &r);
+    ch_report_print(label, &r);
+    ASSERT_EQ(r.expected, pp->p.total);
+    ASSERT_EQ(r.foreign, 0);
+    ASSERT_EQ(r.lost, 0);
+    ASSERT_EQ(r.violations, 0);
+    ASSERT(r.torn <= max_torn);
+    ASSERT_EQ(outbox_count("pending"), 0);
+    ASSERT_EQ(outbox_count("failed"), 0);
+}
+
+static void free_producer(pg_producer *pp)
+{
+    ch_producer_free(&pp->p);
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* 1. SIGKILL the relay at random moments while the producer writes. */
+TEST(kill_sweep)
+{
+    char out[CH_PATH], errp[CH_PATH];
+    ch_path(out, "kill.jsonl");
+    ch_path(errp, "kill-relay.err");
+    reset_outbox();
+
+    int min_kills = pgh_scaled(50, 5);
+    pg_producer pp;
+    producer_start(&pp, pgh_scaled(100000, 1000), 1000, 0, 1);
+
+    relay_cmd c;
+    relay_cmd_init(&c, out, 0, 256);
+    int kills = 0, lives = 0;
+    int64_t started = ch_now_ms();
+    while (kills < min_kills || !ch_producer_done(&pp.p)) {
+        pid_t pid = ch_spawn(c.argv, NULL, NULL, errp);
+        lives++;
+        ch_sleep_ms(ch_rand_range(&rng, 50, 800));
+        if (!ch_alive(pid)) {
+            int code = ch_wait_or_die(pid, 1000, "relay");
+            ch_dump("relay stderr", errp);
+            TEST_FAIL_("relay exited %d on its own", code);
+        }
+        if (ch_kill9(pid) == 137) kills++;
+        if (ch_now_ms() - started > 150000) TEST_FAIL_("kill sweep took over 150 s");
+    }
+    ch_producer_join(&pp.p);
+    fprintf(stderr, "kill sweep: %d messages in %d transactions, %d relay lives, %d kills, %.1f s\n",
+            pp.p.committed, pp.p.transactions, lives, kills,
+            (double)(ch_now_ms() - started) / 1000.0);
+
+    relay_cmd_init(&c, out, 1, 256);
+    int code = ch_run(c.argv, NULL, NULL, errp, 120000);
+    if (code != 0) {
+        ch_dump("final relay stderr", errp);
+        TEST_FAIL_("final relay --once exited %d", code);
+    }
+    char label[64];
+    snprintf(label, sizeof label, "pg SIGKILL x%d", kills);
+    check_run(label, out, &pp, kills);
+    free_producer(&pp);
+}
+
+/* 2. Crash and restart PostgreSQL during a drain. */
+TEST(database_restarts)
+{
+    char out[CH_PATH], errp[CH_PATH];
+    ch_path(out, "restart.jsonl");
+    ch_path(errp, "restart-relay.err");
+    reset_outbox();
+
+    pg_producer pp;
+    int64_t t_fill = ch_now_ms();
+    producer_start(&pp, pgh_scaled(50000, 2000), 500, 0, 0);
+    ch_producer_join(&pp.p);
+    fprintf(stderr, "database restarts: %d messages enqueued in %.1f s\n", pp.p.committed,
+            (double)(ch_now_ms() - t_fill) / 1000.0);
+
+    relay_cmd c;
+    relay_cmd_init(&c, out, 0, 64);
+    pid_t pid = ch_spawn(c.argv, NULL, NULL, errp);
+    int restarts = 0, during_drain = 0;
+    int64_t started = ch_now_ms();
+    while (restarts < 10) {
+        ch_sleep_ms(ch_rand_range(&rng, 100, 400));
+        int64_t pending = pending_or_down();
+        int64_t t0 = ch_now_ms();
+        pgh_stop_immediate(&server);
+        int64_t t1 = ch_now_ms();
+        ch_sleep_ms(ch_rand_range(&rng, 0, 300));
+        int64_t t2 = ch_now_ms();
+        pgh_start_server(&server);
+        if (getenv("OUTBOX_TEST_VERBOSE"))
+            fprintf(stderr, "restart %d: %lld pending, stop %lld ms, start %lld ms\n",
+                    restarts + 1, (long long)pending, (long long)(t1 - t0),
+                    (long long)(ch_now_ms() - t2));
+        restarts++;
+        if (pending > 0) during_drain++;
+        if (!ch_alive(pid)) {
+            ch_dump("relay stderr", errp);
+            TEST_FAIL_("the relay exited after a database restart");
+        }
+    }
+    fprintf(stderr, "database restarts: %d (%d while messages were pending), %.1f s\n", restarts,
+            during_drain, (double)(ch_now_ms() - started) / 1000.0);
+    wait_drained(120000, errp);
+    kill(pid, SIGTERM);
+    int code = ch_wait_or_die(pid, 20000, "relay");
+    if (code != 0) {
+        ch_dump("relay stderr", errp);
+        TEST_FAIL_("relay exited %d after SIGTERM", code);
+    }
+    char *log = test_read_file(errp, NULL);
+    ASSERT_CONTAINS(log, "reconnected");
+    free(log);
+    ASSERT_GE(during_drain, 3);
+    check_run("pg restarts x10", out, &pp, 0);
+    free_producer(&pp);
+}
+
+/* 3. Three relays; one is SIGKILLed and restarted again and again. */
+TEST(three_relays)
+{
+    char out[CH_PATH], errs[3][CH_PATH];
+    ch_path(out, "three.jsonl");
+    ch_path(errs[0], "three-0.err");
+    ch_path(errs[1], "three-1.err");
+    ch_path(errs[2], "three-2.err");
+    reset_outbox();
+
+    int min_kills = pgh_scaled(30, 5);
+    pg_producer pp;
+    producer_start(&pp, pgh_scaled(30000, 1000), 1000, 0, 1);
+
+    relay_cmd c;
+    relay_cmd_init(&c, out, 0, 128);
+    pid_t pids[3];
+    for (int i = 0; i < 3; i++) pids[i] = ch_spawn(c.argv, NULL, NULL, errs[i]);
+    int kills = 0;
+    int64_t started = ch_now_ms();
+    while (kills < min_kills || !ch_producer_done(&pp.p)) {
+        ch_sleep_ms(ch_rand_range(&rng, 200, 800));
+        for (int i = 1; i < 3; i++)
+            if (!ch_alive(pids[i])) {
+                ch_dump("relay stderr", errs[i]);
+                TEST_FAIL_("relay %d exited on its own", i);
+            }
+        if (ch_kill9(pids[0]) == 137) kills++;
+        pids[0] = ch_spawn(c.argv, NULL, NULL, errs[0]);
+        if (ch_now_ms() - started > 150000) TEST_FAIL_("three-relay run took over 150 s");
+    }
+    ch_producer_join(&pp.p);
+    wait_drained(120000, errs[1]);
+    /* The last restarted relay must have installed its signal handlers. */
+    ch_sleep_ms(1000);
+    for (int i = 0; i < 3; i++) {
+        kill(pids[i], SIGTERM);
+        int code = ch_wait_or_die(pids[i], 20000, "relay");
+        if (code != 0) {
+            ch_dump("relay stderr", errs[i]);
+            TEST_FAIL_("relay %d exited %d after SIGTERM", i, code);
+        }
+    }
+    fprintf(stderr, "three relays: %d messages, %d kills of one relay, %.1f s\n", pp.p.committed,
+            kills, (double)(ch_now_ms() - started) / 1000.0);
+    char label[64];
+    snprintf(label, sizeof label, "pg 3 relays, SIGKILL x%d", kills);
+    check_run(label, out, &pp, kills);
+    free_producer(&pp);
+}
+
+int main(void)
+{
+    uint64_t seed = ch_seed();
+    rng = seed;
+    fprintf(stderr, "seed %llu (OUTBOX_TEST_SEED replays it)\n", (unsigned long long)seed);
+    if (access(test_outbox_bin(), X_OK) != 0 && !getenv("OUTBOX_BIN"))
+        SKIP("the outbox binary was not found: run through ctest (OUTBOX_BIN)");
+    pgh_start(&server);
+    {
+        const char *argv[] = {test_outbox_bin(), "init", "--store", server.url, NULL};
+        const char *errp = test_path("init.err");
+        int code = ch_run(argv, NULL, NULL, errp, 60000);
+        if (code != 0) {
+            ch_dump("outbox init stderr", errp);
+            TEST_FAIL_("outbox init exited %d", code);
+        }
+    }
+    RUN(kill_sweep);
+    RUN(database_restarts);
+    RUN(three_relays);
+    return 0;
+}

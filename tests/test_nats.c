@@ -1,0 +1,446 @@
+/*
+ * test_nats.c - the nats:// destination against a real nats-server -js
+ * started by the test on 127.0.0.1 and a free port.
+ *
+ *   contract      fields, subject and CloudEvents NATS-binding headers read
+ *                 back from the stream with a JetStream consumer
+ *   dedup         the same message id published twice: the stream holds one
+ *   config        stream missing, create_stream, bad subject templates, a
+ *                 subject the stream does not cover, unknown option, bad
+ *                 credentials: clear start-up errors (password not shown)
+ *   stream_deleted the stream removed after start-up: the message fails for
+ *                 good with the reason, its aggregate's next one waits
+ *   restart       nats-server SIGKILLed and restarted 10 times during a
+ *                 drain: lost 0, duplicates in the stream 0, order
+ *                 violations 0
+ *
+ * OUTBOX_TEST_SCALE scales the message count of the restart test.
+ */
+#include "test.h"
+
+#ifndef OUTBOX_HAVE_NATS
+int main(void)
+{
+    SKIP("this build has no NATS destination (nats.c not found)");
+}
+#else
+
+#include "nats_harness.h"
+
+static nh_server server;
+
+/* Enqueues one message in its own transaction; returns its id in id_out. */
+static void enqueue_one(const char *db_path, const char *id, const char *type,
+                        const char *agg_type, const char *agg_id, const char *payload,
+                        const char *headers_json, char id_out[37])
+{
+    sqlite3 *db = ch_db_open(db_path);
+    outbox_msg *m = NULL;
+    outbox_error err;
+    memset(&err, 0, sizeof err);
+    ASSERT_OK(outbox_msg_new(&m, type, agg_type, agg_id, payload, &err), &err);
+    if (id) ASSERT_OK(outbox_msg_set_id(m, id, &err), &err);
+    if (headers_json) ASSERT_OK(outbox_msg_set_headers_json(m, headers_json, &err), &err);
+    ch_db_exec(db, "BEGIN");
+    ASSERT_OK(outbox_enqueue_sqlite(db, m, &err), &err);
+    ch_db_exec(db, "COMMIT");
+    if (id_out) snprintf(id_out, 37, "%s", outbox_msg_id(m));
+    outbox_msg_free(m);
+    sqlite3_close(db);
+}
+
+static void new_store(char *path, const char *name)
+{
+    sqlite3 *db;
+    outbox_error err;
+    ch_path(path, name);
+    db = ch_db_open(path);
+    ASSERT_OK(outbox_schema_init_sqlite(db, &err), &err);
+    sqlite3_close(db);
+}
+
+/* outbox_relay_new on the store; returns the code, relay in *out (or NULL). */
+static int relay_new(outbox_relay **out, const char *db_path, const char *to, int once,
+                     outbox_error *err)
+{
+    char store[700];
+    outbox_relay_options o;
+    outbox_relay_options_init(&o);
+    o.once = once;
+    o.backoff_base_ms = 50;
+    o.backoff_max_ms = 1000;
+    o.max_attempts = 1000;
+    o.poll_interval_ms = 200;
+    snprintf(store, sizeof store, "sqlite:%s", db_path);
+    memset(err, 0, sizeof *err);
+    return outbox_relay_new(out, store, to, &o, err);
+}
+
+static void drain_once(const char *db_path, const char *to)
+{
+    outbox_relay *r = NULL;
+    outbox_error err;
+    ASSERT_OK(relay_new(&r, db_path, to, 1, &err), &err);
+    ASSERT_OK(outbox_relay_run(r, &err), &err);
+    outbox_relay_free(r);
+}
+
+typedef struct collected {
+    int count;
+    char subject[8][128];
+    char id[8][40];
+    char payload[8][256];
+    char hdr[8][12][160]; /* "key=value" */
+    int nhdr[8];
+} collected;
+
+static void collect(void *user, natsMsg *m)
+{
+    collected *c = user;
+    const char **keys = NULL;
+    int nkeys = 0, i;
+    if (c->count >= 8) TEST_FAIL_("more messages than expected in the stream");
+    int k = c->count++;
+    snprintf(c->subject[k], sizeof c->subject[k], "%s", natsMsg_GetSubject(m));
+    snprintf(c->payload[k], sizeof c->payload[k], "%.*s", natsMsg_GetDataLength(m),
+             natsMsg_GetData(m));
+    const char *id = nh_header(m, "Nats-Msg-Id");
+    snprintf(c->id[k], sizeof c->id[k], "%s", id ? id : "");
+    if (natsMsgHeader_Keys(m, &keys, &nkeys) == NATS_OK) {
+        for (i = 0; i < nkeys && c->nhdr[k] < 12; i++)
+            snprintf(c->hdr[k][c->nhdr[k]++], 160, "%s=%s", keys[i], nh_header(m, keys[i]));
+        free((void *)keys);
+    }
+}
+
+static const char *hdr(const collected *c, int k, const char *key)
+{
+    size_t n = strlen(key);
+    for (int i = 0; i < c->nhdr[k]; i++)
+        if (strncmp(c->hdr[k][i], key, n) == 0 && c->hdr[k][i][n] == '=') return c->hdr[k][i] + n + 1;
+    return NULL;
+}
+
+TEST(contract)
+{
+    char db[CH_PATH], to[256], id1[37], id2[37], t[32];
+    collected c;
+    new_store(db, "contract.db");
+    nh_stream_create(&server, "CONTRACT", "outbox.>");
+    enqueue_one(db, NULL, "OrderPlaced", "Order", "o-1", "{\"total\":42,\"x\":[1,2]}",
+                "{\"traceparent\":\"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\","
+                "\"Tenant-Id\":\"t 7\"}",
+                id1);
+    enqueue_one(db, NULL, "Order.Shipped", "", "o-1", "[]", NULL, id2);
+    snprintf(to, sizeof to, "%s?stream=CONTRACT", server.url);
+    drain_once(db, to);
+    ASSERT_EQ(ch_outbox_count(db, NULL), 0);
+
+    memset(&c, 0, sizeof c);
+    ASSERT_EQ(nh_stream_read(&server, "CONTRACT", "outbox.>", collect, &c), 2);
+    ASSERT_STREQ(c.subject[0], "outbox.Order.OrderPlaced");
+    ASSERT_STREQ(c.id[0], id1);
+    ASSERT_STREQ(c.payload[0], "{\"total\":42,\"x\":[1,2]}");
+    ASSERT_STREQ(hdr(&c, 0, "ce-specversion"), "1.0");
+    ASSERT_STREQ(hdr(&c, 0, "ce-id"), id1);
+    ASSERT_STREQ(hdr(&c, 0, "ce-type"), "OrderPlaced");
+    ASSERT_STREQ(hdr(&c, 0, "ce-source"), "/outbox");
+    ASSERT_STREQ(hdr(&c, 0, "ce-subject"), "o-1");
+    ASSERT_STREQ(hdr(&c, 0, "ce-aggregatetype"), "Order");
+    ASSERT_STREQ(hdr(&c, 0, "content-type"), "application/json");
+    ASSERT_STREQ(hdr(&c, 0, "ce-traceparent"),
+                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    ASSERT_STREQ(hdr(&c, 0, "ce-tenantid"), "t 7");
+    const char *time_hdr = hdr(&c, 0, "ce-time");
+    ASSERT(time_hdr != NULL);
+    ASSERT_EQ(strlen(time_hdr), 27);
+    ASSERT_EQ(time_hdr[26], 'Z');
+    snprintf(t, sizeof t, "%.4s", time_hdr);
+    ASSERT(atoi(t) >= 2024);
+
+    /* Empty aggregate type renders "none"; '.' in the type becomes '_'. */
+    ASSERT_STREQ(c.subject[1], "outbox.none.Order_Shipped");
+    ASSERT_STREQ(c.id[1], id2);
+    ASSERT_STREQ(c.payload[1], "[]");
+    ASSERT(hdr(&c, 1, "ce-aggregatetype") == NULL);
+    ASSERT_STREQ(hdr(&c, 1, "ce-type"), "Order.Shipped");
+
+    /* A custom template with {aggregate_id}. */
+    nh_stream_create(&server, "BYAGG", "agg.>");
+    enqueue_one(db, NULL, "Paid", "Invoice", "inv 9", "{}", NULL, id1);
+    snprintf(to, sizeof to, "%s?stream=BYAGG&subject=agg.{aggregate_type}.{aggregate_id}",
+             server.url);
+    drain_once(db, to);
+    memset(&c, 0, sizeof c);
+    ASSERT_EQ(nh_stream_read(&server, "BYAGG", "agg.>", collect, &c), 1);
+    ASSERT_STREQ(c.subject[0], "agg.Invoice.inv_9");
+}
+
+TEST(dedup)
+{
+    char db[CH_PATH], to[256];
+    const char *id = "0190f2a4-1111-7000-8000-00000000abcd";
+    new_store(db, "dedup.db");
+    nh_stream_create(&server, "DEDUP", "dedup.>");
+    snprintf(to, sizeof to, "%s?stream=DEDUP&subject=dedup.{type}", server.url);
+    enqueue_one(db, id, "Once", "A", "a1", "{\"n\":1}", NULL, NULL);
+    drain_once(db, to);
+    ASSERT_EQ(nh_stream_count(&server, "DEDUP"), 1);
+    /* The same id again (a relay that crashed before recording the send). */
+    enqueue_one(db, id, "Once", "A", "a1", "{\"n\":1}", NULL, NULL);
+    drain_once(db, to);
+    ASSERT_EQ(ch_outbox_count(db, NULL), 0); /* the duplicate ack counts as confirmed */
+    ASSERT_EQ(nh_stream_count(&server, "DEDUP"), 1);
+    /* A different id is a new message. */
+    enqueue_one(db, NULL, "Once", "A", "a1", "{\"n\":2}", NULL, NULL);
+    drain_once(db, to);
+    ASSERT_EQ(nh_stream_count(&server, "DEDUP"), 2);
+}
+
+static void expect_error(const char *db, const char *to, int code, const char *needle)
+{
+    outbox_relay *r = NULL;
+    outbox_error err;
+    int rc = relay_new(&r, db, to, 1, &err);
+    if (rc != code) {
+        outbox_relay_free(r);
+        TEST_FAIL_("%s: expected %d, got %d (%s)", to, code, rc, err.message);
+    }
+    ASSERT(r == NULL);
+    ASSERT_CONTAINS(err.message, needle);
+    fprintf(stderr, "   %s -> %s\n", to, err.message);
+}
+
+TEST(config_errors)
+{
+    char db[CH_PATH], to[512];
+    new_store(db, "config.db");
+    nh_stream_create(&server, "CFG", "cfg.>");
+
+    snprintf(to, sizeof to, "%s?stream=NOPE", server.url);
+    expect_error(db, to, OUTBOX_ECONFIG, "does not exist");
+    snprintf(to, sizeof to, "%s", server.url);
+    expect_error(db, to, OUTBOX_ECONFIG, "stream");
+    snprintf(to, sizeof to, "%s?stream=CFG&subject=cfg..{type}", server.url);
+    expect_error(db, to, OUTBOX_ECONFIG, "subject");
+    snprintf(to, sizeof to, "%s?stream=CFG&subject=cfg.{type}%%20x", server.url);
+    expect_error(db, to, OUTBOX_ECONFIG, "subject");
+    snprintf(to, sizeof to, "%s?stream=CFG&subject=cfg.{nope}", server.url);
+    expect_error(db, to, OUTBOX_ECONFIG, "nope");
+    snprintf(to, sizeof to, "%s?stream=CFG&subject=other.{type}", server.url);
+    expect_error(db, to, OUTBOX_ECONFIG, "not covered by stream");
+    snprintf(to, sizeof to, "%s?stream=CFG&subject=cfg.{type}&bogus=1", server.url);
+    expect_error(db, to, OUTBOX_ECONFIG, "bogus");
+    snprintf(to, sizeof to, "%s?stream=CFG&subject=cfg.{type}&ack_timeout=soon", server.url);
+    expect_error(db, to, OUTBOX_ECONFIG, "ack_timeout");
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=CFG", nh_free_port());
+    expect_error(db, to, OUTBOX_EPUBLISH, "cannot connect");
+
+    /* create_stream makes the stream with subjects covering the template. */
+    snprintf(to, sizeof to, "%s?create_stream=MADE&subject=made.{aggregate_type}.{type}",
+             server.url);
+    ASSERT_EQ(nh_stream_count(&server, "MADE"), -1);
+    char id[37];
+    enqueue_one(db, NULL, "T", "A", "a", "{}", NULL, id);
+    drain_once(db, to);
+    ASSERT_EQ(nh_stream_count(&server, "MADE"), 1);
+
+    /* Bad credentials against a server that requires them. */
+    nh_server auth;
+    memset(&auth, 0, sizeof auth);
+    snprintf(auth.user, sizeof auth.user, "relay");
+    snprintf(auth.pass, sizeof auth.pass, "s3cret-pw");
+    nh_server_start(&auth);
+    nh_stream_create(&auth, "AUTH", "outbox.>");
+    snprintf(to, sizeof to, "nats://relay:wrong-pw-123@127.0.0.1:%d?stream=AUTH", auth.port);
+    {
+        outbox_relay *r = NULL;
+        outbox_error err;
+        int rc = relay_new(&r, db, to, 1, &err);
+        ASSERT_EQ(rc, OUTBOX_ECONFIG);
+        ASSERT_CONTAINS(err.message, "credentials");
+        ASSERT(strstr(err.message, "wrong-pw-123") == NULL);
+        fprintf(stderr, "   (bad password) -> %s\n", err.message);
+    }
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=AUTH", auth.port);
+    expect_error(db, to, OUTBOX_ECONFIG, "credentials");
+    snprintf(to, sizeof to, "nats://relay:s3cret-pw@127.0.0.1:%d?stream=AUTH", auth.port);
+    enqueue_one(db, NULL, "T", "A", "a", "{}", NULL, id);
+    drain_once(db, to);
+    ASSERT_EQ(nh_stream_count(&auth, "AUTH"), 1);
+    nh_server_stop(&auth);
+
+    /* Token authentication: token= (as a --to-opt style option too). */
+    nh_server tok;
+    memset(&tok, 0, sizeof tok);
+    snprintf(tok.token, sizeof tok.token, "tok-9f8e7d");
+    nh_server_start(&tok);
+    nh_stream_create(&tok, "TOK", "outbox.>");
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=TOK&token=bad-token-555", tok.port);
+    {
+        outbox_relay *r = NULL;
+        outbox_error err;
+        ASSERT_EQ(relay_new(&r, db, to, 1, &err), OUTBOX_ECONFIG);
+        ASSERT_CONTAINS(err.message, "credentials");
+        ASSERT(strstr(err.message, "bad-token-555") == NULL);
+    }
+    {
+        outbox_relay *r = NULL;
+        outbox_error err;
+        char store[700];
+        const char *opts[] = {"token=tok-9f8e7d", NULL};
+        outbox_relay_options o;
+        outbox_relay_options_init(&o);
+        o.once = 1;
+        o.destination_options = opts;
+        snprintf(store, sizeof store, "sqlite:%s", db);
+        snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=TOK", tok.port);
+        enqueue_one(db, NULL, "T", "A", "a", "{}", NULL, id);
+        memset(&err, 0, sizeof err);
+        ASSERT_OK(outbox_relay_new(&r, store, to, &o, &err), &err);
+        ASSERT_OK(outbox_relay_run(r, &err), &err);
+        outbox_relay_free(r);
+    }
+    ASSERT_EQ(nh_stream_count(&tok, "TOK"), 1);
+    nh_server_stop(&tok);
+}
+
+/* The stream disappears after start-up: JetStream has no responder for
+ * the subject, which fails the message for good (with the reason) and holds
+ * back the later messages of its aggregate. */
+TEST(stream_deleted)
+{
+    char db[CH_PATH], to[256], id[37];
+    outbox_relay *r = NULL;
+    outbox_error err;
+    new_store(db, "deleted.db");
+    nh_stream_create(&server, "GONE", "gone.>");
+    enqueue_one(db, NULL, "T", "A", "g1", "{}", NULL, id);
+    enqueue_one(db, NULL, "T", "A", "g1", "{}", NULL, id);
+    snprintf(to, sizeof to, "%s?stream=GONE&subject=gone.{type}", server.url);
+    ASSERT_OK(relay_new(&r, db, to, 1, &err), &err);
+    {
+        jsCtx *js = NULL;
+        jsErrCode jerr = 0;
+        natsConnection *nc = nh_connect(&server, &js);
+        ASSERT_EQ(js_DeleteStream(js, "GONE", NULL, &jerr), NATS_OK);
+        jsCtx_Destroy(js);
+        natsConnection_Destroy(nc);
+    }
+    ASSERT_OK(outbox_relay_run(r, &err), &err);
+    outbox_relay_free(r);
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 1);
+    sqlite3 *h = ch_db_open(db);
+    sqlite3_stmt *q = NULL;
+    ASSERT_EQ(sqlite3_prepare_v2(h, "SELECT last_error FROM outbox WHERE status='failed'", -1, &q,
+                                 NULL),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(q), SQLITE_ROW);
+    ASSERT_CONTAINS((const char *)sqlite3_column_text(q, 0), "no JetStream stream listens");
+    fprintf(stderr, "   failed with: %s\n", (const char *)sqlite3_column_text(q, 0));
+    sqlite3_finalize(q);
+    sqlite3_close(h);
+}
+
+typedef struct relay_thread {
+    outbox_relay *relay;
+    int rc;
+    outbox_error err;
+} relay_thread;
+
+static void *relay_main(void *arg)
+{
+    relay_thread *t = arg;
+    t->rc = outbox_relay_run(t->relay, &t->err);
+    return NULL;
+}
+
+TEST(server_restarts)
+{
+    char db[CH_PATH], to[256], dump[CH_PATH];
+    ch_producer p;
+    relay_thread t;
+    pthread_t th;
+    uint64_t rng = ch_seed();
+    int restarts = 10, total = nh_scaled(30000, 500);
+    ch_report rep;
+
+    fprintf(stderr, "   seed %llu, %d messages, %d restarts\n", (unsigned long long)rng, total,
+            restarts);
+    new_store(db, "restart.db");
+    nh_stream_create(&server, "RESTART", "rs.>");
+    memset(&p, 0, sizeof p);
+    p.db_path = db;
+    p.total = total;
+    p.aggregates = 50;
+    p.max_txn = 50;
+    p.pause_us = (int)(125000000LL / total); /* commits spread over ~5 s of restarts */
+    p.seed = rng;
+    ch_producer_start(&p);
+
+    snprintf(to, sizeof to, "%s?stream=RESTART&subject=rs.{aggregate_type}.{type}&ack_timeout=2s",
+             server.url);
+    memset(&t, 0, sizeof t);
+    ASSERT_OK(relay_new(&t.relay, db, to, 0, &t.err), &t.err);
+    if (pthread_create(&th, NULL, relay_main, &t) != 0) TEST_FAIL_("pthread_create");
+
+    for (int i = 0; i < restarts; i++) {
+        ch_sleep_ms(ch_rand_range(&rng, 100, 600));
+        nh_server_kill(&server);
+        ch_sleep_ms(ch_rand_range(&rng, 50, 500));
+        nh_server_start(&server);
+    }
+    ch_producer_join(&p);
+    int64_t deadline = ch_now_ms() + 120000;
+    while (ch_outbox_count(db, "pending") > 0) {
+        if (ch_now_ms() > deadline)
+            TEST_FAIL_("%lld messages still pending 120 s after the last restart",
+                       (long long)ch_outbox_count(db, "pending"));
+        ch_sleep_ms(50);
+    }
+    outbox_relay_stop(t.relay);
+    pthread_join(th, NULL);
+    ASSERT_OK(t.rc, &t.err);
+    outbox_relay_stats stats;
+    outbox_relay_get_stats(t.relay, &stats);
+    outbox_relay_free(t.relay);
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 0);
+
+    ch_path(dump, "restart.jsonl");
+    nh_stream_dump(&server, "RESTART", "rs.>", dump);
+    ch_check_file(dump, &p, &rep);
+    fprintf(stderr, "   relay: %llu published, %llu retried\n",
+            (unsigned long long)stats.published, (unsigned long long)stats.retried);
+    ch_report_print("   nats-server killed and restarted 10 times", &rep);
+    ASSERT_EQ(rep.lost, 0);
+    ASSERT_EQ(rep.foreign, 0);
+    ASSERT_EQ(rep.torn, 0);
+    ASSERT_EQ(rep.duplicates, 0); /* Nats-Msg-Id within the duplicate window */
+    ASSERT_EQ(rep.violations, 0);
+    ch_producer_free(&p);
+}
+
+static void log_to_stderr(void *user, int level, const char *component, const char *message)
+{
+    (void)user;
+    fprintf(stderr, "   [%s] %s: %s\n", outbox_log_level_name(level), component, message);
+}
+
+int main(void)
+{
+    if (getenv("OUTBOX_TEST_VERBOSE")) outbox_log_set(log_to_stderr, NULL, OUTBOX_LOG_DEBUG);
+    nh_require_server();
+    memset(&server, 0, sizeof server);
+    nh_server_start(&server);
+    RUN(contract);
+    RUN(dedup);
+    RUN(config_errors);
+    RUN(stream_deleted);
+    RUN(server_restarts);
+    nh_server_stop(&server);
+    nats_Close();
+    return 0;
+}
+
+#endif /* OUTBOX_HAVE_NATS */

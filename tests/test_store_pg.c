@@ -1,0 +1,706 @@
+/*
+ * test_store_pg.c - the store contract on a real PostgreSQL server (started
+ * by pg_harness.h): schema and URLs, enqueue in the caller's transaction
+ * (commit, rollback, no transaction, duplicates), the SQL functions with
+ * good and bad input, injection attempts, claim order and the ordering
+ * rule, outcomes, out-of-order commits, inbox, NOTIFY coalescing, partition
+ * leases shared by two relays, and reconnecting after the connection is
+ * killed.
+ */
+#include "pg_harness.h"
+#include "test.h"
+
+#include "internal.h"
+
+#include <string.h>
+
+static pgh_server server;
+static char url[700];
+
+static void capture_log(void *user, int level, const char *component, const char *message)
+{
+    outbox_buf *b = user;
+    (void)level;
+    (void)component;
+    outbox__buf_puts(b, message);
+    outbox__buf_puts(b, "\n");
+}
+
+static outbox_msg *make_msg(const char *agg, const char *payload)
+{
+    outbox_msg *m = NULL;
+    outbox_error err;
+    ASSERT_OK(outbox_msg_new(&m, "Tick", "Agg", agg, payload, &err), &err);
+    return m;
+}
+
+static void open_store(outbox_store *s, const char *u)
+{
+    outbox_error err;
+    ASSERT_OK(outbox__store_open(s, u, &err), &err);
+}
+
+/* Enqueues one message through the store (its own transaction). */
+static void store_enqueue(outbox_store *s, const char *agg, int n)
+{
+    char payload[64];
+    outbox_error err;
+    snprintf(payload, sizeof payload, "{\"n\":%d}", n);
+    outbox_msg *m = make_msg(agg, payload);
+    ASSERT_OK(s->ops->enqueue(s->state, m, &err), &err);
+    outbox_msg_free(m);
+}
+
+static size_t claim(outbox_store *s, outbox_msg ***msgs, int failed_blocks)
+{
+    outbox_claim_params p = {100, outbox__now_us(), failed_blocks};
+    outbox_error err;
+    size_t n = 0;
+    ASSERT_OK(s->ops->claim(s->state, &p, msgs, &n, &err), &err);
+    return n;
+}
+
+static void free_msgs(outbox_msg **m, size_t n)
+{
+    for (size_t i = 0; i < n; i++) outbox_msg_free(m[i]);
+    free(m);
+}
+
+/* Completes all of msgs with one outcome. */
+static void complete_all(outbox_store *s, outbox_msg **msgs, size_t n, int outcome,
+                         int64_t available_at, const char *error, int on_sent)
+{
+    outbox_completion *c = calloc(n ? n : 1, sizeof *c);
+    outbox_complete_params p = {on_sent, outbox__now_us(), NULL, 10000};
+    outbox_error err;
+    for (size_t i = 0; i < n; i++) {
+        c[i].msg = msgs[i];
+        c[i].outcome = outcome;
+        c[i].available_at = available_at;
+        c[i].error = error;
+    }
+    ASSERT_OK(s->ops->complete(s->state, c, n, &p, &err), &err);
+    free(c);
+}
+
+static int64_t count_rows(PGconn *c, const char *schema, const char *where)
+{
+    char sql[300];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.outbox%s%s", schema, where ? " WHERE " : "",
+             where ? where : "");
+    return pgh_count(c, sql);
+}
+
+/* ------------------------------------------------------------------------ */
+
+TEST(init_and_schema)
+{
+    outbox_store s;
+    outbox_error err;
+    int from = -1, to = -1;
+
+    open_store(&s, url);
+    ASSERT_EQ(s.ops->check_schema(s.state, &err), OUTBOX_ENOSCHEMA);
+    ASSERT_CONTAINS(err.message, "outbox init");
+    ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
+    ASSERT_EQ(from, 0);
+    ASSERT_EQ(to, 1);
+    ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
+    ASSERT_EQ(from, 1);
+    ASSERT_OK(s.ops->check_schema(s.state, &err), &err);
+    outbox__store_close(&s);
+
+    /* The public init on a borrowed connection, another schema. */
+    PGconn *c = pgh_connect(&server);
+    ASSERT_OK(outbox_schema_init_pg(c, "other_schema", &err), &err);
+    ASSERT_OK(outbox_schema_init_pg(c, "other_schema", &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT value::int FROM other_schema.meta WHERE key = 'partitions'"),
+              32);
+    pgh_exec(c, "BEGIN");
+    ASSERT_EQ(outbox_schema_init_pg(c, "other_schema", &err), OUTBOX_EINVAL);
+    pgh_exec(c, "ROLLBACK");
+
+    /* Newer schema. */
+    pgh_exec(c, "UPDATE other_schema.meta SET value = '99' WHERE key = 'schema_version'");
+    ASSERT_EQ(outbox_schema_init_pg(c, "other_schema", &err), OUTBOX_ESCHEMANEWER);
+    char u2[800];
+    snprintf(u2, sizeof u2, "%s?schema=other_schema", server.url);
+    open_store(&s, u2);
+    ASSERT_EQ(s.ops->check_schema(s.state, &err), OUTBOX_ESCHEMANEWER);
+    outbox__store_close(&s);
+    pgh_exec(c, "DROP SCHEMA other_schema CASCADE");
+    PQfinish(c);
+}
+
+TEST(urls)
+{
+    outbox_store s;
+    outbox_error err;
+    char u[900];
+
+    /* postgresql:// and keyword strings. */
+    snprintf(u, sizeof u, "postgresql://postgres@127.0.0.1:%d/postgres", server.port);
+    open_store(&s, u);
+    ASSERT_OK(s.ops->check_schema(s.state, &err), &err);
+    outbox__store_close(&s);
+    snprintf(u, sizeof u, "postgres:host=127.0.0.1 port=%d user=postgres schema=outbox",
+             server.port);
+    open_store(&s, u);
+    ASSERT_OK(s.ops->check_schema(s.state, &err), &err);
+    outbox__store_close(&s);
+
+    /* Passwords never appear in errors (nothing listens on port 1). */
+    ASSERT_NE(outbox__store_open(&s, "postgres://bob:s3cretpw@127.0.0.1:1/db", &err), OUTBOX_OK);
+    ASSERT(strstr(err.message, "s3cretpw") == NULL);
+    ASSERT_CONTAINS(err.message, "127.0.0.1");
+    ASSERT_NE(outbox__store_open(&s, "postgres:host=127.0.0.1 port=1 password=s3cretpw", &err),
+              OUTBOX_OK);
+    ASSERT(strstr(err.message, "s3cretpw") == NULL);
+
+    /* Injection attempts in the schema name are refused before any SQL. */
+    const char *bad[] = {"x%22%3Bdrop", "a\";DROP TABLE outbox.outbox;--", "a b", "1abc",
+                         "sch'ema", "a;b"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(u, sizeof u, "%s?schema=%s", server.url, bad[i]);
+        ASSERT_EQ(outbox__store_open(&s, u, &err), OUTBOX_ECONFIG);
+        ASSERT_CONTAINS(err.message, "schema name");
+    }
+    snprintf(u, sizeof u, "postgres:host=127.0.0.1 port=%d schema='x;drop'", server.port);
+    ASSERT_EQ(outbox__store_open(&s, u, &err), OUTBOX_ECONFIG);
+    PGconn *c = pgh_connect(&server);
+    ASSERT_EQ(outbox_schema_init_pg(c, "x\"; DROP SCHEMA outbox CASCADE; --", &err),
+              OUTBOX_ECONFIG);
+    outbox_msg *m = make_msg("a", "{}");
+    pgh_exec(c, "BEGIN");
+    ASSERT_EQ(outbox_enqueue_pg_schema(c, "outbox; DROP", m, &err), OUTBOX_ECONFIG);
+    pgh_exec(c, "ROLLBACK");
+    outbox_msg_free(m);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'outbox'"
+                           " AND tablename = 'outbox'"),
+              1);
+    PQfinish(c);
+
+    /* Bad parameters. */
+    snprintf(u, sizeof u, "%s?partitions=0", server.url);
+    ASSERT_EQ(outbox__store_open(&s, u, &err), OUTBOX_ECONFIG);
+    snprintf(u, sizeof u, "postgres:host=127.0.0.1 nonsense");
+    ASSERT_EQ(outbox__store_open(&s, u, &err), OUTBOX_EBADURL);
+}
+
+TEST(enqueue_transactions)
+{
+    PGconn *c = pgh_connect(&server);
+    outbox_error err;
+    outbox_msg *m = make_msg("order-1", "{\"a\":1}");
+    int64_t before = count_rows(c, "outbox", NULL);
+
+    /* No transaction. */
+    ASSERT_EQ(outbox_enqueue_pg(c, m, &err), OUTBOX_ENOTXN);
+    ASSERT_CONTAINS(err.message, "transaction");
+    /* Rollback: nothing. */
+    pgh_exec(c, "BEGIN");
+    ASSERT_OK(outbox_enqueue_pg(c, m, &err), &err);
+    pgh_exec(c, "ROLLBACK");
+    ASSERT_EQ(count_rows(c, "outbox", NULL), before);
+    /* Commit: one row with our fields. */
+    pgh_exec(c, "BEGIN");
+    ASSERT_OK(outbox_enqueue_pg(c, m, &err), &err);
+    /* Duplicate id: EEXISTS and the transaction stays usable. */
+    ASSERT_EQ(outbox_enqueue_pg(c, m, &err), OUTBOX_EEXISTS);
+    ASSERT_EQ(PQtransactionStatus(c), PQTRANS_INTRANS);
+    /* Missing schema: ENOSCHEMA, transaction still usable. */
+    ASSERT_EQ(outbox_enqueue_pg_schema(c, "nope", m, &err), OUTBOX_ENOSCHEMA);
+    ASSERT_EQ(PQtransactionStatus(c), PQTRANS_INTRANS);
+    pgh_exec(c, "COMMIT");
+    ASSERT_EQ(count_rows(c, "outbox", NULL), before + 1);
+    char sql[300];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox.outbox WHERE id = '%s' AND type = 'Tick' AND"
+             " aggregate_type = 'Agg' AND aggregate_id = 'order-1' AND payload = '{\"a\":1}'"
+             " AND status = 'pending' AND attempts = 0",
+             outbox_msg_id(m));
+    ASSERT_EQ(pgh_count(c, sql), 1);
+    /* Occurred_at keeps microseconds. */
+    snprintf(sql, sizeof sql,
+             "SELECT (extract(epoch FROM occurred_at) * 1000000)::bigint FROM outbox.outbox"
+             " WHERE id = '%s'",
+             outbox_msg_id(m));
+    ASSERT_EQ(pgh_count(c, sql), outbox_msg_occurred_at(m));
+    outbox_msg_free(m);
+
+    /* The prepared statement is prepared once per connection. */
+    m = make_msg("order-2", "{}");
+    pgh_exec(c, "BEGIN");
+    ASSERT_OK(outbox_enqueue_pg(c, m, &err), &err);
+    pgh_exec(c, "COMMIT");
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_prepared_statements"
+                           " WHERE name = 'outbox_enqueue.outbox'"),
+              1);
+    outbox_msg_free(m);
+    /* A failed transaction is reported as such. */
+    m = make_msg("order-3", "{}");
+    pgh_exec(c, "BEGIN");
+    PQclear(PQexec(c, "SELECT nonsense_column FROM nowhere"));
+    ASSERT_EQ(outbox_enqueue_pg(c, m, &err), OUTBOX_ENOTXN);
+    ASSERT_CONTAINS(err.message, "ROLLBACK");
+    pgh_exec(c, "ROLLBACK");
+    outbox_msg_free(m);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    PQfinish(c);
+}
+
+/* Calls outbox.enqueue with sql and expects an error with SQLSTATE state
+ * and nothing inserted. */
+static void expect_sql_error(PGconn *c, const char *sql, const char *state, const char *words)
+{
+    int64_t before = count_rows(c, "outbox", NULL);
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_FATAL_ERROR)
+        TEST_FAIL_("expected an error from %s, got %s", sql, PQresStatus(PQresultStatus(r)));
+    const char *got = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (state && (!got || strcmp(got, state) != 0))
+        TEST_FAIL_("%s: SQLSTATE %s, expected %s (%s)", sql, got ? got : "-", state,
+                   PQresultErrorMessage(r));
+    if (words) ASSERT_CONTAINS(PQresultErrorMessage(r), words);
+    PQclear(r);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), before);
+}
+
+TEST(sql_functions)
+{
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+
+    /* Good input, positional and named. */
+    PGresult *r = PQexec(c, "SELECT outbox.enqueue('OrderPlaced', 'o-1', '{\"total\":5}',"
+                            " '{\"correlation_id\":\"c-1\"}', 'Order')");
+    ASSERT_EQ(PQresultStatus(r), PGRES_TUPLES_OK);
+    char id[64];
+    snprintf(id, sizeof id, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    ASSERT(outbox_uuid_valid(id));
+    ASSERT_EQ(id[14], '7'); /* UUIDv7 */
+    pgh_exec(c, "SELECT outbox.enqueue(type => 'T', aggregate_id => 'o-2', payload => '[1,2]',"
+                " id => '0190a0a0-0000-7000-8000-000000000001')");
+    ASSERT_EQ(count_rows(c, "outbox", "id = '0190a0a0-0000-7000-8000-000000000001'"), 1);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 2);
+
+    /* Bad input: clear error, nothing inserted. */
+    expect_sql_error(c, "SELECT outbox.enqueue('T', 'a', '{}', '[1]')", "22023",
+                     "headers must be a JSON object");
+    expect_sql_error(c, "SELECT outbox.enqueue('T', 'a', '{}', '{\"k\":1}')", "22023",
+                     "must be a string");
+    expect_sql_error(c, "SELECT outbox.enqueue('T', 'a', '{}', '{\"k\":\"a\\nb\"}')", "22023",
+                     "control characters");
+    expect_sql_error(c, "SELECT outbox.enqueue('T', 'a', '{}', '{\"\":\"v\"}')", "22023",
+                     "non-empty");
+    expect_sql_error(c, "SELECT outbox.enqueue('T', 'a', '{}', '{\"traceparent\":\"zz\"}')",
+                     "22023", "traceparent");
+    expect_sql_error(c, "SELECT outbox.enqueue('', 'a', '{}')", "22023", "type");
+    expect_sql_error(c, "SELECT outbox.enqueue(E'T\\x01', 'a', '{}')", "22023", "type");
+    expect_sql_error(c, "SELECT outbox.enqueue('T', NULL, '{}')", "22023", "aggregate_id");
+    expect_sql_error(c, "SELECT outbox.enqueue('T', 'a', NULL)", "22023", "payload");
+    expect_sql_error(c, "SELECT outbox.enqueue('T', 'a', 'not json')", "22P02", NULL);
+    expect_sql_error(c, "SELECT outbox.enqueue('T', 'a', '{}', '{}', repeat('x', 300))", "22023",
+                     "aggregate_type");
+    expect_sql_error(c,
+                     "SELECT outbox.enqueue('T', 'a', jsonb_build_object('s', repeat('x',"
+                     " 1100000)))",
+                     "54000", "limit");
+    /* Duplicate id. */
+    expect_sql_error(c,
+                     "SELECT outbox.enqueue('T', 'a', '{}', id =>"
+                     " '0190a0a0-0000-7000-8000-000000000001')",
+                     "23505", NULL);
+
+    /* Injection in header values: stored verbatim, nothing executed. */
+    pgh_exec(c, "SELECT outbox.enqueue('T', 'inj', '{}', '{\"x\":\"a''; DROP TABLE"
+                " outbox.outbox; --\", \"y\":\"q\\\"uote; semi\"}')");
+    ASSERT_EQ(count_rows(c, "outbox", "headers->>'x' = 'a''; DROP TABLE outbox.outbox; --'"), 1);
+    ASSERT_EQ(count_rows(c, "outbox", "headers->>'y' = 'q\"uote; semi'"), 1);
+
+    /* The library's enqueue with such headers, through the relay path. */
+    outbox_msg *m = make_msg("inj2", "{}");
+    outbox_error err;
+    ASSERT_OK(outbox_msg_set_header(m, "evil", "x'); DELETE FROM outbox.outbox; --", &err), &err);
+    pgh_exec(c, "BEGIN");
+    ASSERT_OK(outbox_enqueue_pg(c, m, &err), &err);
+    pgh_exec(c, "COMMIT");
+    ASSERT_EQ(count_rows(c, "outbox", "headers->>'evil' = 'x''); DELETE FROM outbox.outbox; --'"),
+              1);
+    outbox_msg_free(m);
+
+    /* inbox_record. */
+    ASSERT_EQ(pgh_count(c, "SELECT outbox.inbox_record('svc', '0190a0a0-0000-7000-8000-0000000000aa')::int"),
+              1);
+    ASSERT_EQ(pgh_count(c, "SELECT outbox.inbox_record('svc', '0190a0a0-0000-7000-8000-0000000000aa')::int"),
+              0);
+    expect_sql_error(c, "SELECT outbox.inbox_record('', '0190a0a0-0000-7000-8000-0000000000aa')",
+                     "22023", "consumer");
+    pgh_exec(c, "DELETE FROM outbox.outbox; DELETE FROM outbox.inbox");
+    PQfinish(c);
+}
+
+TEST(inbox)
+{
+    PGconn *c = pgh_connect(&server);
+    outbox_error err;
+    const char *id = "0190A0A0-0000-7000-8000-0000000000BB";
+    ASSERT_EQ(outbox_inbox_record_pg(c, "svc", id, &err), OUTBOX_ENOTXN);
+    pgh_exec(c, "BEGIN");
+    ASSERT_EQ(outbox_inbox_record_pg(c, "svc", id, &err), OUTBOX_OK);
+    ASSERT_EQ(outbox_inbox_record_pg(c, "svc", id, &err), OUTBOX_DUPLICATE);
+    ASSERT_EQ(outbox_inbox_record_pg(c, "other", id, &err), OUTBOX_OK);
+    ASSERT_EQ(outbox_inbox_record_pg(c, "svc", "not-a-uuid", &err), OUTBOX_EBADID);
+    ASSERT_EQ(outbox_inbox_record_pg(c, "a\nb", id, &err), OUTBOX_EINVAL);
+    pgh_exec(c, "ROLLBACK");
+    pgh_exec(c, "BEGIN");
+    ASSERT_EQ(outbox_inbox_record_pg(c, "svc", id, &err), OUTBOX_OK); /* rolled back before */
+    pgh_exec(c, "COMMIT");
+    pgh_exec(c, "BEGIN");
+    ASSERT_EQ(outbox_inbox_record_pg(c, "svc", id, &err), OUTBOX_DUPLICATE);
+    pgh_exec(c, "COMMIT");
+    pgh_exec(c, "DELETE FROM outbox.inbox");
+    PQfinish(c);
+}
+
+TEST(claim_order_and_outcomes)
+{
+    outbox_store s;
+    outbox_error err;
+    outbox_msg **msgs = NULL;
+    size_t n;
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    open_store(&s, url);
+
+    /* a: 0 1 2, b: 0 1 */
+    store_enqueue(&s, "a", 0);
+    store_enqueue(&s, "b", 0);
+    store_enqueue(&s, "a", 1);
+    store_enqueue(&s, "a", 2);
+    store_enqueue(&s, "b", 1);
+
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 5);
+    for (size_t i = 1; i < n; i++) ASSERT(msgs[i]->seq > msgs[i - 1]->seq);
+    ASSERT_STREQ(msgs[0]->aggregate_id, "a");
+    ASSERT_STREQ(msgs[0]->payload, "{\"n\": 0}"); /* jsonb renders with a space */
+
+    /* a0 retry (due in an hour), others unsent except b0 sent. */
+    outbox_completion cs[5];
+    memset(cs, 0, sizeof cs);
+    for (size_t i = 0; i < n; i++) {
+        cs[i].msg = msgs[i];
+        cs[i].outcome = OUTBOX_OUTCOME_UNSENT;
+    }
+    cs[0].outcome = OUTBOX_OUTCOME_RETRY;
+    cs[0].available_at = outbox__now_us() + 3600 * 1000000LL;
+    cs[0].error = "broker said \"no\"; {braces}, back\\slash";
+    cs[1].outcome = OUTBOX_OUTCOME_SENT;
+    outbox_complete_params cp = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), "x", 10000};
+    ASSERT_OK(s.ops->complete(s.state, cs, n, &cp, &err), &err);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", "last_error = 'broker said \"no\"; {braces}, back\\slash'"
+                                      " AND attempts = 1"),
+              1);
+
+    /* a is held back behind a0; b1 goes. */
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 1);
+    ASSERT_STREQ(msgs[0]->aggregate_id, "b");
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_MARK);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'sent' AND sent_at IS NOT NULL"), 1);
+
+    int64_t due = 0;
+    ASSERT_OK(s.ops->next_due(s.state, &due, &err), &err);
+    ASSERT(due > outbox__now_us() + 3000LL * 1000000);
+
+    /* Make a0 due: it comes first, then fails for good. */
+    pgh_exec(c, "UPDATE outbox.outbox SET available_at = now() - interval '1 second'"
+                " WHERE attempts > 0");
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 3);
+    ASSERT_EQ(msgs[0]->attempts, 1);
+    outbox_completion one[3];
+    memset(one, 0, sizeof one);
+    for (size_t i = 0; i < n; i++) {
+        one[i].msg = msgs[i];
+        one[i].outcome = OUTBOX_OUTCOME_UNSENT;
+    }
+    one[0].outcome = OUTBOX_OUTCOME_FAILED;
+    one[0].error = "rejected";
+    ASSERT_OK(s.ops->complete(s.state, one, n, &cp, &err), &err);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'failed' AND attempts = 2"), 1);
+
+    /* Failed blocks its aggregate when asked, not otherwise. */
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 0);
+    free_msgs(msgs, n);
+    n = claim(&s, &msgs, 0);
+    ASSERT_EQ(n, 2);
+    free_msgs(msgs, n); /* dropped: the next claim rolls back */
+    n = claim(&s, &msgs, 0);
+    ASSERT_EQ(n, 2);
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+
+    /* Status, list, get, retry, purge. */
+    outbox_status st;
+    ASSERT_OK(s.ops->status(s.state, &st, &err), &err);
+    ASSERT_EQ(st.pending, 0);
+    ASSERT_EQ(st.failed, 1);
+    ASSERT_EQ(st.sent, 1);
+    ASSERT_EQ(st.schema_version, 1);
+    char failed_id[64];
+    snprintf(failed_id, sizeof failed_id, "%s", "");
+    {
+        PGresult *r = PQexec(c, "SELECT id FROM outbox.outbox WHERE status = 'failed'");
+        snprintf(failed_id, sizeof failed_id, "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    outbox_msg *got = NULL;
+    ASSERT_OK(s.ops->get(s.state, failed_id, &got, &err), &err);
+    ASSERT_EQ(got->status, OUTBOX_STATUS_FAILED);
+    ASSERT_STREQ(got->last_error, "rejected");
+    outbox_msg_free(got);
+    ASSERT_EQ(s.ops->get(s.state, "0190a0a0-0000-7000-8000-00000000ffff", &got, &err),
+              OUTBOX_ENOTFOUND);
+    int64_t count = 0;
+    const char *ids[] = {failed_id};
+    ASSERT_OK(s.ops->retry(s.state, ids, 1, 0, &count, &err), &err);
+    ASSERT_EQ(count, 1);
+    ASSERT_OK(s.ops->purge(s.state, outbox__now_us() + 1000000, &count, &err), &err);
+    ASSERT_EQ(count, 1);
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 1);
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
+
+    outbox__store_close(&s);
+    PQfinish(c);
+}
+
+TEST(out_of_order_commits)
+{
+    outbox_store s;
+    outbox_error err;
+    outbox_msg **msgs = NULL;
+    size_t n;
+    PGconn *t1 = pgh_connect(&server), *t2 = pgh_connect(&server);
+    open_store(&s, url);
+
+    outbox_msg *m1 = make_msg("x", "{\"t\":1}"), *m2 = make_msg("y", "{\"t\":2}");
+    pgh_exec(t1, "BEGIN");
+    ASSERT_OK(outbox_enqueue_pg(t1, m1, &err), &err); /* lower seq */
+    pgh_exec(t2, "BEGIN");
+    ASSERT_OK(outbox_enqueue_pg(t2, m2, &err), &err);
+    pgh_exec(t2, "COMMIT");
+
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 1);
+    ASSERT_STREQ(msgs[0]->id, outbox_msg_id(m2));
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+
+    pgh_exec(t1, "COMMIT"); /* commits after a later seq was published */
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 1);
+    ASSERT_STREQ(msgs[0]->id, outbox_msg_id(m1));
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+
+    outbox_msg_free(m1);
+    outbox_msg_free(m2);
+    outbox__store_close(&s);
+    PQfinish(t1);
+    PQfinish(t2);
+}
+
+TEST(skip_locked_and_notify)
+{
+    outbox_store a, b;
+    outbox_error err;
+    outbox_msg **ma = NULL, **mb = NULL;
+    int changed = 0;
+    open_store(&a, url);
+    open_store(&b, url);
+
+    ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err); /* first call: 1 */
+    ASSERT_EQ(changed, 1);
+    ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
+    ASSERT_EQ(changed, 0);
+
+    /* One transaction of 10 rows: one notification. */
+    PGconn *listener = pgh_connect(&server);
+    pgh_exec(listener, "LISTEN outbox");
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "BEGIN");
+    for (int i = 0; i < 10; i++) {
+        char agg[16];
+        snprintf(agg, sizeof agg, "k%d", i);
+        outbox_msg *m = make_msg(agg, "{}");
+        ASSERT_OK(outbox_enqueue_pg(c, m, &err), &err);
+        outbox_msg_free(m);
+    }
+    pgh_exec(c, "SELECT outbox.enqueue('T', 'k0', '{}')");
+    pgh_exec(c, "COMMIT");
+    int notes = 0;
+    for (int tries = 0; tries < 50; tries++) {
+        PGnotify *nt;
+        PQconsumeInput(listener);
+        while ((nt = PQnotifies(listener)) != NULL) {
+            notes++;
+            PQfreemem(nt);
+        }
+        usleep(10000);
+    }
+    ASSERT_EQ(notes, 1);
+    changed = 0;
+    for (int tries = 0; tries < 100 && !changed; tries++) {
+        ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
+        if (!changed) usleep(5000);
+    }
+    ASSERT_EQ(changed, 1);
+
+    /* Two claimers without leases: disjoint sets. */
+    outbox_claim_params p = {6, outbox__now_us(), 1};
+    size_t na = 0, nb = 0;
+    ASSERT_OK(a.ops->claim(a.state, &p, &ma, &na, &err), &err);
+    p.batch_size = 100;
+    ASSERT_OK(b.ops->claim(b.state, &p, &mb, &nb, &err), &err);
+    ASSERT_EQ(na, 6);
+    ASSERT_EQ(nb, 5);
+    for (size_t i = 0; i < na; i++)
+        for (size_t j = 0; j < nb; j++) ASSERT(ma[i]->seq != mb[j]->seq);
+    complete_all(&a, ma, na, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
+    complete_all(&b, mb, nb, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
+    free_msgs(ma, na);
+    free_msgs(mb, nb);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
+
+    PQfinish(listener);
+    PQfinish(c);
+    outbox__store_close(&a);
+    outbox__store_close(&b);
+}
+
+TEST(partitions_shared)
+{
+    outbox_store a, b;
+    outbox_error err;
+    outbox_msg **ma = NULL, **mb = NULL;
+    size_t na, nb;
+    open_store(&a, url);
+    open_store(&b, url);
+    PGconn *c = pgh_connect(&server);
+
+    ASSERT_OK(a.ops->lease_acquire(a.state, "relay-a", 2000, &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                           " AND objsubid = 2"),
+              33); /* membership + 32 partitions */
+    ASSERT_OK(b.ops->lease_acquire(b.state, "relay-b", 2000, &err), &err);
+    /* a gives up its extra share at its next renew; b then takes it. */
+    ASSERT_OK(a.ops->lease_renew(a.state, "relay-a", 2000, &err), &err);
+    ASSERT_OK(b.ops->lease_renew(b.state, "relay-b", 2000, &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                           " AND objsubid = 2"),
+              34);
+
+    outbox_status st;
+    ASSERT_OK(a.ops->status(a.state, &st, &err), &err);
+    ASSERT_CONTAINS(st.lease_owner, "relay-a[");
+    ASSERT_CONTAINS(st.lease_owner, "relay-b[");
+
+    for (int i = 0; i < 200; i++) {
+        char agg[16];
+        snprintf(agg, sizeof agg, "g%d", i);
+        store_enqueue(&a, agg, i);
+    }
+    outbox_claim_params p = {1000, outbox__now_us(), 1};
+    ASSERT_OK(a.ops->claim(a.state, &p, &ma, &na, &err), &err);
+    ASSERT_OK(b.ops->claim(b.state, &p, &mb, &nb, &err), &err);
+    ASSERT_EQ(na + nb, 200);
+    ASSERT(na > 40 && nb > 40);
+    /* No aggregate on both sides. */
+    for (size_t i = 0; i < na; i++)
+        for (size_t j = 0; j < nb; j++) ASSERT(strcmp(ma[i]->aggregate_id, mb[j]->aggregate_id) != 0);
+    complete_all(&a, ma, na, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
+    free_msgs(ma, na);
+    /* b dies with its batch claimed: its session and locks go. */
+    free_msgs(mb, nb);
+    outbox__store_close(&b);
+    usleep(200000);
+    ASSERT_OK(a.ops->lease_renew(a.state, "relay-a", 2000, &err), &err);
+    ASSERT_OK(a.ops->claim(a.state, &p, &ma, &na, &err), &err);
+    ASSERT_EQ(na, nb); /* b's unrecorded batch, now a's */
+    complete_all(&a, ma, na, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
+    free_msgs(ma, na);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
+    ASSERT_OK(a.ops->lease_release(a.state, "relay-a", &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), 0);
+    outbox__store_close(&a);
+    PQfinish(c);
+}
+
+TEST(reconnect)
+{
+    outbox_store s;
+    outbox_error err;
+    outbox_msg **msgs = NULL;
+    size_t n = 0;
+    outbox_buf logs;
+    outbox__buf_init(&logs);
+    outbox_log_set(capture_log, &logs, OUTBOX_LOG_INFO);
+    open_store(&s, url);
+    PGconn *c = pgh_connect(&server);
+    ASSERT_OK(s.ops->lease_acquire(s.state, "relay-r", 2000, &err), &err);
+    store_enqueue(&s, "r", 0);
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 1);
+    /* Kill the store's session while the claim is open. */
+    pgh_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <>"
+                " pg_backend_pid() AND datname = current_database() AND backend_type ="
+                " 'client backend'");
+    outbox_completion one = {msgs[0], OUTBOX_OUTCOME_SENT, 0, NULL};
+    outbox_complete_params cp = {0, outbox__now_us(), "relay-r", 2000};
+    int rc = s.ops->complete(s.state, &one, 1, &cp, &err);
+    ASSERT_NE(rc, OUTBOX_OK);
+    free_msgs(msgs, n);
+    /* The batch was not recorded: the message comes again after reconnecting. */
+    outbox_claim_params p = {10, outbox__now_us(), 1};
+    rc = s.ops->claim(s.state, &p, &msgs, &n, &err);
+    if (rc != OUTBOX_OK) rc = s.ops->claim(s.state, &p, &msgs, &n, &err);
+    ASSERT_OK(rc, &err);
+    ASSERT_EQ(n, 1);
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    ASSERT_CONTAINS(logs.data, "lost");
+    ASSERT_CONTAINS(logs.data, "reconnected");
+    outbox__buf_free(&logs);
+    outbox__store_close(&s);
+    PQfinish(c);
+}
+
+int main(void)
+{
+    pgh_start(&server);
+    snprintf(url, sizeof url, "%s", server.url);
+    RUN(init_and_schema);
+    RUN(urls);
+    RUN(enqueue_transactions);
+    RUN(sql_functions);
+    RUN(inbox);
+    RUN(claim_order_and_outcomes);
+    RUN(out_of_order_commits);
+    RUN(skip_locked_and_notify);
+    RUN(partitions_shared);
+    RUN(reconnect);
+    fprintf(stderr, "all PostgreSQL store tests passed\n");
+    return 0;
+}
