@@ -78,13 +78,16 @@ enum {
 /* Most --to-opt settings one relay takes. */
 #define MAX_TO_OPTS 64
 
-/* The relay the signal handlers stop; set only while it runs. */
+/* The relay the signal handlers stop, set once it exists; and whether a
+ * stop signal came before that (during start-up), so it is not lost. */
 static outbox_relay *volatile running_relay;
+static volatile sig_atomic_t stop_signalled;
 
 static void on_stop_signal(int sig)
 {
     outbox_relay *relay = running_relay;
     (void)sig;
+    stop_signalled = 1;
     if (relay)
         outbox_relay_stop(relay);
 }
@@ -218,13 +221,19 @@ int cmd_relay(int argc, char **argv)
 
     to_opts[to_opt_count] = NULL;
     opts.destination_options = to_opts;
-    if ((rc = outbox_relay_new(&relay, url, to, &opts, &err)) != OUTBOX_OK)
-        return cli_fail(cmd, rc, &err);
 
+    /* Handlers first: a SIGTERM during start-up is a clean stop too. */
     set_handler(SIGPIPE, SIG_IGN);
-    running_relay = relay;
     set_handler(SIGINT, on_stop_signal);
     set_handler(SIGTERM, on_stop_signal);
+    if ((rc = outbox_relay_new(&relay, url, to, &opts, &err)) != OUTBOX_OK) {
+        set_handler(SIGINT, SIG_DFL);
+        set_handler(SIGTERM, SIG_DFL);
+        return cli_fail(cmd, rc, &err);
+    }
+    running_relay = relay;
+    if (stop_signalled)
+        outbox_relay_stop(relay);
 
     rc = outbox_relay_run(relay, &err);
 
