@@ -318,6 +318,9 @@ typedef struct outbox_webhook_receiver_options {
     unsigned max_headers;          /* more request headers get 431; default 64 */
     unsigned connection_timeout_s; /* idle/slow clients are cut; default 10 */
     unsigned connection_limit;     /* concurrent connections; default 64 */
+    const char *init_sql;          /* run once on the receiver's connection after
+                                      opening, e.g. "PRAGMA synchronous=NORMAL"
+                                      (NULL: none) */
 } outbox_webhook_receiver_options;
 
 /* Fills opts with the defaults above (required fields NULL). */
@@ -351,6 +354,49 @@ void outbox_webhook_receiver_get_stats(outbox_webhook_receiver *r,
 /* Stops serving (waits for the request in progress), closes the database
  * connection and frees r.  NULL is harmless. */
 void outbox_webhook_receiver_free(outbox_webhook_receiver *r);
+
+/* ------------------------------------------------------------------------
+ * PostgreSQL: schema, enqueue, inbox
+ *
+ * The same contract as the SQLite functions, on the caller's PGconn
+ * (borrowed): the library never opens, begins, commits or closes it.  The
+ * outbox lives in a PostgreSQL schema of its own ("outbox" unless given;
+ * names are 1-63 letters, digits and underscores).  The same operations
+ * are available to any language as SQL functions (<schema>.enqueue,
+ * <schema>.inbox_record), documented in the README.
+ * ---------------------------------------------------------------------- */
+
+typedef struct pg_conn PGconn;
+
+/* Creates or upgrades the outbox tables and SQL functions in `schema`
+ * (NULL: "outbox"), idempotent, in a transaction of its own: call it with
+ * no transaction open (OUTBOX_EINVAL otherwise).  OUTBOX_ECONFIG for a bad
+ * schema name, OUTBOX_ESCHEMANEWER when set up by a newer version. */
+int outbox_schema_init_pg(PGconn *conn, const char *schema, outbox_error *err);
+
+/* Inserts msg into the outbox (schema "outbox") inside the caller's open
+ * transaction (PQtransactionStatus must be PQTRANS_INTRANS, else
+ * OUTBOX_ENOTXN).  The message is visible to the relay if and only if that
+ * transaction commits.  Uses a prepared statement, prepared once per
+ * connection.  OUTBOX_EEXISTS (duplicate id) and OUTBOX_ENOSCHEMA leave the
+ * caller's transaction usable; OUTBOX_ETOOBIG is refused before anything
+ * is sent. */
+int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_error *err);
+
+/* outbox_enqueue_pg into the outbox of `schema` (NULL: "outbox"). */
+int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg *msg,
+                             outbox_error *err);
+
+/* Records that `consumer` received `message_id` inside the caller's open
+ * transaction: OUTBOX_OK the first time, OUTBOX_DUPLICATE afterwards (the
+ * caller then skips the effect).  OUTBOX_ENOTXN, OUTBOX_EINVAL, OUTBOX_EBADID
+ * as for SQLite. */
+int outbox_inbox_record_pg(PGconn *conn, const char *consumer, const char *message_id,
+                           outbox_error *err);
+
+/* outbox_inbox_record_pg in the inbox of `schema` (NULL: "outbox"). */
+int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *consumer,
+                                  const char *message_id, outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Relay

@@ -6,7 +6,7 @@ set -eu
 # The core needs jansson and SQLite; the optional drivers need their client
 # libraries, and their tests the real servers (PostgreSQL, nats-server).
 want="build-essential cmake pkg-config libjansson-dev libsqlite3-dev sqlite3"
-drivers="libpq-dev libcurl4-openssl-dev libmicrohttpd-dev libnats-dev librdkafka-dev"
+drivers="libpq-dev libcurl4-openssl-dev libmicrohttpd-dev libssl-dev libnats-dev librdkafka-dev"
 servers="postgresql nats-server python3"
 case "${1:-build}" in
   build) want="$want $drivers" ;;

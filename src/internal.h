@@ -388,6 +388,10 @@ int outbox__store_open(outbox_store *store, const char *url, outbox_error *err);
 void outbox__store_close(outbox_store *store);
 
 extern const outbox_store_ops outbox__store_sqlite;
+#ifdef OUTBOX_HAVE_LIBPQ
+extern const outbox_store_ops outbox__store_postgres;
+extern const outbox_store_ops outbox__store_postgresql;
+#endif
 
 /* ------------------------------------------------------------------------
  * Transports

@@ -27,11 +27,11 @@
 typedef struct nh_server {
     pid_t pid;
     int port;
-    char dir[CH_PATH];  /* JetStream store dir */
+    char dir[CH_PATH]; /* JetStream store dir */
     char log[CH_PATH];
     char user[64], pass[64]; /* "" for no auth */
     char token[64];          /* "" for no token auth */
-    char url[128];      /* nats://127.0.0.1:PORT (no credentials) */
+    char url[128];           /* nats://127.0.0.1:PORT (no credentials) */
 } nh_server;
 
 /* A port that was free a moment ago (bind port 0). */
@@ -237,7 +237,8 @@ static inline int64_t nh_stream_read(const nh_server *s, const char *name, const
     so.Ordered = true;
     if (total > 0) {
         st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
-        if (st != NATS_OK) TEST_FAIL_("subscribe %s: %s (%d)", name, natsStatus_GetText(st), (int)jerr);
+        if (st != NATS_OK)
+            TEST_FAIL_("subscribe %s: %s (%d)", name, natsStatus_GetText(st), (int)jerr);
         while (got < total) {
             natsMsg *m = NULL;
             st = natsSubscription_NextMsg(&m, sub, 10000);

@@ -121,6 +121,19 @@ static inline const char *test_path(const char *name)
     return b;
 }
 
+/* n scaled by OUTBOX_TEST_SCALE (a float, default 1.0; the sanitizer run in
+ * CI lowers it), never below floor.  Full-scale figures are for the normal
+ * run; the sanitizer run looks for memory errors, not statistics. */
+static inline int test_scaled(int n, int floor)
+{
+    const char *s = getenv("OUTBOX_TEST_SCALE");
+    double f = s && *s ? atof(s) : 1.0;
+    int v;
+    if (f <= 0) f = 1.0;
+    v = (int)(n * f);
+    return v < floor ? floor : v;
+}
+
 /* Path of the built `outbox` CLI. */
 static inline const char *test_outbox_bin(void)
 {

@@ -55,7 +55,8 @@ static void check_consumer(const char *cdb, const ch_producer *p, report *r)
     for (int a = 0; a < p->aggregates; a++) {
         r->expected += p->aggs[a].count;
         first[a] = malloc(((size_t)p->aggs[a].count + 1) * sizeof **first);
-        for (int n = 0; n < p->aggs[a].count; n++) first[a][n] = -1;
+        for (int n = 0; n < p->aggs[a].count; n++)
+            first[a][n] = -1;
     }
     sqlite3 *db = ch_db_open(cdb);
     sqlite3_stmt *st = NULL;
@@ -143,9 +144,22 @@ TEST(kill_sweep_http)
 
     snprintf(store, sizeof store, "sqlite:%s", db);
     snprintf(to, sizeof to, "http://127.0.0.1:%u/events", outbox_webhook_receiver_port(rcv));
-    const char *argv[] = {test_outbox_bin(), "relay", "--store", store, "--to", to,
-                          "--to-opt", "secret_env=" SECRET_ENV, "--to-opt", "max_in_flight=16",
-                          "--batch", "256", "--lease-ttl", "2s", NULL, NULL};
+    const char *argv[] = {test_outbox_bin(),
+                          "relay",
+                          "--store",
+                          store,
+                          "--to",
+                          to,
+                          "--to-opt",
+                          "secret_env=" SECRET_ENV,
+                          "--to-opt",
+                          "max_in_flight=16",
+                          "--batch",
+                          "256",
+                          "--lease-ttl",
+                          "2s",
+                          NULL,
+                          NULL};
     const char *env[] = {SECRET_ENV "=" SECRET, NULL};
 
     ch_producer p;
@@ -168,7 +182,8 @@ TEST(kill_sweep_http)
         } else {
             /* Enough kills: let this relay work until the producer is done
              * (bounds the run time on slow builds), then kill it too. */
-            while (!ch_producer_done(&p) && ch_alive(pid)) ch_sleep_ms(20);
+            while (!ch_producer_done(&p) && ch_alive(pid))
+                ch_sleep_ms(20);
             ch_sleep_ms(ch_rand_range(&rng, 0, 200));
         }
         if (ch_alive(pid) && ch_kill9(pid) == 137) {

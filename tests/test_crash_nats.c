@@ -53,8 +53,8 @@ TEST(kill_sweep)
 
     snprintf(store, sizeof store, "sqlite:%s", db);
     snprintf(to, sizeof to, "%s?stream=CRASH", server.url);
-    const char *argv[] = {test_outbox_bin(), "relay", "--store", store, "--to", to,
-                          "--batch", "512", "--lease-ttl", "2s", NULL};
+    const char *argv[] = {test_outbox_bin(), "relay", "--store",     store, "--to", to,
+                          "--batch",         "512",   "--lease-ttl", "2s",  NULL};
     int kills = 0, lives = 0;
     int64_t started = ch_now_ms();
     /* Kill until both the kill count is reached and the producer is done,
@@ -87,7 +87,7 @@ TEST(kill_sweep)
             (double)(ch_now_ms() - started) / 1000.0);
 
     const char *once[] = {test_outbox_bin(), "relay", "--store", store, "--to", to,
-                          "--batch", "512", "--once", NULL};
+                          "--batch",         "512",   "--once",  NULL};
     int code = ch_run(once, NULL, NULL, errp, 120000);
     if (code != 0) {
         ch_dump("final relay stderr", errp);

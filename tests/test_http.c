@@ -151,9 +151,9 @@ TEST(verify_failures)
               OUTBOX_EBADTIMESTAMP);
     ASSERT_EQ(outbox_webhook_verify(SECRET, id, "-5", sig, body, strlen(body), 0, now, &err),
               OUTBOX_EBADTIMESTAMP);
-    ASSERT_EQ(outbox_webhook_verify("whsec_not base64!", id, ts, sig, body, strlen(body), 0, now,
-                                    &err),
-              OUTBOX_ECONFIG);
+    ASSERT_EQ(
+        outbox_webhook_verify("whsec_not base64!", id, ts, sig, body, strlen(body), 0, now, &err),
+        OUTBOX_ECONFIG);
     ASSERT(strstr(err.message, "not base64") == NULL); /* the secret is never shown */
     ASSERT(outbox_strerror(OUTBOX_ESTALE) != outbox_strerror(OUTBOX_EBADSIGNATURE));
 }
@@ -292,8 +292,7 @@ TEST(contract)
         /* Signature over id.timestamp.body verifies with the secret. */
         sv_header(rq->head, "webhook-timestamp", v2, sizeof v2);
         sv_header(rq->head, "webhook-signature", v3, sizeof v3);
-        ASSERT_OK(outbox_webhook_verify(SECRET, ids[i], v2, v3, rq->body, rq->body_len, 0, 0,
-                                        &err),
+        ASSERT_OK(outbox_webhook_verify(SECRET, ids[i], v2, v3, rq->body, rq->body_len, 0, 0, &err),
                   &err);
         if (i == 0) {
             ASSERT_STREQ(sv_header(rq->head, "ce-type", v, sizeof v), "OrderPlaced");
@@ -324,7 +323,7 @@ TEST(contract)
  * ---------------------------------------------------------------------- */
 
 typedef struct consumer {
-    int fail_left;       /* the handler fails this many times for fail_agg/fail_n */
+    int fail_left; /* the handler fails this many times for fail_agg/fail_n */
     char fail_agg[16];
     int fail_n;
     atomic_int calls;
@@ -344,8 +343,8 @@ static int apply_handler(void *user, sqlite3 *db, const outbox_msg *msg, outbox_
         sqlite3_exec(db, "INSERT INTO applied(id, agg, n) VALUES ('x', 'x', -1)", NULL, NULL, NULL);
         return outbox__error(err, OUTBOX_EIO, "handler failed on purpose");
     }
-    if (sqlite3_prepare_v2(db, "INSERT INTO applied(id, agg, n, type) VALUES (?, ?, ?, ?)", -1,
-                           &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "INSERT INTO applied(id, agg, n, type) VALUES (?, ?, ?, ?)", -1, &st,
+                           NULL) != SQLITE_OK)
         return outbox__error(err, OUTBOX_ESTORE, "prepare: %s", sqlite3_errmsg(db));
     sqlite3_bind_text(st, 1, outbox_msg_id(msg), -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, outbox_msg_aggregate_id(msg), -1, SQLITE_TRANSIENT);
@@ -465,9 +464,9 @@ TEST(receiver_end_to_end)
         char id[64];
         sqlite3 *h = wh_db_open(cdb);
         sqlite3_stmt *st = NULL;
-        ASSERT_EQ(sqlite3_prepare_v2(h, "SELECT id FROM applied WHERE agg='a0' AND n=0", -1, &st,
-                                     NULL),
-                  SQLITE_OK);
+        ASSERT_EQ(
+            sqlite3_prepare_v2(h, "SELECT id FROM applied WHERE agg='a0' AND n=0", -1, &st, NULL),
+            SQLITE_OK);
         ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
         snprintf(id, sizeof id, "%s", (const char *)sqlite3_column_text(st, 0));
         sqlite3_finalize(st);
@@ -527,12 +526,12 @@ TEST(receiver_down_then_back)
  * ---------------------------------------------------------------------- */
 
 typedef struct script_cfg {
-    int fail_first;          /* the first N requests get fail_status */
+    int fail_first; /* the first N requests get fail_status */
     int fail_status;
     char retry_after[64];
     int delay_ms;
     int hang_first, reset_second;
-    int64_t http_date_secs;  /* > 0: the first request of "b" gets 503 + this date */
+    int64_t http_date_secs; /* > 0: the first request of "b" gets 503 + this date */
 } script_cfg;
 
 static void script(void *user, const sv_request *rq, int n, sv_action *act)
@@ -592,7 +591,8 @@ static void check_scripted_order(sv_server *s, int aggs, int per_agg)
         if (n != next[a]) TEST_FAIL_("aggregate %s: n=%d confirmed before n=%d", agg, n, next[a]);
         next[a]++;
     }
-    for (int a = 0; a < aggs; a++) ASSERT_EQ(next[a], per_agg);
+    for (int a = 0; a < aggs; a++)
+        ASSERT_EQ(next[a], per_agg);
 }
 
 TEST(errors_then_recovery)
@@ -759,8 +759,9 @@ TEST(one_in_flight_per_aggregate)
     ASSERT_OK(outbox_relay_run(relay, &err), &err);
     outbox_relay_free(relay);
     int64_t took = wh_now_ms() - t0;
-    fprintf(stderr, "48 requests of 20 ms over 6 aggregates: %lld ms, max in flight %d, "
-                    "max per aggregate %d\n",
+    fprintf(stderr,
+            "48 requests of 20 ms over 6 aggregates: %lld ms, max in flight %d, "
+            "max per aggregate %d\n",
             (long long)took, s.max_in_flight, s.max_agg_in_flight);
     ASSERT_EQ(wh_db_count(db, "SELECT count(*) FROM outbox"), 0);
     ASSERT_EQ(s.max_agg_in_flight, 1);
@@ -786,7 +787,8 @@ static int raw_request(unsigned port, const char *data, size_t len)
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     a.sin_port = htons((uint16_t)port);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) TEST_FAIL_("connect: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        TEST_FAIL_("connect: %s", strerror(errno));
     struct timeval tv = {5, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     sv_write_all(fd, data, len);
@@ -810,15 +812,15 @@ static int signed_request(unsigned port, const char *id, int64_t ts, const char 
     outbox_error err;
     memset(&err, 0, sizeof err);
     ASSERT_OK(outbox_webhook_sign(SECRET, id, ts, body, strlen(body), sig, &err), &err);
-    int n = snprintf(req, sizeof req,
-                     "POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     "ce-specversion: 1.0\r\nce-id: %s\r\nce-type: Tick\r\nce-subject: a0\r\n"
-                     "ce-source: /t\r\nce-time: 2026-01-02T03:04:05.678901Z\r\n"
-                     "webhook-id: %s\r\nwebhook-timestamp: %lld\r\n%s%s%s%s"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     id, id, (long long)ts, sig_override ? "" : "webhook-signature: ",
-                     sig_override ? "" : sig, sig_override ? "" : "\r\n",
-                     extra_headers ? extra_headers : "", strlen(body), body);
+    int n = snprintf(
+        req, sizeof req,
+        "POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "ce-specversion: 1.0\r\nce-id: %s\r\nce-type: Tick\r\nce-subject: a0\r\n"
+        "ce-source: /t\r\nce-time: 2026-01-02T03:04:05.678901Z\r\n"
+        "webhook-id: %s\r\nwebhook-timestamp: %lld\r\n%s%s%s%s"
+        "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+        id, id, (long long)ts, sig_override ? "" : "webhook-signature: ", sig_override ? "" : sig,
+        sig_override ? "" : "\r\n", extra_headers ? extra_headers : "", strlen(body), body);
     if (sig_override && *sig_override) {
         /* put the given signature line in */
         char with[16384];
@@ -892,6 +894,64 @@ TEST(receiver_rejects)
     outbox_webhook_receiver_free(rcv);
 }
 
+/* A client that sends half a request and stalls neither blocks other
+ * clients nor keeps its connection: it is cut after connection_timeout_s. */
+TEST(receiver_slow_client)
+{
+    char cdb[600];
+    consumer c;
+    outbox_webhook_receiver_options ro;
+    outbox_webhook_receiver *rcv = NULL;
+    outbox_error err;
+    int64_t now = time(NULL);
+    struct sockaddr_in a;
+
+    memset(&c, 0, sizeof c);
+    memset(&err, 0, sizeof err);
+    snprintf(cdb, sizeof cdb, "%s", test_path("slow-consumer.db"));
+    consumer_db(cdb);
+    outbox_webhook_receiver_options_init(&ro);
+    ro.secret = SECRET;
+    ro.db_path = cdb;
+    ro.consumer = "slow";
+    ro.handler = apply_handler;
+    ro.handler_user = &c;
+    ro.connection_timeout_s = 1;
+    ASSERT_OK(outbox_webhook_receiver_new(&rcv, &ro, &err), &err);
+    unsigned port = outbox_webhook_receiver_port(rcv);
+
+    int slow[8];
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    for (int i = 0; i < 8; i++) {
+        slow[i] = socket(AF_INET, SOCK_STREAM, 0);
+        ASSERT_EQ(connect(slow[i], (struct sockaddr *)&a, sizeof a), 0);
+        const char *half = "POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n";
+        sv_write_all(slow[i], half, strlen(half));
+    }
+    /* Others are served meanwhile. */
+    ASSERT_EQ(signed_request(port, "0190b0c2-0000-7000-8000-0000000000aa", now,
+                             "{\"agg\":\"a0\",\"n\":0}", NULL, NULL),
+              204);
+    /* The stalled ones are cut. */
+    wh_sleep_ms(2500);
+    for (int i = 0; i < 8; i++) {
+        char buf[256];
+        struct timeval tv = {3, 0};
+        setsockopt(slow[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ssize_t r = recv(slow[i], buf, sizeof buf, 0);
+        /* Closed (0 or reset), or answered; still open after 5.5 s fails. */
+        if (r < 0 && errno != ECONNRESET)
+            TEST_FAIL_("stalled connection %d still open: %s", i, strerror(errno));
+        ASSERT(r <= 0 || strncmp(buf, "HTTP/1.1 ", 9) == 0);
+        close(slow[i]);
+    }
+    ASSERT_EQ(wh_db_count(cdb, "SELECT count(*) FROM applied"), 1);
+    outbox_webhook_receiver_free(rcv);
+}
+
 int main(void)
 {
     outbox_error err;
@@ -921,6 +981,7 @@ int main(void)
     RUN(contract);
     RUN(receiver_end_to_end);
     RUN(receiver_rejects);
+    RUN(receiver_slow_client);
     RUN(receiver_down_then_back);
     RUN(errors_then_recovery);
     RUN(permanent_failures);

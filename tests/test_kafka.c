@@ -154,8 +154,8 @@ static int64_t consume_all(const char *topic, msg_fn fn, void *user)
         while (next < hi) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 500);
             if (ch_now_ms() > deadline)
-                TEST_FAIL_("reading %s/%d: stuck at offset %lld of %lld", topic, p,
-                           (long long)next, (long long)hi);
+                TEST_FAIL_("reading %s/%d: stuck at offset %lld of %lld", topic, p, (long long)next,
+                           (long long)hi);
             if (!m) continue;
             if (m->err) {
                 if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -209,10 +209,9 @@ typedef struct seen {
 static void collect(void *user, const rd_kafka_message_t *m)
 {
     seen *s = user;
-    static const char *const names[10] = {"ce_specversion", "ce_id",       "ce_source",
-                                          "ce_type",        "ce_time",     "ce_subject",
-                                          "content-type",   "ce_aggregatetype",
-                                          "ce_traceparent", "ce_tenantid"};
+    static const char *const names[10] = {
+        "ce_specversion", "ce_id",        "ce_source",        "ce_type",        "ce_time",
+        "ce_subject",     "content-type", "ce_aggregatetype", "ce_traceparent", "ce_tenantid"};
     if (s->count >= 4) TEST_FAIL_("more messages than expected");
     int k = s->count++;
     snprintf(s->topic[k], 64, "%s", rd_kafka_topic_name(m->rkt));
@@ -231,8 +230,8 @@ static const char *hv(const seen *s, int k, const char *name)
     return NULL;
 }
 
-static void enqueue(const char *db_path, const char *type, const char *agg_type,
-                    const char *agg_id, const char *payload, const char *headers, char id[37])
+static void enqueue(const char *db_path, const char *type, const char *agg_type, const char *agg_id,
+                    const char *payload, const char *headers, char id[37])
 {
     sqlite3 *db = ch_db_open(db_path);
     outbox_msg *m = NULL;
@@ -412,7 +411,8 @@ TEST(rejected)
     char db[CH_PATH], to[700], id[37];
     new_store(db, "rejected.db");
     topic_create("rejected");
-    for (int i = 0; i < 3; i++) enqueue(db, "T", "A", "agg-r", "{}", NULL, id);
+    for (int i = 0; i < 3; i++)
+        enqueue(db, "T", "A", "agg-r", "{}", NULL, id);
     rd_kafka_mock_push_request_errors(mc, 0, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
     snprintf(to, sizeof to, "kafka://%s?topic=rejected&kafka.linger.ms=50", bootstraps);
     drain_once(db, to);
@@ -420,9 +420,9 @@ TEST(rejected)
     ASSERT_EQ(ch_outbox_count(db, "pending"), 2);
     sqlite3 *h = ch_db_open(db);
     sqlite3_stmt *q = NULL;
-    ASSERT_EQ(sqlite3_prepare_v2(h, "SELECT last_error FROM outbox WHERE status='failed'", -1, &q,
-                                 NULL),
-              SQLITE_OK);
+    ASSERT_EQ(
+        sqlite3_prepare_v2(h, "SELECT last_error FROM outbox WHERE status='failed'", -1, &q, NULL),
+        SQLITE_OK);
     ASSERT_EQ(sqlite3_step(q), SQLITE_ROW);
     ASSERT_CONTAINS((const char *)sqlite3_column_text(q, 0), "Kafka refused");
     fprintf(stderr, "   failed with: %s\n", (const char *)sqlite3_column_text(q, 0));
@@ -487,10 +487,9 @@ static void inject_errors(uint64_t *rng, int step)
     (void)rng;
     switch (step % 4) {
     case 0:
-        rd_kafka_mock_push_request_errors(mc, 0 /* Produce */, 3,
-                                          RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-                                          RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-                                          RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS);
+        rd_kafka_mock_push_request_errors(
+            mc, 0 /* Produce */, 3, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS);
         break;
     case 1:
         rd_kafka_mock_push_request_errors(mc, 0, 2, RD_KAFKA_RESP_ERR__TRANSPORT,

@@ -30,9 +30,9 @@ int main(void)
 static nh_server server;
 
 /* Enqueues one message in its own transaction; returns its id in id_out. */
-static void enqueue_one(const char *db_path, const char *id, const char *type,
-                        const char *agg_type, const char *agg_id, const char *payload,
-                        const char *headers_json, char id_out[37])
+static void enqueue_one(const char *db_path, const char *id, const char *type, const char *agg_type,
+                        const char *agg_id, const char *payload, const char *headers_json,
+                        char id_out[37])
 {
     sqlite3 *db = ch_db_open(db_path);
     outbox_msg *m = NULL;
@@ -117,7 +117,8 @@ static const char *hdr(const collected *c, int k, const char *key)
 {
     size_t n = strlen(key);
     for (int i = 0; i < c->nhdr[k]; i++)
-        if (strncmp(c->hdr[k][i], key, n) == 0 && c->hdr[k][i][n] == '=') return c->hdr[k][i] + n + 1;
+        if (strncmp(c->hdr[k][i], key, n) == 0 && c->hdr[k][i][n] == '=')
+            return c->hdr[k][i] + n + 1;
     return NULL;
 }
 
@@ -333,9 +334,9 @@ TEST(stream_deleted)
     ASSERT_EQ(ch_outbox_count(db, "pending"), 1);
     sqlite3 *h = ch_db_open(db);
     sqlite3_stmt *q = NULL;
-    ASSERT_EQ(sqlite3_prepare_v2(h, "SELECT last_error FROM outbox WHERE status='failed'", -1, &q,
-                                 NULL),
-              SQLITE_OK);
+    ASSERT_EQ(
+        sqlite3_prepare_v2(h, "SELECT last_error FROM outbox WHERE status='failed'", -1, &q, NULL),
+        SQLITE_OK);
     ASSERT_EQ(sqlite3_step(q), SQLITE_ROW);
     ASSERT_CONTAINS((const char *)sqlite3_column_text(q, 0), "no JetStream stream listens");
     fprintf(stderr, "   failed with: %s\n", (const char *)sqlite3_column_text(q, 0));
@@ -410,8 +411,8 @@ TEST(server_restarts)
     ch_path(dump, "restart.jsonl");
     nh_stream_dump(&server, "RESTART", "rs.>", dump);
     ch_check_file(dump, &p, &rep);
-    fprintf(stderr, "   relay: %llu published, %llu retried\n",
-            (unsigned long long)stats.published, (unsigned long long)stats.retried);
+    fprintf(stderr, "   relay: %llu published, %llu retried\n", (unsigned long long)stats.published,
+            (unsigned long long)stats.retried);
     ch_report_print("   nats-server killed and restarted 10 times", &rep);
     ASSERT_EQ(rep.lost, 0);
     ASSERT_EQ(rep.foreign, 0);

@@ -364,9 +364,15 @@ TEST(options_and_urls_checked_at_start)
     ASSERT_EQ(outbox_relay_new(&relay, store_url(path), "carrier-pigeon:x", &o, err),
               OUTBOX_EBADURL);
     ASSERT_CONTAINS(err->message, "file:");
+#ifndef OUTBOX_HAVE_NATS
     ASSERT_EQ(outbox_relay_new(&relay, store_url(path), "nats://u:hunter2@h:4222", &o, err),
               OUTBOX_ENOTBUILT);
     ASSERT_CONTAINS(err->message, "this build has no");
+#else
+    /* Built with nats.c: nothing listens on port 1, a start-up failure. */
+    ASSERT(outbox_relay_new(&relay, store_url(path), "nats://u:hunter2@127.0.0.1:1", &o, err) !=
+           OUTBOX_OK);
+#endif
     ASSERT(strstr(err->message, "hunter2") == NULL);
     ASSERT_EQ(outbox_relay_new(&relay, store_url(path), "file:", &o, err), OUTBOX_EBADURL);
     snprintf(bad_file, sizeof bad_file, "file:%s", test_path("no/such/dir/events.jsonl"));
@@ -858,8 +864,14 @@ TEST(transport_registry_direct)
     outbox_publish_result res[2];
     outbox_msg *m[2] = {NULL, NULL};
 
+#ifndef OUTBOX_HAVE_RDKAFKA
     ASSERT_EQ(outbox__transport_open(&t, "kafka://broker:9092", &cfg, err), OUTBOX_ENOTBUILT);
+#endif
+#ifndef OUTBOX_HAVE_CURL
     ASSERT_EQ(outbox__transport_open(&t, "https://u:pw@x/hook", &cfg, err), OUTBOX_ENOTBUILT);
+    ASSERT(strstr(err->message, "pw@") == NULL);
+#endif
+    ASSERT_EQ(outbox__transport_open(&t, "gopher://u:pw@x/hook", &cfg, err), OUTBOX_EBADURL);
     ASSERT(strstr(err->message, "pw@") == NULL);
     ASSERT_EQ(outbox__transport_open(&t, "nonsense", &cfg, err), OUTBOX_EBADURL);
     ASSERT_EQ(outbox__transport_open(&t, "stdout:extra", &cfg, err), OUTBOX_EBADURL);

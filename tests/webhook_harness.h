@@ -76,19 +76,19 @@ static inline unsigned wh_free_port(void)
  * ---------------------------------------------------------------------- */
 
 typedef struct sv_request {
-    char *head;      /* request line and headers, "\r\n"-separated */
+    char *head; /* request line and headers, "\r\n"-separated */
     char *body;
     size_t body_len;
-    int64_t at_ms;   /* arrival (monotonic) */
-    int status;      /* what was answered (0: reset or hang) */
+    int64_t at_ms; /* arrival (monotonic) */
+    int status;    /* what was answered (0: reset or hang) */
 } sv_request;
 
 typedef struct sv_action {
-    int status;            /* e.g. 200; 0 with reset/hang */
-    int delay_ms;          /* before answering */
-    int reset;             /* close the connection without an answer */
-    int hang;              /* never answer (until the server stops) */
-    char retry_after[64];  /* Retry-After value, "" for none */
+    int status;           /* e.g. 200; 0 with reset/hang */
+    int delay_ms;         /* before answering */
+    int reset;            /* close the connection without an answer */
+    int hang;             /* never answer (until the server stops) */
+    char retry_after[64]; /* Retry-After value, "" for none */
     char body[256];
 } sv_action;
 
@@ -131,7 +131,8 @@ static inline const char *sv_header(const char *head, const char *name, char *ou
         if ((size_t)(end - line) > n && strncasecmp(line, name, n) == 0 && line[n] == ':') {
             const char *v = line + n + 1;
             size_t k;
-            while (*v == ' ') v++;
+            while (*v == ' ')
+                v++;
             k = (size_t)(end - v);
             if (k >= len) k = len - 1;
             memcpy(out, v, k);
@@ -236,7 +237,8 @@ static inline void *sv_conn_main(void *arg)
         pthread_mutex_lock(&s->mu);
         int n = s->nreqs;
         int slot = sv_agg_slot(s, agg);
-        if (++s->agg_counts[slot] > s->max_agg_in_flight) s->max_agg_in_flight = s->agg_counts[slot];
+        if (++s->agg_counts[slot] > s->max_agg_in_flight)
+            s->max_agg_in_flight = s->agg_counts[slot];
         if (++s->in_flight > s->max_in_flight) s->max_in_flight = s->in_flight;
         if (s->script) s->script(s->user, &rq, n, &act);
         rq.status = act.reset || act.hang ? 0 : act.status;
@@ -249,7 +251,8 @@ static inline void *sv_conn_main(void *arg)
         pthread_mutex_unlock(&s->mu);
 
         if (act.delay_ms > 0) wh_sleep_ms(act.delay_ms);
-        while (act.hang && !atomic_load(&s->stop)) wh_sleep_ms(10);
+        while (act.hang && !atomic_load(&s->stop))
+            wh_sleep_ms(10);
         pthread_mutex_lock(&s->mu);
         s->agg_counts[slot]--;
         s->in_flight--;
@@ -322,7 +325,8 @@ static inline void sv_start(sv_server *s, unsigned port, sv_script_fn script, vo
     int one = 1;
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
-    for (int i = 0; i < SV_MAX_CONN; i++) s->conn_fds[i] = -1;
+    for (int i = 0; i < SV_MAX_CONN; i++)
+        s->conn_fds[i] = -1;
     s->script = script;
     s->user = user;
     s->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -409,9 +413,8 @@ static inline void wh_store_init(const char *path)
 
 /* Enqueues one message in its own transaction; copies its id into id_out
  * (37 bytes) when not NULL. */
-static inline void wh_enqueue(sqlite3 *db, const char *type, const char *agg_type,
-                              const char *agg, const char *payload, const char *headers_json,
-                              char *id_out)
+static inline void wh_enqueue(sqlite3 *db, const char *type, const char *agg_type, const char *agg,
+                              const char *payload, const char *headers_json, char *id_out)
 {
     outbox_error err;
     outbox_msg *m = NULL;
@@ -471,8 +474,8 @@ static inline void wh_wait_count(const char *db_path, const char *sql, int64_t w
         if (v == want) return;
         wh_sleep_ms(20);
     }
-    TEST_FAIL_("%s: %lld after %lld ms, expected %lld", sql, (long long)v,
-               (long long)timeout_ms, (long long)want);
+    TEST_FAIL_("%s: %lld after %lld ms, expected %lld", sql, (long long)v, (long long)timeout_ms,
+               (long long)want);
 }
 
 #endif /* OUTBOX_WEBHOOK_HARNESS_H */

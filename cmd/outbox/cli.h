@@ -23,6 +23,28 @@
 #include <jansson.h>
 #include <stdint.h>
 
+/* Which optional drivers this build has, for `outbox --version`. */
+#ifdef OUTBOX_HAVE_LIBPQ
+#define CLI_PG_BUILT 1
+#else
+#define CLI_PG_BUILT 0
+#endif
+#ifdef OUTBOX_HAVE_CURL
+#define CLI_HTTP_BUILT 1
+#else
+#define CLI_HTTP_BUILT 0
+#endif
+#ifdef OUTBOX_HAVE_NATS
+#define CLI_NATS_BUILT 1
+#else
+#define CLI_NATS_BUILT 0
+#endif
+#ifdef OUTBOX_HAVE_RDKAFKA
+#define CLI_KAFKA_BUILT 1
+#else
+#define CLI_KAFKA_BUILT 0
+#endif
+
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
 
 /* getopt_long values for the global options every command accepts. */

@@ -124,6 +124,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
             printf("outbox %s (liboutbox %s)\n", OUTBOX_VERSION_STRING, outbox_version());
+            printf("stores: sqlite%s\n", CLI_PG_BUILT ? " postgres" : "");
+            printf("destinations: stdout file discard%s%s%s\n",
+                   CLI_HTTP_BUILT ? " http https" : "", CLI_NATS_BUILT ? " nats" : "",
+                   CLI_KAFKA_BUILT ? " kafka" : "");
             return CLI_EXIT_OK;
         }
         if ((v = global_value("--log-level", argc, argv, &i, &missing)) || missing) {

@@ -47,6 +47,10 @@ static const code_info codes[] = {
     {OUTBOX_EFAULT, "EFAULT", "injected fault", 0},
     {OUTBOX_ESTOPPED, "ESTOPPED", "relay was asked to stop", 0},
     {OUTBOX_EINTERNAL, "EINTERNAL", "internal error (a bug: please report it)", 0},
+    {OUTBOX_ENOSIGNATURE, "ENOSIGNATURE", "webhook id, timestamp or signature header missing", 0},
+    {OUTBOX_EBADTIMESTAMP, "EBADTIMESTAMP", "webhook timestamp is not Unix seconds", 0},
+    {OUTBOX_ESTALE, "ESTALE", "webhook timestamp outside the tolerance", 0},
+    {OUTBOX_EBADSIGNATURE, "EBADSIGNATURE", "webhook signature does not match", 0},
 };
 
 static const code_info *find(int code)

@@ -15,6 +15,10 @@
 /* Drivers compiled into this build. */
 static const outbox_store_ops *const drivers[] = {
     &outbox__store_sqlite,
+#ifdef OUTBOX_HAVE_LIBPQ
+    &outbox__store_postgres,
+    &outbox__store_postgresql,
+#endif
 };
 
 /* Known schemes whose driver is absent from this build, and why. */
@@ -22,8 +26,11 @@ static const struct {
     const char *scheme;
     const char *reason;
 } absent[] = {
+#ifndef OUTBOX_HAVE_LIBPQ
     {"postgres", "this build has no PostgreSQL store (not built with libpq)"},
     {"postgresql", "this build has no PostgreSQL store (not built with libpq)"},
+#endif
+    {NULL, NULL}
 };
 
 /* Case-insensitive compare of the n-byte scheme with name. */
@@ -72,7 +79,7 @@ int outbox__store_open(outbox_store *store, const char *url, outbox_error *err)
                              "(supported schemes: sqlite)",
                              shown);
 
-    for (i = 0; i < sizeof absent / sizeof absent[0]; i++)
+    for (i = 0; absent[i].scheme; i++)
         if (scheme_is(url, n, absent[i].scheme))
             return outbox__error(err, OUTBOX_ENOTBUILT, "store URL '%s': %s", shown,
                                  absent[i].reason);
@@ -87,7 +94,11 @@ int outbox__store_open(outbox_store *store, const char *url, outbox_error *err)
     }
     return outbox__error(err, OUTBOX_EBADURL,
                          "store URL '%s' has an unsupported scheme '%.*s': supported "
-                         "schemes: sqlite (sqlite:PATH)",
+                         "schemes: sqlite (sqlite:PATH)"
+#ifdef OUTBOX_HAVE_LIBPQ
+                         ", postgres (postgres://user@host/db or postgres:KEY=VALUE ...)"
+#endif
+                         ,
                          shown, (int)n, url);
 }
 

@@ -18,6 +18,16 @@ static const outbox_transport_ops *const drivers[] = {
     &outbox__transport_stdout,
     &outbox__transport_file,
     &outbox__transport_discard,
+#ifdef OUTBOX_HAVE_CURL
+    &outbox__transport_http,
+    &outbox__transport_https,
+#endif
+#ifdef OUTBOX_HAVE_NATS
+    &outbox__transport_nats,
+#endif
+#ifdef OUTBOX_HAVE_RDKAFKA
+    &outbox__transport_kafka,
+#endif
 };
 
 /* Schemes of destinations that exist in the design but not in this build. */
@@ -34,6 +44,21 @@ static const struct {
 };
 
 #define SUPPORTED "stdout:, file:PATH, discard:"
+
+/* The simple destinations take no settings: a --to-opt given to one of them
+ * is a mistake to report at start-up, not to ignore.  Drivers with settings
+ * check theirs with outbox__url_check_unused. */
+static int refuse_settings(const outbox_transport_ops *ops, const outbox_transport_config *cfg,
+                           outbox_error *err)
+{
+    if (ops != &outbox__transport_stdout && ops != &outbox__transport_file &&
+        ops != &outbox__transport_discard && ops != &outbox__transport_callback)
+        return OUTBOX_OK;
+    if (cfg->options == NULL || cfg->options[0] == NULL) return OUTBOX_OK;
+    return outbox__error(err, OUTBOX_ECONFIG,
+                         "the %s destination takes no settings (got \"%.64s\")", ops->scheme,
+                         cfg->options[0]);
+}
 
 /* Opens the destination for url (see internal.h).  On failure t->ops and
  * t->state are NULL and err names the URL (redacted) and how to fix it. */
@@ -54,6 +79,8 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
             return outbox__error(err, OUTBOX_ECONFIG,
                                  "no destination: give a destination URL (" SUPPORTED
                                  ") or a publish callback");
+        int rc = refuse_settings(&outbox__transport_callback, cfg, err);
+        if (rc != OUTBOX_OK) return rc;
         t->ops = &outbox__transport_callback;
         return t->ops->open(&t->state, NULL, cfg, err);
     }
@@ -75,7 +102,9 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
     for (i = 0; i < sizeof drivers / sizeof drivers[0]; i++) {
         const char *s = drivers[i]->scheme;
         if (strlen(s) == scheme_len && strncasecmp(s, url, scheme_len) == 0) {
-            int rc = drivers[i]->open(&t->state, url, cfg, err);
+            int rc = refuse_settings(drivers[i], cfg, err);
+            if (rc != OUTBOX_OK) return rc;
+            rc = drivers[i]->open(&t->state, url, cfg, err);
             if (rc != OUTBOX_OK) {
                 t->state = NULL;
                 return rc;

@@ -1,0 +1,427 @@
+/*
+ * bench_pg_drain.c - the PostgreSQL store side by side with plain SQL, in
+ * one run on one machine:
+ *
+ *   drain     N pending messages (filled server-side with generate_series,
+ *             ~300-byte jsonb payloads over 1000 aggregates, then VACUUM
+ *             ANALYZE) drained by
+ *               baseline  a loop of `DELETE FROM outbox WHERE seq IN (SELECT
+ *                         seq ... WHERE status = 'pending' ORDER BY seq LIMIT
+ *                         B FOR UPDATE SKIP LOCKED) RETURNING <all columns>`
+ *                         in autocommit, nothing else
+ *               relay     outbox_relay_new(URL, "discard:", once, batch B)
+ *   latency   commit-to-publish at a steady offered load (4 connections,
+ *             10 messages per transaction, paced), the relay in a thread with a
+ *             publish callback; latency = publish time - the time COMMIT
+ *             returned to the producer (0 when the relay was faster than
+ *             the client); percentiles from all samples, sorted (exact)
+ *   enqueue   transactions/s of "insert a business row" vs "insert a
+ *             business row + outbox_enqueue_pg" with 1 and C connections,
+ *             each for T seconds, with the NOTIFY trigger enabled and
+ *             disabled (NOTIFY serialises the commits of notifying
+ *             transactions in PostgreSQL)
+ *
+ * The server: --conninfo/--url of an existing one (the outbox schema
+ * "bench_outbox" is dropped and recreated there), or by default a fresh
+ * cluster started by tests/pg_harness.h (fsync on, shared_buffers 64MB).
+ *
+ * Usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T]
+ *                       [--clients C] [--url URL] [--skip-latency] [--skip-enqueue]
+ */
+#ifndef OUTBOX_HAVE_LIBPQ
+#include <stdio.h>
+int main(void)
+{
+    fprintf(stderr, "bench_pg_drain: this build has no PostgreSQL store (libpq not found)\n");
+    return 2;
+}
+#else
+
+#include "../tests/pg_harness.h"
+
+#include "outbox.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+static long long n_msgs = 1000000;
+static int batch = 1000;
+static int rate = 2000;
+static int seconds = 5;
+static int clients = 8;
+static char url[600];
+static char conninfo[600];
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static PGconn *connect_db(void)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK) TEST_FAIL_("connect: %s", PQerrorMessage(c));
+    return c;
+}
+
+static void fill(PGconn *c, long long n)
+{
+    char sql[1024];
+    double t0 = now_s();
+    pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+    snprintf(sql, sizeof sql,
+             "INSERT INTO bench_outbox.outbox (id, type, aggregate_type, aggregate_id, payload)"
+             " SELECT bench_outbox.uuid_v7(), 'Tick', 'Agg', 'a' || (i %% 1000),"
+             " jsonb_build_object('n', i, 'pad', repeat('x', 270)) FROM generate_series(1, %lld) i",
+             n);
+    pgh_exec(c, sql);
+    pgh_exec(c, "VACUUM ANALYZE bench_outbox.outbox");
+    printf("  fill %lld rows: %.1f s\n", n, now_s() - t0);
+}
+
+static double baseline(PGconn *c)
+{
+    char sql[1024];
+    long long total = 0;
+    snprintf(sql, sizeof sql,
+             "DELETE FROM bench_outbox.outbox WHERE seq IN (SELECT seq FROM bench_outbox.outbox"
+             " WHERE status = 'pending' ORDER BY seq LIMIT %d FOR UPDATE SKIP LOCKED)"
+             " RETURNING seq, id, occurred_at, type, aggregate_type, aggregate_id, payload::text,"
+             " headers::text, attempts",
+             batch);
+    double t0 = now_s();
+    for (;;) {
+        PGresult *r = PQexec(c, sql);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) TEST_FAIL_("baseline: %s", PQerrorMessage(c));
+        int rows = PQntuples(r);
+        PQclear(r);
+        total += rows;
+        if (rows == 0) break;
+    }
+    double dt = now_s() - t0;
+    if (total != n_msgs) TEST_FAIL_("baseline drained %lld of %lld", total, n_msgs);
+    return dt;
+}
+
+static double relay_drain(void)
+{
+    outbox_relay_options o;
+    outbox_relay *r = NULL;
+    outbox_error err;
+    outbox_relay_stats st;
+    outbox_relay_options_init(&o);
+    o.once = 1;
+    o.batch_size = (unsigned)batch;
+    double t0 = now_s();
+    if (outbox_relay_new(&r, url, "discard:", &o, &err) != OUTBOX_OK ||
+        outbox_relay_run(r, &err) != OUTBOX_OK)
+        TEST_FAIL_("relay: %s", err.message);
+    double dt = now_s() - t0;
+    outbox_relay_get_stats(r, &st);
+    outbox_relay_free(r);
+    if ((long long)st.published != n_msgs)
+        TEST_FAIL_("relay published %llu of %lld", (unsigned long long)st.published, n_msgs);
+    return dt;
+}
+
+/* ------------------------------------------------------------------------
+ * Latency
+ * ---------------------------------------------------------------------- */
+
+static int64_t *lat;       /* per message: publish time, then the latency */
+static int64_t *committed; /* per message: when its COMMIT returned */
+static atomic_long lat_n;
+static long lat_cap;
+
+/* Payloads are {"i": INDEX}: the callback notes when message INDEX was
+ * published; latencies are computed after the run. */
+static int record_latency(void *user, const outbox_msg *msg, outbox_error *err)
+{
+    (void)user;
+    (void)err;
+    const char *p = strstr(outbox_msg_payload(msg), "\"i\":");
+    long i = p ? strtol(p + 4, NULL, 10) : -1;
+    if (i >= 0 && i < lat_cap && lat[i] == 0) {
+        lat[i] = wall_us();
+        atomic_fetch_add(&lat_n, 1);
+    }
+    return OUTBOX_OK;
+}
+
+static void *relay_thread(void *arg)
+{
+    outbox_relay *r = arg;
+    outbox_error err;
+    if (outbox_relay_run(r, &err) != OUTBOX_OK) fprintf(stderr, "relay: %s\n", err.message);
+    return NULL;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+enum { LAT_THREADS = 4, LAT_PER_TXN = 10 };
+
+typedef struct pacer {
+    int index;
+    long txns;
+    double t0;
+    double txn_rate;
+    pthread_t th;
+} pacer;
+
+/* One producer connection: txns transactions of LAT_PER_TXN messages,
+ * paced at txn_rate per second. */
+static void *pacer_main(void *arg)
+{
+    pacer *p = arg;
+    PGconn *c = connect_db();
+    outbox_error err;
+    for (long i = 0; i < p->txns; i++) {
+        double due = p->t0 + (double)i / p->txn_rate + (double)p->index / (p->txn_rate * LAT_THREADS);
+        double left = due - now_s();
+        if (left > 0) usleep((useconds_t)(left * 1e6));
+        long first = ((long)p->index * p->txns + i) * LAT_PER_TXN;
+        PQclear(PQexec(c, "BEGIN"));
+        for (int k = 0; k < LAT_PER_TXN; k++) {
+            char agg[32], payload[48];
+            snprintf(agg, sizeof agg, "a%d-%ld", p->index, (i * LAT_PER_TXN + k) % 100);
+            snprintf(payload, sizeof payload, "{\"i\":%ld}", first + k);
+            outbox_msg *m = NULL;
+            if (outbox_msg_new(&m, "Tick", "Agg", agg, payload, &err) != OUTBOX_OK ||
+                outbox_enqueue_pg_schema(c, "bench_outbox", m, &err) != OUTBOX_OK)
+                TEST_FAIL_("enqueue: %s", err.message);
+            outbox_msg_free(m);
+        }
+        PQclear(PQexec(c, "COMMIT"));
+        int64_t done = wall_us();
+        for (int k = 0; k < LAT_PER_TXN; k++) committed[first + k] = done;
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static void latency(void)
+{
+    outbox_relay_options o;
+    outbox_relay *r = NULL;
+    outbox_error err;
+    pthread_t th;
+    pacer pacers[LAT_THREADS];
+    long total_txns = (long)rate * seconds / LAT_PER_TXN;
+    long total = total_txns * LAT_PER_TXN;
+    lat_cap = total;
+    lat = calloc((size_t)total, sizeof *lat);
+    committed = calloc((size_t)total, sizeof *committed);
+    if (!lat || !committed) TEST_FAIL_("out of memory");
+    atomic_store(&lat_n, 0);
+    outbox_relay_options_init(&o);
+    o.publish = record_latency;
+    if (outbox_relay_new(&r, url, NULL, &o, &err) != OUTBOX_OK) TEST_FAIL_("relay: %s", err.message);
+    pthread_create(&th, NULL, relay_thread, r);
+    usleep(300000);
+
+    double t0 = now_s() + 0.05;
+    for (int i = 0; i < LAT_THREADS; i++) {
+        pacers[i].index = i;
+        pacers[i].txns = total_txns / LAT_THREADS;
+        pacers[i].t0 = t0;
+        pacers[i].txn_rate = (double)rate / LAT_PER_TXN / LAT_THREADS;
+        pthread_create(&pacers[i].th, NULL, pacer_main, &pacers[i]);
+    }
+    for (int i = 0; i < LAT_THREADS; i++) pthread_join(pacers[i].th, NULL);
+    total = (total_txns / LAT_THREADS) * LAT_THREADS * LAT_PER_TXN;
+    double offered = total / (now_s() - t0);
+    for (int i = 0; i < 500 && atomic_load(&lat_n) < total; i++) usleep(10000);
+    outbox_relay_stop(r);
+    pthread_join(th, NULL);
+    outbox_relay_free(r);
+    long n = 0;
+    for (long i = 0; i < total; i++) {
+        if (lat[i] == 0 || committed[i] == 0) continue;
+        /* The relay can see the commit before the client hears of it. */
+        lat[n++] = lat[i] > committed[i] ? lat[i] - committed[i] : 0;
+    }
+    if (n < total) fprintf(stderr, "latency: %ld of %ld messages not published in time\n", total - n, total);
+    if (n < 1) TEST_FAIL_("no latency samples");
+    qsort(lat, (size_t)n, sizeof *lat, cmp_i64);
+#define PCT(p) (lat[(long)((n - 1) * (p))] / 1000.0)
+    printf("  latency, %.0f msg/s offered (%d connections, %d messages per transaction), %ld"
+           " samples: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms\n",
+           offered, LAT_THREADS, LAT_PER_TXN, n, PCT(0.5), PCT(0.9), PCT(0.99), PCT(0.999),
+           lat[n - 1] / 1000.0);
+    free(lat);
+    free(committed);
+}
+
+/* ------------------------------------------------------------------------
+ * Enqueue cost
+ * ---------------------------------------------------------------------- */
+
+typedef struct worker {
+    int with_outbox;
+    double until;
+    long txns;
+    pthread_t th;
+} worker;
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    PGconn *c = connect_db();
+    outbox_error err;
+    const char *params[2] = {"customer-1", "12.50"};
+    PGresult *r = PQprepare(c, "biz", "INSERT INTO bench_orders (customer, total) VALUES ($1, $2)",
+                            2, NULL);
+    PQclear(r);
+    long i = 0;
+    while (now_s() < w->until) {
+        PQclear(PQexec(c, "BEGIN"));
+        r = PQexecPrepared(c, "biz", 2, params, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) TEST_FAIL_("insert: %s", PQerrorMessage(c));
+        PQclear(r);
+        if (w->with_outbox) {
+            char agg[32];
+            snprintf(agg, sizeof agg, "o-%ld", i);
+            outbox_msg *m = NULL;
+            outbox_msg_new(&m, "OrderPlaced", "Order", agg, "{\"total\":12.5}", &err);
+            if (outbox_enqueue_pg_schema(c, "bench_outbox", m, &err) != OUTBOX_OK)
+                TEST_FAIL_("enqueue: %s", err.message);
+            outbox_msg_free(m);
+        }
+        r = PQexec(c, "COMMIT");
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) TEST_FAIL_("commit: %s", PQerrorMessage(c));
+        PQclear(r);
+        w->txns++;
+        i++;
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static double enqueue_rate(int nclients, int with_outbox)
+{
+    worker w[64];
+    double t0 = now_s();
+    long total = 0;
+    for (int i = 0; i < nclients; i++) {
+        w[i].with_outbox = with_outbox;
+        w[i].until = t0 + seconds;
+        w[i].txns = 0;
+        pthread_create(&w[i].th, NULL, worker_main, &w[i]);
+    }
+    for (int i = 0; i < nclients; i++) {
+        pthread_join(w[i].th, NULL);
+        total += w[i].txns;
+    }
+    return total / (now_s() - t0);
+}
+
+int main(int argc, char **argv)
+{
+    static pgh_server server;
+    int skip_latency = 0, skip_enqueue = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-n") && i + 1 < argc) n_msgs = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "-b") && i + 1 < argc) batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rate") && i + 1 < argc) rate = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--clients") && i + 1 < argc) clients = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--url") && i + 1 < argc) {
+            snprintf(url, sizeof url, "%s", argv[++i]);
+        } else if (!strcmp(argv[i], "--skip-latency")) skip_latency = 1;
+        else if (!strcmp(argv[i], "--skip-enqueue")) skip_enqueue = 1;
+        else {
+            fprintf(stderr,
+                    "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
+                    "[--clients C] [--url postgres://...] [--skip-latency] [--skip-enqueue]\n");
+            return 2;
+        }
+    }
+    if (clients < 1 || clients > 64 || batch < 1 || n_msgs < 1 || rate < 1 || seconds < 1) {
+        fprintf(stderr, "bench_pg_drain: out-of-range setting\n");
+        return 2;
+    }
+    if (!url[0]) {
+        pgh_start(&server);
+        snprintf(url, sizeof url, "%s", server.url);
+    }
+    snprintf(conninfo, sizeof conninfo, "%s", url);
+    {
+        char full[600];
+        snprintf(full, sizeof full, "%.560s%sschema=bench_outbox", url,
+                 strchr(url, '?') ? "&" : "?");
+        snprintf(url, sizeof url, "%s", full);
+    }
+    PGconn *c = connect_db();
+    outbox_error err;
+    pgh_exec(c, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
+    if (outbox_schema_init_pg(c, "bench_outbox", &err) != OUTBOX_OK) TEST_FAIL_("%s", err.message);
+    PGresult *v = PQexec(c, "SELECT version()");
+    printf("server: %s\n", PQgetvalue(v, 0, 0));
+    PQclear(v);
+    const char *settings[] = {"shared_buffers", "fsync", "synchronous_commit", "wal_level",
+                              "max_wal_size", "checkpoint_timeout", NULL};
+    printf("settings:");
+    for (int i = 0; settings[i]; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "SHOW %s", settings[i]);
+        v = PQexec(c, sql);
+        printf(" %s=%s", settings[i], PQgetvalue(v, 0, 0));
+        PQclear(v);
+    }
+    printf("\n");
+
+    printf("drain %lld messages, batch %d:\n", n_msgs, batch);
+    fill(c, n_msgs);
+    double tb = baseline(c);
+    printf("  baseline (DELETE ... SKIP LOCKED LIMIT %d RETURNING): %.2f s, %.0f msg/s\n", batch,
+           tb, n_msgs / tb);
+    fill(c, n_msgs);
+    double tr = relay_drain();
+    printf("  relay -> discard:                                    %.2f s, %.0f msg/s"
+           " (%.2fx the baseline's time)\n",
+           tr, n_msgs / tr, tr / tb);
+    fflush(stdout);
+
+    if (!skip_latency) latency();
+    fflush(stdout);
+
+    if (!skip_enqueue) {
+        pgh_exec(c, "DROP TABLE IF EXISTS bench_orders");
+        pgh_exec(c, "CREATE TABLE bench_orders (id bigserial PRIMARY KEY, customer text,"
+                    " total numeric, created_at timestamptz DEFAULT now())");
+        int counts[2] = {1, clients};
+        for (int k = 0; k < 2; k++) {
+            double plain = enqueue_rate(counts[k], 0);
+            double with = enqueue_rate(counts[k], 1);
+            pgh_exec(c, "ALTER TABLE bench_outbox.outbox DISABLE TRIGGER outbox_notify");
+            double quiet = enqueue_rate(counts[k], 1);
+            pgh_exec(c, "ALTER TABLE bench_outbox.outbox ENABLE TRIGGER outbox_notify");
+            printf("  enqueue, %d connection(s), %d s each: business row %.0f txn/s; + outbox"
+                   " %.0f txn/s (costs %.1f%%); + outbox, NOTIFY trigger disabled %.0f txn/s"
+                   " (costs %.1f%%)\n",
+                   counts[k], seconds, plain, with, 100.0 * (1.0 - with / plain), quiet,
+                   100.0 * (1.0 - quiet / plain));
+            fflush(stdout);
+        }
+    }
+    pgh_exec(c, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
+    pgh_exec(c, "DROP TABLE IF EXISTS bench_orders");
+    PQfinish(c);
+    return 0;
+}
+
+#endif /* OUTBOX_HAVE_LIBPQ */

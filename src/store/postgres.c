@@ -1,0 +1,2074 @@
+/*
+ * postgres.c - the PostgreSQL store: versioned schema in a configurable
+ * PostgreSQL schema (default "outbox"), the public PostgreSQL functions
+ * (enqueue and inbox on the caller's PGconn, inside the caller's
+ * transaction), SQL functions so any language can enqueue with one call,
+ * and the `outbox__store_postgres` driver the relay and the CLI use.
+ *
+ * Store URLs: libpq URIs (postgres://user:pw@host:port/db?schema=s) and
+ * libpq keyword strings after the scheme (postgres:host=/tmp dbname=app
+ * schema=s).  The parameters `schema` and `partitions` are ours and are
+ * taken out before the rest goes to libpq.  Passwords never reach errors or
+ * logs: URLs are shown redacted.
+ *
+ * Claim and complete: claim is BEGIN + one SELECT ... ORDER BY seq LIMIT n
+ * FOR UPDATE SKIP LOCKED over the partitions this relay holds, with the
+ * ordering rule (guarantee 4) as a NOT EXISTS over the partial index of
+ * blocking rows (retried or failed), which holds few rows; the
+ * transaction stays open while the batch is published.  complete records
+ * each outcome kind with one statement over arrays, then COMMIT.  A claim
+ * while a claim transaction is still open (the relay dropped a batch)
+ * rolls it back first: the rows become claimable again.
+ *
+ * Several relays: the aggregate id is hashed into P partitions (a stored
+ * generated column; P is fixed at init).  A relay holds a membership
+ * advisory lock and partition advisory locks on its own session; between
+ * batches it takes its share ceil(P / live relays) of the free partitions
+ * and releases what it holds beyond that share.  Live relays are counted
+ * from pg_locks, so a dead relay's partitions and membership disappear the
+ * moment its session ends, together with its claim transaction: a new
+ * holder starts from the lowest pending seq of the partition, which keeps
+ * per-aggregate order across the hand-over.
+ *
+ * Wake-up: a statement-level trigger sends pg_notify(<schema name>, '');
+ * PostgreSQL folds identical notifications of one transaction into one.
+ * The store LISTENs and `changed` reads pending notifications without a
+ * round trip (PQconsumeInput + PQnotifies).  It is a hint only: the
+ * relay's fallback poll claims anyway.
+ *
+ * Connection loss: every driver call first makes sure the connection is
+ * up, reconnecting when it broke (claim state, partitions and LISTEN are
+ * set up again and the event is logged).  A batch whose commit did not
+ * happen is not recorded and is published again.  The relay backs off
+ * between failed calls.
+ */
+#include "internal.h"
+
+#ifdef OUTBOX_HAVE_LIBPQ
+
+#include <libpq-fe.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define COMPONENT "store.postgres"
+#define DEFAULT_SCHEMA "outbox"
+#define DEFAULT_PARTITIONS 32
+#define MAX_PARTITIONS 1024
+/* How often (at most) a relay rebalances its partitions between batches. */
+#define REBALANCE_MS 500
+
+/* ------------------------------------------------------------------------
+ * Schema
+ *
+ * Templates: {s} is the quoted schema, {n} the schema name (validated, so
+ * safe in a literal), {P} the partition count.
+ * ---------------------------------------------------------------------- */
+
+static const char meta_sql[] =
+    "CREATE SCHEMA IF NOT EXISTS {s};"
+    "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL);";
+
+/* migrations[i] takes the schema from version i to i + 1.  Append only. */
+static const char *const migrations[] = {
+    /* 1 */
+    "CREATE TABLE {s}.outbox ("
+    " seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " id uuid NOT NULL UNIQUE,"
+    " occurred_at timestamptz NOT NULL DEFAULT now(),"
+    " type text NOT NULL CHECK (octet_length(type) > 0),"
+    " aggregate_type text NOT NULL DEFAULT '',"
+    " aggregate_id text NOT NULL CHECK (octet_length(aggregate_id) > 0),"
+    " payload jsonb NOT NULL,"
+    " headers jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(headers) = 'object'),"
+    " status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','sent','failed')),"
+    " attempts integer NOT NULL DEFAULT 0,"
+    " available_at timestamptz NOT NULL DEFAULT now(),"
+    " last_error text,"
+    " sent_at timestamptz,"
+    " partition smallint NOT NULL GENERATED ALWAYS AS"
+    "  ((abs(hashtext(aggregate_id)::bigint) % {P})::smallint) STORED"
+    ");"
+    "CREATE INDEX outbox_pending ON {s}.outbox (seq) WHERE status = 'pending';"
+    "CREATE INDEX outbox_blocking ON {s}.outbox (aggregate_id, seq)"
+    " WHERE status = 'failed' OR attempts > 0;"
+    "CREATE INDEX outbox_sent_at ON {s}.outbox (sent_at) WHERE status = 'sent';"
+    "CREATE TABLE {s}.inbox (consumer text NOT NULL, message_id uuid NOT NULL,"
+    " received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, message_id));"
+    "CREATE INDEX inbox_received ON {s}.inbox (received_at);"
+    "CREATE TABLE {s}.relays (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " name text NOT NULL, host text, pid integer, backend_pid integer,"
+    " started_at timestamptz NOT NULL DEFAULT now(),"
+    " heartbeat_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE FUNCTION {s}.notify_enqueue() RETURNS trigger LANGUAGE plpgsql AS $fn$"
+    " BEGIN PERFORM pg_notify('{n}', ''); RETURN NULL; END $fn$;"
+    "CREATE TRIGGER outbox_notify AFTER INSERT ON {s}.outbox"
+    " FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_enqueue();"
+    "CREATE FUNCTION {s}.uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $fn$"
+    " SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing"
+    " substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)"
+    " FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid $fn$;"
+    "CREATE FUNCTION {s}.enqueue(type text, aggregate_id text, payload jsonb,"
+    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
+    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
+    "DECLARE h record; v text; new_id uuid; hdr jsonb := coalesce(enqueue.headers, '{}');\n"
+    " agg_type text := coalesce(enqueue.aggregate_type, ''); total bigint;\n"
+    "BEGIN\n"
+    " IF enqueue.type IS NULL OR octet_length(enqueue.type) NOT BETWEEN 1 AND 256"
+    "  OR enqueue.type ~ '[[:cntrl:]]' THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: type must be 1 to 256 bytes of text without control"
+    " characters' USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF enqueue.aggregate_id IS NULL OR octet_length(enqueue.aggregate_id) NOT BETWEEN 1 AND"
+    " 256 OR enqueue.aggregate_id ~ '[[:cntrl:]]' THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: aggregate_id must be 1 to 256 bytes of text without"
+    " control characters' USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF octet_length(agg_type) > 256 OR agg_type ~ '[[:cntrl:]]' THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: aggregate_type must be at most 256 bytes of text"
+    " without control characters' USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF enqueue.payload IS NULL THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: payload is SQL NULL; pass JSON, e.g. ''{}''::jsonb'"
+    " USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF jsonb_typeof(hdr) <> 'object' THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: headers must be a JSON object of strings, not %',"
+    " jsonb_typeof(hdr) USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " FOR h IN SELECT key, value FROM jsonb_each(hdr) LOOP\n"
+    "  IF jsonb_typeof(h.value) <> 'string' THEN\n"
+    "   RAISE EXCEPTION 'outbox.enqueue: header % must be a string, not %', quote_literal(h.key),"
+    " jsonb_typeof(h.value) USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  v := h.value #>> '{}';\n"
+    "  IF h.key = '' OR h.key ~ '[[:cntrl:]]' OR v ~ '[[:cntrl:]]' THEN\n"
+    "   RAISE EXCEPTION 'outbox.enqueue: header names must be non-empty and header names and"
+    " values free of control characters (header %)', quote_literal(h.key)"
+    " USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF h.key = 'traceparent' AND NOT (v ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'"
+    "   AND substr(v, 4, 32) <> repeat('0', 32) AND substr(v, 37, 16) <> repeat('0', 16)) THEN\n"
+    "   RAISE EXCEPTION 'outbox.enqueue: header traceparent is not W3C trace-context"
+    " (00-<32 hex>-<16 hex>-<2 hex>, ids not all zero)' USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    " END LOOP;\n"
+    " total := octet_length(enqueue.payload::text) + octet_length(hdr::text)"
+    "  + octet_length(enqueue.type) + octet_length(enqueue.aggregate_id) + octet_length(agg_type);\n"
+    " IF total > 1048576 THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: message is % bytes, over the 1048576-byte limit', total"
+    " USING ERRCODE = '54000';\n"
+    " END IF;\n"
+    " new_id := coalesce(enqueue.id, {s}.uuid_v7());\n"
+    " INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload,"
+    " headers) VALUES (new_id, coalesce(enqueue.occurred_at, now()), enqueue.type, agg_type,"
+    " enqueue.aggregate_id, enqueue.payload, hdr);\n"
+    " RETURN new_id;\n"
+    "END $fn$;"
+    "CREATE FUNCTION {s}.inbox_record(consumer text, message_id uuid) RETURNS boolean"
+    " LANGUAGE plpgsql AS $fn$\n"
+    "BEGIN\n"
+    " IF inbox_record.consumer IS NULL OR inbox_record.consumer = ''"
+    "  OR inbox_record.consumer ~ '[[:cntrl:]]' THEN\n"
+    "  RAISE EXCEPTION 'outbox.inbox_record: consumer must be non-empty text without control"
+    " characters' USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF inbox_record.message_id IS NULL THEN\n"
+    "  RAISE EXCEPTION 'outbox.inbox_record: message_id is NULL' USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " INSERT INTO {s}.inbox (consumer, message_id)"
+    "  VALUES (inbox_record.consumer, inbox_record.message_id) ON CONFLICT DO NOTHING;\n"
+    " RETURN FOUND;\n"
+    "END $fn$;",
+};
+
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+/* ------------------------------------------------------------------------
+ * Helpers
+ * ---------------------------------------------------------------------- */
+
+/* A schema name we accept: [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes. */
+static int valid_schema(const char *s)
+{
+    size_t i, n = s ? strlen(s) : 0;
+    if (n == 0 || n > 63) return 0;
+    if (!isalpha((unsigned char)s[0]) && s[0] != '_') return 0;
+    for (i = 1; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_') return 0;
+    return 1;
+}
+
+static int schema_error(const char *schema, outbox_error *err)
+{
+    char shown[80];
+    size_t i;
+    /* Show the rejected name without control characters. */
+    snprintf(shown, sizeof shown, "%s", schema ? schema : "(null)");
+    for (i = 0; shown[i]; i++)
+        if ((unsigned char)shown[i] < 0x20 || shown[i] == 0x7f) shown[i] = '?';
+    return outbox__error(err, OUTBOX_ECONFIG,
+                         "PostgreSQL schema name '%s' is not accepted: use 1 to 63 letters, "
+                         "digits and underscores, starting with a letter or underscore "
+                         "(default outbox)",
+                         shown);
+}
+
+/* Removes the trailing newline libpq puts on messages; returns a static-
+ * lifetime-free pointer into a copy in buf. */
+static const char *pq_message(const char *msg, char *buf, size_t len)
+{
+    size_t n;
+    snprintf(buf, len, "%s", msg && *msg ? msg : "unknown error");
+    n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' ')) buf[--n] = '\0';
+    return buf;
+}
+
+/* Maps a failed result (res may be NULL) to an outbox code and fills err. */
+static int pq_fail(PGconn *conn, PGresult *res, const char *what, outbox_error *err)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *text = res ? PQresultErrorMessage(res) : NULL;
+    char buf[400];
+    int code = OUTBOX_ESTORE;
+
+    if (!text || !*text) text = conn ? PQerrorMessage(conn) : "no connection";
+    pq_message(text, buf, sizeof buf);
+    if (conn == NULL || PQstatus(conn) == CONNECTION_BAD)
+        return outbox__error(err, OUTBOX_EIO, "%s: the PostgreSQL connection was lost: %s",
+                             what, buf);
+    if (state) {
+        if (strcmp(state, "42P01") == 0 || strcmp(state, "3F000") == 0 ||
+            strcmp(state, "42883") == 0)
+            code = OUTBOX_ENOSCHEMA;
+        else if (strcmp(state, "23505") == 0) code = OUTBOX_EEXISTS;
+        else if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
+                 strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0)
+            code = OUTBOX_EBUSY;
+        else if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
+                 strncmp(state, "53", 2) == 0)
+            code = OUTBOX_EIO;
+        else if (strcmp(state, "54000") == 0) code = OUTBOX_ETOOBIG;
+    }
+    if (code == OUTBOX_ENOSCHEMA)
+        return outbox__error(err, code,
+                             "%s: %s: the outbox schema is missing; run `outbox init --store "
+                             "postgres://...` or call outbox_schema_init_pg",
+                             what, buf);
+    return outbox__error(err, code, "%s: %s (SQLSTATE %s)", what, buf, state ? state : "none");
+}
+
+/* Runs sql without parameters; expects no rows (COMMAND_OK or TUPLES_OK). */
+static int exec_sql(PGconn *conn, const char *sql, const char *what, outbox_error *err)
+{
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType s = PQresultStatus(res);
+    int code = OUTBOX_OK;
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) code = pq_fail(conn, res, what, err);
+    PQclear(res);
+    return code;
+}
+
+static void rollback(PGconn *conn)
+{
+    if (conn && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        PGresult *res = PQexec(conn, "ROLLBACK");
+        PQclear(res);
+    }
+}
+
+/* Expands a template into b (see "Schema" above); qschema is the quoted
+ * schema. */
+static void expand(outbox_buf *b, const char *tmpl, const char *qschema, const char *schema,
+                   int partitions)
+{
+    const char *p = tmpl;
+    outbox__buf_reset(b);
+    while (*p) {
+        const char *brace = strchr(p, '{');
+        if (!brace) {
+            outbox__buf_puts(b, p);
+            break;
+        }
+        outbox__buf_append(b, p, (size_t)(brace - p));
+        if (strncmp(brace, "{s}", 3) == 0) {
+            outbox__buf_puts(b, qschema);
+            p = brace + 3;
+        } else if (strncmp(brace, "{n}", 3) == 0) {
+            outbox__buf_puts(b, schema);
+            p = brace + 3;
+        } else if (strncmp(brace, "{P}", 3) == 0) {
+            outbox__buf_printf(b, "%d", partitions);
+            p = brace + 3;
+        } else {
+            outbox__buf_append(b, "{", 1);
+            p = brace + 1;
+        }
+    }
+}
+
+/* Quotes a validated schema name with PQescapeIdentifier into out. */
+static int quote_schema(PGconn *conn, const char *schema, char *out, size_t len,
+                        outbox_error *err)
+{
+    char *q;
+    if (!valid_schema(schema)) return schema_error(schema, err);
+    q = PQescapeIdentifier(conn, schema, strlen(schema));
+    if (!q) return pq_fail(conn, NULL, "quoting the schema name", err);
+    snprintf(out, len, "%s", q);
+    PQfreemem(q);
+    return OUTBOX_OK;
+}
+
+static int64_t parse_i64(const char *s)
+{
+    return s && *s ? strtoll(s, NULL, 10) : 0;
+}
+
+/* Reads schema_version (and partitions) from {s}.meta; 0 when absent. */
+static int read_meta(PGconn *conn, const char *qschema, int *version, int *partitions,
+                     outbox_error *err)
+{
+    char sql[256];
+    PGresult *res;
+    int i, code = OUTBOX_OK;
+
+    *version = 0;
+    if (partitions) *partitions = 0;
+    snprintf(sql, sizeof sql, "SELECT key, value FROM %s.meta", qschema);
+    res = PQexec(conn, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state && (strcmp(state, "42P01") == 0 || strcmp(state, "3F000") == 0)) {
+            PQclear(res);
+            return OUTBOX_OK; /* no schema yet */
+        }
+        code = pq_fail(conn, res, "reading the outbox schema version", err);
+        PQclear(res);
+        return code;
+    }
+    for (i = 0; i < PQntuples(res); i++) {
+        const char *k = PQgetvalue(res, i, 0);
+        if (strcmp(k, "schema_version") == 0) *version = (int)parse_i64(PQgetvalue(res, i, 1));
+        else if (strcmp(k, "partitions") == 0 && partitions)
+            *partitions = (int)parse_i64(PQgetvalue(res, i, 1));
+    }
+    PQclear(res);
+    return OUTBOX_OK;
+}
+
+/* Creates or upgrades the schema in one transaction (conn must have none
+ * open); serialised against concurrent inits by a transaction-level
+ * advisory lock. */
+static int migrate(PGconn *conn, const char *schema, int partitions, int *from, int *to,
+                   outbox_error *err)
+{
+    char qschema[160], what[128];
+    outbox_buf b;
+    int version = 0, stored_parts = 0, v, code;
+    const char *params[1];
+    PGresult *res;
+
+    if (from) *from = 0;
+    if (to) *to = 0;
+    code = quote_schema(conn, schema, qschema, sizeof qschema, err);
+    if (code != OUTBOX_OK) return code;
+    outbox__buf_init(&b);
+    code = exec_sql(conn, "BEGIN", "starting the schema transaction", err);
+    if (code != OUTBOX_OK) goto out;
+    params[0] = schema;
+    res = PQexecParams(conn, "SELECT pg_advisory_xact_lock(hashtext('outbox.init:' || $1))", 1,
+                       NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(conn, res, "locking the schema for init", err);
+        PQclear(res);
+        goto fail;
+    }
+    PQclear(res);
+    code = exec_sql(conn, "SET LOCAL client_min_messages = warning", "configuring init", err);
+    if (code != OUTBOX_OK) goto fail;
+    expand(&b, meta_sql, qschema, schema, partitions);
+    code = exec_sql(conn, b.data, "creating the outbox schema", err);
+    if (code != OUTBOX_OK) goto fail;
+    code = read_meta(conn, qschema, &version, &stored_parts, err);
+    if (code != OUTBOX_OK) goto fail;
+    if (from) *from = version;
+    if (to) *to = version;
+    if (version > SCHEMA_VERSION) {
+        code = outbox__error(err, OUTBOX_ESCHEMANEWER,
+                             "the outbox schema %s is version %d, newer than version %d known "
+                             "to liboutbox %s: upgrade outbox",
+                             schema, version, SCHEMA_VERSION, outbox_version());
+        goto fail;
+    }
+    if (version > 0 && stored_parts > 0) partitions = stored_parts;
+    for (v = version; v < SCHEMA_VERSION; v++) {
+        expand(&b, migrations[v], qschema, schema, partitions);
+        if (b.oom) {
+            code = outbox__error(err, OUTBOX_ENOMEM, "out of memory building the schema");
+            goto fail;
+        }
+        snprintf(what, sizeof what, "migrating the outbox schema %s to version %d", schema,
+                 v + 1);
+        code = exec_sql(conn, b.data, what, err);
+        if (code != OUTBOX_OK) goto fail;
+    }
+    if (version != SCHEMA_VERSION) {
+        outbox__buf_reset(&b);
+        outbox__buf_printf(&b,
+                           "INSERT INTO %s.meta (key, value) VALUES ('schema_version', '%d'),"
+                           " ('partitions', '%d') ON CONFLICT (key) DO UPDATE SET value ="
+                           " excluded.value",
+                           qschema, SCHEMA_VERSION, partitions);
+        code = exec_sql(conn, b.data, "recording the outbox schema version", err);
+        if (code != OUTBOX_OK) goto fail;
+    }
+    code = exec_sql(conn, "COMMIT", "committing the schema", err);
+    if (code != OUTBOX_OK) goto fail;
+    if (to) *to = SCHEMA_VERSION;
+    goto out;
+
+fail:
+    rollback(conn);
+out:
+    outbox__buf_free(&b);
+    return code;
+}
+
+/* Creates or upgrades the outbox schema (NULL: "outbox") on the caller's
+ * connection (borrowed), in a transaction of its own: OUTBOX_EINVAL when a
+ * transaction is open, OUTBOX_ECONFIG for a bad schema name,
+ * OUTBOX_ESCHEMANEWER, or a mapped database error. */
+int outbox_schema_init_pg(PGconn *conn, const char *schema, outbox_error *err)
+{
+    if (!conn) return outbox__error(err, OUTBOX_EINVAL, "outbox_schema_init_pg: conn is NULL");
+    if (!schema) schema = DEFAULT_SCHEMA;
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "outbox_schema_init_pg runs its own transaction: call it with no "
+                             "transaction open (COMMIT or ROLLBACK first)");
+    return migrate(conn, schema, DEFAULT_PARTITIONS, NULL, NULL, err);
+}
+
+/* ------------------------------------------------------------------------
+ * Enqueue and inbox on the caller's connection
+ * ---------------------------------------------------------------------- */
+
+/* The insert used by outbox_enqueue_pg and the driver: ON CONFLICT DO
+ * NOTHING, so a duplicate id is reported without aborting the caller's
+ * transaction.  Parameters: id, occurred_at (unix us), type, aggregate_type,
+ * aggregate_id, payload, headers. */
+static const char insert_tmpl[] =
+    "INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload,"
+    " headers) VALUES ($1::uuid, 'epoch'::timestamptz + $2::bigint * interval '1 microsecond',"
+    " $3, $4, $5, $6::jsonb, $7::jsonb) ON CONFLICT (id) DO NOTHING RETURNING seq";
+
+/* Which (connection, backend, schema) already has the prepared insert: a
+ * small process-wide ring.  A miss only costs a catalog look-up. */
+#define PREPARED_SLOTS 64
+static struct {
+    const PGconn *conn;
+    int backend_pid;
+    char schema[64];
+} prepared[PREPARED_SLOTS];
+static unsigned prepared_next;
+static pthread_mutex_t prepared_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int prepared_known(const PGconn *conn, int pid, const char *schema)
+{
+    int i, found = 0;
+    pthread_mutex_lock(&prepared_lock);
+    for (i = 0; i < PREPARED_SLOTS && !found; i++)
+        found = prepared[i].conn == conn && prepared[i].backend_pid == pid &&
+                strcmp(prepared[i].schema, schema) == 0;
+    pthread_mutex_unlock(&prepared_lock);
+    return found;
+}
+
+static void prepared_remember(const PGconn *conn, int pid, const char *schema)
+{
+    unsigned i;
+    pthread_mutex_lock(&prepared_lock);
+    i = prepared_next++ % PREPARED_SLOTS;
+    prepared[i].conn = conn;
+    prepared[i].backend_pid = pid;
+    snprintf(prepared[i].schema, sizeof prepared[i].schema, "%s", schema);
+    pthread_mutex_unlock(&prepared_lock);
+}
+
+/* Makes sure the insert is prepared on conn as `stmt_name`.  Checks the
+ * catalog first (a query that cannot fail in a healthy transaction), so a
+ * missing schema gives ENOSCHEMA without aborting the caller's transaction. */
+static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_name,
+                           outbox_error *err)
+{
+    char qschema[160], table[200];
+    const char *params[2];
+    PGresult *res;
+    outbox_buf b;
+    int pid = PQbackendPID(conn), have, exists, code;
+
+    if (prepared_known(conn, pid, schema)) return OUTBOX_OK;
+    code = quote_schema(conn, schema, qschema, sizeof qschema, err);
+    if (code != OUTBOX_OK) return code;
+    snprintf(table, sizeof table, "%s.outbox", qschema);
+    params[0] = stmt_name;
+    params[1] = table;
+    res = PQexecParams(conn,
+                       "SELECT (SELECT count(*) FROM pg_prepared_statements WHERE name = $1),"
+                       " to_regclass($2) IS NOT NULL",
+                       2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(conn, res, "checking the outbox schema", err);
+        PQclear(res);
+        return code;
+    }
+    have = parse_i64(PQgetvalue(res, 0, 0)) > 0;
+    exists = PQgetvalue(res, 0, 1)[0] == 't';
+    PQclear(res);
+    if (!exists)
+        return outbox__error(err, OUTBOX_ENOSCHEMA,
+                             "no outbox table %s.outbox in this database: run `outbox init "
+                             "--store postgres://...?schema=%s` or call outbox_schema_init_pg",
+                             schema, schema);
+    if (!have) {
+        outbox__buf_init(&b);
+        expand(&b, insert_tmpl, qschema, schema, 0);
+        if (b.oom) {
+            outbox__buf_free(&b);
+            return outbox__error(err, OUTBOX_ENOMEM, "out of memory preparing the insert");
+        }
+        res = PQprepare(conn, stmt_name, b.data, 7, NULL);
+        outbox__buf_free(&b);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            code = pq_fail(conn, res, "preparing the outbox insert", err);
+            PQclear(res);
+            return code;
+        }
+        PQclear(res);
+    }
+    prepared_remember(conn, pid, schema);
+    return OUTBOX_OK;
+}
+
+/* Runs the prepared insert of msg on conn (statement stmt_name). */
+static int insert_msg(PGconn *conn, const char *stmt_name, const outbox_msg *msg,
+                      outbox_error *err)
+{
+    const char *params[7];
+    char occurred[32];
+    PGresult *res;
+    int code = OUTBOX_OK;
+
+    snprintf(occurred, sizeof occurred, "%lld", (long long)msg->occurred_at);
+    params[0] = msg->id;
+    params[1] = occurred;
+    params[2] = msg->type;
+    params[3] = msg->aggregate_type ? msg->aggregate_type : "";
+    params[4] = msg->aggregate_id;
+    params[5] = msg->payload ? msg->payload : "{}";
+    params[6] = msg->headers_json ? msg->headers_json : "{}";
+    res = PQexecPrepared(conn, stmt_name, 7, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        code = pq_fail(conn, res, "inserting into the outbox", err);
+    else if (PQntuples(res) == 0)
+        code = outbox__error(err, OUTBOX_EEXISTS,
+                             "a message with id %s is already in the outbox: give each message "
+                             "its own id",
+                             msg->id);
+    PQclear(res);
+    return code;
+}
+
+static void stmt_name_for(const char *schema, char *out, size_t len)
+{
+    snprintf(out, len, "outbox_enqueue.%s", schema);
+}
+
+/* Inserts msg into schema's outbox inside the caller's open transaction
+ * (conn, schema and msg borrowed).  OUTBOX_ENOTXN without a transaction,
+ * OUTBOX_ECONFIG for a bad schema name, OUTBOX_ETOOBIG, OUTBOX_ENOSCHEMA,
+ * OUTBOX_EEXISTS, or a mapped database error.  Duplicate ids and a missing
+ * schema leave the caller's transaction usable. */
+int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg *msg,
+                             outbox_error *err)
+{
+    char name[96];
+    int code;
+
+    if (!conn || !msg)
+        return outbox__error(err, OUTBOX_EINVAL, "outbox_enqueue_pg: %s is NULL",
+                             conn ? "msg" : "conn");
+    if (!schema) schema = DEFAULT_SCHEMA;
+    if (!valid_schema(schema)) return schema_error(schema, err);
+    switch (PQtransactionStatus(conn)) {
+    case PQTRANS_INTRANS: break;
+    case PQTRANS_INERROR:
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "outbox_enqueue_pg: the caller's transaction has already failed "
+                             "(an earlier statement raised an error): ROLLBACK and retry");
+    case PQTRANS_IDLE:
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "outbox_enqueue_pg needs an open transaction (BEGIN ... COMMIT) so "
+                             "the message commits with your business change");
+    default:
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "outbox_enqueue_pg: the connection is busy or broken (transaction "
+                             "status %d): finish the running command first",
+                             (int)PQtransactionStatus(conn));
+    }
+    code = outbox__msg_check_size(msg, err);
+    if (code != OUTBOX_OK) return code;
+    stmt_name_for(schema, name, sizeof name);
+    code = ensure_prepared(conn, schema, name, err);
+    if (code != OUTBOX_OK) return code;
+    return insert_msg(conn, name, msg, err);
+}
+
+/* outbox_enqueue_pg_schema with the default schema "outbox". */
+int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_error *err)
+{
+    return outbox_enqueue_pg_schema(conn, DEFAULT_SCHEMA, msg, err);
+}
+
+/* Records (consumer, message_id) in schema's inbox inside the caller's open
+ * transaction.  OUTBOX_OK the first time, OUTBOX_DUPLICATE afterwards.
+ * OUTBOX_ENOTXN, OUTBOX_EINVAL (consumer), OUTBOX_EBADID, OUTBOX_ECONFIG
+ * (schema name), OUTBOX_ENOSCHEMA or a mapped database error.  Uses
+ * PQexecParams (one round trip, no prepared statement). */
+int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *consumer,
+                                  const char *message_id, outbox_error *err)
+{
+    char qschema[160], sql[320];
+    const char *params[2];
+    const unsigned char *c;
+    PGresult *res;
+    int code = OUTBOX_OK;
+
+    if (!conn) return outbox__error(err, OUTBOX_EINVAL, "outbox_inbox_record_pg: conn is NULL");
+    if (!schema) schema = DEFAULT_SCHEMA;
+    if (PQtransactionStatus(conn) != PQTRANS_INTRANS)
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "outbox_inbox_record_pg needs an open, healthy transaction (BEGIN "
+                             "... COMMIT) so the record commits with the message's effect");
+    if (!consumer || !*consumer)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "inbox consumer name must be non-empty text without control "
+                             "characters");
+    for (c = (const unsigned char *)consumer; *c; c++)
+        if (*c < 0x20 || *c == 0x7f)
+            return outbox__error(err, OUTBOX_EINVAL,
+                                 "inbox consumer name must be non-empty text without control "
+                                 "characters");
+    if (!message_id || !outbox_uuid_valid(message_id))
+        return outbox__error(err, OUTBOX_EBADID,
+                             "inbox message id must be a UUID (8-4-4-4-12 hex digits)");
+    code = quote_schema(conn, schema, qschema, sizeof qschema, err);
+    if (code != OUTBOX_OK) return code;
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s.inbox (consumer, message_id) VALUES ($1, $2::uuid)"
+             " ON CONFLICT DO NOTHING",
+             qschema);
+    params[0] = consumer;
+    params[1] = message_id;
+    res = PQexecParams(conn, sql, 2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        code = pq_fail(conn, res, "recording the message in the inbox", err);
+    else if (strcmp(PQcmdTuples(res), "0") == 0)
+        code = OUTBOX_DUPLICATE;
+    PQclear(res);
+    return code;
+}
+
+/* outbox_inbox_record_pg_schema with the default schema "outbox". */
+int outbox_inbox_record_pg(PGconn *conn, const char *consumer, const char *message_id,
+                           outbox_error *err)
+{
+    return outbox_inbox_record_pg_schema(conn, DEFAULT_SCHEMA, consumer, message_id, err);
+}
+
+/* ------------------------------------------------------------------------
+ * The driver: state, URL, connection
+ * ---------------------------------------------------------------------- */
+
+typedef struct pg_store {
+    PGconn *conn;
+    char *conninfo;      /* what libpq gets (may hold a password: never shown) */
+    char shown[512];     /* redacted URL for messages */
+    char schema[64];
+    char qschema[160];
+    int url_partitions;  /* partitions= at init (0: default) */
+    int partitions;      /* from meta, 0 until read */
+    int32_t part_key;    /* advisory lock class of partitions */
+    int32_t member_key;  /* advisory lock class of relay membership */
+    int in_txn;          /* a claim transaction is open */
+    int prepared;        /* the hot statements are prepared on conn */
+    int listening;
+    int had_conn;        /* a connection existed: the next connect is a reconnect */
+    int notified_first;  /* `changed` said 1 once */
+
+    /* Relay membership (after lease_acquire). */
+    char owner[128];
+    int64_t member_id;   /* row in {s}.relays, 0 when not registered */
+    unsigned char *held; /* partitions[i] != 0 when this session holds i */
+    int held_count;
+    int64_t next_rebalance_us; /* monotonic */
+    int64_t ttl_ms;
+
+    outbox_buf sql;      /* scratch */
+    outbox_buf a1, a2, a3; /* array literals for complete */
+} pg_store;
+
+/* Appends s to b as an element of a PostgreSQL array literal. */
+static void array_text(outbox_buf *b, const char *s)
+{
+    outbox__buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') outbox__buf_append(b, "\\", 1);
+        outbox__buf_append(b, s, 1);
+    }
+    outbox__buf_append(b, "\"", 1);
+}
+
+/* Copies the keyword string src into out with password values masked. */
+static void redact_keywords(const char *src, char *out, size_t len)
+{
+    size_t o = 0;
+    const char *p = src;
+    while (*p && o + 1 < len) {
+        if (strncasecmp(p, "password", 8) == 0) {
+            const char *q = p + 8;
+            while (*q == ' ') q++;
+            if (*q == '=') {
+                const char *mask = "password=***";
+                while (*mask && o + 1 < len) out[o++] = *mask++;
+                q++;
+                while (*q == ' ') q++;
+                if (*q == '\'') {
+                    for (q++; *q && *q != '\''; q++)
+                        if (*q == '\\' && q[1]) q++;
+                    if (*q) q++;
+                } else {
+                    while (*q && *q != ' ') q++;
+                }
+                p = q;
+                continue;
+            }
+        }
+        out[o++] = *p++;
+    }
+    out[o] = '\0';
+}
+
+/* Takes our parameters out of a libpq URI's query.  Writes the rest to
+ * conninfo (owned by the caller). */
+static int split_uri(pg_store *st, const char *url, char **conninfo, outbox_error *err)
+{
+    const char *q = strchr(url, '?');
+    outbox_buf b;
+    int first = 1;
+
+    outbox__buf_init(&b);
+    outbox__buf_append(&b, url, q ? (size_t)(q - url) : strlen(url));
+    if (q) {
+        const char *p = q + 1;
+        while (*p) {
+            const char *amp = strchr(p, '&');
+            size_t n = amp ? (size_t)(amp - p) : strlen(p);
+            if (n > 7 && strncmp(p, "schema=", 7) == 0) {
+                if (n - 7 >= sizeof st->schema) {
+                    outbox__buf_free(&b);
+                    return outbox__error(err, OUTBOX_ECONFIG,
+                                         "store URL '%s': schema name is too long (at most 63 "
+                                         "characters)",
+                                         st->shown);
+                }
+                memcpy(st->schema, p + 7, n - 7);
+                st->schema[n - 7] = '\0';
+            } else if (n > 11 && strncmp(p, "partitions=", 11) == 0) {
+                char num[16];
+                char *end;
+                long v;
+                snprintf(num, sizeof num, "%.*s", (int)(n - 11 < 15 ? n - 11 : 15), p + 11);
+                v = strtol(num, &end, 10);
+                if (*end || v < 1 || v > MAX_PARTITIONS) {
+                    outbox__buf_free(&b);
+                    return outbox__error(err, OUTBOX_ECONFIG,
+                                         "store URL '%s': partitions must be a number from 1 "
+                                         "to %d (default %d)",
+                                         st->shown, MAX_PARTITIONS, DEFAULT_PARTITIONS);
+                }
+                st->url_partitions = (int)v;
+            } else if (n > 0) {
+                outbox__buf_append(&b, first ? "?" : "&", 1);
+                outbox__buf_append(&b, p, n);
+                first = 0;
+            }
+            p += n;
+            if (*p == '&') p++;
+        }
+    }
+    if (b.oom) {
+        outbox__buf_free(&b);
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+    }
+    *conninfo = b.data ? b.data : strdup(url);
+    return *conninfo ? OUTBOX_OK
+                     : outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+}
+
+/* Takes schema=... and partitions=... out of a keyword string. */
+static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_error *err)
+{
+    outbox_buf b;
+    const char *p = kw;
+
+    outbox__buf_init(&b);
+    outbox__buf_puts(&b, "");
+    while (*p) {
+        const char *start, *eq, *vstart, *vend;
+        size_t klen;
+        while (*p == ' ' || *p == '\t') p++;
+        if (!*p) break;
+        start = p;
+        while (*p && *p != '=' && *p != ' ') p++;
+        klen = (size_t)(p - start);
+        while (*p == ' ') p++;
+        if (*p != '=') {
+            outbox__buf_free(&b);
+            return outbox__error(err, OUTBOX_EBADURL,
+                                 "store URL '%s' is not a libpq keyword string (key=value ...) "
+                                 "nor a URI: write postgres://user@host/db or "
+                                 "postgres:host=... dbname=...",
+                                 st->shown);
+        }
+        eq = p++;
+        (void)eq;
+        while (*p == ' ') p++;
+        vstart = p;
+        if (*p == '\'') {
+            for (p++; *p && *p != '\''; p++)
+                if (*p == '\\' && p[1]) p++;
+            if (*p) p++;
+        } else {
+            while (*p && *p != ' ' && *p != '\t') p++;
+        }
+        vend = p;
+        if (klen == 6 && strncmp(start, "schema", 6) == 0) {
+            size_t n = (size_t)(vend - vstart);
+            if (n >= sizeof st->schema) n = sizeof st->schema - 1;
+            memcpy(st->schema, vstart, n);
+            st->schema[n] = '\0';
+        } else if (klen == 10 && strncmp(start, "partitions", 10) == 0) {
+            char num[16];
+            char *end;
+            long v;
+            snprintf(num, sizeof num, "%.*s", (int)((size_t)(vend - vstart) < 15 ? vend - vstart : 15),
+                     vstart);
+            v = strtol(num, &end, 10);
+            if (*end || v < 1 || v > MAX_PARTITIONS) {
+                outbox__buf_free(&b);
+                return outbox__error(err, OUTBOX_ECONFIG,
+                                     "store URL '%s': partitions must be a number from 1 to %d "
+                                     "(default %d)",
+                                     st->shown, MAX_PARTITIONS, DEFAULT_PARTITIONS);
+            }
+            st->url_partitions = (int)v;
+        } else {
+            if (b.len > 0) outbox__buf_append(&b, " ", 1);
+            outbox__buf_append(&b, start, (size_t)(vend - start));
+        }
+    }
+    if (b.oom || !b.data) {
+        outbox__buf_free(&b);
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+    }
+    *conninfo = b.data;
+    return OUTBOX_OK;
+}
+
+static void forget_connection_state(pg_store *st)
+{
+    st->in_txn = 0;
+    st->prepared = 0;
+    st->listening = 0;
+    st->member_id = 0;
+    if (st->held) memset(st->held, 0, MAX_PARTITIONS);
+    st->held_count = 0;
+    st->next_rebalance_us = 0;
+}
+
+static int register_member(pg_store *st, outbox_error *err);
+
+/* Makes sure st->conn is up: connects (or reconnects after a loss, logging
+ * it) and sets up the session (LISTEN, lock keys, relay membership). */
+static int need_conn(pg_store *st, outbox_error *err)
+{
+    const char *params[1];
+    PGresult *res;
+    char msg[300], sql[200];
+    int code;
+
+    if (st->conn && PQstatus(st->conn) == CONNECTION_OK) return OUTBOX_OK;
+    if (st->conn) {
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "connection to %s lost (%s); reconnecting; an unrecorded batch will be "
+                    "published again",
+                    st->shown, pq_message(PQerrorMessage(st->conn), msg, sizeof msg));
+        PQfinish(st->conn);
+        st->conn = NULL;
+        forget_connection_state(st);
+    }
+    st->conn = PQconnectdb(st->conninfo);
+    if (!st->conn)
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory connecting to PostgreSQL");
+    if (PQstatus(st->conn) != CONNECTION_OK) {
+        code = outbox__error(err, OUTBOX_EIO, "cannot connect to PostgreSQL at %s: %s",
+                             st->shown,
+                             pq_message(PQerrorMessage(st->conn), msg, sizeof msg));
+        PQfinish(st->conn);
+        st->conn = NULL;
+        return code;
+    }
+    forget_connection_state(st);
+    code = quote_schema(st->conn, st->schema, st->qschema, sizeof st->qschema, err);
+    if (code != OUTBOX_OK) goto fail;
+    params[0] = st->schema;
+    res = PQexecParams(st->conn,
+                       "SELECT hashtext('outbox.partition:' || $1) & 2147483647,"
+                       " hashtext('outbox.relay:' || $1) & 2147483647",
+                       1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "setting up the store connection", err);
+        PQclear(res);
+        goto fail;
+    }
+    st->part_key = (int32_t)parse_i64(PQgetvalue(res, 0, 0));
+    st->member_key = (int32_t)parse_i64(PQgetvalue(res, 0, 1));
+    PQclear(res);
+    snprintf(sql, sizeof sql, "LISTEN %s", st->qschema);
+    code = exec_sql(st->conn, sql, "listening for enqueue notifications", err);
+    if (code != OUTBOX_OK) goto fail;
+    st->listening = 1;
+    if (st->had_conn) outbox__log(OUTBOX_LOG_INFO, COMPONENT, "reconnected to %s", st->shown);
+    st->had_conn = 1;
+    if (st->owner[0]) {
+        code = register_member(st, err);
+        if (code != OUTBOX_OK) goto fail;
+    }
+    return OUTBOX_OK;
+
+fail:
+    PQfinish(st->conn);
+    st->conn = NULL;
+    forget_connection_state(st);
+    return code;
+}
+
+static void pg_close(void *state)
+{
+    pg_store *st = state;
+    if (!st) return;
+    if (st->conn) PQfinish(st->conn);
+    free(st->conninfo);
+    free(st->held);
+    outbox__buf_free(&st->sql);
+    outbox__buf_free(&st->a1);
+    outbox__buf_free(&st->a2);
+    outbox__buf_free(&st->a3);
+    free(st);
+}
+
+/* postgres://... or postgresql://... (libpq URI) or postgres:KEYWORDS. */
+static int pg_open(void **state, const char *url, outbox_error *err)
+{
+    pg_store *st = NULL;
+    const char *rest;
+    int code;
+
+    *state = NULL;
+    st = calloc(1, sizeof *st);
+    if (!st) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+    outbox__buf_init(&st->sql);
+    outbox__buf_init(&st->a1);
+    outbox__buf_init(&st->a2);
+    outbox__buf_init(&st->a3);
+    snprintf(st->schema, sizeof st->schema, "%s", DEFAULT_SCHEMA);
+    st->held = calloc(MAX_PARTITIONS, 1);
+    if (!st->held) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+        goto fail;
+    }
+
+    if (strncasecmp(url, "postgresql:", 11) == 0) rest = url + 11;
+    else if (strncasecmp(url, "postgres:", 9) == 0) rest = url + 9;
+    else {
+        code = outbox__error(err, OUTBOX_EBADURL, "store URL is not a postgres:// URL");
+        goto fail;
+    }
+    if (strncmp(rest, "//", 2) == 0) {
+        outbox__url_redact(url, st->shown, sizeof st->shown);
+        code = split_uri(st, url, &st->conninfo, err);
+    } else {
+        char masked[400];
+        redact_keywords(rest, masked, sizeof masked);
+        snprintf(st->shown, sizeof st->shown, "postgres:%s", masked);
+        code = split_keywords(st, rest, &st->conninfo, err);
+    }
+    if (code != OUTBOX_OK) goto fail;
+    if (!valid_schema(st->schema)) {
+        code = schema_error(st->schema, err);
+        goto fail;
+    }
+    {
+        /* Let libpq check the syntax now: a bad URL is a start-up error. */
+        char *msg = NULL;
+        PQconninfoOption *opts = PQconninfoParse(st->conninfo, &msg);
+        if (!opts) {
+            char buf[300];
+            code = outbox__error(err, OUTBOX_EBADURL, "store URL '%s' is not valid for libpq: %s",
+                                 st->shown, pq_message(msg, buf, sizeof buf));
+            PQfreemem(msg);
+            goto fail;
+        }
+        PQconninfoFree(opts);
+    }
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) goto fail;
+    *state = st;
+    return OUTBOX_OK;
+
+fail:
+    pg_close(st);
+    return code;
+}
+
+static int pg_init(void *state, int *from_version, int *to_version, outbox_error *err)
+{
+    pg_store *st = state;
+    int code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    rollback(st->conn);
+    st->in_txn = 0;
+    code = migrate(st->conn, st->schema,
+                   st->url_partitions ? st->url_partitions : DEFAULT_PARTITIONS, from_version,
+                   to_version, err);
+    st->partitions = 0;
+    return code;
+}
+
+/* Reads the schema version and partition count. */
+static int check_schema(pg_store *st, outbox_error *err)
+{
+    int version = 0, parts = 0, code;
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    code = read_meta(st->conn, st->qschema, &version, &parts, err);
+    if (code != OUTBOX_OK) return code;
+    if (version == 0)
+        return outbox__error(err, OUTBOX_ENOSCHEMA,
+                             "no outbox schema %s at %s: run `outbox init --store %s`",
+                             st->schema, st->shown, st->shown);
+    if (version > SCHEMA_VERSION)
+        return outbox__error(err, OUTBOX_ESCHEMANEWER,
+                             "the outbox schema %s at %s is version %d, newer than version %d "
+                             "known to liboutbox %s: upgrade outbox",
+                             st->schema, st->shown, version, SCHEMA_VERSION, outbox_version());
+    if (version < SCHEMA_VERSION)
+        return outbox__error(err, OUTBOX_ENOSCHEMA,
+                             "the outbox schema %s at %s is version %d, older than %d: run "
+                             "`outbox init --store %s` to upgrade it",
+                             st->schema, st->shown, version, SCHEMA_VERSION, st->shown);
+    if (parts < 1 || parts > MAX_PARTITIONS) parts = DEFAULT_PARTITIONS;
+    st->partitions = parts;
+    return OUTBOX_OK;
+}
+
+static int pg_check_schema(void *state, outbox_error *err)
+{
+    return check_schema(state, err);
+}
+
+static int pg_enqueue(void *state, const outbox_msg *msg, outbox_error *err)
+{
+    pg_store *st = state;
+    int code;
+
+    if (!msg) return outbox__error(err, OUTBOX_EINVAL, "enqueue: msg is NULL");
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    rollback(st->conn);
+    st->in_txn = 0;
+    code = exec_sql(st->conn, "BEGIN", "starting the enqueue transaction", err);
+    if (code != OUTBOX_OK) return code;
+    code = outbox_enqueue_pg_schema(st->conn, st->schema, msg, err);
+    if (code != OUTBOX_OK) goto fail;
+    code = exec_sql(st->conn, "COMMIT", "committing the enqueue", err);
+    if (code != OUTBOX_OK) goto fail;
+    return OUTBOX_OK;
+
+fail:
+    rollback(st->conn);
+    return code;
+}
+
+/* ------------------------------------------------------------------------
+ * Relays and partitions
+ * ---------------------------------------------------------------------- */
+
+/* Inserts this relay's row and takes its membership lock (session level). */
+static int register_member(pg_store *st, outbox_error *err)
+{
+    char host[256], pid[32], sql[512];
+    const char *params[3];
+    PGresult *res;
+    int code;
+
+    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "unknown");
+    host[sizeof host - 1] = '\0';
+    snprintf(pid, sizeof pid, "%ld", (long)getpid());
+    params[0] = st->owner;
+    params[1] = host;
+    params[2] = pid;
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s.relays (name, host, pid, backend_pid) VALUES ($1, $2, $3::integer,"
+             " pg_backend_pid()) RETURNING id",
+             st->qschema);
+    res = PQexecParams(st->conn, sql, 3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "registering the relay", err);
+        PQclear(res);
+        return code;
+    }
+    st->member_id = parse_i64(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    snprintf(sql, sizeof sql, "SELECT pg_advisory_lock(%ld, %ld)", (long)st->member_key,
+             (long)(st->member_id & 0x7fffffff));
+    code = exec_sql(st->conn, sql, "taking the relay membership lock", err);
+    if (code != OUTBOX_OK) return code;
+    /* Rows of relays whose session is gone are of no use to anyone. */
+    snprintf(sql, sizeof sql,
+             "DELETE FROM %s.relays r WHERE heartbeat_at < now() - interval '1 hour'"
+             " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.backend_pid)",
+             st->qschema);
+    code = exec_sql(st->conn, sql, "tidying the relay table", err);
+    if (code != OUTBOX_OK) return code;
+    st->next_rebalance_us = 0;
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "relay %s registered on %s (schema %s)", st->owner,
+                st->shown, st->schema);
+    return OUTBOX_OK;
+}
+
+/* Takes this relay's share of the partitions and releases what it holds
+ * beyond it.  Called with no transaction open. */
+static int rebalance(pg_store *st, outbox_error *err)
+{
+    char sql[512];
+    PGresult *res;
+    unsigned char *taken = NULL;
+    int live, share, i, start, code = OUTBOX_OK;
+    int before = st->held_count;
+
+    if (st->partitions < 1) {
+        code = check_schema(st, err);
+        if (code != OUTBOX_OK) return code;
+    }
+    taken = calloc(MAX_PARTITIONS, 1);
+    if (!taken) return outbox__error(err, OUTBOX_ENOMEM, "out of memory rebalancing");
+    snprintf(sql, sizeof sql,
+             "SELECT classid::bigint, objid::bigint, pid = pg_backend_pid() FROM pg_locks"
+             " WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+             " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+             " AND classid IN (%ld::oid, %ld::oid)",
+             (long)st->member_key, (long)st->part_key);
+    res = PQexec(st->conn, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "reading the partition leases", err);
+        PQclear(res);
+        goto out;
+    }
+    live = 0;
+    for (i = 0; i < PQntuples(res); i++) {
+        int64_t cls = parse_i64(PQgetvalue(res, i, 0));
+        int64_t obj = parse_i64(PQgetvalue(res, i, 1));
+        if (cls == st->member_key) live++;
+        else if (obj >= 0 && obj < st->partitions && PQgetvalue(res, i, 2)[0] != 't')
+            taken[obj] = 1;
+    }
+    PQclear(res);
+    if (live < 1) live = 1;
+    share = (st->partitions + live - 1) / live;
+
+    /* Release the extras (highest first). */
+    for (i = st->partitions - 1; i >= 0 && st->held_count > share; i--) {
+        if (!st->held[i]) continue;
+        snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock(%ld, %d)", (long)st->part_key, i);
+        code = exec_sql(st->conn, sql, "releasing a partition", err);
+        if (code != OUTBOX_OK) goto out;
+        st->held[i] = 0;
+        st->held_count--;
+    }
+    /* Take free ones, starting at a place that depends on the relay so
+     * that relays starting together do not all race for partition 0. */
+    start = (int)((uint64_t)st->member_id * 7919u % (uint64_t)st->partitions);
+    for (i = 0; i < st->partitions && st->held_count < share; i++) {
+        int p = (start + i) % st->partitions;
+        if (st->held[p] || taken[p]) continue;
+        snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%ld, %d)", (long)st->part_key, p);
+        res = PQexec(st->conn, sql);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            code = pq_fail(st->conn, res, "taking a partition", err);
+            PQclear(res);
+            goto out;
+        }
+        if (PQgetvalue(res, 0, 0)[0] == 't') {
+            st->held[p] = 1;
+            st->held_count++;
+        }
+        PQclear(res);
+    }
+    snprintf(sql, sizeof sql, "UPDATE %s.relays SET heartbeat_at = now() WHERE id = %lld",
+             st->qschema, (long long)st->member_id);
+    code = exec_sql(st->conn, sql, "recording the relay heartbeat", err);
+    if (code != OUTBOX_OK) goto out;
+    if (st->held_count != before)
+        outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                    "relay %s holds %d of %d partitions (%d live relays)", st->owner,
+                    st->held_count, st->partitions, live);
+out:
+    free(taken);
+    return code;
+}
+
+static int maybe_rebalance(pg_store *st, int force, outbox_error *err)
+{
+    int64_t now = outbox__monotonic_us();
+    int code;
+    if (!st->owner[0]) return OUTBOX_OK;
+    if (!force && now < st->next_rebalance_us) return OUTBOX_OK;
+    code = rebalance(st, err);
+    if (code == OUTBOX_OK) {
+        int64_t step = st->ttl_ms > 0 && st->ttl_ms / 3 < REBALANCE_MS ? st->ttl_ms / 3
+                                                                        : REBALANCE_MS;
+        st->next_rebalance_us = now + step * 1000;
+    }
+    return code;
+}
+
+/* Ends an open claim transaction (the relay dropped its batch). */
+static void end_claim(pg_store *st)
+{
+    if (st->in_txn) {
+        rollback(st->conn);
+        st->in_txn = 0;
+    }
+}
+
+static int pg_lease_acquire(void *state, const char *owner, int64_t ttl_ms, outbox_error *err)
+{
+    pg_store *st = state;
+    int code;
+    if (!owner || !*owner) return outbox__error(err, OUTBOX_EINVAL, "lease owner name is empty");
+    snprintf(st->owner, sizeof st->owner, "%s", owner);
+    st->ttl_ms = ttl_ms;
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    if (st->member_id == 0) {
+        code = register_member(st, err);
+        if (code != OUTBOX_OK) return code;
+    }
+    return maybe_rebalance(st, 1, err);
+}
+
+static int pg_lease_renew(void *state, const char *owner, int64_t ttl_ms, outbox_error *err)
+{
+    pg_store *st = state;
+    int code;
+    (void)owner;
+    st->ttl_ms = ttl_ms;
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    return maybe_rebalance(st, 1, err);
+}
+
+static int pg_lease_release(void *state, const char *owner, outbox_error *err)
+{
+    pg_store *st = state;
+    char sql[256];
+    int code;
+    (void)owner;
+    if (!st->conn || PQstatus(st->conn) != CONNECTION_OK) {
+        st->owner[0] = '\0';
+        return OUTBOX_OK; /* a lost session holds nothing */
+    }
+    end_claim(st);
+    code = exec_sql(st->conn, "SELECT pg_advisory_unlock_all()", "releasing the partitions", err);
+    if (code == OUTBOX_OK && st->member_id) {
+        snprintf(sql, sizeof sql, "DELETE FROM %s.relays WHERE id = %lld", st->qschema,
+                 (long long)st->member_id);
+        code = exec_sql(st->conn, sql, "unregistering the relay", err);
+    }
+    /* The session stays (prepared statements, LISTEN); the leases go. */
+    st->member_id = 0;
+    memset(st->held, 0, MAX_PARTITIONS);
+    st->held_count = 0;
+    st->next_rebalance_us = 0;
+    st->owner[0] = '\0';
+    return code;
+}
+
+/* ------------------------------------------------------------------------
+ * Claim and complete
+ * ---------------------------------------------------------------------- */
+
+static const char claim_tmpl[] =
+    "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"
+    " aggregate_type, aggregate_id, payload::text, headers::text, attempts"
+    " FROM {s}.outbox o"
+    " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"
+    " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"
+    " '1 microsecond')"
+    " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"
+    "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
+    "  AND (p.status = 'failed' OR p.attempts > 0)"
+    "  AND ((p.status = 'pending' AND p.available_at > 'epoch'::timestamptz + $2::bigint *"
+    " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean)))"
+    " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
+
+enum { P_CLAIM, P_DELETE, P_MARK, P_RETRY, P_FAIL, P_COUNT };
+
+static const char *const hot_tmpl[P_COUNT] = {
+    [P_CLAIM] = claim_tmpl,
+    [P_DELETE] = "DELETE FROM {s}.outbox WHERE seq = ANY($1::bigint[])",
+    [P_MARK] = "UPDATE {s}.outbox SET status = 'sent', sent_at = 'epoch'::timestamptz +"
+               " $2::bigint * interval '1 microsecond' WHERE seq = ANY($1::bigint[])",
+    [P_RETRY] = "UPDATE {s}.outbox o SET attempts = o.attempts + 1, available_at ="
+                " 'epoch'::timestamptz + u.at * interval '1 microsecond', last_error = u.err"
+                " FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(seq, at, err)"
+                " WHERE o.seq = u.seq",
+    [P_FAIL] = "UPDATE {s}.outbox o SET attempts = o.attempts + 1, status = 'failed',"
+               " last_error = u.err FROM unnest($1::bigint[], $2::text[]) AS u(seq, err)"
+               " WHERE o.seq = u.seq",
+};
+
+static const char *const hot_name[P_COUNT] = {"outbox_claim", "outbox_delete", "outbox_mark",
+                                              "outbox_retry", "outbox_fail"};
+
+static int prepare_hot(pg_store *st, outbox_error *err)
+{
+    int i, code;
+    if (st->prepared) return OUTBOX_OK;
+    for (i = 0; i < P_COUNT; i++) {
+        PGresult *res;
+        expand(&st->sql, hot_tmpl[i], st->qschema, st->schema, 0);
+        if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory preparing");
+        res = PQprepare(st->conn, hot_name[i], st->sql.data, 0, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            code = pq_fail(st->conn, res, "preparing the relay's statements", err);
+            PQclear(res);
+            return code;
+        }
+        PQclear(res);
+    }
+    st->prepared = 1;
+    return OUTBOX_OK;
+}
+
+static int pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
+                    outbox_error *err)
+{
+    pg_store *st = state;
+    const char *params[4];
+    char now[32], limit[32];
+    outbox_msg **arr = NULL;
+    PGresult *res = NULL;
+    size_t count = 0;
+    int i, rows, code, any = 0;
+
+    *msgs = NULL;
+    *n = 0;
+    if (!p || p->batch_size == 0) return outbox__error(err, OUTBOX_EINVAL, "claim: batch_size is 0");
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    if (st->partitions < 1) {
+        code = check_schema(st, err);
+        if (code != OUTBOX_OK) return code;
+    }
+    if (st->owner[0]) {
+        code = maybe_rebalance(st, 0, err);
+        if (code != OUTBOX_OK) return code;
+    }
+    code = prepare_hot(st, err);
+    if (code != OUTBOX_OK) return code;
+
+    /* Partitions to claim from: the held ones, or all for a store used
+     * without a lease (the CLI's one-off commands, tests). */
+    outbox__buf_reset(&st->a1);
+    outbox__buf_puts(&st->a1, "{");
+    for (i = 0; i < st->partitions; i++) {
+        if (st->owner[0] && !st->held[i]) continue;
+        outbox__buf_printf(&st->a1, "%s%d", any ? "," : "", i);
+        any = 1;
+    }
+    outbox__buf_puts(&st->a1, "}");
+    if (st->a1.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+    if (!any) return OUTBOX_OK; /* holds no partition right now */
+
+    /* Outcomes need not be durable: a completion lost in a database crash
+     * only makes its messages be published again (at least once), so the
+     * claim transaction does not wait for its WAL flush. */
+    code = exec_sql(st->conn, "BEGIN; SET LOCAL synchronous_commit = off",
+                    "starting the claim transaction", err);
+    if (code != OUTBOX_OK) {
+        rollback(st->conn);
+        return code;
+    }
+    st->in_txn = 1;
+    snprintf(now, sizeof now, "%lld", (long long)p->now_us);
+    snprintf(limit, sizeof limit, "%zu", p->batch_size);
+    params[0] = st->a1.data;
+    params[1] = now;
+    params[2] = p->failed_blocks_aggregate ? "true" : "false";
+    params[3] = limit;
+    res = PQexecPrepared(st->conn, hot_name[P_CLAIM], 4, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "claiming messages", err);
+        goto fail;
+    }
+    rows = PQntuples(res);
+    if (rows == 0) {
+        PQclear(res);
+        end_claim(st); /* nothing locked: end the transaction now */
+        return OUTBOX_OK;
+    }
+    arr = calloc((size_t)rows, sizeof *arr);
+    if (!arr) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming %d messages", rows);
+        goto fail;
+    }
+    for (i = 0; i < rows; i++) {
+        code = outbox__msg_from_row(&arr[count], parse_i64(PQgetvalue(res, i, 0)),
+                                    PQgetvalue(res, i, 1), parse_i64(PQgetvalue(res, i, 2)),
+                                    PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+                                    PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
+                                    PQgetvalue(res, i, 7), err);
+        if (code != OUTBOX_OK) goto fail;
+        arr[count]->attempts = (int)parse_i64(PQgetvalue(res, i, 8));
+        arr[count]->status = OUTBOX_STATUS_PENDING;
+        count++;
+    }
+    PQclear(res);
+    *msgs = arr;
+    *n = count;
+    return OUTBOX_OK; /* the transaction stays open until complete */
+
+fail:
+    PQclear(res);
+    for (i = 0; (size_t)i < count; i++) outbox_msg_free(arr[i]);
+    free(arr);
+    end_claim(st);
+    return code;
+}
+
+/* Runs a prepared hot statement with text parameters. */
+static int run_hot(pg_store *st, int which, int nparams, const char *const *params,
+                   const char *what, outbox_error *err)
+{
+    PGresult *res = PQexecPrepared(st->conn, hot_name[which], nparams, params, NULL, NULL, 0);
+    int code = OUTBOX_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) code = pq_fail(st->conn, res, what, err);
+    PQclear(res);
+    return code;
+}
+
+static int pg_complete(void *state, const outbox_completion *c, size_t n,
+                       const outbox_complete_params *p, outbox_error *err)
+{
+    pg_store *st = state;
+    const char *params[3];
+    char now[32];
+    size_t i, sent = 0, retry = 0, failed = 0;
+    int code = OUTBOX_OK;
+
+    if (!st->in_txn || !st->conn || PQstatus(st->conn) != CONNECTION_OK ||
+        PQtransactionStatus(st->conn) != PQTRANS_INTRANS) {
+        st->in_txn = 0;
+        if (st->conn && PQstatus(st->conn) == CONNECTION_BAD)
+            return outbox__error(err, OUTBOX_EIO,
+                                 "recording outcomes: the PostgreSQL connection was lost; the "
+                                 "batch was not recorded and will be published again");
+        return outbox__error(err, OUTBOX_ESTORE,
+                             "recording outcomes: no claim transaction is open (the batch was "
+                             "released); it will be claimed again");
+    }
+    /* Sent */
+    outbox__buf_reset(&st->a1);
+    outbox__buf_puts(&st->a1, "{");
+    for (i = 0; i < n; i++) {
+        if (c[i].outcome != OUTBOX_OUTCOME_SENT) continue;
+        outbox__buf_printf(&st->a1, "%s%lld", sent ? "," : "", (long long)c[i].msg->seq);
+        sent++;
+    }
+    outbox__buf_puts(&st->a1, "}");
+    if (st->a1.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+        goto fail;
+    }
+    if (sent > 0) {
+        params[0] = st->a1.data;
+        if (p && p->on_sent == OUTBOX_ON_SENT_MARK) {
+            snprintf(now, sizeof now, "%lld", (long long)(p->now_us ? p->now_us : outbox__now_us()));
+            params[1] = now;
+            code = run_hot(st, P_MARK, 2, params, "marking messages sent", err);
+        } else {
+            code = run_hot(st, P_DELETE, 1, params, "deleting sent messages", err);
+        }
+        if (code != OUTBOX_OK) goto fail;
+    }
+    /* Retry */
+    outbox__buf_reset(&st->a1);
+    outbox__buf_reset(&st->a2);
+    outbox__buf_reset(&st->a3);
+    outbox__buf_puts(&st->a1, "{");
+    outbox__buf_puts(&st->a2, "{");
+    outbox__buf_puts(&st->a3, "{");
+    for (i = 0; i < n; i++) {
+        if (c[i].outcome != OUTBOX_OUTCOME_RETRY) continue;
+        outbox__buf_printf(&st->a1, "%s%lld", retry ? "," : "", (long long)c[i].msg->seq);
+        outbox__buf_printf(&st->a2, "%s%lld", retry ? "," : "", (long long)c[i].available_at);
+        if (retry) outbox__buf_puts(&st->a3, ",");
+        array_text(&st->a3, c[i].error ? c[i].error : "");
+        retry++;
+    }
+    outbox__buf_puts(&st->a1, "}");
+    outbox__buf_puts(&st->a2, "}");
+    outbox__buf_puts(&st->a3, "}");
+    if (st->a1.oom || st->a2.oom || st->a3.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+        goto fail;
+    }
+    if (retry > 0) {
+        params[0] = st->a1.data;
+        params[1] = st->a2.data;
+        params[2] = st->a3.data;
+        code = run_hot(st, P_RETRY, 3, params, "rescheduling messages", err);
+        if (code != OUTBOX_OK) goto fail;
+    }
+    /* Failed */
+    outbox__buf_reset(&st->a1);
+    outbox__buf_reset(&st->a3);
+    outbox__buf_puts(&st->a1, "{");
+    outbox__buf_puts(&st->a3, "{");
+    for (i = 0; i < n; i++) {
+        if (c[i].outcome != OUTBOX_OUTCOME_FAILED) continue;
+        outbox__buf_printf(&st->a1, "%s%lld", failed ? "," : "", (long long)c[i].msg->seq);
+        if (failed) outbox__buf_puts(&st->a3, ",");
+        array_text(&st->a3, c[i].error ? c[i].error : "");
+        failed++;
+    }
+    outbox__buf_puts(&st->a1, "}");
+    outbox__buf_puts(&st->a3, "}");
+    if (st->a1.oom || st->a3.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+        goto fail;
+    }
+    if (failed > 0) {
+        params[0] = st->a1.data;
+        params[1] = st->a3.data;
+        code = run_hot(st, P_FAIL, 2, params, "moving messages to failed", err);
+        if (code != OUTBOX_OK) goto fail;
+    }
+    if (sent + retry + failed > 0 && OUTBOX_FAULT("during_mark_sent") != 0) {
+        code = outbox__error(err, OUTBOX_EFAULT,
+                             "injected fault during_mark_sent: outcomes not recorded");
+        goto fail;
+    }
+    code = exec_sql(st->conn, "COMMIT", "committing message outcomes", err);
+    st->in_txn = 0;
+    if (code != OUTBOX_OK) goto fail;
+    /* Between batches: keep the share of partitions current. */
+    if (st->owner[0]) {
+        outbox_error e;
+        if (maybe_rebalance(st, 0, &e) != OUTBOX_OK)
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT, "relay %s: rebalancing failed: %s",
+                        st->owner, e.message);
+    }
+    return OUTBOX_OK;
+
+fail:
+    end_claim(st);
+    return code;
+}
+
+static int pg_changed(void *state, int *changed, outbox_error *err)
+{
+    pg_store *st = state;
+    PGnotify *note;
+    int code;
+
+    *changed = 0;
+    if (!st->notified_first) {
+        st->notified_first = 1;
+        *changed = 1;
+    }
+    if (!st->conn || PQstatus(st->conn) != CONNECTION_OK) {
+        code = need_conn(st, err);
+        if (code != OUTBOX_OK) return code;
+        *changed = 1; /* anything may have happened while away */
+    }
+    if (!PQconsumeInput(st->conn)) {
+        char msg[300];
+        return outbox__error(err, OUTBOX_EIO, "reading notifications from %s: %s", st->shown,
+                             pq_message(PQerrorMessage(st->conn), msg, sizeof msg));
+    }
+    while ((note = PQnotifies(st->conn)) != NULL) {
+        *changed = 1;
+        PQfreemem(note);
+    }
+    return OUTBOX_OK;
+}
+
+/* Runs a query returning one row, one column; *out = its int64 value (0
+ * for NULL). */
+static int scalar(pg_store *st, const char *sql, int64_t *out, const char *what,
+                  outbox_error *err)
+{
+    PGresult *res = PQexec(st->conn, sql);
+    int code = OUTBOX_OK;
+    *out = 0;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
+        code = pq_fail(st->conn, res, what, err);
+    else
+        *out = parse_i64(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return code;
+}
+
+#define US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
+
+static int pg_next_due(void *state, int64_t *due_us, outbox_error *err)
+{
+    pg_store *st = state;
+    int code;
+    *due_us = 0;
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    if (st->in_txn) return OUTBOX_OK;
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql,
+                       "SELECT " US("min(available_at)") " FROM %s.outbox"
+                       " WHERE status = 'pending' AND attempts > 0",
+                       st->qschema);
+    return scalar(st, st->sql.data, due_us, "finding the next due message", err);
+}
+
+static const char *pg_wake_path(void *state)
+{
+    (void)state;
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Operator commands
+ * ---------------------------------------------------------------------- */
+
+#define FULL_COLUMNS                                                                   \
+    "seq, id, " US("occurred_at") ", type, aggregate_type, aggregate_id, payload::text," \
+    " headers::text, attempts, status, " US("available_at") ", last_error, "          \
+    "coalesce(" US("sent_at") ", 0)"
+
+static int full_row_msg(PGresult *res, int row, outbox_msg **out, outbox_error *err)
+{
+    outbox_msg *m = NULL;
+    int code = outbox__msg_from_row(&m, parse_i64(PQgetvalue(res, row, 0)),
+                                    PQgetvalue(res, row, 1), parse_i64(PQgetvalue(res, row, 2)),
+                                    PQgetvalue(res, row, 3), PQgetvalue(res, row, 4),
+                                    PQgetvalue(res, row, 5), PQgetvalue(res, row, 6),
+                                    PQgetvalue(res, row, 7), err);
+    if (code != OUTBOX_OK) return code;
+    m->attempts = (int)parse_i64(PQgetvalue(res, row, 8));
+    m->status = outbox__status_parse(PQgetvalue(res, row, 9));
+    m->available_at = parse_i64(PQgetvalue(res, row, 10));
+    if (!PQgetisnull(res, row, 11)) {
+        m->last_error = strdup(PQgetvalue(res, row, 11));
+        if (!m->last_error) {
+            outbox_msg_free(m);
+            return outbox__error(err, OUTBOX_ENOMEM, "out of memory reading a message");
+        }
+    }
+    m->sent_at = parse_i64(PQgetvalue(res, row, 12));
+    *out = m;
+    return OUTBOX_OK;
+}
+
+/* Describes who holds which partitions: "name[0-10] other[11-21]". */
+static void describe_holders(pg_store *st, outbox_status *out)
+{
+    PGresult *res;
+    outbox_buf b;
+    int i;
+
+    outbox__buf_init(&b);
+    outbox__buf_printf(&b,
+                       "SELECT r.name, l.objid::bigint, " US("r.heartbeat_at") " FROM pg_locks l"
+                       " JOIN %s.relays r ON r.backend_pid = l.pid"
+                       " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+                       " AND l.classid = %ld::oid AND l.database = (SELECT oid FROM pg_database"
+                       " WHERE datname = current_database()) ORDER BY r.name, l.objid",
+                       st->qschema, (long)st->part_key);
+    if (b.oom) goto out;
+    res = PQexec(st->conn, b.data);
+    outbox__buf_reset(&b);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        const char *prev = NULL;
+        int64_t run_start = -1, run_end = -1;
+        for (i = 0; i <= PQntuples(res); i++) {
+            const char *name = i < PQntuples(res) ? PQgetvalue(res, i, 0) : NULL;
+            int64_t part = i < PQntuples(res) ? parse_i64(PQgetvalue(res, i, 1)) : -1;
+            if (name && prev && strcmp(name, prev) == 0 && part == run_end + 1) {
+                run_end = part;
+                continue;
+            }
+            if (prev) {
+                if (run_start == run_end) outbox__buf_printf(&b, "%lld", (long long)run_start);
+                else outbox__buf_printf(&b, "%lld-%lld", (long long)run_start, (long long)run_end);
+            }
+            if (!name) {
+                if (prev) outbox__buf_puts(&b, "]");
+                break;
+            }
+            if (!prev || strcmp(name, prev) != 0) {
+                if (prev) outbox__buf_puts(&b, "] ");
+                outbox__buf_printf(&b, "%s[", name);
+            } else {
+                outbox__buf_puts(&b, ",");
+            }
+            prev = name;
+            run_start = run_end = part;
+            if (i < PQntuples(res)) {
+                int64_t hb = parse_i64(PQgetvalue(res, i, 2)) + st->ttl_ms * 1000;
+                if (hb > out->lease_expires_us) out->lease_expires_us = hb;
+            }
+        }
+    }
+    PQclear(res);
+    if (b.data && !b.oom) snprintf(out->lease_owner, sizeof out->lease_owner, "%s", b.data);
+    if (out->lease_owner[0] && out->lease_expires_us == 0)
+        out->lease_expires_us = outbox__now_us();
+out:
+    outbox__buf_free(&b);
+}
+
+static int pg_status(void *state, outbox_status *out, outbox_error *err)
+{
+    pg_store *st = state;
+    PGresult *res;
+    int code;
+
+    memset(out, 0, sizeof *out);
+    code = check_schema(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    out->schema_version = SCHEMA_VERSION;
+    code = exec_sql(st->conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                    "reading the outbox status", err);
+    if (code != OUTBOX_OK) return code;
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql,
+                       "SELECT count(*) FILTER (WHERE status = 'pending'),"
+                       " count(*) FILTER (WHERE status = 'pending' AND (attempts = 0 OR"
+                       " available_at <= now())),"
+                       " count(*) FILTER (WHERE status = 'pending' AND attempts > 0),"
+                       " count(*) FILTER (WHERE status = 'sent'),"
+                       " count(*) FILTER (WHERE status = 'failed'),"
+                       " coalesce(" US("min(occurred_at) FILTER (WHERE status = 'pending')") ", 0),"
+                       " coalesce(" US("min(available_at) FILTER (WHERE status = 'pending' AND"
+                       " attempts > 0)") ", 0) FROM %s.outbox",
+                       st->qschema);
+    res = PQexec(st->conn, st->sql.data);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "reading the outbox status", err);
+        PQclear(res);
+        goto out;
+    }
+    out->pending = parse_i64(PQgetvalue(res, 0, 0));
+    out->pending_due = parse_i64(PQgetvalue(res, 0, 1));
+    out->retrying = parse_i64(PQgetvalue(res, 0, 2));
+    out->sent = parse_i64(PQgetvalue(res, 0, 3));
+    out->failed = parse_i64(PQgetvalue(res, 0, 4));
+    out->oldest_pending_us = parse_i64(PQgetvalue(res, 0, 5));
+    out->next_due_us = parse_i64(PQgetvalue(res, 0, 6));
+    PQclear(res);
+    if (st->ttl_ms == 0) st->ttl_ms = 10000;
+    describe_holders(st, out);
+out:
+    rollback(st->conn);
+    return code;
+}
+
+static int pg_list(void *state, const outbox_list_params *p, outbox_list_fn fn, void *user,
+                   outbox_error *err)
+{
+    pg_store *st = state;
+    PGresult *res;
+    outbox_msg *m = NULL;
+    int status = p ? p->status : -1, i, code;
+    int64_t limit = p && p->limit > 0 ? p->limit : -1;
+
+    if (!fn) return outbox__error(err, OUTBOX_EINVAL, "list: callback is NULL");
+    if (status != -1 && status != OUTBOX_STATUS_PENDING && status != OUTBOX_STATUS_SENT &&
+        status != OUTBOX_STATUS_FAILED)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "list: unknown status %d: use pending, sent or failed", status);
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql, "SELECT " FULL_COLUMNS " FROM %s.outbox", st->qschema);
+    if (status != -1)
+        outbox__buf_printf(&st->sql, " WHERE status = '%s'", outbox__status_name(status));
+    outbox__buf_puts(&st->sql, " ORDER BY seq");
+    if (limit > 0) outbox__buf_printf(&st->sql, " LIMIT %lld", (long long)limit);
+    res = PQexec(st->conn, st->sql.data);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "listing messages", err);
+        PQclear(res);
+        return code;
+    }
+    for (i = 0; i < PQntuples(res); i++) {
+        int stop;
+        code = full_row_msg(res, i, &m, err);
+        if (code != OUTBOX_OK) break;
+        stop = fn(user, m);
+        outbox_msg_free(m);
+        m = NULL;
+        if (stop) break;
+    }
+    PQclear(res);
+    return code;
+}
+
+/* Copies a valid UUID lower-cased into out; OUTBOX_EBADID otherwise. */
+static int canonical_id(const char *id, char out[37], outbox_error *err)
+{
+    int i;
+    if (!id || !outbox_uuid_valid(id))
+        return outbox__error(err, OUTBOX_EBADID,
+                             "'%.64s' is not a message id: ids are UUIDs (8-4-4-4-12 hex digits)",
+                             id ? id : "(null)");
+    for (i = 0; i < 36; i++)
+        out[i] = (id[i] >= 'A' && id[i] <= 'F') ? (char)(id[i] - 'A' + 'a') : id[i];
+    out[36] = '\0';
+    return OUTBOX_OK;
+}
+
+static int pg_get(void *state, const char *id, outbox_msg **msg, outbox_error *err)
+{
+    pg_store *st = state;
+    const char *params[1];
+    char key[37];
+    PGresult *res;
+    int code;
+
+    *msg = NULL;
+    code = canonical_id(id, key, err);
+    if (code != OUTBOX_OK) return code;
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql, "SELECT " FULL_COLUMNS " FROM %s.outbox WHERE id = $1::uuid",
+                       st->qschema);
+    params[0] = key;
+    res = PQexecParams(st->conn, st->sql.data, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) code = pq_fail(st->conn, res, "reading a message", err);
+    else if (PQntuples(res) == 0)
+        code = outbox__error(err, OUTBOX_ENOTFOUND,
+                             "no message with id %s in the outbox (sent messages are deleted "
+                             "unless the relay runs with on_sent=mark)",
+                             key);
+    else code = full_row_msg(res, 0, msg, err);
+    PQclear(res);
+    return code;
+}
+
+static int pg_retry(void *state, const char *const *ids, size_t n, int all, int64_t *count,
+                    outbox_error *err)
+{
+    pg_store *st = state;
+    const char *params[1];
+    PGresult *res = NULL;
+    int64_t total = 0;
+    size_t i;
+    int code;
+
+    if (count) *count = 0;
+    if (!all && (n == 0 || !ids))
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "retry: give message ids or ask for all failed messages");
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    code = exec_sql(st->conn, "BEGIN", "starting the retry transaction", err);
+    if (code != OUTBOX_OK) return code;
+    if (all) {
+        outbox__buf_reset(&st->sql);
+        outbox__buf_printf(&st->sql,
+                           "UPDATE %s.outbox SET status = 'pending', attempts = 0,"
+                           " available_at = now() WHERE status = 'failed'",
+                           st->qschema);
+        res = PQexec(st->conn, st->sql.data);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            code = pq_fail(st->conn, res, "requeueing failed messages", err);
+            goto fail;
+        }
+        total = parse_i64(PQcmdTuples(res));
+        PQclear(res);
+        res = NULL;
+    } else {
+        for (i = 0; i < n; i++) {
+            char key[37];
+            const char *status;
+            code = canonical_id(ids[i], key, err);
+            if (code != OUTBOX_OK) goto fail;
+            params[0] = key;
+            outbox__buf_reset(&st->sql);
+            outbox__buf_printf(&st->sql,
+                               "SELECT status FROM %s.outbox WHERE id = $1::uuid FOR UPDATE",
+                               st->qschema);
+            res = PQexecParams(st->conn, st->sql.data, 1, NULL, params, NULL, NULL, 0);
+            if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                code = pq_fail(st->conn, res, "requeueing failed messages", err);
+                goto fail;
+            }
+            if (PQntuples(res) == 0) {
+                code = outbox__error(err, OUTBOX_ENOTFOUND,
+                                     "no message with id %s in the outbox: nothing was requeued",
+                                     key);
+                goto fail;
+            }
+            status = PQgetvalue(res, 0, 0);
+            if (strcmp(status, "failed") != 0) {
+                code = outbox__error(err, OUTBOX_EINVAL,
+                                     "message %s is %s, not failed: only failed messages can be "
+                                     "requeued; nothing was requeued",
+                                     key, status);
+                goto fail;
+            }
+            PQclear(res);
+            outbox__buf_reset(&st->sql);
+            outbox__buf_printf(&st->sql,
+                               "UPDATE %s.outbox SET status = 'pending', attempts = 0,"
+                               " available_at = now() WHERE id = $1::uuid AND status = 'failed'",
+                               st->qschema);
+            res = PQexecParams(st->conn, st->sql.data, 1, NULL, params, NULL, NULL, 0);
+            if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                code = pq_fail(st->conn, res, "requeueing failed messages", err);
+                goto fail;
+            }
+            total += parse_i64(PQcmdTuples(res));
+            PQclear(res);
+            res = NULL;
+        }
+    }
+    code = exec_sql(st->conn, "COMMIT", "committing the retry", err);
+    if (code != OUTBOX_OK) goto fail;
+    if (count) *count = total;
+    return OUTBOX_OK;
+
+fail:
+    PQclear(res);
+    rollback(st->conn);
+    return code;
+}
+
+static int pg_purge(void *state, int64_t before_us, int64_t *count, outbox_error *err)
+{
+    pg_store *st = state;
+    const char *params[1];
+    char before[32];
+    PGresult *res;
+    int code;
+
+    if (count) *count = 0;
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    snprintf(before, sizeof before, "%lld", (long long)before_us);
+    params[0] = before;
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql,
+                       "DELETE FROM %s.outbox WHERE status = 'sent' AND sent_at <"
+                       " 'epoch'::timestamptz + $1::bigint * interval '1 microsecond'",
+                       st->qschema);
+    res = PQexecParams(st->conn, st->sql.data, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) code = pq_fail(st->conn, res, "purging sent messages", err);
+    else if (count) *count = parse_i64(PQcmdTuples(res));
+    PQclear(res);
+    return code;
+}
+
+/* The PostgreSQL store driver (schemes "postgres" and "postgresql"). */
+const outbox_store_ops outbox__store_postgres = {
+    1,
+    "postgres",
+    pg_open,
+    pg_close,
+    pg_init,
+    pg_check_schema,
+    pg_enqueue,
+    pg_lease_acquire,
+    pg_lease_renew,
+    pg_lease_release,
+    pg_claim,
+    pg_complete,
+    pg_changed,
+    pg_next_due,
+    pg_wake_path,
+    pg_status,
+    pg_list,
+    pg_get,
+    pg_retry,
+    pg_purge,
+};
+
+/* The same driver under the scheme "postgresql". */
+const outbox_store_ops outbox__store_postgresql = {
+    1,
+    "postgresql",
+    pg_open,
+    pg_close,
+    pg_init,
+    pg_check_schema,
+    pg_enqueue,
+    pg_lease_acquire,
+    pg_lease_renew,
+    pg_lease_release,
+    pg_claim,
+    pg_complete,
+    pg_changed,
+    pg_next_due,
+    pg_wake_path,
+    pg_status,
+    pg_list,
+    pg_get,
+    pg_retry,
+    pg_purge,
+};
+
+#else
+
+/* Without libpq this file only keeps the translation unit non-empty. */
+typedef int outbox__postgres_not_built;
+
+#endif /* OUTBOX_HAVE_LIBPQ */

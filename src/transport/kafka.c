@@ -1,0 +1,482 @@
+/*
+ * kafka.c - the `kafka://` destination, through librdkafka.
+ *
+ *   kafka://broker[,broker]?topic=TEMPLATE&kafka.<librdkafka setting>=VALUE
+ *
+ * An idempotent producer (enable.idempotence=true, acks=all): the key is
+ * the aggregate id, so one aggregate stays in one partition, where the
+ * idempotent producer keeps order across its internal retries.  Headers
+ * follow the CloudEvents Kafka binding (ce_specversion, ce_id, ce_source,
+ * ce_type, ce_time, ce_subject, content-type; message headers as ce_<ext>).
+ *
+ * publish() produces the batch, then polls until every message's delivery
+ * report arrived or ack_timeout passed.  Each report decides its message:
+ * OK, retriable, or rejected for good (too large, invalid, not authorised).
+ * A report is matched to its message by an opaque (batch generation, index),
+ * so a late report of an earlier batch is ignored.  When a produce call
+ * fails, later messages of the same aggregate in the batch are not
+ * produced.  A fatal producer error (rd_kafka_fatal_error: fenced, broken
+ * idempotence state) fails what was not confirmed as retriable, and the
+ * producer is rebuilt before the next batch: the relay then re-sends those
+ * messages in order behind the failed one.  (Test builds: the fault point
+ * kafka_fatal raises such an error with rd_kafka_test_fatal_error.)
+ *
+ * Settings: any kafka.<name>=<value> goes to rd_kafka_conf_set (a bad one is
+ * ECONFIG at start-up; values are never echoed, so secrets such as
+ * sasl.password stay out of errors).  librdkafka's own logs go through
+ * outbox__log, never to stderr.
+ */
+#include "internal.h"
+
+#ifdef OUTBOX_HAVE_RDKAFKA
+
+#include <librdkafka/rdkafka.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define COMPONENT "transport.kafka"
+#define DEFAULT_TOPIC "outbox.{aggregate_type}"
+#define KNOWN_OPTIONS "topic, ack_timeout, kafka.<librdkafka setting>"
+
+typedef struct kafka_state {
+    rd_kafka_conf_t *conf; /* template: duplicated for each producer */
+    rd_kafka_t *rk;
+    outbox_route *route;
+    char *source;
+    char brokers[256];
+    int64_t ack_timeout_ms;
+    int rebuild; /* a fatal error: make a new producer first */
+    outbox_buf topic;
+
+    /* The batch in progress (reports are served on the calling thread). */
+    uint32_t gen;
+    outbox_publish_result *results;
+    unsigned char *done;
+    size_t done_cap;
+    size_t n;
+    size_t outstanding;
+} kafka_state;
+
+static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
+    OUTBOX__PRINTF(3, 4);
+static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
+{
+    va_list ap;
+    r->code = code;
+    r->retry_after_ms = 0;
+    if (fmt == NULL) {
+        r->error[0] = '\0';
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(r->error, sizeof r->error, fmt, ap);
+    va_end(ap);
+}
+
+/* Errors a retry cannot fix. */
+static int permanent_error(rd_kafka_resp_err_t e)
+{
+    switch (e) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    kafka_state *st = opaque;
+    uintptr_t tag = (uintptr_t)m->_private;
+    uint32_t gen = (uint32_t)(tag >> 32);
+    size_t i = (size_t)(tag & 0xffffffffu);
+    outbox_publish_result *r;
+    (void)rk;
+
+    if (st->results == NULL || gen != st->gen || i == 0 || i > st->n) return; /* late report */
+    i--;
+    if (st->done[i]) return;
+    r = &st->results[i];
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        set_result(r, OUTBOX_OK, NULL);
+    else if (permanent_error(m->err))
+        set_result(r, OUTBOX_EREJECTED, "Kafka refused the message on topic %s: %s",
+                   m->rkt ? rd_kafka_topic_name(m->rkt) : "?", rd_kafka_err2str(m->err));
+    else
+        set_result(r, OUTBOX_EPUBLISH, "Kafka delivery to %s failed: %s",
+                   m->rkt ? rd_kafka_topic_name(m->rkt) : "?", rd_kafka_err2str(m->err));
+    st->done[i] = 1;
+    st->outstanding--;
+}
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    int lv = level <= 3   ? OUTBOX_LOG_ERROR
+             : level <= 4 ? OUTBOX_LOG_WARN
+             : level <= 6 ? OUTBOX_LOG_INFO
+                          : OUTBOX_LOG_DEBUG;
+    (void)rk;
+    outbox__log(lv, COMPONENT, "librdkafka %s: %s", fac, buf);
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    outbox__log(err == RD_KAFKA_RESP_ERR__FATAL ? OUTBOX_LOG_ERROR : OUTBOX_LOG_WARN, COMPONENT,
+                "%s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+static int looks_secret(const char *name)
+{
+    return strstr(name, "password") != NULL || strstr(name, "secret") != NULL ||
+           strstr(name, "key") != NULL || strstr(name, "token") != NULL ||
+           strstr(name, "jaas") != NULL;
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, outbox_error *err)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) == RD_KAFKA_CONF_OK)
+        return OUTBOX_OK;
+    if (looks_secret(name))
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "kafka destination: librdkafka refused setting kafka.%s; check "
+                             "its name and value",
+                             name);
+    return outbox__error(err, OUTBOX_ECONFIG, "kafka destination: setting kafka.%s: %s", name,
+                         errstr);
+}
+
+/* Creates the producer from the configuration template. */
+static int make_producer(kafka_state *st, outbox_error *err)
+{
+    char errstr[512];
+    rd_kafka_conf_t *c = rd_kafka_conf_dup(st->conf);
+    if (c == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory creating a producer");
+    rd_kafka_conf_set_opaque(c, st);
+    st->rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, errstr, sizeof errstr);
+    if (st->rk == NULL) {
+        rd_kafka_conf_destroy(c);
+        return outbox__error(err, OUTBOX_ECONFIG, "kafka destination: cannot create producer: %s",
+                             errstr);
+    }
+    return OUTBOX_OK;
+}
+
+static void destroy_producer(kafka_state *st)
+{
+    if (st->rk == NULL) return;
+    rd_kafka_purge(st->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    st->results = NULL; /* reports of purged messages are ignored */
+    rd_kafka_flush(st->rk, 1000);
+    rd_kafka_destroy(st->rk);
+    st->rk = NULL;
+}
+
+static void kafka_close(void *state);
+
+static int kafka_open(void **state, const char *url, const outbox_transport_config *cfg,
+                      outbox_error *err)
+{
+    kafka_state *st = NULL;
+    outbox_url u;
+    const char *tmpl;
+    int rc, parsed = 0;
+    size_t i;
+    char num[32];
+
+    *state = NULL;
+    memset(&u, 0, sizeof u);
+    rc = outbox__url_parse(&u, url, cfg->options, err);
+    if (rc != OUTBOX_OK) return rc;
+    parsed = 1;
+
+    st = calloc(1, sizeof *st);
+    if (st == NULL) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the kafka destination");
+        goto fail;
+    }
+    outbox__buf_init(&st->topic);
+    if (u.hosts == NULL || u.hosts[0] == '\0') {
+        rc = outbox__error(err, OUTBOX_EBADURL,
+                           "kafka destination has no broker; use kafka://host:9092?topic=NAME");
+        goto fail;
+    }
+    snprintf(st->brokers, sizeof st->brokers, "%s", u.hosts);
+    tmpl = outbox__url_param(&u, "topic");
+    if (tmpl == NULL) tmpl = DEFAULT_TOPIC;
+    rc = outbox__route_new(&st->route, tmpl, OUTBOX_ROUTE_KAFKA_TOPIC, err);
+    if (rc != OUTBOX_OK) goto fail;
+    {
+        const char *t = outbox__url_param(&u, "ack_timeout");
+        st->ack_timeout_ms = 30000;
+        if (t != NULL) {
+            st->ack_timeout_ms = outbox__duration_parse_ms(t);
+            if (st->ack_timeout_ms <= 0) {
+                rc = outbox__error(err, OUTBOX_ECONFIG,
+                                   "kafka destination: ack_timeout=\"%s\" is not a duration; use "
+                                   "e.g. 30s",
+                                   t);
+                goto fail;
+            }
+        }
+    }
+    st->source = strdup(cfg->source ? cfg->source : "/outbox");
+    st->conf = rd_kafka_conf_new();
+    if (st->source == NULL || st->conf == NULL) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the kafka destination");
+        goto fail;
+    }
+    rd_kafka_conf_set_dr_msg_cb(st->conf, dr_cb);
+    rd_kafka_conf_set_log_cb(st->conf, log_cb);
+    rd_kafka_conf_set_error_cb(st->conf, error_cb);
+    snprintf(num, sizeof num, "%lld", (long long)st->ack_timeout_ms);
+    if ((rc = conf_set(st->conf, "bootstrap.servers", u.hosts, err)) != OUTBOX_OK ||
+        (rc = conf_set(st->conf, "enable.idempotence", "true", err)) != OUTBOX_OK ||
+        (rc = conf_set(st->conf, "acks", "all", err)) != OUTBOX_OK ||
+        (rc = conf_set(st->conf, "message.timeout.ms", num, err)) != OUTBOX_OK ||
+        (rc = conf_set(st->conf, "linger.ms", "5", err)) != OUTBOX_OK)
+        goto fail;
+    for (i = 0; i < u.param_count; i++) {
+        outbox_url_param *p = &u.params[i];
+        if (strncmp(p->key, "kafka.", 6) != 0) continue;
+        p->used = 1;
+        if (strcmp(p->key + 6, "enable.idempotence") == 0 && strcmp(p->value, "true") != 0) {
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "kafka destination: kafka.enable.idempotence must stay true "
+                               "(per-aggregate order depends on it)");
+            goto fail;
+        }
+        rc = conf_set(st->conf, p->key + 6, p->value, err);
+        if (rc != OUTBOX_OK) goto fail;
+    }
+    rc = outbox__url_check_unused(&u, KNOWN_OPTIONS, err);
+    if (rc != OUTBOX_OK) goto fail;
+    rc = make_producer(st, err);
+    if (rc != OUTBOX_OK) goto fail;
+
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "producer for %s: topic %s, ack timeout %lld ms",
+                st->brokers, tmpl, (long long)st->ack_timeout_ms);
+    outbox__url_free(&u);
+    *state = st;
+    return OUTBOX_OK;
+
+fail:
+    if (parsed) outbox__url_free(&u);
+    kafka_close(st);
+    return rc;
+}
+
+static const char *const ce_reserved[] = {
+    "specversion",     "id",         "source", "type",         "subject", "time",
+    "datacontenttype", "dataschema", "data",   "aggregatetype"};
+
+static rd_kafka_headers_t *make_headers(const kafka_state *st, const outbox_msg *m)
+{
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8 + m->header_count);
+    char t[32], ext[64], key[80];
+    size_t i, j;
+    if (h == NULL) return NULL;
+    outbox_time_format(m->occurred_at, t);
+    rd_kafka_header_add(h, "ce_specversion", -1, "1.0", -1);
+    rd_kafka_header_add(h, "ce_id", -1, m->id, -1);
+    rd_kafka_header_add(h, "ce_source", -1, st->source, -1);
+    rd_kafka_header_add(h, "ce_type", -1, m->type, -1);
+    rd_kafka_header_add(h, "ce_time", -1, t, -1);
+    rd_kafka_header_add(h, "ce_subject", -1, m->aggregate_id, -1);
+    rd_kafka_header_add(h, "content-type", -1, "application/json", -1);
+    if (m->aggregate_type[0] != '\0')
+        rd_kafka_header_add(h, "ce_aggregatetype", -1, m->aggregate_type, -1);
+    for (i = 0; i < m->header_count; i++) {
+        const void *v;
+        size_t vlen;
+        int taken;
+        outbox__cloudevent_ext_name(m->header_names[i], ext, sizeof ext);
+        if (ext[0] == '\0') continue;
+        do {
+            taken = 0;
+            for (j = 0; j < sizeof ce_reserved / sizeof ce_reserved[0]; j++)
+                if (strcmp(ce_reserved[j], ext) == 0) taken = 1;
+            snprintf(key, sizeof key, "ce_%s", ext);
+            if (!taken && rd_kafka_header_get_last(h, key, &v, &vlen) == RD_KAFKA_RESP_ERR_NO_ERROR)
+                taken = 1;
+            if (taken) {
+                size_t len = strlen(ext);
+                if (len + 2 > sizeof ext) break;
+                memmove(ext + 1, ext, len + 1);
+                ext[0] = 'x';
+            }
+        } while (taken);
+        if (!taken) rd_kafka_header_add(h, key, -1, m->header_values[i], -1);
+    }
+    return h;
+}
+
+static int agg_failed(outbox_msg *const *msgs, const unsigned char *failed, size_t upto,
+                      const char *agg)
+{
+    size_t i;
+    for (i = 0; i < upto; i++)
+        if (failed[i] && strcmp(msgs[i]->aggregate_id, agg) == 0) return 1;
+    return 0;
+}
+
+static int kafka_publish(void *state, outbox_msg *const *msgs, size_t n,
+                         outbox_publish_result *results)
+{
+    kafka_state *st = state;
+    unsigned char *failed;
+    size_t i, nfailed = 0;
+    int64_t deadline;
+    char fatal[512];
+    outbox_error e;
+
+    if (n == 0) return OUTBOX_OK;
+    if (n > 0xffffffffu - 1) return OUTBOX_EINVAL;
+    if (st->rebuild || st->rk == NULL) {
+        destroy_producer(st);
+        e.code = 0;
+        e.message[0] = '\0';
+        if (make_producer(st, &e) != OUTBOX_OK) {
+            outbox__log(OUTBOX_LOG_ERROR, COMPONENT, "cannot rebuild the producer: %s", e.message);
+            return OUTBOX_EPUBLISH;
+        }
+        st->rebuild = 0;
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "producer rebuilt after a fatal error");
+    }
+    if (n > st->done_cap) {
+        unsigned char *d = realloc(st->done, n);
+        if (d == NULL) return OUTBOX_ENOMEM;
+        st->done = d;
+        st->done_cap = n;
+    }
+    failed = calloc(n, 1);
+    if (failed == NULL) return OUTBOX_ENOMEM;
+    memset(st->done, 0, n);
+    st->gen++;
+    st->results = results;
+    st->n = n;
+    st->outstanding = 0;
+    for (i = 0; i < n; i++)
+        set_result(&results[i], OUTBOX_EPUBLISH, "no delivery report from Kafka within %lld ms",
+                   (long long)st->ack_timeout_ms);
+
+    deadline = outbox__monotonic_us() + st->ack_timeout_ms * 1000;
+    for (i = 0; i < n; i++) {
+        const outbox_msg *m = msgs[i];
+        rd_kafka_headers_t *h;
+        rd_kafka_resp_err_t perr;
+        outbox_error rerr;
+
+        if (nfailed > 0 && agg_failed(msgs, failed, i, m->aggregate_id)) {
+            set_result(&results[i], OUTBOX_EPUBLISH,
+                       "not sent: an earlier message of its aggregate could not be produced");
+            goto not_sent;
+        }
+        rerr.code = 0;
+        rerr.message[0] = '\0';
+        if (outbox__route_render(st->route, m, &st->topic, &rerr) != OUTBOX_OK) {
+            set_result(&results[i], OUTBOX_EREJECTED, "%s", rerr.message);
+            goto not_sent;
+        }
+        h = make_headers(st, m);
+        if (h == NULL) {
+            set_result(&results[i], OUTBOX_ENOMEM, "out of memory for Kafka headers");
+            goto not_sent;
+        }
+        for (;;) {
+            perr = rd_kafka_producev(
+                st->rk, RD_KAFKA_V_TOPIC(st->topic.data),
+                RD_KAFKA_V_KEY(m->aggregate_id, strlen(m->aggregate_id)),
+                RD_KAFKA_V_VALUE(m->payload, strlen(m->payload)), RD_KAFKA_V_HEADERS(h),
+                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_OPAQUE((void *)(((uintptr_t)st->gen << 32) | (uintptr_t)(i + 1))),
+                RD_KAFKA_V_END);
+            if (perr != RD_KAFKA_RESP_ERR__QUEUE_FULL || outbox__monotonic_us() >= deadline) break;
+            rd_kafka_poll(st->rk, 10);
+        }
+        if (perr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_headers_destroy(h);
+            if (permanent_error(perr))
+                set_result(&results[i], OUTBOX_EREJECTED, "Kafka refused the message for %s: %s",
+                           st->topic.data, rd_kafka_err2str(perr));
+            else
+                set_result(&results[i], OUTBOX_EPUBLISH, "producing to %s failed: %s",
+                           st->topic.data, rd_kafka_err2str(perr));
+            goto not_sent;
+        }
+        st->outstanding++;
+        rd_kafka_poll(st->rk, 0);
+        continue;
+    not_sent:
+        st->done[i] = 1;
+        failed[i] = 1;
+        nfailed++;
+    }
+
+    if (OUTBOX_FAULT("kafka_fatal") != 0)
+        rd_kafka_test_fatal_error(st->rk, RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+                                  "injected fault kafka_fatal");
+    while (st->outstanding > 0) {
+        int64_t left_ms = (deadline - outbox__monotonic_us()) / 1000;
+        if (left_ms <= 0) break;
+        rd_kafka_poll(st->rk, (int)(left_ms < 100 ? left_ms : 100));
+        if (rd_kafka_fatal_error(st->rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
+                        "fatal producer error: %s; unconfirmed messages will be retried on a "
+                        "new producer",
+                        fatal);
+            for (i = 0; i < n; i++)
+                if (!st->done[i])
+                    set_result(&results[i], OUTBOX_EPUBLISH, "fatal producer error: %s", fatal);
+            st->rebuild = 1;
+            break;
+        }
+    }
+    if (st->outstanding > 0 && !st->rebuild)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "%zu of %zu messages without a delivery report within %lld ms; they will be "
+                    "retried",
+                    st->outstanding, n, (long long)st->ack_timeout_ms);
+    st->results = NULL;
+    st->n = 0;
+    st->outstanding = 0;
+    free(failed);
+    return OUTBOX_OK;
+}
+
+static void kafka_close(void *state)
+{
+    kafka_state *st = state;
+    if (st == NULL) return;
+    destroy_producer(st);
+    if (st->conf) rd_kafka_conf_destroy(st->conf);
+    outbox__route_free(st->route);
+    outbox__buf_free(&st->topic);
+    free(st->done);
+    free(st->source);
+    free(st);
+}
+
+/* The Kafka destination driver (see the top of this file). */
+const outbox_transport_ops outbox__transport_kafka = {
+    1, "kafka", kafka_open, kafka_publish, kafka_close,
+};
+
+#else
+
+/* Keeps the translation unit non-empty in builds without librdkafka. */
+typedef int outbox__kafka_not_built;
+
+#endif /* OUTBOX_HAVE_RDKAFKA */

@@ -1,0 +1,894 @@
+/*
+ * nats.c - the `nats://` destination: NATS JetStream through nats.c.
+ *
+ *   nats://[user:pass@]host:port[,host:port]?stream=NAME&subject=TEMPLATE&...
+ *
+ * A batch is published asynchronously (js_PublishMsgAsync, at most
+ * max_pending acks outstanding), then the driver waits up to ack_timeout
+ * for the acks.  Each message's result comes from its own ack, delivered on
+ * nats.c's thread to ack_handler, which finds the message by its
+ * Nats-Msg-Id header (= the outbox message id) in the batch's id table.
+ * A message is OK only when JetStream acked it (a duplicate ack counts: the
+ * stream already holds it).  What was not acked by the deadline is taken
+ * back with js_PublishAsyncGetPendingList and reported retriable; acks that
+ * arrive after the batch is closed are ignored (the retry is dropped by the
+ * stream's duplicate window).
+ *
+ * Order: the connection keeps publication order, so a batch reaches the
+ * stream in claim order.  When a publish call fails outright, the later
+ * messages of that aggregate in the batch are not sent at all.  A dropped
+ * connection loses what was in flight; so that nothing later in the batch
+ * overtakes it, the batch stops publishing as soon as the connection is
+ * seen down or a disconnect was counted since the batch began (what was
+ * written before the drop reaches the server in order or not at all).
+ * After a reconnect, the first batch waits until the stream answers
+ * js_GetStreamInfo again: a restarting server refuses publications while
+ * it recovers its streams, and could otherwise take a later message of an
+ * aggregate after refusing an earlier one.  Callbacks use the state until
+ * nats.c's closed callback, which close waits for.
+ *
+ * Start-up checks: the subject template (outbox__route_new), the stream
+ * (js_GetStreamInfo; created with create_stream=NAME), and that the
+ * stream's subjects cover the template, so a wrong subject is a start-up
+ * error and not a stream of failed messages.  Connection secrets (password,
+ * token, creds) never reach errors or logs: only the hosts are shown.
+ */
+#include "internal.h"
+
+#ifdef OUTBOX_HAVE_NATS
+
+#include <nats/nats.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define COMPONENT "transport.nats"
+#define DEFAULT_SUBJECT "outbox.{aggregate_type}.{type}"
+#define KNOWN_OPTIONS                                                                              \
+    "subject, stream, create_stream, max_pending, ack_timeout, connect_timeout, token, creds, "    \
+    "ca_file, tls"
+/* After a reconnect, "no responders" may only mean JetStream is still
+ * starting: it is retriable for this long. */
+#define RECONNECT_GRACE_US 10000000
+
+typedef struct nats_state {
+    natsOptions *opts;
+    natsConnection *nc;
+    jsCtx *js;
+    outbox_route *route;
+    char *source;
+    char *stream;
+    char hosts[256]; /* for messages: no credentials */
+    int64_t ack_timeout_ms;
+    outbox_buf subject;
+
+    atomic_int disconnects;
+    atomic_int closing;
+    int verified_disconnects;       /* disconnects when the stream was last seen */
+    int closed;                     /* the closed callback ran (under mu) */
+    int published;                  /* js_PublishMsgAsync succeeded once (nats.c 3.4's
+                                       js_PublishAsyncGetPendingList needs that) */
+    _Atomic int64_t reconnected_us; /* monotonic time of the last reconnect */
+
+    /* The open batch, shared with ack_handler under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int open;
+    outbox_msg *const *msgs;
+    outbox_publish_result *results;
+    unsigned char *done; /* per message: 1 once its result is final */
+    size_t n;
+    size_t outstanding; /* published, result not final */
+    size_t *table;      /* id hash: index+1, 0 = empty */
+    size_t table_cap;
+    size_t done_cap;
+} nats_state;
+
+/* ------------------------------------------------------------------------
+ * Helpers
+ * ---------------------------------------------------------------------- */
+
+static uint64_t hash_id(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    while (*s) {
+        h ^= (unsigned char)*s++;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* Index of the message with this id in the open batch, or (size_t)-1. */
+static size_t lookup(const nats_state *st, const char *id)
+{
+    size_t mask = st->table_cap - 1, i;
+    if (st->table_cap == 0) return (size_t)-1;
+    for (i = (size_t)hash_id(id) & mask; st->table[i] != 0; i = (i + 1) & mask)
+        if (strcmp(st->msgs[st->table[i] - 1]->id, id) == 0) return st->table[i] - 1;
+    return (size_t)-1;
+}
+
+/* Sizes and fills the id table and per-message flags; -1 when out of memory. */
+static int batch_prepare(nats_state *st, outbox_msg *const *msgs, size_t n)
+{
+    size_t want = 16, i;
+    while (want < n * 2)
+        want *= 2;
+    if (want > st->table_cap) {
+        size_t *t = calloc(want, sizeof *t);
+        if (t == NULL) return -1;
+        free(st->table);
+        st->table = t;
+        st->table_cap = want;
+    } else {
+        memset(st->table, 0, st->table_cap * sizeof *st->table);
+    }
+    if (n > st->done_cap) {
+        unsigned char *d = realloc(st->done, n);
+        if (d == NULL) return -1;
+        st->done = d;
+        st->done_cap = n;
+    }
+    memset(st->done, 0, n);
+    st->msgs = msgs;
+    for (i = 0; i < n; i++) {
+        size_t mask = st->table_cap - 1, j;
+        for (j = (size_t)hash_id(msgs[i]->id) & mask; st->table[j] != 0; j = (j + 1) & mask) {
+        }
+        st->table[j] = i + 1;
+    }
+    return 0;
+}
+
+static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
+    OUTBOX__PRINTF(3, 4);
+static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
+{
+    va_list ap;
+    r->code = code;
+    r->retry_after_ms = 0;
+    if (fmt == NULL) {
+        r->error[0] = '\0';
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(r->error, sizeof r->error, fmt, ap);
+    va_end(ap);
+}
+
+/* Does the stream subject filter cover every subject of pattern (where a
+ * '*' token of pattern stands for any one token)? */
+static int filter_covers(const char *filter, const char *pattern)
+{
+    for (;;) {
+        size_t fl = strcspn(filter, "."), pl = strcspn(pattern, ".");
+        if (fl == 1 && filter[0] == '>') return *pattern != '\0';
+        if (*pattern == '\0' || *filter == '\0') return *pattern == '\0' && *filter == '\0';
+        if (!(fl == 1 && filter[0] == '*') &&
+            (fl != pl || memcmp(filter, pattern, fl) != 0 || (pl == 1 && pattern[0] == '*')))
+            return 0;
+        filter += fl;
+        pattern += pl;
+        if ((*filter == '.') != (*pattern == '.')) return 0;
+        if (*filter == '.') filter++;
+        if (*pattern == '.') pattern++;
+    }
+}
+
+/* The template with every token that holds a placeholder turned into '*':
+ * "outbox.{aggregate_type}.{type}" -> "outbox.*.*".  Rendered values have
+ * '.' replaced, so a token stays one token. */
+static void template_pattern(const char *tmpl, outbox_buf *b)
+{
+    outbox__buf_reset(b);
+    while (*tmpl) {
+        size_t len = strcspn(tmpl, ".");
+        if (memchr(tmpl, '{', len) != NULL)
+            outbox__buf_append(b, "*", 1);
+        else
+            outbox__buf_append(b, tmpl, len);
+        tmpl += len;
+        if (*tmpl == '.') {
+            outbox__buf_append(b, ".", 1);
+            tmpl++;
+        }
+    }
+    outbox__buf_append(b, "", 0);
+}
+
+static const char *status_text(natsStatus s)
+{
+    const char *t = nats_GetLastError(NULL);
+    return t && *t ? t : natsStatus_GetText(s);
+}
+
+/* ------------------------------------------------------------------------
+ * Connection callbacks (nats.c's threads)
+ * ---------------------------------------------------------------------- */
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    nats_state *st = closure;
+    (void)nc;
+    if (atomic_load(&st->closing)) return;
+    atomic_fetch_add(&st->disconnects, 1);
+    outbox__log(OUTBOX_LOG_WARN, COMPONENT, "disconnected from %s; reconnecting", st->hosts);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    nats_state *st = closure;
+    (void)nc;
+    atomic_store(&st->reconnected_us, outbox__monotonic_us());
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "reconnected to %s", st->hosts);
+}
+
+/* The last callback nats.c makes for a connection: close waits for it
+ * before freeing the state the callbacks use. */
+static void on_closed(natsConnection *nc, void *closure)
+{
+    nats_state *st = closure;
+    (void)nc;
+    pthread_mutex_lock(&st->mu);
+    st->closed = 1;
+    pthread_cond_broadcast(&st->cond);
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* Classifies a negative ack: retriable unless the stream refused the
+ * message for good (too big) or no stream listens on its subject (outside
+ * the grace period after a reconnect). */
+static void ack_error(nats_state *st, outbox_publish_result *r, const outbox_msg *m, natsMsg *msg,
+                      const jsPubAckErr *pae)
+{
+    const char *subj = natsMsg_GetSubject(msg);
+    int64_t since = outbox__monotonic_us() - atomic_load(&st->reconnected_us);
+    if (pae->Err == NATS_NO_RESPONDERS) {
+        if (atomic_load(&st->disconnects) > 0 && since < RECONNECT_GRACE_US)
+            set_result(r, OUTBOX_EPUBLISH,
+                       "no JetStream stream answered on subject %s just after a reconnect "
+                       "(JetStream may still be starting)",
+                       subj ? subj : "?");
+        else
+            set_result(r, OUTBOX_EREJECTED,
+                       "no JetStream stream listens on subject %s; add the subject to the "
+                       "stream or change the subject template",
+                       subj ? subj : "?");
+        return;
+    }
+    if (pae->ErrCode == JSStreamMessageExceedsMaximumErr) {
+        set_result(r, OUTBOX_EREJECTED, "JetStream refused message %s: %s (error %d)", m->id,
+                   pae->ErrText ? pae->ErrText : "message too large", (int)pae->ErrCode);
+        return;
+    }
+    if (pae->ErrCode != 0)
+        set_result(r, OUTBOX_EPUBLISH, "JetStream error %d: %s", (int)pae->ErrCode,
+                   pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+    else
+        set_result(r, OUTBOX_EPUBLISH, "JetStream publish failed: %s",
+                   pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+}
+
+static void ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    nats_state *st = closure;
+    const char *id = NULL;
+    (void)js;
+
+    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK) id = NULL;
+    pthread_mutex_lock(&st->mu);
+    if (st->open && id != NULL) {
+        size_t i = lookup(st, id);
+        if (i != (size_t)-1 && !st->done[i]) {
+            if (pa != NULL && pae == NULL)
+                set_result(&st->results[i], OUTBOX_OK, NULL);
+            else if (pae != NULL)
+                ack_error(st, &st->results[i], st->msgs[i], msg, pae);
+            else
+                set_result(&st->results[i], OUTBOX_EPUBLISH, "JetStream sent an empty ack");
+            st->done[i] = 1;
+            if (st->outstanding > 0 && --st->outstanding == 0) pthread_cond_broadcast(&st->cond);
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
+    natsMsg_Destroy(msg);
+}
+
+/* ------------------------------------------------------------------------
+ * Open
+ * ---------------------------------------------------------------------- */
+
+static int64_t parse_ms(const char *text, const char *name, int64_t dflt, outbox_error *err,
+                        int *rc)
+{
+    int64_t v;
+    if (text == NULL) return dflt;
+    v = outbox__duration_parse_ms(text);
+    if (v <= 0)
+        *rc = outbox__error(err, OUTBOX_ECONFIG,
+                            "nats destination: %s=\"%s\" is not a duration; use e.g. 5s or 500ms",
+                            name, text);
+    return v;
+}
+
+/* Checks the stream exists (or creates it) and covers the subject template. */
+static int check_stream(nats_state *st, const char *create, const char *tmpl, outbox_error *err)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    outbox_buf pattern;
+    natsStatus s;
+    int rc = OUTBOX_OK, i, covered = 0;
+
+    outbox__buf_init(&pattern);
+    template_pattern(tmpl, &pattern);
+    if (pattern.oom) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory checking the NATS stream");
+        goto out;
+    }
+    s = js_GetStreamInfo(&si, st->js, st->stream, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
+        jsStreamConfig sc;
+        const char *subjects[1];
+        if (create == NULL) {
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "nats destination: JetStream stream \"%s\" does not exist on %s; "
+                               "create it (nats stream add) or use create_stream=%s",
+                               st->stream, st->hosts, st->stream);
+            goto out;
+        }
+        jsStreamConfig_Init(&sc);
+        subjects[0] = pattern.data;
+        sc.Name = st->stream;
+        sc.Subjects = subjects;
+        sc.SubjectsLen = 1;
+        sc.Storage = js_FileStorage;
+        jerr = 0;
+        s = js_AddStream(&si, st->js, &sc, NULL, &jerr);
+        if (s != NATS_OK) {
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "nats destination: cannot create stream \"%s\" for subjects %s on "
+                               "%s: %s (error %d); check that no other stream covers them",
+                               st->stream, pattern.data, st->hosts, status_text(s), (int)jerr);
+            goto out;
+        }
+        outbox__log(OUTBOX_LOG_INFO, COMPONENT, "created stream %s (subjects %s, file storage)",
+                    st->stream, pattern.data);
+    } else if (s != NATS_OK) {
+        rc = outbox__error(
+            err, s == NATS_NO_RESPONDERS ? OUTBOX_ECONFIG : OUTBOX_EPUBLISH,
+            "nats destination: cannot look up stream \"%s\" on %s: %s%s", st->stream, st->hosts,
+            status_text(s),
+            s == NATS_NO_RESPONDERS ? " (is JetStream enabled? start nats-server -js)" : "");
+        goto out;
+    }
+    for (i = 0; si->Config && i < si->Config->SubjectsLen; i++)
+        if (filter_covers(si->Config->Subjects[i], pattern.data)) covered = 1;
+    if (si->Config && si->Config->SubjectsLen == 0 && strchr(pattern.data, '*') == NULL &&
+        strcmp(pattern.data, st->stream) == 0)
+        covered = 1; /* a stream without subjects listens on its own name */
+    if (!covered) {
+        outbox_buf list;
+        outbox__buf_init(&list);
+        for (i = 0; si->Config && i < si->Config->SubjectsLen; i++) {
+            if (i) outbox__buf_puts(&list, ", ");
+            outbox__buf_puts(&list, si->Config->Subjects[i]);
+        }
+        rc = outbox__error(err, OUTBOX_ECONFIG,
+                           "nats destination: subject template \"%s\" (subjects %s) is not "
+                           "covered by stream \"%s\" (subjects: %s); change subject= or add %s "
+                           "to the stream's subjects",
+                           tmpl, pattern.data, st->stream, list.data ? list.data : "none",
+                           pattern.data);
+        outbox__buf_free(&list);
+        goto out;
+    }
+out:
+    if (si) jsStreamInfo_Destroy(si);
+    outbox__buf_free(&pattern);
+    return rc;
+}
+
+/* Fills st->opts from the parsed URL. */
+static int set_options(nats_state *st, outbox_url *u, int64_t connect_ms, outbox_error *err)
+{
+    const char *token = outbox__url_param(u, "token");
+    const char *creds = outbox__url_param(u, "creds");
+    const char *ca = outbox__url_param(u, "ca_file");
+    const char *tls = outbox__url_param(u, "tls");
+    const char **servers = NULL;
+    char *hosts = NULL, *save = NULL, *h;
+    int count = 0, rc = OUTBOX_OK, secure = 0;
+    natsStatus s;
+
+    if (tls != NULL) {
+        if (strcmp(tls, "true") == 0 || strcmp(tls, "1") == 0)
+            secure = 1;
+        else if (strcmp(tls, "false") != 0 && strcmp(tls, "0") != 0)
+            return outbox__error(err, OUTBOX_ECONFIG,
+                                 "nats destination: tls=\"%s\"; use tls=true or tls=false", tls);
+    }
+    if (ca != NULL) secure = 1;
+
+    hosts = strdup(u->hosts);
+    servers = calloc(strlen(u->hosts) / 2 + 2, sizeof *servers);
+    if (hosts == NULL || servers == NULL) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
+        goto out;
+    }
+    for (h = strtok_r(hosts, ",", &save); h != NULL; h = strtok_r(NULL, ",", &save)) {
+        size_t len = strlen(h) + 16;
+        char *url = malloc(len);
+        if (url == NULL) {
+            rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
+            goto out;
+        }
+        snprintf(url, len, "%s://%s%s", secure ? "tls" : "nats", h, strchr(h, ':') ? "" : ":4222");
+        servers[count++] = url;
+    }
+    if (count == 0) {
+        rc = outbox__error(err, OUTBOX_EBADURL,
+                           "nats destination has no server; use nats://host:port?stream=NAME");
+        goto out;
+    }
+
+    s = natsOptions_Create(&st->opts);
+    if (s == NATS_OK) s = natsOptions_SetServers(st->opts, servers, count);
+    if (s == NATS_OK && u->user != NULL)
+        s = natsOptions_SetUserInfo(st->opts, u->user, u->password ? u->password : "");
+    if (s == NATS_OK && token != NULL) s = natsOptions_SetToken(st->opts, token);
+    if (s == NATS_OK) s = natsOptions_SetName(st->opts, "outbox-relay");
+    if (s == NATS_OK) s = natsOptions_SetTimeout(st->opts, connect_ms);
+    if (s == NATS_OK) s = natsOptions_SetAllowReconnect(st->opts, true);
+    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(st->opts, -1);
+    if (s == NATS_OK) s = natsOptions_SetReconnectWait(st->opts, 250);
+
+    if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(st->opts, on_disconnected, st);
+    if (s == NATS_OK) s = natsOptions_SetReconnectedCB(st->opts, on_reconnected, st);
+    if (s == NATS_OK) s = natsOptions_SetClosedCB(st->opts, on_closed, st);
+    /* Each publish goes to the socket at once: nothing sits in nats.c's
+     * write buffer when a connection drops (that buffer would be sent after
+     * the reconnect, behind messages lost with the old connection). */
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(st->opts, true);
+    if (s != NATS_OK) {
+        rc = outbox__error(err, OUTBOX_ECONFIG, "nats destination: cannot set options: %s",
+                           natsStatus_GetText(s));
+        goto out;
+    }
+    if (secure && natsOptions_SetSecure(st->opts, true) != NATS_OK) {
+        rc = outbox__error(err, OUTBOX_ECONFIG,
+                           "nats destination: tls=true but nats.c was built without TLS");
+        goto out;
+    }
+    if (ca != NULL && natsOptions_LoadCATrustedCertificates(st->opts, ca) != NATS_OK) {
+        rc = outbox__error(err, OUTBOX_ECONFIG,
+                           "nats destination: cannot load ca_file \"%s\"; give a readable PEM "
+                           "file",
+                           ca);
+        goto out;
+    }
+    if (creds != NULL &&
+        natsOptions_SetUserCredentialsFromFiles(st->opts, creds, NULL) != NATS_OK) {
+        rc = outbox__error(err, OUTBOX_ECONFIG,
+                           "nats destination: cannot use creds file \"%s\"; give a readable "
+                           ".creds file",
+                           creds);
+        goto out;
+    }
+out:
+    while (count > 0)
+        free((void *)servers[--count]);
+    free(servers);
+    free(hosts);
+    return rc;
+}
+
+static void nats_close(void *state);
+
+static int nats_open(void **state, const char *url, const outbox_transport_config *cfg,
+                     outbox_error *err)
+{
+    nats_state *st = NULL;
+    outbox_url u;
+    const char *tmpl, *stream, *create, *maxp;
+    int64_t connect_ms, max_pending = 4096;
+    int rc = OUTBOX_OK, parsed = 0, locks = 0;
+    jsOptions jo;
+    natsStatus s;
+
+    *state = NULL;
+    memset(&u, 0, sizeof u);
+    rc = outbox__url_parse(&u, url, cfg->options, err);
+    if (rc != OUTBOX_OK) return rc;
+    parsed = 1;
+
+    st = calloc(1, sizeof *st);
+    if (st == NULL) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
+        goto fail;
+    }
+    outbox__buf_init(&st->subject);
+    if (pthread_mutex_init(&st->mu, NULL) != 0 || pthread_cond_init(&st->cond, NULL) != 0) {
+        pthread_mutex_destroy(&st->mu);
+        rc = outbox__error(err, OUTBOX_ENOMEM, "cannot create a mutex for the nats destination");
+        goto fail;
+    }
+    locks = 1;
+    snprintf(st->hosts, sizeof st->hosts, "nats://%s", u.hosts);
+
+    tmpl = outbox__url_param(&u, "subject");
+    if (tmpl == NULL) tmpl = DEFAULT_SUBJECT;
+    stream = outbox__url_param(&u, "stream");
+    create = outbox__url_param(&u, "create_stream");
+    maxp = outbox__url_param(&u, "max_pending");
+    if (maxp != NULL) {
+        char *end = NULL;
+        errno = 0;
+        max_pending = strtoll(maxp, &end, 10);
+        if (errno != 0 || end == maxp || *end != '\0' || max_pending < 1 || max_pending > 1000000) {
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "nats destination: max_pending=\"%s\"; use a number from 1 to "
+                               "1000000 (default 4096)",
+                               maxp);
+            goto fail;
+        }
+    }
+    st->ack_timeout_ms =
+        parse_ms(outbox__url_param(&u, "ack_timeout"), "ack_timeout", 5000, err, &rc);
+    connect_ms =
+        parse_ms(outbox__url_param(&u, "connect_timeout"), "connect_timeout", 5000, err, &rc);
+    if (rc != OUTBOX_OK) goto fail;
+    if (stream != NULL && create != NULL && strcmp(stream, create) != 0) {
+        rc = outbox__error(err, OUTBOX_ECONFIG,
+                           "nats destination: stream=%s and create_stream=%s differ; give one "
+                           "of them",
+                           stream, create);
+        goto fail;
+    }
+    if (stream == NULL) stream = create;
+    if (stream == NULL || *stream == '\0') {
+        rc = outbox__error(err, OUTBOX_ECONFIG,
+                           "nats destination needs a stream: add ?stream=NAME (an existing "
+                           "JetStream stream) or ?create_stream=NAME");
+        goto fail;
+    }
+    if (u.hosts == NULL || u.hosts[0] == '\0') {
+        rc = outbox__error(err, OUTBOX_EBADURL,
+                           "nats destination has no server; use nats://host:port?stream=NAME");
+        goto fail;
+    }
+    rc = outbox__route_new(&st->route, tmpl, OUTBOX_ROUTE_NATS_SUBJECT, err);
+    if (rc != OUTBOX_OK) goto fail;
+    st->stream = strdup(stream);
+    st->source = strdup(cfg->source ? cfg->source : "/outbox");
+    if (st->stream == NULL || st->source == NULL) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
+        goto fail;
+    }
+    rc = set_options(st, &u, connect_ms, err);
+    if (rc != OUTBOX_OK) goto fail;
+    rc = outbox__url_check_unused(&u, KNOWN_OPTIONS, err);
+    if (rc != OUTBOX_OK) goto fail;
+
+    s = natsConnection_Connect(&st->nc, st->opts);
+    if (s != NATS_OK) {
+        if (s == NATS_CONNECTION_AUTH_FAILED || s == NATS_NOT_PERMITTED)
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "nats destination: %s refused the credentials (%s); check the "
+                               "user/password in the URL, token= or creds=",
+                               st->hosts, natsStatus_GetText(s));
+        else
+            rc = outbox__error(err, OUTBOX_EPUBLISH,
+                               "nats destination: cannot connect to %s: %s; check that "
+                               "nats-server runs there",
+                               st->hosts, status_text(s));
+        goto fail;
+    }
+    jsOptions_Init(&jo);
+    jo.Wait = st->ack_timeout_ms;
+    jo.PublishAsync.MaxPending = max_pending;
+    jo.PublishAsync.AckHandler = ack_handler;
+    jo.PublishAsync.AckHandlerClosure = st;
+    jo.PublishAsync.StallWait = st->ack_timeout_ms;
+    s = natsConnection_JetStream(&st->js, st->nc, &jo);
+    if (s != NATS_OK) {
+        rc = outbox__error(err, OUTBOX_EPUBLISH, "nats destination: cannot use JetStream on %s: %s",
+                           st->hosts, status_text(s));
+        goto fail;
+    }
+    rc = check_stream(st, create, tmpl, err);
+    if (rc != OUTBOX_OK) goto fail;
+
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                "connected to %s: stream %s, subject %s, max pending %lld, ack timeout %lld ms",
+                st->hosts, st->stream, tmpl, (long long)max_pending, (long long)st->ack_timeout_ms);
+    outbox__url_free(&u);
+    *state = st;
+    return OUTBOX_OK;
+
+fail:
+    if (parsed) outbox__url_free(&u);
+    if (st != NULL) {
+        if (!locks) {
+            outbox__buf_free(&st->subject);
+            free(st);
+        } else {
+            nats_close(st);
+        }
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Publish
+ * ---------------------------------------------------------------------- */
+
+static const char *const ce_reserved[] = {
+    "specversion",     "id",         "source", "type",         "subject", "time",
+    "datacontenttype", "dataschema", "data",   "aggregatetype"};
+
+/* Builds the NATS message for m on subject: payload as data, CloudEvents
+ * NATS binding headers, Nats-Msg-Id. */
+static natsStatus build_msg(nats_state *st, natsMsg **out, const outbox_msg *m, const char *subject)
+{
+    natsMsg *msg = NULL;
+    char time_text[32], ext[64], key[80];
+    size_t i, j;
+    natsStatus s;
+
+    s = natsMsg_Create(&msg, subject, NULL, m->payload, (int)strlen(m->payload));
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", m->id);
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "ce-specversion", "1.0");
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "ce-id", m->id);
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "ce-source", st->source);
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "ce-type", m->type);
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "ce-subject", m->aggregate_id);
+    if (s == NATS_OK) {
+        outbox_time_format(m->occurred_at, time_text);
+        s = natsMsgHeader_Set(msg, "ce-time", time_text);
+    }
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "content-type", "application/json");
+    if (s == NATS_OK && m->aggregate_type[0] != '\0')
+        s = natsMsgHeader_Set(msg, "ce-aggregatetype", m->aggregate_type);
+    for (i = 0; s == NATS_OK && i < m->header_count; i++) {
+        const char *v = NULL;
+        int taken;
+        outbox__cloudevent_ext_name(m->header_names[i], ext, sizeof ext);
+        if (ext[0] == '\0') continue;
+        do {
+            taken = 0;
+            for (j = 0; j < sizeof ce_reserved / sizeof ce_reserved[0]; j++)
+                if (strcmp(ce_reserved[j], ext) == 0) taken = 1;
+            snprintf(key, sizeof key, "ce-%s", ext);
+            if (!taken && natsMsgHeader_Get(msg, key, &v) == NATS_OK) taken = 1;
+            if (taken) {
+                size_t len = strlen(ext);
+                if (len + 2 > sizeof ext) break;
+                memmove(ext + 1, ext, len + 1);
+                ext[0] = 'x';
+            }
+        } while (taken);
+        if (!taken) s = natsMsgHeader_Set(msg, key, m->header_values[i]);
+    }
+    if (s != NATS_OK) {
+        natsMsg_Destroy(msg);
+        return s;
+    }
+    *out = msg;
+    return NATS_OK;
+}
+
+/* Is aggregate id among the first `upto` messages marked failed-to-send? */
+static int aggregate_blocked(outbox_msg *const *msgs, size_t upto, const unsigned char *blocked,
+                             const char *agg)
+{
+    size_t i;
+    for (i = 0; i < upto; i++)
+        if (blocked[i] && strcmp(msgs[i]->aggregate_id, agg) == 0) return 1;
+    return 0;
+}
+
+static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
+                        outbox_publish_result *results)
+{
+    nats_state *st = state;
+    unsigned char *blocked = NULL;
+    size_t i, nblocked = 0;
+    int stalled = 0; /* 1: the ack window stayed full; 2: connection lost */
+    int disconnects0 = atomic_load(&st->disconnects);
+    struct timespec deadline;
+    outbox_error rerr;
+    int64_t wall;
+
+    if (n == 0) return OUTBOX_OK;
+    if (atomic_load(&st->disconnects) != st->verified_disconnects) {
+        /* After a reconnect, publish only once the stream answers again: a
+         * restarting server refuses the first messages while it recovers
+         * its streams and would take later ones, out of order. */
+        int seen = atomic_load(&st->disconnects);
+        jsStreamInfo *si = NULL;
+        jsErrCode jerr = 0;
+        jsOptions jo;
+        natsStatus s;
+        jsOptions_Init(&jo);
+        jo.Wait = st->ack_timeout_ms;
+        s = js_GetStreamInfo(&si, st->js, st->stream, &jo, &jerr);
+        if (si) jsStreamInfo_Destroy(si);
+        if (s != NATS_OK) {
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "stream %s not available yet after a reconnect to %s: %s", st->stream,
+                        st->hosts, natsStatus_GetText(s));
+            return OUTBOX_EPUBLISH;
+        }
+        st->verified_disconnects = seen;
+    }
+    blocked = calloc(n, 1);
+    if (blocked == NULL) return OUTBOX_ENOMEM;
+
+    pthread_mutex_lock(&st->mu);
+    if (batch_prepare(st, msgs, n) != 0) {
+        pthread_mutex_unlock(&st->mu);
+        free(blocked);
+        return OUTBOX_ENOMEM;
+    }
+    for (i = 0; i < n; i++)
+        set_result(&results[i], OUTBOX_EPUBLISH, "no ack from JetStream within %lld ms",
+                   (long long)st->ack_timeout_ms);
+    st->results = results;
+    st->n = n;
+    st->outstanding = 0;
+    st->open = 1;
+    pthread_mutex_unlock(&st->mu);
+
+    for (i = 0; i < n; i++) {
+        const outbox_msg *m = msgs[i];
+        natsMsg *msg = NULL;
+        natsStatus s;
+
+        if (!stalled && (atomic_load(&st->disconnects) != disconnects0 ||
+                         natsConnection_Status(st->nc) != NATS_CONN_STATUS_CONNECTED))
+            stalled = 2;
+        if (stalled || (nblocked > 0 && aggregate_blocked(msgs, i, blocked, m->aggregate_id))) {
+            pthread_mutex_lock(&st->mu);
+            set_result(&results[i], OUTBOX_EPUBLISH,
+                       stalled == 1 ? "not sent: JetStream acks stopped coming back"
+                       : stalled == 2
+                           ? "not sent: the connection to NATS dropped during the batch"
+                           : "not sent: an earlier message of its aggregate could not be "
+                             "published");
+            st->done[i] = 1;
+            pthread_mutex_unlock(&st->mu);
+            blocked[i] = 1;
+            nblocked++;
+            continue;
+        }
+        rerr.code = 0;
+        rerr.message[0] = '\0';
+        if (outbox__route_render(st->route, m, &st->subject, &rerr) != OUTBOX_OK) {
+            pthread_mutex_lock(&st->mu);
+            set_result(&results[i], rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED,
+                       "%s", rerr.message);
+            st->done[i] = 1;
+            pthread_mutex_unlock(&st->mu);
+            blocked[i] = 1;
+            nblocked++;
+            continue;
+        }
+        s = build_msg(st, &msg, m, st->subject.data);
+        if (s == NATS_OK) {
+            /* Counted first: the ack may arrive before the call returns. */
+            pthread_mutex_lock(&st->mu);
+            st->outstanding++;
+            pthread_mutex_unlock(&st->mu);
+            s = js_PublishMsgAsync(st->js, &msg, NULL);
+            if (s == NATS_OK) st->published = 1;
+            if (s != NATS_OK) {
+                pthread_mutex_lock(&st->mu);
+                st->outstanding--;
+                pthread_mutex_unlock(&st->mu);
+            }
+        }
+        if (s != NATS_OK) {
+            natsMsg_Destroy(msg); /* NULL when the library took it */
+            pthread_mutex_lock(&st->mu);
+            set_result(&results[i], OUTBOX_EPUBLISH, "JetStream publish to %s failed: %s",
+                       st->subject.data ? st->subject.data : "?", status_text(s));
+            /* The window stayed full for ack_timeout: acks are not coming
+             * back, so the rest of the batch waits for the next attempt. */
+            if (s == NATS_TIMEOUT) stalled = 1;
+            st->done[i] = 1;
+            pthread_mutex_unlock(&st->mu);
+            blocked[i] = 1;
+            nblocked++;
+        }
+    }
+
+    /* Wait for the acks of everything published. */
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    wall = (int64_t)deadline.tv_sec * 1000 + deadline.tv_nsec / 1000000 + st->ack_timeout_ms;
+    deadline.tv_sec = (time_t)(wall / 1000);
+    deadline.tv_nsec = (long)(wall % 1000) * 1000000L;
+    pthread_mutex_lock(&st->mu);
+    while (st->outstanding > 0) {
+        if (pthread_cond_timedwait(&st->cond, &st->mu, &deadline) == ETIMEDOUT) break;
+    }
+    if (st->outstanding > 0) {
+        natsMsgList pending;
+        size_t left = st->outstanding;
+        st->open = 0; /* later acks are ignored: those messages stay retriable */
+        pthread_mutex_unlock(&st->mu);
+        memset(&pending, 0, sizeof pending);
+        if (js_PublishAsyncGetPendingList(&pending, st->js) == NATS_OK)
+            natsMsgList_Destroy(&pending);
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "%zu of %zu messages not acked by JetStream within %lld ms (connection %s); "
+                    "they will be retried",
+                    left, n, (long long)st->ack_timeout_ms,
+                    natsConnection_Status(st->nc) == NATS_CONN_STATUS_CONNECTED ? "up" : "down");
+        pthread_mutex_lock(&st->mu);
+    }
+    st->open = 0;
+    st->results = NULL;
+    st->msgs = NULL;
+    st->n = 0;
+    st->outstanding = 0;
+    pthread_mutex_unlock(&st->mu);
+    free(blocked);
+    return OUTBOX_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * Close
+ * ---------------------------------------------------------------------- */
+
+static void nats_close(void *state)
+{
+    nats_state *st = state;
+    if (st == NULL) return;
+    atomic_store(&st->closing, 1);
+    if (st->js && st->published) {
+        natsMsgList pending;
+        memset(&pending, 0, sizeof pending);
+        if (js_PublishAsyncGetPendingList(&pending, st->js) == NATS_OK)
+            natsMsgList_Destroy(&pending);
+    }
+    if (st->js) jsCtx_Destroy(st->js);
+    if (st->nc) {
+        struct timespec until;
+        natsConnection_Close(st->nc);
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 10;
+        pthread_mutex_lock(&st->mu);
+        while (!st->closed)
+            if (pthread_cond_timedwait(&st->cond, &st->mu, &until) == ETIMEDOUT) break;
+        pthread_mutex_unlock(&st->mu);
+        natsConnection_Destroy(st->nc);
+    }
+    if (st->opts) natsOptions_Destroy(st->opts);
+    outbox__route_free(st->route);
+    outbox__buf_free(&st->subject);
+    pthread_mutex_destroy(&st->mu);
+    pthread_cond_destroy(&st->cond);
+    free(st->table);
+    free(st->done);
+    free(st->stream);
+    free(st->source);
+    free(st);
+}
+
+/* The NATS JetStream destination driver (see the top of this file). */
+const outbox_transport_ops outbox__transport_nats = {
+    1, "nats", nats_open, nats_publish, nats_close,
+};
+
+#else
+
+/* Keeps the translation unit non-empty in builds without nats.c. */
+typedef int outbox__nats_not_built;
+
+#endif /* OUTBOX_HAVE_NATS */

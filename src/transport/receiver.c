@@ -1,0 +1,595 @@
+/*
+ * receiver.c - a webhook receiver for consumers written in C, on
+ * libmicrohttpd: it accepts the POSTs of an http(s) destination, verifies
+ * them (Standard Webhooks signature and timestamp), rebuilds the message
+ * from the CloudEvents binary-mode headers and the body, and applies it
+ * exactly once with the inbox:
+ *
+ *   BEGIN IMMEDIATE; outbox_inbox_record_sqlite(consumer, id);
+ *     first time: handler(db, msg) -> COMMIT -> 204
+ *     duplicate:  ROLLBACK -> 204 (the handler does not run)
+ *   handler or database error: ROLLBACK -> 500 (the sender retries)
+ *
+ * So a 2xx always means "committed" (guarantee 6 over HTTP).  Requests that
+ * cannot be right get 4xx and change nothing: 400 malformed, 401 unsigned,
+ * bad signature or stale timestamp, 405 not POST, 413 body too large (from
+ * Content-Length before the body is read, or while reading), 431 too many
+ * headers.  Slow and idle clients are cut by MHD's connection timeout, the
+ * connection count and the per-connection memory (header bytes) are
+ * bounded.
+ *
+ * One MHD thread serves every connection (event-driven), so the receiver's
+ * one SQLite connection is only ever used by that thread.
+ */
+#include "internal.h"
+
+#ifdef OUTBOX_HAVE_MHD
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define COMPONENT "receiver"
+
+struct outbox_webhook_receiver {
+    struct MHD_Daemon *daemon;
+    sqlite3 *db;
+    unsigned port;
+    char *secret;
+    char *consumer;
+    int64_t tolerance_s;
+    size_t max_body_bytes;
+    unsigned max_headers;
+    outbox_webhook_handler_fn handler;
+    void *handler_user;
+    _Atomic uint64_t applied, duplicates, rejected, failed;
+};
+
+typedef struct request_ctx {
+    outbox_buf body;
+    int too_big;
+} request_ctx;
+
+/* Sets opts to the documented defaults. */
+void outbox_webhook_receiver_options_init(outbox_webhook_receiver_options *opts)
+{
+    if (opts == NULL) return;
+    memset(opts, 0, sizeof *opts);
+    opts->bind_address = "127.0.0.1";
+    opts->tolerance_s = OUTBOX_WEBHOOK_TOLERANCE_S;
+    opts->max_body_bytes = 1024 * 1024;
+    opts->max_headers = 64;
+    opts->connection_timeout_s = 10;
+    opts->connection_limit = 64;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *text)
+{
+    struct MHD_Response *resp;
+    enum MHD_Result r;
+    resp = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    if (resp == NULL) return MHD_NO;
+    MHD_add_response_header(resp, "content-type", "text/plain; charset=utf-8");
+    r = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+static enum MHD_Result reject(outbox_webhook_receiver *r, struct MHD_Connection *c, unsigned status,
+                              const char *text)
+{
+    atomic_fetch_add(&r->rejected, 1);
+    outbox__log(OUTBOX_LOG_WARN, COMPONENT, "rejected a request with %u: %s", status, text);
+    return reply(c, status, text);
+}
+
+static int hex_value(char ch)
+{
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes a header value into a new string; NULL when malformed or
+ * when it decodes to a control character. */
+static char *decode_value(const char *v)
+{
+    char *out = malloc(strlen(v) + 1), *o = out;
+    if (out == NULL) return NULL;
+    while (*v) {
+        if (*v == '%') {
+            int hi = hex_value(v[1]), lo = hi >= 0 ? hex_value(v[2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                free(out);
+                return NULL;
+            }
+            *o++ = (char)(hi * 16 + lo);
+            v += 3;
+        } else {
+            *o++ = *v++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* "2026-11-28T00:40:27.123456Z" (fraction optional, Z or +00:00) -> unix us. */
+static int parse_time(const char *s, int64_t *out)
+{
+    struct tm tm;
+    int y, mo, d, h, mi, sec, n = 0;
+    int64_t frac = 0;
+    const char *p;
+    int digits = 0;
+    time_t t;
+
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 19)
+        return -1;
+    p = s + n;
+    if (*p == '.') {
+        p++;
+        while (*p >= '0' && *p <= '9') {
+            if (digits < 6) {
+                frac = frac * 10 + (*p - '0');
+                digits++;
+            }
+            p++;
+        }
+        if (digits == 0) return -1;
+        while (digits < 6) {
+            frac *= 10;
+            digits++;
+        }
+    }
+    if (strcmp(p, "Z") != 0 && strcmp(p, "+00:00") != 0) return -1;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60) return -1;
+    memset(&tm, 0, sizeof tm);
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+    t = timegm(&tm);
+    if (t == (time_t)-1) return -1;
+    *out = (int64_t)t * 1000000 + frac;
+    return 0;
+}
+
+typedef struct header_walk {
+    outbox_msg *msg;
+    int rc;
+    outbox_error err;
+} header_walk;
+
+static const char *const standard_attrs[] = {"specversion",   "id",         "source",
+                                             "type",          "subject",    "time",
+                                             "aggregatetype", "dataschema", "datacontenttype"};
+
+/* Every ce-<extension> header becomes a message header named <extension>. */
+static enum MHD_Result take_extension(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    header_walk *w = cls;
+    char name[80];
+    size_t i, n;
+    char *decoded;
+    (void)kind;
+    if (w->rc != OUTBOX_OK) return MHD_NO;
+    if (key == NULL || strncasecmp(key, "ce-", 3) != 0) return MHD_YES;
+    n = strlen(key + 3);
+    if (n == 0 || n >= sizeof name) {
+        w->rc = outbox__error(&w->err, OUTBOX_EBADHEADERS, "header %.80s: bad extension name", key);
+        return MHD_NO;
+    }
+    for (i = 0; i < n; i++) {
+        char ch = key[3 + i];
+        name[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+    }
+    name[n] = '\0';
+    for (i = 0; i < sizeof standard_attrs / sizeof standard_attrs[0]; i++)
+        if (strcmp(name, standard_attrs[i]) == 0) return MHD_YES;
+    decoded = decode_value(value ? value : "");
+    if (decoded == NULL) {
+        w->rc = outbox__error(&w->err, OUTBOX_EBADHEADERCHAR,
+                              "header %s: malformed percent-encoding", key);
+        return MHD_NO;
+    }
+    w->rc = outbox_msg_set_header(w->msg, name, decoded, &w->err);
+    free(decoded);
+    return w->rc == OUTBOX_OK ? MHD_YES : MHD_NO;
+}
+
+/* Builds the message from the request; 0, or -1 with why filled. */
+static int build_message(struct MHD_Connection *c, const char *body, outbox_msg **out, char *why,
+                         size_t why_len)
+{
+    const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-id");
+    const char *wid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "webhook-id");
+    const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-type");
+    const char *subject = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-subject");
+    const char *atype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-aggregatetype");
+    const char *time_text = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-time");
+    char *type_d = NULL, *subject_d = NULL, *atype_d = NULL;
+    outbox_msg *msg = NULL;
+    outbox_error err;
+    header_walk w;
+    int64_t at = 0;
+    int rc = -1;
+
+    memset(&err, 0, sizeof err);
+    *out = NULL;
+    if (id == NULL) id = wid;
+    if (id == NULL || type == NULL || subject == NULL) {
+        snprintf(why, why_len, "missing header: %s",
+                 id == NULL     ? "ce-id (or webhook-id)"
+                 : type == NULL ? "ce-type"
+                                : "ce-subject");
+        goto out;
+    }
+    if (wid != NULL && strcmp(wid, id) != 0) {
+        snprintf(why, why_len, "webhook-id and ce-id differ");
+        goto out;
+    }
+    if (time_text != NULL && parse_time(time_text, &at) != 0) {
+        snprintf(why, why_len, "ce-time is not an RFC 3339 UTC time");
+        goto out;
+    }
+    type_d = decode_value(type);
+    subject_d = decode_value(subject);
+    atype_d = atype ? decode_value(atype) : NULL;
+    if (type_d == NULL || subject_d == NULL || (atype != NULL && atype_d == NULL)) {
+        snprintf(why, why_len,
+                 "malformed percent-encoding in ce-type, ce-subject or "
+                 "ce-aggregatetype");
+        goto out;
+    }
+    if (body[0] == '\0') {
+        snprintf(why, why_len, "empty body: the payload must be JSON");
+        goto out;
+    }
+    if (outbox_msg_new(&msg, type_d, atype_d, subject_d, body, &err) != OUTBOX_OK ||
+        outbox_msg_set_id(msg, id, &err) != OUTBOX_OK ||
+        (at != 0 && outbox_msg_set_occurred_at(msg, at, &err) != OUTBOX_OK)) {
+        snprintf(why, why_len, "%s", err.message);
+        goto out;
+    }
+    memset(&w, 0, sizeof w);
+    w.msg = msg;
+    MHD_get_connection_values(c, MHD_HEADER_KIND, take_extension, &w);
+    if (w.rc != OUTBOX_OK) {
+        snprintf(why, why_len, "%s", w.err.message);
+        goto out;
+    }
+    *out = msg;
+    msg = NULL;
+    rc = 0;
+out:
+    outbox_msg_free(msg);
+    free(type_d);
+    free(subject_d);
+    free(atype_d);
+    return rc;
+}
+
+static void rollback(sqlite3 *db)
+{
+    if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* Applies msg once through the inbox; the HTTP status to answer. */
+static unsigned apply(outbox_webhook_receiver *r, const outbox_msg *msg, char *why, size_t why_len)
+{
+    outbox_error err;
+    int rc;
+
+    memset(&err, 0, sizeof err);
+    rc = sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(why, why_len, "database busy: %s", sqlite3_errmsg(r->db));
+        return rc == SQLITE_BUSY || rc == SQLITE_LOCKED ? MHD_HTTP_SERVICE_UNAVAILABLE
+                                                        : MHD_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    rc = outbox_inbox_record_sqlite(r->db, r->consumer, msg->id, &err);
+    if (rc == OUTBOX_DUPLICATE) {
+        rollback(r->db);
+        atomic_fetch_add(&r->duplicates, 1);
+        snprintf(why, why_len, "duplicate");
+        return MHD_HTTP_NO_CONTENT;
+    }
+    if (rc != OUTBOX_OK) {
+        rollback(r->db);
+        snprintf(why, why_len, "inbox: %s", err.message);
+        return MHD_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    rc = r->handler(r->handler_user, r->db, msg, &err);
+    if (rc != OUTBOX_OK) {
+        rollback(r->db);
+        snprintf(why, why_len, "handler failed: %s",
+                 err.message[0] ? err.message : outbox_strerror(rc));
+        return MHD_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (OUTBOX_FAULT("receiver_before_commit") != 0 ||
+        sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(why, why_len, "commit failed: %s", sqlite3_errmsg(r->db));
+        rollback(r->db);
+        return MHD_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    atomic_fetch_add(&r->applied, 1);
+    why[0] = '\0';
+    return MHD_HTTP_NO_CONTENT;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    outbox_webhook_receiver *r = cls;
+    request_ctx *ctx = *con_cls;
+    outbox_msg *msg = NULL;
+    char why[600];
+    unsigned status;
+    (void)url;
+    (void)version;
+
+    if (ctx == NULL) {
+        const char *len_text;
+        int count;
+        ctx = calloc(1, sizeof *ctx);
+        if (ctx == NULL) return MHD_NO;
+        outbox__buf_init(&ctx->body);
+        *con_cls = ctx;
+        count = MHD_get_connection_values(c, MHD_HEADER_KIND, NULL, NULL);
+        if (count < 0 || (unsigned)count > r->max_headers)
+            return reject(r, c, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE, "too many headers");
+        if (strcmp(method, "POST") != 0)
+            return reject(r, c, MHD_HTTP_METHOD_NOT_ALLOWED, "only POST is accepted");
+        len_text = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "content-length");
+        if (len_text && strtoull(len_text, NULL, 10) > r->max_body_bytes)
+            return reject(r, c, MHD_HTTP_CONTENT_TOO_LARGE, "body larger than the limit");
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        if (!ctx->too_big) {
+            if (ctx->body.len + *upload_data_size > r->max_body_bytes) {
+                ctx->too_big = 1;
+                outbox__buf_free(&ctx->body);
+                outbox__buf_init(&ctx->body);
+            } else {
+                outbox__buf_append(&ctx->body, upload_data, *upload_data_size);
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (ctx->too_big) return reject(r, c, MHD_HTTP_CONTENT_TOO_LARGE, "body larger than the limit");
+    if (ctx->body.oom) {
+        atomic_fetch_add(&r->failed, 1);
+        return reply(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
+    }
+    if (memchr(ctx->body.data ? ctx->body.data : "", '\0', ctx->body.len) != NULL)
+        return reject(r, c, MHD_HTTP_BAD_REQUEST, "NUL byte in the body");
+
+    if (r->secret != NULL) {
+        outbox_error err;
+        int rc;
+        memset(&err, 0, sizeof err);
+        rc = outbox_webhook_verify(
+            r->secret, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "webhook-id"),
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "webhook-timestamp"),
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "webhook-signature"),
+            ctx->body.data ? ctx->body.data : "", ctx->body.len, r->tolerance_s, 0, &err);
+        if (rc != OUTBOX_OK)
+            return reject(r, c,
+                          rc == OUTBOX_EBADTIMESTAMP ? MHD_HTTP_BAD_REQUEST
+                          : rc == OUTBOX_ENOTBUILT   ? MHD_HTTP_INTERNAL_SERVER_ERROR
+                                                     : MHD_HTTP_UNAUTHORIZED,
+                          err.message);
+    }
+    if (build_message(c, ctx->body.data ? ctx->body.data : "", &msg, why, sizeof why) != 0)
+        return reject(r, c, MHD_HTTP_BAD_REQUEST, why);
+
+    status = apply(r, msg, why, sizeof why);
+    if (status >= 500) {
+        atomic_fetch_add(&r->failed, 1);
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "message %s not applied (%u): %s", msg->id, status,
+                    why);
+    }
+    outbox_msg_free(msg);
+    return reply(c, status, status >= 300 ? why : "");
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    request_ctx *ctx = *con_cls;
+    (void)cls;
+    (void)c;
+    (void)toe;
+    if (ctx == NULL) return;
+    outbox__buf_free(&ctx->body);
+    free(ctx);
+    *con_cls = NULL;
+}
+
+/* Starts a receiver (see outbox.h). */
+int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
+                                const outbox_webhook_receiver_options *opts, outbox_error *err)
+{
+    outbox_webhook_receiver *r = NULL;
+    struct sockaddr_in addr;
+    const union MHD_DaemonInfo *info;
+    const char *bind_address;
+    int rc;
+
+    if (out == NULL || opts == NULL)
+        return outbox__error(err, OUTBOX_EINVAL, "outbox_webhook_receiver_new: NULL argument");
+    *out = NULL;
+    if (opts->db_path == NULL || opts->consumer == NULL || opts->consumer[0] == '\0' ||
+        opts->handler == NULL)
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "webhook receiver: db_path, consumer and handler are required");
+    bind_address = opts->bind_address && opts->bind_address[0] ? opts->bind_address : "127.0.0.1";
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)opts->port);
+    if (opts->port > 65535 || inet_pton(AF_INET, bind_address, &addr.sin_addr) != 1)
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "webhook receiver: bind_address \"%.64s\" / port %u is not an IPv4 "
+                             "address and a port up to 65535",
+                             bind_address, opts->port);
+
+    r = calloc(1, sizeof *r);
+    if (r == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
+    r->consumer = strdup(opts->consumer);
+    r->secret = opts->secret ? strdup(opts->secret) : NULL;
+    if (r->consumer == NULL || (opts->secret && r->secret == NULL)) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (r->secret) {
+        unsigned char key[OUTBOX_WEBHOOK_KEY_MAX];
+        size_t key_len;
+        rc = outbox__webhook_key_decode(r->secret, "the receiver's secret", key, &key_len, err);
+        memset(key, 0, sizeof key);
+        if (rc != OUTBOX_OK) goto fail;
+    } else {
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "no secret: unsigned webhooks are accepted (use this for testing only)");
+    }
+    r->tolerance_s = opts->tolerance_s > 0 ? opts->tolerance_s : OUTBOX_WEBHOOK_TOLERANCE_S;
+    r->max_body_bytes = opts->max_body_bytes ? opts->max_body_bytes : 1024 * 1024;
+    r->max_headers = opts->max_headers ? opts->max_headers : 64;
+    r->handler = opts->handler;
+    r->handler_user = opts->handler_user;
+
+    if (sqlite3_open_v2(opts->db_path, &r->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        NULL) != SQLITE_OK) {
+        rc = outbox__error(err, OUTBOX_ESTORE, "webhook receiver: cannot open db_path %s: %s",
+                           opts->db_path, r->db ? sqlite3_errmsg(r->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_timeout(r->db, 5000);
+    if (opts->init_sql && sqlite3_exec(r->db, opts->init_sql, NULL, NULL, NULL) != SQLITE_OK) {
+        rc = outbox__error(err, OUTBOX_ECONFIG, "webhook receiver: init_sql failed: %s",
+                           sqlite3_errmsg(r->db));
+        goto fail;
+    }
+    rc = outbox_schema_init_sqlite(r->db, err);
+    if (rc != OUTBOX_OK) goto fail;
+
+    r->daemon = MHD_start_daemon(
+        MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, on_request, r, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, (void *)r,
+        MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)(opts->connection_timeout_s ? opts->connection_timeout_s : 10),
+        MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)(opts->connection_limit ? opts->connection_limit : 64),
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_END);
+    if (r->daemon == NULL) {
+        rc = outbox__error(err, OUTBOX_EIO,
+                           "webhook receiver: cannot listen on %s:%u (port in use, or not "
+                           "allowed?)",
+                           bind_address, opts->port);
+        goto fail;
+    }
+    info = MHD_get_daemon_info(r->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    r->port = info ? info->port : opts->port;
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "listening on %s:%u for consumer %s", bind_address,
+                r->port, r->consumer);
+    *out = r;
+    return OUTBOX_OK;
+
+fail:
+    outbox_webhook_receiver_free(r);
+    return rc;
+}
+
+/* The bound port. */
+unsigned outbox_webhook_receiver_port(const outbox_webhook_receiver *r)
+{
+    return r ? r->port : 0;
+}
+
+/* Copies the counters. */
+void outbox_webhook_receiver_get_stats(outbox_webhook_receiver *r,
+                                       outbox_webhook_receiver_stats *stats)
+{
+    if (r == NULL || stats == NULL) return;
+    stats->applied = atomic_load(&r->applied);
+    stats->duplicates = atomic_load(&r->duplicates);
+    stats->rejected = atomic_load(&r->rejected);
+    stats->failed = atomic_load(&r->failed);
+}
+
+/* Stops the daemon, then closes the database and frees r. */
+void outbox_webhook_receiver_free(outbox_webhook_receiver *r)
+{
+    if (r == NULL) return;
+    if (r->daemon) MHD_stop_daemon(r->daemon);
+    if (r->db) sqlite3_close(r->db);
+    if (r->secret) memset(r->secret, 0, strlen(r->secret));
+    free(r->secret);
+    free(r->consumer);
+    free(r);
+}
+
+#else /* !OUTBOX_HAVE_MHD */
+
+#include <stdlib.h>
+#include <string.h>
+
+struct outbox_webhook_receiver {
+    int unused;
+};
+
+void outbox_webhook_receiver_options_init(outbox_webhook_receiver_options *opts)
+{
+    if (opts == NULL) return;
+    memset(opts, 0, sizeof *opts);
+    opts->bind_address = "127.0.0.1";
+    opts->tolerance_s = OUTBOX_WEBHOOK_TOLERANCE_S;
+    opts->max_body_bytes = 1024 * 1024;
+    opts->max_headers = 64;
+    opts->connection_timeout_s = 10;
+    opts->connection_limit = 64;
+}
+
+int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
+                                const outbox_webhook_receiver_options *opts, outbox_error *err)
+{
+    (void)opts;
+    if (out) *out = NULL;
+    return outbox__error(err, OUTBOX_ENOTBUILT,
+                         "this build has no webhook receiver (not built with libmicrohttpd)");
+}
+
+unsigned outbox_webhook_receiver_port(const outbox_webhook_receiver *r)
+{
+    (void)r;
+    return 0;
+}
+
+void outbox_webhook_receiver_get_stats(outbox_webhook_receiver *r,
+                                       outbox_webhook_receiver_stats *stats)
+{
+    (void)r;
+    if (stats) memset(stats, 0, sizeof *stats);
+}
+
+void outbox_webhook_receiver_free(outbox_webhook_receiver *r)
+{
+    (void)r;
+}
+
+#endif /* OUTBOX_HAVE_MHD */
