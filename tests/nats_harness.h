@@ -295,14 +295,4 @@ static inline int64_t nh_stream_dump(const nh_server *s, const char *name, const
     return n;
 }
 
-/* OUTBOX_TEST_SCALE (default 1.0) applied to n, never below `floor`. */
-static inline int nh_scaled(int n, int floor)
-{
-    const char *s = getenv("OUTBOX_TEST_SCALE");
-    double f = s && *s ? atof(s) : 1.0;
-    if (f <= 0) f = 1.0;
-    int v = (int)(n * f);
-    return v < floor ? floor : v;
-}
-
 #endif /* OUTBOX_NATS_HARNESS_H */

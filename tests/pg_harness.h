@@ -333,14 +333,4 @@ static inline int64_t pgh_count(PGconn *c, const char *sql)
     return v;
 }
 
-/* OUTBOX_TEST_SCALE (default 1.0) applied to n, never below min_n. */
-static inline int pgh_scaled(int n, int min_n)
-{
-    const char *s = getenv("OUTBOX_TEST_SCALE");
-    double f = s && *s ? atof(s) : 1.0;
-    if (f <= 0) f = 1.0;
-    int v = (int)(n * f);
-    return v < min_n ? min_n : v;
-}
-
 #endif /* OUTBOX_PG_HARNESS_H */

@@ -19,7 +19,7 @@
  * After each run the file is checked: nothing lost, no per-aggregate
  * first-publication order violation, only torn lines that a kill can leave
  * (at most one per kill), no pending or failed message left.  Duplicates
- * are allowed (at least once) and printed.  OUTBOX_CRASH_SCALE (default 1,
+ * are allowed (at least once) and printed.  OUTBOX_TEST_SCALE (default 1,
  * 0.5 in AddressSanitizer builds) scales the message counts, e.g. 0.1 for
  * a quick run.
  */
@@ -386,7 +386,7 @@ int main(void)
 {
     uint64_t seed = ch_seed();
     rng = seed;
-    const char *s = getenv("OUTBOX_CRASH_SCALE");
+    const char *s = getenv("OUTBOX_TEST_SCALE");
 #if defined(__SANITIZE_ADDRESS__)
     /* Sanitized processes start and run several times slower: half the
      * volume keeps the run within a few minutes. */

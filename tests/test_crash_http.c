@@ -109,8 +109,8 @@ TEST(kill_sweep_http)
 {
     char db[CH_PATH], cdb[CH_PATH], errp[CH_PATH], store[700], to[200];
     uint64_t rng = ch_seed();
-    int total = wh_scaled(100000, 2000);
-    int min_kills = wh_scaled(50, 8);
+    int total = test_scaled(100000, 2000);
+    int min_kills = test_scaled(50, 8);
     sqlite3_stmt *insert = NULL;
     outbox_error err;
 

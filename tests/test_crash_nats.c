@@ -31,7 +31,7 @@ TEST(kill_sweep)
 {
     char db[CH_PATH], out[CH_PATH], errp[CH_PATH], store[700], to[256];
     uint64_t rng = ch_seed();
-    int want_kills = nh_scaled(50, 5);
+    int want_kills = test_scaled(50, 5);
     ch_producer p;
     ch_report r;
 
@@ -44,7 +44,7 @@ TEST(kill_sweep)
 
     memset(&p, 0, sizeof p);
     p.db_path = db;
-    p.total = nh_scaled(100000, 1000);
+    p.total = test_scaled(100000, 1000);
     p.aggregates = 1000;
     p.max_txn = 50;
     p.pause_us = 200;

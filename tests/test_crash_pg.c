@@ -226,9 +226,9 @@ TEST(kill_sweep)
     ch_path(errp, "kill-relay.err");
     reset_outbox();
 
-    int min_kills = pgh_scaled(50, 5);
+    int min_kills = test_scaled(50, 5);
     pg_producer pp;
-    producer_start(&pp, pgh_scaled(100000, 1000), 1000, 0, 1);
+    producer_start(&pp, test_scaled(100000, 1000), 1000, 0, 1);
 
     relay_cmd c;
     relay_cmd_init(&c, out, 0, 256);
@@ -273,7 +273,7 @@ TEST(database_restarts)
 
     pg_producer pp;
     int64_t t_fill = ch_now_ms();
-    producer_start(&pp, pgh_scaled(50000, 2000), 500, 0, 0);
+    producer_start(&pp, test_scaled(50000, 2000), 500, 0, 0);
     ch_producer_join(&pp.p);
     fprintf(stderr, "database restarts: %d messages enqueued in %.1f s\n", pp.p.committed,
             (double)(ch_now_ms() - t_fill) / 1000.0);
@@ -330,9 +330,9 @@ TEST(three_relays)
     ch_path(errs[2], "three-2.err");
     reset_outbox();
 
-    int min_kills = pgh_scaled(30, 5);
+    int min_kills = test_scaled(30, 5);
     pg_producer pp;
-    producer_start(&pp, pgh_scaled(30000, 1000), 1000, 0, 1);
+    producer_start(&pp, test_scaled(30000, 1000), 1000, 0, 1);
 
     relay_cmd c;
     relay_cmd_init(&c, out, 0, 128);

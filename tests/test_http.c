@@ -499,7 +499,7 @@ TEST(receiver_down_then_back)
     outbox_relay_options o;
     const char *dest_opts[] = {"secret_env=" SECRET_ENV, "connect_timeout=1s", NULL};
     unsigned port = wh_free_port();
-    int per_agg = wh_scaled(20, 5);
+    int per_agg = test_scaled(20, 5);
 
     memset(&c, 0, sizeof c);
     snprintf(db, sizeof db, "%s", test_path("down.db"));

@@ -42,15 +42,6 @@ static rd_kafka_t *mock_rk;
 static rd_kafka_mock_cluster_t *mc;
 static char bootstraps[512];
 
-static int scaled(int n, int floor)
-{
-    const char *s = getenv("OUTBOX_TEST_SCALE");
-    double f = s && *s ? atof(s) : 1.0;
-    if (f <= 0) f = 1.0;
-    int v = (int)(n * f);
-    return v < floor ? floor : v;
-}
-
 static void mock_start(void)
 {
     char errstr[256];
@@ -508,7 +499,7 @@ static void inject_errors(uint64_t *rng, int step)
 
 TEST(produce_errors)
 {
-    chaos_drain("produce_errors", "errors", scaled(20000, 500), 12, inject_errors, "10s");
+    chaos_drain("produce_errors", "errors", test_scaled(20000, 500), 12, inject_errors, "10s");
 }
 
 static void brokers_chaos(uint64_t *rng, int step)
@@ -530,7 +521,7 @@ TEST(brokers_down)
 {
     /* A short ack_timeout: outages outlast it, so delivery reports time out
      * and the relay retries (not only librdkafka internally). */
-    chaos_drain("brokers_down", "moves", scaled(20000, 500), 12, brokers_chaos, "1s");
+    chaos_drain("brokers_down", "moves", test_scaled(20000, 500), 12, brokers_chaos, "1s");
 }
 
 int main(void)

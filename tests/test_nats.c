@@ -364,7 +364,7 @@ TEST(server_restarts)
     relay_thread t;
     pthread_t th;
     uint64_t rng = ch_seed();
-    int restarts = 10, total = nh_scaled(30000, 500);
+    int restarts = 10, total = test_scaled(30000, 500);
     ch_report rep;
 
     fprintf(stderr, "   seed %llu, %d messages, %d restarts\n", (unsigned long long)rng, total,

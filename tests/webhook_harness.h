@@ -46,15 +46,6 @@ static inline void wh_sleep_ms(int64_t ms)
     }
 }
 
-/* OUTBOX_TEST_SCALE (default 1.0) applied to n, never below `floor`. */
-static inline int wh_scaled(int n, int floor)
-{
-    const char *s = getenv("OUTBOX_TEST_SCALE");
-    double f = s && *s ? atof(s) : 1.0;
-    int v = (int)(n * (f > 0 ? f : 1.0));
-    return v < floor ? floor : v;
-}
-
 /* A free loopback port (bound then closed: a small race, fine in tests). */
 static inline unsigned wh_free_port(void)
 {

@@ -128,7 +128,7 @@ int outbox__route_new(outbox_route **out, const char *tmpl, int kind, outbox_err
                     rc = outbox__error(err, OUTBOX_ECONFIG,
                                        "%s template \"%s\": character '%c' (0x%02x) is not "
                                        "allowed in a %s",
-                                       what, tmpl, (p[i] > 0x20 && p[i] < 0x7f) ? p[i] : '?',
+                                       what, tmpl, (p[i] >= 0x20 && p[i] < 0x7f) ? p[i] : '?',
                                        (unsigned char)p[i], what);
                     goto fail;
                 }
