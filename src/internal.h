@@ -70,6 +70,11 @@ int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id,
                          const char *payload, const char *headers_json,
                          outbox_error *err);
 
+/* Copies id lower-cased into out when it is a canonical UUID (either case);
+ * otherwise OUTBOX_EBADID with a message that starts with `what` (e.g.
+ * "message id", "inbox message id"). */
+int outbox__uuid_canonical(const char *id, char out[37], const char *what, outbox_error *err);
+
 /* Size counted against OUTBOX_LIMIT_MESSAGE_BYTES. */
 size_t outbox__msg_size(const outbox_msg *msg);
 
@@ -210,6 +215,12 @@ void outbox__buf_json_string(outbox_buf *b, const char *s);
  * (name lower-cased, characters outside [a-z0-9] dropped; names that would
  * clash with a standard attribute or an earlier one get the prefix "x"). */
 void outbox__cloudevent_json(outbox_buf *b, const outbox_msg *msg, const char *source);
+
+/* Encodes msgs[0..n) into b (reset first) as structured-mode JSON lines,
+ * each ended by '\n', for the stdout: and file: destinations.  Returns
+ * OUTBOX_OK, or OUTBOX_ENOMEM with b emptied and its memory released. */
+int outbox__cloudevent_lines(outbox_buf *b, outbox_msg *const *msgs, size_t n,
+                             const char *source);
 
 /* The extension attribute name for a header name, as described above,
  * written into out (at least 64 bytes); "" when nothing is left. */

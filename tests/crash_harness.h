@@ -655,4 +655,44 @@ static inline void ch_report_print(const char *label, const ch_report *r)
             r->first_problem[0] ? "; first problem: " : "", r->first_problem);
 }
 
+/* A fresh SQLite outbox at ch_path(name), its path written to path. */
+static inline void ch_new_store(char *path, const char *name)
+{
+    sqlite3 *db;
+    outbox_error err;
+    ch_path(path, name);
+    db = ch_db_open(path);
+    ASSERT_OK(outbox_schema_init_sqlite(db, &err), &err);
+    sqlite3_close(db);
+}
+
+/* outbox_relay_new from the SQLite outbox at db_path to `to`, with short
+ * backoff and many attempts (tests drive failures on purpose); returns the
+ * code, the relay in *out (or NULL). */
+static inline int ch_relay_new(outbox_relay **out, const char *db_path, const char *to,
+                               int once, outbox_error *err)
+{
+    char store[700];
+    outbox_relay_options o;
+    outbox_relay_options_init(&o);
+    o.once = once;
+    o.backoff_base_ms = 50;
+    o.backoff_max_ms = 1000;
+    o.max_attempts = 1000;
+    o.poll_interval_ms = 200;
+    snprintf(store, sizeof store, "sqlite:%s", db_path);
+    memset(err, 0, sizeof *err);
+    return outbox_relay_new(out, store, to, &o, err);
+}
+
+/* Runs a --once relay from db_path to `to` to the end. */
+static inline void ch_drain_once(const char *db_path, const char *to)
+{
+    outbox_relay *r = NULL;
+    outbox_error err;
+    ASSERT_OK(ch_relay_new(&r, db_path, to, 1, &err), &err);
+    ASSERT_OK(outbox_relay_run(r, &err), &err);
+    outbox_relay_free(r);
+}
+
 #endif /* OUTBOX_CRASH_HARNESS_H */

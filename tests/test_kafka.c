@@ -60,41 +60,6 @@ static void topic_create(const char *topic)
     if (e) TEST_FAIL_("mock topic %s: %s", topic, rd_kafka_err2str(e));
 }
 
-static void new_store(char *path, const char *name)
-{
-    sqlite3 *db;
-    outbox_error err;
-    ch_path(path, name);
-    db = ch_db_open(path);
-    ASSERT_OK(outbox_schema_init_sqlite(db, &err), &err);
-    sqlite3_close(db);
-}
-
-static int relay_new(outbox_relay **out, const char *db_path, const char *to, int once,
-                     outbox_error *err)
-{
-    char store[700];
-    outbox_relay_options o;
-    outbox_relay_options_init(&o);
-    o.once = once;
-    o.backoff_base_ms = 50;
-    o.backoff_max_ms = 500;
-    o.max_attempts = 1000;
-    o.poll_interval_ms = 200;
-    snprintf(store, sizeof store, "sqlite:%s", db_path);
-    memset(err, 0, sizeof *err);
-    return outbox_relay_new(out, store, to, &o, err);
-}
-
-static void drain_once(const char *db_path, const char *to)
-{
-    outbox_relay *r = NULL;
-    outbox_error err;
-    ASSERT_OK(relay_new(&r, db_path, to, 1, &err), &err);
-    ASSERT_OK(outbox_relay_run(r, &err), &err);
-    outbox_relay_free(r);
-}
-
 /* ------------------------------------------------------------------------
  * Consuming a topic back
  * ---------------------------------------------------------------------- */
@@ -242,7 +207,7 @@ TEST(contract)
 {
     char db[CH_PATH], to[700], id1[37], id2[37];
     seen s;
-    new_store(db, "contract.db");
+    ch_new_store(db, "contract.db");
     topic_create("outbox.Order");
     enqueue(db, "OrderPlaced", "Order", "o-1", "{\"total\":42}",
             "{\"traceparent\":\"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\","
@@ -251,7 +216,7 @@ TEST(contract)
     enqueue(db, "OrderShipped", "Order", "o-1", "[1,2]", NULL, id2);
     snprintf(to, sizeof to, "kafka://%s?topic=outbox.{aggregate_type}&kafka.compression.type=lz4",
              bootstraps);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     ASSERT_EQ(ch_outbox_count(db, NULL), 0);
 
     memset(&s, 0, sizeof s);
@@ -281,7 +246,7 @@ static void expect_error(const char *db, const char *to, const char *needle, con
 {
     outbox_relay *r = NULL;
     outbox_error err;
-    int rc = relay_new(&r, db, to, 1, &err);
+    int rc = ch_relay_new(&r, db, to, 1, &err);
     if (rc != OUTBOX_ECONFIG) {
         outbox_relay_free(r);
         TEST_FAIL_("%s: expected ECONFIG, got %d (%s)", to, rc, err.message);
@@ -294,7 +259,7 @@ static void expect_error(const char *db, const char *to, const char *needle, con
 TEST(config)
 {
     char db[CH_PATH], to[900];
-    new_store(db, "config.db");
+    ch_new_store(db, "config.db");
     snprintf(to, sizeof to, "kafka://%s?topic=t&kafka.no.such.setting=1", bootstraps);
     expect_error(db, to, "no.such.setting", NULL);
     snprintf(to, sizeof to, "kafka://%s?topic=t&kafka.compression.type=zzz", bootstraps);
@@ -342,7 +307,7 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
 
     fprintf(stderr, "   seed %llu, %d messages\n", (unsigned long long)rng, total);
     snprintf(file, sizeof file, "%s.db", name);
-    new_store(db, file);
+    ch_new_store(db, file);
     topic_create(topic);
     memset(&p, 0, sizeof p);
     p.db_path = db;
@@ -356,7 +321,7 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
     snprintf(to, sizeof to, "kafka://%s?topic=%s&ack_timeout=%s&kafka.retry.backoff.ms=20",
              bootstraps, topic, ack_timeout);
     memset(&t, 0, sizeof t);
-    ASSERT_OK(relay_new(&t.relay, db, to, 0, &t.err), &t.err);
+    ASSERT_OK(ch_relay_new(&t.relay, db, to, 0, &t.err), &t.err);
     if (pthread_create(&th, NULL, relay_main, &t) != 0) TEST_FAIL_("pthread_create");
     for (int i = 0; i < steps; i++) {
         ch_sleep_ms(ch_rand_range(&rng, 200, 400));
@@ -400,13 +365,13 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
 TEST(rejected)
 {
     char db[CH_PATH], to[700], id[37];
-    new_store(db, "rejected.db");
+    ch_new_store(db, "rejected.db");
     topic_create("rejected");
     for (int i = 0; i < 3; i++)
         enqueue(db, "T", "A", "agg-r", "{}", NULL, id);
     rd_kafka_mock_push_request_errors(mc, 0, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
     snprintf(to, sizeof to, "kafka://%s?topic=rejected&kafka.linger.ms=50", bootstraps);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
     ASSERT_EQ(ch_outbox_count(db, "pending"), 2);
     sqlite3 *h = ch_db_open(db);
@@ -433,7 +398,7 @@ TEST(fatal_rebuild)
     outbox_error err;
     outbox_relay_stats stats;
 
-    new_store(db, "fatal.db");
+    ch_new_store(db, "fatal.db");
     topic_create("fatal");
     memset(&p, 0, sizeof p);
     p.db_path = db;
@@ -445,7 +410,7 @@ TEST(fatal_rebuild)
     /* Once-drains until empty: retried messages wait out their backoff. */
     uint64_t published = 0, retried = 0;
     for (int i = 0; i < 100 && ch_outbox_count(db, NULL) > 0; i++) {
-        ASSERT_OK(relay_new(&r, db, to, 1, &err), &err);
+        ASSERT_OK(ch_relay_new(&r, db, to, 1, &err), &err);
         ASSERT_OK(outbox_relay_run(r, &err), &err);
         outbox_relay_get_stats(r, &stats);
         outbox_relay_free(r);

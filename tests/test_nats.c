@@ -49,42 +49,6 @@ static void enqueue_one(const char *db_path, const char *id, const char *type, c
     sqlite3_close(db);
 }
 
-static void new_store(char *path, const char *name)
-{
-    sqlite3 *db;
-    outbox_error err;
-    ch_path(path, name);
-    db = ch_db_open(path);
-    ASSERT_OK(outbox_schema_init_sqlite(db, &err), &err);
-    sqlite3_close(db);
-}
-
-/* outbox_relay_new on the store; returns the code, relay in *out (or NULL). */
-static int relay_new(outbox_relay **out, const char *db_path, const char *to, int once,
-                     outbox_error *err)
-{
-    char store[700];
-    outbox_relay_options o;
-    outbox_relay_options_init(&o);
-    o.once = once;
-    o.backoff_base_ms = 50;
-    o.backoff_max_ms = 1000;
-    o.max_attempts = 1000;
-    o.poll_interval_ms = 200;
-    snprintf(store, sizeof store, "sqlite:%s", db_path);
-    memset(err, 0, sizeof *err);
-    return outbox_relay_new(out, store, to, &o, err);
-}
-
-static void drain_once(const char *db_path, const char *to)
-{
-    outbox_relay *r = NULL;
-    outbox_error err;
-    ASSERT_OK(relay_new(&r, db_path, to, 1, &err), &err);
-    ASSERT_OK(outbox_relay_run(r, &err), &err);
-    outbox_relay_free(r);
-}
-
 typedef struct collected {
     int count;
     char subject[8][128];
@@ -126,7 +90,7 @@ TEST(contract)
 {
     char db[CH_PATH], to[256], id1[37], id2[37], t[32];
     collected c;
-    new_store(db, "contract.db");
+    ch_new_store(db, "contract.db");
     nh_stream_create(&server, "CONTRACT", "outbox.>");
     enqueue_one(db, NULL, "OrderPlaced", "Order", "o-1", "{\"total\":42,\"x\":[1,2]}",
                 "{\"traceparent\":\"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\","
@@ -134,7 +98,7 @@ TEST(contract)
                 id1);
     enqueue_one(db, NULL, "Order.Shipped", "", "o-1", "[]", NULL, id2);
     snprintf(to, sizeof to, "%s?stream=CONTRACT", server.url);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     ASSERT_EQ(ch_outbox_count(db, NULL), 0);
 
     memset(&c, 0, sizeof c);
@@ -171,7 +135,7 @@ TEST(contract)
     enqueue_one(db, NULL, "Paid", "Invoice", "inv 9", "{}", NULL, id1);
     snprintf(to, sizeof to, "%s?stream=BYAGG&subject=agg.{aggregate_type}.{aggregate_id}",
              server.url);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     memset(&c, 0, sizeof c);
     ASSERT_EQ(nh_stream_read(&server, "BYAGG", "agg.>", collect, &c), 1);
     ASSERT_STREQ(c.subject[0], "agg.Invoice.inv_9");
@@ -181,20 +145,20 @@ TEST(dedup)
 {
     char db[CH_PATH], to[256];
     const char *id = "0190f2a4-1111-7000-8000-00000000abcd";
-    new_store(db, "dedup.db");
+    ch_new_store(db, "dedup.db");
     nh_stream_create(&server, "DEDUP", "dedup.>");
     snprintf(to, sizeof to, "%s?stream=DEDUP&subject=dedup.{type}", server.url);
     enqueue_one(db, id, "Once", "A", "a1", "{\"n\":1}", NULL, NULL);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     ASSERT_EQ(nh_stream_count(&server, "DEDUP"), 1);
     /* The same id again (a relay that crashed before recording the send). */
     enqueue_one(db, id, "Once", "A", "a1", "{\"n\":1}", NULL, NULL);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     ASSERT_EQ(ch_outbox_count(db, NULL), 0); /* the duplicate ack counts as confirmed */
     ASSERT_EQ(nh_stream_count(&server, "DEDUP"), 1);
     /* A different id is a new message. */
     enqueue_one(db, NULL, "Once", "A", "a1", "{\"n\":2}", NULL, NULL);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     ASSERT_EQ(nh_stream_count(&server, "DEDUP"), 2);
 }
 
@@ -202,7 +166,7 @@ static void expect_error(const char *db, const char *to, int code, const char *n
 {
     outbox_relay *r = NULL;
     outbox_error err;
-    int rc = relay_new(&r, db, to, 1, &err);
+    int rc = ch_relay_new(&r, db, to, 1, &err);
     if (rc != code) {
         outbox_relay_free(r);
         TEST_FAIL_("%s: expected %d, got %d (%s)", to, code, rc, err.message);
@@ -215,7 +179,7 @@ static void expect_error(const char *db, const char *to, int code, const char *n
 TEST(config_errors)
 {
     char db[CH_PATH], to[512];
-    new_store(db, "config.db");
+    ch_new_store(db, "config.db");
     nh_stream_create(&server, "CFG", "cfg.>");
 
     snprintf(to, sizeof to, "%s?stream=NOPE", server.url);
@@ -243,7 +207,7 @@ TEST(config_errors)
     ASSERT_EQ(nh_stream_count(&server, "MADE"), -1);
     char id[37];
     enqueue_one(db, NULL, "T", "A", "a", "{}", NULL, id);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     ASSERT_EQ(nh_stream_count(&server, "MADE"), 1);
 
     /* Bad credentials against a server that requires them. */
@@ -257,7 +221,7 @@ TEST(config_errors)
     {
         outbox_relay *r = NULL;
         outbox_error err;
-        int rc = relay_new(&r, db, to, 1, &err);
+        int rc = ch_relay_new(&r, db, to, 1, &err);
         ASSERT_EQ(rc, OUTBOX_ECONFIG);
         ASSERT_CONTAINS(err.message, "credentials");
         ASSERT(strstr(err.message, "wrong-pw-123") == NULL);
@@ -267,7 +231,7 @@ TEST(config_errors)
     expect_error(db, to, OUTBOX_ECONFIG, "credentials");
     snprintf(to, sizeof to, "nats://relay:s3cret-pw@127.0.0.1:%d?stream=AUTH", auth.port);
     enqueue_one(db, NULL, "T", "A", "a", "{}", NULL, id);
-    drain_once(db, to);
+    ch_drain_once(db, to);
     ASSERT_EQ(nh_stream_count(&auth, "AUTH"), 1);
     nh_server_stop(&auth);
 
@@ -281,7 +245,7 @@ TEST(config_errors)
     {
         outbox_relay *r = NULL;
         outbox_error err;
-        ASSERT_EQ(relay_new(&r, db, to, 1, &err), OUTBOX_ECONFIG);
+        ASSERT_EQ(ch_relay_new(&r, db, to, 1, &err), OUTBOX_ECONFIG);
         ASSERT_CONTAINS(err.message, "credentials");
         ASSERT(strstr(err.message, "bad-token-555") == NULL);
     }
@@ -314,12 +278,12 @@ TEST(stream_deleted)
     char db[CH_PATH], to[256], id[37];
     outbox_relay *r = NULL;
     outbox_error err;
-    new_store(db, "deleted.db");
+    ch_new_store(db, "deleted.db");
     nh_stream_create(&server, "GONE", "gone.>");
     enqueue_one(db, NULL, "T", "A", "g1", "{}", NULL, id);
     enqueue_one(db, NULL, "T", "A", "g1", "{}", NULL, id);
     snprintf(to, sizeof to, "%s?stream=GONE&subject=gone.{type}", server.url);
-    ASSERT_OK(relay_new(&r, db, to, 1, &err), &err);
+    ASSERT_OK(ch_relay_new(&r, db, to, 1, &err), &err);
     {
         jsCtx *js = NULL;
         jsErrCode jerr = 0;
@@ -369,7 +333,7 @@ TEST(server_restarts)
 
     fprintf(stderr, "   seed %llu, %d messages, %d restarts\n", (unsigned long long)rng, total,
             restarts);
-    new_store(db, "restart.db");
+    ch_new_store(db, "restart.db");
     nh_stream_create(&server, "RESTART", "rs.>");
     memset(&p, 0, sizeof p);
     p.db_path = db;
@@ -383,7 +347,7 @@ TEST(server_restarts)
     snprintf(to, sizeof to, "%s?stream=RESTART&subject=rs.{aggregate_type}.{type}&ack_timeout=2s",
              server.url);
     memset(&t, 0, sizeof t);
-    ASSERT_OK(relay_new(&t.relay, db, to, 0, &t.err), &t.err);
+    ASSERT_OK(ch_relay_new(&t.relay, db, to, 0, &t.err), &t.err);
     if (pthread_create(&th, NULL, relay_main, &t) != 0) TEST_FAIL_("pthread_create");
 
     for (int i = 0; i < restarts; i++) {

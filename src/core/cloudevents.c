@@ -93,3 +93,21 @@ void outbox__cloudevent_json(outbox_buf *b, const outbox_msg *msg, const char *s
     outbox__buf_puts(b, msg->payload && msg->payload[0] ? msg->payload : "{}");
     outbox__buf_append(b, "}", 1);
 }
+
+/* One JSON line per message; see internal.h. */
+int outbox__cloudevent_lines(outbox_buf *b, outbox_msg *const *msgs, size_t n,
+                             const char *source)
+{
+    size_t i;
+    outbox__buf_reset(b);
+    for (i = 0; i < n; i++) {
+        outbox__cloudevent_json(b, msgs[i], source);
+        outbox__buf_append(b, "\n", 1);
+    }
+    if (b->oom) {
+        outbox__buf_free(b);
+        outbox__buf_init(b);
+        return OUTBOX_ENOMEM;
+    }
+    return OUTBOX_OK;
+}

@@ -116,3 +116,17 @@ int outbox_traceparent_valid(const char *value)
     if (value[0] == '0' && value[1] == '0') return len == 55;
     return len == 55 || value[55] == '-';
 }
+
+/* Canonical (lower-case) copy of a UUID; see internal.h. */
+int outbox__uuid_canonical(const char *id, char out[37], const char *what, outbox_error *err)
+{
+    int i;
+    if (!id || !outbox_uuid_valid(id))
+        return outbox__error(err, OUTBOX_EBADID,
+                             "%s '%.64s' is not a UUID (8-4-4-4-12 hex digits)", what,
+                             id ? id : "(null)");
+    for (i = 0; i < 36; i++)
+        out[i] = (id[i] >= 'A' && id[i] <= 'F') ? (char)(id[i] - 'A' + 'a') : id[i];
+    out[36] = '\0';
+    return OUTBOX_OK;
+}

@@ -1858,20 +1858,6 @@ static int pg_list(void *state, const outbox_list_params *p, outbox_list_fn fn, 
     return code;
 }
 
-/* Copies a valid UUID lower-cased into out; OUTBOX_EBADID otherwise. */
-static int canonical_id(const char *id, char out[37], outbox_error *err)
-{
-    int i;
-    if (!id || !outbox_uuid_valid(id))
-        return outbox__error(err, OUTBOX_EBADID,
-                             "'%.64s' is not a message id: ids are UUIDs (8-4-4-4-12 hex digits)",
-                             id ? id : "(null)");
-    for (i = 0; i < 36; i++)
-        out[i] = (id[i] >= 'A' && id[i] <= 'F') ? (char)(id[i] - 'A' + 'a') : id[i];
-    out[36] = '\0';
-    return OUTBOX_OK;
-}
-
 static int pg_get(void *state, const char *id, outbox_msg **msg, outbox_error *err)
 {
     pg_store *st = state;
@@ -1881,7 +1867,7 @@ static int pg_get(void *state, const char *id, outbox_msg **msg, outbox_error *e
     int code;
 
     *msg = NULL;
-    code = canonical_id(id, key, err);
+    code = outbox__uuid_canonical(id, key, "message id", err);
     if (code != OUTBOX_OK) return code;
     code = need_conn(st, err);
     if (code != OUTBOX_OK) return code;
@@ -1939,7 +1925,7 @@ static int pg_retry(void *state, const char *const *ids, size_t n, int all, int6
         for (i = 0; i < n; i++) {
             char key[37];
             const char *status;
-            code = canonical_id(ids[i], key, err);
+            code = outbox__uuid_canonical(ids[i], key, "message id", err);
             if (code != OUTBOX_OK) goto fail;
             params[0] = key;
             outbox__buf_reset(&st->sql);

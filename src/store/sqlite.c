@@ -355,7 +355,7 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *me
 {
     sqlite3_stmt *s = NULL;
     char id[37];
-    int rc, code = OUTBOX_OK, i;
+    int rc, code = OUTBOX_OK;
 
     if (!db) return outbox__error(err, OUTBOX_EINVAL, "outbox_inbox_record_sqlite: db is NULL");
     if (sqlite3_get_autocommit(db))
@@ -366,14 +366,8 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *me
         return outbox__error(err, OUTBOX_EINVAL,
                              "inbox consumer name must be non-empty text without control "
                              "characters");
-    if (!message_id || !outbox_uuid_valid(message_id))
-        return outbox__error(err, OUTBOX_EBADID,
-                             "inbox message id must be a UUID (8-4-4-4-12 hex digits)");
-    for (i = 0; i < 36; i++) {
-        char c = message_id[i];
-        id[i] = (c >= 'A' && c <= 'F') ? (char)(c - 'A' + 'a') : c;
-    }
-    id[36] = '\0';
+    rc = outbox__uuid_canonical(message_id, id, "inbox message id", err);
+    if (rc != OUTBOX_OK) return rc;
 
     rc = sqlite3_prepare_v2(db,
                             "INSERT OR IGNORE INTO outbox_inbox (consumer, message_id, "
@@ -1265,20 +1259,6 @@ out:
     return code;
 }
 
-/* Copies a valid UUID lower-cased into out; OUTBOX_EBADID otherwise. */
-static int canonical_id(const char *id, char out[37], outbox_error *err)
-{
-    int i;
-    if (!id || !outbox_uuid_valid(id))
-        return outbox__error(err, OUTBOX_EBADID,
-                             "'%.64s' is not a message id: ids are UUIDs (8-4-4-4-12 hex digits)",
-                             id ? id : "(null)");
-    for (i = 0; i < 36; i++)
-        out[i] = (id[i] >= 'A' && id[i] <= 'F') ? (char)(id[i] - 'A' + 'a') : id[i];
-    out[36] = '\0';
-    return OUTBOX_OK;
-}
-
 static int sqlite_get(void *state, const char *id, outbox_msg **msg, outbox_error *err)
 {
     sqlite_store *st = state;
@@ -1287,7 +1267,7 @@ static int sqlite_get(void *state, const char *id, outbox_msg **msg, outbox_erro
     int rc, code;
 
     *msg = NULL;
-    code = canonical_id(id, key, err);
+    code = outbox__uuid_canonical(id, key, "message id", err);
     if (code != OUTBOX_OK) return code;
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
@@ -1346,7 +1326,7 @@ static int sqlite_retry(void *state, const char *const *ids, size_t n, int all, 
         }
         for (i = 0; i < n; i++) {
             char key[37];
-            code = canonical_id(ids[i], key, err);
+            code = outbox__uuid_canonical(ids[i], key, "message id", err);
             if (code != OUTBOX_OK) goto fail;
             sqlite3_bind_text(sel, 1, key, -1, SQLITE_TRANSIENT);
             rc = sqlite3_step(sel);

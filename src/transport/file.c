@@ -156,16 +156,8 @@ static int file_publish(void *state, outbox_msg *const *msgs, size_t n,
     int repaired;
 
     if (n == 0) return OUTBOX_OK;
-    outbox__buf_reset(&st->buf);
-    for (i = 0; i < n; i++) {
-        outbox__cloudevent_json(&st->buf, msgs[i], st->source);
-        outbox__buf_append(&st->buf, "\n", 1);
-    }
-    if (st->buf.oom) {
-        outbox__buf_free(&st->buf);
-        outbox__buf_init(&st->buf);
+    if (outbox__cloudevent_lines(&st->buf, msgs, n, st->source) != OUTBOX_OK)
         return OUTBOX_ENOMEM;
-    }
 
     if (st->needs_repair) {
         if (check_tail(st, &repaired) != 0) {

@@ -51,16 +51,8 @@ static int stdout_publish(void *state, outbox_msg *const *msgs, size_t n,
     int code = OUTBOX_OK, errnum = 0;
 
     if (n == 0) return OUTBOX_OK;
-    outbox__buf_reset(&st->buf);
-    for (i = 0; i < n; i++) {
-        outbox__cloudevent_json(&st->buf, msgs[i], st->source);
-        outbox__buf_append(&st->buf, "\n", 1);
-    }
-    if (st->buf.oom) {
-        outbox__buf_free(&st->buf);
-        outbox__buf_init(&st->buf);
+    if (outbox__cloudevent_lines(&st->buf, msgs, n, st->source) != OUTBOX_OK)
         return OUTBOX_ENOMEM;
-    }
     data = st->buf.data;
     len = st->buf.len;
     while (len > 0) {
