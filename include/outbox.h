@@ -321,6 +321,10 @@ typedef struct outbox_webhook_receiver_options {
     const char *init_sql;          /* run once on the receiver's connection after
                                       opening, e.g. "PRAGMA synchronous=NORMAL"
                                       (NULL: none) */
+    const char *tls_cert_file;     /* PEM certificate (chain) and its unencrypted */
+    const char *tls_key_file;      /* private key: both set = serve HTTPS instead
+                                      of HTTP; ENOTBUILT when libmicrohttpd has
+                                      no TLS; NULL (default): plain HTTP */
 } outbox_webhook_receiver_options;
 
 /* Fills opts with the defaults above (required fields NULL). */
@@ -475,7 +479,9 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
 int outbox_relay_run(outbox_relay *relay, outbox_error *err);
 
 /* Asks a running relay to stop after its in-flight batch.  Safe from any
- * thread and from a signal handler. */
+ * thread and from a signal handler.  An http(s) destination cuts a batch
+ * waiting on a slow destination short: its unconfirmed messages stay
+ * pending and are sent again later. */
 void outbox_relay_stop(outbox_relay *relay);
 
 /* Wakes the relay to check for new messages now.  Safe from any thread.

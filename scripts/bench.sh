@@ -66,3 +66,38 @@ cflags="$(cache_value CMAKE_C_FLAGS) $(cache_value CMAKE_C_FLAGS_RELEASE)"
     echo
     echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) after the run"
 } 2>&1 | tee "$tree/bench-results.txt"
+
+# Brokers (bench/bench_nats.c, described in docs/BENCHMARKS.md): the relay
+# into NATS JetStream next to nats.c's raw async-publish rate, PostgreSQL ->
+# JetStream and Kafka (librdkafka mock cluster) when those drivers are built.
+# Needs /usr/sbin/nats-server; without it (or without nats.c) this part is
+# skipped with a message and does not fail the run.  Settings:
+#   OUTBOX_BENCH_BROKER_N  messages per case (default 200000)
+broker_n=${OUTBOX_BENCH_BROKER_N:-200000}
+if [[ ! -x /usr/sbin/nats-server ]]; then
+    echo "bench: skipping bench_nats: /usr/sbin/nats-server not found (install the nats-server package)" |
+        tee -a "$tree/bench-results.txt"
+else
+    if grep -q '^OUTBOX_WITH_NATS:BOOL=OFF$' "$tree/CMakeCache.txt"; then
+        btree=$src/build-bench-brokers
+        echo "bench: building a Release tree with the broker drivers in $btree" >&2
+        cmake -S "$src" -B "$btree" -DCMAKE_BUILD_TYPE=Release -DOUTBOX_FAULT_INJECTION=OFF \
+            -DOUTBOX_SANITIZE=OFF -DOUTBOX_BUILD_TESTS=OFF -DOUTBOX_BUILD_BENCH=ON >/dev/null
+    else
+        btree=$tree
+    fi
+    cmake --build "$btree" -j "$(nproc 2>/dev/null || echo 2)" --target bench_nats >/dev/null
+    set +e
+    {
+        echo
+        echo "== bench_nats -n $broker_n"
+        "$btree/bench/bench_nats" -n "$broker_n"
+    } 2>&1 | tee -a "$tree/bench-results.txt"
+    code=${PIPESTATUS[0]}
+    set -e
+    if [[ $code -eq 77 ]]; then
+        echo "bench: bench_nats skipped (see above)" | tee -a "$tree/bench-results.txt"
+    elif [[ $code -ne 0 ]]; then
+        exit "$code"
+    fi
+fi

@@ -332,7 +332,7 @@ typedef struct outbox_list_params {
 typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
 
 typedef struct outbox_store_ops {
-    int version;        /* 1 */
+    int version;        /* 1, or 2 with idle and wait_fd */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -385,6 +385,17 @@ typedef struct outbox_store_ops {
                  int64_t *count, outbox_error *err);
     /* Deletes sent messages with sent_at < before_us. */
     int (*purge)(void *state, int64_t before_us, int64_t *count, outbox_error *err);
+
+    /* Version 2 (NULL when not needed, e.g. SQLite). */
+
+    /* waiting != 0: the relay is about to sleep and wants a wake-up hint
+     * for new commits; 0: it is awake again and needs none.  After a
+     * successful idle(1) the relay claims once more before it sleeps, so a
+     * commit made before the store saw the flag is not left waiting. */
+    int (*idle)(void *state, int waiting, outbox_error *err);
+    /* A descriptor that becomes readable when `changed` may say 1 (the
+     * relay polls it in its idle wait), or -1. */
+    int (*wait_fd)(void *state);
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state. */
@@ -442,6 +453,15 @@ typedef struct outbox_transport_ops {
 typedef struct outbox_transport {
     const outbox_transport_ops *ops;
     void *state;
+    /* Optional (NULL: none), set by outbox__transport_open for drivers that
+     * can cut a publish short.  Called by outbox_relay_stop, possibly from a
+     * signal handler while publish runs in another thread: async-signal-
+     * safe (sets a flag, writes a pipe).  The publish in progress then
+     * returns soon, its unfinished messages with OUTBOX_ESTOPPED, which a
+     * stopping relay leaves unchanged (pending, no attempt counted).  Kept
+     * out of outbox_transport_ops so that the drivers' positional tables
+     * stay complete. */
+    void (*interrupt)(void *state);
 } outbox_transport;
 
 /* Finds the driver for url's scheme ("stdout:", "file:PATH", "discard:") and
@@ -456,6 +476,7 @@ extern const outbox_transport_ops outbox__transport_discard;
 extern const outbox_transport_ops outbox__transport_callback;
 extern const outbox_transport_ops outbox__transport_http;  /* OUTBOX_HAVE_CURL */
 extern const outbox_transport_ops outbox__transport_https; /* OUTBOX_HAVE_CURL */
+void outbox__http_interrupt(void *state);                  /* OUTBOX_HAVE_CURL */
 extern const outbox_transport_ops outbox__transport_nats;  /* OUTBOX_HAVE_NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* OUTBOX_HAVE_RDKAFKA */
 

@@ -10,8 +10,13 @@
  * receiver end to end with a failing handler and a duplicate; receiver down
  * then back; 5xx then recovery; 410/400 -> Failed with a useful last error;
  * Retry-After (seconds and HTTP date); timeouts and connection resets; one
- * request in flight per aggregate; and requests the receiver must refuse
- * without applying anything.
+ * request in flight per aggregate; requests the receiver must refuse
+ * without applying anything; a stop during hanging requests (returns at
+ * once, nothing confirmed); and TLS for real: a CA and a 127.0.0.1
+ * certificate made with the openssl command, the receiver serving HTTPS,
+ * https:// with ca_file= (delivered), with the system CAs only and to a
+ * certificate for another host name (never sent, the certificate problem
+ * as last_error), and with insecure=true (delivered, WARN logged).
  */
 #include "webhook_harness.h"
 
@@ -952,6 +957,336 @@ TEST(receiver_slow_client)
     outbox_webhook_receiver_free(rcv);
 }
 
+/* ------------------------------------------------------------------------
+ * TLS: a CA and a server certificate for 127.0.0.1 made at test time, the
+ * receiver serving HTTPS with them
+ * ---------------------------------------------------------------------- */
+
+static char tls_ca[600], tls_cert[600], tls_key[600];
+static char tls_other_cert[600], tls_other_key[600]; /* for other.example only */
+
+/* Makes ca.pem, server.pem, server.key with the openssl command; 0, or -1
+ * when it is not installed. */
+static int make_certs(void)
+{
+    char cmd[4096];
+    const char *d = test_dir();
+    if (system("openssl version >/dev/null 2>&1") != 0) return -1;
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && ("
+             "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n"
+             "basicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > server.ext && "
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout ca.key -out ca.pem -days 2 -subj '/CN=outbox test CA' && "
+             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout server.key -out server.csr -subj '/CN=127.0.0.1' && "
+             "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+             "-out server.pem -days 2 -extfile server.ext && "
+             "printf 'subjectAltName=DNS:other.example\\n' > other.ext && "
+             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout other.key -out other.csr -subj '/CN=other.example' && "
+             "openssl x509 -req -in other.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+             "-out other.pem -days 2 -extfile other.ext) >openssl.log 2>&1",
+             d);
+    if (system(cmd) != 0) {
+        snprintf(cmd, sizeof cmd, "cat '%s/openssl.log' >&2", d);
+        if (system(cmd) != 0) fprintf(stderr, "(no openssl.log)\n");
+        TEST_FAIL_("openssl could not make the test certificates (its output is above)");
+    }
+    snprintf(tls_ca, sizeof tls_ca, "%s", test_path("ca.pem"));
+    snprintf(tls_cert, sizeof tls_cert, "%s", test_path("server.pem"));
+    snprintf(tls_key, sizeof tls_key, "%s", test_path("server.key"));
+    snprintf(tls_other_cert, sizeof tls_other_cert, "%s", test_path("other.pem"));
+    snprintf(tls_other_key, sizeof tls_other_key, "%s", test_path("other.key"));
+    return 0;
+}
+
+static outbox_webhook_receiver *start_tls_receiver_with(const char *cdb, consumer *c,
+                                                        const char *cert, const char *key,
+                                                        outbox_error *err)
+{
+    outbox_webhook_receiver_options ro;
+    outbox_webhook_receiver *r = NULL;
+    outbox_webhook_receiver_options_init(&ro);
+    ro.secret = SECRET;
+    ro.db_path = cdb;
+    ro.consumer = "orders-tls";
+    ro.handler = apply_handler;
+    ro.handler_user = c;
+    ro.tls_cert_file = cert;
+    ro.tls_key_file = key;
+    memset(err, 0, sizeof *err);
+    if (outbox_webhook_receiver_new(&r, &ro, err) != OUTBOX_OK) return NULL;
+    return r;
+}
+
+static outbox_webhook_receiver *start_tls_receiver(const char *cdb, consumer *c, outbox_error *err)
+{
+    return start_tls_receiver_with(cdb, c, tls_cert, tls_key, err);
+}
+
+/* Plain HTTP to the HTTPS receiver must not be applied; checks the
+ * receiver really speaks TLS. */
+static int plain_http_status(unsigned port)
+{
+    static const char req[] = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+    return raw_request(port, req, sizeof req - 1);
+}
+
+TEST(tls_receiver_options)
+{
+    outbox_webhook_receiver_options ro;
+    outbox_webhook_receiver *r = NULL;
+    outbox_error err;
+    consumer c;
+    memset(&c, 0, sizeof c);
+    memset(&err, 0, sizeof err);
+    outbox_webhook_receiver_options_init(&ro);
+    ro.db_path = ":memory:";
+    ro.consumer = "tls-opts";
+    ro.handler = apply_handler;
+    ro.handler_user = &c;
+    ro.secret = SECRET;
+    ro.tls_cert_file = tls_cert;
+    ASSERT_EQ(outbox_webhook_receiver_new(&r, &ro, &err), OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(err.message, "tls_key_file");
+    ro.tls_key_file = test_path("no-such.key");
+    ASSERT_EQ(outbox_webhook_receiver_new(&r, &ro, &err), OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(err.message, "no-such.key");
+    ro.tls_key_file = tls_ca; /* a certificate, not a key */
+    ASSERT(outbox_webhook_receiver_new(&r, &ro, &err) != OUTBOX_OK);
+    ASSERT(r == NULL);
+
+    /* The sender refuses an unreadable ca_file at start-up. */
+    char db[600];
+    snprintf(db, sizeof db, "%s", test_path("tlsconf.db"));
+    wh_store_init(db);
+    const char *noca[] = {"ca_file=/nonexistent/ca.pem", NULL};
+    ASSERT_EQ(config_rc(db, "https://127.0.0.1:9/x", noca, &err), OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(err.message, "ca_file=/nonexistent/ca.pem");
+}
+
+/* https:// with ca_file= delivers, verified, to the HTTPS receiver. */
+TEST(tls_verified)
+{
+    char db[600], cdb[600], url[200], ca_opt[700];
+    consumer c;
+    outbox_error err;
+    outbox_relay_options o;
+    wh_relay r;
+    int per_agg = test_scaled(20, 3);
+
+    memset(&c, 0, sizeof c);
+    snprintf(db, sizeof db, "%s", test_path("tls-ok.db"));
+    snprintf(cdb, sizeof cdb, "%s", test_path("tls-ok-consumer.db"));
+    wh_store_init(db);
+    consumer_db(cdb);
+    outbox_webhook_receiver *rcv = start_tls_receiver(cdb, &c, &err);
+    if (rcv == NULL) TEST_FAIL_("HTTPS receiver: %s", err.message);
+    unsigned port = outbox_webhook_receiver_port(rcv);
+    /* It speaks TLS only: a plain HTTP request gets no HTTP answer. */
+    ASSERT(plain_http_status(port) <= 0);
+
+    enqueue_aggs(db, 4, per_agg);
+    snprintf(url, sizeof url, "https://127.0.0.1:%u/hook", port);
+    snprintf(ca_opt, sizeof ca_opt, "ca_file=%s", tls_ca);
+    const char *dest_opts[] = {ca_opt, "secret_env=" SECRET_ENV, NULL};
+    relay_opts(&o, dest_opts);
+    wh_relay_start(&r, db, url, &o);
+    wh_wait_count(db, "SELECT count(*) FROM outbox", 0, 60000);
+    wh_relay_stop(&r);
+    check_applied(cdb, 4, per_agg);
+    fprintf(stderr, "https with ca_file: %d messages delivered and verified\n", 4 * per_agg);
+    outbox_webhook_receiver_free(rcv);
+}
+
+static void print_last_error(const char *db, const char *what, int msgs)
+{
+    sqlite3 *h = wh_db_open(db);
+    sqlite3_stmt *st = NULL;
+    ASSERT_EQ(sqlite3_prepare_v2(h, "SELECT last_error FROM outbox LIMIT 1", -1, &st, NULL),
+              SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+    fprintf(stderr, "%s: %d messages pending, last_error: %s\n", what, msgs,
+            (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+}
+
+/* Default verification (system CAs) does not trust the test CA: nothing is
+ * sent, every message is retried with a last_error naming the certificate
+ * problem, and the receiver applies nothing. */
+TEST(tls_untrusted)
+{
+    char db[600], cdb[600], url[200];
+    consumer c;
+    outbox_error err;
+    outbox_relay_options o;
+    wh_relay r;
+    const int msgs = 6;
+
+    memset(&c, 0, sizeof c);
+    snprintf(db, sizeof db, "%s", test_path("tls-bad.db"));
+    snprintf(cdb, sizeof cdb, "%s", test_path("tls-bad-consumer.db"));
+    wh_store_init(db);
+    consumer_db(cdb);
+    outbox_webhook_receiver *rcv = start_tls_receiver(cdb, &c, &err);
+    if (rcv == NULL) TEST_FAIL_("HTTPS receiver: %s", err.message);
+    enqueue_aggs(db, msgs, 1);
+    snprintf(url, sizeof url, "https://127.0.0.1:%u/hook", outbox_webhook_receiver_port(rcv));
+    const char *dest_opts[] = {"secret_env=" SECRET_ENV, NULL};
+    relay_opts(&o, dest_opts);
+    wh_relay_start(&r, db, url, &o);
+    /* Every message has been tried at least twice and failed on the
+     * certificate (checked while running: the stop below may interrupt a
+     * retry in flight, which then records "interrupted"). */
+    wh_wait_count(db,
+                  "SELECT count(*) FROM outbox WHERE attempts >= 2 AND status = 'pending' AND "
+                  "last_error LIKE '%certificate%'",
+                  msgs, 30000);
+    print_last_error(db, "https without the CA", msgs);
+    wh_relay_stop(&r);
+    ASSERT_EQ(wh_db_count(db, "SELECT count(*) FROM outbox WHERE status='pending'"), msgs);
+    ASSERT_EQ(wh_db_count(cdb, "SELECT count(*) FROM applied"), 0);
+    outbox_webhook_receiver_free(rcv);
+}
+
+/* A certificate from the trusted CA but for another host name: never
+ * sent, the host name problem as last_error. */
+TEST(tls_wrong_host)
+{
+    char db[600], cdb[600], url[200], ca_opt[700];
+    consumer c;
+    outbox_error err;
+    outbox_relay_options o;
+    wh_relay r;
+    const int msgs = 3;
+
+    memset(&c, 0, sizeof c);
+    snprintf(db, sizeof db, "%s", test_path("tls-host.db"));
+    snprintf(cdb, sizeof cdb, "%s", test_path("tls-host-consumer.db"));
+    wh_store_init(db);
+    consumer_db(cdb);
+    outbox_webhook_receiver *rcv =
+        start_tls_receiver_with(cdb, &c, tls_other_cert, tls_other_key, &err);
+    if (rcv == NULL) TEST_FAIL_("HTTPS receiver: %s", err.message);
+    enqueue_aggs(db, msgs, 1);
+    snprintf(url, sizeof url, "https://127.0.0.1:%u/hook", outbox_webhook_receiver_port(rcv));
+    snprintf(ca_opt, sizeof ca_opt, "ca_file=%s", tls_ca);
+    const char *dest_opts[] = {ca_opt, NULL};
+    relay_opts(&o, dest_opts);
+    wh_relay_start(&r, db, url, &o);
+    wh_wait_count(db,
+                  "SELECT count(*) FROM outbox WHERE attempts >= 2 AND status = 'pending' AND "
+                  "(last_error LIKE '%subject name%' OR last_error LIKE '%does not match%')",
+                  msgs, 30000);
+    print_last_error(db, "https, certificate for another host", msgs);
+    wh_relay_stop(&r);
+    ASSERT_EQ(wh_db_count(db, "SELECT count(*) FROM outbox WHERE status='pending'"), msgs);
+    ASSERT_EQ(wh_db_count(cdb, "SELECT count(*) FROM applied"), 0);
+    outbox_webhook_receiver_free(rcv);
+}
+
+/* insecure=true delivers without verifying, and says so at WARN. */
+TEST(tls_insecure)
+{
+    char db[600], cdb[600], url[200];
+    consumer c;
+    outbox_error err;
+    outbox_relay_options o;
+    wh_relay r;
+    int per_agg = test_scaled(10, 2);
+
+    memset(&c, 0, sizeof c);
+    snprintf(db, sizeof db, "%s", test_path("tls-insecure.db"));
+    snprintf(cdb, sizeof cdb, "%s", test_path("tls-insecure-consumer.db"));
+    wh_store_init(db);
+    consumer_db(cdb);
+    outbox_webhook_receiver *rcv = start_tls_receiver(cdb, &c, &err);
+    if (rcv == NULL) TEST_FAIL_("HTTPS receiver: %s", err.message);
+    enqueue_aggs(db, 3, per_agg);
+    snprintf(url, sizeof url, "https://127.0.0.1:%u/hook", outbox_webhook_receiver_port(rcv));
+    const char *dest_opts[] = {"insecure=true", "secret_env=" SECRET_ENV, NULL};
+    relay_opts(&o, dest_opts);
+    log_reset();
+    wh_relay_start(&r, db, url, &o);
+    wh_wait_count(db, "SELECT count(*) FROM outbox", 0, 60000);
+    wh_relay_stop(&r);
+    check_applied(cdb, 3, per_agg);
+    pthread_mutex_lock(&log_mu);
+    ASSERT_CONTAINS(log_text, "warn transport.http insecure=true");
+    ASSERT_CONTAINS(log_text, "NOT verified");
+    pthread_mutex_unlock(&log_mu);
+    outbox_webhook_receiver_free(rcv);
+}
+
+/* ------------------------------------------------------------------------
+ * Stop during a hanging request
+ * ---------------------------------------------------------------------- */
+
+static void hang_all(void *user, const sv_request *rq, int n, sv_action *act)
+{
+    (void)user;
+    (void)rq;
+    (void)n;
+    act->hang = 1;
+}
+
+/* With timeout=30s and a destination that never answers, stop returns
+ * within about a second and nothing is marked sent. */
+TEST(stop_interrupts_hang)
+{
+    char db[600], url[200];
+    sv_server s;
+    wh_relay r;
+    outbox_relay_options o;
+    const char *dest_opts[] = {"timeout=30s", NULL};
+    const int msgs = 5;
+
+    snprintf(db, sizeof db, "%s", test_path("stop.db"));
+    wh_store_init(db);
+    enqueue_aggs(db, msgs, 1);
+    sv_start(&s, 0, hang_all, NULL);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/", s.port);
+    relay_opts(&o, dest_opts);
+    wh_relay_start(&r, db, url, &o);
+    int64_t deadline = wh_now_ms() + 10000;
+    while (sv_count(&s) < msgs && wh_now_ms() < deadline)
+        wh_sleep_ms(10);
+    ASSERT_EQ(sv_count(&s), msgs); /* all in flight, hanging */
+    wh_sleep_ms(200);
+    log_reset();
+    int64_t t0 = wh_now_ms();
+    outbox_relay_stop(r.relay);
+    pthread_join(r.thread, NULL);
+    int64_t took = wh_now_ms() - t0;
+    outbox_relay_free(r.relay);
+    if (r.rc != OUTBOX_OK) TEST_FAIL_("relay run: %d %s", r.rc, r.err.message);
+    fprintf(stderr, "stop during %d hanging requests (timeout 30 s): returned in %lld ms\n", msgs,
+            (long long)took);
+    ASSERT(took < 1000);
+    pthread_mutex_lock(&log_mu);
+    ASSERT_CONTAINS(log_text, "stopping: 5 requests");
+    pthread_mutex_unlock(&log_mu);
+    /* Left as they were: pending, no attempt counted, no error recorded. */
+    ASSERT_EQ(wh_db_count(db, "SELECT count(*) FROM outbox WHERE status='pending' AND "
+                              "attempts = 0 AND last_error IS NULL"),
+              msgs);
+    sv_stop(&s);
+
+    /* The messages go out later, to a destination that answers. */
+    script_cfg sc;
+    memset(&sc, 0, sizeof sc);
+    sv_start(&s, 0, script, &sc);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/", s.port);
+    relay_opts(&o, NULL);
+    wh_relay_start(&r, db, url, &o);
+    wh_wait_count(db, "SELECT count(*) FROM outbox", 0, 30000);
+    wh_relay_stop(&r);
+    ASSERT_EQ(sv_count(&s), msgs);
+    sv_stop(&s);
+}
+
 int main(void)
 {
     outbox_error err;
@@ -988,6 +1323,26 @@ int main(void)
     RUN(retry_after);
     RUN(timeout_and_reset);
     RUN(one_in_flight_per_aggregate);
+    RUN(stop_interrupts_hang);
+    if (make_certs() != 0) {
+        fprintf(stderr, "TLS tests skipped: the openssl command is not installed\n");
+    } else {
+        ro.tls_cert_file = tls_cert;
+        ro.tls_key_file = tls_key;
+        rc = outbox_webhook_receiver_new(&r, &ro, &err);
+        outbox_webhook_receiver_free(r);
+        r = NULL;
+        if (rc == OUTBOX_ENOTBUILT) {
+            fprintf(stderr, "TLS tests skipped: %s\n", err.message);
+        } else {
+            ASSERT_OK(rc, &err);
+            RUN(tls_receiver_options);
+            RUN(tls_verified);
+            RUN(tls_untrusted);
+            RUN(tls_wrong_host);
+            RUN(tls_insecure);
+        }
+    }
     fprintf(stderr, "all http tests passed\n");
     return 0;
 }

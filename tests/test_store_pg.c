@@ -3,9 +3,12 @@
  * by pg_harness.h): schema and URLs, enqueue in the caller's transaction
  * (commit, rollback, no transaction, duplicates), the SQL functions with
  * good and bad input, injection attempts, claim order and the ordering
- * rule, outcomes, out-of-order commits, inbox, NOTIFY coalescing, partition
- * leases shared by two relays, and reconnecting after the connection is
- * killed.
+ * rule, outcomes, out-of-order commits, inbox, NOTIFY only to wake a
+ * waiting relay (one per wait, none while it is busy, concurrent enqueuers
+ * never wait for each other, stale flags of dead relays cleared, a relay
+ * woken through the socket long before its poll),
+ * partition leases shared by two relays, and reconnecting after the
+ * connection is killed.
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -21,6 +24,9 @@ int main(void)
 
 #include "internal.h"
 
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 static pgh_server server;
@@ -113,9 +119,9 @@ TEST(init_and_schema)
     ASSERT_CONTAINS(err.message, "outbox init");
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
     ASSERT_EQ(from, 0);
-    ASSERT_EQ(to, 1);
+    ASSERT_EQ(to, 2);
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-    ASSERT_EQ(from, 1);
+    ASSERT_EQ(from, 2);
     ASSERT_OK(s.ops->check_schema(s.state, &err), &err);
     outbox__store_close(&s);
 
@@ -128,6 +134,16 @@ TEST(init_and_schema)
     pgh_exec(c, "BEGIN");
     ASSERT_EQ(outbox_schema_init_pg(c, "other_schema", &err), OUTBOX_EINVAL);
     pgh_exec(c, "ROLLBACK");
+
+    /* A version 1 schema (no waiting flag) is upgraded to 2. */
+    pgh_exec(c, "ALTER TABLE other_schema.relays DROP COLUMN waiting");
+    pgh_exec(c, "UPDATE other_schema.meta SET value = '1' WHERE key = 'schema_version'");
+    ASSERT_OK(outbox_schema_init_pg(c, "other_schema", &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT value::int FROM other_schema.meta WHERE key = 'schema_version'"),
+              2);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
+                           " 'other_schema' AND table_name = 'relays' AND column_name = 'waiting'"),
+              1);
 
     /* Newer schema. */
     pgh_exec(c, "UPDATE other_schema.meta SET value = '99' WHERE key = 'schema_version'");
@@ -462,7 +478,7 @@ TEST(claim_order_and_outcomes)
     ASSERT_EQ(st.pending, 0);
     ASSERT_EQ(st.failed, 1);
     ASSERT_EQ(st.sent, 1);
-    ASSERT_EQ(st.schema_version, 1);
+    ASSERT_EQ(st.schema_version, 2);
     char failed_id[64];
     snprintf(failed_id, sizeof failed_id, "%s", "");
     {
@@ -537,13 +553,15 @@ TEST(skip_locked_and_notify)
     int changed = 0;
     open_store(&a, url);
     open_store(&b, url);
+    PGconn *c0 = pgh_connect(&server);
 
     ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err); /* first call: 1 */
     ASSERT_EQ(changed, 1);
     ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
     ASSERT_EQ(changed, 0);
 
-    /* One transaction of 10 rows: one notification. */
+    /* One transaction of 11 rows while a relay waits: one notification. */
+    pgh_exec(c0, "INSERT INTO outbox.relays (name, waiting) VALUES ('fake-waiting', true)");
     PGconn *listener = pgh_connect(&server);
     pgh_exec(listener, "LISTEN outbox");
     PGconn *c = pgh_connect(&server);
@@ -568,6 +586,7 @@ TEST(skip_locked_and_notify)
         usleep(10000);
     }
     ASSERT_EQ(notes, 1);
+    pgh_exec(c0, "DELETE FROM outbox.relays WHERE name = 'fake-waiting'");
     changed = 0;
     for (int tries = 0; tries < 100 && !changed; tries++) {
         ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
@@ -593,8 +612,301 @@ TEST(skip_locked_and_notify)
 
     PQfinish(listener);
     PQfinish(c);
+    PQfinish(c0);
     outbox__store_close(&a);
     outbox__store_close(&b);
+}
+
+/* One transaction: 10 rows through outbox_enqueue_pg and one through the
+ * SQL function. */
+static void enqueue_txn(PGconn *c, int base)
+{
+    outbox_error err;
+    pgh_exec(c, "BEGIN");
+    for (int i = 0; i < 10; i++) {
+        char agg[16];
+        snprintf(agg, sizeof agg, "w%d", base + i);
+        outbox_msg *m = make_msg(agg, "{}");
+        ASSERT_OK(outbox_enqueue_pg(c, m, &err), &err);
+        outbox_msg_free(m);
+    }
+    pgh_exec(c, "SELECT outbox.enqueue('T', 'w0', '{}')");
+    pgh_exec(c, "COMMIT");
+}
+
+/* Notifications that reach listener within tries * 10 ms. */
+static int count_notes(PGconn *listener, int tries)
+{
+    int notes = 0;
+    for (int t = 0; t < tries; t++) {
+        PGnotify *nt;
+        PQconsumeInput(listener);
+        while ((nt = PQnotifies(listener)) != NULL) {
+            notes++;
+            PQfreemem(nt);
+        }
+        usleep(10000);
+    }
+    return notes;
+}
+
+/* Waits until no waiting relay row belongs to a live session. */
+static void wait_sessions_gone(PGconn *c)
+{
+    for (int tries = 0; tries < 500; tries++) {
+        if (pgh_count(c, "SELECT count(*) FROM outbox.relays r JOIN pg_stat_activity a"
+                         " ON a.pid = r.backend_pid WHERE r.waiting") == 0)
+            return;
+        usleep(10000);
+    }
+    TEST_FAIL_("a closed relay's session is still alive after 5 s");
+}
+
+TEST(notify_only_while_waiting)
+{
+    outbox_store a, b;
+    outbox_error err;
+    int changed = 0;
+    open_store(&a, url);
+    PGconn *listener = pgh_connect(&server);
+    pgh_exec(listener, "LISTEN outbox");
+    PGconn *c = pgh_connect(&server);
+
+    /* No relay at all: enqueuing transactions notify nobody. */
+    enqueue_txn(c, 0);
+    ASSERT_EQ(count_notes(listener, 20), 0);
+
+    /* A registered relay that is busy (not waiting): none either. */
+    ASSERT_OK(a.ops->lease_acquire(a.state, "relay-n", 5000, &err), &err);
+    ASSERT(a.ops->version >= 2 && a.ops->idle && a.ops->wait_fd);
+    enqueue_txn(c, 100);
+    ASSERT_EQ(count_notes(listener, 20), 0);
+
+    /* Waiting: the first transaction (11 rows) takes the flag and
+     * notifies once; the store's socket becomes readable.  Later ones find
+     * no flag and do not notify. */
+    ASSERT_OK(a.ops->idle(a.state, 1, &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 1);
+    ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
+    int fd = a.ops->wait_fd(a.state);
+    ASSERT(fd >= 0);
+    enqueue_txn(c, 200);
+    {
+        struct pollfd pf;
+        pf.fd = fd;
+        pf.events = POLLIN;
+        pf.revents = 0;
+        ASSERT_EQ(poll(&pf, 1, 5000), 1);
+    }
+    changed = 0;
+    ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
+    ASSERT_EQ(changed, 1);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 0);
+    enqueue_txn(c, 300);
+    enqueue_txn(c, 400);
+    ASSERT_EQ(count_notes(listener, 50), 1);
+
+    /* Waiting again: one more. */
+    ASSERT_OK(a.ops->idle(a.state, 1, &err), &err);
+    enqueue_txn(c, 450);
+    enqueue_txn(c, 460);
+    ASSERT_EQ(count_notes(listener, 50), 1);
+
+    /* Awake again (cleared by the relay): none. */
+    ASSERT_OK(a.ops->idle(a.state, 1, &err), &err);
+    ASSERT_OK(a.ops->idle(a.state, 0, &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 0);
+    enqueue_txn(c, 500);
+    ASSERT_EQ(count_notes(listener, 20), 0);
+
+    /* Two enqueuers at once while the relay waits: the second never waits
+     * for the first (which holds the flag until it commits), and only the
+     * first notifies. */
+    ASSERT_OK(a.ops->idle(a.state, 1, &err), &err);
+    PGconn *c2 = pgh_connect(&server);
+    pgh_exec(c, "BEGIN");
+    pgh_exec(c, "SELECT outbox.enqueue('T', 'x1', '{}')");
+    pgh_exec(c2, "SET statement_timeout = '3s'");
+    pgh_exec(c2, "BEGIN");
+    pgh_exec(c2, "SELECT outbox.enqueue('T', 'x2', '{}')");
+    pgh_exec(c2, "COMMIT");
+    ASSERT_EQ(count_notes(listener, 20), 0);
+    pgh_exec(c, "COMMIT");
+    ASSERT_EQ(count_notes(listener, 50), 1);
+    PQfinish(c2);
+
+    /* A relay that dies while waiting leaves its flag behind; the next
+     * relay to register clears it. */
+    open_store(&b, url);
+    ASSERT_OK(b.ops->lease_acquire(b.state, "relay-dies", 5000, &err), &err);
+    ASSERT_OK(b.ops->idle(b.state, 1, &err), &err);
+    outbox__store_close(&b); /* no lease release: like a SIGKILL */
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 1);
+    wait_sessions_gone(c);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 1);
+    open_store(&b, url);
+    ASSERT_OK(b.ops->lease_acquire(b.state, "relay-next", 5000, &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 0);
+    enqueue_txn(c, 700);
+    ASSERT_EQ(count_notes(listener, 20), 0);
+
+    /* A waiting relay whose connection is killed waits on after it
+     * reconnects. */
+    ASSERT_OK(b.ops->idle(b.state, 1, &err), &err);
+    pgh_exec(c, "SELECT pg_terminate_backend(backend_pid) FROM outbox.relays"
+                " WHERE name = 'relay-next'");
+    usleep(100000);
+    int reconnected = 0;
+    for (int tries = 0; tries < 50 && !reconnected; tries++) {
+        reconnected = b.ops->changed(b.state, &changed, &err) == OUTBOX_OK &&
+                      b.ops->lease_renew(b.state, "relay-next", 5000, &err) == OUTBOX_OK;
+        if (!reconnected) usleep(20000);
+    }
+    ASSERT(reconnected);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays r JOIN pg_stat_activity a"
+                           " ON a.pid = r.backend_pid WHERE r.waiting AND r.name = 'relay-next'"),
+              1);
+
+    ASSERT_OK(a.ops->lease_release(a.state, "relay-n", &err), &err);
+    ASSERT_OK(b.ops->lease_release(b.state, "relay-next", &err), &err);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    pgh_exec(c, "DELETE FROM outbox.relays");
+    PQfinish(listener);
+    PQfinish(c);
+    outbox__store_close(&a);
+    outbox__store_close(&b);
+}
+
+typedef struct wake_seen {
+    atomic_int published;
+    atomic_llong first_us; /* monotonic time of the first publish */
+} wake_seen;
+
+static int wake_publish(void *user, const outbox_msg *msg, outbox_error *err)
+{
+    wake_seen *w = user;
+    long long zero = 0;
+    (void)msg;
+    (void)err;
+    atomic_compare_exchange_strong(&w->first_us, &zero, (long long)outbox__monotonic_us());
+    atomic_fetch_add(&w->published, 1);
+    return OUTBOX_OK;
+}
+
+static void *wake_relay_main(void *arg)
+{
+    outbox_error err;
+    if (outbox_relay_run(arg, &err) != OUTBOX_OK) fprintf(stderr, "relay: %s\n", err.message);
+    return NULL;
+}
+
+/* A relay with a 30 s fallback poll picks up a commit within a second:
+ * the notification through the store's socket woke it.  While it idles,
+ * its flag is set. */
+TEST(relay_woken_by_notify)
+{
+    outbox_relay_options o;
+    outbox_relay *r = NULL;
+    outbox_error err;
+    wake_seen seen;
+    pthread_t th;
+    PGconn *c = pgh_connect(&server);
+
+    atomic_init(&seen.published, 0);
+    atomic_init(&seen.first_us, 0);
+    outbox_relay_options_init(&o);
+    o.publish = wake_publish;
+    o.publish_user = &seen;
+    o.poll_interval_ms = 30000;
+    o.change_check_ms = 30000; /* only the socket can wake it in time */
+    ASSERT_OK(outbox_relay_new(&r, url, NULL, &o, &err), &err);
+    pthread_create(&th, NULL, wake_relay_main, r);
+    int waiting = 0;
+    for (int tries = 0; tries < 300 && !waiting; tries++) {
+        waiting = pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting") == 1;
+        if (!waiting) usleep(10000);
+    }
+    ASSERT(waiting);
+    usleep(200000); /* well into its sleep */
+    for (int round = 1; round <= 3; round++) {
+        int64_t t0 = outbox__monotonic_us();
+        atomic_store(&seen.first_us, 0);
+        enqueue_txn(c, 1000 * round);
+        while (atomic_load(&seen.published) < 11 * round &&
+               outbox__monotonic_us() - t0 < 5000000)
+            usleep(1000);
+        ASSERT_EQ(atomic_load(&seen.published), 11 * round);
+        ASSERT(atomic_load(&seen.first_us) - t0 < 1000000);
+        /* Idle again: the flag comes back. */
+        waiting = 0;
+        for (int tries = 0; tries < 300 && !waiting; tries++) {
+            waiting = pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting") == 1;
+            if (!waiting) usleep(10000);
+        }
+        ASSERT(waiting);
+    }
+    outbox_relay_stop(r);
+    pthread_join(th, NULL);
+    outbox_relay_free(r);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays"), 0);
+    PQfinish(c);
+}
+
+/* Waits until n relay rows are flagged waiting; 0 after 5 s. */
+static int wait_waiting(PGconn *c, int n)
+{
+    for (int tries = 0; tries < 500; tries++) {
+        if (pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting") == n) return 1;
+        usleep(10000);
+    }
+    return 0;
+}
+
+/* Two relays: a notification wakes both (the enqueuer clears both flags),
+ * one of them finds nothing in its partitions; both must ask for the next
+ * wake-up again, and every commit is published well before the 30 s
+ * poll. */
+TEST(two_relays_rearm)
+{
+    outbox_relay_options o;
+    outbox_relay *r1 = NULL, *r2 = NULL;
+    outbox_error err;
+    wake_seen seen;
+    pthread_t t1, t2;
+    PGconn *c = pgh_connect(&server);
+    int rounds = test_scaled(20, 5);
+
+    atomic_init(&seen.published, 0);
+    atomic_init(&seen.first_us, 0);
+    outbox_relay_options_init(&o);
+    o.publish = wake_publish;
+    o.publish_user = &seen;
+    o.poll_interval_ms = 30000;
+    o.change_check_ms = 30000;
+    ASSERT_OK(outbox_relay_new(&r1, url, NULL, &o, &err), &err);
+    ASSERT_OK(outbox_relay_new(&r2, url, NULL, &o, &err), &err);
+    pthread_create(&t1, NULL, wake_relay_main, r1);
+    pthread_create(&t2, NULL, wake_relay_main, r2);
+    ASSERT(wait_waiting(c, 2));
+    for (int i = 0; i < rounds; i++) {
+        char sql[128];
+        int64_t t0 = outbox__monotonic_us();
+        snprintf(sql, sizeof sql, "SELECT outbox.enqueue('T', 'rearm-%d', '{}')", i);
+        pgh_exec(c, sql);
+        while (atomic_load(&seen.published) < i + 1 && outbox__monotonic_us() - t0 < 5000000)
+            usleep(1000);
+        ASSERT_EQ(atomic_load(&seen.published), i + 1);
+        ASSERT(outbox__monotonic_us() - t0 < 2000000);
+        if (!wait_waiting(c, 2)) TEST_FAIL_("round %d: a relay did not ask to be woken again", i);
+    }
+    outbox_relay_stop(r1);
+    outbox_relay_stop(r2);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    outbox_relay_free(r1);
+    outbox_relay_free(r2);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.outbox"), 0);
+    PQfinish(c);
 }
 
 TEST(partitions_shared)
@@ -708,6 +1020,9 @@ int main(void)
     RUN(claim_order_and_outcomes);
     RUN(out_of_order_commits);
     RUN(skip_locked_and_notify);
+    RUN(notify_only_while_waiting);
+    RUN(relay_woken_by_notify);
+    RUN(two_relays_rearm);
     RUN(partitions_shared);
     RUN(reconnect);
     fprintf(stderr, "all PostgreSQL store tests passed\n");

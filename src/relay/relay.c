@@ -69,6 +69,7 @@ struct outbox_relay {
     atomic_int running;
 
     int lease_held;
+    int store_waiting;     /* idle(1) succeeded; neither idle(0) nor a sleep since */
     int64_t last_renew_us; /* monotonic time of the last lease renewal */
     int64_t renew_due_us;  /* monotonic time of the next renewal attempt */
 
@@ -286,7 +287,9 @@ fail:
  * Stop, wake, stats
  * ---------------------------------------------------------------------- */
 
-/* Async-signal-safe: an atomic store and write(2), errno preserved.  The
+/* Async-signal-safe: an atomic store and write(2), errno preserved (and the
+ * transport's interrupt, also async-signal-safe, which cuts short a publish
+ * waiting on a slow destination: its unconfirmed messages are retried).  The
  * request stays set: a run() started afterwards returns OUTBOX_OK at once
  * (a signal that arrives just before run() is not lost). */
 void outbox_relay_stop(outbox_relay *relay)
@@ -295,6 +298,8 @@ void outbox_relay_stop(outbox_relay *relay)
     ssize_t w;
     if (relay == NULL) return;
     atomic_store(&relay->stop_requested, 1);
+    if (relay->transport.interrupt != NULL && relay->transport.state != NULL)
+        relay->transport.interrupt(relay->transport.state);
     w = write(relay->pipe_wr, "s", 1);
     (void)w; /* a full pipe already wakes the loop */
     errno = saved_errno;
@@ -358,6 +363,30 @@ static int wait_pipe(outbox_relay *r, int64_t timeout_ms)
         drain_pipe(r);
         return 1;
     }
+    return 0;
+}
+
+/* wait_pipe that also polls fd (>= 0) of the store.  Returns 1 when woken
+ * through the pipe, 2 when fd is readable, 0 on timeout. */
+static int wait_pipe_or_fd(outbox_relay *r, int64_t timeout_ms, int fd)
+{
+    struct pollfd p[2];
+    int n;
+    if (fd < 0) return wait_pipe(r, timeout_ms);
+    if (timeout_ms < 0) timeout_ms = 0;
+    if (timeout_ms > 3600000) timeout_ms = 3600000;
+    p[0].fd = r->pipe_rd;
+    p[0].events = POLLIN;
+    p[0].revents = 0;
+    p[1].fd = fd;
+    p[1].events = POLLIN;
+    p[1].revents = 0;
+    n = poll(p, 2, (int)timeout_ms);
+    if (n > 0 && (p[0].revents & POLLIN)) {
+        drain_pipe(r);
+        return 1;
+    }
+    if (n > 0 && p[1].revents != 0) return 2;
     return 0;
 }
 
@@ -442,6 +471,14 @@ static int decide_outcomes(outbox_relay *r, outbox_msg **msgs, size_t n, int64_t
         if (res->code == OUTBOX_OK) {
             c->outcome = OUTBOX_OUTCOME_SENT;
             (*sent)++;
+            continue;
+        }
+        if (res->code == OUTBOX_ESTOPPED && stopping(r)) {
+            /* Cut short by outbox_relay_stop (transport interrupt): not an
+             * attempt; left as it was, like a crash mid-request. */
+            agg_set_add(&r->held, m->aggregate_id);
+            c->outcome = OUTBOX_OUTCOME_UNSENT;
+            (*held)++;
             continue;
         }
 
@@ -649,6 +686,23 @@ static int store_changed(outbox_relay *r)
     return changed;
 }
 
+static int store_has_idle(const outbox_relay *r)
+{
+    return r->store.ops->version >= 2 && r->store.ops->idle != NULL;
+}
+
+/* Tells the store the relay is awake again (after idle(1)).  Failures only
+ * cost stray wake-up hints: logged at debug level. */
+static void store_awake(outbox_relay *r)
+{
+    outbox_error e;
+    if (!r->store_waiting) return;
+    r->store_waiting = 0;
+    if (r->store.ops->idle(r->store.state, 0, &e) != OUTBOX_OK)
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: store idle(0): %s", r->name,
+                    e.message);
+}
+
 /* Waits until there may be something to claim.  last_claim_us is the
  * monotonic time of the previous claim and claim_wall_us its wall-clock
  * "now".  Returns OUTBOX_OK to claim, OUTBOX_ESTOPPED when stopped, or
@@ -659,15 +713,30 @@ static int idle_wait(outbox_relay *r, int64_t last_claim_us, int64_t claim_wall_
     const outbox_relay_options *o = &r->opts;
     int64_t due_us = 0;
     outbox_error e;
-    int rc;
+    int rc, fd_wakes = 0;
 
     /* The earliest retry.  One in the past the claim did not return is
      * blocked (e.g. behind a failed message): ignore it. */
     if (r->store.ops->next_due(r->store.state, &due_us, &e) != OUTBOX_OK) due_us = 0;
     if (due_us <= claim_wall_us) due_us = 0;
 
+    /* Ask the store for wake-up hints, then claim once more: a commit
+     * that happened before the store saw the request sent none. */
+    if (store_has_idle(r) && !r->store_waiting && !stopping(r)) {
+        if (r->store.ops->idle(r->store.state, 1, &e) == OUTBOX_OK) {
+            r->store_waiting = 1;
+            return OUTBOX_OK;
+        }
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: store idle(1): %s", r->name,
+                    e.message);
+    }
+    /* The wake-up this sleep ends with may have used the store's flag up
+     * (an enqueuer clears it when it notifies): ask again next time. */
+    r->store_waiting = 0;
+
     for (;;) {
         int64_t now, timeout_us;
+        int fd, woke;
 
         if (stopping(r)) return OUTBOX_ESTOPPED;
         rc = maybe_renew(r, err);
@@ -677,13 +746,26 @@ static int idle_wait(outbox_relay *r, int64_t last_claim_us, int64_t claim_wall_
         if (now - last_claim_us >= (int64_t)o->poll_interval_ms * 1000) return OUTBOX_OK;
         if (due_us > 0 && outbox__now_us() >= due_us) return OUTBOX_OK;
 
-        timeout_us = (int64_t)o->change_check_ms * 1000;
+        /* A store descriptor replaces the periodic change check (unless it
+         * keeps waking us for nothing).  What the store already read off it
+         * does not make it readable again: check that first. */
+        fd = r->store.ops->version >= 2 && r->store.ops->wait_fd && fd_wakes < 100
+                 ? r->store.ops->wait_fd(r->store.state)
+                 : -1;
+        if (fd >= 0 && store_changed(r)) return OUTBOX_OK;
+        timeout_us = fd >= 0 ? INT64_MAX : (int64_t)o->change_check_ms * 1000;
         timeout_us = min64(timeout_us, last_claim_us + (int64_t)o->poll_interval_ms * 1000 - now);
         timeout_us = min64(timeout_us, renew_due(r) - now);
         if (due_us > 0) timeout_us = min64(timeout_us, due_us - outbox__now_us());
         if (timeout_us < 0) timeout_us = 0;
 
-        if (wait_pipe(r, (timeout_us + 999) / 1000)) {
+        woke = wait_pipe_or_fd(r, (timeout_us + 999) / 1000, fd);
+        if (woke == 2) {
+            if (store_changed(r)) return OUTBOX_OK;
+            fd_wakes++;
+            continue;
+        }
+        if (woke == 1) {
             int64_t until;
             if (stopping(r)) return OUTBOX_ESTOPPED;
             /* Woken by an enqueue that may not have committed yet. */
@@ -794,6 +876,8 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
         }
         store_pause_ms = STORE_RETRY_FIRST_MS;
         store_failures = 0;
+        /* Busy again: enqueuers need not wake this relay. */
+        if (claimed > 0) store_awake(r);
         if (claimed >= r->opts.batch_size || held_back > 0) continue;
         if (r->opts.once) {
             if (claimed > 0) continue;
@@ -812,6 +896,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
 
 unregister:
     outbox__wake_unregister(r);
+    store_awake(r);
 out:
     if (r->lease_held) {
         outbox_error rel;

@@ -30,11 +30,26 @@
  * holder starts from the lowest pending seq of the partition, which keeps
  * per-aggregate order across the hand-over.
  *
- * Wake-up: a statement-level trigger sends pg_notify(<schema name>, '');
- * PostgreSQL folds identical notifications of one transaction into one.
- * The store LISTENs and `changed` reads pending notifications without a
- * round trip (PQconsumeInput + PQnotifies).  It is a hint only: the
- * relay's fallback poll claims anyway.
+ * Wake-up: NOTIFY makes the commit take a database-wide lock through its
+ * WAL flush, which serialises concurrent notifying transactions, so
+ * enqueuers notify only to wake a waiting relay, and only one of them per
+ * wait.  The relay sets its flag {s}.relays.waiting through `idle` just
+ * before it sleeps (asynchronous commit: the flag needs no durability) and
+ * claims once more.  A statement-level trigger on the outbox clears the
+ * flags it can lock (FOR UPDATE SKIP LOCKED: it never waits, so it cannot
+ * deadlock or queue enqueuers) and, if it cleared any, sends
+ * pg_notify(<schema name>, ''); PostgreSQL folds identical notifications of
+ * one transaction into one.  Enqueuers that find no flag, or one locked by
+ * another enqueuer that will notify, only read the tiny relays table.  The
+ * relay clears its flag itself when it finds work without a notification.
+ * The store LISTENs, `wait_fd` gives the relay the socket to poll, and
+ * `changed` reads pending notifications without a round trip
+ * (PQconsumeInput + PQnotifies).  It is a hint only: the relay's fallback
+ * poll claims anyway, and it is needed when a wake-up does not come: a
+ * transaction whose INSERT ran before the flag was set and that commits
+ * after the relay's last claim, or an enqueuer that took the flag and then
+ * rolled back while another one skipped it.  Flags of relays whose session
+ * died are cleared when a relay registers or sees the live count drop.
  *
  * Connection loss: every driver call first makes sure the connection is
  * up, reconnecting when it broke (claim state, partitions and LISTEN are
@@ -185,6 +200,16 @@ static const char *const migrations[] = {
     " INSERT INTO {s}.inbox (consumer, message_id)"
     "  VALUES (inbox_record.consumer, inbox_record.message_id) ON CONFLICT DO NOTHING;\n"
     " RETURN FOUND;\n"
+    "END $fn$;",
+    /* 2: notify only to wake a waiting relay, once (see "Wake-up" above). */
+    "ALTER TABLE {s}.relays ADD COLUMN waiting boolean NOT NULL DEFAULT false;"
+    "CREATE OR REPLACE FUNCTION {s}.notify_enqueue() RETURNS trigger LANGUAGE plpgsql"
+    " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$\n"
+    "BEGIN\n"
+    " UPDATE {s}.relays SET waiting = false WHERE id IN"
+    "  (SELECT id FROM {s}.relays WHERE waiting FOR UPDATE SKIP LOCKED);\n"
+    " IF FOUND THEN PERFORM pg_notify('{n}', ''); END IF;\n"
+    " RETURN NULL;\n"
     "END $fn$;",
 };
 
@@ -713,6 +738,8 @@ typedef struct pg_store {
     int listening;
     int had_conn;        /* a connection existed: the next connect is a reconnect */
     int notified_first;  /* `changed` said 1 once */
+    int waiting;         /* the relay's last `idle` request (kept over reconnects) */
+    int live_seen;       /* live relays at the last rebalance */
 
     /* Relay membership (after lease_acquire). */
     char owner[128];
@@ -1123,6 +1150,39 @@ fail:
  * Relays and partitions
  * ---------------------------------------------------------------------- */
 
+/* Clears the waiting flag of relays that no longer hold their membership
+ * lock (their session ended), so that enqueuers stop notifying for them. */
+static int clear_dead_waiters(pg_store *st, outbox_error *err)
+{
+    char sql[768];
+    snprintf(sql, sizeof sql,
+             "UPDATE %s.relays r SET waiting = false WHERE waiting AND NOT EXISTS"
+             " (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+             " AND l.objsubid = 2 AND l.classid = %ld::oid"
+             " AND l.objid = (r.id & 2147483647)::oid"
+             " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+             st->qschema, (long)st->member_key);
+    return exec_sql(st->conn, sql, "clearing the wait flags of stopped relays", err);
+}
+
+/* Writes st->waiting into this relay's row.  Asynchronous commit: a flag
+ * lost in a crash costs nothing (the session, and with it the relay's
+ * membership, is gone too). */
+static int set_waiting(pg_store *st, outbox_error *err)
+{
+    char sql[512];
+    int code;
+    snprintf(sql, sizeof sql,
+             "BEGIN; SET LOCAL synchronous_commit TO off;"
+             " UPDATE %s.relays SET waiting = %s WHERE id = %lld AND waiting <> %s; COMMIT",
+             st->qschema, st->waiting ? "true" : "false", (long long)st->member_id,
+             st->waiting ? "true" : "false");
+    code = exec_sql(st->conn, sql, st->waiting ? "setting the relay's waiting flag"
+                                               : "clearing the relay's waiting flag", err);
+    if (code != OUTBOX_OK) rollback(st->conn);
+    return code;
+}
+
 /* Inserts this relay's row and takes its membership lock (session level). */
 static int register_member(pg_store *st, outbox_error *err)
 {
@@ -1160,6 +1220,14 @@ static int register_member(pg_store *st, outbox_error *err)
              st->qschema);
     code = exec_sql(st->conn, sql, "tidying the relay table", err);
     if (code != OUTBOX_OK) return code;
+    code = clear_dead_waiters(st, err);
+    if (code != OUTBOX_OK) return code;
+    /* Only now (the membership lock held, so the row counts as live): a
+     * relay that reconnected while it waited waits on. */
+    if (st->waiting) {
+        code = set_waiting(st, err);
+        if (code != OUTBOX_OK) return code;
+    }
     st->next_rebalance_us = 0;
     outbox__log(OUTBOX_LOG_INFO, COMPONENT, "relay %s registered on %s (schema %s)", st->owner,
                 st->shown, st->schema);
@@ -1204,6 +1272,11 @@ static int rebalance(pg_store *st, outbox_error *err)
     }
     PQclear(res);
     if (live < 1) live = 1;
+    if (live < st->live_seen) {
+        code = clear_dead_waiters(st, err);
+        if (code != OUTBOX_OK) goto out;
+    }
+    st->live_seen = live;
     share = (st->partitions + live - 1) / live;
 
     /* Release the extras (highest first). */
@@ -1678,6 +1751,29 @@ static const char *pg_wake_path(void *state)
     return NULL;
 }
 
+/* Sets or clears this relay's waiting flag (see "Wake-up" above).  A store
+ * without a registered relay has no flag: nothing to do. */
+static int pg_idle(void *state, int waiting, outbox_error *err)
+{
+    pg_store *st = state;
+    int code;
+
+    st->waiting = waiting != 0;
+    code = need_conn(st, err); /* a reconnect registers with the flag as asked */
+    if (code != OUTBOX_OK) return code;
+    if (st->member_id == 0) return OUTBOX_OK;
+    end_claim(st);
+    return set_waiting(st, err);
+}
+
+/* The libpq socket: readable when a notification (or anything) arrives. */
+static int pg_wait_fd(void *state)
+{
+    pg_store *st = state;
+    if (!st->conn || PQstatus(st->conn) != CONNECTION_OK) return -1;
+    return PQsocket(st->conn);
+}
+
 /* ------------------------------------------------------------------------
  * Operator commands
  * ---------------------------------------------------------------------- */
@@ -2006,7 +2102,7 @@ static int pg_purge(void *state, int64_t before_us, int64_t *count, outbox_error
 
 /* The PostgreSQL store driver (schemes "postgres" and "postgresql"). */
 const outbox_store_ops outbox__store_postgres = {
-    1,
+    2,
     "postgres",
     pg_open,
     pg_close,
@@ -2026,11 +2122,13 @@ const outbox_store_ops outbox__store_postgres = {
     pg_get,
     pg_retry,
     pg_purge,
+    pg_idle,
+    pg_wait_fd,
 };
 
 /* The same driver under the scheme "postgresql". */
 const outbox_store_ops outbox__store_postgresql = {
-    1,
+    2,
     "postgresql",
     pg_open,
     pg_close,
@@ -2050,6 +2148,8 @@ const outbox_store_ops outbox__store_postgresql = {
     pg_get,
     pg_retry,
     pg_purge,
+    pg_idle,
+    pg_wait_fd,
 };
 
 #else

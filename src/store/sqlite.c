@@ -1416,4 +1416,6 @@ const outbox_store_ops outbox__store_sqlite = {
     sqlite_get,
     sqlite_retry,
     sqlite_purge,
+    NULL, /* idle: in-process wake-up and data_version need no hint */
+    NULL, /* wait_fd */
 };

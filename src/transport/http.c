@@ -22,6 +22,16 @@
  * becomes retry_after_ms); any other 4xx OUTBOX_EREJECTED with the status
  * and the first 200 bytes of the response body.
  *
+ * Stop: the relay's stop calls outbox__http_interrupt (async-signal-safe: an
+ * atomic flag and one byte down a self-pipe).  curl_multi_poll watches that
+ * pipe too, so a publish waiting on a slow or hanging destination returns
+ * at once: requests still running are abandoned, and they and the messages
+ * not started yet get OUTBOX_ESTOPPED, which the stopping relay leaves
+ * pending as they were (not an attempt: like a crash mid-request, the
+ * receiver's webhook-id dedup covers a request that did arrive); ones that
+ * already got their 2xx keep it.  The flag stays set: the relay does not
+ * publish again after a stop.
+ *
  * Settings (--to-opt; the URL's own query string belongs to the target):
  * secret_file, secret_env, connect_timeout, timeout, max_in_flight,
  * ca_file, insecure.  The URL is only ever shown redacted; the secret never.
@@ -32,12 +42,15 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #define COMPONENT "transport.http"
 #define KNOWN_OPTIONS                                                                              \
@@ -72,6 +85,8 @@ typedef struct http_state {
     int insecure;
 
     CURLM *multi;
+    int pipe_rd, pipe_wr; /* interrupt self-pipe, -1 when not open */
+    atomic_int interrupted;
     request *reqs; /* max_in_flight slots, easy handles reused across batches */
 
     /* Per-batch scratch, grown as needed. */
@@ -187,6 +202,13 @@ static int apply_options(http_state *st, const outbox_transport_config *cfg, out
             st->max_in_flight = (unsigned)n;
             seen[nseen++] = "max_in_flight";
         } else if (strcmp(key, "ca_file") == 0) {
+            FILE *f = fopen(v, "rb");
+            if (f == NULL)
+                return outbox__error(err, OUTBOX_ECONFIG,
+                                     "cannot read ca_file=%s: %s; give a readable PEM bundle of "
+                                     "the CA certificates to trust",
+                                     v, strerror(errno));
+            fclose(f);
             free(st->ca_file);
             st->ca_file = strdup(v);
             if (st->ca_file == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
@@ -336,6 +358,8 @@ static void http_close(void *state)
         curl_slist_free_all(rq->headers);
     }
     if (st->multi) curl_multi_cleanup(st->multi);
+    if (st->pipe_rd >= 0) close(st->pipe_rd);
+    if (st->pipe_wr >= 0) close(st->pipe_wr);
     free(st->reqs);
     free(st->next_same);
     free(st->has_prev);
@@ -367,6 +391,8 @@ static int http_open(void **state, const char *url, const outbox_transport_confi
 
     st = calloc(1, sizeof *st);
     if (st == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
+    st->pipe_rd = st->pipe_wr = -1;
+    atomic_init(&st->interrupted, 0);
     outbox__buf_init(&st->line);
     outbox__url_redact(url, st->shown, sizeof st->shown);
     st->connect_timeout_ms = 5000;
@@ -400,6 +426,22 @@ static int http_open(void **state, const char *url, const outbox_transport_confi
     if (st->multi == NULL || st->reqs == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
         goto fail;
+    }
+    {
+        int fds[2];
+        if (pipe(fds) != 0) {
+            rc = outbox__error(err, OUTBOX_EIO, "cannot create the http destination's pipe: %s",
+                               strerror(errno));
+            goto fail;
+        }
+        st->pipe_rd = fds[0];
+        st->pipe_wr = fds[1];
+        if (fcntl(fds[0], F_SETFL, O_NONBLOCK) != 0 || fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0 ||
+            fcntl(fds[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0) {
+            rc = outbox__error(err, OUTBOX_EIO, "cannot set up the http destination's pipe: %s",
+                               strerror(errno));
+            goto fail;
+        }
     }
     curl_multi_setopt(st->multi, CURLMOPT_MAXCONNECTS, (long)st->max_in_flight);
     for (i = 0; i < st->max_in_flight; i++) {
@@ -727,7 +769,7 @@ static int http_publish(void *state, outbox_msg *const *msgs, size_t n,
 {
     http_state *st = state;
     batch b;
-    unsigned in_flight = 0;
+    unsigned in_flight = 0, abandoned = 0;
     size_t i;
 
     if (n == 0) return OUTBOX_OK;
@@ -748,6 +790,7 @@ static int http_publish(void *state, outbox_msg *const *msgs, size_t n,
         CURLMcode mc;
         int progressed = 0;
 
+        if (atomic_load(&st->interrupted)) break;
         while (in_flight < st->max_in_flight && b.head < b.tail) {
             size_t k = st->ready[b.head++];
             if (st->phase[k] != PHASE_WAITING) continue;
@@ -773,7 +816,11 @@ static int http_publish(void *state, outbox_msg *const *msgs, size_t n,
             progressed = 1;
         }
         if (!progressed) {
-            mc = curl_multi_poll(st->multi, NULL, 0, 1000, NULL);
+            struct curl_waitfd wake;
+            wake.fd = st->pipe_rd;
+            wake.events = CURL_WAIT_POLLIN;
+            wake.revents = 0;
+            mc = curl_multi_poll(st->multi, &wake, 1, 1000, NULL);
             if (mc != CURLM_OK) {
                 outbox__log(OUTBOX_LOG_ERROR, COMPONENT, "curl_multi_poll: %s",
                             curl_multi_strerror(mc));
@@ -782,16 +829,41 @@ static int http_publish(void *state, outbox_msg *const *msgs, size_t n,
         }
     }
 
-    /* Only on a multi failure: abandon what is still running. */
+    /* On a stop or a multi failure: abandon what is still running. */
     for (i = 0; i < st->max_in_flight; i++) {
         request *rq = &st->reqs[i];
         if (rq->busy) {
             curl_multi_remove_handle(st->multi, rq->easy);
             rq->busy = 0;
+            abandoned++;
             set_result(&results[rq->index], OUTBOX_EPUBLISH, 0, "request abandoned");
         }
     }
+    if (atomic_load(&st->interrupted) && b.done < n) {
+        for (i = 0; i < n; i++)
+            if (st->phase[i] != PHASE_DONE)
+                set_result(&results[i], OUTBOX_ESTOPPED, 0,
+                           "interrupted: the relay stopped before the destination answered");
+        outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                    "stopping: %u requests to %s abandoned in flight and %zu messages not sent; "
+                    "they stay pending",
+                    abandoned, st->shown, n - b.done);
+    }
     return OUTBOX_OK;
+}
+
+/* Async-signal-safe (see "Stop" at the top): an atomic store and write(2);
+ * state must be an open http(s) destination.  Installed as the transport's
+ * interrupt by outbox__transport_open. */
+void outbox__http_interrupt(void *state)
+{
+    http_state *st = state;
+    int saved_errno = errno;
+    ssize_t w;
+    atomic_store(&st->interrupted, 1);
+    w = write(st->pipe_wr, "i", 1);
+    (void)w; /* a full pipe already wakes the poll */
+    errno = saved_errno;
 }
 
 /* The http:// destination driver (see the top of this file). */

@@ -20,12 +20,17 @@
  *
  * One MHD thread serves every connection (event-driven), so the receiver's
  * one SQLite connection is only ever used by that thread.
+ *
+ * HTTPS: with tls_cert_file and tls_key_file (PEM) the daemon serves TLS
+ * (MHD_USE_TLS, libmicrohttpd built with GnuTLS); both files are read at
+ * start-up and kept in memory until the receiver is freed.
  */
 #include "internal.h"
 
 #ifdef OUTBOX_HAVE_MHD
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <sqlite3.h>
@@ -45,6 +50,8 @@ struct outbox_webhook_receiver {
     unsigned port;
     char *secret;
     char *consumer;
+    char *tls_cert; /* PEM texts, NULL without TLS */
+    char *tls_key;
     int64_t tolerance_s;
     size_t max_body_bytes;
     unsigned max_headers;
@@ -421,6 +428,59 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* Reads a whole PEM file (at most 1 MiB) into a NUL-terminated string. */
+static int read_pem(const char *path, const char *setting, char **out, outbox_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    size_t n = 0, cap = 0;
+    int rc = OUTBOX_OK;
+
+    *out = NULL;
+    if (f == NULL)
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "webhook receiver: cannot read %s %s: %s; give a readable PEM file",
+                             setting, path, strerror(errno));
+    for (;;) {
+        size_t got;
+        if (cap - n < 4096) {
+            char *more;
+            cap = cap ? cap * 2 : 8192;
+            if (cap > 1024 * 1024 + 8192) {
+                rc = outbox__error(err, OUTBOX_ECONFIG,
+                                   "webhook receiver: %s %s is larger than 1 MiB; is it a PEM "
+                                   "file?",
+                                   setting, path);
+                goto out;
+            }
+            more = realloc(text, cap);
+            if (more == NULL) {
+                rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
+                goto out;
+            }
+            text = more;
+        }
+        got = fread(text + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    if (ferror(f) || n == 0 || strstr(text, "-----BEGIN ") == NULL) {
+        rc = outbox__error(err, OUTBOX_ECONFIG,
+                           "webhook receiver: %s %s is empty or not PEM (no \"-----BEGIN\" "
+                           "line)",
+                           setting, path);
+        goto out;
+    }
+    text[n] = '\0';
+    *out = text;
+    text = NULL;
+out:
+    fclose(f);
+    if (text) memset(text, 0, cap);
+    free(text);
+    return rc;
+}
+
 /* Starts a receiver (see outbox.h). */
 int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
                                 const outbox_webhook_receiver_options *opts, outbox_error *err)
@@ -472,6 +532,24 @@ int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
     r->handler = opts->handler;
     r->handler_user = opts->handler_user;
 
+    if ((opts->tls_cert_file != NULL) != (opts->tls_key_file != NULL)) {
+        rc = outbox__error(err, OUTBOX_ECONFIG,
+                           "webhook receiver: give both tls_cert_file and tls_key_file for "
+                           "HTTPS, or neither for HTTP");
+        goto fail;
+    }
+    if (opts->tls_cert_file != NULL) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            rc = outbox__error(err, OUTBOX_ENOTBUILT,
+                               "webhook receiver: this libmicrohttpd has no TLS support; "
+                               "leave tls_cert_file/tls_key_file unset or use a TLS proxy");
+            goto fail;
+        }
+        rc = read_pem(opts->tls_cert_file, "tls_cert_file", &r->tls_cert, err);
+        if (rc == OUTBOX_OK) rc = read_pem(opts->tls_key_file, "tls_key_file", &r->tls_key, err);
+        if (rc != OUTBOX_OK) goto fail;
+    }
+
     if (sqlite3_open_v2(opts->db_path, &r->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                         NULL) != SQLITE_OK) {
@@ -489,24 +567,34 @@ int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
     if (rc != OUTBOX_OK) goto fail;
 
     r->daemon = MHD_start_daemon(
-        MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, on_request, r, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, (void *)r,
-        MHD_OPTION_CONNECTION_TIMEOUT,
+        MHD_USE_AUTO_INTERNAL_THREAD | (r->tls_cert ? MHD_USE_TLS : 0), 0, NULL, NULL, on_request,
+        r, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, (void *)r, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)(opts->connection_timeout_s ? opts->connection_timeout_s : 10),
         MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)(opts->connection_limit ? opts->connection_limit : 64),
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+        /* Without TLS the key/cert pair below ends the list (MHD_OPTION_END). */
+        r->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, r->tls_cert,
+        MHD_OPTION_HTTPS_MEM_KEY, r->tls_key, MHD_OPTION_END);
     if (r->daemon == NULL) {
-        rc = outbox__error(err, OUTBOX_EIO,
-                           "webhook receiver: cannot listen on %s:%u (port in use, or not "
-                           "allowed?)",
-                           bind_address, opts->port);
+        if (r->tls_cert)
+            rc = outbox__error(err, OUTBOX_EIO,
+                               "webhook receiver: cannot serve HTTPS on %s:%u (port in use, or "
+                               "tls_cert_file/tls_key_file not a matching PEM certificate and "
+                               "unencrypted key?)",
+                               bind_address, opts->port);
+        else
+            rc = outbox__error(err, OUTBOX_EIO,
+                               "webhook receiver: cannot listen on %s:%u (port in use, or not "
+                               "allowed?)",
+                               bind_address, opts->port);
         goto fail;
     }
     info = MHD_get_daemon_info(r->daemon, MHD_DAEMON_INFO_BIND_PORT);
     r->port = info ? info->port : opts->port;
-    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "listening on %s:%u for consumer %s", bind_address,
-                r->port, r->consumer);
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "listening on %s:%u (%s) for consumer %s", bind_address,
+                r->port, r->tls_cert ? "https" : "http", r->consumer);
     *out = r;
     return OUTBOX_OK;
 
@@ -541,6 +629,9 @@ void outbox_webhook_receiver_free(outbox_webhook_receiver *r)
     if (r->secret) memset(r->secret, 0, strlen(r->secret));
     free(r->secret);
     free(r->consumer);
+    free(r->tls_cert);
+    if (r->tls_key) memset(r->tls_key, 0, strlen(r->tls_key));
+    free(r->tls_key);
     free(r);
 }
 

@@ -73,6 +73,7 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
         return outbox__error(err, OUTBOX_EINVAL, "outbox__transport_open: NULL argument");
     t->ops = NULL;
     t->state = NULL;
+    t->interrupt = NULL;
 
     if (url == NULL) {
         if (cfg->publish == NULL)
@@ -110,6 +111,10 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
                 return rc;
             }
             t->ops = drivers[i];
+#ifdef OUTBOX_HAVE_CURL
+            if (t->ops == &outbox__transport_http || t->ops == &outbox__transport_https)
+                t->interrupt = outbox__http_interrupt;
+#endif
             return OUTBOX_OK;
         }
     }
@@ -132,4 +137,5 @@ void outbox__transport_close(outbox_transport *t)
     if (t->ops != NULL && t->state != NULL) t->ops->close(t->state);
     t->ops = NULL;
     t->state = NULL;
+    t->interrupt = NULL;
 }

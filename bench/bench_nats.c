@@ -1,0 +1,802 @@
+/*
+ * bench_nats.c - how fast the relay drains an outbox into NATS JetStream
+ * (and Kafka), next to the raw publish rate of the broker client measured
+ * in the same run: the ceiling.
+ *
+ * One nats-server -js (file storage, R1) is started on a free loopback port
+ * with its store in a temp dir (tests/nats_harness.h), and stopped at exit.
+ * Every case publishes N messages of the same bytes (PAYLOAD_BYTES JSON
+ * payloads over A aggregates, the relay's CloudEvents headers and
+ * Nats-Msg-Id) to its own stream, with the same window of pending acks W:
+ *
+ *   ceiling          nats.c alone: js_PublishMsgAsync of N messages with
+ *                    PublishAsync.MaxPending = W, then
+ *                    js_PublishAsyncComplete; no database
+ *   sqlite -> nats   outbox_relay_new("sqlite:COPY", "nats://...
+ *                    &max_pending=W", once, batch B) + outbox_relay_run over
+ *                    N pending messages (filled once through the public
+ *                    enqueue API, copied before the run)
+ *   postgres -> nats the same from the PostgreSQL store, on a cluster started
+ *                    by tests/pg_harness.h (rows inserted server-side), when
+ *                    the PostgreSQL binaries are installed
+ *   store alone      the same relay runs from SQLite and from PostgreSQL to
+ *                    discard: (the claim and completion work without a
+ *                    broker): pipelining the next claim with a batch's acks
+ *                    can at best overlap the two, so the slower of "store
+ *                    alone" and the ceiling bounds the relay
+ *   kafka ceiling,   with librdkafka's mock cluster (3 brokers, in this
+ *   sqlite -> kafka  process, real Kafka protocol over loopback): a raw
+ *                    idempotent producer (acks=all) of N messages, then the
+ *                    relay from a SQLite copy to kafka://
+ *
+ * Each case runs in a forked child (bench_common.h): peak RSS and CPU time
+ * from wait4().  A figure is printed only after the parent checked the
+ * result: the stream (topic) holds exactly N messages and the outbox has no
+ * unsent row left.  Exit status: 0, 1 on a failed case, 2 on bad usage, 77
+ * when nats-server or the NATS client library is missing.
+ *
+ * Usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES]
+ *                   [--no-pg] [--no-kafka]
+ */
+#ifndef OUTBOX_HAVE_NATS
+#include <stdio.h>
+int main(void)
+{
+    fprintf(stderr, "bench_nats: skipped: this build has no NATS destination (nats.c not "
+                    "found at configure time)\n");
+    return 77;
+}
+#else
+
+#include "../tests/nats_harness.h"
+#ifdef OUTBOX_HAVE_LIBPQ
+#include "../tests/pg_harness.h"
+#endif
+#ifdef OUTBOX_HAVE_RDKAFKA
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#endif
+
+#include "bench_common.h"
+
+#include "outbox.h"
+
+enum { PAYLOAD_BYTES = 300, FILL_TXN_ROWS = 50000 };
+
+static long long n_msgs = 200000;
+static unsigned batch = 512;
+static long long window = 4096;
+static unsigned aggregates = 1000;
+static nh_server nats;
+
+/* ------------------------------------------------------------------------
+ * Children
+ * ---------------------------------------------------------------------- */
+
+/* In a child: the parent's exit handlers must not stop its servers or
+ * remove its directories. */
+static void disarm_parent_handlers(void)
+{
+    memset(ch_children, 0, sizeof ch_children);
+    test_dir_path_[0] = '\0';
+#ifdef OUTBOX_HAVE_LIBPQ
+    pgh_current_ = NULL;
+#endif
+}
+
+static atomic_llong ceiling_errors; /* counted on nats.c's thread */
+
+static void ceiling_err_handler(jsCtx *js, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    (void)pae;
+    (void)closure;
+    atomic_fetch_add(&ceiling_errors, 1);
+}
+
+/* Child: the ceiling.  The same messages the relay builds (subject,
+ * payload, Nats-Msg-Id and the CloudEvents headers), published with nats.c
+ * alone. */
+static void run_nats_ceiling(void *arg, bench_report *r)
+{
+    const char *subject = arg;
+    natsOptions *o = NULL;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsOptions jo;
+    jsPubOptions po;
+    natsStatus s;
+    char payload[PAYLOAD_BYTES + 1], id[48], agg[32];
+    double t0 = bench_now();
+    long long i;
+
+    s = natsOptions_Create(&o);
+    if (s == NATS_OK) s = natsOptions_SetURL(o, nats.url);
+    if (s == NATS_OK) s = natsConnection_Connect(&nc, o);
+    if (s != NATS_OK) {
+        bench_fail(r, "connect %s: %s", nats.url, natsStatus_GetText(s));
+        goto out;
+    }
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = window;
+    jo.PublishAsync.ErrHandler = ceiling_err_handler;
+    s = natsConnection_JetStream(&js, nc, &jo);
+    if (s != NATS_OK) {
+        bench_fail(r, "JetStream context: %s", natsStatus_GetText(s));
+        goto out;
+    }
+    for (i = 0; i < n_msgs; i++) {
+        natsMsg *m = NULL;
+        unsigned a = (unsigned)(i % aggregates);
+        bench_payload(payload, PAYLOAD_BYTES, i, a);
+        snprintf(id, sizeof id, "0190a5c8-0000-7000-8000-%012lld", i);
+        snprintf(agg, sizeof agg, "order-%06u", a);
+        s = natsMsg_Create(&m, subject, NULL, payload, PAYLOAD_BYTES);
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "ce-specversion", "1.0");
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "ce-id", id);
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "ce-source", "/outbox");
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "ce-type", "OrderPlaced");
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "ce-subject", agg);
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "ce-time", "2026-11-28T02:00:00.000000Z");
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "content-type", "application/json");
+        if (s == NATS_OK) s = natsMsgHeader_Set(m, "ce-aggregatetype", "Order");
+        if (s == NATS_OK) s = js_PublishMsgAsync(js, &m, NULL);
+        natsMsg_Destroy(m); /* NULL when the library took it */
+        if (s != NATS_OK) {
+            bench_fail(r, "js_PublishMsgAsync of message %lld: %s", i, natsStatus_GetText(s));
+            goto out;
+        }
+    }
+    jsPubOptions_Init(&po);
+    po.MaxWait = 120000;
+    s = js_PublishAsyncComplete(js, &po);
+    if (s != NATS_OK) {
+        bench_fail(r, "js_PublishAsyncComplete: %s", natsStatus_GetText(s));
+        goto out;
+    }
+    r->seconds = bench_now() - t0;
+    r->count = n_msgs;
+    if (atomic_load(&ceiling_errors)) {
+        bench_fail(r, "%lld publish errors", (long long)atomic_load(&ceiling_errors));
+        goto out;
+    }
+    r->ok = 1;
+out:
+    t0 = bench_now();
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    natsOptions_Destroy(o);
+    r->teardown_seconds = bench_now() - t0;
+}
+
+typedef struct relay_case {
+    char store_url[700];
+    char to_url[700];
+} relay_case;
+
+/* Child: the relay, once, from store_url to to_url. */
+static void run_relay(void *arg, bench_report *r)
+{
+    const relay_case *c = arg;
+    outbox_relay *relay = NULL;
+    outbox_relay_options opts;
+    outbox_relay_stats stats;
+    outbox_error err = {0};
+    double t0 = bench_now();
+
+    outbox_relay_options_init(&opts);
+    opts.once = 1;
+    opts.batch_size = batch;
+    if (outbox_relay_new(&relay, c->store_url, c->to_url, &opts, &err) != OUTBOX_OK) {
+        bench_fail(r, "outbox_relay_new: %s", err.message);
+        goto out;
+    }
+    if (outbox_relay_run(relay, &err) != OUTBOX_OK) {
+        bench_fail(r, "outbox_relay_run: %s", err.message);
+        goto out;
+    }
+    /* Every message is acked and recorded when run returns: the time stops
+     * here, as the ceiling's stops at js_PublishAsyncComplete. */
+    r->seconds = bench_now() - t0;
+    outbox_relay_get_stats(relay, &stats);
+    t0 = bench_now();
+    outbox_relay_free(relay);
+    relay = NULL;
+    r->teardown_seconds = bench_now() - t0;
+    r->count = (long long)stats.published;
+    if (stats.retried || stats.failed) {
+        bench_fail(r, "relay retried %llu, failed %llu", (unsigned long long)stats.retried,
+                   (unsigned long long)stats.failed);
+        goto out;
+    }
+    if (r->count != n_msgs) {
+        bench_fail(r, "relay published %lld of %lld", r->count, n_msgs);
+        goto out;
+    }
+    r->ok = 1;
+out:
+    outbox_relay_free(relay);
+}
+
+/* ------------------------------------------------------------------------
+ * Results
+ * ---------------------------------------------------------------------- */
+
+static double nats_ceiling_rate;
+static int failures;
+
+static void print_header(void)
+{
+    printf("%-34s %9s %8s %10s %8s %10s %13s %7s\n", "case", "messages", "seconds", "msg/s",
+           "/ceiling", "peak RSS", "CPU user+sys", "close");
+}
+
+static void print_row(const char *name, const bench_result *res, double ceiling)
+{
+    double rate = (double)res->count / res->seconds;
+    char ratio[16] = "-";
+    if (ceiling > 0) snprintf(ratio, sizeof ratio, "%.2f", rate / ceiling);
+    printf("%-34s %9lld %8.2f %10.0f %8s %6.1f MiB %6.2f+%.2f s %5.2f s\n", name, res->count,
+           res->seconds, rate, ratio, (double)res->maxrss_kib / 1024.0, res->user_seconds,
+           res->sys_seconds, res->teardown_seconds);
+    fflush(stdout);
+}
+
+/* The parent never calls nats.c itself: a child forked from a process
+ * where the library started its threads (timers, connection callbacks)
+ * would have none of them.  Stream set-up and checks run in children. */
+static void child_stream_create(void *arg, bench_report *r)
+{
+    const char *const *names = arg; /* stream, subjects */
+    nh_stream_create(&nats, names[0], names[1]);
+    r->ok = 1;
+}
+
+static void child_stream_count(void *arg, bench_report *r)
+{
+    const char *stream = arg;
+    jsCtx *js = NULL;
+    natsConnection *nc;
+    r->count = nh_stream_count(&nats, stream);
+    nc = nh_connect(&nats, &js);
+    js_DeleteStream(js, stream, NULL, NULL); /* frees the disk for the next case */
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    r->ok = 1;
+}
+
+static int stream_create(const char *stream, const char *subjects)
+{
+    const char *names[2] = {stream, subjects};
+    bench_result res;
+    return bench_run_child("stream create", child_stream_create, (void *)names,
+                           disarm_parent_handlers, &res);
+}
+
+/* The stream must hold exactly n_msgs messages; deleted afterwards. */
+static int check_stream(const char *what, const char *stream)
+{
+    bench_result res;
+    if (bench_run_child("stream check", child_stream_count, (void *)stream, disarm_parent_handlers,
+                        &res))
+        return -1;
+    if (res.count != n_msgs) {
+        fprintf(stderr, "bench_nats: %s: stream %s holds %lld messages, expected %lld\n", what,
+                stream, res.count, n_msgs);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * SQLite
+ * ---------------------------------------------------------------------- */
+
+static int sql_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        fprintf(stderr, "bench_nats: %s: %s\n", sql, msg ? msg : "?");
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fills path with n_msgs pending messages through the public API. */
+static int sqlite_fill(const char *path)
+{
+    sqlite3 *db = NULL;
+    outbox_error err = {0};
+    char payload[PAYLOAD_BYTES + 1], agg[32];
+    double t0 = bench_now();
+    long long i;
+    int rc = -1;
+
+    if (sqlite3_open(path, &db) != SQLITE_OK) {
+        fprintf(stderr, "bench_nats: cannot open %s\n", path);
+        goto out;
+    }
+    if (sql_exec(db, "PRAGMA journal_mode=WAL") || sql_exec(db, "PRAGMA synchronous=NORMAL"))
+        goto out;
+    if (outbox_schema_init_sqlite(db, &err) != OUTBOX_OK) {
+        fprintf(stderr, "bench_nats: outbox_schema_init_sqlite: %s\n", err.message);
+        goto out;
+    }
+    for (i = 0; i < n_msgs; i++) {
+        outbox_msg *m = NULL;
+        unsigned a = (unsigned)(i % aggregates);
+        int erc;
+        if (i % FILL_TXN_ROWS == 0 && sql_exec(db, "BEGIN IMMEDIATE")) goto out;
+        bench_payload(payload, PAYLOAD_BYTES, i, a);
+        snprintf(agg, sizeof agg, "order-%06u", a);
+        erc = outbox_msg_new(&m, "OrderPlaced", "Order", agg, payload, &err);
+        if (erc == OUTBOX_OK) erc = outbox_enqueue_sqlite(db, m, &err);
+        outbox_msg_free(m);
+        if (erc != OUTBOX_OK) {
+            fprintf(stderr, "bench_nats: enqueue: %s\n", err.message);
+            goto out;
+        }
+        if (((i + 1) % FILL_TXN_ROWS == 0 || i + 1 == n_msgs) && sql_exec(db, "COMMIT")) goto out;
+    }
+    if (sql_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)")) goto out;
+    printf("fill: %lld messages into SQLite in %.1f s\n", n_msgs, bench_now() - t0);
+    rc = 0;
+out:
+    sqlite3_close(db);
+    return rc;
+}
+
+/* Rows left in the outbox of path (-1 on error). */
+static long long sqlite_left(const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    long long left = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM outbox", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        left = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return left;
+}
+
+static void remove_db(const char *path)
+{
+    char p[700];
+    unlink(path);
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", path);
+    unlink(p);
+}
+
+/* Copies the filled database to copy, runs the relay from it to to_url,
+ * checks that it is empty afterwards.  0, or -1 (printed). */
+static int sqlite_relay_case(const char *name, const char *master, const char *copy,
+                             const char *to_url, bench_result *res)
+{
+    relay_case c;
+    long long left;
+    remove_db(copy);
+    if (bench_copy_file(master, copy)) return -1;
+    snprintf(c.store_url, sizeof c.store_url, "sqlite:%s", copy);
+    snprintf(c.to_url, sizeof c.to_url, "%s", to_url);
+    if (bench_run_child(name, run_relay, &c, disarm_parent_handlers, res)) return -1;
+    left = sqlite_left(copy);
+    remove_db(copy);
+    if (left != 0) {
+        fprintf(stderr, "bench_nats: %s: %lld rows left in the outbox\n", name, left);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * PostgreSQL
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_LIBPQ
+static pgh_server pg;
+
+/* Inserts n_msgs pending rows server-side: payloads of PAYLOAD_BYTES as
+ * jsonb text ({"n": i, "pad": "x..."}). */
+static void pg_fill(PGconn *conn)
+{
+    char sql[1024];
+    double t0 = bench_now();
+    pgh_exec(conn, "DELETE FROM bench_outbox.outbox");
+    snprintf(sql, sizeof sql,
+             "INSERT INTO bench_outbox.outbox (id, type, aggregate_type, aggregate_id, payload)"
+             " SELECT bench_outbox.uuid_v7(), 'OrderPlaced', 'Order',"
+             " 'order-' || lpad((i %% %u)::text, 6, '0'),"
+             " jsonb_build_object('n', i, 'pad', repeat('x', %d - 18 - length(i::text)))"
+             " FROM generate_series(0, %lld) i",
+             aggregates, PAYLOAD_BYTES, n_msgs - 1);
+    pgh_exec(conn, sql);
+    pgh_exec(conn, "VACUUM ANALYZE bench_outbox.outbox");
+    printf("fill: %lld messages into PostgreSQL in %.1f s (payload %lld bytes as jsonb text)\n",
+           n_msgs, bench_now() - t0,
+           (long long)pgh_count(conn, "SELECT length(payload::text) FROM bench_outbox.outbox"
+                                      " LIMIT 1"));
+}
+
+static long long pg_left(PGconn *conn)
+{
+    return (long long)pgh_count(conn, "SELECT count(*) FROM bench_outbox.outbox"
+                                      " WHERE status <> 'sent'");
+}
+
+static void pg_case(void)
+{
+    char bin[256];
+    bench_result res;
+    relay_case c;
+    PGconn *conn;
+    outbox_error err = {0};
+    long long left;
+
+    if (!pgh_find_bin_(bin, sizeof bin)) {
+        printf("%-34s skipped: PostgreSQL server binaries not found (set PG_BIN)\n",
+               "postgres -> nats (relay)");
+        return;
+    }
+    if (getuid() == 0 && getpwnam("nobody") == NULL) {
+        printf("%-34s skipped: running as root and no 'nobody' user to run PostgreSQL as\n",
+               "postgres -> nats (relay)");
+        return;
+    }
+    pgh_start(&pg);
+    conn = pgh_connect(&pg);
+    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
+    if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
+        TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
+    pg_fill(conn);
+    if (stream_create("BENCH_PG", "pg.>")) {
+        failures++;
+        goto out;
+    }
+    snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);
+    snprintf(c.to_url, sizeof c.to_url,
+             "%s?stream=BENCH_PG&subject=pg.{aggregate_type}.{type}&max_pending=%lld", nats.url,
+             window);
+    if (bench_run_child("postgres -> nats", run_relay, &c, disarm_parent_handlers, &res)) {
+        failures++;
+        goto out;
+    }
+    left = pg_left(conn);
+    if (check_stream("postgres -> nats", "BENCH_PG")) {
+        failures++;
+        goto out;
+    }
+    if (left != 0) {
+        fprintf(stderr, "bench_nats: postgres -> nats: %lld unsent rows left\n", left);
+        failures++;
+        goto out;
+    }
+    print_row("postgres -> nats (relay)", &res, nats_ceiling_rate);
+
+    /* The store side alone: what pipelining could at best overlap with. */
+    pg_fill(conn);
+    snprintf(c.to_url, sizeof c.to_url, "discard:");
+    if (bench_run_child("postgres -> discard", run_relay, &c, disarm_parent_handlers, &res)) {
+        failures++;
+        goto out;
+    }
+    left = pg_left(conn);
+    if (left != 0) {
+        fprintf(stderr, "bench_nats: postgres -> discard: %lld unsent rows left\n", left);
+        failures++;
+        goto out;
+    }
+    print_row("postgres -> discard: (store alone)", &res, nats_ceiling_rate);
+out:
+    PQfinish(conn);
+}
+#endif
+
+/* ------------------------------------------------------------------------
+ * Kafka (librdkafka mock cluster)
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_RDKAFKA
+enum { KAFKA_PARTITIONS = 6 };
+
+static char kafka_bootstraps[256];
+
+static int kafka_conf(rd_kafka_conf_t *conf, char *errstr, size_t len)
+{
+    const char *kv[][2] = {{"bootstrap.servers", kafka_bootstraps},
+                           {"enable.idempotence", "true"},
+                           {"acks", "all"},
+                           {"log_level", "3"}};
+    size_t i;
+    for (i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        if (rd_kafka_conf_set(conf, kv[i][0], kv[i][1], errstr, len) != RD_KAFKA_CONF_OK) return -1;
+    return 0;
+}
+
+static long long kafka_delivered, kafka_errors;
+
+static void kafka_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    if (m->err)
+        kafka_errors++;
+    else
+        kafka_delivered++;
+}
+
+/* Child: the raw idempotent producer, same key, payload and headers. */
+static void run_kafka_ceiling(void *arg, bench_report *r)
+{
+    const char *topic = arg;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *rk = NULL;
+    char errstr[512], payload[PAYLOAD_BYTES + 1], id[48], agg[32];
+    double t0 = bench_now();
+    long long i;
+
+    if (kafka_conf(conf, errstr, sizeof errstr)) {
+        bench_fail(r, "kafka conf: %s", errstr);
+        rd_kafka_conf_destroy(conf);
+        return;
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, kafka_dr);
+    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        bench_fail(r, "rd_kafka_new: %s", errstr);
+        rd_kafka_conf_destroy(conf);
+        return;
+    }
+    for (i = 0; i < n_msgs; i++) {
+        unsigned a = (unsigned)(i % aggregates);
+        rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+        rd_kafka_resp_err_t e;
+        bench_payload(payload, PAYLOAD_BYTES, i, a);
+        snprintf(id, sizeof id, "0190a5c8-0000-7000-8000-%012lld", i);
+        snprintf(agg, sizeof agg, "order-%06u", a);
+        rd_kafka_header_add(h, "ce_specversion", -1, "1.0", -1);
+        rd_kafka_header_add(h, "ce_id", -1, id, -1);
+        rd_kafka_header_add(h, "ce_source", -1, "/outbox", -1);
+        rd_kafka_header_add(h, "ce_type", -1, "OrderPlaced", -1);
+        rd_kafka_header_add(h, "ce_subject", -1, agg, -1);
+        rd_kafka_header_add(h, "ce_time", -1, "2026-11-28T02:00:00.000000Z", -1);
+        rd_kafka_header_add(h, "content-type", -1, "application/json", -1);
+        for (;;) {
+            e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(agg, strlen(agg)),
+                                  RD_KAFKA_V_VALUE(payload, PAYLOAD_BYTES),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+                                  RD_KAFKA_V_END);
+            if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
+            rd_kafka_poll(rk, 10);
+        }
+        if (e) {
+            rd_kafka_headers_destroy(h);
+            bench_fail(r, "produce %lld: %s", i, rd_kafka_err2str(e));
+            goto out;
+        }
+        rd_kafka_poll(rk, 0);
+    }
+    if (rd_kafka_flush(rk, 120000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        bench_fail(r, "%s", "flush timed out");
+        goto out;
+    }
+    r->seconds = bench_now() - t0;
+    r->count = kafka_delivered;
+    if (kafka_errors || kafka_delivered != n_msgs) {
+        bench_fail(r, "%lld delivered, %lld errors", kafka_delivered, kafka_errors);
+        goto out;
+    }
+    r->ok = 1;
+out:
+    t0 = bench_now();
+    rd_kafka_destroy(rk);
+    r->teardown_seconds = bench_now() - t0;
+}
+
+/* Messages in topic: the sum of its partitions' high watermarks (the
+ * topics start empty; the mock cluster drops old message sets of a large
+ * partition, which moves the low watermark, so it is not subtracted). */
+static long long kafka_topic_count(const char *topic)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *rk;
+    char errstr[512];
+    long long total = 0;
+    int p;
+    if (kafka_conf(conf, errstr, sizeof errstr) ||
+        !(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr))) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench_nats: kafka: %s\n", errstr);
+        return -1;
+    }
+    for (p = 0; p < KAFKA_PARTITIONS; p++) {
+        int64_t lo = 0, hi = 0;
+        if (rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000)) {
+            total = -1;
+            break;
+        }
+        total += hi;
+    }
+    rd_kafka_destroy(rk);
+    return total;
+}
+
+static void kafka_cases(const char *master, const char *copy)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *mock_rk;
+    rd_kafka_mock_cluster_t *mc = NULL;
+    bench_result res;
+    char errstr[512], to[700];
+    double ceiling = 0;
+    long long got;
+    const char *topics[] = {"bench.ceiling", "bench.relay"};
+    int i;
+
+    rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr);
+    mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!mock_rk) {
+        rd_kafka_conf_destroy(conf);
+        printf("%-34s skipped: rd_kafka_new: %s\n", "kafka (mock cluster)", errstr);
+        return;
+    }
+    mc = rd_kafka_mock_cluster_new(mock_rk, 3);
+    if (!mc) {
+        printf("%-34s skipped: no mock cluster\n", "kafka (mock cluster)");
+        rd_kafka_destroy(mock_rk);
+        return;
+    }
+    snprintf(kafka_bootstraps, sizeof kafka_bootstraps, "%s", rd_kafka_mock_cluster_bootstraps(mc));
+    for (i = 0; i < 2; i++)
+        if (rd_kafka_mock_topic_create(mc, topics[i], KAFKA_PARTITIONS, 3)) {
+            fprintf(stderr, "bench_nats: mock topic %s failed\n", topics[i]);
+            failures++;
+            goto out;
+        }
+    if (bench_run_child("kafka ceiling", run_kafka_ceiling, (void *)topics[0],
+                        disarm_parent_handlers, &res) == 0) {
+        got = kafka_topic_count(topics[0]);
+        if (got != n_msgs) {
+            fprintf(stderr, "bench_nats: kafka ceiling: topic holds %lld, expected %lld\n", got,
+                    n_msgs);
+            failures++;
+        } else {
+            ceiling = (double)res.count / res.seconds;
+            print_row("kafka raw produce (ceiling, mock)", &res, 0);
+        }
+    } else {
+        failures++;
+    }
+    snprintf(to, sizeof to, "kafka://%s?topic=%s", kafka_bootstraps, topics[1]);
+    if (sqlite_relay_case("sqlite -> kafka", master, copy, to, &res) == 0) {
+        got = kafka_topic_count(topics[1]);
+        if (got != n_msgs) {
+            fprintf(stderr, "bench_nats: sqlite -> kafka: topic holds %lld, expected %lld\n", got,
+                    n_msgs);
+            failures++;
+        } else {
+            print_row("sqlite -> kafka (relay, mock)", &res, ceiling);
+        }
+    } else {
+        failures++;
+    }
+out:
+    rd_kafka_mock_cluster_destroy(mc);
+    rd_kafka_destroy(mock_rk);
+}
+#endif
+
+/* ------------------------------------------------------------------------
+ * Main
+ * ---------------------------------------------------------------------- */
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES] [--no-pg] "
+                    "[--no-kafka]\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    int no_pg = 0, no_kafka = 0, i;
+    char master[CH_PATH], copy[CH_PATH], to[700];
+    bench_result res;
+
+    for (i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-n") && i + 1 < argc)
+            n_msgs = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "-b") && i + 1 < argc)
+            batch = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-w") && i + 1 < argc)
+            window = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "-a") && i + 1 < argc)
+            aggregates = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--no-pg"))
+            no_pg = 1;
+        else if (!strcmp(argv[i], "--no-kafka"))
+            no_kafka = 1;
+        else
+            return usage();
+    }
+    if (n_msgs < 1 || batch < 1 || batch > 100000 || window < 1 || window > 1000000 ||
+        aggregates < 1) {
+        fprintf(stderr, "bench_nats: -n, -b (1-100000), -w (1-1000000) and -a must be positive\n");
+        return 2;
+    }
+    if (access(NH_SERVER_BIN, X_OK) != 0) {
+        fprintf(stderr, "bench_nats: skipped: %s not found (install the nats-server package)\n",
+                NH_SERVER_BIN);
+        return 77;
+    }
+    printf("bench_nats: N=%lld, payload %d bytes, %u aggregates, relay batch %u, window %lld"
+           " pending acks; load average %.2f at start\n",
+           n_msgs, PAYLOAD_BYTES, aggregates, batch, window, bench_loadavg());
+
+    nh_server_start(&nats);
+    printf("nats-server -js on %s (file storage, R1, store in %s); nats.c %s\n", nats.url, nats.dir,
+           NATS_VERSION_STRING);
+
+    ch_path(master, "master.db");
+    ch_path(copy, "copy.db");
+    if (sqlite_fill(master)) return 1;
+
+    print_header();
+
+    /* (1) the ceiling */
+    if (stream_create("BENCH_RAW", "raw.>") == 0 &&
+        bench_run_child("nats ceiling", run_nats_ceiling, (void *)"raw.Order.OrderPlaced",
+                        disarm_parent_handlers, &res) == 0 &&
+        check_stream("nats ceiling", "BENCH_RAW") == 0) {
+        nats_ceiling_rate = (double)res.count / res.seconds;
+        print_row("nats raw async publish (ceiling)", &res, 0);
+    } else {
+        failures++;
+    }
+
+    /* (2) SQLite -> JetStream */
+    snprintf(to, sizeof to,
+             "%s?stream=BENCH_SQ&subject=sq.{aggregate_type}.{type}&max_pending=%lld", nats.url,
+             window);
+    if (stream_create("BENCH_SQ", "sq.>") == 0 &&
+        sqlite_relay_case("sqlite -> nats", master, copy, to, &res) == 0 &&
+        check_stream("sqlite -> nats", "BENCH_SQ") == 0) {
+        print_row("sqlite -> nats (relay)", &res, nats_ceiling_rate);
+    } else {
+        failures++;
+    }
+
+    /* The SQLite side alone (the relay to discard:). */
+    if (sqlite_relay_case("sqlite -> discard", master, copy, "discard:", &res) == 0)
+        print_row("sqlite -> discard: (store alone)", &res, nats_ceiling_rate);
+    else
+        failures++;
+
+        /* (3) PostgreSQL -> JetStream */
+#ifdef OUTBOX_HAVE_LIBPQ
+    if (!no_pg) pg_case();
+#else
+    if (!no_pg)
+        printf("%-34s skipped: this build has no PostgreSQL store\n", "postgres -> nats (relay)");
+#endif
+
+        /* (4) Kafka, mock cluster */
+#ifdef OUTBOX_HAVE_RDKAFKA
+    if (!no_kafka) kafka_cases(master, copy);
+#else
+    if (!no_kafka) printf("%-34s skipped: this build has no Kafka destination\n", "kafka");
+#endif
+
+    nh_server_stop(&nats);
+    remove_db(master);
+    printf("load average %.2f at the end; %s\n", bench_loadavg(),
+           failures ? "SOME CASES FAILED (no figure printed for them)" : "all results checked");
+    return failures ? 1 : 0;
+}
+
+#endif /* OUTBOX_HAVE_NATS */
