@@ -285,6 +285,8 @@ typedef struct outbox_claim_params {
     size_t batch_size;
     int64_t now_us;
     int failed_blocks_aggregate;
+    int once; /* the relay drains what is due and exits: a store that shares
+                 its outbox between relays takes every partition it can get */
 } outbox_claim_params;
 
 enum {

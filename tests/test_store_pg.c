@@ -68,7 +68,7 @@ static void store_enqueue(outbox_store *s, const char *agg, int n)
 
 static size_t claim(outbox_store *s, outbox_msg ***msgs, int failed_blocks)
 {
-    outbox_claim_params p = {100, outbox__now_us(), failed_blocks};
+    outbox_claim_params p = {100, outbox__now_us(), failed_blocks, 0};
     outbox_error err;
     size_t n = 0;
     ASSERT_OK(s->ops->claim(s->state, &p, msgs, &n, &err), &err);
@@ -595,7 +595,7 @@ TEST(skip_locked_and_notify)
     ASSERT_EQ(changed, 1);
 
     /* Two claimers without leases: disjoint sets. */
-    outbox_claim_params p = {6, outbox__now_us(), 1};
+    outbox_claim_params p = {6, outbox__now_us(), 1, 0};
     size_t na = 0, nb = 0;
     ASSERT_OK(a.ops->claim(a.state, &p, &ma, &na, &err), &err);
     p.batch_size = 100;
@@ -941,7 +941,7 @@ TEST(partitions_shared)
         snprintf(agg, sizeof agg, "g%d", i);
         store_enqueue(&a, agg, i);
     }
-    outbox_claim_params p = {1000, outbox__now_us(), 1};
+    outbox_claim_params p = {1000, outbox__now_us(), 1, 0};
     ASSERT_OK(a.ops->claim(a.state, &p, &ma, &na, &err), &err);
     ASSERT_OK(b.ops->claim(b.state, &p, &mb, &nb, &err), &err);
     ASSERT_EQ(na + nb, 200);
@@ -992,7 +992,7 @@ TEST(reconnect)
     ASSERT_NE(rc, OUTBOX_OK);
     free_msgs(msgs, n);
     /* The batch was not recorded: the message comes again after reconnecting. */
-    outbox_claim_params p = {10, outbox__now_us(), 1};
+    outbox_claim_params p = {10, outbox__now_us(), 1, 0};
     rc = s.ops->claim(s.state, &p, &msgs, &n, &err);
     if (rc != OUTBOX_OK) rc = s.ops->claim(s.state, &p, &msgs, &n, &err);
     ASSERT_OK(rc, &err);

@@ -98,7 +98,7 @@ typedef struct batch {
 static batch claim(outbox_store *st, int64_t now, int failed_blocks)
 {
     outbox_error err_buf = {0}, *err = &err_buf;
-    outbox_claim_params p = {100, now, failed_blocks};
+    outbox_claim_params p = {100, now, failed_blocks, 0};
     batch b = {NULL, 0};
     ASSERT_OK(st->ops->claim(st->state, &p, &b.msgs, &b.n, err), err);
     return b;
@@ -232,7 +232,7 @@ TEST(missing_file_not_created)
     outbox_error err_buf = {0}, *err = &err_buf;
     const char *path = test_path("typo.db");
     batch b = {NULL, 0};
-    outbox_claim_params p = {10, outbox__now_us(), 1};
+    outbox_claim_params p = {10, outbox__now_us(), 1, 0};
     outbox_status status;
     int changed;
 
@@ -499,7 +499,7 @@ TEST(claim_ordering_rule)
 
     /* Batch size is respected. */
     {
-        outbox_claim_params cp = {2, later, 1};
+        outbox_claim_params cp = {2, later, 1, 0};
         ASSERT_OK(st.ops->claim(st.state, &cp, &b.msgs, &b.n, err), err);
         ASSERT_EQ(b.n, 2);
         ASSERT_STREQ(b.msgs[0]->id, a1);

@@ -535,6 +535,7 @@ static int run_batch(outbox_relay *r, size_t *claimed, size_t *held_back, outbox
     cp.batch_size = r->opts.batch_size;
     cp.now_us = outbox__now_us();
     cp.failed_blocks_aggregate = r->opts.failed_blocks_aggregate;
+    cp.once = r->opts.once;
     rc = r->store.ops->claim(r->store.state, &cp, &msgs, &n, err);
     if (rc != OUTBOX_OK) return rc;
     *claimed = n;

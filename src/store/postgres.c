@@ -740,6 +740,7 @@ typedef struct pg_store {
     int notified_first;  /* `changed` said 1 once */
     int waiting;         /* the relay's last `idle` request (kept over reconnects) */
     int live_seen;       /* live relays at the last rebalance */
+    int once_waited;     /* a --once relay waited for busy partitions already */
 
     /* Relay membership (after lease_acquire). */
     char owner[128];
@@ -1234,9 +1235,9 @@ static int register_member(pg_store *st, outbox_error *err)
     return OUTBOX_OK;
 }
 
-/* Takes this relay's share of the partitions and releases what it holds
- * beyond it.  Called with no transaction open. */
-static int rebalance(pg_store *st, outbox_error *err)
+/* Takes this relay's share of the partitions (all free ones when greedy)
+ * and releases what it holds beyond it.  Called with no transaction open. */
+static int rebalance(pg_store *st, int greedy, outbox_error *err)
 {
     char sql[512];
     PGresult *res;
@@ -1277,7 +1278,7 @@ static int rebalance(pg_store *st, outbox_error *err)
         if (code != OUTBOX_OK) goto out;
     }
     st->live_seen = live;
-    share = (st->partitions + live - 1) / live;
+    share = greedy ? st->partitions : (st->partitions + live - 1) / live;
 
     /* Release the extras (highest first). */
     for (i = st->partitions - 1; i >= 0 && st->held_count > share; i--) {
@@ -1326,13 +1327,40 @@ static int maybe_rebalance(pg_store *st, int force, outbox_error *err)
     int code;
     if (!st->owner[0]) return OUTBOX_OK;
     if (!force && now < st->next_rebalance_us) return OUTBOX_OK;
-    code = rebalance(st, err);
+    code = rebalance(st, 0, err);
     if (code == OUTBOX_OK) {
         int64_t step = st->ttl_ms > 0 && st->ttl_ms / 3 < REBALANCE_MS ? st->ttl_ms / 3
                                                                         : REBALANCE_MS;
         st->next_rebalance_us = now + step * 1000;
     }
     return code;
+}
+
+/* A --once relay drains everything it can: it takes every free partition,
+ * and partitions still locked (by a live relay, or by the session of one
+ * that just died and that PostgreSQL has not closed yet) are waited for, once,
+ * up to the lease TTL.  What a live relay keeps is left to it, with a
+ * warning, rather than letting --once exit 0 with part of the outbox unread. */
+static int take_all_for_once(pg_store *st, outbox_error *err)
+{
+    int64_t deadline;
+    int code;
+    if (st->held_count == st->partitions) return OUTBOX_OK;
+    code = rebalance(st, 1, err);
+    if (code != OUTBOX_OK || st->held_count == st->partitions || st->once_waited) return code;
+    st->once_waited = 1;
+    deadline = outbox__monotonic_us() + (st->ttl_ms > 0 ? st->ttl_ms : 10000) * 1000;
+    while (st->held_count < st->partitions && outbox__monotonic_us() < deadline) {
+        outbox__sleep_us(50000);
+        code = rebalance(st, 1, err);
+        if (code != OUTBOX_OK) return code;
+    }
+    if (st->held_count < st->partitions)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "relay %s: %d of %d partitions are held by other live relays; their "
+                    "messages are left to them",
+                    st->owner, st->partitions - st->held_count, st->partitions);
+    return OUTBOX_OK;
 }
 
 /* Ends an open claim transaction (the relay dropped its batch). */
@@ -1477,7 +1505,10 @@ static int pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msg
         code = check_schema(st, err);
         if (code != OUTBOX_OK) return code;
     }
-    if (st->owner[0]) {
+    if (st->owner[0] && p->once) {
+        code = take_all_for_once(st, err);
+        if (code != OUTBOX_OK) return code;
+    } else if (st->owner[0]) {
         code = maybe_rebalance(st, 0, err);
         if (code != OUTBOX_OK) return code;
     }
