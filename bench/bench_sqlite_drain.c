@@ -50,6 +50,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_common.h"
+
 enum { PAYLOAD_BYTES = 300, FILL_TXN_ROWS = 50000, MAX_REPEAT = 25 };
 
 enum { CASE_NOOP, CASE_BASELINE, CASE_DISCARD, CASE_FILE };
@@ -84,13 +86,6 @@ typedef struct run_result {
     long involuntary_switches; /* preempted: another process wanted the CPU */
 } run_result;
 
-static double monotonic_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void stderr_logger(void *user, int level, const char *component, const char *message)
 {
     (void)user;
@@ -106,22 +101,6 @@ static void report_fail(child_report *r, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(r->message, sizeof r->message, fmt, ap);
     va_end(ap);
-}
-
-/* Builds the payload of message i: a JSON object of exactly PAYLOAD_BYTES. */
-static void make_payload(char out[PAYLOAD_BYTES + 1], long long i, unsigned aggregate)
-{
-    int len = snprintf(out, PAYLOAD_BYTES + 1,
-                       "{\"order_id\":\"o-%010lld\",\"customer\":\"c-%06u\",\"amount_cents\":%lld,"
-                       "\"currency\":\"EUR\",\"note\":\"",
-                       i, aggregate, 100 + (i * 37) % 99900);
-    while (len < PAYLOAD_BYTES - 2) {
-        out[len] = (char)('a' + (i + len) % 26);
-        len++;
-    }
-    out[len++] = '"';
-    out[len++] = '}';
-    out[len] = '\0';
 }
 
 static int exec_sql(sqlite3 *db, const char *sql, child_report *r)
@@ -165,14 +144,14 @@ static void fill_database(const config *cfg, const char *path, long long n, chil
         report_fail(r, "outbox_schema_init_sqlite: %s", err.message);
         goto out;
     }
-    t0 = monotonic_seconds();
+    t0 = bench_now();
     for (i = 0; i < n; i++) {
         outbox_msg *msg = NULL;
         unsigned aggregate = (unsigned)(i % cfg->aggregates);
         int rc;
 
         if (i % FILL_TXN_ROWS == 0 && exec_sql(db, "BEGIN IMMEDIATE", r)) goto out;
-        make_payload(payload, i, aggregate);
+        bench_payload(payload, PAYLOAD_BYTES, i, aggregate);
         snprintf(aggregate_id, sizeof aggregate_id, "order-%06u", aggregate);
         rc = outbox_msg_new(&msg, "OrderPlaced", "Order", aggregate_id, payload, &err);
         if (rc == OUTBOX_OK) rc = outbox_enqueue_sqlite(db, msg, &err);
@@ -184,7 +163,7 @@ static void fill_database(const config *cfg, const char *path, long long n, chil
         if ((i + 1) % FILL_TXN_ROWS == 0 || i + 1 == n)
             if (exec_sql(db, "COMMIT", r)) goto out;
     }
-    r->seconds = monotonic_seconds() - t0;
+    r->seconds = bench_now() - t0;
     r->count = n;
     if (exec_sql(db, "PRAGMA wal_checkpoint(TRUNCATE)", r)) goto out;
     r->ok = 1;
@@ -242,7 +221,7 @@ static void run_baseline(const config *cfg, const char *path, child_report *r)
     int64_t *seqs = NULL;
     int status_is_text, ncols;
     uint64_t checksum = 0;
-    double t0 = monotonic_seconds();
+    double t0 = bench_now();
 
     seqs = malloc(sizeof *seqs * cfg->batch);
     if (!seqs) {
@@ -297,7 +276,7 @@ static void run_baseline(const config *cfg, const char *path, child_report *r)
     sel = del = NULL;
     sqlite3_close(db);
     db = NULL;
-    r->seconds = monotonic_seconds() - t0;
+    r->seconds = bench_now() - t0;
     r->ok = checksum > 0 || r->count == 0;
     if (!r->ok) report_fail(r, "%s", "baseline read no column data");
 out:
@@ -315,7 +294,7 @@ static void run_relay(const config *cfg, const char *path, const char *to_url, c
     outbox_relay_stats stats;
     outbox_error err = {0};
     char store_url[600];
-    double t0 = monotonic_seconds();
+    double t0 = bench_now();
 
     snprintf(store_url, sizeof store_url, "sqlite:%s", path);
     outbox_relay_options_init(&opts);
@@ -332,7 +311,7 @@ static void run_relay(const config *cfg, const char *path, const char *to_url, c
     outbox_relay_get_stats(relay, &stats);
     outbox_relay_free(relay);
     relay = NULL;
-    r->seconds = monotonic_seconds() - t0;
+    r->seconds = bench_now() - t0;
     r->count = (long long)stats.published;
     if (stats.retried || stats.failed) {
         snprintf(r->message, sizeof r->message, "relay retried %llu, failed %llu",
@@ -416,35 +395,6 @@ static int run_child(int which, const config *cfg, const char *db_path, const ch
     res->voluntary_switches = ru.ru_nvcsw;
     res->involuntary_switches = ru.ru_nivcsw;
     return 0;
-}
-
-/* Copies src to dst with read/write and syncs dst, so the copy's write-back
- * does not run during the measured case. */
-static int copy_file(const char *src, const char *dst)
-{
-    static char buf[1 << 20];
-    int in = -1, out = -1, rc = -1;
-    ssize_t n;
-
-    in = open(src, O_RDONLY);
-    if (in < 0) goto out;
-    out = open(dst, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (out < 0) goto out;
-    while ((n = read(in, buf, sizeof buf)) > 0) {
-        ssize_t off = 0;
-        while (off < n) {
-            ssize_t w = write(out, buf + off, (size_t)(n - off));
-            if (w < 0) goto out;
-            off += w;
-        }
-    }
-    if (n < 0 || fsync(out) != 0) goto out;
-    rc = 0;
-out:
-    if (rc) fprintf(stderr, "bench_sqlite_drain: copy %s -> %s: %s\n", src, dst, strerror(errno));
-    if (in >= 0) close(in);
-    if (out >= 0 && close(out) != 0) rc = -1;
-    return rc;
 }
 
 static void remove_db(const char *path)
@@ -708,7 +658,7 @@ int main(int argc, char **argv)
             const char *src = rw->n == cfg.n ? src_big : src_small;
             remove_db(run_db);
             unlink(events);
-            if (copy_file(src, run_db)) goto out;
+            if (bench_copy_file(src, run_db)) goto out;
             if (run_child(rw->which, &cfg, run_db, events, rw->n, &res)) goto out;
             if (res.count != rw->n) {
                 fprintf(stderr, "bench_sqlite_drain: %s handled %lld messages, expected %lld\n",
