@@ -188,8 +188,25 @@ TEST(frozen_holder_loses_lease_after_ttl)
     relay_start(&g, db, "frozen-g", ttl);
     ch_wait_drained(db, g.pid, 20000, g.err);
 
-    /* g is alive but frozen: its pid exists, so only the TTL frees the lease. */
-    kill(g.pid, SIGSTOP);
+    /* g is alive but frozen: its pid exists, so only the TTL frees the lease.
+     * It must not be frozen inside one of its short write transactions (the
+     * lease renewal): a frozen SQLite writer blocks every other writer of the
+     * file, whatever the lease says.  So freeze, check that the write lock is
+     * free, and thaw and try again when it is not. */
+    for (int tries = 0;; tries++) {
+        sqlite3 *probe = ch_db_open(db);
+        int rc;
+        kill(g.pid, SIGSTOP);
+        ch_sleep_ms(5);
+        sqlite3_busy_timeout(probe, 200);
+        rc = sqlite3_exec(probe, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        if (rc == SQLITE_OK) sqlite3_exec(probe, "ROLLBACK", NULL, NULL, NULL);
+        sqlite3_close(probe);
+        if (rc == SQLITE_OK) break;
+        if (tries == 50) TEST_FAIL_("could not freeze the relay outside a write transaction");
+        kill(g.pid, SIGCONT);
+        ch_sleep_ms(37);
+    }
     relay_start(&h, db, "frozen-h", wait);
     ch_produce(&p, 200);
     int64_t t0 = ch_now_ms();
