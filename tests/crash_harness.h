@@ -388,6 +388,27 @@ static inline void ch_agg_push(ch_agg *a, const char *id)
     memcpy(a->ids[a->count++], id, 37);
 }
 
+/* Makes message i of the producer's current transaction into batch[i]: a
+ * random aggregate (batch_agg[i]) and a payload carrying that aggregate's
+ * next counter, counting the messages of this transaction already given to
+ * it, so the checker can find order violations.  Returns outbox_msg_new's
+ * code. */
+static inline int ch_producer_msg(ch_producer *p, uint64_t *rng, outbox_msg **batch,
+                                  int *batch_agg, int i, outbox_error *err)
+{
+    int agg = (int)ch_rand_range(rng, 0, p->aggregates - 1);
+    int n = p->aggs[agg].count;
+    char agg_id[32], payload[128];
+    for (int j = 0; j < i; j++)
+        if (batch_agg[j] == agg) n++;
+    snprintf(agg_id, sizeof agg_id, "a%d", agg);
+    snprintf(payload, sizeof payload, "{\"agg\":\"%s\",\"n\":%d,\"txn\":%d}", agg_id, n,
+             p->transactions);
+    batch[i] = NULL;
+    batch_agg[i] = agg;
+    return outbox_msg_new(&batch[i], "Tick", "Agg", agg_id, payload, err);
+}
+
 static inline void *ch_producer_main(void *arg)
 {
     ch_producer *p = arg;
@@ -423,17 +444,7 @@ static inline void *ch_producer_main(void *arg)
          * already given to it. */
         int i, ok = 1;
         for (i = 0; i < k; i++) {
-            int agg = (int)ch_rand_range(&rng, 0, p->aggregates - 1);
-            int n = p->aggs[agg].count;
-            for (int j = 0; j < i; j++)
-                if (batch_agg[j] == agg) n++;
-            char agg_id[32], payload[128];
-            snprintf(agg_id, sizeof agg_id, "a%d", agg);
-            snprintf(payload, sizeof payload, "{\"agg\":\"%s\",\"n\":%d,\"txn\":%d}", agg_id, n,
-                     p->transactions);
-            batch[i] = NULL;
-            batch_agg[i] = agg;
-            if (outbox_msg_new(&batch[i], "Tick", "Agg", agg_id, payload, &err) != OUTBOX_OK ||
+            if (ch_producer_msg(p, &rng, batch, batch_agg, i, &err) != OUTBOX_OK ||
                 outbox_enqueue_sqlite(db, batch[i], &err) != OUTBOX_OK) {
                 snprintf(p->error, sizeof p->error, "enqueue: %d %s", err.code, err.message);
                 ok = 0;

@@ -67,17 +67,7 @@ static void *pg_producer_main(void *arg)
         if (k > p->total - p->committed) k = p->total - p->committed;
         PQclear(PQexec(c, "BEGIN"));
         for (i = 0; i < k; i++) {
-            int agg = (int)ch_rand_range(&r, 0, p->aggregates - 1);
-            int n = p->aggs[agg].count;
-            for (int j = 0; j < i; j++)
-                if (batch_agg[j] == agg) n++;
-            char agg_id[32], payload[128];
-            snprintf(agg_id, sizeof agg_id, "a%d", agg);
-            snprintf(payload, sizeof payload, "{\"agg\":\"%s\",\"n\":%d,\"txn\":%d}", agg_id, n,
-                     p->transactions);
-            batch[i] = NULL;
-            batch_agg[i] = agg;
-            if (outbox_msg_new(&batch[i], "Tick", "Agg", agg_id, payload, &err) != OUTBOX_OK ||
+            if (ch_producer_msg(p, &r, batch, batch_agg, i, &err) != OUTBOX_OK ||
                 outbox_enqueue_pg(c, batch[i], &err) != OUTBOX_OK) {
                 snprintf(p->error, sizeof p->error, "enqueue: %d %s", err.code, err.message);
                 ok = 0;
