@@ -414,7 +414,6 @@ void outbox__store_close(outbox_store *store);
 extern const outbox_store_ops outbox__store_sqlite;
 #ifdef OUTBOX_HAVE_LIBPQ
 extern const outbox_store_ops outbox__store_postgres;
-extern const outbox_store_ops outbox__store_postgresql;
 #endif
 
 /* ------------------------------------------------------------------------

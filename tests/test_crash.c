@@ -238,27 +238,36 @@ static const char *const points[] = {"after_claim",      "after_publish",   "bef
                                      "file_after_fsync"};
 enum { NPOINTS = sizeof points / sizeof points[0] };
 
-/* 2. Relays that crash themselves at a fault point, restarted until drained. */
-static void crash_point(const char *point)
+/* The files of one fault-point run (<kind>-<point>.db/.jsonl/.err), a fresh
+ * outbox, and a producer of 10,000 messages (scaled) started on it. */
+static void point_run_start(const char *kind, const char *point, char *db, char *out,
+                            char *errp, ch_producer *p)
 {
-    char name[64], db[CH_PATH], out[CH_PATH], errp[CH_PATH];
-    snprintf(name, sizeof name, "crash-%s.db", point);
+    char name[64];
+    snprintf(name, sizeof name, "%s-%s.db", kind, point);
     ch_path(db, name);
-    snprintf(name, sizeof name, "crash-%s.jsonl", point);
+    snprintf(name, sizeof name, "%s-%s.jsonl", kind, point);
     ch_path(out, name);
-    snprintf(name, sizeof name, "crash-%s.err", point);
+    snprintf(name, sizeof name, "%s-%s.err", kind, point);
     ch_path(errp, name);
     ch_init_store(db);
 
+    memset(p, 0, sizeof *p);
+    p->db_path = db;
+    p->total = scaled(10000);
+    p->aggregates = 100;
+    p->max_txn = 50;
+    p->pause_us = 2000;
+    p->seed = ch_rand(&rng);
+    ch_producer_start(p);
+}
+
+/* 2. Relays that crash themselves at a fault point, restarted until drained. */
+static void crash_point(const char *point)
+{
+    char db[CH_PATH], out[CH_PATH], errp[CH_PATH];
     ch_producer p;
-    memset(&p, 0, sizeof p);
-    p.db_path = db;
-    p.total = scaled(10000);
-    p.aggregates = 100;
-    p.max_txn = 50;
-    p.pause_us = 2000;
-    p.seed = ch_rand(&rng);
-    ch_producer_start(&p);
+    point_run_start("crash", point, db, out, errp, &p);
 
     relay_cmd c;
     /* Every point is hit once per batch: small batches mean many hits. */
@@ -309,24 +318,9 @@ TEST(fault_crash_sweep)
 /* 3. One relay rides out injected errors at a point and delivers all. */
 static void error_point(const char *point)
 {
-    char name[64], db[CH_PATH], out[CH_PATH], errp[CH_PATH];
-    snprintf(name, sizeof name, "error-%s.db", point);
-    ch_path(db, name);
-    snprintf(name, sizeof name, "error-%s.jsonl", point);
-    ch_path(out, name);
-    snprintf(name, sizeof name, "error-%s.err", point);
-    ch_path(errp, name);
-    ch_init_store(db);
-
+    char db[CH_PATH], out[CH_PATH], errp[CH_PATH];
     ch_producer p;
-    memset(&p, 0, sizeof p);
-    p.db_path = db;
-    p.total = scaled(10000);
-    p.aggregates = 100;
-    p.max_txn = 50;
-    p.pause_us = 2000;
-    p.seed = ch_rand(&rng);
-    ch_producer_start(&p);
+    point_run_start("error", point, db, out, errp, &p);
 
     char fault[96], seed[48];
     snprintf(fault, sizeof fault, "OUTBOX_FAULT=%s:error:p0.1", point);

@@ -2157,31 +2157,6 @@ const outbox_store_ops outbox__store_postgres = {
     pg_wait_fd,
 };
 
-/* The same driver under the scheme "postgresql". */
-const outbox_store_ops outbox__store_postgresql = {
-    2,
-    "postgresql",
-    pg_open,
-    pg_close,
-    pg_init,
-    pg_check_schema,
-    pg_enqueue,
-    pg_lease_acquire,
-    pg_lease_renew,
-    pg_lease_release,
-    pg_claim,
-    pg_complete,
-    pg_changed,
-    pg_next_due,
-    pg_wake_path,
-    pg_status,
-    pg_list,
-    pg_get,
-    pg_retry,
-    pg_purge,
-    pg_idle,
-    pg_wait_fd,
-};
 
 #else
 

@@ -12,12 +12,16 @@
 #include <ctype.h>
 #include <string.h>
 
-/* Drivers compiled into this build. */
-static const outbox_store_ops *const drivers[] = {
-    &outbox__store_sqlite,
+/* Drivers compiled into this build, by URL scheme (one driver may answer
+ * to several schemes: postgres and postgresql are the same store). */
+static const struct {
+    const char *scheme;
+    const outbox_store_ops *ops;
+} drivers[] = {
+    {"sqlite", &outbox__store_sqlite},
 #ifdef OUTBOX_HAVE_LIBPQ
-    &outbox__store_postgres,
-    &outbox__store_postgresql,
+    {"postgres", &outbox__store_postgres},
+    {"postgresql", &outbox__store_postgres},
 #endif
 };
 
@@ -85,10 +89,10 @@ int outbox__store_open(outbox_store *store, const char *url, outbox_error *err)
                                  absent[i].reason);
 
     for (i = 0; i < sizeof drivers / sizeof drivers[0]; i++) {
-        if (!scheme_is(url, n, drivers[i]->scheme)) continue;
-        rc = drivers[i]->open(&state, url, err);
+        if (!scheme_is(url, n, drivers[i].scheme)) continue;
+        rc = drivers[i].ops->open(&state, url, err);
         if (rc != OUTBOX_OK) return rc;
-        store->ops = drivers[i];
+        store->ops = drivers[i].ops;
         store->state = state;
         return OUTBOX_OK;
     }
