@@ -217,6 +217,19 @@ TEST(config_errors)
     const char *badn[] = {"max_in_flight=0", NULL};
     ASSERT_EQ(config_rc(db, "http://127.0.0.1:9/x", badn, &err), OUTBOX_ECONFIG);
 
+    /* endpoint.<TYPE>=URL: a type, a valid http(s) URL, once per type. */
+    const char *ep_notype[] = {"endpoint.=http://127.0.0.1:9/x", NULL};
+    ASSERT_EQ(config_rc(db, "http://127.0.0.1:9/x", ep_notype, &err), OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(err.message, "endpoint.<TYPE>=URL");
+    const char *ep_badurl[] = {"endpoint.OrderPlaced=ftp://user:pw-s3cret@host/x", NULL};
+    ASSERT_EQ(config_rc(db, "http://127.0.0.1:9/x", ep_badurl, &err), OUTBOX_EBADURL);
+    ASSERT_CONTAINS(err.message, "endpoint.OrderPlaced");
+    ASSERT(strstr(err.message, "pw-s3cret") == NULL);
+    const char *ep_twice[] = {"endpoint.A=http://127.0.0.1:9/a", "endpoint.A=http://127.0.0.1:9/b",
+                              NULL};
+    ASSERT_EQ(config_rc(db, "http://127.0.0.1:9/x", ep_twice, &err), OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(err.message, "endpoint.A is given twice");
+
     ASSERT_EQ(config_rc(db, "http://", NULL, &err), OUTBOX_EBADURL);
     ASSERT_EQ(config_rc(db, "http://user:pw-s3cret@[::1/x", NULL, &err), OUTBOX_EBADURL);
     ASSERT(strstr(err.message, "pw-s3cret") == NULL);
@@ -625,6 +638,86 @@ TEST(errors_then_recovery)
     check_scripted_order(&s, 5, 10);
     ASSERT_EQ(s.max_agg_in_flight, 1);
     sv_stop(&s);
+}
+
+static void always_ok(void *user, const sv_request *rq, int n, sv_action *act)
+{
+    (void)user, (void)rq, (void)n;
+    act->status = 200;
+}
+
+/* endpoint.<TYPE>=URL sends each type to its own server, the rest to the
+ * destination URL; an aggregate's messages keep their order across servers
+ * (each aggregate alternates Tick and Tock). */
+TEST(endpoints_by_type)
+{
+    char db[600], url[200], ep[220];
+    sv_server main_sv, tock_sv;
+    wh_relay r;
+    outbox_relay_options o;
+    const int aggs = 4, per_agg = 10;
+
+    snprintf(db, sizeof db, "%s", test_path("endpoints.db"));
+    wh_store_init(db);
+    {
+        sqlite3 *h = wh_db_open(db);
+        for (int n = 0; n < per_agg; n++)
+            for (int a = 0; a < aggs; a++) {
+                char agg[16], payload[64];
+                snprintf(agg, sizeof agg, "a%d", a);
+                snprintf(payload, sizeof payload, "{\"agg\":\"%s\",\"n\":%d}", agg, n);
+                wh_enqueue(h, n % 2 ? "Tock" : "Tick", "Agg", agg, payload, NULL, NULL);
+            }
+        sqlite3_close(h);
+    }
+    sv_start(&main_sv, 0, always_ok, NULL);
+    sv_start(&tock_sv, 0, always_ok, NULL);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/all", main_sv.port);
+    snprintf(ep, sizeof ep, "endpoint.Tock=http://127.0.0.1:%u/tock", tock_sv.port);
+    const char *dest_opts[] = {ep, "max_in_flight=8", NULL};
+    relay_opts(&o, dest_opts);
+    wh_relay_start(&r, db, url, &o);
+    wh_wait_count(db, "SELECT count(*) FROM outbox", 0, 30000);
+    wh_relay_stop(&r);
+
+    ASSERT_EQ(sv_count(&main_sv), aggs * per_agg / 2);
+    ASSERT_EQ(sv_count(&tock_sv), aggs * per_agg / 2);
+    for (int i = 0; i < main_sv.nreqs; i++) {
+        char type[32];
+        sv_header(main_sv.reqs[i].head, "ce-type", type, sizeof type);
+        ASSERT_STREQ(type, "Tick");
+        ASSERT(strncmp(main_sv.reqs[i].head, "POST /all ", 10) == 0);
+    }
+    for (int i = 0; i < tock_sv.nreqs; i++) {
+        char type[32];
+        sv_header(tock_sv.reqs[i].head, "ce-type", type, sizeof type);
+        ASSERT_STREQ(type, "Tock");
+        ASSERT(strncmp(tock_sv.reqs[i].head, "POST /tock ", 11) == 0);
+    }
+    /* Each (aggregate, n) arrived once, and n never before n-1 (a request
+     * of an aggregate starts only after the previous one got its 2xx). */
+    {
+        int64_t at[8][16];
+        sv_server *both[2] = {&main_sv, &tock_sv};
+        for (int a = 0; a < aggs; a++)
+            for (int n = 0; n < per_agg; n++)
+                at[a][n] = -1;
+        for (int k = 0; k < 2; k++)
+            for (int i = 0; i < both[k]->nreqs; i++) {
+                char agg[32];
+                int n = body_n(both[k]->reqs[i].body, agg, sizeof agg);
+                int a = atoi(agg + 1);
+                ASSERT(a >= 0 && a < aggs && n >= 0 && n < per_agg);
+                ASSERT_EQ(at[a][n], -1);
+                at[a][n] = both[k]->reqs[i].at_ms;
+            }
+        for (int a = 0; a < aggs; a++)
+            for (int n = 1; n < per_agg; n++)
+                if (at[a][n] < at[a][n - 1])
+                    TEST_FAIL_("aggregate a%d: n=%d arrived before n=%d", a, n, n - 1);
+    }
+    sv_stop(&main_sv);
+    sv_stop(&tock_sv);
 }
 
 TEST(permanent_failures)
@@ -1323,6 +1416,7 @@ int main(void)
     RUN(retry_after);
     RUN(timeout_and_reset);
     RUN(one_in_flight_per_aggregate);
+    RUN(endpoints_by_type);
     RUN(stop_interrupts_hang);
     if (make_certs() != 0) {
         fprintf(stderr, "TLS tests skipped: the openssl command is not installed\n");

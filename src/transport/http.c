@@ -34,7 +34,12 @@
  *
  * Settings (--to-opt; the URL's own query string belongs to the target):
  * secret_file, secret_env, connect_timeout, timeout, max_in_flight,
- * ca_file, insecure.  The URL is only ever shown redacted; the secret never.
+ * ca_file, insecure, and endpoint.<TYPE>=URL (repeatable): messages of event
+ * type TYPE are POSTed to that URL instead of the destination URL, so one
+ * relay can serve several subscribers, each receiving the event types it
+ * consumes (http and https URLs; the same secret and TLS settings).  The
+ * ordering rule above holds across endpoints: an aggregate's chain spans them.
+ * The URLs are only ever shown redacted; the secret never.
  */
 #include "internal.h"
 
@@ -55,8 +60,15 @@
 #define COMPONENT "transport.http"
 #define KNOWN_OPTIONS                                                                              \
     "secret_file=PATH, secret_env=NAME, connect_timeout=DURATION, timeout=DURATION, "              \
-    "max_in_flight=N, ca_file=PATH, insecure=true"
+    "max_in_flight=N, ca_file=PATH, insecure=true, endpoint.<TYPE>=URL"
 #define EXCERPT_MAX 200
+#define MAX_ENDPOINTS 64
+
+/* An event type routed to a URL of its own (endpoint.<TYPE>=URL). */
+typedef struct endpoint {
+    char *type;
+    char *url;
+} endpoint;
 
 typedef struct request {
     CURL *easy;
@@ -83,6 +95,8 @@ typedef struct http_state {
     unsigned max_in_flight;
     char *ca_file;
     int insecure;
+    endpoint *endpoints;
+    size_t endpoint_count;
 
     CURLM *multi;
     int pipe_rd, pipe_wr; /* interrupt self-pipe, -1 when not open */
@@ -146,6 +160,79 @@ static int read_secret_file(const char *path, char *out, size_t out_len, outbox_
     return OUTBOX_OK;
 }
 
+/* 0 when url is an http(s) URL with a host (what curl will accept). */
+static int check_http_url(const char *url)
+{
+    CURLU *u = curl_url();
+    char *host = NULL, *scheme = NULL;
+    int ok = u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK && host && *host && scheme &&
+             (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0);
+    curl_free(host);
+    curl_free(scheme);
+    curl_url_cleanup(u);
+    return ok ? 0 : -1;
+}
+
+/* endpoint.<TYPE>=URL: routes one event type to a URL of its own. */
+static int add_endpoint(http_state *st, const char *type, size_t type_len, const char *url,
+                        outbox_error *err)
+{
+    char shown[256];
+    endpoint *e;
+    size_t i;
+
+    outbox__url_redact(url, shown, sizeof shown);
+    if (type_len == 0 || type_len > outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, 0))
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "endpoint.<TYPE>=URL needs an event type of 1 to %zu bytes after "
+                             "\"endpoint.\", e.g. endpoint.OrderPlaced=https://host/hook",
+                             outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, 0));
+    for (i = 0; i < st->endpoint_count; i++)
+        if (strlen(st->endpoints[i].type) == type_len &&
+            memcmp(st->endpoints[i].type, type, type_len) == 0)
+            return outbox__error(err, OUTBOX_ECONFIG,
+                                 "endpoint.%.*s is given twice; keep one URL per event type",
+                                 (int)type_len, type);
+    if (st->endpoint_count == MAX_ENDPOINTS)
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "more than %d endpoint.<TYPE> settings; route the rest through the "
+                             "destination URL",
+                             MAX_ENDPOINTS);
+    if (check_http_url(url) != 0)
+        return outbox__error(err, OUTBOX_EBADURL,
+                             "endpoint.%.*s=%s is not a valid http(s) URL; use e.g. "
+                             "https://hooks.example.com/outbox",
+                             (int)type_len, type, shown);
+    if (st->endpoints == NULL) {
+        st->endpoints = calloc(MAX_ENDPOINTS, sizeof *st->endpoints);
+        if (st->endpoints == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
+    }
+    e = &st->endpoints[st->endpoint_count];
+    e->type = strndup(type, type_len);
+    e->url = strdup(url);
+    if (e->type == NULL || e->url == NULL) {
+        free(e->type);
+        free(e->url);
+        e->type = e->url = NULL;
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
+    }
+    st->endpoint_count++;
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "event type %.*s goes to %s", (int)type_len, type,
+                shown);
+    return OUTBOX_OK;
+}
+
+/* The URL a message goes to: its type's endpoint, else the destination's. */
+static const char *url_for(const http_state *st, const outbox_msg *m)
+{
+    size_t i;
+    for (i = 0; i < st->endpoint_count; i++)
+        if (strcmp(st->endpoints[i].type, m->type) == 0) return st->endpoints[i].url;
+    return st->url;
+}
+
 static int apply_options(http_state *st, const outbox_transport_config *cfg, outbox_error *err)
 {
     const char *secret_file = NULL, *secret_env = NULL;
@@ -159,6 +246,11 @@ static int apply_options(http_state *st, const outbox_transport_config *cfg, out
         char key[32];
         const char *v;
         size_t klen;
+        if (eq != NULL && strncmp(kv, "endpoint.", 9) == 0) {
+            rc = add_endpoint(st, kv + 9, (size_t)(eq - kv) - 9, eq + 1, err);
+            if (rc != OUTBOX_OK) return rc;
+            continue;
+        }
         if (eq == NULL || eq == kv || (size_t)(eq - kv) >= sizeof key)
             return outbox__error(err, OUTBOX_ECONFIG,
                                  "destination setting \"%.40s\" is not KEY=VALUE; known "
@@ -347,7 +439,7 @@ static int setup_easy(http_state *st, request *rq, outbox_error *err)
 static void http_close(void *state)
 {
     http_state *st = state;
-    unsigned i;
+    size_t i;
     if (st == NULL) return;
     for (i = 0; st->reqs && i < st->max_in_flight; i++) {
         request *rq = &st->reqs[i];
@@ -371,6 +463,11 @@ static void http_close(void *state)
     free(st->url);
     free(st->source);
     free(st->ca_file);
+    for (i = 0; i < st->endpoint_count; i++) {
+        free(st->endpoints[i].type);
+        free(st->endpoints[i].url);
+    }
+    free(st->endpoints);
     free(st);
 }
 
@@ -713,6 +810,7 @@ static int start(http_state *st, batch *b, size_t i)
     rq->excerpt[0] = '\0';
     rq->retry_after_ms = 0;
     rq->errbuf[0] = '\0';
+    curl_easy_setopt(rq->easy, CURLOPT_URL, url_for(st, m));
     curl_easy_setopt(rq->easy, CURLOPT_HTTPHEADER, rq->headers);
     curl_easy_setopt(rq->easy, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(rq->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
