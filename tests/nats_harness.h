@@ -31,6 +31,9 @@ typedef struct nh_server {
     char log[CH_PATH];
     char user[64], pass[64]; /* "" for no auth */
     char token[64];          /* "" for no token auth */
+    char tls_cert[CH_PATH];  /* with tls_key: TLS required ("" for plain) */
+    char tls_key[CH_PATH];
+    char tls_ca[CH_PATH];    /* the CA the harness's own client trusts */
     char url[128];           /* nats://127.0.0.1:PORT (no credentials) */
 } nh_server;
 
@@ -75,7 +78,7 @@ static inline void nh_require_server(void)
 static inline void nh_server_start(nh_server *s)
 {
     char port[16];
-    const char *argv[16];
+    const char *argv[24];
     int i = 0;
     nh_require_server();
     if (s->port == 0) s->port = nh_free_port();
@@ -106,6 +109,13 @@ static inline void nh_server_start(nh_server *s)
     if (s->token[0]) {
         argv[i++] = "--auth";
         argv[i++] = s->token;
+    }
+    if (s->tls_cert[0]) {
+        argv[i++] = "--tls";
+        argv[i++] = "--tlscert";
+        argv[i++] = s->tls_cert;
+        argv[i++] = "--tlskey";
+        argv[i++] = s->tls_key;
     }
     argv[i] = NULL;
     s->pid = ch_spawn(argv, NULL, s->log, s->log);
@@ -148,6 +158,8 @@ static inline natsConnection *nh_connect(const nh_server *s, jsCtx **js)
     if (st == NATS_OK) st = natsOptions_SetURL(o, s->url);
     if (st == NATS_OK && s->user[0]) st = natsOptions_SetUserInfo(o, s->user, s->pass);
     if (st == NATS_OK && s->token[0]) st = natsOptions_SetToken(o, s->token);
+    if (st == NATS_OK && s->tls_cert[0]) st = natsOptions_SetSecure(o, true);
+    if (st == NATS_OK && s->tls_ca[0]) st = natsOptions_LoadCATrustedCertificates(o, s->tls_ca);
     if (st == NATS_OK) st = natsOptions_SetTimeout(o, 5000);
     if (st == NATS_OK) st = natsConnection_Connect(&nc, o);
     natsOptions_Destroy(o);

@@ -26,6 +26,7 @@ int main(void)
 #else
 
 #include "nats_harness.h"
+#include "tls_certs.h"
 
 static nh_server server;
 
@@ -270,6 +271,55 @@ TEST(config_errors)
     nh_server_stop(&tok);
 }
 
+/* TLS: a server that requires it is reached with tls=true and the CA in
+ * ca_file=; without the CA, or without tls=true, start-up fails with the
+ * reason, and no message is marked sent. */
+TEST(tls)
+{
+    char db[CH_PATH], to[1024], id[37];
+    nh_server tls;
+    if (make_certs() != 0) {
+        fprintf(stderr, "   skipped: the openssl command is not installed\n");
+        return;
+    }
+    memset(&tls, 0, sizeof tls);
+    snprintf(tls.tls_cert, sizeof tls.tls_cert, "%s", tls_cert);
+    snprintf(tls.tls_key, sizeof tls.tls_key, "%s", tls_key);
+    snprintf(tls.tls_ca, sizeof tls.tls_ca, "%s", tls_ca);
+    nh_server_start(&tls);
+    nh_stream_create(&tls, "SEC", "outbox.>");
+    ch_new_store(db, "tls.db");
+    enqueue_one(db, NULL, "T", "A", "a", "{}", NULL, id);
+
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC&tls=true", tls.port);
+    {
+        outbox_relay *r = NULL;
+        outbox_error err;
+        int rc = ch_relay_new(&r, db, to, 1, &err);
+        ASSERT(rc != OUTBOX_OK);
+        fprintf(stderr, "   (tls=true, CA not trusted) -> %s\n", err.message);
+    }
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC", tls.port);
+    {
+        outbox_relay *r = NULL;
+        outbox_error err;
+        int rc = ch_relay_new(&r, db, to, 1, &err);
+        ASSERT(rc != OUTBOX_OK);
+        fprintf(stderr, "   (no tls=true) -> %s\n", err.message);
+    }
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC&ca_file=/nonexistent/ca.pem", tls.port);
+    expect_error(db, to, OUTBOX_ECONFIG, "ca_file");
+    ASSERT_EQ(nh_stream_count(&tls, "SEC"), 0);
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 1);
+
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC&tls=true&ca_file=%s", tls.port,
+             tls_ca);
+    ch_drain_once(db, to);
+    ASSERT_EQ(nh_stream_count(&tls, "SEC"), 1);
+    ASSERT_EQ(ch_outbox_count(db, NULL), 0);
+    nh_server_stop(&tls);
+}
+
 /* The stream disappears after start-up: JetStream has no responder for
  * the subject, which fails the message for good (with the reason) and holds
  * back the later messages of its aggregate. */
@@ -401,6 +451,7 @@ int main(void)
     RUN(contract);
     RUN(dedup);
     RUN(config_errors);
+    RUN(tls);
     RUN(stream_deleted);
     RUN(server_restarts);
     nh_server_stop(&server);
