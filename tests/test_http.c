@@ -429,7 +429,9 @@ static void check_applied(const char *cdb, int aggs, int per_agg)
     ASSERT_EQ(total, (int64_t)aggs * per_agg);
 }
 
-static void enqueue_aggs(const char *db, int aggs, int per_agg)
+/* Enqueues per_agg messages for each of aggs aggregates, round robin, of
+ * type "Tick" (or, with alternate, "Tick" for even n and "Tock" for odd). */
+static void enqueue_typed(const char *db, int aggs, int per_agg, int alternate)
 {
     sqlite3 *h = wh_db_open(db);
     for (int n = 0; n < per_agg; n++)
@@ -437,9 +439,15 @@ static void enqueue_aggs(const char *db, int aggs, int per_agg)
             char agg[16], payload[64];
             snprintf(agg, sizeof agg, "a%d", a);
             snprintf(payload, sizeof payload, "{\"agg\":\"%s\",\"n\":%d}", agg, n);
-            wh_enqueue(h, "Tick", "Agg", agg, payload, "{\"correlation_id\":\"k\"}", NULL);
+            wh_enqueue(h, alternate && n % 2 ? "Tock" : "Tick", "Agg", agg, payload,
+                       "{\"correlation_id\":\"k\"}", NULL);
         }
     sqlite3_close(h);
+}
+
+static void enqueue_aggs(const char *db, int aggs, int per_agg)
+{
+    enqueue_typed(db, aggs, per_agg, 0);
 }
 
 TEST(receiver_end_to_end)
@@ -660,17 +668,7 @@ TEST(endpoints_by_type)
 
     snprintf(db, sizeof db, "%s", test_path("endpoints.db"));
     wh_store_init(db);
-    {
-        sqlite3 *h = wh_db_open(db);
-        for (int n = 0; n < per_agg; n++)
-            for (int a = 0; a < aggs; a++) {
-                char agg[16], payload[64];
-                snprintf(agg, sizeof agg, "a%d", a);
-                snprintf(payload, sizeof payload, "{\"agg\":\"%s\",\"n\":%d}", agg, n);
-                wh_enqueue(h, n % 2 ? "Tock" : "Tick", "Agg", agg, payload, NULL, NULL);
-            }
-        sqlite3_close(h);
-    }
+    enqueue_typed(db, aggs, per_agg, 1);
     sv_start(&main_sv, 0, always_ok, NULL);
     sv_start(&tock_sv, 0, always_ok, NULL);
     snprintf(url, sizeof url, "http://127.0.0.1:%u/all", main_sv.port);

@@ -291,21 +291,16 @@ TEST(tls)
     ch_new_store(db, "tls.db");
     enqueue_one(db, NULL, "T", "A", "a", "{}", NULL, id);
 
-    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC&tls=true", tls.port);
-    {
+    /* tls=true without the CA, then no tls=true at all (nats.c upgrades to
+     * TLS when the server asks, and the certificate check still fails). */
+    for (int k = 0; k < 2; k++) {
         outbox_relay *r = NULL;
         outbox_error err;
-        int rc = ch_relay_new(&r, db, to, 1, &err);
-        ASSERT(rc != OUTBOX_OK);
-        fprintf(stderr, "   (tls=true, CA not trusted) -> %s\n", err.message);
-    }
-    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC", tls.port);
-    {
-        outbox_relay *r = NULL;
-        outbox_error err;
-        int rc = ch_relay_new(&r, db, to, 1, &err);
-        ASSERT(rc != OUTBOX_OK);
-        fprintf(stderr, "   (no tls=true) -> %s\n", err.message);
+        snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC%s", tls.port,
+                 k == 0 ? "&tls=true" : "");
+        ASSERT(ch_relay_new(&r, db, to, 1, &err) != OUTBOX_OK);
+        fprintf(stderr, "   (%s) -> %s\n", k == 0 ? "tls=true, CA not trusted" : "no tls=true",
+                err.message);
     }
     snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC&ca_file=/nonexistent/ca.pem", tls.port);
     expect_error(db, to, OUTBOX_ECONFIG, "ca_file");
