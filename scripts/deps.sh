@@ -7,7 +7,8 @@ set -eu
 # libraries, and their tests the real servers (PostgreSQL, nats-server).
 want="build-essential cmake pkg-config libjansson-dev libsqlite3-dev sqlite3"
 drivers="libpq-dev libcurl4-openssl-dev libmicrohttpd-dev libssl-dev libnats-dev librdkafka-dev"
-servers="postgresql nats-server python3"
+# The tests also drive real processes with the curl, sqlite3 and openssl tools.
+servers="postgresql nats-server python3 curl openssl"
 case "${1:-build}" in
   build) want="$want $drivers" ;;
   test) want="$want $drivers $servers" ;;
