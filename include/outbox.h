@@ -210,6 +210,11 @@ int outbox_traceparent_valid(const char *value);
  * ("2026-11-28T00:40:27.123456Z"); buf must hold 32 bytes. */
 void outbox_time_format(int64_t unix_us, char buf[32]);
 
+/* Parses what outbox_time_format writes (RFC 3339 UTC; the fraction may have
+ * any number of digits or be absent; "Z" or "+00:00") into unix microseconds.
+ * Returns 0, or -1 when text is malformed (*out untouched). */
+int outbox_time_parse(const char *text, int64_t *out);
+
 /* ------------------------------------------------------------------------
  * SQLite: schema, enqueue, inbox
  *

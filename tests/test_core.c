@@ -629,6 +629,39 @@ TEST(time_format)
     ASSERT_STREQ(buf, "9999-12-31T23:59:59.999999Z");
 }
 
+TEST(time_parse)
+{
+    static const int64_t values[] = {0, INT64_C(1795826427123456), INT64_C(951782400000001),
+                                     INT64_C(253402300799999999)};
+    static const char *const bad[] = {"",
+                                      "2026-11-28",
+                                      "2026-11-28T00:40:27",
+                                      "2026-11-28T00:40:27.Z",
+                                      "2026-11-28T00:40:27.1+01:00",
+                                      "2026-13-28T00:40:27Z",
+                                      "2026-11-28T24:40:27Z",
+                                      "2026-11-28 00:40:27Z",
+                                      "2026-11-28T00:40:27Zjunk"};
+    char buf[32];
+    int64_t v = 42;
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        outbox_time_format(values[i], buf);
+        ASSERT_EQ(outbox_time_parse(buf, &v), 0);
+        ASSERT_EQ(v, values[i]);
+    }
+    ASSERT_EQ(outbox_time_parse("2026-11-28T00:40:27Z", &v), 0);
+    ASSERT_EQ(v, INT64_C(1795826427000000));
+    ASSERT_EQ(outbox_time_parse("2026-11-28T00:40:27.5+00:00", &v), 0);
+    ASSERT_EQ(v, INT64_C(1795826427500000));
+    ASSERT_EQ(outbox_time_parse("2026-11-28T00:40:27.1234567Z", &v), 0); /* extra digits cut */
+    ASSERT_EQ(v, INT64_C(1795826427123456));
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        v = 42;
+        if (outbox_time_parse(bad[i], &v) != -1) TEST_FAIL_("accepted \"%s\"", bad[i]);
+        ASSERT_EQ(v, 42);
+    }
+}
+
 TEST(url_redact)
 {
     static const struct {
@@ -863,6 +896,7 @@ int main(void)
     RUN(buf);
     RUN(cloudevent);
     RUN(time_format);
+    RUN(time_parse);
     RUN(url_redact);
     RUN(errors);
     RUN(logging);

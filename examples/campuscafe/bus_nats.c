@@ -435,50 +435,6 @@ out:
  * Rebuilding the message
  * ---------------------------------------------------------------------- */
 
-/* "2026-11-28T00:40:27.123456Z" (as outbox_time_format writes it, any
- * number of fraction digits) -> Unix microseconds; -1 when malformed. */
-static int parse_time(const char *text, int64_t *out)
-{
-    int y, mo, d, h, mi, sec, used = 0;
-    int64_t frac = 0;
-    const char *p;
-    int digits = 0;
-    struct tm tm;
-    time_t t;
-
-    if (sscanf(text, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &used) != 6 ||
-        used == 0)
-        return -1;
-    p = text + used;
-    if (*p == '.') {
-        p++;
-        while (*p >= '0' && *p <= '9') {
-            if (digits < 6) {
-                frac = frac * 10 + (*p - '0');
-                digits++;
-            }
-            p++;
-        }
-        if (digits == 0) return -1;
-        while (digits < 6) {
-            frac *= 10;
-            digits++;
-        }
-    }
-    if (strcmp(p, "Z") != 0 && strcmp(p, "+00:00") != 0) return -1;
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60) return -1;
-    memset(&tm, 0, sizeof tm);
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec;
-    t = timegm(&tm);
-    if (t == (time_t)-1) return -1;
-    *out = (int64_t)t * 1000000 + frac;
-    return 0;
-}
 
 static const char *header(natsMsg *m, const char *key)
 {
@@ -529,7 +485,7 @@ static int rebuild(natsMsg *m, outbox_msg **out, outbox_error *err)
                        id, nid);
         goto out;
     }
-    if (time_text != NULL && parse_time(time_text, &at) != 0) {
+    if (time_text != NULL && outbox_time_parse(time_text, &at) != 0) {
         rc = set_error(err, OUTBOX_EBADHEADERS,
                        "message %s: ce-time \"%s\" is not an RFC 3339 UTC time", id, time_text);
         goto out;

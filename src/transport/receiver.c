@@ -129,48 +129,6 @@ static char *decode_value(const char *v)
     return out;
 }
 
-/* "2026-11-28T00:40:27.123456Z" (fraction optional, Z or +00:00) -> unix us. */
-static int parse_time(const char *s, int64_t *out)
-{
-    struct tm tm;
-    int y, mo, d, h, mi, sec, n = 0;
-    int64_t frac = 0;
-    const char *p;
-    int digits = 0;
-    time_t t;
-
-    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 19)
-        return -1;
-    p = s + n;
-    if (*p == '.') {
-        p++;
-        while (*p >= '0' && *p <= '9') {
-            if (digits < 6) {
-                frac = frac * 10 + (*p - '0');
-                digits++;
-            }
-            p++;
-        }
-        if (digits == 0) return -1;
-        while (digits < 6) {
-            frac *= 10;
-            digits++;
-        }
-    }
-    if (strcmp(p, "Z") != 0 && strcmp(p, "+00:00") != 0) return -1;
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60) return -1;
-    memset(&tm, 0, sizeof tm);
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec;
-    t = timegm(&tm);
-    if (t == (time_t)-1) return -1;
-    *out = (int64_t)t * 1000000 + frac;
-    return 0;
-}
 
 typedef struct header_walk {
     outbox_msg *msg;
@@ -247,7 +205,7 @@ static int build_message(struct MHD_Connection *c, const char *body, outbox_msg 
         snprintf(why, why_len, "webhook-id and ce-id differ");
         goto out;
     }
-    if (time_text != NULL && parse_time(time_text, &at) != 0) {
+    if (time_text != NULL && outbox_time_parse(time_text, &at) != 0) {
         snprintf(why, why_len, "ce-time is not an RFC 3339 UTC time");
         goto out;
     }
