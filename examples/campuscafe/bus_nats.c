@@ -305,79 +305,93 @@ static int ensure_stream(jsCtx *js, const char *where, outbox_error *err)
 }
 
 /* ------------------------------------------------------------------------
+ * One-call sessions (destination, backlog, reset)
+ * ---------------------------------------------------------------------- */
+
+typedef struct session {
+    natsOptions *opts;
+    natsConnection *nc;
+    jsCtx *js;
+    char where[256]; /* the URL as shown in messages (no secrets) */
+} session;
+
+/* Checks nats_url and connects with a JetStream context for one call;
+ * session_close undoes it (also after a failed open). */
+static int session_open(session *ss, const char *nats_url, const char *name, outbox_error *err)
+{
+    int rc;
+    memset(ss, 0, sizeof *ss);
+    rc = check_url(nats_url, ss->where, sizeof ss->where, err);
+    if (rc != OUTBOX_OK) return rc;
+    rc = connect_nats(&ss->opts, &ss->nc, nats_url, ss->where, name, NULL, err);
+    if (rc != OUTBOX_OK) return rc;
+    if (natsConnection_JetStream(&ss->js, ss->nc, NULL) != NATS_OK)
+        return set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot use JetStream", ss->where);
+    return OUTBOX_OK;
+}
+
+static void session_close(session *ss)
+{
+    if (ss->js) jsCtx_Destroy(ss->js);
+    if (ss->nc) {
+        natsConnection_Close(ss->nc);
+        natsConnection_Destroy(ss->nc);
+    }
+    if (ss->opts) natsOptions_Destroy(ss->opts);
+    memset(ss, 0, sizeof *ss);
+}
+
+/* ------------------------------------------------------------------------
  * Destination
  * ---------------------------------------------------------------------- */
 
 /* See bus_nats.h.  Connects once to create the stream when missing. */
 int cafe_nats_destination(char *buf, size_t size, const char *nats_url, outbox_error *err)
 {
-    natsOptions *opts = NULL;
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
-    char where[256];
+    session ss;
     int rc, n;
 
     if (buf == NULL || size == 0)
         return set_error(err, OUTBOX_EINVAL, "cafe_nats_destination: no buffer given");
     buf[0] = '\0';
-    rc = check_url(nats_url, where, sizeof where, err);
-    if (rc != OUTBOX_OK) return rc;
-    rc = connect_nats(&opts, &nc, nats_url, where, "campuscafe-setup", NULL, err);
-    if (rc != OUTBOX_OK) goto out;
-    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK) {
-        rc = set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot use JetStream", where);
-        goto out;
+    rc = session_open(&ss, nats_url, "campuscafe-setup", err);
+    if (rc == OUTBOX_OK) rc = ensure_stream(ss.js, ss.where, err);
+    if (rc == OUTBOX_OK) {
+        n = snprintf(buf, size, "%s?stream=%s&subject=%s", nats_url, STREAM_NAME,
+                     SUBJECT_TEMPLATE);
+        if (n < 0 || (size_t)n >= size) {
+            buf[0] = '\0';
+            rc = set_error(err, OUTBOX_EINVAL,
+                           "--bus %s: the destination URL does not fit in %zu bytes", ss.where,
+                           size);
+        }
     }
-    rc = ensure_stream(js, where, err);
-    if (rc != OUTBOX_OK) goto out;
-    n = snprintf(buf, size, "%s?stream=%s&subject=%s", nats_url, STREAM_NAME, SUBJECT_TEMPLATE);
-    if (n < 0 || (size_t)n >= size) {
-        buf[0] = '\0';
-        rc = set_error(err, OUTBOX_EINVAL,
-                       "--bus %s: the destination URL does not fit in %zu bytes", where, size);
-        goto out;
-    }
-out:
-    if (js) jsCtx_Destroy(js);
-    if (nc) {
-        natsConnection_Close(nc);
-        natsConnection_Destroy(nc);
-    }
-    if (opts) natsOptions_Destroy(opts);
+    session_close(&ss);
     return rc;
 }
 
 /* See bus_nats.h. */
 int cafe_nats_backlog(const char *nats_url, int64_t *out, outbox_error *err)
 {
-    natsOptions *opts = NULL;
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
+    session ss;
     jsConsumerInfoList *list = NULL;
     jsErrCode jerr = 0;
     natsStatus s;
-    char where[256];
     int64_t total = 0;
     int rc, i;
 
     if (out == NULL) return set_error(err, OUTBOX_EINVAL, "cafe_nats_backlog: out is NULL");
     *out = -1;
-    rc = check_url(nats_url, where, sizeof where, err);
-    if (rc != OUTBOX_OK) return rc;
-    rc = connect_nats(&opts, &nc, nats_url, where, "campuscafe-backlog", NULL, err);
+    rc = session_open(&ss, nats_url, "campuscafe-backlog", err);
     if (rc != OUTBOX_OK) goto out;
-    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK) {
-        rc = set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot use JetStream", where);
-        goto out;
-    }
-    s = js_Consumers(&list, js, STREAM_NAME, NULL, &jerr);
+    s = js_Consumers(&list, ss.js, STREAM_NAME, NULL, &jerr);
     if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
         *out = 0;
         goto out;
     }
     if (s != NATS_OK) {
         rc = set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot list the consumers of %s: %s",
-                       where, STREAM_NAME, status_text(s));
+                       ss.where, STREAM_NAME, status_text(s));
         goto out;
     }
     for (i = 0; list != NULL && i < list->Count; i++) {
@@ -389,45 +403,27 @@ int cafe_nats_backlog(const char *nats_url, int64_t *out, outbox_error *err)
     *out = total;
 out:
     if (list) jsConsumerInfoList_Destroy(list);
-    if (js) jsCtx_Destroy(js);
-    if (nc) {
-        natsConnection_Close(nc);
-        natsConnection_Destroy(nc);
-    }
-    if (opts) natsOptions_Destroy(opts);
+    session_close(&ss);
     return rc;
 }
 
 /* See bus_nats.h. */
 int cafe_nats_reset(const char *nats_url, outbox_error *err)
 {
-    natsOptions *opts = NULL;
-    natsConnection *nc = NULL;
-    jsCtx *js = NULL;
+    session ss;
     jsErrCode jerr = 0;
     natsStatus s;
-    char where[256];
     int rc;
 
-    rc = check_url(nats_url, where, sizeof where, err);
-    if (rc != OUTBOX_OK) return rc;
-    rc = connect_nats(&opts, &nc, nats_url, where, "campuscafe-reset", NULL, err);
-    if (rc != OUTBOX_OK) goto out;
-    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK) {
-        rc = set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot use JetStream", where);
-        goto out;
+    rc = session_open(&ss, nats_url, "campuscafe-reset", err);
+    if (rc == OUTBOX_OK) {
+        s = js_DeleteStream(ss.js, STREAM_NAME, NULL, &jerr);
+        if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr)
+            rc = set_error(err, OUTBOX_EPUBLISH,
+                           "--bus %s: cannot delete stream %s: %s (error %d)", ss.where,
+                           STREAM_NAME, status_text(s), (int)jerr);
     }
-    s = js_DeleteStream(js, STREAM_NAME, NULL, &jerr);
-    if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr)
-        rc = set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot delete stream %s: %s (error %d)",
-                       where, STREAM_NAME, status_text(s), (int)jerr);
-out:
-    if (js) jsCtx_Destroy(js);
-    if (nc) {
-        natsConnection_Close(nc);
-        natsConnection_Destroy(nc);
-    }
-    if (opts) natsOptions_Destroy(opts);
+    session_close(&ss);
     return rc;
 }
 

@@ -300,4 +300,17 @@ void cafe_naive_sender_push_pending(cafe_naive_sender *s, cafe_service *svc);
  * Fills the response (204, 400, 401, 500). */
 void cafe_naive_receive(cafe_service *svc, const cafe_request *req, cafe_response *res);
 
+/* A libcurl response body kept in memory (CURLOPT_WRITEFUNCTION
+ * cafe_body_write, CURLOPT_WRITEDATA the cafe_body): data is malloc'd and
+ * NUL-terminated (NULL while empty; the caller frees it).  Past `limit`
+ * bytes the transfer fails, or with keep_start the rest is dropped. */
+typedef struct cafe_body {
+    char *data;
+    size_t len;
+    size_t limit;
+    int keep_start;
+} cafe_body;
+
+size_t cafe_body_write(char *ptr, size_t size, size_t nmemb, void *user);
+
 #endif /* CAFE_H */

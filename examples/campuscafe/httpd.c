@@ -204,4 +204,20 @@ void cafe_respond_error(cafe_response *res, unsigned status, const char *fmt, ..
     cafe_respond_json(res, status, json_pack("{s:s}", "error", text));
 }
 
+/* See cafe.h. */
+size_t cafe_body_write(char *ptr, size_t size, size_t nmemb, void *user)
+{
+    cafe_body *b = user;
+    size_t n = size * nmemb;
+    char *grown;
+    if (b->len + n > b->limit) return b->keep_start ? n : 0;
+    grown = realloc(b->data, b->len + n + 1);
+    if (!grown) return 0;
+    memcpy(grown + b->len, ptr, n);
+    b->data = grown;
+    b->len += n;
+    b->data[b->len] = '\0';
+    return n;
+}
+
 #endif /* OUTBOX_HAVE_MHD && OUTBOX_HAVE_CURL */

@@ -12,6 +12,7 @@
  */
 #if defined(OUTBOX_HAVE_MHD) && defined(OUTBOX_HAVE_CURL)
 
+#include "cafe.h"
 #include "proc.h"
 #include "bus_nats.h"
 
@@ -458,32 +459,12 @@ void cafe_cluster_stop(cafe_cluster *c)
  * HTTP client
  * ---------------------------------------------------------------------- */
 
-typedef struct buffer {
-    char *data;
-    size_t len;
-} buffer;
-
-static size_t on_body(char *ptr, size_t size, size_t nmemb, void *user)
-{
-    buffer *b = user;
-    size_t n = size * nmemb;
-    char *grown;
-    if (b->len + n > 1024 * 1024) return 0;
-    grown = realloc(b->data, b->len + n + 1);
-    if (!grown) return 0;
-    memcpy(grown + b->len, ptr, n);
-    b->data = grown;
-    b->len += n;
-    b->data[b->len] = '\0';
-    return n;
-}
-
 int cafe_http(const char *method, const char *url, const char *body, const char *idempotency_key,
               long timeout_ms, long *status, char **response)
 {
     CURL *h = curl_easy_init();
     struct curl_slist *hdrs = NULL;
-    buffer b = {NULL, 0};
+    cafe_body b = {NULL, 0, 1024 * 1024, 0};
     char keyh[128];
     CURLcode cc;
     int rc = -1;
@@ -496,7 +477,7 @@ int cafe_http(const char *method, const char *url, const char *body, const char 
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 1000 ? timeout_ms : 1000L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, cafe_body_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
     hdrs = curl_slist_append(hdrs, "Expect:");
     if (body) {

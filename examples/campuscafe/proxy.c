@@ -18,6 +18,7 @@
  */
 #if defined(OUTBOX_HAVE_MHD) && defined(OUTBOX_HAVE_CURL)
 
+#include "cafe.h"
 #include "proc.h"
 
 #include <curl/curl.h>
@@ -54,25 +55,6 @@ typedef struct request {
     int too_big;
 } request;
 
-typedef struct reply {
-    char *data;
-    size_t len;
-} reply;
-
-static size_t on_reply(char *ptr, size_t size, size_t nmemb, void *user)
-{
-    reply *r = user;
-    size_t n = size * nmemb;
-    char *grown;
-    if (r->len + n > PROXY_MAX_BODY) return 0;
-    grown = realloc(r->data, r->len + n + 1);
-    if (!grown) return 0;
-    memcpy(grown + r->len, ptr, n);
-    r->data = grown;
-    r->len += n;
-    return n;
-}
-
 static enum MHD_Result add_header(void *cls, enum MHD_ValueKind kind, const char *key,
                                   const char *value)
 {
@@ -96,7 +78,7 @@ static enum MHD_Result add_header(void *cls, enum MHD_ValueKind kind, const char
 /* Forwards once; returns the upstream status (0: no answer) and its body
  * into *out (caller frees). */
 static long forward(const proxy_target *t, struct MHD_Connection *conn, const char *method,
-                    const char *url, const request *req, reply *out)
+                    const char *url, const request *req, cafe_body *out)
 {
     CURL *h = curl_easy_init();
     struct curl_slist *hdrs = NULL;
@@ -105,6 +87,8 @@ static long forward(const proxy_target *t, struct MHD_Connection *conn, const ch
 
     out->data = NULL;
     out->len = 0;
+    out->limit = PROXY_MAX_BODY;
+    out->keep_start = 0;
     if (!h) return 0;
     snprintf(target, sizeof target, "http://127.0.0.1:%u%s", t->upstream, url);
     MHD_get_connection_values(conn, MHD_HEADER_KIND, add_header, &hdrs);
@@ -114,7 +98,7 @@ static long forward(const proxy_target *t, struct MHD_Connection *conn, const ch
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 1000L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 10000L);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_reply);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, cafe_body_write);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, out);
     if (strcmp(method, "GET") == 0) {
         curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
@@ -170,7 +154,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
     proxy_target *t = cls;
     request *req = *con_cls;
-    reply first = {NULL, 0}, second = {NULL, 0};
+    cafe_body first = {NULL, 0, PROXY_MAX_BODY, 0}, second = {NULL, 0, PROXY_MAX_BODY, 0};
     static const char unavailable[] = "{\"error\":\"chaos proxy: injected fault\"}";
     static const char bad_gateway[] = "{\"error\":\"chaos proxy: upstream did not answer\"}";
     enum MHD_Result r;

@@ -654,31 +654,11 @@ static void add_forward_header(void *user, const char *name, const char *value)
         fh->list = l;
 }
 
-typedef struct sink {
-    char *data;
-    size_t len;
-} sink;
-
-static size_t sink_write(char *ptr, size_t size, size_t nmemb, void *user)
-{
-    sink *s = user;
-    size_t n = size * nmemb;
-    char *p;
-    if (s->len + n > 65536) return n; /* keep the start only */
-    p = realloc(s->data, s->len + n + 1);
-    if (!p) return 0;
-    memcpy(p + s->len, ptr, n);
-    s->len += n;
-    p[s->len] = '\0';
-    s->data = p;
-    return n;
-}
-
 /* Hands the request to the library receiver and relays its answer. */
 static void forward_event(front *f, const cafe_request *req, cafe_response *res)
 {
     forward_headers fh = {NULL, 0};
-    sink body = {NULL, 0};
+    cafe_body body = {NULL, 0, 65536, 1}; /* the receiver's answer: its start is enough */
     char url[64];
     long status = 0;
     CURLcode cc;
@@ -699,7 +679,7 @@ static void forward_event(front *f, const cafe_request *req, cafe_response *res)
     curl_easy_setopt(f->curl, CURLOPT_HTTPHEADER, fh.list);
     curl_easy_setopt(f->curl, CURLOPT_TIMEOUT_MS, 30000L);
     curl_easy_setopt(f->curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(f->curl, CURLOPT_WRITEFUNCTION, sink_write);
+    curl_easy_setopt(f->curl, CURLOPT_WRITEFUNCTION, cafe_body_write);
     curl_easy_setopt(f->curl, CURLOPT_WRITEDATA, &body);
     cc = curl_easy_perform(f->curl);
     if (cc == CURLE_OK) curl_easy_getinfo(f->curl, CURLINFO_RESPONSE_CODE, &status);
