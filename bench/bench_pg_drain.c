@@ -22,14 +22,23 @@
  *             wake it while it waits, one per wait); and with an extra
  *             trigger that NOTIFYs in every transaction (what version 1 of
  *             the schema did: NOTIFY serialises the commits of notifying
- *             transactions in PostgreSQL)
+ *             transactions in PostgreSQL).  Next to them, "business row +
+ *             SELECT 1": the same transaction with one more statement
+ *             that does nothing, i.e. the round trip any per-call enqueue
+ *             API adds, as a floor for the outbox's cost.  Every case runs
+ *             R times (--repeat), interleaved; the medians are shown, with
+ *             the CPU time per transaction of the benchmark process
+ *             (client) and of the server's processes (when the benchmark
+ *             started the server), which the other load on the machine
+ *             disturbs less than the rates
  *
  * The server: --conninfo/--url of an existing one (the outbox schema
  * "bench_outbox" is dropped and recreated there), or by default a fresh
  * cluster started by tests/pg_harness.h (fsync on, shared_buffers 64MB).
  *
  * Usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T]
- *                       [--clients C] [--url URL] [--skip-latency] [--skip-enqueue]
+ *                       [--clients C] [--repeat R] [--url URL] [--skip-latency]
+ *                       [--skip-enqueue] [--skip-drain]
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -47,12 +56,15 @@ int main(void)
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/resource.h>
 
 static long long n_msgs = 1000000;
 static int batch = 1000;
 static int rate = 2000;
 static int seconds = 5;
 static int clients = 8;
+static int repeat = 1;
+static pid_t server_pid; /* postmaster of the cluster this program started, or 0 */
 static char url[600];
 static char conninfo[600];
 
@@ -275,12 +287,17 @@ static void latency(void)
 
 static atomic_long txn_total; /* committed by all workers */
 
+enum { BIZ_ONLY, BIZ_SELECT1, BIZ_OUTBOX };
+
 typedef struct worker {
-    int with_outbox;
+    int mode;
     double until;
     long txns;
+    double backend_cpu_s; /* CPU of this worker's backend while it ran */
     pthread_t th;
 } worker;
+
+static double proc_cpu_s(long pid);
 
 static void *worker_main(void *arg)
 {
@@ -291,13 +308,19 @@ static void *worker_main(void *arg)
     PGresult *r = PQprepare(c, "biz", "INSERT INTO bench_orders (customer, total) VALUES ($1, $2)",
                             2, NULL);
     PQclear(r);
+    long backend = PQbackendPID(c);
+    double cpu0 = server_pid > 0 ? proc_cpu_s(backend) : 0;
     long i = 0;
     while (now_s() < w->until) {
         PQclear(PQexec(c, "BEGIN"));
         r = PQexecPrepared(c, "biz", 2, params, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) TEST_FAIL_("insert: %s", PQerrorMessage(c));
         PQclear(r);
-        if (w->with_outbox) {
+        if (w->mode == BIZ_SELECT1) {
+            r = PQexec(c, "SELECT 1");
+            if (PQresultStatus(r) != PGRES_TUPLES_OK) TEST_FAIL_("select: %s", PQerrorMessage(c));
+            PQclear(r);
+        } else if (w->mode == BIZ_OUTBOX) {
             char agg[32];
             snprintf(agg, sizeof agg, "o-%ld", i);
             outbox_msg *m = NULL;
@@ -313,6 +336,7 @@ static void *worker_main(void *arg)
         atomic_fetch_add(&txn_total, 1);
         i++;
     }
+    w->backend_cpu_s = server_pid > 0 ? proc_cpu_s(backend) - cpu0 : 0;
     PQfinish(c);
     return NULL;
 }
@@ -325,13 +349,86 @@ static void *drain_thread(void *arg)
     return NULL;
 }
 
-static double enqueue_rate(int nclients, int with_outbox)
+/* CPU seconds (user + system) of process pid from /proc; 0 when gone. */
+static double proc_cpu_s(long pid)
+{
+    char path[64], buf[1024];
+    unsigned long ut = 0, st = 0;
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *q = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds of the postmaster and its children (WAL writer,
+ * checkpointer, the relay's backend, ...) by pid; 0 without a server of
+ * our own.  Backends that exit in between (the workers') are measured by
+ * their workers. */
+typedef struct server_snapshot {
+    int n;
+    long pid[256];
+    double cpu[256];
+} server_snapshot;
+
+static void server_snap(server_snapshot *snap)
+{
+    char path[96];
+    long child;
+    snap->n = 0;
+    if (server_pid <= 0) return;
+    snap->pid[snap->n] = server_pid;
+    snap->cpu[snap->n++] = proc_cpu_s(server_pid);
+    snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", (long)server_pid, (long)server_pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    while (snap->n < 256 && fscanf(f, "%ld", &child) == 1) {
+        snap->pid[snap->n] = child;
+        snap->cpu[snap->n++] = proc_cpu_s(child);
+    }
+    fclose(f);
+}
+
+/* CPU used between two snapshots by the processes alive at both. */
+static double server_cpu_between(const server_snapshot *a, const server_snapshot *b)
+{
+    double total = 0;
+    for (int i = 0; i < b->n; i++)
+        for (int j = 0; j < a->n; j++)
+            if (a->pid[j] == b->pid[i]) total += b->cpu[i] - a->cpu[j];
+    return total;
+}
+
+static double self_cpu_s(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + (double)u.ru_stime.tv_sec +
+           u.ru_stime.tv_usec / 1e6;
+}
+
+typedef struct rate_result {
+    double txn_s;
+    double client_us; /* CPU per transaction */
+    double server_us;
+} rate_result;
+
+static rate_result enqueue_rate(int nclients, int mode)
 {
     worker w[64];
+    rate_result res;
+    static server_snapshot s0, s1;
+    double c0 = self_cpu_s(), backends = 0;
     double t0 = now_s();
     long total = 0;
+    server_snap(&s0);
     for (int i = 0; i < nclients; i++) {
-        w[i].with_outbox = with_outbox;
+        w[i].mode = mode;
         w[i].until = t0 + seconds;
         w[i].txns = 0;
         pthread_create(&w[i].th, NULL, worker_main, &w[i]);
@@ -339,20 +436,45 @@ static double enqueue_rate(int nclients, int with_outbox)
     for (int i = 0; i < nclients; i++) {
         pthread_join(w[i].th, NULL);
         total += w[i].txns;
+        backends += w[i].backend_cpu_s;
     }
-    return total / (now_s() - t0);
+    res.txn_s = total / (now_s() - t0);
+    server_snap(&s1);
+    res.client_us = total ? (self_cpu_s() - c0) * 1e6 / (double)total : 0;
+    res.server_us = total ? (backends + server_cpu_between(&s0, &s1)) * 1e6 / (double)total : 0;
+    return res;
 }
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+enum { CASE_PLAIN, CASE_SELECT1, CASE_QUIET, CASE_RELAYED, CASE_NOISY, CASE_COUNT };
+
+static const char *const case_name[CASE_COUNT] = {
+    "business row", "+ SELECT 1 (one more round trip)", "+ outbox, no relay",
+    "+ outbox, relay draining", "+ outbox, every transaction notifying"};
 
 int main(int argc, char **argv)
 {
     static pgh_server server;
-    int skip_latency = 0, skip_enqueue = 0;
+    int skip_latency = 0, skip_enqueue = 0, skip_drain = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-n") && i + 1 < argc) n_msgs = atoll(argv[++i]);
         else if (!strcmp(argv[i], "-b") && i + 1 < argc) batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rate") && i + 1 < argc) rate = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--clients") && i + 1 < argc) clients = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc) repeat = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--skip-drain")) skip_drain = 1;
         else if (!strcmp(argv[i], "--url") && i + 1 < argc) {
             snprintf(url, sizeof url, "%s", argv[++i]);
         } else if (!strcmp(argv[i], "--skip-latency")) skip_latency = 1;
@@ -360,16 +482,19 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr,
                     "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
-                    "[--clients C] [--url postgres://...] [--skip-latency] [--skip-enqueue]\n");
+                    "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
+                    " [--skip-enqueue] [--skip-drain]\n");
             return 2;
         }
     }
-    if (clients < 1 || clients > 64 || batch < 1 || n_msgs < 1 || rate < 1 || seconds < 1) {
+    if (clients < 1 || clients > 64 || batch < 1 || n_msgs < 1 || rate < 1 || seconds < 1 ||
+        repeat < 1 || repeat > 64) {
         fprintf(stderr, "bench_pg_drain: out-of-range setting\n");
         return 2;
     }
     if (!url[0]) {
         pgh_start(&server);
+        server_pid = server.pid;
         snprintf(url, sizeof url, "%s", server.url);
     }
     snprintf(conninfo, sizeof conninfo, "%s", url);
@@ -398,17 +523,19 @@ int main(int argc, char **argv)
     }
     printf("\n");
 
-    printf("drain %lld messages, batch %d:\n", n_msgs, batch);
-    fill(c, n_msgs);
-    double tb = baseline(c);
-    printf("  baseline (DELETE ... SKIP LOCKED LIMIT %d RETURNING): %.2f s, %.0f msg/s\n", batch,
-           tb, n_msgs / tb);
-    fill(c, n_msgs);
-    double tr = relay_drain();
-    printf("  relay -> discard:                                    %.2f s, %.0f msg/s"
-           " (%.2fx the baseline's time)\n",
-           tr, n_msgs / tr, tr / tb);
-    fflush(stdout);
+    if (!skip_drain) {
+        printf("drain %lld messages, batch %d:\n", n_msgs, batch);
+        fill(c, n_msgs);
+        double tb = baseline(c);
+        printf("  baseline (DELETE ... SKIP LOCKED LIMIT %d RETURNING): %.2f s, %.0f msg/s\n", batch,
+               tb, n_msgs / tb);
+        fill(c, n_msgs);
+        double tr = relay_drain();
+        printf("  relay -> discard:                                    %.2f s, %.0f msg/s"
+               " (%.2fx the baseline's time)\n",
+               tr, n_msgs / tr, tr / tb);
+        fflush(stdout);
+    }
 
     if (!skip_latency) latency();
     fflush(stdout);
@@ -419,58 +546,88 @@ int main(int argc, char **argv)
                     " total numeric, created_at timestamptz DEFAULT now())");
         int counts[2] = {1, clients};
         for (int k = 0; k < 2; k++) {
-            double plain = enqueue_rate(counts[k], 0);
-            double quiet = enqueue_rate(counts[k], 1);
-            pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+            static double rate_v[CASE_COUNT][64], cli_v[CASE_COUNT][64], srv_v[CASE_COUNT][64];
+            long notes = 0, relayed_txns = 0;
+            unsigned long long published = 0;
+            for (int rep = 0; rep < repeat; rep++) {
+                rate_result rr[CASE_COUNT];
+                rr[CASE_PLAIN] = enqueue_rate(counts[k], BIZ_ONLY);
+                rr[CASE_SELECT1] = enqueue_rate(counts[k], BIZ_SELECT1);
+                rr[CASE_QUIET] = enqueue_rate(counts[k], BIZ_OUTBOX);
+                pgh_exec(c, "DELETE FROM bench_outbox.outbox");
 
-            outbox_relay_options o;
-            outbox_relay *r = NULL;
-            outbox_relay_stats rs;
-            pthread_t th;
-            outbox_relay_options_init(&o);
-            o.batch_size = (unsigned)batch;
-            if (outbox_relay_new(&r, url, "discard:", &o, &err) != OUTBOX_OK)
-                TEST_FAIL_("relay: %s", err.message);
-            pthread_create(&th, NULL, drain_thread, r);
-            usleep(300000);
-            PGconn *listener = connect_db();
-            pgh_exec(listener, "LISTEN bench_outbox");
-            atomic_store(&txn_total, 0);
-            double relayed = enqueue_rate(counts[k], 1);
-            long relayed_txns = atomic_load(&txn_total);
-            long notes = 0;
-            for (int t = 0; t < 20; t++) {
-                PGnotify *nt;
-                PQconsumeInput(listener);
-                while ((nt = PQnotifies(listener)) != NULL) {
-                    notes++;
-                    PQfreemem(nt);
+                outbox_relay_options o;
+                outbox_relay *r = NULL;
+                outbox_relay_stats rs;
+                pthread_t th;
+                outbox_relay_options_init(&o);
+                o.batch_size = (unsigned)batch;
+                if (outbox_relay_new(&r, url, "discard:", &o, &err) != OUTBOX_OK)
+                    TEST_FAIL_("relay: %s", err.message);
+                pthread_create(&th, NULL, drain_thread, r);
+                usleep(300000);
+                PGconn *listener = connect_db();
+                pgh_exec(listener, "LISTEN bench_outbox");
+                atomic_store(&txn_total, 0);
+                rr[CASE_RELAYED] = enqueue_rate(counts[k], BIZ_OUTBOX);
+                relayed_txns += atomic_load(&txn_total);
+                for (int t = 0; t < 20; t++) {
+                    PGnotify *nt;
+                    PQconsumeInput(listener);
+                    while ((nt = PQnotifies(listener)) != NULL) {
+                        notes++;
+                        PQfreemem(nt);
+                    }
+                    usleep(10000);
                 }
-                usleep(10000);
-            }
-            PQfinish(listener);
-            outbox_relay_stop(r);
-            pthread_join(th, NULL);
-            outbox_relay_get_stats(r, &rs);
-            outbox_relay_free(r);
-            pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+                PQfinish(listener);
+                outbox_relay_stop(r);
+                pthread_join(th, NULL);
+                outbox_relay_get_stats(r, &rs);
+                outbox_relay_free(r);
+                published += rs.published;
+                pgh_exec(c, "DELETE FROM bench_outbox.outbox");
 
-            pgh_exec(c, "CREATE FUNCTION bench_notify_always() RETURNS trigger LANGUAGE plpgsql"
-                        " AS $$ BEGIN PERFORM pg_notify('bench_outbox', ''); RETURN NULL; END $$");
-            pgh_exec(c, "CREATE TRIGGER bench_notify_always AFTER INSERT ON bench_outbox.outbox"
-                        " FOR EACH STATEMENT EXECUTE FUNCTION bench_notify_always()");
-            double noisy = enqueue_rate(counts[k], 1);
-            pgh_exec(c, "DROP TRIGGER bench_notify_always ON bench_outbox.outbox");
-            pgh_exec(c, "DROP FUNCTION bench_notify_always()");
-            pgh_exec(c, "DELETE FROM bench_outbox.outbox");
-            printf("  enqueue, %d connection(s), %d s each: business row %.0f txn/s; + outbox:"
-                   " no relay %.0f txn/s (costs %.1f%%); relay draining %.0f txn/s (costs %.1f%%,"
-                   " %llu published, %ld of %ld transactions notified); every transaction"
-                   " notifying %.0f txn/s (costs %.1f%%)\n",
-                   counts[k], seconds, plain, quiet, 100.0 * (1.0 - quiet / plain), relayed,
-                   100.0 * (1.0 - relayed / plain), (unsigned long long)rs.published, notes,
-                   relayed_txns, noisy,
-                   100.0 * (1.0 - noisy / plain));
+                pgh_exec(c, "CREATE FUNCTION bench_notify_always() RETURNS trigger LANGUAGE plpgsql"
+                            " AS $$ BEGIN PERFORM pg_notify('bench_outbox', ''); RETURN NULL; END $$");
+                pgh_exec(c, "CREATE TRIGGER bench_notify_always AFTER INSERT ON bench_outbox.outbox"
+                            " FOR EACH STATEMENT EXECUTE FUNCTION bench_notify_always()");
+                rr[CASE_NOISY] = enqueue_rate(counts[k], BIZ_OUTBOX);
+                pgh_exec(c, "DROP TRIGGER bench_notify_always ON bench_outbox.outbox");
+                pgh_exec(c, "DROP FUNCTION bench_notify_always()");
+                pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+                pgh_exec(c, "VACUUM bench_outbox.outbox");
+                for (int i = 0; i < CASE_COUNT; i++) {
+                    rate_v[i][rep] = rr[i].txn_s;
+                    cli_v[i][rep] = rr[i].client_us;
+                    srv_v[i][rep] = rr[i].server_us;
+                }
+            }
+            double plain = median(rate_v[CASE_PLAIN], repeat);
+            double plain_cpu = median(cli_v[CASE_PLAIN], repeat) + median(srv_v[CASE_PLAIN], repeat);
+            printf("  enqueue, %d connection(s), %d s per case, median of %d:\n", counts[k],
+                   seconds, repeat);
+            for (int i = 0; i < CASE_COUNT; i++) {
+                double med = median(rate_v[i], repeat);
+                double cu = median(cli_v[i], repeat), su = median(srv_v[i], repeat);
+                printf("    %-38s %7.0f txn/s", case_name[i], med);
+                if (i != CASE_PLAIN) printf(" (costs %5.1f%%)", 100.0 * (1.0 - med / plain));
+                else printf("               ");
+                if (server_pid > 0)
+                    printf("  CPU/txn: client %6.1f us, server %6.1f us (%+.0f us)", cu, su,
+                           cu + su - plain_cpu);
+                else
+                    printf("  CPU/txn: client %6.1f us", cu);
+                if (i == CASE_RELAYED)
+                    printf("; %llu published, %ld of %ld transactions notified", published,
+                           notes, relayed_txns);
+                if (repeat > 1) {
+                    printf(" [runs:");
+                    for (int rep = 0; rep < repeat; rep++) printf(" %.0f", rate_v[i][rep]);
+                    printf("]");
+                }
+                printf("\n");
+            }
             fflush(stdout);
         }
     }

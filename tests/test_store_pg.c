@@ -6,7 +6,10 @@
  * rule, outcomes, out-of-order commits, inbox, NOTIFY only to wake a
  * waiting relay (one per wait, none while it is busy, concurrent enqueuers
  * never wait for each other, stale flags of dead relays cleared, a relay
- * woken through the socket long before its poll),
+ * woken through the socket long before its poll, the "asleep" advisory
+ * lock held exactly while the store waits), the upgrade from schema
+ * version 2 to 3 (rows kept; a flag without the lock notifies nobody; a
+ * role that may only insert into the outbox still wakes the relay),
  * partition leases shared by two relays, and reconnecting after the
  * connection is killed.
  */
@@ -119,9 +122,9 @@ TEST(init_and_schema)
     ASSERT_CONTAINS(err.message, "outbox init");
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
     ASSERT_EQ(from, 0);
-    ASSERT_EQ(to, 2);
+    ASSERT_EQ(to, 3);
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-    ASSERT_EQ(from, 2);
+    ASSERT_EQ(from, 3);
     ASSERT_OK(s.ops->check_schema(s.state, &err), &err);
     outbox__store_close(&s);
 
@@ -135,14 +138,18 @@ TEST(init_and_schema)
     ASSERT_EQ(outbox_schema_init_pg(c, "other_schema", &err), OUTBOX_EINVAL);
     pgh_exec(c, "ROLLBACK");
 
-    /* A version 1 schema (no waiting flag) is upgraded to 2. */
+    /* A version 1 schema (no waiting flag) is upgraded to 3. */
     pgh_exec(c, "ALTER TABLE other_schema.relays DROP COLUMN waiting");
+    pgh_exec(c, "DROP FUNCTION other_schema.wake_relays()");
     pgh_exec(c, "UPDATE other_schema.meta SET value = '1' WHERE key = 'schema_version'");
     ASSERT_OK(outbox_schema_init_pg(c, "other_schema", &err), &err);
     ASSERT_EQ(pgh_count(c, "SELECT value::int FROM other_schema.meta WHERE key = 'schema_version'"),
-              2);
+              3);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                            " 'other_schema' AND table_name = 'relays' AND column_name = 'waiting'"),
+              1);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_proc WHERE proname = 'wake_relays'"
+                           " AND pronamespace = 'other_schema'::regnamespace AND prosecdef"),
               1);
 
     /* Newer schema. */
@@ -154,6 +161,105 @@ TEST(init_and_schema)
     ASSERT_EQ(s.ops->check_schema(s.state, &err), OUTBOX_ESCHEMANEWER);
     outbox__store_close(&s);
     pgh_exec(c, "DROP SCHEMA other_schema CASCADE");
+    PQfinish(c);
+}
+
+/* Notifications that reach listener within tries * 10 ms. */
+static int count_notes(PGconn *listener, int tries);
+
+/* One transaction with one message through outbox_enqueue_pg_schema. */
+static void enqueue_one(PGconn *c, const char *schema, const char *agg)
+{
+    outbox_error err;
+    outbox_msg *m = make_msg(agg, "{}");
+    pgh_exec(c, "BEGIN");
+    ASSERT_OK(outbox_enqueue_pg_schema(c, schema, m, &err), &err);
+    pgh_exec(c, "COMMIT");
+    outbox_msg_free(m);
+}
+
+/* A version 2 schema (every enqueuing statement reads the relays table in
+ * a SECURITY DEFINER trigger) is upgraded to 3 in place, keeping its rows;
+ * afterwards the trigger notifies only while a relay holds the "asleep"
+ * lock and its flag is set, also for a role that may only insert into the
+ * outbox (no rights on relays). */
+TEST(upgrade_v2_to_v3)
+{
+    outbox_error err;
+    PGconn *c = pgh_connect(&server);
+    PGconn *relay = pgh_connect(&server);
+    PGconn *listener = pgh_connect(&server);
+
+    pgh_exec(c, "DROP SCHEMA IF EXISTS v2_schema CASCADE");
+    ASSERT_OK(outbox_schema_init_pg(c, "v2_schema", &err), &err);
+    /* Back to version 2 exactly as it was released. */
+    pgh_exec(c,
+             "CREATE OR REPLACE FUNCTION \"v2_schema\".notify_enqueue() RETURNS trigger"
+             " LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$\n"
+             "BEGIN\n"
+             " UPDATE \"v2_schema\".relays SET waiting = false WHERE id IN"
+             "  (SELECT id FROM \"v2_schema\".relays WHERE waiting FOR UPDATE SKIP LOCKED);\n"
+             " IF FOUND THEN PERFORM pg_notify('v2_schema', ''); END IF;\n"
+             " RETURN NULL;\n"
+             "END $fn$;");
+    pgh_exec(c, "DROP FUNCTION v2_schema.wake_relays()");
+    pgh_exec(c, "UPDATE v2_schema.meta SET value = '2' WHERE key = 'schema_version'");
+    enqueue_one(c, "v2_schema", "before-upgrade");
+    pgh_exec(listener, "LISTEN v2_schema");
+    /* Version 2 reads the flag: a flag alone is enough to notify. */
+    pgh_exec(relay, "INSERT INTO v2_schema.relays (name, waiting) VALUES ('fake', true)");
+    enqueue_one(c, "v2_schema", "v2-flag");
+    ASSERT_EQ(count_notes(listener, 30), 1);
+
+    ASSERT_OK(outbox_schema_init_pg(c, "v2_schema", &err), &err);
+    ASSERT_EQ(pgh_count(c, "SELECT value::int FROM v2_schema.meta WHERE key = 'schema_version'"),
+              3);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM v2_schema.outbox"), 2);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_proc WHERE proname = 'notify_enqueue'"
+                           " AND pronamespace = 'v2_schema'::regnamespace AND NOT prosecdef"),
+              1);
+
+    /* Version 3: a flag without the lock (no relay asleep) costs no
+     * notification; flag and lock: one. */
+    pgh_exec(relay, "UPDATE v2_schema.relays SET waiting = true");
+    enqueue_one(c, "v2_schema", "v3-flag-only");
+    ASSERT_EQ(count_notes(listener, 30), 0);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM v2_schema.relays WHERE waiting"), 1);
+    pgh_exec(relay, "SELECT pg_advisory_lock_shared(hashtext('outbox.sleep:v2_schema'), 0)");
+    enqueue_one(c, "v2_schema", "v3-asleep");
+    ASSERT_EQ(count_notes(listener, 30), 1);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM v2_schema.relays WHERE waiting"), 0);
+    enqueue_one(c, "v2_schema", "v3-flag-used");
+    ASSERT_EQ(count_notes(listener, 30), 0);
+
+    /* A role that may only insert into the outbox: enqueues with and
+     * without a relay asleep, and the wake-up still reaches the relay. */
+    pgh_exec(c, "DROP ROLE IF EXISTS outbox_writer_only");
+    pgh_exec(c, "CREATE ROLE outbox_writer_only");
+    pgh_exec(c, "GRANT USAGE ON SCHEMA v2_schema TO outbox_writer_only");
+    /* outbox_enqueue_pg reads back seq (RETURNING) and checks id. */
+    pgh_exec(c, "GRANT INSERT, SELECT (seq, id) ON v2_schema.outbox TO outbox_writer_only");
+    PGconn *w = pgh_connect(&server);
+    pgh_exec(w, "SET ROLE outbox_writer_only");
+    {
+        PGresult *r = PQexec(w, "SELECT count(*) FROM v2_schema.relays");
+        ASSERT_EQ(PQresultStatus(r), PGRES_FATAL_ERROR); /* no rights on relays */
+        PQclear(r);
+    }
+    pgh_exec(relay, "UPDATE v2_schema.relays SET waiting = true");
+    enqueue_one(w, "v2_schema", "writer-asleep");
+    ASSERT_EQ(count_notes(listener, 30), 1);
+    pgh_exec(relay, "SELECT pg_advisory_unlock_shared(hashtext('outbox.sleep:v2_schema'), 0)");
+    pgh_exec(relay, "UPDATE v2_schema.relays SET waiting = true");
+    enqueue_one(w, "v2_schema", "writer-awake");
+    ASSERT_EQ(count_notes(listener, 30), 0);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM v2_schema.outbox"), 7);
+    PQfinish(w);
+
+    pgh_exec(c, "DROP SCHEMA v2_schema CASCADE");
+    pgh_exec(c, "DROP ROLE outbox_writer_only");
+    PQfinish(listener);
+    PQfinish(relay);
     PQfinish(c);
 }
 
@@ -478,7 +584,7 @@ TEST(claim_order_and_outcomes)
     ASSERT_EQ(st.pending, 0);
     ASSERT_EQ(st.failed, 1);
     ASSERT_EQ(st.sent, 1);
-    ASSERT_EQ(st.schema_version, 2);
+    ASSERT_EQ(st.schema_version, 3);
     char failed_id[64];
     snprintf(failed_id, sizeof failed_id, "%s", "");
     {
@@ -560,8 +666,10 @@ TEST(skip_locked_and_notify)
     ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
     ASSERT_EQ(changed, 0);
 
-    /* One transaction of 11 rows while a relay waits: one notification. */
+    /* One transaction of 11 rows while a relay waits (its flag set and the
+     * shared "asleep" lock held by its session): one notification. */
     pgh_exec(c0, "INSERT INTO outbox.relays (name, waiting) VALUES ('fake-waiting', true)");
+    pgh_exec(c0, "SELECT pg_advisory_lock_shared(hashtext('outbox.sleep:outbox'), 0)");
     PGconn *listener = pgh_connect(&server);
     pgh_exec(listener, "LISTEN outbox");
     PGconn *c = pgh_connect(&server);
@@ -587,6 +695,7 @@ TEST(skip_locked_and_notify)
     }
     ASSERT_EQ(notes, 1);
     pgh_exec(c0, "DELETE FROM outbox.relays WHERE name = 'fake-waiting'");
+    pgh_exec(c0, "SELECT pg_advisory_unlock_shared(hashtext('outbox.sleep:outbox'), 0)");
     changed = 0;
     for (int tries = 0; tries < 100 && !changed; tries++) {
         ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
@@ -650,6 +759,14 @@ static int count_notes(PGconn *listener, int tries)
     return notes;
 }
 
+/* Sessions holding the shared "asleep" lock of schema outbox. */
+static int64_t sleepers(PGconn *c)
+{
+    return pgh_count(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                        " AND objsubid = 2 AND objid = 0 AND classid ="
+                        " (hashtext('outbox.sleep:outbox')::bigint & 4294967295)::oid");
+}
+
 /* Waits until no waiting relay row belongs to a live session. */
 static void wait_sessions_gone(PGconn *c)
 {
@@ -687,6 +804,7 @@ TEST(notify_only_while_waiting)
      * no flag and do not notify. */
     ASSERT_OK(a.ops->idle(a.state, 1, &err), &err);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 1);
+    ASSERT_EQ(sleepers(c), 1);
     ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
     int fd = a.ops->wait_fd(a.state);
     ASSERT(fd >= 0);
@@ -702,6 +820,7 @@ TEST(notify_only_while_waiting)
     ASSERT_OK(a.ops->changed(a.state, &changed, &err), &err);
     ASSERT_EQ(changed, 1);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 0);
+    ASSERT_EQ(sleepers(c), 0); /* woken: the store let go of the asleep lock */
     enqueue_txn(c, 300);
     enqueue_txn(c, 400);
     ASSERT_EQ(count_notes(listener, 50), 1);
@@ -714,7 +833,9 @@ TEST(notify_only_while_waiting)
 
     /* Awake again (cleared by the relay): none. */
     ASSERT_OK(a.ops->idle(a.state, 1, &err), &err);
+    ASSERT_EQ(sleepers(c), 1);
     ASSERT_OK(a.ops->idle(a.state, 0, &err), &err);
+    ASSERT_EQ(sleepers(c), 0);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.relays WHERE waiting"), 0);
     enqueue_txn(c, 500);
     ASSERT_EQ(count_notes(listener, 20), 0);
@@ -1013,6 +1134,7 @@ int main(void)
     pgh_start(&server);
     snprintf(url, sizeof url, "%s", server.url);
     RUN(init_and_schema);
+    RUN(upgrade_v2_to_v3);
     RUN(urls);
     RUN(enqueue_transactions);
     RUN(sql_functions);

@@ -42,6 +42,17 @@
  * one transaction into one.  Enqueuers that find no flag, or one locked by
  * another enqueuer that will notify, only read the tiny relays table.  The
  * relay clears its flag itself when it finds work without a notification.
+ * Since schema version 3 the trigger first asks the lock manager, not the
+ * table: a waiting relay also holds the shared "asleep" advisory lock
+ * (class hashtext('outbox.sleep:' || schema), key 0) on its session, from
+ * its `idle(1)` until a notification reaches it or `idle(0)`; the trigger
+ * tries that lock in exclusive mode and releases it at once.  When it gets
+ * it, no relay is asleep and the transaction is done (no SPI query, no
+ * SECURITY DEFINER call: the common case costs a lock-table look-up);
+ * otherwise (a relay asleep, or another enqueuer's probe at that instant)
+ * it runs {s}.wake_relays(), the version 2 logic above.  A relay that
+ * cannot take the lock (held exclusively by someone else) still sets its
+ * flag; the fallback poll covers the rest.
  * The store LISTENs, `wait_fd` gives the relay the socket to poll, and
  * `changed` reads pending notifications without a round trip
  * (PQconsumeInput + PQnotifies).  It is a hint only: the relay's fallback
@@ -209,6 +220,29 @@ static const char *const migrations[] = {
     " UPDATE {s}.relays SET waiting = false WHERE id IN"
     "  (SELECT id FROM {s}.relays WHERE waiting FOR UPDATE SKIP LOCKED);\n"
     " IF FOUND THEN PERFORM pg_notify('{n}', ''); END IF;\n"
+    " RETURN NULL;\n"
+    "END $fn$;",
+    /* 3: the trigger reads the relays table only while a relay is asleep
+     * (holds the "asleep" advisory lock; see "Wake-up" above).  The lock
+     * probe runs as the enqueuer (advisory locks need no rights); only
+     * wake_relays() needs the owner's rights on relays. */
+    "CREATE OR REPLACE FUNCTION {s}.wake_relays() RETURNS void LANGUAGE plpgsql"
+    " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$\n"
+    "BEGIN\n"
+    " IF EXISTS (SELECT 1 FROM {s}.relays WHERE waiting) THEN\n"
+    "  UPDATE {s}.relays SET waiting = false WHERE id IN"
+    "   (SELECT id FROM {s}.relays WHERE waiting FOR UPDATE SKIP LOCKED);\n"
+    "  IF FOUND THEN PERFORM pg_notify('{n}', ''); END IF;\n"
+    " END IF;\n"
+    "END $fn$;"
+    "CREATE OR REPLACE FUNCTION {s}.notify_enqueue() RETURNS trigger LANGUAGE plpgsql AS $fn$\n"
+    "DECLARE released boolean;\n"
+    "BEGIN\n"
+    " IF pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('outbox.sleep:{n}'), 0) THEN\n"
+    "  released := pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('outbox.sleep:{n}'), 0);\n"
+    "  RETURN NULL;\n"
+    " END IF;\n"
+    " PERFORM {s}.wake_relays();\n"
     " RETURN NULL;\n"
     "END $fn$;",
 };
@@ -733,6 +767,8 @@ typedef struct pg_store {
     int partitions;      /* from meta, 0 until read */
     int32_t part_key;    /* advisory lock class of partitions */
     int32_t member_key;  /* advisory lock class of relay membership */
+    int32_t sleep_key;   /* advisory lock class of "a relay is asleep" (key 0) */
+    int sleep_held;      /* this session holds the shared "asleep" lock */
     int in_txn;          /* a claim transaction is open */
     int prepared;        /* the hot statements are prepared on conn */
     int listening;
@@ -927,6 +963,7 @@ static void forget_connection_state(pg_store *st)
     st->in_txn = 0;
     st->prepared = 0;
     st->listening = 0;
+    st->sleep_held = 0;
     st->member_id = 0;
     if (st->held) memset(st->held, 0, MAX_PARTITIONS);
     st->held_count = 0;
@@ -971,7 +1008,8 @@ static int need_conn(pg_store *st, outbox_error *err)
     params[0] = st->schema;
     res = PQexecParams(st->conn,
                        "SELECT hashtext('outbox.partition:' || $1) & 2147483647,"
-                       " hashtext('outbox.relay:' || $1) & 2147483647",
+                       " hashtext('outbox.relay:' || $1) & 2147483647,"
+                       " hashtext('outbox.sleep:' || $1)",
                        1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         code = pq_fail(st->conn, res, "setting up the store connection", err);
@@ -980,6 +1018,7 @@ static int need_conn(pg_store *st, outbox_error *err)
     }
     st->part_key = (int32_t)parse_i64(PQgetvalue(res, 0, 0));
     st->member_key = (int32_t)parse_i64(PQgetvalue(res, 0, 1));
+    st->sleep_key = (int32_t)parse_i64(PQgetvalue(res, 0, 2));
     PQclear(res);
     snprintf(sql, sizeof sql, "LISTEN %s", st->qschema);
     code = exec_sql(st->conn, sql, "listening for enqueue notifications", err);
@@ -1168,20 +1207,83 @@ static int clear_dead_waiters(pg_store *st, outbox_error *err)
 
 /* Writes st->waiting into this relay's row.  Asynchronous commit: a flag
  * lost in a crash costs nothing (the session, and with it the relay's
- * membership, is gone too). */
+ * membership, is gone too).  In the same round trip, waiting takes the
+ * shared "asleep" advisory lock and awake releases it (see "Wake-up"
+ * above).  The lock is taken after the flag is written; the relay claims
+ * once more after idle(1) either way.  If the lock is held exclusively
+ * (an enqueuer's probe at that instant) it is tried again a few times;
+ * without it the relay waits on its flag and the fallback poll. */
 static int set_waiting(pg_store *st, outbox_error *err)
 {
-    char sql[512];
-    int code;
+    char sql[640], lock[96];
+    PGresult *res;
+    ExecStatusType status;
+    int attempt, code = OUTBOX_OK;
+
+    lock[0] = '\0';
+    if (st->waiting && !st->sleep_held)
+        snprintf(lock, sizeof lock, "; SELECT pg_try_advisory_lock_shared((%ld)::integer, 0)",
+                 (long)st->sleep_key);
+    else if (!st->waiting && st->sleep_held)
+        snprintf(lock, sizeof lock, "; SELECT pg_advisory_unlock_shared((%ld)::integer, 0)",
+                 (long)st->sleep_key);
     snprintf(sql, sizeof sql,
              "BEGIN; SET LOCAL synchronous_commit TO off;"
-             " UPDATE %s.relays SET waiting = %s WHERE id = %lld AND waiting <> %s; COMMIT",
+             " UPDATE %s.relays SET waiting = %s WHERE id = %lld AND waiting <> %s; COMMIT%s",
              st->qschema, st->waiting ? "true" : "false", (long long)st->member_id,
-             st->waiting ? "true" : "false");
-    code = exec_sql(st->conn, sql, st->waiting ? "setting the relay's waiting flag"
-                                               : "clearing the relay's waiting flag", err);
-    if (code != OUTBOX_OK) rollback(st->conn);
-    return code;
+             st->waiting ? "true" : "false", lock);
+    res = PQexec(st->conn, sql);
+    status = PQresultStatus(res);
+    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res,
+                       st->waiting ? "setting the relay's waiting flag"
+                                   : "clearing the relay's waiting flag",
+                       err);
+        PQclear(res);
+        rollback(st->conn);
+        return code;
+    }
+    if (lock[0])
+        st->sleep_held = st->waiting && status == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+                         PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    for (attempt = 0; st->waiting && !st->sleep_held && attempt < 3; attempt++) {
+        snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock_shared((%ld)::integer, 0)",
+                 (long)st->sleep_key);
+        res = PQexec(st->conn, sql);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            code = pq_fail(st->conn, res, "taking the relay's asleep lock", err);
+            PQclear(res);
+            return code;
+        }
+        st->sleep_held = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+        PQclear(res);
+    }
+    if (st->waiting && !st->sleep_held)
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
+                    "relay %s: the asleep lock is held exclusively by another session; "
+                    "waiting on the flag and the fallback poll",
+                    st->owner);
+    return OUTBOX_OK;
+}
+
+/* Releases the "asleep" lock after a notification woke the relay: the
+ * enqueuer that sent it cleared the flags it could lock, and the relay
+ * takes the lock again with its next idle(1).  Only outside a
+ * transaction; a failure leaves it for idle(0) or the next wake-up. */
+static void release_sleep_lock(pg_store *st)
+{
+    char sql[96];
+    PGresult *res;
+
+    if (!st->sleep_held || !st->conn || PQtransactionStatus(st->conn) != PQTRANS_IDLE) return;
+    snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock_shared((%ld)::integer, 0)", (long)st->sleep_key);
+    res = PQexec(st->conn, sql);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) st->sleep_held = 0;
+    else
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: releasing the asleep lock failed",
+                    st->owner);
+    PQclear(res);
 }
 
 /* Inserts this relay's row and takes its membership lock (session level). */
@@ -1413,6 +1515,7 @@ static int pg_lease_release(void *state, const char *owner, outbox_error *err)
     }
     end_claim(st);
     code = exec_sql(st->conn, "SELECT pg_advisory_unlock_all()", "releasing the partitions", err);
+    if (code == OUTBOX_OK) st->sleep_held = 0;
     if (code == OUTBOX_OK && st->member_id) {
         snprintf(sql, sizeof sql, "DELETE FROM %s.relays WHERE id = %lld", st->qschema,
                  (long long)st->member_id);
@@ -1718,7 +1821,7 @@ static int pg_changed(void *state, int *changed, outbox_error *err)
 {
     pg_store *st = state;
     PGnotify *note;
-    int code;
+    int code, woken = 0;
 
     *changed = 0;
     if (!st->notified_first) {
@@ -1738,7 +1841,9 @@ static int pg_changed(void *state, int *changed, outbox_error *err)
     while ((note = PQnotifies(st->conn)) != NULL) {
         *changed = 1;
         PQfreemem(note);
+        woken = 1;
     }
+    if (woken) release_sleep_lock(st);
     return OUTBOX_OK;
 }
 
