@@ -15,7 +15,13 @@
  *   sqlite -> nats   outbox_relay_new("sqlite:COPY", "nats://...
  *                    &max_pending=W", once, batch B) + outbox_relay_run over
  *                    N pending messages (filled once through the public
- *                    enqueue API, copied before the run)
+ *                    enqueue API, copied before the run), with
+ *                    OUTBOX_RELAY_PIPELINE=1: the relay pipelines (claims
+ *                    and records the next batch while a batch's acks are
+ *                    outstanding; off by default, see src/relay/relay.c)
+ *   ... (serial)     the same with OUTBOX_RELAY_PIPELINE=0: the serial loop
+ *                    (claim, publish, wait for every ack, record), for the
+ *                    comparison in the same run (--no-serial leaves it out)
  *   postgres -> nats the same from the PostgreSQL store, on a cluster started
  *                    by tests/pg_harness.h (rows inserted server-side), when
  *                    the PostgreSQL binaries are installed
@@ -36,7 +42,7 @@
  * when nats-server or the NATS client library is missing.
  *
  * Usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES]
- *                   [--no-pg] [--no-kafka]
+ *                   [--no-pg] [--no-kafka] [--no-serial]
  */
 #ifndef OUTBOX_HAVE_NATS
 #include <stdio.h>
@@ -173,6 +179,7 @@ out:
 typedef struct relay_case {
     char store_url[700];
     char to_url[700];
+    int serial; /* OUTBOX_RELAY_PIPELINE=0: the relay's serial loop */
 } relay_case;
 
 /* Child: the relay, once, from store_url to to_url. */
@@ -188,6 +195,7 @@ static void run_relay(void *arg, bench_report *r)
     outbox_relay_options_init(&opts);
     opts.once = 1;
     opts.batch_size = batch;
+    setenv("OUTBOX_RELAY_PIPELINE", c->serial ? "0" : "1", 1);
     if (outbox_relay_new(&relay, c->store_url, c->to_url, &opts, &err) != OUTBOX_OK) {
         bench_fail(r, "outbox_relay_new: %s", err.message);
         goto out;
@@ -376,10 +384,11 @@ static void remove_db(const char *path)
 /* Copies the filled database to copy, runs the relay from it to to_url,
  * checks that it is empty afterwards.  0, or -1 (printed). */
 static int sqlite_relay_case(const char *name, const char *master, const char *copy,
-                             const char *to_url, bench_result *res)
+                             const char *to_url, int serial, bench_result *res)
 {
     relay_case c;
     long long left;
+    c.serial = serial;
     remove_db(copy);
     if (bench_copy_file(master, copy)) return -1;
     snprintf(c.store_url, sizeof c.store_url, "sqlite:%s", copy);
@@ -429,11 +438,11 @@ static long long pg_left(PGconn *conn)
                                       " WHERE status <> 'sent'");
 }
 
-static void pg_case(void)
+static void pg_case(int no_serial)
 {
     char bin[256];
     bench_result res;
-    relay_case c;
+    relay_case c = {0};
     PGconn *conn;
     outbox_error err = {0};
     long long left;
@@ -477,6 +486,35 @@ static void pg_case(void)
         goto out;
     }
     print_row("postgres -> nats (relay)", &res, nats_ceiling_rate);
+
+    if (!no_serial) {
+        pg_fill(conn);
+        if (stream_create("BENCH_PGS", "pgs.>")) {
+            failures++;
+            goto out;
+        }
+        snprintf(c.to_url, sizeof c.to_url,
+                 "%s?stream=BENCH_PGS&subject=pgs.{aggregate_type}.{type}&max_pending=%lld",
+                 nats.url, window);
+        c.serial = 1;
+        if (bench_run_child("postgres -> nats (serial)", run_relay, &c, disarm_parent_handlers,
+                            &res)) {
+            failures++;
+            goto out;
+        }
+        c.serial = 0;
+        left = pg_left(conn);
+        if (check_stream("postgres -> nats (serial)", "BENCH_PGS")) {
+            failures++;
+            goto out;
+        }
+        if (left != 0) {
+            fprintf(stderr, "bench_nats: postgres -> nats (serial): %lld unsent rows left\n", left);
+            failures++;
+            goto out;
+        }
+        print_row("postgres -> nats (serial relay)", &res, nats_ceiling_rate);
+    }
 
     /* The store side alone: what pipelining could at best overlap with. */
     pg_fill(conn);
@@ -673,7 +711,7 @@ static void kafka_cases(const char *master, const char *copy)
         failures++;
     }
     snprintf(to, sizeof to, "kafka://%s?topic=%s", kafka_bootstraps, topics[1]);
-    if (sqlite_relay_case("sqlite -> kafka", master, copy, to, &res) == 0) {
+    if (sqlite_relay_case("sqlite -> kafka", master, copy, to, 0, &res) == 0) {
         got = kafka_topic_count(topics[1]);
         if (got != n_msgs) {
             fprintf(stderr, "bench_nats: sqlite -> kafka: topic holds %lld, expected %lld\n", got,
@@ -698,13 +736,13 @@ out:
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES] [--no-pg] "
-                    "[--no-kafka]\n");
+                    "[--no-kafka] [--no-serial]\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
-    int no_pg = 0, no_kafka = 0, i;
+    int no_pg = 0, no_kafka = 0, no_serial = 0, i;
     char master[CH_PATH], copy[CH_PATH], to[700];
     bench_result res;
 
@@ -721,6 +759,8 @@ int main(int argc, char **argv)
             no_pg = 1;
         else if (!strcmp(argv[i], "--no-kafka"))
             no_kafka = 1;
+        else if (!strcmp(argv[i], "--no-serial"))
+            no_serial = 1;
         else
             return usage();
     }
@@ -764,22 +804,33 @@ int main(int argc, char **argv)
              "%s?stream=BENCH_SQ&subject=sq.{aggregate_type}.{type}&max_pending=%lld", nats.url,
              window);
     if (stream_create("BENCH_SQ", "sq.>") == 0 &&
-        sqlite_relay_case("sqlite -> nats", master, copy, to, &res) == 0 &&
+        sqlite_relay_case("sqlite -> nats", master, copy, to, 0, &res) == 0 &&
         check_stream("sqlite -> nats", "BENCH_SQ") == 0) {
         print_row("sqlite -> nats (relay)", &res, nats_ceiling_rate);
     } else {
         failures++;
     }
+    if (!no_serial) {
+        snprintf(to, sizeof to,
+                 "%s?stream=BENCH_SQS&subject=sqs.{aggregate_type}.{type}&max_pending=%lld",
+                 nats.url, window);
+        if (stream_create("BENCH_SQS", "sqs.>") == 0 &&
+            sqlite_relay_case("sqlite -> nats (serial)", master, copy, to, 1, &res) == 0 &&
+            check_stream("sqlite -> nats (serial)", "BENCH_SQS") == 0)
+            print_row("sqlite -> nats (serial relay)", &res, nats_ceiling_rate);
+        else
+            failures++;
+    }
 
     /* The SQLite side alone (the relay to discard:). */
-    if (sqlite_relay_case("sqlite -> discard", master, copy, "discard:", &res) == 0)
+    if (sqlite_relay_case("sqlite -> discard", master, copy, "discard:", 0, &res) == 0)
         print_row("sqlite -> discard: (store alone)", &res, nats_ceiling_rate);
     else
         failures++;
 
         /* (3) PostgreSQL -> JetStream */
 #ifdef OUTBOX_HAVE_LIBPQ
-    if (!no_pg) pg_case();
+    if (!no_pg) pg_case(no_serial);
 #else
     if (!no_pg)
         printf("%-34s skipped: this build has no PostgreSQL store\n", "postgres -> nats (relay)");

@@ -334,7 +334,8 @@ typedef struct outbox_list_params {
 typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
 
 typedef struct outbox_store_ops {
-    int version;        /* 1, or 2 with idle and wait_fd */
+    int version;        /* 1; 2 with idle and wait_fd; 3 with the pipelined
+                           claim and complete */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -398,6 +399,24 @@ typedef struct outbox_store_ops {
     /* A descriptor that becomes readable when `changed` may say 1 (the
      * relay polls it in its idle wait), or -1. */
     int (*wait_fd)(void *state);
+
+    /* Version 3 (NULL: the relay does not pipeline with this store). */
+
+    /* Like claim, for a relay that claims the next batch while the one
+     * before is still being published: returns none of the exclude_count
+     * messages whose seqs are in exclude (the batch in flight), keeps
+     * nothing open between claim and complete_pipelined, and while
+     * exclude_count > 0 keeps the partitions it holds (hands none to
+     * another relay). */
+    int (*claim_pipelined)(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                           size_t exclude_count, outbox_msg ***msgs, size_t *n,
+                           outbox_error *err);
+    /* Records the outcomes of a batch from claim_pipelined in one
+     * transaction; in_flight != 0: another batch is still out (keep the
+     * partitions, as above). */
+    int (*complete_pipelined)(void *state, const outbox_completion *c, size_t n,
+                              const outbox_complete_params *p, int in_flight,
+                              outbox_error *err);
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state. */
@@ -451,6 +470,37 @@ typedef struct outbox_transport_ops {
     void (*close)(void *state);
 } outbox_transport_ops;
 
+/* Pipelining destinations (e.g. nats://): the same publication split in two
+ * so the relay can work while a batch's confirmations are outstanding.
+ * Kept out of outbox_transport_ops (like interrupt below) so that the
+ * drivers' positional tables stay complete; outbox__transport_pipeline
+ * finds a driver's.
+ *
+ * publish_begin sends msgs[0..n) in order and returns without waiting; it
+ * keeps msgs and results (borrowed) until publish_end is called with the
+ * same arrays.  Batches end in the order they began, and at most
+ * OUTBOX_PIPELINE_DEPTH are open.  A message is not sent when an earlier
+ * message of its aggregate in an open batch could not be sent (its result
+ * says why).  publish_begin returns OUTBOX_OK (the batch is open: call
+ * publish_end), or a negative code when it sent nothing (not open; every
+ * message is retried).  publish_end waits for the batch's confirmations and
+ * fills results as publish does; it returns OUTBOX_OK, or a negative code
+ * for the whole batch. */
+typedef struct outbox_transport_pipeline {
+    const outbox_transport_ops *driver;
+    int (*publish_begin)(void *state, outbox_msg *const *msgs, size_t n,
+                         outbox_publish_result *results);
+    int (*publish_end)(void *state, outbox_msg *const *msgs, size_t n,
+                       outbox_publish_result *results);
+} outbox_transport_pipeline;
+
+/* Batches a pipelining transport may have open at once. */
+#define OUTBOX_PIPELINE_DEPTH 2
+
+/* The pipelined entry points of the driver ops, or NULL when it has none
+ * (src/transport/pipeline.c). */
+const outbox_transport_pipeline *outbox__transport_pipeline(const outbox_transport_ops *ops);
+
 typedef struct outbox_transport {
     const outbox_transport_ops *ops;
     void *state;
@@ -480,5 +530,6 @@ extern const outbox_transport_ops outbox__transport_https; /* OUTBOX_HAVE_CURL *
 void outbox__http_interrupt(void *state);                  /* OUTBOX_HAVE_CURL */
 extern const outbox_transport_ops outbox__transport_nats;  /* OUTBOX_HAVE_NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* OUTBOX_HAVE_RDKAFKA */
+extern const outbox_transport_pipeline outbox__transport_nats_pipeline; /* OUTBOX_HAVE_NATS */
 
 #endif /* OUTBOX_INTERNAL_H */

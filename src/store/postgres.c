@@ -18,7 +18,13 @@
  * transaction stays open while the batch is published.  complete records
  * each outcome kind with one statement over arrays, then COMMIT.  A claim
  * while a claim transaction is still open (the relay dropped a batch)
- * rolls it back first: the rows become claimable again.
+ * rolls it back first: the rows become claimable again.  A pipelined claim
+ * (store version 3: the relay claims the next batch while the previous one
+ * is published) is a plain read without the seqs in flight and without row
+ * locks: the partition advisory locks keep the rows this relay's, and no
+ * partition is released while a batch is in flight (no rebalancing, and no
+ * reconnect: a new session would not hold them).  Its complete opens its
+ * own transaction.
  *
  * Several relays: the aggregate id is hashed into P partitions (a stored
  * generated column; P is fixed at init).  A relay holds a membership
@@ -1548,7 +1554,25 @@ static const char claim_tmpl[] =
     " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean)))"
     " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
 
-enum { P_CLAIM, P_DELETE, P_MARK, P_RETRY, P_FAIL, P_COUNT };
+/* Pipelined claim: the same selection as a plain read, without the seqs in
+ * flight ($5).  No row locks: the relay's partition advisory locks keep the
+ * rows its own, and it keeps them while a batch is out (no rebalancing). */
+static const char claim_pipelined_tmpl[] =
+    "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"
+    " aggregate_type, aggregate_id, payload::text, headers::text, attempts"
+    " FROM {s}.outbox o"
+    " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"
+    " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"
+    " '1 microsecond')"
+    " AND NOT (o.seq = ANY($5::bigint[]))"
+    " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"
+    "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
+    "  AND (p.status = 'failed' OR p.attempts > 0)"
+    "  AND ((p.status = 'pending' AND p.available_at > 'epoch'::timestamptz + $2::bigint *"
+    " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean)))"
+    " ORDER BY o.seq LIMIT $4";
+
+enum { P_CLAIM, P_DELETE, P_MARK, P_RETRY, P_FAIL, P_CLAIM_PIPELINED, P_COUNT };
 
 static const char *const hot_tmpl[P_COUNT] = {
     [P_CLAIM] = claim_tmpl,
@@ -1562,10 +1586,12 @@ static const char *const hot_tmpl[P_COUNT] = {
     [P_FAIL] = "UPDATE {s}.outbox o SET attempts = o.attempts + 1, status = 'failed',"
                " last_error = u.err FROM unnest($1::bigint[], $2::text[]) AS u(seq, err)"
                " WHERE o.seq = u.seq",
+    [P_CLAIM_PIPELINED] = claim_pipelined_tmpl,
 };
 
 static const char *const hot_name[P_COUNT] = {"outbox_claim", "outbox_delete", "outbox_mark",
-                                              "outbox_retry", "outbox_fail"};
+                                              "outbox_retry", "outbox_fail",
+                                              "outbox_claim_pipelined"};
 
 static int prepare_hot(pg_store *st, outbox_error *err)
 {
@@ -1587,20 +1613,30 @@ static int prepare_hot(pg_store *st, outbox_error *err)
     return OUTBOX_OK;
 }
 
-static int pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
-                    outbox_error *err)
+/* The plain claim (a transaction left open until complete), or the
+ * pipelined one (a plain read without the seqs in exclude). */
+static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
+                 const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs, size_t *n,
+                 outbox_error *err)
 {
-    pg_store *st = state;
-    const char *params[4];
+    const char *params[5];
     char now[32], limit[32];
     outbox_msg **arr = NULL;
     PGresult *res = NULL;
     size_t count = 0;
     int i, rows, code, any = 0;
+    /* A pipelined batch is still out: keep every partition held. */
+    int keep = pipelined && exclude_count > 0;
 
     *msgs = NULL;
     *n = 0;
     if (!p || p->batch_size == 0) return outbox__error(err, OUTBOX_EINVAL, "claim: batch_size is 0");
+    if (keep && (!st->conn || PQstatus(st->conn) != CONNECTION_OK))
+        /* A new session would not hold the partitions the batch in flight
+         * came from: the relay finishes that batch first. */
+        return outbox__error(err, OUTBOX_EIO,
+                             "claiming messages: the PostgreSQL connection was lost while a "
+                             "batch was in flight; reconnecting once it is finished");
     code = need_conn(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
@@ -1608,7 +1644,9 @@ static int pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msg
         code = check_schema(st, err);
         if (code != OUTBOX_OK) return code;
     }
-    if (st->owner[0] && p->once) {
+    if (keep) {
+        /* no rebalancing while a batch is in flight */
+    } else if (st->owner[0] && p->once) {
         code = take_all_for_once(st, err);
         if (code != OUTBOX_OK) return code;
     } else if (st->owner[0]) {
@@ -1631,6 +1669,29 @@ static int pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msg
     if (st->a1.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
     if (!any) return OUTBOX_OK; /* holds no partition right now */
 
+    if (pipelined) {
+        size_t k;
+        outbox__buf_reset(&st->a2);
+        outbox__buf_puts(&st->a2, "{");
+        for (k = 0; k < exclude_count; k++)
+            outbox__buf_printf(&st->a2, "%s%lld", k ? "," : "", (long long)exclude[k]);
+        outbox__buf_puts(&st->a2, "}");
+        if (st->a2.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+        snprintf(now, sizeof now, "%lld", (long long)p->now_us);
+        snprintf(limit, sizeof limit, "%zu", p->batch_size);
+        params[0] = st->a1.data;
+        params[1] = now;
+        params[2] = p->failed_blocks_aggregate ? "true" : "false";
+        params[3] = limit;
+        params[4] = st->a2.data;
+        res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 5, params, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            code = pq_fail(st->conn, res, "claiming messages", err);
+            goto fail;
+        }
+        goto got_rows;
+    }
+
     /* Outcomes need not be durable: a completion lost in a database crash
      * only makes its messages be published again (at least once), so the
      * claim transaction does not wait for its WAL flush. */
@@ -1652,6 +1713,7 @@ static int pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msg
         code = pq_fail(st->conn, res, "claiming messages", err);
         goto fail;
     }
+got_rows:
     rows = PQntuples(res);
     if (rows == 0) {
         PQclear(res);
@@ -1677,7 +1739,7 @@ static int pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msg
     PQclear(res);
     *msgs = arr;
     *n = count;
-    return OUTBOX_OK; /* the transaction stays open until complete */
+    return OUTBOX_OK; /* a plain claim's transaction stays open until complete */
 
 fail:
     PQclear(res);
@@ -1685,6 +1747,19 @@ fail:
     free(arr);
     end_claim(st);
     return code;
+}
+
+static int pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
+                    outbox_error *err)
+{
+    return claim(state, p, 0, NULL, 0, msgs, n, err);
+}
+
+static int pg_claim_pipelined(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                              size_t exclude_count, outbox_msg ***msgs, size_t *n,
+                              outbox_error *err)
+{
+    return claim(state, p, 1, exclude, exclude_count, msgs, n, err);
 }
 
 /* Runs a prepared hot statement with text parameters. */
@@ -1698,15 +1773,34 @@ static int run_hot(pg_store *st, int which, int nparams, const char *const *para
     return code;
 }
 
-static int pg_complete(void *state, const outbox_completion *c, size_t n,
-                       const outbox_complete_params *p, outbox_error *err)
+/* Records outcomes: in the claim's transaction, or (pipelined) in one of
+ * its own; in_flight: a pipelined batch is still out (no rebalancing). */
+static int complete(pg_store *st, const outbox_completion *c, size_t n,
+                    const outbox_complete_params *p, int pipelined, int in_flight,
+                    outbox_error *err)
 {
-    pg_store *st = state;
     const char *params[3];
     char now[32];
     size_t i, sent = 0, retry = 0, failed = 0;
     int code = OUTBOX_OK;
 
+    if (pipelined) {
+        /* A pipelined batch holds no transaction: open one for the outcomes
+         * (on the session that holds the partitions; after a lost
+         * connection nothing is recorded, as for a plain claim). */
+        if (!st->conn || PQstatus(st->conn) != CONNECTION_OK)
+            return outbox__error(err, OUTBOX_EIO,
+                                 "recording outcomes: the PostgreSQL connection was lost; the "
+                                 "batch was not recorded and will be published again");
+        end_claim(st);
+        code = exec_sql(st->conn, "BEGIN; SET LOCAL synchronous_commit = off",
+                        "starting the completion transaction", err);
+        if (code != OUTBOX_OK) {
+            rollback(st->conn);
+            return code;
+        }
+        st->in_txn = 1;
+    }
     if (!st->in_txn || !st->conn || PQstatus(st->conn) != CONNECTION_OK ||
         PQtransactionStatus(st->conn) != PQTRANS_INTRANS) {
         st->in_txn = 0;
@@ -1804,7 +1898,7 @@ static int pg_complete(void *state, const outbox_completion *c, size_t n,
     st->in_txn = 0;
     if (code != OUTBOX_OK) goto fail;
     /* Between batches: keep the share of partitions current. */
-    if (st->owner[0]) {
+    if (st->owner[0] && !(pipelined && in_flight)) {
         outbox_error e;
         if (maybe_rebalance(st, 0, &e) != OUTBOX_OK)
             outbox__log(OUTBOX_LOG_WARN, COMPONENT, "relay %s: rebalancing failed: %s",
@@ -1815,6 +1909,19 @@ static int pg_complete(void *state, const outbox_completion *c, size_t n,
 fail:
     end_claim(st);
     return code;
+}
+
+static int pg_complete(void *state, const outbox_completion *c, size_t n,
+                       const outbox_complete_params *p, outbox_error *err)
+{
+    return complete(state, c, n, p, 0, 0, err);
+}
+
+static int pg_complete_pipelined(void *state, const outbox_completion *c, size_t n,
+                                 const outbox_complete_params *p, int in_flight,
+                                 outbox_error *err)
+{
+    return complete(state, c, n, p, 1, in_flight, err);
 }
 
 static int pg_changed(void *state, int *changed, outbox_error *err)
@@ -2238,7 +2345,7 @@ static int pg_purge(void *state, int64_t before_us, int64_t *count, outbox_error
 
 /* The PostgreSQL store driver (schemes "postgres" and "postgresql"). */
 const outbox_store_ops outbox__store_postgres = {
-    2,
+    3,
     "postgres",
     pg_open,
     pg_close,
@@ -2260,6 +2367,8 @@ const outbox_store_ops outbox__store_postgres = {
     pg_purge,
     pg_idle,
     pg_wait_fd,
+    pg_claim_pipelined,
+    pg_complete_pipelined,
 };
 
 

@@ -23,7 +23,9 @@
  * those, so the check is free in the common case.  The relay holds the
  * lease, so claiming is a plain read; outcomes are recorded in one
  * transaction that also renews the lease, with all sent messages of a batch
- * deleted (or marked) by one statement.
+ * deleted (or marked) by one statement.  A pipelined claim (the relay
+ * claims the next batch while the previous one is still being published)
+ * is the same read without the seqs still in flight.
  *
  * A store handle is used by one thread at a time (its statements are
  * cached in it); open one store per thread.
@@ -448,6 +450,7 @@ enum {
     S_BEGIN,
     S_COMMIT,
     S_CLAIM,
+    S_CLAIM_PIPELINED,
     S_DELETE_MANY,
     S_MARK_SENT_MANY,
     S_RETRY,
@@ -465,6 +468,18 @@ static const char *const stmt_sql[S_COUNT] = {
         "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
         " attempts FROM outbox o"
         " WHERE o.status = 'pending' AND o.available_at <= ?1"
+        " AND NOT EXISTS (SELECT 1 FROM outbox p"
+        "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
+        "  AND (p.status = 'failed' OR p.attempts > 0)"
+        "  AND ((p.status = 'pending' AND p.available_at > ?1)"
+        "       OR (p.status = 'failed' AND ?2)))"
+        " ORDER BY o.seq LIMIT ?3",
+    /* The same, without the messages in flight (?4: JSON array of seqs). */
+    [S_CLAIM_PIPELINED] =
+        "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
+        " attempts FROM outbox o"
+        " WHERE o.status = 'pending' AND o.available_at <= ?1"
+        " AND o.seq NOT IN (SELECT value FROM json_each(?4))"
         " AND NOT EXISTS (SELECT 1 FROM outbox p"
         "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
         "  AND (p.status = 'failed' OR p.attempts > 0)"
@@ -494,6 +509,7 @@ typedef struct sqlite_store {
     sqlite3_stmt *stmts[S_COUNT];
     int64_t data_version; /* -1 before the first `changed` */
     outbox_buf sent;      /* complete: JSON array of the sent seqs */
+    outbox_buf exclude;   /* pipelined claim: JSON array of the seqs in flight */
 } sqlite_store;
 
 /* Returns the cached statement idx, preparing it on first use. */
@@ -581,6 +597,7 @@ static void sqlite_close(void *state)
     if (!st) return;
     for (i = 0; i < S_COUNT; i++) sqlite3_finalize(st->stmts[i]);
     outbox__buf_free(&st->sent);
+    outbox__buf_free(&st->exclude);
     if (st->db && sqlite3_close(st->db) != SQLITE_OK)
         outbox__log(OUTBOX_LOG_WARN, "store.sqlite", "closing %s: %s", st->path,
                     sqlite3_errmsg(st->db));
@@ -618,6 +635,7 @@ static int sqlite_open(void **state, const char *url, outbox_error *err)
     if (!st) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     st->data_version = -1;
     outbox__buf_init(&st->sent);
+    outbox__buf_init(&st->exclude);
     st->path = strdup(path);
     if (!st->path) {
         code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
@@ -879,8 +897,10 @@ static void free_msgs(outbox_msg **msgs, size_t n)
     free(msgs);
 }
 
-static int sqlite_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs,
-                        size_t *n, outbox_error *err)
+/* The plain claim, or (pipelined) the same read without the seqs in
+ * exclude. */
+static int claim(void *state, const outbox_claim_params *p, int pipelined, const int64_t *exclude,
+                 size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err)
 {
     sqlite_store *st = state;
     sqlite3_stmt *s;
@@ -894,11 +914,25 @@ static int sqlite_claim(void *state, const outbox_claim_params *p, outbox_msg **
         return outbox__error(err, OUTBOX_EINVAL, "claim: batch_size must be at least 1");
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
-    s = stmt(st, S_CLAIM, &code, err);
+    if (pipelined) {
+        /* The relay is alone (lease): claiming is a plain read, so only
+         * the messages still in flight need excluding. */
+        size_t i;
+        outbox__buf_reset(&st->exclude);
+        outbox__buf_append(&st->exclude, "[", 1);
+        for (i = 0; i < exclude_count; i++)
+            outbox__buf_printf(&st->exclude, i ? ",%lld" : "%lld", (long long)exclude[i]);
+        outbox__buf_append(&st->exclude, "]", 1);
+        if (st->exclude.oom)
+            return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming messages");
+    }
+    s = stmt(st, pipelined ? S_CLAIM_PIPELINED : S_CLAIM, &code, err);
     if (!s) return code;
     sqlite3_bind_int64(s, 1, p->now_us);
     sqlite3_bind_int(s, 2, p->failed_blocks_aggregate ? 1 : 0);
     sqlite3_bind_int64(s, 3, p->batch_size > INT64_MAX ? INT64_MAX : (int64_t)p->batch_size);
+    if (pipelined)
+        sqlite3_bind_text(s, 4, st->exclude.data, (int)st->exclude.len, SQLITE_STATIC);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (count == cap) {
             size_t ncap = cap ? cap * 2 : (p->batch_size < 64 ? p->batch_size : 64);
@@ -929,6 +963,19 @@ fail:
     sqlite3_clear_bindings(s);
     free_msgs(arr, count);
     return code;
+}
+
+static int sqlite_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs,
+                        size_t *n, outbox_error *err)
+{
+    return claim(state, p, 0, NULL, 0, msgs, n, err);
+}
+
+static int sqlite_claim_pipelined(void *state, const outbox_claim_params *p,
+                                  const int64_t *exclude, size_t exclude_count,
+                                  outbox_msg ***msgs, size_t *n, outbox_error *err)
+{
+    return claim(state, p, 1, exclude, exclude_count, msgs, n, err);
 }
 
 /* Records one RETRY or FAILED completion with its cached statement. */
@@ -1035,6 +1082,15 @@ static int sqlite_complete(void *state, const outbox_completion *c, size_t n,
 fail:
     rollback(st->db);
     return code;
+}
+
+/* Completion holds no claim state here: the same transaction. */
+static int sqlite_complete_pipelined(void *state, const outbox_completion *c, size_t n,
+                                     const outbox_complete_params *p, int in_flight,
+                                     outbox_error *err)
+{
+    (void)in_flight;
+    return sqlite_complete(state, c, n, p, err);
 }
 
 static int sqlite_changed(void *state, int *changed, outbox_error *err)
@@ -1396,7 +1452,7 @@ static int sqlite_purge(void *state, int64_t before_us, int64_t *count, outbox_e
 
 /* The SQLite store driver (scheme "sqlite"). */
 const outbox_store_ops outbox__store_sqlite = {
-    1,
+    3, /* no idle/wait_fd (NULL); pipelined claims */
     "sqlite",
     sqlite_open,
     sqlite_close,
@@ -1418,4 +1474,6 @@ const outbox_store_ops outbox__store_sqlite = {
     sqlite_purge,
     NULL, /* idle: in-process wake-up and data_version need no hint */
     NULL, /* wait_fd */
+    sqlite_claim_pipelined,
+    sqlite_complete_pipelined,
 };

@@ -14,13 +14,27 @@
  * arrive after the batch is closed are ignored (the retry is dropped by the
  * stream's duplicate window).
  *
+ * Pipelining (publish_begin / publish_end): the relay may begin the next
+ * batch before it waits for the acks of the previous one, so claiming and
+ * recording overlap with JetStream's acks.  Up to OUTBOX_PIPELINE_DEPTH
+ * batches are open, each with its own id table and results; ack_handler
+ * finds a message's batch by its id.  A batch begun while another is open
+ * inherits its stop conditions (below), so the order rule holds across
+ * them, and a message whose aggregate already has a failed message in the
+ * open batch is not sent.  Within RECONNECT_GRACE_US of a reconnect, begin
+ * first waits for the open batch's acks (no overlap while a recovering
+ * server may refuse one publication and take a later one: with overlap
+ * the stress test of server restarts showed a later message of an
+ * aggregate stored before an earlier one).  publish() is begin + end.
+ *
  * Order: the connection keeps publication order, so a batch reaches the
  * stream in claim order.  When a publish call fails outright, the later
  * messages of that aggregate in the batch are not sent at all.  A dropped
  * connection loses what was in flight; so that nothing later in the batch
  * overtakes it, the batch stops publishing as soon as the connection is
- * seen down or a disconnect was counted since the batch began (what was
- * written before the drop reaches the server in order or not at all).
+ * seen down or a disconnect was counted since the batch began, or since
+ * the open batch before it began (what was written before the drop reaches
+ * the server in order or not at all).
  * After a reconnect, the first batch waits until the stream answers
  * js_GetStreamInfo again: a restarting server refuses publications while
  * it recovers its streams, and could otherwise take a later message of an
@@ -56,6 +70,24 @@
  * starting: it is retriable for this long. */
 #define RECONNECT_GRACE_US 10000000
 
+/* One batch between publish_begin and publish_end. */
+typedef struct nats_batch {
+    int accepting; /* acks are applied to it (cleared when it times out) */
+    outbox_msg *const *msgs;
+    outbox_publish_result *results;
+    unsigned char *done;    /* per message: 1 once its result is final */
+    unsigned char *blocked; /* per message: not sent (a publish call failed) */
+    size_t n;
+    size_t outstanding; /* published, result not final */
+    size_t *table;      /* id hash: index+1, 0 = empty */
+    size_t table_cap;
+    size_t flags_cap; /* room in done and blocked */
+    size_t nblocked;
+    int stalled;              /* 1: the ack window stayed full; 2: connection lost */
+    int disconnects0;         /* disconnect count when it began */
+    struct timespec deadline; /* for its acks (CLOCK_REALTIME) */
+} nats_batch;
+
 typedef struct nats_state {
     natsOptions *opts;
     natsConnection *nc;
@@ -75,18 +107,13 @@ typedef struct nats_state {
                                        js_PublishAsyncGetPendingList needs that) */
     _Atomic int64_t reconnected_us; /* monotonic time of the last reconnect */
 
-    /* The open batch, shared with ack_handler under mu. */
+    /* The open batches (a ring, oldest first), shared with ack_handler
+     * under mu. */
     pthread_mutex_t mu;
     pthread_cond_t cond;
-    int open;
-    outbox_msg *const *msgs;
-    outbox_publish_result *results;
-    unsigned char *done; /* per message: 1 once its result is final */
-    size_t n;
-    size_t outstanding; /* published, result not final */
-    size_t *table;      /* id hash: index+1, 0 = empty */
-    size_t table_cap;
-    size_t done_cap;
+    nats_batch batches[OUTBOX_PIPELINE_DEPTH];
+    int first; /* index of the oldest open batch */
+    int count; /* open batches */
 } nats_state;
 
 /* ------------------------------------------------------------------------
@@ -103,46 +130,56 @@ static uint64_t hash_id(const char *s)
     return h;
 }
 
-/* Index of the message with this id in the open batch, or (size_t)-1. */
-static size_t lookup(const nats_state *st, const char *id)
+/* Index of the message with this id in batch b, or (size_t)-1. */
+static size_t lookup(const nats_batch *b, const char *id)
 {
-    size_t mask = st->table_cap - 1, i;
-    if (st->table_cap == 0) return (size_t)-1;
-    for (i = (size_t)hash_id(id) & mask; st->table[i] != 0; i = (i + 1) & mask)
-        if (strcmp(st->msgs[st->table[i] - 1]->id, id) == 0) return st->table[i] - 1;
+    size_t mask = b->table_cap - 1, i;
+    if (b->table_cap == 0 || b->msgs == NULL) return (size_t)-1;
+    for (i = (size_t)hash_id(id) & mask; b->table[i] != 0; i = (i + 1) & mask)
+        if (strcmp(b->msgs[b->table[i] - 1]->id, id) == 0) return b->table[i] - 1;
     return (size_t)-1;
 }
 
-/* Sizes and fills the id table and per-message flags; -1 when out of memory. */
-static int batch_prepare(nats_state *st, outbox_msg *const *msgs, size_t n)
+/* Sizes and fills a batch's id table and per-message flags; -1 when out of
+ * memory. */
+static int batch_prepare(nats_batch *b, outbox_msg *const *msgs, size_t n)
 {
     size_t want = 16, i;
     while (want < n * 2)
         want *= 2;
-    if (want > st->table_cap) {
+    if (want > b->table_cap) {
         size_t *t = calloc(want, sizeof *t);
         if (t == NULL) return -1;
-        free(st->table);
-        st->table = t;
-        st->table_cap = want;
+        free(b->table);
+        b->table = t;
+        b->table_cap = want;
     } else {
-        memset(st->table, 0, st->table_cap * sizeof *st->table);
+        memset(b->table, 0, b->table_cap * sizeof *b->table);
     }
-    if (n > st->done_cap) {
-        unsigned char *d = realloc(st->done, n);
+    if (n > b->flags_cap) {
+        unsigned char *d = realloc(b->done, n), *k;
         if (d == NULL) return -1;
-        st->done = d;
-        st->done_cap = n;
+        b->done = d;
+        k = realloc(b->blocked, n);
+        if (k == NULL) return -1;
+        b->blocked = k;
+        b->flags_cap = n;
     }
-    memset(st->done, 0, n);
-    st->msgs = msgs;
+    memset(b->done, 0, n);
+    memset(b->blocked, 0, n);
+    b->msgs = msgs;
     for (i = 0; i < n; i++) {
-        size_t mask = st->table_cap - 1, j;
-        for (j = (size_t)hash_id(msgs[i]->id) & mask; st->table[j] != 0; j = (j + 1) & mask) {
+        size_t mask = b->table_cap - 1, j;
+        for (j = (size_t)hash_id(msgs[i]->id) & mask; b->table[j] != 0; j = (j + 1) & mask) {
         }
-        st->table[j] = i + 1;
+        b->table[j] = i + 1;
     }
     return 0;
+}
+
+static nats_batch *batch_at(nats_state *st, int k)
+{
+    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
 }
 
 static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
@@ -278,22 +315,34 @@ static void ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
 {
     nats_state *st = closure;
     const char *id = NULL;
+    int k, lost = 0;
     (void)js;
 
     if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK) id = NULL;
+    /* Tests: a positive ack that never arrived (the message is retried;
+     * JetStream's duplicate window drops the second copy). */
+    if (pa != NULL && pae == NULL && OUTBOX_FAULT("nats_ack_lost") != 0) lost = 1;
     pthread_mutex_lock(&st->mu);
-    if (st->open && id != NULL) {
-        size_t i = lookup(st, id);
-        if (i != (size_t)-1 && !st->done[i]) {
-            if (pa != NULL && pae == NULL)
-                set_result(&st->results[i], OUTBOX_OK, NULL);
+    for (k = 0; id != NULL && k < st->count; k++) {
+        nats_batch *b = batch_at(st, k);
+        size_t i;
+        if (!b->accepting) continue;
+        i = lookup(b, id);
+        if (i == (size_t)-1) continue;
+        if (!b->done[i]) {
+            if (lost)
+                set_result(&b->results[i], OUTBOX_EPUBLISH,
+                           "injected fault nats_ack_lost: the ack was dropped");
+            else if (pa != NULL && pae == NULL)
+                set_result(&b->results[i], OUTBOX_OK, NULL);
             else if (pae != NULL)
-                ack_error(st, &st->results[i], st->msgs[i], msg, pae);
+                ack_error(st, &b->results[i], b->msgs[i], msg, pae);
             else
-                set_result(&st->results[i], OUTBOX_EPUBLISH, "JetStream sent an empty ack");
-            st->done[i] = 1;
-            if (st->outstanding > 0 && --st->outstanding == 0) pthread_cond_broadcast(&st->cond);
+                set_result(&b->results[i], OUTBOX_EPUBLISH, "JetStream sent an empty ack");
+            b->done[i] = 1;
+            if (b->outstanding > 0 && --b->outstanding == 0) pthread_cond_broadcast(&st->cond);
         }
+        break;
     }
     pthread_mutex_unlock(&st->mu);
     natsMsg_Destroy(msg);
@@ -683,33 +732,95 @@ static natsStatus build_msg(nats_state *st, natsMsg **out, const outbox_msg *m, 
     return NATS_OK;
 }
 
-/* Is aggregate id among the first `upto` messages marked failed-to-send? */
-static int aggregate_blocked(outbox_msg *const *msgs, size_t upto, const unsigned char *blocked,
-                             const char *agg)
+/* Is aggregate agg among the first `upto` messages of b that were not sent? */
+static int aggregate_blocked(const nats_batch *b, size_t upto, const char *agg)
 {
     size_t i;
+    if (b->nblocked == 0) return 0;
     for (i = 0; i < upto; i++)
-        if (blocked[i] && strcmp(msgs[i]->aggregate_id, agg) == 0) return 1;
+        if (b->blocked[i] && strcmp(b->msgs[i]->aggregate_id, agg) == 0) return 1;
     return 0;
 }
 
-static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
-                        outbox_publish_result *results)
+/* Indices of the messages of b whose result is already a failure (final,
+ * or none while b takes no more acks), in *out (the caller frees it);
+ * returns how many, or (size_t)-1 when out of memory. */
+static size_t failed_so_far(nats_state *st, const nats_batch *b, size_t **out)
+{
+    size_t i, k = 0;
+    *out = NULL;
+    pthread_mutex_lock(&st->mu);
+    for (i = 0; i < b->n; i++) {
+        if (!((b->done[i] || !b->accepting) && b->results[i].code != OUTBOX_OK)) continue;
+        if (*out == NULL) {
+            *out = malloc(b->n * sizeof **out);
+            if (*out == NULL) {
+                pthread_mutex_unlock(&st->mu);
+                return (size_t)-1;
+            }
+        }
+        (*out)[k++] = i;
+    }
+    pthread_mutex_unlock(&st->mu);
+    return k;
+}
+
+/* Is agg the aggregate of one of b's messages listed in idx[0..n)? */
+static int aggregate_listed(const nats_batch *b, const size_t *idx, size_t n, const char *agg)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (strcmp(b->msgs[idx[i]]->aggregate_id, agg) == 0) return 1;
+    return 0;
+}
+
+/* Makes message i of b final without sending it. */
+static void not_sent(nats_state *st, nats_batch *b, size_t i, int code, const char *why)
+{
+    pthread_mutex_lock(&st->mu);
+    set_result(&b->results[i], code, "%s", why);
+    b->done[i] = 1;
+    pthread_mutex_unlock(&st->mu);
+    b->blocked[i] = 1;
+    b->nblocked++;
+}
+
+/* Sends a batch (see publish_begin in internal.h).  The batch inherits the
+ * state of the batch still open before it: a connection lost or an ack
+ * window stalled since that one began stops this one too, and a message
+ * whose aggregate had a message that batch could not send is not sent
+ * (what reaches the server arrives in publication order, so nothing later
+ * of an aggregate overtakes an earlier message that is retried). */
+static int nats_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
+                              outbox_publish_result *results)
 {
     nats_state *st = state;
-    unsigned char *blocked = NULL;
-    size_t i, nblocked = 0;
-    int stalled = 0; /* 1: the ack window stayed full; 2: connection lost */
-    int disconnects0 = atomic_load(&st->disconnects);
+    nats_batch *b, *prev = NULL;
     struct timespec deadline;
     outbox_error rerr;
     int64_t wall;
+    size_t i, *prev_failed = NULL, nprev_failed = 0;
 
-    if (n == 0) return OUTBOX_OK;
-    if (atomic_load(&st->disconnects) != st->verified_disconnects) {
+    if (st->count >= OUTBOX_PIPELINE_DEPTH) return OUTBOX_EINVAL;
+    if (st->count > 0) prev = batch_at(st, st->count - 1);
+    if (prev != NULL && atomic_load(&st->disconnects) > 0 &&
+        outbox__monotonic_us() - atomic_load(&st->reconnected_us) < RECONNECT_GRACE_US) {
+        /* Just after a reconnect the server may refuse some publications
+         * while it recovers its streams and take later ones: do not
+         * overlap batches then.  Wait for the open batch's acks first, so
+         * its failures block their aggregates below (as a serial relay
+         * would). */
+        pthread_mutex_lock(&st->mu);
+        while (prev->accepting && prev->outstanding > 0)
+            if (pthread_cond_timedwait(&st->cond, &st->mu, &prev->deadline) == ETIMEDOUT) break;
+        pthread_mutex_unlock(&st->mu);
+    }
+    if (prev == NULL && atomic_load(&st->disconnects) != st->verified_disconnects) {
         /* After a reconnect, publish only once the stream answers again: a
          * restarting server refuses the first messages while it recovers
-         * its streams and would take later ones, out of order. */
+         * its streams and would take later ones, out of order.  (With a
+         * batch open, the disconnect stops this batch below; the check
+         * runs once the pipeline is empty.) */
         int seen = atomic_load(&st->disconnects);
         jsStreamInfo *si = NULL;
         jsErrCode jerr = 0;
@@ -727,22 +838,31 @@ static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
         }
         st->verified_disconnects = seen;
     }
-    blocked = calloc(n, 1);
-    if (blocked == NULL) return OUTBOX_ENOMEM;
 
+    if (prev != NULL) {
+        /* Messages of the open batch already known to have failed block
+         * their aggregates here too. */
+        nprev_failed = failed_so_far(st, prev, &prev_failed);
+        if (nprev_failed == (size_t)-1) return OUTBOX_ENOMEM;
+    }
+    b = batch_at(st, st->count);
     pthread_mutex_lock(&st->mu);
-    if (batch_prepare(st, msgs, n) != 0) {
+    if (batch_prepare(b, msgs, n) != 0) {
         pthread_mutex_unlock(&st->mu);
-        free(blocked);
+        free(prev_failed);
         return OUTBOX_ENOMEM;
     }
     for (i = 0; i < n; i++)
         set_result(&results[i], OUTBOX_EPUBLISH, "no ack from JetStream within %lld ms",
                    (long long)st->ack_timeout_ms);
-    st->results = results;
-    st->n = n;
-    st->outstanding = 0;
-    st->open = 1;
+    b->results = results;
+    b->n = n;
+    b->outstanding = 0;
+    b->nblocked = 0;
+    b->stalled = prev ? prev->stalled : 0;
+    b->disconnects0 = prev ? prev->disconnects0 : atomic_load(&st->disconnects);
+    b->accepting = 1;
+    st->count++;
     pthread_mutex_unlock(&st->mu);
 
     for (i = 0; i < n; i++) {
@@ -750,77 +870,90 @@ static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
         natsMsg *msg = NULL;
         natsStatus s;
 
-        if (!stalled && (atomic_load(&st->disconnects) != disconnects0 ||
-                         natsConnection_Status(st->nc) != NATS_CONN_STATUS_CONNECTED))
-            stalled = 2;
-        if (stalled || (nblocked > 0 && aggregate_blocked(msgs, i, blocked, m->aggregate_id))) {
-            pthread_mutex_lock(&st->mu);
-            set_result(&results[i], OUTBOX_EPUBLISH,
-                       stalled == 1 ? "not sent: JetStream acks stopped coming back"
-                       : stalled == 2
-                           ? "not sent: the connection to NATS dropped during the batch"
-                           : "not sent: an earlier message of its aggregate could not be "
-                             "published");
-            st->done[i] = 1;
-            pthread_mutex_unlock(&st->mu);
-            blocked[i] = 1;
-            nblocked++;
+        if (!b->stalled && (atomic_load(&st->disconnects) != b->disconnects0 ||
+                            natsConnection_Status(st->nc) != NATS_CONN_STATUS_CONNECTED))
+            b->stalled = 2;
+        if (b->stalled) {
+            not_sent(st, b, i, OUTBOX_EPUBLISH,
+                     b->stalled == 1 ? "not sent: JetStream acks stopped coming back"
+                                     : "not sent: the connection to NATS dropped during the "
+                                       "batch");
+            continue;
+        }
+        if (aggregate_blocked(b, i, m->aggregate_id) ||
+            (prev != NULL &&
+             (aggregate_blocked(prev, prev->n, m->aggregate_id) ||
+              aggregate_listed(prev, prev_failed, nprev_failed, m->aggregate_id)))) {
+            not_sent(st, b, i, OUTBOX_EPUBLISH,
+                     "not sent: an earlier message of its aggregate could not be published");
             continue;
         }
         rerr.code = 0;
         rerr.message[0] = '\0';
         if (outbox__route_render(st->route, m, &st->subject, &rerr) != OUTBOX_OK) {
-            pthread_mutex_lock(&st->mu);
-            set_result(&results[i], rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED,
-                       "%s", rerr.message);
-            st->done[i] = 1;
-            pthread_mutex_unlock(&st->mu);
-            blocked[i] = 1;
-            nblocked++;
+            not_sent(st, b, i, rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED,
+                     rerr.message);
             continue;
         }
         s = build_msg(st, &msg, m, st->subject.data);
         if (s == NATS_OK) {
             /* Counted first: the ack may arrive before the call returns. */
             pthread_mutex_lock(&st->mu);
-            st->outstanding++;
+            b->outstanding++;
             pthread_mutex_unlock(&st->mu);
             s = js_PublishMsgAsync(st->js, &msg, NULL);
             if (s == NATS_OK) st->published = 1;
             if (s != NATS_OK) {
                 pthread_mutex_lock(&st->mu);
-                st->outstanding--;
+                b->outstanding--;
                 pthread_mutex_unlock(&st->mu);
             }
         }
         if (s != NATS_OK) {
+            char why[256];
             natsMsg_Destroy(msg); /* NULL when the library took it */
-            pthread_mutex_lock(&st->mu);
-            set_result(&results[i], OUTBOX_EPUBLISH, "JetStream publish to %s failed: %s",
-                       st->subject.data ? st->subject.data : "?", status_text(s));
+            snprintf(why, sizeof why, "JetStream publish to %s failed: %s",
+                     st->subject.data ? st->subject.data : "?", status_text(s));
             /* The window stayed full for ack_timeout: acks are not coming
              * back, so the rest of the batch waits for the next attempt. */
-            if (s == NATS_TIMEOUT) stalled = 1;
-            st->done[i] = 1;
-            pthread_mutex_unlock(&st->mu);
-            blocked[i] = 1;
-            nblocked++;
+            if (s == NATS_TIMEOUT) b->stalled = 1;
+            not_sent(st, b, i, OUTBOX_EPUBLISH, why);
         }
     }
 
-    /* Wait for the acks of everything published. */
+    free(prev_failed);
     clock_gettime(CLOCK_REALTIME, &deadline);
     wall = (int64_t)deadline.tv_sec * 1000 + deadline.tv_nsec / 1000000 + st->ack_timeout_ms;
-    deadline.tv_sec = (time_t)(wall / 1000);
-    deadline.tv_nsec = (long)(wall % 1000) * 1000000L;
+    b->deadline.tv_sec = (time_t)(wall / 1000);
+    b->deadline.tv_nsec = (long)(wall % 1000) * 1000000L;
+    return OUTBOX_OK;
+}
+
+/* Waits for the acks of the oldest open batch (see publish_end in
+ * internal.h).  What is not acked by its deadline stays retriable; nats.c's
+ * pending acks are then taken back, those of a later open batch with them
+ * (its unacked messages are retried as well: acks stopped coming). */
+static int nats_publish_end(void *state, outbox_msg *const *msgs, size_t n,
+                            outbox_publish_result *results)
+{
+    nats_state *st = state;
+    nats_batch *b;
+    int k;
+
+    if (st->count == 0) return OUTBOX_EINVAL;
+    b = batch_at(st, 0);
+    if (b->msgs != msgs || b->n != n || b->results != results) return OUTBOX_EINVAL;
+
     pthread_mutex_lock(&st->mu);
-    while (st->outstanding > 0) {
-        if (pthread_cond_timedwait(&st->cond, &st->mu, &deadline) == ETIMEDOUT) break;
+    while (b->accepting && b->outstanding > 0) {
+        if (pthread_cond_timedwait(&st->cond, &st->mu, &b->deadline) == ETIMEDOUT) break;
     }
-    if (st->outstanding > 0) {
+    if (b->accepting && b->outstanding > 0) {
         natsMsgList pending;
-        size_t left = st->outstanding;
-        st->open = 0; /* later acks are ignored: those messages stay retriable */
+        size_t left = b->outstanding;
+        /* Later acks are ignored: those messages stay retriable. */
+        for (k = 0; k < st->count; k++)
+            batch_at(st, k)->accepting = 0;
         pthread_mutex_unlock(&st->mu);
         memset(&pending, 0, sizeof pending);
         if (js_PublishAsyncGetPendingList(&pending, st->js) == NATS_OK)
@@ -832,14 +965,26 @@ static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
                     natsConnection_Status(st->nc) == NATS_CONN_STATUS_CONNECTED ? "up" : "down");
         pthread_mutex_lock(&st->mu);
     }
-    st->open = 0;
-    st->results = NULL;
-    st->msgs = NULL;
-    st->n = 0;
-    st->outstanding = 0;
+    b->accepting = 0;
+    b->results = NULL;
+    b->msgs = NULL;
+    b->n = 0;
+    b->outstanding = 0;
+    st->first = (st->first + 1) % OUTBOX_PIPELINE_DEPTH;
+    st->count--;
     pthread_mutex_unlock(&st->mu);
-    free(blocked);
     return OUTBOX_OK;
+}
+
+/* One batch, begun and ended (the relay's synchronous path). */
+static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
+                        outbox_publish_result *results)
+{
+    int rc;
+    if (n == 0) return OUTBOX_OK;
+    rc = nats_publish_begin(state, msgs, n, results);
+    if (rc != OUTBOX_OK) return rc;
+    return nats_publish_end(state, msgs, n, results);
 }
 
 /* ------------------------------------------------------------------------
@@ -849,6 +994,7 @@ static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
 static void nats_close(void *state)
 {
     nats_state *st = state;
+    int k;
     if (st == NULL) return;
     atomic_store(&st->closing, 1);
     if (st->js && st->published) {
@@ -874,8 +1020,11 @@ static void nats_close(void *state)
     outbox__buf_free(&st->subject);
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cond);
-    free(st->table);
-    free(st->done);
+    for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
+        free(st->batches[k].table);
+        free(st->batches[k].done);
+        free(st->batches[k].blocked);
+    }
     free(st->stream);
     free(st->source);
     free(st);
@@ -884,6 +1033,13 @@ static void nats_close(void *state)
 /* The NATS JetStream destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_nats = {
     1, "nats", nats_open, nats_publish, nats_close,
+};
+
+/* Its pipelined entry points (src/transport/pipeline.c lists them). */
+const outbox_transport_pipeline outbox__transport_nats_pipeline = {
+    &outbox__transport_nats,
+    nats_publish_begin,
+    nats_publish_end,
 };
 
 #else

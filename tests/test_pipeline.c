@@ -1,0 +1,516 @@
+/*
+ * test_pipeline.c - the relay's pipelined path (claim and record batch N+1
+ * while batch N's JetStream acks are outstanding) against a real
+ * nats-server -js, with acks dropped on purpose.
+ *
+ *   lost_acks    OUTBOX_FAULT=nats_ack_lost:pX drops positive acks at
+ *                random (seeded) while few aggregates spread over many
+ *                small batches, so a failed message's aggregate usually
+ *                has later messages in the batch already in flight.  Then:
+ *                lost 0, nothing pending or failed once drained, the
+ *                stream's first publications in per-aggregate order, and no
+ *                later message of an aggregate recorded sent before an
+ *                earlier one (sent_at with on_sent=mark); the relay's log
+ *                shows pipelined batches that held acked messages back
+ *                behind a failure in the batch before.
+ *   stop         outbox_relay_stop from another thread mid-drain: every
+ *                message marked sent is in the stream (nothing recorded
+ *                that was not acked); a second relay drains the rest.
+ *   serial       without OUTBOX_RELAY_PIPELINE=1 (pipelining is off by
+ *                default) the relay runs its serial loop: the same drain,
+ *                no pipelined batch in the log.
+ *   lost_acks_pg lost_acks from the PostgreSQL store (pipelined claims rely
+ *                on the partition advisory locks, see postgres.c), on a
+ *                server started by tests/pg_harness.h; left out with a
+ *                message when the PostgreSQL binaries are not installed.
+ *
+ * OUTBOX_TEST_SCALE scales the message counts; OUTBOX_TEST_SEED replays.
+ */
+#include "test.h"
+
+#if !defined(OUTBOX_HAVE_NATS) || !defined(OUTBOX_FAULT_INJECTION)
+int main(void)
+{
+    SKIP("needs the NATS destination and a build with OUTBOX_FAULT_INJECTION");
+}
+#else
+
+#include "nats_harness.h"
+#ifdef OUTBOX_HAVE_LIBPQ
+#include "pg_harness.h"
+#endif
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+static nh_server server;
+
+/* ------------------------------------------------------------------------
+ * Log capture: counts the relay's per-batch debug lines.
+ * ---------------------------------------------------------------------- */
+
+static atomic_long log_pipelined; /* batches begun while one was in flight */
+static atomic_long log_carried;   /* acked messages held behind the batch before */
+static atomic_long log_injected;  /* acks dropped by the fault point */
+
+static void count_log(void *user, int level, const char *component, const char *message)
+{
+    const char *p;
+    (void)user;
+    (void)level;
+    (void)component;
+    if (strstr(message, "fault point nats_ack_lost") != NULL) atomic_fetch_add(&log_injected, 1);
+    if (strncmp(message, "batch of ", 9) != 0) return;
+    if (strstr(message, "(pipelined)") != NULL) atomic_fetch_add(&log_pipelined, 1);
+    p = strstr(message, "held back (");
+    if (p != NULL) atomic_fetch_add(&log_carried, strtol(p + 11, NULL, 10));
+}
+
+static void reset_log_counts(void)
+{
+    atomic_store(&log_pipelined, 0);
+    atomic_store(&log_carried, 0);
+    atomic_store(&log_injected, 0);
+}
+
+/* ------------------------------------------------------------------------
+ * Outbox fill and read-back
+ * ---------------------------------------------------------------------- */
+
+/* Enqueues total messages round-robin over `aggregates` aggregates, 100 per
+ * transaction. */
+static void fill(const char *db_path, int total, int aggregates)
+{
+    sqlite3 *db = ch_db_open(db_path);
+    outbox_error err;
+    char agg[32], payload[64];
+    int i;
+    memset(&err, 0, sizeof err);
+    for (i = 0; i < total; i++) {
+        outbox_msg *m = NULL;
+        if (i % 100 == 0) ch_db_exec(db, "BEGIN");
+        snprintf(agg, sizeof agg, "agg-%d", i % aggregates);
+        snprintf(payload, sizeof payload, "{\"n\":%d}", i);
+        ASSERT_OK(outbox_msg_new(&m, "Ticked", "Clock", agg, payload, &err), &err);
+        ASSERT_OK(outbox_enqueue_sqlite(db, m, &err), &err);
+        outbox_msg_free(m);
+        if (i % 100 == 99 || i == total - 1) ch_db_exec(db, "COMMIT");
+    }
+    sqlite3_close(db);
+}
+
+typedef struct row {
+    char id[40];
+    int64_t seq;
+    int agg;    /* aggregate number */
+    int status; /* 0 pending, 1 sent, 2 failed */
+    int64_t sent_at;
+    int seen; /* times in the stream */
+} row;
+
+typedef struct table {
+    row *rows;
+    int n;
+    int aggregates;
+    int64_t *last_first_seq; /* per aggregate: seq of the last first publication */
+    int64_t violations;      /* first publications out of per-aggregate order */
+    int64_t foreign;         /* stream messages with an unknown id */
+} table;
+
+static int row_by_id(const void *a, const void *b)
+{
+    return strcmp(((const row *)a)->id, ((const row *)b)->id);
+}
+
+/* Where the outbox is: a SQLite file, or (conn set) PostgreSQL's outbox
+ * schema. */
+typedef struct where {
+    const char *db_path;
+    void *conn; /* PGconn * */
+} where;
+
+static void table_init(table *t, int aggregates)
+{
+    memset(t, 0, sizeof *t);
+    t->aggregates = aggregates;
+    t->rows = calloc(1024, sizeof *t->rows);
+    t->last_first_seq = calloc((size_t)aggregates, sizeof *t->last_first_seq);
+    ASSERT(t->rows != NULL && t->last_first_seq != NULL);
+}
+
+static void table_add(table *t, const char *id, int64_t seq, const char *agg, const char *status,
+                      int64_t sent_at)
+{
+    row *r;
+    if (t->n >= 1024 && (t->n & (t->n - 1)) == 0) {
+        t->rows = realloc(t->rows, (size_t)t->n * 2 * sizeof *t->rows);
+        ASSERT(t->rows != NULL);
+    }
+    r = &t->rows[t->n++];
+    memset(r, 0, sizeof *r);
+    snprintf(r->id, sizeof r->id, "%s", id);
+    r->seq = seq;
+    r->agg = atoi(agg + 4);
+    r->status = strcmp(status, "sent") == 0 ? 1 : strcmp(status, "failed") == 0 ? 2 : 0;
+    r->sent_at = sent_at;
+    ASSERT(r->agg >= 0 && r->agg < t->aggregates);
+}
+
+/* Reads every row of the outbox (on_sent=mark keeps them), sorted by id. */
+static void load_table(const where *w, table *t, int aggregates)
+{
+    table_init(t, aggregates);
+#ifdef OUTBOX_HAVE_LIBPQ
+    if (w->conn != NULL) {
+        PGresult *res = PQexec(w->conn, "SELECT id, seq, aggregate_id, status,"
+                                        " coalesce((extract(epoch FROM sent_at) * 1000000)"
+                                        "::bigint, 0) FROM outbox.outbox");
+        int i;
+        if (PQresultStatus(res) != PGRES_TUPLES_OK)
+            TEST_FAIL_("reading the outbox: %s", PQerrorMessage(w->conn));
+        for (i = 0; i < PQntuples(res); i++)
+            table_add(t, PQgetvalue(res, i, 0), atoll(PQgetvalue(res, i, 1)), PQgetvalue(res, i, 2),
+                      PQgetvalue(res, i, 3), atoll(PQgetvalue(res, i, 4)));
+        PQclear(res);
+    } else
+#endif
+    {
+        sqlite3 *db = ch_db_open(w->db_path);
+        sqlite3_stmt *s = NULL;
+        ASSERT_EQ(sqlite3_prepare_v2(db,
+                                     "SELECT id, seq, aggregate_id, status, coalesce(sent_at, 0)"
+                                     " FROM outbox",
+                                     -1, &s, NULL),
+                  SQLITE_OK);
+        while (sqlite3_step(s) == SQLITE_ROW)
+            table_add(t, (const char *)sqlite3_column_text(s, 0), sqlite3_column_int64(s, 1),
+                      (const char *)sqlite3_column_text(s, 2),
+                      (const char *)sqlite3_column_text(s, 3), sqlite3_column_int64(s, 4));
+        sqlite3_finalize(s);
+        sqlite3_close(db);
+    }
+    qsort(t->rows, (size_t)t->n, sizeof *t->rows, row_by_id);
+}
+
+static void table_free(table *t)
+{
+    free(t->rows);
+    free(t->last_first_seq);
+}
+
+/* Stream reader: counts each id, checks first publications' order. */
+static void see(void *user, natsMsg *m)
+{
+    table *t = user;
+    row key, *r;
+    const char *id = nh_header(m, "Nats-Msg-Id");
+    snprintf(key.id, sizeof key.id, "%s", id ? id : "");
+    r = bsearch(&key, t->rows, (size_t)t->n, sizeof *t->rows, row_by_id);
+    if (r == NULL) {
+        t->foreign++;
+        return;
+    }
+    if (r->seen++ > 0) return;
+    if (r->seq < t->last_first_seq[r->agg]) t->violations++;
+    t->last_first_seq[r->agg] = r->seq;
+}
+
+static int row_by_agg_seq(const void *a, const void *b)
+{
+    const row *x = a, *y = b;
+    if (x->agg != y->agg) return x->agg < y->agg ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Per aggregate in seq order, sent_at must not go down: a later message
+ * recorded sent before an earlier one would be a violation. */
+static int64_t sent_order_violations(const where *w, int aggregates)
+{
+    table t;
+    int64_t bad = 0;
+    int i;
+    load_table(w, &t, aggregates);
+    qsort(t.rows, (size_t)t.n, sizeof *t.rows, row_by_agg_seq);
+    for (i = 1; i < t.n; i++) {
+        const row *a = &t.rows[i - 1], *b = &t.rows[i];
+        if (a->agg != b->agg || a->status != 1 || b->status != 1) continue;
+        if (b->sent_at < a->sent_at) bad++;
+    }
+    table_free(&t);
+    return bad;
+}
+
+/* Also: sent rows that are not in the stream (recorded without an ack). */
+static void check_stream(const where *w, const char *stream, const char *filter, int aggregates,
+                         int drained, table *t)
+{
+    int64_t in_stream, lost = 0, dups = 0, unacked_sent = 0;
+    int i;
+    load_table(w, t, aggregates);
+    in_stream = nh_stream_read(&server, stream, filter, see, t);
+    for (i = 0; i < t->n; i++) {
+        if (t->rows[i].seen == 0) lost++;
+        if (t->rows[i].seen > 1) dups++;
+        if (t->rows[i].status == 1 && t->rows[i].seen == 0) unacked_sent++;
+    }
+    fprintf(stderr,
+            "%s: %d messages, %lld in the stream, lost %lld, duplicates %lld, foreign %lld, "
+            "order violations %lld, sent but not in the stream %lld\n",
+            stream, t->n, (long long)in_stream, (long long)lost, (long long)dups,
+            (long long)t->foreign, (long long)t->violations, (long long)unacked_sent);
+    ASSERT_EQ(unacked_sent, 0);
+    ASSERT_EQ(t->foreign, 0);
+    ASSERT_EQ(dups, 0);
+    ASSERT_EQ(t->violations, 0);
+    if (drained) ASSERT_EQ(lost, 0);
+}
+
+static int run_relay(const char *store_url, const char *to, int once, outbox_relay **keep,
+                     outbox_relay_stats *stats)
+{
+    outbox_relay_options o;
+    outbox_relay *r = NULL;
+    outbox_error err;
+    int rc;
+    outbox_relay_options_init(&o);
+    o.once = once;
+    o.batch_size = 64;
+    o.backoff_base_ms = 1;
+    o.backoff_max_ms = 5;
+    o.max_attempts = 100000;
+    o.on_sent = OUTBOX_ON_SENT_MARK;
+    o.poll_interval_ms = 100;
+    memset(&err, 0, sizeof err);
+    ASSERT_OK(outbox_relay_new(&r, store_url, to, &o, &err), &err);
+    if (keep != NULL) {
+        *keep = r;
+        return 0;
+    }
+    rc = outbox_relay_run(r, &err);
+    if (rc != OUTBOX_OK) TEST_FAIL_("relay run: %s", err.message);
+    if (stats) {
+        outbox_relay_stats st;
+        outbox_relay_get_stats(r, &st);
+        stats->published += st.published;
+        stats->retried += st.retried;
+        stats->failed += st.failed;
+        stats->batches += st.batches;
+    }
+    outbox_relay_free(r);
+    return rc;
+}
+
+static int64_t count_status(const where *w, const char *status)
+{
+#ifdef OUTBOX_HAVE_LIBPQ
+    if (w->conn != NULL) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox.outbox WHERE status = '%s'", status);
+        return pgh_count(w->conn, sql);
+    }
+#endif
+    return ch_outbox_count(w->db_path, status);
+}
+
+/* Runs --once relays until nothing is pending (retries fall due in ms). */
+static void drain(const where *w, const char *store_url, const char *to, outbox_relay_stats *stats)
+{
+    int runs;
+    for (runs = 0; runs < 500 && count_status(w, "pending") > 0; runs++) {
+        run_relay(store_url, to, 1, NULL, stats);
+        ch_sleep_ms(6);
+    }
+    ASSERT_EQ(count_status(w, "pending"), 0);
+    ASSERT_EQ(count_status(w, "failed"), 0);
+}
+
+/* ------------------------------------------------------------------------
+ * Tests
+ * ---------------------------------------------------------------------- */
+
+/* Drains an outbox of `total` messages over `aggregates` aggregates into
+ * `stream` while acks are dropped, and checks everything (see the top). */
+static void lost_acks_case(const where *w, const char *store_url, const char *stream,
+                           const char *prefix, int total, int aggregates)
+{
+    char to[256], subjects[64];
+    outbox_relay_stats stats;
+    table t;
+
+    snprintf(subjects, sizeof subjects, "%s.>", prefix);
+    nh_stream_create(&server, stream, subjects);
+    snprintf(to, sizeof to, "%s?stream=%s&subject=%s.{type}", server.url, stream, prefix);
+    memset(&stats, 0, sizeof stats);
+    reset_log_counts();
+    drain(w, store_url, to, &stats);
+    fprintf(stderr,
+            "%s: %d messages, %llu published, %llu retried, %llu batches; %ld acks "
+            "dropped, %ld pipelined batches, %ld acked messages held behind a failure\n",
+            stream, total, (unsigned long long)stats.published, (unsigned long long)stats.retried,
+            (unsigned long long)stats.batches, atomic_load(&log_injected),
+            atomic_load(&log_pipelined), atomic_load(&log_carried));
+    ASSERT_EQ((int64_t)stats.published, (int64_t)total);
+    ASSERT_EQ(sent_order_violations(w, aggregates), 0);
+    check_stream(w, stream, subjects, aggregates, 1, &t);
+    table_free(&t);
+    /* The case under test happened: dropped acks, pipelined batches, and
+     * acked messages held back behind a failure of the batch before. */
+    ASSERT_GE(atomic_load(&log_injected), 5);
+    ASSERT_GE((int64_t)stats.retried, 5);
+    ASSERT_GE(atomic_load(&log_pipelined), 10);
+    ASSERT_GE(atomic_load(&log_carried), 1);
+}
+
+TEST(lost_acks)
+{
+    char db[CH_PATH], store[700];
+    int total = test_scaled(12000, 2000), aggregates = 8;
+    where w = {db, NULL};
+    ch_new_store(db, "lost_acks.db");
+    fill(db, total, aggregates);
+    snprintf(store, sizeof store, "sqlite:%s", db);
+    lost_acks_case(&w, store, "PIPE", "pipe", total, aggregates);
+}
+
+typedef struct runner {
+    outbox_relay *relay;
+    int rc;
+    outbox_error err;
+} runner;
+
+static void *run_thread(void *arg)
+{
+    runner *x = arg;
+    x->rc = outbox_relay_run(x->relay, &x->err);
+    return NULL;
+}
+
+TEST(stop)
+{
+    char db[CH_PATH], to[256], store[700];
+    int total = test_scaled(40000, 4000), aggregates = 50;
+    where w = {db, NULL};
+    int64_t sent_at_stop;
+    outbox_relay_stats stats;
+    pthread_t th;
+    runner x;
+    table t;
+
+    ch_new_store(db, "stop.db");
+    nh_stream_create(&server, "STOP", "stop.>");
+    fill(db, total, aggregates);
+    snprintf(to, sizeof to, "%s?stream=STOP&subject=stop.{type}", server.url);
+    snprintf(store, sizeof store, "sqlite:%s", db);
+    memset(&x, 0, sizeof x);
+    run_relay(store, to, 0, &x.relay, NULL);
+    ASSERT_EQ(pthread_create(&th, NULL, run_thread, &x), 0);
+    ch_sleep_ms(150);
+    outbox_relay_stop(x.relay);
+    pthread_join(th, NULL);
+    if (x.rc != OUTBOX_OK) TEST_FAIL_("relay run: %s", x.err.message);
+    outbox_relay_free(x.relay);
+    sent_at_stop = ch_outbox_count(db, "sent");
+    fprintf(stderr, "stop: %lld of %d sent when the relay stopped\n", (long long)sent_at_stop,
+            total);
+    ASSERT(sent_at_stop > 0);
+    ASSERT(sent_at_stop < total); /* stopped mid-drain, or the check proves little */
+    check_stream(&w, "STOP", "stop.>", aggregates, 0, &t);
+    table_free(&t);
+
+    memset(&stats, 0, sizeof stats);
+    drain(&w, store, to, &stats);
+    ASSERT_EQ(sent_order_violations(&w, aggregates), 0);
+    check_stream(&w, "STOP", "stop.>", aggregates, 1, &t);
+    table_free(&t);
+}
+
+TEST(serial)
+{
+    char db[CH_PATH], to[256], store[700];
+    int total = test_scaled(3000, 600), aggregates = 8;
+    where w = {db, NULL};
+    outbox_relay_stats stats;
+    table t;
+
+    ch_new_store(db, "serial.db");
+    nh_stream_create(&server, "SERIAL", "serial.>");
+    fill(db, total, aggregates);
+    snprintf(to, sizeof to, "%s?stream=SERIAL&subject=serial.{type}", server.url);
+    memset(&stats, 0, sizeof stats);
+    reset_log_counts();
+    snprintf(store, sizeof store, "sqlite:%s", db);
+    unsetenv("OUTBOX_RELAY_PIPELINE");
+    drain(&w, store, to, &stats);
+    setenv("OUTBOX_RELAY_PIPELINE", "1", 1);
+    ASSERT_EQ((int64_t)stats.published, (int64_t)total);
+    ASSERT_EQ(atomic_load(&log_pipelined), 0);
+    ASSERT_EQ(atomic_load(&log_carried), 0);
+    ASSERT_EQ(sent_order_violations(&w, aggregates), 0);
+    check_stream(&w, "SERIAL", "serial.>", aggregates, 1, &t);
+    table_free(&t);
+}
+
+#ifdef OUTBOX_HAVE_LIBPQ
+static pgh_server pg;
+
+TEST(lost_acks_pg)
+{
+    char bin[256], store[700];
+    int total = test_scaled(12000, 2000), aggregates = 8, i;
+    outbox_error err;
+    PGconn *conn;
+    where w = {NULL, NULL};
+
+    if (!pgh_find_bin_(bin, sizeof bin) || (getuid() == 0 && getpwnam("nobody") == NULL)) {
+        fprintf(stderr, "lost_acks_pg: left out: no PostgreSQL server binaries (or no 'nobody' "
+                        "user to run them as root)\n");
+        return;
+    }
+    pgh_start(&pg);
+    conn = pgh_connect(&pg);
+    memset(&err, 0, sizeof err);
+    ASSERT_OK(outbox_schema_init_pg(conn, "outbox", &err), &err);
+    for (i = 0; i < total; i++) {
+        outbox_msg *m = NULL;
+        char agg[32], payload[64];
+        if (i % 100 == 0) pgh_exec(conn, "BEGIN");
+        snprintf(agg, sizeof agg, "agg-%d", i % aggregates);
+        snprintf(payload, sizeof payload, "{\"n\":%d}", i);
+        ASSERT_OK(outbox_msg_new(&m, "Ticked", "Clock", agg, payload, &err), &err);
+        ASSERT_OK(outbox_enqueue_pg(conn, m, &err), &err);
+        outbox_msg_free(m);
+        if (i % 100 == 99 || i == total - 1) pgh_exec(conn, "COMMIT");
+    }
+    w.conn = conn;
+    snprintf(store, sizeof store, "%s", pg.url);
+    lost_acks_case(&w, store, "PIPEPG", "pipepg", total, aggregates);
+    PQfinish(conn);
+}
+#endif
+
+int main(void)
+{
+    char seed[32];
+    nh_require_server();
+    /* Before anything reaches a fault point: the set-up is read once. */
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)ch_seed());
+    fprintf(stderr, "seed %s (OUTBOX_TEST_SEED replays)\n", seed);
+    setenv("OUTBOX_FAULT", "nats_ack_lost:error:p0.01", 1);
+    setenv("OUTBOX_FAULT_SEED", seed, 1);
+    setenv("OUTBOX_RELAY_PIPELINE", "1", 1); /* off by default (see relay.c) */
+    outbox_log_set(count_log, NULL, OUTBOX_LOG_DEBUG);
+    memset(&server, 0, sizeof server);
+    nh_server_start(&server);
+    RUN(lost_acks);
+    RUN(stop);
+    RUN(serial);
+#ifdef OUTBOX_HAVE_LIBPQ
+    RUN(lost_acks_pg);
+#endif
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    nh_server_stop(&server);
+    nats_Close();
+    return 0;
+}
+
+#endif /* OUTBOX_HAVE_NATS && OUTBOX_FAULT_INJECTION */
