@@ -180,6 +180,13 @@ void outbox__random_bytes(void *p, size_t n);
  * full jitter, uniform in [0, min(max_ms, base_ms * 2^(attempt-1))]. */
 int64_t outbox__backoff_ms(unsigned attempt, unsigned base_ms, unsigned max_ms);
 
+/* Checks an inbox purge's retention (OUTBOX_EINVAL when negative, naming
+ * `fn`) and logs a warning when it is shorter than the redelivery horizon
+ * (<= 0: the default options' horizon), shared by the SQLite and
+ * PostgreSQL inbox purges. */
+int outbox__inbox_retention_check(const char *fn, int64_t retention_ms,
+                                  int64_t redelivery_horizon_ms, outbox_error *err);
+
 /* Parses "500ms", "30s", "5m", "2h", "7d" (a bare number is seconds) into
  * milliseconds; -1 when malformed. */
 int64_t outbox__duration_parse_ms(const char *text);
@@ -334,7 +341,7 @@ typedef struct outbox_list_params {
 typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
 
 typedef struct outbox_store_ops {
-    int version;        /* 1, or 2 with idle and wait_fd */
+    int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -398,6 +405,14 @@ typedef struct outbox_store_ops {
     /* A descriptor that becomes readable when `changed` may say 1 (the
      * relay polls it in its idle wait), or -1. */
     int (*wait_fd)(void *state);
+
+    /* Version 3. */
+
+    /* Deletes inbox entries received more than retention_ms ago, in a
+     * transaction of its own; warns when retention_ms is shorter than the
+     * redelivery horizon (<= 0: the default options').  *count: how many. */
+    int (*inbox_purge)(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
+                       int64_t *count, outbox_error *err);
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state. */
