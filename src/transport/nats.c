@@ -84,6 +84,7 @@ typedef struct nats_state {
     unsigned char *done; /* per message: 1 once its result is final */
     size_t n;
     size_t outstanding; /* published, result not final */
+    size_t acks;        /* results delivered by ack_handler, ever */
     size_t *table;      /* id hash: index+1, 0 = empty */
     size_t table_cap;
     size_t done_cap;
@@ -292,7 +293,9 @@ static void ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
             else
                 set_result(&st->results[i], OUTBOX_EPUBLISH, "JetStream sent an empty ack");
             st->done[i] = 1;
-            if (st->outstanding > 0 && --st->outstanding == 0) pthread_cond_broadcast(&st->cond);
+            st->acks++;
+            if (st->outstanding > 0) st->outstanding--;
+            pthread_cond_broadcast(&st->cond); /* the publish loop waits for single acks too */
         }
     }
     pthread_mutex_unlock(&st->mu);
@@ -684,12 +687,27 @@ static natsStatus build_msg(nats_state *st, natsMsg **out, const outbox_msg *m, 
 }
 
 /* Is aggregate id among the first `upto` messages marked failed-to-send? */
-static int aggregate_blocked(outbox_msg *const *msgs, size_t upto, const unsigned char *blocked,
-                             const char *agg)
+/* prev[i] = index of the previous message of msgs[i]'s aggregate in the
+ * batch, or -1.  0, or -1 when out of memory. */
+static int link_aggregates(outbox_msg *const *msgs, size_t n, long *prev)
 {
-    size_t i;
-    for (i = 0; i < upto; i++)
-        if (blocked[i] && strcmp(msgs[i]->aggregate_id, agg) == 0) return 1;
+    size_t cap = 16, i, mask;
+    long *slots;
+    while (cap < n * 2)
+        cap *= 2;
+    slots = malloc(cap * sizeof *slots);
+    if (slots == NULL) return -1;
+    for (i = 0; i < cap; i++)
+        slots[i] = -1;
+    mask = cap - 1;
+    for (i = 0; i < n; i++) {
+        size_t j = (size_t)hash_id(msgs[i]->aggregate_id) & mask;
+        while (slots[j] >= 0 && strcmp(msgs[slots[j]]->aggregate_id, msgs[i]->aggregate_id) != 0)
+            j = (j + 1) & mask;
+        prev[i] = slots[j];
+        slots[j] = (long)i;
+    }
+    free(slots);
     return 0;
 }
 
@@ -697,8 +715,9 @@ static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
                         outbox_publish_result *results)
 {
     nats_state *st = state;
-    unsigned char *blocked = NULL;
-    size_t i, nblocked = 0;
+    unsigned char *started = NULL; /* per message: published or given its result */
+    long *prev = NULL;             /* previous message of the same aggregate, or -1 */
+    size_t i, acks_seen;
     int stalled = 0; /* 1: the ack window stayed full; 2: connection lost */
     int disconnects0 = atomic_load(&st->disconnects);
     struct timespec deadline;
@@ -727,13 +746,19 @@ static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
         }
         st->verified_disconnects = seen;
     }
-    blocked = calloc(n, 1);
-    if (blocked == NULL) return OUTBOX_ENOMEM;
+    started = calloc(n, 1);
+    prev = malloc(n * sizeof *prev);
+    if (started == NULL || prev == NULL || link_aggregates(msgs, n, prev) != 0) {
+        free(started);
+        free(prev);
+        return OUTBOX_ENOMEM;
+    }
 
     pthread_mutex_lock(&st->mu);
     if (batch_prepare(st, msgs, n) != 0) {
         pthread_mutex_unlock(&st->mu);
-        free(blocked);
+        free(started);
+        free(prev);
         return OUTBOX_ENOMEM;
     }
     for (i = 0; i < n; i++)
@@ -745,66 +770,115 @@ static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
     st->open = 1;
     pthread_mutex_unlock(&st->mu);
 
-    for (i = 0; i < n; i++) {
-        const outbox_msg *m = msgs[i];
-        natsMsg *msg = NULL;
-        natsStatus s;
+    /* Waves: each pass publishes every message whose aggregate has no
+     * earlier message in the batch still waiting for its ack; then, when
+     * nothing could start, it waits for the next ack.  At most one message
+     * per aggregate is unacknowledged at a time, so a later message can
+     * never be stored while an earlier one is lost: not with a connection
+     * that dropped between two publications (nats.c keeps what is published
+     * during its reconnect and sends it on the new connection, behind what
+     * the old one lost), nor with a restarting server that refuses one
+     * message and takes the next. */
+    pthread_mutex_lock(&st->mu);
+    acks_seen = st->acks;
+    pthread_mutex_unlock(&st->mu);
+    for (;;) {
+        size_t waiting = 0;
+        int progressed = 0;
 
-        if (!stalled && (atomic_load(&st->disconnects) != disconnects0 ||
-                         natsConnection_Status(st->nc) != NATS_CONN_STATUS_CONNECTED))
-            stalled = 2;
-        if (stalled || (nblocked > 0 && aggregate_blocked(msgs, i, blocked, m->aggregate_id))) {
-            pthread_mutex_lock(&st->mu);
-            set_result(&results[i], OUTBOX_EPUBLISH,
-                       stalled == 1 ? "not sent: JetStream acks stopped coming back"
-                       : stalled == 2
-                           ? "not sent: the connection to NATS dropped during the batch"
-                           : "not sent: an earlier message of its aggregate could not be "
-                             "published");
-            st->done[i] = 1;
-            pthread_mutex_unlock(&st->mu);
-            blocked[i] = 1;
-            nblocked++;
-            continue;
-        }
-        rerr.code = 0;
-        rerr.message[0] = '\0';
-        if (outbox__route_render(st->route, m, &st->subject, &rerr) != OUTBOX_OK) {
-            pthread_mutex_lock(&st->mu);
-            set_result(&results[i], rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED,
-                       "%s", rerr.message);
-            st->done[i] = 1;
-            pthread_mutex_unlock(&st->mu);
-            blocked[i] = 1;
-            nblocked++;
-            continue;
-        }
-        s = build_msg(st, &msg, m, st->subject.data);
-        if (s == NATS_OK) {
-            /* Counted first: the ack may arrive before the call returns. */
-            pthread_mutex_lock(&st->mu);
-            st->outstanding++;
-            pthread_mutex_unlock(&st->mu);
-            s = js_PublishMsgAsync(st->js, &msg, NULL);
-            if (s == NATS_OK) st->published = 1;
-            if (s != NATS_OK) {
+        for (i = 0; i < n; i++) {
+            const outbox_msg *m = msgs[i];
+            natsMsg *msg = NULL;
+            natsStatus s;
+            int held = 0;
+
+            if (started[i]) continue;
+            if (prev[i] >= 0) {
+                int prev_done, prev_ok;
                 pthread_mutex_lock(&st->mu);
-                st->outstanding--;
+                prev_done = st->done[prev[i]];
+                prev_ok = results[prev[i]].code == OUTBOX_OK;
+                pthread_mutex_unlock(&st->mu);
+                if (!prev_done && !stalled) {
+                    waiting++;
+                    continue;
+                }
+                held = !prev_ok; /* stalled: not sent either way */
+            }
+            started[i] = 1;
+            progressed = 1;
+            if (!stalled && (atomic_load(&st->disconnects) != disconnects0 ||
+                             natsConnection_Status(st->nc) != NATS_CONN_STATUS_CONNECTED))
+                stalled = 2;
+            if (stalled || held) {
+                pthread_mutex_lock(&st->mu);
+                set_result(&results[i], OUTBOX_EPUBLISH,
+                           stalled == 1 ? "not sent: JetStream acks stopped coming back"
+                           : stalled == 2
+                               ? "not sent: the connection to NATS dropped during the batch"
+                               : "not sent: an earlier message of its aggregate was not "
+                                 "confirmed");
+                st->done[i] = 1;
+                pthread_mutex_unlock(&st->mu);
+                continue;
+            }
+            rerr.code = 0;
+            rerr.message[0] = '\0';
+            if (outbox__route_render(st->route, m, &st->subject, &rerr) != OUTBOX_OK) {
+                pthread_mutex_lock(&st->mu);
+                set_result(&results[i],
+                           rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED, "%s",
+                           rerr.message);
+                st->done[i] = 1;
+                pthread_mutex_unlock(&st->mu);
+                continue;
+            }
+            s = build_msg(st, &msg, m, st->subject.data);
+            if (s == NATS_OK) {
+                /* Counted first: the ack may arrive before the call returns. */
+                pthread_mutex_lock(&st->mu);
+                st->outstanding++;
+                pthread_mutex_unlock(&st->mu);
+                s = js_PublishMsgAsync(st->js, &msg, NULL);
+                if (s == NATS_OK) st->published = 1;
+                if (s != NATS_OK) {
+                    pthread_mutex_lock(&st->mu);
+                    st->outstanding--;
+                    pthread_mutex_unlock(&st->mu);
+                }
+            }
+            if (s != NATS_OK) {
+                natsMsg_Destroy(msg); /* NULL when the library took it */
+                pthread_mutex_lock(&st->mu);
+                set_result(&results[i], OUTBOX_EPUBLISH, "JetStream publish to %s failed: %s",
+                           st->subject.data ? st->subject.data : "?", status_text(s));
+                /* The window stayed full for ack_timeout: acks are not coming
+                 * back, so the rest of the batch waits for the next attempt. */
+                if (s == NATS_TIMEOUT) stalled = 1;
+                st->done[i] = 1;
                 pthread_mutex_unlock(&st->mu);
             }
         }
-        if (s != NATS_OK) {
-            natsMsg_Destroy(msg); /* NULL when the library took it */
+        if (waiting == 0) break;
+        if (!progressed) {
+            /* Everything left waits for an ack: wait for the next one. */
+            struct timespec until;
+            int64_t ms;
+            int timed_out = 0;
+            clock_gettime(CLOCK_REALTIME, &until);
+            ms = (int64_t)until.tv_sec * 1000 + until.tv_nsec / 1000000 + st->ack_timeout_ms;
+            until.tv_sec = (time_t)(ms / 1000);
+            until.tv_nsec = (long)(ms % 1000) * 1000000L;
             pthread_mutex_lock(&st->mu);
-            set_result(&results[i], OUTBOX_EPUBLISH, "JetStream publish to %s failed: %s",
-                       st->subject.data ? st->subject.data : "?", status_text(s));
-            /* The window stayed full for ack_timeout: acks are not coming
-             * back, so the rest of the batch waits for the next attempt. */
-            if (s == NATS_TIMEOUT) stalled = 1;
-            st->done[i] = 1;
+            while (st->acks == acks_seen && !timed_out)
+                timed_out = pthread_cond_timedwait(&st->cond, &st->mu, &until) == ETIMEDOUT;
+            acks_seen = st->acks;
             pthread_mutex_unlock(&st->mu);
-            blocked[i] = 1;
-            nblocked++;
+            if (timed_out) stalled = 1; /* the rest is not sent this time */
+        } else {
+            pthread_mutex_lock(&st->mu);
+            acks_seen = st->acks;
+            pthread_mutex_unlock(&st->mu);
         }
     }
 
@@ -838,7 +912,8 @@ static int nats_publish(void *state, outbox_msg *const *msgs, size_t n,
     st->n = 0;
     st->outstanding = 0;
     pthread_mutex_unlock(&st->mu);
-    free(blocked);
+    free(started);
+    free(prev);
     return OUTBOX_OK;
 }
 
