@@ -14,13 +14,19 @@
  * arrive after the batch is closed are ignored (the retry is dropped by the
  * stream's duplicate window).
  *
- * Order: the connection keeps publication order, so a batch reaches the
- * stream in claim order.  When a publish call fails outright, the later
- * messages of that aggregate in the batch are not sent at all.  A dropped
- * connection loses what was in flight; so that nothing later in the batch
- * overtakes it, the batch stops publishing as soon as the connection is
- * seen down or a disconnect was counted since the batch began (what was
- * written before the drop reaches the server in order or not at all).
+ * Order: at most one message per aggregate is unacknowledged at a time.
+ * A batch is published in waves: each wave sends every message whose
+ * aggregate has no earlier message of the batch still waiting for its ack
+ * (the others wait for the next ack), so messages of different aggregates
+ * stay many in flight while those of one aggregate follow one another.
+ * When a message is not confirmed, the later messages of its aggregate in
+ * the batch are not sent at all.  Without this a dropped connection could
+ * reorder an aggregate: nats.c keeps what is published while it is
+ * reconnecting and sends it on the new connection, so a message published
+ * just after the drop was noticed could be stored while the one before it
+ * was lost with the old connection.  The batch also stops publishing as
+ * soon as the connection is seen down or a disconnect was counted since
+ * the batch began.
  * After a reconnect, the first batch waits until the stream answers
  * js_GetStreamInfo again: a restarting server refuses publications while
  * it recovers its streams, and could otherwise take a later message of an
