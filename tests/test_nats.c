@@ -341,16 +341,7 @@ TEST(stream_deleted)
     outbox_relay_free(r);
     ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
     ASSERT_EQ(ch_outbox_count(db, "pending"), 1);
-    sqlite3 *h = ch_db_open(db);
-    sqlite3_stmt *q = NULL;
-    ASSERT_EQ(
-        sqlite3_prepare_v2(h, "SELECT last_error FROM outbox WHERE status='failed'", -1, &q, NULL),
-        SQLITE_OK);
-    ASSERT_EQ(sqlite3_step(q), SQLITE_ROW);
-    ASSERT_CONTAINS((const char *)sqlite3_column_text(q, 0), "no JetStream stream listens");
-    fprintf(stderr, "   failed with: %s\n", (const char *)sqlite3_column_text(q, 0));
-    sqlite3_finalize(q);
-    sqlite3_close(h);
+    ch_expect_failed_error(db, "no JetStream stream listens");
 }
 
 /* A message of an aggregate is published only after the previous one of
