@@ -407,6 +407,15 @@ int outbox_inbox_record_pg(PGconn *conn, const char *consumer, const char *messa
 int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *consumer,
                                   const char *message_id, outbox_error *err);
 
+/* Deletes the inbox entries of `schema` (NULL: "outbox") received more than
+ * retention_ms ago (by the server's clock), in one statement: call it with
+ * no transaction open on conn (OUTBOX_EINVAL otherwise).  *purged (may be
+ * NULL) receives the count.  Warns, as outbox_inbox_purge_sqlite does, when
+ * retention_ms is shorter than redelivery_horizon_ms (0: the default
+ * options' horizon). */
+int outbox_inbox_purge_pg(PGconn *conn, const char *schema, int64_t retention_ms,
+                          int64_t redelivery_horizon_ms, int64_t *purged, outbox_error *err);
+
 /* ------------------------------------------------------------------------
  * Relay
  * ---------------------------------------------------------------------- */

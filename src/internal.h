@@ -180,6 +180,13 @@ void outbox__random_bytes(void *p, size_t n);
  * full jitter, uniform in [0, min(max_ms, base_ms * 2^(attempt-1))]. */
 int64_t outbox__backoff_ms(unsigned attempt, unsigned base_ms, unsigned max_ms);
 
+/* Checks an inbox purge's retention (OUTBOX_EINVAL when negative, naming
+ * `fn`) and logs a warning when it is shorter than the redelivery horizon
+ * (<= 0: the default options' horizon), shared by the SQLite and
+ * PostgreSQL inbox purges. */
+int outbox__inbox_retention_check(const char *fn, int64_t retention_ms,
+                                  int64_t redelivery_horizon_ms, outbox_error *err);
+
 /* Parses "500ms", "30s", "5m", "2h", "7d" (a bare number is seconds) into
  * milliseconds; -1 when malformed. */
 int64_t outbox__duration_parse_ms(const char *text);
@@ -334,8 +341,8 @@ typedef struct outbox_list_params {
 typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
 
 typedef struct outbox_store_ops {
-    int version;        /* 1; 2 with idle and wait_fd; 3 with the pipelined
-                           claim and complete */
+    int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge;
+                           4 adds the pipelined claim and complete */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -400,7 +407,15 @@ typedef struct outbox_store_ops {
      * relay polls it in its idle wait), or -1. */
     int (*wait_fd)(void *state);
 
-    /* Version 3 (NULL: the relay does not pipeline with this store). */
+    /* Version 3. */
+
+    /* Deletes inbox entries received more than retention_ms ago, in a
+     * transaction of its own; warns when retention_ms is shorter than the
+     * redelivery horizon (<= 0: the default options').  *count: how many. */
+    int (*inbox_purge)(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
+                       int64_t *count, outbox_error *err);
+
+    /* Version 4 (NULL: the relay does not pipeline with this store). */
 
     /* Like claim, for a relay that claims the next batch while the one
      * before is still being published: returns none of the exclude_count
@@ -476,12 +491,13 @@ typedef struct outbox_transport_ops {
  * drivers' positional tables stay complete; outbox__transport_pipeline
  * finds a driver's.
  *
- * publish_begin sends msgs[0..n) in order and returns without waiting; it
+ * publish_begin starts sending msgs[0..n) and returns without waiting; it
  * keeps msgs and results (borrowed) until publish_end is called with the
  * same arrays.  Batches end in the order they began, and at most
- * OUTBOX_PIPELINE_DEPTH are open.  A message is not sent when an earlier
- * message of its aggregate in an open batch could not be sent (its result
- * says why).  publish_begin returns OUTBOX_OK (the batch is open: call
+ * OUTBOX_PIPELINE_DEPTH are open.  A message is sent only after the earlier
+ * message of its aggregate in an open batch is confirmed, and not at all
+ * when that one was not (its result says why), so at most one message per
+ * aggregate is unconfirmed.  publish_begin returns OUTBOX_OK (the batch is open: call
  * publish_end), or a negative code when it sent nothing (not open; every
  * message is retried).  publish_end waits for the batch's confirmations and
  * fills results as publish does; it returns OUTBOX_OK, or a negative code

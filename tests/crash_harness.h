@@ -346,6 +346,22 @@ static inline int64_t ch_outbox_count(const char *db_path, const char *status)
     return n;
 }
 
+/* Checks that the (first) Failed message's last_error contains `expect`,
+ * and prints it; fails the test when there is no Failed message. */
+static inline void ch_expect_failed_error(const char *db_path, const char *expect)
+{
+    sqlite3 *h = ch_db_open(db_path);
+    sqlite3_stmt *q = NULL;
+    ASSERT_EQ(
+        sqlite3_prepare_v2(h, "SELECT last_error FROM outbox WHERE status='failed'", -1, &q, NULL),
+        SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(q), SQLITE_ROW);
+    ASSERT_CONTAINS((const char *)sqlite3_column_text(q, 0), expect);
+    fprintf(stderr, "   failed with: %s\n", (const char *)sqlite3_column_text(q, 0));
+    sqlite3_finalize(q);
+    sqlite3_close(h);
+}
+
 /* ------------------------------------------------------------------------
  * Producer
  * ---------------------------------------------------------------------- */

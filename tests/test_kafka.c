@@ -374,16 +374,7 @@ TEST(rejected)
     ch_drain_once(db, to);
     ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
     ASSERT_EQ(ch_outbox_count(db, "pending"), 2);
-    sqlite3 *h = ch_db_open(db);
-    sqlite3_stmt *q = NULL;
-    ASSERT_EQ(
-        sqlite3_prepare_v2(h, "SELECT last_error FROM outbox WHERE status='failed'", -1, &q, NULL),
-        SQLITE_OK);
-    ASSERT_EQ(sqlite3_step(q), SQLITE_ROW);
-    ASSERT_CONTAINS((const char *)sqlite3_column_text(q, 0), "Kafka refused");
-    fprintf(stderr, "   failed with: %s\n", (const char *)sqlite3_column_text(q, 0));
-    sqlite3_finalize(q);
-    sqlite3_close(h);
+    ch_expect_failed_error(db, "Kafka refused");
 }
 
 /* A fatal producer error (injected with the kafka_fatal fault point on the

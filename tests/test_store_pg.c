@@ -495,6 +495,70 @@ TEST(inbox)
     PQfinish(c);
 }
 
+/* outbox_inbox_purge_pg: deletes only entries older than the retention (by
+ * the server's clock), refuses inside a transaction and a negative
+ * retention, and warns when the retention is shorter than the horizon. */
+TEST(inbox_purge)
+{
+    PGconn *c = pgh_connect(&server);
+    outbox_error err;
+    outbox_buf logs;
+    int64_t purged = -1;
+    const char *ids[] = {"0190A0A0-0000-7000-8000-0000000000C1",
+                         "0190A0A0-0000-7000-8000-0000000000C2",
+                         "0190A0A0-0000-7000-8000-0000000000C3"};
+    pgh_exec(c, "BEGIN");
+    for (int i = 0; i < 3; i++)
+        ASSERT_EQ(outbox_inbox_record_pg(c, "svc", ids[i], &err), OUTBOX_OK);
+    pgh_exec(c, "COMMIT");
+    /* Two entries received 10 and 3 days ago, one just now. */
+    pgh_exec(c, "UPDATE outbox.inbox SET received_at = now() - interval '10 days'"
+                " WHERE message_id = '0190a0a0-0000-7000-8000-0000000000c1'");
+    pgh_exec(c, "UPDATE outbox.inbox SET received_at = now() - interval '3 days'"
+                " WHERE message_id = '0190a0a0-0000-7000-8000-0000000000c2'");
+
+    pgh_exec(c, "BEGIN");
+    ASSERT_EQ(outbox_inbox_purge_pg(c, NULL, 1000, 0, &purged, &err), OUTBOX_EINVAL);
+    ASSERT_CONTAINS(err.message, "no transaction open");
+    pgh_exec(c, "ROLLBACK");
+    ASSERT_EQ(outbox_inbox_purge_pg(c, NULL, -1, 0, &purged, &err), OUTBOX_EINVAL);
+    ASSERT_EQ(outbox_inbox_purge_pg(c, "bad;name", 1000, 0, &purged, &err), OUTBOX_ECONFIG);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.inbox"), 3);
+
+    outbox__buf_init(&logs);
+    outbox_log_set(capture_log, &logs, OUTBOX_LOG_INFO);
+    /* 7 days: longer than the default horizon, no warning; one entry goes. */
+    ASSERT_OK(outbox_inbox_purge_pg(c, NULL, INT64_C(7) * 86400 * 1000, 0, &purged, &err), &err);
+    ASSERT_EQ(purged, 1);
+    ASSERT(logs.data == NULL || strstr(logs.data, "redelivery horizon") == NULL);
+    /* 1 day, against a 2-day horizon: warned, and the 3-day entry goes. */
+    ASSERT_OK(outbox_inbox_purge_pg(c, NULL, INT64_C(86400) * 1000, INT64_C(2) * 86400 * 1000,
+                                    &purged, &err),
+              &err);
+    ASSERT_EQ(purged, 1);
+    ASSERT(logs.data != NULL && strstr(logs.data, "redelivery horizon") != NULL);
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    outbox__buf_free(&logs);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.inbox"), 1);
+    pgh_exec(c, "BEGIN");
+    ASSERT_EQ(outbox_inbox_record_pg(c, "svc", ids[2], &err), OUTBOX_DUPLICATE);
+    pgh_exec(c, "COMMIT");
+
+    /* The store's inbox_purge (what `outbox purge --inbox-older-than` uses). */
+    {
+        outbox_store st;
+        open_store(&st, url);
+        ASSERT(st.ops->version >= 3 && st.ops->inbox_purge != NULL);
+        pgh_exec(c, "UPDATE outbox.inbox SET received_at = now() - interval '40 days'");
+        ASSERT_OK(st.ops->inbox_purge(st.state, INT64_C(30) * 86400 * 1000, 0, &purged, &err),
+                  &err);
+        ASSERT_EQ(purged, 1);
+        outbox__store_close(&st);
+    }
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.inbox"), 0);
+    PQfinish(c);
+}
+
 TEST(claim_order_and_outcomes)
 {
     outbox_store s;
@@ -1139,6 +1203,7 @@ int main(void)
     RUN(enqueue_transactions);
     RUN(sql_functions);
     RUN(inbox);
+    RUN(inbox_purge);
     RUN(claim_order_and_outcomes);
     RUN(out_of_order_commits);
     RUN(skip_locked_and_notify);

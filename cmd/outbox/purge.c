@@ -3,15 +3,13 @@
  * with --on-sent mark) older than a duration, and optionally inbox entries
  * older than another.  Pending and Failed messages are never purged here.
  *
- * The store driver interface has no inbox operation, so the inbox purge
- * goes through the public outbox_inbox_purge_sqlite() on a connection of
- * its own to the store's database file (SQLite stores only).  It warns
- * (through the log) when the retention is shorter than the default relay's
- * redelivery horizon.
+ * The inbox purge is the store's inbox_purge (outbox_inbox_purge_sqlite or
+ * outbox_inbox_purge_pg on the store's connection).  It warns (through the
+ * log) when the retention is shorter than the default relay's redelivery
+ * horizon.
  */
 #include "cli.h"
 
-#include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -27,7 +25,7 @@ static const char usage[] =
     "  --store URL                 the database (required; default $OUTBOX_STORE)\n"
     "  --sent-older-than DUR       age of sent messages to delete (required); 0s: all\n"
     "  --inbox-older-than DUR      also delete older inbox entries (default: keep them);\n"
-    "                              keep longer than the redelivery horizon (SQLite only)\n"
+    "                              keep longer than the redelivery horizon\n"
     CLI_GLOBAL_HELP
     "\n"
     "Durations: 500ms, 30s, 5m, 2h, 7d (a bare number is seconds).\n"
@@ -36,31 +34,6 @@ static const char usage[] =
     "  outbox purge --store sqlite:app.db --sent-older-than 7d --inbox-older-than 30d\n";
 
 enum { OPT_STORE = CLI_OPT_COMMAND_BASE, OPT_SENT_OLDER, OPT_INBOX_OLDER };
-
-/* Purges inbox entries through a separate connection to the store's file. */
-static int purge_inbox(const char *cmd, outbox_store *store, int64_t retention_ms,
-                       int64_t *purged)
-{
-    const char *path = store->ops->wake_path ? store->ops->wake_path(store->state) : NULL;
-    sqlite3 *db = NULL;
-    outbox_error err = {0, ""};
-    int rc;
-
-    if (strcmp(store->ops->scheme, "sqlite") != 0 || !path || !path[0])
-        return cli_usage(cmd, "--inbox-older-than works only with sqlite: stores; "
-                              "drop the option");
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-        rc = cli_failure(cmd, "cannot open the database for the inbox purge: %s; "
-                              "check the file's permissions", db ? sqlite3_errmsg(db) : "out of memory");
-        goto out;
-    }
-    sqlite3_busy_timeout(db, 5000);
-    rc = outbox_inbox_purge_sqlite(db, retention_ms, 0, purged, &err);
-    rc = rc == OUTBOX_OK ? CLI_EXIT_OK : cli_fail(cmd, rc, &err);
-out:
-    sqlite3_close(db);
-    return rc;
-}
 
 /* Deletes old sent messages (and inbox entries).  Exit 0 (counts printed),
  * 1 (missing schema, store error) or 2 (bad durations or options). */
@@ -113,8 +86,17 @@ int cmd_purge(int argc, char **argv)
     }
     printf("%lld sent messages purged\n", (long long)count);
     if (inbox_ms >= 0) {
-        if ((rc = purge_inbox(cmd, &store, inbox_ms, &inbox_count)) != CLI_EXIT_OK)
+        if (store.ops->version < 3 || !store.ops->inbox_purge) {
+            rc = cli_usage(cmd, "--inbox-older-than: %s: stores have no inbox to purge; drop "
+                                "the option",
+                           store.ops->scheme);
             goto out;
+        }
+        rc = store.ops->inbox_purge(store.state, inbox_ms, 0, &inbox_count, &err);
+        if (rc != OUTBOX_OK) {
+            rc = cli_fail(cmd, rc, &err);
+            goto out;
+        }
         printf("%lld inbox entries purged\n", (long long)inbox_count);
     }
     rc = CLI_EXIT_OK;

@@ -68,3 +68,22 @@ int64_t outbox_redelivery_horizon_ms(const outbox_relay_options *opts)
     }
     return total;
 }
+
+/* See internal.h. */
+int outbox__inbox_retention_check(const char *fn, int64_t retention_ms,
+                                  int64_t redelivery_horizon_ms, outbox_error *err)
+{
+    int64_t horizon = redelivery_horizon_ms;
+    if (retention_ms < 0)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "%s: inbox retention_ms is negative (%lld): pass a duration >= 0", fn,
+                             (long long)retention_ms);
+    if (horizon <= 0) horizon = outbox_redelivery_horizon_ms(NULL);
+    if (retention_ms < horizon)
+        outbox__log(OUTBOX_LOG_WARN, "inbox",
+                    "inbox retention %lld ms is shorter than the relay's redelivery horizon "
+                    "%lld ms: a message redelivered after its inbox entry is purged would be "
+                    "applied twice; keep entries longer",
+                    (long long)retention_ms, (long long)horizon);
+    return OUTBOX_OK;
+}

@@ -12,17 +12,12 @@
  * Failed after max_attempts or when the destination rejected it for good.
  * Outcomes are recorded in one store transaction that also renews the lease.
  *
- * Pipelining (OFF by default; the environment variable
- * OUTBOX_RELAY_PIPELINE=1 turns it on when the store is version 3 and the
- * destination has publish_begin/publish_end, outbox__transport_pipeline,
- * e.g. nats://).  It stays off because test_nats's server-restart stress
- * test still showed, rarely (about 1 run in 16 after the reconnect guard
- * in nats.c, 3 in 16 before), one later message of an aggregate stored in
- * the stream before an earlier one, with the cause not found; the serial
- * loop has not shown it.  One step
- * claims batch N+1 and begins publishing it, then waits for batch N's
- * confirmations and records them, so the store's claim and complete run
- * while the broker acks N+1 instead of between batches:
+ * Pipelining (on when the store is version 4 with the pipelined claim and
+ * the destination has publish_begin/publish_end, outbox__transport_pipeline,
+ * e.g. nats://; the environment variable OUTBOX_RELAY_PIPELINE=0 turns it
+ * off).  One step claims batch N+1 and begins publishing it, then waits for
+ * batch N's confirmations and records them, so the store's claim and
+ * complete run while the broker acks N+1 instead of between batches:
  *
  *   claim N+1 -> begin N+1 -> end N (its acks) -> decide + complete N -> ...
  *
@@ -39,13 +34,14 @@
  *     second FOR UPDATE transaction).  Excluding the seqs rather than
  *     claiming after the highest one keeps a retry that falls due below it
  *     in seq order with the rest of its aggregate.
- *   - Order (guarantee 4): N+1 is published after N on the same ordered
- *     connection, and the destination does not send a message whose
- *     aggregate had a message it could not send (or that already failed)
- *     in N; right after a reconnect it does not overlap batches at all
- *     (nats.c).  When a message of N fails, its aggregate stays held back
- *     while N+1 is decided (the held set carries over), so later messages
- *     of it in N+1 are UNSENT even if acked.  Any batch that is not wholly
+ *   - Order (guarantee 4): the destination sends a message only once the
+ *     previous message of its aggregate in either open batch is confirmed,
+ *     and not at all when that one failed (nats.c: at most one
+ *     unacknowledged message per aggregate).  When a message of N fails,
+ *     its aggregate also stays held back while N+1 is decided (the held set
+ *     carries over), so later messages of it in N+1 are UNSENT, never
+ *     recorded sent before it (were one acked, it would count as
+ *     "acked but behind a failure" in the debug log).  Any batch that is not wholly
  *     sent stops the pipeline (drain): nothing more is claimed until N+1 is
  *     recorded too, so every claim sees all outcomes but those of the one
  *     batch in flight.
@@ -367,9 +363,9 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     {
         const char *env = getenv("OUTBOX_RELAY_PIPELINE");
         r->pipeline = outbox__transport_pipeline(r->transport.ops);
-        r->pipelining = r->store.ops->version >= 3 && r->store.ops->claim_pipelined != NULL &&
+        r->pipelining = r->store.ops->version >= 4 && r->store.ops->claim_pipelined != NULL &&
                         r->store.ops->complete_pipelined != NULL && r->pipeline != NULL &&
-                        env != NULL && strcmp(env, "1") == 0;
+                        !(env != NULL && strcmp(env, "0") == 0);
     }
 
     *out = r;

@@ -19,7 +19,7 @@
  * each outcome kind with one statement over arrays, then COMMIT.  A claim
  * while a claim transaction is still open (the relay dropped a batch)
  * rolls it back first: the rows become claimable again.  A pipelined claim
- * (store version 3: the relay claims the next batch while the previous one
+ * (store version 4: the relay claims the next batch while the previous one
  * is published) is a plain read without the seqs in flight and without row
  * locks: the partition advisory locks keep the rows this relay's, and no
  * partition is released while a batch is in flight (no rebalancing, and no
@@ -748,6 +748,45 @@ int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *
         code = pq_fail(conn, res, "recording the message in the inbox", err);
     else if (strcmp(PQcmdTuples(res), "0") == 0)
         code = OUTBOX_DUPLICATE;
+    PQclear(res);
+    return code;
+}
+
+/* Deletes the inbox entries of `schema` received more than retention_ms
+ * ago, in one statement (its own transaction: no transaction may be open
+ * on conn).  See outbox.h. */
+int outbox_inbox_purge_pg(PGconn *conn, const char *schema, int64_t retention_ms,
+                          int64_t redelivery_horizon_ms, int64_t *purged, outbox_error *err)
+{
+    char qschema[160], sql[320], cutoff[32];
+    const char *params[1];
+    PGresult *res;
+    int code;
+
+    if (purged) *purged = 0;
+    if (!conn) return outbox__error(err, OUTBOX_EINVAL, "outbox_inbox_purge_pg: conn is NULL");
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "outbox_inbox_purge_pg runs its own transaction: call it with no "
+                             "transaction open");
+    code = outbox__inbox_retention_check("outbox_inbox_purge_pg", retention_ms,
+                                         redelivery_horizon_ms, err);
+    if (code != OUTBOX_OK) return code;
+    code = quote_schema(conn, schema ? schema : DEFAULT_SCHEMA, qschema, sizeof qschema, err);
+    if (code != OUTBOX_OK) return code;
+    /* The cutoff in microseconds, as the server's clock sees it. */
+    snprintf(cutoff, sizeof cutoff, "%lld",
+             (long long)(retention_ms > INT64_MAX / 1000 ? INT64_MAX : retention_ms * 1000));
+    snprintf(sql, sizeof sql,
+             "DELETE FROM %s.inbox WHERE received_at < now() - $1::bigint * interval '1 "
+             "microsecond'",
+             qschema);
+    params[0] = cutoff;
+    res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        code = pq_fail(conn, res, "purging the inbox", err);
+    else if (purged)
+        *purged = parse_i64(PQcmdTuples(res));
     PQclear(res);
     return code;
 }
@@ -2343,9 +2382,23 @@ static int pg_purge(void *state, int64_t before_us, int64_t *count, outbox_error
     return code;
 }
 
+static int pg_inbox_purge(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
+                          int64_t *count, outbox_error *err)
+{
+    pg_store *st = state;
+    int code;
+
+    if (count) *count = 0;
+    code = need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    return outbox_inbox_purge_pg(st->conn, st->schema, retention_ms, redelivery_horizon_ms, count,
+                                 err);
+}
+
 /* The PostgreSQL store driver (schemes "postgres" and "postgresql"). */
 const outbox_store_ops outbox__store_postgres = {
-    3,
+    4,
     "postgres",
     pg_open,
     pg_close,
@@ -2367,6 +2420,7 @@ const outbox_store_ops outbox__store_postgres = {
     pg_purge,
     pg_idle,
     pg_wait_fd,
+    pg_inbox_purge,
     pg_claim_pipelined,
     pg_complete_pipelined,
 };

@@ -394,26 +394,17 @@ int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms, int64_t redeliv
                               int64_t *purged, outbox_error *err)
 {
     sqlite3_stmt *s = NULL;
-    int64_t horizon = redelivery_horizon_ms;
     int rc, code;
 
     if (purged) *purged = 0;
     if (!db) return outbox__error(err, OUTBOX_EINVAL, "outbox_inbox_purge_sqlite: db is NULL");
-    if (retention_ms < 0)
-        return outbox__error(err, OUTBOX_EINVAL,
-                             "inbox retention_ms is negative (%lld): pass a duration >= 0",
-                             (long long)retention_ms);
     if (!sqlite3_get_autocommit(db))
         return outbox__error(err, OUTBOX_EINVAL,
                              "outbox_inbox_purge_sqlite runs its own transaction: call it "
                              "with no transaction open");
-    if (horizon <= 0) horizon = outbox_redelivery_horizon_ms(NULL);
-    if (retention_ms < horizon)
-        outbox__log(OUTBOX_LOG_WARN, "inbox",
-                    "inbox retention %lld ms is shorter than the relay's redelivery horizon "
-                    "%lld ms: a message redelivered after its inbox entry is purged would be "
-                    "applied twice; keep entries longer",
-                    (long long)retention_ms, (long long)horizon);
+    code = outbox__inbox_retention_check("outbox_inbox_purge_sqlite", retention_ms,
+                                         redelivery_horizon_ms, err);
+    if (code != OUTBOX_OK) return code;
 
     code = exec_sql(db, "BEGIN IMMEDIATE", "starting the inbox purge", err);
     if (code != OUTBOX_OK) return code;
@@ -1450,9 +1441,21 @@ static int sqlite_purge(void *state, int64_t before_us, int64_t *count, outbox_e
     return code;
 }
 
+static int sqlite_inbox_purge(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
+                              int64_t *count, outbox_error *err)
+{
+    sqlite_store *st = state;
+    int code;
+
+    if (count) *count = 0;
+    code = need_db(st, err);
+    if (code != OUTBOX_OK) return code;
+    return outbox_inbox_purge_sqlite(st->db, retention_ms, redelivery_horizon_ms, count, err);
+}
+
 /* The SQLite store driver (scheme "sqlite"). */
 const outbox_store_ops outbox__store_sqlite = {
-    3, /* no idle/wait_fd (NULL); pipelined claims */
+    4, /* no idle/wait_fd (NULL); pipelined claims */
     "sqlite",
     sqlite_open,
     sqlite_close,
@@ -1474,6 +1477,7 @@ const outbox_store_ops outbox__store_sqlite = {
     sqlite_purge,
     NULL, /* idle: in-process wake-up and data_version need no hint */
     NULL, /* wait_fd */
+    sqlite_inbox_purge,
     sqlite_claim_pipelined,
     sqlite_complete_pipelined,
 };

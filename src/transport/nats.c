@@ -4,42 +4,41 @@
  *   nats://[user:pass@]host:port[,host:port]?stream=NAME&subject=TEMPLATE&...
  *
  * A batch is published asynchronously (js_PublishMsgAsync, at most
- * max_pending acks outstanding), then the driver waits up to ack_timeout
- * for the acks.  Each message's result comes from its own ack, delivered on
- * nats.c's thread to ack_handler, which finds the message by its
- * Nats-Msg-Id header (= the outbox message id) in the batch's id table.
- * A message is OK only when JetStream acked it (a duplicate ack counts: the
- * stream already holds it).  What was not acked by the deadline is taken
- * back with js_PublishAsyncGetPendingList and reported retriable; acks that
- * arrive after the batch is closed are ignored (the retry is dropped by the
- * stream's duplicate window).
+ * max_pending acks outstanding), then the driver waits for the acks.  Each
+ * message's result comes from its own ack, delivered on nats.c's thread to
+ * ack_handler, which finds the message by its Nats-Msg-Id header (= the
+ * outbox message id) in the open batches' id tables.  A message is OK only
+ * when JetStream acked it (a duplicate ack counts: the stream already holds
+ * it).  When no ack of a batch arrives for ack_timeout, what is
+ * unacknowledged is taken back with js_PublishAsyncGetPendingList and
+ * reported retriable; acks that arrive after that are ignored (the retry
+ * is dropped by the stream's duplicate window).
  *
- * Pipelining (publish_begin / publish_end): the relay may begin the next
- * batch before it waits for the acks of the previous one, so claiming and
- * recording overlap with JetStream's acks.  Up to OUTBOX_PIPELINE_DEPTH
- * batches are open, each with its own id table and results; ack_handler
- * finds a message's batch by its id.  A batch begun while another is open
- * inherits its stop conditions (below), so the order rule holds across
- * them, and a message whose aggregate already has a failed message in the
- * open batch is not sent.  Within RECONNECT_GRACE_US of a reconnect, begin
- * first waits for the open batch's acks (no overlap while a recovering
- * server may refuse one publication and take a later one: with overlap
- * the stress test of server restarts showed a later message of an
- * aggregate stored before an earlier one).  publish() is begin + end.
+ * Pipelining (publish_begin / publish_end, see internal.h): the relay may
+ * begin the next batch before it waits for the acks of the one before, so
+ * its claim and completion overlap with JetStream's acks.  Up to
+ * OUTBOX_PIPELINE_DEPTH batches are open, each with its own tables;
+ * publish() is begin + end.
  *
- * Order: the connection keeps publication order, so a batch reaches the
- * stream in claim order.  When a publish call fails outright, the later
- * messages of that aggregate in the batch are not sent at all.  A dropped
- * connection loses what was in flight; so that nothing later in the batch
- * overtakes it, the batch stops publishing as soon as the connection is
- * seen down or a disconnect was counted since the batch began, or since
- * the open batch before it began (what was written before the drop reaches
- * the server in order or not at all).
- * After a reconnect, the first batch waits until the stream answers
- * js_GetStreamInfo again: a restarting server refuses publications while
- * it recovers its streams, and could otherwise take a later message of an
- * aggregate after refusing an earlier one.  Callbacks use the state until
- * nats.c's closed callback, which close waits for.
+ * Order: at most one message per aggregate is unacknowledged at a time,
+ * across the open batches.  A batch is published in waves: each wave sends
+ * every message whose previous message of its aggregate (in this batch or
+ * the open one before) is confirmed, so messages of different aggregates
+ * stay many in flight while those of one aggregate follow one another; the
+ * acks a waiting message needs wake the relay thread (ack_handler does not
+ * wake it for the others).  When a message is not confirmed, the later
+ * messages of its aggregate in the open batches are not sent at all.
+ * Without this a dropped connection could reorder an aggregate: nats.c
+ * keeps what is published while it is reconnecting and sends it on the new
+ * connection, so a message published just after the drop was noticed could
+ * be stored while the one before it was lost with the old connection; and a
+ * restarting server may refuse one publication and take the next.  A batch
+ * also stops publishing as soon as the connection is seen down or a
+ * disconnect was counted since it (or the open batch before it) began.
+ * After a reconnect, the first batch begun with nothing open waits until
+ * the stream answers js_GetStreamInfo again: a restarting server refuses
+ * publications while it recovers its streams.  Callbacks use the state
+ * until nats.c's closed callback, which close waits for.
  *
  * Start-up checks: the subject template (outbox__route_new), the stream
  * (js_GetStreamInfo; created with create_stream=NAME), and that the
@@ -70,23 +69,35 @@
  * starting: it is retriable for this long. */
 #define RECONNECT_GRACE_US 10000000
 
-/* One batch between publish_begin and publish_end. */
+/* One batch between publish_begin and publish_end.  The relay thread owns
+ * every field but done, results, outstanding and accepting, which
+ * ack_handler updates under mu. */
 typedef struct nats_batch {
-    int accepting; /* acks are applied to it (cleared when it times out) */
-    outbox_msg *const *msgs;
+    outbox_msg *const *msgs; /* NULL: the slot is free */
     outbox_publish_result *results;
-    unsigned char *done;    /* per message: 1 once its result is final */
-    unsigned char *blocked; /* per message: not sent (a publish call failed) */
     size_t n;
-    size_t outstanding; /* published, result not final */
-    size_t *table;      /* id hash: index+1, 0 = empty */
-    size_t table_cap;
-    size_t flags_cap; /* room in done and blocked */
-    size_t nblocked;
-    int stalled;              /* 1: the ack window stayed full; 2: connection lost */
-    int disconnects0;         /* disconnect count when it began */
-    struct timespec deadline; /* for its acks (CLOCK_REALTIME) */
+    int accepting;    /* acks are applied to it */
+    int stalled;      /* 1: the ack window stayed full or acks stopped; 2: connection lost */
+    int disconnects0; /* disconnect count when it (or the batch it follows) began */
+    size_t outstanding;     /* published, result not final */
+    unsigned char *done;    /* per message: 1 once its result is final */
+    unsigned char *started; /* per message: published, or given its result */
+    unsigned char *wanted;  /* per message: a later message waits for its result */
+    long *prev;   /* per message: the previous message of its aggregate (PREV_*) */
+    size_t *ids;  /* id hash: index+1, 0 = empty */
+    long *aggs;   /* aggregate hash: index of the aggregate's last message, -1 = empty */
+    size_t table_cap; /* slots in ids and aggs (a power of two) */
+    size_t cap;       /* room in the per-message arrays */
 } nats_batch;
+
+/* prev[i]: >= 0, index of the previous message of the aggregate in the same
+ * batch; PREV_NONE, none open; PREV_FAILED, it was in the batch before,
+ * which ended without it confirmed; <= PREV_OLDER(0), PREV_OLDER(j) is
+ * message j of the batch before, still open. */
+#define PREV_NONE (-1L)
+#define PREV_FAILED (-2L)
+#define PREV_OLDER(j) (-3L - (long)(j))
+#define PREV_OLDER_INDEX(p) ((size_t)(-3L - (p)))
 
 typedef struct nats_state {
     natsOptions *opts;
@@ -107,13 +118,14 @@ typedef struct nats_state {
                                        js_PublishAsyncGetPendingList needs that) */
     _Atomic int64_t reconnected_us; /* monotonic time of the last reconnect */
 
-    /* The open batches (a ring, oldest first), shared with ack_handler
+    /* The open batches, oldest first from `first`; shared with ack_handler
      * under mu. */
     pthread_mutex_t mu;
     pthread_cond_t cond;
     nats_batch batches[OUTBOX_PIPELINE_DEPTH];
-    int first; /* index of the oldest open batch */
-    int count; /* open batches */
+    int first;   /* slot of the oldest open batch */
+    int count;   /* open batches */
+    size_t acks; /* results delivered by ack_handler, ever */
 } nats_state;
 
 /* ------------------------------------------------------------------------
@@ -130,56 +142,95 @@ static uint64_t hash_id(const char *s)
     return h;
 }
 
+/* The k-th open batch, oldest first. */
+static nats_batch *batch_at(nats_state *st, int k)
+{
+    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+}
+
 /* Index of the message with this id in batch b, or (size_t)-1. */
 static size_t lookup(const nats_batch *b, const char *id)
 {
     size_t mask = b->table_cap - 1, i;
     if (b->table_cap == 0 || b->msgs == NULL) return (size_t)-1;
-    for (i = (size_t)hash_id(id) & mask; b->table[i] != 0; i = (i + 1) & mask)
-        if (strcmp(b->msgs[b->table[i] - 1]->id, id) == 0) return b->table[i] - 1;
+    for (i = (size_t)hash_id(id) & mask; b->ids[i] != 0; i = (i + 1) & mask)
+        if (strcmp(b->msgs[b->ids[i] - 1]->id, id) == 0) return b->ids[i] - 1;
     return (size_t)-1;
 }
 
-/* Sizes and fills a batch's id table and per-message flags; -1 when out of
- * memory. */
-static int batch_prepare(nats_batch *b, outbox_msg *const *msgs, size_t n)
+/* The aggregate slot of agg in b's aggregate hash (empty or agg's). */
+static size_t agg_slot(const nats_batch *b, const char *agg)
+{
+    size_t mask = b->table_cap - 1, j = (size_t)hash_id(agg) & mask;
+    while (b->aggs[j] >= 0 && strcmp(b->msgs[b->aggs[j]]->aggregate_id, agg) != 0)
+        j = (j + 1) & mask;
+    return j;
+}
+
+/* Sizes and fills batch b for msgs[0..n): id and aggregate hashes, flags,
+ * and each message's previous message of its aggregate, in b or in the
+ * open batch `older` (NULL: none).  -1 when out of memory (b unchanged
+ * but for its capacity). */
+static int batch_prepare(nats_batch *b, const nats_batch *older, outbox_msg *const *msgs, size_t n)
 {
     size_t want = 16, i;
     while (want < n * 2)
         want *= 2;
     if (want > b->table_cap) {
-        size_t *t = calloc(want, sizeof *t);
-        if (t == NULL) return -1;
-        free(b->table);
-        b->table = t;
+        size_t *t = malloc(want * sizeof *t);
+        long *a = malloc(want * sizeof *a);
+        if (t == NULL || a == NULL) {
+            free(t);
+            free(a);
+            return -1;
+        }
+        free(b->ids);
+        free(b->aggs);
+        b->ids = t;
+        b->aggs = a;
         b->table_cap = want;
-    } else {
-        memset(b->table, 0, b->table_cap * sizeof *b->table);
     }
-    if (n > b->flags_cap) {
-        unsigned char *d = realloc(b->done, n), *k;
+    if (n > b->cap) {
+        unsigned char *d = realloc(b->done, n);
         if (d == NULL) return -1;
         b->done = d;
-        k = realloc(b->blocked, n);
-        if (k == NULL) return -1;
-        b->blocked = k;
-        b->flags_cap = n;
+        d = realloc(b->started, n);
+        if (d == NULL) return -1;
+        b->started = d;
+        d = realloc(b->wanted, n);
+        if (d == NULL) return -1;
+        b->wanted = d;
+        long *p = realloc(b->prev, n * sizeof *p);
+        if (p == NULL) return -1;
+        b->prev = p;
+        b->cap = n;
     }
+    memset(b->ids, 0, b->table_cap * sizeof *b->ids);
+    for (i = 0; i < b->table_cap; i++)
+        b->aggs[i] = -1;
     memset(b->done, 0, n);
-    memset(b->blocked, 0, n);
+    memset(b->started, 0, n);
+    memset(b->wanted, 0, n);
     b->msgs = msgs;
+    b->n = n;
     for (i = 0; i < n; i++) {
         size_t mask = b->table_cap - 1, j;
-        for (j = (size_t)hash_id(msgs[i]->id) & mask; b->table[j] != 0; j = (j + 1) & mask) {
+        for (j = (size_t)hash_id(msgs[i]->id) & mask; b->ids[j] != 0; j = (j + 1) & mask) {
         }
-        b->table[j] = i + 1;
+        b->ids[j] = i + 1;
+        j = agg_slot(b, msgs[i]->aggregate_id);
+        if (b->aggs[j] >= 0) {
+            b->prev[i] = b->aggs[j];
+        } else {
+            b->prev[i] = PREV_NONE;
+            if (older != NULL) {
+                size_t k = agg_slot(older, msgs[i]->aggregate_id);
+                if (older->aggs[k] >= 0) b->prev[i] = PREV_OLDER(older->aggs[k]);
+            }
+        }
+        b->aggs[j] = (long)i;
     }
     return 0;
-}
-
-static nats_batch *batch_at(nats_state *st, int k)
-{
-    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
 }
 
 static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
@@ -340,7 +391,12 @@ static void ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
             else
                 set_result(&b->results[i], OUTBOX_EPUBLISH, "JetStream sent an empty ack");
             b->done[i] = 1;
-            if (b->outstanding > 0 && --b->outstanding == 0) pthread_cond_broadcast(&st->cond);
+            st->acks++;
+            if (b->outstanding > 0) b->outstanding--;
+            /* The relay thread waits for the acks a later message needs, and
+             * for the batch's last one: waking it for every ack costs more
+             * than the publication. */
+            if (b->wanted[i] || b->outstanding == 0) pthread_cond_broadcast(&st->cond);
         }
         break;
     }
@@ -732,46 +788,24 @@ static natsStatus build_msg(nats_state *st, natsMsg **out, const outbox_msg *m, 
     return NATS_OK;
 }
 
-/* Is aggregate agg among the first `upto` messages of b that were not sent? */
-static int aggregate_blocked(const nats_batch *b, size_t upto, const char *agg)
+/* CLOCK_REALTIME (for pthread_cond_timedwait) ms from now. */
+static struct timespec deadline_after(int64_t ms)
 {
-    size_t i;
-    if (b->nblocked == 0) return 0;
-    for (i = 0; i < upto; i++)
-        if (b->blocked[i] && strcmp(b->msgs[i]->aggregate_id, agg) == 0) return 1;
-    return 0;
+    struct timespec t;
+    int64_t at;
+    clock_gettime(CLOCK_REALTIME, &t);
+    at = (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000 + ms;
+    t.tv_sec = (time_t)(at / 1000);
+    t.tv_nsec = (long)(at % 1000) * 1000000L;
+    return t;
 }
 
-/* Indices of the messages of b whose result is already a failure (final,
- * or none while b takes no more acks), in *out (the caller frees it);
- * returns how many, or (size_t)-1 when out of memory. */
-static size_t failed_so_far(nats_state *st, const nats_batch *b, size_t **out)
+/* Has CLOCK_REALTIME reached *t? */
+static int passed(const struct timespec *t)
 {
-    size_t i, k = 0;
-    *out = NULL;
-    pthread_mutex_lock(&st->mu);
-    for (i = 0; i < b->n; i++) {
-        if (!((b->done[i] || !b->accepting) && b->results[i].code != OUTBOX_OK)) continue;
-        if (*out == NULL) {
-            *out = malloc(b->n * sizeof **out);
-            if (*out == NULL) {
-                pthread_mutex_unlock(&st->mu);
-                return (size_t)-1;
-            }
-        }
-        (*out)[k++] = i;
-    }
-    pthread_mutex_unlock(&st->mu);
-    return k;
-}
-
-/* Is agg the aggregate of one of b's messages listed in idx[0..n)? */
-static int aggregate_listed(const nats_batch *b, const size_t *idx, size_t n, const char *agg)
-{
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (strcmp(b->msgs[idx[i]]->aggregate_id, agg) == 0) return 1;
-    return 0;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
 }
 
 /* Makes message i of b final without sending it. */
@@ -781,111 +815,58 @@ static void not_sent(nats_state *st, nats_batch *b, size_t i, int code, const ch
     set_result(&b->results[i], code, "%s", why);
     b->done[i] = 1;
     pthread_mutex_unlock(&st->mu);
-    b->blocked[i] = 1;
-    b->nblocked++;
 }
 
-/* Sends a batch (see publish_begin in internal.h).  The batch inherits the
- * state of the batch still open before it: a connection lost or an ack
- * window stalled since that one began stops this one too, and a message
- * whose aggregate had a message that batch could not send is not sent
- * (what reaches the server arrives in publication order, so nothing later
- * of an aggregate overtakes an earlier message that is retried). */
-static int nats_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
-                              outbox_publish_result *results)
+/* One wave of batch b (older: the open batch before it, or NULL): sends
+ * every message not started yet whose previous message of its aggregate
+ * is confirmed (or that has none); gives a result without sending to
+ * those whose previous message failed, and to all when b is stalled.
+ * Never waits.  Returns how many messages still wait for an ack; sets
+ * *progressed when it started one. */
+static size_t wave(nats_state *st, nats_batch *b, nats_batch *older, int *progressed)
 {
-    nats_state *st = state;
-    nats_batch *b, *prev = NULL;
-    struct timespec deadline;
+    size_t i, waiting = 0;
     outbox_error rerr;
-    int64_t wall;
-    size_t i, *prev_failed = NULL, nprev_failed = 0;
 
-    if (st->count >= OUTBOX_PIPELINE_DEPTH) return OUTBOX_EINVAL;
-    if (st->count > 0) prev = batch_at(st, st->count - 1);
-    if (prev != NULL && atomic_load(&st->disconnects) > 0 &&
-        outbox__monotonic_us() - atomic_load(&st->reconnected_us) < RECONNECT_GRACE_US) {
-        /* Just after a reconnect the server may refuse some publications
-         * while it recovers its streams and take later ones: do not
-         * overlap batches then.  Wait for the open batch's acks first, so
-         * its failures block their aggregates below (as a serial relay
-         * would). */
-        pthread_mutex_lock(&st->mu);
-        while (prev->accepting && prev->outstanding > 0)
-            if (pthread_cond_timedwait(&st->cond, &st->mu, &prev->deadline) == ETIMEDOUT) break;
-        pthread_mutex_unlock(&st->mu);
-    }
-    if (prev == NULL && atomic_load(&st->disconnects) != st->verified_disconnects) {
-        /* After a reconnect, publish only once the stream answers again: a
-         * restarting server refuses the first messages while it recovers
-         * its streams and would take later ones, out of order.  (With a
-         * batch open, the disconnect stops this batch below; the check
-         * runs once the pipeline is empty.) */
-        int seen = atomic_load(&st->disconnects);
-        jsStreamInfo *si = NULL;
-        jsErrCode jerr = 0;
-        jsOptions jo;
-        natsStatus s;
-        jsOptions_Init(&jo);
-        jo.Wait = st->ack_timeout_ms;
-        s = js_GetStreamInfo(&si, st->js, st->stream, &jo, &jerr);
-        if (si) jsStreamInfo_Destroy(si);
-        if (s != NATS_OK) {
-            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
-                        "stream %s not available yet after a reconnect to %s: %s", st->stream,
-                        st->hosts, natsStatus_GetText(s));
-            return OUTBOX_EPUBLISH;
-        }
-        st->verified_disconnects = seen;
-    }
-
-    if (prev != NULL) {
-        /* Messages of the open batch already known to have failed block
-         * their aggregates here too. */
-        nprev_failed = failed_so_far(st, prev, &prev_failed);
-        if (nprev_failed == (size_t)-1) return OUTBOX_ENOMEM;
-    }
-    b = batch_at(st, st->count);
-    pthread_mutex_lock(&st->mu);
-    if (batch_prepare(b, msgs, n) != 0) {
-        pthread_mutex_unlock(&st->mu);
-        free(prev_failed);
-        return OUTBOX_ENOMEM;
-    }
-    for (i = 0; i < n; i++)
-        set_result(&results[i], OUTBOX_EPUBLISH, "no ack from JetStream within %lld ms",
-                   (long long)st->ack_timeout_ms);
-    b->results = results;
-    b->n = n;
-    b->outstanding = 0;
-    b->nblocked = 0;
-    b->stalled = prev ? prev->stalled : 0;
-    b->disconnects0 = prev ? prev->disconnects0 : atomic_load(&st->disconnects);
-    b->accepting = 1;
-    st->count++;
-    pthread_mutex_unlock(&st->mu);
-
-    for (i = 0; i < n; i++) {
-        const outbox_msg *m = msgs[i];
+    for (i = 0; i < b->n; i++) {
+        const outbox_msg *m = b->msgs[i];
+        long p = b->prev[i];
         natsMsg *msg = NULL;
         natsStatus s;
+        int held = 0;
 
+        if (b->started[i]) continue;
+        if (p == PREV_FAILED) {
+            held = 1;
+        } else if (p != PREV_NONE) {
+            nats_batch *pb = p >= 0 ? b : older;
+            size_t j = p >= 0 ? (size_t)p : PREV_OLDER_INDEX(p);
+            int pdone, pok;
+            pthread_mutex_lock(&st->mu);
+            pdone = pb->done[j];
+            pok = pb->results[j].code == OUTBOX_OK;
+            if (!pdone) pb->wanted[j] = 1;
+            pthread_mutex_unlock(&st->mu);
+            if (!pdone && !b->stalled) {
+                waiting++;
+                continue;
+            }
+            held = !pdone || !pok;
+        }
+        b->started[i] = 1;
+        *progressed = 1;
         if (!b->stalled && (atomic_load(&st->disconnects) != b->disconnects0 ||
                             natsConnection_Status(st->nc) != NATS_CONN_STATUS_CONNECTED))
             b->stalled = 2;
         if (b->stalled) {
             not_sent(st, b, i, OUTBOX_EPUBLISH,
                      b->stalled == 1 ? "not sent: JetStream acks stopped coming back"
-                                     : "not sent: the connection to NATS dropped during the "
-                                       "batch");
+                                     : "not sent: the connection to NATS dropped during the batch");
             continue;
         }
-        if (aggregate_blocked(b, i, m->aggregate_id) ||
-            (prev != NULL &&
-             (aggregate_blocked(prev, prev->n, m->aggregate_id) ||
-              aggregate_listed(prev, prev_failed, nprev_failed, m->aggregate_id)))) {
+        if (held) {
             not_sent(st, b, i, OUTBOX_EPUBLISH,
-                     "not sent: an earlier message of its aggregate could not be published");
+                     "not sent: an earlier message of its aggregate was not confirmed");
             continue;
         }
         rerr.code = 0;
@@ -920,50 +901,168 @@ static int nats_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
             not_sent(st, b, i, OUTBOX_EPUBLISH, why);
         }
     }
+    return waiting;
+}
 
-    free(prev_failed);
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    wall = (int64_t)deadline.tv_sec * 1000 + deadline.tv_nsec / 1000000 + st->ack_timeout_ms;
-    b->deadline.tv_sec = (time_t)(wall / 1000);
-    b->deadline.tv_nsec = (long)(wall % 1000) * 1000000L;
+/* Begins a batch (publish_begin in internal.h): prepares it and sends its
+ * first wave.  A batch begun while another is open follows it: each
+ * message waits for the previous message of its aggregate in either batch
+ * (at most one unacknowledged message per aggregate across both), and it
+ * inherits the open batch's stop conditions (a connection lost or acks
+ * stalled since that one began). */
+static int nats_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
+                              outbox_publish_result *results)
+{
+    nats_state *st = state;
+    nats_batch *b, *older = NULL;
+    size_t i;
+    int progressed = 0;
+
+    if (st->count >= OUTBOX_PIPELINE_DEPTH) return OUTBOX_EINVAL;
+    if (st->count > 0) {
+        older = batch_at(st, st->count - 1);
+        wave(st, older, NULL, &progressed); /* what its last acks let go */
+    }
+    if (older == NULL && atomic_load(&st->disconnects) != st->verified_disconnects) {
+        /* After a reconnect, publish only once the stream answers again: a
+         * restarting server refuses publications while it recovers its
+         * streams.  (With a batch open, the disconnect stalls this batch
+         * below; the check runs once nothing is open.) */
+        int seen = atomic_load(&st->disconnects);
+        jsStreamInfo *si = NULL;
+        jsErrCode jerr = 0;
+        jsOptions jo;
+        natsStatus s;
+        jsOptions_Init(&jo);
+        jo.Wait = st->ack_timeout_ms;
+        s = js_GetStreamInfo(&si, st->js, st->stream, &jo, &jerr);
+        if (si) jsStreamInfo_Destroy(si);
+        if (s != NATS_OK) {
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "stream %s not available yet after a reconnect to %s: %s", st->stream,
+                        st->hosts, natsStatus_GetText(s));
+            return OUTBOX_EPUBLISH;
+        }
+        st->verified_disconnects = seen;
+    }
+
+    b = batch_at(st, st->count);
+    pthread_mutex_lock(&st->mu);
+    if (batch_prepare(b, older, msgs, n) != 0) {
+        b->msgs = NULL;
+        b->n = 0;
+        pthread_mutex_unlock(&st->mu);
+        return OUTBOX_ENOMEM;
+    }
+    for (i = 0; i < n; i++)
+        set_result(&results[i], OUTBOX_EPUBLISH, "no ack from JetStream within %lld ms",
+                   (long long)st->ack_timeout_ms);
+    b->results = results;
+    b->outstanding = 0;
+    b->stalled = older ? older->stalled : 0;
+    b->disconnects0 = older ? older->disconnects0 : atomic_load(&st->disconnects);
+    b->accepting = 1;
+    st->count++;
+    pthread_mutex_unlock(&st->mu);
+
+    wave(st, b, older, &progressed);
     return OUTBOX_OK;
 }
 
-/* Waits for the acks of the oldest open batch (see publish_end in
- * internal.h).  What is not acked by its deadline stays retriable; nats.c's
- * pending acks are then taken back, those of a later open batch with them
- * (its unacked messages are retried as well: acks stopped coming). */
+/* Ends the oldest open batch (publish_end in internal.h): sends its
+ * remaining waves as acks come back (and the next open batch's, which
+ * wait on the same acks), then waits for its last acks.  When no ack of
+ * the batch arrives for ack_timeout, what is left is not sent and what is
+ * unacknowledged stays retriable; nats.c's pending acks are then taken
+ * back, those of the next open batch with them (it stops too). */
 static int nats_publish_end(void *state, outbox_msg *const *msgs, size_t n,
                             outbox_publish_result *results)
 {
     nats_state *st = state;
-    nats_batch *b;
-    int k;
+    nats_batch *b, *next;
+    struct timespec deadline = {0, 0};
+    size_t i, acks_seen, outstanding, done_before = (size_t)-1;
+    int ignored = 0, timed_out = 0;
 
     if (st->count == 0) return OUTBOX_EINVAL;
     b = batch_at(st, 0);
     if (b->msgs != msgs || b->n != n || b->results != results) return OUTBOX_EINVAL;
+    next = st->count > 1 ? batch_at(st, 1) : NULL;
+
+    for (;;) {
+        size_t waiting, finished = 0;
+        int progressed = 0;
+
+        pthread_mutex_lock(&st->mu);
+        acks_seen = st->acks; /* before the waves: an ack during them is not missed */
+        pthread_mutex_unlock(&st->mu);
+        waiting = wave(st, b, NULL, &progressed);
+        if (next != NULL) wave(st, next, b, &ignored);
+        pthread_mutex_lock(&st->mu);
+        outstanding = b->outstanding;
+        for (i = 0; i < n; i++)
+            finished += b->done[i];
+        pthread_mutex_unlock(&st->mu);
+        if (waiting == 0 && outstanding == 0) break;
+        if (progressed) continue;
+        if (finished != done_before) { /* progress: a fresh ack_timeout */
+            deadline = deadline_after(st->ack_timeout_ms);
+            done_before = finished;
+        } else if (passed(&deadline)) {
+            timed_out = 1;
+            break;
+        }
+        /* ack_handler wakes this for the acks a waiting message needs and
+         * for the batch's last ack (not for every ack). */
+        pthread_mutex_lock(&st->mu);
+        while (st->acks == acks_seen)
+            if (pthread_cond_timedwait(&st->cond, &st->mu, &deadline) == ETIMEDOUT) break;
+        pthread_mutex_unlock(&st->mu);
+    }
+
+    if (timed_out) {
+        /* No ack of this batch for ack_timeout: what is left is not sent. */
+        b->stalled = 1;
+        wave(st, b, NULL, &ignored);
+        pthread_mutex_lock(&st->mu);
+        outstanding = b->outstanding;
+        if (outstanding > 0) {
+            /* Later acks are ignored: those messages stay retriable.  The
+             * pending list is the connection's, so the next batch loses
+             * its acks too and stops. */
+            b->accepting = 0;
+            if (next != NULL) {
+                next->accepting = 0;
+                next->stalled = 1;
+                next->outstanding = 0;
+            }
+        }
+        pthread_mutex_unlock(&st->mu);
+        if (outstanding > 0) {
+            natsMsgList pending;
+            memset(&pending, 0, sizeof pending);
+            if (js_PublishAsyncGetPendingList(&pending, st->js) == NATS_OK)
+                natsMsgList_Destroy(&pending);
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "%zu of %zu messages not acked by JetStream within %lld ms "
+                        "(connection %s); they will be retried",
+                        outstanding, n, (long long)st->ack_timeout_ms,
+                        natsConnection_Status(st->nc) == NATS_CONN_STATUS_CONNECTED ? "up"
+                                                                                    : "down");
+        }
+    }
 
     pthread_mutex_lock(&st->mu);
-    while (b->accepting && b->outstanding > 0) {
-        if (pthread_cond_timedwait(&st->cond, &st->mu, &b->deadline) == ETIMEDOUT) break;
-    }
-    if (b->accepting && b->outstanding > 0) {
-        natsMsgList pending;
-        size_t left = b->outstanding;
-        /* Later acks are ignored: those messages stay retriable. */
-        for (k = 0; k < st->count; k++)
-            batch_at(st, k)->accepting = 0;
-        pthread_mutex_unlock(&st->mu);
-        memset(&pending, 0, sizeof pending);
-        if (js_PublishAsyncGetPendingList(&pending, st->js) == NATS_OK)
-            natsMsgList_Destroy(&pending);
-        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
-                    "%zu of %zu messages not acked by JetStream within %lld ms (connection %s); "
-                    "they will be retried",
-                    left, n, (long long)st->ack_timeout_ms,
-                    natsConnection_Status(st->nc) == NATS_CONN_STATUS_CONNECTED ? "up" : "down");
-        pthread_mutex_lock(&st->mu);
+    if (next != NULL) {
+        /* The next batch no longer looks into this one. */
+        for (i = 0; i < next->n; i++) {
+            long p = next->prev[i];
+            if (p <= PREV_OLDER(0)) {
+                size_t j = PREV_OLDER_INDEX(p);
+                next->prev[i] =
+                    b->done[j] && b->results[j].code == OUTBOX_OK ? PREV_NONE : PREV_FAILED;
+            }
+        }
     }
     b->accepting = 0;
     b->results = NULL;
@@ -973,6 +1072,7 @@ static int nats_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     st->first = (st->first + 1) % OUTBOX_PIPELINE_DEPTH;
     st->count--;
     pthread_mutex_unlock(&st->mu);
+    if (next != NULL) wave(st, next, NULL, &ignored); /* what this batch's last acks let go */
     return OUTBOX_OK;
 }
 
@@ -1021,9 +1121,13 @@ static void nats_close(void *state)
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cond);
     for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
-        free(st->batches[k].table);
-        free(st->batches[k].done);
-        free(st->batches[k].blocked);
+        nats_batch *b = &st->batches[k];
+        free(b->ids);
+        free(b->aggs);
+        free(b->done);
+        free(b->started);
+        free(b->wanted);
+        free(b->prev);
     }
     free(st->stream);
     free(st->source);
