@@ -485,7 +485,7 @@ typedef struct outbox_transport_ops {
     void (*close)(void *state);
 } outbox_transport_ops;
 
-/* Pipelining destinations (e.g. nats://): the same publication split in two
+/* Pipelining destinations (nats://, kafka://): the same publication split in two
  * so the relay can work while a batch's confirmations are outstanding.
  * Kept out of outbox_transport_ops (like interrupt below) so that the
  * drivers' positional tables stay complete; outbox__transport_pipeline
@@ -546,6 +546,7 @@ extern const outbox_transport_ops outbox__transport_https; /* OUTBOX_HAVE_CURL *
 void outbox__http_interrupt(void *state);                  /* OUTBOX_HAVE_CURL */
 extern const outbox_transport_ops outbox__transport_nats;  /* OUTBOX_HAVE_NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* OUTBOX_HAVE_RDKAFKA */
-extern const outbox_transport_pipeline outbox__transport_nats_pipeline; /* OUTBOX_HAVE_NATS */
+extern const outbox_transport_pipeline outbox__transport_nats_pipeline;   /* OUTBOX_HAVE_NATS */
+extern const outbox_transport_pipeline outbox__transport_kafka_pipeline; /* OUTBOX_HAVE_RDKAFKA */
 
 #endif /* OUTBOX_INTERNAL_H */

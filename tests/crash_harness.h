@@ -4,8 +4,9 @@
  *
  * - Processes: start the real `outbox` binary with fork/execv, extra
  *   environment and stdout/stderr sent to files; wait with a deadline; kill.
- * - A producer that enqueues messages through the library in transactions
- *   of 1-50 messages over many aggregates, each payload carrying the
+ * - A producer that enqueues messages through the library (into a SQLite
+ *   file, or a PostgreSQL outbox) in transactions of 1-50 messages over
+ *   many aggregates, each payload carrying the
  *   per-aggregate enqueue counter: {"agg":"a17","n":42}.  It remembers every
  *   committed id by (aggregate, n).
  * - A checker that reads a relay's file destination (CloudEvents JSON, one
@@ -31,6 +32,9 @@
 #include <stdarg.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
+#ifdef OUTBOX_HAVE_LIBPQ
+#include <libpq-fe.h>
+#endif
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -380,6 +384,11 @@ typedef struct ch_producer {
     int max_txn;      /* 1..max_txn messages per transaction */
     int pause_us;     /* sleep between transactions (0: none) */
     uint64_t seed;
+    const char *pg_conninfo; /* set: enqueue into this PostgreSQL outbox
+                                (outbox_enqueue_pg) instead of db_path */
+    int pg_async_commit;     /* with pg_conninfo: synchronous_commit=off,
+                                only for runs where the database itself is
+                                not crashed */
 
     /* Results (read after ch_producer_join). */
     ch_agg *aggs;
@@ -488,11 +497,79 @@ out:
     return NULL;
 }
 
-/* Starts the producer thread; p's settings must be filled.  Starting it
- * again after a join continues the same aggregates' counters up to the new
+#ifdef OUTBOX_HAVE_LIBPQ
+/* The producer on PostgreSQL (p->pg_conninfo): the same transactions and
+ * payloads through outbox_enqueue_pg; a failed COMMIT ends it with an
+ * error (the server is not expected to go away while it runs). */
+static inline void *ch_pg_producer_main(void *arg)
+{
+    ch_producer *p = arg;
+    uint64_t rng = p->seed;
+    outbox_error err;
+    memset(&err, 0, sizeof err);
+    outbox_msg **batch = calloc((size_t)p->max_txn, sizeof *batch);
+    int *batch_agg = calloc((size_t)p->max_txn, sizeof *batch_agg);
+    PGconn *c = PQconnectdb(p->pg_conninfo);
+    if (!batch || !batch_agg) {
+        snprintf(p->error, sizeof p->error, "out of memory");
+        goto out;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        snprintf(p->error, sizeof p->error, "connect: %s", PQerrorMessage(c));
+        goto out;
+    }
+    if (p->pg_async_commit) PQclear(PQexec(c, "SET synchronous_commit = off"));
+    while (p->committed < p->total) {
+        int k = (int)ch_rand_range(&rng, 1, p->max_txn), i, ok = 1;
+        if (k > p->total - p->committed) k = p->total - p->committed;
+        PQclear(PQexec(c, "BEGIN"));
+        for (i = 0; i < k; i++) {
+            if (ch_producer_msg(p, &rng, batch, batch_agg, i, &err) != OUTBOX_OK ||
+                outbox_enqueue_pg(c, batch[i], &err) != OUTBOX_OK) {
+                snprintf(p->error, sizeof p->error, "enqueue: %d %s", err.code, err.message);
+                ok = 0;
+                i++;
+                break;
+            }
+        }
+        PGresult *res = ok ? PQexec(c, "COMMIT") : NULL;
+        if (ok && PQresultStatus(res) == PGRES_COMMAND_OK) {
+            for (int j = 0; j < i; j++) ch_agg_push(&p->aggs[batch_agg[j]], outbox_msg_id(batch[j]));
+            p->committed += i;
+            p->transactions++;
+        } else {
+            if (ok) snprintf(p->error, sizeof p->error, "commit: %s", PQerrorMessage(c));
+            PQclear(PQexec(c, "ROLLBACK"));
+            ok = 0;
+        }
+        PQclear(res);
+        for (int j = 0; j < i; j++) outbox_msg_free(batch[j]);
+        if (!ok) goto out;
+        if (p->pause_us) usleep((useconds_t)p->pause_us);
+    }
+out:
+    PQfinish(c);
+    free(batch);
+    free(batch_agg);
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+#endif
+
+/* Starts the producer thread; p's settings must be filled (db_path, or
+ * pg_conninfo in builds with the PostgreSQL store).  Starting it again
+ * after a join continues the same aggregates' counters up to the new
  * p->total. */
 static inline void ch_producer_start(ch_producer *p)
 {
+    void *(*main_fn)(void *) = ch_producer_main;
+    if (p->pg_conninfo) {
+#ifdef OUTBOX_HAVE_LIBPQ
+        main_fn = ch_pg_producer_main;
+#else
+        TEST_FAIL_("a PostgreSQL producer in a build without libpq");
+#endif
+    }
     if (!p->aggs) {
         p->aggs = calloc((size_t)p->aggregates, sizeof *p->aggs);
         if (!p->aggs) TEST_FAIL_("out of memory");
@@ -500,8 +577,7 @@ static inline void ch_producer_start(ch_producer *p)
     }
     p->error[0] = '\0';
     atomic_store(&p->done, 0);
-    if (pthread_create(&p->thread, NULL, ch_producer_main, p) != 0)
-        TEST_FAIL_("pthread_create failed");
+    if (pthread_create(&p->thread, NULL, main_fn, p) != 0) TEST_FAIL_("pthread_create failed");
 }
 
 static inline int ch_producer_done(ch_producer *p)

@@ -14,7 +14,7 @@
  *
  * Pipelining (on when the store is version 4 with the pipelined claim and
  * the destination has publish_begin/publish_end, outbox__transport_pipeline,
- * e.g. nats://; the environment variable OUTBOX_RELAY_PIPELINE=0 turns it
+ * nats:// and kafka://; the environment variable OUTBOX_RELAY_PIPELINE=0 turns it
  * off).  One step claims batch N+1 and begins publishing it, then waits for
  * batch N's confirmations and records them, so the store's claim and
  * complete run while the broker acks N+1 instead of between batches:

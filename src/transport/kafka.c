@@ -9,13 +9,17 @@
  * follow the CloudEvents Kafka binding (ce_specversion, ce_id, ce_source,
  * ce_type, ce_time, ce_subject, content-type; message headers as ce_<ext>).
  *
- * publish() produces the batch, then polls until every message's delivery
- * report arrived or ack_timeout passed.  Each report decides its message:
- * OK, retriable, or rejected for good (too large, invalid, not authorised).
- * A report is matched to its message by an opaque (batch generation, index),
- * so a late report of an earlier batch is ignored.  When a produce call
- * fails, later messages of the same aggregate in the batch are not
- * produced.  A fatal producer error (rd_kafka_fatal_error: fenced, broken
+ * publish_begin() produces a batch; publish_end() polls until every
+ * message's delivery report arrived or ack_timeout passed since it began
+ * (publish() is the two).  The relay pipelines: it begins the next batch
+ * before it ends the one before, so at most OUTBOX_PIPELINE_DEPTH batches
+ * are open.  Each report decides its message: OK, retriable, or rejected
+ * for good (too large, invalid, not authorised).  A report is matched to
+ * its batch and message by an opaque (batch generation, index), so a late
+ * report of an ended batch is ignored.  When a produce call fails, later
+ * messages of the same aggregate in the open batches are not produced.
+ * The idempotent producer keeps each partition in produce order across
+ * both batches.  A fatal producer error (rd_kafka_fatal_error: fenced, broken
  * idempotence state) fails what was not confirmed as retriable, and the
  * producer is rebuilt before the next batch: the relay then re-sends those
  * messages in order behind the failed one.  (Test builds: the fault point
@@ -42,6 +46,20 @@
 #define DEFAULT_TOPIC "outbox.{aggregate_type}"
 #define KNOWN_OPTIONS "topic, ack_timeout, kafka.<librdkafka setting>"
 
+/* One batch between publish_begin and publish_end. */
+typedef struct kafka_batch {
+    uint32_t gen; /* tags its reports: (gen << 32) | (index + 1) */
+    outbox_msg *const *msgs;
+    outbox_publish_result *results; /* NULL: the slot is free */
+    unsigned char *done;            /* per message: result final */
+    unsigned char *failed;          /* per message: not produced */
+    size_t cap;
+    size_t n;
+    size_t nfailed;
+    size_t outstanding; /* produced, no report yet */
+    int64_t deadline;   /* monotonic us: ack_timeout after it began */
+} kafka_batch;
+
 typedef struct kafka_state {
     rd_kafka_conf_t *conf; /* template: duplicated for each producer */
     rd_kafka_t *rk;
@@ -52,13 +70,12 @@ typedef struct kafka_state {
     int rebuild; /* a fatal error: make a new producer first */
     outbox_buf topic;
 
-    /* The batch in progress (reports are served on the calling thread). */
-    uint32_t gen;
-    outbox_publish_result *results;
-    unsigned char *done;
-    size_t done_cap;
-    size_t n;
-    size_t outstanding;
+    /* The open batches, oldest first from `first` (reports are served on
+     * the calling thread, inside rd_kafka_poll). */
+    kafka_batch batches[OUTBOX_PIPELINE_DEPTH];
+    int first;
+    int count;
+    uint32_t gen; /* of the last batch begun */
 } kafka_state;
 
 static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
@@ -100,13 +117,19 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     uintptr_t tag = (uintptr_t)m->_private;
     uint32_t gen = (uint32_t)(tag >> 32);
     size_t i = (size_t)(tag & 0xffffffffu);
+    kafka_batch *b = NULL;
     outbox_publish_result *r;
+    int k;
     (void)rk;
 
-    if (st->results == NULL || gen != st->gen || i == 0 || i > st->n) return; /* late report */
+    for (k = 0; k < st->count; k++) {
+        kafka_batch *c = &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+        if (c->results != NULL && c->gen == gen) b = c;
+    }
+    if (b == NULL || i == 0 || i > b->n) return; /* a late report */
     i--;
-    if (st->done[i]) return;
-    r = &st->results[i];
+    if (b->done[i]) return;
+    r = &b->results[i];
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
         set_result(r, OUTBOX_OK, NULL);
     else if (permanent_error(m->err))
@@ -115,8 +138,8 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     else
         set_result(r, OUTBOX_EPUBLISH, "Kafka delivery to %s failed: %s",
                    m->rkt ? rd_kafka_topic_name(m->rkt) : "?", rd_kafka_err2str(m->err));
-    st->done[i] = 1;
-    st->outstanding--;
+    b->done[i] = 1;
+    b->outstanding--;
 }
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -176,9 +199,12 @@ static int make_producer(kafka_state *st, outbox_error *err)
 
 static void destroy_producer(kafka_state *st)
 {
+    int k;
     if (st->rk == NULL) return;
     rd_kafka_purge(st->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    st->results = NULL; /* reports of purged messages are ignored */
+    for (k = 0; k < st->count; k++) /* reports of purged messages are ignored */
+        st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH].results = NULL;
+    st->count = 0;
     rd_kafka_flush(st->rk, 1000);
     rd_kafka_destroy(st->rk);
     st->rk = NULL;
@@ -323,28 +349,40 @@ static rd_kafka_headers_t *make_headers(const kafka_state *st, const outbox_msg 
     return h;
 }
 
-static int agg_failed(outbox_msg *const *msgs, const unsigned char *failed, size_t upto,
-                      const char *agg)
+/* Does b hold a message of aggregate agg, among its first upto, that was
+ * not produced? */
+static int agg_failed(const kafka_batch *b, size_t upto, const char *agg)
 {
     size_t i;
+    if (b->nfailed == 0) return 0;
     for (i = 0; i < upto; i++)
-        if (failed[i] && strcmp(msgs[i]->aggregate_id, agg) == 0) return 1;
+        if (b->failed[i] && strcmp(b->msgs[i]->aggregate_id, agg) == 0) return 1;
     return 0;
 }
 
-static int kafka_publish(void *state, outbox_msg *const *msgs, size_t n,
-                         outbox_publish_result *results)
+/* The k-th open batch, oldest first. */
+static kafka_batch *batch_at(kafka_state *st, int k)
+{
+    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+}
+
+/* Produces a batch without waiting for its reports (publish_begin in
+ * internal.h).  A message whose aggregate had a message that could not be
+ * produced, in this batch or the open one before, is not produced. */
+static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
+                               outbox_publish_result *results)
 {
     kafka_state *st = state;
-    unsigned char *failed;
-    size_t i, nfailed = 0;
-    int64_t deadline;
-    char fatal[512];
+    kafka_batch *b, *older;
+    size_t i;
     outbox_error e;
 
-    if (n == 0) return OUTBOX_OK;
-    if (n > 0xffffffffu - 1) return OUTBOX_EINVAL;
+    if (st->count >= OUTBOX_PIPELINE_DEPTH || n > 0xffffffffu - 1) return OUTBOX_EINVAL;
+    older = st->count > 0 ? batch_at(st, st->count - 1) : NULL;
     if (st->rebuild || st->rk == NULL) {
+        /* After a fatal error: a new producer, once nothing is open (the
+         * open batch's unconfirmed messages have failed already). */
+        if (older != NULL) return OUTBOX_EPUBLISH;
         destroy_producer(st);
         e.code = 0;
         e.message[0] = '\0';
@@ -355,31 +393,38 @@ static int kafka_publish(void *state, outbox_msg *const *msgs, size_t n,
         st->rebuild = 0;
         outbox__log(OUTBOX_LOG_WARN, COMPONENT, "producer rebuilt after a fatal error");
     }
-    if (n > st->done_cap) {
-        unsigned char *d = realloc(st->done, n);
+    b = batch_at(st, st->count);
+    if (n > b->cap) {
+        unsigned char *d = realloc(b->done, n);
         if (d == NULL) return OUTBOX_ENOMEM;
-        st->done = d;
-        st->done_cap = n;
+        b->done = d;
+        d = realloc(b->failed, n);
+        if (d == NULL) return OUTBOX_ENOMEM;
+        b->failed = d;
+        b->cap = n;
     }
-    failed = calloc(n, 1);
-    if (failed == NULL) return OUTBOX_ENOMEM;
-    memset(st->done, 0, n);
-    st->gen++;
-    st->results = results;
-    st->n = n;
-    st->outstanding = 0;
+    memset(b->done, 0, n);
+    memset(b->failed, 0, n);
+    b->gen = ++st->gen;
+    b->msgs = msgs;
+    b->results = results;
+    b->n = n;
+    b->nfailed = 0;
+    b->outstanding = 0;
+    st->count++;
     for (i = 0; i < n; i++)
         set_result(&results[i], OUTBOX_EPUBLISH, "no delivery report from Kafka within %lld ms",
                    (long long)st->ack_timeout_ms);
 
-    deadline = outbox__monotonic_us() + st->ack_timeout_ms * 1000;
+    b->deadline = outbox__monotonic_us() + st->ack_timeout_ms * 1000;
     for (i = 0; i < n; i++) {
         const outbox_msg *m = msgs[i];
         rd_kafka_headers_t *h;
         rd_kafka_resp_err_t perr;
         outbox_error rerr;
 
-        if (nfailed > 0 && agg_failed(msgs, failed, i, m->aggregate_id)) {
+        if (agg_failed(b, i, m->aggregate_id) ||
+            (older != NULL && agg_failed(older, older->n, m->aggregate_id))) {
             set_result(&results[i], OUTBOX_EPUBLISH,
                        "not sent: an earlier message of its aggregate could not be produced");
             goto not_sent;
@@ -401,9 +446,10 @@ static int kafka_publish(void *state, outbox_msg *const *msgs, size_t n,
                 RD_KAFKA_V_KEY(m->aggregate_id, strlen(m->aggregate_id)),
                 RD_KAFKA_V_VALUE(m->payload, strlen(m->payload)), RD_KAFKA_V_HEADERS(h),
                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_OPAQUE((void *)(((uintptr_t)st->gen << 32) | (uintptr_t)(i + 1))),
+                RD_KAFKA_V_OPAQUE((void *)(((uintptr_t)b->gen << 32) | (uintptr_t)(i + 1))),
                 RD_KAFKA_V_END);
-            if (perr != RD_KAFKA_RESP_ERR__QUEUE_FULL || outbox__monotonic_us() >= deadline) break;
+            if (perr != RD_KAFKA_RESP_ERR__QUEUE_FULL || outbox__monotonic_us() >= b->deadline)
+                break;
             rd_kafka_poll(st->rk, 10);
         }
         if (perr != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -416,55 +462,97 @@ static int kafka_publish(void *state, outbox_msg *const *msgs, size_t n,
                            st->topic.data, rd_kafka_err2str(perr));
             goto not_sent;
         }
-        st->outstanding++;
+        b->outstanding++;
         rd_kafka_poll(st->rk, 0);
         continue;
     not_sent:
-        st->done[i] = 1;
-        failed[i] = 1;
-        nfailed++;
+        b->done[i] = 1;
+        b->failed[i] = 1;
+        b->nfailed++;
     }
+    return OUTBOX_OK;
+}
+
+/* Waits for the oldest open batch's delivery reports (publish_end in
+ * internal.h), until ack_timeout after it began.  A fatal producer error
+ * fails what is unconfirmed in every open batch (retriable) and has the
+ * producer rebuilt before the next batch. */
+static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
+                             outbox_publish_result *results)
+{
+    kafka_state *st = state;
+    kafka_batch *b;
+    char fatal[512];
+    size_t i;
+    int k;
+
+    if (st->count == 0) return OUTBOX_EINVAL;
+    b = batch_at(st, 0);
+    if (b->msgs != msgs || b->n != n || b->results != results) return OUTBOX_EINVAL;
 
     if (OUTBOX_FAULT("kafka_fatal") != 0)
         rd_kafka_test_fatal_error(st->rk, RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
                                   "injected fault kafka_fatal");
-    while (st->outstanding > 0) {
-        int64_t left_ms = (deadline - outbox__monotonic_us()) / 1000;
+    while (b->outstanding > 0 && !st->rebuild) {
+        int64_t left_ms = (b->deadline - outbox__monotonic_us()) / 1000;
         if (left_ms <= 0) break;
         rd_kafka_poll(st->rk, (int)(left_ms < 100 ? left_ms : 100));
-        if (rd_kafka_fatal_error(st->rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
-                        "fatal producer error: %s; unconfirmed messages will be retried on a "
-                        "new producer",
-                        fatal);
-            for (i = 0; i < n; i++)
-                if (!st->done[i])
-                    set_result(&results[i], OUTBOX_EPUBLISH, "fatal producer error: %s", fatal);
-            st->rebuild = 1;
-            break;
+        if (rd_kafka_fatal_error(st->rk, fatal, sizeof fatal) == RD_KAFKA_RESP_ERR_NO_ERROR)
+            continue;
+        outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
+                    "fatal producer error: %s; unconfirmed messages will be retried on a new "
+                    "producer",
+                    fatal);
+        for (k = 0; k < st->count; k++) {
+            kafka_batch *c = batch_at(st, k);
+            for (i = 0; i < c->n; i++)
+                if (!c->done[i]) {
+                    set_result(&c->results[i], OUTBOX_EPUBLISH, "fatal producer error: %s",
+                               fatal);
+                    c->done[i] = 1;
+                }
+            c->outstanding = 0;
         }
+        st->rebuild = 1;
     }
-    if (st->outstanding > 0 && !st->rebuild)
+    if (b->outstanding > 0)
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                     "%zu of %zu messages without a delivery report within %lld ms; they will be "
                     "retried",
-                    st->outstanding, n, (long long)st->ack_timeout_ms);
-    st->results = NULL;
-    st->n = 0;
-    st->outstanding = 0;
-    free(failed);
+                    b->outstanding, n, (long long)st->ack_timeout_ms);
+    b->results = NULL; /* its late reports are ignored */
+    b->msgs = NULL;
+    b->n = 0;
+    b->outstanding = 0;
+    st->first = (st->first + 1) % OUTBOX_PIPELINE_DEPTH;
+    st->count--;
     return OUTBOX_OK;
+}
+
+/* One batch, begun and ended. */
+static int kafka_publish(void *state, outbox_msg *const *msgs, size_t n,
+                         outbox_publish_result *results)
+{
+    int rc;
+    if (n == 0) return OUTBOX_OK;
+    rc = kafka_publish_begin(state, msgs, n, results);
+    if (rc != OUTBOX_OK) return rc;
+    return kafka_publish_end(state, msgs, n, results);
 }
 
 static void kafka_close(void *state)
 {
     kafka_state *st = state;
+    int k;
     if (st == NULL) return;
     destroy_producer(st);
     if (st->conf) rd_kafka_conf_destroy(st->conf);
     outbox__route_free(st->route);
     outbox__buf_free(&st->topic);
-    free(st->done);
+    for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
+        free(st->batches[k].done);
+        free(st->batches[k].failed);
+    }
     free(st->source);
     free(st);
 }
@@ -472,6 +560,13 @@ static void kafka_close(void *state)
 /* The Kafka destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_kafka = {
     1, "kafka", kafka_open, kafka_publish, kafka_close,
+};
+
+/* Its pipelined entry points (src/transport/pipeline.c lists them). */
+const outbox_transport_pipeline outbox__transport_kafka_pipeline = {
+    &outbox__transport_kafka,
+    kafka_publish_begin,
+    kafka_publish_end,
 };
 
 #else

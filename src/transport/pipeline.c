@@ -13,6 +13,9 @@ static const outbox_transport_pipeline *const pipelines[] = {
 #ifdef OUTBOX_HAVE_NATS
     &outbox__transport_nats_pipeline,
 #endif
+#ifdef OUTBOX_HAVE_RDKAFKA
+    &outbox__transport_kafka_pipeline,
+#endif
     NULL,
 };
 
