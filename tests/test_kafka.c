@@ -34,6 +34,7 @@ int main(void)
 #include "crash_harness.h"
 
 #include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
 #include <librdkafka/rdkafka_mock.h>
 
 #define PARTITIONS 6
@@ -295,6 +296,18 @@ typedef void (*chaos_fn)(uint64_t *rng, int step);
 
 /* Drains `total` messages over `aggs` aggregates into topic while chaos()
  * runs every 200-400 ms for `steps` steps; then checks the topic. */
+/* Counts the relay's pipelined batches (debug lines "batch of N (pipelined): ...");
+ * passes warnings and errors on to stderr as the default log does. */
+static atomic_long pipelined_batches;
+
+static void count_pipelined(void *user, int level, const char *component, const char *message)
+{
+    (void)user;
+    if (strncmp(message, "batch of ", 9) == 0 && strstr(message, "(pipelined)") != NULL)
+        atomic_fetch_add(&pipelined_batches, 1);
+    if (level >= OUTBOX_LOG_WARN) fprintf(stderr, "[%s] %s\n", component, message);
+}
+
 static void chaos_drain(const char *name, const char *topic, int total, int steps, chaos_fn chaos,
                         const char *ack_timeout)
 {
@@ -320,6 +333,8 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
 
     snprintf(to, sizeof to, "kafka://%s?topic=%s&ack_timeout=%s&kafka.retry.backoff.ms=20",
              bootstraps, topic, ack_timeout);
+    atomic_store(&pipelined_batches, 0);
+    outbox_log_set(count_pipelined, NULL, OUTBOX_LOG_DEBUG);
     memset(&t, 0, sizeof t);
     ASSERT_OK(ch_relay_new(&t.relay, db, to, 0, &t.err), &t.err);
     if (pthread_create(&th, NULL, relay_main, &t) != 0) TEST_FAIL_("pthread_create");
@@ -337,7 +352,13 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
     }
     outbox_relay_stop(t.relay);
     pthread_join(th, NULL);
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     ASSERT_OK(t.rc, &t.err);
+    /* The relay pipelined (the next batch produced while the reports of the
+     * one before were outstanding): this drain tests that path. */
+    fprintf(stderr, "   %ld pipelined batches\n", atomic_load(&pipelined_batches));
+    const char *pipe_env = getenv("OUTBOX_RELAY_PIPELINE");
+    if (!(pipe_env && strcmp(pipe_env, "0") == 0)) ASSERT_GE(atomic_load(&pipelined_batches), 1);
     outbox_relay_stats stats;
     outbox_relay_get_stats(t.relay, &stats);
     outbox_relay_free(t.relay);
