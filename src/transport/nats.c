@@ -577,6 +577,19 @@ static int set_options(nats_state *st, outbox_url *u, int64_t connect_ms, outbox
                            ca);
         goto out;
     }
+    if (creds != NULL) {
+        /* nats.c reads the file only when it connects: say now if it
+         * cannot be read. */
+        FILE *f = fopen(creds, "r");
+        if (f == NULL) {
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "nats destination: cannot read creds file \"%s\": %s; give a "
+                               "readable .creds file",
+                               creds, strerror(errno));
+            goto out;
+        }
+        fclose(f);
+    }
     if (creds != NULL &&
         natsOptions_SetUserCredentialsFromFiles(st->opts, creds, NULL) != NATS_OK) {
         rc = outbox__error(err, OUTBOX_ECONFIG,
@@ -602,7 +615,8 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
     outbox_url u;
     const char *tmpl, *stream, *create, *maxp;
     int64_t connect_ms, max_pending = 4096;
-    int rc = OUTBOX_OK, parsed = 0, locks = 0;
+    const char *creds;
+    int rc = OUTBOX_OK, parsed = 0, locks = 0, attempt;
     jsOptions jo;
     natsStatus s;
 
@@ -611,6 +625,7 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
     rc = outbox__url_parse(&u, url, cfg->options, err);
     if (rc != OUTBOX_OK) return rc;
     parsed = 1;
+    creds = outbox__url_param(&u, "creds");
 
     st = calloc(1, sizeof *st);
     if (st == NULL) {
@@ -680,13 +695,30 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
     rc = outbox__url_check_unused(&u, KNOWN_OPTIONS, err);
     if (rc != OUTBOX_OK) goto fail;
 
-    s = natsConnection_Connect(&st->nc, st->opts);
+    for (attempt = 1;; attempt++) {
+        s = natsConnection_Connect(&st->nc, st->opts);
+        /* nats.c 3.4.1 leaves the nonce's signature out of CONNECT when its
+         * first byte is 0 (about 1 connection in 256 with creds), and the
+         * server refuses it; the next nonce almost surely works. */
+        if (s != NATS_CONNECTION_AUTH_FAILED || creds == NULL || attempt >= 3) break;
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "%s refused the credentials of creds file \"%s\" (attempt %d of 3); trying "
+                    "again (nats.c may have sent the connection without its signature)",
+                    st->hosts, creds, attempt);
+    }
     if (s != NATS_OK) {
         if (s == NATS_CONNECTION_AUTH_FAILED || s == NATS_NOT_PERMITTED)
             rc = outbox__error(err, OUTBOX_ECONFIG,
                                "nats destination: %s refused the credentials (%s); check the "
-                               "user/password in the URL, token= or creds=",
+                               "user/password in the URL, token= or creds= (and that the "
+                               "server's operator trusts the creds' account)",
                                st->hosts, natsStatus_GetText(s));
+        else if (creds != NULL && s == NATS_ERR)
+            /* nats.c reports a creds file it cannot parse this way. */
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "nats destination: cannot use creds file \"%s\": %s; give a "
+                               ".creds file with the user JWT and nkey seed (as nsc writes it)",
+                               creds, status_text(s));
         else
             rc = outbox__error(err, OUTBOX_EPUBLISH,
                                "nats destination: cannot connect to %s: %s; check that "
