@@ -10,6 +10,10 @@
  *                 credentials: clear start-up errors (password not shown)
  *   stream_deleted the stream removed after start-up: the message fails for
  *                 good with the reason, its aggregate's next one waits
+ *   creds         creds=FILE (JWT + nkey seed) against a nats-server in
+ *                 operator mode with JetStream: delivered with the good
+ *                 user; an untrusted user, garbage or missing creds, no
+ *                 creds: start-up errors; no seed or JWT in errors or log
  *   restart       nats-server SIGKILLed and restarted 10 times during a
  *                 drain: lost 0, duplicates in the stream 0, order
  *                 violations 0
@@ -27,6 +31,9 @@ int main(void)
 
 #include "nats_harness.h"
 #include "tls_certs.h"
+#ifdef OUTBOX_HAVE_CRYPTO
+#include "nats_jwt.h"
+#endif
 
 static nh_server server;
 
@@ -463,6 +470,265 @@ static void log_to_stderr(void *user, int level, const char *component, const ch
     fprintf(stderr, "   [%s] %s: %s\n", outbox_log_level_name(level), component, message);
 }
 
+/* ------------------------------------------------------------------------
+ * creds=: JWT credentials against a nats-server in operator mode
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_CRYPTO
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_text[1 << 16];
+static size_t log_len;
+
+static void capture_log(void *user, int level, const char *component, const char *message)
+{
+    int n;
+    (void)user;
+    if (getenv("OUTBOX_TEST_VERBOSE"))
+        fprintf(stderr, "   [%s] %s: %s\n", outbox_log_level_name(level), component, message);
+    pthread_mutex_lock(&log_mu);
+    n = snprintf(log_text + log_len, sizeof log_text - log_len, "%s %s %s\n",
+                 outbox_log_level_name(level), component, message);
+    if (n > 0 && log_len + (size_t)n < sizeof log_text) log_len += (size_t)n;
+    pthread_mutex_unlock(&log_mu);
+}
+
+/* The secrets of a creds file that must never show: the seed (its first
+ * 12 characters are enough to tell) and the JWT (whole, or its claims). */
+typedef struct secrets {
+    char seed[16];
+    const char *jwt;
+    char claims[48];
+} secrets;
+
+static void secrets_init(secrets *s, const char *seed_text, const char *jwt)
+{
+    const char *dot = strchr(jwt, '.');
+    snprintf(s->seed, sizeof s->seed, "%.12s", seed_text);
+    s->jwt = jwt;
+    snprintf(s->claims, sizeof s->claims, "%.40s", dot ? dot + 1 : jwt);
+}
+
+static void assert_no_secret(const char *what, const char *text, const secrets *s)
+{
+    if (strstr(text, s->seed) != NULL || strstr(text, s->jwt) != NULL ||
+        strstr(text, s->claims) != NULL)
+        TEST_FAIL_("%s shows a secret of the creds file: %s", what, text);
+}
+
+/* outbox_relay_new with `to` must fail at start-up: returns the code, the
+ * message in msg; no relay is left. */
+static int start_fails(const char *db, const char *to, char *msg, size_t cap)
+{
+    outbox_relay *r = NULL;
+    outbox_error err;
+    int rc = ch_relay_new(&r, db, to, 1, &err);
+    if (rc == OUTBOX_OK) {
+        outbox_relay_free(r);
+        TEST_FAIL_("%s: start-up succeeded, expected an error", to);
+    }
+    ASSERT(r == NULL);
+    snprintf(msg, cap, "%s", err.message);
+    return rc;
+}
+
+/* Runs a --once relay with the good creds to the end.  nats.c 3.4 drops
+ * the nonce signature when it starts with a zero byte (see
+ * NH_CREDS_ATTEMPTS): that start-up is refused and tried again, with a
+ * note; any other error fails the test. */
+static void drain_with_creds(const char *db, const char *to)
+{
+    outbox_relay *r = NULL;
+    outbox_error err;
+    int rc = OUTBOX_ECONFIG;
+    for (int attempt = 0; attempt < NH_CREDS_ATTEMPTS && r == NULL; attempt++) {
+        rc = ch_relay_new(&r, db, to, 1, &err);
+        if (rc == OUTBOX_ECONFIG && strstr(err.message, "refused the credentials") != NULL)
+            fprintf(stderr, "   note: good creds refused once (nats.c sent no nonce signature), "
+                            "trying again\n");
+        else if (rc != OUTBOX_OK)
+            break;
+    }
+    if (rc != OUTBOX_OK) TEST_FAIL_("%s: %d %s", to, rc, err.message);
+    ASSERT_OK(outbox_relay_run(r, &err), &err);
+    outbox_relay_free(r);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL || fputs(text, f) < 0 || fclose(f) != 0) TEST_FAIL_("cannot write %s", path);
+}
+
+/* creds=FILE against nats-server in operator mode (a memory resolver with
+ * the account preloaded, JetStream enabled through the account's limits):
+ * the good user's creds deliver every message, and the relay's errors and
+ * log never show the seed or the JWT; a user of an account the operator
+ * did not sign, an unreadable creds file, a missing one, and no creds at
+ * all fail at start-up with the reason, nothing marked sent. */
+TEST(creds)
+{
+    nj_key op, sys, acct, user, rogue_acct, rogue_user;
+    char *op_jwt = NULL, *sys_jwt = NULL, *acct_jwt = NULL, *user_jwt = NULL, *rogue_jwt = NULL;
+    char db[CH_PATH], good[CH_PATH], rogue[CH_PATH], garbage[CH_PATH], badseed[CH_PATH];
+    char op_file[CH_PATH], conf[CH_PATH], to[2048], msg[1024], ids[6][37];
+    char text[16384], seed_bad[64];
+    secrets sec, rogue_sec;
+    nh_server js;
+    collected c;
+    int rc, k, n = 6;
+
+    if (nj_key_new(&op, NJ_OPERATOR) != 0) {
+        fprintf(stderr, "   skipped: libcrypto here cannot make ed25519 keys\n");
+        return;
+    }
+    if (nj_key_new(&sys, NJ_ACCOUNT) != 0 || nj_key_new(&acct, NJ_ACCOUNT) != 0 ||
+        nj_key_new(&user, NJ_USER) != 0 || nj_key_new(&rogue_acct, NJ_ACCOUNT) != 0 ||
+        nj_key_new(&rogue_user, NJ_USER) != 0)
+        TEST_FAIL_("ed25519 key generation failed");
+    ASSERT_EQ(op.public_key[0], 'O');
+    ASSERT_EQ(acct.public_key[0], 'A');
+    ASSERT_EQ(strlen(acct.public_key), 56);
+    ASSERT(strncmp(user.seed_text, "SU", 2) == 0);
+    ASSERT_EQ(strlen(user.seed_text), 58);
+
+    op_jwt = nj_jwt(&op, op.public_key, "outbox-test-operator",
+                    json_pack("{s:s, s:s, s:i}", "system_account", sys.public_key, "type",
+                              "operator", "version", 2));
+    sys_jwt = nj_jwt(&op, sys.public_key, "SYS", nj_account_claims(0));
+    acct_jwt = nj_jwt(&op, acct.public_key, "APP", nj_account_claims(1));
+    user_jwt = nj_jwt(&acct, user.public_key, "relay", nj_user_claims());
+    /* Signed by an account key that the operator never signed. */
+    rogue_jwt = nj_jwt(&rogue_acct, rogue_user.public_key, "relay", nj_user_claims());
+    if (!op_jwt || !sys_jwt || !acct_jwt || !user_jwt || !rogue_jwt)
+        TEST_FAIL_("cannot make the JWTs");
+    secrets_init(&sec, user.seed_text, user_jwt);
+    secrets_init(&rogue_sec, rogue_user.seed_text, rogue_jwt);
+
+    ch_path(good, "good.creds");
+    ch_path(rogue, "rogue.creds");
+    ch_path(garbage, "garbage.creds");
+    ch_path(badseed, "badseed.creds");
+    ch_path(op_file, "operator.jwt");
+    ch_path(conf, "operator.conf");
+    ASSERT_EQ(nj_creds_write(good, user_jwt, user.seed_text), 0);
+    ASSERT_EQ(nj_creds_write(rogue, rogue_jwt, rogue_user.seed_text), 0);
+    write_text(garbage, "this is not a NATS credentials file\n");
+    /* The good JWT with its seed one character off (checksum mismatch). */
+    snprintf(seed_bad, sizeof seed_bad, "%s", user.seed_text);
+    seed_bad[20] = seed_bad[20] == 'A' ? 'B' : 'A';
+    ASSERT_EQ(nj_creds_write(badseed, user_jwt, seed_bad), 0);
+    write_text(op_file, op_jwt);
+    snprintf(text, sizeof text,
+             "operator: \"%s\"\n"
+             "system_account: %s\n"
+             "resolver: MEMORY\n"
+             "resolver_preload: {\n  %s: \"%s\"\n  %s: \"%s\"\n}\n",
+             op_file, sys.public_key, sys.public_key, sys_jwt, acct.public_key, acct_jwt);
+    write_text(conf, text);
+
+    memset(&js, 0, sizeof js);
+    snprintf(js.conf, sizeof js.conf, "%s", conf);
+    snprintf(js.creds, sizeof js.creds, "%s", good);
+    nh_server_start(&js);
+    nh_stream_create(&js, "JWT", "outbox.>");
+
+    /* 1. The good creds: every message delivered, no secret in the log. */
+    ch_new_store(db, "creds.db");
+    for (k = 0; k < n; k++)
+        enqueue_one(db, NULL, "Signed", "User", "u-1", "{\"ok\":true}", NULL, ids[k]);
+    pthread_mutex_lock(&log_mu);
+    log_len = 0;
+    log_text[0] = '\0';
+    pthread_mutex_unlock(&log_mu);
+    outbox_log_set(capture_log, NULL, OUTBOX_LOG_DEBUG);
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port, good);
+    drain_with_creds(db, to);
+    ASSERT_EQ(ch_outbox_count(db, NULL), 0);
+    memset(&c, 0, sizeof c);
+    ASSERT_EQ(nh_stream_read(&js, "JWT", "outbox.>", collect, &c), n);
+    for (k = 0; k < n; k++) {
+        ASSERT_STREQ(c.id[k], ids[k]);
+        ASSERT_STREQ(c.subject[k], "outbox.User.Signed");
+    }
+
+    /* 2. Creds the server must refuse, or that cannot be used at all. */
+    enqueue_one(db, NULL, "Held", "User", "u-9", "{}", NULL, ids[0]);
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port, rogue);
+    rc = start_fails(db, to, msg, sizeof msg);
+    fprintf(stderr, "   (user of an untrusted account) -> %s\n", msg);
+    ASSERT_EQ(rc, OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(msg, "refused the credentials");
+    assert_no_secret("error", msg, &rogue_sec);
+
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port, garbage);
+    rc = start_fails(db, to, msg, sizeof msg);
+    fprintf(stderr, "   (garbage creds file) -> %d %s\n", rc, msg);
+    ASSERT_CONTAINS(msg, "garbage.creds");
+    assert_no_secret("error", msg, &sec);
+
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port, badseed);
+    rc = start_fails(db, to, msg, sizeof msg);
+    fprintf(stderr, "   (creds file with a corrupted seed) -> %d %s\n", rc, msg);
+    assert_no_secret("error", msg, &sec);
+    if (strstr(msg, seed_bad) != NULL) TEST_FAIL_("the error shows the (corrupted) seed: %s", msg);
+
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port,
+             test_path("missing.creds"));
+    rc = start_fails(db, to, msg, sizeof msg);
+    fprintf(stderr, "   (missing creds file) -> %d %s\n", rc, msg);
+    ASSERT_CONTAINS(msg, "missing.creds");
+    assert_no_secret("error", msg, &sec);
+
+    /* 3. No credentials at all against the operator-mode server. */
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT", js.port);
+    rc = start_fails(db, to, msg, sizeof msg);
+    fprintf(stderr, "   (no creds) -> %s\n", msg);
+    ASSERT_EQ(rc, OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(msg, "refused the credentials");
+    assert_no_secret("error", msg, &sec);
+
+    /* Nothing was marked sent by the failed start-ups. */
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 1);
+    ASSERT_EQ(nh_stream_count(&js, "JWT"), n);
+    /* ... and the held message goes with the good creds. */
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port, good);
+    drain_with_creds(db, to);
+    ASSERT_EQ(ch_outbox_count(db, NULL), 0);
+    ASSERT_EQ(nh_stream_count(&js, "JWT"), n + 1);
+
+    /* The log: written (the connection line at least), no secret in it. */
+    outbox_log_set(getenv("OUTBOX_TEST_VERBOSE") ? log_to_stderr : NULL, NULL, OUTBOX_LOG_DEBUG);
+    pthread_mutex_lock(&log_mu);
+    ASSERT_CONTAINS(log_text, "connected to nats://127.0.0.1");
+    assert_no_secret("the log", log_text, &sec);
+    assert_no_secret("the log", log_text, &rogue_sec);
+    if (strstr(log_text, seed_bad) != NULL) TEST_FAIL_("the log shows the (corrupted) seed");
+    pthread_mutex_unlock(&log_mu);
+
+    nh_server_stop(&js);
+    free(op_jwt);
+    free(sys_jwt);
+    free(acct_jwt);
+    free(user_jwt);
+    free(rogue_jwt);
+    nj_key_free(&op);
+    nj_key_free(&sys);
+    nj_key_free(&acct);
+    nj_key_free(&user);
+    nj_key_free(&rogue_acct);
+    nj_key_free(&rogue_user);
+}
+
+#else
+
+TEST(creds)
+{
+    fprintf(stderr, "   skipped: this build has no libcrypto (the test signs its JWTs with it)\n");
+}
+
+#endif /* OUTBOX_HAVE_CRYPTO */
+
 int main(void)
 {
     if (getenv("OUTBOX_TEST_VERBOSE")) outbox_log_set(log_to_stderr, NULL, OUTBOX_LOG_DEBUG);
@@ -473,6 +739,7 @@ int main(void)
     RUN(dedup);
     RUN(config_errors);
     RUN(tls);
+    RUN(creds);
     RUN(stream_deleted);
     RUN(one_unacked_per_aggregate);
     RUN(server_restarts);
