@@ -534,8 +534,9 @@ static int start_fails(const char *db, const char *to, char *msg, size_t cap)
 
 /* Runs a --once relay with the good creds to the end.  nats.c 3.4 drops
  * the nonce signature when it starts with a zero byte (see
- * NH_CREDS_ATTEMPTS): that start-up is refused and tried again, with a
- * note; any other error fails the test. */
+ * NH_CREDS_ATTEMPTS): the destination tries three times itself, and a
+ * start-up refused all the same is tried again here, with a note; any
+ * other error fails the test. */
 static void drain_with_creds(const char *db, const char *to)
 {
     outbox_relay *r = NULL;
@@ -664,12 +665,16 @@ TEST(creds)
     snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port, garbage);
     rc = start_fails(db, to, msg, sizeof msg);
     fprintf(stderr, "   (garbage creds file) -> %d %s\n", rc, msg);
+    ASSERT_EQ(rc, OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(msg, "cannot use creds file");
     ASSERT_CONTAINS(msg, "garbage.creds");
     assert_no_secret("error", msg, &sec);
 
     snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port, badseed);
     rc = start_fails(db, to, msg, sizeof msg);
     fprintf(stderr, "   (creds file with a corrupted seed) -> %d %s\n", rc, msg);
+    ASSERT_EQ(rc, OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(msg, "badseed.creds");
     assert_no_secret("error", msg, &sec);
     if (strstr(msg, seed_bad) != NULL) TEST_FAIL_("the error shows the (corrupted) seed: %s", msg);
 
@@ -677,6 +682,8 @@ TEST(creds)
              test_path("missing.creds"));
     rc = start_fails(db, to, msg, sizeof msg);
     fprintf(stderr, "   (missing creds file) -> %d %s\n", rc, msg);
+    ASSERT_EQ(rc, OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(msg, "cannot read creds file");
     ASSERT_CONTAINS(msg, "missing.creds");
     assert_no_secret("error", msg, &sec);
 
