@@ -25,7 +25,10 @@
  *             transactions in PostgreSQL).  Next to them, "business row +
  *             SELECT 1": the same transaction with one more statement
  *             that does nothing, i.e. the round trip any per-call enqueue
- *             API adds, as a floor for the outbox's cost.  Every case runs
+ *             API adds, as a floor for the outbox's cost.  And "business
+ *             row + outbox_enqueue_commit_pg" (BEGIN / INSERT / the
+ *             message and the COMMIT in one round trip), with no relay and
+ *             with a relay draining.  Every case runs
  *             R times (--repeat), interleaved; the medians are shown, with
  *             the CPU time per transaction of the benchmark process
  *             (client) and of the server's processes (when the benchmark
@@ -287,7 +290,7 @@ static void latency(void)
 
 static atomic_long txn_total; /* committed by all workers */
 
-enum { BIZ_ONLY, BIZ_SELECT1, BIZ_OUTBOX };
+enum { BIZ_ONLY, BIZ_SELECT1, BIZ_OUTBOX, BIZ_OUTBOX_COMMIT };
 
 typedef struct worker {
     int mode;
@@ -316,6 +319,21 @@ static void *worker_main(void *arg)
         r = PQexecPrepared(c, "biz", 2, params, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) TEST_FAIL_("insert: %s", PQerrorMessage(c));
         PQclear(r);
+        if (w->mode == BIZ_OUTBOX_COMMIT) {
+            /* The message and the COMMIT in one round trip. */
+            char agg[32];
+            snprintf(agg, sizeof agg, "o-%ld", i);
+            outbox_msg *m = NULL;
+            outbox_msg_new(&m, "OrderPlaced", "Order", agg, "{\"total\":12.5}", &err);
+            const outbox_msg *one[1] = {m};
+            if (outbox_enqueue_commit_pg(c, "bench_outbox", one, 1, &err) != OUTBOX_OK)
+                TEST_FAIL_("enqueue+commit: %s", err.message);
+            outbox_msg_free(m);
+            w->txns++;
+            atomic_fetch_add(&txn_total, 1);
+            i++;
+            continue;
+        }
         if (w->mode == BIZ_SELECT1) {
             r = PQexec(c, "SELECT 1");
             if (PQresultStatus(r) != PGRES_TUPLES_OK) TEST_FAIL_("select: %s", PQerrorMessage(c));
@@ -445,6 +463,54 @@ static rate_result enqueue_rate(int nclients, int mode)
     return res;
 }
 
+/* Totals of the "relay draining" runs of one case. */
+typedef struct relay_counts {
+    long notes;               /* notifications a LISTENing connection saw */
+    long txns;                /* enqueuing transactions committed */
+    unsigned long long published;
+} relay_counts;
+
+/* enqueue_rate with a relay draining bench_outbox to discard: in a thread
+ * (c: the set-up connection, which empties the outbox afterwards). */
+static rate_result relayed_rate(PGconn *c, int nclients, int mode, relay_counts *counts)
+{
+    outbox_relay_options o;
+    outbox_relay *r = NULL;
+    outbox_relay_stats rs;
+    outbox_error err;
+    rate_result res;
+    pthread_t th;
+
+    outbox_relay_options_init(&o);
+    o.batch_size = (unsigned)batch;
+    if (outbox_relay_new(&r, url, "discard:", &o, &err) != OUTBOX_OK)
+        TEST_FAIL_("relay: %s", err.message);
+    pthread_create(&th, NULL, drain_thread, r);
+    usleep(300000);
+    PGconn *listener = connect_db();
+    pgh_exec(listener, "LISTEN bench_outbox");
+    atomic_store(&txn_total, 0);
+    res = enqueue_rate(nclients, mode);
+    counts->txns += atomic_load(&txn_total);
+    for (int t = 0; t < 20; t++) {
+        PGnotify *nt;
+        PQconsumeInput(listener);
+        while ((nt = PQnotifies(listener)) != NULL) {
+            counts->notes++;
+            PQfreemem(nt);
+        }
+        usleep(10000);
+    }
+    PQfinish(listener);
+    outbox_relay_stop(r);
+    pthread_join(th, NULL);
+    outbox_relay_get_stats(r, &rs);
+    outbox_relay_free(r);
+    counts->published += rs.published;
+    pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+    return res;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -457,11 +523,21 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-enum { CASE_PLAIN, CASE_SELECT1, CASE_QUIET, CASE_RELAYED, CASE_NOISY, CASE_COUNT };
+enum {
+    CASE_PLAIN,
+    CASE_SELECT1,
+    CASE_QUIET,
+    CASE_RELAYED,
+    CASE_NOISY,
+    CASE_COMMIT_QUIET,
+    CASE_COMMIT_RELAYED,
+    CASE_COUNT
+};
 
 static const char *const case_name[CASE_COUNT] = {
     "business row", "+ SELECT 1 (one more round trip)", "+ outbox, no relay",
-    "+ outbox, relay draining", "+ outbox, every transaction notifying"};
+    "+ outbox, relay draining", "+ outbox, every transaction notifying",
+    "+ enqueue_commit_pg, no relay", "+ enqueue_commit_pg, relay draining"};
 
 int main(int argc, char **argv)
 {
@@ -547,46 +623,17 @@ int main(int argc, char **argv)
         int counts[2] = {1, clients};
         for (int k = 0; k < 2; k++) {
             static double rate_v[CASE_COUNT][64], cli_v[CASE_COUNT][64], srv_v[CASE_COUNT][64];
-            long notes = 0, relayed_txns = 0;
-            unsigned long long published = 0;
+            relay_counts relayed[2] = {{0, 0, 0}, {0, 0, 0}};
             for (int rep = 0; rep < repeat; rep++) {
                 rate_result rr[CASE_COUNT];
                 rr[CASE_PLAIN] = enqueue_rate(counts[k], BIZ_ONLY);
                 rr[CASE_SELECT1] = enqueue_rate(counts[k], BIZ_SELECT1);
                 rr[CASE_QUIET] = enqueue_rate(counts[k], BIZ_OUTBOX);
+                rr[CASE_COMMIT_QUIET] = enqueue_rate(counts[k], BIZ_OUTBOX_COMMIT);
                 pgh_exec(c, "DELETE FROM bench_outbox.outbox");
-
-                outbox_relay_options o;
-                outbox_relay *r = NULL;
-                outbox_relay_stats rs;
-                pthread_t th;
-                outbox_relay_options_init(&o);
-                o.batch_size = (unsigned)batch;
-                if (outbox_relay_new(&r, url, "discard:", &o, &err) != OUTBOX_OK)
-                    TEST_FAIL_("relay: %s", err.message);
-                pthread_create(&th, NULL, drain_thread, r);
-                usleep(300000);
-                PGconn *listener = connect_db();
-                pgh_exec(listener, "LISTEN bench_outbox");
-                atomic_store(&txn_total, 0);
-                rr[CASE_RELAYED] = enqueue_rate(counts[k], BIZ_OUTBOX);
-                relayed_txns += atomic_load(&txn_total);
-                for (int t = 0; t < 20; t++) {
-                    PGnotify *nt;
-                    PQconsumeInput(listener);
-                    while ((nt = PQnotifies(listener)) != NULL) {
-                        notes++;
-                        PQfreemem(nt);
-                    }
-                    usleep(10000);
-                }
-                PQfinish(listener);
-                outbox_relay_stop(r);
-                pthread_join(th, NULL);
-                outbox_relay_get_stats(r, &rs);
-                outbox_relay_free(r);
-                published += rs.published;
-                pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+                rr[CASE_RELAYED] = relayed_rate(c, counts[k], BIZ_OUTBOX, &relayed[0]);
+                rr[CASE_COMMIT_RELAYED] =
+                    relayed_rate(c, counts[k], BIZ_OUTBOX_COMMIT, &relayed[1]);
 
                 pgh_exec(c, "CREATE FUNCTION bench_notify_always() RETURNS trigger LANGUAGE plpgsql"
                             " AS $$ BEGIN PERFORM pg_notify('bench_outbox', ''); RETURN NULL; END $$");
@@ -618,9 +665,11 @@ int main(int argc, char **argv)
                            cu + su - plain_cpu);
                 else
                     printf("  CPU/txn: client %6.1f us", cu);
-                if (i == CASE_RELAYED)
-                    printf("; %llu published, %ld of %ld transactions notified", published,
-                           notes, relayed_txns);
+                if (i == CASE_RELAYED || i == CASE_COMMIT_RELAYED) {
+                    const relay_counts *rc = &relayed[i == CASE_COMMIT_RELAYED];
+                    printf("; %llu published, %ld of %ld transactions notified", rc->published,
+                           rc->notes, rc->txns);
+                }
                 if (repeat > 1) {
                     printf(" [runs:");
                     for (int rep = 0; rep < repeat; rep++) printf(" %.0f", rate_v[i][rep]);

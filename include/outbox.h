@@ -396,6 +396,32 @@ int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_error *err);
 int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg *msg,
                              outbox_error *err);
 
+/* Inserts msgs[0..n) (n >= 0; msgs may be NULL when n is 0) into the
+ * outbox of `schema` (NULL: "outbox") as the last statements of the
+ * caller's open transaction and COMMITs that transaction, all in one
+ * network round trip (libpq pipeline mode): use it in place of the last
+ * outbox_enqueue_pg and the COMMIT.  conn, schema and msgs are borrowed.
+ *   OUTBOX_OK: the transaction committed, with every message.
+ *   Refused before anything is sent, the transaction as it was (still
+ *   open and usable unless it had failed already): OUTBOX_EINVAL (NULL
+ *   conn or message, conn in pipeline mode), OUTBOX_ENOTXN (no open
+ *   transaction, or it already failed), OUTBOX_ECONFIG (schema name),
+ *   OUTBOX_ETOOBIG, OUTBOX_ENOSCHEMA.
+ *   An INSERT failed (OUTBOX_EEXISTS for an id already in the outbox,
+ *   or a mapped database error naming the message), or sending stopped
+ *   before the COMMIT went out: the COMMIT was not executed and the
+ *   transaction is left open (in the failed state after a failed INSERT);
+ *   the caller must ROLLBACK.  Nothing was committed.
+ *   The COMMIT failed (e.g. a deferred constraint, a serialization
+ *   failure: OUTBOX_EBUSY): the server rolled the transaction back.
+ *   OUTBOX_EIO with the connection lost: if the message says so, whether
+ *   the transaction committed is unknown (the COMMIT was sent, its answer
+ *   never came); the caller finds out after reconnecting.
+ * The connection is out of pipeline mode again on return (a broken one
+ * at the latest after PQreset). */
+int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg *const *msgs,
+                             size_t n, outbox_error *err);
+
 /* Records that `consumer` received `message_id` inside the caller's open
  * transaction: OUTBOX_OK the first time, OUTBOX_DUPLICATE afterwards (the
  * caller then skips the effect).  OUTBOX_ENOTXN, OUTBOX_EINVAL, OUTBOX_EBADID

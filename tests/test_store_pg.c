@@ -10,8 +10,11 @@
  * lock held exactly while the store waits), the upgrade from schema
  * version 2 to 3 (rows kept; a flag without the lock notifies nobody; a
  * role that may only insert into the outbox still wakes the relay),
- * partition leases shared by two relays, and reconnecting after the
- * connection is killed.
+ * partition leases shared by two relays, reconnecting after the
+ * connection is killed, and outbox_enqueue_commit_pg (0, 1, 3 and 2000
+ * messages committed with the business row; refused outside a
+ * transaction and for NULL arguments; a duplicate id, a row the table
+ * refuses and a failing COMMIT commit nothing; a dropped connection).
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -376,6 +379,351 @@ TEST(enqueue_transactions)
     ASSERT_CONTAINS(err.message, "ROLLBACK");
     pgh_exec(c, "ROLLBACK");
     outbox_msg_free(m);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------------
+ * outbox_enqueue_commit_pg: the messages and the COMMIT in one pipeline
+ * ---------------------------------------------------------------------- */
+
+/* Starts a transaction on c with the business row (id, note). */
+static void begin_business(PGconn *c, int id, const char *note)
+{
+    char sql[200];
+    pgh_exec(c, "BEGIN");
+    snprintf(sql, sizeof sql, "INSERT INTO commit_biz (id, note) VALUES (%d, '%s')", id, note);
+    pgh_exec(c, sql);
+}
+
+static int64_t business_rows(PGconn *c, int id)
+{
+    char sql[100];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM commit_biz WHERE id = %d", id);
+    return pgh_count(c, sql);
+}
+
+static int64_t outbox_rows_with_id(PGconn *c, const outbox_msg *m)
+{
+    char sql[200];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox.outbox WHERE id = '%s'",
+             outbox_msg_id(m));
+    return pgh_count(c, sql);
+}
+
+TEST(enqueue_commit)
+{
+    PGconn *c = pgh_connect(&server);
+    outbox_error err;
+    outbox_msg *m[4];
+    char sql[400];
+    int64_t before;
+
+    pgh_exec(c, "DROP TABLE IF EXISTS commit_biz");
+    pgh_exec(c, "CREATE TABLE commit_biz (id int PRIMARY KEY, note text NOT NULL)");
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    for (int i = 0; i < 4; i++) {
+        char agg[16];
+        snprintf(agg, sizeof agg, "agg-%d", i);
+        m[i] = make_msg(agg, "{\"k\":1}");
+    }
+
+#ifdef OUTBOX_FAULT_INJECTION
+    /* main() arms pg_enqueue_before_commit for its first time: the
+     * INSERTs ran in the pipeline, the COMMIT was not sent.  The
+     * transaction is still open with them; the caller's ROLLBACK leaves
+     * nothing. */
+    begin_business(c, 90, "fault");
+    ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, (const outbox_msg *const *)m, 2, &err),
+              OUTBOX_EFAULT);
+    ASSERT_EQ(PQpipelineStatus(c), PQ_PIPELINE_OFF);
+    ASSERT_EQ(PQtransactionStatus(c), PQTRANS_INTRANS);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.outbox"), 2); /* seen inside */
+    pgh_exec(c, "ROLLBACK");
+    ASSERT_EQ(business_rows(c, 90), 0);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.outbox"), 0);
+#endif
+
+    /* NULL arguments: refused, nothing sent, the transaction untouched. */
+    begin_business(c, 99, "null args");
+    ASSERT_EQ(outbox_enqueue_commit_pg(NULL, NULL, (const outbox_msg *const *)m, 1, &err),
+              OUTBOX_EINVAL);
+    ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, NULL, 1, &err), OUTBOX_EINVAL);
+    ASSERT_CONTAINS(err.message, "msgs");
+    {
+        const outbox_msg *holes[3] = {m[0], NULL, m[1]};
+        ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, holes, 3, &err), OUTBOX_EINVAL);
+        ASSERT_CONTAINS(err.message, "msgs[1]");
+    }
+    ASSERT_EQ(outbox_enqueue_commit_pg(c, "bad name;", (const outbox_msg *const *)m, 1, &err),
+              OUTBOX_ECONFIG);
+    /* A missing schema: refused before the pipeline, transaction usable. */
+    ASSERT_EQ(outbox_enqueue_commit_pg(c, "nope", (const outbox_msg *const *)m, 1, &err),
+              OUTBOX_ENOSCHEMA);
+    ASSERT_EQ(PQtransactionStatus(c), PQTRANS_INTRANS);
+    ASSERT_EQ(PQpipelineStatus(c), PQ_PIPELINE_OFF);
+    pgh_exec(c, "ROLLBACK");
+    ASSERT_EQ(business_rows(c, 99), 0);
+
+    /* Outside a transaction: refused, nothing inserted (in autocommit the
+     * INSERT alone would have committed). */
+    before = count_rows(c, "outbox", NULL);
+    ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, (const outbox_msg *const *)m, 1, &err),
+              OUTBOX_ENOTXN);
+    ASSERT_CONTAINS(err.message, "open transaction");
+    ASSERT_EQ(count_rows(c, "outbox", NULL), before);
+    ASSERT_EQ(outbox_rows_with_id(c, m[0]), 0);
+    ASSERT_EQ(PQtransactionStatus(c), PQTRANS_IDLE);
+
+    /* A transaction that already failed: refused, told to roll back. */
+    pgh_exec(c, "BEGIN");
+    PQclear(PQexec(c, "SELECT nonsense_column FROM nowhere"));
+    ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, (const outbox_msg *const *)m, 1, &err),
+              OUTBOX_ENOTXN);
+    ASSERT_CONTAINS(err.message, "ROLLBACK");
+    pgh_exec(c, "ROLLBACK");
+
+    /* 0 messages: just the COMMIT. */
+    begin_business(c, 1, "zero");
+    ASSERT_OK(outbox_enqueue_commit_pg(c, NULL, NULL, 0, &err), &err);
+    ASSERT_EQ(PQtransactionStatus(c), PQTRANS_IDLE);
+    ASSERT_EQ(PQpipelineStatus(c), PQ_PIPELINE_OFF);
+    ASSERT_EQ(business_rows(c, 1), 1);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), before);
+
+    /* 1 message: committed with the business row, with its fields. */
+    begin_business(c, 2, "one");
+    ASSERT_OK(outbox_enqueue_commit_pg(c, NULL, (const outbox_msg *const *)m, 1, &err), &err);
+    ASSERT_EQ(PQtransactionStatus(c), PQTRANS_IDLE);
+    ASSERT_EQ(business_rows(c, 2), 1);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox.outbox WHERE id = '%s' AND type = 'Tick' AND"
+             " aggregate_type = 'Agg' AND aggregate_id = 'agg-0' AND payload = '{\"k\":1}'"
+             " AND headers = '{}' AND status = 'pending' AND attempts = 0 AND"
+             " (extract(epoch FROM occurred_at) * 1000000)::bigint = %lld",
+             outbox_msg_id(m[0]), (long long)outbox_msg_occurred_at(m[0]));
+    ASSERT_EQ(pgh_count(c, sql), 1);
+
+    /* 3 messages: all committed, in array order (seq). */
+    begin_business(c, 3, "three");
+    ASSERT_OK(outbox_enqueue_commit_pg(c, "outbox", (const outbox_msg *const *)m + 1, 3, &err),
+              &err);
+    ASSERT_EQ(business_rows(c, 3), 1);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), before + 4);
+    snprintf(sql, sizeof sql,
+             "SELECT string_agg(aggregate_id, ',' ORDER BY seq) = 'agg-1,agg-2,agg-3'"
+             " FROM outbox.outbox WHERE id IN ('%s', '%s', '%s')",
+             outbox_msg_id(m[1]), outbox_msg_id(m[2]), outbox_msg_id(m[3]));
+    {
+        PGresult *r = PQexec(c, sql);
+        ASSERT_EQ(PQresultStatus(r), PGRES_TUPLES_OK);
+        ASSERT_STREQ(PQgetvalue(r, 0, 0), "t");
+        PQclear(r);
+    }
+    /* Its statement is prepared once per connection, next to
+     * outbox_enqueue_pg's. */
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_prepared_statements"
+                           " WHERE name = 'outbox_enqueue_commit.outbox'"),
+              1);
+
+    /* A duplicate id (already committed): the pipeline stops at that
+     * INSERT, COMMIT does not run, the transaction is left failed; after
+     * the caller's ROLLBACK neither the business row nor the other
+     * message is there, and the connection works. */
+    {
+        outbox_msg *fresh = make_msg("agg-fresh", "{}");
+        const outbox_msg *dup[2] = {fresh, m[0]};
+        begin_business(c, 4, "duplicate");
+        ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, dup, 2, &err), OUTBOX_EEXISTS);
+        ASSERT_CONTAINS(err.message, "message 2 of 2");
+        ASSERT_CONTAINS(err.message, outbox_msg_id(m[0]));
+        ASSERT_CONTAINS(err.message, "ROLLBACK");
+        ASSERT_EQ(PQpipelineStatus(c), PQ_PIPELINE_OFF);
+        ASSERT_EQ(PQtransactionStatus(c), PQTRANS_INERROR);
+        pgh_exec(c, "ROLLBACK");
+        ASSERT_EQ(business_rows(c, 4), 0);
+        ASSERT_EQ(outbox_rows_with_id(c, fresh), 0);
+
+        /* The same id twice in one call. */
+        const outbox_msg *twice[2] = {fresh, fresh};
+        begin_business(c, 5, "twice");
+        ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, twice, 2, &err), OUTBOX_EEXISTS);
+        ASSERT_EQ(PQtransactionStatus(c), PQTRANS_INERROR);
+        pgh_exec(c, "ROLLBACK");
+        ASSERT_EQ(business_rows(c, 5), 0);
+        ASSERT_EQ(outbox_rows_with_id(c, fresh), 0);
+
+        /* Still usable: the same transaction again, without the duplicate. */
+        begin_business(c, 4, "duplicate, retried");
+        ASSERT_OK(outbox_enqueue_commit_pg(c, NULL, dup, 1, &err), &err);
+        ASSERT_EQ(business_rows(c, 4), 1);
+        ASSERT_EQ(outbox_rows_with_id(c, fresh), 1);
+        outbox_msg_free(fresh);
+    }
+
+    /* A row the table refuses in the middle of three (a constraint the
+     * test adds): message 2 of 3 is named, nothing is committed. */
+    {
+        outbox_msg *a = make_msg("ok-1", "{}"), *p = make_msg("poison", "{}"),
+                   *b = make_msg("ok-2", "{}");
+        const outbox_msg *three[3] = {a, p, b};
+        pgh_exec(c, "ALTER TABLE outbox.outbox ADD CONSTRAINT test_poison"
+                    " CHECK (aggregate_id <> 'poison')");
+        begin_business(c, 6, "poison");
+        ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, three, 3, &err), OUTBOX_ESTORE);
+        ASSERT_CONTAINS(err.message, "message 2 of 3");
+        ASSERT_CONTAINS(err.message, "23514");
+        ASSERT_EQ(PQtransactionStatus(c), PQTRANS_INERROR);
+        pgh_exec(c, "ROLLBACK");
+        pgh_exec(c, "ALTER TABLE outbox.outbox DROP CONSTRAINT test_poison");
+        ASSERT_EQ(business_rows(c, 6), 0);
+        ASSERT_EQ(outbox_rows_with_id(c, a) + outbox_rows_with_id(c, p) +
+                      outbox_rows_with_id(c, b),
+                  0);
+        outbox_msg_free(a);
+        outbox_msg_free(p);
+        outbox_msg_free(b);
+    }
+
+    /* The COMMIT itself fails (a deferred constraint trigger): reported
+     * as such, the server rolled everything back. */
+    {
+        outbox_msg *x = make_msg("at-commit", "{}");
+        const outbox_msg *one[1] = {x};
+        pgh_exec(c, "CREATE FUNCTION commit_biz_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                    " $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$");
+        pgh_exec(c, "CREATE CONSTRAINT TRIGGER commit_biz_refuse AFTER INSERT ON commit_biz"
+                    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.note = 'refuse')"
+                    " EXECUTE FUNCTION commit_biz_refuse()");
+        begin_business(c, 7, "refuse");
+        ASSERT_EQ(outbox_enqueue_commit_pg(c, NULL, one, 1, &err), OUTBOX_ESTORE);
+        ASSERT_CONTAINS(err.message, "COMMIT failed");
+        ASSERT_CONTAINS(err.message, "refused at commit");
+        ASSERT_EQ(PQtransactionStatus(c), PQTRANS_IDLE);
+        ASSERT_EQ(PQpipelineStatus(c), PQ_PIPELINE_OFF);
+        ASSERT_EQ(business_rows(c, 7), 0);
+        ASSERT_EQ(outbox_rows_with_id(c, x), 0);
+
+        /* The session ends during COMMIT (the deferred trigger terminates
+         * its own backend): the outcome is reported as unknown. */
+        PGconn *d = pgh_connect(&server);
+        pgh_exec(c, "CREATE FUNCTION commit_biz_die() RETURNS trigger LANGUAGE plpgsql AS"
+                    " $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid());"
+                    " PERFORM pg_sleep(1); RETURN NULL; END $$");
+        pgh_exec(c, "CREATE CONSTRAINT TRIGGER commit_biz_die AFTER INSERT ON commit_biz"
+                    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.note = 'die')"
+                    " EXECUTE FUNCTION commit_biz_die()");
+        begin_business(d, 7, "die");
+        ASSERT_EQ(outbox_enqueue_commit_pg(d, NULL, one, 1, &err), OUTBOX_EIO);
+        ASSERT_CONTAINS(err.message, "during COMMIT");
+        ASSERT_CONTAINS(err.message, "unknown");
+        ASSERT_EQ(PQpipelineStatus(d), PQ_PIPELINE_OFF);
+        ASSERT_EQ(business_rows(c, 7), 0); /* here it had not committed */
+        PQfinish(d);
+        pgh_exec(c, "DROP TRIGGER commit_biz_die ON commit_biz");
+        pgh_exec(c, "DROP FUNCTION commit_biz_die()");
+        outbox_msg_free(x);
+    }
+
+    /* Many messages in one pipeline (more than libpq's output buffer). */
+    {
+        enum { MANY = 2000 };
+        outbox_msg **many = calloc(MANY, sizeof *many);
+        ASSERT(many != NULL);
+        for (int i = 0; i < MANY; i++) {
+            char agg[24];
+            snprintf(agg, sizeof agg, "many-%d", i % 50);
+            many[i] = make_msg(agg, "{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}");
+        }
+        before = count_rows(c, "outbox", NULL);
+        begin_business(c, 8, "many");
+        ASSERT_OK(outbox_enqueue_commit_pg(c, NULL, (const outbox_msg *const *)many, MANY, &err),
+                  &err);
+        ASSERT_EQ(count_rows(c, "outbox", NULL), before + MANY);
+        ASSERT_EQ(business_rows(c, 8), 1);
+        for (int i = 0; i < MANY; i++) outbox_msg_free(many[i]);
+        free(many);
+    }
+
+    /* The connection dies under the call: OUTBOX_EIO, the business row is
+     * not committed, and after PQreset the connection works (out of
+     * pipeline mode). */
+    {
+        PGconn *victim = pgh_connect(&server);
+        outbox_msg *y = make_msg("lost", "{}");
+        const outbox_msg *one[1] = {y};
+        /* Prepared beforehand, so the call goes straight to the pipeline. */
+        begin_business(victim, 9, "warm-up");
+        ASSERT_OK(outbox_enqueue_commit_pg(victim, NULL, NULL, 0, &err), &err);
+        {
+            outbox_msg *w = make_msg("warm", "{}");
+            const outbox_msg *wone[1] = {w};
+            begin_business(victim, 10, "warm-up 2");
+            ASSERT_OK(outbox_enqueue_commit_pg(victim, NULL, wone, 1, &err), &err);
+            outbox_msg_free(w);
+        }
+        begin_business(victim, 11, "lost");
+        snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", PQbackendPID(victim));
+        pgh_exec(c, sql);
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %d",
+                 PQbackendPID(victim));
+        for (int i = 0; i < 200 && pgh_count(c, sql) > 0; i++) usleep(10000);
+        ASSERT_EQ(pgh_count(c, sql), 0);
+        ASSERT_EQ(outbox_enqueue_commit_pg(victim, NULL, one, 1, &err), OUTBOX_EIO);
+        ASSERT_CONTAINS(err.message, "connection");
+        ASSERT_EQ(business_rows(c, 11), 0);
+        ASSERT_EQ(outbox_rows_with_id(c, y), 0);
+        PQreset(victim);
+        ASSERT_EQ(PQstatus(victim), CONNECTION_OK);
+        ASSERT_EQ(PQpipelineStatus(victim), PQ_PIPELINE_OFF);
+        begin_business(victim, 11, "after reset");
+        ASSERT_OK(outbox_enqueue_commit_pg(victim, NULL, one, 1, &err), &err);
+        ASSERT_EQ(business_rows(c, 11), 1);
+        ASSERT_EQ(outbox_rows_with_id(c, y), 1);
+
+        /* The socket breaks on the client's side: the COMMIT may or may
+         * not have reached the server as far as the client can tell, and
+         * the error says so. */
+        outbox_msg *z = make_msg("broken", "{}");
+        const outbox_msg *zone[1] = {z};
+        begin_business(victim, 12, "broken socket");
+        ASSERT_EQ(shutdown(PQsocket(victim), SHUT_RDWR), 0);
+        ASSERT_EQ(outbox_enqueue_commit_pg(victim, NULL, zone, 1, &err), OUTBOX_EIO);
+        ASSERT_CONTAINS(err.message, "unknown");
+        PQreset(victim);
+        ASSERT_EQ(PQstatus(victim), CONNECTION_OK);
+        ASSERT_EQ(PQpipelineStatus(victim), PQ_PIPELINE_OFF);
+        ASSERT_EQ(business_rows(c, 12), 0); /* here: the server never saw the COMMIT */
+        ASSERT_EQ(outbox_rows_with_id(c, z), 0);
+        outbox_msg_free(z);
+        outbox_msg_free(y);
+        PQfinish(victim);
+    }
+
+    /* A role that may only insert (no SELECT on the outbox): its INSERT
+     * returns nothing, so that is enough. */
+    {
+        outbox_msg *v = make_msg("insert-only", "{}");
+        const outbox_msg *one[1] = {v};
+        pgh_exec(c, "DROP ROLE IF EXISTS outbox_insert_only");
+        pgh_exec(c, "CREATE ROLE outbox_insert_only");
+        pgh_exec(c, "GRANT USAGE ON SCHEMA outbox TO outbox_insert_only");
+        pgh_exec(c, "GRANT INSERT ON outbox.outbox, commit_biz TO outbox_insert_only");
+        PGconn *w = pgh_connect(&server);
+        pgh_exec(w, "SET ROLE outbox_insert_only");
+        begin_business(w, 13, "insert only");
+        ASSERT_OK(outbox_enqueue_commit_pg(w, NULL, one, 1, &err), &err);
+        ASSERT_EQ(business_rows(c, 13), 1);
+        ASSERT_EQ(outbox_rows_with_id(c, v), 1);
+        PQfinish(w);
+        pgh_exec(c, "DROP OWNED BY outbox_insert_only");
+        pgh_exec(c, "DROP ROLE outbox_insert_only");
+        outbox_msg_free(v);
+    }
+
+    for (int i = 0; i < 4; i++) outbox_msg_free(m[i]);
+    pgh_exec(c, "DROP TABLE commit_biz");
+    pgh_exec(c, "DROP FUNCTION commit_biz_refuse()");
     pgh_exec(c, "DELETE FROM outbox.outbox");
     PQfinish(c);
 }
@@ -1195,12 +1543,18 @@ TEST(reconnect)
 
 int main(void)
 {
+#ifdef OUTBOX_FAULT_INJECTION
+    /* The first outbox_enqueue_commit_pg that gets to its COMMIT fails
+     * there (test enqueue_commit). */
+    setenv("OUTBOX_FAULT", "pg_enqueue_before_commit:error:1", 1);
+#endif
     pgh_start(&server);
     snprintf(url, sizeof url, "%s", server.url);
     RUN(init_and_schema);
     RUN(upgrade_v2_to_v3);
     RUN(urls);
     RUN(enqueue_transactions);
+    RUN(enqueue_commit);
     RUN(sql_functions);
     RUN(inbox);
     RUN(inbox_purge);

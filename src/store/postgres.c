@@ -2,7 +2,8 @@
  * postgres.c - the PostgreSQL store: versioned schema in a configurable
  * PostgreSQL schema (default "outbox"), the public PostgreSQL functions
  * (enqueue and inbox on the caller's PGconn, inside the caller's
- * transaction), SQL functions so any language can enqueue with one call,
+ * transaction; enqueue-and-COMMIT in one round trip through libpq's
+ * pipeline mode), SQL functions so any language can enqueue with one call,
  * and the `outbox__store_postgres` driver the relay and the CLI use.
  *
  * Store URLs: libpq URIs (postgres://user:pw@host:port/db?schema=s) and
@@ -535,44 +536,55 @@ static const char insert_tmpl[] =
     " headers) VALUES ($1::uuid, 'epoch'::timestamptz + $2::bigint * interval '1 microsecond',"
     " $3, $4, $5, $6::jsonb, $7::jsonb) ON CONFLICT (id) DO NOTHING RETURNING seq";
 
-/* Which (connection, backend, schema) already has the prepared insert: a
- * small process-wide ring.  A miss only costs a catalog look-up. */
+/* The insert used by outbox_enqueue_commit_pg: the same row, but a
+ * duplicate id raises unique_violation, which aborts the pipeline before
+ * its COMMIT (an ON CONFLICT DO NOTHING would let the COMMIT run without
+ * the message).  Nothing is returned, so it needs only INSERT rights. */
+static const char insert_commit_tmpl[] =
+    "INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload,"
+    " headers) VALUES ($1::uuid, 'epoch'::timestamptz + $2::bigint * interval '1 microsecond',"
+    " $3, $4, $5, $6::jsonb, $7::jsonb)";
+
+/* Which (connection, backend, statement name) is already prepared: a small
+ * process-wide ring.  The names carry the schema.  A miss only costs a
+ * catalog look-up. */
 #define PREPARED_SLOTS 64
 static struct {
     const PGconn *conn;
     int backend_pid;
-    char schema[64];
+    char name[96];
 } prepared[PREPARED_SLOTS];
 static unsigned prepared_next;
 static pthread_mutex_t prepared_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int prepared_known(const PGconn *conn, int pid, const char *schema)
+static int prepared_known(const PGconn *conn, int pid, const char *name)
 {
     int i, found = 0;
     pthread_mutex_lock(&prepared_lock);
     for (i = 0; i < PREPARED_SLOTS && !found; i++)
         found = prepared[i].conn == conn && prepared[i].backend_pid == pid &&
-                strcmp(prepared[i].schema, schema) == 0;
+                strcmp(prepared[i].name, name) == 0;
     pthread_mutex_unlock(&prepared_lock);
     return found;
 }
 
-static void prepared_remember(const PGconn *conn, int pid, const char *schema)
+static void prepared_remember(const PGconn *conn, int pid, const char *name)
 {
     unsigned i;
     pthread_mutex_lock(&prepared_lock);
     i = prepared_next++ % PREPARED_SLOTS;
     prepared[i].conn = conn;
     prepared[i].backend_pid = pid;
-    snprintf(prepared[i].schema, sizeof prepared[i].schema, "%s", schema);
+    snprintf(prepared[i].name, sizeof prepared[i].name, "%s", name);
     pthread_mutex_unlock(&prepared_lock);
 }
 
-/* Makes sure the insert is prepared on conn as `stmt_name`.  Checks the
- * catalog first (a query that cannot fail in a healthy transaction), so a
- * missing schema gives ENOSCHEMA without aborting the caller's transaction. */
+/* Makes sure the insert template tmpl is prepared on conn as `stmt_name`.
+ * Checks the catalog first (a query that cannot fail in a healthy
+ * transaction), so a missing schema gives ENOSCHEMA without aborting the
+ * caller's transaction. */
 static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_name,
-                           outbox_error *err)
+                           const char *tmpl, outbox_error *err)
 {
     char qschema[160], table[200];
     const char *params[2];
@@ -580,7 +592,7 @@ static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_na
     outbox_buf b;
     int pid = PQbackendPID(conn), have, exists, code;
 
-    if (prepared_known(conn, pid, schema)) return OUTBOX_OK;
+    if (prepared_known(conn, pid, stmt_name)) return OUTBOX_OK;
     code = quote_schema(conn, schema, qschema, sizeof qschema, err);
     if (code != OUTBOX_OK) return code;
     snprintf(table, sizeof table, "%s.outbox", qschema);
@@ -605,7 +617,7 @@ static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_na
                              schema, schema);
     if (!have) {
         outbox__buf_init(&b);
-        expand(&b, insert_tmpl, qschema, schema, 0);
+        expand(&b, tmpl, qschema, schema, 0);
         if (b.oom) {
             outbox__buf_free(&b);
             return outbox__error(err, OUTBOX_ENOMEM, "out of memory preparing the insert");
@@ -619,7 +631,7 @@ static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_na
         }
         PQclear(res);
     }
-    prepared_remember(conn, pid, schema);
+    prepared_remember(conn, pid, stmt_name);
     return OUTBOX_OK;
 }
 
@@ -692,7 +704,7 @@ int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg 
     code = outbox__msg_check_size(msg, err);
     if (code != OUTBOX_OK) return code;
     stmt_name_for(schema, name, sizeof name);
-    code = ensure_prepared(conn, schema, name, err);
+    code = ensure_prepared(conn, schema, name, insert_tmpl, err);
     if (code != OUTBOX_OK) return code;
     return insert_msg(conn, name, msg, err);
 }
@@ -701,6 +713,233 @@ int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg 
 int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_error *err)
 {
     return outbox_enqueue_pg_schema(conn, DEFAULT_SCHEMA, msg, err);
+}
+
+/* ------------------------------------------------------------------------
+ * Enqueue and commit in one round trip
+ *
+ * The caller's transaction is open (BEGIN and the business statements have
+ * run).  The n prepared INSERTs and a COMMIT go out as one pipeline with
+ * one Sync, so the client waits for the server once.  The extended
+ * protocol skips every statement after an error up to the Sync: a failed
+ * INSERT means the COMMIT never runs and the transaction stays open in the
+ * failed state (the caller rolls it back), so a business change cannot
+ * commit without its messages.  The INSERT has no ON CONFLICT: a duplicate
+ * id is an error and aborts the pipeline like any other.
+ *
+ * libpq stays in blocking mode: while its output is flushed it also reads
+ * what the server sends, so a long pipeline cannot deadlock on full socket
+ * buffers.  Every path leaves pipeline mode again; only a broken
+ * connection cannot (libpq refuses while the lost results are queued), and
+ * such a connection has to be reset or closed anyway.
+ * ---------------------------------------------------------------------- */
+
+static void commit_stmt_name_for(const char *schema, char *out, size_t len)
+{
+    snprintf(out, len, "outbox_enqueue_commit.%s", schema);
+}
+
+/* Whether an error result ended the session (FATAL or PANIC, or the
+ * connection is gone). */
+static int fatal_result(const PGconn *conn, const PGresult *res)
+{
+    const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    return PQstatus(conn) == CONNECTION_BAD ||
+           (severity && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0));
+}
+
+/* Sends msg's INSERT into the pipeline (queued, not yet flushed). */
+static int send_insert(PGconn *conn, const char *stmt_name, const outbox_msg *msg)
+{
+    const char *params[7];
+    char occurred[32];
+
+    snprintf(occurred, sizeof occurred, "%lld", (long long)msg->occurred_at);
+    params[0] = msg->id;
+    params[1] = occurred;
+    params[2] = msg->type;
+    params[3] = msg->aggregate_type ? msg->aggregate_type : "";
+    params[4] = msg->aggregate_id;
+    params[5] = msg->payload ? msg->payload : "{}";
+    params[6] = msg->headers_json ? msg->headers_json : "{}";
+    return PQsendQueryPrepared(conn, stmt_name, 7, params, NULL, NULL, 0);
+}
+
+/* Enqueues msgs[0..n) as the last statements of the caller's open
+ * transaction and commits it, in one round trip (see above).  See
+ * outbox.h for the outcomes. */
+int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg *const *msgs,
+                             size_t n, outbox_error *err)
+{
+    char name[96], what[200];
+    size_t i, sent = 0, results = 0;
+    int code = OUTBOX_OK, commit_sent = 0, committed = 0, synced = 0, failed = 0;
+    PGresult *res;
+
+    if (!conn)
+        return outbox__error(err, OUTBOX_EINVAL, "outbox_enqueue_commit_pg: conn is NULL");
+    if (n > 0 && !msgs)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "outbox_enqueue_commit_pg: msgs is NULL with n = %zu", n);
+    for (i = 0; i < n; i++)
+        if (!msgs[i])
+            return outbox__error(err, OUTBOX_EINVAL,
+                                 "outbox_enqueue_commit_pg: msgs[%zu] is NULL (n = %zu)", i, n);
+    if (!schema) schema = DEFAULT_SCHEMA;
+    if (!valid_schema(schema)) return schema_error(schema, err);
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "outbox_enqueue_commit_pg: the connection is in pipeline mode: "
+                             "collect its results and call PQexitPipelineMode first");
+    switch (PQtransactionStatus(conn)) {
+    case PQTRANS_INTRANS: break;
+    case PQTRANS_INERROR:
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "outbox_enqueue_commit_pg: the caller's transaction has already "
+                             "failed (an earlier statement raised an error): ROLLBACK and retry");
+    case PQTRANS_IDLE:
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "outbox_enqueue_commit_pg needs an open transaction (BEGIN and your "
+                             "business statements) to add the messages to and commit");
+    default:
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "outbox_enqueue_commit_pg: the connection is busy or broken "
+                             "(transaction status %d): finish the running command first",
+                             (int)PQtransactionStatus(conn));
+    }
+    for (i = 0; i < n; i++) {
+        code = outbox__msg_check_size(msgs[i], err);
+        if (code != OUTBOX_OK) return code;
+    }
+    commit_stmt_name_for(schema, name, sizeof name);
+    if (n > 0) {
+        /* Once per connection, outside the pipeline; the transaction stays
+         * usable when this fails. */
+        code = ensure_prepared(conn, schema, name, insert_commit_tmpl, err);
+        if (code != OUTBOX_OK) return code;
+    }
+
+    if (!PQenterPipelineMode(conn))
+        return pq_fail(conn, NULL, "outbox_enqueue_commit_pg: entering pipeline mode", err);
+    for (i = 0; i < n; i++) {
+        if (!send_insert(conn, name, msgs[i])) {
+            snprintf(what, sizeof what,
+                     "outbox_enqueue_commit_pg: sending message %zu of %zu, nothing was "
+                     "committed",
+                     i + 1, n);
+            code = pq_fail(conn, NULL, what, err);
+            failed = 1;
+            break;
+        }
+        sent++;
+    }
+    if (!failed && OUTBOX_FAULT("pg_enqueue_before_commit") != 0) {
+        code = outbox__error(err, OUTBOX_EFAULT,
+                             "outbox_enqueue_commit_pg: fault injected before COMMIT; nothing "
+                             "was committed: ROLLBACK the transaction");
+        failed = 1;
+    }
+    if (!failed) {
+        if (PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0)) {
+            commit_sent = 1;
+            sent++;
+        } else {
+            code = pq_fail(conn, NULL,
+                           "outbox_enqueue_commit_pg: sending COMMIT, nothing was committed",
+                           err);
+            failed = 1;
+        }
+    }
+    /* The Sync ends the pipeline (and flushes it), also after a failed
+     * send, so that what was sent can be drained. */
+    if (!PQpipelineSync(conn)) {
+        if (!failed)
+            code = pq_fail(conn, NULL,
+                           commit_sent ? "outbox_enqueue_commit_pg: sending the pipeline; "
+                                         "whether the transaction committed is unknown"
+                                       : "outbox_enqueue_commit_pg: sending the pipeline",
+                           err);
+        failed = 1;
+        goto out;
+    }
+
+    /* Each statement's results end with a NULL; then comes the Sync. */
+    while (!synced) {
+        res = PQgetResult(conn);
+        if (!res) {
+            if (PQstatus(conn) == CONNECTION_BAD || ++results > sent) break;
+            continue;
+        }
+        switch (PQresultStatus(res)) {
+        case PGRES_PIPELINE_SYNC: synced = 1; break;
+        case PGRES_PIPELINE_ABORTED: break; /* skipped after an error */
+        case PGRES_COMMAND_OK:
+            if (commit_sent && results == n) {
+                if (strcmp(PQcmdStatus(res), "COMMIT") == 0) {
+                    committed = 1;
+                } else if (!failed) {
+                    code = outbox__error(err, OUTBOX_ESTORE,
+                                         "outbox_enqueue_commit_pg: COMMIT answered %s: the "
+                                         "transaction was rolled back, nothing was committed",
+                                         PQcmdStatus(res));
+                    failed = 1;
+                }
+            }
+            break;
+        default:
+            if (!failed) {
+                /* An error without SQLSTATE comes from libpq (the
+                 * connection broke): the server may have run more. */
+                if (!PQresultErrorField(res, PG_DIAG_SQLSTATE))
+                    snprintf(what, sizeof what, "outbox_enqueue_commit_pg: %s",
+                             commit_sent ? "whether the transaction committed is unknown"
+                                         : "nothing was committed");
+                else if (results < n)
+                    snprintf(what, sizeof what,
+                             "outbox_enqueue_commit_pg: inserting message %zu of %zu (id %s); "
+                             "nothing was committed (ROLLBACK the transaction)",
+                             results + 1, n, msgs[results]->id);
+                else if (fatal_result(conn, res))
+                    /* E.g. terminated while waiting for a synchronous
+                     * standby: committed locally, or not. */
+                    snprintf(what, sizeof what,
+                             "outbox_enqueue_commit_pg: the session ended during COMMIT; "
+                             "whether the transaction committed is unknown");
+                else
+                    snprintf(what, sizeof what,
+                             "outbox_enqueue_commit_pg: COMMIT failed and the transaction was "
+                             "rolled back");
+                code = pq_fail(conn, res, what, err);
+                failed = 1;
+            }
+            break;
+        }
+        PQclear(res);
+    }
+    if (!synced && !failed && !committed) {
+        /* The connection broke before the pipeline's results arrived (a
+         * COMMIT confirmed before that stays OUTBOX_OK). */
+        code = pq_fail(conn, NULL,
+                       commit_sent ? "outbox_enqueue_commit_pg: waiting for COMMIT; whether the "
+                                     "transaction committed is unknown"
+                                   : "outbox_enqueue_commit_pg: nothing was committed",
+                       err);
+    }
+
+out:
+    /* Fails only with results left unread, i.e. on a broken connection,
+     * which the outcome above already reports (a COMMIT confirmed before
+     * the break stays OUTBOX_OK). */
+    if (!PQexitPipelineMode(conn)) {
+        char buf[300];
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "outbox_enqueue_commit_pg: could not leave pipeline mode: %s",
+                    pq_message(PQerrorMessage(conn), buf, sizeof buf));
+    }
+    if (code == OUTBOX_OK && !committed)
+        code = outbox__error(err, OUTBOX_ESTORE,
+                             "outbox_enqueue_commit_pg: the server did not confirm the COMMIT");
+    return code;
 }
 
 /* Records (consumer, message_id) in schema's inbox inside the caller's open
