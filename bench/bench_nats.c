@@ -462,6 +462,14 @@ static void pg_case(int no_serial)
     pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
     if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
         TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
+    {
+        PGresult *v = PQexec(conn, "SELECT current_setting('server_version'),"
+                                   " current_setting('shared_buffers')");
+        if (PQresultStatus(v) == PGRES_TUPLES_OK)
+            printf("PostgreSQL %s, shared_buffers %s (tests/pg_harness.h)\n",
+                   PQgetvalue(v, 0, 0), PQgetvalue(v, 0, 1));
+        PQclear(v);
+    }
     pg_fill(conn);
     if (stream_create("BENCH_PG", "pg.>")) {
         failures++;

@@ -1833,8 +1833,10 @@ static const char claim_tmpl[] =
     " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
 
 /* Pipelined claim: the same selection as a plain read, without the seqs in
- * flight ($5).  No row locks: the relay's partition advisory locks keep the
- * rows its own, and it keeps them while a batch is out (no rebalancing). */
+ * flight ($5, between $6 and $7: only rows in that range are looked up in
+ * the array, which PostgreSQL scans linearly).  No row locks: the relay's
+ * partition advisory locks keep the rows its own, and it keeps them while a
+ * batch is out (no rebalancing). */
 static const char claim_pipelined_tmpl[] =
     "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"
     " aggregate_type, aggregate_id, payload::text, headers::text, attempts"
@@ -1842,7 +1844,7 @@ static const char claim_pipelined_tmpl[] =
     " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"
     " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"
     " '1 microsecond')"
-    " AND NOT (o.seq = ANY($5::bigint[]))"
+    " AND (o.seq < $6::bigint OR o.seq > $7::bigint OR NOT (o.seq = ANY($5::bigint[])))"
     " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"
     "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
     "  AND (p.status = 'failed' OR p.attempts > 0)"
@@ -1897,7 +1899,7 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
                  const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs, size_t *n,
                  outbox_error *err)
 {
-    const char *params[5];
+    const char *params[7];
     char now[32], limit[32];
     outbox_msg **arr = NULL;
     PGresult *res = NULL;
@@ -1948,11 +1950,16 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     if (!any) return OUTBOX_OK; /* holds no partition right now */
 
     if (pipelined) {
+        char lo[32], hi[32];
+        int64_t min = INT64_MAX, max = INT64_MIN;
         size_t k;
         outbox__buf_reset(&st->a2);
         outbox__buf_puts(&st->a2, "{");
-        for (k = 0; k < exclude_count; k++)
+        for (k = 0; k < exclude_count; k++) {
             outbox__buf_printf(&st->a2, "%s%lld", k ? "," : "", (long long)exclude[k]);
+            if (exclude[k] < min) min = exclude[k];
+            if (exclude[k] > max) max = exclude[k];
+        }
         outbox__buf_puts(&st->a2, "}");
         if (st->a2.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
         snprintf(now, sizeof now, "%lld", (long long)p->now_us);
@@ -1962,7 +1969,11 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         params[2] = p->failed_blocks_aggregate ? "true" : "false";
         params[3] = limit;
         params[4] = st->a2.data;
-        res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 5, params, NULL, NULL, 0);
+        snprintf(lo, sizeof lo, "%lld", (long long)min); /* empty: lo > hi, no lookup */
+        snprintf(hi, sizeof hi, "%lld", (long long)max);
+        params[5] = lo;
+        params[6] = hi;
+        res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 7, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             code = pq_fail(st->conn, res, "claiming messages", err);
             goto fail;
