@@ -15,10 +15,10 @@
  *   sqlite -> nats   outbox_relay_new("sqlite:COPY", "nats://...
  *                    &max_pending=W", once, batch B) + outbox_relay_run over
  *                    N pending messages (filled once through the public
- *                    enqueue API, copied before the run), with
- *                    OUTBOX_RELAY_PIPELINE=1: the relay pipelines (claims
- *                    and records the next batch while a batch's acks are
- *                    outstanding; off by default, see src/relay/relay.c)
+ *                    enqueue API, copied before the run): the relay
+ *                    pipelines (claims and records the next batch while a
+ *                    batch's acks are outstanding; its default, see
+ *                    src/relay/relay.c)
  *   ... (serial)     the same with OUTBOX_RELAY_PIPELINE=0: the serial loop
  *                    (claim, publish, wait for every ack, record), for the
  *                    comparison in the same run (--no-serial leaves it out)
@@ -33,7 +33,7 @@
  *   kafka ceiling,   with librdkafka's mock cluster (3 brokers, in this
  *   sqlite -> kafka  process, real Kafka protocol over loopback): a raw
  *                    idempotent producer (acks=all) of N messages, then the
- *                    relay from a SQLite copy to kafka://
+ *                    relay from a SQLite copy to kafka:// (pipelined)
  *
  * Each case runs in a forked child (bench_common.h): peak RSS and CPU time
  * from wait4().  A figure is printed only after the parent checked the
