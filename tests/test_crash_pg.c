@@ -43,74 +43,23 @@ static uint64_t rng;
 typedef struct pg_producer {
     ch_producer p; /* aggregates, aggs, committed, transactions, total, ... */
     char conninfo[512];
-    int async_commit; /* synchronous_commit=off: only for runs where the
-                         database itself is not crashed */
 } pg_producer;
 
-static void *pg_producer_main(void *arg)
-{
-    pg_producer *pp = arg;
-    ch_producer *p = &pp->p;
-    uint64_t r = p->seed;
-    outbox_error err;
-    outbox_msg *batch[64];
-    int batch_agg[64];
-    PGconn *c = PQconnectdb(pp->conninfo);
-    memset(&err, 0, sizeof err);
-    if (PQstatus(c) != CONNECTION_OK) {
-        snprintf(p->error, sizeof p->error, "connect: %s", PQerrorMessage(c));
-        goto out;
-    }
-    if (pp->async_commit) PQclear(PQexec(c, "SET synchronous_commit = off"));
-    while (p->committed < p->total) {
-        int k = (int)ch_rand_range(&r, 1, p->max_txn), i, ok = 1;
-        if (k > p->total - p->committed) k = p->total - p->committed;
-        PQclear(PQexec(c, "BEGIN"));
-        for (i = 0; i < k; i++) {
-            if (ch_producer_msg(p, &r, batch, batch_agg, i, &err) != OUTBOX_OK ||
-                outbox_enqueue_pg(c, batch[i], &err) != OUTBOX_OK) {
-                snprintf(p->error, sizeof p->error, "enqueue: %d %s", err.code, err.message);
-                ok = 0;
-                i++;
-                break;
-            }
-        }
-        PGresult *res = ok ? PQexec(c, "COMMIT") : NULL;
-        if (ok && PQresultStatus(res) == PGRES_COMMAND_OK) {
-            for (int j = 0; j < i; j++) ch_agg_push(&p->aggs[batch_agg[j]], outbox_msg_id(batch[j]));
-            p->committed += i;
-            p->transactions++;
-        } else {
-            if (ok) snprintf(p->error, sizeof p->error, "commit: %s", PQerrorMessage(c));
-            PQclear(PQexec(c, "ROLLBACK"));
-            ok = 0;
-        }
-        PQclear(res);
-        for (int j = 0; j < i; j++) outbox_msg_free(batch[j]);
-        if (!ok) goto out;
-        if (p->pause_us) usleep((useconds_t)p->pause_us);
-    }
-out:
-    PQfinish(c);
-    atomic_store(&p->done, 1);
-    return NULL;
-}
-
+/* async_commit: synchronous_commit=off, only for runs where the database
+ * itself is not crashed.  The producer is crash_harness.h's. */
 static void producer_start(pg_producer *pp, int total, int aggregates, int pause_us,
                            int async_commit)
 {
     memset(pp, 0, sizeof *pp);
-    pp->async_commit = async_commit;
     snprintf(pp->conninfo, sizeof pp->conninfo, "%s", server.conninfo);
+    pp->p.pg_conninfo = pp->conninfo;
+    pp->p.pg_async_commit = async_commit;
     pp->p.total = total;
     pp->p.aggregates = aggregates;
     pp->p.max_txn = 50;
     pp->p.pause_us = pause_us;
     pp->p.seed = ch_rand(&rng);
-    pp->p.aggs = calloc((size_t)aggregates, sizeof *pp->p.aggs);
-    if (!pp->p.aggs) TEST_FAIL_("out of memory");
-    if (pthread_create(&pp->p.thread, NULL, pg_producer_main, pp) != 0)
-        TEST_FAIL_("pthread_create failed");
+    ch_producer_start(&pp->p);
 }
 
 /* ------------------------------------------------------------------------
