@@ -635,6 +635,41 @@ static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_na
     return OUTBOX_OK;
 }
 
+/* OUTBOX_OK when conn is in an open transaction that has not failed;
+ * otherwise OUTBOX_ENOTXN naming function fn (idle: what fn needs, for a
+ * connection outside a transaction). */
+static int require_txn(PGconn *conn, const char *fn, const char *idle, outbox_error *err)
+{
+    switch (PQtransactionStatus(conn)) {
+    case PQTRANS_INTRANS: return OUTBOX_OK;
+    case PQTRANS_INERROR:
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "%s: the caller's transaction has already failed (an earlier "
+                             "statement raised an error): ROLLBACK and retry",
+                             fn);
+    case PQTRANS_IDLE: return outbox__error(err, OUTBOX_ENOTXN, "%s %s", fn, idle);
+    default:
+        return outbox__error(err, OUTBOX_ENOTXN,
+                             "%s: the connection is busy or broken (transaction status %d): "
+                             "finish the running command first",
+                             fn, (int)PQtransactionStatus(conn));
+    }
+}
+
+/* The seven parameters of the prepared insert of msg (occurred: room for
+ * the timestamp's text). */
+static void insert_params(const outbox_msg *msg, const char *params[7], char occurred[32])
+{
+    snprintf(occurred, 32, "%lld", (long long)msg->occurred_at);
+    params[0] = msg->id;
+    params[1] = occurred;
+    params[2] = msg->type;
+    params[3] = msg->aggregate_type ? msg->aggregate_type : "";
+    params[4] = msg->aggregate_id;
+    params[5] = msg->payload ? msg->payload : "{}";
+    params[6] = msg->headers_json ? msg->headers_json : "{}";
+}
+
 /* Runs the prepared insert of msg on conn (statement stmt_name). */
 static int insert_msg(PGconn *conn, const char *stmt_name, const outbox_msg *msg,
                       outbox_error *err)
@@ -644,14 +679,7 @@ static int insert_msg(PGconn *conn, const char *stmt_name, const outbox_msg *msg
     PGresult *res;
     int code = OUTBOX_OK;
 
-    snprintf(occurred, sizeof occurred, "%lld", (long long)msg->occurred_at);
-    params[0] = msg->id;
-    params[1] = occurred;
-    params[2] = msg->type;
-    params[3] = msg->aggregate_type ? msg->aggregate_type : "";
-    params[4] = msg->aggregate_id;
-    params[5] = msg->payload ? msg->payload : "{}";
-    params[6] = msg->headers_json ? msg->headers_json : "{}";
+    insert_params(msg, params, occurred);
     res = PQexecPrepared(conn, stmt_name, 7, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         code = pq_fail(conn, res, "inserting into the outbox", err);
@@ -685,22 +713,11 @@ int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg 
                              conn ? "msg" : "conn");
     if (!schema) schema = DEFAULT_SCHEMA;
     if (!valid_schema(schema)) return schema_error(schema, err);
-    switch (PQtransactionStatus(conn)) {
-    case PQTRANS_INTRANS: break;
-    case PQTRANS_INERROR:
-        return outbox__error(err, OUTBOX_ENOTXN,
-                             "outbox_enqueue_pg: the caller's transaction has already failed "
-                             "(an earlier statement raised an error): ROLLBACK and retry");
-    case PQTRANS_IDLE:
-        return outbox__error(err, OUTBOX_ENOTXN,
-                             "outbox_enqueue_pg needs an open transaction (BEGIN ... COMMIT) so "
-                             "the message commits with your business change");
-    default:
-        return outbox__error(err, OUTBOX_ENOTXN,
-                             "outbox_enqueue_pg: the connection is busy or broken (transaction "
-                             "status %d): finish the running command first",
-                             (int)PQtransactionStatus(conn));
-    }
+    code = require_txn(conn, "outbox_enqueue_pg",
+                       "needs an open transaction (BEGIN ... COMMIT) so the message commits "
+                       "with your business change",
+                       err);
+    if (code != OUTBOX_OK) return code;
     code = outbox__msg_check_size(msg, err);
     if (code != OUTBOX_OK) return code;
     stmt_name_for(schema, name, sizeof name);
@@ -754,14 +771,7 @@ static int send_insert(PGconn *conn, const char *stmt_name, const outbox_msg *ms
     const char *params[7];
     char occurred[32];
 
-    snprintf(occurred, sizeof occurred, "%lld", (long long)msg->occurred_at);
-    params[0] = msg->id;
-    params[1] = occurred;
-    params[2] = msg->type;
-    params[3] = msg->aggregate_type ? msg->aggregate_type : "";
-    params[4] = msg->aggregate_id;
-    params[5] = msg->payload ? msg->payload : "{}";
-    params[6] = msg->headers_json ? msg->headers_json : "{}";
+    insert_params(msg, params, occurred);
     return PQsendQueryPrepared(conn, stmt_name, 7, params, NULL, NULL, 0);
 }
 
@@ -791,22 +801,11 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
         return outbox__error(err, OUTBOX_EINVAL,
                              "outbox_enqueue_commit_pg: the connection is in pipeline mode: "
                              "collect its results and call PQexitPipelineMode first");
-    switch (PQtransactionStatus(conn)) {
-    case PQTRANS_INTRANS: break;
-    case PQTRANS_INERROR:
-        return outbox__error(err, OUTBOX_ENOTXN,
-                             "outbox_enqueue_commit_pg: the caller's transaction has already "
-                             "failed (an earlier statement raised an error): ROLLBACK and retry");
-    case PQTRANS_IDLE:
-        return outbox__error(err, OUTBOX_ENOTXN,
-                             "outbox_enqueue_commit_pg needs an open transaction (BEGIN and your "
-                             "business statements) to add the messages to and commit");
-    default:
-        return outbox__error(err, OUTBOX_ENOTXN,
-                             "outbox_enqueue_commit_pg: the connection is busy or broken "
-                             "(transaction status %d): finish the running command first",
-                             (int)PQtransactionStatus(conn));
-    }
+    code = require_txn(conn, "outbox_enqueue_commit_pg",
+                       "needs an open transaction (BEGIN and your business statements) to add "
+                       "the messages to and commit",
+                       err);
+    if (code != OUTBOX_OK) return code;
     for (i = 0; i < n; i++) {
         code = outbox__msg_check_size(msgs[i], err);
         if (code != OUTBOX_OK) return code;
