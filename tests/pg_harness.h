@@ -333,4 +333,16 @@ static inline int64_t pgh_count(PGconn *c, const char *sql)
     return v;
 }
 
+/* Rows of the outbox table in schema "outbox" with this status, on a new
+ * connection to s. */
+static inline int64_t pgh_outbox_count(const pgh_server *s, const char *status)
+{
+    PGconn *c = pgh_connect(s);
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox.outbox WHERE status = '%s'", status);
+    int64_t n = pgh_count(c, sql);
+    PQfinish(c);
+    return n;
+}
+
 #endif /* OUTBOX_PG_HARNESS_H */

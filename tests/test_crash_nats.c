@@ -148,12 +148,7 @@ static void on_signal(int sig)
 
 static int64_t pg_outbox_count(const char *status)
 {
-    PGconn *c = pgh_connect(&pg);
-    char sql[128];
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox.outbox WHERE status = '%s'", status);
-    int64_t n = pgh_count(c, sql);
-    PQfinish(c);
-    return n;
+    return pgh_outbox_count(&pg, status);
 }
 
 /* Occurrences of needle in the file at path (0 when absent). */

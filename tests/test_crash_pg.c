@@ -99,12 +99,7 @@ static void reset_outbox(void)
 
 static int64_t outbox_count(const char *status)
 {
-    PGconn *c = pgh_connect(&server);
-    char sql[128];
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox.outbox WHERE status = '%s'", status);
-    int64_t n = pgh_count(c, sql);
-    PQfinish(c);
-    return n;
+    return pgh_outbox_count(&server, status);
 }
 
 /* Pending count, or -1 while the server does not answer. */

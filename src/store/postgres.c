@@ -1892,6 +1892,19 @@ static int prepare_hot(pg_store *st, outbox_error *err)
     return OUTBOX_OK;
 }
 
+/* Opens the relay's transaction for a claim or its outcomes; it does not
+ * wait for its WAL flush at commit (see claim).  Rolls back on failure. */
+static int begin_async(pg_store *st, const char *what, outbox_error *err)
+{
+    int code = exec_sql(st->conn, "BEGIN; SET LOCAL synchronous_commit = off", what, err);
+    if (code != OUTBOX_OK) {
+        rollback(st->conn);
+        return code;
+    }
+    st->in_txn = 1;
+    return OUTBOX_OK;
+}
+
 /* The plain claim (a transaction left open until complete), or the
  * pipelined one (a plain read without the seqs in exclude). */
 static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
@@ -1983,13 +1996,8 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     /* Outcomes need not be durable: a completion lost in a database crash
      * only makes its messages be published again (at least once), so the
      * claim transaction does not wait for its WAL flush. */
-    code = exec_sql(st->conn, "BEGIN; SET LOCAL synchronous_commit = off",
-                    "starting the claim transaction", err);
-    if (code != OUTBOX_OK) {
-        rollback(st->conn);
-        return code;
-    }
-    st->in_txn = 1;
+    code = begin_async(st, "starting the claim transaction", err);
+    if (code != OUTBOX_OK) return code;
     snprintf(now, sizeof now, "%lld", (long long)p->now_us);
     snprintf(limit, sizeof limit, "%zu", p->batch_size);
     params[0] = st->a1.data;
@@ -2081,13 +2089,8 @@ static int complete(pg_store *st, const outbox_completion *c, size_t n,
                                  "recording outcomes: the PostgreSQL connection was lost; the "
                                  "batch was not recorded and will be published again");
         end_claim(st);
-        code = exec_sql(st->conn, "BEGIN; SET LOCAL synchronous_commit = off",
-                        "starting the completion transaction", err);
-        if (code != OUTBOX_OK) {
-            rollback(st->conn);
-            return code;
-        }
-        st->in_txn = 1;
+        code = begin_async(st, "starting the completion transaction", err);
+        if (code != OUTBOX_OK) return code;
     }
     if (!st->in_txn || !st->conn || PQstatus(st->conn) != CONNECTION_OK ||
         PQtransactionStatus(st->conn) != PQTRANS_INTRANS) {
