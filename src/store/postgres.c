@@ -1817,19 +1817,24 @@ static int pg_lease_release(void *state, const char *owner, outbox_error *err)
  * Claim and complete
  * ---------------------------------------------------------------------- */
 
-static const char claim_tmpl[] =
-    "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"
-    " aggregate_type, aggregate_id, payload::text, headers::text, attempts"
-    " FROM {s}.outbox o"
-    " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"
-    " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"
+/* The claim's columns and its due, partition and ordering conditions,
+ * shared by the claim and the pipelined claim. */
+#define CLAIM_SELECT_WHERE                                                                         \
+    "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"                   \
+    " aggregate_type, aggregate_id, payload::text, headers::text, attempts"                        \
+    " FROM {s}.outbox o"                                                                           \
+    " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"                            \
+    " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"      \
     " '1 microsecond')"
-    " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"
-    "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
-    "  AND (p.status = 'failed' OR p.attempts > 0)"
-    "  AND ((p.status = 'pending' AND p.available_at > 'epoch'::timestamptz + $2::bigint *"
+#define CLAIM_NOT_BLOCKED                                                                          \
+    " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"                                                  \
+    "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"                                    \
+    "  AND (p.status = 'failed' OR p.attempts > 0)"                                                \
+    "  AND ((p.status = 'pending' AND p.available_at > 'epoch'::timestamptz + $2::bigint *"        \
     " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean)))"
-    " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
+
+static const char claim_tmpl[] =
+    CLAIM_SELECT_WHERE CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
 
 /* Pipelined claim: the same selection as a plain read, without the seqs in
  * flight ($5, between $6 and $7: only rows in that range are looked up in
@@ -1837,19 +1842,9 @@ static const char claim_tmpl[] =
  * partition advisory locks keep the rows its own, and it keeps them while a
  * batch is out (no rebalancing). */
 static const char claim_pipelined_tmpl[] =
-    "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"
-    " aggregate_type, aggregate_id, payload::text, headers::text, attempts"
-    " FROM {s}.outbox o"
-    " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"
-    " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"
-    " '1 microsecond')"
+    CLAIM_SELECT_WHERE
     " AND (o.seq < $6::bigint OR o.seq > $7::bigint OR NOT (o.seq = ANY($5::bigint[])))"
-    " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"
-    "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
-    "  AND (p.status = 'failed' OR p.attempts > 0)"
-    "  AND ((p.status = 'pending' AND p.available_at > 'epoch'::timestamptz + $2::bigint *"
-    " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean)))"
-    " ORDER BY o.seq LIMIT $4";
+    CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4";
 
 enum { P_CLAIM, P_DELETE, P_MARK, P_RETRY, P_FAIL, P_CLAIM_PIPELINED, P_COUNT };
 
