@@ -494,10 +494,13 @@ typedef struct outbox_transport_ops {
  * publish_begin starts sending msgs[0..n) and returns without waiting; it
  * keeps msgs and results (borrowed) until publish_end is called with the
  * same arrays.  Batches end in the order they began, and at most
- * OUTBOX_PIPELINE_DEPTH are open.  A message is sent only after the earlier
- * message of its aggregate in an open batch is confirmed, and not at all
- * when that one was not (its result says why), so at most one message per
- * aggregate is unconfirmed.  publish_begin returns OUTBOX_OK (the batch is open: call
+ * OUTBOX_PIPELINE_DEPTH are open.  The destination keeps each aggregate's
+ * messages in order across the open batches, and does not send a message
+ * whose aggregate had an earlier one it could not send (its result says
+ * why): nats:// sends a message only once the previous one of its aggregate
+ * is confirmed (at most one unconfirmed per aggregate); kafka:// relies on
+ * the idempotent producer's per-partition order (the key is the aggregate).
+ * publish_begin returns OUTBOX_OK (the batch is open: call
  * publish_end), or a negative code when it sent nothing (not open; every
  * message is retried).  publish_end waits for the batch's confirmations and
  * fills results as publish does; it returns OUTBOX_OK, or a negative code

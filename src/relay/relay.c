@@ -34,10 +34,11 @@
  *     second FOR UPDATE transaction).  Excluding the seqs rather than
  *     claiming after the highest one keeps a retry that falls due below it
  *     in seq order with the rest of its aggregate.
- *   - Order (guarantee 4): the destination sends a message only once the
+ *   - Order (guarantee 4): the destination keeps an aggregate's order
+ *     across the two batches (nats.c: a message is sent only once the
  *     previous message of its aggregate in either open batch is confirmed,
- *     and not at all when that one failed (nats.c: at most one
- *     unacknowledged message per aggregate).  When a message of N fails,
+ *     and not at all when that one failed; kafka.c: the idempotent
+ *     producer's per-partition order, as within one batch).  When a message of N fails,
  *     its aggregate also stays held back while N+1 is decided (the held set
  *     carries over), so later messages of it in N+1 are UNSENT, never
  *     recorded sent before it (were one acked, it would count as
