@@ -284,6 +284,23 @@ static inline char *ch_path(char *out, const char *name)
     return out;
 }
 
+/* Stops n running relay processes with SIGTERM; each must exit 0 within
+ * 20 s (errs[i]: its stderr file, shown when it does not).  Waits a second
+ * first, so that a relay restarted just before has installed its signal
+ * handlers. */
+static inline void ch_relays_stop(const pid_t *pids, int n, char (*errs)[CH_PATH])
+{
+    ch_sleep_ms(1000);
+    for (int i = 0; i < n; i++) {
+        kill(pids[i], SIGTERM);
+        int code = ch_wait_or_die(pids[i], 20000, "relay");
+        if (code != 0) {
+            ch_dump("relay stderr", errs[i]);
+            TEST_FAIL_("relay %d exited %d after SIGTERM", i, code);
+        }
+    }
+}
+
 /* `outbox init --store sqlite:DB`, which must exit 0. */
 static inline void ch_init_store(const char *db_path)
 {

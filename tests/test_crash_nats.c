@@ -46,13 +46,35 @@ int main(void)
 
 static nh_server server;
 
+/* Reads the stream back into out and checks it against the producer's
+ * record: every committed message exactly once (Nats-Msg-Id), in
+ * per-aggregate order, nothing torn or foreign; and that the relays were
+ * killed at least want_kills times. */
+static void check_stream_once(const char *what, const char *stream, const char *subjects,
+                              const char *out, ch_producer *p, int kills, int want_kills)
+{
+    ch_report r;
+    char label[160];
+    int64_t in_stream = nh_stream_dump(&server, stream, subjects, out);
+    ch_check_file(out, p, &r);
+    snprintf(label, sizeof label, "%s (SIGKILL x%d): stream holds %lld", what, kills,
+             (long long)in_stream);
+    ch_report_print(label, &r);
+    ASSERT_EQ(r.expected, p->total);
+    ASSERT_EQ(r.torn, 0);
+    ASSERT_EQ(r.foreign, 0);
+    ASSERT_EQ(r.lost, 0);
+    ASSERT_EQ(r.duplicates, 0);
+    ASSERT_EQ(r.violations, 0);
+    ASSERT_GE(kills, want_kills);
+}
+
 TEST(kill_sweep)
 {
     char db[CH_PATH], out[CH_PATH], errp[CH_PATH], store[700], to[256];
     uint64_t rng = ch_seed();
     int want_kills = test_scaled(50, 5);
     ch_producer p;
-    ch_report r;
 
     fprintf(stderr, "seed %llu (OUTBOX_TEST_SEED replays)\n", (unsigned long long)rng);
     ch_path(db, "crash.db");
@@ -115,19 +137,7 @@ TEST(kill_sweep)
     ASSERT_EQ(ch_outbox_count(db, "pending"), 0);
     ASSERT_EQ(ch_outbox_count(db, "failed"), 0);
 
-    int64_t in_stream = nh_stream_dump(&server, "CRASH", "outbox.>", out);
-    ch_check_file(out, &p, &r);
-    char label[96];
-    snprintf(label, sizeof label, "nats (SIGKILL x%d): stream holds %lld", kills,
-             (long long)in_stream);
-    ch_report_print(label, &r);
-    ASSERT_EQ(r.expected, p.total);
-    ASSERT_EQ(r.torn, 0);
-    ASSERT_EQ(r.foreign, 0);
-    ASSERT_EQ(r.lost, 0);
-    ASSERT_EQ(r.duplicates, 0);
-    ASSERT_EQ(r.violations, 0);
-    ASSERT_GE(kills, want_kills);
+    check_stream_once("nats", "CRASH", "outbox.>", out, &p, kills, want_kills);
     ch_producer_free(&p);
 }
 
@@ -171,7 +181,6 @@ TEST(pg_three_relays)
     const char *pipe_env = getenv("OUTBOX_RELAY_PIPELINE");
     int serial = pipe_env && strcmp(pipe_env, "0") == 0;
     ch_producer p;
-    ch_report r;
 
     if (!pgh_find_bin_(bin, sizeof bin) || (getuid() == 0 && getpwnam("nobody") == NULL)) {
         fprintf(stderr, "pg_three_relays: left out: no PostgreSQL server binaries (or no "
@@ -268,16 +277,7 @@ TEST(pg_three_relays)
         ch_sleep_ms(50);
     }
     double drain_s = (double)(ch_now_ms() - t_killed) / 1000.0;
-    /* The last restarted relay must have installed its signal handlers. */
-    ch_sleep_ms(1000);
-    for (int i = 0; i < 3; i++) {
-        kill(pids[i], SIGTERM);
-        int code = ch_wait_or_die(pids[i], 20000, "relay");
-        if (code != 0) {
-            ch_dump("relay stderr", errs[i]);
-            TEST_FAIL_("relay %d exited %d after SIGTERM", i, code);
-        }
-    }
+    ch_relays_stop(pids, 3, errs);
     int64_t pipelined[3], most = 0;
     for (int i = 0; i < 3; i++) {
         pipelined[i] = count_in_file(errs[i], "(pipelined)");
@@ -294,19 +294,8 @@ TEST(pg_three_relays)
     ASSERT_EQ(pg_outbox_count("pending"), 0);
     ASSERT_EQ(pg_outbox_count("failed"), 0);
 
-    int64_t in_stream = nh_stream_dump(&server, "PGCRASH", "pgcrash.>", out);
-    ch_check_file(out, &p, &r);
-    char label[128];
-    snprintf(label, sizeof label, "nats from pg, 3 relays (SIGKILL x%d): stream holds %lld",
-             kills, (long long)in_stream);
-    ch_report_print(label, &r);
-    ASSERT_EQ(r.expected, p.total);
-    ASSERT_EQ(r.torn, 0);
-    ASSERT_EQ(r.foreign, 0);
-    ASSERT_EQ(r.lost, 0);
-    ASSERT_EQ(r.duplicates, 0);
-    ASSERT_EQ(r.violations, 0);
-    ASSERT_GE(kills, want_kills);
+    check_stream_once("nats from pg, 3 relays", "PGCRASH", "pgcrash.>", out, &p, kills,
+                      want_kills);
     /* The relays really pipelined (none did with OUTBOX_RELAY_PIPELINE=0). */
     if (serial)
         ASSERT_EQ(most, 0);

@@ -323,16 +323,7 @@ TEST(three_relays)
     }
     ch_producer_join(&pp.p);
     wait_drained(120000, errs[1]);
-    /* The last restarted relay must have installed its signal handlers. */
-    ch_sleep_ms(1000);
-    for (int i = 0; i < 3; i++) {
-        kill(pids[i], SIGTERM);
-        int code = ch_wait_or_die(pids[i], 20000, "relay");
-        if (code != 0) {
-            ch_dump("relay stderr", errs[i]);
-            TEST_FAIL_("relay %d exited %d after SIGTERM", i, code);
-        }
-    }
+    ch_relays_stop(pids, 3, errs);
     fprintf(stderr, "three relays: %d messages, %d kills of one relay, %.1f s\n", pp.p.committed,
             kills, (double)(ch_now_ms() - started) / 1000.0);
     char label[64];
