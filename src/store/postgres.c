@@ -1955,6 +1955,12 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     outbox__buf_puts(&st->a1, "}");
     if (st->a1.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
     if (!any) return OUTBOX_OK; /* holds no partition right now */
+    snprintf(now, sizeof now, "%lld", (long long)p->now_us);
+    snprintf(limit, sizeof limit, "%zu", p->batch_size);
+    params[0] = st->a1.data;
+    params[1] = now;
+    params[2] = p->failed_blocks_aggregate ? "true" : "false";
+    params[3] = limit;
 
     if (pipelined) {
         char lo[32], hi[32];
@@ -1969,12 +1975,6 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         }
         outbox__buf_puts(&st->a2, "}");
         if (st->a2.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
-        snprintf(now, sizeof now, "%lld", (long long)p->now_us);
-        snprintf(limit, sizeof limit, "%zu", p->batch_size);
-        params[0] = st->a1.data;
-        params[1] = now;
-        params[2] = p->failed_blocks_aggregate ? "true" : "false";
-        params[3] = limit;
         params[4] = st->a2.data;
         snprintf(lo, sizeof lo, "%lld", (long long)min); /* empty: lo > hi, no lookup */
         snprintf(hi, sizeof hi, "%lld", (long long)max);
@@ -1993,12 +1993,6 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
      * claim transaction does not wait for its WAL flush. */
     code = begin_async(st, "starting the claim transaction", err);
     if (code != OUTBOX_OK) return code;
-    snprintf(now, sizeof now, "%lld", (long long)p->now_us);
-    snprintf(limit, sizeof limit, "%zu", p->batch_size);
-    params[0] = st->a1.data;
-    params[1] = now;
-    params[2] = p->failed_blocks_aggregate ? "true" : "false";
-    params[3] = limit;
     res = PQexecPrepared(st->conn, hot_name[P_CLAIM], 4, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         code = pq_fail(st->conn, res, "claiming messages", err);
