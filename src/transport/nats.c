@@ -556,10 +556,12 @@ static int set_options(nats_state *st, outbox_url *u, int64_t connect_ms, outbox
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(st->opts, on_disconnected, st);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(st->opts, on_reconnected, st);
     if (s == NATS_OK) s = natsOptions_SetClosedCB(st->opts, on_closed, st);
-    /* Each publish goes to the socket at once: nothing sits in nats.c's
-     * write buffer when a connection drops (that buffer would be sent after
-     * the reconnect, behind messages lost with the old connection). */
-    if (s == NATS_OK) s = natsOptions_SetSendAsap(st->opts, true);
+    /* Publications go through nats.c's write buffer and flusher thread (not
+     * SendAsap: a write per message costs the relay more system time than
+     * the rest of its work).  What the buffer holds when a connection drops
+     * is lost or sent after the reconnect; either way it is unacknowledged
+     * until an ack says otherwise, and with at most one unacknowledged
+     * message per aggregate (see "Order" above) no aggregate is reordered. */
     if (s != NATS_OK) {
         rc = outbox__error(err, OUTBOX_ECONFIG, "nats destination: cannot set options: %s",
                            natsStatus_GetText(s));
