@@ -9,9 +9,12 @@
  * woken through the socket long before its poll, the "asleep" advisory
  * lock held exactly while the store waits), the upgrade from schema
  * version 2 to 3 (rows kept; a flag without the lock notifies nobody; a
- * role that may only insert into the outbox still wakes the relay),
- * partition leases shared by two relays, reconnecting after the
- * connection is killed, and outbox_enqueue_commit_pg (0, 1, 3 and 2000
+ * role that may only insert into the outbox still wakes the relay) and
+ * on to 4, the claim floor (never above a row an open transaction may
+ * still commit; a requeue below it is claimed at once and in order; a role
+ * that cannot read the sequence claims without it), partition leases
+ * shared by two relays, reconnecting after the connection is killed, and
+ * outbox_enqueue_commit_pg (0, 1, 3 and 2000
  * messages committed with the business row; refused outside a
  * transaction and for NULL arguments; a duplicate id, a row the table
  * refuses and a failing COMMIT commit nothing; a dropped connection).
@@ -125,9 +128,9 @@ TEST(init_and_schema)
     ASSERT_CONTAINS(err.message, "outbox init");
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
     ASSERT_EQ(from, 0);
-    ASSERT_EQ(to, 3);
+    ASSERT_EQ(to, 4);
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-    ASSERT_EQ(from, 3);
+    ASSERT_EQ(from, 4);
     ASSERT_OK(s.ops->check_schema(s.state, &err), &err);
     outbox__store_close(&s);
 
@@ -141,13 +144,13 @@ TEST(init_and_schema)
     ASSERT_EQ(outbox_schema_init_pg(c, "other_schema", &err), OUTBOX_EINVAL);
     pgh_exec(c, "ROLLBACK");
 
-    /* A version 1 schema (no waiting flag) is upgraded to 3. */
+    /* A version 1 schema (no waiting flag) is upgraded to 4. */
     pgh_exec(c, "ALTER TABLE other_schema.relays DROP COLUMN waiting");
     pgh_exec(c, "DROP FUNCTION other_schema.wake_relays()");
     pgh_exec(c, "UPDATE other_schema.meta SET value = '1' WHERE key = 'schema_version'");
     ASSERT_OK(outbox_schema_init_pg(c, "other_schema", &err), &err);
     ASSERT_EQ(pgh_count(c, "SELECT value::int FROM other_schema.meta WHERE key = 'schema_version'"),
-              3);
+              4);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                            " 'other_schema' AND table_name = 'relays' AND column_name = 'waiting'"),
               1);
@@ -182,7 +185,7 @@ static void enqueue_one(PGconn *c, const char *schema, const char *agg)
 }
 
 /* A version 2 schema (every enqueuing statement reads the relays table in
- * a SECURITY DEFINER trigger) is upgraded to 3 in place, keeping its rows;
+ * a SECURITY DEFINER trigger) is upgraded in place, keeping its rows;
  * afterwards the trigger notifies only while a relay holds the "asleep"
  * lock and its flag is set, also for a role that may only insert into the
  * outbox (no rights on relays). */
@@ -216,7 +219,7 @@ TEST(upgrade_v2_to_v3)
 
     ASSERT_OK(outbox_schema_init_pg(c, "v2_schema", &err), &err);
     ASSERT_EQ(pgh_count(c, "SELECT value::int FROM v2_schema.meta WHERE key = 'schema_version'"),
-              3);
+              4);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM v2_schema.outbox"), 2);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_proc WHERE proname = 'notify_enqueue'"
                            " AND pronamespace = 'v2_schema'::regnamespace AND NOT prosecdef"),
@@ -996,7 +999,7 @@ TEST(claim_order_and_outcomes)
     ASSERT_EQ(st.pending, 0);
     ASSERT_EQ(st.failed, 1);
     ASSERT_EQ(st.sent, 1);
-    ASSERT_EQ(st.schema_version, 3);
+    ASSERT_EQ(st.schema_version, 4);
     char failed_id[64];
     snprintf(failed_id, sizeof failed_id, "%s", "");
     {
@@ -1061,6 +1064,164 @@ TEST(out_of_order_commits)
     outbox__store_close(&s);
     PQfinish(t1);
     PQfinish(t2);
+}
+
+/* Lets the next claim refresh its floor (FLOOR_REFRESH_MS is 200). */
+static void floor_due(void)
+{
+    outbox__sleep_us(250 * 1000);
+}
+
+/* The claim floor never passes a row that may still commit: x1's
+ * transaction is open (and holds the lowest seq) while later rows are
+ * published and deleted and the floor is refreshed; once it commits, x1
+ * comes, and before the next message of its aggregate. */
+TEST(claim_floor_waits_for_open_writers)
+{
+    outbox_store s;
+    outbox_error err;
+    outbox_msg **msgs = NULL;
+    size_t n;
+    PGconn *t1 = pgh_connect(&server);
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    open_store(&s, url);
+
+    outbox_msg *x1 = make_msg("x", "{\"x\":1}");
+    pgh_exec(t1, "BEGIN");
+    ASSERT_OK(outbox_enqueue_pg(t1, x1, &err), &err);
+    for (int i = 0; i < 5; i++)
+        store_enqueue(&s, "z", i);
+    for (int round = 0; round < 3; round++) {
+        floor_due();
+        n = claim(&s, &msgs, 1);
+        ASSERT_EQ(n, round == 0 ? 5 : 0);
+        if (n) complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+        free_msgs(msgs, n);
+        store_enqueue(&s, "z", 10 + round); /* more committed rows above x1 */
+        n = claim(&s, &msgs, 1);
+        ASSERT_EQ(n, 1);
+        complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+        free_msgs(msgs, n);
+    }
+    pgh_exec(t1, "COMMIT");
+    store_enqueue(&s, "x", 2);
+    floor_due();
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 2);
+    ASSERT_STREQ(msgs[0]->id, outbox_msg_id(x1));
+    ASSERT_STREQ(msgs[1]->aggregate_id, "x");
+    ASSERT(msgs[1]->seq > msgs[0]->seq);
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
+
+    outbox_msg_free(x1);
+    outbox__store_close(&s);
+    PQfinish(t1);
+    PQfinish(c);
+}
+
+/* A failed message requeued below the claim floor (`outbox retry`) is
+ * claimed at once, before the later message of its aggregate that it
+ * blocked: the requeue renews the epoch the claim checks. */
+TEST(claim_floor_and_requeue)
+{
+    outbox_store s;
+    outbox_error err;
+    outbox_msg **msgs = NULL;
+    size_t n;
+    char epoch[64], r1[64];
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    open_store(&s, url);
+
+    store_enqueue(&s, "r", 1);
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 1);
+    snprintf(r1, sizeof r1, "%s", msgs[0]->id);
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_FAILED, 0, "rejected", OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+    for (int i = 0; i < 3; i++)
+        store_enqueue(&s, "q", i);
+    floor_due(); /* the floor moves above r1 (failed, not pending) */
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 3);
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+    store_enqueue(&s, "r", 2);
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 0); /* r2 waits behind the failed r1 */
+    free_msgs(msgs, n);
+
+    {
+        PGresult *r = PQexec(c, "SELECT value FROM outbox.meta WHERE key = 'requeue_epoch'");
+        ASSERT_EQ(PQntuples(r), 1);
+        snprintf(epoch, sizeof epoch, "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    int64_t count = 0;
+    const char *ids[] = {r1};
+    ASSERT_OK(s.ops->retry(s.state, ids, 1, 0, &count, &err), &err);
+    ASSERT_EQ(count, 1);
+    {
+        PGresult *r = PQexec(c, "SELECT value FROM outbox.meta WHERE key = 'requeue_epoch'");
+        ASSERT(strcmp(PQgetvalue(r, 0, 0), epoch) != 0);
+        PQclear(r);
+    }
+    n = claim(&s, &msgs, 1); /* no refresh in between */
+    ASSERT_EQ(n, 2);
+    ASSERT_STREQ(msgs[0]->id, r1);
+    ASSERT_EQ(msgs[0]->attempts, 0);
+    ASSERT_STREQ(msgs[1]->aggregate_id, "r");
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
+
+    outbox__store_close(&s);
+    PQfinish(c);
+}
+
+/* A role that cannot read the seq sequence claims without a floor: the
+ * claims are the same, and the log says why once. */
+TEST(claim_floor_without_rights)
+{
+    outbox_store s;
+    outbox_msg **msgs = NULL;
+    outbox_buf logs;
+    size_t n;
+    char u2[800];
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    pgh_exec(c, "DROP ROLE IF EXISTS outbox_no_seq");
+    pgh_exec(c, "CREATE ROLE outbox_no_seq LOGIN");
+    pgh_exec(c, "GRANT USAGE ON SCHEMA outbox TO outbox_no_seq");
+    pgh_exec(c, "GRANT ALL ON ALL TABLES IN SCHEMA outbox TO outbox_no_seq");
+    ASSERT(strchr(server.url, '@') != NULL);
+    snprintf(u2, sizeof u2, "postgres://outbox_no_seq@%s", strchr(server.url, '@') + 1);
+    outbox__buf_init(&logs);
+    outbox_log_set(capture_log, &logs, OUTBOX_LOG_INFO);
+    open_store(&s, u2);
+    for (int i = 0; i < 4; i++)
+        store_enqueue(&s, i % 2 ? "a" : "b", i);
+    for (int round = 0; round < 2; round++) {
+        floor_due();
+        n = claim(&s, &msgs, 1);
+        ASSERT_EQ(n, round == 0 ? 4 : 1);
+        complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+        free_msgs(msgs, n);
+        store_enqueue(&s, "a", 10);
+    }
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    ASSERT_CONTAINS(logs.data, "claim floor");
+    ASSERT(strstr(strstr(logs.data, "claim floor") + 1, "claim floor") == NULL); /* once */
+    outbox__store_close(&s);
+    outbox__buf_free(&logs);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 1);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    pgh_exec(c, "DROP OWNED BY outbox_no_seq");
+    pgh_exec(c, "DROP ROLE outbox_no_seq");
+    PQfinish(c);
 }
 
 TEST(skip_locked_and_notify)
@@ -1560,6 +1721,9 @@ int main(void)
     RUN(inbox_purge);
     RUN(claim_order_and_outcomes);
     RUN(out_of_order_commits);
+    RUN(claim_floor_waits_for_open_writers);
+    RUN(claim_floor_and_requeue);
+    RUN(claim_floor_without_rights);
     RUN(skip_locked_and_notify);
     RUN(notify_only_while_waiting);
     RUN(relay_woken_by_notify);

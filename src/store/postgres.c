@@ -27,6 +27,25 @@
  * reconnect: a new session would not hold them).  Its complete opens its
  * own transaction.
  *
+ * Claim floor: a claim walks the pending index in seq order from a floor,
+ * a seq below which no row is pending, not from the index's start: sent
+ * rows leave dead entries at the front of the index until VACUUM, and a
+ * relay draining a backlog deletes far faster than autovacuum cleans, so
+ * without the floor every claim stepped over every entry deleted since and
+ * cost more than the batch it returned.  The floor is refreshed at most
+ * every FLOOR_REFRESH_MS, between claims, as min(M, L + 1): L is the seq
+ * identity's last value, read first, and then W, the transactions holding
+ * a write lock on the outbox table (pg_locks); a transaction that inserts
+ * holds that lock from before it draws its seq until it ends, so once none
+ * of W is running every row with seq <= L is committed or never will be.
+ * M is the lowest pending seq (any partition, in flight or not), read in a
+ * snapshot taken after that.  Later inserts get seqs above L, and rows only
+ * leave the pending state, except when one is put back (`outbox retry`):
+ * the trigger outbox_requeue (schema version 4) then gives meta
+ * 'requeue_epoch' a new value, and a claim whose snapshot sees an epoch
+ * other than the floor's scans from the start.  A session that cannot read
+ * the sequence or pg_locks claims without a floor (logged once).
+ *
  * Several relays: the aggregate id is hashed into P partitions (a stored
  * generated column; P is fixed at init).  A relay holds a membership
  * advisory lock and partition advisory locks on its own session; between
@@ -96,6 +115,8 @@
 #define MAX_PARTITIONS 1024
 /* How often (at most) a relay rebalances its partitions between batches. */
 #define REBALANCE_MS 500
+/* How often (at most) a relay refreshes its claim floor (see above). */
+#define FLOOR_REFRESH_MS 200
 
 /* ------------------------------------------------------------------------
  * Schema
@@ -252,6 +273,21 @@ static const char *const migrations[] = {
     " PERFORM {s}.wake_relays();\n"
     " RETURN NULL;\n"
     "END $fn$;",
+    /* 4: a row put back to pending renews meta 'requeue_epoch', which the
+     * claim compares with its floor's (see "Claim floor" above).  The epoch
+     * is random, so a schema made again does not repeat it. */
+    "INSERT INTO {s}.meta (key, value) VALUES ('requeue_epoch', gen_random_uuid()::text)"
+    " ON CONFLICT (key) DO NOTHING;"
+    "CREATE OR REPLACE FUNCTION {s}.renew_requeue_epoch() RETURNS trigger LANGUAGE plpgsql"
+    " SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$\n"
+    "BEGIN\n"
+    " UPDATE {s}.meta SET value = gen_random_uuid()::text WHERE key = 'requeue_epoch';\n"
+    " RETURN NULL;\n"
+    "END $fn$;"
+    "DROP TRIGGER IF EXISTS outbox_requeue ON {s}.outbox;"
+    "CREATE TRIGGER outbox_requeue AFTER UPDATE OF status ON {s}.outbox FOR EACH ROW"
+    " WHEN (OLD.status <> 'pending' AND NEW.status = 'pending')"
+    " EXECUTE FUNCTION {s}.renew_requeue_epoch();",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -1069,6 +1105,14 @@ typedef struct pg_store {
     int64_t next_rebalance_us; /* monotonic */
     int64_t ttl_ms;
 
+    /* Claim floor (see "Claim floor" above). */
+    int64_t floor;         /* no row below it is pending; 0: none known */
+    char floor_epoch[64];  /* meta 'requeue_epoch' when floor was found */
+    int floor_off;         /* this session cannot read what the floor needs */
+    int64_t floor_next_us; /* monotonic time of the next refresh */
+    int64_t wait_seq;      /* L of a refresh waiting for wait_xacts to end */
+    char *wait_xacts;      /* array literal of their virtual xids; NULL: none */
+
     outbox_buf sql;      /* scratch */
     outbox_buf a1, a2, a3; /* array literals for complete */
 } pg_store;
@@ -1329,6 +1373,7 @@ static void pg_close(void *state)
     if (st->conn) PQfinish(st->conn);
     free(st->conninfo);
     free(st->held);
+    free(st->wait_xacts);
     outbox__buf_free(&st->sql);
     outbox__buf_free(&st->a1);
     outbox__buf_free(&st->a2);
@@ -1819,11 +1864,14 @@ static int pg_lease_release(void *state, const char *owner, outbox_error *err)
 
 /* The claim's columns and its due, partition and ordering conditions,
  * shared by the claim and the pipelined claim. */
+/* $5, $6: the floor's requeue epoch and the floor (see "Claim floor"). */
 #define CLAIM_SELECT_WHERE                                                                         \
     "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"                   \
     " aggregate_type, aggregate_id, payload::text, headers::text, attempts"                        \
     " FROM {s}.outbox o"                                                                           \
     " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"                            \
+    " AND o.seq >= CASE WHEN (SELECT value FROM {s}.meta WHERE key = 'requeue_epoch') ="           \
+    " $5::text THEN $6::bigint ELSE 0 END"                                                         \
     " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"      \
     " '1 microsecond')"
 #define CLAIM_NOT_BLOCKED                                                                          \
@@ -1837,13 +1885,13 @@ static const char claim_tmpl[] =
     CLAIM_SELECT_WHERE CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
 
 /* Pipelined claim: the same selection as a plain read, without the seqs in
- * flight ($5, between $6 and $7: only rows in that range are looked up in
+ * flight ($7, between $8 and $9: only rows in that range are looked up in
  * the array, which PostgreSQL scans linearly).  No row locks: the relay's
  * partition advisory locks keep the rows its own, and it keeps them while a
  * batch is out (no rebalancing). */
 static const char claim_pipelined_tmpl[] =
     CLAIM_SELECT_WHERE
-    " AND (o.seq < $6::bigint OR o.seq > $7::bigint OR NOT (o.seq = ANY($5::bigint[])))"
+    " AND (o.seq < $8::bigint OR o.seq > $9::bigint OR NOT (o.seq = ANY($7::bigint[])))"
     CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4";
 
 enum { P_CLAIM, P_DELETE, P_MARK, P_RETRY, P_FAIL, P_CLAIM_PIPELINED, P_COUNT };
@@ -1900,14 +1948,111 @@ static int begin_async(pg_store *st, const char *what, outbox_error *err)
     return OUTBOX_OK;
 }
 
+/* A one-row query of the floor refresh; NULL after logging why the floor is
+ * turned off for this session, or (connection lost) with err filled. */
+static PGresult *floor_query(pg_store *st, const char *sql, const char *param, int *code,
+                             outbox_error *err)
+{
+    const char *params[1] = {param};
+    PGresult *res = PQexecParams(st->conn, sql, param ? 1 : 0, NULL, params, NULL, NULL, 0);
+    char msg[300];
+
+    *code = OUTBOX_OK;
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) return res;
+    if (PQstatus(st->conn) != CONNECTION_OK) {
+        *code = pq_fail(st->conn, res, "refreshing the claim floor", err);
+    } else {
+        outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                    "%s: claims scan the pending index from its start (the claim floor needs "
+                    "to read the outbox's seq sequence and pg_locks: %s)",
+                    st->shown, pq_message(PQresultErrorMessage(res), msg, sizeof msg));
+        st->floor_off = 1;
+        st->floor = 0;
+    }
+    PQclear(res);
+    return NULL;
+}
+
+/* Refreshes the claim floor when it is due (see "Claim floor" above); runs
+ * between transactions.  Fails only when the connection is lost. */
+static int floor_refresh(pg_store *st, outbox_error *err)
+{
+    char table[200];
+    PGresult *res;
+    int64_t now = outbox__monotonic_us(), settled = -1, last, lowest;
+    int code;
+
+    if (st->floor_off || now < st->floor_next_us) return OUTBOX_OK;
+    st->floor_next_us = now + (int64_t)FLOOR_REFRESH_MS * 1000;
+    snprintf(table, sizeof table, "%s.outbox", st->qschema);
+    if (st->wait_xacts) {
+        res = floor_query(st,
+                          "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks"
+                          " WHERE virtualtransaction = ANY($1::text[]))",
+                          st->wait_xacts, &code, err);
+        if (!res) return code;
+        if (strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+            settled = st->wait_seq;
+            free(st->wait_xacts);
+            st->wait_xacts = NULL;
+        }
+        PQclear(res);
+        if (settled < 0) return OUTBOX_OK; /* still running: next time */
+    }
+    /* L first, then the transactions that may still commit rows up to L. */
+    res = floor_query(st,
+                      "SELECT coalesce(pg_catalog.pg_sequence_last_value("
+                      "pg_catalog.pg_get_serial_sequence($1, 'seq')::regclass), 0)",
+                      table, &code, err);
+    if (!res) return code;
+    last = parse_i64(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    res = floor_query(st,
+                      "SELECT coalesce(pg_catalog.array_agg(virtualtransaction)::text, '')"
+                      " FROM pg_catalog.pg_locks WHERE locktype = 'relation'"
+                      " AND database = (SELECT oid FROM pg_catalog.pg_database"
+                      "  WHERE datname = pg_catalog.current_database())"
+                      " AND relation = $1::regclass"
+                      " AND mode NOT IN ('AccessShareLock', 'RowShareLock')"
+                      " AND pid IS DISTINCT FROM pg_catalog.pg_backend_pid()",
+                      table, &code, err);
+    if (!res) return code;
+    if (PQgetvalue(res, 0, 0)[0] == '\0') {
+        settled = last;
+    } else {
+        st->wait_xacts = strdup(PQgetvalue(res, 0, 0)); /* none: try again next time */
+        st->wait_seq = last;
+    }
+    PQclear(res);
+    if (settled < 0) return OUTBOX_OK;
+    /* M and the epoch, in a snapshot taken after the writers above ended. */
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql,
+                       "SELECT (SELECT min(seq) FROM %s.outbox WHERE status = 'pending'),"
+                       " (SELECT value FROM %s.meta WHERE key = 'requeue_epoch')",
+                       st->qschema, st->qschema);
+    if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+    res = floor_query(st, st->sql.data, NULL, &code, err);
+    if (!res) return code;
+    lowest = PQgetisnull(res, 0, 0) ? INT64_MAX : parse_i64(PQgetvalue(res, 0, 0));
+    if (PQgetisnull(res, 0, 1) || PQgetlength(res, 0, 1) >= (int)sizeof st->floor_epoch) {
+        st->floor = 0; /* no epoch to check against: no floor */
+    } else {
+        snprintf(st->floor_epoch, sizeof st->floor_epoch, "%s", PQgetvalue(res, 0, 1));
+        st->floor = lowest < settled + 1 ? lowest : settled + 1;
+    }
+    PQclear(res);
+    return OUTBOX_OK;
+}
+
 /* The plain claim (a transaction left open until complete), or the
  * pipelined one (a plain read without the seqs in exclude). */
 static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
                  const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs, size_t *n,
                  outbox_error *err)
 {
-    const char *params[7];
-    char now[32], limit[32];
+    const char *params[9];
+    char now[32], limit[32], floor[32];
     outbox_msg **arr = NULL;
     PGresult *res = NULL;
     size_t count = 0;
@@ -1942,6 +2087,8 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     }
     code = prepare_hot(st, err);
     if (code != OUTBOX_OK) return code;
+    code = floor_refresh(st, err);
+    if (code != OUTBOX_OK) return code;
 
     /* Partitions to claim from: the held ones, or all for a store used
      * without a lease (the CLI's one-off commands, tests). */
@@ -1961,6 +2108,9 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     params[1] = now;
     params[2] = p->failed_blocks_aggregate ? "true" : "false";
     params[3] = limit;
+    snprintf(floor, sizeof floor, "%lld", (long long)st->floor);
+    params[4] = st->floor_epoch;
+    params[5] = floor;
 
     if (pipelined) {
         char lo[32], hi[32];
@@ -1975,12 +2125,12 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         }
         outbox__buf_puts(&st->a2, "}");
         if (st->a2.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
-        params[4] = st->a2.data;
+        params[6] = st->a2.data;
         snprintf(lo, sizeof lo, "%lld", (long long)min); /* empty: lo > hi, no lookup */
         snprintf(hi, sizeof hi, "%lld", (long long)max);
-        params[5] = lo;
-        params[6] = hi;
-        res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 7, params, NULL, NULL, 0);
+        params[7] = lo;
+        params[8] = hi;
+        res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 9, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             code = pq_fail(st->conn, res, "claiming messages", err);
             goto fail;
@@ -1993,7 +2143,7 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
      * claim transaction does not wait for its WAL flush. */
     code = begin_async(st, "starting the claim transaction", err);
     if (code != OUTBOX_OK) return code;
-    res = PQexecPrepared(st->conn, hot_name[P_CLAIM], 4, params, NULL, NULL, 0);
+    res = PQexecPrepared(st->conn, hot_name[P_CLAIM], 6, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         code = pq_fail(st->conn, res, "claiming messages", err);
         goto fail;
