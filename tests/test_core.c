@@ -7,6 +7,7 @@
 #include "test.h"
 
 #include <jansson.h>
+#include <time.h>
 
 /* Expects outbox_msg_new to fail with code and a message containing want. */
 static void expect_new_fails(const char *type, const char *agg_type, const char *agg_id,
@@ -627,6 +628,23 @@ TEST(time_format)
     ASSERT_STREQ(buf, "2000-02-29T00:00:00.000001Z");
     outbox_time_format(INT64_C(253402300799999999), buf);
     ASSERT_STREQ(buf, "9999-12-31T23:59:59.999999Z");
+    outbox_time_format(-5, buf); /* clamped */
+    ASSERT_STREQ(buf, "1970-01-01T00:00:00.000000Z");
+    /* Agrees with gmtime_r: every day of 1970-2400 (a time inside each day
+     * moving back a second a day; 2100, 2200, 2300 are not leap years,
+     * 2000 and 2400 are), then every 97 days and 13 s up to 9999. */
+    for (int64_t sec = 0; sec <= INT64_C(253402300799);
+         sec += sec < INT64_C(13574563200) ? 86400 - 1 : 97 * 86400 + 13) {
+        struct tm tm;
+        time_t t = (time_t)sec;
+        char want[96];
+        ASSERT(gmtime_r(&t, &tm) != NULL);
+        snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.000042Z", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        outbox_time_format(sec * 1000000 + 42, buf);
+        if (strcmp(buf, want) != 0)
+            TEST_FAIL_("%lld s: %s, gmtime_r says %s", (long long)sec, buf, want);
+    }
 }
 
 TEST(time_parse)

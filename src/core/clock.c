@@ -39,27 +39,52 @@ void outbox__sleep_us(int64_t us)
     while (nanosleep(&ts, &rem) != 0 && errno == EINTR) ts = rem;
 }
 
+/* Writes v as exactly width decimal digits at p (v < 10^width). */
+static void put_digits(char *p, unsigned v, int width)
+{
+    while (width-- > 0) {
+        p[width] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
 /* "2026-11-28T00:40:27.123456Z" into buf (32 bytes).  Values outside
- * years 1970..9999 are clamped to that range. */
+ * years 1970..9999 are clamped to that range.  Plain arithmetic (days to
+ * the proleptic Gregorian calendar, in 400-year eras): the destinations
+ * format one time per message, and gmtime_r takes glibc's time-zone lock
+ * on every call. */
 void outbox_time_format(int64_t unix_us, char buf[32])
 {
-    int64_t sec, frac;
-    time_t t;
-    struct tm tm;
+    int64_t sec, days, rem;
+    unsigned era_day, year_of_era, day_of_year, mp, year, month, day;
     if (unix_us < 0) unix_us = 0;
     if (unix_us > INT64_C(253402300799999999)) unix_us = INT64_C(253402300799999999);
     sec = unix_us / 1000000;
-    frac = unix_us % 1000000;
-    t = (time_t)sec;
-    if (!gmtime_r(&t, &tm)) {
-        snprintf(buf, 32, "1970-01-01T00:00:00.000000Z");
-        return;
-    }
-    snprintf(buf, 32, "%04u-%02u-%02uT%02u:%02u:%02u.%06uZ",
-             (unsigned)(tm.tm_year + 1900) % 10000u, (unsigned)(tm.tm_mon + 1) % 100u,
-             (unsigned)tm.tm_mday % 100u, (unsigned)tm.tm_hour % 100u,
-             (unsigned)tm.tm_min % 100u, (unsigned)tm.tm_sec % 100u,
-             (unsigned)frac % 1000000u);
+    days = sec / 86400;
+    rem = sec % 86400;
+    days += 719468; /* from 0000-03-01, so the leap day ends a year */
+    era_day = (unsigned)(days % 146097);
+    year_of_era = (era_day - era_day / 1460 + era_day / 36524 - era_day / 146096) / 365;
+    day_of_year = era_day - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    mp = (5 * day_of_year + 2) / 153; /* month from March = 0 */
+    day = day_of_year - (153 * mp + 2) / 5 + 1;
+    month = mp < 10 ? mp + 3 : mp - 9;
+    year = (unsigned)(days / 146097) * 400 + year_of_era + (month <= 2);
+    put_digits(buf, year, 4);
+    buf[4] = '-';
+    put_digits(buf + 5, month, 2);
+    buf[7] = '-';
+    put_digits(buf + 8, day, 2);
+    buf[10] = 'T';
+    put_digits(buf + 11, (unsigned)(rem / 3600), 2);
+    buf[13] = ':';
+    put_digits(buf + 14, (unsigned)(rem / 60 % 60), 2);
+    buf[16] = ':';
+    put_digits(buf + 17, (unsigned)(rem % 60), 2);
+    buf[19] = '.';
+    put_digits(buf + 20, (unsigned)(unix_us % 1000000), 6);
+    buf[26] = 'Z';
+    buf[27] = '\0';
 }
 
 /* Fills p with n bytes from the OS; falls back to /dev/urandom, then to

@@ -988,9 +988,10 @@ static int nats_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         pthread_mutex_unlock(&st->mu);
         return OUTBOX_ENOMEM;
     }
-    for (i = 0; i < n; i++)
-        set_result(&results[i], OUTBOX_EPUBLISH, "no ack from JetStream within %lld ms",
+    if (n > 0)
+        set_result(&results[0], OUTBOX_EPUBLISH, "no ack from JetStream within %lld ms",
                    (long long)st->ack_timeout_ms);
+    for (i = 1; i < n; i++) results[i] = results[0]; /* formatted once */
     b->results = results;
     b->outstanding = 0;
     b->stalled = older ? older->stalled : 0;
