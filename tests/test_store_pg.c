@@ -1066,6 +1066,56 @@ TEST(out_of_order_commits)
     PQfinish(t2);
 }
 
+/* The pipelined claim leaves out the seqs in flight: a consecutive run
+ * (excluded by its range alone) and a list with gaps, where the rows in
+ * the gaps are claimed. */
+TEST(claim_pipelined_excludes_in_flight)
+{
+    outbox_store s;
+    outbox_error err;
+    outbox_msg **msgs = NULL, **more = NULL;
+    size_t n, m, i;
+    int64_t seqs[8], ex[4];
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    open_store(&s, url);
+    ASSERT(s.ops->version >= 4 && s.ops->claim_pipelined != NULL);
+    for (i = 0; i < 8; i++) store_enqueue(&s, "p", (int)i); /* one aggregate: in order */
+    outbox_claim_params p = {3, outbox__now_us(), 1, 0};
+    ASSERT_OK(s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err), &err);
+    ASSERT_EQ(n, 3);
+    for (i = 0; i < n; i++) seqs[i] = msgs[i]->seq;
+    ASSERT_EQ(seqs[1], seqs[0] + 1);
+    ASSERT_EQ(seqs[2], seqs[0] + 2);
+    /* Consecutive in flight: the next three. */
+    ASSERT_OK(s.ops->claim_pipelined(s.state, &p, seqs, 3, &more, &m, &err), &err);
+    ASSERT_EQ(m, 3);
+    for (i = 0; i < m; i++) ASSERT_EQ(more[i]->seq, seqs[0] + 3 + (int64_t)i);
+    free_msgs(more, m);
+    /* With gaps (the 2nd and 4th not in flight): those come first. */
+    ex[0] = seqs[0];
+    ex[1] = seqs[0] + 2;
+    ex[2] = seqs[0] + 4;
+    p.batch_size = 2;
+    ASSERT_OK(s.ops->claim_pipelined(s.state, &p, ex, 3, &more, &m, &err), &err);
+    ASSERT_EQ(m, 2);
+    ASSERT_EQ(more[0]->seq, seqs[0] + 1);
+    ASSERT_EQ(more[1]->seq, seqs[0] + 3);
+    free_msgs(more, m);
+    /* Out of order (not consecutive as given): looked up one by one. */
+    ex[0] = seqs[0] + 1;
+    ex[1] = seqs[0];
+    ex[2] = seqs[0] + 2;
+    ASSERT_OK(s.ops->claim_pipelined(s.state, &p, ex, 3, &more, &m, &err), &err);
+    ASSERT_EQ(m, 2);
+    ASSERT_EQ(more[0]->seq, seqs[0] + 3);
+    free_msgs(more, m);
+    free_msgs(msgs, n);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    outbox__store_close(&s);
+    PQfinish(c);
+}
+
 /* Lets the next claim refresh its floor (FLOOR_REFRESH_MS is 200). */
 static void floor_due(void)
 {
@@ -1721,6 +1771,7 @@ int main(void)
     RUN(inbox_purge);
     RUN(claim_order_and_outcomes);
     RUN(out_of_order_commits);
+    RUN(claim_pipelined_excludes_in_flight);
     RUN(claim_floor_waits_for_open_writers);
     RUN(claim_floor_and_requeue);
     RUN(claim_floor_without_rights);

@@ -1885,14 +1885,17 @@ static const char claim_tmpl[] =
     CLAIM_SELECT_WHERE CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
 
 /* Pipelined claim: the same selection as a plain read, without the seqs in
- * flight ($7, between $8 and $9: only rows in that range are looked up in
- * the array, which PostgreSQL scans linearly).  No row locks: the relay's
- * partition advisory locks keep the rows its own, and it keeps them while a
- * batch is out (no rebalancing). */
+ * flight ($7, between $8 and $9).  Rows in that range are looked up in the
+ * array, which PostgreSQL scans linearly, unless $10 says the seqs in
+ * flight are consecutive: then every row in the range is in flight and the
+ * range check alone excludes them.  No row locks: the relay's partition
+ * advisory locks keep the rows its own, and it keeps them while a batch is
+ * out (no rebalancing). */
 static const char claim_pipelined_tmpl[] =
     CLAIM_SELECT_WHERE
-    " AND (o.seq < $8::bigint OR o.seq > $9::bigint OR NOT (o.seq = ANY($7::bigint[])))"
-    CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4";
+    " AND (o.seq < $8::bigint OR o.seq > $9::bigint"
+    " OR (NOT $10::boolean AND NOT (o.seq = ANY($7::bigint[]))))" CLAIM_NOT_BLOCKED
+    " ORDER BY o.seq LIMIT $4";
 
 enum { P_CLAIM, P_DELETE, P_MARK, P_RETRY, P_FAIL, P_CLAIM_PIPELINED, P_COUNT };
 
@@ -2051,7 +2054,7 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
                  const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs, size_t *n,
                  outbox_error *err)
 {
-    const char *params[9];
+    const char *params[10];
     char now[32], limit[32], floor[32];
     outbox_msg **arr = NULL;
     PGresult *res = NULL;
@@ -2114,7 +2117,9 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
 
     if (pipelined) {
         char lo[32], hi[32];
+        /* Nothing in flight: lo > hi, no row is in the range. */
         int64_t min = INT64_MAX, max = INT64_MIN;
+        int consecutive = exclude_count > 0;
         size_t k;
         outbox__buf_reset(&st->a2);
         outbox__buf_puts(&st->a2, "{");
@@ -2122,15 +2127,17 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
             outbox__buf_printf(&st->a2, "%s%lld", k ? "," : "", (long long)exclude[k]);
             if (exclude[k] < min) min = exclude[k];
             if (exclude[k] > max) max = exclude[k];
+            if (k > 0 && exclude[k] != exclude[k - 1] + 1) consecutive = 0;
         }
         outbox__buf_puts(&st->a2, "}");
         if (st->a2.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
         params[6] = st->a2.data;
-        snprintf(lo, sizeof lo, "%lld", (long long)min); /* empty: lo > hi, no lookup */
+        snprintf(lo, sizeof lo, "%lld", (long long)min);
         snprintf(hi, sizeof hi, "%lld", (long long)max);
         params[7] = lo;
         params[8] = hi;
-        res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 9, params, NULL, NULL, 0);
+        params[9] = consecutive ? "true" : "false"; /* each one more than the one before */
+        res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 10, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             code = pq_fail(st->conn, res, "claiming messages", err);
             goto fail;
