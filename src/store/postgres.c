@@ -1862,9 +1862,9 @@ static int pg_lease_release(void *state, const char *owner, outbox_error *err)
  * Claim and complete
  * ---------------------------------------------------------------------- */
 
-/* The claim's columns and its due, partition and ordering conditions,
- * shared by the claim and the pipelined claim. */
-/* $5, $6: the floor's requeue epoch and the floor (see "Claim floor"). */
+/* The claim's columns and its due, partition, floor and ordering
+ * conditions, shared by the claim and the pipelined claim ($5, $6: the
+ * floor's requeue epoch and the floor, see "Claim floor"). */
 #define CLAIM_SELECT_WHERE                                                                         \
     "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"                   \
     " aggregate_type, aggregate_id, payload::text, headers::text, attempts"                        \
