@@ -2016,7 +2016,10 @@ static int floor_refresh(pg_store *st, outbox_error *err)
                       " AND database = (SELECT oid FROM pg_catalog.pg_database"
                       "  WHERE datname = pg_catalog.current_database())"
                       " AND relation = $1::regclass"
-                      " AND mode NOT IN ('AccessShareLock', 'RowShareLock')"
+                      /* readers, SELECT FOR UPDATE, (auto)vacuum and analyze:
+                       * a writer holds RowExclusiveLock besides */
+                      " AND mode NOT IN ('AccessShareLock', 'RowShareLock',"
+                      " 'ShareUpdateExclusiveLock')"
                       " AND pid IS DISTINCT FROM pg_catalog.pg_backend_pid()",
                       table, &code, err);
     if (!res) return code;
