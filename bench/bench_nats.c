@@ -26,7 +26,9 @@
  *                    by tests/pg_harness.h (rows inserted server-side), when
  *                    the PostgreSQL binaries are installed; the ceiling is
  *                    measured again just before it ("again"), and the
- *                    PostgreSQL rows' ratios are to that one
+ *                    PostgreSQL rows' ratios are to that one; with
+ *                    --pg-rounds K the fill, that ceiling and the relay run
+ *                    K times
  *   store alone      the same relay runs from SQLite and from PostgreSQL to
  *                    discard: (the claim and completion work without a
  *                    broker): pipelining the next claim with a batch's acks
@@ -44,7 +46,7 @@
  * when nats-server or the NATS client library is missing.
  *
  * Usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES]
- *                   [--no-pg] [--no-kafka] [--no-serial]
+ *                   [--no-pg] [--no-kafka] [--no-serial] [--pg-rounds K]
  */
 #ifndef OUTBOX_HAVE_NATS
 #include <stdio.h>
@@ -442,8 +444,9 @@ static long long pg_left(PGconn *conn)
                                       " WHERE status <> 'sent'");
 }
 
-static void pg_case(int no_serial)
+static void pg_case(int no_serial, int pg_rounds)
 {
+    int round;
     char bin[256];
     bench_result res;
     relay_case c = {0};
@@ -474,43 +477,47 @@ static void pg_case(int no_serial)
                    PQgetvalue(v, 0, 0), PQgetvalue(v, 0, 1));
         PQclear(v);
     }
-    pg_fill(conn);
-    /* The ceiling again, right before the PostgreSQL cases: this machine's
-     * speed drifts over the minutes the SQLite cases and the fill take, so
-     * their ratios are to this one (the first is printed above). */
-    if (stream_create("BENCH_RAW_PG", "rawpg.>") == 0 &&
-        bench_run_child("nats ceiling (again)", run_nats_ceiling,
-                        (void *)"rawpg.Order.OrderPlaced", disarm_parent_handlers, &res) == 0 &&
-        check_stream("nats ceiling (again)", "BENCH_RAW_PG") == 0) {
-        print_row("nats raw async publish (again)", &res, 0);
-        pg_ceiling_rate = (double)res.count / res.seconds;
-    } else {
-        failures++;
-        goto out;
-    }
-    if (stream_create("BENCH_PG", "pg.>")) {
-        failures++;
-        goto out;
-    }
     snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);
     snprintf(c.to_url, sizeof c.to_url,
              "%s?stream=BENCH_PG&subject=pg.{aggregate_type}.{type}&max_pending=%lld", nats.url,
              window);
-    if (bench_run_child("postgres -> nats", run_relay, &c, disarm_parent_handlers, &res)) {
-        failures++;
-        goto out;
+    /* --pg-rounds K: the fill, the ceiling again and the relay, K times, so
+     * each relay run has a ceiling measured just before it. */
+    for (round = 0; round < pg_rounds; round++) {
+        pg_fill(conn);
+        /* The ceiling again, right before the PostgreSQL cases: this machine's
+         * speed drifts over the minutes the SQLite cases and the fill take, so
+         * their ratios are to this one (the first is printed above). */
+        if (stream_create("BENCH_RAW_PG", "rawpg.>") == 0 &&
+            bench_run_child("nats ceiling (again)", run_nats_ceiling,
+                            (void *)"rawpg.Order.OrderPlaced", disarm_parent_handlers, &res) == 0 &&
+            check_stream("nats ceiling (again)", "BENCH_RAW_PG") == 0) {
+            print_row("nats raw async publish (again)", &res, 0);
+            pg_ceiling_rate = (double)res.count / res.seconds;
+        } else {
+            failures++;
+            goto out;
+        }
+        if (stream_create("BENCH_PG", "pg.>")) {
+            failures++;
+            goto out;
+        }
+        if (bench_run_child("postgres -> nats", run_relay, &c, disarm_parent_handlers, &res)) {
+            failures++;
+            goto out;
+        }
+        left = pg_left(conn);
+        if (check_stream("postgres -> nats", "BENCH_PG")) {
+            failures++;
+            goto out;
+        }
+        if (left != 0) {
+            fprintf(stderr, "bench_nats: postgres -> nats: %lld unsent rows left\n", left);
+            failures++;
+            goto out;
+        }
+        print_row("postgres -> nats (relay)", &res, pg_ceiling_rate);
     }
-    left = pg_left(conn);
-    if (check_stream("postgres -> nats", "BENCH_PG")) {
-        failures++;
-        goto out;
-    }
-    if (left != 0) {
-        fprintf(stderr, "bench_nats: postgres -> nats: %lld unsent rows left\n", left);
-        failures++;
-        goto out;
-    }
-    print_row("postgres -> nats (relay)", &res, pg_ceiling_rate);
 
     if (!no_serial) {
         pg_fill(conn);
@@ -761,13 +768,13 @@ out:
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES] [--no-pg] "
-                    "[--no-kafka] [--no-serial]\n");
+                    "[--no-kafka] [--no-serial] [--pg-rounds K]\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
-    int no_pg = 0, no_kafka = 0, no_serial = 0, i;
+    int no_pg = 0, no_kafka = 0, no_serial = 0, pg_rounds = 1, i;
     char master[CH_PATH], copy[CH_PATH], to[700];
     bench_result res;
 
@@ -786,12 +793,15 @@ int main(int argc, char **argv)
             no_kafka = 1;
         else if (!strcmp(argv[i], "--no-serial"))
             no_serial = 1;
+        else if (!strcmp(argv[i], "--pg-rounds") && i + 1 < argc)
+            pg_rounds = atoi(argv[++i]);
         else
             return usage();
     }
     if (n_msgs < 1 || batch < 1 || batch > 100000 || window < 1 || window > 1000000 ||
-        aggregates < 1) {
-        fprintf(stderr, "bench_nats: -n, -b (1-100000), -w (1-1000000) and -a must be positive\n");
+        aggregates < 1 || pg_rounds < 1 || pg_rounds > 20) {
+        fprintf(stderr, "bench_nats: -n, -b (1-100000), -w (1-1000000), -a and --pg-rounds "
+                        "(1-20) must be positive\n");
         return 2;
     }
     if (access(NH_SERVER_BIN, X_OK) != 0) {
@@ -855,7 +865,7 @@ int main(int argc, char **argv)
 
         /* (3) PostgreSQL -> JetStream */
 #ifdef OUTBOX_HAVE_LIBPQ
-    if (!no_pg) pg_case(no_serial);
+    if (!no_pg) pg_case(no_serial, pg_rounds);
 #else
     if (!no_pg)
         printf("%-34s skipped: this build has no PostgreSQL store\n", "postgres -> nats (relay)");
