@@ -444,6 +444,29 @@ static long long pg_left(PGconn *conn)
                                       " WHERE status <> 'sent'");
 }
 
+/* One PostgreSQL -> JetStream case into a new stream (subjects
+ * "<prefix>.>"), checked: the stream holds every message and no row is
+ * left unsent.  0 or -1. */
+static int pg_nats_run(PGconn *conn, relay_case *c, const char *name, const char *stream,
+                       const char *prefix, bench_result *res)
+{
+    char subjects[32];
+    long long left;
+    snprintf(subjects, sizeof subjects, "%s.>", prefix);
+    if (stream_create(stream, subjects)) return -1;
+    snprintf(c->to_url, sizeof c->to_url,
+             "%s?stream=%s&subject=%s.{aggregate_type}.{type}&max_pending=%lld", nats.url, stream,
+             prefix, window);
+    if (bench_run_child(name, run_relay, c, disarm_parent_handlers, res)) return -1;
+    left = pg_left(conn);
+    if (check_stream(name, stream)) return -1;
+    if (left != 0) {
+        fprintf(stderr, "bench_nats: %s: %lld unsent rows left\n", name, left);
+        return -1;
+    }
+    return 0;
+}
+
 static void pg_case(int no_serial, int pg_rounds)
 {
     int round;
@@ -478,9 +501,6 @@ static void pg_case(int no_serial, int pg_rounds)
         PQclear(v);
     }
     snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);
-    snprintf(c.to_url, sizeof c.to_url,
-             "%s?stream=BENCH_PG&subject=pg.{aggregate_type}.{type}&max_pending=%lld", nats.url,
-             window);
     /* --pg-rounds K: the fill, the ceiling again and the relay, K times, so
      * each relay run has a ceiling measured just before it. */
     for (round = 0; round < pg_rounds; round++) {
@@ -498,21 +518,7 @@ static void pg_case(int no_serial, int pg_rounds)
             failures++;
             goto out;
         }
-        if (stream_create("BENCH_PG", "pg.>")) {
-            failures++;
-            goto out;
-        }
-        if (bench_run_child("postgres -> nats", run_relay, &c, disarm_parent_handlers, &res)) {
-            failures++;
-            goto out;
-        }
-        left = pg_left(conn);
-        if (check_stream("postgres -> nats", "BENCH_PG")) {
-            failures++;
-            goto out;
-        }
-        if (left != 0) {
-            fprintf(stderr, "bench_nats: postgres -> nats: %lld unsent rows left\n", left);
+        if (pg_nats_run(conn, &c, "postgres -> nats", "BENCH_PG", "pg", &res)) {
             failures++;
             goto out;
         }
@@ -521,30 +527,12 @@ static void pg_case(int no_serial, int pg_rounds)
 
     if (!no_serial) {
         pg_fill(conn);
-        if (stream_create("BENCH_PGS", "pgs.>")) {
-            failures++;
-            goto out;
-        }
-        snprintf(c.to_url, sizeof c.to_url,
-                 "%s?stream=BENCH_PGS&subject=pgs.{aggregate_type}.{type}&max_pending=%lld",
-                 nats.url, window);
         c.serial = 1;
-        if (bench_run_child("postgres -> nats (serial)", run_relay, &c, disarm_parent_handlers,
-                            &res)) {
+        if (pg_nats_run(conn, &c, "postgres -> nats (serial)", "BENCH_PGS", "pgs", &res)) {
             failures++;
             goto out;
         }
         c.serial = 0;
-        left = pg_left(conn);
-        if (check_stream("postgres -> nats (serial)", "BENCH_PGS")) {
-            failures++;
-            goto out;
-        }
-        if (left != 0) {
-            fprintf(stderr, "bench_nats: postgres -> nats (serial): %lld unsent rows left\n", left);
-            failures++;
-            goto out;
-        }
         print_row("postgres -> nats (serial relay)", &res, pg_ceiling_rate);
     }
 
