@@ -26,9 +26,12 @@
  *                    by tests/pg_harness.h (rows inserted server-side), when
  *                    the PostgreSQL binaries are installed; the ceiling is
  *                    measured again just before it ("again"), and the
- *                    PostgreSQL rows' ratios are to that one; with
- *                    --pg-rounds K the fill, that ceiling and the relay run
- *                    K times
+ *                    PostgreSQL rows' ratios are to that one, and right
+ *                    after it ("after", once the deleted rows are vacuumed):
+ *                    a line per round gives the relay's ratio to the mean
+ *                    of the two and to the first ceiling; with
+ *                    --pg-rounds K the fill, the ceilings and the relay run
+ *                    K times, and the medians over the rounds follow
  *   store alone      the same relay runs from SQLite and from PostgreSQL to
  *                    discard: (the claim and completion work without a
  *                    broker): pipelining the next claim with a batch's acks
@@ -45,8 +48,13 @@
  * unsent row left.  Exit status: 0, 1 on a failed case, 2 on bad usage, 77
  * when nats-server or the NATS client library is missing.
  *
+ * --fresh-server starts every case on a newly started nats-server with an
+ * empty store, so that no case runs on a server that stored and deleted the
+ * streams of the cases before it.
+ *
  * Usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES]
  *                   [--no-pg] [--no-kafka] [--no-serial] [--pg-rounds K]
+ *                   [--fresh-server]
  */
 #ifndef OUTBOX_HAVE_NATS
 #include <stdio.h>
@@ -278,10 +286,27 @@ static void child_stream_count(void *arg, bench_report *r)
     r->ok = 1;
 }
 
+/* --fresh-server: every case starts on a newly started nats-server with an
+ * empty store directory (same port), so no case runs on a server that has
+ * already stored and deleted the streams of the cases before it. */
+static int fresh_server;
+
+static void server_renew(void)
+{
+    char log[CH_PATH];
+    const char *rm[] = {"/bin/rm", "-rf", nats.dir, NULL};
+    nh_server_stop(&nats);
+    ch_path(log, "rm.log");
+    if (ch_run(rm, NULL, NULL, log, 60000) != 0 || mkdir(nats.dir, 0755) != 0)
+        TEST_FAIL_("cannot empty the nats-server store %s", nats.dir);
+    nh_server_start(&nats);
+}
+
 static int stream_create(const char *stream, const char *subjects)
 {
     const char *names[2] = {stream, subjects};
     bench_result res;
+    if (fresh_server) server_renew();
     return bench_run_child("stream create", child_stream_create, (void *)names,
                            disarm_parent_handlers, &res);
 }
@@ -299,6 +324,18 @@ static int check_stream(const char *what, const char *stream)
         return -1;
     }
     return 0;
+}
+
+/* The ceiling into a new stream (subjects "<prefix>.>"), checked. */
+static int ceiling_run(const char *name, const char *stream, const char *prefix,
+                       bench_result *res)
+{
+    char subjects[32], subject[64];
+    snprintf(subjects, sizeof subjects, "%s.>", prefix);
+    snprintf(subject, sizeof subject, "%s.Order.OrderPlaced", prefix);
+    if (stream_create(stream, subjects)) return -1;
+    if (bench_run_child(name, run_nats_ceiling, subject, disarm_parent_handlers, res)) return -1;
+    return check_stream(name, stream);
 }
 
 /* ------------------------------------------------------------------------
@@ -467,6 +504,19 @@ static int pg_nats_run(PGconn *conn, relay_case *c, const char *name, const char
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of v[0..n) (sorts v). */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 static void pg_case(int no_serial, int pg_rounds)
 {
     int round;
@@ -476,6 +526,7 @@ static void pg_case(int no_serial, int pg_rounds)
     PGconn *conn;
     outbox_error err = {0};
     long long left;
+    double relay_rate, mean, by_mean[20], by_first[20];
 
     if (!pgh_find_bin_(bin, sizeof bin)) {
         printf("%-34s skipped: PostgreSQL server binaries not found (set PG_BIN)\n",
@@ -508,22 +559,39 @@ static void pg_case(int no_serial, int pg_rounds)
         /* The ceiling again, right before the PostgreSQL cases: this machine's
          * speed drifts over the minutes the SQLite cases and the fill take, so
          * their ratios are to this one (the first is printed above). */
-        if (stream_create("BENCH_RAW_PG", "rawpg.>") == 0 &&
-            bench_run_child("nats ceiling (again)", run_nats_ceiling,
-                            (void *)"rawpg.Order.OrderPlaced", disarm_parent_handlers, &res) == 0 &&
-            check_stream("nats ceiling (again)", "BENCH_RAW_PG") == 0) {
-            print_row("nats raw async publish (again)", &res, 0);
-            pg_ceiling_rate = (double)res.count / res.seconds;
-        } else {
+        if (ceiling_run("nats ceiling (again)", "BENCH_RAW_PG", "rawpg", &res)) {
             failures++;
             goto out;
         }
+        print_row("nats raw async publish (again)", &res, 0);
+        pg_ceiling_rate = (double)res.count / res.seconds;
         if (pg_nats_run(conn, &c, "postgres -> nats", "BENCH_PG", "pg", &res)) {
             failures++;
             goto out;
         }
         print_row("postgres -> nats (relay)", &res, pg_ceiling_rate);
+        relay_rate = (double)res.count / res.seconds;
+        /* ...and once more right after it, with the relay's deletions
+         * vacuumed and checkpointed as the fill is before the first: the
+         * relay's ratio to the mean of the two brackets its run. */
+        pgh_exec(conn, "VACUUM bench_outbox.outbox");
+        pgh_exec(conn, "CHECKPOINT");
+        if (ceiling_run("nats ceiling (after)", "BENCH_RAW_PGA", "rawpga", &res)) {
+            failures++;
+            goto out;
+        }
+        print_row("nats raw async publish (after)", &res, 0);
+        mean = (pg_ceiling_rate + (double)res.count / res.seconds) / 2;
+        by_mean[round] = relay_rate / mean;
+        by_first[round] = nats_ceiling_rate > 0 ? relay_rate / nats_ceiling_rate : 0;
+        printf("  round %d: postgres -> nats / mean of the ceilings before and after it %.2f,"
+               " / first ceiling %.2f\n",
+               round + 1, by_mean[round], by_first[round]);
     }
+    if (pg_rounds > 1)
+        printf("  postgres -> nats over %d rounds: median %.2f of the ceilings around it,"
+               " median %.2f of the first ceiling\n",
+               pg_rounds, median(by_mean, pg_rounds), median(by_first, pg_rounds));
 
     if (!no_serial) {
         pg_fill(conn);
@@ -756,7 +824,7 @@ out:
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES] [--no-pg] "
-                    "[--no-kafka] [--no-serial] [--pg-rounds K]\n");
+                    "[--no-kafka] [--no-serial] [--pg-rounds K] [--fresh-server]\n");
     return 2;
 }
 
@@ -781,6 +849,8 @@ int main(int argc, char **argv)
             no_kafka = 1;
         else if (!strcmp(argv[i], "--no-serial"))
             no_serial = 1;
+        else if (!strcmp(argv[i], "--fresh-server"))
+            fresh_server = 1;
         else if (!strcmp(argv[i], "--pg-rounds") && i + 1 < argc)
             pg_rounds = atoi(argv[++i]);
         else
@@ -812,10 +882,7 @@ int main(int argc, char **argv)
     print_header();
 
     /* (1) the ceiling */
-    if (stream_create("BENCH_RAW", "raw.>") == 0 &&
-        bench_run_child("nats ceiling", run_nats_ceiling, (void *)"raw.Order.OrderPlaced",
-                        disarm_parent_handlers, &res) == 0 &&
-        check_stream("nats ceiling", "BENCH_RAW") == 0) {
+    if (ceiling_run("nats ceiling", "BENCH_RAW", "raw", &res) == 0) {
         nats_ceiling_rate = (double)res.count / res.seconds;
         print_row("nats raw async publish (ceiling)", &res, 0);
     } else {

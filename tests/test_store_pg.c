@@ -1116,6 +1116,97 @@ TEST(claim_pipelined_excludes_in_flight)
     PQfinish(c);
 }
 
+/* A batch sent whole with consecutive seqs is recorded by its range (in one
+ * query with the commit); the rows around it stay, and a batch whose sent
+ * seqs have a gap (a retry in the middle) keeps the row in the gap. */
+TEST(complete_by_range)
+{
+    outbox_store s;
+    outbox_error err;
+    outbox_msg **msgs = NULL;
+    outbox_completion cs[3];
+    size_t n, i;
+    int64_t first;
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    open_store(&s, url);
+    for (i = 0; i < 9; i++) store_enqueue(&s, i % 2 ? "r1" : "r2", (int)i);
+    outbox_complete_params cp = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 10000};
+    outbox_claim_params p = {3, outbox__now_us(), 1, 0};
+
+    /* Pipelined, deleted: exactly the three. */
+    ASSERT_OK(s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err), &err);
+    ASSERT_EQ(n, 3);
+    first = msgs[0]->seq;
+    memset(cs, 0, sizeof cs);
+    for (i = 0; i < n; i++) {
+        cs[i].msg = msgs[i];
+        cs[i].outcome = OUTBOX_OUTCOME_SENT;
+    }
+    ASSERT_OK(s.ops->complete_pipelined(s.state, cs, n, &cp, 0, &err), &err);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 6);
+    {
+        char where[80];
+        snprintf(where, sizeof where, "seq < %lld", (long long)first + 3);
+        ASSERT_EQ(count_rows(c, "outbox", where), 0);
+    }
+    ASSERT_EQ(PQtransactionStatus(c), PQTRANS_IDLE);
+
+    /* Marked sent instead. */
+    ASSERT_OK(s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err), &err);
+    ASSERT_EQ(n, 3);
+    ASSERT_EQ(msgs[0]->seq, first + 3);
+    for (i = 0; i < n; i++) {
+        cs[i].msg = msgs[i];
+        cs[i].outcome = OUTBOX_OUTCOME_SENT;
+    }
+    cp.on_sent = OUTBOX_ON_SENT_MARK;
+    ASSERT_OK(s.ops->complete_pipelined(s.state, cs, n, &cp, 0, &err), &err);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'sent' AND sent_at IS NOT NULL"), 3);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'pending'"), 3);
+
+    /* A gap: the middle one is retried, the two around it deleted. */
+    ASSERT_OK(s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err), &err);
+    ASSERT_EQ(n, 3);
+    ASSERT_EQ(msgs[0]->seq, first + 6);
+    for (i = 0; i < n; i++) {
+        cs[i].msg = msgs[i];
+        cs[i].outcome = OUTBOX_OUTCOME_SENT;
+    }
+    cs[1].outcome = OUTBOX_OUTCOME_RETRY;
+    cs[1].available_at = outbox__now_us() + 3600 * 1000000LL;
+    cs[1].error = "later";
+    cp.on_sent = OUTBOX_ON_SENT_DELETE;
+    ASSERT_OK(s.ops->complete_pipelined(s.state, cs, n, &cp, 0, &err), &err);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'pending'"), 1);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'pending' AND attempts = 1"), 1);
+
+    /* The plain claim's transaction: the range and the commit together. */
+    pgh_exec(c, "DELETE FROM outbox.outbox WHERE status = 'pending'");
+    store_enqueue(&s, "r3", 0);
+    store_enqueue(&s, "r3", 1);
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 2);
+    ASSERT_EQ(msgs[1]->seq, msgs[0]->seq + 1);
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'pending'"), 0);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'sent'"), 3);
+    store_enqueue(&s, "r3", 2); /* the store's session is usable: no transaction left */
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 1);
+    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", "status = 'pending'"), 0);
+
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    outbox__store_close(&s);
+    PQfinish(c);
+}
+
 /* Lets the next claim refresh its floor (FLOOR_REFRESH_MS is 200). */
 static void floor_due(void)
 {
@@ -1772,6 +1863,7 @@ int main(void)
     RUN(claim_order_and_outcomes);
     RUN(out_of_order_commits);
     RUN(claim_pipelined_excludes_in_flight);
+    RUN(complete_by_range);
     RUN(claim_floor_waits_for_open_writers);
     RUN(claim_floor_and_requeue);
     RUN(claim_floor_without_rights);

@@ -2218,6 +2218,64 @@ static int run_hot(pg_store *st, int which, int nparams, const char *const *para
     return code;
 }
 
+/* complete()'s usual case, a batch sent whole whose seqs are consecutive,
+ * in one round trip: its rows are exactly the seqs from the first to the
+ * last (seqs are unique), deleted (or marked) by that range, one index
+ * descent instead of one per seq, and the transaction (opened here when
+ * pipelined) committed in the same query.  *taken = 0 when the batch is
+ * not such a one: complete() records it statement by statement. */
+static int complete_range(pg_store *st, const outbox_completion *c, size_t n,
+                          const outbox_complete_params *p, int pipelined, int *taken,
+                          outbox_error *err)
+{
+    int64_t lo, hi;
+    size_t i;
+    int code;
+
+    *taken = 0;
+    if (n == 0 || !st->conn || PQstatus(st->conn) != CONNECTION_OK) return OUTBOX_OK;
+    if (!pipelined && (!st->in_txn || PQtransactionStatus(st->conn) != PQTRANS_INTRANS))
+        return OUTBOX_OK; /* complete() says why */
+    lo = c[0].msg->seq;
+    for (i = 0; i < n; i++)
+        if (c[i].outcome != OUTBOX_OUTCOME_SENT || c[i].msg->seq != lo + (int64_t)i)
+            return OUTBOX_OK;
+    hi = lo + (int64_t)n - 1;
+    *taken = 1;
+    if (pipelined) end_claim(st);
+    if (OUTBOX_FAULT("during_mark_sent") != 0) {
+        end_claim(st);
+        return outbox__error(err, OUTBOX_EFAULT,
+                             "injected fault during_mark_sent: outcomes not recorded");
+    }
+    outbox__buf_reset(&st->sql);
+    if (pipelined) outbox__buf_puts(&st->sql, "BEGIN; SET LOCAL synchronous_commit = off; ");
+    if (p && p->on_sent == OUTBOX_ON_SENT_MARK)
+        outbox__buf_printf(&st->sql,
+                           "UPDATE %s.outbox SET status = 'sent', sent_at = 'epoch'::timestamptz"
+                           " + %lld * interval '1 microsecond'",
+                           st->qschema, (long long)(p->now_us ? p->now_us : outbox__now_us()));
+    else
+        outbox__buf_printf(&st->sql, "DELETE FROM %s.outbox", st->qschema);
+    outbox__buf_printf(&st->sql, " WHERE seq BETWEEN %lld AND %lld; COMMIT", (long long)lo,
+                       (long long)hi);
+    if (st->sql.oom) {
+        end_claim(st);
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+    }
+    if (pipelined) st->in_txn = 1; /* a failure below rolls it back */
+    code = exec_sql(st->conn, st->sql.data,
+                    p && p->on_sent == OUTBOX_ON_SENT_MARK ? "marking messages sent"
+                                                           : "deleting sent messages",
+                    err);
+    if (code != OUTBOX_OK) {
+        end_claim(st);
+        return code;
+    }
+    st->in_txn = 0;
+    return OUTBOX_OK;
+}
+
 /* Records outcomes: in the claim's transaction, or (pipelined) in one of
  * its own; in_flight: a pipelined batch is still out (no rebalancing). */
 static int complete(pg_store *st, const outbox_completion *c, size_t n,
@@ -2227,8 +2285,13 @@ static int complete(pg_store *st, const outbox_completion *c, size_t n,
     const char *params[3];
     char now[32];
     size_t i, sent = 0, retry = 0, failed = 0;
-    int code = OUTBOX_OK;
+    int code, taken;
 
+    code = complete_range(st, c, n, p, pipelined, &taken, err);
+    if (taken) {
+        if (code != OUTBOX_OK) return code;
+        goto done;
+    }
     if (pipelined) {
         /* A pipelined batch holds no transaction: open one for the outcomes
          * (on the session that holds the partitions; after a lost
@@ -2337,6 +2400,7 @@ static int complete(pg_store *st, const outbox_completion *c, size_t n,
     code = exec_sql(st->conn, "COMMIT", "committing message outcomes", err);
     st->in_txn = 0;
     if (code != OUTBOX_OK) goto fail;
+done:
     /* Between batches: keep the share of partitions current. */
     if (st->owner[0] && !(pipelined && in_flight)) {
         outbox_error e;
