@@ -137,6 +137,10 @@ static void run_nats_ceiling(void *arg, bench_report *r)
     }
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = window;
+    /* A full window waits as long as the relay's does (its default
+     * ack_timeout), not nats.c's 200 ms, which a server pausing on its
+     * writes can exceed. */
+    jo.PublishAsync.StallWait = 5000;
     jo.PublishAsync.ErrHandler = ceiling_err_handler;
     s = natsConnection_JetStream(&js, nc, &jo);
     if (s != NATS_OK) {
