@@ -500,6 +500,9 @@ typedef struct outbox_relay_stats {
     uint64_t retried;    /* attempts that failed and were rescheduled */
     uint64_t failed;     /* messages moved to Failed */
     uint64_t batches;    /* claims that returned at least one message */
+    uint64_t publish_errors; /* publications that did not succeed, whether an
+                                attempt was charged (retried, failed) or not
+                                (a destination outage, see outbox_relay_run) */
 } outbox_relay_stats;
 
 /* Creates a relay from store_url (e.g. "sqlite:app.db") to to_url (e.g.
@@ -529,6 +532,11 @@ void outbox_relay_stop(outbox_relay *relay);
 void outbox_relay_wake(outbox_relay *relay);
 
 void outbox_relay_get_stats(const outbox_relay *relay, outbox_relay_stats *stats);
+
+/* Asks a running relay to reopen its destination's files (a file:
+ * destination's output, for log rotation) before its next batch.  Safe
+ * from any thread and from a signal handler (SIGHUP). */
+void outbox_relay_reopen(outbox_relay *relay);
 
 /* Releases the lease if held and frees everything. */
 void outbox_relay_free(outbox_relay *relay);

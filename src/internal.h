@@ -60,15 +60,31 @@ struct outbox_msg {
     char *block_end;
 };
 
-/* Builds a message from a stored row without re-validating the payload
- * (stores validate on the way in).  headers_json is parsed into the header
- * arrays; a malformed one gives OUTBOX_EBADHEADERS.  Strings are copied;
- * last_error may be NULL.  The caller frees *out with outbox_msg_free. */
+/* Builds a message from a stored row for the relay.  The row is checked as
+ * enqueue checks a message (id, type, aggregate fields, header names and
+ * values, occurred_at, sizes; the payload's JSON syntax is left to the
+ * table's CHECK): a row that fails gets the EBAD* code with a message
+ * "stored message seq N: <field and problem>", which a store's claim
+ * records as the row's last_error when it quarantines it (status Failed).
+ * Strings are copied.  The caller frees *out with outbox_msg_free. */
 int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id,
                          int64_t occurred_at, const char *type,
                          const char *aggregate_type, const char *aggregate_id,
                          const char *payload, const char *headers_json,
                          outbox_error *err);
+
+/* The lenient twin of outbox__msg_from_row, for showing stored rows (list,
+ * show, drop's archive): fails only for memory; what cannot be parsed is
+ * kept as stored (headers_json verbatim with no header arrays, the id cut
+ * at 36 bytes). */
+int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id,
+                                 int64_t occurred_at, const char *type,
+                                 const char *aggregate_type, const char *aggregate_id,
+                                 const char *payload, const char *headers_json,
+                                 outbox_error *err);
+
+/* 1 when uuid (a valid UUID) is the nil UUID, all zeros. */
+int outbox__uuid_is_nil(const char *uuid);
 
 /* Copies id lower-cased into out when it is a canonical UUID (either case);
  * otherwise OUTBOX_EBADID with a message that starts with `what` (e.g.
@@ -330,7 +346,25 @@ typedef struct outbox_status {
     int64_t next_due_us;      /* earliest available_at of pending, 0 if none */
     char lease_owner[128];    /* "" when no relay holds a live lease */
     int64_t lease_expires_us;
+    /* Version 5 of the store ops fills the rest (zero otherwise). */
+    int64_t blocked;            /* pending messages behind a Failed message of
+                                   their aggregate (held while Failed blocks) */
+    int64_t aggregates_blocked; /* aggregates with such messages */
+    int64_t lease_pid;          /* the lease holder's process id, 0 when unknown */
+    char lease_host[128];       /* its host name, "" when unknown */
+    int lease_holder_gone;      /* 1: the lease has not expired, but its holder's
+                                   process is gone (same host, no such pid) */
+    char relay_note[256];       /* what the lease holder last reported about
+                                   itself (e.g. "destination down since ...:
+                                   <error>"), "" when nothing */
 } outbox_status;
+
+/* Called by drop with the messages about to be deleted, before anything is
+ * deleted; msgs are borrowed (read leniently: see
+ * outbox__msg_from_row_lenient).  A non-OK return deletes nothing and is
+ * drop's result (err filled by the callback). */
+typedef int (*outbox_drop_archive_fn)(void *user, outbox_msg *const *msgs, size_t n,
+                                      outbox_error *err);
 
 typedef struct outbox_list_params {
     int status;               /* OUTBOX_STATUS_* or -1 for all */
@@ -366,7 +400,13 @@ typedef struct outbox_store_ops {
     int (*lease_release)(void *state, const char *owner, outbox_error *err);
 
     /* Claims up to p->batch_size due pending messages in seq order, applying
-     * the per-aggregate ordering rule (guarantee 4).  *msgs receives an
+     * the per-aggregate ordering rule (guarantee 4).  A row that
+     * outbox__msg_from_row refuses is quarantined, never returned as the
+     * claim's error: it is marked Failed (attempts + 1, last_error = the
+     * decode error naming the seq and field) in a statement of its own, an
+     * error is logged, and the claim reads again, so the rest of its
+     * aggregate is held as behind any Failed message and every other
+     * aggregate flows.  *msgs receives an
      * array of *n messages owned by the caller (free each with
      * outbox_msg_free and the array with free). */
     int (*claim)(void *state, const outbox_claim_params *p, outbox_msg ***msgs,
@@ -432,6 +472,20 @@ typedef struct outbox_store_ops {
     int (*complete_pipelined)(void *state, const outbox_completion *c, size_t n,
                               const outbox_complete_params *p, int in_flight,
                               outbox_error *err);
+
+    /* Version 5. */
+
+    /* Deletes Failed messages, by id (ids, n > 0) or all of them (all != 0),
+     * in one transaction.  With ids it is all or nothing, as for retry: an
+     * unknown id (ENOTFOUND) or one that is not Failed (EINVAL) deletes
+     * nothing.  archive (may be NULL) is called once with every message to
+     * be deleted, before the deletion; its error deletes nothing.  *count:
+     * how many were deleted. */
+    int (*drop)(void *state, const char *const *ids, size_t n, int all,
+                outbox_drop_archive_fn archive, void *user, int64_t *count, outbox_error *err);
+    /* Stores a short note about the relay holding the lease `owner` (NULL or
+     * "" clears it), shown by status as relay_note.  NULL: not supported. */
+    int (*lease_note)(void *state, const char *owner, const char *note, outbox_error *err);
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state. */

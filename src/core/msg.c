@@ -134,6 +134,9 @@ static int check_field(const char *s, const char *field, int allow_empty, int co
                              s ? "empty" : "missing (NULL)");
     }
     len = strlen(s);
+    if (!allow_empty && strspn(s, " \t") == len)
+        return outbox__error(err, code, "%s is blank: give a value that is not only spaces",
+                             field);
     if (len > limit)
         return outbox__error(err, code,
                              "%s is %zu bytes, limit %zu (outbox_limit OUTBOX_LIMIT_FIELD_BYTES)",
@@ -621,6 +624,10 @@ int outbox_msg_set_id(outbox_msg *msg, const char *uuid, outbox_error *err)
     int i;
     char q[64];
     if (!msg) return outbox__error(err, OUTBOX_EINVAL, "outbox_msg_set_id: msg is NULL");
+    if (uuid && outbox_uuid_valid(uuid) && outbox__uuid_is_nil(uuid))
+        return outbox__error(err, OUTBOX_EBADID,
+                             "id is the nil UUID (all zeros), which cannot tell messages apart: "
+                             "give a real UUID or let the library make one");
     if (!outbox_uuid_valid(uuid)) {
         if (!uuid) return outbox__error(err, OUTBOX_EBADID, "id is missing (NULL)");
         quote_for_message(uuid, q);
@@ -654,13 +661,79 @@ int outbox_msg_set_occurred_at(outbox_msg *msg, int64_t unix_us, outbox_error *e
  * Rows
  * ---------------------------------------------------------------------- */
 
+/* Prefixes err's message with "stored message seq N: " (the row has no
+ * trustworthy id to name it by). */
+static void stored_prefix(int64_t seq, outbox_error *err)
+{
+    char text[sizeof err->message];
+    if (!err) return;
+    snprintf(text, sizeof text, "%s", err->message);
+    snprintf(err->message, sizeof err->message, "stored message seq %lld: %.460s",
+             (long long)seq, text);
+}
+
+/* Checks a stored row as enqueue checks a new message (what the tables of
+ * older schema versions, or a writer that bypassed the library, let in):
+ * a canonical non-nil UUID, type and aggregate fields, occurred_at in range,
+ * the payload's size (its JSON syntax is the table's CHECK), the whole
+ * message's size.  Headers are checked while they are parsed. */
+static int check_stored(int64_t seq, const char *id, int64_t occurred_at, const char *type,
+                        const char *aggregate_type, const char *aggregate_id, const char *payload,
+                        const char *headers_json, outbox_error *err)
+{
+    size_t size, limit = outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, 0);
+    int rc;
+    if (!outbox_uuid_valid(id) || outbox__uuid_is_nil(id)) {
+        char q[64];
+        quote_for_message(id ? id : "(null)", q);
+        rc = outbox__error(err, OUTBOX_EBADID,
+                           "id \"%s\" is not a canonical UUID (8-4-4-4-12 hex digits, not nil)",
+                           q);
+        goto fail;
+    }
+    if ((rc = check_field(type, "type", 0, OUTBOX_EBADTYPE, err)) != OUTBOX_OK) goto fail;
+    if ((rc = check_field(aggregate_type, "aggregate_type", 1, OUTBOX_EBADAGGREGATE, err)) !=
+        OUTBOX_OK)
+        goto fail;
+    if ((rc = check_field(aggregate_id, "aggregate_id", 0, OUTBOX_EBADAGGREGATE, err)) !=
+        OUTBOX_OK)
+        goto fail;
+    if (occurred_at < 0 || occurred_at > INT64_C(253402300799999999)) {
+        rc = outbox__error(err, OUTBOX_EINVAL,
+                           "occurred_at %lld us is outside the years 1970..9999",
+                           (long long)occurred_at);
+        goto fail;
+    }
+    if (!payload || !*payload) {
+        rc = outbox__error(err, OUTBOX_EBADPAYLOAD, "payload is empty");
+        goto fail;
+    }
+    size = strlen(payload) + strlen(type) + strlen(aggregate_id) +
+           (aggregate_type ? strlen(aggregate_type) : 0) +
+           (headers_json ? strlen(headers_json) : 0);
+    if (size > limit) {
+        rc = outbox__error(err, OUTBOX_ETOOBIG, "message is %zu bytes, over the %zu-byte limit",
+                           size, limit);
+        goto fail;
+    }
+    return OUTBOX_OK;
+fail:
+    stored_prefix(seq, err);
+    return rc;
+}
+
 /* Rebuilds a stored message in one allocation (see the top comment).  The
  * payload is not re-validated; headers other than "{}" are parsed (and must
- * be an object of strings) and rendered compactly. */
-int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,
-                         const char *type, const char *aggregate_type,
-                         const char *aggregate_id, const char *payload,
-                         const char *headers_json, outbox_error *err)
+ * be an object of strings) and rendered compactly.  Strict (the
+ * relay's claim): the row is checked as enqueue checks a message and a
+ * problem is an EBAD* code whose message names the seq and the field.
+ * Lenient (list, show, drop): only memory can fail; what cannot be parsed
+ * is kept as stored (headers_json verbatim with no header arrays, the id
+ * cut at 36 bytes). */
+static int msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,
+                        const char *type, const char *aggregate_type, const char *aggregate_id,
+                        const char *payload, const char *headers_json, int lenient,
+                        outbox_error *err)
 {
     json_t *doc = NULL;
     const char **names = NULL, **values = NULL;
@@ -674,20 +747,30 @@ int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t 
     outbox__buf_init(&hb);
     if (!out) return outbox__error(err, OUTBOX_EINVAL, "outbox__msg_from_row: out is NULL");
     *out = NULL;
-    if (!outbox_uuid_valid(id)) {
-        char q[64];
-        quote_for_message(id ? id : "(null)", q);
-        return outbox__error(err, OUTBOX_EBADID, "stored row seq %lld has a malformed id \"%s\"",
-                             (long long)seq, q);
+    if (!lenient) {
+        rc = check_stored(seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
+                          headers_json, err);
+        if (rc != OUTBOX_OK) return rc;
     }
-    if (!type || !aggregate_id)
-        return outbox__error(err, OUTBOX_EINVAL, "stored row seq %lld lacks type or aggregate_id",
-                             (long long)seq);
+    if (!id) id = "";
+    if (!type) type = "";
+    if (!aggregate_id) aggregate_id = "";
     if (!aggregate_type) aggregate_type = "";
     if (!payload) payload = "{}";
     if (headers_json && *headers_json && strcmp(headers_json, "{}") != 0) {
-        rc = headers_parse(headers_json, &doc, &n, &names, &values, 0, err);
-        if (rc != OUTBOX_OK) return rc;
+        outbox_error ignored;
+        rc = headers_parse(headers_json, &doc, &n, &names, &values, !lenient,
+                           lenient ? &ignored : err);
+        if (rc == OUTBOX_ENOMEM) goto nomem;
+        if (rc != OUTBOX_OK && !lenient) goto out_prefixed;
+        if (rc != OUTBOX_OK) {
+            /* Kept as stored, with no header arrays: for showing only. */
+            n = 0;
+            names = values = NULL;
+            doc = NULL;
+            hjson = headers_json;
+            goto build;
+        }
         outbox__buf_append(&hb, "{", 1);
         for (i = 0; i < n; i++) {
             if (i) outbox__buf_append(&hb, ",", 1);
@@ -700,6 +783,7 @@ int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t 
         hjson = hb.data;
     }
 
+build:
     lt = strlen(type) + 1;
     la = strlen(aggregate_type) + 1;
     li = strlen(aggregate_id) + 1;
@@ -739,9 +823,9 @@ int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t 
         p += lv;
     }
     m->header_count = n;
-    for (i = 0; i < 36; i++)
+    for (i = 0; i < 36 && id[i]; i++)
         m->id[i] = (id[i] >= 'A' && id[i] <= 'F') ? (char)(id[i] - 'A' + 'a') : id[i];
-    m->id[36] = '\0';
+    m->id[i] = '\0';
     m->seq = seq;
     m->occurred_at = occurred_at;
     m->status = OUTBOX_STATUS_PENDING;
@@ -750,11 +834,33 @@ int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t 
     goto out;
 nomem:
     rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory reading a stored message");
+    goto out;
+out_prefixed:
+    stored_prefix(seq, err);
 out:
     outbox__buf_free(&hb);
     free(names);
     json_decref(doc);
     return rc;
+}
+
+int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,
+                         const char *type, const char *aggregate_type,
+                         const char *aggregate_id, const char *payload,
+                         const char *headers_json, outbox_error *err)
+{
+    return msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
+                        headers_json, 0, err);
+}
+
+int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id,
+                                 int64_t occurred_at, const char *type,
+                                 const char *aggregate_type, const char *aggregate_id,
+                                 const char *payload, const char *headers_json,
+                                 outbox_error *err)
+{
+    return msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
+                        headers_json, 1, err);
 }
 
 /* ------------------------------------------------------------------------

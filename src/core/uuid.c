@@ -87,6 +87,15 @@ int outbox_uuid_valid(const char *uuid)
     return uuid[36] == '\0';
 }
 
+/* 1 when uuid (a valid UUID) is the nil UUID 00000000-0000-0000-0000-000000000000. */
+int outbox__uuid_is_nil(const char *uuid)
+{
+    int i;
+    for (i = 0; i < 36; i++)
+        if (uuid[i] != '0' && uuid[i] != '-') return 0;
+    return 1;
+}
+
 /* n lower-case hex digits at p, not all '0' when nonzero is set. */
 static int lowhex_field(const char *p, int n, int nonzero)
 {

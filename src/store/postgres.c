@@ -2888,6 +2888,8 @@ const outbox_store_ops outbox__store_postgres = {
     pg_inbox_purge,
     pg_claim_pipelined,
     pg_complete_pipelined,
+    NULL, /* drop */
+    NULL, /* lease_note */
 };
 
 

@@ -1480,4 +1480,6 @@ const outbox_store_ops outbox__store_sqlite = {
     sqlite_inbox_purge,
     sqlite_claim_pipelined,
     sqlite_complete_pipelined,
+    NULL, /* drop */
+    NULL, /* lease_note */
 };
