@@ -523,7 +523,7 @@ typedef struct outbox_transport_config {
 } outbox_transport_config;
 
 typedef struct outbox_transport_ops {
-    int version;        /* 1 */
+    int version;        /* 1; 2 adds reopen */
     const char *scheme; /* "file", "stdout", "discard", "callback" */
 
     /* Checks url and opens the destination.  Configuration problems are
@@ -532,11 +532,24 @@ typedef struct outbox_transport_ops {
                 outbox_error *err);
     /* Publishes msgs[0..n) in order and fills results[i] for each.  Returns
      * OUTBOX_OK when results were filled, or a negative code when the whole
-     * batch failed (results then ignored: every message retried).  A message
-     * gets OUTBOX_OK only once durably confirmed. */
+     * batch failed: nothing of it was confirmed, results are ignored except
+     * results[0].error, which may say why (the caller empties it first).
+     * A message gets OUTBOX_OK only once durably confirmed; OUTBOX_EREJECTED
+     * only when the destination refused that message for good (too large,
+     * invalid); a retriable code otherwise.  The relay treats a batch that
+     * failed as a whole, or whose every message failed with a retriable
+     * code, as the destination's own outage (no attempt charged). */
     int (*publish)(void *state, outbox_msg *const *msgs, size_t n,
                    outbox_publish_result *results);
     void (*close)(void *state);
+
+    /* Version 2. */
+
+    /* Reopens the destination's output files (log rotation: the path now
+     * names a new file), called by the relay between batches after
+     * outbox_relay_reopen.  On failure the old files stay in use and err
+     * says why.  NULL: the destination has no files to reopen. */
+    int (*reopen)(void *state, outbox_error *err);
 } outbox_transport_ops;
 
 /* Pipelining destinations (nats://, kafka://): the same publication split in two
@@ -601,6 +614,7 @@ extern const outbox_transport_ops outbox__transport_callback;
 extern const outbox_transport_ops outbox__transport_http;  /* OUTBOX_HAVE_CURL */
 extern const outbox_transport_ops outbox__transport_https; /* OUTBOX_HAVE_CURL */
 void outbox__http_interrupt(void *state);                  /* OUTBOX_HAVE_CURL */
+void outbox__stdout_interrupt(void *state);
 extern const outbox_transport_ops outbox__transport_nats;  /* OUTBOX_HAVE_NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* OUTBOX_HAVE_RDKAFKA */
 extern const outbox_transport_pipeline outbox__transport_nats_pipeline;   /* OUTBOX_HAVE_NATS */

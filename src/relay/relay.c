@@ -82,6 +82,13 @@
 /* In once mode (a drain that should finish), store errors in a row before
  * run() gives up and returns the last one (about 10 s of retrying). */
 #define ONCE_MAX_STORE_FAILURES 8
+/* Destination outage: the pause between rounds grows from backoff_base_ms
+ * up to min(backoff_max_ms, this); a Retry-After the destination sent is
+ * honoured up to max(backoff_max_ms, this). */
+#define OUTAGE_PAUSE_CAP_MS 30000
+/* In once mode, how long a destination may stay down before run() gives
+ * up and returns the outage's error (like the store errors' budget). */
+#define ONCE_OUTAGE_BUDGET_MS 10000
 /* Pipelining: the pipeline is emptied at least this often, so the store
  * can rebalance its partitions and retries that fell due come in. */
 #define PIPELINE_SPAN_US 500000
@@ -102,8 +109,10 @@ typedef struct agg_set {
 typedef struct relay_batch {
     outbox_msg **msgs; /* owned; NULL when the slot is free */
     size_t n;
-    int open;    /* publish_begin succeeded: publish_end is due */
-    int chained; /* begun while another batch was in flight */
+    int open;         /* publish_begin succeeded: publish_end is due */
+    int chained;      /* begun while another batch was in flight */
+    int whole_failed; /* the destination failed it as a whole (fail_whole_batch) */
+    int whole_code;   /* ... with this code */
     outbox_publish_result *results;
     outbox_completion *completions;
     size_t *error_offsets; /* into errors.data, per message with an error */
@@ -124,6 +133,7 @@ struct outbox_relay {
     int pipe_rd, pipe_wr; /* self-pipe: stop and wake write one byte */
     atomic_int stop_requested;
     atomic_int wake_pending;
+    atomic_int reopen_requested; /* outbox_relay_reopen: reopen before the next batch */
     atomic_int running;
 
     int lease_held;
@@ -144,7 +154,17 @@ struct outbox_relay {
     int64_t *exclude;                          /* seqs of the batch in flight, for the claim */
     size_t exclude_cap;
 
-    _Atomic uint64_t published, retried, failed, batches_done;
+    /* Destination outage (see the top of the file). */
+    int outage;                    /* the last batch recorded was one: pause before the next */
+    int outage_code;               /* its error: code, text, Retry-After */
+    char outage_error[256];
+    int64_t outage_retry_after_ms;
+    int64_t down_since_us;         /* wall clock; 0 while the destination is up */
+    int64_t down_since_mono_us;
+    unsigned outage_rounds;        /* batches in a row that found it down */
+    int noted;                     /* a note is set through the store's lease_note */
+
+    _Atomic uint64_t published, retried, failed, batches_done, publish_errors;
 };
 
 /* ------------------------------------------------------------------------
@@ -412,6 +432,19 @@ void outbox_relay_wake(outbox_relay *relay)
     errno = saved_errno;
 }
 
+/* Async-signal-safe, like outbox_relay_wake: a flag the loop reads before
+ * its next batch (reopen_destination), and a byte that ends a wait. */
+void outbox_relay_reopen(outbox_relay *relay)
+{
+    int saved_errno = errno;
+    ssize_t w;
+    if (relay == NULL) return;
+    atomic_store(&relay->reopen_requested, 1);
+    w = write(relay->pipe_wr, "r", 1);
+    (void)w;
+    errno = saved_errno;
+}
+
 /* Counters are atomics: safe to read while run() executes. */
 
 void outbox_relay_get_stats(const outbox_relay *relay, outbox_relay_stats *stats)
@@ -423,11 +456,17 @@ void outbox_relay_get_stats(const outbox_relay *relay, outbox_relay_stats *stats
     stats->retried = atomic_load_explicit(&relay->retried, memory_order_relaxed);
     stats->failed = atomic_load_explicit(&relay->failed, memory_order_relaxed);
     stats->batches = atomic_load_explicit(&relay->batches_done, memory_order_relaxed);
+    stats->publish_errors = atomic_load_explicit(&relay->publish_errors, memory_order_relaxed);
 }
 
 static int stopping(outbox_relay *r)
 {
     return atomic_load(&r->stop_requested) != 0;
+}
+
+static int reopen_pending(outbox_relay *r)
+{
+    return atomic_load(&r->reopen_requested) != 0;
 }
 
 /* Empties the self-pipe, then clears the wake flag (in that order: a wake
@@ -537,6 +576,7 @@ static void release_batch(relay_batch *b)
     b->n = 0;
     b->open = 0;
     b->chained = 0;
+    b->whole_failed = 0;
 }
 
 static int fatal_store_error(int rc)
@@ -544,26 +584,73 @@ static int fatal_store_error(int rc)
     return rc == OUTBOX_ELEASELOST || rc == OUTBOX_ENOSCHEMA || rc == OUTBOX_ESCHEMANEWER;
 }
 
-/* Gives every message of b the same whole-batch error result. */
-static void fail_whole_batch(relay_batch *b, int rc)
+/* Gives every message of b the same whole-batch error result; the batch is
+ * a destination outage (decide_outcomes).  with_reason: results[0].error
+ * holds the destination's reason (see outbox_transport_ops.publish). */
+static void fail_whole_batch(relay_batch *b, int rc, int with_reason)
 {
     int code = rc == OUTBOX_EREJECTED ? OUTBOX_EPUBLISH : rc;
+    char why[sizeof b->results[0].error];
     size_t i;
+
+    if (b->n == 0) return;
+    if (with_reason && b->results[0].error[0] != '\0')
+        snprintf(why, sizeof why, "%s", b->results[0].error);
+    else
+        snprintf(why, sizeof why, "the destination failed the whole batch: %s",
+                 outbox_strerror(rc));
+    b->whole_failed = 1;
+    b->whole_code = code;
     for (i = 0; i < b->n; i++) {
         b->results[i].code = code;
         b->results[i].retry_after_ms = 0;
-        snprintf(b->results[i].error, sizeof b->results[i].error,
-                 "the destination failed the whole batch: %s", outbox_strerror(rc));
+        memcpy(b->results[i].error, why, sizeof why);
     }
 }
 
+/* Whether b, just published, is a destination outage rather than failures
+ * of its messages (see the top of the file): the destination failed it as
+ * a whole, or every message it tried failed with a retriable code (none
+ * confirmed, none rejected).  Messages held behind the batch before
+ * (r->held, before decide_outcomes adds to it) and ones cut short by a stop
+ * say nothing either way.  On 1, r->outage_* describe it. */
+static int batch_is_outage(outbox_relay *r, const relay_batch *b)
+{
+    const outbox_publish_result *first = NULL;
+    int64_t retry_after = 0;
+    size_t i;
+
+    if (b->whole_failed) {
+        first = &b->results[0];
+    } else {
+        for (i = 0; i < b->n; i++) {
+            const outbox_publish_result *res = &b->results[i];
+            if (agg_set_contains(&r->held, b->msgs[i]->aggregate_id)) continue;
+            if (res->code == OUTBOX_OK || res->code == OUTBOX_EREJECTED) return 0;
+            if (res->code == OUTBOX_ESTOPPED && stopping(r)) continue;
+            if (!outbox_err_retriable(res->code)) return 0;
+            if (first == NULL) first = res;
+            if (res->retry_after_ms > retry_after) retry_after = res->retry_after_ms;
+        }
+        if (first == NULL) return 0;
+    }
+    r->outage_code = first->code;
+    r->outage_retry_after_ms = retry_after;
+    snprintf(r->outage_error, sizeof r->outage_error, "%s",
+             first->error[0] ? first->error : outbox_strerror(first->code));
+    return 1;
+}
+
 /* Decides each message's outcome from its publish result (see the top of
- * the file).  Fills b->completions[0..n); counts into *sent etc.  The set
- * of aggregates held back starts empty, unless b was published while the
- * batch before it was in flight: then what that batch held back holds
+ * the file).  Fills b->completions[0..n); counts into *sent etc.; *errors:
+ * messages whose publication failed (charged or not); *outage: the batch
+ * was a destination outage (every message unsent, nothing charged).  The
+ * set of aggregates held back starts empty, unless b was published while
+ * the batch before it was in flight: then what that batch held back holds
  * here too. */
 static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size_t *sent,
-                           size_t *retried, size_t *failed, size_t *held, size_t *carried)
+                           size_t *retried, size_t *failed, size_t *held, size_t *carried,
+                           size_t *errors, int *outage)
 {
     const outbox_relay_options *o = &r->opts;
     outbox_msg **msgs = b->msgs;
@@ -572,6 +659,8 @@ static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size
     if (!b->chained) agg_set_clear(&r->held);
     first_held = r->held.count; /* held over from the batch before */
     *carried = 0;
+    *errors = 0;
+    *outage = batch_is_outage(r, b);
     if (agg_set_reserve(&r->held, n) != 0) return OUTBOX_ENOMEM;
     outbox__buf_reset(&b->errors);
     *sent = *retried = *failed = *held = 0;
@@ -608,6 +697,13 @@ static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size
         }
 
         agg_set_add(&r->held, m->aggregate_id);
+        (*errors)++;
+        if (*outage) {
+            /* The destination's condition, not the message's: no attempt. */
+            c->outcome = OUTBOX_OUTCOME_UNSENT;
+            (*held)++;
+            continue;
+        }
         attempt = (unsigned)(m->attempts < 0 ? 0 : m->attempts) + 1;
         b->error_offsets[i] = b->errors.len;
         outbox__buf_printf(&b->errors, "attempt %u/%u: %s", attempt, o->max_attempts,
@@ -641,6 +737,60 @@ static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size
     return OUTBOX_OK;
 }
 
+/* Sets (note non-NULL) or clears the relay's note in the store, shown by
+ * `outbox status`, when the store keeps notes.  Best effort: a failure
+ * only leaves status less informed. */
+static void set_note(outbox_relay *r, const char *note)
+{
+    outbox_error e;
+    if (r->store.ops->version < 5 || r->store.ops->lease_note == NULL) return;
+    if (note == NULL && !r->noted) return;
+    e.code = 0;
+    e.message[0] = '\0';
+    if (r->store.ops->lease_note(r->store.state, r->name, note, &e) != OUTBOX_OK) {
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: cannot store its note: %s", r->name,
+                    e.message);
+        return;
+    }
+    r->noted = note != NULL;
+}
+
+/* Follows the destination's state from a recorded batch: an outage (the
+ * first one logs, notes and starts the clock; each one asks for a pause
+ * before the next batch), or an answer (the destination took or refused a
+ * message: it is up; the first after an outage logs and clears the
+ * note).  Neither: nothing learnt. */
+static void destination_observed(outbox_relay *r, int outage, int answered)
+{
+    char note[256], when[32];
+
+    if (outage) {
+        r->outage = 1;
+        r->outage_rounds++;
+        if (r->down_since_us != 0) return;
+        r->down_since_us = outbox__now_us();
+        r->down_since_mono_us = outbox__monotonic_us();
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "relay %s: destination %s is down: %s; backing off, no attempts are "
+                    "charged",
+                    r->name, r->dest_shown, r->outage_error);
+        outbox_time_format(r->down_since_us, when);
+        snprintf(note, sizeof note, "destination down since %s: %.190s", when, r->outage_error);
+        set_note(r, note);
+        return;
+    }
+    if (!answered || r->down_since_us == 0) return;
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                "relay %s: destination %s is back after %lld s, %u batches held", r->name,
+                r->dest_shown,
+                (long long)((outbox__monotonic_us() - r->down_since_mono_us + 500000) / 1000000),
+                r->outage_rounds);
+    r->outage = 0;
+    r->outage_rounds = 0;
+    r->down_since_us = 0;
+    set_note(r, NULL);
+}
+
 /* Decides and records the outcomes of a published batch b (its results
  * filled).  pipelined/in_flight go to the store's complete.  *held_back
  * receives how many messages were held back or left unrecorded. */
@@ -648,14 +798,17 @@ static int record_batch(outbox_relay *r, relay_batch *b, int pipelined, int in_f
                         size_t *held_back, outbox_error *err)
 {
     outbox_complete_params done;
-    size_t n = b->n, sent, retried, failed, held, carried;
+    size_t n = b->n, sent, retried, failed, held, carried, errors;
     int64_t now_us = outbox__now_us();
-    int rc;
+    int rc, outage;
 
     *held_back = 0;
-    rc = decide_outcomes(r, b, now_us, &sent, &retried, &failed, &held, &carried);
+    rc = decide_outcomes(r, b, now_us, &sent, &retried, &failed, &held, &carried, &errors,
+                         &outage);
     if (rc != OUTBOX_OK)
         return outbox__error(err, rc, "out of memory recording a batch of %zu messages", n);
+    atomic_fetch_add_explicit(&r->publish_errors, errors, memory_order_relaxed);
+    destination_observed(r, outage, sent + retried + failed > 0);
 
     if (OUTBOX_FAULT("before_mark_sent") != 0) {
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
@@ -687,8 +840,9 @@ static int record_batch(outbox_relay *r, relay_batch *b, int pipelined, int in_f
     if (outbox__log_enabled(OUTBOX_LOG_DEBUG))
         outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
                     "batch of %zu%s: %zu sent, %zu retrying, %zu failed, %zu held back "
-                    "(%zu acked but behind a failure in the batch before)",
-                    n, b->chained ? " (pipelined)" : "", sent, retried, failed, held, carried);
+                    "(%zu acked but behind a failure in the batch before)%s",
+                    n, b->chained ? " (pipelined)" : "", sent, retried, failed, held, carried,
+                    outage ? "; the destination is down: nothing charged" : "");
     return OUTBOX_OK;
 }
 
@@ -727,9 +881,14 @@ static int run_batch(outbox_relay *r, size_t *claimed, size_t *held_back, outbox
         goto out;
     }
 
+    b->results[0].error[0] = '\0';
     rc = r->transport.ops->publish(r->transport.state, b->msgs, b->n, b->results);
-    if (rc == OUTBOX_OK && OUTBOX_FAULT("after_publish") != 0) rc = OUTBOX_EFAULT;
-    if (rc != OUTBOX_OK) fail_whole_batch(b, rc);
+    if (rc != OUTBOX_OK) {
+        fail_whole_batch(b, rc, 1);
+    } else if (OUTBOX_FAULT("after_publish") != 0) {
+        b->results[0].error[0] = '\0';
+        fail_whole_batch(b, OUTBOX_EFAULT, 0);
+    }
     rc = record_batch(r, b, 0, 0, held_back, err);
 
 out:
@@ -758,7 +917,7 @@ static int finish_inflight(outbox_relay *r, int in_flight, size_t *held_back, ou
         b->open = 0;
     }
     if (rc == OUTBOX_OK && OUTBOX_FAULT("after_publish") != 0) rc = OUTBOX_EFAULT;
-    if (rc != OUTBOX_OK) fail_whole_batch(b, rc);
+    if (rc != OUTBOX_OK) fail_whole_batch(b, rc, 0);
     for (i = 0; i < b->n; i++)
         if (b->results[i].code != OUTBOX_OK) r->drain = 1;
     rc = record_batch(r, b, 1, in_flight, held_back, err);
@@ -799,7 +958,8 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
     if (prev == NULL) {
         r->drain = 0;
         r->pipeline_since_us = outbox__monotonic_us();
-    } else if (outbox__monotonic_us() - r->pipeline_since_us > PIPELINE_SPAN_US) {
+    } else if (outbox__monotonic_us() - r->pipeline_since_us > PIPELINE_SPAN_US ||
+               reopen_pending(r)) {
         r->drain = 1; /* let the store rebalance and the retries below come in */
     }
 
@@ -852,11 +1012,12 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
             goto finish;
         }
         cur->chained = prev != NULL;
+        cur->results[0].error[0] = '\0';
         rc = r->pipeline->publish_begin(r->transport.state, cur->msgs, cur->n, cur->results);
         if (rc == OUTBOX_OK) {
             cur->open = 1;
         } else {
-            fail_whole_batch(cur, rc); /* recorded as attempts when finished */
+            fail_whole_batch(cur, rc, 1); /* an outage, recorded when finished */
         }
     }
 
@@ -1007,6 +1168,7 @@ static int idle_wait(outbox_relay *r, int64_t last_claim_us, int64_t claim_wall_
         int fd, woke;
 
         if (stopping(r)) return OUTBOX_ESTOPPED;
+        if (reopen_pending(r)) return OUTBOX_OK;
         rc = maybe_renew(r, err);
         if (rc != OUTBOX_OK) return rc;
 
@@ -1036,6 +1198,7 @@ static int idle_wait(outbox_relay *r, int64_t last_claim_us, int64_t claim_wall_
         if (woke == 1) {
             int64_t until;
             if (stopping(r)) return OUTBOX_ESTOPPED;
+            if (reopen_pending(r)) return OUTBOX_OK;
             /* Woken by an enqueue that may not have committed yet. */
             until = outbox__monotonic_us() + WAKE_SPIN_TOTAL_US;
             do {
@@ -1047,6 +1210,72 @@ static int idle_wait(outbox_relay *r, int64_t last_claim_us, int64_t claim_wall_
         }
         if (store_changed(r)) return OUTBOX_OK;
     }
+}
+
+/* The pause before the next batch while the destination is down: equal
+ * jitter (half fixed, half random) under a ceiling that doubles from
+ * backoff_base_ms with each round up to min(backoff_max_ms,
+ * OUTAGE_PAUSE_CAP_MS), or the destination's Retry-After when longer (up
+ * to max(backoff_max_ms, OUTAGE_PAUSE_CAP_MS)). */
+static int64_t outage_pause_ms(const outbox_relay *r)
+{
+    int64_t cap = min64(r->opts.backoff_max_ms, OUTAGE_PAUSE_CAP_MS);
+    int64_t ceiling = r->opts.backoff_base_ms, pause;
+    unsigned k;
+
+    for (k = 1; k < r->outage_rounds && ceiling < cap; k++)
+        ceiling *= 2;
+    if (ceiling > cap) ceiling = cap;
+    pause = ceiling / 2 + (int64_t)(outbox__random64() % (uint64_t)(ceiling - ceiling / 2 + 1));
+    if (r->outage_retry_after_ms > pause) {
+        int64_t most = r->opts.backoff_max_ms > OUTAGE_PAUSE_CAP_MS ? r->opts.backoff_max_ms
+                                                                      : OUTAGE_PAUSE_CAP_MS;
+        pause = min64(r->outage_retry_after_ms, most);
+    }
+    return pause;
+}
+
+/* Waits ms while the destination is down, renewing the lease; ends early
+ * on a stop or a reopen request (a reopened file may be the fix).
+ * OUTBOX_OK, or OUTBOX_ELEASELOST. */
+static int outage_wait(outbox_relay *r, int64_t ms, outbox_error *err)
+{
+    int64_t end = outbox__monotonic_us() + ms * 1000;
+    int rc;
+
+    outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
+                "relay %s: destination still down (round %u), next batch in %lld ms", r->name,
+                r->outage_rounds, (long long)ms);
+    while (!stopping(r) && !reopen_pending(r)) {
+        int64_t now = outbox__monotonic_us(), left = end - now;
+        if (left <= 0) break;
+        rc = maybe_renew(r, err);
+        if (rc != OUTBOX_OK) return rc;
+        left = min64(left, renew_due(r) - now);
+        wait_pipe(r, left > 0 ? (left + 999) / 1000 : 0);
+    }
+    return OUTBOX_OK;
+}
+
+/* Asks the destination to reopen its files (outbox_relay_reopen).  A
+ * failure keeps the old files and is logged. */
+static void reopen_destination(outbox_relay *r)
+{
+    const outbox_transport_ops *ops = r->transport.ops;
+    outbox_error e;
+
+    if (ops->version < 2 || ops->reopen == NULL) {
+        outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                    "relay %s: asked to reopen its files; destination %s has none", r->name,
+                    r->dest_shown);
+        return;
+    }
+    e.code = 0;
+    e.message[0] = '\0';
+    if (ops->reopen(r->transport.state, &e) != OUTBOX_OK)
+        outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
+                    "relay %s: cannot reopen destination %s, still writing where it was: %s",
+                    r->name, r->dest_shown, e.message);
 }
 
 /* Logs, in once mode, how many messages are still waiting in backoff. */
@@ -1120,6 +1349,8 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
 
         /* A stopping relay still finishes the batch in flight. */
         if (stopping(r) && r->inflight == NULL) break;
+        if (r->inflight == NULL && atomic_exchange(&r->reopen_requested, 0) != 0)
+            reopen_destination(r);
         claim_mono = outbox__monotonic_us();
         claim_wall = outbox__now_us();
         if (r->pipelining)
@@ -1153,6 +1384,35 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
         /* Busy again: enqueuers need not wake this relay. */
         if (claimed > 0) store_awake(r);
         if (r->inflight != NULL) continue; /* the next step finishes it */
+        if (r->outage) {
+            /* The destination is down: nothing was charged; wait, then
+             * claim the same messages again. */
+            int64_t pause = outage_pause_ms(r);
+            r->outage = 0;
+            if (r->opts.once) {
+                int64_t left = ONCE_OUTAGE_BUDGET_MS -
+                               (outbox__monotonic_us() - r->down_since_mono_us) / 1000;
+                if (left <= 0) {
+                    rc = r->outage_code != OUTBOX_OK ? r->outage_code : OUTBOX_EPUBLISH;
+                    outbox__error(&e, rc,
+                                  "destination %s is down: %s; gave up after %u tries in %lld s "
+                                  "(no attempts were charged: run again once it is back)",
+                                  r->dest_shown, r->outage_error, r->outage_rounds,
+                                  (long long)((ONCE_OUTAGE_BUDGET_MS - left + 500) / 1000));
+                    outbox__log(OUTBOX_LOG_ERROR, COMPONENT, "relay %s: %s", r->name, e.message);
+                    goto unregister;
+                }
+                pause = min64(pause, left);
+            }
+            rc = outage_wait(r, pause, &e);
+            if (rc != OUTBOX_OK) {
+                outbox__log(OUTBOX_LOG_ERROR, COMPONENT, "relay %s: stopping: %s", r->name,
+                            e.message);
+                if (rc == OUTBOX_ELEASELOST) r->lease_held = 0;
+                goto unregister;
+            }
+            continue;
+        }
         if (claimed >= r->opts.batch_size || held_back > 0) continue;
         if (r->opts.once) {
             if (claimed > 0) continue;
@@ -1172,6 +1432,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
 unregister:
     outbox__wake_unregister(r);
     store_awake(r);
+    if (r->lease_held) set_note(r, NULL); /* it spoke of this run */
 out:
     if (r->lease_held) {
         outbox_error rel;
@@ -1183,10 +1444,12 @@ out:
     }
     if (rc == OUTBOX_OK)
         outbox__log(OUTBOX_LOG_INFO, COMPONENT,
-                    "relay %s: stopped (%llu published, %llu retried, %llu failed)", r->name,
-                    (unsigned long long)atomic_load(&r->published),
+                    "relay %s: stopped (%llu published, %llu retried, %llu failed, %llu "
+                    "publish errors)",
+                    r->name, (unsigned long long)atomic_load(&r->published),
                     (unsigned long long)atomic_load(&r->retried),
-                    (unsigned long long)atomic_load(&r->failed));
+                    (unsigned long long)atomic_load(&r->failed),
+                    (unsigned long long)atomic_load(&r->publish_errors));
     if (rc != OUTBOX_OK && err != NULL) {
         *err = e;
         err->code = rc;

@@ -126,5 +126,10 @@ static void callback_close(void *state)
 
 /* The in-process callback destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_callback = {
-    1, "callback", callback_open, callback_publish, callback_close,
+    .version = 2,
+    .scheme = "callback",
+    .open = callback_open,
+    .publish = callback_publish,
+    .close = callback_close,
+    .reopen = NULL,
 };

@@ -47,5 +47,10 @@ static void discard_close(void *state)
 
 /* The discarding destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_discard = {
-    1, "discard", discard_open, discard_publish, discard_close,
+    .version = 2,
+    .scheme = "discard",
+    .open = discard_open,
+    .publish = discard_publish,
+    .close = discard_close,
+    .reopen = NULL,
 };

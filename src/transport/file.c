@@ -3,12 +3,23 @@
  * (structured mode), appended to PATH and fsync'ed once per batch.
  *
  * Durability rule (guarantee 2): a message is confirmed only after the
- * fsync that follows its write succeeded; any failure confirms nothing in
- * the batch (every message gets OUTBOX_EIO and is republished later, so a
- * reader may see duplicates, never a gap).  A crash can leave a torn last
- * line: the file is repaired at open (and after a failed write) by ending
- * it with '\n' before anything new is appended, so every complete line
- * stays one valid JSON object.
+ * fsync that follows its write succeeded.  A write or fsync that fails
+ * confirms nothing: the file is first truncated back to its size before
+ * the batch (the end of the last complete line), so what a reader finds
+ * afterwards is whole lines only, and the batch fails as a whole (the
+ * relay treats that as the destination's outage: a full disk charges no
+ * attempts).  A crash can still leave a torn last line: the file is
+ * repaired at open by ending it with '\n' before anything new is appended.
+ *
+ * reopen (outbox_relay_reopen, SIGHUP) opens PATH again, for log rotation:
+ * after `mv events.jsonl events.jsonl.1` the next batch goes to a new
+ * events.jsonl.  The URL takes no settings; anything after '?' is refused.
+ *
+ * Fault points (test builds): file_write and file_fsync make the write or
+ * the fsync fail (ENOSPC after writing half the batch; EIO), as a full or
+ * failing disk does; file_after_write fails the batch after its write,
+ * file_after_fsync after its fsync (the lines are durable then, and are
+ * published again: duplicates, never a gap).
  */
 #include "internal.h"
 
@@ -20,12 +31,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define COMPONENT "transport.file"
+
 typedef struct file_state {
     int fd;
-    int needs_repair; /* a write failed: the last line may be torn */
+    int dirty;        /* a failed batch may have left bytes after good_size */
+    off_t good_size;  /* the file's size before the last batch: whole lines */
     char *path;
     char *source;
-    outbox_buf buf; /* reused for every batch */
+    char shown[512];  /* the URL, redacted, for messages */
+    outbox_buf buf;   /* reused for every batch */
 } file_state;
 
 static int write_all(int fd, const char *data, size_t len)
@@ -42,11 +57,11 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-/* Ends the file with '\n' when it is non-empty and its last byte is not one
- * (a line torn by a crash or a failed write).  The append descriptor is
+/* Ends the file open on fd with '\n' when it is non-empty and its last byte
+ * is not one (a line torn by a crash).  The append descriptor is
  * write-only, so the last byte is read through a second, read-only one.
  * Returns 0 (and *repaired) or -1 with errno set. */
-static int check_tail(file_state *st, int *repaired)
+static int check_tail(file_state *st, int fd, int *repaired)
 {
     struct stat sb;
     char last = '\n';
@@ -68,128 +83,208 @@ static int check_tail(file_state *st, int *repaired)
     errno = saved;
     if (rc != 0) return -1;
     if (r == 1 && last != '\n') {
-        if (write_all(st->fd, "\n", 1) != 0 || fsync(st->fd) != 0) return -1;
+        if (write_all(fd, "\n", 1) != 0 || fsync(fd) != 0) return -1;
         *repaired = 1;
     }
     return 0;
 }
 
-static int file_open(void **state, const char *url, const outbox_transport_config *cfg,
-                     outbox_error *err)
+/* Opens path for appending and repairs a torn tail; the descriptor, or -1
+ * with err filled (`what`: "open" or "reopen"). */
+static int open_output(file_state *st, const char *what, outbox_error *err)
 {
-    file_state *st = NULL;
-    const char *path;
-    char shown[512];
-    int repaired = 0;
-    int rc;
+    int fd = open(st->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    int repaired = 0, saved;
 
-    *state = NULL;
-    outbox__url_redact(url, shown, sizeof shown);
-    path = url + strlen("file:");
-    if (strncmp(path, "//", 2) == 0) path += 2;
-    if (*path == '\0')
+    if (fd < 0) {
+        outbox__error(err, OUTBOX_EIO,
+                      "cannot %s destination file %s for appending: %s; check that the "
+                      "directory exists and is writable",
+                      what, st->shown, strerror(errno));
+        return -1;
+    }
+    if (check_tail(st, fd, &repaired) != 0) {
+        saved = errno;
+        close(fd);
+        outbox__error(err, OUTBOX_EIO, "cannot check the end of destination file %s: %s",
+                      st->shown, strerror(saved));
+        return -1;
+    }
+    if (repaired)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "%s ended with an incomplete line (interrupted write); ended it with a "
+                    "newline before appending",
+                    st->shown);
+    return fd;
+}
+
+/* The path part of a file: URL ("file:PATH", "file://PATH"), up to '?';
+ * a '?' is refused: the destination takes no settings. */
+static int parse_url(const char *url, const char *shown, char **path, outbox_error *err)
+{
+    const char *p = url + strlen("file:"), *q;
+    if (strncmp(p, "//", 2) == 0) p += 2;
+    q = strchr(p, '?');
+    if (q != NULL) {
+        outbox_url u;
+        const char *key = NULL;
+        int rc;
+        if (outbox__url_parse(&u, url, NULL, NULL) == OUTBOX_OK) {
+            if (u.param_count > 0) key = u.params[0].key;
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "unknown file setting \"%s\" in destination \"%s\": file:PATH "
+                               "takes no settings (the path ends before '?'; a file name "
+                               "with '?' is not supported)",
+                               key ? key : "", shown);
+            outbox__url_free(&u);
+            return rc;
+        }
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "destination \"%s\": file:PATH takes no settings (the path ends "
+                             "before '?'; a file name with '?' is not supported)",
+                             shown);
+    }
+    if (*p == '\0')
         return outbox__error(err, OUTBOX_EBADURL,
                              "destination \"%s\" has no path; use file:PATH, e.g. "
                              "file:/var/lib/app/events.jsonl",
                              shown);
+    *path = strdup(p);
+    if (*path == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening %s", shown);
+    return OUTBOX_OK;
+}
 
+static void file_close(void *state);
+
+static int file_open(void **state, const char *url, const outbox_transport_config *cfg,
+                     outbox_error *err)
+{
+    file_state *st = NULL;
+    int rc;
+
+    *state = NULL;
     st = calloc(1, sizeof *st);
-    if (st == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening %s", shown);
+    if (st == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening a file:");
     st->fd = -1;
     outbox__buf_init(&st->buf);
-    st->path = strdup(path);
+    outbox__url_redact(url, st->shown, sizeof st->shown);
+    rc = parse_url(url, st->shown, &st->path, err);
+    if (rc != OUTBOX_OK) goto fail;
     st->source = strdup(cfg->source ? cfg->source : "/outbox");
-    if (st->path == NULL || st->source == NULL) {
-        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening %s", shown);
+    if (st->source == NULL) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening %s", st->shown);
         goto fail;
     }
-    st->fd = open(st->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    st->fd = open_output(st, "open", err);
     if (st->fd < 0) {
-        rc = outbox__error(err, OUTBOX_EIO,
-                           "cannot open destination file %s for appending: %s; check that "
-                           "the directory exists and is writable",
-                           shown, strerror(errno));
+        rc = err ? err->code : OUTBOX_EIO;
         goto fail;
     }
-    if (check_tail(st, &repaired) != 0) {
-        rc = outbox__error(err, OUTBOX_EIO, "cannot check the end of destination file %s: %s",
-                           shown, strerror(errno));
-        goto fail;
-    }
-    if (repaired)
-        outbox__log(OUTBOX_LOG_WARN, "transport.file",
-                    "%s ended with an incomplete line (interrupted write); ended it with a "
-                    "newline before appending",
-                    shown);
     *state = st;
     return OUTBOX_OK;
 
 fail:
-    if (st->fd >= 0) close(st->fd);
-    outbox__buf_free(&st->buf);
-    free(st->path);
-    free(st->source);
-    free(st);
+    file_close(st);
     return rc;
 }
 
-static void fail_all(outbox_publish_result *results, size_t n, int code, const char *what,
-                     const char *path, int errnum)
+/* Truncates the file back to good_size after a failed batch.  0, or -1
+ * with errno (the file stays dirty: the next batch tries again first). */
+static int truncate_back(file_state *st)
 {
-    size_t i;
-    for (i = 0; i < n; i++) {
-        results[i].code = code;
-        results[i].retry_after_ms = 0;
-        if (errnum)
-            snprintf(results[i].error, sizeof results[i].error, "%s %s: %s", what, path,
-                     strerror(errnum));
-        else
-            snprintf(results[i].error, sizeof results[i].error, "%s %s", what, path);
+    struct stat sb;
+    int repaired;
+    if (fstat(st->fd, &sb) != 0) return -1;
+    if (sb.st_size > st->good_size) {
+        if (ftruncate(st->fd, st->good_size) != 0) return -1;
+        if (fsync(st->fd) != 0) return -1;
+    } else if (sb.st_size < st->good_size && check_tail(st, st->fd, &repaired) != 0) {
+        return -1; /* shortened by someone else meanwhile: only make it end a line */
     }
+    st->dirty = 0;
+    return 0;
+}
+
+/* A batch that failed with errnum after `what`: the partial data is cut
+ * off (truncate_back), results[0].error says why, and the whole batch
+ * fails (see outbox_transport_ops.publish). */
+static int fail_batch(file_state *st, outbox_publish_result *results, const char *what,
+                      int errnum, int cut)
+{
+    int cut_errno = 0;
+    if (cut) {
+        st->dirty = 1;
+        if (truncate_back(st) != 0) cut_errno = errno;
+    }
+    if (cut_errno != 0)
+        snprintf(results[0].error, sizeof results[0].error,
+                 "%s %s: %s (and cutting the partial batch off failed: %s)", what, st->path,
+                 strerror(errnum), strerror(cut_errno));
+    else if (errnum != 0)
+        snprintf(results[0].error, sizeof results[0].error, "%s %s: %s", what, st->path,
+                 strerror(errnum));
+    else
+        snprintf(results[0].error, sizeof results[0].error, "%s %s", what, st->path);
+    return OUTBOX_EIO;
 }
 
 static int file_publish(void *state, outbox_msg *const *msgs, size_t n,
                         outbox_publish_result *results)
 {
     file_state *st = state;
+    struct stat sb;
     size_t i;
-    int repaired;
 
     if (n == 0) return OUTBOX_OK;
     if (outbox__cloudevent_lines(&st->buf, msgs, n, st->source) != OUTBOX_OK)
         return OUTBOX_ENOMEM;
 
-    if (st->needs_repair) {
-        if (check_tail(st, &repaired) != 0) {
-            fail_all(results, n, OUTBOX_EIO, "cannot repair the end of", st->path, errno);
-            return OUTBOX_OK;
-        }
-        st->needs_repair = 0;
+    if (st->dirty && truncate_back(st) != 0)
+        return fail_batch(st, results, "cannot cut a failed batch off the end of", errno, 0);
+    if (fstat(st->fd, &sb) != 0) return fail_batch(st, results, "cannot stat", errno, 0);
+    st->good_size = sb.st_size;
+
+    if (OUTBOX_FAULT("file_write") != 0) {
+        /* A disk that fills up halfway through the batch. */
+        if (write_all(st->fd, st->buf.data, st->buf.len / 2) != 0)
+            return fail_batch(st, results, "write to", errno, 1);
+        return fail_batch(st, results, "injected fault file_write: write to", ENOSPC, 1);
     }
-    if (write_all(st->fd, st->buf.data, st->buf.len) != 0) {
-        st->needs_repair = 1;
-        fail_all(results, n, OUTBOX_EIO, "write to", st->path, errno);
-        return OUTBOX_OK;
-    }
-    if (OUTBOX_FAULT("file_after_write") != 0) {
-        st->needs_repair = 1;
-        fail_all(results, n, OUTBOX_EIO, "injected fault file_after_write on", st->path, 0);
-        return OUTBOX_OK;
-    }
-    if (fsync(st->fd) != 0) {
-        st->needs_repair = 1;
-        fail_all(results, n, OUTBOX_EIO, "fsync of", st->path, errno);
-        return OUTBOX_OK;
-    }
-    if (OUTBOX_FAULT("file_after_fsync") != 0) {
-        fail_all(results, n, OUTBOX_EIO, "injected fault file_after_fsync on", st->path, 0);
-        return OUTBOX_OK;
-    }
+    if (write_all(st->fd, st->buf.data, st->buf.len) != 0)
+        return fail_batch(st, results, "write to", errno, 1);
+    if (OUTBOX_FAULT("file_after_write") != 0)
+        return fail_batch(st, results, "injected fault file_after_write on", 0, 1);
+    if (OUTBOX_FAULT("file_fsync") != 0)
+        return fail_batch(st, results, "injected fault file_fsync: fsync of", EIO, 1);
+    if (fsync(st->fd) != 0) return fail_batch(st, results, "fsync of", errno, 1);
+    if (OUTBOX_FAULT("file_after_fsync") != 0)
+        return fail_batch(st, results, "injected fault file_after_fsync on", 0, 0);
     for (i = 0; i < n; i++) {
         results[i].code = OUTBOX_OK;
         results[i].retry_after_ms = 0;
         results[i].error[0] = '\0';
     }
+    return OUTBOX_OK;
+}
+
+/* Opens the path again (see the top of the file).  The old descriptor is
+ * closed only once the new one is open; a batch that failed on the old
+ * file is cut off it first. */
+static int file_reopen(void *state, outbox_error *err)
+{
+    file_state *st = state;
+    int fd;
+
+    if (st->dirty && truncate_back(st) != 0)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "cannot cut a failed batch off the end of %s before reopening it: %s",
+                    st->shown, strerror(errno));
+    fd = open_output(st, "reopen", err);
+    if (fd < 0) return err ? err->code : OUTBOX_EIO;
+    close(st->fd);
+    st->fd = fd;
+    st->dirty = 0;
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "reopened %s", st->shown);
     return OUTBOX_OK;
 }
 
@@ -206,5 +301,10 @@ static void file_close(void *state)
 
 /* The file destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_file = {
-    1, "file", file_open, file_publish, file_close,
+    .version = 2,
+    .scheme = "file",
+    .open = file_open,
+    .publish = file_publish,
+    .close = file_close,
+    .reopen = file_reopen,
 };

@@ -966,12 +966,22 @@ void outbox__http_interrupt(void *state)
 
 /* The http:// destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_http = {
-    1, "http", http_open, http_publish, http_close,
+    .version = 2,
+    .scheme = "http",
+    .open = http_open,
+    .publish = http_publish,
+    .close = http_close,
+    .reopen = NULL,
 };
 
 /* The https:// destination driver: the same code; TLS verified by default. */
 const outbox_transport_ops outbox__transport_https = {
-    1, "https", http_open, http_publish, http_close,
+    .version = 2,
+    .scheme = "https",
+    .open = http_open,
+    .publish = http_publish,
+    .close = http_close,
+    .reopen = NULL,
 };
 
 #else /* !OUTBOX_HAVE_CURL */

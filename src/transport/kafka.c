@@ -559,7 +559,12 @@ static void kafka_close(void *state)
 
 /* The Kafka destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_kafka = {
-    1, "kafka", kafka_open, kafka_publish, kafka_close,
+    .version = 2,
+    .scheme = "kafka",
+    .open = kafka_open,
+    .publish = kafka_publish,
+    .close = kafka_close,
+    .reopen = NULL,
 };
 
 /* Its pipelined entry points (src/transport/pipeline.c lists them). */

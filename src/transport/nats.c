@@ -1171,7 +1171,12 @@ static void nats_close(void *state)
 
 /* The NATS JetStream destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_nats = {
-    1, "nats", nats_open, nats_publish, nats_close,
+    .version = 2,
+    .scheme = "nats",
+    .open = nats_open,
+    .publish = nats_publish,
+    .close = nats_close,
+    .reopen = NULL,
 };
 
 /* Its pipelined entry points (src/transport/pipeline.c lists them). */

@@ -111,6 +111,7 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
                 return rc;
             }
             t->ops = drivers[i];
+            if (t->ops == &outbox__transport_stdout) t->interrupt = outbox__stdout_interrupt;
 #ifdef OUTBOX_HAVE_CURL
             if (t->ops == &outbox__transport_http || t->ops == &outbox__transport_https)
                 t->interrupt = outbox__http_interrupt;
