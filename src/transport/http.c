@@ -17,10 +17,12 @@
  * the next starts only after the previous one got its 2xx.  When one fails,
  * the rest of its chain are not sent and get OUTBOX_EPUBLISH "held back".
  *
- * Outcomes: 2xx confirmed; timeouts, connection errors, 3xx, 408, 429 and
- * 5xx retriable (OUTBOX_EPUBLISH; Retry-After in seconds or as an HTTP date
- * becomes retry_after_ms); any other 4xx OUTBOX_EREJECTED with the status
- * and the first 200 bytes of the response body.
+ * Outcomes: 2xx confirmed; timeouts, connection errors, TLS failures, 3xx,
+ * 408, 429 and 5xx retriable (OUTBOX_EPUBLISH; Retry-After in seconds or as
+ * an HTTP date becomes retry_after_ms; when every message of a batch fails
+ * so, the relay takes it as the destination's outage and charges no
+ * attempt); any other 4xx OUTBOX_EREJECTED with the status and the first
+ * 200 bytes of the response body.
  *
  * Stop: the relay's stop calls outbox__http_interrupt (async-signal-safe: an
  * atomic flag and one byte down a self-pipe).  curl_multi_poll watches that
@@ -39,7 +41,10 @@
  * relay can serve several subscribers, each receiving the event types it
  * consumes (http and https URLs; the same secret and TLS settings).  The
  * ordering rule above holds across endpoints: an aggregate's chain spans them.
- * The URLs are only ever shown redacted; the secret never.
+ * The URLs are only ever shown redacted; the secret never.  A secret
+ * without the "whsec_" prefix is taken as the base64 of the key (as the
+ * Standard Webhooks libraries do), with a warning: it is most often a
+ * plain password that the receiver would use differently.
  */
 #include "internal.h"
 
@@ -342,6 +347,13 @@ static int apply_options(http_state *st, const outbox_transport_config *cfg, out
             snprintf(what, sizeof what, "the value of environment variable %s", secret_env);
         }
         rc = outbox__webhook_key_decode(text, what, st->key, &st->key_len, err);
+        if (rc == OUTBOX_OK && strncmp(text, "whsec_", 6) != 0)
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "the webhook secret in %s has no \"whsec_\" prefix: it is used as the "
+                        "base64 of the signing key, as with the prefix; a receiver that takes "
+                        "it as a plain password will reject every signature (Standard "
+                        "Webhooks secrets are \"whsec_\" + base64)",
+                        what);
         memset(text, 0, sizeof text);
         if (rc != OUTBOX_OK) return rc;
         st->sign = 1;

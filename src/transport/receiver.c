@@ -480,6 +480,12 @@ int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
         rc = outbox__webhook_key_decode(r->secret, "the receiver's secret", key, &key_len, err);
         memset(key, 0, sizeof key);
         if (rc != OUTBOX_OK) goto fail;
+        if (strncmp(r->secret, "whsec_", 6) != 0)
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "the receiver's secret has no \"whsec_\" prefix: it is used as the "
+                        "base64 of the signing key, as with the prefix; a sender that takes "
+                        "it as a plain password will not match (Standard Webhooks secrets "
+                        "are \"whsec_\" + base64)");
     } else {
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                     "no secret: unsigned webhooks are accepted (use this for testing only)");

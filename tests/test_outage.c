@@ -1,0 +1,384 @@
+/*
+ * test_outage.c - local destinations failing as an operator meets them:
+ * a full disk under file:, and stdout: into a pipe whose reader is gone.
+ *
+ *   file_full_disk    the fault points file_write (ENOSPC after half the
+ *                     batch, three times) and file_fsync (EIO, twice) fail
+ *                     five batches in a row with --max-attempts 2: nothing
+ *                     goes Failed, no attempt is charged, the file holds only
+ *                     whole JSON lines, each message exactly once, in order;
+ *                     the outage is logged once each way.
+ *   stdout_closed     stdout: into a pipe whose reader is closed: nothing is
+ *                     recorded sent (the process survives SIGPIPE).
+ *   stdout_head       the reader takes 100 bytes and exits, as `| head -1`
+ *                     does: the batch it left in the pipe is not confirmed.
+ *   stdout_drained    a reader that reads everything: all confirmed, every
+ *                     line received.
+ *
+ * The stdout cases run the relay in a forked child whose fd 1 is the pipe.
+ * Needs a build with OUTBOX_FAULT_INJECTION (the fault points are parsed
+ * once per process, so OUTBOX_FAULT is set before anything runs).
+ */
+#include "test.h"
+
+#if !defined(OUTBOX_FAULT_INJECTION)
+int main(void)
+{
+    SKIP("needs a build with OUTBOX_FAULT_INJECTION");
+}
+#else
+
+#include "internal.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_text[1 << 16];
+static size_t log_len;
+static int log_show;
+
+static void capture_log(void *user, int level, const char *component, const char *message)
+{
+    (void)user;
+    if (log_show)
+        fprintf(stderr, "   [%s %s] %s\n", outbox_log_level_name(level), component, message);
+    if (level < OUTBOX_LOG_INFO) return;
+    pthread_mutex_lock(&log_mu);
+    int n = snprintf(log_text + log_len, sizeof log_text - log_len, "%s %s %s\n",
+                     outbox_log_level_name(level), component, message);
+    if (n > 0 && log_len + (size_t)n < sizeof log_text) log_len += (size_t)n;
+    pthread_mutex_unlock(&log_mu);
+}
+
+static int log_count(const char *needle)
+{
+    int k = 0;
+    const char *p;
+    pthread_mutex_lock(&log_mu);
+    for (p = log_text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        k++;
+    pthread_mutex_unlock(&log_mu);
+    return k;
+}
+
+static sqlite3 *open_db(const char *path)
+{
+    sqlite3 *db = NULL;
+    outbox_error err;
+    memset(&err, 0, sizeof err);
+    if (sqlite3_open(path, &db) != SQLITE_OK) TEST_FAIL_("cannot open %s", path);
+    sqlite3_busy_timeout(db, 5000);
+    ASSERT_OK(outbox_schema_init_sqlite(db, &err), &err);
+    return db;
+}
+
+static void exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) TEST_FAIL_("%s: %s", sql, msg);
+}
+
+/* Enqueues n messages over `aggs` aggregates (message k in aggregate k %
+ * aggs) in one transaction; ids[k] receives message k's id. */
+static void enqueue_many(sqlite3 *db, int n, int aggs, char (*ids)[37])
+{
+    outbox_error err;
+    int k;
+    memset(&err, 0, sizeof err);
+    exec(db, "BEGIN");
+    for (k = 0; k < n; k++) {
+        outbox_msg *m = NULL;
+        char agg[16], payload[256];
+        snprintf(agg, sizeof agg, "a%d", k % aggs);
+        snprintf(payload, sizeof payload, "{\"k\":%d,\"pad\":\"%0200d\"}", k, k);
+        ASSERT_OK(outbox_msg_new(&m, "Step", "Order", agg, payload, &err), &err);
+        ASSERT_OK(outbox_enqueue_sqlite(db, m, &err), &err);
+        if (ids) snprintf(ids[k], 37, "%s", outbox_msg_id(m));
+        outbox_msg_free(m);
+    }
+    exec(db, "COMMIT");
+}
+
+static int64_t count_rows(sqlite3 *db, const char *where)
+{
+    char sql[256];
+    sqlite3_stmt *s = NULL;
+    int64_t n = -1;
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox WHERE %s", where);
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK) TEST_FAIL_("%s", sql);
+    if (sqlite3_step(s) == SQLITE_ROW) n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return n;
+}
+
+typedef struct runner {
+    pthread_t thread;
+    outbox_relay *relay;
+    int rc;
+    outbox_error err;
+} runner;
+
+static void *runner_main(void *arg)
+{
+    runner *r = arg;
+    r->rc = outbox_relay_run(r->relay, &r->err);
+    return NULL;
+}
+
+static void relay_options(outbox_relay_options *o)
+{
+    outbox_relay_options_init(o);
+    o->max_attempts = 2;
+    o->backoff_base_ms = 10;
+    o->backoff_max_ms = 40;
+    o->poll_interval_ms = 50;
+}
+
+/* ------------------------------------------------------------------------
+ * file: on a full disk
+ * ---------------------------------------------------------------------- */
+
+TEST(file_full_disk)
+{
+    enum { N = 40, AGGS = 4 };
+    const char *path = test_path("disk.db");
+    char out[600], dest[700], store[700], ids[N][37];
+    sqlite3 *db = open_db(path);
+    outbox_error err;
+    outbox_relay_options o;
+    outbox_relay_stats stats;
+    runner run;
+    char *text, *line, *save = NULL;
+    int seen[N], next[AGGS], lines = 0, k;
+    int64_t end;
+
+    memset(&err, 0, sizeof err);
+    snprintf(out, sizeof out, "%s", test_path("disk.jsonl"));
+    snprintf(dest, sizeof dest, "file:%s", out);
+    snprintf(store, sizeof store, "sqlite:%s", path);
+    enqueue_many(db, N, AGGS, ids);
+    relay_options(&o);
+    memset(&run, 0, sizeof run);
+    ASSERT_OK(outbox_relay_new(&run.relay, store, dest, &o, &err), &err);
+    if (pthread_create(&run.thread, NULL, runner_main, &run) != 0) TEST_FAIL_("pthread_create");
+    end = outbox__monotonic_us() + 10000000;
+    while (count_rows(db, "1") > 0 && outbox__monotonic_us() < end)
+        outbox__sleep_us(5000);
+    outbox_relay_stop(run.relay);
+    pthread_join(run.thread, NULL);
+    ASSERT_OK(run.rc, &run.err);
+    outbox_relay_get_stats(run.relay, &stats);
+    outbox_relay_free(run.relay);
+
+    /* Everything delivered, nothing Failed, no attempt charged. */
+    ASSERT_EQ(count_rows(db, "1"), 0);
+    ASSERT_EQ(stats.published, N);
+    ASSERT_EQ(stats.failed, 0);
+    ASSERT_EQ(stats.retried, 0);
+    /* Five whole batches failed: one error per aggregate each. */
+    ASSERT_EQ(stats.publish_errors, 5 * AGGS);
+    ASSERT_EQ(log_count("is down: injected fault file_write: write to"), 1);
+    ASSERT_EQ(log_count("No space left on device; backing off, no attempts are charged"), 1);
+    ASSERT_EQ(log_count("is back after"), 1);
+
+    /* Only whole JSON lines, each message once, in order per aggregate: the
+     * half-written batches were cut off, the fsync-failed ones too. */
+    text = test_read_file(out, NULL);
+    ASSERT(text != NULL);
+    memset(seen, 0, sizeof seen);
+    memset(next, 0, sizeof next);
+    for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_error_t jerr;
+        json_t *ev = json_loads(line, 0, &jerr);
+        if (ev == NULL) TEST_FAIL_("not a JSON line: %.80s", line);
+        int kk = (int)json_integer_value(json_object_get(json_object_get(ev, "data"), "k"));
+        ASSERT(kk >= 0 && kk < N);
+        ASSERT_STREQ(json_string_value(json_object_get(ev, "id")), ids[kk]);
+        ASSERT_EQ(seen[kk], 0);
+        seen[kk] = 1;
+        ASSERT_EQ(kk, next[kk % AGGS] * AGGS + kk % AGGS);
+        next[kk % AGGS]++;
+        json_decref(ev);
+        lines++;
+    }
+    ASSERT_EQ(lines, N);
+    free(text);
+    for (k = 0; k < N; k++)
+        ASSERT_EQ(seen[k], 1);
+    sqlite3_close(db);
+}
+
+/* ------------------------------------------------------------------------
+ * stdout: into a pipe
+ * ---------------------------------------------------------------------- */
+
+/* In a child process: fd 1 becomes wfd (rfd, the pipe's other end, is
+ * closed when >= 0), a relay to stdout: runs (until
+ * nothing is due with once, else for 600 ms), and the exit code says what
+ * happened: 0 run OK, 1 run failed, 2 could not start.  The stats go to
+ * stats_fd.  SIGPIPE keeps its default action: the library must not die
+ * of it. */
+static pid_t relay_child(const char *db_path, int rfd, int wfd, int once, int stats_fd)
+{
+    pid_t pid = fork();
+    if (pid < 0) TEST_FAIL_("fork: %s", strerror(errno));
+    if (pid == 0) {
+        char store[700];
+        outbox_relay_options o;
+        outbox_relay_stats stats;
+        outbox_error err;
+        runner run;
+        signal(SIGPIPE, SIG_DFL);
+        if (rfd >= 0) close(rfd); /* the reader is the parent alone */
+        if (dup2(wfd, STDOUT_FILENO) < 0) _exit(2);
+        close(wfd);
+        memset(&err, 0, sizeof err);
+        snprintf(store, sizeof store, "sqlite:%s", db_path);
+        relay_options(&o);
+        o.once = once;
+        memset(&run, 0, sizeof run);
+        if (outbox_relay_new(&run.relay, store, "stdout:", &o, &err) != OUTBOX_OK) _exit(2);
+        if (pthread_create(&run.thread, NULL, runner_main, &run) != 0) _exit(2);
+        if (!once) {
+            outbox__sleep_us(600000);
+            outbox_relay_stop(run.relay);
+        }
+        pthread_join(run.thread, NULL);
+        outbox_relay_get_stats(run.relay, &stats);
+        if (write(stats_fd, &stats, sizeof stats) != (ssize_t)sizeof stats) _exit(2);
+        outbox_relay_free(run.relay);
+        close(STDOUT_FILENO);
+        _exit(run.rc == OUTBOX_OK ? 0 : 1); /* _exit: not the parent's atexit handlers */
+    }
+    return pid;
+}
+
+/* Waits for the child; fails the test unless it exited with `want`. */
+static void child_exit(pid_t pid, int want, int stats_rd, outbox_relay_stats *stats)
+{
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid) TEST_FAIL_("waitpid: %s", strerror(errno));
+    if (WIFSIGNALED(status)) TEST_FAIL_("the relay process died of signal %d", WTERMSIG(status));
+    ASSERT(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), want);
+    ASSERT_EQ(read(stats_rd, stats, sizeof *stats), (ssize_t)sizeof *stats);
+}
+
+static void stats_pipe(int fds[2])
+{
+    if (pipe(fds) != 0) TEST_FAIL_("pipe: %s", strerror(errno));
+}
+
+TEST(stdout_closed)
+{
+    const char *path = test_path("closed.db");
+    sqlite3 *db = open_db(path);
+    outbox_relay_stats stats;
+    int p[2], sp[2];
+    pid_t pid;
+
+    enqueue_many(db, 20, 5, NULL);
+    stats_pipe(sp);
+    if (pipe(p) != 0) TEST_FAIL_("pipe");
+    close(p[0]); /* nobody will ever read */
+    pid = relay_child(path, -1, p[1], 0, sp[1]);
+    close(p[1]);
+    child_exit(pid, 0, sp[0], &stats);
+    fprintf(stderr, "   closed pipe: %llu publish errors, %llu published\n",
+            (unsigned long long)stats.publish_errors, (unsigned long long)stats.published);
+    ASSERT_EQ(stats.published, 0);
+    ASSERT_EQ(stats.retried, 0);
+    ASSERT_EQ(stats.failed, 0);
+    ASSERT_GE(stats.publish_errors, 2 * 5);
+    ASSERT_EQ(count_rows(db, "status = 'pending' AND attempts = 0"), 20);
+    close(sp[0]);
+    close(sp[1]);
+    sqlite3_close(db);
+}
+
+TEST(stdout_head)
+{
+    const char *path = test_path("head.db");
+    sqlite3 *db = open_db(path);
+    outbox_relay_stats stats;
+    char buf[100];
+    int p[2], sp[2];
+    size_t got = 0;
+    pid_t pid;
+
+    enqueue_many(db, 50, 5, NULL); /* about 20 KB of lines: more than the reader takes */
+    stats_pipe(sp);
+    if (pipe(p) != 0) TEST_FAIL_("pipe");
+    pid = relay_child(path, p[0], p[1], 0, sp[1]);
+    close(p[1]);
+    while (got < sizeof buf) {
+        ssize_t r = read(p[0], buf + got, sizeof buf - got);
+        if (r <= 0) TEST_FAIL_("the relay wrote nothing");
+        got += (size_t)r;
+    }
+    close(p[0]); /* exits after its first line, like head -1 */
+    child_exit(pid, 0, sp[0], &stats);
+    ASSERT_EQ(stats.published, 0);
+    ASSERT_EQ(stats.failed, 0);
+    ASSERT_GE(stats.publish_errors, 1);
+    ASSERT_EQ(count_rows(db, "status = 'pending' AND attempts = 0"), 50);
+    close(sp[0]);
+    close(sp[1]);
+    sqlite3_close(db);
+}
+
+TEST(stdout_drained)
+{
+    const char *path = test_path("drained.db");
+    sqlite3 *db = open_db(path);
+    outbox_relay_stats stats;
+    char buf[4096];
+    int p[2], sp[2], lines = 0;
+    pid_t pid;
+
+    enqueue_many(db, 300, 7, NULL);
+    stats_pipe(sp);
+    if (pipe(p) != 0) TEST_FAIL_("pipe");
+    pid = relay_child(path, p[0], p[1], 1, sp[1]);
+    close(p[1]);
+    for (;;) {
+        ssize_t r = read(p[0], buf, sizeof buf), i;
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        for (i = 0; i < r; i++)
+            if (buf[i] == '\n') lines++;
+        outbox__sleep_us(200); /* a reader slower than the writer */
+    }
+    close(p[0]);
+    child_exit(pid, 0, sp[0], &stats);
+    ASSERT_EQ(lines, 300);
+    ASSERT_EQ(stats.published, 300);
+    ASSERT_EQ(stats.publish_errors, 0);
+    ASSERT_EQ(count_rows(db, "1"), 0);
+    close(sp[0]);
+    close(sp[1]);
+    sqlite3_close(db);
+}
+
+int main(void)
+{
+    /* Hits 1-3 of file_write and 1-2 of file_fsync fail: five batches. */
+    setenv("OUTBOX_FAULT",
+           "file_write:error:1,file_write:error:2,file_write:error:3,file_fsync:error:1,"
+           "file_fsync:error:2",
+           1);
+    log_show = getenv("OUTBOX_TEST_LOG") != NULL;
+    outbox_log_set(capture_log, NULL, log_show ? OUTBOX_LOG_DEBUG : OUTBOX_LOG_INFO);
+    RUN(file_full_disk);
+    RUN(stdout_closed);
+    RUN(stdout_head);
+    RUN(stdout_drained);
+    return 0;
+}
+
+#endif /* OUTBOX_FAULT_INJECTION */
