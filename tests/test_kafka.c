@@ -14,6 +14,8 @@
  *                   a drain
  *   rejected        a Produce refused for good (message too large): the
  *                   message fails, later ones of its aggregate wait
+ *   oversized       a message over kafka.message.max.bytes fails at once
+ *                   with the reason; start-up warns about the limit
  *   fatal_rebuild   a fatal producer error (fault point kafka_fatal, test
  *                   builds only) mid-drain: producer rebuilt, lost 0,
  *                   order violations 0
@@ -299,12 +301,15 @@ typedef void (*chaos_fn)(uint64_t *rng, int step);
 /* Counts the relay's pipelined batches (debug lines "batch of N (pipelined): ...");
  * passes warnings and errors on to stderr as the default log does. */
 static atomic_long pipelined_batches;
+static atomic_long producers_rebuilt; /* "producer rebuilt after a fatal error" */
 
 static void count_pipelined(void *user, int level, const char *component, const char *message)
 {
     (void)user;
     if (strncmp(message, "batch of ", 9) == 0 && strstr(message, "(pipelined)") != NULL)
         atomic_fetch_add(&pipelined_batches, 1);
+    if (strstr(message, "producer rebuilt after a fatal error") != NULL)
+        atomic_fetch_add(&producers_rebuilt, 1);
     if (level >= OUTBOX_LOG_WARN) fprintf(stderr, "[%s] %s\n", component, message);
 }
 
@@ -398,6 +403,57 @@ TEST(rejected)
     ch_expect_failed_error(db, "Kafka refused");
 }
 
+/* A message over the producer's message.max.bytes fails at once with the
+ * reason, its aggregate's next one waits, another aggregate flows; start-up
+ * says that message.max.bytes is below this process's message limit. */
+static pthread_mutex_t size_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char size_log[1 << 14];
+static size_t size_log_len;
+
+static void size_capture(void *user, int level, const char *component, const char *message)
+{
+    (void)user;
+    if (level < OUTBOX_LOG_WARN) return;
+    pthread_mutex_lock(&size_log_mu);
+    int n = snprintf(size_log + size_log_len, sizeof size_log - size_log_len, "%s %s\n",
+                     component, message);
+    if (n > 0 && size_log_len + (size_t)n < sizeof size_log) size_log_len += (size_t)n;
+    pthread_mutex_unlock(&size_log_mu);
+}
+
+TEST(oversized)
+{
+    char db[CH_PATH], to[700], big[37], id[37];
+    static char payload[4000];
+    outbox_relay *r = NULL;
+    outbox_error err;
+    outbox_relay_stats stats;
+
+    ch_new_store(db, "oversized.db");
+    topic_create("sized");
+    snprintf(payload, sizeof payload, "{\"pad\":\"%03000d\"}", 0);
+    enqueue(db, "Big", "A", "big", payload, NULL, big);
+    enqueue(db, "Next", "A", "big", "{}", NULL, id);
+    enqueue(db, "Ok", "A", "ok", "{}", NULL, id);
+    snprintf(to, sizeof to, "kafka://%s?topic=sized&kafka.message.max.bytes=2000", bootstraps);
+    outbox_log_set(size_capture, NULL, OUTBOX_LOG_WARN);
+    ASSERT_OK(ch_relay_new(&r, db, to, 1, &err), &err);
+    ASSERT_OK(outbox_relay_run(r, &err), &err);
+    outbox_relay_get_stats(r, &stats);
+    outbox_relay_free(r);
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    ASSERT_EQ(stats.failed, 1);
+    ASSERT_EQ(stats.retried, 0);
+    ASSERT_EQ(stats.published, 1);
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 1);
+    ch_expect_failed_error(db, "Kafka refused the message");
+    pthread_mutex_lock(&size_log_mu);
+    ASSERT_CONTAINS(size_log, "sends messages of at most 2000 bytes (message.max.bytes), less "
+                              "than the 1048576 bytes this process lets a message have");
+    pthread_mutex_unlock(&size_log_mu);
+}
+
 /* A fatal producer error (injected with the kafka_fatal fault point on the
  * second batch of this drain): the producer is rebuilt and nothing is lost
  * or reordered. */
@@ -412,6 +468,8 @@ TEST(fatal_rebuild)
 
     ch_new_store(db, "fatal.db");
     topic_create("fatal");
+    atomic_store(&producers_rebuilt, 0);
+    outbox_log_set(count_pipelined, NULL, OUTBOX_LOG_DEBUG);
     memset(&p, 0, sizeof p);
     p.db_path = db;
     p.aggregates = 20;
@@ -420,7 +478,7 @@ TEST(fatal_rebuild)
     ch_produce(&p, 2000);
     snprintf(to, sizeof to, "kafka://%s?topic=fatal", bootstraps);
     /* Once-drains until empty: retried messages wait out their backoff. */
-    uint64_t published = 0, retried = 0;
+    uint64_t published = 0, retried = 0, errors = 0;
     for (int i = 0; i < 100 && ch_outbox_count(db, NULL) > 0; i++) {
         ASSERT_OK(ch_relay_new(&r, db, to, 1, &err), &err);
         ASSERT_OK(outbox_relay_run(r, &err), &err);
@@ -428,12 +486,17 @@ TEST(fatal_rebuild)
         outbox_relay_free(r);
         published += stats.published;
         retried += stats.retried;
+        errors += stats.publish_errors;
         ch_sleep_ms(100);
     }
     stats.published = published;
     stats.retried = retried;
     ASSERT_EQ(ch_outbox_count(db, NULL), 0);
-    ASSERT(stats.retried > 0); /* the fault fired: messages were retried */
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    /* The fault fired and the producer was rebuilt (what it had not
+     * confirmed, if anything, failed: as retries, or, when a whole batch
+     * was unconfirmed, as the destination's outage). */
+    ASSERT_EQ(atomic_load(&producers_rebuilt), 1);
     ch_path(dump, "fatal.jsonl");
     FILE *f = fopen(dump, "w");
     if (!f) TEST_FAIL_("cannot write %s", dump);
@@ -441,8 +504,10 @@ TEST(fatal_rebuild)
     fclose(f);
     ch_check_file(dump, &p, &rep);
     char label[128];
-    snprintf(label, sizeof label, "   fatal error + rebuild (relay: %llu published, %llu retried)",
-             (unsigned long long)stats.published, (unsigned long long)stats.retried);
+    snprintf(label, sizeof label,
+             "   fatal error + rebuild (relay: %llu published, %llu retried, %llu publish errors)",
+             (unsigned long long)stats.published, (unsigned long long)stats.retried,
+             (unsigned long long)errors);
     ch_report_print(label, &rep);
     ASSERT_EQ(rep.lost, 0);
     ASSERT_EQ(rep.foreign, 0);
@@ -514,6 +579,7 @@ int main(void)
     fprintf(stderr, "-- fatal_rebuild skipped: needs a build with OUTBOX_FAULT_INJECTION\n");
 #endif
     RUN(rejected);
+    RUN(oversized);
     RUN(config);
     RUN(produce_errors);
     RUN(brokers_down);

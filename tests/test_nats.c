@@ -10,6 +10,9 @@
  *                 credentials: clear start-up errors (password not shown)
  *   stream_deleted the stream removed after start-up: the message fails for
  *                 good with the reason, its aggregate's next one waits
+ *   oversized     a server with max_payload 4096: a message over it (payload
+ *                 alone, or with its headers) fails at once with the
+ *                 reason, its aggregate's next one waits, start-up warns
  *   creds         creds=FILE (JWT + nkey seed) against a nats-server in
  *                 operator mode with JetStream: delivered with the good
  *                 user; an untrusted user, garbage or missing creds, no
@@ -736,6 +739,99 @@ TEST(creds)
 
 #endif /* OUTBOX_HAVE_CRYPTO */
 
+
+/* ------------------------------------------------------------------------
+ * Oversized messages against a server with a small max_payload
+ * ---------------------------------------------------------------------- */
+
+static pthread_mutex_t size_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char size_log[1 << 14];
+static size_t size_log_len;
+
+static void size_capture(void *user, int level, const char *component, const char *message)
+{
+    (void)user;
+    if (getenv("OUTBOX_TEST_VERBOSE"))
+        fprintf(stderr, "   [%s] %s: %s\n", outbox_log_level_name(level), component, message);
+    if (level < OUTBOX_LOG_WARN) return;
+    pthread_mutex_lock(&size_log_mu);
+    int n = snprintf(size_log + size_log_len, sizeof size_log - size_log_len, "%s %s\n",
+                     component, message);
+    if (n > 0 && size_log_len + (size_t)n < sizeof size_log) size_log_len += (size_t)n;
+    pthread_mutex_unlock(&size_log_mu);
+}
+
+/* A message larger than the server's max_payload fails at once as
+ * rejected, with the reason (it used to be retried as if the failure were
+ * temporary), whether its payload alone is too large or only with its
+ * headers; its aggregate's next message waits behind it, other aggregates
+ * flow; start-up says that the server's max_payload is below this
+ * process's message limit. */
+TEST(oversized)
+{
+    char db[CH_PATH], conf[CH_PATH], to[256], big_id[37], edge_id[37];
+    static char payload[9000];
+    nh_server small;
+    outbox_relay *r = NULL;
+    outbox_error err;
+    outbox_relay_stats stats;
+
+    memset(&small, 0, sizeof small);
+    ch_path(conf, "small-payload.conf");
+    {
+        FILE *f = fopen(conf, "w");
+        if (f == NULL || fputs("max_payload: 4096\n", f) < 0 || fclose(f) != 0)
+            TEST_FAIL_("cannot write %s", conf);
+    }
+    snprintf(small.conf, sizeof small.conf, "%s", conf);
+    nh_server_start(&small);
+    nh_stream_create(&small, "SIZE", "size.>");
+
+    ch_new_store(db, "oversized.db");
+    snprintf(payload, sizeof payload, "{\"pad\":\"%08000d\"}", 0);
+    enqueue_one(db, NULL, "Big", "A", "big", payload, NULL, big_id);
+    enqueue_one(db, NULL, "Next", "A", "big", "{}", NULL, NULL);
+    snprintf(payload, sizeof payload, "{\"pad\":\"%03950d\"}", 0); /* fits, not with headers */
+    enqueue_one(db, NULL, "Edge", "A", "edge", payload, NULL, edge_id);
+    enqueue_one(db, NULL, "Ok", "A", "ok", "{}", NULL, NULL);
+
+    outbox_log_set(size_capture, NULL, OUTBOX_LOG_DEBUG);
+    snprintf(to, sizeof to, "%s?stream=SIZE&subject=size.{type}", small.url);
+    ASSERT_OK(ch_relay_new(&r, db, to, 1, &err), &err);
+    ASSERT_OK(outbox_relay_run(r, &err), &err);
+    outbox_relay_get_stats(r, &stats);
+    outbox_relay_free(r);
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    if (getenv("OUTBOX_TEST_VERBOSE")) outbox_log_set(log_to_stderr, NULL, OUTBOX_LOG_DEBUG);
+
+    ASSERT_EQ(stats.failed, 2);
+    ASSERT_EQ(stats.retried, 0);
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 2);
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 1); /* Next, held behind Big */
+    ASSERT_EQ(nh_stream_count(&small, "SIZE"), 1);  /* Ok */
+    {
+        sqlite3 *h = ch_db_open(db);
+        char sql[256];
+        snprintf(sql, sizeof sql,
+                 "SELECT count(*) FROM outbox WHERE id = '%s' AND attempts = 1 AND last_error "
+                 "LIKE '%%payload is 8010 bytes, more than the NATS server''s max_payload of "
+                 "4096 bytes%%'",
+                 big_id);
+        ASSERT_EQ(ch_db_count(h, sql), 1);
+        snprintf(sql, sizeof sql,
+                 "SELECT count(*) FROM outbox WHERE id = '%s' AND attempts = 1 AND last_error "
+                 "LIKE '%%with its headers is larger than the NATS server''s max_payload%%'",
+                 edge_id);
+        ASSERT_EQ(ch_db_count(h, sql), 1);
+        sqlite3_close(h);
+    }
+    pthread_mutex_lock(&size_log_mu);
+    ASSERT_CONTAINS(size_log, "accepts messages of at most 4096 bytes (max_payload), less than "
+                              "the 1048576 bytes this process lets a message have");
+    pthread_mutex_unlock(&size_log_mu);
+    nh_server_stop(&small);
+}
+
 int main(void)
 {
     if (getenv("OUTBOX_TEST_VERBOSE")) outbox_log_set(log_to_stderr, NULL, OUTBOX_LOG_DEBUG);
@@ -749,6 +845,7 @@ int main(void)
     RUN(creds);
     RUN(stream_deleted);
     RUN(one_unacked_per_aggregate);
+    RUN(oversized);
     RUN(server_restarts);
     nh_server_stop(&server);
     nats_Close();

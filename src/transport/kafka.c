@@ -25,6 +25,12 @@
  * messages in order behind the failed one.  (Test builds: the fault point
  * kafka_fatal raises such an error with rd_kafka_test_fatal_error.)
  *
+ * Size: a message over message.max.bytes (librdkafka refuses it when
+ * produced) or over the topic's limit (the broker's report) is rejected
+ * for good, not retried.  Start-up logs a message.max.bytes smaller than
+ * this process's OUTBOX_LIMIT_MESSAGE_BYTES (librdkafka's default, 1000000,
+ * is).
+ *
  * Settings: any kafka.<name>=<value> goes to rd_kafka_conf_set (a bad one is
  * ECONFIG at start-up; values are never echoed, so secrets such as
  * sasl.password stay out of errors).  librdkafka's own logs go through
@@ -291,6 +297,21 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     if (rc != OUTBOX_OK) goto fail;
     rc = make_producer(st, err);
     if (rc != OUTBOX_OK) goto fail;
+    {
+        char value[32];
+        size_t value_len = sizeof value, limit = outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, 0);
+        long long max_bytes;
+        if (rd_kafka_conf_get(st->conf, "message.max.bytes", value, &value_len) ==
+                RD_KAFKA_CONF_OK &&
+            (max_bytes = atoll(value)) > 0 && (unsigned long long)limit > (unsigned long long)max_bytes)
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "the producer for %s sends messages of at most %lld bytes "
+                        "(message.max.bytes), less than the %zu bytes this process lets a "
+                        "message have (OUTBOX_LIMIT_MESSAGE_BYTES): a larger message fails at "
+                        "once as rejected; raise kafka.message.max.bytes (and the topic's "
+                        "max.message.bytes) or lower the limit",
+                        st->brokers, max_bytes, limit);
+    }
 
     outbox__log(OUTBOX_LOG_INFO, COMPONENT, "producer for %s: topic %s, ack timeout %lld ms",
                 st->brokers, tmpl, (long long)st->ack_timeout_ms);
@@ -477,14 +498,39 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
  * internal.h), until ack_timeout after it began.  A fatal producer error
  * fails what is unconfirmed in every open batch (retriable) and has the
  * producer rebuilt before the next batch. */
+/* When the producer has raised a fatal error: fails what is unconfirmed
+ * in every open batch (retriable) and has the producer rebuilt before the
+ * next batch.  1 when it had. */
+static int check_fatal(kafka_state *st)
+{
+    char fatal[512];
+    size_t i;
+    int k;
+
+    if (st->rebuild) return 1;
+    if (rd_kafka_fatal_error(st->rk, fatal, sizeof fatal) == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
+    outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
+                "fatal producer error: %s; unconfirmed messages will be retried on a new "
+                "producer",
+                fatal);
+    for (k = 0; k < st->count; k++) {
+        kafka_batch *c = batch_at(st, k);
+        for (i = 0; i < c->n; i++)
+            if (!c->done[i]) {
+                set_result(&c->results[i], OUTBOX_EPUBLISH, "fatal producer error: %s", fatal);
+                c->done[i] = 1;
+            }
+        c->outstanding = 0;
+    }
+    st->rebuild = 1;
+    return 1;
+}
+
 static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
                              outbox_publish_result *results)
 {
     kafka_state *st = state;
     kafka_batch *b;
-    char fatal[512];
-    size_t i;
-    int k;
 
     if (st->count == 0) return OUTBOX_EINVAL;
     b = batch_at(st, 0);
@@ -493,28 +539,14 @@ static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     if (OUTBOX_FAULT("kafka_fatal") != 0)
         rd_kafka_test_fatal_error(st->rk, RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
                                   "injected fault kafka_fatal");
-    while (b->outstanding > 0 && !st->rebuild) {
+    while (b->outstanding > 0 && !check_fatal(st)) {
         int64_t left_ms = (b->deadline - outbox__monotonic_us()) / 1000;
         if (left_ms <= 0) break;
         rd_kafka_poll(st->rk, (int)(left_ms < 100 ? left_ms : 100));
-        if (rd_kafka_fatal_error(st->rk, fatal, sizeof fatal) == RD_KAFKA_RESP_ERR_NO_ERROR)
-            continue;
-        outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
-                    "fatal producer error: %s; unconfirmed messages will be retried on a new "
-                    "producer",
-                    fatal);
-        for (k = 0; k < st->count; k++) {
-            kafka_batch *c = batch_at(st, k);
-            for (i = 0; i < c->n; i++)
-                if (!c->done[i]) {
-                    set_result(&c->results[i], OUTBOX_EPUBLISH, "fatal producer error: %s",
-                               fatal);
-                    c->done[i] = 1;
-                }
-            c->outstanding = 0;
-        }
-        st->rebuild = 1;
     }
+    /* Also when nothing was outstanding: the batch's produce calls may
+     * have failed on the fatal error itself. */
+    check_fatal(st);
     if (b->outstanding > 0)
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                     "%zu of %zu messages without a delivery report within %lld ms; they will be "

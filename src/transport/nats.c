@@ -40,6 +40,12 @@
  * publications while it recovers its streams.  Callbacks use the state
  * until nats.c's closed callback, which close waits for.
  *
+ * Size: a message whose payload alone exceeds the server's max_payload, or
+ * that nats.c refuses as too large with its headers (NATS_MAX_PAYLOAD), is
+ * rejected at once (OUTBOX_EREJECTED: Failed, not retried), as is one over
+ * the stream's max_msg_size (its ack says so).  Start-up logs a
+ * max_payload smaller than this process's OUTBOX_LIMIT_MESSAGE_BYTES.
+ *
  * Start-up checks: the subject template (outbox__route_new), the stream
  * (js_GetStreamInfo; created with create_stream=NAME), and that the
  * stream's subjects cover the template, so a wrong subject is a start-up
@@ -742,6 +748,17 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
     }
     rc = check_stream(st, create, tmpl, err);
     if (rc != OUTBOX_OK) goto fail;
+    {
+        int64_t max_payload = natsConnection_GetMaxPayload(st->nc);
+        size_t limit = outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, 0);
+        if (max_payload > 0 && (uint64_t)limit > (uint64_t)max_payload)
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "%s accepts messages of at most %lld bytes (max_payload), less than "
+                        "the %zu bytes this process lets a message have "
+                        "(OUTBOX_LIMIT_MESSAGE_BYTES): a larger message fails at once as "
+                        "rejected; raise max_payload on the server or lower the limit",
+                        st->hosts, (long long)max_payload, limit);
+    }
 
     outbox__log(OUTBOX_LOG_INFO, COMPONENT,
                 "connected to %s: stream %s, subject %s, max pending %lld, ack timeout %lld ms",
@@ -861,6 +878,7 @@ static size_t wave(nats_state *st, nats_batch *b, nats_batch *older, int *progre
 {
     size_t i, waiting = 0;
     outbox_error rerr;
+    int64_t max_payload = natsConnection_GetMaxPayload(st->nc); /* this server's (0: unknown) */
 
     for (i = 0; i < b->n; i++) {
         const outbox_msg *m = b->msgs[i];
@@ -903,6 +921,15 @@ static size_t wave(nats_state *st, nats_batch *b, nats_batch *older, int *progre
                      "not sent: an earlier message of its aggregate was not confirmed");
             continue;
         }
+        if (max_payload > 0 && strlen(m->payload) > (size_t)max_payload) {
+            char why[200];
+            snprintf(why, sizeof why,
+                     "the payload is %zu bytes, more than the NATS server's max_payload of "
+                     "%lld bytes",
+                     strlen(m->payload), (long long)max_payload);
+            not_sent(st, b, i, OUTBOX_EREJECTED, why);
+            continue;
+        }
         rerr.code = 0;
         rerr.message[0] = '\0';
         if (outbox__route_render(st->route, m, &st->subject, &rerr) != OUTBOX_OK) {
@@ -932,6 +959,15 @@ static size_t wave(nats_state *st, nats_batch *b, nats_batch *older, int *progre
             /* The window stayed full for ack_timeout: acks are not coming
              * back, so the rest of the batch waits for the next attempt. */
             if (s == NATS_TIMEOUT) b->stalled = 1;
+            if (s == NATS_MAX_PAYLOAD) {
+                /* Payload and headers together over max_payload: never fits. */
+                snprintf(why, sizeof why,
+                         "the message with its headers is larger than the NATS server's "
+                         "max_payload of %lld bytes (%s)",
+                         (long long)max_payload, status_text(s));
+                not_sent(st, b, i, OUTBOX_EREJECTED, why);
+                continue;
+            }
             not_sent(st, b, i, OUTBOX_EPUBLISH, why);
         }
     }
