@@ -455,14 +455,18 @@ enum {
  * aggregate.  Return OUTBOX_OK once the message is durably handled,
  * OUTBOX_EPUBLISH (or any retriable code) to retry later with backoff, or
  * OUTBOX_EREJECTED to fail this attempt permanently.  A message for err is
- * stored as the message's last_error. */
+ * stored as the message's last_error.  When every message of a batch gets
+ * a retriable code, the relay takes it as the destination's outage (see
+ * outbox_relay_run): no attempt is spent and nothing is stored. */
 typedef int (*outbox_publish_fn)(void *user, const outbox_msg *msg, outbox_error *err);
 
 typedef struct outbox_relay_options {
     unsigned batch_size;         /* messages claimed at once; default 512 */
     unsigned max_attempts;       /* then Failed; default 10 */
-    unsigned backoff_base_ms;    /* first retry delay cap; default 500 */
-    unsigned backoff_max_ms;     /* largest delay cap; default 300000 (5 min) */
+    unsigned backoff_base_ms;    /* first retry delay cap; default 500 (also the
+                                    first pause of a destination outage) */
+    unsigned backoff_max_ms;     /* largest delay cap; default 300000 (5 min);
+                                    outage pauses stop at min(this, 30 s) */
     int on_sent;                 /* OUTBOX_ON_SENT_DELETE or _MARK */
     int failed_blocks_aggregate; /* 1 (default): a Failed message holds back
                                     later messages of its aggregate until
@@ -518,7 +522,19 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
  * Returns OUTBOX_ELEASED when another relay holds the lease (and
  * wait_for_lease is 0), OUTBOX_ELEASELOST if it was taken over, or another
  * error for a failure it cannot ride out.  Never marks a message sent
- * before the destination confirmed it. */
+ * before the destination confirmed it.
+ *
+ * Only failures of a message spend its attempts: the destination rejected
+ * it, or it failed while other messages of its batch went through.  A batch
+ * the destination failed as a whole, or whose every message failed with a
+ * retriable code (connection refused, DNS, TLS, disk full, 5xx on each), is
+ * a destination outage: nothing is recorded for it, the relay pauses the
+ * whole destination (from backoff_base_ms, doubling, up to min(backoff_max_ms,
+ * 30 s), with jitter; longer if the destination asked with Retry-After),
+ * logs once when it goes down and once when it is back, and tries the same
+ * messages again.  With opts.once, run() returns the destination's error
+ * (e.g. OUTBOX_EIO, OUTBOX_EPUBLISH) once it has been down for 10 s.
+ * Either way every failed publication counts in stats.publish_errors. */
 int outbox_relay_run(outbox_relay *relay, outbox_error *err);
 
 /* Asks a running relay to stop after its in-flight batch.  Safe from any

@@ -554,9 +554,8 @@ typedef struct outbox_transport_ops {
 
 /* Pipelining destinations (nats://, kafka://): the same publication split in two
  * so the relay can work while a batch's confirmations are outstanding.
- * Kept out of outbox_transport_ops (like interrupt below) so that the
- * drivers' positional tables stay complete; outbox__transport_pipeline
- * finds a driver's.
+ * Kept out of outbox_transport_ops (like interrupt below): only two
+ * drivers have them; outbox__transport_pipeline finds a driver's.
  *
  * publish_begin starts sending msgs[0..n) and returns without waiting; it
  * keeps msgs and results (borrowed) until publish_end is called with the
@@ -595,9 +594,8 @@ typedef struct outbox_transport {
      * signal handler while publish runs in another thread: async-signal-
      * safe (sets a flag, writes a pipe).  The publish in progress then
      * returns soon, its unfinished messages with OUTBOX_ESTOPPED, which a
-     * stopping relay leaves unchanged (pending, no attempt counted).  Kept
-     * out of outbox_transport_ops so that the drivers' positional tables
-     * stay complete. */
+     * stopping relay leaves unchanged (pending, no attempt counted).
+     * http(s): and stdout: have one. */
     void (*interrupt)(void *state);
 } outbox_transport;
 

@@ -953,6 +953,21 @@ static int all_gone(void *arg)
     return count_rows(arg, "1") == 0;
 }
 
+/* The note `outbox status` shows for the lease holder; *supported says
+ * whether the store keeps notes at all. */
+static const char *relay_note(const char *db_path, int *supported)
+{
+    static outbox_status st;
+    outbox_store s;
+    outbox_error err_ = {0, ""}, *err = &err_;
+    memset(&st, 0, sizeof st);
+    ASSERT_OK(outbox__store_open(&s, store_url(db_path), err), err);
+    *supported = s.ops->version >= 5 && s.ops->lease_note != NULL;
+    ASSERT_OK(s.ops->status(s.state, &st, err), err);
+    outbox__store_close(&s);
+    return st.relay_note;
+}
+
 TEST(outage_charges_nothing)
 {
     const char *path = test_path("outage.db");
@@ -963,7 +978,7 @@ TEST(outage_charges_nothing)
     runner run;
     char ids[6][37];
     size_t i, calls_down;
-    int k;
+    int k, noted = 0;
 
     rec_init(&rec);
     exec(db, "BEGIN");
@@ -1003,14 +1018,21 @@ TEST(outage_charges_nothing)
                         "charged"),
               1);
     ASSERT_EQ(log_count("is back"), 0);
+    /* The store keeps the relay's note for `outbox status` (stores with
+     * lease_note). */
+    {
+        const char *note = relay_note(path, &noted);
+        if (noted) ASSERT_CONTAINS(note, "destination down since ");
+    }
 
     /* Back: everything goes out, once, in order per aggregate. */
     pthread_mutex_lock(&rec.lock);
     rec.fail_all = 0;
     pthread_mutex_unlock(&rec.lock);
     ASSERT(wait_for(all_gone, db, 5000));
-    ASSERT_OK(runner_stop(&run), errp(&run.err));
     ASSERT_EQ(log_count("is back after"), 1);
+    if (noted) ASSERT_STREQ(relay_note(path, &noted), "");
+    ASSERT_OK(runner_stop(&run), errp(&run.err));
     for (k = 0; k < 6; k++)
         ASSERT_EQ(rec_ok_count(&rec, ids[k]), 1);
     {

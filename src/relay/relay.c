@@ -12,6 +12,23 @@
  * Failed after max_attempts or when the destination rejected it for good.
  * Outcomes are recorded in one store transaction that also renews the lease.
  *
+ * Destination outage: when the destination failed the batch as a whole, or
+ * every message it tried failed with a retriable code (none confirmed, none
+ * rejected), the failure is the destination's, not the messages': every
+ * message is UNSENT (no attempt spent, so a long outage turns nothing
+ * Failed; order and "sent only after confirmation" hold as for any UNSENT
+ * message), and the relay pauses the whole destination before claiming
+ * again (equal jitter, growing from backoff_base_ms to min(backoff_max_ms,
+ * 30 s), longer when the destination sent Retry-After; the lease is renewed
+ * meanwhile).  It logs once when the destination goes down and once when a
+ * batch is answered again, and keeps a note in the store (lease_note) for
+ * `outbox status` while it is down.  In once mode run() gives up after
+ * 10 s of outage with the destination's error.
+ *
+ * outbox_relay_reopen (SIGHUP) sets a flag and wakes the loop, which asks
+ * the destination to reopen its files before its next batch (with no
+ * batch in flight).
+ *
  * Pipelining (on when the store is version 4 with the pipelined claim and
  * the destination has publish_begin/publish_end, outbox__transport_pipeline,
  * nats:// and kafka://; the environment variable OUTBOX_RELAY_PIPELINE=0 turns it
@@ -50,8 +67,8 @@
  *     a claim comes back short, so the store can rebalance and the relay can
  *     go idle with nothing out.
  *
- * Waiting: poll() on a self-pipe that outbox_relay_stop and outbox_relay_wake
- * write to (one byte at most for wakes, coalesced by an atomic flag), with a
+ * Waiting: poll() on a self-pipe that outbox_relay_stop, outbox_relay_wake
+ * and outbox_relay_reopen write to (one byte at most for wakes, coalesced by an atomic flag), with a
  * timeout bounded by the cheap change check, the next retry due time, the
  * lease renewal and the fallback poll interval.  The enqueuing code wakes the
  * relay before its transaction commits, so after a wake the relay checks for

@@ -1,9 +1,9 @@
 /*
  * pipeline.c - which destinations can pipeline: the table of their
  * publish_begin/publish_end entry points (see outbox_transport_pipeline in
- * internal.h).  A separate table rather than fields of outbox_transport_ops
- * keeps every driver's positional ops table complete; the relay asks here
- * and falls back to the synchronous publish for everything else.
+ * internal.h).  A separate table rather than fields of outbox_transport_ops,
+ * since only two drivers have them; the relay asks here and falls back to
+ * the synchronous publish for everything else.
  */
 #include "internal.h"
 
