@@ -24,70 +24,12 @@
 #include "tls_certs.h"
 
 #include "internal.h"
+#include "log_capture.h"
 
 #include <jansson.h>
 
 #define SECRET "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 #define SECRET_ENV "OUTBOX_TEST_HTTP_SECRET"
-
-/* ------------------------------------------------------------------------
- * Log capture (to check the warnings and that the secret never shows)
- * ---------------------------------------------------------------------- */
-
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[1 << 16];
-static size_t log_len;
-
-static void capture_log(void *user, int level, const char *component, const char *message)
-{
-    (void)user;
-    pthread_mutex_lock(&log_mu);
-    int n = snprintf(log_text + log_len, sizeof log_text - log_len, "%s %s %s\n",
-                     outbox_log_level_name(level), component, message);
-    if (n > 0 && log_len + (size_t)n < sizeof log_text) log_len += (size_t)n;
-    pthread_mutex_unlock(&log_mu);
-}
-
-static void log_reset(void)
-{
-    pthread_mutex_lock(&log_mu);
-    log_len = 0;
-    log_text[0] = '\0';
-    pthread_mutex_unlock(&log_mu);
-}
-
-/* Waits up to ms for a captured log line containing every one of the
- * (up to two) needles; 1 when seen. */
-static int wait_log(const char *needle, const char *also, int ms)
-{
-    int64_t end = wh_now_ms() + ms;
-    for (;;) {
-        int seen = 0;
-        pthread_mutex_lock(&log_mu);
-        for (const char *p = strstr(log_text, needle); p && !seen; p = strstr(p + 1, needle)) {
-            const char *eol = strchr(p, '\n'), *bol = p;
-            while (bol > log_text && bol[-1] != '\n')
-                bol--;
-            const char *a = also ? strstr(bol, also) : bol;
-            seen = a != NULL && (eol == NULL || a < eol);
-        }
-        pthread_mutex_unlock(&log_mu);
-        if (seen) return 1;
-        if (wh_now_ms() >= end) return 0;
-        wh_sleep_ms(20);
-    }
-}
-
-/* How many captured lines contain needle. */
-static int log_count(const char *needle)
-{
-    int k = 0;
-    pthread_mutex_lock(&log_mu);
-    for (const char *p = strstr(log_text, needle); p; p = strstr(p + strlen(needle), needle))
-        k++;
-    pthread_mutex_unlock(&log_mu);
-    return k;
-}
 
 static void relay_opts(outbox_relay_options *o, const char *const *dest_opts)
 {
@@ -620,10 +562,10 @@ TEST(receiver_down_then_back)
                               "attempts = 0 AND last_error IS NULL"),
               4 * per_agg);
     ASSERT_EQ(log_count("no attempts are charged"), 1);
-    ASSERT(wait_log("is down: request failed", "backing off", 1));
+    ASSERT(log_wait("is down: request failed", "backing off", 1));
     outbox_webhook_receiver *rcv = start_receiver(cdb, port, &c);
     wh_wait_count(db, "SELECT count(*) FROM outbox", 0, 60000);
-    ASSERT(wait_log("is back after", NULL, 5000));
+    ASSERT(log_wait("is back after", NULL, 5000));
     outbox_relay_stats stats;
     outbox_relay_get_stats(r.relay, &stats);
     ASSERT_EQ(stats.failed, 0);
@@ -1239,19 +1181,6 @@ TEST(tls_verified)
     outbox_webhook_receiver_free(rcv);
 }
 
-/* Prints the captured log line containing needle. */
-static void print_log_line(const char *what, const char *needle)
-{
-    pthread_mutex_lock(&log_mu);
-    const char *p = strstr(log_text, needle);
-    if (p) {
-        while (p > log_text && p[-1] != '\n')
-            p--;
-        fprintf(stderr, "%s: %.*s\n", what, (int)strcspn(p, "\n"), p);
-    }
-    pthread_mutex_unlock(&log_mu);
-}
-
 /* Default verification (system CAs) does not trust the test CA: nothing is
  * sent, the relay reports the destination down with the certificate
  * problem and charges no attempt, and the receiver applies nothing. */
@@ -1279,9 +1208,9 @@ TEST(tls_untrusted)
     wh_relay_start(&r, db, url, &o);
     /* A TLS failure is the destination's outage: logged with the
      * certificate problem, no attempt charged, retried as a whole. */
-    ASSERT(wait_log("is down:", "certificate", 30000));
+    ASSERT(log_wait("is down:", "certificate", 30000));
     wh_sleep_ms(300);
-    print_log_line("https without the CA", "is down:");
+    log_print_line("https without the CA", "is down:");
     wh_relay_stop(&r);
     ASSERT_EQ(wh_db_count(db, "SELECT count(*) FROM outbox WHERE status='pending' AND "
                               "attempts = 0 AND last_error IS NULL"),
@@ -1316,9 +1245,9 @@ TEST(tls_wrong_host)
     relay_opts(&o, dest_opts);
     log_reset();
     wh_relay_start(&r, db, url, &o);
-    ASSERT(wait_log("is down:", "subject name", 30000) ||
-           wait_log("is down:", "does not match", 1));
-    print_log_line("https, certificate for another host", "is down:");
+    ASSERT(log_wait("is down:", "subject name", 30000) ||
+           log_wait("is down:", "does not match", 1));
+    log_print_line("https, certificate for another host", "is down:");
     wh_relay_stop(&r);
     ASSERT_EQ(wh_db_count(db, "SELECT count(*) FROM outbox WHERE status='pending' AND "
                               "attempts = 0 AND last_error IS NULL"),
@@ -1449,7 +1378,7 @@ int main(void)
         SKIP("%s", err.message);
 
     setenv(SECRET_ENV, SECRET, 1);
-    outbox_log_set(capture_log, NULL, OUTBOX_LOG_INFO);
+    log_capture_install(OUTBOX_LOG_INFO);
     RUN(sign_vector);
     RUN(verify_failures);
     RUN(config_errors);

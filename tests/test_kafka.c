@@ -34,6 +34,7 @@ int main(void)
 #else
 
 #include "crash_harness.h"
+#include "log_capture.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdatomic.h>
@@ -406,21 +407,6 @@ TEST(rejected)
 /* A message over the producer's message.max.bytes fails at once with the
  * reason, its aggregate's next one waits, another aggregate flows; start-up
  * says that message.max.bytes is below this process's message limit. */
-static pthread_mutex_t size_log_mu = PTHREAD_MUTEX_INITIALIZER;
-static char size_log[1 << 14];
-static size_t size_log_len;
-
-static void size_capture(void *user, int level, const char *component, const char *message)
-{
-    (void)user;
-    if (level < OUTBOX_LOG_WARN) return;
-    pthread_mutex_lock(&size_log_mu);
-    int n = snprintf(size_log + size_log_len, sizeof size_log - size_log_len, "%s %s\n",
-                     component, message);
-    if (n > 0 && size_log_len + (size_t)n < sizeof size_log) size_log_len += (size_t)n;
-    pthread_mutex_unlock(&size_log_mu);
-}
-
 TEST(oversized)
 {
     char db[CH_PATH], to[700], big[37], id[37];
@@ -436,7 +422,8 @@ TEST(oversized)
     enqueue(db, "Next", "A", "big", "{}", NULL, id);
     enqueue(db, "Ok", "A", "ok", "{}", NULL, id);
     snprintf(to, sizeof to, "kafka://%s?topic=sized&kafka.message.max.bytes=2000", bootstraps);
-    outbox_log_set(size_capture, NULL, OUTBOX_LOG_WARN);
+    log_reset();
+    log_capture_install(OUTBOX_LOG_WARN);
     ASSERT_OK(ch_relay_new(&r, db, to, 1, &err), &err);
     ASSERT_OK(outbox_relay_run(r, &err), &err);
     outbox_relay_get_stats(r, &stats);
@@ -448,10 +435,9 @@ TEST(oversized)
     ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
     ASSERT_EQ(ch_outbox_count(db, "pending"), 1);
     ch_expect_failed_error(db, "Kafka refused the message");
-    pthread_mutex_lock(&size_log_mu);
-    ASSERT_CONTAINS(size_log, "sends messages of at most 2000 bytes (message.max.bytes), less "
-                              "than the 1048576 bytes this process lets a message have");
-    pthread_mutex_unlock(&size_log_mu);
+    ASSERT_EQ(log_count("sends messages of at most 2000 bytes (message.max.bytes), less than "
+                        "the 1048576 bytes this process lets a message have"),
+              1);
 }
 
 /* A fatal producer error (injected with the kafka_fatal fault point on the

@@ -32,6 +32,7 @@ int main(void)
 }
 #else
 
+#include "log_capture.h"
 #include "nats_harness.h"
 #include "tls_certs.h"
 #ifdef OUTBOX_HAVE_CRYPTO
@@ -479,23 +480,6 @@ static void log_to_stderr(void *user, int level, const char *component, const ch
 
 #ifdef OUTBOX_HAVE_CRYPTO
 
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[1 << 16];
-static size_t log_len;
-
-static void capture_log(void *user, int level, const char *component, const char *message)
-{
-    int n;
-    (void)user;
-    if (getenv("OUTBOX_TEST_VERBOSE"))
-        fprintf(stderr, "   [%s] %s: %s\n", outbox_log_level_name(level), component, message);
-    pthread_mutex_lock(&log_mu);
-    n = snprintf(log_text + log_len, sizeof log_text - log_len, "%s %s %s\n",
-                 outbox_log_level_name(level), component, message);
-    if (n > 0 && log_len + (size_t)n < sizeof log_text) log_len += (size_t)n;
-    pthread_mutex_unlock(&log_mu);
-}
-
 /* The secrets of a creds file that must never show: the seed (its first
  * 12 characters are enough to tell) and the JWT (whole, or its claims). */
 typedef struct secrets {
@@ -641,11 +625,8 @@ TEST(creds)
     ch_new_store(db, "creds.db");
     for (k = 0; k < n; k++)
         enqueue_one(db, NULL, "Signed", "User", "u-1", "{\"ok\":true}", NULL, ids[k]);
-    pthread_mutex_lock(&log_mu);
-    log_len = 0;
-    log_text[0] = '\0';
-    pthread_mutex_unlock(&log_mu);
-    outbox_log_set(capture_log, NULL, OUTBOX_LOG_DEBUG);
+    log_reset();
+    log_capture_install(OUTBOX_LOG_DEBUG);
     snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=JWT&creds=%s", js.port, good);
     drain_with_creds(db, to);
     ASSERT_EQ(ch_outbox_count(db, NULL), 0);
@@ -744,23 +725,6 @@ TEST(creds)
  * Oversized messages against a server with a small max_payload
  * ---------------------------------------------------------------------- */
 
-static pthread_mutex_t size_log_mu = PTHREAD_MUTEX_INITIALIZER;
-static char size_log[1 << 14];
-static size_t size_log_len;
-
-static void size_capture(void *user, int level, const char *component, const char *message)
-{
-    (void)user;
-    if (getenv("OUTBOX_TEST_VERBOSE"))
-        fprintf(stderr, "   [%s] %s: %s\n", outbox_log_level_name(level), component, message);
-    if (level < OUTBOX_LOG_WARN) return;
-    pthread_mutex_lock(&size_log_mu);
-    int n = snprintf(size_log + size_log_len, sizeof size_log - size_log_len, "%s %s\n",
-                     component, message);
-    if (n > 0 && size_log_len + (size_t)n < sizeof size_log) size_log_len += (size_t)n;
-    pthread_mutex_unlock(&size_log_mu);
-}
-
 /* A message larger than the server's max_payload fails at once as
  * rejected, with the reason (it used to be retried as if the failure were
  * temporary), whether its payload alone is too large or only with its
@@ -795,7 +759,8 @@ TEST(oversized)
     enqueue_one(db, NULL, "Edge", "A", "edge", payload, NULL, edge_id);
     enqueue_one(db, NULL, "Ok", "A", "ok", "{}", NULL, NULL);
 
-    outbox_log_set(size_capture, NULL, OUTBOX_LOG_DEBUG);
+    log_reset();
+    log_capture_install(OUTBOX_LOG_WARN);
     snprintf(to, sizeof to, "%s?stream=SIZE&subject=size.{type}", small.url);
     ASSERT_OK(ch_relay_new(&r, db, to, 1, &err), &err);
     ASSERT_OK(outbox_relay_run(r, &err), &err);
@@ -825,10 +790,9 @@ TEST(oversized)
         ASSERT_EQ(ch_db_count(h, sql), 1);
         sqlite3_close(h);
     }
-    pthread_mutex_lock(&size_log_mu);
-    ASSERT_CONTAINS(size_log, "accepts messages of at most 4096 bytes (max_payload), less than "
-                              "the 1048576 bytes this process lets a message have");
-    pthread_mutex_unlock(&size_log_mu);
+    ASSERT_EQ(log_count("accepts messages of at most 4096 bytes (max_payload), less than the "
+                        "1048576 bytes this process lets a message have"),
+              1);
     nh_server_stop(&small);
 }
 

@@ -28,59 +28,18 @@ int main(void)
 }
 #else
 
+#include "crash_harness.h"
 #include "internal.h"
+#include "log_capture.h"
 
-#include <errno.h>
-#include <jansson.h>
-#include <pthread.h>
-#include <signal.h>
-#include <sqlite3.h>
-#include <sys/wait.h>
-
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[1 << 16];
-static size_t log_len;
-static int log_show;
-
-static void capture_log(void *user, int level, const char *component, const char *message)
-{
-    (void)user;
-    if (log_show)
-        fprintf(stderr, "   [%s %s] %s\n", outbox_log_level_name(level), component, message);
-    if (level < OUTBOX_LOG_INFO) return;
-    pthread_mutex_lock(&log_mu);
-    int n = snprintf(log_text + log_len, sizeof log_text - log_len, "%s %s %s\n",
-                     outbox_log_level_name(level), component, message);
-    if (n > 0 && log_len + (size_t)n < sizeof log_text) log_len += (size_t)n;
-    pthread_mutex_unlock(&log_mu);
-}
-
-static int log_count(const char *needle)
-{
-    int k = 0;
-    const char *p;
-    pthread_mutex_lock(&log_mu);
-    for (p = log_text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        k++;
-    pthread_mutex_unlock(&log_mu);
-    return k;
-}
-
+/* A fresh SQLite outbox at path, opened. */
 static sqlite3 *open_db(const char *path)
 {
-    sqlite3 *db = NULL;
+    sqlite3 *db = ch_db_open(path);
     outbox_error err;
     memset(&err, 0, sizeof err);
-    if (sqlite3_open(path, &db) != SQLITE_OK) TEST_FAIL_("cannot open %s", path);
-    sqlite3_busy_timeout(db, 5000);
     ASSERT_OK(outbox_schema_init_sqlite(db, &err), &err);
     return db;
-}
-
-static void exec(sqlite3 *db, const char *sql)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) TEST_FAIL_("%s: %s", sql, msg);
 }
 
 /* Enqueues n messages over `aggs` aggregates (message k in aggregate k %
@@ -90,7 +49,7 @@ static void enqueue_many(sqlite3 *db, int n, int aggs, char (*ids)[37])
     outbox_error err;
     int k;
     memset(&err, 0, sizeof err);
-    exec(db, "BEGIN");
+    ch_db_exec(db, "BEGIN");
     for (k = 0; k < n; k++) {
         outbox_msg *m = NULL;
         char agg[16], payload[256];
@@ -101,19 +60,14 @@ static void enqueue_many(sqlite3 *db, int n, int aggs, char (*ids)[37])
         if (ids) snprintf(ids[k], 37, "%s", outbox_msg_id(m));
         outbox_msg_free(m);
     }
-    exec(db, "COMMIT");
+    ch_db_exec(db, "COMMIT");
 }
 
 static int64_t count_rows(sqlite3 *db, const char *where)
 {
     char sql[256];
-    sqlite3_stmt *s = NULL;
-    int64_t n = -1;
     snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox WHERE %s", where);
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK) TEST_FAIL_("%s", sql);
-    if (sqlite3_step(s) == SQLITE_ROW) n = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return n;
+    return ch_db_count(db, sql);
 }
 
 typedef struct runner {
@@ -372,8 +326,7 @@ int main(void)
            "file_write:error:1,file_write:error:2,file_write:error:3,file_fsync:error:1,"
            "file_fsync:error:2",
            1);
-    log_show = getenv("OUTBOX_TEST_LOG") != NULL;
-    outbox_log_set(capture_log, NULL, log_show ? OUTBOX_LOG_DEBUG : OUTBOX_LOG_INFO);
+    log_capture_install(OUTBOX_LOG_INFO);
     RUN(file_full_disk);
     RUN(stdout_closed);
     RUN(stdout_head);

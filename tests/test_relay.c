@@ -7,6 +7,7 @@
  * Most cases use the callback destination, which records every call.
  */
 #include "internal.h"
+#include "log_capture.h"
 #include "test.h"
 
 #include <jansson.h>
@@ -16,46 +17,6 @@
 /* ------------------------------------------------------------------------
  * Helpers
  * ---------------------------------------------------------------------- */
-
-/* Log capture: every line at INFO and above is kept (and shown on stderr
- * with OUTBOX_TEST_LOG, at DEBUG too). */
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[1 << 16];
-static size_t log_len;
-static int log_show;
-
-static void capture_log(void *user, int level, const char *component, const char *message)
-{
-    (void)user;
-    if (log_show)
-        fprintf(stderr, "   [%s %s] %s\n", outbox_log_level_name(level), component, message);
-    if (level < OUTBOX_LOG_INFO) return;
-    pthread_mutex_lock(&log_mu);
-    int n = snprintf(log_text + log_len, sizeof log_text - log_len, "%s %s %s\n",
-                     outbox_log_level_name(level), component, message);
-    if (n > 0 && log_len + (size_t)n < sizeof log_text) log_len += (size_t)n;
-    pthread_mutex_unlock(&log_mu);
-}
-
-static void log_reset(void)
-{
-    pthread_mutex_lock(&log_mu);
-    log_len = 0;
-    log_text[0] = '\0';
-    pthread_mutex_unlock(&log_mu);
-}
-
-/* How many captured lines contain needle. */
-static int log_count(const char *needle)
-{
-    int k = 0;
-    const char *p;
-    pthread_mutex_lock(&log_mu);
-    for (p = log_text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        k++;
-    pthread_mutex_unlock(&log_mu);
-    return k;
-}
 
 typedef struct call {
     char id[37];
@@ -1210,8 +1171,7 @@ TEST(reopen_after_rename)
 
 int main(void)
 {
-    log_show = getenv("OUTBOX_TEST_LOG") != NULL;
-    outbox_log_set(capture_log, NULL, log_show ? OUTBOX_LOG_DEBUG : OUTBOX_LOG_INFO);
+    log_capture_install(OUTBOX_LOG_INFO);
     RUN(commit_published_once_rollback_never);
     RUN(options_and_urls_checked_at_start);
     RUN(transport_registry_direct);
