@@ -14,6 +14,9 @@
  *                     does: the batch it left in the pipe is not confirmed.
  *   stdout_drained    a reader that reads everything: all confirmed, every
  *                     line received.
+ *   file_message_faults  the per-message fault points of file: through the
+ *                     CLI: file_reject fails a message at once, file_message
+ *                     charges one attempt while the rest of the batch goes.
  *
  * The stdout cases run the relay in a forked child whose fd 1 is the pipe.
  * Needs a build with OUTBOX_FAULT_INJECTION (the fault points are parsed
@@ -319,6 +322,65 @@ TEST(stdout_drained)
     sqlite3_close(db);
 }
 
+/* ------------------------------------------------------------------------
+ * The per-message fault points of file: (for tests of Failed messages)
+ * ---------------------------------------------------------------------- */
+
+/* Runs `outbox relay --once` from db to file:out with OUTBOX_FAULT=fault. */
+static void cli_relay(const char *db, const char *out, const char *fault)
+{
+    char store[700], dest[700], env_fault[128];
+    const char *env[] = {env_fault, NULL};
+    snprintf(store, sizeof store, "sqlite:%s", db);
+    snprintf(dest, sizeof dest, "file:%s", out);
+    snprintf(env_fault, sizeof env_fault, "OUTBOX_FAULT=%s", fault);
+    const char *argv[] = {test_outbox_bin(), "relay",  "--store",        store, "--to",
+                          dest,              "--once", "--max-attempts", "5",   "--backoff-base",
+                          "1h",              "--backoff-max", "1h",      NULL};
+    int code = ch_run(argv, env, NULL, test_path("cli.err"), 60000);
+    if (code != 0 && code != 1) {
+        ch_dump("outbox relay stderr", test_path("cli.err"));
+        TEST_FAIL_("outbox relay exited %d", code);
+    }
+}
+
+/* file_reject makes the destination refuse a message (Failed at once, its
+ * aggregate's next message held, not written); file_message fails one
+ * message while the others of its batch are written (one attempt charged,
+ * retried later); the file holds only what was confirmed. */
+TEST(file_message_faults)
+{
+    const char *path = test_path("faults.db"), *out = test_path("faults.jsonl");
+    sqlite3 *db = open_db(path);
+    char ids[4][37], sql[256];
+    char *text;
+
+    enqueue_many(db, 4, 2, ids); /* a0: ids 0, 2; a1: ids 1, 3 */
+    cli_relay(path, out, "file_reject:error:1");
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox WHERE id = '%s' AND status = 'failed' AND attempts = 1 "
+             "AND last_error LIKE '%%injected fault file_reject%%'",
+             ids[0]);
+    ASSERT_EQ(ch_db_count(db, sql), 1);
+    ASSERT_EQ(count_rows(db, "1"), 2); /* ids[0] Failed, ids[2] held behind it */
+    text = test_read_file(out, NULL);
+    ASSERT(text != NULL);
+    ASSERT(strstr(text, ids[0]) == NULL && strstr(text, ids[2]) == NULL);
+    ASSERT(strstr(text, ids[1]) != NULL && strstr(text, ids[3]) != NULL);
+    free(text);
+
+    ch_db_exec(db, "DELETE FROM outbox");
+    enqueue_many(db, 4, 2, ids);
+    cli_relay(path, out, "file_message:error:1");
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox WHERE id = '%s' AND status = 'pending' AND attempts = 1 "
+             "AND last_error LIKE '%%injected fault file_message%%'",
+             ids[0]);
+    ASSERT_EQ(ch_db_count(db, sql), 1);
+    ASSERT_EQ(count_rows(db, "1"), 2); /* ids[0] waiting an hour, ids[2] behind it */
+    sqlite3_close(db);
+}
+
 int main(void)
 {
     /* Hits 1-3 of file_write and 1-2 of file_fsync fail: five batches. */
@@ -331,6 +393,7 @@ int main(void)
     RUN(stdout_closed);
     RUN(stdout_head);
     RUN(stdout_drained);
+    RUN(file_message_faults);
     return 0;
 }
 

@@ -19,7 +19,10 @@
  * the fsync fail (ENOSPC after writing half the batch; EIO), as a full or
  * failing disk does; file_after_write fails the batch after its write,
  * file_after_fsync after its fsync (the lines are durable then, and are
- * published again: duplicates, never a gap).
+ * published again: duplicates, never a gap).  Per message: file_reject
+ * refuses it for good (OUTBOX_EREJECTED, as a destination that rejects a
+ * message), file_message fails it alone (retriable); either way it is not
+ * written, nor the later messages of its aggregate in the batch.
  */
 #include "internal.h"
 
@@ -41,6 +44,10 @@ typedef struct file_state {
     char *source;
     char shown[512];  /* the URL, redacted, for messages */
     outbox_buf buf;   /* reused for every batch */
+#ifdef OUTBOX_FAULT_INJECTION
+    unsigned char *left_out; /* per message of the batch: a fault point left it out */
+    size_t left_out_cap;
+#endif
 } file_state;
 
 static int write_all(int fd, const char *data, size_t len)
@@ -228,15 +235,73 @@ static int fail_batch(file_state *st, outbox_publish_result *results, const char
     return OUTBOX_EIO;
 }
 
+#ifdef OUTBOX_FAULT_INJECTION
+/* The per-message fault points (see the top of the file): marks in
+ * st->left_out the messages they leave out, with their results, and
+ * encodes the others into st->buf.  -1 when out of memory, else how many
+ * were left out (0: st->buf is untouched). */
+static long message_faults(file_state *st, outbox_msg *const *msgs, size_t n,
+                           outbox_publish_result *results)
+{
+    size_t i, j, left = 0;
+
+    if (n > st->left_out_cap) {
+        unsigned char *p = realloc(st->left_out, n);
+        if (p == NULL) return -1;
+        st->left_out = p;
+        st->left_out_cap = n;
+    }
+    memset(st->left_out, 0, n);
+    for (i = 0; i < n; i++) {
+        outbox_publish_result *r = &results[i];
+        int held = 0;
+        for (j = 0; j < i && !held; j++)
+            held = st->left_out[j] && strcmp(msgs[j]->aggregate_id, msgs[i]->aggregate_id) == 0;
+        r->retry_after_ms = 0;
+        if (held) {
+            r->code = OUTBOX_EPUBLISH;
+            snprintf(r->error, sizeof r->error, "held back behind an earlier message of %s",
+                     msgs[i]->aggregate_id);
+        } else if (OUTBOX_FAULT("file_reject") != 0) {
+            r->code = OUTBOX_EREJECTED;
+            snprintf(r->error, sizeof r->error, "injected fault file_reject: %s refused %s",
+                     st->path, msgs[i]->id);
+        } else if (OUTBOX_FAULT("file_message") != 0) {
+            r->code = OUTBOX_EPUBLISH;
+            snprintf(r->error, sizeof r->error, "injected fault file_message: %s failed %s",
+                     st->path, msgs[i]->id);
+        } else {
+            continue;
+        }
+        st->left_out[i] = 1;
+        left++;
+    }
+    if (left == 0) return 0;
+    outbox__buf_reset(&st->buf);
+    for (i = 0; i < n; i++) {
+        if (st->left_out[i]) continue;
+        outbox__cloudevent_json(&st->buf, msgs[i], st->source);
+        outbox__buf_append(&st->buf, "\n", 1);
+    }
+    return st->buf.oom ? -1 : (long)left;
+}
+#endif
+
 static int file_publish(void *state, outbox_msg *const *msgs, size_t n,
                         outbox_publish_result *results)
 {
     file_state *st = state;
     struct stat sb;
     size_t i;
+    long left = 0;
 
     if (n == 0) return OUTBOX_OK;
-    if (outbox__cloudevent_lines(&st->buf, msgs, n, st->source) != OUTBOX_OK)
+#ifdef OUTBOX_FAULT_INJECTION
+    left = message_faults(st, msgs, n, results);
+    if (left < 0) return OUTBOX_ENOMEM;
+    if ((size_t)left == n) return OUTBOX_OK; /* nothing to write */
+#endif
+    if (left == 0 && outbox__cloudevent_lines(&st->buf, msgs, n, st->source) != OUTBOX_OK)
         return OUTBOX_ENOMEM;
 
     if (st->dirty && truncate_back(st) != 0)
@@ -260,6 +325,9 @@ static int file_publish(void *state, outbox_msg *const *msgs, size_t n,
     if (OUTBOX_FAULT("file_after_fsync") != 0)
         return fail_batch(st, results, "injected fault file_after_fsync on", 0, 0);
     for (i = 0; i < n; i++) {
+#ifdef OUTBOX_FAULT_INJECTION
+        if (left > 0 && st->left_out[i]) continue;
+#endif
         results[i].code = OUTBOX_OK;
         results[i].retry_after_ms = 0;
         results[i].error[0] = '\0';
@@ -294,6 +362,9 @@ static void file_close(void *state)
     if (st == NULL) return;
     if (st->fd >= 0) close(st->fd);
     outbox__buf_free(&st->buf);
+#ifdef OUTBOX_FAULT_INJECTION
+    free(st->left_out);
+#endif
     free(st->path);
     free(st->source);
     free(st);
