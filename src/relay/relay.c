@@ -129,7 +129,6 @@ typedef struct relay_batch {
     int open;         /* publish_begin succeeded: publish_end is due */
     int chained;      /* begun while another batch was in flight */
     int whole_failed; /* the destination failed it as a whole (fail_whole_batch) */
-    int whole_code;   /* ... with this code */
     outbox_publish_result *results;
     outbox_completion *completions;
     size_t *error_offsets; /* into errors.data, per message with an error */
@@ -617,7 +616,6 @@ static void fail_whole_batch(relay_batch *b, int rc, int with_reason)
         snprintf(why, sizeof why, "the destination failed the whole batch: %s",
                  outbox_strerror(rc));
     b->whole_failed = 1;
-    b->whole_code = code;
     for (i = 0; i < b->n; i++) {
         b->results[i].code = code;
         b->results[i].retry_after_ms = 0;

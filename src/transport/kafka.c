@@ -409,6 +409,9 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         e.message[0] = '\0';
         if (make_producer(st, &e) != OUTBOX_OK) {
             outbox__log(OUTBOX_LOG_ERROR, COMPONENT, "cannot rebuild the producer: %s", e.message);
+            if (n > 0)
+                set_result(&results[0], OUTBOX_EPUBLISH, "cannot rebuild the Kafka producer: %s",
+                           e.message);
             return OUTBOX_EPUBLISH;
         }
         st->rebuild = 0;

@@ -1011,6 +1011,10 @@ static int nats_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
             outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                         "stream %s not available yet after a reconnect to %s: %s", st->stream,
                         st->hosts, natsStatus_GetText(s));
+            if (n > 0)
+                set_result(&results[0], OUTBOX_EPUBLISH,
+                           "stream %s not available yet after a reconnect to %s: %s", st->stream,
+                           st->hosts, natsStatus_GetText(s));
             return OUTBOX_EPUBLISH;
         }
         st->verified_disconnects = seen;
