@@ -34,8 +34,11 @@ int cmd_init(int argc, char **argv)
     outbox_error err = {0, ""};
     char shown[512];
     int c, rc, from = 0, to = 0;
+    uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         switch (c) {
         case 's': store_opt = optarg; break;
         default:

@@ -53,8 +53,11 @@ int cmd_purge(int argc, char **argv)
     int64_t sent_ms = 0, inbox_ms = -1, count = 0, inbox_count = 0;
     const int64_t max_ms = INT64_C(100) * 365 * 86400 * 1000; /* 100 years */
     int c, rc;
+    uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         switch (c) {
         case OPT_STORE: store_opt = optarg; break;
         case OPT_SENT_OLDER: sent_text = optarg; break;

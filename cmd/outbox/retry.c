@@ -43,8 +43,11 @@ int cmd_retry(int argc, char **argv)
     size_t n = 0;
     int64_t count = 0;
     int c, rc, all = 0;
+    uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         switch (c) {
         case OPT_STORE: store_opt = optarg; break;
         case OPT_ALL_FAILED: all = 1; break;
