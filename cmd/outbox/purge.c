@@ -20,6 +20,7 @@ static const char usage[] =
     "Deletes messages marked sent (relay --on-sent mark) whose sent_at is older\n"
     "than DURATION, and with --inbox-older-than inbox entries received longer ago\n"
     "than that.  Pending and Failed messages are never deleted.\n"
+    CLI_FAILED_HELP
     "\n"
     "Options:\n"
     "  --store URL                 the database (required; default $OUTBOX_STORE)\n"

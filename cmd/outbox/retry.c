@@ -14,6 +14,7 @@ static const char usage[] =
     "Requeues Failed messages: they become pending with 0 attempts and are\n"
     "due at once.  Given ids, every one must exist and be Failed, or nothing\n"
     "is changed.  Prints how many were requeued.\n"
+    CLI_FAILED_HELP
     "\n"
     "Options:\n"
     "  --store URL          the database (required; default $OUTBOX_STORE)\n"
