@@ -85,12 +85,15 @@ static void print_relay_text(const outbox_status *st, int64_t now)
     if (st->lease_pid > 0 || st->lease_host[0]) {
         printf(" (pid %lld on ", (long long)st->lease_pid);
         cli_fputs_escaped(st->lease_host[0] ? st->lease_host : "?", stdout);
-        putchar(')');
-    }
-    if (st->lease_holder_gone)
+        if (st->lease_holder_gone)
+            printf(") is gone; its lease expires in %s\n", left);
+        else
+            printf("; lease expires in %s)\n", left);
+    } else if (st->lease_holder_gone) {
         printf(" is gone; its lease expires in %s\n", left);
-    else
+    } else {
         printf(" (lease expires in %s)\n", left);
+    }
     if (st->relay_note[0]) {
         printf("            ");
         cli_fputs_escaped(st->relay_note, stdout);
