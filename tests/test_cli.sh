@@ -74,6 +74,15 @@ sys.exit(1 if bad else 0)
 PY
 }
 
+# wait_for CMD...: runs CMD every 0.1 s until it succeeds, for up to 5 s.
+wait_for() {
+    for _ in $(seq 50); do
+        "$@" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 rows() { sqlite3 "$TMP/app.db" 'select count(*) from outbox' 2>/dev/null; }
 
 DB=sqlite:$TMP/app.db
@@ -418,7 +427,7 @@ server.serve_forever()
 PY
     python3 "$TMP/hook.py" "$TMP/hook.port" "$TMP/hook.log" &
     HOOK_PID=$!
-    for _ in $(seq 50); do [ -s "$TMP/hook.port" ] && break; sleep 0.1; done
+    wait_for test -s "$TMP/hook.port"
     HOOK=http://127.0.0.1:$(cat "$TMP/hook.port")
     touch "$TMP/hook.log"
 
@@ -581,35 +590,23 @@ sqlite3 "$TMP/app.db" "delete from outbox"
     >"$TMP/relay.out" 2>"$TMP/relay.err" &
 RELAY_PID=$!
 # wait until it holds the lease, then let it publish a message enqueued meanwhile
-for _ in $(seq 50); do
-    run status --store "$DB" --json
-    json_check "j['relay'] is not None" 2>/dev/null && break
-    sleep 0.1
-done
+relay_holds_lease() { run status --store "$DB" --json && json_check "j['relay'] is not None"; }
+wait_for relay_holds_lease
 check "running relay shows in status" json_check "j['relay'] is not None and j['relay']['owner']"
 expect 1 "second relay refused while the first holds the lease" relay --store "$DB" --to stdout: --once
 check "second relay mentions the other relay" grep -qi "relay" "$TMP/err"
 check "second relay says how to stand by, once" test "$(grep -o -- --wait-lease "$TMP/err" | wc -l)" = 1
 "$OUTBOX_BIN" enqueue --store "$DB" --type Live --aggregate-id L >/dev/null
-for _ in $(seq 50); do
-    [ -s "$TMP/live.jsonl" ] && break
-    sleep 0.1
-done
+wait_for test -s "$TMP/live.jsonl"
 check "running relay published the new message" grep -q '"type":"Live"' "$TMP/live.jsonl"
 # logrotate: move the file away, SIGHUP, and the next message goes to a new file
 mv "$TMP/live.jsonl" "$TMP/live.jsonl.1"
 kill -HUP "$RELAY_PID"
-for _ in $(seq 50); do
-    grep -q "reopening destination files" "$TMP/relay.err" && break
-    sleep 0.1
-done
+wait_for grep -q "reopening destination files" "$TMP/relay.err"
 check "SIGHUP is logged" grep -q "reopening destination files" "$TMP/relay.err"
 check "SIGHUP does not stop the relay" kill -0 "$RELAY_PID"
 "$OUTBOX_BIN" enqueue --store "$DB" --type Rotated --aggregate-id L >/dev/null
-for _ in $(seq 50); do
-    [ -s "$TMP/live.jsonl" ] && break
-    sleep 0.1
-done
+wait_for test -s "$TMP/live.jsonl"
 check "after SIGHUP the relay writes to the new file" grep -q '"type":"Rotated"' "$TMP/live.jsonl"
 check "the rotated file keeps what it had" grep -q '"type":"Live"' "$TMP/live.jsonl.1"
 kill -TERM "$RELAY_PID"
@@ -631,11 +628,7 @@ check "lease released after SIGTERM" json_check "j['relay'] is None"
 "$OUTBOX_BIN" relay --store "$DB" --to discard: --name doomed --lease-ttl 1h \
     >/dev/null 2>"$TMP/doomed.err" &
 RELAY_PID=$!
-for _ in $(seq 50); do
-    run status --store "$DB" --json
-    json_check "j['relay'] is not None" 2>/dev/null && break
-    sleep 0.1
-done
+wait_for relay_holds_lease
 kill -KILL "$RELAY_PID"
 wait "$RELAY_PID" 2>/dev/null
 RELAY_PID=

@@ -144,6 +144,10 @@ int cli_store_url(const char *cmd, const char *value, const char **url);
  * scheme this build has no driver for is refused first (cli_check_scheme). */
 int cli_store_open(const char *cmd, const char *url, outbox_store *store);
 
+/* cli_store_url then cli_store_open: the store named by --store (value) or
+ * $OUTBOX_STORE, opened.  *url (when url is not NULL) gets the URL used. */
+int cli_store_connect(const char *cmd, const char *value, outbox_store *store, const char **url);
+
 /* ---- drivers -------------------------------------------------------- */
 
 enum { CLI_STORES = 0, CLI_DESTINATIONS = 1 };
@@ -169,6 +173,15 @@ void cli_scheme_names(FILE *out, int kind);
 /* Copies a UUID given on the command line into out in lower case;
  * CLI_EXIT_USAGE when it is not a canonical UUID. */
 int cli_parse_id(const char *cmd, const char *what, const char *text, char out[37]);
+
+/* For the commands that take "(ID... | --all-failed)" (retry, drop): the
+ * IDs left in argv[optind..argc).  Refuses IDs with --all-failed and
+ * neither of them (the message says "nothing to <verb>"), and parses each
+ * ID.  *ids gets *n pointers to canonical ids in one allocation (the
+ * caller frees *ids), NULL when there are none.  Returns an exit code
+ * (message printed). */
+int cli_failed_ids(const char *cmd, const char *verb, int argc, char **argv, int all,
+                   const char ***ids, size_t *n);
 
 /* ---- output --------------------------------------------------------- */
 

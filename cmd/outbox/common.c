@@ -313,6 +313,19 @@ int cli_store_open(const char *cmd, const char *url, outbox_store *store)
     return CLI_EXIT_OK;
 }
 
+int cli_store_connect(const char *cmd, const char *value, outbox_store *store, const char **url)
+{
+    const char *used = NULL;
+    int rc;
+    store->ops = NULL;
+    store->state = NULL;
+    if ((rc = cli_store_url(cmd, value, &used)) != CLI_EXIT_OK)
+        return rc;
+    if (url)
+        *url = used;
+    return cli_store_open(cmd, used, store);
+}
+
 int cli_parse_id(const char *cmd, const char *what, const char *text, char out[37])
 {
     if (!outbox_uuid_valid(text))
@@ -322,6 +335,39 @@ int cli_parse_id(const char *cmd, const char *what, const char *text, char out[3
     for (size_t i = 0; i < 36; i++)
         out[i] = (char)tolower((unsigned char)text[i]);
     out[36] = '\0';
+    return CLI_EXIT_OK;
+}
+
+int cli_failed_ids(const char *cmd, const char *verb, int argc, char **argv, int all,
+                   const char ***ids, size_t *n)
+{
+    size_t count = argc > optind ? (size_t)(argc - optind) : 0;
+    const char **ptrs;
+    char *text;
+    int rc;
+
+    *ids = NULL;
+    *n = 0;
+    if (all && count > 0)
+        return cli_usage(cmd, "give message IDs or --all-failed, not both");
+    if (!all && count == 0)
+        return cli_usage(cmd, "nothing to %s; give the IDs of Failed messages or --all-failed",
+                         verb);
+    if (count == 0)
+        return CLI_EXIT_OK;
+    ptrs = malloc(count * (sizeof *ptrs + 37));
+    if (!ptrs)
+        return cli_failure(cmd, "out of memory");
+    text = (char *)(ptrs + count);
+    for (size_t i = 0; i < count; i++) {
+        ptrs[i] = text + i * 37;
+        if ((rc = cli_parse_id(cmd, "ID", argv[optind + (int)i], text + i * 37)) != CLI_EXIT_OK) {
+            free(ptrs);
+            return rc;
+        }
+    }
+    *ids = ptrs;
+    *n = count;
     return CLI_EXIT_OK;
 }
 

@@ -195,12 +195,11 @@ int cmd_drop(int argc, char **argv)
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *cmd = "drop", *store_opt = NULL, *url = NULL, *archive_url = NULL;
+    const char *cmd = "drop", *store_opt = NULL, *archive_url = NULL;
     outbox_store store = {NULL, NULL};
     outbox_error err = {0, ""};
     archive arch = {NULL, 0};
-    char (*ids)[37] = NULL;
-    const char **id_ptrs = NULL;
+    const char **ids = NULL;
     size_t n = 0;
     int64_t count = 0;
     int c, rc, all = 0;
@@ -218,29 +217,11 @@ int cmd_drop(int argc, char **argv)
                 return rc;
         }
     }
-    n = (size_t)(argc - optind);
-    if (all && n > 0)
-        return cli_usage(cmd, "give message IDs or --all-failed, not both");
-    if (!all && n == 0)
-        return cli_usage(cmd, "nothing to drop; give the IDs of Failed messages or --all-failed");
     if (archive_url && (rc = archive_path(cmd, archive_url, &arch.path)) != CLI_EXIT_OK)
         return rc;
-    if (n > 0) {
-        ids = calloc(n, sizeof *ids);
-        id_ptrs = calloc(n, sizeof *id_ptrs);
-        if (!ids || !id_ptrs) {
-            rc = cli_failure(cmd, "out of memory");
-            goto out;
-        }
-        for (size_t i = 0; i < n; i++) {
-            if ((rc = cli_parse_id(cmd, "ID", argv[optind + (int)i], ids[i])) != CLI_EXIT_OK)
-                goto out;
-            id_ptrs[i] = ids[i];
-        }
-    }
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        goto out;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_failed_ids(cmd, "drop", argc, argv, all, &ids, &n)) != CLI_EXIT_OK)
+        return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         goto out;
     if (store.ops->version < 5 || !store.ops->drop) {
         rc = cli_failure(cmd, "this build's %s store cannot drop messages; requeue them with "
@@ -248,8 +229,8 @@ int cmd_drop(int argc, char **argv)
                          store.ops->scheme);
         goto out;
     }
-    rc = store.ops->drop(store.state, id_ptrs, n, all, arch.path ? archive_messages : NULL,
-                         &arch, &count, &err);
+    rc = store.ops->drop(store.state, ids, n, all, arch.path ? archive_messages : NULL, &arch,
+                         &count, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
         goto out;
@@ -260,9 +241,7 @@ int cmd_drop(int argc, char **argv)
         printf("%lld dropped\n", (long long)count);
     rc = CLI_EXIT_OK;
 out:
-    if (store.ops)
-        outbox__store_close(&store);
-    free(id_ptrs);
+    outbox__store_close(&store);
     free(ids);
     return rc;
 }

@@ -48,9 +48,7 @@ int cmd_init(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; init takes only --store", argv[optind]);
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK)
         return rc;
 
     outbox__url_redact(url, shown, sizeof shown);

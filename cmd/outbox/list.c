@@ -87,7 +87,7 @@ int cmd_list(int argc, char **argv)
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *cmd = "list", *store_opt = NULL, *url = NULL;
+    const char *cmd = "list", *store_opt = NULL;
     outbox_store store = {NULL, NULL};
     outbox_list_params params = {-1, 100};
     list_state ls = {NULL, 0, 0};
@@ -120,9 +120,7 @@ int cmd_list(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; see outbox list --help", argv[optind]);
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         return rc;
 
     if (as_json && !(ls.array = json_array())) {

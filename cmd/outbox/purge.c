@@ -47,7 +47,7 @@ int cmd_purge(int argc, char **argv)
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *cmd = "purge", *store_opt = NULL, *url = NULL;
+    const char *cmd = "purge", *store_opt = NULL;
     const char *sent_text = NULL, *inbox_text = NULL;
     outbox_store store = {NULL, NULL};
     outbox_error err = {0, ""};
@@ -78,9 +78,7 @@ int cmd_purge(int argc, char **argv)
     if (inbox_text &&
         (rc = cli_parse_duration(cmd, "--inbox-older-than", inbox_text, max_ms, &inbox_ms)) != CLI_EXIT_OK)
         return rc;
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         return rc;
 
     rc = store.ops->purge(store.state, outbox__now_us() - sent_ms * 1000, &count, &err);

@@ -63,7 +63,7 @@ int cmd_show(int argc, char **argv)
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *cmd = "show", *store_opt = NULL, *url = NULL;
+    const char *cmd = "show", *store_opt = NULL;
     outbox_store store = {NULL, NULL};
     outbox_msg *msg = NULL;
     outbox_error err = {0, ""};
@@ -90,9 +90,7 @@ int cmd_show(int argc, char **argv)
         return cli_usage(cmd, "one message ID at a time; got '%s' too", argv[optind + 1]);
     if ((rc = cli_parse_id(cmd, "ID", argv[optind], id)) != CLI_EXIT_OK)
         return rc;
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         return rc;
 
     if ((rc = store.ops->get(store.state, id, &msg, &err)) != OUTBOX_OK) {

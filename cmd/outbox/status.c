@@ -255,15 +255,11 @@ int cmd_status(int argc, char **argv)
         case OPT_JSON: as_json = 1; break;
         case OPT_CHECK: checking = 1; break;
         case OPT_MAX_FAILED:
-            if ((rc = cli_parse_uint(cmd, "--max-failed", optarg, 0, INT64_MAX, &n)) != CLI_EXIT_OK)
-                return rc;
-            lim.max_failed = (int64_t)n;
-            checking = limit_given = 1;
-            break;
         case OPT_MAX_BLOCKED:
-            if ((rc = cli_parse_uint(cmd, "--max-blocked", optarg, 0, INT64_MAX, &n)) != CLI_EXIT_OK)
+            if ((rc = cli_parse_uint(cmd, c == OPT_MAX_FAILED ? "--max-failed" : "--max-blocked",
+                                     optarg, 0, INT64_MAX, &n)) != CLI_EXIT_OK)
                 return rc;
-            lim.max_blocked = (int64_t)n;
+            *(c == OPT_MAX_FAILED ? &lim.max_failed : &lim.max_blocked) = (int64_t)n;
             checking = limit_given = 1;
             break;
         case OPT_MAX_AGE:
@@ -280,9 +276,7 @@ int cmd_status(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; see outbox status --help", argv[optind]);
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK)
         return rc;
 
     memset(&st, 0, sizeof st);
