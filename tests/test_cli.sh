@@ -482,6 +482,25 @@ PY
     check "0 requeued" grep -q "^0 requeued" "$TMP/out"
     kill "$HOOK_PID" 2>/dev/null
     wait "$HOOK_PID" 2>/dev/null
+    HOOK_PID=
+
+    # a relay whose destination is down says so through status
+    NDB=sqlite:$TMP/note.db
+    "$OUTBOX_BIN" init --store "$NDB" >/dev/null
+    "$OUTBOX_BIN" enqueue --store "$NDB" --type T --aggregate-id n >/dev/null
+    "$OUTBOX_BIN" relay --store "$NDB" --to http://127.0.0.1:1/down --name noted \
+        >/dev/null 2>"$TMP/noted.err" &
+    RELAY_PID=$!
+    relay_has_note() { run status --store "$NDB" --json && json_check "j['relay'] and j['relay']['note']"; }
+    wait_for relay_has_note
+    check "status --json carries the relay's note" json_check \
+        "j['relay']['owner']=='noted' and 'down' in j['relay']['note'] and j['relay']['gone'] is False"
+    expect 0 "status text with a relay note" status --store "$NDB"
+    check "status text shows the note under the relay" grep -Eq "^ {12}destination down" "$TMP/out"
+    kill -TERM "$RELAY_PID"
+    wait "$RELAY_PID"
+    check "a relay with its destination down stops with exit 0 on SIGTERM" test "$?" = 0
+    RELAY_PID=
 else
     echo "note: no http destination in this build: webhook failure checks skipped"
 fi
