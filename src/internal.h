@@ -499,6 +499,10 @@ typedef struct outbox_store {
 int outbox__store_open(outbox_store *store, const char *url, outbox_error *err);
 void outbox__store_close(outbox_store *store);
 
+/* The i-th URL scheme of the store drivers in this build ("sqlite",
+ * "postgres", "postgresql"), or NULL past the last: for help and errors. */
+const char *outbox__store_scheme(size_t i);
+
 extern const outbox_store_ops outbox__store_sqlite;
 #ifdef OUTBOX_HAVE_LIBPQ
 extern const outbox_store_ops outbox__store_postgres;
@@ -604,6 +608,11 @@ typedef struct outbox_transport {
 int outbox__transport_open(outbox_transport *t, const char *url,
                            const outbox_transport_config *cfg, outbox_error *err);
 void outbox__transport_close(outbox_transport *t);
+
+/* The i-th URL scheme of the destination drivers in this build ("stdout",
+ * "file", "discard", "http", ...), or NULL past the last: for help and
+ * errors.  The callback destination (no URL) is not listed. */
+const char *outbox__transport_scheme(size_t i);
 
 extern const outbox_transport_ops outbox__transport_stdout;
 extern const outbox_transport_ops outbox__transport_file;

@@ -22,28 +22,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <stdint.h>
-
-/* Which optional drivers this build has, for `outbox --version`. */
-#ifdef OUTBOX_HAVE_LIBPQ
-#define CLI_PG_BUILT 1
-#else
-#define CLI_PG_BUILT 0
-#endif
-#ifdef OUTBOX_HAVE_CURL
-#define CLI_HTTP_BUILT 1
-#else
-#define CLI_HTTP_BUILT 0
-#endif
-#ifdef OUTBOX_HAVE_NATS
-#define CLI_NATS_BUILT 1
-#else
-#define CLI_NATS_BUILT 0
-#endif
-#ifdef OUTBOX_HAVE_RDKAFKA
-#define CLI_KAFKA_BUILT 1
-#else
-#define CLI_KAFKA_BUILT 0
-#endif
+#include <stdio.h>
 
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
 
@@ -60,6 +39,20 @@ enum {
     {"log-level", required_argument, NULL, CLI_OPT_LOG_LEVEL},          \
     {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT}
 
+/* How a Failed message is cleared: the same words in relay, retry, drop
+ * and purge --help, the README and docs/CLI.md. */
+#define CLI_FAILED_HELP                                                            \
+    "A Failed message stays in the outbox, counted by status, until an operator\n" \
+    "clears it: `outbox retry` requeues it, `outbox drop` deletes it (with\n"      \
+    "--archive file:PATH it is written there first).  purge never deletes it.\n"
+
+/* What stdout: is for: the same words in relay --help, the README and
+ * docs/CLI.md. */
+#define CLI_STDOUT_HELP                                                              \
+    "stdout: gives no confirmation (a reader that exits early loses what it did\n"   \
+    "not read): it is for people and for pipelines that accept loss.  file: is\n"    \
+    "the durable local destination.\n"
+
 /* Text shown in every command's --help for the global options. */
 #define CLI_GLOBAL_HELP                                                           \
     "  --log-level L        debug, info, warn or error (default info)\n"          \
@@ -75,6 +68,7 @@ int cmd_list(int argc, char **argv);
 int cmd_show(int argc, char **argv);
 int cmd_retry(int argc, char **argv);
 int cmd_purge(int argc, char **argv);
+int cmd_drop(int argc, char **argv);
 
 /* ---- logging -------------------------------------------------------- */
 
@@ -119,6 +113,14 @@ int cli_option(const char *cmd, int c, char **argv, const char *usage);
 /* Reports the option getopt_long just refused (returned '?' or ':'). */
 int cli_bad_option(const char *cmd, char **argv, int c);
 
+/* Refuses a single-value option given twice: for the getopt_long result c,
+ * finds its entry in options (NULL-terminated) and, when it takes a value
+ * and its bit in *seen is already set, prints "--NAME is given twice" and
+ * returns CLI_EXIT_USAGE; otherwise sets the bit and returns CLI_EXIT_OK.
+ * Commands call it for every option except the repeatable ones (--header,
+ * --to-opt).  Options past the 64th are not tracked. */
+int cli_once(const char *cmd, const struct option *options, int c, uint64_t *seen);
+
 /* ---- parsing -------------------------------------------------------- */
 
 /* Parses a decimal integer strictly (digits only, whole string, in
@@ -138,12 +140,48 @@ int cli_parse_duration(const char *cmd, const char *opt, const char *text,
 int cli_store_url(const char *cmd, const char *value, const char **url);
 
 /* Opens the store (outbox__store_open); on failure prints the error and
- * returns its exit code.  Close with outbox__store_close. */
+ * returns its exit code.  Close with outbox__store_close.  A URL whose
+ * scheme this build has no driver for is refused first (cli_check_scheme). */
 int cli_store_open(const char *cmd, const char *url, outbox_store *store);
+
+/* cli_store_url then cli_store_open: the store named by --store (value) or
+ * $OUTBOX_STORE, opened.  *url (when url is not NULL) gets the URL used. */
+int cli_store_connect(const char *cmd, const char *value, outbox_store *store, const char **url);
+
+/* ---- drivers -------------------------------------------------------- */
+
+enum { CLI_STORES = 0, CLI_DESTINATIONS = 1 };
+
+/* CLI_EXIT_OK when url's scheme is one the build's store (kind
+ * CLI_STORES) or destination (CLI_DESTINATIONS) registry has; otherwise
+ * prints "<what> '<redacted url>': ...; use one of <the registry's
+ * schemes>" (saying "not built" for the project's drivers this build left
+ * out) and returns CLI_EXIT_USAGE. */
+int cli_check_scheme(const char *cmd, const char *what, const char *url, int kind);
+
+/* Appends the registry's schemes as URL forms, comma-separated, e.g.
+ * "sqlite:PATH, postgres://USER@HOST/DB". */
+void cli_scheme_list(outbox_buf *b, int kind);
+
+/* Prints one line per scheme of the registry: indent, its URL form, and
+ * what it is (for --help). */
+void cli_scheme_help(FILE *out, int kind, const char *indent);
+
+/* Prints the registry's scheme names separated by spaces (for --version). */
+void cli_scheme_names(FILE *out, int kind);
 
 /* Copies a UUID given on the command line into out in lower case;
  * CLI_EXIT_USAGE when it is not a canonical UUID. */
 int cli_parse_id(const char *cmd, const char *what, const char *text, char out[37]);
+
+/* For the commands that take "(ID... | --all-failed)" (retry, drop): the
+ * IDs left in argv[optind..argc).  Refuses IDs with --all-failed and
+ * neither of them (the message says "nothing to <verb>"), and parses each
+ * ID.  *ids gets *n pointers to canonical ids in one allocation (the
+ * caller frees *ids), NULL when there are none.  Returns an exit code
+ * (message printed). */
+int cli_failed_ids(const char *cmd, const char *verb, int argc, char **argv, int all,
+                   const char ***ids, size_t *n);
 
 /* ---- output --------------------------------------------------------- */
 
@@ -156,10 +194,22 @@ void cli_format_time(int64_t unix_us, char buf[32]);
 
 /* Builds the JSON object for a stored message: seq, id, type,
  * aggregate_type, aggregate_id, occurred_at, status, attempts,
- * available_at, last_error, sent_at, headers (object) and payload (the JSON
- * value; a string if it cannot be parsed back).  Returns a new reference
+ * available_at, last_error, sent_at, headers (the object; the stored text
+ * as a string if it is not one) and payload (the JSON value; a string if
+ * it cannot be parsed back).  Text that is not UTF-8 is given escaped as
+ * by cli_escape.  Returns a new reference
  * (caller json_decref's it) or NULL when out of memory. */
 json_t *cli_msg_to_json(const outbox_msg *msg);
+
+/* Appends s to b with what a terminal would act on made visible: CR, LF
+ * and tab as \\r \\n \\t, other C0 controls, DEL and bytes that are not
+ * UTF-8 as \\xNN, C1 controls (U+0080..U+009F) as \\u00NN.  Everything
+ * else, backslashes included, is copied.  For human-readable output only:
+ * --json output stays exact. */
+void cli_escape(outbox_buf *b, const char *s);
+
+/* Writes s to out escaped as by cli_escape. */
+void cli_fputs_escaped(const char *s, FILE *out);
 
 /* Writes value as indented JSON plus a newline to stdout; CLI_EXIT_FAILURE
  * (with a message) if that fails. */

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 /* ------------------------------------------------------------------------
@@ -54,8 +55,11 @@ static void log_to_stderr(void *user, int level, const char *component,
         outbox__buf_json_string(&b, message ? message : "");
         outbox__buf_puts(&b, "}\n");
     } else {
-        outbox__buf_printf(&b, "%s %s %s: %s\n", ts, outbox_log_level_name(level),
-                           component ? component : "", message ? message : "");
+        outbox__buf_printf(&b, "%s %s ", ts, outbox_log_level_name(level));
+        cli_escape(&b, component ? component : "");
+        outbox__buf_puts(&b, ": ");
+        cli_escape(&b, message ? message : "");
+        outbox__buf_puts(&b, "\n");
     }
     /* One write per line so lines from different threads do not interleave. */
     if (!b.oom && b.len > 0)
@@ -114,14 +118,32 @@ int cli_global_option(const char *cmd, int opt, const char *arg)
  * Errors
  * ---------------------------------------------------------------------- */
 
+/* Prints "outbox <cmd>: <text>" as one line on stderr, the text escaped
+ * (it may echo stored or given text). */
+static void report_line(const char *cmd, const char *text)
+{
+    outbox_buf b;
+    outbox__buf_init(&b);
+    outbox__buf_puts(&b, "outbox");
+    if (cmd && cmd[0]) {
+        outbox__buf_puts(&b, " ");
+        outbox__buf_puts(&b, cmd);
+    }
+    outbox__buf_puts(&b, ": ");
+    cli_escape(&b, text);
+    outbox__buf_puts(&b, "\n");
+    if (!b.oom)
+        fwrite(b.data, 1, b.len, stderr);
+    else
+        fprintf(stderr, "outbox %s: out of memory reporting an error\n", cmd ? cmd : "");
+    outbox__buf_free(&b);
+}
+
 static void vreport(const char *cmd, const char *fmt, va_list ap)
 {
     char line[1024];
     vsnprintf(line, sizeof line, fmt, ap);
-    if (cmd && cmd[0])
-        fprintf(stderr, "outbox %s: %s\n", cmd, line);
-    else
-        fprintf(stderr, "outbox: %s\n", line);
+    report_line(cmd, line);
 }
 
 int cli_usage(const char *cmd, const char *fmt, ...)
@@ -173,7 +195,9 @@ int cli_fail(const char *cmd, int code, const outbox_error *err)
         hint = "; run outbox init --store URL first";
     else if (code == OUTBOX_ESCHEMANEWER && !strstr(what, "newer"))
         hint = "; the database was set up by a newer outbox: upgrade this one";
-    fprintf(stderr, "outbox %s: %s%s\n", cmd, what, hint);
+    char line[sizeof err->message + 128];
+    snprintf(line, sizeof line, "%s%s", what, hint);
+    report_line(cmd, line);
     return cli_exit_code(code);
 }
 
@@ -188,6 +212,22 @@ int cli_bad_option(const char *cmd, char **argv, int c)
     if (optopt && optopt < 256)
         return cli_usage(cmd, "unknown option -%c; see outbox %s --help", optopt, cmd);
     return cli_usage(cmd, "unknown option %s; see outbox %s --help", text, cmd);
+}
+
+int cli_once(const char *cmd, const struct option *options, int c, uint64_t *seen)
+{
+    for (size_t i = 0; options[i].name && i < 64; i++) {
+        if (options[i].val != c || options[i].flag != NULL)
+            continue;
+        if (options[i].has_arg != required_argument)
+            return CLI_EXIT_OK;
+        if (*seen & (UINT64_C(1) << i))
+            return cli_usage(cmd, "--%s is given twice; give it once (a repeated option does "
+                                  "not replace the earlier one)", options[i].name);
+        *seen |= UINT64_C(1) << i;
+        return CLI_EXIT_OK;
+    }
+    return CLI_EXIT_OK;
 }
 
 int cli_option(const char *cmd, int c, char **argv, const char *usage)
@@ -259,13 +299,31 @@ int cli_store_url(const char *cmd, const char *value, const char **url)
 int cli_store_open(const char *cmd, const char *url, outbox_store *store)
 {
     outbox_error err = {0, ""};
-    int rc = outbox__store_open(store, url, &err);
+    int rc;
+    store->ops = NULL;
+    store->state = NULL;
+    if ((rc = cli_check_scheme(cmd, "store URL", url, CLI_STORES)) != CLI_EXIT_OK)
+        return rc;
+    rc = outbox__store_open(store, url, &err);
     if (rc != OUTBOX_OK) {
         store->ops = NULL;
         store->state = NULL;
         return cli_fail(cmd, rc, &err);
     }
     return CLI_EXIT_OK;
+}
+
+int cli_store_connect(const char *cmd, const char *value, outbox_store *store, const char **url)
+{
+    const char *used = NULL;
+    int rc;
+    store->ops = NULL;
+    store->state = NULL;
+    if ((rc = cli_store_url(cmd, value, &used)) != CLI_EXIT_OK)
+        return rc;
+    if (url)
+        *url = used;
+    return cli_store_open(cmd, used, store);
 }
 
 int cli_parse_id(const char *cmd, const char *what, const char *text, char out[37])
@@ -280,9 +338,223 @@ int cli_parse_id(const char *cmd, const char *what, const char *text, char out[3
     return CLI_EXIT_OK;
 }
 
+int cli_failed_ids(const char *cmd, const char *verb, int argc, char **argv, int all,
+                   const char ***ids, size_t *n)
+{
+    size_t count = argc > optind ? (size_t)(argc - optind) : 0;
+    const char **ptrs;
+    char *text;
+    int rc;
+
+    *ids = NULL;
+    *n = 0;
+    if (all && count > 0)
+        return cli_usage(cmd, "give message IDs or --all-failed, not both");
+    if (!all && count == 0)
+        return cli_usage(cmd, "nothing to %s; give the IDs of Failed messages or --all-failed",
+                         verb);
+    if (count == 0)
+        return CLI_EXIT_OK;
+    ptrs = malloc(count * (sizeof *ptrs + 37));
+    if (!ptrs)
+        return cli_failure(cmd, "out of memory");
+    text = (char *)(ptrs + count);
+    for (size_t i = 0; i < count; i++) {
+        ptrs[i] = text + i * 37;
+        if ((rc = cli_parse_id(cmd, "ID", argv[optind + (int)i], text + i * 37)) != CLI_EXIT_OK) {
+            free(ptrs);
+            return rc;
+        }
+    }
+    *ids = ptrs;
+    *n = count;
+    return CLI_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * Drivers: what the registries (src/store/store.c, src/transport/
+ * transport.c) say this build has, described for people.  The tables below
+ * only describe; a scheme is offered only when its registry lists it.
+ * ---------------------------------------------------------------------- */
+
+typedef struct scheme_doc {
+    const char *scheme;
+    const char *form; /* how its URL is written */
+    const char *what; /* one line for --help */
+} scheme_doc;
+
+static const scheme_doc store_docs[] = {
+    {"sqlite", "sqlite:PATH", "an SQLite database file (only init creates it)"},
+    {"postgres", "postgres://USER@HOST/DB", "PostgreSQL (or postgres:KEY=VALUE ...)"},
+    {"postgresql", "postgresql://USER@HOST/DB", "the same as postgres://"},
+};
+
+/* stdout: gives no confirmation; the help texts say so after the list. */
+static const scheme_doc destination_docs[] = {
+    {"stdout", "stdout:", "CloudEvents JSON lines on standard output"},
+    {"file", "file:PATH", "CloudEvents JSON lines, appended and fsynced"},
+    {"discard", "discard:", "confirms everything, keeps nothing (benchmarks)"},
+    {"http", "http://HOST/PATH", "webhook: a POST per message, a 2xx confirms"},
+    {"https", "https://HOST/PATH", "webhook over TLS"},
+    {"nats", "nats://HOST:4222?stream=S", "NATS JetStream: the stream's ack confirms"},
+    {"kafka", "kafka://HOST:9092?topic=T", "Kafka: the brokers' ack confirms"},
+};
+
+static const char *registry_scheme(int kind, size_t i)
+{
+    return kind == CLI_STORES ? outbox__store_scheme(i) : outbox__transport_scheme(i);
+}
+
+static const scheme_doc *scheme_doc_find(int kind, const char *scheme, size_t n)
+{
+    const scheme_doc *docs = kind == CLI_STORES ? store_docs : destination_docs;
+    size_t count = kind == CLI_STORES ? sizeof store_docs / sizeof store_docs[0]
+                                      : sizeof destination_docs / sizeof destination_docs[0];
+    for (size_t i = 0; i < count; i++)
+        if (strlen(docs[i].scheme) == n && strncasecmp(docs[i].scheme, scheme, n) == 0)
+            return &docs[i];
+    return NULL;
+}
+
+void cli_scheme_list(outbox_buf *b, int kind)
+{
+    const char *scheme;
+    for (size_t i = 0; (scheme = registry_scheme(kind, i)) != NULL; i++) {
+        const scheme_doc *d = scheme_doc_find(kind, scheme, strlen(scheme));
+        if (i > 0)
+            outbox__buf_puts(b, ", ");
+        if (d)
+            outbox__buf_puts(b, d->form);
+        else
+            outbox__buf_printf(b, "%s:", scheme);
+    }
+}
+
+void cli_scheme_help(FILE *out, int kind, const char *indent)
+{
+    const char *scheme;
+    for (size_t i = 0; (scheme = registry_scheme(kind, i)) != NULL; i++) {
+        const scheme_doc *d = scheme_doc_find(kind, scheme, strlen(scheme));
+        if (d)
+            fprintf(out, "%s%-26s %s\n", indent, d->form, d->what);
+        else
+            fprintf(out, "%s%s:\n", indent, scheme);
+    }
+}
+
+void cli_scheme_names(FILE *out, int kind)
+{
+    const char *scheme;
+    for (size_t i = 0; (scheme = registry_scheme(kind, i)) != NULL; i++)
+        fprintf(out, "%s%s", i ? " " : "", scheme);
+}
+
+int cli_check_scheme(const char *cmd, const char *what, const char *url, int kind)
+{
+    const char *noun = kind == CLI_STORES ? "store" : "destination";
+    const char *scheme;
+    char shown[512];
+    size_t n = strcspn(url, ":");
+    outbox_buf list;
+    int rc, valid = url[n] == ':' && n > 0;
+
+    for (size_t i = 0; valid && i < n; i++)
+        if (!isalnum((unsigned char)url[i]) && url[i] != '+' && url[i] != '-' && url[i] != '.')
+            valid = 0;
+    for (size_t i = 0; valid && (scheme = registry_scheme(kind, i)) != NULL; i++)
+        if (strlen(scheme) == n && strncasecmp(scheme, url, n) == 0)
+            return CLI_EXIT_OK;
+
+    outbox__url_redact(url, shown, sizeof shown);
+    outbox__buf_init(&list);
+    cli_scheme_list(&list, kind);
+    if (list.oom)
+        return cli_failure(cmd, "out of memory");
+    if (!valid)
+        rc = cli_usage(cmd, "%s '%s' has no scheme; use one of %s", what, shown, list.data);
+    else if (scheme_doc_find(kind, url, n))
+        rc = cli_usage(cmd, "%s '%s': this build has no %.*s %s (not built with its "
+                            "library); use one of %s, or rebuild with it",
+                       what, shown, (int)n, url, noun, list.data);
+    else
+        rc = cli_usage(cmd, "%s '%s': unknown %s scheme '%.*s'; use one of %s", what, shown,
+                       noun, (int)n, url, list.data);
+    outbox__buf_free(&list);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------
  * Output
  * ---------------------------------------------------------------------- */
+
+/* Length of the well-formed UTF-8 sequence at p (2 to 4), or 0 when p
+ * does not start one (overlong forms and surrogates included). */
+static size_t utf8_sequence(const unsigned char *p)
+{
+    unsigned char c = p[0], lo = 0x80, hi = 0xbf;
+    size_t n;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        n = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 4;
+    else
+        return 0;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    return n;
+}
+
+void cli_escape(outbox_buf *b, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    while (*p) {
+        const unsigned char *run = p;
+        size_t n;
+        while (*p >= 0x20 && *p < 0x7f)
+            p++;
+        if (p > run)
+            outbox__buf_append(b, (const char *)run, (size_t)(p - run));
+        if (!*p)
+            break;
+        n = *p < 0x80 ? 0 : utf8_sequence(p);
+        if (n == 2 && p[0] == 0xc2 && p[1] < 0xa0) /* C1 control, U+0080..U+009F */
+            outbox__buf_printf(b, "\\u%04x", p[1]);
+        else if (n > 0)
+            outbox__buf_append(b, (const char *)p, n);
+        else if (*p == '\n')
+            outbox__buf_puts(b, "\\n");
+        else if (*p == '\r')
+            outbox__buf_puts(b, "\\r");
+        else if (*p == '\t')
+            outbox__buf_puts(b, "\\t");
+        else
+            outbox__buf_printf(b, "\\x%02x", *p);
+        p += n > 0 ? n : 1;
+    }
+}
+
+void cli_fputs_escaped(const char *s, FILE *out)
+{
+    outbox_buf b;
+    outbox__buf_init(&b);
+    cli_escape(&b, s);
+    if (!b.oom && b.len > 0)
+        fwrite(b.data, 1, b.len, out);
+    outbox__buf_free(&b);
+}
 
 void cli_format_duration(int64_t ms, char *buf, size_t len)
 {
@@ -321,6 +593,22 @@ static json_t *time_or_null(int64_t unix_us)
     return json_string(buf);
 }
 
+/* A JSON string for stored text; text that is not UTF-8 (a foreign
+ * writer's) cannot be a JSON string as it is, so it is given escaped as by
+ * cli_escape rather than left out. */
+static json_t *text_value(const char *s)
+{
+    json_t *v = json_string(s ? s : "");
+    if (!v) {
+        outbox_buf b;
+        outbox__buf_init(&b);
+        cli_escape(&b, s);
+        v = b.oom ? NULL : json_string(b.data ? b.data : "");
+        outbox__buf_free(&b);
+    }
+    return v;
+}
+
 json_t *cli_msg_to_json(const outbox_msg *msg)
 {
     json_t *o = json_object();
@@ -328,27 +616,25 @@ json_t *cli_msg_to_json(const outbox_msg *msg)
     if (!o)
         return NULL;
     headers = json_loads(msg->headers_json ? msg->headers_json : "{}", 0, NULL);
-    if (!headers || !json_is_object(headers)) {
+    if (!headers || !json_is_object(headers)) { /* a foreign writer's row: keep the text */
         json_decref(headers);
-        headers = json_object();
+        headers = text_value(msg->headers_json);
     }
     payload = json_loads(msg->payload ? msg->payload : "null", JSON_DECODE_ANY, NULL);
     if (!payload) /* e.g. an integer beyond 64 bits: keep the text */
-        payload = json_string(msg->payload ? msg->payload : "");
+        payload = text_value(msg->payload);
     json_object_set_new(o, "seq", json_integer((json_int_t)msg->seq));
-    json_object_set_new(o, "id", json_string(msg->id));
-    json_object_set_new(o, "type", json_string(msg->type ? msg->type : ""));
-    json_object_set_new(o, "aggregate_type",
-                        json_string(msg->aggregate_type ? msg->aggregate_type : ""));
-    json_object_set_new(o, "aggregate_id", json_string(msg->aggregate_id ? msg->aggregate_id : ""));
+    json_object_set_new(o, "id", text_value(msg->id));
+    json_object_set_new(o, "type", text_value(msg->type));
+    json_object_set_new(o, "aggregate_type", text_value(msg->aggregate_type));
+    json_object_set_new(o, "aggregate_id", text_value(msg->aggregate_id));
     json_object_set_new(o, "occurred_at", time_or_null(msg->occurred_at));
     json_object_set_new(o, "status", json_string(outbox__status_name(msg->status)));
     json_object_set_new(o, "attempts", json_integer(msg->attempts));
     json_object_set_new(o, "available_at", time_or_null(msg->available_at));
-    json_object_set_new(o, "last_error",
-                        msg->last_error ? json_string(msg->last_error) : json_null());
+    json_object_set_new(o, "last_error", msg->last_error ? text_value(msg->last_error) : json_null());
     json_object_set_new(o, "sent_at", time_or_null(msg->sent_at));
-    json_object_set_new(o, "headers", headers);
+    json_object_set_new(o, "headers", headers ? headers : json_null());
     json_object_set_new(o, "payload", payload ? payload : json_null());
     return o;
 }

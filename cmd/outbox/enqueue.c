@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char usage[] =
     "usage: outbox enqueue --store URL --type T --aggregate-id ID [--aggregate-type T]\n"
@@ -20,7 +21,8 @@ static const char usage[] =
     "                      [--headers JSON] [--id UUID]\n"
     "\n"
     "Adds one message to the outbox (in a transaction of its own) and prints its id.\n"
-    "Everything is validated first: bad input writes nothing and exits 2.\n"
+    "Everything is validated first: bad input writes nothing and exits 2.  Each\n"
+    "option except --header is given at most once.\n"
     "\n"
     "Options:\n"
     "  --store URL          the database (required; default $OUTBOX_STORE)\n"
@@ -32,7 +34,11 @@ static const char usage[] =
     "  --header K=V         add header K with value V (repeatable); applied after --headers\n"
     "  --headers JSON       all headers as a JSON object of strings (default {})\n"
     "                       a traceparent header must be W3C trace-context\n"
-    "  --id UUID            use this message id (default: a new UUIDv7)\n"
+    "  --id UUID            use this message id (default: a new UUIDv7; not the nil UUID)\n"
+    "  --max-message-bytes N  size limit of the whole message, 1024..1073741824\n"
+    "                       (default 1048576); give the relay the same value\n"
+    "  --max-field-bytes N  size limit of the type, aggregate type and id, 16..1048576\n"
+    "                       (default 256); give the relay the same value\n"
     CLI_GLOBAL_HELP
     "\n"
     "Example:\n"
@@ -48,7 +54,9 @@ enum {
     OPT_PAYLOAD_FILE,
     OPT_HEADER,
     OPT_HEADERS,
-    OPT_ID
+    OPT_ID,
+    OPT_MAX_MESSAGE_BYTES,
+    OPT_MAX_FIELD_BYTES
 };
 
 /* Reads all of path ("-": stdin) into *out (caller frees), refusing more
@@ -56,6 +64,7 @@ enum {
 static int read_payload(const char *cmd, const char *path, size_t limit, char **out)
 {
     FILE *f = NULL;
+    struct stat st;
     char *data = NULL;
     size_t len = 0, cap = 0;
     int rc = CLI_EXIT_FAILURE;
@@ -63,9 +72,9 @@ static int read_payload(const char *cmd, const char *path, size_t limit, char **
 
     *out = NULL;
     f = is_stdin ? stdin : fopen(path, "rb");
-    if (!f) {
+    if (!f || (!is_stdin && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode))) {
         rc = cli_usage(cmd, "--payload-file %s: %s; give a readable file or - for stdin", path,
-                       strerror(errno));
+                       f ? strerror(EISDIR) : strerror(errno));
         goto out;
     }
     for (;;) {
@@ -84,7 +93,8 @@ static int read_payload(const char *cmd, const char *path, size_t limit, char **
         len += n;
         if (len > limit) {
             rc = cli_usage(cmd, "--payload-file %s is larger than the message limit of %zu bytes; "
-                                "send a smaller payload",
+                                "send a smaller payload or raise the limit with "
+                                "--max-message-bytes N",
                            path, limit);
             goto out;
         }
@@ -112,6 +122,24 @@ out:
     return rc;
 }
 
+/* The library's size errors name its C setting (outbox_limit ...); on the
+ * command line the setting is an option, so the message names that. */
+static void limit_hint(outbox_error *err)
+{
+    static const struct { const char *api, *option; } names[] = {
+        {"outbox_limit OUTBOX_LIMIT_MESSAGE_BYTES", "--max-message-bytes"},
+        {"outbox_limit OUTBOX_LIMIT_FIELD_BYTES", "--max-field-bytes"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char *at = strstr(err->message, names[i].api);
+        if (at) {
+            size_t alen = strlen(names[i].api), olen = strlen(names[i].option);
+            memmove(at + olen, at + alen, strlen(at + alen) + 1);
+            memcpy(at, names[i].option, olen);
+        }
+    }
+}
+
 /* Validates and stores one message.  Exit 0 (id printed), 1 (store error,
  * duplicate id, no schema) or 2 (bad input: nothing written). */
 int cmd_enqueue(int argc, char **argv)
@@ -126,6 +154,8 @@ int cmd_enqueue(int argc, char **argv)
         {"header", required_argument, NULL, OPT_HEADER},
         {"headers", required_argument, NULL, OPT_HEADERS},
         {"id", required_argument, NULL, OPT_ID},
+        {"max-message-bytes", required_argument, NULL, OPT_MAX_MESSAGE_BYTES},
+        {"max-field-bytes", required_argument, NULL, OPT_MAX_FIELD_BYTES},
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
@@ -139,12 +169,15 @@ int cmd_enqueue(int argc, char **argv)
     outbox_msg *msg = NULL;
     outbox_store store = {NULL, NULL};
     outbox_error err = {0, ""};
+    uint64_t seen = 0, n;
     int c, rc;
 
     header_args = calloc((size_t)argc + 1, sizeof *header_args);
     if (!header_args)
         return cli_failure(cmd, "out of memory");
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if (c != OPT_HEADER && (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            goto out;
         switch (c) {
         case OPT_STORE: store_opt = optarg; break;
         case OPT_TYPE: type = optarg; break;
@@ -155,6 +188,18 @@ int cmd_enqueue(int argc, char **argv)
         case OPT_HEADER: header_args[nheaders++] = optarg; break;
         case OPT_HEADERS: headers_json = optarg; break;
         case OPT_ID: id = optarg; break;
+        case OPT_MAX_MESSAGE_BYTES:
+            if ((rc = cli_parse_uint(cmd, "--max-message-bytes", optarg, 1024, 1073741824,
+                                     &n)) != CLI_EXIT_OK)
+                goto out;
+            outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, (size_t)n);
+            break;
+        case OPT_MAX_FIELD_BYTES:
+            if ((rc = cli_parse_uint(cmd, "--max-field-bytes", optarg, 16, 1048576, &n)) !=
+                CLI_EXIT_OK)
+                goto out;
+            outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, (size_t)n);
+            break;
         default:
             if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
                 goto out;
@@ -222,6 +267,7 @@ int cmd_enqueue(int argc, char **argv)
     goto out;
 
 fail:
+    limit_hint(&err);
     rc = cli_fail(cmd, rc, &err);
 out:
     if (store.ops)

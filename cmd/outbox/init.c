@@ -34,8 +34,11 @@ int cmd_init(int argc, char **argv)
     outbox_error err = {0, ""};
     char shown[512];
     int c, rc, from = 0, to = 0;
+    uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         switch (c) {
         case 's': store_opt = optarg; break;
         default:
@@ -45,9 +48,7 @@ int cmd_init(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; init takes only --store", argv[optind]);
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK)
         return rc;
 
     outbox__url_redact(url, shown, sizeof shown);

@@ -30,15 +30,26 @@ typedef struct list_state {
     size_t count;
 } list_state;
 
-/* Copies s into out (len bytes) without control characters, cut to fit with "...". */
+/* Copies s into out (len > 4 bytes) escaped as by cli_escape, cut to fit
+ * with "..." (never inside a UTF-8 character). */
 static void cell(const char *s, char *out, size_t len)
 {
-    size_t n = 0, slen = s ? strlen(s) : 0;
-    for (size_t i = 0; i < slen && n + 1 < len; i++)
-        out[n++] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? ' ' : s[i];
-    out[n] = '\0';
-    if (slen >= len && len > 4)
-        memcpy(out + len - 4, "...", 4);
+    outbox_buf b;
+    size_t n;
+    outbox__buf_init(&b);
+    cli_escape(&b, s);
+    n = b.oom ? 0 : b.len;
+    if (n >= len) {
+        n = len - 4;
+        while (n > 0 && ((unsigned char)b.data[n] & 0xc0) == 0x80)
+            n--;
+        memcpy(out + n, "...", 4);
+    } else {
+        out[n] = '\0';
+    }
+    if (n > 0)
+        memcpy(out, b.data, n);
+    outbox__buf_free(&b);
 }
 
 static int on_message(void *user, const outbox_msg *msg)
@@ -54,11 +65,12 @@ static int on_message(void *user, const outbox_msg *msg)
         return 0;
     }
     {
-        char type[25], agg[25], error[41];
+        char id[37], type[25], agg[25], error[41];
+        cell(msg->id, id, sizeof id); /* a foreign writer's row may hold anything */
         cell(msg->type, type, sizeof type);
         cell(msg->aggregate_id, agg, sizeof agg);
         cell(msg->last_error ? msg->last_error : "-", error, sizeof error);
-        printf("%-8lld %-36s %-8s %8d  %-24s %-24s %s\n", (long long)msg->seq, msg->id,
+        printf("%-8lld %-36s %-8s %8d  %-24s %-24s %s\n", (long long)msg->seq, id,
                outbox__status_name(msg->status), msg->attempts, type, agg, error);
     }
     return 0;
@@ -75,15 +87,18 @@ int cmd_list(int argc, char **argv)
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *cmd = "list", *store_opt = NULL, *url = NULL;
+    const char *cmd = "list", *store_opt = NULL;
     outbox_store store = {NULL, NULL};
     outbox_list_params params = {-1, 100};
     list_state ls = {NULL, 0, 0};
     outbox_error err = {0, ""};
     uint64_t n;
     int c, rc, as_json = 0;
+    uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         switch (c) {
         case OPT_STORE: store_opt = optarg; break;
         case OPT_JSON: as_json = 1; break;
@@ -105,9 +120,7 @@ int cmd_list(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; see outbox list --help", argv[optind]);
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         return rc;
 
     if (as_json && !(ls.array = json_array())) {

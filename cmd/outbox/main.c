@@ -19,10 +19,11 @@ static const command commands[] = {
     {"init", cmd_init, "create or upgrade the outbox tables in a store"},
     {"enqueue", cmd_enqueue, "add one message to the outbox (prints its id)"},
     {"relay", cmd_relay, "publish committed messages to a destination, at least once"},
-    {"status", cmd_status, "counts per status, oldest pending age, next retry, relay lease"},
+    {"status", cmd_status, "counts, blocked messages, relay lease; --check exits 1 past a limit"},
     {"list", cmd_list, "list messages, optionally by status"},
     {"show", cmd_show, "show one message with all its fields"},
-    {"retry", cmd_retry, "requeue failed messages"},
+    {"retry", cmd_retry, "requeue Failed messages"},
+    {"drop", cmd_drop, "delete Failed messages, archiving them first with --archive"},
     {"purge", cmd_purge, "delete sent messages (and old inbox entries)"},
 };
 
@@ -124,10 +125,11 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
             printf("outbox %s (liboutbox %s)\n", OUTBOX_VERSION_STRING, outbox_version());
-            printf("stores: sqlite%s\n", CLI_PG_BUILT ? " postgres" : "");
-            printf("destinations: stdout file discard%s%s%s\n",
-                   CLI_HTTP_BUILT ? " http https" : "", CLI_NATS_BUILT ? " nats" : "",
-                   CLI_KAFKA_BUILT ? " kafka" : "");
+            fputs("stores: ", stdout);
+            cli_scheme_names(stdout, CLI_STORES);
+            fputs("\ndestinations: ", stdout);
+            cli_scheme_names(stdout, CLI_DESTINATIONS);
+            fputs("\n", stdout);
             return CLI_EXIT_OK;
         }
         if ((v = global_value("--log-level", argc, argv, &i, &missing)) || missing) {

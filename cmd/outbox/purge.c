@@ -20,6 +20,7 @@ static const char usage[] =
     "Deletes messages marked sent (relay --on-sent mark) whose sent_at is older\n"
     "than DURATION, and with --inbox-older-than inbox entries received longer ago\n"
     "than that.  Pending and Failed messages are never deleted.\n"
+    CLI_FAILED_HELP
     "\n"
     "Options:\n"
     "  --store URL                 the database (required; default $OUTBOX_STORE)\n"
@@ -46,15 +47,18 @@ int cmd_purge(int argc, char **argv)
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *cmd = "purge", *store_opt = NULL, *url = NULL;
+    const char *cmd = "purge", *store_opt = NULL;
     const char *sent_text = NULL, *inbox_text = NULL;
     outbox_store store = {NULL, NULL};
     outbox_error err = {0, ""};
     int64_t sent_ms = 0, inbox_ms = -1, count = 0, inbox_count = 0;
     const int64_t max_ms = INT64_C(100) * 365 * 86400 * 1000; /* 100 years */
     int c, rc;
+    uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         switch (c) {
         case OPT_STORE: store_opt = optarg; break;
         case OPT_SENT_OLDER: sent_text = optarg; break;
@@ -74,9 +78,7 @@ int cmd_purge(int argc, char **argv)
     if (inbox_text &&
         (rc = cli_parse_duration(cmd, "--inbox-older-than", inbox_text, max_ms, &inbox_ms)) != CLI_EXIT_OK)
         return rc;
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         return rc;
 
     rc = store.ops->purge(store.state, outbox__now_us() - sent_ms * 1000, &count, &err);

@@ -2,60 +2,85 @@
  * relay.c - `outbox relay`: runs the relay loop (src/relay) from a store to
  * a destination until SIGINT/SIGTERM, or with --once until nothing is due.
  *
- * Options are checked here (numbers, durations, enums) and again by
- * outbox_relay_new (ranges, URLs, the store's schema), all before the lease
- * is taken.  The signal handlers only call outbox_relay_stop(), which is
- * async-signal-safe; the in-flight batch is finished and recorded, the lease
- * released, and the command exits 0.
+ * Options are checked here (numbers, durations, enums, the URLs' schemes
+ * against the build's registries) and again by outbox_relay_new (ranges,
+ * URLs, the store's schema), all before the lease is taken.
+ *
+ * Signals are taken by a thread of their own (sigwait), not by handlers:
+ * SIGINT and SIGTERM call outbox_relay_stop (the in-flight batch is
+ * finished and recorded, the lease released, exit 0), SIGHUP calls
+ * outbox_relay_reopen (log rotation).  So both can be logged like any
+ * other event, and no library thread is interrupted by them.
  */
 #include "cli.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char usage[] =
-    "usage: outbox relay --store URL --to URL [--once] [--batch N] [--max-attempts N]\n"
-    "                    [--backoff-base DUR] [--backoff-max DUR] [--on-sent delete|mark]\n"
-    "                    [--failed-blocks yes|no] [--poll-interval DUR] [--lease-ttl DUR]\n"
-    "                    [--wait-lease] [--source URI] [--name NAME] [--to-opt KEY=VALUE]...\n"
-    "\n"
-    "Publishes committed outbox messages to a destination, at least once, in\n"
-    "enqueue order per aggregate, and marks them sent once the destination has\n"
-    "confirmed them.  Runs until SIGINT or SIGTERM (then exits 0), or with\n"
-    "--once until nothing is due.  One relay per SQLite outbox: a second one\n"
-    "exits 1 unless --wait-lease is given.\n"
-    "\n"
-    "Options:\n"
-    "  --store URL          the database (required; default $OUTBOX_STORE)\n"
-    "  --to URL             destination (required; default $OUTBOX_TO):\n"
-    "                       stdout:, file:PATH (CloudEvents JSON lines, fsynced),\n"
-    "                       discard: (confirms everything, for benchmarks)\n"
-    "  --once               publish what is due, then exit\n"
-    "  --batch N            messages claimed at once, 1..100000 (default 512)\n"
-    "  --max-attempts N     attempts before a message is Failed (default 10)\n"
-    "  --backoff-base DUR   first retry delay cap (default 500ms)\n"
-    "  --backoff-max DUR    largest retry delay cap (default 5m)\n"
-    "  --on-sent MODE       delete: remove confirmed messages (default);\n"
-    "                       mark: keep them as sent, for outbox purge\n"
-    "  --failed-blocks B    yes: a Failed message holds back later messages of its\n"
-    "                       aggregate until retried or purged (default yes); no: they go on\n"
-    "  --poll-interval DUR  fallback full check for new messages (default 1s)\n"
-    "  --lease-ttl DUR      relay lease lifetime, at least 1s (default 10s)\n"
-    "  --wait-lease         stand by while another relay holds the lease (default: exit 1)\n"
-    "  --source URI         CloudEvents source attribute (default /outbox)\n"
-    "  --name NAME          relay name shown in status (default host:pid)\n"
-    "  --to-opt KEY=VALUE   a destination setting (repeatable), the same keys as the\n"
-    "                       destination URL's query parameters; for settings that\n"
-    "                       cannot go in the URL (an HTTP target's query is its own)\n"
-    CLI_GLOBAL_HELP
-    "\n"
-    "Durations: 500ms, 30s, 5m, 2h, 7d (a bare number is seconds).\n"
-    "\n"
-    "Example:\n"
-    "  outbox relay --store sqlite:app.db --to file:events.jsonl --on-sent mark\n";
+static void print_usage(FILE *out)
+{
+    fputs("usage: outbox relay --store URL --to URL [--once] [--batch N] [--max-attempts N]\n"
+          "                    [--backoff-base DUR] [--backoff-max DUR] [--on-sent delete|mark]\n"
+          "                    [--failed-blocks yes|no] [--poll-interval DUR] [--lease-ttl DUR]\n"
+          "                    [--wait-lease] [--source URI] [--name NAME] [--to-opt KEY=VALUE]...\n"
+          "                    [--max-message-bytes N] [--max-field-bytes N]\n"
+          "\n"
+          "Publishes committed outbox messages to a destination, at least once, in\n"
+          "enqueue order per aggregate, and marks them sent once the destination has\n"
+          "confirmed them.  Runs until SIGINT or SIGTERM (then exits 0), or with\n"
+          "--once until nothing is due.  SIGHUP reopens the destination's files (for\n"
+          "logrotate).  One relay per SQLite outbox: a second one, whatever its\n"
+          "--name, exits 1 naming the holder unless --wait-lease is given.\n"
+          "\n"
+          "A message is retried with backoff and after --max-attempts becomes Failed\n"
+          "with its last error.  Only a failure of the message spends an attempt (the\n"
+          "destination received and rejected it, or it failed while others in its\n"
+          "batch succeeded); a failure of the destination itself (disk full, I/O\n"
+          "error, connection refused, DNS, TLS, 5xx for a whole batch) backs off the\n"
+          "whole destination and charges nothing.\n"
+          CLI_FAILED_HELP
+          "\n"
+          "Options:\n"
+          "  --store URL          the database (required; default $OUTBOX_STORE)\n"
+          "  --to URL             destination (required; default $OUTBOX_TO), see below\n"
+          "  --once               publish what is due, then exit: 0 when all of it was\n"
+          "                       published, 1 when any publication failed (retried or Failed)\n"
+          "  --batch N            messages claimed at once, 1..100000 (default 512)\n"
+          "  --max-attempts N     attempts before a message is Failed (default 10)\n"
+          "  --backoff-base DUR   first retry delay cap (default 500ms)\n"
+          "  --backoff-max DUR    largest retry delay cap (default 5m)\n"
+          "  --on-sent MODE       delete: remove confirmed messages (default);\n"
+          "                       mark: keep them as sent, for outbox purge\n"
+          "  --failed-blocks B    yes: a Failed message holds back later messages of its\n"
+          "                       aggregate until retried or dropped (default yes); no: they go on\n"
+          "  --poll-interval DUR  fallback full check for new messages (default 1s)\n"
+          "  --lease-ttl DUR      relay lease lifetime, at least 1s (default 10s)\n"
+          "  --wait-lease         stand by while another relay holds the lease (default: exit 1)\n"
+          "  --source URI         CloudEvents source attribute (default /outbox)\n"
+          "  --name NAME          relay name shown in status (default host:pid)\n"
+          "  --to-opt KEY=VALUE   a destination setting (repeatable), the same keys as the\n"
+          "                       destination URL's query parameters; for settings that\n"
+          "                       cannot go in the URL (an HTTP target's query is its own)\n"
+          "  --max-message-bytes N  largest stored message it accepts (default 1048576);\n"
+          "                       larger rows are set Failed: match what enqueuers allow\n"
+          "  --max-field-bytes N  largest type, aggregate type and id (default 256), likewise\n"
+          CLI_GLOBAL_HELP
+          "\n"
+          "Destinations in this build:\n",
+          out);
+    cli_scheme_help(out, CLI_DESTINATIONS, "  ");
+    fputs("\n" CLI_STDOUT_HELP
+          "\n"
+          "Durations: 500ms, 30s, 5m, 2h, 7d (a bare number is seconds).\n"
+          "\n"
+          "Example:\n"
+          "  outbox relay --store sqlite:app.db --to file:events.jsonl --on-sent mark\n",
+          out);
+}
 
 enum {
     OPT_STORE = CLI_OPT_COMMAND_BASE,
@@ -72,33 +97,94 @@ enum {
     OPT_WAIT_LEASE,
     OPT_SOURCE,
     OPT_NAME,
-    OPT_TO_OPT
+    OPT_TO_OPT,
+    OPT_MAX_MESSAGE_BYTES,
+    OPT_MAX_FIELD_BYTES
 };
 
 /* Most --to-opt settings one relay takes. */
 #define MAX_TO_OPTS 64
 
-/* The relay the signal handlers stop, set once it exists; and whether a
- * stop signal came before that (during start-up), so it is not lost. */
-static outbox_relay *volatile running_relay;
-static volatile sig_atomic_t stop_signalled;
+/* ------------------------------------------------------------------------
+ * Signals
+ * ---------------------------------------------------------------------- */
 
-static void on_stop_signal(int sig)
+/* What the signal thread acts on, under signal_lock: the relay once it
+ * exists, and what was asked before it did (a stop or a reopen during
+ * start-up is not lost). */
+static pthread_mutex_t signal_lock = PTHREAD_MUTEX_INITIALIZER;
+static outbox_relay *signal_relay;
+static int stop_asked, reopen_asked;
+static sigset_t signal_set;
+
+static void *signal_thread(void *arg)
 {
-    outbox_relay *relay = running_relay;
-    (void)sig;
-    stop_signalled = 1;
-    if (relay)
-        outbox_relay_stop(relay);
+    (void)arg;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&signal_set, &sig) != 0)
+            continue;
+        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+        pthread_mutex_lock(&signal_lock);
+        if (sig == SIGHUP) {
+            outbox__log(OUTBOX_LOG_INFO, "relay", "SIGHUP: reopening destination files");
+            if (signal_relay)
+                outbox_relay_reopen(signal_relay);
+            else
+                reopen_asked = 1;
+        } else {
+            outbox__log(OUTBOX_LOG_INFO, "relay", "%s: stopping after the batch in flight",
+                        sig == SIGINT ? "SIGINT" : "SIGTERM");
+            stop_asked = 1;
+            if (signal_relay)
+                outbox_relay_stop(signal_relay);
+        }
+        pthread_mutex_unlock(&signal_lock);
+        pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+    }
+    return NULL;
 }
 
-static void set_handler(int sig, void (*handler)(int))
+/* Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every thread
+ * the relay starts later) and starts the thread that takes them.  Returns
+ * 0, or -1 when the thread cannot be started (errno-style failure). */
+static int signals_start(pthread_t *thread)
 {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = handler;
-    sigemptyset(&sa.sa_mask);
-    sigaction(sig, &sa, NULL);
+    struct sigaction ignore;
+    memset(&ignore, 0, sizeof ignore);
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGPIPE, &ignore, NULL); /* a closed pipe is an error to report, not a death */
+
+    sigemptyset(&signal_set);
+    sigaddset(&signal_set, SIGINT);
+    sigaddset(&signal_set, SIGTERM);
+    sigaddset(&signal_set, SIGHUP);
+    if (pthread_sigmask(SIG_BLOCK, &signal_set, NULL) != 0)
+        return -1;
+    return pthread_create(thread, NULL, signal_thread, NULL) == 0 ? 0 : -1;
+}
+
+/* Hands the relay to the signal thread (NULL: takes it back), applying
+ * what was asked before it existed. */
+static void signals_attach(outbox_relay *relay)
+{
+    pthread_mutex_lock(&signal_lock);
+    signal_relay = relay;
+    if (relay && stop_asked)
+        outbox_relay_stop(relay);
+    if (relay && reopen_asked)
+        outbox_relay_reopen(relay);
+    reopen_asked = 0;
+    pthread_mutex_unlock(&signal_lock);
+}
+
+/* Ends the signal thread.  The signals stay blocked: one arriving now is
+ * left pending and the process exits with the code it was going to. */
+static void signals_stop(pthread_t thread)
+{
+    pthread_cancel(thread);
+    pthread_join(thread, NULL);
 }
 
 /* Parses a duration option into an unsigned millisecond field. */
@@ -111,9 +197,59 @@ static int duration_option(const char *cmd, const char *opt, const char *text, u
     return rc;
 }
 
-/* Runs the relay.  Exit 0 after a graceful stop or a finished --once; 1 for
- * a runtime failure (lease held by another relay, lease lost, store error,
- * missing schema); 2 for bad options or URLs. */
+/* The store's count of Failed messages, or -1 when it cannot be read. */
+static int64_t failed_count(outbox_store *store)
+{
+    outbox_status st;
+    outbox_error err = {0, ""};
+    memset(&st, 0, sizeof st);
+    if (!store->ops || store->ops->status(store->state, &st, &err) != OUTBOX_OK)
+        return -1;
+    return st.failed;
+}
+
+/* Says how a --once run went when not everything due was published, and
+ * returns its exit code: CLI_EXIT_OK when every publication succeeded and
+ * no message went Failed, CLI_EXIT_FAILURE (with one line on stderr)
+ * otherwise.  Rows the store could not decode are set Failed by the claim
+ * itself, out of the relay's counters: the growth of the store's Failed
+ * count (failed_before, -1: unknown) beyond them counts too. */
+static int once_outcome(const char *cmd, const outbox_relay *relay, outbox_store *store,
+                        int64_t failed_before)
+{
+    outbox_relay_stats stats;
+    uint64_t errors, unreadable = 0;
+    int64_t failed_after = failed_before >= 0 ? failed_count(store) : -1;
+
+    outbox_relay_get_stats(relay, &stats);
+    /* publish_errors counts every failed publication, charged or not;
+     * retried + failed is a lower bound from the counters every relay has. */
+    errors = stats.publish_errors;
+    if (errors < stats.retried + stats.failed)
+        errors = stats.retried + stats.failed;
+    if (failed_after > failed_before && (uint64_t)(failed_after - failed_before) > stats.failed)
+        unreadable = (uint64_t)(failed_after - failed_before) - stats.failed;
+    if (unreadable > 0)
+        return cli_failure(cmd, "%llu stored message%s could not be read and went Failed; "
+                                "%llu published, %llu publication%s failed; see outbox list "
+                                "--status failed",
+                           (unsigned long long)unreadable, unreadable == 1 ? "" : "s",
+                           (unsigned long long)stats.published, (unsigned long long)errors,
+                           errors == 1 ? "" : "s");
+    if (errors == 0 && stats.failed == 0)
+        return CLI_EXIT_OK;
+    return cli_failure(cmd, "not everything due was published: %llu published, %llu "
+                            "publication%s failed (%llu to retry later, %llu now Failed); see "
+                            "outbox status and outbox list --status failed",
+                       (unsigned long long)stats.published, (unsigned long long)errors,
+                       errors == 1 ? "" : "s", (unsigned long long)stats.retried,
+                       (unsigned long long)stats.failed);
+}
+
+/* Runs the relay.  Exit 0 after a graceful stop or a --once run that
+ * published everything due; 1 for a runtime failure (a --once run with a
+ * failed publication, lease held by another relay, lease lost, store
+ * error, missing schema); 2 for bad options or URLs. */
 int cmd_relay(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -132,6 +268,8 @@ int cmd_relay(int argc, char **argv)
         {"source", required_argument, NULL, OPT_SOURCE},
         {"name", required_argument, NULL, OPT_NAME},
         {"to-opt", required_argument, NULL, OPT_TO_OPT},
+        {"max-message-bytes", required_argument, NULL, OPT_MAX_MESSAGE_BYTES},
+        {"max-field-bytes", required_argument, NULL, OPT_MAX_FIELD_BYTES},
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
@@ -141,13 +279,19 @@ int cmd_relay(int argc, char **argv)
     const char *to_opts[MAX_TO_OPTS + 1];
     size_t to_opt_count = 0;
     outbox_error err = {0, ""};
-    uint64_t n;
+    outbox_store watch = {NULL, NULL}; /* --once: the store's Failed count before and after */
+    int64_t failed_before = -1;
+    pthread_t signals;
+    uint64_t n, seen = 0;
     int c, rc;
 
     outbox_relay_options_init(&opts);
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if (c != OPT_TO_OPT && (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         rc = CLI_EXIT_OK;
         switch (c) {
+        case 'h': print_usage(stdout); return CLI_EXIT_OK;
         case OPT_STORE: store_opt = optarg; break;
         case OPT_TO: to = optarg; break;
         case OPT_ONCE: opts.once = 1; break;
@@ -169,6 +313,16 @@ int cmd_relay(int argc, char **argv)
         case OPT_MAX_ATTEMPTS:
             if ((rc = cli_parse_uint(cmd, "--max-attempts", optarg, 1, 1000000, &n)) == CLI_EXIT_OK)
                 opts.max_attempts = (unsigned)n;
+            break;
+        case OPT_MAX_MESSAGE_BYTES:
+            if ((rc = cli_parse_uint(cmd, "--max-message-bytes", optarg, 1024, 1073741824, &n)) ==
+                CLI_EXIT_OK)
+                outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, (size_t)n);
+            break;
+        case OPT_MAX_FIELD_BYTES:
+            if ((rc = cli_parse_uint(cmd, "--max-field-bytes", optarg, 16, 1048576, &n)) ==
+                CLI_EXIT_OK)
+                outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, (size_t)n);
             break;
         case OPT_BACKOFF_BASE:
             rc = duration_option(cmd, "--backoff-base", optarg, &opts.backoff_base_ms);
@@ -199,7 +353,7 @@ int cmd_relay(int argc, char **argv)
                 rc = cli_usage(cmd, "--failed-blocks '%s' is not yes or no; use yes or no", optarg);
             break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
+            if ((rc = cli_option(cmd, c, argv, "")) != CLI_CONTINUE)
                 return rc;
             rc = CLI_EXIT_OK;
         }
@@ -215,6 +369,9 @@ int cmd_relay(int argc, char **argv)
     if (!to || !to[0])
         return cli_usage(cmd, "--to is required (the destination, e.g. --to file:events.jsonl "
                               "or --to stdout:); or set OUTBOX_TO");
+    if ((rc = cli_check_scheme(cmd, "store URL", url, CLI_STORES)) != CLI_EXIT_OK ||
+        (rc = cli_check_scheme(cmd, "--to", to, CLI_DESTINATIONS)) != CLI_EXIT_OK)
+        return rc;
     if (opts.backoff_max_ms < opts.backoff_base_ms)
         return cli_usage(cmd, "--backoff-max (%u ms) is shorter than --backoff-base (%u ms); "
                               "make it at least as long", opts.backoff_max_ms, opts.backoff_base_ms);
@@ -222,29 +379,29 @@ int cmd_relay(int argc, char **argv)
     to_opts[to_opt_count] = NULL;
     opts.destination_options = to_opts;
 
-    /* Handlers first: a SIGTERM during start-up is a clean stop too. */
-    set_handler(SIGPIPE, SIG_IGN);
-    set_handler(SIGINT, on_stop_signal);
-    set_handler(SIGTERM, on_stop_signal);
+    /* The signal thread first: a SIGTERM during start-up is a clean stop too. */
+    if (signals_start(&signals) != 0)
+        return cli_failure(cmd, "could not start the signal thread; check the process limits");
     if ((rc = outbox_relay_new(&relay, url, to, &opts, &err)) != OUTBOX_OK) {
-        set_handler(SIGINT, SIG_DFL);
-        set_handler(SIGTERM, SIG_DFL);
+        signals_stop(signals);
         return cli_fail(cmd, rc, &err);
     }
-    running_relay = relay;
-    if (stop_signalled)
-        outbox_relay_stop(relay);
-
+    if (opts.once && outbox__store_open(&watch, url, &err) == OUTBOX_OK)
+        failed_before = failed_count(&watch);
+    signals_attach(relay);
     rc = outbox_relay_run(relay, &err);
+    signals_attach(NULL);
+    signals_stop(signals);
 
-    set_handler(SIGINT, SIG_DFL);
-    set_handler(SIGTERM, SIG_DFL);
-    running_relay = NULL;
-
-    if (rc == OUTBOX_OK || rc == OUTBOX_ESTOPPED)
-        rc = CLI_EXIT_OK;
-    else
+    if (rc == OUTBOX_OK || rc == OUTBOX_ESTOPPED) {
+        rc = opts.once ? once_outcome(cmd, relay, &watch, failed_before) : CLI_EXIT_OK;
+    } else if (rc == OUTBOX_ELEASED && !strstr(err.message, "--wait-lease")) {
+        /* The store says who holds the lease; what to do is the CLI's to say. */
+        rc = cli_failure(cmd, "%s; stop it, or pass --wait-lease to stand by", err.message);
+    } else {
         rc = cli_fail(cmd, rc, &err);
+    }
+    outbox__store_close(&watch);
     outbox_relay_free(relay);
     return rc;
 }

@@ -14,6 +14,7 @@ static const char usage[] =
     "Requeues Failed messages: they become pending with 0 attempts and are\n"
     "due at once.  Given ids, every one must exist and be Failed, or nothing\n"
     "is changed.  Prints how many were requeued.\n"
+    CLI_FAILED_HELP
     "\n"
     "Options:\n"
     "  --store URL          the database (required; default $OUTBOX_STORE)\n"
@@ -35,16 +36,18 @@ int cmd_retry(int argc, char **argv)
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *cmd = "retry", *store_opt = NULL, *url = NULL;
+    const char *cmd = "retry", *store_opt = NULL;
     outbox_store store = {NULL, NULL};
     outbox_error err = {0, ""};
-    char (*ids)[37] = NULL;
-    const char **id_ptrs = NULL;
+    const char **ids = NULL;
     size_t n = 0;
     int64_t count = 0;
     int c, rc, all = 0;
+    uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         switch (c) {
         case OPT_STORE: store_opt = optarg; break;
         case OPT_ALL_FAILED: all = 1; break;
@@ -53,29 +56,11 @@ int cmd_retry(int argc, char **argv)
                 return rc;
         }
     }
-    n = (size_t)(argc - optind);
-    if (all && n > 0)
-        return cli_usage(cmd, "give message IDs or --all-failed, not both");
-    if (!all && n == 0)
-        return cli_usage(cmd, "nothing to retry; give the IDs of Failed messages or --all-failed");
-    if (n > 0) {
-        ids = calloc(n, sizeof *ids);
-        id_ptrs = calloc(n, sizeof *id_ptrs);
-        if (!ids || !id_ptrs) {
-            rc = cli_failure(cmd, "out of memory");
-            goto out;
-        }
-        for (size_t i = 0; i < n; i++) {
-            if ((rc = cli_parse_id(cmd, "ID", argv[optind + (int)i], ids[i])) != CLI_EXIT_OK)
-                goto out;
-            id_ptrs[i] = ids[i];
-        }
-    }
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
+    if ((rc = cli_failed_ids(cmd, "retry", argc, argv, all, &ids, &n)) != CLI_EXIT_OK)
+        return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         goto out;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
-        goto out;
-    rc = store.ops->retry(store.state, id_ptrs, n, all, &count, &err);
+    rc = store.ops->retry(store.state, ids, n, all, &count, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
         goto out;
@@ -83,9 +68,7 @@ int cmd_retry(int argc, char **argv)
     printf("%lld requeued\n", (long long)count);
     rc = CLI_EXIT_OK;
 out:
-    if (store.ops)
-        outbox__store_close(&store);
-    free(id_ptrs);
+    outbox__store_close(&store);
     free(ids);
     return rc;
 }

@@ -10,6 +10,8 @@ static const char usage[] =
     "usage: outbox show --store URL ID [--json]\n"
     "\n"
     "Shows one message: its fields, headers, payload and delivery state.\n"
+    "Control characters in stored text are shown escaped (\\n, \\r, \\x1b, ...);\n"
+    "--json gives the exact stored values.\n"
     "\n"
     "Options:\n"
     "  --store URL          the database (required; default $OUTBOX_STORE)\n"
@@ -21,25 +23,34 @@ static const char usage[] =
 
 enum { OPT_STORE = CLI_OPT_COMMAND_BASE, OPT_JSON };
 
+/* One "name  value" line, the value escaped: stored text is shown, never
+ * acted on by the terminal. */
+static void field(const char *name, const char *value)
+{
+    printf("%-15s ", name);
+    cli_fputs_escaped(value, stdout);
+    putchar('\n');
+}
+
 static void print_text(const outbox_msg *msg)
 {
     char t[32];
-    printf("seq             %lld\n", (long long)msg->seq);
-    printf("id              %s\n", msg->id);
-    printf("type            %s\n", msg->type);
-    printf("aggregate_type  %s\n", msg->aggregate_type[0] ? msg->aggregate_type : "-");
-    printf("aggregate_id    %s\n", msg->aggregate_id);
+    printf("%-15s %lld\n", "seq", (long long)msg->seq);
+    field("id", msg->id);
+    field("type", msg->type);
+    field("aggregate_type", msg->aggregate_type[0] ? msg->aggregate_type : "-");
+    field("aggregate_id", msg->aggregate_id);
     cli_format_time(msg->occurred_at, t);
-    printf("occurred_at     %s\n", t);
-    printf("status          %s\n", outbox__status_name(msg->status));
-    printf("attempts        %d\n", msg->attempts);
+    field("occurred_at", t);
+    field("status", outbox__status_name(msg->status));
+    printf("%-15s %d\n", "attempts", msg->attempts);
     cli_format_time(msg->available_at, t);
-    printf("available_at    %s\n", t);
-    printf("last_error      %s\n", msg->last_error ? msg->last_error : "-");
+    field("available_at", t);
+    field("last_error", msg->last_error ? msg->last_error : "-");
     cli_format_time(msg->sent_at, t);
-    printf("sent_at         %s\n", t);
-    printf("headers         %s\n", msg->headers_json);
-    printf("payload         %s\n", msg->payload);
+    field("sent_at", t);
+    field("headers", msg->headers_json);
+    field("payload", msg->payload);
 }
 
 /* Shows one message.  Exit 0, 1 (not found, missing schema, store error)
@@ -52,15 +63,18 @@ int cmd_show(int argc, char **argv)
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *cmd = "show", *store_opt = NULL, *url = NULL;
+    const char *cmd = "show", *store_opt = NULL;
     outbox_store store = {NULL, NULL};
     outbox_msg *msg = NULL;
     outbox_error err = {0, ""};
     json_t *o = NULL;
     char id[37];
     int c, rc, as_json = 0;
+    uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            return rc;
         switch (c) {
         case OPT_STORE: store_opt = optarg; break;
         case OPT_JSON: as_json = 1; break;
@@ -76,13 +90,15 @@ int cmd_show(int argc, char **argv)
         return cli_usage(cmd, "one message ID at a time; got '%s' too", argv[optind + 1]);
     if ((rc = cli_parse_id(cmd, "ID", argv[optind], id)) != CLI_EXIT_OK)
         return rc;
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         return rc;
 
     if ((rc = store.ops->get(store.state, id, &msg, &err)) != OUTBOX_OK) {
-        rc = cli_fail(cmd, rc, &err);
+        if (rc == OUTBOX_ENOTFOUND)
+            rc = cli_failure(cmd, "no message with id %s in the outbox (sent messages are "
+                                  "deleted unless the relay runs with --on-sent mark)", id);
+        else
+            rc = cli_fail(cmd, rc, &err);
         goto out;
     }
     if (as_json) {

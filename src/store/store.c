@@ -114,3 +114,11 @@ void outbox__store_close(outbox_store *store)
     store->ops = NULL;
     store->state = NULL;
 }
+
+/* The i-th URL scheme of the store drivers compiled into this build, in
+ * registry order (one driver may answer to several schemes), or NULL when i
+ * is past the last.  Lets help texts and errors list what the build has. */
+const char *outbox__store_scheme(size_t i)
+{
+    return i < sizeof drivers / sizeof drivers[0] ? drivers[i].scheme : NULL;
+}

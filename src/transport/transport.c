@@ -140,3 +140,11 @@ void outbox__transport_close(outbox_transport *t)
     t->state = NULL;
     t->interrupt = NULL;
 }
+
+/* The i-th URL scheme of the destination drivers compiled into this build,
+ * in registry order, or NULL when i is past the last.  The in-process
+ * callback destination has no URL and is not listed. */
+const char *outbox__transport_scheme(size_t i)
+{
+    return i < sizeof drivers / sizeof drivers[0] ? drivers[i]->scheme : NULL;
+}
