@@ -9,7 +9,10 @@
  *   - a relay with --wait-lease stands by while the holder runs (publishes
  *     nothing) and takes over when the holder is killed;
  *   - a holder that is alive but frozen (SIGSTOP) loses its lease after the
- *     TTL to a standby; thawed, it finds the lease lost and exits 1.
+ *     TTL to a standby; thawed, it finds the lease lost and exits 1;
+ *   - two relays with the same --name, started together with --wait-lease
+ *     while messages keep coming: one publishes, the other stands by, and
+ *     nothing is published twice (a name is not an identity).
  *
  * Each relay writes to its own file, so the test sees who published what;
  * the files, concatenated in the order the relays held the lease, must
@@ -237,10 +240,57 @@ TEST(frozen_holder_loses_lease_after_ttl)
     ch_producer_free(&p);
 }
 
+TEST(same_name_relays_never_share)
+{
+    char db[CH_PATH];
+    ch_path(db, "samename.db");
+    ch_init_store(db);
+    ch_producer p = producer(db);
+    int total = test_scaled(10000, 2000);
+    ch_produce(&p, total / 2);
+
+    /* What every service file does: a fixed name, and a standby. */
+    const char *same[] = {"--name", "same", "--lease-ttl", "30s", "--wait-lease", NULL};
+    relay_proc x, y;
+    relay_start(&x, db, "same-x", same);
+    relay_start(&y, db, "same-y", same);
+    p.total = p.committed + total - total / 2;
+    ch_producer_start(&p);
+    ch_producer_join(&p);
+    ch_wait_drained(db, x.pid, 60000, x.err);
+    ASSERT(ch_alive(y.pid));
+
+    /* Exactly one of them published. */
+    int64_t xs = file_size(x.out), ys = file_size(y.out);
+    fprintf(stderr, "same-name relays: %lld and %lld bytes published\n", (long long)xs,
+            (long long)ys);
+    ASSERT((xs == 0) != (ys == 0));
+
+    kill(x.pid, SIGTERM);
+    kill(y.pid, SIGTERM);
+    ASSERT_EQ(ch_wait_or_die(x.pid, 10000, "relay x after SIGTERM"), 0);
+    ASSERT_EQ(ch_wait_or_die(y.pid, 10000, "relay y after SIGTERM"), 0);
+
+    const char *files[] = {x.out, y.out, NULL};
+    char all[CH_PATH];
+    ch_report r;
+    ch_path(all, "samename-all.jsonl");
+    ch_concat(all, files);
+    ch_check_file(all, &p, &r);
+    ch_report_print("same name", &r);
+    ASSERT_EQ(r.expected, total);
+    ASSERT_EQ(r.lost, 0);
+    ASSERT_EQ(r.duplicates, 0);
+    ASSERT_EQ(r.violations, 0);
+    ASSERT_EQ(r.torn, 0);
+    ch_producer_free(&p);
+}
+
 int main(void)
 {
     RUN(second_relay_refused_then_takeover);
     RUN(wait_lease_stands_by_then_takes_over);
     RUN(frozen_holder_loses_lease_after_ttl);
+    RUN(same_name_relays_never_share);
     return 0;
 }

@@ -16,6 +16,18 @@
  * The store never creates a missing database file on open (a typo in a
  * path would otherwise leave a stray empty database): only `init` does.
  *
+ * The schema version lives in outbox_meta (PRAGMA user_version belongs to
+ * the application that shares the database).  A schema newer than this
+ * build is refused before anything touches the tables: once per driver
+ * connection, and by the caller-connection writes themselves (their INSERT
+ * is conditional on the version, so a refusal writes nothing).
+ *
+ * The table refuses what the library refuses (CHECKs and triggers), for
+ * writers in any language.  Rows stored before that, or by a writer that
+ * went around it, are checked again when claimed: one that does not decode
+ * is quarantined (marked Failed with the reason) instead of stopping the
+ * relay; list, show and drop read rows as stored.
+ *
  * Ordering (guarantee 4) is done by the claim query: a due pending message
  * is claimed only when no earlier message of its aggregate is waiting in
  * backoff (or is Failed, when Failed blocks).  Only rows that were retried
@@ -27,11 +39,11 @@
  * claims the next batch while the previous one is still being published)
  * is the same read without the seqs still in flight.
  *
+ * The lease is held by a store handle (a random instance token), not by a
+ * relay name: a live holder is never shared, whatever the names.
+ *
  * A store handle is used by one thread at a time (its statements are
  * cached in it); open one store per thread.
- *
- * The schema version lives in outbox_meta (PRAGMA user_version belongs to
- * the application that shares the database).
  */
 #include "internal.h"
 
@@ -50,6 +62,51 @@
 /* ------------------------------------------------------------------------
  * Schema
  * ---------------------------------------------------------------------- */
+
+/* The checks of schema version 2's triggers, shared by the INSERT and the
+ * UPDATE trigger: what the library refuses at enqueue, for writers in any
+ * language (the payload's JSON and the headers' object are the version 1
+ * CHECKs).  Each refusal is RAISE(ABORT, 'outbox: <field> ...'), which
+ * insert_fail maps to the field's code.  Part of a released migration:
+ * never edit; a change is a new migration. */
+#define HEX "[0-9a-fA-F]"
+#define HEX4 HEX HEX HEX HEX
+#define UUID_GLOB HEX4 HEX4 "-" HEX4 "-" HEX4 "-" HEX4 "-" HEX4 HEX4 HEX4
+#define CONTROL_GLOB "'*[' || char(1) || '-' || char(31) || char(127) || ']*'"
+#define NOT_BLANK(col)                                                                       \
+    " WHEN trim(NEW." col ", ' ' || char(9)) = ''"                                            \
+    "  THEN RAISE(ABORT, 'outbox: " col " is empty or blank')"
+#define SHORT_TEXT(col)                                                                      \
+    " WHEN length(CAST(NEW." col " AS BLOB)) > 256"                                          \
+    "  THEN RAISE(ABORT, 'outbox: " col " is longer than 256 bytes')"                        \
+    " WHEN NEW." col " GLOB " CONTROL_GLOB                                                    \
+    "  THEN RAISE(ABORT, 'outbox: " col " contains a control character')"
+#define ROW_CHECKS                                                                           \
+    " SELECT CASE"                                                                           \
+    " WHEN NEW.id NOT GLOB '" UUID_GLOB "'"                                                  \
+    "  THEN RAISE(ABORT, 'outbox: id is not a UUID (8-4-4-4-12 hex digits)')"                \
+    " WHEN NEW.id = '00000000-0000-0000-0000-000000000000'"                                  \
+    "  THEN RAISE(ABORT, 'outbox: id is the nil UUID')"                                      \
+    " WHEN typeof(NEW.occurred_at) <> 'integer'"                                             \
+    "  OR NEW.occurred_at NOT BETWEEN 0 AND 253402300799999999"                              \
+    "  THEN RAISE(ABORT, 'outbox: occurred_at is not Unix microseconds in the years"         \
+    " 1970..9999')"                                                                          \
+    NOT_BLANK("type") SHORT_TEXT("type") SHORT_TEXT("aggregate_type")                        \
+    NOT_BLANK("aggregate_id") SHORT_TEXT("aggregate_id")                                     \
+    " END;"                                                                                  \
+    " SELECT CASE"                                                                           \
+    " WHEN NOT json_valid(NEW.headers) OR json_type(NEW.headers) <> 'object'"                \
+    "  THEN RAISE(ABORT, 'outbox: headers are not a JSON object')"                           \
+    " ELSE (SELECT CASE min(CASE WHEN type <> 'text' THEN 1"                                 \
+    "   WHEN key = '' OR length(CAST(key AS BLOB)) > 256 THEN 2"                             \
+    "   WHEN key GLOB " CONTROL_GLOB " OR value GLOB " CONTROL_GLOB " THEN 3 END)"           \
+    "  WHEN 1 THEN RAISE(ABORT, 'outbox: headers have a value that is not a string')"        \
+    "  WHEN 2 THEN RAISE(ABORT, 'outbox: headers have an empty name or one longer than"      \
+    " 256 bytes')"                                                                           \
+    "  WHEN 3 THEN RAISE(ABORT, 'outbox: header names and values may not contain control"    \
+    " characters')"                                                                          \
+    "  END FROM json_each(NEW.headers))"                                                     \
+    " END WHERE NEW.headers <> '{}';"
 
 /* migrations[i] takes the schema from version i to version i + 1.  Append
  * only: a released step is never edited. */
@@ -81,9 +138,27 @@ static const char *const migrations[] = {
     "CREATE INDEX outbox_inbox_received ON outbox_inbox (received_at);"
     "CREATE TABLE outbox_lease (name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER,"
     " host TEXT, acquired_at INTEGER, expires_at INTEGER NOT NULL) WITHOUT ROWID;",
+    /* 2: the lease belongs to a store handle (instance), and carries the
+     * holder's note; the table refuses what the library refuses.  Rows
+     * already stored are left as they are (the claim quarantines bad ones). */
+    "ALTER TABLE outbox_lease ADD COLUMN instance TEXT;"
+    "ALTER TABLE outbox_lease ADD COLUMN note TEXT;"
+    "CREATE TRIGGER outbox_check_insert BEFORE INSERT ON outbox BEGIN" ROW_CHECKS " END;"
+    "CREATE TRIGGER outbox_check_update BEFORE UPDATE OF id, occurred_at, type,"
+    " aggregate_type, aggregate_id, headers ON outbox BEGIN" ROW_CHECKS " END;",
 };
 
-#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+#define SCHEMA_VERSION 2
+#define TEXT_OF(x) #x
+#define NUMBER_TEXT(x) TEXT_OF(x)
+_Static_assert(sizeof migrations / sizeof migrations[0] == SCHEMA_VERSION,
+               "SCHEMA_VERSION is the number of migrations");
+
+/* True in SQL when outbox_meta records a version this build can write to;
+ * the caller-connection writes are conditional on it. */
+#define VERSION_WRITABLE                                                                     \
+    "(SELECT CAST(value AS INTEGER) FROM outbox_meta WHERE key = 'schema_version')"          \
+    " BETWEEN 1 AND " NUMBER_TEXT(SCHEMA_VERSION)
 
 #define LEASE_NAME "relay"
 
@@ -114,13 +189,17 @@ static const char *db_path(sqlite3 *db)
 static int db_fail(sqlite3 *db, int rc, const char *what, outbox_error *err)
 {
     const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-    if (strstr(msg, "no such table") != NULL) {
-        const char *path = db_path(db);
+    const char *path = db_path(db);
+    if (strstr(msg, "no such table") != NULL)
         return outbox__error(err, OUTBOX_ENOSCHEMA,
                              "%s: no outbox tables in %s (%s): run `outbox init --store "
                              "sqlite:%s` or call outbox_schema_init_sqlite",
                              what, path, msg, path);
-    }
+    if (strstr(msg, "no such column") != NULL)
+        return outbox__error(err, OUTBOX_ENOSCHEMA,
+                             "%s: the outbox tables in %s are older than this build (%s): run "
+                             "`outbox init --store sqlite:%s` to upgrade them",
+                             what, path, msg, path);
     return outbox__error(err, map_rc(rc), "%s: %s (SQLite error %d)", what, msg, rc);
 }
 
@@ -148,31 +227,149 @@ static const char *col_text(sqlite3_stmt *s, int i)
  * Migrations (shared by the driver's init and outbox_schema_init_sqlite)
  * ---------------------------------------------------------------------- */
 
-/* Reads schema_version from outbox_meta; 0 when the table or row is absent. */
-static int read_version(sqlite3 *db, int *version, outbox_error *err)
+/* What outbox_meta says about the schema version. */
+typedef struct stored_version {
+    enum { VERSION_SET, VERSION_NO_TABLE, VERSION_NO_ROW, VERSION_UNREADABLE } state;
+    int number;    /* VERSION_SET: the version (>= 1); 0 otherwise */
+    char text[40]; /* VERSION_UNREADABLE: the stored value (cut) */
+} stored_version;
+
+/* Reads schema_version from outbox_meta into *v. */
+static int read_version(sqlite3 *db, stored_version *v, outbox_error *err)
 {
     sqlite3_stmt *s = NULL;
-    int rc;
+    int rc, code = OUTBOX_OK;
 
-    *version = 0;
+    memset(v, 0, sizeof *v);
+    v->state = VERSION_NO_ROW;
     rc = sqlite3_prepare_v2(db, "SELECT value FROM outbox_meta WHERE key = 'schema_version'",
                             -1, &s, NULL);
     if (rc != SQLITE_OK) {
+        v->state = VERSION_NO_TABLE;
         if (strstr(sqlite3_errmsg(db), "no such table") != NULL) return OUTBOX_OK;
         return db_fail(db, rc, "reading the outbox schema version", err);
     }
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        *version = sqlite3_column_int(s, 0);
+        const char *text = col_text(s, 0);
+        char *end = NULL;
+        long n;
+        errno = 0;
+        n = strtol(text, &end, 10);
+        if (errno == 0 && end != text && *end == '\0' && n >= 1 && n <= 1000000) {
+            v->state = VERSION_SET;
+            v->number = (int)n;
+        } else {
+            v->state = VERSION_UNREADABLE;
+            snprintf(v->text, sizeof v->text, "%s", text);
+        }
         rc = SQLITE_DONE;
     }
-    if (rc != SQLITE_DONE) {
-        int code = db_fail(db, rc, "reading the outbox schema version", err);
-        sqlite3_finalize(s);
-        return code;
-    }
+    if ((rc & 0xff) == SQLITE_ERROR && strstr(sqlite3_errmsg(db), "no such table") != NULL)
+        v->state = VERSION_NO_TABLE; /* dropped since this connection prepared */
+    else if (rc != SQLITE_DONE)
+        code = db_fail(db, rc, "reading the outbox schema version", err);
     sqlite3_finalize(s);
-    return OUTBOX_OK;
+    return code;
+}
+
+/* OUTBOX_ESCHEMANEWER when v is newer than this build, else OUTBOX_OK. */
+static int refuse_newer(sqlite3 *db, const stored_version *v, outbox_error *err)
+{
+    if (v->state != VERSION_SET || v->number <= SCHEMA_VERSION) return OUTBOX_OK;
+    return outbox__error(err, OUTBOX_ESCHEMANEWER,
+                         "the outbox schema in %s is version %d, newer than this build's %d: "
+                         "upgrade outbox",
+                         db_path(db), v->number, SCHEMA_VERSION);
+}
+
+/* Says why a caller-connection write inserted nothing: its statement is
+ * conditional on VERSION_WRITABLE. */
+static int version_refusal(sqlite3 *db, outbox_error *err)
+{
+    stored_version v;
+    int code = read_version(db, &v, err);
+    if (code != OUTBOX_OK) return code;
+    code = refuse_newer(db, &v, err);
+    if (code != OUTBOX_OK) return code;
+    return outbox__error(err, OUTBOX_ENOSCHEMA,
+                         "the outbox schema version in %s is missing or unreadable, so nothing "
+                         "was written: run `outbox init --store sqlite:%s`, which says how to "
+                         "repair it",
+                         db_path(db), db_path(db));
+}
+
+/* Runs a one-row query on db; *out = its first column (0 without a row). */
+static int query_int64(sqlite3 *db, const char *sql, const char *what, int64_t *out,
+                       outbox_error *err)
+{
+    sqlite3_stmt *s = NULL;
+    int rc, code = OUTBOX_OK;
+
+    *out = 0;
+    rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+    if (rc != SQLITE_OK) return db_fail(db, rc, what, err);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(s, 0);
+        rc = SQLITE_DONE;
+    }
+    if (rc != SQLITE_DONE) code = db_fail(db, rc, what, err);
+    sqlite3_finalize(s);
+    return code;
+}
+
+/* init found no usable version in outbox_meta (v) but `tables` of the
+ * outbox's table names, or an unreadable version: says what it found and
+ * how to repair, and changes nothing (OUTBOX_ESTORE). */
+static int unversioned_tables(sqlite3 *db, const stored_version *v, int64_t tables,
+                              outbox_error *err)
+{
+    const char *path = db_path(db);
+    char found[96];
+    int64_t columns, instance;
+    int code;
+
+    if (v->state == VERSION_NO_TABLE) snprintf(found, sizeof found, "no outbox_meta table");
+    else if (v->state == VERSION_NO_ROW)
+        snprintf(found, sizeof found, "no schema_version row in outbox_meta");
+    else
+        snprintf(found, sizeof found, "schema_version '%s' in outbox_meta, not a version number",
+                 v->text);
+    code = query_int64(db,
+                       "SELECT count(*) FROM pragma_table_info('outbox') WHERE name IN"
+                       " ('seq', 'id', 'aggregate_id', 'payload', 'headers', 'status',"
+                       " 'available_at')",
+                       "reading the outbox schema", &columns, err);
+    if (code == OUTBOX_OK)
+        code = query_int64(db,
+                           "SELECT count(*) FROM pragma_table_info('outbox_lease')"
+                           " WHERE name = 'instance'",
+                           "reading the outbox schema", &instance, err);
+    if (code != OUTBOX_OK) return code;
+    if (tables == 0)
+        return outbox__error(err, OUTBOX_ESTORE,
+                             "%s has %s, and no outbox tables; init changed nothing: remove "
+                             "the row with sqlite3 %s \"DELETE FROM outbox_meta WHERE key = "
+                             "'schema_version'\" and run init again",
+                             path, found, path);
+    if (columns != 7)
+        return outbox__error(err, OUTBOX_ESTORE,
+                             "%s has tables named like the outbox's (outbox, outbox_inbox or "
+                             "outbox_lease) that outbox did not make, and %s; init changed "
+                             "nothing: rename those tables or use another database file",
+                             path, found);
+    return outbox__error(err, OUTBOX_ESTORE,
+                         "%s has the outbox tables but %s, so their version is unknown and init "
+                         "changed nothing.  They look like version %d: record it with sqlite3 "
+                         "%s \"%sINSERT OR REPLACE INTO outbox_meta VALUES ('schema_version', "
+                         "'%d')\" and run init again",
+                         path, found, instance ? 2 : 1, path,
+                         v->state == VERSION_NO_TABLE
+                             ? "CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT "
+                               "NULL) WITHOUT ROWID; "
+                             : "",
+                         instance ? 2 : 1);
 }
 
 /* Switches db to WAL when it is not; failing to do so is logged, not fatal
@@ -198,41 +395,49 @@ static void ensure_wal(sqlite3 *db)
 }
 
 /* Creates or upgrades the schema on db, in one BEGIN IMMEDIATE transaction.
- * db must have no transaction open. */
+ * db must have no transaction open.  Tables without a usable version
+ * record are left alone (see unversioned_tables). */
 static int migrate(sqlite3 *db, int *from, int *to, outbox_error *err)
 {
     char sql[128];
-    int version = 0, v, code;
+    stored_version version;
+    int64_t tables;
+    int v, code;
 
     code = exec_sql(db, "BEGIN IMMEDIATE", "starting the schema transaction", err);
     if (code != OUTBOX_OK) return code;
+    code = read_version(db, &version, err);
+    if (code != OUTBOX_OK) goto fail;
+    if (from) *from = version.number;
+    if (to) *to = version.number;
+    code = refuse_newer(db, &version, err);
+    if (code != OUTBOX_OK) goto fail;
+    if (version.state != VERSION_SET) {
+        code = query_int64(db,
+                           "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                           " AND name IN ('outbox', 'outbox_inbox', 'outbox_lease')",
+                           "reading the outbox schema", &tables, err);
+        if (code != OUTBOX_OK) goto fail;
+        if (tables > 0 || version.state == VERSION_UNREADABLE) {
+            code = unversioned_tables(db, &version, tables, err);
+            goto fail;
+        }
+    }
     code = exec_sql(db,
                     "CREATE TABLE IF NOT EXISTS outbox_meta (key TEXT PRIMARY KEY, "
                     "value TEXT NOT NULL) WITHOUT ROWID",
                     "creating outbox_meta", err);
     if (code != OUTBOX_OK) goto fail;
-    code = read_version(db, &version, err);
-    if (code != OUTBOX_OK) goto fail;
-    if (from) *from = version;
-    if (to) *to = version;
-    if (version > SCHEMA_VERSION) {
-        code = outbox__error(err, OUTBOX_ESCHEMANEWER,
-                             "the outbox schema in %s is version %d, newer than version %d "
-                             "known to liboutbox %s: upgrade outbox",
-                             db_path(db), version, SCHEMA_VERSION, outbox_version());
-        goto fail;
-    }
-    for (v = version; v < SCHEMA_VERSION; v++) {
+    for (v = version.number; v < SCHEMA_VERSION; v++) {
         snprintf(sql, sizeof sql, "migrating the outbox schema to version %d", v + 1);
         code = exec_sql(db, migrations[v], sql, err);
         if (code != OUTBOX_OK) goto fail;
     }
-    if (version != SCHEMA_VERSION) {
-        snprintf(sql, sizeof sql,
-                 "INSERT OR REPLACE INTO outbox_meta (key, value) "
-                 "VALUES ('schema_version', '%d')",
-                 SCHEMA_VERSION);
-        code = exec_sql(db, sql, "recording the outbox schema version", err);
+    if (version.number != SCHEMA_VERSION) {
+        code = exec_sql(db,
+                        "INSERT OR REPLACE INTO outbox_meta (key, value) VALUES ("
+                        "'schema_version', '" NUMBER_TEXT(SCHEMA_VERSION) "')",
+                        "recording the outbox schema version", err);
         if (code != OUTBOX_OK) goto fail;
     }
     code = exec_sql(db, "COMMIT", "committing the schema", err);
@@ -264,28 +469,52 @@ int outbox_schema_init_sqlite(sqlite3 *db, outbox_error *err)
  * Enqueue and inbox on any connection
  * ---------------------------------------------------------------------- */
 
+/* Conditional on the schema version, so that a refusal writes nothing and
+ * costs no extra statement (version_refusal says why afterwards). */
 static const char insert_sql[] =
     "INSERT INTO outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload, headers)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE " VERSION_WRITABLE;
+
+/* The outbox code of each field the table's triggers (message "outbox:
+ * <field> ...") and CHECKs ("CHECK constraint failed: <expression>") name,
+ * most specific first. */
+static const struct {
+    const char *text;
+    int code;
+} refusals[] = {
+    {"outbox: id ", OUTBOX_EBADID},
+    {"outbox: occurred_at ", OUTBOX_EINVAL},
+    {"outbox: type ", OUTBOX_EBADTYPE},
+    {"outbox: aggregate_", OUTBOX_EBADAGGREGATE},
+    {"outbox: headers ", OUTBOX_EBADHEADERS},
+    {"outbox: header names and values ", OUTBOX_EBADHEADERCHAR},
+    {"payload", OUTBOX_EBADPAYLOAD},
+    {"headers", OUTBOX_EBADHEADERS},
+    {"aggregate", OUTBOX_EBADAGGREGATE},
+    {"type", OUTBOX_EBADTYPE},
+    {"id", OUTBOX_EBADID},
+};
 
 /* Maps a failed INSERT INTO outbox to the matching outbox code. */
 static int insert_fail(sqlite3 *db, int rc, const outbox_msg *msg, outbox_error *err)
 {
     int ext = sqlite3_extended_errcode(db);
     const char *text = sqlite3_errmsg(db);
+    size_t i;
 
     if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
         return outbox__error(err, OUTBOX_EEXISTS,
                              "a message with id %s is already in the outbox: give each "
                              "message its own id",
                              msg->id);
-    if (ext == SQLITE_CONSTRAINT_CHECK || ext == SQLITE_CONSTRAINT_NOTNULL) {
+    if (ext == SQLITE_CONSTRAINT_TRIGGER || ext == SQLITE_CONSTRAINT_CHECK ||
+        ext == SQLITE_CONSTRAINT_NOTNULL) {
         int code = OUTBOX_EINVAL;
-        if (strstr(text, "payload")) code = OUTBOX_EBADPAYLOAD;
-        else if (strstr(text, "headers")) code = OUTBOX_EBADHEADERS;
-        else if (strstr(text, "aggregate")) code = OUTBOX_EBADAGGREGATE;
-        else if (strstr(text, "type")) code = OUTBOX_EBADTYPE;
-        else if (strstr(text, "id")) code = OUTBOX_EBADID;
+        for (i = 0; i < sizeof refusals / sizeof refusals[0]; i++)
+            if (strstr(text, refusals[i].text)) {
+                code = refusals[i].code;
+                break;
+            }
         return outbox__error(err, code, "the outbox table refused the message: %s", text);
     }
     return db_fail(db, rc, "inserting into the outbox", err);
@@ -312,15 +541,17 @@ static int insert_msg(sqlite3 *db, const outbox_msg *msg, outbox_error *err)
     sqlite3_bind_text(s, 7, msg->headers_json ? msg->headers_json : "{}", -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
     if (rc != SQLITE_DONE) code = insert_fail(db, rc, msg, err);
+    else if (sqlite3_changes(db) == 0) code = version_refusal(db, err);
     sqlite3_finalize(s);
     return code;
 }
 
 /* Inserts msg into the outbox inside the caller's open transaction (db and
  * msg borrowed).  OUTBOX_ENOTXN without a transaction, OUTBOX_ETOOBIG,
- * OUTBOX_ENOSCHEMA, OUTBOX_EEXISTS, EBAD* for a row the table's CHECKs
- * refuse, or a mapped database error; nothing is written on failure and
- * the caller's transaction stays usable.  Wakes in-process relays. */
+ * OUTBOX_ENOSCHEMA (no tables, or no readable version), OUTBOX_ESCHEMANEWER,
+ * OUTBOX_EEXISTS, EBAD* for a row the table refuses, or a mapped database
+ * error; nothing is written on failure and the caller's transaction stays
+ * usable.  Wakes in-process relays. */
 int outbox_enqueue_sqlite(sqlite3 *db, const outbox_msg *msg, outbox_error *err)
 {
     int code;
@@ -347,11 +578,21 @@ static int valid_consumer(const char *consumer)
     return 1;
 }
 
+/* An inbox record inserted nothing: a duplicate, or the version refused it. */
+static int duplicate_or_refused(sqlite3 *db, outbox_error *err)
+{
+    stored_version v;
+    int code = read_version(db, &v, err);
+    if (code != OUTBOX_OK) return code;
+    if (v.state == VERSION_SET && v.number <= SCHEMA_VERSION) return OUTBOX_DUPLICATE;
+    return version_refusal(db, err);
+}
+
 /* Records (consumer, message_id) in the inbox inside the caller's open
  * transaction.  OUTBOX_OK the first time, OUTBOX_DUPLICATE afterwards (ids
  * compare case-insensitively).  OUTBOX_ENOTXN, OUTBOX_EINVAL (consumer
- * empty or with control characters), OUTBOX_EBADID, OUTBOX_ENOSCHEMA or a
- * mapped database error. */
+ * empty or with control characters), OUTBOX_EBADID, OUTBOX_ENOSCHEMA,
+ * OUTBOX_ESCHEMANEWER (nothing written) or a mapped database error. */
 int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *message_id,
                                outbox_error *err)
 {
@@ -373,7 +614,7 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *me
 
     rc = sqlite3_prepare_v2(db,
                             "INSERT OR IGNORE INTO outbox_inbox (consumer, message_id, "
-                            "received_at) VALUES (?1, ?2, ?3)",
+                            "received_at) SELECT ?1, ?2, ?3 WHERE " VERSION_WRITABLE,
                             -1, &s, NULL);
     if (rc != SQLITE_OK) return db_fail(db, rc, "preparing the inbox insert", err);
     sqlite3_bind_text(s, 1, consumer, -1, SQLITE_STATIC);
@@ -381,7 +622,7 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *me
     sqlite3_bind_int64(s, 3, outbox__now_us());
     rc = sqlite3_step(s);
     if (rc != SQLITE_DONE) code = db_fail(db, rc, "recording the message in the inbox", err);
-    else if (sqlite3_changes(db) == 0) code = OUTBOX_DUPLICATE;
+    else if (sqlite3_changes(db) == 0) code = duplicate_or_refused(db, err);
     sqlite3_finalize(s);
     return code;
 }
@@ -389,11 +630,13 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *me
 /* Deletes inbox entries older than retention_ms in a transaction of its own
  * (no transaction may be open: OUTBOX_EINVAL).  *purged (may be NULL) gets
  * the count.  Warns through the log when retention is shorter than the
- * redelivery horizon (0: the default relay options' horizon). */
+ * redelivery horizon (0: the default relay options' horizon).
+ * OUTBOX_ESCHEMANEWER (nothing deleted) for a newer schema. */
 int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms, int64_t redelivery_horizon_ms,
                               int64_t *purged, outbox_error *err)
 {
     sqlite3_stmt *s = NULL;
+    stored_version version;
     int rc, code;
 
     if (purged) *purged = 0;
@@ -408,6 +651,9 @@ int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms, int64_t redeliv
 
     code = exec_sql(db, "BEGIN IMMEDIATE", "starting the inbox purge", err);
     if (code != OUTBOX_OK) return code;
+    code = read_version(db, &version, err);
+    if (code == OUTBOX_OK) code = refuse_newer(db, &version, err);
+    if (code != OUTBOX_OK) goto fail;
     rc = sqlite3_prepare_v2(db, "DELETE FROM outbox_inbox WHERE received_at < ?1", -1, &s, NULL);
     if (rc != SQLITE_OK) {
         code = db_fail(db, rc, "preparing the inbox purge", err);
@@ -486,7 +732,7 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_FAIL] = "UPDATE outbox SET attempts = attempts + 1, status = 'failed', last_error = ?1"
                " WHERE seq = ?2",
     [S_LEASE_RENEW] = "UPDATE outbox_lease SET expires_at = ?1 WHERE name = '" LEASE_NAME "'"
-                      " AND owner = ?2",
+                      " AND instance = ?2 AND owner = ?3",
     [S_DATA_VERSION] = "PRAGMA data_version",
     /* "+status" keeps the planner on outbox_blocking (the few retried rows)
      * instead of walking every pending row through outbox_pending. */
@@ -497,6 +743,8 @@ static const char *const stmt_sql[S_COUNT] = {
 typedef struct sqlite_store {
     sqlite3 *db;        /* NULL while the database file does not exist */
     char *path;
+    int version_checked;  /* the schema version was found writable on db */
+    char instance[33];    /* random hex token: the lease row this handle holds */
     sqlite3_stmt *stmts[S_COUNT];
     int64_t data_version; /* -1 before the first `changed` */
     outbox_buf sent;      /* complete: JSON array of the sent seqs */
@@ -569,16 +817,31 @@ static int connect_db(sqlite_store *st, int create, outbox_error *err)
     return OUTBOX_OK;
 }
 
-/* Makes sure the connection is open; the database file may have been
- * created by `outbox init` in another process since open. */
+/* Makes sure the connection is open (the database file may have been
+ * created by `outbox init` in another process since open) and, once per
+ * connection, that its schema is not newer than this build.  Every driver
+ * function that touches the tables calls it first.  A missing or
+ * unreadable version is left to the statements (no such table) and to
+ * check_schema and init, which say what to do. */
 static int need_db(sqlite_store *st, outbox_error *err)
 {
     struct stat sb;
-    if (st->db) return OUTBOX_OK;
-    if (stat(st->path, &sb) == 0) return connect_db(st, 0, err);
-    return outbox__error(err, OUTBOX_ENOSCHEMA,
-                         "no outbox database at %s: run `outbox init --store sqlite:%s`",
-                         st->path, st->path);
+    stored_version v;
+    int code;
+
+    if (!st->db) {
+        if (stat(st->path, &sb) != 0)
+            return outbox__error(err, OUTBOX_ENOSCHEMA,
+                                 "no outbox database at %s: run `outbox init --store sqlite:%s`",
+                                 st->path, st->path);
+        code = connect_db(st, 0, err);
+        if (code != OUTBOX_OK) return code;
+    }
+    if (st->version_checked) return OUTBOX_OK;
+    code = read_version(st->db, &v, err);
+    if (code == OUTBOX_OK) code = refuse_newer(st->db, &v, err);
+    if (code == OUTBOX_OK && v.state == VERSION_SET) st->version_checked = 1;
+    return code;
 }
 
 static void sqlite_close(void *state)
@@ -625,6 +888,16 @@ static int sqlite_open(void **state, const char *url, outbox_error *err)
     st = calloc(1, sizeof *st);
     if (!st) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     st->data_version = -1;
+    {
+        static const char hex[] = "0123456789abcdef";
+        unsigned char token[16];
+        size_t i;
+        outbox__random_bytes(token, sizeof token);
+        for (i = 0; i < sizeof token; i++) {
+            st->instance[2 * i] = hex[token[i] >> 4];
+            st->instance[2 * i + 1] = hex[token[i] & 15];
+        }
+    }
     outbox__buf_init(&st->sent);
     outbox__buf_init(&st->exclude);
     st->path = strdup(path);
@@ -656,30 +929,35 @@ static int sqlite_init(void *state, int *from_version, int *to_version, outbox_e
         if (code != OUTBOX_OK) return code;
     }
     ensure_wal(st->db);
-    return migrate(st->db, from_version, to_version, err);
+    code = migrate(st->db, from_version, to_version, err);
+    if (code == OUTBOX_OK) st->version_checked = 1;
+    return code;
 }
 
 static int sqlite_check_schema(void *state, outbox_error *err)
 {
     sqlite_store *st = state;
-    int version, code = need_db(st, err);
+    stored_version v;
+    int code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
-    code = read_version(st->db, &version, err);
+    code = read_version(st->db, &v, err);
     if (code != OUTBOX_OK) return code;
-    if (version == 0)
+    if (v.state == VERSION_NO_TABLE)
         return outbox__error(err, OUTBOX_ENOSCHEMA,
                              "no outbox tables in %s: run `outbox init --store sqlite:%s`",
                              st->path, st->path);
-    if (version > SCHEMA_VERSION)
-        return outbox__error(err, OUTBOX_ESCHEMANEWER,
-                             "the outbox schema in %s is version %d, newer than version %d "
-                             "known to liboutbox %s: upgrade outbox",
-                             st->path, version, SCHEMA_VERSION, outbox_version());
-    if (version < SCHEMA_VERSION)
+    if (v.state != VERSION_SET)
+        return outbox__error(err, OUTBOX_ENOSCHEMA,
+                             "the outbox schema version in %s is missing or unreadable: run "
+                             "`outbox init --store sqlite:%s`, which says how to repair it",
+                             st->path, st->path);
+    code = refuse_newer(st->db, &v, err);
+    if (code != OUTBOX_OK) return code;
+    if (v.number < SCHEMA_VERSION)
         return outbox__error(err, OUTBOX_ENOSCHEMA,
                              "the outbox schema in %s is version %d, older than %d: run "
                              "`outbox init --store sqlite:%s` to upgrade it",
-                             st->path, version, SCHEMA_VERSION, st->path);
+                             st->path, v.number, SCHEMA_VERSION, st->path);
     return OUTBOX_OK;
 }
 
@@ -715,6 +993,19 @@ static void host_name(char *buf, size_t len)
     buf[len - 1] = '\0';
 }
 
+/* 1 when the process pid on host `host` is known to be gone: it ran on
+ * this host and no such process exists. */
+static int holder_gone(const char *host, int64_t pid)
+{
+    char here[256];
+    host_name(here, sizeof here);
+    return strcmp(host, here) == 0 && pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Takes the lease for this store handle.  A live holder is never shared,
+ * whatever its name: the lease is taken over only when it expired, when
+ * its holder's process is gone (same host, no such pid), or when this
+ * handle holds it already. */
 static int sqlite_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
                                 outbox_error *err)
 {
@@ -733,7 +1024,7 @@ static int sqlite_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
     if (code != OUTBOX_OK) return code;
 
     rc = sqlite3_prepare_v2(st->db,
-                            "SELECT owner, pid, host, expires_at FROM outbox_lease"
+                            "SELECT owner, pid, host, expires_at, instance FROM outbox_lease"
                             " WHERE name = '" LEASE_NAME "'",
                             -1, &s, NULL);
     if (rc != SQLITE_OK) {
@@ -746,28 +1037,23 @@ static int sqlite_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
         int64_t pid = sqlite3_column_int64(s, 1);
         const char *holder_host = col_text(s, 2);
         int64_t expires = sqlite3_column_int64(s, 3);
-        int free_to_take = 0;
 
-        if (expires < now) {
-            free_to_take = 1;
+        if (strcmp(col_text(s, 4), st->instance) == 0) {
+            /* This handle's own lease. */
+        } else if (expires < now) {
             outbox__log(OUTBOX_LOG_INFO, "store.sqlite",
                         "taking over the expired lease of relay %s", holder);
-        } else if (strcmp(holder, owner) == 0) {
-            free_to_take = 1;
-        } else if (strcmp(holder_host, host) == 0 && pid > 0 &&
-                   kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
-            free_to_take = 1;
+        } else if (holder_gone(holder_host, pid)) {
             outbox__log(OUTBOX_LOG_INFO, "store.sqlite",
                         "taking over the lease of relay %s: its process %lld is gone", holder,
                         (long long)pid);
-        }
-        if (!free_to_take) {
+        } else {
             int64_t left = (expires - now + 999999) / 1000000;
             code = outbox__error(err, OUTBOX_ELEASED,
-                                 "another relay holds this outbox (owner %s, pid %lld on host "
-                                 "%s, lease expires in %llds); stop it, or pass --wait-lease "
-                                 "to stand by",
-                                 holder, (long long)pid, holder_host, (long long)left);
+                                 "another relay%s holds this outbox (name %s, pid %lld on host "
+                                 "%s, lease expires in %llds)",
+                                 strcmp(holder, owner) == 0 ? " with the same name" : "", holder,
+                                 (long long)pid, holder_host, (long long)left);
             goto fail;
         }
         rc = SQLITE_DONE;
@@ -781,10 +1067,12 @@ static int sqlite_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
 
     rc = sqlite3_prepare_v2(st->db,
                             "INSERT INTO outbox_lease (name, owner, pid, host, acquired_at,"
-                            " expires_at) VALUES ('" LEASE_NAME "', ?1, ?2, ?3, ?4, ?5)"
+                            " expires_at, instance, note)"
+                            " VALUES ('" LEASE_NAME "', ?1, ?2, ?3, ?4, ?5, ?6, NULL)"
                             " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
                             " pid = excluded.pid, host = excluded.host,"
-                            " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at",
+                            " acquired_at = excluded.acquired_at, expires_at = excluded.expires_at,"
+                            " instance = excluded.instance, note = NULL",
                             -1, &s, NULL);
     if (rc != SQLITE_OK) {
         code = db_fail(st->db, rc, "writing the relay lease", err);
@@ -795,6 +1083,7 @@ static int sqlite_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
     sqlite3_bind_text(s, 3, host, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 4, now);
     sqlite3_bind_int64(s, 5, now + ttl_ms * 1000);
+    sqlite3_bind_text(s, 6, st->instance, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
     if (rc != SQLITE_DONE) {
         code = db_fail(st->db, rc, "writing the relay lease", err);
@@ -812,14 +1101,16 @@ fail:
     return code;
 }
 
-/* Sets our lease's expiry; OUTBOX_ELEASELOST when the row is not ours. */
+/* Sets the expiry of the lease this handle holds as owner;
+ * OUTBOX_ELEASELOST when it holds none. */
 static int renew(sqlite_store *st, const char *owner, int64_t expires, outbox_error *err)
 {
     int code = OUTBOX_OK, rc;
     sqlite3_stmt *s = stmt(st, S_LEASE_RENEW, &code, err);
     if (!s) return code;
     sqlite3_bind_int64(s, 1, expires);
-    sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, st->instance, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, owner, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
     if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "renewing the relay lease", err);
     else if (sqlite3_changes(st->db) == 0)
@@ -843,38 +1134,58 @@ static int sqlite_lease_renew(void *state, const char *owner, int64_t ttl_ms,
     return renew(st, owner, outbox__now_us() + ttl_ms * 1000, err);
 }
 
-static int sqlite_lease_release(void *state, const char *owner, outbox_error *err)
+/* Runs sql on the lease row this handle holds as owner (?1: instance,
+ * ?2: owner, ?3: text or NULL); a row held by another handle is left alone. */
+static int lease_write(sqlite_store *st, const char *sql, const char *owner, const char *text,
+                       const char *what, outbox_error *err)
 {
-    sqlite_store *st = state;
     sqlite3_stmt *s = NULL;
     int rc, code;
 
     if (!owner) return outbox__error(err, OUTBOX_EINVAL, "lease owner name is NULL");
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
-    rc = sqlite3_prepare_v2(st->db,
-                            "DELETE FROM outbox_lease WHERE name = '" LEASE_NAME "'"
-                            " AND owner = ?1",
-                            -1, &s, NULL);
-    if (rc != SQLITE_OK) return db_fail(st->db, rc, "releasing the relay lease", err);
-    sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC);
+    rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL);
+    if (rc != SQLITE_OK) return db_fail(st->db, rc, what, err);
+    sqlite3_bind_text(s, 1, st->instance, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC);
+    if (text && *text) sqlite3_bind_text(s, 3, text, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
-    code = rc == SQLITE_DONE ? OUTBOX_OK : db_fail(st->db, rc, "releasing the relay lease", err);
+    code = rc == SQLITE_DONE ? OUTBOX_OK : db_fail(st->db, rc, what, err);
     sqlite3_finalize(s);
     return code;
+}
+
+static int sqlite_lease_release(void *state, const char *owner, outbox_error *err)
+{
+    return lease_write(state,
+                       "DELETE FROM outbox_lease WHERE name = '" LEASE_NAME "'"
+                       " AND instance = ?1 AND owner = ?2",
+                       owner, NULL, "releasing the relay lease", err);
+}
+
+/* Stores the note of the lease this handle holds as owner; nothing when it
+ * holds none (the note describes a holder). */
+static int sqlite_lease_note(void *state, const char *owner, const char *note,
+                             outbox_error *err)
+{
+    return lease_write(state,
+                       "UPDATE outbox_lease SET note = ?3 WHERE name = '" LEASE_NAME "'"
+                       " AND instance = ?1 AND owner = ?2",
+                       owner, note, "writing the relay note", err);
 }
 
 /* ------------------------------------------------------------------------
  * Claim and complete (the relay's hot path)
  * ---------------------------------------------------------------------- */
 
-/* Builds a message from columns 0..8 (seq .. attempts) of s. */
-static int row_msg(sqlite3_stmt *s, outbox_msg **out, outbox_error *err)
+/* Builds a message from columns 0..8 (seq .. attempts) of s: checked as
+ * enqueue checks a message (the claim), or read as stored (lenient). */
+static int row_msg(sqlite3_stmt *s, int lenient, outbox_msg **out, outbox_error *err)
 {
-    int code = outbox__msg_from_row(out, sqlite3_column_int64(s, 0), col_text(s, 1),
-                                    sqlite3_column_int64(s, 2), col_text(s, 3),
-                                    col_text(s, 4), col_text(s, 5), col_text(s, 6),
-                                    col_text(s, 7), err);
+    int code = (lenient ? outbox__msg_from_row_lenient : outbox__msg_from_row)(
+        out, sqlite3_column_int64(s, 0), col_text(s, 1), sqlite3_column_int64(s, 2),
+        col_text(s, 3), col_text(s, 4), col_text(s, 5), col_text(s, 6), col_text(s, 7), err);
     if (code != OUTBOX_OK) return code;
     (*out)->attempts = sqlite3_column_int(s, 8);
     (*out)->status = OUTBOX_STATUS_PENDING;
@@ -888,16 +1199,157 @@ static void free_msgs(outbox_msg **msgs, size_t n)
     free(msgs);
 }
 
+/* Copies s into out (out_len bytes) for a log line: printable ASCII kept,
+ * '"' and '\' escaped, any other byte as \xNN, cut with "..." when long. */
+static void escape_text(const char *s, char *out, size_t out_len)
+{
+    size_t o = 0;
+    for (; *s && o + 8 < out_len; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') out[o++] = (char)c;
+        else if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else o += (size_t)snprintf(out + o, out_len - o, "\\x%02x", c);
+    }
+    if (*s) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+}
+
+/* A stored row the claim could not decode. */
+typedef struct bad_row {
+    int64_t seq;
+    char *aggregate_id; /* as stored */
+    char id[80];        /* as stored, escaped for the log */
+    char error[sizeof ((outbox_error *)0)->message];
+} bad_row;
+
+/* Marks the bad rows Failed (attempts + 1, last_error = why) in one
+ * transaction and logs each: they leave the claim, and their aggregates
+ * are held as behind any Failed message. */
+static int quarantine(sqlite_store *st, const bad_row *bad, size_t n, outbox_error *err)
+{
+    sqlite3_stmt *s;
+    size_t i;
+    int rc, code;
+
+    code = run(st, S_BEGIN, "starting the quarantine of undecodable messages", err);
+    if (code != OUTBOX_OK) return code;
+    for (i = 0; i < n; i++) {
+        if (!(s = stmt(st, S_FAIL, &code, err))) goto fail;
+        sqlite3_bind_text(s, 1, bad[i].error, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, bad[i].seq);
+        rc = sqlite3_step(s);
+        if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "quarantining a stored message", err);
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        if (code != OUTBOX_OK) goto fail;
+    }
+    code = run(st, S_COMMIT, "committing the quarantine of undecodable messages", err);
+    if (code != OUTBOX_OK) goto fail;
+    for (i = 0; i < n; i++)
+        outbox__log(OUTBOX_LOG_ERROR, "store.sqlite",
+                    "message seq %lld (id \"%s\" as stored) cannot be published and is now "
+                    "Failed, holding back the later messages of its aggregate until it is "
+                    "retried or dropped: %s",
+                    (long long)bad[i].seq, bad[i].id, bad[i].error);
+    return OUTBOX_OK;
+
+fail:
+    rollback(st->db);
+    return code;
+}
+
+/* Removes from msgs[0..*n) the messages a quarantined row now holds back:
+ * later ones of its aggregate, when Failed blocks. */
+static void hold_back(outbox_msg **msgs, size_t *n, const bad_row *bad, size_t nbad)
+{
+    size_t i, j, kept = 0;
+    for (i = 0; i < *n; i++) {
+        int held = 0;
+        for (j = 0; j < nbad && !held; j++)
+            held = msgs[i]->seq > bad[j].seq &&
+                   strcmp(msgs[i]->aggregate_id, bad[j].aggregate_id) == 0;
+        if (held) outbox_msg_free(msgs[i]);
+        else msgs[kept++] = msgs[i];
+    }
+    *n = kept;
+}
+
+/* How often one claim reads again after quarantining rows and finding
+ * nothing else to return. */
+#define CLAIM_ROUNDS 8
+
+/* One read of the claim statement s (bound): decodable rows into *arr
+ * (count, cap), undecodable ones into *bad (nbad).  The statement is
+ * stepped to its end and reset before anything is written. */
+static int claim_read(sqlite_store *st, sqlite3_stmt *s, size_t batch_size, outbox_msg ***arr,
+                      size_t *count, size_t *cap, bad_row **bad, size_t *nbad,
+                      outbox_error *err)
+{
+    outbox_error row_err;
+    int rc, code = OUTBOX_OK;
+
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        outbox_msg *m = NULL;
+        if (*count == *cap) {
+            size_t ncap = *cap ? *cap * 2 : (batch_size < 64 ? batch_size : 64);
+            outbox_msg **na = realloc(*arr, ncap * sizeof *na);
+            if (!na) goto nomem;
+            *arr = na;
+            *cap = ncap;
+        }
+        row_err.code = 0;
+        row_err.message[0] = '\0';
+        code = row_msg(s, 0, &m, &row_err);
+        if (code == OUTBOX_OK) {
+            (*arr)[(*count)++] = m;
+        } else if (code == OUTBOX_ENOMEM) {
+            goto nomem;
+        } else {
+            bad_row *nb = realloc(*bad, (*nbad + 1) * sizeof *nb);
+            if (!nb) goto nomem;
+            *bad = nb;
+            nb += (*nbad)++;
+            nb->seq = sqlite3_column_int64(s, 0);
+            escape_text(col_text(s, 1), nb->id, sizeof nb->id);
+            snprintf(nb->error, sizeof nb->error, "%s", row_err.message);
+            nb->aggregate_id = strdup(col_text(s, 5));
+            if (!nb->aggregate_id) goto nomem;
+            code = OUTBOX_OK;
+        }
+    }
+    if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "claiming messages", err);
+    sqlite3_reset(s);
+    return code;
+
+nomem:
+    sqlite3_reset(s);
+    return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming messages");
+}
+
+static void free_bad(bad_row *bad, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) free(bad[i].aggregate_id);
+    free(bad);
+}
+
 /* The plain claim, or (pipelined) the same read without the seqs in
- * exclude. */
+ * exclude.  Rows that do not decode are quarantined, not returned as an
+ * error; when that leaves nothing to return, the claim reads again. */
 static int claim(void *state, const outbox_claim_params *p, int pipelined, const int64_t *exclude,
                  size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err)
 {
     sqlite_store *st = state;
     sqlite3_stmt *s;
     outbox_msg **arr = NULL;
-    size_t count = 0, cap = 0;
-    int rc, code;
+    bad_row *bad = NULL;
+    size_t count = 0, cap = 0, nbad = 0;
+    int round, code;
 
     *msgs = NULL;
     *n = 0;
@@ -919,41 +1371,31 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
     }
     s = stmt(st, pipelined ? S_CLAIM_PIPELINED : S_CLAIM, &code, err);
     if (!s) return code;
-    sqlite3_bind_int64(s, 1, p->now_us);
-    sqlite3_bind_int(s, 2, p->failed_blocks_aggregate ? 1 : 0);
-    sqlite3_bind_int64(s, 3, p->batch_size > INT64_MAX ? INT64_MAX : (int64_t)p->batch_size);
-    if (pipelined)
-        sqlite3_bind_text(s, 4, st->exclude.data, (int)st->exclude.len, SQLITE_STATIC);
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == cap) {
-            size_t ncap = cap ? cap * 2 : (p->batch_size < 64 ? p->batch_size : 64);
-            outbox_msg **na = realloc(arr, ncap * sizeof *na);
-            if (!na) {
-                code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming messages");
-                goto fail;
-            }
-            arr = na;
-            cap = ncap;
-        }
-        code = row_msg(s, &arr[count], err);
-        if (code != OUTBOX_OK) goto fail;
-        count++;
+    for (round = 0; round < CLAIM_ROUNDS; round++) {
+        sqlite3_bind_int64(s, 1, p->now_us);
+        sqlite3_bind_int(s, 2, p->failed_blocks_aggregate ? 1 : 0);
+        sqlite3_bind_int64(s, 3, p->batch_size > INT64_MAX ? INT64_MAX : (int64_t)p->batch_size);
+        if (pipelined)
+            sqlite3_bind_text(s, 4, st->exclude.data, (int)st->exclude.len, SQLITE_STATIC);
+        code = claim_read(st, s, p->batch_size, &arr, &count, &cap, &bad, &nbad, err);
+        sqlite3_clear_bindings(s);
+        if (code != OUTBOX_OK || nbad == 0) break;
+        code = quarantine(st, bad, nbad, err);
+        if (code != OUTBOX_OK) break;
+        if (p->failed_blocks_aggregate) hold_back(arr, &count, bad, nbad);
+        free_bad(bad, nbad);
+        bad = NULL;
+        nbad = 0;
+        if (count > 0) break;
     }
-    if (rc != SQLITE_DONE) {
-        code = db_fail(st->db, rc, "claiming messages", err);
-        goto fail;
+    free_bad(bad, nbad);
+    if (code != OUTBOX_OK) {
+        free_msgs(arr, count);
+        return code;
     }
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
     *msgs = arr;
     *n = count;
     return OUTBOX_OK;
-
-fail:
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
-    free_msgs(arr, count);
-    return code;
 }
 
 static int sqlite_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs,
@@ -1145,12 +1587,13 @@ static const char *sqlite_wake_path(void *state)
     "seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers, attempts," \
     " status, available_at, last_error, sent_at"
 
-/* Builds a message with its bookkeeping fields from FULL_COLUMNS of s. */
+/* Builds a message with its bookkeeping fields from FULL_COLUMNS of s, read
+ * as stored (a row the relay could not decode still shows). */
 static int full_row_msg(sqlite3_stmt *s, outbox_msg **out, outbox_error *err)
 {
     outbox_msg *m = NULL;
     const unsigned char *last_error;
-    int code = row_msg(s, &m, err);
+    int code = row_msg(s, 1, &m, err);
     if (code != OUTBOX_OK) return code;
     m->status = outbox__status_parse(col_text(s, 9));
     m->available_at = sqlite3_column_int64(s, 10);
@@ -1167,43 +1610,75 @@ static int full_row_msg(sqlite3_stmt *s, outbox_msg **out, outbox_error *err)
     return OUTBOX_OK;
 }
 
-/* Runs a one-row query with up to one int64 parameter; *out = column 0. */
-static int scalar(sqlite_store *st, const char *sql, const int64_t *arg, int64_t *out,
-                  outbox_error *err)
+/* Copies src into dst (size bytes), cut at a character boundary. */
+static void copy_text(char *dst, size_t size, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= size) {
+        n = size - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xc0) == 0x80) n--;
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* The live lease's holder into out (nothing when no live lease). */
+static int status_lease(sqlite_store *st, int64_t now, outbox_status *out, outbox_error *err)
 {
     sqlite3_stmt *s = NULL;
     int rc, code = OUTBOX_OK;
 
-    *out = 0;
-    rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL);
-    if (rc != SQLITE_OK) return db_fail(st->db, rc, "reading the outbox status", err);
-    if (arg) sqlite3_bind_int64(s, 1, *arg);
+    rc = sqlite3_prepare_v2(st->db,
+                            "SELECT owner, expires_at, pid, host, note FROM outbox_lease"
+                            " WHERE name = '" LEASE_NAME "' AND expires_at >= ?1",
+                            -1, &s, NULL);
+    if (rc != SQLITE_OK) return db_fail(st->db, rc, "reading the relay lease", err);
+    sqlite3_bind_int64(s, 1, now);
     rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        *out = sqlite3_column_int64(s, 0);
+        copy_text(out->lease_owner, sizeof out->lease_owner, col_text(s, 0));
+        out->lease_expires_us = sqlite3_column_int64(s, 1);
+        out->lease_pid = sqlite3_column_int64(s, 2);
+        copy_text(out->lease_host, sizeof out->lease_host, col_text(s, 3));
+        copy_text(out->relay_note, sizeof out->relay_note, col_text(s, 4));
+        out->lease_holder_gone = holder_gone(out->lease_host, out->lease_pid);
         rc = SQLITE_DONE;
     }
-    if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "reading the outbox status", err);
+    if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "reading the relay lease", err);
     sqlite3_finalize(s);
     return code;
 }
+
+/* Pending messages behind a Failed one of their aggregate, and their
+ * aggregates.  Only the pending rows after the first Failed seq are
+ * walked, each probing outbox_blocking: nothing when none is Failed. */
+static const char blocked_sql[] =
+    "SELECT count(*), count(DISTINCT aggregate_id) FROM outbox o"
+    " WHERE o.status = 'pending'"
+    " AND o.seq > (SELECT min(seq) FROM outbox"
+    "  WHERE (status = 'failed' OR attempts > 0) AND +status = 'failed')"
+    " AND EXISTS (SELECT 1 FROM outbox f"
+    "  WHERE f.aggregate_id = o.aggregate_id AND f.seq < o.seq"
+    "  AND (f.status = 'failed' OR f.attempts > 0) AND +f.status = 'failed')";
 
 static int sqlite_status(void *state, outbox_status *out, outbox_error *err)
 {
     sqlite_store *st = state;
     sqlite3_stmt *s = NULL;
+    stored_version version;
     int64_t now = outbox__now_us();
-    int rc, code, version;
+    const char *what = "reading the outbox status";
+    int rc, code;
 
     memset(out, 0, sizeof *out);
     code = sqlite_check_schema(st, err);
     if (code != OUTBOX_OK) return code;
     /* One read transaction: the numbers are one consistent snapshot. */
-    code = exec_sql(st->db, "BEGIN", "reading the outbox status", err);
+    code = exec_sql(st->db, "BEGIN", what, err);
     if (code != OUTBOX_OK) return code;
     code = read_version(st->db, &version, err);
     if (code != OUTBOX_OK) goto out;
-    out->schema_version = version;
+    out->schema_version = version.number;
 
     rc = sqlite3_prepare_v2(st->db,
                             "SELECT count(*), coalesce(sum(available_at <= ?1), 0),"
@@ -1211,13 +1686,13 @@ static int sqlite_status(void *state, outbox_status *out, outbox_error *err)
                             " FROM outbox WHERE status = 'pending'",
                             -1, &s, NULL);
     if (rc != SQLITE_OK) {
-        code = db_fail(st->db, rc, "reading the outbox status", err);
+        code = db_fail(st->db, rc, what, err);
         goto out;
     }
     sqlite3_bind_int64(s, 1, now);
     rc = sqlite3_step(s);
     if (rc != SQLITE_ROW) {
-        code = db_fail(st->db, rc, "reading the outbox status", err);
+        code = db_fail(st->db, rc, what, err);
         goto out;
     }
     out->pending = sqlite3_column_int64(s, 0);
@@ -1227,31 +1702,29 @@ static int sqlite_status(void *state, outbox_status *out, outbox_error *err)
     sqlite3_finalize(s);
     s = NULL;
 
-    code = scalar(st, "SELECT count(*) FROM outbox WHERE status = 'sent'", NULL, &out->sent,
-                  err);
-    if (code != OUTBOX_OK) goto out;
-    code = scalar(st, "SELECT count(*) FROM outbox WHERE status = 'failed'", NULL,
-                  &out->failed, err);
-    if (code != OUTBOX_OK) goto out;
-    code = scalar(st, stmt_sql[S_NEXT_DUE], NULL, &out->next_due_us, err);
-    if (code != OUTBOX_OK) goto out;
-
-    rc = sqlite3_prepare_v2(st->db,
-                            "SELECT owner, expires_at FROM outbox_lease"
-                            " WHERE name = '" LEASE_NAME "' AND expires_at >= ?1",
-                            -1, &s, NULL);
+    rc = sqlite3_prepare_v2(st->db, blocked_sql, (int)sizeof blocked_sql, &s, NULL);
     if (rc != SQLITE_OK) {
-        code = db_fail(st->db, rc, "reading the relay lease", err);
+        code = db_fail(st->db, rc, what, err);
         goto out;
     }
-    sqlite3_bind_int64(s, 1, now);
     rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        snprintf(out->lease_owner, sizeof out->lease_owner, "%s", col_text(s, 0));
-        out->lease_expires_us = sqlite3_column_int64(s, 1);
-        rc = SQLITE_DONE;
+    if (rc != SQLITE_ROW) {
+        code = db_fail(st->db, rc, what, err);
+        goto out;
     }
-    if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "reading the relay lease", err);
+    out->blocked = sqlite3_column_int64(s, 0);
+    out->aggregates_blocked = sqlite3_column_int64(s, 1);
+    sqlite3_finalize(s);
+    s = NULL;
+
+    code = query_int64(st->db, "SELECT count(*) FROM outbox WHERE status = 'sent'", what,
+                       &out->sent, err);
+    if (code == OUTBOX_OK)
+        code = query_int64(st->db, "SELECT count(*) FROM outbox WHERE status = 'failed'", what,
+                           &out->failed, err);
+    if (code == OUTBOX_OK)
+        code = query_int64(st->db, stmt_sql[S_NEXT_DUE], what, &out->next_due_us, err);
+    if (code == OUTBOX_OK) code = status_lease(st, now, out, err);
 
 out:
     sqlite3_finalize(s);
@@ -1327,7 +1800,7 @@ static int sqlite_get(void *state, const char *id, outbox_msg **msg, outbox_erro
     else if (rc == SQLITE_DONE)
         code = outbox__error(err, OUTBOX_ENOTFOUND,
                              "no message with id %s in the outbox (sent messages are deleted "
-                             "unless the relay runs with on_sent=mark)",
+                             "unless the relay runs with --on-sent mark)",
                              key);
     else code = db_fail(st->db, rc, "reading a message", err);
     sqlite3_finalize(s);
@@ -1421,6 +1894,133 @@ fail:
     return code;
 }
 
+/* Appends the message in the FULL_COLUMNS row of s to (*msgs, *n, *cap). */
+static int push_full_row(sqlite3_stmt *s, outbox_msg ***msgs, size_t *n, size_t *cap,
+                         outbox_error *err)
+{
+    int code;
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        outbox_msg **na = realloc(*msgs, ncap * sizeof *na);
+        if (!na) return outbox__error(err, OUTBOX_ENOMEM, "out of memory reading messages");
+        *msgs = na;
+        *cap = ncap;
+    }
+    code = full_row_msg(s, &(*msgs)[*n], err);
+    if (code == OUTBOX_OK) (*n)++;
+    return code;
+}
+
+/* Reads the Failed messages drop is asked for into (*msgs, *count), inside
+ * its transaction: all of them, or those of ids[0..n), all or nothing. */
+static int drop_select(sqlite_store *st, const char *const *ids, size_t n, int all,
+                       outbox_msg ***msgs, size_t *count, outbox_error *err)
+{
+    const char *what = "reading the messages to drop";
+    sqlite3_stmt *s = NULL;
+    size_t cap = 0, i, j;
+    int rc, code = OUTBOX_OK;
+
+    rc = sqlite3_prepare_v2(st->db,
+                            all ? "SELECT " FULL_COLUMNS " FROM outbox WHERE status = 'failed'"
+                                  " ORDER BY seq"
+                                : "SELECT " FULL_COLUMNS " FROM outbox WHERE id = ?1",
+                            -1, &s, NULL);
+    if (rc != SQLITE_OK) return db_fail(st->db, rc, what, err);
+    if (all) {
+        while (code == OUTBOX_OK && (rc = sqlite3_step(s)) == SQLITE_ROW)
+            code = push_full_row(s, msgs, count, &cap, err);
+        if (code == OUTBOX_OK && rc != SQLITE_DONE) code = db_fail(st->db, rc, what, err);
+    }
+    for (i = 0; !all && i < n && code == OUTBOX_OK; i++) {
+        char key[37];
+        code = outbox__uuid_canonical(ids[i], key, "message id", err);
+        if (code != OUTBOX_OK) break;
+        sqlite3_bind_text(s, 1, key, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE)
+            code = outbox__error(err, OUTBOX_ENOTFOUND,
+                                 "no message with id %s in the outbox: nothing was dropped", key);
+        else if (rc != SQLITE_ROW) code = db_fail(st->db, rc, what, err);
+        else if (strcmp(col_text(s, 9), "failed") != 0)
+            code = outbox__error(err, OUTBOX_EINVAL,
+                                 "message %s is %s, not failed: only failed messages can be "
+                                 "dropped; nothing was dropped",
+                                 key, col_text(s, 9));
+        else {
+            for (j = 0; j < *count; j++)
+                if ((*msgs)[j]->seq == sqlite3_column_int64(s, 0)) break; /* given twice */
+            if (j == *count) code = push_full_row(s, msgs, count, &cap, err);
+        }
+        sqlite3_reset(s);
+    }
+    sqlite3_finalize(s);
+    return code;
+}
+
+/* Deletes Failed messages (see outbox_store_ops.drop): selects them, hands
+ * them to archive, then deletes them by seq, all in one BEGIN IMMEDIATE
+ * transaction. */
+static int sqlite_drop(void *state, const char *const *ids, size_t n, int all,
+                       outbox_drop_archive_fn archive, void *user, int64_t *count,
+                       outbox_error *err)
+{
+    sqlite_store *st = state;
+    sqlite3_stmt *s = NULL;
+    outbox_msg **msgs = NULL;
+    outbox_buf seqs;
+    size_t nmsgs = 0, i;
+    int rc, code;
+
+    if (count) *count = 0;
+    if (!all && (n == 0 || !ids))
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "drop: give message ids or ask for all failed messages");
+    code = need_db(st, err);
+    if (code != OUTBOX_OK) return code;
+    outbox__buf_init(&seqs);
+    code = run(st, S_BEGIN, "starting the drop transaction", err);
+    if (code != OUTBOX_OK) return code;
+    code = drop_select(st, ids, n, all, &msgs, &nmsgs, err);
+    if (code != OUTBOX_OK || nmsgs == 0) goto out;
+    if (archive) {
+        code = archive(user, msgs, nmsgs, err);
+        if (code != OUTBOX_OK) goto out;
+    }
+    outbox__buf_append(&seqs, "[", 1);
+    for (i = 0; i < nmsgs; i++)
+        outbox__buf_printf(&seqs, i ? ",%lld" : "%lld", (long long)msgs[i]->seq);
+    outbox__buf_append(&seqs, "]", 1);
+    if (seqs.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory dropping messages");
+        goto out;
+    }
+    rc = sqlite3_prepare_v2(st->db,
+                            "DELETE FROM outbox WHERE status = 'failed'"
+                            " AND seq IN (SELECT value FROM json_each(?1))",
+                            -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, seqs.data, (int)seqs.len, SQLITE_STATIC);
+        rc = sqlite3_step(s);
+    }
+    if (rc != SQLITE_DONE) {
+        code = db_fail(st->db, rc, "dropping failed messages", err);
+        goto out;
+    }
+    if (count) *count = sqlite3_changes(st->db);
+
+out:
+    sqlite3_finalize(s);
+    if (code == OUTBOX_OK) code = run(st, S_COMMIT, "committing the drop", err);
+    if (code != OUTBOX_OK) {
+        rollback(st->db);
+        if (count) *count = 0;
+    }
+    free_msgs(msgs, nmsgs);
+    outbox__buf_free(&seqs);
+    return code;
+}
+
 static int sqlite_purge(void *state, int64_t before_us, int64_t *count, outbox_error *err)
 {
     sqlite_store *st = state;
@@ -1455,7 +2055,7 @@ static int sqlite_inbox_purge(void *state, int64_t retention_ms, int64_t redeliv
 
 /* The SQLite store driver (scheme "sqlite"). */
 const outbox_store_ops outbox__store_sqlite = {
-    4, /* no idle/wait_fd (NULL); pipelined claims */
+    5, /* no idle/wait_fd (NULL); pipelined claims; drop and lease_note */
     "sqlite",
     sqlite_open,
     sqlite_close,
@@ -1480,6 +2080,6 @@ const outbox_store_ops outbox__store_sqlite = {
     sqlite_inbox_purge,
     sqlite_claim_pipelined,
     sqlite_complete_pipelined,
-    NULL, /* drop */
-    NULL, /* lease_note */
+    sqlite_drop,
+    sqlite_lease_note,
 };
