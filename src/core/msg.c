@@ -742,7 +742,7 @@ static int msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t o
     const char *hjson = "{}";
     outbox_msg *m;
     char *p;
-    int rc;
+    int rc, lower;
 
     outbox__buf_init(&hb);
     if (!out) return outbox__error(err, OUTBOX_EINVAL, "outbox__msg_from_row: out is NULL");
@@ -823,8 +823,10 @@ build:
         p += lv;
     }
     m->header_count = n;
+    /* A canonical id is stored lower-case; anything else is shown as stored. */
+    lower = outbox_uuid_valid(id);
     for (i = 0; i < 36 && id[i]; i++)
-        m->id[i] = (id[i] >= 'A' && id[i] <= 'F') ? (char)(id[i] - 'A' + 'a') : id[i];
+        m->id[i] = (lower && id[i] >= 'A' && id[i] <= 'F') ? (char)(id[i] - 'A' + 'a') : id[i];
     m->id[i] = '\0';
     m->seq = seq;
     m->occurred_at = occurred_at;
