@@ -13,6 +13,9 @@
  *
  * fsync stays on: the crash tests stop the server with
  * `pg_ctl stop -m immediate`, which is a crash from the database's view.
+ *
+ * Tests that include internal.h first also get store-level helpers: open
+ * a store, claim (plain or pipelined), complete as sent, capture the log.
  */
 #ifndef OUTBOX_PG_HARNESS_H
 #define OUTBOX_PG_HARNESS_H

@@ -44,27 +44,20 @@ static const char *sql_state(PGconn *c, const char *sql)
     return state;
 }
 
-static void execf(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void execf(PGconn *c, const char *fmt, ...)
+/* printf into a static buffer, for one SQL statement at a time. */
+static const char *sqlf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *sqlf(const char *fmt, ...)
 {
-    char sql[4096];
+    static char sql[4096];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(sql, sizeof sql, fmt, ap);
     va_end(ap);
-    pgh_exec(c, sql);
+    return sql;
 }
 
-static int64_t countf(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int64_t countf(PGconn *c, const char *fmt, ...)
-{
-    char sql[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    return pgh_count(c, sql);
-}
+#define execf(c, ...) pgh_exec((c), sqlf(__VA_ARGS__))
+#define countf(c, ...) pgh_count((c), sqlf(__VA_ARGS__))
 
 static outbox_msg *make_msg(const char *agg, const char *payload)
 {

@@ -85,8 +85,9 @@
  * poll claims anyway, and it is needed when a wake-up does not come: a
  * transaction whose INSERT ran before the flag was set and that commits
  * after the relay's last claim, or an enqueuer that took the flag and then
- * rolled back while another one skipped it.  Flags of relays whose session
- * died are cleared when a relay registers or sees the live count drop.
+ * rolled back while another one skipped it.  The rows (and flags) of
+ * relays whose session died are deleted when a relay registers or sees the
+ * live count drop.
  *
  * Connection loss: every driver call first makes sure the connection is
  * up, reconnecting when it broke (claim state, partitions and LISTEN are
