@@ -94,6 +94,8 @@ static const odd_value odd[] = {
     {"a control character in the type", "type", "E'T\\x07'", "type contains control", 0},
     {"a 300-byte aggregate type", "aggregate_type", "repeat('t', 300)", "aggregate_type", 0},
     {"a 100 KB aggregate id", "aggregate_id", "repeat('x', 100000)", "aggregate_id", 1},
+    {"a 100 KB aggregate id that does not compress", "aggregate_id",
+     "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 3200) i)", "aggregate_id", 1},
     {"the nil id", "id", "'00000000-0000-0000-0000-000000000000'", "id \"", 0},
     {"available_at infinity", "available_at", "'infinity'", NULL, 0},
     {"available_at -infinity", "available_at", "'-infinity'", NULL, 0},
@@ -317,10 +319,12 @@ static void quarantine_scenario(int pipelined)
         outbox_status st;
         listed l = {0, 0};
         outbox_msg *m = NULL;
+        int64_t rows = 0;
+        for (size_t i = 0; i < ODD_COUNT; i++) rows += odd[i].own_aggregate ? 11 : 13;
         ASSERT_OK(s.ops->status(s.state, &st, &err), &err);
-        ASSERT_EQ(st.pending, (int64_t)(ODD_COUNT * 13 - 2));
+        ASSERT_EQ(st.pending, rows);
         ASSERT_OK(s.ops->list(s.state, NULL, count_listed, &l, &err), &err);
-        ASSERT_EQ(l.rows, (int)(ODD_COUNT * 13 - 2));
+        ASSERT_EQ(l.rows, rows);
         ASSERT_EQ(l.clamped, INT64_C(253402300799999999)); /* infinity: the last microsecond of 9999 */
         for (size_t i = 0; i < ODD_COUNT; i++) {
             ASSERT_OK(s.ops->get(s.state, odd_id[i], &m, &err), &err);
