@@ -39,7 +39,9 @@ static const char *sql_state(PGconn *c, const char *sql)
     ExecStatusType st = PQresultStatus(r);
     const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
     snprintf(state, sizeof state, "%s",
-             st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? "" : s ? s : "?");
+             st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? ""
+             : s                                             ? s
+                                                             : "?");
     PQclear(r);
     return state;
 }
@@ -74,10 +76,10 @@ static outbox_msg *make_msg(const char *agg, const char *payload)
 typedef struct odd_value {
     const char *what;
     const char *column;
-    const char *value;  /* SQL expression */
-    const char *field;  /* in last_error when quarantined; NULL: published */
-    int own_aggregate;  /* the value is the aggregate id: no neighbours */
-    int table_accepts;  /* version 5's checks let it in (the claim does not) */
+    const char *value; /* SQL expression */
+    const char *field; /* in last_error when quarantined; NULL: published */
+    int own_aggregate; /* the value is the aggregate id: no neighbours */
+    int table_accepts; /* version 5's checks let it in (the claim does not) */
 } odd_value;
 
 static const odd_value odd[] = {
@@ -100,8 +102,7 @@ static const odd_value odd[] = {
     {"a 300-byte aggregate type", "aggregate_type", "repeat('t', 300)", "aggregate_type", 0, 0},
     {"a 100 KB aggregate id", "aggregate_id", "repeat('x', 100000)", "aggregate_id", 1, 0},
     {"a 100 KB aggregate id that does not compress", "aggregate_id",
-     "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 3200) i)", "aggregate_id", 1,
-     0},
+     "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 3200) i)", "aggregate_id", 1, 0},
     {"the nil id", "id", "'00000000-0000-0000-0000-000000000000'", "id \"", 0, 0},
     {"available_at infinity", "available_at", "'infinity'", NULL, 0, 0},
     {"available_at -infinity", "available_at", "'-infinity'", NULL, 0, 0},
@@ -134,7 +135,7 @@ static const char *insert_row(PGconn *c, const char *agg, int n, const char *col
                               const char *value)
 {
     static const char *const cols[] = {"id",      "type",    "aggregate_type", "aggregate_id",
-                                        "payload", "headers", "occurred_at",    "available_at"};
+                                       "payload", "headers", "occurred_at",    "available_at"};
     char vals[8][128], sql[1024];
     size_t o = 0;
     snprintf(vals[0], sizeof vals[0], "gen_random_uuid()");
@@ -202,8 +203,9 @@ TEST(odd_values_refused_by_table)
     outbox__store_close(&s);
     for (size_t i = 0; i < ODD_COUNT; i++) {
         if (!odd[i].table_accepts) continue;
-        ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.outbox WHERE aggregate_id = 'odd-%zu'"
-                            " AND status = 'failed' AND last_error LIKE '%%%s%%'",
+        ASSERT_EQ(countf(c,
+                         "SELECT count(*) FROM outbox.outbox WHERE aggregate_id = 'odd-%zu'"
+                         " AND status = 'failed' AND last_error LIKE '%%%s%%'",
                          i, odd[i].field),
                   1);
     }
@@ -344,8 +346,9 @@ static void quarantine_scenario(int pipelined)
         ASSERT_EQ(to, 5);
     }
     /* The checks came back without judging the old rows. */
-    ASSERT_EQ(countf(c, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'outbox.outbox'::regclass"
-                        " AND conname LIKE 'outbox_%%_valid' AND NOT convalidated"),
+    ASSERT_EQ(countf(c,
+                     "SELECT count(*) FROM pg_constraint WHERE conrelid = 'outbox.outbox'::regclass"
+                     " AND conname LIKE 'outbox_%%_valid' AND NOT convalidated"),
               5);
 
     /* Status, list and show serve every row, odd or not. */
@@ -354,12 +357,14 @@ static void quarantine_scenario(int pipelined)
         listed l = {0, 0};
         outbox_msg *m = NULL;
         int64_t rows = 0;
-        for (size_t i = 0; i < ODD_COUNT; i++) rows += odd[i].own_aggregate ? 11 : 13;
+        for (size_t i = 0; i < ODD_COUNT; i++)
+            rows += odd[i].own_aggregate ? 11 : 13;
         ASSERT_OK(s.ops->status(s.state, &st, &err), &err);
         ASSERT_EQ(st.pending, rows);
         ASSERT_OK(s.ops->list(s.state, NULL, count_listed, &l, &err), &err);
         ASSERT_EQ(l.rows, rows);
-        ASSERT_EQ(l.clamped, INT64_C(253402300799999999)); /* infinity: the last microsecond of 9999 */
+        ASSERT_EQ(l.clamped,
+                  INT64_C(253402300799999999)); /* infinity: the last microsecond of 9999 */
         for (size_t i = 0; i < ODD_COUNT; i++) {
             ASSERT_OK(s.ops->get(s.state, odd_id[i], &m, &err), &err);
             ASSERT_EQ(m->seq, odd_seq[i]);
@@ -391,12 +396,15 @@ static void quarantine_scenario(int pipelined)
             int v = digits ? atoi(digits) : -1;
             if (strncmp(agg, "clean-", 6) == 0) {
                 int a = atoi(agg + 6);
-                if (v != clean_seen[a]) TEST_FAIL_("%s: got n=%d, expected %d", agg, v, clean_seen[a]);
+                if (v != clean_seen[a])
+                    TEST_FAIL_("%s: got n=%d, expected %d", agg, v, clean_seen[a]);
                 clean_seen[a]++;
             } else if (strncmp(agg, "odd-", 4) == 0) {
                 size_t i = (size_t)atoi(agg + 4);
-                if (v == 0) before_seen[i]++;
-                else if (v == 2) after_seen[i]++;
+                if (v == 0)
+                    before_seen[i]++;
+                else if (v == 2)
+                    after_seen[i]++;
                 else if (odd_field(i) != NULL)
                     TEST_FAIL_("%s (seq %lld) was published", odd[i].what, (long long)odd_seq[i]);
             }
@@ -406,7 +414,8 @@ static void quarantine_scenario(int pipelined)
     }
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
 
-    for (int a = 0; a < 10; a++) ASSERT_EQ(clean_seen[a], (int)ODD_COUNT);
+    for (int a = 0; a < 10; a++)
+        ASSERT_EQ(clean_seen[a], (int)ODD_COUNT);
     for (size_t i = 0; i < ODD_COUNT; i++) {
         const char *field = odd_field(i);
         char line[200];
@@ -420,8 +429,9 @@ static void quarantine_scenario(int pipelined)
             continue;
         }
         quarantined++;
-        ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.outbox WHERE seq = %lld AND status ="
-                            " 'failed' AND attempts = 1",
+        ASSERT_EQ(countf(c,
+                         "SELECT count(*) FROM outbox.outbox WHERE seq = %lld AND status ="
+                         " 'failed' AND attempts = 1",
                          (long long)odd_seq[i]),
                   1);
         {
@@ -601,16 +611,19 @@ TEST(drop_and_blocked)
 
     reset_outbox(c);
     pgh_store_open(&s, url);
-    for (int i = 0; i < 3; i++) enqueue_named(&s, "A", i, a[i]);
-    for (int i = 0; i < 2; i++) enqueue_named(&s, "B", i, b[i]);
+    for (int i = 0; i < 3; i++)
+        enqueue_named(&s, "A", i, a[i]);
+    for (int i = 0; i < 2; i++)
+        enqueue_named(&s, "B", i, b[i]);
     enqueue_named(&s, "C", 0, cc);
-    execf(c, "UPDATE outbox.outbox SET status = 'failed', attempts = 3, last_error = 'boom'"
-             " WHERE id IN ('%s', '%s')",
+    execf(c,
+          "UPDATE outbox.outbox SET status = 'failed', attempts = 3, last_error = 'boom'"
+          " WHERE id IN ('%s', '%s')",
           a[1], b[0]);
     ASSERT_OK(s.ops->status(s.state, &st, &err), &err);
     ASSERT_EQ(st.failed, 2);
     ASSERT_EQ(st.pending, 4);
-    ASSERT_EQ(st.blocked, 2);            /* A's third, B's second */
+    ASSERT_EQ(st.blocked, 2); /* A's third, B's second */
     ASSERT_EQ(st.aggregates_blocked, 2);
 
     /* All or nothing: an unknown id, a pending one, a malformed one. */
@@ -695,8 +708,8 @@ TEST(newer_schema_refused_everywhere)
 #define NEWER(call)                                                                                \
     do {                                                                                           \
         int rc_ = (call);                                                                          \
-        if (rc_ != OUTBOX_ESCHEMANEWER) TEST_FAIL_("%s: %d %s", #call, rc_, err.message);           \
-        ASSERT_CONTAINS(err.message, "version 99, newer than this build's 5");                      \
+        if (rc_ != OUTBOX_ESCHEMANEWER) TEST_FAIL_("%s: %d %s", #call, rc_, err.message);          \
+        ASSERT_CONTAINS(err.message, "version 99, newer than this build's 5");                     \
     } while (0)
     NEWER(s.ops->check_schema(s.state, &err));
     NEWER(s.ops->status(s.state, &st, &err));
@@ -831,6 +844,96 @@ TEST(init_up_to_date)
     PQfinish(c);
 }
 
+/* The three roles with exactly the grants the README gives them: an
+ * application that enqueues, a consumer that records in the inbox, and a
+ * relay that is not the schema's owner (init on the current schema,
+ * drain, status, drop). */
+TEST(documented_roles)
+{
+    PGconn *c = pgh_connect(&server);
+    outbox_error err;
+    char u[800];
+    const char *inbox_id = "0190a0a0-0000-7000-8000-0000000000e1";
+
+    reset_outbox(c);
+    pgh_exec(c, "DELETE FROM outbox.inbox");
+    pgh_exec(c, "DROP ROLE IF EXISTS app_enqueue");
+    pgh_exec(c, "DROP ROLE IF EXISTS app_consumer");
+    pgh_exec(c, "DROP ROLE IF EXISTS outbox_relay");
+    pgh_exec(c, "CREATE ROLE app_enqueue LOGIN");
+    pgh_exec(c, "GRANT USAGE ON SCHEMA outbox TO app_enqueue");
+    pgh_exec(c, "GRANT INSERT, SELECT (seq, id) ON outbox.outbox TO app_enqueue");
+    pgh_exec(c, "CREATE ROLE app_consumer LOGIN");
+    pgh_exec(c, "GRANT USAGE ON SCHEMA outbox TO app_consumer");
+    pgh_exec(c, "GRANT INSERT, DELETE, SELECT (received_at) ON outbox.inbox TO app_consumer");
+    pgh_exec(c, "CREATE ROLE outbox_relay LOGIN");
+    pgh_exec(c, "GRANT USAGE ON SCHEMA outbox TO outbox_relay");
+    pgh_exec(c,
+             "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA outbox TO outbox_relay");
+    pgh_exec(c, "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA outbox TO outbox_relay");
+
+    /* The application: the C call and the SQL function. */
+    {
+        PGconn *a = pgh_connect(&server);
+        outbox_msg *m = make_msg("role-app", "{}");
+        pgh_exec(a, "SET ROLE app_enqueue");
+        pgh_exec(a, "BEGIN");
+        ASSERT_OK(outbox_enqueue_pg(a, m, &err), &err);
+        pgh_exec(a, "SELECT outbox.enqueue('T', 'role-app', '{}')");
+        pgh_exec(a, "COMMIT");
+        pgh_exec(a, "BEGIN");
+        ASSERT_OK(outbox_enqueue_commit_pg(a, NULL, NULL, 0, &err), &err);
+        outbox_msg_free(m);
+        PQfinish(a);
+    }
+    /* The consumer: record (C and SQL) and purge. */
+    {
+        PGconn *k = pgh_connect(&server);
+        int64_t purged = 0;
+        pgh_exec(k, "SET ROLE app_consumer");
+        pgh_exec(k, "BEGIN");
+        ASSERT_OK(outbox_inbox_record_pg(k, "svc", inbox_id, &err), &err);
+        ASSERT_EQ(pgh_count(k, "SELECT outbox.inbox_record('svc2', '0190a0a0-0000-7000-8000-"
+                               "0000000000e2')::int"),
+                  1);
+        pgh_exec(k, "COMMIT");
+        ASSERT_OK(outbox_inbox_purge_pg(k, NULL, 86400000, 0, &purged, &err), &err);
+        PQfinish(k);
+    }
+    /* The relay: init on the current schema, a drain, status, drop. */
+    {
+        outbox_store s;
+        outbox_status st;
+        int from = 0, to = 0;
+        int64_t count;
+        snprintf(u, sizeof u, "postgres://outbox_relay@127.0.0.1:%d/postgres", server.port);
+        pgh_store_open(&s, u);
+        ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
+        ASSERT_EQ(to, 5);
+        ASSERT_OK(s.ops->lease_acquire(s.state, "role-relay", 5000, &err), &err);
+        for (int round = 0; round < 5; round++) {
+            outbox_msg **msgs = NULL;
+            size_t n = pgh_claim(&s, round % 2, 100, &msgs);
+            if (n == 0) break;
+            pgh_complete_sent(&s, round % 2, msgs, n);
+            pgh_free_msgs(msgs, n);
+        }
+        ASSERT_OK(s.ops->status(s.state, &st, &err), &err);
+        ASSERT_EQ(st.pending, 0);
+        ASSERT_CONTAINS(st.lease_owner, "role-relay@");
+        ASSERT_OK(s.ops->drop(s.state, NULL, 0, 1, NULL, NULL, &count, &err), &err);
+        ASSERT_OK(s.ops->lease_release(s.state, "role-relay", &err), &err);
+        outbox__store_close(&s);
+    }
+    ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.outbox"), 0);
+    pgh_exec(c, "DELETE FROM outbox.inbox");
+    pgh_exec(c, "DROP OWNED BY app_enqueue, app_consumer, outbox_relay");
+    pgh_exec(c, "DROP ROLE app_enqueue");
+    pgh_exec(c, "DROP ROLE app_consumer");
+    pgh_exec(c, "DROP ROLE outbox_relay");
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------------------
  * Logs
  * ---------------------------------------------------------------------- */
@@ -860,9 +963,10 @@ TEST(logs_are_one_line)
     int saved, fd;
 
     reset_outbox(c);
-    pgh_exec(c, "CREATE FUNCTION public.warn_twice() RETURNS trigger LANGUAGE plpgsql AS $$"
-                " BEGIN RAISE WARNING E'first line\\nsecond line' USING DETAIL = E'more\\nand more';"
-                " RETURN NEW; END $$");
+    pgh_exec(c,
+             "CREATE FUNCTION public.warn_twice() RETURNS trigger LANGUAGE plpgsql AS $$"
+             " BEGIN RAISE WARNING E'first line\\nsecond line' USING DETAIL = E'more\\nand more';"
+             " RETURN NEW; END $$");
     pgh_exec(c, "CREATE TRIGGER warn_twice BEFORE INSERT ON outbox.outbox FOR EACH ROW"
                 " EXECUTE FUNCTION public.warn_twice()");
     memset(&l, 0, sizeof l);
@@ -1023,7 +1127,7 @@ TEST(relay_instances_in_status)
     snprintf(text, sizeof text, "same@%s:%ld#", host, (long)getpid());
     ASSERT_CONTAINS(st.lease_owner, text);
     ASSERT(strstr(strstr(st.lease_owner, text) + 1, text) != NULL); /* twice, ids apart */
-    ASSERT_EQ(st.lease_pid, 0); /* two holders */
+    ASSERT_EQ(st.lease_pid, 0);                                     /* two holders */
     ASSERT_CONTAINS(st.relay_note, "destination down since 12:00: refused");
     ASSERT_CONTAINS(st.relay_note, "all well really");
     ASSERT_EQ(st.lease_holder_gone, 0);
@@ -1095,8 +1199,9 @@ TEST(relay_instances_in_status)
 TEST(same_name_relays_drain_together)
 {
     char out[CH_PATH], errs[2][CH_PATH], to[CH_PATH + 8];
-    const char *argv[] = {test_outbox_bin(), "relay", "--store", url, "--to", to, "--name",
-                          "same", "--batch", "64", "--lease-ttl", "2s", NULL};
+    const char *argv[] = {
+        test_outbox_bin(), "relay", "--store",     url,  "--to", to, "--name", "same",
+        "--batch",         "64",    "--lease-ttl", "2s", NULL};
     PGconn *c = pgh_connect(&server);
     pid_t pids[2];
     ch_producer p;
@@ -1118,7 +1223,8 @@ TEST(same_name_relays_drain_together)
     p.max_txn = 50;
     p.pause_us = 2000;
     p.seed = 12345;
-    for (int i = 0; i < 2; i++) pids[i] = ch_spawn(argv, NULL, NULL, errs[i]);
+    for (int i = 0; i < 2; i++)
+        pids[i] = ch_spawn(argv, NULL, NULL, errs[i]);
     ch_producer_start(&p);
     for (int tries = 0; tries < 400 && !ch_producer_done(&p); tries++) {
         outbox_store s;
@@ -1187,6 +1293,7 @@ int main(void)
     RUN(newer_schema_refused_everywhere);
     RUN(init_without_meta_row);
     RUN(init_up_to_date);
+    RUN(documented_roles);
     RUN(logs_are_one_line);
     RUN(claim_before_analyze);
     RUN(relay_instances_in_status);

@@ -394,7 +394,8 @@ static const char *const migrations[] = {
     "  END IF;\n"
     " END LOOP;\n"
     " total := octet_length(enqueue.payload::text) + octet_length(hdr::text)"
-    "  + octet_length(enqueue.type) + octet_length(enqueue.aggregate_id) + octet_length(agg_type);\n"
+    "  + octet_length(enqueue.type) + octet_length(enqueue.aggregate_id)"
+    "  + octet_length(agg_type);\n"
     " IF total > 1048576 THEN\n"
     "  RAISE EXCEPTION 'outbox.enqueue: message is % bytes, over the 1048576-byte limit', total"
     " USING ERRCODE = '54000';\n"
@@ -683,7 +684,8 @@ static int unrecorded_schema(PGconn *conn, const char *schema, const char *qsche
     }
     PQclear(res);
     if (parts < 1 || parts > MAX_PARTITIONS) parts = DEFAULT_PARTITIONS;
-    if (version < 0) snprintf(found, sizeof found, "schema_version '%s', not a version number", bad);
+    if (version < 0)
+        snprintf(found, sizeof found, "schema_version '%s', not a version number", bad);
     else snprintf(found, sizeof found, "no schema_version");
     if (guess < 1 || guess > SCHEMA_VERSION)
         return outbox__error(err, OUTBOX_ESTORE,
