@@ -13,6 +13,9 @@
  *
  * fsync stays on: the crash tests stop the server with
  * `pg_ctl stop -m immediate`, which is a crash from the database's view.
+ *
+ * Tests that include internal.h first also get store-level helpers: open
+ * a store, claim (plain or pipelined), complete as sent, capture the log.
  */
 #ifndef OUTBOX_PG_HARNESS_H
 #define OUTBOX_PG_HARNESS_H
@@ -344,5 +347,71 @@ static inline int64_t pgh_outbox_count(const pgh_server *s, const char *status)
     PQfinish(c);
     return n;
 }
+
+/* ------------------------------------------------------------------------
+ * Store-level helpers, for tests that include internal.h first
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_INTERNAL_H
+
+/* A log callback that appends "<level> <message>\n" to the outbox_buf in
+ * user (levels: D, I, W, E). */
+static inline void pgh_capture_log(void *user, int level, const char *component,
+                                   const char *message)
+{
+    outbox_buf *b = user;
+    (void)component;
+    outbox__buf_puts(b, level >= OUTBOX_LOG_ERROR  ? "E "
+                        : level >= OUTBOX_LOG_WARN ? "W "
+                        : level >= OUTBOX_LOG_INFO ? "I "
+                                                   : "D ");
+    outbox__buf_puts(b, message);
+    outbox__buf_puts(b, "\n");
+}
+
+static inline void pgh_store_open(outbox_store *s, const char *url)
+{
+    outbox_error err;
+    int rc = outbox__store_open(s, url, &err);
+    if (rc != OUTBOX_OK) TEST_FAIL_("opening %s: %d %s", url, rc, err.message);
+}
+
+/* Claims up to batch messages (failed messages block their aggregate),
+ * plainly or pipelined with nothing in flight; fails the test on an error. */
+static inline size_t pgh_claim(outbox_store *s, int pipelined, size_t batch, outbox_msg ***msgs)
+{
+    outbox_claim_params p = {batch, outbox__now_us(), 1, 0};
+    outbox_error err;
+    size_t n = 0;
+    int rc = pipelined ? s->ops->claim_pipelined(s->state, &p, NULL, 0, msgs, &n, &err)
+                       : s->ops->claim(s->state, &p, msgs, &n, &err);
+    if (rc != OUTBOX_OK) TEST_FAIL_("claim: %d %s", rc, err.message);
+    return n;
+}
+
+/* Records every message of a claim as sent (deleted). */
+static inline void pgh_complete_sent(outbox_store *s, int pipelined, outbox_msg **msgs, size_t n)
+{
+    outbox_completion *c = calloc(n ? n : 1, sizeof *c);
+    outbox_complete_params p = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 10000};
+    outbox_error err;
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        c[i].msg = msgs[i];
+        c[i].outcome = OUTBOX_OUTCOME_SENT;
+    }
+    rc = pipelined ? s->ops->complete_pipelined(s->state, c, n, &p, 0, &err)
+                   : s->ops->complete(s->state, c, n, &p, &err);
+    free(c);
+    if (rc != OUTBOX_OK) TEST_FAIL_("complete: %d %s", rc, err.message);
+}
+
+static inline void pgh_free_msgs(outbox_msg **msgs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) outbox_msg_free(msgs[i]);
+    free(msgs);
+}
+
+#endif /* OUTBOX_INTERNAL_H */
 
 #endif /* OUTBOX_PG_HARNESS_H */

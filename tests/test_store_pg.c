@@ -10,7 +10,7 @@
  * lock held exactly while the store waits), the upgrade from schema
  * version 2 to 3 (rows kept; a flag without the lock notifies nobody; a
  * role that may only insert into the outbox still wakes the relay) and
- * on to 4, the claim floor (never above a row an open transaction may
+ * on to 5, the claim floor (never above a row an open transaction may
  * still commit; a requeue below it is claimed at once and in order; a role
  * that cannot read the sequence claims without it), partition leases
  * shared by two relays, reconnecting after the connection is killed, and
@@ -128,9 +128,9 @@ TEST(init_and_schema)
     ASSERT_CONTAINS(err.message, "outbox init");
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
     ASSERT_EQ(from, 0);
-    ASSERT_EQ(to, 4);
+    ASSERT_EQ(to, 5);
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-    ASSERT_EQ(from, 4);
+    ASSERT_EQ(from, 5);
     ASSERT_OK(s.ops->check_schema(s.state, &err), &err);
     outbox__store_close(&s);
 
@@ -144,13 +144,13 @@ TEST(init_and_schema)
     ASSERT_EQ(outbox_schema_init_pg(c, "other_schema", &err), OUTBOX_EINVAL);
     pgh_exec(c, "ROLLBACK");
 
-    /* A version 1 schema (no waiting flag) is upgraded to 4. */
+    /* A version 1 schema (no waiting flag) is upgraded to 5. */
     pgh_exec(c, "ALTER TABLE other_schema.relays DROP COLUMN waiting");
     pgh_exec(c, "DROP FUNCTION other_schema.wake_relays()");
     pgh_exec(c, "UPDATE other_schema.meta SET value = '1' WHERE key = 'schema_version'");
     ASSERT_OK(outbox_schema_init_pg(c, "other_schema", &err), &err);
     ASSERT_EQ(pgh_count(c, "SELECT value::int FROM other_schema.meta WHERE key = 'schema_version'"),
-              4);
+              5);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                            " 'other_schema' AND table_name = 'relays' AND column_name = 'waiting'"),
               1);
@@ -219,7 +219,7 @@ TEST(upgrade_v2_to_v3)
 
     ASSERT_OK(outbox_schema_init_pg(c, "v2_schema", &err), &err);
     ASSERT_EQ(pgh_count(c, "SELECT value::int FROM v2_schema.meta WHERE key = 'schema_version'"),
-              4);
+              5);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM v2_schema.outbox"), 2);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_proc WHERE proname = 'notify_enqueue'"
                            " AND pronamespace = 'v2_schema'::regnamespace AND NOT prosecdef"),
@@ -999,7 +999,7 @@ TEST(claim_order_and_outcomes)
     ASSERT_EQ(st.pending, 0);
     ASSERT_EQ(st.failed, 1);
     ASSERT_EQ(st.sent, 1);
-    ASSERT_EQ(st.schema_version, 4);
+    ASSERT_EQ(st.schema_version, 5);
     char failed_id[64];
     snprintf(failed_id, sizeof failed_id, "%s", "");
     {
@@ -1770,8 +1770,8 @@ TEST(partitions_shared)
 
     outbox_status st;
     ASSERT_OK(a.ops->status(a.state, &st, &err), &err);
-    ASSERT_CONTAINS(st.lease_owner, "relay-a[");
-    ASSERT_CONTAINS(st.lease_owner, "relay-b[");
+    ASSERT_CONTAINS(st.lease_owner, "relay-a@");
+    ASSERT_CONTAINS(st.lease_owner, "relay-b@");
 
     for (int i = 0; i < 200; i++) {
         char agg[16];

@@ -85,8 +85,9 @@
  * poll claims anyway, and it is needed when a wake-up does not come: a
  * transaction whose INSERT ran before the flag was set and that commits
  * after the relay's last claim, or an enqueuer that took the flag and then
- * rolled back while another one skipped it.  Flags of relays whose session
- * died are cleared when a relay registers or sees the live count drop.
+ * rolled back while another one skipped it.  The rows (and flags) of
+ * relays whose session died are deleted when a relay registers or sees the
+ * live count drop.
  *
  * Connection loss: every driver call first makes sure the connection is
  * up, reconnecting when it broke (claim state, partitions and LISTEN are
@@ -103,6 +104,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,6 +290,126 @@ static const char *const migrations[] = {
     "CREATE TRIGGER outbox_requeue AFTER UPDATE OF status ON {s}.outbox FOR EACH ROW"
     " WHEN (OLD.status <> 'pending' AND NEW.status = 'pending')"
     " EXECUTE FUNCTION {s}.renew_requeue_epoch();",
+    /* 5: the table refuses what enqueue refuses, for writers in any
+     * language (guarantee 7).  The checks bind pending rows only: sent and
+     * failed rows are never published, and a row the claim quarantines
+     * (marks Failed) must stay writable whatever it holds.  NOT VALID: rows
+     * written before this version are not checked now (one of them would
+     * fail init, and the scan would hold the table's lock); the claim
+     * quarantines those it cannot decode, after which `ALTER TABLE ...
+     * VALIDATE CONSTRAINT` succeeds.  Control characters are U+0001..U+001F
+     * and U+007F, as in the C library, whatever the locale; in headers they
+     * are found as the escapes of the JSON text (one cached regular
+     * expression: per-header jsonpath regexes cost 17 us per row with two
+     * headers, this 4).  The traceparent header is checked under its W3C
+     * (lower-case) name; other spellings are left to the claim's check.
+     * outbox_blocking's key is bounded (the first 256 characters of the
+     * aggregate id: all of a valid one), so that any row, however long its
+     * aggregate id, can be marked Failed; the claim's probe compares both.
+     * meta becomes readable by every role, so that enqueuing roles can check
+     * the schema version (it holds no secrets).  Repeatable, like 4. */
+    "ALTER TABLE {s}.outbox DROP CONSTRAINT IF EXISTS outbox_id_valid,"
+    " DROP CONSTRAINT IF EXISTS outbox_type_valid, DROP CONSTRAINT IF EXISTS"
+    " outbox_aggregate_valid, DROP CONSTRAINT IF EXISTS outbox_headers_valid,"
+    " DROP CONSTRAINT IF EXISTS outbox_times_valid;"
+    "ALTER TABLE {s}.outbox"
+    " ADD CONSTRAINT outbox_id_valid CHECK (status <> 'pending'"
+    "  OR id <> '00000000-0000-0000-0000-000000000000') NOT VALID,"
+    " ADD CONSTRAINT outbox_type_valid CHECK (status <> 'pending' OR (octet_length(type) <= 256"
+    "  AND type ~ '[^ \\t]' AND type !~ '[\\x01-\\x1f\\x7f]')) NOT VALID,"
+    " ADD CONSTRAINT outbox_aggregate_valid CHECK (status <> 'pending'"
+    "  OR (octet_length(aggregate_id) <= 256 AND aggregate_id ~ '[^ \\t]'"
+    "  AND aggregate_id !~ '[\\x01-\\x1f\\x7f]' AND octet_length(aggregate_type) <= 256"
+    "  AND aggregate_type !~ '[\\x01-\\x1f\\x7f]')) NOT VALID,"
+    " ADD CONSTRAINT outbox_headers_valid CHECK (status <> 'pending' OR headers = '{}' OR ("
+    "  NOT jsonb_path_exists(headers, 'strict $.* ? (@.type() != \"string\")')"
+    "  AND NOT headers ? ''"
+    "  AND headers::text !~ '(^|[^\\\\])(\\\\\\\\)*\\\\(u00[01][0-9a-fA-F]|[bfnrt])|\\x7f'"
+    "  AND coalesce((headers ->> 'traceparent') ~"
+    "   '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-|$)'"
+    "   AND left(headers ->> 'traceparent', 2) <> 'ff'"
+    "   AND NOT (left(headers ->> 'traceparent', 3) = '00-'"
+    "    AND length(headers ->> 'traceparent') > 55)"
+    "   AND substr(headers ->> 'traceparent', 4, 32) <> repeat('0', 32)"
+    "   AND substr(headers ->> 'traceparent', 37, 16) <> repeat('0', 16), true))) NOT VALID,"
+    " ADD CONSTRAINT outbox_times_valid CHECK (status <> 'pending' OR"
+    "  (occurred_at >= '1970-01-01 00:00:00+00' AND occurred_at < '10000-01-01 00:00:00+00'"
+    "  AND available_at >= '1970-01-01 00:00:00+00'"
+    "  AND available_at < '10000-01-01 00:00:00+00')) NOT VALID;"
+    "DROP INDEX IF EXISTS {s}.outbox_blocking;"
+    "CREATE INDEX outbox_blocking ON {s}.outbox (left(aggregate_id, 256), seq)"
+    " WHERE status = 'failed' OR attempts > 0;"
+    "ALTER TABLE {s}.relays ADD COLUMN IF NOT EXISTS note text;"
+    "GRANT SELECT ON {s}.meta TO PUBLIC;"
+    "CREATE OR REPLACE FUNCTION {s}.enqueue(type text, aggregate_id text, payload jsonb,"
+    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
+    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
+    "DECLARE h record; v text; new_id uuid; hdr jsonb := coalesce(enqueue.headers, '{}');\n"
+    " agg_type text := coalesce(enqueue.aggregate_type, ''); total bigint;\n"
+    " at timestamptz := coalesce(enqueue.occurred_at, now());\n"
+    "BEGIN\n"
+    " IF enqueue.type IS NULL OR octet_length(enqueue.type) NOT BETWEEN 1 AND 256"
+    "  OR enqueue.type ~ '[\\x01-\\x1f\\x7f]' OR enqueue.type !~ '[^ \\t]' THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: type must be 1 to 256 bytes of text, not blank, without"
+    " control characters' USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF enqueue.aggregate_id IS NULL OR octet_length(enqueue.aggregate_id) NOT BETWEEN 1 AND"
+    " 256 OR enqueue.aggregate_id ~ '[\\x01-\\x1f\\x7f]' OR enqueue.aggregate_id !~ '[^ \\t]'"
+    " THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: aggregate_id must be 1 to 256 bytes of text, not blank,"
+    " without control characters' USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF octet_length(agg_type) > 256 OR agg_type ~ '[\\x01-\\x1f\\x7f]' THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: aggregate_type must be at most 256 bytes of text"
+    " without control characters' USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF NOT (at >= '1970-01-01 00:00:00+00' AND at < '10000-01-01 00:00:00+00') THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: occurred_at % is outside the years 1970 to 9999', at"
+    " USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF enqueue.payload IS NULL THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: payload is SQL NULL; pass JSON, e.g. ''{}''::jsonb'"
+    " USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF jsonb_typeof(hdr) <> 'object' THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: headers must be a JSON object of strings, not %',"
+    " jsonb_typeof(hdr) USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " FOR h IN SELECT key, value FROM jsonb_each(hdr) LOOP\n"
+    "  IF jsonb_typeof(h.value) <> 'string' THEN\n"
+    "   RAISE EXCEPTION 'outbox.enqueue: header % must be a string, not %', quote_literal(h.key),"
+    " jsonb_typeof(h.value) USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  v := h.value #>> '{}';\n"
+    "  IF h.key = '' OR h.key ~ '[\\x01-\\x1f\\x7f]' OR v ~ '[\\x01-\\x1f\\x7f]' THEN\n"
+    "   RAISE EXCEPTION 'outbox.enqueue: header names must be non-empty and header names and"
+    " values free of control characters (header %)', quote_literal(h.key)"
+    " USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  IF lower(h.key) = 'traceparent' AND (v !~"
+    " '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-|$)' OR v ~ '^ff'"
+    " OR v ~ '^00-.{52}.' OR v ~ '^.{3}0{32}-' OR v ~ '^.{36}0{16}-') THEN\n"
+    "   RAISE EXCEPTION 'outbox.enqueue: header traceparent is not W3C trace-context"
+    " (00-<32 hex>-<16 hex>-<2 hex>, ids not all zero)' USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    " END LOOP;\n"
+    " total := octet_length(enqueue.payload::text) + octet_length(hdr::text)"
+    "  + octet_length(enqueue.type) + octet_length(enqueue.aggregate_id)"
+    "  + octet_length(agg_type);\n"
+    " IF total > 1048576 THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: message is % bytes, over the 1048576-byte limit', total"
+    " USING ERRCODE = '54000';\n"
+    " END IF;\n"
+    " new_id := coalesce(enqueue.id, {s}.uuid_v7());\n"
+    " IF new_id = '00000000-0000-0000-0000-000000000000' THEN\n"
+    "  RAISE EXCEPTION 'outbox.enqueue: id is the nil UUID, which cannot tell messages apart'"
+    " USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload,"
+    " headers) VALUES (new_id, at, enqueue.type, agg_type, enqueue.aggregate_id,"
+    " enqueue.payload, hdr);\n"
+    " RETURN new_id;\n"
+    "END $fn$;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -322,27 +444,68 @@ static int schema_error(const char *schema, outbox_error *err)
                          shown);
 }
 
-/* Removes the trailing newline libpq puts on messages; returns a static-
- * lifetime-free pointer into a copy in buf. */
+/* Copies a message from libpq or the server into buf as one line (log
+ * lines and errors are one line each): line breaks and the indentation
+ * after them become one space, or ". " between a word and a capitalised
+ * next line ("...unexpectedly\n\tThis probably means..."); trailing
+ * blanks go.  Returns buf. */
 static const char *pq_message(const char *msg, char *buf, size_t len)
 {
-    size_t n;
-    snprintf(buf, len, "%s", msg && *msg ? msg : "unknown error");
-    n = strlen(buf);
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' ')) buf[--n] = '\0';
+    const char *p = msg && *msg ? msg : "unknown error";
+    size_t o = 0;
+
+    if (len == 0) return buf;
+    while (*p && o + 1 < len) {
+        if (*p == '\n' || *p == '\r') {
+            const char *q = p;
+            while (*q == '\n' || *q == '\r' || *q == '\t' || *q == ' ') q++;
+            if (!*q) break;
+            if (o > 0 && isalnum((unsigned char)buf[o - 1]) && isupper((unsigned char)*q) &&
+                o + 2 < len)
+                buf[o++] = '.';
+            if (o > 0 && buf[o - 1] != ' ') buf[o++] = ' ';
+            p = q;
+            continue;
+        }
+        buf[o++] = *p == '\t' ? ' ' : *p;
+        p++;
+    }
+    while (o > 0 && buf[o - 1] == ' ') o--;
+    buf[o] = '\0';
     return buf;
+}
+
+/* The error text of a failed result (res may be NULL: conn's message) as
+ * one line: the server's message and its detail and hint, without the
+ * severity prefix and without a "Failing row contains (...)" detail, which
+ * would copy a whole row (payload included) into logs. */
+static const char *pq_error_text(const PGconn *conn, const PGresult *res, char *buf, size_t len)
+{
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    char joined[1024];
+
+    if (primary && *primary) {
+        const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+        const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+        if (detail && strncmp(detail, "Failing row contains", 20) == 0) detail = NULL;
+        snprintf(joined, sizeof joined, "%s%s%s%s%s%s", primary, detail ? " (" : "",
+                 detail ? detail : "", detail ? ")" : "", hint ? "; hint: " : "",
+                 hint ? hint : "");
+        return pq_message(joined, buf, len);
+    }
+    primary = res ? PQresultErrorMessage(res) : NULL;
+    if (!primary || !*primary) primary = conn ? PQerrorMessage(conn) : "no connection";
+    return pq_message(primary, buf, len);
 }
 
 /* Maps a failed result (res may be NULL) to an outbox code and fills err. */
 static int pq_fail(PGconn *conn, PGresult *res, const char *what, outbox_error *err)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *text = res ? PQresultErrorMessage(res) : NULL;
     char buf[400];
     int code = OUTBOX_ESTORE;
 
-    if (!text || !*text) text = conn ? PQerrorMessage(conn) : "no connection";
-    pq_message(text, buf, sizeof buf);
+    pq_error_text(conn, res, buf, sizeof buf);
     if (conn == NULL || PQstatus(conn) == CONNECTION_BAD)
         return outbox__error(err, OUTBOX_EIO, "%s: the PostgreSQL connection was lost: %s",
                              what, buf);
@@ -434,9 +597,19 @@ static int64_t parse_i64(const char *s)
     return s && *s ? strtoll(s, NULL, 10) : 0;
 }
 
-/* Reads schema_version (and partitions) from {s}.meta; 0 when absent. */
+/* A schema version as stored in meta: 1 to 9 digits; -1 otherwise. */
+static int parse_version(const char *s)
+{
+    size_t n = strspn(s, "0123456789");
+    if (n == 0 || n > 9 || s[n] != '\0') return -1;
+    return atoi(s);
+}
+
+/* Reads schema_version (and partitions) from {s}.meta: *version 0 when the
+ * table or the row is absent, -1 when the row holds something else than a
+ * version number (its text copied to bad, which may be NULL). */
 static int read_meta(PGconn *conn, const char *qschema, int *version, int *partitions,
-                     outbox_error *err)
+                     char *bad, size_t bad_len, outbox_error *err)
 {
     char sql[256];
     PGresult *res;
@@ -444,6 +617,7 @@ static int read_meta(PGconn *conn, const char *qschema, int *version, int *parti
 
     *version = 0;
     if (partitions) *partitions = 0;
+    if (bad && bad_len) bad[0] = '\0';
     snprintf(sql, sizeof sql, "SELECT key, value FROM %s.meta", qschema);
     res = PQexec(conn, sql);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -458,30 +632,114 @@ static int read_meta(PGconn *conn, const char *qschema, int *version, int *parti
     }
     for (i = 0; i < PQntuples(res); i++) {
         const char *k = PQgetvalue(res, i, 0);
-        if (strcmp(k, "schema_version") == 0) *version = (int)parse_i64(PQgetvalue(res, i, 1));
-        else if (strcmp(k, "partitions") == 0 && partitions)
+        if (strcmp(k, "schema_version") == 0) {
+            *version = parse_version(PQgetvalue(res, i, 1));
+            if (*version <= 0) {
+                *version = -1;
+                if (bad && bad_len) snprintf(bad, bad_len, "%.60s", PQgetvalue(res, i, 1));
+            }
+        } else if (strcmp(k, "partitions") == 0 && partitions)
             *partitions = (int)parse_i64(PQgetvalue(res, i, 1));
     }
     PQclear(res);
     return OUTBOX_OK;
 }
 
+/* The error for a schema whose outbox table exists while meta does not say
+ * its version (version 0: no row; -1: bad, the text found): what the
+ * tables look like and how to record it. */
+static int unrecorded_schema(PGconn *conn, const char *schema, const char *qschema, int version,
+                             const char *bad, outbox_error *err)
+{
+    char outbox[200], relays[200], found[128];
+    const char *params[3];
+    PGresult *res;
+    int guess = 0, parts = 0;
+
+    snprintf(outbox, sizeof outbox, "%s.outbox", qschema);
+    snprintf(relays, sizeof relays, "%s.relays", qschema);
+    params[0] = outbox;
+    params[1] = relays;
+    params[2] = qschema;
+    res = PQexecParams(
+        conn,
+        "SELECT CASE"
+        " WHEN NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)"
+        "  AND attname = 'partition' AND NOT attisdropped) THEN 0"
+        " WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1)"
+        "  AND conname = 'outbox_times_valid') THEN 5"
+        " WHEN EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1)"
+        "  AND tgname = 'outbox_requeue') THEN 4"
+        " WHEN EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'wake_relays'"
+        "  AND pronamespace = $3::regnamespace) THEN 3"
+        " WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($2)"
+        "  AND attname = 'waiting' AND NOT attisdropped) THEN 2 ELSE 1 END,"
+        " (SELECT substring(pg_get_expr(d.adbin, d.adrelid) FROM '%\\s*\\(?([0-9]+)')"
+        "  FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
+        "  WHERE d.adrelid = to_regclass($1) AND a.attname = 'partition')",
+        3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        guess = (int)parse_i64(PQgetvalue(res, 0, 0));
+        parts = (int)parse_i64(PQgetvalue(res, 0, 1));
+    }
+    PQclear(res);
+    if (parts < 1 || parts > MAX_PARTITIONS) parts = DEFAULT_PARTITIONS;
+    if (version < 0)
+        snprintf(found, sizeof found, "schema_version '%s', not a version number", bad);
+    else snprintf(found, sizeof found, "no schema_version");
+    if (guess < 1 || guess > SCHEMA_VERSION)
+        return outbox__error(err, OUTBOX_ESTORE,
+                             "the PostgreSQL schema %s has an outbox table, but %s.meta has %s: "
+                             "it was not made by outbox; use another schema= for the outbox",
+                             schema, schema, found);
+    return outbox__error(err, OUTBOX_ESTORE,
+                         "the PostgreSQL schema %s has the outbox tables, but %s.meta has %s; "
+                         "they look like outbox schema version %d with %d partitions: if outbox "
+                         "made them, record that with INSERT INTO %s.meta (key, value) VALUES "
+                         "('schema_version', '%d'), ('partitions', '%d') ON CONFLICT (key) DO "
+                         "UPDATE SET value = excluded.value; and run init again (otherwise use "
+                         "another schema= for the outbox)",
+                         schema, schema, found, guess, parts, qschema, guess, parts);
+}
+
+/* Says, when the store URL asked for another partition count than the
+ * schema has, that the count is fixed at creation. */
+static void partitions_note(const char *schema, int requested, int stored)
+{
+    if (requested > 0 && stored > 0 && requested != stored)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "partitions=%d is not applied: the outbox schema %s has %d partitions, "
+                    "fixed when it was created (for another count, create a new schema)",
+                    requested, schema, stored);
+}
+
 /* Creates or upgrades the schema in one transaction (conn must have none
  * open); serialised against concurrent inits by a transaction-level
- * advisory lock. */
-static int migrate(PGconn *conn, const char *schema, int partitions, int *from, int *to,
+ * advisory lock.  requested: the partition count asked for (0: default),
+ * used only when the schema is created.  A schema already up to date is
+ * only read (no DDL: a role that may read meta but not create can run it). */
+static int migrate(PGconn *conn, const char *schema, int requested, int *from, int *to,
                    outbox_error *err)
 {
-    char qschema[160], what[128];
+    char qschema[160], what[128], bad[64];
     outbox_buf b;
-    int version = 0, stored_parts = 0, v, code;
+    int version = 0, stored_parts = 0, v, code, exists;
+    int partitions = requested > 0 ? requested : DEFAULT_PARTITIONS;
     const char *params[1];
+    outbox_error ignored;
     PGresult *res;
 
     if (from) *from = 0;
     if (to) *to = 0;
     code = quote_schema(conn, schema, qschema, sizeof qschema, err);
     if (code != OUTBOX_OK) return code;
+    if (read_meta(conn, qschema, &version, &stored_parts, NULL, 0, &ignored) == OUTBOX_OK &&
+        version == SCHEMA_VERSION) {
+        partitions_note(schema, requested, stored_parts);
+        if (from) *from = version;
+        if (to) *to = version;
+        return OUTBOX_OK;
+    }
     outbox__buf_init(&b);
     code = exec_sql(conn, "BEGIN", "starting the schema transaction", err);
     if (code != OUTBOX_OK) goto out;
@@ -499,18 +757,32 @@ static int migrate(PGconn *conn, const char *schema, int partitions, int *from, 
     expand(&b, meta_sql, qschema, schema, partitions);
     code = exec_sql(conn, b.data, "creating the outbox schema", err);
     if (code != OUTBOX_OK) goto fail;
-    code = read_meta(conn, qschema, &version, &stored_parts, err);
+    code = read_meta(conn, qschema, &version, &stored_parts, bad, sizeof bad, err);
     if (code != OUTBOX_OK) goto fail;
+    if (version <= 0) {
+        outbox__buf_reset(&b);
+        outbox__buf_printf(&b, "SELECT to_regclass('%s.outbox') IS NOT NULL", qschema);
+        res = PQexec(conn, b.data);
+        exists = PQresultStatus(res) == PGRES_TUPLES_OK && PQgetvalue(res, 0, 0)[0] == 't';
+        PQclear(res);
+        if (exists || version < 0) {
+            code = unrecorded_schema(conn, schema, qschema, version, bad, err);
+            goto fail;
+        }
+    }
     if (from) *from = version;
     if (to) *to = version;
     if (version > SCHEMA_VERSION) {
         code = outbox__error(err, OUTBOX_ESCHEMANEWER,
-                             "the outbox schema %s is version %d, newer than version %d known "
-                             "to liboutbox %s: upgrade outbox",
+                             "the outbox schema %s is version %d, newer than this build's %d "
+                             "(liboutbox %s): upgrade outbox",
                              schema, version, SCHEMA_VERSION, outbox_version());
         goto fail;
     }
-    if (version > 0 && stored_parts > 0) partitions = stored_parts;
+    if (version > 0 && stored_parts > 0) {
+        partitions_note(schema, requested, stored_parts);
+        partitions = stored_parts;
+    }
     for (v = version; v < SCHEMA_VERSION; v++) {
         expand(&b, migrations[v], qschema, schema, partitions);
         if (b.oom) {
@@ -556,7 +828,7 @@ int outbox_schema_init_pg(PGconn *conn, const char *schema, outbox_error *err)
         return outbox__error(err, OUTBOX_EINVAL,
                              "outbox_schema_init_pg runs its own transaction: call it with no "
                              "transaction open (COMMIT or ROLLBACK first)");
-    return migrate(conn, schema, DEFAULT_PARTITIONS, NULL, NULL, err);
+    return migrate(conn, schema, 0, NULL, NULL, err);
 }
 
 /* ------------------------------------------------------------------------
@@ -615,12 +887,57 @@ static void prepared_remember(const PGconn *conn, int pid, const char *name)
     pthread_mutex_unlock(&prepared_lock);
 }
 
-/* Makes sure the insert template tmpl is prepared on conn as `stmt_name`.
- * Checks the catalog first (a query that cannot fail in a healthy
- * transaction), so a missing schema gives ENOSCHEMA without aborting the
- * caller's transaction. */
+/* Refuses a schema newer than this build on conn: reads meta's version
+ * when this role may (since version 5 every role may; an older schema
+ * whose meta it cannot read is not newer).  Runs only queries that cannot
+ * fail, so a caller's transaction stays usable. */
+static int refuse_newer_schema(PGconn *conn, const char *schema, const char *qschema,
+                               outbox_error *err)
+{
+    char meta[200], sql[256];
+    const char *params[1];
+    PGresult *res;
+    int readable, version;
+
+    snprintf(meta, sizeof meta, "%s.meta", qschema);
+    params[0] = meta;
+    res = PQexecParams(conn,
+                       "SELECT to_regclass($1) IS NOT NULL AND has_table_privilege($1, 'SELECT')",
+                       1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        int code = pq_fail(conn, res, "checking the outbox schema version", err);
+        PQclear(res);
+        return code;
+    }
+    readable = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (!readable) return OUTBOX_OK;
+    snprintf(sql, sizeof sql, "SELECT value FROM %s WHERE key = 'schema_version'", meta);
+    res = PQexec(conn, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        int code = pq_fail(conn, res, "checking the outbox schema version", err);
+        PQclear(res);
+        return code;
+    }
+    version = PQntuples(res) > 0 ? parse_version(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    if (version > SCHEMA_VERSION)
+        return outbox__error(err, OUTBOX_ESCHEMANEWER,
+                             "the outbox schema %s is version %d, newer than this build's %d "
+                             "(liboutbox %s): upgrade outbox; nothing was written",
+                             schema, version, SCHEMA_VERSION, outbox_version());
+    return OUTBOX_OK;
+}
+
+/* Makes sure the template tmpl (nparams parameters) is prepared on conn as
+ * `stmt_name`, and, when it is not yet known to be, that the schema holds
+ * `table` and is not newer than this build (once per connection, like
+ * the statement).  Checks the catalog first (queries that cannot fail in a
+ * healthy transaction), so a missing schema gives ENOSCHEMA and a newer one
+ * ESCHEMANEWER without aborting the caller's transaction. */
 static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_name,
-                           const char *tmpl, outbox_error *err)
+                           const char *tmpl, int nparams, const char *table_name,
+                           outbox_error *err)
 {
     char qschema[160], table[200];
     const char *params[2];
@@ -631,7 +948,7 @@ static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_na
     if (prepared_known(conn, pid, stmt_name)) return OUTBOX_OK;
     code = quote_schema(conn, schema, qschema, sizeof qschema, err);
     if (code != OUTBOX_OK) return code;
-    snprintf(table, sizeof table, "%s.outbox", qschema);
+    snprintf(table, sizeof table, "%s.%s", qschema, table_name);
     params[0] = stmt_name;
     params[1] = table;
     res = PQexecParams(conn,
@@ -648,20 +965,22 @@ static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_na
     PQclear(res);
     if (!exists)
         return outbox__error(err, OUTBOX_ENOSCHEMA,
-                             "no outbox table %s.outbox in this database: run `outbox init "
+                             "no %s table %s.%s in this database: run `outbox init "
                              "--store postgres://...?schema=%s` or call outbox_schema_init_pg",
-                             schema, schema);
+                             table_name, schema, table_name, schema);
+    code = refuse_newer_schema(conn, schema, qschema, err);
+    if (code != OUTBOX_OK) return code;
     if (!have) {
         outbox__buf_init(&b);
         expand(&b, tmpl, qschema, schema, 0);
         if (b.oom) {
             outbox__buf_free(&b);
-            return outbox__error(err, OUTBOX_ENOMEM, "out of memory preparing the insert");
+            return outbox__error(err, OUTBOX_ENOMEM, "out of memory preparing a statement");
         }
-        res = PQprepare(conn, stmt_name, b.data, 7, NULL);
+        res = PQprepare(conn, stmt_name, b.data, nparams, NULL);
         outbox__buf_free(&b);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            code = pq_fail(conn, res, "preparing the outbox insert", err);
+            code = pq_fail(conn, res, "preparing a statement", err);
             PQclear(res);
             return code;
         }
@@ -757,7 +1076,7 @@ int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg 
     code = outbox__msg_check_size(msg, err);
     if (code != OUTBOX_OK) return code;
     stmt_name_for(schema, name, sizeof name);
-    code = ensure_prepared(conn, schema, name, insert_tmpl, err);
+    code = ensure_prepared(conn, schema, name, insert_tmpl, 7, "outbox", err);
     if (code != OUTBOX_OK) return code;
     return insert_msg(conn, name, msg, err);
 }
@@ -850,7 +1169,7 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
     if (n > 0) {
         /* Once per connection, outside the pipeline; the transaction stays
          * usable when this fails. */
-        code = ensure_prepared(conn, schema, name, insert_commit_tmpl, err);
+        code = ensure_prepared(conn, schema, name, insert_commit_tmpl, 7, "outbox", err);
         if (code != OUTBOX_OK) return code;
     }
 
@@ -977,15 +1296,20 @@ out:
     return code;
 }
 
+/* The inbox insert, prepared once per connection as
+ * "outbox_inbox_record.<schema>". */
+static const char inbox_record_tmpl[] =
+    "INSERT INTO {s}.inbox (consumer, message_id) VALUES ($1, $2::uuid) ON CONFLICT DO NOTHING";
+
 /* Records (consumer, message_id) in schema's inbox inside the caller's open
  * transaction.  OUTBOX_OK the first time, OUTBOX_DUPLICATE afterwards.
  * OUTBOX_ENOTXN, OUTBOX_EINVAL (consumer), OUTBOX_EBADID, OUTBOX_ECONFIG
- * (schema name), OUTBOX_ENOSCHEMA or a mapped database error.  Uses
- * PQexecParams (one round trip, no prepared statement). */
+ * (schema name), OUTBOX_ENOSCHEMA, OUTBOX_ESCHEMANEWER (both leave the
+ * transaction usable) or a mapped database error. */
 int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *consumer,
                                   const char *message_id, outbox_error *err)
 {
-    char qschema[160], sql[320];
+    char name[96];
     const char *params[2];
     const unsigned char *c;
     PGresult *res;
@@ -1009,15 +1333,13 @@ int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *
     if (!message_id || !outbox_uuid_valid(message_id))
         return outbox__error(err, OUTBOX_EBADID,
                              "inbox message id must be a UUID (8-4-4-4-12 hex digits)");
-    code = quote_schema(conn, schema, qschema, sizeof qschema, err);
+    if (!valid_schema(schema)) return schema_error(schema, err);
+    snprintf(name, sizeof name, "outbox_inbox_record.%s", schema);
+    code = ensure_prepared(conn, schema, name, inbox_record_tmpl, 2, "inbox", err);
     if (code != OUTBOX_OK) return code;
-    snprintf(sql, sizeof sql,
-             "INSERT INTO %s.inbox (consumer, message_id) VALUES ($1, $2::uuid)"
-             " ON CONFLICT DO NOTHING",
-             qschema);
     params[0] = consumer;
     params[1] = message_id;
-    res = PQexecParams(conn, sql, 2, NULL, params, NULL, NULL, 0);
+    res = PQexecPrepared(conn, name, 2, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         code = pq_fail(conn, res, "recording the message in the inbox", err);
     else if (strcmp(PQcmdTuples(res), "0") == 0)
@@ -1046,7 +1368,10 @@ int outbox_inbox_purge_pg(PGconn *conn, const char *schema, int64_t retention_ms
     code = outbox__inbox_retention_check("outbox_inbox_purge_pg", retention_ms,
                                          redelivery_horizon_ms, err);
     if (code != OUTBOX_OK) return code;
-    code = quote_schema(conn, schema ? schema : DEFAULT_SCHEMA, qschema, sizeof qschema, err);
+    if (!schema) schema = DEFAULT_SCHEMA;
+    code = quote_schema(conn, schema, qschema, sizeof qschema, err);
+    if (code != OUTBOX_OK) return code;
+    code = refuse_newer_schema(conn, schema, qschema, err);
     if (code != OUTBOX_OK) return code;
     /* The cutoff in microseconds, as the server's clock sees it. */
     snprintf(cutoff, sizeof cutoff, "%lld",
@@ -1090,6 +1415,7 @@ typedef struct pg_store {
     int sleep_held;      /* this session holds the shared "asleep" lock */
     int in_txn;          /* a claim transaction is open */
     int prepared;        /* the hot statements are prepared on conn */
+    int schema_ok;       /* the schema version was checked on conn */
     int listening;
     int had_conn;        /* a connection existed: the next connect is a reconnect */
     int notified_first;  /* `changed` said 1 once */
@@ -1099,6 +1425,8 @@ typedef struct pg_store {
 
     /* Relay membership (after lease_acquire). */
     char owner[128];
+    char note[256];      /* lease_note's text, kept for re-registering */
+    int note_dirty;      /* note not yet written (set during a claim) */
     int64_t member_id;   /* row in {s}.relays, 0 when not registered */
     unsigned char *held; /* partitions[i] != 0 when this session holds i */
     int held_count;
@@ -1289,6 +1617,7 @@ static void forget_connection_state(pg_store *st)
 {
     st->in_txn = 0;
     st->prepared = 0;
+    st->schema_ok = 0;
     st->listening = 0;
     st->sleep_held = 0;
     st->member_id = 0;
@@ -1298,6 +1627,27 @@ static void forget_connection_state(pg_store *st)
 }
 
 static int register_member(pg_store *st, outbox_error *err);
+static int check_schema(pg_store *st, outbox_error *err);
+
+/* Server notices and warnings on the store's connections go to the log
+ * (one line each, never raw to stderr as libpq's default does): WARNING at
+ * warn level, NOTICE and INFO at info, the rest at debug. */
+static void notice_receiver(void *arg, const PGresult *res)
+{
+    const pg_store *st = arg;
+    const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    char text[600];
+    int level = OUTBOX_LOG_DEBUG;
+
+    if (!severity) severity = "NOTICE";
+    if (strcmp(severity, "WARNING") == 0) level = OUTBOX_LOG_WARN;
+    else if (strcmp(severity, "NOTICE") == 0 || strcmp(severity, "INFO") == 0)
+        level = OUTBOX_LOG_INFO;
+    if (!outbox__log_enabled(level)) return;
+    outbox__log(level, COMPONENT, "%s: server %s: %s", st->shown, severity,
+                pq_error_text(NULL, res, text, sizeof text));
+}
+
 
 /* Makes sure st->conn is up: connects (or reconnects after a loss, logging
  * it) and sets up the session (LISTEN, lock keys, relay membership). */
@@ -1330,6 +1680,7 @@ static int need_conn(pg_store *st, outbox_error *err)
         return code;
     }
     forget_connection_state(st);
+    PQsetNoticeReceiver(st->conn, notice_receiver, st);
     code = quote_schema(st->conn, st->schema, st->qschema, sizeof st->qschema, err);
     if (code != OUTBOX_OK) goto fail;
     params[0] = st->schema;
@@ -1354,7 +1705,8 @@ static int need_conn(pg_store *st, outbox_error *err)
     if (st->had_conn) outbox__log(OUTBOX_LOG_INFO, COMPONENT, "reconnected to %s", st->shown);
     st->had_conn = 1;
     if (st->owner[0]) {
-        code = register_member(st, err);
+        code = check_schema(st, err);
+        if (code == OUTBOX_OK) code = register_member(st, err);
         if (code != OUTBOX_OK) goto fail;
     }
     return OUTBOX_OK;
@@ -1452,29 +1804,37 @@ static int pg_init(void *state, int *from_version, int *to_version, outbox_error
     if (code != OUTBOX_OK) return code;
     rollback(st->conn);
     st->in_txn = 0;
-    code = migrate(st->conn, st->schema,
-                   st->url_partitions ? st->url_partitions : DEFAULT_PARTITIONS, from_version,
-                   to_version, err);
+    code = migrate(st->conn, st->schema, st->url_partitions, from_version, to_version, err);
     st->partitions = 0;
+    st->schema_ok = 0;
     return code;
 }
 
-/* Reads the schema version and partition count. */
+/* Reads the schema version and partition count: OUTBOX_OK when the schema
+ * is this build's version; ENOSCHEMA (missing or older: run init),
+ * ESCHEMANEWER, or ESTORE for a meta row that is not a version. */
 static int check_schema(pg_store *st, outbox_error *err)
 {
+    char bad[64];
     int version = 0, parts = 0, code;
     code = need_conn(st, err);
     if (code != OUTBOX_OK) return code;
-    code = read_meta(st->conn, st->qschema, &version, &parts, err);
+    code = read_meta(st->conn, st->qschema, &version, &parts, bad, sizeof bad, err);
     if (code != OUTBOX_OK) return code;
+    if (version < 0)
+        return outbox__error(err, OUTBOX_ESTORE,
+                             "the outbox schema %s at %s has schema_version '%s' in its meta "
+                             "table, not a version number: run `outbox init --store %s` to see "
+                             "how to repair it",
+                             st->schema, st->shown, bad, st->shown);
     if (version == 0)
         return outbox__error(err, OUTBOX_ENOSCHEMA,
                              "no outbox schema %s at %s: run `outbox init --store %s`",
                              st->schema, st->shown, st->shown);
     if (version > SCHEMA_VERSION)
         return outbox__error(err, OUTBOX_ESCHEMANEWER,
-                             "the outbox schema %s at %s is version %d, newer than version %d "
-                             "known to liboutbox %s: upgrade outbox",
+                             "the outbox schema %s at %s is version %d, newer than this build's "
+                             "%d (liboutbox %s): upgrade outbox",
                              st->schema, st->shown, version, SCHEMA_VERSION, outbox_version());
     if (version < SCHEMA_VERSION)
         return outbox__error(err, OUTBOX_ENOSCHEMA,
@@ -1483,7 +1843,17 @@ static int check_schema(pg_store *st, outbox_error *err)
                              st->schema, st->shown, version, SCHEMA_VERSION, st->shown);
     if (parts < 1 || parts > MAX_PARTITIONS) parts = DEFAULT_PARTITIONS;
     st->partitions = parts;
+    st->schema_ok = 1;
     return OUTBOX_OK;
+}
+
+/* need_conn, and the schema version checked once per connection: every
+ * driver function that touches the tables starts here. */
+static int need_schema(pg_store *st, outbox_error *err)
+{
+    int code = need_conn(st, err);
+    if (code != OUTBOX_OK || st->schema_ok) return code;
+    return check_schema(st, err);
 }
 
 static int pg_check_schema(void *state, outbox_error *err)
@@ -1497,7 +1867,7 @@ static int pg_enqueue(void *state, const outbox_msg *msg, outbox_error *err)
     int code;
 
     if (!msg) return outbox__error(err, OUTBOX_EINVAL, "enqueue: msg is NULL");
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     rollback(st->conn);
     st->in_txn = 0;
@@ -1518,19 +1888,22 @@ fail:
  * Relays and partitions
  * ---------------------------------------------------------------------- */
 
-/* Clears the waiting flag of relays that no longer hold their membership
- * lock (their session ended), so that enqueuers stop notifying for them. */
-static int clear_dead_waiters(pg_store *st, outbox_error *err)
+/* Deletes the rows of relays whose session ended (killed, crashed, lost):
+ * a relay holds its membership lock, keyed by its row id, for as long as
+ * its session lives, and takes it in the transaction that inserts the row,
+ * so a row without the lock is of a relay that is gone.  Also ends the
+ * wake-up requests of dead relays, so that enqueuers stop notifying. */
+static int delete_dead_relays(pg_store *st, outbox_error *err)
 {
     char sql[768];
     snprintf(sql, sizeof sql,
-             "UPDATE %s.relays r SET waiting = false WHERE waiting AND NOT EXISTS"
+             "DELETE FROM %s.relays r WHERE NOT EXISTS"
              " (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
              " AND l.objsubid = 2 AND l.classid = %ld::oid"
              " AND l.objid = (r.id & 2147483647)::oid"
              " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
              st->qschema, (long)st->member_key);
-    return exec_sql(st->conn, sql, "clearing the wait flags of stopped relays", err);
+    return exec_sql(st->conn, sql, "deleting the rows of stopped relays", err);
 }
 
 /* Writes st->waiting into this relay's row.  Asynchronous commit: a flag
@@ -1614,44 +1987,54 @@ static void release_sleep_lock(pg_store *st)
     PQclear(res);
 }
 
-/* Inserts this relay's row and takes its membership lock (session level). */
+/* This process's identity in relays: the host name, "unknown" when none. */
+static void host_name(char *out, size_t len)
+{
+    if (gethostname(out, len) != 0) snprintf(out, len, "unknown");
+    out[len - 1] = '\0';
+}
+
+/* Inserts this relay's row (its identity: name, host, pid, start time, and
+ * the note it last set) and takes its membership lock (session level) in
+ * the same transaction, so that no other relay ever sees the row without
+ * the lock; then deletes the rows of relays that are gone. */
 static int register_member(pg_store *st, outbox_error *err)
 {
     char host[256], pid[32], sql[512];
-    const char *params[3];
+    const char *params[4];
     PGresult *res;
     int code;
 
-    if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "unknown");
-    host[sizeof host - 1] = '\0';
+    host_name(host, sizeof host);
     snprintf(pid, sizeof pid, "%ld", (long)getpid());
     params[0] = st->owner;
     params[1] = host;
     params[2] = pid;
+    params[3] = st->note[0] ? st->note : NULL;
+    code = exec_sql(st->conn, "BEGIN", "registering the relay", err);
+    if (code != OUTBOX_OK) return code;
     snprintf(sql, sizeof sql,
-             "INSERT INTO %s.relays (name, host, pid, backend_pid) VALUES ($1, $2, $3::integer,"
-             " pg_backend_pid()) RETURNING id",
+             "INSERT INTO %s.relays (name, host, pid, backend_pid, note) VALUES ($1, $2,"
+             " $3::integer, pg_backend_pid(), $4) RETURNING id",
              st->qschema);
-    res = PQexecParams(st->conn, sql, 3, NULL, params, NULL, NULL, 0);
+    res = PQexecParams(st->conn, sql, 4, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         code = pq_fail(st->conn, res, "registering the relay", err);
         PQclear(res);
+        rollback(st->conn);
         return code;
     }
     st->member_id = parse_i64(PQgetvalue(res, 0, 0));
     PQclear(res);
-    snprintf(sql, sizeof sql, "SELECT pg_advisory_lock(%ld, %ld)", (long)st->member_key,
+    snprintf(sql, sizeof sql, "SELECT pg_advisory_lock(%ld, %ld); COMMIT", (long)st->member_key,
              (long)(st->member_id & 0x7fffffff));
     code = exec_sql(st->conn, sql, "taking the relay membership lock", err);
-    if (code != OUTBOX_OK) return code;
-    /* Rows of relays whose session is gone are of no use to anyone. */
-    snprintf(sql, sizeof sql,
-             "DELETE FROM %s.relays r WHERE heartbeat_at < now() - interval '1 hour'"
-             " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.backend_pid)",
-             st->qschema);
-    code = exec_sql(st->conn, sql, "tidying the relay table", err);
-    if (code != OUTBOX_OK) return code;
-    code = clear_dead_waiters(st, err);
+    if (code != OUTBOX_OK) {
+        rollback(st->conn);
+        st->member_id = 0;
+        return code;
+    }
+    code = delete_dead_relays(st, err);
     if (code != OUTBOX_OK) return code;
     /* Only now (the membership lock held, so the row counts as live): a
      * relay that reconnected while it waited waits on. */
@@ -1659,10 +2042,36 @@ static int register_member(pg_store *st, outbox_error *err)
         code = set_waiting(st, err);
         if (code != OUTBOX_OK) return code;
     }
+    st->note_dirty = 0;
     st->next_rebalance_us = 0;
-    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "relay %s registered on %s (schema %s)", st->owner,
-                st->shown, st->schema);
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                "relay %s registered on %s (schema %s) as %s@%s:%s, relays.id %lld", st->owner,
+                st->shown, st->schema, st->owner, host, pid, (long long)st->member_id);
     return OUTBOX_OK;
+}
+
+/* Records this relay's heartbeat, and its note when lease_note changed it
+ * during a claim transaction.  No transaction may be open. */
+static int write_heartbeat(pg_store *st, outbox_error *err)
+{
+    const char *params[1];
+    PGresult *res;
+    int code = OUTBOX_OK;
+
+    params[0] = st->note[0] ? st->note : NULL;
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql, "UPDATE %s.relays SET heartbeat_at = now()%s WHERE id = %lld",
+                       st->qschema, st->note_dirty ? ", note = $1" : "",
+                       (long long)st->member_id);
+    if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
+    res = PQexecParams(st->conn, st->sql.data, st->note_dirty ? 1 : 0, NULL, params, NULL, NULL,
+                       0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        code = pq_fail(st->conn, res, "recording the relay heartbeat", err);
+    else
+        st->note_dirty = 0;
+    PQclear(res);
+    return code;
 }
 
 /* Takes this relay's share of the partitions (all free ones when greedy)
@@ -1704,7 +2113,7 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
     PQclear(res);
     if (live < 1) live = 1;
     if (live < st->live_seen) {
-        code = clear_dead_waiters(st, err);
+        code = delete_dead_relays(st, err);
         if (code != OUTBOX_OK) goto out;
     }
     st->live_seen = live;
@@ -1738,9 +2147,7 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
         }
         PQclear(res);
     }
-    snprintf(sql, sizeof sql, "UPDATE %s.relays SET heartbeat_at = now() WHERE id = %lld",
-             st->qschema, (long long)st->member_id);
-    code = exec_sql(st->conn, sql, "recording the relay heartbeat", err);
+    code = write_heartbeat(st, err);
     if (code != OUTBOX_OK) goto out;
     if (st->held_count != before)
         outbox__log(OUTBOX_LOG_INFO, COMPONENT,
@@ -1809,7 +2216,7 @@ static int pg_lease_acquire(void *state, const char *owner, int64_t ttl_ms, outb
     if (!owner || !*owner) return outbox__error(err, OUTBOX_EINVAL, "lease owner name is empty");
     snprintf(st->owner, sizeof st->owner, "%s", owner);
     st->ttl_ms = ttl_ms;
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
     if (st->member_id == 0) {
@@ -1825,7 +2232,7 @@ static int pg_lease_renew(void *state, const char *owner, int64_t ttl_ms, outbox
     int code;
     (void)owner;
     st->ttl_ms = ttl_ms;
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
     return maybe_rebalance(st, 1, err);
@@ -1862,12 +2269,26 @@ static int pg_lease_release(void *state, const char *owner, outbox_error *err)
  * Claim and complete
  * ---------------------------------------------------------------------- */
 
+/* Timestamps as unix microseconds, total: no stored value can make a
+ * statement that serves every row fail ('infinity' and years past 294276
+ * do not fit a bigint).  US_OR_NULL gives NULL outside the years 1970 to
+ * 9999 (what a message may hold: the claim quarantines such a row); US
+ * clamps into them (for showing and counting). */
+#define IN_YEARS(col)                                                                              \
+    "(" col " >= '1970-01-01 00:00:00+00' AND " col " < '10000-01-01 00:00:00+00')"
+#define US_OR_NULL(col)                                                                            \
+    "CASE WHEN " IN_YEARS(col) " THEN (extract(epoch FROM " col ") * 1000000)::bigint END"
+#define US(col)                                                                                    \
+    "(extract(epoch FROM least(greatest(" col ", '1970-01-01 00:00:00+00'::timestamptz),"         \
+    " '9999-12-31 23:59:59.999999+00'::timestamptz)) * 1000000)::bigint"
+
 /* The claim's columns and its due, partition, floor and ordering
  * conditions, shared by the claim and the pipelined claim ($5, $6: the
  * floor's requeue epoch and the floor, see "Claim floor"). */
 #define CLAIM_SELECT_WHERE                                                                         \
-    "SELECT seq, id, (extract(epoch FROM occurred_at) * 1000000)::bigint, type,"                   \
-    " aggregate_type, aggregate_id, payload::text, headers::text, attempts"                        \
+    "SELECT seq, id, " US_OR_NULL("occurred_at") ", type, aggregate_type, aggregate_id,"           \
+    " payload::text, headers::text, attempts,"                                                     \
+    " CASE WHEN NOT " IN_YEARS("occurred_at") " THEN occurred_at::text END"                        \
     " FROM {s}.outbox o"                                                                           \
     " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"                            \
     " AND o.seq >= CASE WHEN (SELECT value FROM {s}.meta WHERE key = 'requeue_epoch') ="           \
@@ -1876,7 +2297,8 @@ static int pg_lease_release(void *state, const char *owner, outbox_error *err)
     " '1 microsecond')"
 #define CLAIM_NOT_BLOCKED                                                                          \
     " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"                                                  \
-    "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"                                    \
+    "  WHERE left(p.aggregate_id, 256) = left(o.aggregate_id, 256)"                                \
+    "  AND p.aggregate_id = o.aggregate_id AND p.seq < o.seq"                                      \
     "  AND (p.status = 'failed' OR p.attempts > 0)"                                                \
     "  AND ((p.status = 'pending' AND p.available_at > 'epoch'::timestamptz + $2::bigint *"        \
     " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean)))"
@@ -1918,10 +2340,27 @@ static const char *const hot_name[P_COUNT] = {"outbox_claim", "outbox_delete", "
                                               "outbox_retry", "outbox_fail",
                                               "outbox_claim_pipelined"};
 
+/* Prepares the relay's statements on this connection, and pins the
+ * claim's plan: the walk of outbox_pending in seq order that stops at the
+ * batch size, with one outbox_blocking probe per row it returns.  Without
+ * table statistics (a new table, a bulk load, before autovacuum's first
+ * ANALYZE) PostgreSQL estimates a handful of pending rows and prefers a
+ * bitmap scan of all of them, a probe per row and a sort: 30,000 pending
+ * took 108 ms per claim of 100 instead of about 1 ms.  With statistics and
+ * a few hundred failed rows it compared every row it read with all of them
+ * (a materialized inner side), 3 ms instead of 0.4.  None of the
+ * statements a relay's connection runs needs a sort, a bitmap scan or a
+ * materialized inner side to be fast, so the session does without them
+ * (the planner still sorts where nothing else can give the order). */
 static int prepare_hot(pg_store *st, outbox_error *err)
 {
     int i, code;
     if (st->prepared) return OUTBOX_OK;
+    code = exec_sql(st->conn,
+                    "SET enable_sort = off; SET enable_bitmapscan = off;"
+                    " SET enable_material = off",
+                    "configuring the relay's session", err);
+    if (code != OUTBOX_OK) return code;
     for (i = 0; i < P_COUNT; i++) {
         PGresult *res;
         expand(&st->sql, hot_tmpl[i], st->qschema, st->schema, 0);
@@ -2051,18 +2490,106 @@ static int floor_refresh(pg_store *st, outbox_error *err)
     return OUTBOX_OK;
 }
 
+/* A claimed row the relay cannot publish (see quarantine). */
+typedef struct bad_row {
+    int64_t seq;
+    char id[40];
+    char error[512];
+} bad_row;
+
+/* Marks the rows in bad Failed (attempts + 1, last_error = why) in a
+ * statement of its own, outside any claim transaction, and logs each at
+ * error level.  If the statement fails, each row is tried alone; a row that
+ * still cannot be marked is the claim's error. */
+static int quarantine(pg_store *st, const bad_row *bad, size_t n, outbox_error *err)
+{
+    outbox_buf seqs, errors;
+    const char *params[2];
+    PGresult *res;
+    size_t i, from, to;
+    int code = OUTBOX_OK, one_by_one = 0;
+
+    outbox__buf_init(&seqs);
+    outbox__buf_init(&errors);
+    for (from = 0; from < n; from = to) {
+        to = one_by_one ? from + 1 : n;
+        outbox__buf_reset(&seqs);
+        outbox__buf_reset(&errors);
+        outbox__buf_puts(&seqs, "{");
+        outbox__buf_puts(&errors, "{");
+        for (i = from; i < to; i++) {
+            outbox__buf_printf(&seqs, "%s%lld", i > from ? "," : "", (long long)bad[i].seq);
+            if (i > from) outbox__buf_puts(&errors, ",");
+            array_text(&errors, bad[i].error);
+        }
+        outbox__buf_puts(&seqs, "}");
+        outbox__buf_puts(&errors, "}");
+        if (seqs.oom || errors.oom) {
+            code = outbox__error(err, OUTBOX_ENOMEM, "out of memory quarantining messages");
+            break;
+        }
+        params[0] = seqs.data;
+        params[1] = errors.data;
+        outbox__buf_reset(&st->sql);
+        outbox__buf_printf(&st->sql,
+                           "UPDATE %s.outbox o SET status = 'failed', attempts = o.attempts + 1,"
+                           " last_error = u.err FROM unnest($1::bigint[], $2::text[]) AS u(seq,"
+                           " err) WHERE o.seq = u.seq AND o.status = 'pending'",
+                           st->qschema);
+        res = PQexecParams(st->conn, st->sql.data, 2, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+            for (i = from; i < to; i++)
+                outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
+                            "quarantined stored message seq %lld (id %s), which cannot be "
+                            "published: %s; it is Failed now, and the later messages of its "
+                            "aggregate wait behind it until it is retried or dropped",
+                            (long long)bad[i].seq, bad[i].id, bad[i].error);
+            PQclear(res);
+            continue;
+        }
+        if (PQstatus(st->conn) != CONNECTION_OK || one_by_one) {
+            char what[200];
+            snprintf(what, sizeof what,
+                     "marking stored message seq %lld (id %s) Failed, which cannot be "
+                     "published (%.80s)",
+                     (long long)bad[from].seq, bad[from].id, bad[from].error);
+            code = pq_fail(st->conn, res, what, err);
+            PQclear(res);
+            if (one_by_one)
+                outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
+                            "%s; delete or repair that row by hand: it holds up the claim",
+                            err ? err->message : what);
+            break;
+        }
+        PQclear(res);
+        one_by_one = 1;
+        to = from; /* again, row by row */
+    }
+    outbox__buf_free(&seqs);
+    outbox__buf_free(&errors);
+    return code;
+}
+
+/* Rounds of quarantine one claim goes through before it returns (empty):
+ * each round marks at least one row, and the next claim goes on. */
+#define QUARANTINE_ROUNDS 8
+
 /* The plain claim (a transaction left open until complete), or the
- * pipelined one (a plain read without the seqs in exclude). */
+ * pipelined one (a plain read without the seqs in exclude).  Rows that
+ * cannot be decoded are quarantined (see quarantine) and the claim reads
+ * again, so that the rest of their aggregates is held back as behind any
+ * Failed message while every other aggregate flows. */
 static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
                  const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs, size_t *n,
                  outbox_error *err)
 {
     const char *params[10];
-    char now[32], limit[32], floor[32];
+    char now[32], limit[32], floor[32], lo[32], hi[32];
     outbox_msg **arr = NULL;
+    bad_row *bad = NULL;
     PGresult *res = NULL;
-    size_t count = 0;
-    int i, rows, code, any = 0;
+    size_t count = 0, nbad = 0;
+    int i, rows, code, any = 0, round;
     /* A pipelined batch is still out: keep every partition held. */
     int keep = pipelined && exclude_count > 0;
 
@@ -2075,13 +2602,9 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         return outbox__error(err, OUTBOX_EIO,
                              "claiming messages: the PostgreSQL connection was lost while a "
                              "batch was in flight; reconnecting once it is finished");
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
-    if (st->partitions < 1) {
-        code = check_schema(st, err);
-        if (code != OUTBOX_OK) return code;
-    }
     if (keep) {
         /* no rebalancing while a batch is in flight */
     } else if (st->owner[0] && p->once) {
@@ -2119,7 +2642,6 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     params[5] = floor;
 
     if (pipelined) {
-        char lo[32], hi[32];
         /* Nothing in flight: lo > hi, no row is in the range. */
         int64_t min = INT64_MAX, max = INT64_MIN;
         int consecutive = exclude_count > 0;
@@ -2140,56 +2662,97 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         params[7] = lo;
         params[8] = hi;
         params[9] = consecutive ? "true" : "false"; /* each one more than the one before */
-        res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 10, params, NULL, NULL, 0);
+    }
+
+    for (round = 0;; round++) {
+        if (pipelined) {
+            res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 10, params, NULL, NULL,
+                                 0);
+        } else {
+            /* Outcomes need not be durable: a completion lost in a database
+             * crash only makes its messages be published again (at least
+             * once), so the claim transaction does not wait for its WAL
+             * flush. */
+            code = begin_async(st, "starting the claim transaction", err);
+            if (code != OUTBOX_OK) return code;
+            res = PQexecPrepared(st->conn, hot_name[P_CLAIM], 6, params, NULL, NULL, 0);
+        }
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             code = pq_fail(st->conn, res, "claiming messages", err);
             goto fail;
         }
-        goto got_rows;
-    }
-
-    /* Outcomes need not be durable: a completion lost in a database crash
-     * only makes its messages be published again (at least once), so the
-     * claim transaction does not wait for its WAL flush. */
-    code = begin_async(st, "starting the claim transaction", err);
-    if (code != OUTBOX_OK) return code;
-    res = PQexecPrepared(st->conn, hot_name[P_CLAIM], 6, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = pq_fail(st->conn, res, "claiming messages", err);
-        goto fail;
-    }
-got_rows:
-    rows = PQntuples(res);
-    if (rows == 0) {
+        rows = PQntuples(res);
+        if (rows == 0) {
+            PQclear(res);
+            end_claim(st); /* nothing locked: end the transaction now */
+            return OUTBOX_OK;
+        }
+        arr = calloc((size_t)rows, sizeof *arr);
+        if (!arr) {
+            code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming %d messages", rows);
+            goto fail;
+        }
+        for (i = 0; i < rows; i++) {
+            outbox_error why;
+            int64_t seq = parse_i64(PQgetvalue(res, i, 0));
+            if (PQgetisnull(res, i, 2)) {
+                code = outbox__error(&why, OUTBOX_EINVAL,
+                                     "stored message seq %lld: occurred_at %.40s is outside the "
+                                     "years 1970 to 9999",
+                                     (long long)seq, PQgetvalue(res, i, 9));
+            } else {
+                code = outbox__msg_from_row(&arr[count], seq, PQgetvalue(res, i, 1),
+                                            parse_i64(PQgetvalue(res, i, 2)),
+                                            PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+                                            PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
+                                            PQgetvalue(res, i, 7), &why);
+                if (code == OUTBOX_ENOMEM) {
+                    if (err) *err = why;
+                    goto fail;
+                }
+            }
+            if (code != OUTBOX_OK) {
+                if (!bad) bad = calloc((size_t)rows, sizeof *bad);
+                if (!bad) {
+                    code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+                    goto fail;
+                }
+                bad[nbad].seq = seq;
+                snprintf(bad[nbad].id, sizeof bad[nbad].id, "%.36s", PQgetvalue(res, i, 1));
+                snprintf(bad[nbad].error, sizeof bad[nbad].error, "%s", why.message);
+                nbad++;
+                continue;
+            }
+            arr[count]->attempts = (int)parse_i64(PQgetvalue(res, i, 8));
+            arr[count]->status = OUTBOX_STATUS_PENDING;
+            count++;
+        }
         PQclear(res);
-        end_claim(st); /* nothing locked: end the transaction now */
-        return OUTBOX_OK;
+        res = NULL;
+        if (nbad == 0) {
+            *msgs = arr;
+            *n = count;
+            return OUTBOX_OK; /* a plain claim's transaction stays open until complete */
+        }
+        /* Read again once they are Failed: later rows of their aggregates
+         * may be in this batch. */
+        for (i = 0; (size_t)i < count; i++) outbox_msg_free(arr[i]);
+        free(arr);
+        arr = NULL;
+        count = 0;
+        end_claim(st);
+        code = quarantine(st, bad, nbad, err);
+        free(bad);
+        bad = NULL;
+        nbad = 0;
+        if (code != OUTBOX_OK || round + 1 >= QUARANTINE_ROUNDS) return code;
     }
-    arr = calloc((size_t)rows, sizeof *arr);
-    if (!arr) {
-        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming %d messages", rows);
-        goto fail;
-    }
-    for (i = 0; i < rows; i++) {
-        code = outbox__msg_from_row(&arr[count], parse_i64(PQgetvalue(res, i, 0)),
-                                    PQgetvalue(res, i, 1), parse_i64(PQgetvalue(res, i, 2)),
-                                    PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
-                                    PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
-                                    PQgetvalue(res, i, 7), err);
-        if (code != OUTBOX_OK) goto fail;
-        arr[count]->attempts = (int)parse_i64(PQgetvalue(res, i, 8));
-        arr[count]->status = OUTBOX_STATUS_PENDING;
-        count++;
-    }
-    PQclear(res);
-    *msgs = arr;
-    *n = count;
-    return OUTBOX_OK; /* a plain claim's transaction stays open until complete */
 
 fail:
     PQclear(res);
     for (i = 0; (size_t)i < count; i++) outbox_msg_free(arr[i]);
     free(arr);
+    free(bad);
     end_claim(st);
     return code;
 }
@@ -2474,14 +3037,13 @@ static int scalar(pg_store *st, const char *sql, int64_t *out, const char *what,
     return code;
 }
 
-#define US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
 
 static int pg_next_due(void *state, int64_t *due_us, outbox_error *err)
 {
     pg_store *st = state;
     int code;
     *due_us = 0;
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     if (st->in_txn) return OUTBOX_OK;
     outbox__buf_reset(&st->sql);
@@ -2530,10 +3092,12 @@ static int pg_wait_fd(void *state)
     " headers::text, attempts, status, " US("available_at") ", last_error, "          \
     "coalesce(" US("sent_at") ", 0)"
 
+/* A row of FULL_COLUMNS as stored (lenient: for showing, whatever it
+ * holds; times outside the years 1970 to 9999 are clamped into them). */
 static int full_row_msg(PGresult *res, int row, outbox_msg **out, outbox_error *err)
 {
     outbox_msg *m = NULL;
-    int code = outbox__msg_from_row(&m, parse_i64(PQgetvalue(res, row, 0)),
+    int code = outbox__msg_from_row_lenient(&m, parse_i64(PQgetvalue(res, row, 0)),
                                     PQgetvalue(res, row, 1), parse_i64(PQgetvalue(res, row, 2)),
                                     PQgetvalue(res, row, 3), PQgetvalue(res, row, 4),
                                     PQgetvalue(res, row, 5), PQgetvalue(res, row, 6),
@@ -2554,62 +3118,102 @@ static int full_row_msg(PGresult *res, int row, outbox_msg **out, outbox_error *
     return OUTBOX_OK;
 }
 
-/* Describes who holds which partitions: "name[0-10] other[11-21]". */
+/* 1 when pid is not a running process of this host (a relay killed with
+ * -9 whose session PostgreSQL has not closed yet). */
+static int process_gone(const char *host, int64_t pid)
+{
+    char here[256];
+    host_name(here, sizeof here);
+    if (pid <= 0 || strcmp(host, here) != 0) return 0;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Describes the relay instances holding partitions, each as
+ * "name@host:pid[0-10,12]" ("name@host:pid#<relays.id>" when one process
+ * runs two of a name; " (gone)" after one whose process is gone),
+ * so that relays sharing a name are told apart; fills lease_pid and
+ * lease_host when one instance holds them all, the notes of the holders
+ * (prefixed by the instance when there are several), and the expiry from
+ * the latest heartbeat. */
 static void describe_holders(pg_store *st, outbox_status *out)
 {
     PGresult *res;
-    outbox_buf b;
-    int i;
+    outbox_buf b, notes;
+    int i, rows, instances = 0, noted = 0;
 
     outbox__buf_init(&b);
+    outbox__buf_init(&notes);
     outbox__buf_printf(&b,
-                       "SELECT r.name, l.objid::bigint, " US("r.heartbeat_at") " FROM pg_locks l"
-                       " JOIN %s.relays r ON r.backend_pid = l.pid"
-                       " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
-                       " AND l.classid = %ld::oid AND l.database = (SELECT oid FROM pg_database"
-                       " WHERE datname = current_database()) ORDER BY r.name, l.objid",
-                       st->qschema, (long)st->part_key);
+                       "WITH held AS (SELECT pid, classid::bigint AS cls, objid::bigint AS obj"
+                       " FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+                       " AND database = (SELECT oid FROM pg_database"
+                       "  WHERE datname = current_database())"
+                       " AND classid IN (%ld::oid, %ld::oid))"
+                       " SELECT r.id, r.name, coalesce(r.host, ''), coalesce(r.pid, 0), p.obj, "
+                       US("r.heartbeat_at") ", coalesce(r.note, '') FROM %s.relays r"
+                       " JOIN held m ON m.cls = %ld AND m.obj = (r.id & 2147483647)"
+                       "  AND m.pid = r.backend_pid"
+                       " JOIN held p ON p.cls = %ld AND p.pid = r.backend_pid"
+                       " ORDER BY r.id, p.obj",
+                       (long)st->member_key, (long)st->part_key, st->qschema,
+                       (long)st->member_key, (long)st->part_key);
     if (b.oom) goto out;
     res = PQexec(st->conn, b.data);
     outbox__buf_reset(&b);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-        const char *prev = NULL;
-        int64_t run_start = -1, run_end = -1;
-        for (i = 0; i <= PQntuples(res); i++) {
-            const char *name = i < PQntuples(res) ? PQgetvalue(res, i, 0) : NULL;
-            int64_t part = i < PQntuples(res) ? parse_i64(PQgetvalue(res, i, 1)) : -1;
-            if (name && prev && strcmp(name, prev) == 0 && part == run_end + 1) {
-                run_end = part;
-                continue;
-            }
-            if (prev) {
-                if (run_start == run_end) outbox__buf_printf(&b, "%lld", (long long)run_start);
-                else outbox__buf_printf(&b, "%lld-%lld", (long long)run_start, (long long)run_end);
-            }
-            if (!name) {
-                if (prev) outbox__buf_puts(&b, "]");
+    rows = PQresultStatus(res) == PGRES_TUPLES_OK ? PQntuples(res) : 0;
+    for (i = 0; i < rows; i++)
+        if (i == 0 || strcmp(PQgetvalue(res, i, 0), PQgetvalue(res, i - 1, 0)) != 0) instances++;
+    for (i = 0; i < rows;) {
+        const char *id = PQgetvalue(res, i, 0), *name = PQgetvalue(res, i, 1);
+        const char *host = PQgetvalue(res, i, 2), *note = PQgetvalue(res, i, 6);
+        int64_t pid = parse_i64(PQgetvalue(res, i, 3));
+        int64_t hb = parse_i64(PQgetvalue(res, i, 5)) + st->ttl_ms * 1000;
+        int gone = process_gone(host, pid), j = i;
+
+        if (hb > out->lease_expires_us) out->lease_expires_us = hb;
+        outbox__buf_printf(&b, "%s%s@%s:%lld", b.len ? " " : "", name, host, (long long)pid);
+        for (j = 0; j < rows; j++) /* one process with two instances of a name */
+            if (strcmp(PQgetvalue(res, j, 0), id) != 0 &&
+                strcmp(PQgetvalue(res, j, 1), name) == 0 &&
+                strcmp(PQgetvalue(res, j, 2), host) == 0 &&
+                parse_i64(PQgetvalue(res, j, 3)) == pid)
                 break;
-            }
-            if (!prev || strcmp(name, prev) != 0) {
-                if (prev) outbox__buf_puts(&b, "] ");
-                outbox__buf_printf(&b, "%s[", name);
-            } else {
-                outbox__buf_puts(&b, ",");
-            }
-            prev = name;
-            run_start = run_end = part;
-            if (i < PQntuples(res)) {
-                int64_t hb = parse_i64(PQgetvalue(res, i, 2)) + st->ttl_ms * 1000;
-                if (hb > out->lease_expires_us) out->lease_expires_us = hb;
-            }
+        if (j < rows) outbox__buf_printf(&b, "#%s", id);
+        outbox__buf_puts(&b, "[");
+        j = i;
+        while (j < rows && strcmp(PQgetvalue(res, j, 0), id) == 0) {
+            int64_t first = parse_i64(PQgetvalue(res, j, 4)), last = first;
+            while (j + 1 < rows && strcmp(PQgetvalue(res, j + 1, 0), id) == 0 &&
+                   parse_i64(PQgetvalue(res, j + 1, 4)) == last + 1)
+                last = parse_i64(PQgetvalue(res, ++j, 4));
+            if (first == last) outbox__buf_printf(&b, "%lld", (long long)first);
+            else outbox__buf_printf(&b, "%lld-%lld", (long long)first, (long long)last);
+            if (++j < rows && strcmp(PQgetvalue(res, j, 0), id) == 0) outbox__buf_puts(&b, ",");
         }
+        outbox__buf_puts(&b, gone ? "] (gone)" : "]");
+        if (gone) out->lease_holder_gone = 1;
+        if (instances == 1) {
+            out->lease_pid = pid;
+            snprintf(out->lease_host, sizeof out->lease_host, "%s", host);
+        }
+        if (*note) {
+            if (instances > 1)
+                outbox__buf_printf(&notes, "%s%s@%s:%lld: ", noted ? "; " : "", name, host,
+                                   (long long)pid);
+            outbox__buf_puts(&notes, note);
+            noted = 1;
+        }
+        i = j;
     }
     PQclear(res);
     if (b.data && !b.oom) snprintf(out->lease_owner, sizeof out->lease_owner, "%s", b.data);
+    if (notes.data && !notes.oom)
+        snprintf(out->relay_note, sizeof out->relay_note, "%s", notes.data);
     if (out->lease_owner[0] && out->lease_expires_us == 0)
         out->lease_expires_us = outbox__now_us();
 out:
     outbox__buf_free(&b);
+    outbox__buf_free(&notes);
 }
 
 static int pg_status(void *state, outbox_status *out, outbox_error *err)
@@ -2652,6 +3256,25 @@ static int pg_status(void *state, outbox_status *out, outbox_error *err)
     out->oldest_pending_us = parse_i64(PQgetvalue(res, 0, 5));
     out->next_due_us = parse_i64(PQgetvalue(res, 0, 6));
     PQclear(res);
+    /* Held behind a Failed message: driven by the few failed rows (the
+     * outbox_blocking index); nothing to join when there are none. */
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql,
+                       "SELECT count(*), count(DISTINCT o.aggregate_id) FROM %s.outbox o"
+                       " JOIN (SELECT aggregate_id, min(seq) AS seq FROM %s.outbox"
+                       "  WHERE status = 'failed' GROUP BY aggregate_id) f"
+                       " ON f.aggregate_id = o.aggregate_id AND o.seq > f.seq"
+                       " WHERE o.status = 'pending'",
+                       st->qschema, st->qschema);
+    res = PQexec(st->conn, st->sql.data);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "counting the messages held behind failed ones", err);
+        PQclear(res);
+        goto out;
+    }
+    out->blocked = parse_i64(PQgetvalue(res, 0, 0));
+    out->aggregates_blocked = parse_i64(PQgetvalue(res, 0, 1));
+    PQclear(res);
     if (st->ttl_ms == 0) st->ttl_ms = 10000;
     describe_holders(st, out);
 out:
@@ -2673,7 +3296,7 @@ static int pg_list(void *state, const outbox_list_params *p, outbox_list_fn fn, 
         status != OUTBOX_STATUS_FAILED)
         return outbox__error(err, OUTBOX_EINVAL,
                              "list: unknown status %d: use pending, sent or failed", status);
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
     outbox__buf_reset(&st->sql);
@@ -2712,7 +3335,7 @@ static int pg_get(void *state, const char *id, outbox_msg **msg, outbox_error *e
     *msg = NULL;
     code = outbox__uuid_canonical(id, key, "message id", err);
     if (code != OUTBOX_OK) return code;
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
     outbox__buf_reset(&st->sql);
@@ -2731,6 +3354,65 @@ static int pg_get(void *state, const char *id, outbox_msg **msg, outbox_error *e
     return code;
 }
 
+/* 1 when res failed on one of the table's CHECK constraints. */
+static int check_violation(const PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return state && strcmp(state, "23514") == 0;
+}
+
+/* retry --all when some failed row breaks the table's checks (written
+ * before schema version 5, or quarantined by the claim): requeues the
+ * others, one savepoint each, and logs each row left Failed.  Runs in the
+ * open transaction. */
+static int retry_each(pg_store *st, int64_t *total, outbox_error *err)
+{
+    PGresult *res, *one;
+    char sql[512], seq[32];
+    const char *params[1];
+    int i, code = OUTBOX_OK;
+
+    snprintf(sql, sizeof sql,
+             "SELECT seq, id FROM %s.outbox WHERE status = 'failed' ORDER BY seq FOR UPDATE",
+             st->qschema);
+    res = PQexec(st->conn, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "requeueing failed messages", err);
+        PQclear(res);
+        return code;
+    }
+    snprintf(sql, sizeof sql,
+             "UPDATE %s.outbox SET status = 'pending', attempts = 0, available_at = now()"
+             " WHERE seq = $1::bigint AND status = 'failed'",
+             st->qschema);
+    for (i = 0; i < PQntuples(res) && code == OUTBOX_OK; i++) {
+        snprintf(seq, sizeof seq, "%s", PQgetvalue(res, i, 0));
+        params[0] = seq;
+        code = exec_sql(st->conn, "SAVEPOINT outbox_retry_one", "requeueing failed messages",
+                        err);
+        if (code != OUTBOX_OK) break;
+        one = PQexecParams(st->conn, sql, 1, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(one) == PGRES_COMMAND_OK) {
+            *total += parse_i64(PQcmdTuples(one));
+            code = exec_sql(st->conn, "RELEASE SAVEPOINT outbox_retry_one",
+                            "requeueing failed messages", err);
+        } else if (check_violation(one)) {
+            char why[300];
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "message %s (seq %s) stays failed: the table refuses it as pending (%s); "
+                        "drop it (`outbox drop`)",
+                        PQgetvalue(res, i, 1), seq, pq_error_text(st->conn, one, why, sizeof why));
+            code = exec_sql(st->conn, "ROLLBACK TO SAVEPOINT outbox_retry_one",
+                            "requeueing failed messages", err);
+        } else {
+            code = pq_fail(st->conn, one, "requeueing failed messages", err);
+        }
+        PQclear(one);
+    }
+    PQclear(res);
+    return code;
+}
+
 static int pg_retry(void *state, const char *const *ids, size_t n, int all, int64_t *count,
                     outbox_error *err)
 {
@@ -2745,7 +3427,7 @@ static int pg_retry(void *state, const char *const *ids, size_t n, int all, int6
     if (!all && (n == 0 || !ids))
         return outbox__error(err, OUTBOX_EINVAL,
                              "retry: give message ids or ask for all failed messages");
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
     code = exec_sql(st->conn, "BEGIN", "starting the retry transaction", err);
@@ -2757,11 +3439,20 @@ static int pg_retry(void *state, const char *const *ids, size_t n, int all, int6
                            " available_at = now() WHERE status = 'failed'",
                            st->qschema);
         res = PQexec(st->conn, st->sql.data);
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+            total = parse_i64(PQcmdTuples(res));
+        } else if (check_violation(res)) {
+            PQclear(res);
+            res = NULL;
+            rollback(st->conn);
+            code = exec_sql(st->conn, "BEGIN", "starting the retry transaction", err);
+            if (code != OUTBOX_OK) return code;
+            code = retry_each(st, &total, err);
+            if (code != OUTBOX_OK) goto fail;
+        } else {
             code = pq_fail(st->conn, res, "requeueing failed messages", err);
             goto fail;
         }
-        total = parse_i64(PQcmdTuples(res));
         PQclear(res);
         res = NULL;
     } else {
@@ -2801,6 +3492,15 @@ static int pg_retry(void *state, const char *const *ids, size_t n, int all, int6
                                " available_at = now() WHERE id = $1::uuid AND status = 'failed'",
                                st->qschema);
             res = PQexecParams(st->conn, st->sql.data, 1, NULL, params, NULL, NULL, 0);
+            if (check_violation(res)) {
+                char why[300];
+                code = outbox__error(err, OUTBOX_EINVAL,
+                                     "message %s cannot be requeued: the table refuses it as "
+                                     "pending (%s); nothing was requeued: drop it (`outbox drop "
+                                     "%s`)",
+                                     key, pq_error_text(st->conn, res, why, sizeof why), key);
+                goto fail;
+            }
             if (PQresultStatus(res) != PGRES_COMMAND_OK) {
                 code = pq_fail(st->conn, res, "requeueing failed messages", err);
                 goto fail;
@@ -2830,7 +3530,7 @@ static int pg_purge(void *state, int64_t before_us, int64_t *count, outbox_error
     int code;
 
     if (count) *count = 0;
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
     snprintf(before, sizeof before, "%lld", (long long)before_us);
@@ -2847,6 +3547,174 @@ static int pg_purge(void *state, int64_t before_us, int64_t *count, outbox_error
     return code;
 }
 
+/* Appends id (checked, canonical) to the array literal b; EBADID. */
+static int append_id(outbox_buf *b, const char *id, int first, outbox_error *err)
+{
+    char key[37];
+    int code = outbox__uuid_canonical(id, key, "message id", err);
+    if (code != OUTBOX_OK) return code;
+    outbox__buf_printf(b, "%s%s", first ? "" : ",", key);
+    return OUTBOX_OK;
+}
+
+/* Deletes Failed messages (see the ops table's comment), archiving them
+ * first through archive: one transaction, rows locked while archived. */
+static int pg_drop(void *state, const char *const *ids, size_t n, int all,
+                   outbox_drop_archive_fn archive, void *user, int64_t *count, outbox_error *err)
+{
+    pg_store *st = state;
+    const char *params[1];
+    outbox_buf list, seqs;
+    outbox_msg **msgs = NULL;
+    PGresult *res = NULL;
+    size_t i, rows = 0, got = 0;
+    int code;
+
+    if (count) *count = 0;
+    if (!all && (n == 0 || !ids))
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "drop: give message ids or ask for all failed messages");
+    code = need_schema(st, err);
+    if (code != OUTBOX_OK) return code;
+    end_claim(st);
+    outbox__buf_init(&list);
+    outbox__buf_init(&seqs);
+    outbox__buf_reset(&st->sql);
+    if (all) {
+        outbox__buf_printf(&st->sql,
+                           "SELECT " FULL_COLUMNS " FROM %s.outbox WHERE status = 'failed'"
+                           " ORDER BY seq FOR UPDATE",
+                           st->qschema);
+    } else {
+        outbox__buf_puts(&list, "{");
+        for (i = 0; i < n; i++) {
+            code = append_id(&list, ids[i], i == 0, err);
+            if (code != OUTBOX_OK) goto out;
+        }
+        outbox__buf_puts(&list, "}");
+        outbox__buf_printf(&st->sql,
+                           "SELECT " FULL_COLUMNS " FROM %s.outbox WHERE id = ANY($1::uuid[])"
+                           " ORDER BY seq FOR UPDATE",
+                           st->qschema);
+    }
+    if (st->sql.oom || list.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory dropping messages");
+        goto out;
+    }
+    code = exec_sql(st->conn, "BEGIN", "starting the drop transaction", err);
+    if (code != OUTBOX_OK) goto out;
+    params[0] = list.data;
+    res = PQexecParams(st->conn, st->sql.data, all ? 0 : 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = pq_fail(st->conn, res, "reading the messages to drop", err);
+        goto fail;
+    }
+    rows = (size_t)PQntuples(res);
+    if (!all) {
+        /* All or nothing: every id is there and Failed. */
+        for (i = 0; i < n; i++) {
+            char key[37];
+            size_t r;
+            outbox__uuid_canonical(ids[i], key, "message id", NULL);
+            for (r = 0; r < rows && strcmp(PQgetvalue(res, (int)r, 1), key) != 0; r++) {
+            }
+            if (r == rows) {
+                code = outbox__error(err, OUTBOX_ENOTFOUND,
+                                     "no message with id %s in the outbox: nothing was dropped",
+                                     key);
+                goto fail;
+            }
+            if (strcmp(PQgetvalue(res, (int)r, 9), "failed") != 0) {
+                code = outbox__error(err, OUTBOX_EINVAL,
+                                     "message %s is %s, not failed: only failed messages can be "
+                                     "dropped; nothing was dropped",
+                                     key, PQgetvalue(res, (int)r, 9));
+                goto fail;
+            }
+        }
+    }
+    if (rows == 0) goto commit;
+    msgs = calloc(rows, sizeof *msgs);
+    if (!msgs) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory dropping messages");
+        goto fail;
+    }
+    outbox__buf_puts(&seqs, "{");
+    for (got = 0; got < rows; got++) {
+        code = full_row_msg(res, (int)got, &msgs[got], err);
+        if (code != OUTBOX_OK) goto fail;
+        outbox__buf_printf(&seqs, "%s%lld", got ? "," : "", (long long)msgs[got]->seq);
+    }
+    outbox__buf_puts(&seqs, "}");
+    if (seqs.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory dropping messages");
+        goto fail;
+    }
+    PQclear(res);
+    res = NULL;
+    if (archive) {
+        code = archive(user, msgs, rows, err);
+        if (code != OUTBOX_OK) goto fail; /* err is the callback's */
+    }
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql,
+                       "DELETE FROM %s.outbox WHERE seq = ANY($1::bigint[]) AND status = 'failed'",
+                       st->qschema);
+    params[0] = seqs.data;
+    res = PQexecParams(st->conn, st->sql.data, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        code = pq_fail(st->conn, res, "dropping failed messages", err);
+        goto fail;
+    }
+    if (count) *count = parse_i64(PQcmdTuples(res));
+commit:
+    PQclear(res);
+    res = NULL;
+    code = exec_sql(st->conn, "COMMIT", "committing the drop", err);
+    if (code != OUTBOX_OK) {
+        if (count) *count = 0;
+        goto fail;
+    }
+    goto out;
+
+fail:
+    PQclear(res);
+    rollback(st->conn);
+out:
+    for (i = 0; i < got; i++) outbox_msg_free(msgs[i]);
+    free(msgs);
+    outbox__buf_free(&list);
+    outbox__buf_free(&seqs);
+    return code;
+}
+
+/* Keeps note (one line, at most 255 bytes, cut on a character boundary) as
+ * this relay instance's note in relays, shown by status.  Written at once
+ * outside a claim transaction, else with the next heartbeat; kept across
+ * reconnects. */
+static int pg_lease_note(void *state, const char *owner, const char *note, outbox_error *err)
+{
+    pg_store *st = state;
+    size_t len, i;
+
+    (void)owner;
+    if (!note) note = "";
+    len = strlen(note);
+    if (len >= sizeof st->note) {
+        len = sizeof st->note - 1;
+        while (len > 0 && ((unsigned char)note[len] & 0xc0) == 0x80) len--;
+    }
+    memcpy(st->note, note, len);
+    st->note[len] = '\0';
+    for (i = 0; i < len; i++)
+        if ((unsigned char)st->note[i] < 0x20 || st->note[i] == 0x7f) st->note[i] = ' ';
+    st->note_dirty = 1;
+    if (st->member_id == 0) return OUTBOX_OK; /* written when it registers */
+    if (!st->conn || PQstatus(st->conn) != CONNECTION_OK) return need_conn(st, err);
+    if (st->in_txn || PQtransactionStatus(st->conn) != PQTRANS_IDLE) return OUTBOX_OK;
+    return write_heartbeat(st, err);
+}
+
 static int pg_inbox_purge(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
                           int64_t *count, outbox_error *err)
 {
@@ -2854,7 +3722,7 @@ static int pg_inbox_purge(void *state, int64_t retention_ms, int64_t redelivery_
     int code;
 
     if (count) *count = 0;
-    code = need_conn(st, err);
+    code = need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     end_claim(st);
     return outbox_inbox_purge_pg(st->conn, st->schema, retention_ms, redelivery_horizon_ms, count,
@@ -2863,35 +3731,34 @@ static int pg_inbox_purge(void *state, int64_t retention_ms, int64_t redelivery_
 
 /* The PostgreSQL store driver (schemes "postgres" and "postgresql"). */
 const outbox_store_ops outbox__store_postgres = {
-    4,
-    "postgres",
-    pg_open,
-    pg_close,
-    pg_init,
-    pg_check_schema,
-    pg_enqueue,
-    pg_lease_acquire,
-    pg_lease_renew,
-    pg_lease_release,
-    pg_claim,
-    pg_complete,
-    pg_changed,
-    pg_next_due,
-    pg_wake_path,
-    pg_status,
-    pg_list,
-    pg_get,
-    pg_retry,
-    pg_purge,
-    pg_idle,
-    pg_wait_fd,
-    pg_inbox_purge,
-    pg_claim_pipelined,
-    pg_complete_pipelined,
-    NULL, /* drop */
-    NULL, /* lease_note */
+    .version = 5,
+    .scheme = "postgres",
+    .open = pg_open,
+    .close = pg_close,
+    .init = pg_init,
+    .check_schema = pg_check_schema,
+    .enqueue = pg_enqueue,
+    .lease_acquire = pg_lease_acquire,
+    .lease_renew = pg_lease_renew,
+    .lease_release = pg_lease_release,
+    .claim = pg_claim,
+    .complete = pg_complete,
+    .changed = pg_changed,
+    .next_due = pg_next_due,
+    .wake_path = pg_wake_path,
+    .status = pg_status,
+    .list = pg_list,
+    .get = pg_get,
+    .retry = pg_retry,
+    .purge = pg_purge,
+    .idle = pg_idle,
+    .wait_fd = pg_wait_fd,
+    .inbox_purge = pg_inbox_purge,
+    .claim_pipelined = pg_claim_pipelined,
+    .complete_pipelined = pg_complete_pipelined,
+    .drop = pg_drop,
+    .lease_note = pg_lease_note,
 };
-
 
 #else
 
