@@ -12,7 +12,9 @@
  * the claim as fast before the table's first ANALYZE as after;
  * relay instances told apart in status (notes, gone holders, rows of dead
  * relays deleted); and two relay processes sharing a --name draining
- * together without duplicates and in per-aggregate order.
+ * together without duplicates and in per-aggregate order; a relay started
+ * before PostgreSQL waits for it, and its JSON log stays one object per
+ * line through a restart.
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -1275,6 +1277,83 @@ TEST(same_name_relays_drain_together)
     PQfinish(c);
 }
 
+/* Counts lines of path that parse as a JSON object (*good) and those that
+ * do not (*bad). */
+static void json_lines(const char *path, int *good, int *bad)
+{
+    char line[8192];
+    FILE *f = fopen(path, "r");
+    *good = *bad = 0;
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        if (o && json_is_object(o)) (*good)++;
+        else (*bad)++;
+        json_decref(o);
+    }
+    fclose(f);
+}
+
+static void enqueue_sql(PGconn *c, int from, int count)
+{
+    pgh_exec(c, sqlf("SELECT outbox.enqueue('Waited', 'w' || (i %% 7), jsonb_build_object('n', i))"
+                     " FROM generate_series(%d, %d) AS i",
+                     from, from + count - 1));
+}
+
+/* A relay started while PostgreSQL is down waits for it (logging once,
+ * not exiting), publishes once it is up, rides out a restart, and its JSON
+ * log stays one object per line through all of it (libpq's multi-line
+ * messages included). */
+TEST(relay_waits_for_postgres)
+{
+    char out[CH_PATH], errs[1][CH_PATH], to[CH_PATH + 8];
+    const char *argv[] = {test_outbox_bin(), "--log-format", "json", "relay", "--store", url,
+                          "--to", to, "--poll-interval", "200ms", NULL};
+    PGconn *c = pgh_connect(&server);
+    int good, bad;
+    pid_t pid;
+
+    if (!getenv("OUTBOX_BIN")) SKIP("the outbox binary was not found: run through ctest");
+    reset_outbox(c);
+    PQfinish(c);
+    ch_path(out, "waited.jsonl");
+    ch_path(errs[0], "waited.err");
+    snprintf(to, sizeof to, "file:%s", out);
+
+    pgh_stop_immediate(&server);
+    pid = ch_spawn(argv, NULL, NULL, errs[0]);
+    ch_sleep_ms(1500);
+    ASSERT(ch_alive(pid)); /* waiting, not exited */
+    pgh_start_server(&server);
+    c = pgh_connect(&server);
+    enqueue_sql(c, 0, 100);
+    for (int tries = 0; tries < 400 && countf(c, "SELECT count(*) FROM outbox.outbox") > 0; tries++)
+        ch_sleep_ms(50);
+    ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.outbox"), 0);
+    PQfinish(c);
+
+    /* A restart under the running relay. */
+    pgh_stop_immediate(&server);
+    ch_sleep_ms(500);
+    pgh_start_server(&server);
+    c = pgh_connect(&server);
+    enqueue_sql(c, 100, 100);
+    for (int tries = 0; tries < 600 && countf(c, "SELECT count(*) FROM outbox.outbox") > 0; tries++)
+        ch_sleep_ms(50);
+    ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.outbox"), 0);
+    ch_relays_stop(&pid, 1, errs);
+
+    json_lines(out, &good, &bad);
+    ASSERT_EQ(bad, 0);
+    ASSERT(good >= 200); /* at least once: a restart may republish */
+    json_lines(errs[0], &good, &bad);
+    if (bad != 0) ch_dump("relay log", errs[0]);
+    ASSERT_EQ(bad, 0);
+    ASSERT(good > 0);
+    PQfinish(c);
+}
+
 int main(void)
 {
     pgh_start(&server);
@@ -1298,6 +1377,7 @@ int main(void)
     RUN(claim_before_analyze);
     RUN(relay_instances_in_status);
     RUN(same_name_relays_drain_together);
+    RUN(relay_waits_for_postgres);
     fprintf(stderr, "all PostgreSQL operator tests passed\n");
     return 0;
 }

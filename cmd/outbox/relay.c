@@ -27,7 +27,7 @@ static void print_usage(FILE *out)
           "                    [--backoff-base DUR] [--backoff-max DUR] [--on-sent delete|mark]\n"
           "                    [--failed-blocks yes|no] [--poll-interval DUR] [--lease-ttl DUR]\n"
           "                    [--wait-lease] [--source URI] [--name NAME] [--to-opt KEY=VALUE]...\n"
-          "                    [--max-message-bytes N] [--max-field-bytes N]\n"
+          "                    [--max-message-bytes N] [--max-field-bytes N] [--connect-timeout DUR]\n"
           "\n"
           "Publishes committed outbox messages to a destination, at least once, in\n"
           "enqueue order per aggregate, and marks them sent once the destination has\n"
@@ -59,6 +59,10 @@ static void print_usage(FILE *out)
           "                       aggregate until retried or dropped (default yes); no: they go on\n"
           "  --poll-interval DUR  fallback full check for new messages (default 1s)\n"
           "  --lease-ttl DUR      relay lease lifetime, at least 1s (default 10s)\n"
+          "  --connect-timeout DUR  how long to wait at start-up for a store or destination\n"
+          "                       that cannot be reached yet, retrying with backoff and\n"
+          "                       logging once per change (default: for ever; 30s with\n"
+          "                       --once; 0: exit 1 at once)\n"
           "  --wait-lease         stand by while another relay holds the lease (default: exit 1)\n"
           "  --source URI         CloudEvents source attribute (default /outbox)\n"
           "  --name NAME          relay name shown in status (default host:pid)\n"
@@ -99,7 +103,8 @@ enum {
     OPT_NAME,
     OPT_TO_OPT,
     OPT_MAX_MESSAGE_BYTES,
-    OPT_MAX_FIELD_BYTES
+    OPT_MAX_FIELD_BYTES,
+    OPT_CONNECT_TIMEOUT
 };
 
 /* Most --to-opt settings one relay takes. */
@@ -187,6 +192,69 @@ static void signals_stop(pthread_t thread)
     pthread_join(thread, NULL);
 }
 
+/* Whether a start-up failure is the store or the destination not being
+ * reachable yet (connection refused, a server starting, a locked file),
+ * which a daemon waits out, rather than a mistake to report at once. */
+static int startup_retriable(int rc)
+{
+    return rc == OUTBOX_EIO || rc == OUTBOX_EBUSY || rc == OUTBOX_EPUBLISH;
+}
+
+static int stop_was_asked(void)
+{
+    int asked;
+    pthread_mutex_lock(&signal_lock);
+    asked = stop_asked;
+    pthread_mutex_unlock(&signal_lock);
+    return asked;
+}
+
+/* outbox_relay_new, retried with backoff (250 ms doubling to 10 s) while
+ * the store or the destination cannot be reached, for up to timeout_ms
+ * (-1: for ever, 0: no retry).  Logs when it starts waiting, when the
+ * reason changes and when it is over.  OUTBOX_ESTOPPED when SIGINT/SIGTERM
+ * came while waiting. */
+static int relay_new_waiting(outbox_relay **relay, const char *url, const char *to,
+                             const outbox_relay_options *opts, int64_t timeout_ms,
+                             outbox_error *err)
+{
+    int64_t start = outbox__monotonic_us(), pause_ms = 250;
+    char last[sizeof err->message] = "";
+    int rc;
+
+    for (;;) {
+        int64_t waited_ms;
+        rc = outbox_relay_new(relay, url, to, opts, err);
+        waited_ms = (outbox__monotonic_us() - start) / 1000;
+        if (rc == OUTBOX_OK) {
+            if (last[0])
+                outbox__log(OUTBOX_LOG_INFO, "relay", "connected after waiting %lld s",
+                            (long long)(waited_ms / 1000));
+            return OUTBOX_OK;
+        }
+        if (!startup_retriable(rc) || timeout_ms == 0) return rc;
+        if (timeout_ms > 0 && waited_ms >= timeout_ms) {
+            char why[sizeof err->message];
+            snprintf(why, sizeof why, "%s", err->message);
+            return outbox__error(err, rc,
+                                 "%.400s; gave up after %lld s (--connect-timeout)", why,
+                                 (long long)(waited_ms / 1000));
+        }
+        if (strcmp(last, err->message) != 0) {
+            outbox__log(OUTBOX_LOG_WARN, "relay",
+                        "waiting for the store and the destination: %s; retrying%s",
+                        err->message, timeout_ms > 0 ? " until --connect-timeout" : "");
+            snprintf(last, sizeof last, "%s", err->message);
+        }
+        if (timeout_ms > 0 && pause_ms > timeout_ms - waited_ms) pause_ms = timeout_ms - waited_ms;
+        for (int64_t slept = 0; slept < pause_ms; slept += 100) {
+            if (stop_was_asked()) return OUTBOX_ESTOPPED;
+            outbox__sleep_us(100000);
+        }
+        if (pause_ms < 10000) pause_ms *= 2;
+    }
+}
+
 /* Parses a duration option into an unsigned millisecond field. */
 static int duration_option(const char *cmd, const char *opt, const char *text, unsigned *out)
 {
@@ -270,6 +338,7 @@ int cmd_relay(int argc, char **argv)
         {"to-opt", required_argument, NULL, OPT_TO_OPT},
         {"max-message-bytes", required_argument, NULL, OPT_MAX_MESSAGE_BYTES},
         {"max-field-bytes", required_argument, NULL, OPT_MAX_FIELD_BYTES},
+        {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
@@ -282,6 +351,7 @@ int cmd_relay(int argc, char **argv)
     outbox_store watch = {NULL, NULL}; /* --once: the store's Failed count before and after */
     int64_t failed_before = -1;
     pthread_t signals;
+    int64_t connect_timeout_ms = -2; /* -2: not given (the default), -1: for ever */
     uint64_t n, seen = 0;
     int c, rc;
 
@@ -318,6 +388,10 @@ int cmd_relay(int argc, char **argv)
             if ((rc = cli_parse_uint(cmd, "--max-message-bytes", optarg, 1024, 1073741824, &n)) ==
                 CLI_EXIT_OK)
                 outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, (size_t)n);
+            break;
+        case OPT_CONNECT_TIMEOUT:
+            rc = cli_parse_duration(cmd, "--connect-timeout", optarg, INT64_C(31536000000),
+                                    &connect_timeout_ms);
             break;
         case OPT_MAX_FIELD_BYTES:
             if ((rc = cli_parse_uint(cmd, "--max-field-bytes", optarg, 16, 1048576, &n)) ==
@@ -382,8 +456,10 @@ int cmd_relay(int argc, char **argv)
     /* The signal thread first: a SIGTERM during start-up is a clean stop too. */
     if (signals_start(&signals) != 0)
         return cli_failure(cmd, "could not start the signal thread; check the process limits");
-    if ((rc = outbox_relay_new(&relay, url, to, &opts, &err)) != OUTBOX_OK) {
+    if (connect_timeout_ms == -2) connect_timeout_ms = opts.once ? 30000 : -1;
+    if ((rc = relay_new_waiting(&relay, url, to, &opts, connect_timeout_ms, &err)) != OUTBOX_OK) {
         signals_stop(signals);
+        if (rc == OUTBOX_ESTOPPED) return CLI_EXIT_OK;
         return cli_fail(cmd, rc, &err);
     }
     if (opts.once && outbox__store_open(&watch, url, &err) == OUTBOX_OK)
