@@ -4,7 +4,8 @@
  *
  *   drain     N pending messages (filled server-side with generate_series,
  *             ~300-byte jsonb payloads over 1000 aggregates, then VACUUM
- *             ANALYZE and CHECKPOINT) drained by
+ *             ANALYZE and CHECKPOINT; with --no-analyze a new table every
+ *             time, never analysed, autovacuum off) drained by
  *               baseline  a loop of `DELETE FROM outbox WHERE seq IN (SELECT
  *                         seq ... WHERE status = 'pending' ORDER BY seq LIMIT
  *                         B FOR UPDATE SKIP LOCKED) RETURNING <all columns>`
@@ -92,21 +93,35 @@ static PGconn *connect_db(void)
     return c;
 }
 
+/* --no-analyze: every fill starts from a new table that has never been
+ * analysed and that autovacuum leaves alone, as after a fresh init, a bulk
+ * load or a restore, when the claim's plan has no statistics to go by. */
+static int no_analyze;
+
 static void fill(PGconn *c, long long n)
 {
     char sql[1024];
     double t0 = now_s();
-    pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+    if (no_analyze) {
+        outbox_error err;
+        pgh_exec(c, "DROP SCHEMA bench_outbox CASCADE");
+        if (outbox_schema_init_pg(c, "bench_outbox", &err) != OUTBOX_OK)
+            TEST_FAIL_("%s", err.message);
+        pgh_exec(c, "ALTER TABLE bench_outbox.outbox SET (autovacuum_enabled = false)");
+    } else {
+        pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+    }
     snprintf(sql, sizeof sql,
              "INSERT INTO bench_outbox.outbox (id, type, aggregate_type, aggregate_id, payload)"
              " SELECT bench_outbox.uuid_v7(), 'Tick', 'Agg', 'a' || (i %% 1000),"
              " jsonb_build_object('n', i, 'pad', repeat('x', 270)) FROM generate_series(1, %lld) i",
              n);
     pgh_exec(c, sql);
-    pgh_exec(c, "VACUUM ANALYZE bench_outbox.outbox");
+    if (!no_analyze) pgh_exec(c, "VACUUM ANALYZE bench_outbox.outbox");
     /* The fill's dirty pages are written now, not inside the timed drain. */
     pgh_exec(c, "CHECKPOINT");
-    printf("  fill %lld rows: %.1f s\n", n, now_s() - t0);
+    printf("  fill %lld rows: %.1f s%s\n", n, now_s() - t0,
+           no_analyze ? " (new table, no ANALYZE, no autovacuum)" : "");
 }
 
 static double baseline(PGconn *c)
@@ -557,11 +572,12 @@ int main(int argc, char **argv)
             snprintf(url, sizeof url, "%s", argv[++i]);
         } else if (!strcmp(argv[i], "--skip-latency")) skip_latency = 1;
         else if (!strcmp(argv[i], "--skip-enqueue")) skip_enqueue = 1;
+        else if (!strcmp(argv[i], "--no-analyze")) no_analyze = 1;
         else {
             fprintf(stderr,
                     "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
                     "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
-                    " [--skip-enqueue] [--skip-drain]\n");
+                    " [--skip-enqueue] [--skip-drain] [--no-analyze]\n");
             return 2;
         }
     }
