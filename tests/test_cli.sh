@@ -657,5 +657,22 @@ expect 0 "status --json after the holder was killed" status --store "$DB" --json
 check "status --json: gone, with pid and host" json_check \
     "j['relay']['owner']=='doomed' and j['relay']['gone'] is True and j['relay']['pid']>0 and j['relay']['host']"
 
+# --- a schema newer than this build: every command refuses, exit 2 --------
+NDB=sqlite:$TMP/newer.db
+"$OUTBOX_BIN" init --store "$NDB" >/dev/null
+"$OUTBOX_BIN" enqueue --store "$NDB" --type T --aggregate-id n >/dev/null
+sqlite3 "$TMP/newer.db" "UPDATE outbox_meta SET value = '99' WHERE key = 'schema_version'"
+newer_rows() { sqlite3 "$TMP/newer.db" 'select count(*) || status from outbox group by status'; }
+before=$(newer_rows)
+for args in "init" "status" "list" "list --json" "enqueue --type T --aggregate-id n" \
+    "retry --all-failed" "drop --all-failed" "purge --sent-older-than 0s" \
+    "relay --to stdout: --once"; do
+    # shellcheck disable=SC2086
+    expect 2 "newer schema: $args" $args --store "$NDB"
+    check "newer schema: $args names both versions" grep -q "version 99, newer than this build" "$TMP/err"
+    check "newer schema: $args prints nothing on stdout" test ! -s "$TMP/out"
+done
+check "newer schema: nothing was written" test "$(newer_rows)" = "$before"
+
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

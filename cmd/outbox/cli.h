@@ -99,7 +99,8 @@ int cli_failure(const char *cmd, const char *fmt, ...) OUTBOX__PRINTF(2, 3);
 int cli_fail(const char *cmd, int code, const outbox_error *err);
 
 /* Exit code for a library result: 0 for OUTBOX_OK, 2 for invalid input and
- * configuration (EINVAL, EBAD*, ETOOBIG, ECONFIG, ENOTBUILT), 1 otherwise. */
+ * configuration (EINVAL, EBAD*, ETOOBIG, ECONFIG, ENOTBUILT) and for a schema
+ * newer than this build (ESCHEMANEWER), 1 otherwise. */
 int cli_exit_code(int code);
 
 /* Handles every getopt_long result a command does not handle itself:

@@ -181,6 +181,7 @@ int cli_exit_code(int code)
     case OUTBOX_EBADURL:
     case OUTBOX_ECONFIG:
     case OUTBOX_ENOTBUILT:
+    case OUTBOX_ESCHEMANEWER: /* this binary is too old for the database: not a runtime fault */
         return CLI_EXIT_USAGE;
     default:
         return code > 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;

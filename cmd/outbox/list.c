@@ -52,6 +52,12 @@ static void cell(const char *s, char *out, size_t len)
     outbox__buf_free(&b);
 }
 
+static void print_header(void)
+{
+    printf("%-8s %-36s %-8s %8s  %-24s %-24s %s\n", "SEQ", "ID", "STATUS", "ATTEMPTS", "TYPE",
+           "AGGREGATE_ID", "LAST_ERROR");
+}
+
 static int on_message(void *user, const outbox_msg *msg)
 {
     list_state *ls = user;
@@ -64,6 +70,7 @@ static int on_message(void *user, const outbox_msg *msg)
         }
         return 0;
     }
+    if (ls->count == 1) print_header(); /* not before the store answered: an error alone */
     {
         char id[37], type[25], agg[25], error[41];
         cell(msg->id, id, sizeof id); /* a foreign writer's row may hold anything */
@@ -127,9 +134,6 @@ int cmd_list(int argc, char **argv)
         rc = cli_failure(cmd, "out of memory");
         goto out;
     }
-    if (!as_json)
-        printf("%-8s %-36s %-8s %8s  %-24s %-24s %s\n", "SEQ", "ID", "STATUS", "ATTEMPTS", "TYPE",
-               "AGGREGATE_ID", "LAST_ERROR");
     rc = store.ops->list(store.state, &params, on_message, &ls, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
@@ -139,6 +143,7 @@ int cmd_list(int argc, char **argv)
         rc = cli_failure(cmd, "out of memory building the JSON output; use --limit");
         goto out;
     }
+    if (!as_json && ls.count == 0) print_header();
     rc = as_json ? cli_print_json(cmd, ls.array) : CLI_EXIT_OK;
 out:
     json_decref(ls.array);
