@@ -1026,29 +1026,43 @@ static void capture_start(int level, const char *component)
 }
 
 /* Inserts a row as a writer that went around the table's checks would (or
- * as an older schema let in): the check trigger is dropped for it and put
- * back.  Returns the row's seq. */
+ * as an older schema let in): the INSERT triggers are dropped for it and
+ * put back.  Returns the row's seq. */
 static int64_t insert_unchecked(sqlite3 *db, const char *id, const char *type,
                                 const char *aggregate_id, const char *headers)
 {
-    char *trigger = NULL, sql[1024];
+    char *triggers[4], sql[1024];
     sqlite3_stmt *s = NULL;
+    int64_t seq;
+    int n = 0, i;
     ASSERT_EQ(sqlite3_prepare_v2(db,
-                                 "SELECT sql FROM sqlite_master WHERE name = 'outbox_check_insert'",
+                                 "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                                 " AND tbl_name = 'outbox' AND name LIKE '%insert'",
                                  -1, &s, NULL),
               SQLITE_OK);
-    ASSERT_EQ(sqlite3_step(s), SQLITE_ROW);
-    trigger = strdup((const char *)sqlite3_column_text(s, 0));
+    while (n < 4 && sqlite3_step(s) == SQLITE_ROW) {
+        snprintf(sql, sizeof sql, "DROP TRIGGER %s", (const char *)sqlite3_column_text(s, 0));
+        triggers[n++] = strdup((const char *)sqlite3_column_text(s, 1));
+        sqlite3_finalize(s);
+        exec_ok(db, sql);
+        ASSERT_EQ(sqlite3_prepare_v2(db,
+                                     "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                                     " AND tbl_name = 'outbox' AND name LIKE '%insert'",
+                                     -1, &s, NULL),
+                  SQLITE_OK);
+    }
     sqlite3_finalize(s);
-    exec_ok(db, "DROP TRIGGER outbox_check_insert");
     snprintf(sql, sizeof sql,
              "INSERT INTO outbox (id, occurred_at, type, aggregate_id, payload, headers)"
              " VALUES ('%s', 1700000000000000, '%s', '%s', '{}', '%s')",
              id, type, aggregate_id, headers);
     exec_ok(db, sql);
-    exec_ok(db, trigger);
-    free(trigger);
-    return sqlite3_last_insert_rowid(db);
+    seq = sqlite3_last_insert_rowid(db);
+    for (i = 0; i < n; i++) {
+        exec_ok(db, triggers[i]);
+        free(triggers[i]);
+    }
+    return seq;
 }
 
 /* A stored row the relay cannot decode is quarantined: Failed with the
@@ -1194,29 +1208,42 @@ TEST(quarantine_reads_again)
  * code and the caller's transaction stays usable. */
 TEST(table_refuses_what_library_refuses)
 {
+#define ID "'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70'"
     static const struct {
         const char *values; /* id, occurred_at, type, aggregate_type, aggregate_id */
         const char *headers;
         const char *says;
     } refused[] = {
-        {"'NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx', 1, 'T', '', 'a'", "'{}'", "outbox: id is not"},
-        {"'00000000-0000-0000-0000-000000000000', 1, 'T', '', 'a'", "'{}'", "outbox: id is the nil"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', -1, 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 253402300800000000, 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 'soon', 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, ' \t', '', 'a'", "'{}'", "outbox: type is empty or blank"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T' || char(10), '', 'a'", "'{}'", "outbox: type contains a control"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, printf('%.257c', 'x'), '', 'a'", "'{}'", "outbox: type is longer than 256"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', char(27), 'a'", "'{}'", "outbox: aggregate_type contains a control"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', ' '", "'{}'", "outbox: aggregate_id is empty or blank"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', printf('%.300c', 'k')", "'{}'", "outbox: aggregate_id is longer than 256"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'[]'", "outbox: headers are not a JSON object"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'nope'", "outbox: headers are not a JSON object"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'{\"n\":1}'", "outbox: headers have a value that is not a string"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'{\"\":\"v\"}'", "outbox: headers have an empty name"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'{\"k\":\"a\\nb\"}'", "outbox: header names and values may not contain control"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'{\"k\\u007f\":\"v\"}'", "outbox: header names and values may not contain control"},
+        {"'NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx', 1, 'T', '', 'a'", "'{}'",
+         "outbox: id is not a UUID (8-4-4-4-12 hex digits, not nil)"},
+        {"'00000000-0000-0000-0000-000000000000', 1, 'T', '', 'a'", "'{}'",
+         "outbox: id is not a UUID"},
+        {ID ", -1, 'T', '', 'a'", "'{}'", "outbox: occurred_at is not Unix microseconds"},
+        {ID ", 253402300800000000, 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
+        {ID ", 'soon', 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
+        {ID ", 1, ' ' || char(9), '', 'a'", "'{}'", "outbox: type is blank"},
+        {ID ", 1, '', '', 'a'", "'{}'", "outbox: type is blank"},
+        {ID ", 1, 'T' || char(10), '', 'a'", "'{}'",
+         "outbox: type is blank, longer than 256 bytes or has a control character"},
+        {ID ", 1, printf('%.257c', 'x'), '', 'a'", "'{}'", "outbox: type is blank, longer"},
+        {ID ", 1, 'T', char(27), 'a'", "'{}'",
+         "outbox: aggregate_type is longer than 256 bytes or has a control character"},
+        {ID ", 1, 'T', '', ' '", "'{}'", "outbox: aggregate_id is blank"},
+        {ID ", 1, 'T', '', 'a' || char(127)", "'{}'", "outbox: aggregate_id is blank, longer"},
+        {ID ", 1, 'T', '', printf('%.300c', 'k')", "'{}'", "outbox: aggregate_id is blank"},
+        {ID ", 1, 'T', '', 'a'", "'[]'", "CHECK constraint failed: json_valid(headers)"},
+        {ID ", 1, 'T', '', 'a'", "'nope'", "CHECK constraint failed: json_valid(headers)"},
+        {ID ", 1, 'T', '', 'a'", "'{\"n\":1}'",
+         "outbox: headers must map names of 1 to 256 bytes to strings"},
+        {ID ", 1, 'T', '', 'a'", "'{\"\":\"v\"}'", "outbox: headers must map names"},
+        {ID ", 1, 'T', '', 'a'", "printf('{\"%.257c\":\"v\"}', 'n')",
+         "outbox: headers must map names"},
+        {ID ", 1, 'T', '', 'a'", "'{\"k\":\"a\\nb\"}'",
+         "outbox: header names and values may not contain control characters"},
+        {ID ", 1, 'T', '', 'a'", "'{\"k\\u007f\":\"v\"}'",
+         "outbox: header names and values may not contain control characters"},
     };
+#undef ID
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     sqlite3 *db;
@@ -1245,7 +1272,7 @@ TEST(table_refuses_what_library_refuses)
                 " '{\"correlation_id\":\"c-1\",\"x\":\"\"}')");
     ASSERT_EQ(sqlite3_exec(db, "UPDATE outbox SET aggregate_id = ''", NULL, NULL, NULL),
               SQLITE_CONSTRAINT);
-    ASSERT_CONTAINS(sqlite3_errmsg(db), "outbox: aggregate_id is empty");
+    ASSERT_CONTAINS(sqlite3_errmsg(db), "outbox: aggregate_id is blank");
     exec_ok(db, "UPDATE outbox SET status = 'failed', attempts = 3, last_error = 'x'");
 
     /* The library's enqueue: each refusal maps to the field's code. */
