@@ -1315,48 +1315,32 @@ TEST(table_refuses_what_library_refuses)
     outbox__store_close(&st);
 }
 
-/* A database made by schema version 1, with a row version 1 let in and a
- * lease row of that version, is upgraded in place; the bad row stays (the
- * relay quarantines it) and the new checks apply from then on. */
+/* A database at schema version 1 (version 2 taken back: migrations only
+ * add), with a row version 1 let in and a lease row of that version, is
+ * upgraded in place; the bad row stays (the relay quarantines it) and the
+ * new checks apply from then on. */
 TEST(upgrade_from_version_1)
 {
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     outbox_status s;
-    sqlite3 *db = open_db("v1.db");
+    sqlite3 *db;
     int from = -1, to = -1;
     batch b;
 
-    exec_ok(db,
-            "CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
-            "INSERT INTO outbox_meta VALUES ('schema_version', '1');"
-            "CREATE TABLE outbox ("
-            " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " id TEXT NOT NULL UNIQUE CHECK (length(id) = 36),"
-            " occurred_at INTEGER NOT NULL,"
-            " type TEXT NOT NULL CHECK (length(type) > 0),"
-            " aggregate_type TEXT NOT NULL DEFAULT '',"
-            " aggregate_id TEXT NOT NULL CHECK (length(aggregate_id) > 0),"
-            " payload TEXT NOT NULL CHECK (json_valid(payload)),"
-            " headers TEXT NOT NULL DEFAULT '{}'"
-            "  CHECK (json_valid(headers) AND json_type(headers) = 'object'),"
-            " status TEXT NOT NULL DEFAULT 'pending'"
-            "  CHECK (status IN ('pending','sent','failed')),"
-            " attempts INTEGER NOT NULL DEFAULT 0, available_at INTEGER NOT NULL DEFAULT 0,"
-            " last_error TEXT, sent_at INTEGER);"
-            "CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending';"
-            "CREATE INDEX outbox_blocking ON outbox (aggregate_id, seq)"
-            " WHERE status = 'failed' OR attempts > 0;"
-            "CREATE INDEX outbox_sent_at ON outbox (sent_at) WHERE status = 'sent';"
-            "CREATE TABLE outbox_inbox (consumer TEXT NOT NULL, message_id TEXT NOT NULL,"
-            " received_at INTEGER NOT NULL, PRIMARY KEY (consumer, message_id)) WITHOUT ROWID;"
-            "CREATE INDEX outbox_inbox_received ON outbox_inbox (received_at);"
-            "CREATE TABLE outbox_lease (name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER,"
-            " host TEXT, acquired_at INTEGER, expires_at INTEGER NOT NULL) WITHOUT ROWID;"
-            "INSERT INTO outbox (id, occurred_at, type, aggregate_id, payload) VALUES"
-            " ('NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx', 1, 'T', 'a', '{}'),"
-            " ('0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', 'b', '{}');"
-            "INSERT INTO outbox_lease VALUES ('relay', 'old', 1, 'elsewhere', 0, 0);");
+    open_store(&st, "v1.db");
+    outbox__store_close(&st);
+    db = open_db("v1.db");
+    exec_ok(db, "DROP TRIGGER outbox_check_insert; DROP TRIGGER outbox_check_update;"
+                "DROP TRIGGER outbox_check_headers_insert;"
+                "DROP TRIGGER outbox_check_headers_update;"
+                "ALTER TABLE outbox_lease DROP COLUMN instance;"
+                "ALTER TABLE outbox_lease DROP COLUMN note;"
+                "UPDATE outbox_meta SET value = '1' WHERE key = 'schema_version';"
+                "INSERT INTO outbox (id, occurred_at, type, aggregate_id, payload) VALUES"
+                " ('NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx', 1, 'T', 'a', '{}'),"
+                " ('0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', 'b', '{}');"
+                "INSERT INTO outbox_lease VALUES ('relay', 'old', 1, 'elsewhere', 0, 0);");
     ASSERT_OK(outbox__store_open(&st, url_of("v1.db"), err), err);
     ASSERT_EQ(st.ops->check_schema(st.state, err), OUTBOX_ENOSCHEMA);
     ASSERT_CONTAINS(err->message, "older than 2");

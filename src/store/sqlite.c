@@ -160,10 +160,10 @@ static const char *const migrations[] = {
 _Static_assert(sizeof migrations / sizeof migrations[0] == SCHEMA_VERSION,
                "SCHEMA_VERSION is the number of migrations");
 
-/* SQL for "?1 when outbox_meta records a version this build can write to,
- * else NULL": the caller-connection writes put it in a NOT NULL column, so
- * that a refused version writes nothing at the cost of a subquery rather
- * than a statement of its own (version_refusal says why afterwards). */
+/* SQL for "param when outbox_meta records a version this build can write
+ * to, else NULL": the caller-connection writes put it in a NOT NULL column,
+ * so that a refused version writes nothing at the cost of a subquery rather
+ * than a statement of its own (version_writable says why afterwards). */
 #define IF_VERSION_WRITABLE(param)                                                           \
     "(SELECT " param " FROM outbox_meta WHERE key = 'schema_version'"                        \
     " AND CAST(value AS INTEGER) BETWEEN 1 AND " NUMBER_TEXT(SCHEMA_VERSION) ")"
@@ -291,13 +291,15 @@ static int refuse_newer(sqlite3 *db, const stored_version *v, outbox_error *err)
                          db_path(db), v->number, SCHEMA_VERSION);
 }
 
-/* Says why a caller-connection write inserted nothing: its statement is
- * conditional on VERSION_WRITABLE. */
-static int version_refusal(sqlite3 *db, outbox_error *err)
+/* OUTBOX_OK when outbox_meta records a version this build can write to
+ * (IF_VERSION_WRITABLE is true); else why a caller-connection write was
+ * refused. */
+static int version_writable(sqlite3 *db, outbox_error *err)
 {
     stored_version v;
     int code = read_version(db, &v, err);
     if (code != OUTBOX_OK) return code;
+    if (v.state == VERSION_SET && v.number <= SCHEMA_VERSION) return OUTBOX_OK;
     code = refuse_newer(db, &v, err);
     if (code != OUTBOX_OK) return code;
     return outbox__error(err, OUTBOX_ENOSCHEMA,
@@ -477,7 +479,8 @@ int outbox_schema_init_sqlite(sqlite3 *db, outbox_error *err)
  * Enqueue and inbox on any connection
  * ---------------------------------------------------------------------- */
 
-/* The id is NULL (refused, nothing written) unless the version is writable. */
+/* The id is NULL (refused by NOT NULL: nothing written) unless the schema
+ * version is writable. */
 static const char insert_sql[] =
     "INSERT INTO outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload, headers)"
     " VALUES (" IF_VERSION_WRITABLE("?1") ", ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -514,8 +517,11 @@ static int insert_fail(sqlite3 *db, int rc, const outbox_msg *msg, outbox_error 
                              "a message with id %s is already in the outbox: give each "
                              "message its own id",
                              msg->id);
-    if (ext == SQLITE_CONSTRAINT_NOTNULL && strstr(text, "outbox.id") != NULL)
-        return version_refusal(db, err); /* msg->id is never NULL: see insert_sql */
+    if (ext == SQLITE_CONSTRAINT_NOTNULL && strstr(text, "outbox.id") != NULL) {
+        /* msg->id is never NULL: the version refused it (see insert_sql). */
+        int code = version_writable(db, err);
+        return code != OUTBOX_OK ? code : outbox__error(err, OUTBOX_EINTERNAL, "%s", text);
+    }
     if (ext == SQLITE_CONSTRAINT_TRIGGER || ext == SQLITE_CONSTRAINT_CHECK ||
         ext == SQLITE_CONSTRAINT_NOTNULL) {
         int code = OUTBOX_EINVAL;
@@ -590,11 +596,8 @@ static int valid_consumer(const char *consumer)
  * (its consumer was NULL, which OR IGNORE skips). */
 static int duplicate_or_refused(sqlite3 *db, outbox_error *err)
 {
-    stored_version v;
-    int code = read_version(db, &v, err);
-    if (code != OUTBOX_OK) return code;
-    if (v.state == VERSION_SET && v.number <= SCHEMA_VERSION) return OUTBOX_DUPLICATE;
-    return version_refusal(db, err);
+    int code = version_writable(db, err);
+    return code == OUTBOX_OK ? OUTBOX_DUPLICATE : code;
 }
 
 /* Records (consumer, message_id) in the inbox inside the caller's open
@@ -868,6 +871,21 @@ static void sqlite_close(void *state)
     free(st);
 }
 
+/* A random token naming this store handle as a lease holder: unique
+ * across processes and handles (the OS's randomness, as for fork). */
+static void new_instance(char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char token[16];
+    size_t i;
+    outbox__random_bytes(token, sizeof token);
+    for (i = 0; i < sizeof token; i++) {
+        out[2 * i] = hex[token[i] >> 4];
+        out[2 * i + 1] = hex[token[i] & 15];
+    }
+    out[32] = '\0';
+}
+
 /* sqlite:PATH or sqlite://PATH (so sqlite:///tmp/a.db is /tmp/a.db). */
 static int sqlite_open(void **state, const char *url, outbox_error *err)
 {
@@ -897,16 +915,7 @@ static int sqlite_open(void **state, const char *url, outbox_error *err)
     st = calloc(1, sizeof *st);
     if (!st) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     st->data_version = -1;
-    {
-        static const char hex[] = "0123456789abcdef";
-        unsigned char token[16];
-        size_t i;
-        outbox__random_bytes(token, sizeof token);
-        for (i = 0; i < sizeof token; i++) {
-            st->instance[2 * i] = hex[token[i] >> 4];
-            st->instance[2 * i + 1] = hex[token[i] & 15];
-        }
-    }
+    new_instance(st->instance);
     outbox__buf_init(&st->sent);
     outbox__buf_init(&st->exclude);
     st->path = strdup(path);
