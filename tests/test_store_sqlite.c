@@ -1274,6 +1274,17 @@ TEST(table_refuses_what_library_refuses)
               SQLITE_CONSTRAINT);
     ASSERT_CONTAINS(sqlite3_errmsg(db), "outbox: aggregate_id is blank");
     exec_ok(db, "UPDATE outbox SET status = 'failed', attempts = 3, last_error = 'x'");
+    /* The operator's commands find an upper-case id by its canonical form. */
+    {
+        const char *ids[] = {"0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70"};
+        outbox_msg *got = NULL;
+        int64_t count = 0;
+        ASSERT_OK(st.ops->get(st.state, ids[0], &got, err), err);
+        ASSERT_EQ(got->status, OUTBOX_STATUS_FAILED);
+        outbox_msg_free(got);
+        ASSERT_OK(st.ops->retry(st.state, ids, 1, 0, &count, err), err);
+        ASSERT_EQ(count, 1);
+    }
 
     /* The library's enqueue: each refusal maps to the field's code. */
     {

@@ -1601,6 +1601,10 @@ static const char *sqlite_wake_path(void *state)
  * Operator commands
  * ---------------------------------------------------------------------- */
 
+/* A stored id equal to the canonical (lower-case) ?1: the library stores
+ * ids in lower case, the table also takes them in upper case. */
+#define ID_IS "id IN (?1, upper(?1))"
+
 #define FULL_COLUMNS                                                                  \
     "seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers, attempts," \
     " status, available_at, last_error, sent_at"
@@ -1809,7 +1813,7 @@ static int sqlite_get(void *state, const char *id, outbox_msg **msg, outbox_erro
     if (code != OUTBOX_OK) return code;
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
-    rc = sqlite3_prepare_v2(st->db, "SELECT " FULL_COLUMNS " FROM outbox WHERE id = ?1", -1, &s,
+    rc = sqlite3_prepare_v2(st->db, "SELECT " FULL_COLUMNS " FROM outbox WHERE " ID_IS, -1, &s,
                             NULL);
     if (rc != SQLITE_OK) return db_fail(st->db, rc, "reading a message", err);
     sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
@@ -1851,12 +1855,12 @@ static int sqlite_retry(void *state, const char *const *ids, size_t n, int all, 
         if (code != OUTBOX_OK) goto fail;
         total = sqlite3_changes(st->db);
     } else {
-        rc = sqlite3_prepare_v2(st->db, "SELECT status FROM outbox WHERE id = ?1", -1, &sel,
+        rc = sqlite3_prepare_v2(st->db, "SELECT status FROM outbox WHERE " ID_IS, -1, &sel,
                                 NULL);
         if (rc == SQLITE_OK)
             rc = sqlite3_prepare_v2(st->db,
                                     "UPDATE outbox SET status = 'pending', attempts = 0,"
-                                    " available_at = 0 WHERE id = ?1 AND status = 'failed'",
+                                    " available_at = 0 WHERE " ID_IS " AND status = 'failed'",
                                     -1, &upd, NULL);
         if (rc != SQLITE_OK) {
             code = db_fail(st->db, rc, "requeueing failed messages", err);
@@ -1942,7 +1946,7 @@ static int drop_select(sqlite_store *st, const char *const *ids, size_t n, int a
     rc = sqlite3_prepare_v2(st->db,
                             all ? "SELECT " FULL_COLUMNS " FROM outbox WHERE status = 'failed'"
                                   " ORDER BY seq"
-                                : "SELECT " FULL_COLUMNS " FROM outbox WHERE id = ?1",
+                                : "SELECT " FULL_COLUMNS " FROM outbox WHERE " ID_IS,
                             -1, &s, NULL);
     if (rc != SQLITE_OK) return db_fail(st->db, rc, what, err);
     if (all) {
