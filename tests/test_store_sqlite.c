@@ -1164,6 +1164,79 @@ TEST(undecodable_rows_quarantined)
     outbox__store_close(&st);
 }
 
+/* What the relay's callback destination saw: per aggregate gN, the
+ * payload counters in publication order. */
+static struct {
+    int count[10];
+    int next_ok[10]; /* 1 while every counter came in order */
+    int total;
+} seen;
+
+static int see(void *user, const outbox_msg *m, outbox_error *err)
+{
+    int agg = outbox_msg_aggregate_id(m)[1] - '0', n = -1;
+    (void)user;
+    (void)err;
+    sscanf(outbox_msg_payload(m), "{\"n\":%d}", &n);
+    if (n != seen.count[agg]) seen.next_ok[agg] = 0;
+    seen.count[agg]++;
+    seen.total++;
+    return OUTBOX_OK;
+}
+
+/* The relay drains every aggregate around rows it cannot decode: each is
+ * quarantined, and only the messages after it in its own aggregate wait. */
+TEST(relay_drains_around_undecodable_rows)
+{
+    outbox_store st;
+    outbox_error err_buf = {0}, *err = &err_buf;
+    outbox_relay_options o;
+    outbox_relay *r = NULL;
+    outbox_status s;
+    sqlite3 *db;
+    int i, per_agg[10] = {0};
+
+    open_store(&st, "relaydrain.db");
+    db = open_db("relaydrain.db");
+    for (i = 0; i < 200; i++) {
+        char agg[8], payload[32];
+        outbox_msg *m;
+        if (i == 100) {
+            insert_unchecked(db, "NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx", "T", "g3", "{}");
+            insert_unchecked(db, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f71", "T", "g7",
+                             "{\"trace\":\"\\u001b[31m\"}");
+        }
+        snprintf(agg, sizeof agg, "g%d", i % 10);
+        snprintf(payload, sizeof payload, "{\"n\":%d}", per_agg[i % 10]++);
+        m = make_msg("Tick", agg, payload);
+        ASSERT_OK(st.ops->enqueue(st.state, m, err), err);
+        outbox_msg_free(m);
+    }
+    sqlite3_close(db);
+
+    memset(&seen, 0, sizeof seen);
+    for (i = 0; i < 10; i++) seen.next_ok[i] = 1;
+    outbox_relay_options_init(&o);
+    o.once = 1;
+    o.batch_size = 16;
+    o.publish = see;
+    ASSERT_OK(outbox_relay_new(&r, url_of("relaydrain.db"), NULL, &o, err), err);
+    ASSERT_OK(outbox_relay_run(r, err), err);
+    outbox_relay_free(r);
+
+    ASSERT_EQ(seen.total, 180);
+    for (i = 0; i < 10; i++) {
+        ASSERT_EQ(seen.next_ok[i], 1);
+        ASSERT_EQ(seen.count[i], i == 3 || i == 7 ? 10 : 20);
+    }
+    ASSERT_OK(st.ops->status(st.state, &s, err), err);
+    ASSERT_EQ(s.failed, 2);
+    ASSERT_EQ(s.pending, 20);
+    ASSERT_EQ(s.blocked, 20);
+    ASSERT_EQ(s.aggregates_blocked, 2);
+    outbox__store_close(&st);
+}
+
 /* A batch that holds only bad rows is read again, so the relay gets the
  * good messages behind them in the same claim (plain and pipelined). */
 TEST(quarantine_reads_again)
@@ -1774,6 +1847,7 @@ int main(int argc, char **argv)
     RUN(admin_status_list_get_retry);
     RUN(undecodable_rows_quarantined);
     RUN(quarantine_reads_again);
+    RUN(relay_drains_around_undecodable_rows);
     RUN(table_refuses_what_library_refuses);
     RUN(upgrade_from_version_1);
     RUN(lease_same_name_not_shared);
