@@ -1673,11 +1673,13 @@ static int status_lease(sqlite_store *st, int64_t now, outbox_status *out, outbo
 
 /* Pending messages behind a Failed one of their aggregate, and their
  * aggregates.  Only the pending rows after the first Failed seq are
- * walked, each probing outbox_blocking: nothing when none is Failed. */
+ * walked, each probing outbox_blocking: nothing when none is Failed.
+ * ("+": the first Failed seq comes from outbox_blocking, the few retried
+ * or failed rows, not from walking the table in seq order.) */
 static const char blocked_sql[] =
     "SELECT count(*), count(DISTINCT aggregate_id) FROM outbox o"
     " WHERE o.status = 'pending'"
-    " AND o.seq > (SELECT min(seq) FROM outbox"
+    " AND o.seq > (SELECT min(+seq) FROM outbox"
     "  WHERE (status = 'failed' OR attempts > 0) AND +status = 'failed')"
     " AND EXISTS (SELECT 1 FROM outbox f"
     "  WHERE f.aggregate_id = o.aggregate_id AND f.seq < o.seq"
