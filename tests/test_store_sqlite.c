@@ -1109,7 +1109,8 @@ TEST(undecodable_rows_quarantined)
     {
         char sql[200];
         snprintf(sql, sizeof sql,
-                 "SELECT count(*) FROM outbox WHERE seq = %lld AND last_error LIKE '%%NOT-A-UUID%%'",
+                 "SELECT count(*) FROM outbox WHERE seq = %lld"
+                 " AND last_error LIKE '%%NOT-A-UUID%%'",
                  (long long)bad_id_seq);
         ASSERT_EQ(query_int(db, sql), 1);
         snprintf(sql, sizeof sql,
@@ -1469,7 +1470,8 @@ TEST(lease_same_name_not_shared)
     ASSERT_OK(a.ops->lease_acquire(a.state, "same", 30000, err), err);
     ASSERT_EQ(b.ops->lease_acquire(b.state, "same", 30000, err), OUTBOX_ELEASED);
     snprintf(pid_text, sizeof pid_text, "pid %d on host ", (int)getpid());
-    ASSERT_CONTAINS(err->message, "another relay with the same name holds this outbox (name same, ");
+    ASSERT_CONTAINS(err->message,
+                    "another relay with the same name holds this outbox (name same, ");
     ASSERT_CONTAINS(err->message, pid_text);
     ASSERT_CONTAINS(err->message, "lease expires in 30s");
     ASSERT(strstr(err->message, "--wait-lease") == NULL);
@@ -1590,8 +1592,8 @@ TEST(drop_failed)
     ASSERT_EQ(count, 2);
     ASSERT_EQ(archived_n, 2);
     ASSERT_CONTAINS(archived[0], ids[3]);
-    ASSERT_EQ(strncasecmp(archived[1], "NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx failed 1 stored message",
-                          60),
+    ASSERT_EQ(strncasecmp(archived[1],
+                          "NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx failed 1 stored message", 60),
               0);
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox WHERE status = 'failed'"), 0);
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox"), 2);
@@ -1692,7 +1694,8 @@ TEST(newer_schema_refused_everywhere)
     ASSERT_OK(complete_one(&st, first.msgs[1], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
     outbox__store_close(&st);
     db = open_db("newer.db");
-    exec_ok(db, "BEGIN; INSERT INTO outbox_inbox VALUES ('c', '0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 0);"
+    exec_ok(db, "BEGIN;"
+                " INSERT INTO outbox_inbox VALUES ('c', '0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 0);"
                 " UPDATE outbox_meta SET value = '3' WHERE key = 'schema_version'; COMMIT");
 
 #define REFUSED(call)                                                                        \
