@@ -1270,10 +1270,9 @@ static int quarantine(sqlite_store *st, const bad_row *bad, size_t n, outbox_err
     if (code != OUTBOX_OK) goto fail;
     for (i = 0; i < n; i++)
         outbox__log(OUTBOX_LOG_ERROR, "store.sqlite",
-                    "message seq %lld (id \"%s\" as stored) cannot be published and is now "
-                    "Failed, holding back the later messages of its aggregate until it is "
-                    "retried or dropped: %s",
-                    (long long)bad[i].seq, bad[i].id, bad[i].error);
+                    "%s (id as stored: \"%s\"): marked Failed; fix the row and retry it, or "
+                    "drop it",
+                    bad[i].error, bad[i].id);
     return OUTBOX_OK;
 
 fail:
