@@ -1026,29 +1026,43 @@ static void capture_start(int level, const char *component)
 }
 
 /* Inserts a row as a writer that went around the table's checks would (or
- * as an older schema let in): the check trigger is dropped for it and put
- * back.  Returns the row's seq. */
+ * as an older schema let in): the INSERT triggers are dropped for it and
+ * put back.  Returns the row's seq. */
 static int64_t insert_unchecked(sqlite3 *db, const char *id, const char *type,
                                 const char *aggregate_id, const char *headers)
 {
-    char *trigger = NULL, sql[1024];
+    char *triggers[4], sql[1024];
     sqlite3_stmt *s = NULL;
+    int64_t seq;
+    int n = 0, i;
     ASSERT_EQ(sqlite3_prepare_v2(db,
-                                 "SELECT sql FROM sqlite_master WHERE name = 'outbox_check_insert'",
+                                 "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                                 " AND tbl_name = 'outbox' AND name LIKE '%insert'",
                                  -1, &s, NULL),
               SQLITE_OK);
-    ASSERT_EQ(sqlite3_step(s), SQLITE_ROW);
-    trigger = strdup((const char *)sqlite3_column_text(s, 0));
+    while (n < 4 && sqlite3_step(s) == SQLITE_ROW) {
+        snprintf(sql, sizeof sql, "DROP TRIGGER %s", (const char *)sqlite3_column_text(s, 0));
+        triggers[n++] = strdup((const char *)sqlite3_column_text(s, 1));
+        sqlite3_finalize(s);
+        exec_ok(db, sql);
+        ASSERT_EQ(sqlite3_prepare_v2(db,
+                                     "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                                     " AND tbl_name = 'outbox' AND name LIKE '%insert'",
+                                     -1, &s, NULL),
+                  SQLITE_OK);
+    }
     sqlite3_finalize(s);
-    exec_ok(db, "DROP TRIGGER outbox_check_insert");
     snprintf(sql, sizeof sql,
              "INSERT INTO outbox (id, occurred_at, type, aggregate_id, payload, headers)"
              " VALUES ('%s', 1700000000000000, '%s', '%s', '{}', '%s')",
              id, type, aggregate_id, headers);
     exec_ok(db, sql);
-    exec_ok(db, trigger);
-    free(trigger);
-    return sqlite3_last_insert_rowid(db);
+    seq = sqlite3_last_insert_rowid(db);
+    for (i = 0; i < n; i++) {
+        exec_ok(db, triggers[i]);
+        free(triggers[i]);
+    }
+    return seq;
 }
 
 /* A stored row the relay cannot decode is quarantined: Failed with the
@@ -1095,7 +1109,8 @@ TEST(undecodable_rows_quarantined)
     {
         char sql[200];
         snprintf(sql, sizeof sql,
-                 "SELECT count(*) FROM outbox WHERE seq = %lld AND last_error LIKE '%%NOT-A-UUID%%'",
+                 "SELECT count(*) FROM outbox WHERE seq = %lld"
+                 " AND last_error LIKE '%%NOT-A-UUID%%'",
                  (long long)bad_id_seq);
         ASSERT_EQ(query_int(db, sql), 1);
         snprintf(sql, sizeof sql,
@@ -1150,6 +1165,79 @@ TEST(undecodable_rows_quarantined)
     outbox__store_close(&st);
 }
 
+/* What the relay's callback destination saw: per aggregate gN, the
+ * payload counters in publication order. */
+static struct {
+    int count[10];
+    int next_ok[10]; /* 1 while every counter came in order */
+    int total;
+} seen;
+
+static int see(void *user, const outbox_msg *m, outbox_error *err)
+{
+    int agg = outbox_msg_aggregate_id(m)[1] - '0', n = -1;
+    (void)user;
+    (void)err;
+    sscanf(outbox_msg_payload(m), "{\"n\":%d}", &n);
+    if (n != seen.count[agg]) seen.next_ok[agg] = 0;
+    seen.count[agg]++;
+    seen.total++;
+    return OUTBOX_OK;
+}
+
+/* The relay drains every aggregate around rows it cannot decode: each is
+ * quarantined, and only the messages after it in its own aggregate wait. */
+TEST(relay_drains_around_undecodable_rows)
+{
+    outbox_store st;
+    outbox_error err_buf = {0}, *err = &err_buf;
+    outbox_relay_options o;
+    outbox_relay *r = NULL;
+    outbox_status s;
+    sqlite3 *db;
+    int i, per_agg[10] = {0};
+
+    open_store(&st, "relaydrain.db");
+    db = open_db("relaydrain.db");
+    for (i = 0; i < 200; i++) {
+        char agg[8], payload[32];
+        outbox_msg *m;
+        if (i == 100) {
+            insert_unchecked(db, "NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx", "T", "g3", "{}");
+            insert_unchecked(db, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f71", "T", "g7",
+                             "{\"trace\":\"\\u001b[31m\"}");
+        }
+        snprintf(agg, sizeof agg, "g%d", i % 10);
+        snprintf(payload, sizeof payload, "{\"n\":%d}", per_agg[i % 10]++);
+        m = make_msg("Tick", agg, payload);
+        ASSERT_OK(st.ops->enqueue(st.state, m, err), err);
+        outbox_msg_free(m);
+    }
+    sqlite3_close(db);
+
+    memset(&seen, 0, sizeof seen);
+    for (i = 0; i < 10; i++) seen.next_ok[i] = 1;
+    outbox_relay_options_init(&o);
+    o.once = 1;
+    o.batch_size = 16;
+    o.publish = see;
+    ASSERT_OK(outbox_relay_new(&r, url_of("relaydrain.db"), NULL, &o, err), err);
+    ASSERT_OK(outbox_relay_run(r, err), err);
+    outbox_relay_free(r);
+
+    ASSERT_EQ(seen.total, 180);
+    for (i = 0; i < 10; i++) {
+        ASSERT_EQ(seen.next_ok[i], 1);
+        ASSERT_EQ(seen.count[i], i == 3 || i == 7 ? 10 : 20);
+    }
+    ASSERT_OK(st.ops->status(st.state, &s, err), err);
+    ASSERT_EQ(s.failed, 2);
+    ASSERT_EQ(s.pending, 20);
+    ASSERT_EQ(s.blocked, 20);
+    ASSERT_EQ(s.aggregates_blocked, 2);
+    outbox__store_close(&st);
+}
+
 /* A batch that holds only bad rows is read again, so the relay gets the
  * good messages behind them in the same claim (plain and pipelined). */
 TEST(quarantine_reads_again)
@@ -1194,29 +1282,42 @@ TEST(quarantine_reads_again)
  * code and the caller's transaction stays usable. */
 TEST(table_refuses_what_library_refuses)
 {
+#define ID "'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70'"
     static const struct {
         const char *values; /* id, occurred_at, type, aggregate_type, aggregate_id */
         const char *headers;
         const char *says;
     } refused[] = {
-        {"'NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx', 1, 'T', '', 'a'", "'{}'", "outbox: id is not"},
-        {"'00000000-0000-0000-0000-000000000000', 1, 'T', '', 'a'", "'{}'", "outbox: id is the nil"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', -1, 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 253402300800000000, 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 'soon', 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, ' \t', '', 'a'", "'{}'", "outbox: type is empty or blank"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T' || char(10), '', 'a'", "'{}'", "outbox: type contains a control"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, printf('%.257c', 'x'), '', 'a'", "'{}'", "outbox: type is longer than 256"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', char(27), 'a'", "'{}'", "outbox: aggregate_type contains a control"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', ' '", "'{}'", "outbox: aggregate_id is empty or blank"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', printf('%.300c', 'k')", "'{}'", "outbox: aggregate_id is longer than 256"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'[]'", "outbox: headers are not a JSON object"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'nope'", "outbox: headers are not a JSON object"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'{\"n\":1}'", "outbox: headers have a value that is not a string"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'{\"\":\"v\"}'", "outbox: headers have an empty name"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'{\"k\":\"a\\nb\"}'", "outbox: header names and values may not contain control"},
-        {"'0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', '', 'a'", "'{\"k\\u007f\":\"v\"}'", "outbox: header names and values may not contain control"},
+        {"'NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx', 1, 'T', '', 'a'", "'{}'",
+         "outbox: id is not a UUID (8-4-4-4-12 hex digits, not nil)"},
+        {"'00000000-0000-0000-0000-000000000000', 1, 'T', '', 'a'", "'{}'",
+         "outbox: id is not a UUID"},
+        {ID ", -1, 'T', '', 'a'", "'{}'", "outbox: occurred_at is not Unix microseconds"},
+        {ID ", 253402300800000000, 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
+        {ID ", 'soon', 'T', '', 'a'", "'{}'", "outbox: occurred_at"},
+        {ID ", 1, ' ' || char(9), '', 'a'", "'{}'", "outbox: type is blank"},
+        {ID ", 1, '', '', 'a'", "'{}'", "outbox: type is blank"},
+        {ID ", 1, 'T' || char(10), '', 'a'", "'{}'",
+         "outbox: type is blank, longer than 256 bytes or has a control character"},
+        {ID ", 1, printf('%.257c', 'x'), '', 'a'", "'{}'", "outbox: type is blank, longer"},
+        {ID ", 1, 'T', char(27), 'a'", "'{}'",
+         "outbox: aggregate_type is longer than 256 bytes or has a control character"},
+        {ID ", 1, 'T', '', ' '", "'{}'", "outbox: aggregate_id is blank"},
+        {ID ", 1, 'T', '', 'a' || char(127)", "'{}'", "outbox: aggregate_id is blank, longer"},
+        {ID ", 1, 'T', '', printf('%.300c', 'k')", "'{}'", "outbox: aggregate_id is blank"},
+        {ID ", 1, 'T', '', 'a'", "'[]'", "CHECK constraint failed: json_valid(headers)"},
+        {ID ", 1, 'T', '', 'a'", "'nope'", "CHECK constraint failed: json_valid(headers)"},
+        {ID ", 1, 'T', '', 'a'", "'{\"n\":1}'",
+         "outbox: headers must map names of 1 to 256 bytes to strings"},
+        {ID ", 1, 'T', '', 'a'", "'{\"\":\"v\"}'", "outbox: headers must map names"},
+        {ID ", 1, 'T', '', 'a'", "printf('{\"%.257c\":\"v\"}', 'n')",
+         "outbox: headers must map names"},
+        {ID ", 1, 'T', '', 'a'", "'{\"k\":\"a\\nb\"}'",
+         "outbox: header names and values may not contain control characters"},
+        {ID ", 1, 'T', '', 'a'", "'{\"k\\u007f\":\"v\"}'",
+         "outbox: header names and values may not contain control characters"},
     };
+#undef ID
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     sqlite3 *db;
@@ -1245,8 +1346,19 @@ TEST(table_refuses_what_library_refuses)
                 " '{\"correlation_id\":\"c-1\",\"x\":\"\"}')");
     ASSERT_EQ(sqlite3_exec(db, "UPDATE outbox SET aggregate_id = ''", NULL, NULL, NULL),
               SQLITE_CONSTRAINT);
-    ASSERT_CONTAINS(sqlite3_errmsg(db), "outbox: aggregate_id is empty");
+    ASSERT_CONTAINS(sqlite3_errmsg(db), "outbox: aggregate_id is blank");
     exec_ok(db, "UPDATE outbox SET status = 'failed', attempts = 3, last_error = 'x'");
+    /* The operator's commands find an upper-case id by its canonical form. */
+    {
+        const char *ids[] = {"0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70"};
+        outbox_msg *got = NULL;
+        int64_t count = 0;
+        ASSERT_OK(st.ops->get(st.state, ids[0], &got, err), err);
+        ASSERT_EQ(got->status, OUTBOX_STATUS_FAILED);
+        outbox_msg_free(got);
+        ASSERT_OK(st.ops->retry(st.state, ids, 1, 0, &count, err), err);
+        ASSERT_EQ(count, 1);
+    }
 
     /* The library's enqueue: each refusal maps to the field's code. */
     {
@@ -1288,48 +1400,32 @@ TEST(table_refuses_what_library_refuses)
     outbox__store_close(&st);
 }
 
-/* A database made by schema version 1, with a row version 1 let in and a
- * lease row of that version, is upgraded in place; the bad row stays (the
- * relay quarantines it) and the new checks apply from then on. */
+/* A database at schema version 1 (version 2 taken back: migrations only
+ * add), with a row version 1 let in and a lease row of that version, is
+ * upgraded in place; the bad row stays (the relay quarantines it) and the
+ * new checks apply from then on. */
 TEST(upgrade_from_version_1)
 {
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     outbox_status s;
-    sqlite3 *db = open_db("v1.db");
+    sqlite3 *db;
     int from = -1, to = -1;
     batch b;
 
-    exec_ok(db,
-            "CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
-            "INSERT INTO outbox_meta VALUES ('schema_version', '1');"
-            "CREATE TABLE outbox ("
-            " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " id TEXT NOT NULL UNIQUE CHECK (length(id) = 36),"
-            " occurred_at INTEGER NOT NULL,"
-            " type TEXT NOT NULL CHECK (length(type) > 0),"
-            " aggregate_type TEXT NOT NULL DEFAULT '',"
-            " aggregate_id TEXT NOT NULL CHECK (length(aggregate_id) > 0),"
-            " payload TEXT NOT NULL CHECK (json_valid(payload)),"
-            " headers TEXT NOT NULL DEFAULT '{}'"
-            "  CHECK (json_valid(headers) AND json_type(headers) = 'object'),"
-            " status TEXT NOT NULL DEFAULT 'pending'"
-            "  CHECK (status IN ('pending','sent','failed')),"
-            " attempts INTEGER NOT NULL DEFAULT 0, available_at INTEGER NOT NULL DEFAULT 0,"
-            " last_error TEXT, sent_at INTEGER);"
-            "CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending';"
-            "CREATE INDEX outbox_blocking ON outbox (aggregate_id, seq)"
-            " WHERE status = 'failed' OR attempts > 0;"
-            "CREATE INDEX outbox_sent_at ON outbox (sent_at) WHERE status = 'sent';"
-            "CREATE TABLE outbox_inbox (consumer TEXT NOT NULL, message_id TEXT NOT NULL,"
-            " received_at INTEGER NOT NULL, PRIMARY KEY (consumer, message_id)) WITHOUT ROWID;"
-            "CREATE INDEX outbox_inbox_received ON outbox_inbox (received_at);"
-            "CREATE TABLE outbox_lease (name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER,"
-            " host TEXT, acquired_at INTEGER, expires_at INTEGER NOT NULL) WITHOUT ROWID;"
-            "INSERT INTO outbox (id, occurred_at, type, aggregate_id, payload) VALUES"
-            " ('NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx', 1, 'T', 'a', '{}'),"
-            " ('0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', 'b', '{}');"
-            "INSERT INTO outbox_lease VALUES ('relay', 'old', 1, 'elsewhere', 0, 0);");
+    open_store(&st, "v1.db");
+    outbox__store_close(&st);
+    db = open_db("v1.db");
+    exec_ok(db, "DROP TRIGGER outbox_check_insert; DROP TRIGGER outbox_check_update;"
+                "DROP TRIGGER outbox_check_headers_insert;"
+                "DROP TRIGGER outbox_check_headers_update;"
+                "ALTER TABLE outbox_lease DROP COLUMN instance;"
+                "ALTER TABLE outbox_lease DROP COLUMN note;"
+                "UPDATE outbox_meta SET value = '1' WHERE key = 'schema_version';"
+                "INSERT INTO outbox (id, occurred_at, type, aggregate_id, payload) VALUES"
+                " ('NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx', 1, 'T', 'a', '{}'),"
+                " ('0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 1, 'T', 'b', '{}');"
+                "INSERT INTO outbox_lease VALUES ('relay', 'old', 1, 'elsewhere', 0, 0);");
     ASSERT_OK(outbox__store_open(&st, url_of("v1.db"), err), err);
     ASSERT_EQ(st.ops->check_schema(st.state, err), OUTBOX_ENOSCHEMA);
     ASSERT_CONTAINS(err->message, "older than 2");
@@ -1374,7 +1470,8 @@ TEST(lease_same_name_not_shared)
     ASSERT_OK(a.ops->lease_acquire(a.state, "same", 30000, err), err);
     ASSERT_EQ(b.ops->lease_acquire(b.state, "same", 30000, err), OUTBOX_ELEASED);
     snprintf(pid_text, sizeof pid_text, "pid %d on host ", (int)getpid());
-    ASSERT_CONTAINS(err->message, "another relay with the same name holds this outbox (name same, ");
+    ASSERT_CONTAINS(err->message,
+                    "another relay with the same name holds this outbox (name same, ");
     ASSERT_CONTAINS(err->message, pid_text);
     ASSERT_CONTAINS(err->message, "lease expires in 30s");
     ASSERT(strstr(err->message, "--wait-lease") == NULL);
@@ -1495,8 +1592,8 @@ TEST(drop_failed)
     ASSERT_EQ(count, 2);
     ASSERT_EQ(archived_n, 2);
     ASSERT_CONTAINS(archived[0], ids[3]);
-    ASSERT_EQ(strncasecmp(archived[1], "NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx failed 1 stored message",
-                          60),
+    ASSERT_EQ(strncasecmp(archived[1],
+                          "NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx failed 1 stored message", 60),
               0);
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox WHERE status = 'failed'"), 0);
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox"), 2);
@@ -1597,7 +1694,8 @@ TEST(newer_schema_refused_everywhere)
     ASSERT_OK(complete_one(&st, first.msgs[1], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
     outbox__store_close(&st);
     db = open_db("newer.db");
-    exec_ok(db, "BEGIN; INSERT INTO outbox_inbox VALUES ('c', '0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 0);"
+    exec_ok(db, "BEGIN;"
+                " INSERT INTO outbox_inbox VALUES ('c', '0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 0);"
                 " UPDATE outbox_meta SET value = '3' WHERE key = 'schema_version'; COMMIT");
 
 #define REFUSED(call)                                                                        \
@@ -1752,6 +1850,7 @@ int main(int argc, char **argv)
     RUN(admin_status_list_get_retry);
     RUN(undecodable_rows_quarantined);
     RUN(quarantine_reads_again);
+    RUN(relay_drains_around_undecodable_rows);
     RUN(table_refuses_what_library_refuses);
     RUN(upgrade_from_version_1);
     RUN(lease_same_name_not_shared);

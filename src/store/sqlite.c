@@ -63,50 +63,52 @@
  * Schema
  * ---------------------------------------------------------------------- */
 
-/* The checks of schema version 2's triggers, shared by the INSERT and the
- * UPDATE trigger: what the library refuses at enqueue, for writers in any
- * language (the payload's JSON and the headers' object are the version 1
- * CHECKs).  Each refusal is RAISE(ABORT, 'outbox: <field> ...'), which
- * insert_fail maps to the field's code.  Part of a released migration:
- * never edit; a change is a new migration. */
+/* The checks of schema version 2's triggers: what the library refuses at
+ * enqueue, the table refuses for writers in any language (the payload's
+ * JSON and the headers' being an object are version 1's CHECKs).  Each
+ * refusal is RAISE(ABORT, 'outbox: <field> ...'), which insert_fail maps to
+ * the field's code.  Every prepared INSERT compiles them (the library
+ * prepares one per enqueue), so they are kept to few expressions; the
+ * header checks run only for headers other than '{}'.  Part of a released
+ * migration: never edit; a change is a new migration. */
 #define HEX "[0-9a-fA-F]"
 #define HEX4 HEX HEX HEX HEX
-#define UUID_GLOB HEX4 HEX4 "-" HEX4 "-" HEX4 "-" HEX4 "-" HEX4 HEX4 HEX4
-#define CONTROL_GLOB "'*[' || char(1) || '-' || char(31) || char(127) || ']*'"
-#define NOT_BLANK(col)                                                                       \
-    " WHEN trim(NEW." col ", ' ' || char(9)) = ''"                                            \
-    "  THEN RAISE(ABORT, 'outbox: " col " is empty or blank')"
-#define SHORT_TEXT(col)                                                                      \
-    " WHEN length(CAST(NEW." col " AS BLOB)) > 256"                                          \
-    "  THEN RAISE(ABORT, 'outbox: " col " is longer than 256 bytes')"                        \
-    " WHEN NEW." col " GLOB " CONTROL_GLOB                                                    \
-    "  THEN RAISE(ABORT, 'outbox: " col " contains a control character')"
-#define ROW_CHECKS                                                                           \
+#define UUID_GLOB "'" HEX4 HEX4 "-" HEX4 "-" HEX4 "-" HEX4 "-" HEX4 HEX4 HEX4 "'"
+/* '*[\x01-\x1f\x7f]*': has a control character (kept ASCII in the schema). */
+#define CONTROL_GLOB "CAST(x'2a5b012d1f7f5d2a' AS TEXT)"
+/* Has a character other than space and tab. */
+#define NOT_BLANK_GLOB "'*[^ \t]*'"
+#define LONG_OR_CONTROL(col)                                                                 \
+    "length(CAST(NEW." col " AS BLOB)) > 256 OR NEW." col " GLOB " CONTROL_GLOB
+#define FIELD_CHECKS                                                                         \
     " SELECT CASE"                                                                           \
-    " WHEN NEW.id NOT GLOB '" UUID_GLOB "'"                                                  \
-    "  THEN RAISE(ABORT, 'outbox: id is not a UUID (8-4-4-4-12 hex digits)')"                \
-    " WHEN NEW.id = '00000000-0000-0000-0000-000000000000'"                                  \
-    "  THEN RAISE(ABORT, 'outbox: id is the nil UUID')"                                      \
+    " WHEN NEW.id NOT GLOB " UUID_GLOB " OR NEW.id = '00000000-0000-0000-0000-000000000000'" \
+    "  THEN RAISE(ABORT, 'outbox: id is not a UUID (8-4-4-4-12 hex digits, not nil)')"       \
     " WHEN typeof(NEW.occurred_at) <> 'integer'"                                             \
     "  OR NEW.occurred_at NOT BETWEEN 0 AND 253402300799999999"                              \
     "  THEN RAISE(ABORT, 'outbox: occurred_at is not Unix microseconds in the years"         \
     " 1970..9999')"                                                                          \
-    NOT_BLANK("type") SHORT_TEXT("type") SHORT_TEXT("aggregate_type")                        \
-    NOT_BLANK("aggregate_id") SHORT_TEXT("aggregate_id")                                     \
-    " END;"                                                                                  \
-    " SELECT CASE"                                                                           \
-    " WHEN NOT json_valid(NEW.headers) OR json_type(NEW.headers) <> 'object'"                \
-    "  THEN RAISE(ABORT, 'outbox: headers are not a JSON object')"                           \
-    " ELSE (SELECT CASE min(CASE WHEN type <> 'text' THEN 1"                                 \
-    "   WHEN key = '' OR length(CAST(key AS BLOB)) > 256 THEN 2"                             \
-    "   WHEN key GLOB " CONTROL_GLOB " OR value GLOB " CONTROL_GLOB " THEN 3 END)"           \
-    "  WHEN 1 THEN RAISE(ABORT, 'outbox: headers have a value that is not a string')"        \
-    "  WHEN 2 THEN RAISE(ABORT, 'outbox: headers have an empty name or one longer than"      \
-    " 256 bytes')"                                                                           \
-    "  WHEN 3 THEN RAISE(ABORT, 'outbox: header names and values may not contain control"    \
+    " WHEN NEW.type NOT GLOB " NOT_BLANK_GLOB " OR " LONG_OR_CONTROL("type")                 \
+    "  THEN RAISE(ABORT, 'outbox: type is blank, longer than 256 bytes or has a control"     \
+    " character')"                                                                           \
+    " WHEN " LONG_OR_CONTROL("aggregate_type")                                               \
+    "  THEN RAISE(ABORT, 'outbox: aggregate_type is longer than 256 bytes or has a control"  \
+    " character')"                                                                           \
+    " WHEN NEW.aggregate_id NOT GLOB " NOT_BLANK_GLOB " OR " LONG_OR_CONTROL("aggregate_id") \
+    "  THEN RAISE(ABORT, 'outbox: aggregate_id is blank, longer than 256 bytes or has a"     \
+    " control character')"                                                                   \
+    " END;"
+#define HEADERS_TO_CHECK                                                                     \
+    " WHEN NEW.headers <> '{}' AND json_valid(NEW.headers)"                                  \
+    " AND json_type(NEW.headers) = 'object'"
+#define HEADER_CHECKS                                                                        \
+    " SELECT RAISE(ABORT, 'outbox: headers must map names of 1 to 256 bytes to strings')"    \
+    "  FROM json_each(NEW.headers)"                                                          \
+    "  WHERE type <> 'text' OR key = '' OR length(CAST(key AS BLOB)) > 256;"                 \
+    " SELECT RAISE(ABORT, 'outbox: header names and values may not contain control"         \
     " characters')"                                                                          \
-    "  END FROM json_each(NEW.headers))"                                                     \
-    " END WHERE NEW.headers <> '{}';"
+    "  FROM json_each(NEW.headers) WHERE key GLOB " CONTROL_GLOB " OR value GLOB "           \
+    CONTROL_GLOB ";"
 
 /* migrations[i] takes the schema from version i to version i + 1.  Append
  * only: a released step is never edited. */
@@ -143,9 +145,13 @@ static const char *const migrations[] = {
      * already stored are left as they are (the claim quarantines bad ones). */
     "ALTER TABLE outbox_lease ADD COLUMN instance TEXT;"
     "ALTER TABLE outbox_lease ADD COLUMN note TEXT;"
-    "CREATE TRIGGER outbox_check_insert BEFORE INSERT ON outbox BEGIN" ROW_CHECKS " END;"
+    "CREATE TRIGGER outbox_check_insert BEFORE INSERT ON outbox BEGIN" FIELD_CHECKS " END;"
     "CREATE TRIGGER outbox_check_update BEFORE UPDATE OF id, occurred_at, type,"
-    " aggregate_type, aggregate_id, headers ON outbox BEGIN" ROW_CHECKS " END;",
+    " aggregate_type, aggregate_id ON outbox BEGIN" FIELD_CHECKS " END;"
+    "CREATE TRIGGER outbox_check_headers_insert BEFORE INSERT ON outbox" HEADERS_TO_CHECK
+    " BEGIN" HEADER_CHECKS " END;"
+    "CREATE TRIGGER outbox_check_headers_update BEFORE UPDATE OF headers ON outbox"
+    HEADERS_TO_CHECK " BEGIN" HEADER_CHECKS " END;",
 };
 
 #define SCHEMA_VERSION 2
@@ -154,11 +160,13 @@ static const char *const migrations[] = {
 _Static_assert(sizeof migrations / sizeof migrations[0] == SCHEMA_VERSION,
                "SCHEMA_VERSION is the number of migrations");
 
-/* True in SQL when outbox_meta records a version this build can write to;
- * the caller-connection writes are conditional on it. */
-#define VERSION_WRITABLE                                                                     \
-    "(SELECT CAST(value AS INTEGER) FROM outbox_meta WHERE key = 'schema_version')"          \
-    " BETWEEN 1 AND " NUMBER_TEXT(SCHEMA_VERSION)
+/* SQL for "param when outbox_meta records a version this build can write
+ * to, else NULL": the caller-connection writes put it in a NOT NULL column,
+ * so that a refused version writes nothing at the cost of a subquery rather
+ * than a statement of its own (version_writable says why afterwards). */
+#define IF_VERSION_WRITABLE(param)                                                           \
+    "(SELECT " param " FROM outbox_meta WHERE key = 'schema_version'"                        \
+    " AND CAST(value AS INTEGER) BETWEEN 1 AND " NUMBER_TEXT(SCHEMA_VERSION) ")"
 
 #define LEASE_NAME "relay"
 
@@ -283,13 +291,15 @@ static int refuse_newer(sqlite3 *db, const stored_version *v, outbox_error *err)
                          db_path(db), v->number, SCHEMA_VERSION);
 }
 
-/* Says why a caller-connection write inserted nothing: its statement is
- * conditional on VERSION_WRITABLE. */
-static int version_refusal(sqlite3 *db, outbox_error *err)
+/* OUTBOX_OK when outbox_meta records a version this build can write to
+ * (IF_VERSION_WRITABLE is true); else why a caller-connection write was
+ * refused. */
+static int version_writable(sqlite3 *db, outbox_error *err)
 {
     stored_version v;
     int code = read_version(db, &v, err);
     if (code != OUTBOX_OK) return code;
+    if (v.state == VERSION_SET && v.number <= SCHEMA_VERSION) return OUTBOX_OK;
     code = refuse_newer(db, &v, err);
     if (code != OUTBOX_OK) return code;
     return outbox__error(err, OUTBOX_ENOSCHEMA,
@@ -469,11 +479,11 @@ int outbox_schema_init_sqlite(sqlite3 *db, outbox_error *err)
  * Enqueue and inbox on any connection
  * ---------------------------------------------------------------------- */
 
-/* Conditional on the schema version, so that a refusal writes nothing and
- * costs no extra statement (version_refusal says why afterwards). */
+/* The id is NULL (refused by NOT NULL: nothing written) unless the schema
+ * version is writable. */
 static const char insert_sql[] =
     "INSERT INTO outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload, headers)"
-    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE " VERSION_WRITABLE;
+    " VALUES (" IF_VERSION_WRITABLE("?1") ", ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /* The outbox code of each field the table's triggers (message "outbox:
  * <field> ...") and CHECKs ("CHECK constraint failed: <expression>") name,
@@ -507,6 +517,11 @@ static int insert_fail(sqlite3 *db, int rc, const outbox_msg *msg, outbox_error 
                              "a message with id %s is already in the outbox: give each "
                              "message its own id",
                              msg->id);
+    if (ext == SQLITE_CONSTRAINT_NOTNULL && strstr(text, "outbox.id") != NULL) {
+        /* msg->id is never NULL: the version refused it (see insert_sql). */
+        int code = version_writable(db, err);
+        return code != OUTBOX_OK ? code : outbox__error(err, OUTBOX_EINTERNAL, "%s", text);
+    }
     if (ext == SQLITE_CONSTRAINT_TRIGGER || ext == SQLITE_CONSTRAINT_CHECK ||
         ext == SQLITE_CONSTRAINT_NOTNULL) {
         int code = OUTBOX_EINVAL;
@@ -541,7 +556,6 @@ static int insert_msg(sqlite3 *db, const outbox_msg *msg, outbox_error *err)
     sqlite3_bind_text(s, 7, msg->headers_json ? msg->headers_json : "{}", -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
     if (rc != SQLITE_DONE) code = insert_fail(db, rc, msg, err);
-    else if (sqlite3_changes(db) == 0) code = version_refusal(db, err);
     sqlite3_finalize(s);
     return code;
 }
@@ -578,14 +592,12 @@ static int valid_consumer(const char *consumer)
     return 1;
 }
 
-/* An inbox record inserted nothing: a duplicate, or the version refused it. */
+/* An inbox record inserted nothing: a duplicate, or the version refused it
+ * (its consumer was NULL, which OR IGNORE skips). */
 static int duplicate_or_refused(sqlite3 *db, outbox_error *err)
 {
-    stored_version v;
-    int code = read_version(db, &v, err);
-    if (code != OUTBOX_OK) return code;
-    if (v.state == VERSION_SET && v.number <= SCHEMA_VERSION) return OUTBOX_DUPLICATE;
-    return version_refusal(db, err);
+    int code = version_writable(db, err);
+    return code == OUTBOX_OK ? OUTBOX_DUPLICATE : code;
 }
 
 /* Records (consumer, message_id) in the inbox inside the caller's open
@@ -614,7 +626,7 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *me
 
     rc = sqlite3_prepare_v2(db,
                             "INSERT OR IGNORE INTO outbox_inbox (consumer, message_id, "
-                            "received_at) SELECT ?1, ?2, ?3 WHERE " VERSION_WRITABLE,
+                            "received_at) VALUES (" IF_VERSION_WRITABLE("?1") ", ?2, ?3)",
                             -1, &s, NULL);
     if (rc != SQLITE_OK) return db_fail(db, rc, "preparing the inbox insert", err);
     sqlite3_bind_text(s, 1, consumer, -1, SQLITE_STATIC);
@@ -859,6 +871,21 @@ static void sqlite_close(void *state)
     free(st);
 }
 
+/* A random token naming this store handle as a lease holder: unique
+ * across processes and handles (the OS's randomness, as for fork). */
+static void new_instance(char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char token[16];
+    size_t i;
+    outbox__random_bytes(token, sizeof token);
+    for (i = 0; i < sizeof token; i++) {
+        out[2 * i] = hex[token[i] >> 4];
+        out[2 * i + 1] = hex[token[i] & 15];
+    }
+    out[32] = '\0';
+}
+
 /* sqlite:PATH or sqlite://PATH (so sqlite:///tmp/a.db is /tmp/a.db). */
 static int sqlite_open(void **state, const char *url, outbox_error *err)
 {
@@ -888,16 +915,7 @@ static int sqlite_open(void **state, const char *url, outbox_error *err)
     st = calloc(1, sizeof *st);
     if (!st) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     st->data_version = -1;
-    {
-        static const char hex[] = "0123456789abcdef";
-        unsigned char token[16];
-        size_t i;
-        outbox__random_bytes(token, sizeof token);
-        for (i = 0; i < sizeof token; i++) {
-            st->instance[2 * i] = hex[token[i] >> 4];
-            st->instance[2 * i + 1] = hex[token[i] & 15];
-        }
-    }
+    new_instance(st->instance);
     outbox__buf_init(&st->sent);
     outbox__buf_init(&st->exclude);
     st->path = strdup(path);
@@ -1252,10 +1270,9 @@ static int quarantine(sqlite_store *st, const bad_row *bad, size_t n, outbox_err
     if (code != OUTBOX_OK) goto fail;
     for (i = 0; i < n; i++)
         outbox__log(OUTBOX_LOG_ERROR, "store.sqlite",
-                    "message seq %lld (id \"%s\" as stored) cannot be published and is now "
-                    "Failed, holding back the later messages of its aggregate until it is "
-                    "retried or dropped: %s",
-                    (long long)bad[i].seq, bad[i].id, bad[i].error);
+                    "%s (id as stored: \"%s\"): marked Failed; fix the row and retry it, or "
+                    "drop it",
+                    bad[i].error, bad[i].id);
     return OUTBOX_OK;
 
 fail:
@@ -1583,6 +1600,10 @@ static const char *sqlite_wake_path(void *state)
  * Operator commands
  * ---------------------------------------------------------------------- */
 
+/* A stored id equal to the canonical (lower-case) ?1: the library stores
+ * ids in lower case, the table also takes them in upper case. */
+#define ID_IS "id IN (?1, upper(?1))"
+
 #define FULL_COLUMNS                                                                  \
     "seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers, attempts," \
     " status, available_at, last_error, sent_at"
@@ -1651,11 +1672,13 @@ static int status_lease(sqlite_store *st, int64_t now, outbox_status *out, outbo
 
 /* Pending messages behind a Failed one of their aggregate, and their
  * aggregates.  Only the pending rows after the first Failed seq are
- * walked, each probing outbox_blocking: nothing when none is Failed. */
+ * walked, each probing outbox_blocking: nothing when none is Failed.
+ * ("+": the first Failed seq comes from outbox_blocking, the few retried
+ * or failed rows, not from walking the table in seq order.) */
 static const char blocked_sql[] =
     "SELECT count(*), count(DISTINCT aggregate_id) FROM outbox o"
     " WHERE o.status = 'pending'"
-    " AND o.seq > (SELECT min(seq) FROM outbox"
+    " AND o.seq > (SELECT min(+seq) FROM outbox"
     "  WHERE (status = 'failed' OR attempts > 0) AND +status = 'failed')"
     " AND EXISTS (SELECT 1 FROM outbox f"
     "  WHERE f.aggregate_id = o.aggregate_id AND f.seq < o.seq"
@@ -1791,7 +1814,7 @@ static int sqlite_get(void *state, const char *id, outbox_msg **msg, outbox_erro
     if (code != OUTBOX_OK) return code;
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
-    rc = sqlite3_prepare_v2(st->db, "SELECT " FULL_COLUMNS " FROM outbox WHERE id = ?1", -1, &s,
+    rc = sqlite3_prepare_v2(st->db, "SELECT " FULL_COLUMNS " FROM outbox WHERE " ID_IS, -1, &s,
                             NULL);
     if (rc != SQLITE_OK) return db_fail(st->db, rc, "reading a message", err);
     sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
@@ -1833,12 +1856,12 @@ static int sqlite_retry(void *state, const char *const *ids, size_t n, int all, 
         if (code != OUTBOX_OK) goto fail;
         total = sqlite3_changes(st->db);
     } else {
-        rc = sqlite3_prepare_v2(st->db, "SELECT status FROM outbox WHERE id = ?1", -1, &sel,
+        rc = sqlite3_prepare_v2(st->db, "SELECT status FROM outbox WHERE " ID_IS, -1, &sel,
                                 NULL);
         if (rc == SQLITE_OK)
             rc = sqlite3_prepare_v2(st->db,
                                     "UPDATE outbox SET status = 'pending', attempts = 0,"
-                                    " available_at = 0 WHERE id = ?1 AND status = 'failed'",
+                                    " available_at = 0 WHERE " ID_IS " AND status = 'failed'",
                                     -1, &upd, NULL);
         if (rc != SQLITE_OK) {
             code = db_fail(st->db, rc, "requeueing failed messages", err);
@@ -1924,7 +1947,7 @@ static int drop_select(sqlite_store *st, const char *const *ids, size_t n, int a
     rc = sqlite3_prepare_v2(st->db,
                             all ? "SELECT " FULL_COLUMNS " FROM outbox WHERE status = 'failed'"
                                   " ORDER BY seq"
-                                : "SELECT " FULL_COLUMNS " FROM outbox WHERE id = ?1",
+                                : "SELECT " FULL_COLUMNS " FROM outbox WHERE " ID_IS,
                             -1, &s, NULL);
     if (rc != SQLITE_OK) return db_fail(st->db, rc, what, err);
     if (all) {
