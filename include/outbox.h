@@ -507,6 +507,9 @@ typedef struct outbox_relay_stats {
     uint64_t publish_errors; /* publications that did not succeed, whether an
                                 attempt was charged (retried, failed) or not
                                 (a destination outage, see outbox_relay_run) */
+    uint64_t quarantined;    /* stored rows the relay could not decode (a writer
+                                bypassed the checks, or an older schema let
+                                them in), set Failed with the reason */
 } outbox_relay_stats;
 
 /* Creates a relay from store_url (e.g. "sqlite:app.db") to to_url (e.g.

@@ -310,6 +310,8 @@ typedef struct outbox_claim_params {
     int failed_blocks_aggregate;
     int once; /* the relay drains what is due and exits: a store that shares
                  its outbox between relays takes every partition it can get */
+    uint64_t *quarantined; /* not NULL: increased by the number of rows the
+                              claim quarantined (set Failed, see claim) */
 } outbox_claim_params;
 
 enum {

@@ -380,7 +380,7 @@ static inline void pgh_store_open(outbox_store *s, const char *url)
  * plainly or pipelined with nothing in flight; fails the test on an error. */
 static inline size_t pgh_claim(outbox_store *s, int pipelined, size_t batch, outbox_msg ***msgs)
 {
-    outbox_claim_params p = {batch, outbox__now_us(), 1, 0};
+    outbox_claim_params p = {batch, outbox__now_us(), 1, 0, NULL};
     outbox_error err;
     size_t n = 0;
     int rc = pipelined ? s->ops->claim_pipelined(s->state, &p, NULL, 0, msgs, &n, &err)

@@ -77,7 +77,7 @@ static void store_enqueue(outbox_store *s, const char *agg, int n)
 
 static size_t claim(outbox_store *s, outbox_msg ***msgs, int failed_blocks)
 {
-    outbox_claim_params p = {100, outbox__now_us(), failed_blocks, 0};
+    outbox_claim_params p = {100, outbox__now_us(), failed_blocks, 0, NULL};
     outbox_error err;
     size_t n = 0;
     ASSERT_OK(s->ops->claim(s->state, &p, msgs, &n, &err), &err);
@@ -1081,7 +1081,7 @@ TEST(claim_pipelined_excludes_in_flight)
     open_store(&s, url);
     ASSERT(s.ops->version >= 4 && s.ops->claim_pipelined != NULL);
     for (i = 0; i < 8; i++) store_enqueue(&s, "p", (int)i); /* one aggregate: in order */
-    outbox_claim_params p = {3, outbox__now_us(), 1, 0};
+    outbox_claim_params p = {3, outbox__now_us(), 1, 0, NULL};
     ASSERT_OK(s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err), &err);
     ASSERT_EQ(n, 3);
     for (i = 0; i < n; i++) seqs[i] = msgs[i]->seq;
@@ -1148,7 +1148,7 @@ TEST(complete_by_range)
     open_store(&s, url);
     for (i = 0; i < 9; i++) store_enqueue(&s, i % 2 ? "r1" : "r2", (int)i);
     outbox_complete_params cp = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 10000};
-    outbox_claim_params p = {3, outbox__now_us(), 1, 0};
+    outbox_claim_params p = {3, outbox__now_us(), 1, 0, NULL};
 
     /* Pipelined, deleted: exactly the three. */
     n = claim_pipelined_sent(&s, &p, cs, &msgs);
@@ -1420,7 +1420,7 @@ TEST(skip_locked_and_notify)
     ASSERT_EQ(changed, 1);
 
     /* Two claimers without leases: disjoint sets. */
-    outbox_claim_params p = {6, outbox__now_us(), 1, 0};
+    outbox_claim_params p = {6, outbox__now_us(), 1, 0, NULL};
     size_t na = 0, nb = 0;
     ASSERT_OK(a.ops->claim(a.state, &p, &ma, &na, &err), &err);
     p.batch_size = 100;
@@ -1778,7 +1778,7 @@ TEST(partitions_shared)
         snprintf(agg, sizeof agg, "g%d", i);
         store_enqueue(&a, agg, i);
     }
-    outbox_claim_params p = {1000, outbox__now_us(), 1, 0};
+    outbox_claim_params p = {1000, outbox__now_us(), 1, 0, NULL};
     ASSERT_OK(a.ops->claim(a.state, &p, &ma, &na, &err), &err);
     ASSERT_OK(b.ops->claim(b.state, &p, &mb, &nb, &err), &err);
     ASSERT_EQ(na + nb, 200);
@@ -1829,7 +1829,7 @@ TEST(reconnect)
     ASSERT_NE(rc, OUTBOX_OK);
     free_msgs(msgs, n);
     /* The batch was not recorded: the message comes again after reconnecting. */
-    outbox_claim_params p = {10, outbox__now_us(), 1, 0};
+    outbox_claim_params p = {10, outbox__now_us(), 1, 0, NULL};
     rc = s.ops->claim(s.state, &p, &msgs, &n, &err);
     if (rc != OUTBOX_OK) rc = s.ops->claim(s.state, &p, &msgs, &n, &err);
     ASSERT_OK(rc, &err);

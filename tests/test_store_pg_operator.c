@@ -697,7 +697,7 @@ TEST(newer_schema_refused_everywhere)
     char u[800];
     int64_t count;
     size_t n;
-    outbox_claim_params cp = {10, outbox__now_us(), 1, 0};
+    outbox_claim_params cp = {10, outbox__now_us(), 1, 0, NULL};
     const char *id = "0190a0a0-0000-7000-8000-0000000000f1";
 
     pgh_exec(c, "DROP SCHEMA IF EXISTS future CASCADE");

@@ -107,7 +107,7 @@ typedef struct batch {
 static batch claim(outbox_store *st, int64_t now, int failed_blocks)
 {
     outbox_error err_buf = {0}, *err = &err_buf;
-    outbox_claim_params p = {100, now, failed_blocks, 0};
+    outbox_claim_params p = {100, now, failed_blocks, 0, NULL};
     batch b = {NULL, 0};
     ASSERT_OK(st->ops->claim(st->state, &p, &b.msgs, &b.n, err), err);
     return b;
@@ -241,7 +241,7 @@ TEST(missing_file_not_created)
     outbox_error err_buf = {0}, *err = &err_buf;
     const char *path = test_path("typo.db");
     batch b = {NULL, 0};
-    outbox_claim_params p = {10, outbox__now_us(), 1, 0};
+    outbox_claim_params p = {10, outbox__now_us(), 1, 0, NULL};
     outbox_status status;
     int changed;
 
@@ -508,7 +508,7 @@ TEST(claim_ordering_rule)
 
     /* Batch size is respected. */
     {
-        outbox_claim_params cp = {2, later, 1, 0};
+        outbox_claim_params cp = {2, later, 1, 0, NULL};
         ASSERT_OK(st.ops->claim(st.state, &cp, &b.msgs, &b.n, err), err);
         ASSERT_EQ(b.n, 2);
         ASSERT_STREQ(b.msgs[0]->id, a1);
@@ -1223,6 +1223,12 @@ TEST(relay_drains_around_undecodable_rows)
     o.publish = see;
     ASSERT_OK(outbox_relay_new(&r, url_of("relaydrain.db"), NULL, &o, err), err);
     ASSERT_OK(outbox_relay_run(r, err), err);
+    {
+        outbox_relay_stats rs;
+        outbox_relay_get_stats(r, &rs);
+        ASSERT_EQ(rs.quarantined, 2); /* the two rows set Failed, counted for --once */
+        ASSERT_EQ(rs.published, 180);
+    }
     outbox_relay_free(r);
 
     ASSERT_EQ(seen.total, 180);
@@ -1244,7 +1250,7 @@ TEST(quarantine_reads_again)
 {
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
-    outbox_claim_params p = {1, outbox__now_us(), 1, 0};
+    outbox_claim_params p = {1, outbox__now_us(), 1, 0, NULL};
     sqlite3 *db;
     char y1[37], y2[37];
     batch b = {NULL, 0};
@@ -1675,7 +1681,7 @@ TEST(newer_schema_refused_everywhere)
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     const char *newer = "is version 3, newer than this build's 2: upgrade outbox";
-    outbox_claim_params cp = {10, outbox__now_us(), 1, 0};
+    outbox_claim_params cp = {10, outbox__now_us(), 1, 0, NULL};
     outbox_complete_params pp = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), "r", 1000};
     outbox_list_params lp = {-1, 0};
     outbox_status s;

@@ -265,29 +265,14 @@ static int duration_option(const char *cmd, const char *opt, const char *text, u
     return rc;
 }
 
-/* The store's count of Failed messages, or -1 when it cannot be read. */
-static int64_t failed_count(outbox_store *store)
-{
-    outbox_status st;
-    outbox_error err = {0, ""};
-    memset(&st, 0, sizeof st);
-    if (!store->ops || store->ops->status(store->state, &st, &err) != OUTBOX_OK)
-        return -1;
-    return st.failed;
-}
-
 /* Says how a --once run went when not everything due was published, and
  * returns its exit code: CLI_EXIT_OK when every publication succeeded and
  * no message went Failed, CLI_EXIT_FAILURE (with one line on stderr)
- * otherwise.  Rows the store could not decode are set Failed by the claim
- * itself, out of the relay's counters: the growth of the store's Failed
- * count (failed_before, -1: unknown) beyond them counts too. */
-static int once_outcome(const char *cmd, const outbox_relay *relay, outbox_store *store,
-                        int64_t failed_before)
+ * otherwise, rows the store could not decode and set Failed included. */
+static int once_outcome(const char *cmd, const outbox_relay *relay)
 {
     outbox_relay_stats stats;
-    uint64_t errors, unreadable = 0;
-    int64_t failed_after = failed_before >= 0 ? failed_count(store) : -1;
+    uint64_t errors;
 
     outbox_relay_get_stats(relay, &stats);
     /* publish_errors counts every failed publication, charged or not;
@@ -295,13 +280,12 @@ static int once_outcome(const char *cmd, const outbox_relay *relay, outbox_store
     errors = stats.publish_errors;
     if (errors < stats.retried + stats.failed)
         errors = stats.retried + stats.failed;
-    if (failed_after > failed_before && (uint64_t)(failed_after - failed_before) > stats.failed)
-        unreadable = (uint64_t)(failed_after - failed_before) - stats.failed;
-    if (unreadable > 0)
+    if (stats.quarantined > 0)
         return cli_failure(cmd, "%llu stored message%s could not be read and went Failed; "
                                 "%llu published, %llu publication%s failed; see outbox list "
                                 "--status failed",
-                           (unsigned long long)unreadable, unreadable == 1 ? "" : "s",
+                           (unsigned long long)stats.quarantined,
+                           stats.quarantined == 1 ? "" : "s",
                            (unsigned long long)stats.published, (unsigned long long)errors,
                            errors == 1 ? "" : "s");
     if (errors == 0 && stats.failed == 0)
@@ -348,8 +332,6 @@ int cmd_relay(int argc, char **argv)
     const char *to_opts[MAX_TO_OPTS + 1];
     size_t to_opt_count = 0;
     outbox_error err = {0, ""};
-    outbox_store watch = {NULL, NULL}; /* --once: the store's Failed count before and after */
-    int64_t failed_before = -1;
     pthread_t signals;
     int64_t connect_timeout_ms = -2; /* -2: not given (the default), -1: for ever */
     uint64_t n, seen = 0;
@@ -462,22 +444,19 @@ int cmd_relay(int argc, char **argv)
         if (rc == OUTBOX_ESTOPPED) return CLI_EXIT_OK;
         return cli_fail(cmd, rc, &err);
     }
-    if (opts.once && outbox__store_open(&watch, url, &err) == OUTBOX_OK)
-        failed_before = failed_count(&watch);
     signals_attach(relay);
     rc = outbox_relay_run(relay, &err);
     signals_attach(NULL);
     signals_stop(signals);
 
     if (rc == OUTBOX_OK || rc == OUTBOX_ESTOPPED) {
-        rc = opts.once ? once_outcome(cmd, relay, &watch, failed_before) : CLI_EXIT_OK;
+        rc = opts.once ? once_outcome(cmd, relay) : CLI_EXIT_OK;
     } else if (rc == OUTBOX_ELEASED && !strstr(err.message, "--wait-lease")) {
         /* The store says who holds the lease; what to do is the CLI's to say. */
         rc = cli_failure(cmd, "%s; stop it, or pass --wait-lease to stand by", err.message);
     } else {
         rc = cli_fail(cmd, rc, &err);
     }
-    outbox__store_close(&watch);
     outbox_relay_free(relay);
     return rc;
 }

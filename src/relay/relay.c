@@ -180,7 +180,7 @@ struct outbox_relay {
     unsigned outage_rounds;        /* batches in a row that found it down */
     int noted;                     /* a note is set through the store's lease_note */
 
-    _Atomic uint64_t published, retried, failed, batches_done, publish_errors;
+    _Atomic uint64_t published, retried, failed, batches_done, publish_errors, quarantined;
 };
 
 /* ------------------------------------------------------------------------
@@ -473,6 +473,7 @@ void outbox_relay_get_stats(const outbox_relay *relay, outbox_relay_stats *stats
     stats->failed = atomic_load_explicit(&relay->failed, memory_order_relaxed);
     stats->batches = atomic_load_explicit(&relay->batches_done, memory_order_relaxed);
     stats->publish_errors = atomic_load_explicit(&relay->publish_errors, memory_order_relaxed);
+    stats->quarantined = atomic_load_explicit(&relay->quarantined, memory_order_relaxed);
 }
 
 static int stopping(outbox_relay *r)
@@ -870,6 +871,7 @@ static int run_batch(outbox_relay *r, size_t *claimed, size_t *held_back, outbox
 {
     relay_batch *b = &r->batches[0];
     outbox_claim_params cp;
+    uint64_t quarantined = 0;
     int rc;
 
     *claimed = 0;
@@ -879,7 +881,9 @@ static int run_batch(outbox_relay *r, size_t *claimed, size_t *held_back, outbox
     cp.now_us = outbox__now_us();
     cp.failed_blocks_aggregate = r->opts.failed_blocks_aggregate;
     cp.once = r->opts.once;
+    cp.quarantined = &quarantined;
     rc = r->store.ops->claim(r->store.state, &cp, &b->msgs, &b->n, err);
+    atomic_fetch_add_explicit(&r->quarantined, quarantined, memory_order_relaxed);
     if (rc != OUTBOX_OK) return rc;
     *claimed = b->n;
     if (b->n == 0) goto out;
@@ -965,6 +969,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
     relay_batch *prev = r->inflight, *cur = NULL;
     outbox_claim_params cp;
     outbox_error claim_err;
+    uint64_t quarantined = 0;
     int rc, claim_rc = OUTBOX_OK;
     size_t i;
 
@@ -986,6 +991,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         cp.now_us = outbox__now_us();
         cp.failed_blocks_aggregate = r->opts.failed_blocks_aggregate;
         cp.once = r->opts.once;
+        cp.quarantined = &quarantined;
         if (prev != NULL) {
             if (prev->n > r->exclude_cap) {
                 int64_t *e = realloc(r->exclude, prev->n * sizeof *e);
@@ -1003,6 +1009,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         claim_rc = r->store.ops->claim_pipelined(r->store.state, &cp, r->exclude,
                                                  prev != NULL ? prev->n : 0, &cur->msgs, &cur->n,
                                                  &claim_err);
+        atomic_fetch_add_explicit(&r->quarantined, quarantined, memory_order_relaxed);
         if (claim_rc != OUTBOX_OK || cur->n == 0) {
             release_batch(cur);
             cur = NULL;

@@ -2742,6 +2742,7 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         count = 0;
         end_claim(st);
         code = quarantine(st, bad, nbad, err);
+        if (code == OUTBOX_OK && p->quarantined) *p->quarantined += nbad;
         free(bad);
         bad = NULL;
         nbad = 0;

@@ -1399,6 +1399,7 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
         if (code != OUTBOX_OK || nbad == 0) break;
         code = quarantine(st, bad, nbad, err);
         if (code != OUTBOX_OK) break;
+        if (p->quarantined) *p->quarantined += nbad;
         if (p->failed_blocks_aggregate) hold_back(arr, &count, bad, nbad);
         free_bad(bad, nbad);
         bad = NULL;
