@@ -135,7 +135,9 @@ const char *outbox_log_level_name(int level);
 
 enum {
     OUTBOX_LIMIT_MESSAGE_BYTES = 0, /* payload+headers+type+ids; default 1 MiB */
-    OUTBOX_LIMIT_FIELD_BYTES = 1    /* type, aggregate type and id; default 256 */
+    OUTBOX_LIMIT_FIELD_BYTES = 1    /* type, aggregate type and id; default 256 (the
+                                       tables refuse more than 256 bytes whatever
+                                       this is set to) */
 };
 
 /* Sets a process-wide limit; returns the previous value.  A value of 0
@@ -230,13 +232,17 @@ typedef struct sqlite3 sqlite3;
 /* Creates or upgrades the outbox and inbox tables in the connection's main
  * database (idempotent).  Runs its own transaction, so call it with no
  * transaction open.  OUTBOX_ESCHEMANEWER when the database was set up by a
- * newer version. */
+ * newer version; OUTBOX_ESTORE, changing nothing, for outbox tables without
+ * a readable version record (the message says what was found and how to
+ * repair it). */
 int outbox_schema_init_sqlite(sqlite3 *db, outbox_error *err);
 
 /* Inserts msg into the outbox inside the caller's open transaction.  The
  * message becomes visible to the relay if and only if that transaction
  * commits.  OUTBOX_EEXISTS when the id is already in the outbox;
- * OUTBOX_ETOOBIG over the size limit; OUTBOX_ENOSCHEMA without `init`.
+ * OUTBOX_ETOOBIG over the size limit; OUTBOX_ENOSCHEMA without `init` (or
+ * without a readable schema version); OUTBOX_ESCHEMANEWER when the database
+ * was set up by a newer version; EBAD* when the table refuses a field.
  * On failure nothing is written (the caller's transaction stays open and
  * usable).  A relay running in the same process on the same database file
  * is woken right after the caller commits. */
@@ -245,7 +251,9 @@ int outbox_enqueue_sqlite(sqlite3 *db, const outbox_msg *msg, outbox_error *err)
 /* Records that `consumer` received `message_id`, inside the caller's open
  * transaction.  Returns OUTBOX_OK the first time and OUTBOX_DUPLICATE every
  * later time: the caller then skips the message's effect.  Recording and the
- * effect commit together, which makes the effect happen once. */
+ * effect commit together, which makes the effect happen once.
+ * OUTBOX_ENOSCHEMA / OUTBOX_ESCHEMANEWER as for outbox_enqueue_sqlite,
+ * nothing written. */
 int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer,
                                const char *message_id, outbox_error *err);
 
@@ -254,7 +262,8 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer,
  * Logs a warning when retention_ms is shorter than redelivery_horizon_ms
  * (pass outbox_redelivery_horizon_ms() of the relay's options; 0 means the
  * default options): a message redelivered after its entry was purged would
- * be applied twice. */
+ * be applied twice.  OUTBOX_ENOSCHEMA / OUTBOX_ESCHEMANEWER as for
+ * outbox_enqueue_sqlite, nothing deleted. */
 int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms,
                               int64_t redelivery_horizon_ms, int64_t *purged,
                               outbox_error *err);
@@ -470,7 +479,7 @@ typedef struct outbox_relay_options {
     int on_sent;                 /* OUTBOX_ON_SENT_DELETE or _MARK */
     int failed_blocks_aggregate; /* 1 (default): a Failed message holds back
                                     later messages of its aggregate until
-                                    retried or purged; 0: they go on */
+                                    retried or dropped; 0: they go on */
     unsigned poll_interval_ms;   /* fallback full check; default 1000 */
     unsigned change_check_ms;    /* cheap cross-process change check; default 2 */
     unsigned lease_ttl_ms;       /* relay lease; default 10000 */

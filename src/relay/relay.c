@@ -1319,7 +1319,7 @@ static void log_not_due(outbox_relay *r)
     }
     if (st.failed > 0)
         outbox__log(OUTBOX_LOG_INFO, COMPONENT,
-                    "relay %s: %lld failed message(s) wait for `outbox retry`", r->name,
+                    "relay %s: %lld failed message(s) wait for `outbox retry` or `outbox drop`", r->name,
                     (long long)st.failed);
 }
 
