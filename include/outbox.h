@@ -43,50 +43,55 @@ const char *outbox_version(void);
  * Errors
  * ---------------------------------------------------------------------- */
 
-/* Result codes.  Keep in step with the table in src/core/error.c. */
+/* Result codes, from one list: XX(NAME, value, description, retriable)
+ * makes the enum constant OUTBOX_<NAME>, and src/core/error.c makes from
+ * the same list the names, outbox_strerror and outbox_err_retriable, so
+ * they cannot drift apart.  Append only: a value is never reused. */
+#define OUTBOX_ERROR_MAP(XX)                                                                  \
+    XX(OK, 0, "success", 0)                                                                    \
+    XX(DUPLICATE, 1, "message id already recorded in the inbox", 0) /* not an error */         \
+    /* Invalid input: refused before anything is written (guarantee 7). */                    \
+    XX(EINVAL, -1, "invalid argument", 0)                                                      \
+    XX(EBADID, -2, "message id is not a canonical UUID", 0)                                    \
+    XX(EBADTYPE, -3, "event type is empty, too long or has control characters", 0)             \
+    XX(EBADAGGREGATE, -4, "aggregate id or type is empty, too long or has control characters", \
+       0)                                                                                      \
+    XX(EBADPAYLOAD, -5, "payload is not valid JSON", 0)                                        \
+    XX(EBADHEADERS, -6, "headers are not a JSON object of strings", 0)                         \
+    XX(EBADHEADERCHAR, -7, "control character in a header name or value", 0)                   \
+    XX(EBADTRACEPARENT, -8, "traceparent or tracestate header is not W3C trace-context", 0)    \
+    XX(ETOOBIG, -9, "message larger than the configured limit", 0)                             \
+    XX(EBADURL, -10, "URL malformed or scheme unsupported", 0)                                 \
+    XX(ECONFIG, -11, "bad option value or combination", 0)                                     \
+    XX(ENOTBUILT, -12, "driver not compiled into this build", 0)                               \
+    /* State of the store or the caller's connection. */                                      \
+    XX(ENOTXN, -20, "no transaction open on the connection", 0)                                \
+    XX(ENOSCHEMA, -21, "outbox tables missing (run `outbox init`)", 0)                         \
+    XX(ESCHEMANEWER, -22, "schema is newer than this library", 0)                              \
+    XX(EEXISTS, -23, "a message with this id already exists", 0)                               \
+    XX(ENOTFOUND, -24, "no such message", 0)                                                   \
+    XX(ELEASED, -25, "another live relay holds the lease", 1)                                  \
+    XX(ELEASELOST, -26, "this relay's lease was taken over", 0)                                \
+    /* Runtime failures. */                                                                    \
+    XX(ENOMEM, -40, "out of memory", 1)                                                        \
+    XX(EBUSY, -41, "database locked or busy", 1)                                               \
+    XX(ESTORE, -42, "database error", 0)                                                       \
+    XX(EIO, -43, "I/O error", 1)                                                               \
+    XX(EPUBLISH, -44, "destination failed to confirm", 1)                                      \
+    XX(EREJECTED, -45, "destination refused the message", 0)                                   \
+    XX(EFAULT, -46, "injected fault", 0) /* test builds only */                                \
+    XX(ESTOPPED, -47, "relay was asked to stop", 0)                                            \
+    XX(EINTERNAL, -48, "internal error (a bug: please report it)", 0)                          \
+    /* Webhook verification (outbox_webhook_verify, the receiver). */                          \
+    XX(ENOSIGNATURE, -60, "webhook id, timestamp or signature header missing", 0)              \
+    XX(EBADTIMESTAMP, -61, "webhook timestamp is not Unix seconds", 0)                         \
+    XX(ESTALE, -62, "webhook timestamp outside the tolerance", 0)                              \
+    XX(EBADSIGNATURE, -63, "webhook signature does not match", 0)
+
 enum {
-    OUTBOX_OK = 0,
-    OUTBOX_DUPLICATE = 1, /* inbox: message id already recorded (not an error) */
-
-    /* Invalid input: refused before anything is written (guarantee 7). */
-    OUTBOX_EINVAL = -1,          /* a required argument is NULL or out of range */
-    OUTBOX_EBADID = -2,          /* message id is not a canonical UUID */
-    OUTBOX_EBADTYPE = -3,        /* event type empty, too long or has control chars */
-    OUTBOX_EBADAGGREGATE = -4,   /* aggregate id/type empty, too long or has control chars */
-    OUTBOX_EBADPAYLOAD = -5,     /* payload is not valid JSON */
-    OUTBOX_EBADHEADERS = -6,     /* headers are not a JSON object of strings */
-    OUTBOX_EBADHEADERCHAR = -7,  /* control character in a header name or value */
-    OUTBOX_EBADTRACEPARENT = -8, /* traceparent header is not W3C trace-context */
-    OUTBOX_ETOOBIG = -9,         /* message larger than the configured limit */
-    OUTBOX_EBADURL = -10,        /* store or destination URL malformed/unsupported */
-    OUTBOX_ECONFIG = -11,        /* bad option value or combination */
-    OUTBOX_ENOTBUILT = -12,      /* driver not compiled into this build */
-
-    /* State of the store or the caller's connection. */
-    OUTBOX_ENOTXN = -20,         /* enqueue/inbox called with no open transaction */
-    OUTBOX_ENOSCHEMA = -21,      /* outbox tables missing: run `outbox init` */
-    OUTBOX_ESCHEMANEWER = -22,   /* schema newer than this library knows */
-    OUTBOX_EEXISTS = -23,        /* a message with this id already exists */
-    OUTBOX_ENOTFOUND = -24,      /* no such message */
-    OUTBOX_ELEASED = -25,        /* another live relay holds this outbox's lease */
-    OUTBOX_ELEASELOST = -26,     /* this relay's lease was taken over */
-
-    /* Runtime failures. */
-    OUTBOX_ENOMEM = -40,         /* out of memory */
-    OUTBOX_EBUSY = -41,          /* database locked/busy: retry may help */
-    OUTBOX_ESTORE = -42,         /* other database error */
-    OUTBOX_EIO = -43,            /* I/O error (write, fsync): retry may help */
-    OUTBOX_EPUBLISH = -44,       /* destination failed to confirm: retry may help */
-    OUTBOX_EREJECTED = -45,      /* destination refused the message for good */
-    OUTBOX_EFAULT = -46,         /* an injected fault (test builds only) */
-    OUTBOX_ESTOPPED = -47,       /* the relay was asked to stop */
-    OUTBOX_EINTERNAL = -48,      /* a bug: please report it */
-
-    /* Webhook verification (outbox_webhook_verify, the receiver). */
-    OUTBOX_ENOSIGNATURE = -60,   /* webhook-id/-timestamp/-signature header missing */
-    OUTBOX_EBADTIMESTAMP = -61,  /* webhook-timestamp is not a Unix time in seconds */
-    OUTBOX_ESTALE = -62,         /* webhook-timestamp outside the tolerance */
-    OUTBOX_EBADSIGNATURE = -63   /* no v1 signature matched the secret */
+#define OUTBOX__ERROR_ENUM(name, value, description, retriable) OUTBOX_##name = value,
+    OUTBOX_ERROR_MAP(OUTBOX__ERROR_ENUM)
+#undef OUTBOX__ERROR_ENUM
 };
 
 /* Error detail filled by fallible calls.  Zero-initialise or leave as is:

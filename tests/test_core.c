@@ -714,15 +714,11 @@ TEST(url_redact)
 
 TEST(errors)
 {
+    /* Every code of the list: a code added to it is checked here too. */
     static const int all[] = {
-        OUTBOX_OK,          OUTBOX_DUPLICATE,     OUTBOX_EINVAL,        OUTBOX_EBADID,
-        OUTBOX_EBADTYPE,    OUTBOX_EBADAGGREGATE, OUTBOX_EBADPAYLOAD,   OUTBOX_EBADHEADERS,
-        OUTBOX_EBADHEADERCHAR, OUTBOX_EBADTRACEPARENT, OUTBOX_ETOOBIG,  OUTBOX_EBADURL,
-        OUTBOX_ECONFIG,     OUTBOX_ENOTBUILT,     OUTBOX_ENOTXN,        OUTBOX_ENOSCHEMA,
-        OUTBOX_ESCHEMANEWER, OUTBOX_EEXISTS,      OUTBOX_ENOTFOUND,     OUTBOX_ELEASED,
-        OUTBOX_ELEASELOST,  OUTBOX_ENOMEM,        OUTBOX_EBUSY,         OUTBOX_ESTORE,
-        OUTBOX_EIO,         OUTBOX_EPUBLISH,      OUTBOX_EREJECTED,     OUTBOX_EFAULT,
-        OUTBOX_ESTOPPED,    OUTBOX_EINTERNAL,
+#define ALL_CODES(name, value, description, retriable) OUTBOX_##name,
+        OUTBOX_ERROR_MAP(ALL_CODES)
+#undef ALL_CODES
     };
     size_t i, j, n = sizeof all / sizeof all[0];
     outbox_error err_ = {0, ""}, *err = &err_;
@@ -739,6 +735,8 @@ TEST(errors)
     }
     ASSERT_STREQ(outbox_strerror(-999), "unknown error");
     ASSERT_STREQ(outbox__error_name(OUTBOX_EBADPAYLOAD), "EBADPAYLOAD");
+    ASSERT_STREQ(outbox__error_name(OUTBOX_EBADTRACEPARENT), "EBADTRACEPARENT");
+    ASSERT_STREQ(outbox__error_name(OUTBOX_EBADSIGNATURE), "EBADSIGNATURE");
     ASSERT(outbox_err_retriable(OUTBOX_EBUSY));
     ASSERT(outbox_err_retriable(OUTBOX_EIO));
     ASSERT(outbox_err_retriable(OUTBOX_EPUBLISH));

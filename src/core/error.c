@@ -1,7 +1,8 @@
 /*
- * error.c - result codes: one table gives each code its short name, its
- * description (outbox_strerror) and whether retrying may help
- * (outbox_err_retriable); outbox__error fills a caller's outbox_error.
+ * error.c - result codes: the list in outbox.h (OUTBOX_ERROR_MAP) gives each
+ * code its short name, its description (outbox_strerror) and whether
+ * retrying may help (outbox_err_retriable); outbox__error fills a caller's
+ * outbox_error.
  */
 #include "internal.h"
 
@@ -15,42 +16,10 @@ typedef struct code_info {
 } code_info;
 
 static const code_info codes[] = {
-    {OUTBOX_OK, "OK", "success", 0},
-    {OUTBOX_DUPLICATE, "DUPLICATE", "message id already recorded in the inbox", 0},
-    {OUTBOX_EINVAL, "EINVAL", "invalid argument", 0},
-    {OUTBOX_EBADID, "EBADID", "message id is not a canonical UUID", 0},
-    {OUTBOX_EBADTYPE, "EBADTYPE", "event type is empty, too long or has control characters", 0},
-    {OUTBOX_EBADAGGREGATE, "EBADAGGREGATE",
-     "aggregate id or type is empty, too long or has control characters", 0},
-    {OUTBOX_EBADPAYLOAD, "EBADPAYLOAD", "payload is not valid JSON", 0},
-    {OUTBOX_EBADHEADERS, "EBADHEADERS", "headers are not a JSON object of strings", 0},
-    {OUTBOX_EBADHEADERCHAR, "EBADHEADERCHAR", "control character in a header name or value", 0},
-    {OUTBOX_EBADTRACEPARENT, "EBADTRACEPARENT",
-     "traceparent or tracestate header is not W3C trace-context", 0},
-    {OUTBOX_ETOOBIG, "ETOOBIG", "message larger than the configured limit", 0},
-    {OUTBOX_EBADURL, "EBADURL", "URL malformed or scheme unsupported", 0},
-    {OUTBOX_ECONFIG, "ECONFIG", "bad option value or combination", 0},
-    {OUTBOX_ENOTBUILT, "ENOTBUILT", "driver not compiled into this build", 0},
-    {OUTBOX_ENOTXN, "ENOTXN", "no transaction open on the connection", 0},
-    {OUTBOX_ENOSCHEMA, "ENOSCHEMA", "outbox tables missing (run `outbox init`)", 0},
-    {OUTBOX_ESCHEMANEWER, "ESCHEMANEWER", "schema is newer than this library", 0},
-    {OUTBOX_EEXISTS, "EEXISTS", "a message with this id already exists", 0},
-    {OUTBOX_ENOTFOUND, "ENOTFOUND", "no such message", 0},
-    {OUTBOX_ELEASED, "ELEASED", "another live relay holds the lease", 1},
-    {OUTBOX_ELEASELOST, "ELEASELOST", "this relay's lease was taken over", 0},
-    {OUTBOX_ENOMEM, "ENOMEM", "out of memory", 1},
-    {OUTBOX_EBUSY, "EBUSY", "database locked or busy", 1},
-    {OUTBOX_ESTORE, "ESTORE", "database error", 0},
-    {OUTBOX_EIO, "EIO", "I/O error", 1},
-    {OUTBOX_EPUBLISH, "EPUBLISH", "destination failed to confirm", 1},
-    {OUTBOX_EREJECTED, "EREJECTED", "destination refused the message", 0},
-    {OUTBOX_EFAULT, "EFAULT", "injected fault", 0},
-    {OUTBOX_ESTOPPED, "ESTOPPED", "relay was asked to stop", 0},
-    {OUTBOX_EINTERNAL, "EINTERNAL", "internal error (a bug: please report it)", 0},
-    {OUTBOX_ENOSIGNATURE, "ENOSIGNATURE", "webhook id, timestamp or signature header missing", 0},
-    {OUTBOX_EBADTIMESTAMP, "EBADTIMESTAMP", "webhook timestamp is not Unix seconds", 0},
-    {OUTBOX_ESTALE, "ESTALE", "webhook timestamp outside the tolerance", 0},
-    {OUTBOX_EBADSIGNATURE, "EBADSIGNATURE", "webhook signature does not match", 0},
+#define OUTBOX__ERROR_INFO(name, value, description, retriable) \
+    {OUTBOX_##name, #name, description, retriable},
+    OUTBOX_ERROR_MAP(OUTBOX__ERROR_INFO)
+#undef OUTBOX__ERROR_INFO
 };
 
 static const code_info *find(int code)
