@@ -1227,8 +1227,8 @@ TEST(same_name_relays_drain_together)
     p.seed = 12345;
     for (int i = 0; i < 2; i++)
         pids[i] = ch_spawn(argv, NULL, NULL, errs[i]);
-    ch_producer_start(&p);
-    for (int tries = 0; tries < 400 && !ch_producer_done(&p); tries++) {
+    /* Both registered (sanitized builds start slowly), then the load. */
+    for (int tries = 0; tries < 1200 && !two_seen; tries++) {
         outbox_store s;
         outbox_status st;
         outbox_error err;
@@ -1243,8 +1243,9 @@ TEST(same_name_relays_drain_together)
             }
         }
         outbox__store_close(&s);
-        ch_sleep_ms(50);
+        if (!two_seen) ch_sleep_ms(50);
     }
+    ch_producer_start(&p);
     ch_producer_join(&p);
     if (p.error[0]) TEST_FAIL_("producer: %s", p.error);
     for (int tries = 0; tries < 1200; tries++) {
