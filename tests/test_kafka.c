@@ -35,6 +35,7 @@ int main(void)
 
 #include "crash_harness.h"
 #include "log_capture.h"
+#include "relay_thread.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdatomic.h>
@@ -282,19 +283,6 @@ TEST(config)
     expect_error(db, to, "security.protocol", "hunter2xyz");
 }
 
-typedef struct relay_thread {
-    outbox_relay *relay;
-    int rc;
-    outbox_error err;
-} relay_thread;
-
-static void *relay_main(void *arg)
-{
-    relay_thread *t = arg;
-    t->rc = outbox_relay_run(t->relay, &t->err);
-    return NULL;
-}
-
 typedef void (*chaos_fn)(uint64_t *rng, int step);
 
 /* Drains `total` messages over `aggs` aggregates into topic while chaos()
@@ -321,7 +309,6 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
     uint64_t rng = ch_seed();
     ch_producer p;
     relay_thread t;
-    pthread_t th;
     ch_report rep;
 
     fprintf(stderr, "   seed %llu, %d messages\n", (unsigned long long)rng, total);
@@ -343,7 +330,7 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
     outbox_log_set(count_pipelined, NULL, OUTBOX_LOG_DEBUG);
     memset(&t, 0, sizeof t);
     ASSERT_OK(ch_relay_new(&t.relay, db, to, 0, &t.err), &t.err);
-    if (pthread_create(&th, NULL, relay_main, &t) != 0) TEST_FAIL_("pthread_create");
+    if (relay_thread_start(&t) != 0) TEST_FAIL_("pthread_create");
     for (int i = 0; i < steps; i++) {
         ch_sleep_ms(ch_rand_range(&rng, 200, 400));
         chaos(&rng, i);
@@ -356,8 +343,7 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
                        (long long)ch_outbox_count(db, "pending"));
         ch_sleep_ms(50);
     }
-    outbox_relay_stop(t.relay);
-    pthread_join(th, NULL);
+    relay_thread_stop(&t);
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     ASSERT_OK(t.rc, &t.err);
     /* The relay pipelined (the next batch produced while the reports of the

@@ -33,6 +33,7 @@ int main(void)
 #else
 
 #include "log_capture.h"
+#include "relay_thread.h"
 #include "nats_harness.h"
 #include "tls_certs.h"
 #ifdef OUTBOX_HAVE_CRYPTO
@@ -390,25 +391,11 @@ TEST(one_unacked_per_aggregate)
     ASSERT_EQ(ch_outbox_count(db, NULL), 2);
 }
 
-typedef struct relay_thread {
-    outbox_relay *relay;
-    int rc;
-    outbox_error err;
-} relay_thread;
-
-static void *relay_main(void *arg)
-{
-    relay_thread *t = arg;
-    t->rc = outbox_relay_run(t->relay, &t->err);
-    return NULL;
-}
-
 TEST(server_restarts)
 {
     char db[CH_PATH], to[256], dump[CH_PATH];
     ch_producer p;
     relay_thread t;
-    pthread_t th;
     uint64_t rng = ch_seed();
     int restarts = 10, total = test_scaled(30000, 500);
     ch_report rep;
@@ -430,7 +417,7 @@ TEST(server_restarts)
              server.url);
     memset(&t, 0, sizeof t);
     ASSERT_OK(ch_relay_new(&t.relay, db, to, 0, &t.err), &t.err);
-    if (pthread_create(&th, NULL, relay_main, &t) != 0) TEST_FAIL_("pthread_create");
+    if (relay_thread_start(&t) != 0) TEST_FAIL_("pthread_create");
 
     for (int i = 0; i < restarts; i++) {
         ch_sleep_ms(ch_rand_range(&rng, 100, 600));
@@ -446,8 +433,7 @@ TEST(server_restarts)
                        (long long)ch_outbox_count(db, "pending"));
         ch_sleep_ms(50);
     }
-    outbox_relay_stop(t.relay);
-    pthread_join(th, NULL);
+    relay_thread_stop(&t);
     ASSERT_OK(t.rc, &t.err);
     outbox_relay_stats stats;
     outbox_relay_get_stats(t.relay, &stats);

@@ -34,6 +34,7 @@ int main(void)
 #include "crash_harness.h"
 #include "internal.h"
 #include "log_capture.h"
+#include "relay_thread.h"
 
 /* A fresh SQLite outbox at path, opened. */
 static sqlite3 *open_db(const char *path)
@@ -73,20 +74,6 @@ static int64_t count_rows(sqlite3 *db, const char *where)
     return ch_db_count(db, sql);
 }
 
-typedef struct runner {
-    pthread_t thread;
-    outbox_relay *relay;
-    int rc;
-    outbox_error err;
-} runner;
-
-static void *runner_main(void *arg)
-{
-    runner *r = arg;
-    r->rc = outbox_relay_run(r->relay, &r->err);
-    return NULL;
-}
-
 static void relay_options(outbox_relay_options *o)
 {
     outbox_relay_options_init(o);
@@ -109,7 +96,7 @@ TEST(file_full_disk)
     outbox_error err;
     outbox_relay_options o;
     outbox_relay_stats stats;
-    runner run;
+    relay_thread run;
     char *text, *line, *save = NULL;
     int seen[N], next[AGGS], lines = 0, k;
     int64_t end;
@@ -122,13 +109,11 @@ TEST(file_full_disk)
     relay_options(&o);
     memset(&run, 0, sizeof run);
     ASSERT_OK(outbox_relay_new(&run.relay, store, dest, &o, &err), &err);
-    if (pthread_create(&run.thread, NULL, runner_main, &run) != 0) TEST_FAIL_("pthread_create");
+    if (relay_thread_start(&run) != 0) TEST_FAIL_("pthread_create");
     end = outbox__monotonic_us() + 10000000;
     while (count_rows(db, "1") > 0 && outbox__monotonic_us() < end)
         outbox__sleep_us(5000);
-    outbox_relay_stop(run.relay);
-    pthread_join(run.thread, NULL);
-    ASSERT_OK(run.rc, &run.err);
+    ASSERT_OK(relay_thread_stop(&run), &run.err);
     outbox_relay_get_stats(run.relay, &stats);
     outbox_relay_free(run.relay);
 
@@ -189,7 +174,7 @@ static pid_t relay_child(const char *db_path, int rfd, int wfd, int once, int st
         outbox_relay_options o;
         outbox_relay_stats stats;
         outbox_error err;
-        runner run;
+        relay_thread run;
         signal(SIGPIPE, SIG_DFL);
         if (rfd >= 0) close(rfd); /* the reader is the parent alone */
         if (dup2(wfd, STDOUT_FILENO) < 0) _exit(2);
@@ -200,12 +185,10 @@ static pid_t relay_child(const char *db_path, int rfd, int wfd, int once, int st
         o.once = once;
         memset(&run, 0, sizeof run);
         if (outbox_relay_new(&run.relay, store, "stdout:", &o, &err) != OUTBOX_OK) _exit(2);
-        if (pthread_create(&run.thread, NULL, runner_main, &run) != 0) _exit(2);
-        if (!once) {
-            outbox__sleep_us(600000);
-            outbox_relay_stop(run.relay);
-        }
-        pthread_join(run.thread, NULL);
+        if (relay_thread_start(&run) != 0) _exit(2);
+        if (!once) outbox__sleep_us(600000);
+        if (once) relay_thread_join(&run);
+        else relay_thread_stop(&run);
         outbox_relay_get_stats(run.relay, &stats);
         if (write(stats_fd, &stats, sizeof stats) != (ssize_t)sizeof stats) _exit(2);
         outbox_relay_free(run.relay);

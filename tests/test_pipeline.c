@@ -38,6 +38,7 @@ int main(void)
 #include "nats_harness.h"
 #ifdef OUTBOX_HAVE_LIBPQ
 #include "pg_harness.h"
+#include "relay_thread.h"
 #endif
 
 #include <pthread.h>
@@ -387,19 +388,6 @@ TEST(lost_acks)
     lost_acks_case(&w, store, "PIPE", "pipe", total, aggregates);
 }
 
-typedef struct runner {
-    outbox_relay *relay;
-    int rc;
-    outbox_error err;
-} runner;
-
-static void *run_thread(void *arg)
-{
-    runner *x = arg;
-    x->rc = outbox_relay_run(x->relay, &x->err);
-    return NULL;
-}
-
 TEST(stop)
 {
     char db[CH_PATH], to[256], store[700];
@@ -407,8 +395,7 @@ TEST(stop)
     where w = {db, NULL};
     int64_t sent_at_stop;
     outbox_relay_stats stats;
-    pthread_t th;
-    runner x;
+    relay_thread x;
     table t;
 
     ch_new_store(db, "stop.db");
@@ -418,11 +405,9 @@ TEST(stop)
     snprintf(store, sizeof store, "sqlite:%s", db);
     memset(&x, 0, sizeof x);
     run_relay(store, to, 0, &x.relay, NULL);
-    ASSERT_EQ(pthread_create(&th, NULL, run_thread, &x), 0);
+    ASSERT_EQ(relay_thread_start(&x), 0);
     ch_sleep_ms(150);
-    outbox_relay_stop(x.relay);
-    pthread_join(th, NULL);
-    if (x.rc != OUTBOX_OK) TEST_FAIL_("relay run: %s", x.err.message);
+    if (relay_thread_stop(&x) != OUTBOX_OK) TEST_FAIL_("relay run: %s", x.err.message);
     outbox_relay_free(x.relay);
     sent_at_stop = ch_outbox_count(db, "sent");
     fprintf(stderr, "stop: %lld of %d sent when the relay stopped\n", (long long)sent_at_stop,

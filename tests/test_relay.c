@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 #include "log_capture.h"
+#include "relay_thread.h"
 #include "test.h"
 
 #include <jansson.h>
@@ -188,35 +189,20 @@ static void run_once(const char *db_path, recorder *rec, outbox_relay_options *o
     outbox_relay_free(relay);
 }
 
-typedef struct runner {
-    pthread_t thread;
-    outbox_relay *relay;
-    int rc;
-    outbox_error err;
-} runner;
-
-static void *runner_main(void *arg)
-{
-    runner *r = arg;
-    r->rc = outbox_relay_run(r->relay, &r->err);
-    return NULL;
-}
-
-static void runner_start(runner *r, outbox_relay *relay)
+static void runner_start(relay_thread *r, outbox_relay *relay)
 {
     memset(r, 0, sizeof *r);
     r->relay = relay;
-    r->rc = -999;
-    if (pthread_create(&r->thread, NULL, runner_main, r) != 0) TEST_FAIL_("pthread_create");
+    if (relay_thread_start(r) != 0) TEST_FAIL_("pthread_create");
 }
 
-static int runner_stop(runner *r)
+/* Stops the relay, frees it; run()'s result. */
+static int runner_stop(relay_thread *r)
 {
-    outbox_relay_stop(r->relay);
-    pthread_join(r->thread, NULL);
+    int rc = relay_thread_stop(r);
     outbox_relay_free(r->relay);
     r->relay = NULL;
-    return r->rc;
+    return rc;
 }
 
 /* Reads one message's stored state through the store driver. */
@@ -650,7 +636,7 @@ TEST(stop_from_another_thread_and_lease)
     outbox_relay_options o, o2;
     outbox_relay *second;
     recorder rec;
-    runner run;
+    relay_thread run;
     int64_t t0;
 
     rec_init(&rec);
@@ -686,7 +672,7 @@ TEST(wait_for_lease_stands_by)
     sqlite3 *db = open_db(path);
     outbox_relay_options o1, o2;
     recorder rec1, rec2;
-    runner first, second;
+    relay_thread first, second;
     char id[37];
     int64_t t0;
 
@@ -736,7 +722,7 @@ TEST(in_process_wake_up)
     sqlite3 *db = open_db(path);
     outbox_relay_options o;
     recorder rec;
-    runner run;
+    relay_thread run;
     char id[37];
     outbox_relay_stats stats;
 
@@ -936,7 +922,7 @@ TEST(outage_charges_nothing)
     outbox_relay_options o;
     outbox_relay_stats stats;
     recorder rec;
-    runner run;
+    relay_thread run;
     char ids[6][37];
     size_t i, calls_down;
     int k, noted = 0;
@@ -1115,7 +1101,7 @@ TEST(reopen_after_rename)
     outbox_error err_ = {0, ""}, *err = &err_;
     outbox_relay_options o;
     outbox_relay *relay = NULL;
-    runner run;
+    relay_thread run;
     lines_wait w;
     int k;
 
