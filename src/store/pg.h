@@ -1,0 +1,178 @@
+/*
+ * pg.h - what the files of the PostgreSQL store (src/store/pg_*.c) share:
+ * the driver's state, its limits, the SQL that reads timestamps as unix
+ * microseconds, and the functions one file calls in another.  Private to
+ * those files, and included only under OUTBOX_HAVE_LIBPQ.  The design is in
+ * docs/POSTGRES.md; each function's contract is at its definition.
+ */
+#ifndef OUTBOX_PG_H
+#define OUTBOX_PG_H
+
+#include "internal.h"
+
+#include <libpq-fe.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define COMPONENT "store.postgres"
+#define DEFAULT_SCHEMA "outbox"
+#define DEFAULT_PARTITIONS 32
+#define MAX_PARTITIONS 1024
+
+typedef struct pg_store {
+    PGconn *conn;
+    char *conninfo;      /* what libpq gets (may hold a password: never shown) */
+    char shown[512];     /* redacted URL for messages */
+    char schema[64];
+    char qschema[160];
+    int url_partitions;  /* partitions= at init (0: default) */
+    int partitions;      /* from meta, 0 until read */
+    int32_t part_key;    /* advisory lock class of partitions */
+    int32_t member_key;  /* advisory lock class of relay membership */
+    int32_t sleep_key;   /* advisory lock class of "a relay is asleep" (key 0) */
+    int sleep_held;      /* this session holds the shared "asleep" lock */
+    int in_txn;          /* a claim transaction is open */
+    int prepared;        /* the hot statements are prepared on conn */
+    int schema_ok;       /* the schema version was checked on conn */
+    int listening;
+    int had_conn;        /* a connection existed: the next connect is a reconnect */
+    int notified_first;  /* `changed` said 1 once */
+    int waiting;         /* the relay's last `idle` request (kept over reconnects) */
+    int live_seen;       /* live relays at the last rebalance */
+    int once_waited;     /* a --once relay waited for busy partitions already */
+
+    /* Relay membership (after lease_acquire). */
+    char owner[128];
+    char note[256];      /* lease_note's text, kept for re-registering */
+    int note_dirty;      /* note not yet written (set during a claim) */
+    int64_t member_id;   /* row in {s}.relays, 0 when not registered */
+    unsigned char *held; /* partitions[i] != 0 when this session holds i */
+    int held_count;
+    int64_t next_rebalance_us; /* monotonic */
+    int64_t ttl_ms;
+
+    /* Claim floor (see "Claim floor" in docs/POSTGRES.md). */
+    int64_t floor;         /* no row below it is pending; 0: none known */
+    char floor_epoch[64];  /* meta 'requeue_epoch' when floor was found */
+    int floor_off;         /* this session cannot read what the floor needs */
+    int64_t floor_next_us; /* monotonic time of the next refresh */
+    int64_t wait_seq;      /* L of a refresh waiting for wait_xacts to end */
+    char *wait_xacts;      /* array literal of their virtual xids; NULL: none */
+
+    outbox_buf sql;      /* scratch */
+    outbox_buf a1, a2, a3; /* array literals for complete */
+} pg_store;
+
+/* Timestamps as unix microseconds, total: no stored value can make a
+ * statement that serves every row fail ('infinity' and years past 294276
+ * do not fit a bigint).  US_OR_NULL gives NULL outside the years 1970 to
+ * 9999 (what a message may hold: the claim quarantines such a row); US
+ * clamps into them (for showing and counting). */
+#define IN_YEARS(col)                                                                              \
+    "(" col " >= '1970-01-01 00:00:00+00' AND " col " < '10000-01-01 00:00:00+00')"
+#define US_OR_NULL(col)                                                                            \
+    "CASE WHEN " IN_YEARS(col) " THEN (extract(epoch FROM " col ") * 1000000)::bigint END"
+#define US(col)                                                                                    \
+    "(extract(epoch FROM least(greatest(" col ", '1970-01-01 00:00:00+00'::timestamptz),"         \
+    " '9999-12-31 23:59:59.999999+00'::timestamptz)) * 1000000)::bigint"
+
+/* ------------------------------------------------------------------------
+ * pg_conn.c: libpq errors, the connection
+ * ---------------------------------------------------------------------- */
+
+/* msg as one line in buf; returns buf. */
+const char *outbox__pg_message(const char *msg, char *buf, size_t len);
+/* The error of res (NULL: conn's) as one line in buf, without row data. */
+const char *outbox__pg_error_text(const PGconn *conn, const PGresult *res, char *buf, size_t len);
+/* Maps a failed result (res may be NULL) to an outbox code, err filled. */
+int outbox__pg_fail(PGconn *conn, PGresult *res, const char *what, outbox_error *err);
+/* Runs sql without parameters, expecting no rows. */
+int outbox__pg_exec(PGconn *conn, const char *sql, const char *what, outbox_error *err);
+/* Rolls back an open transaction on conn, if any. */
+void outbox__pg_rollback(PGconn *conn);
+/* A decimal text as int64 (0 for NULL or ""). */
+int64_t outbox__pg_parse_i64(const char *s);
+/* Connects or reconnects st and sets up its session. */
+int outbox__pg_need_conn(pg_store *st, outbox_error *err);
+
+/* ------------------------------------------------------------------------
+ * pg_schema.c: schema names, migrations, version checks
+ * ---------------------------------------------------------------------- */
+
+int outbox__pg_valid_schema(const char *s);
+int outbox__pg_schema_error(const char *schema, outbox_error *err);
+/* Expands a schema template ({s}, {n}, {P}) into b. */
+void outbox__pg_expand(outbox_buf *b, const char *tmpl, const char *qschema, const char *schema,
+                       int partitions);
+int outbox__pg_quote_schema(PGconn *conn, const char *schema, char *out, size_t len,
+                            outbox_error *err);
+/* Creates or upgrades the schema in a transaction of its own. */
+int outbox__pg_migrate(PGconn *conn, const char *schema, int requested, int *from, int *to,
+                       outbox_error *err);
+int outbox__pg_refuse_newer_schema(PGconn *conn, const char *schema, const char *qschema,
+                                   outbox_error *err);
+int outbox__pg_check_schema(pg_store *st, outbox_error *err);
+/* outbox__pg_need_conn, and the schema version checked once per connection. */
+int outbox__pg_need_schema(pg_store *st, outbox_error *err);
+/* The schema version this build creates and needs. */
+int outbox__pg_schema_version(void);
+
+/* ------------------------------------------------------------------------
+ * pg_lease.c: relays, partitions
+ * ---------------------------------------------------------------------- */
+
+void outbox__pg_host_name(char *out, size_t len);
+int outbox__pg_register_member(pg_store *st, outbox_error *err);
+int outbox__pg_maybe_rebalance(pg_store *st, int force, outbox_error *err);
+int outbox__pg_take_all_for_once(pg_store *st, outbox_error *err);
+
+/* ------------------------------------------------------------------------
+ * pg_claim.c
+ * ---------------------------------------------------------------------- */
+
+/* Ends an open claim transaction (the relay dropped its batch). */
+void outbox__pg_end_claim(pg_store *st);
+
+/* ------------------------------------------------------------------------
+ * The driver's entry points, gathered in outbox__store_postgres
+ * (pg_conn.c); their contracts are those of outbox_store_ops (internal.h).
+ * ---------------------------------------------------------------------- */
+
+/* pg_lease.c */
+int outbox__pg_lease_acquire(void *state, const char *owner, int64_t ttl_ms, outbox_error *err);
+int outbox__pg_lease_renew(void *state, const char *owner, int64_t ttl_ms, outbox_error *err);
+int outbox__pg_lease_release(void *state, const char *owner, outbox_error *err);
+int outbox__pg_lease_note(void *state, const char *owner, const char *note, outbox_error *err);
+int outbox__pg_changed(void *state, int *changed, outbox_error *err);
+const char *outbox__pg_wake_path(void *state);
+int outbox__pg_idle(void *state, int waiting, outbox_error *err);
+int outbox__pg_wait_fd(void *state);
+
+/* pg_claim.c */
+int outbox__pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
+                     outbox_error *err);
+int outbox__pg_claim_pipelined(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                               size_t exclude_count, outbox_msg ***msgs, size_t *n,
+                               outbox_error *err);
+int outbox__pg_complete(void *state, const outbox_completion *c, size_t n,
+                        const outbox_complete_params *p, outbox_error *err);
+int outbox__pg_complete_pipelined(void *state, const outbox_completion *c, size_t n,
+                                  const outbox_complete_params *p, int in_flight,
+                                  outbox_error *err);
+int outbox__pg_next_due(void *state, int64_t *due_us, outbox_error *err);
+
+/* pg_admin.c */
+int outbox__pg_status(void *state, outbox_status *out, outbox_error *err);
+int outbox__pg_list(void *state, const outbox_list_params *p, outbox_list_fn fn, void *user,
+                    outbox_error *err);
+int outbox__pg_get(void *state, const char *id, outbox_msg **msg, outbox_error *err);
+int outbox__pg_retry(void *state, const char *const *ids, size_t n, int all, int64_t *count,
+                     outbox_error *err);
+int outbox__pg_purge(void *state, int64_t before_us, int64_t *count, outbox_error *err);
+int outbox__pg_drop(void *state, const char *const *ids, size_t n, int all,
+                    outbox_drop_archive_fn archive, void *user, int64_t *count, outbox_error *err);
+int outbox__pg_inbox_purge(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
+                           int64_t *count, outbox_error *err);
+
+#endif /* OUTBOX_PG_H */

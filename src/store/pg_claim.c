@@ -1,0 +1,793 @@
+/*
+ * pg_claim.c - the PostgreSQL relay's hot path: claim and complete, plain
+ * and pipelined, with their prepared statements, the claim floor, and the
+ * quarantine of rows that cannot be published.  The design is in
+ * docs/POSTGRES.md ("Claim and complete", "Claim floor").
+ */
+#include "internal.h"
+
+#ifdef OUTBOX_HAVE_LIBPQ
+
+#include "pg.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* How often (at most) a relay refreshes its claim floor (see "Claim floor"
+ * in docs/POSTGRES.md). */
+#define FLOOR_REFRESH_MS 200
+
+/* ------------------------------------------------------------------------
+ * Claim and complete
+ * ---------------------------------------------------------------------- */
+
+/* The claim's columns and its due, partition, floor and ordering
+ * conditions, shared by the claim and the pipelined claim ($5, $6: the
+ * floor's requeue epoch and the floor, see "Claim floor" in
+ * docs/POSTGRES.md). */
+#define CLAIM_SELECT_WHERE                                                                         \
+    "SELECT seq, id, " US_OR_NULL("occurred_at") ", type, aggregate_type, aggregate_id,"           \
+    " payload::text, headers::text, attempts,"                                                     \
+    " CASE WHEN NOT " IN_YEARS("occurred_at") " THEN occurred_at::text END"                        \
+    " FROM {s}.outbox o"                                                                           \
+    " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"                            \
+    " AND o.seq >= CASE WHEN (SELECT value FROM {s}.meta WHERE key = 'requeue_epoch') ="           \
+    " $5::text THEN $6::bigint ELSE 0 END"                                                         \
+    " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"      \
+    " '1 microsecond')"
+#define CLAIM_NOT_BLOCKED                                                                          \
+    " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"                                                  \
+    "  WHERE left(p.aggregate_id, 256) = left(o.aggregate_id, 256)"                                \
+    "  AND p.aggregate_id = o.aggregate_id AND p.seq < o.seq"                                      \
+    "  AND (p.status = 'failed' OR p.attempts > 0)"                                                \
+    "  AND ((p.status = 'pending' AND p.available_at > 'epoch'::timestamptz + $2::bigint *"        \
+    " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean)))"
+
+static const char claim_tmpl[] =
+    CLAIM_SELECT_WHERE CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
+
+/* Pipelined claim: the same selection as a plain read, without the seqs in
+ * flight ($7, between $8 and $9).  Rows in that range are looked up in the
+ * array, which PostgreSQL scans linearly, unless $10 says the seqs in
+ * flight are consecutive: then every row in the range is in flight and the
+ * range check alone excludes them.  No row locks: the relay's partition
+ * advisory locks keep the rows its own, and it keeps them while a batch is
+ * out (no rebalancing). */
+static const char claim_pipelined_tmpl[] =
+    CLAIM_SELECT_WHERE
+    " AND (o.seq < $8::bigint OR o.seq > $9::bigint"
+    " OR (NOT $10::boolean AND NOT (o.seq = ANY($7::bigint[]))))" CLAIM_NOT_BLOCKED
+    " ORDER BY o.seq LIMIT $4";
+
+enum { P_CLAIM, P_DELETE, P_MARK, P_RETRY, P_FAIL, P_CLAIM_PIPELINED, P_COUNT };
+
+static const char *const hot_tmpl[P_COUNT] = {
+    [P_CLAIM] = claim_tmpl,
+    [P_DELETE] = "DELETE FROM {s}.outbox WHERE seq = ANY($1::bigint[])",
+    [P_MARK] = "UPDATE {s}.outbox SET status = 'sent', sent_at = 'epoch'::timestamptz +"
+               " $2::bigint * interval '1 microsecond' WHERE seq = ANY($1::bigint[])",
+    [P_RETRY] = "UPDATE {s}.outbox o SET attempts = o.attempts + 1, available_at ="
+                " 'epoch'::timestamptz + u.at * interval '1 microsecond', last_error = u.err"
+                " FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(seq, at, err)"
+                " WHERE o.seq = u.seq",
+    [P_FAIL] = "UPDATE {s}.outbox o SET attempts = o.attempts + 1, status = 'failed',"
+               " last_error = u.err FROM unnest($1::bigint[], $2::text[]) AS u(seq, err)"
+               " WHERE o.seq = u.seq",
+    [P_CLAIM_PIPELINED] = claim_pipelined_tmpl,
+};
+
+static const char *const hot_name[P_COUNT] = {"outbox_claim", "outbox_delete", "outbox_mark",
+                                              "outbox_retry", "outbox_fail",
+                                              "outbox_claim_pipelined"};
+
+/* Prepares the relay's statements on this connection, and pins the
+ * claim's plan: the walk of outbox_pending in seq order that stops at the
+ * batch size, with one outbox_blocking probe per row it returns.  Without
+ * table statistics (a new table, a bulk load, before autovacuum's first
+ * ANALYZE) PostgreSQL estimates a handful of pending rows and prefers a
+ * bitmap scan of all of them, a probe per row and a sort: 30,000 pending
+ * took 108 ms per claim of 100 instead of about 1 ms.  With statistics and
+ * a few hundred failed rows it compared every row it read with all of them
+ * (a materialized inner side), 3 ms instead of 0.4.  None of the
+ * statements a relay's connection runs needs a sort, a bitmap scan or a
+ * materialized inner side to be fast, so the session does without them
+ * (the planner still sorts where nothing else can give the order). */
+static int prepare_hot(pg_store *st, outbox_error *err)
+{
+    int i, code;
+    if (st->prepared) return OUTBOX_OK;
+    code = outbox__pg_exec(st->conn,
+                           "SET enable_sort = off; SET enable_bitmapscan = off;"
+                           " SET enable_material = off",
+                           "configuring the relay's session", err);
+    if (code != OUTBOX_OK) return code;
+    for (i = 0; i < P_COUNT; i++) {
+        PGresult *res;
+        outbox__pg_expand(&st->sql, hot_tmpl[i], st->qschema, st->schema, 0);
+        if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory preparing");
+        res = PQprepare(st->conn, hot_name[i], st->sql.data, 0, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            code = outbox__pg_fail(st->conn, res, "preparing the relay's statements", err);
+            PQclear(res);
+            return code;
+        }
+        PQclear(res);
+    }
+    st->prepared = 1;
+    return OUTBOX_OK;
+}
+
+/* Ends an open claim transaction (the relay dropped its batch). */
+void outbox__pg_end_claim(pg_store *st)
+{
+    if (st->in_txn) {
+        outbox__pg_rollback(st->conn);
+        st->in_txn = 0;
+    }
+}
+
+/* Opens the relay's transaction for a claim or its outcomes; it does not
+ * wait for its WAL flush at commit (see claim).  Rolls back on failure. */
+static int begin_async(pg_store *st, const char *what, outbox_error *err)
+{
+    int code = outbox__pg_exec(st->conn, "BEGIN; SET LOCAL synchronous_commit = off", what, err);
+    if (code != OUTBOX_OK) {
+        outbox__pg_rollback(st->conn);
+        return code;
+    }
+    st->in_txn = 1;
+    return OUTBOX_OK;
+}
+
+/* A one-row query of the floor refresh; NULL after logging why the floor is
+ * turned off for this session, or (connection lost) with err filled. */
+static PGresult *floor_query(pg_store *st, const char *sql, const char *param, int *code,
+                             outbox_error *err)
+{
+    const char *params[1] = {param};
+    PGresult *res = PQexecParams(st->conn, sql, param ? 1 : 0, NULL, params, NULL, NULL, 0);
+    char msg[300];
+
+    *code = OUTBOX_OK;
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) return res;
+    if (PQstatus(st->conn) != CONNECTION_OK) {
+        *code = outbox__pg_fail(st->conn, res, "refreshing the claim floor", err);
+    } else {
+        outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                    "%s: claims scan the pending index from its start (the claim floor needs "
+                    "to read the outbox's seq sequence and pg_locks: %s)",
+                    st->shown, outbox__pg_message(PQresultErrorMessage(res), msg, sizeof msg));
+        st->floor_off = 1;
+        st->floor = 0;
+    }
+    PQclear(res);
+    return NULL;
+}
+
+/* Refreshes the claim floor when it is due (see "Claim floor" in
+ * docs/POSTGRES.md); runs between transactions.  Fails only when the
+ * connection is lost. */
+static int floor_refresh(pg_store *st, outbox_error *err)
+{
+    char table[200];
+    PGresult *res;
+    int64_t now = outbox__monotonic_us(), settled = -1, last, lowest;
+    int code;
+
+    if (st->floor_off || now < st->floor_next_us) return OUTBOX_OK;
+    st->floor_next_us = now + (int64_t)FLOOR_REFRESH_MS * 1000;
+    snprintf(table, sizeof table, "%s.outbox", st->qschema);
+    if (st->wait_xacts) {
+        res = floor_query(st,
+                          "SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks"
+                          " WHERE virtualtransaction = ANY($1::text[]))",
+                          st->wait_xacts, &code, err);
+        if (!res) return code;
+        if (strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+            settled = st->wait_seq;
+            free(st->wait_xacts);
+            st->wait_xacts = NULL;
+        }
+        PQclear(res);
+        if (settled < 0) return OUTBOX_OK; /* still running: next time */
+    }
+    /* L first, then the transactions that may still commit rows up to L. */
+    res = floor_query(st,
+                      "SELECT coalesce(pg_catalog.pg_sequence_last_value("
+                      "pg_catalog.pg_get_serial_sequence($1, 'seq')::regclass), 0)",
+                      table, &code, err);
+    if (!res) return code;
+    last = outbox__pg_parse_i64(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    res = floor_query(st,
+                      "SELECT coalesce(pg_catalog.array_agg(virtualtransaction)::text, '')"
+                      " FROM pg_catalog.pg_locks WHERE locktype = 'relation'"
+                      " AND database = (SELECT oid FROM pg_catalog.pg_database"
+                      "  WHERE datname = pg_catalog.current_database())"
+                      " AND relation = $1::regclass"
+                      /* readers, SELECT FOR UPDATE, (auto)vacuum and analyze:
+                       * a writer holds RowExclusiveLock besides */
+                      " AND mode NOT IN ('AccessShareLock', 'RowShareLock',"
+                      " 'ShareUpdateExclusiveLock')"
+                      " AND pid IS DISTINCT FROM pg_catalog.pg_backend_pid()",
+                      table, &code, err);
+    if (!res) return code;
+    if (PQgetvalue(res, 0, 0)[0] == '\0') {
+        settled = last;
+    } else {
+        st->wait_xacts = strdup(PQgetvalue(res, 0, 0)); /* none: try again next time */
+        st->wait_seq = last;
+    }
+    PQclear(res);
+    if (settled < 0) return OUTBOX_OK;
+    /* M and the epoch, in a snapshot taken after the writers above ended. */
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql,
+                       "SELECT (SELECT min(seq) FROM %s.outbox WHERE status = 'pending'),"
+                       " (SELECT value FROM %s.meta WHERE key = 'requeue_epoch')",
+                       st->qschema, st->qschema);
+    if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+    res = floor_query(st, st->sql.data, NULL, &code, err);
+    if (!res) return code;
+    lowest = PQgetisnull(res, 0, 0) ? INT64_MAX : outbox__pg_parse_i64(PQgetvalue(res, 0, 0));
+    if (PQgetisnull(res, 0, 1) || PQgetlength(res, 0, 1) >= (int)sizeof st->floor_epoch) {
+        st->floor = 0; /* no epoch to check against: no floor */
+    } else {
+        snprintf(st->floor_epoch, sizeof st->floor_epoch, "%s", PQgetvalue(res, 0, 1));
+        st->floor = lowest < settled + 1 ? lowest : settled + 1;
+    }
+    PQclear(res);
+    return OUTBOX_OK;
+}
+
+/* Appends s to b as an element of a PostgreSQL array literal. */
+static void array_text(outbox_buf *b, const char *s)
+{
+    outbox__buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') outbox__buf_append(b, "\\", 1);
+        outbox__buf_append(b, s, 1);
+    }
+    outbox__buf_append(b, "\"", 1);
+}
+
+/* A claimed row the relay cannot publish (see quarantine). */
+typedef struct bad_row {
+    int64_t seq;
+    char id[40];
+    char error[512];
+} bad_row;
+
+/* Marks the rows in bad Failed (attempts + 1, last_error = why) in a
+ * statement of its own, outside any claim transaction, and logs each at
+ * error level.  If the statement fails, each row is tried alone; a row that
+ * still cannot be marked is the claim's error. */
+static int quarantine(pg_store *st, const bad_row *bad, size_t n, outbox_error *err)
+{
+    outbox_buf seqs, errors;
+    const char *params[2];
+    PGresult *res;
+    size_t i, from, to;
+    int code = OUTBOX_OK, one_by_one = 0;
+
+    outbox__buf_init(&seqs);
+    outbox__buf_init(&errors);
+    for (from = 0; from < n; from = to) {
+        to = one_by_one ? from + 1 : n;
+        outbox__buf_reset(&seqs);
+        outbox__buf_reset(&errors);
+        outbox__buf_puts(&seqs, "{");
+        outbox__buf_puts(&errors, "{");
+        for (i = from; i < to; i++) {
+            outbox__buf_printf(&seqs, "%s%lld", i > from ? "," : "", (long long)bad[i].seq);
+            if (i > from) outbox__buf_puts(&errors, ",");
+            array_text(&errors, bad[i].error);
+        }
+        outbox__buf_puts(&seqs, "}");
+        outbox__buf_puts(&errors, "}");
+        if (seqs.oom || errors.oom) {
+            code = outbox__error(err, OUTBOX_ENOMEM, "out of memory quarantining messages");
+            break;
+        }
+        params[0] = seqs.data;
+        params[1] = errors.data;
+        outbox__buf_reset(&st->sql);
+        outbox__buf_printf(&st->sql,
+                           "UPDATE %s.outbox o SET status = 'failed', attempts = o.attempts + 1,"
+                           " last_error = u.err FROM unnest($1::bigint[], $2::text[]) AS u(seq,"
+                           " err) WHERE o.seq = u.seq AND o.status = 'pending'",
+                           st->qschema);
+        res = PQexecParams(st->conn, st->sql.data, 2, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+            for (i = from; i < to; i++)
+                outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
+                            "quarantined stored message seq %lld (id %s), which cannot be "
+                            "published: %s; it is Failed now, and the later messages of its "
+                            "aggregate wait behind it until it is retried or dropped",
+                            (long long)bad[i].seq, bad[i].id, bad[i].error);
+            PQclear(res);
+            continue;
+        }
+        if (PQstatus(st->conn) != CONNECTION_OK || one_by_one) {
+            char what[200];
+            snprintf(what, sizeof what,
+                     "marking stored message seq %lld (id %s) Failed, which cannot be "
+                     "published (%.80s)",
+                     (long long)bad[from].seq, bad[from].id, bad[from].error);
+            code = outbox__pg_fail(st->conn, res, what, err);
+            PQclear(res);
+            if (one_by_one)
+                outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
+                            "%s; delete or repair that row by hand: it holds up the claim",
+                            err ? err->message : what);
+            break;
+        }
+        PQclear(res);
+        one_by_one = 1;
+        to = from; /* again, row by row */
+    }
+    outbox__buf_free(&seqs);
+    outbox__buf_free(&errors);
+    return code;
+}
+
+/* Rounds of quarantine one claim goes through before it returns (empty):
+ * each round marks at least one row, and the next claim goes on. */
+#define QUARANTINE_ROUNDS 8
+
+/* The plain claim (a transaction left open until complete), or the
+ * pipelined one (a plain read without the seqs in exclude).  Rows that
+ * cannot be decoded are quarantined (see quarantine) and the claim reads
+ * again, so that the rest of their aggregates is held back as behind any
+ * Failed message while every other aggregate flows. */
+static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
+                 const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs, size_t *n,
+                 outbox_error *err)
+{
+    const char *params[10];
+    char now[32], limit[32], floor[32], lo[32], hi[32];
+    outbox_msg **arr = NULL;
+    bad_row *bad = NULL;
+    PGresult *res = NULL;
+    size_t count = 0, nbad = 0;
+    int i, rows, code, any = 0, round;
+    /* A pipelined batch is still out: keep every partition held. */
+    int keep = pipelined && exclude_count > 0;
+
+    *msgs = NULL;
+    *n = 0;
+    if (!p || p->batch_size == 0) return outbox__error(err, OUTBOX_EINVAL, "claim: batch_size is 0");
+    if (keep && (!st->conn || PQstatus(st->conn) != CONNECTION_OK))
+        /* A new session would not hold the partitions the batch in flight
+         * came from: the relay finishes that batch first. */
+        return outbox__error(err, OUTBOX_EIO,
+                             "claiming messages: the PostgreSQL connection was lost while a "
+                             "batch was in flight; reconnecting once it is finished");
+    code = outbox__pg_need_schema(st, err);
+    if (code != OUTBOX_OK) return code;
+    outbox__pg_end_claim(st);
+    if (keep) {
+        /* no rebalancing while a batch is in flight */
+    } else if (st->owner[0] && p->once) {
+        code = outbox__pg_take_all_for_once(st, err);
+        if (code != OUTBOX_OK) return code;
+    } else if (st->owner[0]) {
+        code = outbox__pg_maybe_rebalance(st, 0, err);
+        if (code != OUTBOX_OK) return code;
+    }
+    code = prepare_hot(st, err);
+    if (code != OUTBOX_OK) return code;
+    code = floor_refresh(st, err);
+    if (code != OUTBOX_OK) return code;
+
+    /* Partitions to claim from: the held ones, or all for a store used
+     * without a lease (the CLI's one-off commands, tests). */
+    outbox__buf_reset(&st->a1);
+    outbox__buf_puts(&st->a1, "{");
+    for (i = 0; i < st->partitions; i++) {
+        if (st->owner[0] && !st->held[i]) continue;
+        outbox__buf_printf(&st->a1, "%s%d", any ? "," : "", i);
+        any = 1;
+    }
+    outbox__buf_puts(&st->a1, "}");
+    if (st->a1.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+    if (!any) return OUTBOX_OK; /* holds no partition right now */
+    snprintf(now, sizeof now, "%lld", (long long)p->now_us);
+    snprintf(limit, sizeof limit, "%zu", p->batch_size);
+    params[0] = st->a1.data;
+    params[1] = now;
+    params[2] = p->failed_blocks_aggregate ? "true" : "false";
+    params[3] = limit;
+    snprintf(floor, sizeof floor, "%lld", (long long)st->floor);
+    params[4] = st->floor_epoch;
+    params[5] = floor;
+
+    if (pipelined) {
+        /* Nothing in flight: lo > hi, no row is in the range. */
+        int64_t min = INT64_MAX, max = INT64_MIN;
+        int consecutive = exclude_count > 0;
+        size_t k;
+        outbox__buf_reset(&st->a2);
+        outbox__buf_puts(&st->a2, "{");
+        for (k = 0; k < exclude_count; k++) {
+            outbox__buf_printf(&st->a2, "%s%lld", k ? "," : "", (long long)exclude[k]);
+            if (exclude[k] < min) min = exclude[k];
+            if (exclude[k] > max) max = exclude[k];
+            if (k > 0 && exclude[k] != exclude[k - 1] + 1) consecutive = 0;
+        }
+        outbox__buf_puts(&st->a2, "}");
+        if (st->a2.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+        params[6] = st->a2.data;
+        snprintf(lo, sizeof lo, "%lld", (long long)min);
+        snprintf(hi, sizeof hi, "%lld", (long long)max);
+        params[7] = lo;
+        params[8] = hi;
+        params[9] = consecutive ? "true" : "false"; /* each one more than the one before */
+    }
+
+    for (round = 0;; round++) {
+        if (pipelined) {
+            res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 10, params, NULL, NULL,
+                                 0);
+        } else {
+            /* Outcomes need not be durable: a completion lost in a database
+             * crash only makes its messages be published again (at least
+             * once), so the claim transaction does not wait for its WAL
+             * flush. */
+            code = begin_async(st, "starting the claim transaction", err);
+            if (code != OUTBOX_OK) return code;
+            res = PQexecPrepared(st->conn, hot_name[P_CLAIM], 6, params, NULL, NULL, 0);
+        }
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            code = outbox__pg_fail(st->conn, res, "claiming messages", err);
+            goto fail;
+        }
+        rows = PQntuples(res);
+        if (rows == 0) {
+            PQclear(res);
+            outbox__pg_end_claim(st); /* nothing locked: end the transaction now */
+            return OUTBOX_OK;
+        }
+        arr = calloc((size_t)rows, sizeof *arr);
+        if (!arr) {
+            code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming %d messages", rows);
+            goto fail;
+        }
+        for (i = 0; i < rows; i++) {
+            outbox_error why;
+            int64_t seq = outbox__pg_parse_i64(PQgetvalue(res, i, 0));
+            if (PQgetisnull(res, i, 2)) {
+                code = outbox__error(&why, OUTBOX_EINVAL,
+                                     "stored message seq %lld: occurred_at %.40s is outside the "
+                                     "years 1970 to 9999",
+                                     (long long)seq, PQgetvalue(res, i, 9));
+            } else {
+                code = outbox__msg_from_row(&arr[count], seq, PQgetvalue(res, i, 1),
+                                            outbox__pg_parse_i64(PQgetvalue(res, i, 2)),
+                                            PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+                                            PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
+                                            PQgetvalue(res, i, 7), &why);
+                if (code == OUTBOX_ENOMEM) {
+                    if (err) *err = why;
+                    goto fail;
+                }
+            }
+            if (code != OUTBOX_OK) {
+                if (!bad) bad = calloc((size_t)rows, sizeof *bad);
+                if (!bad) {
+                    code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+                    goto fail;
+                }
+                bad[nbad].seq = seq;
+                snprintf(bad[nbad].id, sizeof bad[nbad].id, "%.36s", PQgetvalue(res, i, 1));
+                snprintf(bad[nbad].error, sizeof bad[nbad].error, "%s", why.message);
+                nbad++;
+                continue;
+            }
+            arr[count]->attempts = (int)outbox__pg_parse_i64(PQgetvalue(res, i, 8));
+            arr[count]->status = OUTBOX_STATUS_PENDING;
+            count++;
+        }
+        PQclear(res);
+        res = NULL;
+        if (nbad == 0) {
+            *msgs = arr;
+            *n = count;
+            return OUTBOX_OK; /* a plain claim's transaction stays open until complete */
+        }
+        /* Read again once they are Failed: later rows of their aggregates
+         * may be in this batch. */
+        for (i = 0; (size_t)i < count; i++) outbox_msg_free(arr[i]);
+        free(arr);
+        arr = NULL;
+        count = 0;
+        outbox__pg_end_claim(st);
+        code = quarantine(st, bad, nbad, err);
+        if (code == OUTBOX_OK && p->quarantined) *p->quarantined += nbad;
+        free(bad);
+        bad = NULL;
+        nbad = 0;
+        if (code != OUTBOX_OK || round + 1 >= QUARANTINE_ROUNDS) return code;
+    }
+
+fail:
+    PQclear(res);
+    for (i = 0; (size_t)i < count; i++) outbox_msg_free(arr[i]);
+    free(arr);
+    free(bad);
+    outbox__pg_end_claim(st);
+    return code;
+}
+
+int outbox__pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
+                     outbox_error *err)
+{
+    return claim(state, p, 0, NULL, 0, msgs, n, err);
+}
+
+int outbox__pg_claim_pipelined(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                               size_t exclude_count, outbox_msg ***msgs, size_t *n,
+                               outbox_error *err)
+{
+    return claim(state, p, 1, exclude, exclude_count, msgs, n, err);
+}
+
+/* Runs a prepared hot statement with text parameters. */
+static int run_hot(pg_store *st, int which, int nparams, const char *const *params,
+                   const char *what, outbox_error *err)
+{
+    PGresult *res = PQexecPrepared(st->conn, hot_name[which], nparams, params, NULL, NULL, 0);
+    int code = OUTBOX_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) code = outbox__pg_fail(st->conn, res, what, err);
+    PQclear(res);
+    return code;
+}
+
+/* complete()'s usual case, a batch sent whole whose seqs are consecutive,
+ * in one round trip: its rows are exactly the seqs from the first to the
+ * last (seqs are unique), deleted (or marked) by that range, one index
+ * descent instead of one per seq, and the transaction (opened here when
+ * pipelined) committed in the same query.  *taken = 0 when the batch is
+ * not such a one: complete() records it statement by statement. */
+static int complete_range(pg_store *st, const outbox_completion *c, size_t n,
+                          const outbox_complete_params *p, int pipelined, int *taken,
+                          outbox_error *err)
+{
+    int64_t lo, hi;
+    size_t i;
+    int code;
+
+    *taken = 0;
+    if (n == 0 || !st->conn || PQstatus(st->conn) != CONNECTION_OK) return OUTBOX_OK;
+    if (!pipelined && (!st->in_txn || PQtransactionStatus(st->conn) != PQTRANS_INTRANS))
+        return OUTBOX_OK; /* complete() says why */
+    lo = c[0].msg->seq;
+    for (i = 0; i < n; i++)
+        if (c[i].outcome != OUTBOX_OUTCOME_SENT || c[i].msg->seq != lo + (int64_t)i)
+            return OUTBOX_OK;
+    hi = lo + (int64_t)n - 1;
+    *taken = 1;
+    if (pipelined) outbox__pg_end_claim(st);
+    if (OUTBOX_FAULT("during_mark_sent") != 0) {
+        outbox__pg_end_claim(st);
+        return outbox__error(err, OUTBOX_EFAULT,
+                             "injected fault during_mark_sent: outcomes not recorded");
+    }
+    outbox__buf_reset(&st->sql);
+    if (pipelined) outbox__buf_puts(&st->sql, "BEGIN; SET LOCAL synchronous_commit = off; ");
+    if (p && p->on_sent == OUTBOX_ON_SENT_MARK)
+        outbox__buf_printf(&st->sql,
+                           "UPDATE %s.outbox SET status = 'sent', sent_at = 'epoch'::timestamptz"
+                           " + %lld * interval '1 microsecond'",
+                           st->qschema, (long long)(p->now_us ? p->now_us : outbox__now_us()));
+    else
+        outbox__buf_printf(&st->sql, "DELETE FROM %s.outbox", st->qschema);
+    outbox__buf_printf(&st->sql, " WHERE seq BETWEEN %lld AND %lld; COMMIT", (long long)lo,
+                       (long long)hi);
+    if (st->sql.oom) {
+        outbox__pg_end_claim(st);
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+    }
+    if (pipelined) st->in_txn = 1; /* a failure below rolls it back */
+    code = outbox__pg_exec(st->conn, st->sql.data,
+                           p && p->on_sent == OUTBOX_ON_SENT_MARK ? "marking messages sent"
+                                                                  : "deleting sent messages",
+                           err);
+    if (code != OUTBOX_OK) {
+        outbox__pg_end_claim(st);
+        return code;
+    }
+    st->in_txn = 0;
+    return OUTBOX_OK;
+}
+
+/* Records outcomes: in the claim's transaction, or (pipelined) in one of
+ * its own; in_flight: a pipelined batch is still out (no rebalancing). */
+static int complete(pg_store *st, const outbox_completion *c, size_t n,
+                    const outbox_complete_params *p, int pipelined, int in_flight,
+                    outbox_error *err)
+{
+    const char *params[3];
+    char now[32];
+    size_t i, sent = 0, retry = 0, failed = 0;
+    int code, taken;
+
+    code = complete_range(st, c, n, p, pipelined, &taken, err);
+    if (taken) {
+        if (code != OUTBOX_OK) return code;
+        goto done;
+    }
+    if (pipelined) {
+        /* A pipelined batch holds no transaction: open one for the outcomes
+         * (on the session that holds the partitions; after a lost
+         * connection nothing is recorded, as for a plain claim). */
+        if (!st->conn || PQstatus(st->conn) != CONNECTION_OK)
+            return outbox__error(err, OUTBOX_EIO,
+                                 "recording outcomes: the PostgreSQL connection was lost; the "
+                                 "batch was not recorded and will be published again");
+        outbox__pg_end_claim(st);
+        code = begin_async(st, "starting the completion transaction", err);
+        if (code != OUTBOX_OK) return code;
+    }
+    if (!st->in_txn || !st->conn || PQstatus(st->conn) != CONNECTION_OK ||
+        PQtransactionStatus(st->conn) != PQTRANS_INTRANS) {
+        st->in_txn = 0;
+        if (st->conn && PQstatus(st->conn) == CONNECTION_BAD)
+            return outbox__error(err, OUTBOX_EIO,
+                                 "recording outcomes: the PostgreSQL connection was lost; the "
+                                 "batch was not recorded and will be published again");
+        return outbox__error(err, OUTBOX_ESTORE,
+                             "recording outcomes: no claim transaction is open (the batch was "
+                             "released); it will be claimed again");
+    }
+    /* Sent */
+    outbox__buf_reset(&st->a1);
+    outbox__buf_puts(&st->a1, "{");
+    for (i = 0; i < n; i++) {
+        if (c[i].outcome != OUTBOX_OUTCOME_SENT) continue;
+        outbox__buf_printf(&st->a1, "%s%lld", sent ? "," : "", (long long)c[i].msg->seq);
+        sent++;
+    }
+    outbox__buf_puts(&st->a1, "}");
+    if (st->a1.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+        goto fail;
+    }
+    if (sent > 0) {
+        params[0] = st->a1.data;
+        if (p && p->on_sent == OUTBOX_ON_SENT_MARK) {
+            snprintf(now, sizeof now, "%lld", (long long)(p->now_us ? p->now_us : outbox__now_us()));
+            params[1] = now;
+            code = run_hot(st, P_MARK, 2, params, "marking messages sent", err);
+        } else {
+            code = run_hot(st, P_DELETE, 1, params, "deleting sent messages", err);
+        }
+        if (code != OUTBOX_OK) goto fail;
+    }
+    /* Retry */
+    outbox__buf_reset(&st->a1);
+    outbox__buf_reset(&st->a2);
+    outbox__buf_reset(&st->a3);
+    outbox__buf_puts(&st->a1, "{");
+    outbox__buf_puts(&st->a2, "{");
+    outbox__buf_puts(&st->a3, "{");
+    for (i = 0; i < n; i++) {
+        if (c[i].outcome != OUTBOX_OUTCOME_RETRY) continue;
+        outbox__buf_printf(&st->a1, "%s%lld", retry ? "," : "", (long long)c[i].msg->seq);
+        outbox__buf_printf(&st->a2, "%s%lld", retry ? "," : "", (long long)c[i].available_at);
+        if (retry) outbox__buf_puts(&st->a3, ",");
+        array_text(&st->a3, c[i].error ? c[i].error : "");
+        retry++;
+    }
+    outbox__buf_puts(&st->a1, "}");
+    outbox__buf_puts(&st->a2, "}");
+    outbox__buf_puts(&st->a3, "}");
+    if (st->a1.oom || st->a2.oom || st->a3.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+        goto fail;
+    }
+    if (retry > 0) {
+        params[0] = st->a1.data;
+        params[1] = st->a2.data;
+        params[2] = st->a3.data;
+        code = run_hot(st, P_RETRY, 3, params, "rescheduling messages", err);
+        if (code != OUTBOX_OK) goto fail;
+    }
+    /* Failed */
+    outbox__buf_reset(&st->a1);
+    outbox__buf_reset(&st->a3);
+    outbox__buf_puts(&st->a1, "{");
+    outbox__buf_puts(&st->a3, "{");
+    for (i = 0; i < n; i++) {
+        if (c[i].outcome != OUTBOX_OUTCOME_FAILED) continue;
+        outbox__buf_printf(&st->a1, "%s%lld", failed ? "," : "", (long long)c[i].msg->seq);
+        if (failed) outbox__buf_puts(&st->a3, ",");
+        array_text(&st->a3, c[i].error ? c[i].error : "");
+        failed++;
+    }
+    outbox__buf_puts(&st->a1, "}");
+    outbox__buf_puts(&st->a3, "}");
+    if (st->a1.oom || st->a3.oom) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+        goto fail;
+    }
+    if (failed > 0) {
+        params[0] = st->a1.data;
+        params[1] = st->a3.data;
+        code = run_hot(st, P_FAIL, 2, params, "moving messages to failed", err);
+        if (code != OUTBOX_OK) goto fail;
+    }
+    if (sent + retry + failed > 0 && OUTBOX_FAULT("during_mark_sent") != 0) {
+        code = outbox__error(err, OUTBOX_EFAULT,
+                             "injected fault during_mark_sent: outcomes not recorded");
+        goto fail;
+    }
+    code = outbox__pg_exec(st->conn, "COMMIT", "committing message outcomes", err);
+    st->in_txn = 0;
+    if (code != OUTBOX_OK) goto fail;
+done:
+    /* Between batches: keep the share of partitions current. */
+    if (st->owner[0] && !(pipelined && in_flight)) {
+        outbox_error e;
+        if (outbox__pg_maybe_rebalance(st, 0, &e) != OUTBOX_OK)
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT, "relay %s: rebalancing failed: %s",
+                        st->owner, e.message);
+    }
+    return OUTBOX_OK;
+
+fail:
+    outbox__pg_end_claim(st);
+    return code;
+}
+
+int outbox__pg_complete(void *state, const outbox_completion *c, size_t n,
+                        const outbox_complete_params *p, outbox_error *err)
+{
+    return complete(state, c, n, p, 0, 0, err);
+}
+
+int outbox__pg_complete_pipelined(void *state, const outbox_completion *c, size_t n,
+                                  const outbox_complete_params *p, int in_flight, outbox_error *err)
+{
+    return complete(state, c, n, p, 1, in_flight, err);
+}
+
+/* Runs a query returning one row, one column; *out = its int64 value (0
+ * for NULL). */
+static int scalar(pg_store *st, const char *sql, int64_t *out, const char *what,
+                  outbox_error *err)
+{
+    PGresult *res = PQexec(st->conn, sql);
+    int code = OUTBOX_OK;
+    *out = 0;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
+        code = outbox__pg_fail(st->conn, res, what, err);
+    else
+        *out = outbox__pg_parse_i64(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return code;
+}
+
+int outbox__pg_next_due(void *state, int64_t *due_us, outbox_error *err)
+{
+    pg_store *st = state;
+    int code;
+    *due_us = 0;
+    code = outbox__pg_need_schema(st, err);
+    if (code != OUTBOX_OK) return code;
+    if (st->in_txn) return OUTBOX_OK;
+    outbox__buf_reset(&st->sql);
+    outbox__buf_printf(&st->sql,
+                       "SELECT " US("min(available_at)") " FROM %s.outbox"
+                       " WHERE status = 'pending' AND attempts > 0",
+                       st->qschema);
+    return scalar(st, st->sql.data, due_us, "finding the next due message", err);
+}
+
+#else
+
+/* Without libpq this file only keeps the translation unit non-empty. */
+typedef int outbox__pg_claim_not_built;
+
+#endif /* OUTBOX_HAVE_LIBPQ */
