@@ -165,7 +165,8 @@ int cafe_demo_main(int argc, char **argv);
 int cafe_chaos_main(int argc, char **argv);
 
 /* ------------------------------------------------------------------------
- * Helpers shared by the services (service.c)
+ * Helpers shared by the services (service_helpers.c; cafe_stats_answer in
+ * service_front.c)
  * ---------------------------------------------------------------------- */
 
 /* Emits one event of the flow, aggregate "Order"/order_id, with headers
