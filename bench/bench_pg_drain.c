@@ -53,7 +53,8 @@ int main(void)
 }
 #else
 
-#include "../tests/pg_harness.h"
+#include "support/pg.h"
+#include "test.h"
 
 #include "outbox.h"
 

@@ -16,8 +16,10 @@
  * running the handler), per-aggregate order violations 0 (n applied after
  * n-1).  Re-deliveries seen by the receiver are printed.
  */
-#include "crash_harness.h"
-#include "webhook_harness.h"
+#include "support/chaos.h"
+#include "support/webhook.h"
+
+#include <sys/stat.h>
 
 #define SECRET "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 #define SECRET_ENV "OUTBOX_TEST_HTTP_SECRET"

@@ -30,8 +30,10 @@ int main(void)
 }
 #else
 
-#include "crash_harness.h"
-#include "pg_harness.h"
+#include "support/chaos.h"
+#include "support/pg.h"
+
+#include <signal.h>
 
 static pgh_server server;
 static uint64_t rng;

@@ -28,7 +28,7 @@ int main(void)
 }
 #else
 
-#include "pg_harness.h"
+#include "support/pg.h"
 #include "test.h"
 
 #include "internal.h"
@@ -37,6 +37,7 @@ int main(void)
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/socket.h>
 
 static pgh_server server;
 static char url[700];

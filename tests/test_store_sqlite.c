@@ -12,6 +12,7 @@
  */
 #include "internal.h"
 #include "test.h"
+#include "support/tmp.h"
 
 #include <sqlite3.h>
 
@@ -1816,7 +1817,7 @@ int main(int argc, char **argv)
 #ifdef OUTBOX_FAULT_INJECTION
     if (argc == 3 && strcmp(argv[1], "--fault-child") == 0) {
         /* Share the parent's test directory, and leave it to the parent. */
-        snprintf(test_dir_path_, sizeof test_dir_path_, "%s", argv[2]);
+        test_dir_adopt(argv[2]);
         return fault_child();
     }
 #endif

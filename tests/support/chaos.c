@@ -1,65 +1,21 @@
 /*
- * crash_harness.h - shared helpers of the tests that break things on purpose
- * (test_crash, test_lease, test_inbox_e2e).
- *
- * - Processes: start the real `outbox` binary with fork/execv, extra
- *   environment and stdout/stderr sent to files; wait with a deadline; kill.
- * - A producer that enqueues messages through the library (into a SQLite
- *   file, or a PostgreSQL outbox) in transactions of 1-50 messages over
- *   many aggregates, each payload carrying the
- *   per-aggregate enqueue counter: {"agg":"a17","n":42}.  It remembers every
- *   committed id by (aggregate, n).
- * - A checker that reads a relay's file destination (CloudEvents JSON, one
- *   object per line) and computes lost ids, per-aggregate first-publication
- *   order violations, duplicates and torn (unparseable) lines.
- * - Store queries straight on the SQLite file (counts per status).
- *
- * Everything is static inline so each test takes only what it uses.
+ * chaos.c - what the tests that break things on purpose share (see
+ * chaos.h): the producer, the checker, store queries on the SQLite file.
  */
-#ifndef OUTBOX_CRASH_HARNESS_H
-#define OUTBOX_CRASH_HARNESS_H
+#include "support/chaos.h"
 
-#include "test.h"
-
-#include <outbox.h>
+#include "support/proc.h"
+#include "support/tmp.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <jansson.h>
-#include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
-#include <sqlite3.h>
-#include <stdatomic.h>
+#include <time.h>
 #ifdef OUTBOX_HAVE_LIBPQ
 #include <libpq-fe.h>
 #endif
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 
-/* ------------------------------------------------------------------------
- * Time and randomness
- * ---------------------------------------------------------------------- */
-
-static inline int64_t ch_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static inline void ch_sleep_ms(int64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* xorshift64*: small, seedable, good enough to pick delays and aggregates. */
-static inline uint64_t ch_rand(uint64_t *state)
+uint64_t ch_rand(uint64_t *state)
 {
     uint64_t x = *state ? *state : 0x9E3779B97F4A7C15ull;
     x ^= x >> 12;
@@ -69,14 +25,12 @@ static inline uint64_t ch_rand(uint64_t *state)
     return x * 0x2545F4914F6CDD1Dull;
 }
 
-/* Uniform in [lo, hi]. */
-static inline int64_t ch_rand_range(uint64_t *state, int64_t lo, int64_t hi)
+int64_t ch_rand_range(uint64_t *state, int64_t lo, int64_t hi)
 {
     return lo + (int64_t)(ch_rand(state) % (uint64_t)(hi - lo + 1));
 }
 
-/* Seed from OUTBOX_TEST_SEED when set (to replay a run), else from the clock. */
-static inline uint64_t ch_seed(void)
+uint64_t ch_seed(void)
 {
     const char *s = getenv("OUTBOX_TEST_SEED");
     if (s && *s) return strtoull(s, NULL, 0);
@@ -85,210 +39,8 @@ static inline uint64_t ch_seed(void)
     return ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
 }
 
-/* ------------------------------------------------------------------------
- * Processes
- * ---------------------------------------------------------------------- */
 
-/* Children not yet reaped, SIGKILLed at exit so that a failing test leaves
- * no relay running behind it. */
-static pid_t ch_children[512];
-
-static inline void ch_forget(pid_t pid)
-{
-    for (size_t i = 0; i < sizeof ch_children / sizeof ch_children[0]; i++)
-        if (ch_children[i] == pid) ch_children[i] = 0;
-}
-
-static inline void ch_kill_children(void)
-{
-    for (size_t i = 0; i < sizeof ch_children / sizeof ch_children[0]; i++) {
-        if (ch_children[i] > 0) {
-            kill(ch_children[i], SIGKILL);
-            kill(ch_children[i], SIGCONT);
-            waitpid(ch_children[i], NULL, 0);
-            ch_children[i] = 0;
-        }
-    }
-}
-
-/* On SIGTERM/SIGINT (a ctest timeout, ^C): kill the children, then die of
- * the same signal.  Only async-signal-safe calls. */
-static inline void ch_on_signal(int sig)
-{
-    for (size_t i = 0; i < sizeof ch_children / sizeof ch_children[0]; i++)
-        if (ch_children[i] > 0) kill(ch_children[i], SIGKILL);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static inline void ch_remember(pid_t pid)
-{
-    static int registered;
-    if (!registered) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = ch_on_signal;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGTERM, &sa, NULL);
-        sigaction(SIGINT, &sa, NULL);
-        atexit(ch_kill_children);
-        registered = 1;
-    }
-    for (size_t i = 0; i < sizeof ch_children / sizeof ch_children[0]; i++) {
-        if (ch_children[i] == 0) {
-            ch_children[i] = pid;
-            return;
-        }
-    }
-}
-
-/* Starts argv[0] (argv NULL-terminated) with extra "NAME=VALUE" entries in
- * env (NULL-terminated, may be NULL; "NAME=" with an empty value unsets),
- * stdout appended to out_path and stderr to err_path (NULL: /dev/null). */
-static inline pid_t ch_spawn(const char *const *argv, const char *const *env,
-                             const char *out_path, const char *err_path)
-{
-    /* posix_spawn (vfork-like) rather than fork: forking a process whose
-     * producer thread is busy copies its page tables each time and stalls
-     * that thread, badly so under AddressSanitizer. */
-    extern char **environ;
-    size_t n = 0, extra = 0, k = 0;
-    while (environ[n]) n++;
-    while (env && env[extra]) extra++;
-    char **envp = calloc(n + extra + 1, sizeof *envp);
-    if (!envp) TEST_FAIL_("out of memory");
-    for (size_t i = 0; i < n; i++) {
-        int overridden = 0;
-        for (size_t j = 0; j < extra; j++) {
-            const char *eq = strchr(env[j], '=');
-            size_t len = eq ? (size_t)(eq - env[j]) + 1 : strlen(env[j]);
-            if (strncmp(environ[i], env[j], len) == 0) overridden = 1;
-        }
-        if (!overridden) envp[k++] = environ[i];
-    }
-    for (size_t j = 0; j < extra; j++) {
-        const char *eq = strchr(env[j], '=');
-        if (eq && eq[1]) envp[k++] = (char *)env[j]; /* "NAME=" only unsets */
-    }
-    envp[k] = NULL;
-
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out_path ? out_path : "/dev/null",
-                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_addopen(&fa, 2, err_path ? err_path : "/dev/null",
-                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = -1;
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    free(envp);
-    if (rc != 0) TEST_FAIL_("cannot start %s: %s", argv[0], strerror(rc));
-    ch_remember(pid);
-    return pid;
-}
-
-/* Exit code of a wait status: the code, or 128+signal. */
-static inline int ch_exit_code(int status)
-{
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-    return -1;
-}
-
-/* Waits up to timeout_ms for pid.  Returns its exit code (128+signal when
- * killed), or -1 on timeout (the process is left running). */
-static inline int ch_wait(pid_t pid, int64_t timeout_ms)
-{
-    int64_t deadline = ch_now_ms() + timeout_ms;
-    int64_t nap = 1;
-    for (;;) {
-        int status = 0;
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) {
-            ch_forget(pid);
-            return ch_exit_code(status);
-        }
-        if (r < 0 && errno != EINTR) TEST_FAIL_("waitpid(%d): %s", (int)pid, strerror(errno));
-        if (ch_now_ms() >= deadline) return -1;
-        ch_sleep_ms(nap);
-        if (nap < 20) nap *= 2;
-    }
-}
-
-/* Like ch_wait, but a timeout SIGKILLs the process and fails the test. */
-static inline int ch_wait_or_die(pid_t pid, int64_t timeout_ms, const char *what)
-{
-    int code = ch_wait(pid, timeout_ms);
-    if (code == -1) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        ch_forget(pid);
-        TEST_FAIL_("%s (pid %d) did not exit within %lld ms", what, (int)pid,
-                   (long long)timeout_ms);
-    }
-    return code;
-}
-
-/* SIGKILLs pid and reaps it; returns its exit code (137 when the kill hit,
- * something else when it had exited by itself just before). */
-static inline int ch_kill9(pid_t pid)
-{
-    int status = 0;
-    kill(pid, SIGKILL);
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    ch_forget(pid);
-    return ch_exit_code(status);
-}
-
-/* Non-zero while pid has not exited (does not reap). */
-static inline int ch_alive(pid_t pid)
-{
-    siginfo_t info;
-    memset(&info, 0, sizeof info);
-    if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0) return 0;
-    return info.si_pid == 0;
-}
-
-/* Runs argv to completion (timeout fails the test) and returns its exit
- * code; stderr (and stdout when out_path is NULL) goes to err_path, which
- * is truncated first. */
-static inline int ch_run(const char *const *argv, const char *const *env,
-                         const char *out_path, const char *err_path, int64_t timeout_ms)
-{
-    if (err_path) {
-        FILE *f = fopen(err_path, "w");
-        if (f) fclose(f);
-    }
-    pid_t pid = ch_spawn(argv, env, out_path ? out_path : err_path, err_path);
-    return ch_wait_or_die(pid, timeout_ms, argv[1] ? argv[1] : argv[0]);
-}
-
-/* Prints a file's content to stderr (for failure diagnostics). */
-static inline void ch_dump(const char *title, const char *path)
-{
-    char *text = test_read_file(path, NULL);
-    fprintf(stderr, "---- %s (%s)\n%s%s----\n", title, path, text ? text : "(absent)\n",
-            text && *text && text[strlen(text) - 1] != '\n' ? "\n" : "");
-    free(text);
-}
-
-/* Copies test_path(name) into out (CH_PATH bytes): test_path's buffers
- * rotate, so paths kept across calls must be copied. */
-enum { CH_PATH = 600 };
-static inline char *ch_path(char *out, const char *name)
-{
-    snprintf(out, CH_PATH, "%s", test_path(name));
-    return out;
-}
-
-/* Stops n running relay processes with SIGTERM; each must exit 0 within
- * 20 s (errs[i]: its stderr file, shown when it does not).  Waits a second
- * first, so that a relay restarted just before has installed its signal
- * handlers. */
-static inline void ch_relays_stop(const pid_t *pids, int n, char (*errs)[CH_PATH])
+void ch_relays_stop(const pid_t *pids, int n, char (*errs)[CH_PATH])
 {
     ch_sleep_ms(1000);
     for (int i = 0; i < n; i++) {
@@ -301,8 +53,7 @@ static inline void ch_relays_stop(const pid_t *pids, int n, char (*errs)[CH_PATH
     }
 }
 
-/* `outbox init --store sqlite:DB`, which must exit 0. */
-static inline void ch_init_store(const char *db_path)
+void ch_init_store(const char *db_path)
 {
     char store[700];
     snprintf(store, sizeof store, "sqlite:%s", db_path);
@@ -319,7 +70,7 @@ static inline void ch_init_store(const char *db_path)
  * Store queries (straight on the SQLite file)
  * ---------------------------------------------------------------------- */
 
-static inline sqlite3 *ch_db_open(const char *path)
+sqlite3 *ch_db_open(const char *path)
 {
     sqlite3 *db = NULL;
     if (sqlite3_open(path, &db) != SQLITE_OK)
@@ -328,8 +79,7 @@ static inline sqlite3 *ch_db_open(const char *path)
     return db;
 }
 
-/* Result of a one-number query; fails the test on an SQL error. */
-static inline int64_t ch_db_count(sqlite3 *db, const char *sql)
+int64_t ch_db_count(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
@@ -341,7 +91,7 @@ static inline int64_t ch_db_count(sqlite3 *db, const char *sql)
     return v;
 }
 
-static inline void ch_db_exec(sqlite3 *db, const char *sql)
+void ch_db_exec(sqlite3 *db, const char *sql)
 {
     char *msg = NULL;
     if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
@@ -352,9 +102,7 @@ static inline void ch_db_exec(sqlite3 *db, const char *sql)
     }
 }
 
-/* Messages in the outbox table with the given status ("pending", "sent",
- * "failed"), or all rows when status is NULL. */
-static inline int64_t ch_outbox_count(const char *db_path, const char *status)
+int64_t ch_outbox_count(const char *db_path, const char *status)
 {
     sqlite3 *db = ch_db_open(db_path);
     char sql[256];
@@ -367,9 +115,7 @@ static inline int64_t ch_outbox_count(const char *db_path, const char *status)
     return n;
 }
 
-/* Checks that the (first) Failed message's last_error contains `expect`,
- * and prints it; fails the test when there is no Failed message. */
-static inline void ch_expect_failed_error(const char *db_path, const char *expect)
+void ch_expect_failed_error(const char *db_path, const char *expect)
 {
     sqlite3 *h = ch_db_open(db_path);
     sqlite3_stmt *q = NULL;
@@ -386,39 +132,7 @@ static inline void ch_expect_failed_error(const char *db_path, const char *expec
 /* ------------------------------------------------------------------------
  * Producer
  * ---------------------------------------------------------------------- */
-
-typedef struct ch_agg {
-    int count;    /* committed messages of this aggregate: n runs 0..count-1 */
-    int cap;
-    char (*ids)[37];
-} ch_agg;
-
-typedef struct ch_producer {
-    /* Settings. */
-    const char *db_path;
-    int total;        /* messages to commit */
-    int aggregates;   /* aggregate ids a0 .. a<aggregates-1> */
-    int max_txn;      /* 1..max_txn messages per transaction */
-    int pause_us;     /* sleep between transactions (0: none) */
-    uint64_t seed;
-    const char *pg_conninfo; /* set: enqueue into this PostgreSQL outbox
-                                (outbox_enqueue_pg) instead of db_path */
-    int pg_async_commit;     /* with pg_conninfo: synchronous_commit=off,
-                                only for runs where the database itself is
-                                not crashed */
-
-    /* Results (read after ch_producer_join). */
-    ch_agg *aggs;
-    int committed;
-    int transactions;
-    int rollbacks;
-    char error[600];  /* "" unless the producer failed */
-
-    atomic_int done;  /* set when the thread ends */
-    pthread_t thread;
-} ch_producer;
-
-static inline void ch_agg_push(ch_agg *a, const char *id)
+static void ch_agg_push(ch_agg *a, const char *id)
 {
     if (a->count == a->cap) {
         int cap = a->cap ? a->cap * 2 : 64;
@@ -435,7 +149,7 @@ static inline void ch_agg_push(ch_agg *a, const char *id)
  * next counter, counting the messages of this transaction already given to
  * it, so the checker can find order violations.  Returns outbox_msg_new's
  * code. */
-static inline int ch_producer_msg(ch_producer *p, uint64_t *rng, outbox_msg **batch,
+static int ch_producer_msg(ch_producer *p, uint64_t *rng, outbox_msg **batch,
                                   int *batch_agg, int i, outbox_error *err)
 {
     int agg = (int)ch_rand_range(rng, 0, p->aggregates - 1);
@@ -451,7 +165,7 @@ static inline int ch_producer_msg(ch_producer *p, uint64_t *rng, outbox_msg **ba
     return outbox_msg_new(&batch[i], "Tick", "Agg", agg_id, payload, err);
 }
 
-static inline void *ch_producer_main(void *arg)
+static void *ch_producer_main(void *arg)
 {
     ch_producer *p = arg;
     uint64_t rng = p->seed;
@@ -518,7 +232,7 @@ out:
 /* The producer on PostgreSQL (p->pg_conninfo): the same transactions and
  * payloads through outbox_enqueue_pg; a failed COMMIT ends it with an
  * error (the server is not expected to go away while it runs). */
-static inline void *ch_pg_producer_main(void *arg)
+static void *ch_pg_producer_main(void *arg)
 {
     ch_producer *p = arg;
     uint64_t rng = p->seed;
@@ -573,11 +287,7 @@ out:
 }
 #endif
 
-/* Starts the producer thread; p's settings must be filled (db_path, or
- * pg_conninfo in builds with the PostgreSQL store).  Starting it again
- * after a join continues the same aggregates' counters up to the new
- * p->total. */
-static inline void ch_producer_start(ch_producer *p)
+void ch_producer_start(ch_producer *p)
 {
     void *(*main_fn)(void *) = ch_producer_main;
     if (p->pg_conninfo) {
@@ -597,27 +307,25 @@ static inline void ch_producer_start(ch_producer *p)
     if (pthread_create(&p->thread, NULL, main_fn, p) != 0) TEST_FAIL_("pthread_create failed");
 }
 
-static inline int ch_producer_done(ch_producer *p)
+int ch_producer_done(ch_producer *p)
 {
     return atomic_load(&p->done);
 }
 
-/* Joins the thread; fails the test when the producer reported an error. */
-static inline void ch_producer_join(ch_producer *p)
+void ch_producer_join(ch_producer *p)
 {
     pthread_join(p->thread, NULL);
     if (p->error[0]) TEST_FAIL_("producer: %s", p->error);
 }
 
-/* Commits p->total - p->committed more messages, synchronously. */
-static inline void ch_produce(ch_producer *p, int more)
+void ch_produce(ch_producer *p, int more)
 {
     p->total = p->committed + more;
     ch_producer_start(p);
     ch_producer_join(p);
 }
 
-static inline void ch_producer_free(ch_producer *p)
+void ch_producer_free(ch_producer *p)
 {
     for (int i = 0; p->aggs && i < p->aggregates; i++) free(p->aggs[i].ids);
     free(p->aggs);
@@ -628,21 +336,10 @@ static inline void ch_producer_free(ch_producer *p)
  * Checker
  * ---------------------------------------------------------------------- */
 
-typedef struct ch_report {
-    int64_t expected;    /* ids committed */
-    int64_t lines;       /* lines in the file */
-    int64_t published;   /* lines that parsed */
-    int64_t torn;        /* lines that did not parse */
-    int64_t foreign;     /* parsed but not an id we committed, or wrong fields */
-    int64_t lost;        /* committed ids never in the file */
-    int64_t duplicates;  /* parsed lines beyond the first of each id */
-    int64_t violations;  /* first(n) before first(n-1) within an aggregate */
-    char first_problem[300];
-} ch_report;
 
-static inline void ch_note(ch_report *r, const char *fmt, ...)
+static void ch_note(ch_report *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-static inline void ch_note(ch_report *r, const char *fmt, ...)
+static void ch_note(ch_report *r, const char *fmt, ...)
 {
     if (r->first_problem[0]) return;
     va_list ap;
@@ -651,10 +348,7 @@ static inline void ch_note(ch_report *r, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Reads the file destination at path and checks it against what p
- * committed.  Lines are CloudEvents objects with "id", "subject" (aggregate
- * id) and "data" {"agg":..., "n":...}. */
-static inline void ch_check_file(const char *path, const ch_producer *p, ch_report *r)
+void ch_check_file(const char *path, const ch_producer *p, ch_report *r)
 {
     memset(r, 0, sizeof *r);
     int64_t **first = calloc((size_t)p->aggregates, sizeof *first);
@@ -723,9 +417,7 @@ static inline void ch_check_file(const char *path, const ch_producer *p, ch_repo
     free(first);
 }
 
-/* Concatenates files (NULL-terminated list, absent ones skipped) into out,
- * for checking the publications of successive relays as one stream. */
-static inline void ch_concat(const char *out, const char *const *files)
+void ch_concat(const char *out, const char *const *files)
 {
     FILE *o = fopen(out, "wb");
     if (!o) TEST_FAIL_("cannot write %s", out);
@@ -740,9 +432,7 @@ static inline void ch_concat(const char *out, const char *const *files)
     fclose(o);
 }
 
-/* Waits until the outbox at db_path has no pending message; fails the test
- * after timeout_ms or when pid (if > 0) exits meanwhile. */
-static inline void ch_wait_drained(const char *db_path, pid_t pid, int64_t timeout_ms,
+void ch_wait_drained(const char *db_path, pid_t pid, int64_t timeout_ms,
                                    const char *err_path)
 {
     int64_t deadline = ch_now_ms() + timeout_ms;
@@ -764,7 +454,7 @@ static inline void ch_wait_drained(const char *db_path, pid_t pid, int64_t timeo
     }
 }
 
-static inline void ch_report_print(const char *label, const ch_report *r)
+void ch_report_print(const char *label, const ch_report *r)
 {
     fprintf(stderr,
             "%s: expected %lld, lines %lld, published %lld, torn %lld, foreign %lld, lost %lld, "
@@ -775,8 +465,7 @@ static inline void ch_report_print(const char *label, const ch_report *r)
             r->first_problem[0] ? "; first problem: " : "", r->first_problem);
 }
 
-/* A fresh SQLite outbox at ch_path(name), its path written to path. */
-static inline void ch_new_store(char *path, const char *name)
+void ch_new_store(char *path, const char *name)
 {
     sqlite3 *db;
     outbox_error err;
@@ -786,10 +475,7 @@ static inline void ch_new_store(char *path, const char *name)
     sqlite3_close(db);
 }
 
-/* outbox_relay_new from the SQLite outbox at db_path to `to`, with short
- * backoff and many attempts (tests drive failures on purpose); returns the
- * code, the relay in *out (or NULL). */
-static inline int ch_relay_new(outbox_relay **out, const char *db_path, const char *to,
+int ch_relay_new(outbox_relay **out, const char *db_path, const char *to,
                                int once, outbox_error *err)
 {
     char store[700];
@@ -805,8 +491,7 @@ static inline int ch_relay_new(outbox_relay **out, const char *db_path, const ch
     return outbox_relay_new(out, store, to, &o, err);
 }
 
-/* Runs a --once relay from db_path to `to` to the end. */
-static inline void ch_drain_once(const char *db_path, const char *to)
+void ch_drain_once(const char *db_path, const char *to)
 {
     outbox_relay *r = NULL;
     outbox_error err;
@@ -814,5 +499,3 @@ static inline void ch_drain_once(const char *db_path, const char *to)
     ASSERT_OK(outbox_relay_run(r, &err), &err);
     outbox_relay_free(r);
 }
-
-#endif /* OUTBOX_CRASH_HARNESS_H */
