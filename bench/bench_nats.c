@@ -4,7 +4,7 @@
  * in the same run: the ceiling.
  *
  * One nats-server -js (file storage, R1) is started on a free loopback port
- * with its store in a temp dir (tests/nats_harness.h), and stopped at exit.
+ * with its store in a temp dir (tests/support/nats.h), and stopped at exit.
  * Every case publishes N messages of the same bytes (PAYLOAD_BYTES JSON
  * payloads over A aggregates, the relay's CloudEvents headers and
  * Nats-Msg-Id) to its own stream, with the same window of pending acks W:
@@ -23,7 +23,7 @@
  *                    (claim, publish, wait for every ack, record), for the
  *                    comparison in the same run (--no-serial leaves it out)
  *   postgres -> nats the same from the PostgreSQL store, on a cluster started
- *                    by tests/pg_harness.h (rows inserted server-side), when
+ *                    by tests/support/pg.h (rows inserted server-side), when
  *                    the PostgreSQL binaries are installed; the ceiling is
  *                    measured again just before it ("again"), and the
  *                    PostgreSQL rows' ratios are to that one, and right
@@ -549,7 +549,7 @@ static void pg_case(int no_serial, int pg_rounds)
         PGresult *v = PQexec(conn, "SELECT current_setting('server_version'),"
                                    " current_setting('shared_buffers')");
         if (PQresultStatus(v) == PGRES_TUPLES_OK)
-            printf("PostgreSQL %s, shared_buffers %s (tests/pg_harness.h)\n",
+            printf("PostgreSQL %s, shared_buffers %s (tests/support/pg.h)\n",
                    PQgetvalue(v, 0, 0), PQgetvalue(v, 0, 1));
         PQclear(v);
     }

@@ -152,7 +152,8 @@ static void http_read_back(dest *d, const char *path)
             o = json_object();
             json_object_set_new(o, "id", json_string(sv_header(rq->head, "ce-id", id, sizeof id)));
             json_object_set_new(
-                o, "subject", json_string(sv_header(rq->head, "ce-subject", subject, sizeof subject)));
+                o, "subject",
+                json_string(sv_header(rq->head, "ce-subject", subject, sizeof subject)));
             json_object_set_new(o, "data", body ? body : json_null());
         }
         char *text = json_dumps(o, JSON_COMPACT);
@@ -219,15 +220,26 @@ static const char *nats_fail(dest *d, int mode)
  * ---------------------------------------------------------------------- */
 
 static dest dests[] = {
-    {.name = "file", .start = file_start, .url = file_url, .read_back = file_read_back,
+    {.name = "file",
+     .start = file_start,
+     .url = file_url,
+     .read_back = file_read_back,
      .fail = file_fail},
     {.name = "stdout", .start = file_start, .url = stdout_url, .read_back = file_read_back},
     {.name = "discard", .url = discard_url},
-    {.name = "http", .start = http_start, .url = http_url, .read_back = http_read_back,
-     .stop = http_stop, .fail = http_fail},
+    {.name = "http",
+     .start = http_start,
+     .url = http_url,
+     .read_back = http_read_back,
+     .stop = http_stop,
+     .fail = http_fail},
 #ifdef OUTBOX_HAVE_NATS
-    {.name = "nats", .start = nats_start, .url = nats_url, .read_back = nats_read_back,
-     .fail = nats_fail, .dedups = 1},
+    {.name = "nats",
+     .start = nats_start,
+     .url = nats_url,
+     .read_back = nats_read_back,
+     .fail = nats_fail,
+     .dedups = 1},
 #endif
 };
 

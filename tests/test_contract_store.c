@@ -298,7 +298,8 @@ static void claim_ordering_rule(const store_driver *d)
     ASSERT_STREQ(b.msgs[1]->id, a2);
     ASSERT_STREQ(b.msgs[2]->id, b1);
     ASSERT_STREQ(b.msgs[3]->id, a3);
-    for (i = 1; i < 4; i++) ASSERT(b.msgs[i]->seq > b.msgs[i - 1]->seq);
+    for (i = 1; i < 4; i++)
+        ASSERT(b.msgs[i]->seq > b.msgs[i - 1]->seq);
     ASSERT_OK(st.ops->next_due(st.state, &due, err), err);
     ASSERT_EQ(due, 0);
 
@@ -620,7 +621,8 @@ static void retry_drop_purge(const store_driver *d)
     int i;
 
     open_fresh(d, &st, url, sizeof url, "admin");
-    for (i = 0; i < 4; i++) put(&st, i % 2 ? "B" : "A", ids[i]);
+    for (i = 0; i < 4; i++)
+        put(&st, i % 2 ? "B" : "A", ids[i]);
     fail_all(&st);
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.failed, 4);

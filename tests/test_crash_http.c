@@ -2,7 +2,7 @@
  * test_crash_http.c - guarantees 2, 4 and 6 over HTTP under crashes of the
  * real relay process.
  *
- * A producer thread (crash_harness.h) commits 100,000 messages over 1,000
+ * A producer thread (tests/support/chaos.h) commits 100,000 messages over 1,000
  * aggregates (OUTBOX_TEST_SCALE scales the count and the kills down) while
  * `outbox relay --to http://127.0.0.1:PORT/ --to-opt secret_env=...` drains
  * them into the library's webhook receiver, running in this process with

@@ -15,7 +15,7 @@
  * order violations 0, nothing pending or failed in the outbox.
  *
  * pg_three_relays: the same checks with the PostgreSQL store (a server
- * started by tests/pg_harness.h; left out with a message when the
+ * started by tests/support/pg.h; left out with a message when the
  * PostgreSQL binaries are not installed) and THREE `outbox relay` processes
  * sharing the outbox by leasing hash partitions, pipelining (the claim of
  * batch N+1 is a plain read under the partition advisory locks while batch

@@ -1,7 +1,7 @@
 /*
  * test_http.c - the http(s) webhook destination and the webhook receiver,
  * against real servers on 127.0.0.1 free ports: the scripted server of
- * webhook_harness.h (chosen statuses, delays, resets, hangs) and the
+ * tests/support/webhook.h (chosen statuses, delays, resets, hangs) and the
  * library's own receiver (libmicrohttpd + inbox).
  *
  * Covers: Standard Webhooks signing (the specification's test vector) and

@@ -21,7 +21,7 @@
  *                loop: the same drain, no pipelined batch in the log.
  *   lost_acks_pg lost_acks from the PostgreSQL store (pipelined claims rely
  *                on the partition advisory locks, see postgres.c), on a
- *                server started by tests/pg_harness.h; left out with a
+ *                server started by tests/support/pg.h; left out with a
  *                message when the PostgreSQL binaries are not installed.
  *
  * OUTBOX_TEST_SCALE scales the message counts; OUTBOX_TEST_SEED replays.

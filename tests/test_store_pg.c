@@ -1,6 +1,6 @@
 /*
  * test_store_pg.c - the store contract on a real PostgreSQL server (started
- * by pg_harness.h): schema and URLs, enqueue in the caller's transaction
+ * by tests/support/pg.h): schema and URLs, enqueue in the caller's transaction
  * (commit, rollback, no transaction, duplicates), the SQL functions with
  * good and bad input, injection attempts, claim order and the ordering
  * rule, outcomes, out-of-order commits, inbox, NOTIFY only to wake a

@@ -1,6 +1,6 @@
 /*
  * test_store_pg_operator.c - the PostgreSQL store under an operator's
- * hands, on a real server (pg_harness.h): every odd value the SQL function
+ * hands, on a real server (tests/support/pg.h): every odd value the SQL function
  * or a plain INSERT can store is refused by the table (schema version 5)
  * or, written before it, quarantined by the claim (plain and pipelined)
  * while the other aggregates flow; status, list and show work whatever a

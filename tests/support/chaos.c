@@ -36,9 +36,9 @@ uint64_t ch_seed(void)
     if (s && *s) return strtoull(s, NULL, 0);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    return ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^
+           ((uint64_t)getpid() << 32);
 }
-
 
 void ch_relays_stop(const pid_t *pids, int n, char (*errs)[CH_PATH])
 {
@@ -149,8 +149,8 @@ static void ch_agg_push(ch_agg *a, const char *id)
  * next counter, counting the messages of this transaction already given to
  * it, so the checker can find order violations.  Returns outbox_msg_new's
  * code. */
-static int ch_producer_msg(ch_producer *p, uint64_t *rng, outbox_msg **batch,
-                                  int *batch_agg, int i, outbox_error *err)
+static int ch_producer_msg(ch_producer *p, uint64_t *rng, outbox_msg **batch, int *batch_agg, int i,
+                           outbox_error *err)
 {
     int agg = (int)ch_rand_range(rng, 0, p->aggregates - 1);
     int n = p->aggs[agg].count;
@@ -209,14 +209,16 @@ static void *ch_producer_main(void *arg)
             }
         }
         if (ok && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) {
-            for (int j = 0; j < i; j++) ch_agg_push(&p->aggs[batch_agg[j]], outbox_msg_id(batch[j]));
+            for (int j = 0; j < i; j++)
+                ch_agg_push(&p->aggs[batch_agg[j]], outbox_msg_id(batch[j]));
             p->committed += i;
             p->transactions++;
         } else {
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
             p->rollbacks++;
         }
-        for (int j = 0; j < i; j++) outbox_msg_free(batch[j]);
+        for (int j = 0; j < i; j++)
+            outbox_msg_free(batch[j]);
         if (!ok) goto out;
         if (p->pause_us) usleep((useconds_t)p->pause_us);
     }
@@ -265,7 +267,8 @@ static void *ch_pg_producer_main(void *arg)
         }
         PGresult *res = ok ? PQexec(c, "COMMIT") : NULL;
         if (ok && PQresultStatus(res) == PGRES_COMMAND_OK) {
-            for (int j = 0; j < i; j++) ch_agg_push(&p->aggs[batch_agg[j]], outbox_msg_id(batch[j]));
+            for (int j = 0; j < i; j++)
+                ch_agg_push(&p->aggs[batch_agg[j]], outbox_msg_id(batch[j]));
             p->committed += i;
             p->transactions++;
         } else {
@@ -274,7 +277,8 @@ static void *ch_pg_producer_main(void *arg)
             ok = 0;
         }
         PQclear(res);
-        for (int j = 0; j < i; j++) outbox_msg_free(batch[j]);
+        for (int j = 0; j < i; j++)
+            outbox_msg_free(batch[j]);
         if (!ok) goto out;
         if (p->pause_us) usleep((useconds_t)p->pause_us);
     }
@@ -327,7 +331,8 @@ void ch_produce(ch_producer *p, int more)
 
 void ch_producer_free(ch_producer *p)
 {
-    for (int i = 0; p->aggs && i < p->aggregates; i++) free(p->aggs[i].ids);
+    for (int i = 0; p->aggs && i < p->aggregates; i++)
+        free(p->aggs[i].ids);
     free(p->aggs);
     p->aggs = NULL;
 }
@@ -336,9 +341,7 @@ void ch_producer_free(ch_producer *p)
  * Checker
  * ---------------------------------------------------------------------- */
 
-
-static void ch_note(ch_report *r, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void ch_note(ch_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void ch_note(ch_report *r, const char *fmt, ...)
 {
     if (r->first_problem[0]) return;
@@ -357,7 +360,8 @@ void ch_check_file(const char *path, const ch_producer *p, ch_report *r)
         r->expected += p->aggs[a].count;
         first[a] = malloc(((size_t)p->aggs[a].count + 1) * sizeof **first);
         if (!first[a]) TEST_FAIL_("out of memory");
-        for (int n = 0; n < p->aggs[a].count; n++) first[a][n] = -1;
+        for (int n = 0; n < p->aggs[a].count; n++)
+            first[a][n] = -1;
     }
 
     size_t len = 0;
@@ -408,8 +412,8 @@ void ch_check_file(const char *path, const ch_producer *p, ch_report *r)
                 ch_note(r, "lost %s (a%d n=%d)", p->aggs[a].ids[n], a, n);
             } else if (n > 0 && first[a][n - 1] >= 0 && first[a][n] < first[a][n - 1]) {
                 r->violations++;
-                ch_note(r, "order: %s (a%d n=%d) first published before n-1",
-                        p->aggs[a].ids[n], a, n);
+                ch_note(r, "order: %s (a%d n=%d) first published before n-1", p->aggs[a].ids[n], a,
+                        n);
             }
         }
         free(first[a]);
@@ -432,8 +436,7 @@ void ch_concat(const char *out, const char *const *files)
     fclose(o);
 }
 
-void ch_wait_drained(const char *db_path, pid_t pid, int64_t timeout_ms,
-                                   const char *err_path)
+void ch_wait_drained(const char *db_path, pid_t pid, int64_t timeout_ms, const char *err_path)
 {
     int64_t deadline = ch_now_ms() + timeout_ms;
     for (;;) {
@@ -460,9 +463,9 @@ void ch_report_print(const char *label, const ch_report *r)
             "%s: expected %lld, lines %lld, published %lld, torn %lld, foreign %lld, lost %lld, "
             "duplicates %lld, order violations %lld%s%s\n",
             label, (long long)r->expected, (long long)r->lines, (long long)r->published,
-            (long long)r->torn, (long long)r->foreign, (long long)r->lost,
-            (long long)r->duplicates, (long long)r->violations,
-            r->first_problem[0] ? "; first problem: " : "", r->first_problem);
+            (long long)r->torn, (long long)r->foreign, (long long)r->lost, (long long)r->duplicates,
+            (long long)r->violations, r->first_problem[0] ? "; first problem: " : "",
+            r->first_problem);
 }
 
 void ch_new_store(char *path, const char *name)
@@ -475,8 +478,8 @@ void ch_new_store(char *path, const char *name)
     sqlite3_close(db);
 }
 
-int ch_relay_new(outbox_relay **out, const char *db_path, const char *to,
-                               int once, outbox_error *err)
+int ch_relay_new(outbox_relay **out, const char *db_path, const char *to, int once,
+                 outbox_error *err)
 {
     char store[700];
     outbox_relay_options o;

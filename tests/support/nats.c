@@ -90,7 +90,6 @@ void nh_server_stop(nh_server *s)
     s->pid = 0;
 }
 
-
 natsConnection *nh_connect(const nh_server *s, jsCtx **js)
 {
     natsOptions *o = NULL;
@@ -173,8 +172,8 @@ int64_t nh_stream_count(const nh_server *s, const char *name)
     return n;
 }
 
-int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
-                                     nh_msg_fn fn, void *user)
+int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter, nh_msg_fn fn,
+                       void *user)
 {
     int64_t total = nh_stream_count(s, name), got = 0;
     jsCtx *js = NULL;
@@ -236,8 +235,7 @@ static void nh_line_writer(void *user, natsMsg *m)
     json_decref(o);
 }
 
-int64_t nh_stream_dump(const nh_server *s, const char *name, const char *filter,
-                                     const char *path)
+int64_t nh_stream_dump(const nh_server *s, const char *name, const char *filter, const char *path)
 {
     FILE *f = fopen(path, "w");
     if (!f) TEST_FAIL_("cannot write %s", path);

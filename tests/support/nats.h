@@ -87,7 +87,6 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
 const char *nh_header(natsMsg *m, const char *key);
 
 /* Dumps stream `name` into path as lines for ch_check_file; returns count. */
-int64_t nh_stream_dump(const nh_server *s, const char *name, const char *filter,
-                       const char *path);
+int64_t nh_stream_dump(const nh_server *s, const char *name, const char *filter, const char *path);
 
 #endif /* OUTBOX_TEST_SUPPORT_NATS_H */

@@ -138,17 +138,13 @@ void pgh_start_server(pgh_server *s)
     snprintf(port, sizeof port, "%d", s->port);
     char postgres[300];
     snprintf(postgres, sizeof postgres, "%s/postgres", s->bin);
-    const char *argv[] = {postgres, "-D", s->data, "-k", s->dir, "-p", port,
-                          "-c", "listen_addresses=127.0.0.1",
-                          "-c", "max_connections=60",
-                          "-c", "shared_buffers=64MB",
-                          "-c", "logging_collector=off",
-                          "-c", "log_min_messages=warning",
-                          "-c", "client_min_messages=warning",
+    const char *argv[] = {postgres, "-D", s->data, "-k", s->dir, "-p", port, "-c",
+                          "listen_addresses=127.0.0.1", "-c", "max_connections=60", "-c",
+                          "shared_buffers=64MB", "-c", "logging_collector=off", "-c",
+                          "log_min_messages=warning", "-c", "client_min_messages=warning",
                           /* crash recovery syncs the data directory: one
                            * syncfs() instead of an fsync per file */
-                          "-c", "recovery_init_sync_method=syncfs",
-                          NULL};
+                          "-c", "recovery_init_sync_method=syncfs", NULL};
     s->pid = spawn(s, argv);
     if (!wait_ready(s, 60000)) {
         show_log(s, "postgres log");
@@ -188,8 +184,8 @@ void pgh_start(pgh_server *s)
     }
     char initdb[300];
     snprintf(initdb, sizeof initdb, "%s/initdb", s->bin);
-    const char *argv[] = {initdb, "-D", s->data, "-A", "trust", "-U", "postgres", "-N",
-                          "-E", "UTF8", "--locale=C", NULL};
+    const char *argv[] = {initdb,     "-D", s->data, "-A",   "trust",      "-U",
+                          "postgres", "-N", "-E",    "UTF8", "--locale=C", NULL};
     int code = ch_wait_or_die(spawn(s, argv), 300000, "initdb");
     if (code != 0) {
         show_log(s, "initdb output");

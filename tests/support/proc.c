@@ -82,7 +82,8 @@ static void remember(pid_t pid, int sig)
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;
         sigemptyset(&sa.sa_mask);
-        for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++) sigaction(fatal[i], &sa, NULL);
+        for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
+            sigaction(fatal[i], &sa, NULL);
         atexit(stop_children);
         registered = 1;
     }
@@ -102,8 +103,10 @@ static char **merged_environ(const char *const *env)
 {
     extern char **environ;
     size_t n = 0, extra = 0, k = 0;
-    while (environ[n]) n++;
-    while (env && env[extra]) extra++;
+    while (environ[n])
+        n++;
+    while (env && env[extra])
+        extra++;
     char **envp = calloc(n + extra + 1, sizeof *envp);
     if (!envp) TEST_FAIL_("out of memory");
     for (size_t i = 0; i < n; i++) {
@@ -235,7 +238,8 @@ int ch_stop(pid_t pid, int sig, int64_t timeout_ms)
 {
     size_t i = 0;
     int code;
-    while (i < MAX_CHILDREN && (pid <= 0 || children[i].pid != pid)) i++;
+    while (i < MAX_CHILDREN && (pid <= 0 || children[i].pid != pid))
+        i++;
     if (i == MAX_CHILDREN) return -1;
     kill(pid, sig);
     code = ch_wait(pid, timeout_ms);

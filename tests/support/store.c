@@ -54,6 +54,7 @@ void sh_complete_sent(outbox_store *s, int pipelined, outbox_msg **msgs, size_t 
 
 void sh_free_msgs(outbox_msg **msgs, size_t n)
 {
-    for (size_t i = 0; i < n; i++) outbox_msg_free(msgs[i]);
+    for (size_t i = 0; i < n; i++)
+        outbox_msg_free(msgs[i]);
     free(msgs);
 }
