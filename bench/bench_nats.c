@@ -4,7 +4,7 @@
  * in the same run: the ceiling.
  *
  * One nats-server -js (file storage, R1) is started on a free loopback port
- * with its store in a temp dir (tests/nats_harness.h), and stopped at exit.
+ * with its store in a temp dir (tests/support/nats.h), and stopped at exit.
  * Every case publishes N messages of the same bytes (PAYLOAD_BYTES JSON
  * payloads over A aggregates, the relay's CloudEvents headers and
  * Nats-Msg-Id) to its own stream, with the same window of pending acks W:
@@ -23,7 +23,7 @@
  *                    (claim, publish, wait for every ack, record), for the
  *                    comparison in the same run (--no-serial leaves it out)
  *   postgres -> nats the same from the PostgreSQL store, on a cluster started
- *                    by tests/pg_harness.h (rows inserted server-side), when
+ *                    by tests/support/pg.h (rows inserted server-side), when
  *                    the PostgreSQL binaries are installed; the ceiling is
  *                    measured again just before it ("again"), and the
  *                    PostgreSQL rows' ratios are to that one, and right
@@ -66,9 +66,11 @@ int main(void)
 }
 #else
 
-#include "../tests/nats_harness.h"
+#include "support/chaos.h"
+#include "support/nats.h"
 #ifdef OUTBOX_HAVE_LIBPQ
-#include "../tests/pg_harness.h"
+#include "support/pg.h"
+#include <pwd.h>
 #endif
 #ifdef OUTBOX_HAVE_RDKAFKA
 #include <librdkafka/rdkafka.h>
@@ -76,6 +78,8 @@ int main(void)
 #endif
 
 #include "bench_common.h"
+
+#include <sys/stat.h>
 
 #include "outbox.h"
 
@@ -95,10 +99,10 @@ static nh_server nats;
  * remove its directories. */
 static void disarm_parent_handlers(void)
 {
-    memset(ch_children, 0, sizeof ch_children);
-    test_dir_path_[0] = '\0';
+    ch_forget_all();
+    test_dir_forget();
 #ifdef OUTBOX_HAVE_LIBPQ
-    pgh_current_ = NULL;
+    pgh_forget();
 #endif
 }
 
@@ -524,7 +528,6 @@ static double median(double *v, int n)
 static void pg_case(int no_serial, int pg_rounds)
 {
     int round;
-    char bin[256];
     bench_result res;
     relay_case c = {0};
     PGconn *conn;
@@ -532,14 +535,9 @@ static void pg_case(int no_serial, int pg_rounds)
     long long left;
     double relay_rate, mean, by_mean[20], by_first[20];
 
-    if (!pgh_find_bin_(bin, sizeof bin)) {
-        printf("%-34s skipped: PostgreSQL server binaries not found (set PG_BIN)\n",
-               "postgres -> nats (relay)");
-        return;
-    }
-    if (getuid() == 0 && getpwnam("nobody") == NULL) {
-        printf("%-34s skipped: running as root and no 'nobody' user to run PostgreSQL as\n",
-               "postgres -> nats (relay)");
+    const char *why = pgh_available();
+    if (why != NULL) {
+        printf("%-34s skipped: %s\n", "postgres -> nats (relay)", why);
         return;
     }
     pgh_start(&pg);
@@ -551,7 +549,7 @@ static void pg_case(int no_serial, int pg_rounds)
         PGresult *v = PQexec(conn, "SELECT current_setting('server_version'),"
                                    " current_setting('shared_buffers')");
         if (PQresultStatus(v) == PGRES_TUPLES_OK)
-            printf("PostgreSQL %s, shared_buffers %s (tests/pg_harness.h)\n",
+            printf("PostgreSQL %s, shared_buffers %s (tests/support/pg.h)\n",
                    PQgetvalue(v, 0, 0), PQgetvalue(v, 0, 1));
         PQclear(v);
     }

@@ -38,7 +38,7 @@
  *
  * The server: --conninfo/--url of an existing one (the outbox schema
  * "bench_outbox" is dropped and recreated there), or by default a fresh
- * cluster started by tests/pg_harness.h (fsync on, shared_buffers 64MB).
+ * cluster started by tests/support/pg.h (fsync on, shared_buffers 64MB).
  *
  * Usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T]
  *                       [--clients C] [--repeat R] [--url URL] [--skip-latency]
@@ -53,7 +53,8 @@ int main(void)
 }
 #else
 
-#include "../tests/pg_harness.h"
+#include "support/pg.h"
+#include "test.h"
 
 #include "outbox.h"
 

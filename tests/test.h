@@ -89,37 +89,12 @@
     } while (0)
 
 /* A fresh directory under $TMPDIR (or /tmp), removed at exit unless
- * OUTBOX_TEST_KEEP is set.  Returns a static path. */
-static char test_dir_path_[512];
-static void test_dir_cleanup_(void)
-{
-    if (test_dir_path_[0] && !getenv("OUTBOX_TEST_KEEP")) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", test_dir_path_);
-        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", test_dir_path_);
-    }
-}
-static inline const char *test_dir(void)
-{
-    if (!test_dir_path_[0]) {
-        const char *base = getenv("TMPDIR");
-        snprintf(test_dir_path_, sizeof test_dir_path_, "%s/outbox-test-XXXXXX",
-                 base && *base ? base : "/tmp");
-        if (!mkdtemp(test_dir_path_)) TEST_FAIL_("mkdtemp failed");
-        atexit(test_dir_cleanup_);
-    }
-    return test_dir_path_;
-}
+ * OUTBOX_TEST_KEEP is set.  Returns a static path.  (tests/support/tmp.c:
+ * one directory per program, whichever file asks.) */
+const char *test_dir(void);
 
 /* test_path("x.db") -> "<test dir>/x.db" in one of 8 rotating buffers. */
-static inline const char *test_path(const char *name)
-{
-    static char bufs[8][600];
-    static int next;
-    char *b = bufs[next++ & 7];
-    snprintf(b, 600, "%s/%s", test_dir(), name);
-    return b;
-}
+const char *test_path(const char *name);
 
 /* n scaled by OUTBOX_TEST_SCALE (a float, default 1.0; the sanitizer run in
  * CI lowers it), never below floor.  Full-scale figures are for the normal

@@ -12,7 +12,7 @@
  * transaction is OUTBOX_ENOTXN and writes nothing.  Bad URLs are refused at
  * start-up (library and CLI) without echoing a password.
  */
-#include "crash_harness.h"
+#include "support/chaos.h"
 
 static char dbpath[CH_PATH];
 static sqlite3 *db;

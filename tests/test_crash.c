@@ -23,7 +23,9 @@
  * 0.5 in AddressSanitizer builds) scales the message counts, e.g. 0.1 for
  * a quick run.
  */
-#include "crash_harness.h"
+#include "support/chaos.h"
+
+#include <signal.h>
 
 static uint64_t rng;
 static double scale = 1.0;

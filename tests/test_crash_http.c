@@ -2,7 +2,7 @@
  * test_crash_http.c - guarantees 2, 4 and 6 over HTTP under crashes of the
  * real relay process.
  *
- * A producer thread (crash_harness.h) commits 100,000 messages over 1,000
+ * A producer thread (tests/support/chaos.h) commits 100,000 messages over 1,000
  * aggregates (OUTBOX_TEST_SCALE scales the count and the kills down) while
  * `outbox relay --to http://127.0.0.1:PORT/ --to-opt secret_env=...` drains
  * them into the library's webhook receiver, running in this process with
@@ -16,8 +16,10 @@
  * running the handler), per-aggregate order violations 0 (n applied after
  * n-1).  Re-deliveries seen by the receiver are printed.
  */
-#include "crash_harness.h"
-#include "webhook_harness.h"
+#include "support/chaos.h"
+#include "support/webhook.h"
+
+#include <sys/stat.h>
 
 #define SECRET "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 #define SECRET_ENV "OUTBOX_TEST_HTTP_SECRET"

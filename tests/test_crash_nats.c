@@ -15,7 +15,7 @@
  * order violations 0, nothing pending or failed in the outbox.
  *
  * pg_three_relays: the same checks with the PostgreSQL store (a server
- * started by tests/pg_harness.h; left out with a message when the
+ * started by tests/support/pg.h; left out with a message when the
  * PostgreSQL binaries are not installed) and THREE `outbox relay` processes
  * sharing the outbox by leasing hash partitions, pipelining (the claim of
  * batch N+1 is a plain read under the partition advisory locks while batch
@@ -38,9 +38,10 @@ int main(void)
 }
 #else
 
-#include "nats_harness.h"
+#include "support/chaos.h"
+#include "support/nats.h"
 #ifdef OUTBOX_HAVE_LIBPQ
-#include "pg_harness.h"
+#include "support/pg.h"
 #include <pwd.h>
 #endif
 
@@ -144,18 +145,6 @@ TEST(kill_sweep)
 #ifdef OUTBOX_HAVE_LIBPQ
 static pgh_server pg;
 
-/* pgh_start's handlers replace the crash harness's: on SIGTERM/SIGINT (a
- * ctest timeout, ^C) stop both the postmaster and the relays/nats-server.
- * Only async-signal-safe calls. */
-static void on_signal(int sig)
-{
-    if (pg.pid > 0) kill(pg.pid, SIGQUIT);
-    for (size_t i = 0; i < sizeof ch_children / sizeof ch_children[0]; i++)
-        if (ch_children[i] > 0) kill(ch_children[i], SIGKILL);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
 static int64_t pg_outbox_count(const char *status)
 {
     return pgh_outbox_count(&pg, status);
@@ -175,14 +164,14 @@ static int64_t count_in_file(const char *path, const char *needle)
  * SIGKILLed and restarted again and again while the producer writes. */
 TEST(pg_three_relays)
 {
-    char bin[256], out[CH_PATH], errs[3][CH_PATH], to[256];
+    char out[CH_PATH], errs[3][CH_PATH], to[256];
     uint64_t rng = ch_seed();
     int want_kills = test_scaled(20, 5);
     const char *pipe_env = getenv("OUTBOX_RELAY_PIPELINE");
     int serial = pipe_env && strcmp(pipe_env, "0") == 0;
     ch_producer p;
 
-    if (!pgh_find_bin_(bin, sizeof bin) || (getuid() == 0 && getpwnam("nobody") == NULL)) {
+    if (pgh_available() != NULL) {
         fprintf(stderr, "pg_three_relays: left out: no PostgreSQL server binaries (or no "
                         "'nobody' user to run them as root)\n");
         return;
@@ -190,8 +179,6 @@ TEST(pg_three_relays)
     fprintf(stderr, "seed %llu (OUTBOX_TEST_SEED replays)%s\n", (unsigned long long)rng,
             serial ? ", serial relays (OUTBOX_RELAY_PIPELINE=0)" : "");
     pgh_start(&pg);
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
     {
         const char *argv[] = {test_outbox_bin(), "init", "--store", pg.url, NULL};
         const char *errp = test_path("pg-init.err");

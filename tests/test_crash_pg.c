@@ -30,8 +30,10 @@ int main(void)
 }
 #else
 
-#include "crash_harness.h"
-#include "pg_harness.h"
+#include "support/chaos.h"
+#include "support/pg.h"
+
+#include <signal.h>
 
 static pgh_server server;
 static uint64_t rng;
@@ -46,7 +48,7 @@ typedef struct pg_producer {
 } pg_producer;
 
 /* async_commit: synchronous_commit=off, only for runs where the database
- * itself is not crashed.  The producer is crash_harness.h's. */
+ * itself is not crashed.  The producer is tests/support/chaos.h's. */
 static void producer_start(pg_producer *pp, int total, int aggregates, int pause_us,
                            int async_commit)
 {

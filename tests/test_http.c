@@ -1,7 +1,7 @@
 /*
  * test_http.c - the http(s) webhook destination and the webhook receiver,
  * against real servers on 127.0.0.1 free ports: the scripted server of
- * webhook_harness.h (chosen statuses, delays, resets, hangs) and the
+ * tests/support/webhook.h (chosen statuses, delays, resets, hangs) and the
  * library's own receiver (libmicrohttpd + inbox).
  *
  * Covers: Standard Webhooks signing (the specification's test vector) and
@@ -20,13 +20,18 @@
  * certificate problem, no attempt charged), and with insecure=true
  * (delivered, WARN logged).
  */
-#include "webhook_harness.h"
+#include "support/chaos.h"
+#include "support/webhook.h"
 #include "tls_certs.h"
 
 #include "internal.h"
 #include "log_capture.h"
 
 #include <jansson.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #define SECRET "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 #define SECRET_ENV "OUTBOX_TEST_HTTP_SECRET"
@@ -261,7 +266,7 @@ TEST(contract)
     memset(&err, 0, sizeof err);
     snprintf(db, sizeof db, "%s", test_path("contract.db"));
     wh_store_init(db);
-    sqlite3 *h = wh_db_open(db);
+    sqlite3 *h = ch_db_open(db);
     wh_enqueue(h, "OrderPlaced", "Order", "o-1", payloads[0],
                "{\"correlation_id\":\"c-1\",\"traceparent\":"
                "\"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\"}",
@@ -367,7 +372,7 @@ static int apply_handler(void *user, sqlite3 *db, const outbox_msg *msg, outbox_
 
 static void consumer_db(const char *path)
 {
-    sqlite3 *db = wh_db_open(path);
+    sqlite3 *db = ch_db_open(path);
     ASSERT_EQ(sqlite3_exec(db,
                            "PRAGMA journal_mode=WAL;"
                            "CREATE TABLE applied(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT,"
@@ -425,7 +430,7 @@ TEST(receiver_bare_secret)
  * nothing applied twice, no order violation. */
 static void check_applied(const char *cdb, int aggs, int per_agg)
 {
-    sqlite3 *db = wh_db_open(cdb);
+    sqlite3 *db = ch_db_open(cdb);
     sqlite3_stmt *st = NULL;
     int next[64] = {0};
     int64_t total = 0;
@@ -448,7 +453,7 @@ static void check_applied(const char *cdb, int aggs, int per_agg)
  * type "Tick" (or, with alternate, "Tick" for even n and "Tock" for odd). */
 static void enqueue_typed(const char *db, int aggs, int per_agg, int alternate)
 {
-    sqlite3 *h = wh_db_open(db);
+    sqlite3 *h = ch_db_open(db);
     for (int n = 0; n < per_agg; n++)
         for (int a = 0; a < aggs; a++) {
             char agg[16], payload[64];
@@ -504,7 +509,7 @@ TEST(receiver_end_to_end)
         outbox_publish_result res;
         outbox_msg *m = NULL;
         char id[64];
-        sqlite3 *h = wh_db_open(cdb);
+        sqlite3 *h = ch_db_open(cdb);
         sqlite3_stmt *st = NULL;
         ASSERT_EQ(
             sqlite3_prepare_v2(h, "SELECT id FROM applied WHERE agg='a0' AND n=0", -1, &st, NULL),
@@ -540,7 +545,7 @@ TEST(receiver_down_then_back)
     wh_relay r;
     outbox_relay_options o;
     const char *dest_opts[] = {"secret_env=" SECRET_ENV, "connect_timeout=1s", NULL};
-    unsigned port = wh_free_port();
+    unsigned port = ch_free_port();
     int per_agg = test_scaled(20, 5);
 
     memset(&c, 0, sizeof c);
@@ -555,7 +560,7 @@ TEST(receiver_down_then_back)
     o.max_attempts = 2; /* an outage must not turn anything Failed */
     log_reset();
     wh_relay_start(&r, db, url, &o);
-    wh_sleep_ms(1500); /* connection refused, again and again */
+    ch_sleep_ms(1500); /* connection refused, again and again */
     /* The destination's outage: no attempt charged, the relay backs off the
      * whole destination and says so once. */
     ASSERT_EQ(wh_db_count(db, "SELECT count(*) FROM outbox WHERE status='pending' AND "
@@ -758,7 +763,7 @@ TEST(permanent_failures)
     memset(&sc, 0, sizeof sc);
     snprintf(db, sizeof db, "%s", test_path("4xx.db"));
     wh_store_init(db);
-    sqlite3 *h = wh_db_open(db);
+    sqlite3 *h = ch_db_open(db);
     wh_enqueue(h, "Tick", "", "gone", "{}", NULL, gone_id);
     wh_enqueue(h, "Tick", "", "bad", "{}", NULL, bad_id);
     wh_enqueue(h, "Tick", "", "a0", "{\"agg\":\"a0\",\"n\":0}", NULL, NULL);
@@ -799,7 +804,7 @@ TEST(retry_after)
     sc.http_date_secs = 3;
     snprintf(db, sizeof db, "%s", test_path("retryafter.db"));
     wh_store_init(db);
-    sqlite3 *h = wh_db_open(db);
+    sqlite3 *h = ch_db_open(db);
     wh_enqueue(h, "Tick", "", "a", "{\"agg\":\"a\",\"n\":0}", NULL, NULL);
     sqlite3_close(h);
     sv_start(&s, 0, script, &sc);
@@ -810,7 +815,7 @@ TEST(retry_after)
     wh_relay_start(&r, db, url, &o);
     wh_wait_count(db, "SELECT count(*) FROM outbox", 0, 30000);
     /* Then an HTTP-date Retry-After on a 503. */
-    h = wh_db_open(db);
+    h = ch_db_open(db);
     wh_enqueue(h, "Tick", "", "b", "{\"agg\":\"b\",\"n\":0}", NULL, NULL);
     sqlite3_close(h);
     wh_wait_count(db, "SELECT count(*) FROM outbox", 0, 30000);
@@ -846,11 +851,11 @@ TEST(timeout_and_reset)
     sv_start(&s, 0, script, &sc);
     snprintf(url, sizeof url, "http://127.0.0.1:%u/", s.port);
     relay_opts(&o, dest_opts);
-    int64_t t0 = wh_now_ms();
+    int64_t t0 = ch_now_ms();
     wh_relay_start(&r, db, url, &o);
     wh_wait_count(db, "SELECT count(*) FROM outbox", 0, 30000);
     wh_relay_stop(&r);
-    ASSERT(wh_now_ms() - t0 < 10000);
+    ASSERT(ch_now_ms() - t0 < 10000);
     ASSERT_EQ(s.reqs[0].status, 0);
     ASSERT_EQ(s.reqs[1].status, 0);
     check_scripted_order(&s, 1, 4);
@@ -879,11 +884,11 @@ TEST(one_in_flight_per_aggregate)
     relay_opts(&o, dest_opts);
     o.once = 1;
     snprintf(store, sizeof store, "sqlite:%s", db);
-    int64_t t0 = wh_now_ms();
+    int64_t t0 = ch_now_ms();
     ASSERT_OK(outbox_relay_new(&relay, store, url, &o, &err), &err);
     ASSERT_OK(outbox_relay_run(relay, &err), &err);
     outbox_relay_free(relay);
-    int64_t took = wh_now_ms() - t0;
+    int64_t took = ch_now_ms() - t0;
     fprintf(stderr,
             "48 requests of 20 ms over 6 aggregates: %lld ms, max in flight %d, "
             "max per aggregate %d\n",
@@ -1061,7 +1066,7 @@ TEST(receiver_slow_client)
                              "{\"agg\":\"a0\",\"n\":0}", NULL, NULL),
               204);
     /* The stalled ones are cut. */
-    wh_sleep_ms(2500);
+    ch_sleep_ms(2500);
     for (int i = 0; i < 8; i++) {
         char buf[256];
         struct timeval tv = {3, 0};
@@ -1209,7 +1214,7 @@ TEST(tls_untrusted)
     /* A TLS failure is the destination's outage: logged with the
      * certificate problem, no attempt charged, retried as a whole. */
     ASSERT(log_wait("is down:", "certificate", 30000));
-    wh_sleep_ms(300);
+    ch_sleep_ms(300);
     log_print_line("https without the CA", "is down:");
     wh_relay_stop(&r);
     ASSERT_EQ(wh_db_count(db, "SELECT count(*) FROM outbox WHERE status='pending' AND "
@@ -1319,16 +1324,16 @@ TEST(stop_interrupts_hang)
     snprintf(url, sizeof url, "http://127.0.0.1:%u/", s.port);
     relay_opts(&o, dest_opts);
     wh_relay_start(&r, db, url, &o);
-    int64_t deadline = wh_now_ms() + 10000;
-    while (sv_count(&s) < msgs && wh_now_ms() < deadline)
-        wh_sleep_ms(10);
+    int64_t deadline = ch_now_ms() + 10000;
+    while (sv_count(&s) < msgs && ch_now_ms() < deadline)
+        ch_sleep_ms(10);
     ASSERT_EQ(sv_count(&s), msgs); /* all in flight, hanging */
-    wh_sleep_ms(200);
+    ch_sleep_ms(200);
     log_reset();
-    int64_t t0 = wh_now_ms();
+    int64_t t0 = ch_now_ms();
     outbox_relay_stop(r.relay);
     pthread_join(r.thread, NULL);
-    int64_t took = wh_now_ms() - t0;
+    int64_t took = ch_now_ms() - t0;
     outbox_relay_free(r.relay);
     if (r.rc != OUTBOX_OK) TEST_FAIL_("relay run: %d %s", r.rc, r.err.message);
     fprintf(stderr, "stop during %d hanging requests (timeout 30 s): returned in %lld ms\n", msgs,

@@ -14,7 +14,7 @@
  * twice in `applied`, inbox rows == messages), in per-aggregate order
  * (guarantee 4 for the callback destination), and the outbox must end empty.
  */
-#include "crash_harness.h"
+#include "support/chaos.h"
 
 enum { MESSAGES = 400, AGGREGATES = 12 };
 

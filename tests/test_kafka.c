@@ -33,7 +33,7 @@ int main(void)
 }
 #else
 
-#include "crash_harness.h"
+#include "support/chaos.h"
 #include "log_capture.h"
 #include "relay_thread.h"
 

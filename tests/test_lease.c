@@ -18,7 +18,10 @@
  * the files, concatenated in the order the relays held the lease, must
  * contain every message, in per-aggregate order.
  */
-#include "crash_harness.h"
+#include "support/chaos.h"
+
+#include <signal.h>
+#include <sys/stat.h>
 
 typedef struct relay_proc {
     char store[700], to[700];

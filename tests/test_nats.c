@@ -34,7 +34,8 @@ int main(void)
 
 #include "log_capture.h"
 #include "relay_thread.h"
-#include "nats_harness.h"
+#include "support/chaos.h"
+#include "support/nats.h"
 #include "tls_certs.h"
 #ifdef OUTBOX_HAVE_CRYPTO
 #include "nats_jwt.h"
@@ -211,7 +212,7 @@ TEST(config_errors)
     expect_error(db, to, OUTBOX_ECONFIG, "bogus");
     snprintf(to, sizeof to, "%s?stream=CFG&subject=cfg.{type}&ack_timeout=soon", server.url);
     expect_error(db, to, OUTBOX_ECONFIG, "ack_timeout");
-    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=CFG", nh_free_port());
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=CFG", ch_free_port());
     expect_error(db, to, OUTBOX_EPUBLISH, "cannot connect");
 
     /* create_stream makes the stream with subjects covering the template. */

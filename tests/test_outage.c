@@ -31,10 +31,14 @@ int main(void)
 }
 #else
 
-#include "crash_harness.h"
+#include "support/chaos.h"
 #include "internal.h"
 #include "log_capture.h"
 #include "relay_thread.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/wait.h>
 
 /* A fresh SQLite outbox at path, opened. */
 static sqlite3 *open_db(const char *path)

@@ -21,7 +21,7 @@
  *                loop: the same drain, no pipelined batch in the log.
  *   lost_acks_pg lost_acks from the PostgreSQL store (pipelined claims rely
  *                on the partition advisory locks, see postgres.c), on a
- *                server started by tests/pg_harness.h; left out with a
+ *                server started by tests/support/pg.h; left out with a
  *                message when the PostgreSQL binaries are not installed.
  *
  * OUTBOX_TEST_SCALE scales the message counts; OUTBOX_TEST_SEED replays.
@@ -35,9 +35,10 @@ int main(void)
 }
 #else
 
-#include "nats_harness.h"
+#include "support/chaos.h"
+#include "support/nats.h"
 #ifdef OUTBOX_HAVE_LIBPQ
-#include "pg_harness.h"
+#include "support/pg.h"
 #include "relay_thread.h"
 #endif
 
@@ -455,13 +456,13 @@ static pgh_server pg;
 
 TEST(lost_acks_pg)
 {
-    char bin[256], store[700];
+    char store[700];
     int total = test_scaled(12000, 2000), aggregates = 8, i;
     outbox_error err;
     PGconn *conn;
     where w = {NULL, NULL};
 
-    if (!pgh_find_bin_(bin, sizeof bin) || (getuid() == 0 && getpwnam("nobody") == NULL)) {
+    if (pgh_available() != NULL) {
         fprintf(stderr, "lost_acks_pg: left out: no PostgreSQL server binaries (or no 'nobody' "
                         "user to run them as root)\n");
         return;

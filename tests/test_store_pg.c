@@ -1,6 +1,6 @@
 /*
  * test_store_pg.c - the store contract on a real PostgreSQL server (started
- * by pg_harness.h): schema and URLs, enqueue in the caller's transaction
+ * by tests/support/pg.h): schema and URLs, enqueue in the caller's transaction
  * (commit, rollback, no transaction, duplicates), the SQL functions with
  * good and bad input, injection attempts, claim order and the ordering
  * rule, outcomes, out-of-order commits, inbox, NOTIFY only to wake a
@@ -28,7 +28,7 @@ int main(void)
 }
 #else
 
-#include "pg_harness.h"
+#include "support/pg.h"
 #include "test.h"
 
 #include "internal.h"
@@ -37,6 +37,7 @@ int main(void)
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/socket.h>
 
 static pgh_server server;
 static char url[700];
@@ -1030,42 +1031,6 @@ TEST(claim_order_and_outcomes)
     PQfinish(c);
 }
 
-TEST(out_of_order_commits)
-{
-    outbox_store s;
-    outbox_error err;
-    outbox_msg **msgs = NULL;
-    size_t n;
-    PGconn *t1 = pgh_connect(&server), *t2 = pgh_connect(&server);
-    open_store(&s, url);
-
-    outbox_msg *m1 = make_msg("x", "{\"t\":1}"), *m2 = make_msg("y", "{\"t\":2}");
-    pgh_exec(t1, "BEGIN");
-    ASSERT_OK(outbox_enqueue_pg(t1, m1, &err), &err); /* lower seq */
-    pgh_exec(t2, "BEGIN");
-    ASSERT_OK(outbox_enqueue_pg(t2, m2, &err), &err);
-    pgh_exec(t2, "COMMIT");
-
-    n = claim(&s, &msgs, 1);
-    ASSERT_EQ(n, 1);
-    ASSERT_STREQ(msgs[0]->id, outbox_msg_id(m2));
-    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
-    free_msgs(msgs, n);
-
-    pgh_exec(t1, "COMMIT"); /* commits after a later seq was published */
-    n = claim(&s, &msgs, 1);
-    ASSERT_EQ(n, 1);
-    ASSERT_STREQ(msgs[0]->id, outbox_msg_id(m1));
-    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE);
-    free_msgs(msgs, n);
-
-    outbox_msg_free(m1);
-    outbox_msg_free(m2);
-    outbox__store_close(&s);
-    PQfinish(t1);
-    PQfinish(t2);
-}
-
 /* The pipelined claim leaves out the seqs in flight: a consecutive run
  * (excluded by its range alone) and a list with gaps, where the rows in
  * the gaps are claimed. */
@@ -1863,7 +1828,6 @@ int main(void)
     RUN(inbox);
     RUN(inbox_purge);
     RUN(claim_order_and_outcomes);
-    RUN(out_of_order_commits);
     RUN(claim_pipelined_excludes_in_flight);
     RUN(complete_by_range);
     RUN(claim_floor_waits_for_open_writers);

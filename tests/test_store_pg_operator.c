@@ -1,6 +1,6 @@
 /*
  * test_store_pg_operator.c - the PostgreSQL store under an operator's
- * hands, on a real server (pg_harness.h): every odd value the SQL function
+ * hands, on a real server (tests/support/pg.h): every odd value the SQL function
  * or a plain INSERT can store is refused by the table (schema version 5)
  * or, written before it, quarantined by the claim (plain and pipelined)
  * while the other aggregates flow; status, list and show work whatever a
@@ -27,8 +27,13 @@ int main(void)
 
 #include "internal.h"
 
-#include "crash_harness.h"
-#include "pg_harness.h"
+#include "support/chaos.h"
+#include "support/pg.h"
+#include "support/store.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 
 static pgh_server server;
 static char url[700];
@@ -194,13 +199,13 @@ TEST(odd_values_refused_by_table)
     /* What the table lets in is published when enqueue accepts it, and
      * quarantined otherwise. */
     ASSERT_STREQ(insert_row(c, "clean", 0, NULL, NULL), "");
-    pgh_store_open(&s, url);
+    sh_store_open(&s, url);
     for (int round = 0; round < 10; round++) {
         outbox_msg **msgs = NULL;
-        size_t n = pgh_claim(&s, 0, 100, &msgs);
+        size_t n = sh_claim(&s, 0, 100, &msgs);
         if (n == 0) break;
-        pgh_complete_sent(&s, 0, msgs, n);
-        pgh_free_msgs(msgs, n);
+        sh_complete_sent(&s, 0, msgs, n);
+        sh_free_msgs(msgs, n);
     }
     outbox__store_close(&s);
     for (size_t i = 0; i < ODD_COUNT; i++) {
@@ -339,7 +344,7 @@ static void quarantine_scenario(int pipelined)
             PQclear(r);
         }
     }
-    pgh_store_open(&s, url);
+    sh_store_open(&s, url);
     ASSERT_EQ(s.ops->check_schema(s.state, &err), OUTBOX_ENOSCHEMA); /* version 4 */
     {
         int from = 0, to = 0;
@@ -387,10 +392,10 @@ static void quarantine_scenario(int pipelined)
     }
 
     outbox__buf_init(&logs);
-    outbox_log_set(pgh_capture_log, &logs, OUTBOX_LOG_INFO);
+    outbox_log_set(sh_capture_log, &logs, OUTBOX_LOG_INFO);
     for (int round = 0; round < 200; round++) {
         outbox_msg **msgs = NULL;
-        size_t n = pgh_claim(&s, pipelined, 7, &msgs);
+        size_t n = sh_claim(&s, pipelined, 7, &msgs);
         if (n == 0) break;
         for (size_t k = 0; k < n; k++) {
             const char *agg = msgs[k]->aggregate_id;
@@ -411,8 +416,8 @@ static void quarantine_scenario(int pipelined)
                     TEST_FAIL_("%s (seq %lld) was published", odd[i].what, (long long)odd_seq[i]);
             }
         }
-        pgh_complete_sent(&s, pipelined, msgs, n);
-        pgh_free_msgs(msgs, n);
+        sh_complete_sent(&s, pipelined, msgs, n);
+        sh_free_msgs(msgs, n);
     }
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
 
@@ -493,10 +498,10 @@ static void quarantine_scenario(int pipelined)
         ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.outbox WHERE status = 'failed'"), 0);
         for (int round = 0; round < 50; round++) {
             outbox_msg **msgs = NULL;
-            size_t n = pgh_claim(&s, pipelined, 100, &msgs);
+            size_t n = sh_claim(&s, pipelined, 100, &msgs);
             if (n == 0) break;
-            pgh_complete_sent(&s, pipelined, msgs, n);
-            pgh_free_msgs(msgs, n);
+            sh_complete_sent(&s, pipelined, msgs, n);
+            sh_free_msgs(msgs, n);
         }
         /* Left: what retry put back (the table lets it in) and the claim
          * quarantined again, and what waits behind it. */
@@ -612,7 +617,7 @@ TEST(drop_and_blocked)
     drop_seen d;
 
     reset_outbox(c);
-    pgh_store_open(&s, url);
+    sh_store_open(&s, url);
     for (int i = 0; i < 3; i++)
         enqueue_named(&s, "A", i, a[i]);
     for (int i = 0; i < 2; i++)
@@ -706,7 +711,7 @@ TEST(newer_schema_refused_everywhere)
     snprintf(u, sizeof u, "%s?schema=future", url);
 
     /* The driver (every CLI command). */
-    pgh_store_open(&s, u);
+    sh_store_open(&s, u);
 #define NEWER(call)                                                                                \
     do {                                                                                           \
         int rc_ = (call);                                                                          \
@@ -793,7 +798,7 @@ TEST(init_without_meta_row)
     ASSERT_EQ(outbox_schema_init_pg(c, "lost_meta", &err), OUTBOX_ESTORE);
     ASSERT_CONTAINS(err.message, "'five', not a version number");
     snprintf(u, sizeof u, "%s?schema=lost_meta", url);
-    pgh_store_open(&s, u);
+    sh_store_open(&s, u);
     ASSERT_EQ(s.ops->check_schema(s.state, &err), OUTBOX_ESTORE);
     ASSERT_CONTAINS(err.message, "'five'");
     outbox__store_close(&s);
@@ -832,9 +837,9 @@ TEST(init_up_to_date)
     pgh_exec(c, "DROP ROLE no_create");
 
     outbox__buf_init(&logs);
-    outbox_log_set(pgh_capture_log, &logs, OUTBOX_LOG_INFO);
+    outbox_log_set(sh_capture_log, &logs, OUTBOX_LOG_INFO);
     snprintf(u, sizeof u, "%s?partitions=8", url);
-    pgh_store_open(&s, u);
+    sh_store_open(&s, u);
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
     ASSERT_EQ(from, 5);
     ASSERT_EQ(to, 5);
@@ -909,16 +914,16 @@ TEST(documented_roles)
         int from = 0, to = 0;
         int64_t count;
         snprintf(u, sizeof u, "postgres://outbox_relay@127.0.0.1:%d/postgres", server.port);
-        pgh_store_open(&s, u);
+        sh_store_open(&s, u);
         ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
         ASSERT_EQ(to, 5);
         ASSERT_OK(s.ops->lease_acquire(s.state, "role-relay", 5000, &err), &err);
         for (int round = 0; round < 5; round++) {
             outbox_msg **msgs = NULL;
-            size_t n = pgh_claim(&s, round % 2, 100, &msgs);
+            size_t n = sh_claim(&s, round % 2, 100, &msgs);
             if (n == 0) break;
-            pgh_complete_sent(&s, round % 2, msgs, n);
-            pgh_free_msgs(msgs, n);
+            sh_complete_sent(&s, round % 2, msgs, n);
+            sh_free_msgs(msgs, n);
         }
         ASSERT_OK(s.ops->status(s.state, &st, &err), &err);
         ASSERT_EQ(st.pending, 0);
@@ -949,7 +954,7 @@ static void check_lines(void *user, int level, const char *component, const char
 {
     line_check *l = user;
     if (strchr(message, '\n') || strchr(message, '\r')) l->multi_line++;
-    pgh_capture_log(&l->text, level, component, message);
+    sh_capture_log(&l->text, level, component, message);
 }
 
 /* Server warnings on the store's connection reach the log callback as one
@@ -982,7 +987,7 @@ TEST(logs_are_one_line)
     dup2(fd, 2);
     close(fd);
 
-    pgh_store_open(&s, url);
+    sh_store_open(&s, url);
     outbox_msg *m = make_msg("warned", "{}");
     ASSERT_OK(s.ops->enqueue(s.state, m, &err), &err);
     outbox_msg_free(m);
@@ -1036,11 +1041,11 @@ static int64_t median_claim_us(outbox_store *s, int pipelined, int rounds)
     for (int i = 0; i < rounds; i++) {
         outbox_msg **msgs = NULL;
         int64_t t0 = outbox__monotonic_us();
-        size_t n = pgh_claim(s, pipelined, 100, &msgs);
+        size_t n = sh_claim(s, pipelined, 100, &msgs);
         t[i] = outbox__monotonic_us() - t0;
         ASSERT_EQ(n, 100);
-        pgh_complete_sent(s, pipelined, msgs, n);
-        pgh_free_msgs(msgs, n);
+        sh_complete_sent(s, pipelined, msgs, n);
+        sh_free_msgs(msgs, n);
     }
     qsort(t, (size_t)rounds, sizeof *t, cmp_i64);
     median = t[rounds / 2];
@@ -1071,14 +1076,14 @@ TEST(claim_before_analyze)
     ASSERT_EQ(countf(c, "SELECT count(*) FROM pg_stats WHERE schemaname = 'nostats'"), 0);
     snprintf(u, sizeof u, "%s?schema=nostats", url);
     for (int pipelined = 0; pipelined < 2; pipelined++) {
-        pgh_store_open(&s, u);
+        sh_store_open(&s, u);
         before[pipelined] = median_claim_us(&s, pipelined, 15);
         outbox__store_close(&s);
     }
     ASSERT_EQ(countf(c, "SELECT count(*) FROM pg_stats WHERE schemaname = 'nostats'"), 0);
     pgh_exec(c, "ANALYZE nostats.outbox");
     for (int pipelined = 0; pipelined < 2; pipelined++) {
-        pgh_store_open(&s, u);
+        sh_store_open(&s, u);
         after[pipelined] = median_claim_us(&s, pipelined, 15);
         outbox__store_close(&s);
     }
@@ -1115,8 +1120,8 @@ TEST(relay_instances_in_status)
     /* A relay killed with -9 long ago: its row, no session. */
     pgh_exec(c, "INSERT INTO outbox.relays (name, host, pid, backend_pid) VALUES ('dead', 'h',"
                 " 1, 1)");
-    pgh_store_open(&a, url);
-    pgh_store_open(&b, url);
+    sh_store_open(&a, url);
+    sh_store_open(&b, url);
     ASSERT_OK(a.ops->lease_acquire(a.state, "same", 5000, &err), &err);
     ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.relays WHERE name = 'dead'"), 0);
     ASSERT_OK(b.ops->lease_acquire(b.state, "same", 5000, &err), &err);
@@ -1150,12 +1155,12 @@ TEST(relay_instances_in_status)
         size_t n;
         char id[40];
         enqueue_named(&a, "noted", 0, id);
-        n = pgh_claim(&a, 0, 10, &msgs);
+        n = sh_claim(&a, 0, 10, &msgs);
         ASSERT_EQ(n, 1);
         ASSERT_OK(a.ops->lease_note(a.state, "same", "", &err), &err);
         ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.relays WHERE note IS NOT NULL"), 1);
-        pgh_complete_sent(&a, 0, msgs, n);
-        pgh_free_msgs(msgs, n);
+        sh_complete_sent(&a, 0, msgs, n);
+        sh_free_msgs(msgs, n);
         ASSERT_OK(a.ops->lease_renew(a.state, "same", 5000, &err), &err);
         ASSERT_EQ(countf(c, "SELECT count(*) FROM outbox.relays WHERE note IS NOT NULL"), 0);
     }
@@ -1233,7 +1238,7 @@ TEST(same_name_relays_drain_together)
         outbox_status st;
         outbox_error err;
         char needle[64];
-        pgh_store_open(&s, url);
+        sh_store_open(&s, url);
         if (s.ops->status(s.state, &st, &err) == OUTBOX_OK) {
             const char *first = strstr(st.lease_owner, "same@");
             snprintf(needle, sizeof needle, ":%ld[", (long)pids[0]);

@@ -1,7 +1,8 @@
 /*
  * test_store_sqlite.c - the SQLite store: schema, URLs, the public enqueue
  * and inbox functions on a caller's connection, and every op of the
- * outbox__store_sqlite driver (claim ordering, outcomes, lease, admin).
+ * outbox__store_sqlite driver (outcomes, lease, admin; the ordering rule is
+ * in the store contract suite, test_contract_store).
  * Also what an operator meets: rows the relay cannot decode (quarantined),
  * the table refusing what the library refuses, a schema newer than the
  * build (refused by every entry point) or without a version record (init
@@ -12,6 +13,7 @@
  */
 #include "internal.h"
 #include "test.h"
+#include "support/tmp.h"
 
 #include <sqlite3.h>
 
@@ -449,100 +451,6 @@ TEST(seq_not_reused)
     ASSERT_EQ(b.n, 3);
     ASSERT_STREQ(b.msgs[2]->id, id);
     ASSERT(b.msgs[2]->seq > max_seq);
-    batch_free(&b);
-    outbox__store_close(&st);
-}
-
-TEST(claim_ordering_rule)
-{
-    outbox_store st;
-    outbox_error err_buf = {0}, *err = &err_buf;
-    char a1[37], a2[37], b1[37], a3[37];
-    batch b;
-    int64_t now = outbox__now_us(), later = now + 60 * 1000000LL, due;
-    outbox_completion c[4];
-    outbox_complete_params p = {OUTBOX_ON_SENT_DELETE, now, NULL, 0};
-    int i;
-
-    open_store(&st, "order.db");
-    put(&st, "A", a1);
-    put(&st, "A", a2);
-    put(&st, "B", b1);
-    put(&st, "A", a3);
-    b = claim(&st, now, 1);
-    ASSERT_EQ(b.n, 4);
-    ASSERT_STREQ(b.msgs[0]->id, a1);
-    ASSERT_STREQ(b.msgs[1]->id, a2);
-    ASSERT_STREQ(b.msgs[2]->id, b1);
-    ASSERT_STREQ(b.msgs[3]->id, a3);
-    ASSERT_OK(st.ops->next_due(st.state, &due, err), err);
-    ASSERT_EQ(due, 0);
-
-    /* a1 goes into backoff; the rest of the batch was held back. */
-    for (i = 0; i < 4; i++) {
-        c[i].msg = b.msgs[i];
-        c[i].outcome = i == 0 ? OUTBOX_OUTCOME_RETRY : OUTBOX_OUTCOME_UNSENT;
-        c[i].available_at = later;
-        c[i].error = "destination down";
-    }
-    ASSERT_OK(st.ops->complete(st.state, c, 4, &p, err), err);
-    batch_free(&b);
-
-    ASSERT_OK(st.ops->next_due(st.state, &due, err), err);
-    ASSERT_EQ(due, later);
-
-    /* While a1 waits, only B's message is claimable. */
-    b = claim(&st, now + 1000, 1);
-    ASSERT_EQ(b.n, 1);
-    ASSERT_STREQ(b.msgs[0]->id, b1);
-    batch_free(&b);
-
-    /* When a1 is due, everything comes back in order, a1 first. */
-    b = claim(&st, later, 1);
-    ASSERT_EQ(b.n, 4);
-    ASSERT_STREQ(b.msgs[0]->id, a1);
-    ASSERT_EQ(b.msgs[0]->attempts, 1);
-    ASSERT_STREQ(b.msgs[1]->id, a2);
-    ASSERT_EQ(b.msgs[1]->attempts, 0);
-    batch_free(&b);
-
-    /* Batch size is respected. */
-    {
-        outbox_claim_params cp = {2, later, 1, 0, NULL};
-        ASSERT_OK(st.ops->claim(st.state, &cp, &b.msgs, &b.n, err), err);
-        ASSERT_EQ(b.n, 2);
-        ASSERT_STREQ(b.msgs[0]->id, a1);
-        batch_free(&b);
-    }
-    outbox__store_close(&st);
-}
-
-TEST(failed_blocks_option)
-{
-    outbox_store st;
-    outbox_error err_buf = {0}, *err = &err_buf;
-    char a1[37], a2[37], b1[37];
-    batch b;
-    int64_t now = outbox__now_us();
-
-    open_store(&st, "failed.db");
-    put(&st, "A", a1);
-    put(&st, "A", a2);
-    put(&st, "B", b1);
-    b = claim(&st, now, 1);
-    ASSERT_EQ(b.n, 3);
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    batch_free(&b);
-
-    b = claim(&st, now, 1);
-    ASSERT_EQ(b.n, 1);
-    ASSERT_STREQ(b.msgs[0]->id, b1);
-    batch_free(&b);
-
-    b = claim(&st, now, 0);
-    ASSERT_EQ(b.n, 2);
-    ASSERT_STREQ(b.msgs[0]->id, a2);
-    ASSERT_STREQ(b.msgs[1]->id, b1);
     batch_free(&b);
     outbox__store_close(&st);
 }
@@ -1816,7 +1724,7 @@ int main(int argc, char **argv)
 #ifdef OUTBOX_FAULT_INJECTION
     if (argc == 3 && strcmp(argv[1], "--fault-child") == 0) {
         /* Share the parent's test directory, and leave it to the parent. */
-        snprintf(test_dir_path_, sizeof test_dir_path_, "%s", argv[2]);
+        test_dir_adopt(argv[2]);
         return fault_child();
     }
 #endif
@@ -1828,8 +1736,6 @@ int main(int argc, char **argv)
     RUN(enqueue_in_transaction);
     RUN(foreign_writer_checks);
     RUN(seq_not_reused);
-    RUN(claim_ordering_rule);
-    RUN(failed_blocks_option);
     RUN(complete_outcomes);
 #ifdef OUTBOX_FAULT_INJECTION
     RUN(fault_during_mark_sent);

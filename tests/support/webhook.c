@@ -1,117 +1,20 @@
 /*
- * webhook_harness.h - helpers of the HTTP destination tests (test_http,
- * test_crash_http):
- *
- * - A scripted webhook server on 127.0.0.1 (raw sockets, a thread per
- *   connection, keep-alive) that records every request (request line,
- *   headers, body, arrival time) and answers as a script function decides:
- *   a status with optional Retry-After and body, after a delay, or by
- *   resetting the connection, or by hanging until stopped.  It also counts
- *   requests in flight per aggregate (the ce-subject header) and keeps the
- *   maximum, to check "one request in flight per aggregate".
- * - A relay running in a thread of the test, and enqueue helpers.
- *
- * Everything is static inline; include after test.h.
+ * webhook.c - the webhook receiver of the HTTP destination tests (see
+ * webhook.h).
  */
-#ifndef OUTBOX_WEBHOOK_HARNESS_H
-#define OUTBOX_WEBHOOK_HARNESS_H
+#include "support/webhook.h"
 
-#include "test.h"
-
-#include <outbox.h>
+#include "support/chaos.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <pthread.h>
-#include <sqlite3.h>
-#include <stdatomic.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <time.h>
 
-static inline int64_t wh_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static inline void wh_sleep_ms(int64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* A free loopback port (bound then closed: a small race, fine in tests). */
-static inline unsigned wh_free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        TEST_FAIL_("cannot find a free port: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* ------------------------------------------------------------------------
- * Scripted server
- * ---------------------------------------------------------------------- */
-
-typedef struct sv_request {
-    char *head; /* request line and headers, "\r\n"-separated */
-    char *body;
-    size_t body_len;
-    int64_t at_ms; /* arrival (monotonic) */
-    int status;    /* what was answered (0: reset or hang) */
-} sv_request;
-
-typedef struct sv_action {
-    int status;           /* e.g. 200; 0 with reset/hang */
-    int delay_ms;         /* before answering */
-    int reset;            /* close the connection without an answer */
-    int hang;             /* never answer (until the server stops) */
-    char retry_after[64]; /* Retry-After value, "" for none */
-    char body[256];
-} sv_action;
-
-/* Decides the answer to request number `n` (0-based, arrival order). */
-typedef void (*sv_script_fn)(void *user, const sv_request *rq, int n, sv_action *act);
-
-#define SV_MAX_CONN 64
-
-typedef struct sv_server {
-    int listen_fd;
-    unsigned port;
-    pthread_t acceptor;
-    atomic_int stop;
-    sv_script_fn script;
-    void *user;
-
-    pthread_mutex_t mu;
-    sv_request *reqs;
-    int nreqs, capreqs;
-    int conn_fds[SV_MAX_CONN];
-    int live_threads;
-    int in_flight, max_in_flight;
-    /* per-aggregate in-flight counts: a small linear table */
-    char agg_names[256][64];
-    int agg_counts[256];
-    int nagg;
-    int max_agg_in_flight;
-} sv_server;
-
-/* Value of header `name` in a request head (case-insensitive), copied into
- * out; "" when absent. */
-static inline const char *sv_header(const char *head, const char *name, char *out, size_t len)
+const char *sv_header(const char *head, const char *name, char *out, size_t len)
 {
     size_t n = strlen(name);
     const char *p = strstr(head, "\r\n");
@@ -135,7 +38,7 @@ static inline const char *sv_header(const char *head, const char *name, char *ou
     return out;
 }
 
-static inline int sv_agg_slot(sv_server *s, const char *agg)
+static int sv_agg_slot(sv_server *s, const char *agg)
 {
     for (int i = 0; i < s->nagg; i++)
         if (strcmp(s->agg_names[i], agg) == 0) return i;
@@ -145,7 +48,7 @@ static inline int sv_agg_slot(sv_server *s, const char *agg)
     return s->nagg++;
 }
 
-static inline int sv_write_all(int fd, const char *p, size_t n)
+int sv_write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
@@ -160,7 +63,7 @@ static inline int sv_write_all(int fd, const char *p, size_t n)
 }
 
 /* End of the head ("\r\n\r\n") in buf[0..len), or NULL. */
-static inline char *sv_find_blank(char *buf, size_t len)
+static char *sv_find_blank(char *buf, size_t len)
 {
     for (size_t i = 0; i + 4 <= len; i++)
         if (buf[i] == '\r' && memcmp(buf + i, "\r\n\r\n", 4) == 0) return buf + i;
@@ -173,7 +76,7 @@ typedef struct sv_conn {
     int slot;
 } sv_conn;
 
-static inline void *sv_conn_main(void *arg)
+static void *sv_conn_main(void *arg)
 {
     sv_conn *c = arg;
     sv_server *s = c->s;
@@ -215,7 +118,7 @@ static inline void *sv_conn_main(void *arg)
         rq.head = strndup(buf, head_len);
         rq.body = strndup(buf + head_len + 4, body_len);
         rq.body_len = body_len;
-        rq.at_ms = wh_now_ms();
+        rq.at_ms = ch_now_ms();
         rq.status = 0;
         memmove(buf, buf + need, len - need);
         len -= need;
@@ -241,9 +144,9 @@ static inline void *sv_conn_main(void *arg)
         s->reqs[s->nreqs++] = rq;
         pthread_mutex_unlock(&s->mu);
 
-        if (act.delay_ms > 0) wh_sleep_ms(act.delay_ms);
+        if (act.delay_ms > 0) ch_sleep_ms(act.delay_ms);
         while (act.hang && !atomic_load(&s->stop))
-            wh_sleep_ms(10);
+            ch_sleep_ms(10);
         pthread_mutex_lock(&s->mu);
         s->agg_counts[slot]--;
         s->in_flight--;
@@ -274,7 +177,7 @@ out:
     return NULL;
 }
 
-static inline void *sv_accept_main(void *arg)
+static void *sv_accept_main(void *arg)
 {
     sv_server *s = arg;
     while (!atomic_load(&s->stop)) {
@@ -308,8 +211,7 @@ static inline void *sv_accept_main(void *arg)
     return NULL;
 }
 
-/* Starts a scripted server on 127.0.0.1 (port 0: any free one). */
-static inline void sv_start(sv_server *s, unsigned port, sv_script_fn script, void *user)
+void sv_start(sv_server *s, unsigned port, sv_script_fn script, void *user)
 {
     struct sockaddr_in a;
     socklen_t alen = sizeof a;
@@ -333,9 +235,7 @@ static inline void sv_start(sv_server *s, unsigned port, sv_script_fn script, vo
     if (pthread_create(&s->acceptor, NULL, sv_accept_main, s) != 0) TEST_FAIL_("pthread_create");
 }
 
-/* Stops accepting, cuts every connection, waits for their threads, and
- * frees the recorded requests. */
-static inline void sv_stop(sv_server *s)
+void sv_stop(sv_server *s)
 {
     atomic_store(&s->stop, 1);
     pthread_join(s->acceptor, NULL);
@@ -347,7 +247,7 @@ static inline void sv_stop(sv_server *s)
         int live = s->live_threads;
         pthread_mutex_unlock(&s->mu);
         if (live == 0) break;
-        wh_sleep_ms(5);
+        ch_sleep_ms(5);
     }
     for (int i = 0; i < s->nreqs; i++) {
         free(s->reqs[i].head);
@@ -357,7 +257,7 @@ static inline void sv_stop(sv_server *s)
     pthread_mutex_destroy(&s->mu);
 }
 
-static inline int sv_count(sv_server *s)
+int sv_count(sv_server *s)
 {
     pthread_mutex_lock(&s->mu);
     int n = s->nreqs;
@@ -369,43 +269,26 @@ static inline int sv_count(sv_server *s)
  * Store helpers and a relay in a thread
  * ---------------------------------------------------------------------- */
 
-static inline sqlite3 *wh_db_open(const char *path)
+int64_t wh_db_count(const char *path, const char *sql)
 {
-    sqlite3 *db = NULL;
-    if (sqlite3_open(path, &db) != SQLITE_OK) TEST_FAIL_("sqlite3_open %s", path);
-    sqlite3_busy_timeout(db, 30000);
-    return db;
-}
-
-static inline int64_t wh_db_count(const char *path, const char *sql)
-{
-    sqlite3 *db = wh_db_open(path);
-    sqlite3_stmt *st = NULL;
-    int64_t v;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        TEST_FAIL_("prepare %s: %s", sql, sqlite3_errmsg(db));
-    if (sqlite3_step(st) != SQLITE_ROW) TEST_FAIL_("step %s: %s", sql, sqlite3_errmsg(db));
-    v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    sqlite3 *db = ch_db_open(path);
+    int64_t v = ch_db_count(db, sql);
     sqlite3_close(db);
     return v;
 }
 
-/* Creates a fresh outbox database at path. */
-static inline void wh_store_init(const char *path)
+void wh_store_init(const char *path)
 {
     outbox_error err;
-    sqlite3 *db = wh_db_open(path);
+    sqlite3 *db = ch_db_open(path);
     memset(&err, 0, sizeof err);
     sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
     ASSERT_OK(outbox_schema_init_sqlite(db, &err), &err);
     sqlite3_close(db);
 }
 
-/* Enqueues one message in its own transaction; copies its id into id_out
- * (37 bytes) when not NULL. */
-static inline void wh_enqueue(sqlite3 *db, const char *type, const char *agg_type, const char *agg,
-                              const char *payload, const char *headers_json, char *id_out)
+void wh_enqueue(sqlite3 *db, const char *type, const char *agg_type, const char *agg,
+                const char *payload, const char *headers_json, char *id_out)
 {
     outbox_error err;
     outbox_msg *m = NULL;
@@ -419,54 +302,31 @@ static inline void wh_enqueue(sqlite3 *db, const char *type, const char *agg_typ
     outbox_msg_free(m);
 }
 
-typedef struct wh_relay {
-    outbox_relay *relay;
-    pthread_t thread;
-    int rc;
-    outbox_error err;
-    atomic_int done;
-} wh_relay;
-
-static inline void *wh_relay_main(void *arg)
-{
-    wh_relay *r = arg;
-    r->rc = outbox_relay_run(r->relay, &r->err);
-    atomic_store(&r->done, 1);
-    return NULL;
-}
-
-/* Creates the relay (failing the test on error) and runs it in a thread. */
-static inline void wh_relay_start(wh_relay *r, const char *db_path, const char *url,
-                                  const outbox_relay_options *opts)
+void wh_relay_start(wh_relay *r, const char *db_path, const char *url,
+                    const outbox_relay_options *opts)
 {
     char store[700];
     memset(r, 0, sizeof *r);
     snprintf(store, sizeof store, "sqlite:%s", db_path);
     ASSERT_OK(outbox_relay_new(&r->relay, store, url, opts, &r->err), &r->err);
-    if (pthread_create(&r->thread, NULL, wh_relay_main, r) != 0) TEST_FAIL_("pthread_create");
+    if (relay_thread_start(r) != 0) TEST_FAIL_("pthread_create");
 }
 
-/* Stops and frees the relay; fails the test when run() returned an error. */
-static inline void wh_relay_stop(wh_relay *r)
+void wh_relay_stop(wh_relay *r)
 {
-    outbox_relay_stop(r->relay);
-    pthread_join(r->thread, NULL);
+    int rc = relay_thread_stop(r);
     outbox_relay_free(r->relay);
-    if (r->rc != OUTBOX_OK) TEST_FAIL_("relay run: %d %s", r->rc, r->err.message);
+    if (rc != OUTBOX_OK) TEST_FAIL_("relay run: %d %s", rc, r->err.message);
 }
 
-/* Waits until the SQL count reaches want (fails after timeout_ms). */
-static inline void wh_wait_count(const char *db_path, const char *sql, int64_t want,
-                                 int64_t timeout_ms)
+void wh_wait_count(const char *db_path, const char *sql, int64_t want, int64_t timeout_ms)
 {
-    int64_t deadline = wh_now_ms() + timeout_ms, v = -1;
-    while (wh_now_ms() < deadline) {
+    int64_t deadline = ch_now_ms() + timeout_ms, v = -1;
+    while (ch_now_ms() < deadline) {
         v = wh_db_count(db_path, sql);
         if (v == want) return;
-        wh_sleep_ms(20);
+        ch_sleep_ms(20);
     }
     TEST_FAIL_("%s: %lld after %lld ms, expected %lld", sql, (long long)v, (long long)timeout_ms,
                (long long)want);
 }
-
-#endif /* OUTBOX_WEBHOOK_HARNESS_H */

@@ -1,92 +1,28 @@
 /*
- * nats_harness.h - helpers of the NATS JetStream tests (test_nats,
- * test_crash_nats), on top of crash_harness.h.
- *
- * - A real nats-server (-js, file storage in a temp dir) on 127.0.0.1 and a
- *   free port, started with fork/exec (its PID is remembered by the crash
- *   harness, so it is SIGKILLed at exit even when a test fails), killed and
- *   restarted on the same port and store dir.  Absent binary: exit 77.
- * - Stream set-up through nats.c (js_AddStream with a duplicate window).
- * - Reading a stream back in stream order with an ordered consumer, and
- *   writing what it holds as CloudEvents-like JSON lines ({"id", "subject",
- *   "data"}) so that ch_check_file counts lost, duplicates (messages in the
- *   stream beyond the first of an id) and per-aggregate order violations.
- * - An extra configuration file (conf: nats-server -c, the command-line
- *   options above still win) and a user credentials file (creds) for the
- *   harness's own connections, for servers in operator (JWT) mode.
+ * nats.c - a real nats-server for the tests (see nats.h).
  */
-#ifndef OUTBOX_NATS_HARNESS_H
-#define OUTBOX_NATS_HARNESS_H
+#include "support/nats.h"
 
-#include "crash_harness.h"
+#include "support/chaos.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <nats/nats.h>
-#include <sys/socket.h>
+#include <signal.h>
+#include <sys/stat.h>
 
-#define NH_SERVER_BIN "/usr/sbin/nats-server"
+#ifdef OUTBOX_HAVE_NATS
 
-typedef struct nh_server {
-    pid_t pid;
-    int port;
-    char dir[CH_PATH]; /* JetStream store dir */
-    char log[CH_PATH];
-    char user[64], pass[64]; /* "" for no auth */
-    char token[64];          /* "" for no token auth */
-    char tls_cert[CH_PATH];  /* with tls_key: TLS required ("" for plain) */
-    char tls_key[CH_PATH];
-    char tls_ca[CH_PATH];    /* the CA the harness's own client trusts */
-    char url[128];           /* nats://127.0.0.1:PORT (no credentials) */
-    char conf[CH_PATH];      /* "" or a config file given with -c */
-    char creds[CH_PATH];     /* "" or the .creds file the harness connects with */
-} nh_server;
-
-/* A port that was free a moment ago (bind port 0). */
-static inline int nh_free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) TEST_FAIL_("socket: %s", strerror(errno));
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        TEST_FAIL_("bind: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static inline int nh_port_open(int port)
-{
-    struct sockaddr_in a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
-    if (fd < 0) return 0;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons((uint16_t)port);
-    ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
-
-static inline void nh_require_server(void)
+void nh_require_server(void)
 {
     if (access(NH_SERVER_BIN, X_OK) != 0)
         SKIP("%s not found: install the nats-server package to run the NATS tests", NH_SERVER_BIN);
 }
 
-/* Starts (or restarts) s on s->port (0: pick one) with s->dir as store. */
-static inline void nh_server_start(nh_server *s)
+void nh_server_start(nh_server *s)
 {
     char port[16];
     const char *argv[24];
     int i = 0;
     nh_require_server();
-    if (s->port == 0) s->port = nh_free_port();
+    if (s->port == 0) s->port = ch_free_port();
     if (!s->dir[0]) {
         char name[64];
         snprintf(name, sizeof name, "nats-%d", s->port);
@@ -129,7 +65,7 @@ static inline void nh_server_start(nh_server *s)
     argv[i] = NULL;
     s->pid = ch_spawn(argv, NULL, s->log, s->log);
     int64_t deadline = ch_now_ms() + 15000;
-    while (!nh_port_open(s->port)) {
+    while (!ch_port_open(s->port)) {
         if (!ch_alive(s->pid)) {
             ch_dump("nats-server log", s->log);
             TEST_FAIL_("nats-server exited at start (port %d)", s->port);
@@ -142,31 +78,19 @@ static inline void nh_server_start(nh_server *s)
     }
 }
 
-/* SIGKILLs the server (as a crash would) or stops it with SIGTERM. */
-static inline void nh_server_kill(nh_server *s)
+void nh_server_kill(nh_server *s)
 {
     if (s->pid > 0) ch_kill9(s->pid);
     s->pid = 0;
 }
 
-static inline void nh_server_stop(nh_server *s)
+void nh_server_stop(nh_server *s)
 {
-    if (s->pid <= 0) return;
-    kill(s->pid, SIGTERM);
-    if (ch_wait(s->pid, 10000) == -1) ch_kill9(s->pid);
+    if (s->pid > 0) ch_stop(s->pid, SIGTERM, 10000);
     s->pid = 0;
 }
 
-/* nats.c 3.4 leaves the "sig" field out of CONNECT when the ed25519
- * signature of the server's nonce starts with a zero byte (1 connection in
- * 256 with creds or an nkey; the server logs "Signature missing" and
- * answers Authorization Violation).  The nonce differs on each attempt, so
- * the harness's own connections with creds try a few times. */
-#define NH_CREDS_ATTEMPTS 4
-
-/* A connection to s (with its credentials), failing the test otherwise.
- * JetStream may need a moment after a start: callers retry requests. */
-static inline natsConnection *nh_connect(const nh_server *s, jsCtx **js)
+natsConnection *nh_connect(const nh_server *s, jsCtx **js)
 {
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
@@ -197,9 +121,7 @@ static inline natsConnection *nh_connect(const nh_server *s, jsCtx **js)
     return nc;
 }
 
-/* Creates stream `name` on subjects (file storage, duplicate window
- * 10 minutes: longer than any test). */
-static inline void nh_stream_create(const nh_server *s, const char *name, const char *subjects)
+void nh_stream_create(const nh_server *s, const char *name, const char *subjects)
 {
     jsCtx *js = NULL;
     natsConnection *nc = nh_connect(s, &js);
@@ -226,8 +148,7 @@ static inline void nh_stream_create(const nh_server *s, const char *name, const 
     natsConnection_Destroy(nc);
 }
 
-/* Messages in the stream, or -1 when it does not exist. */
-static inline int64_t nh_stream_count(const nh_server *s, const char *name)
+int64_t nh_stream_count(const nh_server *s, const char *name)
 {
     jsCtx *js = NULL;
     natsConnection *nc = nh_connect(s, &js);
@@ -251,13 +172,8 @@ static inline int64_t nh_stream_count(const nh_server *s, const char *name)
     return n;
 }
 
-/* Called for each stream message in order; msg is borrowed. */
-typedef void (*nh_msg_fn)(void *user, natsMsg *msg);
-
-/* Reads every message of stream `name` (subjects `filter`) in stream order
- * with an ordered consumer; returns how many. */
-static inline int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
-                                     nh_msg_fn fn, void *user)
+int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter, nh_msg_fn fn,
+                       void *user)
 {
     int64_t total = nh_stream_count(s, name), got = 0;
     jsCtx *js = NULL;
@@ -292,7 +208,7 @@ static inline int64_t nh_stream_read(const nh_server *s, const char *name, const
     return got;
 }
 
-static inline const char *nh_header(natsMsg *m, const char *key)
+const char *nh_header(natsMsg *m, const char *key)
 {
     const char *v = NULL;
     if (natsMsgHeader_Get(m, key, &v) != NATS_OK) return NULL;
@@ -301,7 +217,7 @@ static inline const char *nh_header(natsMsg *m, const char *key)
 
 /* Writes one line per stream message: {"id": Nats-Msg-Id, "subject":
  * ce-subject, "data": payload} (the shape ch_check_file reads). */
-static inline void nh_line_writer(void *user, natsMsg *m)
+static void nh_line_writer(void *user, natsMsg *m)
 {
     FILE *f = user;
     const char *id = nh_header(m, "Nats-Msg-Id");
@@ -319,9 +235,7 @@ static inline void nh_line_writer(void *user, natsMsg *m)
     json_decref(o);
 }
 
-/* Dumps stream `name` into path as lines for ch_check_file; returns count. */
-static inline int64_t nh_stream_dump(const nh_server *s, const char *name, const char *filter,
-                                     const char *path)
+int64_t nh_stream_dump(const nh_server *s, const char *name, const char *filter, const char *path)
 {
     FILE *f = fopen(path, "w");
     if (!f) TEST_FAIL_("cannot write %s", path);
@@ -330,4 +244,4 @@ static inline int64_t nh_stream_dump(const nh_server *s, const char *name, const
     return n;
 }
 
-#endif /* OUTBOX_NATS_HARNESS_H */
+#endif /* OUTBOX_HAVE_NATS */

@@ -1,0 +1,71 @@
+/*
+ * pg.h - a real PostgreSQL server for the tests (tests/support): initdb
+ * into a fresh temporary directory, the postmaster started on a free port
+ * on 127.0.0.1 (and a unix socket in that directory), stopped at exit (also
+ * when a test fails or a fatal signal arrives: proc.h) and the directory
+ * removed.
+ *
+ * PostgreSQL refuses to run as root, and CI runs the tests as root: the
+ * cluster is then created and run as `nobody`.  Tests exit 77 (skipped)
+ * when no initdb/postgres binary is found (PG_BIN, then
+ * /usr/lib/postgresql/<ver>/bin, then PATH) or when no unprivileged user
+ * exists; pgh_available() says so beforehand, for suites that run other
+ * cases without PostgreSQL.
+ *
+ * fsync stays on: the crash tests stop the server with
+ * `pg_ctl stop -m immediate`, which is a crash from the database's view.
+ */
+#ifndef OUTBOX_TEST_SUPPORT_PG_H
+#define OUTBOX_TEST_SUPPORT_PG_H
+
+#include <libpq-fe.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct pgh_server {
+    char bin[256]; /* directory of initdb, postgres, pg_ctl */
+    char dir[256]; /* temp dir: data/, socket, log */
+    char data[300];
+    char log[300];
+    int port;
+    uid_t uid; /* who runs the server (getuid() when not root) */
+    gid_t gid;
+    pid_t pid;          /* postmaster, 0 when stopped */
+    char conninfo[512]; /* keyword string for libpq */
+    char url[512];      /* postgres://postgres@127.0.0.1:PORT/postgres */
+} pgh_server;
+
+/* NULL when a server can be started here, else why not (for a skip). */
+const char *pgh_available(void);
+
+/* Creates a cluster in a fresh temporary directory and starts it.  Skips
+ * the test (77) when PostgreSQL is not installed.  One server per
+ * program. */
+void pgh_start(pgh_server *s);
+
+/* Starts the postmaster on s->data (already initialised). */
+void pgh_start_server(pgh_server *s);
+
+/* `pg_ctl stop -m immediate` (a crash as far as the database can tell),
+ * then reaps the postmaster. */
+void pgh_stop_immediate(pgh_server *s);
+
+/* In a forked child: this process's exit no longer stops the server. */
+void pgh_forget(void);
+
+/* Connects to the test server; fails the test when it cannot. */
+PGconn *pgh_connect(const pgh_server *s);
+
+/* Runs sql; fails the test on an error. */
+void pgh_exec(PGconn *c, const char *sql);
+
+/* One-number query; fails the test on an error. */
+int64_t pgh_count(PGconn *c, const char *sql);
+
+/* Rows of the outbox table in schema "outbox" with this status, on a new
+ * connection to s. */
+int64_t pgh_outbox_count(const pgh_server *s, const char *status);
+
+#endif /* OUTBOX_TEST_SUPPORT_PG_H */

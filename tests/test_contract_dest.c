@@ -1,0 +1,467 @@
+/*
+ * test_contract_dest.c - the same cases against every destination that
+ * runs here, through the public relay API (outbox_relay_new with the
+ * destination's URL, a SQLite outbox in the test's directory):
+ *
+ * - confirm before sent: a relay killed between publishing a batch and
+ *   recording it (fault point after_publish) has recorded nothing as sent;
+ *   the next relay publishes again, and in the end nothing is lost, every
+ *   aggregate's first publications are in order, and the duplicates are the
+ *   republished batch.
+ * - per-aggregate order under failure, and outcome mapping: a message the
+ *   destination rejects is Failed with the destination's reason, and holds
+ *   its aggregate's later messages (nothing of that aggregate is published
+ *   after it) while the other aggregates are delivered; a message that
+ *   fails with a retriable error is retried (pending, attempts counted, the
+ *   error kept) and delivered by the next relay, in order.
+ *
+ * Fault points are read once per process, so each relay runs in a child:
+ * this program started again with --relay-child (OUTBOX_FAULT in its
+ * environment).  A destination is one line in `dests`: name, start, URL,
+ * read-back (what it holds, as JSON lines for ch_check_file), stop, and how
+ * it is made to reject or fail one message (a fault point of the driver, or
+ * the server's own answers), NULL when it cannot be here.
+ */
+#include "support/chaos.h"
+#include "test.h"
+
+#ifdef OUTBOX_HAVE_NATS
+#include "support/nats.h"
+#endif
+#include "support/webhook.h"
+
+#include <jansson.h>
+
+enum { FAIL_NONE = 0, FAIL_REJECT = 1, FAIL_RETRY = 2 };
+
+typedef struct dest dest;
+struct dest {
+    const char *name;
+    /* Starts what the destination needs (server, file); NULL: nothing.
+     * Returns why it cannot run here, or NULL. */
+    const char *(*start)(dest *d);
+    /* The destination URL for the relay. */
+    void (*url)(dest *d, char *out, size_t len);
+    /* Writes what the destination holds into path as JSON lines
+     * {"id", "subject", "data"}; NULL: nothing to read back (discard:). */
+    void (*read_back)(dest *d, const char *path);
+    void (*stop)(dest *d);
+    /* Arranges that the third message published fails as `mode` says;
+     * returns the OUTBOX_FAULT value for the relay ("" when the
+     * destination itself does it), or NULL when it cannot here. */
+    const char *(*fail)(dest *d, int mode);
+
+    /* State of the running destination. */
+    char path[CH_PATH]; /* file: the file; stdout: the relay's stdout */
+    sv_server http;
+    int mode; /* http: the FAIL_* mode the server plays */
+#ifdef OUTBOX_HAVE_NATS
+    nh_server nats;
+#endif
+    int stream_serial; /* nats: a fresh stream per case */
+    int dedups;        /* drops a republished message by its id (JetStream) */
+};
+
+static int case_serial;
+
+/* ------------------------------------------------------------------------
+ * file: and stdout:
+ * ---------------------------------------------------------------------- */
+
+static const char *file_start(dest *d)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%s-%d.jsonl", d->name, ++case_serial);
+    ch_path(d->path, name);
+    return NULL;
+}
+
+static void file_url(dest *d, char *out, size_t len)
+{
+    snprintf(out, len, "file:%s", d->path);
+}
+
+static void stdout_url(dest *d, char *out, size_t len)
+{
+    (void)d;
+    snprintf(out, len, "stdout:");
+}
+
+static void discard_url(dest *d, char *out, size_t len)
+{
+    (void)d;
+    snprintf(out, len, "discard:");
+}
+
+/* The file is CloudEvents JSON lines already. */
+static void file_read_back(dest *d, const char *path)
+{
+    ch_concat(path, (const char *const[]){d->path, NULL});
+}
+
+static const char *file_fail(dest *d, int mode)
+{
+    (void)d;
+    return mode == FAIL_REJECT ? "file_reject:error:3" : "file_message:error:3";
+}
+
+/* ------------------------------------------------------------------------
+ * http: (the webhook receiver of tests/support)
+ * ---------------------------------------------------------------------- */
+
+static void http_script(void *user, const sv_request *rq, int n, sv_action *act)
+{
+    dest *d = user;
+    (void)rq;
+    if (n != 2 || d->mode == FAIL_NONE) return;
+    act->status = d->mode == FAIL_REJECT ? 400 : 503;
+    snprintf(act->body, sizeof act->body, "%s", d->mode == FAIL_REJECT ? "bad event" : "busy");
+}
+
+static const char *http_start(dest *d)
+{
+    d->mode = FAIL_NONE;
+    sv_start(&d->http, 0, http_script, d);
+    return NULL;
+}
+
+static void http_url(dest *d, char *out, size_t len)
+{
+    snprintf(out, len, "http://127.0.0.1:%u/events", d->http.port);
+}
+
+/* Requests answered 2xx, in arrival order: the CloudEvent from the body
+ * (structured mode) or from the ce-* headers and the body (binary mode). */
+static void http_read_back(dest *d, const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) TEST_FAIL_("cannot write %s", path);
+    pthread_mutex_lock(&d->http.mu);
+    for (int i = 0; i < d->http.nreqs; i++) {
+        const sv_request *rq = &d->http.reqs[i];
+        json_error_t je;
+        json_t *body = json_loadb(rq->body, rq->body_len, 0, &je), *o;
+        char id[128], subject[128];
+        if (rq->status < 200 || rq->status > 299) {
+            json_decref(body);
+            continue;
+        }
+        if (body && json_object_get(body, "specversion")) {
+            o = body;
+        } else {
+            o = json_object();
+            json_object_set_new(o, "id", json_string(sv_header(rq->head, "ce-id", id, sizeof id)));
+            json_object_set_new(
+                o, "subject",
+                json_string(sv_header(rq->head, "ce-subject", subject, sizeof subject)));
+            json_object_set_new(o, "data", body ? body : json_null());
+        }
+        char *text = json_dumps(o, JSON_COMPACT);
+        fprintf(f, "%s\n", text ? text : "");
+        free(text);
+        json_decref(o);
+    }
+    pthread_mutex_unlock(&d->http.mu);
+    fclose(f);
+}
+
+static void http_stop(dest *d)
+{
+    sv_stop(&d->http);
+}
+
+static const char *http_fail(dest *d, int mode)
+{
+    d->mode = mode;
+    return "";
+}
+
+/* ------------------------------------------------------------------------
+ * nats:// (nats-server of tests/support)
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_NATS
+static const char *nats_start(dest *d)
+{
+    char stream[32], subjects[64];
+    if (access(NH_SERVER_BIN, X_OK) != 0) return NH_SERVER_BIN " not found";
+    if (d->nats.pid <= 0) nh_server_start(&d->nats);
+    d->stream_serial = ++case_serial;
+    snprintf(stream, sizeof stream, "C%d", d->stream_serial);
+    snprintf(subjects, sizeof subjects, "c%d.>", d->stream_serial);
+    nh_stream_create(&d->nats, stream, subjects);
+    return NULL;
+}
+
+static void nats_url(dest *d, char *out, size_t len)
+{
+    snprintf(out, len, "%s?stream=C%d&subject=c%d.{aggregate_type}.{type}", d->nats.url,
+             d->stream_serial, d->stream_serial);
+}
+
+static void nats_read_back(dest *d, const char *path)
+{
+    char stream[32], filter[64];
+    snprintf(stream, sizeof stream, "C%d", d->stream_serial);
+    snprintf(filter, sizeof filter, "c%d.>", d->stream_serial);
+    nh_stream_dump(&d->nats, stream, filter, path);
+}
+
+/* An acknowledgement lost on the way back is the retriable failure. */
+static const char *nats_fail(dest *d, int mode)
+{
+    (void)d;
+    return mode == FAIL_RETRY ? "nats_ack_lost:error:3" : mode == FAIL_NONE ? "" : NULL;
+}
+#endif
+
+/* ------------------------------------------------------------------------
+ * The destinations
+ * ---------------------------------------------------------------------- */
+
+static dest dests[] = {
+    {.name = "file",
+     .start = file_start,
+     .url = file_url,
+     .read_back = file_read_back,
+     .fail = file_fail},
+    {.name = "stdout", .start = file_start, .url = stdout_url, .read_back = file_read_back},
+    {.name = "discard", .url = discard_url},
+    {.name = "http",
+     .start = http_start,
+     .url = http_url,
+     .read_back = http_read_back,
+     .stop = http_stop,
+     .fail = http_fail},
+#ifdef OUTBOX_HAVE_NATS
+    {.name = "nats",
+     .start = nats_start,
+     .url = nats_url,
+     .read_back = nats_read_back,
+     .fail = nats_fail,
+     .dedups = 1},
+#endif
+};
+
+/* ------------------------------------------------------------------------
+ * The relay, in a child
+ * ---------------------------------------------------------------------- */
+
+/* --relay-child DIR DB URL: one --once relay through the public API. */
+static int relay_child(const char *dir, const char *db, const char *url)
+{
+    outbox_relay *r = NULL;
+    outbox_error err;
+    int rc;
+    test_dir_adopt(dir);
+    rc = ch_relay_new(&r, db, url, 1, &err);
+    if (rc == OUTBOX_OK) rc = outbox_relay_run(r, &err);
+    outbox_relay_free(r);
+    if (rc != OUTBOX_OK) fprintf(stderr, "relay: %d %s\n", rc, err.message);
+    return rc == OUTBOX_OK ? 0 : 1;
+}
+
+/* Runs one relay from db to d to its end; returns its exit code (137 when
+ * a crash fault point killed it). */
+static int run_relay(dest *d, const char *db, const char *fault)
+{
+    char url[700], fault_env[200], err_path[CH_PATH];
+    const char *argv[] = {"/proc/self/exe", "--relay-child", test_dir(), db, url, NULL};
+    const char *env[] = {fault_env, NULL};
+    int code;
+    d->url(d, url, sizeof url);
+    snprintf(fault_env, sizeof fault_env, "OUTBOX_FAULT=%s", fault ? fault : "");
+    ch_path(err_path, "relay.err");
+    code = ch_wait_or_die(
+        ch_spawn(argv, env, strcmp(d->name, "stdout") == 0 ? d->path : NULL, err_path), 60000,
+        "relay");
+    if (code != 0 && code != 137) ch_dump("relay stderr", err_path);
+    return code;
+}
+
+/* A fresh outbox with `total` messages over `aggregates` aggregates. */
+static void produce(ch_producer *p, char *db, const dest *d, const char *name, int total,
+                    int aggregates)
+{
+    char file[128];
+    memset(p, 0, sizeof *p);
+    snprintf(file, sizeof file, "%s-%s", d->name, name);
+    ch_new_store(db, file);
+    p->db_path = db;
+    p->aggregates = aggregates;
+    p->max_txn = 10;
+    p->seed = ch_seed();
+    ch_produce(p, total);
+}
+
+static void check(dest *d, const ch_producer *p, ch_report *r)
+{
+    char lines[CH_PATH];
+    ch_path(lines, "read-back.jsonl");
+    d->read_back(d, lines);
+    ch_check_file(lines, p, r);
+    ch_report_print(d->name, r);
+    ASSERT_EQ(r->torn, 0);
+    ASSERT_EQ(r->foreign, 0);
+    ASSERT_EQ(r->violations, 0);
+}
+
+/* ------------------------------------------------------------------------
+ * Cases
+ * ---------------------------------------------------------------------- */
+
+static void confirm_before_sent(dest *d)
+{
+    char db[CH_PATH];
+    ch_producer p;
+    ch_report r;
+    int total = test_scaled(300, 60);
+
+    produce(&p, db, d, "confirm.db", total, 8);
+    /* Killed after publishing its first batch, before recording it. */
+    ASSERT_EQ(run_relay(d, db, "after_publish:crash:1"), 137);
+    ASSERT_EQ(ch_outbox_count(db, "pending"), total);
+    ASSERT_EQ(ch_outbox_count(db, NULL), total);
+    if (d->read_back) {
+        check(d, &p, &r);
+        ASSERT(r.published > 0); /* the batch went out */
+    }
+    ASSERT_EQ(run_relay(d, db, NULL), 0);
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 0);
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 0);
+    if (d->read_back) {
+        check(d, &p, &r);
+        ASSERT_EQ(r.lost, 0);
+        /* The first batch was published again, unless the destination
+         * dropped it by id. */
+        if (d->dedups)
+            ASSERT_EQ(r.duplicates, 0);
+        else
+            ASSERT(r.duplicates > 0);
+    }
+    ch_producer_free(&p);
+}
+
+/* The aggregate of the one Failed message ("" when none). */
+static void failed_aggregate(const char *db_path, char *out, size_t len)
+{
+    sqlite3 *db = ch_db_open(db_path);
+    sqlite3_stmt *s = NULL;
+    out[0] = '\0';
+    ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT aggregate_id FROM outbox WHERE status = 'failed'", -1,
+                                 &s, NULL),
+              SQLITE_OK);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        snprintf(out, len, "%s", (const char *)sqlite3_column_text(s, 0));
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+}
+
+static void rejected_holds_aggregate(dest *d)
+{
+    char db[CH_PATH], agg[64], sql[256];
+    const char *fault = d->fail ? d->fail(d, FAIL_REJECT) : NULL;
+    ch_producer p;
+    ch_report r;
+    sqlite3 *h;
+    int total = test_scaled(200, 60);
+
+    if (!fault) {
+        fprintf(stderr, "   %s: cannot be made to reject a message here\n", d->name);
+        return;
+    }
+    produce(&p, db, d, "reject.db", total, 4);
+    ASSERT_EQ(run_relay(d, db, fault), 0);
+    /* Failed with the destination's reason, once. */
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
+    ch_expect_failed_error(db, strcmp(d->name, "http") == 0 ? "400" : "file_reject");
+    failed_aggregate(db, agg, sizeof agg);
+    /* Its aggregate's later messages are held, every other one is sent. */
+    h = ch_db_open(db);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox WHERE status = 'pending' AND aggregate_id <> '%s'", agg);
+    ASSERT_EQ(ch_db_count(h, sql), 0);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox WHERE status = 'pending' AND aggregate_id = '%s'"
+             " AND seq < (SELECT seq FROM outbox WHERE status = 'failed')",
+             agg);
+    ASSERT_EQ(ch_db_count(h, sql), 0);
+    sqlite3_close(h);
+    /* Nothing of it was published after the rejected message. */
+    check(d, &p, &r);
+    ASSERT_EQ(r.duplicates, 0);
+    ASSERT_EQ(r.lost, ch_outbox_count(db, "pending") + 1);
+    if (d->fail) d->fail(d, FAIL_NONE);
+    ch_producer_free(&p);
+}
+
+static void retriable_is_retried(dest *d)
+{
+    char db[CH_PATH];
+    const char *fault = d->fail ? d->fail(d, FAIL_RETRY) : NULL;
+    ch_producer p;
+    ch_report r;
+    sqlite3 *h;
+    int total = test_scaled(200, 60);
+
+    if (!fault) {
+        fprintf(stderr, "   %s: cannot be made to fail a message here\n", d->name);
+        return;
+    }
+    produce(&p, db, d, "retry.db", total, 4);
+    ASSERT_EQ(run_relay(d, db, fault), 0);
+    /* Retried, not failed: pending with an attempt and the error. */
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 0);
+    h = ch_db_open(db);
+    ASSERT_EQ(ch_db_count(h, "SELECT count(*) FROM outbox WHERE status = 'pending'"
+                             " AND attempts = 1 AND last_error IS NOT NULL"),
+              1);
+    sqlite3_close(h);
+    if (d->fail) d->fail(d, FAIL_NONE);
+    /* The next relay delivers it and what it held, in order. */
+    ch_sleep_ms(1100); /* past the longest backoff (ch_relay_new) */
+    ASSERT_EQ(run_relay(d, db, NULL), 0);
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 0);
+    check(d, &p, &r);
+    ASSERT_EQ(r.lost, 0);
+    ch_producer_free(&p);
+}
+
+typedef struct contract_case {
+    const char *name;
+    void (*run)(dest *d);
+} contract_case;
+
+static const contract_case cases[] = {
+    {"confirm_before_sent", confirm_before_sent},
+    {"rejected_holds_aggregate", rejected_holds_aggregate},
+    {"retriable_is_retried", retriable_is_retried},
+};
+
+int main(int argc, char **argv)
+{
+    if (argc == 5 && strcmp(argv[1], "--relay-child") == 0)
+        return relay_child(argv[2], argv[3], argv[4]);
+#ifndef OUTBOX_FAULT_INJECTION
+    SKIP("this build has no fault points (configure with -DOUTBOX_FAULT_INJECTION=ON)");
+#endif
+    for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++) {
+        dest *d = &dests[i];
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            const char *why = d->start ? d->start(d) : NULL;
+            if (why) {
+                fprintf(stderr, "== %s: left out: %s\n", d->name, why);
+                break;
+            }
+            fprintf(stderr, "-- %s: %s\n", d->name, cases[k].name);
+            cases[k].run(d);
+            if (d->stop) d->stop(d);
+        }
+    }
+#ifdef OUTBOX_HAVE_NATS
+    for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++)
+        if (dests[i].nats.pid > 0) nh_server_stop(&dests[i].nats);
+#endif
+    fprintf(stderr, "all destination contract cases passed\n");
+    return 0;
+}
