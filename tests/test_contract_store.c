@@ -531,6 +531,10 @@ static void complete_outcomes(const store_driver *d)
         c[0].msg = b.msgs[0];
         c[0].outcome = OUTBOX_OUTCOME_SENT;
         c[1].msg = b.msgs[1];
+        /* An unknown outcome anywhere refuses the whole call. */
+        c[1].outcome = 99;
+        ASSERT_EQ(st.ops->complete(st.state, c, 2, &p, err), OUTBOX_EINVAL);
+        ASSERT_CONTAINS(err->message, "unknown outcome");
         c[1].outcome = OUTBOX_OUTCOME_UNSENT;
         ASSERT_OK(st.ops->complete(st.state, c, 2, &p, err), err);
         ASSERT_EQ(status_of(&st, more[0]), OUTBOX_STATUS_SENT);

@@ -613,6 +613,17 @@ static int complete(pg_store *st, const outbox_completion *c, size_t n,
     size_t i, sent = 0, retry = 0, failed = 0;
     int code, taken;
 
+    /* An outcome the store does not know refuses the whole call before
+     * anything is written, as SQLite does; the claim stays as it was. */
+    for (i = 0; i < n; i++) {
+        if (!c[i].msg)
+            return outbox__error(err, OUTBOX_EINVAL,
+                                 "recording outcomes: completion %zu has no message", i);
+        if (c[i].outcome < OUTBOX_OUTCOME_SENT || c[i].outcome > OUTBOX_OUTCOME_UNSENT)
+            return outbox__error(err, OUTBOX_EINVAL,
+                                 "recording outcomes: unknown outcome %d for message %s",
+                                 c[i].outcome, c[i].msg->id);
+    }
     code = complete_range(st, c, n, p, pipelined, &taken, err);
     if (taken) {
         if (code != OUTBOX_OK) return code;
