@@ -183,16 +183,14 @@ static void markdown_kind(FILE *out, int kind, const char *title)
     const outbox_driver_info *d, *same;
     fprintf(out, "### %s\n", title);
     for (size_t i = 0; (d = outbox_driver_get(kind, i)) != NULL; i++) {
-        fprintf(out, "\n#### `%s`\n\n%s\n\n", d->usage, d->doc);
+        fprintf(out, "\n#### `%s`\n\n%s\n", d->usage, d->doc);
         if ((same = same_props(kind, i)) != NULL) {
-            fprintf(out, "Settings: as for `%s`.\n", same->usage);
+            fprintf(out, "\nSettings: as for `%s`.\n", same->usage);
             continue;
         }
-        if (d->prop_count == 0) {
-            fputs("No settings.\n", out);
+        if (d->prop_count == 0)
             continue;
-        }
-        fputs("| setting | type | default | range | meaning |\n|---|---|---|---|---|\n", out);
+        fputs("\n| setting | type | default | range | meaning |\n|---|---|---|---|---|\n", out);
         for (size_t k = 0; k < d->prop_count; k++) {
             const outbox_driver_prop *p = &d->props[k];
             fputs("| `", out);

@@ -216,12 +216,16 @@ static int set_value(const outbox_prop *prop, const char *what, const char *text
     if (is_text(prop->type)) {
         char *copy, *old;
         if ((prop->type == OUTBOX_PROP_PATH || prop->type == OUTBOX_PROP_SECRET_FILE) && given) {
-            /* Said now, at start-up, not when the file is first needed. */
+            /* Said now, at start-up, not when the file is first needed;
+             * "creds file", "ca file" for creds, ca_file. */
+            size_t noun = strlen(prop->name);
             int fd = open(text, O_RDONLY | O_CLOEXEC);
+            if (noun > 5 && strcmp(prop->name + noun - 5, "_file") == 0) noun -= 5;
             if (fd < 0)
-                return outbox__error(err, OUTBOX_ECONFIG, "%s: cannot read %s=%.200s: %s; %s: %s",
-                                     what, prop->name, text, strerror(errno), prop->name,
-                                     prop->doc);
+                return outbox__error(err, OUTBOX_ECONFIG,
+                                     "%s: cannot read %.*s file \"%.200s\" (%s=%.200s): %s; %s: %s",
+                                     what, (int)noun, prop->name, text, prop->name, text,
+                                     strerror(errno), prop->name, prop->doc);
             close(fd);
         }
         copy = strdup(text);
