@@ -126,7 +126,7 @@ void outbox__url_redact(const char *url, char *out, size_t out_len);
 typedef struct outbox_url_param {
     char *key;
     char *value;
-    int used; /* set by outbox__url_param; outbox__url_check_unused reports the rest */
+    int used; /* set by outbox__url_param and outbox__props_parse */
 } outbox_url_param;
 
 typedef struct outbox_url {
@@ -145,9 +145,6 @@ int outbox__url_parse(outbox_url *out, const char *url, const char *const *extra
 void outbox__url_free(outbox_url *url);
 /* The value of parameter key (marked used), or NULL. */
 const char *outbox__url_param(outbox_url *url, const char *key);
-/* OUTBOX_ECONFIG naming the first parameter nobody asked for, listing
- * `known` (a human-readable list) as the accepted ones. */
-int outbox__url_check_unused(const outbox_url *url, const char *known, outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Driver properties (src/core/props.c): each driver describes its settings
@@ -592,10 +589,6 @@ typedef struct outbox_store {
 int outbox__store_open(outbox_store *store, const char *url, outbox_error *err);
 void outbox__store_close(outbox_store *store);
 
-/* The i-th URL scheme of the store drivers in this build ("sqlite",
- * "postgres", "postgresql"), or NULL past the last: for help and errors. */
-const char *outbox__store_scheme(size_t i);
-
 extern const outbox_store_ops outbox__store_sqlite;
 #ifdef OUTBOX_HAVE_LIBPQ
 extern const outbox_store_ops outbox__store_postgres;
@@ -709,11 +702,6 @@ typedef struct outbox_transport {
 int outbox__transport_open(outbox_transport *t, const char *url,
                            const outbox_transport_config *cfg, outbox_error *err);
 void outbox__transport_close(outbox_transport *t);
-
-/* The i-th URL scheme of the destination drivers in this build ("stdout",
- * "file", "discard", "http", ...), or NULL past the last: for help and
- * errors.  The callback destination (no URL) is not listed. */
-const char *outbox__transport_scheme(size_t i);
 
 extern const outbox_transport_ops outbox__transport_stdout;
 extern const outbox_transport_ops outbox__transport_file;

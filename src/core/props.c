@@ -48,7 +48,7 @@ const char *outbox__prop_placeholder(const outbox_prop *prop)
     if (prop->placeholder) return prop->placeholder;
     if (prop->type == OUTBOX_PROP_ENUM && prop->range) return prop->range;
     return prop->type >= 0 && prop->type < OUTBOX_PROP_TYPE_COUNT ? types[prop->type].placeholder
-                                                                   : "VALUE";
+                                                                  : "VALUE";
 }
 
 static int is_text(int type)
@@ -99,10 +99,20 @@ static int parse_size(const char *text, int64_t *out)
     }
     if (*p != '\0') {
         switch (*p) {
-        case 'k': case 'K': unit = INT64_C(1) << 10; break;
-        case 'm': case 'M': unit = INT64_C(1) << 20; break;
-        case 'g': case 'G': unit = INT64_C(1) << 30; break;
-        default: return -1;
+        case 'k':
+        case 'K':
+            unit = INT64_C(1) << 10;
+            break;
+        case 'm':
+        case 'M':
+            unit = INT64_C(1) << 20;
+            break;
+        case 'g':
+        case 'G':
+            unit = INT64_C(1) << 30;
+            break;
+        default:
+            return -1;
         }
         if (p[1] != '\0') return -1;
     }
@@ -229,7 +239,8 @@ static int set_value(const outbox_prop *prop, const char *what, const char *text
             close(fd);
         }
         copy = strdup(text);
-        if (copy == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory reading %s", what);
+        if (copy == NULL)
+            return outbox__error(err, OUTBOX_ENOMEM, "out of memory reading %s", what);
         memcpy(&old, field, sizeof old);
         free(old);
         memcpy(field, &copy, sizeof copy);
@@ -251,8 +262,8 @@ static int set_value(const outbox_prop *prop, const char *what, const char *text
                              prop->name, prop->type);
     if (parse_number(prop->type, text, &n) != 0)
         return outbox__error(err, OUTBOX_ECONFIG, "%s: %s=%.64s is not %s%s%s; %s: %s", what,
-                             prop->name, shown, types[prop->type].what, range[0] ? " " : "",
-                             range, prop->name, prop->doc);
+                             prop->name, shown, types[prop->type].what, range[0] ? " " : "", range,
+                             prop->name, prop->doc);
     if (number_range(prop, &min, &max) == 0 && (n < min || n > max))
         return outbox__error(err, OUTBOX_ECONFIG, "%s: %s=%.64s is out of range: give %s; %s: %s",
                              what, prop->name, shown, range, prop->name, prop->doc);
@@ -280,8 +291,8 @@ static int unknown_key(const outbox_prop *props, const char *what, const char *k
     outbox_buf list;
     int rc;
     if (props == NULL || props->name == NULL)
-        return outbox__error(err, OUTBOX_ECONFIG, "%s has no option \"%.64s\"; it takes none",
-                             what, key);
+        return outbox__error(err, OUTBOX_ECONFIG, "%s has no option \"%.64s\"; it takes none", what,
+                             key);
     outbox__buf_init(&list);
     for (; props->name; props++)
         outbox__buf_printf(&list, "%s%s=%s", list.len ? ", " : "", props->name,
@@ -289,15 +300,15 @@ static int unknown_key(const outbox_prop *props, const char *what, const char *k
     if (list.oom)
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory reading %s", what);
     else
-        rc = outbox__error(err, OUTBOX_ECONFIG, "%s has no option \"%.64s\"; its options: %s",
-                           what, key, list.data);
+        rc = outbox__error(err, OUTBOX_ECONFIG, "%s has no option \"%.64s\"; its options: %s", what,
+                           key, list.data);
     outbox__buf_free(&list);
     return rc;
 }
 
 /* See internal.h. */
-int outbox__props_parse(const outbox_prop *props, const char *what, outbox_url *url,
-                        void *config, outbox_error *err)
+int outbox__props_parse(const outbox_prop *props, const char *what, outbox_url *url, void *config,
+                        outbox_error *err)
 {
     const outbox_prop *p;
     size_t i;
@@ -317,7 +328,8 @@ int outbox__props_parse(const outbox_prop *props, const char *what, outbox_url *
         prefix = family_prefix(p);
         if (prefix) {
             if (param->key[prefix] == '\0')
-                return outbox__error(err, OUTBOX_ECONFIG, "%s: %s needs a name after \"%.*s\": "
+                return outbox__error(err, OUTBOX_ECONFIG,
+                                     "%s: %s needs a name after \"%.*s\": "
                                      "%s=%s: %s",
                                      what, param->key, (int)prefix, p->name, p->name,
                                      outbox__prop_placeholder(p), p->doc);
@@ -370,8 +382,8 @@ int outbox__props_options(outbox_url *out, const char *scheme, const char *const
         if (!param->key || !param->value) goto nomem;
         for (j = 0; j < i; j++) {
             if (strcmp(out->params[j].key, param->key) == 0) {
-                int rc = outbox__error(err, OUTBOX_ECONFIG, "%s is given twice; keep one",
-                                       param->key);
+                int rc =
+                    outbox__error(err, OUTBOX_ECONFIG, "%s is given twice; keep one", param->key);
                 outbox__url_free(out);
                 return rc;
             }
@@ -421,7 +433,8 @@ static void list_kind(int k, int (*next)(size_t, outbox_driver_entry *))
         /* The same table as an earlier driver's: its copy. */
         for (j = 0; j + 1 < listing.count[k] && info->props == NULL; j++) {
             outbox_driver_entry earlier;
-            if (next(j, &earlier) && earlier.props == e.props) info->props = listing.drivers[k][j].props;
+            if (next(j, &earlier) && earlier.props == e.props)
+                info->props = listing.drivers[k][j].props;
         }
         if (info->props != NULL) continue;
         if (listing.prop_count + n > MAX_PROPS) { /* test_url_route checks there is room */

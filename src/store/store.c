@@ -125,17 +125,6 @@ void outbox__store_close(outbox_store *store)
     store->state = NULL;
 }
 
-/* The i-th URL scheme of the store drivers compiled into this build, in
- * registry order (one driver may answer to several schemes), or NULL when i
- * is past the last.  Lets help texts and errors list what the build has. */
-const char *outbox__store_scheme(size_t i)
-{
-    size_t k;
-    for (k = 0; k < sizeof drivers / sizeof drivers[0]; k++)
-        if (drivers[k].ops != NULL && i-- == 0) return drivers[k].scheme;
-    return NULL;
-}
-
 /* The i-th store driver, built or not, for outbox_driver_get: its own
  * usage, doc and props when it has them (ops version 6), else the table's. */
 int outbox__store_driver(size_t i, outbox_driver_entry *out)

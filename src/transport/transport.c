@@ -5,9 +5,9 @@
  * Drivers are `const` tables (struct outbox_transport_ops).  The table below
  * lists every driver; one whose library this build leaves out has open
  * NULL, and its scheme (like those of the stores) gives OUTBOX_ENOTBUILT
- * instead of "unknown scheme".  A NULL URL with an
- * in-process publish callback opens the callback driver.  URLs only reach
- * error messages through outbox__url_redact.
+ * instead of "unknown scheme".  A NULL URL with an in-process publish
+ * callback opens the callback driver.  URLs only reach error messages
+ * through outbox__url_redact.
  */
 #include "internal.h"
 
@@ -114,10 +114,9 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
         char c = url[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '+' || c == '-' || c == '.'))
-            return outbox__error(
-                err, OUTBOX_EBADURL,
-                "destination URL \"%s\" has a malformed scheme; use one of %s", shown,
-                supported());
+            return outbox__error(err, OUTBOX_EBADURL,
+                                 "destination URL \"%s\" has a malformed scheme; use one of %s",
+                                 shown, supported());
     }
 
     for (i = 0; i < sizeof drivers / sizeof drivers[0]; i++) {
@@ -161,17 +160,6 @@ void outbox__transport_close(outbox_transport *t)
     t->ops = NULL;
     t->state = NULL;
     t->interrupt = NULL;
-}
-
-/* The i-th URL scheme of the destination drivers compiled into this build,
- * in registry order, or NULL when i is past the last.  The in-process
- * callback destination has no URL and is not listed. */
-const char *outbox__transport_scheme(size_t i)
-{
-    size_t k;
-    for (k = 0; k < sizeof drivers / sizeof drivers[0]; k++)
-        if (drivers[k]->open != NULL && i-- == 0) return drivers[k]->scheme;
-    return NULL;
 }
 
 /* The i-th destination driver, built or not, for outbox_driver_get. */
