@@ -5,6 +5,7 @@
 #   make test     build and run the whole suite (ctest)
 #   make demo     build and run the demo on the embedded default (SQLite)
 #   make bench    build and run the benchmarks
+#   make docs     write docs/CLI.md's driver sections from the drivers' tables
 #   make install  release build (no fault points) installed to PREFIX
 #   make asan     AddressSanitizer + UBSan build of the tests, and run them
 
@@ -13,7 +14,7 @@ BUILD  ?= build
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build test demo bench install asan clean format
+.PHONY: all deps build test demo bench docs install asan clean format
 
 all: build
 
@@ -32,6 +33,9 @@ demo: build
 
 bench: build
 	@scripts/bench.sh $(BUILD)
+
+docs: build
+	@cmake --build $(BUILD) --target docs
 
 install: deps
 	cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DOUTBOX_BUILD_TESTS=OFF \

@@ -457,6 +457,52 @@ int outbox_inbox_purge_pg(PGconn *conn, const char *schema, int64_t retention_ms
                           int64_t redelivery_horizon_ms, int64_t *purged, outbox_error *err);
 
 /* ------------------------------------------------------------------------
+ * Drivers
+ *
+ * What stores and destinations the library knows, whether this build has
+ * them, and the settings each takes (URL query parameters, or "key=value"
+ * options beside the URL: the relay's --to-opt).  Help texts and docs are
+ * made from this, so they say what the code accepts.
+ * ---------------------------------------------------------------------- */
+
+enum {
+    OUTBOX_DRIVER_STORE = 1,      /* where messages are stored: sqlite:, postgres:// */
+    OUTBOX_DRIVER_DESTINATION = 2 /* where the relay publishes: file:, nats://, ... */
+};
+
+/* One setting of a driver.  Every string is static; NULL when absent. */
+typedef struct outbox_driver_prop {
+    const char *name;          /* "max_in_flight"; "endpoint.<TYPE>" names a family:
+                                  every key that starts with "endpoint." */
+    const char *type;          /* "string", "secret" (a value never shown), "int",
+                                  "bool", "duration" (500ms, 30s, 5m, 2h, 7d), "size"
+                                  (512, 64k, 1m, 2g), "enum", "path" (a file to read),
+                                  "secret-file" (a file holding a secret) */
+    const char *default_value; /* as it would be written; NULL: none */
+    const char *range;         /* numbers "MIN..MAX" or "MIN.." in the type's units;
+                                  enum the choices "a|b|c"; NULL: any value */
+    const char *doc;           /* what it does, one or two sentences */
+    const char *placeholder;   /* how a value is written in usage lines: "N", "PATH" */
+} outbox_driver_prop;
+
+typedef struct outbox_driver_info {
+    int kind;                        /* OUTBOX_DRIVER_* */
+    const char *scheme;              /* "sqlite", "nats" (one per URL scheme) */
+    const char *usage;               /* how its URL is written: "file:PATH" */
+    const char *doc;                 /* what it is (and what confirms a message) */
+    int built;                       /* 1: in this build; 0: known, its library left out */
+    size_t prop_count;
+    const outbox_driver_prop *props; /* prop_count settings; NULL when none */
+} outbox_driver_info;
+
+/* The i-th driver (0, 1, ...) of kind, in registry order, or NULL past the
+ * last (and for an unknown kind).  Lists the drivers of this build and the
+ * ones the project has that this build left out (built = 0).  The result
+ * is static: never freed, valid for the life of the process, safe to read
+ * from any thread. */
+const outbox_driver_info *outbox_driver_get(int kind, size_t i);
+
+/* ------------------------------------------------------------------------
  * Relay
  * ---------------------------------------------------------------------- */
 

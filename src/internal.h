@@ -126,7 +126,7 @@ void outbox__url_redact(const char *url, char *out, size_t out_len);
 typedef struct outbox_url_param {
     char *key;
     char *value;
-    int used; /* set by outbox__url_param; outbox__url_check_unused reports the rest */
+    int used; /* set by outbox__url_param and outbox__props_parse */
 } outbox_url_param;
 
 typedef struct outbox_url {
@@ -145,9 +145,90 @@ int outbox__url_parse(outbox_url *out, const char *url, const char *const *extra
 void outbox__url_free(outbox_url *url);
 /* The value of parameter key (marked used), or NULL. */
 const char *outbox__url_param(outbox_url *url, const char *key);
-/* OUTBOX_ECONFIG naming the first parameter nobody asked for, listing
- * `known` (a human-readable list) as the accepted ones. */
-int outbox__url_check_unused(const outbox_url *url, const char *known, outbox_error *err);
+
+/* ------------------------------------------------------------------------
+ * Driver properties (src/core/props.c): each driver describes its settings
+ * in one table, librdkafka style.  outbox__props_parse reads a URL's query
+ * parameters and extra options into the driver's config struct with it,
+ * refusing unknown keys and malformed values with the property's own doc;
+ * outbox_driver_get shows the same tables (help, docs/CLI.md).
+ * ---------------------------------------------------------------------- */
+
+/* Property types and where their values go (the field at offset). */
+enum {
+    OUTBOX_PROP_STRING = 0,  /* char *, owned by the config (outbox__props_free) */
+    OUTBOX_PROP_SECRET,      /* char *, never shown in a message (a token) */
+    OUTBOX_PROP_PATH,        /* char *, a file that must be readable at start-up */
+    OUTBOX_PROP_SECRET_FILE, /* char *, a readable file holding a secret: the
+                                path may be shown, the content never */
+    OUTBOX_PROP_INT,         /* int64_t */
+    OUTBOX_PROP_BOOL,        /* int, 0 or 1: true/false, 1/0, yes/no, on/off */
+    OUTBOX_PROP_DURATION,    /* int64_t milliseconds (outbox__duration_parse_ms) */
+    OUTBOX_PROP_SIZE,        /* int64_t bytes: 512, 64k, 1m, 2g (powers of 1024) */
+    OUTBOX_PROP_ENUM,        /* int, the index of the value among range's choices */
+    OUTBOX_PROP_TYPE_COUNT
+};
+
+/* One property.  A table is an array ended by an entry whose name is NULL.
+ * A name with "<" ("endpoint.<TYPE>") is a family: every key starting with
+ * the text before "<" belongs to it; the parser only checks that the rest
+ * is not empty, and the driver reads those keys from the URL itself. */
+typedef struct outbox_prop {
+    const char *name;
+    int type;                  /* OUTBOX_PROP_* */
+    size_t offset;             /* offsetof the value in the driver's config struct */
+    const char *default_value; /* text, parsed as a given value would be; NULL:
+                                  the field stays zero (NULL) when not given */
+    const char *range;         /* "MIN..MAX" or "MIN.." in the type's units
+                                  ("1ms..1h", "1..1024"); enum "a|b|c"; NULL: any */
+    const char *placeholder;   /* "TEMPLATE", "NAME"; NULL: the type's ("N", "PATH") */
+    const char *doc;           /* one or two sentences */
+} outbox_prop;
+
+#define OUTBOX_PROPS_END {.name = NULL}
+
+/* Fills config (zeroed by the caller) from props: first every default, then
+ * each of url's parameters, marking them used.  `what` names the driver in
+ * messages ("nats destination").  OUTBOX_ECONFIG for a key no property has
+ * ("<what> has no option \"x\"; its options: ..."), a family key with
+ * nothing after its prefix, and a value that does not parse, is out of
+ * range, or names an unreadable file (the message names the option, its
+ * value unless the type is secret, the range and the doc).  props NULL:
+ * the driver takes no options, and any is refused.  Whatever the result,
+ * free the config's strings with outbox__props_free. */
+int outbox__props_parse(const outbox_prop *props, const char *what, outbox_url *url,
+                        void *config, outbox_error *err);
+
+/* Frees the strings outbox__props_parse stored in config and sets them to
+ * NULL; harmless on a zeroed config. */
+void outbox__props_free(const outbox_prop *props, void *config);
+
+/* Makes *out (as outbox__url_parse does, with scheme and no host or path)
+ * from "key=value" options alone, taken verbatim (no percent-decoding):
+ * for drivers whose URL query is not theirs (an HTTP target's) or that
+ * take no query.  A key given twice or an entry without '=' is
+ * OUTBOX_ECONFIG.  Free with outbox__url_free. */
+int outbox__props_options(outbox_url *out, const char *scheme, const char *const *options,
+                          outbox_error *err);
+
+/* "string", "int", ... (outbox_driver_prop.type) and the placeholder of a
+ * property ("N", "PATH", its own when it has one). */
+const char *outbox__prop_type_name(int type);
+const char *outbox__prop_placeholder(const outbox_prop *prop);
+
+/* A driver as the registries list it, for outbox_driver_get. */
+typedef struct outbox_driver_entry {
+    const char *scheme;
+    const char *usage;
+    const char *doc;
+    int built;
+    const outbox_prop *props; /* NULL: none */
+} outbox_driver_entry;
+
+/* The i-th store (src/store/store.c) or destination (src/transport/
+ * transport.c) driver, built or not: 1 with *out filled, 0 past the last. */
+int outbox__store_driver(size_t i, outbox_driver_entry *out);
+int outbox__transport_driver(size_t i, outbox_driver_entry *out);
 
 /* ------------------------------------------------------------------------
  * Route templates: a subject or topic made from message fields, e.g.
@@ -378,7 +459,8 @@ typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
 
 typedef struct outbox_store_ops {
     int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge;
-                           4 adds the pipelined claim and complete */
+                           4 adds the pipelined claim and complete; 5 adds drop
+                           and lease_note; 6 adds usage, doc and props */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -488,6 +570,12 @@ typedef struct outbox_store_ops {
     /* Stores a short note about the relay holding the lease `owner` (NULL or
      * "" clears it), shown by status as relay_note.  NULL: not supported. */
     int (*lease_note)(void *state, const char *owner, const char *note, outbox_error *err);
+
+    /* Version 6: what help and docs show (outbox_driver_get).  NULL usage
+     * or doc: the registry's words (src/store/store.c). */
+    const char *usage;        /* "sqlite:PATH" */
+    const char *doc;          /* what it is, one or two sentences */
+    const outbox_prop *props; /* its URL options (outbox__props_parse); NULL: none */
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state. */
@@ -500,10 +588,6 @@ typedef struct outbox_store {
  * unknown scheme, OUTBOX_ENOTBUILT for a known one left out of the build. */
 int outbox__store_open(outbox_store *store, const char *url, outbox_error *err);
 void outbox__store_close(outbox_store *store);
-
-/* The i-th URL scheme of the store drivers in this build ("sqlite",
- * "postgres", "postgresql"), or NULL past the last: for help and errors. */
-const char *outbox__store_scheme(size_t i);
 
 extern const outbox_store_ops outbox__store_sqlite;
 #ifdef OUTBOX_HAVE_LIBPQ
@@ -529,7 +613,7 @@ typedef struct outbox_transport_config {
 } outbox_transport_config;
 
 typedef struct outbox_transport_ops {
-    int version;        /* 1; 2 adds reopen */
+    int version;        /* 1; 2 adds reopen; 3 adds usage, doc and props */
     const char *scheme; /* "file", "stdout", "discard", "callback" */
 
     /* Checks url and opens the destination.  Configuration problems are
@@ -556,6 +640,14 @@ typedef struct outbox_transport_ops {
      * outbox_relay_reopen.  On failure the old files stay in use and err
      * says why.  NULL: the destination has no files to reopen. */
     int (*reopen)(void *state, outbox_error *err);
+
+    /* Version 3: what help and docs show (outbox_driver_get), and the
+     * settings its open reads with outbox__props_parse.  The tables of
+     * drivers whose library this build leaves out exist too, with the
+     * function entries NULL: open == NULL means "not built". */
+    const char *usage;        /* "file:PATH" */
+    const char *doc;          /* what it is and what confirms a message */
+    const outbox_prop *props; /* NULL: it takes no settings (any is refused) */
 } outbox_transport_ops;
 
 /* Pipelining destinations (nats://, kafka://): the same publication split in two
@@ -611,21 +703,16 @@ int outbox__transport_open(outbox_transport *t, const char *url,
                            const outbox_transport_config *cfg, outbox_error *err);
 void outbox__transport_close(outbox_transport *t);
 
-/* The i-th URL scheme of the destination drivers in this build ("stdout",
- * "file", "discard", "http", ...), or NULL past the last: for help and
- * errors.  The callback destination (no URL) is not listed. */
-const char *outbox__transport_scheme(size_t i);
-
 extern const outbox_transport_ops outbox__transport_stdout;
 extern const outbox_transport_ops outbox__transport_file;
 extern const outbox_transport_ops outbox__transport_discard;
 extern const outbox_transport_ops outbox__transport_callback;
-extern const outbox_transport_ops outbox__transport_http;  /* OUTBOX_HAVE_CURL */
-extern const outbox_transport_ops outbox__transport_https; /* OUTBOX_HAVE_CURL */
+extern const outbox_transport_ops outbox__transport_http;  /* open NULL without CURL */
+extern const outbox_transport_ops outbox__transport_https; /* open NULL without CURL */
 void outbox__http_interrupt(void *state);                  /* OUTBOX_HAVE_CURL */
 void outbox__stdout_interrupt(void *state);
-extern const outbox_transport_ops outbox__transport_nats;  /* OUTBOX_HAVE_NATS */
-extern const outbox_transport_ops outbox__transport_kafka; /* OUTBOX_HAVE_RDKAFKA */
+extern const outbox_transport_ops outbox__transport_nats;  /* open NULL without NATS */
+extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without RDKAFKA */
 extern const outbox_transport_pipeline outbox__transport_nats_pipeline;   /* OUTBOX_HAVE_NATS */
 extern const outbox_transport_pipeline outbox__transport_kafka_pipeline; /* OUTBOX_HAVE_RDKAFKA */
 

@@ -674,5 +674,60 @@ for args in "init" "status" "list" "list --json" "enqueue --type T --aggregate-i
 done
 check "newer schema: nothing was written" test "$(newer_rows)" = "$before"
 
+# --- driver help from the drivers' property tables ------------------------
+expect 0 "help drivers" help drivers
+for st in $STORES; do
+    check "help drivers lists store $st:" grep -q "^  $st:" "$TMP/out"
+done
+for d in $DESTINATIONS; do
+    check "help drivers lists $d:" grep -q "^  $d:" "$TMP/out"
+done
+check "help drivers: every destination, built or not" \
+    test "$(grep -cE '^  (stdout|file|discard|http|https|nats|kafka):' "$TMP/out")" -eq 7
+check "help drivers: a setting with its type, default and range" \
+    grep -q "^      max_in_flight=N  (default 16; 1..1024)$" "$TMP/out"
+check "help drivers: a setting's doc" grep -q "^          Requests running at once" "$TMP/out"
+check "help drivers: a family" grep -q "^      kafka.<name>=VALUE$" "$TMP/out"
+check "help drivers: https shares http's settings" \
+    grep -q "^      Settings: as for http://HOST/PATH$" "$TMP/out"
+expect 0 "help drivers --markdown" help drivers --markdown
+check "--markdown: a table per driver with settings" \
+    test "$(grep -c '^| setting | type | default | range | meaning |$' "$TMP/out")" -eq 3
+check "--markdown: a pipe in a cell is escaped" grep -qF '| `insecure=true\|false` | bool |' "$TMP/out"
+check "--markdown: says nothing about this build" bash -c "! grep -qi 'not in this build' '$TMP/out'"
+expect 0 "help drivers --help" help drivers --help
+check "help drivers --help prints usage" grep -q "^usage: outbox help drivers" "$TMP/out"
+expect 2 "help drivers with an unknown argument" help drivers --bogus
+check "help drivers --bogus is named" grep -q "unexpected argument '--bogus'" "$TMP/err"
+expect 0 "relay --help (drivers)" relay --help
+check "relay --help lists the stores" grep -q "^  sqlite:PATH" "$TMP/out"
+if grep -qw http <<<"$DESTINATIONS"; then
+    check "relay --help lists http's settings" grep -q "^      max_in_flight=N" "$TMP/out"
+fi
+
+# A setting no property has, or a value that does not parse: exit 2 at
+# start-up, naming it (the generic parser; one case per kind of driver).
+"$OUTBOX_BIN" init --store "sqlite:$TMP/props.db" >/dev/null
+expect 2 "a --to-opt for stdout:" relay --store "sqlite:$TMP/props.db" --to stdout: \
+    --to-opt colour=blue --once
+check "stdout: takes no settings" \
+    grep -q 'stdout destination has no option "colour"; it takes none' "$TMP/err"
+if grep -qw http <<<"$DESTINATIONS"; then
+    expect 2 "an unknown http setting" relay --store "sqlite:$TMP/props.db" \
+        --to http://127.0.0.1:9/x --to-opt colour=blue --once
+    check "unknown http setting: its options listed" \
+        grep -q 'http destination has no option "colour"; its options: secret_file=PATH, ' "$TMP/err"
+    expect 2 "an http setting out of range" relay --store "sqlite:$TMP/props.db" \
+        --to http://127.0.0.1:9/x --to-opt max_in_flight=2000 --once
+    check "out of range: the range and the doc" grep -q \
+        "max_in_flight=2000 is out of range: give from 1 to 1024; max_in_flight: Requests" "$TMP/err"
+fi
+if grep -qw nats <<<"$DESTINATIONS"; then
+    expect 2 "a malformed nats setting" relay --store "sqlite:$TMP/props.db" \
+        --to "nats://127.0.0.1:9?stream=S&ack_timeout=soon&token=hunter2-tok" --once
+    check "malformed nats setting named" grep -q "ack_timeout=soon is not a duration" "$TMP/err"
+    check "the token is not shown" bash -c "! grep -q hunter2-tok '$TMP/err'"
+fi
+
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

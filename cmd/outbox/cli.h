@@ -149,27 +149,34 @@ int cli_store_open(const char *cmd, const char *url, outbox_store *store);
  * $OUTBOX_STORE, opened.  *url (when url is not NULL) gets the URL used. */
 int cli_store_connect(const char *cmd, const char *value, outbox_store *store, const char **url);
 
-/* ---- drivers -------------------------------------------------------- */
+/* ---- drivers (drivers.c) --------------------------------------------- */
 
-enum { CLI_STORES = 0, CLI_DESTINATIONS = 1 };
+/* Made from outbox_driver_get only: no driver is named in the CLI. */
+enum { CLI_STORES = OUTBOX_DRIVER_STORE, CLI_DESTINATIONS = OUTBOX_DRIVER_DESTINATION };
 
-/* CLI_EXIT_OK when url's scheme is one the build's store (kind
- * CLI_STORES) or destination (CLI_DESTINATIONS) registry has; otherwise
- * prints "<what> '<redacted url>': ...; use one of <the registry's
- * schemes>" (saying "not built" for the project's drivers this build left
- * out) and returns CLI_EXIT_USAGE. */
+/* CLI_EXIT_OK when url's scheme is one of this build's drivers of kind
+ * (CLI_STORES or CLI_DESTINATIONS); otherwise prints "<what> '<redacted
+ * url>': ...; use one of <the build's URL forms>" (saying "not built" for
+ * the project's drivers this build left out) and returns CLI_EXIT_USAGE. */
 int cli_check_scheme(const char *cmd, const char *what, const char *url, int kind);
 
-/* Appends the registry's schemes as URL forms, comma-separated, e.g.
+/* Appends this build's URL forms of kind, comma-separated, e.g.
  * "sqlite:PATH, postgres://USER@HOST/DB". */
 void cli_scheme_list(outbox_buf *b, int kind);
 
-/* Prints one line per scheme of the registry: indent, its URL form, and
- * what it is (for --help). */
-void cli_scheme_help(FILE *out, int kind, const char *indent);
-
-/* Prints the registry's scheme names separated by spaces (for --version). */
+/* Prints the scheme names of this build's drivers of kind separated by
+ * spaces (for --version). */
 void cli_scheme_names(FILE *out, int kind);
+
+/* Prints the drivers of kind for --help: each one's URL form at indent 2,
+ * what it is, and its settings (name=VALUE, default, range, doc).
+ * built_only: only this build's; otherwise the others are marked. */
+void cli_drivers_help(FILE *out, int kind, int built_only);
+
+/* `outbox help drivers [--markdown]` (argv[0] is "drivers"): every driver
+ * with its settings, for people or as docs/CLI.md's Markdown.  Returns the
+ * exit code. */
+int cli_help_drivers(int argc, char **argv);
 
 /* Copies a UUID given on the command line into out in lower case;
  * CLI_EXIT_USAGE when it is not a canonical UUID. */

@@ -53,7 +53,8 @@ static void print_help(FILE *out)
             "  --log-format F   text or json (default text); logs go to stderr\n"
             "  --version        print the version and exit\n"
             "  -h, --help       show this help; `outbox help COMMAND` or\n"
-            "                   `outbox COMMAND --help` for a command\n"
+            "                   `outbox COMMAND --help` for a command;\n"
+            "                   `outbox help drivers` for the stores and destinations\n"
             "\n"
             "Environment: OUTBOX_STORE stands in for --store, OUTBOX_TO for --to.\n"
             "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.\n"
@@ -65,7 +66,7 @@ static void print_help(FILE *out)
             "  outbox relay --store sqlite:app.db --to file:events.jsonl --once\n");
 }
 
-/* `outbox help [COMMAND]` */
+/* `outbox help [COMMAND | drivers [--markdown]]` */
 static int run_help(int argc, char **argv)
 {
     const command *cmd;
@@ -75,6 +76,8 @@ static int run_help(int argc, char **argv)
         print_help(stdout);
         return CLI_EXIT_OK;
     }
+    if (strcmp(argv[1], "drivers") == 0)
+        return cli_help_drivers(argc - 1, argv + 1);
     cmd = find_command(argv[1]);
     if (!cmd)
         return cli_usage("help", "unknown command '%s'; run outbox --help for the list",

@@ -74,9 +74,13 @@ static void print_usage(FILE *out)
           "  --max-field-bytes N  largest type, aggregate type and id (default 256), likewise\n"
           CLI_GLOBAL_HELP
           "\n"
-          "Destinations in this build:\n",
+          "Stores in this build:\n",
           out);
-    cli_scheme_help(out, CLI_DESTINATIONS, "  ");
+    cli_drivers_help(out, CLI_STORES, 1);
+    fputs("\nDestinations in this build (settings as URL query parameters or --to-opt;\n"
+          "`outbox help drivers` lists every driver):\n",
+          out);
+    cli_drivers_help(out, CLI_DESTINATIONS, 1);
     fputs("\n" CLI_STDOUT_HELP
           "\n"
           "Durations: 500ms, 30s, 5m, 2h, 7d (a bare number is seconds).\n"

@@ -2,9 +2,9 @@
  * urlparse.c - destination and store URLs taken apart for the drivers:
  * scheme, user, password, hosts (kept whole: "a:4222,b:4222"), path, and
  * the query parameters merged with the extra "key=value" options given
- * beside the URL (`--to-opt` on the CLI).  Drivers ask for the parameters
- * they know with outbox__url_param and then call outbox__url_check_unused,
- * so a misspelt setting is a start-up error instead of being ignored.
+ * beside the URL (`--to-opt` on the CLI).  Drivers read the parameters
+ * with their property table (outbox__props_parse, src/core/props.c), so a
+ * misspelt setting is a start-up error instead of being ignored.
  *
  * Error messages show the URL through outbox__url_redact only.
  */
@@ -227,17 +227,4 @@ const char *outbox__url_param(outbox_url *url, const char *key)
         }
     }
     return NULL;
-}
-
-/* ECONFIG for the first parameter no driver code asked for. */
-int outbox__url_check_unused(const outbox_url *url, const char *known, outbox_error *err)
-{
-    size_t i;
-    for (i = 0; i < url->param_count; i++)
-        if (!url->params[i].used)
-            return outbox__error(err, OUTBOX_ECONFIG,
-                                 "unknown %s setting \"%s\" (known: %s)",
-                                 url->scheme ? url->scheme : "destination", url->params[i].key,
-                                 known && *known ? known : "none");
-    return OUTBOX_OK;
 }

@@ -12,17 +12,27 @@
 #include <ctype.h>
 #include <string.h>
 
-/* Drivers compiled into this build, by URL scheme (one driver may answer
- * to several schemes: postgres and postgresql are the same store). */
+#ifdef OUTBOX_HAVE_LIBPQ
+#define POSTGRES (&outbox__store_postgres)
+#else
+#define POSTGRES NULL
+#endif
+
+/* The store drivers, by URL scheme (one driver may answer to several
+ * schemes: postgres and postgresql are the same store); ops NULL: the
+ * project has it, this build does not.  usage and doc stand in for a
+ * driver's own (help and docs list every store, built or not). */
 static const struct {
     const char *scheme;
     const outbox_store_ops *ops;
+    const char *usage;
+    const char *doc;
 } drivers[] = {
-    {"sqlite", &outbox__store_sqlite},
-#ifdef OUTBOX_HAVE_LIBPQ
-    {"postgres", &outbox__store_postgres},
-    {"postgresql", &outbox__store_postgres},
-#endif
+    {"sqlite", &outbox__store_sqlite, NULL, NULL},
+    {"postgres", POSTGRES, "postgres://USER@HOST/DB",
+     "PostgreSQL: a libpq connection URI, or postgres:KEY=VALUE ... libpq settings (see the "
+     "README's PostgreSQL section)."},
+    {"postgresql", POSTGRES, "postgresql://USER@HOST/DB", "The same store as postgres://."},
 };
 
 /* Known schemes whose driver is absent from this build, and why. */
@@ -89,7 +99,7 @@ int outbox__store_open(outbox_store *store, const char *url, outbox_error *err)
                                  absent[i].reason);
 
     for (i = 0; i < sizeof drivers / sizeof drivers[0]; i++) {
-        if (!scheme_is(url, n, drivers[i].scheme)) continue;
+        if (drivers[i].ops == NULL || !scheme_is(url, n, drivers[i].scheme)) continue;
         rc = drivers[i].ops->open(&state, url, err);
         if (rc != OUTBOX_OK) return rc;
         store->ops = drivers[i].ops;
@@ -115,10 +125,17 @@ void outbox__store_close(outbox_store *store)
     store->state = NULL;
 }
 
-/* The i-th URL scheme of the store drivers compiled into this build, in
- * registry order (one driver may answer to several schemes), or NULL when i
- * is past the last.  Lets help texts and errors list what the build has. */
-const char *outbox__store_scheme(size_t i)
+/* The i-th store driver, built or not, for outbox_driver_get: its own
+ * usage, doc and props when it has them (ops version 6), else the table's. */
+int outbox__store_driver(size_t i, outbox_driver_entry *out)
 {
-    return i < sizeof drivers / sizeof drivers[0] ? drivers[i].scheme : NULL;
+    const outbox_store_ops *ops;
+    if (i >= sizeof drivers / sizeof drivers[0]) return 0;
+    ops = drivers[i].ops;
+    out->scheme = drivers[i].scheme;
+    out->built = ops != NULL;
+    out->usage = ops && ops->version >= 6 && ops->usage ? ops->usage : drivers[i].usage;
+    out->doc = ops && ops->version >= 6 && ops->doc ? ops->doc : drivers[i].doc;
+    out->props = ops && ops->version >= 6 ? ops->props : NULL;
+    return 1;
 }

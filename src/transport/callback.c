@@ -126,10 +126,14 @@ static void callback_close(void *state)
 
 /* The in-process callback destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_callback = {
-    .version = 2,
+    .version = 3,
     .scheme = "callback",
     .open = callback_open,
     .publish = callback_publish,
     .close = callback_close,
     .reopen = NULL,
+    .usage = "(in-process)",
+    .doc = "The application's publish function (outbox_relay_options.publish), called "
+           "once per message; it has no URL.",
+    .props = NULL, /* no settings (the registry refuses any) */
 };

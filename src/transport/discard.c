@@ -47,10 +47,14 @@ static void discard_close(void *state)
 
 /* The discarding destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_discard = {
-    .version = 2,
+    .version = 3,
     .scheme = "discard",
     .open = discard_open,
     .publish = discard_publish,
     .close = discard_close,
     .reopen = NULL,
+    .usage = "discard:",
+    .doc = "Confirms every message and keeps nothing: for benchmarks, or to drain an "
+           "outbox on purpose.",
+    .props = NULL, /* no settings (the registry refuses any) */
 };

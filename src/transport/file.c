@@ -372,10 +372,15 @@ static void file_close(void *state)
 
 /* The file destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_file = {
-    .version = 2,
+    .version = 3,
     .scheme = "file",
     .open = file_open,
     .publish = file_publish,
     .close = file_close,
     .reopen = file_reopen,
+    .usage = "file:PATH",
+    .doc = "CloudEvents 1.0 structured mode, one JSON object per line, appended to PATH; "
+           "a batch is confirmed by its fsync: the durable local destination.  SIGHUP "
+           "reopens PATH (log rotation).",
+    .props = NULL, /* no settings (the registry refuses any) */
 };

@@ -34,19 +34,57 @@
  * already got their 2xx keep it.  The flag stays set: the relay does not
  * publish again after a stop.
  *
- * Settings (--to-opt; the URL's own query string belongs to the target):
- * secret_file, secret_env, connect_timeout, timeout, max_in_flight,
- * ca_file, insecure, and endpoint.<TYPE>=URL (repeatable): messages of event
- * type TYPE are POSTed to that URL instead of the destination URL, so one
- * relay can serve several subscribers, each receiving the event types it
- * consumes (http and https URLs; the same secret and TLS settings).  The
- * ordering rule above holds across endpoints: an aggregate's chain spans them.
+ * Settings: --to-opt only, the URL's own query string belongs to the
+ * target; the property table http_props says what each does.  With
+ * endpoint.<TYPE>=URL (repeatable) one relay serves several subscribers,
+ * each receiving the event types it consumes (the same secret and TLS
+ * settings).  The ordering rule above holds across endpoints: an
+ * aggregate's chain spans them.
  * The URLs are only ever shown redacted; the secret never.  A secret
  * without the "whsec_" prefix is taken as the base64 of the key (as the
  * Standard Webhooks libraries do), with a warning: it is most often a
  * plain password that the receiver would use differently.
  */
 #include "internal.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* What the settings are read into.  The table is in every build, so help
+ * and docs describe the driver where libcurl is absent too. */
+typedef struct http_config {
+    char *secret_file;
+    char *secret_env;
+    int64_t connect_timeout_ms;
+    int64_t timeout_ms;
+    int64_t max_in_flight;
+    char *ca_file;
+    int insecure;
+} http_config;
+
+#define HTTP_FIELD(f) offsetof(http_config, f)
+
+static const outbox_prop http_props[] = {
+    {"secret_file", OUTBOX_PROP_SECRET_FILE, HTTP_FIELD(secret_file), NULL, NULL, NULL,
+     "A file holding the Standard Webhooks secret (whsec_ + base64) that signs every request "
+     "(webhook-signature).  Without a secret, requests are not signed."},
+    {"secret_env", OUTBOX_PROP_STRING, HTTP_FIELD(secret_env), NULL, NULL, "NAME",
+     "The environment variable holding that secret, instead of secret_file."},
+    {"connect_timeout", OUTBOX_PROP_DURATION, HTTP_FIELD(connect_timeout_ms), "5s", "1ms..1h", NULL,
+     "How long opening a connection may take."},
+    {"timeout", OUTBOX_PROP_DURATION, HTTP_FIELD(timeout_ms), "30s", "1ms..1h", NULL,
+     "How long a whole request may take; a request that takes longer is retried."},
+    {"max_in_flight", OUTBOX_PROP_INT, HTTP_FIELD(max_in_flight), "16", "1..1024", NULL,
+     "Requests running at once (never two of one aggregate)."},
+    {"ca_file", OUTBOX_PROP_PATH, HTTP_FIELD(ca_file), NULL, NULL, NULL,
+     "A PEM bundle of the CA certificates to trust, instead of the system's."},
+    {"insecure", OUTBOX_PROP_BOOL, HTTP_FIELD(insecure), "false", NULL, NULL,
+     "true: TLS certificates are not verified (local testing only; logged as a warning)."},
+    {"endpoint.<TYPE>", OUTBOX_PROP_STRING, 0, NULL, NULL, "URL",
+     "Messages of event type TYPE are POSTed to this http(s) URL instead of the destination's "
+     "(one per type)."},
+    OUTBOX_PROPS_END,
+};
 
 #ifdef OUTBOX_HAVE_CURL
 
@@ -63,9 +101,6 @@
 #include <unistd.h>
 
 #define COMPONENT "transport.http"
-#define KNOWN_OPTIONS                                                                              \
-    "secret_file=PATH, secret_env=NAME, connect_timeout=DURATION, timeout=DURATION, "              \
-    "max_in_flight=N, ca_file=PATH, insecure=true, endpoint.<TYPE>=URL"
 #define EXCERPT_MAX 200
 #define MAX_ENDPOINTS 64
 
@@ -130,21 +165,6 @@ static void curl_init(void)
 /* ------------------------------------------------------------------------
  * Settings
  * ---------------------------------------------------------------------- */
-
-static int parse_bool(const char *v, int *out)
-{
-    if (!strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "yes") ||
-        !strcasecmp(v, "on")) {
-        *out = 1;
-        return 0;
-    }
-    if (!strcasecmp(v, "false") || !strcmp(v, "0") || !strcasecmp(v, "no") ||
-        !strcasecmp(v, "off")) {
-        *out = 0;
-        return 0;
-    }
-    return -1;
-}
 
 /* Reads the first line-ish content of a secret file (at most 4 KiB). */
 static int read_secret_file(const char *path, char *out, size_t out_len, outbox_error *err)
@@ -238,89 +258,12 @@ static const char *url_for(const http_state *st, const outbox_msg *m)
     return st->url;
 }
 
-static int apply_options(http_state *st, const outbox_transport_config *cfg, outbox_error *err)
+/* The signing key from secret_file or secret_env (at most one; none: the
+ * requests are not signed). */
+static int load_secret(http_state *st, const char *secret_file, const char *secret_env,
+                       outbox_error *err)
 {
-    const char *secret_file = NULL, *secret_env = NULL;
-    const char *seen[16];
-    size_t nseen = 0, i, j;
     int rc;
-
-    for (i = 0; cfg->options && cfg->options[i]; i++) {
-        const char *kv = cfg->options[i];
-        const char *eq = strchr(kv, '=');
-        char key[32];
-        const char *v;
-        size_t klen;
-        if (eq != NULL && strncmp(kv, "endpoint.", 9) == 0) {
-            rc = add_endpoint(st, kv + 9, (size_t)(eq - kv) - 9, eq + 1, err);
-            if (rc != OUTBOX_OK) return rc;
-            continue;
-        }
-        if (eq == NULL || eq == kv || (size_t)(eq - kv) >= sizeof key)
-            return outbox__error(err, OUTBOX_ECONFIG,
-                                 "destination setting \"%.40s\" is not KEY=VALUE; known "
-                                 "settings: " KNOWN_OPTIONS,
-                                 kv);
-        klen = (size_t)(eq - kv);
-        memcpy(key, kv, klen);
-        key[klen] = '\0';
-        v = eq + 1;
-        for (j = 0; j < nseen; j++)
-            if (strcmp(seen[j], key) == 0)
-                return outbox__error(err, OUTBOX_ECONFIG,
-                                     "destination setting %s is given twice; keep one", key);
-
-        if (strcmp(key, "secret_file") == 0) {
-            secret_file = v;
-            seen[nseen++] = "secret_file";
-        } else if (strcmp(key, "secret_env") == 0) {
-            secret_env = v;
-            seen[nseen++] = "secret_env";
-        } else if (strcmp(key, "connect_timeout") == 0 || strcmp(key, "timeout") == 0) {
-            int64_t ms = outbox__duration_parse_ms(v);
-            if (ms <= 0 || ms > 3600 * 1000)
-                return outbox__error(err, OUTBOX_ECONFIG,
-                                     "%s=%.40s is not a duration between 1ms and 1h "
-                                     "(e.g. 500ms, 5s, 2m)",
-                                     key, v);
-            if (key[0] == 'c') {
-                st->connect_timeout_ms = (long)ms;
-                seen[nseen++] = "connect_timeout";
-            } else {
-                st->timeout_ms = (long)ms;
-                seen[nseen++] = "timeout";
-            }
-        } else if (strcmp(key, "max_in_flight") == 0) {
-            char *end = NULL;
-            long n = strtol(v, &end, 10);
-            if (end == v || *end != '\0' || n < 1 || n > 1024)
-                return outbox__error(err, OUTBOX_ECONFIG,
-                                     "max_in_flight=%.40s is not a number from 1 to 1024", v);
-            st->max_in_flight = (unsigned)n;
-            seen[nseen++] = "max_in_flight";
-        } else if (strcmp(key, "ca_file") == 0) {
-            FILE *f = fopen(v, "rb");
-            if (f == NULL)
-                return outbox__error(err, OUTBOX_ECONFIG,
-                                     "cannot read ca_file=%s: %s; give a readable PEM bundle of "
-                                     "the CA certificates to trust",
-                                     v, strerror(errno));
-            fclose(f);
-            free(st->ca_file);
-            st->ca_file = strdup(v);
-            if (st->ca_file == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
-            seen[nseen++] = "ca_file";
-        } else if (strcmp(key, "insecure") == 0) {
-            if (parse_bool(v, &st->insecure) != 0)
-                return outbox__error(err, OUTBOX_ECONFIG, "insecure=%.40s is not true or false", v);
-            seen[nseen++] = "insecure";
-        } else {
-            return outbox__error(
-                err, OUTBOX_ECONFIG,
-                "unknown destination setting \"%s\" for %s; known settings: " KNOWN_OPTIONS, key,
-                st->shown);
-        }
-    }
 
     if (secret_file && secret_env)
         return outbox__error(err, OUTBOX_ECONFIG,
@@ -359,6 +302,39 @@ static int apply_options(http_state *st, const outbox_transport_config *cfg, out
         st->sign = 1;
     }
     return OUTBOX_OK;
+}
+
+/* Reads the --to-opt settings (http_props) into st, then the secret. */
+static int apply_options(http_state *st, const outbox_transport_config *cfg, outbox_error *err)
+{
+    const char *scheme = strncasecmp(st->url, "https:", 6) == 0 ? "https" : "http";
+    char what[32];
+    http_config c;
+    outbox_url u;
+    size_t i;
+    int rc;
+
+    memset(&c, 0, sizeof c);
+    snprintf(what, sizeof what, "%s destination", scheme);
+    rc = outbox__props_options(&u, scheme, cfg->options, err);
+    if (rc != OUTBOX_OK) return rc;
+    rc = outbox__props_parse(http_props, what, &u, &c, err);
+    for (i = 0; rc == OUTBOX_OK && i < u.param_count; i++)
+        if (strncmp(u.params[i].key, "endpoint.", 9) == 0)
+            rc = add_endpoint(st, u.params[i].key + 9, strlen(u.params[i].key + 9),
+                              u.params[i].value, err);
+    if (rc == OUTBOX_OK) {
+        st->connect_timeout_ms = (long)c.connect_timeout_ms;
+        st->timeout_ms = (long)c.timeout_ms;
+        st->max_in_flight = (unsigned)c.max_in_flight;
+        st->insecure = c.insecure;
+        st->ca_file = c.ca_file;
+        c.ca_file = NULL;
+        rc = load_secret(st, c.secret_file, c.secret_env, err);
+    }
+    outbox__props_free(http_props, &c);
+    outbox__url_free(&u);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------
@@ -504,9 +480,6 @@ static int http_open(void **state, const char *url, const outbox_transport_confi
     atomic_init(&st->interrupted, 0);
     outbox__buf_init(&st->line);
     outbox__url_redact(url, st->shown, sizeof st->shown);
-    st->connect_timeout_ms = 5000;
-    st->timeout_ms = 30000;
-    st->max_in_flight = 16;
 
     u = curl_url();
     if (u == NULL) {
@@ -976,29 +949,38 @@ void outbox__http_interrupt(void *state)
     errno = saved_errno;
 }
 
+#define HTTP_ENTRY(f) f
+
+#else /* !OUTBOX_HAVE_CURL */
+
+#define HTTP_ENTRY(f) NULL /* not built: only the description below */
+
+#endif /* OUTBOX_HAVE_CURL */
+
 /* The http:// destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_http = {
-    .version = 2,
+    .version = 3,
     .scheme = "http",
-    .open = http_open,
-    .publish = http_publish,
-    .close = http_close,
+    .open = HTTP_ENTRY(http_open),
+    .publish = HTTP_ENTRY(http_publish),
+    .close = HTTP_ENTRY(http_close),
     .reopen = NULL,
+    .usage = "http://HOST/PATH",
+    .doc = "Webhook: one POST per message (CloudEvents binary mode, Standard Webhooks "
+           "headers); a 2xx answer confirms it.  Settings are given with --to-opt only: the "
+           "URL's query is the target's.",
+    .props = http_props,
 };
 
 /* The https:// destination driver: the same code; TLS verified by default. */
 const outbox_transport_ops outbox__transport_https = {
-    .version = 2,
+    .version = 3,
     .scheme = "https",
-    .open = http_open,
-    .publish = http_publish,
-    .close = http_close,
+    .open = HTTP_ENTRY(http_open),
+    .publish = HTTP_ENTRY(http_publish),
+    .close = HTTP_ENTRY(http_close),
     .reopen = NULL,
+    .usage = "https://HOST/PATH",
+    .doc = "Webhook over TLS, as http:// (certificates verified unless insecure=true).",
+    .props = http_props,
 };
-
-#else /* !OUTBOX_HAVE_CURL */
-
-/* Keeps the translation unit non-empty; transport.c answers ENOTBUILT. */
-typedef int outbox__http_not_built;
-
-#endif /* OUTBOX_HAVE_CURL */

@@ -38,6 +38,32 @@
  */
 #include "internal.h"
 
+#include <stddef.h>
+#include <stdint.h>
+
+/* What the settings (URL query and --to-opt) are read into; kafka.<name>
+ * settings are passed on as they come.  The table is in every build, so
+ * help and docs describe the driver where librdkafka is absent too. */
+typedef struct kafka_config {
+    char *topic;
+    int64_t ack_timeout_ms;
+} kafka_config;
+
+static const outbox_prop kafka_props[] = {
+    {"topic", OUTBOX_PROP_STRING, offsetof(kafka_config, topic), "outbox.{aggregate_type}", NULL,
+     "TEMPLATE",
+     "The topic of each message, made of {type}, {aggregate_type} and {aggregate_id}; the key "
+     "is the aggregate id, so an aggregate stays in one partition."},
+    {"ack_timeout", OUTBOX_PROP_DURATION, offsetof(kafka_config, ack_timeout_ms), "30s", "1ms..",
+     NULL,
+     "How long a batch waits for the brokers' acks (librdkafka's message.timeout.ms); what is "
+     "unacknowledged then is retried."},
+    {"kafka.<name>", OUTBOX_PROP_STRING, 0, NULL, NULL, "VALUE",
+     "Any librdkafka producer setting (e.g. kafka.security.protocol=ssl), refused at start-up "
+     "when librdkafka refuses it; values are never shown.  enable.idempotence stays true."},
+    OUTBOX_PROPS_END,
+};
+
 #ifdef OUTBOX_HAVE_RDKAFKA
 
 #include <librdkafka/rdkafka.h>
@@ -49,8 +75,6 @@
 #include <string.h>
 
 #define COMPONENT "transport.kafka"
-#define DEFAULT_TOPIC "outbox.{aggregate_type}"
-#define KNOWN_OPTIONS "topic, ack_timeout, kafka.<librdkafka setting>"
 
 /* One batch between publish_begin and publish_end. */
 typedef struct kafka_batch {
@@ -223,6 +247,7 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
 {
     kafka_state *st = NULL;
     outbox_url u;
+    kafka_config c;
     const char *tmpl;
     int rc, parsed = 0;
     size_t i;
@@ -230,9 +255,12 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
 
     *state = NULL;
     memset(&u, 0, sizeof u);
+    memset(&c, 0, sizeof c);
     rc = outbox__url_parse(&u, url, cfg->options, err);
     if (rc != OUTBOX_OK) return rc;
     parsed = 1;
+    rc = outbox__props_parse(kafka_props, "kafka destination", &u, &c, err);
+    if (rc != OUTBOX_OK) goto fail;
 
     st = calloc(1, sizeof *st);
     if (st == NULL) {
@@ -246,24 +274,10 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
         goto fail;
     }
     snprintf(st->brokers, sizeof st->brokers, "%s", u.hosts);
-    tmpl = outbox__url_param(&u, "topic");
-    if (tmpl == NULL) tmpl = DEFAULT_TOPIC;
+    tmpl = c.topic;
     rc = outbox__route_new(&st->route, tmpl, OUTBOX_ROUTE_KAFKA_TOPIC, err);
     if (rc != OUTBOX_OK) goto fail;
-    {
-        const char *t = outbox__url_param(&u, "ack_timeout");
-        st->ack_timeout_ms = 30000;
-        if (t != NULL) {
-            st->ack_timeout_ms = outbox__duration_parse_ms(t);
-            if (st->ack_timeout_ms <= 0) {
-                rc = outbox__error(err, OUTBOX_ECONFIG,
-                                   "kafka destination: ack_timeout=\"%s\" is not a duration; use "
-                                   "e.g. 30s",
-                                   t);
-                goto fail;
-            }
-        }
-    }
+    st->ack_timeout_ms = c.ack_timeout_ms;
     st->source = strdup(cfg->source ? cfg->source : "/outbox");
     st->conf = rd_kafka_conf_new();
     if (st->source == NULL || st->conf == NULL) {
@@ -283,7 +297,6 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     for (i = 0; i < u.param_count; i++) {
         outbox_url_param *p = &u.params[i];
         if (strncmp(p->key, "kafka.", 6) != 0) continue;
-        p->used = 1;
         if (strcmp(p->key + 6, "enable.idempotence") == 0 && strcmp(p->value, "true") != 0) {
             rc = outbox__error(err, OUTBOX_ECONFIG,
                                "kafka destination: kafka.enable.idempotence must stay true "
@@ -293,8 +306,6 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
         rc = conf_set(st->conf, p->key + 6, p->value, err);
         if (rc != OUTBOX_OK) goto fail;
     }
-    rc = outbox__url_check_unused(&u, KNOWN_OPTIONS, err);
-    if (rc != OUTBOX_OK) goto fail;
     rc = make_producer(st, err);
     if (rc != OUTBOX_OK) goto fail;
     {
@@ -315,11 +326,13 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
 
     outbox__log(OUTBOX_LOG_INFO, COMPONENT, "producer for %s: topic %s, ack timeout %lld ms",
                 st->brokers, tmpl, (long long)st->ack_timeout_ms);
+    outbox__props_free(kafka_props, &c);
     outbox__url_free(&u);
     *state = st;
     return OUTBOX_OK;
 
 fail:
+    outbox__props_free(kafka_props, &c);
     if (parsed) outbox__url_free(&u);
     kafka_close(st);
     return rc;
@@ -592,16 +605,6 @@ static void kafka_close(void *state)
     free(st);
 }
 
-/* The Kafka destination driver (see the top of this file). */
-const outbox_transport_ops outbox__transport_kafka = {
-    .version = 2,
-    .scheme = "kafka",
-    .open = kafka_open,
-    .publish = kafka_publish,
-    .close = kafka_close,
-    .reopen = NULL,
-};
-
 /* Its pipelined entry points (src/transport/pipeline.c lists them). */
 const outbox_transport_pipeline outbox__transport_kafka_pipeline = {
     &outbox__transport_kafka,
@@ -609,9 +612,24 @@ const outbox_transport_pipeline outbox__transport_kafka_pipeline = {
     kafka_publish_end,
 };
 
+#define KAFKA_ENTRY(f) f
+
 #else
 
-/* Keeps the translation unit non-empty in builds without librdkafka. */
-typedef int outbox__kafka_not_built;
+#define KAFKA_ENTRY(f) NULL /* not built: only the description below */
 
 #endif /* OUTBOX_HAVE_RDKAFKA */
+
+/* The Kafka destination driver (see the top of this file). */
+const outbox_transport_ops outbox__transport_kafka = {
+    .version = 3,
+    .scheme = "kafka",
+    .open = KAFKA_ENTRY(kafka_open),
+    .publish = KAFKA_ENTRY(kafka_publish),
+    .close = KAFKA_ENTRY(kafka_close),
+    .reopen = NULL,
+    .usage = "kafka://HOST:9092?topic=T",
+    .doc = "Kafka, through an idempotent producer (acks=all): the brokers' ack confirms a "
+           "message.  Several brokers: kafka://HOST1:9092,HOST2:9092.",
+    .props = kafka_props,
+};

@@ -54,6 +54,53 @@
  */
 #include "internal.h"
 
+#include <stddef.h>
+#include <stdint.h>
+
+/* What the settings (URL query and --to-opt) are read into.  The table is
+ * in every build, so help and docs describe the driver where nats.c is
+ * absent too. */
+typedef struct nats_config {
+    char *subject;
+    char *stream;
+    char *create_stream;
+    int64_t max_pending;
+    int64_t ack_timeout_ms;
+    int64_t connect_timeout_ms;
+    char *token;
+    char *creds;
+    char *ca_file;
+    int tls;
+} nats_config;
+
+#define NATS_FIELD(f) offsetof(nats_config, f)
+
+static const outbox_prop nats_props[] = {
+    {"subject", OUTBOX_PROP_STRING, NATS_FIELD(subject), "outbox.{aggregate_type}.{type}", NULL,
+     "TEMPLATE",
+     "The subject of each message, made of {type}, {aggregate_type} and {aggregate_id}; the "
+     "stream's subjects must cover it."},
+    {"stream", OUTBOX_PROP_STRING, NATS_FIELD(stream), NULL, NULL, "NAME",
+     "The JetStream stream that stores the messages (required, or create_stream); it must "
+     "exist."},
+    {"create_stream", OUTBOX_PROP_STRING, NATS_FIELD(create_stream), NULL, NULL, "NAME",
+     "The stream to use, created (file storage, covering the subject) when it does not exist."},
+    {"max_pending", OUTBOX_PROP_INT, NATS_FIELD(max_pending), "4096", "1..1000000", NULL,
+     "Publications waiting for their ack at once."},
+    {"ack_timeout", OUTBOX_PROP_DURATION, NATS_FIELD(ack_timeout_ms), "5s", "1ms..", NULL,
+     "How long a batch waits for JetStream's acks; what is unacknowledged then is retried."},
+    {"connect_timeout", OUTBOX_PROP_DURATION, NATS_FIELD(connect_timeout_ms), "5s", "1ms..", NULL,
+     "How long connecting to a server may take."},
+    {"token", OUTBOX_PROP_SECRET, NATS_FIELD(token), NULL, NULL, "TOKEN",
+     "An authentication token (user:password in the URL is the other way)."},
+    {"creds", OUTBOX_PROP_SECRET_FILE, NATS_FIELD(creds), NULL, NULL, NULL,
+     "A .creds file with the user JWT and nkey seed, as nsc writes it."},
+    {"ca_file", OUTBOX_PROP_PATH, NATS_FIELD(ca_file), NULL, NULL, NULL,
+     "A PEM file of the CA certificates to trust; implies tls=true."},
+    {"tls", OUTBOX_PROP_BOOL, NATS_FIELD(tls), "false", NULL, NULL, "true: connect with TLS."},
+    OUTBOX_PROPS_END,
+};
+
 #ifdef OUTBOX_HAVE_NATS
 
 #include <nats/nats.h>
@@ -67,10 +114,6 @@
 #include <time.h>
 
 #define COMPONENT "transport.nats"
-#define DEFAULT_SUBJECT "outbox.{aggregate_type}.{type}"
-#define KNOWN_OPTIONS                                                                              \
-    "subject, stream, create_stream, max_pending, ack_timeout, connect_timeout, token, creds, "    \
-    "ca_file, tls"
 /* After a reconnect, "no responders" may only mean JetStream is still
  * starting: it is retriable for this long. */
 #define RECONNECT_GRACE_US 10000000
@@ -414,19 +457,6 @@ static void ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
  * Open
  * ---------------------------------------------------------------------- */
 
-static int64_t parse_ms(const char *text, const char *name, int64_t dflt, outbox_error *err,
-                        int *rc)
-{
-    int64_t v;
-    if (text == NULL) return dflt;
-    v = outbox__duration_parse_ms(text);
-    if (v <= 0)
-        *rc = outbox__error(err, OUTBOX_ECONFIG,
-                            "nats destination: %s=\"%s\" is not a duration; use e.g. 5s or 500ms",
-                            name, text);
-    return v;
-}
-
 /* Checks the stream exists (or creates it) and covers the subject template. */
 static int check_stream(nats_state *st, const char *create, const char *tmpl, outbox_error *err)
 {
@@ -505,26 +535,15 @@ out:
     return rc;
 }
 
-/* Fills st->opts from the parsed URL. */
-static int set_options(nats_state *st, outbox_url *u, int64_t connect_ms, outbox_error *err)
+/* Fills st->opts from the parsed URL and settings. */
+static int set_options(nats_state *st, const outbox_url *u, const nats_config *c,
+                       outbox_error *err)
 {
-    const char *token = outbox__url_param(u, "token");
-    const char *creds = outbox__url_param(u, "creds");
-    const char *ca = outbox__url_param(u, "ca_file");
-    const char *tls = outbox__url_param(u, "tls");
+    const char *token = c->token, *creds = c->creds, *ca = c->ca_file;
     const char **servers = NULL;
     char *hosts = NULL, *save = NULL, *h;
-    int count = 0, rc = OUTBOX_OK, secure = 0;
+    int count = 0, rc = OUTBOX_OK, secure = c->tls || ca != NULL;
     natsStatus s;
-
-    if (tls != NULL) {
-        if (strcmp(tls, "true") == 0 || strcmp(tls, "1") == 0)
-            secure = 1;
-        else if (strcmp(tls, "false") != 0 && strcmp(tls, "0") != 0)
-            return outbox__error(err, OUTBOX_ECONFIG,
-                                 "nats destination: tls=\"%s\"; use tls=true or tls=false", tls);
-    }
-    if (ca != NULL) secure = 1;
 
     hosts = strdup(u->hosts);
     servers = calloc(strlen(u->hosts) / 2 + 2, sizeof *servers);
@@ -554,7 +573,7 @@ static int set_options(nats_state *st, outbox_url *u, int64_t connect_ms, outbox
         s = natsOptions_SetUserInfo(st->opts, u->user, u->password ? u->password : "");
     if (s == NATS_OK && token != NULL) s = natsOptions_SetToken(st->opts, token);
     if (s == NATS_OK) s = natsOptions_SetName(st->opts, "outbox-relay");
-    if (s == NATS_OK) s = natsOptions_SetTimeout(st->opts, connect_ms);
+    if (s == NATS_OK) s = natsOptions_SetTimeout(st->opts, c->connect_timeout_ms);
     if (s == NATS_OK) s = natsOptions_SetAllowReconnect(st->opts, true);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(st->opts, -1);
     if (s == NATS_OK) s = natsOptions_SetReconnectWait(st->opts, 250);
@@ -585,19 +604,8 @@ static int set_options(nats_state *st, outbox_url *u, int64_t connect_ms, outbox
                            ca);
         goto out;
     }
-    if (creds != NULL) {
-        /* nats.c reads the file only when it connects: say now if it
-         * cannot be read. */
-        FILE *f = fopen(creds, "r");
-        if (f == NULL) {
-            rc = outbox__error(err, OUTBOX_ECONFIG,
-                               "nats destination: cannot read creds file \"%s\": %s; give a "
-                               "readable .creds file",
-                               creds, strerror(errno));
-            goto out;
-        }
-        fclose(f);
-    }
+    /* nats.c reads the creds file only when it connects: outbox__props_parse
+     * has said already if it cannot be read. */
     if (creds != NULL &&
         natsOptions_SetUserCredentialsFromFiles(st->opts, creds, NULL) != NATS_OK) {
         rc = outbox__error(err, OUTBOX_ECONFIG,
@@ -621,8 +629,8 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
 {
     nats_state *st = NULL;
     outbox_url u;
-    const char *tmpl, *stream, *create, *maxp;
-    int64_t connect_ms, max_pending = 4096;
+    nats_config c;
+    const char *tmpl, *stream, *create;
     const char *creds;
     int rc = OUTBOX_OK, parsed = 0, locks = 0, attempt;
     jsOptions jo;
@@ -630,10 +638,13 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
 
     *state = NULL;
     memset(&u, 0, sizeof u);
+    memset(&c, 0, sizeof c);
     rc = outbox__url_parse(&u, url, cfg->options, err);
     if (rc != OUTBOX_OK) return rc;
     parsed = 1;
-    creds = outbox__url_param(&u, "creds");
+    rc = outbox__props_parse(nats_props, "nats destination", &u, &c, err);
+    if (rc != OUTBOX_OK) goto fail;
+    creds = c.creds;
 
     st = calloc(1, sizeof *st);
     if (st == NULL) {
@@ -649,28 +660,10 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
     locks = 1;
     snprintf(st->hosts, sizeof st->hosts, "nats://%s", u.hosts);
 
-    tmpl = outbox__url_param(&u, "subject");
-    if (tmpl == NULL) tmpl = DEFAULT_SUBJECT;
-    stream = outbox__url_param(&u, "stream");
-    create = outbox__url_param(&u, "create_stream");
-    maxp = outbox__url_param(&u, "max_pending");
-    if (maxp != NULL) {
-        char *end = NULL;
-        errno = 0;
-        max_pending = strtoll(maxp, &end, 10);
-        if (errno != 0 || end == maxp || *end != '\0' || max_pending < 1 || max_pending > 1000000) {
-            rc = outbox__error(err, OUTBOX_ECONFIG,
-                               "nats destination: max_pending=\"%s\"; use a number from 1 to "
-                               "1000000 (default 4096)",
-                               maxp);
-            goto fail;
-        }
-    }
-    st->ack_timeout_ms =
-        parse_ms(outbox__url_param(&u, "ack_timeout"), "ack_timeout", 5000, err, &rc);
-    connect_ms =
-        parse_ms(outbox__url_param(&u, "connect_timeout"), "connect_timeout", 5000, err, &rc);
-    if (rc != OUTBOX_OK) goto fail;
+    tmpl = c.subject;
+    stream = c.stream;
+    create = c.create_stream;
+    st->ack_timeout_ms = c.ack_timeout_ms;
     if (stream != NULL && create != NULL && strcmp(stream, create) != 0) {
         rc = outbox__error(err, OUTBOX_ECONFIG,
                            "nats destination: stream=%s and create_stream=%s differ; give one "
@@ -698,9 +691,7 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
         goto fail;
     }
-    rc = set_options(st, &u, connect_ms, err);
-    if (rc != OUTBOX_OK) goto fail;
-    rc = outbox__url_check_unused(&u, KNOWN_OPTIONS, err);
+    rc = set_options(st, &u, &c, err);
     if (rc != OUTBOX_OK) goto fail;
 
     for (attempt = 1;; attempt++) {
@@ -736,7 +727,7 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
     }
     jsOptions_Init(&jo);
     jo.Wait = st->ack_timeout_ms;
-    jo.PublishAsync.MaxPending = max_pending;
+    jo.PublishAsync.MaxPending = c.max_pending;
     jo.PublishAsync.AckHandler = ack_handler;
     jo.PublishAsync.AckHandlerClosure = st;
     jo.PublishAsync.StallWait = st->ack_timeout_ms;
@@ -762,12 +753,15 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
 
     outbox__log(OUTBOX_LOG_INFO, COMPONENT,
                 "connected to %s: stream %s, subject %s, max pending %lld, ack timeout %lld ms",
-                st->hosts, st->stream, tmpl, (long long)max_pending, (long long)st->ack_timeout_ms);
+                st->hosts, st->stream, tmpl, (long long)c.max_pending,
+                (long long)st->ack_timeout_ms);
+    outbox__props_free(nats_props, &c);
     outbox__url_free(&u);
     *state = st;
     return OUTBOX_OK;
 
 fail:
+    outbox__props_free(nats_props, &c);
     if (parsed) outbox__url_free(&u);
     if (st != NULL) {
         if (!locks) {
@@ -1209,16 +1203,6 @@ static void nats_close(void *state)
     free(st);
 }
 
-/* The NATS JetStream destination driver (see the top of this file). */
-const outbox_transport_ops outbox__transport_nats = {
-    .version = 2,
-    .scheme = "nats",
-    .open = nats_open,
-    .publish = nats_publish,
-    .close = nats_close,
-    .reopen = NULL,
-};
-
 /* Its pipelined entry points (src/transport/pipeline.c lists them). */
 const outbox_transport_pipeline outbox__transport_nats_pipeline = {
     &outbox__transport_nats,
@@ -1226,9 +1210,25 @@ const outbox_transport_pipeline outbox__transport_nats_pipeline = {
     nats_publish_end,
 };
 
+#define NATS_ENTRY(f) f
+
 #else
 
-/* Keeps the translation unit non-empty in builds without nats.c. */
-typedef int outbox__nats_not_built;
+#define NATS_ENTRY(f) NULL /* not built: only the description below */
 
 #endif /* OUTBOX_HAVE_NATS */
+
+/* The NATS JetStream destination driver (see the top of this file). */
+const outbox_transport_ops outbox__transport_nats = {
+    .version = 3,
+    .scheme = "nats",
+    .open = NATS_ENTRY(nats_open),
+    .publish = NATS_ENTRY(nats_publish),
+    .close = NATS_ENTRY(nats_close),
+    .reopen = NULL,
+    .usage = "nats://HOST:4222?stream=S",
+    .doc = "NATS JetStream: the stream's ack confirms a message (Nats-Msg-Id = its id).  "
+           "Several servers: nats://HOST1:4222,HOST2:4222; user:password@ or token= or creds= "
+           "to authenticate.",
+    .props = nats_props,
+};

@@ -194,10 +194,15 @@ static void stdout_close(void *state)
 
 /* The standard output destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_stdout = {
-    .version = 2,
+    .version = 3,
     .scheme = "stdout",
     .open = stdout_open,
     .publish = stdout_publish,
     .close = stdout_close,
     .reopen = NULL,
+    .usage = "stdout:",
+    .doc = "CloudEvents 1.0 structured mode, one JSON object per line, on standard output.  "
+           "Confirms nothing durably (a reader that exits early loses what it did not "
+           "read): for people and for pipelines that accept loss.",
+    .props = NULL, /* no settings (the registry refuses any) */
 };

@@ -3,31 +3,26 @@
  * scheme of the destination URL and opens it.
  *
  * Drivers are `const` tables (struct outbox_transport_ops).  The table below
- * lists the drivers compiled in; schemes of drivers this build leaves out
- * (brokers, HTTP, databases) are known by name so that they give
- * OUTBOX_ENOTBUILT instead of "unknown scheme".  A NULL URL with an
- * in-process publish callback opens the callback driver.  URLs only reach
- * error messages through outbox__url_redact.
+ * lists every driver; one whose library this build leaves out has open
+ * NULL, and its scheme (like those of the stores) gives OUTBOX_ENOTBUILT
+ * instead of "unknown scheme".  A NULL URL with an in-process publish
+ * callback opens the callback driver.  URLs only reach error messages
+ * through outbox__url_redact.
  */
 #include "internal.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
+/* Every destination driver, built or not (a driver whose library the
+ * build leaves out has its table, with open NULL): help and docs list
+ * them all, URLs open only the built ones. */
 static const outbox_transport_ops *const drivers[] = {
-    &outbox__transport_stdout,
-    &outbox__transport_file,
-    &outbox__transport_discard,
-#ifdef OUTBOX_HAVE_CURL
-    &outbox__transport_http,
-    &outbox__transport_https,
-#endif
-#ifdef OUTBOX_HAVE_NATS
-    &outbox__transport_nats,
-#endif
-#ifdef OUTBOX_HAVE_RDKAFKA
+    &outbox__transport_stdout, &outbox__transport_file,  &outbox__transport_discard,
+    &outbox__transport_http,   &outbox__transport_https, &outbox__transport_nats,
     &outbox__transport_kafka,
-#endif
 };
 
 /* Schemes of destinations that exist in the design but not in this build. */
@@ -43,21 +38,43 @@ static const struct {
     {"postgresql", "PostgreSQL (not built with libpq)"},
 };
 
-#define SUPPORTED "stdout:, file:PATH, discard:"
+static char supported_text[512];
+static pthread_once_t supported_once = PTHREAD_ONCE_INIT;
 
-/* The simple destinations take no settings: a --to-opt given to one of them
- * is a mistake to report at start-up, not to ignore.  Drivers with settings
- * check theirs with outbox__url_check_unused. */
-static int refuse_settings(const outbox_transport_ops *ops, const outbox_transport_config *cfg,
-                           outbox_error *err)
+static void make_supported(void)
 {
-    if (ops != &outbox__transport_stdout && ops != &outbox__transport_file &&
-        ops != &outbox__transport_discard && ops != &outbox__transport_callback)
-        return OUTBOX_OK;
-    if (cfg->options == NULL || cfg->options[0] == NULL) return OUTBOX_OK;
-    return outbox__error(err, OUTBOX_ECONFIG,
-                         "the %s destination takes no settings (got \"%.64s\")", ops->scheme,
-                         cfg->options[0]);
+    size_t i, len = 0;
+    for (i = 0; i < sizeof drivers / sizeof drivers[0] && len < sizeof supported_text; i++)
+        if (drivers[i]->open != NULL)
+            len += (size_t)snprintf(supported_text + len, sizeof supported_text - len, "%s%s",
+                                    len ? ", " : "", drivers[i]->usage);
+}
+
+/* The URL forms of the built destinations, "stdout:, file:PATH, ...", for
+ * "use one of" in messages. */
+static const char *supported(void)
+{
+    pthread_once(&supported_once, make_supported);
+    return supported_text;
+}
+
+/* A driver without properties takes no settings: a --to-opt given to it is
+ * a mistake to report at start-up, not to ignore.  Drivers with properties
+ * read theirs (and refuse unknown ones) with outbox__props_parse. */
+static int refuse_options(const outbox_transport_ops *ops, const outbox_transport_config *cfg,
+                          outbox_error *err)
+{
+    outbox_url u;
+    char what[64];
+    int rc;
+
+    if (ops->props != NULL || cfg->options == NULL || cfg->options[0] == NULL) return OUTBOX_OK;
+    rc = outbox__props_options(&u, ops->scheme, cfg->options, err);
+    if (rc != OUTBOX_OK) return rc;
+    snprintf(what, sizeof what, "%s destination", ops->scheme);
+    rc = outbox__props_parse(NULL, what, &u, NULL, err);
+    outbox__url_free(&u);
+    return rc;
 }
 
 /* Opens the destination for url (see internal.h).  On failure t->ops and
@@ -78,9 +95,10 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
     if (url == NULL) {
         if (cfg->publish == NULL)
             return outbox__error(err, OUTBOX_ECONFIG,
-                                 "no destination: give a destination URL (" SUPPORTED
-                                 ") or a publish callback");
-        int rc = refuse_settings(&outbox__transport_callback, cfg, err);
+                                 "no destination: give a destination URL (%s) or a publish "
+                                 "callback",
+                                 supported());
+        int rc = refuse_options(&outbox__transport_callback, cfg, err);
         if (rc != OUTBOX_OK) return rc;
         t->ops = &outbox__transport_callback;
         return t->ops->open(&t->state, NULL, cfg, err);
@@ -90,20 +108,22 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
     scheme_len = strcspn(url, ":");
     if (url[scheme_len] != ':' || scheme_len == 0)
         return outbox__error(err, OUTBOX_EBADURL,
-                             "destination URL \"%s\" has no scheme; use one of " SUPPORTED, shown);
+                             "destination URL \"%s\" has no scheme; use one of %s", shown,
+                             supported());
     for (i = 0; i < scheme_len; i++) {
         char c = url[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '+' || c == '-' || c == '.'))
-            return outbox__error(
-                err, OUTBOX_EBADURL,
-                "destination URL \"%s\" has a malformed scheme; use one of " SUPPORTED, shown);
+            return outbox__error(err, OUTBOX_EBADURL,
+                                 "destination URL \"%s\" has a malformed scheme; use one of %s",
+                                 shown, supported());
     }
 
     for (i = 0; i < sizeof drivers / sizeof drivers[0]; i++) {
         const char *s = drivers[i]->scheme;
+        if (drivers[i]->open == NULL) continue; /* not built: below */
         if (strlen(s) == scheme_len && strncasecmp(s, url, scheme_len) == 0) {
-            int rc = refuse_settings(drivers[i], cfg, err);
+            int rc = refuse_options(drivers[i], cfg, err);
             if (rc != OUTBOX_OK) return rc;
             rc = drivers[i]->open(&t->state, url, cfg, err);
             if (rc != OUTBOX_OK) {
@@ -123,12 +143,13 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
         const char *s = not_built[i].scheme;
         if (strlen(s) == scheme_len && strncasecmp(s, url, scheme_len) == 0)
             return outbox__error(err, OUTBOX_ENOTBUILT,
-                                 "this build has no %s destination (\"%s\"); use one of " SUPPORTED
-                                 " or rebuild with that driver",
-                                 not_built[i].what, shown);
+                                 "this build has no %s destination (\"%s\"); use one of %s or "
+                                 "rebuild with that driver",
+                                 not_built[i].what, shown, supported());
     }
     return outbox__error(err, OUTBOX_EBADURL,
-                         "unsupported destination scheme in \"%s\"; use one of " SUPPORTED, shown);
+                         "unsupported destination scheme in \"%s\"; use one of %s", shown,
+                         supported());
 }
 
 /* Closes the destination; harmless on a transport that failed to open. */
@@ -141,10 +162,16 @@ void outbox__transport_close(outbox_transport *t)
     t->interrupt = NULL;
 }
 
-/* The i-th URL scheme of the destination drivers compiled into this build,
- * in registry order, or NULL when i is past the last.  The in-process
- * callback destination has no URL and is not listed. */
-const char *outbox__transport_scheme(size_t i)
+/* The i-th destination driver, built or not, for outbox_driver_get. */
+int outbox__transport_driver(size_t i, outbox_driver_entry *out)
 {
-    return i < sizeof drivers / sizeof drivers[0] ? drivers[i]->scheme : NULL;
+    const outbox_transport_ops *ops;
+    if (i >= sizeof drivers / sizeof drivers[0]) return 0;
+    ops = drivers[i];
+    out->scheme = ops->scheme;
+    out->usage = ops->usage;
+    out->doc = ops->doc;
+    out->built = ops->open != NULL;
+    out->props = ops->props;
+    return 1;
 }
