@@ -213,7 +213,7 @@ enum { OUTBOX_STATUS_PENDING = 0, OUTBOX_STATUS_SENT = 1, OUTBOX_STATUS_FAILED =
 
 /* The relay's bookkeeping of a message read from a store (outbox_store_get,
  * outbox_store_list): its OUTBOX_STATUS_*, when it is due next
- * (available_at) and when it was confirmed (sent_at, kept only by relays
+ * (available_at; 0 or a past time: due now) and when it was confirmed (sent_at, kept only by relays
  * with OUTBOX_ON_SENT_MARK), in unix microseconds, and the error of its
  * last failed attempt.  For a message not read from a store: status
  * pending, times 0, last_error NULL.  last_error is owned by the message
