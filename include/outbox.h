@@ -171,8 +171,8 @@ typedef struct outbox_msg outbox_msg;
  * Every field is validated here (guarantee 7); on failure *out is NULL and
  * nothing is allocated.  The caller frees the message with outbox_msg_free. */
 OUTBOX_API int outbox_msg_new(outbox_msg **out, const char *type, const char *aggregate_type,
-                   const char *aggregate_id, const char *payload_json,
-                   outbox_error *err);
+                              const char *aggregate_id, const char *payload_json,
+                              outbox_error *err);
 
 /* Replaces the generated id with a caller-given UUID (any version, canonical
  * 8-4-4-4-12 hex form, either case; stored lower-case).  OUTBOX_EBADID when
@@ -186,13 +186,13 @@ OUTBOX_API int outbox_msg_set_occurred_at(outbox_msg *msg, int64_t unix_us, outb
  * not contain control characters; a "traceparent" value must be W3C
  * trace-context (version 00: 00-<32 hex>-<16 hex>-<2 hex>, ids not all zero). */
 OUTBOX_API int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value,
-                          outbox_error *err);
+                                     outbox_error *err);
 
 /* Replaces all headers with a JSON object of string values (NULL or "" clears
  * them).  Each entry is checked as in outbox_msg_set_header.  On failure the
  * previous headers are kept. */
 OUTBOX_API int outbox_msg_set_headers_json(outbox_msg *msg, const char *headers_json,
-                                outbox_error *err);
+                                           outbox_error *err);
 
 /* Read access.  Strings are owned by the message and live until it is freed
  * or the field is set again.  aggregate_type is "" when unset; headers_json
@@ -301,8 +301,8 @@ OUTBOX_API int outbox_enqueue_sqlite(sqlite3 *db, const outbox_msg *msg, outbox_
  * effect commit together, which makes the effect happen once.
  * OUTBOX_ENOSCHEMA / OUTBOX_ESCHEMANEWER as for outbox_enqueue_sqlite,
  * nothing written. */
-OUTBOX_API int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer,
-                               const char *message_id, outbox_error *err);
+OUTBOX_API int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *message_id,
+                                          outbox_error *err);
 
 /* Deletes inbox entries older than retention_ms (in its own transaction:
  * call with no transaction open).  *purged (may be NULL) receives the count.
@@ -312,8 +312,8 @@ OUTBOX_API int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer,
  * be applied twice.  OUTBOX_ENOSCHEMA / OUTBOX_ESCHEMANEWER as for
  * outbox_enqueue_sqlite, nothing deleted. */
 OUTBOX_API int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms,
-                              int64_t redelivery_horizon_ms, int64_t *purged,
-                              outbox_error *err);
+                                         int64_t redelivery_horizon_ms, int64_t *purged,
+                                         outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Webhooks (Standard Webhooks signatures; a receiver for C consumers)
@@ -336,8 +336,8 @@ OUTBOX_API int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms,
  * (OUTBOX_WEBHOOK_SIGNATURE_SIZE bytes).  OUTBOX_ECONFIG when the secret is
  * not valid base64 (the message never shows the secret). */
 OUTBOX_API int outbox_webhook_sign(const char *secret, const char *msg_id, int64_t timestamp,
-                        const void *body, size_t body_len,
-                        char out[OUTBOX_WEBHOOK_SIGNATURE_SIZE], outbox_error *err);
+                                   const void *body, size_t body_len,
+                                   char out[OUTBOX_WEBHOOK_SIGNATURE_SIZE], outbox_error *err);
 
 /* Verifies a received webhook: the three header values as received (each
  * may be NULL when absent), the raw body, the tolerance in seconds (0: the
@@ -350,8 +350,8 @@ OUTBOX_API int outbox_webhook_sign(const char *secret, const char *msg_id, int64
  *   OUTBOX_EBADSIGNATURE  no v1 entry matched
  *   OUTBOX_ECONFIG        the secret itself is malformed */
 OUTBOX_API int outbox_webhook_verify(const char *secret, const char *msg_id, const char *timestamp,
-                          const char *signature, const void *body, size_t body_len,
-                          int64_t tolerance_s, int64_t now_s, outbox_error *err);
+                                     const char *signature, const void *body, size_t body_len,
+                                     int64_t tolerance_s, int64_t now_s, outbox_error *err);
 
 typedef struct outbox_webhook_receiver outbox_webhook_receiver;
 
@@ -415,14 +415,14 @@ typedef struct outbox_webhook_receiver_stats {
  * many headers; 500 handler or database failure (rolled back); 503 busy
  * database.  On failure *out is NULL and err says which option to fix. */
 OUTBOX_API int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
-                                const outbox_webhook_receiver_options *opts,
-                                outbox_error *err);
+                                           const outbox_webhook_receiver_options *opts,
+                                           outbox_error *err);
 
 /* The port the receiver listens on (the ephemeral one when port was 0). */
 OUTBOX_API unsigned outbox_webhook_receiver_port(const outbox_webhook_receiver *r);
 
 OUTBOX_API void outbox_webhook_receiver_get_stats(outbox_webhook_receiver *r,
-                                       outbox_webhook_receiver_stats *stats);
+                                                  outbox_webhook_receiver_stats *stats);
 
 /* Stops serving (waits for the request in progress), closes the database
  * connection and frees r.  NULL is harmless. */
@@ -458,7 +458,7 @@ OUTBOX_API int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_err
 
 /* outbox_enqueue_pg into the outbox of `schema` (NULL: "outbox"). */
 OUTBOX_API int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg *msg,
-                             outbox_error *err);
+                                        outbox_error *err);
 
 /* Inserts msgs[0..n) (n >= 0; msgs may be NULL when n is 0) into the
  * outbox of `schema` (NULL: "outbox") as the last statements of the
@@ -483,19 +483,19 @@ OUTBOX_API int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const 
  *   never came); the caller finds out after reconnecting.
  * The connection is out of pipeline mode again on return (a broken one
  * at the latest after PQreset). */
-OUTBOX_API int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg *const *msgs,
-                             size_t n, outbox_error *err);
+OUTBOX_API int outbox_enqueue_commit_pg(PGconn *conn, const char *schema,
+                                        const outbox_msg *const *msgs, size_t n, outbox_error *err);
 
 /* Records that `consumer` received `message_id` inside the caller's open
  * transaction: OUTBOX_OK the first time, OUTBOX_DUPLICATE afterwards (the
  * caller then skips the effect).  OUTBOX_ENOTXN, OUTBOX_EINVAL, OUTBOX_EBADID
  * as for SQLite. */
 OUTBOX_API int outbox_inbox_record_pg(PGconn *conn, const char *consumer, const char *message_id,
-                           outbox_error *err);
+                                      outbox_error *err);
 
 /* outbox_inbox_record_pg in the inbox of `schema` (NULL: "outbox"). */
 OUTBOX_API int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *consumer,
-                                  const char *message_id, outbox_error *err);
+                                             const char *message_id, outbox_error *err);
 
 /* Deletes the inbox entries of `schema` (NULL: "outbox") received more than
  * retention_ms ago (by the server's clock), in one statement: call it with
@@ -504,7 +504,8 @@ OUTBOX_API int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, c
  * retention_ms is shorter than redelivery_horizon_ms (0: the default
  * options' horizon). */
 OUTBOX_API int outbox_inbox_purge_pg(PGconn *conn, const char *schema, int64_t retention_ms,
-                          int64_t redelivery_horizon_ms, int64_t *purged, outbox_error *err);
+                                     int64_t redelivery_horizon_ms, int64_t *purged,
+                                     outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Store handle
@@ -524,9 +525,10 @@ typedef struct outbox_store outbox_store;
 /* Opens the store named by url: "sqlite:PATH", "postgres://USER@HOST/DB"
  * or "postgres:KEY=VALUE ...".  Does not create or check the schema, and
  * never creates a missing SQLite file: only outbox_store_init does (a typo
- * in a path does not leave a stray empty database).  OUTBOX_EBADURL for a malformed URL or an unknown
- * scheme, OUTBOX_ENOTBUILT for a store this build left out, or the
- * driver's error (e.g. OUTBOX_EIO when the database cannot be reached).
+ * in a path does not leave a stray empty database).  OUTBOX_EBADURL for a
+ * malformed URL or an unknown scheme, OUTBOX_ENOTBUILT for a store this
+ * build left out, or the driver's error (e.g. OUTBOX_EIO when the database
+ * cannot be reached).  The message shows the URL with secrets masked.
  * On success the caller closes *out with outbox_store_close; on failure
  * *out is NULL. */
 OUTBOX_API int outbox_store_open(const char *url, outbox_store **out, outbox_error *err);
@@ -551,8 +553,7 @@ OUTBOX_API int outbox_store_check_schema(outbox_store *store, outbox_error *err)
 /* Enqueues msg (borrowed) in a transaction of its own: committed on
  * OUTBOX_OK, nothing written otherwise.  Errors as for
  * outbox_enqueue_sqlite (OUTBOX_EEXISTS, OUTBOX_ETOOBIG, ...). */
-OUTBOX_API int outbox_store_enqueue(outbox_store *store, const outbox_msg *msg,
-                                    outbox_error *err);
+OUTBOX_API int outbox_store_enqueue(outbox_store *store, const outbox_msg *msg, outbox_error *err);
 
 /* A store's counts and relay lease, as `outbox status` shows them.  Times
  * are unix microseconds.  Fields are only ever appended: pass sizeof your
@@ -737,7 +738,7 @@ typedef struct outbox_relay_stats {
  * take the lease yet.  opts may be NULL for defaults; strings in opts are
  * copied. */
 OUTBOX_API int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_url,
-                     const outbox_relay_options *opts, outbox_error *err);
+                                const outbox_relay_options *opts, outbox_error *err);
 
 /* Takes the lease and runs the loop until outbox_relay_stop() is called
  * (returns OUTBOX_OK) or, with opts.once, until nothing is due (OUTBOX_OK).

@@ -9,8 +9,7 @@
 #include <string.h>
 
 int outbox__options_copy(void *dst, size_t dst_size, const void *src, size_t src_size,
-                         size_t min_size, const char *fn, const char *init_fn,
-                         outbox_error *err)
+                         size_t min_size, const char *fn, const char *init_fn, outbox_error *err)
 {
     if (src_size < min_size)
         return outbox__error(err, OUTBOX_EINVAL,

@@ -18,8 +18,10 @@ static int check_args(const outbox_store *store, int required_present, const cha
                       outbox_error *err)
 {
     if (store == NULL || store->ops == NULL)
-        return outbox__error(err, OUTBOX_EINVAL, "%s: store is NULL (open it with "
-                                                 "outbox_store_open)", fn);
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "%s: store is NULL (open it with "
+                             "outbox_store_open)",
+                             fn);
     if (!required_present)
         return outbox__error(err, OUTBOX_EINVAL, "%s: a required argument is NULL", fn);
     return OUTBOX_OK;
@@ -78,15 +80,15 @@ int outbox_store_enqueue(outbox_store *store, const outbox_msg *msg, outbox_erro
     return rc != OUTBOX_OK ? rc : store->ops->enqueue(store->state, msg, err);
 }
 
-int outbox_store_status(outbox_store *store, outbox_status *out, size_t out_size,
-                        outbox_error *err)
+int outbox_store_status(outbox_store *store, outbox_status *out, size_t out_size, outbox_error *err)
 {
     outbox_status st;
     int rc = check_args(store, out != NULL, "outbox_store_status", err);
     if (rc != OUTBOX_OK) return rc;
     if (out_size == 0)
-        return outbox__error(err, OUTBOX_EINVAL, "outbox_store_status: out_size is 0; pass "
-                                                 "sizeof your outbox_status");
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "outbox_store_status: out_size is 0; pass "
+                             "sizeof your outbox_status");
     memset(&st, 0, sizeof st);
     rc = store->ops->status(store->state, &st, err);
     if (rc != OUTBOX_OK) return rc;
@@ -109,13 +111,17 @@ int outbox_store_list(outbox_store *store, const outbox_list_params *params, out
 {
     int rc = check_args(store, params != NULL && fn != NULL, "outbox_store_list", err);
     if (rc != OUTBOX_OK) return rc;
-    if (params->status != -1 && (params->status < OUTBOX_STATUS_PENDING ||
-                                 params->status > OUTBOX_STATUS_FAILED))
-        return outbox__error(err, OUTBOX_EINVAL, "outbox_store_list: status %d is not "
-                                                 "OUTBOX_STATUS_* or -1 (all)", params->status);
+    if (params->status != -1 &&
+        (params->status < OUTBOX_STATUS_PENDING || params->status > OUTBOX_STATUS_FAILED))
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "outbox_store_list: status %d is not "
+                             "OUTBOX_STATUS_* or -1 (all)",
+                             params->status);
     if (params->limit < 0)
-        return outbox__error(err, OUTBOX_EINVAL, "outbox_store_list: limit %lld is negative "
-                                                 "(0: no limit)", (long long)params->limit);
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "outbox_store_list: limit %lld is negative "
+                             "(0: no limit)",
+                             (long long)params->limit);
     return store->ops->list(store->state, params, fn, user, err);
 }
 
@@ -141,11 +147,15 @@ static int canonical_ids(const char *fn, const char *const *ids, size_t n, int a
 
     *copy = NULL;
     if ((n > 0) == (all != 0) || (n > 0 && ids == NULL))
-        return outbox__error(err, OUTBOX_EINVAL, "%s: give message ids (n > 0) or all, "
-                                                 "not both or neither", fn);
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "%s: give message ids (n > 0) or all, "
+                             "not both or neither",
+                             fn);
     if (n == 0) return OUTBOX_OK;
-    if (n > SIZE_MAX / (sizeof *ptrs + 37)) ptrs = NULL;
-    else ptrs = malloc(n * (sizeof *ptrs + 37));
+    if (n > SIZE_MAX / (sizeof *ptrs + 37))
+        ptrs = NULL;
+    else
+        ptrs = malloc(n * (sizeof *ptrs + 37));
     if (ptrs == NULL) return outbox__error(err, OUTBOX_ENOMEM, "%s: out of memory", fn);
     text = (char *)(ptrs + n);
     for (size_t i = 0; i < n; i++) {
@@ -175,15 +185,16 @@ int outbox_store_retry(outbox_store *store, const char *const *ids, size_t n, in
 }
 
 int outbox_store_drop(outbox_store *store, const char *const *ids, size_t n, int all,
-                      outbox_drop_archive_fn archive, void *user, int64_t *count,
-                      outbox_error *err)
+                      outbox_drop_archive_fn archive, void *user, int64_t *count, outbox_error *err)
 {
     const char **copy = NULL;
     int64_t done = 0;
     int rc = check_args(store, 1, "outbox_store_drop", err);
     if (rc == OUTBOX_OK && (store->ops->version < 5 || store->ops->drop == NULL))
-        rc = outbox__error(err, OUTBOX_ENOTBUILT, "the %s store of this build cannot drop "
-                                                  "messages", store->ops->scheme);
+        rc = outbox__error(err, OUTBOX_ENOTBUILT,
+                           "the %s store of this build cannot drop "
+                           "messages",
+                           store->ops->scheme);
     if (rc == OUTBOX_OK) rc = canonical_ids("outbox_store_drop", ids, n, all, &copy, err);
     if (rc == OUTBOX_OK)
         rc = store->ops->drop(store->state, copy, n, all, archive, user, &done, err);
@@ -198,14 +209,17 @@ int outbox_store_purge(outbox_store *store, int64_t older_than_ms, int64_t *coun
     int64_t done = 0;
     int rc = check_args(store, 1, "outbox_store_purge", err);
     if (rc == OUTBOX_OK && older_than_ms < 0)
-        rc = outbox__error(err, OUTBOX_EINVAL, "outbox_store_purge: older_than_ms %lld is "
-                                               "negative", (long long)older_than_ms);
+        rc = outbox__error(err, OUTBOX_EINVAL,
+                           "outbox_store_purge: older_than_ms %lld is "
+                           "negative",
+                           (long long)older_than_ms);
     if (rc == OUTBOX_OK && older_than_ms > INT64_MAX / 1000)
-        rc = outbox__error(err, OUTBOX_EINVAL, "outbox_store_purge: older_than_ms %lld is "
-                                               "too large", (long long)older_than_ms);
+        rc = outbox__error(err, OUTBOX_EINVAL,
+                           "outbox_store_purge: older_than_ms %lld is "
+                           "too large",
+                           (long long)older_than_ms);
     if (rc == OUTBOX_OK)
-        rc = store->ops->purge(store->state, outbox__now_us() - older_than_ms * 1000, &done,
-                               err);
+        rc = store->ops->purge(store->state, outbox__now_us() - older_than_ms * 1000, &done, err);
     if (count) *count = rc == OUTBOX_OK ? done : 0;
     return rc;
 }
@@ -216,11 +230,12 @@ int outbox_store_inbox_purge(outbox_store *store, int64_t retention_ms,
     int64_t done = 0;
     int rc = check_args(store, 1, "outbox_store_inbox_purge", err);
     if (rc == OUTBOX_OK && (store->ops->version < 3 || store->ops->inbox_purge == NULL))
-        rc = outbox__error(err, OUTBOX_ENOTBUILT, "the %s store of this build has no inbox "
-                                                  "to purge", store->ops->scheme);
+        rc = outbox__error(err, OUTBOX_ENOTBUILT,
+                           "the %s store of this build has no inbox "
+                           "to purge",
+                           store->ops->scheme);
     if (rc == OUTBOX_OK)
-        rc = store->ops->inbox_purge(store->state, retention_ms, redelivery_horizon_ms, &done,
-                                     err);
+        rc = store->ops->inbox_purge(store->state, retention_ms, redelivery_horizon_ms, &done, err);
     if (count) *count = rc == OUTBOX_OK ? done : 0;
     return rc;
 }
