@@ -31,13 +31,23 @@
 extern "C" {
 #endif
 
+/* OUTBOX_API marks what the shared library exports: the library is built
+ * with hidden visibility (-fvisibility=hidden), so only the declarations in
+ * this header are part of its ABI (the list is src/liboutbox.exports,
+ * checked by tests/test_exports.sh). */
+#if defined(__GNUC__) || defined(__clang__)
+#define OUTBOX_API __attribute__((visibility("default")))
+#else
+#define OUTBOX_API
+#endif
+
 #define OUTBOX_VERSION_MAJOR 0
 #define OUTBOX_VERSION_MINOR 1
 #define OUTBOX_VERSION_PATCH 0
 #define OUTBOX_VERSION_STRING "0.1.0"
 
 /* Returns OUTBOX_VERSION_STRING of the library actually linked. */
-const char *outbox_version(void);
+OUTBOX_API const char *outbox_version(void);
 
 /* ------------------------------------------------------------------------
  * Errors
@@ -103,11 +113,11 @@ typedef struct outbox_error {
 
 /* Short static description of a code, e.g. "payload is not valid JSON".
  * Never NULL; unknown codes give "unknown error". */
-const char *outbox_strerror(int code);
+OUTBOX_API const char *outbox_strerror(int code);
 
 /* Non-zero when repeating the same call later may succeed (busy database,
  * I/O or publish failure); zero for invalid input and permanent failures. */
-int outbox_err_retriable(int code);
+OUTBOX_API int outbox_err_retriable(int code);
 
 /* ------------------------------------------------------------------------
  * Logging
@@ -129,10 +139,10 @@ typedef void (*outbox_log_fn)(void *user, int level, const char *component,
 /* Installs the process-wide log callback (NULL: logging off, the default)
  * and the lowest level passed to it.  Not thread-safe against concurrent
  * logging: call it at start-up. */
-void outbox_log_set(outbox_log_fn fn, void *user, int min_level);
+OUTBOX_API void outbox_log_set(outbox_log_fn fn, void *user, int min_level);
 
 /* "debug", "info", "warn", "error". */
-const char *outbox_log_level_name(int level);
+OUTBOX_API const char *outbox_log_level_name(int level);
 
 /* ------------------------------------------------------------------------
  * Limits
@@ -147,7 +157,7 @@ enum {
 
 /* Sets a process-wide limit; returns the previous value.  A value of 0
  * only queries.  Thread-safe. */
-size_t outbox_limit(int which, size_t value);
+OUTBOX_API size_t outbox_limit(int which, size_t value);
 
 /* ------------------------------------------------------------------------
  * Messages
@@ -160,67 +170,99 @@ typedef struct outbox_msg outbox_msg;
  * payload_json is any JSON text (NULL stands for the empty object "{}").
  * Every field is validated here (guarantee 7); on failure *out is NULL and
  * nothing is allocated.  The caller frees the message with outbox_msg_free. */
-int outbox_msg_new(outbox_msg **out, const char *type, const char *aggregate_type,
-                   const char *aggregate_id, const char *payload_json,
-                   outbox_error *err);
+OUTBOX_API int outbox_msg_new(outbox_msg **out, const char *type, const char *aggregate_type,
+                              const char *aggregate_id, const char *payload_json,
+                              outbox_error *err);
 
 /* Replaces the generated id with a caller-given UUID (any version, canonical
  * 8-4-4-4-12 hex form, either case; stored lower-case).  OUTBOX_EBADID when
  * malformed. */
-int outbox_msg_set_id(outbox_msg *msg, const char *uuid, outbox_error *err);
+OUTBOX_API int outbox_msg_set_id(outbox_msg *msg, const char *uuid, outbox_error *err);
 
 /* Sets occurred_at, microseconds since the Unix epoch, UTC. */
-int outbox_msg_set_occurred_at(outbox_msg *msg, int64_t unix_us, outbox_error *err);
+OUTBOX_API int outbox_msg_set_occurred_at(outbox_msg *msg, int64_t unix_us, outbox_error *err);
 
 /* Adds or replaces one header.  Names are non-empty; names and values must
  * not contain control characters; a "traceparent" value must be W3C
  * trace-context (version 00: 00-<32 hex>-<16 hex>-<2 hex>, ids not all zero). */
-int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value,
-                          outbox_error *err);
+OUTBOX_API int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value,
+                                     outbox_error *err);
 
 /* Replaces all headers with a JSON object of string values (NULL or "" clears
  * them).  Each entry is checked as in outbox_msg_set_header.  On failure the
  * previous headers are kept. */
-int outbox_msg_set_headers_json(outbox_msg *msg, const char *headers_json,
-                                outbox_error *err);
+OUTBOX_API int outbox_msg_set_headers_json(outbox_msg *msg, const char *headers_json,
+                                           outbox_error *err);
 
 /* Read access.  Strings are owned by the message and live until it is freed
  * or the field is set again.  aggregate_type is "" when unset; headers_json
  * is a compact JSON object ("{}" when none).  seq and attempts are 0 for a
  * message that was not read from a store. */
-const char *outbox_msg_id(const outbox_msg *msg);
-const char *outbox_msg_type(const outbox_msg *msg);
-const char *outbox_msg_aggregate_type(const outbox_msg *msg);
-const char *outbox_msg_aggregate_id(const outbox_msg *msg);
-const char *outbox_msg_payload(const outbox_msg *msg);
-const char *outbox_msg_headers_json(const outbox_msg *msg);
-int64_t outbox_msg_occurred_at(const outbox_msg *msg);
-int64_t outbox_msg_seq(const outbox_msg *msg);
-int outbox_msg_attempts(const outbox_msg *msg);
+OUTBOX_API const char *outbox_msg_id(const outbox_msg *msg);
+OUTBOX_API const char *outbox_msg_type(const outbox_msg *msg);
+OUTBOX_API const char *outbox_msg_aggregate_type(const outbox_msg *msg);
+OUTBOX_API const char *outbox_msg_aggregate_id(const outbox_msg *msg);
+OUTBOX_API const char *outbox_msg_payload(const outbox_msg *msg);
+OUTBOX_API const char *outbox_msg_headers_json(const outbox_msg *msg);
+OUTBOX_API int64_t outbox_msg_occurred_at(const outbox_msg *msg);
+OUTBOX_API int64_t outbox_msg_seq(const outbox_msg *msg);
+OUTBOX_API int outbox_msg_attempts(const outbox_msg *msg);
+
+/* Delivery status of a stored message. */
+enum { OUTBOX_STATUS_PENDING = 0, OUTBOX_STATUS_SENT = 1, OUTBOX_STATUS_FAILED = 2 };
+
+/* The relay's bookkeeping of a message read from a store (outbox_store_get,
+ * outbox_store_list): its OUTBOX_STATUS_*, when it is due next
+ * (available_at; 0 or a past time: due now) and when it was confirmed (sent_at, kept only by relays
+ * with OUTBOX_ON_SENT_MARK), in unix microseconds, and the error of its
+ * last failed attempt.  For a message not read from a store: status
+ * pending, times 0, last_error NULL.  last_error is owned by the message
+ * and NULL when there is none. */
+OUTBOX_API int outbox_msg_status(const outbox_msg *msg);
+OUTBOX_API int64_t outbox_msg_available_at(const outbox_msg *msg);
+OUTBOX_API int64_t outbox_msg_sent_at(const outbox_msg *msg);
+OUTBOX_API const char *outbox_msg_last_error(const outbox_msg *msg);
+
+/* "pending", "sent", "failed" ("unknown" for any other value); and back:
+ * the OUTBOX_STATUS_* of a name, -1 for an unknown name or NULL. */
+OUTBOX_API const char *outbox_msg_status_name(int status);
+OUTBOX_API int outbox_msg_status_parse(const char *name);
 
 /* Number of headers, and the i-th name/value (NULL when i is out of range). */
-size_t outbox_msg_header_count(const outbox_msg *msg);
-const char *outbox_msg_header_name(const outbox_msg *msg, size_t i);
-const char *outbox_msg_header_value(const outbox_msg *msg, size_t i);
+OUTBOX_API size_t outbox_msg_header_count(const outbox_msg *msg);
+OUTBOX_API const char *outbox_msg_header_name(const outbox_msg *msg, size_t i);
+OUTBOX_API const char *outbox_msg_header_value(const outbox_msg *msg, size_t i);
 /* Value of a named header, or NULL. */
-const char *outbox_msg_header(const outbox_msg *msg, const char *name);
+OUTBOX_API const char *outbox_msg_header(const outbox_msg *msg, const char *name);
 
-void outbox_msg_free(outbox_msg *msg);
+OUTBOX_API void outbox_msg_free(outbox_msg *msg);
 
 /* Utilities used by the message model, public because other code needs the
  * same rules.  uuid_out must hold 37 bytes. */
-int outbox_uuid_v7(char uuid_out[37]);
-int outbox_uuid_valid(const char *uuid);
-int outbox_traceparent_valid(const char *value);
+OUTBOX_API int outbox_uuid_v7(char uuid_out[37]);
+OUTBOX_API int outbox_uuid_valid(const char *uuid);
+OUTBOX_API int outbox_traceparent_valid(const char *value);
 
 /* Formats unix microseconds as RFC 3339 UTC with microseconds
  * ("2026-11-28T00:40:27.123456Z"); buf must hold 32 bytes. */
-void outbox_time_format(int64_t unix_us, char buf[32]);
+OUTBOX_API void outbox_time_format(int64_t unix_us, char buf[32]);
 
 /* Parses what outbox_time_format writes (RFC 3339 UTC; the fraction may have
  * any number of digits or be absent; "Z" or "+00:00") into unix microseconds.
  * Returns 0, or -1 when text is malformed (*out untouched). */
-int outbox_time_parse(const char *text, int64_t *out);
+OUTBOX_API int outbox_time_parse(const char *text, int64_t *out);
+
+/* Parses a duration: "500ms", "30s", "5m", "2h", "7d" (a bare number is
+ * seconds) into milliseconds.  Returns -1 when text is NULL, empty,
+ * negative, malformed or too large for int64_t milliseconds. */
+OUTBOX_API int64_t outbox_duration_parse_ms(const char *text);
+
+/* Copies url into out (out_len bytes; always NUL-terminated when out_len >
+ * 0, cut short when it does not fit) with the secrets masked as "***": the
+ * password of user:password@ and the values of query parameters whose names
+ * look like secrets (password, pass, token, secret, key, credentials).  Use
+ * it before a URL reaches a log or a message.  url NULL gives "". */
+OUTBOX_API void outbox_url_redact(const char *url, char *out, size_t out_len);
 
 /* ------------------------------------------------------------------------
  * SQLite: schema, enqueue, inbox
@@ -240,7 +282,7 @@ typedef struct sqlite3 sqlite3;
  * newer version; OUTBOX_ESTORE, changing nothing, for outbox tables without
  * a readable version record (the message says what was found and how to
  * repair it). */
-int outbox_schema_init_sqlite(sqlite3 *db, outbox_error *err);
+OUTBOX_API int outbox_schema_init_sqlite(sqlite3 *db, outbox_error *err);
 
 /* Inserts msg into the outbox inside the caller's open transaction.  The
  * message becomes visible to the relay if and only if that transaction
@@ -251,7 +293,7 @@ int outbox_schema_init_sqlite(sqlite3 *db, outbox_error *err);
  * On failure nothing is written (the caller's transaction stays open and
  * usable).  A relay running in the same process on the same database file
  * is woken right after the caller commits. */
-int outbox_enqueue_sqlite(sqlite3 *db, const outbox_msg *msg, outbox_error *err);
+OUTBOX_API int outbox_enqueue_sqlite(sqlite3 *db, const outbox_msg *msg, outbox_error *err);
 
 /* Records that `consumer` received `message_id`, inside the caller's open
  * transaction.  Returns OUTBOX_OK the first time and OUTBOX_DUPLICATE every
@@ -259,8 +301,8 @@ int outbox_enqueue_sqlite(sqlite3 *db, const outbox_msg *msg, outbox_error *err)
  * effect commit together, which makes the effect happen once.
  * OUTBOX_ENOSCHEMA / OUTBOX_ESCHEMANEWER as for outbox_enqueue_sqlite,
  * nothing written. */
-int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer,
-                               const char *message_id, outbox_error *err);
+OUTBOX_API int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *message_id,
+                                          outbox_error *err);
 
 /* Deletes inbox entries older than retention_ms (in its own transaction:
  * call with no transaction open).  *purged (may be NULL) receives the count.
@@ -269,9 +311,9 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer,
  * default options): a message redelivered after its entry was purged would
  * be applied twice.  OUTBOX_ENOSCHEMA / OUTBOX_ESCHEMANEWER as for
  * outbox_enqueue_sqlite, nothing deleted. */
-int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms,
-                              int64_t redelivery_horizon_ms, int64_t *purged,
-                              outbox_error *err);
+OUTBOX_API int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms,
+                                         int64_t redelivery_horizon_ms, int64_t *purged,
+                                         outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Webhooks (Standard Webhooks signatures; a receiver for C consumers)
@@ -293,9 +335,9 @@ int outbox_inbox_purge_sqlite(sqlite3 *db, int64_t retention_ms,
 /* Writes the signature of (msg_id, timestamp, body) under secret into out
  * (OUTBOX_WEBHOOK_SIGNATURE_SIZE bytes).  OUTBOX_ECONFIG when the secret is
  * not valid base64 (the message never shows the secret). */
-int outbox_webhook_sign(const char *secret, const char *msg_id, int64_t timestamp,
-                        const void *body, size_t body_len,
-                        char out[OUTBOX_WEBHOOK_SIGNATURE_SIZE], outbox_error *err);
+OUTBOX_API int outbox_webhook_sign(const char *secret, const char *msg_id, int64_t timestamp,
+                                   const void *body, size_t body_len,
+                                   char out[OUTBOX_WEBHOOK_SIGNATURE_SIZE], outbox_error *err);
 
 /* Verifies a received webhook: the three header values as received (each
  * may be NULL when absent), the raw body, the tolerance in seconds (0: the
@@ -307,9 +349,9 @@ int outbox_webhook_sign(const char *secret, const char *msg_id, int64_t timestam
  *   OUTBOX_ESTALE         timestamp further than tolerance from now
  *   OUTBOX_EBADSIGNATURE  no v1 entry matched
  *   OUTBOX_ECONFIG        the secret itself is malformed */
-int outbox_webhook_verify(const char *secret, const char *msg_id, const char *timestamp,
-                          const char *signature, const void *body, size_t body_len,
-                          int64_t tolerance_s, int64_t now_s, outbox_error *err);
+OUTBOX_API int outbox_webhook_verify(const char *secret, const char *msg_id, const char *timestamp,
+                                     const char *signature, const void *body, size_t body_len,
+                                     int64_t tolerance_s, int64_t now_s, outbox_error *err);
 
 typedef struct outbox_webhook_receiver outbox_webhook_receiver;
 
@@ -322,7 +364,11 @@ typedef struct outbox_webhook_receiver outbox_webhook_receiver;
 typedef int (*outbox_webhook_handler_fn)(void *user, sqlite3 *db, const outbox_msg *msg,
                                          outbox_error *err);
 
+/* Fill the options with outbox_webhook_receiver_options_init, then set
+ * fields: it sets size, which lets the struct grow (see
+ * outbox_relay_options). */
 typedef struct outbox_webhook_receiver_options {
+    size_t size;                   /* sizeof the caller's struct: set by _init */
     const char *bind_address;      /* IPv4 address; default "127.0.0.1" */
     unsigned port;                 /* 0 (default): an ephemeral port */
     const char *secret;            /* "whsec_..."; NULL: accept unsigned requests
@@ -346,8 +392,12 @@ typedef struct outbox_webhook_receiver_options {
                                       no TLS; NULL (default): plain HTTP */
 } outbox_webhook_receiver_options;
 
-/* Fills opts with the defaults above (required fields NULL). */
-void outbox_webhook_receiver_options_init(outbox_webhook_receiver_options *opts);
+/* Fills opts with the defaults above (required fields NULL) and sets
+ * opts->size.  outbox_webhook_receiver_new reads only the first size bytes
+ * and takes the defaults for the rest; it refuses (OUTBOX_EINVAL) a size
+ * below the layout up to init_sql, e.g. 0 from a struct not filled by
+ * this function. */
+OUTBOX_API void outbox_webhook_receiver_options_init(outbox_webhook_receiver_options *opts);
 
 /* Counters since the receiver started. */
 typedef struct outbox_webhook_receiver_stats {
@@ -364,19 +414,19 @@ typedef struct outbox_webhook_receiver_stats {
  * bad signature or stale; 405 not POST; 413 body over the limit; 431 too
  * many headers; 500 handler or database failure (rolled back); 503 busy
  * database.  On failure *out is NULL and err says which option to fix. */
-int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
-                                const outbox_webhook_receiver_options *opts,
-                                outbox_error *err);
+OUTBOX_API int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
+                                           const outbox_webhook_receiver_options *opts,
+                                           outbox_error *err);
 
 /* The port the receiver listens on (the ephemeral one when port was 0). */
-unsigned outbox_webhook_receiver_port(const outbox_webhook_receiver *r);
+OUTBOX_API unsigned outbox_webhook_receiver_port(const outbox_webhook_receiver *r);
 
-void outbox_webhook_receiver_get_stats(outbox_webhook_receiver *r,
-                                       outbox_webhook_receiver_stats *stats);
+OUTBOX_API void outbox_webhook_receiver_get_stats(outbox_webhook_receiver *r,
+                                                  outbox_webhook_receiver_stats *stats);
 
 /* Stops serving (waits for the request in progress), closes the database
  * connection and frees r.  NULL is harmless. */
-void outbox_webhook_receiver_free(outbox_webhook_receiver *r);
+OUTBOX_API void outbox_webhook_receiver_free(outbox_webhook_receiver *r);
 
 /* ------------------------------------------------------------------------
  * PostgreSQL: schema, enqueue, inbox
@@ -395,7 +445,7 @@ typedef struct pg_conn PGconn;
  * (NULL: "outbox"), idempotent, in a transaction of its own: call it with
  * no transaction open (OUTBOX_EINVAL otherwise).  OUTBOX_ECONFIG for a bad
  * schema name, OUTBOX_ESCHEMANEWER when set up by a newer version. */
-int outbox_schema_init_pg(PGconn *conn, const char *schema, outbox_error *err);
+OUTBOX_API int outbox_schema_init_pg(PGconn *conn, const char *schema, outbox_error *err);
 
 /* Inserts msg into the outbox (schema "outbox") inside the caller's open
  * transaction (PQtransactionStatus must be PQTRANS_INTRANS, else
@@ -404,11 +454,11 @@ int outbox_schema_init_pg(PGconn *conn, const char *schema, outbox_error *err);
  * connection.  OUTBOX_EEXISTS (duplicate id) and OUTBOX_ENOSCHEMA leave the
  * caller's transaction usable; OUTBOX_ETOOBIG is refused before anything
  * is sent. */
-int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_error *err);
+OUTBOX_API int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_error *err);
 
 /* outbox_enqueue_pg into the outbox of `schema` (NULL: "outbox"). */
-int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg *msg,
-                             outbox_error *err);
+OUTBOX_API int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg *msg,
+                                        outbox_error *err);
 
 /* Inserts msgs[0..n) (n >= 0; msgs may be NULL when n is 0) into the
  * outbox of `schema` (NULL: "outbox") as the last statements of the
@@ -433,19 +483,19 @@ int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg 
  *   never came); the caller finds out after reconnecting.
  * The connection is out of pipeline mode again on return (a broken one
  * at the latest after PQreset). */
-int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg *const *msgs,
-                             size_t n, outbox_error *err);
+OUTBOX_API int outbox_enqueue_commit_pg(PGconn *conn, const char *schema,
+                                        const outbox_msg *const *msgs, size_t n, outbox_error *err);
 
 /* Records that `consumer` received `message_id` inside the caller's open
  * transaction: OUTBOX_OK the first time, OUTBOX_DUPLICATE afterwards (the
  * caller then skips the effect).  OUTBOX_ENOTXN, OUTBOX_EINVAL, OUTBOX_EBADID
  * as for SQLite. */
-int outbox_inbox_record_pg(PGconn *conn, const char *consumer, const char *message_id,
-                           outbox_error *err);
+OUTBOX_API int outbox_inbox_record_pg(PGconn *conn, const char *consumer, const char *message_id,
+                                      outbox_error *err);
 
 /* outbox_inbox_record_pg in the inbox of `schema` (NULL: "outbox"). */
-int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *consumer,
-                                  const char *message_id, outbox_error *err);
+OUTBOX_API int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *consumer,
+                                             const char *message_id, outbox_error *err);
 
 /* Deletes the inbox entries of `schema` (NULL: "outbox") received more than
  * retention_ms ago (by the server's clock), in one statement: call it with
@@ -453,8 +503,157 @@ int outbox_inbox_record_pg_schema(PGconn *conn, const char *schema, const char *
  * NULL) receives the count.  Warns, as outbox_inbox_purge_sqlite does, when
  * retention_ms is shorter than redelivery_horizon_ms (0: the default
  * options' horizon). */
-int outbox_inbox_purge_pg(PGconn *conn, const char *schema, int64_t retention_ms,
-                          int64_t redelivery_horizon_ms, int64_t *purged, outbox_error *err);
+OUTBOX_API int outbox_inbox_purge_pg(PGconn *conn, const char *schema, int64_t retention_ms,
+                                     int64_t redelivery_horizon_ms, int64_t *purged,
+                                     outbox_error *err);
+
+/* ------------------------------------------------------------------------
+ * Store handle
+ *
+ * A store opened by URL, with a database connection of its own: what the
+ * `outbox` CLI does (init, enqueue, status, list, show, retry, drop, purge),
+ * a C program can do with these calls.  Applications enqueue inside their
+ * own transaction with the SQLite and PostgreSQL functions above; this
+ * handle is for tools, operators and tests.  A handle is used by one thread
+ * at a time.  Every call below returns OUTBOX_EINVAL for a NULL store or a
+ * NULL required pointer, and OUTBOX_ENOSCHEMA / OUTBOX_ESCHEMANEWER when
+ * the schema is missing or newer than this library (init excepted).
+ * ---------------------------------------------------------------------- */
+
+typedef struct outbox_store outbox_store;
+
+/* Opens the store named by url: "sqlite:PATH", "postgres://USER@HOST/DB"
+ * or "postgres:KEY=VALUE ...".  Does not create or check the schema, and
+ * never creates a missing SQLite file: only outbox_store_init does (a typo
+ * in a path does not leave a stray empty database).  OUTBOX_EBADURL for a
+ * malformed URL or an unknown scheme, OUTBOX_ENOTBUILT for a store this
+ * build left out, or the driver's error (e.g. OUTBOX_EIO when the database
+ * cannot be reached).  The message shows the URL with secrets masked.
+ * On success the caller closes *out with outbox_store_close; on failure
+ * *out is NULL. */
+OUTBOX_API int outbox_store_open(const char *url, outbox_store **out, outbox_error *err);
+
+/* Closes the connection and frees store.  NULL is harmless. */
+OUTBOX_API void outbox_store_close(outbox_store *store);
+
+/* The URL scheme of the store's driver ("sqlite", "postgres"), static. */
+OUTBOX_API const char *outbox_store_scheme(const outbox_store *store);
+
+/* Creates or upgrades the outbox tables, idempotent, in a transaction of
+ * its own.  *from_version and *to_version (each may be NULL) get the schema
+ * version found (0: none) and the one left.  OUTBOX_ESCHEMANEWER when set
+ * up by a newer version. */
+OUTBOX_API int outbox_store_init(outbox_store *store, int *from_version, int *to_version,
+                                 outbox_error *err);
+
+/* OUTBOX_OK when the schema is this library's; OUTBOX_ENOSCHEMA or
+ * OUTBOX_ESCHEMANEWER otherwise. */
+OUTBOX_API int outbox_store_check_schema(outbox_store *store, outbox_error *err);
+
+/* Enqueues msg (borrowed) in a transaction of its own: committed on
+ * OUTBOX_OK, nothing written otherwise.  Errors as for
+ * outbox_enqueue_sqlite (OUTBOX_EEXISTS, OUTBOX_ETOOBIG, ...). */
+OUTBOX_API int outbox_store_enqueue(outbox_store *store, const outbox_msg *msg, outbox_error *err);
+
+/* A store's counts and relay lease, as `outbox status` shows them.  Times
+ * are unix microseconds.  Fields are only ever appended: pass sizeof your
+ * struct to outbox_store_status, which fills that many bytes. */
+typedef struct outbox_status {
+    int schema_version;
+    int64_t pending;           /* all pending */
+    int64_t pending_due;       /* pending with available_at <= now */
+    int64_t retrying;          /* pending with attempts > 0 */
+    int64_t sent;              /* kept with on_sent=mark */
+    int64_t failed;
+    int64_t oldest_pending_us; /* occurred_at of the oldest pending, 0 if none */
+    int64_t next_due_us;       /* earliest available_at of pending, 0 if none */
+    char lease_owner[128];     /* "" when no relay holds a live lease */
+    int64_t lease_expires_us;
+    int64_t blocked;            /* pending messages behind a Failed message of
+                                   their aggregate (held while Failed blocks) */
+    int64_t aggregates_blocked; /* aggregates with such messages */
+    int64_t lease_pid;          /* the lease holder's process id, 0 when unknown */
+    char lease_host[128];       /* its host name, "" when unknown */
+    int lease_holder_gone;      /* 1: the lease has not expired, but its holder's
+                                   process is gone (same host, no such pid) */
+    char relay_note[256];       /* what the lease holder last reported about
+                                   itself (e.g. "destination down since ...:
+                                   <error>"), "" when nothing */
+    int blocked_counted;        /* 1 when the store's driver counts blocked,
+                                   aggregates_blocked and lease_holder_gone
+                                   (and fills lease_pid, lease_host and
+                                   relay_note); 0: those are 0, unknown */
+} outbox_status;
+
+/* Fills the first out_size bytes of *out (out_size: sizeof of the caller's
+ * outbox_status, at most sizeof(outbox_status) is used) with the store's
+ * status; strings are NUL-terminated.  OUTBOX_EINVAL when out_size is 0. */
+OUTBOX_API int outbox_store_status(outbox_store *store, outbox_status *out, size_t out_size,
+                                   outbox_error *err);
+
+/* What outbox_store_list returns. */
+typedef struct outbox_list_params {
+    int status;    /* OUTBOX_STATUS_* or -1 for all */
+    int64_t limit; /* at most this many messages; 0: no limit */
+} outbox_list_params;
+
+/* Called once per message in seq order; msg is borrowed for the call
+ * (copy what you keep).  Return non-zero to stop early. */
+typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
+
+/* Lists messages, with their bookkeeping (outbox_msg_status, ...).  Rows
+ * are read as stored, even ones the relay would refuse.  Stopping early is
+ * OUTBOX_OK; a store error after some calls is returned as it is. */
+OUTBOX_API int outbox_store_list(outbox_store *store, const outbox_list_params *params,
+                                 outbox_list_fn fn, void *user, outbox_error *err);
+
+/* Reads the message with id (a UUID, either case) into *out, which the
+ * caller frees with outbox_msg_free.  OUTBOX_EBADID for a malformed id,
+ * OUTBOX_ENOTFOUND when there is none (sent messages are deleted unless
+ * the relay keeps them with OUTBOX_ON_SENT_MARK).  *out is NULL on failure. */
+OUTBOX_API int outbox_store_get(outbox_store *store, const char *id, outbox_msg **out,
+                                outbox_error *err);
+
+/* Requeues Failed messages (status pending, attempts 0, due now): the n
+ * messages ids[0..n) (UUIDs, either case), or with all != 0 (ids NULL, n
+ * 0) every Failed one.  With ids it is all or nothing, in one transaction:
+ * OUTBOX_ENOTFOUND for an unknown id, OUTBOX_EINVAL for one that is not
+ * Failed, and nothing changes.  *count (may be NULL) gets how many were
+ * requeued.  OUTBOX_EINVAL for ids and all together, or neither. */
+OUTBOX_API int outbox_store_retry(outbox_store *store, const char *const *ids, size_t n, int all,
+                                  int64_t *count, outbox_error *err);
+
+/* Called by outbox_store_drop with every message about to be deleted
+ * (borrowed, read as stored), before anything is deleted.  Return
+ * OUTBOX_OK to go on; any other code (with err filled) deletes nothing and
+ * is the drop's result. */
+typedef int (*outbox_drop_archive_fn)(void *user, outbox_msg *const *msgs, size_t n,
+                                      outbox_error *err);
+
+/* Deletes Failed messages, and only those: ids and all as for
+ * outbox_store_retry, all or nothing, in one transaction.  archive (may be
+ * NULL) is called first with the messages (see outbox_drop_archive_fn);
+ * its error deletes nothing.  *count (may be NULL) gets how many were
+ * deleted.  OUTBOX_ENOTBUILT when the store's driver cannot drop. */
+OUTBOX_API int outbox_store_drop(outbox_store *store, const char *const *ids, size_t n, int all,
+                                 outbox_drop_archive_fn archive, void *user, int64_t *count,
+                                 outbox_error *err);
+
+/* Deletes the messages marked sent (OUTBOX_ON_SENT_MARK) whose sent_at is
+ * more than older_than_ms ago (0: every sent message); pending and Failed
+ * messages are never deleted.  *count (may be NULL) gets how many.
+ * OUTBOX_EINVAL when older_than_ms is negative. */
+OUTBOX_API int outbox_store_purge(outbox_store *store, int64_t older_than_ms, int64_t *count,
+                                  outbox_error *err);
+
+/* Deletes inbox entries received more than retention_ms ago, as
+ * outbox_inbox_purge_sqlite / outbox_inbox_purge_pg do (and with the same
+ * warning against redelivery_horizon_ms, 0: the default options').
+ * *count (may be NULL) gets how many.  OUTBOX_ENOTBUILT when the store's
+ * driver has no inbox purge. */
+OUTBOX_API int outbox_store_inbox_purge(outbox_store *store, int64_t retention_ms,
+                                        int64_t redelivery_horizon_ms, int64_t *count,
+                                        outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Drivers
@@ -500,7 +699,7 @@ typedef struct outbox_driver_info {
  * ones the project has that this build left out (built = 0).  The result
  * is static: never freed, valid for the life of the process, safe to read
  * from any thread. */
-const outbox_driver_info *outbox_driver_get(int kind, size_t i);
+OUTBOX_API const outbox_driver_info *outbox_driver_get(int kind, size_t i);
 
 /* ------------------------------------------------------------------------
  * Relay
@@ -520,7 +719,12 @@ enum {
  * outbox_relay_run): no attempt is spent and nothing is stored. */
 typedef int (*outbox_publish_fn)(void *user, const outbox_msg *msg, outbox_error *err);
 
+/* Fill the options with outbox_relay_options_init, then set fields.  The
+ * struct carries its size so that fields can be appended without breaking
+ * compiled programs: outbox_relay_new reads only the first size bytes and
+ * takes the defaults for the fields past them. */
 typedef struct outbox_relay_options {
+    size_t size;                 /* sizeof the caller's struct: set by _init */
     unsigned batch_size;         /* messages claimed at once; default 512 */
     unsigned max_attempts;       /* then Failed; default 10 */
     unsigned backoff_base_ms;    /* first retry delay cap; default 500 (also the
@@ -548,13 +752,15 @@ typedef struct outbox_relay_options {
     const char *const *destination_options;
 } outbox_relay_options;
 
-/* Fills opts with the defaults above. */
-void outbox_relay_options_init(outbox_relay_options *opts);
+/* Fills opts with the defaults above and sets opts->size.  outbox_relay_new
+ * refuses (OUTBOX_EINVAL) a size below the layout up to publish_user, e.g.
+ * 0 from a struct not filled by this function. */
+OUTBOX_API void outbox_relay_options_init(outbox_relay_options *opts);
 
 /* Longest time after a message's first publication during which it may be
  * published again by retries under these options (NULL: defaults).  Inbox
  * retention should exceed it. */
-int64_t outbox_redelivery_horizon_ms(const outbox_relay_options *opts);
+OUTBOX_API int64_t outbox_redelivery_horizon_ms(const outbox_relay_options *opts);
 
 typedef struct outbox_relay outbox_relay;
 
@@ -577,8 +783,8 @@ typedef struct outbox_relay_stats {
  * Checks URLs and options, opens the store, and checks the schema; does not
  * take the lease yet.  opts may be NULL for defaults; strings in opts are
  * copied. */
-int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_url,
-                     const outbox_relay_options *opts, outbox_error *err);
+OUTBOX_API int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_url,
+                                const outbox_relay_options *opts, outbox_error *err);
 
 /* Takes the lease and runs the loop until outbox_relay_stop() is called
  * (returns OUTBOX_OK) or, with opts.once, until nothing is due (OUTBOX_OK).
@@ -598,27 +804,27 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
  * messages again.  With opts.once, run() returns the destination's error
  * (e.g. OUTBOX_EIO, OUTBOX_EPUBLISH) once it has been down for 10 s.
  * Either way every failed publication counts in stats.publish_errors. */
-int outbox_relay_run(outbox_relay *relay, outbox_error *err);
+OUTBOX_API int outbox_relay_run(outbox_relay *relay, outbox_error *err);
 
 /* Asks a running relay to stop after its in-flight batch.  Safe from any
  * thread and from a signal handler.  An http(s) destination cuts a batch
  * waiting on a slow destination short: its unconfirmed messages stay
  * pending and are sent again later. */
-void outbox_relay_stop(outbox_relay *relay);
+OUTBOX_API void outbox_relay_stop(outbox_relay *relay);
 
 /* Wakes the relay to check for new messages now.  Safe from any thread.
  * (outbox_enqueue_sqlite does this by itself for relays in the process.) */
-void outbox_relay_wake(outbox_relay *relay);
+OUTBOX_API void outbox_relay_wake(outbox_relay *relay);
 
-void outbox_relay_get_stats(const outbox_relay *relay, outbox_relay_stats *stats);
+OUTBOX_API void outbox_relay_get_stats(const outbox_relay *relay, outbox_relay_stats *stats);
 
 /* Asks a running relay to reopen its destination's files (a file:
  * destination's output, for log rotation) before its next batch.  Safe
  * from any thread and from a signal handler (SIGHUP). */
-void outbox_relay_reopen(outbox_relay *relay);
+OUTBOX_API void outbox_relay_reopen(outbox_relay *relay);
 
 /* Releases the lease if held and frees everything. */
-void outbox_relay_free(outbox_relay *relay);
+OUTBOX_API void outbox_relay_free(outbox_relay *relay);
 
 #ifdef __cplusplus
 }

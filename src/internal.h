@@ -27,9 +27,8 @@
  * Message layout
  * ---------------------------------------------------------------------- */
 
-enum { OUTBOX_STATUS_PENDING = 0, OUTBOX_STATUS_SENT = 1, OUTBOX_STATUS_FAILED = 2 };
-
-/* "pending", "sent", "failed"; and back (-1 when unknown). */
+/* "pending", "sent", "failed"; and back (-1 when unknown): the public
+ * outbox_msg_status_name and outbox_msg_status_parse. */
 const char *outbox__status_name(int status);
 int outbox__status_parse(const char *name);
 
@@ -285,8 +284,18 @@ int outbox__inbox_retention_check(const char *fn, int64_t retention_ms,
                                   int64_t redelivery_horizon_ms, outbox_error *err);
 
 /* Parses "500ms", "30s", "5m", "2h", "7d" (a bare number is seconds) into
- * milliseconds; -1 when malformed. */
+ * milliseconds; -1 when malformed.  The same as outbox_duration_parse_ms. */
 int64_t outbox__duration_parse_ms(const char *text);
+
+/* Copies the caller's options struct of src_size bytes (its first field,
+ * set by the _options_init function) into dst (dst_size bytes, filled with
+ * the defaults beforehand): only the first src_size bytes, so fields the
+ * caller's older struct lacks keep their defaults.  OUTBOX_EINVAL naming
+ * fn when src_size is below min_size (0: a struct not filled by
+ * <init_fn>). */
+int outbox__options_copy(void *dst, size_t dst_size, const void *src, size_t src_size,
+                         size_t min_size, const char *fn, const char *init_fn,
+                         outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Growable buffer
@@ -418,44 +427,10 @@ typedef struct outbox_complete_params {
     int64_t lease_ttl_ms;
 } outbox_complete_params;
 
-typedef struct outbox_status {
-    int schema_version;
-    int64_t pending;          /* all pending */
-    int64_t pending_due;      /* pending with available_at <= now */
-    int64_t retrying;         /* pending with attempts > 0 */
-    int64_t sent;             /* kept with on_sent=mark */
-    int64_t failed;
-    int64_t oldest_pending_us;/* occurred_at of the oldest pending, 0 if none */
-    int64_t next_due_us;      /* earliest available_at of pending, 0 if none */
-    char lease_owner[128];    /* "" when no relay holds a live lease */
-    int64_t lease_expires_us;
-    /* Version 5 of the store ops fills the rest (zero otherwise). */
-    int64_t blocked;            /* pending messages behind a Failed message of
-                                   their aggregate (held while Failed blocks) */
-    int64_t aggregates_blocked; /* aggregates with such messages */
-    int64_t lease_pid;          /* the lease holder's process id, 0 when unknown */
-    char lease_host[128];       /* its host name, "" when unknown */
-    int lease_holder_gone;      /* 1: the lease has not expired, but its holder's
-                                   process is gone (same host, no such pid) */
-    char relay_note[256];       /* what the lease holder last reported about
-                                   itself (e.g. "destination down since ...:
-                                   <error>"), "" when nothing */
-} outbox_status;
+/* outbox_status (the store's counts and lease), outbox_list_params,
+ * outbox_list_fn and outbox_drop_archive_fn are public: see outbox.h,
+ * "Store handle". */
 
-/* Called by drop with the messages about to be deleted, before anything is
- * deleted; msgs are borrowed (read leniently: see
- * outbox__msg_from_row_lenient).  A non-OK return deletes nothing and is
- * drop's result (err filled by the callback). */
-typedef int (*outbox_drop_archive_fn)(void *user, outbox_msg *const *msgs, size_t n,
-                                      outbox_error *err);
-
-typedef struct outbox_list_params {
-    int status;               /* OUTBOX_STATUS_* or -1 for all */
-    int64_t limit;            /* 0: no limit */
-} outbox_list_params;
-
-/* List callback: return non-zero to stop early.  msg is borrowed. */
-typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
 
 typedef struct outbox_store_ops {
     int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge;
@@ -578,7 +553,9 @@ typedef struct outbox_store_ops {
     const outbox_prop *props; /* its URL options (outbox__props_parse); NULL: none */
 } outbox_store_ops;
 
-/* An open store: its driver and the driver's state. */
+/* An open store: its driver and the driver's state.  The public
+ * outbox_store handle (opaque in outbox.h) is this struct; the library's
+ * own users keep one on the stack with outbox__store_open. */
 typedef struct outbox_store {
     const outbox_store_ops *ops;
     void *state;

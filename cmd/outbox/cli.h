@@ -17,12 +17,19 @@
 #ifndef OUTBOX_CLI_H
 #define OUTBOX_CLI_H
 
-#include "internal.h"
+#include "outbox.h" /* the CLI uses the public API only */
 
 #include <getopt.h>
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#if defined(__GNUC__)
+#define CLI_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CLI_PRINTF(a, b)
+#endif
 
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
 
@@ -70,7 +77,52 @@ int cmd_retry(int argc, char **argv);
 int cmd_purge(int argc, char **argv);
 int cmd_drop(int argc, char **argv);
 
+/* ---- text buffer ---------------------------------------------------- */
+
+/* Text built up in memory (an open_memstream).  After a failed allocation
+ * oom is set and text is NULL; appending goes on harmlessly. */
+typedef struct cli_buf {
+    FILE *stream;
+    char *data; /* what cli_buf_text returns; freed by cli_buf_free */
+    size_t len;
+    int oom;
+} cli_buf;
+
+void cli_buf_init(cli_buf *b);
+void cli_buf_append(cli_buf *b, const char *s, size_t n);
+void cli_buf_puts(cli_buf *b, const char *s);
+void cli_buf_printf(cli_buf *b, const char *fmt, ...) CLI_PRINTF(2, 3);
+/* The text so far, NUL-terminated (b->len bytes), valid until the next
+ * append; NULL when out of memory. */
+const char *cli_buf_text(cli_buf *b);
+void cli_buf_free(cli_buf *b);
+
+/* ---- clock ---------------------------------------------------------- */
+
+int64_t cli_now_us(void);       /* wall clock, unix microseconds */
+int64_t cli_monotonic_us(void); /* CLOCK_MONOTONIC microseconds */
+void cli_sleep_us(int64_t us);
+
+/* ---- fault points (test builds) ------------------------------------- */
+
+/* CLI_FAULT("name") fails on purpose when the environment variable
+ * OUTBOX_FAULT names it with the error action, as the library's fault
+ * points do ("name:error" or "name:error:1": the first time it is
+ * reached); it is then OUTBOX_EFAULT, otherwise 0.  Without
+ * OUTBOX_FAULT_INJECTION it is the constant 0. */
+#ifdef OUTBOX_FAULT_INJECTION
+int cli_fault(const char *name);
+#define CLI_FAULT(name) cli_fault(name)
+#else
+#define CLI_FAULT(name) 0
+#endif
+
 /* ---- logging -------------------------------------------------------- */
+
+/* Logs a line of the CLI's own (component e.g. "relay") through the same
+ * stderr logger as the library's lines, when level is at least the
+ * --log-level. */
+void cli_log(int level, const char *component, const char *fmt, ...) CLI_PRINTF(3, 4);
 
 /* Installs the stderr logger with the current level and format. */
 void cli_log_install(void);
@@ -87,11 +139,15 @@ int cli_set_log_format(const char *cmd, const char *text);
 
 /* ---- errors --------------------------------------------------------- */
 
+/* Fills err (when not NULL) with code and the formatted message, as the
+ * library does for its errors; returns code. */
+int cli_error(outbox_error *err, int code, const char *fmt, ...) CLI_PRINTF(3, 4);
+
 /* Prints "outbox <cmd>: <formatted>" on stderr; returns CLI_EXIT_USAGE. */
-int cli_usage(const char *cmd, const char *fmt, ...) OUTBOX__PRINTF(2, 3);
+int cli_usage(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
 
 /* Prints "outbox <cmd>: <formatted>" on stderr; returns CLI_EXIT_FAILURE. */
-int cli_failure(const char *cmd, const char *fmt, ...) OUTBOX__PRINTF(2, 3);
+int cli_failure(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
 
 /* Reports a library failure (err may be NULL or empty: the code's
  * description is used) and returns its exit code (cli_exit_code).  A
@@ -140,14 +196,16 @@ int cli_parse_duration(const char *cmd, const char *opt, const char *text,
  * with a message when neither is set. */
 int cli_store_url(const char *cmd, const char *value, const char **url);
 
-/* Opens the store (outbox__store_open); on failure prints the error and
- * returns its exit code.  Close with outbox__store_close.  A URL whose
- * scheme this build has no driver for is refused first (cli_check_scheme). */
-int cli_store_open(const char *cmd, const char *url, outbox_store *store);
+/* Opens the store (outbox_store_open) into *store; on failure prints the
+ * error and returns its exit code (*store NULL).  Close with
+ * outbox_store_close.  A URL whose scheme this build has no driver for is
+ * refused first (cli_check_scheme). */
+int cli_store_open(const char *cmd, const char *url, outbox_store **store);
 
 /* cli_store_url then cli_store_open: the store named by --store (value) or
  * $OUTBOX_STORE, opened.  *url (when url is not NULL) gets the URL used. */
-int cli_store_connect(const char *cmd, const char *value, outbox_store *store, const char **url);
+int cli_store_connect(const char *cmd, const char *value, outbox_store **store,
+                      const char **url);
 
 /* ---- drivers (drivers.c) --------------------------------------------- */
 
@@ -162,7 +220,7 @@ int cli_check_scheme(const char *cmd, const char *what, const char *url, int kin
 
 /* Appends this build's URL forms of kind, comma-separated, e.g.
  * "sqlite:PATH, postgres://USER@HOST/DB". */
-void cli_scheme_list(outbox_buf *b, int kind);
+void cli_scheme_list(cli_buf *b, int kind);
 
 /* Prints the scheme names of this build's drivers of kind separated by
  * spaces (for --version). */
@@ -214,7 +272,7 @@ json_t *cli_msg_to_json(const outbox_msg *msg);
  * UTF-8 as \\xNN, C1 controls (U+0080..U+009F) as \\u00NN.  Everything
  * else, backslashes included, is copied.  For human-readable output only:
  * --json output stays exact. */
-void cli_escape(outbox_buf *b, const char *s);
+void cli_escape(cli_buf *b, const char *s);
 
 /* Writes s to out escaped as by cli_escape. */
 void cli_fputs_escaped(const char *s, FILE *out);

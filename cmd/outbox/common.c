@@ -4,7 +4,7 @@
  * exit codes and one-line error messages, strict parsing of numbers,
  * durations and ids, store opening, and the JSON form of a message.
  *
- * Nothing here prints a URL without passing it through outbox__url_redact.
+ * Nothing here prints a URL without passing it through outbox_url_redact.
  */
 #include "cli.h"
 
@@ -27,7 +27,7 @@ static int log_json = 0;
 /* 2026-11-28T00:40:27.123Z */
 static void log_timestamp(char *buf, size_t len)
 {
-    int64_t us = outbox__now_us();
+    int64_t us = cli_now_us();
     time_t secs = (time_t)(us / 1000000);
     struct tm tm;
     gmtime_r(&secs, &tm);
@@ -36,40 +36,71 @@ static void log_timestamp(char *buf, size_t len)
              (int)((us % 1000000) / 1000));
 }
 
+static json_t *text_value(const char *s);
+
+/* One JSON log line: {"time","level","component","msg"} and a newline;
+ * NULL when out of memory. */
+static char *log_json_line(const char *ts, int level, const char *component,
+                           const char *message)
+{
+    json_t *o = json_object();
+    char *line = NULL;
+    if (o && json_object_set_new(o, "time", json_string(ts)) == 0 &&
+        json_object_set_new(o, "level", json_string(outbox_log_level_name(level))) == 0 &&
+        json_object_set_new(o, "component", text_value(component)) == 0 &&
+        json_object_set_new(o, "msg", text_value(message)) == 0)
+        line = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return line;
+}
+
 static void log_to_stderr(void *user, int level, const char *component,
                           const char *message)
 {
     char ts[80];
-    outbox_buf b;
+    char *line = NULL;
+    const char *text;
+    cli_buf b;
     (void)user;
     log_timestamp(ts, sizeof ts);
-    outbox__buf_init(&b);
+    cli_buf_init(&b);
     if (log_json) {
-        outbox__buf_puts(&b, "{\"time\":");
-        outbox__buf_json_string(&b, ts);
-        outbox__buf_puts(&b, ",\"level\":");
-        outbox__buf_json_string(&b, outbox_log_level_name(level));
-        outbox__buf_puts(&b, ",\"component\":");
-        outbox__buf_json_string(&b, component ? component : "");
-        outbox__buf_puts(&b, ",\"msg\":");
-        outbox__buf_json_string(&b, message ? message : "");
-        outbox__buf_puts(&b, "}\n");
+        line = log_json_line(ts, level, component ? component : "", message ? message : "");
+        if (!line)
+            b.oom = 1;
+        else {
+            cli_buf_puts(&b, line);
+            cli_buf_puts(&b, "\n");
+        }
     } else {
-        outbox__buf_printf(&b, "%s %s ", ts, outbox_log_level_name(level));
+        cli_buf_printf(&b, "%s %s ", ts, outbox_log_level_name(level));
         cli_escape(&b, component ? component : "");
-        outbox__buf_puts(&b, ": ");
+        cli_buf_puts(&b, ": ");
         cli_escape(&b, message ? message : "");
-        outbox__buf_puts(&b, "\n");
+        cli_buf_puts(&b, "\n");
     }
     /* One write per line so lines from different threads do not interleave. */
-    if (!b.oom && b.len > 0)
-        fwrite(b.data, 1, b.len, stderr);
-    outbox__buf_free(&b);
+    if ((text = cli_buf_text(&b)) != NULL && b.len > 0)
+        fwrite(text, 1, b.len, stderr);
+    cli_buf_free(&b);
+    free(line);
 }
 
 void cli_log_install(void)
 {
     outbox_log_set(log_to_stderr, NULL, log_level);
+}
+
+void cli_log(int level, const char *component, const char *fmt, ...)
+{
+    char message[1024];
+    va_list ap;
+    if (level < log_level)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    log_to_stderr(NULL, level, component, message);
 }
 
 int cli_set_log_level(const char *cmd, const char *text)
@@ -122,21 +153,22 @@ int cli_global_option(const char *cmd, int opt, const char *arg)
  * (it may echo stored or given text). */
 static void report_line(const char *cmd, const char *text)
 {
-    outbox_buf b;
-    outbox__buf_init(&b);
-    outbox__buf_puts(&b, "outbox");
+    const char *line;
+    cli_buf b;
+    cli_buf_init(&b);
+    cli_buf_puts(&b, "outbox");
     if (cmd && cmd[0]) {
-        outbox__buf_puts(&b, " ");
-        outbox__buf_puts(&b, cmd);
+        cli_buf_puts(&b, " ");
+        cli_buf_puts(&b, cmd);
     }
-    outbox__buf_puts(&b, ": ");
+    cli_buf_puts(&b, ": ");
     cli_escape(&b, text);
-    outbox__buf_puts(&b, "\n");
-    if (!b.oom)
-        fwrite(b.data, 1, b.len, stderr);
+    cli_buf_puts(&b, "\n");
+    if ((line = cli_buf_text(&b)) != NULL)
+        fwrite(line, 1, b.len, stderr);
     else
         fprintf(stderr, "outbox %s: out of memory reporting an error\n", cmd ? cmd : "");
-    outbox__buf_free(&b);
+    cli_buf_free(&b);
 }
 
 static void vreport(const char *cmd, const char *fmt, va_list ap)
@@ -275,7 +307,7 @@ int cli_parse_uint(const char *cmd, const char *opt, const char *text,
 int cli_parse_duration(const char *cmd, const char *opt, const char *text,
                        int64_t max_ms, int64_t *out_ms)
 {
-    int64_t ms = outbox__duration_parse_ms(text);
+    int64_t ms = outbox_duration_parse_ms(text);
     if (ms < 0)
         return cli_usage(cmd, "%s '%s' is not a duration; write e.g. 500ms, 30s, 5m, 2h or 7d",
                          opt, text);
@@ -297,29 +329,25 @@ int cli_store_url(const char *cmd, const char *value, const char **url)
     return CLI_EXIT_OK;
 }
 
-int cli_store_open(const char *cmd, const char *url, outbox_store *store)
+int cli_store_open(const char *cmd, const char *url, outbox_store **store)
 {
     outbox_error err = {0, ""};
     int rc;
-    store->ops = NULL;
-    store->state = NULL;
+    *store = NULL;
     if ((rc = cli_check_scheme(cmd, "store URL", url, CLI_STORES)) != CLI_EXIT_OK)
         return rc;
-    rc = outbox__store_open(store, url, &err);
-    if (rc != OUTBOX_OK) {
-        store->ops = NULL;
-        store->state = NULL;
+    rc = outbox_store_open(url, store, &err);
+    if (rc != OUTBOX_OK)
         return cli_fail(cmd, rc, &err);
-    }
     return CLI_EXIT_OK;
 }
 
-int cli_store_connect(const char *cmd, const char *value, outbox_store *store, const char **url)
+int cli_store_connect(const char *cmd, const char *value, outbox_store **store,
+                      const char **url)
 {
     const char *used = NULL;
     int rc;
-    store->ops = NULL;
-    store->state = NULL;
+    *store = NULL;
     if ((rc = cli_store_url(cmd, value, &used)) != CLI_EXIT_OK)
         return rc;
     if (url)
@@ -406,7 +434,7 @@ static size_t utf8_sequence(const unsigned char *p)
     return n;
 }
 
-void cli_escape(outbox_buf *b, const char *s)
+void cli_escape(cli_buf *b, const char *s)
 {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     while (*p) {
@@ -415,34 +443,35 @@ void cli_escape(outbox_buf *b, const char *s)
         while (*p >= 0x20 && *p < 0x7f)
             p++;
         if (p > run)
-            outbox__buf_append(b, (const char *)run, (size_t)(p - run));
+            cli_buf_append(b, (const char *)run, (size_t)(p - run));
         if (!*p)
             break;
         n = *p < 0x80 ? 0 : utf8_sequence(p);
         if (n == 2 && p[0] == 0xc2 && p[1] < 0xa0) /* C1 control, U+0080..U+009F */
-            outbox__buf_printf(b, "\\u%04x", p[1]);
+            cli_buf_printf(b, "\\u%04x", p[1]);
         else if (n > 0)
-            outbox__buf_append(b, (const char *)p, n);
+            cli_buf_append(b, (const char *)p, n);
         else if (*p == '\n')
-            outbox__buf_puts(b, "\\n");
+            cli_buf_puts(b, "\\n");
         else if (*p == '\r')
-            outbox__buf_puts(b, "\\r");
+            cli_buf_puts(b, "\\r");
         else if (*p == '\t')
-            outbox__buf_puts(b, "\\t");
+            cli_buf_puts(b, "\\t");
         else
-            outbox__buf_printf(b, "\\x%02x", *p);
+            cli_buf_printf(b, "\\x%02x", *p);
         p += n > 0 ? n : 1;
     }
 }
 
 void cli_fputs_escaped(const char *s, FILE *out)
 {
-    outbox_buf b;
-    outbox__buf_init(&b);
+    const char *text;
+    cli_buf b;
+    cli_buf_init(&b);
     cli_escape(&b, s);
-    if (!b.oom && b.len > 0)
-        fwrite(b.data, 1, b.len, out);
-    outbox__buf_free(&b);
+    if ((text = cli_buf_text(&b)) != NULL && b.len > 0)
+        fwrite(text, 1, b.len, out);
+    cli_buf_free(&b);
 }
 
 void cli_format_duration(int64_t ms, char *buf, size_t len)
@@ -489,11 +518,13 @@ static json_t *text_value(const char *s)
 {
     json_t *v = json_string(s ? s : "");
     if (!v) {
-        outbox_buf b;
-        outbox__buf_init(&b);
+        const char *text;
+        cli_buf b;
+        cli_buf_init(&b);
         cli_escape(&b, s);
-        v = b.oom ? NULL : json_string(b.data ? b.data : "");
-        outbox__buf_free(&b);
+        text = cli_buf_text(&b);
+        v = text ? json_string(text) : NULL;
+        cli_buf_free(&b);
     }
     return v;
 }
@@ -502,27 +533,30 @@ json_t *cli_msg_to_json(const outbox_msg *msg)
 {
     json_t *o = json_object();
     json_t *headers, *payload;
+    const char *headers_json = outbox_msg_headers_json(msg), *body = outbox_msg_payload(msg);
+    const char *last_error = outbox_msg_last_error(msg);
     if (!o)
         return NULL;
-    headers = json_loads(msg->headers_json ? msg->headers_json : "{}", 0, NULL);
+    headers = json_loads(headers_json ? headers_json : "{}", 0, NULL);
     if (!headers || !json_is_object(headers)) { /* a foreign writer's row: keep the text */
         json_decref(headers);
-        headers = text_value(msg->headers_json);
+        headers = text_value(headers_json);
     }
-    payload = json_loads(msg->payload ? msg->payload : "null", JSON_DECODE_ANY, NULL);
+    payload = json_loads(body ? body : "null", JSON_DECODE_ANY, NULL);
     if (!payload) /* e.g. an integer beyond 64 bits: keep the text */
-        payload = text_value(msg->payload);
-    json_object_set_new(o, "seq", json_integer((json_int_t)msg->seq));
-    json_object_set_new(o, "id", text_value(msg->id));
-    json_object_set_new(o, "type", text_value(msg->type));
-    json_object_set_new(o, "aggregate_type", text_value(msg->aggregate_type));
-    json_object_set_new(o, "aggregate_id", text_value(msg->aggregate_id));
-    json_object_set_new(o, "occurred_at", time_or_null(msg->occurred_at));
-    json_object_set_new(o, "status", json_string(outbox__status_name(msg->status)));
-    json_object_set_new(o, "attempts", json_integer(msg->attempts));
-    json_object_set_new(o, "available_at", time_or_null(msg->available_at));
-    json_object_set_new(o, "last_error", msg->last_error ? text_value(msg->last_error) : json_null());
-    json_object_set_new(o, "sent_at", time_or_null(msg->sent_at));
+        payload = text_value(body);
+    json_object_set_new(o, "seq", json_integer((json_int_t)outbox_msg_seq(msg)));
+    json_object_set_new(o, "id", text_value(outbox_msg_id(msg)));
+    json_object_set_new(o, "type", text_value(outbox_msg_type(msg)));
+    json_object_set_new(o, "aggregate_type", text_value(outbox_msg_aggregate_type(msg)));
+    json_object_set_new(o, "aggregate_id", text_value(outbox_msg_aggregate_id(msg)));
+    json_object_set_new(o, "occurred_at", time_or_null(outbox_msg_occurred_at(msg)));
+    json_object_set_new(o, "status",
+                        json_string(outbox_msg_status_name(outbox_msg_status(msg))));
+    json_object_set_new(o, "attempts", json_integer(outbox_msg_attempts(msg)));
+    json_object_set_new(o, "available_at", time_or_null(outbox_msg_available_at(msg)));
+    json_object_set_new(o, "last_error", last_error ? text_value(last_error) : json_null());
+    json_object_set_new(o, "sent_at", time_or_null(outbox_msg_sent_at(msg)));
     json_object_set_new(o, "headers", headers ? headers : json_null());
     json_object_set_new(o, "payload", payload ? payload : json_null());
     return o;

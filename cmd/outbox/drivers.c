@@ -28,14 +28,14 @@ static const outbox_driver_info *driver_find(int kind, const char *scheme, size_
     return NULL;
 }
 
-void cli_scheme_list(outbox_buf *b, int kind)
+void cli_scheme_list(cli_buf *b, int kind)
 {
     const outbox_driver_info *d;
     int first = 1;
     for (size_t i = 0; (d = outbox_driver_get(kind, i)) != NULL; i++) {
         if (!d->built)
             continue;
-        outbox__buf_printf(b, "%s%s", first ? "" : ", ", d->usage);
+        cli_buf_printf(b, "%s%s", first ? "" : ", ", d->usage);
         first = 0;
     }
 }
@@ -58,7 +58,8 @@ int cli_check_scheme(const char *cmd, const char *what, const char *url, int kin
     const outbox_driver_info *d;
     char shown[512];
     size_t n = strcspn(url, ":");
-    outbox_buf list;
+    const char *schemes;
+    cli_buf list;
     int rc, valid = url[n] == ':' && n > 0;
 
     for (size_t i = 0; valid && i < n; i++)
@@ -68,21 +69,23 @@ int cli_check_scheme(const char *cmd, const char *what, const char *url, int kin
     if (d && d->built)
         return CLI_EXIT_OK;
 
-    outbox__url_redact(url, shown, sizeof shown);
-    outbox__buf_init(&list);
+    outbox_url_redact(url, shown, sizeof shown);
+    cli_buf_init(&list);
     cli_scheme_list(&list, kind);
-    if (list.oom)
+    if ((schemes = cli_buf_text(&list)) == NULL) {
+        cli_buf_free(&list);
         return cli_failure(cmd, "out of memory");
+    }
     if (!valid)
-        rc = cli_usage(cmd, "%s '%s' has no scheme; use one of %s", what, shown, list.data);
+        rc = cli_usage(cmd, "%s '%s' has no scheme; use one of %s", what, shown, schemes);
     else if (d)
         rc = cli_usage(cmd, "%s '%s': this build has no %.*s %s (not built with its "
                             "library); use one of %s, or rebuild with it",
-                       what, shown, (int)n, url, noun, list.data);
+                       what, shown, (int)n, url, noun, schemes);
     else
         rc = cli_usage(cmd, "%s '%s': unknown %s scheme '%.*s'; use one of %s", what, shown,
-                       noun, (int)n, url, list.data);
-    outbox__buf_free(&list);
+                       noun, (int)n, url, schemes);
+    cli_buf_free(&list);
     return rc;
 }
 

@@ -116,7 +116,8 @@ static int write_all(int fd, const char *data, size_t len)
 static int archive_messages(void *user, outbox_msg *const *msgs, size_t n, outbox_error *err)
 {
     archive *a = user;
-    outbox_buf lines;
+    cli_buf lines;
+    const char *text;
     char dropped_at[32];
     struct stat st;
     int fd = -1, created = 0, code = OUTBOX_OK, saved;
@@ -124,8 +125,8 @@ static int archive_messages(void *user, outbox_msg *const *msgs, size_t n, outbo
 
     if (n == 0)
         return OUTBOX_OK;
-    outbox_time_format(outbox__now_us(), dropped_at);
-    outbox__buf_init(&lines);
+    outbox_time_format(cli_now_us(), dropped_at);
+    cli_buf_init(&lines);
     for (size_t i = 0; i < n; i++) {
         json_t *o = cli_msg_to_json(msgs[i]);
         char *line = NULL;
@@ -133,18 +134,18 @@ static int archive_messages(void *user, outbox_msg *const *msgs, size_t n, outbo
             line = json_dumps(o, JSON_COMPACT);
         json_decref(o);
         if (!line) {
-            outbox__buf_free(&lines);
-            return outbox__error(err, OUTBOX_ENOMEM,
-                                 "out of memory archiving the messages; nothing was dropped");
+            cli_buf_free(&lines);
+            return cli_error(err, OUTBOX_ENOMEM,
+                             "out of memory archiving the messages; nothing was dropped");
         }
-        outbox__buf_puts(&lines, line);
-        outbox__buf_puts(&lines, "\n");
+        cli_buf_puts(&lines, line);
+        cli_buf_puts(&lines, "\n");
         free(line);
     }
-    if (lines.oom) {
-        outbox__buf_free(&lines);
-        return outbox__error(err, OUTBOX_ENOMEM,
-                             "out of memory archiving the messages; nothing was dropped");
+    if ((text = cli_buf_text(&lines)) == NULL) {
+        cli_buf_free(&lines);
+        return cli_error(err, OUTBOX_ENOMEM,
+                         "out of memory archiving the messages; nothing was dropped");
     }
 
     fd = open(a->path, O_WRONLY | O_APPEND | O_CLOEXEC);
@@ -153,33 +154,33 @@ static int archive_messages(void *user, outbox_msg *const *msgs, size_t n, outbo
         created = fd >= 0;
     }
     if (fd < 0) {
-        code = outbox__error(err, OUTBOX_EIO, "cannot open the archive %s: %s; nothing was "
-                                              "dropped", a->path, strerror(errno));
+        code = cli_error(err, OUTBOX_EIO, "cannot open the archive %s: %s; nothing was "
+                                          "dropped", a->path, strerror(errno));
         goto out;
     }
     if (fstat(fd, &st) != 0) {
-        code = outbox__error(err, OUTBOX_EIO, "cannot use the archive %s: %s; nothing was "
-                                              "dropped", a->path, strerror(errno));
+        code = cli_error(err, OUTBOX_EIO, "cannot use the archive %s: %s; nothing was "
+                                          "dropped", a->path, strerror(errno));
         goto out;
     }
     before = st.st_size;
     errno = 0;
-    if (write_all(fd, lines.data, lines.len) != 0 || OUTBOX_FAULT("drop_archive_written") ||
+    if (write_all(fd, text, lines.len) != 0 || CLI_FAULT("drop_archive_written") ||
         fsync(fd) != 0 || (created && sync_parent(a->path) != 0)) {
         saved = errno;
         /* Readers of the archive never see a partial line. */
         if (S_ISREG(st.st_mode) && ftruncate(fd, before) == 0)
             (void)fsync(fd);
-        code = outbox__error(err, OUTBOX_EIO, "writing the archive %s failed: %s; nothing was "
-                                              "dropped", a->path,
-                             saved ? strerror(saved) : "injected fault");
+        code = cli_error(err, OUTBOX_EIO, "writing the archive %s failed: %s; nothing was "
+                                          "dropped", a->path,
+                         saved ? strerror(saved) : "injected fault");
         goto out;
     }
     a->written += n;
 out:
     if (fd >= 0)
         close(fd);
-    outbox__buf_free(&lines);
+    cli_buf_free(&lines);
     return code;
 }
 
@@ -196,7 +197,7 @@ int cmd_drop(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "drop", *store_opt = NULL, *archive_url = NULL;
-    outbox_store store = {NULL, NULL};
+    outbox_store *store = NULL;
     outbox_error err = {0, ""};
     archive arch = {NULL, 0};
     const char **ids = NULL;
@@ -223,14 +224,14 @@ int cmd_drop(int argc, char **argv)
         return rc;
     if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         goto out;
-    if (store.ops->version < 5 || !store.ops->drop) {
+    rc = outbox_store_drop(store, ids, n, all, arch.path ? archive_messages : NULL, &arch,
+                           &count, &err);
+    if (rc == OUTBOX_ENOTBUILT) {
         rc = cli_failure(cmd, "this build's %s store cannot drop messages; requeue them with "
                               "outbox retry instead, or use a newer outbox",
-                         store.ops->scheme);
+                         outbox_store_scheme(store));
         goto out;
     }
-    rc = store.ops->drop(store.state, ids, n, all, arch.path ? archive_messages : NULL, &arch,
-                         &count, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
         goto out;
@@ -241,7 +242,7 @@ int cmd_drop(int argc, char **argv)
         printf("%lld dropped\n", (long long)count);
     rc = CLI_EXIT_OK;
 out:
-    outbox__store_close(&store);
+    outbox_store_close(store);
     free(ids);
     return rc;
 }

@@ -167,7 +167,7 @@ int cmd_enqueue(int argc, char **argv)
     size_t nheaders = 0;
     char *file_payload = NULL, *name = NULL;
     outbox_msg *msg = NULL;
-    outbox_store store = {NULL, NULL};
+    outbox_store *store = NULL;
     outbox_error err = {0, ""};
     uint64_t seen = 0, n;
     int c, rc;
@@ -260,7 +260,7 @@ int cmd_enqueue(int argc, char **argv)
 
     if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
         goto out;
-    if ((rc = store.ops->enqueue(store.state, msg, &err)) != OUTBOX_OK)
+    if ((rc = outbox_store_enqueue(store, msg, &err)) != OUTBOX_OK)
         goto fail;
     printf("%s\n", outbox_msg_id(msg));
     rc = CLI_EXIT_OK;
@@ -270,8 +270,7 @@ fail:
     limit_hint(&err);
     rc = cli_fail(cmd, rc, &err);
 out:
-    if (store.ops)
-        outbox__store_close(&store);
+    outbox_store_close(store);
     outbox_msg_free(msg);
     free(name);
     free(file_payload);

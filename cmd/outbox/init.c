@@ -30,7 +30,7 @@ int cmd_init(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "init", *store_opt = NULL, *url = NULL;
-    outbox_store store = {NULL, NULL};
+    outbox_store *store = NULL;
     outbox_error err = {0, ""};
     char shown[512];
     int c, rc, from = 0, to = 0;
@@ -51,8 +51,8 @@ int cmd_init(int argc, char **argv)
     if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK)
         return rc;
 
-    outbox__url_redact(url, shown, sizeof shown);
-    rc = store.ops->init(store.state, &from, &to, &err);
+    outbox_url_redact(url, shown, sizeof shown);
+    rc = outbox_store_init(store, &from, &to, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
         goto out;
@@ -65,7 +65,6 @@ int cmd_init(int argc, char **argv)
         printf("%s: upgraded the outbox schema from version %d to %d\n", shown, from, to);
     rc = CLI_EXIT_OK;
 out:
-    if (store.ops)
-        outbox__store_close(&store);
+    outbox_store_close(store);
     return rc;
 }

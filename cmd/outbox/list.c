@@ -34,22 +34,24 @@ typedef struct list_state {
  * with "..." (never inside a UTF-8 character). */
 static void cell(const char *s, char *out, size_t len)
 {
-    outbox_buf b;
+    const char *text;
+    cli_buf b;
     size_t n;
-    outbox__buf_init(&b);
+    cli_buf_init(&b);
     cli_escape(&b, s);
-    n = b.oom ? 0 : b.len;
+    text = cli_buf_text(&b);
+    n = text ? b.len : 0;
     if (n >= len) {
         n = len - 4;
-        while (n > 0 && ((unsigned char)b.data[n] & 0xc0) == 0x80)
+        while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
             n--;
         memcpy(out + n, "...", 4);
     } else {
         out[n] = '\0';
     }
     if (n > 0)
-        memcpy(out, b.data, n);
-    outbox__buf_free(&b);
+        memcpy(out, text, n);
+    cli_buf_free(&b);
 }
 
 static void print_header(void)
@@ -73,12 +75,14 @@ static int on_message(void *user, const outbox_msg *msg)
     if (ls->count == 1) print_header(); /* not before the store answered: an error alone */
     {
         char id[37], type[25], agg[25], error[41];
-        cell(msg->id, id, sizeof id); /* a foreign writer's row may hold anything */
-        cell(msg->type, type, sizeof type);
-        cell(msg->aggregate_id, agg, sizeof agg);
-        cell(msg->last_error ? msg->last_error : "-", error, sizeof error);
-        printf("%-8lld %-36s %-8s %8d  %-24s %-24s %s\n", (long long)msg->seq, id,
-               outbox__status_name(msg->status), msg->attempts, type, agg, error);
+        const char *last_error = outbox_msg_last_error(msg);
+        cell(outbox_msg_id(msg), id, sizeof id); /* a foreign writer's row may hold anything */
+        cell(outbox_msg_type(msg), type, sizeof type);
+        cell(outbox_msg_aggregate_id(msg), agg, sizeof agg);
+        cell(last_error ? last_error : "-", error, sizeof error);
+        printf("%-8lld %-36s %-8s %8d  %-24s %-24s %s\n", (long long)outbox_msg_seq(msg), id,
+               outbox_msg_status_name(outbox_msg_status(msg)), outbox_msg_attempts(msg), type,
+               agg, error);
     }
     return 0;
 }
@@ -95,7 +99,7 @@ int cmd_list(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "list", *store_opt = NULL;
-    outbox_store store = {NULL, NULL};
+    outbox_store *store = NULL;
     outbox_list_params params = {-1, 100};
     list_state ls = {NULL, 0, 0};
     outbox_error err = {0, ""};
@@ -110,7 +114,7 @@ int cmd_list(int argc, char **argv)
         case OPT_STORE: store_opt = optarg; break;
         case OPT_JSON: as_json = 1; break;
         case OPT_STATUS:
-            params.status = outbox__status_parse(optarg);
+            params.status = outbox_msg_status_parse(optarg);
             if (params.status < 0)
                 return cli_usage(cmd, "--status '%s' is not a status; use pending, sent or failed",
                                  optarg);
@@ -134,7 +138,7 @@ int cmd_list(int argc, char **argv)
         rc = cli_failure(cmd, "out of memory");
         goto out;
     }
-    rc = store.ops->list(store.state, &params, on_message, &ls, &err);
+    rc = outbox_store_list(store, &params, on_message, &ls, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
         goto out;
@@ -147,6 +151,6 @@ int cmd_list(int argc, char **argv)
     rc = as_json ? cli_print_json(cmd, ls.array) : CLI_EXIT_OK;
 out:
     json_decref(ls.array);
-    outbox__store_close(&store);
+    outbox_store_close(store);
     return rc;
 }

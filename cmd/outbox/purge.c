@@ -3,7 +3,7 @@
  * with --on-sent mark) older than a duration, and optionally inbox entries
  * older than another.  Pending and Failed messages are never purged here.
  *
- * The inbox purge is the store's inbox_purge (outbox_inbox_purge_sqlite or
+ * The inbox purge is outbox_store_inbox_purge (outbox_inbox_purge_sqlite or
  * outbox_inbox_purge_pg on the store's connection).  It warns (through the
  * log) when the retention is shorter than the default relay's redelivery
  * horizon.
@@ -49,7 +49,7 @@ int cmd_purge(int argc, char **argv)
     };
     const char *cmd = "purge", *store_opt = NULL;
     const char *sent_text = NULL, *inbox_text = NULL;
-    outbox_store store = {NULL, NULL};
+    outbox_store *store = NULL;
     outbox_error err = {0, ""};
     int64_t sent_ms = 0, inbox_ms = -1, count = 0, inbox_count = 0;
     const int64_t max_ms = INT64_C(100) * 365 * 86400 * 1000; /* 100 years */
@@ -81,20 +81,20 @@ int cmd_purge(int argc, char **argv)
     if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         return rc;
 
-    rc = store.ops->purge(store.state, outbox__now_us() - sent_ms * 1000, &count, &err);
+    rc = outbox_store_purge(store, sent_ms, &count, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
         goto out;
     }
     printf("%lld sent messages purged\n", (long long)count);
     if (inbox_ms >= 0) {
-        if (store.ops->version < 3 || !store.ops->inbox_purge) {
+        rc = outbox_store_inbox_purge(store, inbox_ms, 0, &inbox_count, &err);
+        if (rc == OUTBOX_ENOTBUILT) {
             rc = cli_usage(cmd, "--inbox-older-than: %s: stores have no inbox to purge; drop "
                                 "the option",
-                           store.ops->scheme);
+                           outbox_store_scheme(store));
             goto out;
         }
-        rc = store.ops->inbox_purge(store.state, inbox_ms, 0, &inbox_count, &err);
         if (rc != OUTBOX_OK) {
             rc = cli_fail(cmd, rc, &err);
             goto out;
@@ -103,6 +103,6 @@ int cmd_purge(int argc, char **argv)
     }
     rc = CLI_EXIT_OK;
 out:
-    outbox__store_close(&store);
+    outbox_store_close(store);
     return rc;
 }

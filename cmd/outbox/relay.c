@@ -136,14 +136,14 @@ static void *signal_thread(void *arg)
         pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
         pthread_mutex_lock(&signal_lock);
         if (sig == SIGHUP) {
-            outbox__log(OUTBOX_LOG_INFO, "relay", "SIGHUP: reopening destination files");
+            cli_log(OUTBOX_LOG_INFO, "relay", "SIGHUP: reopening destination files");
             if (signal_relay)
                 outbox_relay_reopen(signal_relay);
             else
                 reopen_asked = 1;
         } else {
-            outbox__log(OUTBOX_LOG_INFO, "relay", "%s: stopping after the batch in flight",
-                        sig == SIGINT ? "SIGINT" : "SIGTERM");
+            cli_log(OUTBOX_LOG_INFO, "relay", "%s: stopping after the batch in flight",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
             stop_asked = 1;
             if (signal_relay)
                 outbox_relay_stop(signal_relay);
@@ -222,38 +222,37 @@ static int relay_new_waiting(outbox_relay **relay, const char *url, const char *
                              const outbox_relay_options *opts, int64_t timeout_ms,
                              outbox_error *err)
 {
-    int64_t start = outbox__monotonic_us(), pause_ms = 250;
+    int64_t start = cli_monotonic_us(), pause_ms = 250;
     char last[sizeof err->message] = "";
     int rc;
 
     for (;;) {
         int64_t waited_ms;
         rc = outbox_relay_new(relay, url, to, opts, err);
-        waited_ms = (outbox__monotonic_us() - start) / 1000;
+        waited_ms = (cli_monotonic_us() - start) / 1000;
         if (rc == OUTBOX_OK) {
             if (last[0])
-                outbox__log(OUTBOX_LOG_INFO, "relay", "connected after waiting %lld s",
-                            (long long)(waited_ms / 1000));
+                cli_log(OUTBOX_LOG_INFO, "relay", "connected after waiting %lld s",
+                        (long long)(waited_ms / 1000));
             return OUTBOX_OK;
         }
         if (!startup_retriable(rc) || timeout_ms == 0) return rc;
         if (timeout_ms > 0 && waited_ms >= timeout_ms) {
             char why[sizeof err->message];
             snprintf(why, sizeof why, "%s", err->message);
-            return outbox__error(err, rc,
-                                 "%.400s; gave up after %lld s (--connect-timeout)", why,
-                                 (long long)(waited_ms / 1000));
+            return cli_error(err, rc, "%.400s; gave up after %lld s (--connect-timeout)", why,
+                             (long long)(waited_ms / 1000));
         }
         if (strcmp(last, err->message) != 0) {
-            outbox__log(OUTBOX_LOG_WARN, "relay",
-                        "waiting for the store and the destination: %s; retrying%s",
-                        err->message, timeout_ms > 0 ? " until --connect-timeout" : "");
+            cli_log(OUTBOX_LOG_WARN, "relay",
+                    "waiting for the store and the destination: %s; retrying%s",
+                    err->message, timeout_ms > 0 ? " until --connect-timeout" : "");
             snprintf(last, sizeof last, "%s", err->message);
         }
         if (timeout_ms > 0 && pause_ms > timeout_ms - waited_ms) pause_ms = timeout_ms - waited_ms;
         for (int64_t slept = 0; slept < pause_ms; slept += 100) {
             if (stop_was_asked()) return OUTBOX_ESTOPPED;
-            outbox__sleep_us(100000);
+            cli_sleep_us(100000);
         }
         if (pause_ms < 10000) pause_ms *= 2;
     }

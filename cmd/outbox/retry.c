@@ -37,7 +37,7 @@ int cmd_retry(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "retry", *store_opt = NULL;
-    outbox_store store = {NULL, NULL};
+    outbox_store *store = NULL;
     outbox_error err = {0, ""};
     const char **ids = NULL;
     size_t n = 0;
@@ -60,7 +60,7 @@ int cmd_retry(int argc, char **argv)
         return rc;
     if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         goto out;
-    rc = store.ops->retry(store.state, ids, n, all, &count, &err);
+    rc = outbox_store_retry(store, ids, n, all, &count, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
         goto out;
@@ -68,7 +68,7 @@ int cmd_retry(int argc, char **argv)
     printf("%lld requeued\n", (long long)count);
     rc = CLI_EXIT_OK;
 out:
-    outbox__store_close(&store);
+    outbox_store_close(store);
     free(ids);
     return rc;
 }

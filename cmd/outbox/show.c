@@ -34,23 +34,25 @@ static void field(const char *name, const char *value)
 
 static void print_text(const outbox_msg *msg)
 {
+    const char *aggregate_type = outbox_msg_aggregate_type(msg);
+    const char *last_error = outbox_msg_last_error(msg);
     char t[32];
-    printf("%-15s %lld\n", "seq", (long long)msg->seq);
-    field("id", msg->id);
-    field("type", msg->type);
-    field("aggregate_type", msg->aggregate_type[0] ? msg->aggregate_type : "-");
-    field("aggregate_id", msg->aggregate_id);
-    cli_format_time(msg->occurred_at, t);
+    printf("%-15s %lld\n", "seq", (long long)outbox_msg_seq(msg));
+    field("id", outbox_msg_id(msg));
+    field("type", outbox_msg_type(msg));
+    field("aggregate_type", aggregate_type[0] ? aggregate_type : "-");
+    field("aggregate_id", outbox_msg_aggregate_id(msg));
+    cli_format_time(outbox_msg_occurred_at(msg), t);
     field("occurred_at", t);
-    field("status", outbox__status_name(msg->status));
-    printf("%-15s %d\n", "attempts", msg->attempts);
-    cli_format_time(msg->available_at, t);
+    field("status", outbox_msg_status_name(outbox_msg_status(msg)));
+    printf("%-15s %d\n", "attempts", outbox_msg_attempts(msg));
+    cli_format_time(outbox_msg_available_at(msg), t);
     field("available_at", t);
-    field("last_error", msg->last_error ? msg->last_error : "-");
-    cli_format_time(msg->sent_at, t);
+    field("last_error", last_error ? last_error : "-");
+    cli_format_time(outbox_msg_sent_at(msg), t);
     field("sent_at", t);
-    field("headers", msg->headers_json);
-    field("payload", msg->payload);
+    field("headers", outbox_msg_headers_json(msg));
+    field("payload", outbox_msg_payload(msg));
 }
 
 /* Shows one message.  Exit 0, 1 (not found, missing schema, store error)
@@ -64,7 +66,7 @@ int cmd_show(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "show", *store_opt = NULL;
-    outbox_store store = {NULL, NULL};
+    outbox_store *store = NULL;
     outbox_msg *msg = NULL;
     outbox_error err = {0, ""};
     json_t *o = NULL;
@@ -93,7 +95,7 @@ int cmd_show(int argc, char **argv)
     if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
         return rc;
 
-    if ((rc = store.ops->get(store.state, id, &msg, &err)) != OUTBOX_OK) {
+    if ((rc = outbox_store_get(store, id, &msg, &err)) != OUTBOX_OK) {
         if (rc == OUTBOX_ENOTFOUND)
             rc = cli_failure(cmd, "no message with id %s in the outbox (sent messages are "
                                   "deleted unless the relay runs with --on-sent mark)", id);
@@ -114,6 +116,6 @@ int cmd_show(int argc, char **argv)
 out:
     json_decref(o);
     outbox_msg_free(msg);
-    outbox__store_close(&store);
+    outbox_store_close(store);
     return rc;
 }

@@ -58,13 +58,6 @@ typedef struct limits {
     const char *max_age_text; /* as given, for the message */
 } limits;
 
-/* 1 when the store fills blocked, aggregates_blocked and the lease holder's
- * liveness (store ops version 5). */
-static int store_counts_blocked(const outbox_store *store)
-{
-    return store->ops->version >= 5;
-}
-
 static int64_t oldest_age_ms(const outbox_status *st, int64_t now)
 {
     if (st->pending <= 0 || st->oldest_pending_us <= 0 || now <= st->oldest_pending_us)
@@ -237,7 +230,7 @@ int cmd_status(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "status", *store_opt = NULL, *url = NULL;
-    outbox_store store = {NULL, NULL};
+    outbox_store *store = NULL;
     outbox_status st;
     outbox_error err = {0, ""};
     limits lim = {-1, -1, -1, NULL};
@@ -279,32 +272,22 @@ int cmd_status(int argc, char **argv)
     if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK)
         return rc;
 
-    memset(&st, 0, sizeof st);
-    if ((rc = store.ops->status(store.state, &st, &err)) != OUTBOX_OK) {
+    if ((rc = outbox_store_status(store, &st, sizeof st, &err)) != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
         goto out;
     }
-    st.lease_owner[sizeof st.lease_owner - 1] = '\0';
-    st.lease_host[sizeof st.lease_host - 1] = '\0';
-    st.relay_note[sizeof st.relay_note - 1] = '\0';
-    counts_blocked = store_counts_blocked(&store);
-    if (!counts_blocked) { /* an older store leaves these unset */
-        st.blocked = st.aggregates_blocked = 0;
-        st.lease_pid = 0;
-        st.lease_host[0] = st.relay_note[0] = '\0';
-        st.lease_holder_gone = 0;
-    }
+    counts_blocked = st.blocked_counted;
     if (checking && !limit_given) {
         lim.max_failed = 0;
         lim.max_blocked = counts_blocked ? 0 : -1;
     }
     if (checking && lim.max_blocked >= 0 && !counts_blocked) {
         rc = cli_usage(cmd, "--max-blocked: this %s store does not count blocked messages; "
-                            "drop the option or upgrade outbox", store.ops->scheme);
+                            "drop the option or upgrade outbox", outbox_store_scheme(store));
         goto out;
     }
-    outbox__url_redact(url, shown, sizeof shown);
-    now = outbox__now_us();
+    outbox_url_redact(url, shown, sizeof shown);
+    now = cli_now_us();
 
     if (as_json) {
         if (!(o = json_object())) {
@@ -336,6 +319,6 @@ int cmd_status(int argc, char **argv)
     }
 out:
     json_decref(o);
-    outbox__store_close(&store);
+    outbox_store_close(store);
     return rc;
 }

@@ -45,6 +45,12 @@ int64_t outbox__duration_parse_ms(const char *text)
     return value * unit;
 }
 
+/* The public name of the above (outbox.h). */
+int64_t outbox_duration_parse_ms(const char *text)
+{
+    return outbox__duration_parse_ms(text);
+}
+
 /* Sum of the delay caps over retries 1..max_attempts-1: the longest time
  * retries can keep republishing a message.  NULL opts: defaults. */
 int64_t outbox_redelivery_horizon_ms(const outbox_relay_options *opts)

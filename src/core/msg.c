@@ -25,7 +25,7 @@
  * ---------------------------------------------------------------------- */
 
 /* Static name of a status ("pending", "sent", "failed"; "unknown"). */
-const char *outbox__status_name(int status)
+const char *outbox_msg_status_name(int status)
 {
     switch (status) {
     case OUTBOX_STATUS_PENDING: return "pending";
@@ -36,13 +36,24 @@ const char *outbox__status_name(int status)
 }
 
 /* OUTBOX_STATUS_* for a name, -1 when unknown or NULL. */
-int outbox__status_parse(const char *name)
+int outbox_msg_status_parse(const char *name)
 {
     if (!name) return -1;
     if (strcmp(name, "pending") == 0) return OUTBOX_STATUS_PENDING;
     if (strcmp(name, "sent") == 0) return OUTBOX_STATUS_SENT;
     if (strcmp(name, "failed") == 0) return OUTBOX_STATUS_FAILED;
     return -1;
+}
+
+/* The drivers' names for the two above. */
+const char *outbox__status_name(int status)
+{
+    return outbox_msg_status_name(status);
+}
+
+int outbox__status_parse(const char *name)
+{
+    return outbox_msg_status_parse(name);
 }
 
 /* ------------------------------------------------------------------------
@@ -921,6 +932,27 @@ int64_t outbox_msg_seq(const outbox_msg *msg)
 int outbox_msg_attempts(const outbox_msg *msg)
 {
     return msg ? msg->attempts : 0;
+}
+
+/* The relay's bookkeeping, as read from a store (see outbox.h). */
+int outbox_msg_status(const outbox_msg *msg)
+{
+    return msg ? msg->status : OUTBOX_STATUS_PENDING;
+}
+
+int64_t outbox_msg_available_at(const outbox_msg *msg)
+{
+    return msg ? msg->available_at : 0;
+}
+
+int64_t outbox_msg_sent_at(const outbox_msg *msg)
+{
+    return msg ? msg->sent_at : 0;
+}
+
+const char *outbox_msg_last_error(const outbox_msg *msg)
+{
+    return msg ? msg->last_error : NULL;
 }
 
 /* Number of headers. */

@@ -10,6 +10,7 @@ void outbox_relay_options_init(outbox_relay_options *opts)
 {
     if (!opts) return;
     memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
     opts->batch_size = 512;
     opts->max_attempts = 10;
     opts->backoff_base_ms = 500;

@@ -102,3 +102,9 @@ void outbox__url_redact(const char *url, char *out, size_t out_len)
     }
     put(&w, p, strlen(p));
 }
+
+/* The public name of the above (outbox.h), for programs that print URLs. */
+void outbox_url_redact(const char *url, char *out, size_t out_len)
+{
+    outbox__url_redact(url, out, out_len);
+}

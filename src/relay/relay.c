@@ -336,12 +336,13 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     r->pipe_rd = r->pipe_wr = -1;
     outbox__buf_init(&r->batches[0].errors);
     outbox__buf_init(&r->batches[1].errors);
-    if (opts != NULL)
-        r->opts = *opts;
-    else
-        outbox_relay_options_init(&r->opts);
-
-    rc = check_options(&r->opts, err);
+    /* Only the caller's size is read: fields past it keep their defaults. */
+    outbox_relay_options_init(&r->opts);
+    rc = opts == NULL ? OUTBOX_OK
+                      : outbox__options_copy(&r->opts, sizeof r->opts, opts, opts->size,
+                                             offsetof(outbox_relay_options, destination_options),
+                                             "outbox_relay_new", "outbox_relay_options_init", err);
+    if (rc == OUTBOX_OK) rc = check_options(&r->opts, err);
     if (rc != OUTBOX_OK) goto fail;
     if (to_url != NULL && r->opts.publish != NULL) {
         rc = outbox__error(err, OUTBOX_ECONFIG,

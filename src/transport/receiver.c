@@ -70,6 +70,7 @@ void outbox_webhook_receiver_options_init(outbox_webhook_receiver_options *opts)
 {
     if (opts == NULL) return;
     memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
     opts->bind_address = "127.0.0.1";
     opts->tolerance_s = OUTBOX_WEBHOOK_TOLERANCE_S;
     opts->max_body_bytes = 1024 * 1024;
@@ -444,6 +445,7 @@ int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
                                 const outbox_webhook_receiver_options *opts, outbox_error *err)
 {
     outbox_webhook_receiver *r = NULL;
+    outbox_webhook_receiver_options copy;
     struct sockaddr_in addr;
     const union MHD_DaemonInfo *info;
     const char *bind_address;
@@ -452,6 +454,14 @@ int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
     if (out == NULL || opts == NULL)
         return outbox__error(err, OUTBOX_EINVAL, "outbox_webhook_receiver_new: NULL argument");
     *out = NULL;
+    /* Only the caller's size is read: fields past it keep their defaults. */
+    outbox_webhook_receiver_options_init(&copy);
+    rc = outbox__options_copy(&copy, sizeof copy, opts, opts->size,
+                              offsetof(outbox_webhook_receiver_options, tls_cert_file),
+                              "outbox_webhook_receiver_new",
+                              "outbox_webhook_receiver_options_init", err);
+    if (rc != OUTBOX_OK) return rc;
+    opts = &copy;
     if (opts->db_path == NULL || opts->consumer == NULL || opts->consumer[0] == '\0' ||
         opts->handler == NULL)
         return outbox__error(err, OUTBOX_ECONFIG,
@@ -612,6 +622,7 @@ void outbox_webhook_receiver_options_init(outbox_webhook_receiver_options *opts)
 {
     if (opts == NULL) return;
     memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
     opts->bind_address = "127.0.0.1";
     opts->tolerance_s = OUTBOX_WEBHOOK_TOLERANCE_S;
     opts->max_body_bytes = 1024 * 1024;
