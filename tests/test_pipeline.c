@@ -20,7 +20,7 @@
  *   serial       with OUTBOX_RELAY_PIPELINE=0 the relay runs its serial
  *                loop: the same drain, no pipelined batch in the log.
  *   lost_acks_pg lost_acks from the PostgreSQL store (pipelined claims rely
- *                on the partition advisory locks, see postgres.c), on a
+ *                on the partition advisory locks, see src/store/pg_lease.c), on a
  *                server started by tests/support/pg.h; left out with a
  *                message when the PostgreSQL binaries are not installed.
  *

@@ -1,7 +1,7 @@
 /*
  * test_store_api.c - the public store handle (outbox.h, "Store handle"),
  * through outbox.h alone, on SQLite and on PostgreSQL when built (a server
- * started by pg_harness.h): open by URL and its errors, init and the
+ * started by tests/support/pg.c): open by URL and its errors, init and the
  * schema check, enqueue, get, list, status (also into a caller's smaller
  * struct), retry and drop (all or nothing, the archive callback and its
  * error), purge and inbox purge, each with its argument errors.  Messages
