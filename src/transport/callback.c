@@ -126,10 +126,13 @@ static void callback_close(void *state)
 
 /* The in-process callback destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_callback = {
-    .version = 2,
+    .version = 3,
     .scheme = "callback",
     .open = callback_open,
     .publish = callback_publish,
     .close = callback_close,
     .reopen = NULL,
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = NULL,
 };

@@ -47,10 +47,13 @@ static void discard_close(void *state)
 
 /* The discarding destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_discard = {
-    .version = 2,
+    .version = 3,
     .scheme = "discard",
     .open = discard_open,
     .publish = discard_publish,
     .close = discard_close,
     .reopen = NULL,
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = NULL,
 };

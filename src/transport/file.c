@@ -372,10 +372,13 @@ static void file_close(void *state)
 
 /* The file destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_file = {
-    .version = 2,
+    .version = 3,
     .scheme = "file",
     .open = file_open,
     .publish = file_publish,
     .close = file_close,
     .reopen = file_reopen,
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = NULL,
 };

@@ -594,19 +594,15 @@ static void kafka_close(void *state)
 
 /* The Kafka destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_kafka = {
-    .version = 2,
+    .version = 3,
     .scheme = "kafka",
     .open = kafka_open,
     .publish = kafka_publish,
     .close = kafka_close,
     .reopen = NULL,
-};
-
-/* Its pipelined entry points (src/transport/pipeline.c lists them). */
-const outbox_transport_pipeline outbox__transport_kafka_pipeline = {
-    &outbox__transport_kafka,
-    kafka_publish_begin,
-    kafka_publish_end,
+    .publish_begin = kafka_publish_begin,
+    .publish_end = kafka_publish_end,
+    .interrupt = NULL,
 };
 
 #else

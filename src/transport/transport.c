@@ -6,8 +6,10 @@
  * lists the drivers compiled in; schemes of drivers this build leaves out
  * (brokers, HTTP, databases) are known by name so that they give
  * OUTBOX_ENOTBUILT instead of "unknown scheme".  A NULL URL with an
- * in-process publish callback opens the callback driver.  URLs only reach
- * error messages through outbox__url_redact.
+ * in-process publish callback opens the callback driver.  What a driver can
+ * do beyond publish (pipelining, interrupt, reopen) is in its table's
+ * optional entries, which the relay tests; the registry only finds and
+ * opens drivers.  URLs only reach error messages through outbox__url_redact.
  */
 #include "internal.h"
 
@@ -73,7 +75,6 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
         return outbox__error(err, OUTBOX_EINVAL, "outbox__transport_open: NULL argument");
     t->ops = NULL;
     t->state = NULL;
-    t->interrupt = NULL;
 
     if (url == NULL) {
         if (cfg->publish == NULL)
@@ -111,11 +112,6 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
                 return rc;
             }
             t->ops = drivers[i];
-            if (t->ops == &outbox__transport_stdout) t->interrupt = outbox__stdout_interrupt;
-#ifdef OUTBOX_HAVE_CURL
-            if (t->ops == &outbox__transport_http || t->ops == &outbox__transport_https)
-                t->interrupt = outbox__http_interrupt;
-#endif
             return OUTBOX_OK;
         }
     }
@@ -138,7 +134,6 @@ void outbox__transport_close(outbox_transport *t)
     if (t->ops != NULL && t->state != NULL) t->ops->close(t->state);
     t->ops = NULL;
     t->state = NULL;
-    t->interrupt = NULL;
 }
 
 /* The i-th URL scheme of the destination drivers compiled into this build,
