@@ -1,12 +1,19 @@
 /*
  * internal.h - what the parts of liboutbox share and the public header does
  * not show: the message's layout, error/log helpers, the clock, backoff, a
- * growable buffer, the CloudEvents encoder, fault points, the in-process
- * wake-up registry, and the two driver interfaces (stores and transports).
+ * growable buffer, the string hash and aggregate index, the CloudEvents
+ * encoder, fault points, the in-process wake-up registry (all core), the
+ * relay's policy, and the two driver interfaces (stores and transports).
+ *
+ * Layers: src/core knows nothing above it; src/store and src/transport
+ * (drivers) build on core; src/relay and src/consumer build on those.
  *
  * Names: internal non-static functions are outbox__<object>_<verb>.
  * Drivers are `const` tables of function pointers with a version field that
- * only grows (like sqlite3_vfs); the relay and the CLI know only these.
+ * only grows (like sqlite3_vfs), written with designated initializers;
+ * entries added by later versions are optional (NULL = not supported) and
+ * tested with OUTBOX__HAS, never by asking which driver a table is.  The
+ * relay and the CLI know only these tables.
  */
 #ifndef OUTBOX_INTERNAL_H
 #define OUTBOX_INTERNAL_H
@@ -451,9 +458,13 @@ typedef struct outbox_list_params {
 /* List callback: return non-zero to stop early.  msg is borrowed. */
 typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
 
+/* A store driver.  Every driver has the entries of version 1 but wake_path;
+ * wake_path and the entries of later versions are optional: NULL = not
+ * supported, and callers test them (OUTBOX__HAS) before use. */
 typedef struct outbox_store_ops {
     int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge;
-                           4 adds the pipelined claim and complete */
+                           4 adds the pipelined claim and complete; 5 adds
+                           drop and lease_note */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -497,7 +508,9 @@ typedef struct outbox_store_ops {
     int (*changed)(void *state, int *changed, outbox_error *err);
     /* Earliest available_at among pending messages; 0 when none. */
     int (*next_due)(void *state, int64_t *due_us, outbox_error *err);
-    /* Path of the database file for in-process wake-up, or NULL. */
+    /* The key for in-process wake-up (outbox__wake_register): the path of
+     * the database file, or NULL when there is none (in-memory).  Optional:
+     * NULL = not supported. */
     const char *(*wake_path)(void *state);
 
     /* Operator commands. */
@@ -513,7 +526,8 @@ typedef struct outbox_store_ops {
     /* Deletes sent messages with sent_at < before_us. */
     int (*purge)(void *state, int64_t before_us, int64_t *count, outbox_error *err);
 
-    /* Version 2 (NULL when not needed, e.g. SQLite). */
+    /* Version 2 (optional: NULL = not supported, e.g. SQLite, which needs
+     * no hint). */
 
     /* waiting != 0: the relay is about to sleep and wants a wake-up hint
      * for new commits; 0: it is awake again and needs none.  After a
@@ -524,7 +538,7 @@ typedef struct outbox_store_ops {
      * relay polls it in its idle wait), or -1. */
     int (*wait_fd)(void *state);
 
-    /* Version 3. */
+    /* Version 3 (optional: NULL = not supported). */
 
     /* Deletes inbox entries received more than retention_ms ago, in a
      * transaction of its own; warns when retention_ms is shorter than the
@@ -532,7 +546,8 @@ typedef struct outbox_store_ops {
     int (*inbox_purge)(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
                        int64_t *count, outbox_error *err);
 
-    /* Version 4 (NULL: the relay does not pipeline with this store). */
+    /* Version 4 (optional, both or neither: NULL = not supported, the relay
+     * does not pipeline with this store). */
 
     /* Like claim, for a relay that claims the next batch while the one
      * before is still being published: returns none of the exclude_count
@@ -550,7 +565,7 @@ typedef struct outbox_store_ops {
                               const outbox_complete_params *p, int in_flight,
                               outbox_error *err);
 
-    /* Version 5. */
+    /* Version 5 (optional: NULL = not supported). */
 
     /* Deletes Failed messages, by id (ids, n > 0) or all of them (all != 0),
      * in one transaction.  With ids it is all or nothing, as for retry: an

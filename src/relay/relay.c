@@ -71,8 +71,9 @@
  * and outbox_relay_reopen write to (one byte at most for wakes, coalesced by an atomic flag), with a
  * timeout bounded by the cheap change check, the next retry due time, the
  * lease renewal and the fallback poll interval.  The enqueuing code wakes the
- * relay before its transaction commits, so after a wake the relay checks for
- * a commit every 200 us for up to 50 ms.
+ * relay (through the in-process wake-up registry, src/core/wake.c, where
+ * run() registers the store's wake_path) before its transaction commits, so
+ * after a wake the relay checks for a commit every 200 us for up to 50 ms.
  *
  * Store errors during the loop (busy, I/O) are logged and retried after a
  * short, growing pause; only a lost lease or a missing schema ends run().
