@@ -32,7 +32,8 @@
  * Pipelining (on when the store has the pipelined claim and complete and
  * the destination has publish_begin/publish_end, nats:// and kafka://: the
  * optional entries of their ops tables; the environment variable
- * OUTBOX_RELAY_PIPELINE=0 turns it off).  One step claims batch N+1 and begins publishing it, then waits for
+ * OUTBOX_RELAY_PIPELINE=0 turns it off).  One step claims batch N+1 and
+ * begins publishing it, then waits for
  * batch N's confirmations and records them, so the store's claim and
  * complete run while the broker acks N+1 instead of between batches:
  *

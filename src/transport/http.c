@@ -114,7 +114,8 @@ typedef struct http_state {
     char *has_prev;
     char *phase;
     size_t *ready;        /* FIFO of indexes that may start */
-    outbox_aggindex aggs; /* aggregate id -> index of its last message so far */
+    outbox_aggindex aggs; /* aggregate id -> index of its last message (keys borrowed
+                             from the batch being published) */
     outbox_buf line;
 } http_state;
 

@@ -184,13 +184,14 @@ static int batch_prepare(nats_batch *b, const nats_batch *older, outbox_msg *con
     b->msgs = msgs;
     b->n = n;
     for (i = 0; i < n; i++) {
+        const char *agg = msgs[i]->aggregate_id;
         uint32_t prev;
         /* An id given twice stays with its first message. */
         if (outbox__aggindex_insert(&b->ids, msgs[i]->id, (uint32_t)i, &prev))
             outbox__aggindex_insert(&b->ids, msgs[i]->id, prev, NULL);
-        if (outbox__aggindex_insert(&b->aggs, msgs[i]->aggregate_id, (uint32_t)i, &prev))
+        if (outbox__aggindex_insert(&b->aggs, agg, (uint32_t)i, &prev))
             b->prev[i] = (long)prev;
-        else if (older != NULL && outbox__aggindex_lookup(&older->aggs, msgs[i]->aggregate_id, &prev))
+        else if (older != NULL && outbox__aggindex_lookup(&older->aggs, agg, &prev))
             b->prev[i] = PREV_OLDER(prev);
         else
             b->prev[i] = PREV_NONE;
