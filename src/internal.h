@@ -23,6 +23,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__GNUC__)
 #define OUTBOX__PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -240,7 +241,7 @@ void outbox__buf_printf(outbox_buf *b, const char *fmt, ...) OUTBOX__PRINTF(2, 3
 void outbox__buf_json_string(outbox_buf *b, const char *s);
 
 /* ------------------------------------------------------------------------
- * String hash and the aggregate index (src/core/aggindex.c)
+ * String hash and the aggregate index (src/core/aggindex.c and below)
  *
  * One hash for every string the library hashes, and one index on it for
  * the publish path's per-message lookups: the relay's set of held-back
@@ -251,12 +252,21 @@ void outbox__buf_json_string(outbox_buf *b, const char *s);
  * power-of-two table at most half full; only reserve allocates.
  * ---------------------------------------------------------------------- */
 
-/* FNV-1a (64 bits) of the NUL-terminated s. */
-uint64_t outbox__hash_text(const char *s);
+/* FNV-1a (64 bits) of the NUL-terminated s.  Inline, like lookup and
+ * insert below: they run per message, and the library is position-
+ * independent, where a call to an exported function is never inlined. */
+static inline uint64_t outbox__hash_text(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
 
 typedef struct outbox_aggindex_slot {
     const char *key; /* NULL: empty */
-    uint32_t hash;   /* outbox__hash_text folded to 32 bits */
+    uint32_t hash;   /* outbox__hash_text folded to 32 bits: compared before
+                        the key, and places the slot again when the table grows */
     uint32_t value;
 } outbox_aggindex_slot;
 
@@ -274,13 +284,54 @@ void outbox__aggindex_reset(outbox_aggindex *ix);
 /* Makes room for n more keys, keeping those held: OUTBOX_OK or
  * OUTBOX_ENOMEM (ix unchanged).  insert needs the room reserved first. */
 int outbox__aggindex_reserve(outbox_aggindex *ix, size_t n);
+
+static inline uint32_t outbox__aggindex_hash(const char *key)
+{
+    uint64_t h = outbox__hash_text(key);
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+/* The slot holding key, or the empty slot where it goes (ix->cap > 0). */
+static inline outbox_aggindex_slot *outbox__aggindex_slot(const outbox_aggindex *ix,
+                                                          const char *key, uint32_t hash)
+{
+    size_t mask = ix->cap - 1, i;
+    for (i = hash & mask; ix->slots[i].key != NULL; i = (i + 1) & mask)
+        if (ix->slots[i].hash == hash && strcmp(ix->slots[i].key, key) == 0) break;
+    return &ix->slots[i];
+}
+
 /* 1 when key is held (its value in *value, when not NULL), else 0. */
-int outbox__aggindex_lookup(const outbox_aggindex *ix, const char *key, uint32_t *value);
+static inline int outbox__aggindex_lookup(const outbox_aggindex *ix, const char *key,
+                                          uint32_t *value)
+{
+    const outbox_aggindex_slot *s;
+    if (ix->count == 0) return 0;
+    s = outbox__aggindex_slot(ix, key, outbox__aggindex_hash(key));
+    if (s->key == NULL) return 0;
+    if (value != NULL) *value = s->value;
+    return 1;
+}
+
 /* Sets key's value.  A new key is kept as given (borrowed: it must outlive
  * its entry) and 0 is returned; for a key already held the value is
  * replaced (the old one in *previous, when not NULL) and 1 is returned. */
-int outbox__aggindex_insert(outbox_aggindex *ix, const char *key, uint32_t value,
-                            uint32_t *previous);
+static inline int outbox__aggindex_insert(outbox_aggindex *ix, const char *key, uint32_t value,
+                                          uint32_t *previous)
+{
+    uint32_t hash = outbox__aggindex_hash(key);
+    outbox_aggindex_slot *s = outbox__aggindex_slot(ix, key, hash);
+    if (s->key != NULL) {
+        if (previous != NULL) *previous = s->value;
+        s->value = value;
+        return 1;
+    }
+    s->key = key;
+    s->hash = hash;
+    s->value = value;
+    ix->count++;
+    return 0;
+}
 
 /* ------------------------------------------------------------------------
  * CloudEvents
