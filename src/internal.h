@@ -1,12 +1,19 @@
 /*
  * internal.h - what the parts of liboutbox share and the public header does
  * not show: the message's layout, error/log helpers, the clock, backoff, a
- * growable buffer, the CloudEvents encoder, fault points, the in-process
- * wake-up registry, and the two driver interfaces (stores and transports).
+ * growable buffer, the string hash and aggregate index, the CloudEvents
+ * encoder, fault points, the in-process wake-up registry (all core), the
+ * relay's policy, and the two driver interfaces (stores and transports).
+ *
+ * Layers: src/core knows nothing above it; src/store and src/transport
+ * (drivers) build on core; src/relay and src/consumer build on those.
  *
  * Names: internal non-static functions are outbox__<object>_<verb>.
  * Drivers are `const` tables of function pointers with a version field that
- * only grows (like sqlite3_vfs); the relay and the CLI know only these.
+ * only grows (like sqlite3_vfs), written with designated initializers;
+ * entries added by later versions are optional (NULL = not supported) and
+ * tested with OUTBOX__HAS, never by asking which driver a table is.  The
+ * relay and the CLI know only these tables.
  */
 #ifndef OUTBOX_INTERNAL_H
 #define OUTBOX_INTERNAL_H
@@ -16,12 +23,20 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__GNUC__)
 #define OUTBOX__PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define OUTBOX__PRINTF(a, b)
 #endif
+
+/* 1 when the driver table ops (a store's or a destination's) has the
+ * optional entry `entry`, which appeared in version `since`: a table older
+ * than that has no such field to read, and a newer one leaves it NULL when
+ * the driver does not support it.  Callers test optional entries this
+ * way, never which driver they hold. */
+#define OUTBOX__HAS(ops, since, entry) ((ops)->version >= (since) && (ops)->entry != NULL)
 
 /* ------------------------------------------------------------------------
  * Message layout
@@ -272,16 +287,14 @@ uint64_t outbox__random64(void);
  * never fails.  Unlike outbox__random64 it stays unique across fork(). */
 void outbox__random_bytes(void *p, size_t n);
 
-/* Delay before retry number `attempt` (1 = after the first failure):
- * full jitter, uniform in [0, min(max_ms, base_ms * 2^(attempt-1))]. */
-int64_t outbox__backoff_ms(unsigned attempt, unsigned base_ms, unsigned max_ms);
+/* The longest delay before retry number `attempt` (1 = after the first
+ * failure; 0 counts as 1): min(max_ms, base_ms * 2^(attempt-1)), without
+ * overflow; 0 when base_ms is 0. */
+uint64_t outbox__backoff_cap_ms(unsigned attempt, unsigned base_ms, unsigned max_ms);
 
-/* Checks an inbox purge's retention (OUTBOX_EINVAL when negative, naming
- * `fn`) and logs a warning when it is shorter than the redelivery horizon
- * (<= 0: the default options' horizon), shared by the SQLite and
- * PostgreSQL inbox purges. */
-int outbox__inbox_retention_check(const char *fn, int64_t retention_ms,
-                                  int64_t redelivery_horizon_ms, outbox_error *err);
+/* Delay before retry number `attempt`: full jitter, uniform in
+ * [0, outbox__backoff_cap_ms(attempt, base_ms, max_ms)]. */
+int64_t outbox__backoff_ms(unsigned attempt, unsigned base_ms, unsigned max_ms);
 
 /* Parses "500ms", "30s", "5m", "2h", "7d" (a bare number is seconds) into
  * milliseconds; -1 when malformed.  The same as outbox_duration_parse_ms. */
@@ -316,6 +329,99 @@ void outbox__buf_puts(outbox_buf *b, const char *s);
 void outbox__buf_printf(outbox_buf *b, const char *fmt, ...) OUTBOX__PRINTF(2, 3);
 /* Appends s as a JSON string literal, with quotes and escapes. */
 void outbox__buf_json_string(outbox_buf *b, const char *s);
+
+/* ------------------------------------------------------------------------
+ * String hash and the aggregate index (src/core/aggindex.c and below)
+ *
+ * One hash for every string the library hashes, and one index on it for
+ * the publish path's per-message lookups: the relay's set of held-back
+ * aggregates, the HTTP destination's per-aggregate chains, the NATS
+ * destination's aggregate and message-id tables.  Keys are borrowed
+ * strings; a value is a small integer (e.g. the index of the aggregate's
+ * last message in a batch, or 0 for plain presence).  Open addressing in a
+ * power-of-two table at most half full; only reserve allocates.
+ * ---------------------------------------------------------------------- */
+
+/* FNV-1a (64 bits) of the NUL-terminated s.  Inline, like lookup and
+ * insert below: they run per message, and the library is position-
+ * independent, where a call to an exported function is never inlined. */
+static inline uint64_t outbox__hash_text(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+typedef struct outbox_aggindex_slot {
+    const char *key; /* NULL: empty */
+    uint32_t hash;   /* outbox__hash_text folded to 32 bits: compared before
+                        the key, and places the slot again when the table grows */
+    uint32_t value;
+} outbox_aggindex_slot;
+
+typedef struct outbox_aggindex {
+    outbox_aggindex_slot *slots;
+    size_t cap;   /* slots, a power of two (0 before the first reserve) */
+    size_t count; /* keys held */
+} outbox_aggindex;
+
+void outbox__aggindex_init(outbox_aggindex *ix);
+/* Frees the table (not the keys, which are borrowed); ix is empty after. */
+void outbox__aggindex_free(outbox_aggindex *ix);
+/* Empties ix, keeping its memory. */
+void outbox__aggindex_reset(outbox_aggindex *ix);
+/* Makes room for n more keys, keeping those held: OUTBOX_OK or
+ * OUTBOX_ENOMEM (ix unchanged).  insert needs the room reserved first. */
+int outbox__aggindex_reserve(outbox_aggindex *ix, size_t n);
+
+static inline uint32_t outbox__aggindex_hash(const char *key)
+{
+    uint64_t h = outbox__hash_text(key);
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+/* The slot holding key, or the empty slot where it goes (ix->cap > 0). */
+static inline outbox_aggindex_slot *outbox__aggindex_slot(const outbox_aggindex *ix,
+                                                          const char *key, uint32_t hash)
+{
+    size_t mask = ix->cap - 1, i;
+    for (i = hash & mask; ix->slots[i].key != NULL; i = (i + 1) & mask)
+        if (ix->slots[i].hash == hash && strcmp(ix->slots[i].key, key) == 0) break;
+    return &ix->slots[i];
+}
+
+/* 1 when key is held (its value in *value, when not NULL), else 0. */
+static inline int outbox__aggindex_lookup(const outbox_aggindex *ix, const char *key,
+                                          uint32_t *value)
+{
+    const outbox_aggindex_slot *s;
+    if (ix->count == 0) return 0;
+    s = outbox__aggindex_slot(ix, key, outbox__aggindex_hash(key));
+    if (s->key == NULL) return 0;
+    if (value != NULL) *value = s->value;
+    return 1;
+}
+
+/* Sets key's value.  A new key is kept as given (borrowed: it must outlive
+ * its entry) and 0 is returned; for a key already held the value is
+ * replaced (the old one in *previous, when not NULL) and 1 is returned. */
+static inline int outbox__aggindex_insert(outbox_aggindex *ix, const char *key, uint32_t value,
+                                          uint32_t *previous)
+{
+    uint32_t hash = outbox__aggindex_hash(key);
+    outbox_aggindex_slot *s = outbox__aggindex_slot(ix, key, hash);
+    if (s->key != NULL) {
+        if (previous != NULL) *previous = s->value;
+        s->value = value;
+        return 1;
+    }
+    s->key = key;
+    s->hash = hash;
+    s->value = value;
+    ix->count++;
+    return 0;
+}
 
 /* ------------------------------------------------------------------------
  * CloudEvents
@@ -381,13 +487,40 @@ int outbox__fault(const char *name);
 #endif
 
 /* ------------------------------------------------------------------------
- * In-process wake-up: relays register the database file they drain;
- * outbox_enqueue_sqlite notifies the relays on its connection's file.
+ * In-process wake-up (src/core/wake.c): a registry from a key (a database
+ * file's path) to callbacks.  A relay registers the file it drains with a
+ * callback that wakes it; outbox_enqueue_sqlite notifies its connection's
+ * file, so a relay in the same process publishes right after the commit
+ * instead of at its next change check.  Keys are matched as given and
+ * canonicalised (realpath), so two spellings of one file meet.  Wake-ups
+ * are hints: correctness never depends on them.
  * ---------------------------------------------------------------------- */
 
-void outbox__wake_register(outbox_relay *relay, const char *db_path);
-void outbox__wake_unregister(outbox_relay *relay);
-void outbox__wake_notify(const char *db_path); /* cheap when none registered */
+typedef void (*outbox_wake_fn)(void *user);
+
+/* Calls fn(user) on every notify of key from now on (key NULL or "": there
+ * is nothing to register, e.g. an in-memory database: OUTBOX_OK).
+ * OUTBOX_ENOMEM when out of memory: only the fast wake-up is lost. */
+int outbox__wake_register(const char *key, outbox_wake_fn fn, void *user);
+/* Removes every registration of (fn, user); harmless when there is none.
+ * Once it returns, fn is not running for user and will not be called. */
+void outbox__wake_unregister(outbox_wake_fn fn, void *user);
+/* Calls the callbacks registered on key (fn runs under the registry's
+ * lock: it must be quick and must not register or unregister).  With
+ * nothing registered it costs one atomic load: it runs in every enqueue. */
+void outbox__wake_notify(const char *key);
+
+/* ------------------------------------------------------------------------
+ * Relay policy (src/relay/options.c): the defaults, outbox_relay_options_init
+ * and outbox_redelivery_horizon_ms are public (outbox.h).
+ * ---------------------------------------------------------------------- */
+
+/* Checks an inbox purge's retention (OUTBOX_EINVAL when negative, naming
+ * `fn`) and logs a warning when it is shorter than the redelivery horizon
+ * (<= 0: the default options' horizon), shared by the SQLite and
+ * PostgreSQL inbox purges. */
+int outbox__inbox_retention_check(const char *fn, int64_t retention_ms,
+                                  int64_t redelivery_horizon_ms, outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Stores
@@ -432,6 +565,9 @@ typedef struct outbox_complete_params {
  * "Store handle". */
 
 
+/* A store driver.  Every driver has the entries of version 1 but wake_path;
+ * wake_path and the entries of later versions are optional: NULL = not
+ * supported, and callers test them (OUTBOX__HAS) before use. */
 typedef struct outbox_store_ops {
     int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge;
                            4 adds the pipelined claim and complete; 5 adds drop
@@ -479,7 +615,9 @@ typedef struct outbox_store_ops {
     int (*changed)(void *state, int *changed, outbox_error *err);
     /* Earliest available_at among pending messages; 0 when none. */
     int (*next_due)(void *state, int64_t *due_us, outbox_error *err);
-    /* Path of the database file for in-process wake-up, or NULL. */
+    /* The key for in-process wake-up (outbox__wake_register): the path of
+     * the database file, or NULL when there is none (in-memory).  Optional:
+     * NULL = not supported. */
     const char *(*wake_path)(void *state);
 
     /* Operator commands. */
@@ -495,7 +633,8 @@ typedef struct outbox_store_ops {
     /* Deletes sent messages with sent_at < before_us. */
     int (*purge)(void *state, int64_t before_us, int64_t *count, outbox_error *err);
 
-    /* Version 2 (NULL when not needed, e.g. SQLite). */
+    /* Version 2 (optional: NULL = not supported, e.g. SQLite, which needs
+     * no hint). */
 
     /* waiting != 0: the relay is about to sleep and wants a wake-up hint
      * for new commits; 0: it is awake again and needs none.  After a
@@ -506,7 +645,7 @@ typedef struct outbox_store_ops {
      * relay polls it in its idle wait), or -1. */
     int (*wait_fd)(void *state);
 
-    /* Version 3. */
+    /* Version 3 (optional: NULL = not supported). */
 
     /* Deletes inbox entries received more than retention_ms ago, in a
      * transaction of its own; warns when retention_ms is shorter than the
@@ -514,7 +653,8 @@ typedef struct outbox_store_ops {
     int (*inbox_purge)(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
                        int64_t *count, outbox_error *err);
 
-    /* Version 4 (NULL: the relay does not pipeline with this store). */
+    /* Version 4 (optional, both or neither: NULL = not supported, the relay
+     * does not pipeline with this store). */
 
     /* Like claim, for a relay that claims the next batch while the one
      * before is still being published: returns none of the exclude_count
@@ -532,7 +672,7 @@ typedef struct outbox_store_ops {
                               const outbox_complete_params *p, int in_flight,
                               outbox_error *err);
 
-    /* Version 5. */
+    /* Version 5 (optional: NULL = not supported). */
 
     /* Deletes Failed messages, by id (ids, n > 0) or all of them (all != 0),
      * in one transaction.  With ids it is all or nothing, as for retry: an
@@ -590,7 +730,8 @@ typedef struct outbox_transport_config {
 } outbox_transport_config;
 
 typedef struct outbox_transport_ops {
-    int version;        /* 1; 2 adds reopen; 3 adds usage, doc and props */
+    int version;        /* 1; 2 adds reopen; 3 adds usage, doc and props; 4 adds
+                           publish_begin, publish_end and interrupt */
     const char *scheme; /* "file", "stdout", "discard", "callback" */
 
     /* Checks url and opens the destination.  Configuration problems are
@@ -615,7 +756,8 @@ typedef struct outbox_transport_ops {
     /* Reopens the destination's output files (log rotation: the path now
      * names a new file), called by the relay between batches after
      * outbox_relay_reopen.  On failure the old files stay in use and err
-     * says why.  NULL: the destination has no files to reopen. */
+     * says why.  NULL: not supported (the destination has no files to
+     * reopen). */
     int (*reopen)(void *state, outbox_error *err);
 
     /* Version 3: what help and docs show (outbox_driver_get), and the
@@ -625,53 +767,50 @@ typedef struct outbox_transport_ops {
     const char *usage;        /* "file:PATH" */
     const char *doc;          /* what it is and what confirms a message */
     const outbox_prop *props; /* NULL: it takes no settings (any is refused) */
-} outbox_transport_ops;
 
-/* Pipelining destinations (nats://, kafka://): the same publication split in two
- * so the relay can work while a batch's confirmations are outstanding.
- * Kept out of outbox_transport_ops (like interrupt below): only two
- * drivers have them; outbox__transport_pipeline finds a driver's.
- *
- * publish_begin starts sending msgs[0..n) and returns without waiting; it
- * keeps msgs and results (borrowed) until publish_end is called with the
- * same arrays.  Batches end in the order they began, and at most
- * OUTBOX_PIPELINE_DEPTH are open.  The destination keeps each aggregate's
- * messages in order across the open batches, and does not send a message
- * whose aggregate had an earlier one it could not send (its result says
- * why): nats:// sends a message only once the previous one of its aggregate
- * is confirmed (at most one unconfirmed per aggregate); kafka:// relies on
- * the idempotent producer's per-partition order (the key is the aggregate).
- * publish_begin returns OUTBOX_OK (the batch is open: call
- * publish_end), or a negative code when it sent nothing (not open; every
- * message is retried).  publish_end waits for the batch's confirmations and
- * fills results as publish does; it returns OUTBOX_OK, or a negative code
- * for the whole batch. */
-typedef struct outbox_transport_pipeline {
-    const outbox_transport_ops *driver;
+    /* Version 4. */
+
+    /* Pipelining: publish split in two, so the relay can work while a
+     * batch's confirmations are outstanding.  Both or neither; NULL: not
+     * supported (the relay publishes batch by batch).  nats:// and
+     * kafka:// have them.
+     *
+     * publish_begin starts sending msgs[0..n) and returns without waiting;
+     * it keeps msgs and results (borrowed) until publish_end is called with
+     * the same arrays.  Batches end in the order they began, and at most
+     * OUTBOX_PIPELINE_DEPTH are open.  The destination keeps each
+     * aggregate's messages in order across the open batches, and does not
+     * send a message whose aggregate had an earlier one it could not send
+     * (its result says why): nats:// sends a message only once the previous
+     * one of its aggregate is confirmed (at most one unconfirmed per
+     * aggregate); kafka:// relies on the idempotent producer's per-partition
+     * order (the key is the aggregate).  publish_begin returns OUTBOX_OK
+     * (the batch is open: call publish_end), or a negative code when it
+     * sent nothing (not open; every message is retried).  publish_end waits
+     * for the batch's confirmations and fills results as publish does; it
+     * returns OUTBOX_OK, or a negative code for the whole batch. */
     int (*publish_begin)(void *state, outbox_msg *const *msgs, size_t n,
                          outbox_publish_result *results);
     int (*publish_end)(void *state, outbox_msg *const *msgs, size_t n,
                        outbox_publish_result *results);
-} outbox_transport_pipeline;
+
+    /* Cuts a publish short; NULL: not supported (a publish runs to its own
+     * timeouts).  Called by outbox_relay_stop, possibly from a signal
+     * handler while publish runs in another thread: async-signal-safe
+     * (sets a flag, writes a pipe).  The publish in progress then returns
+     * soon, its unfinished messages with OUTBOX_ESTOPPED, which a stopping
+     * relay leaves unchanged (pending, no attempt counted).  http(s): and
+     * stdout: have one. */
+    void (*interrupt)(void *state);
+} outbox_transport_ops;
 
 /* Batches a pipelining transport may have open at once. */
 #define OUTBOX_PIPELINE_DEPTH 2
 
-/* The pipelined entry points of the driver ops, or NULL when it has none
- * (src/transport/pipeline.c). */
-const outbox_transport_pipeline *outbox__transport_pipeline(const outbox_transport_ops *ops);
-
+/* An open destination: its driver and the driver's state. */
 typedef struct outbox_transport {
     const outbox_transport_ops *ops;
     void *state;
-    /* Optional (NULL: none), set by outbox__transport_open for drivers that
-     * can cut a publish short.  Called by outbox_relay_stop, possibly from a
-     * signal handler while publish runs in another thread: async-signal-
-     * safe (sets a flag, writes a pipe).  The publish in progress then
-     * returns soon, its unfinished messages with OUTBOX_ESTOPPED, which a
-     * stopping relay leaves unchanged (pending, no attempt counted).
-     * http(s): and stdout: have one. */
-    void (*interrupt)(void *state);
 } outbox_transport;
 
 /* Finds the driver for url's scheme ("stdout:", "file:PATH", "discard:") and
@@ -686,11 +825,7 @@ extern const outbox_transport_ops outbox__transport_discard;
 extern const outbox_transport_ops outbox__transport_callback;
 extern const outbox_transport_ops outbox__transport_http;  /* open NULL without CURL */
 extern const outbox_transport_ops outbox__transport_https; /* open NULL without CURL */
-void outbox__http_interrupt(void *state);                  /* OUTBOX_HAVE_CURL */
-void outbox__stdout_interrupt(void *state);
 extern const outbox_transport_ops outbox__transport_nats;  /* open NULL without NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without RDKAFKA */
-extern const outbox_transport_pipeline outbox__transport_nats_pipeline;   /* OUTBOX_HAVE_NATS */
-extern const outbox_transport_pipeline outbox__transport_kafka_pipeline; /* OUTBOX_HAVE_RDKAFKA */
 
 #endif /* OUTBOX_INTERNAL_H */

@@ -44,13 +44,6 @@ static uint64_t mix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-static uint64_t hash_name(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
 /* Parses one "name:action[:when]" entry of length n; 0 on success. */
 static int parse_entry(const char *s, size_t n, fault_entry *e)
 {
@@ -133,7 +126,7 @@ int outbox__fault(const char *name)
         if (e->nth)
             fire = hit == e->nth;
         else
-            fire = (double)(mix64(fault_seed ^ hash_name(name) ^ mix64(hit)) >> 11) *
+            fire = (double)(mix64(fault_seed ^ outbox__hash_text(name) ^ mix64(hit)) >> 11) *
                        (1.0 / 9007199254740992.0) <
                    e->probability;
         if (!fire) continue;

@@ -29,10 +29,11 @@
  * the destination to reopen its files before its next batch (with no
  * batch in flight).
  *
- * Pipelining (on when the store is version 4 with the pipelined claim and
- * the destination has publish_begin/publish_end, outbox__transport_pipeline,
- * nats:// and kafka://; the environment variable OUTBOX_RELAY_PIPELINE=0 turns it
- * off).  One step claims batch N+1 and begins publishing it, then waits for
+ * Pipelining (on when the store has the pipelined claim and complete and
+ * the destination has publish_begin/publish_end, nats:// and kafka://: the
+ * optional entries of their ops tables; the environment variable
+ * OUTBOX_RELAY_PIPELINE=0 turns it off).  One step claims batch N+1 and
+ * begins publishing it, then waits for
  * batch N's confirmations and records them, so the store's claim and
  * complete run while the broker acks N+1 instead of between batches:
  *
@@ -71,8 +72,9 @@
  * and outbox_relay_reopen write to (one byte at most for wakes, coalesced by an atomic flag), with a
  * timeout bounded by the cheap change check, the next retry due time, the
  * lease renewal and the fallback poll interval.  The enqueuing code wakes the
- * relay before its transaction commits, so after a wake the relay checks for
- * a commit every 200 us for up to 50 ms.
+ * relay (through the in-process wake-up registry, src/core/wake.c, where
+ * run() registers the store's wake_path) before its transaction commits, so
+ * after a wake the relay checks for a commit every 200 us for up to 50 ms.
  *
  * Store errors during the loop (busy, I/O) are logged and retried after a
  * short, growing pause; only a lost lease or a missing schema ends run().
@@ -111,13 +113,11 @@
 #define PIPELINE_SPAN_US 500000
 
 /* Set of aggregate ids that did not succeed in the current batch (and, when
- * pipelined, in the batch before it): open addressing, power-of-two
- * capacity; the ids are copies (a pipelined batch outlives the messages of
+ * pipelined, in the batch before it): the core's aggregate index, whose
+ * keys are copies the set owns (a pipelined batch outlives the messages of
  * the one before). */
 typedef struct agg_set {
-    char **slots;
-    size_t cap;
-    size_t count;
+    outbox_aggindex ids;
     int oom; /* an id could not be copied */
 } agg_set;
 
@@ -162,7 +162,6 @@ struct outbox_relay {
     agg_set held;
 
     /* Pipelining (see the top of the file). */
-    const outbox_transport_pipeline *pipeline; /* NULL: the destination has none */
     int pipelining;                            /* the store and the destination support it */
     relay_batch *inflight;                     /* begun, not completed yet; NULL when none */
     int drain;                                 /* claim nothing until the pipeline is empty */
@@ -187,24 +186,12 @@ struct outbox_relay {
  * Aggregate set
  * ---------------------------------------------------------------------- */
 
-static uint64_t hash_text(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    while (*s) {
-        h ^= (unsigned char)*s++;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 static void agg_set_clear(agg_set *set)
 {
     size_t i;
-    for (i = 0; set->count > 0 && i < set->cap; i++) {
-        free(set->slots[i]);
-        set->slots[i] = NULL;
-    }
-    set->count = 0;
+    for (i = 0; set->ids.count > 0 && i < set->ids.cap; i++)
+        free((char *)set->ids.slots[i].key); /* the set's own copies */
+    outbox__aggindex_reset(&set->ids);
     set->oom = 0;
 }
 
@@ -212,48 +199,25 @@ static void agg_set_clear(agg_set *set)
  * out of memory. */
 static int agg_set_reserve(agg_set *set, size_t n)
 {
-    size_t want = 16, i;
-    char **slots;
-    while (want < (set->count + n) * 2)
-        want *= 2;
-    if (want <= set->cap) return 0;
-    slots = calloc(want, sizeof *slots);
-    if (slots == NULL) return -1;
-    for (i = 0; i < set->cap; i++) {
-        size_t j;
-        if (set->slots[i] == NULL) continue;
-        for (j = (size_t)hash_text(set->slots[i]) & (want - 1); slots[j] != NULL;
-             j = (j + 1) & (want - 1)) {
-        }
-        slots[j] = set->slots[i];
-    }
-    free(set->slots);
-    set->slots = slots;
-    set->cap = want;
-    return 0;
+    return outbox__aggindex_reserve(&set->ids, n) == OUTBOX_OK ? 0 : -1;
 }
 
 static int agg_set_contains(const agg_set *set, const char *id)
 {
-    size_t mask = set->cap - 1, i;
-    if (set->count == 0) return 0;
-    for (i = (size_t)hash_text(id) & mask; set->slots[i] != NULL; i = (i + 1) & mask)
-        if (strcmp(set->slots[i], id) == 0) return 1;
-    return 0;
+    return outbox__aggindex_lookup(&set->ids, id, NULL);
 }
 
 /* Room must have been reserved (agg_set_reserve). */
 static void agg_set_add(agg_set *set, const char *id)
 {
-    size_t mask = set->cap - 1, i;
-    for (i = (size_t)hash_text(id) & mask; set->slots[i] != NULL; i = (i + 1) & mask)
-        if (strcmp(set->slots[i], id) == 0) return;
-    set->slots[i] = strdup(id);
-    if (set->slots[i] == NULL) {
+    char *copy;
+    if (outbox__aggindex_lookup(&set->ids, id, NULL)) return;
+    copy = strdup(id);
+    if (copy == NULL) {
         set->oom = 1;
         return;
     }
-    set->count++;
+    outbox__aggindex_insert(&set->ids, copy, 0, NULL);
 }
 
 /* ------------------------------------------------------------------------
@@ -400,9 +364,11 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
 
     {
         const char *env = getenv("OUTBOX_RELAY_PIPELINE");
-        r->pipeline = outbox__transport_pipeline(r->transport.ops);
-        r->pipelining = r->store.ops->version >= 4 && r->store.ops->claim_pipelined != NULL &&
-                        r->store.ops->complete_pipelined != NULL && r->pipeline != NULL &&
+        const outbox_store_ops *sops = r->store.ops;
+        const outbox_transport_ops *tops = r->transport.ops;
+        r->pipelining = OUTBOX__HAS(sops, 4, claim_pipelined) &&
+                        OUTBOX__HAS(sops, 4, complete_pipelined) &&
+                        OUTBOX__HAS(tops, 4, publish_begin) && OUTBOX__HAS(tops, 4, publish_end) &&
                         !(env != NULL && strcmp(env, "0") == 0);
     }
 
@@ -429,8 +395,9 @@ void outbox_relay_stop(outbox_relay *relay)
     ssize_t w;
     if (relay == NULL) return;
     atomic_store(&relay->stop_requested, 1);
-    if (relay->transport.interrupt != NULL && relay->transport.state != NULL)
-        relay->transport.interrupt(relay->transport.state);
+    if (relay->transport.ops != NULL && relay->transport.state != NULL &&
+        OUTBOX__HAS(relay->transport.ops, 4, interrupt))
+        relay->transport.ops->interrupt(relay->transport.state);
     w = write(relay->pipe_wr, "s", 1);
     (void)w; /* a full pipe already wakes the loop */
     errno = saved_errno;
@@ -447,6 +414,13 @@ void outbox_relay_wake(outbox_relay *relay)
     w = write(relay->pipe_wr, "w", 1);
     (void)w;
     errno = saved_errno;
+}
+
+/* The relay's callback in the in-process wake-up registry (core/wake.c):
+ * an enqueue on the file the relay drains. */
+static void wake_relay(void *user)
+{
+    outbox_relay_wake(user);
 }
 
 /* Async-signal-safe, like outbox_relay_wake: a flag the loop reads before
@@ -674,7 +648,7 @@ static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size
     size_t i, n = b->n, first_held;
 
     if (!b->chained) agg_set_clear(&r->held);
-    first_held = r->held.count; /* held over from the batch before */
+    first_held = r->held.ids.count; /* held over from the batch before */
     *carried = 0;
     *errors = 0;
     *outage = batch_is_outage(r, b);
@@ -760,7 +734,7 @@ static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size
 static void set_note(outbox_relay *r, const char *note)
 {
     outbox_error e;
-    if (r->store.ops->version < 5 || r->store.ops->lease_note == NULL) return;
+    if (!OUTBOX__HAS(r->store.ops, 5, lease_note)) return;
     if (note == NULL && !r->noted) return;
     e.code = 0;
     e.message[0] = '\0';
@@ -933,7 +907,7 @@ static int finish_inflight(outbox_relay *r, int in_flight, size_t *held_back, ou
     *held_back = 0;
     r->inflight = NULL;
     if (b->open) {
-        rc = r->pipeline->publish_end(r->transport.state, b->msgs, b->n, b->results);
+        rc = r->transport.ops->publish_end(r->transport.state, b->msgs, b->n, b->results);
         b->open = 0;
     }
     if (rc == OUTBOX_OK && OUTBOX_FAULT("after_publish") != 0) rc = OUTBOX_EFAULT;
@@ -953,7 +927,7 @@ static void abandon_inflight(outbox_relay *r)
     relay_batch *b = r->inflight;
     if (b == NULL) return;
     r->inflight = NULL;
-    if (b->open) r->pipeline->publish_end(r->transport.state, b->msgs, b->n, b->results);
+    if (b->open) r->transport.ops->publish_end(r->transport.state, b->msgs, b->n, b->results);
     release_batch(b);
     r->drain = 0;
 }
@@ -1036,7 +1010,8 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         }
         cur->chained = prev != NULL;
         cur->results[0].error[0] = '\0';
-        rc = r->pipeline->publish_begin(r->transport.state, cur->msgs, cur->n, cur->results);
+        rc = r->transport.ops->publish_begin(r->transport.state, cur->msgs, cur->n,
+                                             cur->results);
         if (rc == OUTBOX_OK) {
             cur->open = 1;
         } else {
@@ -1142,7 +1117,7 @@ static int store_changed(outbox_relay *r)
 
 static int store_has_idle(const outbox_relay *r)
 {
-    return r->store.ops->version >= 2 && r->store.ops->idle != NULL;
+    return OUTBOX__HAS(r->store.ops, 2, idle);
 }
 
 /* Tells the store the relay is awake again (after idle(1)).  Failures only
@@ -1202,7 +1177,7 @@ static int idle_wait(outbox_relay *r, int64_t last_claim_us, int64_t claim_wall_
         /* A store descriptor replaces the periodic change check (unless it
          * keeps waking us for nothing).  What the store already read off it
          * does not make it readable again: check that first. */
-        fd = r->store.ops->version >= 2 && r->store.ops->wait_fd && fd_wakes < 100
+        fd = OUTBOX__HAS(r->store.ops, 2, wait_fd) && fd_wakes < 100
                  ? r->store.ops->wait_fd(r->store.state)
                  : -1;
         if (fd >= 0 && store_changed(r)) return OUTBOX_OK;
@@ -1287,7 +1262,7 @@ static void reopen_destination(outbox_relay *r)
     const outbox_transport_ops *ops = r->transport.ops;
     outbox_error e;
 
-    if (ops->version < 2 || ops->reopen == NULL) {
+    if (!OUTBOX__HAS(ops, 2, reopen)) {
         outbox__log(OUTBOX_LOG_INFO, COMPONENT,
                     "relay %s: asked to reopen its files; destination %s has none", r->name,
                     r->dest_shown);
@@ -1351,8 +1326,12 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
     }
     if (rc != OUTBOX_OK) goto out;
 
-    wake_path = r->store.ops->wake_path ? r->store.ops->wake_path(r->store.state) : NULL;
-    outbox__wake_register(r, wake_path);
+    wake_path = OUTBOX__HAS(r->store.ops, 1, wake_path) ? r->store.ops->wake_path(r->store.state)
+                                                         : NULL;
+    if (outbox__wake_register(wake_path, wake_relay, r) != OUTBOX_OK)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "out of memory registering for in-process wake-up; new messages are seen "
+                    "by change checks instead");
     outbox__log(OUTBOX_LOG_INFO, COMPONENT,
                 "relay %s: %s -> %s (batch %u, max attempts %u, backoff %u..%u ms, on sent %s, "
                 "failed %s its aggregate%s%s)",
@@ -1453,7 +1432,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
     rc = OUTBOX_OK;
 
 unregister:
-    outbox__wake_unregister(r);
+    outbox__wake_unregister(wake_relay, r);
     store_awake(r);
     if (r->lease_held) set_note(r, NULL); /* it spoke of this run */
 out:
@@ -1488,7 +1467,7 @@ void outbox_relay_free(outbox_relay *relay)
     outbox_relay *r = relay;
     int i;
     if (r == NULL) return;
-    outbox__wake_unregister(r);
+    outbox__wake_unregister(wake_relay, r);
     if (r->lease_held && r->store.ops != NULL) {
         outbox_error e;
         r->store.ops->lease_release(r->store.state, r->name, &e);
@@ -1506,7 +1485,7 @@ void outbox_relay_free(outbox_relay *relay)
     }
     free(r->exclude);
     agg_set_clear(&r->held);
-    free(r->held.slots);
+    outbox__aggindex_free(&r->held.ids);
     free(r->name);
     free(r->source);
     free(r);

@@ -190,7 +190,7 @@ int outbox_store_drop(outbox_store *store, const char *const *ids, size_t n, int
     const char **copy = NULL;
     int64_t done = 0;
     int rc = check_args(store, 1, "outbox_store_drop", err);
-    if (rc == OUTBOX_OK && (store->ops->version < 5 || store->ops->drop == NULL))
+    if (rc == OUTBOX_OK && !OUTBOX__HAS(store->ops, 5, drop))
         rc = outbox__error(err, OUTBOX_ENOTBUILT,
                            "the %s store of this build cannot drop "
                            "messages",
@@ -229,7 +229,7 @@ int outbox_store_inbox_purge(outbox_store *store, int64_t retention_ms,
 {
     int64_t done = 0;
     int rc = check_args(store, 1, "outbox_store_inbox_purge", err);
-    if (rc == OUTBOX_OK && (store->ops->version < 3 || store->ops->inbox_purge == NULL))
+    if (rc == OUTBOX_OK && !OUTBOX__HAS(store->ops, 3, inbox_purge))
         rc = outbox__error(err, OUTBOX_ENOTBUILT,
                            "the %s store of this build has no inbox "
                            "to purge",

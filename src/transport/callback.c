@@ -126,7 +126,7 @@ static void callback_close(void *state)
 
 /* The in-process callback destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_callback = {
-    .version = 3,
+    .version = 4,
     .scheme = "callback",
     .open = callback_open,
     .publish = callback_publish,
@@ -136,4 +136,7 @@ const outbox_transport_ops outbox__transport_callback = {
     .doc = "The application's publish function (outbox_relay_options.publish), called "
            "once per message; it has no URL.",
     .props = NULL, /* no settings (the registry refuses any) */
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = NULL,
 };

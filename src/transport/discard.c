@@ -47,7 +47,7 @@ static void discard_close(void *state)
 
 /* The discarding destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_discard = {
-    .version = 3,
+    .version = 4,
     .scheme = "discard",
     .open = discard_open,
     .publish = discard_publish,
@@ -57,4 +57,7 @@ const outbox_transport_ops outbox__transport_discard = {
     .doc = "Confirms every message and keeps nothing: for benchmarks, or to drain an "
            "outbox on purpose.",
     .props = NULL, /* no settings (the registry refuses any) */
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = NULL,
 };

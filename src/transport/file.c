@@ -372,7 +372,7 @@ static void file_close(void *state)
 
 /* The file destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_file = {
-    .version = 3,
+    .version = 4,
     .scheme = "file",
     .open = file_open,
     .publish = file_publish,
@@ -383,4 +383,7 @@ const outbox_transport_ops outbox__transport_file = {
            "a batch is confirmed by its fsync: the durable local destination.  SIGHUP "
            "reopens PATH (log rotation).",
     .props = NULL, /* no settings (the registry refuses any) */
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = NULL,
 };

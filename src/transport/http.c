@@ -24,7 +24,7 @@
  * attempt); any other 4xx OUTBOX_EREJECTED with the status and the first
  * 200 bytes of the response body.
  *
- * Stop: the relay's stop calls outbox__http_interrupt (async-signal-safe: an
+ * Stop: the relay's stop calls the interrupt entry (async-signal-safe: an
  * atomic flag and one byte down a self-pipe).  curl_multi_poll watches that
  * pipe too, so a publish waiting on a slow or hanging destination returns
  * at once: requests still running are abandoned, and they and the messages
@@ -148,9 +148,9 @@ typedef struct http_state {
     long *next_same; /* next message of the same aggregate in the batch, or -1 */
     char *has_prev;
     char *phase;
-    size_t *ready; /* FIFO of indexes that may start */
-    long *slots;   /* aggregate hash: last index seen, or -1 */
-    size_t slot_count;
+    size_t *ready;        /* FIFO of indexes that may start */
+    outbox_aggindex aggs; /* aggregate id -> index of its last message (keys borrowed
+                             from the batch being published) */
     outbox_buf line;
 } http_state;
 
@@ -445,7 +445,7 @@ static void http_close(void *state)
     free(st->has_prev);
     free(st->phase);
     free(st->ready);
-    free(st->slots);
+    outbox__aggindex_free(&st->aggs);
     outbox__buf_free(&st->line);
     memset(st->key, 0, sizeof st->key);
     free(st->url);
@@ -672,59 +672,43 @@ static int build_headers(http_state *st, const outbox_msg *m, struct curl_slist 
     return OUTBOX_OK;
 }
 
-/* Grows the per-batch scratch arrays to n messages. */
+/* Grows the per-batch scratch to n messages (the aggregate index is
+ * emptied): 0, or -1 when out of memory. */
 static int ensure_scratch(http_state *st, size_t n)
 {
-    size_t slots = 16;
+    outbox__aggindex_reset(&st->aggs);
+    if (outbox__aggindex_reserve(&st->aggs, n) != OUTBOX_OK) return -1;
     if (n <= st->cap) return 0;
-    while (slots < n * 2)
-        slots *= 2;
     free(st->next_same);
     free(st->has_prev);
     free(st->phase);
     free(st->ready);
-    free(st->slots);
     st->next_same = malloc(n * sizeof *st->next_same);
     st->has_prev = malloc(n);
     st->phase = malloc(n);
     st->ready = malloc(n * sizeof *st->ready);
-    st->slots = malloc(slots * sizeof *st->slots);
-    st->slot_count = slots;
     st->cap = n;
-    if (!st->next_same || !st->has_prev || !st->phase || !st->ready || !st->slots) {
+    if (!st->next_same || !st->has_prev || !st->phase || !st->ready) {
         st->cap = 0;
         return -1;
     }
     return 0;
 }
 
-static uint64_t hash_text(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-/* Links the messages of each aggregate into chains in batch order. */
+/* Links the messages of each aggregate into chains in batch order (the
+ * index is empty, with room for n: ensure_scratch). */
 static void link_chains(http_state *st, outbox_msg *const *msgs, size_t n)
 {
-    size_t i, mask = st->slot_count - 1;
-    for (i = 0; i < st->slot_count; i++)
-        st->slots[i] = -1;
+    size_t i;
     for (i = 0; i < n; i++) {
-        size_t s = (size_t)hash_text(msgs[i]->aggregate_id) & mask;
+        uint32_t prev;
         st->next_same[i] = -1;
         st->has_prev[i] = 0;
         st->phase[i] = PHASE_WAITING;
-        while (st->slots[s] >= 0 &&
-               strcmp(msgs[st->slots[s]]->aggregate_id, msgs[i]->aggregate_id) != 0)
-            s = (s + 1) & mask;
-        if (st->slots[s] >= 0) {
-            st->next_same[st->slots[s]] = (long)i;
+        if (outbox__aggindex_insert(&st->aggs, msgs[i]->aggregate_id, (uint32_t)i, &prev)) {
+            st->next_same[prev] = (long)i;
             st->has_prev[i] = 1;
         }
-        st->slots[s] = (long)i;
     }
 }
 
@@ -936,9 +920,8 @@ static int http_publish(void *state, outbox_msg *const *msgs, size_t n,
 }
 
 /* Async-signal-safe (see "Stop" at the top): an atomic store and write(2);
- * state must be an open http(s) destination.  Installed as the transport's
- * interrupt by outbox__transport_open. */
-void outbox__http_interrupt(void *state)
+ * state must be an open http(s) destination. */
+static void http_interrupt(void *state)
 {
     http_state *st = state;
     int saved_errno = errno;
@@ -959,12 +942,15 @@ void outbox__http_interrupt(void *state)
 
 /* The http:// destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_http = {
-    .version = 3,
+    .version = 4,
     .scheme = "http",
     .open = HTTP_ENTRY(http_open),
     .publish = HTTP_ENTRY(http_publish),
     .close = HTTP_ENTRY(http_close),
     .reopen = NULL,
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = HTTP_ENTRY(http_interrupt),
     .usage = "http://HOST/PATH",
     .doc = "Webhook: one POST per message (CloudEvents binary mode, Standard Webhooks "
            "headers); a 2xx answer confirms it.  Settings are given with --to-opt only: the "
@@ -974,12 +960,15 @@ const outbox_transport_ops outbox__transport_http = {
 
 /* The https:// destination driver: the same code; TLS verified by default. */
 const outbox_transport_ops outbox__transport_https = {
-    .version = 3,
+    .version = 4,
     .scheme = "https",
     .open = HTTP_ENTRY(http_open),
     .publish = HTTP_ENTRY(http_publish),
     .close = HTTP_ENTRY(http_close),
     .reopen = NULL,
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = HTTP_ENTRY(http_interrupt),
     .usage = "https://HOST/PATH",
     .doc = "Webhook over TLS, as http:// (certificates verified unless insecure=true).",
     .props = http_props,

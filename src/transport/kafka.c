@@ -605,13 +605,6 @@ static void kafka_close(void *state)
     free(st);
 }
 
-/* Its pipelined entry points (src/transport/pipeline.c lists them). */
-const outbox_transport_pipeline outbox__transport_kafka_pipeline = {
-    &outbox__transport_kafka,
-    kafka_publish_begin,
-    kafka_publish_end,
-};
-
 #define KAFKA_ENTRY(f) f
 
 #else
@@ -622,12 +615,15 @@ const outbox_transport_pipeline outbox__transport_kafka_pipeline = {
 
 /* The Kafka destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_kafka = {
-    .version = 3,
+    .version = 4,
     .scheme = "kafka",
     .open = KAFKA_ENTRY(kafka_open),
     .publish = KAFKA_ENTRY(kafka_publish),
     .close = KAFKA_ENTRY(kafka_close),
     .reopen = NULL,
+    .publish_begin = KAFKA_ENTRY(kafka_publish_begin),
+    .publish_end = KAFKA_ENTRY(kafka_publish_end),
+    .interrupt = NULL,
     .usage = "kafka://HOST:9092?topic=T",
     .doc = "Kafka, through an idempotent producer (acks=all): the brokers' ack confirms a "
            "message.  Several brokers: kafka://HOST1:9092,HOST2:9092.",

@@ -132,11 +132,10 @@ typedef struct nats_batch {
     unsigned char *done;    /* per message: 1 once its result is final */
     unsigned char *started; /* per message: published, or given its result */
     unsigned char *wanted;  /* per message: a later message waits for its result */
-    long *prev;   /* per message: the previous message of its aggregate (PREV_*) */
-    size_t *ids;  /* id hash: index+1, 0 = empty */
-    long *aggs;   /* aggregate hash: index of the aggregate's last message, -1 = empty */
-    size_t table_cap; /* slots in ids and aggs (a power of two) */
-    size_t cap;       /* room in the per-message arrays */
+    long *prev;           /* per message: the previous message of its aggregate (PREV_*) */
+    outbox_aggindex ids;  /* message id -> its index */
+    outbox_aggindex aggs; /* aggregate id -> index of the aggregate's last message */
+    size_t cap;           /* room in the per-message arrays */
 } nats_batch;
 
 /* prev[i]: >= 0, index of the previous message of the aggregate in the same
@@ -181,16 +180,6 @@ typedef struct nats_state {
  * Helpers
  * ---------------------------------------------------------------------- */
 
-static uint64_t hash_id(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    while (*s) {
-        h ^= (unsigned char)*s++;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 /* The k-th open batch, oldest first. */
 static nats_batch *batch_at(nats_state *st, int k)
 {
@@ -200,45 +189,23 @@ static nats_batch *batch_at(nats_state *st, int k)
 /* Index of the message with this id in batch b, or (size_t)-1. */
 static size_t lookup(const nats_batch *b, const char *id)
 {
-    size_t mask = b->table_cap - 1, i;
-    if (b->table_cap == 0 || b->msgs == NULL) return (size_t)-1;
-    for (i = (size_t)hash_id(id) & mask; b->ids[i] != 0; i = (i + 1) & mask)
-        if (strcmp(b->msgs[b->ids[i] - 1]->id, id) == 0) return b->ids[i] - 1;
-    return (size_t)-1;
+    uint32_t i;
+    if (b->msgs == NULL || !outbox__aggindex_lookup(&b->ids, id, &i)) return (size_t)-1;
+    return i;
 }
 
-/* The aggregate slot of agg in b's aggregate hash (empty or agg's). */
-static size_t agg_slot(const nats_batch *b, const char *agg)
-{
-    size_t mask = b->table_cap - 1, j = (size_t)hash_id(agg) & mask;
-    while (b->aggs[j] >= 0 && strcmp(b->msgs[b->aggs[j]]->aggregate_id, agg) != 0)
-        j = (j + 1) & mask;
-    return j;
-}
-
-/* Sizes and fills batch b for msgs[0..n): id and aggregate hashes, flags,
+/* Sizes and fills batch b for msgs[0..n): id and aggregate indexes, flags,
  * and each message's previous message of its aggregate, in b or in the
- * open batch `older` (NULL: none).  -1 when out of memory (b unchanged
- * but for its capacity). */
+ * open batch `older` (NULL: none).  -1 when out of memory (b's indexes
+ * emptied). */
 static int batch_prepare(nats_batch *b, const nats_batch *older, outbox_msg *const *msgs, size_t n)
 {
-    size_t want = 16, i;
-    while (want < n * 2)
-        want *= 2;
-    if (want > b->table_cap) {
-        size_t *t = malloc(want * sizeof *t);
-        long *a = malloc(want * sizeof *a);
-        if (t == NULL || a == NULL) {
-            free(t);
-            free(a);
-            return -1;
-        }
-        free(b->ids);
-        free(b->aggs);
-        b->ids = t;
-        b->aggs = a;
-        b->table_cap = want;
-    }
+    size_t i;
+    outbox__aggindex_reset(&b->ids);
+    outbox__aggindex_reset(&b->aggs);
+    if (outbox__aggindex_reserve(&b->ids, n) != OUTBOX_OK ||
+        outbox__aggindex_reserve(&b->aggs, n) != OUTBOX_OK)
+        return -1;
     if (n > b->cap) {
         unsigned char *d = realloc(b->done, n);
         if (d == NULL) return -1;
@@ -254,30 +221,23 @@ static int batch_prepare(nats_batch *b, const nats_batch *older, outbox_msg *con
         b->prev = p;
         b->cap = n;
     }
-    memset(b->ids, 0, b->table_cap * sizeof *b->ids);
-    for (i = 0; i < b->table_cap; i++)
-        b->aggs[i] = -1;
     memset(b->done, 0, n);
     memset(b->started, 0, n);
     memset(b->wanted, 0, n);
     b->msgs = msgs;
     b->n = n;
     for (i = 0; i < n; i++) {
-        size_t mask = b->table_cap - 1, j;
-        for (j = (size_t)hash_id(msgs[i]->id) & mask; b->ids[j] != 0; j = (j + 1) & mask) {
-        }
-        b->ids[j] = i + 1;
-        j = agg_slot(b, msgs[i]->aggregate_id);
-        if (b->aggs[j] >= 0) {
-            b->prev[i] = b->aggs[j];
-        } else {
+        const char *agg = msgs[i]->aggregate_id;
+        uint32_t prev;
+        /* An id given twice stays with its first message. */
+        if (outbox__aggindex_insert(&b->ids, msgs[i]->id, (uint32_t)i, &prev))
+            outbox__aggindex_insert(&b->ids, msgs[i]->id, prev, NULL);
+        if (outbox__aggindex_insert(&b->aggs, agg, (uint32_t)i, &prev))
+            b->prev[i] = (long)prev;
+        else if (older != NULL && outbox__aggindex_lookup(&older->aggs, agg, &prev))
+            b->prev[i] = PREV_OLDER(prev);
+        else
             b->prev[i] = PREV_NONE;
-            if (older != NULL) {
-                size_t k = agg_slot(older, msgs[i]->aggregate_id);
-                if (older->aggs[k] >= 0) b->prev[i] = PREV_OLDER(older->aggs[k]);
-            }
-        }
-        b->aggs[j] = (long)i;
     }
     return 0;
 }
@@ -1191,8 +1151,8 @@ static void nats_close(void *state)
     pthread_cond_destroy(&st->cond);
     for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
         nats_batch *b = &st->batches[k];
-        free(b->ids);
-        free(b->aggs);
+        outbox__aggindex_free(&b->ids);
+        outbox__aggindex_free(&b->aggs);
         free(b->done);
         free(b->started);
         free(b->wanted);
@@ -1202,13 +1162,6 @@ static void nats_close(void *state)
     free(st->source);
     free(st);
 }
-
-/* Its pipelined entry points (src/transport/pipeline.c lists them). */
-const outbox_transport_pipeline outbox__transport_nats_pipeline = {
-    &outbox__transport_nats,
-    nats_publish_begin,
-    nats_publish_end,
-};
 
 #define NATS_ENTRY(f) f
 
@@ -1220,12 +1173,15 @@ const outbox_transport_pipeline outbox__transport_nats_pipeline = {
 
 /* The NATS JetStream destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_nats = {
-    .version = 3,
+    .version = 4,
     .scheme = "nats",
     .open = NATS_ENTRY(nats_open),
     .publish = NATS_ENTRY(nats_publish),
     .close = NATS_ENTRY(nats_close),
     .reopen = NULL,
+    .publish_begin = NATS_ENTRY(nats_publish_begin),
+    .publish_end = NATS_ENTRY(nats_publish_end),
+    .interrupt = NULL,
     .usage = "nats://HOST:4222?stream=S",
     .doc = "NATS JetStream: the stream's ack confirms a message (Nats-Msg-Id = its id).  "
            "Several servers: nats://HOST1:4222,HOST2:4222; user:password@ or token= or creds= "

@@ -14,7 +14,7 @@
  * unread (`| head -1` after its first read) fails the batch.  Bytes the
  * reader took and then dropped cannot be seen.
  *
- * Stop: outbox__stdout_interrupt (async-signal-safe, an atomic flag) ends
+ * Stop: the interrupt entry (async-signal-safe, an atomic flag) ends
  * a wait for a reader that is not reading; the batch's messages then get
  * OUTBOX_ESTOPPED and stay pending.
  */
@@ -177,7 +177,7 @@ done:
 }
 
 /* Async-signal-safe: an atomic store (see the top of the file). */
-void outbox__stdout_interrupt(void *state)
+static void stdout_interrupt(void *state)
 {
     stdout_state *st = state;
     atomic_store(&st->interrupted, 1);
@@ -194,7 +194,7 @@ static void stdout_close(void *state)
 
 /* The standard output destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_stdout = {
-    .version = 3,
+    .version = 4,
     .scheme = "stdout",
     .open = stdout_open,
     .publish = stdout_publish,
@@ -205,4 +205,7 @@ const outbox_transport_ops outbox__transport_stdout = {
            "Confirms nothing durably (a reader that exits early loses what it did not "
            "read): for people and for pipelines that accept loss.",
     .props = NULL, /* no settings (the registry refuses any) */
+    .publish_begin = NULL,
+    .publish_end = NULL,
+    .interrupt = stdout_interrupt,
 };

@@ -6,8 +6,10 @@
  * lists every driver; one whose library this build leaves out has open
  * NULL, and its scheme (like those of the stores) gives OUTBOX_ENOTBUILT
  * instead of "unknown scheme".  A NULL URL with an in-process publish
- * callback opens the callback driver.  URLs only reach error messages
- * through outbox__url_redact.
+ * callback opens the callback driver.  What a driver can do beyond publish
+ * (pipelining, interrupt, reopen) is in its table's optional entries, which
+ * the relay tests; the registry only finds and opens drivers.  URLs only
+ * reach error messages through outbox__url_redact.
  */
 #include "internal.h"
 
@@ -90,7 +92,6 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
         return outbox__error(err, OUTBOX_EINVAL, "outbox__transport_open: NULL argument");
     t->ops = NULL;
     t->state = NULL;
-    t->interrupt = NULL;
 
     if (url == NULL) {
         if (cfg->publish == NULL)
@@ -131,11 +132,6 @@ int outbox__transport_open(outbox_transport *t, const char *url, const outbox_tr
                 return rc;
             }
             t->ops = drivers[i];
-            if (t->ops == &outbox__transport_stdout) t->interrupt = outbox__stdout_interrupt;
-#ifdef OUTBOX_HAVE_CURL
-            if (t->ops == &outbox__transport_http || t->ops == &outbox__transport_https)
-                t->interrupt = outbox__http_interrupt;
-#endif
             return OUTBOX_OK;
         }
     }
@@ -159,7 +155,6 @@ void outbox__transport_close(outbox_transport *t)
     if (t->ops != NULL && t->state != NULL) t->ops->close(t->state);
     t->ops = NULL;
     t->state = NULL;
-    t->interrupt = NULL;
 }
 
 /* The i-th destination driver, built or not, for outbox_driver_get. */
