@@ -686,8 +686,9 @@ typedef struct outbox_store_ops {
      * "" clears it), shown by status as relay_note.  NULL: not supported. */
     int (*lease_note)(void *state, const char *owner, const char *note, outbox_error *err);
 
-    /* Version 6: what help and docs show (outbox_driver_get).  NULL usage
-     * or doc: the registry's words (src/store/store.c). */
+    /* Version 6: what help and docs show (outbox_driver_get).  The tables
+     * of drivers whose library this build leaves out exist too, with the
+     * function entries NULL: open == NULL means "not built". */
     const char *usage;        /* "sqlite:PATH" */
     const char *doc;          /* what it is, one or two sentences */
     const outbox_prop *props; /* its URL options (outbox__props_parse); NULL: none */
@@ -707,9 +708,8 @@ int outbox__store_open(outbox_store *store, const char *url, outbox_error *err);
 void outbox__store_close(outbox_store *store);
 
 extern const outbox_store_ops outbox__store_sqlite;
-#ifdef OUTBOX_HAVE_LIBPQ
-extern const outbox_store_ops outbox__store_postgres;
-#endif
+extern const outbox_store_ops outbox__store_postgres;   /* open NULL without LIBPQ */
+extern const outbox_store_ops outbox__store_postgresql; /* the same, as postgresql:// */
 
 /* ------------------------------------------------------------------------
  * Transports

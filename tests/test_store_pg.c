@@ -2,7 +2,8 @@
  * test_store_pg.c - the store contract on a real PostgreSQL server (started
  * by tests/support/pg.h): schema and URLs, enqueue in the caller's transaction
  * (commit, rollback, no transaction, duplicates), the SQL functions with
- * good and bad input, injection attempts, claim order and the ordering
+ * good and bad input, injection attempts, the store's own URL settings in
+ * both URL forms beside libpq's, claim order and the ordering
  * rule, outcomes, out-of-order commits, inbox, NOTIFY only to wake a
  * waiting relay (one per wait, none while it is busy, concurrent enqueuers
  * never wait for each other, stale flags of dead relays cleared, a relay
@@ -323,6 +324,111 @@ TEST(urls)
     ASSERT_EQ(outbox__store_open(&s, u, &err), OUTBOX_ECONFIG);
     snprintf(u, sizeof u, "postgres:host=127.0.0.1 nonsense");
     ASSERT_EQ(outbox__store_open(&s, u, &err), OUTBOX_EBADURL);
+}
+
+/* Opens the store at u and checks, through c, that its session has the
+ * application_name the URL gave libpq. */
+static void open_store_as(outbox_store *s, const char *u, PGconn *c, const char *app)
+{
+    const char *params[1] = {app};
+    PGresult *r;
+    open_store(s, u);
+    r = PQexecParams(c, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", 1,
+                     NULL, params, NULL, NULL, 0);
+    ASSERT_EQ(PQresultStatus(r), PGRES_TUPLES_OK);
+    ASSERT_STREQ(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+}
+
+/* The store's own settings (schema, partitions) are read with its
+ * property table from both URL forms, checked and reported alike; every
+ * other parameter reaches libpq unchanged. */
+TEST(url_settings)
+{
+    static const struct {
+        const char *uri, *keywords; /* the same setting in each form */
+        int code;
+        const char *says;
+    } bad[] = {
+        {"partitions=0", "partitions=0", OUTBOX_ECONFIG,
+         "partitions=0 is out of range: give from 1 to 1024; partitions: How many"},
+        {"partitions=1025", "partitions = 1025", OUTBOX_ECONFIG, "from 1 to 1024"},
+        {"partitions=x", "partitions='x'", OUTBOX_ECONFIG,
+         "partitions=x is not a whole number from 1 to 1024"},
+        {"schema=a%20b", "schema='a b'", OUTBOX_ECONFIG, "schema name 'a b' is not accepted"},
+        {"schema=", "schema=''", OUTBOX_ECONFIG, "schema name '' is not accepted"},
+        {"schema=a123456789b123456789c123456789d123456789e123456789f123456789xyzw",
+         "schema=a123456789b123456789c123456789d123456789e123456789f123456789xyzw",
+         OUTBOX_ECONFIG, "use 1 to 63 letters"},
+        {"schema=a&schema=b", "schema=a schema=b", OUTBOX_EBADURL,
+         "setting \"schema\" is given twice"},
+        {"partiton=8", "partiton=8", OUTBOX_EBADURL, "schema=NAME, partitions=N"},
+    };
+    outbox_store s;
+    outbox_error err;
+    outbox_buf logs;
+    char u[900];
+    int from = -1, to = -1;
+    PGconn *c = pgh_connect(&server);
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(u, sizeof u, "%s?sslmode=disable&%s", server.url, bad[i].uri);
+        ASSERT_EQ(outbox__store_open(&s, u, &err), bad[i].code);
+        ASSERT_CONTAINS(err.message, bad[i].says);
+        snprintf(u, sizeof u, "postgres:host=127.0.0.1 port=%d sslmode=disable %s", server.port,
+                 bad[i].keywords);
+        ASSERT_EQ(outbox__store_open(&s, u, &err), bad[i].code);
+        ASSERT_CONTAINS(err.message, bad[i].says);
+    }
+    /* The URL in those messages is redacted. */
+    ASSERT_EQ(outbox__store_open(&s, "postgres://bob:s3cretpw@127.0.0.1:1/db?partitions=0", &err),
+              OUTBOX_ECONFIG);
+    ASSERT_CONTAINS(err.message, "store URL 'postgres://bob:***@127.0.0.1:1/db?partitions=0'");
+    ASSERT_EQ(outbox__store_open(&s, "postgres:host=127.0.0.1 password=s3cretpw partitions=0",
+                                 &err),
+              OUTBOX_ECONFIG);
+    ASSERT(strstr(err.message, "s3cretpw") == NULL);
+
+    /* libpq's parameters reach libpq beside the store's own, which a URI
+     * percent-decodes and a keyword string unquotes, as libpq does. */
+    snprintf(u, sizeof u,
+             "%s?sslmode=disable&application_name=outbox%%20uri&schema=url%%5Fsettings"
+             "&connect_timeout=5&partitions=8",
+             server.url);
+    open_store_as(&s, u, c, "outbox uri");
+    ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
+    ASSERT_EQ(from, 0);
+    outbox__store_close(&s);
+    ASSERT_EQ(pgh_count(c, "SELECT value::int FROM url_settings.meta WHERE key = 'partitions'"),
+              8);
+
+    /* Only a partition count the URL gives is compared with the schema's:
+     * the default is not a request. */
+    outbox__buf_init(&logs);
+    outbox_log_set(capture_log, &logs, OUTBOX_LOG_INFO);
+    snprintf(u, sizeof u,
+             "postgres:host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable "
+             "application_name='outbox kw' schema='url_settings' connect_timeout=5",
+             server.port);
+    open_store_as(&s, u, c, "outbox kw");
+    ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
+    ASSERT_EQ(from, 5);
+    outbox__store_close(&s);
+    ASSERT(logs.data == NULL || strstr(logs.data, "not applied") == NULL);
+    snprintf(u, sizeof u,
+             "postgres:host=127.0.0.1 port=%d user=postgres dbname=postgres schema=url_settings "
+             "partitions=16",
+             server.port);
+    open_store(&s, u);
+    ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
+    outbox__store_close(&s);
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    ASSERT_CONTAINS(logs.data,
+                    "partitions=16 is not applied: the outbox schema url_settings has 8");
+    outbox__buf_free(&logs);
+
+    pgh_exec(c, "DROP SCHEMA url_settings CASCADE");
+    PQfinish(c);
 }
 
 TEST(enqueue_transactions)
@@ -1822,6 +1928,7 @@ int main(void)
     RUN(init_and_schema);
     RUN(upgrade_v2_to_v3);
     RUN(urls);
+    RUN(url_settings);
     RUN(enqueue_transactions);
     RUN(enqueue_commit);
     RUN(sql_functions);

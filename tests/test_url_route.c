@@ -459,6 +459,19 @@ TEST(driver_list)
 #else
     ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_STORE, 1)->built, 0);
 #endif
+    /* The PostgreSQL store's own table, built or not, shared by
+     * postgresql://; its doc says libpq's parameters are taken as well. */
+    d = outbox_driver_get(OUTBOX_DRIVER_STORE, 1);
+    ASSERT_EQ(d->prop_count, 2);
+    ASSERT_STREQ(d->props[0].name, "schema");
+    ASSERT_STREQ(d->props[0].default_value, "outbox");
+    ASSERT_STREQ(d->props[1].name, "partitions");
+    ASSERT_STREQ(d->props[1].type, "int");
+    ASSERT_STREQ(d->props[1].default_value, "32");
+    ASSERT_STREQ(d->props[1].range, "1..1024");
+    ASSERT_CONTAINS(d->doc, "libpq's own parameters");
+    ASSERT(outbox_driver_get(OUTBOX_DRIVER_STORE, 2)->props == d->props);
+    ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_STORE, 2)->built, d->built);
 
     for (i = 0; (d = outbox_driver_get(OUTBOX_DRIVER_DESTINATION, i)) != NULL; i++) {
         ASSERT(i < sizeof destinations / sizeof destinations[0]);
@@ -492,22 +505,29 @@ TEST(driver_list)
 #endif
 }
 
-/* The defaults of every driver parse as their type and range say: the
- * transports' tables, read through their ops. */
+/* The defaults of a driver's table parse as their type and range say. */
+static void check_defaults(const outbox_prop *props, const char *what)
+{
+    char config[512]; /* larger than any driver's config struct */
+    outbox_error err = {0, ""};
+    const outbox_prop *p;
+    memset(config, 0, sizeof config);
+    for (p = props; p->name; p++)
+        ASSERT(p->offset + sizeof(int64_t) <= sizeof config);
+    ASSERT_OK(outbox__props_parse(props, what, NULL, config, &err), &err);
+    outbox__props_free(props, config);
+}
+
+/* Every driver's defaults, read through its ops: the transports' tables
+ * and the PostgreSQL store's (the SQLite store takes no settings). */
 TEST(driver_defaults_parse)
 {
     static const outbox_transport_ops *const ops[] = {
         &outbox__transport_http, &outbox__transport_nats, &outbox__transport_kafka};
-    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
-        char config[512]; /* larger than any driver's config struct */
-        outbox_error err = {0, ""};
-        const outbox_prop *p;
-        memset(config, 0, sizeof config);
-        for (p = ops[i]->props; p->name; p++)
-            ASSERT(p->offset + sizeof(int64_t) <= sizeof config);
-        ASSERT_OK(outbox__props_parse(ops[i]->props, ops[i]->scheme, NULL, config, &err), &err);
-        outbox__props_free(ops[i]->props, config);
-    }
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        check_defaults(ops[i]->props, ops[i]->scheme);
+    check_defaults(outbox__store_postgres.props, outbox__store_postgres.scheme);
+    ASSERT(outbox__store_sqlite.props == NULL);
 }
 
 int main(void)

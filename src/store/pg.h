@@ -1,16 +1,17 @@
 /*
  * pg.h - what the files of the PostgreSQL store (src/store/pg_*.c) share:
- * the driver's state, its limits, the SQL that reads timestamps as unix
- * microseconds, and the functions one file calls in another.  Private to
- * those files, and included only under OUTBOX_HAVE_LIBPQ.  The design is in
- * docs/POSTGRES.md; each function's contract is at its definition.
+ * the driver's limits and defaults, its state, the SQL that reads
+ * timestamps as unix microseconds, and the functions one file calls in
+ * another.  Private to those files.  Only the limits and defaults are
+ * there without OUTBOX_HAVE_LIBPQ: the store's property table (pg_conn.c)
+ * is in every build, so help and docs describe it where libpq is absent.
+ * The design is in docs/POSTGRES.md; each function's contract is at its
+ * definition.
  */
 #ifndef OUTBOX_PG_H
 #define OUTBOX_PG_H
 
 #include "internal.h"
-
-#include <libpq-fe.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -20,13 +21,17 @@
 #define DEFAULT_PARTITIONS 32
 #define MAX_PARTITIONS 1024
 
+#ifdef OUTBOX_HAVE_LIBPQ
+
+#include <libpq-fe.h>
+
 typedef struct pg_store {
     PGconn *conn;
     char *conninfo;      /* what libpq gets (may hold a password: never shown) */
     char shown[512];     /* redacted URL for messages */
     char schema[64];
     char qschema[160];
-    int url_partitions;  /* partitions= at init (0: default) */
+    int url_partitions;  /* partitions= the URL gives, applied at init (0: not given) */
     int partitions;      /* from meta, 0 until read */
     int32_t part_key;    /* advisory lock class of partitions */
     int32_t member_key;  /* advisory lock class of relay membership */
@@ -135,8 +140,9 @@ int outbox__pg_take_all_for_once(pg_store *st, outbox_error *err);
 void outbox__pg_end_claim(pg_store *st);
 
 /* ------------------------------------------------------------------------
- * The driver's entry points, gathered in outbox__store_postgres
- * (pg_conn.c); their contracts are those of outbox_store_ops (internal.h).
+ * The driver's entry points, gathered in outbox__store_postgres and
+ * outbox__store_postgresql (pg_conn.c); their contracts are those of
+ * outbox_store_ops (internal.h).
  * ---------------------------------------------------------------------- */
 
 /* pg_lease.c */
@@ -174,5 +180,7 @@ int outbox__pg_drop(void *state, const char *const *ids, size_t n, int all,
                     outbox_drop_archive_fn archive, void *user, int64_t *count, outbox_error *err);
 int outbox__pg_inbox_purge(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
                            int64_t *count, outbox_error *err);
+
+#endif /* OUTBOX_HAVE_LIBPQ */
 
 #endif /* OUTBOX_PG_H */

@@ -1,15 +1,48 @@
 /*
  * pg_conn.c - the PostgreSQL driver's connection: libpq errors mapped to
- * outbox codes, the store URL and its own options (schema, partitions),
- * connecting and reconnecting, server notices to the log, open and close,
- * and the `outbox__store_postgres` ops table the relay and the CLI use.
- * The design is in docs/POSTGRES.md.
+ * outbox codes, the store URL and its own settings (pg_props: schema,
+ * partitions), connecting and reconnecting, server notices to the log,
+ * open and close, and the ops tables the relay and the CLI use
+ * (`outbox__store_postgres`, and `outbox__store_postgresql` for the other
+ * scheme).  The design is in docs/POSTGRES.md.
+ *
+ * A store URL is libpq's, in either of its forms: a URI
+ * (postgres://USER@HOST/DB?KEY=VALUE&...) or a keyword string after the
+ * scheme (postgres:host=H dbname=DB KEY=VALUE ...).  In both, the entries
+ * whose key is in pg_props are the store's: they are taken out and read
+ * with outbox__props_parse, so both forms check them alike and say the
+ * same; every other entry is libpq's and goes to it unchanged (libpq
+ * refuses what it does not know when the store opens).
  */
 #include "internal.h"
 
-#ifdef OUTBOX_HAVE_LIBPQ
-
 #include "pg.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PG_TEXT_(x) #x
+#define PG_TEXT(x) PG_TEXT_(x)
+
+/* The store's own settings, as outbox__props_parse reads them. */
+typedef struct pg_config {
+    char *schema;
+    int64_t partitions;
+} pg_config;
+
+static const outbox_prop pg_props[] = {
+    {"schema", OUTBOX_PROP_STRING, offsetof(pg_config, schema), DEFAULT_SCHEMA, NULL, "NAME",
+     "The PostgreSQL schema that holds the outbox's tables and functions: 1 to 63 letters, "
+     "digits and underscores, starting with a letter or underscore (always quoted in SQL)."},
+    {"partitions", OUTBOX_PROP_INT, offsetof(pg_config, partitions), PG_TEXT(DEFAULT_PARTITIONS),
+     "1.." PG_TEXT(MAX_PARTITIONS), NULL,
+     "How many hash partitions of the aggregate ids the relays share (each leases its part).  "
+     "Fixed when init creates the schema: on an existing one it is not applied, and init says "
+     "so."},
+    OUTBOX_PROPS_END,
+};
+
+#ifdef OUTBOX_HAVE_LIBPQ
 
 #include <ctype.h>
 #include <stdio.h>
@@ -165,73 +198,119 @@ static void redact_keywords(const char *src, char *out, size_t len)
     out[o] = '\0';
 }
 
-/* Takes our parameters out of a libpq URI's query.  Writes the rest to
- * conninfo (owned by the caller). */
+/* Is key[0..n) one of the store's own settings (pg_props)? */
+static int own_key(const char *key, size_t n)
+{
+    const outbox_prop *p;
+    for (p = pg_props; p->name; p++)
+        if (strlen(p->name) == n && strncmp(key, p->name, n) == 0) return 1;
+    return 0;
+}
+
+/* Reads the store's settings in u (and nothing else: libpq's are out)
+ * with pg_props into st.  Only a partition count the URL gives is kept:
+ * init applies it or says it is not applied, and 0 leaves the schema's
+ * own count. */
+static int read_settings(pg_store *st, outbox_url *u, outbox_error *err)
+{
+    pg_config c;
+    char what[600];
+    int code;
+
+    memset(&c, 0, sizeof c);
+    snprintf(what, sizeof what, "store URL '%s'", st->shown);
+    code = outbox__props_parse(pg_props, what, u, &c, err);
+    if (code == OUTBOX_OK && !outbox__pg_valid_schema(c.schema))
+        code = outbox__pg_schema_error(c.schema, err);
+    if (code == OUTBOX_OK) {
+        snprintf(st->schema, sizeof st->schema, "%s", c.schema);
+        st->url_partitions = outbox__url_param(u, "partitions") ? (int)c.partitions : 0;
+    }
+    outbox__props_free(pg_props, &c);
+    return code;
+}
+
+/* Splits a libpq URI's query: the store's settings are read (percent-
+ * decoded by outbox__url_parse, as libpq decodes the rest) from the URI
+ * with only them in its query; conninfo (owned by the caller) is the URI
+ * without them. */
 static int split_uri(pg_store *st, const char *url, char **conninfo, outbox_error *err)
 {
     const char *q = strchr(url, '?');
-    outbox_buf b;
-    int first = 1;
+    const char *p = q ? q + 1 : "";
+    size_t base = q ? (size_t)(q - url) : strlen(url);
+    outbox_buf libpq, own;
+    outbox_url u;
+    int code;
 
-    outbox__buf_init(&b);
-    outbox__buf_append(&b, url, q ? (size_t)(q - url) : strlen(url));
-    if (q) {
-        const char *p = q + 1;
-        while (*p) {
-            const char *amp = strchr(p, '&');
-            size_t n = amp ? (size_t)(amp - p) : strlen(p);
-            if (n > 7 && strncmp(p, "schema=", 7) == 0) {
-                if (n - 7 >= sizeof st->schema) {
-                    outbox__buf_free(&b);
-                    return outbox__error(err, OUTBOX_ECONFIG,
-                                         "store URL '%s': schema name is too long (at most 63 "
-                                         "characters)",
-                                         st->shown);
-                }
-                memcpy(st->schema, p + 7, n - 7);
-                st->schema[n - 7] = '\0';
-            } else if (n > 11 && strncmp(p, "partitions=", 11) == 0) {
-                char num[16];
-                char *end;
-                long v;
-                snprintf(num, sizeof num, "%.*s", (int)(n - 11 < 15 ? n - 11 : 15), p + 11);
-                v = strtol(num, &end, 10);
-                if (*end || v < 1 || v > MAX_PARTITIONS) {
-                    outbox__buf_free(&b);
-                    return outbox__error(err, OUTBOX_ECONFIG,
-                                         "store URL '%s': partitions must be a number from 1 "
-                                         "to %d (default %d)",
-                                         st->shown, MAX_PARTITIONS, DEFAULT_PARTITIONS);
-                }
-                st->url_partitions = (int)v;
-            } else if (n > 0) {
-                outbox__buf_append(&b, first ? "?" : "&", 1);
-                outbox__buf_append(&b, p, n);
-                first = 0;
-            }
-            p += n;
-            if (*p == '&') p++;
+    outbox__buf_init(&libpq);
+    outbox__buf_init(&own);
+    outbox__buf_append(&libpq, url, base);
+    outbox__buf_append(&own, url, base);
+    while (*p) {
+        size_t n = strcspn(p, "&"), key = strcspn(p, "=");
+        outbox_buf *to = own_key(p, key < n ? key : n) ? &own : &libpq;
+        if (n > 0) {
+            outbox__buf_append(to, to->len > base ? "&" : "?", 1);
+            outbox__buf_append(to, p, n);
         }
+        p += n;
+        if (*p == '&') p++;
     }
-    if (b.oom) {
-        outbox__buf_free(&b);
+    if (libpq.oom || own.oom) {
+        outbox__buf_free(&libpq);
+        outbox__buf_free(&own);
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     }
-    *conninfo = b.data ? b.data : strdup(url);
-    return *conninfo ? OUTBOX_OK
-                     : outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+    code = outbox__url_parse(&u, own.data, NULL, err);
+    outbox__buf_free(&own);
+    if (code == OUTBOX_OK) code = read_settings(st, &u, err);
+    outbox__url_free(&u);
+    if (code != OUTBOX_OK) {
+        outbox__buf_free(&libpq);
+        return code;
+    }
+    *conninfo = libpq.data;
+    return OUTBOX_OK;
 }
 
-/* Takes schema=... and partitions=... out of a keyword string. */
+/* The value v[0..n) of a keyword string entry as libpq reads it (quotes
+ * taken off, backslash escapes undone) after "key=", in a new string;
+ * NULL when out of memory. */
+static char *keyword_entry(const char *key, size_t key_len, const char *v, size_t n)
+{
+    char *out = malloc(key_len + 1 + n + 1), *o = out;
+    const char *end = v + n;
+    int quoted = n > 0 && *v == '\'';
+
+    if (!out) return NULL;
+    memcpy(o, key, key_len);
+    o += key_len;
+    *o++ = '=';
+    for (v += quoted; v < end && !(quoted && *v == '\''); v++) {
+        if (*v == '\\' && v + 1 < end) v++;
+        *o++ = *v;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Splits a libpq keyword string: the store's settings are read from its
+ * entries with their keys (as "key=value", values as libpq reads them);
+ * conninfo (owned by the caller) is the rest. */
 static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_error *err)
 {
     outbox_buf b;
+    outbox_url u;
+    char **own = NULL;
+    size_t own_count = 0, i;
     const char *p = kw;
+    int code = OUTBOX_OK;
 
     outbox__buf_init(&b);
     outbox__buf_puts(&b, "");
-    while (*p) {
-        const char *start, *eq, *vstart, *vend;
+    while (*p && code == OUTBOX_OK) {
+        const char *start, *vstart;
         size_t klen;
         while (*p == ' ' || *p == '\t') p++;
         if (!*p) break;
@@ -240,15 +319,14 @@ static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_
         klen = (size_t)(p - start);
         while (*p == ' ') p++;
         if (*p != '=') {
-            outbox__buf_free(&b);
-            return outbox__error(err, OUTBOX_EBADURL,
+            code = outbox__error(err, OUTBOX_EBADURL,
                                  "store URL '%s' is not a libpq keyword string (key=value ...) "
                                  "nor a URI: write postgres://user@host/db or "
                                  "postgres:host=... dbname=...",
                                  st->shown);
+            break;
         }
-        eq = p++;
-        (void)eq;
+        p++;
         while (*p == ' ') p++;
         vstart = p;
         if (*p == '\'') {
@@ -258,35 +336,39 @@ static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_
         } else {
             while (*p && *p != ' ' && *p != '\t') p++;
         }
-        vend = p;
-        if (klen == 6 && strncmp(start, "schema", 6) == 0) {
-            size_t n = (size_t)(vend - vstart);
-            if (n >= sizeof st->schema) n = sizeof st->schema - 1;
-            memcpy(st->schema, vstart, n);
-            st->schema[n] = '\0';
-        } else if (klen == 10 && strncmp(start, "partitions", 10) == 0) {
-            char num[16];
-            char *end;
-            long v;
-            snprintf(num, sizeof num, "%.*s", (int)((size_t)(vend - vstart) < 15 ? vend - vstart : 15),
-                     vstart);
-            v = strtol(num, &end, 10);
-            if (*end || v < 1 || v > MAX_PARTITIONS) {
-                outbox__buf_free(&b);
-                return outbox__error(err, OUTBOX_ECONFIG,
-                                     "store URL '%s': partitions must be a number from 1 to %d "
-                                     "(default %d)",
-                                     st->shown, MAX_PARTITIONS, DEFAULT_PARTITIONS);
-            }
-            st->url_partitions = (int)v;
+        if (own_key(start, klen)) {
+            char **grown;
+            for (i = 0; i < own_count; i++)
+                if (strncmp(own[i], start, klen) == 0 && own[i][klen] == '=')
+                    code = outbox__error(err, OUTBOX_EBADURL,
+                                         "setting \"%.*s\" is given twice in %s", (int)klen,
+                                         start, st->shown);
+            if (code != OUTBOX_OK) break;
+            grown = realloc(own, (own_count + 2) * sizeof *own);
+            if (grown) own = grown;
+            if (!grown ||
+                !(own[own_count] = keyword_entry(start, klen, vstart, (size_t)(p - vstart))))
+                code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+            else
+                own[++own_count] = NULL;
         } else {
             if (b.len > 0) outbox__buf_append(&b, " ", 1);
-            outbox__buf_append(&b, start, (size_t)(vend - start));
+            outbox__buf_append(&b, start, (size_t)(p - start));
         }
     }
-    if (b.oom || !b.data) {
+    if (code == OUTBOX_OK && (b.oom || !b.data))
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+    if (code == OUTBOX_OK) {
+        code = outbox__props_options(&u, "postgres", (const char *const *)own, err);
+        if (code == OUTBOX_OK) code = read_settings(st, &u, err);
+        outbox__url_free(&u);
+    }
+    for (i = 0; i < own_count; i++)
+        free(own[i]);
+    free(own);
+    if (code != OUTBOX_OK) {
         outbox__buf_free(&b);
-        return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+        return code;
     }
     *conninfo = b.data;
     return OUTBOX_OK;
@@ -422,7 +504,6 @@ static int pg_open(void **state, const char *url, outbox_error *err)
     outbox__buf_init(&st->a1);
     outbox__buf_init(&st->a2);
     outbox__buf_init(&st->a3);
-    snprintf(st->schema, sizeof st->schema, "%s", DEFAULT_SCHEMA);
     st->held = calloc(MAX_PARTITIONS, 1);
     if (!st->held) {
         code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
@@ -445,18 +526,20 @@ static int pg_open(void **state, const char *url, outbox_error *err)
         code = split_keywords(st, rest, &st->conninfo, err);
     }
     if (code != OUTBOX_OK) goto fail;
-    if (!outbox__pg_valid_schema(st->schema)) {
-        code = outbox__pg_schema_error(st->schema, err);
-        goto fail;
-    }
     {
-        /* Let libpq check the syntax now: a bad URL is a start-up error. */
+        /* Let libpq check the syntax now: a bad URL is a start-up error.
+         * libpq names a key it does not know; the store's own are said
+         * too, for a misspelt one of them. */
         char *msg = NULL;
         PQconninfoOption *opts = PQconninfoParse(st->conninfo, &msg);
         if (!opts) {
             char buf[300];
-            code = outbox__error(err, OUTBOX_EBADURL, "store URL '%s' is not valid for libpq: %s",
-                                 st->shown, outbox__pg_message(msg, buf, sizeof buf));
+            code = outbox__error(err, OUTBOX_EBADURL,
+                                 "store URL '%s' is not valid for libpq: %s (the store's own "
+                                 "settings: %s=%s, %s=%s)",
+                                 st->shown, outbox__pg_message(msg, buf, sizeof buf),
+                                 pg_props[0].name, outbox__prop_placeholder(&pg_props[0]),
+                                 pg_props[1].name, outbox__prop_placeholder(&pg_props[1]));
             PQfreemem(msg);
             goto fail;
         }
@@ -514,40 +597,58 @@ fail:
     return code;
 }
 
-/* The PostgreSQL store driver (schemes "postgres" and "postgresql"). */
-const outbox_store_ops outbox__store_postgres = {
-    .version = 5,
-    .scheme = "postgres",
-    .open = pg_open,
-    .close = pg_close,
-    .init = pg_init,
-    .check_schema = pg_check_schema,
-    .enqueue = pg_enqueue,
-    .lease_acquire = outbox__pg_lease_acquire,
-    .lease_renew = outbox__pg_lease_renew,
-    .lease_release = outbox__pg_lease_release,
-    .claim = outbox__pg_claim,
-    .complete = outbox__pg_complete,
-    .changed = outbox__pg_changed,
-    .next_due = outbox__pg_next_due,
-    .wake_path = outbox__pg_wake_path,
-    .status = outbox__pg_status,
-    .list = outbox__pg_list,
-    .get = outbox__pg_get,
-    .retry = outbox__pg_retry,
-    .purge = outbox__pg_purge,
-    .idle = outbox__pg_idle,
-    .wait_fd = outbox__pg_wait_fd,
-    .inbox_purge = outbox__pg_inbox_purge,
-    .claim_pipelined = outbox__pg_claim_pipelined,
-    .complete_pipelined = outbox__pg_complete_pipelined,
-    .drop = outbox__pg_drop,
-    .lease_note = outbox__pg_lease_note,
-};
+#define PG_ENTRY(f) f
 
 #else
 
-/* Without libpq this file only keeps the translation unit non-empty. */
-typedef int outbox__pg_conn_not_built;
+#define PG_ENTRY(f) NULL /* not built: only the description below */
 
 #endif /* OUTBOX_HAVE_LIBPQ */
+
+/* The PostgreSQL store driver, as postgres:// and as postgresql:// (the
+ * other scheme libpq takes): one driver, two descriptions for help. */
+/* clang-format off */
+#define PG_STORE_OPS(scheme_, usage_, doc_)                                                        \
+    {                                                                                              \
+        .version = 6,                                                                              \
+        .scheme = scheme_,                                                                         \
+        .open = PG_ENTRY(pg_open),                                                                 \
+        .close = PG_ENTRY(pg_close),                                                               \
+        .init = PG_ENTRY(pg_init),                                                                 \
+        .check_schema = PG_ENTRY(pg_check_schema),                                                 \
+        .enqueue = PG_ENTRY(pg_enqueue),                                                           \
+        .lease_acquire = PG_ENTRY(outbox__pg_lease_acquire),                                       \
+        .lease_renew = PG_ENTRY(outbox__pg_lease_renew),                                           \
+        .lease_release = PG_ENTRY(outbox__pg_lease_release),                                       \
+        .claim = PG_ENTRY(outbox__pg_claim),                                                       \
+        .complete = PG_ENTRY(outbox__pg_complete),                                                 \
+        .changed = PG_ENTRY(outbox__pg_changed),                                                   \
+        .next_due = PG_ENTRY(outbox__pg_next_due),                                                 \
+        .wake_path = PG_ENTRY(outbox__pg_wake_path),                                               \
+        .status = PG_ENTRY(outbox__pg_status),                                                     \
+        .list = PG_ENTRY(outbox__pg_list),                                                         \
+        .get = PG_ENTRY(outbox__pg_get),                                                           \
+        .retry = PG_ENTRY(outbox__pg_retry),                                                       \
+        .purge = PG_ENTRY(outbox__pg_purge),                                                       \
+        .idle = PG_ENTRY(outbox__pg_idle),                                                         \
+        .wait_fd = PG_ENTRY(outbox__pg_wait_fd),                                                   \
+        .inbox_purge = PG_ENTRY(outbox__pg_inbox_purge),                                           \
+        .claim_pipelined = PG_ENTRY(outbox__pg_claim_pipelined),                                   \
+        .complete_pipelined = PG_ENTRY(outbox__pg_complete_pipelined),                             \
+        .drop = PG_ENTRY(outbox__pg_drop),                                                         \
+        .lease_note = PG_ENTRY(outbox__pg_lease_note),                                             \
+        .usage = usage_,                                                                           \
+        .doc = doc_,                                                                               \
+        .props = pg_props,                                                                         \
+    }
+/* clang-format on */
+
+const outbox_store_ops outbox__store_postgres = PG_STORE_OPS(
+    "postgres", "postgres://USER@HOST/DB",
+    "PostgreSQL: a libpq connection URI, or libpq keywords after postgres: (postgres:host=HOST "
+    "dbname=DB ...).  The settings below are the store's, as query parameters or as keywords; "
+    "libpq's own parameters (sslmode, connect_timeout, application_name, ...) are accepted as "
+    "they are and passed to libpq.");
+
+const outbox_store_ops outbox__store_postgresql =
+    PG_STORE_OPS("postgresql", "postgresql://USER@HOST/DB", "The same store as postgres://.");

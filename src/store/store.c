@@ -3,48 +3,28 @@
  *
  * Drivers are `const outbox_store_ops` tables (src/store/<db>.c).  The
  * relay and the CLI open a store with outbox__store_open() and then only
- * call through store->ops.  Schemes of drivers that exist in the project but
- * are not compiled into this build are recognised, so the user gets "not
- * built with X" instead of "unknown scheme".  URLs in messages are redacted.
+ * call through store->ops.  Every driver the project has is listed, built
+ * or not: one whose library this build leaves out has its table with open
+ * NULL, so help and docs describe it and its URLs give "not built with X"
+ * instead of "unknown scheme".  URLs in messages are redacted.
  */
 #include "internal.h"
 
 #include <ctype.h>
 #include <string.h>
 
-#ifdef OUTBOX_HAVE_LIBPQ
-#define POSTGRES (&outbox__store_postgres)
-#else
-#define POSTGRES NULL
-#endif
+static const char no_libpq[] = "this build has no PostgreSQL store (not built with libpq)";
 
-/* The store drivers, by URL scheme (one driver may answer to several
- * schemes: postgres and postgresql are the same store); ops NULL: the
- * project has it, this build does not.  usage and doc stand in for a
- * driver's own (help and docs list every store, built or not). */
+/* The store drivers, by their scheme (one driver may have a table per
+ * scheme: postgres and postgresql are the same store), and what a URL of a
+ * driver this build has not gets as the reason. */
 static const struct {
-    const char *scheme;
     const outbox_store_ops *ops;
-    const char *usage;
-    const char *doc;
+    const char *not_built;
 } drivers[] = {
-    {"sqlite", &outbox__store_sqlite, NULL, NULL},
-    {"postgres", POSTGRES, "postgres://USER@HOST/DB",
-     "PostgreSQL: a libpq connection URI, or postgres:KEY=VALUE ... libpq settings (see the "
-     "README's PostgreSQL section)."},
-    {"postgresql", POSTGRES, "postgresql://USER@HOST/DB", "The same store as postgres://."},
-};
-
-/* Known schemes whose driver is absent from this build, and why. */
-static const struct {
-    const char *scheme;
-    const char *reason;
-} absent[] = {
-#ifndef OUTBOX_HAVE_LIBPQ
-    {"postgres", "this build has no PostgreSQL store (not built with libpq)"},
-    {"postgresql", "this build has no PostgreSQL store (not built with libpq)"},
-#endif
-    {NULL, NULL}
+    {&outbox__store_sqlite, NULL},
+    {&outbox__store_postgres, no_libpq},
+    {&outbox__store_postgresql, no_libpq},
 };
 
 /* Case-insensitive compare of the n-byte scheme with name. */
@@ -93,13 +73,11 @@ int outbox__store_open(outbox_store *store, const char *url, outbox_error *err)
                              "(supported schemes: sqlite)",
                              shown);
 
-    for (i = 0; absent[i].scheme; i++)
-        if (scheme_is(url, n, absent[i].scheme))
-            return outbox__error(err, OUTBOX_ENOTBUILT, "store URL '%s': %s", shown,
-                                 absent[i].reason);
-
     for (i = 0; i < sizeof drivers / sizeof drivers[0]; i++) {
-        if (drivers[i].ops == NULL || !scheme_is(url, n, drivers[i].scheme)) continue;
+        if (!scheme_is(url, n, drivers[i].ops->scheme)) continue;
+        if (drivers[i].ops->open == NULL)
+            return outbox__error(err, OUTBOX_ENOTBUILT, "store URL '%s': %s", shown,
+                                 drivers[i].not_built);
         rc = drivers[i].ops->open(&state, url, err);
         if (rc != OUTBOX_OK) return rc;
         store->ops = drivers[i].ops;
@@ -125,17 +103,16 @@ void outbox__store_close(outbox_store *store)
     store->state = NULL;
 }
 
-/* The i-th store driver, built or not, for outbox_driver_get: its own
- * usage, doc and props when it has them (ops version 6), else the table's. */
+/* The i-th store driver, built or not, for outbox_driver_get. */
 int outbox__store_driver(size_t i, outbox_driver_entry *out)
 {
     const outbox_store_ops *ops;
     if (i >= sizeof drivers / sizeof drivers[0]) return 0;
     ops = drivers[i].ops;
-    out->scheme = drivers[i].scheme;
-    out->built = ops != NULL;
-    out->usage = ops && ops->version >= 6 && ops->usage ? ops->usage : drivers[i].usage;
-    out->doc = ops && ops->version >= 6 && ops->doc ? ops->doc : drivers[i].doc;
-    out->props = ops && ops->version >= 6 ? ops->props : NULL;
+    out->scheme = ops->scheme;
+    out->usage = ops->usage;
+    out->doc = ops->doc;
+    out->built = ops->open != NULL;
+    out->props = ops->props;
     return 1;
 }
