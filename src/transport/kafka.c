@@ -25,6 +25,16 @@
  * messages in order behind the failed one.  (Test builds: the fault point
  * kafka_fatal raises such an error with rd_kafka_test_fatal_error.)
  *
+ * The deadline is ours, never librdkafka's: message.timeout.ms is infinite
+ * and cannot be set.  A message librdkafka times out leaves its queue while
+ * the later ones of its partition are still written (INTRODUCTION.md,
+ * "Message timeout considerations"; enable.gapless.guarantee does not cover
+ * timeouts), a gap the relay's retry would fill behind them.  A report
+ * still missing at the deadline is handled like a fatal error instead:
+ * what is unconfirmed in the open batches is retried, the producer is
+ * purged at once (what it wrote is a prefix of each partition's produce
+ * order) and rebuilt before the next batch.
+ *
  * Size: a message over message.max.bytes (librdkafka refuses it when
  * produced) or over the topic's limit (the broker's report) is rejected
  * for good, not retried.  Start-up logs a message.max.bytes smaller than
@@ -56,11 +66,12 @@ static const outbox_prop kafka_props[] = {
      "is the aggregate id, so an aggregate stays in one partition."},
     {"ack_timeout", OUTBOX_PROP_DURATION, offsetof(kafka_config, ack_timeout_ms), "30s", "1ms..",
      NULL,
-     "How long a batch waits for the brokers' acks (librdkafka's message.timeout.ms); what is "
-     "unacknowledged then is retried."},
+     "How long a batch waits for the brokers' acks; what is unacknowledged then is retried, on a "
+     "new producer (librdkafka's own message.timeout.ms is infinite)."},
     {"kafka.<name>", OUTBOX_PROP_STRING, 0, NULL, NULL, "VALUE",
      "Any librdkafka producer setting (e.g. kafka.security.protocol=ssl), refused at start-up "
-     "when librdkafka refuses it; values are never shown.  enable.idempotence stays true."},
+     "when librdkafka refuses it; values are never shown.  enable.idempotence stays true; "
+     "message.timeout.ms cannot be set (ack_timeout is the deadline)."},
     OUTBOX_PROPS_END,
 };
 
@@ -97,7 +108,7 @@ typedef struct kafka_state {
     char *source;
     char brokers[256];
     int64_t ack_timeout_ms;
-    int rebuild; /* a fatal error: make a new producer first */
+    const char *rebuild; /* why a new producer is made first, or NULL */
     outbox_buf topic;
 
     /* The open batches, oldest first from `first` (reports are served on
@@ -251,7 +262,6 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     const char *tmpl;
     int rc, parsed = 0;
     size_t i;
-    char num[32];
 
     *state = NULL;
     memset(&u, 0, sizeof u);
@@ -287,11 +297,10 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     rd_kafka_conf_set_dr_msg_cb(st->conf, dr_cb);
     rd_kafka_conf_set_log_cb(st->conf, log_cb);
     rd_kafka_conf_set_error_cb(st->conf, error_cb);
-    snprintf(num, sizeof num, "%lld", (long long)st->ack_timeout_ms);
     if ((rc = conf_set(st->conf, "bootstrap.servers", u.hosts, err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "enable.idempotence", "true", err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "acks", "all", err)) != OUTBOX_OK ||
-        (rc = conf_set(st->conf, "message.timeout.ms", num, err)) != OUTBOX_OK ||
+        (rc = conf_set(st->conf, "message.timeout.ms", "0", err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "linger.ms", "5", err)) != OUTBOX_OK)
         goto fail;
     for (i = 0; i < u.param_count; i++) {
@@ -301,6 +310,14 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
             rc = outbox__error(err, OUTBOX_ECONFIG,
                                "kafka destination: kafka.enable.idempotence must stay true "
                                "(per-aggregate order depends on it)");
+            goto fail;
+        }
+        if (strcmp(p->key + 6, "message.timeout.ms") == 0 ||
+            strcmp(p->key + 6, "delivery.timeout.ms") == 0) {
+            rc = outbox__error(err, OUTBOX_ECONFIG,
+                               "kafka destination: kafka.%s cannot be set (a message librdkafka "
+                               "times out leaves a gap in its aggregate's order); use ack_timeout",
+                               p->key + 6);
             goto fail;
         }
         rc = conf_set(st->conf, p->key + 6, p->value, err);
@@ -413,9 +430,10 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
 
     if (st->count >= OUTBOX_PIPELINE_DEPTH || n > 0xffffffffu - 1) return OUTBOX_EINVAL;
     older = st->count > 0 ? batch_at(st, st->count - 1) : NULL;
-    if (st->rebuild || st->rk == NULL) {
-        /* After a fatal error: a new producer, once nothing is open (the
-         * open batch's unconfirmed messages have failed already). */
+    if (st->rebuild != NULL || st->rk == NULL) {
+        /* After a fatal error or a deadline: a new producer, once nothing
+         * is open (the open batch's unconfirmed messages have failed
+         * already). */
         if (older != NULL) return OUTBOX_EPUBLISH;
         destroy_producer(st);
         e.code = 0;
@@ -427,8 +445,8 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
                            e.message);
             return OUTBOX_EPUBLISH;
         }
-        st->rebuild = 0;
-        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "producer rebuilt after a fatal error");
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "producer rebuilt after %s", st->rebuild);
+        st->rebuild = NULL;
     }
     b = batch_at(st, st->count);
     if (n > b->cap) {
@@ -510,38 +528,50 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     return OUTBOX_OK;
 }
 
-/* Waits for the oldest open batch's delivery reports (publish_end in
- * internal.h), until ack_timeout after it began.  A fatal producer error
- * fails what is unconfirmed in every open batch (retriable) and has the
- * producer rebuilt before the next batch. */
-/* When the producer has raised a fatal error: fails what is unconfirmed
- * in every open batch (retriable) and has the producer rebuilt before the
- * next batch.  1 when it had. */
-static int check_fatal(kafka_state *st)
+/* Gives up on the producer: what is unconfirmed in every open batch fails
+ * with error (retriable), nothing more of it is sent (its queued and
+ * in-flight messages are purged; their reports are ignored), and a new
+ * producer is made before the next batch.  why names the cause for the log. */
+static void reset_producer(kafka_state *st, const char *why, const char *error)
 {
-    char fatal[512];
     size_t i;
     int k;
 
-    if (st->rebuild) return 1;
+    for (k = 0; k < st->count; k++) {
+        kafka_batch *c = batch_at(st, k);
+        for (i = 0; i < c->n; i++)
+            if (!c->done[i]) {
+                set_result(&c->results[i], OUTBOX_EPUBLISH, "%s", error);
+                c->done[i] = 1;
+            }
+        c->outstanding = 0;
+    }
+    rd_kafka_purge(st->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    st->rebuild = why;
+}
+
+/* When the producer has raised a fatal error: resets it (reset_producer).
+ * 1 when it had. */
+static int check_fatal(kafka_state *st)
+{
+    char fatal[512], error[sizeof fatal + 32];
+
+    if (st->rebuild != NULL) return 1;
     if (rd_kafka_fatal_error(st->rk, fatal, sizeof fatal) == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
     outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
                 "fatal producer error: %s; unconfirmed messages will be retried on a new "
                 "producer",
                 fatal);
-    for (k = 0; k < st->count; k++) {
-        kafka_batch *c = batch_at(st, k);
-        for (i = 0; i < c->n; i++)
-            if (!c->done[i]) {
-                set_result(&c->results[i], OUTBOX_EPUBLISH, "fatal producer error: %s", fatal);
-                c->done[i] = 1;
-            }
-        c->outstanding = 0;
-    }
-    st->rebuild = 1;
+    snprintf(error, sizeof error, "fatal producer error: %s", fatal);
+    reset_producer(st, "a fatal error", error);
     return 1;
 }
 
+/* Waits for the oldest open batch's delivery reports (publish_end in
+ * internal.h), until ack_timeout after it began.  A fatal producer error,
+ * or a report still missing at the deadline, resets the producer
+ * (reset_producer): the next message of an aggregate is then never written
+ * behind one that was not. */
 static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
                              outbox_publish_result *results)
 {
@@ -563,11 +593,16 @@ static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     /* Also when nothing was outstanding: the batch's produce calls may
      * have failed on the fatal error itself. */
     check_fatal(st);
-    if (b->outstanding > 0)
+    if (b->outstanding > 0) {
+        char error[128];
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
-                    "%zu of %zu messages without a delivery report within %lld ms; they will be "
-                    "retried",
+                    "%zu of %zu messages without a delivery report within %lld ms; they and the "
+                    "unconfirmed ones of the next batch will be retried on a new producer",
                     b->outstanding, n, (long long)st->ack_timeout_ms);
+        snprintf(error, sizeof error, "no delivery report from Kafka within %lld ms",
+                 (long long)st->ack_timeout_ms);
+        reset_producer(st, "a batch's ack timeout", error);
+    }
     b->results = NULL; /* its late reports are ignored */
     b->msgs = NULL;
     b->n = 0;
