@@ -335,8 +335,7 @@ static int check_stream(const char *what, const char *stream)
 }
 
 /* The ceiling into a new stream (subjects "<prefix>.>"), checked. */
-static int ceiling_run(const char *name, const char *stream, const char *prefix,
-                       bench_result *res)
+static int ceiling_run(const char *name, const char *stream, const char *prefix, bench_result *res)
 {
     char subjects[32], subject[64];
     snprintf(subjects, sizeof subjects, "%s.>", prefix);
@@ -549,8 +548,8 @@ static void pg_case(int no_serial, int pg_rounds)
         PGresult *v = PQexec(conn, "SELECT current_setting('server_version'),"
                                    " current_setting('shared_buffers')");
         if (PQresultStatus(v) == PGRES_TUPLES_OK)
-            printf("PostgreSQL %s, shared_buffers %s (tests/support/pg.h)\n",
-                   PQgetvalue(v, 0, 0), PQgetvalue(v, 0, 1));
+            printf("PostgreSQL %s, shared_buffers %s (tests/support/pg.h)\n", PQgetvalue(v, 0, 0),
+                   PQgetvalue(v, 0, 1));
         PQclear(v);
     }
     snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);

@@ -226,7 +226,8 @@ static void *pacer_main(void *arg)
     PGconn *c = connect_db();
     outbox_error err;
     for (long i = 0; i < p->txns; i++) {
-        double due = p->t0 + (double)i / p->txn_rate + (double)p->index / (p->txn_rate * LAT_THREADS);
+        double due =
+            p->t0 + (double)i / p->txn_rate + (double)p->index / (p->txn_rate * LAT_THREADS);
         double left = due - now_s();
         if (left > 0) usleep((useconds_t)(left * 1e6));
         long first = ((long)p->index * p->txns + i) * LAT_PER_TXN;
@@ -243,7 +244,8 @@ static void *pacer_main(void *arg)
         }
         PQclear(PQexec(c, "COMMIT"));
         int64_t done = wall_us();
-        for (int k = 0; k < LAT_PER_TXN; k++) committed[first + k] = done;
+        for (int k = 0; k < LAT_PER_TXN; k++)
+            committed[first + k] = done;
     }
     PQfinish(c);
     return NULL;
@@ -265,7 +267,8 @@ static void latency(void)
     atomic_store(&lat_n, 0);
     outbox_relay_options_init(&o);
     o.publish = record_latency;
-    if (outbox_relay_new(&r, url, NULL, &o, &err) != OUTBOX_OK) TEST_FAIL_("relay: %s", err.message);
+    if (outbox_relay_new(&r, url, NULL, &o, &err) != OUTBOX_OK)
+        TEST_FAIL_("relay: %s", err.message);
     pthread_create(&th, NULL, relay_thread, r);
     usleep(300000);
 
@@ -277,10 +280,12 @@ static void latency(void)
         pacers[i].txn_rate = (double)rate / LAT_PER_TXN / LAT_THREADS;
         pthread_create(&pacers[i].th, NULL, pacer_main, &pacers[i]);
     }
-    for (int i = 0; i < LAT_THREADS; i++) pthread_join(pacers[i].th, NULL);
+    for (int i = 0; i < LAT_THREADS; i++)
+        pthread_join(pacers[i].th, NULL);
     total = (total_txns / LAT_THREADS) * LAT_THREADS * LAT_PER_TXN;
     double offered = total / (now_s() - t0);
-    for (int i = 0; i < 500 && atomic_load(&lat_n) < total; i++) usleep(10000);
+    for (int i = 0; i < 500 && atomic_load(&lat_n) < total; i++)
+        usleep(10000);
     outbox_relay_stop(r);
     pthread_join(th, NULL);
     outbox_relay_free(r);
@@ -290,7 +295,8 @@ static void latency(void)
         /* The relay can see the commit before the client hears of it. */
         lat[n++] = lat[i] > committed[i] ? lat[i] - committed[i] : 0;
     }
-    if (n < total) fprintf(stderr, "latency: %ld of %ld messages not published in time\n", total - n, total);
+    if (n < total)
+        fprintf(stderr, "latency: %ld of %ld messages not published in time\n", total - n, total);
     if (n < 1) TEST_FAIL_("no latency samples");
     qsort(lat, (size_t)n, sizeof *lat, cmp_i64);
 #define PCT(p) (lat[(long)((n - 1) * (p))] / 1000.0)
@@ -326,8 +332,8 @@ static void *worker_main(void *arg)
     PGconn *c = connect_db();
     outbox_error err;
     const char *params[2] = {"customer-1", "12.50"};
-    PGresult *r = PQprepare(c, "biz", "INSERT INTO bench_orders (customer, total) VALUES ($1, $2)",
-                            2, NULL);
+    PGresult *r =
+        PQprepare(c, "biz", "INSERT INTO bench_orders (customer, total) VALUES ($1, $2)", 2, NULL);
     PQclear(r);
     long backend = PQbackendPID(c);
     double cpu0 = server_pid > 0 ? proc_cpu_s(backend) : 0;
@@ -483,8 +489,8 @@ static rate_result enqueue_rate(int nclients, int mode)
 
 /* Totals of the "relay draining" runs of one case. */
 typedef struct relay_counts {
-    long notes;               /* notifications a LISTENing connection saw */
-    long txns;                /* enqueuing transactions committed */
+    long notes; /* notifications a LISTENing connection saw */
+    long txns;  /* enqueuing transactions committed */
     unsigned long long published;
 } relay_counts;
 
@@ -552,33 +558,45 @@ enum {
     CASE_COUNT
 };
 
-static const char *const case_name[CASE_COUNT] = {
-    "business row", "+ SELECT 1 (one more round trip)", "+ outbox, no relay",
-    "+ outbox, relay draining", "+ outbox, every transaction notifying",
-    "+ enqueue_commit_pg, no relay", "+ enqueue_commit_pg, relay draining"};
+static const char *const case_name[CASE_COUNT] = {"business row",
+                                                  "+ SELECT 1 (one more round trip)",
+                                                  "+ outbox, no relay",
+                                                  "+ outbox, relay draining",
+                                                  "+ outbox, every transaction notifying",
+                                                  "+ enqueue_commit_pg, no relay",
+                                                  "+ enqueue_commit_pg, relay draining"};
 
 int main(int argc, char **argv)
 {
     static pgh_server server;
     int skip_latency = 0, skip_enqueue = 0, skip_drain = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-n") && i + 1 < argc) n_msgs = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "-b") && i + 1 < argc) batch = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--rate") && i + 1 < argc) rate = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--clients") && i + 1 < argc) clients = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc) repeat = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--skip-drain")) skip_drain = 1;
+        if (!strcmp(argv[i], "-n") && i + 1 < argc)
+            n_msgs = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "-b") && i + 1 < argc)
+            batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--rate") && i + 1 < argc)
+            rate = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+            seconds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--clients") && i + 1 < argc)
+            clients = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
+            repeat = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--skip-drain"))
+            skip_drain = 1;
         else if (!strcmp(argv[i], "--url") && i + 1 < argc) {
             snprintf(url, sizeof url, "%s", argv[++i]);
-        } else if (!strcmp(argv[i], "--skip-latency")) skip_latency = 1;
-        else if (!strcmp(argv[i], "--skip-enqueue")) skip_enqueue = 1;
-        else if (!strcmp(argv[i], "--no-analyze")) no_analyze = 1;
+        } else if (!strcmp(argv[i], "--skip-latency"))
+            skip_latency = 1;
+        else if (!strcmp(argv[i], "--skip-enqueue"))
+            skip_enqueue = 1;
+        else if (!strcmp(argv[i], "--no-analyze"))
+            no_analyze = 1;
         else {
-            fprintf(stderr,
-                    "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
-                    "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
-                    " [--skip-enqueue] [--skip-drain] [--no-analyze]\n");
+            fprintf(stderr, "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
+                            "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
+                            " [--skip-enqueue] [--skip-drain] [--no-analyze]\n");
             return 2;
         }
     }
@@ -606,8 +624,9 @@ int main(int argc, char **argv)
     PGresult *v = PQexec(c, "SELECT version()");
     printf("server: %s\n", PQgetvalue(v, 0, 0));
     PQclear(v);
-    const char *settings[] = {"shared_buffers", "fsync", "synchronous_commit", "wal_level",
-                              "max_wal_size", "checkpoint_timeout", NULL};
+    const char *settings[] = {
+        "shared_buffers",     "fsync", "synchronous_commit", "wal_level", "max_wal_size",
+        "checkpoint_timeout", NULL};
     printf("settings:");
     for (int i = 0; settings[i]; i++) {
         char sql[128];
@@ -622,8 +641,8 @@ int main(int argc, char **argv)
         printf("drain %lld messages, batch %d:\n", n_msgs, batch);
         fill(c, n_msgs);
         double tb = baseline(c);
-        printf("  baseline (DELETE ... SKIP LOCKED LIMIT %d RETURNING): %.2f s, %.0f msg/s\n", batch,
-               tb, n_msgs / tb);
+        printf("  baseline (DELETE ... SKIP LOCKED LIMIT %d RETURNING): %.2f s, %.0f msg/s\n",
+               batch, tb, n_msgs / tb);
         fill(c, n_msgs);
         double tr = relay_drain();
         printf("  relay -> discard:                                    %.2f s, %.0f msg/s"
@@ -654,8 +673,9 @@ int main(int argc, char **argv)
                 rr[CASE_COMMIT_RELAYED] =
                     relayed_rate(c, counts[k], BIZ_OUTBOX_COMMIT, &relayed[1]);
 
-                pgh_exec(c, "CREATE FUNCTION bench_notify_always() RETURNS trigger LANGUAGE plpgsql"
-                            " AS $$ BEGIN PERFORM pg_notify('bench_outbox', ''); RETURN NULL; END $$");
+                pgh_exec(c,
+                         "CREATE FUNCTION bench_notify_always() RETURNS trigger LANGUAGE plpgsql"
+                         " AS $$ BEGIN PERFORM pg_notify('bench_outbox', ''); RETURN NULL; END $$");
                 pgh_exec(c, "CREATE TRIGGER bench_notify_always AFTER INSERT ON bench_outbox.outbox"
                             " FOR EACH STATEMENT EXECUTE FUNCTION bench_notify_always()");
                 rr[CASE_NOISY] = enqueue_rate(counts[k], BIZ_OUTBOX);
@@ -670,15 +690,18 @@ int main(int argc, char **argv)
                 }
             }
             double plain = median(rate_v[CASE_PLAIN], repeat);
-            double plain_cpu = median(cli_v[CASE_PLAIN], repeat) + median(srv_v[CASE_PLAIN], repeat);
+            double plain_cpu =
+                median(cli_v[CASE_PLAIN], repeat) + median(srv_v[CASE_PLAIN], repeat);
             printf("  enqueue, %d connection(s), %d s per case, median of %d:\n", counts[k],
                    seconds, repeat);
             for (int i = 0; i < CASE_COUNT; i++) {
                 double med = median(rate_v[i], repeat);
                 double cu = median(cli_v[i], repeat), su = median(srv_v[i], repeat);
                 printf("    %-38s %7.0f txn/s", case_name[i], med);
-                if (i != CASE_PLAIN) printf(" (costs %5.1f%%)", 100.0 * (1.0 - med / plain));
-                else printf("               ");
+                if (i != CASE_PLAIN)
+                    printf(" (costs %5.1f%%)", 100.0 * (1.0 - med / plain));
+                else
+                    printf("               ");
                 if (server_pid > 0)
                     printf("  CPU/txn: client %6.1f us, server %6.1f us (%+.0f us)", cu, su,
                            cu + su - plain_cpu);
@@ -691,7 +714,8 @@ int main(int argc, char **argv)
                 }
                 if (repeat > 1) {
                     printf(" [runs:");
-                    for (int rep = 0; rep < repeat; rep++) printf(" %.0f", rate_v[i][rep]);
+                    for (int rep = 0; rep < repeat; rep++)
+                        printf(" %.0f", rate_v[i][rep]);
                     printf("]");
                 }
                 printf("\n");

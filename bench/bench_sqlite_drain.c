@@ -117,13 +117,13 @@ static int exec_sql(sqlite3 *db, const char *sql, child_report *r)
 
 static int open_db(sqlite3 **db, const char *path, child_report *r)
 {
-    if (sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
-        SQLITE_OK) {
+    if (sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
         report_fail(r, "cannot open %s", path);
         return -1;
     }
     sqlite3_busy_timeout(*db, 5000);
-    if (exec_sql(*db, "PRAGMA journal_mode=WAL", r) || exec_sql(*db, "PRAGMA synchronous=NORMAL", r))
+    if (exec_sql(*db, "PRAGMA journal_mode=WAL", r) ||
+        exec_sql(*db, "PRAGMA synchronous=NORMAL", r))
         return -1;
     return 0;
 }
@@ -173,8 +173,8 @@ out:
 
 /* The declared columns of the outbox table as "a,b,c", and whether the
  * status column holds text ('pending') or a number (OUTBOX_STATUS_PENDING). */
-static int outbox_columns(sqlite3 *db, char *cols, size_t cols_len, int *status_is_text,
-                          int *ncols, child_report *r)
+static int outbox_columns(sqlite3 *db, char *cols, size_t cols_len, int *status_is_text, int *ncols,
+                          child_report *r)
 {
     sqlite3_stmt *st = NULL;
     size_t used = 0;
@@ -233,11 +233,10 @@ static void run_baseline(const config *cfg, const char *path, child_report *r)
     if (outbox_columns(db, cols, sizeof cols, &status_is_text, &ncols, r)) goto out;
     /* The status is a literal, as in the store, so a partial index on
      * pending rows applies. */
-    snprintf(sql, sizeof sql, "SELECT %s FROM outbox WHERE status=%s ORDER BY seq LIMIT ?1",
-             cols, status_is_text ? "'pending'" : "0");
+    snprintf(sql, sizeof sql, "SELECT %s FROM outbox WHERE status=%s ORDER BY seq LIMIT ?1", cols,
+             status_is_text ? "'pending'" : "0");
     if (sqlite3_prepare_v2(db, sql, -1, &sel, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "DELETE FROM outbox WHERE seq=?1", -1, &del, NULL) !=
-            SQLITE_OK) {
+        sqlite3_prepare_v2(db, "DELETE FROM outbox WHERE seq=?1", -1, &del, NULL) != SQLITE_OK) {
         report_fail(r, "prepare: %s", sqlite3_errmsg(db));
         goto out;
     }
@@ -354,14 +353,22 @@ static int run_child(int which, const config *cfg, const char *db_path, const ch
         close(fds[0]);
         memset(&rep, 0, sizeof rep);
         switch (which) {
-        case CASE_NOOP: rep.ok = 1; break;
-        case CASE_BASELINE: run_baseline(cfg, db_path, &rep); break;
-        case CASE_DISCARD: run_relay(cfg, db_path, "discard:", &rep); break;
+        case CASE_NOOP:
+            rep.ok = 1;
+            break;
+        case CASE_BASELINE:
+            run_baseline(cfg, db_path, &rep);
+            break;
+        case CASE_DISCARD:
+            run_relay(cfg, db_path, "discard:", &rep);
+            break;
         case CASE_FILE:
             snprintf(url, sizeof url, "file:%s", out_path);
             run_relay(cfg, db_path, url, &rep);
             break;
-        default: fill_database(cfg, db_path, n, &rep); break;
+        default:
+            fill_database(cfg, db_path, n, &rep);
+            break;
         }
         got = write(fds[1], &rep, sizeof rep);
         close(fds[1]);
@@ -381,8 +388,7 @@ static int run_child(int which, const config *cfg, const char *db_path, const ch
     }
     if (!WIFEXITED(status) || got != (ssize_t)sizeof rep || !rep.ok) {
         fprintf(stderr, "bench_sqlite_drain: %s failed (%s%d): %s\n",
-                which >= 0 ? case_names[which] : "fill",
-                WIFEXITED(status) ? "exit " : "signal ",
+                which >= 0 ? case_names[which] : "fill", WIFEXITED(status) ? "exit " : "signal ",
                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
                 got == (ssize_t)sizeof rep ? rep.message : "no report");
         return -1;
@@ -631,8 +637,8 @@ int main(int argc, char **argv)
 
     printf("bench_sqlite_drain: liboutbox %s, SQLite %s, N=%lld, batch=%u, aggregates=%u, "
            "payload=%d bytes, runs per case=%d\n",
-           outbox_version(), sqlite3_libversion(), cfg.n, cfg.batch, cfg.aggregates,
-           PAYLOAD_BYTES, cfg.repeat);
+           outbox_version(), sqlite3_libversion(), cfg.n, cfg.batch, cfg.aggregates, PAYLOAD_BYTES,
+           cfg.repeat);
     printf("work directory: %s\n", cfg.dir);
     if (cfg.baseline_pragmas) printf("baseline also runs: %s\n", cfg.baseline_pragmas);
 
@@ -669,7 +675,8 @@ int main(int argc, char **argv)
             if (rw->which == CASE_FILE) {
                 long long bytes;
                 if (verify_file(events, rw->n, &bytes)) goto out;
-                fprintf(stderr, "  file: %lld lines, %.1f MB checked\n", rw->n, (double)bytes / 1e6);
+                fprintf(stderr, "  file: %lld lines, %.1f MB checked\n", rw->n,
+                        (double)bytes / 1e6);
             }
             rw->seconds[rw->runs++] = res.seconds;
             if (res.maxrss_kib > rw->maxrss_kib) rw->maxrss_kib = res.maxrss_kib;
@@ -677,10 +684,9 @@ int main(int argc, char **argv)
                     "  run %d/%d %-18s N=%-8lld %7.2f s %9.0f msg/s %6.1f MiB"
                     "  (CPU: user %.2f s, sys %.2f s; context switches: %ld waits, "
                     "%ld preemptions)\n",
-                    rep + 1, cfg.repeat, rw->name, rw->n, res.seconds,
-                    (double)rw->n / res.seconds, (double)res.maxrss_kib / 1024.0,
-                    res.user_seconds, res.sys_seconds, res.voluntary_switches,
-                    res.involuntary_switches);
+                    rep + 1, cfg.repeat, rw->name, rw->n, res.seconds, (double)rw->n / res.seconds,
+                    (double)res.maxrss_kib / 1024.0, res.user_seconds, res.sys_seconds,
+                    res.voluntary_switches, res.involuntary_switches);
         }
     }
     remove_db(run_db);
@@ -688,8 +694,8 @@ int main(int argc, char **argv)
 
     base_median_big = row_median(&rows[0]);
     base_median_small = row_median(&rows[3]);
-    printf("\n%-18s %9s %9s %10s %11s %13s\n", "case", "messages", "seconds", "msg/s",
-           "x baseline", "peak RSS MiB");
+    printf("\n%-18s %9s %9s %10s %11s %13s\n", "case", "messages", "seconds", "msg/s", "x baseline",
+           "peak RSS MiB");
     for (k = 0; k < 5; k++) {
         const row *rw = &rows[k];
         double med = row_median(rw);

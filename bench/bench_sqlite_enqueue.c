@@ -82,10 +82,11 @@ static int exec_sql(sqlite3 *db, const char *sql)
  * details column, so both variants do the same formatting work. */
 static void make_payload(char out[PAYLOAD_BYTES + 1], long long i)
 {
-    int len = snprintf(out, PAYLOAD_BYTES + 1,
-                       "{\"order_id\":\"o-%010lld\",\"customer\":\"c-%06lld\",\"amount_cents\":%lld,"
-                       "\"currency\":\"EUR\",\"note\":\"",
-                       i, i % 10000, 100 + (i * 37) % 99900);
+    int len =
+        snprintf(out, PAYLOAD_BYTES + 1,
+                 "{\"order_id\":\"o-%010lld\",\"customer\":\"c-%06lld\",\"amount_cents\":%lld,"
+                 "\"currency\":\"EUR\",\"note\":\"",
+                 i, i % 10000, 100 + (i * 37) % 99900);
     while (len < PAYLOAD_BYTES - 2) {
         out[len] = (char)('a' + (i + len) % 26);
         len++;
@@ -295,8 +296,8 @@ int main(int argc, char **argv)
             if (run_case(&cfg, &cases[k], &s, &c)) return 1;
             cases[k].cpu_seconds[cases[k].runs] = c;
             cases[k].seconds[cases[k].runs++] = s;
-            fprintf(stderr, "  run %d/%d %-14s %2d/txn %7.2f s (CPU %.2f s)\n", rep + 1,
-                    cfg.repeat, cases[k].name, cases[k].rows_per_txn, s, c);
+            fprintf(stderr, "  run %d/%d %-14s %2d/txn %7.2f s (CPU %.2f s)\n", rep + 1, cfg.repeat,
+                    cases[k].name, cases[k].rows_per_txn, s, c);
         }
     }
     printf("\n%-14s %8s %8s %9s %10s %9s %10s %11s\n", "case", "rows/txn", "txns", "seconds",
@@ -309,8 +310,8 @@ int main(int argc, char **argv)
         if (bc->with_outbox)
             snprintf(overhead, sizeof overhead, "%+.0f%%",
                      (med / median(cases[k - 1].seconds, cases[k - 1].runs) - 1.0) * 100.0);
-        printf("%-14s %8d %8lld %9.2f %10.0f %9.2f %10s %11.2f\n", bc->name, bc->rows_per_txn,
-               txns, med, (double)txns / med, med * 1e6 / (double)cfg.rows, overhead,
+        printf("%-14s %8d %8lld %9.2f %10.0f %9.2f %10s %11.2f\n", bc->name, bc->rows_per_txn, txns,
+               med, (double)txns / med, med * 1e6 / (double)cfg.rows, overhead,
                median(bc->cpu_seconds, bc->runs) * 1e6 / (double)cfg.rows);
     }
     printf("(seconds: median of %d runs; overhead: extra time of row + enqueue over the "

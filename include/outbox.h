@@ -57,45 +57,44 @@ OUTBOX_API const char *outbox_version(void);
  * makes the enum constant OUTBOX_<NAME>, and src/core/error.c makes from
  * the same list the names, outbox_strerror and outbox_err_retriable, so
  * they cannot drift apart.  Append only: a value is never reused. */
-#define OUTBOX_ERROR_MAP(XX)                                                                  \
-    XX(OK, 0, "success", 0)                                                                    \
-    XX(DUPLICATE, 1, "message id already recorded in the inbox", 0) /* not an error */         \
-    /* Invalid input: refused before anything is written (guarantee 7). */                    \
-    XX(EINVAL, -1, "invalid argument", 0)                                                      \
-    XX(EBADID, -2, "message id is not a canonical UUID", 0)                                    \
-    XX(EBADTYPE, -3, "event type is empty, too long or has control characters", 0)             \
-    XX(EBADAGGREGATE, -4, "aggregate id or type is empty, too long or has control characters", \
-       0)                                                                                      \
-    XX(EBADPAYLOAD, -5, "payload is not valid JSON", 0)                                        \
-    XX(EBADHEADERS, -6, "headers are not a JSON object of strings", 0)                         \
-    XX(EBADHEADERCHAR, -7, "control character in a header name or value", 0)                   \
-    XX(EBADTRACEPARENT, -8, "traceparent or tracestate header is not W3C trace-context", 0)    \
-    XX(ETOOBIG, -9, "message larger than the configured limit", 0)                             \
-    XX(EBADURL, -10, "URL malformed or scheme unsupported", 0)                                 \
-    XX(ECONFIG, -11, "bad option value or combination", 0)                                     \
-    XX(ENOTBUILT, -12, "driver not compiled into this build", 0)                               \
-    /* State of the store or the caller's connection. */                                      \
-    XX(ENOTXN, -20, "no transaction open on the connection", 0)                                \
-    XX(ENOSCHEMA, -21, "outbox tables missing (run `outbox init`)", 0)                         \
-    XX(ESCHEMANEWER, -22, "schema is newer than this library", 0)                              \
-    XX(EEXISTS, -23, "a message with this id already exists", 0)                               \
-    XX(ENOTFOUND, -24, "no such message", 0)                                                   \
-    XX(ELEASED, -25, "another live relay holds the lease", 1)                                  \
-    XX(ELEASELOST, -26, "this relay's lease was taken over", 0)                                \
-    /* Runtime failures. */                                                                    \
-    XX(ENOMEM, -40, "out of memory", 1)                                                        \
-    XX(EBUSY, -41, "database locked or busy", 1)                                               \
-    XX(ESTORE, -42, "database error", 0)                                                       \
-    XX(EIO, -43, "I/O error", 1)                                                               \
-    XX(EPUBLISH, -44, "destination failed to confirm", 1)                                      \
-    XX(EREJECTED, -45, "destination refused the message", 0)                                   \
-    XX(EFAULT, -46, "injected fault", 0) /* test builds only */                                \
-    XX(ESTOPPED, -47, "relay was asked to stop", 0)                                            \
-    XX(EINTERNAL, -48, "internal error (a bug: please report it)", 0)                          \
-    /* Webhook verification (outbox_webhook_verify, the receiver). */                          \
-    XX(ENOSIGNATURE, -60, "webhook id, timestamp or signature header missing", 0)              \
-    XX(EBADTIMESTAMP, -61, "webhook timestamp is not Unix seconds", 0)                         \
-    XX(ESTALE, -62, "webhook timestamp outside the tolerance", 0)                              \
+#define OUTBOX_ERROR_MAP(XX)                                                                       \
+    XX(OK, 0, "success", 0)                                                                        \
+    XX(DUPLICATE, 1, "message id already recorded in the inbox", 0) /* not an error */             \
+    /* Invalid input: refused before anything is written (guarantee 7). */                         \
+    XX(EINVAL, -1, "invalid argument", 0)                                                          \
+    XX(EBADID, -2, "message id is not a canonical UUID", 0)                                        \
+    XX(EBADTYPE, -3, "event type is empty, too long or has control characters", 0)                 \
+    XX(EBADAGGREGATE, -4, "aggregate id or type is empty, too long or has control characters", 0)  \
+    XX(EBADPAYLOAD, -5, "payload is not valid JSON", 0)                                            \
+    XX(EBADHEADERS, -6, "headers are not a JSON object of strings", 0)                             \
+    XX(EBADHEADERCHAR, -7, "control character in a header name or value", 0)                       \
+    XX(EBADTRACEPARENT, -8, "traceparent or tracestate header is not W3C trace-context", 0)        \
+    XX(ETOOBIG, -9, "message larger than the configured limit", 0)                                 \
+    XX(EBADURL, -10, "URL malformed or scheme unsupported", 0)                                     \
+    XX(ECONFIG, -11, "bad option value or combination", 0)                                         \
+    XX(ENOTBUILT, -12, "driver not compiled into this build", 0)                                   \
+    /* State of the store or the caller's connection. */                                           \
+    XX(ENOTXN, -20, "no transaction open on the connection", 0)                                    \
+    XX(ENOSCHEMA, -21, "outbox tables missing (run `outbox init`)", 0)                             \
+    XX(ESCHEMANEWER, -22, "schema is newer than this library", 0)                                  \
+    XX(EEXISTS, -23, "a message with this id already exists", 0)                                   \
+    XX(ENOTFOUND, -24, "no such message", 0)                                                       \
+    XX(ELEASED, -25, "another live relay holds the lease", 1)                                      \
+    XX(ELEASELOST, -26, "this relay's lease was taken over", 0)                                    \
+    /* Runtime failures. */                                                                        \
+    XX(ENOMEM, -40, "out of memory", 1)                                                            \
+    XX(EBUSY, -41, "database locked or busy", 1)                                                   \
+    XX(ESTORE, -42, "database error", 0)                                                           \
+    XX(EIO, -43, "I/O error", 1)                                                                   \
+    XX(EPUBLISH, -44, "destination failed to confirm", 1)                                          \
+    XX(EREJECTED, -45, "destination refused the message", 0)                                       \
+    XX(EFAULT, -46, "injected fault", 0) /* test builds only */                                    \
+    XX(ESTOPPED, -47, "relay was asked to stop", 0)                                                \
+    XX(EINTERNAL, -48, "internal error (a bug: please report it)", 0)                              \
+    /* Webhook verification (outbox_webhook_verify, the receiver). */                              \
+    XX(ENOSIGNATURE, -60, "webhook id, timestamp or signature header missing", 0)                  \
+    XX(EBADTIMESTAMP, -61, "webhook timestamp is not Unix seconds", 0)                             \
+    XX(ESTALE, -62, "webhook timestamp outside the tolerance", 0)                                  \
     XX(EBADSIGNATURE, -63, "webhook signature does not match", 0)
 
 enum {
@@ -123,18 +122,12 @@ OUTBOX_API int outbox_err_retriable(int code);
  * Logging
  * ---------------------------------------------------------------------- */
 
-enum {
-    OUTBOX_LOG_DEBUG = 10,
-    OUTBOX_LOG_INFO = 20,
-    OUTBOX_LOG_WARN = 30,
-    OUTBOX_LOG_ERROR = 40
-};
+enum { OUTBOX_LOG_DEBUG = 10, OUTBOX_LOG_INFO = 20, OUTBOX_LOG_WARN = 30, OUTBOX_LOG_ERROR = 40 };
 
 /* Log callback: level, component ("relay", "store.sqlite", "transport.file",
  * "inbox", ...), and a one-line message without trailing newline.  Messages
  * never contain secrets.  Called from whichever thread logs. */
-typedef void (*outbox_log_fn)(void *user, int level, const char *component,
-                              const char *message);
+typedef void (*outbox_log_fn)(void *user, int level, const char *component, const char *message);
 
 /* Installs the process-wide log callback (NULL: logging off, the default)
  * and the lowest level passed to it.  Not thread-safe against concurrent
@@ -368,15 +361,15 @@ typedef int (*outbox_webhook_handler_fn)(void *user, sqlite3 *db, const outbox_m
  * fields: it sets size, which lets the struct grow (see
  * outbox_relay_options). */
 typedef struct outbox_webhook_receiver_options {
-    size_t size;                   /* sizeof the caller's struct: set by _init */
-    const char *bind_address;      /* IPv4 address; default "127.0.0.1" */
-    unsigned port;                 /* 0 (default): an ephemeral port */
-    const char *secret;            /* "whsec_..."; NULL: accept unsigned requests
-                                      (testing only, logged at WARN) */
-    int64_t tolerance_s;           /* webhook-timestamp tolerance; default 300 */
-    const char *db_path;           /* the consumer's SQLite database (required);
-                                      the receiver opens its own connection */
-    const char *consumer;          /* inbox consumer name (required) */
+    size_t size;                       /* sizeof the caller's struct: set by _init */
+    const char *bind_address;          /* IPv4 address; default "127.0.0.1" */
+    unsigned port;                     /* 0 (default): an ephemeral port */
+    const char *secret;                /* "whsec_..."; NULL: accept unsigned requests
+                                          (testing only, logged at WARN) */
+    int64_t tolerance_s;               /* webhook-timestamp tolerance; default 300 */
+    const char *db_path;               /* the consumer's SQLite database (required);
+                                          the receiver opens its own connection */
+    const char *consumer;              /* inbox consumer name (required) */
     outbox_webhook_handler_fn handler; /* required */
     void *handler_user;
     size_t max_body_bytes;         /* larger bodies get 413; default 1 MiB */
@@ -560,10 +553,10 @@ OUTBOX_API int outbox_store_enqueue(outbox_store *store, const outbox_msg *msg, 
  * struct to outbox_store_status, which fills that many bytes. */
 typedef struct outbox_status {
     int schema_version;
-    int64_t pending;           /* all pending */
-    int64_t pending_due;       /* pending with available_at <= now */
-    int64_t retrying;          /* pending with attempts > 0 */
-    int64_t sent;              /* kept with on_sent=mark */
+    int64_t pending;     /* all pending */
+    int64_t pending_due; /* pending with available_at <= now */
+    int64_t retrying;    /* pending with attempts > 0 */
+    int64_t sent;        /* kept with on_sent=mark */
     int64_t failed;
     int64_t oldest_pending_us; /* occurred_at of the oldest pending, 0 if none */
     int64_t next_due_us;       /* earliest available_at of pending, 0 if none */
@@ -685,11 +678,11 @@ typedef struct outbox_driver_prop {
 } outbox_driver_prop;
 
 typedef struct outbox_driver_info {
-    int kind;                        /* OUTBOX_DRIVER_* */
-    const char *scheme;              /* "sqlite", "nats" (one per URL scheme) */
-    const char *usage;               /* how its URL is written: "file:PATH" */
-    const char *doc;                 /* what it is (and what confirms a message) */
-    int built;                       /* 1: in this build; 0: known, its library left out */
+    int kind;           /* OUTBOX_DRIVER_* */
+    const char *scheme; /* "sqlite", "nats" (one per URL scheme) */
+    const char *usage;  /* how its URL is written: "file:PATH" */
+    const char *doc;    /* what it is (and what confirms a message) */
+    int built;          /* 1: in this build; 0: known, its library left out */
     size_t prop_count;
     const outbox_driver_prop *props; /* prop_count settings; NULL when none */
 } outbox_driver_info;
@@ -766,10 +759,10 @@ typedef struct outbox_relay outbox_relay;
 
 /* Counters since the relay was created. */
 typedef struct outbox_relay_stats {
-    uint64_t published;  /* confirmed by the destination and recorded */
-    uint64_t retried;    /* attempts that failed and were rescheduled */
-    uint64_t failed;     /* messages moved to Failed */
-    uint64_t batches;    /* claims that returned at least one message */
+    uint64_t published;      /* confirmed by the destination and recorded */
+    uint64_t retried;        /* attempts that failed and were rescheduled */
+    uint64_t failed;         /* messages moved to Failed */
+    uint64_t batches;        /* claims that returned at least one message */
     uint64_t publish_errors; /* publications that did not succeed, whether an
                                 attempt was charged (retried, failed) or not
                                 (a destination outage, see outbox_relay_run) */

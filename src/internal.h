@@ -48,21 +48,21 @@ const char *outbox__status_name(int status);
 int outbox__status_parse(const char *name);
 
 struct outbox_msg {
-    int64_t seq;          /* 0 until read from a store */
-    int64_t occurred_at;  /* unix microseconds, UTC */
-    char id[37];          /* canonical lower-case UUID */
+    int64_t seq;         /* 0 until read from a store */
+    int64_t occurred_at; /* unix microseconds, UTC */
+    char id[37];         /* canonical lower-case UUID */
     char *type;
     char *aggregate_type; /* "" when none */
     char *aggregate_id;
-    char *payload;        /* JSON text as given (validated) */
-    char *headers_json;   /* compact JSON object, "{}" when none */
+    char *payload;      /* JSON text as given (validated) */
+    char *headers_json; /* compact JSON object, "{}" when none */
     size_t header_count;
     char **header_names;  /* header_count entries each, in headers_json order */
     char **header_values; /* (header_names is one allocation holding both
                              arrays and their strings: free only it) */
 
     /* Relay bookkeeping, filled when read from a store. */
-    int status;           /* OUTBOX_STATUS_* */
+    int status; /* OUTBOX_STATUS_* */
     int attempts;
     int64_t available_at; /* unix microseconds */
     int64_t sent_at;      /* unix microseconds, 0 when not sent */
@@ -81,21 +81,18 @@ struct outbox_msg {
  * "stored message seq N: <field and problem>", which a store's claim
  * records as the row's last_error when it quarantines it (status Failed).
  * Strings are copied.  The caller frees *out with outbox_msg_free. */
-int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id,
-                         int64_t occurred_at, const char *type,
-                         const char *aggregate_type, const char *aggregate_id,
-                         const char *payload, const char *headers_json,
-                         outbox_error *err);
+int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,
+                         const char *type, const char *aggregate_type, const char *aggregate_id,
+                         const char *payload, const char *headers_json, outbox_error *err);
 
 /* The lenient twin of outbox__msg_from_row, for showing stored rows (list,
  * show, drop's archive): fails only for memory; what cannot be parsed is
  * kept as stored (headers_json verbatim with no header arrays, the id cut
  * at 36 bytes). */
-int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id,
-                                 int64_t occurred_at, const char *type,
-                                 const char *aggregate_type, const char *aggregate_id,
-                                 const char *payload, const char *headers_json,
-                                 outbox_error *err);
+int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,
+                                 const char *type, const char *aggregate_type,
+                                 const char *aggregate_id, const char *payload,
+                                 const char *headers_json, outbox_error *err);
 
 /* 1 when uuid (a valid UUID) is the nil UUID, all zeros. */
 int outbox__uuid_is_nil(const char *uuid);
@@ -199,7 +196,10 @@ typedef struct outbox_prop {
     const char *doc;           /* one or two sentences */
 } outbox_prop;
 
-#define OUTBOX_PROPS_END {.name = NULL}
+#define OUTBOX_PROPS_END                                                                           \
+    {                                                                                              \
+        .name = NULL                                                                               \
+    }
 
 /* Fills config (zeroed by the caller) from props: first every default, then
  * each of url's parameters, marking them used.  `what` names the driver in
@@ -210,8 +210,8 @@ typedef struct outbox_prop {
  * value unless the type is secret, the range and the doc).  props NULL:
  * the driver takes no options, and any is refused.  Whatever the result,
  * free the config's strings with outbox__props_free. */
-int outbox__props_parse(const outbox_prop *props, const char *what, outbox_url *url,
-                        void *config, outbox_error *err);
+int outbox__props_parse(const outbox_prop *props, const char *what, outbox_url *url, void *config,
+                        outbox_error *err);
 
 /* Frees the strings outbox__props_parse stored in config and sets them to
  * NULL; harmless on a zeroed config. */
@@ -276,8 +276,8 @@ void outbox__route_free(outbox_route *route);
  * Clock, randomness, backoff
  * ---------------------------------------------------------------------- */
 
-int64_t outbox__now_us(void);      /* wall clock, unix microseconds */
-int64_t outbox__monotonic_us(void);/* CLOCK_MONOTONIC microseconds */
+int64_t outbox__now_us(void);       /* wall clock, unix microseconds */
+int64_t outbox__monotonic_us(void); /* CLOCK_MONOTONIC microseconds */
 void outbox__sleep_us(int64_t us);
 
 /* Random 64-bit value from a per-thread generator seeded from the OS. */
@@ -307,8 +307,7 @@ int64_t outbox__duration_parse_ms(const char *text);
  * fn when src_size is below min_size (0: a struct not filled by
  * <init_fn>). */
 int outbox__options_copy(void *dst, size_t dst_size, const void *src, size_t src_size,
-                         size_t min_size, const char *fn, const char *init_fn,
-                         outbox_error *err);
+                         size_t min_size, const char *fn, const char *init_fn, outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Growable buffer
@@ -318,7 +317,7 @@ typedef struct outbox_buf {
     char *data; /* always NUL-terminated when len > 0 or after any append */
     size_t len;
     size_t cap;
-    int oom;    /* set when an allocation failed; later appends are no-ops */
+    int oom; /* set when an allocation failed; later appends are no-ops */
 } outbox_buf;
 
 void outbox__buf_init(outbox_buf *b);
@@ -438,8 +437,7 @@ void outbox__cloudevent_json(outbox_buf *b, const outbox_msg *msg, const char *s
 /* Encodes msgs[0..n) into b (reset first) as structured-mode JSON lines,
  * each ended by '\n', for the stdout: and file: destinations.  Returns
  * OUTBOX_OK, or OUTBOX_ENOMEM with b emptied and its memory released. */
-int outbox__cloudevent_lines(outbox_buf *b, outbox_msg *const *msgs, size_t n,
-                             const char *source);
+int outbox__cloudevent_lines(outbox_buf *b, outbox_msg *const *msgs, size_t n, const char *source);
 
 /* The extension attribute name for a header name, as described above,
  * written into out (at least 64 bytes); "" when nothing is left. */
@@ -531,8 +529,8 @@ typedef struct outbox_claim_params {
     size_t batch_size;
     int64_t now_us;
     int failed_blocks_aggregate;
-    int once; /* the relay drains what is due and exits: a store that shares
-                 its outbox between relays takes every partition it can get */
+    int once;              /* the relay drains what is due and exits: a store that shares
+                              its outbox between relays takes every partition it can get */
     uint64_t *quarantined; /* not NULL: increased by the number of rows the
                               claim quarantined (set Failed, see claim) */
 } outbox_claim_params;
@@ -546,14 +544,14 @@ enum {
 
 typedef struct outbox_completion {
     const outbox_msg *msg;
-    int outcome;           /* OUTBOX_OUTCOME_* */
-    int64_t available_at;  /* RETRY: when it is due again (unix us) */
-    const char *error;     /* RETRY/FAILED: stored as last_error */
+    int outcome;          /* OUTBOX_OUTCOME_* */
+    int64_t available_at; /* RETRY: when it is due again (unix us) */
+    const char *error;    /* RETRY/FAILED: stored as last_error */
 } outbox_completion;
 
 typedef struct outbox_complete_params {
-    int on_sent;           /* OUTBOX_ON_SENT_* */
-    int64_t now_us;        /* sent_at */
+    int on_sent;             /* OUTBOX_ON_SENT_* */
+    int64_t now_us;          /* sent_at */
     const char *lease_owner; /* renew this lease in the same transaction;
                                 OUTBOX_ELEASELOST (and nothing recorded) if
                                 another owner holds it.  NULL: no check. */
@@ -563,7 +561,6 @@ typedef struct outbox_complete_params {
 /* outbox_status (the store's counts and lease), outbox_list_params,
  * outbox_list_fn and outbox_drop_archive_fn are public: see outbox.h,
  * "Store handle". */
-
 
 /* A store driver.  Every driver has the entries of version 1 but wake_path;
  * wake_path and the entries of later versions are optional: NULL = not
@@ -604,8 +601,8 @@ typedef struct outbox_store_ops {
      * aggregate flows.  *msgs receives an
      * array of *n messages owned by the caller (free each with
      * outbox_msg_free and the array with free). */
-    int (*claim)(void *state, const outbox_claim_params *p, outbox_msg ***msgs,
-                 size_t *n, outbox_error *err);
+    int (*claim)(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
+                 outbox_error *err);
     /* Records outcomes in one transaction. */
     int (*complete)(void *state, const outbox_completion *c, size_t n,
                     const outbox_complete_params *p, outbox_error *err);
@@ -622,14 +619,14 @@ typedef struct outbox_store_ops {
 
     /* Operator commands. */
     int (*status)(void *state, outbox_status *out, outbox_error *err);
-    int (*list)(void *state, const outbox_list_params *p, outbox_list_fn fn,
-                void *user, outbox_error *err);
+    int (*list)(void *state, const outbox_list_params *p, outbox_list_fn fn, void *user,
+                outbox_error *err);
     /* *msg gets the message with its bookkeeping fields; ENOTFOUND. */
     int (*get)(void *state, const char *id, outbox_msg **msg, outbox_error *err);
     /* Requeues: failed messages by id (ids n > 0) or all failed (all != 0):
      * status pending, attempts 0, available_at now.  *count: how many. */
-    int (*retry)(void *state, const char *const *ids, size_t n, int all,
-                 int64_t *count, outbox_error *err);
+    int (*retry)(void *state, const char *const *ids, size_t n, int all, int64_t *count,
+                 outbox_error *err);
     /* Deletes sent messages with sent_at < before_us. */
     int (*purge)(void *state, int64_t before_us, int64_t *count, outbox_error *err);
 
@@ -663,14 +660,12 @@ typedef struct outbox_store_ops {
      * exclude_count > 0 keeps the partitions it holds (hands none to
      * another relay). */
     int (*claim_pipelined)(void *state, const outbox_claim_params *p, const int64_t *exclude,
-                           size_t exclude_count, outbox_msg ***msgs, size_t *n,
-                           outbox_error *err);
+                           size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err);
     /* Records the outcomes of a batch from claim_pipelined in one
      * transaction; in_flight != 0: another batch is still out (keep the
      * partitions, as above). */
     int (*complete_pipelined)(void *state, const outbox_completion *c, size_t n,
-                              const outbox_complete_params *p, int in_flight,
-                              outbox_error *err);
+                              const outbox_complete_params *p, int in_flight, outbox_error *err);
 
     /* Version 5 (optional: NULL = not supported). */
 
@@ -723,8 +718,8 @@ typedef struct outbox_publish_result {
 } outbox_publish_result;
 
 typedef struct outbox_transport_config {
-    const char *source;         /* CloudEvents source */
-    outbox_publish_fn publish;  /* for the callback transport */
+    const char *source;        /* CloudEvents source */
+    outbox_publish_fn publish; /* for the callback transport */
     void *publish_user;
     const char *const *options; /* "key=value", NULL-terminated, or NULL */
 } outbox_transport_config;
@@ -747,8 +742,7 @@ typedef struct outbox_transport_ops {
      * invalid); a retriable code otherwise.  The relay treats a batch that
      * failed as a whole, or whose every message failed with a retriable
      * code, as the destination's own outage (no attempt charged). */
-    int (*publish)(void *state, outbox_msg *const *msgs, size_t n,
-                   outbox_publish_result *results);
+    int (*publish)(void *state, outbox_msg *const *msgs, size_t n, outbox_publish_result *results);
     void (*close)(void *state);
 
     /* Version 2. */
@@ -815,8 +809,8 @@ typedef struct outbox_transport {
 
 /* Finds the driver for url's scheme ("stdout:", "file:PATH", "discard:") and
  * opens it; url NULL with cfg->publish set opens the callback transport. */
-int outbox__transport_open(outbox_transport *t, const char *url,
-                           const outbox_transport_config *cfg, outbox_error *err);
+int outbox__transport_open(outbox_transport *t, const char *url, const outbox_transport_config *cfg,
+                           outbox_error *err);
 void outbox__transport_close(outbox_transport *t);
 
 extern const outbox_transport_ops outbox__transport_stdout;

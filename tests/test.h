@@ -19,73 +19,72 @@
 #include "outbox.h"
 
 #define TEST(name) static void test_##name(void)
-#define RUN(name)                                                              \
-    do {                                                                       \
-        fprintf(stderr, "-- %s\n", #name);                                     \
-        test_##name();                                                         \
+#define RUN(name)                                                                                  \
+    do {                                                                                           \
+        fprintf(stderr, "-- %s\n", #name);                                                         \
+        test_##name();                                                                             \
     } while (0)
 
-#define TEST_FAIL_(...)                                                        \
-    do {                                                                       \
-        fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                        \
-        fprintf(stderr, __VA_ARGS__);                                          \
-        fprintf(stderr, "\n");                                                 \
-        exit(1);                                                               \
+#define TEST_FAIL_(...)                                                                            \
+    do {                                                                                           \
+        fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                                            \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fprintf(stderr, "\n");                                                                     \
+        exit(1);                                                                                   \
     } while (0)
 
-#define ASSERT(cond)                                                           \
-    do {                                                                       \
-        if (!(cond)) TEST_FAIL_("assertion failed: %s", #cond);                \
+#define ASSERT(cond)                                                                               \
+    do {                                                                                           \
+        if (!(cond)) TEST_FAIL_("assertion failed: %s", #cond);                                    \
     } while (0)
 
-#define ASSERT_EQ(a, b)                                                        \
-    do {                                                                       \
-        long long a_ = (long long)(a), b_ = (long long)(b);                    \
-        if (a_ != b_) TEST_FAIL_("%s == %s: %lld != %lld", #a, #b, a_, b_);    \
+#define ASSERT_EQ(a, b)                                                                            \
+    do {                                                                                           \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                        \
+        if (a_ != b_) TEST_FAIL_("%s == %s: %lld != %lld", #a, #b, a_, b_);                        \
     } while (0)
 
-#define ASSERT_NE(a, b)                                                        \
-    do {                                                                       \
-        long long a_ = (long long)(a), b_ = (long long)(b);                    \
-        if (a_ == b_) TEST_FAIL_("%s != %s: both %lld", #a, #b, a_);           \
+#define ASSERT_NE(a, b)                                                                            \
+    do {                                                                                           \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                        \
+        if (a_ == b_) TEST_FAIL_("%s != %s: both %lld", #a, #b, a_);                               \
     } while (0)
 
-#define ASSERT_GE(a, b)                                                        \
-    do {                                                                       \
-        long long a_ = (long long)(a), b_ = (long long)(b);                    \
-        if (a_ < b_) TEST_FAIL_("%s >= %s: %lld < %lld", #a, #b, a_, b_);      \
+#define ASSERT_GE(a, b)                                                                            \
+    do {                                                                                           \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                        \
+        if (a_ < b_) TEST_FAIL_("%s >= %s: %lld < %lld", #a, #b, a_, b_);                          \
     } while (0)
 
-#define ASSERT_STREQ(a, b)                                                     \
-    do {                                                                       \
-        const char *a_ = (a), *b_ = (b);                                       \
-        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0)                   \
-            TEST_FAIL_("%s == %s: \"%s\" != \"%s\"", #a, #b, a_ ? a_ : "(null)", \
-                       b_ ? b_ : "(null)");                                    \
+#define ASSERT_STREQ(a, b)                                                                         \
+    do {                                                                                           \
+        const char *a_ = (a), *b_ = (b);                                                           \
+        if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0)                                       \
+            TEST_FAIL_("%s == %s: \"%s\" != \"%s\"", #a, #b, a_ ? a_ : "(null)",                   \
+                       b_ ? b_ : "(null)");                                                        \
     } while (0)
 
-#define ASSERT_CONTAINS(hay, needle)                                           \
-    do {                                                                       \
-        const char *h_ = (hay), *n_ = (needle);                                \
-        if (h_ == NULL || strstr(h_, n_) == NULL)                              \
-            TEST_FAIL_("\"%s\" does not contain \"%s\"", h_ ? h_ : "(null)", n_); \
+#define ASSERT_CONTAINS(hay, needle)                                                               \
+    do {                                                                                           \
+        const char *h_ = (hay), *n_ = (needle);                                                    \
+        if (h_ == NULL || strstr(h_, n_) == NULL)                                                  \
+            TEST_FAIL_("\"%s\" does not contain \"%s\"", h_ ? h_ : "(null)", n_);                  \
     } while (0)
 
 /* Asserts an outbox call returned OUTBOX_OK, printing the error detail. */
-#define ASSERT_OK(call, errp)                                                  \
-    do {                                                                       \
-        const outbox_error *e_ = (errp);                                       \
-        int rc_ = (call);                                                      \
-        if (rc_ != 0)                                                          \
-            TEST_FAIL_("%s: %d %s", #call, rc_, e_ ? e_->message : "");        \
+#define ASSERT_OK(call, errp)                                                                      \
+    do {                                                                                           \
+        const outbox_error *e_ = (errp);                                                           \
+        int rc_ = (call);                                                                          \
+        if (rc_ != 0) TEST_FAIL_("%s: %d %s", #call, rc_, e_ ? e_->message : "");                  \
     } while (0)
 
-#define SKIP(...)                                                              \
-    do {                                                                       \
-        fprintf(stderr, "skipped: ");                                          \
-        fprintf(stderr, __VA_ARGS__);                                          \
-        fprintf(stderr, "\n");                                                 \
-        exit(77);                                                              \
+#define SKIP(...)                                                                                  \
+    do {                                                                                           \
+        fprintf(stderr, "skipped: ");                                                              \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fprintf(stderr, "\n");                                                                     \
+        exit(77);                                                                                  \
     } while (0)
 
 /* A fresh directory under $TMPDIR (or /tmp), removed at exit unless
@@ -128,7 +127,11 @@ static inline char *test_read_file(const char *path, size_t *len_out)
         len += n;
         if (cap - len < 2) {
             char *nb = realloc(buf, cap *= 2);
-            if (!nb) { free(buf); buf = NULL; break; }
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
             buf = nb;
         }
     }

@@ -134,16 +134,13 @@ TEST(refused_inside_a_transaction)
     header_fails(NULL, "[1,2]", OUTBOX_EBADHEADERS, "header", "headers as an array");
     header_fails(NULL, "\"text\"", OUTBOX_EBADHEADERS, "header", "headers as a string");
     header_fails(NULL, "{\"a\":", OUTBOX_EBADHEADERS, "header", "headers not JSON");
-    header_fails(NULL, "{\"retries\":3}", OUTBOX_EBADHEADERS, "retries",
-                 "number header value");
+    header_fails(NULL, "{\"retries\":3}", OUTBOX_EBADHEADERS, "retries", "number header value");
     header_fails(NULL, "{\"nested\":{\"a\":\"b\"}}", OUTBOX_EBADHEADERS, "nested",
                  "object header value");
     header_fails(NULL, "{\"gone\":null}", OUTBOX_EBADHEADERS, "gone", "null header value");
     header_fails("", "v", OUTBOX_EBADHEADERS, "header name", "empty header name");
-    header_fails("bad\nname", "v", OUTBOX_EBADHEADERCHAR, "header name",
-                 "newline in header name");
-    header_fails("note", "line1\r\nline2", OUTBOX_EBADHEADERCHAR, "note",
-                 "CRLF in header value");
+    header_fails("bad\nname", "v", OUTBOX_EBADHEADERCHAR, "header name", "newline in header name");
+    header_fails("note", "line1\r\nline2", OUTBOX_EBADHEADERCHAR, "note", "CRLF in header value");
     header_fails("note", "a\x7f", OUTBOX_EBADHEADERCHAR, "note", "DEL in header value");
     header_fails(NULL, "{\"x\\u0001y\":\"v\"}", OUTBOX_EBADHEADERCHAR, "header name",
                  "\\u0001 in header name (JSON)");
@@ -220,8 +217,7 @@ TEST(refused_inside_a_transaction)
     ASSERT_OK(outbox_msg_set_id(ok, "0190A1B2-C3D4-7E5F-8A6B-7C8D9E0F1A2B", err), err);
     ASSERT_STREQ(outbox_msg_id(ok), "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b");
     ASSERT_OK(outbox_msg_set_header(ok, "traceparent",
-                                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                                    err),
+                                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", err),
               err);
     ASSERT_OK(outbox_enqueue_sqlite(db, ok, err), err);
 
@@ -309,8 +305,9 @@ TEST(bad_urls_refused_at_start)
 
     /* The CLI: exit 2, a one-line reason, no password. */
     const char *errp = test_path("url.err");
-    const char *argv[] = {test_outbox_bin(), "relay", "--store", store, "--to",
-                          "nosuch://user:s3cret@host/x", "--once", NULL};
+    const char *argv[] = {
+        test_outbox_bin(), "relay", "--store", store, "--to", "nosuch://user:s3cret@host/x",
+        "--once",          NULL};
     int code = ch_run(argv, NULL, NULL, errp, 30000);
     char *text = test_read_file(errp, NULL);
     fprintf(stderr, "  CLI bad --to: exit %d: %s", code, text ? text : "(none)\n");
@@ -319,8 +316,9 @@ TEST(bad_urls_refused_at_start)
     ASSERT(strstr(text, "s3cret") == NULL);
     free(text);
 
-    const char *argv2[] = {test_outbox_bin(), "relay", "--store", "nosuch://user:s3cret@h/db",
-                           "--to", "stdout:", "--once", NULL};
+    const char *argv2[] = {
+        test_outbox_bin(), "relay",  "--store", "nosuch://user:s3cret@h/db", "--to",
+        "stdout:",         "--once", NULL};
     code = ch_run(argv2, NULL, NULL, errp, 30000);
     text = test_read_file(errp, NULL);
     fprintf(stderr, "  CLI bad --store: exit %d: %s", code, text ? text : "(none)\n");

@@ -18,8 +18,8 @@ static void expect_new_fails(const char *type, const char *agg_type, const char 
     int rc = outbox_msg_new(&m, type, agg_type, agg_id, payload, err);
     if (rc != code)
         TEST_FAIL_("msg_new(type=%s, agg_id=%s, payload=%s): %d (%s), expected %d",
-                   type ? type : "NULL", agg_id ? agg_id : "NULL", payload ? payload : "NULL",
-                   rc, err->message, code);
+                   type ? type : "NULL", agg_id ? agg_id : "NULL", payload ? payload : "NULL", rc,
+                   err->message, code);
     ASSERT(m == NULL);
     ASSERT_EQ(err->code, code);
     ASSERT_CONTAINS(err->message, want);
@@ -62,15 +62,18 @@ TEST(msg_valid)
     }
     /* any JSON value, UTF-8 in fields, big integers */
     {
-        static const char *const payloads[] = {"[]", "\"text\"", "42", "null", "true",
+        static const char *const payloads[] = {"[]",
+                                               "\"text\"",
+                                               "42",
+                                               "null",
+                                               "true",
                                                "{\"n\":123456789012345678901234567890}",
                                                "{\"s\":\"caf\\u00e9 \xc3\xa9\"}"};
         size_t i;
         for (i = 0; i < sizeof payloads / sizeof payloads[0]; i++) {
             outbox_msg *n = NULL;
             outbox_error err_ = {0, ""}, *err = &err_;
-            ASSERT_OK(outbox_msg_new(&n, "Caf\xc3\xa9", "", "\xe6\x97\xa5", payloads[i], err),
-                      err);
+            ASSERT_OK(outbox_msg_new(&n, "Caf\xc3\xa9", "", "\xe6\x97\xa5", payloads[i], err), err);
             ASSERT_STREQ(outbox_msg_payload(n), payloads[i]);
             outbox_msg_free(n);
         }
@@ -138,8 +141,7 @@ TEST(msg_size_limit)
     memcpy(big, "\"", 1);
     memset(big + 1, 'y', 60);
     memcpy(big + 61, "\"", 2);
-    expect_new_fails("T", "", "aggregate-1", big, OUTBOX_ETOOBIG,
-                     "OUTBOX_LIMIT_MESSAGE_BYTES");
+    expect_new_fails("T", "", "aggregate-1", big, OUTBOX_ETOOBIG, "OUTBOX_LIMIT_MESSAGE_BYTES");
     /* exactly at the limit passes: 36 (id) + 1 + 0 + 1 + 2 (headers "{}")
      * + a 60-byte payload */
     memset(big, 0, 200);
@@ -171,7 +173,8 @@ TEST(msg_headers)
                  "{\"correlation_id\":\"c-1\",\"b\":\"quote \\\" and \\\\ \xc3\xa9\",\"a\":\"1\"}");
     /* replace keeps the position */
     ASSERT_OK(outbox_msg_set_header(m, "b", "two", err), err);
-    ASSERT_STREQ(outbox_msg_headers_json(m), "{\"correlation_id\":\"c-1\",\"b\":\"two\",\"a\":\"1\"}");
+    ASSERT_STREQ(outbox_msg_headers_json(m),
+                 "{\"correlation_id\":\"c-1\",\"b\":\"two\",\"a\":\"1\"}");
     ASSERT_EQ(outbox_msg_header_count(m), 3);
     ASSERT_STREQ(outbox_msg_header_name(m, 1), "b");
     ASSERT_STREQ(outbox_msg_header_value(m, 1), "two");
@@ -199,9 +202,9 @@ TEST(msg_headers)
     ASSERT_OK(outbox_msg_set_header(m, "traceparent",
                                     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", err),
               err);
-    ASSERT_OK(outbox_msg_set_header(m, "tracestate", "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE",
-                                    err),
-              err);
+    ASSERT_OK(
+        outbox_msg_set_header(m, "tracestate", "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE", err),
+        err);
     ASSERT_EQ(outbox_msg_header_count(m), 5);
 
     /* set_headers_json: replace all, check each, keep old on failure */
@@ -213,14 +216,12 @@ TEST(msg_headers)
     ASSERT_CONTAINS(err->message, "header \"n\" is a number");
     ASSERT_EQ(outbox_msg_set_headers_json(m, "{\"o\": {}}", err), OUTBOX_EBADHEADERS);
     ASSERT_CONTAINS(err->message, "header \"o\" is an object");
-    ASSERT_EQ(outbox_msg_set_headers_json(m, "{\"a\":\"1\",\"a\":\"2\"}", err),
-              OUTBOX_EBADHEADERS);
+    ASSERT_EQ(outbox_msg_set_headers_json(m, "{\"a\":\"1\",\"a\":\"2\"}", err), OUTBOX_EBADHEADERS);
     ASSERT_EQ(outbox_msg_set_headers_json(m, "{\"a\":", err), OUTBOX_EBADHEADERS);
     ASSERT_CONTAINS(err->message, "headers are not valid JSON");
     ASSERT_EQ(outbox_msg_set_headers_json(m, "{\"a\":\"x\\ny\"}", err), OUTBOX_EBADHEADERCHAR);
     ASSERT_CONTAINS(err->message, "header \"a\" value contains control character 0x0a at byte 1");
-    ASSERT_EQ(outbox_msg_set_headers_json(m, "{\"a\\u0007\":\"x\"}", err),
-              OUTBOX_EBADHEADERCHAR);
+    ASSERT_EQ(outbox_msg_set_headers_json(m, "{\"a\\u0007\":\"x\"}", err), OUTBOX_EBADHEADERCHAR);
     ASSERT_EQ(outbox_msg_set_headers_json(m, "{\"traceparent\":\"00-0-0-0\"}", err),
               OUTBOX_EBADTRACEPARENT);
     ASSERT_STREQ(outbox_msg_headers_json(m), "{\"z\":\"1\",\"y\":\"2\"}");
@@ -293,8 +294,8 @@ TEST(uuid_v7)
     ASSERT_OK(outbox_uuid_v7(prev), (outbox_error *)NULL);
     ASSERT_EQ(strlen(prev), 36);
     ASSERT(outbox_uuid_valid(prev));
-    ASSERT_EQ(prev[14], '7');                         /* version */
-    ASSERT(strchr("89ab", prev[19]) != NULL);         /* variant 10 */
+    ASSERT_EQ(prev[14], '7');                 /* version */
+    ASSERT(strchr("89ab", prev[19]) != NULL); /* variant 10 */
     {
         /* the first 48 bits are the unix milliseconds */
         char hex[13];
@@ -323,9 +324,9 @@ TEST(uuid_set_id)
 {
     static const char *const bad[] = {
         "",
-        "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2",    /* short */
-        "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2bc",  /* long */
-        "0190a1b2c3d4-7e5f-8a6b-7c8d9e0f1a2b0",   /* dash moved */
+        "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2",   /* short */
+        "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2bc", /* long */
+        "0190a1b2c3d4-7e5f-8a6b-7c8d9e0f1a2b0",  /* dash moved */
         "0190a1b2-c3d47e5f-8a6b-7c8d9e0f1a2b0",
         "0190a1b2-c3d4-7e5f8a6b-7c8d9e0f1a2b0",
         "0190a1b2-c3d4-7e5f-8a6b7c8d9e0f1a2b0",
@@ -333,9 +334,9 @@ TEST(uuid_set_id)
         "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2g",   /* non-hex */
         "{0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b}", /* braces */
         "urn:uuid:0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
-        " 0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",  /* leading space */
-        "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b ",  /* trailing space */
-        "0190a1b2c3d47e5f8a6b7c8d9e0f1a2b",       /* no dashes */
+        " 0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b", /* leading space */
+        "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b ", /* trailing space */
+        "0190a1b2c3d47e5f8a6b7c8d9e0f1a2b",      /* no dashes */
         "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2\n",
         "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a-b",
         "g190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
@@ -406,8 +407,9 @@ TEST(backoff)
         if (cap > 300000) cap = 300000;
         for (i = 0; i < 4000; i++) {
             int64_t d = outbox__backoff_ms(attempt, 500, 300000);
-            if (d < 0 || d > cap) TEST_FAIL_("attempt %u: %lld outside [0, %lld]", attempt,
-                                             (long long)d, (long long)cap);
+            if (d < 0 || d > cap)
+                TEST_FAIL_("attempt %u: %lld outside [0, %lld]", attempt, (long long)d,
+                           (long long)cap);
             if (d < lo) lo = d;
             if (d > hi) hi = d;
         }
@@ -438,12 +440,28 @@ TEST(duration_parse)
         const char *text;
         int64_t ms;
     } cases[] = {
-        {"250ms", 250},     {"30s", 30000},        {"5m", 300000},    {"2h", 7200000},
-        {"7d", 604800000},  {"45", 45000},         {"0", 0},          {"0ms", 0},
-        {"", -1},           {"-5s", -1},           {"s", -1},         {"5x", -1},
-        {"5 s", -1},        {" 5s", -1},           {"5s ", -1},       {"1.5s", -1},
-        {"5mss", -1},       {"5S", -1},            {"ms", -1},        {"+5", -1},
-        {"99999999999999999999", -1},              {"9223372036854775807d", -1},
+        {"250ms", 250},
+        {"30s", 30000},
+        {"5m", 300000},
+        {"2h", 7200000},
+        {"7d", 604800000},
+        {"45", 45000},
+        {"0", 0},
+        {"0ms", 0},
+        {"", -1},
+        {"-5s", -1},
+        {"s", -1},
+        {"5x", -1},
+        {"5 s", -1},
+        {" 5s", -1},
+        {"5s ", -1},
+        {"1.5s", -1},
+        {"5mss", -1},
+        {"5S", -1},
+        {"ms", -1},
+        {"+5", -1},
+        {"99999999999999999999", -1},
+        {"9223372036854775807d", -1},
         {"9223372036854775807ms", INT64_MAX},
     };
     size_t i;
@@ -509,7 +527,8 @@ TEST(buf)
     outbox__buf_json_string(&b, "");
     ASSERT_STREQ(b.data, "\"\"");
     outbox__buf_reset(&b);
-    for (i = 0; i < 10000; i++) outbox__buf_printf(&b, "%d,", i);
+    for (i = 0; i < 10000; i++)
+        outbox__buf_printf(&b, "%d,", i);
     ASSERT_EQ(b.len, strlen(b.data));
     ASSERT(strncmp(b.data, "0,1,2,", 6) == 0);
     ASSERT_CONTAINS(b.data, ",9999,");
@@ -583,14 +602,24 @@ TEST(cloudevent)
         if (n < 32) order[n++] = key;
     }
     {
-        static const char *const want[] = {"specversion", "id",   "source",
-                                           "type",        "subject", "time",
-                                           "datacontenttype", "aggregatetype", "correlationid",
-                                           "xid",         "xxid", "xcorrelationid",
-                                           "note",        "data"};
+        static const char *const want[] = {"specversion",
+                                           "id",
+                                           "source",
+                                           "type",
+                                           "subject",
+                                           "time",
+                                           "datacontenttype",
+                                           "aggregatetype",
+                                           "correlationid",
+                                           "xid",
+                                           "xxid",
+                                           "xcorrelationid",
+                                           "note",
+                                           "data"};
         size_t i;
         ASSERT_EQ(n, 14);
-        for (i = 0; i < n; i++) ASSERT_STREQ(order[i], want[i]);
+        for (i = 0; i < n; i++)
+            ASSERT_STREQ(order[i], want[i]);
     }
     json_decref(doc);
 
@@ -806,8 +835,7 @@ TEST(msg_from_row)
     outbox_error err_ = {0, ""}, *err = &err_;
     ASSERT_OK(outbox_msg_new(&src, "OrderPlaced", "Order", "o-1", "{\"a\": [1,2]}", err), err);
     ASSERT_OK(outbox_msg_set_header(src, "traceparent",
-                                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                                    err),
+                                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", err),
               err);
     ASSERT_OK(outbox_msg_set_header(src, "k", "v \xc3\xa9 \"q\"", err), err);
 
@@ -841,8 +869,8 @@ TEST(msg_from_row)
     m = NULL;
 
     /* empty and spaced headers, NULL aggregate type, upper-case id */
-    ASSERT_OK(outbox__msg_from_row(&m, 1, "0190A1B2-C3D4-7E5F-8A6B-7C8D9E0F1A2B", 5, "T", NULL,
-                                   "a", "1", "{}", err),
+    ASSERT_OK(outbox__msg_from_row(&m, 1, "0190A1B2-C3D4-7E5F-8A6B-7C8D9E0F1A2B", 5, "T", NULL, "a",
+                                   "1", "{}", err),
               err);
     ASSERT_STREQ(outbox_msg_id(m), "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b");
     ASSERT_STREQ(outbox_msg_aggregate_type(m), "");
@@ -857,15 +885,13 @@ TEST(msg_from_row)
     outbox_msg_free(m);
 
     m = (outbox_msg *)1;
-    ASSERT_EQ(outbox__msg_from_row(&m, 3, outbox_msg_id(src), 5, "T", "", "a", "1", "[\"x\"]",
-                                   err),
+    ASSERT_EQ(outbox__msg_from_row(&m, 3, outbox_msg_id(src), 5, "T", "", "a", "1", "[\"x\"]", err),
               OUTBOX_EBADHEADERS);
     ASSERT(m == NULL);
-    ASSERT_EQ(outbox__msg_from_row(&m, 3, outbox_msg_id(src), 5, "T", "", "a", "1",
-                                   "{\"x\":1}", err),
-              OUTBOX_EBADHEADERS);
-    ASSERT_EQ(outbox__msg_from_row(&m, 3, "nope", 5, "T", "", "a", "1", "{}", err),
-              OUTBOX_EBADID);
+    ASSERT_EQ(
+        outbox__msg_from_row(&m, 3, outbox_msg_id(src), 5, "T", "", "a", "1", "{\"x\":1}", err),
+        OUTBOX_EBADHEADERS);
+    ASSERT_EQ(outbox__msg_from_row(&m, 3, "nope", 5, "T", "", "a", "1", "{}", err), OUTBOX_EBADID);
     outbox_msg_free(src);
 }
 
@@ -885,7 +911,8 @@ TEST(fault_points)
     for (i = 0; i < 2000; i++)
         if (OUTBOX_FAULT("test.half") == OUTBOX_EFAULT) fired++;
     ASSERT(fired > 800 && fired < 1200);
-    for (i = 0; i < 100; i++) ASSERT_EQ(OUTBOX_FAULT("test.never"), 0);
+    for (i = 0; i < 100; i++)
+        ASSERT_EQ(OUTBOX_FAULT("test.never"), 0);
 }
 #endif
 

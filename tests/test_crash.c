@@ -75,7 +75,8 @@ static void relay_cmd_init(relay_cmd *c, const char *db, const char *out, int on
     c->argv[i++] = "--lease-ttl";
     c->argv[i++] = "2s";
     if (once) c->argv[i++] = "--once";
-    for (int j = 0; extra && extra[j] && i < 31; j++) c->argv[i++] = extra[j];
+    for (int j = 0; extra && extra[j] && i < 31; j++)
+        c->argv[i++] = extra[j];
     c->argv[i] = NULL;
 }
 
@@ -139,7 +140,8 @@ TEST(kill_sweep)
                 continue;
             }
             fprintf(stderr, "relay exited %d just before the kill\n", code);
-            if (code == 1) refusals++;
+            if (code == 1)
+                refusals++;
             else {
                 ch_dump("relay stderr", errp);
                 TEST_FAIL_("relay exited %d on its own", code);
@@ -154,8 +156,9 @@ TEST(kill_sweep)
         }
     }
     ch_producer_join(&p);
-    fprintf(stderr, "kill sweep: %d messages in %d transactions (%d retried), %d relay lives, "
-                    "%d kills, %d lease refusals, %.1f s\n",
+    fprintf(stderr,
+            "kill sweep: %d messages in %d transactions (%d retried), %d relay lives, "
+            "%d kills, %d lease refusals, %.1f s\n",
             p.committed, p.transactions, p.rollbacks, lives, kills, refusals,
             (double)(ch_now_ms() - started) / 1000.0);
 
@@ -221,8 +224,9 @@ TEST(term_sweep)
         terms++;
     }
     ch_producer_join(&p);
-    fprintf(stderr, "term sweep: %d clean stops, %d stops during start-up (default action), "
-                    "slowest exit %lld ms\n",
+    fprintf(stderr,
+            "term sweep: %d clean stops, %d stops during start-up (default action), "
+            "slowest exit %lld ms\n",
             terms, early, (long long)slowest);
 
     relay_cmd_init(&c, db, out, 1, 256, NULL);
@@ -242,8 +246,8 @@ enum { NPOINTS = sizeof points / sizeof points[0] };
 
 /* The files of one fault-point run (<kind>-<point>.db/.jsonl/.err), a fresh
  * outbox, and a producer of 10,000 messages (scaled) started on it. */
-static void point_run_start(const char *kind, const char *point, char *db, char *out,
-                            char *errp, ch_producer *p)
+static void point_run_start(const char *kind, const char *point, char *db, char *out, char *errp,
+                            ch_producer *p)
 {
     char name[64];
     snprintf(name, sizeof name, "%s-%s.db", kind, point);
@@ -317,7 +321,8 @@ static void crash_point(const char *point)
 
 TEST(fault_crash_sweep)
 {
-    for (int i = 0; i < NPOINTS; i++) crash_point(points[i]);
+    for (int i = 0; i < NPOINTS; i++)
+        crash_point(points[i]);
 }
 
 /* 3. One relay rides out injected errors at a point and delivers all. */
@@ -331,8 +336,8 @@ static void error_point(const char *point)
     snprintf(fault, sizeof fault, "OUTBOX_FAULT=%s:error:p0.1", point);
     snprintf(seed, sizeof seed, "OUTBOX_FAULT_SEED=%llu", (unsigned long long)(ch_rand(&rng) >> 1));
     const char *env[] = {fault, seed, NULL};
-    const char *extra[] = {"--backoff-base", "5ms", "--backoff-max", "50ms",
-                           "--max-attempts", "1000", NULL};
+    const char *extra[] = {"--backoff-base", "5ms", "--backoff-max", "50ms", "--max-attempts",
+                           "1000",           NULL};
     relay_cmd c;
     relay_cmd_init(&c, db, out, 0, 32, extra);
     pid_t pid = ch_spawn(c.argv, env, NULL, errp);
@@ -365,7 +370,8 @@ static void error_point(const char *point)
 
 TEST(fault_error_sweep)
 {
-    for (int i = 0; i < NPOINTS; i++) error_point(points[i]);
+    for (int i = 0; i < NPOINTS; i++)
+        error_point(points[i]);
 }
 
 static void print_table(void)

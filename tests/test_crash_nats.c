@@ -155,7 +155,8 @@ static int64_t count_in_file(const char *path, const char *needle)
 {
     char *text = test_read_file(path, NULL);
     int64_t n = 0;
-    for (const char *at = text; at && (at = strstr(at, needle)) != NULL; at += strlen(needle)) n++;
+    for (const char *at = text; at && (at = strstr(at, needle)) != NULL; at += strlen(needle))
+        n++;
     free(text);
     return n;
 }
@@ -213,10 +214,12 @@ TEST(pg_three_relays)
         ch_sleep_ms(20);
 
     snprintf(to, sizeof to, "%s?stream=PGCRASH&subject=pgcrash.{type}", server.url);
-    const char *argv[] = {test_outbox_bin(), "--log-level", "debug", "relay", "--store", pg.url,
-                          "--to", to, "--batch", "128", "--lease-ttl", "2s", NULL};
+    const char *argv[] = {
+        test_outbox_bin(), "--log-level", "debug",       "relay", "--store", pg.url, "--to", to,
+        "--batch",         "128",         "--lease-ttl", "2s",    NULL};
     pid_t pids[3];
-    for (int i = 0; i < 3; i++) pids[i] = ch_spawn(argv, NULL, NULL, errs[i]);
+    for (int i = 0; i < 3; i++)
+        pids[i] = ch_spawn(argv, NULL, NULL, errs[i]);
     int kills = 0, lives = 3, by_relay[3] = {0, 0, 0};
     int64_t started = ch_now_ms();
     /* As kill_sweep: kill until both the kill count is reached and the
@@ -258,7 +261,8 @@ TEST(pg_three_relays)
                 TEST_FAIL_("relay %d exited %d with %lld pending", i, code, (long long)n);
             }
         if (ch_now_ms() - t_killed > 120000) {
-            for (int i = 0; i < 3; i++) ch_dump("relay stderr", errs[i]);
+            for (int i = 0; i < 3; i++)
+                ch_dump("relay stderr", errs[i]);
             TEST_FAIL_("%lld messages still pending 120 s after the last kill", (long long)n);
         }
         ch_sleep_ms(50);
@@ -274,15 +278,13 @@ TEST(pg_three_relays)
             "pg three relays: %d messages in %d transactions, relays started on %lld pending, "
             "%d relay lives, %d kills (%d/%d/%d), %lld pending after the last kill, drained "
             "%.1f s later, %.1f s in all; pipelined batches logged %lld/%lld/%lld\n",
-            p.committed, p.transactions, (long long)backlog, lives, kills, by_relay[0],
-            by_relay[1], by_relay[2],
-            (long long)pending, drain_s, (double)(ch_now_ms() - started) / 1000.0,
+            p.committed, p.transactions, (long long)backlog, lives, kills, by_relay[0], by_relay[1],
+            by_relay[2], (long long)pending, drain_s, (double)(ch_now_ms() - started) / 1000.0,
             (long long)pipelined[0], (long long)pipelined[1], (long long)pipelined[2]);
     ASSERT_EQ(pg_outbox_count("pending"), 0);
     ASSERT_EQ(pg_outbox_count("failed"), 0);
 
-    check_stream_once("nats from pg, 3 relays", "PGCRASH", "pgcrash.>", out, &p, kills,
-                      want_kills);
+    check_stream_once("nats from pg, 3 relays", "PGCRASH", "pgcrash.>", out, &p, kills, want_kills);
     /* The relays really pipelined (none did with OUTBOX_RELAY_PIPELINE=0). */
     if (serial)
         ASSERT_EQ(most, 0);

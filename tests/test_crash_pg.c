@@ -183,9 +183,9 @@ TEST(kill_sweep)
         if (ch_now_ms() - started > 150000) TEST_FAIL_("kill sweep took over 150 s");
     }
     ch_producer_join(&pp.p);
-    fprintf(stderr, "kill sweep: %d messages in %d transactions, %d relay lives, %d kills, %.1f s\n",
-            pp.p.committed, pp.p.transactions, lives, kills,
-            (double)(ch_now_ms() - started) / 1000.0);
+    fprintf(
+        stderr, "kill sweep: %d messages in %d transactions, %d relay lives, %d kills, %.1f s\n",
+        pp.p.committed, pp.p.transactions, lives, kills, (double)(ch_now_ms() - started) / 1000.0);
 
     relay_cmd_init(&c, out, 1, 256);
     int code = ch_run(c.argv, NULL, NULL, errp, 120000);
@@ -245,9 +245,8 @@ TEST(database_restarts)
         int64_t t2 = ch_now_ms();
         pgh_start_server(&server);
         if (getenv("OUTBOX_TEST_VERBOSE"))
-            fprintf(stderr, "restart %d: %lld pending, stop %lld ms, start %lld ms\n",
-                    restarts + 1, (long long)pending, (long long)(t1 - t0),
-                    (long long)(ch_now_ms() - t2));
+            fprintf(stderr, "restart %d: %lld pending, stop %lld ms, start %lld ms\n", restarts + 1,
+                    (long long)pending, (long long)(t1 - t0), (long long)(ch_now_ms() - t2));
         restarts++;
         if (pending > 0) during_drain++;
         if (!ch_alive(pid)) {
@@ -312,7 +311,8 @@ TEST(three_relays)
     relay_cmd c;
     relay_cmd_init(&c, out, 0, 128);
     pid_t pids[3];
-    for (int i = 0; i < 3; i++) pids[i] = ch_spawn(c.argv, NULL, NULL, errs[i]);
+    for (int i = 0; i < 3; i++)
+        pids[i] = ch_spawn(c.argv, NULL, NULL, errs[i]);
     int kills = 0;
     int64_t started = ch_now_ms();
     while (kills < min_kills || !ch_producer_done(&pp.p)) {

@@ -21,7 +21,7 @@ enum { MESSAGES = 400, AGGREGATES = 12 };
 typedef struct consumer {
     sqlite3 *db;
     int deliveries, duplicates, fail_after_commit, fail_before_commit;
-    int next_n[AGGREGATES];   /* next n expected to be applied, per aggregate */
+    int next_n[AGGREGATES]; /* next n expected to be applied, per aggregate */
     int order_errors;
     char failed_once[MESSAGES + 8][37];
     int nfailed;
@@ -39,7 +39,8 @@ static int failed_before(consumer *c, const char *id)
 static unsigned id_hash(const char *id)
 {
     unsigned h = 2166136261u;
-    for (; *id; id++) h = (h ^ (unsigned char)*id) * 16777619u;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
     return h;
 }
 
@@ -202,7 +203,8 @@ TEST(each_message_applied_once)
     /* And yet each message was applied once, in order per aggregate. */
     if (cons.order_errors) fprintf(stderr, "order: %s\n", cons.problem);
     ASSERT_EQ(cons.order_errors, 0);
-    for (int a = 0; a < AGGREGATES; a++) ASSERT_EQ(cons.next_n[a], p.aggs[a].count);
+    for (int a = 0; a < AGGREGATES; a++)
+        ASSERT_EQ(cons.next_n[a], p.aggs[a].count);
     ASSERT_EQ(ch_db_count(cons.db, "SELECT v FROM effects WHERE k = 'counter'"), MESSAGES);
     ASSERT_EQ(ch_db_count(cons.db, "SELECT count(*) FROM applied"), MESSAGES);
     ASSERT_EQ(ch_db_count(cons.db, "SELECT count(DISTINCT id) FROM applied"), MESSAGES);
@@ -214,7 +216,8 @@ TEST(each_message_applied_once)
     ASSERT_OK(outbox_msg_set_id(m, "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b", err), err);
     cons.next_n[0] = 999;
     int deliveries = cons.deliveries, duplicates = cons.duplicates;
-    for (int i = 0; i < 3; i++) consume(&cons, m, err);
+    for (int i = 0; i < 3; i++)
+        consume(&cons, m, err);
     ASSERT_EQ(cons.deliveries, deliveries + 3);
     ASSERT_EQ(cons.duplicates, duplicates + 2);
     ASSERT_EQ(ch_db_count(cons.db, "SELECT v FROM effects WHERE k = 'counter'"), MESSAGES + 1);
@@ -235,14 +238,14 @@ TEST(each_message_applied_once)
 
     /* A recorded id that rolls back is not recorded. */
     ch_db_exec(cons.db, "BEGIN");
-    ASSERT_EQ(outbox_inbox_record_sqlite(cons.db, "audit", "0190a1b2-c3d4-7e5f-8a6b-000000000001",
-                                         err),
-              OUTBOX_OK);
+    ASSERT_EQ(
+        outbox_inbox_record_sqlite(cons.db, "audit", "0190a1b2-c3d4-7e5f-8a6b-000000000001", err),
+        OUTBOX_OK);
     ch_db_exec(cons.db, "ROLLBACK");
     ch_db_exec(cons.db, "BEGIN");
-    ASSERT_EQ(outbox_inbox_record_sqlite(cons.db, "audit", "0190a1b2-c3d4-7e5f-8a6b-000000000001",
-                                         err),
-              OUTBOX_OK);
+    ASSERT_EQ(
+        outbox_inbox_record_sqlite(cons.db, "audit", "0190a1b2-c3d4-7e5f-8a6b-000000000001", err),
+        OUTBOX_OK);
     ch_db_exec(cons.db, "COMMIT");
 
     outbox_msg_free(m);

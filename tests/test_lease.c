@@ -47,7 +47,8 @@ static void relay_start(relay_proc *r, const char *db, const char *tag, const ch
     r->argv[i++] = r->store;
     r->argv[i++] = "--to";
     r->argv[i++] = r->to;
-    for (int j = 0; extra && extra[j] && i < 19; j++) r->argv[i++] = extra[j];
+    for (int j = 0; extra && extra[j] && i < 19; j++)
+        r->argv[i++] = extra[j];
     r->argv[i] = NULL;
     r->pid = ch_spawn(r->argv, NULL, NULL, r->err);
 }

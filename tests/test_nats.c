@@ -320,8 +320,7 @@ TEST(tls)
     ASSERT_EQ(nh_stream_count(&tls, "SEC"), 0);
     ASSERT_EQ(ch_outbox_count(db, "pending"), 1);
 
-    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC&tls=true&ca_file=%s", tls.port,
-             tls_ca);
+    snprintf(to, sizeof to, "nats://127.0.0.1:%d?stream=SEC&tls=true&ca_file=%s", tls.port, tls_ca);
     ch_drain_once(db, to);
     ASSERT_EQ(nh_stream_count(&tls, "SEC"), 1);
     ASSERT_EQ(ch_outbox_count(db, NULL), 0);
@@ -387,8 +386,8 @@ TEST(one_unacked_per_aggregate)
     ASSERT_OK(outbox_relay_run(r, &err), &err);
     outbox_relay_free(r);
     ASSERT_EQ(nh_stream_count(&server, "HALF"), 1); /* b only */
-    ASSERT_EQ(ch_outbox_count(db, "failed"), 1);   /* a n=0 */
-    ASSERT_EQ(ch_outbox_count(db, "pending"), 1);  /* a n=1, held back */
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 1);    /* a n=0 */
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 1);   /* a n=1, held back */
     ASSERT_EQ(ch_outbox_count(db, NULL), 2);
 }
 
@@ -707,7 +706,6 @@ TEST(creds)
 
 #endif /* OUTBOX_HAVE_CRYPTO */
 
-
 /* ------------------------------------------------------------------------
  * Oversized messages against a server with a small max_payload
  * ---------------------------------------------------------------------- */
@@ -759,8 +757,8 @@ TEST(oversized)
     ASSERT_EQ(stats.failed, 2);
     ASSERT_EQ(stats.retried, 0);
     ASSERT_EQ(ch_outbox_count(db, "failed"), 2);
-    ASSERT_EQ(ch_outbox_count(db, "pending"), 1); /* Next, held behind Big */
-    ASSERT_EQ(nh_stream_count(&small, "SIZE"), 1);  /* Ok */
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 1);  /* Next, held behind Big */
+    ASSERT_EQ(nh_stream_count(&small, "SIZE"), 1); /* Ok */
     {
         sqlite3 *h = ch_db_open(db);
         char sql[256];

@@ -191,8 +191,10 @@ static pid_t relay_child(const char *db_path, int rfd, int wfd, int once, int st
         if (outbox_relay_new(&run.relay, store, "stdout:", &o, &err) != OUTBOX_OK) _exit(2);
         if (relay_thread_start(&run) != 0) _exit(2);
         if (!once) outbox__sleep_us(600000);
-        if (once) relay_thread_join(&run);
-        else relay_thread_stop(&run);
+        if (once)
+            relay_thread_join(&run);
+        else
+            relay_thread_stop(&run);
         outbox_relay_get_stats(run.relay, &stats);
         if (write(stats_fd, &stats, sizeof stats) != (ssize_t)sizeof stats) _exit(2);
         outbox_relay_free(run.relay);
@@ -321,9 +323,9 @@ static void cli_relay(const char *db, const char *out, const char *fault)
     snprintf(store, sizeof store, "sqlite:%s", db);
     snprintf(dest, sizeof dest, "file:%s", out);
     snprintf(env_fault, sizeof env_fault, "OUTBOX_FAULT=%s", fault);
-    const char *argv[] = {test_outbox_bin(), "relay",  "--store",        store, "--to",
-                          dest,              "--once", "--max-attempts", "5",   "--backoff-base",
-                          "1h",              "--backoff-max", "1h",      NULL};
+    const char *argv[] = {
+        test_outbox_bin(), "relay", "--store",        store, "--to",          dest, "--once",
+        "--max-attempts",  "5",     "--backoff-base", "1h",  "--backoff-max", "1h", NULL};
     int code = ch_run(argv, env, NULL, test_path("cli.err"), 60000);
     if (code != 0 && code != 1) {
         ch_dump("outbox relay stderr", test_path("cli.err"));

@@ -51,10 +51,10 @@ static nh_server server;
  * Log capture: counts the relay's per-batch debug lines.
  * ---------------------------------------------------------------------- */
 
-static atomic_long log_pipelined; /* batches begun while one was in flight */
-static atomic_long log_carried;   /* acked messages held behind the batch before */
+static atomic_long log_pipelined;      /* batches begun while one was in flight */
+static atomic_long log_carried;        /* acked messages held behind the batch before */
 static atomic_long log_held_pipelined; /* held back in batches begun while one was in flight */
-static atomic_long log_injected;  /* acks dropped by the fault point */
+static atomic_long log_injected;       /* acks dropped by the fault point */
 
 static void count_log(void *user, int level, const char *component, const char *message)
 {

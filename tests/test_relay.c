@@ -40,8 +40,8 @@ typedef struct recorder {
     uint64_t rng;       /* seeded */
     char reject_id[37]; /* this id gets reject_code */
     int reject_code;
-    int reject_times;   /* > 0: only that many times */
-    int fail_all;       /* every call fails with fail_all_code (a destination outage) */
+    int reject_times; /* > 0: only that many times */
+    int fail_all;     /* every call fails with fail_all_code (a destination outage) */
     int fail_all_code;
 } recorder;
 
@@ -887,8 +887,6 @@ TEST(callback_holds_back_in_batch)
     outbox_msg_free(m[1]);
     outbox_msg_free(m[2]);
 }
-
-
 
 /* Guarantee 5: a destination that fails every message of its batches is
  * down; nothing is charged (with max_attempts 2 the old rule made every

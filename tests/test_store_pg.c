@@ -88,7 +88,8 @@ static size_t claim(outbox_store *s, outbox_msg ***msgs, int failed_blocks)
 
 static void free_msgs(outbox_msg **m, size_t n)
 {
-    for (size_t i = 0; i < n; i++) outbox_msg_free(m[i]);
+    for (size_t i = 0; i < n; i++)
+        outbox_msg_free(m[i]);
     free(m);
 }
 
@@ -201,15 +202,14 @@ TEST(upgrade_v2_to_v3)
     pgh_exec(c, "DROP SCHEMA IF EXISTS v2_schema CASCADE");
     ASSERT_OK(outbox_schema_init_pg(c, "v2_schema", &err), &err);
     /* Back to version 2 exactly as it was released. */
-    pgh_exec(c,
-             "CREATE OR REPLACE FUNCTION \"v2_schema\".notify_enqueue() RETURNS trigger"
-             " LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$\n"
-             "BEGIN\n"
-             " UPDATE \"v2_schema\".relays SET waiting = false WHERE id IN"
-             "  (SELECT id FROM \"v2_schema\".relays WHERE waiting FOR UPDATE SKIP LOCKED);\n"
-             " IF FOUND THEN PERFORM pg_notify('v2_schema', ''); END IF;\n"
-             " RETURN NULL;\n"
-             "END $fn$;");
+    pgh_exec(c, "CREATE OR REPLACE FUNCTION \"v2_schema\".notify_enqueue() RETURNS trigger"
+                " LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$\n"
+                "BEGIN\n"
+                " UPDATE \"v2_schema\".relays SET waiting = false WHERE id IN"
+                "  (SELECT id FROM \"v2_schema\".relays WHERE waiting FOR UPDATE SKIP LOCKED);\n"
+                " IF FOUND THEN PERFORM pg_notify('v2_schema', ''); END IF;\n"
+                " RETURN NULL;\n"
+                "END $fn$;");
     pgh_exec(c, "DROP FUNCTION v2_schema.wake_relays()");
     pgh_exec(c, "UPDATE v2_schema.meta SET value = '2' WHERE key = 'schema_version'");
     enqueue_one(c, "v2_schema", "before-upgrade");
@@ -297,8 +297,8 @@ TEST(urls)
     ASSERT(strstr(err.message, "s3cretpw") == NULL);
 
     /* Injection attempts in the schema name are refused before any SQL. */
-    const char *bad[] = {"x%22%3Bdrop", "a\";DROP TABLE outbox.outbox;--", "a b", "1abc",
-                         "sch'ema", "a;b"};
+    const char *bad[] = {"x%22%3Bdrop", "a\";DROP TABLE outbox.outbox;--", "a b", "1abc", "sch'ema",
+                         "a;b"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(u, sizeof u, "%s?schema=%s", server.url, bad[i]);
         ASSERT_EQ(outbox__store_open(&s, u, &err), OUTBOX_ECONFIG);
@@ -358,8 +358,8 @@ TEST(url_settings)
         {"schema=a%20b", "schema='a b'", OUTBOX_ECONFIG, "schema name 'a b' is not accepted"},
         {"schema=", "schema=''", OUTBOX_ECONFIG, "schema name '' is not accepted"},
         {"schema=a123456789b123456789c123456789d123456789e123456789f123456789xyzw",
-         "schema=a123456789b123456789c123456789d123456789e123456789f123456789xyzw",
-         OUTBOX_ECONFIG, "use 1 to 63 letters"},
+         "schema=a123456789b123456789c123456789d123456789e123456789f123456789xyzw", OUTBOX_ECONFIG,
+         "use 1 to 63 letters"},
         {"schema=a&schema=b", "schema=a schema=b", OUTBOX_EBADURL,
          "setting \"schema\" is given twice"},
         {"partiton=8", "partiton=8", OUTBOX_EBADURL, "schema=NAME, partitions=N"},
@@ -384,9 +384,9 @@ TEST(url_settings)
     ASSERT_EQ(outbox__store_open(&s, "postgres://bob:s3cretpw@127.0.0.1:1/db?partitions=0", &err),
               OUTBOX_ECONFIG);
     ASSERT_CONTAINS(err.message, "store URL 'postgres://bob:***@127.0.0.1:1/db?partitions=0'");
-    ASSERT_EQ(outbox__store_open(&s, "postgres:host=127.0.0.1 password=s3cretpw partitions=0",
-                                 &err),
-              OUTBOX_ECONFIG);
+    ASSERT_EQ(
+        outbox__store_open(&s, "postgres:host=127.0.0.1 password=s3cretpw partitions=0", &err),
+        OUTBOX_ECONFIG);
     ASSERT(strstr(err.message, "s3cretpw") == NULL);
 
     /* libpq's parameters reach libpq beside the store's own, which a URI
@@ -399,8 +399,7 @@ TEST(url_settings)
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
     ASSERT_EQ(from, 0);
     outbox__store_close(&s);
-    ASSERT_EQ(pgh_count(c, "SELECT value::int FROM url_settings.meta WHERE key = 'partitions'"),
-              8);
+    ASSERT_EQ(pgh_count(c, "SELECT value::int FROM url_settings.meta WHERE key = 'partitions'"), 8);
 
     /* Only a partition count the URL gives is compared with the schema's:
      * the default is not a request. */
@@ -687,8 +686,7 @@ TEST(enqueue_commit)
         pgh_exec(c, "ROLLBACK");
         pgh_exec(c, "ALTER TABLE outbox.outbox DROP CONSTRAINT test_poison");
         ASSERT_EQ(business_rows(c, 6), 0);
-        ASSERT_EQ(outbox_rows_with_id(c, a) + outbox_rows_with_id(c, p) +
-                      outbox_rows_with_id(c, b),
+        ASSERT_EQ(outbox_rows_with_id(c, a) + outbox_rows_with_id(c, p) + outbox_rows_with_id(c, b),
                   0);
         outbox_msg_free(a);
         outbox_msg_free(p);
@@ -751,7 +749,8 @@ TEST(enqueue_commit)
                   &err);
         ASSERT_EQ(count_rows(c, "outbox", NULL), before + MANY);
         ASSERT_EQ(business_rows(c, 8), 1);
-        for (int i = 0; i < MANY; i++) outbox_msg_free(many[i]);
+        for (int i = 0; i < MANY; i++)
+            outbox_msg_free(many[i]);
         free(many);
     }
 
@@ -777,7 +776,8 @@ TEST(enqueue_commit)
         pgh_exec(c, sql);
         snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %d",
                  PQbackendPID(victim));
-        for (int i = 0; i < 200 && pgh_count(c, sql) > 0; i++) usleep(10000);
+        for (int i = 0; i < 200 && pgh_count(c, sql) > 0; i++)
+            usleep(10000);
         ASSERT_EQ(pgh_count(c, sql), 0);
         ASSERT_EQ(outbox_enqueue_commit_pg(victim, NULL, one, 1, &err), OUTBOX_EIO);
         ASSERT_CONTAINS(err.message, "connection");
@@ -831,7 +831,8 @@ TEST(enqueue_commit)
         outbox_msg_free(v);
     }
 
-    for (int i = 0; i < 4; i++) outbox_msg_free(m[i]);
+    for (int i = 0; i < 4; i++)
+        outbox_msg_free(m[i]);
     pgh_exec(c, "DROP TABLE commit_biz");
     pgh_exec(c, "DROP FUNCTION commit_biz_refuse()");
     pgh_exec(c, "DELETE FROM outbox.outbox");
@@ -920,10 +921,14 @@ TEST(sql_functions)
     outbox_msg_free(m);
 
     /* inbox_record. */
-    ASSERT_EQ(pgh_count(c, "SELECT outbox.inbox_record('svc', '0190a0a0-0000-7000-8000-0000000000aa')::int"),
-              1);
-    ASSERT_EQ(pgh_count(c, "SELECT outbox.inbox_record('svc', '0190a0a0-0000-7000-8000-0000000000aa')::int"),
-              0);
+    ASSERT_EQ(
+        pgh_count(c,
+                  "SELECT outbox.inbox_record('svc', '0190a0a0-0000-7000-8000-0000000000aa')::int"),
+        1);
+    ASSERT_EQ(
+        pgh_count(c,
+                  "SELECT outbox.inbox_record('svc', '0190a0a0-0000-7000-8000-0000000000aa')::int"),
+        0);
     expect_sql_error(c, "SELECT outbox.inbox_record('', '0190a0a0-0000-7000-8000-0000000000aa')",
                      "22023", "consumer");
     pgh_exec(c, "DELETE FROM outbox.outbox; DELETE FROM outbox.inbox");
@@ -1036,7 +1041,8 @@ TEST(claim_order_and_outcomes)
 
     n = claim(&s, &msgs, 1);
     ASSERT_EQ(n, 5);
-    for (size_t i = 1; i < n; i++) ASSERT(msgs[i]->seq > msgs[i - 1]->seq);
+    for (size_t i = 1; i < n; i++)
+        ASSERT(msgs[i]->seq > msgs[i - 1]->seq);
     ASSERT_STREQ(msgs[0]->aggregate_id, "a");
     ASSERT_STREQ(msgs[0]->payload, "{\"n\": 0}"); /* jsonb renders with a space */
 
@@ -1054,8 +1060,9 @@ TEST(claim_order_and_outcomes)
     outbox_complete_params cp = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), "x", 10000};
     ASSERT_OK(s.ops->complete(s.state, cs, n, &cp, &err), &err);
     free_msgs(msgs, n);
-    ASSERT_EQ(count_rows(c, "outbox", "last_error = 'broker said \"no\"; {braces}, back\\slash'"
-                                      " AND attempts = 1"),
+    ASSERT_EQ(count_rows(c, "outbox",
+                         "last_error = 'broker said \"no\"; {braces}, back\\slash'"
+                         " AND attempts = 1"),
               1);
 
     /* a is held back behind a0; b1 goes. */
@@ -1151,17 +1158,20 @@ TEST(claim_pipelined_excludes_in_flight)
     pgh_exec(c, "DELETE FROM outbox.outbox");
     open_store(&s, url);
     ASSERT(s.ops->version >= 4 && s.ops->claim_pipelined != NULL);
-    for (i = 0; i < 8; i++) store_enqueue(&s, "p", (int)i); /* one aggregate: in order */
+    for (i = 0; i < 8; i++)
+        store_enqueue(&s, "p", (int)i); /* one aggregate: in order */
     outbox_claim_params p = {3, outbox__now_us(), 1, 0, NULL};
     ASSERT_OK(s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err), &err);
     ASSERT_EQ(n, 3);
-    for (i = 0; i < n; i++) seqs[i] = msgs[i]->seq;
+    for (i = 0; i < n; i++)
+        seqs[i] = msgs[i]->seq;
     ASSERT_EQ(seqs[1], seqs[0] + 1);
     ASSERT_EQ(seqs[2], seqs[0] + 2);
     /* Consecutive in flight: the next three. */
     ASSERT_OK(s.ops->claim_pipelined(s.state, &p, seqs, 3, &more, &m, &err), &err);
     ASSERT_EQ(m, 3);
-    for (i = 0; i < m; i++) ASSERT_EQ(more[i]->seq, seqs[0] + 3 + (int64_t)i);
+    for (i = 0; i < m; i++)
+        ASSERT_EQ(more[i]->seq, seqs[0] + 3 + (int64_t)i);
     free_msgs(more, m);
     /* With gaps (the 2nd and 4th not in flight): those come first. */
     ex[0] = seqs[0];
@@ -1217,7 +1227,8 @@ TEST(complete_by_range)
     PGconn *c = pgh_connect(&server);
     pgh_exec(c, "DELETE FROM outbox.outbox");
     open_store(&s, url);
-    for (i = 0; i < 9; i++) store_enqueue(&s, i % 2 ? "r1" : "r2", (int)i);
+    for (i = 0; i < 9; i++)
+        store_enqueue(&s, i % 2 ? "r1" : "r2", (int)i);
     outbox_complete_params cp = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 10000};
     outbox_claim_params p = {3, outbox__now_us(), 1, 0, NULL};
 
@@ -1499,7 +1510,8 @@ TEST(skip_locked_and_notify)
     ASSERT_EQ(na, 6);
     ASSERT_EQ(nb, 5);
     for (size_t i = 0; i < na; i++)
-        for (size_t j = 0; j < nb; j++) ASSERT(ma[i]->seq != mb[j]->seq);
+        for (size_t j = 0; j < nb; j++)
+            ASSERT(ma[i]->seq != mb[j]->seq);
     complete_all(&a, ma, na, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
     complete_all(&b, mb, nb, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
     free_msgs(ma, na);
@@ -1740,8 +1752,7 @@ TEST(relay_woken_by_notify)
         int64_t t0 = outbox__monotonic_us();
         atomic_store(&seen.first_us, 0);
         enqueue_txn(c, 1000 * round);
-        while (atomic_load(&seen.published) < 11 * round &&
-               outbox__monotonic_us() - t0 < 5000000)
+        while (atomic_load(&seen.published) < 11 * round && outbox__monotonic_us() - t0 < 5000000)
             usleep(1000);
         ASSERT_EQ(atomic_load(&seen.published), 11 * round);
         ASSERT(atomic_load(&seen.first_us) - t0 < 1000000);
@@ -1856,7 +1867,8 @@ TEST(partitions_shared)
     ASSERT(na > 40 && nb > 40);
     /* No aggregate on both sides. */
     for (size_t i = 0; i < na; i++)
-        for (size_t j = 0; j < nb; j++) ASSERT(strcmp(ma[i]->aggregate_id, mb[j]->aggregate_id) != 0);
+        for (size_t j = 0; j < nb; j++)
+            ASSERT(strcmp(ma[i]->aggregate_id, mb[j]->aggregate_id) != 0);
     complete_all(&a, ma, na, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
     free_msgs(ma, na);
     /* b dies with its batch claimed: its session and locks go. */

@@ -1293,8 +1293,10 @@ static void json_lines(const char *path, int *good, int *bad)
     if (!f) return;
     while (fgets(line, sizeof line, f)) {
         json_t *o = json_loads(line, 0, NULL);
-        if (o && json_is_object(o)) (*good)++;
-        else (*bad)++;
+        if (o && json_is_object(o))
+            (*good)++;
+        else
+            (*bad)++;
         json_decref(o);
     }
     fclose(f);
@@ -1314,8 +1316,9 @@ static void enqueue_sql(PGconn *c, int from, int count)
 TEST(relay_waits_for_postgres)
 {
     char out[CH_PATH], errs[1][CH_PATH], to[CH_PATH + 8];
-    const char *argv[] = {test_outbox_bin(), "--log-format", "json", "relay", "--store", url,
-                          "--to", to, "--poll-interval", "200ms", NULL};
+    const char *argv[] = {
+        test_outbox_bin(), "--log-format", "json", "relay", "--store", url, "--to", to,
+        "--poll-interval", "200ms",        NULL};
     PGconn *c = pgh_connect(&server);
     int good, bad;
     pid_t pid;

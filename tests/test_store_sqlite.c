@@ -118,7 +118,8 @@ static batch claim(outbox_store *st, int64_t now, int failed_blocks)
 static void batch_free(batch *b)
 {
     size_t i;
-    for (i = 0; i < b->n; i++) outbox_msg_free(b->msgs[i]);
+    for (i = 0; i < b->n; i++)
+        outbox_msg_free(b->msgs[i]);
     free(b->msgs);
     b->msgs = NULL;
     b->n = 0;
@@ -204,8 +205,8 @@ TEST(url_errors)
     /* Built with libpq: an unreachable server is a runtime error, and the
      * password still never shows (test_store_pg covers the driver). */
     {
-        int rc = outbox__store_open(&st, "postgres://u:hunter2@127.0.0.1:1/db?connect_timeout=2",
-                                    err);
+        int rc =
+            outbox__store_open(&st, "postgres://u:hunter2@127.0.0.1:1/db?connect_timeout=2", err);
         if (rc == OUTBOX_OK) {
             rc = st.ops->check_schema(st.state, err);
             outbox__store_close(&st);
@@ -467,7 +468,8 @@ TEST(complete_outcomes)
     int i;
 
     open_store(&st, "outcomes.db");
-    for (i = 0; i < 4; i++) put(&st, "agg", ids[i]);
+    for (i = 0; i < 4; i++)
+        put(&st, "agg", ids[i]);
     b = claim(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 4);
 
@@ -479,8 +481,7 @@ TEST(complete_outcomes)
 
     /* SENT with mark: kept as sent with sent_at. */
     t0 = outbox__now_us();
-    ASSERT_OK(complete_one(&st, b.msgs[1], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err),
-              err);
+    ASSERT_OK(complete_one(&st, b.msgs[1], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err), err);
     ASSERT_OK(st.ops->get(st.state, ids[1], &got, err), err);
     ASSERT_EQ(got->status, OUTBOX_STATUS_SENT);
     ASSERT_GE(got->sent_at, t0);
@@ -536,7 +537,8 @@ TEST(complete_outcomes)
         char more[4][37];
         outbox_completion c[4];
         outbox_complete_params p = {OUTBOX_ON_SENT_MARK, outbox__now_us(), "relay-a", 10000};
-        for (i = 0; i < 4; i++) put(&st, i == 2 ? "other" : "mixed", more[i]);
+        for (i = 0; i < 4; i++)
+            put(&st, i == 2 ? "other" : "mixed", more[i]);
         b = claim(&st, outbox__now_us(), 0);
         ASSERT_EQ(b.n, 4);
         for (i = 0; i < 4; i++) {
@@ -562,8 +564,10 @@ TEST(complete_outcomes)
             ASSERT_EQ(got->status, i == 0 || i == 2 ? OUTBOX_STATUS_SENT : OUTBOX_STATUS_PENDING);
             ASSERT_EQ(got->attempts, i == 1 ? 1 : 0);
             ASSERT_EQ(got->available_at, i == 1 ? 4242 : 0);
-            if (i == 1) ASSERT_STREQ(got->last_error, "mixed");
-            else ASSERT(got->last_error == NULL);
+            if (i == 1)
+                ASSERT_STREQ(got->last_error, "mixed");
+            else
+                ASSERT(got->last_error == NULL);
             if (i == 0 || i == 2) ASSERT_EQ(got->sent_at, p.now_us);
             outbox_msg_free(got);
         }
@@ -620,8 +624,8 @@ TEST(fault_during_mark_sent)
     pid = fork();
     ASSERT(pid >= 0);
     if (pid == 0) {
-        char *args[] = {(char *)"test_store_sqlite", (char *)"--fault-child",
-                        (char *)test_dir(), NULL};
+        char *args[] = {(char *)"test_store_sqlite", (char *)"--fault-child", (char *)test_dir(),
+                        NULL};
         setenv("OUTBOX_FAULT", "during_mark_sent:error", 1);
         execv("/proc/self/exe", args);
         _exit(13);
@@ -733,8 +737,8 @@ TEST(inbox)
     ASSERT_EQ(outbox_inbox_record_sqlite(db, "billing", "not-a-uuid", err), OUTBOX_EBADID);
     exec_ok(db, "COMMIT");
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox_inbox"), 2);
-    ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox_inbox WHERE message_id = lower(message_id)"),
-              2);
+    ASSERT_EQ(
+        query_int(db, "SELECT count(*) FROM outbox_inbox WHERE message_id = lower(message_id)"), 2);
 
     /* A rolled-back record does not count. */
     exec_ok(db, "BEGIN");
@@ -816,13 +820,13 @@ TEST(admin_status_list_get_retry)
         ASSERT_EQ(changed, 1);
     }
 
-    for (i = 0; i < 5; i++) put(&st, i < 3 ? "A" : "B", ids[i]);
+    for (i = 0; i < 5; i++)
+        put(&st, i < 3 ? "A" : "B", ids[i]);
     b = claim(&st, now, 1);
     ASSERT_EQ(b.n, 5);
     ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
     ASSERT_OK(complete_one(&st, b.msgs[3], OUTBOX_OUTCOME_RETRY, later, 0, err), err);
-    ASSERT_OK(complete_one(&st, b.msgs[4], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err),
-              err);
+    ASSERT_OK(complete_one(&st, b.msgs[4], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err), err);
 
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.schema_version, SCHEMA);
@@ -840,7 +844,8 @@ TEST(admin_status_list_get_retry)
     lp.limit = 0;
     ASSERT_OK(st.ops->list(st.state, &lp, collect, &col, err), err);
     ASSERT_EQ(col.n, 5);
-    for (i = 0; i < 5; i++) ASSERT_STREQ(col.ids[i], ids[i]);
+    for (i = 0; i < 5; i++)
+        ASSERT_STREQ(col.ids[i], ids[i]);
     ASSERT_EQ(col.statuses[0], OUTBOX_STATUS_FAILED);
     ASSERT_EQ(col.statuses[4], OUTBOX_STATUS_SENT);
     memset(&col, 0, sizeof col);
@@ -915,8 +920,7 @@ static struct {
     char last[1024];
 } logged;
 
-static void capture_component(void *user, int level, const char *component,
-                              const char *message)
+static void capture_component(void *user, int level, const char *component, const char *message)
 {
     (void)user;
     if (level != logged.level || strcmp(component, logged.component) != 0) return;
@@ -999,8 +1003,7 @@ TEST(undecodable_rows_quarantined)
     put(&st, "B", b1);
     bad_header_seq = insert_unchecked(db, bad_header_id, "T", "C", "{\"k\":\"x\\u0001\"}");
     put(&st, "C", c2);
-    blank_type_seq =
-        insert_unchecked(db, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f72", "  ", "D", "{}");
+    blank_type_seq = insert_unchecked(db, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f72", "  ", "D", "{}");
 
     capture_start(OUTBOX_LOG_ERROR, "store.sqlite");
     b = claim(&st, outbox__now_us(), 1);
@@ -1124,7 +1127,8 @@ TEST(relay_drains_around_undecodable_rows)
     sqlite3_close(db);
 
     memset(&seen, 0, sizeof seen);
-    for (i = 0; i < 10; i++) seen.next_ok[i] = 1;
+    for (i = 0; i < 10; i++)
+        seen.next_ok[i] = 1;
     outbox_relay_options_init(&o);
     o.once = 1;
     o.batch_size = 16;
@@ -1447,7 +1451,8 @@ TEST(drop_failed)
 
     open_store(&st, "drop.db");
     db = open_db("drop.db");
-    for (i = 0; i < 4; i++) put(&st, i < 3 ? "A" : "B", ids[i]);
+    for (i = 0; i < 4; i++)
+        put(&st, i < 3 ? "A" : "B", ids[i]);
     b = claim(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 4);
     ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
@@ -1471,8 +1476,7 @@ TEST(drop_failed)
                   OUTBOX_ENOTFOUND);
         ASSERT_CONTAINS(err->message, missing);
         ASSERT_EQ(archived_n, 0);
-        ASSERT_EQ(st.ops->drop(st.state, one, 2, 0, archive_fails, NULL, &count, err),
-                  OUTBOX_EIO);
+        ASSERT_EQ(st.ops->drop(st.state, one, 2, 0, archive_fails, NULL, &count, err), OUTBOX_EIO);
         ASSERT_CONTAINS(err->message, "archive disk full");
         ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox"), 5);
         /* The same id twice is one message. */
@@ -1513,16 +1517,17 @@ TEST(status_blocked_and_holder)
     batch b;
 
     open_store(&st, "status.db");
-    for (i = 0; i < 7; i++) put(&st, i < 3 ? "A" : i < 5 ? "B" : "C", NULL);
+    for (i = 0; i < 7; i++)
+        put(&st, i < 3 ? "A" : i < 5 ? "B" : "C", NULL);
     b = claim(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 7);
     /* A: fails first (2 behind it); B: its second fails (none behind); C:
      * retrying (not Failed: not counted). */
     ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
     ASSERT_OK(complete_one(&st, b.msgs[4], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    ASSERT_OK(complete_one(&st, b.msgs[5], OUTBOX_OUTCOME_RETRY, outbox__now_us() + 60000000, 0,
-                           err),
-              err);
+    ASSERT_OK(
+        complete_one(&st, b.msgs[5], OUTBOX_OUTCOME_RETRY, outbox__now_us() + 60000000, 0, err),
+        err);
     batch_free(&b);
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.failed, 2);
@@ -1595,11 +1600,11 @@ TEST(newer_schema_refused_everywhere)
                 " INSERT INTO outbox_inbox VALUES ('c', '0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70', 0);"
                 " UPDATE outbox_meta SET value = '3' WHERE key = 'schema_version'; COMMIT");
 
-#define REFUSED(call)                                                                        \
-    do {                                                                                     \
-        memset(err, 0, sizeof *err);                                                         \
-        ASSERT_EQ((call), OUTBOX_ESCHEMANEWER);                                              \
-        ASSERT_CONTAINS(err->message, newer);                                                \
+#define REFUSED(call)                                                                              \
+    do {                                                                                           \
+        memset(err, 0, sizeof *err);                                                               \
+        ASSERT_EQ((call), OUTBOX_ESCHEMANEWER);                                                    \
+        ASSERT_CONTAINS(err->message, newer);                                                      \
     } while (0)
 
     ASSERT_OK(outbox__store_open(&st, url_of("newer.db"), err), err);

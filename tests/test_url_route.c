@@ -12,8 +12,9 @@ TEST(url_parts)
 {
     outbox_url u;
     outbox_error err = {0, ""};
-    ASSERT_OK(outbox__url_parse(&u, "NATS://alice:s%40cret@a:4222,b:4222/x%20y?stream=S&subject=o.%7Btype%7D",
-                                NULL, &err),
+    ASSERT_OK(outbox__url_parse(
+                  &u, "NATS://alice:s%40cret@a:4222,b:4222/x%20y?stream=S&subject=o.%7Btype%7D",
+                  NULL, &err),
               &err);
     ASSERT_STREQ(u.scheme, "nats");
     ASSERT_STREQ(u.user, "alice");
@@ -65,8 +66,15 @@ TEST(url_extra_options)
 TEST(url_malformed)
 {
     static const char *const cases[] = {
-        "", "nocolon", ":nothing", "1abc://x", "ht tp://x", "nats://h?k=%zz", "nats://h?k=%0",
-        "nats://h?=v", "nats://u:p%00w@h",
+        "",
+        "nocolon",
+        ":nothing",
+        "1abc://x",
+        "ht tp://x",
+        "nats://h?k=%zz",
+        "nats://h?k=%0",
+        "nats://h?=v",
+        "nats://u:p%00w@h",
     };
     size_t i;
     for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -390,12 +398,10 @@ TEST(props_secret_never_shown)
 
     /* Every error of the sample table, with the token given: never shown. */
     sample_config c;
-    ASSERT_EQ(sample_parse("sample://h?token=hunter2-d&count=x", NULL, &c, &err),
-              OUTBOX_ECONFIG);
+    ASSERT_EQ(sample_parse("sample://h?token=hunter2-d&count=x", NULL, &c, &err), OUTBOX_ECONFIG);
     outbox__props_free(sample_props, &c);
     ASSERT(strstr(err.message, "hunter2") == NULL);
-    ASSERT_EQ(sample_parse("sample://h?token=hunter2-d&nope=1", NULL, &c, &err),
-              OUTBOX_ECONFIG);
+    ASSERT_EQ(sample_parse("sample://h?token=hunter2-d&nope=1", NULL, &c, &err), OUTBOX_ECONFIG);
     outbox__props_free(sample_props, &c);
     ASSERT(strstr(err.message, "hunter2") == NULL);
 }
@@ -439,7 +445,7 @@ static void check_table(const outbox_driver_info *d)
 TEST(driver_list)
 {
     static const char *const stores[] = {"sqlite", "postgres", "postgresql"};
-    static const char *const destinations[] = {"stdout", "file",  "discard", "http",
+    static const char *const destinations[] = {"stdout", "file", "discard", "http",
                                                "https",  "nats", "kafka"};
     const outbox_driver_info *d;
     size_t i;

@@ -41,29 +41,30 @@ enum {
 };
 
 /* Spliced into every command's `struct option` table. */
-#define CLI_GLOBAL_OPTIONS                                              \
-    {"help", no_argument, NULL, 'h'},                                   \
-    {"log-level", required_argument, NULL, CLI_OPT_LOG_LEVEL},          \
-    {"log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT}
+#define CLI_GLOBAL_OPTIONS                                                                         \
+    {"help", no_argument, NULL, 'h'}, {"log-level", required_argument, NULL, CLI_OPT_LOG_LEVEL},   \
+    {                                                                                              \
+        "log-format", required_argument, NULL, CLI_OPT_LOG_FORMAT                                  \
+    }
 
 /* How a Failed message is cleared: the same words in relay, retry, drop
  * and purge --help, the README and docs/CLI.md. */
-#define CLI_FAILED_HELP                                                            \
-    "A Failed message stays in the outbox, counted by status, until an operator\n" \
-    "clears it: `outbox retry` requeues it, `outbox drop` deletes it (with\n"      \
+#define CLI_FAILED_HELP                                                                            \
+    "A Failed message stays in the outbox, counted by status, until an operator\n"                 \
+    "clears it: `outbox retry` requeues it, `outbox drop` deletes it (with\n"                      \
     "--archive file:PATH it is written there first).  purge never deletes it.\n"
 
 /* What stdout: is for: the same words in relay --help, the README and
  * docs/CLI.md. */
-#define CLI_STDOUT_HELP                                                              \
-    "stdout: gives no confirmation (a reader that exits early loses what it did\n"   \
-    "not read): it is for people and for pipelines that accept loss.  file: is\n"    \
+#define CLI_STDOUT_HELP                                                                            \
+    "stdout: gives no confirmation (a reader that exits early loses what it did\n"                 \
+    "not read): it is for people and for pipelines that accept loss.  file: is\n"                  \
     "the durable local destination.\n"
 
 /* Text shown in every command's --help for the global options. */
-#define CLI_GLOBAL_HELP                                                           \
-    "  --log-level L        debug, info, warn or error (default info)\n"          \
-    "  --log-format F       text or json: how log lines on stderr look (default text)\n" \
+#define CLI_GLOBAL_HELP                                                                            \
+    "  --log-level L        debug, info, warn or error (default info)\n"                           \
+    "  --log-format F       text or json: how log lines on stderr look (default text)\n"           \
     "  -h, --help           show this help\n"
 
 /* The subcommands (one file each). */
@@ -183,14 +184,14 @@ int cli_once(const char *cmd, const struct option *options, int c, uint64_t *see
 /* Parses a decimal integer strictly (digits only, whole string, in
  * [min, max]).  On failure prints a message naming opt and returns
  * CLI_EXIT_USAGE; CLI_EXIT_OK otherwise. */
-int cli_parse_uint(const char *cmd, const char *opt, const char *text,
-                   uint64_t min, uint64_t max, uint64_t *out);
+int cli_parse_uint(const char *cmd, const char *opt, const char *text, uint64_t min, uint64_t max,
+                   uint64_t *out);
 
 /* Parses a duration ("500ms", "30s", "5m", "2h", "7d"; a bare number is
  * seconds) into milliseconds no larger than max_ms; CLI_EXIT_USAGE with a
  * message naming opt when malformed or too large. */
-int cli_parse_duration(const char *cmd, const char *opt, const char *text,
-                       int64_t max_ms, int64_t *out_ms);
+int cli_parse_duration(const char *cmd, const char *opt, const char *text, int64_t max_ms,
+                       int64_t *out_ms);
 
 /* The store URL: `value` (from --store) or $OUTBOX_STORE.  CLI_EXIT_USAGE
  * with a message when neither is set. */
@@ -204,8 +205,7 @@ int cli_store_open(const char *cmd, const char *url, outbox_store **store);
 
 /* cli_store_url then cli_store_open: the store named by --store (value) or
  * $OUTBOX_STORE, opened.  *url (when url is not NULL) gets the URL used. */
-int cli_store_connect(const char *cmd, const char *value, outbox_store **store,
-                      const char **url);
+int cli_store_connect(const char *cmd, const char *value, outbox_store **store, const char **url);
 
 /* ---- drivers (drivers.c) --------------------------------------------- */
 

@@ -31,17 +31,15 @@ static void log_timestamp(char *buf, size_t len)
     time_t secs = (time_t)(us / 1000000);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (int)((us % 1000000) / 1000));
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)((us % 1000000) / 1000));
 }
 
 static json_t *text_value(const char *s);
 
 /* One JSON log line: {"time","level","component","msg"} and a newline;
  * NULL when out of memory. */
-static char *log_json_line(const char *ts, int level, const char *component,
-                           const char *message)
+static char *log_json_line(const char *ts, int level, const char *component, const char *message)
 {
     json_t *o = json_object();
     char *line = NULL;
@@ -54,8 +52,7 @@ static char *log_json_line(const char *ts, int level, const char *component,
     return line;
 }
 
-static void log_to_stderr(void *user, int level, const char *component,
-                          const char *message)
+static void log_to_stderr(void *user, int level, const char *component, const char *message)
 {
     char ts[80];
     char *line = NULL;
@@ -80,8 +77,7 @@ static void log_to_stderr(void *user, int level, const char *component,
         cli_buf_puts(&b, "\n");
     }
     /* One write per line so lines from different threads do not interleave. */
-    if ((text = cli_buf_text(&b)) != NULL && b.len > 0)
-        fwrite(text, 1, b.len, stderr);
+    if ((text = cli_buf_text(&b)) != NULL && b.len > 0) fwrite(text, 1, b.len, stderr);
     cli_buf_free(&b);
     free(line);
 }
@@ -95,8 +91,7 @@ void cli_log(int level, const char *component, const char *fmt, ...)
 {
     char message[1024];
     va_list ap;
-    if (level < log_level)
-        return;
+    if (level < log_level) return;
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
@@ -105,10 +100,12 @@ void cli_log(int level, const char *component, const char *fmt, ...)
 
 int cli_set_log_level(const char *cmd, const char *text)
 {
-    static const struct { const char *name; int level; } levels[] = {
-        {"debug", OUTBOX_LOG_DEBUG}, {"info", OUTBOX_LOG_INFO},
-        {"warn", OUTBOX_LOG_WARN},   {"warning", OUTBOX_LOG_WARN},
-        {"error", OUTBOX_LOG_ERROR},
+    static const struct {
+        const char *name;
+        int level;
+    } levels[] = {
+        {"debug", OUTBOX_LOG_DEBUG},  {"info", OUTBOX_LOG_INFO},   {"warn", OUTBOX_LOG_WARN},
+        {"warning", OUTBOX_LOG_WARN}, {"error", OUTBOX_LOG_ERROR},
     };
     for (size_t i = 0; i < sizeof levels / sizeof levels[0]; i++) {
         if (strcmp(text, levels[i].name) == 0) {
@@ -117,8 +114,7 @@ int cli_set_log_level(const char *cmd, const char *text)
             return CLI_EXIT_OK;
         }
     }
-    return cli_usage(cmd, "--log-level '%s' is not a level; use debug, info, warn or error",
-                     text);
+    return cli_usage(cmd, "--log-level '%s' is not a level; use debug, info, warn or error", text);
 }
 
 int cli_set_log_format(const char *cmd, const char *text)
@@ -250,13 +246,13 @@ int cli_bad_option(const char *cmd, char **argv, int c)
 int cli_once(const char *cmd, const struct option *options, int c, uint64_t *seen)
 {
     for (size_t i = 0; options[i].name && i < 64; i++) {
-        if (options[i].val != c || options[i].flag != NULL)
-            continue;
-        if (options[i].has_arg != required_argument)
-            return CLI_EXIT_OK;
+        if (options[i].val != c || options[i].flag != NULL) continue;
+        if (options[i].has_arg != required_argument) return CLI_EXIT_OK;
         if (*seen & (UINT64_C(1) << i))
-            return cli_usage(cmd, "--%s is given twice; give it once (a repeated option does "
-                                  "not replace the earlier one)", options[i].name);
+            return cli_usage(cmd,
+                             "--%s is given twice; give it once (a repeated option does "
+                             "not replace the earlier one)",
+                             options[i].name);
         *seen |= UINT64_C(1) << i;
         return CLI_EXIT_OK;
     }
@@ -270,13 +266,10 @@ int cli_option(const char *cmd, int c, char **argv, const char *usage)
         fputs(usage, stdout);
         return CLI_EXIT_OK;
     }
-    if (c == '?' || c == ':')
-        return cli_bad_option(cmd, argv, c);
+    if (c == '?' || c == ':') return cli_bad_option(cmd, argv, c);
     rc = cli_global_option(cmd, c, optarg);
-    if (rc == CLI_EXIT_OK)
-        return CLI_CONTINUE;
-    if (rc > 0)
-        return rc;
+    if (rc == CLI_EXIT_OK) return CLI_CONTINUE;
+    if (rc > 0) return rc;
     return cli_bad_option(cmd, argv, '?');
 }
 
@@ -284,16 +277,16 @@ int cli_option(const char *cmd, int c, char **argv, const char *usage)
  * Parsing
  * ---------------------------------------------------------------------- */
 
-int cli_parse_uint(const char *cmd, const char *opt, const char *text,
-                   uint64_t min, uint64_t max, uint64_t *out)
+int cli_parse_uint(const char *cmd, const char *opt, const char *text, uint64_t min, uint64_t max,
+                   uint64_t *out)
 {
     unsigned long long v;
     char *end = NULL;
-    if (!text[0])
-        return cli_usage(cmd, "%s needs a number; got an empty value", opt);
+    if (!text[0]) return cli_usage(cmd, "%s needs a number; got an empty value", opt);
     for (const char *p = text; *p; p++)
         if (!isdigit((unsigned char)*p))
-            return cli_usage(cmd, "%s '%s' is not a whole number; give digits only, from %llu to %llu",
+            return cli_usage(cmd,
+                             "%s '%s' is not a whole number; give digits only, from %llu to %llu",
                              opt, text, (unsigned long long)min, (unsigned long long)max);
     errno = 0;
     v = strtoull(text, &end, 10);
@@ -304,13 +297,13 @@ int cli_parse_uint(const char *cmd, const char *opt, const char *text,
     return CLI_EXIT_OK;
 }
 
-int cli_parse_duration(const char *cmd, const char *opt, const char *text,
-                       int64_t max_ms, int64_t *out_ms)
+int cli_parse_duration(const char *cmd, const char *opt, const char *text, int64_t max_ms,
+                       int64_t *out_ms)
 {
     int64_t ms = outbox_duration_parse_ms(text);
     if (ms < 0)
-        return cli_usage(cmd, "%s '%s' is not a duration; write e.g. 500ms, 30s, 5m, 2h or 7d",
-                         opt, text);
+        return cli_usage(cmd, "%s '%s' is not a duration; write e.g. 500ms, 30s, 5m, 2h or 7d", opt,
+                         text);
     if (ms > max_ms)
         return cli_usage(cmd, "%s %s is too long; the largest allowed is %lld ms", opt, text,
                          (long long)max_ms);
@@ -320,8 +313,7 @@ int cli_parse_duration(const char *cmd, const char *opt, const char *text,
 
 int cli_store_url(const char *cmd, const char *value, const char **url)
 {
-    if (!value || !value[0])
-        value = getenv("OUTBOX_STORE");
+    if (!value || !value[0]) value = getenv("OUTBOX_STORE");
     if (!value || !value[0])
         return cli_usage(cmd, "--store is required (e.g. --store sqlite:app.db); "
                               "or set OUTBOX_STORE");
@@ -334,32 +326,28 @@ int cli_store_open(const char *cmd, const char *url, outbox_store **store)
     outbox_error err = {0, ""};
     int rc;
     *store = NULL;
-    if ((rc = cli_check_scheme(cmd, "store URL", url, CLI_STORES)) != CLI_EXIT_OK)
-        return rc;
+    if ((rc = cli_check_scheme(cmd, "store URL", url, CLI_STORES)) != CLI_EXIT_OK) return rc;
     rc = outbox_store_open(url, store, &err);
-    if (rc != OUTBOX_OK)
-        return cli_fail(cmd, rc, &err);
+    if (rc != OUTBOX_OK) return cli_fail(cmd, rc, &err);
     return CLI_EXIT_OK;
 }
 
-int cli_store_connect(const char *cmd, const char *value, outbox_store **store,
-                      const char **url)
+int cli_store_connect(const char *cmd, const char *value, outbox_store **store, const char **url)
 {
     const char *used = NULL;
     int rc;
     *store = NULL;
-    if ((rc = cli_store_url(cmd, value, &used)) != CLI_EXIT_OK)
-        return rc;
-    if (url)
-        *url = used;
+    if ((rc = cli_store_url(cmd, value, &used)) != CLI_EXIT_OK) return rc;
+    if (url) *url = used;
     return cli_store_open(cmd, used, store);
 }
 
 int cli_parse_id(const char *cmd, const char *what, const char *text, char out[37])
 {
     if (!outbox_uuid_valid(text))
-        return cli_usage(cmd, "%s '%s' is not a UUID; write it as 8-4-4-4-12 hex digits, "
-                              "e.g. 0190b3c8-7d2a-7c3e-9a41-2f6d8e1b5c07",
+        return cli_usage(cmd,
+                         "%s '%s' is not a UUID; write it as 8-4-4-4-12 hex digits, "
+                         "e.g. 0190b3c8-7d2a-7c3e-9a41-2f6d8e1b5c07",
                          what, text);
     for (size_t i = 0; i < 36; i++)
         out[i] = (char)tolower((unsigned char)text[i]);
@@ -377,16 +365,13 @@ int cli_failed_ids(const char *cmd, const char *verb, int argc, char **argv, int
 
     *ids = NULL;
     *n = 0;
-    if (all && count > 0)
-        return cli_usage(cmd, "give message IDs or --all-failed, not both");
+    if (all && count > 0) return cli_usage(cmd, "give message IDs or --all-failed, not both");
     if (!all && count == 0)
         return cli_usage(cmd, "nothing to %s; give the IDs of Failed messages or --all-failed",
                          verb);
-    if (count == 0)
-        return CLI_EXIT_OK;
+    if (count == 0) return CLI_EXIT_OK;
     ptrs = malloc(count * (sizeof *ptrs + 37));
-    if (!ptrs)
-        return cli_failure(cmd, "out of memory");
+    if (!ptrs) return cli_failure(cmd, "out of memory");
     text = (char *)(ptrs + count);
     for (size_t i = 0; i < count; i++) {
         ptrs[i] = text + i * 37;
@@ -426,11 +411,9 @@ static size_t utf8_sequence(const unsigned char *p)
         lo = 0x90;
     else if (c == 0xf4)
         hi = 0x8f;
-    if (p[1] < lo || p[1] > hi)
-        return 0;
+    if (p[1] < lo || p[1] > hi) return 0;
     for (size_t i = 2; i < n; i++)
-        if (p[i] < 0x80 || p[i] > 0xbf)
-            return 0;
+        if (p[i] < 0x80 || p[i] > 0xbf) return 0;
     return n;
 }
 
@@ -442,10 +425,8 @@ void cli_escape(cli_buf *b, const char *s)
         size_t n;
         while (*p >= 0x20 && *p < 0x7f)
             p++;
-        if (p > run)
-            cli_buf_append(b, (const char *)run, (size_t)(p - run));
-        if (!*p)
-            break;
+        if (p > run) cli_buf_append(b, (const char *)run, (size_t)(p - run));
+        if (!*p) break;
         n = *p < 0x80 ? 0 : utf8_sequence(p);
         if (n == 2 && p[0] == 0xc2 && p[1] < 0xa0) /* C1 control, U+0080..U+009F */
             cli_buf_printf(b, "\\u%04x", p[1]);
@@ -469,22 +450,19 @@ void cli_fputs_escaped(const char *s, FILE *out)
     cli_buf b;
     cli_buf_init(&b);
     cli_escape(&b, s);
-    if ((text = cli_buf_text(&b)) != NULL && b.len > 0)
-        fwrite(text, 1, b.len, out);
+    if ((text = cli_buf_text(&b)) != NULL && b.len > 0) fwrite(text, 1, b.len, out);
     cli_buf_free(&b);
 }
 
 void cli_format_duration(int64_t ms, char *buf, size_t len)
 {
-    if (ms < 0)
-        ms = 0;
+    if (ms < 0) ms = 0;
     if (ms < 1000)
         snprintf(buf, len, "%lldms", (long long)ms);
     else if (ms < 60000)
         snprintf(buf, len, "%lld.%llds", (long long)(ms / 1000), (long long)(ms % 1000 / 100));
     else if (ms < 3600000)
-        snprintf(buf, len, "%lldm%02llds", (long long)(ms / 60000),
-                 (long long)(ms % 60000 / 1000));
+        snprintf(buf, len, "%lldm%02llds", (long long)(ms / 60000), (long long)(ms % 60000 / 1000));
     else if (ms < 86400000)
         snprintf(buf, len, "%lldh%02lldm", (long long)(ms / 3600000),
                  (long long)(ms % 3600000 / 60000));
@@ -505,8 +483,7 @@ void cli_format_time(int64_t unix_us, char buf[32])
 static json_t *time_or_null(int64_t unix_us)
 {
     char buf[32];
-    if (unix_us == 0)
-        return json_null();
+    if (unix_us == 0) return json_null();
     outbox_time_format(unix_us, buf);
     return json_string(buf);
 }
@@ -535,8 +512,7 @@ json_t *cli_msg_to_json(const outbox_msg *msg)
     json_t *headers, *payload;
     const char *headers_json = outbox_msg_headers_json(msg), *body = outbox_msg_payload(msg);
     const char *last_error = outbox_msg_last_error(msg);
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     headers = json_loads(headers_json ? headers_json : "{}", 0, NULL);
     if (!headers || !json_is_object(headers)) { /* a foreign writer's row: keep the text */
         json_decref(headers);
@@ -551,8 +527,7 @@ json_t *cli_msg_to_json(const outbox_msg *msg)
     json_object_set_new(o, "aggregate_type", text_value(outbox_msg_aggregate_type(msg)));
     json_object_set_new(o, "aggregate_id", text_value(outbox_msg_aggregate_id(msg)));
     json_object_set_new(o, "occurred_at", time_or_null(outbox_msg_occurred_at(msg)));
-    json_object_set_new(o, "status",
-                        json_string(outbox_msg_status_name(outbox_msg_status(msg))));
+    json_object_set_new(o, "status", json_string(outbox_msg_status_name(outbox_msg_status(msg))));
     json_object_set_new(o, "attempts", json_integer(outbox_msg_attempts(msg)));
     json_object_set_new(o, "available_at", time_or_null(outbox_msg_available_at(msg)));
     json_object_set_new(o, "last_error", last_error ? text_value(last_error) : json_null());

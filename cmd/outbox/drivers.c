@@ -23,8 +23,7 @@ static const outbox_driver_info *driver_find(int kind, const char *scheme, size_
 {
     const outbox_driver_info *d;
     for (size_t i = 0; (d = outbox_driver_get(kind, i)) != NULL; i++)
-        if (strlen(d->scheme) == n && strncasecmp(d->scheme, scheme, n) == 0)
-            return d;
+        if (strlen(d->scheme) == n && strncasecmp(d->scheme, scheme, n) == 0) return d;
     return NULL;
 }
 
@@ -33,8 +32,7 @@ void cli_scheme_list(cli_buf *b, int kind)
     const outbox_driver_info *d;
     int first = 1;
     for (size_t i = 0; (d = outbox_driver_get(kind, i)) != NULL; i++) {
-        if (!d->built)
-            continue;
+        if (!d->built) continue;
         cli_buf_printf(b, "%s%s", first ? "" : ", ", d->usage);
         first = 0;
     }
@@ -45,8 +43,7 @@ void cli_scheme_names(FILE *out, int kind)
     const outbox_driver_info *d;
     int first = 1;
     for (size_t i = 0; (d = outbox_driver_get(kind, i)) != NULL; i++) {
-        if (!d->built)
-            continue;
+        if (!d->built) continue;
         fprintf(out, "%s%s", first ? "" : " ", d->scheme);
         first = 0;
     }
@@ -66,8 +63,7 @@ int cli_check_scheme(const char *cmd, const char *what, const char *url, int kin
         if (!isalnum((unsigned char)url[i]) && url[i] != '+' && url[i] != '-' && url[i] != '.')
             valid = 0;
     d = valid ? driver_find(kind, url, n) : NULL;
-    if (d && d->built)
-        return CLI_EXIT_OK;
+    if (d && d->built) return CLI_EXIT_OK;
 
     outbox_url_redact(url, shown, sizeof shown);
     cli_buf_init(&list);
@@ -79,12 +75,13 @@ int cli_check_scheme(const char *cmd, const char *what, const char *url, int kin
     if (!valid)
         rc = cli_usage(cmd, "%s '%s' has no scheme; use one of %s", what, shown, schemes);
     else if (d)
-        rc = cli_usage(cmd, "%s '%s': this build has no %.*s %s (not built with its "
-                            "library); use one of %s, or rebuild with it",
+        rc = cli_usage(cmd,
+                       "%s '%s': this build has no %.*s %s (not built with its "
+                       "library); use one of %s, or rebuild with it",
                        what, shown, (int)n, url, noun, schemes);
     else
-        rc = cli_usage(cmd, "%s '%s': unknown %s scheme '%.*s'; use one of %s", what, shown,
-                       noun, (int)n, url, schemes);
+        rc = cli_usage(cmd, "%s '%s': unknown %s scheme '%.*s'; use one of %s", what, shown, noun,
+                       (int)n, url, schemes);
     cli_buf_free(&list);
     return rc;
 }
@@ -102,8 +99,7 @@ static void print_wrapped(FILE *out, const char *text, int indent)
         fprintf(out, "%*s", indent, "");
         for (;;) {
             size_t word = strcspn(p, " ");
-            if (col > indent && col + 1 + (int)word > TEXT_WIDTH)
-                break;
+            if (col > indent && col + 1 + (int)word > TEXT_WIDTH) break;
             if (col > indent) {
                 fputc(' ', out);
                 col++;
@@ -113,8 +109,7 @@ static void print_wrapped(FILE *out, const char *text, int indent)
             p += word;
             while (*p == ' ')
                 p++;
-            if (!*p)
-                break;
+            if (!*p) break;
         }
         fputc('\n', out);
     }
@@ -139,8 +134,7 @@ static const outbox_driver_info *same_props(int kind, size_t i)
 {
     const outbox_driver_info *d = outbox_driver_get(kind, i), *e;
     for (size_t j = 0; j < i && d->props; j++)
-        if ((e = outbox_driver_get(kind, j))->props == d->props)
-            return e;
+        if ((e = outbox_driver_get(kind, j))->props == d->props) return e;
     return NULL;
 }
 
@@ -149,8 +143,7 @@ void cli_drivers_help(FILE *out, int kind, int built_only)
     const outbox_driver_info *d, *same;
     char notes[160];
     for (size_t i = 0; (d = outbox_driver_get(kind, i)) != NULL; i++) {
-        if (built_only && !d->built)
-            continue;
+        if (built_only && !d->built) continue;
         fprintf(out, "  %s%s\n", d->usage, d->built ? "" : "  (not in this build)");
         print_wrapped(out, d->doc, 6);
         if ((same = same_props(kind, i)) != NULL) {
@@ -160,8 +153,7 @@ void cli_drivers_help(FILE *out, int kind, int built_only)
         for (size_t k = 0; k < d->prop_count; k++) {
             const outbox_driver_prop *p = &d->props[k];
             prop_notes(p, notes, sizeof notes);
-            fprintf(out, "      %s=%s%s%s\n", p->name, p->placeholder, notes[0] ? "  " : "",
-                    notes);
+            fprintf(out, "      %s=%s%s%s\n", p->name, p->placeholder, notes[0] ? "  " : "", notes);
             print_wrapped(out, p->doc, 10);
         }
     }
@@ -175,8 +167,7 @@ void cli_drivers_help(FILE *out, int kind, int built_only)
 static void md_cell(FILE *out, const char *s)
 {
     for (; s && *s; s++) {
-        if (*s == '|')
-            fputc('\\', out);
+        if (*s == '|') fputc('\\', out);
         fputc(*s, out);
     }
 }
@@ -191,8 +182,7 @@ static void markdown_kind(FILE *out, int kind, const char *title)
             fprintf(out, "\nSettings: as for `%s`.\n", same->usage);
             continue;
         }
-        if (d->prop_count == 0)
-            continue;
+        if (d->prop_count == 0) continue;
         fputs("\n| setting | type | default | range | meaning |\n|---|---|---|---|---|\n", out);
         for (size_t k = 0; k < d->prop_count; k++) {
             const outbox_driver_prop *p = &d->props[k];

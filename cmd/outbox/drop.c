@@ -31,16 +31,12 @@ static const char usage[] =
     "With --archive each message is first appended to PATH as one JSON line (the\n"
     "object of outbox show --json plus \"dropped_at\") and the file is fsynced; if\n"
     "that fails nothing is deleted, so no message disappears without a trace.\n"
-    "The archive file is created with mode 0600 (it holds the payloads).\n"
-    CLI_FAILED_HELP
-    "\n"
+    "The archive file is created with mode 0600 (it holds the payloads).\n" CLI_FAILED_HELP "\n"
     "Options:\n"
     "  --store URL          the database (required; default $OUTBOX_STORE)\n"
     "  --all-failed         drop every Failed message (default: only the given IDs)\n"
     "  --archive file:PATH  append the messages to PATH before deleting them\n"
-    "                       (default: no archive); only file: is accepted\n"
-    CLI_GLOBAL_HELP
-    "\n"
+    "                       (default: no archive); only file: is accepted\n" CLI_GLOBAL_HELP "\n"
     "Example:\n"
     "  outbox drop --store sqlite:app.db --all-failed --archive file:dropped.jsonl\n";
 
@@ -61,19 +57,23 @@ static int archive_path(const char *cmd, const char *url, const char **path)
     if (url[scheme_len] != ':' || scheme_len == 0)
         return cli_usage(cmd, "--archive '%s' has no scheme; write it as file:PATH", url);
     if (scheme_len != 4 || strncasecmp(url, "file", 4) != 0)
-        return cli_usage(cmd, "--archive '%.*s:' is not supported; write the archive to a file, "
-                              "--archive file:PATH (a record that must be durable before the "
-                              "messages are deleted)",
+        return cli_usage(cmd,
+                         "--archive '%.*s:' is not supported; write the archive to a file, "
+                         "--archive file:PATH (a record that must be durable before the "
+                         "messages are deleted)",
                          (int)scheme_len, url);
     p = url + 5;
-    if (strncmp(p, "//", 2) == 0)
-        p += 2;
+    if (strncmp(p, "//", 2) == 0) p += 2;
     if (!*p)
-        return cli_usage(cmd, "--archive '%s' has no path; write it as file:PATH, e.g. "
-                              "file:dropped.jsonl", url);
+        return cli_usage(cmd,
+                         "--archive '%s' has no path; write it as file:PATH, e.g. "
+                         "file:dropped.jsonl",
+                         url);
     if (strchr(p, '?'))
-        return cli_usage(cmd, "--archive '%s': an archive file takes no settings; remove the "
-                              "'?...' part", url);
+        return cli_usage(cmd,
+                         "--archive '%s': an archive file takes no settings; remove the "
+                         "'?...' part",
+                         url);
     *path = p;
     return CLI_EXIT_OK;
 }
@@ -83,8 +83,7 @@ static int sync_parent(const char *path)
 {
     char *copy = strdup(path);
     int fd, rc = -1;
-    if (!copy)
-        return -1;
+    if (!copy) return -1;
     fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         rc = fsync(fd);
@@ -100,8 +99,7 @@ static int write_all(int fd, const char *data, size_t len)
     while (len > 0) {
         ssize_t n = write(fd, data, len);
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR) continue;
             return -1;
         }
         data += n;
@@ -123,8 +121,7 @@ static int archive_messages(void *user, outbox_msg *const *msgs, size_t n, outbo
     int fd = -1, created = 0, code = OUTBOX_OK, saved;
     off_t before = 0;
 
-    if (n == 0)
-        return OUTBOX_OK;
+    if (n == 0) return OUTBOX_OK;
     outbox_time_format(cli_now_us(), dropped_at);
     cli_buf_init(&lines);
     for (size_t i = 0; i < n; i++) {
@@ -154,13 +151,17 @@ static int archive_messages(void *user, outbox_msg *const *msgs, size_t n, outbo
         created = fd >= 0;
     }
     if (fd < 0) {
-        code = cli_error(err, OUTBOX_EIO, "cannot open the archive %s: %s; nothing was "
-                                          "dropped", a->path, strerror(errno));
+        code = cli_error(err, OUTBOX_EIO,
+                         "cannot open the archive %s: %s; nothing was "
+                         "dropped",
+                         a->path, strerror(errno));
         goto out;
     }
     if (fstat(fd, &st) != 0) {
-        code = cli_error(err, OUTBOX_EIO, "cannot use the archive %s: %s; nothing was "
-                                          "dropped", a->path, strerror(errno));
+        code = cli_error(err, OUTBOX_EIO,
+                         "cannot use the archive %s: %s; nothing was "
+                         "dropped",
+                         a->path, strerror(errno));
         goto out;
     }
     before = st.st_size;
@@ -169,17 +170,16 @@ static int archive_messages(void *user, outbox_msg *const *msgs, size_t n, outbo
         fsync(fd) != 0 || (created && sync_parent(a->path) != 0)) {
         saved = errno;
         /* Readers of the archive never see a partial line. */
-        if (S_ISREG(st.st_mode) && ftruncate(fd, before) == 0)
-            (void)fsync(fd);
-        code = cli_error(err, OUTBOX_EIO, "writing the archive %s failed: %s; nothing was "
-                                          "dropped", a->path,
-                         saved ? strerror(saved) : "injected fault");
+        if (S_ISREG(st.st_mode) && ftruncate(fd, before) == 0) (void)fsync(fd);
+        code = cli_error(err, OUTBOX_EIO,
+                         "writing the archive %s failed: %s; nothing was "
+                         "dropped",
+                         a->path, saved ? strerror(saved) : "injected fault");
         goto out;
     }
     a->written += n;
 out:
-    if (fd >= 0)
-        close(fd);
+    if (fd >= 0) close(fd);
     cli_buf_free(&lines);
     return code;
 }
@@ -207,28 +207,30 @@ int cmd_drop(int argc, char **argv)
     uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            return rc;
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         switch (c) {
-        case OPT_STORE: store_opt = optarg; break;
-        case OPT_ALL_FAILED: all = 1; break;
-        case OPT_ARCHIVE: archive_url = optarg; break;
+        case OPT_STORE:
+            store_opt = optarg;
+            break;
+        case OPT_ALL_FAILED:
+            all = 1;
+            break;
+        case OPT_ARCHIVE:
+            archive_url = optarg;
+            break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
-                return rc;
+            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) return rc;
         }
     }
-    if (archive_url && (rc = archive_path(cmd, archive_url, &arch.path)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_failed_ids(cmd, "drop", argc, argv, all, &ids, &n)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
-        goto out;
-    rc = outbox_store_drop(store, ids, n, all, arch.path ? archive_messages : NULL, &arch,
-                           &count, &err);
+    if (archive_url && (rc = archive_path(cmd, archive_url, &arch.path)) != CLI_EXIT_OK) return rc;
+    if ((rc = cli_failed_ids(cmd, "drop", argc, argv, all, &ids, &n)) != CLI_EXIT_OK) return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK) goto out;
+    rc = outbox_store_drop(store, ids, n, all, arch.path ? archive_messages : NULL, &arch, &count,
+                           &err);
     if (rc == OUTBOX_ENOTBUILT) {
-        rc = cli_failure(cmd, "this build's %s store cannot drop messages; requeue them with "
-                              "outbox retry instead, or use a newer outbox",
+        rc = cli_failure(cmd,
+                         "this build's %s store cannot drop messages; requeue them with "
+                         "outbox retry instead, or use a newer outbox",
                          outbox_store_scheme(store));
         goto out;
     }

@@ -38,9 +38,7 @@ static const char usage[] =
     "  --max-message-bytes N  size limit of the whole message, 1024..1073741824\n"
     "                       (default 1048576); give the relay the same value\n"
     "  --max-field-bytes N  size limit of the type, aggregate type and id, 16..1048576\n"
-    "                       (default 256); give the relay the same value\n"
-    CLI_GLOBAL_HELP
-    "\n"
+    "                       (default 256); give the relay the same value\n" CLI_GLOBAL_HELP "\n"
     "Example:\n"
     "  outbox enqueue --store sqlite:app.db --type OrderPlaced --aggregate-type Order \\\n"
     "      --aggregate-id 42 --payload '{\"total\":12.5}' --header correlation_id=abc\n";
@@ -92,9 +90,10 @@ static int read_payload(const char *cmd, const char *path, size_t limit, char **
         n = fread(data + len, 1, cap - len, f);
         len += n;
         if (len > limit) {
-            rc = cli_usage(cmd, "--payload-file %s is larger than the message limit of %zu bytes; "
-                                "send a smaller payload or raise the limit with "
-                                "--max-message-bytes N",
+            rc = cli_usage(cmd,
+                           "--payload-file %s is larger than the message limit of %zu bytes; "
+                           "send a smaller payload or raise the limit with "
+                           "--max-message-bytes N",
                            path, limit);
             goto out;
         }
@@ -116,8 +115,7 @@ static int read_payload(const char *cmd, const char *path, size_t limit, char **
     data = NULL;
     rc = CLI_EXIT_OK;
 out:
-    if (f && !is_stdin)
-        fclose(f);
+    if (f && !is_stdin) fclose(f);
     free(data);
     return rc;
 }
@@ -126,7 +124,9 @@ out:
  * command line the setting is an option, so the message names that. */
 static void limit_hint(outbox_error *err)
 {
-    static const struct { const char *api, *option; } names[] = {
+    static const struct {
+        const char *api, *option;
+    } names[] = {
         {"outbox_limit OUTBOX_LIMIT_MESSAGE_BYTES", "--max-message-bytes"},
         {"outbox_limit OUTBOX_LIMIT_FIELD_BYTES", "--max-field-bytes"},
     };
@@ -173,24 +173,40 @@ int cmd_enqueue(int argc, char **argv)
     int c, rc;
 
     header_args = calloc((size_t)argc + 1, sizeof *header_args);
-    if (!header_args)
-        return cli_failure(cmd, "out of memory");
+    if (!header_args) return cli_failure(cmd, "out of memory");
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if (c != OPT_HEADER && (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            goto out;
+        if (c != OPT_HEADER && (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) goto out;
         switch (c) {
-        case OPT_STORE: store_opt = optarg; break;
-        case OPT_TYPE: type = optarg; break;
-        case OPT_AGGREGATE_ID: aggregate_id = optarg; break;
-        case OPT_AGGREGATE_TYPE: aggregate_type = optarg; break;
-        case OPT_PAYLOAD: payload = optarg; break;
-        case OPT_PAYLOAD_FILE: payload_file = optarg; break;
-        case OPT_HEADER: header_args[nheaders++] = optarg; break;
-        case OPT_HEADERS: headers_json = optarg; break;
-        case OPT_ID: id = optarg; break;
+        case OPT_STORE:
+            store_opt = optarg;
+            break;
+        case OPT_TYPE:
+            type = optarg;
+            break;
+        case OPT_AGGREGATE_ID:
+            aggregate_id = optarg;
+            break;
+        case OPT_AGGREGATE_TYPE:
+            aggregate_type = optarg;
+            break;
+        case OPT_PAYLOAD:
+            payload = optarg;
+            break;
+        case OPT_PAYLOAD_FILE:
+            payload_file = optarg;
+            break;
+        case OPT_HEADER:
+            header_args[nheaders++] = optarg;
+            break;
+        case OPT_HEADERS:
+            headers_json = optarg;
+            break;
+        case OPT_ID:
+            id = optarg;
+            break;
         case OPT_MAX_MESSAGE_BYTES:
-            if ((rc = cli_parse_uint(cmd, "--max-message-bytes", optarg, 1024, 1073741824,
-                                     &n)) != CLI_EXIT_OK)
+            if ((rc = cli_parse_uint(cmd, "--max-message-bytes", optarg, 1024, 1073741824, &n)) !=
+                CLI_EXIT_OK)
                 goto out;
             outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, (size_t)n);
             break;
@@ -201,17 +217,17 @@ int cmd_enqueue(int argc, char **argv)
             outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, (size_t)n);
             break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
-                goto out;
+            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) goto out;
         }
     }
     if (optind < argc) {
-        rc = cli_usage(cmd, "unexpected argument '%s'; values go after their option "
-                            "(e.g. --payload '{...}')", argv[optind]);
+        rc = cli_usage(cmd,
+                       "unexpected argument '%s'; values go after their option "
+                       "(e.g. --payload '{...}')",
+                       argv[optind]);
         goto out;
     }
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        goto out;
+    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK) goto out;
     if (!type) {
         rc = cli_usage(cmd, "--type is required (the event type, e.g. OrderPlaced)");
         goto out;
@@ -228,22 +244,22 @@ int cmd_enqueue(int argc, char **argv)
     if (payload_file) {
         rc = read_payload(cmd, payload_file, outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, 0),
                           &file_payload);
-        if (rc != CLI_EXIT_OK)
-            goto out;
+        if (rc != CLI_EXIT_OK) goto out;
         payload = file_payload;
     }
 
     /* Build and validate everything before the store is touched. */
     if ((rc = outbox_msg_new(&msg, type, aggregate_type, aggregate_id, payload, &err)) != OUTBOX_OK)
         goto fail;
-    if (headers_json &&
-        (rc = outbox_msg_set_headers_json(msg, headers_json, &err)) != OUTBOX_OK)
+    if (headers_json && (rc = outbox_msg_set_headers_json(msg, headers_json, &err)) != OUTBOX_OK)
         goto fail;
     for (size_t i = 0; i < nheaders; i++) {
         const char *eq = strchr(header_args[i], '=');
         if (!eq || eq == header_args[i]) {
-            rc = cli_usage(cmd, "--header '%s' is not NAME=VALUE; write e.g. --header "
-                                "correlation_id=abc", header_args[i]);
+            rc = cli_usage(cmd,
+                           "--header '%s' is not NAME=VALUE; write e.g. --header "
+                           "correlation_id=abc",
+                           header_args[i]);
             goto out;
         }
         free(name);
@@ -252,16 +268,12 @@ int cmd_enqueue(int argc, char **argv)
             rc = cli_failure(cmd, "out of memory");
             goto out;
         }
-        if ((rc = outbox_msg_set_header(msg, name, eq + 1, &err)) != OUTBOX_OK)
-            goto fail;
+        if ((rc = outbox_msg_set_header(msg, name, eq + 1, &err)) != OUTBOX_OK) goto fail;
     }
-    if (id && (rc = outbox_msg_set_id(msg, id, &err)) != OUTBOX_OK)
-        goto fail;
+    if (id && (rc = outbox_msg_set_id(msg, id, &err)) != OUTBOX_OK) goto fail;
 
-    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK)
-        goto out;
-    if ((rc = outbox_store_enqueue(store, msg, &err)) != OUTBOX_OK)
-        goto fail;
+    if ((rc = cli_store_open(cmd, url, &store)) != CLI_EXIT_OK) goto out;
+    if ((rc = outbox_store_enqueue(store, msg, &err)) != OUTBOX_OK) goto fail;
     printf("%s\n", outbox_msg_id(msg));
     rc = CLI_EXIT_OK;
     goto out;

@@ -15,9 +15,7 @@ static const char usage[] =
     "\n"
     "Options:\n"
     "  --store URL          the database (required; default $OUTBOX_STORE),\n"
-    "                       e.g. sqlite:app.db or sqlite:///var/lib/app.db\n"
-    CLI_GLOBAL_HELP
-    "\n"
+    "                       e.g. sqlite:app.db or sqlite:///var/lib/app.db\n" CLI_GLOBAL_HELP "\n"
     "Example:\n"
     "  outbox init --store sqlite:app.db\n";
 
@@ -37,19 +35,18 @@ int cmd_init(int argc, char **argv)
     uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            return rc;
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         switch (c) {
-        case 's': store_opt = optarg; break;
+        case 's':
+            store_opt = optarg;
+            break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
-                return rc;
+            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) return rc;
         }
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; init takes only --store", argv[optind]);
-    if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK)
-        return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK) return rc;
 
     outbox_url_redact(url, shown, sizeof shown);
     rc = outbox_store_init(store, &from, &to, &err);

@@ -16,8 +16,7 @@ static const char usage[] =
     "  --store URL          the database (required; default $OUTBOX_STORE)\n"
     "  --status S           only pending, sent or failed messages (default: all)\n"
     "  --limit N            at most N messages; 0 for no limit (default 100)\n"
-    "  --json               a JSON array of message objects (default: a table)\n"
-    CLI_GLOBAL_HELP
+    "  --json               a JSON array of message objects (default: a table)\n" CLI_GLOBAL_HELP
     "\n"
     "Example:\n"
     "  outbox list --store sqlite:app.db --status failed\n";
@@ -49,8 +48,7 @@ static void cell(const char *s, char *out, size_t len)
     } else {
         out[n] = '\0';
     }
-    if (n > 0)
-        memcpy(out, text, n);
+    if (n > 0) memcpy(out, text, n);
     cli_buf_free(&b);
 }
 
@@ -81,8 +79,8 @@ static int on_message(void *user, const outbox_msg *msg)
         cell(outbox_msg_aggregate_id(msg), agg, sizeof agg);
         cell(last_error ? last_error : "-", error, sizeof error);
         printf("%-8lld %-36s %-8s %8d  %-24s %-24s %s\n", (long long)outbox_msg_seq(msg), id,
-               outbox_msg_status_name(outbox_msg_status(msg)), outbox_msg_attempts(msg), type,
-               agg, error);
+               outbox_msg_status_name(outbox_msg_status(msg)), outbox_msg_attempts(msg), type, agg,
+               error);
     }
     return 0;
 }
@@ -108,11 +106,14 @@ int cmd_list(int argc, char **argv)
     uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            return rc;
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         switch (c) {
-        case OPT_STORE: store_opt = optarg; break;
-        case OPT_JSON: as_json = 1; break;
+        case OPT_STORE:
+            store_opt = optarg;
+            break;
+        case OPT_JSON:
+            as_json = 1;
+            break;
         case OPT_STATUS:
             params.status = outbox_msg_status_parse(optarg);
             if (params.status < 0)
@@ -125,14 +126,12 @@ int cmd_list(int argc, char **argv)
             params.limit = (int64_t)n;
             break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
-                return rc;
+            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) return rc;
         }
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; see outbox list --help", argv[optind]);
-    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
-        return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK) return rc;
 
     if (as_json && !(ls.array = json_array())) {
         rc = cli_failure(cmd, "out of memory");

@@ -30,40 +30,37 @@ static const command commands[] = {
 static const command *find_command(const char *name)
 {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(commands[i].name, name) == 0)
-            return &commands[i];
+        if (strcmp(commands[i].name, name) == 0) return &commands[i];
     return NULL;
 }
 
 static void print_help(FILE *out)
 {
-    fprintf(out,
-            "usage: outbox [--log-level L] [--log-format F] COMMAND [OPTIONS]\n"
-            "\n"
-            "A transactional outbox: messages written in the same database transaction\n"
-            "as the business change, published afterwards at least once.\n"
-            "\n"
-            "Commands:\n");
+    fprintf(out, "usage: outbox [--log-level L] [--log-format F] COMMAND [OPTIONS]\n"
+                 "\n"
+                 "A transactional outbox: messages written in the same database transaction\n"
+                 "as the business change, published afterwards at least once.\n"
+                 "\n"
+                 "Commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].summary);
-    fprintf(out,
-            "\n"
-            "Global options:\n"
-            "  --log-level L    debug, info, warn or error (default info)\n"
-            "  --log-format F   text or json (default text); logs go to stderr\n"
-            "  --version        print the version and exit\n"
-            "  -h, --help       show this help; `outbox help COMMAND` or\n"
-            "                   `outbox COMMAND --help` for a command;\n"
-            "                   `outbox help drivers` for the stores and destinations\n"
-            "\n"
-            "Environment: OUTBOX_STORE stands in for --store, OUTBOX_TO for --to.\n"
-            "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.\n"
-            "\n"
-            "Example:\n"
-            "  outbox init --store sqlite:app.db\n"
-            "  outbox enqueue --store sqlite:app.db --type OrderPlaced --aggregate-id 42 \\\n"
-            "      --payload '{\"total\":12.5}'\n"
-            "  outbox relay --store sqlite:app.db --to file:events.jsonl --once\n");
+    fprintf(out, "\n"
+                 "Global options:\n"
+                 "  --log-level L    debug, info, warn or error (default info)\n"
+                 "  --log-format F   text or json (default text); logs go to stderr\n"
+                 "  --version        print the version and exit\n"
+                 "  -h, --help       show this help; `outbox help COMMAND` or\n"
+                 "                   `outbox COMMAND --help` for a command;\n"
+                 "                   `outbox help drivers` for the stores and destinations\n"
+                 "\n"
+                 "Environment: OUTBOX_STORE stands in for --store, OUTBOX_TO for --to.\n"
+                 "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.\n"
+                 "\n"
+                 "Example:\n"
+                 "  outbox init --store sqlite:app.db\n"
+                 "  outbox enqueue --store sqlite:app.db --type OrderPlaced --aggregate-id 42 \\\n"
+                 "      --payload '{\"total\":12.5}'\n"
+                 "  outbox relay --store sqlite:app.db --to file:events.jsonl --once\n");
 }
 
 /* `outbox help [COMMAND | drivers [--markdown]]` */
@@ -76,12 +73,10 @@ static int run_help(int argc, char **argv)
         print_help(stdout);
         return CLI_EXIT_OK;
     }
-    if (strcmp(argv[1], "drivers") == 0)
-        return cli_help_drivers(argc - 1, argv + 1);
+    if (strcmp(argv[1], "drivers") == 0) return cli_help_drivers(argc - 1, argv + 1);
     cmd = find_command(argv[1]);
     if (!cmd)
-        return cli_usage("help", "unknown command '%s'; run outbox --help for the list",
-                         argv[1]);
+        return cli_usage("help", "unknown command '%s'; run outbox --help for the list", argv[1]);
     sub_argv[0] = argv[1];
     sub_argv[1] = help_flag;
     sub_argv[2] = NULL;
@@ -98,12 +93,9 @@ static const char *global_value(const char *name, int argc, char **argv, int *i,
     size_t n = strlen(name);
     const char *a = argv[*i];
     *missing = 0;
-    if (strncmp(a, name, n) != 0)
-        return NULL;
-    if (a[n] == '=')
-        return a + n + 1;
-    if (a[n] != '\0')
-        return NULL;
+    if (strncmp(a, name, n) != 0) return NULL;
+    if (a[n] == '=') return a + n + 1;
+    if (a[n] != '\0') return NULL;
     if (*i + 1 >= argc) {
         *missing = 1;
         return NULL;
@@ -138,29 +130,23 @@ int main(int argc, char **argv)
         if ((v = global_value("--log-level", argc, argv, &i, &missing)) || missing) {
             if (missing)
                 return cli_usage("", "--log-level needs a value: debug, info, warn or error");
-            if ((rc = cli_set_log_level("", v)) != CLI_EXIT_OK)
-                return rc;
+            if ((rc = cli_set_log_level("", v)) != CLI_EXIT_OK) return rc;
             continue;
         }
         if ((v = global_value("--log-format", argc, argv, &i, &missing)) || missing) {
-            if (missing)
-                return cli_usage("", "--log-format needs a value: text or json");
-            if ((rc = cli_set_log_format("", v)) != CLI_EXIT_OK)
-                return rc;
+            if (missing) return cli_usage("", "--log-format needs a value: text or json");
+            if ((rc = cli_set_log_format("", v)) != CLI_EXIT_OK) return rc;
             continue;
         }
-        return cli_usage("", "unknown option %s before the command; run outbox --help",
-                         argv[i]);
+        return cli_usage("", "unknown option %s before the command; run outbox --help", argv[i]);
     }
     if (i >= argc) {
         print_help(stderr);
         return CLI_EXIT_USAGE;
     }
-    if (strcmp(argv[i], "help") == 0)
-        return run_help(argc - i, argv + i);
+    if (strcmp(argv[i], "help") == 0) return run_help(argc - i, argv + i);
     cmd = find_command(argv[i]);
-    if (!cmd)
-        return cli_usage("", "unknown command '%s'; run outbox --help for the list", argv[i]);
+    if (!cmd) return cli_usage("", "unknown command '%s'; run outbox --help for the list", argv[i]);
     optind = 0; /* glibc: full re-initialisation of getopt for the command */
     opterr = 0; /* commands print their own messages */
     return cmd->fn(argc - i, argv + i);

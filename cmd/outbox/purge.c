@@ -19,16 +19,12 @@ static const char usage[] =
     "\n"
     "Deletes messages marked sent (relay --on-sent mark) whose sent_at is older\n"
     "than DURATION, and with --inbox-older-than inbox entries received longer ago\n"
-    "than that.  Pending and Failed messages are never deleted.\n"
-    CLI_FAILED_HELP
-    "\n"
+    "than that.  Pending and Failed messages are never deleted.\n" CLI_FAILED_HELP "\n"
     "Options:\n"
     "  --store URL                 the database (required; default $OUTBOX_STORE)\n"
     "  --sent-older-than DUR       age of sent messages to delete (required); 0s: all\n"
     "  --inbox-older-than DUR      also delete older inbox entries (default: keep them);\n"
-    "                              keep longer than the redelivery horizon\n"
-    CLI_GLOBAL_HELP
-    "\n"
+    "                              keep longer than the redelivery horizon\n" CLI_GLOBAL_HELP "\n"
     "Durations: 500ms, 30s, 5m, 2h, 7d (a bare number is seconds).\n"
     "\n"
     "Example:\n"
@@ -57,15 +53,19 @@ int cmd_purge(int argc, char **argv)
     uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            return rc;
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         switch (c) {
-        case OPT_STORE: store_opt = optarg; break;
-        case OPT_SENT_OLDER: sent_text = optarg; break;
-        case OPT_INBOX_OLDER: inbox_text = optarg; break;
+        case OPT_STORE:
+            store_opt = optarg;
+            break;
+        case OPT_SENT_OLDER:
+            sent_text = optarg;
+            break;
+        case OPT_INBOX_OLDER:
+            inbox_text = optarg;
+            break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
-                return rc;
+            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) return rc;
         }
     }
     if (optind < argc)
@@ -73,13 +73,13 @@ int cmd_purge(int argc, char **argv)
     if (!sent_text)
         return cli_usage(cmd, "--sent-older-than is required (e.g. --sent-older-than 7d; "
                               "0s purges every sent message)");
-    if ((rc = cli_parse_duration(cmd, "--sent-older-than", sent_text, max_ms, &sent_ms)) != CLI_EXIT_OK)
+    if ((rc = cli_parse_duration(cmd, "--sent-older-than", sent_text, max_ms, &sent_ms)) !=
+        CLI_EXIT_OK)
         return rc;
-    if (inbox_text &&
-        (rc = cli_parse_duration(cmd, "--inbox-older-than", inbox_text, max_ms, &inbox_ms)) != CLI_EXIT_OK)
+    if (inbox_text && (rc = cli_parse_duration(cmd, "--inbox-older-than", inbox_text, max_ms,
+                                               &inbox_ms)) != CLI_EXIT_OK)
         return rc;
-    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
-        return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK) return rc;
 
     rc = outbox_store_purge(store, sent_ms, &count, &err);
     if (rc != OUTBOX_OK) {
@@ -90,8 +90,9 @@ int cmd_purge(int argc, char **argv)
     if (inbox_ms >= 0) {
         rc = outbox_store_inbox_purge(store, inbox_ms, 0, &inbox_count, &err);
         if (rc == OUTBOX_ENOTBUILT) {
-            rc = cli_usage(cmd, "--inbox-older-than: %s: stores have no inbox to purge; drop "
-                                "the option",
+            rc = cli_usage(cmd,
+                           "--inbox-older-than: %s: stores have no inbox to purge; drop "
+                           "the option",
                            outbox_store_scheme(store));
             goto out;
         }

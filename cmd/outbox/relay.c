@@ -23,66 +23,64 @@
 
 static void print_usage(FILE *out)
 {
-    fputs("usage: outbox relay --store URL --to URL [--once] [--batch N] [--max-attempts N]\n"
-          "                    [--backoff-base DUR] [--backoff-max DUR] [--on-sent delete|mark]\n"
-          "                    [--failed-blocks yes|no] [--poll-interval DUR] [--lease-ttl DUR]\n"
-          "                    [--wait-lease] [--source URI] [--name NAME] [--to-opt KEY=VALUE]...\n"
-          "                    [--max-message-bytes N] [--max-field-bytes N] [--connect-timeout DUR]\n"
-          "\n"
-          "Publishes committed outbox messages to a destination, at least once, in\n"
-          "enqueue order per aggregate, and marks them sent once the destination has\n"
-          "confirmed them.  Runs until SIGINT or SIGTERM (then exits 0), or with\n"
-          "--once until nothing is due.  SIGHUP reopens the destination's files (for\n"
-          "logrotate).  One relay per SQLite outbox: a second one, whatever its\n"
-          "--name, exits 1 naming the holder unless --wait-lease is given.\n"
-          "\n"
-          "A message is retried with backoff and after --max-attempts becomes Failed\n"
-          "with its last error.  Only a failure of the message spends an attempt (the\n"
-          "destination received and rejected it, or it failed while others in its\n"
-          "batch succeeded); a failure of the destination itself (disk full, I/O\n"
-          "error, connection refused, DNS, TLS, 5xx for a whole batch) backs off the\n"
-          "whole destination and charges nothing.\n"
-          CLI_FAILED_HELP
-          "\n"
-          "Options:\n"
-          "  --store URL          the database (required; default $OUTBOX_STORE)\n"
-          "  --to URL             destination (required; default $OUTBOX_TO), see below\n"
-          "  --once               publish what is due, then exit: 0 when all of it was\n"
-          "                       published, 1 when any publication failed (retried or Failed)\n"
-          "  --batch N            messages claimed at once, 1..100000 (default 512)\n"
-          "  --max-attempts N     attempts before a message is Failed (default 10)\n"
-          "  --backoff-base DUR   first retry delay cap (default 500ms)\n"
-          "  --backoff-max DUR    largest retry delay cap (default 5m)\n"
-          "  --on-sent MODE       delete: remove confirmed messages (default);\n"
-          "                       mark: keep them as sent, for outbox purge\n"
-          "  --failed-blocks B    yes: a Failed message holds back later messages of its\n"
-          "                       aggregate until retried or dropped (default yes); no: they go on\n"
-          "  --poll-interval DUR  fallback full check for new messages (default 1s)\n"
-          "  --lease-ttl DUR      relay lease lifetime, at least 1s (default 10s)\n"
-          "  --connect-timeout DUR  how long to wait at start-up for a store or destination\n"
-          "                       that cannot be reached yet, retrying with backoff and\n"
-          "                       logging once per change (default: for ever; 30s with\n"
-          "                       --once; 0: exit 1 at once)\n"
-          "  --wait-lease         stand by while another relay holds the lease (default: exit 1)\n"
-          "  --source URI         CloudEvents source attribute (default /outbox)\n"
-          "  --name NAME          relay name shown in status (default host:pid)\n"
-          "  --to-opt KEY=VALUE   a destination setting (repeatable), the same keys as the\n"
-          "                       destination URL's query parameters; for settings that\n"
-          "                       cannot go in the URL (an HTTP target's query is its own)\n"
-          "  --max-message-bytes N  largest stored message it accepts (default 1048576);\n"
-          "                       larger rows are set Failed: match what enqueuers allow\n"
-          "  --max-field-bytes N  largest type, aggregate type and id (default 256), likewise\n"
-          CLI_GLOBAL_HELP
-          "\n"
-          "Stores in this build:\n",
-          out);
+    fputs(
+        "usage: outbox relay --store URL --to URL [--once] [--batch N] [--max-attempts N]\n"
+        "                    [--backoff-base DUR] [--backoff-max DUR] [--on-sent delete|mark]\n"
+        "                    [--failed-blocks yes|no] [--poll-interval DUR] [--lease-ttl DUR]\n"
+        "                    [--wait-lease] [--source URI] [--name NAME] [--to-opt KEY=VALUE]...\n"
+        "                    [--max-message-bytes N] [--max-field-bytes N] [--connect-timeout "
+        "DUR]\n"
+        "\n"
+        "Publishes committed outbox messages to a destination, at least once, in\n"
+        "enqueue order per aggregate, and marks them sent once the destination has\n"
+        "confirmed them.  Runs until SIGINT or SIGTERM (then exits 0), or with\n"
+        "--once until nothing is due.  SIGHUP reopens the destination's files (for\n"
+        "logrotate).  One relay per SQLite outbox: a second one, whatever its\n"
+        "--name, exits 1 naming the holder unless --wait-lease is given.\n"
+        "\n"
+        "A message is retried with backoff and after --max-attempts becomes Failed\n"
+        "with its last error.  Only a failure of the message spends an attempt (the\n"
+        "destination received and rejected it, or it failed while others in its\n"
+        "batch succeeded); a failure of the destination itself (disk full, I/O\n"
+        "error, connection refused, DNS, TLS, 5xx for a whole batch) backs off the\n"
+        "whole destination and charges nothing.\n" CLI_FAILED_HELP "\n"
+        "Options:\n"
+        "  --store URL          the database (required; default $OUTBOX_STORE)\n"
+        "  --to URL             destination (required; default $OUTBOX_TO), see below\n"
+        "  --once               publish what is due, then exit: 0 when all of it was\n"
+        "                       published, 1 when any publication failed (retried or Failed)\n"
+        "  --batch N            messages claimed at once, 1..100000 (default 512)\n"
+        "  --max-attempts N     attempts before a message is Failed (default 10)\n"
+        "  --backoff-base DUR   first retry delay cap (default 500ms)\n"
+        "  --backoff-max DUR    largest retry delay cap (default 5m)\n"
+        "  --on-sent MODE       delete: remove confirmed messages (default);\n"
+        "                       mark: keep them as sent, for outbox purge\n"
+        "  --failed-blocks B    yes: a Failed message holds back later messages of its\n"
+        "                       aggregate until retried or dropped (default yes); no: they go on\n"
+        "  --poll-interval DUR  fallback full check for new messages (default 1s)\n"
+        "  --lease-ttl DUR      relay lease lifetime, at least 1s (default 10s)\n"
+        "  --connect-timeout DUR  how long to wait at start-up for a store or destination\n"
+        "                       that cannot be reached yet, retrying with backoff and\n"
+        "                       logging once per change (default: for ever; 30s with\n"
+        "                       --once; 0: exit 1 at once)\n"
+        "  --wait-lease         stand by while another relay holds the lease (default: exit 1)\n"
+        "  --source URI         CloudEvents source attribute (default /outbox)\n"
+        "  --name NAME          relay name shown in status (default host:pid)\n"
+        "  --to-opt KEY=VALUE   a destination setting (repeatable), the same keys as the\n"
+        "                       destination URL's query parameters; for settings that\n"
+        "                       cannot go in the URL (an HTTP target's query is its own)\n"
+        "  --max-message-bytes N  largest stored message it accepts (default 1048576);\n"
+        "                       larger rows are set Failed: match what enqueuers allow\n"
+        "  --max-field-bytes N  largest type, aggregate type and id (default 256), "
+        "likewise\n" CLI_GLOBAL_HELP "\n"
+        "Stores in this build:\n",
+        out);
     cli_drivers_help(out, CLI_STORES, 1);
     fputs("\nDestinations in this build (settings as URL query parameters or --to-opt;\n"
           "`outbox help drivers` lists every driver):\n",
           out);
     cli_drivers_help(out, CLI_DESTINATIONS, 1);
-    fputs("\n" CLI_STDOUT_HELP
-          "\n"
+    fputs("\n" CLI_STDOUT_HELP "\n"
           "Durations: 500ms, 30s, 5m, 2h, 7d (a bare number is seconds).\n"
           "\n"
           "Example:\n"
@@ -131,8 +129,7 @@ static void *signal_thread(void *arg)
     (void)arg;
     for (;;) {
         int sig = 0;
-        if (sigwait(&signal_set, &sig) != 0)
-            continue;
+        if (sigwait(&signal_set, &sig) != 0) continue;
         pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
         pthread_mutex_lock(&signal_lock);
         if (sig == SIGHUP) {
@@ -145,8 +142,7 @@ static void *signal_thread(void *arg)
             cli_log(OUTBOX_LOG_INFO, "relay", "%s: stopping after the batch in flight",
                     sig == SIGINT ? "SIGINT" : "SIGTERM");
             stop_asked = 1;
-            if (signal_relay)
-                outbox_relay_stop(signal_relay);
+            if (signal_relay) outbox_relay_stop(signal_relay);
         }
         pthread_mutex_unlock(&signal_lock);
         pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
@@ -169,8 +165,7 @@ static int signals_start(pthread_t *thread)
     sigaddset(&signal_set, SIGINT);
     sigaddset(&signal_set, SIGTERM);
     sigaddset(&signal_set, SIGHUP);
-    if (pthread_sigmask(SIG_BLOCK, &signal_set, NULL) != 0)
-        return -1;
+    if (pthread_sigmask(SIG_BLOCK, &signal_set, NULL) != 0) return -1;
     return pthread_create(thread, NULL, signal_thread, NULL) == 0 ? 0 : -1;
 }
 
@@ -180,10 +175,8 @@ static void signals_attach(outbox_relay *relay)
 {
     pthread_mutex_lock(&signal_lock);
     signal_relay = relay;
-    if (relay && stop_asked)
-        outbox_relay_stop(relay);
-    if (relay && reopen_asked)
-        outbox_relay_reopen(relay);
+    if (relay && stop_asked) outbox_relay_stop(relay);
+    if (relay && reopen_asked) outbox_relay_reopen(relay);
     reopen_asked = 0;
     pthread_mutex_unlock(&signal_lock);
 }
@@ -245,8 +238,8 @@ static int relay_new_waiting(outbox_relay **relay, const char *url, const char *
         }
         if (strcmp(last, err->message) != 0) {
             cli_log(OUTBOX_LOG_WARN, "relay",
-                    "waiting for the store and the destination: %s; retrying%s",
-                    err->message, timeout_ms > 0 ? " until --connect-timeout" : "");
+                    "waiting for the store and the destination: %s; retrying%s", err->message,
+                    timeout_ms > 0 ? " until --connect-timeout" : "");
             snprintf(last, sizeof last, "%s", err->message);
         }
         if (timeout_ms > 0 && pause_ms > timeout_ms - waited_ms) pause_ms = timeout_ms - waited_ms;
@@ -263,8 +256,7 @@ static int duration_option(const char *cmd, const char *opt, const char *text, u
 {
     int64_t ms = 0;
     int rc = cli_parse_duration(cmd, opt, text, (int64_t)UINT_MAX, &ms);
-    if (rc == CLI_EXIT_OK)
-        *out = (unsigned)ms;
+    if (rc == CLI_EXIT_OK) *out = (unsigned)ms;
     return rc;
 }
 
@@ -281,21 +273,20 @@ static int once_outcome(const char *cmd, const outbox_relay *relay)
     /* publish_errors counts every failed publication, charged or not;
      * retried + failed is a lower bound from the counters every relay has. */
     errors = stats.publish_errors;
-    if (errors < stats.retried + stats.failed)
-        errors = stats.retried + stats.failed;
+    if (errors < stats.retried + stats.failed) errors = stats.retried + stats.failed;
     if (stats.quarantined > 0)
-        return cli_failure(cmd, "%llu stored message%s could not be read and went Failed; "
-                                "%llu published, %llu publication%s failed; see outbox list "
-                                "--status failed",
-                           (unsigned long long)stats.quarantined,
-                           stats.quarantined == 1 ? "" : "s",
+        return cli_failure(cmd,
+                           "%llu stored message%s could not be read and went Failed; "
+                           "%llu published, %llu publication%s failed; see outbox list "
+                           "--status failed",
+                           (unsigned long long)stats.quarantined, stats.quarantined == 1 ? "" : "s",
                            (unsigned long long)stats.published, (unsigned long long)errors,
                            errors == 1 ? "" : "s");
-    if (errors == 0 && stats.failed == 0)
-        return CLI_EXIT_OK;
-    return cli_failure(cmd, "not everything due was published: %llu published, %llu "
-                            "publication%s failed (%llu to retry later, %llu now Failed); see "
-                            "outbox status and outbox list --status failed",
+    if (errors == 0 && stats.failed == 0) return CLI_EXIT_OK;
+    return cli_failure(cmd,
+                       "not everything due was published: %llu published, %llu "
+                       "publication%s failed (%llu to retry later, %llu now Failed); see "
+                       "outbox status and outbox list --status failed",
                        (unsigned long long)stats.published, (unsigned long long)errors,
                        errors == 1 ? "" : "s", (unsigned long long)stats.retried,
                        (unsigned long long)stats.failed);
@@ -342,17 +333,30 @@ int cmd_relay(int argc, char **argv)
 
     outbox_relay_options_init(&opts);
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if (c != OPT_TO_OPT && (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            return rc;
+        if (c != OPT_TO_OPT && (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         rc = CLI_EXIT_OK;
         switch (c) {
-        case 'h': print_usage(stdout); return CLI_EXIT_OK;
-        case OPT_STORE: store_opt = optarg; break;
-        case OPT_TO: to = optarg; break;
-        case OPT_ONCE: opts.once = 1; break;
-        case OPT_WAIT_LEASE: opts.wait_for_lease = 1; break;
-        case OPT_SOURCE: opts.source = optarg; break;
-        case OPT_NAME: opts.name = optarg; break;
+        case 'h':
+            print_usage(stdout);
+            return CLI_EXIT_OK;
+        case OPT_STORE:
+            store_opt = optarg;
+            break;
+        case OPT_TO:
+            to = optarg;
+            break;
+        case OPT_ONCE:
+            opts.once = 1;
+            break;
+        case OPT_WAIT_LEASE:
+            opts.wait_for_lease = 1;
+            break;
+        case OPT_SOURCE:
+            opts.source = optarg;
+            break;
+        case OPT_NAME:
+            opts.name = optarg;
+            break;
         case OPT_TO_OPT:
             if (!strchr(optarg, '=') || optarg[0] == '=')
                 rc = cli_usage(cmd, "--to-opt '%s' is not KEY=VALUE", optarg);
@@ -412,19 +416,15 @@ int cmd_relay(int argc, char **argv)
                 rc = cli_usage(cmd, "--failed-blocks '%s' is not yes or no; use yes or no", optarg);
             break;
         default:
-            if ((rc = cli_option(cmd, c, argv, "")) != CLI_CONTINUE)
-                return rc;
+            if ((rc = cli_option(cmd, c, argv, "")) != CLI_CONTINUE) return rc;
             rc = CLI_EXIT_OK;
         }
-        if (rc != CLI_EXIT_OK)
-            return rc;
+        if (rc != CLI_EXIT_OK) return rc;
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; see outbox relay --help", argv[optind]);
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK)
-        return rc;
-    if (!to || !to[0])
-        to = getenv("OUTBOX_TO");
+    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK) return rc;
+    if (!to || !to[0]) to = getenv("OUTBOX_TO");
     if (!to || !to[0])
         return cli_usage(cmd, "--to is required (the destination, e.g. --to file:events.jsonl "
                               "or --to stdout:); or set OUTBOX_TO");
@@ -432,8 +432,10 @@ int cmd_relay(int argc, char **argv)
         (rc = cli_check_scheme(cmd, "--to", to, CLI_DESTINATIONS)) != CLI_EXIT_OK)
         return rc;
     if (opts.backoff_max_ms < opts.backoff_base_ms)
-        return cli_usage(cmd, "--backoff-max (%u ms) is shorter than --backoff-base (%u ms); "
-                              "make it at least as long", opts.backoff_max_ms, opts.backoff_base_ms);
+        return cli_usage(cmd,
+                         "--backoff-max (%u ms) is shorter than --backoff-base (%u ms); "
+                         "make it at least as long",
+                         opts.backoff_max_ms, opts.backoff_base_ms);
 
     to_opts[to_opt_count] = NULL;
     opts.destination_options = to_opts;

@@ -13,14 +13,11 @@ static const char usage[] =
     "\n"
     "Requeues Failed messages: they become pending with 0 attempts and are\n"
     "due at once.  Given ids, every one must exist and be Failed, or nothing\n"
-    "is changed.  Prints how many were requeued.\n"
-    CLI_FAILED_HELP
-    "\n"
+    "is changed.  Prints how many were requeued.\n" CLI_FAILED_HELP "\n"
     "Options:\n"
     "  --store URL          the database (required; default $OUTBOX_STORE)\n"
-    "  --all-failed         requeue every Failed message (default: only the given IDs)\n"
-    CLI_GLOBAL_HELP
-    "\n"
+    "  --all-failed         requeue every Failed message (default: only the given "
+    "IDs)\n" CLI_GLOBAL_HELP "\n"
     "Example:\n"
     "  outbox retry --store sqlite:app.db --all-failed\n";
 
@@ -46,20 +43,20 @@ int cmd_retry(int argc, char **argv)
     uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            return rc;
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         switch (c) {
-        case OPT_STORE: store_opt = optarg; break;
-        case OPT_ALL_FAILED: all = 1; break;
+        case OPT_STORE:
+            store_opt = optarg;
+            break;
+        case OPT_ALL_FAILED:
+            all = 1;
+            break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
-                return rc;
+            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) return rc;
         }
     }
-    if ((rc = cli_failed_ids(cmd, "retry", argc, argv, all, &ids, &n)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
-        goto out;
+    if ((rc = cli_failed_ids(cmd, "retry", argc, argv, all, &ids, &n)) != CLI_EXIT_OK) return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK) goto out;
     rc = outbox_store_retry(store, ids, n, all, &count, &err);
     if (rc != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);

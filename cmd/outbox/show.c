@@ -15,9 +15,7 @@ static const char usage[] =
     "\n"
     "Options:\n"
     "  --store URL          the database (required; default $OUTBOX_STORE)\n"
-    "  --json               one JSON object (default: text)\n"
-    CLI_GLOBAL_HELP
-    "\n"
+    "  --json               one JSON object (default: text)\n" CLI_GLOBAL_HELP "\n"
     "Example:\n"
     "  outbox show --store sqlite:app.db 0190b3c8-7d2a-7c3e-9a41-2f6d8e1b5c07\n";
 
@@ -75,14 +73,16 @@ int cmd_show(int argc, char **argv)
     uint64_t seen = 0;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            return rc;
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         switch (c) {
-        case OPT_STORE: store_opt = optarg; break;
-        case OPT_JSON: as_json = 1; break;
+        case OPT_STORE:
+            store_opt = optarg;
+            break;
+        case OPT_JSON:
+            as_json = 1;
+            break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
-                return rc;
+            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) return rc;
         }
     }
     if (optind >= argc)
@@ -90,15 +90,15 @@ int cmd_show(int argc, char **argv)
                               "0190b3c8-7d2a-7c3e-9a41-2f6d8e1b5c07");
     if (optind + 1 < argc)
         return cli_usage(cmd, "one message ID at a time; got '%s' too", argv[optind + 1]);
-    if ((rc = cli_parse_id(cmd, "ID", argv[optind], id)) != CLI_EXIT_OK)
-        return rc;
-    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK)
-        return rc;
+    if ((rc = cli_parse_id(cmd, "ID", argv[optind], id)) != CLI_EXIT_OK) return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, NULL)) != CLI_EXIT_OK) return rc;
 
     if ((rc = outbox_store_get(store, id, &msg, &err)) != OUTBOX_OK) {
         if (rc == OUTBOX_ENOTFOUND)
-            rc = cli_failure(cmd, "no message with id %s in the outbox (sent messages are "
-                                  "deleted unless the relay runs with --on-sent mark)", id);
+            rc = cli_failure(cmd,
+                             "no message with id %s in the outbox (sent messages are "
+                             "deleted unless the relay runs with --on-sent mark)",
+                             id);
         else
             rc = cli_fail(cmd, rc, &err);
         goto out;

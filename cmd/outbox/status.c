@@ -18,9 +18,7 @@ static const char usage[] =
     "Shows the outbox's counts per status (pending, of which due and retrying;\n"
     "blocked: pending messages held behind a Failed message of their aggregate;\n"
     "sent; failed), the age of the oldest pending message, when the next retry\n"
-    "is due, and the relay holding the lease (or that it is gone).\n"
-    CLI_FAILED_HELP
-    "\n"
+    "is due, and the relay holding the lease (or that it is gone).\n" CLI_FAILED_HELP "\n"
     "With --check it is a probe: it exits 0 when the outbox is within the\n"
     "limits, printing nothing, and 1 with one line on stderr per limit exceeded\n"
     "(e.g. \"failed 3 > --max-failed 0\").  --check alone means --max-failed 0\n"
@@ -34,9 +32,7 @@ static const char usage[] =
     "  --check              exit 1 when a limit is exceeded (default limits above)\n"
     "  --max-failed N       at most N Failed messages\n"
     "  --max-blocked N      at most N pending messages held behind Failed ones\n"
-    "  --max-age DUR        the oldest pending message waited at most DUR\n"
-    CLI_GLOBAL_HELP
-    "\n"
+    "  --max-age DUR        the oldest pending message waited at most DUR\n" CLI_GLOBAL_HELP "\n"
     "Durations: 500ms, 30s, 5m, 2h, 7d (a bare number is seconds).\n"
     "\n"
     "Example:\n"
@@ -60,8 +56,7 @@ typedef struct limits {
 
 static int64_t oldest_age_ms(const outbox_status *st, int64_t now)
 {
-    if (st->pending <= 0 || st->oldest_pending_us <= 0 || now <= st->oldest_pending_us)
-        return 0;
+    if (st->pending <= 0 || st->oldest_pending_us <= 0 || now <= st->oldest_pending_us) return 0;
     return (now - st->oldest_pending_us) / 1000;
 }
 
@@ -94,8 +89,7 @@ static void print_relay_text(const outbox_status *st, int64_t now)
     }
 }
 
-static void print_text(const char *shown, const outbox_status *st, int counts_blocked,
-                       int64_t now)
+static void print_text(const char *shown, const outbox_status *st, int counts_blocked, int64_t now)
 {
     char a[32];
     printf("outbox %s  (schema %d)\n", shown, st->schema_version);
@@ -128,24 +122,26 @@ static void print_text(const char *shown, const outbox_status *st, int counts_bl
 static json_t *relay_json(const outbox_status *st, int counts_blocked, int64_t now)
 {
     json_t *relay;
-    if (!st->lease_owner[0])
-        return json_null();
+    if (!st->lease_owner[0]) return json_null();
     relay = json_object();
     json_object_set_new(relay, "owner", json_string(st->lease_owner));
-    json_object_set_new(relay, "lease_expires_in_ms",
-                        json_integer(st->lease_expires_us > now
-                                         ? (st->lease_expires_us - now) / 1000 : 0));
-    json_object_set_new(relay, "pid", st->lease_pid > 0 ? json_integer(st->lease_pid) : json_null());
-    json_object_set_new(relay, "host", st->lease_host[0] ? json_string(st->lease_host) : json_null());
-    json_object_set_new(relay, "gone", counts_blocked ? json_boolean(st->lease_holder_gone)
-                                                      : json_null());
-    json_object_set_new(relay, "note", st->relay_note[0] ? json_string(st->relay_note) : json_null());
+    json_object_set_new(
+        relay, "lease_expires_in_ms",
+        json_integer(st->lease_expires_us > now ? (st->lease_expires_us - now) / 1000 : 0));
+    json_object_set_new(relay, "pid",
+                        st->lease_pid > 0 ? json_integer(st->lease_pid) : json_null());
+    json_object_set_new(relay, "host",
+                        st->lease_host[0] ? json_string(st->lease_host) : json_null());
+    json_object_set_new(relay, "gone",
+                        counts_blocked ? json_boolean(st->lease_holder_gone) : json_null());
+    json_object_set_new(relay, "note",
+                        st->relay_note[0] ? json_string(st->relay_note) : json_null());
     return relay;
 }
 
 /* Adds the status members to o. */
-static void status_json(json_t *o, const char *shown, const outbox_status *st,
-                        int counts_blocked, int64_t now)
+static void status_json(json_t *o, const char *shown, const outbox_status *st, int counts_blocked,
+                        int64_t now)
 {
     json_object_set_new(o, "store", json_string(shown));
     json_object_set_new(o, "schema_version", json_integer(st->schema_version));
@@ -161,18 +157,18 @@ static void status_json(json_t *o, const char *shown, const outbox_status *st,
                         st->pending > 0 && st->oldest_pending_us > 0
                             ? json_integer(oldest_age_ms(st, now))
                             : json_null());
-    json_object_set_new(o, "next_retry_in_ms",
-                        st->retrying > 0 && st->next_due_us > 0
-                            ? json_integer(st->next_due_us > now
-                                               ? (st->next_due_us - now) / 1000 : 0)
-                            : json_null());
+    json_object_set_new(
+        o, "next_retry_in_ms",
+        st->retrying > 0 && st->next_due_us > 0
+            ? json_integer(st->next_due_us > now ? (st->next_due_us - now) / 1000 : 0)
+            : json_null());
     json_object_set_new(o, "relay", relay_json(st, counts_blocked, now));
 }
 
 /* One exceeded limit: its line on stderr and, when exceeded is not NULL,
  * an entry {"limit", "value", "max"} in it. */
-static void exceeded_limit(const char *cmd, json_t *exceeded, const char *limit,
-                           const char *line, int64_t value, int64_t max)
+static void exceeded_limit(const char *cmd, json_t *exceeded, const char *limit, const char *line,
+                           int64_t value, int64_t max)
 {
     cli_failure(cmd, "%s", line);
     if (exceeded) {
@@ -241,12 +237,17 @@ int cmd_status(int argc, char **argv)
     int64_t now;
 
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
-            return rc;
+        if ((rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         switch (c) {
-        case OPT_STORE: store_opt = optarg; break;
-        case OPT_JSON: as_json = 1; break;
-        case OPT_CHECK: checking = 1; break;
+        case OPT_STORE:
+            store_opt = optarg;
+            break;
+        case OPT_JSON:
+            as_json = 1;
+            break;
+        case OPT_CHECK:
+            checking = 1;
+            break;
         case OPT_MAX_FAILED:
         case OPT_MAX_BLOCKED:
             if ((rc = cli_parse_uint(cmd, c == OPT_MAX_FAILED ? "--max-failed" : "--max-blocked",
@@ -263,14 +264,12 @@ int cmd_status(int argc, char **argv)
             checking = limit_given = 1;
             break;
         default:
-            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE)
-                return rc;
+            if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) return rc;
         }
     }
     if (optind < argc)
         return cli_usage(cmd, "unexpected argument '%s'; see outbox status --help", argv[optind]);
-    if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK)
-        return rc;
+    if ((rc = cli_store_connect(cmd, store_opt, &store, &url)) != CLI_EXIT_OK) return rc;
 
     if ((rc = outbox_store_status(store, &st, sizeof st, &err)) != OUTBOX_OK) {
         rc = cli_fail(cmd, rc, &err);
@@ -282,8 +281,10 @@ int cmd_status(int argc, char **argv)
         lim.max_blocked = counts_blocked ? 0 : -1;
     }
     if (checking && lim.max_blocked >= 0 && !counts_blocked) {
-        rc = cli_usage(cmd, "--max-blocked: this %s store does not count blocked messages; "
-                            "drop the option or upgrade outbox", outbox_store_scheme(store));
+        rc = cli_usage(cmd,
+                       "--max-blocked: this %s store does not count blocked messages; "
+                       "drop the option or upgrade outbox",
+                       outbox_store_scheme(store));
         goto out;
     }
     outbox_url_redact(url, shown, sizeof shown);
@@ -312,8 +313,7 @@ int cmd_status(int argc, char **argv)
     }
     if (as_json) {
         int prc = cli_print_json(cmd, o);
-        if (prc != CLI_EXIT_OK)
-            rc = prc;
+        if (prc != CLI_EXIT_OK) rc = prc;
     } else if (!checking) {
         print_text(shown, &st, counts_blocked, now);
     }

@@ -25,8 +25,7 @@ void cli_buf_init(cli_buf *b)
 
 void cli_buf_append(cli_buf *b, const char *s, size_t n)
 {
-    if (b->stream && n > 0 && fwrite(s, 1, n, b->stream) != n)
-        b->oom = 1;
+    if (b->stream && n > 0 && fwrite(s, 1, n, b->stream) != n) b->oom = 1;
 }
 
 void cli_buf_puts(cli_buf *b, const char *s)
@@ -37,25 +36,21 @@ void cli_buf_puts(cli_buf *b, const char *s)
 void cli_buf_printf(cli_buf *b, const char *fmt, ...)
 {
     va_list ap;
-    if (!b->stream)
-        return;
+    if (!b->stream) return;
     va_start(ap, fmt);
-    if (vfprintf(b->stream, fmt, ap) < 0)
-        b->oom = 1;
+    if (vfprintf(b->stream, fmt, ap) < 0) b->oom = 1;
     va_end(ap);
 }
 
 const char *cli_buf_text(cli_buf *b)
 {
-    if (!b->stream || fflush(b->stream) != 0 || ferror(b->stream))
-        b->oom = 1;
+    if (!b->stream || fflush(b->stream) != 0 || ferror(b->stream)) b->oom = 1;
     return b->oom ? NULL : b->data;
 }
 
 void cli_buf_free(cli_buf *b)
 {
-    if (b->stream)
-        fclose(b->stream);
+    if (b->stream) fclose(b->stream);
     free(b->data);
     b->stream = NULL;
     b->data = NULL;
@@ -86,8 +81,7 @@ int64_t cli_monotonic_us(void)
 void cli_sleep_us(int64_t us)
 {
     struct timespec ts;
-    if (us <= 0)
-        return;
+    if (us <= 0) return;
     ts.tv_sec = (time_t)(us / 1000000);
     ts.tv_nsec = (long)(us % 1000000) * 1000;
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
@@ -101,8 +95,7 @@ void cli_sleep_us(int64_t us)
 int cli_error(outbox_error *err, int code, const char *fmt, ...)
 {
     va_list ap;
-    if (!err)
-        return code;
+    if (!err) return code;
     err->code = code;
     va_start(ap, fmt);
     vsnprintf(err->message, sizeof err->message, fmt, ap);

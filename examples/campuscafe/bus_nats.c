@@ -73,22 +73,22 @@
 #define STREAM_NAME "CAMPUSCAFE"
 #define STREAM_SUBJECTS "campuscafe.>"
 #define SUBJECT_TEMPLATE "campuscafe.{type}"
-#define ACK_WAIT_MS 5000     /* redelivery of an unacked message */
-#define NAK_DELAY_MS 250     /* redelivery after a handler/database failure */
+#define ACK_WAIT_MS 5000 /* redelivery of an unacked message */
+#define NAK_DELAY_MS 250 /* redelivery after a handler/database failure */
 /* One message per fetch: nats.c 3.4.x's natsSubscription_Fetch can return
  * more messages than its array holds (a heap overflow) when messages from
  * an earlier fetch are still queued on the subscription and the batch is
  * larger than one; with a batch of one that path cannot be taken. */
 #define FETCH_BATCH 1
-#define FETCH_WAIT_MS 500    /* also the longest wait for a stop request */
-#define RETRY_SLEEP_MS 200   /* after a failed fetch (connection down...) */
-#define SETUP_WAIT_MS 10000  /* JetStream may still be starting */
+#define FETCH_WAIT_MS 500   /* also the longest wait for a stop request */
+#define RETRY_SLEEP_MS 200  /* after a failed fetch (connection down...) */
+#define SETUP_WAIT_MS 10000 /* JetStream may still be starting */
 #define BUSY_TIMEOUT_MS 5000
 
 struct cafe_nats_consumer {
     char *service;
     char *durable;
-    char **types; /* NULL-terminated copy */
+    char **types;    /* NULL-terminated copy */
     char where[256]; /* nats://hosts, without user information */
     outbox_webhook_handler_fn handler;
     void *user;
@@ -107,8 +107,8 @@ struct cafe_nats_consumer {
      * last one) before freeing what they use. */
     pthread_mutex_t mu;
     pthread_cond_t cond;
-    int locks;  /* mu and cond initialised */
-    int closed; /* the closed callback ran (under mu) */
+    int locks;       /* mu and cond initialised */
+    int closed;      /* the closed callback ran (under mu) */
     long kill_after; /* CAFE_NATS_KILL_AFTER_COMMIT; 0: off */
     long applied;
 };
@@ -295,9 +295,8 @@ static int ensure_stream(jsCtx *js, const char *where, outbox_error *err)
                                  "%d); check that no other stream covers these subjects",
                                  where, STREAM_NAME, STREAM_SUBJECTS, status_text(s), (int)jerr);
         } else if (now_ms() > deadline) {
-            return set_error(err, OUTBOX_EPUBLISH,
-                             "--bus %s: cannot look up stream %s: %s%s", where, STREAM_NAME,
-                             status_text(s),
+            return set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot look up stream %s: %s%s",
+                             where, STREAM_NAME, status_text(s),
                              s == NATS_NO_RESPONDERS ? " (start nats-server with -js)" : "");
         }
         sleep_ms(RETRY_SLEEP_MS);
@@ -357,8 +356,7 @@ int cafe_nats_destination(char *buf, size_t size, const char *nats_url, outbox_e
     rc = session_open(&ss, nats_url, "campuscafe-setup", err);
     if (rc == OUTBOX_OK) rc = ensure_stream(ss.js, ss.where, err);
     if (rc == OUTBOX_OK) {
-        n = snprintf(buf, size, "%s?stream=%s&subject=%s", nats_url, STREAM_NAME,
-                     SUBJECT_TEMPLATE);
+        n = snprintf(buf, size, "%s?stream=%s&subject=%s", nats_url, STREAM_NAME, SUBJECT_TEMPLATE);
         if (n < 0 || (size_t)n >= size) {
             buf[0] = '\0';
             rc = set_error(err, OUTBOX_EINVAL,
@@ -396,8 +394,7 @@ int cafe_nats_backlog(const char *nats_url, int64_t *out, outbox_error *err)
     }
     for (i = 0; list != NULL && i < list->Count; i++) {
         const jsConsumerInfo *ci = list->List[i];
-        if (ci == NULL || ci->Name == NULL || strncmp(ci->Name, "campuscafe-", 11) != 0)
-            continue;
+        if (ci == NULL || ci->Name == NULL || strncmp(ci->Name, "campuscafe-", 11) != 0) continue;
         total += (int64_t)ci->NumPending + ci->NumAckPending;
     }
     *out = total;
@@ -419,9 +416,8 @@ int cafe_nats_reset(const char *nats_url, outbox_error *err)
     if (rc == OUTBOX_OK) {
         s = js_DeleteStream(ss.js, STREAM_NAME, NULL, &jerr);
         if (s != NATS_OK && s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr)
-            rc = set_error(err, OUTBOX_EPUBLISH,
-                           "--bus %s: cannot delete stream %s: %s (error %d)", ss.where,
-                           STREAM_NAME, status_text(s), (int)jerr);
+            rc = set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot delete stream %s: %s (error %d)",
+                           ss.where, STREAM_NAME, status_text(s), (int)jerr);
     }
     session_close(&ss);
     return rc;
@@ -430,7 +426,6 @@ int cafe_nats_reset(const char *nats_url, outbox_error *err)
 /* ------------------------------------------------------------------------
  * Rebuilding the message
  * ---------------------------------------------------------------------- */
-
 
 static const char *header(natsMsg *m, const char *key)
 {
@@ -472,13 +467,14 @@ static int rebuild(natsMsg *m, outbox_msg **out, outbox_error *err)
     if (id == NULL || type == NULL || subject == NULL) {
         rc = set_error(err, OUTBOX_EBADHEADERS, "message on %s lacks the %s header",
                        natsMsg_GetSubject(m) ? natsMsg_GetSubject(m) : "?",
-                       id == NULL ? "ce-id (or Nats-Msg-Id)" : type == NULL ? "ce-type"
-                                                                             : "ce-subject");
+                       id == NULL     ? "ce-id (or Nats-Msg-Id)"
+                       : type == NULL ? "ce-type"
+                                      : "ce-subject");
         goto out;
     }
     if (nid != NULL && strcmp(nid, id) != 0) {
-        rc = set_error(err, OUTBOX_EBADHEADERS, "message %s: Nats-Msg-Id %s differs from ce-id",
-                       id, nid);
+        rc = set_error(err, OUTBOX_EBADHEADERS, "message %s: Nats-Msg-Id %s differs from ce-id", id,
+                       nid);
         goto out;
     }
     if (time_text != NULL && outbox_time_parse(time_text, &at) != 0) {
@@ -613,11 +609,11 @@ static void handle(cafe_nats_consumer *c, natsMsg *m)
         s = natsMsg_Ack(m, NULL);
         if (s != NATS_OK)
             say(c->service,
-                "%s %s committed but its ack failed (%s); the redelivery will be a duplicate",
-                type, outbox_msg_id(msg), natsStatus_GetText(s));
+                "%s %s committed but its ack failed (%s); the redelivery will be a duplicate", type,
+                outbox_msg_id(msg), natsStatus_GetText(s));
     } else {
-        say(c->service, "%s %s not applied (%s); it will be redelivered", type,
-            outbox_msg_id(msg), err.message);
+        say(c->service, "%s %s not applied (%s); it will be redelivered", type, outbox_msg_id(msg),
+            err.message);
         natsMsg_NakWithDelay(m, NAK_DELAY_MS, NULL);
     }
     outbox_msg_free(msg);
@@ -690,9 +686,8 @@ static int ensure_consumer(cafe_nats_consumer *c, outbox_error *err)
                                  "%s: %s (error %d)",
                                  c->where, c->durable, STREAM_NAME, status_text(s), (int)jerr);
         } else if (now_ms() > deadline) {
-            return set_error(err, OUTBOX_EPUBLISH,
-                             "--bus %s: cannot look up the consumer %s: %s", c->where,
-                             c->durable, status_text(s));
+            return set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot look up the consumer %s: %s",
+                             c->where, c->durable, status_text(s));
         }
         sleep_ms(RETRY_SLEEP_MS);
     }
@@ -712,8 +707,8 @@ int cafe_nats_consumer_start(cafe_nats_consumer **out, const char *nats_url, con
     char name[128];
 
     if (out != NULL) *out = NULL;
-    if (out == NULL || service == NULL || service[0] == '\0' || types == NULL ||
-        types[0] == NULL || db_path == NULL || handler == NULL)
+    if (out == NULL || service == NULL || service[0] == '\0' || types == NULL || types[0] == NULL ||
+        db_path == NULL || handler == NULL)
         return set_error(err, OUTBOX_EINVAL,
                          "cafe_nats_consumer_start: out, service, types (at least one), "
                          "db_path and handler are required");

@@ -25,8 +25,8 @@ static int place_order(sqlite3 *db, const char *order_id, const char *item, int 
     if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) goto out;
 
     /* 1. The business change. */
-    if (sqlite3_prepare_v2(db, "INSERT INTO orders(id, item, qty) VALUES (?1, ?2, ?3)", -1,
-                           &ins, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "INSERT INTO orders(id, item, qty) VALUES (?1, ?2, ?3)", -1, &ins,
+                           NULL) != SQLITE_OK)
         goto rollback;
     sqlite3_bind_text(ins, 1, order_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(ins, 2, item, -1, SQLITE_STATIC);
@@ -34,8 +34,8 @@ static int place_order(sqlite3 *db, const char *order_id, const char *item, int 
     if (sqlite3_step(ins) != SQLITE_DONE) goto rollback;
 
     /* 2. The event, in the same transaction. */
-    snprintf(payload, sizeof payload, "{\"order_id\":\"%s\",\"item\":\"%s\",\"qty\":%d}",
-             order_id, item, qty);
+    snprintf(payload, sizeof payload, "{\"order_id\":\"%s\",\"item\":\"%s\",\"qty\":%d}", order_id,
+             item, qty);
     if (outbox_msg_new(&msg, "OrderPlaced", "Order", order_id, payload, &err) != OUTBOX_OK ||
         outbox_msg_set_header(msg, "correlation_id", order_id, &err) != OUTBOX_OK ||
         outbox_enqueue_sqlite(db, msg, &err) != OUTBOX_OK) {

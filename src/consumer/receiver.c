@@ -130,7 +130,6 @@ static char *decode_value(const char *v)
     return out;
 }
 
-
 typedef struct header_walk {
     outbox_msg *msg;
     int rc;
@@ -458,8 +457,8 @@ int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
     outbox_webhook_receiver_options_init(&copy);
     rc = outbox__options_copy(&copy, sizeof copy, opts, opts->size,
                               offsetof(outbox_webhook_receiver_options, tls_cert_file),
-                              "outbox_webhook_receiver_new",
-                              "outbox_webhook_receiver_options_init", err);
+                              "outbox_webhook_receiver_new", "outbox_webhook_receiver_options_init",
+                              err);
     if (rc != OUTBOX_OK) return rc;
     opts = &copy;
     if (opts->db_path == NULL || opts->consumer == NULL || opts->consumer[0] == '\0' ||

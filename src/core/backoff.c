@@ -36,12 +36,18 @@ int64_t outbox__duration_parse_ms(const char *text)
         if (value > (INT64_MAX - (*p - '0')) / 10) return -1;
         value = value * 10 + (*p - '0');
     }
-    if (p[0] == '\0' || (p[0] == 's' && p[1] == '\0')) unit = 1000;
-    else if (p[0] == 'm' && p[1] == 's' && p[2] == '\0') unit = 1;
-    else if (p[0] == 'm' && p[1] == '\0') unit = 60 * 1000;
-    else if (p[0] == 'h' && p[1] == '\0') unit = 3600 * 1000;
-    else if (p[0] == 'd' && p[1] == '\0') unit = INT64_C(86400) * 1000;
-    else return -1;
+    if (p[0] == '\0' || (p[0] == 's' && p[1] == '\0'))
+        unit = 1000;
+    else if (p[0] == 'm' && p[1] == 's' && p[2] == '\0')
+        unit = 1;
+    else if (p[0] == 'm' && p[1] == '\0')
+        unit = 60 * 1000;
+    else if (p[0] == 'h' && p[1] == '\0')
+        unit = 3600 * 1000;
+    else if (p[0] == 'd' && p[1] == '\0')
+        unit = INT64_C(86400) * 1000;
+    else
+        return -1;
     if (value > INT64_MAX / unit) return -1;
     return value * unit;
 }

@@ -36,7 +36,8 @@ void outbox__sleep_us(int64_t us)
     if (us <= 0) return;
     ts.tv_sec = (time_t)(us / 1000000);
     ts.tv_nsec = (long)(us % 1000000) * 1000;
-    while (nanosleep(&ts, &rem) != 0 && errno == EINTR) ts = rem;
+    while (nanosleep(&ts, &rem) != 0 && errno == EINTR)
+        ts = rem;
 }
 
 /* Writes v as exactly width decimal digits at p (v < 10^width). */

@@ -16,10 +16,9 @@
 
 #include <string.h>
 
-static const char *const reserved[] = {"specversion", "id",   "source",      "type",
-                                       "subject",     "time", "datacontenttype",
-                                       "dataschema",  "data", "data_base64",
-                                       "aggregatetype"};
+static const char *const reserved[] = {
+    "specversion",     "id",         "source", "type",        "subject",      "time",
+    "datacontenttype", "dataschema", "data",   "data_base64", "aggregatetype"};
 
 /* Writes the extension attribute name for a header: lower-cased, only
  * [a-z0-9] kept, cut to out_len-1 bytes; "" when nothing is left. */
@@ -95,8 +94,7 @@ void outbox__cloudevent_json(outbox_buf *b, const outbox_msg *msg, const char *s
 }
 
 /* One JSON line per message; see internal.h. */
-int outbox__cloudevent_lines(outbox_buf *b, outbox_msg *const *msgs, size_t n,
-                             const char *source)
+int outbox__cloudevent_lines(outbox_buf *b, outbox_msg *const *msgs, size_t n, const char *source)
 {
     size_t i;
     outbox__buf_reset(b);

@@ -16,7 +16,7 @@ typedef struct code_info {
 } code_info;
 
 static const code_info codes[] = {
-#define OUTBOX__ERROR_INFO(name, value, description, retriable) \
+#define OUTBOX__ERROR_INFO(name, value, description, retriable)                                    \
     {OUTBOX_##name, #name, description, retriable},
     OUTBOX_ERROR_MAP(OUTBOX__ERROR_INFO)
 #undef OUTBOX__ERROR_INFO
@@ -59,8 +59,7 @@ int outbox__error(outbox_error *err, int code, const char *fmt, ...)
     if (!err) return code;
     err->code = code;
     va_start(ap, fmt);
-    if (vsnprintf(err->message, sizeof err->message, fmt, ap) < 0)
-        err->message[0] = '\0';
+    if (vsnprintf(err->message, sizeof err->message, fmt, ap) < 0) err->message[0] = '\0';
     va_end(ap);
     return code;
 }

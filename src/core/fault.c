@@ -56,10 +56,14 @@ static int parse_entry(const char *s, size_t n, fault_entry *e)
     a = c1 + 1;
     c2 = memchr(a, ':', (size_t)(end - a));
     alen = (size_t)((c2 ? c2 : end) - a);
-    if (alen == 5 && memcmp(a, "crash", 5) == 0) e->action = ACTION_CRASH;
-    else if (alen == 4 && memcmp(a, "exit", 4) == 0) e->action = ACTION_EXIT;
-    else if (alen == 5 && memcmp(a, "error", 5) == 0) e->action = ACTION_ERROR;
-    else return -1;
+    if (alen == 5 && memcmp(a, "crash", 5) == 0)
+        e->action = ACTION_CRASH;
+    else if (alen == 4 && memcmp(a, "exit", 4) == 0)
+        e->action = ACTION_EXIT;
+    else if (alen == 5 && memcmp(a, "error", 5) == 0)
+        e->action = ACTION_ERROR;
+    else
+        return -1;
     e->nth = 1;
     if (c2) {
         size_t wlen = (size_t)(end - c2 - 1);
@@ -93,8 +97,7 @@ static void parse_env(void)
         if (n > 0) {
             if (fault_count >= MAX_FAULTS) {
                 outbox__log(OUTBOX_LOG_ERROR, "fault",
-                            "OUTBOX_FAULT: more than %d entries, the rest are ignored",
-                            MAX_FAULTS);
+                            "OUTBOX_FAULT: more than %d entries, the rest are ignored", MAX_FAULTS);
                 break;
             }
             if (parse_entry(spec, n, &faults[fault_count]) == 0)

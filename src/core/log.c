@@ -48,6 +48,7 @@ void outbox__log(int level, const char *component, const char *fmt, ...)
     if (vsnprintf(line, sizeof line, fmt, ap) < 0) line[0] = '\0';
     va_end(ap);
     n = strlen(line);
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
     fn(log_user, level, component ? component : "outbox", line);
 }

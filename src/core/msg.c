@@ -28,10 +28,14 @@
 const char *outbox_msg_status_name(int status)
 {
     switch (status) {
-    case OUTBOX_STATUS_PENDING: return "pending";
-    case OUTBOX_STATUS_SENT: return "sent";
-    case OUTBOX_STATUS_FAILED: return "failed";
-    default: return "unknown";
+    case OUTBOX_STATUS_PENDING:
+        return "pending";
+    case OUTBOX_STATUS_SENT:
+        return "sent";
+    case OUTBOX_STATUS_FAILED:
+        return "failed";
+    default:
+        return "unknown";
     }
 }
 
@@ -73,8 +77,7 @@ static size_t utf8_seq(const unsigned char *p)
         return 3;
     }
     if (c >= 0xf0 && c <= 0xf4) {
-        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80)
-            return 0;
+        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80) return 0;
         if (c == 0xf0 && p[1] < 0x90) return 0; /* overlong */
         if (c == 0xf4 && p[1] > 0x8f) return 0; /* beyond U+10FFFF */
         return 4;
@@ -146,19 +149,18 @@ static int check_field(const char *s, const char *field, int allow_empty, int co
     }
     len = strlen(s);
     if (!allow_empty && strspn(s, " \t") == len)
-        return outbox__error(err, code, "%s is blank: give a value that is not only spaces",
-                             field);
+        return outbox__error(err, code, "%s is blank: give a value that is not only spaces", field);
     if (len > limit)
         return outbox__error(err, code,
                              "%s is %zu bytes, limit %zu (outbox_limit OUTBOX_LIMIT_FIELD_BYTES)",
                              field, len, limit);
     kind = scan_text(s, &at, &byte);
     if (kind == TEXT_CONTROL)
-        return outbox__error(err, code, "%s contains control character 0x%02x at byte %zu",
-                             field, byte, at);
+        return outbox__error(err, code, "%s contains control character 0x%02x at byte %zu", field,
+                             byte, at);
     if (kind == TEXT_UTF8)
-        return outbox__error(err, code, "%s is not valid UTF-8 (byte 0x%02x at byte %zu)",
-                             field, byte, at);
+        return outbox__error(err, code, "%s is not valid UTF-8 (byte 0x%02x at byte %zu)", field,
+                             byte, at);
     return OUTBOX_OK;
 }
 
@@ -214,8 +216,10 @@ static const char *tracestate_problem(const char *v)
         if (!end) end = p + strlen(p);
         k = p;
         ke = end;
-        while (k < ke && (*k == ' ' || *k == '\t')) k++;
-        while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t')) ke--;
+        while (k < ke && (*k == ' ' || *k == '\t'))
+            k++;
+        while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t'))
+            ke--;
         if (k < ke) {
             const char *q;
             if (++members > 32) return "has more than 32 members";
@@ -249,7 +253,8 @@ static int check_header(const char *name, const char *value, outbox_error *err)
     char q[64];
     const char *why;
     if (!name || !*name)
-        return outbox__error(err, OUTBOX_EBADHEADERS, "header name is empty: give a non-empty name");
+        return outbox__error(err, OUTBOX_EBADHEADERS,
+                             "header name is empty: give a non-empty name");
     quote_for_message(name, q);
     if (!value)
         return outbox__error(err, OUTBOX_EBADHEADERS,
@@ -263,21 +268,21 @@ static int check_header(const char *name, const char *value, outbox_error *err)
     kind = scan_text(name, &at, &byte);
     if (kind == TEXT_CONTROL)
         return outbox__error(err, OUTBOX_EBADHEADERCHAR,
-                             "header name \"%s\" contains control character 0x%02x at byte %zu",
-                             q, byte, at);
+                             "header name \"%s\" contains control character 0x%02x at byte %zu", q,
+                             byte, at);
     if (kind == TEXT_UTF8)
         return outbox__error(err, OUTBOX_EBADHEADERS,
-                             "header name \"%s\" is not valid UTF-8 (byte 0x%02x at byte %zu)",
-                             q, byte, at);
+                             "header name \"%s\" is not valid UTF-8 (byte 0x%02x at byte %zu)", q,
+                             byte, at);
     kind = scan_text(value, &at, &byte);
     if (kind == TEXT_CONTROL)
         return outbox__error(err, OUTBOX_EBADHEADERCHAR,
-                             "header \"%s\" value contains control character 0x%02x at byte %zu",
-                             q, byte, at);
+                             "header \"%s\" value contains control character 0x%02x at byte %zu", q,
+                             byte, at);
     if (kind == TEXT_UTF8)
         return outbox__error(err, OUTBOX_EBADHEADERS,
-                             "header \"%s\" value is not valid UTF-8 (byte 0x%02x at byte %zu)",
-                             q, byte, at);
+                             "header \"%s\" value is not valid UTF-8 (byte 0x%02x at byte %zu)", q,
+                             byte, at);
     if (ieq(name, "traceparent") && !outbox_traceparent_valid(value))
         return outbox__error(err, OUTBOX_EBADTRACEPARENT,
                              "header \"%s\" is not W3C trace-context: expected "
@@ -368,9 +373,9 @@ int outbox__msg_check_size(const outbox_msg *msg, outbox_error *err)
 /* A set of headers being built: arrays and strings in one allocation. */
 typedef struct header_set {
     size_t count;
-    char **names;  /* the allocation; NULL when count == 0 */
+    char **names; /* the allocation; NULL when count == 0 */
     char **values;
-    char *json;    /* compact JSON object, own allocation */
+    char *json; /* compact JSON object, own allocation */
 } header_set;
 
 /* Builds a header_set from borrowed name/value arrays (not validated here).
@@ -445,14 +450,20 @@ static int header_set_install(outbox_msg *msg, header_set *hs, outbox_error *err
 static const char *json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return "a string";
     case JSON_INTEGER:
-    case JSON_REAL: return "a number";
+    case JSON_REAL:
+        return "a number";
     case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
+    case JSON_FALSE:
+        return "a boolean";
+    case JSON_NULL:
+        return "null";
     }
     return "something else";
 }
@@ -460,9 +471,8 @@ static const char *json_type_name(const json_t *v)
 /* Parses a headers JSON object into borrowed name/value arrays pointing
  * into *doc (freed by the caller with json_decref and free(*names)).
  * With validate, each entry is checked as by outbox_msg_set_header. */
-static int headers_parse(const char *text, json_t **doc_out, size_t *n_out,
-                         const char ***names_out, const char ***values_out, int validate,
-                         outbox_error *err)
+static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, const char ***names_out,
+                         const char ***values_out, int validate, outbox_error *err)
 {
     json_error_t jerr;
     json_t *doc, *value;
@@ -480,8 +490,7 @@ static int headers_parse(const char *text, json_t **doc_out, size_t *n_out,
                              jerr.line, jerr.column);
     if (!json_is_object(doc)) {
         rc = outbox__error(err, OUTBOX_EBADHEADERS,
-                           "headers must be a JSON object of strings, got %s",
-                           json_type_name(doc));
+                           "headers must be a JSON object of strings, got %s", json_type_name(doc));
         goto fail;
     }
     n = json_object_size(doc);
@@ -553,8 +562,7 @@ int outbox_msg_set_headers_json(outbox_msg *msg, const char *headers_json, outbo
 }
 
 /* Adds a header, or replaces the value of an existing one in place. */
-int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value,
-                          outbox_error *err)
+int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value, outbox_error *err)
 {
     const char **arr = NULL;
     size_t n, i, at;
@@ -601,8 +609,7 @@ int outbox_msg_new(outbox_msg **out, const char *type, const char *aggregate_typ
     if ((rc = check_field(aggregate_type, "aggregate_type", 1, OUTBOX_EBADAGGREGATE, err)) !=
         OUTBOX_OK)
         return rc;
-    if ((rc = check_field(aggregate_id, "aggregate_id", 0, OUTBOX_EBADAGGREGATE, err)) !=
-        OUTBOX_OK)
+    if ((rc = check_field(aggregate_id, "aggregate_id", 0, OUTBOX_EBADAGGREGATE, err)) != OUTBOX_OK)
         return rc;
     if ((rc = check_payload(payload_json, err)) != OUTBOX_OK) return rc;
 
@@ -679,8 +686,8 @@ static void stored_prefix(int64_t seq, outbox_error *err)
     char text[sizeof err->message];
     if (!err) return;
     snprintf(text, sizeof text, "%s", err->message);
-    snprintf(err->message, sizeof err->message, "stored message seq %lld: %.460s",
-             (long long)seq, text);
+    snprintf(err->message, sizeof err->message, "stored message seq %lld: %.460s", (long long)seq,
+             text);
 }
 
 /* Checks a stored row as enqueue checks a new message (what the tables of
@@ -698,21 +705,19 @@ static int check_stored(int64_t seq, const char *id, int64_t occurred_at, const 
         char q[64];
         quote_for_message(id ? id : "(null)", q);
         rc = outbox__error(err, OUTBOX_EBADID,
-                           "id \"%s\" is not a canonical UUID (8-4-4-4-12 hex digits, not nil)",
-                           q);
+                           "id \"%s\" is not a canonical UUID (8-4-4-4-12 hex digits, not nil)", q);
         goto fail;
     }
     if ((rc = check_field(type, "type", 0, OUTBOX_EBADTYPE, err)) != OUTBOX_OK) goto fail;
     if ((rc = check_field(aggregate_type, "aggregate_type", 1, OUTBOX_EBADAGGREGATE, err)) !=
         OUTBOX_OK)
         goto fail;
-    if ((rc = check_field(aggregate_id, "aggregate_id", 0, OUTBOX_EBADAGGREGATE, err)) !=
-        OUTBOX_OK)
+    if ((rc = check_field(aggregate_id, "aggregate_id", 0, OUTBOX_EBADAGGREGATE, err)) != OUTBOX_OK)
         goto fail;
     if (occurred_at < 0 || occurred_at > INT64_C(253402300799999999)) {
-        rc = outbox__error(err, OUTBOX_EINVAL,
-                           "occurred_at %lld us is outside the years 1970..9999",
-                           (long long)occurred_at);
+        rc =
+            outbox__error(err, OUTBOX_EINVAL, "occurred_at %lld us is outside the years 1970..9999",
+                          (long long)occurred_at);
         goto fail;
     }
     if (!payload || !*payload) {
@@ -801,7 +806,8 @@ build:
     lp = strlen(payload) + 1;
     lh = strlen(hjson) + 1;
     total = sizeof *m + 2 * n * sizeof(char *) + lt + la + li + lp + lh;
-    for (i = 0; i < n; i++) total += strlen(names[i]) + strlen(values[i]) + 2;
+    for (i = 0; i < n; i++)
+        total += strlen(names[i]) + strlen(values[i]) + 2;
     m = malloc(total);
     if (!m) goto nomem;
     memset(m, 0, sizeof *m);
@@ -812,11 +818,11 @@ build:
         m->header_values = m->header_names + n;
         p += 2 * n * sizeof(char *);
     }
-#define PUT(field, src, len)                                                                   \
-    do {                                                                                       \
-        memcpy(p, src, len);                                                                   \
-        m->field = p;                                                                          \
-        p += len;                                                                              \
+#define PUT(field, src, len)                                                                       \
+    do {                                                                                           \
+        memcpy(p, src, len);                                                                       \
+        m->field = p;                                                                              \
+        p += len;                                                                                  \
     } while (0)
     PUT(type, type, lt);
     PUT(aggregate_type, aggregate_type, la);
@@ -858,19 +864,17 @@ out:
 }
 
 int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,
-                         const char *type, const char *aggregate_type,
-                         const char *aggregate_id, const char *payload,
-                         const char *headers_json, outbox_error *err)
+                         const char *type, const char *aggregate_type, const char *aggregate_id,
+                         const char *payload, const char *headers_json, outbox_error *err)
 {
     return msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
                         headers_json, 0, err);
 }
 
-int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id,
-                                 int64_t occurred_at, const char *type,
-                                 const char *aggregate_type, const char *aggregate_id,
-                                 const char *payload, const char *headers_json,
-                                 outbox_error *err)
+int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,
+                                 const char *type, const char *aggregate_type,
+                                 const char *aggregate_id, const char *payload,
+                                 const char *headers_json, outbox_error *err)
 {
     return msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
                         headers_json, 1, err);

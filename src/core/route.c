@@ -33,8 +33,8 @@ struct outbox_route {
 
 static int kafka_char_ok(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
 }
 
 static int nats_char_ok(char c)
@@ -85,7 +85,8 @@ int outbox__route_new(outbox_route **out, const char *tmpl, int kind, outbox_err
     *out = NULL;
     if (kind != OUTBOX_ROUTE_NATS_SUBJECT && kind != OUTBOX_ROUTE_KAFKA_TOPIC)
         return outbox__error(err, OUTBOX_EINVAL, "unknown route kind %d", kind);
-    if (!tmpl || !*tmpl) return outbox__error(err, OUTBOX_ECONFIG, "the %s template is empty", what);
+    if (!tmpl || !*tmpl)
+        return outbox__error(err, OUTBOX_ECONFIG, "the %s template is empty", what);
     r = calloc(1, sizeof *r);
     if (!r) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
     r->kind = kind;
@@ -96,12 +97,13 @@ int outbox__route_new(outbox_route **out, const char *tmpl, int kind, outbox_err
             size_t n;
             int part;
             if (!close) {
-                rc = outbox__error(err, OUTBOX_ECONFIG, "%s template \"%s\": '{' without '}'",
-                                   what, tmpl);
+                rc = outbox__error(err, OUTBOX_ECONFIG, "%s template \"%s\": '{' without '}'", what,
+                                   tmpl);
                 goto fail;
             }
             n = (size_t)(close - p - 1);
-            if (n == 4 && strncmp(p + 1, "type", 4) == 0) part = PART_TYPE;
+            if (n == 4 && strncmp(p + 1, "type", 4) == 0)
+                part = PART_TYPE;
             else if (n == 14 && strncmp(p + 1, "aggregate_type", 14) == 0)
                 part = PART_AGGREGATE_TYPE;
             else if (n == 12 && strncmp(p + 1, "aggregate_id", 12) == 0)
@@ -119,8 +121,8 @@ int outbox__route_new(outbox_route **out, const char *tmpl, int kind, outbox_err
             size_t n = strcspn(p, "{}");
             size_t i;
             if (n == 0) { /* a lone '}' */
-                rc = outbox__error(err, OUTBOX_ECONFIG, "%s template \"%s\": '}' without '{'",
-                                   what, tmpl);
+                rc = outbox__error(err, OUTBOX_ECONFIG, "%s template \"%s\": '}' without '{'", what,
+                                   tmpl);
                 goto fail;
             }
             for (i = 0; i < n; i++) {
@@ -204,17 +206,25 @@ int outbox__route_render(const outbox_route *route, const outbox_msg *msg, outbo
     for (i = 0; i < route->count; i++) {
         const route_part *part = &route->parts[i];
         switch (part->kind) {
-        case PART_TEXT: outbox__buf_puts(b, part->text); break;
-        case PART_TYPE: append_value(b, route->kind, msg->type); break;
-        case PART_AGGREGATE_TYPE: append_value(b, route->kind, msg->aggregate_type); break;
-        default: append_value(b, route->kind, msg->aggregate_id); break;
+        case PART_TEXT:
+            outbox__buf_puts(b, part->text);
+            break;
+        case PART_TYPE:
+            append_value(b, route->kind, msg->type);
+            break;
+        case PART_AGGREGATE_TYPE:
+            append_value(b, route->kind, msg->aggregate_type);
+            break;
+        default:
+            append_value(b, route->kind, msg->aggregate_id);
+            break;
         }
     }
     if (b->oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory rendering a route");
     if (route->kind == OUTBOX_ROUTE_KAFKA_TOPIC && b->len > KAFKA_TOPIC_MAX)
         return outbox__error(err, OUTBOX_EREJECTED,
-                             "topic for message %s is %zu bytes, Kafka allows %d", msg->id,
-                             b->len, KAFKA_TOPIC_MAX);
+                             "topic for message %s is %zu bytes, Kafka allows %d", msg->id, b->len,
+                             KAFKA_TOPIC_MAX);
     return OUTBOX_OK;
 }
 

@@ -40,7 +40,7 @@ static int contains_ci(const char *key, size_t n, const char *needle)
 
 static int secret_key(const char *key, size_t n)
 {
-    static const char *const words[] = {"password", "passwd", "pass", "token",
+    static const char *const words[] = {"password", "passwd", "pass",       "token",
                                         "secret",   "key",    "credentials"};
     size_t i;
     for (i = 0; i < sizeof words / sizeof words[0]; i++)
@@ -89,8 +89,10 @@ void outbox__url_redact(const char *url, char *out, size_t out_len)
         if (eq) {
             klen = (size_t)(eq - p);
             put(&w, p, klen + 1);
-            if (secret_key(p, klen)) put(&w, "***", 3);
-            else put(&w, eq + 1, n - klen - 1);
+            if (secret_key(p, klen))
+                put(&w, "***", 3);
+            else
+                put(&w, eq + 1, n - klen - 1);
         } else {
             put(&w, p, n);
         }

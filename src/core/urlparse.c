@@ -62,8 +62,7 @@ static char *decode_range(const char *s, size_t n, int *bad)
     return out;
 }
 
-static int add_param(outbox_url *u, const char *kv, size_t n, const char *shown,
-                     outbox_error *err)
+static int add_param(outbox_url *u, const char *kv, size_t n, const char *shown, outbox_error *err)
 {
     const char *eq = memchr(kv, '=', n);
     outbox_url_param *grown;
@@ -85,8 +84,8 @@ static int add_param(outbox_url *u, const char *kv, size_t n, const char *shown,
     }
     for (i = 0; i < u->param_count; i++) {
         if (strcmp(u->params[i].key, key) == 0) {
-            int rc = outbox__error(err, OUTBOX_EBADURL, "setting \"%s\" is given twice in %s",
-                                   key, shown);
+            int rc = outbox__error(err, OUTBOX_EBADURL, "setting \"%s\" is given twice in %s", key,
+                                   shown);
             free(key);
             free(value);
             return rc;
@@ -107,8 +106,7 @@ static int add_param(outbox_url *u, const char *kv, size_t n, const char *shown,
 
 decode_failed:
     if (bad)
-        return outbox__error(err, OUTBOX_EBADURL, "bad percent-escape in a setting of %s",
-                             shown);
+        return outbox__error(err, OUTBOX_EBADURL, "bad percent-escape in a setting of %s", shown);
     return outbox__error(err, OUTBOX_ENOMEM, "out of memory parsing %s", shown);
 }
 

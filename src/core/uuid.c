@@ -131,9 +131,8 @@ int outbox__uuid_canonical(const char *id, char out[37], const char *what, outbo
 {
     int i;
     if (!id || !outbox_uuid_valid(id))
-        return outbox__error(err, OUTBOX_EBADID,
-                             "%s '%.64s' is not a UUID (8-4-4-4-12 hex digits)", what,
-                             id ? id : "(null)");
+        return outbox__error(err, OUTBOX_EBADID, "%s '%.64s' is not a UUID (8-4-4-4-12 hex digits)",
+                             what, id ? id : "(null)");
     for (i = 0; i < 36; i++)
         out[i] = (id[i] >= 'A' && id[i] <= 'F') ? (char)(id[i] - 'A' + 'a') : id[i];
     out[36] = '\0';

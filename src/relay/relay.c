@@ -69,12 +69,11 @@
  *     go idle with nothing out.
  *
  * Waiting: poll() on a self-pipe that outbox_relay_stop, outbox_relay_wake
- * and outbox_relay_reopen write to (one byte at most for wakes, coalesced by an atomic flag), with a
- * timeout bounded by the cheap change check, the next retry due time, the
- * lease renewal and the fallback poll interval.  The enqueuing code wakes the
- * relay (through the in-process wake-up registry, src/core/wake.c, where
- * run() registers the store's wake_path) before its transaction commits, so
- * after a wake the relay checks for a commit every 200 us for up to 50 ms.
+ * and outbox_relay_reopen write to (one byte at most for wakes, coalesced by an atomic flag), with
+ * a timeout bounded by the cheap change check, the next retry due time, the lease renewal and the
+ * fallback poll interval.  The enqueuing code wakes the relay (through the in-process wake-up
+ * registry, src/core/wake.c, where run() registers the store's wake_path) before its transaction
+ * commits, so after a wake the relay checks for a commit every 200 us for up to 50 ms.
  *
  * Store errors during the loop (busy, I/O) are logged and retried after a
  * short, growing pause; only a lost lease or a missing schema ends run().
@@ -162,22 +161,22 @@ struct outbox_relay {
     agg_set held;
 
     /* Pipelining (see the top of the file). */
-    int pipelining;                            /* the store and the destination support it */
-    relay_batch *inflight;                     /* begun, not completed yet; NULL when none */
-    int drain;                                 /* claim nothing until the pipeline is empty */
-    int64_t pipeline_since_us;                 /* monotonic: when the pipeline last was empty */
-    int64_t *exclude;                          /* seqs of the batch in flight, for the claim */
+    int pipelining;            /* the store and the destination support it */
+    relay_batch *inflight;     /* begun, not completed yet; NULL when none */
+    int drain;                 /* claim nothing until the pipeline is empty */
+    int64_t pipeline_since_us; /* monotonic: when the pipeline last was empty */
+    int64_t *exclude;          /* seqs of the batch in flight, for the claim */
     size_t exclude_cap;
 
     /* Destination outage (see the top of the file). */
-    int outage;                    /* the last batch recorded was one: pause before the next */
-    int outage_code;               /* its error: code, text, Retry-After */
+    int outage;      /* the last batch recorded was one: pause before the next */
+    int outage_code; /* its error: code, text, Retry-After */
     char outage_error[256];
     int64_t outage_retry_after_ms;
-    int64_t down_since_us;         /* wall clock; 0 while the destination is up */
+    int64_t down_since_us; /* wall clock; 0 while the destination is up */
     int64_t down_since_mono_us;
-    unsigned outage_rounds;        /* batches in a row that found it down */
-    int noted;                     /* a note is set through the store's lease_note */
+    unsigned outage_rounds; /* batches in a row that found it down */
+    int noted;              /* a note is set through the store's lease_note */
 
     _Atomic uint64_t published, retried, failed, batches_done, publish_errors, quarantined;
 };
@@ -794,8 +793,7 @@ static int record_batch(outbox_relay *r, relay_batch *b, int pipelined, int in_f
     int rc, outage;
 
     *held_back = 0;
-    rc = decide_outcomes(r, b, now_us, &sent, &retried, &failed, &held, &carried, &errors,
-                         &outage);
+    rc = decide_outcomes(r, b, now_us, &sent, &retried, &failed, &held, &carried, &errors, &outage);
     if (rc != OUTBOX_OK)
         return outbox__error(err, rc, "out of memory recording a batch of %zu messages", n);
     atomic_fetch_add_explicit(&r->publish_errors, errors, memory_order_relaxed);
@@ -1010,8 +1008,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         }
         cur->chained = prev != NULL;
         cur->results[0].error[0] = '\0';
-        rc = r->transport.ops->publish_begin(r->transport.state, cur->msgs, cur->n,
-                                             cur->results);
+        rc = r->transport.ops->publish_begin(r->transport.state, cur->msgs, cur->n, cur->results);
         if (rc == OUTBOX_OK) {
             cur->open = 1;
         } else {
@@ -1227,7 +1224,7 @@ static int64_t outage_pause_ms(const outbox_relay *r)
     pause = ceiling / 2 + (int64_t)(outbox__random64() % (uint64_t)(ceiling - ceiling / 2 + 1));
     if (r->outage_retry_after_ms > pause) {
         int64_t most = r->opts.backoff_max_ms > OUTAGE_PAUSE_CAP_MS ? r->opts.backoff_max_ms
-                                                                      : OUTAGE_PAUSE_CAP_MS;
+                                                                    : OUTAGE_PAUSE_CAP_MS;
         pause = min64(r->outage_retry_after_ms, most);
     }
     return pause;
@@ -1295,8 +1292,8 @@ static void log_not_due(outbox_relay *r)
     }
     if (st.failed > 0)
         outbox__log(OUTBOX_LOG_INFO, COMPONENT,
-                    "relay %s: %lld failed message(s) wait for `outbox retry` or `outbox drop`", r->name,
-                    (long long)st.failed);
+                    "relay %s: %lld failed message(s) wait for `outbox retry` or `outbox drop`",
+                    r->name, (long long)st.failed);
 }
 
 /* ------------------------------------------------------------------------
@@ -1326,8 +1323,8 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
     }
     if (rc != OUTBOX_OK) goto out;
 
-    wake_path = OUTBOX__HAS(r->store.ops, 1, wake_path) ? r->store.ops->wake_path(r->store.state)
-                                                         : NULL;
+    wake_path =
+        OUTBOX__HAS(r->store.ops, 1, wake_path) ? r->store.ops->wake_path(r->store.state) : NULL;
     if (outbox__wake_register(wake_path, wake_relay, r) != OUTBOX_OK)
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                     "out of memory registering for in-process wake-up; new messages are seen "
@@ -1392,8 +1389,8 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
             int64_t pause = outage_pause_ms(r);
             r->outage = 0;
             if (r->opts.once) {
-                int64_t left = ONCE_OUTAGE_BUDGET_MS -
-                               (outbox__monotonic_us() - r->down_since_mono_us) / 1000;
+                int64_t left =
+                    ONCE_OUTAGE_BUDGET_MS - (outbox__monotonic_us() - r->down_since_mono_us) / 1000;
                 if (left <= 0) {
                     rc = r->outage_code != OUTBOX_OK ? r->outage_code : OUTBOX_EPUBLISH;
                     outbox__error(&e, rc,

@@ -27,25 +27,25 @@
 
 typedef struct pg_store {
     PGconn *conn;
-    char *conninfo;      /* what libpq gets (may hold a password: never shown) */
-    char shown[512];     /* redacted URL for messages */
+    char *conninfo;  /* what libpq gets (may hold a password: never shown) */
+    char shown[512]; /* redacted URL for messages */
     char schema[64];
     char qschema[160];
-    int url_partitions;  /* partitions= the URL gives, applied at init (0: not given) */
-    int partitions;      /* from meta, 0 until read */
-    int32_t part_key;    /* advisory lock class of partitions */
-    int32_t member_key;  /* advisory lock class of relay membership */
-    int32_t sleep_key;   /* advisory lock class of "a relay is asleep" (key 0) */
-    int sleep_held;      /* this session holds the shared "asleep" lock */
-    int in_txn;          /* a claim transaction is open */
-    int prepared;        /* the hot statements are prepared on conn */
-    int schema_ok;       /* the schema version was checked on conn */
+    int url_partitions; /* partitions= the URL gives, applied at init (0: not given) */
+    int partitions;     /* from meta, 0 until read */
+    int32_t part_key;   /* advisory lock class of partitions */
+    int32_t member_key; /* advisory lock class of relay membership */
+    int32_t sleep_key;  /* advisory lock class of "a relay is asleep" (key 0) */
+    int sleep_held;     /* this session holds the shared "asleep" lock */
+    int in_txn;         /* a claim transaction is open */
+    int prepared;       /* the hot statements are prepared on conn */
+    int schema_ok;      /* the schema version was checked on conn */
     int listening;
-    int had_conn;        /* a connection existed: the next connect is a reconnect */
-    int notified_first;  /* `changed` said 1 once */
-    int waiting;         /* the relay's last `idle` request (kept over reconnects) */
-    int live_seen;       /* live relays at the last rebalance */
-    int once_waited;     /* a --once relay waited for busy partitions already */
+    int had_conn;       /* a connection existed: the next connect is a reconnect */
+    int notified_first; /* `changed` said 1 once */
+    int waiting;        /* the relay's last `idle` request (kept over reconnects) */
+    int live_seen;      /* live relays at the last rebalance */
+    int once_waited;    /* a --once relay waited for busy partitions already */
 
     /* Relay membership (after lease_acquire). */
     char owner[128];
@@ -65,7 +65,7 @@ typedef struct pg_store {
     int64_t wait_seq;      /* L of a refresh waiting for wait_xacts to end */
     char *wait_xacts;      /* array literal of their virtual xids; NULL: none */
 
-    outbox_buf sql;      /* scratch */
+    outbox_buf sql;        /* scratch */
     outbox_buf a1, a2, a3; /* array literals for complete */
 } pg_store;
 
@@ -79,7 +79,7 @@ typedef struct pg_store {
 #define US_OR_NULL(col)                                                                            \
     "CASE WHEN " IN_YEARS(col) " THEN (extract(epoch FROM " col ") * 1000000)::bigint END"
 #define US(col)                                                                                    \
-    "(extract(epoch FROM least(greatest(" col ", '1970-01-01 00:00:00+00'::timestamptz),"         \
+    "(extract(epoch FROM least(greatest(" col ", '1970-01-01 00:00:00+00'::timestamptz),"          \
     " '9999-12-31 23:59:59.999999+00'::timestamptz)) * 1000000)::bigint"
 
 /* ------------------------------------------------------------------------

@@ -19,10 +19,11 @@
  * Operator commands
  * ---------------------------------------------------------------------- */
 
-#define FULL_COLUMNS                                                                   \
-    "seq, id, " US("occurred_at") ", type, aggregate_type, aggregate_id, payload::text," \
-    " headers::text, attempts, status, " US("available_at") ", last_error, "          \
-    "coalesce(" US("sent_at") ", 0)"
+#define FULL_COLUMNS                                                                               \
+    "seq, id, " US("occurred_at") ", type, aggregate_type, aggregate_id, payload::text,"           \
+                                  " headers::text, attempts, status, " US(                         \
+                                      "available_at") ", last_error, "                             \
+                                                      "coalesce(" US("sent_at") ", 0)"
 
 /* A row of FULL_COLUMNS as stored (lenient: for showing, whatever it
  * holds; times outside the years 1970 to 9999 are clamped into them). */
@@ -75,20 +76,21 @@ static void describe_holders(pg_store *st, outbox_status *out)
 
     outbox__buf_init(&b);
     outbox__buf_init(&notes);
-    outbox__buf_printf(&b,
-                       "WITH held AS (SELECT pid, classid::bigint AS cls, objid::bigint AS obj"
-                       " FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
-                       " AND database = (SELECT oid FROM pg_database"
-                       "  WHERE datname = current_database())"
-                       " AND classid IN (%ld::oid, %ld::oid))"
-                       " SELECT r.id, r.name, coalesce(r.host, ''), coalesce(r.pid, 0), p.obj, "
-                       US("r.heartbeat_at") ", coalesce(r.note, '') FROM %s.relays r"
-                       " JOIN held m ON m.cls = %ld AND m.obj = (r.id & 2147483647)"
-                       "  AND m.pid = r.backend_pid"
-                       " JOIN held p ON p.cls = %ld AND p.pid = r.backend_pid"
-                       " ORDER BY r.id, p.obj",
-                       (long)st->member_key, (long)st->part_key, st->qschema,
-                       (long)st->member_key, (long)st->part_key);
+    outbox__buf_printf(
+        &b,
+        "WITH held AS (SELECT pid, classid::bigint AS cls, objid::bigint AS obj"
+        " FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+        " AND database = (SELECT oid FROM pg_database"
+        "  WHERE datname = current_database())"
+        " AND classid IN (%ld::oid, %ld::oid))"
+        " SELECT r.id, r.name, coalesce(r.host, ''), coalesce(r.pid, 0), p.obj, " US(
+            "r.heartbeat_at") ", coalesce(r.note, '') FROM %s.relays r"
+                              " JOIN held m ON m.cls = %ld AND m.obj = (r.id & 2147483647)"
+                              "  AND m.pid = r.backend_pid"
+                              " JOIN held p ON p.cls = %ld AND p.pid = r.backend_pid"
+                              " ORDER BY r.id, p.obj",
+        (long)st->member_key, (long)st->part_key, st->qschema, (long)st->member_key,
+        (long)st->part_key);
     if (b.oom) goto out;
     res = PQexec(st->conn, b.data);
     outbox__buf_reset(&b);
@@ -118,8 +120,10 @@ static void describe_holders(pg_store *st, outbox_status *out)
             while (j + 1 < rows && strcmp(PQgetvalue(res, j + 1, 0), id) == 0 &&
                    outbox__pg_parse_i64(PQgetvalue(res, j + 1, 4)) == last + 1)
                 last = outbox__pg_parse_i64(PQgetvalue(res, ++j, 4));
-            if (first == last) outbox__buf_printf(&b, "%lld", (long long)first);
-            else outbox__buf_printf(&b, "%lld-%lld", (long long)first, (long long)last);
+            if (first == last)
+                outbox__buf_printf(&b, "%lld", (long long)first);
+            else
+                outbox__buf_printf(&b, "%lld-%lld", (long long)first, (long long)last);
             if (++j < rows && strcmp(PQgetvalue(res, j, 0), id) == 0) outbox__buf_puts(&b, ",");
         }
         outbox__buf_puts(&b, gone ? "] (gone)" : "]");
@@ -141,8 +145,7 @@ static void describe_holders(pg_store *st, outbox_status *out)
     if (b.data && !b.oom) snprintf(out->lease_owner, sizeof out->lease_owner, "%s", b.data);
     if (notes.data && !notes.oom)
         snprintf(out->relay_note, sizeof out->relay_note, "%s", notes.data);
-    if (out->lease_owner[0] && out->lease_expires_us == 0)
-        out->lease_expires_us = outbox__now_us();
+    if (out->lease_owner[0] && out->lease_expires_us == 0) out->lease_expires_us = outbox__now_us();
 out:
     outbox__buf_free(&b);
     outbox__buf_free(&notes);
@@ -163,17 +166,23 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
                            "reading the outbox status", err);
     if (code != OUTBOX_OK) return code;
     outbox__buf_reset(&st->sql);
-    outbox__buf_printf(&st->sql,
-                       "SELECT count(*) FILTER (WHERE status = 'pending'),"
-                       " count(*) FILTER (WHERE status = 'pending' AND (attempts = 0 OR"
-                       " available_at <= now())),"
-                       " count(*) FILTER (WHERE status = 'pending' AND attempts > 0),"
-                       " count(*) FILTER (WHERE status = 'sent'),"
-                       " count(*) FILTER (WHERE status = 'failed'),"
-                       " coalesce(" US("min(occurred_at) FILTER (WHERE status = 'pending')") ", 0),"
-                       " coalesce(" US("min(available_at) FILTER (WHERE status = 'pending' AND"
-                       " attempts > 0)") ", 0) FROM %s.outbox",
-                       st->qschema);
+    outbox__buf_printf(
+        &st->sql,
+        "SELECT count(*) FILTER (WHERE status = 'pending'),"
+        " count(*) FILTER (WHERE status = 'pending' AND (attempts = 0 OR"
+        " available_at <= now())),"
+        " count(*) FILTER (WHERE status = 'pending' AND attempts > 0),"
+        " count(*) FILTER (WHERE status = 'sent'),"
+        " count(*) FILTER (WHERE status = 'failed'),"
+        " coalesce(" US(
+            "min(occurred_at) FILTER (WHERE status = 'pending')") ", 0),"
+                                                                  " coalesce(" US(
+                                                                      "min(available_at) FILTER "
+                                                                      "(WHERE status = 'pending' "
+                                                                      "AND"
+                                                                      " attempts > 0)") ", 0) FROM "
+                                                                                        "%s.outbox",
+        st->qschema);
     res = PQexec(st->conn, st->sql.data);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         code = outbox__pg_fail(st->conn, res, "reading the outbox status", err);
@@ -282,7 +291,8 @@ int outbox__pg_get(void *state, const char *id, outbox_msg **msg, outbox_error *
                              "no message with id %s in the outbox (sent messages are deleted "
                              "unless the relay runs with on_sent=mark)",
                              key);
-    else code = full_row_msg(res, 0, msg, err);
+    else
+        code = full_row_msg(res, 0, msg, err);
     PQclear(res);
     return code;
 }
@@ -406,9 +416,9 @@ int outbox__pg_retry(void *state, const char *const *ids, size_t n, int all, int
                 goto fail;
             }
             if (PQntuples(res) == 0) {
-                code = outbox__error(err, OUTBOX_ENOTFOUND,
-                                     "no message with id %s in the outbox: nothing was requeued",
-                                     key);
+                code =
+                    outbox__error(err, OUTBOX_ENOTFOUND,
+                                  "no message with id %s in the outbox: nothing was requeued", key);
                 goto fail;
             }
             status = PQgetvalue(res, 0, 0);
@@ -556,9 +566,9 @@ int outbox__pg_drop(void *state, const char *const *ids, size_t n, int all,
             for (r = 0; r < rows && strcmp(PQgetvalue(res, (int)r, 1), key) != 0; r++) {
             }
             if (r == rows) {
-                code = outbox__error(err, OUTBOX_ENOTFOUND,
-                                     "no message with id %s in the outbox: nothing was dropped",
-                                     key);
+                code =
+                    outbox__error(err, OUTBOX_ENOTFOUND,
+                                  "no message with id %s in the outbox: nothing was dropped", key);
                 goto fail;
             }
             if (strcmp(PQgetvalue(res, (int)r, 9), "failed") != 0) {
@@ -618,7 +628,8 @@ fail:
     PQclear(res);
     outbox__pg_rollback(st->conn);
 out:
-    for (i = 0; i < got; i++) outbox_msg_free(msgs[i]);
+    for (i = 0; i < got; i++)
+        outbox_msg_free(msgs[i]);
     free(msgs);
     outbox__buf_free(&list);
     outbox__buf_free(&seqs);

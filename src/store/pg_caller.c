@@ -93,8 +93,7 @@ static void prepared_remember(const PGconn *conn, int pid, const char *name)
  * healthy transaction), so a missing schema gives ENOSCHEMA and a newer one
  * ESCHEMANEWER without aborting the caller's transaction. */
 static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_name,
-                           const char *tmpl, int nparams, const char *table_name,
-                           outbox_error *err)
+                           const char *tmpl, int nparams, const char *table_name, outbox_error *err)
 {
     char qschema[160], table[200];
     const char *params[2];
@@ -153,13 +152,15 @@ static int ensure_prepared(PGconn *conn, const char *schema, const char *stmt_na
 static int require_txn(PGconn *conn, const char *fn, const char *idle, outbox_error *err)
 {
     switch (PQtransactionStatus(conn)) {
-    case PQTRANS_INTRANS: return OUTBOX_OK;
+    case PQTRANS_INTRANS:
+        return OUTBOX_OK;
     case PQTRANS_INERROR:
         return outbox__error(err, OUTBOX_ENOTXN,
                              "%s: the caller's transaction has already failed (an earlier "
                              "statement raised an error): ROLLBACK and retry",
                              fn);
-    case PQTRANS_IDLE: return outbox__error(err, OUTBOX_ENOTXN, "%s %s", fn, idle);
+    case PQTRANS_IDLE:
+        return outbox__error(err, OUTBOX_ENOTXN, "%s %s", fn, idle);
     default:
         return outbox__error(err, OUTBOX_ENOTXN,
                              "%s: the connection is busy or broken (transaction status %d): "
@@ -183,8 +184,7 @@ static void insert_params(const outbox_msg *msg, const char *params[7], char occ
 }
 
 /* Runs the prepared insert of msg on conn (statement stmt_name). */
-static int insert_msg(PGconn *conn, const char *stmt_name, const outbox_msg *msg,
-                      outbox_error *err)
+static int insert_msg(PGconn *conn, const char *stmt_name, const outbox_msg *msg, outbox_error *err)
 {
     const char *params[7];
     char occurred[32];
@@ -298,8 +298,7 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
     int code = OUTBOX_OK, commit_sent = 0, committed = 0, synced = 0, failed = 0;
     PGresult *res;
 
-    if (!conn)
-        return outbox__error(err, OUTBOX_EINVAL, "outbox_enqueue_commit_pg: conn is NULL");
+    if (!conn) return outbox__error(err, OUTBOX_EINVAL, "outbox_enqueue_commit_pg: conn is NULL");
     if (n > 0 && !msgs)
         return outbox__error(err, OUTBOX_EINVAL,
                              "outbox_enqueue_commit_pg: msgs is NULL with n = %zu", n);
@@ -381,8 +380,11 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
             continue;
         }
         switch (PQresultStatus(res)) {
-        case PGRES_PIPELINE_SYNC: synced = 1; break;
-        case PGRES_PIPELINE_ABORTED: break; /* skipped after an error */
+        case PGRES_PIPELINE_SYNC:
+            synced = 1;
+            break;
+        case PGRES_PIPELINE_ABORTED:
+            break; /* skipped after an error */
         case PGRES_COMMAND_OK:
             if (commit_sent && results == n) {
                 if (strcmp(PQcmdStatus(res), "COMMIT") == 0) {

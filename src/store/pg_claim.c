@@ -27,15 +27,20 @@
  * floor's requeue epoch and the floor, see "Claim floor" in
  * docs/POSTGRES.md). */
 #define CLAIM_SELECT_WHERE                                                                         \
-    "SELECT seq, id, " US_OR_NULL("occurred_at") ", type, aggregate_type, aggregate_id,"           \
-    " payload::text, headers::text, attempts,"                                                     \
-    " CASE WHEN NOT " IN_YEARS("occurred_at") " THEN occurred_at::text END"                        \
-    " FROM {s}.outbox o"                                                                           \
-    " WHERE o.status = 'pending' AND o.partition = ANY($1::smallint[])"                            \
-    " AND o.seq >= CASE WHEN (SELECT value FROM {s}.meta WHERE key = 'requeue_epoch') ="           \
-    " $5::text THEN $6::bigint ELSE 0 END"                                                         \
-    " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $2::bigint * interval"      \
-    " '1 microsecond')"
+    "SELECT seq, id, " US_OR_NULL(                                                                 \
+        "occurred_at") ", type, aggregate_type, aggregate_id,"                                     \
+                       " payload::text, headers::text, attempts,"                                  \
+                       " CASE WHEN NOT " IN_YEARS(                                                 \
+                           "occurred_at") " THEN occurred_at::text END"                            \
+                                          " FROM {s}.outbox o"                                     \
+                                          " WHERE o.status = 'pending' AND o.partition = "         \
+                                          "ANY($1::smallint[])"                                    \
+                                          " AND o.seq >= CASE WHEN (SELECT value FROM {s}.meta "   \
+                                          "WHERE key = 'requeue_epoch') ="                         \
+                                          " $5::text THEN $6::bigint ELSE 0 END"                   \
+                                          " AND (o.attempts = 0 OR o.available_at <= "             \
+                                          "'epoch'::timestamptz + $2::bigint * interval"           \
+                                          " '1 microsecond')"
 #define CLAIM_NOT_BLOCKED                                                                          \
     " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"                                                  \
     "  WHERE left(p.aggregate_id, 256) = left(o.aggregate_id, 256)"                                \
@@ -54,8 +59,7 @@ static const char claim_tmpl[] =
  * range check alone excludes them.  No row locks: the relay's partition
  * advisory locks keep the rows its own, and it keeps them while a batch is
  * out (no rebalancing). */
-static const char claim_pipelined_tmpl[] =
-    CLAIM_SELECT_WHERE
+static const char claim_pipelined_tmpl[] = CLAIM_SELECT_WHERE
     " AND (o.seq < $8::bigint OR o.seq > $9::bigint"
     " OR (NOT $10::boolean AND NOT (o.seq = ANY($7::bigint[]))))" CLAIM_NOT_BLOCKED
     " ORDER BY o.seq LIMIT $4";
@@ -77,9 +81,9 @@ static const char *const hot_tmpl[P_COUNT] = {
     [P_CLAIM_PIPELINED] = claim_pipelined_tmpl,
 };
 
-static const char *const hot_name[P_COUNT] = {"outbox_claim", "outbox_delete", "outbox_mark",
-                                              "outbox_retry", "outbox_fail",
-                                              "outbox_claim_pipelined"};
+static const char *const hot_name[P_COUNT] = {"outbox_claim", "outbox_delete",
+                                              "outbox_mark",  "outbox_retry",
+                                              "outbox_fail",  "outbox_claim_pipelined"};
 
 /* Prepares the relay's statements on this connection, and pins the
  * claim's plan: the walk of outbox_pending in seq order that stops at the
@@ -341,9 +345,8 @@ static int quarantine(pg_store *st, const bad_row *bad, size_t n, outbox_error *
  * cannot be decoded are quarantined (see quarantine) and the claim reads
  * again, so that the rest of their aggregates is held back as behind any
  * Failed message while every other aggregate flows. */
-static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
-                 const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs, size_t *n,
-                 outbox_error *err)
+static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, const int64_t *exclude,
+                 size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err)
 {
     const char *params[10];
     char now[32], limit[32], floor[32], lo[32], hi[32];
@@ -357,7 +360,8 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
 
     *msgs = NULL;
     *n = 0;
-    if (!p || p->batch_size == 0) return outbox__error(err, OUTBOX_EINVAL, "claim: batch_size is 0");
+    if (!p || p->batch_size == 0)
+        return outbox__error(err, OUTBOX_EINVAL, "claim: batch_size is 0");
     if (keep && (!st->conn || PQstatus(st->conn) != CONNECTION_OK))
         /* A new session would not hold the partitions the batch in flight
          * came from: the relay finishes that batch first. */
@@ -428,8 +432,7 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
 
     for (round = 0;; round++) {
         if (pipelined) {
-            res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 10, params, NULL, NULL,
-                                 0);
+            res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 10, params, NULL, NULL, 0);
         } else {
             /* Outcomes need not be durable: a completion lost in a database
              * crash only makes its messages be published again (at least
@@ -498,7 +501,8 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         }
         /* Read again once they are Failed: later rows of their aggregates
          * may be in this batch. */
-        for (i = 0; (size_t)i < count; i++) outbox_msg_free(arr[i]);
+        for (i = 0; (size_t)i < count; i++)
+            outbox_msg_free(arr[i]);
         free(arr);
         arr = NULL;
         count = 0;
@@ -513,7 +517,8 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined,
 
 fail:
     PQclear(res);
-    for (i = 0; (size_t)i < count; i++) outbox_msg_free(arr[i]);
+    for (i = 0; (size_t)i < count; i++)
+        outbox_msg_free(arr[i]);
     free(arr);
     free(bad);
     outbox__pg_end_claim(st);
@@ -668,7 +673,8 @@ static int complete(pg_store *st, const outbox_completion *c, size_t n,
     if (sent > 0) {
         params[0] = st->a1.data;
         if (p && p->on_sent == OUTBOX_ON_SENT_MARK) {
-            snprintf(now, sizeof now, "%lld", (long long)(p->now_us ? p->now_us : outbox__now_us()));
+            snprintf(now, sizeof now, "%lld",
+                     (long long)(p->now_us ? p->now_us : outbox__now_us()));
             params[1] = now;
             code = run_hot(st, P_MARK, 2, params, "marking messages sent", err);
         } else {
@@ -742,8 +748,8 @@ done:
     if (st->owner[0] && !(pipelined && in_flight)) {
         outbox_error e;
         if (outbox__pg_maybe_rebalance(st, 0, &e) != OUTBOX_OK)
-            outbox__log(OUTBOX_LOG_WARN, COMPONENT, "relay %s: rebalancing failed: %s",
-                        st->owner, e.message);
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT, "relay %s: rebalancing failed: %s", st->owner,
+                        e.message);
     }
     return OUTBOX_OK;
 
@@ -766,8 +772,7 @@ int outbox__pg_complete_pipelined(void *state, const outbox_completion *c, size_
 
 /* Runs a query returning one row, one column; *out = its int64 value (0
  * for NULL). */
-static int scalar(pg_store *st, const char *sql, int64_t *out, const char *what,
-                  outbox_error *err)
+static int scalar(pg_store *st, const char *sql, int64_t *out, const char *what, outbox_error *err)
 {
     PGresult *res = PQexec(st->conn, sql);
     int code = OUTBOX_OK;
@@ -789,10 +794,11 @@ int outbox__pg_next_due(void *state, int64_t *due_us, outbox_error *err)
     if (code != OUTBOX_OK) return code;
     if (st->in_txn) return OUTBOX_OK;
     outbox__buf_reset(&st->sql);
-    outbox__buf_printf(&st->sql,
-                       "SELECT " US("min(available_at)") " FROM %s.outbox"
-                       " WHERE status = 'pending' AND attempts > 0",
-                       st->qschema);
+    outbox__buf_printf(
+        &st->sql,
+        "SELECT " US("min(available_at)") " FROM %s.outbox"
+                                          " WHERE status = 'pending' AND attempts > 0",
+        st->qschema);
     return scalar(st, st->sql.data, due_us, "finding the next due message", err);
 }
 

@@ -68,7 +68,8 @@ const char *outbox__pg_message(const char *msg, char *buf, size_t len)
     while (*p && o + 1 < len) {
         if (*p == '\n' || *p == '\r') {
             const char *q = p;
-            while (*q == '\n' || *q == '\r' || *q == '\t' || *q == ' ') q++;
+            while (*q == '\n' || *q == '\r' || *q == '\t' || *q == ' ')
+                q++;
             if (!*q) break;
             if (o > 0 && isalnum((unsigned char)buf[o - 1]) && isupper((unsigned char)*q) &&
                 o + 2 < len)
@@ -80,7 +81,8 @@ const char *outbox__pg_message(const char *msg, char *buf, size_t len)
         buf[o++] = *p == '\t' ? ' ' : *p;
         p++;
     }
-    while (o > 0 && buf[o - 1] == ' ') o--;
+    while (o > 0 && buf[o - 1] == ' ')
+        o--;
     buf[o] = '\0';
     return buf;
 }
@@ -99,8 +101,7 @@ const char *outbox__pg_error_text(const PGconn *conn, const PGresult *res, char 
         const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
         if (detail && strncmp(detail, "Failing row contains", 20) == 0) detail = NULL;
         snprintf(joined, sizeof joined, "%s%s%s%s%s%s", primary, detail ? " (" : "",
-                 detail ? detail : "", detail ? ")" : "", hint ? "; hint: " : "",
-                 hint ? hint : "");
+                 detail ? detail : "", detail ? ")" : "", hint ? "; hint: " : "", hint ? hint : "");
         return outbox__pg_message(joined, buf, len);
     }
     primary = res ? PQresultErrorMessage(res) : NULL;
@@ -117,20 +118,22 @@ int outbox__pg_fail(PGconn *conn, PGresult *res, const char *what, outbox_error 
 
     outbox__pg_error_text(conn, res, buf, sizeof buf);
     if (conn == NULL || PQstatus(conn) == CONNECTION_BAD)
-        return outbox__error(err, OUTBOX_EIO, "%s: the PostgreSQL connection was lost: %s",
-                             what, buf);
+        return outbox__error(err, OUTBOX_EIO, "%s: the PostgreSQL connection was lost: %s", what,
+                             buf);
     if (state) {
         if (strcmp(state, "42P01") == 0 || strcmp(state, "3F000") == 0 ||
             strcmp(state, "42883") == 0)
             code = OUTBOX_ENOSCHEMA;
-        else if (strcmp(state, "23505") == 0) code = OUTBOX_EEXISTS;
+        else if (strcmp(state, "23505") == 0)
+            code = OUTBOX_EEXISTS;
         else if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
                  strcmp(state, "55P03") == 0 || strcmp(state, "57014") == 0)
             code = OUTBOX_EBUSY;
         else if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
                  strncmp(state, "53", 2) == 0)
             code = OUTBOX_EIO;
-        else if (strcmp(state, "54000") == 0) code = OUTBOX_ETOOBIG;
+        else if (strcmp(state, "54000") == 0)
+            code = OUTBOX_ETOOBIG;
     }
     if (code == OUTBOX_ENOSCHEMA)
         return outbox__error(err, code,
@@ -176,18 +179,22 @@ static void redact_keywords(const char *src, char *out, size_t len)
     while (*p && o + 1 < len) {
         if (strncasecmp(p, "password", 8) == 0) {
             const char *q = p + 8;
-            while (*q == ' ') q++;
+            while (*q == ' ')
+                q++;
             if (*q == '=') {
                 const char *mask = "password=***";
-                while (*mask && o + 1 < len) out[o++] = *mask++;
+                while (*mask && o + 1 < len)
+                    out[o++] = *mask++;
                 q++;
-                while (*q == ' ') q++;
+                while (*q == ' ')
+                    q++;
                 if (*q == '\'') {
                     for (q++; *q && *q != '\''; q++)
                         if (*q == '\\' && q[1]) q++;
                     if (*q) q++;
                 } else {
-                    while (*q && *q != ' ') q++;
+                    while (*q && *q != ' ')
+                        q++;
                 }
                 p = q;
                 continue;
@@ -312,12 +319,15 @@ static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_
     while (*p && code == OUTBOX_OK) {
         const char *start, *vstart;
         size_t klen;
-        while (*p == ' ' || *p == '\t') p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
         if (!*p) break;
         start = p;
-        while (*p && *p != '=' && *p != ' ') p++;
+        while (*p && *p != '=' && *p != ' ')
+            p++;
         klen = (size_t)(p - start);
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         if (*p != '=') {
             code = outbox__error(err, OUTBOX_EBADURL,
                                  "store URL '%s' is not a libpq keyword string (key=value ...) "
@@ -327,22 +337,24 @@ static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_
             break;
         }
         p++;
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         vstart = p;
         if (*p == '\'') {
             for (p++; *p && *p != '\''; p++)
                 if (*p == '\\' && p[1]) p++;
             if (*p) p++;
         } else {
-            while (*p && *p != ' ' && *p != '\t') p++;
+            while (*p && *p != ' ' && *p != '\t')
+                p++;
         }
         if (own_key(start, klen)) {
             char **grown;
             for (i = 0; i < own_count; i++)
                 if (strncmp(own[i], start, klen) == 0 && own[i][klen] == '=')
-                    code = outbox__error(err, OUTBOX_EBADURL,
-                                         "setting \"%.*s\" is given twice in %s", (int)klen,
-                                         start, st->shown);
+                    code =
+                        outbox__error(err, OUTBOX_EBADURL, "setting \"%.*s\" is given twice in %s",
+                                      (int)klen, start, st->shown);
             if (code != OUTBOX_OK) break;
             grown = realloc(own, (own_count + 2) * sizeof *own);
             if (grown) own = grown;
@@ -398,14 +410,14 @@ static void notice_receiver(void *arg, const PGresult *res)
     int level = OUTBOX_LOG_DEBUG;
 
     if (!severity) severity = "NOTICE";
-    if (strcmp(severity, "WARNING") == 0) level = OUTBOX_LOG_WARN;
+    if (strcmp(severity, "WARNING") == 0)
+        level = OUTBOX_LOG_WARN;
     else if (strcmp(severity, "NOTICE") == 0 || strcmp(severity, "INFO") == 0)
         level = OUTBOX_LOG_INFO;
     if (!outbox__log_enabled(level)) return;
     outbox__log(level, COMPONENT, "%s: server %s: %s", st->shown, severity,
                 outbox__pg_error_text(NULL, res, text, sizeof text));
 }
-
 
 /* Makes sure st->conn is up: connects (or reconnects after a loss, logging
  * it) and sets up the session (LISTEN, lock keys, relay membership). */
@@ -510,8 +522,10 @@ static int pg_open(void **state, const char *url, outbox_error *err)
         goto fail;
     }
 
-    if (strncasecmp(url, "postgresql:", 11) == 0) rest = url + 11;
-    else if (strncasecmp(url, "postgres:", 9) == 0) rest = url + 9;
+    if (strncasecmp(url, "postgresql:", 11) == 0)
+        rest = url + 11;
+    else if (strncasecmp(url, "postgres:", 9) == 0)
+        rest = url + 9;
     else {
         code = outbox__error(err, OUTBOX_EBADURL, "store URL is not a postgres:// URL");
         goto fail;

@@ -113,9 +113,11 @@ static void release_sleep_lock(pg_store *st)
     PGresult *res;
 
     if (!st->sleep_held || !st->conn || PQtransactionStatus(st->conn) != PQTRANS_IDLE) return;
-    snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock_shared((%ld)::integer, 0)", (long)st->sleep_key);
+    snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock_shared((%ld)::integer, 0)",
+             (long)st->sleep_key);
     res = PQexec(st->conn, sql);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK) st->sleep_held = 0;
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        st->sleep_held = 0;
     else
         outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: releasing the asleep lock failed",
                     st->owner);
@@ -196,11 +198,9 @@ static int write_heartbeat(pg_store *st, outbox_error *err)
     params[0] = st->note[0] ? st->note : NULL;
     outbox__buf_reset(&st->sql);
     outbox__buf_printf(&st->sql, "UPDATE %s.relays SET heartbeat_at = now()%s WHERE id = %lld",
-                       st->qschema, st->note_dirty ? ", note = $1" : "",
-                       (long long)st->member_id);
+                       st->qschema, st->note_dirty ? ", note = $1" : "", (long long)st->member_id);
     if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
-    res = PQexecParams(st->conn, st->sql.data, st->note_dirty ? 1 : 0, NULL, params, NULL, NULL,
-                       0);
+    res = PQexecParams(st->conn, st->sql.data, st->note_dirty ? 1 : 0, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         code = outbox__pg_fail(st->conn, res, "recording the relay heartbeat", err);
     else
@@ -241,7 +241,8 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
     for (i = 0; i < PQntuples(res); i++) {
         int64_t cls = outbox__pg_parse_i64(PQgetvalue(res, i, 0));
         int64_t obj = outbox__pg_parse_i64(PQgetvalue(res, i, 1));
-        if (cls == st->member_key) live++;
+        if (cls == st->member_key)
+            live++;
         else if (obj >= 0 && obj < st->partitions && PQgetvalue(res, i, 2)[0] != 't')
             taken[obj] = 1;
     }
@@ -301,8 +302,8 @@ int outbox__pg_maybe_rebalance(pg_store *st, int force, outbox_error *err)
     if (!force && now < st->next_rebalance_us) return OUTBOX_OK;
     code = rebalance(st, 0, err);
     if (code == OUTBOX_OK) {
-        int64_t step = st->ttl_ms > 0 && st->ttl_ms / 3 < REBALANCE_MS ? st->ttl_ms / 3
-                                                                        : REBALANCE_MS;
+        int64_t step =
+            st->ttl_ms > 0 && st->ttl_ms / 3 < REBALANCE_MS ? st->ttl_ms / 3 : REBALANCE_MS;
         st->next_rebalance_us = now + step * 1000;
     }
     return code;
@@ -406,7 +407,8 @@ int outbox__pg_lease_note(void *state, const char *owner, const char *note, outb
     len = strlen(note);
     if (len >= sizeof st->note) {
         len = sizeof st->note - 1;
-        while (len > 0 && ((unsigned char)note[len] & 0xc0) == 0x80) len--;
+        while (len > 0 && ((unsigned char)note[len] & 0xc0) == 0x80)
+            len--;
     }
     memcpy(st->note, note, len);
     st->note[len] = '\0';

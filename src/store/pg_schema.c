@@ -112,7 +112,8 @@ static const char *const migrations[] = {
     "  END IF;\n"
     " END LOOP;\n"
     " total := octet_length(enqueue.payload::text) + octet_length(hdr::text)"
-    "  + octet_length(enqueue.type) + octet_length(enqueue.aggregate_id) + octet_length(agg_type);\n"
+    "  + octet_length(enqueue.type) + octet_length(enqueue.aggregate_id) + "
+    "octet_length(agg_type);\n"
     " IF total > 1048576 THEN\n"
     "  RAISE EXCEPTION 'outbox.enqueue: message is % bytes, over the 1048576-byte limit', total"
     " USING ERRCODE = '54000';\n"
@@ -399,8 +400,8 @@ static int parse_version(const char *s)
 /* Reads schema_version (and partitions) from {s}.meta: *version 0 when the
  * table or the row is absent, -1 when the row holds something else than a
  * version number (its text copied to bad, which may be NULL). */
-static int read_meta(PGconn *conn, const char *qschema, int *version, int *partitions,
-                     char *bad, size_t bad_len, outbox_error *err)
+static int read_meta(PGconn *conn, const char *qschema, int *version, int *partitions, char *bad,
+                     size_t bad_len, outbox_error *err)
 {
     char sql[256];
     PGresult *res;
@@ -477,7 +478,8 @@ static int unrecorded_schema(PGconn *conn, const char *schema, const char *qsche
     if (parts < 1 || parts > MAX_PARTITIONS) parts = DEFAULT_PARTITIONS;
     if (version < 0)
         snprintf(found, sizeof found, "schema_version '%s', not a version number", bad);
-    else snprintf(found, sizeof found, "no schema_version");
+    else
+        snprintf(found, sizeof found, "no schema_version");
     if (guess < 1 || guess > SCHEMA_VERSION)
         return outbox__error(err, OUTBOX_ESTORE,
                              "the PostgreSQL schema %s has an outbox table, but %s.meta has %s: "
@@ -581,8 +583,7 @@ int outbox__pg_migrate(PGconn *conn, const char *schema, int requested, int *fro
             code = outbox__error(err, OUTBOX_ENOMEM, "out of memory building the schema");
             goto fail;
         }
-        snprintf(what, sizeof what, "migrating the outbox schema %s to version %d", schema,
-                 v + 1);
+        snprintf(what, sizeof what, "migrating the outbox schema %s to version %d", schema, v + 1);
         code = outbox__pg_exec(conn, b.data, what, err);
         if (code != OUTBOX_OK) goto fail;
     }
@@ -669,8 +670,8 @@ int outbox__pg_check_schema(pg_store *st, outbox_error *err)
                              st->schema, st->shown, bad, st->shown);
     if (version == 0)
         return outbox__error(err, OUTBOX_ENOSCHEMA,
-                             "no outbox schema %s at %s: run `outbox init --store %s`",
-                             st->schema, st->shown, st->shown);
+                             "no outbox schema %s at %s: run `outbox init --store %s`", st->schema,
+                             st->shown, st->shown);
     if (version > SCHEMA_VERSION)
         return outbox__error(err, OUTBOX_ESCHEMANEWER,
                              "the outbox schema %s at %s is version %d, newer than this build's "

@@ -82,26 +82,31 @@
 #define CONTROL_GLOB "CAST(x'2a5b012d1f7f5d2a' AS TEXT)"
 /* Has a character other than space and tab. */
 #define NOT_BLANK_GLOB "'*[^ \t]*'"
-#define LONG_OR_CONTROL(col)                                                                 \
+#define LONG_OR_CONTROL(col)                                                                       \
     "length(CAST(NEW." col " AS BLOB)) > 256 OR NEW." col " GLOB " CONTROL_GLOB
-#define FIELD_CHECKS                                                                         \
-    " SELECT CASE"                                                                           \
-    " WHEN NEW.id NOT GLOB " UUID_GLOB " OR NEW.id = '00000000-0000-0000-0000-000000000000'" \
-    "  THEN RAISE(ABORT, 'outbox: id is not a UUID (8-4-4-4-12 hex digits, not nil)')"       \
-    " WHEN typeof(NEW.occurred_at) <> 'integer'"                                             \
-    "  OR NEW.occurred_at NOT BETWEEN 0 AND 253402300799999999"                              \
-    "  THEN RAISE(ABORT, 'outbox: occurred_at is not Unix microseconds in the years"         \
-    " 1970..9999')"                                                                          \
-    " WHEN NEW.type NOT GLOB " NOT_BLANK_GLOB " OR " LONG_OR_CONTROL("type")                 \
-    "  THEN RAISE(ABORT, 'outbox: type is blank, longer than 256 bytes or has a control"     \
-    " character')"                                                                           \
-    " WHEN " LONG_OR_CONTROL("aggregate_type")                                               \
-    "  THEN RAISE(ABORT, 'outbox: aggregate_type is longer than 256 bytes or has a control"  \
-    " character')"                                                                           \
-    " WHEN NEW.aggregate_id NOT GLOB " NOT_BLANK_GLOB " OR " LONG_OR_CONTROL("aggregate_id") \
-    "  THEN RAISE(ABORT, 'outbox: aggregate_id is blank, longer than 256 bytes or has a"     \
-    " control character')"                                                                   \
-    " END;"
+#define FIELD_CHECKS                                                                               \
+    " SELECT CASE"                                                                                 \
+    " WHEN NEW.id NOT GLOB " UUID_GLOB " OR NEW.id = '00000000-0000-0000-0000-000000000000'"       \
+    "  THEN RAISE(ABORT, 'outbox: id is not a UUID (8-4-4-4-12 hex digits, not nil)')"             \
+    " WHEN typeof(NEW.occurred_at) <> 'integer'"                                                   \
+    "  OR NEW.occurred_at NOT BETWEEN 0 AND 253402300799999999"                                    \
+    "  THEN RAISE(ABORT, 'outbox: occurred_at is not Unix microseconds in the years"               \
+    " 1970..9999')"                                                                                \
+    " WHEN NEW.type NOT GLOB " NOT_BLANK_GLOB " OR " LONG_OR_CONTROL(                              \
+        "type") "  THEN RAISE(ABORT, 'outbox: type is blank, longer than 256 bytes or has a "      \
+                "control"                                                                          \
+                " character')"                                                                     \
+                " WHEN " LONG_OR_CONTROL(                                                          \
+                    "aggregate_type") "  THEN RAISE(ABORT, 'outbox: aggregate_type is longer "     \
+                                      "than 256 bytes or has a control"                            \
+                                      " character')"                                               \
+                                      " WHEN NEW.aggregate_id NOT GLOB " NOT_BLANK_GLOB            \
+                                      " OR " LONG_OR_CONTROL(                                      \
+                                          "aggregate_id") "  THEN RAISE(ABORT, 'outbox: "          \
+                                                          "aggregate_id is blank, longer than "    \
+                                                          "256 bytes or has a"                     \
+                                                          " control character')"                   \
+                                                          " END;"
 /* migrations[i] takes the schema from version i to version i + 1.  Append
  * only: a released step is never edited. */
 static const char *const migrations[] = {
@@ -152,8 +157,8 @@ _Static_assert(sizeof migrations / sizeof migrations[0] == SCHEMA_VERSION,
  * to, else NULL": the caller-connection writes put it in a NOT NULL column,
  * so that a refused version writes nothing at the cost of a subquery rather
  * than a statement of its own (version_writable says why afterwards). */
-#define IF_VERSION_WRITABLE(param)                                                           \
-    "(SELECT " param " FROM outbox_meta WHERE key = 'schema_version'"                        \
+#define IF_VERSION_WRITABLE(param)                                                                 \
+    "(SELECT " param " FROM outbox_meta WHERE key = 'schema_version'"                              \
     " AND CAST(value AS INTEGER) BETWEEN 1 AND " NUMBER_TEXT(SCHEMA_VERSION) ")"
 
 #define LEASE_NAME "relay"
@@ -166,11 +171,15 @@ static int map_rc(int rc)
 {
     switch (rc & 0xff) {
     case SQLITE_BUSY:
-    case SQLITE_LOCKED: return OUTBOX_EBUSY;
+    case SQLITE_LOCKED:
+        return OUTBOX_EBUSY;
     case SQLITE_IOERR:
-    case SQLITE_FULL: return OUTBOX_EIO;
-    case SQLITE_NOMEM: return OUTBOX_ENOMEM;
-    default: return OUTBOX_ESTORE;
+    case SQLITE_FULL:
+        return OUTBOX_EIO;
+    case SQLITE_NOMEM:
+        return OUTBOX_ENOMEM;
+    default:
+        return OUTBOX_ESTORE;
     }
 }
 
@@ -238,8 +247,8 @@ static int read_version(sqlite3 *db, stored_version *v, outbox_error *err)
 
     memset(v, 0, sizeof *v);
     v->state = VERSION_NO_ROW;
-    rc = sqlite3_prepare_v2(db, "SELECT value FROM outbox_meta WHERE key = 'schema_version'",
-                            -1, &s, NULL);
+    rc = sqlite3_prepare_v2(db, "SELECT value FROM outbox_meta WHERE key = 'schema_version'", -1,
+                            &s, NULL);
     if (rc != SQLITE_OK) {
         v->state = VERSION_NO_TABLE;
         if (strstr(sqlite3_errmsg(db), "no such table") != NULL) return OUTBOX_OK;
@@ -328,7 +337,8 @@ static int unversioned_tables(sqlite3 *db, const stored_version *v, int64_t tabl
     int64_t columns, instance;
     int code;
 
-    if (v->state == VERSION_NO_TABLE) snprintf(found, sizeof found, "no outbox_meta table");
+    if (v->state == VERSION_NO_TABLE)
+        snprintf(found, sizeof found, "no outbox_meta table");
     else if (v->state == VERSION_NO_ROW)
         snprintf(found, sizeof found, "no schema_version row in outbox_meta");
     else
@@ -621,8 +631,10 @@ int outbox_inbox_record_sqlite(sqlite3 *db, const char *consumer, const char *me
     sqlite3_bind_text(s, 2, id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, outbox__now_us());
     rc = sqlite3_step(s);
-    if (rc != SQLITE_DONE) code = db_fail(db, rc, "recording the message in the inbox", err);
-    else if (sqlite3_changes(db) == 0) code = duplicate_or_refused(db, err);
+    if (rc != SQLITE_DONE)
+        code = db_fail(db, rc, "recording the message in the inbox", err);
+    else if (sqlite3_changes(db) == 0)
+        code = duplicate_or_refused(db, err);
     sqlite3_finalize(s);
     return code;
 }
@@ -701,16 +713,15 @@ enum {
 static const char *const stmt_sql[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
-    [S_CLAIM] =
-        "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
-        " attempts FROM outbox o"
-        " WHERE o.status = 'pending' AND o.available_at <= ?1"
-        " AND NOT EXISTS (SELECT 1 FROM outbox p"
-        "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
-        "  AND (p.status = 'failed' OR p.attempts > 0)"
-        "  AND ((p.status = 'pending' AND p.available_at > ?1)"
-        "       OR (p.status = 'failed' AND ?2)))"
-        " ORDER BY o.seq LIMIT ?3",
+    [S_CLAIM] = "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
+                " attempts FROM outbox o"
+                " WHERE o.status = 'pending' AND o.available_at <= ?1"
+                " AND NOT EXISTS (SELECT 1 FROM outbox p"
+                "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
+                "  AND (p.status = 'failed' OR p.attempts > 0)"
+                "  AND ((p.status = 'pending' AND p.available_at > ?1)"
+                "       OR (p.status = 'failed' AND ?2)))"
+                " ORDER BY o.seq LIMIT ?3",
     /* The same, without the messages in flight (?4: JSON array of seqs). */
     [S_CLAIM_PIPELINED] =
         "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
@@ -741,10 +752,10 @@ static const char *const stmt_sql[S_COUNT] = {
 };
 
 typedef struct sqlite_store {
-    sqlite3 *db;        /* NULL while the database file does not exist */
+    sqlite3 *db; /* NULL while the database file does not exist */
     char *path;
-    int version_checked;  /* the schema version was found writable on db */
-    char instance[33];    /* random hex token: the lease row this handle holds */
+    int version_checked; /* the schema version was found writable on db */
+    char instance[33];   /* random hex token: the lease row this handle holds */
     sqlite3_stmt *stmts[S_COUNT];
     int64_t data_version; /* -1 before the first `changed` */
     outbox_buf sent;      /* complete: JSON array of the sent seqs */
@@ -756,8 +767,8 @@ static sqlite3_stmt *stmt(sqlite_store *st, int idx, int *code, outbox_error *er
 {
     int rc;
     if (st->stmts[idx]) return st->stmts[idx];
-    rc = sqlite3_prepare_v3(st->db, stmt_sql[idx], -1, SQLITE_PREPARE_PERSISTENT,
-                            &st->stmts[idx], NULL);
+    rc = sqlite3_prepare_v3(st->db, stmt_sql[idx], -1, SQLITE_PREPARE_PERSISTENT, &st->stmts[idx],
+                            NULL);
     if (rc != SQLITE_OK) {
         *code = db_fail(st->db, rc, "preparing a statement", err);
         sqlite3_finalize(st->stmts[idx]);
@@ -788,8 +799,8 @@ static int connect_db(sqlite_store *st, int create, outbox_error *err)
     int code;
 
     if (rc != SQLITE_OK) {
-        code = outbox__error(err, map_rc(rc), "cannot open the SQLite database %s: %s",
-                             st->path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        code = outbox__error(err, map_rc(rc), "cannot open the SQLite database %s: %s", st->path,
+                             db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         sqlite3_close(db);
         return code;
     }
@@ -801,9 +812,9 @@ static int connect_db(sqlite_store *st, int create, outbox_error *err)
     if (rc != SQLITE_OK) {
         if ((rc & 0xff) == SQLITE_NOTADB)
             code = outbox__error(err, OUTBOX_ESTORE,
-                                 "%s is not a SQLite database: check the --store path",
-                                 st->path);
-        else code = db_fail(db, rc, "reading the SQLite database", err);
+                                 "%s is not a SQLite database: check the --store path", st->path);
+        else
+            code = db_fail(db, rc, "reading the SQLite database", err);
         sqlite3_close(db);
         return code;
     }
@@ -849,7 +860,8 @@ static void sqlite_close(void *state)
     sqlite_store *st = state;
     int i;
     if (!st) return;
-    for (i = 0; i < S_COUNT; i++) sqlite3_finalize(st->stmts[i]);
+    for (i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(st->stmts[i]);
     outbox__buf_free(&st->sent);
     outbox__buf_free(&st->exclude);
     if (st->db && sqlite3_close(st->db) != SQLITE_OK)
@@ -1012,8 +1024,7 @@ static int holder_gone(const char *host, int64_t pid)
  * whatever its name: the lease is taken over only when it expired, when
  * its holder's process is gone (same host, no such pid), or when this
  * handle holds it already. */
-static int sqlite_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
-                                outbox_error *err)
+static int sqlite_lease_acquire(void *state, const char *owner, int64_t ttl_ms, outbox_error *err)
 {
     sqlite_store *st = state;
     sqlite3_stmt *s = NULL;
@@ -1021,8 +1032,7 @@ static int sqlite_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
     int64_t now = outbox__now_us();
     int rc, code;
 
-    if (!owner || !*owner)
-        return outbox__error(err, OUTBOX_EINVAL, "lease owner name is empty");
+    if (!owner || !*owner) return outbox__error(err, OUTBOX_EINVAL, "lease owner name is empty");
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
     host_name(host, sizeof host);
@@ -1118,7 +1128,8 @@ static int renew(sqlite_store *st, const char *owner, int64_t expires, outbox_er
     sqlite3_bind_text(s, 2, st->instance, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 3, owner, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
-    if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "renewing the relay lease", err);
+    if (rc != SQLITE_DONE)
+        code = db_fail(st->db, rc, "renewing the relay lease", err);
     else if (sqlite3_changes(st->db) == 0)
         code = outbox__error(err, OUTBOX_ELEASELOST,
                              "the relay lease of %s was taken over by another relay "
@@ -1129,8 +1140,7 @@ static int renew(sqlite_store *st, const char *owner, int64_t expires, outbox_er
     return code;
 }
 
-static int sqlite_lease_renew(void *state, const char *owner, int64_t ttl_ms,
-                              outbox_error *err)
+static int sqlite_lease_renew(void *state, const char *owner, int64_t ttl_ms, outbox_error *err)
 {
     sqlite_store *st = state;
     int code;
@@ -1172,8 +1182,7 @@ static int sqlite_lease_release(void *state, const char *owner, outbox_error *er
 
 /* Stores the note of the lease this handle holds as owner; nothing when it
  * holds none (the note describes a holder). */
-static int sqlite_lease_note(void *state, const char *owner, const char *note,
-                             outbox_error *err)
+static int sqlite_lease_note(void *state, const char *owner, const char *note, outbox_error *err)
 {
     return lease_write(state,
                        "UPDATE outbox_lease SET note = ?3 WHERE name = '" LEASE_NAME "'"
@@ -1190,8 +1199,8 @@ static int sqlite_lease_note(void *state, const char *owner, const char *note,
 static int row_msg(sqlite3_stmt *s, int lenient, outbox_msg **out, outbox_error *err)
 {
     int code = (lenient ? outbox__msg_from_row_lenient : outbox__msg_from_row)(
-        out, sqlite3_column_int64(s, 0), col_text(s, 1), sqlite3_column_int64(s, 2),
-        col_text(s, 3), col_text(s, 4), col_text(s, 5), col_text(s, 6), col_text(s, 7), err);
+        out, sqlite3_column_int64(s, 0), col_text(s, 1), sqlite3_column_int64(s, 2), col_text(s, 3),
+        col_text(s, 4), col_text(s, 5), col_text(s, 6), col_text(s, 7), err);
     if (code != OUTBOX_OK) return code;
     (*out)->attempts = sqlite3_column_int(s, 8);
     (*out)->status = OUTBOX_STATUS_PENDING;
@@ -1201,7 +1210,8 @@ static int row_msg(sqlite3_stmt *s, int lenient, outbox_msg **out, outbox_error 
 static void free_msgs(outbox_msg **msgs, size_t n)
 {
     size_t i;
-    for (i = 0; i < n; i++) outbox_msg_free(msgs[i]);
+    for (i = 0; i < n; i++)
+        outbox_msg_free(msgs[i]);
     free(msgs);
 }
 
@@ -1212,11 +1222,13 @@ static void escape_text(const char *s, char *out, size_t out_len)
     size_t o = 0;
     for (; *s && o + 8 < out_len; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') out[o++] = (char)c;
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+            out[o++] = (char)c;
         else if (c == '"' || c == '\\') {
             out[o++] = '\\';
             out[o++] = (char)c;
-        } else o += (size_t)snprintf(out + o, out_len - o, "\\x%02x", c);
+        } else
+            o += (size_t)snprintf(out + o, out_len - o, "\\x%02x", c);
     }
     if (*s) {
         memcpy(out + o, "...", 3);
@@ -1230,7 +1242,7 @@ typedef struct bad_row {
     int64_t seq;
     char *aggregate_id; /* as stored */
     char id[80];        /* as stored, escaped for the log */
-    char error[sizeof ((outbox_error *)0)->message];
+    char error[sizeof((outbox_error *)0)->message];
 } bad_row;
 
 /* Marks the bad rows Failed (attempts + 1, last_error = why) in one
@@ -1278,8 +1290,10 @@ static void hold_back(outbox_msg **msgs, size_t *n, const bad_row *bad, size_t n
         for (j = 0; j < nbad && !held; j++)
             held = msgs[i]->seq > bad[j].seq &&
                    strcmp(msgs[i]->aggregate_id, bad[j].aggregate_id) == 0;
-        if (held) outbox_msg_free(msgs[i]);
-        else msgs[kept++] = msgs[i];
+        if (held)
+            outbox_msg_free(msgs[i]);
+        else
+            msgs[kept++] = msgs[i];
     }
     *n = kept;
 }
@@ -1292,8 +1306,7 @@ static void hold_back(outbox_msg **msgs, size_t *n, const bad_row *bad, size_t n
  * (count, cap), undecodable ones into *bad (nbad).  The statement is
  * stepped to its end and reset before anything is written. */
 static int claim_read(sqlite_store *st, sqlite3_stmt *s, size_t batch_size, outbox_msg ***arr,
-                      size_t *count, size_t *cap, bad_row **bad, size_t *nbad,
-                      outbox_error *err)
+                      size_t *count, size_t *cap, bad_row **bad, size_t *nbad, outbox_error *err)
 {
     outbox_error row_err;
     int rc, code = OUTBOX_OK;
@@ -1339,7 +1352,8 @@ nomem:
 static void free_bad(bad_row *bad, size_t n)
 {
     size_t i;
-    for (i = 0; i < n; i++) free(bad[i].aggregate_id);
+    for (i = 0; i < n; i++)
+        free(bad[i].aggregate_id);
     free(bad);
 }
 
@@ -1404,15 +1418,15 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
     return OUTBOX_OK;
 }
 
-static int sqlite_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs,
-                        size_t *n, outbox_error *err)
+static int sqlite_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
+                        outbox_error *err)
 {
     return claim(state, p, 0, NULL, 0, msgs, n, err);
 }
 
-static int sqlite_claim_pipelined(void *state, const outbox_claim_params *p,
-                                  const int64_t *exclude, size_t exclude_count,
-                                  outbox_msg ***msgs, size_t *n, outbox_error *err)
+static int sqlite_claim_pipelined(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                                  size_t exclude_count, outbox_msg ***msgs, size_t *n,
+                                  outbox_error *err)
 {
     return claim(state, p, 1, exclude, exclude_count, msgs, n, err);
 }
@@ -1471,12 +1485,10 @@ static int sqlite_complete(void *state, const outbox_completion *c, size_t n,
         return outbox__error(err, OUTBOX_EINVAL, "complete: completions or params are NULL");
     for (i = 0; i < n; i++) {
         if (!c[i].msg)
-            return outbox__error(err, OUTBOX_EINVAL, "complete: completion %zu has no message",
-                                 i);
+            return outbox__error(err, OUTBOX_EINVAL, "complete: completion %zu has no message", i);
         if (c[i].outcome < OUTBOX_OUTCOME_SENT || c[i].outcome > OUTBOX_OUTCOME_UNSENT)
-            return outbox__error(err, OUTBOX_EINVAL,
-                                 "complete: unknown outcome %d for message %s", c[i].outcome,
-                                 c[i].msg->id);
+            return outbox__error(err, OUTBOX_EINVAL, "complete: unknown outcome %d for message %s",
+                                 c[i].outcome, c[i].msg->id);
     }
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
@@ -1498,8 +1510,7 @@ static int sqlite_complete(void *state, const outbox_completion *c, size_t n,
         if (code != OUTBOX_OK) goto fail;
     }
     for (i = 0; i < n; i++) {
-        if (c[i].outcome != OUTBOX_OUTCOME_RETRY && c[i].outcome != OUTBOX_OUTCOME_FAILED)
-            continue;
+        if (c[i].outcome != OUTBOX_OUTCOME_RETRY && c[i].outcome != OUTBOX_OUTCOME_FAILED) continue;
         code = record(st, &c[i], err);
         if (code != OUTBOX_OK) goto fail;
         written++;
@@ -1593,8 +1604,8 @@ static const char *sqlite_wake_path(void *state)
  * ids in lower case, the table also takes them in upper case. */
 #define ID_IS "id IN (?1, upper(?1))"
 
-#define FULL_COLUMNS                                                                  \
-    "seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers, attempts," \
+#define FULL_COLUMNS                                                                               \
+    "seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers, attempts,"        \
     " status, available_at, last_error, sent_at"
 
 /* Builds a message with its bookkeeping fields from FULL_COLUMNS of s, read
@@ -1626,7 +1637,8 @@ static void copy_text(char *dst, size_t size, const char *src)
     size_t n = strlen(src);
     if (n >= size) {
         n = size - 1;
-        while (n > 0 && ((unsigned char)src[n] & 0xc0) == 0x80) n--;
+        while (n > 0 && ((unsigned char)src[n] & 0xc0) == 0x80)
+            n--;
     }
     memcpy(dst, src, n);
     dst[n] = '\0';
@@ -1808,13 +1820,15 @@ static int sqlite_get(void *state, const char *id, outbox_msg **msg, outbox_erro
     if (rc != SQLITE_OK) return db_fail(st->db, rc, "reading a message", err);
     sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) code = full_row_msg(s, msg, err);
+    if (rc == SQLITE_ROW)
+        code = full_row_msg(s, msg, err);
     else if (rc == SQLITE_DONE)
         code = outbox__error(err, OUTBOX_ENOTFOUND,
                              "no message with id %s in the outbox (sent messages are deleted "
                              "unless the relay runs with --on-sent mark)",
                              key);
-    else code = db_fail(st->db, rc, "reading a message", err);
+    else
+        code = db_fail(st->db, rc, "reading a message", err);
     sqlite3_finalize(s);
     return code;
 }
@@ -1845,8 +1859,7 @@ static int sqlite_retry(void *state, const char *const *ids, size_t n, int all, 
         if (code != OUTBOX_OK) goto fail;
         total = sqlite3_changes(st->db);
     } else {
-        rc = sqlite3_prepare_v2(st->db, "SELECT status FROM outbox WHERE " ID_IS, -1, &sel,
-                                NULL);
+        rc = sqlite3_prepare_v2(st->db, "SELECT status FROM outbox WHERE " ID_IS, -1, &sel, NULL);
         if (rc == SQLITE_OK)
             rc = sqlite3_prepare_v2(st->db,
                                     "UPDATE outbox SET status = 'pending', attempts = 0,"
@@ -1953,7 +1966,8 @@ static int drop_select(sqlite_store *st, const char *const *ids, size_t n, int a
         if (rc == SQLITE_DONE)
             code = outbox__error(err, OUTBOX_ENOTFOUND,
                                  "no message with id %s in the outbox: nothing was dropped", key);
-        else if (rc != SQLITE_ROW) code = db_fail(st->db, rc, what, err);
+        else if (rc != SQLITE_ROW)
+            code = db_fail(st->db, rc, what, err);
         else if (strcmp(col_text(s, 9), "failed") != 0)
             code = outbox__error(err, OUTBOX_EINVAL,
                                  "message %s is %s, not failed: only failed messages can be "
@@ -2042,13 +2056,15 @@ static int sqlite_purge(void *state, int64_t before_us, int64_t *count, outbox_e
     if (count) *count = 0;
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
-    rc = sqlite3_prepare_v2(st->db, "DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?1",
-                            -1, &s, NULL);
+    rc = sqlite3_prepare_v2(st->db, "DELETE FROM outbox WHERE status = 'sent' AND sent_at < ?1", -1,
+                            &s, NULL);
     if (rc != SQLITE_OK) return db_fail(st->db, rc, "purging sent messages", err);
     sqlite3_bind_int64(s, 1, before_us);
     rc = sqlite3_step(s);
-    if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "purging sent messages", err);
-    else if (count) *count = sqlite3_changes(st->db);
+    if (rc != SQLITE_DONE)
+        code = db_fail(st->db, rc, "purging sent messages", err);
+    else if (count)
+        *count = sqlite3_changes(st->db);
     sqlite3_finalize(s);
     return code;
 }

@@ -38,12 +38,12 @@
 
 typedef struct file_state {
     int fd;
-    int dirty;        /* a failed batch may have left bytes after good_size */
-    off_t good_size;  /* the file's size before the last batch: whole lines */
+    int dirty;       /* a failed batch may have left bytes after good_size */
+    off_t good_size; /* the file's size before the last batch: whole lines */
     char *path;
     char *source;
-    char shown[512];  /* the URL, redacted, for messages */
-    outbox_buf buf;   /* reused for every batch */
+    char shown[512]; /* the URL, redacted, for messages */
+    outbox_buf buf;  /* reused for every batch */
 #ifdef OUTBOX_FAULT_INJECTION
     unsigned char *left_out; /* per message of the batch: a fault point left it out */
     size_t left_out_cap;
@@ -113,8 +113,8 @@ static int open_output(file_state *st, const char *what, outbox_error *err)
     if (check_tail(st, fd, &repaired) != 0) {
         saved = errno;
         close(fd);
-        outbox__error(err, OUTBOX_EIO, "cannot check the end of destination file %s: %s",
-                      st->shown, strerror(saved));
+        outbox__error(err, OUTBOX_EIO, "cannot check the end of destination file %s: %s", st->shown,
+                      strerror(saved));
         return -1;
     }
     if (repaired)
@@ -215,8 +215,8 @@ static int truncate_back(file_state *st)
 /* A batch that failed with errnum after `what`: the partial data is cut
  * off (truncate_back), results[0].error says why, and the whole batch
  * fails (see outbox_transport_ops.publish). */
-static int fail_batch(file_state *st, outbox_publish_result *results, const char *what,
-                      int errnum, int cut)
+static int fail_batch(file_state *st, outbox_publish_result *results, const char *what, int errnum,
+                      int cut)
 {
     int cut_errno = 0;
     if (cut) {

@@ -331,7 +331,8 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
         long long max_bytes;
         if (rd_kafka_conf_get(st->conf, "message.max.bytes", value, &value_len) ==
                 RD_KAFKA_CONF_OK &&
-            (max_bytes = atoll(value)) > 0 && (unsigned long long)limit > (unsigned long long)max_bytes)
+            (max_bytes = atoll(value)) > 0 &&
+            (unsigned long long)limit > (unsigned long long)max_bytes)
             outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                         "the producer for %s sends messages of at most %lld bytes "
                         "(message.max.bytes), less than the %zu bytes this process lets a "

@@ -125,17 +125,17 @@ typedef struct nats_batch {
     outbox_msg *const *msgs; /* NULL: the slot is free */
     outbox_publish_result *results;
     size_t n;
-    int accepting;    /* acks are applied to it */
-    int stalled;      /* 1: the ack window stayed full or acks stopped; 2: connection lost */
-    int disconnects0; /* disconnect count when it (or the batch it follows) began */
+    int accepting;          /* acks are applied to it */
+    int stalled;            /* 1: the ack window stayed full or acks stopped; 2: connection lost */
+    int disconnects0;       /* disconnect count when it (or the batch it follows) began */
     size_t outstanding;     /* published, result not final */
     unsigned char *done;    /* per message: 1 once its result is final */
     unsigned char *started; /* per message: published, or given its result */
     unsigned char *wanted;  /* per message: a later message waits for its result */
-    long *prev;           /* per message: the previous message of its aggregate (PREV_*) */
-    outbox_aggindex ids;  /* message id -> its index */
-    outbox_aggindex aggs; /* aggregate id -> index of the aggregate's last message */
-    size_t cap;           /* room in the per-message arrays */
+    long *prev;             /* per message: the previous message of its aggregate (PREV_*) */
+    outbox_aggindex ids;    /* message id -> its index */
+    outbox_aggindex aggs;   /* aggregate id -> index of the aggregate's last message */
+    size_t cap;             /* room in the per-message arrays */
 } nats_batch;
 
 /* prev[i]: >= 0, index of the previous message of the aggregate in the same
@@ -496,8 +496,7 @@ out:
 }
 
 /* Fills st->opts from the parsed URL and settings. */
-static int set_options(nats_state *st, const outbox_url *u, const nats_config *c,
-                       outbox_error *err)
+static int set_options(nats_state *st, const outbox_url *u, const nats_config *c, outbox_error *err)
 {
     const char *token = c->token, *creds = c->creds, *ca = c->ca_file;
     const char **servers = NULL;
@@ -985,7 +984,8 @@ static int nats_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     if (n > 0)
         set_result(&results[0], OUTBOX_EPUBLISH, "no ack from JetStream within %lld ms",
                    (long long)st->ack_timeout_ms);
-    for (i = 1; i < n; i++) results[i] = results[0]; /* formatted once */
+    for (i = 1; i < n; i++)
+        results[i] = results[0]; /* formatted once */
     b->results = results;
     b->outstanding = 0;
     b->stalled = older ? older->stalled : 0;

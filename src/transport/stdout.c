@@ -143,16 +143,14 @@ static int stdout_publish(void *state, outbox_msg *const *msgs, size_t n,
         code = OUTBOX_ESTOPPED;
         goto done;
     }
-    if (outbox__cloudevent_lines(&st->buf, msgs, n, st->source) != OUTBOX_OK)
-        return OUTBOX_ENOMEM;
+    if (outbox__cloudevent_lines(&st->buf, msgs, n, st->source) != OUTBOX_OK) return OUTBOX_ENOMEM;
     if (write_stdout(st->buf.data, st->buf.len, &st->interrupted) != 0) {
         if (errno == EINTR) {
             code = OUTBOX_ESTOPPED;
             goto done;
         }
         snprintf(results[0].error, sizeof results[0].error, "write to standard output: %s%s",
-                 strerror(errno),
-                 errno == EPIPE ? " (the reading end of the pipe is closed)" : "");
+                 strerror(errno), errno == EPIPE ? " (the reading end of the pipe is closed)" : "");
         return OUTBOX_EIO;
     }
     drained = wait_drained(st);
