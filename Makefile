@@ -9,13 +9,19 @@
 #   make install  release build (no fault points) installed to PREFIX
 #   make asan     AddressSanitizer + UBSan build of the tests, and run them
 #   make format   clang-format every C file (format-check: only check, as CI does)
+#   make fuzz     libFuzzer (clang) on every parser of untrusted input, FUZZ_SECONDS
+#                 (60) each, from tests/fuzz/corpus/<target>; new inputs go to
+#                 build-fuzz/corpus-new/<target>, crashes to build-fuzz/artifacts/
+#   make fuzz-replay  every target over its committed corpus, then FUZZ_SECONDS (20)
+#                 of fuzzing each (CI)
 
 PREFIX ?= /usr/local
 BUILD  ?= build
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build test demo bench docs install asan clean format format-check
+.PHONY: all deps build test demo bench docs install asan clean format format-check fuzz \
+        fuzz-build fuzz-replay
 
 all: build
 
@@ -47,6 +53,39 @@ install: deps
 asan:
 	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DOUTBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOUTBOX_BUILD_BENCH=OFF $(CMAKE_FLAGS)"
 
+# Fuzzing: tests/fuzz/fuzz_<target>.c built with clang, libFuzzer, ASan and
+# UBSan into build-fuzz/.  The committed corpus is read, never written: new
+# inputs go to build-fuzz/corpus-new/<target> (copy the ones worth keeping
+# into tests/fuzz/corpus/<target>).  A crash stops the run and leaves its
+# input in build-fuzz/artifacts/<target>/.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS  = $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_RUN      = mkdir -p $(FUZZ_BUILD)/corpus-new/$$t $(FUZZ_BUILD)/artifacts/$$t && \
+	$(FUZZ_BUILD)/fuzz_$$t -timeout=10 -rss_limit_mb=2048 \
+	  -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t/ \
+	  $$(test -f tests/fuzz/$$t.dict && echo -dict=tests/fuzz/$$t.dict)
+
+fuzz-build:
+	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DOUTBOX_FUZZ=ON -DOUTBOX_BUILD_TESTS=OFF \
+	      -DOUTBOX_BUILD_BENCH=OFF $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(FUZZ_BUILD) --target fuzzers -j $(JOBS)
+
+fuzz: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  $(FUZZ_RUN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    $(FUZZ_BUILD)/corpus-new/$$t tests/fuzz/corpus/$$t; \
+	done
+
+fuzz-replay: FUZZ_SECONDS = 20
+fuzz-replay: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz_$$t: replay tests/fuzz/corpus/$$t"; \
+	  $(FUZZ_BUILD)/fuzz_$$t -runs=0 tests/fuzz/corpus/$$t; \
+	done
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
+
 # Every C source and header of the tree (git's list; find without git).
 FORMAT_FILES = $(shell git ls-files '*.c' '*.h' 2>/dev/null || \
                  find include src cmd tests bench examples -name '*.[ch]')
@@ -60,4 +99,4 @@ format-check:
 	@clang-format --dry-run -Werror $(FORMAT_FILES)
 
 clean:
-	rm -rf build build-asan build-release
+	rm -rf build build-asan build-release $(FUZZ_BUILD)

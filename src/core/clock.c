@@ -168,6 +168,14 @@ int outbox_time_parse(const char *s, int64_t *out)
     int digits = 0;
     time_t t;
 
+    /* sscanf's %d also takes a sign and leading blanks ("-999-01-01...",
+     * "2026- 1-01..."), which RFC 3339 does not: its fields are exactly
+     * these digits, so the shape is checked first. */
+    for (n = 0; n < 19; n++) {
+        char want = "0000-00-00T00:00:00"[n];
+        if (want == '0' ? s[n] < '0' || s[n] > '9' : s[n] != want) return -1;
+    }
+    n = 0;
     if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 19)
         return -1;
     p = s + n;

@@ -96,10 +96,17 @@ void outbox__cloudevent_json(outbox_buf *b, const outbox_msg *msg, const char *s
 /* One JSON line per message; see internal.h. */
 int outbox__cloudevent_lines(outbox_buf *b, outbox_msg *const *msgs, size_t n, const char *source)
 {
-    size_t i;
+    size_t i, j, start;
     outbox__buf_reset(b);
     for (i = 0; i < n; i++) {
+        start = b->len;
         outbox__cloudevent_json(b, msgs[i], source);
+        /* One event per line, even for a payload written over several
+         * lines (its text is kept as given): a raw line break in valid
+         * JSON is whitespace between tokens (in a string it is escaped),
+         * so a space in its place keeps the same value. */
+        for (j = start; !b->oom && j < b->len; j++)
+            if (b->data[j] == '\n' || b->data[j] == '\r') b->data[j] = ' ';
         outbox__buf_append(b, "\n", 1);
     }
     if (b->oom) {

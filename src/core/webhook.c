@@ -168,7 +168,9 @@ int outbox_webhook_verify(const char *secret, const char *msg_id, const char *ti
                              "webhook-timestamp \"%.40s\" is not Unix time in seconds", timestamp);
     if (tolerance_s <= 0) tolerance_s = OUTBOX_WEBHOOK_TOLERANCE_S;
     if (now_s <= 0) now_s = outbox__now_us() / 1000000;
-    if (ts < now_s - tolerance_s || ts > now_s + tolerance_s)
+    /* ts - now_s cannot overflow (ts is 0..10^15, now_s positive), while
+     * now_s +- tolerance_s can for a tolerance near INT64_MAX. */
+    if (ts - now_s < -tolerance_s || ts - now_s > tolerance_s)
         return outbox__error(err, OUTBOX_ESTALE,
                              "webhook-timestamp %lld is %lld s from now, beyond the tolerance "
                              "of %lld s (replayed request, or clocks out of sync)",

@@ -82,6 +82,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -253,6 +254,17 @@ static int check_options(const outbox_relay_options *o, outbox_error *err)
         return outbox__error(err, OUTBOX_ECONFIG,
                              "lease_ttl_ms is %u; use at least 1000 (default 10000)",
                              o->lease_ttl_ms);
+    if (o->source != NULL) {
+        /* The source goes into every CloudEvent as a JSON string, escaped
+         * but not repaired: text that is not UTF-8 would make every event
+         * unreadable JSON.  json_string refuses exactly that text. */
+        json_t *text = json_string(o->source);
+        if (text == NULL)
+            return outbox__error(err, OUTBOX_ECONFIG,
+                                 "source is not valid UTF-8; give a URI reference such as "
+                                 "/outbox (the default)");
+        json_decref(text);
+    }
     return OUTBOX_OK;
 }
 
