@@ -303,6 +303,19 @@ TEST(bad_urls_refused_at_start)
         ASSERT(strstr(err->message, "s3cret") == NULL);
     }
 
+    /* A CloudEvents source that is not UTF-8 would make every event invalid
+     * JSON: refused at start (found by fuzz_cloudevents). */
+    {
+        outbox_relay *relay = (outbox_relay *)1;
+        outbox_relay_options o;
+        outbox_relay_options_init(&o);
+        o.source = "/shop/\xff\xfe";
+        memset(err, 0, sizeof *err);
+        ASSERT_EQ(outbox_relay_new(&relay, store, "discard:", &o, err), OUTBOX_ECONFIG);
+        ASSERT(relay == NULL);
+        ASSERT_CONTAINS(err->message, "source");
+    }
+
     /* The CLI: exit 2, a one-line reason, no password. */
     const char *errp = test_path("url.err");
     const char *argv[] = {

@@ -646,6 +646,35 @@ TEST(cloudevent)
     ASSERT_STREQ(ext, "abc");
 }
 
+/* A payload written over several lines is still one event per line in the
+ * line format (found by fuzz_cloudevents); its value is unchanged. */
+TEST(cloudevent_lines_multiline_payload)
+{
+    outbox_msg *m = NULL;
+    outbox_error err_ = {0, ""}, *err = &err_;
+    outbox_buf b;
+    json_t *doc, *want;
+    json_error_t jerr;
+    const char *payload = "{\n  \"a\": [1,\r\n 2],\n\t\"b\": \"x y\"\n}";
+    char *nl;
+
+    ASSERT_OK(outbox_msg_new(&m, "T", "A", "agg", payload, err), err);
+    outbox__buf_init(&b);
+    ASSERT_OK(outbox__cloudevent_lines(&b, &m, 1, "/s"), err);
+    nl = strchr(b.data, '\n');
+    ASSERT(nl != NULL && nl[1] == '\0'); /* one line */
+    ASSERT(strchr(b.data, '\r') == NULL);
+    doc = json_loads(b.data, 0, &jerr);
+    ASSERT(doc != NULL);
+    want = json_loads(payload, 0, &jerr);
+    ASSERT(want != NULL);
+    ASSERT(json_equal(json_object_get(doc, "data"), want));
+    json_decref(want);
+    json_decref(doc);
+    outbox__buf_free(&b);
+    outbox_msg_free(m);
+}
+
 TEST(time_format)
 {
     char buf[32];
@@ -681,14 +710,13 @@ TEST(time_parse)
     static const int64_t values[] = {0, INT64_C(1795826427123456), INT64_C(951782400000001),
                                      INT64_C(253402300799999999)};
     static const char *const bad[] = {"",
-                                      "2026-11-28",
-                                      "2026-11-28T00:40:27",
-                                      "2026-11-28T00:40:27.Z",
-                                      "2026-11-28T00:40:27.1+01:00",
-                                      "2026-13-28T00:40:27Z",
-                                      "2026-11-28T24:40:27Z",
-                                      "2026-11-28 00:40:27Z",
-                                      "2026-11-28T00:40:27Zjunk"};
+                                      /* signs and blanks where digits belong (found by
+                                         fuzz_msg: sscanf's %d took them) */
+                                      "-999-01-01T00:00:00Z", "2026- 1-01T00:00:00Z",
+                                      "2026-11-28T+0:40:27Z", "2026-11-28", "2026-11-28T00:40:27",
+                                      "2026-11-28T00:40:27.Z", "2026-11-28T00:40:27.1+01:00",
+                                      "2026-13-28T00:40:27Z", "2026-11-28T24:40:27Z",
+                                      "2026-11-28 00:40:27Z", "2026-11-28T00:40:27Zjunk"};
     char buf[32];
     int64_t v = 42;
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
@@ -938,6 +966,7 @@ int main(void)
     RUN(options_and_horizon);
     RUN(buf);
     RUN(cloudevent);
+    RUN(cloudevent_lines_multiline_payload);
     RUN(time_format);
     RUN(time_parse);
     RUN(url_redact);
