@@ -584,18 +584,27 @@ typedef struct outbox_status {
 OUTBOX_API int outbox_store_status(outbox_store *store, outbox_status *out, size_t out_size,
                                    outbox_error *err);
 
-/* What outbox_store_list returns. */
+/* What outbox_store_list returns.  Fill it with outbox_list_params_init,
+ * then set fields: it sets size, which lets the struct grow (as
+ * outbox_relay_options does). */
 typedef struct outbox_list_params {
-    int status;    /* OUTBOX_STATUS_* or -1 for all */
-    int64_t limit; /* at most this many messages; 0: no limit */
+    size_t size;   /* sizeof the caller's struct: set by _init */
+    int status;    /* OUTBOX_STATUS_* or -1 (the default) for all */
+    int64_t limit; /* at most this many messages; 0 (the default): no limit */
 } outbox_list_params;
+
+/* Fills params with the defaults above (every message) and sets size. */
+OUTBOX_API void outbox_list_params_init(outbox_list_params *params);
 
 /* Called once per message in seq order; msg is borrowed for the call
  * (copy what you keep).  Return non-zero to stop early. */
 typedef int (*outbox_list_fn)(void *user, const outbox_msg *msg);
 
 /* Lists messages, with their bookkeeping (outbox_msg_status, ...).  Rows
- * are read as stored, even ones the relay would refuse.  Stopping early is
+ * are read as stored, even ones the relay would refuse.  params NULL: every
+ * message; otherwise only its first params->size bytes are read (a size
+ * below the first layout, e.g. 0 from a struct not filled by
+ * outbox_list_params_init, is OUTBOX_EINVAL).  Stopping early is
  * OUTBOX_OK; a store error after some calls is returned as it is. */
 OUTBOX_API int outbox_store_list(outbox_store *store, const outbox_list_params *params,
                                  outbox_list_fn fn, void *user, outbox_error *err);

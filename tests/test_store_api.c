@@ -89,7 +89,10 @@ static int collect(void *user, const outbox_msg *msg)
 
 static size_t list_count(outbox_store *store, int status, int64_t limit)
 {
-    outbox_list_params p = {status, limit};
+    outbox_list_params p;
+    outbox_list_params_init(&p);
+    p.status = status;
+    p.limit = limit;
     collected c;
     outbox_error err = {0, ""};
     memset(&c, 0, sizeof c);
@@ -181,7 +184,8 @@ static void store_api_contract(const char *url, const char *scheme)
 
     /* list: seq order, status filter, limit, stopping early, bad params. */
     {
-        outbox_list_params p = {-1, 0};
+        outbox_list_params p;
+        outbox_list_params_init(&p);
         collected c;
         memset(&c, 0, sizeof c);
         ASSERT_OK(outbox_store_list(store, &p, collect, &c, &err), &err);
@@ -198,6 +202,14 @@ static void store_api_contract(const char *url, const char *scheme)
         p.limit = -1;
         ASSERT_EQ(outbox_store_list(store, &p, collect, &c, &err), OUTBOX_EINVAL);
         ASSERT_EQ(outbox_store_list(store, &p, NULL, &c, &err), OUTBOX_EINVAL);
+        /* NULL params: every message; a struct not filled by _init: refused. */
+        memset(&c, 0, sizeof c);
+        ASSERT_OK(outbox_store_list(store, NULL, collect, &c, &err), &err);
+        ASSERT_EQ(c.count, 3);
+        p.size = 0;
+        p.limit = 0;
+        ASSERT_EQ(outbox_store_list(store, &p, collect, &c, &err), OUTBOX_EINVAL);
+        ASSERT_CONTAINS(err.message, "outbox_list_params_init");
     }
     ASSERT_EQ(list_count(store, -1, 2), 2);
     ASSERT_EQ(list_count(store, OUTBOX_STATUS_PENDING, 0), 3);

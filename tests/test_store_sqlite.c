@@ -840,6 +840,7 @@ TEST(admin_status_list_get_retry)
     ASSERT_STREQ(s.lease_owner, "");
 
     memset(&col, 0, sizeof col);
+    lp.size = sizeof lp;
     lp.status = -1;
     lp.limit = 0;
     ASSERT_OK(st.ops->list(st.state, &lp, collect, &col, err), err);
@@ -991,7 +992,7 @@ TEST(undecodable_rows_quarantined)
     const char *bad_header_id = "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f71";
     outbox_msg *got = NULL;
     struct collected col;
-    outbox_list_params lp = {-1, 0};
+    outbox_list_params lp = {sizeof lp, -1, 0};
     outbox_status s;
     batch b;
 
@@ -1579,7 +1580,7 @@ TEST(newer_schema_refused_everywhere)
     const char *newer = "is version 3, newer than this build's 2: upgrade outbox";
     outbox_claim_params cp = {10, outbox__now_us(), 1, 0, NULL};
     outbox_complete_params pp = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), "r", 1000};
-    outbox_list_params lp = {-1, 0};
+    outbox_list_params lp = {sizeof lp, -1, 0};
     outbox_status s;
     struct collected col;
     char id[37], failed_id[37];

@@ -98,7 +98,9 @@ int cmd_list(int argc, char **argv)
     };
     const char *cmd = "list", *store_opt = NULL;
     outbox_store *store = NULL;
-    outbox_list_params params = {-1, 100};
+    outbox_list_params params;
+    outbox_list_params_init(&params);
+    params.limit = 100;
     list_state ls = {NULL, 0, 0};
     outbox_error err = {0, ""};
     uint64_t n;

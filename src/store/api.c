@@ -10,6 +10,7 @@
  */
 #include "internal.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,11 +107,29 @@ int outbox_store_status(outbox_store *store, outbox_status *out, size_t out_size
     return OUTBOX_OK;
 }
 
-int outbox_store_list(outbox_store *store, const outbox_list_params *params, outbox_list_fn fn,
+void outbox_list_params_init(outbox_list_params *params)
+{
+    if (!params) return;
+    memset(params, 0, sizeof *params);
+    params->size = sizeof *params;
+    params->status = -1;
+    params->limit = 0;
+}
+
+int outbox_store_list(outbox_store *store, const outbox_list_params *given, outbox_list_fn fn,
                       void *user, outbox_error *err)
 {
-    int rc = check_args(store, params != NULL && fn != NULL, "outbox_store_list", err);
+    outbox_list_params copy, *params = &copy;
+    int rc = check_args(store, fn != NULL, "outbox_store_list", err);
     if (rc != OUTBOX_OK) return rc;
+    /* Only the caller's size is read: fields past it keep their defaults. */
+    outbox_list_params_init(&copy);
+    if (given != NULL) {
+        rc = outbox__options_copy(&copy, sizeof copy, given, given->size,
+                                  offsetof(outbox_list_params, limit) + sizeof copy.limit,
+                                  "outbox_store_list", "outbox_list_params_init", err);
+        if (rc != OUTBOX_OK) return rc;
+    }
     if (params->status != -1 &&
         (params->status < OUTBOX_STATUS_PENDING || params->status > OUTBOX_STATUS_FAILED))
         return outbox__error(err, OUTBOX_EINVAL,
