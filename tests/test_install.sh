@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# test_install.sh - what a user installs is enough to build against:
+# `cmake --install` staged under a temporary DESTDIR (as a package build
+# does), then the quickstart compiled with nothing but `pkg-config --cflags
+# --libs liboutbox` (PKG_CONFIG_SYSROOT_DIR points it into the staging
+# tree; outbox.h alone, the shared library by its SONAME) and run against
+# an SQLite file.  Fails
+# when the header needs something it does not include, the .pc file
+# misses a library the API exposes, or the program links a hidden symbol.
+#
+# Needs $OUTBOX_BUILD_DIR and $OUTBOX_SOURCE_DIR (set by ctest), cc and
+# pkg-config (exit 77 without).
+set -u
+
+for tool in cc pkg-config cmake; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "skip: $tool not installed"; exit 77; }
+done
+build=${OUTBOX_BUILD_DIR:?set OUTBOX_BUILD_DIR to the build directory}
+source=${OUTBOX_SOURCE_DIR:?set OUTBOX_SOURCE_DIR to the source directory}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/outbox-install.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+
+fail() {
+    echo "FAIL: $*"
+    exit 1
+}
+
+stage=$tmp/stage
+DESTDIR=$stage cmake --install "$build" >"$tmp/install.log" 2>&1 ||
+    { cat "$tmp/install.log"; fail "DESTDIR=$stage cmake --install $build"; }
+pc=$(find "$stage" -name liboutbox.pc | head -1)
+[ -n "$pc" ] || fail "no liboutbox.pc installed"
+export PKG_CONFIG_PATH=${pc%/liboutbox.pc} PKG_CONFIG_SYSROOT_DIR=$stage
+# pkgconf puts the sysroot before the variables too; pkg-config does not.
+lib_dir=$(pkg-config --variable=libdir liboutbox)
+inc_dir=$(pkg-config --variable=includedir liboutbox)
+[ "${lib_dir#"$stage"}" != "$lib_dir" ] || lib_dir=$stage$lib_dir
+[ "${inc_dir#"$stage"}" != "$inc_dir" ] || inc_dir=$stage$inc_dir
+[ -f "$inc_dir/outbox.h" ] || fail "outbox.h not installed in $inc_dir"
+[ -e "$lib_dir/liboutbox.so.0" ] || fail "liboutbox.so.0 (the SONAME) not installed in $lib_dir"
+
+flags=$(pkg-config --cflags --libs liboutbox) || fail "pkg-config --cflags --libs liboutbox"
+# A sanitized build's library needs the sanitizers' runtime in the program.
+if grep -q '^OUTBOX_SANITIZE:BOOL=ON$' "$build/CMakeCache.txt" 2>/dev/null; then
+    flags="-fsanitize=address,undefined $flags"
+fi
+echo "pkg-config: $flags"
+# shellcheck disable=SC2086
+cc -std=c11 -Wall -Werror -o "$tmp/quickstart" "$source/examples/quickstart/quickstart.c" \
+    $flags -Wl,-rpath,"$lib_dir" 2>"$tmp/cc.log" ||
+    { cat "$tmp/cc.log"; fail "the quickstart does not build with pkg-config's flags alone"; }
+ldd "$tmp/quickstart" | grep -q "liboutbox.so.0 => $lib_dir" ||
+    { ldd "$tmp/quickstart"; fail "the quickstart is not linked to the installed liboutbox.so.0"; }
+
+(cd "$tmp" && ./quickstart cafe.db) >"$tmp/run.log" 2>&1 ||
+    { cat "$tmp/run.log"; fail "the quickstart built against the installed files failed"; }
+grep -q "COMMIT" "$tmp/run.log" || { cat "$tmp/run.log"; fail "the quickstart committed nothing"; }
+echo "ok: staged under $stage, quickstart built with pkg-config alone and run"
