@@ -226,6 +226,13 @@ static const char *nats_fail(dest *d, int mode)
 /* ------------------------------------------------------------------------
  * kafka:// (librdkafka's mock cluster, in this process: the relay child
  * reaches it over TCP; it lives until the end of main)
+ *
+ * No fail(): a Produce request failed by the mock (push_request_errors)
+ * fails every message it carries, not the third one; and with one message
+ * per request, an error librdkafka does not retry (POLICY_VIOLATION) leaves
+ * the message retriable for the relay while librdkafka writes the next one
+ * of its aggregate behind it: an order violation (test_kafka covers
+ * rejection and broker errors in its own drains).
  * ---------------------------------------------------------------------- */
 
 #ifdef OUTBOX_HAVE_RDKAFKA
