@@ -31,6 +31,10 @@
 #include "support/webhook.h"
 
 #include <jansson.h>
+#ifdef OUTBOX_HAVE_RDKAFKA
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#endif
 
 enum { FAIL_NONE = 0, FAIL_REJECT = 1, FAIL_RETRY = 2 };
 
@@ -58,7 +62,11 @@ struct dest {
 #ifdef OUTBOX_HAVE_NATS
     nh_server nats;
 #endif
-    int stream_serial; /* nats: a fresh stream per case */
+#ifdef OUTBOX_HAVE_RDKAFKA
+    rd_kafka_t *kafka_rk; /* kafka: the handle that owns the mock cluster */
+    rd_kafka_mock_cluster_t *kafka_mc;
+#endif
+    int stream_serial; /* nats: a fresh stream per case; kafka: a topic */
     int dedups;        /* drops a republished message by its id (JetStream) */
 };
 
@@ -216,6 +224,115 @@ static const char *nats_fail(dest *d, int mode)
 #endif
 
 /* ------------------------------------------------------------------------
+ * kafka:// (librdkafka's mock cluster, in this process: the relay child
+ * reaches it over TCP; it lives until the end of main)
+ *
+ * No fail(): a Produce request failed by the mock (push_request_errors)
+ * fails every message it carries, not the third one; and with one message
+ * per request, an error librdkafka does not retry (POLICY_VIOLATION) leaves
+ * the message retriable for the relay while librdkafka writes the next one
+ * of its aggregate behind it: an order violation (test_kafka covers
+ * rejection and broker errors in its own drains).
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_RDKAFKA
+enum { KAFKA_PARTITIONS = 4 };
+
+static const char *kafka_start(dest *d)
+{
+    char errstr[256], topic[32];
+    rd_kafka_resp_err_t e;
+    if (!d->kafka_mc) {
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr);
+        d->kafka_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+        if (!d->kafka_rk) TEST_FAIL_("rd_kafka_new: %s", errstr);
+        d->kafka_mc = rd_kafka_mock_cluster_new(d->kafka_rk, 3);
+        if (!d->kafka_mc) TEST_FAIL_("rd_kafka_mock_cluster_new failed");
+    }
+    d->stream_serial = ++case_serial;
+    snprintf(topic, sizeof topic, "k%d", d->stream_serial);
+    e = rd_kafka_mock_topic_create(d->kafka_mc, topic, KAFKA_PARTITIONS, 3);
+    if (e) TEST_FAIL_("mock topic %s: %s", topic, rd_kafka_err2str(e));
+    return NULL;
+}
+
+static void kafka_url(dest *d, char *out, size_t len)
+{
+    snprintf(out, len, "kafka://%s?topic=k%d", rd_kafka_mock_cluster_bootstraps(d->kafka_mc),
+             d->stream_serial);
+}
+
+/* One Kafka message as {"id": ce_id, "subject": key, "data": value}. */
+static void kafka_line(FILE *f, const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v = NULL;
+    size_t vlen = 0;
+    json_error_t je;
+    json_t *o = json_object(), *data = json_loadb(m->payload, m->len, 0, &je);
+    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(h, "ce_id", &v, &vlen) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        vlen = 0;
+    json_object_set_new(o, "id", json_stringn(v ? v : "", vlen));
+    json_object_set_new(o, "subject", json_stringn(m->key ? m->key : "", m->key ? m->key_len : 0));
+    json_object_set_new(o, "data", data ? data : json_null());
+    char *text = json_dumps(o, JSON_COMPACT);
+    fprintf(f, "%s\n", text ? text : "");
+    free(text);
+    json_decref(o);
+}
+
+/* The topic, partition by partition from the start to its high watermark
+ * (one aggregate is one key, so one partition: its order is the log's). */
+static void kafka_read_back(dest *d, const char *path)
+{
+    char errstr[256], topic[32];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    FILE *f = fopen(path, "w");
+    if (!f) TEST_FAIL_("cannot write %s", path);
+    snprintf(topic, sizeof topic, "k%d", d->stream_serial);
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", rd_kafka_mock_cluster_bootstraps(d->kafka_mc),
+                          errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "group.id", "contract", errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr))
+        TEST_FAIL_("consumer conf: %s", errstr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!rk) TEST_FAIL_("consumer: %s", errstr);
+    for (int p = 0; p < KAFKA_PARTITIONS; p++) {
+        int64_t lo = 0, hi = 0, next, deadline = ch_now_ms() + 30000;
+        rd_kafka_resp_err_t e;
+        while ((e = rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 5000)) != 0) {
+            if (ch_now_ms() > deadline)
+                TEST_FAIL_("watermarks %s/%d: %s", topic, p, rd_kafka_err2str(e));
+            ch_sleep_ms(100);
+        }
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
+        rd_kafka_assign(rk, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        for (next = lo; next < hi;) {
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 500);
+            if (ch_now_ms() > deadline)
+                TEST_FAIL_("reading %s/%d: stuck at offset %lld of %lld", topic, p, (long long)next,
+                           (long long)hi);
+            if (!m) continue;
+            if (!m->err && m->partition == p) {
+                kafka_line(f, m);
+                next = m->offset + 1;
+            }
+            rd_kafka_message_destroy(m);
+        }
+        rd_kafka_assign(rk, NULL);
+    }
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    fclose(f);
+}
+#endif
+
+/* ------------------------------------------------------------------------
  * The destinations
  * ---------------------------------------------------------------------- */
 
@@ -240,6 +357,9 @@ static dest dests[] = {
      .read_back = nats_read_back,
      .fail = nats_fail,
      .dedups = 1},
+#endif
+#ifdef OUTBOX_HAVE_RDKAFKA
+    {.name = "kafka", .start = kafka_start, .url = kafka_url, .read_back = kafka_read_back},
 #endif
 };
 
@@ -461,6 +581,12 @@ int main(int argc, char **argv)
 #ifdef OUTBOX_HAVE_NATS
     for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++)
         if (dests[i].nats.pid > 0) nh_server_stop(&dests[i].nats);
+#endif
+#ifdef OUTBOX_HAVE_RDKAFKA
+    for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++) {
+        if (dests[i].kafka_mc) rd_kafka_mock_cluster_destroy(dests[i].kafka_mc);
+        if (dests[i].kafka_rk) rd_kafka_destroy(dests[i].kafka_rk);
+    }
 #endif
     fprintf(stderr, "all destination contract cases passed\n");
     return 0;
