@@ -547,13 +547,18 @@ static int pg_open(void **state, const char *url, outbox_error *err)
         char *msg = NULL;
         PQconninfoOption *opts = PQconninfoParse(st->conninfo, &msg);
         if (!opts) {
-            char buf[300];
+            char buf[300], *quoted;
+            /* libpq quotes the text it could not parse after ': "' (the
+             * whole URI, or a percent-encoded value): it may hold the
+             * password, and the redacted URL is shown already. */
+            outbox__pg_message(msg, buf, sizeof buf);
+            if ((quoted = strstr(buf, ": \"")) != NULL) *quoted = '\0';
             code = outbox__error(err, OUTBOX_EBADURL,
                                  "store URL '%s' is not valid for libpq: %s (the store's own "
                                  "settings: %s=%s, %s=%s)",
-                                 st->shown, outbox__pg_message(msg, buf, sizeof buf),
-                                 pg_props[0].name, outbox__prop_placeholder(&pg_props[0]),
-                                 pg_props[1].name, outbox__prop_placeholder(&pg_props[1]));
+                                 st->shown, buf, pg_props[0].name,
+                                 outbox__prop_placeholder(&pg_props[0]), pg_props[1].name,
+                                 outbox__prop_placeholder(&pg_props[1]));
             PQfreemem(msg);
             goto fail;
         }

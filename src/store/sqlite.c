@@ -795,8 +795,17 @@ static int connect_db(sqlite_store *st, int create, outbox_error *err)
 {
     sqlite3 *db = NULL;
     int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
+    struct stat sb;
+    int existed = stat(st->path, &sb) == 0;
     int rc = sqlite3_open_v2(st->path, &db, flags, NULL);
     int code;
+
+    /* SQLite creates the file 0644 less the umask: the messages are no one
+     * else's business.  Only the others' bits go, so writers sharing the
+     * database through its group keep their access; the -wal and -shm
+     * files SQLite makes later copy this mode. */
+    if (rc == SQLITE_OK && create && !existed && stat(st->path, &sb) == 0)
+        (void)chmod(st->path, sb.st_mode & 07770);
 
     if (rc != SQLITE_OK) {
         code = outbox__error(err, map_rc(rc), "cannot open the SQLite database %s: %s", st->path,

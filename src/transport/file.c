@@ -100,7 +100,8 @@ static int check_tail(file_state *st, int fd, int *repaired)
  * with err filled (`what`: "open" or "reopen"). */
 static int open_output(file_state *st, const char *what, outbox_error *err)
 {
-    int fd = open(st->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    /* Readable by its consumers through the group, never by others. */
+    int fd = open(st->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     int repaired = 0, saved;
 
     if (fd < 0) {
