@@ -212,50 +212,6 @@ static void open_fresh(const store_driver *d, outbox_store *st, char *url, size_
     ASSERT(to > 0);
 }
 
-static void put(outbox_store *st, const char *agg_id, char id_out[37])
-{
-    outbox_error err = {0};
-    outbox_msg *m = NULL;
-    ASSERT_OK(outbox_msg_new(&m, "OrderPlaced", "Order", agg_id, "{\"n\":1}", &err), &err);
-    ASSERT_OK(st->ops->enqueue(st->state, m, &err), &err);
-    if (id_out) memcpy(id_out, m->id, 37);
-    outbox_msg_free(m);
-}
-
-typedef struct batch {
-    outbox_msg **msgs;
-    size_t n;
-} batch;
-
-static batch claim_at(outbox_store *st, int64_t now, size_t size, int failed_blocks)
-{
-    outbox_error err = {0};
-    outbox_claim_params p = {size, now, failed_blocks, 0, NULL};
-    batch b = {NULL, 0};
-    ASSERT_OK(st->ops->claim(st->state, &p, &b.msgs, &b.n, &err), &err);
-    return b;
-}
-
-static batch claim(outbox_store *st, int64_t now, int failed_blocks)
-{
-    return claim_at(st, now, 100, failed_blocks);
-}
-
-static void batch_free(batch *b)
-{
-    sh_free_msgs(b->msgs, b->n);
-    b->msgs = NULL;
-    b->n = 0;
-}
-
-static int complete_one(outbox_store *st, const outbox_msg *m, int outcome, int64_t available_at,
-                        int on_sent, outbox_error *err)
-{
-    outbox_completion c = {m, outcome, available_at, "boom"};
-    outbox_complete_params p = {on_sent, outbox__now_us(), NULL, 0};
-    return st->ops->complete(st->state, &c, 1, &p, err);
-}
-
 /* The status of message id (-1 when absent). */
 static int status_of(outbox_store *st, const char *id)
 {
@@ -281,18 +237,18 @@ static void claim_ordering_rule(const store_driver *d)
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     char url[700], a1[37], a2[37], b1[37], a3[37];
-    batch b;
+    sh_batch b;
     int64_t now = outbox__now_us(), later = now + 60 * 1000000LL, due;
     outbox_completion c[4];
     outbox_complete_params p = {OUTBOX_ON_SENT_DELETE, now, NULL, 0};
     int i;
 
     open_fresh(d, &st, url, sizeof url, "order");
-    put(&st, "A", a1);
-    put(&st, "A", a2);
-    put(&st, "B", b1);
-    put(&st, "A", a3);
-    b = claim(&st, now, 1);
+    sh_put(&st, "A", a1);
+    sh_put(&st, "A", a2);
+    sh_put(&st, "B", b1);
+    sh_put(&st, "A", a3);
+    b = sh_claim_due(&st, now, 1);
     ASSERT_EQ(b.n, 4);
     ASSERT_STREQ(b.msgs[0]->id, a1);
     ASSERT_STREQ(b.msgs[1]->id, a2);
@@ -311,31 +267,31 @@ static void claim_ordering_rule(const store_driver *d)
         c[i].error = "destination down";
     }
     ASSERT_OK(st.ops->complete(st.state, c, 4, &p, err), err);
-    batch_free(&b);
+    sh_batch_free(&b);
 
     ASSERT_OK(st.ops->next_due(st.state, &due, err), err);
     ASSERT_EQ(due, later);
 
     /* While a1 waits, only B's message is claimable. */
-    b = claim(&st, now + 1000, 1);
+    b = sh_claim_due(&st, now + 1000, 1);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, b1);
-    batch_free(&b);
+    sh_batch_free(&b);
 
     /* When a1 is due, everything comes back in order, a1 first. */
-    b = claim(&st, later, 1);
+    b = sh_claim_due(&st, later, 1);
     ASSERT_EQ(b.n, 4);
     ASSERT_STREQ(b.msgs[0]->id, a1);
     ASSERT_EQ(b.msgs[0]->attempts, 1);
     ASSERT_STREQ(b.msgs[1]->id, a2);
     ASSERT_EQ(b.msgs[1]->attempts, 0);
-    batch_free(&b);
+    sh_batch_free(&b);
 
     /* Batch size is respected. */
-    b = claim_at(&st, later, 2, 1);
+    b = sh_claim_at(&st, later, 2, 1);
     ASSERT_EQ(b.n, 2);
     ASSERT_STREQ(b.msgs[0]->id, a1);
-    batch_free(&b);
+    sh_batch_free(&b);
     outbox__store_close(&st);
 }
 
@@ -346,28 +302,28 @@ static void failed_blocks_option(const store_driver *d)
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     char url[700], a1[37], a2[37], b1[37];
-    batch b;
+    sh_batch b;
     int64_t now = outbox__now_us();
 
     open_fresh(d, &st, url, sizeof url, "failed");
-    put(&st, "A", a1);
-    put(&st, "A", a2);
-    put(&st, "B", b1);
-    b = claim(&st, now, 1);
+    sh_put(&st, "A", a1);
+    sh_put(&st, "A", a2);
+    sh_put(&st, "B", b1);
+    b = sh_claim_due(&st, now, 1);
     ASSERT_EQ(b.n, 3);
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    batch_free(&b);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    sh_batch_free(&b);
 
-    b = claim(&st, now, 1);
+    b = sh_claim_due(&st, now, 1);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, b1);
-    batch_free(&b);
+    sh_batch_free(&b);
 
-    b = claim(&st, now, 0);
+    b = sh_claim_due(&st, now, 0);
     ASSERT_EQ(b.n, 2);
     ASSERT_STREQ(b.msgs[0]->id, a2);
     ASSERT_STREQ(b.msgs[1]->id, b1);
-    batch_free(&b);
+    sh_batch_free(&b);
     outbox__store_close(&st);
 }
 
@@ -381,12 +337,13 @@ static void publish_committed(void *user)
 {
     out_of_order_ctx *x = user;
     outbox_error err = {0};
-    batch b = claim(x->st, outbox__now_us(), 1);
+    sh_batch b = sh_claim_due(x->st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, outbox_msg_id(x->m2));
-    ASSERT_OK(complete_one(x->st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, &err),
-              &err);
-    batch_free(&b);
+    ASSERT_OK(
+        sh_complete_one(x->st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, &err),
+        &err);
+    sh_batch_free(&b);
 }
 
 /* A message that commits after a later seq was published is still
@@ -398,7 +355,7 @@ static void out_of_order_commits(const store_driver *d)
     char url[700];
     outbox_msg *m1 = NULL, *m2 = NULL;
     out_of_order_ctx x;
-    batch b;
+    sh_batch b;
 
     if (!d->commit_out_of_order) {
         fprintf(stderr, "   %s: writers commit in seq order (nothing to check)\n", d->name);
@@ -411,12 +368,12 @@ static void out_of_order_commits(const store_driver *d)
     x.m2 = m2;
     d->commit_out_of_order(url, m1, m2, publish_committed, &x);
 
-    b = claim(&st, outbox__now_us(), 1);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, outbox_msg_id(m1));
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, &err),
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, &err),
               &err);
-    batch_free(&b);
+    sh_batch_free(&b);
     outbox_msg_free(m1);
     outbox_msg_free(m2);
     outbox__store_close(&st);
@@ -429,7 +386,7 @@ static void out_of_order_commits(const store_driver *d)
 /* Records one claim's outcomes in one call, as the relay does (a store may
  * keep the claim open until then): msgs[i] gets `outcome`, the others are
  * left unsent. */
-static int complete_just(outbox_store *st, const batch *b, size_t i, int outcome,
+static int complete_just(outbox_store *st, const sh_batch *b, size_t i, int outcome,
                          int64_t available_at, int on_sent, outbox_error *err)
 {
     outbox_completion c[16];
@@ -450,10 +407,10 @@ static void claim_and_complete(outbox_store *st, size_t want, size_t i, int outc
                                int64_t available_at, int on_sent)
 {
     outbox_error err = {0};
-    batch b = claim(st, outbox__now_us(), 0);
+    sh_batch b = sh_claim_due(st, outbox__now_us(), 0);
     ASSERT_EQ(b.n, want);
     ASSERT_OK(complete_just(st, &b, i, outcome, available_at, on_sent, &err), &err);
-    batch_free(&b);
+    sh_batch_free(&b);
 }
 
 /* Each outcome's effect: sent (deleted or marked with sent_at), retry
@@ -464,7 +421,7 @@ static void complete_outcomes(const store_driver *d)
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     char url[700], ids[4][37];
-    batch b;
+    sh_batch b;
     outbox_msg *got = NULL;
     int64_t t0, later = outbox__now_us() + 3600 * 1000000LL;
     int i;
@@ -473,7 +430,7 @@ static void complete_outcomes(const store_driver *d)
     for (i = 0; i < 4; i++) {
         char agg[8];
         snprintf(agg, sizeof agg, "agg%d", i);
-        put(&st, agg, ids[i]);
+        sh_put(&st, agg, ids[i]);
     }
 
     /* SENT with delete: gone. */
@@ -507,12 +464,12 @@ static void complete_outcomes(const store_driver *d)
     outbox_msg_free(got);
 
     /* A retried message that fails when due again counts its attempts. */
-    b = claim(&st, later, 0);
+    b = sh_claim_due(&st, later, 0);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, ids[2]);
     ASSERT_EQ(b.msgs[0]->attempts, 1);
     ASSERT_OK(complete_just(&st, &b, 0, OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    batch_free(&b);
+    sh_batch_free(&b);
     ASSERT_OK(st.ops->get(st.state, ids[2], &got, err), err);
     ASSERT_EQ(got->status, OUTBOX_STATUS_FAILED);
     ASSERT_EQ(got->attempts, 2);
@@ -523,9 +480,9 @@ static void complete_outcomes(const store_driver *d)
         char more[2][37];
         outbox_completion c[2];
         outbox_complete_params p = {OUTBOX_ON_SENT_MARK, outbox__now_us(), NULL, 0};
-        put(&st, "mixed", more[0]);
-        put(&st, "other", more[1]);
-        b = claim(&st, outbox__now_us(), 1);
+        sh_put(&st, "mixed", more[0]);
+        sh_put(&st, "other", more[1]);
+        b = sh_claim_due(&st, outbox__now_us(), 1);
         ASSERT_EQ(b.n, 2);
         memset(c, 0, sizeof c);
         c[0].msg = b.msgs[0];
@@ -539,7 +496,7 @@ static void complete_outcomes(const store_driver *d)
         ASSERT_OK(st.ops->complete(st.state, c, 2, &p, err), err);
         ASSERT_EQ(status_of(&st, more[0]), OUTBOX_STATUS_SENT);
         ASSERT_EQ(status_of(&st, more[1]), OUTBOX_STATUS_PENDING);
-        batch_free(&b);
+        sh_batch_free(&b);
     }
     outbox__store_close(&st);
 }
@@ -600,7 +557,7 @@ static void fail_all(outbox_store *st)
     outbox_error err = {0};
     outbox_complete_params p = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 0};
     outbox_completion c[16];
-    batch b = claim(st, outbox__now_us(), 0);
+    sh_batch b = sh_claim_due(st, outbox__now_us(), 0);
     ASSERT(b.n <= 16);
     memset(c, 0, sizeof c);
     for (size_t i = 0; i < b.n; i++) {
@@ -609,7 +566,7 @@ static void fail_all(outbox_store *st)
         c[i].error = "rejected";
     }
     ASSERT_OK(st->ops->complete(st->state, c, b.n, &p, &err), &err);
-    batch_free(&b);
+    sh_batch_free(&b);
 }
 
 static void retry_drop_purge(const store_driver *d)
@@ -621,12 +578,12 @@ static void retry_drop_purge(const store_driver *d)
     outbox_msg *got = NULL;
     outbox_status s;
     int64_t count = -1, t0;
-    batch b;
+    sh_batch b;
     int i;
 
     open_fresh(d, &st, url, sizeof url, "admin");
     for (i = 0; i < 4; i++)
-        put(&st, i % 2 ? "B" : "A", ids[i]);
+        sh_put(&st, i % 2 ? "B" : "A", ids[i]);
     fail_all(&st);
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.failed, 4);
@@ -669,12 +626,13 @@ static void retry_drop_purge(const store_driver *d)
     }
 
     /* purge: only sent rows older than the cut-off. */
-    put(&st, "C", sent);
-    b = claim(&st, outbox__now_us(), 1);
+    sh_put(&st, "C", sent);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 1);
     t0 = outbox__now_us();
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err), err);
-    batch_free(&b);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err),
+              err);
+    sh_batch_free(&b);
     ASSERT_OK(st.ops->purge(st.state, t0 - 1000000, &count, err), err);
     ASSERT_EQ(count, 0);
     ASSERT_EQ(status_of(&st, sent), OUTBOX_STATUS_SENT);
@@ -701,13 +659,13 @@ static void bad_rows_quarantined(const store_driver *d)
     outbox_msg *got = NULL;
     outbox_status s;
     int64_t bad_seq;
-    batch b;
+    sh_batch b;
 
     open_fresh(d, &st, url, sizeof url, "badrows");
-    put(&st, "A", a1);
+    sh_put(&st, "A", a1);
     bad_seq = d->insert_bad_row(url, "A");
-    put(&st, "A", a3);
-    put(&st, "B", b1);
+    sh_put(&st, "A", a3);
+    sh_put(&st, "B", b1);
 
     p.now_us = outbox__now_us();
     ASSERT_OK(st.ops->claim(st.state, &p, &b.msgs, &b.n, err), err);
@@ -716,7 +674,7 @@ static void bad_rows_quarantined(const store_driver *d)
     ASSERT_STREQ(b.msgs[0]->id, a1);
     ASSERT_STREQ(b.msgs[1]->id, b1);
     sh_complete_sent(&st, 0, b.msgs, b.n);
-    batch_free(&b);
+    sh_batch_free(&b);
     ASSERT_OK(st.ops->get(st.state, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f72", &got, err), err);
     ASSERT_EQ(got->status, OUTBOX_STATUS_FAILED);
     ASSERT_EQ(got->attempts, 1);
@@ -726,9 +684,9 @@ static void bad_rows_quarantined(const store_driver *d)
     outbox_msg_free(got);
 
     /* A is held behind its quarantined row; status counts it. */
-    b = claim(&st, outbox__now_us(), 1);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 0);
-    batch_free(&b);
+    sh_batch_free(&b);
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.failed, 1);
     if (st.ops->version >= 5) {
@@ -736,10 +694,10 @@ static void bad_rows_quarantined(const store_driver *d)
         ASSERT_EQ(s.aggregates_blocked, 1);
     }
     /* When Failed does not block, the rest of A flows. */
-    b = claim(&st, outbox__now_us(), 0);
+    b = sh_claim_due(&st, outbox__now_us(), 0);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, a3);
-    batch_free(&b);
+    sh_batch_free(&b);
     outbox__store_close(&st);
 }
 

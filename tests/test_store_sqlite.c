@@ -14,6 +14,7 @@
 #include "internal.h"
 #include "test.h"
 #include "support/tmp.h"
+#include "support/store.h"
 
 #include <sqlite3.h>
 
@@ -89,48 +90,6 @@ static outbox_msg *make_msg(const char *type, const char *agg_id, const char *pa
     outbox_error err_buf = {0}, *err = &err_buf;
     ASSERT_OK(outbox_msg_new(&m, type, "Order", agg_id, payload, err), err);
     return m;
-}
-
-/* Enqueues one message through the driver; returns its id in id_out. */
-static void put(outbox_store *st, const char *agg_id, char id_out[37])
-{
-    outbox_error err_buf = {0}, *err = &err_buf;
-    outbox_msg *m = make_msg("OrderPlaced", agg_id, "{\"n\":1}");
-    ASSERT_OK(st->ops->enqueue(st->state, m, err), err);
-    if (id_out) memcpy(id_out, m->id, 37);
-    outbox_msg_free(m);
-}
-
-typedef struct batch {
-    outbox_msg **msgs;
-    size_t n;
-} batch;
-
-static batch claim(outbox_store *st, int64_t now, int failed_blocks)
-{
-    outbox_error err_buf = {0}, *err = &err_buf;
-    outbox_claim_params p = {100, now, failed_blocks, 0, NULL};
-    batch b = {NULL, 0};
-    ASSERT_OK(st->ops->claim(st->state, &p, &b.msgs, &b.n, err), err);
-    return b;
-}
-
-static void batch_free(batch *b)
-{
-    size_t i;
-    for (i = 0; i < b->n; i++)
-        outbox_msg_free(b->msgs[i]);
-    free(b->msgs);
-    b->msgs = NULL;
-    b->n = 0;
-}
-
-static int complete_one(outbox_store *st, const outbox_msg *m, int outcome, int64_t available_at,
-                        int on_sent, outbox_error *err)
-{
-    outbox_completion c = {m, outcome, available_at, "boom"};
-    outbox_complete_params p = {on_sent, outbox__now_us(), NULL, 0};
-    return st->ops->complete(st->state, &c, 1, &p, err);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -243,7 +202,7 @@ TEST(missing_file_not_created)
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     const char *path = test_path("typo.db");
-    batch b = {NULL, 0};
+    sh_batch b = {NULL, 0};
     outbox_claim_params p = {10, outbox__now_us(), 1, 0, NULL};
     outbox_status status;
     int changed;
@@ -286,7 +245,7 @@ TEST(enqueue_in_transaction)
     outbox_error err_buf = {0}, *err = &err_buf;
     sqlite3 *db;
     outbox_msg *m, *m2, *m3;
-    batch b;
+    sh_batch b;
 
     open_store(&st, "enq.db");
     db = open_db("enq.db");
@@ -307,9 +266,9 @@ TEST(enqueue_in_transaction)
     ASSERT_OK(outbox_enqueue_sqlite(db, m, err), err);
     exec_ok(db, "ROLLBACK");
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox"), 0);
-    b = claim(&st, outbox__now_us(), 1);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 0);
-    batch_free(&b);
+    sh_batch_free(&b);
 
     /* Committed: claimable with every field equal. */
     exec_ok(db, "BEGIN");
@@ -323,7 +282,7 @@ TEST(enqueue_in_transaction)
     ASSERT_OK(outbox_enqueue_sqlite(db, m2, err), err);
     exec_ok(db, "COMMIT");
 
-    b = claim(&st, outbox__now_us(), 1);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 2);
     ASSERT_STREQ(b.msgs[0]->id, m->id);
     ASSERT_STREQ(outbox_msg_type(b.msgs[0]), "OrderPlaced");
@@ -338,7 +297,7 @@ TEST(enqueue_in_transaction)
     ASSERT_STREQ(b.msgs[1]->id, m2->id);
     ASSERT_STREQ(outbox_msg_payload(b.msgs[1]), "{}");
     ASSERT(outbox_msg_seq(b.msgs[1]) > outbox_msg_seq(b.msgs[0]));
-    batch_free(&b);
+    sh_batch_free(&b);
 
     /* The driver's own enqueue: EEXISTS for a duplicate, nothing left open. */
     ASSERT_EQ(st.ops->enqueue(st.state, m, err), OUTBOX_EEXISTS);
@@ -431,28 +390,28 @@ TEST(seq_not_reused)
 {
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
-    batch b;
+    sh_batch b;
     int64_t max_seq;
     char id[37];
 
     open_store(&st, "seq.db");
-    put(&st, "a", NULL);
-    put(&st, "b", NULL);
-    put(&st, "c", id);
-    b = claim(&st, outbox__now_us(), 1);
+    sh_put(&st, "a", NULL);
+    sh_put(&st, "b", NULL);
+    sh_put(&st, "c", id);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 3);
     max_seq = b.msgs[2]->seq;
     ASSERT_STREQ(b.msgs[2]->id, id);
     /* Delete the max row (sent, on_sent delete), then enqueue again. */
-    ASSERT_OK(complete_one(&st, b.msgs[2], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, err),
+    ASSERT_OK(sh_complete_one(&st, b.msgs[2], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, err),
               err);
-    batch_free(&b);
-    put(&st, "d", id);
-    b = claim(&st, outbox__now_us(), 1);
+    sh_batch_free(&b);
+    sh_put(&st, "d", id);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 3);
     ASSERT_STREQ(b.msgs[2]->id, id);
     ASSERT(b.msgs[2]->seq > max_seq);
-    batch_free(&b);
+    sh_batch_free(&b);
     outbox__store_close(&st);
 }
 
@@ -461,7 +420,7 @@ TEST(complete_outcomes)
     outbox_store st;
     outbox_error err_buf = {0}, *err = &err_buf;
     char ids[4][37];
-    batch b;
+    sh_batch b;
     outbox_msg *got = NULL;
     int64_t count, t0;
     sqlite3 *db;
@@ -469,26 +428,27 @@ TEST(complete_outcomes)
 
     open_store(&st, "outcomes.db");
     for (i = 0; i < 4; i++)
-        put(&st, "agg", ids[i]);
-    b = claim(&st, outbox__now_us(), 1);
+        sh_put(&st, "agg", ids[i]);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 4);
 
     /* SENT with delete: gone. */
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, err),
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, err),
               err);
     ASSERT_EQ(st.ops->get(st.state, ids[0], &got, err), OUTBOX_ENOTFOUND);
     ASSERT_CONTAINS(err->message, ids[0]);
 
     /* SENT with mark: kept as sent with sent_at. */
     t0 = outbox__now_us();
-    ASSERT_OK(complete_one(&st, b.msgs[1], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[1], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err),
+              err);
     ASSERT_OK(st.ops->get(st.state, ids[1], &got, err), err);
     ASSERT_EQ(got->status, OUTBOX_STATUS_SENT);
     ASSERT_GE(got->sent_at, t0);
     outbox_msg_free(got);
 
     /* RETRY: attempts+1, available_at, last_error. */
-    ASSERT_OK(complete_one(&st, b.msgs[2], OUTBOX_OUTCOME_RETRY, 777, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[2], OUTBOX_OUTCOME_RETRY, 777, 0, err), err);
     ASSERT_OK(st.ops->get(st.state, ids[2], &got, err), err);
     ASSERT_EQ(got->status, OUTBOX_STATUS_PENDING);
     ASSERT_EQ(got->attempts, 1);
@@ -497,7 +457,7 @@ TEST(complete_outcomes)
     outbox_msg_free(got);
 
     /* FAILED: attempts+1, failed, last_error. */
-    ASSERT_OK(complete_one(&st, b.msgs[3], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[3], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
     ASSERT_OK(st.ops->get(st.state, ids[3], &got, err), err);
     ASSERT_EQ(got->status, OUTBOX_STATUS_FAILED);
     ASSERT_EQ(got->attempts, 1);
@@ -530,7 +490,7 @@ TEST(complete_outcomes)
     db = open_db("outcomes.db");
     ASSERT(query_int(db, "SELECT expires_at FROM outbox_lease") > outbox__now_us() + 3000000000LL);
     sqlite3_close(db);
-    batch_free(&b);
+    sh_batch_free(&b);
 
     /* A mixed batch in one call: two sent (marked), one retry, one unsent. */
     {
@@ -538,8 +498,8 @@ TEST(complete_outcomes)
         outbox_completion c[4];
         outbox_complete_params p = {OUTBOX_ON_SENT_MARK, outbox__now_us(), "relay-a", 10000};
         for (i = 0; i < 4; i++)
-            put(&st, i == 2 ? "other" : "mixed", more[i]);
-        b = claim(&st, outbox__now_us(), 0);
+            sh_put(&st, i == 2 ? "other" : "mixed", more[i]);
+        b = sh_claim_due(&st, outbox__now_us(), 0);
         ASSERT_EQ(b.n, 4);
         for (i = 0; i < 4; i++) {
             ASSERT_STREQ(b.msgs[i]->id, more[i]);
@@ -571,7 +531,7 @@ TEST(complete_outcomes)
             if (i == 0 || i == 2) ASSERT_EQ(got->sent_at, p.now_us);
             outbox_msg_free(got);
         }
-        batch_free(&b);
+        sh_batch_free(&b);
         /* Nothing to do is fine. */
         ASSERT_OK(st.ops->complete(st.state, NULL, 0, &p, err), err);
     }
@@ -588,18 +548,18 @@ static int fault_child(void)
     outbox_error err_buf = {0}, *err = &err_buf;
     outbox_completion c[2];
     outbox_complete_params p = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 0};
-    batch b;
+    sh_batch b;
     int rc;
 
     if (outbox__store_open(&st, url_of("fault.db"), err) != OUTBOX_OK) return 10;
-    b = claim(&st, outbox__now_us(), 1);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     if (b.n != 2) return 11;
     memset(c, 0, sizeof c);
     c[0].msg = b.msgs[0];
     c[1].msg = b.msgs[1];
     c[0].outcome = c[1].outcome = OUTBOX_OUTCOME_SENT;
     rc = st.ops->complete(st.state, c, 2, &p, err);
-    batch_free(&b);
+    sh_batch_free(&b);
     outbox__store_close(&st);
     if (rc != OUTBOX_EFAULT) {
         fprintf(stderr, "complete returned %d: %s\n", rc, err->message);
@@ -617,8 +577,8 @@ TEST(fault_during_mark_sent)
     sqlite3 *db;
 
     open_store(&st, "fault.db");
-    put(&st, "x", NULL);
-    put(&st, "y", NULL);
+    sh_put(&st, "x", NULL);
+    sh_put(&st, "y", NULL);
     outbox__store_close(&st);
 
     pid = fork();
@@ -798,7 +758,7 @@ TEST(admin_status_list_get_retry)
     outbox_error err_buf = {0}, *err = &err_buf;
     char ids[5][37];
     char upper[37];
-    batch b;
+    sh_batch b;
     outbox_status s;
     outbox_list_params lp;
     struct collected col;
@@ -821,12 +781,13 @@ TEST(admin_status_list_get_retry)
     }
 
     for (i = 0; i < 5; i++)
-        put(&st, i < 3 ? "A" : "B", ids[i]);
-    b = claim(&st, now, 1);
+        sh_put(&st, i < 3 ? "A" : "B", ids[i]);
+    b = sh_claim_due(&st, now, 1);
     ASSERT_EQ(b.n, 5);
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    ASSERT_OK(complete_one(&st, b.msgs[3], OUTBOX_OUTCOME_RETRY, later, 0, err), err);
-    ASSERT_OK(complete_one(&st, b.msgs[4], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[3], OUTBOX_OUTCOME_RETRY, later, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[4], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_MARK, err),
+              err);
 
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.schema_version, SCHEMA);
@@ -896,18 +857,18 @@ TEST(admin_status_list_get_retry)
         outbox_msg_free(got);
     }
     /* The requeued message is claimable again, first of its aggregate. */
-    batch_free(&b);
-    b = claim(&st, now, 1);
+    sh_batch_free(&b);
+    b = sh_claim_due(&st, now, 1);
     ASSERT(b.n >= 1);
     ASSERT_STREQ(b.msgs[0]->id, ids[0]);
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    ASSERT_OK(complete_one(&st, b.msgs[1], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[1], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
     ASSERT_OK(st.ops->retry(st.state, NULL, 0, 1, &count, err), err);
     ASSERT_EQ(count, 2);
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.failed, 0);
     ASSERT_EQ(s.pending, 4);
-    batch_free(&b);
+    sh_batch_free(&b);
     outbox__store_close(&st);
 }
 
@@ -994,20 +955,20 @@ TEST(undecodable_rows_quarantined)
     struct collected col;
     outbox_list_params lp = {sizeof lp, -1, 0};
     outbox_status s;
-    batch b;
+    sh_batch b;
 
     open_store(&st, "quarantine.db");
     db = open_db("quarantine.db");
-    put(&st, "A", a1);
+    sh_put(&st, "A", a1);
     bad_id_seq = insert_unchecked(db, "NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx", "T", "A", "{}");
-    put(&st, "A", a3);
-    put(&st, "B", b1);
+    sh_put(&st, "A", a3);
+    sh_put(&st, "B", b1);
     bad_header_seq = insert_unchecked(db, bad_header_id, "T", "C", "{\"k\":\"x\\u0001\"}");
-    put(&st, "C", c2);
+    sh_put(&st, "C", c2);
     blank_type_seq = insert_unchecked(db, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f72", "  ", "D", "{}");
 
     capture_start(OUTBOX_LOG_ERROR, "store.sqlite");
-    b = claim(&st, outbox__now_us(), 1);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     ASSERT_EQ(b.n, 2);
     ASSERT_STREQ(b.msgs[0]->id, a1);
@@ -1034,26 +995,26 @@ TEST(undecodable_rows_quarantined)
                  (long long)blank_type_seq);
         ASSERT_EQ(query_int(db, sql), 1);
     }
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, err),
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, err),
               err);
-    ASSERT_OK(complete_one(&st, b.msgs[1], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, err),
+    ASSERT_OK(sh_complete_one(&st, b.msgs[1], OUTBOX_OUTCOME_SENT, 0, OUTBOX_ON_SENT_DELETE, err),
               err);
-    batch_free(&b);
+    sh_batch_free(&b);
 
     /* A and C are held behind their quarantined rows; status counts them. */
-    b = claim(&st, outbox__now_us(), 1);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 0);
-    batch_free(&b);
+    sh_batch_free(&b);
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.failed, 3);
     ASSERT_EQ(s.blocked, 2);
     ASSERT_EQ(s.aggregates_blocked, 2);
     /* When Failed does not block, they flow. */
-    b = claim(&st, outbox__now_us(), 0);
+    b = sh_claim_due(&st, outbox__now_us(), 0);
     ASSERT_EQ(b.n, 2);
     ASSERT_STREQ(b.msgs[0]->id, a3);
     ASSERT_STREQ(b.msgs[1]->id, c2);
-    batch_free(&b);
+    sh_batch_free(&b);
 
     /* list shows every row, the bad ones as stored; get reads one too. */
     memset(&col, 0, sizeof col);
@@ -1166,22 +1127,22 @@ TEST(quarantine_reads_again)
     outbox_claim_params p = {1, outbox__now_us(), 1, 0, NULL};
     sqlite3 *db;
     char y1[37], y2[37];
-    batch b = {NULL, 0};
+    sh_batch b = {NULL, 0};
     int64_t in_flight;
 
     open_store(&st, "reread.db");
     db = open_db("reread.db");
     insert_unchecked(db, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f81", "T", "X", "{\"n\":1}");
     insert_unchecked(db, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f82", " ", "Z", "{}");
-    put(&st, "Y", y1);
-    put(&st, "Y", y2);
+    sh_put(&st, "Y", y1);
+    sh_put(&st, "Y", y2);
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
 
     ASSERT_OK(st.ops->claim(st.state, &p, &b.msgs, &b.n, err), err);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, y1);
     in_flight = b.msgs[0]->seq;
-    batch_free(&b);
+    sh_batch_free(&b);
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox WHERE status = 'failed'"), 2);
 
     /* Pipelined: y1 is in flight, a new bad row comes before y2. */
@@ -1190,7 +1151,7 @@ TEST(quarantine_reads_again)
     ASSERT_OK(st.ops->claim_pipelined(st.state, &p, &in_flight, 1, &b.msgs, &b.n, err), err);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, y2);
-    batch_free(&b);
+    sh_batch_free(&b);
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox WHERE status = 'failed'"), 3);
     sqlite3_close(db);
     outbox__store_close(&st);
@@ -1315,7 +1276,7 @@ TEST(upgrade_from_version_1)
     outbox_status s;
     sqlite3 *db;
     int from = -1, to = -1;
-    batch b;
+    sh_batch b;
 
     open_store(&st, "v1.db");
     outbox__store_close(&st);
@@ -1343,10 +1304,10 @@ TEST(upgrade_from_version_1)
               SQLITE_CONSTRAINT);
     /* The expired version-1 lease is taken over. */
     ASSERT_OK(st.ops->lease_acquire(st.state, "new", 30000, err), err);
-    b = claim(&st, outbox__now_us(), 1);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 1);
     ASSERT_STREQ(b.msgs[0]->id, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f70");
-    batch_free(&b);
+    sh_batch_free(&b);
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.failed, 1);
     ASSERT_STREQ(s.lease_owner, "new");
@@ -1363,11 +1324,11 @@ TEST(lease_same_name_not_shared)
     outbox_error err_buf = {0}, *err = &err_buf;
     outbox_status s;
     char id[37], pid_text[32];
-    batch got;
+    sh_batch got;
 
     open_store(&a, "samename.db");
     ASSERT_OK(outbox__store_open(&b, url_of("samename.db"), err), err);
-    put(&a, "A", id);
+    sh_put(&a, "A", id);
 
     ASSERT_OK(a.ops->lease_acquire(a.state, "same", 30000, err), err);
     ASSERT_EQ(b.ops->lease_acquire(b.state, "same", 30000, err), OUTBOX_ELEASED);
@@ -1378,7 +1339,7 @@ TEST(lease_same_name_not_shared)
     ASSERT_CONTAINS(err->message, "lease expires in 30s");
     ASSERT(strstr(err->message, "--wait-lease") == NULL);
     ASSERT_EQ(b.ops->lease_renew(b.state, "same", 30000, err), OUTBOX_ELEASELOST);
-    got = claim(&b, outbox__now_us(), 1);
+    got = sh_claim_due(&b, outbox__now_us(), 1);
     ASSERT_EQ(got.n, 1);
     {
         outbox_completion c = {got.msgs[0], OUTBOX_OUTCOME_SENT, 0, NULL};
@@ -1388,7 +1349,7 @@ TEST(lease_same_name_not_shared)
         ASSERT_OK(a.ops->get(a.state, id, &m, err), err); /* nothing recorded */
         outbox_msg_free(m);
     }
-    batch_free(&got);
+    sh_batch_free(&got);
 
     /* b's release and note leave a's lease alone. */
     ASSERT_OK(b.ops->lease_release(b.state, "same", err), err);
@@ -1447,21 +1408,21 @@ TEST(drop_failed)
     const char *missing = "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f99";
     sqlite3 *db;
     int64_t count = -1;
-    batch b;
+    sh_batch b;
     int i;
 
     open_store(&st, "drop.db");
     db = open_db("drop.db");
     for (i = 0; i < 4; i++)
-        put(&st, i < 3 ? "A" : "B", ids[i]);
-    b = claim(&st, outbox__now_us(), 1);
+        sh_put(&st, i < 3 ? "A" : "B", ids[i]);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 4);
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    ASSERT_OK(complete_one(&st, b.msgs[3], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    batch_free(&b);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[3], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    sh_batch_free(&b);
     insert_unchecked(db, "NOT-A-UUID-xxxxxxxxxxxxxxxxxxxxxxxxx", "T", "C", "{}");
-    b = claim(&st, outbox__now_us(), 1); /* quarantines the bad row */
-    batch_free(&b);
+    b = sh_claim_due(&st, outbox__now_us(), 1); /* quarantines the bad row */
+    sh_batch_free(&b);
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox WHERE status = 'failed'"), 3);
 
     {
@@ -1515,21 +1476,21 @@ TEST(status_blocked_and_holder)
     char host[256];
     pid_t pid;
     int status = 0, i;
-    batch b;
+    sh_batch b;
 
     open_store(&st, "status.db");
     for (i = 0; i < 7; i++)
-        put(&st, i < 3 ? "A" : i < 5 ? "B" : "C", NULL);
-    b = claim(&st, outbox__now_us(), 1);
+        sh_put(&st, i < 3 ? "A" : i < 5 ? "B" : "C", NULL);
+    b = sh_claim_due(&st, outbox__now_us(), 1);
     ASSERT_EQ(b.n, 7);
     /* A: fails first (2 behind it); B: its second fails (none behind); C:
      * retrying (not Failed: not counted). */
-    ASSERT_OK(complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
-    ASSERT_OK(complete_one(&st, b.msgs[4], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[4], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
     ASSERT_OK(
-        complete_one(&st, b.msgs[5], OUTBOX_OUTCOME_RETRY, outbox__now_us() + 60000000, 0, err),
+        sh_complete_one(&st, b.msgs[5], OUTBOX_OUTCOME_RETRY, outbox__now_us() + 60000000, 0, err),
         err);
-    batch_free(&b);
+    sh_batch_free(&b);
     ASSERT_OK(st.ops->status(st.state, &s, err), err);
     ASSERT_EQ(s.failed, 2);
     ASSERT_EQ(s.pending, 5);
@@ -1588,13 +1549,13 @@ TEST(newer_schema_refused_everywhere)
     outbox_msg *m = NULL;
     int64_t count, due;
     sqlite3 *db;
-    batch first, b;
+    sh_batch first, b;
 
     open_store(&st, "newer.db");
-    put(&st, "A", id);
-    put(&st, "B", failed_id);
-    first = claim(&st, outbox__now_us(), 1);
-    ASSERT_OK(complete_one(&st, first.msgs[1], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
+    sh_put(&st, "A", id);
+    sh_put(&st, "B", failed_id);
+    first = sh_claim_due(&st, outbox__now_us(), 1);
+    ASSERT_OK(sh_complete_one(&st, first.msgs[1], OUTBOX_OUTCOME_FAILED, 0, 0, err), err);
     outbox__store_close(&st);
     db = open_db("newer.db");
     exec_ok(db, "BEGIN;"
@@ -1654,7 +1615,7 @@ TEST(newer_schema_refused_everywhere)
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox_inbox"), 1);
     ASSERT_EQ(query_int(db, "SELECT count(*) FROM outbox_lease"), 0);
     outbox_msg_free(m);
-    batch_free(&first);
+    sh_batch_free(&first);
     sqlite3_close(db);
 }
 

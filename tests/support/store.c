@@ -58,3 +58,42 @@ void sh_free_msgs(outbox_msg **msgs, size_t n)
         outbox_msg_free(msgs[i]);
     free(msgs);
 }
+
+void sh_put(outbox_store *s, const char *agg_id, char id_out[37])
+{
+    outbox_error err = {0};
+    outbox_msg *m = NULL;
+    ASSERT_OK(outbox_msg_new(&m, "OrderPlaced", "Order", agg_id, "{\"n\":1}", &err), &err);
+    ASSERT_OK(s->ops->enqueue(s->state, m, &err), &err);
+    if (id_out) memcpy(id_out, m->id, 37);
+    outbox_msg_free(m);
+}
+
+sh_batch sh_claim_at(outbox_store *s, int64_t now, size_t size, int failed_blocks)
+{
+    outbox_error err = {0};
+    outbox_claim_params p = {size, now, failed_blocks, 0, NULL};
+    sh_batch b = {NULL, 0};
+    ASSERT_OK(s->ops->claim(s->state, &p, &b.msgs, &b.n, &err), &err);
+    return b;
+}
+
+sh_batch sh_claim_due(outbox_store *s, int64_t now, int failed_blocks)
+{
+    return sh_claim_at(s, now, 100, failed_blocks);
+}
+
+void sh_batch_free(sh_batch *b)
+{
+    sh_free_msgs(b->msgs, b->n);
+    b->msgs = NULL;
+    b->n = 0;
+}
+
+int sh_complete_one(outbox_store *s, const outbox_msg *m, int outcome, int64_t available_at,
+                    int on_sent, outbox_error *err)
+{
+    outbox_completion c = {m, outcome, available_at, "boom"};
+    outbox_complete_params p = {on_sent, outbox__now_us(), NULL, 0};
+    return s->ops->complete(s->state, &c, 1, &p, err);
+}
