@@ -14,6 +14,9 @@
 #                 build-fuzz/corpus-new/<target>, crashes to build-fuzz/artifacts/
 #   make fuzz-replay  every target over its committed corpus, then FUZZ_SECONDS (20)
 #                 of fuzzing each (CI)
+#   make soak     SOAK_MINUTES (30) of mixed load, kills and server restarts on the
+#                 ASan build, sampling the relays' memory, descriptors and threads
+#                 (not in CI; docs/RELIABILITY.md records a run)
 
 PREFIX ?= /usr/local
 BUILD  ?= build
@@ -21,7 +24,7 @@ JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
 .PHONY: all deps build test demo bench docs install asan clean format format-check fuzz \
-        fuzz-build fuzz-replay
+        fuzz-build fuzz-replay soak
 
 all: build
 
@@ -50,8 +53,20 @@ install: deps
 	cmake --build build-release -j $(JOBS)
 	cmake --install build-release
 
+ASAN_CMAKE = -DOUTBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOUTBOX_BUILD_BENCH=OFF
+
 asan:
-	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DOUTBOX_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug -DOUTBOX_BUILD_BENCH=OFF $(CMAKE_FLAGS)"
+	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="$(ASAN_CMAKE) $(CMAKE_FLAGS)"
+
+# The relays' resident set is judged for growth: ASan's quarantine of freed
+# memory (256 MB by default) is kept small so that it levels off early.
+SOAK_MINUTES ?= 30
+soak: deps
+	@cmake -S . -B build-asan -DOUTBOX_FAULT_INJECTION=ON $(ASAN_CMAKE) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build-asan -j $(JOBS) --target outbox soak
+	cd build-asan && SOAK_MINUTES=$(SOAK_MINUTES) OUTBOX_BIN=$$PWD/outbox \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:quarantine_size_mb=16 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/soak
 
 # Fuzzing: tests/fuzz/fuzz_<target>.c built with clang, libFuzzer, ASan and
 # UBSan into build-fuzz/.  The committed corpus is read, never written: new
