@@ -98,7 +98,8 @@ static void hook_script(void *user, const sv_request *rq, int n, sv_action *act)
             h->refused = realloc(h->refused, h->cap * sizeof *h->refused);
             if (!h->refused) abort();
         }
-        snprintf(h->refused[h->nrefused++], 37, "%s", id);
+        memcpy(h->refused[h->nrefused], id, 36); /* pick: len == 36 */
+        h->refused[h->nrefused++][36] = '\0';
         h->refusals++;
         act->status = 400;
         snprintf(act->body, sizeof act->body, "{\"error\":\"refused once by the soak\"}");
