@@ -190,6 +190,11 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
         st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
         if (st != NATS_OK)
             TEST_FAIL_("subscribe %s: %s (%d)", name, natsStatus_GetText(st), (int)jerr);
+        /* No limit on what waits to be read: a reader slowed by a loaded
+         * machine (or a sanitizer) would otherwise be a slow consumer and
+         * lose messages past nats.c's default 65,536. */
+        st = natsSubscription_SetPendingLimits(sub, -1, -1);
+        if (st != NATS_OK) TEST_FAIL_("pending limits: %s", natsStatus_GetText(st));
         while (got < total) {
             natsMsg *m = NULL;
             st = natsSubscription_NextMsg(&m, sub, 10000);
