@@ -822,4 +822,8 @@ extern const outbox_transport_ops outbox__transport_https; /* open NULL without 
 extern const outbox_transport_ops outbox__transport_nats;  /* open NULL without NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without RDKAFKA */
 
+/* RabbitMQ (src/transport/amqp.c). */
+extern const outbox_transport_ops outbox__transport_amqp;  /* open NULL without RABBITMQ */
+extern const outbox_transport_ops outbox__transport_amqps; /* open NULL without RABBITMQ */
+
 #endif /* OUTBOX_INTERNAL_H */

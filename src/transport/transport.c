@@ -24,7 +24,7 @@
 static const outbox_transport_ops *const drivers[] = {
     &outbox__transport_stdout, &outbox__transport_file,  &outbox__transport_discard,
     &outbox__transport_http,   &outbox__transport_https, &outbox__transport_nats,
-    &outbox__transport_kafka,
+    &outbox__transport_kafka,  &outbox__transport_amqp,  &outbox__transport_amqps,
 };
 
 /* Schemes of destinations that exist in the design but not in this build. */
@@ -34,6 +34,8 @@ static const struct {
 } not_built[] = {
     {"nats", "NATS JetStream (not built with nats.c)"},
     {"kafka", "Kafka (not built with librdkafka)"},
+    {"amqp", "RabbitMQ (not built with librabbitmq)"},
+    {"amqps", "RabbitMQ (not built with librabbitmq)"},
     {"http", "HTTP webhook (not built with libcurl)"},
     {"https", "HTTP webhook (not built with libcurl)"},
     {"postgres", "PostgreSQL (not built with libpq)"},
