@@ -131,10 +131,10 @@ typedef struct rmq_batch {
     outbox_msg *const *msgs; /* NULL: the slot is free */
     outbox_publish_result *results;
     size_t n;
-    int stalled;            /* 1: confirms stopped; 2: connection or channel lost */
-    unsigned generation0;   /* st->generation when it (or the batch it follows) began */
-    unsigned char *done;    /* per message: its result is final */
-    unsigned char *started; /* per message: published, or given its result */
+    int stalled;             /* 1: confirms stopped; 2: connection or channel lost */
+    unsigned generation0;    /* st->generation when it (or the batch it follows) began */
+    unsigned char *done;     /* per message: its result is final */
+    unsigned char *started;  /* per message: published, or given its result */
     unsigned char *returned; /* per message: came back unroutable (rejected at its ack) */
     long *prev;
     outbox_aggindex ids;  /* message id -> index */
@@ -166,8 +166,8 @@ typedef struct rmq_state {
     amqp_connection_state_t conn; /* NULL: not connected */
     int channel_open;
     uint64_t next_tag;
-    unsigned generation; /* counts lost connections and channels */
-    char lost_why[WHY_MAX];  /* why the last one was lost */
+    unsigned generation;    /* counts lost connections and channels */
+    char lost_why[WHY_MAX]; /* why the last one was lost */
     atomic_int interrupted;
 
     rmq_batch batches[OUTBOX_PIPELINE_DEPTH];
@@ -339,8 +339,8 @@ static int connect_broker(rmq_state *st, char *why, size_t len)
     tv.tv_usec = (suseconds_t)(st->c.connect_timeout_ms % 1000) * 1000;
     rc = amqp_socket_open_noblock(sock, st->host, st->port, &tv);
     if (rc != AMQP_STATUS_OK) {
-        snprintf(why, len, "cannot connect to %s: %s; check that RabbitMQ runs there%s",
-                 st->shown, amqp_error_string2(rc),
+        snprintf(why, len, "cannot connect to %s: %s; check that RabbitMQ runs there%s", st->shown,
+                 amqp_error_string2(rc),
                  rc == AMQP_STATUS_SSL_ERROR || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED ||
                          rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED ||
                          rc == AMQP_STATUS_SSL_CONNECTION_FAILED
@@ -679,8 +679,7 @@ static int send_message(rmq_state *st, const outbox_msg *m, const char *key)
         }
     }
     return amqp_basic_publish(st->conn, CHANNEL, amqp_cstring_bytes(st->c.exchange),
-                              amqp_cstring_bytes(key), 1, 0, &p,
-                              amqp_cstring_bytes(m->payload));
+                              amqp_cstring_bytes(key), 1, 0, &p, amqp_cstring_bytes(m->payload));
 }
 
 /* Records message i of slot as in flight with the next delivery tag. */
@@ -794,8 +793,7 @@ static void wave(rmq_state *st, rmq_batch *b, rmq_batch *older, int *progressed)
                 st->flight_len--;
                 st->in_flight--;
                 st->next_tag--;
-                not_sent(b, i, rc == AMQP_STATUS_NO_MEMORY ? OUTBOX_ENOMEM : OUTBOX_EREJECTED,
-                         why);
+                not_sent(b, i, rc == AMQP_STATUS_NO_MEMORY ? OUTBOX_ENOMEM : OUTBOX_EREJECTED, why);
                 continue;
             }
             disconnect(st, OUTBOX_EPUBLISH, why);
@@ -1005,10 +1003,9 @@ static int check_exchange(rmq_state *st, outbox_error *err)
                                  "on %s; create it or pass declare=exchange (or "
                                  "declare=quorum:QUEUE for a quick start)",
                                  st->c.exchange, st->vhost, st->shown);
-        return outbox__error(err, OUTBOX_ECONFIG,
-                             "amqp destination: cannot %s exchange \"%s\" on %s: %s",
-                             declare_exchange ? "declare" : "check", st->c.exchange, st->shown,
-                             text);
+        return outbox__error(
+            err, OUTBOX_ECONFIG, "amqp destination: cannot %s exchange \"%s\" on %s: %s",
+            declare_exchange ? "declare" : "check", st->c.exchange, st->shown, text);
     }
     if (queue != NULL) {
         amqp_table_entry_t arg;

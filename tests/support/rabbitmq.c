@@ -209,8 +209,8 @@ void rmh_declare(const rmh_server *s, const char *exchange, const char *queue,
     arg.value.value.bytes = amqp_cstring_bytes("quorum");
     args.num_entries = 1;
     args.entries = &arg;
-    amqp_exchange_declare(c, 1, amqp_cstring_bytes(exchange), amqp_cstring_bytes("topic"), 0, 1,
-                          0, 0, amqp_empty_table);
+    amqp_exchange_declare(c, 1, amqp_cstring_bytes(exchange), amqp_cstring_bytes("topic"), 0, 1, 0,
+                          0, amqp_empty_table);
     check_reply(c, "exchange.declare");
     amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
     check_reply(c, "queue.declare");
@@ -279,8 +279,7 @@ int64_t rmh_queue_drain(const rmh_server *s, const char *queue, const char *path
         const amqp_basic_properties_t *p = &env.message.properties;
         snprintf(id, sizeof id, "%.*s",
                  (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? (int)p->message_id.len : 0,
-                 (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? (const char *)p->message_id.bytes
-                                                          : "");
+                 (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? (const char *)p->message_id.bytes : "");
         if (p->_flags & AMQP_BASIC_HEADERS_FLAG)
             header(&p->headers, "ce-subject", subject, sizeof subject);
         else
