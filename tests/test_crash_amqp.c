@@ -113,19 +113,9 @@ TEST(kill_sweep)
 
     snprintf(store, sizeof store, "sqlite:%s", db);
     snprintf(to, sizeof to, "%s?exchange=crash&heartbeat=5s&confirm_timeout=5s", server.url);
-    const char *argv[] = {test_outbox_bin(),
-                          "relay",
-                          "--store",
-                          store,
-                          "--to",
-                          to,
-                          "--batch",
-                          "512",
-                          "--lease-ttl",
-                          "2s",
-                          "--backoff-max",
-                          "5s",
-                          NULL};
+    const char *argv[] = {
+        test_outbox_bin(), "relay", "--store",       store, "--to", to, "--batch", "512",
+        "--lease-ttl",     "2s",    "--backoff-max", "5s",  NULL};
     int kills = 0, lives = 0;
     int64_t started = ch_now_ms();
     /* As test_crash_nats: kill until the count is reached and the producer
@@ -164,8 +154,8 @@ TEST(kill_sweep)
     ch_check_file(out, &p, &r);
     {
         char label[160];
-        snprintf(label, sizeof label, "amqp (SIGKILL x%d, broker restart): queue held %lld",
-                 kills, (long long)delivered);
+        snprintf(label, sizeof label, "amqp (SIGKILL x%d, broker restart): queue held %lld", kills,
+                 (long long)delivered);
         ch_report_print(label, &r);
     }
     ASSERT_EQ(r.expected, p.total);
@@ -183,9 +173,19 @@ static void enqueue(const char *store, const char *agg_type, const char *agg, in
     char payload[64], errp[CH_PATH];
     snprintf(payload, sizeof payload, "{\"n\":%d}", n);
     ch_path(errp, "enqueue.err");
-    const char *argv[] = {test_outbox_bin(), "enqueue",          "--store", store,   "--type",
-                          "Tick",            "--aggregate-type", agg_type,  "--aggregate-id",
-                          agg,               "--payload",        payload,   NULL};
+    const char *argv[] = {test_outbox_bin(),
+                          "enqueue",
+                          "--store",
+                          store,
+                          "--type",
+                          "Tick",
+                          "--aggregate-type",
+                          agg_type,
+                          "--aggregate-id",
+                          agg,
+                          "--payload",
+                          payload,
+                          NULL};
     if (ch_run(argv, NULL, NULL, errp, 30000) != 0) {
         ch_dump("enqueue stderr", errp);
         TEST_FAIL_("outbox enqueue failed");
