@@ -112,8 +112,7 @@ static inline void bench_remove_db(const char *path)
 /* Inserts n pending rows into bench_outbox.outbox server-side (emptied
  * first): payloads of payload_bytes as jsonb text ({"n": i, "pad":
  * "x..."}). */
-static inline void bench_pg_fill(PGconn *conn, long long n, unsigned aggregates,
-                                 int payload_bytes)
+static inline void bench_pg_fill(PGconn *conn, long long n, unsigned aggregates, int payload_bytes)
 {
     char sql[1024];
     double t0 = bench_now();
@@ -128,8 +127,8 @@ static inline void bench_pg_fill(PGconn *conn, long long n, unsigned aggregates,
     pgh_exec(conn, sql);
     pgh_exec(conn, "VACUUM ANALYZE bench_outbox.outbox");
     pgh_exec(conn, "CHECKPOINT"); /* the fill's write-back, before the timed run */
-    printf("fill: %lld messages into PostgreSQL in %.1f s (payload %lld bytes as jsonb text)\n",
-           n, bench_now() - t0,
+    printf("fill: %lld messages into PostgreSQL in %.1f s (payload %lld bytes as jsonb text)\n", n,
+           bench_now() - t0,
            (long long)pgh_count(conn, "SELECT length(payload::text) FROM bench_outbox.outbox"
                                       " LIMIT 1"));
 }

@@ -130,7 +130,11 @@ static int parse_url(const char *text, bus_url *u, outbox_error *err)
     }
     slash = strchr(p, '/');
     colon = memchr(p, ':', slash ? (size_t)(slash - p) : strlen(p));
-    snprintf(u->host, sizeof u->host, "%.*s", (int)((colon ? colon : slash ? slash : p + strlen(p)) - p),
+    snprintf(u->host, sizeof u->host, "%.*s",
+             (int)((colon   ? colon
+                    : slash ? slash
+                            : p + strlen(p)) -
+                   p),
              p);
     u->port = colon ? atoi(colon + 1) : 5672;
     snprintf(u->vhost, sizeof u->vhost, "%s", slash && slash[1] ? slash + 1 : "/");
@@ -175,8 +179,9 @@ static int connect_amqp(const bus_url *u, amqp_connection_state_t *out, outbox_e
     rc = amqp_socket_open_noblock(sock, u->host, u->port, &tv);
     if (rc != AMQP_STATUS_OK) {
         amqp_destroy_connection(c);
-        return set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot connect: %s; check that RabbitMQ runs there",
-                         u->where, amqp_error_string2(rc));
+        return set_error(err, OUTBOX_EPUBLISH,
+                         "--bus %s: cannot connect: %s; check that RabbitMQ runs there", u->where,
+                         amqp_error_string2(rc));
     }
     amqp_set_handshake_timeout(c, &tv);
     tv.tv_sec = 10;
@@ -192,7 +197,8 @@ static int connect_amqp(const bus_url *u, amqp_connection_state_t *out, outbox_e
     amqp_channel_open(c, 1);
     if (rpc_failure(c, why, sizeof why)[0] != '\0') {
         amqp_destroy_connection(c);
-        return set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot open a channel: %s", u->where, why);
+        return set_error(err, OUTBOX_EPUBLISH, "--bus %s: cannot open a channel: %s", u->where,
+                         why);
     }
     *out = c;
     return OUTBOX_OK;
@@ -210,9 +216,9 @@ static void disconnect(amqp_connection_state_t c)
 static int declare_topology(amqp_connection_state_t c, const bus_url *u, int64_t *ready,
                             outbox_error *err)
 {
-    amqp_table_entry_t arg = {.key = amqp_cstring_bytes("x-queue-type"),
-                              .value = {.kind = AMQP_FIELD_KIND_UTF8,
-                                        .value = {.bytes = amqp_cstring_bytes("quorum")}}};
+    amqp_table_entry_t arg = {
+        .key = amqp_cstring_bytes("x-queue-type"),
+        .value = {.kind = AMQP_FIELD_KIND_UTF8, .value = {.bytes = amqp_cstring_bytes("quorum")}}};
     amqp_table_t args = {1, &arg};
     char why[200], queue[128], key[128];
     size_t s, t;
@@ -227,8 +233,8 @@ static int declare_topology(amqp_connection_state_t c, const bus_url *u, int64_t
         snprintf(queue, sizeof queue, "campuscafe-%s", services[s]->name);
         ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
         if (rpc_failure(c, why, sizeof why)[0] != '\0')
-            return set_error(err, OUTBOX_ECONFIG, "--bus %s: cannot declare queue %s: %s",
-                             u->where, queue, why);
+            return set_error(err, OUTBOX_ECONFIG, "--bus %s: cannot declare queue %s: %s", u->where,
+                             queue, why);
         if (ready != NULL && ok != NULL) *ready += ok->message_count;
         for (t = 0; services[s]->consumes[t] != NULL; t++) {
             snprintf(key, sizeof key, "campuscafe.%s", services[s]->consumes[t]);
@@ -265,8 +271,8 @@ int cafe_amqp_destination(char *buf, size_t size, const char *amqp_url, outbox_e
                  ROUTING_KEY_TEMPLATE);
     if (n < 0 || (size_t)n >= size) {
         buf[0] = '\0';
-        return set_error(err, OUTBOX_EINVAL, "--bus %s: the destination URL does not fit in %zu bytes",
-                         u.where, size);
+        return set_error(err, OUTBOX_EINVAL,
+                         "--bus %s: the destination URL does not fit in %zu bytes", u.where, size);
     }
     return OUTBOX_OK;
 }
@@ -332,9 +338,9 @@ static int header(const amqp_table_t *t, const char *key, char *out, size_t len)
     return 0;
 }
 
-static const char *const standard_attrs[] = {"specversion", "id", "source", "type", "subject",
-                                             "time", "aggregatetype", "dataschema",
-                                             "datacontenttype"};
+static const char *const standard_attrs[] = {"specversion",   "id",         "source",
+                                             "type",          "subject",    "time",
+                                             "aggregatetype", "dataschema", "datacontenttype"};
 
 /* Builds the outbox message from a delivery; OUTBOX_OK or an error with
  * err filled (the message can never be applied). */
@@ -353,15 +359,17 @@ static int rebuild(const amqp_message_t *m, outbox_msg **out, outbox_error *err)
     snprintf(id, sizeof id, "%.*s",
              (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? (int)p->message_id.len : 0,
              (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? (const char *)p->message_id.bytes : "");
-    if (!header(h, "ce-type", type, sizeof type) || !header(h, "ce-subject", subject, sizeof subject) ||
-        id[0] == '\0')
-        return set_error(err, OUTBOX_EBADHEADERS, "a message lacks message_id, ce-type or ce-subject");
+    if (!header(h, "ce-type", type, sizeof type) ||
+        !header(h, "ce-subject", subject, sizeof subject) || id[0] == '\0')
+        return set_error(err, OUTBOX_EBADHEADERS,
+                         "a message lacks message_id, ce-type or ce-subject");
     header(h, "ce-aggregatetype", atype, sizeof atype);
     if (header(h, "ce-time", when, sizeof when) && outbox_time_parse(when, &at) != 0)
         return set_error(err, OUTBOX_EBADHEADERS, "message %s: ce-time \"%s\" is not RFC 3339", id,
                          when);
     payload = malloc(m->body.len + 1);
-    if (payload == NULL) return set_error(err, OUTBOX_ENOMEM, "out of memory reading message %s", id);
+    if (payload == NULL)
+        return set_error(err, OUTBOX_ENOMEM, "out of memory reading message %s", id);
     memcpy(payload, m->body.bytes, m->body.len);
     payload[m->body.len] = '\0';
     rc = outbox_msg_new(&msg, type, atype, subject, m->body.len ? payload : NULL, err);
@@ -484,15 +492,13 @@ static void *consume(void *arg)
         if (c->conn == NULL) {
             if (subscribe(c, &err) != OUTBOX_OK) {
                 if (!complained)
-                    fprintf(stderr, "campuscafe %s: amqp: %s; retrying\n", c->service,
-                            err.message);
+                    fprintf(stderr, "campuscafe %s: amqp: %s; retrying\n", c->service, err.message);
                 complained = 1;
                 sleep_ms(RETRY_SLEEP_MS);
                 continue;
             }
             if (complained)
-                fprintf(stderr, "campuscafe %s: amqp: consuming %s again\n", c->service,
-                        c->queue);
+                fprintf(stderr, "campuscafe %s: amqp: consuming %s again\n", c->service, c->queue);
             complained = 0;
         }
         amqp_maybe_release_buffers(c->conn);
@@ -526,8 +532,9 @@ int cafe_amqp_consumer_start(cafe_amqp_consumer **out, const char *amqp_url, con
     (void)types; /* the queue's bindings come from the service definitions */
     if (out != NULL) *out = NULL;
     if (out == NULL || service == NULL || service[0] == '\0' || db_path == NULL || handler == NULL)
-        return set_error(err, OUTBOX_EINVAL,
-                         "cafe_amqp_consumer_start: out, service, db_path and handler are required");
+        return set_error(
+            err, OUTBOX_EINVAL,
+            "cafe_amqp_consumer_start: out, service, db_path and handler are required");
     c = calloc(1, sizeof *c);
     if (c == NULL || (c->service = strdup(service)) == NULL) {
         free(c);

@@ -136,6 +136,8 @@ typedef struct rmq_batch {
     unsigned char *done;     /* per message: its result is final */
     unsigned char *started;  /* per message: published, or given its result */
     unsigned char *returned; /* per message: came back unroutable (rejected at its ack) */
+    size_t finished;         /* messages done */
+    size_t unstarted;        /* every message before it is started */
     long *prev;
     outbox_aggindex ids;  /* message id -> index */
     outbox_aggindex aggs; /* aggregate id -> index of its last message */
@@ -243,6 +245,7 @@ static void settle_all(rmq_state *st, int code, const char *why)
         if (!b->done[f->index]) {
             set_result(&b->results[f->index], code, "%s", why);
             b->done[f->index] = 1;
+            b->finished++;
         }
         f->slot = -1;
     }
@@ -416,6 +419,7 @@ static void settle(rmq_state *st, rmq_flight *f, int ok)
     st->settled++;
     if (b->done[i]) return;
     b->done[i] = 1;
+    b->finished++;
     if (!ok) {
         set_result(&b->results[i], OUTBOX_EPUBLISH,
                    "RabbitMQ did not take the message (basic.nack); it will be retried");
@@ -582,6 +586,7 @@ static int batch_prepare(rmq_batch *b, const rmq_batch *older, outbox_msg *const
     memset(b->done, 0, 3 * b->cap);
     b->msgs = msgs;
     b->n = n;
+    b->finished = b->unstarted = 0;
     for (i = 0; i < n; i++) {
         const char *agg = msgs[i]->aggregate_id;
         uint32_t prev;
@@ -712,6 +717,7 @@ static void not_sent(rmq_batch *b, size_t i, int code, const char *why)
 {
     set_result(&b->results[i], code, "%s", why);
     b->done[i] = 1;
+    b->finished++;
 }
 
 /* One wave of batch b (older: the open batch before it, or NULL): sends
@@ -726,7 +732,9 @@ static void wave(rmq_state *st, rmq_batch *b, rmq_batch *older, int *progressed)
     size_t i;
     int slot = (int)(b - st->batches), sent = 0;
 
-    for (i = 0; i < b->n; i++) {
+    while (b->unstarted < b->n && b->started[b->unstarted])
+        b->unstarted++;
+    for (i = b->unstarted; i < b->n; i++) {
         const outbox_msg *m = b->msgs[i];
         long p = b->prev[i];
         int held = 0, rc;
@@ -874,7 +882,7 @@ static int rmq_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     rmq_state *st = state;
     rmq_batch *b, *next;
     int64_t deadline = 0;
-    uint64_t settled_before = (uint64_t)-1;
+    uint64_t settled_before = st->settled - 1; /* the first pass runs the waves */
     size_t i;
 
     if (st->count == 0) return OUTBOX_EINVAL;
@@ -882,17 +890,20 @@ static int rmq_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     if (b->msgs != msgs || b->n != n || b->results != results) return OUTBOX_EINVAL;
     next = st->count > 1 ? batch_at(st, 1) : NULL;
 
+    /* The waves run again only when a confirm (or a loss) settled
+     * something: then a waiting message may go, or the window has room. */
     for (;;) {
-        size_t finished = 0;
         int progressed = 0, ignored = 0;
-        int64_t now;
+        int64_t now = outbox__monotonic_us();
 
-        wave(st, b, NULL, &progressed);
-        if (next != NULL) wave(st, next, b, &ignored);
-        for (i = 0; i < n; i++)
-            finished += b->done[i];
-        if (finished == n) break;
-        if (progressed) continue;
+        if (st->settled != settled_before) { /* progress: a fresh timeout */
+            settled_before = st->settled;
+            deadline = now + st->c.confirm_timeout_ms * 1000;
+            wave(st, b, NULL, &progressed);
+            if (next != NULL) wave(st, next, b, &ignored);
+            if (b->finished == n) break;
+            continue; /* the waves may have settled more (a lost connection) */
+        }
         if (atomic_load(&st->interrupted)) {
             settle_all(st, OUTBOX_ESTOPPED,
                        "interrupted: the relay stopped before RabbitMQ confirmed");
@@ -902,11 +913,7 @@ static int rmq_publish_end(void *state, outbox_msg *const *msgs, size_t n,
                     not_sent(b, i, OUTBOX_ESTOPPED, "interrupted: the relay stopped first");
             continue;
         }
-        now = outbox__monotonic_us();
-        if (st->settled != settled_before) { /* progress: a fresh timeout */
-            settled_before = st->settled;
-            deadline = now + st->c.confirm_timeout_ms * 1000;
-        } else if (now >= deadline) {
+        if (now >= deadline) {
             char why[WHY_MAX];
             snprintf(why, sizeof why, "no confirm from RabbitMQ within %lld ms",
                      (long long)st->c.confirm_timeout_ms);
@@ -919,7 +926,7 @@ static int rmq_publish_end(void *state, outbox_msg *const *msgs, size_t n,
         }
         {
             int64_t left = (deadline - now) / 1000 + 1;
-            read_frame(st, left < WAIT_SLICE_MS ? left : WAIT_SLICE_MS);
+            if (read_frame(st, left < WAIT_SLICE_MS ? left : WAIT_SLICE_MS) > 0) drain(st);
         }
     }
 

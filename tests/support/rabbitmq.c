@@ -171,6 +171,11 @@ void rmh_stop(rmh_server *s)
     if (current == s) current = NULL;
 }
 
+void rmh_forget(void)
+{
+    current = NULL;
+}
+
 amqp_connection_state_t rmh_connect(const rmh_server *s)
 {
     amqp_connection_state_t c = NULL;
@@ -234,6 +239,14 @@ int64_t rmh_queue_count(const rmh_server *s, const char *queue)
     int64_t n = count_on(c, queue);
     disconnect(c);
     return n;
+}
+
+void rmh_queue_delete(const rmh_server *s, const char *queue)
+{
+    amqp_connection_state_t c = rmh_connect(s);
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(queue), 0, 0);
+    check_reply(c, "queue.delete");
+    disconnect(c);
 }
 
 /* The string value of header key in t, as a NUL-terminated copy in out. */

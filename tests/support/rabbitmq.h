@@ -57,6 +57,9 @@ void rmh_kill(rmh_server *s);
  * the directory. */
 void rmh_stop(rmh_server *s);
 
+/* In a forked child: this process's exit no longer stops the broker. */
+void rmh_forget(void);
+
 /* A connection with channel 1 open, failing the test otherwise. */
 amqp_connection_state_t rmh_connect(const rmh_server *s);
 
@@ -67,6 +70,9 @@ void rmh_declare(const rmh_server *s, const char *exchange, const char *queue,
 
 /* Ready messages in queue. */
 int64_t rmh_queue_count(const rmh_server *s, const char *queue);
+
+/* Deletes queue (with its messages). */
+void rmh_queue_delete(const rmh_server *s, const char *queue);
 
 /* Consumes every ready message of queue, appending one line per message to
  * path (see above); returns how many it read. */
