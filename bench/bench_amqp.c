@@ -124,11 +124,10 @@ static void run_ceiling(void *arg, bench_report *r)
     confirms k = {calloc((size_t)n_msgs + 2, 1), 0, 0};
     uint64_t i;
     double t0 = bench_now();
-    static const char *const names[7] = {"ce-specversion", "ce-id",   "ce-source",
-                                         "ce-type",        "ce-subject", "ce-time",
-                                         "ce-aggregatetype"};
-    const char *values[7] = {"1.0", id, "/outbox", "OrderPlaced", agg,
-                             "2026-11-28T02:00:00.000000Z", "Order"};
+    static const char *const names[7] = {"ce-specversion", "ce-id",   "ce-source",       "ce-type",
+                                         "ce-subject",     "ce-time", "ce-aggregatetype"};
+    const char *values[7] = {
+        "1.0", id, "/outbox", "OrderPlaced", agg, "2026-11-28T02:00:00.000000Z", "Order"};
 
     if (k.acked == NULL) {
         bench_fail(r, "out of memory");
@@ -199,8 +198,8 @@ static int queue_check(const char *what, const char *name)
     int64_t n = rmh_queue_count(&broker, name);
     rmh_queue_delete(&broker, name);
     if (n != n_msgs) {
-        fprintf(stderr, "bench_amqp: %s: queue %s holds %lld messages, expected %lld\n", what,
-                name, (long long)n, n_msgs);
+        fprintf(stderr, "bench_amqp: %s: queue %s holds %lld messages, expected %lld\n", what, name,
+                (long long)n, n_msgs);
         return -1;
     }
     return 0;
@@ -224,7 +223,8 @@ static double ceiling(const char *row, const char *name)
 
 static void amqp_url(char *out, size_t len, const char *name)
 {
-    snprintf(out, len, "%s?exchange=bench&routing_key=%s.{aggregate_type}.{type}&max_unconfirmed=%lld",
+    snprintf(out, len,
+             "%s?exchange=bench&routing_key=%s.{aggregate_type}.{type}&max_unconfirmed=%lld",
              broker.url, name, window);
 }
 
@@ -265,8 +265,7 @@ static void pg_cases(void)
 
     bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     snprintf(c.to_url, sizeof c.to_url, "discard:");
-    if (bench_run_child("postgres -> discard", bench_run_relay, &c, disarm_parent_handlers,
-                        &res) ||
+    if (bench_run_child("postgres -> discard", bench_run_relay, &c, disarm_parent_handlers, &res) ||
         bench_pg_left(conn) != 0)
         failures++;
     else

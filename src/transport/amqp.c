@@ -97,7 +97,8 @@ static const outbox_prop rmq_props[] = {
      "The AMQP heartbeat (whole seconds; 0 turns it off): a broker silent for two of them is "
      "taken as gone."},
     {"cacert", OUTBOX_PROP_PATH, RMQ_FIELD(cacert), NULL, NULL, NULL,
-     "amqps: a PEM file of the CA certificates to trust (default: the system's)."},
+     "amqps: a PEM file of the CA certificates to trust (default: the system's bundle, "
+     "/etc/ssl/certs/ca-certificates.crt)."},
     {"verify", OUTBOX_PROP_BOOL, RMQ_FIELD(verify), "true", NULL, NULL,
      "amqps: check the broker's certificate and host name (false only for tests)."},
     OUTBOX_PROPS_END,
@@ -116,12 +117,15 @@ static const outbox_prop rmq_props[] = {
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #define COMPONENT "transport.amqp"
 #define CHANNEL 1
 #define ROUTING_KEY_MAX 255
 #define WAIT_SLICE_MS 100 /* longest blocking read: interrupt is seen this soon */
 #define WHY_MAX 512
+/* librabbitmq loads no default trust store: without cacert= the system's. */
+#define SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 
 /* One batch between publish_begin and publish_end.  prev[i] as in nats.c:
  * >= 0 the previous message of the aggregate in this batch, PREV_NONE,
@@ -321,11 +325,12 @@ static int connect_broker(rmq_state *st, char *why, size_t len)
     if (st->tls) {
         sock = amqp_ssl_socket_new(st->conn);
         if (sock != NULL) {
+            const char *ca = st->c.cacert;
+            if (ca == NULL && access(SYSTEM_CA_BUNDLE, R_OK) == 0) ca = SYSTEM_CA_BUNDLE;
             amqp_ssl_socket_set_verify_peer(sock, st->c.verify);
             amqp_ssl_socket_set_verify_hostname(sock, st->c.verify);
-            if (st->c.cacert != NULL && amqp_ssl_socket_set_cacert(sock, st->c.cacert) != 0) {
-                snprintf(why, len, "cannot load cacert \"%s\"; give a readable PEM file",
-                         st->c.cacert);
+            if (ca != NULL && amqp_ssl_socket_set_cacert(sock, ca) != 0) {
+                snprintf(why, len, "cannot load cacert \"%s\"; give a readable PEM file", ca);
                 rc = OUTBOX_ECONFIG;
                 goto fail;
             }
