@@ -99,7 +99,7 @@ rmq_start() {
         RABBITMQ_ALLOW_INPUT=1 RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-noinput \
         "$RABBITMQ_SERVER" >>"$RMQ_DIR/server.log" 2>&1 &
     RMQ_PID=$!
-    local deadline=$(($(now_ms) + 90000))
+    local deadline=$(($(now_ms) + 180000))
     until "$BUILD/outbox" relay --once --connect-timeout 0 --store "sqlite:$RMQ_DIR/probe.db" \
         --to "$BUS?exchange=probe&declare=exchange" >/dev/null 2>&1; do
         if ! kill -0 "$RMQ_PID" 2>/dev/null || [ "$(now_ms)" -gt "$deadline" ]; then

@@ -127,10 +127,8 @@ static const outbox_prop rmq_props[] = {
 /* librabbitmq loads no default trust store: without cacert= the system's. */
 #define SYSTEM_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 
-/* One batch between publish_begin and publish_end.  prev[i] as in nats.c:
- * >= 0 the previous message of the aggregate in this batch, PREV_NONE,
- * PREV_FAILED (in the batch before, ended unconfirmed), or PREV_OLDER(j),
- * message j of the open batch before. */
+/* One batch between publish_begin and publish_end; prev[i]: its message's
+ * place in its aggregate's chain (OUTBOX_PREV_*, see internal.h). */
 typedef struct rmq_batch {
     outbox_msg *const *msgs; /* NULL: the slot is free */
     outbox_publish_result *results;
@@ -147,11 +145,6 @@ typedef struct rmq_batch {
     outbox_aggindex aggs; /* aggregate id -> index of its last message */
     size_t cap;
 } rmq_batch;
-
-#define PREV_NONE (-1L)
-#define PREV_FAILED (-2L)
-#define PREV_OLDER(j) (-3L - (long)(j))
-#define PREV_OLDER_INDEX(p) ((size_t)(-3L - (p)))
 
 /* A publication waiting for its confirm: delivery tag -> message. */
 typedef struct rmq_flight {
@@ -187,22 +180,6 @@ typedef struct rmq_state {
     char (*names)[80];
     size_t entries_cap;
 } rmq_state;
-
-static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
-    OUTBOX__PRINTF(3, 4);
-static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
-{
-    va_list ap;
-    r->code = code;
-    r->retry_after_ms = 0;
-    if (fmt == NULL) {
-        r->error[0] = '\0';
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(r->error, sizeof r->error, fmt, ap);
-    va_end(ap);
-}
 
 static rmq_batch *batch_at(rmq_state *st, int k)
 {
@@ -247,7 +224,7 @@ static void settle_all(rmq_state *st, int code, const char *why)
         if (f->slot < 0) continue;
         b = &st->batches[f->slot];
         if (!b->done[f->index]) {
-            set_result(&b->results[f->index], code, "%s", why);
+            outbox__result_set(&b->results[f->index], code, "%s", why);
             b->done[f->index] = 1;
             b->finished++;
         }
@@ -426,15 +403,15 @@ static void settle(rmq_state *st, rmq_flight *f, int ok)
     b->done[i] = 1;
     b->finished++;
     if (!ok) {
-        set_result(&b->results[i], OUTBOX_EPUBLISH,
-                   "RabbitMQ did not take the message (basic.nack); it will be retried");
+        outbox__result_set(&b->results[i], OUTBOX_EPUBLISH,
+                           "RabbitMQ did not take the message (basic.nack); it will be retried");
     } else if (OUTBOX_FAULT("amqp_ack_lost") != 0) {
         /* Tests: a confirm lost on the way back (the message is retried,
          * and delivered twice). */
-        set_result(&b->results[i], OUTBOX_EPUBLISH,
-                   "injected fault amqp_ack_lost: the confirm was dropped");
+        outbox__result_set(&b->results[i], OUTBOX_EPUBLISH,
+                           "injected fault amqp_ack_lost: the confirm was dropped");
     } else if (!b->returned[i]) {
-        set_result(&b->results[i], OUTBOX_OK, NULL);
+        outbox__result_set(&b->results[i], OUTBOX_OK, NULL);
     } /* returned: EREJECTED with the reason, set by on_return */
 }
 
@@ -481,12 +458,12 @@ static int on_return(rmq_state *st, const amqp_basic_return_t *m, amqp_channel_t
     b = find_id(st, id, &i);
     if (b != NULL && !b->done[i]) {
         b->returned[i] = 1;
-        set_result(&b->results[i], OUTBOX_EREJECTED,
-                   "unroutable: no queue is bound to exchange \"%.*s\" for routing key "
-                   "\"%.*s\" (%.*s %u); bind a queue or change routing_key",
-                   (int)m->exchange.len, (char *)m->exchange.bytes, (int)m->routing_key.len,
-                   (char *)m->routing_key.bytes, (int)m->reply_text.len,
-                   (char *)m->reply_text.bytes, m->reply_code);
+        outbox__result_set(&b->results[i], OUTBOX_EREJECTED,
+                           "unroutable: no queue is bound to exchange \"%.*s\" for routing key "
+                           "\"%.*s\" (%.*s %u); bind a queue or change routing_key",
+                           (int)m->exchange.len, (char *)m->exchange.bytes, (int)m->routing_key.len,
+                           (char *)m->routing_key.bytes, (int)m->reply_text.len,
+                           (char *)m->reply_text.bytes, m->reply_code);
     }
     amqp_destroy_message(&msg);
     return 0;
@@ -567,15 +544,10 @@ static void drain(rmq_state *st)
  * Publish
  * ---------------------------------------------------------------------- */
 
-/* Sizes and fills batch b for msgs[0..n) (see nats.c's batch_prepare). */
+/* Sizes and fills batch b for msgs[0..n): flags, and the aggregate chains
+ * (outbox__chain_prepare). */
 static int batch_prepare(rmq_batch *b, const rmq_batch *older, outbox_msg *const *msgs, size_t n)
 {
-    size_t i;
-    outbox__aggindex_reset(&b->ids);
-    outbox__aggindex_reset(&b->aggs);
-    if (outbox__aggindex_reserve(&b->ids, n) != OUTBOX_OK ||
-        outbox__aggindex_reserve(&b->aggs, n) != OUTBOX_OK)
-        return -1;
     if (n > b->cap) {
         unsigned char *flags = realloc(b->done, 3 * n);
         long *prev;
@@ -592,19 +564,10 @@ static int batch_prepare(rmq_batch *b, const rmq_batch *older, outbox_msg *const
     b->msgs = msgs;
     b->n = n;
     b->finished = b->unstarted = 0;
-    for (i = 0; i < n; i++) {
-        const char *agg = msgs[i]->aggregate_id;
-        uint32_t prev;
-        if (outbox__aggindex_insert(&b->ids, msgs[i]->id, (uint32_t)i, &prev))
-            outbox__aggindex_insert(&b->ids, msgs[i]->id, prev, NULL); /* first one keeps it */
-        if (outbox__aggindex_insert(&b->aggs, agg, (uint32_t)i, &prev))
-            b->prev[i] = (long)prev;
-        else if (older != NULL && outbox__aggindex_lookup(&older->aggs, agg, &prev))
-            b->prev[i] = PREV_OLDER(prev);
-        else
-            b->prev[i] = PREV_NONE;
-    }
-    return 0;
+    return outbox__chain_prepare(&b->ids, &b->aggs, older ? &older->aggs : NULL, msgs, n,
+                                 b->prev) == OUTBOX_OK
+               ? 0
+               : -1;
 }
 
 static const char *const ce_reserved[] = {
@@ -720,7 +683,7 @@ static int track(rmq_state *st, int slot, size_t i)
 
 static void not_sent(rmq_batch *b, size_t i, int code, const char *why)
 {
-    set_result(&b->results[i], code, "%s", why);
+    outbox__result_set(&b->results[i], code, "%s", why);
     b->done[i] = 1;
     b->finished++;
 }
@@ -745,11 +708,11 @@ static void wave(rmq_state *st, rmq_batch *b, rmq_batch *older, int *progressed)
         int held = 0, rc;
 
         if (b->started[i]) continue;
-        if (p == PREV_FAILED) {
+        if (p == OUTBOX_PREV_FAILED) {
             held = 1;
-        } else if (p != PREV_NONE) {
+        } else if (p != OUTBOX_PREV_NONE) {
             rmq_batch *pb = p >= 0 ? b : older;
-            size_t j = p >= 0 ? (size_t)p : PREV_OLDER_INDEX(p);
+            size_t j = p >= 0 ? (size_t)p : OUTBOX_PREV_OLDER_INDEX(p);
             if (!pb->done[j] && !b->stalled && st->generation == b->generation0) continue;
             held = !pb->done[j] || pb->results[j].code != OUTBOX_OK;
         }
@@ -854,7 +817,7 @@ static int rmq_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         int rc = ready(st, why, sizeof why);
         if (rc != OUTBOX_OK) {
             outbox__log(OUTBOX_LOG_WARN, COMPONENT, "%s", why);
-            if (n > 0) set_result(&results[0], rc, "%s", why);
+            if (n > 0) outbox__result_set(&results[0], rc, "%s", why);
             return rc == OUTBOX_ECONFIG || rc == OUTBOX_ENOMEM ? rc : OUTBOX_EPUBLISH;
         }
     }
@@ -865,8 +828,8 @@ static int rmq_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         return OUTBOX_ENOMEM;
     }
     if (n > 0)
-        set_result(&results[0], OUTBOX_EPUBLISH, "no confirm from RabbitMQ within %lld ms",
-                   (long long)st->c.confirm_timeout_ms);
+        outbox__result_set(&results[0], OUTBOX_EPUBLISH, "no confirm from RabbitMQ within %lld ms",
+                           (long long)st->c.confirm_timeout_ms);
     for (i = 1; i < n; i++)
         results[i] = results[0];
     b->results = results;
@@ -935,16 +898,7 @@ static int rmq_publish_end(void *state, outbox_msg *const *msgs, size_t n,
         }
     }
 
-    if (next != NULL) {
-        /* The next batch no longer looks into this one. */
-        for (i = 0; i < next->n; i++) {
-            long p = next->prev[i];
-            if (p <= PREV_OLDER(0)) {
-                size_t j = PREV_OLDER_INDEX(p);
-                next->prev[i] = b->results[j].code == OUTBOX_OK ? PREV_NONE : PREV_FAILED;
-            }
-        }
-    }
+    if (next != NULL) outbox__chain_release(next->prev, next->n, b->results);
     b->results = NULL;
     b->msgs = NULL;
     b->n = 0;

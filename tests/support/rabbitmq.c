@@ -136,7 +136,7 @@ void rmh_start(rmh_server *s)
         const char *argv[] = {RMH_SERVER_SCRIPT, NULL};
         s->pid = ch_spawn(argv, env, s->log, s->log);
     }
-    for (int64_t deadline = ch_now_ms() + 90000;;) {
+    for (int64_t deadline = ch_now_ms() + 180000;;) {
         amqp_connection_state_t c;
         if (!ch_alive(s->pid)) {
             ch_dump("rabbitmq log", s->log);
@@ -148,7 +148,7 @@ void rmh_start(rmh_server *s)
         }
         if (ch_now_ms() > deadline) {
             ch_dump("rabbitmq log", s->log);
-            TEST_FAIL_("rabbitmq-server did not accept a login on port %d within 90 s", s->port);
+            TEST_FAIL_("rabbitmq-server did not accept a login on port %d within 180 s", s->port);
         }
         ch_sleep_ms(250);
     }

@@ -10,7 +10,8 @@
  *   by PID).  The broker runs as the Erlang VM itself (RABBITMQ_ALLOW_INPUT
  *   makes the script exec it, -noinput keeps it off stdin), so the PID is
  *   the broker's: SIGKILL is a crash, SIGTERM a clean stop.  Start-up takes
- *   10-20 s: rmh_start waits up to 90 s for an AMQP login.  Absent package:
+ *   10-20 s (minutes on a loaded machine): rmh_start waits up to 180 s for an
+ *   AMQP login.  Absent package:
  *   exit 77 (rmh_available() says why beforehand).
  * - Restart after a kill on the same ports and data (quorum queues recover
  *   from their log).
