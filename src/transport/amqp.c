@@ -1119,33 +1119,22 @@ fail:
 
 #endif /* OUTBOX_HAVE_RABBITMQ */
 
-/* The RabbitMQ destination drivers (see the top of this file). */
-const outbox_transport_ops outbox__transport_amqp = {
-    .version = 4,
-    .scheme = "amqp",
-    .open = RMQ_ENTRY(rmq_open),
-    .publish = RMQ_ENTRY(rmq_publish),
-    .close = RMQ_ENTRY(rmq_close),
-    .publish_begin = RMQ_ENTRY(rmq_publish_begin),
-    .publish_end = RMQ_ENTRY(rmq_publish_end),
-    .interrupt = RMQ_ENTRY(rmq_interrupt),
-    .usage = "amqp://HOST:5672/VHOST?exchange=X",
-    .doc = "RabbitMQ (AMQP 0-9-1): the broker's publisher confirm confirms a message (message_id "
-           "= its id; no broker-side de-duplication: use an inbox).  user:password@ in the URL "
-           "(default guest).",
-    .props = rmq_props,
-};
+/* The RabbitMQ destination drivers (see the top of this file): one for each
+ * scheme, the same entries. */
+#define RMQ_OPS(scheme_, usage_, doc_)                                                             \
+    {                                                                                              \
+        .version = 4, .scheme = scheme_, .open = RMQ_ENTRY(rmq_open),                              \
+        .publish = RMQ_ENTRY(rmq_publish), .close = RMQ_ENTRY(rmq_close),                          \
+        .publish_begin = RMQ_ENTRY(rmq_publish_begin), .publish_end = RMQ_ENTRY(rmq_publish_end),  \
+        .interrupt = RMQ_ENTRY(rmq_interrupt), .usage = usage_, .doc = doc_, .props = rmq_props,   \
+    }
 
-const outbox_transport_ops outbox__transport_amqps = {
-    .version = 4,
-    .scheme = "amqps",
-    .open = RMQ_ENTRY(rmq_open),
-    .publish = RMQ_ENTRY(rmq_publish),
-    .close = RMQ_ENTRY(rmq_close),
-    .publish_begin = RMQ_ENTRY(rmq_publish_begin),
-    .publish_end = RMQ_ENTRY(rmq_publish_end),
-    .interrupt = RMQ_ENTRY(rmq_interrupt),
-    .usage = "amqps://HOST:5671/VHOST?exchange=X",
-    .doc = "RabbitMQ over TLS, as amqp:// (the certificate is verified; cacert= to trust a CA).",
-    .props = rmq_props,
-};
+const outbox_transport_ops outbox__transport_amqp =
+    RMQ_OPS("amqp", "amqp://HOST:5672/VHOST?exchange=X",
+            "RabbitMQ (AMQP 0-9-1): the broker's publisher confirm confirms a message (message_id "
+            "= its id; no broker-side de-duplication: use an inbox).  user:password@ in the URL "
+            "(default guest).");
+
+const outbox_transport_ops outbox__transport_amqps =
+    RMQ_OPS("amqps", "amqps://HOST:5671/VHOST?exchange=X",
+            "RabbitMQ over TLS, as amqp:// (the certificate is verified; cacert= to trust a CA).");
