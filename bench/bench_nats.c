@@ -77,13 +77,13 @@ int main(void)
 #include <librdkafka/rdkafka_mock.h>
 #endif
 
-#include "bench_common.h"
+#include "bench_outbox.h"
 
 #include <sys/stat.h>
 
 #include "outbox.h"
 
-enum { PAYLOAD_BYTES = 300, FILL_TXN_ROWS = 50000 };
+enum { PAYLOAD_BYTES = 300 };
 
 static long long n_msgs = 200000;
 static unsigned batch = 512;
@@ -196,80 +196,12 @@ out:
     r->teardown_seconds = bench_now() - t0;
 }
 
-typedef struct relay_case {
-    char store_url[700];
-    char to_url[700];
-    int serial; /* OUTBOX_RELAY_PIPELINE=0: the relay's serial loop */
-} relay_case;
-
-/* Child: the relay, once, from store_url to to_url. */
-static void run_relay(void *arg, bench_report *r)
-{
-    const relay_case *c = arg;
-    outbox_relay *relay = NULL;
-    outbox_relay_options opts;
-    outbox_relay_stats stats;
-    outbox_error err = {0};
-    double t0 = bench_now();
-
-    outbox_relay_options_init(&opts);
-    opts.once = 1;
-    opts.batch_size = batch;
-    setenv("OUTBOX_RELAY_PIPELINE", c->serial ? "0" : "1", 1);
-    if (outbox_relay_new(&relay, c->store_url, c->to_url, &opts, &err) != OUTBOX_OK) {
-        bench_fail(r, "outbox_relay_new: %s", err.message);
-        goto out;
-    }
-    if (outbox_relay_run(relay, &err) != OUTBOX_OK) {
-        bench_fail(r, "outbox_relay_run: %s", err.message);
-        goto out;
-    }
-    /* Every message is acked and recorded when run returns: the time stops
-     * here, as the ceiling's stops at js_PublishAsyncComplete. */
-    r->seconds = bench_now() - t0;
-    outbox_relay_get_stats(relay, &stats);
-    t0 = bench_now();
-    outbox_relay_free(relay);
-    relay = NULL;
-    r->teardown_seconds = bench_now() - t0;
-    r->count = (long long)stats.published;
-    if (stats.retried || stats.failed) {
-        bench_fail(r, "relay retried %llu, failed %llu", (unsigned long long)stats.retried,
-                   (unsigned long long)stats.failed);
-        goto out;
-    }
-    if (r->count != n_msgs) {
-        bench_fail(r, "relay published %lld of %lld", r->count, n_msgs);
-        goto out;
-    }
-    r->ok = 1;
-out:
-    outbox_relay_free(relay);
-}
-
 /* ------------------------------------------------------------------------
  * Results
  * ---------------------------------------------------------------------- */
 
 static double nats_ceiling_rate;
 static int failures;
-
-static void print_header(void)
-{
-    printf("%-34s %9s %8s %10s %8s %10s %13s %7s\n", "case", "messages", "seconds", "msg/s",
-           "/ceiling", "peak RSS", "CPU user+sys", "close");
-}
-
-static void print_row(const char *name, const bench_result *res, double ceiling)
-{
-    double rate = (double)res->count / res->seconds;
-    char ratio[16] = "-";
-    if (ceiling > 0) snprintf(ratio, sizeof ratio, "%.2f", rate / ceiling);
-    printf("%-34s %9lld %8.2f %10.0f %8s %6.1f MiB %6.2f+%.2f s %5.2f s\n", name, res->count,
-           res->seconds, rate, ratio, (double)res->maxrss_kib / 1024.0, res->user_seconds,
-           res->sys_seconds, res->teardown_seconds);
-    fflush(stdout);
-}
 
 /* The parent never calls nats.c itself: a child forked from a process
  * where the library started its threads (timers, connection callbacks)
@@ -349,108 +281,6 @@ static int ceiling_run(const char *name, const char *stream, const char *prefix,
  * SQLite
  * ---------------------------------------------------------------------- */
 
-static int sql_exec(sqlite3 *db, const char *sql)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        fprintf(stderr, "bench_nats: %s: %s\n", sql, msg ? msg : "?");
-        sqlite3_free(msg);
-        return -1;
-    }
-    return 0;
-}
-
-/* Fills path with n_msgs pending messages through the public API. */
-static int sqlite_fill(const char *path)
-{
-    sqlite3 *db = NULL;
-    outbox_error err = {0};
-    char payload[PAYLOAD_BYTES + 1], agg[32];
-    double t0 = bench_now();
-    long long i;
-    int rc = -1;
-
-    if (sqlite3_open(path, &db) != SQLITE_OK) {
-        fprintf(stderr, "bench_nats: cannot open %s\n", path);
-        goto out;
-    }
-    if (sql_exec(db, "PRAGMA journal_mode=WAL") || sql_exec(db, "PRAGMA synchronous=NORMAL"))
-        goto out;
-    if (outbox_schema_init_sqlite(db, &err) != OUTBOX_OK) {
-        fprintf(stderr, "bench_nats: outbox_schema_init_sqlite: %s\n", err.message);
-        goto out;
-    }
-    for (i = 0; i < n_msgs; i++) {
-        outbox_msg *m = NULL;
-        unsigned a = (unsigned)(i % aggregates);
-        int erc;
-        if (i % FILL_TXN_ROWS == 0 && sql_exec(db, "BEGIN IMMEDIATE")) goto out;
-        bench_payload(payload, PAYLOAD_BYTES, i, a);
-        snprintf(agg, sizeof agg, "order-%06u", a);
-        erc = outbox_msg_new(&m, "OrderPlaced", "Order", agg, payload, &err);
-        if (erc == OUTBOX_OK) erc = outbox_enqueue_sqlite(db, m, &err);
-        outbox_msg_free(m);
-        if (erc != OUTBOX_OK) {
-            fprintf(stderr, "bench_nats: enqueue: %s\n", err.message);
-            goto out;
-        }
-        if (((i + 1) % FILL_TXN_ROWS == 0 || i + 1 == n_msgs) && sql_exec(db, "COMMIT")) goto out;
-    }
-    if (sql_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)")) goto out;
-    printf("fill: %lld messages into SQLite in %.1f s\n", n_msgs, bench_now() - t0);
-    rc = 0;
-out:
-    sqlite3_close(db);
-    return rc;
-}
-
-/* Rows left in the outbox of path (-1 on error). */
-static long long sqlite_left(const char *path)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    long long left = -1;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT count(*) FROM outbox", -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-        left = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return left;
-}
-
-static void remove_db(const char *path)
-{
-    char p[700];
-    unlink(path);
-    snprintf(p, sizeof p, "%s-wal", path);
-    unlink(p);
-    snprintf(p, sizeof p, "%s-shm", path);
-    unlink(p);
-}
-
-/* Copies the filled database to copy, runs the relay from it to to_url,
- * checks that it is empty afterwards.  0, or -1 (printed). */
-static int sqlite_relay_case(const char *name, const char *master, const char *copy,
-                             const char *to_url, int serial, bench_result *res)
-{
-    relay_case c;
-    long long left;
-    c.serial = serial;
-    remove_db(copy);
-    if (bench_copy_file(master, copy)) return -1;
-    snprintf(c.store_url, sizeof c.store_url, "sqlite:%s", copy);
-    snprintf(c.to_url, sizeof c.to_url, "%s", to_url);
-    if (bench_run_child(name, run_relay, &c, disarm_parent_handlers, res)) return -1;
-    left = sqlite_left(copy);
-    remove_db(copy);
-    if (left != 0) {
-        fprintf(stderr, "bench_nats: %s: %lld rows left in the outbox\n", name, left);
-        return -1;
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------------
  * PostgreSQL
  * ---------------------------------------------------------------------- */
@@ -459,39 +289,10 @@ static int sqlite_relay_case(const char *name, const char *master, const char *c
 static pgh_server pg;
 static double pg_ceiling_rate; /* measured again before the PostgreSQL cases */
 
-/* Inserts n_msgs pending rows server-side: payloads of PAYLOAD_BYTES as
- * jsonb text ({"n": i, "pad": "x..."}). */
-static void pg_fill(PGconn *conn)
-{
-    char sql[1024];
-    double t0 = bench_now();
-    pgh_exec(conn, "DELETE FROM bench_outbox.outbox");
-    snprintf(sql, sizeof sql,
-             "INSERT INTO bench_outbox.outbox (id, type, aggregate_type, aggregate_id, payload)"
-             " SELECT bench_outbox.uuid_v7(), 'OrderPlaced', 'Order',"
-             " 'order-' || lpad((i %% %u)::text, 6, '0'),"
-             " jsonb_build_object('n', i, 'pad', repeat('x', %d - 18 - length(i::text)))"
-             " FROM generate_series(0, %lld) i",
-             aggregates, PAYLOAD_BYTES, n_msgs - 1);
-    pgh_exec(conn, sql);
-    pgh_exec(conn, "VACUUM ANALYZE bench_outbox.outbox");
-    pgh_exec(conn, "CHECKPOINT"); /* the fill's write-back, before the timed run */
-    printf("fill: %lld messages into PostgreSQL in %.1f s (payload %lld bytes as jsonb text)\n",
-           n_msgs, bench_now() - t0,
-           (long long)pgh_count(conn, "SELECT length(payload::text) FROM bench_outbox.outbox"
-                                      " LIMIT 1"));
-}
-
-static long long pg_left(PGconn *conn)
-{
-    return (long long)pgh_count(conn, "SELECT count(*) FROM bench_outbox.outbox"
-                                      " WHERE status <> 'sent'");
-}
-
 /* One PostgreSQL -> JetStream case into a new stream (subjects
  * "<prefix>.>"), checked: the stream holds every message and no row is
  * left unsent.  0 or -1. */
-static int pg_nats_run(PGconn *conn, relay_case *c, const char *name, const char *stream,
+static int pg_nats_run(PGconn *conn, bench_relay_case *c, const char *name, const char *stream,
                        const char *prefix, bench_result *res)
 {
     char subjects[32];
@@ -501,8 +302,8 @@ static int pg_nats_run(PGconn *conn, relay_case *c, const char *name, const char
     snprintf(c->to_url, sizeof c->to_url,
              "%s?stream=%s&subject=%s.{aggregate_type}.{type}&max_pending=%lld", nats.url, stream,
              prefix, window);
-    if (bench_run_child(name, run_relay, c, disarm_parent_handlers, res)) return -1;
-    left = pg_left(conn);
+    if (bench_run_child(name, bench_run_relay, c, disarm_parent_handlers, res)) return -1;
+    left = bench_pg_left(conn);
     if (check_stream(name, stream)) return -1;
     if (left != 0) {
         fprintf(stderr, "bench_nats: %s: %lld unsent rows left\n", name, left);
@@ -528,11 +329,14 @@ static void pg_case(int no_serial, int pg_rounds)
 {
     int round;
     bench_result res;
-    relay_case c = {0};
+    bench_relay_case c = {0};
     PGconn *conn;
     outbox_error err = {0};
     long long left;
     double relay_rate, mean, by_mean[20], by_first[20];
+
+    c.batch = batch;
+    c.expect = n_msgs;
 
     const char *why = pgh_available();
     if (why != NULL) {
@@ -556,7 +360,7 @@ static void pg_case(int no_serial, int pg_rounds)
     /* --pg-rounds K: the fill, the ceiling again and the relay, K times, so
      * each relay run has a ceiling measured just before it. */
     for (round = 0; round < pg_rounds; round++) {
-        pg_fill(conn);
+        bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
         /* The ceiling again, right before the PostgreSQL cases: this machine's
          * speed drifts over the minutes the SQLite cases and the fill take, so
          * their ratios are to this one (the first is printed above). */
@@ -564,13 +368,13 @@ static void pg_case(int no_serial, int pg_rounds)
             failures++;
             goto out;
         }
-        print_row("nats raw async publish (again)", &res, 0);
+        bench_print_row("nats raw async publish (again)", &res, 0);
         pg_ceiling_rate = (double)res.count / res.seconds;
         if (pg_nats_run(conn, &c, "postgres -> nats", "BENCH_PG", "pg", &res)) {
             failures++;
             goto out;
         }
-        print_row("postgres -> nats (relay)", &res, pg_ceiling_rate);
+        bench_print_row("postgres -> nats (relay)", &res, pg_ceiling_rate);
         relay_rate = (double)res.count / res.seconds;
         /* ...and once more right after it, with the relay's deletions
          * vacuumed and checkpointed as the fill is before the first: the
@@ -581,7 +385,7 @@ static void pg_case(int no_serial, int pg_rounds)
             failures++;
             goto out;
         }
-        print_row("nats raw async publish (after)", &res, 0);
+        bench_print_row("nats raw async publish (after)", &res, 0);
         mean = (pg_ceiling_rate + (double)res.count / res.seconds) / 2;
         by_mean[round] = relay_rate / mean;
         by_first[round] = nats_ceiling_rate > 0 ? relay_rate / nats_ceiling_rate : 0;
@@ -595,30 +399,30 @@ static void pg_case(int no_serial, int pg_rounds)
                pg_rounds, median(by_mean, pg_rounds), median(by_first, pg_rounds));
 
     if (!no_serial) {
-        pg_fill(conn);
+        bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
         c.serial = 1;
         if (pg_nats_run(conn, &c, "postgres -> nats (serial)", "BENCH_PGS", "pgs", &res)) {
             failures++;
             goto out;
         }
         c.serial = 0;
-        print_row("postgres -> nats (serial relay)", &res, pg_ceiling_rate);
+        bench_print_row("postgres -> nats (serial relay)", &res, pg_ceiling_rate);
     }
 
     /* The store side alone: what pipelining could at best overlap with. */
-    pg_fill(conn);
+    bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     snprintf(c.to_url, sizeof c.to_url, "discard:");
-    if (bench_run_child("postgres -> discard", run_relay, &c, disarm_parent_handlers, &res)) {
+    if (bench_run_child("postgres -> discard", bench_run_relay, &c, disarm_parent_handlers, &res)) {
         failures++;
         goto out;
     }
-    left = pg_left(conn);
+    left = bench_pg_left(conn);
     if (left != 0) {
         fprintf(stderr, "bench_nats: postgres -> discard: %lld unsent rows left\n", left);
         failures++;
         goto out;
     }
-    print_row("postgres -> discard: (store alone)", &res, pg_ceiling_rate);
+    bench_print_row("postgres -> discard: (store alone)", &res, pg_ceiling_rate);
 out:
     PQfinish(conn);
 }
@@ -794,20 +598,21 @@ static void kafka_cases(const char *master, const char *copy)
             failures++;
         } else {
             ceiling = (double)res.count / res.seconds;
-            print_row("kafka raw produce (ceiling, mock)", &res, 0);
+            bench_print_row("kafka raw produce (ceiling, mock)", &res, 0);
         }
     } else {
         failures++;
     }
     snprintf(to, sizeof to, "kafka://%s?topic=%s", kafka_bootstraps, topics[1]);
-    if (sqlite_relay_case("sqlite -> kafka", master, copy, to, 0, &res) == 0) {
+    if (bench_sqlite_relay_case("sqlite -> kafka", master, copy, to, 0, batch, n_msgs,
+                                disarm_parent_handlers, &res) == 0) {
         got = kafka_topic_count(topics[1]);
         if (got != n_msgs) {
             fprintf(stderr, "bench_nats: sqlite -> kafka: topic holds %lld, expected %lld\n", got,
                     n_msgs);
             failures++;
         } else {
-            print_row("sqlite -> kafka (relay, mock)", &res, ceiling);
+            bench_print_row("sqlite -> kafka (relay, mock)", &res, ceiling);
         }
     } else {
         failures++;
@@ -878,14 +683,14 @@ int main(int argc, char **argv)
 
     ch_path(master, "master.db");
     ch_path(copy, "copy.db");
-    if (sqlite_fill(master)) return 1;
+    if (bench_sqlite_fill(master, n_msgs, aggregates, PAYLOAD_BYTES)) return 1;
 
-    print_header();
+    bench_print_header();
 
     /* (1) the ceiling */
     if (ceiling_run("nats ceiling", "BENCH_RAW", "raw", &res) == 0) {
         nats_ceiling_rate = (double)res.count / res.seconds;
-        print_row("nats raw async publish (ceiling)", &res, 0);
+        bench_print_row("nats raw async publish (ceiling)", &res, 0);
     } else {
         failures++;
     }
@@ -895,9 +700,10 @@ int main(int argc, char **argv)
              "%s?stream=BENCH_SQ&subject=sq.{aggregate_type}.{type}&max_pending=%lld", nats.url,
              window);
     if (stream_create("BENCH_SQ", "sq.>") == 0 &&
-        sqlite_relay_case("sqlite -> nats", master, copy, to, 0, &res) == 0 &&
+        bench_sqlite_relay_case("sqlite -> nats", master, copy, to, 0, batch, n_msgs,
+                                disarm_parent_handlers, &res) == 0 &&
         check_stream("sqlite -> nats", "BENCH_SQ") == 0) {
-        print_row("sqlite -> nats (relay)", &res, nats_ceiling_rate);
+        bench_print_row("sqlite -> nats (relay)", &res, nats_ceiling_rate);
     } else {
         failures++;
     }
@@ -906,16 +712,18 @@ int main(int argc, char **argv)
                  "%s?stream=BENCH_SQS&subject=sqs.{aggregate_type}.{type}&max_pending=%lld",
                  nats.url, window);
         if (stream_create("BENCH_SQS", "sqs.>") == 0 &&
-            sqlite_relay_case("sqlite -> nats (serial)", master, copy, to, 1, &res) == 0 &&
+            bench_sqlite_relay_case("sqlite -> nats (serial)", master, copy, to, 1, batch, n_msgs,
+                                    disarm_parent_handlers, &res) == 0 &&
             check_stream("sqlite -> nats (serial)", "BENCH_SQS") == 0)
-            print_row("sqlite -> nats (serial relay)", &res, nats_ceiling_rate);
+            bench_print_row("sqlite -> nats (serial relay)", &res, nats_ceiling_rate);
         else
             failures++;
     }
 
     /* The SQLite side alone (the relay to discard:). */
-    if (sqlite_relay_case("sqlite -> discard", master, copy, "discard:", 0, &res) == 0)
-        print_row("sqlite -> discard: (store alone)", &res, nats_ceiling_rate);
+    if (bench_sqlite_relay_case("sqlite -> discard", master, copy, "discard:", 0, batch, n_msgs,
+                                disarm_parent_handlers, &res) == 0)
+        bench_print_row("sqlite -> discard: (store alone)", &res, nats_ceiling_rate);
     else
         failures++;
 
@@ -935,7 +743,7 @@ int main(int argc, char **argv)
 #endif
 
     nh_server_stop(&nats);
-    remove_db(master);
+    bench_remove_db(master);
     printf("load average %.2f at the end; %s\n", bench_loadavg(),
            failures ? "SOME CASES FAILED (no figure printed for them)" : "all results checked");
     return failures ? 1 : 0;

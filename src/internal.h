@@ -801,6 +801,35 @@ typedef struct outbox_transport_ops {
 /* Batches a pipelining transport may have open at once. */
 #define OUTBOX_PIPELINE_DEPTH 2
 
+/* Helpers for destinations (src/transport/transport.c). */
+
+/* Sets r's code and error (fmt NULL: "") and clears retry_after_ms. */
+void outbox__result_set(outbox_publish_result *r, int code, const char *fmt, ...)
+    OUTBOX__PRINTF(3, 4);
+
+/* Per-aggregate chains across a pipelining destination's open batches:
+ * prev[i] is the index of the previous message of msgs[i]'s aggregate in
+ * the same batch (>= 0), OUTBOX_PREV_OLDER(j) for message j of the open
+ * batch before, OUTBOX_PREV_NONE, or OUTBOX_PREV_FAILED once that batch
+ * ended without it confirmed. */
+#define OUTBOX_PREV_NONE (-1L)
+#define OUTBOX_PREV_FAILED (-2L)
+#define OUTBOX_PREV_OLDER(j) (-3L - (long)(j))
+#define OUTBOX_PREV_OLDER_INDEX(p) ((size_t)(-3L - (p)))
+
+/* Fills prev[0..n) for msgs, ids (message id -> index; an id given twice
+ * keeps its first index) and aggs (aggregate id -> index of its last
+ * message), both emptied first; older_aggs: the open batch before's aggs,
+ * or NULL.  OUTBOX_OK or OUTBOX_ENOMEM. */
+int outbox__chain_prepare(outbox_aggindex *ids, outbox_aggindex *aggs,
+                          const outbox_aggindex *older_aggs, outbox_msg *const *msgs, size_t n,
+                          long *prev);
+
+/* The batch before ended with older_results: prev[0..n) no longer points
+ * into it (OUTBOX_PREV_NONE where that message was confirmed, else
+ * OUTBOX_PREV_FAILED). */
+void outbox__chain_release(long *prev, size_t n, const outbox_publish_result *older_results);
+
 /* An open destination: its driver and the driver's state. */
 typedef struct outbox_transport {
     const outbox_transport_ops *ops;
@@ -821,5 +850,9 @@ extern const outbox_transport_ops outbox__transport_http;  /* open NULL without 
 extern const outbox_transport_ops outbox__transport_https; /* open NULL without CURL */
 extern const outbox_transport_ops outbox__transport_nats;  /* open NULL without NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without RDKAFKA */
+
+/* RabbitMQ (src/transport/amqp.c). */
+extern const outbox_transport_ops outbox__transport_amqp;  /* open NULL without RABBITMQ */
+extern const outbox_transport_ops outbox__transport_amqps; /* open NULL without RABBITMQ */
 
 #endif /* OUTBOX_INTERNAL_H */

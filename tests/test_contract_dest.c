@@ -29,6 +29,9 @@
 #include "support/nats.h"
 #endif
 #include "support/webhook.h"
+#ifdef OUTBOX_HAVE_RABBITMQ
+#include "support/rabbitmq.h"
+#endif
 
 #include <jansson.h>
 #ifdef OUTBOX_HAVE_RDKAFKA
@@ -68,6 +71,12 @@ struct dest {
 #endif
     int stream_serial; /* nats: a fresh stream per case; kafka: a topic */
     int dedups;        /* drops a republished message by its id (JetStream) */
+#ifdef OUTBOX_HAVE_RABBITMQ
+    rmh_server amqp; /* amqp: a fresh queue per case, read into path */
+#endif
+    /* Part of a rejected message's last_error (NULL: "400" for http,
+     * "file_reject" otherwise). */
+    const char *reject_text;
 };
 
 static int case_serial;
@@ -333,6 +342,53 @@ static void kafka_read_back(dest *d, const char *path)
 #endif
 
 /* ------------------------------------------------------------------------
+ * amqp:// (rabbitmq-server of tests/support): one broker, a quorum queue
+ * per case bound to exchange "contract" for its own routing keys.  Reading
+ * consumes, so what was read is kept in d->path and read back whole.
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_RABBITMQ
+static const char *amqp_start(dest *d)
+{
+    char queue[32], binding[32], name[64];
+    const char *why = rmh_available();
+    if (why) return why;
+    if (d->amqp.pid <= 0) rmh_start(&d->amqp);
+    d->stream_serial = ++case_serial;
+    snprintf(queue, sizeof queue, "q%d", d->stream_serial);
+    snprintf(binding, sizeof binding, "q%d.#", d->stream_serial);
+    rmh_declare(&d->amqp, "contract", queue, binding);
+    snprintf(name, sizeof name, "amqp-%d.jsonl", d->stream_serial);
+    ch_path(d->path, name);
+    return NULL;
+}
+
+static void amqp_url(dest *d, char *out, size_t len)
+{
+    snprintf(out, len, "%s?exchange=contract&routing_key=q%d.{aggregate_type}.{type}", d->amqp.url,
+             d->stream_serial);
+}
+
+static void amqp_read_back(dest *d, const char *path)
+{
+    char queue[32];
+    snprintf(queue, sizeof queue, "q%d", d->stream_serial);
+    rmh_queue_drain(&d->amqp, queue, d->path);
+    ch_concat(path, (const char *const[]){d->path, NULL});
+}
+
+/* Rejected: a routing key no queue is bound for (the broker returns it);
+ * retriable: a confirm lost on the way back. */
+static const char *amqp_fail(dest *d, int mode)
+{
+    (void)d;
+    return mode == FAIL_REJECT  ? "amqp_unroutable:error:3"
+           : mode == FAIL_RETRY ? "amqp_ack_lost:error:3"
+                                : "";
+}
+#endif
+
+/* ------------------------------------------------------------------------
  * The destinations
  * ---------------------------------------------------------------------- */
 
@@ -360,6 +416,14 @@ static dest dests[] = {
 #endif
 #ifdef OUTBOX_HAVE_RDKAFKA
     {.name = "kafka", .start = kafka_start, .url = kafka_url, .read_back = kafka_read_back},
+#endif
+#ifdef OUTBOX_HAVE_RABBITMQ
+    {.name = "amqp",
+     .start = amqp_start,
+     .url = amqp_url,
+     .read_back = amqp_read_back,
+     .fail = amqp_fail,
+     .reject_text = "unroutable"},
 #endif
 };
 
@@ -511,7 +575,9 @@ static void rejected_holds_aggregate(dest *d)
     ASSERT_EQ(run_relay(d, db, fault), 0);
     /* Failed with the destination's reason, once. */
     ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
-    ch_expect_failed_error(db, strcmp(d->name, "http") == 0 ? "400" : "file_reject");
+    ch_expect_failed_error(db, d->reject_text                 ? d->reject_text
+                               : strcmp(d->name, "http") == 0 ? "400"
+                                                              : "file_reject");
     failed_aggregate(db, agg, sizeof agg);
     /* Its aggregate's later messages are held, every other one is sent. */
     h = ch_db_open(db);
@@ -603,6 +669,10 @@ int main(int argc, char **argv)
 #ifdef OUTBOX_HAVE_NATS
     for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++)
         if (dests[i].nats.pid > 0) nh_server_stop(&dests[i].nats);
+#endif
+#ifdef OUTBOX_HAVE_RABBITMQ
+    for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++)
+        if (dests[i].amqp.pid > 0) rmh_stop(&dests[i].amqp);
 #endif
 #ifdef OUTBOX_HAVE_RDKAFKA
     for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++) {

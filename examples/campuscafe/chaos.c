@@ -85,7 +85,8 @@ static void usage(FILE *f)
             "usage: campuscafe chaos [--orders N] [--crash-rate F] [--fault-rate F] [--seed N]\n"
             "                        [--mode naive|outbox|both] [--naive-variant "
             "both|save-then-send|send-then-save]\n"
-            "                        [--bus nats://HOST:PORT] [--clients N] [--kill-every MS]\n"
+            "                        [--bus nats://HOST:PORT|amqp://HOST:PORT] [--clients N]\n"
+            "                        [--kill-every MS]\n"
             "                        [--settle-timeout SECONDS] [--json] [--keep]\n"
             "  Runs the order flow the naive way and the outbox way under crashes of the order\n"
             "  service and an unreliable network, then counts the failures in the databases.\n"
@@ -159,8 +160,11 @@ static int parse(int argc, char **argv, chaos_options *o)
             if (parse_num(a, v, 1, 3600, &d) != 0) return -1;
             o->settle_timeout_s = (int)d;
         } else if (strcmp(a, "--bus") == 0) {
-            if (!v || (strcmp(v, "webhook") != 0 && strncmp(v, "nats://", 7) != 0)) {
-                fprintf(stderr, "campuscafe chaos: --bus is webhook or nats://HOST:PORT\n");
+            if (!v || (strcmp(v, "webhook") != 0 && strncmp(v, "nats://", 7) != 0 &&
+                       strncmp(v, "amqp://", 7) != 0)) {
+                fprintf(
+                    stderr,
+                    "campuscafe chaos: --bus is webhook, nats://HOST:PORT or amqp://HOST:PORT\n");
                 return -1;
             }
             o->bus = strcmp(v, "webhook") == 0 ? NULL : v;

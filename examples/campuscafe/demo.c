@@ -50,14 +50,14 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: campuscafe demo [--orders N] [--clients N] [--bus webhook|nats://HOST:PORT]\n"
-            "                       [--relay inproc|process] [--seed N] [--pace MS] [--timeout "
-            "SECONDS]\n"
-            "                       [--keep]\n"
-            "  Starts the four services in outbox mode, places N orders (default 40), shows\n"
-            "  the progress, then checks the four databases for consistency.  Each client\n"
-            "  pauses about MS (default 250) between its orders.\n");
+    fprintf(f, "usage: campuscafe demo [--orders N] [--clients N]\n"
+               "                       [--bus webhook|nats://HOST:PORT|amqp://HOST:PORT]\n"
+               "                       [--relay inproc|process] [--seed N] [--pace MS] [--timeout "
+               "SECONDS]\n"
+               "                       [--keep]\n"
+               "  Starts the four services in outbox mode, places N orders (default 40), shows\n"
+               "  the progress, then checks the four databases for consistency.  Each client\n"
+               "  pauses about MS (default 250) between its orders.\n");
 }
 
 static int parse_uint(const char *opt, const char *v, unsigned long max, unsigned long *out)
@@ -115,8 +115,11 @@ static int parse(int argc, char **argv, demo_options *o)
             o->timeout_s = (int)n;
             i++;
         } else if (strcmp(a, "--bus") == 0) {
-            if (!v || (strcmp(v, "webhook") != 0 && strncmp(v, "nats://", 7) != 0)) {
-                fprintf(stderr, "campuscafe demo: --bus is webhook or nats://HOST:PORT\n");
+            if (!v || (strcmp(v, "webhook") != 0 && strncmp(v, "nats://", 7) != 0 &&
+                       strncmp(v, "amqp://", 7) != 0)) {
+                fprintf(
+                    stderr,
+                    "campuscafe demo: --bus is webhook, nats://HOST:PORT or amqp://HOST:PORT\n");
                 return -1;
             }
             o->bus = v;

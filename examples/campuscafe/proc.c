@@ -14,6 +14,7 @@
 
 #include "cafe.h"
 #include "proc.h"
+#include "bus_amqp.h"
 #include "bus_nats.h"
 
 #include <curl/curl.h>
@@ -354,12 +355,16 @@ int cafe_cluster_start(cafe_cluster *c, const cafe_cluster_options *o)
         return -1;
     }
     snprintf(c->bus, sizeof c->bus, "%s",
-             o->bus && strncmp(o->bus, "nats://", 7) == 0 ? o->bus : "");
+             o->bus && (strncmp(o->bus, "nats://", 7) == 0 || strncmp(o->bus, "amqp://", 7) == 0)
+                 ? o->bus
+                 : "");
     if (c->bus[0]) {
         outbox_error err;
         memset(&err, 0, sizeof err);
-        if (cafe_nats_reset(c->bus, &err) != OUTBOX_OK) {
-            fprintf(stderr, "campuscafe: cannot reset the NATS bus: %s\n", err.message);
+        int amqp = strncmp(c->bus, "amqp://", 7) == 0;
+        if ((amqp ? cafe_amqp_reset(c->bus, &err) : cafe_nats_reset(c->bus, &err)) != OUTBOX_OK) {
+            fprintf(stderr, "campuscafe: cannot reset the %s bus: %s\n", amqp ? "AMQP" : "NATS",
+                    err.message);
             return -1;
         }
     }
@@ -702,7 +707,9 @@ void cafe_cluster_stats(const cafe_cluster *c, cafe_stats *s)
         outbox_error err;
         int64_t n = -1;
         memset(&err, 0, sizeof err);
-        if (cafe_nats_backlog(c->bus, &n, &err) != OUTBOX_OK) n = -1;
+        if ((strncmp(c->bus, "amqp://", 7) == 0 ? cafe_amqp_backlog(c->bus, &n, &err)
+                                                : cafe_nats_backlog(c->bus, &n, &err)) != OUTBOX_OK)
+            n = -1;
         s->bus_backlog = (long)n;
         fp += (size_t)snprintf(s->fingerprint + fp, sizeof s->fingerprint - fp, "|bus %ld",
                                s->bus_backlog);

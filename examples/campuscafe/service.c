@@ -42,6 +42,7 @@
 #ifdef OUTBOX_HAVE_NATS
 #include "bus_nats.h"
 #endif
+#include "bus_amqp.h"
 
 const cafe_service *cafe_log_service; /* see service.h */
 
@@ -131,6 +132,7 @@ int cafe_service_main(const cafe_service_def *def, int argc, char **argv)
 #ifdef OUTBOX_HAVE_NATS
     cafe_nats_consumer *consumer = NULL;
 #endif
+    cafe_amqp_consumer *amqp_consumer = NULL;
     outbox_error err;
     sigset_t sigs;
     ssize_t n;
@@ -195,6 +197,10 @@ int cafe_service_main(const cafe_service_def *def, int argc, char **argv)
             cafe_error(&err, OUTBOX_ENOMEM, "cannot create a curl handle");
             goto fail;
         }
+    } else if (strncmp(svc.cfg.bus, "amqp://", 7) == 0) {
+        if (cafe_amqp_consumer_start(&amqp_consumer, svc.cfg.bus, def->name, def->consumes,
+                                     svc.db_path, def->handle, &svc, &err) != OUTBOX_OK)
+            goto fail;
     } else {
 #ifdef OUTBOX_HAVE_NATS
         if (cafe_nats_consumer_start(&consumer, svc.cfg.bus, def->name, def->consumes, svc.db_path,
@@ -249,6 +255,7 @@ stop:
 #ifdef OUTBOX_HAVE_NATS
     cafe_nats_consumer_free(consumer);
 #endif
+    cafe_amqp_consumer_free(amqp_consumer);
     cafe_relay_stop(&rs);
     cafe_naive_sender_free(svc.sender);
     if (fr.curl) curl_easy_cleanup(fr.curl);

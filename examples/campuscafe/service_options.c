@@ -30,7 +30,7 @@ static void usage(const cafe_service_def *def, FILE *to)
             "  --inventory-url URL     (http://127.0.0.1:P/events)\n"
             "  --payment-url URL\n"
             "  --notification-url URL\n"
-            "  --bus webhook|nats://H:P  event transport (default webhook)\n"
+            "  --bus webhook|nats://H:P|amqp://H:P  event transport (default webhook)\n"
             "  --mode outbox|naive     outbox + inbox (default) or direct sends\n"
             "  --relay inproc|process  relay on a thread (default) or an `outbox relay` child\n"
             "  --secret-file F         webhook signing secret (whsec_...)\n"
@@ -196,8 +196,11 @@ int cafe_parse_options(cafe_service *svc, int argc, char **argv)
             cfg->peer_url[CAFE_NOTIFICATION] = optarg;
             break;
         case O_BUS:
-            if (strcmp(optarg, "webhook") != 0 && strncmp(optarg, "nats://", 7) != 0) {
-                fprintf(stderr, "campuscafe: --bus '%s': use webhook or nats://HOST:PORT\n",
+            if (strcmp(optarg, "webhook") != 0 && strncmp(optarg, "nats://", 7) != 0 &&
+                strncmp(optarg, "amqp://", 7) != 0) {
+                fprintf(stderr,
+                        "campuscafe: --bus '%s': use webhook, nats://HOST:PORT or "
+                        "amqp://HOST:PORT\n",
                         optarg);
                 return 2;
             }
@@ -291,6 +294,12 @@ int cafe_parse_options(cafe_service *svc, int argc, char **argv)
             }
         }
     }
+#ifndef OUTBOX_HAVE_RABBITMQ
+    if (strncmp(cfg->bus, "amqp://", 7) == 0) {
+        fprintf(stderr, "campuscafe: --bus amqp:// needs a build with librabbitmq\n");
+        return 2;
+    }
+#endif
 #ifndef OUTBOX_HAVE_NATS
     if (strncmp(cfg->bus, "nats://", 7) == 0) {
         fprintf(stderr, "campuscafe: --bus nats:// needs a build with nats.c\n");

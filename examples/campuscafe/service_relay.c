@@ -22,6 +22,9 @@
 #ifdef OUTBOX_HAVE_NATS
 #include "bus_nats.h"
 #endif
+#ifdef OUTBOX_HAVE_RABBITMQ
+#include "bus_amqp.h"
+#endif
 
 /* ------------------------------------------------------------------------
  * Relay: in-process thread or `outbox relay` child
@@ -60,6 +63,15 @@ int cafe_relay_destination(cafe_service *svc, cafe_relay_side *rs, outbox_error 
     int i, main_target = -1;
 
     snprintf(rs->store_url, sizeof rs->store_url, "sqlite:%s", svc->db_path);
+    if (strncmp(cfg->bus, "amqp://", 7) == 0) {
+#ifdef OUTBOX_HAVE_RABBITMQ
+        return cafe_amqp_destination(rs->to_url, sizeof rs->to_url, cfg->bus, err) == OUTBOX_OK
+                   ? 0
+                   : -1;
+#else
+        return -1;
+#endif
+    }
     if (strncmp(cfg->bus, "nats://", 7) == 0) {
 #ifdef OUTBOX_HAVE_NATS
         return cafe_nats_destination(rs->to_url, sizeof rs->to_url, cfg->bus, err) == OUTBOX_OK

@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -24,7 +25,7 @@
 static const outbox_transport_ops *const drivers[] = {
     &outbox__transport_stdout, &outbox__transport_file,  &outbox__transport_discard,
     &outbox__transport_http,   &outbox__transport_https, &outbox__transport_nats,
-    &outbox__transport_kafka,
+    &outbox__transport_kafka,  &outbox__transport_amqp,  &outbox__transport_amqps,
 };
 
 /* Schemes of destinations that exist in the design but not in this build. */
@@ -34,6 +35,8 @@ static const struct {
 } not_built[] = {
     {"nats", "NATS JetStream (not built with nats.c)"},
     {"kafka", "Kafka (not built with librdkafka)"},
+    {"amqp", "RabbitMQ (not built with librabbitmq)"},
+    {"amqps", "RabbitMQ (not built with librabbitmq)"},
     {"http", "HTTP webhook (not built with libcurl)"},
     {"https", "HTTP webhook (not built with libcurl)"},
     {"postgres", "PostgreSQL (not built with libpq)"},
@@ -169,4 +172,57 @@ int outbox__transport_driver(size_t i, outbox_driver_entry *out)
     out->built = ops->open != NULL;
     out->props = ops->props;
     return 1;
+}
+
+/* ------------------------------------------------------------------------
+ * Helpers for destinations (see internal.h)
+ * ---------------------------------------------------------------------- */
+
+void outbox__result_set(outbox_publish_result *r, int code, const char *fmt, ...)
+{
+    va_list ap;
+    r->code = code;
+    r->retry_after_ms = 0;
+    if (fmt == NULL) {
+        r->error[0] = '\0';
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(r->error, sizeof r->error, fmt, ap);
+    va_end(ap);
+}
+
+int outbox__chain_prepare(outbox_aggindex *ids, outbox_aggindex *aggs,
+                          const outbox_aggindex *older_aggs, outbox_msg *const *msgs, size_t n,
+                          long *prev)
+{
+    size_t i;
+    outbox__aggindex_reset(ids);
+    outbox__aggindex_reset(aggs);
+    if (outbox__aggindex_reserve(ids, n) != OUTBOX_OK ||
+        outbox__aggindex_reserve(aggs, n) != OUTBOX_OK)
+        return OUTBOX_ENOMEM;
+    for (i = 0; i < n; i++) {
+        const char *agg = msgs[i]->aggregate_id;
+        uint32_t before;
+        if (outbox__aggindex_insert(ids, msgs[i]->id, (uint32_t)i, &before))
+            outbox__aggindex_insert(ids, msgs[i]->id, before, NULL);
+        if (outbox__aggindex_insert(aggs, agg, (uint32_t)i, &before))
+            prev[i] = (long)before;
+        else if (older_aggs != NULL && outbox__aggindex_lookup(older_aggs, agg, &before))
+            prev[i] = OUTBOX_PREV_OLDER(before);
+        else
+            prev[i] = OUTBOX_PREV_NONE;
+    }
+    return OUTBOX_OK;
+}
+
+void outbox__chain_release(long *prev, size_t n, const outbox_publish_result *older_results)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (prev[i] <= OUTBOX_PREV_OLDER(0))
+            prev[i] = older_results[OUTBOX_PREV_OLDER_INDEX(prev[i])].code == OUTBOX_OK
+                          ? OUTBOX_PREV_NONE
+                          : OUTBOX_PREV_FAILED;
 }
