@@ -67,6 +67,8 @@ typedef struct nats_config {
     int64_t max_pending;
     int64_t ack_timeout_ms;
     int64_t connect_timeout_ms;
+    int64_t ping_interval_ms;
+    int64_t max_pings_out;
     char *token;
     char *creds;
     char *ca_file;
@@ -91,6 +93,15 @@ static const outbox_prop nats_props[] = {
      "How long a batch waits for JetStream's acks; what is unacknowledged then is retried."},
     {"connect_timeout", OUTBOX_PROP_DURATION, NATS_FIELD(connect_timeout_ms), "5s", "1ms..", NULL,
      "How long connecting to a server may take."},
+    /* nats.c's default, 2 minutes and 2 pings, lets a connection whose
+     * server vanished without closing it (a dead host, a silent network)
+     * hold the relay for up to 6 minutes. */
+    {"ping_interval", OUTBOX_PROP_DURATION, NATS_FIELD(ping_interval_ms), "10s", "100ms..1h", NULL,
+     "How often the client pings the server; a connection whose pings go unanswered "
+     "max_pings_out + 1 times in a row is taken as dead and reconnected (by default within "
+     "30 s)."},
+    {"max_pings_out", OUTBOX_PROP_INT, NATS_FIELD(max_pings_out), "2", "1..100", NULL,
+     "Pings that may go unanswered before the connection is taken as dead."},
     {"token", OUTBOX_PROP_SECRET, NATS_FIELD(token), NULL, NULL, "TOKEN",
      "An authentication token (user:password in the URL is the other way)."},
     {"creds", OUTBOX_PROP_SECRET_FILE, NATS_FIELD(creds), NULL, NULL, NULL,
@@ -536,6 +547,8 @@ static int set_options(nats_state *st, const outbox_url *u, const nats_config *c
     if (s == NATS_OK) s = natsOptions_SetAllowReconnect(st->opts, true);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(st->opts, -1);
     if (s == NATS_OK) s = natsOptions_SetReconnectWait(st->opts, 250);
+    if (s == NATS_OK) s = natsOptions_SetPingInterval(st->opts, c->ping_interval_ms);
+    if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(st->opts, (int)c->max_pings_out);
 
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(st->opts, on_disconnected, st);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(st->opts, on_reconnected, st);
