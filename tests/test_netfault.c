@@ -43,7 +43,7 @@ typedef struct nf_run {
     int64_t detect_bound_ms;  /* twice the configured timeout, plus slack */
     const char *detect_line;  /* a log line that says the relay noticed */
     int64_t (*pending)(void); /* messages not yet published */
-    const fp_mode *modes; /* the faults to go through (NULL: all of all_modes) */
+    const fp_mode *modes;     /* the faults to go through (NULL: all of all_modes) */
     int nmodes;
     relay_thread relay;
     int64_t noticed_ms[FP_MODE_COUNT]; /* -1: not measured */
@@ -154,8 +154,8 @@ static void one_fault(nf_run *run, fp_mode mode)
 /* The producer (into db_path, or pg_conninfo), the relay from store to to
  * (with dest_options, NULL-terminated, or NULL), and every mode in turn;
  * the relay is stopped at the end. */
-static void run_modes(nf_run *run, const char *db_path, const char *pg_conninfo,
-                      const char *store, const char *to, const char *const *dest_options)
+static void run_modes(nf_run *run, const char *db_path, const char *pg_conninfo, const char *store,
+                      const char *to, const char *const *dest_options)
 {
     uint64_t rng = ch_seed();
     int k;

@@ -176,6 +176,7 @@ typedef struct nats_state {
     int published;                  /* js_PublishMsgAsync succeeded once (nats.c 3.4's
                                        js_PublishAsyncGetPendingList needs that) */
     _Atomic int64_t reconnected_us; /* monotonic time of the last reconnect */
+    int replicated;                 /* the stream has replicas: "no responders" is an election */
 
     /* The open batches, oldest first from `first`; shared with ack_handler
      * under mu. */
@@ -357,7 +358,14 @@ static void ack_error(nats_state *st, outbox_publish_result *r, const outbox_msg
     const char *subj = natsMsg_GetSubject(msg);
     int64_t since = outbox__monotonic_us() - atomic_load(&st->reconnected_us);
     if (pae->Err == NATS_NO_RESPONDERS) {
-        if (atomic_load(&st->disconnects) > 0 && since < RECONNECT_GRACE_US)
+        if (st->replicated)
+            /* A replicated stream checked at start-up: nobody answers while
+             * its replicas elect a new leader (the old one died). */
+            set_result(r, OUTBOX_EPUBLISH,
+                       "no JetStream stream answered on subject %s (stream %s may be electing a "
+                       "leader)",
+                       subj ? subj : "?", st->stream);
+        else if (atomic_load(&st->disconnects) > 0 && since < RECONNECT_GRACE_US)
             set_result(r, OUTBOX_EPUBLISH,
                        "no JetStream stream answered on subject %s just after a reconnect "
                        "(JetStream may still be starting)",
@@ -479,6 +487,7 @@ static int check_stream(nats_state *st, const char *create, const char *tmpl, ou
             s == NATS_NO_RESPONDERS ? " (is JetStream enabled? start nats-server -js)" : "");
         goto out;
     }
+    st->replicated = si->Config && si->Config->Replicas > 1;
     for (i = 0; si->Config && i < si->Config->SubjectsLen; i++)
         if (filter_covers(si->Config->Subjects[i], pattern.data)) covered = 1;
     if (si->Config && si->Config->SubjectsLen == 0 && strchr(pattern.data, '*') == NULL &&

@@ -283,10 +283,14 @@ static void *proxy_main(void *arg)
                 cev = POLLIN;
                 sev = POLLIN;
             } else if (mode != FP_STALL) {
-                if (c->up.len > 0) sev |= POLLOUT;
-                else if (!c->up.eof && (mode != FP_DRIP || c->up.allowance > 0)) cev |= POLLIN;
-                if (c->down.len > 0) cev |= POLLOUT;
-                else if (!c->down.eof && (mode != FP_DRIP || c->down.allowance > 0)) sev |= POLLIN;
+                if (c->up.len > 0)
+                    sev |= POLLOUT;
+                else if (!c->up.eof && (mode != FP_DRIP || c->up.allowance > 0))
+                    cev |= POLLIN;
+                if (c->down.len > 0)
+                    cev |= POLLOUT;
+                else if (!c->down.eof && (mode != FP_DRIP || c->down.allowance > 0))
+                    sev |= POLLIN;
             }
             if (cev) {
                 fds[nfds] = (struct pollfd){c->cfd, cev, 0};
@@ -324,17 +328,20 @@ static void *proxy_main(void *arg)
                     c->sfd = -1;
                 }
             } else if (fds[i].fd == c->cfd) {
-                if (fds[i].revents & POLLOUT) bad |= flush(p, c->cfd, &c->down, &p->counters.bytes_down);
+                if (fds[i].revents & POLLOUT)
+                    bad |= flush(p, c->cfd, &c->down, &p->counters.bytes_down);
                 if (fds[i].revents & (POLLIN | POLLHUP | POLLERR) && c->up.len == 0 && !c->up.eof)
                     bad |= fill(c->cfd, &c->up, mode);
             } else {
-                if (fds[i].revents & POLLOUT) bad |= flush(p, c->sfd, &c->up, &p->counters.bytes_up);
+                if (fds[i].revents & POLLOUT)
+                    bad |= flush(p, c->sfd, &c->up, &p->counters.bytes_up);
                 if (fds[i].revents & (POLLIN | POLLHUP | POLLERR) && c->down.len == 0 &&
                     !c->down.eof)
                     bad |= fill(c->sfd, &c->down, mode);
             }
             /* A side that said goodbye: pass it on once its bytes are out. */
-            if (!bad && c->fate == FP_PASS && c->up.eof && c->up.len == 0) shutdown(c->sfd, SHUT_WR);
+            if (!bad && c->fate == FP_PASS && c->up.eof && c->up.len == 0)
+                shutdown(c->sfd, SHUT_WR);
             if (!bad && c->fate == FP_PASS && c->down.eof && c->down.len == 0)
                 shutdown(c->cfd, SHUT_WR);
             if (bad || (c->fate == FP_PASS && c->up.eof && c->down.eof && c->up.len == 0 &&
@@ -377,8 +384,7 @@ fp_proxy *fp_start(int target_port)
     p->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
     if (p->listen_fd < 0) TEST_FAIL_("fault proxy: socket: %s", strerror(errno));
     setsockopt(p->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(p->listen_fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        listen(p->listen_fd, 64) != 0 ||
+    if (bind(p->listen_fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(p->listen_fd, 64) != 0 ||
         getsockname(p->listen_fd, (struct sockaddr *)&a, &len) != 0)
         TEST_FAIL_("fault proxy: cannot listen on 127.0.0.1: %s", strerror(errno));
     nonblocking(p->listen_fd);
