@@ -113,6 +113,8 @@ TEST(r3_leader_and_follower_killed)
     ASSERT_EQ(ch_outbox_count(db, "pending"), 0);
     ASSERT_EQ(ch_outbox_count(db, "failed"), 0);
 
+    if (nh_cluster_stream_leader(&cluster, "R3", 30000) < 0)
+        TEST_FAIL_("no leader for stream R3 after the follower's restart");
     nh_stream_dump(&cluster.client, "R3", "r3.>", out);
     ch_check_file(out, &p, &r);
     ch_report_print("R3 stream, leader and follower SIGKILLed", &r);

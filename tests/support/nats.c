@@ -209,7 +209,13 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
     so.Stream = name;
     so.Ordered = true;
     if (total > 0) {
-        st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
+        /* A cluster that just got a node back may take a moment to create
+         * the consumer. */
+        for (int tries = 0; tries < 20; tries++) {
+            st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
+            if (st != NATS_TIMEOUT) break;
+            ch_sleep_ms(500);
+        }
         if (st != NATS_OK)
             TEST_FAIL_("subscribe %s: %s (%d)", name, natsStatus_GetText(st), (int)jerr);
         while (got < total) {
