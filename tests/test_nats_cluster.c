@@ -46,6 +46,20 @@ static void wait_pending(const char *db, int64_t left, pid_t relay, const char *
     }
 }
 
+/* Once at most `left` messages are pending: SIGKILLs node i (kill), or
+ * restarts it. */
+static void node_step(const char *db, int64_t left, pid_t relay, const char *errp, const char *what,
+                      int i, int kill)
+{
+    wait_pending(db, left, relay, errp, 120000, what);
+    fprintf(stderr, "%s n%d at %lld pending\n", kill ? "SIGKILL" : "restart", i,
+            (long long)ch_outbox_count(db, "pending"));
+    if (kill)
+        nh_server_kill(&cluster.node[i]);
+    else
+        nh_server_start(&cluster.node[i]);
+}
+
 TEST(r3_leader_and_follower_killed)
 {
     char db[CH_PATH], out[CH_PATH], errp[CH_PATH], store[700], to[600];
@@ -81,30 +95,17 @@ TEST(r3_leader_and_follower_killed)
     t0 = ch_now_ms();
     pid_t relay = ch_spawn(argv, NULL, NULL, errp);
 
-    wait_pending(db, total * 3 / 4, relay, errp, 120000, "a quarter published");
     leader = nh_cluster_stream_leader(&cluster, "R3", 10000);
     if (leader < 0) TEST_FAIL_("no leader for stream R3");
-    fprintf(stderr, "SIGKILL the stream leader n%d at %lld pending\n", leader,
-            (long long)ch_outbox_count(db, "pending"));
-    nh_server_kill(&cluster.node[leader]);
-
-    wait_pending(db, total / 2, relay, errp, 120000, "half published with the leader down");
-    fprintf(stderr, "restart n%d at %lld pending\n", leader,
-            (long long)ch_outbox_count(db, "pending"));
-    nh_server_start(&cluster.node[leader]);
-
+    node_step(db, total * 3 / 4, relay, errp, "a quarter published (the stream leader)", leader, 1);
+    node_step(db, total / 2, relay, errp, "half published with the leader down", leader, 0);
     wait_pending(db, total * 3 / 10, relay, errp, 120000, "70% published");
     leader = nh_cluster_stream_leader(&cluster, "R3", 10000);
     if (leader < 0) TEST_FAIL_("no leader for stream R3 after the restart");
     follower = (leader + 1 + (int)ch_rand_range(&rng, 0, 1)) % NH_CLUSTER_SIZE;
-    fprintf(stderr, "SIGKILL follower n%d (leader n%d) at %lld pending\n", follower, leader,
-            (long long)ch_outbox_count(db, "pending"));
-    nh_server_kill(&cluster.node[follower]);
-
-    wait_pending(db, total / 10, relay, errp, 120000, "90% published with a follower down");
-    fprintf(stderr, "restart n%d at %lld pending\n", follower,
-            (long long)ch_outbox_count(db, "pending"));
-    nh_server_start(&cluster.node[follower]);
+    fprintf(stderr, "follower n%d, leader n%d\n", follower, leader);
+    node_step(db, total * 3 / 10, relay, errp, "70% published (a follower)", follower, 1);
+    node_step(db, total / 10, relay, errp, "90% published with a follower down", follower, 0);
 
     wait_pending(db, 0, relay, errp, 120000, "all published");
     fprintf(stderr, "drained %lld messages through the kills in %.1f s\n", (long long)total,
