@@ -468,13 +468,16 @@ TEST(driver_list)
     /* The PostgreSQL store's own table, built or not, shared by
      * postgresql://; its doc says libpq's parameters are taken as well. */
     d = outbox_driver_get(OUTBOX_DRIVER_STORE, 1);
-    ASSERT_EQ(d->prop_count, 2);
+    ASSERT_EQ(d->prop_count, 6); /* schema, partitions, then the TCP keepalive settings */
     ASSERT_STREQ(d->props[0].name, "schema");
     ASSERT_STREQ(d->props[0].default_value, "outbox");
     ASSERT_STREQ(d->props[1].name, "partitions");
     ASSERT_STREQ(d->props[1].type, "int");
     ASSERT_STREQ(d->props[1].default_value, "32");
     ASSERT_STREQ(d->props[1].range, "1..1024");
+    ASSERT_STREQ(d->props[2].name, "keepalives_idle");
+    ASSERT_STREQ(d->props[5].name, "tcp_user_timeout");
+    ASSERT_STREQ(d->props[5].default_value, "30s");
     ASSERT_CONTAINS(d->doc, "libpq's own parameters");
     ASSERT(outbox_driver_get(OUTBOX_DRIVER_STORE, 2)->props == d->props);
     ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_STORE, 2)->built, d->built);
@@ -501,7 +504,7 @@ TEST(driver_list)
     ASSERT_STREQ(d->props[4].range, "1..1024");
     ASSERT_STREQ(d->props[4].placeholder, "N");
     ASSERT(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 4)->props == d->props); /* https */
-    ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 5)->prop_count, 10); /* nats */
+    ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 5)->prop_count, 12); /* nats */
     ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 6)->prop_count, 3);  /* kafka */
     ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 0)->prop_count, 0);  /* stdout */
 #ifdef OUTBOX_HAVE_CURL

@@ -31,6 +31,10 @@ typedef struct pg_store {
     char shown[512]; /* redacted URL for messages */
     char schema[64];
     char qschema[160];
+    /* keepalives and tcp_user_timeout (pg_props): for libpq as keywords,
+     * and for the server's side of the session as "IDLE INTERVAL COUNT MS" */
+    char tcp_settings[160];
+    char server_tcp_settings[96];
     int url_partitions; /* partitions= the URL gives, applied at init (0: not given) */
     int partitions;     /* from meta, 0 until read */
     int32_t part_key;   /* advisory lock class of partitions */

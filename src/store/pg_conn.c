@@ -28,6 +28,10 @@
 typedef struct pg_config {
     char *schema;
     int64_t partitions;
+    int64_t keepalives_idle_ms;
+    int64_t keepalives_interval_ms;
+    int64_t keepalives_count;
+    int64_t tcp_user_timeout_ms;
 } pg_config;
 
 static const outbox_prop pg_props[] = {
@@ -39,6 +43,24 @@ static const outbox_prop pg_props[] = {
      "How many hash partitions of the aggregate ids the relays share (each leases its part).  "
      "Fixed when init creates the schema: on an existing one it is not applied, and init says "
      "so."},
+    /* How fast a dead database is noticed.  libpq's own defaults are the
+     * system's (a first keepalive probe after 2 hours, unacknowledged data
+     * retransmitted for about 15 minutes): a relay blocked in a query on a
+     * connection whose peer vanished would wait that long.  These are
+     * libpq's parameters of the same names, given to it by the store. */
+    {"keepalives_idle", OUTBOX_PROP_DURATION, offsetof(pg_config, keepalives_idle_ms), "10s",
+     "1s..1d", NULL,
+     "TCP keepalives: how long a connection is idle before the first probe (libpq's "
+     "keepalives_idle, whole seconds).  With the two below and tcp_user_timeout, a database "
+     "that vanished without closing the connection is noticed within about 30 s."},
+    {"keepalives_interval", OUTBOX_PROP_DURATION, offsetof(pg_config, keepalives_interval_ms), "5s",
+     "1s..1d", NULL, "TCP keepalives: time between unanswered probes (whole seconds)."},
+    {"keepalives_count", OUTBOX_PROP_INT, offsetof(pg_config, keepalives_count), "3", "1..100",
+     NULL, "TCP keepalives: unanswered probes before the connection is dropped."},
+    {"tcp_user_timeout", OUTBOX_PROP_DURATION, offsetof(pg_config, tcp_user_timeout_ms), "30s",
+     "0ms..1d", NULL,
+     "How long sent data may stay unacknowledged (and keepalive probes unanswered) before the "
+     "connection is dropped (TCP_USER_TIMEOUT; 0: the system's, about 15 minutes)."},
     OUTBOX_PROPS_END,
 };
 
@@ -232,6 +254,16 @@ static int read_settings(pg_store *st, outbox_url *u, outbox_error *err)
     if (code == OUTBOX_OK) {
         snprintf(st->schema, sizeof st->schema, "%s", c.schema);
         st->url_partitions = outbox__url_param(u, "partitions") ? (int)c.partitions : 0;
+        snprintf(st->tcp_settings, sizeof st->tcp_settings,
+                 "keepalives_idle=%lld keepalives_interval=%lld keepalives_count=%lld "
+                 "tcp_user_timeout=%lld",
+                 (long long)(c.keepalives_idle_ms / 1000),
+                 (long long)(c.keepalives_interval_ms / 1000), (long long)c.keepalives_count,
+                 (long long)c.tcp_user_timeout_ms);
+        snprintf(st->server_tcp_settings, sizeof st->server_tcp_settings, "%lld %lld %lld %lld",
+                 (long long)(c.keepalives_idle_ms / 1000),
+                 (long long)(c.keepalives_interval_ms / 1000), (long long)c.keepalives_count,
+                 (long long)c.tcp_user_timeout_ms);
     }
     outbox__props_free(pg_props, &c);
     return code;
@@ -386,6 +418,31 @@ static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_
     return OUTBOX_OK;
 }
 
+/* Appends st->tcp_settings to st->conninfo, a URI (uri) or a keyword
+ * string: the store's keepalive and timeout settings, which libpq reads
+ * under the same names. */
+static int add_tcp_settings(pg_store *st, int uri, outbox_error *err)
+{
+    outbox_buf b;
+    const char *p;
+
+    outbox__buf_init(&b);
+    outbox__buf_puts(&b, st->conninfo);
+    if (uri)
+        outbox__buf_puts(&b, strchr(st->conninfo, '?') ? "&" : "?");
+    else if (b.len > 0)
+        outbox__buf_puts(&b, " ");
+    for (p = st->tcp_settings; *p; p++)
+        outbox__buf_append(&b, uri && *p == ' ' ? "&" : p, 1);
+    if (b.oom || !b.data) {
+        outbox__buf_free(&b);
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
+    }
+    free(st->conninfo);
+    st->conninfo = b.data;
+    return OUTBOX_OK;
+}
+
 static void forget_connection_state(pg_store *st)
 {
     st->in_txn = 0;
@@ -450,6 +507,22 @@ int outbox__pg_need_conn(pg_store *st, outbox_error *err)
     }
     forget_connection_state(st);
     PQsetNoticeReceiver(st->conn, notice_receiver, st);
+    /* The same keepalives on the server's side of the session, so that the
+     * server too drops a session whose relay vanished (and the partition
+     * locks it holds) instead of keeping it for hours. */
+    params[0] = st->server_tcp_settings;
+    res = PQexecParams(st->conn,
+                       "SELECT set_config('tcp_keepalives_idle', split_part($1, ' ', 1), false),"
+                       " set_config('tcp_keepalives_interval', split_part($1, ' ', 2), false),"
+                       " set_config('tcp_keepalives_count', split_part($1, ' ', 3), false),"
+                       " set_config('tcp_user_timeout', split_part($1, ' ', 4), false)",
+                       1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = outbox__pg_fail(st->conn, res, "setting the session's TCP keepalives", err);
+        PQclear(res);
+        goto fail;
+    }
+    PQclear(res);
     code = outbox__pg_quote_schema(st->conn, st->schema, st->qschema, sizeof st->qschema, err);
     if (code != OUTBOX_OK) goto fail;
     params[0] = st->schema;
@@ -539,6 +612,7 @@ static int pg_open(void **state, const char *url, outbox_error *err)
         snprintf(st->shown, sizeof st->shown, "postgres:%s", masked);
         code = split_keywords(st, rest, &st->conninfo, err);
     }
+    if (code == OUTBOX_OK) code = add_tcp_settings(st, strncmp(rest, "//", 2) == 0, err);
     if (code != OUTBOX_OK) goto fail;
     {
         /* Let libpq check the syntax now: a bad URL is a start-up error.

@@ -67,6 +67,8 @@ typedef struct nats_config {
     int64_t max_pending;
     int64_t ack_timeout_ms;
     int64_t connect_timeout_ms;
+    int64_t ping_interval_ms;
+    int64_t max_pings_out;
     char *token;
     char *creds;
     char *ca_file;
@@ -91,6 +93,15 @@ static const outbox_prop nats_props[] = {
      "How long a batch waits for JetStream's acks; what is unacknowledged then is retried."},
     {"connect_timeout", OUTBOX_PROP_DURATION, NATS_FIELD(connect_timeout_ms), "5s", "1ms..", NULL,
      "How long connecting to a server may take."},
+    /* nats.c's default, 2 minutes and 2 pings, lets a connection whose
+     * server vanished without closing it (a dead host, a silent network)
+     * hold the relay for up to 6 minutes. */
+    {"ping_interval", OUTBOX_PROP_DURATION, NATS_FIELD(ping_interval_ms), "10s", "100ms..1h", NULL,
+     "How often the client pings the server; a connection whose pings go unanswered "
+     "max_pings_out + 1 times in a row is taken as dead and reconnected (by default within "
+     "30 s)."},
+    {"max_pings_out", OUTBOX_PROP_INT, NATS_FIELD(max_pings_out), "2", "1..100", NULL,
+     "Pings that may go unanswered before the connection is taken as dead."},
     {"token", OUTBOX_PROP_SECRET, NATS_FIELD(token), NULL, NULL, "TOKEN",
      "An authentication token (user:password in the URL is the other way)."},
     {"creds", OUTBOX_PROP_SECRET_FILE, NATS_FIELD(creds), NULL, NULL, NULL,
@@ -165,6 +176,7 @@ typedef struct nats_state {
     int published;                  /* js_PublishMsgAsync succeeded once (nats.c 3.4's
                                        js_PublishAsyncGetPendingList needs that) */
     _Atomic int64_t reconnected_us; /* monotonic time of the last reconnect */
+    int replicated;                 /* the stream has replicas: "no responders" is an election */
 
     /* The open batches, oldest first from `first`; shared with ack_handler
      * under mu. */
@@ -346,7 +358,14 @@ static void ack_error(nats_state *st, outbox_publish_result *r, const outbox_msg
     const char *subj = natsMsg_GetSubject(msg);
     int64_t since = outbox__monotonic_us() - atomic_load(&st->reconnected_us);
     if (pae->Err == NATS_NO_RESPONDERS) {
-        if (atomic_load(&st->disconnects) > 0 && since < RECONNECT_GRACE_US)
+        if (st->replicated)
+            /* A replicated stream checked at start-up: nobody answers while
+             * its replicas elect a new leader (the old one died). */
+            set_result(r, OUTBOX_EPUBLISH,
+                       "no JetStream stream answered on subject %s (stream %s may be electing a "
+                       "leader)",
+                       subj ? subj : "?", st->stream);
+        else if (atomic_load(&st->disconnects) > 0 && since < RECONNECT_GRACE_US)
             set_result(r, OUTBOX_EPUBLISH,
                        "no JetStream stream answered on subject %s just after a reconnect "
                        "(JetStream may still be starting)",
@@ -468,6 +487,7 @@ static int check_stream(nats_state *st, const char *create, const char *tmpl, ou
             s == NATS_NO_RESPONDERS ? " (is JetStream enabled? start nats-server -js)" : "");
         goto out;
     }
+    st->replicated = si->Config && si->Config->Replicas > 1;
     for (i = 0; si->Config && i < si->Config->SubjectsLen; i++)
         if (filter_covers(si->Config->Subjects[i], pattern.data)) covered = 1;
     if (si->Config && si->Config->SubjectsLen == 0 && strchr(pattern.data, '*') == NULL &&
@@ -536,6 +556,8 @@ static int set_options(nats_state *st, const outbox_url *u, const nats_config *c
     if (s == NATS_OK) s = natsOptions_SetAllowReconnect(st->opts, true);
     if (s == NATS_OK) s = natsOptions_SetMaxReconnect(st->opts, -1);
     if (s == NATS_OK) s = natsOptions_SetReconnectWait(st->opts, 250);
+    if (s == NATS_OK) s = natsOptions_SetPingInterval(st->opts, c->ping_interval_ms);
+    if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(st->opts, (int)c->max_pings_out);
 
     if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(st->opts, on_disconnected, st);
     if (s == NATS_OK) s = natsOptions_SetReconnectedCB(st->opts, on_reconnected, st);

@@ -90,13 +90,28 @@ void nh_server_stop(nh_server *s)
     s->pid = 0;
 }
 
+/* s->url, one URL or a comma-separated list (a cluster's nodes), into o:
+ * nats.c 3.4 takes a list only through natsOptions_SetServers. */
+static natsStatus nh_set_url(natsOptions *o, const char *url)
+{
+    char copy[sizeof((nh_server *)0)->url], *save = NULL, *u;
+    const char *list[NH_CLUSTER_SIZE + 1];
+    int n = 0;
+    if (strchr(url, ',') == NULL) return natsOptions_SetURL(o, url);
+    snprintf(copy, sizeof copy, "%s", url);
+    for (u = strtok_r(copy, ",", &save); u && n < NH_CLUSTER_SIZE + 1;
+         u = strtok_r(NULL, ",", &save))
+        list[n++] = u;
+    return natsOptions_SetServers(o, list, n);
+}
+
 natsConnection *nh_connect(const nh_server *s, jsCtx **js)
 {
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
     int attempts = s->creds[0] ? NH_CREDS_ATTEMPTS : 1;
     natsStatus st = natsOptions_Create(&o);
-    if (st == NATS_OK) st = natsOptions_SetURL(o, s->url);
+    if (st == NATS_OK) st = nh_set_url(o, s->url);
     if (st == NATS_OK && s->user[0]) st = natsOptions_SetUserInfo(o, s->user, s->pass);
     if (st == NATS_OK && s->token[0]) st = natsOptions_SetToken(o, s->token);
     if (st == NATS_OK && s->creds[0])
@@ -123,6 +138,12 @@ natsConnection *nh_connect(const nh_server *s, jsCtx **js)
 
 void nh_stream_create(const nh_server *s, const char *name, const char *subjects)
 {
+    nh_stream_create_replicated(s, name, subjects, 1);
+}
+
+void nh_stream_create_replicated(const nh_server *s, const char *name, const char *subjects,
+                                 int replicas)
+{
     jsCtx *js = NULL;
     natsConnection *nc = nh_connect(s, &js);
     jsStreamConfig sc;
@@ -136,7 +157,8 @@ void nh_stream_create(const nh_server *s, const char *name, const char *subjects
     sc.SubjectsLen = 1;
     sc.Storage = js_FileStorage;
     sc.Duplicates = (int64_t)600 * 1000000000LL;
-    for (int tries = 0; tries < 50; tries++) {
+    sc.Replicas = replicas;
+    for (int tries = 0; tries < 50 * replicas; tries++) {
         st = js_AddStream(&si, js, &sc, NULL, &jerr);
         if (st == NATS_OK) break;
         ch_sleep_ms(100);
@@ -187,7 +209,13 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
     so.Stream = name;
     so.Ordered = true;
     if (total > 0) {
-        st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
+        /* A cluster that just got a node back may take a moment to create
+         * the consumer. */
+        for (int tries = 0; tries < 20; tries++) {
+            st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
+            if (st != NATS_TIMEOUT) break;
+            ch_sleep_ms(500);
+        }
         if (st != NATS_OK)
             TEST_FAIL_("subscribe %s: %s (%d)", name, natsStatus_GetText(st), (int)jerr);
         /* No limit on what waits to be read: a reader slowed by a loaded
@@ -247,6 +275,76 @@ int64_t nh_stream_dump(const nh_server *s, const char *name, const char *filter,
     int64_t n = nh_stream_read(s, name, filter, nh_line_writer, f);
     fclose(f);
     return n;
+}
+
+/* ------------------------------------------------------------------------
+ * Cluster
+ * ---------------------------------------------------------------------- */
+
+void nh_cluster_start(nh_cluster *c)
+{
+    char routes[300] = "";
+    int i;
+    nh_require_server();
+    memset(c, 0, sizeof *c);
+    for (i = 0; i < NH_CLUSTER_SIZE; i++) {
+        c->node[i].port = ch_free_port();
+        c->route_port[i] = ch_free_port();
+        snprintf(routes + strlen(routes), sizeof routes - strlen(routes),
+                 "%snats-route://127.0.0.1:%d", i ? ", " : "", c->route_port[i]);
+    }
+    for (i = 0; i < NH_CLUSTER_SIZE; i++) {
+        nh_server *s = &c->node[i];
+        char name[64];
+        FILE *f;
+        snprintf(name, sizeof name, "cluster-n%d.conf", i);
+        ch_path(s->conf, name);
+        f = fopen(s->conf, "w");
+        if (!f) TEST_FAIL_("cannot write %s", s->conf);
+        fprintf(f,
+                "server_name: n%d\n"
+                "cluster {\n  name: outbox-test\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n",
+                i, c->route_port[i], routes);
+        fclose(f);
+        nh_server_start(s);
+        snprintf(c->url + strlen(c->url), sizeof c->url - strlen(c->url), "%s127.0.0.1:%d",
+                 i ? "," : "nats://", s->port);
+    }
+    c->client = c->node[0];
+    snprintf(c->client.url, sizeof c->client.url,
+             "nats://127.0.0.1:%d,nats://127.0.0.1:%d,"
+             "nats://127.0.0.1:%d",
+             c->node[0].port, c->node[1].port, c->node[2].port);
+}
+
+int nh_cluster_stream_leader(nh_cluster *c, const char *name, int64_t timeout_ms)
+{
+    int64_t deadline = ch_now_ms() + timeout_ms;
+    jsCtx *js = NULL;
+    natsConnection *nc = nh_connect(&c->client, &js);
+    int leader = -1;
+    while (leader < 0 && ch_now_ms() < deadline) {
+        jsStreamInfo *si = NULL;
+        jsErrCode jerr = 0;
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = 2000;
+        if (js_GetStreamInfo(&si, js, name, &jo, &jerr) == NATS_OK && si->Cluster &&
+            si->Cluster->Leader && sscanf(si->Cluster->Leader, "n%d", &leader) == 1 &&
+            (leader < 0 || leader >= NH_CLUSTER_SIZE || c->node[leader].pid <= 0))
+            leader = -1;
+        jsStreamInfo_Destroy(si);
+        if (leader < 0) ch_sleep_ms(100);
+    }
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return leader;
+}
+
+void nh_cluster_stop(nh_cluster *c)
+{
+    for (int i = 0; i < NH_CLUSTER_SIZE; i++)
+        nh_server_stop(&c->node[i]);
 }
 
 #endif /* OUTBOX_HAVE_NATS */

@@ -89,4 +89,35 @@ const char *nh_header(natsMsg *m, const char *key);
 /* Dumps stream `name` into path as lines for ch_check_file; returns count. */
 int64_t nh_stream_dump(const nh_server *s, const char *name, const char *filter, const char *path);
 
+/* ------------------------------------------------------------------------
+ * A JetStream cluster of three nats-server processes on loopback
+ * ---------------------------------------------------------------------- */
+
+#define NH_CLUSTER_SIZE 3
+
+typedef struct nh_cluster {
+    nh_server node[NH_CLUSTER_SIZE]; /* server_name "n0".."n2" */
+    int route_port[NH_CLUSTER_SIZE];
+    nh_server client; /* url lists every node: the helpers' connections use it */
+    char url[400];    /* nats://127.0.0.1:P0,127.0.0.1:P1,127.0.0.1:P2 (the relay's form) */
+} nh_cluster;
+
+/* Starts the three servers (ports, route ports, store dirs and config
+ * files in the test's directory) and waits until JetStream has a meta
+ * leader.  Skips (77) without nats-server. */
+void nh_cluster_start(nh_cluster *c);
+
+/* Creates stream `name` on subjects with `replicas` replicas (file
+ * storage, duplicate window 10 minutes), retrying while the cluster
+ * settles. */
+void nh_stream_create_replicated(const nh_server *s, const char *name, const char *subjects,
+                                 int replicas);
+
+/* Index of the node that leads stream `name` (-1 when none answers within
+ * timeout_ms). */
+int nh_cluster_stream_leader(nh_cluster *c, const char *name, int64_t timeout_ms);
+
+/* Stops every node (SIGTERM). */
+void nh_cluster_stop(nh_cluster *c);
+
 #endif /* OUTBOX_TEST_SUPPORT_NATS_H */
