@@ -21,7 +21,8 @@
  * Producers (tests/support/chaos.h) keep committing into the three
  * outboxes (the PostgreSQL one pauses while its server restarts).  Every
  * 10 s the resident set (VmRSS), open descriptors and threads of the two
- * long-lived relays go to soak.csv in the test directory.
+ * long-lived relays go to soak.csv (copied to the working directory at the
+ * end of the load).
  *
  * At the end the producers stop, the relays drain everything (Failed ones
  * retried), stop with SIGTERM (exit 0: LeakSanitizer finds nothing) and
@@ -185,6 +186,10 @@ static int judge_growth(const char *who, const series *s)
         if (s->v[i].rss_kb > peak) peak = s->v[i].rss_kb;
     int ok = late.rss_kb - early.rss_kb <= max_rss_kb && late.fds - early.fds <= 4 &&
              late.threads - early.threads <= 2;
+    fprintf(stderr, "soak: %s relay, RSS KiB by tenth of the run:", who);
+    for (int t = 0; t < 10; t++)
+        fprintf(stderr, " %lld", (long long)series_mean(s, t / 10.0, (t + 1) / 10.0).rss_kb);
+    fprintf(stderr, "\n");
     fprintf(stderr,
             "soak: %s relay, %zu samples: RSS %lld -> %lld KiB (peak %lld, bound +%lld), fds "
             "%lld -> %lld (bound +4), threads %lld -> %lld (bound +2): %s\n",
@@ -405,6 +410,11 @@ TEST(soak)
         ch_sleep_ms(200);
     }
     fclose(fcsv);
+    /* The samples outlive the test directory: soak.csv where it runs. */
+    {
+        const char *argv[] = {"cp", csv, "soak.csv", NULL};
+        ch_run(argv, NULL, NULL, NULL, 10000);
+    }
 
     /* Drain: producers stop, Failed messages are retried until none is
      * left, every outbox empties. */
