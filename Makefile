@@ -65,7 +65,7 @@ deb:
 	  for f in ../*_$${v}_*.deb ../*_$${v}_*.ddeb ../outbox_$${v}_$$a.changes \
 	           ../outbox_$${v}_$$a.buildinfo; do \
 	    [ -e "$$f" ] && mv "$$f" build-deb/ || true; done
-	dh_clean
+	debian/rules clean
 	@ls build-deb
 
 install: deps

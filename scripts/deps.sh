@@ -11,6 +11,10 @@ drivers="libpq-dev libcurl4-openssl-dev libmicrohttpd-dev libssl-dev libnats-dev
 servers="postgresql nats-server python3 curl openssl"
 # The fuzz targets (make fuzz, make fuzz-replay) need clang's libFuzzer.
 servers="$servers clang"
+# The manual pages' test renders them (man-db, groff-base); the unit's test
+# runs systemd-analyze (systemd) and logrotate -d; make deb (CI) builds and
+# checks the Debian packages (dpkg-dev, debhelper, lintian).
+servers="$servers man-db groff-base systemd logrotate dpkg-dev debhelper lintian"
 case "${1:-build}" in
   build) want="$want $drivers" ;;
   test) want="$want $drivers $servers" ;;
