@@ -129,10 +129,16 @@ static void status_line(const char *state, char *out, size_t len)
  * Today this reads outbox_relay_get_stats, the only view of the loop the
  * public API gives: counters that moved prove a turn that did work.  Still
  * counters prove nothing (an idle relay's do not move), so they count as
- * alive: a loop stuck while messages are due is not caught yet.  Once the
- * relay exposes the time of its last loop turn (outbox_relay_metrics),
- * this becomes "the loop turned within the last WATCHDOG_USEC/2", which
- * an idle loop also meets (it wakes at least every poll interval). */
+ * alive: a loop stuck while messages are due is not caught yet.  With the
+ * relay metrics (outbox_relay_get_metrics, loop_age_us and deadline_us)
+ * the body becomes
+ *
+ *     outbox_relay_metrics m = {.size = sizeof m};
+ *     if (outbox_relay_get_metrics(notify_relay, &m) != OUTBOX_OK) return 1;
+ *     return m.loop_age_us <= m.deadline_us;
+ *
+ * which an idle loop meets too (it turns at least every poll interval)
+ * and a stuck one fails, so that systemd restarts it after WatchdogSec. */
 static int relay_loop_alive(void)
 {
     outbox_relay_stats now;
