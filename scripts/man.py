@@ -26,8 +26,15 @@ import os
 import re
 import subprocess
 import sys
+import time
 
-DATE = os.environ.get("OUTBOX_MAN_DATE", "")
+# The pages' date: the release's (SOURCE_DATE_EPOCH, which Debian's build
+# sets from debian/changelog), so that a rebuild writes the same bytes.
+DATE = (
+    time.strftime("%Y-%m-%d", time.gmtime(int(os.environ["SOURCE_DATE_EPOCH"])))
+    if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit()
+    else ""
+)
 # (name, section, Markdown file under the source tree, one-line summary):
 # skipped when the file is absent.
 PAGES_FROM_MARKDOWN = [
@@ -192,6 +199,11 @@ def md_to_roff(text, top_section="DESCRIPTION"):
     as "header value", the last cell as the text."""
     out = [".SH " + top_section] if top_section else []
     lines = text.splitlines()
+    if not top_section:
+        # The page's own sections only: what comes before the first '##'
+        # introduces the Markdown file, not the manual page.
+        first = next((k for k, l in enumerate(lines) if l.startswith("## ")), 0)
+        lines = lines[first:]
     i = 0
     para = []
 
@@ -307,7 +319,8 @@ def header_functions(path):
             proto = " ".join(d.strip() for d in decl)
             proto = re.sub(r"^OUTBOX_API ", "", proto)
             proto = re.sub(r"\s+", " ", proto)
-            out += [".PP", ".nf", "\\fB" + esc(proto) + "\\fR", ".fi"]
+            # Filled, left-aligned: a long prototype wraps at the page's width.
+            out += [".PP", ".ad l", ".nh", "\\fB" + esc(proto) + "\\fR", ".hy", ".ad"]
             if pending_comment:
                 out.append(".RS 4")
                 out += [line_safe(esc(c)) for c in pending_comment if c.strip()]
@@ -315,11 +328,9 @@ def header_functions(path):
             pending_comment = None
             i += 1
             continue
-        if line.strip() == "":
-            # A comment followed by a blank line is about what comes next
-            # only when a declaration follows at once; keep it otherwise.
-            pass
-        elif not line.startswith((" ", "#", "}", "{")):
+        if line.strip() and not line.startswith((" ", "#", "}", "{")):
+            # A comment is a function's when only blank lines, macros and
+            # struct bodies stand between them (types keep theirs).
             pending_comment = None
         i += 1
     return out
@@ -368,7 +379,10 @@ def main():
         see.append(("outbox.conf", "5"))
     see.append(("liboutbox", "3"))
 
-    drivers = md_to_roff(run(args.outbox, "help", "drivers", "--markdown"), "DRIVERS")
+    # Without the sentence that says where docs/CLI.md's copy comes from.
+    drivers_md = re.sub(r"^Made by .*?\)\.\s+", "", run(args.outbox, "help", "drivers", "--markdown"),
+                        flags=re.S)
+    drivers = md_to_roff(drivers_md, "DRIVERS")
     written = [write(args.out, "outbox", "1",
                      help_to_man(main_help, "outbox", "a transactional outbox for SQL databases",
                                  extra=drivers, see_also=see))]
@@ -379,7 +393,7 @@ def main():
 
     api = open(os.path.join(args.source, "docs/API.md"), encoding="utf-8").read()
     lib = header("liboutbox", "3", "the transactional outbox library", "docs/API.md and outbox.h")
-    lib += md_to_roff(api) + header_functions(os.path.join(args.source, "include/outbox.h"))
+    lib += md_to_roff(api, None) + header_functions(os.path.join(args.source, "include/outbox.h"))
     lib += [".SH SEE ALSO", "\\fBoutbox\\fR(1), \\fBsqlite3\\fR(3)"]
     written.append(write(args.out, "liboutbox", "3", "\n".join(lib) + "\n"))
 
