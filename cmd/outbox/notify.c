@@ -61,7 +61,10 @@ int cli_notify_send(const char *state)
 
     fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    sent = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (const struct sockaddr *)&addr, addr_len);
+    /* Never blocks: a service manager that does not read its socket costs
+     * a notification (logged), not a stalled stop. */
+    sent = sendto(fd, state, strlen(state), MSG_NOSIGNAL | MSG_DONTWAIT,
+                  (const struct sockaddr *)&addr, addr_len);
     saved = errno;
     close(fd);
     errno = saved;
@@ -83,7 +86,8 @@ static outbox_relay_stats last_seen; /* the counters at the last liveness look *
 static char last_status[sizeof destination + 128]; /* the STATUS= line last sent */
 
 /* Sends state, logging (once per kind of failure in a row) when it cannot:
- * a relay whose supervisor went away goes on publishing. */
+ * a relay whose supervisor went away goes on publishing.  Called with
+ * notify_lock held. */
 static void send_logged(const char *state)
 {
     static int last_errno;
@@ -202,10 +206,7 @@ void cli_notify_ready(outbox_relay *relay, const char *to)
     outbox_relay_get_stats(relay, &last_seen);
     status_line("publishing to", last_status, sizeof last_status);
     snprintf(ready, sizeof ready, "READY=1\n%s", last_status);
-    pthread_mutex_unlock(&notify_lock);
     send_logged(ready);
-
-    pthread_mutex_lock(&notify_lock);
     thread_quit = 0;
     if (pthread_create(&notify_thread, NULL, notify_main, NULL) == 0)
         thread_running = 1;
@@ -218,12 +219,11 @@ void cli_notify_ready(outbox_relay *relay, const char *to)
 
 void cli_notify_stopping(void)
 {
-    int send;
+    /* Under the lock, as every send: send_logged's memory is shared. */
     pthread_mutex_lock(&notify_lock);
-    send = !stopping_sent;
+    if (!stopping_sent && getenv("NOTIFY_SOCKET")) send_logged("STOPPING=1");
     stopping_sent = 1;
     pthread_mutex_unlock(&notify_lock);
-    if (send && getenv("NOTIFY_SOCKET")) send_logged("STOPPING=1");
 }
 
 void cli_notify_end(void)
