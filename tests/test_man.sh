@@ -11,6 +11,7 @@
 # ctest) and man (Debian: man-db, groff-base; exit 77 without, or when the
 # build has no man pages: -DOUTBOX_BUILD_MAN=OFF).
 set -u
+. "$(dirname "${BASH_SOURCE[0]}")/support/checks.sh"
 
 OUTBOX_BIN=${OUTBOX_BIN:-outbox}
 build=${OUTBOX_BUILD_DIR:?set OUTBOX_BUILD_DIR to the build directory}
@@ -21,10 +22,6 @@ mandir=$build/man
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-PASSED=0
-FAILED=0
-ok()   { PASSED=$((PASSED + 1)); }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*"; }
 
 # The pages that must be there.
 expected="man1/outbox.1 man3/liboutbox.3"
@@ -61,5 +58,4 @@ for fn in $(grep -o '^OUTBOX_API[^(]*(' "$source/include/outbox.h" | grep -o 'ou
 done
 ok
 
-echo "test_man: $PASSED passed, $FAILED failed"
-[ "$FAILED" = 0 ]
+checks_done test_man

@@ -13,6 +13,7 @@
 #
 # Needs $OUTBOX_BIN (set by ctest) and python3 (exit 77 without).
 set -u
+. "$(dirname "${BASH_SOURCE[0]}")/support/checks.sh"
 
 OUTBOX_BIN=${OUTBOX_BIN:-outbox}
 command -v python3 >/dev/null 2>&1 || { echo "skip: python3 not installed"; exit 77; }
@@ -27,15 +28,6 @@ trap cleanup EXIT
 cd "$TMP" || exit 1
 unset OUTBOX_STORE OUTBOX_TO OUTBOX_FAULT NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID
 
-PASSED=0
-FAILED=0
-ok()   { PASSED=$((PASSED + 1)); }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*"; }
-check() { # check DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@"; then ok; else fail "$what"; fi
-}
 
 # listen ADDRESS LOG: receives datagrams on ADDRESS (a path, or @name for
 # the abstract namespace) and appends each to LOG as one line, its
@@ -130,5 +122,4 @@ check "an unreachable NOTIFY_SOCKET does not stop the relay (exit $?)" test $? =
 check "an unreachable NOTIFY_SOCKET is logged" grep -q 'cannot notify the service manager' \
     relay3.err
 
-echo "test_notify: $PASSED passed, $FAILED failed"
-[ "$FAILED" = 0 ]
+checks_done test_notify
