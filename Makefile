@@ -6,6 +6,9 @@
 #   make demo     build and run the demo on the embedded default (SQLite)
 #   make bench    build and run the benchmarks
 #   make docs     write docs/CLI.md's driver sections from the drivers' tables
+#   make man      write the manual pages into build/man (also part of make build)
+#   make deb      the Debian packages (liboutbox0, liboutbox-dev, outbox) into
+#                 build-deb/, with dpkg-buildpackage -b -us -uc
 #   make install  release build (no fault points) installed to PREFIX
 #   make asan     AddressSanitizer + UBSan build of the tests, and run them
 #   make format   clang-format every C file (format-check: only check, as CI does)
@@ -24,7 +27,7 @@ JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
 .PHONY: all deps build test demo bench docs install asan clean format format-check fuzz \
-        fuzz-build fuzz-replay soak
+        fuzz-build fuzz-replay soak man deb
 
 all: build
 
@@ -46,6 +49,24 @@ bench: build
 
 docs: build
 	@cmake --build $(BUILD) --target docs
+
+man: build
+	@cmake --build $(BUILD) --target man
+
+# The packages are a release build without tests, benchmarks or fault points
+# (debian/rules); dpkg-buildpackage leaves them in the checkout's parent,
+# from where they are moved to build-deb/, and its own files are removed.
+deb:
+	@command -v dpkg-buildpackage >/dev/null && command -v dh >/dev/null || \
+	  { echo "make deb: needs dpkg-dev and debhelper (apt-get install dpkg-dev debhelper)"; exit 1; }
+	dpkg-buildpackage -b -us -uc
+	rm -rf build-deb && mkdir -p build-deb
+	@set -e; v=$$(dpkg-parsechangelog -S Version); a=$$(dpkg --print-architecture); \
+	  for f in ../*_$${v}_*.deb ../*_$${v}_*.ddeb ../outbox_$${v}_$$a.changes \
+	           ../outbox_$${v}_$$a.buildinfo; do \
+	    [ -e "$$f" ] && mv "$$f" build-deb/ || true; done
+	debian/rules clean
+	@ls build-deb
 
 install: deps
 	cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DOUTBOX_BUILD_TESTS=OFF \
@@ -114,4 +135,4 @@ format-check:
 	@clang-format --dry-run -Werror $(FORMAT_FILES)
 
 clean:
-	rm -rf build build-asan build-release $(FUZZ_BUILD)
+	rm -rf build build-asan build-release build-deb $(FUZZ_BUILD)

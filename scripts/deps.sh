@@ -14,6 +14,10 @@ servers="$servers clang"
 # RabbitMQ: the amqp:// destination's client library, and the broker its tests start.
 drivers="$drivers librabbitmq-dev"
 servers="$servers rabbitmq-server"
+# The manual pages' test renders them (man-db, groff-base); the unit's test
+# runs systemd-analyze (systemd) and logrotate -d; make deb (CI) builds and
+# checks the Debian packages (dpkg-dev, debhelper, lintian).
+servers="$servers man-db groff-base systemd logrotate dpkg-dev debhelper lintian"
 case "${1:-build}" in
   build) want="$want $drivers" ;;
   test) want="$want $drivers $servers" ;;

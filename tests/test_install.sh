@@ -4,7 +4,9 @@
 # does), then the quickstart compiled with nothing but `pkg-config --cflags
 # --libs liboutbox` (PKG_CONFIG_SYSROOT_DIR points it into the staging
 # tree; outbox.h alone, the shared library by its SONAME) and run against
-# an SQLite file.  Fails
+# an SQLite file.  Also checks the rest of the set is staged: the CLI, the
+# systemd unit, the example configuration, logrotate snippet and manual
+# pages.  Fails
 # when the header needs something it does not include, the .pc file
 # misses a library the API exposes, or the program links a hidden symbol.
 #
@@ -38,6 +40,33 @@ inc_dir=$(pkg-config --variable=includedir liboutbox)
 [ "${inc_dir#"$stage"}" != "$inc_dir" ] || inc_dir=$stage$inc_dir
 [ -f "$inc_dir/outbox.h" ] || fail "outbox.h not installed in $inc_dir"
 [ -e "$lib_dir/liboutbox.so.0" ] || fail "liboutbox.so.0 (the SONAME) not installed in $lib_dir"
+
+# The rest of what make install and the packages ship: the CLI, the
+# systemd unit, the example configuration, the logrotate snippet and the
+# manual pages (when the build made them).
+cache() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt"; }
+prefix=$(cache CMAKE_INSTALL_PREFIX)
+sysconf=$(cache CMAKE_INSTALL_SYSCONFDIR)
+case $sysconf in
+/*) ;;
+*) if [ "$prefix" = /usr ]; then sysconf=/$sysconf; else sysconf=$prefix/$sysconf; fi ;;
+esac # GNUInstallDirs: a /usr prefix has its configuration in /etc
+prefix=$stage$prefix
+sysconf=$stage$sysconf
+shipped="bin/outbox"
+for f in $shipped; do [ -x "$prefix/$f" ] || fail "$f not installed under $prefix"; done
+"$prefix/bin/outbox" --version >/dev/null || fail "the installed outbox does not run"
+unit=$(find "$stage" -path '*/systemd/system/outbox-relay@.service' | head -1)
+[ -n "$unit" ] || fail "outbox-relay@.service not installed"
+[ -f "$sysconf/outbox/example.conf" ] || fail "outbox/example.conf not installed in $sysconf"
+[ -f "$sysconf/logrotate.d/outbox" ] || fail "logrotate.d/outbox not installed in $sysconf"
+if grep -q '^OUTBOX_BUILD_MAN:BOOL=ON$' "$build/CMakeCache.txt"; then
+    for page in man1/outbox.1 man1/outbox-relay.1 man1/outbox-init.1 man3/liboutbox.3; do
+        [ -f "$prefix/share/man/$page" ] || fail "$page not installed in $prefix/share/man"
+    done
+    [ ! -f "$source/docs/CONFIG.md" ] || [ -f "$prefix/share/man/man5/outbox.conf.5" ] ||
+        fail "man5/outbox.conf.5 not installed"
+fi
 
 flags=$(pkg-config --cflags --libs liboutbox) || fail "pkg-config --cflags --libs liboutbox"
 # A sanitized build's library needs the sanitizers' runtime in the program.

@@ -13,6 +13,7 @@
  * other event, and no library thread is interrupted by them.
  */
 #include "cli.h"
+#include "notify.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -143,6 +144,7 @@ static void *signal_thread(void *arg)
                     sig == SIGINT ? "SIGINT" : "SIGTERM");
             stop_asked = 1;
             if (signal_relay) outbox_relay_stop(signal_relay);
+            cli_notify_stopping();
         }
         pthread_mutex_unlock(&signal_lock);
         pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
@@ -450,7 +452,9 @@ int cmd_relay(int argc, char **argv)
         return cli_fail(cmd, rc, &err);
     }
     signals_attach(relay);
+    cli_notify_ready(relay, to);
     rc = outbox_relay_run(relay, &err);
+    cli_notify_end();
     signals_attach(NULL);
     signals_stop(signals);
 
