@@ -137,6 +137,35 @@ OUTBOX_API void outbox_log_set(outbox_log_fn fn, void *user, int min_level);
 /* "debug", "info", "warn", "error". */
 OUTBOX_API const char *outbox_log_level_name(int level);
 
+/* What a log line is about, beside its text: filled for the relay's lines
+ * about one message (a publication that failed, will be retried, ...).
+ * size is sizeof(outbox_log_fields) in the library that filled it: the
+ * struct only grows at its end, so a callback built against an older
+ * header reads the members it knows, and one built against a newer header
+ * reads a member only when offsetof(member) + sizeof(member) <= size.
+ * Strings are NULL when unknown and valid only during the call; they are
+ * stored text, unescaped (a writer must escape them for its format). */
+typedef struct outbox_log_fields {
+    size_t size;
+    const char *msg_id;         /* the message's id */
+    const char *aggregate_type; /* "" when the message has none */
+    const char *aggregate_id;
+    unsigned attempt;        /* the attempt just made, 1-based; 0 when none */
+    const char *destination; /* the destination's URL, secrets masked */
+    const char *traceparent; /* the message's W3C traceparent header */
+} outbox_log_fields;
+
+/* Log callback with fields: as outbox_log_fn, plus fields, NULL for lines
+ * not about a message. */
+typedef void (*outbox_log_fields_fn)(void *user, int level, const char *component,
+                                     const char *message, const outbox_log_fields *fields);
+
+/* Installs a log callback that also receives the fields of a line (NULL:
+ * logging off).  It replaces a callback installed with outbox_log_set, and
+ * outbox_log_set replaces it: one callback at a time.  Not thread-safe
+ * against concurrent logging: call it at start-up. */
+OUTBOX_API void outbox_log_set_fields(outbox_log_fields_fn fn, void *user, int min_level);
+
 /* ------------------------------------------------------------------------
  * Limits
  * ---------------------------------------------------------------------- */

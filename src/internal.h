@@ -122,6 +122,11 @@ const char *outbox__error_name(int code);
 /* Logs through the installed callback when level >= the minimum. */
 void outbox__log(int level, const char *component, const char *fmt, ...) OUTBOX__PRINTF(3, 4);
 int outbox__log_enabled(int level);
+/* Logs a line about message m with its fields (msg id, aggregate,
+ * traceparent, attempt when not 0, destination when not NULL) for
+ * callbacks installed with outbox_log_set_fields. */
+void outbox__log_msg(int level, const char *component, const outbox_msg *m, unsigned attempt,
+                     const char *destination, const char *fmt, ...) OUTBOX__PRINTF(6, 7);
 
 /* Copies url into out with any password (user:PASSWORD@) and values of query
  * parameters named like secrets (password, token, secret, key, pass) replaced

@@ -715,21 +715,21 @@ static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size
         if (res->code == OUTBOX_EREJECTED || attempt >= o->max_attempts) {
             c->outcome = OUTBOX_OUTCOME_FAILED;
             (*failed)++;
-            outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
-                        "message %s (aggregate %s) failed for good after attempt %u/%u%s: %s",
-                        m->id, m->aggregate_id, attempt, o->max_attempts,
-                        res->code == OUTBOX_EREJECTED ? " (rejected by the destination)" : "",
-                        res->error[0] ? res->error : outbox_strerror(res->code));
+            outbox__log_msg(OUTBOX_LOG_ERROR, COMPONENT, m, attempt, r->dest_shown,
+                            "message %s (aggregate %s) failed for good after attempt %u/%u%s: %s",
+                            m->id, m->aggregate_id, attempt, o->max_attempts,
+                            res->code == OUTBOX_EREJECTED ? " (rejected by the destination)" : "",
+                            res->error[0] ? res->error : outbox_strerror(res->code));
         } else {
             int64_t delay = outbox__backoff_ms(attempt, o->backoff_base_ms, o->backoff_max_ms);
             if (res->retry_after_ms > delay) delay = res->retry_after_ms;
             c->outcome = OUTBOX_OUTCOME_RETRY;
             c->available_at = now_us + delay * 1000;
             (*retried)++;
-            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
-                        "message %s attempt %u/%u failed, next try in %lld ms: %s", m->id, attempt,
-                        o->max_attempts, (long long)delay,
-                        res->error[0] ? res->error : outbox_strerror(res->code));
+            outbox__log_msg(OUTBOX_LOG_WARN, COMPONENT, m, attempt, r->dest_shown,
+                            "message %s attempt %u/%u failed, next try in %lld ms: %s", m->id,
+                            attempt, o->max_attempts, (long long)delay,
+                            res->error[0] ? res->error : outbox_strerror(res->code));
         }
     }
     if (b->errors.oom || r->held.oom) return OUTBOX_ENOMEM;
