@@ -11,6 +11,10 @@ drivers="libpq-dev libcurl4-openssl-dev libmicrohttpd-dev libssl-dev libnats-dev
 servers="postgresql nats-server python3 curl openssl"
 # The fuzz targets (make fuzz, make fuzz-replay) need clang's libFuzzer.
 servers="$servers clang"
+# The monitoring rules' test runs promtool (prometheus); the console's
+# browser test drives Debian's chromium from node (its modules: npm ci in
+# tests/browser).
+servers="$servers prometheus chromium nodejs npm"
 case "${1:-build}" in
   build) want="$want $drivers" ;;
   test) want="$want $drivers $servers" ;;
