@@ -827,4 +827,13 @@ extern const outbox_transport_ops outbox__transport_https; /* open NULL without 
 extern const outbox_transport_ops outbox__transport_nats;  /* open NULL without NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without RDKAFKA */
 
+/* ------------------------------------------------------------------------
+ * Relay internals the monitor reads (src/relay/relay.c, src/monitor)
+ * ---------------------------------------------------------------------- */
+
+/* The store URL the relay was created with, secrets included (for the
+ * monitor's own store handle; never shown).  Valid until the relay is
+ * freed. */
+const char *outbox__relay_store_url(const outbox_relay *relay);
+
 #endif /* OUTBOX_INTERNAL_H */
