@@ -137,6 +137,35 @@ OUTBOX_API void outbox_log_set(outbox_log_fn fn, void *user, int min_level);
 /* "debug", "info", "warn", "error". */
 OUTBOX_API const char *outbox_log_level_name(int level);
 
+/* What a log line is about, beside its text: filled for the relay's lines
+ * about one message (a publication that failed, will be retried, ...).
+ * size is sizeof(outbox_log_fields) in the library that filled it: the
+ * struct only grows at its end, so a callback built against an older
+ * header reads the members it knows, and one built against a newer header
+ * reads a member only when offsetof(member) + sizeof(member) <= size.
+ * Strings are NULL when unknown and valid only during the call; they are
+ * stored text, unescaped (a writer must escape them for its format). */
+typedef struct outbox_log_fields {
+    size_t size;
+    const char *msg_id;         /* the message's id */
+    const char *aggregate_type; /* "" when the message has none */
+    const char *aggregate_id;
+    unsigned attempt;        /* the attempt just made, 1-based; 0 when none */
+    const char *destination; /* the destination's URL, secrets masked */
+    const char *traceparent; /* the message's W3C traceparent header */
+} outbox_log_fields;
+
+/* Log callback with fields: as outbox_log_fn, plus fields, NULL for lines
+ * not about a message. */
+typedef void (*outbox_log_fields_fn)(void *user, int level, const char *component,
+                                     const char *message, const outbox_log_fields *fields);
+
+/* Installs a log callback that also receives the fields of a line (NULL:
+ * logging off).  It replaces a callback installed with outbox_log_set, and
+ * outbox_log_set replaces it: one callback at a time.  Not thread-safe
+ * against concurrent logging: call it at start-up. */
+OUTBOX_API void outbox_log_set_fields(outbox_log_fields_fn fn, void *user, int min_level);
+
 /* ------------------------------------------------------------------------
  * Limits
  * ---------------------------------------------------------------------- */
@@ -827,6 +856,131 @@ OUTBOX_API void outbox_relay_reopen(outbox_relay *relay);
 
 /* Releases the lease if held and frees everything. */
 OUTBOX_API void outbox_relay_free(outbox_relay *relay);
+
+/* ------------------------------------------------------------------------
+ * Relay metrics and the monitor
+ *
+ * outbox_relay_metrics is what a monitoring endpoint needs of a running
+ * relay beyond outbox_relay_stats (which keeps its layout): counters by
+ * outcome and reason, three histograms, the destination's outage state,
+ * the lease and the last turn of the loop.  The relay keeps it at the cost
+ * of a few atomic additions and one histogram merge per batch; reading it
+ * never makes the relay wait.
+ *
+ * outbox_monitor serves it over HTTP (libmicrohttpd): GET /metrics
+ * (Prometheus text or OpenMetrics), /healthz, /readyz, a web console at /
+ * and its JSON API under /api/ (documented in docs/MONITORING.md and the
+ * README's "Monitoring").
+ * ---------------------------------------------------------------------- */
+
+/* Buckets of every histogram below, the last one +Inf. */
+#define OUTBOX_HISTOGRAM_BUCKETS 16
+
+/* A histogram with fixed buckets.  counts[i] is the number of observations
+ * in (le[i-1], le[i]] (not cumulative); le is ascending and ends with
+ * INFINITY. */
+typedef struct outbox_histogram {
+    double le[OUTBOX_HISTOGRAM_BUCKETS];
+    uint64_t counts[OUTBOX_HISTOGRAM_BUCKETS];
+    uint64_t count; /* all observations */
+    double sum;     /* of the observed values */
+} outbox_histogram;
+
+/* Where a relay is in its life (outbox_relay_metrics.state). */
+enum {
+    OUTBOX_RELAY_STARTING = 0, /* created, run() not called or taking the lease */
+    OUTBOX_RELAY_RUNNING = 1,  /* holds the lease, publishing or idle */
+    OUTBOX_RELAY_STANDBY = 2,  /* waiting for another relay's lease (wait_for_lease) */
+    OUTBOX_RELAY_STOPPED = 3   /* run() returned */
+};
+
+/* "starting", "running", "standby", "stopped" ("unknown" otherwise). */
+OUTBOX_API const char *outbox_relay_state_name(int state);
+
+/* A relay's metrics since it was created.  Fill size (sizeof your struct)
+ * before outbox_relay_get_metrics: fields are only ever appended. */
+typedef struct outbox_relay_metrics {
+    size_t size;
+    /* Counters. */
+    uint64_t published;           /* as outbox_relay_stats */
+    uint64_t retried;             /* publications that failed and were rescheduled */
+    uint64_t failed;              /* messages moved to Failed by publication */
+    uint64_t failed_rejected;     /*   of which the destination refused for good */
+    uint64_t failed_max_attempts; /*   of which ran out of attempts */
+    uint64_t quarantined;         /* stored rows that could not be decoded (Failed) */
+    uint64_t outage_publications; /* failed during a destination outage (not charged) */
+    uint64_t publish_errors;      /* as outbox_relay_stats */
+    uint64_t batches;             /* claims that returned messages */
+    uint64_t store_errors;        /* store calls of the loop that failed */
+    /* State. */
+    int state;                          /* OUTBOX_RELAY_* */
+    int lease_held;                     /* 1 while it holds its lease */
+    int64_t partitions_owned;           /* partitions it publishes (1 for a store with
+                                           one lease, such as SQLite), 0 without lease */
+    int destination_up;                 /* 0 during a destination outage */
+    double destination_backoff_seconds; /* the current outage pause, 0 when up */
+    int64_t down_since_us;              /* unix us when the outage began, 0 when up */
+    int64_t loop_age_us;                /* since the loop last turned (a claim, a wait
+                                           step, a lease try), monotonic */
+    int64_t deadline_us;                /* the longest loop_age_us of a healthy relay:
+                                           max(3 x poll interval, lease TTL, 10 s) */
+    char name[128];                     /* the relay's name (lease owner) */
+    char store[256];                    /* store URL, secrets masked */
+    char store_scheme[32];              /* "sqlite", "postgres" */
+    char destination[256];              /* scheme and host only ("https://hooks.example.com",
+                                           "file:"): no path, query or credentials */
+    char last_error[256];               /* the last publication, store or outage error,
+                                           "" when none */
+    char outage_error[256];             /* why the destination is down, "" when up */
+    /* Histograms: commit to publish = from the message's occurred_at (the
+     * time it was created, just before the enqueue committed) to the
+     * destination's confirmation, seconds; publish duration = one batch's
+     * publication, seconds; batch messages = messages per claimed batch. */
+    outbox_histogram commit_to_publish;
+    outbox_histogram publish_duration;
+    outbox_histogram batch_messages;
+} outbox_relay_metrics;
+
+/* Fills the first out->size bytes of *out (out->size must be set: at
+ * most sizeof(outbox_relay_metrics) is used) with relay's metrics.  Safe
+ * from any thread while run() executes.  OUTBOX_EINVAL for a NULL
+ * argument or a size below the first fields. */
+OUTBOX_API int outbox_relay_get_metrics(const outbox_relay *relay, outbox_relay_metrics *out);
+
+/* Fill with outbox_monitor_options_init, then set fields (it sets size,
+ * which lets the struct grow, as outbox_relay_options does). */
+typedef struct outbox_monitor_options {
+    size_t size;             /* sizeof the caller's struct: set by _init */
+    const char *listen;      /* "127.0.0.1:9464", "[::1]:9464", "localhost:0" (port 0:
+                                an ephemeral port, see outbox_monitor_port); required */
+    int allow_public;        /* 0 (default): refuse an address that is not loopback */
+    const char *admin_token; /* bearer token for the console's retry and drop; NULL
+                                or "": read-only.  Copied; never logged */
+    unsigned refresh_ms;     /* the store's counts are queried at most this often,
+                                in the monitor's own thread; default 5000 */
+} outbox_monitor_options;
+
+/* Fills opts with the defaults above and sets opts->size. */
+OUTBOX_API void outbox_monitor_options_init(outbox_monitor_options *opts);
+
+typedef struct outbox_monitor outbox_monitor;
+
+/* Starts serving the relays relays[0..n) (n >= 1; borrowed: they must
+ * outlive the monitor, which may be started before or after their run())
+ * on opts->listen, with an HTTP thread and a refresh thread of its own.
+ * The store counts come from a store handle of the monitor's own on each
+ * relay's store.  OUTBOX_ECONFIG for a malformed or non-loopback address
+ * without allow_public, OUTBOX_EIO when it cannot bind, OUTBOX_ENOTBUILT
+ * without libmicrohttpd.  On failure *out is NULL. */
+OUTBOX_API int outbox_monitor_new(outbox_monitor **out, outbox_relay *const *relays, size_t n,
+                                  const outbox_monitor_options *opts, outbox_error *err);
+
+/* The port it listens on (the ephemeral one when the port was 0). */
+OUTBOX_API unsigned outbox_monitor_port(const outbox_monitor *monitor);
+
+/* Stops serving (waits for the requests in progress) and frees monitor.
+ * Free it before the relays.  NULL is harmless. */
+OUTBOX_API void outbox_monitor_free(outbox_monitor *monitor);
 
 #ifdef __cplusplus
 }

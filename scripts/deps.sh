@@ -18,6 +18,10 @@ servers="$servers rabbitmq-server"
 # runs systemd-analyze (systemd) and logrotate -d; make deb (CI) builds and
 # checks the Debian packages (dpkg-dev, debhelper, lintian).
 servers="$servers man-db groff-base systemd logrotate dpkg-dev debhelper lintian"
+# The monitoring rules' test runs promtool (prometheus); the console's
+# browser test drives Debian's chromium from node (its modules: npm ci in
+# tests/browser).
+servers="$servers prometheus chromium nodejs npm"
 case "${1:-build}" in
   build) want="$want $drivers" ;;
   test) want="$want $drivers $servers" ;;

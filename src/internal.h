@@ -122,6 +122,11 @@ const char *outbox__error_name(int code);
 /* Logs through the installed callback when level >= the minimum. */
 void outbox__log(int level, const char *component, const char *fmt, ...) OUTBOX__PRINTF(3, 4);
 int outbox__log_enabled(int level);
+/* Logs a line about message m with its fields (msg id, aggregate,
+ * traceparent, attempt when not 0, destination when not NULL) for
+ * callbacks installed with outbox_log_set_fields. */
+void outbox__log_msg(int level, const char *component, const outbox_msg *m, unsigned attempt,
+                     const char *destination, const char *fmt, ...) OUTBOX__PRINTF(6, 7);
 
 /* Copies url into out with any password (user:PASSWORD@) and values of query
  * parameters named like secrets (password, token, secret, key, pass) replaced
@@ -854,5 +859,14 @@ extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without 
 /* RabbitMQ (src/transport/amqp.c). */
 extern const outbox_transport_ops outbox__transport_amqp;  /* open NULL without RABBITMQ */
 extern const outbox_transport_ops outbox__transport_amqps; /* open NULL without RABBITMQ */
+
+/* ------------------------------------------------------------------------
+ * Relay internals the monitor reads (src/relay/relay.c, src/monitor)
+ * ---------------------------------------------------------------------- */
+
+/* The store URL the relay was created with, secrets included (for the
+ * monitor's own store handle; never shown).  Valid until the relay is
+ * freed. */
+const char *outbox__relay_store_url(const outbox_relay *relay);
 
 #endif /* OUTBOX_INTERNAL_H */

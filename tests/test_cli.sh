@@ -369,9 +369,16 @@ check "0 pending after relay" json_check "j['pending']==0 and j['relay'] is None
 check "deleted after sending (on-sent delete)" test "$(rows)" = 0
 
 # --- on-sent mark, then purge ------------------------------------------------
-expect 0 "enqueue for mark" enqueue --store "$DB" --type T --aggregate-id m --payload 1
+TP=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
+expect 0 "enqueue for mark" enqueue --store "$DB" --type T --aggregate-id m --payload 1 \
+    --header traceparent=$TP
 expect 0 "relay --on-sent mark" relay --store "$DB" --to "file:$TMP/events.jsonl" --once \
     --on-sent mark --log-format json
+check "file: the CloudEvent carries the traceparent extension" python3 -c '
+import json, sys
+e = json.loads(open(sys.argv[1]).readlines()[-1])
+assert e["subject"] == "m" and e["traceparent"] == sys.argv[2], e
+' "$TMP/events.jsonl" "$TP"
 check "json log lines parse" python3 -c '
 import json, sys
 for line in open(sys.argv[1]):
@@ -480,6 +487,32 @@ PY
     expect 0 "relay --once with nothing due" relay --store "$FDB" --to "$HOOK/busy" --once
     expect 0 "retry --all-failed with none Failed" retry --store "$FDB" --all-failed
     check "0 requeued" grep -q "^0 requeued" "$TMP/out"
+
+    # a JSON log line about a message carries it as fields, with its trace
+    LDB=sqlite:$TMP/logfields.db
+    "$OUTBOX_BIN" init --store "$LDB" >/dev/null
+    LID=$("$OUTBOX_BIN" enqueue --store "$LDB" --type T --aggregate-type Order \
+        --aggregate-id lf-1 --payload '{"fail":1}' --header traceparent=$TP)
+    run relay --store "$LDB" --to "$HOOK/gone" --once --log-format json
+    check "relay --once, rejected: exit 1 (got $RC)" test "$RC" = 1
+    check "the rejection's JSON log line has the message's fields" python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+about = [o for o in lines if "msg_id" in o]
+assert len(about) == 1, lines
+o = about[0]
+want = {"msg_id": sys.argv[2], "aggregate_type": "Order", "aggregate_id": "lf-1", "attempt": 1,
+        "destination": sys.argv[3], "traceparent": sys.argv[4], "level": "error"}
+assert {k: o.get(k) for k in want} == want, o
+assert sys.argv[2] in o["msg"], o
+for other in lines:
+    if other is not o:
+        assert set(other) == {"time", "level", "component", "msg"}, other
+' "$TMP/err" "$LID" "$HOOK/gone" "$TP"
+    "$OUTBOX_BIN" retry --store "$LDB" "$LID" >/dev/null
+    run relay --store "$LDB" --to "$HOOK/gone" --once
+    check "the text log line names the message, without fields" \
+        grep -Eq "error relay: message $LID \(aggregate lf-1\) failed for good[^{]*$" "$TMP/err"
     kill "$HOOK_PID" 2>/dev/null
     wait "$HOOK_PID" 2>/dev/null
     HOOK_PID=

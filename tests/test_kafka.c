@@ -170,21 +170,22 @@ static void line_writer(void *user, const rd_kafka_message_t *m)
 typedef struct seen {
     int count;
     char topic[4][64], key[4][64], value[4][128];
-    char h[4][10][2][128];
+    char h[4][11][2][128];
 } seen;
 
 static void collect(void *user, const rd_kafka_message_t *m)
 {
     seen *s = user;
-    static const char *const names[10] = {
-        "ce_specversion", "ce_id",        "ce_source",        "ce_type",        "ce_time",
-        "ce_subject",     "content-type", "ce_aggregatetype", "ce_traceparent", "ce_tenantid"};
+    static const char *const names[11] = {
+        "ce_specversion", "ce_id",       "ce_source",    "ce_type",
+        "ce_time",        "ce_subject",  "content-type", "ce_aggregatetype",
+        "ce_traceparent", "ce_tenantid", "traceparent"};
     if (s->count >= 4) TEST_FAIL_("more messages than expected");
     int k = s->count++;
     snprintf(s->topic[k], 64, "%s", rd_kafka_topic_name(m->rkt));
     snprintf(s->key[k], 64, "%.*s", (int)m->key_len, (const char *)m->key);
     snprintf(s->value[k], 128, "%.*s", (int)m->len, (const char *)m->payload);
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < 11; i++) {
         snprintf(s->h[k][i][0], 128, "%s", names[i]);
         if (!header(m, names[i], s->h[k][i][1], 128)) snprintf(s->h[k][i][1], 128, "(absent)");
     }
@@ -192,7 +193,7 @@ static void collect(void *user, const rd_kafka_message_t *m)
 
 static const char *hv(const seen *s, int k, const char *name)
 {
-    for (int i = 0; i < 10; i++)
+    for (int i = 0; i < 11; i++)
         if (strcmp(s->h[k][i][0], name) == 0) return s->h[k][i][1];
     return NULL;
 }
@@ -244,6 +245,8 @@ TEST(contract)
     ASSERT_STREQ(hv(&s, 0, "ce_aggregatetype"), "Order");
     ASSERT_STREQ(hv(&s, 0, "ce_traceparent"),
                  "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    ASSERT_STREQ(hv(&s, 0, "traceparent"), /* W3C name too, for tracing libraries */
+                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     ASSERT_STREQ(hv(&s, 0, "ce_tenantid"), "t7");
     ASSERT_EQ(strlen(hv(&s, 0, "ce_time")), 27);
     /* Same key, same partition: enqueue order kept. */
@@ -251,6 +254,7 @@ TEST(contract)
     ASSERT_STREQ(hv(&s, 1, "ce_id"), id2);
     ASSERT_STREQ(s.value[1], "[1,2]");
     ASSERT_STREQ(hv(&s, 1, "ce_tenantid"), "(absent)");
+    ASSERT_STREQ(hv(&s, 1, "traceparent"), "(absent)");
 }
 
 static void expect_error(const char *db, const char *to, const char *needle, const char *hidden)

@@ -68,7 +68,7 @@ typedef struct collected {
     char subject[8][128];
     char id[8][40];
     char payload[8][256];
-    char hdr[8][12][160]; /* "key=value" */
+    char hdr[8][16][160]; /* "key=value" */
     int nhdr[8];
 } collected;
 
@@ -85,7 +85,7 @@ static void collect(void *user, natsMsg *m)
     const char *id = nh_header(m, "Nats-Msg-Id");
     snprintf(c->id[k], sizeof c->id[k], "%s", id ? id : "");
     if (natsMsgHeader_Keys(m, &keys, &nkeys) == NATS_OK) {
-        for (i = 0; i < nkeys && c->nhdr[k] < 12; i++)
+        for (i = 0; i < nkeys && c->nhdr[k] < 16; i++)
             snprintf(c->hdr[k][c->nhdr[k]++], 160, "%s=%s", keys[i], nh_header(m, keys[i]));
         free((void *)keys);
     }
@@ -128,6 +128,8 @@ TEST(contract)
     ASSERT_STREQ(hdr(&c, 0, "ce-aggregatetype"), "Order");
     ASSERT_STREQ(hdr(&c, 0, "content-type"), "application/json");
     ASSERT_STREQ(hdr(&c, 0, "ce-traceparent"),
+                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    ASSERT_STREQ(hdr(&c, 0, "traceparent"), /* W3C name too, for tracing libraries */
                  "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     ASSERT_STREQ(hdr(&c, 0, "ce-tenantid"), "t 7");
     const char *time_hdr = hdr(&c, 0, "ce-time");

@@ -10,6 +10,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,22 +38,42 @@ static void log_timestamp(char *buf, size_t len)
 
 static json_t *text_value(const char *s);
 
-/* One JSON log line: {"time","level","component","msg"} and a newline;
+/* Does the library's fields struct f hold member m? (it may be older) */
+#define LOG_FIELD(f, m)                                                                            \
+    ((f) != NULL && offsetof(outbox_log_fields, m) + sizeof((f)->m) <= (f)->size ? (f)->m : 0)
+
+/* One JSON log line: {"time","level","component","msg"}, then the line's
+ * fields when it is about a message (msg_id, aggregate_type, aggregate_id,
+ * attempt, destination, traceparent: each when known), and a newline;
  * NULL when out of memory. */
-static char *log_json_line(const char *ts, int level, const char *component, const char *message)
+static char *log_json_line(const char *ts, int level, const char *component, const char *message,
+                           const outbox_log_fields *fields)
 {
+    const char *const texts[][2] = {
+        {"msg_id", LOG_FIELD(fields, msg_id)},
+        {"aggregate_type", LOG_FIELD(fields, aggregate_type)},
+        {"aggregate_id", LOG_FIELD(fields, aggregate_id)},
+        {"destination", LOG_FIELD(fields, destination)},
+        {"traceparent", LOG_FIELD(fields, traceparent)},
+    };
     json_t *o = json_object();
     char *line = NULL;
-    if (o && json_object_set_new(o, "time", json_string(ts)) == 0 &&
-        json_object_set_new(o, "level", json_string(outbox_log_level_name(level))) == 0 &&
-        json_object_set_new(o, "component", text_value(component)) == 0 &&
-        json_object_set_new(o, "msg", text_value(message)) == 0)
-        line = json_dumps(o, JSON_COMPACT);
+    int bad = !o || json_object_set_new(o, "time", json_string(ts)) != 0 ||
+              json_object_set_new(o, "level", json_string(outbox_log_level_name(level))) != 0 ||
+              json_object_set_new(o, "component", text_value(component)) != 0 ||
+              json_object_set_new(o, "msg", text_value(message)) != 0;
+    for (size_t i = 0; !bad && i < sizeof texts / sizeof texts[0]; i++)
+        if (texts[i][1]) bad = json_object_set_new(o, texts[i][0], text_value(texts[i][1])) != 0;
+    if (!bad && LOG_FIELD(fields, attempt) > 0)
+        bad = json_object_set_new(o, "attempt", json_integer(fields->attempt)) != 0;
+    if (!bad) line = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return line;
 }
 
-static void log_to_stderr(void *user, int level, const char *component, const char *message)
+/* Text lines name the message in their text already: fields are for JSON. */
+static void log_to_stderr(void *user, int level, const char *component, const char *message,
+                          const outbox_log_fields *fields)
 {
     char ts[80];
     char *line = NULL;
@@ -62,7 +83,7 @@ static void log_to_stderr(void *user, int level, const char *component, const ch
     log_timestamp(ts, sizeof ts);
     cli_buf_init(&b);
     if (log_json) {
-        line = log_json_line(ts, level, component ? component : "", message ? message : "");
+        line = log_json_line(ts, level, component ? component : "", message ? message : "", fields);
         if (!line)
             b.oom = 1;
         else {
@@ -84,7 +105,7 @@ static void log_to_stderr(void *user, int level, const char *component, const ch
 
 void cli_log_install(void)
 {
-    outbox_log_set(log_to_stderr, NULL, log_level);
+    outbox_log_set_fields(log_to_stderr, NULL, log_level);
 }
 
 void cli_log(int level, const char *component, const char *fmt, ...)
@@ -95,7 +116,7 @@ void cli_log(int level, const char *component, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    log_to_stderr(NULL, level, component, message);
+    log_to_stderr(NULL, level, component, message, NULL);
 }
 
 int cli_set_log_level(const char *cmd, const char *text)

@@ -11,6 +11,11 @@
  * finished and recorded, the lease released, exit 0), SIGHUP calls
  * outbox_relay_reopen (log rotation).  So both can be logged like any
  * other event, and no library thread is interrupted by them.
+ *
+ * --listen starts the library's monitor (outbox_monitor) beside the relay:
+ * /metrics, /healthz, /readyz and the web console, on a loopback address
+ * unless --listen-public.  The admin token is read from a file that other
+ * users cannot read, and never logged.
  */
 #include "cli.h"
 #include "notify.h"
@@ -21,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void print_usage(FILE *out)
 {
@@ -31,6 +37,8 @@ static void print_usage(FILE *out)
         "                    [--wait-lease] [--source URI] [--name NAME] [--to-opt KEY=VALUE]...\n"
         "                    [--max-message-bytes N] [--max-field-bytes N] [--connect-timeout "
         "DUR]\n"
+        "                    [--listen ADDR:PORT [--listen-public] [--admin-token-file PATH]\n"
+        "                     [--metrics-refresh DUR]]\n"
         "\n"
         "Publishes committed outbox messages to a destination, at least once, in\n"
         "enqueue order per aggregate, and marks them sent once the destination has\n"
@@ -73,7 +81,16 @@ static void print_usage(FILE *out)
         "  --max-message-bytes N  largest stored message it accepts (default 1048576);\n"
         "                       larger rows are set Failed: match what enqueuers allow\n"
         "  --max-field-bytes N  largest type, aggregate type and id (default 256), "
-        "likewise\n" CLI_GLOBAL_HELP "\n"
+        "likewise\n"
+        "  --listen ADDR:PORT   serve monitoring on this address (default: off):\n"
+        "                       /metrics (Prometheus), /healthz, /readyz and a web console\n"
+        "                       at /; 127.0.0.1:9464, [::1]:9464, port 0: any free port\n"
+        "  --listen-public      allow a --listen address that is not loopback\n"
+        "  --admin-token-file PATH  a file holding the token that allows the console's\n"
+        "                       retry and drop (sent as Authorization: Bearer); it must\n"
+        "                       not be readable by other users.  Without it: read-only\n"
+        "  --metrics-refresh DUR  how often the monitor queries the store's counts\n"
+        "                       (default 5s)\n" CLI_GLOBAL_HELP "\n"
         "Stores in this build:\n",
         out);
     cli_drivers_help(out, CLI_STORES, 1);
@@ -107,7 +124,11 @@ enum {
     OPT_TO_OPT,
     OPT_MAX_MESSAGE_BYTES,
     OPT_MAX_FIELD_BYTES,
-    OPT_CONNECT_TIMEOUT
+    OPT_CONNECT_TIMEOUT,
+    OPT_LISTEN,
+    OPT_LISTEN_PUBLIC,
+    OPT_ADMIN_TOKEN_FILE,
+    OPT_METRICS_REFRESH
 };
 
 /* Most --to-opt settings one relay takes. */
@@ -262,6 +283,80 @@ static int duration_option(const char *cmd, const char *opt, const char *text, u
     return rc;
 }
 
+/* Largest admin token file read. */
+#define MAX_TOKEN_BYTES 4096
+
+/* Reads the admin token from path into a malloc'd string (trailing
+ * newline stripped) in *token.  Refuses, like ssh does for keys, a file
+ * other users can read or write. */
+static int read_admin_token(const char *cmd, const char *path, char **token)
+{
+    struct stat st;
+    char *text;
+    size_t len;
+    FILE *f;
+
+    *token = NULL;
+    f = fopen(path, "r");
+    if (f == NULL) return cli_usage(cmd, "--admin-token-file %s cannot be read", path);
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return cli_usage(cmd, "--admin-token-file %s is not a regular file", path);
+    }
+    if ((st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
+        fclose(f);
+        return cli_usage(cmd,
+                         "--admin-token-file %s is accessible by other users (mode %04o); "
+                         "restrict it: chmod 600 %s",
+                         path, (unsigned)(st.st_mode & 07777), path);
+    }
+    text = calloc(1, MAX_TOKEN_BYTES + 1);
+    if (text == NULL) {
+        fclose(f);
+        return cli_failure(cmd, "out of memory reading --admin-token-file");
+    }
+    len = fread(text, 1, MAX_TOKEN_BYTES + 1, f);
+    fclose(f);
+    if (len > MAX_TOKEN_BYTES) {
+        free(text);
+        return cli_usage(cmd, "--admin-token-file %s is larger than %d bytes", path,
+                         MAX_TOKEN_BYTES);
+    }
+    text[len] = '\0';
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        text[--len] = '\0';
+    if (len == 0 || strlen(text) != len || strpbrk(text, "\r\n") != NULL) {
+        free(text);
+        return cli_usage(cmd, "--admin-token-file %s must hold one line: the token", path);
+    }
+    *token = text;
+    return CLI_EXIT_OK;
+}
+
+/* Forgets the token (no copy left in freed memory). */
+static void free_admin_token(char *token)
+{
+    volatile char *p = token;
+    if (token == NULL) return;
+    while (*p)
+        *p++ = '\0';
+    free(token);
+}
+
+/* Starts the monitor for relay on opts->listen and logs where it
+ * listens. */
+static int monitor_start(const char *cmd, outbox_relay *relay, const outbox_monitor_options *opts,
+                         outbox_monitor **monitor)
+{
+    outbox_error err = {0, ""};
+    const char *colon = strrchr(opts->listen, ':');
+    int rc = outbox_monitor_new(monitor, &relay, 1, opts, &err);
+    if (rc != OUTBOX_OK) return cli_fail(cmd, rc, &err);
+    cli_log(OUTBOX_LOG_INFO, "relay", "monitor listening on http://%.*s:%u",
+            (int)(colon - opts->listen), opts->listen, outbox_monitor_port(*monitor));
+    return CLI_EXIT_OK;
+}
+
 /* Says how a --once run went when not everything due was published, and
  * returns its exit code: CLI_EXIT_OK when every publication succeeded and
  * no message went Failed, CLI_EXIT_FAILURE (with one line on stderr)
@@ -319,12 +414,21 @@ int cmd_relay(int argc, char **argv)
         {"max-message-bytes", required_argument, NULL, OPT_MAX_MESSAGE_BYTES},
         {"max-field-bytes", required_argument, NULL, OPT_MAX_FIELD_BYTES},
         {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"listen-public", no_argument, NULL, OPT_LISTEN_PUBLIC},
+        {"admin-token-file", required_argument, NULL, OPT_ADMIN_TOKEN_FILE},
+        {"metrics-refresh", required_argument, NULL, OPT_METRICS_REFRESH},
         CLI_GLOBAL_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "relay", *store_opt = NULL, *url = NULL, *to = NULL;
     outbox_relay_options opts;
     outbox_relay *relay = NULL;
+    outbox_monitor_options monitor_opts;
+    outbox_monitor *monitor = NULL;
+    const char *token_file = NULL;
+    char *token = NULL;
+    int refresh_given = 0;
     const char *to_opts[MAX_TO_OPTS + 1];
     size_t to_opt_count = 0;
     outbox_error err = {0, ""};
@@ -334,6 +438,7 @@ int cmd_relay(int argc, char **argv)
     int c, rc;
 
     outbox_relay_options_init(&opts);
+    outbox_monitor_options_init(&monitor_opts);
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
         if (c != OPT_TO_OPT && (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
         rc = CLI_EXIT_OK;
@@ -389,6 +494,23 @@ int cmd_relay(int argc, char **argv)
                 CLI_EXIT_OK)
                 outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, (size_t)n);
             break;
+        case OPT_LISTEN:
+            monitor_opts.listen = optarg;
+            break;
+        case OPT_LISTEN_PUBLIC:
+            monitor_opts.allow_public = 1;
+            break;
+        case OPT_ADMIN_TOKEN_FILE:
+            token_file = optarg;
+            break;
+        case OPT_METRICS_REFRESH:
+            refresh_given = 1;
+            rc = duration_option(cmd, "--metrics-refresh", optarg, &monitor_opts.refresh_ms);
+            if (rc == CLI_EXIT_OK &&
+                (monitor_opts.refresh_ms < 100 || monitor_opts.refresh_ms > 3600000))
+                rc =
+                    cli_usage(cmd, "--metrics-refresh %s is out of range; use 100ms to 1h", optarg);
+            break;
         case OPT_BACKOFF_BASE:
             rc = duration_option(cmd, "--backoff-base", optarg, &opts.backoff_base_ms);
             break;
@@ -439,6 +561,15 @@ int cmd_relay(int argc, char **argv)
                          "make it at least as long",
                          opts.backoff_max_ms, opts.backoff_base_ms);
 
+    if (monitor_opts.listen == NULL &&
+        (monitor_opts.allow_public || token_file != NULL || refresh_given))
+        return cli_usage(cmd, "--listen-public, --admin-token-file and --metrics-refresh go with "
+                              "--listen ADDR:PORT");
+    if (token_file != NULL) {
+        if ((rc = read_admin_token(cmd, token_file, &token)) != CLI_EXIT_OK) return rc;
+        monitor_opts.admin_token = token;
+    }
+
     to_opts[to_opt_count] = NULL;
     opts.destination_options = to_opts;
 
@@ -448,15 +579,25 @@ int cmd_relay(int argc, char **argv)
     if (connect_timeout_ms == -2) connect_timeout_ms = opts.once ? 30000 : -1;
     if ((rc = relay_new_waiting(&relay, url, to, &opts, connect_timeout_ms, &err)) != OUTBOX_OK) {
         signals_stop(signals);
+        free_admin_token(token);
         if (rc == OUTBOX_ESTOPPED) return CLI_EXIT_OK;
         return cli_fail(cmd, rc, &err);
     }
+    if (monitor_opts.listen != NULL &&
+        (rc = monitor_start(cmd, relay, &monitor_opts, &monitor)) != CLI_EXIT_OK) {
+        signals_stop(signals);
+        free_admin_token(token);
+        outbox_relay_free(relay);
+        return rc;
+    }
+    free_admin_token(token); /* the monitor has its copy */
     signals_attach(relay);
     cli_notify_ready(relay, to);
     rc = outbox_relay_run(relay, &err);
     cli_notify_end();
     signals_attach(NULL);
     signals_stop(signals);
+    outbox_monitor_free(monitor);
 
     if (rc == OUTBOX_OK || rc == OUTBOX_ESTOPPED) {
         rc = opts.once ? once_outcome(cmd, relay) : CLI_EXIT_OK;

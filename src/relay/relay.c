@@ -77,13 +77,22 @@
  *
  * Store errors during the loop (busy, I/O) are logged and retried after a
  * short, growing pause; only a lost lease or a missing schema ends run().
+ *
+ * Metrics (outbox_relay_get_metrics, read by the monitor's threads): the
+ * counters are relaxed atomics; the histograms and the last error are
+ * gathered per batch in `observed` by the loop alone, then merged into
+ * `shown` under metrics_lock, which the loop only tries: while a reader
+ * holds it, the observations wait for the next batch (or idle turn), so
+ * the publish loop never waits for a scrape.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +121,25 @@
  * can rebalance its partitions and retries that fell due come in. */
 #define PIPELINE_SPAN_US 500000
 
+/* Histogram bounds (outbox_histogram.le): seconds for commit-to-publish
+ * and publish duration, messages for batch sizes.  The last is +Inf. */
+static const double seconds_bounds[OUTBOX_HISTOGRAM_BUCKETS - 1] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+static const double batch_bounds[OUTBOX_HISTOGRAM_BUCKETS - 1] = {
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384, 100000};
+
+/* Observations not yet shown (see the top of the file): the three
+ * histograms' counts and sums, and the last error. */
+typedef struct relay_observed {
+    uint64_t commit[OUTBOX_HISTOGRAM_BUCKETS], duration[OUTBOX_HISTOGRAM_BUCKETS],
+        batch[OUTBOX_HISTOGRAM_BUCKETS];
+    double commit_sum, duration_sum, batch_sum;
+    int dirty;
+    char last_error[256]; /* "" when none since the last merge */
+    int outage_changed;   /* outage_error below changed */
+    char outage_error[256];
+} relay_observed;
+
 /* Set of aggregate ids that did not succeed in the current batch (and, when
  * pipelined, in the batch before it): the core's aggregate index, whose
  * keys are copies the set owns (a pipelined batch outlives the messages of
@@ -126,9 +154,10 @@ typedef struct agg_set {
 typedef struct relay_batch {
     outbox_msg **msgs; /* owned; NULL when the slot is free */
     size_t n;
-    int open;         /* publish_begin succeeded: publish_end is due */
-    int chained;      /* begun while another batch was in flight */
-    int whole_failed; /* the destination failed it as a whole (fail_whole_batch) */
+    int open;                 /* publish_begin succeeded: publish_end is due */
+    int chained;              /* begun while another batch was in flight */
+    int whole_failed;         /* the destination failed it as a whole (fail_whole_batch) */
+    int64_t publish_start_us; /* monotonic: when its publication began */
     outbox_publish_result *results;
     outbox_completion *completions;
     size_t *error_offsets; /* into errors.data, per message with an error */
@@ -152,7 +181,7 @@ struct outbox_relay {
     atomic_int reopen_requested; /* outbox_relay_reopen: reopen before the next batch */
     atomic_int running;
 
-    int lease_held;
+    atomic_int lease_held; /* atomic: read by outbox_relay_get_metrics */
     int store_waiting;     /* idle(1) succeeded; neither idle(0) nor a sleep since */
     int64_t last_renew_us; /* monotonic time of the last lease renewal */
     int64_t renew_due_us;  /* monotonic time of the next renewal attempt */
@@ -174,12 +203,23 @@ struct outbox_relay {
     int outage_code; /* its error: code, text, Retry-After */
     char outage_error[256];
     int64_t outage_retry_after_ms;
-    int64_t down_since_us; /* wall clock; 0 while the destination is up */
+    _Atomic int64_t down_since_us; /* wall clock; 0 while the destination is up */
     int64_t down_since_mono_us;
     unsigned outage_rounds; /* batches in a row that found it down */
     int noted;              /* a note is set through the store's lease_note */
 
     _Atomic uint64_t published, retried, failed, batches_done, publish_errors, quarantined;
+
+    /* Metrics (see the top of the file). */
+    _Atomic uint64_t failed_rejected, outage_publications, store_errors;
+    atomic_int state;                /* OUTBOX_RELAY_* */
+    _Atomic int64_t loop_turn_us;    /* monotonic: the loop's last turn */
+    _Atomic int64_t outage_pause_ms; /* the current outage pause, 0 when up */
+    relay_observed observed;         /* the loop's own */
+    pthread_mutex_t metrics_lock;    /* guards shown */
+    relay_observed shown;            /* merged: histograms and texts to show */
+    char *store_url;                 /* as given (secrets included): never shown */
+    char dest_label[256];            /* scheme and host of the destination */
 };
 
 /* ------------------------------------------------------------------------
@@ -223,6 +263,32 @@ static void agg_set_add(agg_set *set, const char *id)
 /* ------------------------------------------------------------------------
  * Creation
  * ---------------------------------------------------------------------- */
+
+/* The destination as a metric label: its scheme and host, without
+ * credentials, path or query ("https://hooks.example.com", "file:"). */
+static void destination_label(const char *url, char *out, size_t len)
+{
+    const char *colon, *host, *end, *p;
+
+    if (url == NULL) {
+        snprintf(out, len, "callback:");
+        return;
+    }
+    colon = strchr(url, ':');
+    if (colon == NULL) {
+        snprintf(out, len, "unknown:");
+        return;
+    }
+    if (strncmp(colon, "://", 3) != 0) {
+        snprintf(out, len, "%.*s:", (int)(colon - url), url);
+        return;
+    }
+    host = colon + 3;
+    end = host + strcspn(host, "/?#");
+    for (p = host; p < end; p++)
+        if (*p == '@') host = p + 1; /* user:password@ */
+    snprintf(out, len, "%.*s://%.*s", (int)(colon - url), url, (int)(end - host), host);
+}
 
 static int check_options(const outbox_relay_options *o, outbox_error *err)
 {
@@ -309,6 +375,8 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     r = calloc(1, sizeof *r);
     if (r == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory creating the relay");
     r->pipe_rd = r->pipe_wr = -1;
+    pthread_mutex_init(&r->metrics_lock, NULL);
+    atomic_store(&r->loop_turn_us, outbox__monotonic_us());
     outbox__buf_init(&r->batches[0].errors);
     outbox__buf_init(&r->batches[1].errors);
     /* Only the caller's size is read: fields past it keep their defaults. */
@@ -349,6 +417,12 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     r->opts.source = r->source;
 
     outbox__url_redact(store_url, r->store_shown, sizeof r->store_shown);
+    destination_label(to_url, r->dest_label, sizeof r->dest_label);
+    r->store_url = strdup(store_url);
+    if (r->store_url == NULL) {
+        rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory creating the relay");
+        goto fail;
+    }
     if (to_url)
         outbox__url_redact(to_url, r->dest_shown, sizeof r->dest_shown);
     else
@@ -462,6 +536,148 @@ void outbox_relay_get_stats(const outbox_relay *relay, outbox_relay_stats *stats
     stats->quarantined = atomic_load_explicit(&relay->quarantined, memory_order_relaxed);
 }
 
+/* ------------------------------------------------------------------------
+ * Metrics (see the top of the file)
+ * ---------------------------------------------------------------------- */
+
+const char *outbox_relay_state_name(int state)
+{
+    switch (state) {
+    case OUTBOX_RELAY_STARTING:
+        return "starting";
+    case OUTBOX_RELAY_RUNNING:
+        return "running";
+    case OUTBOX_RELAY_STANDBY:
+        return "standby";
+    case OUTBOX_RELAY_STOPPED:
+        return "stopped";
+    default:
+        return "unknown";
+    }
+}
+
+static void observe(uint64_t *counts, double *sum, const double *bounds, double value)
+{
+    size_t i = 0;
+    while (i < OUTBOX_HISTOGRAM_BUCKETS - 1 && value > bounds[i])
+        i++;
+    counts[i]++;
+    *sum += value;
+}
+
+static void loop_turned(outbox_relay *r)
+{
+    atomic_store_explicit(&r->loop_turn_us, outbox__monotonic_us(), memory_order_relaxed);
+}
+
+/* Keeps text as the relay's last error, shown at the next merge. */
+static void note_error(outbox_relay *r, const char *text)
+{
+    snprintf(r->observed.last_error, sizeof r->observed.last_error, "%s", text);
+    r->observed.dirty = 1;
+}
+
+/* Merges what the loop observed into what readers see, unless a reader
+ * holds the lock right now: then it waits for the next call. */
+static void metrics_merge(outbox_relay *r)
+{
+    relay_observed *o = &r->observed, *s = &r->shown;
+    size_t i;
+
+    if (!o->dirty || pthread_mutex_trylock(&r->metrics_lock) != 0) return;
+    for (i = 0; i < OUTBOX_HISTOGRAM_BUCKETS; i++) {
+        s->commit[i] += o->commit[i];
+        s->duration[i] += o->duration[i];
+        s->batch[i] += o->batch[i];
+    }
+    s->commit_sum += o->commit_sum;
+    s->duration_sum += o->duration_sum;
+    s->batch_sum += o->batch_sum;
+    if (o->last_error[0]) memcpy(s->last_error, o->last_error, sizeof s->last_error);
+    if (o->outage_changed) memcpy(s->outage_error, o->outage_error, sizeof s->outage_error);
+    pthread_mutex_unlock(&r->metrics_lock);
+    memset(o, 0, sizeof *o);
+}
+
+static void histogram_fill(outbox_histogram *h, const uint64_t *counts, double sum,
+                           const double *bounds)
+{
+    size_t i;
+    h->count = 0;
+    for (i = 0; i < OUTBOX_HISTOGRAM_BUCKETS; i++) {
+        h->le[i] = i < OUTBOX_HISTOGRAM_BUCKETS - 1 ? bounds[i] : INFINITY;
+        h->counts[i] = counts[i];
+        h->count += counts[i];
+    }
+    h->sum = sum;
+}
+
+/* Reads the atomics and, under metrics_lock, the merged histograms and
+ * texts (the loop never waits for this lock: see metrics_merge). */
+int outbox_relay_get_metrics(const outbox_relay *relay, outbox_relay_metrics *out)
+{
+    outbox_relay *r = (outbox_relay *)relay; /* for its lock only */
+    outbox_relay_metrics m;
+    uint64_t failed, rejected;
+    int64_t turn, poll3;
+    size_t size;
+
+    if (relay == NULL || out == NULL || out->size < offsetof(outbox_relay_metrics, state))
+        return OUTBOX_EINVAL;
+    size = out->size < sizeof m ? out->size : sizeof m;
+    memset(&m, 0, sizeof m);
+    m.size = size;
+    m.published = atomic_load_explicit(&r->published, memory_order_relaxed);
+    m.retried = atomic_load_explicit(&r->retried, memory_order_relaxed);
+    failed = atomic_load_explicit(&r->failed, memory_order_relaxed);
+    rejected = atomic_load_explicit(&r->failed_rejected, memory_order_relaxed);
+    m.failed = failed;
+    m.failed_rejected = rejected;
+    m.failed_max_attempts = failed > rejected ? failed - rejected : 0;
+    m.quarantined = atomic_load_explicit(&r->quarantined, memory_order_relaxed);
+    m.outage_publications = atomic_load_explicit(&r->outage_publications, memory_order_relaxed);
+    m.publish_errors = atomic_load_explicit(&r->publish_errors, memory_order_relaxed);
+    m.batches = atomic_load_explicit(&r->batches_done, memory_order_relaxed);
+    m.store_errors = atomic_load_explicit(&r->store_errors, memory_order_relaxed);
+    m.state = atomic_load(&r->state);
+    m.lease_held = atomic_load(&r->lease_held) != 0;
+    m.partitions_owned = m.lease_held ? 1 : 0;
+    m.down_since_us = atomic_load(&r->down_since_us);
+    m.destination_up = m.down_since_us == 0;
+    m.destination_backoff_seconds =
+        m.destination_up ? 0.0 : (double)atomic_load(&r->outage_pause_ms) / 1000.0;
+    turn = atomic_load_explicit(&r->loop_turn_us, memory_order_relaxed);
+    m.loop_age_us = outbox__monotonic_us() - turn;
+    if (m.loop_age_us < 0) m.loop_age_us = 0;
+    poll3 = (int64_t)r->opts.poll_interval_ms * 3000;
+    m.deadline_us = (int64_t)r->opts.lease_ttl_ms * 1000;
+    if (poll3 > m.deadline_us) m.deadline_us = poll3;
+    if (m.deadline_us < 10000000) m.deadline_us = 10000000;
+    snprintf(m.name, sizeof m.name, "%s", r->name);
+    snprintf(m.store, sizeof m.store, "%.255s", r->store_shown);
+    snprintf(m.store_scheme, sizeof m.store_scheme, "%s",
+             r->store.ops != NULL ? r->store.ops->scheme : "");
+    snprintf(m.destination, sizeof m.destination, "%s", r->dest_label);
+
+    pthread_mutex_lock(&r->metrics_lock);
+    memcpy(m.last_error, r->shown.last_error, sizeof m.last_error);
+    if (!m.destination_up) memcpy(m.outage_error, r->shown.outage_error, sizeof m.outage_error);
+    histogram_fill(&m.commit_to_publish, r->shown.commit, r->shown.commit_sum, seconds_bounds);
+    histogram_fill(&m.publish_duration, r->shown.duration, r->shown.duration_sum, seconds_bounds);
+    histogram_fill(&m.batch_messages, r->shown.batch, r->shown.batch_sum, batch_bounds);
+    pthread_mutex_unlock(&r->metrics_lock);
+
+    memcpy(out, &m, size);
+    return OUTBOX_OK;
+}
+
+/* The store URL as given (with its secrets), for the monitor's own store
+ * handle: never shown. */
+const char *outbox__relay_store_url(const outbox_relay *relay)
+{
+    return relay->store_url;
+}
+
 static int stopping(outbox_relay *r)
 {
     return atomic_load(&r->stop_requested) != 0;
@@ -532,6 +748,7 @@ static void pause_ms(outbox_relay *r, int64_t ms)
     int64_t end = outbox__monotonic_us() + ms * 1000;
     while (!stopping(r)) {
         int64_t left = end - outbox__monotonic_us();
+        loop_turned(r);
         if (left <= 0) break;
         wait_pipe(r, (left + 999) / 1000);
     }
@@ -644,15 +861,16 @@ static int batch_is_outage(outbox_relay *r, const relay_batch *b)
 }
 
 /* Decides each message's outcome from its publish result (see the top of
- * the file).  Fills b->completions[0..n); counts into *sent etc.; *errors:
+ * the file).  Fills b->completions[0..n); counts into *sent etc. (*rejected:
+ * of *failed, those the destination refused); *errors:
  * messages whose publication failed (charged or not); *outage: the batch
  * was a destination outage (every message unsent, nothing charged).  The
  * set of aggregates held back starts empty, unless b was published while
  * the batch before it was in flight: then what that batch held back holds
  * here too. */
 static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size_t *sent,
-                           size_t *retried, size_t *failed, size_t *held, size_t *carried,
-                           size_t *errors, int *outage)
+                           size_t *retried, size_t *failed, size_t *rejected, size_t *held,
+                           size_t *carried, size_t *errors, int *outage)
 {
     const outbox_relay_options *o = &r->opts;
     outbox_msg **msgs = b->msgs;
@@ -665,7 +883,7 @@ static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size
     *outage = batch_is_outage(r, b);
     if (agg_set_reserve(&r->held, n) != 0) return OUTBOX_ENOMEM;
     outbox__buf_reset(&b->errors);
-    *sent = *retried = *failed = *held = 0;
+    *sent = *retried = *failed = *rejected = *held = 0;
 
     for (i = 0; i < n; i++) {
         const outbox_msg *m = msgs[i];
@@ -715,21 +933,22 @@ static int decide_outcomes(outbox_relay *r, relay_batch *b, int64_t now_us, size
         if (res->code == OUTBOX_EREJECTED || attempt >= o->max_attempts) {
             c->outcome = OUTBOX_OUTCOME_FAILED;
             (*failed)++;
-            outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
-                        "message %s (aggregate %s) failed for good after attempt %u/%u%s: %s",
-                        m->id, m->aggregate_id, attempt, o->max_attempts,
-                        res->code == OUTBOX_EREJECTED ? " (rejected by the destination)" : "",
-                        res->error[0] ? res->error : outbox_strerror(res->code));
+            if (res->code == OUTBOX_EREJECTED) (*rejected)++;
+            outbox__log_msg(OUTBOX_LOG_ERROR, COMPONENT, m, attempt, r->dest_shown,
+                            "message %s (aggregate %s) failed for good after attempt %u/%u%s: %s",
+                            m->id, m->aggregate_id, attempt, o->max_attempts,
+                            res->code == OUTBOX_EREJECTED ? " (rejected by the destination)" : "",
+                            res->error[0] ? res->error : outbox_strerror(res->code));
         } else {
             int64_t delay = outbox__backoff_ms(attempt, o->backoff_base_ms, o->backoff_max_ms);
             if (res->retry_after_ms > delay) delay = res->retry_after_ms;
             c->outcome = OUTBOX_OUTCOME_RETRY;
             c->available_at = now_us + delay * 1000;
             (*retried)++;
-            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
-                        "message %s attempt %u/%u failed, next try in %lld ms: %s", m->id, attempt,
-                        o->max_attempts, (long long)delay,
-                        res->error[0] ? res->error : outbox_strerror(res->code));
+            outbox__log_msg(OUTBOX_LOG_WARN, COMPONENT, m, attempt, r->dest_shown,
+                            "message %s attempt %u/%u failed, next try in %lld ms: %s", m->id,
+                            attempt, o->max_attempts, (long long)delay,
+                            res->error[0] ? res->error : outbox_strerror(res->code));
         }
     }
     if (b->errors.oom || r->held.oom) return OUTBOX_ENOMEM;
@@ -772,6 +991,9 @@ static void destination_observed(outbox_relay *r, int outage, int answered)
         if (r->down_since_us != 0) return;
         r->down_since_us = outbox__now_us();
         r->down_since_mono_us = outbox__monotonic_us();
+        memcpy(r->observed.outage_error, r->outage_error, sizeof r->observed.outage_error);
+        r->observed.outage_changed = 1;
+        r->observed.dirty = 1;
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                     "relay %s: destination %s is down: %s; backing off, no attempts are "
                     "charged",
@@ -790,6 +1012,10 @@ static void destination_observed(outbox_relay *r, int outage, int answered)
     r->outage = 0;
     r->outage_rounds = 0;
     r->down_since_us = 0;
+    atomic_store(&r->outage_pause_ms, 0);
+    r->observed.outage_error[0] = '\0';
+    r->observed.outage_changed = 1;
+    r->observed.dirty = 1;
     set_note(r, NULL);
 }
 
@@ -800,15 +1026,26 @@ static int record_batch(outbox_relay *r, relay_batch *b, int pipelined, int in_f
                         size_t *held_back, outbox_error *err)
 {
     outbox_complete_params done;
-    size_t n = b->n, sent, retried, failed, held, carried, errors;
+    size_t n = b->n, sent, retried, failed, rejected, held, carried, errors, i;
     int64_t now_us = outbox__now_us();
     int rc, outage;
 
     *held_back = 0;
-    rc = decide_outcomes(r, b, now_us, &sent, &retried, &failed, &held, &carried, &errors, &outage);
+    rc = decide_outcomes(r, b, now_us, &sent, &retried, &failed, &rejected, &held, &carried,
+                         &errors, &outage);
     if (rc != OUTBOX_OK)
         return outbox__error(err, rc, "out of memory recording a batch of %zu messages", n);
     atomic_fetch_add_explicit(&r->publish_errors, errors, memory_order_relaxed);
+    if (outage) {
+        atomic_fetch_add_explicit(&r->outage_publications, errors, memory_order_relaxed);
+        note_error(r, r->outage_error);
+    } else if (errors > 0) {
+        for (i = 0; i < n; i++)
+            if (b->completions[i].error != NULL) {
+                note_error(r, b->completions[i].error);
+                break;
+            }
+    }
     destination_observed(r, outage, sent + retried + failed > 0);
 
     if (OUTBOX_FAULT("before_mark_sent") != 0) {
@@ -835,9 +1072,20 @@ static int record_batch(outbox_relay *r, relay_batch *b, int pipelined, int in_f
     if (OUTBOX_FAULT("after_mark_sent") != 0)
         outbox__log(OUTBOX_LOG_WARN, COMPONENT, "injected fault after_mark_sent (ignored)");
 
+    /* Commit to publish: from the message's creation (occurred_at, set just
+     * before its enqueue committed) to now, after the confirmation. */
+    for (i = 0; sent > 0 && i < n; i++)
+        if (b->completions[i].outcome == OUTBOX_OUTCOME_SENT) {
+            int64_t age_us = now_us - b->msgs[i]->occurred_at;
+            observe(r->observed.commit, &r->observed.commit_sum, seconds_bounds,
+                    age_us > 0 ? (double)age_us / 1e6 : 0.0);
+            r->observed.dirty = 1;
+        }
     atomic_fetch_add_explicit(&r->published, sent, memory_order_relaxed);
     atomic_fetch_add_explicit(&r->retried, retried, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->failed_rejected, rejected, memory_order_relaxed);
     atomic_fetch_add_explicit(&r->failed, failed, memory_order_relaxed);
+    metrics_merge(r);
     if (outbox__log_enabled(OUTBOX_LOG_DEBUG))
         outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
                     "batch of %zu%s: %zu sent, %zu retrying, %zu failed, %zu held back "
@@ -845,6 +1093,21 @@ static int record_batch(outbox_relay *r, relay_batch *b, int pipelined, int in_f
                     n, b->chained ? " (pipelined)" : "", sent, retried, failed, held, carried,
                     outage ? "; the destination is down: nothing charged" : "");
     return OUTBOX_OK;
+}
+
+static void observe_batch(outbox_relay *r, size_t n)
+{
+    observe(r->observed.batch, &r->observed.batch_sum, batch_bounds, (double)n);
+    r->observed.dirty = 1;
+}
+
+/* The publication of b, begun at b->publish_start_us, has its results. */
+static void observe_publish_duration(outbox_relay *r, const relay_batch *b)
+{
+    int64_t us = outbox__monotonic_us() - b->publish_start_us;
+    observe(r->observed.duration, &r->observed.duration_sum, seconds_bounds,
+            us > 0 ? (double)us / 1e6 : 0.0);
+    r->observed.dirty = 1;
 }
 
 /* Claims, publishes and records one batch.  *claimed receives the number of
@@ -873,6 +1136,7 @@ static int run_batch(outbox_relay *r, size_t *claimed, size_t *held_back, outbox
     *claimed = b->n;
     if (b->n == 0) goto out;
     atomic_fetch_add_explicit(&r->batches_done, 1, memory_order_relaxed);
+    observe_batch(r, b->n);
 
     if (OUTBOX_FAULT("after_claim") != 0) {
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
@@ -886,7 +1150,9 @@ static int run_batch(outbox_relay *r, size_t *claimed, size_t *held_back, outbox
     }
 
     b->results[0].error[0] = '\0';
+    b->publish_start_us = outbox__monotonic_us();
     rc = r->transport.ops->publish(r->transport.state, b->msgs, b->n, b->results);
+    observe_publish_duration(r, b);
     if (rc != OUTBOX_OK) {
         fail_whole_batch(b, rc, 1);
     } else if (OUTBOX_FAULT("after_publish") != 0) {
@@ -920,6 +1186,7 @@ static int finish_inflight(outbox_relay *r, int in_flight, size_t *held_back, ou
         rc = r->transport.ops->publish_end(r->transport.state, b->msgs, b->n, b->results);
         b->open = 0;
     }
+    observe_publish_duration(r, b);
     if (rc == OUTBOX_OK && OUTBOX_FAULT("after_publish") != 0) rc = OUTBOX_EFAULT;
     if (rc != OUTBOX_OK) fail_whole_batch(b, rc, 0);
     for (i = 0; i < b->n; i++)
@@ -1002,6 +1269,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         }
         *claimed = cur->n;
         atomic_fetch_add_explicit(&r->batches_done, 1, memory_order_relaxed);
+        observe_batch(r, cur->n);
         if (OUTBOX_FAULT("after_claim") != 0) {
             outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                         "injected fault after_claim: dropping a batch of %zu unpublished", cur->n);
@@ -1020,6 +1288,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         }
         cur->chained = prev != NULL;
         cur->results[0].error[0] = '\0';
+        cur->publish_start_us = outbox__monotonic_us();
         rc = r->transport.ops->publish_begin(r->transport.state, cur->msgs, cur->n, cur->results);
         if (rc == OUTBOX_OK) {
             cur->open = 1;
@@ -1058,12 +1327,15 @@ static int acquire_lease(outbox_relay *r, outbox_error *err)
     if (step_ms > 1000) step_ms = 1000;
     for (;;) {
         rc = r->store.ops->lease_acquire(r->store.state, r->name, r->opts.lease_ttl_ms, err);
+        loop_turned(r);
         if (rc == OUTBOX_OK) {
             r->lease_held = 1;
             r->last_renew_us = outbox__monotonic_us();
+            atomic_store(&r->state, OUTBOX_RELAY_RUNNING);
             return OUTBOX_OK;
         }
         if (rc != OUTBOX_ELEASED || !r->opts.wait_for_lease) return rc;
+        atomic_store(&r->state, OUTBOX_RELAY_STANDBY);
         if (!logged) {
             outbox__log(OUTBOX_LOG_INFO, COMPONENT, "relay %s: waiting for the lease: %s", r->name,
                         err->message);
@@ -1104,6 +1376,8 @@ static int maybe_renew(outbox_relay *r, outbox_error *err)
         return rc;
     }
     r->renew_due_us = now + (int64_t)r->opts.lease_ttl_ms * 1000 / 20;
+    atomic_fetch_add_explicit(&r->store_errors, 1, memory_order_relaxed);
+    note_error(r, e.message);
     outbox__log(OUTBOX_LOG_WARN, COMPONENT, "relay %s: could not renew the lease (will retry): %s",
                 r->name, e.message);
     return OUTBOX_OK;
@@ -1176,6 +1450,8 @@ static int idle_wait(outbox_relay *r, int64_t last_claim_us, int64_t claim_wall_
 
         if (stopping(r)) return OUTBOX_ESTOPPED;
         if (reopen_pending(r)) return OUTBOX_OK;
+        loop_turned(r);
+        metrics_merge(r); /* what a busy reader kept from the last batch */
         rc = maybe_renew(r, err);
         if (rc != OUTBOX_OK) return rc;
 
@@ -1253,8 +1529,11 @@ static int outage_wait(outbox_relay *r, int64_t ms, outbox_error *err)
     outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
                 "relay %s: destination still down (round %u), next batch in %lld ms", r->name,
                 r->outage_rounds, (long long)ms);
+    atomic_store(&r->outage_pause_ms, ms);
     while (!stopping(r) && !reopen_pending(r)) {
         int64_t now = outbox__monotonic_us(), left = end - now;
+        loop_turned(r);
+        metrics_merge(r);
         if (left <= 0) break;
         rc = maybe_renew(r, err);
         if (rc != OUTBOX_OK) return rc;
@@ -1325,6 +1604,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
     if (r == NULL) return outbox__error(err, OUTBOX_EINVAL, "outbox_relay_run: relay is NULL");
     if (atomic_exchange(&r->running, 1) != 0)
         return outbox__error(err, OUTBOX_EINVAL, "outbox_relay_run: this relay is already running");
+    atomic_store(&r->state, OUTBOX_RELAY_STARTING);
     e.code = 0;
     e.message[0] = '\0';
 
@@ -1358,6 +1638,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
         size_t claimed = 0, held_back = 0;
         int64_t claim_mono, claim_wall;
 
+        loop_turned(r);
         /* A stopping relay still finishes the batch in flight. */
         if (stopping(r) && r->inflight == NULL) break;
         if (r->inflight == NULL && atomic_exchange(&r->reopen_requested, 0) != 0)
@@ -1369,6 +1650,9 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
         else
             rc = run_batch(r, &claimed, &held_back, &e);
         if (rc != OUTBOX_OK) {
+            atomic_fetch_add_explicit(&r->store_errors, 1, memory_order_relaxed);
+            note_error(r, e.message);
+            metrics_merge(r);
             if (fatal_store_error(rc)) {
                 outbox__log(OUTBOX_LOG_ERROR, COMPONENT, "relay %s: stopping: %s", r->name,
                             e.message);
@@ -1465,6 +1749,8 @@ out:
         *err = e;
         err->code = rc;
     }
+    atomic_store(&r->state, OUTBOX_RELAY_STOPPED);
+    metrics_merge(r);
     atomic_store(&r->running, 0);
     return rc;
 }
@@ -1497,5 +1783,7 @@ void outbox_relay_free(outbox_relay *relay)
     outbox__aggindex_free(&r->held.ids);
     free(r->name);
     free(r->source);
+    free(r->store_url);
+    pthread_mutex_destroy(&r->metrics_lock);
     free(r);
 }

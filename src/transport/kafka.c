@@ -7,7 +7,8 @@
  * the aggregate id, so one aggregate stays in one partition, where the
  * idempotent producer keeps order across its internal retries.  Headers
  * follow the CloudEvents Kafka binding (ce_specversion, ce_id, ce_source,
- * ce_type, ce_time, ce_subject, content-type; message headers as ce_<ext>).
+ * ce_type, ce_time, ce_subject, content-type; message headers as ce_<ext>;
+ * traceparent/tracestate also under their W3C names).
  *
  * publish_begin() produces a batch; publish_end() polls until every
  * message's delivery report arrived or ack_timeout passed since it began
@@ -360,6 +361,8 @@ static const char *const ce_reserved[] = {
     "specversion",     "id",         "source", "type",         "subject", "time",
     "datacontenttype", "dataschema", "data",   "aggregatetype"};
 
+static const char *const w3c_trace[] = {"traceparent", "tracestate"};
+
 static rd_kafka_headers_t *make_headers(const kafka_state *st, const outbox_msg *m)
 {
     rd_kafka_headers_t *h = rd_kafka_headers_new(8 + m->header_count);
@@ -398,6 +401,11 @@ static rd_kafka_headers_t *make_headers(const kafka_state *st, const outbox_msg 
         } while (taken);
         if (!taken) rd_kafka_header_add(h, key, -1, m->header_values[i], -1);
     }
+    /* W3C trace context also under its own names, where tracing libraries
+     * look for it (as the http destination sends it). */
+    for (i = 0; i < sizeof w3c_trace / sizeof w3c_trace[0]; i++)
+        if (outbox_msg_header(m, w3c_trace[i]))
+            rd_kafka_header_add(h, w3c_trace[i], -1, outbox_msg_header(m, w3c_trace[i]), -1);
     return h;
 }
 

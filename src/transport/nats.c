@@ -763,8 +763,10 @@ static const char *const ce_reserved[] = {
     "specversion",     "id",         "source", "type",         "subject", "time",
     "datacontenttype", "dataschema", "data",   "aggregatetype"};
 
+static const char *const w3c_trace[] = {"traceparent", "tracestate"};
+
 /* Builds the NATS message for m on subject: payload as data, CloudEvents
- * NATS binding headers, Nats-Msg-Id. */
+ * NATS binding headers, Nats-Msg-Id, traceparent/tracestate. */
 static natsStatus build_msg(nats_state *st, natsMsg **out, const outbox_msg *m, const char *subject)
 {
     natsMsg *msg = NULL;
@@ -806,6 +808,11 @@ static natsStatus build_msg(nats_state *st, natsMsg **out, const outbox_msg *m, 
         } while (taken);
         if (!taken) s = natsMsgHeader_Set(msg, key, m->header_values[i]);
     }
+    /* W3C trace context also under its own names, where tracing libraries
+     * look for it (as the http destination sends it). */
+    for (i = 0; s == NATS_OK && i < sizeof w3c_trace / sizeof w3c_trace[0]; i++)
+        if (outbox_msg_header(m, w3c_trace[i]))
+            s = natsMsgHeader_Set(msg, w3c_trace[i], outbox_msg_header(m, w3c_trace[i]));
     if (s != NATS_OK) {
         natsMsg_Destroy(msg);
         return s;
