@@ -99,7 +99,8 @@ void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply)
     }
     for (i = 0; i < m->n; i++) {
         json_t *r = json_object();
-        int alive = all[i].state != OUTBOX_RELAY_STOPPED && all[i].loop_age_us <= all[i].deadline_us;
+        int alive =
+            all[i].state != OUTBOX_RELAY_STOPPED && all[i].loop_age_us <= all[i].deadline_us;
         if (!alive) ok = 0;
         json_object_set_new(r, "name", jstr(all[i].name));
         json_object_set_new(r, "state", json_string(outbox_relay_state_name(all[i].state)));
@@ -138,9 +139,9 @@ void outbox__monitor_readyz(outbox_monitor *m, monitor_reply *reply)
     pthread_mutex_unlock(&m->lock);
     for (i = 0; i < m->n; i++) {
         json_t *r = json_object();
-        const char *lease = all[i].lease_held                        ? "held"
+        const char *lease = all[i].lease_held                      ? "held"
                             : all[i].state == OUTBOX_RELAY_STANDBY ? "standby"
-                                                                     : "none";
+                                                                   : "none";
         json_object_set_new(r, "name", jstr(all[i].name));
         if (!views[i].queried) {
             ready = 0;
@@ -183,7 +184,8 @@ static json_t *lease_json(const outbox_status *st, int64_t now)
     json_object_set_new(
         relay, "lease_expires_in_ms",
         json_integer(st->lease_expires_us > now ? (st->lease_expires_us - now) / 1000 : 0));
-    json_object_set_new(relay, "pid", st->lease_pid > 0 ? json_integer(st->lease_pid) : json_null());
+    json_object_set_new(relay, "pid",
+                        st->lease_pid > 0 ? json_integer(st->lease_pid) : json_null());
     json_object_set_new(relay, "host", st->lease_host[0] ? jstr(st->lease_host) : json_null());
     json_object_set_new(relay, "gone",
                         st->blocked_counted ? json_boolean(st->lease_holder_gone) : json_null());
@@ -245,11 +247,11 @@ void outbox__monitor_summary(outbox_monitor *m, monitor_reply *reply)
     json_object_set_new(o, "version", json_string(outbox_version()));
     json_object_set_new(o, "now", json_real(unix_seconds(now)));
     json_object_set_new(o, "admin", json_boolean(m->admin_token != NULL));
-    json_object_set_new(o, "refreshed_at", views[0].refreshed_us > 0
-                                               ? json_real(unix_seconds(views[0].refreshed_us))
-                                               : json_null());
-    json_object_set_new(o, "store", views[0].refreshed_us > 0 ? store_json(&all[0], &views[0], now)
-                                                              : json_null());
+    json_object_set_new(o, "refreshed_at",
+                        views[0].refreshed_us > 0 ? json_real(unix_seconds(views[0].refreshed_us))
+                                                  : json_null());
+    json_object_set_new(
+        o, "store", views[0].refreshed_us > 0 ? store_json(&all[0], &views[0], now) : json_null());
     for (i = 0; i < m->n; i++) {
         const outbox_relay_metrics *r = &all[i];
         json_t *j = json_object();

@@ -128,8 +128,7 @@ static void histogram(expo *e, const outbox_relay_metrics *all, size_t n, const 
     outbox__buf_init(&lb);
     family(e, name, "histogram", help);
     for (i = 0; i < n; i++) {
-        const outbox_histogram *h =
-            (const outbox_histogram *)((const char *)&all[i] + offset);
+        const outbox_histogram *h = (const outbox_histogram *)((const char *)&all[i] + offset);
         uint64_t cumulative = 0;
         relay_labels(&l, &all[i]);
         snprintf(sample_name, sizeof sample_name, "%s_bucket", name);
@@ -328,8 +327,7 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
            "The relay's current pause before trying a down destination again; 0 when up.");
     for (i = 0; i < n; i++) {
         relay_labels(&l, &all[i]);
-        sample(&e, "outbox_destination_backoff_seconds", &l,
-               all[i].destination_backoff_seconds);
+        sample(&e, "outbox_destination_backoff_seconds", &l, all[i].destination_backoff_seconds);
     }
     family(&e, "outbox_relay_lease_held", "gauge", "1 while the relay holds its lease.");
     for (i = 0; i < n; i++) {
@@ -375,20 +373,35 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
                 if (views[i].refreshed_us == 0) continue; /* never queried yet */
                 if ((g == 4 || g == 5) && !st->blocked_counted) continue;
                 switch (g) {
-                case 0: v = (double)st->pending; break;
-                case 1: v = (double)st->pending_due; break;
-                case 2: v = (double)st->retrying; break;
-                case 3: v = (double)st->failed; break;
-                case 4: v = (double)st->blocked; break;
-                case 5: v = (double)st->aggregates_blocked; break;
-                case 6: v = (double)st->sent; break;
+                case 0:
+                    v = (double)st->pending;
+                    break;
+                case 1:
+                    v = (double)st->pending_due;
+                    break;
+                case 2:
+                    v = (double)st->retrying;
+                    break;
+                case 3:
+                    v = (double)st->failed;
+                    break;
+                case 4:
+                    v = (double)st->blocked;
+                    break;
+                case 5:
+                    v = (double)st->aggregates_blocked;
+                    break;
+                case 6:
+                    v = (double)st->sent;
+                    break;
                 case 7:
-                    v = st->pending > 0 && st->oldest_pending_us > 0 &&
-                                now > st->oldest_pending_us
+                    v = st->pending > 0 && st->oldest_pending_us > 0 && now > st->oldest_pending_us
                             ? (double)(now - st->oldest_pending_us) / 1e6
                             : 0.0;
                     break;
-                default: v = (double)views[i].refreshed_us / 1e6; break;
+                default:
+                    v = (double)views[i].refreshed_us / 1e6;
+                    break;
                 }
                 outbox__buf_reset(&l);
                 label(&l, "relay", all[i].name);

@@ -60,9 +60,8 @@ outbox_relay_metrics *outbox__monitor_snapshot(outbox_monitor *m)
 
 outbox_store *outbox__monitor_api_store(outbox_monitor *m, size_t i, outbox_error *err)
 {
-    if (m->api_stores[i] == NULL &&
-        outbox_store_open(outbox__relay_store_url(m->relays[i]), &m->api_stores[i], err) !=
-            OUTBOX_OK)
+    if (m->api_stores[i] == NULL && outbox_store_open(outbox__relay_store_url(m->relays[i]),
+                                                      &m->api_stores[i], err) != OUTBOX_OK)
         m->api_stores[i] = NULL;
     return m->api_stores[i];
 }
@@ -110,8 +109,8 @@ static void refresh_views(outbox_monitor *m)
 
         memset(&v, 0, sizeof v);
         if (m->refresh_stores[i] == NULL)
-            rc = outbox_store_open(outbox__relay_store_url(m->relays[i]), &m->refresh_stores[i],
-                                   &e);
+            rc =
+                outbox_store_open(outbox__relay_store_url(m->relays[i]), &m->refresh_stores[i], &e);
         if (rc == OUTBOX_OK)
             rc = outbox_store_status(m->refresh_stores[i], &v.status, sizeof v.status, &e);
         v.queried = 1;
@@ -337,7 +336,8 @@ static int token_matches(const char *token, const char *header)
     tlen = strlen(token);
     diff = glen != tlen;
     for (i = 0; i < tlen; i++)
-        diff |= (unsigned)(unsigned char)token[i] ^ (unsigned)(unsigned char)(i < glen ? given[i] : 0);
+        diff |=
+            (unsigned)(unsigned char)token[i] ^ (unsigned)(unsigned char)(i < glen ? given[i] : 0);
     return diff == 0;
 }
 
@@ -418,9 +418,8 @@ static int message_path(const char *path, char *id, size_t id_len, const char **
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     outbox_monitor *m = cls;
     request_ctx *ctx = *con_cls;
@@ -475,9 +474,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                            outbox__console_html_len);
     } else if (strcmp(url, "/metrics") == 0) {
         const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept");
-        outbox__monitor_metrics(m, accept != NULL &&
-                                       strstr(accept, "application/openmetrics-text") != NULL,
-                                &reply);
+        outbox__monitor_metrics(
+            m, accept != NULL && strstr(accept, "application/openmetrics-text") != NULL, &reply);
     } else if (strcmp(url, "/healthz") == 0) {
         outbox__monitor_healthz(m, &reply);
     } else if (strcmp(url, "/readyz") == 0) {

@@ -35,9 +35,9 @@ typedef struct monitor_view {
 
 /* One relay's rates over the last history interval. */
 typedef struct monitor_rate {
-    double publish_rate;  /* messages per second */
-    int has_quantiles;    /* any confirmation in the interval */
-    double p50, p99;      /* commit to publish, seconds */
+    double publish_rate; /* messages per second */
+    int has_quantiles;   /* any confirmation in the interval */
+    double p50, p99;     /* commit to publish, seconds */
 } monitor_rate;
 
 typedef struct monitor_point {
@@ -55,18 +55,18 @@ typedef struct monitor_point {
 struct outbox_monitor {
     outbox_relay **relays; /* borrowed */
     size_t n;
-    char *admin_token;     /* NULL: read-only */
+    char *admin_token; /* NULL: read-only */
     unsigned refresh_ms;
     unsigned port;
-    void *daemon;          /* struct MHD_Daemon */
+    void *daemon; /* struct MHD_Daemon */
 
     pthread_t refresher;
     int refresher_started;
     pthread_mutex_t lock; /* guards stopping and everything below */
     pthread_cond_t wake;
     int stopping;
-    monitor_view *views;   /* per relay */
-    monitor_rate *rates;   /* per relay */
+    monitor_view *views; /* per relay */
+    monitor_rate *rates; /* per relay */
     monitor_point history[MONITOR_HISTORY_POINTS];
     size_t history_first, history_count;
 
@@ -74,7 +74,7 @@ struct outbox_monitor {
     outbox_store **refresh_stores; /* per relay, NULL until opened */
     uint64_t *last_published;      /* per relay, at the last history sample */
     uint64_t (*last_commit)[OUTBOX_HISTOGRAM_BUCKETS];
-    int64_t last_sample_us;        /* monotonic */
+    int64_t last_sample_us; /* monotonic */
 
     /* The HTTP thread's own. */
     outbox_store **api_stores; /* per relay, NULL until opened */
