@@ -81,15 +81,14 @@ static size_t on_header(char *p, size_t size, size_t n, void *user)
 {
     http_reply *r = user;
     header_value(p, size * n, "Content-Type", r->content_type, sizeof r->content_type);
-    header_value(p, size * n, "WWW-Authenticate", r->www_authenticate,
-                 sizeof r->www_authenticate);
+    header_value(p, size * n, "WWW-Authenticate", r->www_authenticate, sizeof r->www_authenticate);
     header_value(p, size * n, "Allow", r->allow, sizeof r->allow);
     return size * n;
 }
 
 /* method path on 127.0.0.1:port, with up to two extra header lines. */
-static void http(http_reply *r, const char *method, unsigned port, const char *path,
-                 const char *h1, const char *h2)
+static void http(http_reply *r, const char *method, unsigned port, const char *path, const char *h1,
+                 const char *h2)
 {
     CURL *c = curl_easy_init();
     struct curl_slist *headers = NULL;
@@ -223,7 +222,8 @@ static void wait_status(unsigned port, const char *path, long want_status, int64
         http(&r, "GET", port, path, NULL, NULL);
         free(r.body);
         if (r.status == want_status) return;
-        if (ch_now_ms() > end) TEST_FAIL_("GET %s: still %ld, not %ld", path, r.status, want_status);
+        if (ch_now_ms() > end)
+            TEST_FAIL_("GET %s: still %ld, not %ld", path, r.status, want_status);
         ch_sleep_ms(50);
     }
 }
@@ -378,8 +378,9 @@ TEST(monitor_end_to_end)
     sum = http_json(port, "/api/summary", 200);
     store = json_object_get(sum, "store");
     {
-        static const char *const keys[] = {"schema_version", "pending", "pending_due", "retrying",
-                                           "blocked", "aggregates_blocked", "sent", "failed"};
+        static const char *const keys[] = {"schema_version", "pending", "pending_due",
+                                           "retrying",       "blocked", "aggregates_blocked",
+                                           "sent",           "failed"};
         for (i = 0; i < (int)(sizeof keys / sizeof keys[0]); i++)
             if (jint(store, keys[i]) != jint(st, keys[i]))
                 TEST_FAIL_("summary store.%s %lld != status %lld", keys[i],
@@ -576,10 +577,19 @@ TEST(listen_address_checks)
     /* The CLI: exit 2 with the same words; a token file others can read. */
     {
         char token[CH_PATH], errfile[CH_PATH], *msg;
-        const char *argv[] = {test_outbox_bin(), "relay",     "--store", store, "--to", "discard:",
-                              "--listen",        "0.0.0.0:9464", NULL};
-        const char *argv2[] = {test_outbox_bin(), "relay", "--store", store, "--to", "discard:",
-                               "--listen", "127.0.0.1:0", "--admin-token-file", token, NULL};
+        const char *argv[] = {test_outbox_bin(), "relay",    "--store",      store, "--to",
+                              "discard:",        "--listen", "0.0.0.0:9464", NULL};
+        const char *argv2[] = {test_outbox_bin(),
+                               "relay",
+                               "--store",
+                               store,
+                               "--to",
+                               "discard:",
+                               "--listen",
+                               "127.0.0.1:0",
+                               "--admin-token-file",
+                               token,
+                               NULL};
         FILE *f;
         ch_path(errfile, "cli.err");
         ASSERT_EQ(ch_run(argv, NULL, NULL, errfile, 30000), 2);

@@ -28,7 +28,7 @@
 typedef struct monitor_view {
     int queried;          /* a query finished (ok or not) */
     int ok;               /* the last query succeeded */
-    char error[256];      /* why not, when !ok */
+    char error[512];      /* why not, when !ok */
     outbox_status status; /* of the last successful query */
     int64_t refreshed_us; /* unix time of that query */
 } monitor_view;
