@@ -78,6 +78,14 @@ static double unix_seconds(int64_t us)
     return (double)us / 1e6;
 }
 
+/* Takes a snapshot; 0 after answering 503 when out of memory. */
+static int take_snapshot(outbox_monitor *m, monitor_snapshot *snap, monitor_reply *reply)
+{
+    if (outbox__monitor_snapshot(m, snap) == 0) return 1;
+    outbox__monitor_json_error(reply, 503, "out of memory");
+    return 0;
+}
+
 /* ------------------------------------------------------------------------
  * /healthz and /readyz
  * ---------------------------------------------------------------------- */
@@ -86,17 +94,16 @@ static double unix_seconds(int64_t us)
  * (outbox_relay_metrics.deadline_us). */
 void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
-    json_t *o = json_object(), *relays = json_array();
+    monitor_snapshot snap;
+    const outbox_relay_metrics *all;
+    json_t *o, *relays;
     int ok = 1;
     size_t i;
 
-    if (all == NULL) {
-        json_decref(o);
-        json_decref(relays);
-        outbox__monitor_json_error(reply, 503, "out of memory");
-        return;
-    }
+    if (!take_snapshot(m, &snap, reply)) return;
+    all = snap.relays;
+    o = json_object();
+    relays = json_array();
     for (i = 0; i < m->n; i++) {
         json_t *r = json_object();
         int alive =
@@ -111,7 +118,7 @@ void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply)
     }
     json_object_set_new(o, "status", json_string(ok ? "ok" : "failing"));
     json_object_set_new(o, "relays", relays);
-    free(all);
+    outbox__monitor_snapshot_release(&snap);
     reply_json(reply, ok ? 200 : 503, o);
 }
 
@@ -119,24 +126,19 @@ void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply)
  * outage, and the relay holds its lease or stands by for it. */
 void outbox__monitor_readyz(outbox_monitor *m, monitor_reply *reply)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
-    monitor_view *views = calloc(m->n, sizeof *views);
-    json_t *o = json_object(), *relays = json_array();
+    monitor_snapshot snap;
+    const outbox_relay_metrics *all;
+    const monitor_view *views;
+    json_t *o, *relays;
     char text[400];
     int ready = 1;
     size_t i;
 
-    if (all == NULL || views == NULL) {
-        free(all);
-        free(views);
-        json_decref(o);
-        json_decref(relays);
-        outbox__monitor_json_error(reply, 503, "out of memory");
-        return;
-    }
-    pthread_mutex_lock(&m->lock);
-    memcpy(views, m->views, m->n * sizeof *views);
-    pthread_mutex_unlock(&m->lock);
+    if (!take_snapshot(m, &snap, reply)) return;
+    all = snap.relays;
+    views = snap.views;
+    o = json_object();
+    relays = json_array();
     for (i = 0; i < m->n; i++) {
         json_t *r = json_object();
         const char *lease = all[i].lease_held                      ? "held"
@@ -165,8 +167,7 @@ void outbox__monitor_readyz(outbox_monitor *m, monitor_reply *reply)
     }
     json_object_set_new(o, "status", json_string(ready ? "ready" : "not ready"));
     json_object_set_new(o, "relays", relays);
-    free(all);
-    free(views);
+    outbox__monitor_snapshot_release(&snap);
     reply_json(reply, ready ? 200 : 503, o);
 }
 
@@ -223,26 +224,20 @@ static json_t *store_json(const outbox_relay_metrics *r, const monitor_view *v, 
 
 void outbox__monitor_summary(outbox_monitor *m, monitor_reply *reply)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
-    monitor_view *views = calloc(m->n, sizeof *views);
-    monitor_rate *rates = calloc(m->n, sizeof *rates);
-    json_t *o = json_object(), *relays = json_array();
+    monitor_snapshot snap;
+    const outbox_relay_metrics *all;
+    const monitor_view *views;
+    const monitor_rate *rates;
+    json_t *o, *relays;
     int64_t now = outbox__now_us();
     size_t i;
 
-    if (all == NULL || views == NULL || rates == NULL) {
-        free(all);
-        free(views);
-        free(rates);
-        json_decref(o);
-        json_decref(relays);
-        outbox__monitor_json_error(reply, 503, "out of memory");
-        return;
-    }
-    pthread_mutex_lock(&m->lock);
-    memcpy(views, m->views, m->n * sizeof *views);
-    memcpy(rates, m->rates, m->n * sizeof *rates);
-    pthread_mutex_unlock(&m->lock);
+    if (!take_snapshot(m, &snap, reply)) return;
+    all = snap.relays;
+    views = snap.views;
+    rates = snap.rates;
+    o = json_object();
+    relays = json_array();
 
     json_object_set_new(o, "version", json_string(outbox_version()));
     json_object_set_new(o, "now", json_real(unix_seconds(now)));
@@ -278,9 +273,7 @@ void outbox__monitor_summary(outbox_monitor *m, monitor_reply *reply)
         json_array_append_new(relays, j);
     }
     json_object_set_new(o, "relays", relays);
-    free(all);
-    free(views);
-    free(rates);
+    outbox__monitor_snapshot_release(&snap);
     reply_json(reply, 200, o);
 }
 

@@ -69,7 +69,7 @@ static void format_double(char *out, size_t len, double v)
         snprintf(out, len, v > 0 ? "+Inf" : "-Inf");
     else if (isnan(v))
         snprintf(out, len, "NaN");
-    else if (v == floor(v) && fabs(v) < 1e15)
+    else if (v > -1e15 && v < 1e15 && v == (double)(long long)v) /* no libm needed */
         snprintf(out, len, "%.1f", v);
     else
         snprintf(out, len, "%.9g", v);
@@ -229,24 +229,83 @@ static void process_metrics(expo *e)
  * The exposition
  * ---------------------------------------------------------------------- */
 
+/* The store's counts, as `outbox status` gives them (the refresh thread's
+ * cache), labelled with the relay and the store's scheme.  offset: of an
+ * int64_t count in outbox_status; the two ages are computed. */
+enum { GAUGE_OLDEST_AGE = -1, GAUGE_REFRESHED = -2 };
+
+static void store_gauges(expo *e, const outbox_relay_metrics *all, const monitor_view *views,
+                         size_t n)
+{
+    static const struct {
+        const char *name, *help;
+        long offset; /* in outbox_status, or GAUGE_* */
+        int blocked; /* only where the store counts blocked messages */
+    } gauges[] = {
+        {"outbox_messages_pending", "Pending messages (due or waiting to retry).",
+         offsetof(outbox_status, pending), 0},
+        {"outbox_messages_pending_due", "Pending messages that are due now.",
+         offsetof(outbox_status, pending_due), 0},
+        {"outbox_messages_retrying", "Pending messages that failed at least once.",
+         offsetof(outbox_status, retrying), 0},
+        {"outbox_messages_failed", "Failed messages, waiting for outbox retry or drop.",
+         offsetof(outbox_status, failed), 0},
+        {"outbox_messages_blocked",
+         "Pending messages held behind a Failed message of their aggregate.",
+         offsetof(outbox_status, blocked), 1},
+        {"outbox_aggregates_blocked", "Aggregates with messages held behind a Failed one.",
+         offsetof(outbox_status, aggregates_blocked), 1},
+        {"outbox_messages_sent", "Messages kept as sent (on_sent=mark).",
+         offsetof(outbox_status, sent), 0},
+        {"outbox_oldest_pending_age_seconds", "Age of the oldest pending message (0 when none).",
+         GAUGE_OLDEST_AGE, 0},
+        {"outbox_store_refresh_timestamp_seconds", "When these store counts were queried.",
+         GAUGE_REFRESHED, 0},
+    };
+    int64_t now = outbox__now_us();
+    outbox_buf l;
+    size_t g, i;
+
+    outbox__buf_init(&l);
+    for (g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
+        family(e, gauges[g].name, "gauge", gauges[g].help);
+        for (i = 0; i < n; i++) {
+            const outbox_status *st = &views[i].status;
+            double v;
+            if (views[i].refreshed_us == 0) continue; /* not queried yet */
+            if (gauges[g].blocked && !st->blocked_counted) continue;
+            if (gauges[g].offset == GAUGE_OLDEST_AGE)
+                v = st->pending > 0 && st->oldest_pending_us > 0 && now > st->oldest_pending_us
+                        ? (double)(now - st->oldest_pending_us) / 1e6
+                        : 0.0;
+            else if (gauges[g].offset == GAUGE_REFRESHED)
+                v = (double)views[i].refreshed_us / 1e6;
+            else
+                v = (double)*(const int64_t *)((const char *)st + gauges[g].offset);
+            outbox__buf_reset(&l);
+            label(&l, "relay", all[i].name);
+            label(&l, "store", all[i].store_scheme);
+            sample(e, gauges[g].name, &l, v);
+        }
+    }
+    outbox__buf_free(&l);
+}
+
 void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *reply)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
-    monitor_view *views = calloc(m->n, sizeof *views);
+    monitor_snapshot snap;
+    const outbox_relay_metrics *all;
+    const monitor_view *views;
     expo e = {&reply->body, openmetrics};
     outbox_buf l;
     size_t i, n = m->n;
-    int64_t now = outbox__now_us();
 
-    if (all == NULL || views == NULL) {
-        free(all);
-        free(views);
+    if (outbox__monitor_snapshot(m, &snap) != 0) {
         reply->body.oom = 1;
         return;
     }
-    pthread_mutex_lock(&m->lock);
-    memcpy(views, m->views, n * sizeof *views);
-    pthread_mutex_unlock(&m->lock);
+    all = snap.relays;
+    views = snap.views;
     outbox__buf_init(&l);
     reply->content_type = openmetrics ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
                                       : "text/plain; version=0.0.4; charset=utf-8";
@@ -347,69 +406,7 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
         sample(&e, "outbox_relay_loop_age_seconds", &l, (double)all[i].loop_age_us / 1e6);
     }
 
-    /* The store's counts, as `outbox status` gives them (cached). */
-    {
-        static const struct {
-            const char *name, *help;
-        } gauges[] = {
-            {"outbox_messages_pending", "Pending messages (due or waiting to retry)."},
-            {"outbox_messages_pending_due", "Pending messages that are due now."},
-            {"outbox_messages_retrying", "Pending messages that failed at least once."},
-            {"outbox_messages_failed", "Failed messages, waiting for outbox retry or drop."},
-            {"outbox_messages_blocked",
-             "Pending messages held behind a Failed message of their aggregate."},
-            {"outbox_aggregates_blocked", "Aggregates with messages held behind a Failed one."},
-            {"outbox_messages_sent", "Messages kept as sent (on_sent=mark)."},
-            {"outbox_oldest_pending_age_seconds",
-             "Age of the oldest pending message (0 when none)."},
-            {"outbox_store_refresh_timestamp_seconds", "When these store counts were queried."},
-        };
-        size_t g;
-        for (g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
-            family(&e, gauges[g].name, "gauge", gauges[g].help);
-            for (i = 0; i < n; i++) {
-                const outbox_status *st = &views[i].status;
-                double v;
-                if (views[i].refreshed_us == 0) continue; /* never queried yet */
-                if ((g == 4 || g == 5) && !st->blocked_counted) continue;
-                switch (g) {
-                case 0:
-                    v = (double)st->pending;
-                    break;
-                case 1:
-                    v = (double)st->pending_due;
-                    break;
-                case 2:
-                    v = (double)st->retrying;
-                    break;
-                case 3:
-                    v = (double)st->failed;
-                    break;
-                case 4:
-                    v = (double)st->blocked;
-                    break;
-                case 5:
-                    v = (double)st->aggregates_blocked;
-                    break;
-                case 6:
-                    v = (double)st->sent;
-                    break;
-                case 7:
-                    v = st->pending > 0 && st->oldest_pending_us > 0 && now > st->oldest_pending_us
-                            ? (double)(now - st->oldest_pending_us) / 1e6
-                            : 0.0;
-                    break;
-                default:
-                    v = (double)views[i].refreshed_us / 1e6;
-                    break;
-                }
-                outbox__buf_reset(&l);
-                label(&l, "relay", all[i].name);
-                label(&l, "store", all[i].store_scheme);
-                sample(&e, gauges[g].name, &l, v);
-            }
-        }
-    }
+    store_gauges(&e, all, views, n);
     family(&e, "outbox_store_up", "gauge", "1 when the last query of the store succeeded.");
     for (i = 0; i < n; i++) {
         outbox__buf_reset(&l);
@@ -421,6 +418,5 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
     process_metrics(&e);
     if (openmetrics) outbox__buf_puts(e.b, "# EOF\n");
     outbox__buf_free(&l);
-    free(all);
-    free(views);
+    outbox__monitor_snapshot_release(&snap);
 }

@@ -46,16 +46,35 @@ void outbox_monitor_options_init(outbox_monitor_options *opts)
  * Shared helpers (monitor.h)
  * ---------------------------------------------------------------------- */
 
-outbox_relay_metrics *outbox__monitor_snapshot(outbox_monitor *m)
+/* The relays' metrics first, outside the lock (reading them never waits
+ * for a relay), then the views and rates under it. */
+int outbox__monitor_snapshot(outbox_monitor *m, monitor_snapshot *s)
 {
-    outbox_relay_metrics *all = calloc(m->n, sizeof *all);
     size_t i;
-    if (all == NULL) return NULL;
-    for (i = 0; i < m->n; i++) {
-        all[i].size = sizeof all[i];
-        outbox_relay_get_metrics(m->relays[i], &all[i]);
+    s->relays = calloc(m->n, sizeof *s->relays);
+    s->views = calloc(m->n, sizeof *s->views);
+    s->rates = calloc(m->n, sizeof *s->rates);
+    if (s->relays == NULL || s->views == NULL || s->rates == NULL) {
+        outbox__monitor_snapshot_release(s);
+        return -1;
     }
-    return all;
+    for (i = 0; i < m->n; i++) {
+        s->relays[i].size = sizeof s->relays[i];
+        outbox_relay_get_metrics(m->relays[i], &s->relays[i]);
+    }
+    pthread_mutex_lock(&m->lock);
+    memcpy(s->views, m->views, m->n * sizeof *s->views);
+    memcpy(s->rates, m->rates, m->n * sizeof *s->rates);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+void outbox__monitor_snapshot_release(monitor_snapshot *s)
+{
+    free(s->relays);
+    free(s->views);
+    free(s->rates);
+    memset(s, 0, sizeof *s);
 }
 
 outbox_store *outbox__monitor_api_store(outbox_monitor *m, size_t i, outbox_error *err)
@@ -139,14 +158,16 @@ static void refresh_views(outbox_monitor *m)
  * the interval since the last sample. */
 static void sample_history(outbox_monitor *m)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
+    monitor_snapshot snap;
+    outbox_relay_metrics *all;
     uint64_t commit[OUTBOX_HISTOGRAM_BUCKETS] = {0}, published = 0, published_delta = 0;
     int64_t now = outbox__monotonic_us();
     double dt = m->last_sample_us > 0 ? (double)(now - m->last_sample_us) / 1e6 : 0.0;
     monitor_point p;
     size_t i, k;
 
-    if (all == NULL) return;
+    if (outbox__monitor_snapshot(m, &snap) != 0) return;
+    all = snap.relays;
     memset(&p, 0, sizeof p);
     pthread_mutex_lock(&m->lock);
     for (i = 0; i < m->n; i++) {
@@ -191,7 +212,7 @@ static void sample_history(outbox_monitor *m)
         m->history_first = (m->history_first + 1) % MONITOR_HISTORY_POINTS;
     pthread_mutex_unlock(&m->lock);
     m->last_sample_us = now;
-    free(all);
+    outbox__monitor_snapshot_release(&snap);
 }
 
 static void *refresh_main(void *arg)

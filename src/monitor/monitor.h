@@ -94,9 +94,18 @@ typedef struct monitor_reply {
     const char *allow;    /* for 405: the Allow header */
 } monitor_reply;
 
-/* Metrics of every relay into an array the caller frees; NULL when out of
- * memory. */
-outbox_relay_metrics *outbox__monitor_snapshot(outbox_monitor *m);
+/* What a request shows, copied at once: every relay's metrics, and the
+ * refresh thread's views and rates. */
+typedef struct monitor_snapshot {
+    outbox_relay_metrics *relays; /* m->n each */
+    monitor_view *views;
+    monitor_rate *rates;
+} monitor_snapshot;
+
+/* Fills s (released with outbox__monitor_snapshot_release); 0, or -1 when
+ * out of memory (nothing to release). */
+int outbox__monitor_snapshot(outbox_monitor *m, monitor_snapshot *s);
+void outbox__monitor_snapshot_release(monitor_snapshot *s);
 
 /* The store of relay i for the HTTP thread (opened on first use, reopened
  * after a failure); NULL with err filled when it cannot be opened. */
