@@ -10,8 +10,11 @@
  * the monitor's own, queried by the refresh thread at most once per
  * refresh interval and cached; a request reads the cache and never
  * triggers that query, so a slow store slows neither the relay nor a
- * scrape.  The refresh thread also keeps the console's history: a ring of
- * MONITOR_HISTORY_POINTS points, one every MONITOR_HISTORY_INTERVAL_S.
+ * scrape.  The counts scan the pending messages, which takes a while on a
+ * large backlog: the next refresh then waits REFRESH_BUSY_FACTOR times as
+ * long as the last one took, if that is longer than the interval, so the
+ * monitor keeps the store busy a twentieth of the time at most.  The refresh thread also keeps the
+ * console's history: a ring of MONITOR_HISTORY_POINTS points, one every MONITOR_HISTORY_INTERVAL_S.
  *
  * Safety: a non-loopback address is refused unless allow_public is set.
  * Retry and drop (POST only) need the admin token as a bearer token,
@@ -30,6 +33,9 @@
 #include <time.h>
 
 #define COMPONENT "monitor"
+
+/* After a store refresh that took d, the next waits at least this times d. */
+#define REFRESH_BUSY_FACTOR 20
 
 /* Request bodies larger than this are refused (the API takes none). */
 #define MONITOR_MAX_BODY 1024
@@ -226,10 +232,14 @@ static void *refresh_main(void *arg)
         struct timespec ts;
 
         if (now >= next_refresh) {
+            int64_t took, wait;
             pthread_mutex_unlock(&m->lock);
             refresh_views(m);
             pthread_mutex_lock(&m->lock);
-            next_refresh = outbox__monotonic_us() + (int64_t)m->refresh_ms * 1000;
+            took = outbox__monotonic_us() - now;
+            wait = (int64_t)m->refresh_ms * 1000;
+            if (took * REFRESH_BUSY_FACTOR > wait) wait = took * REFRESH_BUSY_FACTOR;
+            next_refresh = now + took + wait;
             continue;
         }
         if (now >= next_sample) {
