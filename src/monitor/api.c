@@ -90,6 +90,17 @@ static int take_snapshot(outbox_monitor *m, monitor_snapshot *snap, monitor_repl
  * /healthz and /readyz
  * ---------------------------------------------------------------------- */
 
+/* {"status": good (200) or bad (503, when good is NULL), "relays": relays},
+ * releasing the snapshot. */
+static void reply_probe(monitor_reply *reply, monitor_snapshot *snap, json_t *o, json_t *relays,
+                        const char *good, const char *bad)
+{
+    json_object_set_new(o, "status", json_string(good ? good : bad));
+    json_object_set_new(o, "relays", relays);
+    outbox__monitor_snapshot_release(snap);
+    reply_json(reply, good ? 200 : 503, o);
+}
+
 /* Alive: every relay's loop turned within its deadline
  * (outbox_relay_metrics.deadline_us). */
 void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply)
@@ -116,10 +127,7 @@ void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply)
         json_object_set_new(r, "alive", json_boolean(alive));
         json_array_append_new(relays, r);
     }
-    json_object_set_new(o, "status", json_string(ok ? "ok" : "failing"));
-    json_object_set_new(o, "relays", relays);
-    outbox__monitor_snapshot_release(&snap);
-    reply_json(reply, ok ? 200 : 503, o);
+    reply_probe(reply, &snap, o, relays, ok ? "ok" : NULL, "failing");
 }
 
 /* Ready: the store answered the last refresh, the destination is not in an
@@ -165,10 +173,7 @@ void outbox__monitor_readyz(outbox_monitor *m, monitor_reply *reply)
         json_object_set_new(r, "lease", json_string(lease));
         json_array_append_new(relays, r);
     }
-    json_object_set_new(o, "status", json_string(ready ? "ready" : "not ready"));
-    json_object_set_new(o, "relays", relays);
-    outbox__monitor_snapshot_release(&snap);
-    reply_json(reply, ready ? 200 : 503, o);
+    reply_probe(reply, &snap, o, relays, ready ? "ready" : NULL, "not ready");
 }
 
 /* ------------------------------------------------------------------------

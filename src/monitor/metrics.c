@@ -229,6 +229,60 @@ static void process_metrics(expo *e)
  * The exposition
  * ---------------------------------------------------------------------- */
 
+static double destination_up(const outbox_relay_metrics *r)
+{
+    return r->destination_up ? 1 : 0;
+}
+static double destination_backoff(const outbox_relay_metrics *r)
+{
+    return r->destination_backoff_seconds;
+}
+static double lease_held(const outbox_relay_metrics *r)
+{
+    return r->lease_held ? 1 : 0;
+}
+static double partitions_owned(const outbox_relay_metrics *r)
+{
+    return (double)r->partitions_owned;
+}
+static double loop_age(const outbox_relay_metrics *r)
+{
+    return (double)r->loop_age_us / 1e6;
+}
+
+/* The relays' state as gauges. */
+static void relay_gauges(expo *e, const outbox_relay_metrics *all, size_t n)
+{
+    static const struct {
+        const char *name, *help;
+        double (*value)(const outbox_relay_metrics *r);
+    } gauges[] = {
+        {"outbox_destination_up", "1 while the destination answers, 0 during an outage.",
+         destination_up},
+        {"outbox_destination_backoff_seconds",
+         "The relay's current pause before trying a down destination again; 0 when up.",
+         destination_backoff},
+        {"outbox_relay_lease_held", "1 while the relay holds its lease.", lease_held},
+        {"outbox_relay_partitions_owned",
+         "Partitions of the outbox the relay publishes (1 for a store with one lease).",
+         partitions_owned},
+        {"outbox_relay_loop_age_seconds",
+         "Time since the relay loop last turned (/healthz fails past its deadline).", loop_age},
+    };
+    outbox_buf l;
+    size_t g, i;
+
+    outbox__buf_init(&l);
+    for (g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
+        family(e, gauges[g].name, "gauge", gauges[g].help);
+        for (i = 0; i < n; i++) {
+            relay_labels(&l, &all[i]);
+            sample(e, gauges[g].name, &l, gauges[g].value(&all[i]));
+        }
+    }
+    outbox__buf_free(&l);
+}
+
 /* The store's counts, as `outbox status` gives them (the refresh thread's
  * cache), labelled with the relay and the store's scheme.  offset: of an
  * int64_t count in outbox_status; the two ages are computed. */
@@ -376,36 +430,7 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
     histogram(&e, all, n, "outbox_batch_messages", "Messages per claimed batch.",
               offsetof(outbox_relay_metrics, batch_messages));
 
-    family(&e, "outbox_destination_up", "gauge",
-           "1 while the destination answers, 0 during an outage.");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_destination_up", &l, all[i].destination_up ? 1 : 0);
-    }
-    family(&e, "outbox_destination_backoff_seconds", "gauge",
-           "The relay's current pause before trying a down destination again; 0 when up.");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_destination_backoff_seconds", &l, all[i].destination_backoff_seconds);
-    }
-    family(&e, "outbox_relay_lease_held", "gauge", "1 while the relay holds its lease.");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_relay_lease_held", &l, all[i].lease_held ? 1 : 0);
-    }
-    family(&e, "outbox_relay_partitions_owned", "gauge",
-           "Partitions of the outbox the relay publishes (1 for a store with one lease).");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_relay_partitions_owned", &l, (double)all[i].partitions_owned);
-    }
-    family(&e, "outbox_relay_loop_age_seconds", "gauge",
-           "Time since the relay loop last turned (/healthz fails past its deadline).");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_relay_loop_age_seconds", &l, (double)all[i].loop_age_us / 1e6);
-    }
-
+    relay_gauges(&e, all, n);
     store_gauges(&e, all, views, n);
     family(&e, "outbox_store_up", "gauge", "1 when the last query of the store succeeded.");
     for (i = 0; i < n; i++) {
