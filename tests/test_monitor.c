@@ -526,6 +526,12 @@ TEST(monitor_end_to_end)
     ASSERT_STREQ(h.content_type, "text/html; charset=utf-8");
     ASSERT_CONTAINS(h.body, "<html");
     free(h.body);
+    http(&h, "GET", port, "/api/summary", "Host: rebound.example.com:9464", NULL);
+    ASSERT_EQ(h.status, 403); /* a DNS-rebinding page */
+    free(h.body);
+    http(&h, "GET", port, "/api/summary", "Host: localhost:9464", NULL);
+    ASSERT_EQ(h.status, 200);
+    free(h.body);
     http(&h, "GET", port, "/nothing-here", NULL, NULL);
     ASSERT_EQ(h.status, 404);
     ASSERT_STREQ(h.content_type, "application/json");

@@ -16,7 +16,10 @@
  * monitor keeps the store busy a twentieth of the time at most.  The refresh thread also keeps the
  * console's history: a ring of MONITOR_HISTORY_POINTS points, one every MONITOR_HISTORY_INTERVAL_S.
  *
- * Safety: a non-loopback address is refused unless allow_public is set.
+ * Safety: a non-loopback address is refused unless allow_public is set,
+ * and on a loopback address a request must name the host as an IP address
+ * or localhost (Host header), so a web page that rebinds its own DNS name
+ * to 127.0.0.1 cannot read the API from a browser on the same machine.
  * Retry and drop (POST only) need the admin token as a bearer token,
  * compared in constant time; without a token configured the console is
  * read-only.  No cookies.  Request bodies are refused past a small limit.
@@ -351,6 +354,28 @@ typedef struct request_ctx {
     size_t body_bytes;
 } request_ctx;
 
+/* The Host header names an IP address or localhost (any port); a request
+ * without one (HTTP/1.0) is let through. */
+static int host_allowed(const char *host)
+{
+    char name[64];
+    const char *end;
+    unsigned char addr[16];
+
+    if (host == NULL) return 1;
+    if (host[0] == '[') {
+        end = strchr(host, ']');
+        if (end == NULL || (size_t)(end - host - 1) >= sizeof name) return 0;
+        snprintf(name, sizeof name, "%.*s", (int)(end - host - 1), host + 1);
+        return inet_pton(AF_INET6, name, addr) == 1;
+    }
+    end = strchr(host, ':');
+    if (end == NULL) end = host + strlen(host);
+    if ((size_t)(end - host) >= sizeof name) return 0;
+    snprintf(name, sizeof name, "%.*s", (int)(end - host), host);
+    return strcasecmp(name, "localhost") == 0 || inet_pton(AF_INET, name, addr) == 1;
+}
+
 /* "Bearer <token>" against the configured token, in time independent of
  * where they differ. */
 static int token_matches(const char *token, const char *header)
@@ -480,7 +505,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
 
     reply_init(&reply);
-    if (ctx->body_bytes > MONITOR_MAX_BODY) {
+    if (!m->public_listen &&
+        !host_allowed(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host"))) {
+        outbox__monitor_json_error(&reply, MHD_HTTP_FORBIDDEN,
+                                   "the Host header must be an IP address or localhost");
+    } else if (ctx->body_bytes > MONITOR_MAX_BODY) {
         outbox__monitor_json_error(&reply, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large");
     } else if (message_path(url, id, sizeof id, &action)) {
         if (post) {
@@ -572,6 +601,7 @@ int outbox_monitor_new(outbox_monitor **out, outbox_relay *const *relays, size_t
     if (m == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory creating the monitor");
     m->n = n;
     m->refresh_ms = o.refresh_ms;
+    m->public_listen = o.allow_public;
     pthread_mutex_init(&m->lock, NULL);
     pthread_condattr_init(&cattr);
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);

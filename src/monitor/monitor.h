@@ -57,6 +57,7 @@ struct outbox_monitor {
     size_t n;
     char *admin_token; /* NULL: read-only */
     unsigned refresh_ms;
+    int public_listen; /* allow_public: any Host header */
     unsigned port;
     void *daemon; /* struct MHD_Daemon */
 
