@@ -16,6 +16,7 @@
 
 #include <dirent.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,12 +165,37 @@ static int read_file(const char *path, char *buf, size_t len)
     return 0;
 }
 
+/* The process's start time, read once (it does not change): field 22 of
+ * /proc/self/stat (clock ticks after boot) plus the boot time (btime in
+ * /proc/stat); 0 when unknown. */
+static pthread_once_t start_time_once = PTHREAD_ONCE_INIT;
+static double start_time_s;
+
+static void read_start_time(void)
+{
+    char text[4096], stat[8192];
+    long ticks = sysconf(_SC_CLK_TCK);
+    unsigned long long start = 0;
+    const char *p, *bt;
+    int field = 2;
+
+    if (ticks <= 0 || read_file("/proc/self/stat", text, sizeof text) != 0) return;
+    p = strrchr(text, ')');
+    while (p != NULL && *p && field < 22) {
+        p = strchr(p + 1, ' ');
+        if (p != NULL) field++;
+    }
+    if (p != NULL && field == 22 && sscanf(p + 1, "%llu", &start) == 1 &&
+        read_file("/proc/stat", stat, sizeof stat) == 0 && (bt = strstr(stat, "\nbtime ")) != NULL)
+        start_time_s = (double)strtoull(bt + 7, NULL, 10) + (double)start / (double)ticks;
+}
+
 static void process_metrics(expo *e)
 {
     struct rusage ru;
     struct rlimit rl;
     char text[4096];
-    long page = sysconf(_SC_PAGESIZE), ticks = sysconf(_SC_CLK_TCK);
+    long page = sysconf(_SC_PAGESIZE);
     DIR *d;
 
     if (getrusage(RUSAGE_SELF, &ru) == 0) {
@@ -201,27 +227,11 @@ static void process_metrics(expo *e)
         family(e, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
         sample(e, "process_max_fds", NULL, (double)rl.rlim_cur);
     }
-    /* Start time: field 22 of /proc/self/stat (clock ticks after boot)
-     * plus the boot time (btime in /proc/stat). */
-    if (ticks > 0 && read_file("/proc/self/stat", text, sizeof text) == 0) {
-        const char *p = strrchr(text, ')');
-        unsigned long long start = 0;
-        int field = 2;
-        char stat[8192];
-        const char *bt;
-        while (p != NULL && *p && field < 22) {
-            p = strchr(p + 1, ' ');
-            if (p != NULL) field++;
-        }
-        if (p != NULL && field == 22 && sscanf(p + 1, "%llu", &start) == 1 &&
-            read_file("/proc/stat", stat, sizeof stat) == 0 &&
-            (bt = strstr(stat, "\nbtime ")) != NULL) {
-            unsigned long long btime = strtoull(bt + 7, NULL, 10);
-            family(e, "process_start_time_seconds", "gauge",
-                   "Start time of the process since the Unix epoch in seconds.");
-            sample(e, "process_start_time_seconds", NULL,
-                   (double)btime + (double)start / (double)ticks);
-        }
+    pthread_once(&start_time_once, read_start_time);
+    if (start_time_s > 0) {
+        family(e, "process_start_time_seconds", "gauge",
+               "Start time of the process since the Unix epoch in seconds.");
+        sample(e, "process_start_time_seconds", NULL, start_time_s);
     }
 }
 
