@@ -185,4 +185,101 @@ static inline double bench_loadavg(void)
     return l;
 }
 
+/* ------------------------------------------------------------------------
+ * The relay monitor under load (--listen in bench_sqlite_drain and
+ * bench_pg_drain): outbox_monitor on 127.0.0.1, and a thread that scrapes
+ * its /metrics every interval_ms over plain HTTP/1.0, as Prometheus would
+ * (only much more often), for the duration of a drain.
+ * ---------------------------------------------------------------------- */
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include "outbox.h"
+
+typedef struct bench_monitor {
+    outbox_monitor *monitor;
+    pthread_t thread;
+    atomic_int stop;
+    unsigned port;
+    int interval_ms;
+    long scrapes, failures; /* written by the thread, read after the join */
+} bench_monitor;
+
+/* One GET /metrics; 0 when the answer was a 200 with a body. */
+static inline int bench_scrape(unsigned port)
+{
+    static const char request[] = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    struct sockaddr_in a;
+    char buf[16384];
+    size_t total = 0;
+    ssize_t got;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), ok = 0;
+
+    if (fd < 0) return -1;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        write(fd, request, sizeof request - 1) == (ssize_t)(sizeof request - 1)) {
+        while ((got = read(fd, buf, sizeof buf)) > 0) {
+            if (total == 0 && got > 12 && memcmp(buf + 9, "200", 3) == 0) ok = 1;
+            total += (size_t)got;
+        }
+    }
+    close(fd);
+    return ok && total > 1000 ? 0 : -1;
+}
+
+static inline void *bench_scraper_main(void *arg)
+{
+    bench_monitor *b = arg;
+    while (!atomic_load(&b->stop)) {
+        if (bench_scrape(b->port) == 0)
+            b->scrapes++;
+        else
+            b->failures++;
+        usleep((useconds_t)b->interval_ms * 1000);
+    }
+    return NULL;
+}
+
+/* Starts a monitor for relay (default options: a 5 s store refresh) and
+ * the scraper.  0, or -1 with the reason in why (why_len bytes). */
+static inline int bench_monitor_start(bench_monitor *b, outbox_relay *relay, int interval_ms,
+                                      char *why, size_t why_len)
+{
+    outbox_monitor_options mo;
+    outbox_error err = {0, ""};
+    memset(b, 0, sizeof *b);
+    outbox_monitor_options_init(&mo);
+    mo.listen = "127.0.0.1:0";
+    if (outbox_monitor_new(&b->monitor, &relay, 1, &mo, &err) != OUTBOX_OK) {
+        snprintf(why, why_len, "outbox_monitor_new: %s", err.message);
+        return -1;
+    }
+    b->port = outbox_monitor_port(b->monitor);
+    b->interval_ms = interval_ms;
+    if (pthread_create(&b->thread, NULL, bench_scraper_main, b) != 0) {
+        outbox_monitor_free(b->monitor);
+        snprintf(why, why_len, "cannot start the scraper thread");
+        return -1;
+    }
+    return 0;
+}
+
+/* Stops the scraper and frees the monitor; returns the scrapes made (-1
+ * when one failed). */
+static inline long bench_monitor_stop(bench_monitor *b)
+{
+    atomic_store(&b->stop, 1);
+    pthread_join(b->thread, NULL);
+    outbox_monitor_free(b->monitor);
+    return b->failures > 0 ? -1 : b->scrapes;
+}
+
 #endif /* OUTBOX_BENCH_COMMON_H */

@@ -11,6 +11,10 @@
  *                         B FOR UPDATE SKIP LOCKED) RETURNING <all columns>`
  *                         in autocommit, nothing else
  *               relay     outbox_relay_new(URL, "discard:", once, batch B)
+ *               relay +monitor (with --listen) the same with outbox_monitor
+ *                         on 127.0.0.1 and /metrics scraped every 100 ms,
+ *                         interleaved with plain relay drains (--repeat
+ *                         pairs, medians): what monitoring costs the drain
  *   latency   commit-to-publish at a steady offered load (4 connections,
  *             10 messages per transaction, paced), the relay in a thread with a
  *             publish callback; latency = publish time - the time COMMIT
@@ -42,7 +46,7 @@
  *
  * Usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T]
  *                       [--clients C] [--repeat R] [--url URL] [--skip-latency]
- *                       [--skip-enqueue] [--skip-drain]
+ *                       [--skip-enqueue] [--skip-drain] [--listen]
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -53,6 +57,7 @@ int main(void)
 }
 #else
 
+#include "bench_common.h"
 #include "support/pg.h"
 #include "test.h"
 
@@ -149,20 +154,30 @@ static double baseline(PGconn *c)
     return dt;
 }
 
-static double relay_drain(void)
+/* monitored: with the monitor serving it and /metrics scraped every
+ * 100 ms (--listen). */
+static double relay_drain(int monitored)
 {
     outbox_relay_options o;
     outbox_relay *r = NULL;
     outbox_error err;
     outbox_relay_stats st;
+    bench_monitor mon;
+    char why[512];
+    long scrapes;
     outbox_relay_options_init(&o);
     o.once = 1;
     o.batch_size = (unsigned)batch;
     double t0 = now_s();
-    if (outbox_relay_new(&r, url, "discard:", &o, &err) != OUTBOX_OK ||
-        outbox_relay_run(r, &err) != OUTBOX_OK)
+    if (outbox_relay_new(&r, url, "discard:", &o, &err) != OUTBOX_OK)
         TEST_FAIL_("relay: %s", err.message);
+    if (monitored && bench_monitor_start(&mon, r, 100, why, sizeof why) != 0) TEST_FAIL_("%s", why);
+    if (outbox_relay_run(r, &err) != OUTBOX_OK) TEST_FAIL_("relay: %s", err.message);
     double dt = now_s() - t0;
+    if (monitored) {
+        if ((scrapes = bench_monitor_stop(&mon)) < 0) TEST_FAIL_("a scrape of /metrics failed");
+        printf("  (%ld scrapes of /metrics during the drain)\n", scrapes);
+    }
     outbox_relay_get_stats(r, &st);
     outbox_relay_free(r);
     if ((long long)st.published != n_msgs)
@@ -569,7 +584,7 @@ static const char *const case_name[CASE_COUNT] = {"business row",
 int main(int argc, char **argv)
 {
     static pgh_server server;
-    int skip_latency = 0, skip_enqueue = 0, skip_drain = 0;
+    int skip_latency = 0, skip_enqueue = 0, skip_drain = 0, listen = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-n") && i + 1 < argc)
             n_msgs = atoll(argv[++i]);
@@ -593,10 +608,12 @@ int main(int argc, char **argv)
             skip_enqueue = 1;
         else if (!strcmp(argv[i], "--no-analyze"))
             no_analyze = 1;
+        else if (!strcmp(argv[i], "--listen"))
+            listen = 1;
         else {
             fprintf(stderr, "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
                             "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
-                            " [--skip-enqueue] [--skip-drain] [--no-analyze]\n");
+                            " [--skip-enqueue] [--skip-drain] [--no-analyze] [--listen]\n");
             return 2;
         }
     }
@@ -644,11 +661,31 @@ int main(int argc, char **argv)
         printf("  baseline (DELETE ... SKIP LOCKED LIMIT %d RETURNING): %.2f s, %.0f msg/s\n",
                batch, tb, n_msgs / tb);
         fill(c, n_msgs);
-        double tr = relay_drain();
+        double tr = relay_drain(0);
         printf("  relay -> discard:                                    %.2f s, %.0f msg/s"
                " (%.2fx the baseline's time)\n",
                tr, n_msgs / tr, tr / tb);
         fflush(stdout);
+        if (listen) {
+            /* Pairs of drains, without and with the monitor, interleaved. */
+            double plain_v[64], mon_v[64];
+            for (int k = 0; k < repeat; k++) {
+                fill(c, n_msgs);
+                plain_v[k] = relay_drain(0);
+                fill(c, n_msgs);
+                mon_v[k] = relay_drain(1);
+                printf("  pair %d/%d: relay %.2f s, relay +monitor %.2f s\n", k + 1, repeat,
+                       plain_v[k], mon_v[k]);
+                fflush(stdout);
+            }
+            double tp = median(plain_v, repeat), tm = median(mon_v, repeat);
+            printf("  monitor: relay -> discard: with /metrics scraped every 100 ms: %.0f msg/s vs "
+                   "%.0f msg/s without (medians of %d), throughput cost %.1f%% (target <= 2%%: "
+                   "%s)\n",
+                   n_msgs / tm, n_msgs / tp, repeat, (tm / tp - 1.0) * 100.0,
+                   tm / tp - 1.0 <= 0.02 ? "met" : "MISSED");
+            fflush(stdout);
+        }
     }
 
     if (!skip_latency) latency();

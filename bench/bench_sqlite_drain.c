@@ -17,6 +17,9 @@
  *   relay/discard outbox_relay_new("sqlite:COPY", "discard:", once=1,
  *                 batch_size=B) + outbox_relay_run
  *   relay/file    the same to "file:PATH" (one fsync per batch)
+ *   relay/discard +monitor (with --listen) relay/discard with outbox_monitor
+ *                 serving it on 127.0.0.1 and a thread scraping /metrics
+ *                 every 100 ms: what monitoring costs the drain
  *
  * and baseline + relay/discard again at N/10, to show that peak memory does
  * not grow with N.  After each run the parent checks the result (no rows left
@@ -25,7 +28,7 @@
  * and the table shows the median time and the largest peak RSS.
  *
  * Usage: bench_sqlite_drain [-n N] [-b BATCH] [-a AGGREGATES] [-r REPEAT]
- *                           [--dir DIR] [--keep] [--baseline-pragmas SQL]
+ *                           [--dir DIR] [--keep] [--baseline-pragmas SQL] [--listen]
  *
  * --baseline-pragmas runs extra SQL in the baseline only (for instance
  * "PRAGMA mmap_size=1000000000"), to see what a SQLite setting would give
@@ -54,9 +57,10 @@
 
 enum { PAYLOAD_BYTES = 300, FILL_TXN_ROWS = 50000, MAX_REPEAT = 25 };
 
-enum { CASE_NOOP, CASE_BASELINE, CASE_DISCARD, CASE_FILE };
+enum { CASE_NOOP, CASE_BASELINE, CASE_DISCARD, CASE_FILE, CASE_MONITORED };
 
-static const char *case_names[] = {"noop", "baseline", "relay -> discard:", "relay -> file:"};
+static const char *case_names[] = {"noop", "baseline",
+                                   "relay -> discard:", "relay -> file:", "discard: +monitor"};
 
 typedef struct config {
     long long n;
@@ -66,6 +70,7 @@ typedef struct config {
     int keep;
     char dir[512];
     const char *baseline_pragmas; /* extra SQL run by the baseline after open */
+    int listen;                   /* also run relay -> discard: with the monitor scraped */
 } config;
 
 /* What a child sends back to the parent. */
@@ -286,13 +291,16 @@ out:
 }
 
 /* Child: the relay, once, from the copy to to_url. */
-static void run_relay(const config *cfg, const char *path, const char *to_url, child_report *r)
+static void run_relay(const config *cfg, const char *path, const char *to_url, int monitored,
+                      child_report *r)
 {
     outbox_relay *relay = NULL;
     outbox_relay_options opts;
     outbox_relay_stats stats;
     outbox_error err = {0};
+    bench_monitor mon;
     char store_url[600];
+    long scrapes = 0;
     double t0 = bench_now();
 
     snprintf(store_url, sizeof store_url, "sqlite:%s", path);
@@ -303,10 +311,18 @@ static void run_relay(const config *cfg, const char *path, const char *to_url, c
         report_fail(r, "outbox_relay_new: %s", err.message);
         goto out;
     }
+    if (monitored && bench_monitor_start(&mon, relay, 100, r->message, sizeof r->message) != 0)
+        goto out;
     if (outbox_relay_run(relay, &err) != OUTBOX_OK) {
         report_fail(r, "outbox_relay_run: %s", err.message);
+        if (monitored) bench_monitor_stop(&mon);
         goto out;
     }
+    if (monitored && (scrapes = bench_monitor_stop(&mon)) < 0) {
+        report_fail(r, "a scrape of /metrics failed");
+        goto out;
+    }
+    if (monitored) fprintf(stderr, "  %ld scrapes of /metrics during the drain\n", scrapes);
     outbox_relay_get_stats(relay, &stats);
     outbox_relay_free(relay);
     relay = NULL;
@@ -360,11 +376,12 @@ static int run_child(int which, const config *cfg, const char *db_path, const ch
             run_baseline(cfg, db_path, &rep);
             break;
         case CASE_DISCARD:
-            run_relay(cfg, db_path, "discard:", &rep);
+        case CASE_MONITORED:
+            run_relay(cfg, db_path, "discard:", which == CASE_MONITORED, &rep);
             break;
         case CASE_FILE:
             snprintf(url, sizeof url, "file:%s", out_path);
-            run_relay(cfg, db_path, url, &rep);
+            run_relay(cfg, db_path, url, 0, &rep);
             break;
         default:
             fill_database(cfg, db_path, n, &rep);
@@ -521,7 +538,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_sqlite_drain [-n N] [-b BATCH] [-a AGGREGATES] [-r REPEAT]\n"
-            "                          [--dir DIR] [--keep] [--baseline-pragmas SQL]\n"
+            "                          [--dir DIR] [--keep] [--baseline-pragmas SQL] [--listen]\n"
             "  -n N           pending messages to drain (default 1000000)\n"
             "  -b BATCH       relay batch size and baseline LIMIT (default 512)\n"
             "  -a AGGREGATES  distinct aggregate ids (default 10000)\n"
@@ -529,7 +546,10 @@ static void usage(void)
             "  --dir DIR      work directory (default: a new one under $TMPDIR or /tmp)\n"
             "  --keep         keep the work directory\n"
             "  --baseline-pragmas SQL  extra SQL the baseline runs after opening (to\n"
-            "                 try SQLite settings, e.g. \"PRAGMA mmap_size=1000000000\")\n",
+            "                 try SQLite settings, e.g. \"PRAGMA mmap_size=1000000000\")\n"
+            "  --listen       also drain to discard: with the monitor (outbox_monitor on\n"
+            "                 127.0.0.1) scraped every 100 ms, interleaved with the plain\n"
+            "                 runs, and report the throughput cost\n",
             MAX_REPEAT);
 }
 
@@ -548,6 +568,10 @@ static int parse_args(int argc, char **argv, config *cfg)
         long long x;
         if (strcmp(a, "--keep") == 0) {
             cfg->keep = 1;
+            continue;
+        }
+        if (strcmp(a, "--listen") == 0) {
+            cfg->listen = 1;
             continue;
         }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -607,9 +631,9 @@ int main(int argc, char **argv)
 {
     config cfg;
     char src_big[600], src_small[600], run_db[600], events[600];
-    row rows[5];
+    row rows[6];
     run_result res, floor_res;
-    int made_dir = 0, rc = 1, rep, k;
+    int made_dir = 0, rc = 1, rep, k, nrows = 5;
     long long small_n;
     double base_median_big = 0, base_median_small = 0;
 
@@ -657,9 +681,11 @@ int main(int argc, char **argv)
     rows[2] = (row){case_names[CASE_FILE], cfg.n, CASE_FILE, {0}, 0, 0};
     rows[3] = (row){"baseline", small_n, CASE_BASELINE, {0}, 0, 0};
     rows[4] = (row){case_names[CASE_DISCARD], small_n, CASE_DISCARD, {0}, 0, 0};
+    rows[5] = (row){case_names[CASE_MONITORED], cfg.n, CASE_MONITORED, {0}, 0, 0};
+    if (cfg.listen) nrows = 6;
 
     for (rep = 0; rep < cfg.repeat; rep++) {
-        for (k = 0; k < 5; k++) {
+        for (k = 0; k < nrows; k++) {
             row *rw = &rows[k];
             const char *src = rw->n == cfg.n ? src_big : src_small;
             remove_db(run_db);
@@ -696,7 +722,7 @@ int main(int argc, char **argv)
     base_median_small = row_median(&rows[3]);
     printf("\n%-18s %9s %9s %10s %11s %13s\n", "case", "messages", "seconds", "msg/s", "x baseline",
            "peak RSS MiB");
-    for (k = 0; k < 5; k++) {
+    for (k = 0; k < nrows; k++) {
         const row *rw = &rows[k];
         double med = row_median(rw);
         double base = rw->n == cfg.n ? base_median_big : base_median_small;
@@ -713,6 +739,13 @@ int main(int argc, char **argv)
            (double)cfg.n / row_median(&rows[1]) >= 150000 ? "met" : "MISSED",
            (double)cfg.n / row_median(&rows[1]), (double)rows[1].maxrss_kib / 1024.0,
            (double)rows[4].maxrss_kib / 1024.0);
+    if (cfg.listen) {
+        double cost = row_median(&rows[5]) / row_median(&rows[1]) - 1.0;
+        printf("monitor: relay -> discard: with /metrics scraped every 100 ms: %.0f msg/s vs "
+               "%.0f msg/s without, throughput cost %.1f%% (target <= 2%%: %s)\n",
+               (double)cfg.n / row_median(&rows[5]), (double)cfg.n / row_median(&rows[1]),
+               cost * 100.0, cost <= 0.02 ? "met" : "MISSED");
+    }
     rc = 0;
 out:
     remove_work_dir(&cfg, made_dir);

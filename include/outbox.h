@@ -869,8 +869,8 @@ OUTBOX_API void outbox_relay_free(outbox_relay *relay);
  *
  * outbox_monitor serves it over HTTP (libmicrohttpd): GET /metrics
  * (Prometheus text or OpenMetrics), /healthz, /readyz, a web console at /
- * and its JSON API under /api/ (documented in docs/MONITORING.md and the
- * README's "Monitoring").
+ * and its JSON API under /api/ (the README's "Monitoring" and docs/CLI.md's
+ * `outbox relay` describe them).
  * ---------------------------------------------------------------------- */
 
 /* Buckets of every histogram below, the last one +Inf. */

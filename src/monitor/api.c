@@ -78,28 +78,47 @@ static double unix_seconds(int64_t us)
     return (double)us / 1e6;
 }
 
+/* Takes a snapshot; 0 after answering 503 when out of memory. */
+static int take_snapshot(outbox_monitor *m, monitor_snapshot *snap, monitor_reply *reply)
+{
+    if (outbox__monitor_snapshot(m, snap) == 0) return 1;
+    outbox__monitor_json_error(reply, 503, "out of memory");
+    return 0;
+}
+
 /* ------------------------------------------------------------------------
  * /healthz and /readyz
  * ---------------------------------------------------------------------- */
+
+/* {"status": good (200) or bad (503, when good is NULL), "relays": relays},
+ * releasing the snapshot. */
+static void reply_probe(monitor_reply *reply, monitor_snapshot *snap, json_t *o, json_t *relays,
+                        const char *good, const char *bad)
+{
+    json_object_set_new(o, "status", json_string(good ? good : bad));
+    json_object_set_new(o, "relays", relays);
+    outbox__monitor_snapshot_release(snap);
+    reply_json(reply, good ? 200 : 503, o);
+}
 
 /* Alive: every relay's loop turned within its deadline
  * (outbox_relay_metrics.deadline_us). */
 void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
-    json_t *o = json_object(), *relays = json_array();
+    monitor_snapshot snap;
+    const outbox_relay_metrics *all;
+    json_t *o, *relays;
     int ok = 1;
     size_t i;
 
-    if (all == NULL) {
-        json_decref(o);
-        json_decref(relays);
-        outbox__monitor_json_error(reply, 503, "out of memory");
-        return;
-    }
+    if (!take_snapshot(m, &snap, reply)) return;
+    all = snap.relays;
+    o = json_object();
+    relays = json_array();
     for (i = 0; i < m->n; i++) {
         json_t *r = json_object();
-        int alive = all[i].state != OUTBOX_RELAY_STOPPED && all[i].loop_age_us <= all[i].deadline_us;
+        int alive =
+            all[i].state != OUTBOX_RELAY_STOPPED && all[i].loop_age_us <= all[i].deadline_us;
         if (!alive) ok = 0;
         json_object_set_new(r, "name", jstr(all[i].name));
         json_object_set_new(r, "state", json_string(outbox_relay_state_name(all[i].state)));
@@ -108,39 +127,31 @@ void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply)
         json_object_set_new(r, "alive", json_boolean(alive));
         json_array_append_new(relays, r);
     }
-    json_object_set_new(o, "status", json_string(ok ? "ok" : "failing"));
-    json_object_set_new(o, "relays", relays);
-    free(all);
-    reply_json(reply, ok ? 200 : 503, o);
+    reply_probe(reply, &snap, o, relays, ok ? "ok" : NULL, "failing");
 }
 
 /* Ready: the store answered the last refresh, the destination is not in an
  * outage, and the relay holds its lease or stands by for it. */
 void outbox__monitor_readyz(outbox_monitor *m, monitor_reply *reply)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
-    monitor_view *views = calloc(m->n, sizeof *views);
-    json_t *o = json_object(), *relays = json_array();
+    monitor_snapshot snap;
+    const outbox_relay_metrics *all;
+    const monitor_view *views;
+    json_t *o, *relays;
     char text[400];
     int ready = 1;
     size_t i;
 
-    if (all == NULL || views == NULL) {
-        free(all);
-        free(views);
-        json_decref(o);
-        json_decref(relays);
-        outbox__monitor_json_error(reply, 503, "out of memory");
-        return;
-    }
-    pthread_mutex_lock(&m->lock);
-    memcpy(views, m->views, m->n * sizeof *views);
-    pthread_mutex_unlock(&m->lock);
+    if (!take_snapshot(m, &snap, reply)) return;
+    all = snap.relays;
+    views = snap.views;
+    o = json_object();
+    relays = json_array();
     for (i = 0; i < m->n; i++) {
         json_t *r = json_object();
-        const char *lease = all[i].lease_held                        ? "held"
+        const char *lease = all[i].lease_held                      ? "held"
                             : all[i].state == OUTBOX_RELAY_STANDBY ? "standby"
-                                                                     : "none";
+                                                                   : "none";
         json_object_set_new(r, "name", jstr(all[i].name));
         if (!views[i].queried) {
             ready = 0;
@@ -162,11 +173,7 @@ void outbox__monitor_readyz(outbox_monitor *m, monitor_reply *reply)
         json_object_set_new(r, "lease", json_string(lease));
         json_array_append_new(relays, r);
     }
-    json_object_set_new(o, "status", json_string(ready ? "ready" : "not ready"));
-    json_object_set_new(o, "relays", relays);
-    free(all);
-    free(views);
-    reply_json(reply, ready ? 200 : 503, o);
+    reply_probe(reply, &snap, o, relays, ready ? "ready" : NULL, "not ready");
 }
 
 /* ------------------------------------------------------------------------
@@ -183,7 +190,8 @@ static json_t *lease_json(const outbox_status *st, int64_t now)
     json_object_set_new(
         relay, "lease_expires_in_ms",
         json_integer(st->lease_expires_us > now ? (st->lease_expires_us - now) / 1000 : 0));
-    json_object_set_new(relay, "pid", st->lease_pid > 0 ? json_integer(st->lease_pid) : json_null());
+    json_object_set_new(relay, "pid",
+                        st->lease_pid > 0 ? json_integer(st->lease_pid) : json_null());
     json_object_set_new(relay, "host", st->lease_host[0] ? jstr(st->lease_host) : json_null());
     json_object_set_new(relay, "gone",
                         st->blocked_counted ? json_boolean(st->lease_holder_gone) : json_null());
@@ -221,35 +229,29 @@ static json_t *store_json(const outbox_relay_metrics *r, const monitor_view *v, 
 
 void outbox__monitor_summary(outbox_monitor *m, monitor_reply *reply)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
-    monitor_view *views = calloc(m->n, sizeof *views);
-    monitor_rate *rates = calloc(m->n, sizeof *rates);
-    json_t *o = json_object(), *relays = json_array();
+    monitor_snapshot snap;
+    const outbox_relay_metrics *all;
+    const monitor_view *views;
+    const monitor_rate *rates;
+    json_t *o, *relays;
     int64_t now = outbox__now_us();
     size_t i;
 
-    if (all == NULL || views == NULL || rates == NULL) {
-        free(all);
-        free(views);
-        free(rates);
-        json_decref(o);
-        json_decref(relays);
-        outbox__monitor_json_error(reply, 503, "out of memory");
-        return;
-    }
-    pthread_mutex_lock(&m->lock);
-    memcpy(views, m->views, m->n * sizeof *views);
-    memcpy(rates, m->rates, m->n * sizeof *rates);
-    pthread_mutex_unlock(&m->lock);
+    if (!take_snapshot(m, &snap, reply)) return;
+    all = snap.relays;
+    views = snap.views;
+    rates = snap.rates;
+    o = json_object();
+    relays = json_array();
 
     json_object_set_new(o, "version", json_string(outbox_version()));
     json_object_set_new(o, "now", json_real(unix_seconds(now)));
     json_object_set_new(o, "admin", json_boolean(m->admin_token != NULL));
-    json_object_set_new(o, "refreshed_at", views[0].refreshed_us > 0
-                                               ? json_real(unix_seconds(views[0].refreshed_us))
-                                               : json_null());
-    json_object_set_new(o, "store", views[0].refreshed_us > 0 ? store_json(&all[0], &views[0], now)
-                                                              : json_null());
+    json_object_set_new(o, "refreshed_at",
+                        views[0].refreshed_us > 0 ? json_real(unix_seconds(views[0].refreshed_us))
+                                                  : json_null());
+    json_object_set_new(
+        o, "store", views[0].refreshed_us > 0 ? store_json(&all[0], &views[0], now) : json_null());
     for (i = 0; i < m->n; i++) {
         const outbox_relay_metrics *r = &all[i];
         json_t *j = json_object();
@@ -276,9 +278,7 @@ void outbox__monitor_summary(outbox_monitor *m, monitor_reply *reply)
         json_array_append_new(relays, j);
     }
     json_object_set_new(o, "relays", relays);
-    free(all);
-    free(views);
-    free(rates);
+    outbox__monitor_snapshot_release(&snap);
     reply_json(reply, 200, o);
 }
 

@@ -16,6 +16,7 @@
 
 #include <dirent.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,7 +70,7 @@ static void format_double(char *out, size_t len, double v)
         snprintf(out, len, v > 0 ? "+Inf" : "-Inf");
     else if (isnan(v))
         snprintf(out, len, "NaN");
-    else if (v == floor(v) && fabs(v) < 1e15)
+    else if (v > -1e15 && v < 1e15 && v == (double)(long long)v) /* no libm needed */
         snprintf(out, len, "%.1f", v);
     else
         snprintf(out, len, "%.9g", v);
@@ -128,8 +129,7 @@ static void histogram(expo *e, const outbox_relay_metrics *all, size_t n, const 
     outbox__buf_init(&lb);
     family(e, name, "histogram", help);
     for (i = 0; i < n; i++) {
-        const outbox_histogram *h =
-            (const outbox_histogram *)((const char *)&all[i] + offset);
+        const outbox_histogram *h = (const outbox_histogram *)((const char *)&all[i] + offset);
         uint64_t cumulative = 0;
         relay_labels(&l, &all[i]);
         snprintf(sample_name, sizeof sample_name, "%s_bucket", name);
@@ -165,12 +165,37 @@ static int read_file(const char *path, char *buf, size_t len)
     return 0;
 }
 
+/* The process's start time, read once (it does not change): field 22 of
+ * /proc/self/stat (clock ticks after boot) plus the boot time (btime in
+ * /proc/stat); 0 when unknown. */
+static pthread_once_t start_time_once = PTHREAD_ONCE_INIT;
+static double start_time_s;
+
+static void read_start_time(void)
+{
+    char text[4096], stat[8192];
+    long ticks = sysconf(_SC_CLK_TCK);
+    unsigned long long start = 0;
+    const char *p, *bt;
+    int field = 2;
+
+    if (ticks <= 0 || read_file("/proc/self/stat", text, sizeof text) != 0) return;
+    p = strrchr(text, ')');
+    while (p != NULL && *p && field < 22) {
+        p = strchr(p + 1, ' ');
+        if (p != NULL) field++;
+    }
+    if (p != NULL && field == 22 && sscanf(p + 1, "%llu", &start) == 1 &&
+        read_file("/proc/stat", stat, sizeof stat) == 0 && (bt = strstr(stat, "\nbtime ")) != NULL)
+        start_time_s = (double)strtoull(bt + 7, NULL, 10) + (double)start / (double)ticks;
+}
+
 static void process_metrics(expo *e)
 {
     struct rusage ru;
     struct rlimit rl;
     char text[4096];
-    long page = sysconf(_SC_PAGESIZE), ticks = sysconf(_SC_CLK_TCK);
+    long page = sysconf(_SC_PAGESIZE);
     DIR *d;
 
     if (getrusage(RUSAGE_SELF, &ru) == 0) {
@@ -202,27 +227,11 @@ static void process_metrics(expo *e)
         family(e, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
         sample(e, "process_max_fds", NULL, (double)rl.rlim_cur);
     }
-    /* Start time: field 22 of /proc/self/stat (clock ticks after boot)
-     * plus the boot time (btime in /proc/stat). */
-    if (ticks > 0 && read_file("/proc/self/stat", text, sizeof text) == 0) {
-        const char *p = strrchr(text, ')');
-        unsigned long long start = 0;
-        int field = 2;
-        char stat[8192];
-        const char *bt;
-        while (p != NULL && *p && field < 22) {
-            p = strchr(p + 1, ' ');
-            if (p != NULL) field++;
-        }
-        if (p != NULL && field == 22 && sscanf(p + 1, "%llu", &start) == 1 &&
-            read_file("/proc/stat", stat, sizeof stat) == 0 &&
-            (bt = strstr(stat, "\nbtime ")) != NULL) {
-            unsigned long long btime = strtoull(bt + 7, NULL, 10);
-            family(e, "process_start_time_seconds", "gauge",
-                   "Start time of the process since the Unix epoch in seconds.");
-            sample(e, "process_start_time_seconds", NULL,
-                   (double)btime + (double)start / (double)ticks);
-        }
+    pthread_once(&start_time_once, read_start_time);
+    if (start_time_s > 0) {
+        family(e, "process_start_time_seconds", "gauge",
+               "Start time of the process since the Unix epoch in seconds.");
+        sample(e, "process_start_time_seconds", NULL, start_time_s);
     }
 }
 
@@ -230,24 +239,137 @@ static void process_metrics(expo *e)
  * The exposition
  * ---------------------------------------------------------------------- */
 
+static double destination_up(const outbox_relay_metrics *r)
+{
+    return r->destination_up ? 1 : 0;
+}
+static double destination_backoff(const outbox_relay_metrics *r)
+{
+    return r->destination_backoff_seconds;
+}
+static double lease_held(const outbox_relay_metrics *r)
+{
+    return r->lease_held ? 1 : 0;
+}
+static double partitions_owned(const outbox_relay_metrics *r)
+{
+    return (double)r->partitions_owned;
+}
+static double loop_age(const outbox_relay_metrics *r)
+{
+    return (double)r->loop_age_us / 1e6;
+}
+
+/* The relays' state as gauges. */
+static void relay_gauges(expo *e, const outbox_relay_metrics *all, size_t n)
+{
+    static const struct {
+        const char *name, *help;
+        double (*value)(const outbox_relay_metrics *r);
+    } gauges[] = {
+        {"outbox_destination_up", "1 while the destination answers, 0 during an outage.",
+         destination_up},
+        {"outbox_destination_backoff_seconds",
+         "The relay's current pause before trying a down destination again; 0 when up.",
+         destination_backoff},
+        {"outbox_relay_lease_held", "1 while the relay holds its lease.", lease_held},
+        {"outbox_relay_partitions_owned",
+         "Partitions of the outbox the relay publishes (1 for a store with one lease).",
+         partitions_owned},
+        {"outbox_relay_loop_age_seconds",
+         "Time since the relay loop last turned (/healthz fails past its deadline).", loop_age},
+    };
+    outbox_buf l;
+    size_t g, i;
+
+    outbox__buf_init(&l);
+    for (g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
+        family(e, gauges[g].name, "gauge", gauges[g].help);
+        for (i = 0; i < n; i++) {
+            relay_labels(&l, &all[i]);
+            sample(e, gauges[g].name, &l, gauges[g].value(&all[i]));
+        }
+    }
+    outbox__buf_free(&l);
+}
+
+/* The store's counts, as `outbox status` gives them (the refresh thread's
+ * cache), labelled with the relay and the store's scheme.  offset: of an
+ * int64_t count in outbox_status; the two ages are computed. */
+enum { GAUGE_OLDEST_AGE = -1, GAUGE_REFRESHED = -2 };
+
+static void store_gauges(expo *e, const outbox_relay_metrics *all, const monitor_view *views,
+                         size_t n)
+{
+    static const struct {
+        const char *name, *help;
+        long offset; /* in outbox_status, or GAUGE_* */
+        int blocked; /* only where the store counts blocked messages */
+    } gauges[] = {
+        {"outbox_messages_pending", "Pending messages (due or waiting to retry).",
+         offsetof(outbox_status, pending), 0},
+        {"outbox_messages_pending_due", "Pending messages that are due now.",
+         offsetof(outbox_status, pending_due), 0},
+        {"outbox_messages_retrying", "Pending messages that failed at least once.",
+         offsetof(outbox_status, retrying), 0},
+        {"outbox_messages_failed", "Failed messages, waiting for outbox retry or drop.",
+         offsetof(outbox_status, failed), 0},
+        {"outbox_messages_blocked",
+         "Pending messages held behind a Failed message of their aggregate.",
+         offsetof(outbox_status, blocked), 1},
+        {"outbox_aggregates_blocked", "Aggregates with messages held behind a Failed one.",
+         offsetof(outbox_status, aggregates_blocked), 1},
+        {"outbox_messages_sent", "Messages kept as sent (on_sent=mark).",
+         offsetof(outbox_status, sent), 0},
+        {"outbox_oldest_pending_age_seconds", "Age of the oldest pending message (0 when none).",
+         GAUGE_OLDEST_AGE, 0},
+        {"outbox_store_refresh_timestamp_seconds", "When these store counts were queried.",
+         GAUGE_REFRESHED, 0},
+    };
+    int64_t now = outbox__now_us();
+    outbox_buf l;
+    size_t g, i;
+
+    outbox__buf_init(&l);
+    for (g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
+        family(e, gauges[g].name, "gauge", gauges[g].help);
+        for (i = 0; i < n; i++) {
+            const outbox_status *st = &views[i].status;
+            double v;
+            if (views[i].refreshed_us == 0) continue; /* not queried yet */
+            if (gauges[g].blocked && !st->blocked_counted) continue;
+            if (gauges[g].offset == GAUGE_OLDEST_AGE)
+                v = st->pending > 0 && st->oldest_pending_us > 0 && now > st->oldest_pending_us
+                        ? (double)(now - st->oldest_pending_us) / 1e6
+                        : 0.0;
+            else if (gauges[g].offset == GAUGE_REFRESHED)
+                v = (double)views[i].refreshed_us / 1e6;
+            else
+                v = (double)*(const int64_t *)((const char *)st + gauges[g].offset);
+            outbox__buf_reset(&l);
+            label(&l, "relay", all[i].name);
+            label(&l, "store", all[i].store_scheme);
+            sample(e, gauges[g].name, &l, v);
+        }
+    }
+    outbox__buf_free(&l);
+}
+
 void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *reply)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
-    monitor_view *views = calloc(m->n, sizeof *views);
+    monitor_snapshot snap;
+    const outbox_relay_metrics *all;
+    const monitor_view *views;
     expo e = {&reply->body, openmetrics};
     outbox_buf l;
     size_t i, n = m->n;
-    int64_t now = outbox__now_us();
 
-    if (all == NULL || views == NULL) {
-        free(all);
-        free(views);
+    if (outbox__monitor_snapshot(m, &snap) != 0) {
         reply->body.oom = 1;
         return;
     }
-    pthread_mutex_lock(&m->lock);
-    memcpy(views, m->views, n * sizeof *views);
-    pthread_mutex_unlock(&m->lock);
+    all = snap.relays;
+    views = snap.views;
     outbox__buf_init(&l);
     reply->content_type = openmetrics ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
                                       : "text/plain; version=0.0.4; charset=utf-8";
@@ -318,85 +440,8 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
     histogram(&e, all, n, "outbox_batch_messages", "Messages per claimed batch.",
               offsetof(outbox_relay_metrics, batch_messages));
 
-    family(&e, "outbox_destination_up", "gauge",
-           "1 while the destination answers, 0 during an outage.");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_destination_up", &l, all[i].destination_up ? 1 : 0);
-    }
-    family(&e, "outbox_destination_backoff_seconds", "gauge",
-           "The relay's current pause before trying a down destination again; 0 when up.");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_destination_backoff_seconds", &l,
-               all[i].destination_backoff_seconds);
-    }
-    family(&e, "outbox_relay_lease_held", "gauge", "1 while the relay holds its lease.");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_relay_lease_held", &l, all[i].lease_held ? 1 : 0);
-    }
-    family(&e, "outbox_relay_partitions_owned", "gauge",
-           "Partitions of the outbox the relay publishes (1 for a store with one lease).");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_relay_partitions_owned", &l, (double)all[i].partitions_owned);
-    }
-    family(&e, "outbox_relay_loop_age_seconds", "gauge",
-           "Time since the relay loop last turned (/healthz fails past its deadline).");
-    for (i = 0; i < n; i++) {
-        relay_labels(&l, &all[i]);
-        sample(&e, "outbox_relay_loop_age_seconds", &l, (double)all[i].loop_age_us / 1e6);
-    }
-
-    /* The store's counts, as `outbox status` gives them (cached). */
-    {
-        static const struct {
-            const char *name, *help;
-        } gauges[] = {
-            {"outbox_messages_pending", "Pending messages (due or waiting to retry)."},
-            {"outbox_messages_pending_due", "Pending messages that are due now."},
-            {"outbox_messages_retrying", "Pending messages that failed at least once."},
-            {"outbox_messages_failed", "Failed messages, waiting for outbox retry or drop."},
-            {"outbox_messages_blocked",
-             "Pending messages held behind a Failed message of their aggregate."},
-            {"outbox_aggregates_blocked", "Aggregates with messages held behind a Failed one."},
-            {"outbox_messages_sent", "Messages kept as sent (on_sent=mark)."},
-            {"outbox_oldest_pending_age_seconds",
-             "Age of the oldest pending message (0 when none)."},
-            {"outbox_store_refresh_timestamp_seconds", "When these store counts were queried."},
-        };
-        size_t g;
-        for (g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
-            family(&e, gauges[g].name, "gauge", gauges[g].help);
-            for (i = 0; i < n; i++) {
-                const outbox_status *st = &views[i].status;
-                double v;
-                if (views[i].refreshed_us == 0) continue; /* never queried yet */
-                if ((g == 4 || g == 5) && !st->blocked_counted) continue;
-                switch (g) {
-                case 0: v = (double)st->pending; break;
-                case 1: v = (double)st->pending_due; break;
-                case 2: v = (double)st->retrying; break;
-                case 3: v = (double)st->failed; break;
-                case 4: v = (double)st->blocked; break;
-                case 5: v = (double)st->aggregates_blocked; break;
-                case 6: v = (double)st->sent; break;
-                case 7:
-                    v = st->pending > 0 && st->oldest_pending_us > 0 &&
-                                now > st->oldest_pending_us
-                            ? (double)(now - st->oldest_pending_us) / 1e6
-                            : 0.0;
-                    break;
-                default: v = (double)views[i].refreshed_us / 1e6; break;
-                }
-                outbox__buf_reset(&l);
-                label(&l, "relay", all[i].name);
-                label(&l, "store", all[i].store_scheme);
-                sample(&e, gauges[g].name, &l, v);
-            }
-        }
-    }
+    relay_gauges(&e, all, n);
+    store_gauges(&e, all, views, n);
     family(&e, "outbox_store_up", "gauge", "1 when the last query of the store succeeded.");
     for (i = 0; i < n; i++) {
         outbox__buf_reset(&l);
@@ -408,6 +453,5 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
     process_metrics(&e);
     if (openmetrics) outbox__buf_puts(e.b, "# EOF\n");
     outbox__buf_free(&l);
-    free(all);
-    free(views);
+    outbox__monitor_snapshot_release(&snap);
 }

@@ -10,10 +10,16 @@
  * the monitor's own, queried by the refresh thread at most once per
  * refresh interval and cached; a request reads the cache and never
  * triggers that query, so a slow store slows neither the relay nor a
- * scrape.  The refresh thread also keeps the console's history: a ring of
- * MONITOR_HISTORY_POINTS points, one every MONITOR_HISTORY_INTERVAL_S.
+ * scrape.  The counts scan the pending messages, which takes a while on a
+ * large backlog: the next refresh then waits REFRESH_BUSY_FACTOR times as
+ * long as the last one took, if that is longer than the interval, so the
+ * monitor keeps the store busy a twentieth of the time at most.  The refresh thread also keeps the
+ * console's history: a ring of MONITOR_HISTORY_POINTS points, one every MONITOR_HISTORY_INTERVAL_S.
  *
- * Safety: a non-loopback address is refused unless allow_public is set.
+ * Safety: a non-loopback address is refused unless allow_public is set,
+ * and on a loopback address a request must name the host as an IP address
+ * or localhost (Host header), so a web page that rebinds its own DNS name
+ * to 127.0.0.1 cannot read the API from a browser on the same machine.
  * Retry and drop (POST only) need the admin token as a bearer token,
  * compared in constant time; without a token configured the console is
  * read-only.  No cookies.  Request bodies are refused past a small limit.
@@ -31,6 +37,9 @@
 
 #define COMPONENT "monitor"
 
+/* After a store refresh that took d, the next waits at least this times d. */
+#define REFRESH_BUSY_FACTOR 20
+
 /* Request bodies larger than this are refused (the API takes none). */
 #define MONITOR_MAX_BODY 1024
 
@@ -46,23 +55,41 @@ void outbox_monitor_options_init(outbox_monitor_options *opts)
  * Shared helpers (monitor.h)
  * ---------------------------------------------------------------------- */
 
-outbox_relay_metrics *outbox__monitor_snapshot(outbox_monitor *m)
+/* The relays' metrics first, outside the lock (reading them never waits
+ * for a relay), then the views and rates under it. */
+int outbox__monitor_snapshot(outbox_monitor *m, monitor_snapshot *s)
 {
-    outbox_relay_metrics *all = calloc(m->n, sizeof *all);
     size_t i;
-    if (all == NULL) return NULL;
-    for (i = 0; i < m->n; i++) {
-        all[i].size = sizeof all[i];
-        outbox_relay_get_metrics(m->relays[i], &all[i]);
+    s->relays = calloc(m->n, sizeof *s->relays);
+    s->views = calloc(m->n, sizeof *s->views);
+    s->rates = calloc(m->n, sizeof *s->rates);
+    if (s->relays == NULL || s->views == NULL || s->rates == NULL) {
+        outbox__monitor_snapshot_release(s);
+        return -1;
     }
-    return all;
+    for (i = 0; i < m->n; i++) {
+        s->relays[i].size = sizeof s->relays[i];
+        outbox_relay_get_metrics(m->relays[i], &s->relays[i]);
+    }
+    pthread_mutex_lock(&m->lock);
+    memcpy(s->views, m->views, m->n * sizeof *s->views);
+    memcpy(s->rates, m->rates, m->n * sizeof *s->rates);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+void outbox__monitor_snapshot_release(monitor_snapshot *s)
+{
+    free(s->relays);
+    free(s->views);
+    free(s->rates);
+    memset(s, 0, sizeof *s);
 }
 
 outbox_store *outbox__monitor_api_store(outbox_monitor *m, size_t i, outbox_error *err)
 {
-    if (m->api_stores[i] == NULL &&
-        outbox_store_open(outbox__relay_store_url(m->relays[i]), &m->api_stores[i], err) !=
-            OUTBOX_OK)
+    if (m->api_stores[i] == NULL && outbox_store_open(outbox__relay_store_url(m->relays[i]),
+                                                      &m->api_stores[i], err) != OUTBOX_OK)
         m->api_stores[i] = NULL;
     return m->api_stores[i];
 }
@@ -110,8 +137,8 @@ static void refresh_views(outbox_monitor *m)
 
         memset(&v, 0, sizeof v);
         if (m->refresh_stores[i] == NULL)
-            rc = outbox_store_open(outbox__relay_store_url(m->relays[i]), &m->refresh_stores[i],
-                                   &e);
+            rc =
+                outbox_store_open(outbox__relay_store_url(m->relays[i]), &m->refresh_stores[i], &e);
         if (rc == OUTBOX_OK)
             rc = outbox_store_status(m->refresh_stores[i], &v.status, sizeof v.status, &e);
         v.queried = 1;
@@ -140,14 +167,16 @@ static void refresh_views(outbox_monitor *m)
  * the interval since the last sample. */
 static void sample_history(outbox_monitor *m)
 {
-    outbox_relay_metrics *all = outbox__monitor_snapshot(m);
+    monitor_snapshot snap;
+    outbox_relay_metrics *all;
     uint64_t commit[OUTBOX_HISTOGRAM_BUCKETS] = {0}, published = 0, published_delta = 0;
     int64_t now = outbox__monotonic_us();
     double dt = m->last_sample_us > 0 ? (double)(now - m->last_sample_us) / 1e6 : 0.0;
     monitor_point p;
     size_t i, k;
 
-    if (all == NULL) return;
+    if (outbox__monitor_snapshot(m, &snap) != 0) return;
+    all = snap.relays;
     memset(&p, 0, sizeof p);
     pthread_mutex_lock(&m->lock);
     for (i = 0; i < m->n; i++) {
@@ -192,7 +221,7 @@ static void sample_history(outbox_monitor *m)
         m->history_first = (m->history_first + 1) % MONITOR_HISTORY_POINTS;
     pthread_mutex_unlock(&m->lock);
     m->last_sample_us = now;
-    free(all);
+    outbox__monitor_snapshot_release(&snap);
 }
 
 static void *refresh_main(void *arg)
@@ -206,10 +235,14 @@ static void *refresh_main(void *arg)
         struct timespec ts;
 
         if (now >= next_refresh) {
+            int64_t took, wait;
             pthread_mutex_unlock(&m->lock);
             refresh_views(m);
             pthread_mutex_lock(&m->lock);
-            next_refresh = outbox__monotonic_us() + (int64_t)m->refresh_ms * 1000;
+            took = outbox__monotonic_us() - now;
+            wait = (int64_t)m->refresh_ms * 1000;
+            if (took * REFRESH_BUSY_FACTOR > wait) wait = took * REFRESH_BUSY_FACTOR;
+            next_refresh = now + took + wait;
             continue;
         }
         if (now >= next_sample) {
@@ -321,6 +354,28 @@ typedef struct request_ctx {
     size_t body_bytes;
 } request_ctx;
 
+/* The Host header names an IP address or localhost (any port); a request
+ * without one (HTTP/1.0) is let through. */
+static int host_allowed(const char *host)
+{
+    char name[64];
+    const char *end;
+    unsigned char addr[16];
+
+    if (host == NULL) return 1;
+    if (host[0] == '[') {
+        end = strchr(host, ']');
+        if (end == NULL || (size_t)(end - host - 1) >= sizeof name) return 0;
+        snprintf(name, sizeof name, "%.*s", (int)(end - host - 1), host + 1);
+        return inet_pton(AF_INET6, name, addr) == 1;
+    }
+    end = strchr(host, ':');
+    if (end == NULL) end = host + strlen(host);
+    if ((size_t)(end - host) >= sizeof name) return 0;
+    snprintf(name, sizeof name, "%.*s", (int)(end - host), host);
+    return strcasecmp(name, "localhost") == 0 || inet_pton(AF_INET, name, addr) == 1;
+}
+
 /* "Bearer <token>" against the configured token, in time independent of
  * where they differ. */
 static int token_matches(const char *token, const char *header)
@@ -337,7 +392,8 @@ static int token_matches(const char *token, const char *header)
     tlen = strlen(token);
     diff = glen != tlen;
     for (i = 0; i < tlen; i++)
-        diff |= (unsigned)(unsigned char)token[i] ^ (unsigned)(unsigned char)(i < glen ? given[i] : 0);
+        diff |=
+            (unsigned)(unsigned char)token[i] ^ (unsigned)(unsigned char)(i < glen ? given[i] : 0);
     return diff == 0;
 }
 
@@ -418,9 +474,8 @@ static int message_path(const char *path, char *id, size_t id_len, const char **
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     outbox_monitor *m = cls;
     request_ctx *ctx = *con_cls;
@@ -450,7 +505,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
 
     reply_init(&reply);
-    if (ctx->body_bytes > MONITOR_MAX_BODY) {
+    if (!m->public_listen &&
+        !host_allowed(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host"))) {
+        outbox__monitor_json_error(&reply, MHD_HTTP_FORBIDDEN,
+                                   "the Host header must be an IP address or localhost");
+    } else if (ctx->body_bytes > MONITOR_MAX_BODY) {
         outbox__monitor_json_error(&reply, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large");
     } else if (message_path(url, id, sizeof id, &action)) {
         if (post) {
@@ -475,9 +534,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                            outbox__console_html_len);
     } else if (strcmp(url, "/metrics") == 0) {
         const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept");
-        outbox__monitor_metrics(m, accept != NULL &&
-                                       strstr(accept, "application/openmetrics-text") != NULL,
-                                &reply);
+        outbox__monitor_metrics(
+            m, accept != NULL && strstr(accept, "application/openmetrics-text") != NULL, &reply);
     } else if (strcmp(url, "/healthz") == 0) {
         outbox__monitor_healthz(m, &reply);
     } else if (strcmp(url, "/readyz") == 0) {
@@ -543,6 +601,7 @@ int outbox_monitor_new(outbox_monitor **out, outbox_relay *const *relays, size_t
     if (m == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory creating the monitor");
     m->n = n;
     m->refresh_ms = o.refresh_ms;
+    m->public_listen = o.allow_public;
     pthread_mutex_init(&m->lock, NULL);
     pthread_condattr_init(&cattr);
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);

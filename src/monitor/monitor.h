@@ -28,16 +28,16 @@
 typedef struct monitor_view {
     int queried;          /* a query finished (ok or not) */
     int ok;               /* the last query succeeded */
-    char error[256];      /* why not, when !ok */
+    char error[512];      /* why not, when !ok */
     outbox_status status; /* of the last successful query */
     int64_t refreshed_us; /* unix time of that query */
 } monitor_view;
 
 /* One relay's rates over the last history interval. */
 typedef struct monitor_rate {
-    double publish_rate;  /* messages per second */
-    int has_quantiles;    /* any confirmation in the interval */
-    double p50, p99;      /* commit to publish, seconds */
+    double publish_rate; /* messages per second */
+    int has_quantiles;   /* any confirmation in the interval */
+    double p50, p99;     /* commit to publish, seconds */
 } monitor_rate;
 
 typedef struct monitor_point {
@@ -55,18 +55,19 @@ typedef struct monitor_point {
 struct outbox_monitor {
     outbox_relay **relays; /* borrowed */
     size_t n;
-    char *admin_token;     /* NULL: read-only */
+    char *admin_token; /* NULL: read-only */
     unsigned refresh_ms;
+    int public_listen; /* allow_public: any Host header */
     unsigned port;
-    void *daemon;          /* struct MHD_Daemon */
+    void *daemon; /* struct MHD_Daemon */
 
     pthread_t refresher;
     int refresher_started;
     pthread_mutex_t lock; /* guards stopping and everything below */
     pthread_cond_t wake;
     int stopping;
-    monitor_view *views;   /* per relay */
-    monitor_rate *rates;   /* per relay */
+    monitor_view *views; /* per relay */
+    monitor_rate *rates; /* per relay */
     monitor_point history[MONITOR_HISTORY_POINTS];
     size_t history_first, history_count;
 
@@ -74,7 +75,7 @@ struct outbox_monitor {
     outbox_store **refresh_stores; /* per relay, NULL until opened */
     uint64_t *last_published;      /* per relay, at the last history sample */
     uint64_t (*last_commit)[OUTBOX_HISTOGRAM_BUCKETS];
-    int64_t last_sample_us;        /* monotonic */
+    int64_t last_sample_us; /* monotonic */
 
     /* The HTTP thread's own. */
     outbox_store **api_stores; /* per relay, NULL until opened */
@@ -94,9 +95,18 @@ typedef struct monitor_reply {
     const char *allow;    /* for 405: the Allow header */
 } monitor_reply;
 
-/* Metrics of every relay into an array the caller frees; NULL when out of
- * memory. */
-outbox_relay_metrics *outbox__monitor_snapshot(outbox_monitor *m);
+/* What a request shows, copied at once: every relay's metrics, and the
+ * refresh thread's views and rates. */
+typedef struct monitor_snapshot {
+    outbox_relay_metrics *relays; /* m->n each */
+    monitor_view *views;
+    monitor_rate *rates;
+} monitor_snapshot;
+
+/* Fills s (released with outbox__monitor_snapshot_release); 0, or -1 when
+ * out of memory (nothing to release). */
+int outbox__monitor_snapshot(outbox_monitor *m, monitor_snapshot *s);
+void outbox__monitor_snapshot_release(monitor_snapshot *s);
 
 /* The store of relay i for the HTTP thread (opened on first use, reopened
  * after a failure); NULL with err filled when it cannot be opened. */
