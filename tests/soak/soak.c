@@ -361,8 +361,8 @@ TEST(soak)
             double t = (double)(now - start) / 1000.0;
             if (sample_pid(r_pg, &a) == 0) {
                 series_add(&s_pg, &a);
-                fprintf(fcsv, "%.0f,pg,%lld,%lld,%lld\n", t, (long long)a.rss_kb,
-                        (long long)a.fds, (long long)a.threads);
+                fprintf(fcsv, "%.0f,pg,%lld,%lld,%lld\n", t, (long long)a.rss_kb, (long long)a.fds,
+                        (long long)a.threads);
             }
             if (sample_pid(r_hook, &b) == 0) {
                 series_add(&s_hook, &b);
@@ -373,8 +373,7 @@ TEST(soak)
             next_sample += 10000;
         }
         if (now >= next_retry) {
-            const char *argv[] = {test_outbox_bin(), "retry", "--store", store_hook, "--all",
-                                  NULL};
+            const char *argv[] = {test_outbox_bin(), "retry", "--store", store_hook, "--all", NULL};
             cli_or_fail(argv, "outbox retry --all");
             retries_run++;
             next_retry = now + 20000;
@@ -427,8 +426,7 @@ TEST(soak)
                 c = ch_outbox_count(db_kill, "pending"), f = ch_outbox_count(db_hook, "failed");
         if (a == 0 && b == 0 && c == 0 && f == 0) break;
         if (f > 0) {
-            const char *argv[] = {test_outbox_bin(), "retry", "--store", store_hook, "--all",
-                                  NULL};
+            const char *argv[] = {test_outbox_bin(), "retry", "--store", store_hook, "--all", NULL};
             cli_or_fail(argv, "outbox retry --all");
             retries_run++;
         }
