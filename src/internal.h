@@ -821,5 +821,8 @@ extern const outbox_transport_ops outbox__transport_http;  /* open NULL without 
 extern const outbox_transport_ops outbox__transport_https; /* open NULL without CURL */
 extern const outbox_transport_ops outbox__transport_nats;  /* open NULL without NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without RDKAFKA */
+/* Redis Streams */
+extern const outbox_transport_ops outbox__transport_redis;  /* open NULL without HIREDIS */
+extern const outbox_transport_ops outbox__transport_rediss; /* open NULL: no TLS in hiredis 0.14 */
 
 #endif /* OUTBOX_INTERNAL_H */

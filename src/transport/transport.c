@@ -25,6 +25,8 @@ static const outbox_transport_ops *const drivers[] = {
     &outbox__transport_stdout, &outbox__transport_file,  &outbox__transport_discard,
     &outbox__transport_http,   &outbox__transport_https, &outbox__transport_nats,
     &outbox__transport_kafka,
+    /* Redis Streams */
+    &outbox__transport_redis,  &outbox__transport_rediss,
 };
 
 /* Schemes of destinations that exist in the design but not in this build. */
@@ -36,6 +38,15 @@ static const struct {
     {"kafka", "Kafka (not built with librdkafka)"},
     {"http", "HTTP webhook (not built with libcurl)"},
     {"https", "HTTP webhook (not built with libcurl)"},
+    /* Redis Streams: rediss:// needs a hiredis with TLS (hiredis_ssl, 1.0 on),
+     * which this driver does not use yet. */
+    {"redis", "Redis Streams (not built with hiredis)"},
+#ifdef OUTBOX_HAVE_HIREDIS
+    {"rediss", "Redis Streams over TLS (this build's hiredis has no TLS; use redis:// through a "
+               "TLS tunnel such as stunnel)"},
+#else
+    {"rediss", "Redis Streams over TLS (not built with hiredis)"},
+#endif
     {"postgres", "PostgreSQL (not built with libpq)"},
     {"postgresql", "PostgreSQL (not built with libpq)"},
 };
