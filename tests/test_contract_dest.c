@@ -29,6 +29,9 @@
 #include "support/nats.h"
 #endif
 #include "support/webhook.h"
+#ifdef OUTBOX_HAVE_HIREDIS
+#include "support/redis.h"
+#endif
 
 #include <jansson.h>
 #ifdef OUTBOX_HAVE_RDKAFKA
@@ -66,8 +69,12 @@ struct dest {
     rd_kafka_t *kafka_rk; /* kafka: the handle that owns the mock cluster */
     rd_kafka_mock_cluster_t *kafka_mc;
 #endif
-    int stream_serial; /* nats: a fresh stream per case; kafka: a topic */
-    int dedups;        /* drops a republished message by its id (JetStream) */
+#ifdef OUTBOX_HAVE_HIREDIS
+    rh_server redis;
+#endif
+    const char *reject_error; /* in the last_error of a rejected message (NULL: the default) */
+    int stream_serial;        /* nats: a fresh stream per case; kafka: a topic; redis: a stream */
+    int dedups;               /* drops a republished message by its id (JetStream) */
 };
 
 static int case_serial;
@@ -333,6 +340,42 @@ static void kafka_read_back(dest *d, const char *path)
 #endif
 
 /* ------------------------------------------------------------------------
+ * redis:// (redis-server of tests/support, with AOF)
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_HIREDIS
+static const char *redis_start(dest *d)
+{
+    const char *why = rh_available();
+    if (why) return why;
+    if (d->redis.pid <= 0) rh_server_start(&d->redis);
+    d->stream_serial = ++case_serial;
+    return NULL;
+}
+
+static void redis_url(dest *d, char *out, size_t len)
+{
+    snprintf(out, len, "%s?stream=r%d", d->redis.url, d->stream_serial);
+}
+
+static void redis_read_back(dest *d, const char *path)
+{
+    char stream[32];
+    snprintf(stream, sizeof stream, "r%d", d->stream_serial);
+    rh_stream_dump(&d->redis, stream, path);
+}
+
+/* The driver's fault points: a message refused, a confirmation lost. */
+static const char *redis_fail(dest *d, int mode)
+{
+    (void)d;
+    return mode == FAIL_REJECT  ? "redis_reject:error:3"
+           : mode == FAIL_RETRY ? "redis_reply_lost:error:3"
+                                : "";
+}
+#endif
+
+/* ------------------------------------------------------------------------
  * The destinations
  * ---------------------------------------------------------------------- */
 
@@ -360,6 +403,15 @@ static dest dests[] = {
 #endif
 #ifdef OUTBOX_HAVE_RDKAFKA
     {.name = "kafka", .start = kafka_start, .url = kafka_url, .read_back = kafka_read_back},
+#endif
+#ifdef OUTBOX_HAVE_HIREDIS
+    {.name = "redis",
+     .start = redis_start,
+     .url = redis_url,
+     .read_back = redis_read_back,
+     .fail = redis_fail,
+     .reject_error = "redis_reject",
+     .dedups = 1},
 #endif
 };
 
@@ -511,7 +563,9 @@ static void rejected_holds_aggregate(dest *d)
     ASSERT_EQ(run_relay(d, db, fault), 0);
     /* Failed with the destination's reason, once. */
     ASSERT_EQ(ch_outbox_count(db, "failed"), 1);
-    ch_expect_failed_error(db, strcmp(d->name, "http") == 0 ? "400" : "file_reject");
+    ch_expect_failed_error(db, d->reject_error                ? d->reject_error
+                               : strcmp(d->name, "http") == 0 ? "400"
+                                                              : "file_reject");
     failed_aggregate(db, agg, sizeof agg);
     /* Its aggregate's later messages are held, every other one is sent. */
     h = ch_db_open(db);
@@ -603,6 +657,10 @@ int main(int argc, char **argv)
 #ifdef OUTBOX_HAVE_NATS
     for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++)
         if (dests[i].nats.pid > 0) nh_server_stop(&dests[i].nats);
+#endif
+#ifdef OUTBOX_HAVE_HIREDIS
+    for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++)
+        if (dests[i].redis.pid > 0) rh_server_stop(&dests[i].redis);
 #endif
 #ifdef OUTBOX_HAVE_RDKAFKA
     for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++) {

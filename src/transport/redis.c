@@ -135,12 +135,12 @@ typedef struct redis_batch {
     outbox_msg *const *msgs; /* NULL: the slot is free */
     outbox_publish_result *results;
     size_t n;
-    uint64_t conn; /* the connection it was written on */
-    unsigned char *sent;   /* per message: its script was written (a reply is owed) */
-    size_t *key_at;        /* per message: offset of its id key in keys ((size_t)-1: none) */
-    outbox_buf keys;       /* the id keys, NUL-separated */
-    outbox_aggindex aggs;  /* aggregate id -> index of its last message */
-    size_t cap;            /* room in the per-message arrays */
+    uint64_t conn;        /* the connection it was written on */
+    unsigned char *sent;  /* per message: its script was written (a reply is owed) */
+    size_t *key_at;       /* per message: offset of its id key in keys ((size_t)-1: none) */
+    outbox_buf keys;      /* the id keys, NUL-separated */
+    outbox_aggindex aggs; /* aggregate id -> index of its last message */
+    size_t cap;           /* room in the per-message arrays */
 } redis_batch;
 
 typedef struct redis_state {
@@ -377,8 +377,7 @@ static int parse_target(redis_state *st, const outbox_url *u, outbox_error *err)
     if (h[0] == '[') { /* [v6]:port */
         const char *close = strchr(h, ']');
         if (close == NULL)
-            return outbox__error(err, OUTBOX_EBADURL, "redis destination: unbalanced '[' in %s",
-                                 h);
+            return outbox__error(err, OUTBOX_EBADURL, "redis destination: unbalanced '[' in %s", h);
         hlen = (size_t)(close - h - 1);
         h++;
         colon = close[1] == ':' ? close + 1 : NULL;
@@ -667,9 +666,25 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     for (i = 0; i < n; i++) {
         const outbox_msg *m = msgs[i];
         const char *prev_key = NULL;
+        const outbox_buf *prev_keys = NULL; /* where the previous message's key is */
+        size_t prev_at = 0;
         outbox_error rerr;
         uint32_t prev;
-        b->key_at[i] = (size_t)-1;
+        b->key_at[i] = (size_t)-1; /* until its script is queued */
+        /* The previous message of its aggregate: in this batch, or else in
+         * the open one before.  This one becomes its aggregate's last. */
+        if (outbox__aggindex_insert(&b->aggs, m->aggregate_id, (uint32_t)i, &prev)) {
+            prev_keys = &b->keys;
+            prev_at = b->key_at[prev];
+        } else if (older != NULL && outbox__aggindex_lookup(&older->aggs, m->aggregate_id, &prev)) {
+            prev_keys = &older->keys;
+            prev_at = older->key_at[prev];
+        }
+        if (prev_keys != NULL && prev_at == (size_t)-1) {
+            set_result(&results[i], OUTBOX_EPUBLISH,
+                       "not sent: an earlier message of its aggregate was not sent");
+            continue;
+        }
         if (OUTBOX_FAULT("redis_reject") != 0) {
             set_result(&results[i], OUTBOX_EREJECTED, "injected fault redis_reject: refused");
             continue;
@@ -680,25 +695,14 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
                        "%s", rerr.message);
             continue;
         }
-        b->key_at[i] = b->keys.len;
+        size_t at = b->keys.len;
         append_key(&b->keys, st->prefix, st->stream.data, m->id);
-        if (b->keys.oom) return OUTBOX_ENOMEM; /* nothing written yet */
-        /* The previous message of the aggregate: in this batch, or else
-         * in the open one before (keys are read after the buffer grew). */
-        if (outbox__aggindex_insert(&b->aggs, m->aggregate_id, (uint32_t)i, &prev)) {
-            if (b->key_at[prev] != (size_t)-1) prev_key = b->keys.data + b->key_at[prev];
-            else prev_key = ""; /* it was not sent: an absent key holds this one */
-        } else if (older != NULL && outbox__aggindex_lookup(&older->aggs, m->aggregate_id, &prev)) {
-            prev_key = older->key_at[prev] != (size_t)-1 ? older->keys.data + older->key_at[prev]
-                                                         : "";
-        }
-        if (prev_key != NULL && prev_key[0] == '\0') {
-            set_result(&results[i], OUTBOX_EPUBLISH,
-                       "not sent: an earlier message of its aggregate was not sent");
-            outbox__aggindex_insert(&b->aggs, m->aggregate_id, (uint32_t)i, NULL);
-            b->key_at[i] = (size_t)-1; /* and holds the later ones */
+        if (b->keys.oom) {
+            set_result(&results[i], OUTBOX_ENOMEM, "out of memory queueing the message for redis");
             continue;
         }
+        if (prev_keys != NULL) prev_key = prev_keys->data + prev_at; /* after the buffer grew */
+        b->key_at[i] = at;                                           /* append_script reads it */
         if (append_script(st, b, i, prev_key) != 0) {
             set_result(&results[i], OUTBOX_ENOMEM, "out of memory queueing the message for redis");
             b->key_at[i] = (size_t)-1;
@@ -838,10 +842,11 @@ const outbox_transport_ops outbox__transport_redis = {
     .publish_end = REDIS_ENTRY(redis_publish_end),
     .interrupt = NULL,
     .usage = "redis://HOST:6379",
-    .doc = "Redis Streams: the reply of the script that adds the entry (XADD) confirms a message, "
-           "as durably as the server's appendonly/appendfsync; the message id is remembered for "
-           "dedup_window so a republication is not added twice.  redis://user:password@HOST:6379/DB "
-           "to authenticate and pick a database.",
+    .doc =
+        "Redis Streams: the reply of the script that adds the entry (XADD) confirms a message, "
+        "as durably as the server's appendonly/appendfsync; the message id is remembered for "
+        "dedup_window so a republication is not added twice.  redis://user:password@HOST:6379/DB "
+        "to authenticate and pick a database.",
     .props = redis_props,
 };
 

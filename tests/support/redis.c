@@ -164,7 +164,8 @@ int64_t rh_stream_dump(const rh_server *s, const char *key, const char *path)
     for (;;) {
         redisReply *r = redisCommand(c, "XRANGE %s %s + COUNT 1000", key, start);
         if (r == NULL || r->type != REDIS_REPLY_ARRAY)
-            TEST_FAIL_("XRANGE %s: %s", key, r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr);
+            TEST_FAIL_("XRANGE %s: %s", key,
+                       r && r->type == REDIS_REPLY_ERROR ? r->str : c->errstr);
         if (r->elements == 0) {
             freeReplyObject(r);
             break;
