@@ -22,16 +22,9 @@
  * build leaves out has its table, with open NULL): help and docs list
  * them all, URLs open only the built ones. */
 static const outbox_transport_ops *const drivers[] = {
-    &outbox__transport_stdout,
-    &outbox__transport_file,
-    &outbox__transport_discard,
-    &outbox__transport_http,
-    &outbox__transport_https,
-    &outbox__transport_nats,
-    &outbox__transport_kafka,
-    /* Redis Streams */
-    &outbox__transport_redis,
-    &outbox__transport_rediss,
+    &outbox__transport_stdout, &outbox__transport_file,  &outbox__transport_discard,
+    &outbox__transport_http,   &outbox__transport_https, &outbox__transport_nats,
+    &outbox__transport_kafka,  &outbox__transport_redis, &outbox__transport_rediss,
 };
 
 /* Schemes of destinations that exist in the design but not in this build. */
