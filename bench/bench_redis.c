@@ -105,11 +105,10 @@ static void append_xadd(redisContext *c, long long i)
     snprintf(agg, sizeof agg, "order-%06u", a);
     snprintf(id, sizeof id, "01900000-0000-7000-8000-%012lld", i);
     outbox_time_format(1700000000000000LL + i, when);
-    const char *argv[] = {"XADD",         "raw",    "*",           "id",
-                          id,             "type",   "OrderPlaced", "source",
-                          "/outbox",      "aggregate_type", "Order", "aggregate_id",
-                          agg,            "occurred_at",    when,    "headers",
-                          "{}",           "payload",        payload};
+    const char *argv[] = {"XADD",    "raw",          "*",       "id",          id,
+                          "type",    "OrderPlaced",  "source",  "/outbox",     "aggregate_type",
+                          "Order",   "aggregate_id", agg,       "occurred_at", when,
+                          "headers", "{}",           "payload", payload};
     redisAppendCommandArgv(c, (int)(sizeof argv / sizeof argv[0]), argv, NULL);
 }
 
@@ -207,8 +206,8 @@ static void run_relay(void *arg, bench_report *r)
     outbox_relay_get_stats(relay, &stats);
     r->count = (long long)stats.published;
     if (stats.retried || stats.failed || r->count != n_msgs) {
-        bench_fail(r, "relay published %lld of %lld (retried %llu, failed %llu)", r->count,
-                   n_msgs, (unsigned long long)stats.retried, (unsigned long long)stats.failed);
+        bench_fail(r, "relay published %lld of %lld (retried %llu, failed %llu)", r->count, n_msgs,
+                   (unsigned long long)stats.retried, (unsigned long long)stats.failed);
         goto out;
     }
     r->ok = 1;
@@ -347,8 +346,8 @@ int main(int argc, char **argv)
     rh_server_start(&redis);
     printf("redis-server on %s (appendonly yes, appendfsync always, AOF in %s)\n", redis.url,
            redis.dir);
-    printf("%-32s %9s %8s %10s %8s %10s %13s\n", "case", "messages", "seconds", "msg/s",
-           "/ceiling", "peak RSS", "CPU user+sys");
+    printf("%-32s %9s %8s %10s %8s %10s %13s\n", "case", "messages", "seconds", "msg/s", "/ceiling",
+           "peak RSS", "CPU user+sys");
 
     if (ceiling_case("redis pipelined XADD (ceiling)", &ceiling)) failures++;
     ch_path(db, "bench.db");

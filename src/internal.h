@@ -798,6 +798,16 @@ typedef struct outbox_transport_ops {
     void (*interrupt)(void *state);
 } outbox_transport_ops;
 
+/* Sets result r: code, no retry_after, and the formatted error (fmt NULL:
+ * ""), for the destinations' publish paths. */
+void outbox__publish_result_set(outbox_publish_result *r, int code, const char *fmt, ...)
+    OUTBOX__PRINTF(3, 4);
+
+/* A pipelining destination's publish: publish_begin, then publish_end on
+ * the same arrays (n == 0: OUTBOX_OK, nothing sent). */
+int outbox__publish_whole(const outbox_transport_ops *ops, void *state, outbox_msg *const *msgs,
+                          size_t n, outbox_publish_result *results);
+
 /* Batches a pipelining transport may have open at once. */
 #define OUTBOX_PIPELINE_DEPTH 2
 

@@ -150,8 +150,8 @@ TEST(durability_warning)
     free(text);
 
     snprintf(to, sizeof to, "%s?stream=weak&require_fsync=true", weak.url);
-    const char *refuse[] = {test_outbox_bin(), "relay", "--store", store, "--to", to, "--once",
-                            NULL};
+    const char *refuse[] = {test_outbox_bin(), "relay", "--store", store, "--to", to,
+                            "--once",          NULL};
     unlink(errp);
     ASSERT(ch_run(refuse, NULL, NULL, errp, 60000) != 0);
     text = test_read_file(errp, NULL);
@@ -160,8 +160,8 @@ TEST(durability_warning)
 
     /* The server with AOF passes require_fsync. */
     snprintf(to, sizeof to, "%s?stream=weak&require_fsync=true", server.url);
-    const char *strict[] = {test_outbox_bin(), "relay", "--store", store, "--to", to, "--once",
-                            NULL};
+    const char *strict[] = {test_outbox_bin(), "relay", "--store", store, "--to", to,
+                            "--once",          NULL};
     ASSERT_EQ(ch_run(strict, NULL, NULL, errp, 60000), 0);
     rh_server_stop(&weak);
 }

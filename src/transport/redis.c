@@ -100,7 +100,6 @@ static const outbox_prop redis_props[] = {
 #include <hiredis/hiredis.h>
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,22 +167,6 @@ typedef struct redis_state {
     int first; /* slot of the oldest open batch */
     int count; /* open batches */
 } redis_state;
-
-static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
-    OUTBOX__PRINTF(3, 4);
-static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
-{
-    va_list ap;
-    r->code = code;
-    r->retry_after_ms = 0;
-    if (fmt == NULL) {
-        r->error[0] = '\0';
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(r->error, sizeof r->error, fmt, ap);
-    va_end(ap);
-}
 
 static struct timeval timeval_ms(int64_t ms)
 {
@@ -645,7 +628,7 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         memset(&cerr, 0, sizeof cerr);
         if (connect_server(st, &cerr) != OUTBOX_OK) {
             outbox__log(OUTBOX_LOG_WARN, COMPONENT, "%s", cerr.message);
-            if (n > 0) set_result(&results[0], OUTBOX_EPUBLISH, "%s", cerr.message);
+            if (n > 0) outbox__publish_result_set(&results[0], OUTBOX_EPUBLISH, "%s", cerr.message);
             return OUTBOX_EPUBLISH;
         }
         outbox__log(OUTBOX_LOG_INFO, COMPONENT, "reconnected to %s", st->target);
@@ -658,8 +641,9 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     b->n = n;
     b->conn = st->conn;
     if (n > 0)
-        set_result(&results[0], OUTBOX_EPUBLISH,
-                   "no reply from redis at %s (connection lost or timeout)", st->target);
+        outbox__publish_result_set(&results[0], OUTBOX_EPUBLISH,
+                                   "no reply from redis at %s (connection lost or timeout)",
+                                   st->target);
     for (i = 1; i < n; i++)
         results[i] = results[0]; /* formatted once */
 
@@ -681,30 +665,35 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
             prev_at = older->key_at[prev];
         }
         if (prev_keys != NULL && prev_at == (size_t)-1) {
-            set_result(&results[i], OUTBOX_EPUBLISH,
-                       "not sent: an earlier message of its aggregate was not sent");
+            outbox__publish_result_set(
+                &results[i], OUTBOX_EPUBLISH,
+                "not sent: an earlier message of its aggregate was not sent");
             continue;
         }
         if (OUTBOX_FAULT("redis_reject") != 0) {
-            set_result(&results[i], OUTBOX_EREJECTED, "injected fault redis_reject: refused");
+            outbox__publish_result_set(&results[i], OUTBOX_EREJECTED,
+                                       "injected fault redis_reject: refused");
             continue;
         }
         memset(&rerr, 0, sizeof rerr);
         if (outbox__route_render(st->route, m, &st->stream, &rerr) != OUTBOX_OK) {
-            set_result(&results[i], rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED,
-                       "%s", rerr.message);
+            outbox__publish_result_set(
+                &results[i], rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED, "%s",
+                rerr.message);
             continue;
         }
         size_t at = b->keys.len;
         append_key(&b->keys, st->prefix, st->stream.data, m->id);
         if (b->keys.oom) {
-            set_result(&results[i], OUTBOX_ENOMEM, "out of memory queueing the message for redis");
+            outbox__publish_result_set(&results[i], OUTBOX_ENOMEM,
+                                       "out of memory queueing the message for redis");
             continue;
         }
         if (prev_keys != NULL) prev_key = prev_keys->data + prev_at; /* after the buffer grew */
         b->key_at[i] = at;                                           /* append_script reads it */
         if (append_script(st, b, i, prev_key) != 0) {
-            set_result(&results[i], OUTBOX_ENOMEM, "out of memory queueing the message for redis");
+            outbox__publish_result_set(&results[i], OUTBOX_ENOMEM,
+                                       "out of memory queueing the message for redis");
             b->key_at[i] = (size_t)-1;
             continue;
         }
@@ -733,37 +722,41 @@ static void apply_reply(redis_state *st, redis_batch *b, size_t i, redisReply *r
         if (strncmp(r->str, "NOSCRIPT", 8) == 0) {
             /* The script cache was flushed: load it again on a new
              * connection before the next batch. */
-            set_result(res, OUTBOX_EPUBLISH, "redis at %s lost the outbox script (NOSCRIPT)",
-                       st->target);
+            outbox__publish_result_set(res, OUTBOX_EPUBLISH,
+                                       "redis at %s lost the outbox script (NOSCRIPT)", st->target);
             st->noscript = 1;
         } else if (strncmp(r->str, "WRONGTYPE", 9) == 0) {
-            set_result(res, OUTBOX_EREJECTED,
-                       "redis refused message %s: its stream key holds another type (%s); "
-                       "change stream= or remove that key",
-                       b->msgs[i]->id, r->str);
+            outbox__publish_result_set(
+                res, OUTBOX_EREJECTED,
+                "redis refused message %s: its stream key holds another type (%s); "
+                "change stream= or remove that key",
+                b->msgs[i]->id, r->str);
         } else {
-            set_result(res, OUTBOX_EPUBLISH, "redis error: %s", r->str);
+            outbox__publish_result_set(res, OUTBOX_EPUBLISH, "redis error: %s", r->str);
         }
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING) {
-        set_result(res, OUTBOX_EPUBLISH, "redis at %s gave an unexpected reply (type %d)",
-                   st->target, r->type);
+        outbox__publish_result_set(res, OUTBOX_EPUBLISH,
+                                   "redis at %s gave an unexpected reply (type %d)", st->target,
+                                   r->type);
         return;
     }
     if (strcmp(r->element[0]->str, "held") == 0) {
-        set_result(res, OUTBOX_EPUBLISH,
-                   "not added: an earlier message of its aggregate is not in the stream");
+        outbox__publish_result_set(
+            res, OUTBOX_EPUBLISH,
+            "not added: an earlier message of its aggregate is not in the stream");
         return;
     }
     /* Tests: a confirmation that never arrived (the retry is a duplicate
      * the script drops). */
     if (OUTBOX_FAULT("redis_reply_lost") != 0) {
-        set_result(res, OUTBOX_EPUBLISH, "injected fault redis_reply_lost: the reply was dropped");
+        outbox__publish_result_set(res, OUTBOX_EPUBLISH,
+                                   "injected fault redis_reply_lost: the reply was dropped");
         return;
     }
-    set_result(res, OUTBOX_OK, NULL);
+    outbox__publish_result_set(res, OUTBOX_OK, NULL);
 }
 
 /* Ends the oldest open batch (publish_end in internal.h): reads its
@@ -815,11 +808,7 @@ static int redis_publish_end(void *state, outbox_msg *const *msgs, size_t n,
 static int redis_publish(void *state, outbox_msg *const *msgs, size_t n,
                          outbox_publish_result *results)
 {
-    int rc;
-    if (n == 0) return OUTBOX_OK;
-    rc = redis_publish_begin(state, msgs, n, results);
-    if (rc != OUTBOX_OK) return rc;
-    return redis_publish_end(state, msgs, n, results);
+    return outbox__publish_whole(&outbox__transport_redis, state, msgs, n, results);
 }
 
 #define REDIS_ENTRY(f) f

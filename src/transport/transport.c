@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -178,4 +179,30 @@ int outbox__transport_driver(size_t i, outbox_driver_entry *out)
     out->built = ops->open != NULL;
     out->props = ops->props;
     return 1;
+}
+
+/* Fills one publish result (see internal.h). */
+void outbox__publish_result_set(outbox_publish_result *r, int code, const char *fmt, ...)
+{
+    va_list ap;
+    r->code = code;
+    r->retry_after_ms = 0;
+    if (fmt == NULL) {
+        r->error[0] = '\0';
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(r->error, sizeof r->error, fmt, ap);
+    va_end(ap);
+}
+
+/* A whole batch through publish_begin and publish_end (see internal.h). */
+int outbox__publish_whole(const outbox_transport_ops *ops, void *state, outbox_msg *const *msgs,
+                          size_t n, outbox_publish_result *results)
+{
+    int rc;
+    if (n == 0) return OUTBOX_OK;
+    rc = ops->publish_begin(state, msgs, n, results);
+    if (rc != OUTBOX_OK) return rc;
+    return ops->publish_end(state, msgs, n, results);
 }
