@@ -126,8 +126,8 @@ static const char script[] =
     "return {'new', id}\n";
 
 /* The most arguments one EVALSHA takes: EVALSHA sha numkeys, 3 keys, 2
- * ARGV, 8 field/value pairs. */
-#define MAX_ARGS 23
+ * ARGV, 8 field/value pairs (id and 7 more). */
+#define MAX_ARGS 24
 
 /* One batch between publish_begin and publish_end. */
 typedef struct redis_batch {
