@@ -445,8 +445,10 @@ static void check_table(const outbox_driver_info *d)
 TEST(driver_list)
 {
     static const char *const stores[] = {"sqlite", "postgres", "postgresql"};
-    static const char *const destinations[] = {"stdout", "file", "discard", "http",
-                                               "https",  "nats", "kafka"};
+    static const char *const destinations[] = {"stdout", "file", "discard", "http", "https", "nats",
+                                               "kafka",
+                                               /* Redis Streams */
+                                               "redis", "rediss"};
     const outbox_driver_info *d;
     size_t i;
 
