@@ -9,6 +9,9 @@ want="build-essential cmake pkg-config libjansson-dev libsqlite3-dev sqlite3"
 drivers="libpq-dev libcurl4-openssl-dev libmicrohttpd-dev libssl-dev libnats-dev librdkafka-dev"
 # The tests also drive real processes with the curl, sqlite3 and openssl tools.
 servers="postgresql nats-server python3 curl openssl"
+# Redis Streams destination: hiredis, and redis-server for its tests.
+drivers="$drivers libhiredis-dev"
+servers="$servers redis-server"
 # The fuzz targets (make fuzz, make fuzz-replay) need clang's libFuzzer.
 servers="$servers clang"
 # RabbitMQ: the amqp:// destination's client library, and the broker its tests start.

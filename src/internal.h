@@ -803,6 +803,11 @@ typedef struct outbox_transport_ops {
     void (*interrupt)(void *state);
 } outbox_transport_ops;
 
+/* A pipelining destination's publish: publish_begin, then publish_end on
+ * the same arrays (n == 0: OUTBOX_OK, nothing sent). */
+int outbox__publish_whole(const outbox_transport_ops *ops, void *state, outbox_msg *const *msgs,
+                          size_t n, outbox_publish_result *results);
+
 /* Batches a pipelining transport may have open at once. */
 #define OUTBOX_PIPELINE_DEPTH 2
 
@@ -855,6 +860,9 @@ extern const outbox_transport_ops outbox__transport_http;  /* open NULL without 
 extern const outbox_transport_ops outbox__transport_https; /* open NULL without CURL */
 extern const outbox_transport_ops outbox__transport_nats;  /* open NULL without NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without RDKAFKA */
+/* Redis Streams */
+extern const outbox_transport_ops outbox__transport_redis;  /* open NULL without HIREDIS */
+extern const outbox_transport_ops outbox__transport_rediss; /* open NULL: no TLS in hiredis 0.14 */
 
 /* RabbitMQ (src/transport/amqp.c). */
 extern const outbox_transport_ops outbox__transport_amqp;  /* open NULL without RABBITMQ */

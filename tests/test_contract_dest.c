@@ -32,6 +32,9 @@
 #ifdef OUTBOX_HAVE_RABBITMQ
 #include "support/rabbitmq.h"
 #endif
+#ifdef OUTBOX_HAVE_HIREDIS
+#include "support/redis.h"
+#endif
 
 #include <jansson.h>
 #ifdef OUTBOX_HAVE_RDKAFKA
@@ -69,7 +72,8 @@ struct dest {
     rd_kafka_t *kafka_rk; /* kafka: the handle that owns the mock cluster */
     rd_kafka_mock_cluster_t *kafka_mc;
 #endif
-    int stream_serial; /* nats: a fresh stream per case; kafka: a topic */
+    int stream_serial; /* nats: a fresh stream per case; kafka: a topic;
+                          redis: a stream */
     int dedups;        /* drops a republished message by its id (JetStream) */
 #ifdef OUTBOX_HAVE_RABBITMQ
     rmh_server amqp; /* amqp: a fresh queue per case, read into path */
@@ -77,6 +81,9 @@ struct dest {
     /* Part of a rejected message's last_error (NULL: "400" for http,
      * "file_reject" otherwise). */
     const char *reject_text;
+#ifdef OUTBOX_HAVE_HIREDIS
+    rh_server redis; /* redis: a fresh stream per case */
+#endif
 };
 
 static int case_serial;
@@ -389,6 +396,42 @@ static const char *amqp_fail(dest *d, int mode)
 #endif
 
 /* ------------------------------------------------------------------------
+ * redis:// (redis-server of tests/support, with AOF)
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_HIREDIS
+static const char *redis_start(dest *d)
+{
+    const char *why = rh_available();
+    if (why) return why;
+    if (d->redis.pid <= 0) rh_server_start(&d->redis);
+    d->stream_serial = ++case_serial;
+    return NULL;
+}
+
+static void redis_url(dest *d, char *out, size_t len)
+{
+    snprintf(out, len, "%s?stream=r%d", d->redis.url, d->stream_serial);
+}
+
+static void redis_read_back(dest *d, const char *path)
+{
+    char stream[32];
+    snprintf(stream, sizeof stream, "r%d", d->stream_serial);
+    rh_stream_dump(&d->redis, stream, path);
+}
+
+/* The driver's fault points: a message refused, a confirmation lost. */
+static const char *redis_fail(dest *d, int mode)
+{
+    (void)d;
+    return mode == FAIL_REJECT  ? "redis_reject:error:3"
+           : mode == FAIL_RETRY ? "redis_reply_lost:error:3"
+                                : "";
+}
+#endif
+
+/* ------------------------------------------------------------------------
  * The destinations
  * ---------------------------------------------------------------------- */
 
@@ -424,6 +467,15 @@ static dest dests[] = {
      .read_back = amqp_read_back,
      .fail = amqp_fail,
      .reject_text = "unroutable"},
+#endif
+#ifdef OUTBOX_HAVE_HIREDIS
+    {.name = "redis",
+     .start = redis_start,
+     .url = redis_url,
+     .read_back = redis_read_back,
+     .fail = redis_fail,
+     .reject_text = "redis_reject",
+     .dedups = 1},
 #endif
 };
 
@@ -673,6 +725,10 @@ int main(int argc, char **argv)
 #ifdef OUTBOX_HAVE_RABBITMQ
     for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++)
         if (dests[i].amqp.pid > 0) rmh_stop(&dests[i].amqp);
+#endif
+#ifdef OUTBOX_HAVE_HIREDIS
+    for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++)
+        if (dests[i].redis.pid > 0) rh_server_stop(&dests[i].redis);
 #endif
 #ifdef OUTBOX_HAVE_RDKAFKA
     for (size_t i = 0; i < sizeof dests / sizeof dests[0]; i++) {

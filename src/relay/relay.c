@@ -1294,6 +1294,10 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
             cur->open = 1;
         } else {
             fail_whole_batch(cur, rc, 1); /* an outage, recorded when finished */
+            /* The destination never saw it, so it cannot hold the next
+             * batch's messages of the same aggregates behind it: claim
+             * nothing more until it is recorded. */
+            r->drain = 1;
         }
     }
 

@@ -26,6 +26,7 @@ static const outbox_transport_ops *const drivers[] = {
     &outbox__transport_stdout, &outbox__transport_file,  &outbox__transport_discard,
     &outbox__transport_http,   &outbox__transport_https, &outbox__transport_nats,
     &outbox__transport_kafka,  &outbox__transport_amqp,  &outbox__transport_amqps,
+    &outbox__transport_redis,  &outbox__transport_rediss,
 };
 
 /* Schemes of destinations that exist in the design but not in this build. */
@@ -39,6 +40,15 @@ static const struct {
     {"amqps", "RabbitMQ (not built with librabbitmq)"},
     {"http", "HTTP webhook (not built with libcurl)"},
     {"https", "HTTP webhook (not built with libcurl)"},
+    /* Redis Streams: rediss:// needs a hiredis with TLS (hiredis_ssl, 1.0 on),
+     * which this driver does not use yet. */
+    {"redis", "Redis Streams (not built with hiredis)"},
+#ifdef OUTBOX_HAVE_HIREDIS
+    {"rediss", "Redis Streams over TLS (this build's hiredis has no TLS; use redis:// through a "
+               "TLS tunnel such as stunnel)"},
+#else
+    {"rediss", "Redis Streams over TLS (not built with hiredis)"},
+#endif
     {"postgres", "PostgreSQL (not built with libpq)"},
     {"postgresql", "PostgreSQL (not built with libpq)"},
 };
@@ -225,4 +235,15 @@ void outbox__chain_release(long *prev, size_t n, const outbox_publish_result *ol
             prev[i] = older_results[OUTBOX_PREV_OLDER_INDEX(prev[i])].code == OUTBOX_OK
                           ? OUTBOX_PREV_NONE
                           : OUTBOX_PREV_FAILED;
+}
+
+/* A whole batch through publish_begin and publish_end (see internal.h). */
+int outbox__publish_whole(const outbox_transport_ops *ops, void *state, outbox_msg *const *msgs,
+                          size_t n, outbox_publish_result *results)
+{
+    int rc;
+    if (n == 0) return OUTBOX_OK;
+    rc = ops->publish_begin(state, msgs, n, results);
+    if (rc != OUTBOX_OK) return rc;
+    return ops->publish_end(state, msgs, n, results);
 }
