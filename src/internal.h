@@ -485,6 +485,44 @@ int outbox__fault(const char *name);
 #endif
 
 /* ------------------------------------------------------------------------
+ * Memory (src/core/alloc.c): every allocation in src/ goes through these,
+ * so a test build can fail the N-th one (tests/test_alloc_sweep.c).  The
+ * memory is libc's: outbox__free and free are interchangeable, and memory
+ * the caller releases with an outbox_*_free is released through the hook.
+ * In OUTBOX_FAULT_INJECTION builds outbox__alloc_fail_at(n) (or the
+ * environment variable OUTBOX_ALLOC_FAIL=N, read at the first allocation)
+ * makes the n-th allocation after arming return NULL, once; release builds
+ * call libc directly.
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_FAULT_INJECTION
+void *outbox__malloc(size_t n);
+void *outbox__calloc(size_t count, size_t size);
+void *outbox__realloc(void *p, size_t n);
+char *outbox__strdup(const char *s);
+char *outbox__strndup(const char *s, size_t n);
+void outbox__free(void *p);
+/* Counts one allocation and says whether it must fail (1) or not (0): for
+ * allocators the library does not own (a test's sqlite3_mem_methods,
+ * jansson's json_set_alloc_funcs). */
+int outbox__alloc_fault(void);
+/* Arms the n-th allocation from now on to fail (0: none) and resets the
+ * counts below. */
+void outbox__alloc_fail_at(uint64_t n);
+/* Allocations counted, and failures injected, since the last arming. */
+uint64_t outbox__alloc_count(void);
+uint64_t outbox__alloc_failures(void);
+#else
+#include <stdlib.h>
+#define outbox__malloc malloc
+#define outbox__calloc calloc
+#define outbox__realloc realloc
+#define outbox__strdup strdup
+#define outbox__strndup strndup
+#define outbox__free free
+#endif
+
+/* ------------------------------------------------------------------------
  * In-process wake-up (src/core/wake.c): a registry from a key (a database
  * file's path) to callbacks.  A relay registers the file it drains with a
  * callback that wakes it; outbox_enqueue_sqlite notifies its connection's

@@ -111,13 +111,13 @@ static int hex_value(char ch)
  * when it decodes to a control character. */
 static char *decode_value(const char *v)
 {
-    char *out = malloc(strlen(v) + 1), *o = out;
+    char *out = outbox__malloc(strlen(v) + 1), *o = out;
     if (out == NULL) return NULL;
     while (*v) {
         if (*v == '%') {
             int hi = hex_value(v[1]), lo = hi >= 0 ? hex_value(v[2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                free(out);
+                outbox__free(out);
                 return NULL;
             }
             *o++ = (char)(hi * 16 + lo);
@@ -170,7 +170,7 @@ static enum MHD_Result take_extension(void *cls, enum MHD_ValueKind kind, const 
         return MHD_NO;
     }
     w->rc = outbox_msg_set_header(w->msg, name, decoded, &w->err);
-    free(decoded);
+    outbox__free(decoded);
     return w->rc == OUTBOX_OK ? MHD_YES : MHD_NO;
 }
 
@@ -240,9 +240,9 @@ static int build_message(struct MHD_Connection *c, const char *body, outbox_msg 
     rc = 0;
 out:
     outbox_msg_free(msg);
-    free(type_d);
-    free(subject_d);
-    free(atype_d);
+    outbox__free(type_d);
+    outbox__free(subject_d);
+    outbox__free(atype_d);
     return rc;
 }
 
@@ -309,7 +309,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (ctx == NULL) {
         const char *len_text;
         int count;
-        ctx = calloc(1, sizeof *ctx);
+        ctx = outbox__calloc(1, sizeof *ctx);
         if (ctx == NULL) return MHD_NO;
         outbox__buf_init(&ctx->body);
         *con_cls = ctx;
@@ -382,7 +382,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     (void)toe;
     if (ctx == NULL) return;
     outbox__buf_free(&ctx->body);
-    free(ctx);
+    outbox__free(ctx);
     *con_cls = NULL;
 }
 
@@ -411,7 +411,7 @@ static int read_pem(const char *path, const char *setting, char **out, outbox_er
                                    setting, path);
                 goto out;
             }
-            more = realloc(text, cap);
+            more = outbox__realloc(text, cap);
             if (more == NULL) {
                 rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
                 goto out;
@@ -435,7 +435,7 @@ static int read_pem(const char *path, const char *setting, char **out, outbox_er
 out:
     fclose(f);
     if (text) memset(text, 0, cap);
-    free(text);
+    outbox__free(text);
     return rc;
 }
 
@@ -475,10 +475,10 @@ int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
                              "address and a port up to 65535",
                              bind_address, opts->port);
 
-    r = calloc(1, sizeof *r);
+    r = outbox__calloc(1, sizeof *r);
     if (r == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
-    r->consumer = strdup(opts->consumer);
-    r->secret = opts->secret ? strdup(opts->secret) : NULL;
+    r->consumer = outbox__strdup(opts->consumer);
+    r->secret = opts->secret ? outbox__strdup(opts->secret) : NULL;
     if (r->consumer == NULL || (opts->secret && r->secret == NULL)) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
         goto fail;
@@ -600,12 +600,12 @@ void outbox_webhook_receiver_free(outbox_webhook_receiver *r)
     if (r->daemon) MHD_stop_daemon(r->daemon);
     if (r->db) sqlite3_close(r->db);
     if (r->secret) memset(r->secret, 0, strlen(r->secret));
-    free(r->secret);
-    free(r->consumer);
-    free(r->tls_cert);
+    outbox__free(r->secret);
+    outbox__free(r->consumer);
+    outbox__free(r->tls_cert);
     if (r->tls_key) memset(r->tls_key, 0, strlen(r->tls_key));
-    free(r->tls_key);
-    free(r);
+    outbox__free(r->tls_key);
+    outbox__free(r);
 }
 
 #else /* !OUTBOX_HAVE_MHD */

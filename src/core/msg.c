@@ -307,13 +307,13 @@ static void free_owned(outbox_msg *m, void *p)
     uintptr_t a = (uintptr_t)p;
     if (!p) return;
     if (m->block_end && a >= (uintptr_t)m && a < (uintptr_t)m->block_end) return;
-    free(p);
+    outbox__free(p);
 }
 
 static char *dup_text(const char *s)
 {
     size_t n = strlen(s) + 1;
-    char *p = malloc(n);
+    char *p = outbox__malloc(n);
     if (p) memcpy(p, s, n);
     return p;
 }
@@ -328,8 +328,8 @@ void outbox_msg_free(outbox_msg *msg)
     free_owned(msg, msg->payload);
     free_owned(msg, msg->headers_json);
     free_owned(msg, msg->header_names);
-    free(msg->last_error);
-    free(msg);
+    outbox__free(msg->last_error);
+    outbox__free(msg);
 }
 
 /* ------------------------------------------------------------------------
@@ -399,7 +399,7 @@ static int header_set_build(header_set *hs, size_t n, const char *const *names,
     outbox__buf_append(&b, "}", 1);
     if (b.oom) goto nomem;
     if (n > 0) {
-        hs->names = malloc(total);
+        hs->names = outbox__malloc(total);
         if (!hs->names) goto nomem;
         hs->values = hs->names + n;
         p = (char *)(hs->values + n);
@@ -418,15 +418,15 @@ static int header_set_build(header_set *hs, size_t n, const char *const *names,
     return OUTBOX_OK;
 nomem:
     outbox__buf_free(&b);
-    free(hs->names);
+    outbox__free(hs->names);
     memset(hs, 0, sizeof *hs);
     return outbox__error(err, OUTBOX_ENOMEM, "out of memory building message headers");
 }
 
 static void header_set_free(header_set *hs)
 {
-    free(hs->names);
-    free(hs->json);
+    outbox__free(hs->names);
+    outbox__free(hs->json);
     memset(hs, 0, sizeof *hs);
 }
 
@@ -469,7 +469,7 @@ static const char *json_type_name(const json_t *v)
 }
 
 /* Parses a headers JSON object into borrowed name/value arrays pointing
- * into *doc (freed by the caller with json_decref and free(*names)).
+ * into *doc (freed by the caller with json_decref and outbox__free(*names)).
  * With validate, each entry is checked as by outbox_msg_set_header. */
 static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, const char ***names_out,
                          const char ***values_out, int validate, outbox_error *err)
@@ -495,7 +495,7 @@ static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, cons
     }
     n = json_object_size(doc);
     if (n > 0) {
-        names = malloc(2 * n * sizeof *names);
+        names = outbox__malloc(2 * n * sizeof *names);
         if (!names) {
             rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory parsing headers");
             goto fail;
@@ -528,7 +528,7 @@ static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, cons
     *values_out = names ? names + n : NULL;
     return OUTBOX_OK;
 fail:
-    free(names);
+    outbox__free(names);
     json_decref(doc);
     return rc;
 }
@@ -556,7 +556,7 @@ int outbox_msg_set_headers_json(outbox_msg *msg, const char *headers_json, outbo
     rc = header_set_build(&hs, n, names, values, err);
     if (rc == OUTBOX_OK) rc = header_set_install(msg, &hs, err);
     header_set_free(&hs);
-    free(names);
+    outbox__free(names);
     json_decref(doc);
     return rc;
 }
@@ -575,7 +575,7 @@ int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value, 
     for (at = 0; at < n; at++)
         if (strcmp(msg->header_names[at], name) == 0) break;
     if (at == n) n++;
-    arr = malloc(2 * n * sizeof *arr);
+    arr = outbox__malloc(2 * n * sizeof *arr);
     if (!arr) return outbox__error(err, OUTBOX_ENOMEM, "out of memory setting a header");
     for (i = 0; i < msg->header_count; i++) {
         arr[i] = msg->header_names[i];
@@ -586,7 +586,7 @@ int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value, 
     rc = header_set_build(&hs, n, arr, arr + n, err);
     if (rc == OUTBOX_OK) rc = header_set_install(msg, &hs, err);
     header_set_free(&hs);
-    free(arr);
+    outbox__free(arr);
     return rc;
 }
 
@@ -613,7 +613,7 @@ int outbox_msg_new(outbox_msg **out, const char *type, const char *aggregate_typ
         return rc;
     if ((rc = check_payload(payload_json, err)) != OUTBOX_OK) return rc;
 
-    m = calloc(1, sizeof *m);
+    m = outbox__calloc(1, sizeof *m);
     if (!m) goto nomem;
     m->status = OUTBOX_STATUS_PENDING;
     m->type = dup_text(type);
@@ -808,7 +808,7 @@ build:
     total = sizeof *m + 2 * n * sizeof(char *) + lt + la + li + lp + lh;
     for (i = 0; i < n; i++)
         total += strlen(names[i]) + strlen(values[i]) + 2;
-    m = malloc(total);
+    m = outbox__malloc(total);
     if (!m) goto nomem;
     memset(m, 0, sizeof *m);
     m->block_end = (char *)m + total;
@@ -858,7 +858,7 @@ out_prefixed:
     stored_prefix(seq, err);
 out:
     outbox__buf_free(&hb);
-    free(names);
+    outbox__free(names);
     json_decref(doc);
     return rc;
 }
