@@ -860,4 +860,34 @@ extern const outbox_transport_ops outbox__transport_https; /* open NULL without 
 extern const outbox_transport_ops outbox__transport_nats;  /* open NULL without NATS */
 extern const outbox_transport_ops outbox__transport_kafka; /* open NULL without RDKAFKA */
 
+/* ------------------------------------------------------------------------
+ * Webhook receiver (src/consumer/receiver.c, with OUTBOX_HAVE_MHD): the
+ * handling of one complete request, without the socket, for the MHD
+ * callback and for tests/fuzz/fuzz_receiver.c.
+ * ---------------------------------------------------------------------- */
+
+typedef struct outbox_receiver_header {
+    const char *name; /* as received; matched case-insensitively */
+    const char *value;
+} outbox_receiver_header;
+
+typedef struct outbox_receiver_request {
+    const char *method;
+    const outbox_receiver_header *headers; /* header_count entries (borrowed) */
+    size_t header_count;
+    const char *body; /* body_len bytes, followed by a NUL (borrowed) */
+    size_t body_len;
+} outbox_receiver_request;
+
+/* Verifies rq (signature, timestamp), rebuilds the message, applies it
+ * through the inbox and the handler (outbox_webhook_receiver_new), and
+ * returns the HTTP status to answer, with why (why_len bytes) saying why
+ * when it is not 2xx: 4xx for a request that cannot be right, 5xx (503
+ * when out of memory) when the receiver failed and the sender should
+ * retry.  Counts applied and duplicate messages; the caller counts the
+ * rest.  Runs on the receiver's one serving thread (its database
+ * connection is not shared). */
+unsigned outbox__receiver_handle(outbox_webhook_receiver *r, const outbox_receiver_request *rq,
+                                 char *why, size_t why_len);
+
 #endif /* OUTBOX_INTERNAL_H */

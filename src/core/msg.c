@@ -164,12 +164,37 @@ static int check_field(const char *s, const char *field, int allow_empty, int co
     return OUTBOX_OK;
 }
 
+/* json_loads, telling a failed allocation from malformed text: jansson
+ * flags some of its allocation failures (json_error_out_of_memory), returns
+ * from others without recording an error, and reports others as a syntax
+ * error at the place it ran out.  Text that fails again at the same place
+ * with the same message is malformed; anything else (no error recorded, a
+ * second parse that succeeds or fails elsewhere) was memory: *oom = 1.
+ * Calling a valid payload or stored row malformed because of a failed
+ * allocation would refuse it, or quarantine the row, for good. */
+static json_t *load_json(const char *text, size_t flags, json_error_t *jerr, int *oom)
+{
+    json_error_t again;
+    json_t *doc = json_loads(text, flags, jerr);
+    *oom = 0;
+    if (doc != NULL) return doc;
+    if (json_error_code(jerr) == json_error_out_of_memory || jerr->text[0] == '\0') {
+        *oom = 1;
+        return NULL;
+    }
+    doc = json_loads(text, flags, &again);
+    if (doc == NULL && (again.position != jerr->position || strcmp(again.text, jerr->text) != 0))
+        *oom = 1;
+    return doc;
+}
+
 /* Checks a payload: size first (before parsing), then JSON syntax. */
 static int check_payload(const char *payload, outbox_error *err)
 {
     size_t len = strlen(payload), limit = outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, 0);
     json_error_t jerr;
     json_t *doc;
+    int oom;
     if (len > limit)
         return outbox__error(err, OUTBOX_ETOOBIG,
                              "payload is %zu bytes, limit %zu (outbox_limit "
@@ -177,8 +202,10 @@ static int check_payload(const char *payload, outbox_error *err)
                              len, limit);
     /* Integers become reals so that large numbers (valid JSON) are not
      * refused for not fitting json_int_t; the text is kept verbatim. */
-    doc = json_loads(payload, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL,
-                     &jerr);
+    doc = load_json(payload, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL,
+                    &jerr, &oom);
+    if (!doc && oom)
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory checking the payload's JSON");
     if (!doc)
         return outbox__error(err, OUTBOX_EBADPAYLOAD,
                              "payload is not valid JSON: %s (line %d, column %d)", jerr.text,
@@ -479,11 +506,12 @@ static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, cons
     const char *key;
     const char **names = NULL;
     size_t n, i = 0;
-    int rc;
+    int rc, oom;
     *doc_out = NULL;
     *names_out = *values_out = NULL;
     *n_out = 0;
-    doc = json_loads(text, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    doc = load_json(text, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr, &oom);
+    if (!doc && oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory parsing headers");
     if (!doc)
         return outbox__error(err, OUTBOX_EBADHEADERS,
                              "headers are not valid JSON: %s (line %d, column %d)", jerr.text,
@@ -867,8 +895,24 @@ int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t 
                          const char *type, const char *aggregate_type, const char *aggregate_id,
                          const char *payload, const char *headers_json, outbox_error *err)
 {
-    return msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
-                        headers_json, 0, err);
+    outbox_error first, again;
+    int rc = msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
+                          headers_json, 0, &first);
+    if (rc != OUTBOX_OK && rc != OUTBOX_ENOMEM) {
+        /* A refused row is quarantined for good, so the refusal must be the
+         * row's fault.  jansson's lexer drops a character when an
+         * allocation fails, without saying so (it ignores a failed append),
+         * which can look like a malformed field: a malformed row fails the
+         * same way twice, a failed allocation does not. */
+        int rc2 = msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id,
+                               payload, headers_json, 0, &again);
+        if (rc2 == OUTBOX_OK) return OUTBOX_OK;
+        if (rc2 != rc || strcmp(again.message, first.message) != 0)
+            return outbox__error(err, OUTBOX_ENOMEM,
+                                 "out of memory decoding stored message seq %lld", (long long)seq);
+    }
+    if (rc != OUTBOX_OK && err != NULL) *err = first;
+    return rc;
 }
 
 int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,
