@@ -10,7 +10,9 @@
  *
  * Arming: outbox__alloc_fail_at(n) (tests in the same process) or the
  * environment variable OUTBOX_ALLOC_FAIL=N (whole-process runs such as
- * the CLI), read once on the first allocation.  Only the N-th allocation
+ * the CLI), read once on the first allocation; the latter says on stderr
+ * when the failure happened, so the sweep knows when N went past the last
+ * allocation.  Only the N-th allocation
  * after arming fails; those after it succeed again, so the code under test
  * goes on with the failure handled.  Release builds do not compile this
  * file's body: the hook is a set of macros over the libc calls.
@@ -22,17 +24,36 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static atomic_uint_fast64_t alloc_calls;    /* allocations counted since arming */
 static atomic_uint_fast64_t alloc_fail_nth; /* 0: disarmed */
 static atomic_uint_fast64_t alloc_failures; /* failures injected since arming */
+static atomic_int alloc_from_env;           /* armed by OUTBOX_ALLOC_FAIL */
 static pthread_once_t alloc_once = PTHREAD_ONCE_INIT;
 
 static void read_env(void)
 {
     const char *v = getenv("OUTBOX_ALLOC_FAIL");
-    if (v != NULL && *v >= '0' && *v <= '9') atomic_store(&alloc_fail_nth, strtoull(v, NULL, 10));
+    if (v != NULL && *v >= '0' && *v <= '9') {
+        atomic_store(&alloc_fail_nth, strtoull(v, NULL, 10));
+        atomic_store(&alloc_from_env, 1);
+    }
+}
+
+/* Tells a whole-process sweep (tests/test_alloc_cli.sh) that the failure
+ * it armed happened: written to stderr directly, as it may come before the
+ * program installed a logger, and a log line could need memory itself. */
+static void say_injected(uint64_t nth)
+{
+    char line[96];
+    int n = snprintf(line, sizeof line,
+                     "outbox: injected allocation failure %llu "
+                     "(OUTBOX_ALLOC_FAIL)\n",
+                     (unsigned long long)nth);
+    if (n > 0 && write(2, line, (size_t)n) < 0) return;
 }
 
 /* See internal.h. */
@@ -44,6 +65,7 @@ int outbox__alloc_fault(void)
     nth = atomic_load(&alloc_fail_nth);
     if (nth == 0 || call != nth) return 0;
     atomic_fetch_add(&alloc_failures, 1);
+    if (atomic_load(&alloc_from_env)) say_injected(nth);
     return 1;
 }
 
@@ -51,6 +73,7 @@ int outbox__alloc_fault(void)
 void outbox__alloc_fail_at(uint64_t n)
 {
     pthread_once(&alloc_once, read_env);
+    atomic_store(&alloc_from_env, 0);
     atomic_store(&alloc_fail_nth, 0);
     atomic_store(&alloc_calls, 0);
     atomic_store(&alloc_failures, 0);
