@@ -134,32 +134,32 @@ step_list() {
     fi
 }
 
-step_retry() {
-    local failed
+# all_or_nothing SQL CMD...: on the 4 messages made Failed, runs CMD armed;
+# SQL counts the messages it has not dealt with: 0 when it exited 0, 0 or 4
+# (everything or nothing changed) when it failed.
+all_or_nothing() {
+    local sql=$1 left
+    shift
     fresh
     fail_all
-    run_armed retry --store "$DB" --all-failed
-    failed=$(q "SELECT count(*) FROM outbox WHERE status = 'failed'")
+    run_armed "$@"
+    left=$(q "$sql")
     if [ "$RC" -eq 0 ]; then
-        [ "$failed" -eq 0 ] || fail "retry N=$N: exit 0 but $failed still failed"
+        [ "$left" -eq 0 ] || fail "$1 N=$N: exit 0 but $left of 4 left"
     else
-        [ "$failed" -eq 4 ] || [ "$failed" -eq 0 ] || fail "retry N=$N: $failed of 4 failed left"
+        [ "$left" -eq 4 ] || [ "$left" -eq 0 ] || fail "$1 N=$N: $left of 4 left"
     fi
-    status_sane retry
+    status_sane "$1"
+}
+
+step_retry() {
+    all_or_nothing "SELECT count(*) FROM outbox WHERE status = 'failed'" \
+        retry --store "$DB" --all-failed
 }
 
 step_drop() {
-    local left
-    fresh
-    fail_all
-    run_armed drop --store "$DB" --all-failed --archive "file:$TMP/dropped.jsonl"
-    left=$(q "SELECT count(*) FROM outbox")
-    if [ "$RC" -eq 0 ]; then
-        [ "$left" -eq 0 ] || fail "drop N=$N: exit 0 but $left rows left"
-    else
-        [ "$left" -eq 4 ] || [ "$left" -eq 0 ] || fail "drop N=$N: $left of 4 rows left"
-    fi
-    status_sane drop
+    all_or_nothing "SELECT count(*) FROM outbox" \
+        drop --store "$DB" --all-failed --archive "file:$TMP/dropped.jsonl"
 }
 
 step_relay() {
