@@ -127,7 +127,7 @@ static void js_free(void *p)
 
 static void route_library_allocations(void)
 {
-    static const sqlite3_mem_methods methods = {sq_malloc, sq_free,  sq_realloc,  sq_size,
+    static const sqlite3_mem_methods methods = {sq_malloc,  sq_free, sq_realloc,  sq_size,
                                                 sq_roundup, sq_init, sq_shutdown, NULL};
     if (sqlite3_config(SQLITE_CONFIG_MALLOC, &methods) != SQLITE_OK)
         TEST_FAIL_("sqlite3_config(SQLITE_CONFIG_MALLOC) refused (SQLite already initialised?)");
@@ -251,8 +251,8 @@ TEST(enqueue_sqlite)
         }
         injected = disarm();
         ok_or_error(rc);
-        if (rc != OUTBOX_OK && !injected) TEST_FAIL_("n=%llu: %d %s", (unsigned long long)n, rc,
-                                                     err->message);
+        if (rc != OUTBOX_OK && !injected)
+            TEST_FAIL_("n=%llu: %d %s", (unsigned long long)n, rc, err->message);
         /* The caller's transaction: SQLite may have rolled it back on its
          * own out-of-memory error; otherwise it is committed. */
         if (!sqlite3_get_autocommit(db)) db_exec(db, "COMMIT");
@@ -441,8 +441,9 @@ static void sweep_relay(const char *name, dest *d)
                      path);
             if (system(cmd) != 0) fprintf(stderr, "(cannot show the outbox)\n");
         }
-        if (tries == 50) TEST_FAIL_("%s n=%llu: messages left unsent: %d %s", name,
-                                    (unsigned long long)n, rc, err->message);
+        if (tries == 50)
+            TEST_FAIL_("%s n=%llu: messages left unsent: %d %s", name, (unsigned long long)n, rc,
+                       err->message);
         ASSERT_EQ(check_sent_delivered(path, d), BATCH);
         if (!injected) break;
     }
@@ -515,8 +516,8 @@ TEST(webhook_receiver_new)
         injected = disarm();
         if (rc == OUTBOX_ENOTBUILT) return;
         ok_or_error(rc);
-        if (rc != OUTBOX_OK && !injected) TEST_FAIL_("n=%llu: %d %s", (unsigned long long)n, rc,
-                                                     err->message);
+        if (rc != OUTBOX_OK && !injected)
+            TEST_FAIL_("n=%llu: %d %s", (unsigned long long)n, rc, err->message);
         if (!injected) break;
     }
     report("webhook receiver start and stop", n - 1);
@@ -541,8 +542,8 @@ TEST(inbox_sqlite)
         rc = outbox_inbox_record_sqlite(db, CONSUMER, id, err);
         injected = disarm();
         ok_or_error(rc);
-        if (rc != OUTBOX_OK && !injected) TEST_FAIL_("n=%llu: %d %s", (unsigned long long)n, rc,
-                                                     err->message);
+        if (rc != OUTBOX_OK && !injected)
+            TEST_FAIL_("n=%llu: %d %s", (unsigned long long)n, rc, err->message);
         if (!sqlite3_get_autocommit(db)) db_exec(db, "COMMIT");
         ASSERT_EQ(db_count(db, "SELECT count(*) FROM outbox_inbox WHERE message_id = ?", id),
                   rc == OUTBOX_OK ? 1 : 0);
@@ -551,8 +552,8 @@ TEST(inbox_sqlite)
             arm(n);
             rc = outbox_inbox_record_sqlite(db, CONSUMER, id, err);
             disarm();
-            if (rc == OUTBOX_OK) TEST_FAIL_("n=%llu: a recorded id was recorded again",
-                                            (unsigned long long)n);
+            if (rc == OUTBOX_OK)
+                TEST_FAIL_("n=%llu: a recorded id was recorded again", (unsigned long long)n);
             ASSERT(rc == OUTBOX_DUPLICATE || rc < 0);
             if (!sqlite3_get_autocommit(db)) db_exec(db, "ROLLBACK");
         }
@@ -584,8 +585,10 @@ TEST(webhook_sign_verify)
         injected = disarm();
         any |= injected;
         ok_or_error(rc);
-        if (rc == OUTBOX_OK) ASSERT_STREQ(sig, good);
-        else if (!injected) TEST_FAIL_("sign: %d %s", rc, err->message);
+        if (rc == OUTBOX_OK)
+            ASSERT_STREQ(sig, good);
+        else if (!injected)
+            TEST_FAIL_("sign: %d %s", rc, err->message);
 
         arm(n);
         rc = outbox_webhook_verify(SECRET, id, ts, good, body, sizeof body - 1, 0, now, err);
@@ -595,12 +598,13 @@ TEST(webhook_sign_verify)
             TEST_FAIL_("verify of a good signature: %d %s", rc, err->message);
 
         arm(n);
-        rc = outbox_webhook_verify(SECRET, id, ts, "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                                   body, sizeof body - 1, 0, now, err);
+        rc = outbox_webhook_verify(SECRET, id, ts,
+                                   "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", body,
+                                   sizeof body - 1, 0, now, err);
         injected = disarm();
         any |= injected;
-        if (rc == OUTBOX_OK) TEST_FAIL_("verify accepted a wrong signature (n=%llu)",
-                                        (unsigned long long)n);
+        if (rc == OUTBOX_OK)
+            TEST_FAIL_("verify accepted a wrong signature (n=%llu)", (unsigned long long)n);
         if (rc != OUTBOX_EBADSIGNATURE && !injected)
             TEST_FAIL_("verify of a wrong signature: %d %s", rc, err->message);
         most = n;
