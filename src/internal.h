@@ -490,6 +490,44 @@ int outbox__fault(const char *name);
 #endif
 
 /* ------------------------------------------------------------------------
+ * Memory (src/core/alloc.c): every allocation in src/ goes through these,
+ * so a test build can fail the N-th one (tests/test_alloc_sweep.c).  The
+ * memory is libc's: outbox__free and free are interchangeable, and memory
+ * the caller releases with an outbox_*_free is released through the hook.
+ * In OUTBOX_FAULT_INJECTION builds outbox__alloc_fail_at(n) (or the
+ * environment variable OUTBOX_ALLOC_FAIL=N, read at the first allocation)
+ * makes the n-th allocation after arming return NULL, once; release builds
+ * call libc directly.
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_FAULT_INJECTION
+void *outbox__malloc(size_t n);
+void *outbox__calloc(size_t count, size_t size);
+void *outbox__realloc(void *p, size_t n);
+char *outbox__strdup(const char *s);
+char *outbox__strndup(const char *s, size_t n);
+void outbox__free(void *p);
+/* Counts one allocation and says whether it must fail (1) or not (0): for
+ * allocators the library does not own (a test's sqlite3_mem_methods,
+ * jansson's json_set_alloc_funcs). */
+int outbox__alloc_fault(void);
+/* Arms the n-th allocation from now on to fail (0: none) and resets the
+ * counts below. */
+void outbox__alloc_fail_at(uint64_t n);
+/* Allocations counted, and failures injected, since the last arming. */
+uint64_t outbox__alloc_count(void);
+uint64_t outbox__alloc_failures(void);
+#else
+#include <stdlib.h>
+#define outbox__malloc malloc
+#define outbox__calloc calloc
+#define outbox__realloc realloc
+#define outbox__strdup strdup
+#define outbox__strndup strndup
+#define outbox__free free
+#endif
+
+/* ------------------------------------------------------------------------
  * In-process wake-up (src/core/wake.c): a registry from a key (a database
  * file's path) to callbacks.  A relay registers the file it drains with a
  * callback that wakes it; outbox_enqueue_sqlite notifies its connection's
@@ -876,5 +914,35 @@ extern const outbox_transport_ops outbox__transport_amqps; /* open NULL without 
  * monitor's own store handle; never shown).  Valid until the relay is
  * freed. */
 const char *outbox__relay_store_url(const outbox_relay *relay);
+
+/* ------------------------------------------------------------------------
+ * Webhook receiver (src/consumer/receiver.c, with OUTBOX_HAVE_MHD): the
+ * handling of one complete request, without the socket, for the MHD
+ * callback and for tests/fuzz/fuzz_receiver.c.
+ * ---------------------------------------------------------------------- */
+
+typedef struct outbox_receiver_header {
+    const char *name; /* as received; matched case-insensitively */
+    const char *value;
+} outbox_receiver_header;
+
+typedef struct outbox_receiver_request {
+    const char *method;
+    const outbox_receiver_header *headers; /* header_count entries (borrowed) */
+    size_t header_count;
+    const char *body; /* body_len bytes, followed by a NUL (borrowed) */
+    size_t body_len;
+} outbox_receiver_request;
+
+/* Verifies rq (signature, timestamp), rebuilds the message, applies it
+ * through the inbox and the handler (outbox_webhook_receiver_new), and
+ * returns the HTTP status to answer, with why (why_len bytes) saying why
+ * when it is not 2xx: 4xx for a request that cannot be right, 5xx (503
+ * when out of memory) when the receiver failed and the sender should
+ * retry.  Counts applied and duplicate messages; the caller counts the
+ * rest.  Runs on the receiver's one serving thread (its database
+ * connection is not shared). */
+unsigned outbox__receiver_handle(outbox_webhook_receiver *r, const outbox_receiver_request *rq,
+                                 char *why, size_t why_len);
 
 #endif /* OUTBOX_INTERNAL_H */

@@ -108,16 +108,19 @@ static int hex_value(char ch)
 }
 
 /* Percent-decodes a header value into a new string; NULL when malformed or
- * when it decodes to a control character. */
-static char *decode_value(const char *v)
+ * when it decodes to a control character, or (*oom set) out of memory. */
+static char *decode_value(const char *v, int *oom)
 {
-    char *out = malloc(strlen(v) + 1), *o = out;
-    if (out == NULL) return NULL;
+    char *out = outbox__malloc(strlen(v) + 1), *o = out;
+    if (out == NULL) {
+        *oom = 1;
+        return NULL;
+    }
     while (*v) {
         if (*v == '%') {
             int hi = hex_value(v[1]), lo = hi >= 0 ? hex_value(v[2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                free(out);
+                outbox__free(out);
                 return NULL;
             }
             *o++ = (char)(hi * 16 + lo);
@@ -130,66 +133,76 @@ static char *decode_value(const char *v)
     return out;
 }
 
-typedef struct header_walk {
-    outbox_msg *msg;
-    int rc;
-    outbox_error err;
-} header_walk;
+/* The value of request header name (case-insensitive; the first one when
+ * repeated), or NULL. */
+static const char *header_value(const outbox_receiver_request *rq, const char *name)
+{
+    size_t i;
+    for (i = 0; i < rq->header_count; i++)
+        if (rq->headers[i].name != NULL && strcasecmp(rq->headers[i].name, name) == 0)
+            return rq->headers[i].value;
+    return NULL;
+}
 
 static const char *const standard_attrs[] = {"specversion",   "id",         "source",
                                              "type",          "subject",    "time",
                                              "aggregatetype", "dataschema", "datacontenttype"};
 
-/* Every ce-<extension> header becomes a message header named <extension>. */
-static enum MHD_Result take_extension(void *cls, enum MHD_ValueKind kind, const char *key,
-                                      const char *value)
+/* A ce-<extension> header becomes a message header named <extension>:
+ * OUTBOX_OK (also for any other header), or an error in err. */
+static int take_extension(outbox_msg *msg, const char *key, const char *value, outbox_error *err)
 {
-    header_walk *w = cls;
     char name[80];
     size_t i, n;
     char *decoded;
-    (void)kind;
-    if (w->rc != OUTBOX_OK) return MHD_NO;
-    if (key == NULL || strncasecmp(key, "ce-", 3) != 0) return MHD_YES;
+    int oom = 0, rc;
+    if (key == NULL || strncasecmp(key, "ce-", 3) != 0) return OUTBOX_OK;
     n = strlen(key + 3);
-    if (n == 0 || n >= sizeof name) {
-        w->rc = outbox__error(&w->err, OUTBOX_EBADHEADERS, "header %.80s: bad extension name", key);
-        return MHD_NO;
-    }
+    if (n == 0 || n >= sizeof name)
+        return outbox__error(err, OUTBOX_EBADHEADERS, "header %.80s: bad extension name", key);
     for (i = 0; i < n; i++) {
         char ch = key[3 + i];
         name[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
     }
     name[n] = '\0';
     for (i = 0; i < sizeof standard_attrs / sizeof standard_attrs[0]; i++)
-        if (strcmp(name, standard_attrs[i]) == 0) return MHD_YES;
-    decoded = decode_value(value ? value : "");
-    if (decoded == NULL) {
-        w->rc = outbox__error(&w->err, OUTBOX_EBADHEADERCHAR,
-                              "header %s: malformed percent-encoding", key);
-        return MHD_NO;
-    }
-    w->rc = outbox_msg_set_header(w->msg, name, decoded, &w->err);
-    free(decoded);
-    return w->rc == OUTBOX_OK ? MHD_YES : MHD_NO;
+        if (strcmp(name, standard_attrs[i]) == 0) return OUTBOX_OK;
+    decoded = decode_value(value ? value : "", &oom);
+    if (decoded == NULL)
+        return oom ? outbox__error(err, OUTBOX_ENOMEM, "out of memory reading header %.80s", key)
+                   : outbox__error(err, OUTBOX_EBADHEADERCHAR,
+                                   "header %.80s: malformed percent-encoding", key);
+    rc = outbox_msg_set_header(msg, name, decoded, err);
+    outbox__free(decoded);
+    return rc;
 }
 
-/* Builds the message from the request; 0, or -1 with why filled. */
-static int build_message(struct MHD_Connection *c, const char *body, outbox_msg **out, char *why,
-                         size_t why_len)
+/* What a refusal to build or verify answers: out of memory is the
+ * receiver's trouble (503: the sender retries), anything else the
+ * request's (4xx: retrying cannot help). */
+static unsigned refusal_status(int rc, unsigned request_status)
 {
-    const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-id");
-    const char *wid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "webhook-id");
-    const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-type");
-    const char *subject = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-subject");
-    const char *atype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-aggregatetype");
-    const char *time_text = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "ce-time");
+    return rc == OUTBOX_ENOMEM ? MHD_HTTP_SERVICE_UNAVAILABLE : request_status;
+}
+
+/* Builds the message from the request: 0, or the HTTP status to answer
+ * with why filled. */
+static unsigned build_message(const outbox_receiver_request *rq, outbox_msg **out, char *why,
+                              size_t why_len)
+{
+    const char *id = header_value(rq, "ce-id");
+    const char *wid = header_value(rq, "webhook-id");
+    const char *type = header_value(rq, "ce-type");
+    const char *subject = header_value(rq, "ce-subject");
+    const char *atype = header_value(rq, "ce-aggregatetype");
+    const char *time_text = header_value(rq, "ce-time");
     char *type_d = NULL, *subject_d = NULL, *atype_d = NULL;
     outbox_msg *msg = NULL;
     outbox_error err;
-    header_walk w;
     int64_t at = 0;
-    int rc = -1;
+    unsigned status = MHD_HTTP_BAD_REQUEST;
+    int rc, oom = 0;
+    size_t i;
 
     memset(&err, 0, sizeof err);
     *out = NULL;
@@ -209,41 +222,39 @@ static int build_message(struct MHD_Connection *c, const char *body, outbox_msg 
         snprintf(why, why_len, "ce-time is not an RFC 3339 UTC time");
         goto out;
     }
-    type_d = decode_value(type);
-    subject_d = decode_value(subject);
-    atype_d = atype ? decode_value(atype) : NULL;
+    type_d = decode_value(type, &oom);
+    subject_d = decode_value(subject, &oom);
+    atype_d = atype ? decode_value(atype, &oom) : NULL;
     if (type_d == NULL || subject_d == NULL || (atype != NULL && atype_d == NULL)) {
-        snprintf(why, why_len,
-                 "malformed percent-encoding in ce-type, ce-subject or "
-                 "ce-aggregatetype");
+        if (oom) status = MHD_HTTP_SERVICE_UNAVAILABLE;
+        snprintf(why, why_len, "%s",
+                 oom ? "out of memory reading the request"
+                     : "malformed percent-encoding in ce-type, ce-subject or ce-aggregatetype");
         goto out;
     }
-    if (body[0] == '\0') {
+    if (rq->body[0] == '\0') {
         snprintf(why, why_len, "empty body: the payload must be JSON");
         goto out;
     }
-    if (outbox_msg_new(&msg, type_d, atype_d, subject_d, body, &err) != OUTBOX_OK ||
-        outbox_msg_set_id(msg, id, &err) != OUTBOX_OK ||
-        (at != 0 && outbox_msg_set_occurred_at(msg, at, &err) != OUTBOX_OK)) {
+    rc = outbox_msg_new(&msg, type_d, atype_d, subject_d, rq->body, &err);
+    if (rc == OUTBOX_OK) rc = outbox_msg_set_id(msg, id, &err);
+    if (rc == OUTBOX_OK && at != 0) rc = outbox_msg_set_occurred_at(msg, at, &err);
+    for (i = 0; rc == OUTBOX_OK && i < rq->header_count; i++)
+        rc = take_extension(msg, rq->headers[i].name, rq->headers[i].value, &err);
+    if (rc != OUTBOX_OK) {
+        status = refusal_status(rc, MHD_HTTP_BAD_REQUEST);
         snprintf(why, why_len, "%s", err.message);
-        goto out;
-    }
-    memset(&w, 0, sizeof w);
-    w.msg = msg;
-    MHD_get_connection_values(c, MHD_HEADER_KIND, take_extension, &w);
-    if (w.rc != OUTBOX_OK) {
-        snprintf(why, why_len, "%s", w.err.message);
         goto out;
     }
     *out = msg;
     msg = NULL;
-    rc = 0;
+    status = 0;
 out:
     outbox_msg_free(msg);
-    free(type_d);
-    free(subject_d);
-    free(atype_d);
-    return rc;
+    outbox__free(type_d);
+    outbox__free(subject_d);
+    outbox__free(atype_d);
+    return status;
 }
 
 static void rollback(sqlite3 *db)
@@ -294,22 +305,80 @@ static unsigned apply(outbox_webhook_receiver *r, const outbox_msg *msg, char *w
     return MHD_HTTP_NO_CONTENT;
 }
 
+/* See internal.h. */
+unsigned outbox__receiver_handle(outbox_webhook_receiver *r, const outbox_receiver_request *rq,
+                                 char *why, size_t why_len)
+{
+    outbox_msg *msg = NULL;
+    unsigned status;
+
+    why[0] = '\0';
+    if (strcmp(rq->method, "POST") != 0) {
+        snprintf(why, why_len, "only POST is accepted");
+        return MHD_HTTP_METHOD_NOT_ALLOWED;
+    }
+    if (memchr(rq->body, '\0', rq->body_len) != NULL) {
+        snprintf(why, why_len, "NUL byte in the body");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (r->secret != NULL) {
+        outbox_error err;
+        int rc;
+        memset(&err, 0, sizeof err);
+        rc = outbox_webhook_verify(
+            r->secret, header_value(rq, "webhook-id"), header_value(rq, "webhook-timestamp"),
+            header_value(rq, "webhook-signature"), rq->body, rq->body_len, r->tolerance_s, 0, &err);
+        if (rc != OUTBOX_OK) {
+            snprintf(why, why_len, "%s", err.message);
+            return rc == OUTBOX_EBADTIMESTAMP ? MHD_HTTP_BAD_REQUEST
+                   : rc == OUTBOX_ENOTBUILT   ? MHD_HTTP_INTERNAL_SERVER_ERROR
+                                              : refusal_status(rc, MHD_HTTP_UNAUTHORIZED);
+        }
+    }
+    status = build_message(rq, &msg, why, why_len);
+    if (status != 0) return status;
+    status = apply(r, msg, why, why_len);
+    outbox_msg_free(msg);
+    return status;
+}
+
+/* Headers being collected from MHD into a request (at most cap). */
+typedef struct header_collect {
+    outbox_receiver_request *rq;
+    outbox_receiver_header *headers;
+    size_t cap;
+} header_collect;
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    header_collect *hc = cls;
+    (void)kind;
+    if (hc->rq->header_count >= hc->cap) return MHD_NO;
+    hc->headers[hc->rq->header_count].name = key;
+    hc->headers[hc->rq->header_count].value = value;
+    hc->rq->header_count++;
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
     outbox_webhook_receiver *r = cls;
     request_ctx *ctx = *con_cls;
-    outbox_msg *msg = NULL;
+    outbox_receiver_request rq;
+    outbox_receiver_header *headers;
+    header_collect hc;
     char why[600];
     unsigned status;
+    int count;
     (void)url;
     (void)version;
 
     if (ctx == NULL) {
         const char *len_text;
-        int count;
-        ctx = calloc(1, sizeof *ctx);
+        ctx = outbox__calloc(1, sizeof *ctx);
         if (ctx == NULL) return MHD_NO;
         outbox__buf_init(&ctx->body);
         *con_cls = ctx;
@@ -337,39 +406,31 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (ctx->too_big) return reject(r, c, MHD_HTTP_CONTENT_TOO_LARGE, "body larger than the limit");
-    if (ctx->body.oom) {
+    count = MHD_get_connection_values(c, MHD_HEADER_KIND, NULL, NULL);
+    headers = outbox__calloc(count > 0 ? (size_t)count : 1, sizeof *headers);
+    if (ctx->body.oom || headers == NULL) {
+        outbox__free(headers);
         atomic_fetch_add(&r->failed, 1);
         return reply(c, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory");
     }
-    if (memchr(ctx->body.data ? ctx->body.data : "", '\0', ctx->body.len) != NULL)
-        return reject(r, c, MHD_HTTP_BAD_REQUEST, "NUL byte in the body");
+    memset(&rq, 0, sizeof rq);
+    rq.method = method;
+    rq.headers = headers;
+    rq.body = ctx->body.data ? ctx->body.data : "";
+    rq.body_len = ctx->body.len;
+    hc.rq = &rq;
+    hc.headers = headers;
+    hc.cap = count > 0 ? (size_t)count : 0;
+    MHD_get_connection_values(c, MHD_HEADER_KIND, collect_header, &hc);
 
-    if (r->secret != NULL) {
-        outbox_error err;
-        int rc;
-        memset(&err, 0, sizeof err);
-        rc = outbox_webhook_verify(
-            r->secret, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "webhook-id"),
-            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "webhook-timestamp"),
-            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "webhook-signature"),
-            ctx->body.data ? ctx->body.data : "", ctx->body.len, r->tolerance_s, 0, &err);
-        if (rc != OUTBOX_OK)
-            return reject(r, c,
-                          rc == OUTBOX_EBADTIMESTAMP ? MHD_HTTP_BAD_REQUEST
-                          : rc == OUTBOX_ENOTBUILT   ? MHD_HTTP_INTERNAL_SERVER_ERROR
-                                                     : MHD_HTTP_UNAUTHORIZED,
-                          err.message);
-    }
-    if (build_message(c, ctx->body.data ? ctx->body.data : "", &msg, why, sizeof why) != 0)
-        return reject(r, c, MHD_HTTP_BAD_REQUEST, why);
-
-    status = apply(r, msg, why, sizeof why);
+    status = outbox__receiver_handle(r, &rq, why, sizeof why);
+    outbox__free(headers);
     if (status >= 500) {
         atomic_fetch_add(&r->failed, 1);
-        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "message %s not applied (%u): %s", msg->id, status,
-                    why);
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "request not applied (%u): %s", status, why);
+    } else if (status >= 400) {
+        return reject(r, c, status, why);
     }
-    outbox_msg_free(msg);
     return reply(c, status, status >= 300 ? why : "");
 }
 
@@ -382,7 +443,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     (void)toe;
     if (ctx == NULL) return;
     outbox__buf_free(&ctx->body);
-    free(ctx);
+    outbox__free(ctx);
     *con_cls = NULL;
 }
 
@@ -411,7 +472,7 @@ static int read_pem(const char *path, const char *setting, char **out, outbox_er
                                    setting, path);
                 goto out;
             }
-            more = realloc(text, cap);
+            more = outbox__realloc(text, cap);
             if (more == NULL) {
                 rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
                 goto out;
@@ -435,7 +496,7 @@ static int read_pem(const char *path, const char *setting, char **out, outbox_er
 out:
     fclose(f);
     if (text) memset(text, 0, cap);
-    free(text);
+    outbox__free(text);
     return rc;
 }
 
@@ -475,10 +536,10 @@ int outbox_webhook_receiver_new(outbox_webhook_receiver **out,
                              "address and a port up to 65535",
                              bind_address, opts->port);
 
-    r = calloc(1, sizeof *r);
+    r = outbox__calloc(1, sizeof *r);
     if (r == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
-    r->consumer = strdup(opts->consumer);
-    r->secret = opts->secret ? strdup(opts->secret) : NULL;
+    r->consumer = outbox__strdup(opts->consumer);
+    r->secret = opts->secret ? outbox__strdup(opts->secret) : NULL;
     if (r->consumer == NULL || (opts->secret && r->secret == NULL)) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
         goto fail;
@@ -600,12 +661,12 @@ void outbox_webhook_receiver_free(outbox_webhook_receiver *r)
     if (r->daemon) MHD_stop_daemon(r->daemon);
     if (r->db) sqlite3_close(r->db);
     if (r->secret) memset(r->secret, 0, strlen(r->secret));
-    free(r->secret);
-    free(r->consumer);
-    free(r->tls_cert);
+    outbox__free(r->secret);
+    outbox__free(r->consumer);
+    outbox__free(r->tls_cert);
     if (r->tls_key) memset(r->tls_key, 0, strlen(r->tls_key));
-    free(r->tls_key);
-    free(r);
+    outbox__free(r->tls_key);
+    outbox__free(r);
 }
 
 #else /* !OUTBOX_HAVE_MHD */

@@ -28,7 +28,7 @@ void outbox__aggindex_init(outbox_aggindex *ix)
 void outbox__aggindex_free(outbox_aggindex *ix)
 {
     if (ix == NULL) return;
-    free(ix->slots);
+    outbox__free(ix->slots);
     outbox__aggindex_init(ix);
 }
 
@@ -50,7 +50,7 @@ int outbox__aggindex_reserve(outbox_aggindex *ix, size_t n)
     while (want < (ix->count + n) * 2)
         want *= 2;
     if (want <= ix->cap) return OUTBOX_OK;
-    slots = calloc(want, sizeof *slots);
+    slots = outbox__calloc(want, sizeof *slots);
     if (slots == NULL) return OUTBOX_ENOMEM;
     for (i = 0; ix->count > 0 && i < ix->cap; i++) {
         size_t j;
@@ -59,7 +59,7 @@ int outbox__aggindex_reserve(outbox_aggindex *ix, size_t n)
         }
         slots[j] = ix->slots[i];
     }
-    free(ix->slots);
+    outbox__free(ix->slots);
     ix->slots = slots;
     ix->cap = want;
     return OUTBOX_OK;

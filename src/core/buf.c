@@ -21,7 +21,7 @@ void outbox__buf_init(outbox_buf *b)
 /* Frees the memory and leaves b empty and reusable. */
 void outbox__buf_free(outbox_buf *b)
 {
-    free(b->data);
+    outbox__free(b->data);
     outbox__buf_init(b);
 }
 
@@ -50,7 +50,7 @@ static int reserve(outbox_buf *b, size_t n)
         }
         cap *= 2;
     }
-    p = realloc(b->data, cap);
+    p = outbox__realloc(b->data, cap);
     if (!p) goto fail;
     b->data = p;
     b->cap = cap;

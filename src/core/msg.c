@@ -164,12 +164,37 @@ static int check_field(const char *s, const char *field, int allow_empty, int co
     return OUTBOX_OK;
 }
 
+/* json_loads, telling a failed allocation from malformed text: jansson
+ * flags some of its allocation failures (json_error_out_of_memory), returns
+ * from others without recording an error, and reports others as a syntax
+ * error at the place it ran out.  Text that fails again at the same place
+ * with the same message is malformed; anything else (no error recorded, a
+ * second parse that succeeds or fails elsewhere) was memory: *oom = 1.
+ * Calling a valid payload or stored row malformed because of a failed
+ * allocation would refuse it, or quarantine the row, for good. */
+static json_t *load_json(const char *text, size_t flags, json_error_t *jerr, int *oom)
+{
+    json_error_t again;
+    json_t *doc = json_loads(text, flags, jerr);
+    *oom = 0;
+    if (doc != NULL) return doc;
+    if (json_error_code(jerr) == json_error_out_of_memory || jerr->text[0] == '\0') {
+        *oom = 1;
+        return NULL;
+    }
+    doc = json_loads(text, flags, &again);
+    if (doc == NULL && (again.position != jerr->position || strcmp(again.text, jerr->text) != 0))
+        *oom = 1;
+    return doc;
+}
+
 /* Checks a payload: size first (before parsing), then JSON syntax. */
 static int check_payload(const char *payload, outbox_error *err)
 {
     size_t len = strlen(payload), limit = outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, 0);
     json_error_t jerr;
     json_t *doc;
+    int oom;
     if (len > limit)
         return outbox__error(err, OUTBOX_ETOOBIG,
                              "payload is %zu bytes, limit %zu (outbox_limit "
@@ -177,8 +202,10 @@ static int check_payload(const char *payload, outbox_error *err)
                              len, limit);
     /* Integers become reals so that large numbers (valid JSON) are not
      * refused for not fitting json_int_t; the text is kept verbatim. */
-    doc = json_loads(payload, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL,
-                     &jerr);
+    doc = load_json(payload, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL,
+                    &jerr, &oom);
+    if (!doc && oom)
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory checking the payload's JSON");
     if (!doc)
         return outbox__error(err, OUTBOX_EBADPAYLOAD,
                              "payload is not valid JSON: %s (line %d, column %d)", jerr.text,
@@ -307,13 +334,13 @@ static void free_owned(outbox_msg *m, void *p)
     uintptr_t a = (uintptr_t)p;
     if (!p) return;
     if (m->block_end && a >= (uintptr_t)m && a < (uintptr_t)m->block_end) return;
-    free(p);
+    outbox__free(p);
 }
 
 static char *dup_text(const char *s)
 {
     size_t n = strlen(s) + 1;
-    char *p = malloc(n);
+    char *p = outbox__malloc(n);
     if (p) memcpy(p, s, n);
     return p;
 }
@@ -328,8 +355,8 @@ void outbox_msg_free(outbox_msg *msg)
     free_owned(msg, msg->payload);
     free_owned(msg, msg->headers_json);
     free_owned(msg, msg->header_names);
-    free(msg->last_error);
-    free(msg);
+    outbox__free(msg->last_error);
+    outbox__free(msg);
 }
 
 /* ------------------------------------------------------------------------
@@ -399,7 +426,7 @@ static int header_set_build(header_set *hs, size_t n, const char *const *names,
     outbox__buf_append(&b, "}", 1);
     if (b.oom) goto nomem;
     if (n > 0) {
-        hs->names = malloc(total);
+        hs->names = outbox__malloc(total);
         if (!hs->names) goto nomem;
         hs->values = hs->names + n;
         p = (char *)(hs->values + n);
@@ -418,15 +445,15 @@ static int header_set_build(header_set *hs, size_t n, const char *const *names,
     return OUTBOX_OK;
 nomem:
     outbox__buf_free(&b);
-    free(hs->names);
+    outbox__free(hs->names);
     memset(hs, 0, sizeof *hs);
     return outbox__error(err, OUTBOX_ENOMEM, "out of memory building message headers");
 }
 
 static void header_set_free(header_set *hs)
 {
-    free(hs->names);
-    free(hs->json);
+    outbox__free(hs->names);
+    outbox__free(hs->json);
     memset(hs, 0, sizeof *hs);
 }
 
@@ -469,7 +496,7 @@ static const char *json_type_name(const json_t *v)
 }
 
 /* Parses a headers JSON object into borrowed name/value arrays pointing
- * into *doc (freed by the caller with json_decref and free(*names)).
+ * into *doc (freed by the caller with json_decref and outbox__free(*names)).
  * With validate, each entry is checked as by outbox_msg_set_header. */
 static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, const char ***names_out,
                          const char ***values_out, int validate, outbox_error *err)
@@ -479,11 +506,12 @@ static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, cons
     const char *key;
     const char **names = NULL;
     size_t n, i = 0;
-    int rc;
+    int rc, oom;
     *doc_out = NULL;
     *names_out = *values_out = NULL;
     *n_out = 0;
-    doc = json_loads(text, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    doc = load_json(text, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr, &oom);
+    if (!doc && oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory parsing headers");
     if (!doc)
         return outbox__error(err, OUTBOX_EBADHEADERS,
                              "headers are not valid JSON: %s (line %d, column %d)", jerr.text,
@@ -495,7 +523,7 @@ static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, cons
     }
     n = json_object_size(doc);
     if (n > 0) {
-        names = malloc(2 * n * sizeof *names);
+        names = outbox__malloc(2 * n * sizeof *names);
         if (!names) {
             rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory parsing headers");
             goto fail;
@@ -528,7 +556,7 @@ static int headers_parse(const char *text, json_t **doc_out, size_t *n_out, cons
     *values_out = names ? names + n : NULL;
     return OUTBOX_OK;
 fail:
-    free(names);
+    outbox__free(names);
     json_decref(doc);
     return rc;
 }
@@ -556,7 +584,7 @@ int outbox_msg_set_headers_json(outbox_msg *msg, const char *headers_json, outbo
     rc = header_set_build(&hs, n, names, values, err);
     if (rc == OUTBOX_OK) rc = header_set_install(msg, &hs, err);
     header_set_free(&hs);
-    free(names);
+    outbox__free(names);
     json_decref(doc);
     return rc;
 }
@@ -575,7 +603,7 @@ int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value, 
     for (at = 0; at < n; at++)
         if (strcmp(msg->header_names[at], name) == 0) break;
     if (at == n) n++;
-    arr = malloc(2 * n * sizeof *arr);
+    arr = outbox__malloc(2 * n * sizeof *arr);
     if (!arr) return outbox__error(err, OUTBOX_ENOMEM, "out of memory setting a header");
     for (i = 0; i < msg->header_count; i++) {
         arr[i] = msg->header_names[i];
@@ -586,7 +614,7 @@ int outbox_msg_set_header(outbox_msg *msg, const char *name, const char *value, 
     rc = header_set_build(&hs, n, arr, arr + n, err);
     if (rc == OUTBOX_OK) rc = header_set_install(msg, &hs, err);
     header_set_free(&hs);
-    free(arr);
+    outbox__free(arr);
     return rc;
 }
 
@@ -613,7 +641,7 @@ int outbox_msg_new(outbox_msg **out, const char *type, const char *aggregate_typ
         return rc;
     if ((rc = check_payload(payload_json, err)) != OUTBOX_OK) return rc;
 
-    m = calloc(1, sizeof *m);
+    m = outbox__calloc(1, sizeof *m);
     if (!m) goto nomem;
     m->status = OUTBOX_STATUS_PENDING;
     m->type = dup_text(type);
@@ -808,7 +836,7 @@ build:
     total = sizeof *m + 2 * n * sizeof(char *) + lt + la + li + lp + lh;
     for (i = 0; i < n; i++)
         total += strlen(names[i]) + strlen(values[i]) + 2;
-    m = malloc(total);
+    m = outbox__malloc(total);
     if (!m) goto nomem;
     memset(m, 0, sizeof *m);
     m->block_end = (char *)m + total;
@@ -858,7 +886,7 @@ out_prefixed:
     stored_prefix(seq, err);
 out:
     outbox__buf_free(&hb);
-    free(names);
+    outbox__free(names);
     json_decref(doc);
     return rc;
 }
@@ -867,8 +895,24 @@ int outbox__msg_from_row(outbox_msg **out, int64_t seq, const char *id, int64_t 
                          const char *type, const char *aggregate_type, const char *aggregate_id,
                          const char *payload, const char *headers_json, outbox_error *err)
 {
-    return msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
-                        headers_json, 0, err);
+    outbox_error first, again;
+    int rc = msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id, payload,
+                          headers_json, 0, &first);
+    if (rc != OUTBOX_OK && rc != OUTBOX_ENOMEM) {
+        /* A refused row is quarantined for good, so the refusal must be the
+         * row's fault.  jansson's lexer drops a character when an
+         * allocation fails, without saying so (it ignores a failed append),
+         * which can look like a malformed field: a malformed row fails the
+         * same way twice, a failed allocation does not. */
+        int rc2 = msg_from_row(out, seq, id, occurred_at, type, aggregate_type, aggregate_id,
+                               payload, headers_json, 0, &again);
+        if (rc2 == OUTBOX_OK) return OUTBOX_OK;
+        if (rc2 != rc || strcmp(again.message, first.message) != 0)
+            return outbox__error(err, OUTBOX_ENOMEM,
+                                 "out of memory decoding stored message seq %lld", (long long)seq);
+    }
+    if (rc != OUTBOX_OK && err != NULL) *err = first;
+    return rc;
 }
 
 int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id, int64_t occurred_at,

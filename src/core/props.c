@@ -238,11 +238,11 @@ static int set_value(const outbox_prop *prop, const char *what, const char *text
                                      strerror(errno), prop->name, prop->doc);
             close(fd);
         }
-        copy = strdup(text);
+        copy = outbox__strdup(text);
         if (copy == NULL)
             return outbox__error(err, OUTBOX_ENOMEM, "out of memory reading %s", what);
         memcpy(&old, field, sizeof old);
-        free(old);
+        outbox__free(old);
         memcpy(field, &copy, sizeof copy);
         return OUTBOX_OK;
     }
@@ -348,7 +348,7 @@ void outbox__props_free(const outbox_prop *props, void *config)
         char *value = NULL, *field = (char *)config + props->offset;
         if (!is_text(props->type) || family_prefix(props)) continue;
         memcpy(&value, field, sizeof value);
-        free(value);
+        outbox__free(value);
         value = NULL;
         memcpy(field, &value, sizeof value);
     }
@@ -363,10 +363,10 @@ int outbox__props_options(outbox_url *out, const char *scheme, const char *const
     memset(out, 0, sizeof *out);
     while (options && options[n])
         n++;
-    out->scheme = strdup(scheme);
-    out->hosts = strdup("");
-    out->path = strdup("");
-    out->params = n ? calloc(n, sizeof *out->params) : NULL;
+    out->scheme = outbox__strdup(scheme);
+    out->hosts = outbox__strdup("");
+    out->path = outbox__strdup("");
+    out->params = n ? outbox__calloc(n, sizeof *out->params) : NULL;
     if (!out->scheme || !out->hosts || !out->path || (n && !out->params)) goto nomem;
     for (i = 0; i < n; i++) {
         const char *kv = options[i], *eq = strchr(kv, '=');
@@ -376,8 +376,8 @@ int outbox__props_options(outbox_url *out, const char *scheme, const char *const
             return outbox__error(err, OUTBOX_ECONFIG,
                                  "%s destination option \"%.40s\" is not KEY=VALUE", scheme, kv);
         }
-        param->key = strndup(kv, (size_t)(eq - kv));
-        param->value = strdup(eq + 1);
+        param->key = outbox__strndup(kv, (size_t)(eq - kv));
+        param->value = outbox__strdup(eq + 1);
         out->param_count = i + 1;
         if (!param->key || !param->value) goto nomem;
         for (j = 0; j < i; j++) {

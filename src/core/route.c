@@ -58,13 +58,13 @@ static int value_char_ok(int kind, char c)
 
 static int add_part(outbox_route *r, int kind, const char *text, size_t n)
 {
-    route_part *grown = realloc(r->parts, (r->count + 1) * sizeof *grown);
+    route_part *grown = outbox__realloc(r->parts, (r->count + 1) * sizeof *grown);
     if (!grown) return -1;
     r->parts = grown;
     r->parts[r->count].kind = kind;
     r->parts[r->count].text = NULL;
     if (kind == PART_TEXT) {
-        char *t = malloc(n + 1);
+        char *t = outbox__malloc(n + 1);
         if (!t) return -1;
         memcpy(t, text, n);
         t[n] = '\0';
@@ -87,7 +87,7 @@ int outbox__route_new(outbox_route **out, const char *tmpl, int kind, outbox_err
         return outbox__error(err, OUTBOX_EINVAL, "unknown route kind %d", kind);
     if (!tmpl || !*tmpl)
         return outbox__error(err, OUTBOX_ECONFIG, "the %s template is empty", what);
-    r = calloc(1, sizeof *r);
+    r = outbox__calloc(1, sizeof *r);
     if (!r) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
     r->kind = kind;
 
@@ -242,7 +242,7 @@ void outbox__route_free(outbox_route *route)
     size_t i;
     if (!route) return;
     for (i = 0; i < route->count; i++)
-        free(route->parts[i].text);
-    free(route->parts);
-    free(route);
+        outbox__free(route->parts[i].text);
+    outbox__free(route->parts);
+    outbox__free(route);
 }

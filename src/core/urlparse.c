@@ -15,7 +15,7 @@
 
 static char *dup_range(const char *s, size_t n)
 {
-    char *p = malloc(n + 1);
+    char *p = outbox__malloc(n + 1);
     if (p) {
         memcpy(p, s, n);
         p[n] = '\0';
@@ -35,7 +35,7 @@ static int hex_value(char c)
  * malformed escape, an encoded NUL, or no memory (*bad tells which). */
 static char *decode_range(const char *s, size_t n, int *bad)
 {
-    char *out = malloc(n + 1), *o = out;
+    char *out = outbox__malloc(n + 1), *o = out;
     size_t i;
     *bad = 0;
     if (!out) return NULL;
@@ -43,13 +43,13 @@ static char *decode_range(const char *s, size_t n, int *bad)
         if (s[i] == '%') {
             if (i + 2 >= n || hex_value(s[i + 1]) < 0 || hex_value(s[i + 2]) < 0) {
                 *bad = 1;
-                free(out);
+                outbox__free(out);
                 return NULL;
             }
             *o = (char)(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2]));
             if (*o == '\0') {
                 *bad = 1;
-                free(out);
+                outbox__free(out);
                 return NULL;
             }
             o++;
@@ -79,22 +79,22 @@ static int add_param(outbox_url *u, const char *kv, size_t n, const char *shown,
     if (!key) goto decode_failed;
     value = decode_range(eq + 1, n - (size_t)(eq + 1 - kv), &bad);
     if (!value) {
-        free(key);
+        outbox__free(key);
         goto decode_failed;
     }
     for (i = 0; i < u->param_count; i++) {
         if (strcmp(u->params[i].key, key) == 0) {
             int rc = outbox__error(err, OUTBOX_EBADURL, "setting \"%s\" is given twice in %s", key,
                                    shown);
-            free(key);
-            free(value);
+            outbox__free(key);
+            outbox__free(value);
             return rc;
         }
     }
-    grown = realloc(u->params, (u->param_count + 1) * sizeof *grown);
+    grown = outbox__realloc(u->params, (u->param_count + 1) * sizeof *grown);
     if (!grown) {
-        free(key);
-        free(value);
+        outbox__free(key);
+        outbox__free(value);
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory parsing %s", shown);
     }
     u->params = grown;
@@ -202,15 +202,15 @@ void outbox__url_free(outbox_url *url)
     size_t i;
     if (!url) return;
     for (i = 0; i < url->param_count; i++) {
-        free(url->params[i].key);
-        free(url->params[i].value);
+        outbox__free(url->params[i].key);
+        outbox__free(url->params[i].value);
     }
-    free(url->params);
-    free(url->scheme);
-    free(url->user);
-    free(url->password);
-    free(url->hosts);
-    free(url->path);
+    outbox__free(url->params);
+    outbox__free(url->scheme);
+    outbox__free(url->user);
+    outbox__free(url->password);
+    outbox__free(url->hosts);
+    outbox__free(url->path);
     memset(url, 0, sizeof *url);
 }
 

@@ -37,15 +37,15 @@ int outbox__wake_register(const char *key, outbox_wake_fn fn, void *user)
     char *copy = NULL, *real = NULL;
 
     if (fn == NULL || key == NULL || key[0] == '\0') return OUTBOX_OK;
-    copy = strdup(key);
+    copy = outbox__strdup(key);
     real = realpath(key, NULL);
-    if (real == NULL) real = strdup(key);
+    if (real == NULL) real = outbox__strdup(key);
     if (copy == NULL || real == NULL) goto oom;
 
     pthread_mutex_lock(&registry_lock);
     if (entry_count == entry_cap) {
         size_t cap = entry_cap ? entry_cap * 2 : 4;
-        wake_entry *e = realloc(entries, cap * sizeof *e);
+        wake_entry *e = outbox__realloc(entries, cap * sizeof *e);
         if (e == NULL) {
             pthread_mutex_unlock(&registry_lock);
             goto oom;
@@ -63,8 +63,8 @@ int outbox__wake_register(const char *key, outbox_wake_fn fn, void *user)
     return OUTBOX_OK;
 
 oom:
-    free(copy);
-    free(real);
+    outbox__free(copy);
+    outbox__free(real);
     return OUTBOX_ENOMEM;
 }
 
@@ -76,8 +76,8 @@ void outbox__wake_unregister(outbox_wake_fn fn, void *user)
     pthread_mutex_lock(&registry_lock);
     while (i < entry_count) {
         if (entries[i].fn == fn && entries[i].user == user) {
-            free(entries[i].key);
-            free(entries[i].realpath);
+            outbox__free(entries[i].key);
+            outbox__free(entries[i].realpath);
             entries[i] = entries[--entry_count];
             atomic_fetch_sub(&registered, 1);
         } else {
@@ -85,7 +85,7 @@ void outbox__wake_unregister(outbox_wake_fn fn, void *user)
         }
     }
     if (entry_count == 0) {
-        free(entries);
+        outbox__free(entries);
         entries = NULL;
         entry_cap = 0;
     }
@@ -126,5 +126,5 @@ void outbox__wake_notify(const char *key)
     pthread_mutex_lock(&registry_lock);
     wake_matching(real);
     pthread_mutex_unlock(&registry_lock);
-    free(real);
+    outbox__free(real);
 }

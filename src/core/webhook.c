@@ -100,7 +100,7 @@ int outbox__webhook_sign_key(const unsigned char *key, size_t key_len, const cha
     int rc = OUTBOX_OK;
 
     prefix_len = snprintf(prefix, sizeof prefix, ".%lld.", (long long)timestamp);
-    content = malloc(id_len + (size_t)prefix_len + body_len + 1);
+    content = outbox__malloc(id_len + (size_t)prefix_len + body_len + 1);
     if (content == NULL) return OUTBOX_ENOMEM;
     memcpy(content, msg_id, id_len);
     memcpy(content + id_len, prefix, (size_t)prefix_len);
@@ -115,7 +115,7 @@ int outbox__webhook_sign_key(const unsigned char *key, size_t key_len, const cha
     EVP_EncodeBlock((unsigned char *)out + 3, mac, (int)mac_len); /* 44 chars + NUL */
 
 out:
-    free(content);
+    outbox__free(content);
     return rc;
 }
 

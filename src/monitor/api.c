@@ -35,12 +35,12 @@ static json_t *jstr(const char *text)
     if (text == NULL) return json_null();
     s = json_string(text);
     if (s != NULL) return s;
-    copy = strdup(text);
+    copy = outbox__strdup(text);
     if (copy == NULL) return json_null();
     for (i = 0; copy[i]; i++)
         if ((unsigned char)copy[i] >= 0x80) copy[i] = '?';
     s = json_string(copy);
-    free(copy);
+    outbox__free(copy);
     return s != NULL ? s : json_null();
 }
 
@@ -63,7 +63,7 @@ static void reply_json(monitor_reply *reply, unsigned status, json_t *o)
         return;
     }
     outbox__buf_puts(&reply->body, text);
-    free(text);
+    outbox__free(text);
 }
 
 void outbox__monitor_json_error(monitor_reply *reply, unsigned status, const char *text)
@@ -417,7 +417,7 @@ static int collect_failed(void *user, const outbox_msg *msg)
     blocker *b;
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 64;
-        blocker *p = realloc(s->items, cap * sizeof *p);
+        blocker *p = outbox__realloc(s->items, cap * sizeof *p);
         if (p == NULL) {
             s->oom = 1;
             return 1;
@@ -427,13 +427,13 @@ static int collect_failed(void *user, const outbox_msg *msg)
     }
     b = &s->items[s->n];
     memset(b, 0, sizeof *b);
-    b->aggregate_type = strdup(outbox_msg_aggregate_type(msg));
-    b->aggregate_id = strdup(outbox_msg_aggregate_id(msg));
+    b->aggregate_type = outbox__strdup(outbox_msg_aggregate_type(msg));
+    b->aggregate_id = outbox__strdup(outbox_msg_aggregate_id(msg));
     snprintf(b->failed_id, sizeof b->failed_id, "%s", outbox_msg_id(msg));
     b->seq = outbox_msg_seq(msg);
     if (b->aggregate_type == NULL || b->aggregate_id == NULL) {
-        free(b->aggregate_type);
-        free(b->aggregate_id);
+        outbox__free(b->aggregate_type);
+        outbox__free(b->aggregate_id);
         s->oom = 1;
         return 1;
     }
@@ -510,10 +510,10 @@ void outbox__monitor_blocked(outbox_monitor *m, const char *limit_text, monitor_
         reply_json(reply, 200, o);
     }
     for (i = 0; i < s.n; i++) {
-        free(s.items[i].aggregate_type);
-        free(s.items[i].aggregate_id);
+        outbox__free(s.items[i].aggregate_type);
+        outbox__free(s.items[i].aggregate_id);
     }
-    free(s.items);
+    outbox__free(s.items);
     outbox__aggindex_free(&s.index);
 }
 

@@ -60,9 +60,9 @@ void outbox_monitor_options_init(outbox_monitor_options *opts)
 int outbox__monitor_snapshot(outbox_monitor *m, monitor_snapshot *s)
 {
     size_t i;
-    s->relays = calloc(m->n, sizeof *s->relays);
-    s->views = calloc(m->n, sizeof *s->views);
-    s->rates = calloc(m->n, sizeof *s->rates);
+    s->relays = outbox__calloc(m->n, sizeof *s->relays);
+    s->views = outbox__calloc(m->n, sizeof *s->views);
+    s->rates = outbox__calloc(m->n, sizeof *s->rates);
     if (s->relays == NULL || s->views == NULL || s->rates == NULL) {
         outbox__monitor_snapshot_release(s);
         return -1;
@@ -80,9 +80,9 @@ int outbox__monitor_snapshot(outbox_monitor *m, monitor_snapshot *s)
 
 void outbox__monitor_snapshot_release(monitor_snapshot *s)
 {
-    free(s->relays);
-    free(s->views);
-    free(s->rates);
+    outbox__free(s->relays);
+    outbox__free(s->views);
+    outbox__free(s->rates);
     memset(s, 0, sizeof *s);
 }
 
@@ -487,7 +487,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
     if (ctx == NULL) {
         const char *len_text = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        ctx = calloc(1, sizeof *ctx);
+        ctx = outbox__calloc(1, sizeof *ctx);
         if (ctx == NULL) return MHD_NO;
         *con_cls = ctx;
         if (len_text != NULL && strtoull(len_text, NULL, 10) > MONITOR_MAX_BODY) {
@@ -557,7 +557,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    free(*con_cls);
+    outbox__free(*con_cls);
     *con_cls = NULL;
 }
 
@@ -597,7 +597,7 @@ int outbox_monitor_new(outbox_monitor **out, outbox_relay *const *relays, size_t
     rc = parse_listen(o.listen, o.allow_public, &addr, &ipv6, err);
     if (rc != OUTBOX_OK) return rc;
 
-    m = calloc(1, sizeof *m);
+    m = outbox__calloc(1, sizeof *m);
     if (m == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory creating the monitor");
     m->n = n;
     m->refresh_ms = o.refresh_ms;
@@ -607,14 +607,15 @@ int outbox_monitor_new(outbox_monitor **out, outbox_relay *const *relays, size_t
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
     pthread_cond_init(&m->wake, &cattr);
     pthread_condattr_destroy(&cattr);
-    m->relays = calloc(n, sizeof *m->relays);
-    m->views = calloc(n, sizeof *m->views);
-    m->rates = calloc(n, sizeof *m->rates);
-    m->refresh_stores = calloc(n, sizeof *m->refresh_stores);
-    m->api_stores = calloc(n, sizeof *m->api_stores);
-    m->last_published = calloc(n, sizeof *m->last_published);
-    m->last_commit = calloc(n, sizeof *m->last_commit);
-    if (o.admin_token != NULL && o.admin_token[0] != '\0') m->admin_token = strdup(o.admin_token);
+    m->relays = outbox__calloc(n, sizeof *m->relays);
+    m->views = outbox__calloc(n, sizeof *m->views);
+    m->rates = outbox__calloc(n, sizeof *m->rates);
+    m->refresh_stores = outbox__calloc(n, sizeof *m->refresh_stores);
+    m->api_stores = outbox__calloc(n, sizeof *m->api_stores);
+    m->last_published = outbox__calloc(n, sizeof *m->last_published);
+    m->last_commit = outbox__calloc(n, sizeof *m->last_commit);
+    if (o.admin_token != NULL && o.admin_token[0] != '\0')
+        m->admin_token = outbox__strdup(o.admin_token);
     if (m->relays == NULL || m->views == NULL || m->rates == NULL || m->refresh_stores == NULL ||
         m->api_stores == NULL || m->last_published == NULL || m->last_commit == NULL ||
         (o.admin_token != NULL && o.admin_token[0] != '\0' && m->admin_token == NULL)) {
@@ -677,18 +678,18 @@ void outbox_monitor_free(outbox_monitor *monitor)
         volatile char *p = m->admin_token;
         while (*p)
             *p++ = '\0';
-        free(m->admin_token);
+        outbox__free(m->admin_token);
     }
-    free(m->relays);
-    free(m->views);
-    free(m->rates);
-    free(m->refresh_stores);
-    free(m->api_stores);
-    free(m->last_published);
-    free(m->last_commit);
+    outbox__free(m->relays);
+    outbox__free(m->views);
+    outbox__free(m->rates);
+    outbox__free(m->refresh_stores);
+    outbox__free(m->api_stores);
+    outbox__free(m->last_published);
+    outbox__free(m->last_commit);
     pthread_cond_destroy(&m->wake);
     pthread_mutex_destroy(&m->lock);
-    free(m);
+    outbox__free(m);
 }
 
 #else /* !OUTBOX_HAVE_MHD */

@@ -230,7 +230,7 @@ static void agg_set_clear(agg_set *set)
 {
     size_t i;
     for (i = 0; set->ids.count > 0 && i < set->ids.cap; i++)
-        free((char *)set->ids.slots[i].key); /* the set's own copies */
+        outbox__free((char *)set->ids.slots[i].key); /* the set's own copies */
     outbox__aggindex_reset(&set->ids);
     set->oom = 0;
 }
@@ -252,7 +252,7 @@ static void agg_set_add(agg_set *set, const char *id)
 {
     char *copy;
     if (outbox__aggindex_lookup(&set->ids, id, NULL)) return;
-    copy = strdup(id);
+    copy = outbox__strdup(id);
     if (copy == NULL) {
         set->oom = 1;
         return;
@@ -372,7 +372,7 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
         return outbox__error(err, OUTBOX_ECONFIG,
                              "no store URL: pass the outbox database, e.g. sqlite:app.db");
 
-    r = calloc(1, sizeof *r);
+    r = outbox__calloc(1, sizeof *r);
     if (r == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory creating the relay");
     r->pipe_rd = r->pipe_wr = -1;
     pthread_mutex_init(&r->metrics_lock, NULL);
@@ -401,14 +401,14 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     }
 
     if (r->opts.name != NULL && r->opts.name[0] != '\0') {
-        r->name = strdup(r->opts.name);
+        r->name = outbox__strdup(r->opts.name);
     } else {
         if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
         host[sizeof host - 1] = '\0';
-        r->name = malloc(strlen(host) + 24);
+        r->name = outbox__malloc(strlen(host) + 24);
         if (r->name) sprintf(r->name, "%s:%ld", host, (long)getpid());
     }
-    r->source = strdup(r->opts.source && r->opts.source[0] ? r->opts.source : "/outbox");
+    r->source = outbox__strdup(r->opts.source && r->opts.source[0] ? r->opts.source : "/outbox");
     if (r->name == NULL || r->source == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory creating the relay");
         goto fail;
@@ -418,7 +418,7 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
 
     outbox__url_redact(store_url, r->store_shown, sizeof r->store_shown);
     destination_label(to_url, r->dest_label, sizeof r->dest_label);
-    r->store_url = strdup(store_url);
+    r->store_url = outbox__strdup(store_url);
     if (r->store_url == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory creating the relay");
         goto fail;
@@ -766,13 +766,13 @@ static int grow_scratch(relay_batch *b, size_t n)
     cap = b->cap ? b->cap : 64;
     while (cap < n)
         cap *= 2;
-    p = realloc(b->results, cap * sizeof *b->results);
+    p = outbox__realloc(b->results, cap * sizeof *b->results);
     if (p == NULL) return -1;
     b->results = p;
-    p = realloc(b->completions, cap * sizeof *b->completions);
+    p = outbox__realloc(b->completions, cap * sizeof *b->completions);
     if (p == NULL) return -1;
     b->completions = p;
-    p = realloc(b->error_offsets, cap * sizeof *b->error_offsets);
+    p = outbox__realloc(b->error_offsets, cap * sizeof *b->error_offsets);
     if (p == NULL) return -1;
     b->error_offsets = p;
     b->cap = cap;
@@ -785,7 +785,7 @@ static void free_batch(outbox_msg **msgs, size_t n)
     if (msgs == NULL) return;
     for (i = 0; i < n; i++)
         outbox_msg_free(msgs[i]);
-    free(msgs);
+    outbox__free(msgs);
 }
 
 /* Frees a slot's messages; the slot is free again (scratch kept). */
@@ -1246,7 +1246,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         cp.quarantined = &quarantined;
         if (prev != NULL) {
             if (prev->n > r->exclude_cap) {
-                int64_t *e = realloc(r->exclude, prev->n * sizeof *e);
+                int64_t *e = outbox__realloc(r->exclude, prev->n * sizeof *e);
                 if (e == NULL) {
                     claim_rc = outbox__error(&claim_err, OUTBOX_ENOMEM,
                                              "out of memory claiming the next batch");
@@ -1777,17 +1777,17 @@ void outbox_relay_free(outbox_relay *relay)
     if (r->pipe_wr >= 0) close(r->pipe_wr);
     for (i = 0; i < 2; i++) {
         release_batch(&r->batches[i]);
-        free(r->batches[i].results);
-        free(r->batches[i].completions);
-        free(r->batches[i].error_offsets);
+        outbox__free(r->batches[i].results);
+        outbox__free(r->batches[i].completions);
+        outbox__free(r->batches[i].error_offsets);
         outbox__buf_free(&r->batches[i].errors);
     }
-    free(r->exclude);
+    outbox__free(r->exclude);
     agg_set_clear(&r->held);
     outbox__aggindex_free(&r->held.ids);
-    free(r->name);
-    free(r->source);
-    free(r->store_url);
+    outbox__free(r->name);
+    outbox__free(r->source);
+    outbox__free(r->store_url);
     pthread_mutex_destroy(&r->metrics_lock);
-    free(r);
+    outbox__free(r);
 }

@@ -35,11 +35,11 @@ int outbox_store_open(const char *url, outbox_store **out, outbox_error *err)
 
     if (out == NULL) return outbox__error(err, OUTBOX_EINVAL, "outbox_store_open: out is NULL");
     *out = NULL;
-    store = calloc(1, sizeof *store);
+    store = outbox__calloc(1, sizeof *store);
     if (store == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     rc = outbox__store_open(store, url, err);
     if (rc != OUTBOX_OK) {
-        free(store);
+        outbox__free(store);
         return rc;
     }
     *out = store;
@@ -50,7 +50,7 @@ void outbox_store_close(outbox_store *store)
 {
     if (store == NULL) return;
     outbox__store_close(store);
-    free(store);
+    outbox__free(store);
 }
 
 const char *outbox_store_scheme(const outbox_store *store)
@@ -174,7 +174,7 @@ static int canonical_ids(const char *fn, const char *const *ids, size_t n, int a
     if (n > SIZE_MAX / (sizeof *ptrs + 37))
         ptrs = NULL;
     else
-        ptrs = malloc(n * (sizeof *ptrs + 37));
+        ptrs = outbox__malloc(n * (sizeof *ptrs + 37));
     if (ptrs == NULL) return outbox__error(err, OUTBOX_ENOMEM, "%s: out of memory", fn);
     text = (char *)(ptrs + n);
     for (size_t i = 0; i < n; i++) {
@@ -182,7 +182,7 @@ static int canonical_ids(const char *fn, const char *const *ids, size_t n, int a
         rc = ids[i] ? outbox__uuid_canonical(ids[i], text + i * 37, "message id", err)
                     : outbox__error(err, OUTBOX_EINVAL, "%s: ids[%zu] is NULL", fn, i);
         if (rc != OUTBOX_OK) {
-            free(ptrs);
+            outbox__free(ptrs);
             return rc;
         }
     }
@@ -199,7 +199,7 @@ int outbox_store_retry(outbox_store *store, const char *const *ids, size_t n, in
     if (rc == OUTBOX_OK) rc = canonical_ids("outbox_store_retry", ids, n, all, &copy, err);
     if (rc == OUTBOX_OK) rc = store->ops->retry(store->state, copy, n, all, &done, err);
     if (count) *count = rc == OUTBOX_OK ? done : 0;
-    free(copy);
+    outbox__free(copy);
     return rc;
 }
 
@@ -218,7 +218,7 @@ int outbox_store_drop(outbox_store *store, const char *const *ids, size_t n, int
     if (rc == OUTBOX_OK)
         rc = store->ops->drop(store->state, copy, n, all, archive, user, &done, err);
     if (count) *count = rc == OUTBOX_OK ? done : 0;
-    free(copy);
+    outbox__free(copy);
     return rc;
 }
 

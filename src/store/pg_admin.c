@@ -40,7 +40,7 @@ static int full_row_msg(PGresult *res, int row, outbox_msg **out, outbox_error *
     m->status = outbox__status_parse(PQgetvalue(res, row, 9));
     m->available_at = outbox__pg_parse_i64(PQgetvalue(res, row, 10));
     if (!PQgetisnull(res, row, 11)) {
-        m->last_error = strdup(PQgetvalue(res, row, 11));
+        m->last_error = outbox__strdup(PQgetvalue(res, row, 11));
         if (!m->last_error) {
             outbox_msg_free(m);
             return outbox__error(err, OUTBOX_ENOMEM, "out of memory reading a message");
@@ -581,7 +581,7 @@ int outbox__pg_drop(void *state, const char *const *ids, size_t n, int all,
         }
     }
     if (rows == 0) goto commit;
-    msgs = calloc(rows, sizeof *msgs);
+    msgs = outbox__calloc(rows, sizeof *msgs);
     if (!msgs) {
         code = outbox__error(err, OUTBOX_ENOMEM, "out of memory dropping messages");
         goto fail;
@@ -630,7 +630,7 @@ fail:
 out:
     for (i = 0; i < got; i++)
         outbox_msg_free(msgs[i]);
-    free(msgs);
+    outbox__free(msgs);
     outbox__buf_free(&list);
     outbox__buf_free(&seqs);
     return code;

@@ -190,7 +190,7 @@ static int floor_refresh(pg_store *st, outbox_error *err)
         if (!res) return code;
         if (strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
             settled = st->wait_seq;
-            free(st->wait_xacts);
+            outbox__free(st->wait_xacts);
             st->wait_xacts = NULL;
         }
         PQclear(res);
@@ -220,7 +220,7 @@ static int floor_refresh(pg_store *st, outbox_error *err)
     if (PQgetvalue(res, 0, 0)[0] == '\0') {
         settled = last;
     } else {
-        st->wait_xacts = strdup(PQgetvalue(res, 0, 0)); /* none: try again next time */
+        st->wait_xacts = outbox__strdup(PQgetvalue(res, 0, 0)); /* none: try again next time */
         st->wait_seq = last;
     }
     PQclear(res);
@@ -452,7 +452,7 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
             outbox__pg_end_claim(st); /* nothing locked: end the transaction now */
             return OUTBOX_OK;
         }
-        arr = calloc((size_t)rows, sizeof *arr);
+        arr = outbox__calloc((size_t)rows, sizeof *arr);
         if (!arr) {
             code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming %d messages", rows);
             goto fail;
@@ -477,7 +477,7 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
                 }
             }
             if (code != OUTBOX_OK) {
-                if (!bad) bad = calloc((size_t)rows, sizeof *bad);
+                if (!bad) bad = outbox__calloc((size_t)rows, sizeof *bad);
                 if (!bad) {
                     code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
                     goto fail;
@@ -503,13 +503,13 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
          * may be in this batch. */
         for (i = 0; (size_t)i < count; i++)
             outbox_msg_free(arr[i]);
-        free(arr);
+        outbox__free(arr);
         arr = NULL;
         count = 0;
         outbox__pg_end_claim(st);
         code = quarantine(st, bad, nbad, err);
         if (code == OUTBOX_OK && p->quarantined) *p->quarantined += nbad;
-        free(bad);
+        outbox__free(bad);
         bad = NULL;
         nbad = 0;
         if (code != OUTBOX_OK || round + 1 >= QUARANTINE_ROUNDS) return code;
@@ -519,8 +519,8 @@ fail:
     PQclear(res);
     for (i = 0; (size_t)i < count; i++)
         outbox_msg_free(arr[i]);
-    free(arr);
-    free(bad);
+    outbox__free(arr);
+    outbox__free(bad);
     outbox__pg_end_claim(st);
     return code;
 }

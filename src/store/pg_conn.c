@@ -318,7 +318,7 @@ static int split_uri(pg_store *st, const char *url, char **conninfo, outbox_erro
  * NULL when out of memory. */
 static char *keyword_entry(const char *key, size_t key_len, const char *v, size_t n)
 {
-    char *out = malloc(key_len + 1 + n + 1), *o = out;
+    char *out = outbox__malloc(key_len + 1 + n + 1), *o = out;
     const char *end = v + n;
     int quoted = n > 0 && *v == '\'';
 
@@ -388,7 +388,7 @@ static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_
                         outbox__error(err, OUTBOX_EBADURL, "setting \"%.*s\" is given twice in %s",
                                       (int)klen, start, st->shown);
             if (code != OUTBOX_OK) break;
-            grown = realloc(own, (own_count + 2) * sizeof *own);
+            grown = outbox__realloc(own, (own_count + 2) * sizeof *own);
             if (grown) own = grown;
             if (!grown ||
                 !(own[own_count] = keyword_entry(start, klen, vstart, (size_t)(p - vstart))))
@@ -408,8 +408,8 @@ static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_
         outbox__url_free(&u);
     }
     for (i = 0; i < own_count; i++)
-        free(own[i]);
-    free(own);
+        outbox__free(own[i]);
+    outbox__free(own);
     if (code != OUTBOX_OK) {
         outbox__buf_free(&b);
         return code;
@@ -438,7 +438,7 @@ static int add_tcp_settings(pg_store *st, int uri, outbox_error *err)
         outbox__buf_free(&b);
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     }
-    free(st->conninfo);
+    outbox__free(st->conninfo);
     st->conninfo = b.data;
     return OUTBOX_OK;
 }
@@ -565,14 +565,14 @@ static void pg_close(void *state)
     pg_store *st = state;
     if (!st) return;
     if (st->conn) PQfinish(st->conn);
-    free(st->conninfo);
-    free(st->held);
-    free(st->wait_xacts);
+    outbox__free(st->conninfo);
+    outbox__free(st->held);
+    outbox__free(st->wait_xacts);
     outbox__buf_free(&st->sql);
     outbox__buf_free(&st->a1);
     outbox__buf_free(&st->a2);
     outbox__buf_free(&st->a3);
-    free(st);
+    outbox__free(st);
 }
 
 /* postgres://... or postgresql://... (libpq URI) or postgres:KEYWORDS. */
@@ -583,13 +583,13 @@ static int pg_open(void **state, const char *url, outbox_error *err)
     int code;
 
     *state = NULL;
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (!st) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     outbox__buf_init(&st->sql);
     outbox__buf_init(&st->a1);
     outbox__buf_init(&st->a2);
     outbox__buf_init(&st->a3);
-    st->held = calloc(MAX_PARTITIONS, 1);
+    st->held = outbox__calloc(MAX_PARTITIONS, 1);
     if (!st->held) {
         code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
         goto fail;

@@ -223,7 +223,7 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
         code = outbox__pg_check_schema(st, err);
         if (code != OUTBOX_OK) return code;
     }
-    taken = calloc(MAX_PARTITIONS, 1);
+    taken = outbox__calloc(MAX_PARTITIONS, 1);
     if (!taken) return outbox__error(err, OUTBOX_ENOMEM, "out of memory rebalancing");
     snprintf(sql, sizeof sql,
              "SELECT classid::bigint, objid::bigint, pid = pg_backend_pid() FROM pg_locks"
@@ -290,7 +290,7 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
                     "relay %s holds %d of %d partitions (%d live relays)", st->owner,
                     st->held_count, st->partitions, live);
 out:
-    free(taken);
+    outbox__free(taken);
     return code;
 }
 

@@ -876,8 +876,8 @@ static void sqlite_close(void *state)
     if (st->db && sqlite3_close(st->db) != SQLITE_OK)
         outbox__log(OUTBOX_LOG_WARN, "store.sqlite", "closing %s: %s", st->path,
                     sqlite3_errmsg(st->db));
-    free(st->path);
-    free(st);
+    outbox__free(st->path);
+    outbox__free(st);
 }
 
 /* A random token naming this store handle as a lease holder: unique
@@ -921,13 +921,13 @@ static int sqlite_open(void **state, const char *url, outbox_error *err)
                              "take: write sqlite:PATH",
                              shown);
 
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (!st) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     st->data_version = -1;
     new_instance(st->instance);
     outbox__buf_init(&st->sent);
     outbox__buf_init(&st->exclude);
-    st->path = strdup(path);
+    st->path = outbox__strdup(path);
     if (!st->path) {
         code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
         goto fail;
@@ -1221,7 +1221,7 @@ static void free_msgs(outbox_msg **msgs, size_t n)
     size_t i;
     for (i = 0; i < n; i++)
         outbox_msg_free(msgs[i]);
-    free(msgs);
+    outbox__free(msgs);
 }
 
 /* Copies s into out (out_len bytes) for a log line: printable ASCII kept,
@@ -1324,7 +1324,7 @@ static int claim_read(sqlite_store *st, sqlite3_stmt *s, size_t batch_size, outb
         outbox_msg *m = NULL;
         if (*count == *cap) {
             size_t ncap = *cap ? *cap * 2 : (batch_size < 64 ? batch_size : 64);
-            outbox_msg **na = realloc(*arr, ncap * sizeof *na);
+            outbox_msg **na = outbox__realloc(*arr, ncap * sizeof *na);
             if (!na) goto nomem;
             *arr = na;
             *cap = ncap;
@@ -1337,14 +1337,14 @@ static int claim_read(sqlite_store *st, sqlite3_stmt *s, size_t batch_size, outb
         } else if (code == OUTBOX_ENOMEM) {
             goto nomem;
         } else {
-            bad_row *nb = realloc(*bad, (*nbad + 1) * sizeof *nb);
+            bad_row *nb = outbox__realloc(*bad, (*nbad + 1) * sizeof *nb);
             if (!nb) goto nomem;
             *bad = nb;
             nb += (*nbad)++;
             nb->seq = sqlite3_column_int64(s, 0);
             escape_text(col_text(s, 1), nb->id, sizeof nb->id);
             snprintf(nb->error, sizeof nb->error, "%s", row_err.message);
-            nb->aggregate_id = strdup(col_text(s, 5));
+            nb->aggregate_id = outbox__strdup(col_text(s, 5));
             if (!nb->aggregate_id) goto nomem;
             code = OUTBOX_OK;
         }
@@ -1362,8 +1362,8 @@ static void free_bad(bad_row *bad, size_t n)
 {
     size_t i;
     for (i = 0; i < n; i++)
-        free(bad[i].aggregate_id);
-    free(bad);
+        outbox__free(bad[i].aggregate_id);
+    outbox__free(bad);
 }
 
 /* The plain claim, or (pipelined) the same read without the seqs in
@@ -1629,7 +1629,7 @@ static int full_row_msg(sqlite3_stmt *s, outbox_msg **out, outbox_error *err)
     m->available_at = sqlite3_column_int64(s, 10);
     last_error = sqlite3_column_text(s, 11);
     if (last_error) {
-        m->last_error = strdup((const char *)last_error);
+        m->last_error = outbox__strdup((const char *)last_error);
         if (!m->last_error) {
             outbox_msg_free(m);
             return outbox__error(err, OUTBOX_ENOMEM, "out of memory reading a message");
@@ -1935,7 +1935,7 @@ static int push_full_row(sqlite3_stmt *s, outbox_msg ***msgs, size_t *n, size_t 
     int code;
     if (*n == *cap) {
         size_t ncap = *cap ? *cap * 2 : 16;
-        outbox_msg **na = realloc(*msgs, ncap * sizeof *na);
+        outbox_msg **na = outbox__realloc(*msgs, ncap * sizeof *na);
         if (!na) return outbox__error(err, OUTBOX_ENOMEM, "out of memory reading messages");
         *msgs = na;
         *cap = ncap;

@@ -549,11 +549,11 @@ static void drain(rmq_state *st)
 static int batch_prepare(rmq_batch *b, const rmq_batch *older, outbox_msg *const *msgs, size_t n)
 {
     if (n > b->cap) {
-        unsigned char *flags = realloc(b->done, 3 * n);
+        unsigned char *flags = outbox__realloc(b->done, 3 * n);
         long *prev;
         if (flags == NULL) return -1;
         b->done = flags;
-        prev = realloc(b->prev, n * sizeof *prev);
+        prev = outbox__realloc(b->prev, n * sizeof *prev);
         if (prev == NULL) return -1;
         b->prev = prev;
         b->cap = n;
@@ -604,11 +604,11 @@ static int send_message(rmq_state *st, const outbox_msg *m, const char *key)
     size_t count = 0, i, need = 8 + m->header_count;
 
     if (need > st->entries_cap) {
-        amqp_table_entry_t *e = realloc(st->entries, need * sizeof *e);
+        amqp_table_entry_t *e = outbox__realloc(st->entries, need * sizeof *e);
         char(*names)[80];
         if (e == NULL) return AMQP_STATUS_NO_MEMORY;
         st->entries = e;
-        names = realloc(st->names, need * sizeof *names);
+        names = outbox__realloc(st->names, need * sizeof *names);
         if (names == NULL) return AMQP_STATUS_NO_MEMORY;
         st->names = names;
         st->entries_cap = need;
@@ -667,7 +667,7 @@ static int track(rmq_state *st, int slot, size_t i)
             st->flight_len -= st->flight_head;
             st->flight_head = 0;
         } else {
-            f = realloc(st->flight, cap * sizeof *f);
+            f = outbox__realloc(st->flight, cap * sizeof *f);
             if (f == NULL) return -1;
             st->flight = f;
             st->flight_cap = cap;
@@ -1014,21 +1014,21 @@ static void rmq_close(void *state)
     for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
         outbox__aggindex_free(&st->batches[k].ids);
         outbox__aggindex_free(&st->batches[k].aggs);
-        free(st->batches[k].done);
-        free(st->batches[k].prev);
+        outbox__free(st->batches[k].done);
+        outbox__free(st->batches[k].prev);
     }
     outbox__props_free(rmq_props, &st->c);
     outbox__route_free(st->route);
     outbox__buf_free(&st->key);
-    free(st->flight);
-    free(st->entries);
-    free(st->names);
-    free(st->host);
-    free(st->vhost);
-    free(st->user);
-    free(st->password);
-    free(st->source);
-    free(st);
+    outbox__free(st->flight);
+    outbox__free(st->entries);
+    outbox__free(st->names);
+    outbox__free(st->host);
+    outbox__free(st->vhost);
+    outbox__free(st->user);
+    outbox__free(st->password);
+    outbox__free(st->source);
+    outbox__free(st);
 }
 
 static int rmq_open(void **state, const char *url, const outbox_transport_config *cfg,
@@ -1044,7 +1044,7 @@ static int rmq_open(void **state, const char *url, const outbox_transport_config
     memset(&u, 0, sizeof u);
     rc = outbox__url_parse(&u, url, cfg->options, err);
     if (rc != OUTBOX_OK) return rc;
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (st == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the amqp destination");
         goto fail;
@@ -1074,11 +1074,12 @@ static int rmq_open(void **state, const char *url, const outbox_transport_config
         }
         st->port = (int)port;
     }
-    st->host = colon ? strndup(u.hosts, (size_t)(colon - u.hosts)) : strdup(u.hosts);
-    st->vhost = strdup(u.path[0] ? u.path : "/");
-    st->user = u.user ? strdup(u.user) : NULL;
-    st->password = u.password ? strdup(u.password) : NULL;
-    st->source = strdup(cfg->source ? cfg->source : "/outbox");
+    st->host =
+        colon ? outbox__strndup(u.hosts, (size_t)(colon - u.hosts)) : outbox__strdup(u.hosts);
+    st->vhost = outbox__strdup(u.path[0] ? u.path : "/");
+    st->user = u.user ? outbox__strdup(u.user) : NULL;
+    st->password = u.password ? outbox__strdup(u.password) : NULL;
+    st->source = outbox__strdup(cfg->source ? cfg->source : "/outbox");
     if (st->host == NULL || st->vhost == NULL || st->source == NULL ||
         (u.user && st->user == NULL) || (u.password && st->password == NULL)) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the amqp destination");

@@ -33,7 +33,7 @@ static int callback_open(void **state, const char *url, const outbox_transport_c
         return outbox__error(err, OUTBOX_ECONFIG,
                              "the callback destination needs a publish "
                              "function (outbox_relay_options.publish)");
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (st == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
     st->publish = cfg->publish;
     st->user = cfg->publish_user;
@@ -71,7 +71,7 @@ static int callback_publish(void *state, outbox_msg *const *msgs, size_t n,
     /* Failures are the exception: a list scanned linearly is enough, and it
      * is only scanned once something failed in this batch. */
     if (st->failed_cap < n) {
-        const char **f = realloc(st->failed, n * sizeof *f);
+        const char **f = outbox__realloc(st->failed, n * sizeof *f);
         if (f == NULL) return OUTBOX_ENOMEM;
         st->failed = f;
         st->failed_cap = n;
@@ -120,8 +120,8 @@ static void callback_close(void *state)
 {
     callback_state *st = state;
     if (st == NULL) return;
-    free(st->failed);
-    free(st);
+    outbox__free(st->failed);
+    outbox__free(st);
 }
 
 /* The in-process callback destination driver (see the top of this file). */

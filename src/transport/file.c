@@ -157,7 +157,7 @@ static int parse_url(const char *url, const char *shown, char **path, outbox_err
                              "destination \"%s\" has no path; use file:PATH, e.g. "
                              "file:/var/lib/app/events.jsonl",
                              shown);
-    *path = strdup(p);
+    *path = outbox__strdup(p);
     if (*path == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening %s", shown);
     return OUTBOX_OK;
 }
@@ -171,14 +171,14 @@ static int file_open(void **state, const char *url, const outbox_transport_confi
     int rc;
 
     *state = NULL;
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (st == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening a file:");
     st->fd = -1;
     outbox__buf_init(&st->buf);
     outbox__url_redact(url, st->shown, sizeof st->shown);
     rc = parse_url(url, st->shown, &st->path, err);
     if (rc != OUTBOX_OK) goto fail;
-    st->source = strdup(cfg->source ? cfg->source : "/outbox");
+    st->source = outbox__strdup(cfg->source ? cfg->source : "/outbox");
     if (st->source == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening %s", st->shown);
         goto fail;
@@ -247,7 +247,7 @@ static long message_faults(file_state *st, outbox_msg *const *msgs, size_t n,
     size_t i, j, left = 0;
 
     if (n > st->left_out_cap) {
-        unsigned char *p = realloc(st->left_out, n);
+        unsigned char *p = outbox__realloc(st->left_out, n);
         if (p == NULL) return -1;
         st->left_out = p;
         st->left_out_cap = n;
@@ -364,11 +364,11 @@ static void file_close(void *state)
     if (st->fd >= 0) close(st->fd);
     outbox__buf_free(&st->buf);
 #ifdef OUTBOX_FAULT_INJECTION
-    free(st->left_out);
+    outbox__free(st->left_out);
 #endif
-    free(st->path);
-    free(st->source);
-    free(st);
+    outbox__free(st->path);
+    outbox__free(st->source);
+    outbox__free(st);
 }
 
 /* The file destination driver (see the top of this file). */

@@ -231,15 +231,15 @@ static int add_endpoint(http_state *st, const char *type, size_t type_len, const
                              "https://hooks.example.com/outbox",
                              (int)type_len, type, shown);
     if (st->endpoints == NULL) {
-        st->endpoints = calloc(MAX_ENDPOINTS, sizeof *st->endpoints);
+        st->endpoints = outbox__calloc(MAX_ENDPOINTS, sizeof *st->endpoints);
         if (st->endpoints == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
     }
     e = &st->endpoints[st->endpoint_count];
-    e->type = strndup(type, type_len);
-    e->url = strdup(url);
+    e->type = outbox__strndup(type, type_len);
+    e->url = outbox__strdup(url);
     if (e->type == NULL || e->url == NULL) {
-        free(e->type);
-        free(e->url);
+        outbox__free(e->type);
+        outbox__free(e->url);
         e->type = e->url = NULL;
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
     }
@@ -440,23 +440,23 @@ static void http_close(void *state)
     if (st->multi) curl_multi_cleanup(st->multi);
     if (st->pipe_rd >= 0) close(st->pipe_rd);
     if (st->pipe_wr >= 0) close(st->pipe_wr);
-    free(st->reqs);
-    free(st->next_same);
-    free(st->has_prev);
-    free(st->phase);
-    free(st->ready);
+    outbox__free(st->reqs);
+    outbox__free(st->next_same);
+    outbox__free(st->has_prev);
+    outbox__free(st->phase);
+    outbox__free(st->ready);
     outbox__aggindex_free(&st->aggs);
     outbox__buf_free(&st->line);
     memset(st->key, 0, sizeof st->key);
-    free(st->url);
-    free(st->source);
-    free(st->ca_file);
+    outbox__free(st->url);
+    outbox__free(st->source);
+    outbox__free(st->ca_file);
     for (i = 0; i < st->endpoint_count; i++) {
-        free(st->endpoints[i].type);
-        free(st->endpoints[i].url);
+        outbox__free(st->endpoints[i].type);
+        outbox__free(st->endpoints[i].url);
     }
-    free(st->endpoints);
-    free(st);
+    outbox__free(st->endpoints);
+    outbox__free(st);
 }
 
 static int http_open(void **state, const char *url, const outbox_transport_config *cfg,
@@ -474,7 +474,7 @@ static int http_open(void **state, const char *url, const outbox_transport_confi
         return outbox__error(err, OUTBOX_EINTERNAL, "libcurl failed to initialise: %s",
                              curl_easy_strerror(curl_init_rc));
 
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (st == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
     st->pipe_rd = st->pipe_wr = -1;
     atomic_init(&st->interrupted, 0);
@@ -494,8 +494,8 @@ static int http_open(void **state, const char *url, const outbox_transport_confi
                            st->shown);
         goto fail;
     }
-    st->url = strdup(url);
-    st->source = strdup(cfg->source && cfg->source[0] ? cfg->source : "/outbox");
+    st->url = outbox__strdup(url);
+    st->source = outbox__strdup(cfg->source && cfg->source[0] ? cfg->source : "/outbox");
     if (st->url == NULL || st->source == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
         goto fail;
@@ -504,7 +504,7 @@ static int http_open(void **state, const char *url, const outbox_transport_confi
     if (rc != OUTBOX_OK) goto fail;
 
     st->multi = curl_multi_init();
-    st->reqs = calloc(st->max_in_flight, sizeof *st->reqs);
+    st->reqs = outbox__calloc(st->max_in_flight, sizeof *st->reqs);
     if (st->multi == NULL || st->reqs == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory");
         goto fail;
@@ -628,7 +628,7 @@ static int build_headers(http_state *st, const outbox_msg *m, struct curl_slist 
     if (m->aggregate_type && m->aggregate_type[0])
         bad |= add_header(st, &l, "ce-aggregatetype", m->aggregate_type, 1);
     if (m->header_count > 0) {
-        names = malloc(m->header_count * sizeof *names);
+        names = outbox__malloc(m->header_count * sizeof *names);
         if (names == NULL) bad = 1;
     }
     for (i = 0; !bad && i < m->header_count; i++) {
@@ -648,7 +648,7 @@ static int build_headers(http_state *st, const outbox_msg *m, struct curl_slist 
         if (strcmp(m->header_names[i], "traceparent") == 0) tp = m->header_values[i];
         if (strcmp(m->header_names[i], "tracestate") == 0) tstate = m->header_values[i];
     }
-    free(names);
+    outbox__free(names);
     if (tp) bad |= add_header(st, &l, "traceparent", tp, 0);
     if (tstate) bad |= add_header(st, &l, "tracestate", tstate, 0);
     bad |= add_header(st, &l, "webhook-id", m->id, 0);
@@ -679,14 +679,14 @@ static int ensure_scratch(http_state *st, size_t n)
     outbox__aggindex_reset(&st->aggs);
     if (outbox__aggindex_reserve(&st->aggs, n) != OUTBOX_OK) return -1;
     if (n <= st->cap) return 0;
-    free(st->next_same);
-    free(st->has_prev);
-    free(st->phase);
-    free(st->ready);
-    st->next_same = malloc(n * sizeof *st->next_same);
-    st->has_prev = malloc(n);
-    st->phase = malloc(n);
-    st->ready = malloc(n * sizeof *st->ready);
+    outbox__free(st->next_same);
+    outbox__free(st->has_prev);
+    outbox__free(st->phase);
+    outbox__free(st->ready);
+    st->next_same = outbox__malloc(n * sizeof *st->next_same);
+    st->has_prev = outbox__malloc(n);
+    st->phase = outbox__malloc(n);
+    st->ready = outbox__malloc(n * sizeof *st->ready);
     st->cap = n;
     if (!st->next_same || !st->has_prev || !st->phase || !st->ready) {
         st->cap = 0;

@@ -273,7 +273,7 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     rc = outbox__props_parse(kafka_props, "kafka destination", &u, &c, err);
     if (rc != OUTBOX_OK) goto fail;
 
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (st == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the kafka destination");
         goto fail;
@@ -289,7 +289,7 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     rc = outbox__route_new(&st->route, tmpl, OUTBOX_ROUTE_KAFKA_TOPIC, err);
     if (rc != OUTBOX_OK) goto fail;
     st->ack_timeout_ms = c.ack_timeout_ms;
-    st->source = strdup(cfg->source ? cfg->source : "/outbox");
+    st->source = outbox__strdup(cfg->source ? cfg->source : "/outbox");
     st->conf = rd_kafka_conf_new();
     if (st->source == NULL || st->conf == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the kafka destination");
@@ -459,10 +459,10 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     }
     b = batch_at(st, st->count);
     if (n > b->cap) {
-        unsigned char *d = realloc(b->done, n);
+        unsigned char *d = outbox__realloc(b->done, n);
         if (d == NULL) return OUTBOX_ENOMEM;
         b->done = d;
-        d = realloc(b->failed, n);
+        d = outbox__realloc(b->failed, n);
         if (d == NULL) return OUTBOX_ENOMEM;
         b->failed = d;
         b->cap = n;
@@ -642,11 +642,11 @@ static void kafka_close(void *state)
     outbox__route_free(st->route);
     outbox__buf_free(&st->topic);
     for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
-        free(st->batches[k].done);
-        free(st->batches[k].failed);
+        outbox__free(st->batches[k].done);
+        outbox__free(st->batches[k].failed);
     }
-    free(st->source);
-    free(st);
+    outbox__free(st->source);
+    outbox__free(st);
 }
 
 #define KAFKA_ENTRY(f) f

@@ -219,16 +219,16 @@ static int batch_prepare(nats_batch *b, const nats_batch *older, outbox_msg *con
         outbox__aggindex_reserve(&b->aggs, n) != OUTBOX_OK)
         return -1;
     if (n > b->cap) {
-        unsigned char *d = realloc(b->done, n);
+        unsigned char *d = outbox__realloc(b->done, n);
         if (d == NULL) return -1;
         b->done = d;
-        d = realloc(b->started, n);
+        d = outbox__realloc(b->started, n);
         if (d == NULL) return -1;
         b->started = d;
-        d = realloc(b->wanted, n);
+        d = outbox__realloc(b->wanted, n);
         if (d == NULL) return -1;
         b->wanted = d;
-        long *p = realloc(b->prev, n * sizeof *p);
+        long *p = outbox__realloc(b->prev, n * sizeof *p);
         if (p == NULL) return -1;
         b->prev = p;
         b->cap = n;
@@ -524,15 +524,15 @@ static int set_options(nats_state *st, const outbox_url *u, const nats_config *c
     int count = 0, rc = OUTBOX_OK, secure = c->tls || ca != NULL;
     natsStatus s;
 
-    hosts = strdup(u->hosts);
-    servers = calloc(strlen(u->hosts) / 2 + 2, sizeof *servers);
+    hosts = outbox__strdup(u->hosts);
+    servers = outbox__calloc(strlen(u->hosts) / 2 + 2, sizeof *servers);
     if (hosts == NULL || servers == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
         goto out;
     }
     for (h = strtok_r(hosts, ",", &save); h != NULL; h = strtok_r(NULL, ",", &save)) {
         size_t len = strlen(h) + 16;
-        char *url = malloc(len);
+        char *url = outbox__malloc(len);
         if (url == NULL) {
             rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
             goto out;
@@ -597,9 +597,9 @@ static int set_options(nats_state *st, const outbox_url *u, const nats_config *c
     }
 out:
     while (count > 0)
-        free((void *)servers[--count]);
-    free(servers);
-    free(hosts);
+        outbox__free((void *)servers[--count]);
+    outbox__free(servers);
+    outbox__free(hosts);
     return rc;
 }
 
@@ -627,7 +627,7 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
     if (rc != OUTBOX_OK) goto fail;
     creds = c.creds;
 
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (st == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
         goto fail;
@@ -666,8 +666,8 @@ static int nats_open(void **state, const char *url, const outbox_transport_confi
     }
     rc = outbox__route_new(&st->route, tmpl, OUTBOX_ROUTE_NATS_SUBJECT, err);
     if (rc != OUTBOX_OK) goto fail;
-    st->stream = strdup(stream);
-    st->source = strdup(cfg->source ? cfg->source : "/outbox");
+    st->stream = outbox__strdup(stream);
+    st->source = outbox__strdup(cfg->source ? cfg->source : "/outbox");
     if (st->stream == NULL || st->source == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the nats destination");
         goto fail;
@@ -747,7 +747,7 @@ fail:
     if (st != NULL) {
         if (!locks) {
             outbox__buf_free(&st->subject);
-            free(st);
+            outbox__free(st);
         } else {
             nats_close(st);
         }
@@ -1182,14 +1182,14 @@ static void nats_close(void *state)
         nats_batch *b = &st->batches[k];
         outbox__aggindex_free(&b->ids);
         outbox__aggindex_free(&b->aggs);
-        free(b->done);
-        free(b->started);
-        free(b->wanted);
-        free(b->prev);
+        outbox__free(b->done);
+        outbox__free(b->started);
+        outbox__free(b->wanted);
+        outbox__free(b->prev);
     }
-    free(st->stream);
-    free(st->source);
-    free(st);
+    outbox__free(st->stream);
+    outbox__free(st->source);
+    outbox__free(st);
 }
 
 #define NATS_ENTRY(f) f

@@ -409,14 +409,14 @@ static void redis_close(void *state)
         redis_batch *b = &st->batches[k];
         outbox__aggindex_free(&b->aggs);
         outbox__buf_free(&b->keys);
-        free(b->sent);
-        free(b->key_at);
+        outbox__free(b->sent);
+        outbox__free(b->key_at);
     }
-    free(st->user);
-    free(st->password);
-    free(st->source);
-    free(st->prefix);
-    free(st);
+    outbox__free(st->user);
+    outbox__free(st->password);
+    outbox__free(st->source);
+    outbox__free(st->prefix);
+    outbox__free(st);
 }
 
 static int redis_open(void **state, const char *url, const outbox_transport_config *cfg,
@@ -436,7 +436,7 @@ static int redis_open(void **state, const char *url, const outbox_transport_conf
     rc = outbox__props_parse(redis_props, "redis destination", &u, &c, err);
     if (rc != OUTBOX_OK) goto out;
 
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (st == NULL) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the redis destination");
         goto out;
@@ -458,11 +458,11 @@ static int redis_open(void **state, const char *url, const outbox_transport_conf
     }
     rc = outbox__route_new(&st->route, c.stream, OUTBOX_ROUTE_NATS_SUBJECT, err);
     if (rc != OUTBOX_OK) goto out;
-    st->source = strdup(cfg->source ? cfg->source : "/outbox");
-    st->prefix = strdup(c.dedup_prefix);
-    if (u.user != NULL && u.user[0] != '\0') st->user = strdup(u.user);
+    st->source = outbox__strdup(cfg->source ? cfg->source : "/outbox");
+    st->prefix = outbox__strdup(c.dedup_prefix);
+    if (u.user != NULL && u.user[0] != '\0') st->user = outbox__strdup(u.user);
     if (c.password != NULL || u.password != NULL)
-        st->password = strdup(c.password ? c.password : u.password);
+        st->password = outbox__strdup(c.password ? c.password : u.password);
     if (st->source == NULL || st->prefix == NULL || (u.user && u.user[0] && !st->user) ||
         ((c.password || u.password) && !st->password)) {
         rc = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the redis destination");
@@ -553,10 +553,10 @@ static int batch_reserve(redis_batch *b, size_t n)
     b->keys.oom = 0;
     if (outbox__aggindex_reserve(&b->aggs, n) != OUTBOX_OK) return -1;
     if (n > b->cap) {
-        unsigned char *s = realloc(b->sent, n);
+        unsigned char *s = outbox__realloc(b->sent, n);
         if (s == NULL) return -1;
         b->sent = s;
-        size_t *k = realloc(b->key_at, n * sizeof *k);
+        size_t *k = outbox__realloc(b->key_at, n * sizeof *k);
         if (k == NULL) return -1;
         b->key_at = k;
         b->cap = n;
@@ -642,8 +642,7 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     b->conn = st->conn;
     if (n > 0)
         outbox__result_set(&results[0], OUTBOX_EPUBLISH,
-                                   "no reply from redis at %s (connection lost or timeout)",
-                                   st->target);
+                           "no reply from redis at %s (connection lost or timeout)", st->target);
     for (i = 1; i < n; i++)
         results[i] = results[0]; /* formatted once */
 
@@ -665,35 +664,34 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
             prev_at = older->key_at[prev];
         }
         if (prev_keys != NULL && prev_at == (size_t)-1) {
-            outbox__result_set(
-                &results[i], OUTBOX_EPUBLISH,
-                "not sent: an earlier message of its aggregate was not sent");
+            outbox__result_set(&results[i], OUTBOX_EPUBLISH,
+                               "not sent: an earlier message of its aggregate was not sent");
             continue;
         }
         if (OUTBOX_FAULT("redis_reject") != 0) {
             outbox__result_set(&results[i], OUTBOX_EREJECTED,
-                                       "injected fault redis_reject: refused");
+                               "injected fault redis_reject: refused");
             continue;
         }
         memset(&rerr, 0, sizeof rerr);
         if (outbox__route_render(st->route, m, &st->stream, &rerr) != OUTBOX_OK) {
-            outbox__result_set(
-                &results[i], rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED, "%s",
-                rerr.message);
+            outbox__result_set(&results[i],
+                               rerr.code == OUTBOX_ENOMEM ? OUTBOX_ENOMEM : OUTBOX_EREJECTED, "%s",
+                               rerr.message);
             continue;
         }
         size_t at = b->keys.len;
         append_key(&b->keys, st->prefix, st->stream.data, m->id);
         if (b->keys.oom) {
             outbox__result_set(&results[i], OUTBOX_ENOMEM,
-                                       "out of memory queueing the message for redis");
+                               "out of memory queueing the message for redis");
             continue;
         }
         if (prev_keys != NULL) prev_key = prev_keys->data + prev_at; /* after the buffer grew */
         b->key_at[i] = at;                                           /* append_script reads it */
         if (append_script(st, b, i, prev_key) != 0) {
             outbox__result_set(&results[i], OUTBOX_ENOMEM,
-                                       "out of memory queueing the message for redis");
+                               "out of memory queueing the message for redis");
             b->key_at[i] = (size_t)-1;
             continue;
         }
@@ -723,14 +721,13 @@ static void apply_reply(redis_state *st, redis_batch *b, size_t i, redisReply *r
             /* The script cache was flushed: load it again on a new
              * connection before the next batch. */
             outbox__result_set(res, OUTBOX_EPUBLISH,
-                                       "redis at %s lost the outbox script (NOSCRIPT)", st->target);
+                               "redis at %s lost the outbox script (NOSCRIPT)", st->target);
             st->noscript = 1;
         } else if (strncmp(r->str, "WRONGTYPE", 9) == 0) {
-            outbox__result_set(
-                res, OUTBOX_EREJECTED,
-                "redis refused message %s: its stream key holds another type (%s); "
-                "change stream= or remove that key",
-                b->msgs[i]->id, r->str);
+            outbox__result_set(res, OUTBOX_EREJECTED,
+                               "redis refused message %s: its stream key holds another type (%s); "
+                               "change stream= or remove that key",
+                               b->msgs[i]->id, r->str);
         } else {
             outbox__result_set(res, OUTBOX_EPUBLISH, "redis error: %s", r->str);
         }
@@ -738,22 +735,20 @@ static void apply_reply(redis_state *st, redis_batch *b, size_t i, redisReply *r
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING) {
-        outbox__result_set(res, OUTBOX_EPUBLISH,
-                                   "redis at %s gave an unexpected reply (type %d)", st->target,
-                                   r->type);
+        outbox__result_set(res, OUTBOX_EPUBLISH, "redis at %s gave an unexpected reply (type %d)",
+                           st->target, r->type);
         return;
     }
     if (strcmp(r->element[0]->str, "held") == 0) {
-        outbox__result_set(
-            res, OUTBOX_EPUBLISH,
-            "not added: an earlier message of its aggregate is not in the stream");
+        outbox__result_set(res, OUTBOX_EPUBLISH,
+                           "not added: an earlier message of its aggregate is not in the stream");
         return;
     }
     /* Tests: a confirmation that never arrived (the retry is a duplicate
      * the script drops). */
     if (OUTBOX_FAULT("redis_reply_lost") != 0) {
         outbox__result_set(res, OUTBOX_EPUBLISH,
-                                   "injected fault redis_reply_lost: the reply was dropped");
+                           "injected fault redis_reply_lost: the reply was dropped");
         return;
     }
     outbox__result_set(res, OUTBOX_OK, NULL);

@@ -53,13 +53,13 @@ static int stdout_open(void **state, const char *url, const outbox_transport_con
         return outbox__error(err, OUTBOX_EBADURL,
                              "destination \"stdout:\" takes nothing after the colon; "
                              "use \"stdout:\" or file:PATH");
-    st = calloc(1, sizeof *st);
+    st = outbox__calloc(1, sizeof *st);
     if (st == NULL) return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening stdout:");
     outbox__buf_init(&st->buf);
     atomic_init(&st->interrupted, 0);
-    st->source = strdup(cfg->source ? cfg->source : "/outbox");
+    st->source = outbox__strdup(cfg->source ? cfg->source : "/outbox");
     if (st->source == NULL) {
-        free(st);
+        outbox__free(st);
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening stdout:");
     }
     *state = st;
@@ -186,8 +186,8 @@ static void stdout_close(void *state)
     stdout_state *st = state;
     if (st == NULL) return;
     outbox__buf_free(&st->buf);
-    free(st->source);
-    free(st);
+    outbox__free(st->source);
+    outbox__free(st);
 }
 
 /* The standard output destination driver (see the top of this file). */

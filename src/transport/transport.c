@@ -23,9 +23,9 @@
  * build leaves out has its table, with open NULL): help and docs list
  * them all, URLs open only the built ones. */
 static const outbox_transport_ops *const drivers[] = {
-    &outbox__transport_stdout, &outbox__transport_file,  &outbox__transport_discard,
-    &outbox__transport_http,   &outbox__transport_https, &outbox__transport_nats,
-    &outbox__transport_kafka,  &outbox__transport_amqp,  &outbox__transport_amqps,
+    &outbox__transport_stdout, &outbox__transport_file,   &outbox__transport_discard,
+    &outbox__transport_http,   &outbox__transport_https,  &outbox__transport_nats,
+    &outbox__transport_kafka,  &outbox__transport_amqp,   &outbox__transport_amqps,
     &outbox__transport_redis,  &outbox__transport_rediss,
 };
 
