@@ -80,9 +80,8 @@ static pthread_cond_t notify_cond = PTHREAD_COND_INITIALIZER;
 static pthread_t notify_thread;
 static int thread_running, thread_quit, stopping_sent;
 static outbox_relay *notify_relay;
-static char destination[256];        /* the --to URL, redacted */
-static int64_t watchdog_us;          /* WATCHDOG_USEC for this process; 0: no watchdog */
-static outbox_relay_stats last_seen; /* the counters at the last liveness look */
+static char destination[256]; /* the --to URL, redacted */
+static int64_t watchdog_us;   /* WATCHDOG_USEC for this process; 0: no watchdog */
 static char last_status[sizeof destination + 128]; /* the STATUS= line last sent */
 
 /* Sends state, logging (once per kind of failure in a row) when it cannot:
@@ -127,31 +126,18 @@ static void status_line(const char *state, char *out, size_t len)
              (unsigned long long)s.failed);
 }
 
-/* Whether the relay loop has shown life since the last look, for
- * WATCHDOG=1.
- *
- * Today this reads outbox_relay_get_stats, the only view of the loop the
- * public API gives: counters that moved prove a turn that did work.  Still
- * counters prove nothing (an idle relay's do not move), so they count as
- * alive: a loop stuck while messages are due is not caught yet.  With the
- * relay metrics (outbox_relay_get_metrics, loop_age_us and deadline_us)
- * the body becomes
- *
- *     outbox_relay_metrics m = {.size = sizeof m};
- *     if (outbox_relay_get_metrics(notify_relay, &m) != OUTBOX_OK) return 1;
- *     return m.loop_age_us <= m.deadline_us;
- *
- * which an idle loop meets too (it turns at least every poll interval)
- * and a stuck one fails, so that systemd restarts it after WatchdogSec. */
+/* Whether the relay loop is alive, for WATCHDOG=1: it turned within its
+ * deadline (outbox_relay_get_metrics: loop_age_us, deadline_us).  An idle
+ * loop turns at least every poll interval and so is alive; a loop stuck
+ * in a call gets no WATCHDOG=1, and systemd restarts it after WatchdogSec.
+ * The same test answers /healthz (src/monitor). */
 static int relay_loop_alive(void)
 {
-    outbox_relay_stats now;
-    outbox_relay_get_stats(notify_relay, &now);
-    if (memcmp(&now, &last_seen, sizeof now) != 0) {
-        last_seen = now;
-        return 1; /* a turn that did work */
-    }
-    return 1; /* idle or stuck: the counters cannot tell which (see above) */
+    outbox_relay_metrics m;
+    memset(&m, 0, sizeof m);
+    m.size = sizeof m;
+    if (outbox_relay_get_metrics(notify_relay, &m) != OUTBOX_OK) return 1;
+    return m.loop_age_us <= m.deadline_us;
 }
 
 static void *notify_main(void *arg)
@@ -203,7 +189,6 @@ void cli_notify_ready(outbox_relay *relay, const char *to)
     notify_relay = relay;
     outbox_url_redact(to, destination, sizeof destination);
     watchdog_us = watchdog_period_us();
-    outbox_relay_get_stats(relay, &last_seen);
     status_line("publishing to", last_status, sizeof last_status);
     snprintf(ready, sizeof ready, "READY=1\n%s", last_status);
     send_logged(ready);
