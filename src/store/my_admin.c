@@ -63,15 +63,16 @@ int outbox__my_status(void *state, outbox_status *out, outbox_error *err)
     if (code != OUTBOX_OK) return code;
     out->schema_version = outbox__my_schema_version();
     outbox__buf_reset(&st->sql);
-    outbox__buf_printf(&st->sql,
-                       "SELECT COALESCE(SUM(status = 'pending'), 0),"
-                       " COALESCE(SUM(status = 'pending' AND (attempts = 0 OR available_at <= %lld)),"
-                       " 0), COALESCE(SUM(status = 'pending' AND attempts > 0), 0),"
-                       " COALESCE(SUM(status = 'sent'), 0), COALESCE(SUM(status = 'failed'), 0),"
-                       " COALESCE(MIN(CASE WHEN status = 'pending' THEN occurred_at END), 0),"
-                       " COALESCE(MIN(CASE WHEN status = 'pending' AND attempts > 0 THEN"
-                       " available_at END), 0) FROM ",
-                       (long long)now);
+    outbox__buf_printf(
+        &st->sql,
+        "SELECT COALESCE(SUM(status = 'pending'), 0),"
+        " COALESCE(SUM(status = 'pending' AND (attempts = 0 OR available_at <= %lld)),"
+        " 0), COALESCE(SUM(status = 'pending' AND attempts > 0), 0),"
+        " COALESCE(SUM(status = 'sent'), 0), COALESCE(SUM(status = 'failed'), 0),"
+        " COALESCE(MIN(CASE WHEN status = 'pending' THEN occurred_at END), 0),"
+        " COALESCE(MIN(CASE WHEN status = 'pending' AND attempts > 0 THEN"
+        " available_at END), 0) FROM ",
+        (long long)now);
     outbox__my_table(&st->sql, st->prefix, NULL);
     res = outbox__my_query(st->conn, st->sql.data, "reading the outbox status", &code, err);
     if (!res) return code;
@@ -291,7 +292,8 @@ int outbox__my_retry(void *state, const char *const *ids, size_t n, int all, int
         code = outbox__my_exec(st->conn, st->sql.data, "requeueing failed messages", err);
     }
     if (code == OUTBOX_OK) code = outbox__my_exec(st->conn, "COMMIT", "committing the retry", err);
-    if (code != OUTBOX_OK) outbox__my_rollback(st->conn);
+    if (code != OUTBOX_OK)
+        outbox__my_rollback(st->conn);
     else if (count)
         *count = total;
     outbox__buf_free(&list);
@@ -310,8 +312,7 @@ int outbox__my_purge(void *state, int64_t before_us, int64_t *count, outbox_erro
     outbox__buf_reset(&st->sql);
     outbox__buf_puts(&st->sql, "DELETE FROM ");
     outbox__my_table(&st->sql, st->prefix, NULL);
-    outbox__buf_printf(&st->sql, " WHERE status = 'sent' AND sent_at < %lld",
-                       (long long)before_us);
+    outbox__buf_printf(&st->sql, " WHERE status = 'sent' AND sent_at < %lld", (long long)before_us);
     code = exec_count(st, "purging sent messages", &total, err);
     if (code == OUTBOX_OK) {
         /* The order rows of aggregates with no message left. */
@@ -328,8 +329,8 @@ int outbox__my_purge(void *state, int64_t before_us, int64_t *count, outbox_erro
 }
 
 /* archive with every Failed message the drop deletes. */
-static int archive_rows(my_store *st, const char *where, outbox_drop_archive_fn archive,
-                        void *user, outbox_error *err)
+static int archive_rows(my_store *st, const char *where, outbox_drop_archive_fn archive, void *user,
+                        outbox_error *err)
 {
     MYSQL_RES *res;
     MYSQL_ROW row;
@@ -388,7 +389,8 @@ int outbox__my_drop(void *state, const char *const *ids, size_t n, int all,
         code = exec_count(st, "dropping failed messages", &total, err);
     }
     if (code == OUTBOX_OK) code = outbox__my_exec(st->conn, "COMMIT", "committing the drop", err);
-    if (code != OUTBOX_OK) outbox__my_rollback(st->conn);
+    if (code != OUTBOX_OK)
+        outbox__my_rollback(st->conn);
     else if (count)
         *count = total;
     outbox__buf_free(&list);

@@ -4,8 +4,8 @@
  * complete" and "Ordering" in docs/MARIADB.md.
  *
  * A claim is one round trip of three statements: START TRANSACTION, a
- * locking read of this relay's lease rows, and the SELECT ... FOR UPDATE
- * SKIP LOCKED of the batch within those partitions, with the ordering rule
+ * locking read of this relay's lease rows (SELECT ... FOR UPDATE), and the
+ * read of the batch within those partitions, with the ordering rule
  * (guarantee 4) as a NOT EXISTS over the `blocking` index (retried or
  * failed rows: few).  The transaction stays open while the batch is
  * published; complete records every outcome and COMMITs in one more round
@@ -72,8 +72,17 @@ static void claim_sql(my_store *st, const outbox_claim_params *p, int leased)
                        " AND x.aggregate_id = o.aggregate_id AND x.seq < o.seq"
                        " AND ((x.status = 'pending' AND x.available_at > %lld)"
                        " OR (x.status = 'failed' AND %d)))"
-                       " ORDER BY o.seq LIMIT %zu FOR UPDATE SKIP LOCKED",
+                       " ORDER BY o.seq LIMIT %zu",
                        st->prefix, now, p->failed_blocks_aggregate ? 1 : 0, p->batch_size);
+    /* Leased: the locked lease rows keep every row of those partitions
+     * this relay's until it commits, so the batch is a plain read.  Row
+     * locks with SKIP LOCKED would break the order: InnoDB locks each row
+     * a scan passes before the partition filter lets it go, so another
+     * relay's claim briefly holds rows of ours, and SKIP LOCKED would then
+     * pass over an aggregate's first message and take its second (see
+     * "Claim and complete" in docs/MARIADB.md).  Without a lease (tools,
+     * one claimer) the rows are locked as the only guard. */
+    if (!leased) outbox__buf_puts(b, " FOR UPDATE SKIP LOCKED");
 }
 
 /* A claimed row the relay cannot publish. */
@@ -261,8 +270,7 @@ int outbox__my_complete(void *state, const outbox_completion *c, size_t n,
     int code;
 
     for (i = 0; i < n; i++)
-        if (c[i].outcome < OUTBOX_OUTCOME_SENT || c[i].outcome > OUTBOX_OUTCOME_UNSENT ||
-            !c[i].msg)
+        if (c[i].outcome < OUTBOX_OUTCOME_SENT || c[i].outcome > OUTBOX_OUTCOME_UNSENT || !c[i].msg)
             return outbox__error(err, OUTBOX_EINVAL,
                                  "complete: unknown outcome %d for message %zu of the batch",
                                  c[i].outcome, i);
@@ -283,8 +291,7 @@ int outbox__my_complete(void *state, const outbox_completion *c, size_t n,
     if (b->data) b->data[b->len] = '\0';
     for (i = 0; i < n; i++) {
         const char *why = c[i].error ? c[i].error : "";
-        if (c[i].outcome != OUTBOX_OUTCOME_RETRY && c[i].outcome != OUTBOX_OUTCOME_FAILED)
-            continue;
+        if (c[i].outcome != OUTBOX_OUTCOME_RETRY && c[i].outcome != OUTBOX_OUTCOME_FAILED) continue;
         outbox__buf_puts(b, "UPDATE ");
         outbox__my_table(b, st->prefix, NULL);
         outbox__buf_puts(b, " SET attempts = attempts + 1, ");
@@ -321,8 +328,7 @@ int outbox__my_next_due(void *state, int64_t *due_us, outbox_error *err)
     outbox__buf_puts(&st->sql, "SELECT MIN(available_at) FROM ");
     outbox__my_table(&st->sql, st->prefix, NULL);
     outbox__buf_puts(&st->sql, " WHERE blocking = 1 AND status = 'pending' AND attempts > 0");
-    return outbox__my_query_i64(st->conn, st->sql.data, "reading the next retry time", due_us,
-                                err);
+    return outbox__my_query_i64(st->conn, st->sql.data, "reading the next retry time", due_us, err);
 }
 
 #else

@@ -33,13 +33,13 @@ typedef struct my_config {
 } my_config;
 
 static const outbox_prop my_props[] = {
-    {"table_prefix", OUTBOX_PROP_STRING, offsetof(my_config, table_prefix), MY_DEFAULT_PREFIX,
-     NULL, "NAME",
+    {"table_prefix", OUTBOX_PROP_STRING, offsetof(my_config, table_prefix), MY_DEFAULT_PREFIX, NULL,
+     "NAME",
      "The outbox's tables in the URL's database: NAME (the messages), NAME_inbox, NAME_meta, "
      "NAME_relays, NAME_lease, NAME_aggregate, and the procedure NAME_enqueue: 1 to 40 letters, "
      "digits and underscores, starting with a letter or underscore."},
-    {"partitions", OUTBOX_PROP_INT, offsetof(my_config, partitions),
-     MY_TEXT(MY_DEFAULT_PARTITIONS), "1.." MY_TEXT(MY_MAX_PARTITIONS), NULL,
+    {"partitions", OUTBOX_PROP_INT, offsetof(my_config, partitions), MY_TEXT(MY_DEFAULT_PARTITIONS),
+     "1.." MY_TEXT(MY_MAX_PARTITIONS), NULL,
      "How many hash partitions of the aggregate ids the relays share (each leases its part).  "
      "Fixed when init creates the tables: on existing ones it is not applied, and init says "
      "so."},
@@ -259,8 +259,8 @@ static int read_settings(my_store *st, const char *url, outbox_error *err)
             char *end;
             long port = strtol(colon + 1, &end, 10);
             if (*end || port < 1 || port > 65535) {
-                code = outbox__error(err, OUTBOX_EBADURL, "store URL '%s' has a bad port",
-                                     st->shown);
+                code =
+                    outbox__error(err, OUTBOX_EBADURL, "store URL '%s' has a bad port", st->shown);
                 goto out;
             }
             st->port = (unsigned int)port;
@@ -279,8 +279,8 @@ static int read_settings(my_store *st, const char *url, outbox_error *err)
         st->tls_cert = c.tls_cert ? strdup(c.tls_cert) : NULL;
         st->tls_key = c.tls_key ? strdup(c.tls_key) : NULL;
         st->connect_timeout_ms = c.connect_timeout_ms;
-        if (!st->host || !st->database || (u.user && !st->user) ||
-            (u.password && !st->password) || (c.socket && !st->socket))
+        if (!st->host || !st->database || (u.user && !st->user) || (u.password && !st->password) ||
+            (c.socket && !st->socket))
             code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     }
 out:
@@ -332,9 +332,9 @@ int outbox__my_need_conn(my_store *st, outbox_error *err)
         code = outbox__error(err, OUTBOX_EIO, "cannot connect to MariaDB/MySQL at %s: %s (%u)",
                              st->shown, mysql_error(st->conn), mysql_errno(st->conn));
         if (mysql_errno(st->conn) == ER_BAD_DB_ERROR || mysql_errno(st->conn) == 1045)
-            code = outbox__error(err, OUTBOX_ECONFIG,
-                                 "cannot connect to MariaDB/MySQL at %s: %s (%u)", st->shown,
-                                 mysql_error(st->conn), mysql_errno(st->conn));
+            code =
+                outbox__error(err, OUTBOX_ECONFIG, "cannot connect to MariaDB/MySQL at %s: %s (%u)",
+                              st->shown, mysql_error(st->conn), mysql_errno(st->conn));
         goto fail;
     }
     forget_connection_state(st);
@@ -425,8 +425,8 @@ static int my_init(void *state, int *from_version, int *to_version, outbox_error
     int code = outbox__my_need_conn(st, err);
     if (code != OUTBOX_OK) return code;
     outbox__my_end_claim(st);
-    code = outbox__my_migrate(st->conn, st->prefix, st->url_partitions, from_version, to_version,
-                              err);
+    code =
+        outbox__my_migrate(st->conn, st->prefix, st->url_partitions, from_version, to_version, err);
     st->partitions = 0;
     st->schema_ok = 0;
     return code;
@@ -449,7 +449,8 @@ static int my_enqueue(void *state, const outbox_msg *msg, outbox_error *err)
     code = outbox__my_exec(st->conn, "START TRANSACTION", "starting the enqueue transaction", err);
     if (code != OUTBOX_OK) return code;
     code = outbox_enqueue_mysql_prefix(st->conn, st->prefix, msg, err);
-    if (code == OUTBOX_OK) code = outbox__my_exec(st->conn, "COMMIT", "committing the enqueue", err);
+    if (code == OUTBOX_OK)
+        code = outbox__my_exec(st->conn, "COMMIT", "committing the enqueue", err);
     if (code != OUTBOX_OK) {
         outbox__my_rollback(st->conn);
         return code;

@@ -68,8 +68,8 @@ int outbox__my_register_member(my_store *st, outbox_error *err)
     outbox__my_append_text(&st->sql, st->owner, strlen(st->owner));
     outbox__buf_puts(&st->sql, ", ");
     outbox__my_append_text(&st->sql, host, strlen(host));
-    outbox__buf_printf(&st->sql, ", %d, %lld, %lld, ", (int)getpid(),
-                       (long long)outbox__now_us(), (long long)outbox__now_us());
+    outbox__buf_printf(&st->sql, ", %d, %lld, %lld, ", (int)getpid(), (long long)outbox__now_us(),
+                       (long long)outbox__now_us());
     outbox__my_append_text(&st->sql, st->note, strlen(st->note));
     outbox__buf_puts(&st->sql, ")");
     code = exec_sql(st, "registering the relay", err);
@@ -84,8 +84,7 @@ int outbox__my_register_member(my_store *st, outbox_error *err)
     code = outbox__my_query_i64(st->conn, st->sql.data, "locking the relay's row", &got, err);
     if (code != OUTBOX_OK) return code;
     if (got != 1)
-        return outbox__error(err, OUTBOX_ESTORE, "cannot take the named lock of relay row %s",
-                             id);
+        return outbox__error(err, OUTBOX_ESTORE, "cannot take the named lock of relay row %s", id);
     outbox__buf_reset(&st->sql);
     outbox__buf_puts(&st->sql, "DELETE FROM ");
     outbox__my_table(&st->sql, st->prefix, "relays");

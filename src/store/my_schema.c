@@ -129,16 +129,27 @@ static const char *const migration_1[] = {
     "  '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'"
     "  AND id <> '00000000-0000-0000-0000-000000000000')),"
     " CONSTRAINT {n:type_valid} CHECK (status <> 'pending' OR (LENGTH(type) BETWEEN 1 AND 256"
-    "  AND type REGEXP '[^ \\t]' AND" NO_CNTRL("type") ")),"
-    " CONSTRAINT {n:aggregate_valid} CHECK (status <> 'pending' OR (LENGTH(aggregate_id)"
-    "  BETWEEN 1 AND 256 AND aggregate_id REGEXP '[^ \\t]' AND" NO_CNTRL("aggregate_id") " AND"
-    "  LENGTH(aggregate_type) <= 256 AND" NO_CNTRL("aggregate_type") ")),"
-    " CONSTRAINT {n:payload_valid} CHECK (status <> 'pending' OR JSON_VALID(payload)),"
-    " CONSTRAINT {n:headers_valid} CHECK (status <> 'pending' OR (JSON_VALID(headers)"
-    "  AND JSON_TYPE(headers) = 'OBJECT')),"
-    " CONSTRAINT {n:times_valid} CHECK (status <> 'pending' OR (occurred_at BETWEEN 0 AND"
-    "  253402300799999999 AND available_at BETWEEN 0 AND 253402300799999999))"
-    ") ENGINE=InnoDB",
+    "  AND type REGEXP '[^ \\t]' AND" NO_CNTRL(
+        "type") ")),"
+                " CONSTRAINT {n:aggregate_valid} CHECK (status <> 'pending' OR "
+                "(LENGTH(aggregate_id)"
+                "  BETWEEN 1 AND 256 AND aggregate_id REGEXP '[^ \\t]' AND" NO_CNTRL(
+                    "aggregate_id") " AND"
+                                    "  LENGTH(aggregate_type) <= 256 AND" NO_CNTRL(
+                                        "aggregate_type") ")),"
+                                                          " CONSTRAINT {n:payload_valid} CHECK "
+                                                          "(status <> 'pending' OR "
+                                                          "JSON_VALID(payload)),"
+                                                          " CONSTRAINT {n:headers_valid} CHECK "
+                                                          "(status <> 'pending' OR "
+                                                          "(JSON_VALID(headers)"
+                                                          "  AND JSON_TYPE(headers) = 'OBJECT')),"
+                                                          " CONSTRAINT {n:times_valid} CHECK "
+                                                          "(status <> 'pending' OR (occurred_at "
+                                                          "BETWEEN 0 AND"
+                                                          "  253402300799999999 AND available_at "
+                                                          "BETWEEN 0 AND 253402300799999999))"
+                                                          ") ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS {t:inbox} ("
     " consumer VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
     " message_id CHAR(36) CHARACTER SET ascii NOT NULL,"
@@ -318,9 +329,9 @@ int outbox__my_migrate(MYSQL *conn, const char *prefix, int requested, int *from
              prefix);
     code = outbox__my_query_i64(conn, lock, "waiting for another init", &got, err);
     if (code == OUTBOX_OK && got != 1)
-        code = outbox__error(err, OUTBOX_EBUSY,
-                             "another outbox init on %s has run for over a minute: try again",
-                             prefix);
+        code =
+            outbox__error(err, OUTBOX_EBUSY,
+                          "another outbox init on %s has run for over a minute: try again", prefix);
     if (code != OUTBOX_OK) goto out;
     /* Read again under the lock: another init may have finished. */
     code = outbox__my_read_version(conn, prefix, &version, &parts, err);
@@ -356,8 +367,8 @@ int outbox__my_migrate(MYSQL *conn, const char *prefix, int requested, int *from
     if (code == OUTBOX_OK) *to = SCHEMA_VERSION;
     if (code == OUTBOX_OK && requested > 0 && *from > 0 && requested != parts)
         outbox__log(OUTBOX_LOG_WARN, MY_COMPONENT,
-                    "partitions=%d not applied: the outbox %s already has %d partitions",
-                    requested, prefix, parts);
+                    "partitions=%d not applied: the outbox %s already has %d partitions", requested,
+                    prefix, parts);
 unlock:
     snprintf(lock, sizeof lock, "SELECT RELEASE_LOCK(CONCAT('outbox.init:', DATABASE(), '.%s'))",
              prefix);
@@ -384,8 +395,8 @@ int outbox__my_check_schema(my_store *st, outbox_error *err)
                              st->prefix, st->shown, st->prefix);
     if (version == 0)
         return outbox__error(err, OUTBOX_ENOSCHEMA,
-                             "no outbox tables %s at %s: run `outbox init --store %s`",
-                             st->prefix, st->shown, st->shown);
+                             "no outbox tables %s at %s: run `outbox init --store %s`", st->prefix,
+                             st->shown, st->shown);
     if (version > SCHEMA_VERSION)
         return outbox__error(err, OUTBOX_ESCHEMANEWER,
                              "the outbox %s at %s is schema version %d, newer than this build's "
