@@ -11,6 +11,9 @@ drivers="libpq-dev libcurl4-openssl-dev libmicrohttpd-dev libssl-dev libnats-dev
 servers="postgresql nats-server python3 curl openssl"
 # The fuzz targets (make fuzz, make fuzz-replay) need clang's libFuzzer.
 servers="$servers clang"
+# The MariaDB/MySQL store: MariaDB Connector/C, and mariadbd for its tests.
+drivers="$drivers libmariadb-dev"
+servers="$servers mariadb-server"
 case "${1:-build}" in
   build) want="$want $drivers" ;;
   test) want="$want $drivers $servers" ;;

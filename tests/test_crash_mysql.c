@@ -24,7 +24,8 @@
 #include <stdio.h>
 int main(void)
 {
-    fprintf(stderr, "skipped: this build has no MariaDB/MySQL store (MariaDB Connector/C not found)\n");
+    fprintf(stderr,
+            "skipped: this build has no MariaDB/MySQL store (MariaDB Connector/C not found)\n");
     return 77;
 }
 #else
@@ -48,7 +49,7 @@ static void agg_push(ch_agg *a, const char *id)
 {
     if (a->count == a->cap) {
         int cap = a->cap ? a->cap * 2 : 16;
-        char (*ids)[37] = realloc(a->ids, (size_t)cap * sizeof *ids);
+        char(*ids)[37] = realloc(a->ids, (size_t)cap * sizeof *ids);
         if (!ids) TEST_FAIL_("out of memory");
         a->ids = ids;
         a->cap = cap;
@@ -263,9 +264,9 @@ TEST(kill_sweep)
         if (ch_now_ms() - started > 150000) TEST_FAIL_("kill sweep took over 150 s");
     }
     ch_producer_join(&pp);
-    fprintf(
-        stderr, "kill sweep: %d messages in %d transactions, %d relay lives, %d kills, %.1f s\n",
-        pp.committed, pp.transactions, lives, kills, (double)(ch_now_ms() - started) / 1000.0);
+    fprintf(stderr,
+            "kill sweep: %d messages in %d transactions, %d relay lives, %d kills, %.1f s\n",
+            pp.committed, pp.transactions, lives, kills, (double)(ch_now_ms() - started) / 1000.0);
 
     relay_cmd_init(&c, out, 1, 256);
     int code = ch_run(c.argv, NULL, NULL, errp, 120000);
