@@ -139,8 +139,7 @@ int main(int argc, char **argv)
     MYSQL *c = myh_connect(&server);
     outbox_error err;
     if (outbox_schema_init_mysql(c, NULL, &err) != OUTBOX_OK) TEST_FAIL_("%s", err.message);
-    printf("mysql drain: %lld messages, batch %d, %s\n", n_msgs, batch,
-           mysql_get_server_info(c));
+    printf("mysql drain: %lld messages, batch %d, %s\n", n_msgs, batch, mysql_get_server_info(c));
     for (int k = 0; k < repeat; k++) {
         fill(c, n_msgs);
         double tb = bare(c);
