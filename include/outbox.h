@@ -530,6 +530,60 @@ OUTBOX_API int outbox_inbox_purge_pg(PGconn *conn, const char *schema, int64_t r
                                      outbox_error *err);
 
 /* ------------------------------------------------------------------------
+ * MariaDB / MySQL: schema, enqueue, inbox
+ *
+ * The same contract as the PostgreSQL functions, on the caller's MYSQL
+ * connection (borrowed, MariaDB Connector/C or libmysqlclient): the library
+ * never begins, commits or closes it.  The outbox's tables live in the
+ * connection's current database, named after `prefix` (NULL: "outbox":
+ * outbox, outbox_inbox, ...; 1-40 letters, digits and underscores).  Needs
+ * MariaDB 10.6+ or MySQL 8.0+.  Any language can enqueue with the stored
+ * procedure <prefix>_enqueue or a plain INSERT (docs/MARIADB.md).  In a
+ * build without MariaDB Connector/C these return OUTBOX_ENOTBUILT.
+ * ---------------------------------------------------------------------- */
+
+typedef struct st_mysql MYSQL;
+
+/* Creates or upgrades the outbox tables, trigger and procedure, idempotent
+ * (DDL commits on its own in MySQL: call it with no transaction open,
+ * OUTBOX_EINVAL otherwise).  OUTBOX_ECONFIG for a bad prefix or a server
+ * older than MariaDB 10.6 / MySQL 8.0, OUTBOX_ESCHEMANEWER when set up by
+ * a newer version. */
+OUTBOX_API int outbox_schema_init_mysql(MYSQL *conn, const char *prefix, outbox_error *err);
+
+/* Inserts msg into the outbox (prefix "outbox") inside the caller's open
+ * transaction: START TRANSACTION (or autocommit off) first, else
+ * OUTBOX_ENOTXN (autocommit mode is refused: the message would not commit
+ * with the business change).  The insert locks the aggregate's row in
+ * <prefix>_aggregate until the transaction ends, so two messages of one
+ * aggregate commit in the order of their seq.  OUTBOX_EEXISTS (duplicate
+ * id) and OUTBOX_ENOSCHEMA roll back that statement only: the caller's
+ * transaction stays usable.  OUTBOX_ETOOBIG is refused before anything is
+ * sent. */
+OUTBOX_API int outbox_enqueue_mysql(MYSQL *conn, const outbox_msg *msg, outbox_error *err);
+
+/* outbox_enqueue_mysql into the tables of `prefix` (NULL: "outbox"). */
+OUTBOX_API int outbox_enqueue_mysql_prefix(MYSQL *conn, const char *prefix, const outbox_msg *msg,
+                                           outbox_error *err);
+
+/* Records that `consumer` received `message_id` inside the caller's open
+ * transaction (tables of `prefix`, NULL: "outbox"): OUTBOX_OK the first
+ * time, OUTBOX_DUPLICATE afterwards (the caller then skips the effect; the
+ * transaction stays usable).  OUTBOX_ENOTXN, OUTBOX_EINVAL, OUTBOX_EBADID as
+ * for SQLite. */
+OUTBOX_API int outbox_inbox_record_mysql(MYSQL *conn, const char *prefix, const char *consumer,
+                                         const char *message_id, outbox_error *err);
+
+/* Deletes the inbox entries of `prefix` (NULL: "outbox") received more than
+ * retention_ms ago, in one statement: call it with no transaction open
+ * (OUTBOX_EINVAL otherwise).  *purged (may be NULL) receives the count.
+ * Warns, as the other inbox purges do, when retention_ms is shorter than
+ * redelivery_horizon_ms (0: the default options' horizon). */
+OUTBOX_API int outbox_inbox_purge_mysql(MYSQL *conn, const char *prefix, int64_t retention_ms,
+                                        int64_t redelivery_horizon_ms, int64_t *purged,
+                                        outbox_error *err);
+
+/* ------------------------------------------------------------------------
  * Store handle
  *
  * A store opened by URL, with a database connection of its own: what the

@@ -25,6 +25,9 @@ servers="$servers man-db groff-base systemd logrotate dpkg-dev debhelper lintian
 # browser test drives Debian's chromium from node (its modules: npm ci in
 # tests/browser).
 servers="$servers prometheus chromium nodejs npm"
+# The MariaDB/MySQL store: MariaDB Connector/C, and mariadbd for its tests.
+drivers="$drivers libmariadb-dev"
+servers="$servers mariadb-server"
 case "${1:-build}" in
   build) want="$want $drivers" ;;
   test) want="$want $drivers $servers" ;;

@@ -749,6 +749,10 @@ extern const outbox_store_ops outbox__store_sqlite;
 extern const outbox_store_ops outbox__store_postgres;   /* open NULL without LIBPQ */
 extern const outbox_store_ops outbox__store_postgresql; /* the same, as postgresql:// */
 
+/* The MariaDB/MySQL store (src/store/my_*.c): open NULL without Connector/C. */
+extern const outbox_store_ops outbox__store_mysql;
+extern const outbox_store_ops outbox__store_mariadb; /* the same, as mariadb:// */
+
 /* ------------------------------------------------------------------------
  * Transports
  * ---------------------------------------------------------------------- */

@@ -21,6 +21,9 @@
 #ifdef OUTBOX_HAVE_LIBPQ
 #include "support/pg.h"
 #endif
+#ifdef OUTBOX_HAVE_MARIADB
+#include "support/mariadb.h"
+#endif
 
 #include <sqlite3.h>
 #include <strings.h>
@@ -185,6 +188,69 @@ static void pg_commit_out_of_order(const char *url, outbox_msg *m1, outbox_msg *
 #endif
 
 /* ------------------------------------------------------------------------
+ * MariaDB
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_MARIADB
+static myh_server my;
+
+static const char *my_unavailable(void)
+{
+    return myh_available();
+}
+
+static void my_new_url(char *url, size_t len, const char *case_name)
+{
+    if (!my.pid) myh_start(&my);
+    snprintf(url, len, "%s?table_prefix=c_%s", my.url, case_name);
+}
+
+/* The table prefix named in url's "table_prefix=" parameter. */
+static const char *my_prefix(const char *url)
+{
+    const char *s = strstr(url, "table_prefix=");
+    if (!s) TEST_FAIL_("no table_prefix in %s", url);
+    return s + strlen("table_prefix=");
+}
+
+/* The checks are CHECK constraints: switched off for the one statement's
+ * session (MariaDB's check_constraint_checks). */
+static int64_t my_insert_bad_row(const char *url, const char *agg)
+{
+    MYSQL *c = myh_connect(&my);
+    char sql[1024];
+    int64_t seq;
+    myh_exec(c, "SET SESSION check_constraint_checks = 0");
+    snprintf(sql, sizeof sql,
+             "INSERT INTO `%s` (id, occurred_at, type, aggregate_type, aggregate_id, payload,"
+             " headers, available_at) VALUES ('0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f72',"
+             " 1700000000000000, '  ', 'Order', '%s', '{}', '{}', 0)",
+             my_prefix(url), agg);
+    myh_exec(c, sql);
+    seq = myh_count(c, "SELECT LAST_INSERT_ID()");
+    mysql_close(c);
+    return seq;
+}
+
+/* Two connections: m1 takes the lower seq, m2 commits first. */
+static void my_commit_out_of_order(const char *url, outbox_msg *m1, outbox_msg *m2,
+                                   void (*between)(void *user), void *user)
+{
+    MYSQL *t1 = myh_connect(&my), *t2 = myh_connect(&my);
+    outbox_error err;
+    myh_exec(t1, "START TRANSACTION");
+    ASSERT_OK(outbox_enqueue_mysql_prefix(t1, my_prefix(url), m1, &err), &err); /* lower seq */
+    myh_exec(t2, "START TRANSACTION");
+    ASSERT_OK(outbox_enqueue_mysql_prefix(t2, my_prefix(url), m2, &err), &err);
+    myh_exec(t2, "COMMIT");
+    between(user);
+    myh_exec(t1, "COMMIT"); /* commits after a later seq was published */
+    mysql_close(t1);
+    mysql_close(t2);
+}
+#endif
+
+/* ------------------------------------------------------------------------
  * The stores
  * ---------------------------------------------------------------------- */
 
@@ -192,6 +258,9 @@ static const store_driver stores[] = {
     {"sqlite", NULL, sqlite_new_url, sqlite_insert_bad_row, NULL, 1},
 #ifdef OUTBOX_HAVE_LIBPQ
     {"postgres", pg_unavailable, pg_new_url, pg_insert_bad_row, pg_commit_out_of_order, 0},
+#endif
+#ifdef OUTBOX_HAVE_MARIADB
+    {"mariadb", my_unavailable, my_new_url, my_insert_bad_row, my_commit_out_of_order, 0},
 #endif
 };
 

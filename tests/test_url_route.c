@@ -444,7 +444,7 @@ static void check_table(const outbox_driver_info *d)
 
 TEST(driver_list)
 {
-    static const char *const stores[] = {"sqlite", "postgres", "postgresql"};
+    static const char *const stores[] = {"sqlite", "postgres", "postgresql", "mysql", "mariadb"};
     static const char *const destinations[] = {"stdout", "file",  "discard", "http",
                                                "https",  "nats",  "kafka",   "amqp",
                                                "amqps",  "redis", "rediss"};

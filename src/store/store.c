@@ -14,6 +14,8 @@
 #include <string.h>
 
 static const char no_libpq[] = "this build has no PostgreSQL store (not built with libpq)";
+static const char no_mariadb[] =
+    "this build has no MariaDB/MySQL store (not built with MariaDB Connector/C)";
 
 /* The store drivers, by their scheme (one driver may have a table per
  * scheme: postgres and postgresql are the same store), and what a URL of a
@@ -22,9 +24,9 @@ static const struct {
     const outbox_store_ops *ops;
     const char *not_built;
 } drivers[] = {
-    {&outbox__store_sqlite, NULL},
-    {&outbox__store_postgres, no_libpq},
-    {&outbox__store_postgresql, no_libpq},
+    {&outbox__store_sqlite, NULL},         {&outbox__store_postgres, no_libpq},
+    {&outbox__store_postgresql, no_libpq}, {&outbox__store_mysql, no_mariadb},
+    {&outbox__store_mariadb, no_mariadb},
 };
 
 /* Case-insensitive compare of the n-byte scheme with name. */
