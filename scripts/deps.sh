@@ -24,7 +24,11 @@ servers="$servers man-db groff-base systemd logrotate dpkg-dev debhelper lintian
 # The monitoring rules' test runs promtool (prometheus); the console's
 # browser test drives Debian's chromium from node (its modules: npm ci in
 # tests/browser).
-servers="$servers prometheus chromium nodejs npm"
+servers="$servers prometheus chromium"
+# Node.js and npm count as there when the commands are (a nodesource
+# nodejs carries its own npm, which Debian's npm package conflicts with).
+command -v node >/dev/null 2>&1 || servers="$servers nodejs"
+command -v npm >/dev/null 2>&1 || servers="$servers npm"
 # The MariaDB/MySQL store: MariaDB Connector/C, and mariadbd for its tests.
 drivers="$drivers libmariadb-dev"
 servers="$servers mariadb-server"
