@@ -57,6 +57,8 @@
 typedef struct kafka_config {
     char *topic;
     int64_t ack_timeout_ms;
+    int64_t window_messages;
+    int64_t window_bytes;
 } kafka_config;
 
 static const outbox_prop kafka_props[] = {
@@ -68,10 +70,18 @@ static const outbox_prop kafka_props[] = {
      NULL,
      "How long a batch waits for the brokers' acks; what is unacknowledged then is retried, on a "
      "new producer (librdkafka's own message.timeout.ms is infinite)."},
+    {"window_messages", OUTBOX_PROP_INT, offsetof(kafka_config, window_messages), "20000",
+     "1..10000000", NULL,
+     "The publish window: the relay begins another batch only while the messages produced "
+     "without a delivery report, plus that batch, stay within this many."},
+    {"window_bytes", OUTBOX_PROP_SIZE, offsetof(kafka_config, window_bytes), "32m", "1..", NULL,
+     "The publish window in bytes (keys and payloads produced without a delivery report): "
+     "another batch is begun only while fewer are out."},
     {"kafka.<name>", OUTBOX_PROP_STRING, 0, NULL, NULL, "VALUE",
      "Any librdkafka producer setting (e.g. kafka.security.protocol=ssl), refused at start-up "
-     "when librdkafka refuses it; values are never shown.  enable.idempotence stays true; "
-     "message.timeout.ms cannot be set (ack_timeout is the deadline)."},
+     "when librdkafka refuses it; values are never shown.  enable.idempotence and "
+     "enable.gapless.guarantee stay true; message.timeout.ms cannot be set (ack_timeout is the "
+     "deadline)."},
     OUTBOX_PROPS_END,
 };
 
@@ -113,10 +123,15 @@ typedef struct kafka_state {
 
     /* The open batches, oldest first from `first` (reports are served on
      * the calling thread, inside rd_kafka_poll). */
-    kafka_batch batches[OUTBOX_PIPELINE_DEPTH];
+    kafka_batch batches[OUTBOX_PIPELINE_MAX_DEPTH];
     int first;
     int count;
     uint32_t gen; /* of the last batch begun */
+
+    /* The window (publish_room): produced, no report yet. */
+    int64_t window_messages, window_bytes;
+    size_t unconfirmed;
+    size_t unconfirmed_bytes;
 } kafka_state;
 
 static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
@@ -164,7 +179,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     (void)rk;
 
     for (k = 0; k < st->count; k++) {
-        kafka_batch *c = &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+        kafka_batch *c = &st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH];
         if (c->results != NULL && c->gen == gen) b = c;
     }
     if (b == NULL || i == 0 || i > b->n) return; /* a late report */
@@ -181,6 +196,8 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
                    m->rkt ? rd_kafka_topic_name(m->rkt) : "?", rd_kafka_err2str(m->err));
     b->done[i] = 1;
     b->outstanding--;
+    st->unconfirmed--;
+    st->unconfirmed_bytes -= m->len + m->key_len;
 }
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -244,8 +261,10 @@ static void destroy_producer(kafka_state *st)
     if (st->rk == NULL) return;
     rd_kafka_purge(st->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     for (k = 0; k < st->count; k++) /* reports of purged messages are ignored */
-        st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH].results = NULL;
+        st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH].results = NULL;
     st->count = 0;
+    st->unconfirmed = 0;
+    st->unconfirmed_bytes = 0;
     rd_kafka_flush(st->rk, 1000);
     rd_kafka_destroy(st->rk);
     st->rk = NULL;
@@ -288,6 +307,8 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     rc = outbox__route_new(&st->route, tmpl, OUTBOX_ROUTE_KAFKA_TOPIC, err);
     if (rc != OUTBOX_OK) goto fail;
     st->ack_timeout_ms = c.ack_timeout_ms;
+    st->window_messages = c.window_messages;
+    st->window_bytes = c.window_bytes;
     st->source = strdup(cfg->source ? cfg->source : "/outbox");
     st->conf = rd_kafka_conf_new();
     if (st->source == NULL || st->conf == NULL) {
@@ -299,6 +320,7 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     rd_kafka_conf_set_error_cb(st->conf, error_cb);
     if ((rc = conf_set(st->conf, "bootstrap.servers", u.hosts, err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "enable.idempotence", "true", err)) != OUTBOX_OK ||
+        (rc = conf_set(st->conf, "enable.gapless.guarantee", "true", err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "acks", "all", err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "message.timeout.ms", "0", err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "linger.ms", "5", err)) != OUTBOX_OK)
@@ -306,10 +328,13 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     for (i = 0; i < u.param_count; i++) {
         outbox_url_param *p = &u.params[i];
         if (strncmp(p->key, "kafka.", 6) != 0) continue;
-        if (strcmp(p->key + 6, "enable.idempotence") == 0 && strcmp(p->value, "true") != 0) {
+        if ((strcmp(p->key + 6, "enable.idempotence") == 0 ||
+             strcmp(p->key + 6, "enable.gapless.guarantee") == 0) &&
+            strcmp(p->value, "true") != 0) {
             rc = outbox__error(err, OUTBOX_ECONFIG,
-                               "kafka destination: kafka.enable.idempotence must stay true "
-                               "(per-aggregate order depends on it)");
+                               "kafka destination: kafka.%s must stay true (per-aggregate order "
+                               "depends on it)",
+                               p->key + 6);
             goto fail;
         }
         if (strcmp(p->key + 6, "message.timeout.ms") == 0 ||
@@ -342,8 +367,11 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
                         st->brokers, max_bytes, limit);
     }
 
-    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "producer for %s: topic %s, ack timeout %lld ms",
-                st->brokers, tmpl, (long long)st->ack_timeout_ms);
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                "producer for %s: topic %s, ack timeout %lld ms, window %lld messages / %lld "
+                "bytes",
+                st->brokers, tmpl, (long long)st->ack_timeout_ms, (long long)st->window_messages,
+                (long long)st->window_bytes);
     outbox__props_free(kafka_props, &c);
     outbox__url_free(&u);
     *state = st;
@@ -415,27 +443,52 @@ static int agg_failed(const kafka_batch *b, size_t upto, const char *agg)
 /* The k-th open batch, oldest first. */
 static kafka_batch *batch_at(kafka_state *st, int k)
 {
-    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH];
+}
+
+/* Does an open batch before the k-th hold a message of aggregate agg that
+ * was not produced? */
+static int agg_failed_before(kafka_state *st, int k, const char *agg)
+{
+    int j;
+    for (j = 0; j < k; j++) {
+        const kafka_batch *c = batch_at(st, j);
+        if (agg_failed(c, c->n, agg)) return 1;
+    }
+    return 0;
+}
+
+/* The window (publish_room in internal.h): another batch of up to next
+ * messages while the unconfirmed messages, with it, stay within
+ * window_messages and the unconfirmed bytes below window_bytes (so they
+ * exceed it by one batch at most).  One batch is always allowed. */
+static int kafka_publish_room(void *state, int open, size_t next)
+{
+    kafka_state *st = state;
+    if (open != st->count || st->count >= OUTBOX_PIPELINE_MAX_DEPTH) return 0;
+    if (st->count == 0) return 1;
+    if (st->rebuild != NULL) return 0; /* the next batch waits for a new producer */
+    return (int64_t)(st->unconfirmed + next) <= st->window_messages &&
+           (int64_t)st->unconfirmed_bytes < st->window_bytes;
 }
 
 /* Produces a batch without waiting for its reports (publish_begin in
  * internal.h).  A message whose aggregate had a message that could not be
- * produced, in this batch or the open one before, is not produced. */
+ * produced, in this batch or an open one before, is not produced. */
 static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
                                outbox_publish_result *results)
 {
     kafka_state *st = state;
-    kafka_batch *b, *older;
+    kafka_batch *b;
     size_t i;
     outbox_error e;
 
-    if (st->count >= OUTBOX_PIPELINE_DEPTH || n > 0xffffffffu - 1) return OUTBOX_EINVAL;
-    older = st->count > 0 ? batch_at(st, st->count - 1) : NULL;
+    if (st->count >= OUTBOX_PIPELINE_MAX_DEPTH || n > 0xffffffffu - 1) return OUTBOX_EINVAL;
     if (st->rebuild != NULL || st->rk == NULL) {
         /* After a fatal error or a deadline: a new producer, once nothing
-         * is open (the open batch's unconfirmed messages have failed
+         * is open (the open batches' unconfirmed messages have failed
          * already). */
-        if (older != NULL) return OUTBOX_EPUBLISH;
+        if (st->count > 0) return OUTBOX_EPUBLISH;
         destroy_producer(st);
         e.code = 0;
         e.message[0] = '\0';
@@ -480,7 +533,7 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         outbox_error rerr;
 
         if (agg_failed(b, i, m->aggregate_id) ||
-            (older != NULL && agg_failed(older, older->n, m->aggregate_id))) {
+            agg_failed_before(st, st->count - 1, m->aggregate_id)) {
             set_result(&results[i], OUTBOX_EPUBLISH,
                        "not sent: an earlier message of its aggregate could not be produced");
             goto not_sent;
@@ -519,6 +572,8 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
             goto not_sent;
         }
         b->outstanding++;
+        st->unconfirmed++;
+        st->unconfirmed_bytes += strlen(m->payload) + strlen(m->aggregate_id);
         rd_kafka_poll(st->rk, 0);
         continue;
     not_sent:
@@ -547,6 +602,8 @@ static void reset_producer(kafka_state *st, const char *why, const char *error)
             }
         c->outstanding = 0;
     }
+    st->unconfirmed = 0;
+    st->unconfirmed_bytes = 0;
     rd_kafka_purge(st->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     st->rebuild = why;
 }
@@ -608,7 +665,7 @@ static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     b->msgs = NULL;
     b->n = 0;
     b->outstanding = 0;
-    st->first = (st->first + 1) % OUTBOX_PIPELINE_DEPTH;
+    st->first = (st->first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
     st->count--;
     return OUTBOX_OK;
 }
@@ -633,7 +690,7 @@ static void kafka_close(void *state)
     if (st->conf) rd_kafka_conf_destroy(st->conf);
     outbox__route_free(st->route);
     outbox__buf_free(&st->topic);
-    for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
+    for (k = 0; k < OUTBOX_PIPELINE_MAX_DEPTH; k++) {
         free(st->batches[k].done);
         free(st->batches[k].failed);
     }
@@ -651,7 +708,7 @@ static void kafka_close(void *state)
 
 /* The Kafka destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_kafka = {
-    .version = 4,
+    .version = 5,
     .scheme = "kafka",
     .open = KAFKA_ENTRY(kafka_open),
     .publish = KAFKA_ENTRY(kafka_publish),
@@ -664,4 +721,5 @@ const outbox_transport_ops outbox__transport_kafka = {
     .doc = "Kafka, through an idempotent producer (acks=all): the brokers' ack confirms a "
            "message.  Several brokers: kafka://HOST1:9092,HOST2:9092.",
     .props = kafka_props,
+    .publish_room = KAFKA_ENTRY(kafka_publish_room),
 };
