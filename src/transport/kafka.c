@@ -616,6 +616,12 @@ static int check_fatal(kafka_state *st)
 
     if (st->rebuild != NULL) return 1;
     if (rd_kafka_fatal_error(st->rk, fatal, sizeof fatal) == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
+    /* The reports librdkafka queued with the error (the broker's own
+     * verdict, e.g. a message too large for good) are served first; what
+     * is still unconfirmed after them is retried. */
+    rd_kafka_poll(st->rk, 50);
+    while (rd_kafka_poll(st->rk, 0) > 0)
+        ;
     outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
                 "fatal producer error: %s; unconfirmed messages will be retried on a new "
                 "producer",
