@@ -698,12 +698,11 @@ static void deep_chaos(uint64_t *rng, int step)
         rd_kafka_mock_broker_set_up(mc, b);
         break;
     case 3:
-        rd_kafka_mock_broker_push_request_error_rtts(mc, b, 0, 2, RD_KAFKA_RESP_ERR_NO_ERROR,
-                                                     1500, RD_KAFKA_RESP_ERR_NO_ERROR, 1500);
+        rd_kafka_mock_broker_push_request_error_rtts(mc, b, 0, 2, RD_KAFKA_RESP_ERR_NO_ERROR, 1500,
+                                                     RD_KAFKA_RESP_ERR_NO_ERROR, 1500);
         break;
     default:
-        rd_kafka_mock_broker_push_request_error_rtts(mc, b, 0, 1, RD_KAFKA_RESP_ERR_NO_ERROR,
-                                                     3000);
+        rd_kafka_mock_broker_push_request_error_rtts(mc, b, 0, 1, RD_KAFKA_RESP_ERR_NO_ERROR, 3000);
         break;
     }
 }
