@@ -11,30 +11,53 @@
  *
  * publish_begin() produces a batch; publish_end() polls until every
  * message's delivery report arrived or ack_timeout passed since it began
- * (publish() is the two).  The relay pipelines: it begins the next batch
- * before it ends the one before, so at most OUTBOX_PIPELINE_DEPTH batches
- * are open.  Each report decides its message: OK, retriable, or rejected
- * for good (too large, invalid, not authorised).  A report is matched to
- * its batch and message by an opaque (batch generation, index), so a late
- * report of an ended batch is ignored.  When a produce call fails, later
- * messages of the same aggregate in the open batches are not produced.
- * The idempotent producer keeps each partition in produce order across
- * both batches.  A fatal producer error (rd_kafka_fatal_error: fenced, broken
- * idempotence state) fails what was not confirmed as retriable, and the
- * producer is rebuilt before the next batch: the relay then re-sends those
- * messages in order behind the failed one.  (Test builds: the fault point
- * kafka_fatal raises such an error with rd_kafka_test_fatal_error.)
+ * (publish() is the two).  The relay pipelines through a window:
+ * publish_room() lets it begin another batch while the messages produced
+ * without a report, with that batch, stay within window_messages and their
+ * bytes below window_bytes (up to OUTBOX_PIPELINE_MAX_DEPTH batches), so
+ * throughput is the window over the cluster's round trip, not two batches
+ * over it.  Each report decides its message: OK, retriable, or rejected
+ * for good (too large, invalid, not authorised); only an OK report makes
+ * a message sent.  A report is matched to its batch and message by an
+ * opaque (batch generation, index), so a late report of an ended batch is
+ * ignored.  When a produce call fails, later messages of the same
+ * aggregate in the open batches are not produced.
  *
- * The deadline is ours, never librdkafka's: message.timeout.ms is infinite
- * and cannot be set.  A message librdkafka times out leaves its queue while
- * the later ones of its partition are still written (INTRODUCTION.md,
- * "Message timeout considerations"; enable.gapless.guarantee does not cover
- * timeouts), a gap the relay's retry would fill behind them.  A report
- * still missing at the deadline is handled like a fatal error instead:
- * what is unconfirmed in the open batches is retried, the producer is
- * purged at once (what it wrote is a prefix of each partition's produce
- * order) and rebuilt before the next batch.
- *
+ * Order with many messages of a key in flight (guarantee 4: no message of
+ * an aggregate first appears in the topic before an earlier one).  The
+ * idempotent producer keeps each partition in produce order across its own
+ * retries, so the only danger is a message that fails while later ones of
+ * its partition are written: a gap the relay's retry would fill behind
+ * them.  Three causes, three answers:
+ *   - librdkafka's message timeout: message.timeout.ms is infinite and
+ *     cannot be set (INTRODUCTION.md, "Message timeout considerations").
+ *   - An error librdkafka does not retry (POLICY_VIOLATION, say): on its
+ *     own it fails that request's messages and bumps the epoch to carry on
+ *     with the later ones.  enable.gapless.guarantee=true (forced, like
+ *     idempotence) makes any such failure a fatal error instead
+ *     (ERR__GAPLESS_GUARANTEE: the producer stops, nothing later is sent).
+ *     It is marked experimental and does not cover timeouts, which the
+ *     first point rules out; a fatal error is handled anyway (below), so
+ *     its cost is a rebuild where a gap would have been.
+ *   - Our own deadline: a report still missing ack_timeout after its batch
+ *     began is handled like a fatal error.
+ * A fatal error (rd_kafka_fatal_error: gapless, fenced, broken idempotence
+ * state; test builds: the fault point kafka_fatal raises one with
+ * rd_kafka_test_fatal_error) serves the reports already queued (a message
+ * the broker refused for good stays rejected), then fails what is
+ * unconfirmed in every open batch as retriable and purges the producer:
+ * what it wrote is a prefix of each partition's produce order.  The
+ * producer is rebuilt before the next batch, once the relay has ended the
+ * open ones, and the relay re-sends the unconfirmed messages in order.  A
+ * request the old producer sent before the purge may still be written
+ * after the new producer's first writes; it holds only messages whose
+ * predecessors that producer wrote before them, so no first appearance
+ * moves ahead of an earlier message's.  (librdkafka's mock cluster checks
+ * sequence numbers only for transactional producers, so tests there keep
+ * one request in flight per broker: a real broker refuses a request sent
+ * behind a failed one with OUT_OF_ORDER_SEQUENCE_NUMBER, the mock appends
+ * it.)
+
  * Size: a message over message.max.bytes (librdkafka refuses it when
  * produced) or over the topic's limit (the broker's report) is rejected
  * for good, not retried.  Start-up logs a message.max.bytes smaller than
