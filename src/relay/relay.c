@@ -39,12 +39,18 @@
  *
  *   claim N+1 -> begin N+1 -> end N (its acks) -> decide + complete N -> ...
  *
- * At most two batches are out.  Why this is safe:
+ * The window: two batches are out at most, unless the destination bounds
+ * its own window (publish_room: kafka:// counts unconfirmed messages and
+ * bytes); then a step claims and begins batch after batch while the window
+ * has room, up to OUTBOX_PIPELINE_MAX_DEPTH, and ends the oldest once it
+ * is full (or a claim came back short).  Batches end in the order they
+ * began.  Everything below holds for any number of open batches ("N+1":
+ * the ones after N).  Why this is safe:
  *   - Sent only after the ack (guarantee 2): outcomes come only from
  *     publish_end's results, as before; a stop finishes the batch in flight
  *     the same way, a fatal store error ends it unrecorded, a crash records
  *     nothing of it.
- *   - Exclusion: the claim of N+1 excludes the seqs of N (still pending).
+ *   - Exclusion: the claim of N+1 excludes the seqs of every open batch.
  *     The store keeps nothing open between claim and complete and hands no
  *     partition to another relay while a batch is out (SQLite: the relay is
  *     alone; PostgreSQL: the partition advisory locks, no rebalancing and no
