@@ -709,11 +709,13 @@ static void deep_chaos(uint64_t *rng, int step)
 
 TEST(deep_window)
 {
-    /* 1,000 keys, written as fast as SQLite takes them, so the relay has a
-     * backlog to fill its window with; request.timeout.ms below the slow
+    /* 1,000 keys, written faster than the relay drains them (a short pause
+     * between transactions leaves SQLite's write lock to the relay's lease
+     * and completions), so it has a backlog to fill its window with;
+     * request.timeout.ms below the slow
      * responses' 1.5 s, ack_timeout below the slowest (3 s). */
     static const drain_shape deep = {
-        1000, 0, "&window_messages=40000&window_bytes=16m&kafka.request.timeout.ms=1000"};
+        1000, 200, "&window_messages=40000&window_bytes=16m&kafka.request.timeout.ms=1000"};
     chaos_drain_shaped("deep_window", "deep", test_scaled(50000, 5000), 15, deep_chaos, "2s",
                        &deep);
     ASSERT_GE(atomic_load(&window_max), 3); /* more than two batches open at once */
