@@ -37,10 +37,15 @@
  *                    broker): pipelining the next claim with a batch's acks
  *                    can at best overlap the two, so the slower of "store
  *                    alone" and the ceiling bounds the relay
- *   kafka ceiling,   with librdkafka's mock cluster (3 brokers, in this
- *   sqlite -> kafka  process, real Kafka protocol over loopback): a raw
- *                    idempotent producer (acks=all) of N messages, then the
- *                    relay from a SQLite copy to kafka:// (pipelined)
+ *   kafka ceiling,   with librdkafka's mock cluster (3 brokers, 8
+ *   sqlite -> kafka, partitions, in this process, real Kafka protocol over
+ *   postgres -> kafka loopback): a raw idempotent producer (acks=all) of N
+ *                    messages, then the relay from a SQLite copy and from
+ *                    PostgreSQL to kafka:// through a publish window of
+ *                    --kafka-window messages (window_messages), and from
+ *                    SQLite through a window of two batches (what the
+ *                    relay had before the window): peak RSS shows the
+ *                    window's memory
  *
  * Each case runs in a forked child (bench_common.h): peak RSS and CPU time
  * from wait4().  A figure is printed only after the parent checked the
@@ -54,7 +59,7 @@
  *
  * Usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES]
  *                   [--no-pg] [--no-kafka] [--no-serial] [--pg-rounds K]
- *                   [--fresh-server]
+ *                   [--fresh-server] [--kafka-only] [--kafka-window M]
  */
 #ifndef OUTBOX_HAVE_NATS
 #include <stdio.h>
@@ -426,6 +431,46 @@ static void pg_case(int no_serial, int pg_rounds)
 out:
     PQfinish(conn);
 }
+
+/* The relay from a freshly filled PostgreSQL outbox to to_url (the server
+ * started when pg_case did not run), checked for no unsent row left.  0 or
+ * -1. */
+static int pg_relay_to(const char *name, const char *to_url, bench_result *res)
+{
+    static int started;
+    bench_relay_case c;
+    PGconn *conn;
+    outbox_error err = {0};
+    long long left;
+    int rc = -1;
+    const char *why = pgh_available();
+
+    if (why != NULL) {
+        printf("%-34s skipped: %s\n", name, why);
+        return 0;
+    }
+    if (!started && pg.url[0] == '\0') pgh_start(&pg);
+    started = 1;
+    conn = pgh_connect(&pg);
+    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
+    if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
+        TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
+    bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
+    memset(&c, 0, sizeof c);
+    c.batch = batch;
+    c.expect = n_msgs;
+    snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);
+    snprintf(c.to_url, sizeof c.to_url, "%s", to_url);
+    if (bench_run_child(name, bench_run_relay, &c, disarm_parent_handlers, res) == 0) {
+        left = bench_pg_left(conn);
+        if (left == 0)
+            rc = 0;
+        else
+            fprintf(stderr, "bench_nats: %s: %lld unsent rows left\n", name, left);
+    }
+    PQfinish(conn);
+    return rc;
+}
 #endif
 
 /* ------------------------------------------------------------------------
@@ -433,7 +478,8 @@ out:
  * ---------------------------------------------------------------------- */
 
 #ifdef OUTBOX_HAVE_RDKAFKA
-enum { KAFKA_PARTITIONS = 6 };
+enum { KAFKA_PARTITIONS = 8 };
+static long long kafka_window = 20000; /* --kafka-window: the destination's window_messages */
 
 static char kafka_bootstraps[256];
 
@@ -557,6 +603,20 @@ static long long kafka_topic_count(const char *topic)
     return total;
 }
 
+static int no_pg_kafka; /* --no-pg */
+
+/* Prints a relay row once topic holds exactly n_msgs messages. */
+static void kafka_check_row(const char *name, const char *topic, bench_result *res, double ceiling)
+{
+    long long got = kafka_topic_count(topic);
+    if (got != n_msgs) {
+        fprintf(stderr, "bench_nats: %s: topic holds %lld, expected %lld\n", name, got, n_msgs);
+        failures++;
+        return;
+    }
+    bench_print_row(name, res, ceiling);
+}
+
 static void kafka_cases(const char *master, const char *copy)
 {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -566,7 +626,7 @@ static void kafka_cases(const char *master, const char *copy)
     char errstr[512], to[700];
     double ceiling = 0;
     long long got;
-    const char *topics[] = {"bench.ceiling", "bench.relay"};
+    const char *topics[] = {"bench.ceiling", "bench.relay", "bench.relay2", "bench.pg"};
     int i;
 
     rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr);
@@ -583,7 +643,7 @@ static void kafka_cases(const char *master, const char *copy)
         return;
     }
     snprintf(kafka_bootstraps, sizeof kafka_bootstraps, "%s", rd_kafka_mock_cluster_bootstraps(mc));
-    for (i = 0; i < 2; i++)
+    for (i = 0; i < 4; i++)
         if (rd_kafka_mock_topic_create(mc, topics[i], KAFKA_PARTITIONS, 3)) {
             fprintf(stderr, "bench_nats: mock topic %s failed\n", topics[i]);
             failures++;
@@ -603,20 +663,32 @@ static void kafka_cases(const char *master, const char *copy)
     } else {
         failures++;
     }
-    snprintf(to, sizeof to, "kafka://%s?topic=%s", kafka_bootstraps, topics[1]);
+    printf("  kafka publish window: %lld messages (window_messages), 32 MiB (window_bytes)\n",
+           kafka_window);
+    snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%lld", kafka_bootstraps, topics[1],
+             kafka_window);
     if (bench_sqlite_relay_case("sqlite -> kafka", master, copy, to, 0, batch, n_msgs,
-                                disarm_parent_handlers, &res) == 0) {
-        got = kafka_topic_count(topics[1]);
-        if (got != n_msgs) {
-            fprintf(stderr, "bench_nats: sqlite -> kafka: topic holds %lld, expected %lld\n", got,
-                    n_msgs);
-            failures++;
-        } else {
-            bench_print_row("sqlite -> kafka (relay, mock)", &res, ceiling);
-        }
-    } else {
+                                disarm_parent_handlers, &res) == 0)
+        kafka_check_row("sqlite -> kafka (relay, mock)", topics[1], &res, ceiling);
+    else
         failures++;
+    snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%u", kafka_bootstraps, topics[2],
+             2 * batch);
+    if (bench_sqlite_relay_case("sqlite -> kafka (2 batches)", master, copy, to, 0, batch, n_msgs,
+                                disarm_parent_handlers, &res) == 0)
+        kafka_check_row("sqlite -> kafka (2-batch window)", topics[2], &res, ceiling);
+    else
+        failures++;
+#ifdef OUTBOX_HAVE_LIBPQ
+    if (!no_pg_kafka) {
+        snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%lld", kafka_bootstraps,
+                 topics[3], kafka_window);
+        if (pg_relay_to("postgres -> kafka", to, &res) == 0)
+            kafka_check_row("postgres -> kafka (relay, mock)", topics[3], &res, ceiling);
+        else
+            failures++;
     }
+#endif
 out:
     rd_kafka_mock_cluster_destroy(mc);
     rd_kafka_destroy(mock_rk);
@@ -630,13 +702,14 @@ out:
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES] [--no-pg] "
-                    "[--no-kafka] [--no-serial] [--pg-rounds K] [--fresh-server]\n");
+                    "[--no-kafka] [--no-serial] [--pg-rounds K] [--fresh-server] [--kafka-only] "
+                    "[--kafka-window M]\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
-    int no_pg = 0, no_kafka = 0, no_serial = 0, pg_rounds = 1, i;
+    int no_pg = 0, no_kafka = 0, no_serial = 0, kafka_only = 0, pg_rounds = 1, i;
     char master[CH_PATH], copy[CH_PATH], to[700];
     bench_result res;
 
@@ -651,6 +724,12 @@ int main(int argc, char **argv)
             aggregates = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-pg"))
             no_pg = 1;
+        else if (!strcmp(argv[i], "--kafka-only"))
+            kafka_only = 1;
+#ifdef OUTBOX_HAVE_RDKAFKA
+        else if (!strcmp(argv[i], "--kafka-window") && i + 1 < argc)
+            kafka_window = atoll(argv[++i]);
+#endif
         else if (!strcmp(argv[i], "--no-kafka"))
             no_kafka = 1;
         else if (!strcmp(argv[i], "--no-serial"))
@@ -686,6 +765,10 @@ int main(int argc, char **argv)
     if (bench_sqlite_fill(master, n_msgs, aggregates, PAYLOAD_BYTES)) return 1;
 
     bench_print_header();
+#ifdef OUTBOX_HAVE_RDKAFKA
+    no_pg_kafka = no_pg;
+#endif
+    if (kafka_only) goto kafka; /* the Kafka cases alone */
 
     /* (1) the ceiling */
     if (ceiling_run("nats ceiling", "BENCH_RAW", "raw", &res) == 0) {
@@ -735,7 +818,8 @@ int main(int argc, char **argv)
         printf("%-34s skipped: this build has no PostgreSQL store\n", "postgres -> nats (relay)");
 #endif
 
-        /* (4) Kafka, mock cluster */
+kafka:
+    /* (4) Kafka, mock cluster */
 #ifdef OUTBOX_HAVE_RDKAFKA
     if (!no_kafka) kafka_cases(master, copy);
 #else

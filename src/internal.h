@@ -773,7 +773,8 @@ typedef struct outbox_transport_config {
 
 typedef struct outbox_transport_ops {
     int version;        /* 1; 2 adds reopen; 3 adds usage, doc and props; 4 adds
-                           publish_begin, publish_end and interrupt */
+                           publish_begin, publish_end and interrupt; 5 adds
+                           publish_room */
     const char *scheme; /* "file", "stdout", "discard", "callback" */
 
     /* Checks url and opens the destination.  Configuration problems are
@@ -819,7 +820,7 @@ typedef struct outbox_transport_ops {
      * publish_begin starts sending msgs[0..n) and returns without waiting;
      * it keeps msgs and results (borrowed) until publish_end is called with
      * the same arrays.  Batches end in the order they began, and at most
-     * OUTBOX_PIPELINE_DEPTH are open.  The destination keeps each
+     * OUTBOX_PIPELINE_DEPTH are open (more when publish_room says so).  The destination keeps each
      * aggregate's messages in order across the open batches, and does not
      * send a message whose aggregate had an earlier one it could not send
      * (its result says why): nats:// sends a message only once the previous
@@ -843,6 +844,14 @@ typedef struct outbox_transport_ops {
      * relay leaves unchanged (pending, no attempt counted).  http(s): and
      * stdout: have one. */
     void (*interrupt)(void *state);
+
+    /* Version 5 (optional: NULL = at most OUTBOX_PIPELINE_DEPTH open). */
+
+    /* The publish window: may one more batch of up to next messages be
+     * begun, with open batches open now (publish_begin'ed, not ended)?
+     * Nonzero: yes; then at most OUTBOX_PIPELINE_MAX_DEPTH are open.
+     * kafka:// bounds its unconfirmed messages and bytes this way. */
+    int (*publish_room)(void *state, int open, size_t next);
 } outbox_transport_ops;
 
 /* A pipelining destination's publish: publish_begin, then publish_end on
@@ -850,8 +859,11 @@ typedef struct outbox_transport_ops {
 int outbox__publish_whole(const outbox_transport_ops *ops, void *state, outbox_msg *const *msgs,
                           size_t n, outbox_publish_result *results);
 
-/* Batches a pipelining transport may have open at once. */
+/* Batches a pipelining transport may have open at once (without
+ * publish_room). */
 #define OUTBOX_PIPELINE_DEPTH 2
+/* With publish_room: the most the relay ever has open. */
+#define OUTBOX_PIPELINE_MAX_DEPTH 64
 
 /* Helpers for destinations (src/transport/transport.c). */
 

@@ -24,6 +24,13 @@
  *                   down) while the next of its aggregate is in the next
  *                   batch: once the broker is back, the topic has the
  *                   second only after the first
+ *   deep_window     a drain of 50,000 messages over 1,000 keys through a
+ *                   publish window of many batches, with Produce errors
+ *                   librdkafka does not retry (POLICY_VIOLATION: a fatal
+ *                   gapless-guarantee error, producer rebuilt), retriable
+ *                   ones, brokers down and slow Produce responses (request
+ *                   and ack timeouts); the window held more than two
+ *                   batches
  *
  * The drains check: lost 0, per-key (aggregate) order violations 0,
  * nothing pending or failed; duplicates are printed (at least once).
@@ -305,6 +312,7 @@ typedef void (*chaos_fn)(uint64_t *rng, int step);
  * passes warnings and errors on to stderr as the default log does. */
 static atomic_long pipelined_batches;
 static atomic_long producers_rebuilt; /* "producer rebuilt after a fatal error" */
+static atomic_int window_max;         /* "publish window: N batches open" */
 
 static void count_pipelined(void *user, int level, const char *component, const char *message)
 {
@@ -313,11 +321,24 @@ static void count_pipelined(void *user, int level, const char *component, const 
         atomic_fetch_add(&pipelined_batches, 1);
     if (strstr(message, "producer rebuilt after a fatal error") != NULL)
         atomic_fetch_add(&producers_rebuilt, 1);
+    if (strncmp(message, "publish window: ", 16) == 0) {
+        int open = atoi(message + 16);
+        if (open > atomic_load(&window_max)) atomic_store(&window_max, open);
+    }
     if (level >= OUTBOX_LOG_WARN) fprintf(stderr, "[%s] %s\n", component, message);
 }
 
-static void chaos_drain(const char *name, const char *topic, int total, int steps, chaos_fn chaos,
-                        const char *ack_timeout)
+/* How a chaos drain's messages are written and sent. */
+typedef struct drain_shape {
+    int aggregates;
+    int pause_us;      /* between the producer's transactions */
+    const char *extra; /* appended to the destination URL, "" for none */
+} drain_shape;
+
+static const drain_shape shape_default = {100, 500, ""};
+
+static void chaos_drain_shaped(const char *name, const char *topic, int total, int steps,
+                               chaos_fn chaos, const char *ack_timeout, const drain_shape *shape)
 {
     char db[CH_PATH], to[700], dump[CH_PATH], file[64];
     uint64_t rng = ch_seed();
@@ -332,9 +353,9 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
     memset(&p, 0, sizeof p);
     p.db_path = db;
     p.total = total;
-    p.aggregates = 100;
+    p.aggregates = shape->aggregates;
     p.max_txn = 50;
-    p.pause_us = 500;
+    p.pause_us = shape->pause_us;
     p.seed = rng;
     ch_producer_start(&p);
 
@@ -349,9 +370,11 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
      * when retried.  The default (5) works against a broker. */
     snprintf(to, sizeof to,
              "kafka://%s?topic=%s&ack_timeout=%s&kafka.retry.backoff.ms=20"
-             "&kafka.max.in.flight.requests.per.connection=1",
-             bootstraps, topic, ack_timeout);
+             "&kafka.max.in.flight.requests.per.connection=1%s",
+             bootstraps, topic, ack_timeout, shape->extra);
     atomic_store(&pipelined_batches, 0);
+    atomic_store(&window_max, 0);
+    atomic_store(&producers_rebuilt, 0);
     outbox_log_set(count_pipelined, NULL, OUTBOX_LOG_DEBUG);
     memset(&t, 0, sizeof t);
     ASSERT_OK(ch_relay_new(&t.relay, db, to, 0, &t.err), &t.err);
@@ -373,7 +396,9 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
     ASSERT_OK(t.rc, &t.err);
     /* The relay pipelined (the next batch produced while the reports of the
      * one before were outstanding): this drain tests that path. */
-    fprintf(stderr, "   %ld pipelined batches\n", atomic_load(&pipelined_batches));
+    fprintf(stderr, "   %ld pipelined batches, at most %d open, %ld producers rebuilt\n",
+            atomic_load(&pipelined_batches), atomic_load(&window_max),
+            atomic_load(&producers_rebuilt));
     const char *pipe_env = getenv("OUTBOX_RELAY_PIPELINE");
     if (!(pipe_env && strcmp(pipe_env, "0") == 0)) ASSERT_GE(atomic_load(&pipelined_batches), 1);
     outbox_relay_stats stats;
@@ -396,6 +421,12 @@ static void chaos_drain(const char *name, const char *topic, int total, int step
     ASSERT_EQ(rep.foreign, 0);
     ASSERT_EQ(rep.violations, 0);
     ch_producer_free(&p);
+}
+
+static void chaos_drain(const char *name, const char *topic, int total, int steps, chaos_fn chaos,
+                        const char *ack_timeout)
+{
+    chaos_drain_shaped(name, topic, total, steps, chaos, ack_timeout, &shape_default);
 }
 
 /* A Produce request refused for good: the message fails (not retried) and
@@ -473,7 +504,11 @@ TEST(fatal_rebuild)
     p.max_txn = 50;
     p.seed = ch_seed();
     ch_produce(&p, 2000);
-    snprintf(to, sizeof to, "kafka://%s?topic=fatal", bootstraps);
+    /* A window of two batches (of 512): the fault, on the drain's second
+     * batch, then falls while later batches are still claimed, so the
+     * producer is rebuilt within this relay (deep_window covers fatal
+     * errors in a deep window). */
+    snprintf(to, sizeof to, "kafka://%s?topic=fatal&window_messages=1024", bootstraps);
     /* Once-drains until empty: retried messages wait out their backoff. */
     uint64_t published = 0, retried = 0, errors = 0;
     for (int i = 0; i < 100 && ch_outbox_count(db, NULL) > 0; i++) {
@@ -644,6 +679,53 @@ static void brokers_chaos(uint64_t *rng, int step)
     }
 }
 
+/* Produce errors librdkafka does not retry (with enable.gapless.guarantee
+ * a fatal error: the producer is rebuilt and everything unconfirmed is
+ * sent again, in order), retriable ones, a broker down for a while, and
+ * Produce responses slower than request.timeout.ms (librdkafka retries)
+ * or than ack_timeout (the relay's deadline: purge and rebuild). */
+static void deep_chaos(uint64_t *rng, int step)
+{
+    int32_t b = (int32_t)ch_rand_range(rng, 1, 3);
+    switch (step % 5) {
+    case 0:
+        rd_kafka_mock_push_request_errors(mc, 0, 1, RD_KAFKA_RESP_ERR_POLICY_VIOLATION);
+        break;
+    case 1:
+        rd_kafka_mock_push_request_errors(mc, 0, 3, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                                          RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                                          RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS);
+        break;
+    case 2:
+        rd_kafka_mock_broker_set_down(mc, b);
+        ch_sleep_ms(ch_rand_range(rng, 100, 1500));
+        rd_kafka_mock_broker_set_up(mc, b);
+        break;
+    case 3:
+        rd_kafka_mock_broker_push_request_error_rtts(mc, b, 0, 2, RD_KAFKA_RESP_ERR_NO_ERROR, 1500,
+                                                     RD_KAFKA_RESP_ERR_NO_ERROR, 1500);
+        break;
+    default:
+        rd_kafka_mock_broker_push_request_error_rtts(mc, b, 0, 1, RD_KAFKA_RESP_ERR_NO_ERROR, 3000);
+        break;
+    }
+}
+
+TEST(deep_window)
+{
+    /* 1,000 keys, written faster than the relay drains them (a short pause
+     * between transactions leaves SQLite's write lock to the relay's lease
+     * and completions), so it has a backlog to fill its window with;
+     * request.timeout.ms below the slow
+     * responses' 1.5 s, ack_timeout below the slowest (3 s). */
+    static const drain_shape deep = {
+        1000, 200, "&window_messages=40000&window_bytes=16m&kafka.request.timeout.ms=1000"};
+    chaos_drain_shaped("deep_window", "deep", test_scaled(50000, 5000), 15, deep_chaos, "2s",
+                       &deep);
+    ASSERT_GE(atomic_load(&window_max), 3); /* more than two batches open at once */
+    ASSERT_GE(atomic_load(&producers_rebuilt), 1);
+}
+
 TEST(brokers_down)
 {
     /* A short ack_timeout: outages outlast it, so delivery reports time out
@@ -669,6 +751,7 @@ int main(void)
     RUN(config);
     RUN(produce_errors);
     RUN(brokers_down);
+    RUN(deep_window);
     rd_kafka_mock_cluster_destroy(mc);
     rd_kafka_destroy(mock_rk);
     return 0;

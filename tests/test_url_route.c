@@ -506,7 +506,7 @@ TEST(driver_list)
     ASSERT_STREQ(d->props[4].placeholder, "N");
     ASSERT(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 4)->props == d->props); /* https */
     ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 5)->prop_count, 12); /* nats */
-    ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 6)->prop_count, 3);  /* kafka */
+    ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 6)->prop_count, 5);  /* kafka */
     ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_DESTINATION, 0)->prop_count, 0);  /* stdout */
 #ifdef OUTBOX_HAVE_CURL
     ASSERT_EQ(d->built, 1);

@@ -39,12 +39,18 @@
  *
  *   claim N+1 -> begin N+1 -> end N (its acks) -> decide + complete N -> ...
  *
- * At most two batches are out.  Why this is safe:
+ * The window: two batches are out at most, unless the destination bounds
+ * its own window (publish_room: kafka:// counts unconfirmed messages and
+ * bytes); then a step claims and begins batch after batch while the window
+ * has room, up to OUTBOX_PIPELINE_MAX_DEPTH, and ends the oldest once it
+ * is full (or a claim came back short).  Batches end in the order they
+ * began.  Everything below holds for any number of open batches ("N+1":
+ * the ones after N).  Why this is safe:
  *   - Sent only after the ack (guarantee 2): outcomes come only from
  *     publish_end's results, as before; a stop finishes the batch in flight
  *     the same way, a fatal store error ends it unrecorded, a crash records
  *     nothing of it.
- *   - Exclusion: the claim of N+1 excludes the seqs of N (still pending).
+ *   - Exclusion: the claim of N+1 excludes the seqs of every open batch.
  *     The store keeps nothing open between claim and complete and hands no
  *     partition to another relay while a batch is out (SQLite: the relay is
  *     alone; PostgreSQL: the partition advisory locks, no rebalancing and no
@@ -186,16 +192,19 @@ struct outbox_relay {
     int64_t last_renew_us; /* monotonic time of the last lease renewal */
     int64_t renew_due_us;  /* monotonic time of the next renewal attempt */
 
-    /* batches[0] is the serial loop's; pipelining alternates the two. */
-    relay_batch batches[2];
+    /* batches[0] is the serial loop's; pipelining uses them as a ring of
+     * open batches (the window), oldest at window_first. */
+    relay_batch batches[OUTBOX_PIPELINE_MAX_DEPTH];
     agg_set held;
 
     /* Pipelining (see the top of the file). */
     int pipelining;            /* the store and the destination support it */
-    relay_batch *inflight;     /* begun, not completed yet; NULL when none */
+    int window_first;          /* the oldest batch begun, not completed yet */
+    int window_count;          /* batches begun, not completed yet */
+    int window_max_seen;       /* the most open at once (logged when it grows) */
     int drain;                 /* claim nothing until the pipeline is empty */
     int64_t pipeline_since_us; /* monotonic: when the pipeline last was empty */
-    int64_t *exclude;          /* seqs of the batch in flight, for the claim */
+    int64_t *exclude;          /* seqs of the open batches, for the claim */
     size_t exclude_cap;
 
     /* Destination outage (see the top of the file). */
@@ -364,7 +373,7 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     outbox_relay *r = NULL;
     outbox_transport_config cfg;
     char host[256];
-    int rc;
+    int rc, i;
 
     if (out == NULL) return outbox__error(err, OUTBOX_EINVAL, "outbox_relay_new: out is NULL");
     *out = NULL;
@@ -377,8 +386,8 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     r->pipe_rd = r->pipe_wr = -1;
     pthread_mutex_init(&r->metrics_lock, NULL);
     atomic_store(&r->loop_turn_us, outbox__monotonic_us());
-    outbox__buf_init(&r->batches[0].errors);
-    outbox__buf_init(&r->batches[1].errors);
+    for (i = 0; i < OUTBOX_PIPELINE_MAX_DEPTH; i++)
+        outbox__buf_init(&r->batches[i].errors);
     /* Only the caller's size is read: fields past it keep their defaults. */
     outbox_relay_options_init(&r->opts);
     rc = opts == NULL ? OUTBOX_OK
@@ -1170,18 +1179,36 @@ out:
  * Pipelined batches
  * ---------------------------------------------------------------------- */
 
-/* Waits for the in-flight batch's results and records them (see the top of
- * the file); the slot is free afterwards.  in_flight: a later batch was
- * begun and is still out.  A batch not wholly sent stops the pipeline
- * (drain) until the one after it is recorded too. */
-static int finish_inflight(outbox_relay *r, int in_flight, size_t *held_back, outbox_error *err)
+/* The k-th open batch of the window, oldest first. */
+static relay_batch *window_at(outbox_relay *r, int k)
 {
-    relay_batch *b = r->inflight;
+    return &r->batches[(r->window_first + k) % OUTBOX_PIPELINE_MAX_DEPTH];
+}
+
+/* May one more batch be begun?  The destination's own window when it has
+ * one (publish_room: unconfirmed messages and bytes), else
+ * OUTBOX_PIPELINE_DEPTH batches; never more than the ring holds. */
+static int window_has_room(outbox_relay *r)
+{
+    const outbox_transport_ops *tops = r->transport.ops;
+    if (r->window_count >= OUTBOX_PIPELINE_MAX_DEPTH) return 0;
+    if (OUTBOX__HAS(tops, 5, publish_room))
+        return tops->publish_room(r->transport.state, r->window_count, r->opts.batch_size);
+    return r->window_count < OUTBOX_PIPELINE_DEPTH;
+}
+
+/* Waits for the oldest open batch's results and records them (see the top
+ * of the file); its slot is free afterwards.  A batch not wholly sent stops
+ * the pipeline (drain) until the ones after it are recorded too. */
+static int finish_oldest(outbox_relay *r, size_t *held_back, outbox_error *err)
+{
+    relay_batch *b = window_at(r, 0);
     int rc = OUTBOX_OK;
     size_t i;
 
     *held_back = 0;
-    r->inflight = NULL;
+    r->window_first = (r->window_first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
+    r->window_count--;
     if (b->open) {
         rc = r->transport.ops->publish_end(r->transport.state, b->msgs, b->n, b->results);
         b->open = 0;
@@ -1191,43 +1218,71 @@ static int finish_inflight(outbox_relay *r, int in_flight, size_t *held_back, ou
     if (rc != OUTBOX_OK) fail_whole_batch(b, rc, 0);
     for (i = 0; i < b->n; i++)
         if (b->results[i].code != OUTBOX_OK) r->drain = 1;
-    rc = record_batch(r, b, 1, in_flight, held_back, err);
+    rc = record_batch(r, b, 1, r->window_count > 0, held_back, err);
     if (rc != OUTBOX_OK || *held_back > 0) r->drain = 1;
     release_batch(b);
     return rc;
 }
 
-/* Ends the in-flight batch without recording anything (its messages are
+/* Ends the open batches without recording anything (their messages are
  * published again): for a relay that stops on a fatal store error. */
-static void abandon_inflight(outbox_relay *r)
+static void abandon_window(outbox_relay *r)
 {
-    relay_batch *b = r->inflight;
-    if (b == NULL) return;
-    r->inflight = NULL;
-    if (b->open) r->transport.ops->publish_end(r->transport.state, b->msgs, b->n, b->results);
-    release_batch(b);
+    while (r->window_count > 0) {
+        relay_batch *b = window_at(r, 0);
+        r->window_first = (r->window_first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
+        r->window_count--;
+        if (b->open) r->transport.ops->publish_end(r->transport.state, b->msgs, b->n, b->results);
+        b->open = 0;
+        release_batch(b);
+    }
     r->drain = 0;
 }
 
-/* One step of the pipelined loop: claim the next batch (excluding the one
- * in flight) and begin publishing it, then wait for the batch in flight and
- * record it, while the new one's acks come back.  *claimed: messages
- * claimed in this step; *held_back: as for run_batch, plus the whole
- * batch size when the step did not claim (draining the pipeline), so that
- * the caller claims again rather than concluding nothing is due.  A claim
- * error is returned after the batch in flight is recorded. */
+/* Fills r->exclude with the seqs of every open batch; *count: how many.
+ * -1 when out of memory. */
+static int window_seqs(outbox_relay *r, size_t *count)
+{
+    size_t total = 0, i, at = 0;
+    int k;
+    for (k = 0; k < r->window_count; k++)
+        total += window_at(r, k)->n;
+    if (total > r->exclude_cap) {
+        int64_t *e = outbox__realloc(r->exclude, total * sizeof *e);
+        if (e == NULL) return -1;
+        r->exclude = e;
+        r->exclude_cap = total;
+    }
+    for (k = 0; k < r->window_count; k++) {
+        const relay_batch *b = window_at(r, k);
+        for (i = 0; i < b->n; i++)
+            r->exclude[at++] = b->msgs[i]->seq;
+    }
+    *count = total;
+    return 0;
+}
+
+/* One step of the pipelined loop: while the window has room, claim the
+ * next batch (excluding the open ones) and begin publishing it; then, when
+ * the window is full, or the claim came back short or empty, wait for the
+ * oldest open batch and record it, while the newer ones' acks come back.
+ * *claimed: messages claimed in this step; *held_back: as for run_batch,
+ * plus the whole batch size when the step did not claim (draining the
+ * pipeline), so that the caller claims again rather than concluding
+ * nothing is due.  A claim error is returned after the oldest batch is
+ * recorded. */
 static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, outbox_error *err)
 {
-    relay_batch *prev = r->inflight, *cur = NULL;
+    relay_batch *cur = NULL;
     outbox_claim_params cp;
     outbox_error claim_err;
     uint64_t quarantined = 0;
-    int rc, claim_rc = OUTBOX_OK;
-    size_t i;
+    int rc, claim_rc = OUTBOX_OK, open_before = r->window_count;
+    size_t nexclude = 0;
 
     *claimed = 0;
     *held_back = 0;
-    if (prev == NULL) {
+    if (open_before == 0) {
         r->drain = 0;
         r->pipeline_since_us = outbox__monotonic_us();
     } else if (outbox__monotonic_us() - r->pipeline_since_us > PIPELINE_SPAN_US ||
@@ -1235,32 +1290,23 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         r->drain = 1; /* let the store rebalance and the retries below come in */
     }
 
-    if (!stopping(r) && prev != NULL && r->drain) *held_back = r->opts.batch_size;
-    if (!stopping(r) && !(prev != NULL && r->drain)) {
-        cur = prev == &r->batches[0] ? &r->batches[1] : &r->batches[0];
+    if (!stopping(r) && open_before > 0 && r->drain) *held_back = r->opts.batch_size;
+    if (!stopping(r) && !(open_before > 0 && r->drain) && window_has_room(r)) {
+        cur = window_at(r, r->window_count);
         memset(&cp, 0, sizeof cp);
         cp.batch_size = r->opts.batch_size;
         cp.now_us = outbox__now_us();
         cp.failed_blocks_aggregate = r->opts.failed_blocks_aggregate;
         cp.once = r->opts.once;
         cp.quarantined = &quarantined;
-        if (prev != NULL) {
-            if (prev->n > r->exclude_cap) {
-                int64_t *e = outbox__realloc(r->exclude, prev->n * sizeof *e);
-                if (e == NULL) {
-                    claim_rc = outbox__error(&claim_err, OUTBOX_ENOMEM,
-                                             "out of memory claiming the next batch");
-                    goto finish;
-                }
-                r->exclude = e;
-                r->exclude_cap = prev->n;
-            }
-            for (i = 0; i < prev->n; i++)
-                r->exclude[i] = prev->msgs[i]->seq;
+        if (window_seqs(r, &nexclude) != 0) {
+            claim_rc =
+                outbox__error(&claim_err, OUTBOX_ENOMEM, "out of memory claiming the next batch");
+            cur = NULL;
+            goto finish;
         }
-        claim_rc = r->store.ops->claim_pipelined(r->store.state, &cp, r->exclude,
-                                                 prev != NULL ? prev->n : 0, &cur->msgs, &cur->n,
-                                                 &claim_err);
+        claim_rc = r->store.ops->claim_pipelined(r->store.state, &cp, r->exclude, nexclude,
+                                                 &cur->msgs, &cur->n, &claim_err);
         atomic_fetch_add_explicit(&r->quarantined, quarantined, memory_order_relaxed);
         if (claim_rc != OUTBOX_OK || cur->n == 0) {
             release_batch(cur);
@@ -1286,7 +1332,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
             cur = NULL;
             goto finish;
         }
-        cur->chained = prev != NULL;
+        cur->chained = open_before > 0;
         cur->results[0].error[0] = '\0';
         cur->publish_start_us = outbox__monotonic_us();
         rc = r->transport.ops->publish_begin(r->transport.state, cur->msgs, cur->n, cur->results);
@@ -1299,17 +1345,25 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
              * nothing more until it is recorded. */
             r->drain = 1;
         }
+        r->window_count++;
+        if (r->window_count > r->window_max_seen) {
+            r->window_max_seen = r->window_count;
+            if (outbox__log_enabled(OUTBOX_LOG_DEBUG))
+                outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
+                            "publish window: %d batches open (%zu messages)", r->window_count,
+                            nexclude + cur->n);
+        }
     }
 
 finish:
     rc = OUTBOX_OK;
-    if (prev != NULL) {
+    /* A full batch with room left: claim the next one first. */
+    if (r->window_count > 0 &&
+        (cur == NULL || cur->n < r->opts.batch_size || !cur->open || !window_has_room(r))) {
         size_t held = 0;
-        r->inflight = prev;
-        rc = finish_inflight(r, cur != NULL, &held, err);
+        rc = finish_oldest(r, &held, err);
         *held_back += held;
     }
-    r->inflight = cur;
     if (rc != OUTBOX_OK) return rc;
     if (claim_rc != OUTBOX_OK) {
         if (err) *err = claim_err;
@@ -1644,8 +1698,8 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
 
         loop_turned(r);
         /* A stopping relay still finishes the batch in flight. */
-        if (stopping(r) && r->inflight == NULL) break;
-        if (r->inflight == NULL && atomic_exchange(&r->reopen_requested, 0) != 0)
+        if (stopping(r) && r->window_count == 0) break;
+        if (r->window_count == 0 && atomic_exchange(&r->reopen_requested, 0) != 0)
             reopen_destination(r);
         claim_mono = outbox__monotonic_us();
         claim_wall = outbox__now_us();
@@ -1661,14 +1715,14 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
                 outbox__log(OUTBOX_LOG_ERROR, COMPONENT, "relay %s: stopping: %s", r->name,
                             e.message);
                 if (rc == OUTBOX_ELEASELOST) r->lease_held = 0;
-                abandon_inflight(r);
+                abandon_window(r);
                 goto unregister;
             }
             if (r->opts.once && ++store_failures >= ONCE_MAX_STORE_FAILURES) {
                 outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
                             "relay %s: giving up after %d store errors in a row: %s", r->name,
                             store_failures, e.message);
-                abandon_inflight(r);
+                abandon_window(r);
                 goto unregister;
             }
             outbox__log(OUTBOX_LOG_WARN, COMPONENT,
@@ -1682,7 +1736,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
         store_failures = 0;
         /* Busy again: enqueuers need not wake this relay. */
         if (claimed > 0) store_awake(r);
-        if (r->inflight != NULL) continue; /* the next step finishes it */
+        if (r->window_count > 0) continue; /* the next steps finish them */
         if (r->outage) {
             /* The destination is down: nothing was charged; wait, then
              * claim the same messages again. */
@@ -1775,7 +1829,7 @@ void outbox_relay_free(outbox_relay *relay)
     if (r->store.ops != NULL) outbox__store_close(&r->store);
     if (r->pipe_rd >= 0) close(r->pipe_rd);
     if (r->pipe_wr >= 0) close(r->pipe_wr);
-    for (i = 0; i < 2; i++) {
+    for (i = 0; i < OUTBOX_PIPELINE_MAX_DEPTH; i++) {
         release_batch(&r->batches[i]);
         outbox__free(r->batches[i].results);
         outbox__free(r->batches[i].completions);

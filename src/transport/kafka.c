@@ -12,30 +12,53 @@
  *
  * publish_begin() produces a batch; publish_end() polls until every
  * message's delivery report arrived or ack_timeout passed since it began
- * (publish() is the two).  The relay pipelines: it begins the next batch
- * before it ends the one before, so at most OUTBOX_PIPELINE_DEPTH batches
- * are open.  Each report decides its message: OK, retriable, or rejected
- * for good (too large, invalid, not authorised).  A report is matched to
- * its batch and message by an opaque (batch generation, index), so a late
- * report of an ended batch is ignored.  When a produce call fails, later
- * messages of the same aggregate in the open batches are not produced.
- * The idempotent producer keeps each partition in produce order across
- * both batches.  A fatal producer error (rd_kafka_fatal_error: fenced, broken
- * idempotence state) fails what was not confirmed as retriable, and the
- * producer is rebuilt before the next batch: the relay then re-sends those
- * messages in order behind the failed one.  (Test builds: the fault point
- * kafka_fatal raises such an error with rd_kafka_test_fatal_error.)
+ * (publish() is the two).  The relay pipelines through a window:
+ * publish_room() lets it begin another batch while the messages produced
+ * without a report, with that batch, stay within window_messages and their
+ * bytes below window_bytes (up to OUTBOX_PIPELINE_MAX_DEPTH batches), so
+ * throughput is the window over the cluster's round trip, not two batches
+ * over it.  Each report decides its message: OK, retriable, or rejected
+ * for good (too large, invalid, not authorised); only an OK report makes
+ * a message sent.  A report is matched to its batch and message by an
+ * opaque (batch generation, index), so a late report of an ended batch is
+ * ignored.  When a produce call fails, later messages of the same
+ * aggregate in the open batches are not produced.
  *
- * The deadline is ours, never librdkafka's: message.timeout.ms is infinite
- * and cannot be set.  A message librdkafka times out leaves its queue while
- * the later ones of its partition are still written (INTRODUCTION.md,
- * "Message timeout considerations"; enable.gapless.guarantee does not cover
- * timeouts), a gap the relay's retry would fill behind them.  A report
- * still missing at the deadline is handled like a fatal error instead:
- * what is unconfirmed in the open batches is retried, the producer is
- * purged at once (what it wrote is a prefix of each partition's produce
- * order) and rebuilt before the next batch.
- *
+ * Order with many messages of a key in flight (guarantee 4: no message of
+ * an aggregate first appears in the topic before an earlier one).  The
+ * idempotent producer keeps each partition in produce order across its own
+ * retries, so the only danger is a message that fails while later ones of
+ * its partition are written: a gap the relay's retry would fill behind
+ * them.  Three causes, three answers:
+ *   - librdkafka's message timeout: message.timeout.ms is infinite and
+ *     cannot be set (INTRODUCTION.md, "Message timeout considerations").
+ *   - An error librdkafka does not retry (POLICY_VIOLATION, say): on its
+ *     own it fails that request's messages and bumps the epoch to carry on
+ *     with the later ones.  enable.gapless.guarantee=true (forced, like
+ *     idempotence) makes any such failure a fatal error instead
+ *     (ERR__GAPLESS_GUARANTEE: the producer stops, nothing later is sent).
+ *     It is marked experimental and does not cover timeouts, which the
+ *     first point rules out; a fatal error is handled anyway (below), so
+ *     its cost is a rebuild where a gap would have been.
+ *   - Our own deadline: a report still missing ack_timeout after its batch
+ *     began is handled like a fatal error.
+ * A fatal error (rd_kafka_fatal_error: gapless, fenced, broken idempotence
+ * state; test builds: the fault point kafka_fatal raises one with
+ * rd_kafka_test_fatal_error) serves the reports already queued (a message
+ * the broker refused for good stays rejected), then fails what is
+ * unconfirmed in every open batch as retriable and purges the producer:
+ * what it wrote is a prefix of each partition's produce order.  The
+ * producer is rebuilt before the next batch, once the relay has ended the
+ * open ones, and the relay re-sends the unconfirmed messages in order.  A
+ * request the old producer sent before the purge may still be written
+ * after the new producer's first writes; it holds only messages whose
+ * predecessors that producer wrote before them, so no first appearance
+ * moves ahead of an earlier message's.  (librdkafka's mock cluster checks
+ * sequence numbers only for transactional producers, so tests there keep
+ * one request in flight per broker: a real broker refuses a request sent
+ * behind a failed one with OUT_OF_ORDER_SEQUENCE_NUMBER, the mock appends
+ * it.)
+
  * Size: a message over message.max.bytes (librdkafka refuses it when
  * produced) or over the topic's limit (the broker's report) is rejected
  * for good, not retried.  Start-up logs a message.max.bytes smaller than
@@ -58,6 +81,8 @@
 typedef struct kafka_config {
     char *topic;
     int64_t ack_timeout_ms;
+    int64_t window_messages;
+    int64_t window_bytes;
 } kafka_config;
 
 static const outbox_prop kafka_props[] = {
@@ -69,10 +94,18 @@ static const outbox_prop kafka_props[] = {
      NULL,
      "How long a batch waits for the brokers' acks; what is unacknowledged then is retried, on a "
      "new producer (librdkafka's own message.timeout.ms is infinite)."},
+    {"window_messages", OUTBOX_PROP_INT, offsetof(kafka_config, window_messages), "20000",
+     "1..10000000", NULL,
+     "The publish window: the relay begins another batch only while the messages produced "
+     "without a delivery report, plus that batch, stay within this many."},
+    {"window_bytes", OUTBOX_PROP_SIZE, offsetof(kafka_config, window_bytes), "32m", "1..", NULL,
+     "The publish window in bytes (keys and payloads produced without a delivery report): "
+     "another batch is begun only while fewer are out."},
     {"kafka.<name>", OUTBOX_PROP_STRING, 0, NULL, NULL, "VALUE",
      "Any librdkafka producer setting (e.g. kafka.security.protocol=ssl), refused at start-up "
-     "when librdkafka refuses it; values are never shown.  enable.idempotence stays true; "
-     "message.timeout.ms cannot be set (ack_timeout is the deadline)."},
+     "when librdkafka refuses it; values are never shown.  enable.idempotence and "
+     "enable.gapless.guarantee stay true; message.timeout.ms cannot be set (ack_timeout is the "
+     "deadline)."},
     OUTBOX_PROPS_END,
 };
 
@@ -114,10 +147,15 @@ typedef struct kafka_state {
 
     /* The open batches, oldest first from `first` (reports are served on
      * the calling thread, inside rd_kafka_poll). */
-    kafka_batch batches[OUTBOX_PIPELINE_DEPTH];
+    kafka_batch batches[OUTBOX_PIPELINE_MAX_DEPTH];
     int first;
     int count;
     uint32_t gen; /* of the last batch begun */
+
+    /* The window (publish_room): produced, no report yet. */
+    int64_t window_messages, window_bytes;
+    size_t unconfirmed;
+    size_t unconfirmed_bytes;
 } kafka_state;
 
 static void set_result(outbox_publish_result *r, int code, const char *fmt, ...)
@@ -165,7 +203,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     (void)rk;
 
     for (k = 0; k < st->count; k++) {
-        kafka_batch *c = &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+        kafka_batch *c = &st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH];
         if (c->results != NULL && c->gen == gen) b = c;
     }
     if (b == NULL || i == 0 || i > b->n) return; /* a late report */
@@ -182,6 +220,8 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
                    m->rkt ? rd_kafka_topic_name(m->rkt) : "?", rd_kafka_err2str(m->err));
     b->done[i] = 1;
     b->outstanding--;
+    st->unconfirmed--;
+    st->unconfirmed_bytes -= m->len + m->key_len;
 }
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -245,8 +285,10 @@ static void destroy_producer(kafka_state *st)
     if (st->rk == NULL) return;
     rd_kafka_purge(st->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     for (k = 0; k < st->count; k++) /* reports of purged messages are ignored */
-        st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH].results = NULL;
+        st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH].results = NULL;
     st->count = 0;
+    st->unconfirmed = 0;
+    st->unconfirmed_bytes = 0;
     rd_kafka_flush(st->rk, 1000);
     rd_kafka_destroy(st->rk);
     st->rk = NULL;
@@ -289,6 +331,8 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     rc = outbox__route_new(&st->route, tmpl, OUTBOX_ROUTE_KAFKA_TOPIC, err);
     if (rc != OUTBOX_OK) goto fail;
     st->ack_timeout_ms = c.ack_timeout_ms;
+    st->window_messages = c.window_messages;
+    st->window_bytes = c.window_bytes;
     st->source = outbox__strdup(cfg->source ? cfg->source : "/outbox");
     st->conf = rd_kafka_conf_new();
     if (st->source == NULL || st->conf == NULL) {
@@ -300,6 +344,7 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     rd_kafka_conf_set_error_cb(st->conf, error_cb);
     if ((rc = conf_set(st->conf, "bootstrap.servers", u.hosts, err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "enable.idempotence", "true", err)) != OUTBOX_OK ||
+        (rc = conf_set(st->conf, "enable.gapless.guarantee", "true", err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "acks", "all", err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "message.timeout.ms", "0", err)) != OUTBOX_OK ||
         (rc = conf_set(st->conf, "linger.ms", "5", err)) != OUTBOX_OK)
@@ -307,10 +352,13 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
     for (i = 0; i < u.param_count; i++) {
         outbox_url_param *p = &u.params[i];
         if (strncmp(p->key, "kafka.", 6) != 0) continue;
-        if (strcmp(p->key + 6, "enable.idempotence") == 0 && strcmp(p->value, "true") != 0) {
+        if ((strcmp(p->key + 6, "enable.idempotence") == 0 ||
+             strcmp(p->key + 6, "enable.gapless.guarantee") == 0) &&
+            strcmp(p->value, "true") != 0) {
             rc = outbox__error(err, OUTBOX_ECONFIG,
-                               "kafka destination: kafka.enable.idempotence must stay true "
-                               "(per-aggregate order depends on it)");
+                               "kafka destination: kafka.%s must stay true (per-aggregate order "
+                               "depends on it)",
+                               p->key + 6);
             goto fail;
         }
         if (strcmp(p->key + 6, "message.timeout.ms") == 0 ||
@@ -343,8 +391,11 @@ static int kafka_open(void **state, const char *url, const outbox_transport_conf
                         st->brokers, max_bytes, limit);
     }
 
-    outbox__log(OUTBOX_LOG_INFO, COMPONENT, "producer for %s: topic %s, ack timeout %lld ms",
-                st->brokers, tmpl, (long long)st->ack_timeout_ms);
+    outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                "producer for %s: topic %s, ack timeout %lld ms, window %lld messages / %lld "
+                "bytes",
+                st->brokers, tmpl, (long long)st->ack_timeout_ms, (long long)st->window_messages,
+                (long long)st->window_bytes);
     outbox__props_free(kafka_props, &c);
     outbox__url_free(&u);
     *state = st;
@@ -423,27 +474,52 @@ static int agg_failed(const kafka_batch *b, size_t upto, const char *agg)
 /* The k-th open batch, oldest first. */
 static kafka_batch *batch_at(kafka_state *st, int k)
 {
-    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH];
+}
+
+/* Does an open batch before the k-th hold a message of aggregate agg that
+ * was not produced? */
+static int agg_failed_before(kafka_state *st, int k, const char *agg)
+{
+    int j;
+    for (j = 0; j < k; j++) {
+        const kafka_batch *c = batch_at(st, j);
+        if (agg_failed(c, c->n, agg)) return 1;
+    }
+    return 0;
+}
+
+/* The window (publish_room in internal.h): another batch of up to next
+ * messages while the unconfirmed messages, with it, stay within
+ * window_messages and the unconfirmed bytes below window_bytes (so they
+ * exceed it by one batch at most).  One batch is always allowed. */
+static int kafka_publish_room(void *state, int open, size_t next)
+{
+    kafka_state *st = state;
+    if (open != st->count || st->count >= OUTBOX_PIPELINE_MAX_DEPTH) return 0;
+    if (st->count == 0) return 1;
+    if (st->rebuild != NULL) return 0; /* the next batch waits for a new producer */
+    return (int64_t)(st->unconfirmed + next) <= st->window_messages &&
+           (int64_t)st->unconfirmed_bytes < st->window_bytes;
 }
 
 /* Produces a batch without waiting for its reports (publish_begin in
  * internal.h).  A message whose aggregate had a message that could not be
- * produced, in this batch or the open one before, is not produced. */
+ * produced, in this batch or an open one before, is not produced. */
 static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
                                outbox_publish_result *results)
 {
     kafka_state *st = state;
-    kafka_batch *b, *older;
+    kafka_batch *b;
     size_t i;
     outbox_error e;
 
-    if (st->count >= OUTBOX_PIPELINE_DEPTH || n > 0xffffffffu - 1) return OUTBOX_EINVAL;
-    older = st->count > 0 ? batch_at(st, st->count - 1) : NULL;
+    if (st->count >= OUTBOX_PIPELINE_MAX_DEPTH || n > 0xffffffffu - 1) return OUTBOX_EINVAL;
     if (st->rebuild != NULL || st->rk == NULL) {
         /* After a fatal error or a deadline: a new producer, once nothing
-         * is open (the open batch's unconfirmed messages have failed
+         * is open (the open batches' unconfirmed messages have failed
          * already). */
-        if (older != NULL) return OUTBOX_EPUBLISH;
+        if (st->count > 0) return OUTBOX_EPUBLISH;
         destroy_producer(st);
         e.code = 0;
         e.message[0] = '\0';
@@ -488,7 +564,7 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         outbox_error rerr;
 
         if (agg_failed(b, i, m->aggregate_id) ||
-            (older != NULL && agg_failed(older, older->n, m->aggregate_id))) {
+            agg_failed_before(st, st->count - 1, m->aggregate_id)) {
             set_result(&results[i], OUTBOX_EPUBLISH,
                        "not sent: an earlier message of its aggregate could not be produced");
             goto not_sent;
@@ -527,6 +603,8 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
             goto not_sent;
         }
         b->outstanding++;
+        st->unconfirmed++;
+        st->unconfirmed_bytes += strlen(m->payload) + strlen(m->aggregate_id);
         rd_kafka_poll(st->rk, 0);
         continue;
     not_sent:
@@ -555,6 +633,8 @@ static void reset_producer(kafka_state *st, const char *why, const char *error)
             }
         c->outstanding = 0;
     }
+    st->unconfirmed = 0;
+    st->unconfirmed_bytes = 0;
     rd_kafka_purge(st->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     st->rebuild = why;
 }
@@ -567,6 +647,12 @@ static int check_fatal(kafka_state *st)
 
     if (st->rebuild != NULL) return 1;
     if (rd_kafka_fatal_error(st->rk, fatal, sizeof fatal) == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
+    /* The reports librdkafka queued with the error (the broker's own
+     * verdict, e.g. a message too large for good) are served first; what
+     * is still unconfirmed after them is retried. */
+    rd_kafka_poll(st->rk, 50);
+    while (rd_kafka_poll(st->rk, 0) > 0)
+        ;
     outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
                 "fatal producer error: %s; unconfirmed messages will be retried on a new "
                 "producer",
@@ -616,7 +702,7 @@ static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     b->msgs = NULL;
     b->n = 0;
     b->outstanding = 0;
-    st->first = (st->first + 1) % OUTBOX_PIPELINE_DEPTH;
+    st->first = (st->first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
     st->count--;
     return OUTBOX_OK;
 }
@@ -641,7 +727,7 @@ static void kafka_close(void *state)
     if (st->conf) rd_kafka_conf_destroy(st->conf);
     outbox__route_free(st->route);
     outbox__buf_free(&st->topic);
-    for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
+    for (k = 0; k < OUTBOX_PIPELINE_MAX_DEPTH; k++) {
         outbox__free(st->batches[k].done);
         outbox__free(st->batches[k].failed);
     }
@@ -659,7 +745,7 @@ static void kafka_close(void *state)
 
 /* The Kafka destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_kafka = {
-    .version = 4,
+    .version = 5,
     .scheme = "kafka",
     .open = KAFKA_ENTRY(kafka_open),
     .publish = KAFKA_ENTRY(kafka_publish),
@@ -672,4 +758,5 @@ const outbox_transport_ops outbox__transport_kafka = {
     .doc = "Kafka, through an idempotent producer (acks=all): the brokers' ack confirms a "
            "message.  Several brokers: kafka://HOST1:9092,HOST2:9092.",
     .props = kafka_props,
+    .publish_room = KAFKA_ENTRY(kafka_publish_room),
 };
