@@ -458,7 +458,7 @@ OUTBOX_API void outbox_webhook_receiver_free(outbox_webhook_receiver *r);
  * outbox lives in a PostgreSQL schema of its own ("outbox" unless given;
  * names are 1-63 letters, digits and underscores).  The same operations
  * are available to any language as SQL functions (<schema>.enqueue,
- * <schema>.inbox_record), documented in the README.
+ * <schema>.inbox_record), documented in docs/POSTGRES.md.
  * ---------------------------------------------------------------------- */
 
 typedef struct pg_conn PGconn;
@@ -923,7 +923,7 @@ OUTBOX_API void outbox_relay_free(outbox_relay *relay);
  *
  * outbox_monitor serves it over HTTP (libmicrohttpd): GET /metrics
  * (Prometheus text or OpenMetrics), /healthz, /readyz, a web console at /
- * and its JSON API under /api/ (the README's "Monitoring" and docs/CLI.md's
+ * and its JSON API under /api/ (docs/MONITORING.md and docs/CLI.md's
  * `outbox relay` describe them).
  * ---------------------------------------------------------------------- */
 

@@ -1,8 +1,8 @@
 /*
  * test_kafka.c - the kafka:// destination against librdkafka's mock
  * cluster (rdkafka_mock.h: the real Kafka protocol over TCP, 3 brokers, in
- * this process).  No Kafka broker is packaged for Debian; see README
- * "Brokers" for pointing the relay at a real cluster.
+ * this process).  No Kafka broker is packaged for Debian; see docs/KAFKA.md
+ * for pointing the relay at a real cluster.
  *
  *   contract        key, value, topic and CloudEvents Kafka-binding headers
  *                   consumed back and compared

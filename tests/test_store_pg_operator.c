@@ -851,7 +851,7 @@ TEST(init_up_to_date)
     PQfinish(c);
 }
 
-/* The three roles with exactly the grants the README gives them: an
+/* The three roles with exactly the grants docs/POSTGRES.md gives them: an
  * application that enqueues, a consumer that records in the inbox, and a
  * relay that is not the schema's owner (init on the current schema,
  * drain, status, drop). */

@@ -48,13 +48,13 @@ enum {
     }
 
 /* How a Failed message is cleared: the same words in relay, retry, drop
- * and purge --help, the README and docs/CLI.md. */
+ * and purge --help, docs/OPERATING.md and docs/CLI.md. */
 #define CLI_FAILED_HELP                                                                            \
     "A Failed message stays in the outbox, counted by status, until an operator\n"                 \
     "clears it: `outbox retry` requeues it, `outbox drop` deletes it (with\n"                      \
     "--archive file:PATH it is written there first).  purge never deletes it.\n"
 
-/* What stdout: is for: the same words in relay --help, the README and
+/* What stdout: is for: the same words in relay --help, docs/FILE.md and
  * docs/CLI.md. */
 #define CLI_STDOUT_HELP                                                                            \
     "stdout: gives no confirmation (a reader that exits early loses what it did\n"                 \
