@@ -25,6 +25,11 @@ grep -q "^Package: liboutbox$major\$" debian/control || fail "debian/control has
 head -1 "debian/liboutbox$major.symbols" | grep -q "^$soname liboutbox$major " ||
     fail "debian/liboutbox$major.symbols does not start with '$soname liboutbox$major'"
 
+# deb-symbols(5): a metadata field is a line that starts with "* " (a line
+# that starts with a space is a symbol, and dpkg-gensymbols then stops).
+grep -q '^\* Build-Depends-Package: liboutbox-dev$' "debian/liboutbox$major.symbols" ||
+    fail "debian/liboutbox$major.symbols needs the line '* Build-Depends-Package: liboutbox-dev' (no leading space)"
+
 if ! diff -u --label src/liboutbox.exports --label "debian/liboutbox$major.symbols" \
     <(grep -o '^outbox_[a-z0-9_]*' src/liboutbox.exports | sort) \
     <(sed -n 's/^ \(outbox_[a-z0-9_]*\)@Base .*/\1/p' "debian/liboutbox$major.symbols" | sort); then
