@@ -201,11 +201,7 @@ static void part_nats(void)
         fprintf(stderr, "   skipped: no %s\n", NH_SERVER_BIN);
         return;
     }
-    memset(&s, 0, sizeof s);
-    snprintf(s.tls_cert, sizeof s.tls_cert, "%s", tls_cert);
-    snprintf(s.tls_key, sizeof s.tls_key, "%s", tls_key);
-    snprintf(s.tls_ca, sizeof s.tls_ca, "%s", tls_ca);
-    nh_server_start(&s);
+    nh_server_start_tls(&s, tls_cert, tls_key, tls_ca);
     nh_stream_create(&s, "TLS", "outbox.>");
     ch_new_store(db, "nats.db");
     sqlite3 *h = ch_db_open(db);
