@@ -297,11 +297,7 @@ TEST(tls)
         fprintf(stderr, "   skipped: the openssl command is not installed\n");
         return;
     }
-    memset(&tls, 0, sizeof tls);
-    snprintf(tls.tls_cert, sizeof tls.tls_cert, "%s", tls_cert);
-    snprintf(tls.tls_key, sizeof tls.tls_key, "%s", tls_key);
-    snprintf(tls.tls_ca, sizeof tls.tls_ca, "%s", tls_ca);
-    nh_server_start(&tls);
+    nh_server_start_tls(&tls, tls_cert, tls_key, tls_ca);
     nh_stream_create(&tls, "SEC", "outbox.>");
     ch_new_store(db, "tls.db");
     enqueue_one(db, NULL, "T", "A", "a", "{}", NULL, id);

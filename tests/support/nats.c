@@ -78,6 +78,15 @@ void nh_server_start(nh_server *s)
     }
 }
 
+void nh_server_start_tls(nh_server *s, const char *cert, const char *key, const char *ca)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->tls_cert, sizeof s->tls_cert, "%s", cert);
+    snprintf(s->tls_key, sizeof s->tls_key, "%s", key);
+    snprintf(s->tls_ca, sizeof s->tls_ca, "%s", ca);
+    nh_server_start(s);
+}
+
 void nh_server_kill(nh_server *s)
 {
     if (s->pid > 0) ch_kill9(s->pid);

@@ -50,6 +50,10 @@ void nh_require_server(void);
  * (empty: a new one in the test's directory). */
 void nh_server_start(nh_server *s);
 
+/* Starts a new server (fresh store dir, free port) that requires TLS with
+ * the PEM certificate and key; the helpers' own client trusts ca. */
+void nh_server_start_tls(nh_server *s, const char *cert, const char *key, const char *ca);
+
 /* SIGKILLs the server (as a crash would). */
 void nh_server_kill(nh_server *s);
 
