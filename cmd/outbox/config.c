@@ -172,8 +172,7 @@ static int set_max_field_bytes(const char *cmd, const char *opt, const char *tex
     return cli_parse_uint(cmd, opt, text, 16, 1048576, &s->max_field_bytes);
 }
 
-static int set_connect_timeout(const char *cmd, const char *opt, const char *text,
-                               cli_settings *s)
+static int set_connect_timeout(const char *cmd, const char *opt, const char *text, cli_settings *s)
 {
     return cli_parse_duration(cmd, opt, text, INT64_C(31536000000), &s->connect_timeout_ms);
 }
@@ -191,16 +190,14 @@ static int set_listen_public(const char *cmd, const char *opt, const char *text,
     return flag_value(cmd, opt, text, &s->monitor.allow_public);
 }
 
-static int set_admin_token_file(const char *cmd, const char *opt, const char *text,
-                                cli_settings *s)
+static int set_admin_token_file(const char *cmd, const char *opt, const char *text, cli_settings *s)
 {
     (void)cmd, (void)opt;
     s->token_file = text;
     return CLI_EXIT_OK;
 }
 
-static int set_metrics_refresh(const char *cmd, const char *opt, const char *text,
-                               cli_settings *s)
+static int set_metrics_refresh(const char *cmd, const char *opt, const char *text, cli_settings *s)
 {
     int rc = duration_value(cmd, opt, text, &s->monitor.refresh_ms);
     if (rc == CLI_EXIT_OK && (s->monitor.refresh_ms < 100 || s->monitor.refresh_ms > 3600000))
@@ -254,8 +251,8 @@ const cli_setting cli_setting_table[] = {
     {"store", "URL", R, "the database (required; default $OUTBOX_STORE on the command line)",
      set_store},
     {"to", "URL", R, "the destination (required; default $OUTBOX_TO on the command line)", set_to},
-    {"once", NULL, CLI_SCOPE_FLAG,
-     "publish what is due, then exit (command line only, one relay)", set_once},
+    {"once", NULL, CLI_SCOPE_FLAG, "publish what is due, then exit (command line only, one relay)",
+     set_once},
     {"batch", "N", R, "messages claimed at once, 1..100000 (default 512)", set_batch},
     {"max-attempts", "N", R, "attempts before a message is Failed, 1..1000000 (default 10)",
      set_max_attempts},
@@ -302,8 +299,7 @@ const cli_setting cli_setting_table[] = {
      "(default 30s)",
      set_stop_timeout},
     {"log-level", "L", CLI_SCOPE_PROCESS,
-     "debug, info, warn or error (default info; the --log-level flag overrides it)",
-     set_log_level},
+     "debug, info, warn or error (default info; the --log-level flag overrides it)", set_log_level},
     {"log-format", "F", CLI_SCOPE_PROCESS,
      "text or json (default text; the --log-format flag overrides it)", set_log_format},
 };
@@ -356,7 +352,8 @@ int cli_settings_check_process(const char *cmd, const cli_settings *s)
         (s->monitor.allow_public || s->token_file != NULL || s->refresh_given))
         return cli_usage(cmd, "--listen-public, --admin-token-file and --metrics-refresh go with "
                               "--listen ADDR:PORT");
-    if (s->token_file != NULL) return cli_token_read(cmd, "--admin-token-file", s->token_file, NULL);
+    if (s->token_file != NULL)
+        return cli_token_read(cmd, "--admin-token-file", s->token_file, NULL);
     return CLI_EXIT_OK;
 }
 
@@ -543,8 +540,9 @@ static int read_sections(reader *rd, FILE *f, section **out, size_t *count)
         if (*s == '[') {
             char *close = strchr(s, ']'), *name;
             if (!close || trim(close + 1)[0] != '\0') {
-                problem(rd, lineno, "section header '%s' is not closed; write [relay NAME] or "
-                                    "[outbox]",
+                problem(rd, lineno,
+                        "section header '%s' is not closed; write [relay NAME] or "
+                        "[outbox]",
                         s);
                 continue;
             }
@@ -552,8 +550,9 @@ static int read_sections(reader *rd, FILE *f, section **out, size_t *count)
             name = trim(s + 1);
             if (strcmp(name, "outbox") == 0) {
                 if (outbox_seen || secs[0].count > 0)
-                    problem(rd, lineno, "a second [outbox] section; put the process-wide keys in "
-                                        "one");
+                    problem(rd, lineno,
+                            "a second [outbox] section; put the process-wide keys in "
+                            "one");
                 outbox_seen = 1;
                 /* Keys under it go to sections[0], wherever it is. */
                 if (n > 1 && secs[n - 1].name) {
@@ -745,8 +744,8 @@ static void check_to_opt(reader *rd, const entry *e, const char *key, const char
         if (flag_value(at, key, e->value, &v) != CLI_EXIT_OK) rd->problems++;
     } else if (strcmp(p->type, "duration") == 0) {
         if (outbox_duration_parse_ms(e->value) < 0)
-            problem(rd, e->line, "to-opt.%s '%s' is not a duration; write e.g. 500ms, 30s, 5m",
-                    key, e->value);
+            problem(rd, e->line, "to-opt.%s '%s' is not a duration; write e.g. 500ms, 30s, 5m", key,
+                    e->value);
     } else if (strcmp(p->type, "int") == 0) {
         unsigned long long lo = 0, hi = ULLONG_MAX;
         uint64_t v;
@@ -777,7 +776,8 @@ static void check_to_opt(reader *rd, const entry *e, const char *key, const char
  * the overrides) to *s through the table.  scope: CLI_SCOPE_RELAY or
  * CLI_SCOPE_PROCESS.  Strings are kept in owned. */
 static void apply_section(reader *rd, section *sec, int scope, const cli_override *overrides,
-                          size_t override_count, cli_settings *s, char ***owned, size_t *owned_count)
+                          size_t override_count, cli_settings *s, char ***owned,
+                          size_t *owned_count, int lines[CLI_SETTING_MAX])
 {
     const entry *last[sizeof cli_setting_table / sizeof cli_setting_table[0]];
     const char *value[sizeof cli_setting_table / sizeof cli_setting_table[0]];
@@ -793,8 +793,8 @@ static void apply_section(reader *rd, section *sec, int scope, const cli_overrid
         if (scope == CLI_SCOPE_RELAY && strncmp(e->key, "to-opt.", 7) == 0 && e->key[7]) {
             for (size_t j = 0; j < to_opt_count; j++)
                 if (strcmp(to_opt_entries[j]->key, e->key) == 0) {
-                    problem(rd, e->line, "%s is given twice (first at line %d); keep one",
-                            e->key, to_opt_entries[j]->line);
+                    problem(rd, e->line, "%s is given twice (first at line %d); keep one", e->key,
+                            to_opt_entries[j]->line);
                     goto next;
                 }
             if (to_opt_count == CLI_MAX_TO_OPTS)
@@ -811,8 +811,7 @@ static void apply_section(reader *rd, section *sec, int scope, const cli_overrid
             else if (hint)
                 problem(rd, e->line, "unknown key '%s'; did you mean '%s'?", e->key, hint);
             else
-                problem(rd, e->line,
-                        "unknown key '%s'; see `outbox help config --keys`%s", e->key,
+                problem(rd, e->line, "unknown key '%s'; see `outbox help config --keys`%s", e->key,
                         scope == CLI_SCOPE_RELAY ? " (destination settings: to-opt.KEY = VALUE)"
                                                  : "");
             continue;
@@ -887,6 +886,7 @@ static void apply_section(reader *rd, section *sec, int scope, const cli_overrid
             where(rd, e, 0, at, sizeof at);
         else
             snprintf(at, sizeof at, "%s: command line", rd->cmd);
+        lines[i] = e ? e->line : 0;
         if (cli_setting_table[i].set(at, cli_setting_table[i].name,
                                      own(owned, owned_count, strdup(value[i]), rd),
                                      s) != CLI_EXIT_OK)
@@ -923,8 +923,8 @@ static char *relay_text(const cli_settings *s, const char *name)
                    d->opts.name ? d->opts.name : "", d->opts.batch_size, d->opts.max_attempts,
                    d->opts.backoff_base_ms, d->opts.backoff_max_ms, d->opts.on_sent);
     cli_buf_printf(&b, "failed-blocks=%d\npoll=%u\nlease=%u\nwait=%d\nconnect=%lld\n",
-                   d->opts.failed_blocks_aggregate, d->opts.poll_interval_ms,
-                   d->opts.lease_ttl_ms, d->opts.wait_for_lease, (long long)d->connect_timeout_ms);
+                   d->opts.failed_blocks_aggregate, d->opts.poll_interval_ms, d->opts.lease_ttl_ms,
+                   d->opts.wait_for_lease, (long long)d->connect_timeout_ms);
     for (size_t i = 0; i < d->to_opt_count; i++)
         cli_buf_printf(&b, "to-opt=%s\n", d->to_opts[i]);
     text = cli_buf_text(&b) ? strdup(cli_buf_text(&b)) : NULL;
@@ -963,6 +963,33 @@ static void check_collisions(reader *rd, cli_config *c)
                         b->name, shown, a->name, a->line);
             }
         }
+}
+
+/* cli_settings_check_relay for a [relay NAME] section, each problem at
+ * the line of its key (lines: by table index; 0 when not in the file). */
+static void check_relay(reader *rd, const cli_config_relay *r, const int *lines)
+{
+    const cli_settings *s = &r->settings;
+    char at[600];
+    int line;
+    if (!s->store || !s->store[0] || !s->to || !s->to[0]) {
+        problem(rd, r->line, "relay '%s' has no %s; add %s = URL to its section", r->name,
+                !s->store || !s->store[0] ? "store" : "destination",
+                !s->store || !s->store[0] ? "store" : "to");
+        return;
+    }
+    line = lines[cli_setting_find("store") - cli_setting_table];
+    snprintf(at, sizeof at, "%s: %s:%d", rd->cmd, rd->path, line ? line : r->line);
+    if (cli_check_scheme(at, "store URL", s->store, CLI_STORES) != CLI_EXIT_OK) rd->problems++;
+    line = lines[cli_setting_find("to") - cli_setting_table];
+    snprintf(at, sizeof at, "%s: %s:%d", rd->cmd, rd->path, line ? line : r->line);
+    if (cli_check_scheme(at, "to", s->to, CLI_DESTINATIONS) != CLI_EXIT_OK) rd->problems++;
+    line = lines[cli_setting_find("backoff-max") - cli_setting_table];
+    if (!line) line = lines[cli_setting_find("backoff-base") - cli_setting_table];
+    snprintf(at, sizeof at, "%s: %s:%d", rd->cmd, rd->path, line ? line : r->line);
+    if (s->opts.backoff_max_ms < s->opts.backoff_base_ms &&
+        cli_settings_check_relay(at, "", s) != CLI_EXIT_OK)
+        rd->problems++;
 }
 
 void cli_config_relay_free(cli_config_relay *r)
@@ -1005,6 +1032,7 @@ int cli_config_load(const char *cmd, const char *path, const cli_override *overr
     cli_config *c;
     FILE *f;
     char at[600];
+    int lines[CLI_SETTING_MAX];
 
     *out = NULL;
     f = fopen(path, "r");
@@ -1017,11 +1045,21 @@ int cli_config_load(const char *cmd, const char *path, const cli_override *overr
     }
     fclose(f);
     cli_settings_init(&c->process);
+    memset(lines, 0, sizeof lines);
     apply_section(&rd, &secs[0], CLI_SCOPE_PROCESS, overrides, override_count, &c->process,
-                  &c->owned, &c->owned_count);
-    snprintf(at, sizeof at, "%s: %s", cmd, path);
-    if (rd.problems == 0 && cli_settings_check_process(at, &c->process) != CLI_EXIT_OK)
-        rd.problems++;
+                  &c->owned, &c->owned_count, lines);
+    /* The process-wide checks, at the line of the key they are about. */
+    {
+        const char *key = c->process.token_file ? "admin-token-file" : "listen";
+        int line = lines[cli_setting_find(key) - cli_setting_table];
+        if (c->process.monitor.listen == NULL && line == 0)
+            line = lines[cli_setting_find("listen-public") - cli_setting_table];
+        if (c->process.monitor.listen == NULL && line == 0)
+            line = lines[cli_setting_find("metrics-refresh") - cli_setting_table];
+        snprintf(at, sizeof at, "%s: %s:%d", cmd, path, line ? line : 1);
+        if (rd.problems == 0 && cli_settings_check_process(at, &c->process) != CLI_EXIT_OK)
+            rd.problems++;
+    }
 
     c->relays = calloc(n, sizeof *c->relays);
     if (!c->relays) rd.oom = 1;
@@ -1043,10 +1081,10 @@ int cli_config_load(const char *cmd, const char *path, const cli_override *overr
         c->relays[c->relay_count++] = r;
         cli_settings_init(&r->settings);
         r->settings.opts.name = r->name;
+        memset(lines, 0, sizeof lines);
         apply_section(&rd, &secs[i], CLI_SCOPE_RELAY, overrides, override_count, &r->settings,
-                      &r->owned, &r->owned_count);
-        snprintf(at, sizeof at, "%s: %s:%d: relay %s", cmd, path, r->line, r->name);
-        if (cli_settings_check_relay(at, "", &r->settings) != CLI_EXIT_OK) rd.problems++;
+                      &r->owned, &r->owned_count, lines);
+        check_relay(&rd, r, lines);
         if (!(r->text = relay_text(&r->settings, r->name))) rd.oom = 1;
     }
     if (!rd.oom && c->relay_count == 0)
@@ -1096,7 +1134,8 @@ int cli_help_config(int argc, char **argv)
             const cli_setting *set = &cli_setting_table[i];
             int scope = pass == 0 ? CLI_SCOPE_PROCESS : CLI_SCOPE_RELAY;
             if (!(set->scope & scope)) continue;
-            printf("  %s = %s%s\n      %s\n", set->name, set->placeholder ? set->placeholder : "yes|no",
+            printf("  %s = %s%s\n      %s\n", set->name,
+                   set->placeholder ? set->placeholder : "yes|no",
                    set->scope & CLI_SCOPE_FLAG ? "" : "  (file only)", set->help);
         }
     }

@@ -24,7 +24,7 @@
 
 /* Where a setting may be given. */
 enum {
-    CLI_SCOPE_RELAY = 1,  /* a [relay NAME] key, or a flag of a one-relay run */
+    CLI_SCOPE_RELAY = 1,   /* a [relay NAME] key, or a flag of a one-relay run */
     CLI_SCOPE_PROCESS = 2, /* an [outbox] key: the whole process */
     CLI_SCOPE_FLAG = 4     /* a command-line flag */
 };
@@ -94,11 +94,11 @@ void cli_token_free(char *token);
  * settings points into. */
 typedef struct cli_config_relay {
     char *name;
-    int line;             /* of its [relay NAME] line */
-    char *text;           /* its keys and values as written, one per line, sorted:
-                             two sections are the same relay when these match */
+    int line;   /* of its [relay NAME] line */
+    char *text; /* its keys and values as written, one per line, sorted:
+                   two sections are the same relay when these match */
     cli_settings settings;
-    char **owned;         /* the strings settings borrows */
+    char **owned; /* the strings settings borrows */
     size_t owned_count;
 } cli_config_relay;
 

@@ -35,8 +35,7 @@ int cmd_config(int argc, char **argv)
 
     while ((c = getopt_long(argc, argv, "+:h", options, NULL)) != -1)
         if ((rc = cli_option(cmd, c, argv, usage)) != CLI_CONTINUE) return rc;
-    if (optind >= argc)
-        return cli_usage(cmd, "a subcommand is required: outbox config check PATH");
+    if (optind >= argc) return cli_usage(cmd, "a subcommand is required: outbox config check PATH");
     if (strcmp(argv[optind], "check") != 0)
         return cli_usage(cmd, "unknown subcommand '%s'; use outbox config check PATH",
                          argv[optind]);

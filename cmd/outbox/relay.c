@@ -548,10 +548,17 @@ static void workers_unstopped(char *buf, size_t len)
     pthread_mutex_unlock(&workers_lock);
 }
 
-/* Appends name to a "added a, b" list. */
+/* The text of a list of names, "none" when empty. */
+static const char *list_text(cli_buf *b)
+{
+    const char *text = cli_buf_text(b);
+    return text && text[0] ? text : "none";
+}
+
+/* Appends name to a "a, b" list. */
 static void list_add(cli_buf *b, const char *name)
 {
-    cli_buf_printf(b, "%s%s", b->len ? ", " : "", name);
+    cli_buf_printf(b, "%s%s", strcmp(list_text(b), "none") != 0 ? ", " : "", name);
 }
 
 /* SIGHUP with --config: reads path again; when it is valid, applies the
@@ -612,9 +619,9 @@ static void config_reload(const char *path, const cli_override *overrides, size_
         cli_config_relay *r = cli_config_take(next, j);
         int was_running = 0;
         if (!r) continue;
-        if (restarted.len) {
+        {
             /* in the restarted list when it replaced a relay of that name */
-            const char *list = cli_buf_text(&restarted);
+            const char *list = list_text(&restarted);
             size_t n = strlen(r->name);
             for (const char *p = list; p && (p = strstr(p, r->name)) != NULL; p += n)
                 if ((p == list || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0')) was_running = 1;
@@ -623,11 +630,8 @@ static void config_reload(const char *path, const cli_override *overrides, size_
         worker_start(r);
     }
     cli_log(OUTBOX_LOG_INFO, "relay",
-            "config reloaded: added %s; removed %s; restarted %s; unchanged %s",
-            added.len ? cli_buf_text(&added) : "none",
-            removed.len ? cli_buf_text(&removed) : "none",
-            restarted.len ? cli_buf_text(&restarted) : "none",
-            unchanged.len ? cli_buf_text(&unchanged) : "none");
+            "config reloaded: added %s; removed %s; restarted %s; unchanged %s", list_text(&added),
+            list_text(&removed), list_text(&restarted), list_text(&unchanged));
     cli_buf_free(&added);
     cli_buf_free(&removed);
     cli_buf_free(&restarted);
