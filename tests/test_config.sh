@@ -266,7 +266,7 @@ check "SIGTERM: all relays stopped" grep -q "all relays stopped" relay.log
 "$OUTBOX_BIN" help config --markdown >generated
 awk '$0 == "<!-- END GENERATED: keys -->" { inside = 0 } inside { print }
      $0 == "<!-- BEGIN GENERATED: keys -->" { inside = 1 }' "$SRC/docs/CONFIG.md" >committed
-check "docs/CONFIG.md's key table is outbox help config --markdown (make docs)" \
+check "docs/CONFIG.md's key table is outbox help config --markdown (put its output between the markers)" \
     diff -u committed generated
 
 [ "$FAILED" = 0 ] || { echo "--- relay.log"; tail -40 relay.log; }

@@ -40,7 +40,8 @@ static void print_usage(FILE *out)
         "                    [--max-message-bytes N] [--max-field-bytes N] [--connect-timeout "
         "DUR]\n"
         "                    [--listen ADDR:PORT [--listen-public] [--admin-token-file PATH]\n"
-        "                     [--metrics-refresh DUR]]\n"
+        "                     [--metrics-refresh DUR]] [--stop-timeout DUR]\n"
+        "       outbox relay --config PATH [OPTIONS]\n"
         "\n"
         "Publishes committed outbox messages to a destination, at least once, in\n"
         "enqueue order per aggregate, and marks them sent once the destination has\n"
@@ -92,7 +93,15 @@ static void print_usage(FILE *out)
         "                       retry and drop (sent as Authorization: Bearer); it must\n"
         "                       not be readable by other users.  Without it: read-only\n"
         "  --metrics-refresh DUR  how often the monitor queries the store's counts\n"
-        "                       (default 5s)\n" CLI_GLOBAL_HELP "\n"
+        "                       (default 5s)\n"
+        "  --stop-timeout DUR   how long SIGINT/SIGTERM waits for the batch in flight\n"
+        "                       before exit 1 (default 30s)\n"
+        "  --config PATH        run the relays of a configuration file (outbox.conf(5)),\n"
+        "                       one thread each; its keys are these options without\n"
+        "                       dashes; options given here override it for every relay.\n"
+        "                       SIGHUP then re-reads it and starts, stops or restarts\n"
+        "                       the relays that changed; `outbox config check` checks "
+        "it\n" CLI_GLOBAL_HELP "\n"
         "Stores in this build:\n",
         out);
     cli_drivers_help(out, CLI_STORES, 1);
