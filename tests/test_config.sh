@@ -89,6 +89,7 @@ write_good() {
 [outbox]
 stop-timeout = 20s
 log-level = info
+listen = 127.0.0.1:0
 
 [relay orders]
 store = sqlite:orders.db
@@ -211,6 +212,16 @@ check "nothing reached the webhook yet" [ "$(lines hook.txt)" = 0 ]
 python3 hook.py "$PORT" hook.txt &
 HOOK_PID=$!
 check "the receiver back: the webhook relay drains" wait_for 30 has_lines hook.txt 5
+# One monitor for both relays, each with its label.
+metrics() {
+    local port
+    port=$(sed -n 's/.*monitor listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' relay.log | head -1)
+    [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/metrics" >metrics.txt &&
+        grep -q 'relay="orders"' metrics.txt && grep -q 'relay="billing"' metrics.txt
+}
+if command -v curl >/dev/null 2>&1; then
+    check "/metrics has relay=\"orders\" and relay=\"billing\"" wait_for 10 metrics
+fi
 
 # ---- SIGHUP: a third relay, one changed, one unchanged --------------------
 

@@ -375,6 +375,7 @@ static size_t worker_count;
 static pthread_mutex_t monitor_lock = PTHREAD_MUTEX_INITIALIZER;
 static outbox_monitor *shared_monitor;
 static outbox_monitor_options shared_monitor_opts; /* listen NULL: no monitor */
+static char monitor_asked[300];                    /* the listen address asked for */
 static char monitor_listen[300];                   /* with the port bound first */
 static outbox_relay **monitored;
 static size_t monitored_count;
@@ -733,11 +734,9 @@ static int run_config(const char *cmd, const char *path, const cli_override *ove
     }
     shared_monitor_opts.admin_token = token; /* kept while monitors are rebuilt */
     if (shared_monitor_opts.listen) {
-        snprintf(monitor_listen, sizeof monitor_listen, "%s", shared_monitor_opts.listen);
-        shared_monitor_opts.listen = monitor_listen;
-        if (strcmp(strrchr(monitor_listen, ':'), ":0") == 0) monitor_listen[0] = '\0';
-        shared_monitor_opts.listen =
-            monitor_listen[0] ? monitor_listen : config->process.monitor.listen;
+        /* The file's strings go with it: the monitor keeps a copy. */
+        snprintf(monitor_asked, sizeof monitor_asked, "%s", shared_monitor_opts.listen);
+        shared_monitor_opts.listen = monitor_asked;
     }
 
     stop_all = workers_stop_all;
