@@ -125,6 +125,11 @@ int cli_fault(const char *name);
  * --log-level. */
 void cli_log(int level, const char *component, const char *fmt, ...) CLI_PRINTF(3, 4);
 
+/* Which of --log-level (1) and --log-format (2) the command line gave
+ * (before the command: main.c; after it: the command sets its bits), so a
+ * configuration file's log-level does not override the flag. */
+extern int cli_log_flags_given;
+
 /* Installs the stderr logger with the current level and format. */
 void cli_log_install(void);
 

@@ -5,6 +5,7 @@
  * command name; every command also accepts them after it.
  */
 #include "cli.h"
+#include "config.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -25,6 +26,7 @@ static const command commands[] = {
     {"retry", cmd_retry, "requeue Failed messages"},
     {"drop", cmd_drop, "delete Failed messages, archiving them first with --archive"},
     {"purge", cmd_purge, "delete sent messages (and old inbox entries)"},
+    {"config", cmd_config, "check a relay configuration file (outbox relay --config)"},
 };
 
 static const command *find_command(const char *name)
@@ -51,7 +53,8 @@ static void print_help(FILE *out)
                  "  --version        print the version and exit\n"
                  "  -h, --help       show this help; `outbox help COMMAND` or\n"
                  "                   `outbox COMMAND --help` for a command;\n"
-                 "                   `outbox help drivers` for the stores and destinations\n"
+                 "                   `outbox help drivers` for the stores and destinations,\n"
+                 "                   `outbox help config --keys` for the configuration file\n"
                  "\n"
                  "Environment: OUTBOX_STORE stands in for --store, OUTBOX_TO for --to.\n"
                  "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.\n"
@@ -63,7 +66,7 @@ static void print_help(FILE *out)
                  "  outbox relay --store sqlite:app.db --to file:events.jsonl --once\n");
 }
 
-/* `outbox help [COMMAND | drivers [--markdown]]` */
+/* `outbox help [COMMAND | drivers [--markdown] | config --markdown]` */
 static int run_help(int argc, char **argv)
 {
     const command *cmd;
@@ -74,6 +77,7 @@ static int run_help(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     if (strcmp(argv[1], "drivers") == 0) return cli_help_drivers(argc - 1, argv + 1);
+    if (strcmp(argv[1], "config") == 0 && argc > 2) return cli_help_config(argc - 1, argv + 1);
     cmd = find_command(argv[1]);
     if (!cmd)
         return cli_usage("help", "unknown command '%s'; run outbox --help for the list", argv[1]);
@@ -104,6 +108,8 @@ static const char *global_value(const char *name, int argc, char **argv, int *i,
     return argv[*i];
 }
 
+int cli_log_flags_given;
+
 /* Exit code: 0 success, 1 runtime failure, 2 usage or configuration error. */
 int main(int argc, char **argv)
 {
@@ -131,11 +137,13 @@ int main(int argc, char **argv)
             if (missing)
                 return cli_usage("", "--log-level needs a value: debug, info, warn or error");
             if ((rc = cli_set_log_level("", v)) != CLI_EXIT_OK) return rc;
+            cli_log_flags_given |= 1;
             continue;
         }
         if ((v = global_value("--log-format", argc, argv, &i, &missing)) || missing) {
             if (missing) return cli_usage("", "--log-format needs a value: text or json");
             if ((rc = cli_set_log_format("", v)) != CLI_EXIT_OK) return rc;
+            cli_log_flags_given |= 2;
             continue;
         }
         return cli_usage("", "unknown option %s before the command; run outbox --help", argv[i]);

@@ -18,15 +18,17 @@
  * users cannot read, and never logged.
  */
 #include "cli.h"
+#include "config.h"
 #include "notify.h"
 
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
 static void print_usage(FILE *out)
 {
@@ -38,7 +40,8 @@ static void print_usage(FILE *out)
         "                    [--max-message-bytes N] [--max-field-bytes N] [--connect-timeout "
         "DUR]\n"
         "                    [--listen ADDR:PORT [--listen-public] [--admin-token-file PATH]\n"
-        "                     [--metrics-refresh DUR]]\n"
+        "                     [--metrics-refresh DUR]] [--stop-timeout DUR]\n"
+        "       outbox relay --config PATH [OPTIONS]\n"
         "\n"
         "Publishes committed outbox messages to a destination, at least once, in\n"
         "enqueue order per aggregate, and marks them sent once the destination has\n"
@@ -90,7 +93,15 @@ static void print_usage(FILE *out)
         "                       retry and drop (sent as Authorization: Bearer); it must\n"
         "                       not be readable by other users.  Without it: read-only\n"
         "  --metrics-refresh DUR  how often the monitor queries the store's counts\n"
-        "                       (default 5s)\n" CLI_GLOBAL_HELP "\n"
+        "                       (default 5s)\n"
+        "  --stop-timeout DUR   how long SIGINT/SIGTERM waits for the batch in flight\n"
+        "                       before exit 1 (default 30s)\n"
+        "  --config PATH        run the relays of a configuration file (outbox.conf(5)),\n"
+        "                       one thread each; its keys are these options without\n"
+        "                       dashes; options given here override it for every relay.\n"
+        "                       SIGHUP then re-reads it and starts, stops or restarts\n"
+        "                       the relays that changed; `outbox config check` checks "
+        "it\n" CLI_GLOBAL_HELP "\n"
         "Stores in this build:\n",
         out);
     cli_drivers_help(out, CLI_STORES, 1);
@@ -106,55 +117,59 @@ static void print_usage(FILE *out)
           out);
 }
 
-enum {
-    OPT_STORE = CLI_OPT_COMMAND_BASE,
-    OPT_TO,
-    OPT_ONCE,
-    OPT_BATCH,
-    OPT_MAX_ATTEMPTS,
-    OPT_BACKOFF_BASE,
-    OPT_BACKOFF_MAX,
-    OPT_ON_SENT,
-    OPT_FAILED_BLOCKS,
-    OPT_POLL_INTERVAL,
-    OPT_LEASE_TTL,
-    OPT_WAIT_LEASE,
-    OPT_SOURCE,
-    OPT_NAME,
-    OPT_TO_OPT,
-    OPT_MAX_MESSAGE_BYTES,
-    OPT_MAX_FIELD_BYTES,
-    OPT_CONNECT_TIMEOUT,
-    OPT_LISTEN,
-    OPT_LISTEN_PUBLIC,
-    OPT_ADMIN_TOKEN_FILE,
-    OPT_METRICS_REFRESH
-};
-
-/* Most --to-opt settings one relay takes. */
-#define MAX_TO_OPTS 64
-
 /* ------------------------------------------------------------------------
  * Signals
  * ---------------------------------------------------------------------- */
 
 /* What the signal thread acts on, under signal_lock: the relay once it
  * exists, and what was asked before it did (a stop or a reopen during
- * start-up is not lost). */
+ * start-up is not lost).  With --config, SIGHUP only sets reload_asked:
+ * the main thread reloads, and SIGTERM stops every relay (stop_all). */
 static pthread_mutex_t signal_lock = PTHREAD_MUTEX_INITIALIZER;
 static outbox_relay *signal_relay;
-static int stop_asked, reopen_asked;
+static int stop_asked, reopen_asked, reload_asked;
+static void (*stop_all)(void); /* --config: stops every relay */
 static sigset_t signal_set;
+
+/* --stop-timeout: how long a stop may take before exit 1. */
+static int64_t stop_timeout_ms = 30000;
+static atomic_int stopped; /* set when every relay has stopped */
+/* Names the relays that have not stopped yet, for the message. */
+static void (*unstopped_names)(char *buf, size_t len);
+
+static void *stop_deadline(void *arg)
+{
+    int64_t until = cli_monotonic_us() + stop_timeout_ms * 1000;
+    char names[512] = "the relay";
+    (void)arg;
+    while (cli_monotonic_us() < until) {
+        if (atomic_load(&stopped)) return NULL;
+        cli_sleep_us(50000);
+    }
+    if (atomic_load(&stopped)) return NULL;
+    if (unstopped_names) unstopped_names(names, sizeof names);
+    cli_log(OUTBOX_LOG_ERROR, "relay",
+            "%s did not stop within --stop-timeout (%lld ms); exiting 1 (their unconfirmed "
+            "messages stay pending and are published again)",
+            names, (long long)stop_timeout_ms);
+    fflush(NULL);
+    _exit(CLI_EXIT_FAILURE);
+    return NULL;
+}
 
 static void *signal_thread(void *arg)
 {
+    int deadline_started = 0;
     (void)arg;
     for (;;) {
         int sig = 0;
         if (sigwait(&signal_set, &sig) != 0) continue;
         pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
         pthread_mutex_lock(&signal_lock);
-        if (sig == SIGHUP) {
+        if (sig == SIGHUP && stop_all) {
+            cli_log(OUTBOX_LOG_INFO, "relay", "SIGHUP: reloading the configuration");
+            reload_asked = 1;
+        } else if (sig == SIGHUP) {
             cli_log(OUTBOX_LOG_INFO, "relay", "SIGHUP: reopening destination files");
             if (signal_relay)
                 outbox_relay_reopen(signal_relay);
@@ -165,7 +180,14 @@ static void *signal_thread(void *arg)
                     sig == SIGINT ? "SIGINT" : "SIGTERM");
             stop_asked = 1;
             if (signal_relay) outbox_relay_stop(signal_relay);
+            if (stop_all) stop_all();
             cli_notify_stopping();
+            if (!deadline_started) {
+                pthread_t deadline;
+                deadline_started = 1;
+                if (pthread_create(&deadline, NULL, stop_deadline, NULL) == 0)
+                    pthread_detach(deadline);
+            }
         }
         pthread_mutex_unlock(&signal_lock);
         pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
@@ -220,23 +242,26 @@ static int startup_retriable(int rc)
     return rc == OUTBOX_EIO || rc == OUTBOX_EBUSY || rc == OUTBOX_EPUBLISH;
 }
 
-static int stop_was_asked(void)
+/* Whether SIGINT/SIGTERM came, or (own_stop, when not NULL) this relay
+ * alone is asked to stop. */
+static int stop_was_asked(atomic_int *own_stop)
 {
     int asked;
     pthread_mutex_lock(&signal_lock);
     asked = stop_asked;
     pthread_mutex_unlock(&signal_lock);
-    return asked;
+    return asked || (own_stop && atomic_load(own_stop));
 }
 
 /* outbox_relay_new, retried with backoff (250 ms doubling to 10 s) while
  * the store or the destination cannot be reached, for up to timeout_ms
  * (-1: for ever, 0: no retry).  Logs when it starts waiting, when the
- * reason changes and when it is over.  OUTBOX_ESTOPPED when SIGINT/SIGTERM
+ * reason changes and when it is over, naming the relay who (NULL: the one
+ * relay of the process).  OUTBOX_ESTOPPED when SIGINT/SIGTERM (or own_stop)
  * came while waiting. */
-static int relay_new_waiting(outbox_relay **relay, const char *url, const char *to,
+static int relay_new_waiting(outbox_relay **relay, const char *who, const char *url, const char *to,
                              const outbox_relay_options *opts, int64_t timeout_ms,
-                             outbox_error *err)
+                             atomic_int *own_stop, outbox_error *err)
 {
     int64_t start = cli_monotonic_us(), pause_ms = 250;
     char last[sizeof err->message] = "";
@@ -248,8 +273,8 @@ static int relay_new_waiting(outbox_relay **relay, const char *url, const char *
         waited_ms = (cli_monotonic_us() - start) / 1000;
         if (rc == OUTBOX_OK) {
             if (last[0])
-                cli_log(OUTBOX_LOG_INFO, "relay", "connected after waiting %lld s",
-                        (long long)(waited_ms / 1000));
+                cli_log(OUTBOX_LOG_INFO, "relay", "%s%sconnected after waiting %lld s",
+                        who ? who : "", who ? ": " : "", (long long)(waited_ms / 1000));
             return OUTBOX_OK;
         }
         if (!startup_retriable(rc) || timeout_ms == 0) return rc;
@@ -261,86 +286,18 @@ static int relay_new_waiting(outbox_relay **relay, const char *url, const char *
         }
         if (strcmp(last, err->message) != 0) {
             cli_log(OUTBOX_LOG_WARN, "relay",
-                    "waiting for the store and the destination: %s; retrying%s", err->message,
+                    "%s%swaiting for the store and the destination: %s; retrying%s", who ? who : "",
+                    who ? ": " : "", err->message,
                     timeout_ms > 0 ? " until --connect-timeout" : "");
             snprintf(last, sizeof last, "%s", err->message);
         }
         if (timeout_ms > 0 && pause_ms > timeout_ms - waited_ms) pause_ms = timeout_ms - waited_ms;
         for (int64_t slept = 0; slept < pause_ms; slept += 100) {
-            if (stop_was_asked()) return OUTBOX_ESTOPPED;
+            if (stop_was_asked(own_stop)) return OUTBOX_ESTOPPED;
             cli_sleep_us(100000);
         }
         if (pause_ms < 10000) pause_ms *= 2;
     }
-}
-
-/* Parses a duration option into an unsigned millisecond field. */
-static int duration_option(const char *cmd, const char *opt, const char *text, unsigned *out)
-{
-    int64_t ms = 0;
-    int rc = cli_parse_duration(cmd, opt, text, (int64_t)UINT_MAX, &ms);
-    if (rc == CLI_EXIT_OK) *out = (unsigned)ms;
-    return rc;
-}
-
-/* Largest admin token file read. */
-#define MAX_TOKEN_BYTES 4096
-
-/* Reads the admin token from path into a malloc'd string (trailing
- * newline stripped) in *token.  Refuses, like ssh does for keys, a file
- * other users can read or write. */
-static int read_admin_token(const char *cmd, const char *path, char **token)
-{
-    struct stat st;
-    char *text;
-    size_t len;
-    FILE *f;
-
-    *token = NULL;
-    f = fopen(path, "r");
-    if (f == NULL) return cli_usage(cmd, "--admin-token-file %s cannot be read", path);
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return cli_usage(cmd, "--admin-token-file %s is not a regular file", path);
-    }
-    if ((st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
-        fclose(f);
-        return cli_usage(cmd,
-                         "--admin-token-file %s is accessible by other users (mode %04o); "
-                         "restrict it: chmod 600 %s",
-                         path, (unsigned)(st.st_mode & 07777), path);
-    }
-    text = calloc(1, MAX_TOKEN_BYTES + 1);
-    if (text == NULL) {
-        fclose(f);
-        return cli_failure(cmd, "out of memory reading --admin-token-file");
-    }
-    len = fread(text, 1, MAX_TOKEN_BYTES + 1, f);
-    fclose(f);
-    if (len > MAX_TOKEN_BYTES) {
-        free(text);
-        return cli_usage(cmd, "--admin-token-file %s is larger than %d bytes", path,
-                         MAX_TOKEN_BYTES);
-    }
-    text[len] = '\0';
-    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
-        text[--len] = '\0';
-    if (len == 0 || strlen(text) != len || strpbrk(text, "\r\n") != NULL) {
-        free(text);
-        return cli_usage(cmd, "--admin-token-file %s must hold one line: the token", path);
-    }
-    *token = text;
-    return CLI_EXIT_OK;
-}
-
-/* Forgets the token (no copy left in freed memory). */
-static void free_admin_token(char *token)
-{
-    volatile char *p = token;
-    if (token == NULL) return;
-    while (*p)
-        *p++ = '\0';
-    free(token);
 }
 
 /* Starts the monitor for relay on opts->listen and logs where it
@@ -389,218 +346,593 @@ static int once_outcome(const char *cmd, const outbox_relay *relay)
                        (unsigned long long)stats.failed);
 }
 
-/* Runs the relay.  Exit 0 after a graceful stop or a --once run that
- * published everything due; 1 for a runtime failure (a --once run with a
- * failed publication, lease held by another relay, lease lost, store
- * error, missing schema); 2 for bad options or URLs. */
+/* ------------------------------------------------------------------------
+ * Several relays (--config)
+ *
+ * One thread per relay ("worker") runs outbox_relay_run.  A relay that
+ * cannot start or whose run ends in an error is logged and started again
+ * after a pause: it never stops the others or the process.  The monitor
+ * serves the relays that exist at the moment; it is rebuilt (a short gap
+ * in /metrics) whenever one appears or goes, since outbox_monitor_new
+ * takes a fixed list and borrows it: a relay is freed only after a
+ * monitor without it has replaced the one with it.
+ * ---------------------------------------------------------------------- */
+
+typedef struct worker {
+    cli_config_relay *config; /* owned */
+    pthread_t thread;
+    atomic_int stop;      /* this relay is asked to stop */
+    atomic_int done;      /* its thread has ended */
+    atomic_int attempted; /* it has tried to start at least once */
+    outbox_relay *relay;  /* the running relay, under workers_lock */
+} worker;
+
+static pthread_mutex_t workers_lock = PTHREAD_MUTEX_INITIALIZER;
+static worker **workers;
+static size_t worker_count;
+
+/* The monitor over the workers' relays, under monitor_lock. */
+static pthread_mutex_t monitor_lock = PTHREAD_MUTEX_INITIALIZER;
+static outbox_monitor *shared_monitor;
+static outbox_monitor_options shared_monitor_opts; /* listen NULL: no monitor */
+static char monitor_asked[300];                    /* the listen address asked for */
+static char monitor_listen[300];                   /* with the port bound first */
+static outbox_relay **monitored;
+static size_t monitored_count;
+
+/* Makes the monitor serve the relays that exist now. */
+static void monitor_sync(void)
+{
+    outbox_relay **now;
+    size_t n = 0;
+    int same;
+    if (shared_monitor_opts.listen == NULL) return;
+    pthread_mutex_lock(&monitor_lock);
+    pthread_mutex_lock(&workers_lock);
+    now = calloc(worker_count + 1, sizeof *now);
+    for (size_t i = 0; now && i < worker_count; i++)
+        if (workers[i]->relay) now[n++] = workers[i]->relay;
+    pthread_mutex_unlock(&workers_lock);
+    same = now && n == monitored_count && (n == 0 || memcmp(now, monitored, n * sizeof *now) == 0);
+    if (same) {
+        free(now);
+        pthread_mutex_unlock(&monitor_lock);
+        return;
+    }
+    outbox_monitor_free(shared_monitor);
+    shared_monitor = NULL;
+    free(monitored);
+    monitored = now;
+    monitored_count = now ? n : 0;
+    if (monitored_count > 0) {
+        outbox_error err = {0, ""};
+        int rc = outbox_monitor_new(&shared_monitor, monitored, monitored_count,
+                                    &shared_monitor_opts, &err);
+        if (rc != OUTBOX_OK) {
+            cli_log(OUTBOX_LOG_ERROR, "relay",
+                    "monitor: %s (/metrics is off until the next "
+                    "change of relays)",
+                    err.message);
+        } else if (monitor_listen[0] == '\0') {
+            /* Rebuilt on the port it got first, even when it asked for port 0. */
+            const char *listen = shared_monitor_opts.listen, *colon = strrchr(listen, ':');
+            snprintf(monitor_listen, sizeof monitor_listen, "%.*s:%u", (int)(colon - listen),
+                     listen, outbox_monitor_port(shared_monitor));
+            shared_monitor_opts.listen = monitor_listen;
+            cli_log(OUTBOX_LOG_INFO, "relay", "monitor listening on http://%s", monitor_listen);
+        }
+    }
+    pthread_mutex_unlock(&monitor_lock);
+}
+
+/* Sleeps up to ms, less when the worker is asked to stop. */
+static void worker_pause(worker *w, int64_t ms)
+{
+    for (int64_t slept = 0; slept < ms && !stop_was_asked(&w->stop); slept += 100)
+        cli_sleep_us(100000);
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    cli_settings *s = &w->config->settings;
+    const char *name = w->config->name;
+    int64_t pause_ms = 1000;
+
+    s->to_opts[s->to_opt_count] = NULL;
+    s->opts.destination_options = s->to_opts;
+    while (!stop_was_asked(&w->stop)) {
+        outbox_error err = {0, ""};
+        outbox_relay *relay = NULL;
+        int rc = relay_new_waiting(&relay, name, s->store, s->to, &s->opts,
+                                   s->connect_timeout_ms == -2 ? -1 : s->connect_timeout_ms,
+                                   &w->stop, &err);
+        atomic_store(&w->attempted, 1);
+        if (rc == OUTBOX_ESTOPPED) break;
+        if (rc != OUTBOX_OK) {
+            cli_log(OUTBOX_LOG_ERROR, "relay", "relay %s cannot start: %s; trying again in %lld s",
+                    name, err.message[0] ? err.message : outbox_strerror(rc),
+                    (long long)(pause_ms / 1000));
+            worker_pause(w, pause_ms);
+            if (pause_ms < 60000) pause_ms *= 2;
+            continue;
+        }
+        pthread_mutex_lock(&workers_lock);
+        w->relay = relay;
+        pthread_mutex_unlock(&workers_lock);
+        if (stop_was_asked(&w->stop)) outbox_relay_stop(relay);
+        monitor_sync();
+        rc = outbox_relay_run(relay, &err);
+        pthread_mutex_lock(&workers_lock);
+        w->relay = NULL;
+        pthread_mutex_unlock(&workers_lock);
+        monitor_sync(); /* before the free: the monitor borrows the relay */
+        outbox_relay_free(relay);
+        if (stop_was_asked(&w->stop)) break;
+        cli_log(OUTBOX_LOG_ERROR, "relay", "relay %s stopped: %s; starting it again in %lld s",
+                name, rc == OUTBOX_OK ? "its loop ended" : err.message,
+                (long long)(pause_ms / 1000));
+        worker_pause(w, pause_ms);
+        if (pause_ms < 60000) pause_ms *= 2;
+    }
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+/* Starts a worker for config (taken); NULL when its thread cannot start. */
+static worker *worker_start(cli_config_relay *config)
+{
+    worker *w = calloc(1, sizeof *w);
+    worker **grown;
+    if (!w) goto fail;
+    w->config = config;
+    pthread_mutex_lock(&workers_lock);
+    grown = realloc(workers, (worker_count + 1) * sizeof *grown);
+    if (grown) {
+        workers = grown;
+        workers[worker_count++] = w;
+    }
+    pthread_mutex_unlock(&workers_lock);
+    if (!grown) goto fail;
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        pthread_mutex_lock(&workers_lock);
+        worker_count--;
+        pthread_mutex_unlock(&workers_lock);
+        goto fail;
+    }
+    return w;
+fail:
+    cli_log(OUTBOX_LOG_ERROR, "relay",
+            "relay %s: cannot start its thread (out of memory or "
+            "threads); check the process limits",
+            config->name);
+    free(w);
+    cli_config_relay_free(config);
+    return NULL;
+}
+
+/* Asks w to stop (after its batch in flight). */
+static void worker_ask_stop(worker *w)
+{
+    atomic_store(&w->stop, 1);
+    pthread_mutex_lock(&workers_lock);
+    if (w->relay) outbox_relay_stop(w->relay);
+    pthread_mutex_unlock(&workers_lock);
+}
+
+/* Waits for w's thread, takes it out of the list and frees it. */
+static void worker_end(worker *w)
+{
+    pthread_join(w->thread, NULL);
+    pthread_mutex_lock(&workers_lock);
+    for (size_t i = 0; i < worker_count; i++)
+        if (workers[i] == w) {
+            workers[i] = workers[--worker_count];
+            break;
+        }
+    pthread_mutex_unlock(&workers_lock);
+    cli_config_relay_free(w->config);
+    free(w);
+}
+
+/* SIGTERM/SIGINT with --config (signal thread). */
+static void workers_stop_all(void)
+{
+    pthread_mutex_lock(&workers_lock);
+    for (size_t i = 0; i < worker_count; i++) {
+        atomic_store(&workers[i]->stop, 1);
+        if (workers[i]->relay) outbox_relay_stop(workers[i]->relay);
+    }
+    pthread_mutex_unlock(&workers_lock);
+}
+
+static void workers_unstopped(char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    pthread_mutex_lock(&workers_lock);
+    for (size_t i = 0; i < worker_count && used < len; i++)
+        if (!atomic_load(&workers[i]->done))
+            used += (size_t)snprintf(buf + used, len - used, "%srelay %s", used ? ", " : "",
+                                     workers[i]->config->name);
+    pthread_mutex_unlock(&workers_lock);
+}
+
+/* The text of a list of names, "none" when empty. */
+static const char *list_text(cli_buf *b)
+{
+    const char *text = cli_buf_text(b);
+    return text && text[0] ? text : "none";
+}
+
+/* Appends name to a "a, b" list. */
+static void list_add(cli_buf *b, const char *name)
+{
+    cli_buf_printf(b, "%s%s", strcmp(list_text(b), "none") != 0 ? ", " : "", name);
+}
+
+/* SIGHUP with --config: reads path again; when it is valid, applies the
+ * difference by relay name (removed: stopped; changed: stopped, then
+ * started once; added: started; unchanged: untouched, files reopened).
+ * An invalid file changes nothing. */
+static void config_reload(const char *path, const cli_override *overrides, size_t override_count)
+{
+    cli_config *next = NULL;
+    cli_buf added, removed, restarted, unchanged;
+    worker **old;
+    size_t old_count;
+
+    if (cli_config_load("relay", path, overrides, override_count, &next) != CLI_EXIT_OK) {
+        cli_log(OUTBOX_LOG_ERROR, "relay",
+                "config reload refused: %s has errors (above); the relays keep running with "
+                "the configuration they have",
+                path);
+        return;
+    }
+    cli_buf_init(&added);
+    cli_buf_init(&removed);
+    cli_buf_init(&restarted);
+    cli_buf_init(&unchanged);
+    pthread_mutex_lock(&workers_lock);
+    old_count = worker_count;
+    old = malloc((old_count + 1) * sizeof *old);
+    if (old) memcpy(old, workers, old_count * sizeof *old);
+    pthread_mutex_unlock(&workers_lock);
+    if (!old) {
+        cli_log(OUTBOX_LOG_ERROR, "relay", "config reload refused: out of memory");
+        cli_config_free(next);
+        return;
+    }
+
+    /* Stop the removed and changed ones first: a changed relay's store
+     * lease is released before its new version takes it. */
+    for (size_t i = 0; i < old_count; i++) {
+        const char *name = old[i]->config->name;
+        size_t j;
+        for (j = 0; j < next->relay_count; j++)
+            if (next->relays[j] && strcmp(next->relays[j]->name, name) == 0) break;
+        if (j < next->relay_count && strcmp(next->relays[j]->text, old[i]->config->text) == 0) {
+            list_add(&unchanged, name);
+            cli_config_relay_free(cli_config_take(next, j)); /* it goes on as it is */
+            pthread_mutex_lock(&workers_lock);
+            if (old[i]->relay) outbox_relay_reopen(old[i]->relay);
+            pthread_mutex_unlock(&workers_lock);
+            old[i] = NULL;
+            continue;
+        }
+        list_add(j < next->relay_count ? &restarted : &removed, name);
+        worker_ask_stop(old[i]);
+    }
+    for (size_t i = 0; i < old_count; i++)
+        if (old[i]) worker_end(old[i]);
+    for (size_t j = 0; j < next->relay_count; j++) {
+        cli_config_relay *r = cli_config_take(next, j);
+        int was_running = 0;
+        if (!r) continue;
+        {
+            /* in the restarted list when it replaced a relay of that name */
+            const char *list = list_text(&restarted);
+            size_t n = strlen(r->name);
+            for (const char *p = list; p && (p = strstr(p, r->name)) != NULL; p += n)
+                if ((p == list || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0')) was_running = 1;
+        }
+        if (!was_running) list_add(&added, r->name);
+        worker_start(r);
+    }
+    cli_log(OUTBOX_LOG_INFO, "relay",
+            "config reloaded: added %s; removed %s; restarted %s; unchanged %s", list_text(&added),
+            list_text(&removed), list_text(&restarted), list_text(&unchanged));
+    cli_buf_free(&added);
+    cli_buf_free(&removed);
+    cli_buf_free(&restarted);
+    cli_buf_free(&unchanged);
+    free(old);
+    cli_config_free(next);
+    monitor_sync();
+}
+
+/* WATCHDOG_USEC when it is meant for this process, else 0 (notify.c reads
+ * it the same way for one relay). */
+static int64_t watchdog_usec(void)
+{
+    const char *usec = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+    long long v;
+    if (!usec || !usec[0]) return 0;
+    if (pid && pid[0] && strtoll(pid, NULL, 10) != (long long)getpid()) return 0;
+    v = strtoll(usec, NULL, 10);
+    return v > 0 ? (int64_t)v : 0;
+}
+
+/* The service manager's view of several relays: READY=1 once each has
+ * tried to start (one that cannot reach its store does not hold the others
+ * back), STATUS= with the totals, WATCHDOG=1 while every running relay's
+ * loop turns within its deadline. */
+static void config_notify(int *ready_sent, int64_t *watchdog_due)
+{
+    int64_t period = watchdog_usec(), now = cli_monotonic_us();
+    outbox_relay_stats total = {0}, one;
+    size_t running = 0, attempted = 0, count;
+    int alive = 1;
+    char line[256];
+
+    if (!getenv("NOTIFY_SOCKET")) return;
+    pthread_mutex_lock(&workers_lock);
+    count = worker_count;
+    for (size_t i = 0; i < worker_count; i++) {
+        attempted += atomic_load(&workers[i]->attempted) != 0;
+        if (!workers[i]->relay) continue;
+        outbox_relay_metrics m;
+        running++;
+        outbox_relay_get_stats(workers[i]->relay, &one);
+        total.published += one.published;
+        total.failed += one.failed;
+        memset(&m, 0, sizeof m);
+        m.size = sizeof m;
+        if (outbox_relay_get_metrics(workers[i]->relay, &m) == OUTBOX_OK &&
+            m.loop_age_us > m.deadline_us)
+            alive = 0;
+    }
+    pthread_mutex_unlock(&workers_lock);
+    snprintf(line, sizeof line, "%sSTATUS=%zu of %zu relays running: %llu published, %llu failed",
+             *ready_sent || attempted < count ? "" : "READY=1\n", running, count,
+             (unsigned long long)total.published, (unsigned long long)total.failed);
+    if (!*ready_sent && attempted == count) *ready_sent = 1;
+    cli_notify_send(line);
+    if (period > 0 && now >= *watchdog_due) {
+        if (alive) cli_notify_send("WATCHDOG=1");
+        *watchdog_due = now + period / 2;
+    }
+}
+
+/* `outbox relay --config PATH`: the relays of the file until SIGTERM. */
+static int run_config(const char *cmd, const char *path, const cli_override *overrides,
+                      size_t override_count)
+{
+    cli_config *config = NULL;
+    char *token = NULL;
+    pthread_t signals;
+    int rc, ready_sent = 0;
+    int64_t watchdog_due = 0, notify_due = 0;
+
+    if ((rc = cli_config_load(cmd, path, overrides, override_count, &config)) != CLI_EXIT_OK)
+        return rc;
+    if (!(cli_log_flags_given & 1) && config->process.log_level)
+        cli_set_log_level(cmd, config->process.log_level);
+    if (!(cli_log_flags_given & 2) && config->process.log_format)
+        cli_set_log_format(cmd, config->process.log_format);
+    if (config->process.max_message_bytes)
+        outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, (size_t)config->process.max_message_bytes);
+    if (config->process.max_field_bytes)
+        outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, (size_t)config->process.max_field_bytes);
+    stop_timeout_ms = config->process.stop_timeout_ms;
+    shared_monitor_opts = config->process.monitor;
+    if (config->process.token_file &&
+        (rc = cli_token_read(cmd, "admin-token-file", config->process.token_file, &token)) !=
+            CLI_EXIT_OK) {
+        cli_config_free(config);
+        return rc;
+    }
+    shared_monitor_opts.admin_token = token; /* kept while monitors are rebuilt */
+    if (shared_monitor_opts.listen) {
+        /* The file's strings go with it: the monitor keeps a copy. */
+        snprintf(monitor_asked, sizeof monitor_asked, "%s", shared_monitor_opts.listen);
+        shared_monitor_opts.listen = monitor_asked;
+    }
+
+    stop_all = workers_stop_all;
+    unstopped_names = workers_unstopped;
+    if (signals_start(&signals) != 0) {
+        cli_token_free(token);
+        cli_config_free(config);
+        return cli_failure(cmd, "could not start the signal thread; check the process limits");
+    }
+    cli_log(OUTBOX_LOG_INFO, "relay", "%s: starting %zu relay%s", path, config->relay_count,
+            config->relay_count == 1 ? "" : "s");
+    for (size_t i = 0; i < config->relay_count; i++)
+        worker_start(cli_config_take(config, i));
+    cli_config_free(config);
+
+    for (;;) {
+        int reload, stop;
+        pthread_mutex_lock(&signal_lock);
+        reload = reload_asked;
+        reload_asked = 0;
+        stop = stop_asked;
+        pthread_mutex_unlock(&signal_lock);
+        if (stop) break;
+        if (reload) config_reload(path, overrides, override_count);
+        if (cli_monotonic_us() >= notify_due) {
+            config_notify(&ready_sent, &watchdog_due);
+            notify_due = cli_monotonic_us() + 1000000;
+        }
+        cli_sleep_us(100000);
+    }
+
+    workers_stop_all();
+    for (;;) {
+        worker *w = NULL;
+        pthread_mutex_lock(&workers_lock);
+        if (worker_count > 0) w = workers[worker_count - 1];
+        pthread_mutex_unlock(&workers_lock);
+        if (!w) break;
+        worker_end(w);
+    }
+    atomic_store(&stopped, 1);
+    signals_stop(signals);
+    cli_notify_end();
+    pthread_mutex_lock(&monitor_lock);
+    outbox_monitor_free(shared_monitor);
+    shared_monitor = NULL;
+    free(monitored);
+    monitored = NULL;
+    monitored_count = 0;
+    pthread_mutex_unlock(&monitor_lock);
+    cli_token_free(token);
+    free(workers);
+    workers = NULL;
+    cli_log(OUTBOX_LOG_INFO, "relay", "all relays stopped");
+    return CLI_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * The command
+ * ---------------------------------------------------------------------- */
+
+/* Runs the relay (or, with --config, the relays of a file).  Exit 0 after
+ * a graceful stop or a --once run that published everything due; 1 for a
+ * runtime failure (a --once run with a failed publication, lease held by
+ * another relay, lease lost, store error, missing schema, a stop longer
+ * than --stop-timeout); 2 for bad options, URLs or configuration. */
 int cmd_relay(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"store", required_argument, NULL, OPT_STORE},
-        {"to", required_argument, NULL, OPT_TO},
-        {"once", no_argument, NULL, OPT_ONCE},
-        {"batch", required_argument, NULL, OPT_BATCH},
-        {"max-attempts", required_argument, NULL, OPT_MAX_ATTEMPTS},
-        {"backoff-base", required_argument, NULL, OPT_BACKOFF_BASE},
-        {"backoff-max", required_argument, NULL, OPT_BACKOFF_MAX},
-        {"on-sent", required_argument, NULL, OPT_ON_SENT},
-        {"failed-blocks", required_argument, NULL, OPT_FAILED_BLOCKS},
-        {"poll-interval", required_argument, NULL, OPT_POLL_INTERVAL},
-        {"lease-ttl", required_argument, NULL, OPT_LEASE_TTL},
-        {"wait-lease", no_argument, NULL, OPT_WAIT_LEASE},
-        {"source", required_argument, NULL, OPT_SOURCE},
-        {"name", required_argument, NULL, OPT_NAME},
-        {"to-opt", required_argument, NULL, OPT_TO_OPT},
-        {"max-message-bytes", required_argument, NULL, OPT_MAX_MESSAGE_BYTES},
-        {"max-field-bytes", required_argument, NULL, OPT_MAX_FIELD_BYTES},
-        {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
-        {"listen", required_argument, NULL, OPT_LISTEN},
-        {"listen-public", no_argument, NULL, OPT_LISTEN_PUBLIC},
-        {"admin-token-file", required_argument, NULL, OPT_ADMIN_TOKEN_FILE},
-        {"metrics-refresh", required_argument, NULL, OPT_METRICS_REFRESH},
-        CLI_GLOBAL_OPTIONS,
-        {NULL, 0, NULL, 0},
-    };
-    const char *cmd = "relay", *store_opt = NULL, *url = NULL, *to = NULL;
-    outbox_relay_options opts;
+    struct option options[CLI_SETTING_MAX + 4];
+    const struct option globals[] = {CLI_GLOBAL_OPTIONS};
+    const char *cmd = "relay", *url = NULL, *to = NULL;
+    cli_settings s;
+    cli_override *overrides;
+    size_t override_count = 0, n_options = 0;
     outbox_relay *relay = NULL;
-    outbox_monitor_options monitor_opts;
     outbox_monitor *monitor = NULL;
-    const char *token_file = NULL;
     char *token = NULL;
-    int refresh_given = 0;
-    const char *to_opts[MAX_TO_OPTS + 1];
-    size_t to_opt_count = 0;
     outbox_error err = {0, ""};
     pthread_t signals;
-    int64_t connect_timeout_ms = -2; /* -2: not given (the default), -1: for ever */
-    uint64_t n, seen = 0;
+    uint64_t seen = 0;
     int c, rc;
 
-    outbox_relay_options_init(&opts);
-    outbox_monitor_options_init(&monitor_opts);
+    for (size_t i = 0; i < cli_setting_count; i++) {
+        const cli_setting *set = &cli_setting_table[i];
+        if (!(set->scope & CLI_SCOPE_FLAG)) continue;
+        options[n_options].name = set->name;
+        options[n_options].has_arg = set->placeholder ? required_argument : no_argument;
+        options[n_options].flag = NULL;
+        options[n_options].val = CLI_OPT_COMMAND_BASE + (int)i;
+        n_options++;
+    }
+    for (size_t i = 0; i < sizeof globals / sizeof globals[0]; i++)
+        options[n_options++] = globals[i];
+    memset(&options[n_options], 0, sizeof options[n_options]);
+
+    overrides = calloc((size_t)argc + 1, sizeof *overrides);
+    if (!overrides) return cli_failure(cmd, "out of memory");
+    cli_settings_init(&s);
     while ((c = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        if (c != OPT_TO_OPT && (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK) return rc;
-        rc = CLI_EXIT_OK;
-        switch (c) {
-        case 'h':
+        const cli_setting *set = NULL;
+        char flag[64];
+        if (c >= CLI_OPT_COMMAND_BASE && (size_t)(c - CLI_OPT_COMMAND_BASE) < cli_setting_count)
+            set = &cli_setting_table[c - CLI_OPT_COMMAND_BASE];
+        if ((!set || strcmp(set->name, "to-opt") != 0) &&
+            (rc = cli_once(cmd, options, c, &seen)) != CLI_EXIT_OK)
+            goto out;
+        if (c == 'h') {
             print_usage(stdout);
-            return CLI_EXIT_OK;
-        case OPT_STORE:
-            store_opt = optarg;
-            break;
-        case OPT_TO:
-            to = optarg;
-            break;
-        case OPT_ONCE:
-            opts.once = 1;
-            break;
-        case OPT_WAIT_LEASE:
-            opts.wait_for_lease = 1;
-            break;
-        case OPT_SOURCE:
-            opts.source = optarg;
-            break;
-        case OPT_NAME:
-            opts.name = optarg;
-            break;
-        case OPT_TO_OPT:
-            if (!strchr(optarg, '=') || optarg[0] == '=')
-                rc = cli_usage(cmd, "--to-opt '%s' is not KEY=VALUE", optarg);
-            else if (to_opt_count == MAX_TO_OPTS)
-                rc = cli_usage(cmd, "more than %d --to-opt settings", MAX_TO_OPTS);
-            else
-                to_opts[to_opt_count++] = optarg;
-            break;
-        case OPT_BATCH:
-            if ((rc = cli_parse_uint(cmd, "--batch", optarg, 1, 100000, &n)) == CLI_EXIT_OK)
-                opts.batch_size = (unsigned)n;
-            break;
-        case OPT_MAX_ATTEMPTS:
-            if ((rc = cli_parse_uint(cmd, "--max-attempts", optarg, 1, 1000000, &n)) == CLI_EXIT_OK)
-                opts.max_attempts = (unsigned)n;
-            break;
-        case OPT_MAX_MESSAGE_BYTES:
-            if ((rc = cli_parse_uint(cmd, "--max-message-bytes", optarg, 1024, 1073741824, &n)) ==
-                CLI_EXIT_OK)
-                outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, (size_t)n);
-            break;
-        case OPT_CONNECT_TIMEOUT:
-            rc = cli_parse_duration(cmd, "--connect-timeout", optarg, INT64_C(31536000000),
-                                    &connect_timeout_ms);
-            break;
-        case OPT_MAX_FIELD_BYTES:
-            if ((rc = cli_parse_uint(cmd, "--max-field-bytes", optarg, 16, 1048576, &n)) ==
-                CLI_EXIT_OK)
-                outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, (size_t)n);
-            break;
-        case OPT_LISTEN:
-            monitor_opts.listen = optarg;
-            break;
-        case OPT_LISTEN_PUBLIC:
-            monitor_opts.allow_public = 1;
-            break;
-        case OPT_ADMIN_TOKEN_FILE:
-            token_file = optarg;
-            break;
-        case OPT_METRICS_REFRESH:
-            refresh_given = 1;
-            rc = duration_option(cmd, "--metrics-refresh", optarg, &monitor_opts.refresh_ms);
-            if (rc == CLI_EXIT_OK &&
-                (monitor_opts.refresh_ms < 100 || monitor_opts.refresh_ms > 3600000))
-                rc =
-                    cli_usage(cmd, "--metrics-refresh %s is out of range; use 100ms to 1h", optarg);
-            break;
-        case OPT_BACKOFF_BASE:
-            rc = duration_option(cmd, "--backoff-base", optarg, &opts.backoff_base_ms);
-            break;
-        case OPT_BACKOFF_MAX:
-            rc = duration_option(cmd, "--backoff-max", optarg, &opts.backoff_max_ms);
-            break;
-        case OPT_POLL_INTERVAL:
-            rc = duration_option(cmd, "--poll-interval", optarg, &opts.poll_interval_ms);
-            break;
-        case OPT_LEASE_TTL:
-            rc = duration_option(cmd, "--lease-ttl", optarg, &opts.lease_ttl_ms);
-            break;
-        case OPT_ON_SENT:
-            if (strcmp(optarg, "delete") == 0)
-                opts.on_sent = OUTBOX_ON_SENT_DELETE;
-            else if (strcmp(optarg, "mark") == 0)
-                opts.on_sent = OUTBOX_ON_SENT_MARK;
-            else
-                rc = cli_usage(cmd, "--on-sent '%s' is not a mode; use delete or mark", optarg);
-            break;
-        case OPT_FAILED_BLOCKS:
-            if (strcmp(optarg, "yes") == 0)
-                opts.failed_blocks_aggregate = 1;
-            else if (strcmp(optarg, "no") == 0)
-                opts.failed_blocks_aggregate = 0;
-            else
-                rc = cli_usage(cmd, "--failed-blocks '%s' is not yes or no; use yes or no", optarg);
-            break;
-        default:
-            if ((rc = cli_option(cmd, c, argv, "")) != CLI_CONTINUE) return rc;
             rc = CLI_EXIT_OK;
+            goto out;
         }
-        if (rc != CLI_EXIT_OK) return rc;
+        if (!set) {
+            if (c == CLI_OPT_LOG_LEVEL) cli_log_flags_given |= 1;
+            if (c == CLI_OPT_LOG_FORMAT) cli_log_flags_given |= 2;
+            if ((rc = cli_option(cmd, c, argv, "")) != CLI_CONTINUE) goto out;
+            continue;
+        }
+        snprintf(flag, sizeof flag, "--%s", set->name);
+        if ((rc = set->set(cmd, flag, optarg, &s)) != CLI_EXIT_OK) goto out;
+        if (strcmp(set->name, "config") != 0) {
+            overrides[override_count].setting = set;
+            overrides[override_count++].value = optarg;
+        }
     }
-    if (optind < argc)
-        return cli_usage(cmd, "unexpected argument '%s'; see outbox relay --help", argv[optind]);
-    if ((rc = cli_store_url(cmd, store_opt, &url)) != CLI_EXIT_OK) return rc;
+    if (optind < argc) {
+        rc = cli_usage(cmd, "unexpected argument '%s'; see outbox relay --help", argv[optind]);
+        goto out;
+    }
+    if (s.config) {
+        if (s.store || s.to || s.opts.once) {
+            rc = cli_usage(cmd, "--store, --to and --once go with one relay, not with --config: "
+                                "put the stores and destinations in the file's [relay NAME] "
+                                "sections");
+            goto out;
+        }
+        rc = run_config(cmd, s.config, overrides, override_count);
+        goto out;
+    }
+
+    if ((rc = cli_store_url(cmd, s.store, &url)) != CLI_EXIT_OK) goto out;
+    to = s.to;
     if (!to || !to[0]) to = getenv("OUTBOX_TO");
-    if (!to || !to[0])
-        return cli_usage(cmd, "--to is required (the destination, e.g. --to file:events.jsonl "
-                              "or --to stdout:); or set OUTBOX_TO");
-    if ((rc = cli_check_scheme(cmd, "store URL", url, CLI_STORES)) != CLI_EXIT_OK ||
-        (rc = cli_check_scheme(cmd, "--to", to, CLI_DESTINATIONS)) != CLI_EXIT_OK)
-        return rc;
-    if (opts.backoff_max_ms < opts.backoff_base_ms)
-        return cli_usage(cmd,
-                         "--backoff-max (%u ms) is shorter than --backoff-base (%u ms); "
-                         "make it at least as long",
-                         opts.backoff_max_ms, opts.backoff_base_ms);
-
-    if (monitor_opts.listen == NULL &&
-        (monitor_opts.allow_public || token_file != NULL || refresh_given))
-        return cli_usage(cmd, "--listen-public, --admin-token-file and --metrics-refresh go with "
-                              "--listen ADDR:PORT");
-    if (token_file != NULL) {
-        if ((rc = read_admin_token(cmd, token_file, &token)) != CLI_EXIT_OK) return rc;
-        monitor_opts.admin_token = token;
+    if (!to || !to[0]) {
+        rc = cli_usage(cmd, "--to is required (the destination, e.g. --to file:events.jsonl "
+                            "or --to stdout:); or set OUTBOX_TO");
+        goto out;
     }
-
-    to_opts[to_opt_count] = NULL;
-    opts.destination_options = to_opts;
+    s.store = url;
+    s.to = to;
+    if ((rc = cli_settings_check_relay(cmd, "--", &s)) != CLI_EXIT_OK ||
+        (rc = cli_settings_check_process(cmd, &s)) != CLI_EXIT_OK)
+        goto out;
+    if (s.token_file != NULL) {
+        if ((rc = cli_token_read(cmd, "--admin-token-file", s.token_file, &token)) != CLI_EXIT_OK)
+            goto out;
+        s.monitor.admin_token = token;
+    }
+    if (s.max_message_bytes) outbox_limit(OUTBOX_LIMIT_MESSAGE_BYTES, (size_t)s.max_message_bytes);
+    if (s.max_field_bytes) outbox_limit(OUTBOX_LIMIT_FIELD_BYTES, (size_t)s.max_field_bytes);
+    stop_timeout_ms = s.stop_timeout_ms;
+    s.to_opts[s.to_opt_count] = NULL;
+    s.opts.destination_options = s.to_opts;
 
     /* The signal thread first: a SIGTERM during start-up is a clean stop too. */
-    if (signals_start(&signals) != 0)
-        return cli_failure(cmd, "could not start the signal thread; check the process limits");
-    if (connect_timeout_ms == -2) connect_timeout_ms = opts.once ? 30000 : -1;
-    if ((rc = relay_new_waiting(&relay, url, to, &opts, connect_timeout_ms, &err)) != OUTBOX_OK) {
-        signals_stop(signals);
-        free_admin_token(token);
-        if (rc == OUTBOX_ESTOPPED) return CLI_EXIT_OK;
-        return cli_fail(cmd, rc, &err);
+    if (signals_start(&signals) != 0) {
+        cli_token_free(token);
+        rc = cli_failure(cmd, "could not start the signal thread; check the process limits");
+        goto out;
     }
-    if (monitor_opts.listen != NULL &&
-        (rc = monitor_start(cmd, relay, &monitor_opts, &monitor)) != CLI_EXIT_OK) {
+    if (s.connect_timeout_ms == -2) s.connect_timeout_ms = s.opts.once ? 30000 : -1;
+    if ((rc = relay_new_waiting(&relay, NULL, url, to, &s.opts, s.connect_timeout_ms, NULL,
+                                &err)) != OUTBOX_OK) {
         signals_stop(signals);
-        free_admin_token(token);
+        cli_token_free(token);
+        rc = rc == OUTBOX_ESTOPPED ? CLI_EXIT_OK : cli_fail(cmd, rc, &err);
+        goto out;
+    }
+    if (s.monitor.listen != NULL &&
+        (rc = monitor_start(cmd, relay, &s.monitor, &monitor)) != CLI_EXIT_OK) {
+        signals_stop(signals);
+        cli_token_free(token);
         outbox_relay_free(relay);
-        return rc;
+        goto out;
     }
-    free_admin_token(token); /* the monitor has its copy */
+    cli_token_free(token); /* the monitor has its copy */
     signals_attach(relay);
     cli_notify_ready(relay, to);
     rc = outbox_relay_run(relay, &err);
+    atomic_store(&stopped, 1);
     cli_notify_end();
     signals_attach(NULL);
     signals_stop(signals);
     outbox_monitor_free(monitor);
 
     if (rc == OUTBOX_OK || rc == OUTBOX_ESTOPPED) {
-        rc = opts.once ? once_outcome(cmd, relay) : CLI_EXIT_OK;
+        rc = s.opts.once ? once_outcome(cmd, relay) : CLI_EXIT_OK;
     } else if (rc == OUTBOX_ELEASED && !strstr(err.message, "--wait-lease")) {
         /* The store says who holds the lease; what to do is the CLI's to say. */
         rc = cli_failure(cmd, "%s; stop it, or pass --wait-lease to stand by", err.message);
@@ -608,5 +940,7 @@ int cmd_relay(int argc, char **argv)
         rc = cli_fail(cmd, rc, &err);
     }
     outbox_relay_free(relay);
+out:
+    free(overrides);
     return rc;
 }
