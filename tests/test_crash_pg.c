@@ -170,7 +170,12 @@ TEST(kill_sweep)
     relay_cmd_init(&c, out, 0, 256);
     int kills = 0, lives = 0;
     int64_t started = ch_now_ms();
-    while (kills < min_kills || !ch_producer_done(&pp.p)) {
+    /* Kill until both the kill count is reached and the producer is done,
+     * but stop killing after 90 s (a loaded machine or a sanitizer build
+     * commits slowly): the producer then finishes on its own and the
+     * final drain takes the rest, as in test_crash_nats. */
+    while ((kills < min_kills || !ch_producer_done(&pp.p)) &&
+           (kills < min_kills || ch_now_ms() - started < 90000)) {
         pid_t pid = ch_spawn(c.argv, NULL, NULL, errp);
         lives++;
         ch_sleep_ms(ch_rand_range(&rng, 50, 800));
@@ -180,7 +185,8 @@ TEST(kill_sweep)
             TEST_FAIL_("relay exited %d on its own", code);
         }
         if (ch_kill9(pid) == 137) kills++;
-        if (ch_now_ms() - started > 150000) TEST_FAIL_("kill sweep took over 150 s");
+        if (ch_now_ms() - started > 150000)
+            TEST_FAIL_("kill sweep: only %d of %d kills in 150 s", kills, min_kills);
     }
     ch_producer_join(&pp.p);
     fprintf(
