@@ -611,7 +611,8 @@ typedef struct outbox_complete_params {
 typedef struct outbox_store_ops {
     int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge;
                            4 adds the pipelined claim and complete; 5 adds drop
-                           and lease_note; 6 adds usage, doc and props */
+                           and lease_note; 6 adds usage, doc and props;
+                           7 adds partitions_held */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -730,6 +731,15 @@ typedef struct outbox_store_ops {
     const char *usage;        /* "sqlite:PATH" */
     const char *doc;          /* what it is, one or two sentences */
     const outbox_prop *props; /* its URL options (outbox__props_parse); NULL: none */
+
+    /* Version 7 (optional: NULL = the store is not partitioned; the relay
+     * then reports 1 while it holds the lease). */
+
+    /* How many partitions this handle holds now (0 when it holds none or
+     * lost its session), as its last lease or claim call left it: no I/O,
+     * so the relay reads it after those calls, on its own thread (the
+     * handle is not thread-safe). */
+    int (*partitions_held)(void *state);
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state.  The public

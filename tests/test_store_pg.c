@@ -14,11 +14,11 @@
  * on to 5, the claim floor (never above a row an open transaction may
  * still commit; a requeue below it is claimed at once and in order; a role
  * that cannot read the sequence claims without it), partition leases
- * shared by two relays, reconnecting after the connection is killed, and
- * outbox_enqueue_commit_pg (0, 1, 3 and 2000
- * messages committed with the business row; refused outside a
- * transaction and for NULL arguments; a duplicate id, a row the table
- * refuses and a failing COMMIT commit nothing; a dropped connection).
+ * shared by two relays (and counted in their relays' metrics),
+ * reconnecting after the connection is killed, and
+ * outbox_enqueue_commit_pg (0, 1, 3 and 2000 messages committed with the business row; refused
+ * outside a transaction and for NULL arguments; a duplicate id, a row the table refuses and a
+ * failing COMMIT commit nothing; a dropped connection).
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -1828,6 +1828,67 @@ TEST(two_relays_rearm)
     PQfinish(c);
 }
 
+/* The relay's metrics report the partitions its store handle holds: two
+ * relays on an outbox of 8 partitions each own some, 8 between them, and
+ * none once stopped. */
+TEST(partitions_owned_metrics)
+{
+    outbox_relay_options o;
+    outbox_relay *r[2] = {NULL, NULL};
+    outbox_relay_metrics m[2];
+    outbox_store s;
+    outbox_error err;
+    wake_seen seen;
+    pthread_t th[2];
+    char u[800];
+    int from, to, i, shared = 0;
+    int64_t deadline;
+    PGconn *c = pgh_connect(&server);
+
+    snprintf(u, sizeof u, "%s?schema=parts_owned&partitions=8", server.url);
+    open_store(&s, u);
+    ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
+    outbox__store_close(&s);
+
+    atomic_init(&seen.published, 0);
+    atomic_init(&seen.first_us, 0);
+    outbox_relay_options_init(&o);
+    o.publish = wake_publish;
+    o.publish_user = &seen;
+    o.poll_interval_ms = 100; /* idle relays claim, and so rebalance, often */
+    for (i = 0; i < 2; i++) {
+        ASSERT_OK(outbox_relay_new(&r[i], u, NULL, &o, &err), &err);
+        pthread_create(&th[i], NULL, wake_relay_main, r[i]);
+    }
+    deadline = outbox__monotonic_us() + 15000000;
+    while (!shared && outbox__monotonic_us() < deadline) {
+        usleep(50000);
+        for (i = 0; i < 2; i++) {
+            memset(&m[i], 0, sizeof m[i]);
+            m[i].size = sizeof m[i];
+            ASSERT_EQ(outbox_relay_get_metrics(r[i], &m[i]), OUTBOX_OK);
+        }
+        shared = m[0].lease_held && m[1].lease_held && m[0].partitions_owned > 0 &&
+                 m[1].partitions_owned > 0 && m[0].partitions_owned + m[1].partitions_owned == 8;
+    }
+    if (!shared)
+        TEST_FAIL_("partitions owned: %lld and %lld, not 8 between them",
+                   (long long)m[0].partitions_owned, (long long)m[1].partitions_owned);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM parts_owned.relays"), 2);
+    for (i = 0; i < 2; i++) {
+        outbox_relay_stop(r[i]);
+        pthread_join(th[i], NULL);
+        memset(&m[i], 0, sizeof m[i]);
+        m[i].size = sizeof m[i];
+        ASSERT_EQ(outbox_relay_get_metrics(r[i], &m[i]), OUTBOX_OK);
+        ASSERT_EQ(m[i].lease_held, 0);
+        ASSERT_EQ(m[i].partitions_owned, 0);
+        outbox_relay_free(r[i]);
+    }
+    pgh_exec(c, "DROP SCHEMA parts_owned CASCADE");
+    PQfinish(c);
+}
+
 TEST(partitions_shared)
 {
     outbox_store a, b;
@@ -1956,6 +2017,7 @@ int main(void)
     RUN(notify_only_while_waiting);
     RUN(relay_woken_by_notify);
     RUN(two_relays_rearm);
+    RUN(partitions_owned_metrics);
     RUN(partitions_shared);
     RUN(reconnect);
     fprintf(stderr, "all PostgreSQL store tests passed\n");

@@ -188,6 +188,10 @@ struct outbox_relay {
     atomic_int running;
 
     atomic_int lease_held; /* atomic: read by outbox_relay_get_metrics */
+    /* What the store's partitions_held said after the last lease or claim
+     * call (1 for a store without partitions); read with lease_held by
+     * outbox_relay_get_metrics, which must not touch the store handle. */
+    atomic_int partitions_owned;
     int store_waiting;     /* idle(1) succeeded; neither idle(0) nor a sleep since */
     int64_t last_renew_us; /* monotonic time of the last lease renewal */
     int64_t renew_due_us;  /* monotonic time of the next renewal attempt */
@@ -650,7 +654,7 @@ int outbox_relay_get_metrics(const outbox_relay *relay, outbox_relay_metrics *ou
     m.store_errors = atomic_load_explicit(&r->store_errors, memory_order_relaxed);
     m.state = atomic_load(&r->state);
     m.lease_held = atomic_load(&r->lease_held) != 0;
-    m.partitions_owned = m.lease_held ? 1 : 0;
+    m.partitions_owned = m.lease_held ? atomic_load(&r->partitions_owned) : 0;
     m.down_since_us = atomic_load(&r->down_since_us);
     m.destination_up = m.down_since_us == 0;
     m.destination_backoff_seconds =
@@ -1376,6 +1380,18 @@ finish:
  * Lease and idle waiting
  * ---------------------------------------------------------------------- */
 
+/* Keeps how many partitions the store handle holds, for the metrics: the
+ * store changes it in lease_acquire, lease_renew and the claims (a
+ * rebalance, a takeover, a lost session), so the relay reads it after
+ * those, on its own thread. */
+static void note_partitions(outbox_relay *r)
+{
+    int held = 1;
+    if (OUTBOX__HAS(r->store.ops, 7, partitions_held))
+        held = r->store.ops->partitions_held(r->store.state);
+    atomic_store_explicit(&r->partitions_owned, held, memory_order_relaxed);
+}
+
 static int acquire_lease(outbox_relay *r, outbox_error *err)
 {
     int64_t step_ms = r->opts.lease_ttl_ms / 2;
@@ -1387,6 +1403,7 @@ static int acquire_lease(outbox_relay *r, outbox_error *err)
         rc = r->store.ops->lease_acquire(r->store.state, r->name, r->opts.lease_ttl_ms, err);
         loop_turned(r);
         if (rc == OUTBOX_OK) {
+            note_partitions(r);
             r->lease_held = 1;
             r->last_renew_us = outbox__monotonic_us();
             atomic_store(&r->state, OUTBOX_RELAY_RUNNING);
@@ -1425,6 +1442,7 @@ static int maybe_renew(outbox_relay *r, outbox_error *err)
     e.code = 0;
     e.message[0] = '\0';
     rc = r->store.ops->lease_renew(r->store.state, r->name, r->opts.lease_ttl_ms, &e);
+    note_partitions(r);
     if (rc == OUTBOX_OK) {
         r->last_renew_us = now;
         return OUTBOX_OK;
@@ -1707,6 +1725,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
             rc = pipeline_step(r, &claimed, &held_back, &e);
         else
             rc = run_batch(r, &claimed, &held_back, &e);
+        note_partitions(r);
         if (rc != OUTBOX_OK) {
             atomic_fetch_add_explicit(&r->store_errors, 1, memory_order_relaxed);
             note_error(r, e.message);

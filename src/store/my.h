@@ -146,6 +146,7 @@ int outbox__my_lease_acquire(void *state, const char *owner, int64_t ttl_ms, out
 int outbox__my_lease_renew(void *state, const char *owner, int64_t ttl_ms, outbox_error *err);
 int outbox__my_lease_release(void *state, const char *owner, outbox_error *err);
 int outbox__my_lease_note(void *state, const char *owner, const char *note, outbox_error *err);
+int outbox__my_partitions_held(void *state);
 int outbox__my_changed(void *state, int *changed, outbox_error *err);
 const char *outbox__my_wake_path(void *state);
 

@@ -472,7 +472,7 @@ static int my_enqueue(void *state, const outbox_msg *msg, outbox_error *err)
 /* clang-format off */
 #define MY_STORE_OPS(scheme_, usage_, doc_)                                                        \
     {                                                                                              \
-        .version = 6,                                                                              \
+        .version = 7,                                                                              \
         .scheme = scheme_,                                                                         \
         .open = MY_ENTRY(my_open),                                                                 \
         .close = MY_ENTRY(my_close),                                                               \
@@ -495,6 +495,7 @@ static int my_enqueue(void *state, const outbox_msg *msg, outbox_error *err)
         .inbox_purge = MY_ENTRY(outbox__my_inbox_purge),                                           \
         .drop = MY_ENTRY(outbox__my_drop),                                                         \
         .lease_note = MY_ENTRY(outbox__my_lease_note),                                             \
+        .partitions_held = MY_ENTRY(outbox__my_partitions_held),                                   \
         .usage = usage_,                                                                           \
         .doc = doc_,                                                                               \
         .props = my_props,                                                                         \

@@ -282,6 +282,14 @@ int outbox__my_lease_release(void *state, const char *owner, outbox_error *err)
     return code;
 }
 
+/* held_count is kept by the rebalance, the claim (when it finds leases
+ * expired or taken), the release and the connection's loss (my_conn.c). */
+int outbox__my_partitions_held(void *state)
+{
+    const my_store *st = state;
+    return st->held_count;
+}
+
 /* Keeps note (one line, at most 255 bytes, cut on a character boundary)
  * for this relay's row; written at once outside a claim, else with the
  * next heartbeat. */

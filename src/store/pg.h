@@ -154,6 +154,7 @@ int outbox__pg_lease_acquire(void *state, const char *owner, int64_t ttl_ms, out
 int outbox__pg_lease_renew(void *state, const char *owner, int64_t ttl_ms, outbox_error *err);
 int outbox__pg_lease_release(void *state, const char *owner, outbox_error *err);
 int outbox__pg_lease_note(void *state, const char *owner, const char *note, outbox_error *err);
+int outbox__pg_partitions_held(void *state);
 int outbox__pg_changed(void *state, int *changed, outbox_error *err);
 const char *outbox__pg_wake_path(void *state);
 int outbox__pg_idle(void *state, int waiting, outbox_error *err);

@@ -703,7 +703,7 @@ fail:
 /* clang-format off */
 #define PG_STORE_OPS(scheme_, usage_, doc_)                                                        \
     {                                                                                              \
-        .version = 6,                                                                              \
+        .version = 7,                                                                              \
         .scheme = scheme_,                                                                         \
         .open = PG_ENTRY(pg_open),                                                                 \
         .close = PG_ENTRY(pg_close),                                                               \
@@ -730,6 +730,7 @@ fail:
         .complete_pipelined = PG_ENTRY(outbox__pg_complete_pipelined),                             \
         .drop = PG_ENTRY(outbox__pg_drop),                                                         \
         .lease_note = PG_ENTRY(outbox__pg_lease_note),                                             \
+        .partitions_held = PG_ENTRY(outbox__pg_partitions_held),                                   \
         .usage = usage_,                                                                           \
         .doc = doc_,                                                                               \
         .props = pg_props,                                                                         \

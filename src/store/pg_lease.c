@@ -393,6 +393,14 @@ int outbox__pg_lease_release(void *state, const char *owner, outbox_error *err)
     return code;
 }
 
+/* held_count is kept by rebalance, the release and the connection's loss
+ * (pg_conn.c), so it is what this session's advisory locks hold. */
+int outbox__pg_partitions_held(void *state)
+{
+    const pg_store *st = state;
+    return st->held_count;
+}
+
 /* Keeps note (one line, at most 255 bytes, cut on a character boundary) as
  * this relay instance's note in relays, shown by status.  Written at once
  * outside a claim transaction, else with the next heartbeat; kept across
