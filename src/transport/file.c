@@ -8,8 +8,10 @@
  * the batch (the end of the last complete line), so what a reader finds
  * afterwards is whole lines only, and the batch fails as a whole (the
  * relay treats that as the destination's outage: a full disk charges no
- * attempts).  A crash can still leave a torn last line: the file is
- * repaired at open by ending it with '\n' before anything new is appended.
+ * attempts).  A batch that could not be cut off is cut off before the
+ * next one, at reopen and at close.  A crash can still leave a torn last
+ * line: the file is repaired at open by ending it with '\n' before anything
+ * new is appended.
  *
  * reopen (outbox_relay_reopen, SIGHUP) opens PATH again, for log rotation:
  * after `mv events.jsonl events.jsonl.1` the next batch goes to a new
@@ -26,8 +28,8 @@
  * file_sys_write, file_sys_fsync and file_sys_truncate are the system
  * calls themselves (every write(), fsync() and ftruncate() here, the
  * repairs' too), failing with ENOSPC, EIO and EIO, or the errno the entry
- * names (`file_sys_write:error=EIO:3`); a failing write() writes half its
- * bytes first, as a disk that fills up during the call does
+ * names (`file_sys_write:error=EIO:3`); a failing write() writes just over
+ * half its bytes first, as a disk that fills up during the call does
  * (tests/test_io_sweep.c sweeps them).
  */
 #include "internal.h"
@@ -62,8 +64,10 @@ static ssize_t sys_write(int fd, const char *data, size_t len)
 {
     int injected = OUTBOX_FAULT_ERRNO("file_sys_write", ENOSPC);
     if (injected != 0) {
-        ssize_t half = len > 1 ? write(fd, data, len / 2) : 0;
-        (void)half; /* the call fails whatever the first half did */
+        /* Just over half, so that a batch of lines of one length is torn
+         * inside a line, not between two. */
+        ssize_t part = len > 1 ? write(fd, data, len / 2 + 1) : 0;
+        (void)part; /* the call fails whatever the first part did */
         errno = injected;
         return -1;
     }
@@ -401,6 +405,14 @@ static void file_close(void *state)
 {
     file_state *st = state;
     if (st == NULL) return;
+    /* A relay stopped while the destination is down may leave a failed
+     * batch that could not be cut off yet: cut it now, or the next open
+     * would only end its torn line with a newline, a broken line for the
+     * file's readers. */
+    if (st->fd >= 0 && st->dirty && truncate_back(st) != 0)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "cannot cut a failed batch off the end of %s before closing it: %s", st->shown,
+                    strerror(errno));
     if (st->fd >= 0) close(st->fd);
     outbox__buf_free(&st->buf);
 #ifdef OUTBOX_FAULT_INJECTION
