@@ -365,7 +365,8 @@ static size_t file_ids(const char *path, char (**out)[37])
     if (v == NULL) TEST_FAIL_("out of memory");
     if (text != NULL && len > 0 && text[len - 1] != '\n')
         TEST_FAIL_("%s ends in the middle of a line", path);
-    for (line = text ? strtok_r(text, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+    for (line = text ? strtok_r(text, "\n", &save) : NULL; line;
+         line = strtok_r(NULL, "\n", &save)) {
         json_error_t jerr;
         json_t *ev = json_loads(line, 0, &jerr);
         const char *id = ev ? json_string_value(json_object_get(ev, "id")) : NULL;
@@ -387,18 +388,6 @@ static int has_id(char (*v)[37], size_t n, const char *id)
     return 0;
 }
 
-static void relay_opts(outbox_relay_options *o)
-{
-    outbox_relay_options_init(o);
-    o->once = 1;
-    o->on_sent = OUTBOX_ON_SENT_MARK; /* keep sent rows, to check them */
-    o->backoff_base_ms = 1;
-    o->backoff_max_ms = 5;
-    o->max_attempts = 1000;
-    o->lease_ttl_ms = 1000;
-    o->batch_size = 4; /* several batches */
-}
-
 /* One relay run (new, run --once, free) from the outbox at db to file:out.
  * wait: stand by for a lease a failed run could not give back. */
 static int relay_once(const char *db, const char *out, int wait)
@@ -408,7 +397,7 @@ static int relay_once(const char *db, const char *out, int wait)
     char store[CH_PATH + 8], to[CH_PATH + 8];
     int rc;
 
-    relay_opts(&o);
+    ch_sweep_relay_options(&o);
     o.wait_for_lease = wait;
     snprintf(store, sizeof store, "sqlite:%s", db);
     snprintf(to, sizeof to, "file:%s", out);
@@ -433,23 +422,29 @@ static int64_t count_id(sqlite3 *db, const char *id, const char *status)
     return v;
 }
 
+/* The ids of a destination file, for ch_check_sent. */
+typedef struct file_view {
+    char (*v)[37];
+    size_t n;
+} file_view;
+
+static int file_view_has(void *user, const char *id)
+{
+    file_view *f = user;
+    return has_id(f->v, f->n, id);
+}
+
 /* Every message marked sent in the outbox is in the file (which holds only
  * whole lines); returns how many are sent. */
 static int64_t check_sent_in_file(sqlite3 *db, const char *out, const char *label)
 {
-    char(*v)[37];
-    size_t n = file_ids(out, &v);
-    sqlite3_stmt *st = NULL;
-    int64_t sent = 0;
-    ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT id FROM outbox WHERE status = 'sent'", -1, &st, NULL),
-              SQLITE_OK);
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *id = (const char *)sqlite3_column_text(st, 0);
-        if (!has_id(v, n, id)) TEST_FAIL_("%s: message %s marked sent but not in %s", label, id, out);
-        sent++;
-    }
-    sqlite3_finalize(st);
-    free(v);
+    file_view f;
+    char where[CH_PATH + 200];
+    int64_t sent;
+    f.n = file_ids(out, &f.v);
+    snprintf(where, sizeof where, "in %s (%s)", out, label);
+    sent = ch_check_sent(db, file_view_has, &f, where);
+    free(f.v);
     return sent;
 }
 
@@ -483,8 +478,7 @@ static uint64_t restart_and_check(const char *db_path, const char *out, const id
     if (tries == 50)
         TEST_FAIL_("%s: %lld messages left pending by fault-free runs: %d %s", label,
                    (long long)ch_outbox_count(db_path, "pending"), rc, err->message);
-    if (ch_outbox_count(db_path, "failed") != 0)
-        TEST_FAIL_("%s: a message was set Failed", label);
+    if (ch_outbox_count(db_path, "failed") != 0) TEST_FAIL_("%s: a message was set Failed", label);
 
     db = ch_db_open(db_path);
     ASSERT_EQ(check_sent_in_file(db, out, label), ch_outbox_count(db_path, NULL));
@@ -497,6 +491,17 @@ static uint64_t restart_and_check(const char *db_path, const char *out, const id
         }
     free(v);
     return lost;
+}
+
+/* The restart and its checks after one run of a sweep; 1 when the run
+ * reached no failure (the sweep is over). */
+static int sweep_step_done(swept *s, const char *db, const char *out, const ids *committed,
+                           const char *label, int injected, uint64_t n)
+{
+    s->lost += restart_and_check(db, out, committed, label);
+    s->tried++;
+    if (injected) s->points = n;
+    return !injected;
 }
 
 /* ---- SQLite under the shim -------------------------------------------------- */
@@ -603,10 +608,7 @@ static void sweep_vfs(const vfs_kind *k)
             s->failed[i] += (uint64_t)failed[i];
         }
 
-        s->lost += restart_and_check(db, out, &committed, label);
-        s->tried++;
-        if (!injected) break;
-        s->points = n;
+        if (sweep_step_done(s, db, out, &committed, label, injected, n)) break;
     }
     ASSERT_EQ(s->lost, 0);
 }
@@ -678,10 +680,7 @@ static void sweep_file(const file_kind *k)
         /* A relay rides a destination's failure out: its run still ends OK. */
         if (rc != OUTBOX_OK) TEST_FAIL_("%s: the relay returned %d: %s", label, rc, err->message);
 
-        s->lost += restart_and_check(db, out, &committed, label);
-        s->tried++;
-        if (!injected) break;
-        s->points = n;
+        if (sweep_step_done(s, db, out, &committed, label, injected, n)) break;
     }
     ASSERT_EQ(s->lost, 0);
 }
@@ -724,7 +723,7 @@ static void stop_while_cut_failed(void)
     ASSERT_OK(relay_once(db, out, 0), err);
     fresh_outbox(db, MAX_IDS, &committed);
     committed.n = 0; /* the first file's messages are gone with its outbox */
-    relay_opts(&o);
+    ch_sweep_relay_options(&o);
     snprintf(store, sizeof store, "sqlite:%s", db);
     snprintf(to, sizeof to, "file:%s", out);
     ASSERT_OK(outbox_relay_new(&stop_target, store, to, &o, err), err);
