@@ -474,7 +474,8 @@ int outbox__webhook_sign_key(const unsigned char *key, size_t key_len, const cha
  * The environment variable OUTBOX_FAULT selects what happens:
  *   OUTBOX_FAULT=name:action[:when][,name:action[:when]...]
  *   action: crash (SIGKILL the process, as kill -9 would), exit (_exit(99)),
- *           error (the point returns OUTBOX_EFAULT)
+ *           error (the point returns OUTBOX_EFAULT); error=ENOSPC (or EIO,
+ *           EDQUOT, EROFS) also names the errno of a system-call point
  *   when:   N   the N-th time the point is reached (default 1)
  *           pX  each time with probability X (0..1), seeded by
  *               OUTBOX_FAULT_SEED when set
@@ -487,6 +488,22 @@ int outbox__fault(const char *name);
 #define OUTBOX_FAULT(name) outbox__fault(name)
 #else
 #define OUTBOX_FAULT(name) 0
+#endif
+
+/* I/O-failure points (src/core/fault.c, tests/test_io_sweep.c).
+ * OUTBOX_FAULT_ERRNO(name, fallback) is a point in front of a system call:
+ * 0 normally, else the errno the call is to fail with (the entry's
+ * `error=ENOSPC|EIO|EDQUOT|EROFS`, or fallback).  outbox__fault_set
+ * replaces the configuration (OUTBOX_FAULT's syntax; NULL: none) and
+ * resets the counts, for sweeps inside one process: call it while no thread
+ * is at a point.  outbox__fault_fired counts the faults applied since. */
+#ifdef OUTBOX_FAULT_INJECTION
+int outbox__fault_errno(const char *name, int fallback);
+void outbox__fault_set(const char *spec);
+uint64_t outbox__fault_fired(void);
+#define OUTBOX_FAULT_ERRNO(name, fallback) outbox__fault_errno(name, fallback)
+#else
+#define OUTBOX_FAULT_ERRNO(name, fallback) 0
 #endif
 
 /* ------------------------------------------------------------------------

@@ -23,6 +23,7 @@
  * started here.  The CLI's sweep is tests/test_alloc_cli.sh.
  */
 #include "internal.h"
+#include "support/chaos.h"
 #include "support/pg.h"
 #include "test.h"
 
@@ -351,34 +352,20 @@ static int inbox_has(dest *d, const char *id)
 
 /* Every message marked sent in the outbox at path is at the destination;
  * returns how many are sent. */
+static int dest_has(void *d, const char *id)
+{
+    return ((dest *)d)->has((dest *)d, id);
+}
+
 static int64_t check_sent_delivered(const char *path, dest *d)
 {
     sqlite3 *db = db_open(path);
-    sqlite3_stmt *st = NULL;
-    int64_t sent = 0;
-    ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT id FROM outbox WHERE status = 'sent'", -1, &st, NULL),
-              SQLITE_OK);
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *id = (const char *)sqlite3_column_text(st, 0);
-        if (d->has && !d->has(d, id))
-            TEST_FAIL_("%s: message %s marked sent but not at the destination", d->name, id);
-        sent++;
-    }
-    sqlite3_finalize(st);
+    char where[64];
+    int64_t sent;
+    snprintf(where, sizeof where, "at the destination (%s)", d->name);
+    sent = ch_check_sent(db, d->has ? dest_has : NULL, d, where);
     sqlite3_close(db);
     return sent;
-}
-
-static void relay_opts(outbox_relay_options *o)
-{
-    outbox_relay_options_init(o);
-    o->once = 1;
-    o->on_sent = OUTBOX_ON_SENT_MARK; /* keep sent rows, to check them */
-    o->backoff_base_ms = 1;
-    o->backoff_max_ms = 5;
-    o->max_attempts = 1000;
-    o->lease_ttl_ms = 2000;
-    o->batch_size = 4; /* two batches */
 }
 
 static const char *const http_options[] = {"secret_env=OUTBOX_SWEEP_SECRET", "timeout=5s", NULL};
@@ -391,7 +378,7 @@ static int relay_once(const char *path, dest *d, int *failed_new)
     char url[700];
     int rc;
 
-    relay_opts(&o);
+    ch_sweep_relay_options(&o); /* batches of 4: two batches */
     if (strncmp(d->url, "http", 4) == 0) o.destination_options = http_options;
     snprintf(url, sizeof url, "sqlite:%s", path);
     rc = outbox_relay_new(&relay, url, d->url, &o, err);

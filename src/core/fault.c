@@ -8,11 +8,16 @@
  * decisions hash (OUTBOX_FAULT_SEED, point, hit number), so a seeded run
  * repeats the same faults.  Malformed entries are logged once and ignored.
  * Release builds do not compile this file's body.
+ *
+ * In-process sweeps (tests/test_io_sweep.c) replace the configuration
+ * between runs with outbox__fault_set and read outbox__fault_fired; the
+ * `error=ERRNO` form gives a system-call point the errno it fails with.
  */
 #include "internal.h"
 
 #ifdef OUTBOX_FAULT_INJECTION
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -28,11 +33,19 @@ typedef struct fault_entry {
     int action;
     uint64_t nth;       /* fire on this hit (1-based); 0 when probabilistic */
     double probability; /* used when nth == 0 */
+    int errnum;         /* error=ERRNO: the errno a system-call point fails with */
     atomic_uint_fast64_t hits;
 } fault_entry;
 
 static fault_entry faults[MAX_FAULTS];
 static int fault_count;
+static atomic_uint_fast64_t fault_fired;
+
+/* The errno values `error=NAME` accepts: the ways a disk fails. */
+static const struct {
+    const char *name;
+    int value;
+} errno_names[] = {{"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EDQUOT", EDQUOT}, {"EROFS", EROFS}};
 static uint64_t fault_seed;
 static pthread_once_t fault_once = PTHREAD_ONCE_INIT;
 
@@ -60,9 +73,18 @@ static int parse_entry(const char *s, size_t n, fault_entry *e)
         e->action = ACTION_CRASH;
     else if (alen == 4 && memcmp(a, "exit", 4) == 0)
         e->action = ACTION_EXIT;
-    else if (alen == 5 && memcmp(a, "error", 5) == 0)
+    else if (alen >= 5 && memcmp(a, "error", 5) == 0) {
         e->action = ACTION_ERROR;
-    else
+        if (alen > 5) { /* error=ERRNO */
+            size_t i, nlen = alen - 6;
+            if (a[5] != '=') return -1;
+            for (i = 0; i < sizeof errno_names / sizeof errno_names[0]; i++)
+                if (strlen(errno_names[i].name) == nlen &&
+                    memcmp(a + 6, errno_names[i].name, nlen) == 0)
+                    e->errnum = errno_names[i].value;
+            if (e->errnum == 0) return -1;
+        }
+    } else
         return -1;
     e->nth = 1;
     if (c2) {
@@ -88,10 +110,10 @@ static int parse_entry(const char *s, size_t n, fault_entry *e)
     return 0;
 }
 
-static void parse_env(void)
+/* Replaces the configuration with the entries of spec (NULL: none). */
+static void parse_spec(const char *spec)
 {
-    const char *spec = getenv("OUTBOX_FAULT"), *seed = getenv("OUTBOX_FAULT_SEED");
-    fault_seed = seed && *seed ? strtoull(seed, NULL, 10) : (uint64_t)outbox__now_us();
+    fault_count = 0;
     while (spec && *spec) {
         size_t n = strcspn(spec, ",");
         if (n > 0) {
@@ -105,7 +127,7 @@ static void parse_env(void)
             else
                 outbox__log(OUTBOX_LOG_ERROR, "fault",
                             "OUTBOX_FAULT entry \"%.*s\" ignored: expected "
-                            "name:crash|exit|error[:N|:pX]",
+                            "name:crash|exit|error[=ENOSPC|EIO|EDQUOT|EROFS][:N|:pX]",
                             (int)(n > 200 ? 200 : n), spec);
         }
         spec += n;
@@ -113,10 +135,30 @@ static void parse_env(void)
     }
 }
 
+static void parse_env(void)
+{
+    const char *seed = getenv("OUTBOX_FAULT_SEED");
+    fault_seed = seed && *seed ? strtoull(seed, NULL, 10) : (uint64_t)outbox__now_us();
+    parse_spec(getenv("OUTBOX_FAULT"));
+}
+
+void outbox__fault_set(const char *spec)
+{
+    pthread_once(&fault_once, parse_env); /* so the environment cannot override it later */
+    parse_spec(spec);
+    atomic_store(&fault_fired, 0);
+}
+
+uint64_t outbox__fault_fired(void)
+{
+    return atomic_load(&fault_fired);
+}
+
 /* Counts a hit on point `name` and applies its configured fault: returns
- * OUTBOX_EFAULT for "error", does not return for "crash"/"exit", and 0
- * when nothing is configured or it is not this hit's turn. */
-int outbox__fault(const char *name)
+ * OUTBOX_EFAULT for "error" (and its errno, or fallback, in *errnum),
+ * does not return for "crash"/"exit", and 0 when nothing is configured or
+ * it is not this hit's turn. */
+static int hit_point(const char *name, int fallback, int *errnum)
 {
     int i, rc = 0;
     pthread_once(&fault_once, parse_env);
@@ -133,6 +175,7 @@ int outbox__fault(const char *name)
                        (1.0 / 9007199254740992.0) <
                    e->probability;
         if (!fire) continue;
+        atomic_fetch_add(&fault_fired, 1);
         switch (e->action) {
         case ACTION_CRASH:
             outbox__log(OUTBOX_LOG_WARN, "fault", "fault point %s: crash", name);
@@ -145,9 +188,22 @@ int outbox__fault(const char *name)
             outbox__log(OUTBOX_LOG_INFO, "fault", "fault point %s: error (hit %llu)", name,
                         (unsigned long long)hit);
             rc = OUTBOX_EFAULT;
+            *errnum = e->errnum ? e->errnum : fallback;
         }
     }
     return rc;
+}
+
+int outbox__fault(const char *name)
+{
+    int errnum;
+    return hit_point(name, 0, &errnum);
+}
+
+int outbox__fault_errno(const char *name, int fallback)
+{
+    int errnum = 0;
+    return hit_point(name, fallback, &errnum) != 0 ? errnum : 0;
 }
 
 #else

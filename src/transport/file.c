@@ -8,8 +8,10 @@
  * the batch (the end of the last complete line), so what a reader finds
  * afterwards is whole lines only, and the batch fails as a whole (the
  * relay treats that as the destination's outage: a full disk charges no
- * attempts).  A crash can still leave a torn last line: the file is
- * repaired at open by ending it with '\n' before anything new is appended.
+ * attempts).  A batch that could not be cut off is cut off before the
+ * next one, at reopen and at close.  A crash can still leave a torn last
+ * line: the file is repaired at open by ending it with '\n' before anything
+ * new is appended.
  *
  * reopen (outbox_relay_reopen, SIGHUP) opens PATH again, for log rotation:
  * after `mv events.jsonl events.jsonl.1` the next batch goes to a new
@@ -23,6 +25,12 @@
  * refuses it for good (OUTBOX_EREJECTED, as a destination that rejects a
  * message), file_message fails it alone (retriable); either way it is not
  * written, nor the later messages of its aggregate in the batch.
+ * file_sys_write, file_sys_fsync and file_sys_truncate are the system
+ * calls themselves (every write(), fsync() and ftruncate() here, the
+ * repairs' too), failing with ENOSPC, EIO and EIO, or the errno the entry
+ * names (`file_sys_write:error=EIO:3`); a failing write() writes just over
+ * half its bytes first, as a disk that fills up during the call does
+ * (tests/test_io_sweep.c sweeps them).
  */
 #include "internal.h"
 
@@ -50,10 +58,46 @@ typedef struct file_state {
 #endif
 } file_state;
 
+/* The system calls the file is written with, each behind a fault point
+ * (see the top of the file; in release builds they are the calls alone). */
+static ssize_t sys_write(int fd, const char *data, size_t len)
+{
+    int injected = OUTBOX_FAULT_ERRNO("file_sys_write", ENOSPC);
+    if (injected != 0) {
+        /* Just over half, so that a batch of lines of one length is torn
+         * inside a line, not between two. */
+        ssize_t part = len > 1 ? write(fd, data, len / 2 + 1) : 0;
+        (void)part; /* the call fails whatever the first part did */
+        errno = injected;
+        return -1;
+    }
+    return write(fd, data, len);
+}
+
+static int sys_fsync(int fd)
+{
+    int injected = OUTBOX_FAULT_ERRNO("file_sys_fsync", EIO);
+    if (injected != 0) {
+        errno = injected;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+static int sys_ftruncate(int fd, off_t size)
+{
+    int injected = OUTBOX_FAULT_ERRNO("file_sys_truncate", EIO);
+    if (injected != 0) {
+        errno = injected;
+        return -1;
+    }
+    return ftruncate(fd, size);
+}
+
 static int write_all(int fd, const char *data, size_t len)
 {
     while (len > 0) {
-        ssize_t w = write(fd, data, len);
+        ssize_t w = sys_write(fd, data, len);
         if (w < 0) {
             if (errno == EINTR) continue;
             return -1;
@@ -90,7 +134,7 @@ static int check_tail(file_state *st, int fd, int *repaired)
     errno = saved;
     if (rc != 0) return -1;
     if (r == 1 && last != '\n') {
-        if (write_all(fd, "\n", 1) != 0 || fsync(fd) != 0) return -1;
+        if (write_all(fd, "\n", 1) != 0 || sys_fsync(fd) != 0) return -1;
         *repaired = 1;
     }
     return 0;
@@ -204,8 +248,8 @@ static int truncate_back(file_state *st)
     int repaired;
     if (fstat(st->fd, &sb) != 0) return -1;
     if (sb.st_size > st->good_size) {
-        if (ftruncate(st->fd, st->good_size) != 0) return -1;
-        if (fsync(st->fd) != 0) return -1;
+        if (sys_ftruncate(st->fd, st->good_size) != 0) return -1;
+        if (sys_fsync(st->fd) != 0) return -1;
     } else if (sb.st_size < st->good_size && check_tail(st, st->fd, &repaired) != 0) {
         return -1; /* shortened by someone else meanwhile: only make it end a line */
     }
@@ -322,7 +366,7 @@ static int file_publish(void *state, outbox_msg *const *msgs, size_t n,
         return fail_batch(st, results, "injected fault file_after_write on", 0, 1);
     if (OUTBOX_FAULT("file_fsync") != 0)
         return fail_batch(st, results, "injected fault file_fsync: fsync of", EIO, 1);
-    if (fsync(st->fd) != 0) return fail_batch(st, results, "fsync of", errno, 1);
+    if (sys_fsync(st->fd) != 0) return fail_batch(st, results, "fsync of", errno, 1);
     if (OUTBOX_FAULT("file_after_fsync") != 0)
         return fail_batch(st, results, "injected fault file_after_fsync on", 0, 0);
     for (i = 0; i < n; i++) {
@@ -361,6 +405,14 @@ static void file_close(void *state)
 {
     file_state *st = state;
     if (st == NULL) return;
+    /* A relay stopped while the destination is down may leave a failed
+     * batch that could not be cut off yet: cut it now, or the next open
+     * would only end its torn line with a newline, a broken line for the
+     * file's readers. */
+    if (st->fd >= 0 && st->dirty && truncate_back(st) != 0)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "cannot cut a failed batch off the end of %s before closing it: %s", st->shown,
+                    strerror(errno));
     if (st->fd >= 0) close(st->fd);
     outbox__buf_free(&st->buf);
 #ifdef OUTBOX_FAULT_INJECTION

@@ -115,6 +115,22 @@ int64_t ch_outbox_count(const char *db_path, const char *status)
     return n;
 }
 
+int64_t ch_check_sent(sqlite3 *db, int (*has)(void *user, const char *id), void *user,
+                      const char *where)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t sent = 0;
+    ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT id FROM outbox WHERE status = 'sent'", -1, &st, NULL),
+              SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        if (has && !has(user, id)) TEST_FAIL_("message %s marked sent but not %s", id, where);
+        sent++;
+    }
+    sqlite3_finalize(st);
+    return sent;
+}
+
 void ch_expect_failed_error(const char *db_path, const char *expect)
 {
     sqlite3 *h = ch_db_open(db_path);
@@ -476,6 +492,18 @@ void ch_new_store(char *path, const char *name)
     db = ch_db_open(path);
     ASSERT_OK(outbox_schema_init_sqlite(db, &err), &err);
     sqlite3_close(db);
+}
+
+void ch_sweep_relay_options(outbox_relay_options *o)
+{
+    outbox_relay_options_init(o);
+    o->once = 1;
+    o->on_sent = OUTBOX_ON_SENT_MARK;
+    o->backoff_base_ms = 1;
+    o->backoff_max_ms = 5;
+    o->max_attempts = 1000;
+    o->lease_ttl_ms = 2000;
+    o->batch_size = 4;
 }
 
 int ch_relay_new(outbox_relay **out, const char *db_path, const char *to, int once,

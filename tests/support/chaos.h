@@ -67,6 +67,11 @@ void ch_new_store(char *path, const char *name);
 int ch_relay_new(outbox_relay **out, const char *db_path, const char *to, int once,
                  outbox_error *err);
 
+/* Options for a relay under a failure sweep (test_alloc_sweep,
+ * test_io_sweep): --once, sent rows kept (to check them), backoff 1-5 ms,
+ * 1000 attempts, a 2 s lease, batches of 4. */
+void ch_sweep_relay_options(outbox_relay_options *o);
+
 /* Runs a --once relay from db_path to `to` to the end. */
 void ch_drain_once(const char *db_path, const char *to);
 
@@ -86,6 +91,11 @@ void ch_db_exec(sqlite3 *db, const char *sql);
 /* Messages in the outbox table with the given status ("pending", "sent",
  * "failed"), or all rows when status is NULL. */
 int64_t ch_outbox_count(const char *db_path, const char *status);
+/* Calls has(user, id) for every message marked sent in the outbox on db
+ * (has NULL: none) and fails the test, naming `where`, when one answers 0;
+ * returns how many are sent. */
+int64_t ch_check_sent(sqlite3 *db, int (*has)(void *user, const char *id), void *user,
+                      const char *where);
 /* Checks that the (first) Failed message's last_error contains `expect`,
  * and prints it; fails the test when there is no Failed message. */
 void ch_expect_failed_error(const char *db_path, const char *expect);
