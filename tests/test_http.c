@@ -1216,7 +1216,7 @@ TEST(tls_untrusted)
     wh_relay_start(&r, db, url, &o);
     /* A TLS failure is the destination's outage: logged with the
      * certificate problem, no attempt charged, retried as a whole. */
-    ASSERT(log_wait("is down:", "certificate", 30000));
+    ASSERT(log_wait("is down:", "certificate", 60000));
     ch_sleep_ms(300);
     log_print_line("https without the CA", "is down:");
     wh_relay_stop(&r);
