@@ -151,9 +151,9 @@ TEST(kill_sweep)
     ch_producer_join(&p);
     int64_t pending = ch_outbox_count(db, "pending");
     fprintf(stderr,
-            "kill sweep: %d messages in %d transactions, %d relay lives, %d kills, one broker "
+            "kill sweep: %d messages in %d transactions, %d relay lives, %d kills, %d broker "
             "restart, %lld pending after the last kill, %.1f s\n",
-            p.committed, p.transactions, lives, kills, (long long)pending,
+            p.committed, p.transactions, lives, kills, RESTART_BROKER, (long long)pending,
             (double)(ch_now_ms() - started) / 1000.0);
 
     const char *once[] = {test_outbox_bin(), "relay", "--store", store, "--to", to,
@@ -170,8 +170,8 @@ TEST(kill_sweep)
     ch_check_file(out, &p, &r);
     {
         char label[160];
-        snprintf(label, sizeof label, "amqp (SIGKILL x%d, broker restart): queue held %lld", kills,
-                 (long long)delivered);
+        snprintf(label, sizeof label, "amqp (SIGKILL x%d, %d broker restart): queue held %lld",
+                 kills, RESTART_BROKER, (long long)delivered);
         ch_report_print(label, &r);
     }
     ASSERT_EQ(r.expected, p.total);
