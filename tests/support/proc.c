@@ -265,6 +265,19 @@ int ch_run(const char *const *argv, const char *const *env, const char *out_path
     return ch_wait_or_die(pid, timeout_ms, argv[1] ? argv[1] : argv[0]);
 }
 
+int ch_wait_file_contains(const char *path, const char *needle, int64_t timeout_ms)
+{
+    int64_t deadline = ch_now_ms() + timeout_ms;
+    for (;;) {
+        char *text = test_read_file(path, NULL);
+        int found = text && strstr(text, needle) != NULL;
+        free(text);
+        if (found) return 1;
+        if (ch_now_ms() > deadline) return 0;
+        ch_sleep_ms(50);
+    }
+}
+
 void ch_dump(const char *title, const char *path)
 {
     char *text = test_read_file(path, NULL);

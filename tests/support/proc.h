@@ -76,6 +76,10 @@ void ch_forget_all(void);
 int ch_run(const char *const *argv, const char *const *env, const char *out_path,
            const char *err_path, int64_t timeout_ms);
 
+/* Waits up to timeout_ms for the file at path to contain needle (a log
+ * line a process writes); returns 1 when it does, 0 on timeout. */
+int ch_wait_file_contains(const char *path, const char *needle, int64_t timeout_ms);
+
 /* Prints a file's content to stderr (for failure diagnostics). */
 void ch_dump(const char *title, const char *path);
 
