@@ -188,6 +188,7 @@ static void report_line(const char *cmd, const char *text)
     cli_buf_free(&b);
 }
 
+static void vreport(const char *cmd, const char *fmt, va_list ap) CLI_PRINTF(2, 0);
 static void vreport(const char *cmd, const char *fmt, va_list ap)
 {
     char line[1024];

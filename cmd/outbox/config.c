@@ -1026,24 +1026,33 @@ cli_config_relay *cli_config_take(cli_config *c, size_t i)
 int cli_config_load(const char *cmd, const char *path, const cli_override *overrides,
                     size_t override_count, cli_config **out)
 {
-    reader rd = {cmd, path, 0, 0};
-    section *secs = NULL;
-    size_t n = 0;
-    cli_config *c;
     FILE *f;
-    char at[600];
-    int lines[CLI_SETTING_MAX];
+    int code;
 
     *out = NULL;
     f = fopen(path, "r");
     if (!f) return cli_usage(cmd, "%s: cannot be read (%s); check the path", path, strerror(errno));
+    code = cli_config_read(cmd, path, f, overrides, override_count, out);
+    fclose(f);
+    return code;
+}
+
+int cli_config_read(const char *cmd, const char *path, FILE *f, const cli_override *overrides,
+                    size_t override_count, cli_config **out)
+{
+    reader rd = {cmd, path, 0, 0};
+    section *secs = NULL;
+    size_t n = 0;
+    cli_config *c;
+    char at[600];
+    int lines[CLI_SETTING_MAX];
+
+    *out = NULL;
     c = calloc(1, sizeof *c);
     if (!c || !(c->path = strdup(path)) || read_sections(&rd, f, &secs, &n) != 0) {
-        fclose(f);
         cli_config_free(c);
         return cli_failure(cmd, "out of memory reading %s", path);
     }
-    fclose(f);
     cli_settings_init(&c->process);
     memset(lines, 0, sizeof lines);
     apply_section(&rd, &secs[0], CLI_SCOPE_PROCESS, overrides, override_count, &c->process,

@@ -18,6 +18,7 @@
 #include "cli.h"
 
 #include <stdint.h>
+#include <stdio.h>
 
 /* Most to-opt settings one relay takes. */
 #define CLI_MAX_TO_OPTS 64
@@ -126,6 +127,11 @@ typedef struct cli_override {
  * CLI_EXIT_OK with *out set (free with cli_config_free), else
  * CLI_EXIT_USAGE (or CLI_EXIT_FAILURE when out of memory) with *out NULL. */
 int cli_config_load(const char *cmd, const char *path, const cli_override *overrides,
+                    size_t override_count, cli_config **out);
+
+/* cli_config_load on an open stream (path names it in messages): the
+ * config fuzz target reads from memory. */
+int cli_config_read(const char *cmd, const char *path, FILE *f, const cli_override *overrides,
                     size_t override_count, cli_config **out);
 
 /* Takes relay i out of config (its slot becomes NULL): the caller owns it

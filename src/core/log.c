@@ -51,6 +51,8 @@ int outbox__log_enabled(int level)
 /* Formats and passes one line with its fields (NULL: none) to the
  * callback; long lines are truncated and trailing newlines dropped. */
 static void log_line(int level, const char *component, const outbox_log_fields *fields,
+                     const char *fmt, va_list ap) OUTBOX__PRINTF(4, 0);
+static void log_line(int level, const char *component, const outbox_log_fields *fields,
                      const char *fmt, va_list ap)
 {
     char line[1024];
