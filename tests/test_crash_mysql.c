@@ -199,19 +199,14 @@ static int64_t pending_or_down(void)
     return n;
 }
 
-static void wait_drained(int64_t timeout_ms, const char *errp)
+static void stop_server(void *s)
 {
-    int64_t deadline = ch_now_ms() + timeout_ms;
-    for (;;) {
-        int64_t n = pending_or_down();
-        if (n == 0) return;
-        if (ch_now_ms() > deadline) {
-            ch_dump("relay stderr", errp);
-            TEST_FAIL_("%lld messages still pending after %lld ms", (long long)n,
-                       (long long)timeout_ms);
-        }
-        ch_sleep_ms(50);
-    }
+    myh_kill(s);
+}
+
+static void start_server(void *s)
+{
+    myh_start_server(s);
 }
 
 static void check_run(const char *label, const char *out, ch_producer *pp, int max_torn)
@@ -305,58 +300,18 @@ TEST(database_restarts)
     relay_cmd c;
     relay_cmd_init(&c, out, 0, 64);
     pid_t pid = ch_spawn(c.argv, NULL, NULL, errp);
-    /* Restarts begin once the relay is draining: a relay that cannot reach
-     * its database at start-up exits (a configuration check), which is not
-     * what this test is about.  Sanitized builds start slowly. */
-    {
-        int64_t deadline = ch_now_ms() + 60000, first = pending_or_down();
-        while (pending_or_down() >= first) {
-            if (!ch_alive(pid) || ch_now_ms() > deadline) {
-                ch_dump("relay stderr", errp);
-                TEST_FAIL_("the relay did not start draining");
-            }
-            ch_sleep_ms(20);
-        }
-    }
-    int restarts = 0, during_drain = 0;
-    int64_t started = ch_now_ms();
-    /* At least one restart must hit the drain: a fast drain can finish
-     * before the first, so restart again (up to five times) until one
-     * does. */
-    while (restarts < 1 || (during_drain < 1 && restarts < 5)) {
-        ch_sleep_ms(ch_rand_range(&rng, 20, 200));
-        int64_t pending = pending_or_down();
-        int64_t t0 = ch_now_ms();
-        myh_kill(&server);
-        int64_t t1 = ch_now_ms();
-        ch_sleep_ms(ch_rand_range(&rng, 0, 300));
-        int64_t t2 = ch_now_ms();
-        myh_start_server(&server);
-        if (getenv("OUTBOX_TEST_VERBOSE"))
-            fprintf(stderr, "restart %d: %lld pending, stop %lld ms, start %lld ms\n", restarts + 1,
-                    (long long)pending, (long long)(t1 - t0), (long long)(ch_now_ms() - t2));
-        restarts++;
-        if (pending > 0) during_drain++;
-        if (!ch_alive(pid)) {
-            ch_dump("relay stderr", errp);
-            TEST_FAIL_("the relay exited after a database restart");
-        }
-    }
-    fprintf(stderr, "database restarts: %d (%d while messages were pending), %.1f s\n", restarts,
-            during_drain, (double)(ch_now_ms() - started) / 1000.0);
-    wait_drained(120000, errp);
-    if (!ch_wait_file_contains(errp, "reconnected", 60000)) {
-        ch_dump("relay stderr", errp);
-        TEST_FAIL_("the relay did not log 'reconnected' within 60 s of the last restart");
-    }
-    kill(pid, SIGTERM);
-    int code = ch_wait_or_die(pid, 20000, "relay");
-    if (code != 0) {
-        ch_dump("relay stderr", errp);
-        TEST_FAIL_("relay exited %d after SIGTERM", code);
-    }
-    ASSERT_GE(during_drain, 1);
-    check_run("mariadb crash x1", out, &pp, 0);
+    ch_restarts r = {.pending = pending_or_down,
+                     .stop = stop_server,
+                     .start = start_server,
+                     .server = &server,
+                     .at_least = 1,
+                     .during_drain = 1,
+                     .max = 5};
+    ch_restart_during_drain(&r, "database restarts", pid, &rng, errp);
+    ch_restarts_finish(&r, pid, errp);
+    char label[64];
+    snprintf(label, sizeof label, "mariadb crash x%d", r.done);
+    check_run(label, out, &pp, 0);
     free_producer(&pp);
 }
 
@@ -416,7 +371,7 @@ TEST(three_relays)
         if (ch_now_ms() - started > 150000) TEST_FAIL_("three-relay run took over 150 s");
     }
     ch_producer_join(&pp);
-    wait_drained(120000, errs[1]);
+    ch_wait_pending_zero(pending_or_down, 120000, errs[1]);
     ch_relays_stop(pids, 3, errs);
     fprintf(stderr, "three relays: %d messages, %d kills of one relay, %.1f s\n", pp.committed,
             kills, (double)(ch_now_ms() - started) / 1000.0);

@@ -530,3 +530,78 @@ void ch_drain_once(const char *db_path, const char *to)
     ASSERT_OK(outbox_relay_run(r, &err), &err);
     outbox_relay_free(r);
 }
+
+/* ------------------------------------------------------------------------
+ * Database restarts under a draining relay
+ * ---------------------------------------------------------------------- */
+
+void ch_wait_pending_zero(int64_t (*pending)(void), int64_t timeout_ms, const char *err_path)
+{
+    int64_t deadline = ch_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t n = pending();
+        if (n == 0) return;
+        if (ch_now_ms() > deadline) {
+            ch_dump("relay stderr", err_path);
+            TEST_FAIL_("%lld messages still pending after %lld ms", (long long)n,
+                       (long long)timeout_ms);
+        }
+        ch_sleep_ms(50);
+    }
+}
+
+void ch_restart_during_drain(ch_restarts *r, const char *label, pid_t pid, uint64_t *rng,
+                             const char *err_path)
+{
+    /* Restarts begin once the relay is draining: a relay that cannot reach
+     * its database at start-up exits (a configuration check), which is not
+     * what these tests are about.  Sanitized builds start slowly. */
+    int64_t deadline = ch_now_ms() + 60000, first = r->pending();
+    while (r->pending() >= first) {
+        if (!ch_alive(pid) || ch_now_ms() > deadline) {
+            ch_dump("relay stderr", err_path);
+            TEST_FAIL_("the relay did not start draining");
+        }
+        ch_sleep_ms(20);
+    }
+    int64_t started = ch_now_ms();
+    r->done = r->pending_seen = 0;
+    while (r->done < r->at_least || (r->pending_seen < r->during_drain && r->done < r->max)) {
+        ch_sleep_ms(ch_rand_range(rng, 20, 200));
+        int64_t pending = r->pending();
+        int64_t t0 = ch_now_ms();
+        r->stop(r->server);
+        int64_t t1 = ch_now_ms();
+        ch_sleep_ms(ch_rand_range(rng, 0, 300));
+        int64_t t2 = ch_now_ms();
+        r->start(r->server);
+        if (getenv("OUTBOX_TEST_VERBOSE"))
+            fprintf(stderr, "%s: restart %d: %lld pending, stop %lld ms, start %lld ms\n", label,
+                    r->done + 1, (long long)pending, (long long)(t1 - t0),
+                    (long long)(ch_now_ms() - t2));
+        r->done++;
+        if (pending > 0) r->pending_seen++;
+        if (!ch_alive(pid)) {
+            ch_dump("relay stderr", err_path);
+            TEST_FAIL_("the relay exited after a database restart");
+        }
+    }
+    fprintf(stderr, "%s: %d (%d while messages were pending), %.1f s\n", label, r->done,
+            r->pending_seen, (double)(ch_now_ms() - started) / 1000.0);
+}
+
+void ch_restarts_finish(const ch_restarts *r, pid_t pid, const char *err_path)
+{
+    ch_wait_pending_zero(r->pending, 120000, err_path);
+    if (!ch_wait_file_contains(err_path, "reconnected", 60000)) {
+        ch_dump("relay stderr", err_path);
+        TEST_FAIL_("the relay did not log 'reconnected' within 60 s of the last restart");
+    }
+    kill(pid, SIGTERM);
+    int code = ch_wait_or_die(pid, 20000, "relay");
+    if (code != 0) {
+        ch_dump("relay stderr", err_path);
+        TEST_FAIL_("relay exited %d after SIGTERM", code);
+    }
+    ASSERT_GE(r->pending_seen, r->during_drain);
+}

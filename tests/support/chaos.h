@@ -174,4 +174,36 @@ void ch_concat(const char *out, const char *const *files);
 
 void ch_report_print(const char *label, const ch_report *r);
 
+/* ------------------------------------------------------------------------
+ * A database server crashed and restarted under a draining relay
+ * (test_crash_pg, test_crash_mysql)
+ * ---------------------------------------------------------------------- */
+
+typedef struct ch_restarts {
+    int64_t (*pending)(void);    /* pending messages, -1 while the server does not answer */
+    void (*stop)(void *server);  /* crashes it (immediate stop, kill -9) */
+    void (*start)(void *server); /* starts it again on the same port and data */
+    void *server;
+    int at_least;     /* restarts made at least */
+    int during_drain; /* and at least this many with messages pending: more restarts, */
+    int max;          /* up to max, until so (a fast drain can end before them) */
+    int done;         /* out: restarts made */
+    int pending_seen; /* out: of which with messages pending */
+} ch_restarts;
+
+/* Waits (60 s at most) for the relay pid to start draining, then restarts
+ * the server as r says, 20-200 ms apart, down for 0-300 ms each time; fails
+ * the test (showing err_path) when the relay exits meanwhile.  Prints one
+ * line per restart with OUTBOX_TEST_VERBOSE, and a summary labelled label. */
+void ch_restart_during_drain(ch_restarts *r, const char *label, pid_t pid, uint64_t *rng,
+                             const char *err_path);
+
+/* Waits until pending() says 0; after timeout_ms fails the test, showing
+ * err_path. */
+void ch_wait_pending_zero(int64_t (*pending)(void), int64_t timeout_ms, const char *err_path);
+
+/* After restarts: waits for drained, for the relay's "reconnected" line
+ * (60 s) and stops it with SIGTERM, which must exit 0. */
+void ch_restarts_finish(const ch_restarts *r, pid_t pid, const char *err_path);
+
 #endif /* OUTBOX_TEST_SUPPORT_CHAOS_H */
