@@ -326,28 +326,73 @@ void nh_cluster_start(nh_cluster *c)
              c->node[0].port, c->node[1].port, c->node[2].port);
 }
 
+/* Stream info from the leader, or NULL (timeout_ms per try, a few tries). */
+static jsStreamInfo *nh_stream_info(nh_cluster *c, const char *name)
+{
+    jsCtx *js = NULL;
+    natsConnection *nc = nh_connect(&c->client, &js);
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 2000;
+    if (js_GetStreamInfo(&si, js, name, &jo, &jerr) != NATS_OK) si = NULL;
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return si;
+}
+
 int nh_cluster_stream_leader(nh_cluster *c, const char *name, int64_t timeout_ms)
 {
     int64_t deadline = ch_now_ms() + timeout_ms;
-    jsCtx *js = NULL;
-    natsConnection *nc = nh_connect(&c->client, &js);
     int leader = -1;
     while (leader < 0 && ch_now_ms() < deadline) {
-        jsStreamInfo *si = NULL;
-        jsErrCode jerr = 0;
-        jsOptions jo;
-        jsOptions_Init(&jo);
-        jo.Wait = 2000;
-        if (js_GetStreamInfo(&si, js, name, &jo, &jerr) == NATS_OK && si->Cluster &&
-            si->Cluster->Leader && sscanf(si->Cluster->Leader, "n%d", &leader) == 1 &&
+        jsStreamInfo *si = nh_stream_info(c, name);
+        if (si && si->Cluster && si->Cluster->Leader &&
+            sscanf(si->Cluster->Leader, "n%d", &leader) == 1 &&
             (leader < 0 || leader >= NH_CLUSTER_SIZE || c->node[leader].pid <= 0))
             leader = -1;
         jsStreamInfo_Destroy(si);
         if (leader < 0) ch_sleep_ms(100);
     }
-    jsCtx_Destroy(js);
-    natsConnection_Destroy(nc);
     return leader;
+}
+
+int nh_cluster_stream_current(nh_cluster *c, const char *name, int64_t timeout_ms)
+{
+    int64_t deadline = ch_now_ms() + timeout_ms;
+    for (;;) {
+        jsStreamInfo *si = nh_stream_info(c, name);
+        int ok = si && si->Cluster && si->Cluster->Leader &&
+                 si->Cluster->ReplicasLen == NH_CLUSTER_SIZE - 1;
+        for (int i = 0; ok && i < si->Cluster->ReplicasLen; i++) {
+            const jsPeerInfo *p = si->Cluster->Replicas[i];
+            if (!p->Current || p->Offline) ok = 0;
+        }
+        jsStreamInfo_Destroy(si);
+        if (ok) return 1;
+        if (ch_now_ms() > deadline) return 0;
+        ch_sleep_ms(200);
+    }
+}
+
+void nh_stream_describe(nh_cluster *c, const char *name)
+{
+    jsStreamInfo *si = nh_stream_info(c, name);
+    if (!si) {
+        fprintf(stderr, "stream %s: no answer\n", name);
+        return;
+    }
+    fprintf(stderr, "stream %s: %llu messages, sequences %llu..%llu, leader %s\n", name,
+            (unsigned long long)si->State.Msgs, (unsigned long long)si->State.FirstSeq,
+            (unsigned long long)si->State.LastSeq,
+            si->Cluster && si->Cluster->Leader ? si->Cluster->Leader : "(none)");
+    for (int i = 0; si->Cluster && i < si->Cluster->ReplicasLen; i++) {
+        const jsPeerInfo *p = si->Cluster->Replicas[i];
+        fprintf(stderr, "  replica %s: current %d, offline %d, lag %llu\n", p->Name,
+                (int)p->Current, (int)p->Offline, (unsigned long long)p->Lag);
+    }
+    jsStreamInfo_Destroy(si);
 }
 
 void nh_cluster_stop(nh_cluster *c)

@@ -121,6 +121,17 @@ void nh_stream_create_replicated(const nh_server *s, const char *name, const cha
  * timeout_ms). */
 int nh_cluster_stream_leader(nh_cluster *c, const char *name, int64_t timeout_ms);
 
+/* Waits (timeout_ms at most) until stream `name` has a leader and every
+ * other replica is online and current (the leader's view: caught up; a few
+ * entries of lag are normal while messages flow): a node restarted a moment
+ * ago is still catching up.  Returns 1 when so, 0 on timeout. */
+int nh_cluster_stream_current(nh_cluster *c, const char *name, int64_t timeout_ms);
+
+/* Prints stream `name`'s state as its leader reports it (messages, first
+ * and last sequence, each replica's current/offline/lag) to stderr, for a
+ * failing test's diagnostics. */
+void nh_stream_describe(nh_cluster *c, const char *name);
+
 /* Stops every node (SIGTERM). */
 void nh_cluster_stop(nh_cluster *c);
 
