@@ -489,6 +489,113 @@ TEST(lost_acks_pg)
 }
 #endif
 
+/* ------------------------------------------------------------------------
+ * RabbitMQ: the publish window of many batches
+ *
+ *   amqp_deep_window  a drain of 20,000 messages (scaled) over 1,000
+ *                     aggregates from SQLite through amqp:// with relay
+ *                     batches of 64 and max_unconfirmed 4096, so the
+ *                     destination's window (publish_room) lets the relay
+ *                     keep many batches open, while confirms are dropped
+ *                     at random (amqp_ack_lost: the message is retried,
+ *                     and the later messages of its aggregate in every
+ *                     open batch are held back).  On the test's own
+ *                     rabbitmq-server (tests/support/rabbitmq.h; left out
+ *                     with a message when RabbitMQ is not installed).
+ *                     Then the queue read back: lost 0, per-aggregate
+ *                     order of first delivery 0 violations, nothing
+ *                     pending or failed, and the relay's log shows more
+ *                     than two batches open at once.
+ * ---------------------------------------------------------------------- */
+#ifdef OUTBOX_HAVE_RABBITMQ
+
+#include "internal.h" /* outbox__fault_set */
+#include "support/rabbitmq.h"
+
+static atomic_int amqp_window_max; /* "publish window: N batches open" */
+
+static void amqp_count_log(void *user, int level, const char *component, const char *message)
+{
+    (void)user;
+    if (strncmp(message, "publish window: ", 16) == 0) {
+        int open = atoi(message + 16);
+        if (open > atomic_load(&amqp_window_max)) atomic_store(&amqp_window_max, open);
+    }
+    if (level >= OUTBOX_LOG_WARN) fprintf(stderr, "[%s] %s\n", component, message);
+}
+
+TEST(amqp_deep_window)
+{
+    char db[CH_PATH], out[CH_PATH], store[700], to[256];
+    const char *why = rmh_available();
+    outbox_relay_stats stats;
+    rmh_server rmq;
+    ch_producer p;
+    ch_report r;
+    uint64_t dropped = 0;
+    int64_t delivered;
+    int runs;
+
+    if (why != NULL) {
+        fprintf(stderr, "-- amqp_deep_window left out: %s\n", why);
+        return;
+    }
+    memset(&rmq, 0, sizeof rmq);
+    rmh_start(&rmq);
+    rmh_declare(&rmq, "deep", "deep", "#");
+
+    ch_path(db, "amqp_deep.db");
+    ch_path(out, "amqp_deep.jsonl");
+    ch_init_store(db);
+    memset(&p, 0, sizeof p);
+    p.db_path = db;
+    p.total = test_scaled(20000, 2000);
+    p.aggregates = 1000;
+    p.max_txn = 100;
+    p.seed = ch_seed();
+    ch_producer_start(&p);
+    ch_producer_join(&p);
+
+    snprintf(store, sizeof store, "sqlite:%s", db);
+    snprintf(to, sizeof to, "%s?exchange=deep&max_unconfirmed=4096", rmq.url);
+    atomic_store(&amqp_window_max, 0);
+    outbox_log_set(amqp_count_log, NULL, OUTBOX_LOG_DEBUG);
+    outbox__fault_set("amqp_ack_lost:error:p0.002");
+    memset(&stats, 0, sizeof stats);
+    for (runs = 0; runs < 500 && ch_outbox_count(db, "pending") > 0; runs++) {
+        run_relay(store, to, 1, NULL, &stats);
+        dropped += outbox__fault_fired();
+        outbox__fault_set("amqp_ack_lost:error:p0.002"); /* counts from 0 again */
+        ch_sleep_ms(6);
+    }
+    outbox__fault_set("");
+    outbox_log_set(count_log, NULL, OUTBOX_LOG_DEBUG);
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 0);
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 0);
+
+    delivered = rmh_queue_drain(&rmq, "deep", out);
+    ch_check_file(out, &p, &r);
+    fprintf(stderr,
+            "amqp_deep_window: %d messages, %llu published, %llu retried, %llu batches in %d "
+            "relay runs; %llu confirms dropped; at most %d batches open; queue held %lld\n",
+            p.committed, (unsigned long long)stats.published, (unsigned long long)stats.retried,
+            (unsigned long long)stats.batches, runs, (unsigned long long)dropped,
+            atomic_load(&amqp_window_max), (long long)delivered);
+    ch_report_print("amqp deep window", &r);
+    ASSERT_EQ(r.expected, p.total);
+    ASSERT_EQ(r.torn, 0);
+    ASSERT_EQ(r.foreign, 0);
+    ASSERT_EQ(r.lost, 0);
+    ASSERT_EQ(r.violations, 0);
+    ASSERT_GE((int64_t)dropped, 3);
+    ASSERT_GE((int64_t)stats.retried, 3);
+    ASSERT_GE(atomic_load(&amqp_window_max), 3); /* more than two batches open at once */
+    ch_producer_free(&p);
+    rmh_stop(&rmq);
+}
+
+#endif /* OUTBOX_HAVE_RABBITMQ */
+
 int main(void)
 {
     char seed[32];
@@ -507,6 +614,9 @@ int main(void)
     RUN(serial);
 #ifdef OUTBOX_HAVE_LIBPQ
     RUN(lost_acks_pg);
+#endif
+#ifdef OUTBOX_HAVE_RABBITMQ
+    RUN(amqp_deep_window);
 #endif
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     nh_server_stop(&server);
