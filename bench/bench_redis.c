@@ -53,7 +53,7 @@ int main(void)
 #include "support/pg.h"
 #endif
 
-#include "bench_common.h"
+#include "bench_outbox.h" /* bench_common.h, and the PostgreSQL fill and check */
 
 enum { PAYLOAD_BYTES = 300, FILL_TXN_ROWS = 50000 };
 
@@ -283,34 +283,17 @@ static int sqlite_case(const char *path, double ceiling)
 }
 
 #ifdef OUTBOX_HAVE_LIBPQ
-/* Inserts the N messages into the PostgreSQL outbox, server-side. */
-static void pg_fill(PGconn *conn)
-{
-    char sql[1024];
-    snprintf(sql, sizeof sql,
-             "INSERT INTO bench_outbox.outbox (id, type, aggregate_type, aggregate_id, payload)"
-             " SELECT bench_outbox.uuid_v7(), 'OrderPlaced', 'Order',"
-             " 'order-' || lpad((i %% %u)::text, 6, '0'),"
-             " jsonb_build_object('n', i, 'pad', repeat('x', %d - 18 - length(i::text)))"
-             " FROM generate_series(0, %lld) i",
-             aggregates, PAYLOAD_BYTES, n_msgs - 1);
-    pgh_exec(conn, sql);
-    pgh_exec(conn, "VACUUM ANALYZE bench_outbox.outbox");
-    pgh_exec(conn, "CHECKPOINT");
-}
-
-/* The relay from the PostgreSQL outbox, checked and printed as `row`;
- * the sent rows are deleted afterwards.  0 or -1. */
+/* The relay from the PostgreSQL outbox, checked and printed as `row`.
+ * 0 or -1. */
 static int pg_relay(PGconn *conn, const char *row, relay_case *c, double rate)
 {
     bench_result res;
     if (relay_run(row, c, "pg", &res)) return -1;
-    if (pgh_count(conn, "SELECT count(*) FROM bench_outbox.outbox WHERE status <> 'sent'") != 0) {
+    if (bench_pg_left(conn) != 0) {
         fprintf(stderr, "bench_redis: %s: unsent rows left\n", row);
         return -1;
     }
     print_row(row, &res, rate);
-    pgh_exec(conn, "DELETE FROM bench_outbox.outbox");
     return 0;
 }
 
@@ -329,12 +312,12 @@ static int pg_case(void)
     PGconn *conn = pgh_connect(&pg);
     if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
         TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
-    pg_fill(conn);
+    bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     if (ceiling_case("redis pipelined XADD (again)", &rate)) return -1;
     snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);
     c.window = window;
     if (pg_relay(conn, "postgres -> redis (relay)", &c, rate)) return -1;
-    pg_fill(conn);
+    bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     c.window = 2 * (long long)batch;
     if (pg_relay(conn, "postgres -> redis, 2 batches", &c, rate)) return -1;
     PQfinish(conn);
