@@ -318,8 +318,8 @@ int main(int argc, char **argv)
         cost[1][k] = 1 - rates[CASE_ENQUEUE_RELAY][k] / rates[CASE_BUSINESS][k];
         printf("  round %d: %.0f / %.0f / %.0f txn/s; cost %.1f%% (no relay), %.1f%% (relay "
                "draining, %llu published)\n",
-               k + 1, rates[CASE_BUSINESS][k], rates[CASE_ENQUEUE][k],
-               rates[CASE_ENQUEUE_RELAY][k], 100 * cost[0][k], 100 * cost[1][k], published);
+               k + 1, rates[CASE_BUSINESS][k], rates[CASE_ENQUEUE][k], rates[CASE_ENQUEUE_RELAY][k],
+               100 * cost[0][k], 100 * cost[1][k], published);
         /* The next round starts from an empty outbox. */
         myh_exec(c, "DELETE FROM outbox");
         myh_exec(c, "DELETE FROM outbox_aggregate");
