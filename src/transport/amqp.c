@@ -158,6 +158,9 @@ typedef struct rmq_batch {
     size_t cap;
 } rmq_batch;
 
+/* prev_in holds a batch slot in an unsigned char. */
+_Static_assert(OUTBOX_PIPELINE_MAX_DEPTH <= 256, "a batch slot must fit in prev_in");
+
 /* A publication waiting for its confirm: delivery tag -> message. */
 typedef struct rmq_flight {
     uint64_t tag;
