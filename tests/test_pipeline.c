@@ -549,7 +549,7 @@ static void deep_fill(ch_producer *p, char *db, const char *name)
 
 /* Drains db to `to` with --once relays (batches of 64) while the fault
  * point `fault` fires with probability 0.01 (about 20 times at the smallest
- * scale, so the checks below cannot miss it), until nothing is pending;
+ * scale, well above the 3 the checks ask for), until nothing is pending;
  * *dropped: how many times it fired. */
 static void deep_drain(const char *db, const char *to, const char *fault, outbox_relay_stats *stats,
                        uint64_t *dropped)
