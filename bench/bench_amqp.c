@@ -18,13 +18,17 @@
  *                     max_unconfirmed=W", once, batch B) + outbox_relay_run
  *                     over N pending messages (filled once through the
  *                     public enqueue API, copied before the run): the relay
- *                     pipelines (OUTBOX_PIPELINE_DEPTH batches open, at most
- *                     one unconfirmed message per aggregate)
+ *                     pipelines (as many batches open as the destination's
+ *                     window lets it: their unfinished messages within W;
+ *                     at most one unconfirmed message per aggregate)
  *   sqlite -> discard the store side alone
  *   postgres -> amqp  the same from the PostgreSQL store (tests/support/pg.h,
  *                     rows inserted server-side), with the ceiling measured
  *                     again just before it ("again"): its ratio is to that
- *                     one; then postgres -> discard
+ *                     one; then the same with max_unconfirmed=2B (two
+ *                     batches open and at most 2B unconfirmed: the relay
+ *                     before the window, for comparison in the same run);
+ *                     then postgres -> discard
  *
  * Each case runs in a forked child (bench_common.h): peak RSS and CPU time
  * from wait4().  A figure is printed only after the parent checked the
@@ -221,11 +225,11 @@ static double ceiling(const char *row, const char *name)
     return (double)res.count / res.seconds;
 }
 
-static void amqp_url(char *out, size_t len, const char *name)
+static void amqp_url(char *out, size_t len, const char *name, long long w)
 {
     snprintf(out, len,
              "%s?exchange=bench&routing_key=%s.{aggregate_type}.{type}&max_unconfirmed=%lld",
-             broker.url, name, window);
+             broker.url, name, w);
 }
 
 #ifdef OUTBOX_HAVE_LIBPQ
@@ -256,12 +260,22 @@ static void pg_cases(void)
     bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     rate = ceiling("amqp ceiling (again)", "rawpg");
     queue_new("pg");
-    amqp_url(c.to_url, sizeof c.to_url, "pg");
+    amqp_url(c.to_url, sizeof c.to_url, "pg", window);
     if (bench_run_child("postgres -> amqp", bench_run_relay, &c, disarm_parent_handlers, &res) ||
         bench_pg_left(conn) != 0 || queue_check("postgres -> amqp", "pg"))
         failures++;
     else
         bench_print_row("postgres -> amqp (relay)", &res, rate);
+
+    bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
+    queue_new("pg2");
+    amqp_url(c.to_url, sizeof c.to_url, "pg2", 2 * (long long)batch);
+    if (bench_run_child("postgres -> amqp, 2 batches", bench_run_relay, &c, disarm_parent_handlers,
+                        &res) ||
+        bench_pg_left(conn) != 0 || queue_check("postgres -> amqp, 2 batches", "pg2"))
+        failures++;
+    else
+        bench_print_row("postgres -> amqp, 2 batches", &res, rate);
 
     bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     snprintf(c.to_url, sizeof c.to_url, "discard:");
@@ -326,7 +340,7 @@ int main(int argc, char **argv)
     rate = ceiling("amqp raw confirms (ceiling)", "raw");
 
     queue_new("sq");
-    amqp_url(to, sizeof to, "sq");
+    amqp_url(to, sizeof to, "sq", window);
     if (bench_sqlite_relay_case("sqlite -> amqp", master, copy, to, 0, batch, n_msgs,
                                 disarm_parent_handlers, &res) == 0 &&
         queue_check("sqlite -> amqp", "sq") == 0)

@@ -13,7 +13,7 @@
  * filled the same way before each.  Usage:
  *   bench_mysql_drain [--count N] [--batch B] [--repeat R]
  * The enqueue-cost half of issue 18's benchmark (8 connections, a business
- * transaction with and without the message) is not written yet.
+ * transaction with and without the message) is bench_mysql_enqueue.c.
  */
 #include "internal.h"
 

@@ -11,18 +11,23 @@
  * of its own:
  *
  *   ceiling            hiredis alone: XADD of N messages, pipelined in
- *                      batches of B with two batches in flight (the
- *                      relay's depth); no database, no de-duplication
- *   sqlite -> redis    outbox_relay_new("sqlite:COPY", "redis://...",
- *                      once, batch B) + outbox_relay_run over N pending
- *                      messages (filled once through the public enqueue
- *                      API, copied before the run), pipelined; each
- *                      message is the driver's script (GET, XADD, SET PX)
+ *                      batches of B with up to W messages written before
+ *                      their replies are read (the relay's window); no
+ *                      database, no de-duplication
+ *   sqlite -> redis    outbox_relay_new("sqlite:COPY", "redis://...&
+ *                      window_messages=W", once, batch B) +
+ *                      outbox_relay_run over N pending messages (filled
+ *                      once through the public enqueue API, copied before
+ *                      the run), pipelined; each message is the driver's
+ *                      script (GET, XADD, SET PX)
  *   postgres -> redis  the same from the PostgreSQL store on a cluster
  *                      started by tests/support/pg.h (rows inserted
  *                      server-side), when the PostgreSQL binaries are
  *                      installed; the ceiling is measured again just
- *                      before it and its ratio is to that one
+ *                      before it and its ratio is to that one; then the
+ *                      same relay with window_messages=2B (two batches
+ *                      open, the window before publish_room), for
+ *                      comparison in the same run
  *
  * Each case runs in a forked child (bench_common.h): peak RSS and CPU time
  * from wait4().  A figure is printed only after the parent checked that
@@ -30,7 +35,7 @@
  * Between cases the server's keys are flushed.  Exit status: 0, 1 on a
  * failed case, 2 on bad usage, 77 when redis-server or hiredis is missing.
  *
- * Usage: bench_redis [-n N] [-b BATCH] [-a AGGREGATES] [--no-pg]
+ * Usage: bench_redis [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES] [--no-pg]
  */
 #ifndef OUTBOX_HAVE_HIREDIS
 #include <stdio.h>
@@ -48,12 +53,13 @@ int main(void)
 #include "support/pg.h"
 #endif
 
-#include "bench_common.h"
+#include "bench_outbox.h" /* bench_common.h, and the PostgreSQL fill and check */
 
 enum { PAYLOAD_BYTES = 300, FILL_TXN_ROWS = 50000 };
 
 static long long n_msgs = 200000;
 static unsigned batch = 512;
+static long long window = 4096;
 static unsigned aggregates = 1000;
 static rh_server redis;
 static int failures;
@@ -131,7 +137,8 @@ static int read_replies(redisContext *c, long long from, long long to, bench_rep
     return 0;
 }
 
-/* Child: N pipelined XADDs, two batches of B in flight. */
+/* Child: N pipelined XADDs in batches of B, up to W (and at least two
+ * batches) written before their replies are read. */
 static void run_ceiling(void *arg, bench_report *r)
 {
     redisContext *c = rh_connect(&redis);
@@ -148,8 +155,10 @@ static void run_ceiling(void *arg, bench_report *r)
                 bench_fail(r, "write: %s", c->errstr);
                 return;
             }
-        /* Two batches out: read the older one. */
-        if (sent - read > batch || sent == n_msgs) {
+        /* The window is full: read the oldest batch. */
+        if (sent - read > (window > 2 * (long long)batch ? window : 2 * (long long)batch) -
+                              (long long)batch ||
+            sent == n_msgs) {
             long long to = sent == n_msgs ? n_msgs : read + batch;
             if (read_replies(c, read, to, r)) return;
             read = to;
@@ -182,6 +191,7 @@ static int ceiling_case(const char *name, double *rate)
 typedef struct relay_case {
     char store_url[700];
     char to_url[700];
+    long long window; /* window_messages */
 } relay_case;
 
 /* Child: the relay, once, from store_url to to_url. */
@@ -219,7 +229,8 @@ out:
 static int relay_run(const char *name, relay_case *c, const char *stream, bench_result *res)
 {
     long long n;
-    snprintf(c->to_url, sizeof c->to_url, "%s?stream=%s", redis.url, stream);
+    snprintf(c->to_url, sizeof c->to_url, "%s?stream=%s&window_messages=%lld", redis.url, stream,
+             c->window);
     if (bench_run_child(name, run_relay, c, disarm_parent_handlers, res)) return -1;
     if ((n = stream_len_and_flush(stream)) != n_msgs) {
         fprintf(stderr, "bench_redis: %s: the stream holds %lld of %lld\n", name, n, n_msgs);
@@ -261,6 +272,7 @@ static int sqlite_case(const char *path, double ceiling)
     bench_result res;
     if (sqlite_fill(path)) return -1;
     snprintf(c.store_url, sizeof c.store_url, "sqlite:%s", path);
+    c.window = window;
     if (relay_run("sqlite -> redis", &c, "sq", &res)) return -1;
     if (ch_outbox_count(path, NULL) != 0) {
         fprintf(stderr, "bench_redis: sqlite -> redis: rows left in the outbox\n");
@@ -271,13 +283,25 @@ static int sqlite_case(const char *path, double ceiling)
 }
 
 #ifdef OUTBOX_HAVE_LIBPQ
+/* The relay from the PostgreSQL outbox, checked and printed as `row`.
+ * 0 or -1. */
+static int pg_relay(PGconn *conn, const char *row, relay_case *c, double rate)
+{
+    bench_result res;
+    if (relay_run(row, c, "pg", &res)) return -1;
+    if (bench_pg_left(conn) != 0) {
+        fprintf(stderr, "bench_redis: %s: unsent rows left\n", row);
+        return -1;
+    }
+    print_row(row, &res, rate);
+    return 0;
+}
+
 static int pg_case(void)
 {
     static pgh_server pg;
     relay_case c;
-    bench_result res;
     outbox_error err = {0};
-    char sql[1024];
     double rate;
     const char *why = pgh_available();
     if (why != NULL) {
@@ -288,24 +312,14 @@ static int pg_case(void)
     PGconn *conn = pgh_connect(&pg);
     if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
         TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
-    snprintf(sql, sizeof sql,
-             "INSERT INTO bench_outbox.outbox (id, type, aggregate_type, aggregate_id, payload)"
-             " SELECT bench_outbox.uuid_v7(), 'OrderPlaced', 'Order',"
-             " 'order-' || lpad((i %% %u)::text, 6, '0'),"
-             " jsonb_build_object('n', i, 'pad', repeat('x', %d - 18 - length(i::text)))"
-             " FROM generate_series(0, %lld) i",
-             aggregates, PAYLOAD_BYTES, n_msgs - 1);
-    pgh_exec(conn, sql);
-    pgh_exec(conn, "VACUUM ANALYZE bench_outbox.outbox");
-    pgh_exec(conn, "CHECKPOINT");
+    bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     if (ceiling_case("redis pipelined XADD (again)", &rate)) return -1;
     snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);
-    if (relay_run("postgres -> redis", &c, "pg", &res)) return -1;
-    if (pgh_count(conn, "SELECT count(*) FROM bench_outbox.outbox WHERE status <> 'sent'") != 0) {
-        fprintf(stderr, "bench_redis: postgres -> redis: unsent rows left\n");
-        return -1;
-    }
-    print_row("postgres -> redis (relay)", &res, rate);
+    c.window = window;
+    if (pg_relay(conn, "postgres -> redis (relay)", &c, rate)) return -1;
+    bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
+    c.window = 2 * (long long)batch;
+    if (pg_relay(conn, "postgres -> redis, 2 batches", &c, rate)) return -1;
     PQfinish(conn);
     return 0;
 }
@@ -322,17 +336,21 @@ int main(int argc, char **argv)
             n_msgs = atoll(argv[++i]);
         else if (!strcmp(argv[i], "-b") && i + 1 < argc)
             batch = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-w") && i + 1 < argc)
+            window = atoll(argv[++i]);
         else if (!strcmp(argv[i], "-a") && i + 1 < argc)
             aggregates = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--no-pg"))
             no_pg = 1;
         else {
-            fprintf(stderr, "usage: bench_redis [-n N] [-b BATCH] [-a AGGREGATES] [--no-pg]\n");
+            fprintf(stderr,
+                    "usage: bench_redis [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES] [--no-pg]\n");
             return 2;
         }
     }
-    if (n_msgs < 1 || batch < 1 || batch > 100000 || aggregates < 1) {
-        fprintf(stderr, "bench_redis: -n, -b (1-100000) and -a must be positive\n");
+    if (n_msgs < 1 || batch < 1 || batch > 100000 || window < 1 || window > 1000000 ||
+        aggregates < 1) {
+        fprintf(stderr, "bench_redis: -n, -b (1-100000), -w (1-1000000) and -a must be positive\n");
         return 2;
     }
     if (rh_available() != NULL) {
@@ -340,9 +358,9 @@ int main(int argc, char **argv)
                 rh_available());
         return 77;
     }
-    printf("bench_redis: N=%lld, payload %d bytes, %u aggregates, batch %u; load average %.2f "
-           "at start\n",
-           n_msgs, PAYLOAD_BYTES, aggregates, batch, bench_loadavg());
+    printf("bench_redis: N=%lld, payload %d bytes, %u aggregates, batch %u, window %lld messages; "
+           "load average %.2f at start\n",
+           n_msgs, PAYLOAD_BYTES, aggregates, batch, window, bench_loadavg());
     rh_server_start(&redis);
     printf("redis-server on %s (appendonly yes, appendfsync always, AOF in %s)\n", redis.url,
            redis.dir);

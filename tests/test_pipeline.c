@@ -489,6 +489,185 @@ TEST(lost_acks_pg)
 }
 #endif
 
+/* ------------------------------------------------------------------------
+ * RabbitMQ and Redis Streams: the publish window of many batches
+ *
+ *   amqp_deep_window   a drain of 20,000 messages (scaled) over 1,000
+ *                      aggregates from SQLite through amqp:// with relay
+ *                      batches of 64 and max_unconfirmed 4096, so the
+ *                      destination's window (publish_room) lets the relay
+ *                      keep many batches open, while confirms are dropped
+ *                      at random (amqp_ack_lost: the message is retried,
+ *                      and the later messages of its aggregate in every
+ *                      open batch are held back).  On the test's own
+ *                      rabbitmq-server (tests/support/rabbitmq.h).  Then
+ *                      the queue read back: lost 0, per-aggregate order of
+ *                      first delivery 0 violations, nothing pending or
+ *                      failed, and the relay's log shows more than two
+ *                      batches open at once.
+ *   redis_deep_window  the same through redis:// (window_messages 4096) on
+ *                      a redis-server with AOF (tests/support/redis.h),
+ *                      with replies dropped at random (redis_reply_lost:
+ *                      the retry is a duplicate the script drops): the
+ *                      stream read back has no message lost, none twice,
+ *                      no order violation.
+ * Each is left out with a message when its server is not installed.
+ * ---------------------------------------------------------------------- */
+#if defined(OUTBOX_HAVE_RABBITMQ) || defined(OUTBOX_HAVE_HIREDIS)
+
+#include "internal.h" /* outbox__fault_set */
+
+static atomic_int deep_window_max; /* "publish window: N batches open" */
+
+static void deep_count_log(void *user, int level, const char *component, const char *message)
+{
+    (void)user;
+    if (strncmp(message, "publish window: ", 16) == 0) {
+        int open = atoi(message + 16);
+        if (open > atomic_load(&deep_window_max)) atomic_store(&deep_window_max, open);
+    }
+    if (level >= OUTBOX_LOG_WARN && strstr(message, "injected fault") == NULL)
+        fprintf(stderr, "[%s] %s\n", component, message);
+}
+
+/* Commits p->total messages over 1,000 aggregates into a fresh SQLite
+ * outbox at ch_path(name), before any relay runs (a backlog to fill the
+ * window with). */
+static void deep_fill(ch_producer *p, char *db, const char *name)
+{
+    ch_path(db, name);
+    ch_init_store(db);
+    memset(p, 0, sizeof *p);
+    p->db_path = db;
+    p->total = test_scaled(20000, 2000);
+    p->aggregates = 1000;
+    p->max_txn = 100;
+    p->seed = ch_seed();
+    ch_producer_start(p);
+    ch_producer_join(p);
+}
+
+/* Drains db to `to` with --once relays (batches of 64) while the fault
+ * point `fault` fires with probability 0.01 (about 20 times at the smallest
+ * scale, well above the 3 the checks ask for), until nothing is pending;
+ * *dropped: how many times it fired. */
+static void deep_drain(const char *db, const char *to, const char *fault, outbox_relay_stats *stats,
+                       uint64_t *dropped)
+{
+    char store[700], spec[128];
+    int runs;
+    snprintf(store, sizeof store, "sqlite:%s", db);
+    snprintf(spec, sizeof spec, "%s:error:p0.01", fault);
+    atomic_store(&deep_window_max, 0);
+    outbox_log_set(deep_count_log, NULL, OUTBOX_LOG_DEBUG);
+    memset(stats, 0, sizeof *stats);
+    *dropped = 0;
+    for (runs = 0; runs < 500 && ch_outbox_count(db, "pending") > 0; runs++) {
+        outbox__fault_set(spec); /* fired counts from 0 */
+        run_relay(store, to, 1, NULL, stats);
+        *dropped += outbox__fault_fired();
+        ch_sleep_ms(6);
+    }
+    outbox__fault_set("");
+    outbox_log_set(count_log, NULL, OUTBOX_LOG_DEBUG);
+    fprintf(stderr,
+            "%llu published, %llu retried, %llu batches in %d relay runs; %llu faults %s; at "
+            "most %d batches open\n",
+            (unsigned long long)stats->published, (unsigned long long)stats->retried,
+            (unsigned long long)stats->batches, runs, (unsigned long long)*dropped, fault,
+            atomic_load(&deep_window_max));
+    ASSERT_EQ(ch_outbox_count(db, "pending"), 0);
+    ASSERT_EQ(ch_outbox_count(db, "failed"), 0);
+}
+
+/* What the destination holds (read into out) against what p committed;
+ * dedup: the destination drops republications (no duplicate allowed). */
+static void deep_check(const char *label, const ch_producer *p, const char *out,
+                       const outbox_relay_stats *stats, uint64_t dropped, int dedup)
+{
+    ch_report r;
+    ch_check_file(out, p, &r);
+    ch_report_print(label, &r);
+    ASSERT_EQ(r.expected, p->total);
+    ASSERT_EQ(r.torn, 0);
+    ASSERT_EQ(r.foreign, 0);
+    ASSERT_EQ(r.lost, 0);
+    ASSERT_EQ(r.violations, 0);
+    if (dedup) ASSERT_EQ(r.duplicates, 0);
+    ASSERT_GE((int64_t)dropped, 3);
+    ASSERT_GE((int64_t)stats->retried, 3);
+    ASSERT_GE(atomic_load(&deep_window_max), 3); /* more than two batches open at once */
+}
+
+#endif
+
+#ifdef OUTBOX_HAVE_RABBITMQ
+
+#include "support/rabbitmq.h"
+
+TEST(amqp_deep_window)
+{
+    char db[CH_PATH], out[CH_PATH], to[256];
+    const char *why = rmh_available();
+    outbox_relay_stats stats;
+    uint64_t dropped;
+    rmh_server rmq;
+    ch_producer p;
+
+    if (why != NULL) {
+        fprintf(stderr, "-- amqp_deep_window left out: %s\n", why);
+        return;
+    }
+    memset(&rmq, 0, sizeof rmq);
+    rmh_start(&rmq);
+    rmh_declare(&rmq, "deep", "deep", "#");
+    deep_fill(&p, db, "amqp_deep.db");
+    snprintf(to, sizeof to, "%s?exchange=deep&max_unconfirmed=4096", rmq.url);
+    deep_drain(db, to, "amqp_ack_lost", &stats, &dropped);
+    ch_path(out, "amqp_deep.jsonl");
+    fprintf(stderr, "amqp_deep_window: the queue held %lld\n",
+            (long long)rmh_queue_drain(&rmq, "deep", out));
+    /* RabbitMQ does not de-duplicate: a message whose confirm was dropped
+     * is delivered twice (counted, not a failure). */
+    deep_check("amqp deep window", &p, out, &stats, dropped, 0);
+    ch_producer_free(&p);
+    rmh_stop(&rmq);
+}
+
+#endif /* OUTBOX_HAVE_RABBITMQ */
+
+#ifdef OUTBOX_HAVE_HIREDIS
+
+#include "support/redis.h"
+
+TEST(redis_deep_window)
+{
+    char db[CH_PATH], out[CH_PATH], to[256];
+    const char *why = rh_available();
+    outbox_relay_stats stats;
+    uint64_t dropped;
+    rh_server rs;
+    ch_producer p;
+
+    if (why != NULL) {
+        fprintf(stderr, "-- redis_deep_window left out: %s\n", why);
+        return;
+    }
+    memset(&rs, 0, sizeof rs);
+    rh_server_start(&rs);
+    deep_fill(&p, db, "redis_deep.db");
+    snprintf(to, sizeof to, "%s?stream=deep&window_messages=4096", rs.url);
+    deep_drain(db, to, "redis_reply_lost", &stats, &dropped);
+    ch_path(out, "redis_deep.jsonl");
+    fprintf(stderr, "redis_deep_window: the stream holds %lld\n",
+            (long long)rh_stream_dump(&rs, "deep", out));
+    deep_check("redis deep window", &p, out, &stats, dropped, 1); /* the script drops them */
+    ch_producer_free(&p);
+    rh_server_stop(&rs);
+}
+
+#endif /* OUTBOX_HAVE_HIREDIS */
+
 int main(void)
 {
     char seed[32];
@@ -507,6 +686,12 @@ int main(void)
     RUN(serial);
 #ifdef OUTBOX_HAVE_LIBPQ
     RUN(lost_acks_pg);
+#endif
+#ifdef OUTBOX_HAVE_RABBITMQ
+    RUN(amqp_deep_window);
+#endif
+#ifdef OUTBOX_HAVE_HIREDIS
+    RUN(redis_deep_window);
 #endif
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     nh_server_stop(&server);

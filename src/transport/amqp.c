@@ -29,14 +29,22 @@
  * the NATS destination does it: at most one unconfirmed message per
  * aggregate, across the open batches.  A batch is published in waves: each
  * wave sends every message whose previous message of its aggregate (in this
- * batch or the open one before) is confirmed, so messages of different
+ * batch or any open one before) is confirmed, so messages of different
  * aggregates are many in flight (up to max_unconfirmed) while those of one
  * aggregate follow one another.  A message whose previous one was not
  * confirmed is not sent at all, and a batch stops sending once its
- * connection or channel was lost since it (or the batch before it) began:
- * RabbitMQ may have stored a message whose confirm was lost with the
+ * connection or channel was lost since it (or the open batches before it)
+ * began: RabbitMQ may have stored a message whose confirm was lost with the
  * channel, and one sent on a new channel could then overtake the retry of
  * the one before it.
+ *
+ * The window (publish_room): the relay may keep more than two batches open
+ * (up to OUTBOX_PIPELINE_MAX_DEPTH) while the messages of the open batches
+ * that have no result yet, with the next batch, stay within
+ * max_unconfirmed, so a relay batch smaller than max_unconfirmed still
+ * keeps as many publications unconfirmed as the channel allows.  The
+ * chains above cross every open batch (batch_prepare, release_chains), so
+ * the order and the failure rules do not depend on the depth.
  *
  * No broker-side de-duplication exists in RabbitMQ: a republished message
  * (after a relay crash or a lost confirm) is delivered again, with the same
@@ -87,7 +95,9 @@ static const outbox_prop rmq_props[] = {
      "Quick start: declare the exchange (durable, topic) at start-up; quorum:QUEUE also declares "
      "the durable quorum queue QUEUE bound to it with '#'."},
     {"max_unconfirmed", OUTBOX_PROP_INT, RMQ_FIELD(max_unconfirmed), "4096", "1..1000000", NULL,
-     "Publications waiting for their confirm at once (the window on the channel)."},
+     "Publications waiting for their confirm at once (the window on the channel); the relay "
+     "also begins another batch only while its open batches' messages without a result, with "
+     "that batch, stay within this many (at least two batches)."},
     {"confirm_timeout", OUTBOX_PROP_DURATION, RMQ_FIELD(confirm_timeout_ms), "10s", "1ms..", NULL,
      "How long a batch waits for the broker's confirms; then the connection is dropped and what "
      "is unconfirmed is retried."},
@@ -138,6 +148,8 @@ typedef struct rmq_batch {
     unsigned char *done;     /* per message: its result is final */
     unsigned char *started;  /* per message: published, or given its result */
     unsigned char *returned; /* per message: came back unroutable (rejected at its ack) */
+    unsigned char *prev_in;  /* per message with prev <= OUTBOX_PREV_OLDER(0): the slot of the
+                                open batch that holds its previous message */
     size_t finished;         /* messages done */
     size_t unstarted;        /* every message before it is started */
     long *prev;
@@ -145,6 +157,9 @@ typedef struct rmq_batch {
     outbox_aggindex aggs; /* aggregate id -> index of its last message */
     size_t cap;
 } rmq_batch;
+
+/* prev_in holds a batch slot in an unsigned char. */
+_Static_assert(OUTBOX_PIPELINE_MAX_DEPTH <= 256, "a batch slot must fit in prev_in");
 
 /* A publication waiting for its confirm: delivery tag -> message. */
 typedef struct rmq_flight {
@@ -169,7 +184,7 @@ typedef struct rmq_state {
     char lost_why[WHY_MAX]; /* why the last one was lost */
     atomic_int interrupted;
 
-    rmq_batch batches[OUTBOX_PIPELINE_DEPTH];
+    rmq_batch batches[OUTBOX_PIPELINE_MAX_DEPTH];
     int first, count;
 
     rmq_flight *flight; /* in tag order, [flight_head, flight_len) */
@@ -183,7 +198,7 @@ typedef struct rmq_state {
 
 static rmq_batch *batch_at(rmq_state *st, int k)
 {
-    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH];
 }
 
 /* The reply of the last RPC as text ("" when it succeeded). */
@@ -544,12 +559,17 @@ static void drain(rmq_state *st)
  * Publish
  * ---------------------------------------------------------------------- */
 
-/* Sizes and fills batch b for msgs[0..n): flags, and the aggregate chains
- * (outbox__chain_prepare). */
-static int batch_prepare(rmq_batch *b, const rmq_batch *older, outbox_msg *const *msgs, size_t n)
+/* Sizes and fills batch b, about to be the newest open one, for
+ * msgs[0..n): flags, and the aggregate chains (outbox__chain_prepare
+ * within b).  A message whose aggregate has no earlier message in b is
+ * chained to the last one of its aggregate in the newest open batch that
+ * has one (prev_in names that batch's slot), so the chains run across
+ * every open batch, however deep the window. */
+static int batch_prepare(rmq_state *st, rmq_batch *b, outbox_msg *const *msgs, size_t n)
 {
+    size_t i;
     if (n > b->cap) {
-        unsigned char *flags = outbox__realloc(b->done, 3 * n);
+        unsigned char *flags = outbox__realloc(b->done, 4 * n);
         long *prev;
         if (flags == NULL) return -1;
         b->done = flags;
@@ -560,14 +580,45 @@ static int batch_prepare(rmq_batch *b, const rmq_batch *older, outbox_msg *const
     }
     b->started = b->done + b->cap;
     b->returned = b->done + 2 * b->cap;
-    memset(b->done, 0, 3 * b->cap);
+    b->prev_in = b->done + 3 * b->cap;
+    memset(b->done, 0, 4 * b->cap);
     b->msgs = msgs;
     b->n = n;
     b->finished = b->unstarted = 0;
-    return outbox__chain_prepare(&b->ids, &b->aggs, older ? &older->aggs : NULL, msgs, n,
-                                 b->prev) == OUTBOX_OK
-               ? 0
-               : -1;
+    if (outbox__chain_prepare(&b->ids, &b->aggs, NULL, msgs, n, b->prev) != OUTBOX_OK) return -1;
+    for (i = 0; i < n; i++) {
+        int k;
+        if (b->prev[i] != OUTBOX_PREV_NONE) continue;
+        for (k = st->count - 1; k >= 0; k--) {
+            const rmq_batch *older = batch_at(st, k);
+            uint32_t j;
+            if (outbox__aggindex_lookup(&older->aggs, msgs[i]->aggregate_id, &j)) {
+                b->prev[i] = OUTBOX_PREV_OLDER(j);
+                b->prev_in[i] = (unsigned char)(older - st->batches);
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Batch `ended` ended with its results: the open batches no longer point
+ * into its slot (OUTBOX_PREV_NONE where that message was confirmed, else
+ * OUTBOX_PREV_FAILED), as outbox__chain_release does for one batch. */
+static void release_chains(rmq_state *st, const rmq_batch *ended)
+{
+    unsigned char slot = (unsigned char)(ended - st->batches);
+    int k;
+    for (k = 0; k < st->count; k++) {
+        rmq_batch *c = batch_at(st, k);
+        size_t i;
+        if (c == ended) continue;
+        for (i = 0; i < c->n; i++)
+            if (c->prev[i] <= OUTBOX_PREV_OLDER(0) && c->prev_in[i] == slot)
+                c->prev[i] = ended->results[OUTBOX_PREV_OLDER_INDEX(c->prev[i])].code == OUTBOX_OK
+                                 ? OUTBOX_PREV_NONE
+                                 : OUTBOX_PREV_FAILED;
+    }
 }
 
 static const char *const ce_reserved[] = {
@@ -688,13 +739,13 @@ static void not_sent(rmq_batch *b, size_t i, int code, const char *why)
     b->finished++;
 }
 
-/* One wave of batch b (older: the open batch before it, or NULL): sends
- * each message not started yet whose previous message of its aggregate is
+/* One wave of open batch b: sends each message not started yet whose
+ * previous message of its aggregate (in b or an open batch before it) is
  * confirmed (or that has none), while the window has room; gives a result
  * without sending to those whose previous message failed, and to all once
  * b is stalled.  Never waits for confirms.  Sets *progressed when it
  * started one. */
-static void wave(rmq_state *st, rmq_batch *b, rmq_batch *older, int *progressed)
+static void wave(rmq_state *st, rmq_batch *b, int *progressed)
 {
     outbox_error rerr;
     size_t i;
@@ -711,7 +762,7 @@ static void wave(rmq_state *st, rmq_batch *b, rmq_batch *older, int *progressed)
         if (p == OUTBOX_PREV_FAILED) {
             held = 1;
         } else if (p != OUTBOX_PREV_NONE) {
-            rmq_batch *pb = p >= 0 ? b : older;
+            rmq_batch *pb = p >= 0 ? b : &st->batches[b->prev_in[i]];
             size_t j = p >= 0 ? (size_t)p : OUTBOX_PREV_OLDER_INDEX(p);
             if (!pb->done[j] && !b->stalled && st->generation == b->generation0) continue;
             held = !pb->done[j] || pb->results[j].code != OUTBOX_OK;
@@ -800,6 +851,39 @@ static int ready(rmq_state *st, char *why, size_t len)
     return OUTBOX_OK;
 }
 
+/* Waves every open batch, oldest first (the older ones take the window's
+ * room first); *progressed as for wave. */
+static void waves(rmq_state *st, int *progressed)
+{
+    int k;
+    for (k = 0; k < st->count; k++)
+        wave(st, batch_at(st, k), progressed);
+}
+
+/* The window (publish_room in internal.h): two batches, as without one;
+ * more while the messages of the open batches without a result, with the
+ * next batch, stay within max_unconfirmed (so that many can be in flight
+ * at once where the aggregates allow it), and none once the connection
+ * the open batches began on is lost (they are stalled: the next batch
+ * waits for them to end and a new connection). */
+static int rmq_publish_room(void *state, int open, size_t next)
+{
+    rmq_state *st = state;
+    const rmq_batch *newest;
+    size_t waiting = 0;
+    int k;
+
+    if (open != st->count || st->count >= OUTBOX_PIPELINE_MAX_DEPTH) return 0;
+    if (st->count < OUTBOX_PIPELINE_DEPTH) return 1;
+    newest = batch_at(st, st->count - 1);
+    if (newest->stalled || st->generation != newest->generation0) return 0;
+    for (k = 0; k < st->count; k++) {
+        const rmq_batch *b = batch_at(st, k);
+        waiting += b->n - b->finished;
+    }
+    return (int64_t)(waiting + next) <= st->c.max_unconfirmed;
+}
+
 static int rmq_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
                              outbox_publish_result *results)
 {
@@ -808,10 +892,10 @@ static int rmq_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     int progressed = 0;
     size_t i;
 
-    if (st->count >= OUTBOX_PIPELINE_DEPTH) return OUTBOX_EINVAL;
+    if (st->count >= OUTBOX_PIPELINE_MAX_DEPTH) return OUTBOX_EINVAL;
     if (st->count > 0) {
         older = batch_at(st, st->count - 1);
-        wave(st, older, NULL, &progressed); /* what its confirms let go */
+        waves(st, &progressed); /* what their confirms let go */
     } else {
         char why[WHY_MAX];
         int rc = ready(st, why, sizeof why);
@@ -822,7 +906,7 @@ static int rmq_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         }
     }
     b = batch_at(st, st->count);
-    if (batch_prepare(b, older, msgs, n) != 0) {
+    if (batch_prepare(st, b, msgs, n) != 0) {
         b->msgs = NULL;
         b->n = 0;
         return OUTBOX_ENOMEM;
@@ -836,19 +920,19 @@ static int rmq_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     b->stalled = older ? older->stalled : 0;
     b->generation0 = older ? older->generation0 : st->generation;
     st->count++;
-    wave(st, b, older, &progressed);
+    wave(st, b, &progressed);
     return OUTBOX_OK;
 }
 
-/* Ends the oldest open batch: sends its remaining waves (and the next
- * batch's) as confirms come back, until each of its messages has a
- * result.  No confirm for confirm_timeout drops the connection (what is
+/* Ends the oldest open batch: sends its remaining waves (and those of
+ * the batches after it) as confirms come back, until each of its messages
+ * has a result.  No confirm for confirm_timeout drops the connection (what is
  * unconfirmed is retried); an interrupt settles what is left as stopped. */
 static int rmq_publish_end(void *state, outbox_msg *const *msgs, size_t n,
                            outbox_publish_result *results)
 {
     rmq_state *st = state;
-    rmq_batch *b, *next;
+    rmq_batch *b;
     int64_t deadline = 0;
     uint64_t settled_before = st->settled - 1; /* the first pass runs the waves */
     size_t i;
@@ -856,19 +940,17 @@ static int rmq_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     if (st->count == 0) return OUTBOX_EINVAL;
     b = batch_at(st, 0);
     if (b->msgs != msgs || b->n != n || b->results != results) return OUTBOX_EINVAL;
-    next = st->count > 1 ? batch_at(st, 1) : NULL;
 
     /* The waves run again only when a confirm (or a loss) settled
      * something: then a waiting message may go, or the window has room. */
     for (;;) {
-        int progressed = 0, ignored = 0;
+        int progressed = 0;
         int64_t now = outbox__monotonic_us();
 
         if (st->settled != settled_before) { /* progress: a fresh timeout */
             settled_before = st->settled;
             deadline = now + st->c.confirm_timeout_ms * 1000;
-            wave(st, b, NULL, &progressed);
-            if (next != NULL) wave(st, next, b, &ignored);
+            waves(st, &progressed);
             if (b->finished == n) break;
             continue; /* the waves may have settled more (a lost connection) */
         }
@@ -898,15 +980,15 @@ static int rmq_publish_end(void *state, outbox_msg *const *msgs, size_t n,
         }
     }
 
-    if (next != NULL) outbox__chain_release(next->prev, next->n, b->results);
+    release_chains(st, b);
     b->results = NULL;
     b->msgs = NULL;
     b->n = 0;
-    st->first = (st->first + 1) % OUTBOX_PIPELINE_DEPTH;
+    st->first = (st->first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
     st->count--;
-    if (next != NULL) {
+    {
         int ignored = 0;
-        wave(st, next, NULL, &ignored); /* what this batch's last confirms let go */
+        waves(st, &ignored); /* what this batch's last confirms let go */
     }
     return OUTBOX_OK;
 }
@@ -1011,7 +1093,7 @@ static void rmq_close(void *state)
         amqp_connection_close(st->conn, AMQP_REPLY_SUCCESS);
         amqp_destroy_connection(st->conn);
     }
-    for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
+    for (k = 0; k < OUTBOX_PIPELINE_MAX_DEPTH; k++) {
         outbox__aggindex_free(&st->batches[k].ids);
         outbox__aggindex_free(&st->batches[k].aggs);
         outbox__free(st->batches[k].done);
@@ -1124,10 +1206,11 @@ fail:
  * scheme, the same entries. */
 #define RMQ_OPS(scheme_, usage_, doc_)                                                             \
     {                                                                                              \
-        .version = 4, .scheme = scheme_, .open = RMQ_ENTRY(rmq_open),                              \
+        .version = 5, .scheme = scheme_, .open = RMQ_ENTRY(rmq_open),                              \
         .publish = RMQ_ENTRY(rmq_publish), .close = RMQ_ENTRY(rmq_close),                          \
         .publish_begin = RMQ_ENTRY(rmq_publish_begin), .publish_end = RMQ_ENTRY(rmq_publish_end),  \
         .interrupt = RMQ_ENTRY(rmq_interrupt), .usage = usage_, .doc = doc_, .props = rmq_props,   \
+        .publish_room = RMQ_ENTRY(rmq_publish_room),                                               \
     }
 
 const outbox_transport_ops outbox__transport_amqp =

@@ -18,10 +18,12 @@
  *
  * Pipelining (publish_begin / publish_end, see internal.h): publish_begin
  * writes a whole batch's scripts at once and publish_end reads their
- * replies, in order, on the one connection; up to OUTBOX_PIPELINE_DEPTH
- * batches are open.
+ * replies, in order, on the one connection.  The window (publish_room):
+ * two batches are open, and more (up to OUTBOX_PIPELINE_MAX_DEPTH) while
+ * the messages of the open batches, with the next batch, stay within
+ * window_messages.
  *
- * Order: a batch may hold several messages of one aggregate, and the one
+ * Order: a batch may hold several messages of one aggregate, and the ones
  * before it may still be open, so a message's script can run although the
  * previous message of its aggregate failed (an error reply: out of memory,
  * a script error) or never arrived (a connection that broke mid-write, a
@@ -65,6 +67,7 @@ typedef struct redis_config {
     char *password;
     int64_t connect_timeout_ms;
     int64_t timeout_ms;
+    int64_t window_messages;
 } redis_config;
 
 #define REDIS_FIELD(f) offsetof(redis_config, f)
@@ -92,6 +95,9 @@ static const outbox_prop redis_props[] = {
     {"timeout", OUTBOX_PROP_DURATION, REDIS_FIELD(timeout_ms), "10s", "1ms..", NULL,
      "How long a batch waits for a reply; then the connection is dropped and what is "
      "unconfirmed is retried."},
+    {"window_messages", OUTBOX_PROP_INT, REDIS_FIELD(window_messages), "4096", "1..1000000", NULL,
+     "The publish window: the relay keeps two batches written without their replies, and "
+     "begins more only while their messages, plus the next batch, stay within this many."},
     OUTBOX_PROPS_END,
 };
 
@@ -159,11 +165,12 @@ typedef struct redis_state {
     char maxlen[24];
     int64_t timeout_ms;
     int64_t connect_timeout_ms;
+    int64_t window_messages;
     char sha[41];
     int noscript;      /* a reply said NOSCRIPT: reconnect after this batch */
     outbox_buf stream; /* scratch: a rendered stream name */
     outbox_buf event;  /* scratch: a CloudEvent */
-    redis_batch batches[OUTBOX_PIPELINE_DEPTH];
+    redis_batch batches[OUTBOX_PIPELINE_MAX_DEPTH];
     int first; /* slot of the oldest open batch */
     int count; /* open batches */
 } redis_state;
@@ -405,7 +412,7 @@ static void redis_close(void *state)
     outbox__route_free(st->route);
     outbox__buf_free(&st->stream);
     outbox__buf_free(&st->event);
-    for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
+    for (k = 0; k < OUTBOX_PIPELINE_MAX_DEPTH; k++) {
         redis_batch *b = &st->batches[k];
         outbox__aggindex_free(&b->aggs);
         outbox__buf_free(&b->keys);
@@ -443,7 +450,7 @@ static int redis_open(void **state, const char *url, const outbox_transport_conf
     }
     outbox__buf_init(&st->stream);
     outbox__buf_init(&st->event);
-    for (k = 0; k < OUTBOX_PIPELINE_DEPTH; k++) {
+    for (k = 0; k < OUTBOX_PIPELINE_MAX_DEPTH; k++) {
         outbox__buf_init(&st->batches[k].keys);
         outbox__aggindex_init(&st->batches[k].aggs);
     }
@@ -473,6 +480,7 @@ static int redis_open(void **state, const char *url, const outbox_transport_conf
     snprintf(st->maxlen, sizeof st->maxlen, "%lld", (long long)c.maxlen);
     st->timeout_ms = c.timeout_ms;
     st->connect_timeout_ms = c.connect_timeout_ms;
+    st->window_messages = c.window_messages;
 
     rc = connect_server(st, err);
     if (rc != OUTBOX_OK) goto out;
@@ -484,9 +492,10 @@ static int redis_open(void **state, const char *url, const outbox_transport_conf
                     "(%lld ms): a message retried after that can be added to the stream twice",
                     (long long)c.dedup_window_ms, (long long)outbox_redelivery_horizon_ms(NULL));
     outbox__log(OUTBOX_LOG_INFO, COMPONENT,
-                "connected to %s: stream %s, dedup window %lld ms, maxlen %lld, timeout %lld ms",
+                "connected to %s: stream %s, dedup window %lld ms, maxlen %lld, timeout %lld ms, "
+                "window %lld messages",
                 st->target, c.stream, (long long)c.dedup_window_ms, (long long)c.maxlen,
-                (long long)c.timeout_ms);
+                (long long)c.timeout_ms, (long long)c.window_messages);
 out:
     outbox__props_free(redis_props, &c);
     if (parsed) outbox__url_free(&u);
@@ -505,7 +514,7 @@ out:
 /* The k-th open batch, oldest first. */
 static redis_batch *batch_at(redis_state *st, int k)
 {
-    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_DEPTH];
+    return &st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH];
 }
 
 /* What Redis Cluster hashes of key: the text of its first "{...}" when
@@ -610,6 +619,36 @@ static int append_script(redis_state *st, redis_batch *b, size_t i, const char *
     return redisAppendCommandArgv(st->c, argc, argv, NULL) == REDIS_OK ? 0 : -1;
 }
 
+/* The window (publish_room in internal.h): two batches, and more while the
+ * messages of the open batches (written, replies not read), with the next
+ * batch, stay within window_messages; none while the connection is gone
+ * (the open batches' replies are lost: they end first). */
+static int redis_publish_room(void *state, int open, size_t next)
+{
+    redis_state *st = state;
+    size_t out = 0;
+    int k;
+    if (open != st->count || st->count >= OUTBOX_PIPELINE_MAX_DEPTH) return 0;
+    if (st->count < OUTBOX_PIPELINE_DEPTH) return 1;
+    if (st->c == NULL) return 0;
+    for (k = 0; k < st->count; k++)
+        out += batch_at(st, k)->n;
+    return (int64_t)(out + next) <= st->window_messages;
+}
+
+/* Where the previous message of aggregate agg is in the open batches
+ * before b (the newest one that has one): its batch, and its index in
+ * *index; NULL when none has it. */
+static const redis_batch *find_older(redis_state *st, const char *agg, uint32_t *index)
+{
+    int k;
+    for (k = st->count - 1; k >= 0; k--) {
+        const redis_batch *older = batch_at(st, k);
+        if (outbox__aggindex_lookup(&older->aggs, agg, index)) return older;
+    }
+    return NULL;
+}
+
 /* Begins a batch (publish_begin in internal.h): writes every message's
  * script and returns without reading a reply.  A message with an earlier
  * message of its aggregate in the open batches names that one's id key, so
@@ -618,12 +657,13 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
                                outbox_publish_result *results)
 {
     redis_state *st = state;
-    redis_batch *b, *older;
+    redis_batch *b;
+    const redis_batch *older;
     outbox_error cerr;
     size_t i;
     int done = 0;
 
-    if (st->count >= OUTBOX_PIPELINE_DEPTH) return OUTBOX_EINVAL;
+    if (st->count >= OUTBOX_PIPELINE_MAX_DEPTH) return OUTBOX_EINVAL;
     if (st->c == NULL) {
         memset(&cerr, 0, sizeof cerr);
         if (connect_server(st, &cerr) != OUTBOX_OK) {
@@ -633,7 +673,6 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         }
         outbox__log(OUTBOX_LOG_INFO, COMPONENT, "reconnected to %s", st->target);
     }
-    older = st->count > 0 ? batch_at(st, st->count - 1) : NULL;
     b = batch_at(st, st->count);
     if (batch_reserve(b, n) != 0) return OUTBOX_ENOMEM;
     b->msgs = msgs;
@@ -655,11 +694,12 @@ static int redis_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         uint32_t prev;
         b->key_at[i] = (size_t)-1; /* until its script is queued */
         /* The previous message of its aggregate: in this batch, or else in
-         * the open one before.  This one becomes its aggregate's last. */
+         * the newest open one before that has one.  This one becomes its
+         * aggregate's last. */
         if (outbox__aggindex_insert(&b->aggs, m->aggregate_id, (uint32_t)i, &prev)) {
             prev_keys = &b->keys;
             prev_at = b->key_at[prev];
-        } else if (older != NULL && outbox__aggindex_lookup(&older->aggs, m->aggregate_id, &prev)) {
+        } else if ((older = find_older(st, m->aggregate_id, &prev)) != NULL) {
             prev_keys = &older->keys;
             prev_at = older->key_at[prev];
         }
@@ -794,7 +834,7 @@ static int redis_publish_end(void *state, outbox_msg *const *msgs, size_t n,
     b->msgs = NULL;
     b->results = NULL;
     b->n = 0;
-    st->first = (st->first + 1) % OUTBOX_PIPELINE_DEPTH;
+    st->first = (st->first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
     st->count--;
     return OUTBOX_OK;
 }
@@ -816,7 +856,7 @@ static int redis_publish(void *state, outbox_msg *const *msgs, size_t n,
 
 /* The Redis Streams destination driver (see the top of this file). */
 const outbox_transport_ops outbox__transport_redis = {
-    .version = 4,
+    .version = 5,
     .scheme = "redis",
     .open = REDIS_ENTRY(redis_open),
     .publish = REDIS_ENTRY(redis_publish),
@@ -825,6 +865,7 @@ const outbox_transport_ops outbox__transport_redis = {
     .publish_begin = REDIS_ENTRY(redis_publish_begin),
     .publish_end = REDIS_ENTRY(redis_publish_end),
     .interrupt = NULL,
+    .publish_room = REDIS_ENTRY(redis_publish_room),
     .usage = "redis://HOST:6379",
     .doc =
         "Redis Streams: the reply of the script that adds the entry (XADD) confirms a message, "
