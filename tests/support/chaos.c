@@ -12,6 +12,8 @@
 #include <stdarg.h>
 #include <time.h>
 #ifdef OUTBOX_HAVE_LIBPQ
+#include "support/pg.h"
+
 #include <libpq-fe.h>
 #endif
 
@@ -274,7 +276,8 @@ static void *ch_pg_producer_main(void *arg)
         PQclear(PQexec(c, "BEGIN"));
         for (i = 0; i < k; i++) {
             if (ch_producer_msg(p, &rng, batch, batch_agg, i, &err) != OUTBOX_OK ||
-                outbox_enqueue_pg(c, batch[i], &err) != OUTBOX_OK) {
+                (p->pg_emit ? pgh_emit(c, "outbox", batch[i], err.message, sizeof err.message) != 0
+                            : outbox_enqueue_pg(c, batch[i], &err) != OUTBOX_OK)) {
                 snprintf(p->error, sizeof p->error, "enqueue: %d %s", err.code, err.message);
                 ok = 0;
                 i++;

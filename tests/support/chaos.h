@@ -123,6 +123,9 @@ typedef struct ch_producer {
     int pg_async_commit;     /* with pg_conninfo: synchronous_commit=off,
                                 only for runs where the database itself is
                                 not crashed */
+    int pg_emit;             /* with pg_conninfo: write the messages to the
+                                WAL (pgh_emit, schema "outbox") instead of
+                                the table, for capture=wal */
 
     /* Results (read after ch_producer_join). */
     ch_agg *aggs;

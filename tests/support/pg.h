@@ -19,6 +19,7 @@
 #define OUTBOX_TEST_SUPPORT_PG_H
 
 #include <libpq-fe.h>
+#include <outbox.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -67,5 +68,13 @@ int64_t pgh_count(PGconn *c, const char *sql);
 /* Rows of the outbox table in schema "outbox" with this status, on a new
  * connection to s. */
 int64_t pgh_outbox_count(const pgh_server *s, const char *status);
+
+/* WAL capture (docs/WAL.md): writes m with pg_logical_emit_message(true,
+ * 'outbox:<schema>', <encoding v1>) on c, in c's open transaction, as
+ * <schema>.emit does.  0, or -1 with the server's error in why. */
+int pgh_emit(PGconn *c, const char *schema, const outbox_msg *m, char *why, size_t why_len);
+
+/* The encoding v1 content of m into out (malloc'd, the caller frees). */
+char *pgh_emit_content(const outbox_msg *m);
 
 #endif /* OUTBOX_TEST_SUPPORT_PG_H */
