@@ -68,8 +68,8 @@
 enum { E_OPEN, E_NEW, E_READY, E_FLIGHT, E_WAIT, E_TABLE, E_DONE };
 
 typedef struct wal_entry {
-    outbox_msg *msg;  /* owned; NULL for content that could not be decoded */
-    char *raw;        /* undecodable: the content (owned), raw_len bytes */
+    outbox_msg *msg; /* owned; NULL for content that could not be decoded */
+    char *raw;       /* undecodable: the content (owned), raw_len bytes */
     size_t raw_len;
     char *error;      /* TABLE: its last_error (owned), or NULL */
     uint64_t lsn;     /* the message's own LSN */
@@ -394,9 +394,9 @@ static int wal_setup(pg_store *st, outbox_error *err)
         PQclear(r2);
     }
     if (code == OUTBOX_OK && PQgetisnull(res, 0, 3)) {
-        PGresult *r2 = PQexecParams(st->conn,
-                                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", 1,
-                                    NULL, params, NULL, NULL, 0);
+        PGresult *r2 =
+            PQexecParams(st->conn, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", 1,
+                         NULL, params, NULL, NULL, 0);
         const char *state = PQresultErrorField(r2, PG_DIAG_SQLSTATE);
         if (PQresultStatus(r2) != PGRES_TUPLES_OK && !(state && strcmp(state, "42710") == 0))
             code = outbox__pg_fail(st->conn, r2, "creating the replication slot", err);
@@ -423,12 +423,12 @@ static int stream_start(pg_store *st, outbox_error *err)
     w->repl = PQconnectdb(st->repl_conninfo);
     if (!w->repl) return outbox__error(err, OUTBOX_ENOMEM, "out of memory connecting");
     if (PQstatus(w->repl) != CONNECTION_OK) {
-        code = outbox__error(err, OUTBOX_EIO,
-                             "cannot open a replication connection to %s: %s (the role needs "
-                             "REPLICATION, pg_hba.conf a replication entry, and the server free "
-                             "max_wal_senders)",
-                             st->shown,
-                             outbox__pg_message(PQerrorMessage(w->repl), msg, sizeof msg));
+        code =
+            outbox__error(err, OUTBOX_EIO,
+                          "cannot open a replication connection to %s: %s (the role needs "
+                          "REPLICATION, pg_hba.conf a replication entry, and the server free "
+                          "max_wal_senders)",
+                          st->shown, outbox__pg_message(PQerrorMessage(w->repl), msg, sizeof msg));
         goto fail;
     }
     res = PQexec(w->repl, "IDENTIFY_SYSTEM");
@@ -451,8 +451,8 @@ static int stream_start(pg_store *st, outbox_error *err)
                                  "this one with --wait-lease to stand by for it",
                                  st->slot, outbox__pg_error_text(w->repl, res, msg, sizeof msg));
         } else {
-            code = outbox__pg_fail(w->repl, res, "starting to stream from the replication slot",
-                                   err);
+            code =
+                outbox__pg_fail(w->repl, res, "starting to stream from the replication slot", err);
             if (state && strcmp(state, "42704") == 0) code = OUTBOX_ECONFIG;
         }
         PQclear(res);
@@ -460,7 +460,8 @@ static int stream_start(pg_store *st, outbox_error *err)
     }
     PQclear(res);
     if (PQsetnonblocking(w->repl, 1) != 0) {
-        code = outbox__error(err, OUTBOX_EIO, "cannot make the replication connection non-blocking");
+        code =
+            outbox__error(err, OUTBOX_EIO, "cannot make the replication connection non-blocking");
         goto fail;
     }
     w->streaming = 1;
@@ -468,11 +469,12 @@ static int stream_start(pg_store *st, outbox_error *err)
     w->status_at_us = outbox__monotonic_us();
     if (w->ever_streamed)
         outbox__log(OUTBOX_LOG_INFO, COMPONENT,
-                    "reconnected to %s: streaming slot %s again from " LSN_FMT, st->shown,
-                    st->slot, LSN_ARGS(w->flushed));
+                    "reconnected to %s: streaming slot %s again from " LSN_FMT, st->shown, st->slot,
+                    LSN_ARGS(w->flushed));
     else
-        outbox__log(OUTBOX_LOG_INFO, COMPONENT, "streaming slot %s (publication %s) from " LSN_FMT,
-                    st->slot, st->publication, LSN_ARGS(w->flushed));
+        outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                    "streaming slot %s (publication %s) from its confirmed position", st->slot,
+                    st->publication);
     w->ever_streamed = 1;
     w->reconnect_failures = 0;
     return OUTBOX_OK;
@@ -755,7 +757,8 @@ static int flush_table(pg_store *st, outbox_error *err)
         outbox__pg_rollback(st->conn);
         if (PQstatus(st->conn) != CONNECTION_OK) return code;
     }
-    if (code == OUTBOX_OK) code = outbox__pg_exec(st->conn, "COMMIT", "committing WAL messages", err);
+    if (code == OUTBOX_OK)
+        code = outbox__pg_exec(st->conn, "COMMIT", "committing WAL messages", err);
     if (code != OUTBOX_OK) {
         outbox__pg_rollback(st->conn);
         return code;
@@ -799,8 +802,7 @@ void outbox__pg_wal_close(pg_store *st)
     st->wal = NULL;
 }
 
-int outbox__pg_wal_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
-                                 outbox_error *err)
+int outbox__pg_wal_lease_acquire(void *state, const char *owner, int64_t ttl_ms, outbox_error *err)
 {
     pg_store *st = state;
     struct pg_wal *w = st->wal;
@@ -850,6 +852,9 @@ int outbox__pg_wal_lease_release(void *state, const char *owner, outbox_error *e
     if (w->repl) PQfinish(w->repl);
     w->repl = NULL;
     w->streaming = 0;
+    if (w->len > 0)
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
+                    "%zu messages past the confirmed position stay to the next relay", w->len);
     queue_clear(w);
     return outbox__pg_lease_release(state, owner, err);
 }
@@ -873,8 +878,8 @@ static void pin(struct pg_wal *w, const char *agg, uint32_t bits)
 /* Routes the committed entries and claims up to max of them into arr (the
  * relay's copies), in arrival order, applying the ordering rule; entries
  * of blocked aggregates become TABLE entries. */
-static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_msg **arr,
-                           size_t max, size_t *count, outbox_error *err)
+static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_msg **arr, size_t max,
+                           size_t *count, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
     size_t i;
@@ -915,9 +920,8 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
             continue;
         }
         if (outbox__msg_from_row_lenient(&copy, e->msg->seq, e->msg->id, e->msg->occurred_at,
-                                         e->msg->type, e->msg->aggregate_type, agg,
-                                         e->msg->payload, e->msg->headers_json,
-                                         err) != OUTBOX_OK)
+                                         e->msg->type, e->msg->aggregate_type, agg, e->msg->payload,
+                                         e->msg->headers_json, err) != OUTBOX_OK)
             return OUTBOX_ENOMEM;
         copy->attempts = e->msg->attempts;
         copy->status = OUTBOX_STATUS_PENDING;
@@ -1035,8 +1039,8 @@ int outbox__pg_wal_claim(void *state, const outbox_claim_params *p, outbox_msg *
 }
 
 int outbox__pg_wal_claim_pipelined(void *state, const outbox_claim_params *p,
-                                   const int64_t *exclude, size_t exclude_count,
-                                   outbox_msg ***msgs, size_t *n, outbox_error *err)
+                                   const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs,
+                                   size_t *n, outbox_error *err)
 {
     return wal_claim(state, p, 1, exclude, exclude_count, msgs, n, err);
 }
@@ -1102,9 +1106,9 @@ static int wal_complete(pg_store *st, const outbox_completion *c, size_t n,
         }
     }
     if (ntable > 0) {
-        int tcode = pipelined ? outbox__pg_complete_pipelined(st, w->split, ntable, p, in_flight,
-                                                              err)
-                              : outbox__pg_complete(st, w->split, ntable, p, err);
+        int tcode = pipelined
+                        ? outbox__pg_complete_pipelined(st, w->split, ntable, p, in_flight, err)
+                        : outbox__pg_complete(st, w->split, ntable, p, err);
         if (tcode != OUTBOX_OK) return tcode;
         w->blocked_stale = 1; /* an aggregate may be free of the table now */
         w->table_due = 1;

@@ -28,8 +28,7 @@ int outbox__pg_wal_decode(const char *content, size_t len, outbox_pg_wal_fields 
 
     memset(out, 0, sizeof *out);
     if (len < 2 || content[0] != 'v')
-        return outbox__error(err, OUTBOX_EINVAL,
-                             "content does not start with a version tag (v1)");
+        return outbox__error(err, OUTBOX_EINVAL, "content does not start with a version tag (v1)");
     /* "v1" then the first length's digits: the tag is the one character
      * after 'v' (a version 10 would need a delimiter). */
     if (content[1] != '1')
@@ -51,11 +50,11 @@ int outbox__pg_wal_decode(const char *content, size_t len, outbox_pg_wal_fields 
                                            : "field %d (%s) does not start with a decimal length",
                                  f + 1, field_name[f]);
         if (digits > MAX_LENGTH_DIGITS || (digits > 1 && content[at - digits] == '0'))
-            return outbox__error(err, OUTBOX_EINVAL, "field %d (%s) has a malformed length",
-                                 f + 1, field_name[f]);
+            return outbox__error(err, OUTBOX_EINVAL, "field %d (%s) has a malformed length", f + 1,
+                                 field_name[f]);
         if (at >= len || content[at] != ':')
-            return outbox__error(err, OUTBOX_EINVAL,
-                                 "field %d (%s): no ':' after its length", f + 1, field_name[f]);
+            return outbox__error(err, OUTBOX_EINVAL, "field %d (%s): no ':' after its length",
+                                 f + 1, field_name[f]);
         at++;
         if (n > len - at || len - at - n < 1)
             return outbox__error(err, OUTBOX_EINVAL,
