@@ -68,6 +68,13 @@ typedef struct outbox_pg_wal_lag {
  * beyond connecting are needed.  libpq errors as outbox__pg_fail. */
 int outbox__pg_wal_lag(PGconn *c, const char *slot, outbox_pg_wal_lag *out, outbox_error *err);
 
+struct pg_store;
+
+/* For outbox__pg_status: fills out's wal_* fields when the store's slot
+ * exists (leaves them "" and 0 otherwise).  On st's connection, in the
+ * status's transaction or outside one. */
+int outbox__pg_wal_status(struct pg_store *st, outbox_status *out, outbox_error *err);
+
 #endif /* OUTBOX_HAVE_LIBPQ */
 
 #endif /* OUTBOX_PG_WAL_H */

@@ -52,6 +52,24 @@ void outbox__pg_wal_names(const char *schema, const char *slot_opt, const char *
         default_name(schema, pub);
 }
 
+/* OUTBOX_OK when store is an open PostgreSQL store. */
+static int store_check(const outbox_store *store, const char *fn, outbox_error *err)
+{
+    if (store == NULL || store->ops == NULL)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "%s: store is NULL (open it with outbox_store_open)", fn);
+    if (store->ops != &outbox__store_postgres && store->ops != &outbox__store_postgresql)
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "%s: WAL capture is for PostgreSQL stores (postgres://...), not %s:",
+                             fn, store->ops->scheme);
+#ifdef OUTBOX_HAVE_LIBPQ
+    return OUTBOX_OK;
+#else
+    return outbox__error(err, OUTBOX_ENOTBUILT, "%s: this build has no PostgreSQL store (libpq)",
+                         fn);
+#endif
+}
+
 #ifdef OUTBOX_HAVE_LIBPQ
 
 #include "pg.h"
@@ -415,4 +433,135 @@ int outbox__pg_wal_lag(PGconn *c, const char *slot, outbox_pg_wal_lag *out, outb
     return code;
 }
 
+/* ------------------------------------------------------------------------
+ * Through the store handle: status, and the public outbox_store_wal_*
+ * ---------------------------------------------------------------------- */
+
+/* The store's slot and publication: slot_opt and pub_opt when given, else
+ * outbox_<schema>.  (The URL's slot= and publication= come in here.) */
+static void store_names(const pg_store *st, const char *slot_opt, const char *pub_opt,
+                        char slot[64], char pub[64])
+{
+    outbox__pg_wal_names(st->schema, slot_opt, pub_opt, slot, pub);
+}
+
+int outbox__pg_wal_status(struct pg_store *st, outbox_status *out, outbox_error *err)
+{
+    outbox_pg_wal_lag lag;
+    char slot[64], pub[64];
+    int code;
+
+    /* pg_current_wal_lsn and pg_wal_lsn_diff came with PostgreSQL 10, and
+     * no older server can have a slot capture made. */
+    if (PQserverVersion(st->conn) < OUTBOX_PG_WAL_MIN_SERVER) return OUTBOX_OK;
+    store_names(st, NULL, NULL, slot, pub);
+    code = outbox__pg_wal_lag(st->conn, slot, &lag, err);
+    if (code != OUTBOX_OK || !lag.exists) return code;
+    snprintf(out->wal_slot, sizeof out->wal_slot, "%s", slot);
+    out->wal_slot_exists = 1;
+    out->wal_slot_active = lag.active;
+    out->wal_lag_bytes = lag.lag_bytes;
+    out->wal_lag_us = lag.lag_us;
+    return OUTBOX_OK;
+}
+
+/* The pg store behind a public handle, connected, with the names. */
+static int wal_store(outbox_store *store, const char *fn, const char *slot_opt, const char *pub_opt,
+                     outbox_wal_slot *w, pg_store **out, outbox_error *err)
+{
+    pg_store *st;
+    int code;
+
+    memset(w, 0, sizeof *w);
+    *out = NULL;
+    code = store_check(store, fn, err);
+    if (code != OUTBOX_OK) return code;
+    if (slot_opt && *slot_opt && !outbox__pg_wal_valid_name(slot_opt))
+        return invalid_name("replication slot", slot_opt, err);
+    if (pub_opt && *pub_opt && !outbox__pg_wal_valid_name(pub_opt))
+        return invalid_name("publication", pub_opt, err);
+    st = store->state;
+    code = outbox__pg_need_conn(st, err);
+    if (code != OUTBOX_OK) return code;
+    outbox__pg_end_claim(st);
+    store_names(st, slot_opt, pub_opt, w->slot, w->publication);
+    *out = st;
+    return OUTBOX_OK;
+}
+
+/* Reads the slot's state into w. */
+static int wal_state(pg_store *st, outbox_wal_slot *w, outbox_error *err)
+{
+    outbox_pg_wal_lag lag;
+    int code = outbox__pg_wal_lag(st->conn, w->slot, &lag, err);
+    if (code != OUTBOX_OK) return code;
+    w->exists = lag.exists;
+    w->active = lag.active;
+    w->active_pid = lag.active_pid;
+    w->lag_bytes = lag.lag_bytes;
+    w->lag_us = lag.lag_us;
+    w->keep_size_mb = lag.keep_size_mb;
+    return OUTBOX_OK;
+}
+
+static int wal_setup(outbox_store *store, const char *slot, const char *publication,
+                     outbox_wal_slot *w, outbox_error *err)
+{
+    pg_store *st;
+    int code = wal_store(store, "outbox_store_wal_setup", slot, publication, w, &st, err);
+    if (code == OUTBOX_OK)
+        code = outbox__pg_wal_setup(st->conn, w->slot, w->publication, &w->created, err);
+    if (code == OUTBOX_OK) code = wal_state(st, w, err);
+    return code;
+}
+
+static int wal_drop(outbox_store *store, const char *slot, const char *publication,
+                    outbox_wal_slot *w, outbox_error *err)
+{
+    pg_store *st;
+    int code = wal_store(store, "outbox_store_wal_drop", slot, publication, w, &st, err);
+    if (code == OUTBOX_OK) code = wal_state(st, w, err);
+    if (code == OUTBOX_OK) code = outbox__pg_wal_drop(st->conn, w->slot, w->publication, err);
+    return code;
+}
+
 #endif /* OUTBOX_HAVE_LIBPQ */
+
+/* Copies w into the caller's struct: out_size bytes of it (an older
+ * caller's struct is shorter). */
+static void give(const outbox_wal_slot *w, outbox_wal_slot *out, size_t out_size)
+{
+    if (out) memcpy(out, w, out_size < sizeof *w ? out_size : sizeof *w);
+}
+
+int outbox_store_wal_setup(outbox_store *store, const char *slot, const char *publication,
+                           outbox_wal_slot *out, size_t out_size, outbox_error *err)
+{
+    outbox_wal_slot w;
+    int code;
+#ifdef OUTBOX_HAVE_LIBPQ
+    code = wal_setup(store, slot, publication, &w, err);
+#else
+    memset(&w, 0, sizeof w);
+    (void)slot, (void)publication;
+    code = store_check(store, "outbox_store_wal_setup", err);
+#endif
+    give(&w, out, out_size);
+    return code;
+}
+
+int outbox_store_wal_drop(outbox_store *store, const char *slot, const char *publication,
+                          outbox_wal_slot *out, size_t out_size, outbox_error *err)
+{
+    outbox_wal_slot w;
+    int code;
+#ifdef OUTBOX_HAVE_LIBPQ
+    code = wal_drop(store, slot, publication, &w, err);
+#else
+    memset(&w, 0, sizeof w);
+    (void)slot, (void)publication;
+    code = store_check(store, "outbox_store_wal_drop", err);
+#endif
+    give(&w, out, out_size);
+    return code;
+}
