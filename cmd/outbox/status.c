@@ -123,11 +123,13 @@ static void print_text(const char *shown, const outbox_status *st, int counts_bl
     }
     print_relay_text(st, now);
     if (st->wal_slot_exists) {
-        cli_format_duration(st->wal_lag_us / 1000, a, sizeof a);
-        printf("  wal slot  %s  lag %lld bytes, %s  (%s)\n", st->wal_slot,
-               (long long)st->wal_lag_bytes, a,
-               st->wal_slot_active ? "a relay streams from it"
-                                   : "no relay reads it: the server keeps its WAL");
+        printf("  wal slot  %s  lag %lld bytes", st->wal_slot, (long long)st->wal_lag_bytes);
+        if (st->wal_lag_us > 0) { /* 0: caught up, or the server does not say */
+            cli_format_duration(st->wal_lag_us / 1000, a, sizeof a);
+            printf(", %s behind", a);
+        }
+        printf("  (%s)\n", st->wal_slot_active ? "a relay streams from it"
+                                               : "no relay reads it: the server keeps its WAL");
     }
 }
 

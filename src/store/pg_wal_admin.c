@@ -83,7 +83,7 @@ typedef struct slot_row {
     int in_this_db;     /* database is the connection's */
     int active;
     int active_pid;
-    char client[160]; /* "application 'NAME' from ADDRESS" of the walsender */
+    char client[160]; /* "[application 'NAME', ]from ADDRESS" of the walsender */
 } slot_row;
 
 /* The SQLSTATE of a failed result, "" when none. */
@@ -116,8 +116,9 @@ static int read_slot(PGconn *c, const char *slot, slot_row *out, outbox_error *e
         "SELECT s.slot_type = 'logical', coalesce(s.plugin, ''), coalesce(s.database, ''),"
         " s.database IS NOT DISTINCT FROM current_database(), s.active,"
         " coalesce(s.active_pid, 0),"
-        " format('application %L from %s', coalesce(a.application_name, ''),"
-        "  coalesce(host(a.client_addr), 'a local socket'))"
+        " CASE WHEN coalesce(a.application_name, '') <> ''"
+        "  THEN format('application %L, ', a.application_name) ELSE '' END"
+        " || 'from ' || coalesce(host(a.client_addr), 'a local socket')"
         " FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid"
         " WHERE s.slot_name = $1",
         1, NULL, params, NULL, NULL, 0);
