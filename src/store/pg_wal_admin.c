@@ -449,15 +449,28 @@ static void store_names(const pg_store *st, const char *slot_opt, const char *pu
 int outbox__pg_wal_status(struct pg_store *st, outbox_status *out, outbox_error *err)
 {
     outbox_pg_wal_lag lag;
+    outbox_error lag_err = {0, ""};
     char slot[64], pub[64];
     int code;
 
-    /* pg_current_wal_lsn and pg_wal_lsn_diff came with PostgreSQL 10, and
-     * no older server can have a slot capture made. */
+    /* Capture makes no slot on a server older than 14 (and the lag query
+     * needs pg_current_wal_lsn, which came with 10): nothing to read. */
     if (PQserverVersion(st->conn) < OUTBOX_PG_WAL_MIN_SERVER) return OUTBOX_OK;
     store_names(st, NULL, NULL, slot, pub);
-    code = outbox__pg_wal_lag(st->conn, slot, &lag, err);
-    if (code != OUTBOX_OK || !lag.exists) return code;
+    code = outbox__pg_wal_lag(st->conn, slot, &lag, &lag_err);
+    if (code != OUTBOX_OK) {
+        /* The slot is an addition to the counts: a server that will not
+         * say (a restricted role, a view changed) costs only the slot's
+         * lines, unless the connection itself is gone. */
+        if (PQstatus(st->conn) == CONNECTION_BAD) {
+            if (err) *err = lag_err;
+            return code;
+        }
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "status: the replication slot's lag is unknown: %s",
+                    lag_err.message);
+        return OUTBOX_OK;
+    }
+    if (!lag.exists) return OUTBOX_OK;
     snprintf(out->wal_slot, sizeof out->wal_slot, "%s", slot);
     out->wal_slot_exists = 1;
     out->wal_slot_active = lag.active;
