@@ -16,6 +16,15 @@
 
 static pgh_server *current;
 
+/* One more "-c NAME=VALUE" for the next start (pgh_set_setting); a
+ * harmless repeat of a default when none is set. */
+static char extra_setting[128] = "max_connections=60";
+
+void pgh_set_setting(const char *setting)
+{
+    snprintf(extra_setting, sizeof extra_setting, "%s", setting ? setting : "max_connections=60");
+}
+
 /* Finds the directory holding initdb/postgres/pg_ctl; 0 when none. */
 static int find_bin(char *out, size_t len)
 {
@@ -145,7 +154,9 @@ void pgh_start_server(pgh_server *s)
                           /* crash recovery syncs the data directory: one
                            * syncfs() instead of an fsync per file */
                           "-c", "recovery_init_sync_method=syncfs", "-c", "wal_level=logical", "-c",
-                          "max_replication_slots=10", "-c", "max_wal_senders=10", NULL};
+                          "max_replication_slots=10", "-c", "max_wal_senders=10",
+                          /* the last -c of a name wins: pgh_set_setting */
+                          "-c", extra_setting, NULL};
     s->pid = spawn(s, argv);
     if (!wait_ready(s, 60000)) {
         show_log(s, "postgres log");

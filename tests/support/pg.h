@@ -12,6 +12,9 @@
  * exists; pgh_available() says so beforehand, for suites that run other
  * cases without PostgreSQL.
  *
+ * It runs with wal_level=logical, max_replication_slots=10 and
+ * max_wal_senders=10 (WAL capture reads the replication stream).
+ *
  * fsync stays on: the crash tests stop the server with
  * `pg_ctl stop -m immediate`, which is a crash from the database's view.
  */
@@ -45,6 +48,11 @@ const char *pgh_available(void);
  * the test (77) when PostgreSQL is not installed.  One server per
  * program. */
 void pgh_start(pgh_server *s);
+
+/* A server setting ("wal_level=replica") that the next start
+ * (pgh_start, pgh_start_server) gives after the usual ones, overriding
+ * them; NULL: none again. */
+void pgh_set_setting(const char *setting);
 
 /* Starts the postmaster on s->data (already initialised). */
 void pgh_start_server(pgh_server *s);
