@@ -17,6 +17,7 @@
 #include "internal.h"
 
 #include "pg.h"
+#include "pg_wal.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -251,40 +252,22 @@ static int own_key(const char *key, size_t n)
     return 0;
 }
 
-/* A slot or publication name: 1 to 63 of [a-z0-9_] (what slot names
- * allow). */
-static int valid_wal_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n < 1 || n > 63) return 0;
-    return strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789_") == n;
-}
-
 /* Keeps capture, slot and publication in st: the names given, or
- * outbox_<schema> (lower-cased, at most 63 characters). */
+ * outbox_<schema> (pg_wal.h). */
 static int wal_names(pg_store *st, const pg_config *c, outbox_error *err)
 {
     const char *given[2] = {c->slot, c->publication};
-    char *out[2] = {st->slot, st->publication};
     const char *what[2] = {"slot", "publication"};
     int i;
 
     st->capture_wal = c->capture == 1;
-    for (i = 0; i < 2; i++) {
-        size_t k;
-        if (given[i] != NULL && !valid_wal_name(given[i]))
+    for (i = 0; i < 2; i++)
+        if (given[i] != NULL && !outbox__pg_wal_valid_name(given[i]))
             return outbox__error(err, OUTBOX_ECONFIG,
                                  "store URL '%s': %s=%s is not a valid name; use 1 to 63 "
                                  "lower-case letters, digits and underscores",
                                  st->shown, what[i], given[i]);
-        if (given[i] != NULL) {
-            snprintf(out[i], 64, "%s", given[i]);
-            continue;
-        }
-        snprintf(out[i], 64, "outbox_%s", c->schema);
-        for (k = 0; out[i][k]; k++)
-            out[i][k] = (char)tolower((unsigned char)out[i][k]);
-    }
+    outbox__pg_wal_names(c->schema, c->slot, c->publication, st->slot, st->publication);
     return OUTBOX_OK;
 }
 

@@ -36,6 +36,7 @@
 #ifdef OUTBOX_HAVE_LIBPQ
 
 #include "pg.h"
+#include "pg_wal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -48,7 +49,7 @@
 /* Standby status updates: when the flush position moved, at most this
  * often; and at least this often anyway (wal_sender_timeout is 60 s by
  * default), or when the server asks. */
-#define STATUS_MOVED_US 1000000
+#define STATUS_MOVED_US 200000
 #define STATUS_EVERY_US 10000000
 /* Reconnecting the replication connection: the pause doubles up to this. */
 #define RECONNECT_FIRST_MS 100
@@ -338,76 +339,6 @@ static void stream_lost(pg_store *st, const char *why)
     queue_clear(w);
     w->reconnect_failures++;
     w->reconnect_at_us = outbox__monotonic_us() + pause_ms * 1000;
-}
-
-/* Checks the server and creates the publication and the slot when missing
- * (on the store's normal connection). */
-static int wal_setup(pg_store *st, outbox_error *err)
-{
-    const char *params[2] = {st->slot, st->publication};
-    PGresult *res;
-    char sql[200];
-    int code = OUTBOX_OK, version;
-
-    res = PQexecParams(st->conn,
-                       "SELECT current_setting('server_version_num')::int,"
-                       " current_setting('wal_level'),"
-                       " (SELECT pg_encoding_to_char(encoding) FROM pg_database"
-                       "  WHERE datname = current_database()),"
-                       " (SELECT plugin FROM pg_replication_slots WHERE slot_name = $1),"
-                       " EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2)",
-                       2, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res, "checking the server for capture=wal", err);
-        PQclear(res);
-        return code;
-    }
-    version = (int)outbox__pg_parse_i64(PQgetvalue(res, 0, 0));
-    if (version < 140000)
-        code = outbox__error(err, OUTBOX_ECONFIG,
-                             "capture=wal needs PostgreSQL 14 or later (pgoutput's messages "
-                             "option); %s runs %d.%d: upgrade it, or use capture=table",
-                             st->shown, version / 10000, version % 10000);
-    else if (strcmp(PQgetvalue(res, 0, 1), "logical") != 0)
-        code = outbox__error(err, OUTBOX_ECONFIG,
-                             "wal_level is %s; set wal_level = logical in postgresql.conf and "
-                             "restart PostgreSQL (capture=wal reads a logical replication slot)",
-                             PQgetvalue(res, 0, 1));
-    else if (strcmp(PQgetvalue(res, 0, 2), "UTF8") != 0)
-        code = outbox__error(err, OUTBOX_ECONFIG,
-                             "the database's encoding is %s; capture=wal needs a UTF8 database",
-                             PQgetvalue(res, 0, 2));
-    else if (!PQgetisnull(res, 0, 3) && strcmp(PQgetvalue(res, 0, 3), "pgoutput") != 0)
-        code = outbox__error(err, OUTBOX_ECONFIG,
-                             "replication slot %s uses the plugin %s, not pgoutput; drop it or "
-                             "give another slot=NAME",
-                             st->slot, PQgetvalue(res, 0, 3));
-    if (code == OUTBOX_OK && PQgetvalue(res, 0, 4)[0] != 't') {
-        PGresult *r2;
-        const char *state;
-        snprintf(sql, sizeof sql, "CREATE PUBLICATION \"%s\"", st->publication);
-        r2 = PQexec(st->conn, sql);
-        state = PQresultErrorField(r2, PG_DIAG_SQLSTATE);
-        /* 42710: another relay was quicker */
-        if (PQresultStatus(r2) != PGRES_COMMAND_OK && !(state && strcmp(state, "42710") == 0))
-            code = outbox__pg_fail(st->conn, r2, "creating the publication", err);
-        PQclear(r2);
-    }
-    if (code == OUTBOX_OK && PQgetisnull(res, 0, 3)) {
-        PGresult *r2 =
-            PQexecParams(st->conn, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", 1,
-                         NULL, params, NULL, NULL, 0);
-        const char *state = PQresultErrorField(r2, PG_DIAG_SQLSTATE);
-        if (PQresultStatus(r2) != PGRES_TUPLES_OK && !(state && strcmp(state, "42710") == 0))
-            code = outbox__pg_fail(st->conn, r2, "creating the replication slot", err);
-        else
-            outbox__log(OUTBOX_LOG_INFO, COMPONENT,
-                        "created logical replication slot %s (pgoutput) and publication %s",
-                        st->slot, st->publication);
-        PQclear(r2);
-    }
-    PQclear(res);
-    return code;
 }
 
 /* Opens the replication connection and starts streaming from the slot at
@@ -810,8 +741,15 @@ int outbox__pg_wal_lease_acquire(void *state, const char *owner, int64_t ttl_ms,
 
     if (code != OUTBOX_OK) return code;
     if (!w->set_up) {
-        code = wal_setup(st, err);
+        int created = 0;
+        outbox__pg_end_claim(st);
+        code = outbox__pg_wal_setup(st->conn, st->slot, st->publication, &created, err);
         if (code != OUTBOX_OK) return code;
+        if (created)
+            outbox__log(OUTBOX_LOG_INFO, COMPONENT,
+                        "created logical replication slot %s (pgoutput) and publication %s; "
+                        "messages emitted before now are not in it",
+                        st->slot, st->publication);
         w->set_up = 1;
     }
     if (!w->streaming) {
