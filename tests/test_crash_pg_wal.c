@@ -198,21 +198,7 @@ int main(void)
         SKIP("the outbox binary was not found: run through ctest (OUTBOX_BIN)");
     pgh_start(&server);
     snprintf(wal_url, sizeof wal_url, "%s?capture=wal", server.url);
-    {
-        const char *argv[] = {test_outbox_bin(), "init", "--store", server.url, NULL};
-        const char *errp = test_path("init.err");
-        int code = ch_run(argv, NULL, NULL, errp, 60000);
-        if (code != 0) {
-            ch_dump("outbox init stderr", errp);
-            TEST_FAIL_("outbox init exited %d", code);
-        }
-        /* The slot exists before anything is emitted (outbox init
-         * --capture wal makes it). */
-        PGconn *c = pgh_connect(&server);
-        pgh_exec(c, "SELECT pg_create_logical_replication_slot('outbox_outbox', 'pgoutput')");
-        pgh_exec(c, "CREATE PUBLICATION outbox_outbox");
-        PQfinish(c);
-    }
+    pgh_init_wal(&server);
     RUN(kills_and_restarts);
     return 0;
 }

@@ -527,23 +527,7 @@ int main(void)
     }
     pgh_start(&server);
     snprintf(wal_url, sizeof wal_url, "%s?capture=wal", server.url);
-    {
-        const char *argv[] = {test_outbox_bin(), "init", "--store", server.url, NULL};
-        const char *errp = test_path("init.err");
-        int code = ch_run(argv, NULL, NULL, errp, 60000);
-        if (code != 0) {
-            ch_dump("outbox init stderr", errp);
-            TEST_FAIL_("outbox init exited %d", code);
-        }
-    }
-    {
-        /* The slot exists before anything is emitted (outbox init --capture
-         * wal makes it; a relay would make it only when it starts). */
-        PGconn *c = pgh_connect(&server);
-        pgh_exec(c, "SELECT pg_create_logical_replication_slot('outbox_outbox', 'pgoutput')");
-        pgh_exec(c, "CREATE PUBLICATION outbox_outbox");
-        PQfinish(c);
-    }
+    pgh_init_wal(&server);
     RUN(commit_order);
     RUN(rejected_parks_aggregate);
     RUN(undecodable_is_failed);

@@ -255,6 +255,17 @@ int64_t pgh_outbox_count(const pgh_server *s, const char *status)
     return n;
 }
 
+void pgh_init_wal(const pgh_server *s)
+{
+    const char *argv[] = {test_outbox_bin(), "init", "--store", s->url, "--capture", "wal", NULL};
+    const char *errp = test_path("init-wal.err");
+    int code = ch_run(argv, NULL, NULL, errp, 60000);
+    if (code != 0) {
+        ch_dump("outbox init --capture wal stderr", errp);
+        TEST_FAIL_("outbox init --capture wal exited %d", code);
+    }
+}
+
 /* One netstring: "<length>:<bytes>," */
 static void netstring(char **at, const char *s)
 {

@@ -77,6 +77,12 @@ int64_t pgh_count(PGconn *c, const char *sql);
  * connection to s. */
 int64_t pgh_outbox_count(const pgh_server *s, const char *status);
 
+/* `outbox init --store <s's URL> --capture wal`: the schema, the
+ * replication slot and the publication a capture=wal relay reads (made
+ * before anything is emitted, so that the slot has every message); fails
+ * the test when it does not exit 0. */
+void pgh_init_wal(const pgh_server *s);
+
 /* WAL capture (docs/WAL.md): writes m with pg_logical_emit_message(true,
  * 'outbox:<schema>', <encoding v1>) on c, in c's open transaction, as
  * <schema>.emit does.  0, or -1 with the server's error in why. */
