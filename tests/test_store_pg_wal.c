@@ -437,6 +437,34 @@ TEST(undecodable_is_failed)
     PQfinish(c);
 }
 
+/* `relay --once` drains what was emitted before it started, then exits. */
+TEST(once_drains)
+{
+    PGconn *c = pgh_connect(&server);
+    char ids[3][37], out[CH_PATH], errp[CH_PATH], to[CH_PATH + 8];
+    size_t len = 0;
+
+    ch_path(out, "once.jsonl");
+    ch_path(errp, "once.err");
+    snprintf(to, sizeof to, "file:%s", out);
+    for (int i = 0; i < 3; i++)
+        emit(c, "once", "agg-once", ids[i]);
+    const char *argv[] = {test_outbox_bin(), "relay", "--store", wal_url, "--to", to,
+                          "--once",          NULL};
+    int code = ch_run(argv, NULL, NULL, errp, 60000);
+    if (code != 0) ch_dump("relay --once stderr", errp);
+    ASSERT_EQ(code, 0);
+    char *text = test_read_file(out, &len);
+    ASSERT(text != NULL);
+    const char *at = text;
+    for (int i = 0; i < 3; i++) {
+        at = strstr(at, ids[i]);
+        if (!at) TEST_FAIL_("message %d of 3 is not in order in %s", i + 1, out);
+    }
+    free(text);
+    PQfinish(c);
+}
+
 /* Two relay processes on one slot: without --wait-lease the second one
  * refuses; with it, it stands by and takes over when the first is killed. */
 TEST(standby_takes_over)
@@ -531,6 +559,7 @@ int main(void)
     RUN(commit_order);
     RUN(rejected_parks_aggregate);
     RUN(undecodable_is_failed);
+    RUN(once_drains);
     RUN(standby_takes_over);
     return 0;
 #endif

@@ -39,6 +39,7 @@
 #include "pg_wal.h"
 
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,9 @@
  * to publish at least this often when nothing says there are some. */
 #define BLOCKED_REFRESH_US 5000000
 #define TABLE_POLL_US 1000000
+/* A --once relay reads the stream up to where the WAL was when it started
+ * for at most this long before its first claim. */
+#define CATCH_UP_MAX_US 10000000
 /* PostgreSQL's epoch (2000-01-01) in unix microseconds. */
 #define PG_EPOCH_US INT64_C(946684800000000)
 
@@ -101,7 +105,9 @@ struct pg_wal {
     uint64_t reported;   /* the flush position last sent */
     int64_t status_at_us;
     int reply_due;
-    int arrived; /* committed entries since `changed` last said so */
+    int arrived;          /* committed entries since `changed` last said so */
+    uint64_t once_target; /* --once: the WAL's end when the drain began */
+    int caught_up;        /* --once: the stream reached once_target */
 
     /* Aggregates with pending (or failed) rows in the table: keys owned. */
     outbox_aggindex blocked;
@@ -870,6 +876,45 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
     return OUTBOX_OK;
 }
 
+/* --once: reads the stream up to the WAL's end as it was at the first
+ * claim (bounded by CATCH_UP_MAX_US and the queue's size), so that a
+ * drain sees what was committed before it began.  The status updates
+ * sent meanwhile make the walsender send keepalives with its position
+ * once it has nothing more. */
+static int catch_up(pg_store *st, outbox_error *err)
+{
+    struct pg_wal *w = st->wal;
+    int64_t until = outbox__monotonic_us() + CATCH_UP_MAX_US;
+    int code;
+
+    if (w->caught_up || !w->streaming) return OUTBOX_OK;
+    if (w->once_target == 0) {
+        PGresult *res = PQexec(st->conn, "SELECT pg_current_wal_flush_lsn()");
+        unsigned hi = 0, lo = 0;
+        if (PQresultStatus(res) != PGRES_TUPLES_OK ||
+            sscanf(PQgetvalue(res, 0, 0), "%X/%X", &hi, &lo) != 2) {
+            code = outbox__pg_fail(st->conn, res, "reading the WAL's position", err);
+            PQclear(res);
+            return code;
+        }
+        PQclear(res);
+        w->once_target = ((uint64_t)hi << 32) | lo;
+    }
+    while (w->streaming && w->stream_pos < w->once_target && w->len < WAL_QUEUE_MAX &&
+           outbox__monotonic_us() < until) {
+        struct pollfd pfd;
+        send_status(w);
+        pfd.fd = PQsocket(w->repl);
+        pfd.events = POLLIN;
+        pfd.revents = 0;
+        (void)poll(&pfd, 1, 50);
+        code = stream_read(st, err);
+        if (code != OUTBOX_OK) return code;
+    }
+    if (w->stream_pos >= w->once_target) w->caught_up = 1;
+    return OUTBOX_OK;
+}
+
 /* Reads the stream, reloads the blocked set when due, routes and claims
  * from memory, writes what goes to the table, then claims table rows with
  * the room left (plain: in a transaction left open until complete). */
@@ -903,6 +948,7 @@ static int wal_claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         return stream_code;
     }
     code = stream_read(st, err);
+    if (code == OUTBOX_OK && p->once) code = catch_up(st, err);
     if (code != OUTBOX_OK) return code;
     code = outbox__pg_need_schema(st, err);
     if (code != OUTBOX_OK) return code;
