@@ -135,15 +135,8 @@ TEST(kills_and_restarts)
         for (int i = 0; i < PRODUCERS; i++)
             done = done && ch_producer_done(&p[i]);
         if (kills >= min_kills && (done || ch_now_ms() - started > 90000)) break;
-        pid_t pid = ch_spawn(argv, NULL, NULL, errp);
         lives++;
-        ch_sleep_ms(ch_rand_range(&rng, 50, 800));
-        if (!ch_alive(pid)) {
-            int code = ch_wait_or_die(pid, 1000, "relay");
-            ch_dump("relay stderr", errp);
-            TEST_FAIL_("relay exited %d on its own", code);
-        }
-        if (ch_kill9(pid) == 137) kills++;
+        kills += ch_relay_kill_life(argv, errp, &rng);
         if (ch_now_ms() - started > 200000)
             TEST_FAIL_("only %d of %d kills in 200 s", kills, min_kills);
     }

@@ -55,6 +55,18 @@ void ch_relays_stop(const pid_t *pids, int n, char (*errs)[CH_PATH])
     }
 }
 
+int ch_relay_kill_life(const char *const *argv, const char *err_path, uint64_t *rng)
+{
+    pid_t pid = ch_spawn(argv, NULL, NULL, err_path);
+    ch_sleep_ms(ch_rand_range(rng, 50, 800));
+    if (!ch_alive(pid)) {
+        int code = ch_wait_or_die(pid, 1000, "relay");
+        ch_dump("relay stderr", err_path);
+        TEST_FAIL_("relay exited %d on its own", code);
+    }
+    return ch_kill9(pid) == 137;
+}
+
 void ch_init_store(const char *db_path)
 {
     char store[700];
