@@ -321,7 +321,8 @@ static void advance_flush(struct pg_wal *w)
         if (!w->in_txn && w->stream_pos > w->flushed) w->flushed = w->stream_pos;
     } else {
         const wal_entry *h = entry_at(w, 0);
-        if (last > w->flushed && h->state != E_OPEN && last < h->end_lsn) w->flushed = last;
+        /* An open transaction commits after every one before it. */
+        if (last > w->flushed && (h->state == E_OPEN || last < h->end_lsn)) w->flushed = last;
     }
 }
 
