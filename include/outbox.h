@@ -659,6 +659,15 @@ typedef struct outbox_status {
                                    aggregates_blocked and lease_holder_gone
                                    (and fills lease_pid, lease_host and
                                    relay_note); 0: those are 0, unknown */
+    /* PostgreSQL WAL capture (docs/WAL.md): the store's replication slot,
+     * filled when it exists; "" and 0 otherwise (and for other stores). */
+    char wal_slot[64];     /* its name */
+    int wal_slot_exists;   /* 1: the slot exists */
+    int wal_slot_active;   /* 1: a relay streams from it now */
+    int64_t wal_lag_bytes; /* WAL the server keeps for it: written since
+                              the relay's last confirmed position */
+    int64_t wal_lag_us;    /* how long the relay is behind, 0 when caught up
+                              or unknown (docs/WAL.md says how it is measured) */
 } outbox_status;
 
 /* Fills the first out_size bytes of *out (out_size: sizeof of the caller's
@@ -739,6 +748,49 @@ OUTBOX_API int outbox_store_purge(outbox_store *store, int64_t older_than_ms, in
 OUTBOX_API int outbox_store_inbox_purge(outbox_store *store, int64_t retention_ms,
                                         int64_t redelivery_horizon_ms, int64_t *count,
                                         outbox_error *err);
+
+/* ------------------------------------------------------------------------
+ * PostgreSQL WAL capture: the replication slot
+ *
+ * A postgres:// store whose relay reads the WAL (capture=wal, docs/WAL.md)
+ * needs a logical replication slot and a publication on the server: these
+ * create and remove them (`outbox init --capture wal`, `outbox wal
+ * drop-slot`).  Names given as NULL are the store URL's slot= and
+ * publication=, else outbox_<schema>.  Other stores: OUTBOX_ECONFIG.
+ * ---------------------------------------------------------------------- */
+
+/* A slot as these calls leave it.  Fields are only ever appended: pass
+ * sizeof your struct, which is how many bytes are filled. */
+typedef struct outbox_wal_slot {
+    char slot[64];        /* the replication slot's name */
+    char publication[64]; /* the publication's name */
+    int created;          /* setup: 1 when the call created the slot */
+    int exists;           /* the slot exists (drop: it existed) */
+    int active;           /* a relay streams from it now */
+    int64_t active_pid;   /* that walsender's backend pid, 0 when none */
+    int64_t lag_bytes;    /* as outbox_status.wal_lag_bytes */
+    int64_t lag_us;       /* as outbox_status.wal_lag_us */
+    int64_t keep_size_mb; /* the server's max_slot_wal_keep_size in MB; -1:
+                             unlimited (a relay that is down keeps WAL
+                             until the disk fills) */
+} outbox_wal_slot;
+
+/* Checks the server (PostgreSQL 14 or newer, wal_level = logical, a UTF8
+ * database, the role has REPLICATION, a free replication slot) and creates
+ * the publication and the slot when missing; idempotent.  out (may be
+ * NULL) gets the names and the slot's state.  OUTBOX_ECONFIG, creating
+ * nothing, with a message that says what to set, when the server or role
+ * does not allow it. */
+OUTBOX_API int outbox_store_wal_setup(outbox_store *store, const char *slot,
+                                      const char *publication, outbox_wal_slot *out,
+                                      size_t out_size, outbox_error *err);
+
+/* Drops the slot and the publication (either may be missing: OUTBOX_OK).
+ * out (may be NULL) gets the state found before the drop.  OUTBOX_EBUSY,
+ * dropping nothing, while a relay streams from the slot (the message names
+ * the walsender's pid: stop that relay first). */
+OUTBOX_API int outbox_store_wal_drop(outbox_store *store, const char *slot, const char *publication,
+                                     outbox_wal_slot *out, size_t out_size, outbox_error *err);
 
 /* ------------------------------------------------------------------------
  * Drivers

@@ -51,7 +51,8 @@ counters_gauges = """outbox_messages_published_total outbox_publish_attempts_tot
 outbox_messages_failed_total outbox_messages_pending outbox_messages_failed
 outbox_messages_blocked outbox_aggregates_blocked outbox_oldest_pending_age_seconds
 outbox_destination_up outbox_destination_backoff_seconds outbox_relay_partitions_owned
-outbox_store_errors_total outbox_relay_info""".split()
+outbox_store_errors_total outbox_relay_info
+outbox_wal_slot_lag_bytes outbox_wal_slot_lag_seconds""".split()
 histograms = """outbox_commit_to_publish_seconds outbox_publish_duration_seconds
 outbox_batch_messages""".split()
 known = set(counters_gauges) | {h + s for h in histograms for s in ("_bucket", "_sum", "_count")}
@@ -73,7 +74,7 @@ ids = [p["id"] for p in dash["panels"]]
 assert len(ids) == len(set(ids)), "panel ids repeat"
 rules = open(sys.argv[2]).read()
 exprs_rules = re.findall(r"^\s*expr:\s*(?:>-\s*\n)?((?:.|\n)*?)(?=^\s*for:|^\s*labels:)", rules, re.M)
-assert len(exprs_rules) == 5, exprs_rules
+assert len(exprs_rules) == 6, exprs_rules
 used = set()
 for e in exprs + exprs_rules:
     used |= set(re.findall(r"\b((?:outbox|process)_[a-z0-9_]+)", e))

@@ -77,6 +77,7 @@ int cmd_show(int argc, char **argv);
 int cmd_retry(int argc, char **argv);
 int cmd_purge(int argc, char **argv);
 int cmd_drop(int argc, char **argv);
+int cmd_wal(int argc, char **argv); /* wal.c */
 
 /* ---- text buffer ---------------------------------------------------- */
 

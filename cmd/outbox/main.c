@@ -27,6 +27,7 @@ static const command commands[] = {
     {"drop", cmd_drop, "delete Failed messages, archiving them first with --archive"},
     {"purge", cmd_purge, "delete sent messages (and old inbox entries)"},
     {"config", cmd_config, "check a relay configuration file (outbox relay --config)"},
+    {"wal", cmd_wal, "PostgreSQL WAL capture: drop-slot removes the replication slot"},
 };
 
 static const command *find_command(const char *name)

@@ -2,7 +2,8 @@
  * status.c - `outbox status`: counts per status, the pending messages held
  * behind a Failed one, how long the oldest pending message has waited,
  * when the next retry is due, and which relay holds the lease (and whether
- * it is still alive).  Text for people, --json for scripts and monitoring;
+ * it is still alive), and for PostgreSQL WAL capture how far its replication
+ * slot lags.  Text for people, --json for scripts and monitoring;
  * --check turns it into a probe for cron, systemd timers and containers.
  */
 #include "cli.h"
@@ -18,7 +19,11 @@ static const char usage[] =
     "Shows the outbox's counts per status (pending, of which due and retrying;\n"
     "blocked: pending messages held behind a Failed message of their aggregate;\n"
     "sent; failed), the age of the oldest pending message, when the next retry\n"
-    "is due, and the relay holding the lease (or that it is gone).\n" CLI_FAILED_HELP "\n"
+    "is due, and the relay holding the lease (or that it is gone).  A\n"
+    "PostgreSQL store with a replication slot for WAL capture (outbox init\n"
+    "--capture wal) also shows the slot: the WAL the server keeps for it\n"
+    "(bytes written since the relay last confirmed), how long the relay is\n"
+    "behind, and whether a relay streams from it.\n" CLI_FAILED_HELP "\n"
     "With --check it is a probe: it exits 0 when the outbox is within the\n"
     "limits, printing nothing, and 1 with one line on stderr per limit exceeded\n"
     "(e.g. \"failed 3 > --max-failed 0\").  --check alone means --max-failed 0\n"
@@ -117,6 +122,28 @@ static void print_text(const char *shown, const outbox_status *st, int counts_bl
         }
     }
     print_relay_text(st, now);
+    if (st->wal_slot_exists) {
+        printf("  wal slot  %s  lag %lld bytes", st->wal_slot, (long long)st->wal_lag_bytes);
+        if (st->wal_lag_us > 0) { /* 0: caught up, or the server does not say */
+            cli_format_duration(st->wal_lag_us / 1000, a, sizeof a);
+            printf(", %s behind", a);
+        }
+        printf("  (%s)\n", st->wal_slot_active ? "a relay streams from it"
+                                               : "no relay reads it: the server keeps its WAL");
+    }
+}
+
+/* The replication slot of WAL capture, null when the store has none. */
+static json_t *wal_json(const outbox_status *st)
+{
+    json_t *wal;
+    if (!st->wal_slot_exists) return json_null();
+    wal = json_object();
+    json_object_set_new(wal, "slot", json_string(st->wal_slot));
+    json_object_set_new(wal, "active", json_boolean(st->wal_slot_active));
+    json_object_set_new(wal, "lag_bytes", json_integer(st->wal_lag_bytes));
+    json_object_set_new(wal, "lag_ms", json_integer(st->wal_lag_us / 1000));
+    return wal;
 }
 
 static json_t *relay_json(const outbox_status *st, int counts_blocked, int64_t now)
@@ -163,6 +190,7 @@ static void status_json(json_t *o, const char *shown, const outbox_status *st, i
             ? json_integer(st->next_due_us > now ? (st->next_due_us - now) / 1000 : 0)
             : json_null());
     json_object_set_new(o, "relay", relay_json(st, counts_blocked, now));
+    json_object_set_new(o, "wal", wal_json(st));
 }
 
 /* One exceeded limit: its line on stderr and, when exceeded is not NULL,

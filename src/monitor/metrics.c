@@ -355,6 +355,46 @@ static void store_gauges(expo *e, const outbox_relay_metrics *all, const monitor
     outbox__buf_free(&l);
 }
 
+/* PostgreSQL WAL capture: how far the store's replication slot lags
+ * (outbox_status.wal_*), only for stores that have a slot; a slot nobody
+ * reads keeps WAL on the server until its disk fills (docs/WAL.md). */
+static void wal_gauges(expo *e, const outbox_relay_metrics *all, const monitor_view *views,
+                       size_t n)
+{
+    static const struct {
+        const char *name, *help;
+        int seconds; /* wal_lag_us in seconds, else wal_lag_bytes */
+    } gauges[] = {
+        {"outbox_wal_slot_lag_bytes",
+         "WAL the server keeps for the relay's replication slot: written since the relay last "
+         "confirmed.",
+         0},
+        {"outbox_wal_slot_lag_seconds",
+         "How long the relay reading the WAL is behind (0 when caught up or unknown).", 1},
+    };
+    outbox_buf l;
+    size_t g, i;
+
+    for (i = 0; i < n; i++)
+        if (views[i].refreshed_us && views[i].status.wal_slot_exists) break;
+    if (i == n) return; /* no store with a slot: no families */
+    outbox__buf_init(&l);
+    for (g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
+        family(e, gauges[g].name, "gauge", gauges[g].help);
+        for (i = 0; i < n; i++) {
+            const outbox_status *st = &views[i].status;
+            if (views[i].refreshed_us == 0 || !st->wal_slot_exists) continue;
+            outbox__buf_reset(&l);
+            label(&l, "relay", all[i].name);
+            label(&l, "store", all[i].store_scheme);
+            label(&l, "slot", st->wal_slot);
+            sample(e, gauges[g].name, &l,
+                   gauges[g].seconds ? (double)st->wal_lag_us / 1e6 : (double)st->wal_lag_bytes);
+        }
+    }
+    outbox__buf_free(&l);
+}
+
 void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *reply)
 {
     monitor_snapshot snap;
@@ -442,6 +482,7 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
 
     relay_gauges(&e, all, n);
     store_gauges(&e, all, views, n);
+    wal_gauges(&e, all, views, n);
     family(&e, "outbox_store_up", "gauge", "1 when the last query of the store succeeded.");
     for (i = 0; i < n; i++) {
         outbox__buf_reset(&l);

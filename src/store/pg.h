@@ -21,6 +21,45 @@
 #define DEFAULT_PARTITIONS 32
 #define MAX_PARTITIONS 1024
 
+/* ------------------------------------------------------------------------
+ * WAL capture: the message content on the WAL (docs/WAL.md, encoding
+ * version 1), decoded by pg_wal_decode.c in every build (tests use it
+ * without a server).
+ * ---------------------------------------------------------------------- */
+
+/* The seven fields of a version-1 content, each a slice of the content
+ * (not NUL-terminated), in the encoding's order: id, type, aggregate_type,
+ * aggregate_id, occurred_at, headers, payload. */
+enum {
+    WAL_F_ID,
+    WAL_F_TYPE,
+    WAL_F_AGG_TYPE,
+    WAL_F_AGG_ID,
+    WAL_F_OCCURRED,
+    WAL_F_HEADERS,
+    WAL_F_PAYLOAD,
+    WAL_F_COUNT
+};
+
+typedef struct outbox_pg_wal_fields {
+    const char *at[WAL_F_COUNT];
+    size_t len[WAL_F_COUNT];
+} outbox_pg_wal_fields;
+
+/* Splits content[0..len) ("v1" and seven netstrings) into out.
+ * OUTBOX_EINVAL with err saying what is wrong (a version other than v1, a
+ * bad length, a missing ',', a NUL byte, too few fields or bytes after the
+ * seventh).  The fields' own rules are checked when the message is built
+ * (outbox__pg_wal_message). */
+int outbox__pg_wal_decode(const char *content, size_t len, outbox_pg_wal_fields *out,
+                          outbox_error *err);
+
+/* Decodes content and builds the message (outbox__msg_from_row's checks,
+ * seq as given).  EINVAL or an EBAD* code with err naming the problem;
+ * ENOMEM.  The caller frees *out with outbox_msg_free. */
+int outbox__pg_wal_message(const char *content, size_t len, int64_t seq, outbox_msg **out,
+                           outbox_error *err);
+
 #ifdef OUTBOX_HAVE_LIBPQ
 
 #include <libpq-fe.h>
@@ -71,6 +110,13 @@ typedef struct pg_store {
 
     outbox_buf sql;        /* scratch */
     outbox_buf a1, a2, a3; /* array literals for complete */
+
+    /* WAL capture (capture=wal, pg_wal_capture.c). */
+    int capture_wal;      /* the relay reads the replication stream */
+    char slot[64];        /* its logical replication slot */
+    char publication[64]; /* and publication */
+    char *repl_conninfo;  /* conninfo with replication=database */
+    struct pg_wal *wal;   /* the stream's state; NULL in table mode */
 } pg_store;
 
 /* Timestamps as unix microseconds, total: no stored value can make a
@@ -185,6 +231,29 @@ int outbox__pg_drop(void *state, const char *const *ids, size_t n, int all,
                     outbox_drop_archive_fn archive, void *user, int64_t *count, outbox_error *err);
 int outbox__pg_inbox_purge(void *state, int64_t retention_ms, int64_t redelivery_horizon_ms,
                            int64_t *count, outbox_error *err);
+
+/* pg_wal_capture.c: the capture mode (capture=wal).  open makes st->wal
+ * (no connection yet), close frees it; the others are the driver's entry
+ * points in capture mode, dispatched from pg_conn.c when st->wal is set. */
+int outbox__pg_wal_open(pg_store *st, outbox_error *err);
+void outbox__pg_wal_close(pg_store *st);
+int outbox__pg_wal_lease_acquire(void *state, const char *owner, int64_t ttl_ms, outbox_error *err);
+int outbox__pg_wal_lease_renew(void *state, const char *owner, int64_t ttl_ms, outbox_error *err);
+int outbox__pg_wal_lease_release(void *state, const char *owner, outbox_error *err);
+int outbox__pg_wal_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
+                         outbox_error *err);
+int outbox__pg_wal_claim_pipelined(void *state, const outbox_claim_params *p,
+                                   const int64_t *exclude, size_t exclude_count, outbox_msg ***msgs,
+                                   size_t *n, outbox_error *err);
+int outbox__pg_wal_complete(void *state, const outbox_completion *c, size_t n,
+                            const outbox_complete_params *p, outbox_error *err);
+int outbox__pg_wal_complete_pipelined(void *state, const outbox_completion *c, size_t n,
+                                      const outbox_complete_params *p, int in_flight,
+                                      outbox_error *err);
+int outbox__pg_wal_changed(void *state, int *changed, outbox_error *err);
+int outbox__pg_wal_next_due(void *state, int64_t *due_us, outbox_error *err);
+int outbox__pg_wal_idle(void *state, int waiting, outbox_error *err);
+int outbox__pg_wal_wait_fd(void *state);
 
 #endif /* OUTBOX_HAVE_LIBPQ */
 

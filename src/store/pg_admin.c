@@ -8,6 +8,7 @@
 #ifdef OUTBOX_HAVE_LIBPQ
 
 #include "pg.h"
+#include "pg_wal.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -218,6 +219,7 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
     PQclear(res);
     if (st->ttl_ms == 0) st->ttl_ms = 10000;
     describe_holders(st, out);
+    code = outbox__pg_wal_status(st, out, err);
 out:
     outbox__pg_rollback(st->conn);
     return code;

@@ -17,6 +17,7 @@
 #include "internal.h"
 
 #include "pg.h"
+#include "pg_wal.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +33,9 @@ typedef struct pg_config {
     int64_t keepalives_interval_ms;
     int64_t keepalives_count;
     int64_t tcp_user_timeout_ms;
+    int capture; /* 0 table, 1 wal */
+    char *slot;
+    char *publication;
 } pg_config;
 
 static const outbox_prop pg_props[] = {
@@ -61,6 +65,18 @@ static const outbox_prop pg_props[] = {
      "0ms..1d", NULL,
      "How long sent data may stay unacknowledged (and keepalive probes unanswered) before the "
      "connection is dropped (TCP_USER_TIMEOUT; 0: the system's, about 15 minutes)."},
+    /* WAL capture (docs/WAL.md). */
+    {"capture", OUTBOX_PROP_ENUM, offsetof(pg_config, capture), "table", "table|wal", NULL,
+     "Where the relay reads messages: table (the outbox table) or wal (messages emitted with "
+     "<schema>.emit, read from a logical replication slot; failed messages and the ones "
+     "behind them still go to the table).  wal needs PostgreSQL 14 or later and "
+     "wal_level = logical."},
+    {"slot", OUTBOX_PROP_STRING, offsetof(pg_config, slot), NULL, NULL, "NAME",
+     "capture=wal: the logical replication slot (1 to 63 of a-z, 0-9, _; default "
+     "outbox_<schema>), created when missing."},
+    {"publication", OUTBOX_PROP_STRING, offsetof(pg_config, publication), NULL, NULL, "NAME",
+     "capture=wal: the (empty) publication the slot streams with (1 to 63 of a-z, 0-9, _; "
+     "default outbox_<schema>), created when missing."},
     OUTBOX_PROPS_END,
 };
 
@@ -236,6 +252,25 @@ static int own_key(const char *key, size_t n)
     return 0;
 }
 
+/* Keeps capture, slot and publication in st: the names given, or
+ * outbox_<schema> (pg_wal.h). */
+static int wal_names(pg_store *st, const pg_config *c, outbox_error *err)
+{
+    const char *given[2] = {c->slot, c->publication};
+    const char *what[2] = {"slot", "publication"};
+    int i;
+
+    st->capture_wal = c->capture == 1;
+    for (i = 0; i < 2; i++)
+        if (given[i] != NULL && !outbox__pg_wal_valid_name(given[i]))
+            return outbox__error(err, OUTBOX_ECONFIG,
+                                 "store URL '%s': %s=%s is not a valid name; use 1 to 63 "
+                                 "lower-case letters, digits and underscores",
+                                 st->shown, what[i], given[i]);
+    outbox__pg_wal_names(c->schema, c->slot, c->publication, st->slot, st->publication);
+    return OUTBOX_OK;
+}
+
 /* Reads the store's settings in u (and nothing else: libpq's are out)
  * with pg_props into st.  Only a partition count the URL gives is kept:
  * init applies it or says it is not applied, and 0 leaves the schema's
@@ -251,6 +286,7 @@ static int read_settings(pg_store *st, outbox_url *u, outbox_error *err)
     code = outbox__props_parse(pg_props, what, u, &c, err);
     if (code == OUTBOX_OK && !outbox__pg_valid_schema(c.schema))
         code = outbox__pg_schema_error(c.schema, err);
+    if (code == OUTBOX_OK) code = wal_names(st, &c, err);
     if (code == OUTBOX_OK) {
         snprintf(st->schema, sizeof st->schema, "%s", c.schema);
         st->url_partitions = outbox__url_param(u, "partitions") ? (int)c.partitions : 0;
@@ -418,29 +454,42 @@ static int split_keywords(pg_store *st, const char *kw, char **conninfo, outbox_
     return OUTBOX_OK;
 }
 
-/* Appends st->tcp_settings to st->conninfo, a URI (uri) or a keyword
- * string: the store's keepalive and timeout settings, which libpq reads
- * under the same names. */
-static int add_tcp_settings(pg_store *st, int uri, outbox_error *err)
+/* *out (owned by the caller) = conninfo, a URI (uri) or a keyword string,
+ * with the space-separated "key=value" settings added. */
+static int conninfo_with(const char *conninfo, int uri, const char *settings, char **out,
+                         outbox_error *err)
 {
     outbox_buf b;
     const char *p;
 
     outbox__buf_init(&b);
-    outbox__buf_puts(&b, st->conninfo);
+    outbox__buf_puts(&b, conninfo);
     if (uri)
-        outbox__buf_puts(&b, strchr(st->conninfo, '?') ? "&" : "?");
+        outbox__buf_puts(&b, strchr(conninfo, '?') ? "&" : "?");
     else if (b.len > 0)
         outbox__buf_puts(&b, " ");
-    for (p = st->tcp_settings; *p; p++)
+    for (p = settings; *p; p++)
         outbox__buf_append(&b, uri && *p == ' ' ? "&" : p, 1);
     if (b.oom || !b.data) {
         outbox__buf_free(&b);
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
     }
-    outbox__free(st->conninfo);
-    st->conninfo = b.data;
+    *out = b.data;
     return OUTBOX_OK;
+}
+
+/* Adds st->tcp_settings to st->conninfo: the store's keepalive and timeout
+ * settings, which libpq reads under the same names; and, for capture=wal,
+ * makes the replication connection's conninfo. */
+static int add_tcp_settings(pg_store *st, int uri, outbox_error *err)
+{
+    char *with;
+    int code = conninfo_with(st->conninfo, uri, st->tcp_settings, &with, err);
+    if (code != OUTBOX_OK) return code;
+    outbox__free(st->conninfo);
+    st->conninfo = with;
+    if (!st->capture_wal) return OUTBOX_OK;
+    return conninfo_with(st->conninfo, uri, "replication=database", &st->repl_conninfo, err);
 }
 
 static void forget_connection_state(pg_store *st)
@@ -564,8 +613,10 @@ static void pg_close(void *state)
 {
     pg_store *st = state;
     if (!st) return;
+    outbox__pg_wal_close(st);
     if (st->conn) PQfinish(st->conn);
     outbox__free(st->conninfo);
+    outbox__free(st->repl_conninfo);
     outbox__free(st->held);
     outbox__free(st->wait_xacts);
     outbox__buf_free(&st->sql);
@@ -639,6 +690,7 @@ static int pg_open(void **state, const char *url, outbox_error *err)
         PQconninfoFree(opts);
     }
     code = outbox__pg_need_conn(st, err);
+    if (code == OUTBOX_OK && st->capture_wal) code = outbox__pg_wal_open(st, err);
     if (code != OUTBOX_OK) goto fail;
     *state = st;
     return OUTBOX_OK;
@@ -690,6 +742,41 @@ fail:
     return code;
 }
 
+/* The entries whose work differs in capture=wal: each goes to the
+ * capture mode (pg_wal_capture.c) when the store was opened with it. */
+#define PG_MODE(ret, name, params, args)                                                           \
+    static ret pg_##name params                                                                    \
+    {                                                                                              \
+        const pg_store *st = state;                                                                \
+        return st->wal ? outbox__pg_wal_##name args : outbox__pg_##name args;                      \
+    }
+PG_MODE(int, lease_acquire, (void *state, const char *owner, int64_t ttl_ms, outbox_error *err),
+        (state, owner, ttl_ms, err))
+PG_MODE(int, lease_renew, (void *state, const char *owner, int64_t ttl_ms, outbox_error *err),
+        (state, owner, ttl_ms, err))
+PG_MODE(int, lease_release, (void *state, const char *owner, outbox_error *err),
+        (state, owner, err))
+PG_MODE(int, claim,
+        (void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
+         outbox_error *err),
+        (state, p, msgs, n, err))
+PG_MODE(int, claim_pipelined,
+        (void *state, const outbox_claim_params *p, const int64_t *exclude, size_t exclude_count,
+         outbox_msg ***msgs, size_t *n, outbox_error *err),
+        (state, p, exclude, exclude_count, msgs, n, err))
+PG_MODE(int, complete,
+        (void *state, const outbox_completion *c, size_t n, const outbox_complete_params *p,
+         outbox_error *err),
+        (state, c, n, p, err))
+PG_MODE(int, complete_pipelined,
+        (void *state, const outbox_completion *c, size_t n, const outbox_complete_params *p,
+         int in_flight, outbox_error *err),
+        (state, c, n, p, in_flight, err))
+PG_MODE(int, changed, (void *state, int *changed, outbox_error *err), (state, changed, err))
+PG_MODE(int, next_due, (void *state, int64_t *due_us, outbox_error *err), (state, due_us, err))
+PG_MODE(int, idle, (void *state, int waiting, outbox_error *err), (state, waiting, err))
+PG_MODE(int, wait_fd, (void *state), (state))
+
 #define PG_ENTRY(f) f
 
 #else
@@ -710,24 +797,24 @@ fail:
         .init = PG_ENTRY(pg_init),                                                                 \
         .check_schema = PG_ENTRY(pg_check_schema),                                                 \
         .enqueue = PG_ENTRY(pg_enqueue),                                                           \
-        .lease_acquire = PG_ENTRY(outbox__pg_lease_acquire),                                       \
-        .lease_renew = PG_ENTRY(outbox__pg_lease_renew),                                           \
-        .lease_release = PG_ENTRY(outbox__pg_lease_release),                                       \
-        .claim = PG_ENTRY(outbox__pg_claim),                                                       \
-        .complete = PG_ENTRY(outbox__pg_complete),                                                 \
-        .changed = PG_ENTRY(outbox__pg_changed),                                                   \
-        .next_due = PG_ENTRY(outbox__pg_next_due),                                                 \
+        .lease_acquire = PG_ENTRY(pg_lease_acquire),                                               \
+        .lease_renew = PG_ENTRY(pg_lease_renew),                                                   \
+        .lease_release = PG_ENTRY(pg_lease_release),                                               \
+        .claim = PG_ENTRY(pg_claim),                                                               \
+        .complete = PG_ENTRY(pg_complete),                                                         \
+        .changed = PG_ENTRY(pg_changed),                                                           \
+        .next_due = PG_ENTRY(pg_next_due),                                                         \
         .wake_path = PG_ENTRY(outbox__pg_wake_path),                                               \
         .status = PG_ENTRY(outbox__pg_status),                                                     \
         .list = PG_ENTRY(outbox__pg_list),                                                         \
         .get = PG_ENTRY(outbox__pg_get),                                                           \
         .retry = PG_ENTRY(outbox__pg_retry),                                                       \
         .purge = PG_ENTRY(outbox__pg_purge),                                                       \
-        .idle = PG_ENTRY(outbox__pg_idle),                                                         \
-        .wait_fd = PG_ENTRY(outbox__pg_wait_fd),                                                   \
+        .idle = PG_ENTRY(pg_idle),                                                                 \
+        .wait_fd = PG_ENTRY(pg_wait_fd),                                                           \
         .inbox_purge = PG_ENTRY(outbox__pg_inbox_purge),                                           \
-        .claim_pipelined = PG_ENTRY(outbox__pg_claim_pipelined),                                   \
-        .complete_pipelined = PG_ENTRY(outbox__pg_complete_pipelined),                             \
+        .claim_pipelined = PG_ENTRY(pg_claim_pipelined),                                           \
+        .complete_pipelined = PG_ENTRY(pg_complete_pipelined),                                     \
         .drop = PG_ENTRY(outbox__pg_drop),                                                         \
         .lease_note = PG_ENTRY(outbox__pg_lease_note),                                             \
         .partitions_held = PG_ENTRY(outbox__pg_partitions_held),                                   \

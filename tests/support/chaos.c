@@ -12,6 +12,8 @@
 #include <stdarg.h>
 #include <time.h>
 #ifdef OUTBOX_HAVE_LIBPQ
+#include "support/pg.h"
+
 #include <libpq-fe.h>
 #endif
 
@@ -51,6 +53,18 @@ void ch_relays_stop(const pid_t *pids, int n, char (*errs)[CH_PATH])
             TEST_FAIL_("relay %d exited %d after SIGTERM", i, code);
         }
     }
+}
+
+int ch_relay_kill_life(const char *const *argv, const char *err_path, uint64_t *rng)
+{
+    pid_t pid = ch_spawn(argv, NULL, NULL, err_path);
+    ch_sleep_ms(ch_rand_range(rng, 50, 800));
+    if (!ch_alive(pid)) {
+        int code = ch_wait_or_die(pid, 1000, "relay");
+        ch_dump("relay stderr", err_path);
+        TEST_FAIL_("relay exited %d on its own", code);
+    }
+    return ch_kill9(pid) == 137;
 }
 
 void ch_init_store(const char *db_path)
@@ -274,7 +288,8 @@ static void *ch_pg_producer_main(void *arg)
         PQclear(PQexec(c, "BEGIN"));
         for (i = 0; i < k; i++) {
             if (ch_producer_msg(p, &rng, batch, batch_agg, i, &err) != OUTBOX_OK ||
-                outbox_enqueue_pg(c, batch[i], &err) != OUTBOX_OK) {
+                (p->pg_emit ? pgh_emit(c, "outbox", batch[i], err.message, sizeof err.message) != 0
+                            : outbox_enqueue_pg(c, batch[i], &err) != OUTBOX_OK)) {
                 snprintf(p->error, sizeof p->error, "enqueue: %d %s", err.code, err.message);
                 ok = 0;
                 i++;

@@ -55,6 +55,12 @@ uint64_t ch_seed(void);
  * handlers. */
 void ch_relays_stop(const pid_t *pids, int n, char (*errs)[CH_PATH]);
 
+/* One relay life of a kill sweep: spawns argv (stderr to err_path), lets
+ * it run 50-800 ms (drawn from *rng), then SIGKILLs it.  Fails the test
+ * when the relay exited on its own.  Returns 1 when the kill found it
+ * alive. */
+int ch_relay_kill_life(const char *const *argv, const char *err_path, uint64_t *rng);
+
 /* `outbox init --store sqlite:DB`, which must exit 0. */
 void ch_init_store(const char *db_path);
 
@@ -123,6 +129,9 @@ typedef struct ch_producer {
     int pg_async_commit;     /* with pg_conninfo: synchronous_commit=off,
                                 only for runs where the database itself is
                                 not crashed */
+    int pg_emit;             /* with pg_conninfo: write the messages to the
+                                WAL (pgh_emit, schema "outbox") instead of
+                                the table, for capture=wal */
 
     /* Results (read after ch_producer_join). */
     ch_agg *aggs;

@@ -16,6 +16,15 @@
 
 static pgh_server *current;
 
+/* One more "-c NAME=VALUE" for the next start (pgh_set_setting); a
+ * harmless repeat of a default when none is set. */
+static char extra_setting[128] = "max_connections=60";
+
+void pgh_set_setting(const char *setting)
+{
+    snprintf(extra_setting, sizeof extra_setting, "%s", setting ? setting : "max_connections=60");
+}
+
 /* Finds the directory holding initdb/postgres/pg_ctl; 0 when none. */
 static int find_bin(char *out, size_t len)
 {
@@ -144,7 +153,10 @@ void pgh_start_server(pgh_server *s)
                           "log_min_messages=warning", "-c", "client_min_messages=warning",
                           /* crash recovery syncs the data directory: one
                            * syncfs() instead of an fsync per file */
-                          "-c", "recovery_init_sync_method=syncfs", NULL};
+                          "-c", "recovery_init_sync_method=syncfs", "-c", "wal_level=logical", "-c",
+                          "max_replication_slots=10", "-c", "max_wal_senders=10",
+                          /* the last -c of a name wins: pgh_set_setting */
+                          "-c", extra_setting, NULL};
     s->pid = spawn(s, argv);
     if (!wait_ready(s, 60000)) {
         show_log(s, "postgres log");
@@ -241,4 +253,59 @@ int64_t pgh_outbox_count(const pgh_server *s, const char *status)
     int64_t n = pgh_count(c, sql);
     PQfinish(c);
     return n;
+}
+
+void pgh_init_wal(const pgh_server *s)
+{
+    const char *argv[] = {test_outbox_bin(), "init", "--store", s->url, "--capture", "wal", NULL};
+    const char *errp = test_path("init-wal.err");
+    int code = ch_run(argv, NULL, NULL, errp, 60000);
+    if (code != 0) {
+        ch_dump("outbox init --capture wal stderr", errp);
+        TEST_FAIL_("outbox init --capture wal exited %d", code);
+    }
+}
+
+/* One netstring: "<length>:<bytes>," */
+static void netstring(char **at, const char *s)
+{
+    *at += sprintf(*at, "%zu:%s,", strlen(s), s);
+}
+
+char *pgh_emit_content(const outbox_msg *m)
+{
+    const char *fields[] = {outbox_msg_id(m),
+                            outbox_msg_type(m),
+                            outbox_msg_aggregate_type(m),
+                            outbox_msg_aggregate_id(m),
+                            NULL,
+                            outbox_msg_headers_json(m),
+                            outbox_msg_payload(m)};
+    char occurred[32], *out, *at;
+    size_t total = 3;
+    snprintf(occurred, sizeof occurred, "%lld", (long long)outbox_msg_occurred_at(m));
+    fields[4] = occurred;
+    for (size_t i = 0; i < 7; i++)
+        total += strlen(fields[i]) + 24;
+    out = malloc(total);
+    if (!out) TEST_FAIL_("out of memory");
+    at = out + sprintf(out, "v1");
+    for (size_t i = 0; i < 7; i++)
+        netstring(&at, fields[i]);
+    return out;
+}
+
+int pgh_emit(PGconn *c, const char *schema, const outbox_msg *m, char *why, size_t why_len)
+{
+    char prefix[80];
+    char *content = pgh_emit_content(m);
+    const char *params[2] = {prefix, content};
+    snprintf(prefix, sizeof prefix, "outbox:%s", schema);
+    PGresult *res = PQexecParams(c, "SELECT pg_logical_emit_message(true, $1, $2)", 2, NULL, params,
+                                 NULL, NULL, 0);
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok && why) snprintf(why, why_len, "%s", PQerrorMessage(c));
+    PQclear(res);
+    free(content);
+    return ok ? 0 : -1;
 }

@@ -12,6 +12,9 @@
  * exists; pgh_available() says so beforehand, for suites that run other
  * cases without PostgreSQL.
  *
+ * It runs with wal_level=logical, max_replication_slots=10 and
+ * max_wal_senders=10 (WAL capture reads the replication stream).
+ *
  * fsync stays on: the crash tests stop the server with
  * `pg_ctl stop -m immediate`, which is a crash from the database's view.
  */
@@ -19,6 +22,7 @@
 #define OUTBOX_TEST_SUPPORT_PG_H
 
 #include <libpq-fe.h>
+#include <outbox.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -45,6 +49,11 @@ const char *pgh_available(void);
  * program. */
 void pgh_start(pgh_server *s);
 
+/* A server setting ("wal_level=replica") that the next start
+ * (pgh_start, pgh_start_server) gives after the usual ones, overriding
+ * them; NULL: none again. */
+void pgh_set_setting(const char *setting);
+
 /* Starts the postmaster on s->data (already initialised). */
 void pgh_start_server(pgh_server *s);
 
@@ -67,5 +76,19 @@ int64_t pgh_count(PGconn *c, const char *sql);
 /* Rows of the outbox table in schema "outbox" with this status, on a new
  * connection to s. */
 int64_t pgh_outbox_count(const pgh_server *s, const char *status);
+
+/* `outbox init --store <s's URL> --capture wal`: the schema, the
+ * replication slot and the publication a capture=wal relay reads (made
+ * before anything is emitted, so that the slot has every message); fails
+ * the test when it does not exit 0. */
+void pgh_init_wal(const pgh_server *s);
+
+/* WAL capture (docs/WAL.md): writes m with pg_logical_emit_message(true,
+ * 'outbox:<schema>', <encoding v1>) on c, in c's open transaction, as
+ * <schema>.emit does.  0, or -1 with the server's error in why. */
+int pgh_emit(PGconn *c, const char *schema, const outbox_msg *m, char *why, size_t why_len);
+
+/* The encoding v1 content of m into out (malloc'd, the caller frees). */
+char *pgh_emit_content(const outbox_msg *m);
 
 #endif /* OUTBOX_TEST_SUPPORT_PG_H */
