@@ -16,6 +16,15 @@
  *
  * Exit 77 without PostgreSQL binaries or the outbox CLI.
  */
+#ifndef OUTBOX_HAVE_LIBPQ
+#include <stdio.h>
+int main(void)
+{
+    fprintf(stderr, "skipped: this build has no PostgreSQL store (libpq not found)\n");
+    return 77;
+}
+#else
+
 #include "store/pg_wal.h"
 #include "support/net.h"
 #include "support/pg.h"
@@ -451,3 +460,5 @@ int main(void)
     printf("ok\n");
     return 0;
 }
+
+#endif /* OUTBOX_HAVE_LIBPQ */
