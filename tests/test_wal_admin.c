@@ -336,7 +336,7 @@ TEST(drop_slot)
 {
     const char *args[] = {"wal", "drop-slot", "--store", server.url, NULL};
     char *out, *err;
-    json_t *root;
+    json_t *root, *wal;
     int code = 1;
 
     /* The walsender of the stream just closed may take a moment to go. */
@@ -355,7 +355,8 @@ TEST(drop_slot)
     free(err);
     ASSERT_EQ(slots(), 0);
     ASSERT_EQ(publications(), 0);
-    ASSERT(json_is_null(status_wal(&root)));
+    wal = status_wal(&root);
+    ASSERT(json_is_null(wal));
     json_decref(root);
 
     /* Nothing left to drop is not an error. */
