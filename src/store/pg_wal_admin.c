@@ -84,6 +84,7 @@ typedef struct slot_row {
     int active;
     int active_pid;
     char client[160]; /* "[application 'NAME', ]from ADDRESS" of the walsender */
+    int lost;         /* wal_status 'lost': the server removed WAL it needed */
 } slot_row;
 
 /* The SQLSTATE of a failed result, "" when none. */
@@ -118,7 +119,9 @@ static int read_slot(PGconn *c, const char *slot, slot_row *out, outbox_error *e
         " coalesce(s.active_pid, 0),"
         " CASE WHEN coalesce(a.application_name, '') <> ''"
         "  THEN format('application %L, ', a.application_name) ELSE '' END"
-        " || 'from ' || coalesce(host(a.client_addr), 'a local socket')"
+        " || 'from ' || coalesce(host(a.client_addr), 'a local socket'),"
+        /* wal_status (PostgreSQL 13+) read so that older servers can drop */
+        " coalesce(to_jsonb(s) ->> 'wal_status', '') = 'lost'"
         " FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid"
         " WHERE s.slot_name = $1",
         1, NULL, params, NULL, NULL, 0);
@@ -136,6 +139,7 @@ static int read_slot(PGconn *c, const char *slot, slot_row *out, outbox_error *e
         out->active = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
         out->active_pid = (int)outbox__pg_parse_i64(PQgetvalue(res, 0, 5));
         snprintf(out->client, sizeof out->client, "%s", PQgetvalue(res, 0, 6));
+        out->lost = strcmp(PQgetvalue(res, 0, 7), "t") == 0;
     }
     PQclear(res);
     return code;
@@ -161,6 +165,13 @@ static int check_slot_usable(const char *slot, const slot_row *s, outbox_error *
                              "choose another name with slot=NAME in the store URL, or use a "
                              "store URL of that database",
                              slot, s->database);
+    if (s->lost)
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "replication slot %s is lost: the server removed WAL it still needed "
+                             "(max_slot_wal_keep_size was exceeded), and the messages in that WAL "
+                             "were not relayed; drop it (outbox wal drop-slot) and run init "
+                             "again, then check the destination for what is missing",
+                             slot);
     return OUTBOX_OK;
 }
 
