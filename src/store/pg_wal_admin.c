@@ -84,6 +84,7 @@ typedef struct slot_row {
     int active;
     int active_pid;
     char client[160]; /* "[application 'NAME', ]from ADDRESS" of the walsender */
+    int lost;         /* wal_status 'lost': the server removed WAL it needed */
 } slot_row;
 
 /* The SQLSTATE of a failed result, "" when none. */
@@ -118,7 +119,9 @@ static int read_slot(PGconn *c, const char *slot, slot_row *out, outbox_error *e
         " coalesce(s.active_pid, 0),"
         " CASE WHEN coalesce(a.application_name, '') <> ''"
         "  THEN format('application %L, ', a.application_name) ELSE '' END"
-        " || 'from ' || coalesce(host(a.client_addr), 'a local socket')"
+        " || 'from ' || coalesce(host(a.client_addr), 'a local socket'),"
+        /* wal_status (PostgreSQL 13+) read so that older servers can drop */
+        " coalesce(to_jsonb(s) ->> 'wal_status', '') = 'lost'"
         " FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid"
         " WHERE s.slot_name = $1",
         1, NULL, params, NULL, NULL, 0);
@@ -136,6 +139,7 @@ static int read_slot(PGconn *c, const char *slot, slot_row *out, outbox_error *e
         out->active = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
         out->active_pid = (int)outbox__pg_parse_i64(PQgetvalue(res, 0, 5));
         snprintf(out->client, sizeof out->client, "%s", PQgetvalue(res, 0, 6));
+        out->lost = strcmp(PQgetvalue(res, 0, 7), "t") == 0;
     }
     PQclear(res);
     return code;
@@ -161,6 +165,13 @@ static int check_slot_usable(const char *slot, const slot_row *s, outbox_error *
                              "choose another name with slot=NAME in the store URL, or use a "
                              "store URL of that database",
                              slot, s->database);
+    if (s->lost)
+        return outbox__error(err, OUTBOX_ECONFIG,
+                             "replication slot %s is lost: the server removed WAL it still needed "
+                             "(max_slot_wal_keep_size was exceeded), and the messages in that WAL "
+                             "were not relayed; drop it (outbox wal drop-slot) and run init "
+                             "again, then check the destination for what is missing",
+                             slot);
     return OUTBOX_OK;
 }
 
@@ -479,27 +490,19 @@ int outbox__pg_wal_status(struct pg_store *st, outbox_status *out, outbox_error 
     return OUTBOX_OK;
 }
 
-/* The pg store behind a public handle, connected, with the names. */
-static int wal_store(outbox_store *store, const char *fn, const char *slot_opt, const char *pub_opt,
-                     outbox_wal_slot *w, pg_store **out, outbox_error *err)
+/* Checks the names given, connects st and fills w's names. */
+static int wal_store(pg_store *st, const char *slot_opt, const char *pub_opt, outbox_wal_slot *w,
+                     outbox_error *err)
 {
-    pg_store *st;
     int code;
-
-    memset(w, 0, sizeof *w);
-    *out = NULL;
-    code = store_check(store, fn, err);
-    if (code != OUTBOX_OK) return code;
     if (slot_opt && *slot_opt && !outbox__pg_wal_valid_name(slot_opt))
         return invalid_name("replication slot", slot_opt, err);
     if (pub_opt && *pub_opt && !outbox__pg_wal_valid_name(pub_opt))
         return invalid_name("publication", pub_opt, err);
-    st = store->state;
     code = outbox__pg_need_conn(st, err);
     if (code != OUTBOX_OK) return code;
     outbox__pg_end_claim(st);
     store_names(st, slot_opt, pub_opt, w->slot, w->publication);
-    *out = st;
     return OUTBOX_OK;
 }
 
@@ -518,64 +521,50 @@ static int wal_state(pg_store *st, outbox_wal_slot *w, outbox_error *err)
     return OUTBOX_OK;
 }
 
-static int wal_setup(outbox_store *store, const char *slot, const char *publication,
-                     outbox_wal_slot *w, outbox_error *err)
+/* Setup: creates, then reads the state left.  Drop: reads the state
+ * found, then drops. */
+static int wal_run(pg_store *st, int drop, const char *slot, const char *publication,
+                   outbox_wal_slot *w, outbox_error *err)
 {
-    pg_store *st;
-    int code = wal_store(store, "outbox_store_wal_setup", slot, publication, w, &st, err);
-    if (code == OUTBOX_OK)
+    int code = wal_store(st, slot, publication, w, err);
+    if (code == OUTBOX_OK && !drop)
         code = outbox__pg_wal_setup(st->conn, w->slot, w->publication, &w->created, err);
     if (code == OUTBOX_OK) code = wal_state(st, w, err);
-    return code;
-}
-
-static int wal_drop(outbox_store *store, const char *slot, const char *publication,
-                    outbox_wal_slot *w, outbox_error *err)
-{
-    pg_store *st;
-    int code = wal_store(store, "outbox_store_wal_drop", slot, publication, w, &st, err);
-    if (code == OUTBOX_OK) code = wal_state(st, w, err);
-    if (code == OUTBOX_OK) code = outbox__pg_wal_drop(st->conn, w->slot, w->publication, err);
+    if (code == OUTBOX_OK && drop)
+        code = outbox__pg_wal_drop(st->conn, w->slot, w->publication, err);
     return code;
 }
 
 #endif /* OUTBOX_HAVE_LIBPQ */
 
-/* Copies w into the caller's struct: out_size bytes of it (an older
- * caller's struct is shorter). */
-static void give(const outbox_wal_slot *w, outbox_wal_slot *out, size_t out_size)
+/* outbox_store_wal_setup (drop 0) and outbox_store_wal_drop (drop 1):
+ * out gets out_size bytes of the result (an older caller's struct is
+ * shorter), the names even on failure. */
+static int wal_call(outbox_store *store, const char *fn, int drop, const char *slot,
+                    const char *publication, outbox_wal_slot *out, size_t out_size,
+                    outbox_error *err)
 {
-    if (out) memcpy(out, w, out_size < sizeof *w ? out_size : sizeof *w);
+    outbox_wal_slot w;
+    int code = store_check(store, fn, err);
+
+    memset(&w, 0, sizeof w);
+#ifdef OUTBOX_HAVE_LIBPQ
+    if (code == OUTBOX_OK) code = wal_run(store->state, drop, slot, publication, &w, err);
+#else
+    (void)drop, (void)slot, (void)publication;
+#endif
+    if (out) memcpy(out, &w, out_size < sizeof w ? out_size : sizeof w);
+    return code;
 }
 
 int outbox_store_wal_setup(outbox_store *store, const char *slot, const char *publication,
                            outbox_wal_slot *out, size_t out_size, outbox_error *err)
 {
-    outbox_wal_slot w;
-    int code;
-#ifdef OUTBOX_HAVE_LIBPQ
-    code = wal_setup(store, slot, publication, &w, err);
-#else
-    memset(&w, 0, sizeof w);
-    (void)slot, (void)publication;
-    code = store_check(store, "outbox_store_wal_setup", err);
-#endif
-    give(&w, out, out_size);
-    return code;
+    return wal_call(store, "outbox_store_wal_setup", 0, slot, publication, out, out_size, err);
 }
 
 int outbox_store_wal_drop(outbox_store *store, const char *slot, const char *publication,
                           outbox_wal_slot *out, size_t out_size, outbox_error *err)
 {
-    outbox_wal_slot w;
-    int code;
-#ifdef OUTBOX_HAVE_LIBPQ
-    code = wal_drop(store, slot, publication, &w, err);
-#else
-    memset(&w, 0, sizeof w);
-    (void)slot, (void)publication;
-    code = store_check(store, "outbox_store_wal_drop", err);
-#endif
-    give(&w, out, out_size);
-    return code;
+    return wal_call(store, "outbox_store_wal_drop", 1, slot, publication, out, out_size, err);
 }
