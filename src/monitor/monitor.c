@@ -419,7 +419,13 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, monitor_reply *reply
         len = reply->body.data != NULL ? reply->body.len : 0;
     }
     resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    outbox__buf_free(&reply->body);
+    if (reply->keep_body != NULL) {
+        outbox__buf_reset(&reply->body);
+        *reply->keep_body = reply->body;
+        outbox__buf_init(&reply->body);
+    } else {
+        outbox__buf_free(&reply->body);
+    }
     if (resp == NULL) return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", reply->content_type);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
@@ -680,6 +686,7 @@ void outbox_monitor_free(outbox_monitor *monitor)
             *p++ = '\0';
         outbox__free(m->admin_token);
     }
+    outbox__monitor_metrics_free(m);
     outbox__free(m->relays);
     outbox__free(m->views);
     outbox__free(m->rates);
