@@ -96,8 +96,11 @@ static void write_u64(outbox_buf *b, uint64_t v)
     outbox__buf_append(b, digits + i, sizeof digits - i);
 }
 
-/* Below this, v * 1e6 is an integer a double holds exactly (< 2^53). */
-#define FIXED_LIMIT 9.0e9
+/* Below 2^32 (seconds: until the year 2106) a value read from a
+ * microsecond clock is within a quarter of a microsecond of it, and v * 1e6
+ * rounds by at most another quarter, so rounding v * 1e6 gives back the
+ * microseconds exactly. */
+#define FIXED_LIMIT 4294967296.0
 
 /* A sample value as Prometheus reads it (Go's ParseFloat; NaN, +Inf,
  * -Inf).  An integral value as "%.1f" writes it ("3.0": the canonical
@@ -105,7 +108,7 @@ static void write_u64(outbox_buf *b, uint64_t v)
  * zeros dropped, which shows whole every non-integral value here: times
  * read from microsecond clocks and sums of them.  A value too large or too
  * small for that (none of today's metrics) is written by snprintf "%.9g". */
-static void write_double(outbox_buf *b, double v)
+void outbox__monitor_write_double(outbox_buf *b, double v)
 {
     char text[32];
     int neg = signbit(v) != 0;
@@ -222,7 +225,7 @@ static void sample(expo *e, const char *name, const outbox_buf *labels, const ch
                    double value)
 {
     sample_start(e, name, labels, extra);
-    write_double(e->b, value);
+    outbox__monitor_write_double(e->b, value);
     outbox__buf_append(e->b, "\n", 1);
 }
 
@@ -276,7 +279,7 @@ static void expo_relay_build(expo_relay *c, const outbox_relay_metrics *r)
             outbox__buf_append(&c->buckets, "_bucket{", 8);
             outbox__buf_append(&c->buckets, c->labels.data, c->labels.len);
             outbox__buf_append(&c->buckets, ",le=\"", 5);
-            write_double(&c->buckets, hist->le[k]);
+            outbox__monitor_write_double(&c->buckets, hist->le[k]);
             outbox__buf_append(&c->buckets, "\"} ", 3);
         }
         c->bucket_at[h][OUTBOX_HISTOGRAM_BUCKETS] = c->buckets.len;
@@ -362,7 +365,7 @@ static void histogram(expo *e, const outbox_relay_metrics *all, size_t n, size_t
         outbox__buf_puts(e->b, histograms[h].name);
         outbox__buf_append(e->b, "_sum", 4);
         sample_labels(e, &c->labels, NULL);
-        write_double(e->b, hist->sum);
+        outbox__monitor_write_double(e->b, hist->sum);
         outbox__buf_puts(e->b, "\n");
         outbox__buf_puts(e->b, histograms[h].name);
         outbox__buf_append(e->b, "_count", 6);
@@ -513,8 +516,7 @@ static void relay_gauges(expo *e, const outbox_relay_metrics *all, size_t n)
     for (g = 0; g < sizeof gauges / sizeof gauges[0]; g++) {
         family(e, gauges[g].name, "gauge", gauges[g].help);
         for (i = 0; i < n; i++)
-            sample(e, gauges[g].name, &e->cache->relays[i].labels, NULL,
-                   gauges[g].value(&all[i]));
+            sample(e, gauges[g].name, &e->cache->relays[i].labels, NULL, gauges[g].value(&all[i]));
     }
 }
 
@@ -630,8 +632,8 @@ void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *
         values[2] = all[i].failed;
         values[3] = all[i].outage_publications;
         for (k = 0; k < 4; k++)
-            sample_u64(&e, "outbox_publish_attempts_total", &e.cache->relays[i].labels,
-                       outcomes[k], values[k]);
+            sample_u64(&e, "outbox_publish_attempts_total", &e.cache->relays[i].labels, outcomes[k],
+                       values[k]);
     }
     /* OpenMetrics would name this counter's family outbox_messages_failed,
      * the gauge of Failed messages below: there it is typed unknown, which

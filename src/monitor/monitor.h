@@ -95,8 +95,8 @@ typedef struct monitor_reply {
     unsigned status;
     outbox_buf body;
     const char *content_type;
-    int bearer_challenge; /* add WWW-Authenticate: Bearer */
-    const char *allow;    /* for 405: the Allow header */
+    int bearer_challenge;  /* add WWW-Authenticate: Bearer */
+    const char *allow;     /* for 405: the Allow header */
     outbox_buf *keep_body; /* non-NULL: body's memory goes back here once sent */
 } monitor_reply;
 
@@ -121,6 +121,9 @@ void outbox__monitor_api_store_reset(outbox_monitor *m, size_t i);
 
 /* GET /metrics: text exposition (openmetrics != 0: OpenMetrics 1.0). */
 void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *reply);
+/* Appends a sample value: integral values as "%.1f" writes them, others
+ * with six decimals (trailing zeros dropped), NaN, +Inf, -Inf. */
+void outbox__monitor_write_double(outbox_buf *b, double v);
 /* Frees what outbox__monitor_metrics keeps between scrapes. */
 void outbox__monitor_metrics_free(outbox_monitor *m);
 
