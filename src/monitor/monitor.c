@@ -10,11 +10,14 @@
  * the monitor's own, queried by the refresh thread at most once per
  * refresh interval and cached; a request reads the cache and never
  * triggers that query, so a slow store slows neither the relay nor a
- * scrape.  The counts scan the pending messages, which takes a while on a
- * large backlog: the next refresh then waits REFRESH_BUSY_FACTOR times as
- * long as the last one took, if that is longer than the interval, so the
- * monitor keeps the store busy a twentieth of the time at most.  The refresh thread also keeps the
- * console's history: a ring of MONITOR_HISTORY_POINTS points, one every MONITOR_HISTORY_INTERVAL_S.
+ * scrape.  The counts read every pending message (the oldest one's age
+ * needs them all), which takes a while on a large backlog: the next refresh
+ * then waits REFRESH_BUSY_FACTOR times as long as the last one took, if
+ * that is longer than the interval, so the counts keep the store (and this
+ * thread) busy at most 1/51 of the time: the 2% a monitored relay may
+ * cost, whatever the backlog.  The refresh thread also keeps the console's
+ * history: a ring of MONITOR_HISTORY_POINTS points, one every
+ * MONITOR_HISTORY_INTERVAL_S.
  *
  * Safety: a non-loopback address is refused unless allow_public is set,
  * and on a loopback address a request must name the host as an IP address
@@ -38,7 +41,7 @@
 #define COMPONENT "monitor"
 
 /* After a store refresh that took d, the next waits at least this times d. */
-#define REFRESH_BUSY_FACTOR 20
+#define REFRESH_BUSY_FACTOR 50
 
 /* Request bodies larger than this are refused (the API takes none). */
 #define MONITOR_MAX_BODY 1024
