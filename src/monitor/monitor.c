@@ -12,7 +12,7 @@
  * triggers that query, so a slow store slows neither the relay nor a
  * scrape.  The counts read every pending message (the oldest one's age
  * needs them all), which takes a while on a large backlog: the next refresh
- * then waits REFRESH_BUSY_FACTOR times as long as the last one took, if
+ * then waits REFRESH_BUSY_FACTOR times as long as the last counts took, if
  * that is longer than the interval, so the counts keep the store (and this
  * thread) busy at most 1/51 of the time: the 2% a monitored relay may
  * cost, whatever the backlog.  The refresh thread also keeps the console's
@@ -40,7 +40,7 @@
 
 #define COMPONENT "monitor"
 
-/* After a store refresh that took d, the next waits at least this times d. */
+/* After store counts that took d, the next refresh waits at least this times d. */
 #define REFRESH_BUSY_FACTOR 50
 
 /* Request bodies larger than this are refused (the API takes none). */

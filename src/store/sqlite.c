@@ -1699,7 +1699,7 @@ static int sqlite_status(void *state, outbox_status *out, outbox_error *err)
     sqlite_store *st = state;
     sqlite3_stmt *s = NULL;
     stored_version version;
-    int64_t now = outbox__now_us(), not_due;
+    int64_t now = outbox__now_us(), rows, not_due;
     const char *what = "reading the outbox status";
     int rc, code;
 
@@ -1720,7 +1720,7 @@ static int sqlite_status(void *state, outbox_status *out, outbox_error *err)
      * for a later available_at (an enqueue leaves it 0, a retry command
      * resets it with attempts): those and the retrying count come from
      * outbox_blocking, which holds only retried and failed rows. */
-    code = query_int64(st->db, "SELECT count(*) FROM outbox", what, &out->pending, err);
+    code = query_int64(st->db, "SELECT count(*) FROM outbox", what, &rows, err);
     if (code != OUTBOX_OK) goto out;
     rc = sqlite3_prepare_v2(st->db,
                             "SELECT count(*), coalesce(sum(available_at > ?1), 0) FROM outbox"
@@ -1767,7 +1767,7 @@ static int sqlite_status(void *state, outbox_status *out, outbox_error *err)
         code = query_int64(st->db, "SELECT count(*) FROM outbox WHERE status = 'failed'", what,
                            &out->failed, err);
     if (code == OUTBOX_OK) {
-        out->pending -= out->sent + out->failed; /* status is one of the three */
+        out->pending = rows - out->sent - out->failed; /* status is one of the three */
         out->pending_due = out->pending - not_due;
         code = query_int64(st->db, stmt_sql[S_NEXT_DUE], what, &out->next_due_us, err);
     }
