@@ -13,9 +13,13 @@
  * is stopped and 200 once it is back; /healthz; OpenMetrics negotiation;
  * a non-loopback --listen refused without --listen-public; the admin
  * token file's permission check; and `promtool check metrics` on a real
- * scrape (when promtool is installed).
+ * scrape (when promtool is installed).  And the exposition's number
+ * writer on its own: integral values byte for byte as "%.1f", others to
+ * the microsecond.
  */
 #include "test.h"
+
+#include "monitor/monitor.h"
 
 #include "support/proc.h"
 #include "support/tmp.h"
@@ -228,10 +232,13 @@ static void wait_status(unsigned port, const char *path, long want_status, int64
     }
 }
 
-/* Waits for a store refresh that started after now (refresh every 100 ms). */
+/* Waits for a store refresh that started after now (refresh every 100 ms,
+ * or 50 times the last count's duration when longer: a count slowed to
+ * 0.3 s by a loaded machine and AddressSanitizer holds the next one back
+ * 15 s). */
 static void wait_refresh(unsigned port)
 {
-    int64_t end = ch_now_ms() + 10000;
+    int64_t end = ch_now_ms() + 40000;
     struct timespec ts;
     double since;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -627,9 +634,75 @@ TEST(listen_address_checks)
     }
 }
 
+/* The value written for v. */
+static const char *written(outbox_buf *b, double v)
+{
+    outbox__buf_reset(b);
+    outbox__monitor_write_double(b, v);
+    ASSERT(!b->oom);
+    return b->data;
+}
+
+TEST(number_format)
+{
+    static const double integral[] = {
+        0.0,    1.0,        2.0,         10.0,         512.0,
+        2000.0, 14221312.0, 187469824.0, 4294967296.0, 999999999999999.0,
+        -3.0,   -0.0};
+    static const struct {
+        double v;
+        const char *text;
+    } fixed[] = {
+        {0.005, "0.005"},
+        {0.25, "0.25"},
+        {2.5, "2.5"},
+        {0.000447, "0.000447"},
+        {0.00202, "0.00202"},
+        {152.90768, "152.90768"},
+        {299691.384, "299691.384"},
+        {1796576617.555373, "1796576617.555373"},
+        {0.0000005, "0.000001"}, /* rounded to the microsecond */
+        {1.9999999, "2.0"},
+        {-0.5, "-0.5"},
+        {1e-9, "1e-09"},                   /* below a microsecond: "%.9g" */
+        {12345678901.5, "1.23456789e+10"}, /* past FIXED_LIMIT: "%.9g" */
+        {1e300, "1e+300"},
+        {INFINITY, "+Inf"},
+        {-INFINITY, "-Inf"},
+        {NAN, "NaN"},
+    };
+    outbox_buf b;
+    char expect[64];
+    size_t i;
+    unsigned seed = 12345;
+
+    outbox__buf_init(&b);
+    for (i = 0; i < sizeof integral / sizeof integral[0]; i++) {
+        snprintf(expect, sizeof expect, "%.1f", integral[i]);
+        ASSERT_STREQ(written(&b, integral[i]), expect);
+    }
+    for (i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        ASSERT_STREQ(written(&b, fixed[i].v), fixed[i].text);
+    /* Microsecond times up to FIXED_LIMIT come back whole. */
+    for (i = 0; i < 100000; i++) {
+        uint64_t us;
+        double v;
+        seed = seed * 1103515245u + 12345u;
+        us = ((uint64_t)seed << 20 ^ (uint64_t)(seed >> 7)) % 4294967296000000ULL;
+        v = (double)us / 1e6;
+        snprintf(expect, sizeof expect, "%.6f", v);
+        while (strchr(expect, '.') && expect[strlen(expect) - 1] == '0' &&
+               expect[strlen(expect) - 2] != '.')
+            expect[strlen(expect) - 1] = '\0';
+        ASSERT_STREQ(written(&b, v), expect);
+    }
+    outbox__buf_free(&b);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    RUN(number_format);
     RUN(listen_address_checks);
     RUN(monitor_end_to_end);
     curl_global_cleanup();

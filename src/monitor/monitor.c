@@ -10,11 +10,14 @@
  * the monitor's own, queried by the refresh thread at most once per
  * refresh interval and cached; a request reads the cache and never
  * triggers that query, so a slow store slows neither the relay nor a
- * scrape.  The counts scan the pending messages, which takes a while on a
- * large backlog: the next refresh then waits REFRESH_BUSY_FACTOR times as
- * long as the last one took, if that is longer than the interval, so the
- * monitor keeps the store busy a twentieth of the time at most.  The refresh thread also keeps the
- * console's history: a ring of MONITOR_HISTORY_POINTS points, one every MONITOR_HISTORY_INTERVAL_S.
+ * scrape.  The counts read every pending message (the oldest one's age
+ * needs them all), which takes a while on a large backlog: the next refresh
+ * then waits REFRESH_BUSY_FACTOR times as long as the last counts took, if
+ * that is longer than the interval, so the counts keep the store (and this
+ * thread) busy at most 1/51 of the time: the 2% a monitored relay may
+ * cost, whatever the backlog.  The refresh thread also keeps the console's
+ * history: a ring of MONITOR_HISTORY_POINTS points, one every
+ * MONITOR_HISTORY_INTERVAL_S.
  *
  * Safety: a non-loopback address is refused unless allow_public is set,
  * and on a loopback address a request must name the host as an IP address
@@ -37,8 +40,8 @@
 
 #define COMPONENT "monitor"
 
-/* After a store refresh that took d, the next waits at least this times d. */
-#define REFRESH_BUSY_FACTOR 20
+/* After store counts that took d, the next refresh waits at least this times d. */
+#define REFRESH_BUSY_FACTOR 50
 
 /* Request bodies larger than this are refused (the API takes none). */
 #define MONITOR_MAX_BODY 1024
@@ -126,9 +129,11 @@ double outbox__monitor_quantile(const double *le, const uint64_t *counts, double
  * ---------------------------------------------------------------------- */
 
 /* Queries every relay's store (outside the lock), then publishes the
- * results under it. */
-static void refresh_views(outbox_monitor *m)
+ * results under it.  Returns the time the counts took (microseconds),
+ * opening a store left out: that happens once, the counts every time. */
+static int64_t refresh_views(outbox_monitor *m)
 {
+    int64_t counting = 0;
     size_t i;
     for (i = 0; i < m->n; i++) {
         monitor_view v;
@@ -139,8 +144,11 @@ static void refresh_views(outbox_monitor *m)
         if (m->refresh_stores[i] == NULL)
             rc =
                 outbox_store_open(outbox__relay_store_url(m->relays[i]), &m->refresh_stores[i], &e);
-        if (rc == OUTBOX_OK)
+        if (rc == OUTBOX_OK) {
+            int64_t start = outbox__monotonic_us();
             rc = outbox_store_status(m->refresh_stores[i], &v.status, sizeof v.status, &e);
+            counting += outbox__monotonic_us() - start;
+        }
         v.queried = 1;
         v.ok = rc == OUTBOX_OK;
         v.refreshed_us = outbox__now_us();
@@ -160,6 +168,7 @@ static void refresh_views(outbox_monitor *m)
         }
         pthread_mutex_unlock(&m->lock);
     }
+    return counting;
 }
 
 /* One history point: the first relay's store counts, every relay's
@@ -235,13 +244,13 @@ static void *refresh_main(void *arg)
         struct timespec ts;
 
         if (now >= next_refresh) {
-            int64_t took, wait;
+            int64_t took, counting, wait;
             pthread_mutex_unlock(&m->lock);
-            refresh_views(m);
+            counting = refresh_views(m);
             pthread_mutex_lock(&m->lock);
             took = outbox__monotonic_us() - now;
             wait = (int64_t)m->refresh_ms * 1000;
-            if (took * REFRESH_BUSY_FACTOR > wait) wait = took * REFRESH_BUSY_FACTOR;
+            if (counting * REFRESH_BUSY_FACTOR > wait) wait = counting * REFRESH_BUSY_FACTOR;
             next_refresh = now + took + wait;
             continue;
         }
@@ -419,7 +428,13 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, monitor_reply *reply
         len = reply->body.data != NULL ? reply->body.len : 0;
     }
     resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    outbox__buf_free(&reply->body);
+    if (reply->keep_body != NULL) {
+        outbox__buf_reset(&reply->body);
+        *reply->keep_body = reply->body;
+        outbox__buf_init(&reply->body);
+    } else {
+        outbox__buf_free(&reply->body);
+    }
     if (resp == NULL) return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", reply->content_type);
     MHD_add_response_header(resp, "Cache-Control", "no-store");
@@ -680,6 +695,7 @@ void outbox_monitor_free(outbox_monitor *monitor)
             *p++ = '\0';
         outbox__free(m->admin_token);
     }
+    outbox__monitor_metrics_free(m);
     outbox__free(m->relays);
     outbox__free(m->views);
     outbox__free(m->rates);

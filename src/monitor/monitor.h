@@ -52,6 +52,8 @@ typedef struct monitor_point {
     double p50, p99;
 } monitor_point;
 
+typedef struct monitor_expo monitor_expo;
+
 struct outbox_monitor {
     outbox_relay **relays; /* borrowed */
     size_t n;
@@ -79,6 +81,8 @@ struct outbox_monitor {
 
     /* The HTTP thread's own. */
     outbox_store **api_stores; /* per relay, NULL until opened */
+    monitor_expo *expo;        /* metrics.c: the text kept between scrapes */
+    outbox_buf metrics_body;   /* the last scrape's memory, written again by the next */
 };
 
 /* The console page (generated at build time from src/monitor/console.html
@@ -91,8 +95,9 @@ typedef struct monitor_reply {
     unsigned status;
     outbox_buf body;
     const char *content_type;
-    int bearer_challenge; /* add WWW-Authenticate: Bearer */
-    const char *allow;    /* for 405: the Allow header */
+    int bearer_challenge;  /* add WWW-Authenticate: Bearer */
+    const char *allow;     /* for 405: the Allow header */
+    outbox_buf *keep_body; /* non-NULL: body's memory goes back here once sent */
 } monitor_reply;
 
 /* What a request shows, copied at once: every relay's metrics, and the
@@ -116,6 +121,11 @@ void outbox__monitor_api_store_reset(outbox_monitor *m, size_t i);
 
 /* GET /metrics: text exposition (openmetrics != 0: OpenMetrics 1.0). */
 void outbox__monitor_metrics(outbox_monitor *m, int openmetrics, monitor_reply *reply);
+/* Appends a sample value: integral values as "%.1f" writes them, others
+ * with six decimals (trailing zeros dropped), NaN, +Inf, -Inf. */
+void outbox__monitor_write_double(outbox_buf *b, double v);
+/* Frees what outbox__monitor_metrics keeps between scrapes. */
+void outbox__monitor_metrics_free(outbox_monitor *m);
 
 /* The JSON endpoints (api.c).  limit_text: the query's limit, or NULL. */
 void outbox__monitor_healthz(outbox_monitor *m, monitor_reply *reply);
