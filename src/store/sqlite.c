@@ -1384,6 +1384,22 @@ static int compare_seqs(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Appends the stretch lo..hi to st->between (*k of them so far); -1 when
+ * out of memory. */
+static int add_stretch(sqlite_store *st, size_t *k, int64_t lo, int64_t hi)
+{
+    if (*k == st->between_cap) {
+        size_t cap = st->between_cap ? st->between_cap * 2 : 8;
+        seq_range *r = outbox__realloc(st->between, cap * sizeof *r);
+        if (!r) return -1;
+        st->between = r;
+        st->between_cap = cap;
+    }
+    st->between[*k].lo = lo;
+    st->between[(*k)++].hi = hi;
+    return 0;
+}
+
 /* Fills st->between with the stretches of seqs that are not in exclude
  * (the seqs in flight), lowest first; *count: how many.  The pipelined
  * claim reads these stretches, one index seek each, instead of passing a
@@ -1411,25 +1427,13 @@ static int seqs_between(sqlite_store *st, const int64_t *exclude, size_t n, size
         qsort(st->sorted, n, sizeof *st->sorted, compare_seqs);
         seqs = st->sorted;
     }
-    if (n + 1 > st->between_cap) {
-        seq_range *r = outbox__realloc(st->between, (n + 1) * sizeof *r);
-        if (!r) return -1;
-        st->between = r;
-        st->between_cap = n + 1;
-    }
     for (i = 0; i < n; i++) {
         if (seqs[i] < next) continue; /* the same seq twice */
-        if (seqs[i] > next) {
-            st->between[k].lo = next;
-            st->between[k++].hi = seqs[i] - 1;
-        }
+        if (seqs[i] > next && add_stretch(st, &k, next, seqs[i] - 1) != 0) return -1;
         if (seqs[i] == INT64_MAX) break; /* nothing above it */
         next = seqs[i] + 1;
     }
-    if (n == 0 || seqs[n - 1] < INT64_MAX) {
-        st->between[k].lo = next;
-        st->between[k++].hi = INT64_MAX;
-    }
+    if ((n == 0 || seqs[n - 1] < INT64_MAX) && add_stretch(st, &k, next, INT64_MAX) != 0) return -1;
     *count = k;
     return 0;
 }
