@@ -19,6 +19,15 @@
  *                that was not acked); a second relay drains the rest.
  *   serial       with OUTBOX_RELAY_PIPELINE=0 the relay runs its serial
  *                loop: the same drain, no pipelined batch in the log.
+ *   deep_claim   the SQLite store's pipelined claim with 64 batches in
+ *                flight (a publish window's depth), over rows that retries
+ *                and a Failed row leave gaps between: every claim returns
+ *                exactly the rows of the plain read without the seqs in
+ *                flight (checked against that read in SQL), none of them in
+ *                flight, and no message ahead of an earlier pending message
+ *                of its aggregate that is neither in flight nor before it in
+ *                the claim; also once a retry below the window falls due
+ *                (the seqs in flight then come unsorted).
  *   lost_acks_pg lost_acks from the PostgreSQL store (pipelined claims rely
  *                on the partition advisory locks, see src/store/pg_lease.c), on a
  *                server started by tests/support/pg.h; left out with a
@@ -37,6 +46,7 @@ int main(void)
 
 #include "support/chaos.h"
 #include "support/nats.h"
+#include "support/store.h"
 #ifdef OUTBOX_HAVE_LIBPQ
 #include "support/pg.h"
 #include "relay_thread.h"
@@ -451,6 +461,130 @@ TEST(serial)
     table_free(&t);
 }
 
+/* The pipelined claim as it read before the stretches between the seqs
+ * in flight (NOT IN a JSON array of them): the reference for deep_claim. */
+#define REFERENCE_CLAIM                                                                            \
+    "SELECT seq FROM outbox o WHERE o.status = 'pending' AND o.available_at <= ?1"                 \
+    " AND o.seq NOT IN (SELECT value FROM json_each(?3))"                                          \
+    " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.aggregate_id = o.aggregate_id"                \
+    "  AND p.seq < o.seq AND (p.status = 'failed' OR p.attempts > 0)"                              \
+    "  AND ((p.status = 'pending' AND p.available_at > ?1) OR p.status = 'failed'))"               \
+    " ORDER BY o.seq LIMIT ?2"
+
+/* Is seq among the first n of seqs? */
+static int has_seq(const int64_t *seqs, size_t n, int64_t seq)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (seqs[i] == seq) return 1;
+    return 0;
+}
+
+/* One pipelined claim of up to batch with the seqs in flight[0..*nflight),
+ * checked (see deep_claim); its seqs join the ones in flight.  Returns how
+ * many it claimed. */
+static size_t deep_claim_step(outbox_store *s, sqlite3 *db, int64_t now, size_t batch,
+                              int64_t *flight, size_t *nflight)
+{
+    outbox_claim_params p = {.batch_size = batch, .now_us = now, .failed_blocks_aggregate = 1};
+    outbox_error err;
+    outbox_msg **msgs = NULL;
+    sqlite3_stmt *ref = NULL, *earlier = NULL;
+    outbox_buf json;
+    size_t n = 0, i;
+
+    memset(&err, 0, sizeof err);
+    ASSERT_OK(s->ops->claim_pipelined(s->state, &p, flight, *nflight, &msgs, &n, &err), &err);
+    outbox__buf_init(&json);
+    outbox__buf_puts(&json, "[");
+    for (i = 0; i < *nflight; i++)
+        outbox__buf_printf(&json, i ? ",%lld" : "%lld", (long long)flight[i]);
+    outbox__buf_puts(&json, "]");
+    ASSERT(!json.oom);
+    ASSERT_EQ(sqlite3_prepare_v2(db, REFERENCE_CLAIM, -1, &ref, NULL), SQLITE_OK);
+    sqlite3_bind_int64(ref, 1, now);
+    sqlite3_bind_int64(ref, 2, (int64_t)batch);
+    sqlite3_bind_text(ref, 3, json.data, (int)json.len, SQLITE_STATIC);
+    ASSERT_EQ(sqlite3_prepare_v2(db,
+                                 "SELECT seq FROM outbox WHERE status = 'pending'"
+                                 " AND aggregate_id = ?1 AND seq < ?2",
+                                 -1, &earlier, NULL),
+              SQLITE_OK);
+    for (i = 0; i < n; i++) {
+        ASSERT_EQ(sqlite3_step(ref), SQLITE_ROW);
+        ASSERT_EQ(msgs[i]->seq, sqlite3_column_int64(ref, 0));
+        ASSERT(!has_seq(flight, *nflight, msgs[i]->seq));
+        if (i > 0) ASSERT(msgs[i]->seq > msgs[i - 1]->seq);
+        /* Guarantee 4: what comes before it in its aggregate is out
+         * already, or goes out ahead of it in this batch. */
+        sqlite3_bind_text(earlier, 1, msgs[i]->aggregate_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(earlier, 2, msgs[i]->seq);
+        while (sqlite3_step(earlier) == SQLITE_ROW) {
+            int64_t e = sqlite3_column_int64(earlier, 0);
+            size_t j;
+            int ahead = has_seq(flight, *nflight, e);
+            for (j = 0; j < i && !ahead; j++)
+                ahead = msgs[j]->seq == e;
+            ASSERT(ahead);
+        }
+        sqlite3_reset(earlier);
+    }
+    ASSERT_EQ(sqlite3_step(ref), SQLITE_DONE); /* nothing more than it returned */
+    sqlite3_finalize(ref);
+    sqlite3_finalize(earlier);
+    outbox__buf_free(&json);
+    for (i = 0; i < n; i++)
+        flight[(*nflight)++] = msgs[i]->seq;
+    sh_free_msgs(msgs, n);
+    return n;
+}
+
+TEST(deep_claim)
+{
+    enum { BATCH = 16, DEPTH = OUTBOX_PIPELINE_MAX_DEPTH, TOTAL = 3000, AGGREGATES = 20 };
+    char db_path[CH_PATH], url[700];
+    int64_t *flight = calloc(TOTAL, sizeof *flight), now = outbox__now_us();
+    size_t nflight = 0, got = 0;
+    outbox_store s;
+    sqlite3 *db;
+    int k;
+
+    ASSERT(flight != NULL);
+    ch_new_store(db_path, "deep_claim.db");
+    fill(db_path, TOTAL, AGGREGATES);
+    db = ch_db_open(db_path);
+    /* Gaps: agg-3 waits behind a retry, agg-7 behind a Failed row, and
+     * agg-11 behind a retry that falls due mid-way. */
+    ch_db_exec(db, "UPDATE outbox SET attempts = 1, available_at = 9000000000000000"
+                   " WHERE seq = (SELECT min(seq) FROM outbox WHERE aggregate_id = 'agg-3')"
+                   " OR seq = (SELECT min(seq) + 5 * 20 FROM outbox"
+                   "  WHERE aggregate_id = 'agg-11')");
+    ch_db_exec(db, "UPDATE outbox SET attempts = 1, status = 'failed'"
+                   " WHERE seq = (SELECT min(seq) + 5 * 20 FROM outbox"
+                   "  WHERE aggregate_id = 'agg-7')");
+    snprintf(url, sizeof url, "sqlite:%s", db_path);
+    sh_store_open(&s, url);
+    for (k = 0; k < DEPTH; k++) {
+        if (k == DEPTH / 2) /* the retry below the window falls due */
+            ch_db_exec(db, "UPDATE outbox SET available_at = 0 WHERE aggregate_id = 'agg-11'"
+                           " AND attempts = 1");
+        got += deep_claim_step(&s, db, now, BATCH, flight, &nflight);
+    }
+    ASSERT_EQ(got, (size_t)DEPTH * BATCH); /* the window is full: 64 batches in flight */
+    ASSERT(has_seq(flight, nflight,
+                   ch_db_count(db, "SELECT seq FROM outbox WHERE aggregate_id = 'agg-11'"
+                                   " AND attempts = 1")));
+    ASSERT(!has_seq(flight, nflight,
+                    ch_db_count(db, "SELECT min(seq) + 20 FROM outbox"
+                                    " WHERE aggregate_id = 'agg-3'")));
+    /* With nothing in flight, the same as the plain read. */
+    nflight = 0;
+    ASSERT_EQ(deep_claim_step(&s, db, now, BATCH, flight, &nflight), (size_t)BATCH);
+    outbox__store_close(&s);
+    sqlite3_close(db);
+    free(flight);
+}
+
 #ifdef OUTBOX_HAVE_LIBPQ
 static pgh_server pg;
 
@@ -681,6 +815,7 @@ int main(void)
     outbox_log_set(count_log, NULL, OUTBOX_LOG_DEBUG);
     memset(&server, 0, sizeof server);
     nh_server_start(&server);
+    RUN(deep_claim);
     RUN(lost_acks);
     RUN(stop);
     RUN(serial);

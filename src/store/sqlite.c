@@ -37,7 +37,8 @@
  * transaction that also renews the lease, with all sent messages of a batch
  * deleted (or marked) by one statement.  A pipelined claim (the relay
  * claims the next batch while the previous one is still being published)
- * is the same read without the seqs still in flight.
+ * is the same read without the seqs still in flight, read as the stretches
+ * of seqs between the ranges in flight.
  *
  * The lease is held by a store handle (a random instance token), not by a
  * relay name: a live holder is never shared, whatever the names.
@@ -722,12 +723,14 @@ static const char *const stmt_sql[S_COUNT] = {
                 "  AND ((p.status = 'pending' AND p.available_at > ?1)"
                 "       OR (p.status = 'failed' AND ?2)))"
                 " ORDER BY o.seq LIMIT ?3",
-    /* The same, without the messages in flight (?4: JSON array of seqs). */
+    /* The same within the seqs ?4 to ?5: the pipelined claim reads each
+     * stretch between the ranges in flight (see claim_between), one seek
+     * of outbox_pending each. */
     [S_CLAIM_PIPELINED] =
         "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
         " attempts FROM outbox o"
         " WHERE o.status = 'pending' AND o.available_at <= ?1"
-        " AND o.seq NOT IN (SELECT value FROM json_each(?4))"
+        " AND o.seq BETWEEN ?4 AND ?5"
         " AND NOT EXISTS (SELECT 1 FROM outbox p"
         "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
         "  AND (p.status = 'failed' OR p.attempts > 0)"
@@ -751,6 +754,11 @@ static const char *const stmt_sql[S_COUNT] = {
                    " WHERE (status = 'failed' OR attempts > 0) AND +status = 'pending'",
 };
 
+/* Seqs lo to hi, both included. */
+typedef struct seq_range {
+    int64_t lo, hi;
+} seq_range;
+
 typedef struct sqlite_store {
     sqlite3 *db; /* NULL while the database file does not exist */
     char *path;
@@ -759,7 +767,11 @@ typedef struct sqlite_store {
     sqlite3_stmt *stmts[S_COUNT];
     int64_t data_version; /* -1 before the first `changed` */
     outbox_buf sent;      /* complete: JSON array of the sent seqs */
-    outbox_buf exclude;   /* pipelined claim: JSON array of the seqs in flight */
+    /* pipelined claim: the seqs not in flight, as [lo, hi] stretches */
+    seq_range *between;
+    size_t between_cap;
+    int64_t *sorted; /* the seqs in flight, sorted (when they come unsorted) */
+    size_t sorted_cap;
 } sqlite_store;
 
 /* Returns the cached statement idx, preparing it on first use. */
@@ -872,7 +884,8 @@ static void sqlite_close(void *state)
     for (i = 0; i < S_COUNT; i++)
         sqlite3_finalize(st->stmts[i]);
     outbox__buf_free(&st->sent);
-    outbox__buf_free(&st->exclude);
+    outbox__free(st->between);
+    outbox__free(st->sorted);
     if (st->db && sqlite3_close(st->db) != SQLITE_OK)
         outbox__log(OUTBOX_LOG_WARN, "store.sqlite", "closing %s: %s", st->path,
                     sqlite3_errmsg(st->db));
@@ -926,7 +939,6 @@ static int sqlite_open(void **state, const char *url, outbox_error *err)
     st->data_version = -1;
     new_instance(st->instance);
     outbox__buf_init(&st->sent);
-    outbox__buf_init(&st->exclude);
     st->path = outbox__strdup(path);
     if (!st->path) {
         code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
@@ -1366,9 +1378,72 @@ static void free_bad(bad_row *bad, size_t n)
     outbox__free(bad);
 }
 
+static int compare_seqs(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Appends the stretch lo..hi to st->between (*k of them so far); -1 when
+ * out of memory. */
+static int add_stretch(sqlite_store *st, size_t *k, int64_t lo, int64_t hi)
+{
+    if (*k == st->between_cap) {
+        size_t cap = st->between_cap ? st->between_cap * 2 : 8;
+        seq_range *r = outbox__realloc(st->between, cap * sizeof *r);
+        if (!r) return -1;
+        st->between = r;
+        st->between_cap = cap;
+    }
+    st->between[*k].lo = lo;
+    st->between[(*k)++].hi = hi;
+    return 0;
+}
+
+/* Fills st->between with the stretches of seqs that are not in exclude
+ * (the seqs in flight), lowest first; *count: how many.  The pipelined
+ * claim reads these stretches, one index seek each, instead of passing a
+ * list that grows with the window and stepping over every row in flight
+ * (they are still pending).  The seqs in flight are few ranges (a batch is
+ * claimed in seq order and a drain's batches follow one another), so a
+ * drain has two stretches: below the window, where retries fall due, and
+ * above it.  Returns -1 when out of memory. */
+static int seqs_between(sqlite_store *st, const int64_t *exclude, size_t n, size_t *count)
+{
+    const int64_t *seqs = exclude;
+    int64_t next = INT64_MIN; /* the lowest seq not yet placed in a stretch or in flight */
+    size_t i, k = 0;
+
+    for (i = 1; i < n && exclude[i - 1] <= exclude[i]; i++)
+        ;
+    if (i < n) { /* a batch claimed below an earlier one (a retry fell due) */
+        if (n > st->sorted_cap) {
+            int64_t *a = outbox__realloc(st->sorted, n * sizeof *a);
+            if (!a) return -1;
+            st->sorted = a;
+            st->sorted_cap = n;
+        }
+        memcpy(st->sorted, exclude, n * sizeof *exclude);
+        qsort(st->sorted, n, sizeof *st->sorted, compare_seqs);
+        seqs = st->sorted;
+    }
+    for (i = 0; i < n; i++) {
+        if (seqs[i] < next) continue; /* the same seq twice */
+        if (seqs[i] > next && add_stretch(st, &k, next, seqs[i] - 1) != 0) return -1;
+        if (seqs[i] == INT64_MAX) break; /* nothing above it */
+        next = seqs[i] + 1;
+    }
+    if ((n == 0 || seqs[n - 1] < INT64_MAX) && add_stretch(st, &k, next, INT64_MAX) != 0) return -1;
+    *count = k;
+    return 0;
+}
+
 /* The plain claim, or (pipelined) the same read without the seqs in
- * exclude.  Rows that do not decode are quarantined, not returned as an
- * error; when that leaves nothing to return, the claim reads again. */
+ * exclude: the stretches between them (seqs_between), lowest first, each
+ * for what the batch still lacks, which returns the same rows as the plain
+ * read with the seqs in flight taken out.  Rows that do not decode are
+ * quarantined, not returned as an error; when that leaves nothing to
+ * return, the claim reads again. */
 static int claim(void *state, const outbox_claim_params *p, int pipelined, const int64_t *exclude,
                  size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err)
 {
@@ -1376,8 +1451,8 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
     sqlite3_stmt *s;
     outbox_msg **arr = NULL;
     bad_row *bad = NULL;
-    size_t count = 0, cap = 0, nbad = 0;
-    int round, code;
+    size_t count = 0, cap = 0, nbad = 0, stretches = 1, k;
+    int round, code = OUTBOX_OK;
 
     *msgs = NULL;
     *n = 0;
@@ -1385,28 +1460,26 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
         return outbox__error(err, OUTBOX_EINVAL, "claim: batch_size must be at least 1");
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
-    if (pipelined) {
-        /* The relay is alone (lease): claiming is a plain read, so only
-         * the messages still in flight need excluding. */
-        size_t i;
-        outbox__buf_reset(&st->exclude);
-        outbox__buf_append(&st->exclude, "[", 1);
-        for (i = 0; i < exclude_count; i++)
-            outbox__buf_printf(&st->exclude, i ? ",%lld" : "%lld", (long long)exclude[i]);
-        outbox__buf_append(&st->exclude, "]", 1);
-        if (st->exclude.oom)
-            return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming messages");
-    }
+    /* The relay is alone (lease): claiming is a plain read, so only the
+     * messages still in flight need leaving out. */
+    if (pipelined && seqs_between(st, exclude, exclude_count, &stretches) != 0)
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming messages");
     s = stmt(st, pipelined ? S_CLAIM_PIPELINED : S_CLAIM, &code, err);
     if (!s) return code;
     for (round = 0; round < CLAIM_ROUNDS; round++) {
-        sqlite3_bind_int64(s, 1, p->now_us);
-        sqlite3_bind_int(s, 2, p->failed_blocks_aggregate ? 1 : 0);
-        sqlite3_bind_int64(s, 3, p->batch_size > INT64_MAX ? INT64_MAX : (int64_t)p->batch_size);
-        if (pipelined)
-            sqlite3_bind_text(s, 4, st->exclude.data, (int)st->exclude.len, SQLITE_STATIC);
-        code = claim_read(st, s, p->batch_size, &arr, &count, &cap, &bad, &nbad, err);
-        sqlite3_clear_bindings(s);
+        for (k = 0; k < stretches && count + nbad < p->batch_size; k++) {
+            size_t want = p->batch_size - count - nbad;
+            sqlite3_bind_int64(s, 1, p->now_us);
+            sqlite3_bind_int(s, 2, p->failed_blocks_aggregate ? 1 : 0);
+            sqlite3_bind_int64(s, 3, want > INT64_MAX ? INT64_MAX : (int64_t)want);
+            if (pipelined) {
+                sqlite3_bind_int64(s, 4, st->between[k].lo);
+                sqlite3_bind_int64(s, 5, st->between[k].hi);
+            }
+            code = claim_read(st, s, p->batch_size, &arr, &count, &cap, &bad, &nbad, err);
+            sqlite3_clear_bindings(s);
+            if (code != OUTBOX_OK) break;
+        }
         if (code != OUTBOX_OK || nbad == 0) break;
         code = quarantine(st, bad, nbad, err);
         if (code != OUTBOX_OK) break;

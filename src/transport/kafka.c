@@ -552,9 +552,14 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     b->nfailed = 0;
     b->outstanding = 0;
     st->count++;
-    for (i = 0; i < n; i++)
-        set_result(&results[i], OUTBOX_EPUBLISH, "no delivery report from Kafka within %lld ms",
-                   (long long)st->ack_timeout_ms);
+    /* Every result is set by its report, its failed produce call, or
+     * publish_end (a reset, or no report by then): no message is written
+     * here, as it would be for each message of every batch. */
+    for (i = 0; i < n; i++) {
+        results[i].code = OUTBOX_EPUBLISH;
+        results[i].retry_after_ms = 0;
+        results[i].error[0] = '\0';
+    }
 
     b->deadline = outbox__monotonic_us() + st->ack_timeout_ms * 1000;
     for (i = 0; i < n; i++) {
@@ -672,6 +677,7 @@ static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
 {
     kafka_state *st = state;
     kafka_batch *b;
+    size_t i;
 
     if (st->count == 0) return OUTBOX_EINVAL;
     b = batch_at(st, 0);
@@ -698,6 +704,10 @@ static int kafka_publish_end(void *state, outbox_msg *const *msgs, size_t n,
                  (long long)st->ack_timeout_ms);
         reset_producer(st, "a batch's ack timeout", error);
     }
+    for (i = 0; i < n; i++) /* none, unless a report went missing without a reset */
+        if (!b->done[i])
+            set_result(&results[i], OUTBOX_EPUBLISH, "no delivery report from Kafka within %lld ms",
+                       (long long)st->ack_timeout_ms);
     b->results = NULL; /* its late reports are ignored */
     b->msgs = NULL;
     b->n = 0;
