@@ -27,6 +27,27 @@ static const char meta_sql[] =
     "CREATE SCHEMA IF NOT EXISTS {s};"
     "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL);";
 
+/* The WAL encoding (version 1, docs/WAL.md) of a message whose fields are
+ * the text expressions i (id), ty (type), agt (aggregate_type), agi
+ * (aggregate_id), us (occurred_at in unix microseconds), hd (headers) and
+ * pl (payload): "v1" and seven netstrings.  {s}.emit and outbox_emit_pg's
+ * statement (outbox__pg_emit_tmpl) are both built from it, so that they
+ * write the same bytes. */
+#define WAL_NETSTRING(x) "octet_length(" x ") || ':' || " x " || ','"
+#define WAL_CONTENT                                                                                \
+    "'v1' || " WAL_NETSTRING("i") " || " WAL_NETSTRING("ty") " || " WAL_NETSTRING(                 \
+        "agt") " || " WAL_NETSTRING("agi") " || " WAL_NETSTRING("us") " || " WAL_NETSTRING("hd") " || " WAL_NETSTRING("pl")
+
+/* outbox_emit_pg's statement: the parameters of the outbox INSERT ($1 id,
+ * $2 occurred_at in unix microseconds, $3 type, $4 aggregate_type, $5
+ * aggregate_id, $6 payload, $7 headers) as {s}.emit passes them: the id
+ * and the JSON as PostgreSQL prints them (OFFSET 0 keeps each converted
+ * once).  The message was validated by the library. */
+const char outbox__pg_emit_tmpl[] =
+    "SELECT pg_logical_emit_message(true, 'outbox:{n}', " WAL_CONTENT ")"
+    " FROM (SELECT $1::uuid::text, $3::text, $4::text, $5::text, $2::bigint::text,"
+    " $7::jsonb::text, $6::jsonb::text OFFSET 0) m(i, ty, agt, agi, us, hd, pl)";
+
 /* migrations[i] takes the schema from version i to i + 1.  Append only. */
 static const char *const migrations[] = {
     /* 1 */
@@ -310,6 +331,113 @@ static const char *const migrations[] = {
     " enqueue.payload, hdr);\n"
     " RETURN new_id;\n"
     "END $fn$;",
+    /* 6: emit (a message written to the WAL instead of the table, see
+     * docs/WAL.md), and enqueue without its own checks: both call
+     * validate_message, one function for the checks and their texts (fn
+     * names the caller in them), in the order enqueue always made them.
+     * The headers are looked at one by one only when there are some (the
+     * loop is a query of its own).  Repeatable, like 4. */
+    "CREATE OR REPLACE FUNCTION {s}.validate_message(fn text, type text, aggregate_id text,"
+    " payload jsonb, headers jsonb, aggregate_type text, id uuid, occurred_at timestamptz)"
+    " RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
+    "DECLARE h record; v text; total bigint; new_id uuid;\n"
+    "BEGIN\n"
+    " IF type IS NULL OR octet_length(type) NOT BETWEEN 1 AND 256"
+    "  OR type ~ '[\\x01-\\x1f\\x7f]' OR type !~ '[^ \\t]' THEN\n"
+    "  RAISE EXCEPTION '%: type must be 1 to 256 bytes of text, not blank, without control"
+    " characters', fn USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF aggregate_id IS NULL OR octet_length(aggregate_id) NOT BETWEEN 1 AND 256"
+    "  OR aggregate_id ~ '[\\x01-\\x1f\\x7f]' OR aggregate_id !~ '[^ \\t]' THEN\n"
+    "  RAISE EXCEPTION '%: aggregate_id must be 1 to 256 bytes of text, not blank, without"
+    " control characters', fn USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF octet_length(aggregate_type) > 256 OR aggregate_type ~ '[\\x01-\\x1f\\x7f]' THEN\n"
+    "  RAISE EXCEPTION '%: aggregate_type must be at most 256 bytes of text without control"
+    " characters', fn USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF NOT (occurred_at >= '1970-01-01 00:00:00+00' AND occurred_at < '10000-01-01 00:00:00+00')"
+    " THEN\n"
+    "  RAISE EXCEPTION '%: occurred_at % is outside the years 1970 to 9999', fn, occurred_at"
+    " USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF payload IS NULL THEN\n"
+    "  RAISE EXCEPTION '%: payload is SQL NULL; pass JSON, e.g. ''{}''::jsonb', fn"
+    " USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " IF headers <> '{}' THEN\n"
+    "  IF jsonb_typeof(headers) <> 'object' THEN\n"
+    "   RAISE EXCEPTION '%: headers must be a JSON object of strings, not %', fn,"
+    " jsonb_typeof(headers) USING ERRCODE = '22023';\n"
+    "  END IF;\n"
+    "  FOR h IN SELECT key, value FROM jsonb_each(headers) LOOP\n"
+    "   IF jsonb_typeof(h.value) <> 'string' THEN\n"
+    "    RAISE EXCEPTION '%: header % must be a string, not %', fn, quote_literal(h.key),"
+    " jsonb_typeof(h.value) USING ERRCODE = '22023';\n"
+    "   END IF;\n"
+    "   v := h.value #>> '{}';\n"
+    "   IF h.key = '' OR h.key ~ '[\\x01-\\x1f\\x7f]' OR v ~ '[\\x01-\\x1f\\x7f]' THEN\n"
+    "    RAISE EXCEPTION '%: header names must be non-empty and header names and values free"
+    " of control characters (header %)', fn, quote_literal(h.key) USING ERRCODE = '22023';\n"
+    "   END IF;\n"
+    "   IF lower(h.key) = 'traceparent' AND (v !~"
+    " '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-|$)' OR v ~ '^ff'"
+    " OR v ~ '^00-.{52}.' OR v ~ '^.{3}0{32}-' OR v ~ '^.{36}0{16}-') THEN\n"
+    "    RAISE EXCEPTION '%: header traceparent is not W3C trace-context"
+    " (00-<32 hex>-<16 hex>-<2 hex>, ids not all zero)', fn USING ERRCODE = '22023';\n"
+    "   END IF;\n"
+    "  END LOOP;\n"
+    " END IF;\n"
+    " total := octet_length(payload::text) + octet_length(headers::text) + octet_length(type)"
+    "  + octet_length(aggregate_id) + octet_length(aggregate_type);\n"
+    " IF total > 1048576 THEN\n"
+    "  RAISE EXCEPTION '%: message is % bytes, over the 1048576-byte limit', fn, total"
+    " USING ERRCODE = '54000';\n"
+    " END IF;\n"
+    " new_id := coalesce(id, {s}.uuid_v7());\n"
+    " IF new_id = '00000000-0000-0000-0000-000000000000' THEN\n"
+    "  RAISE EXCEPTION '%: id is the nil UUID, which cannot tell messages apart', fn"
+    " USING ERRCODE = '22023';\n"
+    " END IF;\n"
+    " RETURN new_id;\n"
+    "END $fn$;"
+    "CREATE OR REPLACE FUNCTION {s}.enqueue(type text, aggregate_id text, payload jsonb,"
+    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
+    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
+    "DECLARE hd jsonb := coalesce(enqueue.headers, '{}');\n"
+    " agt text := coalesce(enqueue.aggregate_type, '');\n"
+    " at timestamptz := coalesce(enqueue.occurred_at, now());\n"
+    " new_id uuid := {s}.validate_message('outbox.enqueue', enqueue.type, enqueue.aggregate_id,"
+    "  enqueue.payload, hd, agt, enqueue.id, at);\n"
+    "BEGIN\n"
+    " INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload,"
+    " headers) VALUES (new_id, at, enqueue.type, agt, enqueue.aggregate_id, enqueue.payload,"
+    " hd);\n"
+    " RETURN new_id;\n"
+    "END $fn$;"
+    /* A message emitted while wal_level is below logical cannot be
+     * decoded by any slot: lost, so refused (the setting needs a restart,
+     * which ends the session: one look per call is enough). */
+    "CREATE OR REPLACE FUNCTION {s}.emit(type text, aggregate_id text, payload jsonb,"
+    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
+    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
+    "DECLARE hdr jsonb := coalesce(emit.headers, '{}');\n"
+    " agt text := coalesce(emit.aggregate_type, '');\n"
+    " at timestamptz := coalesce(emit.occurred_at, now());\n"
+    " new_id uuid := {s}.validate_message('outbox.emit', emit.type, emit.aggregate_id,"
+    "  emit.payload, hdr, agt, emit.id, at);\n"
+    " i text := new_id::text; ty text := emit.type; agi text := emit.aggregate_id;\n"
+    " us text := (extract(epoch FROM at) * 1000000)::bigint::text;\n"
+    " hd text := hdr::text; pl text := emit.payload::text; lsn pg_lsn;\n"
+    "BEGIN\n"
+    " IF current_setting('wal_level') <> 'logical' THEN\n"
+    "  RAISE EXCEPTION 'outbox.emit: wal_level is %; set wal_level = logical in"
+    " postgresql.conf and restart PostgreSQL (nothing can capture this message)',"
+    " current_setting('wal_level') USING ERRCODE = '55000';\n"
+    " END IF;\n"
+    " lsn := pg_logical_emit_message(true, 'outbox:{n}', " WAL_CONTENT ");\n"
+    " RETURN new_id;\n"
+    "END $fn$;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -458,6 +586,8 @@ static int unrecorded_schema(PGconn *conn, const char *schema, const char *qsche
         "SELECT CASE"
         " WHEN NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)"
         "  AND attname = 'partition' AND NOT attisdropped) THEN 0"
+        " WHEN EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'emit'"
+        "  AND pronamespace = $3::regnamespace) THEN 6"
         " WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1)"
         "  AND conname = 'outbox_times_valid') THEN 5"
         " WHEN EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass($1)"
