@@ -1113,7 +1113,7 @@ TEST(claim_order_and_outcomes)
     ASSERT_EQ(st.pending, 0);
     ASSERT_EQ(st.failed, 1);
     ASSERT_EQ(st.sent, 1);
-    ASSERT_EQ(st.schema_version, 5);
+    ASSERT_EQ(st.schema_version, 6);
     char failed_id[64];
     snprintf(failed_id, sizeof failed_id, "%s", "");
     {

@@ -788,9 +788,9 @@ TEST(init_without_meta_row)
     pgh_exec(c, "DELETE FROM lost_meta.meta WHERE key IN ('schema_version', 'partitions')");
     ASSERT_EQ(outbox_schema_init_pg(c, "lost_meta", &err), OUTBOX_ESTORE);
     ASSERT_CONTAINS(err.message, "no schema_version");
-    ASSERT_CONTAINS(err.message, "version 5 with 32 partitions");
+    ASSERT_CONTAINS(err.message, "version 6 with 32 partitions");
     ASSERT_CONTAINS(err.message, "INSERT INTO \"lost_meta\".meta");
-    pgh_exec(c, "INSERT INTO \"lost_meta\".meta (key, value) VALUES ('schema_version', '5'),"
+    pgh_exec(c, "INSERT INTO \"lost_meta\".meta (key, value) VALUES ('schema_version', '6'),"
                 " ('partitions', '32') ON CONFLICT (key) DO UPDATE SET value = excluded.value");
     ASSERT_OK(outbox_schema_init_pg(c, "lost_meta", &err), &err);
 

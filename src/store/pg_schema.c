@@ -33,10 +33,11 @@ static const char meta_sql[] =
  * pl (payload): "v1" and seven netstrings.  {s}.emit and outbox_emit_pg's
  * statement (outbox__pg_emit_tmpl) are both built from it, so that they
  * write the same bytes. */
-#define WAL_NETSTRING(x) "octet_length(" x ") || ':' || " x " || ','"
 #define WAL_CONTENT                                                                                \
-    "'v1' || " WAL_NETSTRING("i") " || " WAL_NETSTRING("ty") " || " WAL_NETSTRING(                 \
-        "agt") " || " WAL_NETSTRING("agi") " || " WAL_NETSTRING("us") " || " WAL_NETSTRING("hd") " || " WAL_NETSTRING("pl")
+    "'v1' || octet_length(i) || ':' || i || ',' || octet_length(ty) || ':' || ty || ','"           \
+    " || octet_length(agt) || ':' || agt || ',' || octet_length(agi) || ':' || agi || ','"         \
+    " || octet_length(us) || ':' || us || ',' || octet_length(hd) || ':' || hd || ','"             \
+    " || octet_length(pl) || ':' || pl || ','"
 
 /* outbox_emit_pg's statement: the parameters of the outbox INSERT ($1 id,
  * $2 occurred_at in unix microseconds, $3 type, $4 aggregate_type, $5
