@@ -320,8 +320,8 @@ TEST(c_emit)
     ASSERT_EQ(outbox_emit_pg(c, "nope", m, &err), OUTBOX_ENOSCHEMA);
     ASSERT_EQ(PQtransactionStatus(c), PQTRANS_INTRANS);
 
-    /* Emitted and committed: the fields as given, the JSON as PostgreSQL
-     * prints it. */
+    /* Emitted and committed: the fields as given (the payload too), the
+     * headers as PostgreSQL prints a jsonb object. */
     ASSERT_OK(outbox_emit_pg(c, NULL, m, &err), &err);
     pgh_exec(c, "COMMIT");
     n = take_messages(c, msgs);
@@ -335,9 +335,25 @@ TEST(c_emit)
     ASSERT_STREQ(f[4], us);
     ASSERT_STREQ(f[5], "{\"traceparent\": \"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-"
                        "01\", \"correlation_id\": \"c-9\"}");
-    ASSERT_STREQ(f[6], "{\"a\": \"x\", \"b\": [1, 2]}");
+    ASSERT_STREQ(f[6], "{\"b\":[1,2],  \"a\":\"x\"}");
+    free_messages(msgs, n);
+    outbox_msg_free(m);
 
-    /* The same message through the SQL function: the same bytes. */
+    /* A message whose payload is written as PostgreSQL prints jsonb, with
+     * headers to sort and escape: the same bytes from the SQL function. */
+    m = make_msg("OrderPlaced", "o-2", "{\"a\": \"x\", \"b\": [1, 2]}");
+    ASSERT_OK(outbox_msg_set_header(m, "zz", "last", &err), &err);
+    ASSERT_OK(outbox_msg_set_header(m, "note", "say \"hi\" \\ bye", &err), &err);
+    ASSERT_OK(outbox_msg_set_header(m, "ab", "short", &err), &err);
+    ASSERT_OK(outbox_msg_set_header(m, "aa", "shorter", &err), &err);
+    pgh_exec(c, "BEGIN");
+    ASSERT_OK(outbox_emit_pg(c, NULL, m, &err), &err);
+    pgh_exec(c, "COMMIT");
+    n = take_messages(c, msgs);
+    ASSERT_EQ(n, 1);
+    decode(msgs[0], f);
+    ASSERT_STREQ(f[5], "{\"aa\": \"shorter\", \"ab\": \"short\", \"zz\": \"last\", "
+                       "\"note\": \"say \\\"hi\\\" \\\\ bye\"}");
     snprintf(sql, sizeof sql,
              "SELECT outbox.emit('%s', '%s', '%s', '%s', '%s', '%s',"
              " 'epoch'::timestamptz + %lld * interval '1 microsecond')",

@@ -126,9 +126,6 @@ int outbox__pg_check_schema(pg_store *st, outbox_error *err);
 int outbox__pg_need_schema(pg_store *st, outbox_error *err);
 /* The schema version this build creates and needs. */
 int outbox__pg_schema_version(void);
-/* The statement of outbox_emit_pg (a template: {n}): the message as
- * <schema>.emit writes it to the WAL, from the outbox INSERT's parameters. */
-extern const char outbox__pg_emit_tmpl[];
 
 /* ------------------------------------------------------------------------
  * pg_lease.c: relays, partitions

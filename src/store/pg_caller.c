@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Creates or upgrades the outbox schema (NULL: "outbox") on the caller's
@@ -280,9 +281,8 @@ static int fatal_result(const PGconn *conn, const PGresult *res)
            (severity && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0));
 }
 
-/* Sends msg's statement (the INSERT or the emit: the same parameters) into
- * the pipeline (queued, not yet flushed). */
-static int send_msg(PGconn *conn, const char *stmt_name, const outbox_msg *msg)
+/* Sends msg's INSERT into the pipeline (queued, not yet flushed). */
+static int send_insert(PGconn *conn, const char *stmt_name, const outbox_msg *msg)
 {
     const char *params[7];
     char occurred[32];
@@ -292,13 +292,15 @@ static int send_msg(PGconn *conn, const char *stmt_name, const outbox_msg *msg)
 }
 
 /* How a committing call writes its messages: its name (fn, in errors),
- * what it does to one ("inserting"), and how it prepares its statement
- * `<stmt>.<schema>` on conn (prepare: ensure_prepared's checks first). */
+ * what it does to one ("inserting"), how it prepares its statement
+ * `<stmt>.<schema>` on conn (prepare: ensure_prepared's checks first) and
+ * sends it for one message into the pipeline (send: 0 when it could not). */
 typedef struct commit_kind {
     const char *fn;
     const char *verb;
     const char *stmt;
     int (*prepare)(PGconn *conn, const char *schema, const char *name, outbox_error *err);
+    int (*send)(PGconn *conn, const char *stmt_name, const outbox_msg *msg);
 } commit_kind;
 
 /* Writes msgs[0..n) as the last statements of the caller's open
@@ -348,7 +350,7 @@ static int commit_pipeline(const commit_kind *kind, PGconn *conn, const char *sc
         return outbox__pg_fail(conn, NULL, what, err);
     }
     for (i = 0; i < n; i++) {
-        if (!send_msg(conn, name, msgs[i])) {
+        if (!kind->send(conn, name, msgs[i])) {
             snprintf(what, sizeof what, "%s: sending message %zu of %zu, nothing was committed", fn,
                      i + 1, n);
             code = outbox__pg_fail(conn, NULL, what, err);
@@ -480,7 +482,8 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
                              size_t n, outbox_error *err)
 {
     static const commit_kind enqueue = {"outbox_enqueue_commit_pg", "inserting",
-                                        "outbox_enqueue_commit", prepare_insert_commit};
+                                        "outbox_enqueue_commit", prepare_insert_commit,
+                                        send_insert};
     return commit_pipeline(&enqueue, conn, schema, msgs, n, err);
 }
 
@@ -488,10 +491,91 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
  * Emit to the WAL
  *
  * The message goes into the WAL as a transactional logical decoding
- * message (pg_logical_emit_message), encoded as <schema>.emit encodes it
- * (outbox__pg_emit_tmpl, docs/WAL.md): it commits or rolls back with the
- * caller's transaction and writes no table.
+ * message (pg_logical_emit_message): it commits or rolls back with the
+ * caller's transaction and writes no table.  The content is built here, in
+ * the encoding <schema>.emit writes (docs/WAL.md), and sent as one text
+ * parameter: building it on the server from the seven fields costs that
+ * server about 9 us more per message (the JSON parsed and printed again).
+ * The payload goes as the caller gave it (validated JSON); the headers as
+ * PostgreSQL prints a jsonb object, so that a message whose payload is
+ * written that way has the same bytes from both.
  * ---------------------------------------------------------------------- */
+
+static const char emit_tmpl[] = "SELECT pg_logical_emit_message(true, 'outbox:{n}', $1::text)";
+
+static void put_netstring(outbox_buf *b, const char *s, size_t n)
+{
+    outbox__buf_printf(b, "%zu:", n);
+    outbox__buf_append(b, s, n);
+    outbox__buf_append(b, ",", 1);
+}
+
+typedef struct header_pair {
+    const char *name, *value;
+} header_pair;
+
+/* jsonb's key order: shorter first, then by bytes. */
+static int jsonb_key_order(const void *a, const void *b)
+{
+    const char *x = ((const header_pair *)a)->name, *y = ((const header_pair *)b)->name;
+    size_t nx = strlen(x), ny = strlen(y);
+    if (nx != ny) return nx < ny ? -1 : 1;
+    return memcmp(x, y, nx);
+}
+
+/* s as a JSON string the way jsonb prints it (headers hold no control
+ * characters: only '"' and '\' need escaping). */
+static void put_json_string(outbox_buf *b, const char *s)
+{
+    outbox__buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') outbox__buf_append(b, "\\", 1);
+        outbox__buf_append(b, s, 1);
+    }
+    outbox__buf_append(b, "\"", 1);
+}
+
+/* The WAL content of msg (version 1: "v1" and seven netstrings) into b;
+ * b->oom on allocation failure. */
+static void wal_content(outbox_buf *b, const outbox_msg *msg)
+{
+    outbox_buf h;
+    char us[32];
+    size_t i, n = msg->header_count;
+    header_pair *order = n ? malloc(n * sizeof *order) : NULL;
+
+    outbox__buf_init(&h);
+    outbox__buf_append(&h, "{", 1);
+    if (n && !order) {
+        b->oom = 1;
+    } else {
+        for (i = 0; i < n; i++) {
+            order[i].name = msg->header_names[i];
+            order[i].value = msg->header_values[i];
+        }
+        qsort(order, n, sizeof *order, jsonb_key_order);
+        for (i = 0; i < n; i++) {
+            if (i) outbox__buf_append(&h, ", ", 2);
+            put_json_string(&h, order[i].name);
+            outbox__buf_append(&h, ": ", 2);
+            put_json_string(&h, order[i].value);
+        }
+    }
+    outbox__buf_append(&h, "}", 1);
+    snprintf(us, sizeof us, "%lld", (long long)msg->occurred_at);
+    outbox__buf_append(b, "v1", 2);
+    put_netstring(b, msg->id, strlen(msg->id));
+    put_netstring(b, msg->type, strlen(msg->type));
+    put_netstring(b, msg->aggregate_type ? msg->aggregate_type : "",
+                  msg->aggregate_type ? strlen(msg->aggregate_type) : 0);
+    put_netstring(b, msg->aggregate_id, strlen(msg->aggregate_id));
+    put_netstring(b, us, strlen(us));
+    put_netstring(b, h.data ? h.data : "{}", h.data ? h.len : 2);
+    put_netstring(b, msg->payload ? msg->payload : "{}", msg->payload ? strlen(msg->payload) : 2);
+    if (h.oom) b->oom = 1;
+    outbox__buf_free(&h);
+    free(order);
+}
 
 /* ensure_prepared for the emit statement, and, the first time on this
  * connection, a refusal of a server whose wal_level is below logical: no
@@ -515,15 +599,31 @@ static int prepare_emit(PGconn *conn, const char *schema, const char *name, outb
         PQclear(res);
         if (code != OUTBOX_OK) return code;
     }
-    return ensure_prepared(conn, schema, name, outbox__pg_emit_tmpl, 7, "outbox", err);
+    return ensure_prepared(conn, schema, name, emit_tmpl, 1, "outbox", err);
+}
+
+/* Sends msg's emit into the pipeline (queued, not yet flushed). */
+static int send_emit(PGconn *conn, const char *stmt_name, const outbox_msg *msg)
+{
+    outbox_buf b;
+    const char *params[1];
+    int ok = 0;
+
+    outbox__buf_init(&b);
+    wal_content(&b, msg);
+    params[0] = b.data;
+    if (!b.oom) ok = PQsendQueryPrepared(conn, stmt_name, 1, params, NULL, NULL, 0);
+    outbox__buf_free(&b);
+    return ok;
 }
 
 /* Emits msg to the WAL inside the caller's open transaction (see outbox.h;
  * conn, schema and msg borrowed). */
 int outbox_emit_pg(PGconn *conn, const char *schema, const outbox_msg *msg, outbox_error *err)
 {
-    const char *params[7];
-    char name[96], occurred[32];
+    const char *params[1];
+    char name[96];
+    outbox_buf b;
     PGresult *res;
     int code = check_call(conn, &schema, msg, "outbox_emit_pg", err);
 
@@ -531,11 +631,18 @@ int outbox_emit_pg(PGconn *conn, const char *schema, const outbox_msg *msg, outb
     snprintf(name, sizeof name, "outbox_emit.%s", schema);
     code = prepare_emit(conn, schema, name, err);
     if (code != OUTBOX_OK) return code;
-    insert_params(msg, params, occurred);
-    res = PQexecPrepared(conn, name, 7, params, NULL, NULL, 0);
+    outbox__buf_init(&b);
+    wal_content(&b, msg);
+    if (b.oom) {
+        outbox__buf_free(&b);
+        return outbox__error(err, OUTBOX_ENOMEM, "outbox_emit_pg: out of memory");
+    }
+    params[0] = b.data;
+    res = PQexecPrepared(conn, name, 1, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         code = outbox__pg_fail(conn, res, "emitting the message to the WAL", err);
     PQclear(res);
+    outbox__buf_free(&b);
     return code;
 }
 
@@ -545,7 +652,7 @@ int outbox_emit_commit_pg(PGconn *conn, const char *schema, const outbox_msg *co
                           outbox_error *err)
 {
     static const commit_kind emit = {"outbox_emit_commit_pg", "emitting", "outbox_emit",
-                                     prepare_emit};
+                                     prepare_emit, send_emit};
     return commit_pipeline(&emit, conn, schema, msgs, n, err);
 }
 

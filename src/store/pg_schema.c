@@ -27,28 +27,6 @@ static const char meta_sql[] =
     "CREATE SCHEMA IF NOT EXISTS {s};"
     "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL);";
 
-/* The WAL encoding (version 1, docs/WAL.md) of a message whose fields are
- * the text expressions i (id), ty (type), agt (aggregate_type), agi
- * (aggregate_id), us (occurred_at in unix microseconds), hd (headers) and
- * pl (payload): "v1" and seven netstrings.  {s}.emit and outbox_emit_pg's
- * statement (outbox__pg_emit_tmpl) are both built from it, so that they
- * write the same bytes. */
-#define WAL_CONTENT                                                                                \
-    "'v1' || octet_length(i) || ':' || i || ',' || octet_length(ty) || ':' || ty || ','"           \
-    " || octet_length(agt) || ':' || agt || ',' || octet_length(agi) || ':' || agi || ','"         \
-    " || octet_length(us) || ':' || us || ',' || octet_length(hd) || ':' || hd || ','"             \
-    " || octet_length(pl) || ':' || pl || ','"
-
-/* outbox_emit_pg's statement: the parameters of the outbox INSERT ($1 id,
- * $2 occurred_at in unix microseconds, $3 type, $4 aggregate_type, $5
- * aggregate_id, $6 payload, $7 headers) as {s}.emit passes them: the id
- * and the JSON as PostgreSQL prints them (OFFSET 0 keeps each converted
- * once).  The message was validated by the library. */
-const char outbox__pg_emit_tmpl[] =
-    "SELECT pg_logical_emit_message(true, 'outbox:{n}', " WAL_CONTENT ")"
-    " FROM (SELECT $1::uuid::text, $3::text, $4::text, $5::text, $2::bigint::text,"
-    " $7::jsonb::text, $6::jsonb::text OFFSET 0) m(i, ty, agt, agi, us, hd, pl)";
-
 /* migrations[i] takes the schema from version i to i + 1.  Append only. */
 static const char *const migrations[] = {
     /* 1 */
@@ -436,7 +414,10 @@ static const char *const migrations[] = {
     " postgresql.conf and restart PostgreSQL (nothing can capture this message)',"
     " current_setting('wal_level') USING ERRCODE = '55000';\n"
     " END IF;\n"
-    " lsn := pg_logical_emit_message(true, 'outbox:{n}', " WAL_CONTENT ");\n"
+    " lsn := pg_logical_emit_message(true, 'outbox:{n}', 'v1' || octet_length(i) || ':' || i"
+    "  || ',' || octet_length(ty) || ':' || ty || ',' || octet_length(agt) || ':' || agt || ','"
+    "  || octet_length(agi) || ':' || agi || ',' || octet_length(us) || ':' || us || ','"
+    "  || octet_length(hd) || ':' || hd || ',' || octet_length(pl) || ':' || pl || ',');\n"
     " RETURN new_id;\n"
     "END $fn$;",
 };
