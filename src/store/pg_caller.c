@@ -542,7 +542,7 @@ static void wal_content(outbox_buf *b, const outbox_msg *msg)
             order[i].name = msg->header_names[i];
             order[i].value = msg->header_values[i];
         }
-        qsort(order, n, sizeof *order, jsonb_key_order);
+        if (n) qsort(order, n, sizeof *order, jsonb_key_order);
         for (i = 0; i < n; i++) {
             if (i) outbox__buf_append(&h, ", ", 2);
             outbox__buf_json_string(&h, order[i].name);
