@@ -1,9 +1,9 @@
 /*
  * pg_caller.c - the public PostgreSQL functions of outbox.h, on the
- * caller's PGconn (borrowed) and inside the caller's transaction: enqueue,
- * emit to the WAL, either with the COMMIT in one round trip through
- * libpq's pipeline mode, the inbox (record, purge) and schema init.  The design is in
- * docs/POSTGRES.md.
+ * caller's PGconn (borrowed) and inside the caller's transaction: enqueue
+ * and emit to the WAL, either with the COMMIT in one round trip through
+ * libpq's pipeline mode, the inbox (record, purge) and schema init.  The
+ * design is in docs/POSTGRES.md.
  */
 #include "internal.h"
 
