@@ -19,7 +19,11 @@
  * through all the cases in turn, so that load from elsewhere spreads over
  * all of them.  Reported: the median throughput of the rounds, its cost
  * against the baseline of the same transaction, and p50/p99 of the
- * transactions' latencies (BEGIN sent to COMMIT answered) over all rounds.
+ * transactions' latencies (BEGIN sent to COMMIT answered) over all rounds,
+ * and the CPU time per transaction (median of the rounds) of the client
+ * threads and of their backends (from /proc/<pid>/schedstat; the WAL
+ * writer and the checkpointer are not counted), which load from elsewhere
+ * disturbs less than the rates.
  *
  * The server is a fresh cluster started by tests/support/pg.h: fsync on,
  * wal_level=logical, shared_buffers 64MB.  No relay runs and no slot
@@ -89,6 +93,7 @@ typedef struct worker {
     long long txns;
     double *lat_us; /* latencies of the measured transactions */
     size_t lat_n, lat_cap;
+    double client_cpu_s, server_cpu_s; /* this thread's and its backend's, measured part */
     char error[700];
 } worker;
 
@@ -109,6 +114,25 @@ static int run(worker *w, PGresult *r, const char *what)
     if (!ok) snprintf(w->error, sizeof w->error, "%s: %s", what, PQresultErrorMessage(r));
     PQclear(r);
     return ok;
+}
+
+/* CPU seconds a thread or process has run: the first field of
+ * /proc/<pid>/schedstat (nanoseconds); 0 when unreadable. */
+static double schedstat_s(const char *path)
+{
+    unsigned long long ns = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    if (fscanf(f, "%llu", &ns) != 1) ns = 0;
+    fclose(f);
+    return (double)ns / 1e9;
+}
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static int cmp_long(const void *a, const void *b)
@@ -208,8 +232,10 @@ static void *worker_main(void *arg)
     worker *w = arg;
     PGconn *c = PQconnectdb(w->conninfo);
     unsigned seed = 7919u * (unsigned)(w->index + 1);
-    double start, end, t0;
+    double start, end, t0, client0 = 0, server0 = 0;
+    char backend[64];
     long long i = 0;
+    int measuring = 0;
 
     if (PQstatus(c) != CONNECTION_OK) {
         snprintf(w->error, sizeof w->error, "connecting: %s", PQerrorMessage(c));
@@ -228,11 +254,17 @@ static void *worker_main(void *arg)
         PQfinish(c);
         return NULL;
     }
+    snprintf(backend, sizeof backend, "/proc/%d/schedstat", PQbackendPID(c));
     start = bench_now();
     end = start + 1.0 + w->seconds;
     while (!atomic_load(w->stop)) {
         t0 = bench_now();
         if (t0 >= end) break;
+        if (!measuring && t0 >= start + 1.0) {
+            measuring = 1;
+            client0 = thread_cpu_s();
+            server0 = schedstat_s(backend);
+        }
         if (!transaction(w, c, &seed, i++)) {
             PQclear(PQexec(c, "ROLLBACK"));
             atomic_store(w->stop, 1);
@@ -253,25 +285,31 @@ static void *worker_main(void *arg)
         }
         w->lat_us[w->lat_n++] = (bench_now() - t0) * 1e6;
     }
+    if (measuring) {
+        w->client_cpu_s = thread_cpu_s() - client0;
+        w->server_cpu_s = schedstat_s(backend) - server0;
+    }
     PQfinish(c);
     return NULL;
 }
 
 typedef struct case_result {
     double txn_s[MAX_ROUNDS];
-    double *lat_us; /* all rounds */
+    double client_us[MAX_ROUNDS], server_us[MAX_ROUNDS]; /* CPU per transaction */
+    double *lat_us;                                      /* all rounds */
     size_t lat_n;
 } case_result;
 
 /* Runs one case with `clients` connections; appends its latencies to res.
  * Returns the throughput, or -1 with the reason printed. */
-static double run_case(const char *conninfo, bench_case bc, int clients, double seconds,
+static double run_case(const char *conninfo, bench_case bc, int clients, double seconds, int round,
                        case_result *res)
 {
     static worker w[MAX_CLIENTS];
     pthread_t th[MAX_CLIENTS];
     atomic_int stop = 0;
     long long txns = 0;
+    double client_s = 0, server_s = 0;
     size_t total = res->lat_n;
     int failed = 0;
 
@@ -296,6 +334,8 @@ static double run_case(const char *conninfo, bench_case bc, int clients, double 
             failed = 1;
         }
         txns += w[k].txns;
+        client_s += w[k].client_cpu_s;
+        server_s += w[k].server_cpu_s;
         total += w[k].lat_n;
     }
     double *p = realloc(res->lat_us, (total ? total : 1) * sizeof *p);
@@ -309,6 +349,8 @@ static double run_case(const char *conninfo, bench_case bc, int clients, double 
         res->lat_n += w[k].lat_n;
         free(w[k].lat_us);
     }
+    res->client_us[round] = txns ? client_s * 1e6 / (double)txns : 0;
+    res->server_us[round] = txns ? server_s * 1e6 / (double)txns : 0;
     return failed ? -1 : (double)txns / seconds;
 }
 
@@ -385,7 +427,8 @@ int main(int argc, char **argv)
         for (int t = 0; t < 2; t++) {
             for (int k = 0; k < MSG_KINDS; k++) {
                 bench_case bc = {t == 0, (message_kind)k};
-                double rate = run_case(server.conninfo, bc, clients, seconds, &results[t][k]);
+                double rate =
+                    run_case(server.conninfo, bc, clients, seconds, round, &results[t][k]);
                 if (rate < 0) return 1;
                 results[t][k].txn_s[round] = rate;
                 fprintf(stderr, "  round %d, %s, %s: %.0f txn/s\n", round + 1,
@@ -402,8 +445,8 @@ int main(int argc, char **argv)
         printf("\n  %s transaction (median of %d rounds; latency over all of them):\n",
                t == 0 ? "realistic (order + 3 lines + 3 stock updates)" : "one-row (order)",
                rounds);
-        printf("    %-30s %9s %8s %9s %9s   %s\n", "message", "txn/s", "cost", "p50 ms", "p99 ms",
-               "rounds (txn/s)");
+        printf("    %-30s %9s %8s %9s %9s %11s %11s   %s\n", "message", "txn/s", "cost", "p50 ms",
+               "p99 ms", "client us", "backend us", "rounds (txn/s)");
         for (int k = 0; k < MSG_KINDS; k++) {
             case_result *res = &results[t][k];
             double med = median(res->txn_s, rounds);
@@ -413,8 +456,9 @@ int main(int argc, char **argv)
                 printf("%8s", "-");
             else
                 printf("%7.1f%%", 100.0 * (1.0 - med / base));
-            printf(" %9.2f %9.2f  ", percentile(res->lat_us, res->lat_n, 0.50) / 1000,
-                   percentile(res->lat_us, res->lat_n, 0.99) / 1000);
+            printf(" %9.2f %9.2f %11.1f %11.1f  ", percentile(res->lat_us, res->lat_n, 0.50) / 1000,
+                   percentile(res->lat_us, res->lat_n, 0.99) / 1000, median(res->client_us, rounds),
+                   median(res->server_us, rounds));
             for (int round = 0; round < rounds; round++)
                 printf(" %.0f", res->txn_s[round]);
             printf("\n");
