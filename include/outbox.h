@@ -508,6 +508,32 @@ OUTBOX_API int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const 
 OUTBOX_API int outbox_enqueue_commit_pg(PGconn *conn, const char *schema,
                                         const outbox_msg *const *msgs, size_t n, outbox_error *err);
 
+/* PostgreSQL, WAL capture: the message is written to the WAL instead of the
+ * outbox table, as a transactional logical decoding message with prefix
+ * "outbox:<schema>" in the encoding of docs/WAL.md (what <schema>.emit
+ * writes, byte for byte); a relay with capture=wal reads it from a
+ * replication slot.  It commits or rolls back with the caller's
+ * transaction and writes no table row.  Needs wal_level = logical (else
+ * OUTBOX_ECONFIG, nothing emitted, checked once per connection) and the
+ * outbox schema (OUTBOX_ENOSCHEMA); a message emitted before the relay's
+ * slot exists is not captured. */
+
+/* Emits msg to the WAL inside the caller's open transaction, with the
+ * checks and outcomes of outbox_enqueue_pg_schema (schema NULL: "outbox"),
+ * except that ids are not checked for duplicates (the destination's
+ * de-duplication by id covers them).  Uses a statement prepared once per
+ * connection ("outbox_emit.<schema>").  conn, schema and msg are
+ * borrowed. */
+OUTBOX_API int outbox_emit_pg(PGconn *conn, const char *schema, const outbox_msg *msg,
+                              outbox_error *err);
+
+/* outbox_enqueue_commit_pg for the WAL: emits msgs[0..n) as the last
+ * statements of the caller's open transaction and COMMITs it in one round
+ * trip, with the same outcomes (an emit that fails leaves the transaction
+ * failed, uncommitted: ROLLBACK).  conn, schema and msgs are borrowed. */
+OUTBOX_API int outbox_emit_commit_pg(PGconn *conn, const char *schema,
+                                     const outbox_msg *const *msgs, size_t n, outbox_error *err);
+
 /* Records that `consumer` received `message_id` inside the caller's open
  * transaction: OUTBOX_OK the first time, OUTBOX_DUPLICATE afterwards (the
  * caller then skips the effect).  OUTBOX_ENOTXN, OUTBOX_EINVAL, OUTBOX_EBADID

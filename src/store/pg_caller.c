@@ -1,9 +1,9 @@
 /*
  * pg_caller.c - the public PostgreSQL functions of outbox.h, on the
- * caller's PGconn (borrowed) and inside the caller's transaction: enqueue,
- * enqueue-and-COMMIT in one round trip through libpq's pipeline mode, the
- * inbox (record, purge) and schema init.  The design is in
- * docs/POSTGRES.md.
+ * caller's PGconn (borrowed) and inside the caller's transaction: enqueue
+ * and emit to the WAL, either with the COMMIT in one round trip through
+ * libpq's pipeline mode, the inbox (record, purge) and schema init.  The
+ * design is in docs/POSTGRES.md.
  */
 #include "internal.h"
 
@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Creates or upgrades the outbox schema (NULL: "outbox") on the caller's
@@ -209,6 +210,25 @@ static void stmt_name_for(const char *schema, char *out, size_t len)
     snprintf(out, len, "outbox_enqueue.%s", schema);
 }
 
+/* The checks of a call that adds msg to the caller's open transaction
+ * (function fn): the arguments, the schema name (*schema NULL: the
+ * default), the transaction and the message's size.  Sends nothing. */
+static int check_call(PGconn *conn, const char **schema, const outbox_msg *msg, const char *fn,
+                      outbox_error *err)
+{
+    int code;
+    if (!conn || !msg)
+        return outbox__error(err, OUTBOX_EINVAL, "%s: %s is NULL", fn, conn ? "msg" : "conn");
+    if (!*schema) *schema = DEFAULT_SCHEMA;
+    if (!outbox__pg_valid_schema(*schema)) return outbox__pg_schema_error(*schema, err);
+    code = require_txn(conn, fn,
+                       "needs an open transaction (BEGIN ... COMMIT) so the message commits "
+                       "with your business change",
+                       err);
+    if (code != OUTBOX_OK) return code;
+    return outbox__msg_check_size(msg, err);
+}
+
 /* Inserts msg into schema's outbox inside the caller's open transaction
  * (conn, schema and msg borrowed).  OUTBOX_ENOTXN without a transaction,
  * OUTBOX_ECONFIG for a bad schema name, OUTBOX_ETOOBIG, OUTBOX_ENOSCHEMA,
@@ -218,19 +238,7 @@ int outbox_enqueue_pg_schema(PGconn *conn, const char *schema, const outbox_msg 
                              outbox_error *err)
 {
     char name[96];
-    int code;
-
-    if (!conn || !msg)
-        return outbox__error(err, OUTBOX_EINVAL, "outbox_enqueue_pg: %s is NULL",
-                             conn ? "msg" : "conn");
-    if (!schema) schema = DEFAULT_SCHEMA;
-    if (!outbox__pg_valid_schema(schema)) return outbox__pg_schema_error(schema, err);
-    code = require_txn(conn, "outbox_enqueue_pg",
-                       "needs an open transaction (BEGIN ... COMMIT) so the message commits "
-                       "with your business change",
-                       err);
-    if (code != OUTBOX_OK) return code;
-    code = outbox__msg_check_size(msg, err);
+    int code = check_call(conn, &schema, msg, "outbox_enqueue_pg", err);
     if (code != OUTBOX_OK) return code;
     stmt_name_for(schema, name, sizeof name);
     code = ensure_prepared(conn, schema, name, insert_tmpl, 7, "outbox", err);
@@ -245,16 +253,17 @@ int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_error *err)
 }
 
 /* ------------------------------------------------------------------------
- * Enqueue and commit in one round trip
+ * Enqueue (or emit) and commit in one round trip
  *
  * The caller's transaction is open (BEGIN and the business statements have
- * run).  The n prepared INSERTs and a COMMIT go out as one pipeline with
- * one Sync, so the client waits for the server once.  The extended
- * protocol skips every statement after an error up to the Sync: a failed
- * INSERT means the COMMIT never runs and the transaction stays open in the
- * failed state (the caller rolls it back), so a business change cannot
- * commit without its messages.  The INSERT has no ON CONFLICT: a duplicate
- * id is an error and aborts the pipeline like any other.
+ * run).  The n prepared statements (INSERTs, or emits to the WAL) and a
+ * COMMIT go out as one pipeline with one Sync, so the client waits for the
+ * server once.  The extended protocol skips every statement after an error
+ * up to the Sync: a failed statement means the COMMIT never runs and the
+ * transaction stays open in the failed state (the caller rolls it back),
+ * so a business change cannot commit without its messages.  The INSERT
+ * has no ON CONFLICT: a duplicate id is an error and aborts the pipeline
+ * like any other.
  *
  * libpq stays in blocking mode: while its output is flushed it also reads
  * what the server sends, so a long pipeline cannot deadlock on full socket
@@ -262,11 +271,6 @@ int outbox_enqueue_pg(PGconn *conn, const outbox_msg *msg, outbox_error *err)
  * connection cannot (libpq refuses while the lost results are queued), and
  * such a connection has to be reset or closed anyway.
  * ---------------------------------------------------------------------- */
-
-static void commit_stmt_name_for(const char *schema, char *out, size_t len)
-{
-    snprintf(out, len, "outbox_enqueue_commit.%s", schema);
-}
 
 /* Whether an error result ended the session (FATAL or PANIC, or the
  * connection is gone). */
@@ -287,32 +291,44 @@ static int send_insert(PGconn *conn, const char *stmt_name, const outbox_msg *ms
     return PQsendQueryPrepared(conn, stmt_name, 7, params, NULL, NULL, 0);
 }
 
-/* Enqueues msgs[0..n) as the last statements of the caller's open
+/* How a committing call writes its messages: its name (fn, in errors),
+ * what it does to one ("inserting"), how it prepares its statement
+ * `<stmt>.<schema>` on conn (prepare: ensure_prepared's checks first) and
+ * sends it for one message into the pipeline (send: 0 when it could not). */
+typedef struct commit_kind {
+    const char *fn;
+    const char *verb;
+    const char *stmt;
+    int (*prepare)(PGconn *conn, const char *schema, const char *name, outbox_error *err);
+    int (*send)(PGconn *conn, const char *stmt_name, const outbox_msg *msg);
+} commit_kind;
+
+/* Writes msgs[0..n) as the last statements of the caller's open
  * transaction and commits it, in one round trip (see above).  See
- * outbox.h for the outcomes. */
-int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg *const *msgs,
-                             size_t n, outbox_error *err)
+ * outbox.h (outbox_enqueue_commit_pg) for the outcomes. */
+static int commit_pipeline(const commit_kind *kind, PGconn *conn, const char *schema,
+                           const outbox_msg *const *msgs, size_t n, outbox_error *err)
 {
     char name[96], what[200];
     size_t i, sent = 0, results = 0;
     int code = OUTBOX_OK, commit_sent = 0, committed = 0, synced = 0, failed = 0;
+    const char *fn = kind->fn;
     PGresult *res;
 
-    if (!conn) return outbox__error(err, OUTBOX_EINVAL, "outbox_enqueue_commit_pg: conn is NULL");
+    if (!conn) return outbox__error(err, OUTBOX_EINVAL, "%s: conn is NULL", fn);
     if (n > 0 && !msgs)
-        return outbox__error(err, OUTBOX_EINVAL,
-                             "outbox_enqueue_commit_pg: msgs is NULL with n = %zu", n);
+        return outbox__error(err, OUTBOX_EINVAL, "%s: msgs is NULL with n = %zu", fn, n);
     for (i = 0; i < n; i++)
         if (!msgs[i])
-            return outbox__error(err, OUTBOX_EINVAL,
-                                 "outbox_enqueue_commit_pg: msgs[%zu] is NULL (n = %zu)", i, n);
+            return outbox__error(err, OUTBOX_EINVAL, "%s: msgs[%zu] is NULL (n = %zu)", fn, i, n);
     if (!schema) schema = DEFAULT_SCHEMA;
     if (!outbox__pg_valid_schema(schema)) return outbox__pg_schema_error(schema, err);
     if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
         return outbox__error(err, OUTBOX_EINVAL,
-                             "outbox_enqueue_commit_pg: the connection is in pipeline mode: "
-                             "collect its results and call PQexitPipelineMode first");
-    code = require_txn(conn, "outbox_enqueue_commit_pg",
+                             "%s: the connection is in pipeline mode: collect its results and "
+                             "call PQexitPipelineMode first",
+                             fn);
+    code = require_txn(conn, fn,
                        "needs an open transaction (BEGIN and your business statements) to add "
                        "the messages to and commit",
                        err);
@@ -321,21 +337,21 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
         code = outbox__msg_check_size(msgs[i], err);
         if (code != OUTBOX_OK) return code;
     }
-    commit_stmt_name_for(schema, name, sizeof name);
+    snprintf(name, sizeof name, "%s.%s", kind->stmt, schema);
     if (n > 0) {
         /* Once per connection, outside the pipeline; the transaction stays
          * usable when this fails. */
-        code = ensure_prepared(conn, schema, name, insert_commit_tmpl, 7, "outbox", err);
+        code = kind->prepare(conn, schema, name, err);
         if (code != OUTBOX_OK) return code;
     }
 
-    if (!PQenterPipelineMode(conn))
-        return outbox__pg_fail(conn, NULL, "outbox_enqueue_commit_pg: entering pipeline mode", err);
+    if (!PQenterPipelineMode(conn)) {
+        snprintf(what, sizeof what, "%s: entering pipeline mode", fn);
+        return outbox__pg_fail(conn, NULL, what, err);
+    }
     for (i = 0; i < n; i++) {
-        if (!send_insert(conn, name, msgs[i])) {
-            snprintf(what, sizeof what,
-                     "outbox_enqueue_commit_pg: sending message %zu of %zu, nothing was "
-                     "committed",
+        if (!kind->send(conn, name, msgs[i])) {
+            snprintf(what, sizeof what, "%s: sending message %zu of %zu, nothing was committed", fn,
                      i + 1, n);
             code = outbox__pg_fail(conn, NULL, what, err);
             failed = 1;
@@ -345,8 +361,9 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
     }
     if (!failed && OUTBOX_FAULT("pg_enqueue_before_commit") != 0) {
         code = outbox__error(err, OUTBOX_EFAULT,
-                             "outbox_enqueue_commit_pg: fault injected before COMMIT; nothing "
-                             "was committed: ROLLBACK the transaction");
+                             "%s: fault injected before COMMIT; nothing was committed: ROLLBACK "
+                             "the transaction",
+                             fn);
         failed = 1;
     }
     if (!failed) {
@@ -354,20 +371,19 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
             commit_sent = 1;
             sent++;
         } else {
-            code = outbox__pg_fail(
-                conn, NULL, "outbox_enqueue_commit_pg: sending COMMIT, nothing was committed", err);
+            snprintf(what, sizeof what, "%s: sending COMMIT, nothing was committed", fn);
+            code = outbox__pg_fail(conn, NULL, what, err);
             failed = 1;
         }
     }
     /* The Sync ends the pipeline (and flushes it), also after a failed
      * send, so that what was sent can be drained. */
     if (!PQpipelineSync(conn)) {
-        if (!failed)
-            code = outbox__pg_fail(conn, NULL,
-                                   commit_sent ? "outbox_enqueue_commit_pg: sending the pipeline; "
-                                                 "whether the transaction committed is unknown"
-                                               : "outbox_enqueue_commit_pg: sending the pipeline",
-                                   err);
+        if (!failed) {
+            snprintf(what, sizeof what, "%s: sending the pipeline%s", fn,
+                     commit_sent ? "; whether the transaction committed is unknown" : "");
+            code = outbox__pg_fail(conn, NULL, what, err);
+        }
         failed = 1;
         goto out;
     }
@@ -385,15 +401,17 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
             break;
         case PGRES_PIPELINE_ABORTED:
             break; /* skipped after an error */
+        case PGRES_TUPLES_OK:
+            break; /* an emit's position in the WAL */
         case PGRES_COMMAND_OK:
             if (commit_sent && results == n) {
                 if (strcmp(PQcmdStatus(res), "COMMIT") == 0) {
                     committed = 1;
                 } else if (!failed) {
                     code = outbox__error(err, OUTBOX_ESTORE,
-                                         "outbox_enqueue_commit_pg: COMMIT answered %s: the "
-                                         "transaction was rolled back, nothing was committed",
-                                         PQcmdStatus(res));
+                                         "%s: COMMIT answered %s: the transaction was rolled "
+                                         "back, nothing was committed",
+                                         fn, PQcmdStatus(res));
                     failed = 1;
                 }
             }
@@ -403,24 +421,24 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
                 /* An error without SQLSTATE comes from libpq (the
                  * connection broke): the server may have run more. */
                 if (!PQresultErrorField(res, PG_DIAG_SQLSTATE))
-                    snprintf(what, sizeof what, "outbox_enqueue_commit_pg: %s",
+                    snprintf(what, sizeof what, "%s: %s", fn,
                              commit_sent ? "whether the transaction committed is unknown"
                                          : "nothing was committed");
                 else if (results < n)
                     snprintf(what, sizeof what,
-                             "outbox_enqueue_commit_pg: inserting message %zu of %zu (id %s); "
-                             "nothing was committed (ROLLBACK the transaction)",
-                             results + 1, n, msgs[results]->id);
+                             "%s: %s message %zu of %zu (id %s); nothing was committed "
+                             "(ROLLBACK the transaction)",
+                             fn, kind->verb, results + 1, n, msgs[results]->id);
                 else if (fatal_result(conn, res))
                     /* E.g. terminated while waiting for a synchronous
                      * standby: committed locally, or not. */
                     snprintf(what, sizeof what,
-                             "outbox_enqueue_commit_pg: the session ended during COMMIT; "
-                             "whether the transaction committed is unknown");
+                             "%s: the session ended during COMMIT; whether the transaction "
+                             "committed is unknown",
+                             fn);
                 else
                     snprintf(what, sizeof what,
-                             "outbox_enqueue_commit_pg: COMMIT failed and the transaction was "
-                             "rolled back");
+                             "%s: COMMIT failed and the transaction was rolled back", fn);
                 code = outbox__pg_fail(conn, res, what, err);
                 failed = 1;
             }
@@ -431,12 +449,10 @@ int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg 
     if (!synced && !failed && !committed) {
         /* The connection broke before the pipeline's results arrived (a
          * COMMIT confirmed before that stays OUTBOX_OK). */
-        code = outbox__pg_fail(conn, NULL,
-                               commit_sent
-                                   ? "outbox_enqueue_commit_pg: waiting for COMMIT; whether the "
-                                     "transaction committed is unknown"
-                                   : "outbox_enqueue_commit_pg: nothing was committed",
-                               err);
+        snprintf(what, sizeof what, "%s: %s", fn,
+                 commit_sent ? "waiting for COMMIT; whether the transaction committed is unknown"
+                             : "nothing was committed");
+        code = outbox__pg_fail(conn, NULL, what, err);
     }
 
 out:
@@ -445,14 +461,188 @@ out:
      * the break stays OUTBOX_OK). */
     if (!PQexitPipelineMode(conn)) {
         char buf[300];
-        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
-                    "outbox_enqueue_commit_pg: could not leave pipeline mode: %s",
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "%s: could not leave pipeline mode: %s", fn,
                     outbox__pg_message(PQerrorMessage(conn), buf, sizeof buf));
     }
     if (code == OUTBOX_OK && !committed)
-        code = outbox__error(err, OUTBOX_ESTORE,
-                             "outbox_enqueue_commit_pg: the server did not confirm the COMMIT");
+        code = outbox__error(err, OUTBOX_ESTORE, "%s: the server did not confirm the COMMIT", fn);
     return code;
+}
+
+static int prepare_insert_commit(PGconn *conn, const char *schema, const char *name,
+                                 outbox_error *err)
+{
+    return ensure_prepared(conn, schema, name, insert_commit_tmpl, 7, "outbox", err);
+}
+
+/* Enqueues msgs[0..n) as the last statements of the caller's open
+ * transaction and commits it, in one round trip (see above).  See
+ * outbox.h for the outcomes. */
+int outbox_enqueue_commit_pg(PGconn *conn, const char *schema, const outbox_msg *const *msgs,
+                             size_t n, outbox_error *err)
+{
+    static const commit_kind enqueue = {"outbox_enqueue_commit_pg", "inserting",
+                                        "outbox_enqueue_commit", prepare_insert_commit,
+                                        send_insert};
+    return commit_pipeline(&enqueue, conn, schema, msgs, n, err);
+}
+
+/* ------------------------------------------------------------------------
+ * Emit to the WAL
+ *
+ * The message goes into the WAL as a transactional logical decoding
+ * message (pg_logical_emit_message): it commits or rolls back with the
+ * caller's transaction and writes no table.  The content is built here, in
+ * the encoding <schema>.emit writes (docs/WAL.md), and sent as one text
+ * parameter: building it on the server from the seven fields costs that
+ * server about 9 us more per message (the JSON parsed and printed again).
+ * The payload goes as the caller gave it (validated JSON); the headers as
+ * PostgreSQL prints a jsonb object (they hold no control characters, so
+ * JSON's escapes of '"' and '\' are jsonb's), so that a message whose
+ * payload is written that way has the same bytes from both.
+ * ---------------------------------------------------------------------- */
+
+static const char emit_tmpl[] = "SELECT pg_logical_emit_message(true, 'outbox:{n}', $1::text)";
+
+static void put_netstring(outbox_buf *b, const char *s, size_t n)
+{
+    outbox__buf_printf(b, "%zu:", n);
+    outbox__buf_append(b, s, n);
+    outbox__buf_append(b, ",", 1);
+}
+
+typedef struct header_pair {
+    const char *name, *value;
+} header_pair;
+
+/* jsonb's key order: shorter first, then by bytes. */
+static int jsonb_key_order(const void *a, const void *b)
+{
+    const char *x = ((const header_pair *)a)->name, *y = ((const header_pair *)b)->name;
+    size_t nx = strlen(x), ny = strlen(y);
+    if (nx != ny) return nx < ny ? -1 : 1;
+    return memcmp(x, y, nx);
+}
+
+/* The WAL content of msg (version 1: "v1" and seven netstrings) into b;
+ * b->oom on allocation failure. */
+static void wal_content(outbox_buf *b, const outbox_msg *msg)
+{
+    outbox_buf h;
+    char us[32];
+    size_t i, n = msg->header_count;
+    header_pair *order = n ? malloc(n * sizeof *order) : NULL;
+
+    outbox__buf_init(&h);
+    outbox__buf_append(&h, "{", 1);
+    if (n && !order) {
+        b->oom = 1;
+    } else {
+        for (i = 0; i < n; i++) {
+            order[i].name = msg->header_names[i];
+            order[i].value = msg->header_values[i];
+        }
+        if (n) qsort(order, n, sizeof *order, jsonb_key_order);
+        for (i = 0; i < n; i++) {
+            if (i) outbox__buf_append(&h, ", ", 2);
+            outbox__buf_json_string(&h, order[i].name);
+            outbox__buf_append(&h, ": ", 2);
+            outbox__buf_json_string(&h, order[i].value);
+        }
+    }
+    outbox__buf_append(&h, "}", 1);
+    snprintf(us, sizeof us, "%lld", (long long)msg->occurred_at);
+    outbox__buf_append(b, "v1", 2);
+    put_netstring(b, msg->id, strlen(msg->id));
+    put_netstring(b, msg->type, strlen(msg->type));
+    put_netstring(b, msg->aggregate_type ? msg->aggregate_type : "",
+                  msg->aggregate_type ? strlen(msg->aggregate_type) : 0);
+    put_netstring(b, msg->aggregate_id, strlen(msg->aggregate_id));
+    put_netstring(b, us, strlen(us));
+    put_netstring(b, h.data ? h.data : "{}", h.data ? h.len : 2);
+    put_netstring(b, msg->payload ? msg->payload : "{}", msg->payload ? strlen(msg->payload) : 2);
+    if (h.oom) b->oom = 1;
+    outbox__buf_free(&h);
+    free(order);
+}
+
+/* ensure_prepared for the emit statement, and, the first time on this
+ * connection, a refusal of a server whose wal_level is below logical: no
+ * slot could decode what it emits (the setting needs a restart, which ends
+ * the connection).  Leaves the caller's transaction usable. */
+static int prepare_emit(PGconn *conn, const char *schema, const char *name, outbox_error *err)
+{
+    PGresult *res;
+    int code = OUTBOX_OK;
+
+    if (!prepared_known(conn, PQbackendPID(conn), name)) {
+        res = PQexec(conn, "SELECT current_setting('wal_level')");
+        if (PQresultStatus(res) != PGRES_TUPLES_OK)
+            code = outbox__pg_fail(conn, res, "reading wal_level", err);
+        else if (strcmp(PQgetvalue(res, 0, 0), "logical") != 0)
+            code = outbox__error(err, OUTBOX_ECONFIG,
+                                 "outbox_emit_pg: wal_level is %s; set wal_level = logical in "
+                                 "postgresql.conf and restart PostgreSQL (nothing can capture a "
+                                 "message emitted now); nothing was emitted",
+                                 PQgetvalue(res, 0, 0));
+        PQclear(res);
+        if (code != OUTBOX_OK) return code;
+    }
+    return ensure_prepared(conn, schema, name, emit_tmpl, 1, "outbox", err);
+}
+
+/* Sends msg's emit into the pipeline (queued, not yet flushed). */
+static int send_emit(PGconn *conn, const char *stmt_name, const outbox_msg *msg)
+{
+    outbox_buf b;
+    const char *params[1];
+    int ok = 0;
+
+    outbox__buf_init(&b);
+    wal_content(&b, msg);
+    params[0] = b.data;
+    if (!b.oom) ok = PQsendQueryPrepared(conn, stmt_name, 1, params, NULL, NULL, 0);
+    outbox__buf_free(&b);
+    return ok;
+}
+
+/* Emits msg to the WAL inside the caller's open transaction (see outbox.h;
+ * conn, schema and msg borrowed). */
+int outbox_emit_pg(PGconn *conn, const char *schema, const outbox_msg *msg, outbox_error *err)
+{
+    const char *params[1];
+    char name[96];
+    outbox_buf b;
+    PGresult *res;
+    int code = check_call(conn, &schema, msg, "outbox_emit_pg", err);
+
+    if (code != OUTBOX_OK) return code;
+    snprintf(name, sizeof name, "outbox_emit.%s", schema);
+    code = prepare_emit(conn, schema, name, err);
+    if (code != OUTBOX_OK) return code;
+    outbox__buf_init(&b);
+    wal_content(&b, msg);
+    if (b.oom) {
+        outbox__buf_free(&b);
+        return outbox__error(err, OUTBOX_ENOMEM, "outbox_emit_pg: out of memory");
+    }
+    params[0] = b.data;
+    res = PQexecPrepared(conn, name, 1, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        code = outbox__pg_fail(conn, res, "emitting the message to the WAL", err);
+    PQclear(res);
+    outbox__buf_free(&b);
+    return code;
+}
+
+/* Emits msgs[0..n) to the WAL as the last statements of the caller's open
+ * transaction and commits it, in one round trip (see above). */
+int outbox_emit_commit_pg(PGconn *conn, const char *schema, const outbox_msg *const *msgs, size_t n,
+                          outbox_error *err)
+{
+    static const commit_kind emit = {"outbox_emit_commit_pg", "emitting", "outbox_emit",
+                                     prepare_emit, send_emit};
+    return commit_pipeline(&emit, conn, schema, msgs, n, err);
 }
 
 /* The inbox insert, prepared once per connection as

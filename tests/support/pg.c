@@ -153,8 +153,10 @@ void pgh_start_server(pgh_server *s)
                           "log_min_messages=warning", "-c", "client_min_messages=warning",
                           /* crash recovery syncs the data directory: one
                            * syncfs() instead of an fsync per file */
-                          "-c", "recovery_init_sync_method=syncfs", "-c", "wal_level=logical", "-c",
-                          "max_replication_slots=10", "-c", "max_wal_senders=10",
+                          "-c", "recovery_init_sync_method=syncfs",
+                          /* WAL capture (logical decoding messages, slots) */
+                          "-c", "wal_level=logical", "-c", "max_replication_slots=10", "-c",
+                          "max_wal_senders=10",
                           /* the last -c of a name wins: pgh_set_setting */
                           "-c", extra_setting, NULL};
     s->pid = spawn(s, argv);
