@@ -19,46 +19,6 @@
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
-/* A slot the server invalidated (max_slot_wal_keep_size exceeded) is
- * refused by setup, saying messages were lost, and can be dropped. */
-TEST(lost_slot)
-{
-    outbox_store *store = NULL;
-    outbox_wal_slot w;
-    outbox_error e = {0, ""};
-    int64_t lost = 0;
-
-    exec_sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
-    exec_sql("SELECT pg_reload_conf()");
-    for (int tries = 0; tries < 100; tries++) {
-        if (count("SELECT setting::bigint FROM pg_settings"
-                  " WHERE name = 'max_slot_wal_keep_size'") == 1)
-            break;
-        ch_sleep_ms(50);
-    }
-    ASSERT_OK(outbox_store_open(server.url, &store, &e), &e);
-    ASSERT_OK(outbox_store_wal_setup(store, "doomed", "doomed", &w, sizeof w, &e), &e);
-    ASSERT_EQ(w.keep_size_mb, 1);
-    /* WAL segments past the limit, then a checkpoint: the slot is lost. */
-    for (int tries = 0; tries < 20 && !lost; tries++) {
-        for (int i = 0; i < 3; i++) {
-            exec_sql("SELECT pg_logical_emit_message(false, 'other', 'x')");
-            exec_sql("SELECT pg_switch_wal()");
-        }
-        exec_sql("CHECKPOINT");
-        lost = count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'doomed'"
-                     " AND wal_status = 'lost'");
-    }
-    ASSERT_EQ(lost, 1);
-    ASSERT_EQ(outbox_store_wal_setup(store, "doomed", "doomed", &w, sizeof w, &e), OUTBOX_ECONFIG);
-    ASSERT_CONTAINS(e.message, "replication slot doomed is lost");
-    ASSERT_OK(outbox_store_wal_drop(store, "doomed", "doomed", &w, sizeof w, &e), &e);
-    ASSERT_EQ(count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'doomed'"), 0);
-    outbox_store_close(store);
-    exec_sql("ALTER SYSTEM RESET max_slot_wal_keep_size");
-    exec_sql("SELECT pg_reload_conf()");
-}
-
 int main(void)
 {
     fprintf(stderr, "skipped: this build has no PostgreSQL store (libpq not found)\n");

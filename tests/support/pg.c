@@ -147,18 +147,17 @@ void pgh_start_server(pgh_server *s)
     snprintf(port, sizeof port, "%d", s->port);
     char postgres[300];
     snprintf(postgres, sizeof postgres, "%s/postgres", s->bin);
-    const char *argv[] = {postgres, "-D", s->data, "-k", s->dir, "-p", port, "-c",
-                          "listen_addresses=127.0.0.1", "-c", "max_connections=60", "-c",
-                          "shared_buffers=64MB", "-c", "logging_collector=off", "-c",
-                          "log_min_messages=warning", "-c", "client_min_messages=warning",
-                          /* crash recovery syncs the data directory: one
-                           * syncfs() instead of an fsync per file */
-                          "-c", "recovery_init_sync_method=syncfs",
-                          /* WAL capture (logical decoding messages, slots) */
-                          "-c", "wal_level=logical", "-c", "max_replication_slots=10", "-c",
-                          "max_wal_senders=10",
-                          /* the last -c of a name wins: pgh_set_setting */
-                          "-c", extra_setting, NULL};
+    const char *argv[] = {
+        postgres, "-D", s->data, "-k", s->dir, "-p", port, "-c", "listen_addresses=127.0.0.1", "-c",
+        "max_connections=60", "-c", "shared_buffers=64MB", "-c", "logging_collector=off", "-c",
+        "log_min_messages=warning", "-c", "client_min_messages=warning",
+        /* crash recovery syncs the data directory: one
+         * syncfs() instead of an fsync per file */
+        "-c", "recovery_init_sync_method=syncfs",
+        /* WAL capture (logical decoding messages, slots) */
+        "-c", "wal_level=logical", "-c", "max_replication_slots=10", "-c", "max_wal_senders=10",
+        /* the last -c of a name wins: pgh_set_setting */
+        "-c", extra_setting, NULL};
     s->pid = spawn(s, argv);
     if (!wait_ready(s, 60000)) {
         show_log(s, "postgres log");
