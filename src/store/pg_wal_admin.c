@@ -451,10 +451,13 @@ int outbox__pg_wal_lag(PGconn *c, const char *slot, outbox_pg_wal_lag *out, outb
 
 /* The store's slot and publication: slot_opt and pub_opt when given, else
  * outbox_<schema>.  (The URL's slot= and publication= come in here.) */
+/* The names given to the call, else the store URL's (slot=, publication=,
+ * or their defaults from the schema, set at open). */
 static void store_names(const pg_store *st, const char *slot_opt, const char *pub_opt,
                         char slot[64], char pub[64])
 {
-    outbox__pg_wal_names(st->schema, slot_opt, pub_opt, slot, pub);
+    outbox__pg_wal_names(st->schema, slot_opt && *slot_opt ? slot_opt : st->slot,
+                         pub_opt && *pub_opt ? pub_opt : st->publication, slot, pub);
 }
 
 int outbox__pg_wal_status(struct pg_store *st, outbox_status *out, outbox_error *err)
