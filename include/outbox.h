@@ -799,6 +799,9 @@ typedef struct outbox_wal_slot {
     int64_t keep_size_mb; /* the server's max_slot_wal_keep_size in MB; -1:
                              unlimited (a relay that is down keeps WAL
                              until the disk fills) */
+    int publication_kept; /* drop: 1 when the publication was kept because
+                             another pgoutput slot of the database may
+                             stream with it */
 } outbox_wal_slot;
 
 /* Checks the server (PostgreSQL 14 or newer, wal_level = logical, a UTF8

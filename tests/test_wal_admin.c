@@ -411,6 +411,18 @@ TEST(api)
     ASSERT_EQ(count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'custom_slot'"),
               0);
     ASSERT_EQ(count("SELECT count(*) FROM pg_publication WHERE pubname = 'custom_pub'"), 0);
+    ASSERT_EQ(w.publication_kept, 0);
+
+    /* Two slots streaming with one publication: dropping one keeps the
+     * publication the other still needs; dropping the last drops it. */
+    ASSERT_OK(outbox_store_wal_setup(store, "slot_a", "shared_pub", &w, sizeof w, &e), &e);
+    ASSERT_OK(outbox_store_wal_setup(store, "slot_b", "shared_pub", &w, sizeof w, &e), &e);
+    ASSERT_OK(outbox_store_wal_drop(store, "slot_a", "shared_pub", &w, sizeof w, &e), &e);
+    ASSERT_EQ(w.publication_kept, 1);
+    ASSERT_EQ(count("SELECT count(*) FROM pg_publication WHERE pubname = 'shared_pub'"), 1);
+    ASSERT_OK(outbox_store_wal_drop(store, "slot_b", "shared_pub", &w, sizeof w, &e), &e);
+    ASSERT_EQ(w.publication_kept, 0);
+    ASSERT_EQ(count("SELECT count(*) FROM pg_publication WHERE pubname = 'shared_pub'"), 0);
     outbox_store_close(store);
 
     /* A physical slot of the same name is not taken over. */

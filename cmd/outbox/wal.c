@@ -78,12 +78,17 @@ static int drop_slot(const char *cmd, int argc, char **argv)
         goto out;
     }
     if (w.exists)
-        printf("%s: dropped the replication slot %s (it held %lld bytes of WAL) and the "
-               "publication %s\n",
-               shown, w.slot, (long long)w.lag_bytes, w.publication);
+        printf("%s: dropped the replication slot %s (it held %lld bytes of WAL)", shown, w.slot,
+               (long long)w.lag_bytes);
     else
-        printf("%s: no replication slot %s; dropped the publication %s if it existed\n", shown,
-               w.slot, w.publication);
+        printf("%s: no replication slot %s", shown, w.slot);
+    if (w.publication_kept)
+        printf("; kept the publication %s: another pgoutput slot of this database may stream "
+               "with it (it holds no tables; DROP PUBLICATION %s once no relay uses it)\n",
+               w.publication, w.publication);
+    else
+        printf("%s the publication %s%s\n", w.exists ? " and dropped" : "; dropped", w.publication,
+               w.exists ? "" : " if it existed");
     rc = CLI_EXIT_OK;
 out:
     outbox_store_close(store);

@@ -49,8 +49,11 @@ int outbox__pg_wal_setup(PGconn *c, const char *slot, const char *pub, int *crea
 /* On a normal connection: drops the slot and the publication (either may
  * be missing already: OUTBOX_OK).  OUTBOX_EBUSY, dropping nothing, while a
  * walsender streams from the slot (a relay is running): the message names
- * its backend pid and says to stop that relay first. */
-int outbox__pg_wal_drop(PGconn *c, const char *slot, const char *pub, outbox_error *err);
+ * its backend pid and says to stop that relay first.  The publication is
+ * kept (*pub_kept = 1, pub_kept may be NULL) while another pgoutput slot of
+ * the database exists: a relay may stream with it. */
+int outbox__pg_wal_drop(PGconn *c, const char *slot, const char *pub, int *pub_kept,
+                        outbox_error *err);
 
 /* A slot's state, as outbox__pg_wal_lag reads it. */
 typedef struct outbox_pg_wal_lag {

@@ -16,6 +16,7 @@
 #include "pg_wal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int outbox__pg_wal_valid_name(const char *name)
@@ -348,11 +349,14 @@ static int slot_busy(const char *slot, const slot_row *s, outbox_error *err)
                          slot, s->active_pid, s->client);
 }
 
-int outbox__pg_wal_drop(PGconn *c, const char *slot, const char *pub, outbox_error *err)
+int outbox__pg_wal_drop(PGconn *c, const char *slot, const char *pub, int *pub_kept,
+                        outbox_error *err)
 {
     slot_row s;
     PGresult *res;
     int code = check_names(slot, pub, err);
+
+    if (pub_kept) *pub_kept = 0;
 
     if (code == OUTBOX_OK) code = read_slot(c, slot, &s, err);
     if (code != OUTBOX_OK) return code;
@@ -384,8 +388,27 @@ int outbox__pg_wal_drop(PGconn *c, const char *slot, const char *pub, outbox_err
         if (code != OUTBOX_OK) return code;
     }
     if (pub) {
-        char *q = PQescapeIdentifier(c, pub, strlen(pub));
+        /* The publication is named at START_REPLICATION, not kept with a
+         * slot: while another pgoutput slot of this database exists, a relay
+         * (another schema's, or one with slot=) may stream with it, and
+         * dropping it would stop that relay.  It is empty: keeping it costs
+         * nothing. */
+        char *q;
         char sql[128];
+        res = PQexec(c, "SELECT count(*) FROM pg_replication_slots"
+                        " WHERE plugin = 'pgoutput' AND database = current_database()");
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            code = outbox__pg_fail(c, res, "looking for other pgoutput slots", err);
+            PQclear(res);
+            return code;
+        }
+        if (strtoll(PQgetvalue(res, 0, 0), NULL, 10) > 0) {
+            PQclear(res);
+            if (pub_kept) *pub_kept = 1;
+            return OUTBOX_OK;
+        }
+        PQclear(res);
+        q = PQescapeIdentifier(c, pub, strlen(pub));
         if (!q) return outbox__pg_fail(c, NULL, "quoting the publication name", err);
         snprintf(sql, sizeof sql, "DROP PUBLICATION IF EXISTS %s", q);
         PQfreemem(q);
@@ -534,7 +557,7 @@ static int wal_run(pg_store *st, int drop, const char *slot, const char *publica
         code = outbox__pg_wal_setup(st->conn, w->slot, w->publication, &w->created, err);
     if (code == OUTBOX_OK) code = wal_state(st, w, err);
     if (code == OUTBOX_OK && drop)
-        code = outbox__pg_wal_drop(st->conn, w->slot, w->publication, err);
+        code = outbox__pg_wal_drop(st->conn, w->slot, w->publication, &w->publication_kept, err);
     return code;
 }
 
