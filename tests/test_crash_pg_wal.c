@@ -72,8 +72,10 @@ static int occurrences(const char *path, const char *needle)
     return n;
 }
 
-/* Checks out against every producer; *lost: their sum. */
-static void check_all(const char *out, ch_producer *p, int print, int64_t *lost)
+/* Checks out against every producer; *lost: their sum.  A relay killed
+ * inside its write(2) leaves a partial line (never confirmed, so
+ * published again): at most max_torn of them. */
+static void check_all(const char *out, ch_producer *p, int print, int max_torn, int64_t *lost)
 {
     int64_t own = 0, lines = 0;
     *lost = 0;
@@ -90,7 +92,7 @@ static void check_all(const char *out, ch_producer *p, int print, int64_t *lost)
         ASSERT_EQ(r.expected, p[i].total);
         ASSERT_EQ(r.lost, 0);
         ASSERT_EQ(r.violations, 0);
-        ASSERT_EQ(r.torn, 0);
+        ASSERT(r.torn <= max_torn);
     }
     /* Every line is some producer's message. */
     if (print) ASSERT_EQ(own, lines);
@@ -170,12 +172,12 @@ TEST(kills_and_restarts)
     }
     int64_t deadline = ch_now_ms() + 180000;
     for (;;) {
-        check_all(out, p, 0, &lost);
+        check_all(out, p, 0, kills, &lost);
         if (lost == 0 || ch_now_ms() > deadline) break;
         ch_sleep_ms(1000);
     }
     ch_relays_stop(&relay, 1, &drain_err);
-    check_all(out, p, 1, &lost);
+    check_all(out, p, 1, kills, &lost);
     ASSERT_EQ(table_rows(), 0);
     fprintf(stderr, "kills and restarts: %.1f s\n", (double)(ch_now_ms() - started) / 1000.0);
     for (int i = 0; i < PRODUCERS; i++)
