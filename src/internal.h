@@ -877,7 +877,8 @@ typedef struct outbox_transport_ops {
     /* The publish window: may one more batch of up to next messages be
      * begun, with open batches open now (publish_begin'ed, not ended)?
      * Nonzero: yes; then at most OUTBOX_PIPELINE_MAX_DEPTH are open.
-     * kafka:// bounds its unconfirmed messages and bytes this way. */
+     * kafka:// bounds its unconfirmed messages and bytes this way, amqp://
+     * its max_unconfirmed, redis:// its window_messages. */
     int (*publish_room)(void *state, int open, size_t next);
 } outbox_transport_ops;
 
