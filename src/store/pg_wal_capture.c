@@ -385,8 +385,8 @@ static int stream_start(pg_store *st, outbox_error *err)
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         if (state && strcmp(state, "55006") == 0) {
             code = outbox__error(err, OUTBOX_ELEASED,
-                                 "replication slot %s is streamed by another relay (%s)",
-                                 st->slot, outbox__pg_error_text(w->repl, res, msg, sizeof msg));
+                                 "replication slot %s is streamed by another relay (%s)", st->slot,
+                                 outbox__pg_error_text(w->repl, res, msg, sizeof msg));
         } else {
             code =
                 outbox__pg_fail(w->repl, res, "starting to stream from the replication slot", err);
