@@ -315,29 +315,6 @@ TEST(database_restarts)
     free_producer(&pp);
 }
 
-/* Copies the file the three relays share to out, splitting a line where a
- * CloudEvents object starts in its middle: a relay killed inside its
- * write(2) leaves a partial line (never confirmed, so published again), and
- * a surviving relay, which does not re-check the tail before each append,
- * then appends its own complete lines right after it.  The partial part
- * still counts as torn. */
-static void split_glued(const char *in, const char *out)
-{
-    static const char start[] = "{\"specversion\"";
-    size_t len = 0;
-    char *text = test_read_file(in, &len);
-    FILE *o = fopen(out, "wb");
-    if (!o) TEST_FAIL_("cannot write %s", out);
-    for (size_t i = 0; text && i < len; i++) {
-        if (i > 0 && text[i - 1] != '\n' && text[i] == '{' && len - i >= sizeof start - 1 &&
-            memcmp(text + i, start, sizeof start - 1) == 0)
-            fputc('\n', o);
-        fputc(text[i], o);
-    }
-    fclose(o);
-    free(text);
-}
-
 /* 3. Three relays; one is SIGKILLed and restarted again and again. */
 TEST(three_relays)
 {
@@ -379,7 +356,7 @@ TEST(three_relays)
     snprintf(label, sizeof label, "mariadb 3 relays, SIGKILL x%d", kills);
     char split[CH_PATH];
     ch_path(split, "three-split.jsonl");
-    split_glued(out, split);
+    ch_split_glued(out, split);
     check_run(label, split, &pp, kills);
     free_producer(&pp);
 }

@@ -620,3 +620,20 @@ void ch_restarts_finish(const ch_restarts *r, pid_t pid, const char *err_path)
     }
     ASSERT_GE(r->pending_seen, r->during_drain);
 }
+
+void ch_split_glued(const char *in, const char *out)
+{
+    static const char start[] = "{\"specversion\"";
+    size_t len = 0;
+    char *text = test_read_file(in, &len);
+    FILE *o = fopen(out, "wb");
+    if (!o) TEST_FAIL_("cannot write %s", out);
+    for (size_t i = 0; text && i < len; i++) {
+        if (i > 0 && text[i - 1] != '\n' && text[i] == '{' && len - i >= sizeof start - 1 &&
+            memcmp(text + i, start, sizeof start - 1) == 0)
+            fputc('\n', o);
+        fputc(text[i], o);
+    }
+    fclose(o);
+    free(text);
+}

@@ -207,6 +207,14 @@ typedef struct ch_restarts {
 void ch_restart_during_drain(ch_restarts *r, const char *label, pid_t pid, uint64_t *rng,
                              const char *err_path);
 
+/* Copies the file several relays append to (in) to out, splitting a line
+ * where a CloudEvents object starts in its middle: a relay killed inside
+ * its write(2) leaves a partial line (never confirmed, so published again),
+ * and a surviving relay, which does not re-check the tail before each
+ * append, then appends its own complete lines right after it.  The partial
+ * part still counts as torn. */
+void ch_split_glued(const char *in, const char *out);
+
 /* Waits until pending() says 0; after timeout_ms fails the test, showing
  * err_path. */
 void ch_wait_pending_zero(int64_t (*pending)(void), int64_t timeout_ms, const char *err_path);
