@@ -171,15 +171,8 @@ TEST(kill_sweep)
      * final drain takes the rest, as in test_crash_nats. */
     while ((kills < min_kills || !ch_producer_done(&pp.p)) &&
            (kills < min_kills || ch_now_ms() - started < 90000)) {
-        pid_t pid = ch_spawn(c.argv, NULL, NULL, errp);
         lives++;
-        ch_sleep_ms(ch_rand_range(&rng, 50, 800));
-        if (!ch_alive(pid)) {
-            int code = ch_wait_or_die(pid, 1000, "relay");
-            ch_dump("relay stderr", errp);
-            TEST_FAIL_("relay exited %d on its own", code);
-        }
-        if (ch_kill9(pid) == 137) kills++;
+        kills += ch_relay_kill_life(c.argv, errp, &rng);
         if (ch_now_ms() - started > 150000)
             TEST_FAIL_("kill sweep: only %d of %d kills in 150 s", kills, min_kills);
     }
