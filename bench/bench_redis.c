@@ -188,50 +188,17 @@ static int ceiling_case(const char *name, double *rate)
  * The relay
  * ---------------------------------------------------------------------- */
 
-typedef struct relay_case {
-    char store_url[700];
-    char to_url[700];
-    long long window; /* window_messages */
-} relay_case;
-
-/* Child: the relay, once, from store_url to to_url. */
-static void run_relay(void *arg, bench_report *r)
-{
-    const relay_case *c = arg;
-    outbox_relay *relay = NULL;
-    outbox_relay_options opts;
-    outbox_relay_stats stats;
-    outbox_error err = {0};
-    double t0 = bench_now();
-
-    outbox_relay_options_init(&opts);
-    opts.once = 1;
-    opts.batch_size = batch;
-    if (outbox_relay_new(&relay, c->store_url, c->to_url, &opts, &err) != OUTBOX_OK ||
-        outbox_relay_run(relay, &err) != OUTBOX_OK) {
-        bench_fail(r, "relay: %s", err.message);
-        goto out;
-    }
-    r->seconds = bench_now() - t0; /* every message confirmed and recorded */
-    outbox_relay_get_stats(relay, &stats);
-    r->count = (long long)stats.published;
-    if (stats.retried || stats.failed || r->count != n_msgs) {
-        bench_fail(r, "relay published %lld of %lld (retried %llu, failed %llu)", r->count, n_msgs,
-                   (unsigned long long)stats.retried, (unsigned long long)stats.failed);
-        goto out;
-    }
-    r->ok = 1;
-out:
-    outbox_relay_free(relay);
-}
-
-/* Runs the relay case into stream `stream`, checks the stream.  0 or -1. */
-static int relay_run(const char *name, relay_case *c, const char *stream, bench_result *res)
+/* Runs the relay from c->store_url into stream `stream` with a window of
+ * window_messages, checks the stream.  0 or -1. */
+static int relay_run(const char *name, bench_relay_case *c, long long window_messages,
+                     const char *stream, bench_result *res)
 {
     long long n;
     snprintf(c->to_url, sizeof c->to_url, "%s?stream=%s&window_messages=%lld", redis.url, stream,
-             c->window);
-    if (bench_run_child(name, run_relay, c, disarm_parent_handlers, res)) return -1;
+             window_messages);
+    c->batch = batch;
+    c->expect = n_msgs;
+    if (bench_run_child(name, bench_run_relay, c, disarm_parent_handlers, res)) return -1;
     if ((n = stream_len_and_flush(stream)) != n_msgs) {
         fprintf(stderr, "bench_redis: %s: the stream holds %lld of %lld\n", name, n, n_msgs);
         return -1;
@@ -268,12 +235,11 @@ static int sqlite_fill(const char *path)
 
 static int sqlite_case(const char *path, double ceiling)
 {
-    relay_case c;
+    bench_relay_case c = {0};
     bench_result res;
     if (sqlite_fill(path)) return -1;
     snprintf(c.store_url, sizeof c.store_url, "sqlite:%s", path);
-    c.window = window;
-    if (relay_run("sqlite -> redis", &c, "sq", &res)) return -1;
+    if (relay_run("sqlite -> redis", &c, window, "sq", &res)) return -1;
     if (ch_outbox_count(path, NULL) != 0) {
         fprintf(stderr, "bench_redis: sqlite -> redis: rows left in the outbox\n");
         return -1;
@@ -285,10 +251,11 @@ static int sqlite_case(const char *path, double ceiling)
 #ifdef OUTBOX_HAVE_LIBPQ
 /* The relay from the PostgreSQL outbox, checked and printed as `row`.
  * 0 or -1. */
-static int pg_relay(PGconn *conn, const char *row, relay_case *c, double rate)
+static int pg_relay(PGconn *conn, const char *row, bench_relay_case *c, long long window_messages,
+                    double rate)
 {
     bench_result res;
-    if (relay_run(row, c, "pg", &res)) return -1;
+    if (relay_run(row, c, window_messages, "pg", &res)) return -1;
     if (bench_pg_left(conn) != 0) {
         fprintf(stderr, "bench_redis: %s: unsent rows left\n", row);
         return -1;
@@ -300,7 +267,7 @@ static int pg_relay(PGconn *conn, const char *row, relay_case *c, double rate)
 static int pg_case(void)
 {
     static pgh_server pg;
-    relay_case c;
+    bench_relay_case c = {0};
     outbox_error err = {0};
     double rate;
     const char *why = pgh_available();
@@ -315,11 +282,9 @@ static int pg_case(void)
     bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     if (ceiling_case("redis pipelined XADD (again)", &rate)) return -1;
     snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);
-    c.window = window;
-    if (pg_relay(conn, "postgres -> redis (relay)", &c, rate)) return -1;
+    if (pg_relay(conn, "postgres -> redis (relay)", &c, window, rate)) return -1;
     bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
-    c.window = 2 * (long long)batch;
-    if (pg_relay(conn, "postgres -> redis, 2 batches", &c, rate)) return -1;
+    if (pg_relay(conn, "postgres -> redis, 2 batches", &c, 2 * (long long)batch, rate)) return -1;
     PQfinish(conn);
     return 0;
 }
