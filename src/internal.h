@@ -428,6 +428,35 @@ static inline int outbox__aggindex_insert(outbox_aggindex *ix, const char *key, 
 }
 
 /* ------------------------------------------------------------------------
+ * Stretches: what a pipelined claim may read (src/core/stretches.c)
+ * ---------------------------------------------------------------------- */
+
+/* Seqs lo to hi, both included. */
+typedef struct outbox_seq_range {
+    int64_t lo, hi;
+} outbox_seq_range;
+
+/* The stretches of seqs between the seqs in flight, lowest first, and
+ * the memory kept for the next claim.  Zero-initialised is empty. */
+typedef struct outbox_stretches {
+    outbox_seq_range *r;
+    size_t count, cap;
+    int64_t *sorted; /* the seqs in flight, sorted (when they come unsorted) */
+    size_t sorted_cap;
+} outbox_stretches;
+
+/* Fills s with the stretches of seqs that are not in exclude (the n seqs
+ * in flight, in any order, duplicates allowed), lowest first, from
+ * INT64_MIN to INT64_MAX.  The pipelined claims read these stretches
+ * instead of passing the seqs in flight and stepping over every row in
+ * flight (they are still pending): the seqs in flight are few ranges (a
+ * batch is claimed in seq order and a drain's batches follow one
+ * another), so a drain has two stretches: below the window, where retries
+ * fall due, and above it.  0, or -1 when out of memory. */
+int outbox__stretches_between(outbox_stretches *s, const int64_t *exclude, size_t n);
+void outbox__stretches_free(outbox_stretches *s);
+
+/* ------------------------------------------------------------------------
  * CloudEvents
  * ---------------------------------------------------------------------- */
 

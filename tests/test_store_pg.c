@@ -29,6 +29,7 @@ int main(void)
 }
 #else
 
+#include "support/chaos.h"
 #include "support/pg.h"
 #include "test.h"
 
@@ -1197,6 +1198,104 @@ TEST(claim_pipelined_excludes_in_flight)
     PQfinish(c);
 }
 
+/* The pipelined claim against a plain reference query (the seqs in flight
+ * left out with = ANY, the same due and blocking rules), over a table with
+ * due and not-due retries and Failed rows, for 200 claims with a window of
+ * up to 2,000 seqs in flight: growing, partly completed, dropped, given
+ * out of order.  What it reads is exactly what the reference reads. */
+#define DEEP_REFERENCE                                                                             \
+    "SELECT seq FROM outbox.outbox o WHERE o.status = 'pending'"                                   \
+    " AND NOT (o.seq = ANY($2::bigint[]))"                                                         \
+    " AND (o.attempts = 0 OR o.available_at <= 'epoch'::timestamptz + $1::bigint * interval"       \
+    " '1 microsecond') AND NOT EXISTS (SELECT 1 FROM outbox.outbox p"                              \
+    "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq AND (p.status = 'failed'"           \
+    "  OR (p.status = 'pending' AND p.attempts > 0 AND p.available_at >"                           \
+    "  'epoch'::timestamptz + $1::bigint * interval '1 microsecond')))"                            \
+    " ORDER BY o.seq LIMIT $3"
+
+TEST(claim_pipelined_deep)
+{
+    outbox_store s;
+    outbox_error err;
+    outbox_buf arr;
+    uint64_t rng = 0x9e3779b97f4a7c15ULL;
+    int64_t *flight = calloc(4000, sizeof *flight);
+    size_t nflight = 0, step, i, claimed = 0;
+    PGconn *c = pgh_connect(&server);
+    ASSERT(flight != NULL);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    pgh_exec(c, "SELECT outbox.enqueue('Deep.Tested', 'd' || (g % 200), jsonb_build_object('n', g))"
+                " FROM generate_series(1, 6000) g");
+    pgh_exec(c, "UPDATE outbox.outbox SET attempts = 1, available_at = now() + interval '1 hour',"
+                " last_error = 'later' WHERE seq % 997 = 0");
+    pgh_exec(c, "UPDATE outbox.outbox SET attempts = 2, available_at = now() - interval '1 minute',"
+                " last_error = 'due' WHERE seq % 89 = 0");
+    pgh_exec(c, "UPDATE outbox.outbox SET status = 'failed', attempts = 3, last_error = 'no'"
+                " WHERE seq % 1999 = 0");
+    open_store(&s, url);
+    outbox__buf_init(&arr);
+    for (step = 0; step < 200; step++) {
+        outbox_claim_params p = {1 + (size_t)(ch_rand(&rng) % 64), outbox__now_us(), 1, 0, NULL};
+        outbox_msg **msgs = NULL;
+        size_t n = 0;
+        char now[32], limit[32];
+        const char *params[3];
+        PGresult *ref;
+
+        /* Sometimes out of order: the store must not rely on it. */
+        if (nflight > 1 && ch_rand(&rng) % 4 == 0) {
+            size_t a = ch_rand(&rng) % nflight, b = ch_rand(&rng) % nflight;
+            int64_t t = flight[a];
+            flight[a] = flight[b];
+            flight[b] = t;
+        }
+        ASSERT_OK(s.ops->claim_pipelined(s.state, &p, flight, nflight, &msgs, &n, &err), &err);
+        outbox__buf_reset(&arr);
+        outbox__buf_puts(&arr, "{");
+        for (i = 0; i < nflight; i++)
+            outbox__buf_printf(&arr, i ? ",%lld" : "%lld", (long long)flight[i]);
+        outbox__buf_puts(&arr, "}");
+        snprintf(now, sizeof now, "%lld", (long long)p.now_us);
+        snprintf(limit, sizeof limit, "%zu", p.batch_size);
+        params[0] = now;
+        params[1] = arr.data;
+        params[2] = limit;
+        ref = PQexecParams(c, DEEP_REFERENCE, 3, NULL, params, NULL, NULL, 0);
+        ASSERT_EQ(PQresultStatus(ref), PGRES_TUPLES_OK);
+        ASSERT_EQ((size_t)PQntuples(ref), n);
+        for (i = 0; i < n; i++) {
+            ASSERT_EQ(msgs[i]->seq, (int64_t)strtoll(PQgetvalue(ref, (int)i, 0), NULL, 10));
+            flight[nflight++] = msgs[i]->seq;
+        }
+        PQclear(ref);
+        claimed += n;
+        free_msgs(msgs, n);
+        /* The oldest batches complete (deleted, as sent) or are dropped
+         * (back to claimable); the window stays under 2,000. */
+        while (nflight > 0 && (nflight > 2000 || ch_rand(&rng) % 3 == 0)) {
+            size_t k = 1 + (size_t)(ch_rand(&rng) % (nflight < 100 ? nflight : 100));
+            if (ch_rand(&rng) % 4 != 0) {
+                outbox__buf_reset(&arr);
+                outbox__buf_puts(&arr, "DELETE FROM outbox.outbox WHERE seq IN (");
+                for (i = 0; i < k; i++)
+                    outbox__buf_printf(&arr, i ? ",%lld" : "%lld", (long long)flight[i]);
+                outbox__buf_puts(&arr, ")");
+                pgh_exec(c, arr.data);
+            }
+            memmove(flight, flight + k, (nflight - k) * sizeof *flight);
+            nflight -= k;
+        }
+    }
+    fprintf(stderr, "claim_pipelined_deep: %zu claimed in 200 claims, as the reference read\n",
+            claimed);
+    ASSERT(claimed > 3000);
+    outbox__buf_free(&arr);
+    free(flight);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    outbox__store_close(&s);
+    PQfinish(c);
+}
+
 /* A pipelined claim (at most 3 messages), each completion SENT. */
 static size_t claim_pipelined_sent(outbox_store *s, const outbox_claim_params *p,
                                    outbox_completion cs[3], outbox_msg ***msgs)
@@ -2009,6 +2108,7 @@ int main(void)
     RUN(inbox_purge);
     RUN(claim_order_and_outcomes);
     RUN(claim_pipelined_excludes_in_flight);
+    RUN(claim_pipelined_deep);
     RUN(complete_by_range);
     RUN(claim_floor_waits_for_open_writers);
     RUN(claim_floor_and_requeue);

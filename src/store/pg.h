@@ -108,8 +108,9 @@ typedef struct pg_store {
     int64_t wait_seq;      /* L of a refresh waiting for wait_xacts to end */
     char *wait_xacts;      /* array literal of their virtual xids; NULL: none */
 
-    outbox_buf sql;        /* scratch */
-    outbox_buf a1, a2, a3; /* array literals for complete */
+    outbox_buf sql;           /* scratch */
+    outbox_buf a1, a2, a3;    /* array literals for complete */
+    outbox_stretches between; /* pipelined claim: the seqs not in flight */
 
     /* WAL capture (capture=wal, pg_wal_capture.c). */
     int capture_wal;      /* the relay reads the replication stream */

@@ -52,17 +52,19 @@
 static const char claim_tmpl[] =
     CLAIM_SELECT_WHERE CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
 
-/* Pipelined claim: the same selection as a plain read, without the seqs in
- * flight ($7, between $8 and $9).  Rows in that range are looked up in the
- * array, which PostgreSQL scans linearly, unless $10 says the seqs in
- * flight are consecutive: then every row in the range is in flight and the
- * range check alone excludes them.  No row locks: the relay's partition
- * advisory locks keep the rows its own, and it keeps them while a batch is
- * out (no rebalancing). */
-static const char claim_pipelined_tmpl[] = CLAIM_SELECT_WHERE
-    " AND (o.seq < $8::bigint OR o.seq > $9::bigint"
-    " OR (NOT $10::boolean AND NOT (o.seq = ANY($7::bigint[]))))" CLAIM_NOT_BLOCKED
-    " ORDER BY o.seq LIMIT $4";
+/* Pipelined claim: the same selection as a plain read, from the stretches
+ * of seqs between the seqs in flight ($7: their lows, $8: their highs;
+ * outbox__stretches_between), each an index range of its own with the
+ * batch's limit, then the lowest of them.  Rows in flight are still
+ * pending: reading around them, rather than over them with a filter,
+ * keeps a claim's work independent of the window (a drain has two
+ * stretches: below the window and above it).  No row locks: the relay's
+ * partition advisory locks keep the rows its own, and it keeps them while
+ * a batch is out (no rebalancing). */
+static const char claim_pipelined_tmpl[] =
+    "SELECT c.* FROM unnest($7::bigint[], $8::bigint[]) AS r(lo, hi) CROSS JOIN LATERAL "
+    "(" CLAIM_SELECT_WHERE " AND o.seq BETWEEN r.lo AND r.hi" CLAIM_NOT_BLOCKED
+    " ORDER BY o.seq LIMIT $4) c ORDER BY c.seq LIMIT $4";
 
 enum { P_CLAIM, P_DELETE, P_MARK, P_RETRY, P_FAIL, P_CLAIM_PIPELINED, P_COUNT };
 
@@ -348,8 +350,8 @@ static int quarantine(pg_store *st, const bad_row *bad, size_t n, outbox_error *
 static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, const int64_t *exclude,
                  size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err)
 {
-    const char *params[10];
-    char now[32], limit[32], floor[32], lo[32], hi[32];
+    const char *params[8];
+    char now[32], limit[32], floor[32];
     outbox_msg **arr = NULL;
     bad_row *bad = NULL;
     PGresult *res = NULL;
@@ -408,31 +410,28 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
     params[5] = floor;
 
     if (pipelined) {
-        /* Nothing in flight: lo > hi, no row is in the range. */
-        int64_t min = INT64_MAX, max = INT64_MIN;
-        int consecutive = exclude_count > 0;
-        size_t k;
+        size_t k, his;
+        if (outbox__stretches_between(&st->between, exclude, exclude_count) != 0)
+            return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+        /* Both array literals in a2, the second after the first's NUL. */
         outbox__buf_reset(&st->a2);
         outbox__buf_puts(&st->a2, "{");
-        for (k = 0; k < exclude_count; k++) {
-            outbox__buf_printf(&st->a2, "%s%lld", k ? "," : "", (long long)exclude[k]);
-            if (exclude[k] < min) min = exclude[k];
-            if (exclude[k] > max) max = exclude[k];
-            if (k > 0 && exclude[k] != exclude[k - 1] + 1) consecutive = 0;
-        }
+        for (k = 0; k < st->between.count; k++)
+            outbox__buf_printf(&st->a2, "%s%lld", k ? "," : "", (long long)st->between.r[k].lo);
+        outbox__buf_append(&st->a2, "}", 2);
+        his = st->a2.len;
+        outbox__buf_puts(&st->a2, "{");
+        for (k = 0; k < st->between.count; k++)
+            outbox__buf_printf(&st->a2, "%s%lld", k ? "," : "", (long long)st->between.r[k].hi);
         outbox__buf_puts(&st->a2, "}");
         if (st->a2.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
         params[6] = st->a2.data;
-        snprintf(lo, sizeof lo, "%lld", (long long)min);
-        snprintf(hi, sizeof hi, "%lld", (long long)max);
-        params[7] = lo;
-        params[8] = hi;
-        params[9] = consecutive ? "true" : "false"; /* each one more than the one before */
+        params[7] = st->a2.data + his;
     }
 
     for (round = 0;; round++) {
         if (pipelined) {
-            res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 10, params, NULL, NULL, 0);
+            res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 8, params, NULL, NULL, 0);
         } else {
             /* Outcomes need not be durable: a completion lost in a database
              * crash only makes its messages be published again (at least

@@ -623,6 +623,7 @@ static void pg_close(void *state)
     outbox__buf_free(&st->a1);
     outbox__buf_free(&st->a2);
     outbox__buf_free(&st->a3);
+    outbox__stretches_free(&st->between);
     outbox__free(st);
 }
 

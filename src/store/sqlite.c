@@ -724,7 +724,7 @@ static const char *const stmt_sql[S_COUNT] = {
                 "       OR (p.status = 'failed' AND ?2)))"
                 " ORDER BY o.seq LIMIT ?3",
     /* The same within the seqs ?4 to ?5: the pipelined claim reads each
-     * stretch between the ranges in flight (see claim_between), one seek
+     * stretch between the ranges in flight (outbox__stretches_between), one seek
      * of outbox_pending each. */
     [S_CLAIM_PIPELINED] =
         "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
@@ -754,24 +754,15 @@ static const char *const stmt_sql[S_COUNT] = {
                    " WHERE (status = 'failed' OR attempts > 0) AND +status = 'pending'",
 };
 
-/* Seqs lo to hi, both included. */
-typedef struct seq_range {
-    int64_t lo, hi;
-} seq_range;
-
 typedef struct sqlite_store {
     sqlite3 *db; /* NULL while the database file does not exist */
     char *path;
     int version_checked; /* the schema version was found writable on db */
     char instance[33];   /* random hex token: the lease row this handle holds */
     sqlite3_stmt *stmts[S_COUNT];
-    int64_t data_version; /* -1 before the first `changed` */
-    outbox_buf sent;      /* complete: JSON array of the sent seqs */
-    /* pipelined claim: the seqs not in flight, as [lo, hi] stretches */
-    seq_range *between;
-    size_t between_cap;
-    int64_t *sorted; /* the seqs in flight, sorted (when they come unsorted) */
-    size_t sorted_cap;
+    int64_t data_version;     /* -1 before the first `changed` */
+    outbox_buf sent;          /* complete: JSON array of the sent seqs */
+    outbox_stretches between; /* pipelined claim: the seqs not in flight */
 } sqlite_store;
 
 /* Returns the cached statement idx, preparing it on first use. */
@@ -884,8 +875,7 @@ static void sqlite_close(void *state)
     for (i = 0; i < S_COUNT; i++)
         sqlite3_finalize(st->stmts[i]);
     outbox__buf_free(&st->sent);
-    outbox__free(st->between);
-    outbox__free(st->sorted);
+    outbox__stretches_free(&st->between);
     if (st->db && sqlite3_close(st->db) != SQLITE_OK)
         outbox__log(OUTBOX_LOG_WARN, "store.sqlite", "closing %s: %s", st->path,
                     sqlite3_errmsg(st->db));
@@ -1378,68 +1368,8 @@ static void free_bad(bad_row *bad, size_t n)
     outbox__free(bad);
 }
 
-static int compare_seqs(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Appends the stretch lo..hi to st->between (*k of them so far); -1 when
- * out of memory. */
-static int add_stretch(sqlite_store *st, size_t *k, int64_t lo, int64_t hi)
-{
-    if (*k == st->between_cap) {
-        size_t cap = st->between_cap ? st->between_cap * 2 : 8;
-        seq_range *r = outbox__realloc(st->between, cap * sizeof *r);
-        if (!r) return -1;
-        st->between = r;
-        st->between_cap = cap;
-    }
-    st->between[*k].lo = lo;
-    st->between[(*k)++].hi = hi;
-    return 0;
-}
-
-/* Fills st->between with the stretches of seqs that are not in exclude
- * (the seqs in flight), lowest first; *count: how many.  The pipelined
- * claim reads these stretches, one index seek each, instead of passing a
- * list that grows with the window and stepping over every row in flight
- * (they are still pending).  The seqs in flight are few ranges (a batch is
- * claimed in seq order and a drain's batches follow one another), so a
- * drain has two stretches: below the window, where retries fall due, and
- * above it.  Returns -1 when out of memory. */
-static int seqs_between(sqlite_store *st, const int64_t *exclude, size_t n, size_t *count)
-{
-    const int64_t *seqs = exclude;
-    int64_t next = INT64_MIN; /* the lowest seq not yet placed in a stretch or in flight */
-    size_t i, k = 0;
-
-    for (i = 1; i < n && exclude[i - 1] <= exclude[i]; i++)
-        ;
-    if (i < n) { /* a batch claimed below an earlier one (a retry fell due) */
-        if (n > st->sorted_cap) {
-            int64_t *a = outbox__realloc(st->sorted, n * sizeof *a);
-            if (!a) return -1;
-            st->sorted = a;
-            st->sorted_cap = n;
-        }
-        memcpy(st->sorted, exclude, n * sizeof *exclude);
-        qsort(st->sorted, n, sizeof *st->sorted, compare_seqs);
-        seqs = st->sorted;
-    }
-    for (i = 0; i < n; i++) {
-        if (seqs[i] < next) continue; /* the same seq twice */
-        if (seqs[i] > next && add_stretch(st, &k, next, seqs[i] - 1) != 0) return -1;
-        if (seqs[i] == INT64_MAX) break; /* nothing above it */
-        next = seqs[i] + 1;
-    }
-    if ((n == 0 || seqs[n - 1] < INT64_MAX) && add_stretch(st, &k, next, INT64_MAX) != 0) return -1;
-    *count = k;
-    return 0;
-}
-
 /* The plain claim, or (pipelined) the same read without the seqs in
- * exclude: the stretches between them (seqs_between), lowest first, each
+ * exclude: the stretches between them (outbox__stretches_between), lowest first, each
  * for what the batch still lacks, which returns the same rows as the plain
  * read with the seqs in flight taken out.  Rows that do not decode are
  * quarantined, not returned as an error; when that leaves nothing to
@@ -1462,8 +1392,11 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
     if (code != OUTBOX_OK) return code;
     /* The relay is alone (lease): claiming is a plain read, so only the
      * messages still in flight need leaving out. */
-    if (pipelined && seqs_between(st, exclude, exclude_count, &stretches) != 0)
-        return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming messages");
+    if (pipelined) {
+        if (outbox__stretches_between(&st->between, exclude, exclude_count) != 0)
+            return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming messages");
+        stretches = st->between.count;
+    }
     s = stmt(st, pipelined ? S_CLAIM_PIPELINED : S_CLAIM, &code, err);
     if (!s) return code;
     for (round = 0; round < CLAIM_ROUNDS; round++) {
@@ -1473,8 +1406,8 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
             sqlite3_bind_int(s, 2, p->failed_blocks_aggregate ? 1 : 0);
             sqlite3_bind_int64(s, 3, want > INT64_MAX ? INT64_MAX : (int64_t)want);
             if (pipelined) {
-                sqlite3_bind_int64(s, 4, st->between[k].lo);
-                sqlite3_bind_int64(s, 5, st->between[k].hi);
+                sqlite3_bind_int64(s, 4, st->between.r[k].lo);
+                sqlite3_bind_int64(s, 5, st->between.r[k].hi);
             }
             code = claim_read(st, s, p->batch_size, &arr, &count, &cap, &bad, &nbad, err);
             sqlite3_clear_bindings(s);
