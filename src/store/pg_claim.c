@@ -103,9 +103,12 @@ static int prepare_hot(pg_store *st, outbox_error *err)
 {
     int i, code;
     if (st->prepared) return OUTBOX_OK;
+    /* No JIT either: a plan that must sort anyway (the pipelined claim's
+     * few rows) carries enable_sort's penalty in its cost, which is far
+     * above jit_above_cost, and compiling it took 1.6 s a claim. */
     code = outbox__pg_exec(st->conn,
                            "SET enable_sort = off; SET enable_bitmapscan = off;"
-                           " SET enable_material = off",
+                           " SET enable_material = off; SET jit = off",
                            "configuring the relay's session", err);
     if (code != OUTBOX_OK) return code;
     for (i = 0; i < P_COUNT; i++) {
