@@ -322,8 +322,8 @@ static void part_amqps(void)
     }
     snprintf(opt, sizeof opt, "&cacert=%s", tls_ca);
     amqps_url(url, sizeof url, "127.0.0.1", rmq.tls_port, opt);
-    amqps_case("the signing CA, host given as 127.0.0.1", url,
-               "does not name host \"127.0.0.1\"", "an IP address never matches");
+    amqps_case("the signing CA, host given as 127.0.0.1", url, "does not name host \"127.0.0.1\"",
+               "an IP address never matches");
     amqps_url(url, sizeof url, "localhost", rmq.port, opt);
     amqps_case("the signing CA, the plain AMQP port", url, "TLS handshake failed",
                "RabbitMQ's TLS listener");
@@ -338,7 +338,8 @@ static void part_amqps(void)
      * host name check catches it. */
     t0 = ch_now_ms();
     rmh_restart_tls(&rmq, tls_other_cert, tls_other_key);
-    fprintf(stderr, "   (rabbitmq-server restarted with the other.example certificate in %lld ms)\n",
+    fprintf(stderr,
+            "   (rabbitmq-server restarted with the other.example certificate in %lld ms)\n",
             (long long)(ch_now_ms() - t0));
     amqps_url(url, sizeof url, "localhost", rmq.tls_port, opt);
     amqps_case("the signing CA, certificate for other.example", url,

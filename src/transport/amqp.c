@@ -307,37 +307,41 @@ static int open_channel(rmq_state *st, char *why, size_t len)
 static void tls_refusal(const rmq_state *st, int status, const char *ca, char *why, size_t len)
 {
     const char *lib = amqp_error_string2(status);
-    char trusted[WHY_MAX / 2];
+    const char *trust = "no CA in cacert=", *file = ca, *after = "";
     unsigned char addr[16];
 
-    if (st->c.cacert != NULL)
-        snprintf(trusted, sizeof trusted, "cacert=%s", ca);
-    else if (ca != NULL)
-        snprintf(trusted, sizeof trusted, "the system's bundle %s (no cacert= given)", ca);
-    else
-        snprintf(trusted, sizeof trusted, "no CA at all (no cacert= given, no %s)",
-                 SYSTEM_CA_BUNDLE);
+    if (st->c.cacert == NULL && ca != NULL) {
+        trust = "no CA in the system's bundle ";
+        after = " (no cacert= given)";
+    } else if (ca == NULL) {
+        trust = "no CA at all is trusted (no cacert= given, no ";
+        file = SYSTEM_CA_BUNDLE;
+        after = ") and none";
+    }
     switch (status) {
     case AMQP_STATUS_SSL_PEER_VERIFY_FAILED:
         snprintf(why, len,
-                 "cannot connect to %s: its TLS certificate is not trusted (%s): no CA in %s "
-                 "signed it, or it is not valid at this time; give the CA that signed it with "
+                 "cannot connect to %s: its TLS certificate is not trusted (%s): %s%s%s signed "
+                 "it, or it is not valid at this time; give the CA that signed it with "
                  "cacert=PATH.pem",
-                 st->shown, lib, trusted);
+                 st->shown, lib, trust, file, after);
         break;
     case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED:
         /* librabbitmq matches the host against the certificate's DNS names
          * only, so an address in the URL fails even when the certificate
-         * lists it as an IP address. */
-        snprintf(why, len,
-                 "cannot connect to %s: its TLS certificate does not name host \"%s\" (%s); put "
-                 "a host name the certificate lists in the URL%s, or give RabbitMQ a certificate "
-                 "for \"%s\"",
-                 st->shown, st->host, lib,
-                 inet_pton(AF_INET, st->host, addr) == 1 || strchr(st->host, ':') != NULL
-                     ? " (librabbitmq checks DNS names only: an IP address never matches)"
-                     : "",
-                 st->host);
+         * lists it as an IP address: another certificate would not help. */
+        if (inet_pton(AF_INET, st->host, addr) == 1 || strchr(st->host, ':') != NULL)
+            snprintf(why, len,
+                     "cannot connect to %s: its TLS certificate does not name host \"%s\" (%s); "
+                     "put a DNS name the certificate lists in the URL instead of the address "
+                     "(librabbitmq checks DNS names only: an IP address never matches)",
+                     st->shown, st->host, lib);
+        else
+            snprintf(why, len,
+                     "cannot connect to %s: its TLS certificate does not name host \"%s\" (%s); "
+                     "put a host name the certificate lists in the URL, or give RabbitMQ a "
+                     "certificate for \"%s\"",
+                     st->shown, st->host, lib, st->host);
         break;
     case AMQP_STATUS_SSL_CONNECTION_FAILED:
         snprintf(why, len,
@@ -393,9 +397,9 @@ static int connect_broker(rmq_state *st, char *why, size_t len)
     tv.tv_usec = (suseconds_t)(st->c.connect_timeout_ms % 1000) * 1000;
     rc = amqp_socket_open_noblock(sock, st->host, st->port, &tv);
     if (rc != AMQP_STATUS_OK) {
-        if (st->tls && (rc == AMQP_STATUS_SSL_ERROR || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED ||
-                        rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED ||
-                        rc == AMQP_STATUS_SSL_CONNECTION_FAILED))
+        if (st->tls &&
+            (rc == AMQP_STATUS_SSL_ERROR || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED ||
+             rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED || rc == AMQP_STATUS_SSL_CONNECTION_FAILED))
             tls_refusal(st, rc, ca, why, len);
         else
             snprintf(why, len, "cannot connect to %s: %s; check that RabbitMQ runs there",

@@ -45,8 +45,8 @@ typedef struct rmh_server {
     char dir[256]; /* temp dir: mnesia/, log/, config, HOME */
     char log[300];
     char node[64];
-    char url[128]; /* amqp://guest:guest@127.0.0.1:PORT (the default vhost) */
-    int tls_port;  /* the TLS listener's, 0 without one */
+    char url[128];          /* amqp://guest:guest@127.0.0.1:PORT (the default vhost) */
+    int tls_port;           /* the TLS listener's, 0 without one */
     char tls_cert[CH_PATH]; /* with tls_key and tls_ca: a TLS listener ("" for none) */
     char tls_key[CH_PATH];
     char tls_ca[CH_PATH]; /* the CA the listener sends with its certificate */
