@@ -15,6 +15,11 @@
  *              destination's outage: logged, no attempt charged).
  *   nats       nats-server requiring TLS; the nats destination with
  *              tls=true and ca_file= (a refusal fails at start-up).
+ *   amqps      rabbitmq-server with a TLS listener; the amqps destination
+ *              with cacert= (a refusal fails at start-up); also the host
+ *              as an IP address (librabbitmq checks DNS names only), the
+ *              plain port, verify=false, and a certificate for another
+ *              host name (the broker restarted with it).
  *   postgres   a PostgreSQL server with ssl=on; the store URL with
  *              sslmode=verify-full and sslrootcert= (the store and a relay
  *              from it); also a certificate for another host name
@@ -39,6 +44,9 @@
 #endif
 #ifdef OUTBOX_HAVE_LIBPQ
 #include "support/pg.h"
+#endif
+#ifdef OUTBOX_HAVE_RABBITMQ
+#include "support/rabbitmq.h"
 #endif
 
 #include <errno.h>
@@ -230,6 +238,118 @@ static void part_nats(void)
     parts_run++;
 }
 #endif /* OUTBOX_HAVE_NATS */
+
+/* ------------------------------------------------------------------------
+ * amqps: the relay's RabbitMQ destination to a broker with a TLS listener
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_RABBITMQ
+
+static rmh_server rmq;
+static char amqps_db[CH_PATH];
+static char amqps_id[40]; /* the message pending in amqps_db, "" when none */
+static int amqps_reads;
+
+/* An amqps URL to host:port of the broker, exchange "tls", with opts. */
+static void amqps_url(char *out, size_t len, const char *host, int port, const char *opts)
+{
+    snprintf(out, len, "amqps://guest:guest@%s:%d/?exchange=tls%s", host, port, opts);
+}
+
+/* Relays the one pending message (enqueued when none is) to url.  expect
+ * NULL: it is delivered (read back from queue "tls" by its id); else the
+ * relay is refused at start-up with an error containing expect and fix,
+ * the message stays pending with no attempt charged, the queue empty. */
+static void amqps_case(const char *what, const char *url, const char *expect, const char *fix)
+{
+    outbox_relay *r = NULL;
+    outbox_error err;
+
+    if (!amqps_id[0]) {
+        sqlite3 *h = ch_db_open(amqps_db);
+        wh_enqueue(h, "Tls", "Case", "a", "{}", NULL, amqps_id);
+        sqlite3_close(h);
+    }
+    if (expect == NULL) {
+        char out[CH_PATH], name[32], *text;
+        ch_drain_once(amqps_db, url);
+        ASSERT_EQ(ch_outbox_count(amqps_db, "pending"), 0);
+        snprintf(name, sizeof name, "amqps-%d.jsonl", ++amqps_reads);
+        ASSERT_EQ(rmh_queue_drain(&rmq, "tls", ch_path(out, name)), 1);
+        text = test_read_file(out, NULL);
+        ASSERT_CONTAINS(text, amqps_id);
+        free(text);
+        amqps_id[0] = '\0';
+        fprintf(stderr, "%s: delivered\n", what);
+        return;
+    }
+    ASSERT(ch_relay_new(&r, amqps_db, url, 1, &err) != OUTBOX_OK);
+    fprintf(stderr, "%s: %s\n", what, err.message);
+    ASSERT_CONTAINS(err.message, expect);
+    ASSERT_CONTAINS(err.message, fix);
+    assert_no_secret(err.message, "guest");
+    ASSERT_EQ(rmh_queue_count(&rmq, "tls"), 0);
+    ASSERT_EQ(wh_db_count(amqps_db, "SELECT count(*) FROM outbox WHERE status = 'pending' AND "
+                                    "attempts = 0"),
+              1);
+}
+
+static void part_amqps(void)
+{
+    const char *why = rmh_available();
+    const char *untrusted = "TLS certificate is not trusted";
+    char url[CH_PATH + 200], opt[CH_PATH + 20];
+    int64_t t0 = ch_now_ms(), t1;
+
+    fprintf(stderr, "-- amqps (cacert=, verify=)\n");
+    if (why) {
+        fprintf(stderr, "   skipped: %s\n", why);
+        return;
+    }
+    rmh_start_tls(&rmq, tls_cert, tls_key, tls_ca);
+    t1 = ch_now_ms();
+    fprintf(stderr, "   (rabbitmq-server started in %lld ms)\n", (long long)(t1 - t0));
+    rmh_declare(&rmq, "tls", "tls", "#");
+    ch_new_store(amqps_db, "amqps.db");
+
+    /* The certificate names 127.0.0.1 (as an IP address) and localhost:
+     * the trust cases connect to localhost. */
+    for (int k = 0; k < 3; k++) {
+        const trust_case *c = &cases[k];
+        snprintf(opt, sizeof opt, "%s%s", c->ca ? "&cacert=" : "", c->ca ? c->ca : "");
+        amqps_url(url, sizeof url, "localhost", rmq.tls_port, opt);
+        amqps_case(c->what, url, c->trusted ? NULL : untrusted, "cacert=PATH");
+    }
+    snprintf(opt, sizeof opt, "&cacert=%s", tls_ca);
+    amqps_url(url, sizeof url, "127.0.0.1", rmq.tls_port, opt);
+    amqps_case("the signing CA, host given as 127.0.0.1", url, "does not name host \"127.0.0.1\"",
+               "an IP address never matches");
+    amqps_url(url, sizeof url, "localhost", rmq.port, opt);
+    amqps_case("the signing CA, the plain AMQP port", url, "TLS handshake failed",
+               "RabbitMQ's TLS listener");
+    log_reset();
+    amqps_url(url, sizeof url, "localhost", rmq.tls_port, "&verify=false");
+    amqps_case("verify=false, no CA given", url, NULL, NULL);
+    if (!log_has_line("warn transport.amqp verify=false", "NOT verified"))
+        TEST_FAIL_("verify=false: no warning that the certificate is not verified");
+    log_print_line("verify=false", "NOT verified");
+
+    /* A certificate from the signing CA for another host name: only the
+     * host name check catches it. */
+    t0 = ch_now_ms();
+    rmh_restart_tls(&rmq, tls_other_cert, tls_other_key);
+    fprintf(stderr,
+            "   (rabbitmq-server restarted with the other.example certificate in %lld ms)\n",
+            (long long)(ch_now_ms() - t0));
+    amqps_url(url, sizeof url, "localhost", rmq.tls_port, opt);
+    amqps_case("the signing CA, certificate for other.example", url,
+               "does not name host \"localhost\"", "a certificate for \"localhost\"");
+    amqps_url(url, sizeof url, "localhost", rmq.tls_port, "&verify=false");
+    amqps_case("verify=false, certificate for other.example", url, NULL, NULL);
+    rmh_stop(&rmq);
+    parts_run++;
+}
+#endif /* OUTBOX_HAVE_RABBITMQ */
 
 /* ------------------------------------------------------------------------
  * postgres: the store with sslmode and sslrootcert
@@ -461,12 +581,17 @@ int main(void)
 #else
     fprintf(stderr, "-- nats\n   skipped: this build has no NATS destination\n");
 #endif
+#ifdef OUTBOX_HAVE_RABBITMQ
+    part_amqps();
+#else
+    fprintf(stderr, "-- amqps\n   skipped: this build has no RabbitMQ destination\n");
+#endif
 #ifdef OUTBOX_HAVE_LIBPQ
     part_postgres();
 #else
     fprintf(stderr, "-- postgres\n   skipped: this build has no PostgreSQL store\n");
 #endif
     if (parts_run == 0) SKIP("no TLS server could run here (see above)");
-    fprintf(stderr, "all tls tests passed (%d of 3 parts ran)\n", parts_run);
+    fprintf(stderr, "all tls tests passed (%d of 4 parts ran)\n", parts_run);
     return 0;
 }

@@ -120,12 +120,14 @@ static const outbox_prop rmq_props[] = {
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
+#include <arpa/inet.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -299,6 +301,61 @@ static int open_channel(rmq_state *st, char *why, size_t len)
     return OUTBOX_OK;
 }
 
+/* Why TLS refused the broker (status: librabbitmq's), with what to change:
+ * the library's own text, kept in parentheses, says neither.  ca: the CA
+ * file that was trusted, NULL when none. */
+static void tls_refusal(const rmq_state *st, int status, const char *ca, char *why, size_t len)
+{
+    const char *lib = amqp_error_string2(status);
+    const char *trust = "no CA in cacert=", *file = ca, *after = "";
+    unsigned char addr[16];
+
+    if (st->c.cacert == NULL && ca != NULL) {
+        trust = "no CA in the system's bundle ";
+        after = " (no cacert= given)";
+    } else if (ca == NULL) {
+        trust = "no CA at all is trusted (no cacert= given, no ";
+        file = SYSTEM_CA_BUNDLE;
+        after = ") and none";
+    }
+    switch (status) {
+    case AMQP_STATUS_SSL_PEER_VERIFY_FAILED:
+        snprintf(why, len,
+                 "cannot connect to %s: its TLS certificate is not trusted (%s): %s%s%s signed "
+                 "it, or it is not valid at this time; give the CA that signed it with "
+                 "cacert=PATH.pem",
+                 st->shown, lib, trust, file, after);
+        break;
+    case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED:
+        /* librabbitmq matches the host against the certificate's DNS names
+         * only, so an address in the URL fails even when the certificate
+         * lists it as an IP address: another certificate would not help. */
+        if (inet_pton(AF_INET, st->host, addr) == 1 || strchr(st->host, ':') != NULL)
+            snprintf(why, len,
+                     "cannot connect to %s: its TLS certificate does not name host \"%s\" (%s); "
+                     "put a DNS name the certificate lists in the URL instead of the address "
+                     "(librabbitmq checks DNS names only: an IP address never matches)",
+                     st->shown, st->host, lib);
+        else
+            snprintf(why, len,
+                     "cannot connect to %s: its TLS certificate does not name host \"%s\" (%s); "
+                     "put a host name the certificate lists in the URL, or give RabbitMQ a "
+                     "certificate for \"%s\"",
+                     st->shown, st->host, lib, st->host);
+        break;
+    case AMQP_STATUS_SSL_CONNECTION_FAILED:
+        snprintf(why, len,
+                 "cannot connect to %s: the TLS handshake failed (%s); check that port %d is "
+                 "RabbitMQ's TLS listener (listeners.ssl, usually 5671), not its plain one (5672)",
+                 st->shown, lib, st->port);
+        break;
+    default:
+        snprintf(why, len, "cannot connect to %s: %s; check that RabbitMQ's TLS listener is there",
+                 st->shown, lib);
+        break;
+    }
+}
+
 /* Connects and logs in.  Returns OUTBOX_OK, OUTBOX_ECONFIG (refused
  * credentials, TLS set-up) or OUTBOX_EPUBLISH, with why filled. */
 static int connect_broker(rmq_state *st, char *why, size_t len)
@@ -306,6 +363,7 @@ static int connect_broker(rmq_state *st, char *why, size_t len)
     amqp_socket_t *sock;
     struct timeval tv;
     amqp_rpc_reply_t r;
+    const char *ca = NULL; /* amqps: the CA file trusted, NULL: none */
     char text[200];
     int rc;
 
@@ -317,7 +375,7 @@ static int connect_broker(rmq_state *st, char *why, size_t len)
     if (st->tls) {
         sock = amqp_ssl_socket_new(st->conn);
         if (sock != NULL) {
-            const char *ca = st->c.cacert;
+            ca = st->c.cacert;
             if (ca == NULL && access(SYSTEM_CA_BUNDLE, R_OK) == 0) ca = SYSTEM_CA_BUNDLE;
             amqp_ssl_socket_set_verify_peer(sock, st->c.verify);
             amqp_ssl_socket_set_verify_hostname(sock, st->c.verify);
@@ -339,13 +397,13 @@ static int connect_broker(rmq_state *st, char *why, size_t len)
     tv.tv_usec = (suseconds_t)(st->c.connect_timeout_ms % 1000) * 1000;
     rc = amqp_socket_open_noblock(sock, st->host, st->port, &tv);
     if (rc != AMQP_STATUS_OK) {
-        snprintf(why, len, "cannot connect to %s: %s; check that RabbitMQ runs there%s", st->shown,
-                 amqp_error_string2(rc),
-                 rc == AMQP_STATUS_SSL_ERROR || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED ||
-                         rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED ||
-                         rc == AMQP_STATUS_SSL_CONNECTION_FAILED
-                     ? " and that its certificate is trusted (cacert=)"
-                     : "");
+        if (st->tls &&
+            (rc == AMQP_STATUS_SSL_ERROR || rc == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED ||
+             rc == AMQP_STATUS_SSL_PEER_VERIFY_FAILED || rc == AMQP_STATUS_SSL_CONNECTION_FAILED))
+            tls_refusal(st, rc, ca, why, len);
+        else
+            snprintf(why, len, "cannot connect to %s: %s; check that RabbitMQ runs there",
+                     st->shown, amqp_error_string2(rc));
         rc = OUTBOX_EPUBLISH;
         goto fail;
     }
@@ -1172,6 +1230,12 @@ static int rmq_open(void **state, const char *url, const outbox_transport_config
     rc = outbox__route_new(&st->route, st->c.routing_key, OUTBOX_ROUTE_NATS_SUBJECT, err);
     if (rc != OUTBOX_OK) goto fail;
 
+    if (st->tls && !st->c.verify)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                    "verify=false: the TLS certificate of %s is NOT verified (neither its CA nor "
+                    "its host name); anyone on the path can pose as the broker and read the "
+                    "password and every message; use it for local testing only",
+                    st->shown);
     rc = connect_broker(st, why, sizeof why);
     if (rc != OUTBOX_OK) {
         rc = outbox__error(err, rc, "amqp destination: %s", why);

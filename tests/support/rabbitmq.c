@@ -76,9 +76,35 @@ static void start_epmd(rmh_server *s)
     }
 }
 
+/* rabbitmq.conf, written at each start so that a restart takes a new TLS
+ * certificate. */
+static void write_config(const rmh_server *s)
+{
+    char path[300], text[512 + 3 * CH_PATH];
+    int n;
+    snprintf(path, sizeof path, "%s/rabbitmq.conf", s->dir);
+    n = snprintf(text, sizeof text,
+                 "listeners.tcp.default = 127.0.0.1:%d\n"
+                 "log.console = true\n"
+                 "log.console.level = warning\n"
+                 "log.file = false\n"
+                 "disk_free_limit.absolute = 1MB\n",
+                 s->port);
+    if (s->tls_port > 0)
+        snprintf(text + n, sizeof text - (size_t)n,
+                 "listeners.ssl.default = 127.0.0.1:%d\n"
+                 "ssl_options.certfile = %s\n"
+                 "ssl_options.keyfile = %s\n"
+                 "ssl_options.cacertfile = %s\n"
+                 "ssl_options.verify = verify_none\n"
+                 "ssl_options.fail_if_no_peer_cert = false\n",
+                 s->tls_port, s->tls_cert, s->tls_key, s->tls_ca);
+    write_file(path, text);
+}
+
 void rmh_start(rmh_server *s)
 {
-    char conf[300], plugins[300], text[512];
+    char conf[300], plugins[300];
     char env_text[16][400];
     const char *env[17];
     const char *why = rmh_available();
@@ -91,22 +117,15 @@ void rmh_start(rmh_server *s)
         s->port = ch_free_port();
         s->dist_port = ch_free_port();
         s->epmd_port = ch_free_port();
+        if (s->tls_cert[0]) s->tls_port = ch_free_port();
         snprintf(s->node, sizeof s->node, "outbox-test-%d@localhost", (int)getpid());
         snprintf(s->url, sizeof s->url, "amqp://guest:guest@127.0.0.1:%d", s->port);
-        snprintf(conf, sizeof conf, "%s/rabbitmq.conf", s->dir);
-        snprintf(text, sizeof text,
-                 "listeners.tcp.default = 127.0.0.1:%d\n"
-                 "log.console = true\n"
-                 "log.console.level = warning\n"
-                 "log.file = false\n"
-                 "disk_free_limit.absolute = 1MB\n",
-                 s->port);
-        write_file(conf, text);
         snprintf(plugins, sizeof plugins, "%s/enabled_plugins", s->dir);
         write_file(plugins, "[].\n");
         current = s;
         atexit(cleanup);
     }
+    write_config(s);
     snprintf(conf, sizeof conf, "%s/rabbitmq.conf", s->dir);
     snprintf(plugins, sizeof plugins, "%s/enabled_plugins", s->dir);
     if (s->epmd_pid <= 0) start_epmd(s);
@@ -142,16 +161,39 @@ void rmh_start(rmh_server *s)
             ch_dump("rabbitmq log", s->log);
             TEST_FAIL_("rabbitmq-server exited at start (port %d)", s->port);
         }
-        if (ch_port_open(s->port) && (c = try_connect(s)) != NULL) {
+        /* The TLS listener is waited for too: a test connects to it at
+         * once. */
+        if (ch_port_open(s->port) && (s->tls_port == 0 || ch_port_open(s->tls_port)) &&
+            (c = try_connect(s)) != NULL) {
             amqp_destroy_connection(c);
             break;
         }
         if (ch_now_ms() > deadline) {
             ch_dump("rabbitmq log", s->log);
-            TEST_FAIL_("rabbitmq-server did not accept a login on port %d within 180 s", s->port);
+            TEST_FAIL_("rabbitmq-server did not accept a login on port %d (TLS port %d) within "
+                       "180 s",
+                       s->port, s->tls_port);
         }
         ch_sleep_ms(250);
     }
+}
+
+void rmh_start_tls(rmh_server *s, const char *cert, const char *key, const char *ca)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->tls_cert, sizeof s->tls_cert, "%s", cert);
+    snprintf(s->tls_key, sizeof s->tls_key, "%s", key);
+    snprintf(s->tls_ca, sizeof s->tls_ca, "%s", ca);
+    rmh_start(s);
+}
+
+void rmh_restart_tls(rmh_server *s, const char *cert, const char *key)
+{
+    if (s->pid > 0) ch_stop(s->pid, SIGTERM, 30000);
+    s->pid = 0;
+    snprintf(s->tls_cert, sizeof s->tls_cert, "%s", cert);
+    snprintf(s->tls_key, sizeof s->tls_key, "%s", key);
+    rmh_start(s);
 }
 
 void rmh_kill(rmh_server *s)

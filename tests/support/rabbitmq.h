@@ -15,6 +15,11 @@
  *   exit 77 (rmh_available() says why beforehand).
  * - Restart after a kill on the same ports and data (quorum queues recover
  *   from their log).
+ * - A TLS listener besides the plain one (rmh_start_tls: the amqps://
+ *   destination's tests), on 127.0.0.1 and a free port, with a certificate
+ *   and key of the test's and no client certificate asked for; a restart
+ *   with another certificate (rmh_restart_tls).  The helpers' own
+ *   connections below use the plain listener.
  * - Declaring a durable topic exchange and a quorum queue bound to it, and
  *   reading a queue back through librabbitmq as the JSON lines ch_check_file
  *   reads ({"id": message_id, "subject": ce-subject, "data": body}),
@@ -40,7 +45,11 @@ typedef struct rmh_server {
     char dir[256]; /* temp dir: mnesia/, log/, config, HOME */
     char log[300];
     char node[64];
-    char url[128]; /* amqp://guest:guest@127.0.0.1:PORT (the default vhost) */
+    char url[128];          /* amqp://guest:guest@127.0.0.1:PORT (the default vhost) */
+    int tls_port;           /* the TLS listener's, 0 without one */
+    char tls_cert[CH_PATH]; /* with tls_key and tls_ca: a TLS listener ("" for none) */
+    char tls_key[CH_PATH];
+    char tls_ca[CH_PATH]; /* the CA the listener sends with its certificate */
 } rmh_server;
 
 /* NULL when a broker can be started here, else why not (for a skip). */
@@ -50,6 +59,16 @@ const char *rmh_available(void);
  * is not installed), or restarts one that was killed or stopped on its
  * ports and data.  Waits until it accepts a login. */
 void rmh_start(rmh_server *s);
+
+/* Starts a new broker (as rmh_start) with a TLS listener too, on
+ * s->tls_port, showing the PEM certificate cert (signed by ca) and its key;
+ * it asks no certificate of the client.  Waits until that port accepts
+ * too. */
+void rmh_start_tls(rmh_server *s, const char *cert, const char *key, const char *ca);
+
+/* Stops the broker (SIGTERM) and starts it again on its ports and data,
+ * its TLS listener showing cert and key (signed by s->tls_ca) instead. */
+void rmh_restart_tls(rmh_server *s, const char *cert, const char *key);
 
 /* SIGKILLs the broker (as a crash would); epmd stays. */
 void rmh_kill(rmh_server *s);
