@@ -385,7 +385,6 @@ static void pg_case(int no_serial, int pg_rounds)
     bench_result res;
     bench_relay_case c = {0};
     PGconn *conn;
-    outbox_error err = {0};
     long long left;
     double relay_rate, by_mean[20], by_first[20];
 
@@ -399,9 +398,7 @@ static void pg_case(int no_serial, int pg_rounds)
     }
     pgh_start(&pg);
     conn = pgh_connect(&pg);
-    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
-    if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
-        TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
+    if (bench_pg_schema_new(conn)) exit(1);
     {
         PGresult *v = PQexec(conn, "SELECT current_setting('server_version'),"
                                    " current_setting('shared_buffers')");
@@ -496,7 +493,6 @@ static void pg_wal_case(void)
     bench_relay_case c = {0};
     bench_result res;
     PGconn *conn;
-    outbox_error err = {0};
     long long lag = 0;
     double relay_rate, by_mean;
     const char *why = pgh_available();
@@ -507,9 +503,7 @@ static void pg_wal_case(void)
     }
     if (pg.url[0] == '\0') pgh_start(&pg);
     conn = pgh_connect(&pg);
-    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
-    if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
-        TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
+    if (bench_pg_schema_new(conn)) exit(1);
     c.batch = batch;
     c.expect = n_msgs;
     snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox&capture=wal", pg.url);
@@ -553,7 +547,6 @@ static int pg_relay_to(const char *name, const char *to_url, bench_result *res)
     static int started;
     bench_relay_case c;
     PGconn *conn;
-    outbox_error err = {0};
     long long left;
     int rc = -1;
     const char *why = pgh_available();
@@ -565,9 +558,7 @@ static int pg_relay_to(const char *name, const char *to_url, bench_result *res)
     if (!started && pg.url[0] == '\0') pgh_start(&pg);
     started = 1;
     conn = pgh_connect(&pg);
-    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
-    if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
-        TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
+    if (bench_pg_schema_new(conn)) exit(1);
     bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     memset(&c, 0, sizeof c);
     c.batch = batch;

@@ -142,6 +142,17 @@ static inline long long bench_pg_left(PGconn *conn)
                                       " WHERE status <> 'sent'");
 }
 
+/* Drops the schema bench_outbox (with its rows) and creates it again.  0,
+ * or -1 (printed). */
+static inline int bench_pg_schema_new(PGconn *conn)
+{
+    outbox_error err = {0};
+    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
+    if (outbox_schema_init_pg(conn, "bench_outbox", &err) == OUTBOX_OK) return 0;
+    fprintf(stderr, "bench: outbox_schema_init_pg: %s\n", err.message);
+    return -1;
+}
+
 /* WAL capture (bench_pg_drain --capture wal, bench_nats --pg-wal). */
 
 /* Creates (create = 1) or drops (0) the replication slot and the
