@@ -32,6 +32,15 @@
  *                    of the two and to the first ceiling; with
  *                    --pg-rounds K the fill, the ceilings and the relay run
  *                    K times, and the medians over the rounds follow
+ *   postgres (wal)   with --pg-wal, WAL capture (docs/WAL.md) on the same
+ *   -> nats          cluster: N messages emitted to the WAL with no relay
+ *                    running (SELECT bench_outbox.emit(...) server-side, the
+ *                    same type, aggregates and payloads, 10 to a committed
+ *                    transaction) on a replication slot made for the case,
+ *                    then the relay on ?capture=wal, once, between a
+ *                    ceiling right before it ("before") and one right after
+ *                    it ("after"), and its ratio to their mean; then the
+ *                    same to discard:.  The slot is dropped after each run
  *   store alone      the same relay runs from SQLite and from PostgreSQL to
  *                    discard: (the claim and completion work without a
  *                    broker): pipelining the next claim with a batch's acks
@@ -59,7 +68,7 @@
  *
  * Usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES]
  *                   [--no-pg] [--no-kafka] [--no-serial] [--pg-rounds K]
- *                   [--fresh-server] [--kafka-only] [--kafka-window M]
+ *                   [--fresh-server] [--kafka-only] [--kafka-window M] [--pg-wal]
  */
 #ifndef OUTBOX_HAVE_NATS
 #include <stdio.h>
@@ -84,6 +93,7 @@ int main(void)
 
 #include "bench_outbox.h"
 
+#include <ctype.h>
 #include <sys/stat.h>
 
 #include "outbox.h"
@@ -330,15 +340,53 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* The relay case c bracketed by ceilings: the ceiling right before it (row
+ * before_row; pg_ceiling_rate), the relay (row relay_row, its ratio to that
+ * ceiling), then VACUUM and CHECKPOINT (the relay's work on the server
+ * written back, as the fill's is before the first) and the ceiling again.
+ * Streams BENCH_RAW_<TAG>, BENCH_<TAG> and BENCH_RAW_<TAG>A, subjects
+ * raw<tag>.>, <tag>.> and raw<tag>a.> (TAG: tag upper-cased).
+ * *relay_rate and *by_mean (the relay's ratio to the mean of the two
+ * ceilings) are filled.  0, or -1. */
+static int pg_bracketed(PGconn *conn, bench_relay_case *c, const char *tag, const char *before_row,
+                        const char *relay_row, double *relay_rate, double *by_mean)
+{
+    char stream[32], prefix[32], upper[16];
+    bench_result res;
+    size_t i;
+
+    for (i = 0; tag[i] && i + 1 < sizeof upper; i++)
+        upper[i] = (char)toupper((unsigned char)tag[i]);
+    upper[i] = '\0';
+    snprintf(stream, sizeof stream, "BENCH_RAW_%s", upper);
+    snprintf(prefix, sizeof prefix, "raw%s", tag);
+    if (ceiling_run(before_row, stream, prefix, &res)) return -1;
+    bench_print_row(before_row, &res, 0);
+    pg_ceiling_rate = (double)res.count / res.seconds;
+
+    snprintf(stream, sizeof stream, "BENCH_%s", upper);
+    if (pg_nats_run(conn, c, relay_row, stream, tag, &res)) return -1;
+    bench_print_row(relay_row, &res, pg_ceiling_rate);
+    *relay_rate = (double)res.count / res.seconds;
+
+    pgh_exec(conn, "VACUUM bench_outbox.outbox");
+    pgh_exec(conn, "CHECKPOINT");
+    snprintf(stream, sizeof stream, "BENCH_RAW_%sA", upper);
+    snprintf(prefix, sizeof prefix, "raw%sa", tag);
+    if (ceiling_run("nats raw async publish (after)", stream, prefix, &res)) return -1;
+    bench_print_row("nats raw async publish (after)", &res, 0);
+    *by_mean = *relay_rate / ((pg_ceiling_rate + (double)res.count / res.seconds) / 2);
+    return 0;
+}
+
 static void pg_case(int no_serial, int pg_rounds)
 {
     int round;
     bench_result res;
     bench_relay_case c = {0};
     PGconn *conn;
-    outbox_error err = {0};
     long long left;
-    double relay_rate, mean, by_mean[20], by_first[20];
+    double relay_rate, by_mean[20], by_first[20];
 
     c.batch = batch;
     c.expect = n_msgs;
@@ -350,9 +398,7 @@ static void pg_case(int no_serial, int pg_rounds)
     }
     pgh_start(&pg);
     conn = pgh_connect(&pg);
-    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
-    if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
-        TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
+    if (bench_pg_schema_new(conn)) exit(1);
     {
         PGresult *v = PQexec(conn, "SELECT current_setting('server_version'),"
                                    " current_setting('shared_buffers')");
@@ -368,31 +414,14 @@ static void pg_case(int no_serial, int pg_rounds)
         bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
         /* The ceiling again, right before the PostgreSQL cases: this machine's
          * speed drifts over the minutes the SQLite cases and the fill take, so
-         * their ratios are to this one (the first is printed above). */
-        if (ceiling_run("nats ceiling (again)", "BENCH_RAW_PG", "rawpg", &res)) {
+         * their ratios are to this one (the first is printed above); and
+         * once more right after it: the relay's ratio to the mean of the
+         * two brackets its run. */
+        if (pg_bracketed(conn, &c, "pg", "nats raw async publish (again)",
+                         "postgres -> nats (relay)", &relay_rate, &by_mean[round])) {
             failures++;
             goto out;
         }
-        bench_print_row("nats raw async publish (again)", &res, 0);
-        pg_ceiling_rate = (double)res.count / res.seconds;
-        if (pg_nats_run(conn, &c, "postgres -> nats", "BENCH_PG", "pg", &res)) {
-            failures++;
-            goto out;
-        }
-        bench_print_row("postgres -> nats (relay)", &res, pg_ceiling_rate);
-        relay_rate = (double)res.count / res.seconds;
-        /* ...and once more right after it, with the relay's deletions
-         * vacuumed and checkpointed as the fill is before the first: the
-         * relay's ratio to the mean of the two brackets its run. */
-        pgh_exec(conn, "VACUUM bench_outbox.outbox");
-        pgh_exec(conn, "CHECKPOINT");
-        if (ceiling_run("nats ceiling (after)", "BENCH_RAW_PGA", "rawpga", &res)) {
-            failures++;
-            goto out;
-        }
-        bench_print_row("nats raw async publish (after)", &res, 0);
-        mean = (pg_ceiling_rate + (double)res.count / res.seconds) / 2;
-        by_mean[round] = relay_rate / mean;
         by_first[round] = nats_ceiling_rate > 0 ? relay_rate / nats_ceiling_rate : 0;
         printf("  round %d: postgres -> nats / mean of the ceilings before and after it %.2f,"
                " / first ceiling %.2f\n",
@@ -432,6 +461,84 @@ out:
     PQfinish(conn);
 }
 
+/* --pg-wal: WAL capture.  N messages emitted to the WAL with no relay
+ * running (bench_pg_fill's type, aggregates and payloads, WAL_TXN_MSGS to
+ * a committed transaction) on a replication slot made for the case; the
+ * relay on ?capture=wal, once, bracketed by ceilings as the table's rounds
+ * are; then the same to discard: (the store alone).  Every run must
+ * publish exactly N, send nothing to the table, and the stream hold
+ * exactly N.  The slot is dropped after each run. */
+enum { WAL_TXN_MSGS = 10 };
+
+/* Makes the slot of store_url and emits n_msgs to the WAL. */
+static void pg_wal_fill(PGconn *conn, const char *store_url)
+{
+    char args[512];
+    long long wal_bytes;
+    double secs;
+    if (bench_pg_wal_slot(store_url, 1, NULL)) TEST_FAIL_("cannot create the replication slot");
+    snprintf(args, sizeof args,
+             "'OrderPlaced', 'order-' || lpad((i %% %u)::text, 6, '0'),"
+             " jsonb_build_object('n', i, 'pad', repeat('x', %d - 18 - length(i::text))), '{}',"
+             " 'Order'",
+             aggregates, PAYLOAD_BYTES);
+    secs = bench_pg_emit_fill(conn, n_msgs, WAL_TXN_MSGS, args, &wal_bytes);
+    printf("fill: %lld messages emitted to the WAL (SELECT bench_outbox.emit(...), %d per"
+           " transaction) in %.1f s, %.0f MB of WAL\n",
+           n_msgs, WAL_TXN_MSGS, secs, wal_bytes / 1e6);
+}
+
+static void pg_wal_case(void)
+{
+    bench_relay_case c = {0};
+    bench_result res;
+    PGconn *conn;
+    long long lag = 0;
+    double relay_rate, by_mean;
+    const char *why = pgh_available();
+
+    if (why != NULL) {
+        printf("%-34s skipped: %s\n", "postgres (wal) -> nats (relay)", why);
+        return;
+    }
+    if (pg.url[0] == '\0') pgh_start(&pg);
+    conn = pgh_connect(&pg);
+    if (bench_pg_schema_new(conn)) exit(1);
+    c.batch = batch;
+    c.expect = n_msgs;
+    snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox&capture=wal", pg.url);
+
+    pg_wal_fill(conn, c.store_url);
+    if (pg_bracketed(conn, &c, "pgw", "nats raw async publish (before)",
+                     "postgres (wal) -> nats (relay)", &relay_rate, &by_mean) ||
+        bench_pg_wal_slot(c.store_url, 0, &lag)) {
+        failures++;
+        goto out;
+    }
+    printf("  postgres (wal) -> nats / mean of the ceilings before and after it %.2f"
+           " (target >= 0.85: %s), / first ceiling %.2f; the slot lagged %lld bytes when"
+           " dropped\n",
+           by_mean, by_mean >= 0.85 ? "met" : "MISSED",
+           nats_ceiling_rate > 0 ? relay_rate / nats_ceiling_rate : 0, lag);
+
+    pg_wal_fill(conn, c.store_url);
+    snprintf(c.to_url, sizeof c.to_url, "discard:");
+    if (bench_run_child("postgres (wal) -> discard", bench_run_relay, &c, disarm_parent_handlers,
+                        &res) ||
+        bench_pg_wal_slot(c.store_url, 0, NULL)) {
+        failures++;
+        goto out;
+    }
+    if (bench_pg_left(conn) != 0) {
+        fprintf(stderr, "bench_nats: postgres (wal) -> discard: rows went to the table\n");
+        failures++;
+        goto out;
+    }
+    bench_print_row("postgres (wal) -> discard: (alone)", &res, pg_ceiling_rate);
+out:
+    PQfinish(conn);
+}
+
 /* The relay from a freshly filled PostgreSQL outbox to to_url (the server
  * started when pg_case did not run), checked for no unsent row left.  0 or
  * -1. */
@@ -440,7 +547,6 @@ static int pg_relay_to(const char *name, const char *to_url, bench_result *res)
     static int started;
     bench_relay_case c;
     PGconn *conn;
-    outbox_error err = {0};
     long long left;
     int rc = -1;
     const char *why = pgh_available();
@@ -452,9 +558,7 @@ static int pg_relay_to(const char *name, const char *to_url, bench_result *res)
     if (!started && pg.url[0] == '\0') pgh_start(&pg);
     started = 1;
     conn = pgh_connect(&pg);
-    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
-    if (outbox_schema_init_pg(conn, "bench_outbox", &err) != OUTBOX_OK)
-        TEST_FAIL_("outbox_schema_init_pg: %s", err.message);
+    if (bench_pg_schema_new(conn)) exit(1);
     bench_pg_fill(conn, n_msgs, aggregates, PAYLOAD_BYTES);
     memset(&c, 0, sizeof c);
     c.batch = batch;
@@ -703,13 +807,16 @@ static int usage(void)
 {
     fprintf(stderr, "usage: bench_nats [-n N] [-b BATCH] [-w WINDOW] [-a AGGREGATES] [--no-pg] "
                     "[--no-kafka] [--no-serial] [--pg-rounds K] [--fresh-server] [--kafka-only] "
-                    "[--kafka-window M]\n");
+                    "[--kafka-window M] [--pg-wal]\n"
+                    "  --pg-wal  also PostgreSQL -> JetStream with WAL capture (?capture=wal),"
+                    " between ceilings,\n"
+                    "            and to discard:; makes and drops its replication slot\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
-    int no_pg = 0, no_kafka = 0, no_serial = 0, kafka_only = 0, pg_rounds = 1, i;
+    int no_pg = 0, no_kafka = 0, no_serial = 0, kafka_only = 0, pg_rounds = 1, pg_wal = 0, i;
     char master[CH_PATH], copy[CH_PATH], to[700];
     bench_result res;
 
@@ -736,6 +843,8 @@ int main(int argc, char **argv)
             no_serial = 1;
         else if (!strcmp(argv[i], "--fresh-server"))
             fresh_server = 1;
+        else if (!strcmp(argv[i], "--pg-wal"))
+            pg_wal = 1;
         else if (!strcmp(argv[i], "--pg-rounds") && i + 1 < argc)
             pg_rounds = atoi(argv[++i]);
         else
@@ -813,9 +922,11 @@ int main(int argc, char **argv)
         /* (3) PostgreSQL -> JetStream */
 #ifdef OUTBOX_HAVE_LIBPQ
     if (!no_pg) pg_case(no_serial, pg_rounds);
+    if (!no_pg && pg_wal) pg_wal_case();
 #else
     if (!no_pg)
         printf("%-34s skipped: this build has no PostgreSQL store\n", "postgres -> nats (relay)");
+    (void)pg_wal;
 #endif
 
 kafka:

@@ -5,7 +5,9 @@
  * aggregate type Order) in a SQLite file through the public enqueue API,
  * or in a PostgreSQL outbox (schema bench_outbox) inserted server-side;
  * what is left in them after a relay ran; the relay run once in a child
- * (bench_common.h) and the table the results are printed in.
+ * (bench_common.h) and the table the results are printed in.  For WAL
+ * capture: the replication slot made and dropped, and messages emitted to
+ * the WAL server-side.
  *
  * Static, like bench_common.h: each program takes what it uses.
  */
@@ -138,6 +140,80 @@ static inline long long bench_pg_left(PGconn *conn)
 {
     return (long long)pgh_count(conn, "SELECT count(*) FROM bench_outbox.outbox"
                                       " WHERE status <> 'sent'");
+}
+
+/* Drops the schema bench_outbox (with its rows) and creates it again.  0,
+ * or -1 (printed). */
+static inline int bench_pg_schema_new(PGconn *conn)
+{
+    outbox_error err = {0};
+    pgh_exec(conn, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
+    if (outbox_schema_init_pg(conn, "bench_outbox", &err) == OUTBOX_OK) return 0;
+    fprintf(stderr, "bench: outbox_schema_init_pg: %s\n", err.message);
+    return -1;
+}
+
+/* WAL capture (bench_pg_drain --capture wal, bench_nats --pg-wal). */
+
+/* Creates (create = 1) or drops (0) the replication slot and the
+ * publication a capture=wal relay on store_url reads (default names
+ * outbox_<schema>).  A drop right after a relay stopped can find its
+ * walsender still exiting (OUTBOX_EBUSY): it is tried again for up to
+ * 10 s.  *lag_bytes (may be NULL) gets the slot's lag as found (a drop:
+ * before it).  0, or -1 (printed). */
+static inline int bench_pg_wal_slot(const char *store_url, int create, long long *lag_bytes)
+{
+    outbox_store *store = NULL;
+    outbox_wal_slot slot;
+    outbox_error err = {0};
+    int code, tries = 0;
+
+    memset(&slot, 0, sizeof slot);
+    if (outbox_store_open(store_url, &store, &err) != OUTBOX_OK) {
+        fprintf(stderr, "bench: %s: %s\n", store_url, err.message);
+        return -1;
+    }
+    for (;;) {
+        code = create ? outbox_store_wal_setup(store, NULL, NULL, &slot, sizeof slot, &err)
+                      : outbox_store_wal_drop(store, NULL, NULL, &slot, sizeof slot, &err);
+        if (code != OUTBOX_EBUSY || ++tries > 100) break;
+        usleep(100000);
+    }
+    outbox_store_close(store);
+    if (code != OUTBOX_OK) {
+        fprintf(stderr, "bench: %s the replication slot: %s\n", create ? "creating" : "dropping",
+                err.message);
+        return -1;
+    }
+    if (lag_bytes) *lag_bytes = (long long)slot.lag_bytes;
+    return 0;
+}
+
+/* Emits n messages to the WAL server-side, per_txn to a committed
+ * transaction: SELECT bench_outbox.emit(<args>) for i from 0 to n - 1,
+ * args being emit's arguments as SQL over i, in a DO block that commits
+ * as it goes (synchronous_commit off for the fill only).  A slot must
+ * exist before, or nothing keeps the messages.  Then a CHECKPOINT, so that
+ * the fill's write-back stays out of the timed run.  Returns the seconds
+ * it took; *wal_bytes gets the WAL it wrote. */
+static inline double bench_pg_emit_fill(PGconn *conn, long long n, int per_txn, const char *args,
+                                        long long *wal_bytes)
+{
+    static const char wal_pos[] = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint";
+    char sql[2048];
+    double t0 = bench_now();
+    long long start = (long long)pgh_count(conn, wal_pos);
+    pgh_exec(conn, "SET synchronous_commit = off");
+    snprintf(sql, sizeof sql,
+             "DO $$ BEGIN FOR k IN 0..%lld LOOP PERFORM bench_outbox.emit(%s)"
+             " FROM generate_series(k::bigint * %d, least((k::bigint + 1) * %d, %lld) - 1) i;"
+             " COMMIT; END LOOP; END $$",
+             (n - 1) / per_txn, args, per_txn, per_txn, n);
+    pgh_exec(conn, sql);
+    pgh_exec(conn, "RESET synchronous_commit");
+    pgh_exec(conn, "CHECKPOINT");
+    *wal_bytes = (long long)pgh_count(conn, wal_pos) - start;
+    return bench_now() - t0;
 }
 #endif
 

@@ -40,6 +40,27 @@
  *             started the server), which the other load on the machine
  *             disturbs less than the rates
  *
+ * With --capture wal, WAL capture (docs/WAL.md) next to the table, in the
+ * same run:
+ *   drain     N messages emitted to the WAL with no relay running (the
+ *             slot exists, so the server keeps them): SELECT
+ *             bench_outbox.emit(...) with the table fill's type, aggregates
+ *             and payloads, --wal-txn M (default 10) to a committed
+ *             transaction, server-side in a DO block, then CHECKPOINT;
+ *             drained by the relay on ?capture=wal, once, to discard:
+ *             (reading the slot up to the WAL's end as it was when it
+ *             began); it must publish exactly N; the ratio to the table
+ *             relay's drain time above
+ *   latency   the latency case with outbox_emit_pg instead of enqueue and
+ *             the relay on ?capture=wal, next to the table case, at --rate
+ *             and at --low-rate (default 100 msg/s, for at least
+ *             max(--seconds, 2000 / --low-rate) s, so that p99 rests on
+ *             2000 samples): table, wal, table, wal
+ * Each WAL case makes its own replication slot and publication
+ * (outbox_store_wal_setup) and drops them after (outbox_store_wal_drop);
+ * the server needs wal_level = logical (the cluster of tests/support/pg.h
+ * runs with it).
+ *
  * The server: --conninfo/--url of an existing one (the outbox schema
  * "bench_outbox" is dropped and recreated there), or by default a fresh
  * cluster started by tests/support/pg.h (fsync on, shared_buffers 64MB).
@@ -47,6 +68,7 @@
  * Usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T]
  *                       [--clients C] [--repeat R] [--url URL] [--skip-latency]
  *                       [--skip-enqueue] [--skip-drain] [--listen]
+ *                       [--capture wal] [--low-rate R2] [--wal-txn M]
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -57,7 +79,7 @@ int main(void)
 }
 #else
 
-#include "bench_common.h"
+#include "bench_outbox.h"
 #include "support/pg.h"
 #include "test.h"
 
@@ -77,6 +99,11 @@ static int repeat = 1;
 static pid_t server_pid; /* postmaster of the cluster this program started, or 0 */
 static char url[600];
 static char conninfo[600];
+static int capture_wal;    /* --capture wal: the WAL cases too */
+static int low_rate = 100; /* --low-rate: the second latency rate */
+static int wal_txn = 10;   /* --wal-txn: messages per emitting transaction in the fill */
+static char wal_url[700];  /* url with capture=wal */
+static int wal_slot_made;  /* a slot of ours exists (dropped at exit on a server not ours) */
 
 static double now_s(void)
 {
@@ -154,9 +181,9 @@ static double baseline(PGconn *c)
     return dt;
 }
 
-/* monitored: with the monitor serving it and /metrics scraped every
- * 100 ms (--listen). */
-static double relay_drain(int monitored)
+/* The relay from store_url to discard:, once; monitored: with the monitor
+ * serving it and /metrics scraped every 100 ms (--listen). */
+static double relay_drain(const char *store_url, int monitored)
 {
     outbox_relay_options o;
     outbox_relay *r = NULL;
@@ -169,7 +196,7 @@ static double relay_drain(int monitored)
     o.once = 1;
     o.batch_size = (unsigned)batch;
     double t0 = now_s();
-    if (outbox_relay_new(&r, url, "discard:", &o, &err) != OUTBOX_OK)
+    if (outbox_relay_new(&r, store_url, "discard:", &o, &err) != OUTBOX_OK)
         TEST_FAIL_("relay: %s", err.message);
     if (monitored && bench_monitor_start(&mon, r, 100, why, sizeof why) != 0) TEST_FAIL_("%s", why);
     if (outbox_relay_run(r, &err) != OUTBOX_OK) TEST_FAIL_("relay: %s", err.message);
@@ -183,6 +210,64 @@ static double relay_drain(int monitored)
     if ((long long)st.published != n_msgs)
         TEST_FAIL_("relay published %llu of %lld", (unsigned long long)st.published, n_msgs);
     return dt;
+}
+
+/* ------------------------------------------------------------------------
+ * WAL capture (--capture wal): the slot of each case
+ * ---------------------------------------------------------------------- */
+
+/* On a server this program did not start, a slot left behind by a run
+ * that failed midway would keep WAL until the disk fills: dropped at exit
+ * (a relay still streaming from it makes the drop give up after 10 s). */
+static void drop_slot_at_exit(void)
+{
+    if (wal_slot_made) (void)bench_pg_wal_slot(wal_url, 0, NULL);
+}
+
+static void slot_create(void)
+{
+    if (bench_pg_wal_slot(wal_url, 1, NULL)) TEST_FAIL_("cannot create the replication slot");
+    wal_slot_made = 1;
+}
+
+/* Drops the slot; returns the lag it had (WAL not confirmed by the relay,
+ * and any written since). */
+static long long slot_drop(void)
+{
+    long long lag = 0;
+    wal_slot_made = 0;
+    if (bench_pg_wal_slot(wal_url, 0, &lag)) TEST_FAIL_("cannot drop the replication slot");
+    return lag;
+}
+
+/* The catch-up drain: N messages emitted with no relay running (the
+ * table fill's type, aggregates and payloads), then the relay on
+ * ?capture=wal, once, to discard:.  table_s: the table relay's drain time
+ * in this run. */
+static void wal_drain(PGconn *c, double table_s, double baseline_s)
+{
+    long long wal_bytes, lag;
+    pgh_exec(c, "DELETE FROM bench_outbox.outbox");
+    pgh_exec(c, "VACUUM bench_outbox.outbox");
+    slot_create();
+    double tf = bench_pg_emit_fill(c, n_msgs, wal_txn,
+                                   "'Tick', 'a' || (i % 1000),"
+                                   " jsonb_build_object('n', i, 'pad', repeat('x', 270)), '{}',"
+                                   " 'Agg'",
+                                   &wal_bytes);
+    printf("  fill: %lld messages emitted to the WAL (SELECT bench_outbox.emit(...), %d per"
+           " transaction): %.1f s, %.0f MB of WAL\n",
+           n_msgs, wal_txn, tf, wal_bytes / 1e6);
+    fflush(stdout);
+    double tw = relay_drain(wal_url, 0);
+    lag = slot_drop();
+    printf("  relay (wal) -> discard:                              %.2f s, %.0f msg/s"
+           " (%.2fx the baseline's time)\n",
+           tw, n_msgs / tw, tw / baseline_s);
+    printf("  wal drain: %.2fx the table relay's rate (target >= 1.3x: %s); the slot lagged %lld"
+           " bytes when dropped\n",
+           table_s / tw, table_s / tw >= 1.3 ? "met" : "MISSED", lag);
+    fflush(stdout);
 }
 
 /* ------------------------------------------------------------------------
@@ -227,6 +312,7 @@ enum { LAT_THREADS = 4, LAT_PER_TXN = 10 };
 
 typedef struct pacer {
     int index;
+    int emit; /* outbox_emit_pg (WAL capture) instead of enqueue */
     long txns;
     double t0;
     double txn_rate;
@@ -253,8 +339,9 @@ static void *pacer_main(void *arg)
             snprintf(payload, sizeof payload, "{\"i\":%ld}", first + k);
             outbox_msg *m = NULL;
             if (outbox_msg_new(&m, "Tick", "Agg", agg, payload, &err) != OUTBOX_OK ||
-                outbox_enqueue_pg_schema(c, "bench_outbox", m, &err) != OUTBOX_OK)
-                TEST_FAIL_("enqueue: %s", err.message);
+                (p->emit ? outbox_emit_pg(c, "bench_outbox", m, &err)
+                         : outbox_enqueue_pg_schema(c, "bench_outbox", m, &err)) != OUTBOX_OK)
+                TEST_FAIL_("%s: %s", p->emit ? "emit" : "enqueue", err.message);
             outbox_msg_free(m);
         }
         PQclear(PQexec(c, "COMMIT"));
@@ -266,14 +353,22 @@ static void *pacer_main(void *arg)
     return NULL;
 }
 
-static void latency(void)
+typedef struct lat_result {
+    double p50_ms, p99_ms;
+} lat_result;
+
+/* The latency case at msg_rate for secs seconds: messages written with
+ * enqueue and the relay on url, or (wal) emitted to the WAL and the relay
+ * on wal_url, on a slot of its own.  label: what the line says of it. */
+static lat_result latency(int wal, int msg_rate, int secs, const char *label)
 {
     outbox_relay_options o;
     outbox_relay *r = NULL;
     outbox_error err;
     pthread_t th;
     pacer pacers[LAT_THREADS];
-    long total_txns = (long)rate * seconds / LAT_PER_TXN;
+    lat_result res;
+    long total_txns = (long)msg_rate * secs / LAT_PER_TXN;
     long total = total_txns * LAT_PER_TXN;
     lat_cap = total;
     lat = calloc((size_t)total, sizeof *lat);
@@ -282,7 +377,8 @@ static void latency(void)
     atomic_store(&lat_n, 0);
     outbox_relay_options_init(&o);
     o.publish = record_latency;
-    if (outbox_relay_new(&r, url, NULL, &o, &err) != OUTBOX_OK)
+    if (wal) slot_create();
+    if (outbox_relay_new(&r, wal ? wal_url : url, NULL, &o, &err) != OUTBOX_OK)
         TEST_FAIL_("relay: %s", err.message);
     pthread_create(&th, NULL, relay_thread, r);
     usleep(300000);
@@ -290,9 +386,10 @@ static void latency(void)
     double t0 = now_s() + 0.05;
     for (int i = 0; i < LAT_THREADS; i++) {
         pacers[i].index = i;
+        pacers[i].emit = wal;
         pacers[i].txns = total_txns / LAT_THREADS;
         pacers[i].t0 = t0;
-        pacers[i].txn_rate = (double)rate / LAT_PER_TXN / LAT_THREADS;
+        pacers[i].txn_rate = (double)msg_rate / LAT_PER_TXN / LAT_THREADS;
         pthread_create(&pacers[i].th, NULL, pacer_main, &pacers[i]);
     }
     for (int i = 0; i < LAT_THREADS; i++)
@@ -304,6 +401,7 @@ static void latency(void)
     outbox_relay_stop(r);
     pthread_join(th, NULL);
     outbox_relay_free(r);
+    if (wal) (void)slot_drop();
     long n = 0;
     for (long i = 0; i < total; i++) {
         if (lat[i] == 0 || committed[i] == 0) continue;
@@ -315,12 +413,34 @@ static void latency(void)
     if (n < 1) TEST_FAIL_("no latency samples");
     qsort(lat, (size_t)n, sizeof *lat, cmp_i64);
 #define PCT(p) (lat[(long)((n - 1) * (p))] / 1000.0)
-    printf("  latency, %.0f msg/s offered (%d connections, %d messages per transaction), %ld"
+    printf("  latency%s, %.0f msg/s offered (%d connections, %d messages per transaction), %ld"
            " samples: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms\n",
-           offered, LAT_THREADS, LAT_PER_TXN, n, PCT(0.5), PCT(0.9), PCT(0.99), PCT(0.999),
+           label, offered, LAT_THREADS, LAT_PER_TXN, n, PCT(0.5), PCT(0.9), PCT(0.99), PCT(0.999),
            lat[n - 1] / 1000.0);
+    fflush(stdout);
+    res.p50_ms = PCT(0.5);
+    res.p99_ms = PCT(0.99);
     free(lat);
     free(committed);
+    return res;
+}
+
+/* --capture wal: table and WAL at --rate, then at --low-rate, with issue
+ * 17's targets for the WAL. */
+static void latency_wal(void)
+{
+    int low_secs = (2000 + low_rate - 1) / low_rate; /* 2000 samples for the p99 */
+    if (low_secs < seconds) low_secs = seconds;
+    (void)latency(0, rate, seconds, " (table)");
+    lat_result hi = latency(1, rate, seconds, " (wal)");
+    (void)latency(0, low_rate, low_secs, " (table)");
+    lat_result lo = latency(1, low_rate, low_secs, " (wal)");
+    printf("  wal latency targets: at %d msg/s p50 %.2f ms (<= 1 ms: %s), p99 %.2f ms (<= 3 ms:"
+           " %s); at %d msg/s p99 %.2f ms (<= 2 ms: %s)\n",
+           rate, hi.p50_ms, hi.p50_ms <= 1.0 ? "met" : "MISSED", hi.p99_ms,
+           hi.p99_ms <= 3.0 ? "met" : "MISSED", low_rate, lo.p99_ms,
+           lo.p99_ms <= 2.0 ? "met" : "MISSED");
+    fflush(stdout);
 }
 
 /* ------------------------------------------------------------------------
@@ -610,15 +730,32 @@ int main(int argc, char **argv)
             no_analyze = 1;
         else if (!strcmp(argv[i], "--listen"))
             listen = 1;
+        else if (!strcmp(argv[i], "--capture") && i + 1 < argc && !strcmp(argv[i + 1], "wal")) {
+            capture_wal = 1;
+            i++;
+        } else if (!strcmp(argv[i], "--low-rate") && i + 1 < argc)
+            low_rate = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--wal-txn") && i + 1 < argc)
+            wal_txn = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
-                            "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
-                            " [--skip-enqueue] [--skip-drain] [--no-analyze] [--listen]\n");
+            fprintf(
+                stderr,
+                "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
+                "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
+                " [--skip-enqueue] [--skip-drain] [--no-analyze] [--listen]"
+                " [--capture wal] [--low-rate R2] [--wal-txn M]\n"
+                "  --capture wal   also WAL capture, next to the table: the catch-up drain of"
+                " N messages\n"
+                "                  emitted to the WAL (M per transaction, default 10), and"
+                " the latency\n"
+                "                  with outbox_emit_pg, at R and at R2 msg/s (default 100);"
+                " needs\n"
+                "                  wal_level = logical; makes and drops its replication slot\n");
             return 2;
         }
     }
     if (clients < 1 || clients > 64 || batch < 1 || n_msgs < 1 || rate < 1 || seconds < 1 ||
-        repeat < 1 || repeat > 64) {
+        repeat < 1 || repeat > 64 || low_rate < 1 || wal_txn < 1 || wal_txn > 100000) {
         fprintf(stderr, "bench_pg_drain: out-of-range setting\n");
         return 2;
     }
@@ -633,7 +770,9 @@ int main(int argc, char **argv)
         snprintf(full, sizeof full, "%.560s%sschema=bench_outbox", url,
                  strchr(url, '?') ? "&" : "?");
         snprintf(url, sizeof url, "%s", full);
+        snprintf(wal_url, sizeof wal_url, "%s&capture=wal", url);
     }
+    if (capture_wal && server_pid <= 0) atexit(drop_slot_at_exit);
     PGconn *c = connect_db();
     outbox_error err;
     pgh_exec(c, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
@@ -653,6 +792,7 @@ int main(int argc, char **argv)
         PQclear(v);
     }
     printf("\n");
+    printf("load average %.2f at start\n", bench_loadavg());
 
     if (!skip_drain) {
         printf("drain %lld messages, batch %d:\n", n_msgs, batch);
@@ -661,19 +801,20 @@ int main(int argc, char **argv)
         printf("  baseline (DELETE ... SKIP LOCKED LIMIT %d RETURNING): %.2f s, %.0f msg/s\n",
                batch, tb, n_msgs / tb);
         fill(c, n_msgs);
-        double tr = relay_drain(0);
+        double tr = relay_drain(url, 0);
         printf("  relay -> discard:                                    %.2f s, %.0f msg/s"
                " (%.2fx the baseline's time)\n",
                tr, n_msgs / tr, tr / tb);
         fflush(stdout);
+        if (capture_wal) wal_drain(c, tr, tb);
         if (listen) {
             /* Pairs of drains, without and with the monitor, interleaved. */
             double plain_v[64], mon_v[64];
             for (int k = 0; k < repeat; k++) {
                 fill(c, n_msgs);
-                plain_v[k] = relay_drain(0);
+                plain_v[k] = relay_drain(url, 0);
                 fill(c, n_msgs);
-                mon_v[k] = relay_drain(1);
+                mon_v[k] = relay_drain(url, 1);
                 printf("  pair %d/%d: relay %.2f s, relay +monitor %.2f s\n", k + 1, repeat,
                        plain_v[k], mon_v[k]);
                 fflush(stdout);
@@ -688,7 +829,10 @@ int main(int argc, char **argv)
         }
     }
 
-    if (!skip_latency) latency();
+    if (!skip_latency && capture_wal)
+        latency_wal();
+    else if (!skip_latency)
+        (void)latency(0, rate, seconds, "");
     fflush(stdout);
 
     if (!skip_enqueue) {
@@ -763,6 +907,7 @@ int main(int argc, char **argv)
     pgh_exec(c, "DROP SCHEMA IF EXISTS bench_outbox CASCADE");
     pgh_exec(c, "DROP TABLE IF EXISTS bench_orders");
     PQfinish(c);
+    printf("load average %.2f at the end\n", bench_loadavg());
     return 0;
 }
 
