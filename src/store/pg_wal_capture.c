@@ -840,6 +840,12 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
         outbox_msg *copy;
 
         if (e->state == E_OPEN) break;
+        /* The batch is full: what is left only needs walking to send a
+         * blocked aggregate's messages to the table, which the next claim
+         * does as well.  Without blocked aggregates, stop (the queue holds
+         * up to WAL_QUEUE_MAX messages; walking all of them at every claim
+         * took about 14% of the relay's CPU in a profile). */
+        if (*count >= max && w->blocked.count == 0) break;
         if (e->state == E_DONE || e->state == E_TABLE || !e->msg) continue;
         agg = e->msg->aggregate_id;
         outbox__aggindex_lookup(&w->walk, agg, &pins);
