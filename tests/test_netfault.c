@@ -363,7 +363,7 @@ TEST(pg)
     run.detect_bound_ms = 2 * 2000 + 5000;
     run.detect_line = "store error";
     run.detect_alt[0] = "PostgreSQL connection was lost"; /* e.g. renewing the lease */
-    run.detect_alt[1] = "(query_timeout)";
+    run.detect_alt[1] = "(query_timeout)"; /* a statement unanswered: the connection closed */
     run.pending = pg_pending;
     snprintf(store, sizeof store,
              "postgres://postgres@127.0.0.1:%d/postgres?keepalives_idle=1s&keepalives_interval=1s&"

@@ -2051,7 +2051,7 @@ TEST(query_timeout)
     free_msgs(msgs, n);
     ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
-    ASSERT_CONTAINS(logs.data, "lost (no answer within query_timeout, 1000 ms)");
+    ASSERT_CONTAINS(logs.data, "lost (no answer within 1000 ms (query_timeout))");
     ASSERT_CONTAINS(logs.data, "reconnected");
     ASSERT(strstr(logs.data, "hunter2") == NULL);
     outbox__buf_free(&logs);

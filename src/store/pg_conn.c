@@ -793,7 +793,7 @@ int outbox__pg_need_conn(pg_store *st, outbox_error *err)
     if (st->conn && PQstatus(st->conn) == CONNECTION_OK) return OUTBOX_OK;
     if (st->conn) {
         if (st->timed_out)
-            snprintf(msg, sizeof msg, "no answer within query_timeout, %lld ms",
+            snprintf(msg, sizeof msg, "no answer within %lld ms (query_timeout)",
                      (long long)st->query_timeout_ms);
         else
             outbox__pg_message(PQerrorMessage(st->conn), msg, sizeof msg);
