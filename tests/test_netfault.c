@@ -41,12 +41,12 @@ typedef struct nf_run {
     const char *name;
     fp_proxy *proxy;
     ch_producer producer;
-    int chunk;                /* messages committed before and during each fault */
-    int64_t detect_bound_ms;  /* twice the configured timeout, plus slack */
-    const char *detect_line;  /* a log line that says the relay noticed */
+    int chunk;                 /* messages committed before and during each fault */
+    int64_t detect_bound_ms;   /* twice the configured timeout, plus slack */
+    const char *detect_line;   /* a log line that says the relay noticed */
     const char *detect_alt[2]; /* others (NULL: none) */
-    int64_t (*pending)(void); /* messages not yet published */
-    const fp_mode *modes;     /* the faults to go through (NULL: all of all_modes) */
+    int64_t (*pending)(void);  /* messages not yet published */
+    const fp_mode *modes;      /* the faults to go through (NULL: all of all_modes) */
     int nmodes;
     relay_thread relay;
     int64_t noticed_ms[FP_MODE_COUNT]; /* -1: not measured */
@@ -336,10 +336,35 @@ static int64_t pg_pending(void)
     return pgh_outbox_count(&pg, "pending");
 }
 
+/* One leg through the proxy before PostgreSQL, into the file out (named
+ * out_name): keepalives after 1 s idle, every 1 s, 2 unanswered; sent data
+ * unacknowledged for 2 s: a dead connection within about 2 s.  A statement
+ * unanswered for 2 s (query_timeout): a server that keeps TCP up but never
+ * answers (stall, blackhole) within 2 s too.  extra: more of the store
+ * URL's query ("capture=wal&"). */
+static void run_pg_leg(nf_run *run, const char *extra, char *out, const char *out_name)
+{
+    char store[700], to[700];
+
+    run->proxy = fp_start(pg.port);
+    run->detect_bound_ms = 2 * 2000 + 5000;
+    snprintf(store, sizeof store,
+             "postgres://postgres@127.0.0.1:%d/postgres?%skeepalives_idle=1s&"
+             "keepalives_interval=1s&keepalives_count=2&tcp_user_timeout=2s&query_timeout=2s&"
+             "connect_timeout=2",
+             fp_port(run->proxy), extra);
+    ch_path(out, out_name);
+    snprintf(to, sizeof to, "file:%s", out);
+    run_modes(run, NULL, pg.conninfo, store, to, NULL);
+    fp_stop(run->proxy);
+    check(run, out, 0);
+    ch_producer_free(&run->producer);
+}
+
 TEST(pg)
 {
     static nf_run run;
-    char store[700], to[700], out[CH_PATH];
+    char out[CH_PATH];
 
     if (pgh_available() != NULL) {
         fprintf(stderr, "pg: left out: %s\n", pgh_available());
@@ -355,26 +380,11 @@ TEST(pg)
     }
     memset(&run, 0, sizeof run);
     run.name = "pg";
-    run.proxy = fp_start(pg.port);
-    /* Keepalives after 1 s idle, every 1 s, 2 unanswered; sent data
-     * unacknowledged for 2 s: a dead connection within about 2 s.  A
-     * statement unanswered for 2 s (query_timeout): a server that keeps
-     * TCP up but never answers (stall, blackhole) within 2 s too. */
-    run.detect_bound_ms = 2 * 2000 + 5000;
     run.detect_line = "store error";
     run.detect_alt[0] = "PostgreSQL connection was lost"; /* e.g. renewing the lease */
     run.detect_alt[1] = "(query_timeout)"; /* a statement unanswered: the connection closed */
     run.pending = pg_pending;
-    snprintf(store, sizeof store,
-             "postgres://postgres@127.0.0.1:%d/postgres?keepalives_idle=1s&keepalives_interval=1s&"
-             "keepalives_count=2&tcp_user_timeout=2s&query_timeout=2s&connect_timeout=2",
-             fp_port(run.proxy));
-    ch_path(out, "pg-out.jsonl");
-    snprintf(to, sizeof to, "file:%s", out);
-    run_modes(&run, NULL, pg.conninfo, store, to, NULL);
-    fp_stop(run.proxy);
-    check(&run, out, 0);
-    ch_producer_free(&run.producer);
+    run_pg_leg(&run, "", out, "pg-out.jsonl");
 }
 
 static nf_run wal_run;
@@ -395,7 +405,6 @@ static int64_t wal_pending(void)
 TEST(pg_wal)
 {
     static const fp_mode wal_modes[] = {FP_STALL, FP_RESET, FP_BLACKHOLE};
-    char store[700], to[700];
 
     if (pgh_available() != NULL) {
         fprintf(stderr, "pg_wal: left out: %s\n", pgh_available());
@@ -406,24 +415,12 @@ TEST(pg_wal)
     wal_run.name = "pg-wal";
     wal_run.modes = wal_modes;
     wal_run.nmodes = sizeof wal_modes / sizeof wal_modes[0];
-    wal_run.proxy = fp_start(pg.port);
-    wal_run.detect_bound_ms = 2 * 2000 + 5000;
     wal_run.detect_line = "replication stream of slot";
     wal_run.detect_alt[0] = "store error";
     wal_run.detect_alt[1] = "(query_timeout)";
     wal_run.pending = wal_pending;
     wal_run.producer.pg_emit = 1;
-    snprintf(store, sizeof store,
-             "postgres://postgres@127.0.0.1:%d/postgres?capture=wal&keepalives_idle=1s&"
-             "keepalives_interval=1s&keepalives_count=2&tcp_user_timeout=2s&query_timeout=2s&"
-             "connect_timeout=2",
-             fp_port(wal_run.proxy));
-    ch_path(wal_out, "pg-wal-out.jsonl");
-    snprintf(to, sizeof to, "file:%s", wal_out);
-    run_modes(&wal_run, NULL, pg.conninfo, store, to, NULL);
-    fp_stop(wal_run.proxy);
-    check(&wal_run, wal_out, 0);
-    ch_producer_free(&wal_run.producer);
+    run_pg_leg(&wal_run, "capture=wal&", wal_out, "pg-wal-out.jsonl");
 }
 #endif
 

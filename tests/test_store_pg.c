@@ -1954,6 +1954,20 @@ TEST(partitions_shared)
     PQfinish(c);
 }
 
+/* Completes msgs (claimed again after a reconnect) as sent, checks that
+ * the outbox is empty and that the log, captured into logs until now, said
+ * the connection was lost (lost: how) and reconnected. */
+static void sent_after_reconnect(outbox_store *s, PGconn *c, outbox_msg **msgs, size_t n,
+                                 const outbox_buf *logs, const char *lost)
+{
+    complete_all(s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    ASSERT_CONTAINS(logs->data, lost);
+    ASSERT_CONTAINS(logs->data, "reconnected");
+}
+
 TEST(reconnect)
 {
     outbox_store s;
@@ -1984,12 +1998,7 @@ TEST(reconnect)
     if (rc != OUTBOX_OK) rc = s.ops->claim(s.state, &p, &msgs, &n, &err);
     ASSERT_OK(rc, &err);
     ASSERT_EQ(n, 1);
-    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
-    free_msgs(msgs, n);
-    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
-    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
-    ASSERT_CONTAINS(logs.data, "lost");
-    ASSERT_CONTAINS(logs.data, "reconnected");
+    sent_after_reconnect(&s, c, msgs, n, &logs, "lost");
     outbox__buf_free(&logs);
     outbox__store_close(&s);
     PQfinish(c);
@@ -2001,14 +2010,14 @@ TEST(reconnect)
  * and its messages are claimed again. */
 TEST(query_timeout)
 {
+    PGconn *c = pgh_connect(&server);
     outbox_store s;
+    outbox_buf logs;
+    int64_t t0, took;
     outbox_error err;
+    char u[800];
     outbox_msg **msgs = NULL;
     size_t n = 0;
-    outbox_buf logs;
-    char u[800];
-    PGconn *c = pgh_connect(&server);
-    int64_t t0, took;
 
     outbox__buf_init(&logs);
     outbox_log_set(capture_log, &logs, OUTBOX_LOG_INFO);
@@ -2047,12 +2056,7 @@ TEST(query_timeout)
     ASSERT_EQ(count_rows(c, "outbox", "attempts = 0 AND status = 'pending'"), 2);
     n = claim(&s, &msgs, 1);
     ASSERT_EQ(n, 2);
-    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
-    free_msgs(msgs, n);
-    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
-    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
-    ASSERT_CONTAINS(logs.data, "lost (no answer within 1000 ms (query_timeout))");
-    ASSERT_CONTAINS(logs.data, "reconnected");
+    sent_after_reconnect(&s, c, msgs, n, &logs, "lost (no answer within 1000 ms (query_timeout))");
     ASSERT(strstr(logs.data, "hunter2") == NULL);
     outbox__buf_free(&logs);
     outbox__store_close(&s);

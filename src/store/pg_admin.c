@@ -164,13 +164,13 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
     outbox__pg_end_claim(st);
     out->schema_version = outbox__pg_schema_version();
     code = outbox__pg_store_exec(st, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                           "reading the outbox status", err);
+                                 "reading the outbox status", err);
     if (code != OUTBOX_OK) return code;
     /* One backend scans: a parallel scan took every core of the server
      * (beside the relay's claims) and about 1.6 times the CPU, for the
      * same numbers (docs/BENCHMARKS.md, the relay monitor). */
     code = outbox__pg_store_exec(st, "SET LOCAL max_parallel_workers_per_gather = 0",
-                           "reading the outbox status", err);
+                                 "reading the outbox status", err);
     if (code != OUTBOX_OK) goto out;
     outbox__buf_reset(&st->sql);
     outbox__buf_printf(

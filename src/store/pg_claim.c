@@ -102,9 +102,9 @@ static int prepare_hot(pg_store *st, outbox_error *err)
     int i, code;
     if (st->prepared) return OUTBOX_OK;
     code = outbox__pg_store_exec(st,
-                           "SET enable_sort = off; SET enable_bitmapscan = off;"
-                           " SET enable_material = off",
-                           "configuring the relay's session", err);
+                                 "SET enable_sort = off; SET enable_bitmapscan = off;"
+                                 " SET enable_material = off",
+                                 "configuring the relay's session", err);
     if (code != OUTBOX_OK) return code;
     for (i = 0; i < P_COUNT; i++) {
         PGresult *res;
@@ -596,9 +596,9 @@ static int complete_range(pg_store *st, const outbox_completion *c, size_t n,
     }
     if (pipelined) st->in_txn = 1; /* a failure below rolls it back */
     code = outbox__pg_store_exec(st, st->sql.data,
-                           p && p->on_sent == OUTBOX_ON_SENT_MARK ? "marking messages sent"
-                                                                  : "deleting sent messages",
-                           err);
+                                 p && p->on_sent == OUTBOX_ON_SENT_MARK ? "marking messages sent"
+                                                                        : "deleting sent messages",
+                                 err);
     if (code != OUTBOX_OK) {
         outbox__pg_end_claim(st);
         return code;

@@ -69,8 +69,8 @@ static const outbox_prop pg_props[] = {
     /* Keepalives and TCP_USER_TIMEOUT notice a peer that is gone, not one
      * that keeps TCP healthy and never answers (a hung server, a proxy);
      * libpq itself waits for an answer without a limit. */
-    {"query_timeout", OUTBOX_PROP_DURATION, offsetof(pg_config, query_timeout_ms), "30s",
-     "1s..1d", NULL,
+    {"query_timeout", OUTBOX_PROP_DURATION, offsetof(pg_config, query_timeout_ms), "30s", "1s..1d",
+     NULL,
      "How long the relay waits for PostgreSQL to answer a statement.  When it passes, the "
      "connection is closed and opened again (a batch not yet recorded is published again), and "
      "the error says so; raise it if statements legitimately take longer.  It also bounds "
@@ -228,7 +228,8 @@ static int expect_done(PGresult *res, PGconn *conn, pg_store *st, const char *wh
     ExecStatusType s = PQresultStatus(res);
     int code = OUTBOX_OK;
     if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
-        code = st ? outbox__pg_store_fail(st, res, what, err) : outbox__pg_fail(conn, res, what, err);
+        code =
+            st ? outbox__pg_store_fail(st, res, what, err) : outbox__pg_fail(conn, res, what, err);
     PQclear(res);
     return code;
 }
@@ -822,9 +823,9 @@ int outbox__pg_need_conn(pg_store *st, outbox_error *err)
      * calls do not mind (PQexec waits as before, and PQfinish no longer
      * waits to send its goodbye to a server that does not read). */
     if (PQsetnonblocking(st->conn, 1) != 0) {
-        code = outbox__error(err, OUTBOX_EIO, "cannot make the connection to %s non-blocking: %s",
-                             st->shown,
-                             outbox__pg_message(PQerrorMessage(st->conn), msg, sizeof msg));
+        code =
+            outbox__error(err, OUTBOX_EIO, "cannot make the connection to %s non-blocking: %s",
+                          st->shown, outbox__pg_message(PQerrorMessage(st->conn), msg, sizeof msg));
         goto fail;
     }
     if (!PQregisterEventProc(st->conn, store_event, "outbox store", NULL) ||

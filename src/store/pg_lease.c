@@ -72,9 +72,9 @@ static int set_waiting(pg_store *st, outbox_error *err)
     status = PQresultStatus(res);
     if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
         code = outbox__pg_store_fail(st, res,
-                               st->waiting ? "setting the relay's waiting flag"
-                                           : "clearing the relay's waiting flag",
-                               err);
+                                     st->waiting ? "setting the relay's waiting flag"
+                                                 : "clearing the relay's waiting flag",
+                                     err);
         PQclear(res);
         outbox__pg_store_rollback(st);
         return code;
@@ -377,7 +377,7 @@ int outbox__pg_lease_release(void *state, const char *owner, outbox_error *err)
     }
     outbox__pg_end_claim(st);
     code = outbox__pg_store_exec(st, "SELECT pg_advisory_unlock_all()", "releasing the partitions",
-                           err);
+                                 err);
     if (code == OUTBOX_OK) st->sleep_held = 0;
     if (code == OUTBOX_OK && st->member_id) {
         snprintf(sql, sizeof sql, "DELETE FROM %s.relays WHERE id = %lld", st->qschema,

@@ -106,8 +106,8 @@ struct pg_wal {
     uint64_t reported;   /* the flush position last sent */
     int64_t status_at_us;
     int reply_due;
-    int64_t heard_at_us; /* monotonic time the server last sent anything */
-    int64_t asked_at_us; /* a keepalive was asked for since then (0: not) */
+    int64_t heard_at_us;  /* monotonic time the server last sent anything */
+    int64_t asked_at_us;  /* a keepalive was asked for since then (0: not) */
     int arrived;          /* committed entries since `changed` last said so */
     uint64_t once_target; /* --once: the WAL's end when the drain began */
     int caught_up;        /* --once: the stream reached once_target */
@@ -430,9 +430,9 @@ static int stream_start(pg_store *st, outbox_error *err)
     }
     res = outbox__pg_query_within(w->repl, st->query_timeout_ms, "IDENTIFY_SYSTEM", &expired);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = expired ? outbox__pg_timeout_error(st, "identifying the server for replication", err)
-                       : outbox__pg_fail(w->repl, res, "identifying the server for replication",
-                                         err);
+        code = expired
+                   ? outbox__pg_timeout_error(st, "identifying the server for replication", err)
+                   : outbox__pg_fail(w->repl, res, "identifying the server for replication", err);
         PQclear(res);
         goto fail;
     }
