@@ -7,6 +7,8 @@
  *   nats      SQLite -> nats:// (the proxy before nats-server)
  *   webhook   SQLite -> http:// (the proxy before the webhook receiver)
  *   pg        postgres:// store (the proxy before PostgreSQL) -> file:
+ *   pg_wal    the same with capture=wal (the replication stream and the
+ *             table connection through the proxy): stall, reset, blackhole
  *
  * For each mode but drip the relay must notice within its configured
  * timeouts (the time from the switch to its log line is bounded by twice
@@ -16,7 +18,7 @@
  * 0, per-aggregate order violations 0 (and, for JetStream, duplicates in
  * the stream 0).  The timeouts are set short through the drivers' own
  * settings (ping_interval, timeout, keepalives_idle, ...); their defaults
- * and what they bound are in docs/RELIABILITY-net.md.
+ * and what they bound are in docs/RELIABILITY.md.
  *
  * OUTBOX_TEST_SCALE scales the messages (a few thousand per destination).
  */
@@ -39,12 +41,12 @@ typedef struct nf_run {
     const char *name;
     fp_proxy *proxy;
     ch_producer producer;
-    int chunk;                /* messages committed before and during each fault */
-    int64_t detect_bound_ms;  /* twice the configured timeout, plus slack */
-    const char *detect_line;  /* a log line that says the relay noticed */
-    const char *detect_alt;   /* another one (NULL: none) */
-    int64_t (*pending)(void); /* messages not yet published */
-    const fp_mode *modes;     /* the faults to go through (NULL: all of all_modes) */
+    int chunk;                 /* messages committed before and during each fault */
+    int64_t detect_bound_ms;   /* twice the configured timeout, plus slack */
+    const char *detect_line;   /* a log line that says the relay noticed */
+    const char *detect_alt[2]; /* others (NULL: none) */
+    int64_t (*pending)(void);  /* messages not yet published */
+    const fp_mode *modes;      /* the faults to go through (NULL: all of all_modes) */
     int nmodes;
     relay_thread relay;
     int64_t noticed_ms[FP_MODE_COUNT]; /* -1: not measured */
@@ -111,6 +113,16 @@ static int64_t wait_drained(nf_run *run, const char *when)
     }
 }
 
+/* Has the relay logged one of run's detect lines? */
+static int noticed(const nf_run *run)
+{
+    int i;
+    if (log_has_line(run->detect_line, NULL)) return 1;
+    for (i = 0; i < 2; i++)
+        if (run->detect_alt[i] && log_has_line(run->detect_alt[i], NULL)) return 1;
+    return 0;
+}
+
 /* One fault: messages in flight when it starts and committed while it
  * lasts; the relay must notice it (all modes but drip) and drain after. */
 static void one_fault(nf_run *run, fp_mode mode)
@@ -128,9 +140,7 @@ static void one_fault(nf_run *run, fp_mode mode)
     ch_produce(&run->producer, run->chunk);
     run->noticed_ms[mode] = -1;
     if (mode != FP_DRIP) {
-        while (!log_has_line(run->detect_line, NULL) &&
-               !(run->detect_alt && log_has_line(run->detect_alt, NULL)) &&
-               ch_now_ms() - t0 < run->detect_bound_ms)
+        while (!noticed(run) && ch_now_ms() - t0 < run->detect_bound_ms)
             ch_sleep_ms(10);
         if (ch_now_ms() - t0 >= run->detect_bound_ms) {
             dump_log();
@@ -163,12 +173,13 @@ static void run_modes(nf_run *run, const char *db_path, const char *pg_conninfo,
                       const char *to, const char *const *dest_options)
 {
     uint64_t rng = ch_seed();
-    int k;
+    int k, emit = run->producer.pg_emit;
     if (run->modes == NULL) {
         run->modes = all_modes;
         run->nmodes = NMODES;
     }
     memset(&run->producer, 0, sizeof run->producer);
+    run->producer.pg_emit = emit;
     run->producer.db_path = db_path;
     run->producer.pg_conninfo = pg_conninfo;
     run->producer.aggregates = 50;
@@ -325,15 +336,35 @@ static int64_t pg_pending(void)
     return pgh_outbox_count(&pg, "pending");
 }
 
+/* One leg through the proxy before PostgreSQL, into the file out (named
+ * out_name): keepalives after 1 s idle, every 1 s, 2 unanswered; sent data
+ * unacknowledged for 2 s: a dead connection within about 2 s.  A statement
+ * unanswered for 2 s (query_timeout): a server that keeps TCP up but never
+ * answers (stall, blackhole) within 2 s too.  extra: more of the store
+ * URL's query ("capture=wal&"). */
+static void run_pg_leg(nf_run *run, const char *extra, char *out, const char *out_name)
+{
+    char store[700], to[700];
+
+    run->proxy = fp_start(pg.port);
+    run->detect_bound_ms = 2 * 2000 + 5000;
+    snprintf(store, sizeof store,
+             "postgres://postgres@127.0.0.1:%d/postgres?%skeepalives_idle=1s&"
+             "keepalives_interval=1s&keepalives_count=2&tcp_user_timeout=2s&query_timeout=2s&"
+             "connect_timeout=2",
+             fp_port(run->proxy), extra);
+    ch_path(out, out_name);
+    snprintf(to, sizeof to, "file:%s", out);
+    run_modes(run, NULL, pg.conninfo, store, to, NULL);
+    fp_stop(run->proxy);
+    check(run, out, 0);
+    ch_producer_free(&run->producer);
+}
+
 TEST(pg)
 {
-    /* stall and blackhole are left out: libpq's blocking calls have no
-     * client-side timeout, so a server (or a middlebox) that keeps TCP up
-     * but never answers holds the relay in its query (see
-     * docs/RELIABILITY-net.md).  Dead peers and links are noticed. */
-    static const fp_mode pg_modes[] = {FP_RESET, FP_HALFOPEN, FP_DRIP};
     static nf_run run;
-    char store[700], to[700], out[CH_PATH];
+    char out[CH_PATH];
 
     if (pgh_available() != NULL) {
         fprintf(stderr, "pg: left out: %s\n", pgh_available());
@@ -349,25 +380,47 @@ TEST(pg)
     }
     memset(&run, 0, sizeof run);
     run.name = "pg";
-    run.modes = pg_modes;
-    run.nmodes = sizeof pg_modes / sizeof pg_modes[0];
-    run.proxy = fp_start(pg.port);
-    /* Keepalives after 1 s idle, every 1 s, 2 unanswered; sent data
-     * unacknowledged for 2 s: a dead connection within about 2 s. */
-    run.detect_bound_ms = 2 * 2000 + 5000;
     run.detect_line = "store error";
-    run.detect_alt = "PostgreSQL connection was lost"; /* e.g. renewing the lease */
+    run.detect_alt[0] = "PostgreSQL connection was lost"; /* e.g. renewing the lease */
+    run.detect_alt[1] = "(query_timeout)"; /* a statement unanswered: the connection closed */
     run.pending = pg_pending;
-    snprintf(store, sizeof store,
-             "postgres://postgres@127.0.0.1:%d/postgres?keepalives_idle=1s&keepalives_interval=1s&"
-             "keepalives_count=2&tcp_user_timeout=2s&connect_timeout=2",
-             fp_port(run.proxy));
-    ch_path(out, "pg-out.jsonl");
-    snprintf(to, sizeof to, "file:%s", out);
-    run_modes(&run, NULL, pg.conninfo, store, to, NULL);
-    fp_stop(run.proxy);
-    check(&run, out, 0);
-    ch_producer_free(&run.producer);
+    run_pg_leg(&run, "", out, "pg-out.jsonl");
+}
+
+static nf_run wal_run;
+static char wal_out[CH_PATH];
+
+/* WAL capture: what the producer emitted and the file does not have yet
+ * (the table holds only exceptions, none here). */
+static int64_t wal_pending(void)
+{
+    ch_report r;
+    ch_check_file(wal_out, &wal_run.producer, &r);
+    return r.lost + pgh_outbox_count(&pg, "pending");
+}
+
+/* capture=wal through the proxy: the replication stream and the table
+ * connection both go through it.  A silent stream is noticed by asking
+ * for a keepalive at half of query_timeout and dropping it at the whole. */
+TEST(pg_wal)
+{
+    static const fp_mode wal_modes[] = {FP_STALL, FP_RESET, FP_BLACKHOLE};
+
+    if (pgh_available() != NULL) {
+        fprintf(stderr, "pg_wal: left out: %s\n", pgh_available());
+        return;
+    }
+    pgh_init_wal(&pg);
+    memset(&wal_run, 0, sizeof wal_run);
+    wal_run.name = "pg-wal";
+    wal_run.modes = wal_modes;
+    wal_run.nmodes = sizeof wal_modes / sizeof wal_modes[0];
+    wal_run.detect_line = "replication stream of slot";
+    wal_run.detect_alt[0] = "store error";
+    wal_run.detect_alt[1] = "(query_timeout)";
+    wal_run.pending = wal_pending;
+    wal_run.producer.pg_emit = 1;
+    run_pg_leg(&wal_run, "capture=wal&", wal_out, "pg-wal-out.jsonl");
 }
 #endif
 
@@ -383,6 +436,7 @@ int main(void)
     RUN(webhook);
 #ifdef OUTBOX_HAVE_LIBPQ
     RUN(pg);
+    RUN(pg_wal);
 #endif
 #ifdef OUTBOX_HAVE_NATS
     nats_Close();

@@ -15,7 +15,8 @@
  * still commit; a requeue below it is claimed at once and in order; a role
  * that cannot read the sequence claims without it), partition leases
  * shared by two relays (and counted in their relays' metrics),
- * reconnecting after the connection is killed, and
+ * reconnecting after the connection is killed, a statement cut by
+ * query_timeout (reported, reconnected, its completion not recorded), and
  * outbox_enqueue_commit_pg (0, 1, 3 and 2000 messages committed with the business row; refused
  * outside a transaction and for NULL arguments; a duplicate id, a row the table refuses and a
  * failing COMMIT commit nothing; a dropped connection).
@@ -364,6 +365,11 @@ TEST(url_settings)
         {"schema=a&schema=b", "schema=a schema=b", OUTBOX_EBADURL,
          "setting \"schema\" is given twice"},
         {"partiton=8", "partiton=8", OUTBOX_EBADURL, "schema=NAME, partitions=N"},
+        {"query_timeout=0s", "query_timeout=0s", OUTBOX_ECONFIG,
+         "query_timeout=0s is out of range: give from 1s to 1d; query_timeout: How long the relay "
+         "waits"},
+        {"query_timeout=soon", "query_timeout=soon", OUTBOX_ECONFIG,
+         "query_timeout=soon is not a duration"},
     };
     outbox_store s;
     outbox_error err;
@@ -2047,6 +2053,20 @@ TEST(partitions_shared)
     PQfinish(c);
 }
 
+/* Completes msgs (claimed again after a reconnect) as sent, checks that
+ * the outbox is empty and that the log, captured into logs until now, said
+ * the connection was lost (lost: how) and reconnected. */
+static void sent_after_reconnect(outbox_store *s, PGconn *c, outbox_msg **msgs, size_t n,
+                                 const outbox_buf *logs, const char *lost)
+{
+    complete_all(s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
+    free_msgs(msgs, n);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
+    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
+    ASSERT_CONTAINS(logs->data, lost);
+    ASSERT_CONTAINS(logs->data, "reconnected");
+}
+
 TEST(reconnect)
 {
     outbox_store s;
@@ -2077,12 +2097,66 @@ TEST(reconnect)
     if (rc != OUTBOX_OK) rc = s.ops->claim(s.state, &p, &msgs, &n, &err);
     ASSERT_OK(rc, &err);
     ASSERT_EQ(n, 1);
-    complete_all(&s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, 0);
+    sent_after_reconnect(&s, c, msgs, n, &logs, "lost");
+    outbox__buf_free(&logs);
+    outbox__store_close(&s);
+    PQfinish(c);
+}
+
+/* A statement the server does not answer within query_timeout: the
+ * store gives up on it (EIO, saying so, the URL redacted), closes the
+ * connection and opens a new one; a completion cut so is not recorded,
+ * and its messages are claimed again. */
+TEST(query_timeout)
+{
+    PGconn *c = pgh_connect(&server);
+    outbox_store s;
+    outbox_buf logs;
+    int64_t t0, took;
+    outbox_error err;
+    char u[800];
+    outbox_msg **msgs = NULL;
+    size_t n = 0;
+
+    outbox__buf_init(&logs);
+    outbox_log_set(capture_log, &logs, OUTBOX_LOG_INFO);
+    /* The server trusts loopback: the password is never asked for, only
+     * kept out of every message. */
+    snprintf(u, sizeof u, "postgres://postgres:hunter2@127.0.0.1:%d/postgres?query_timeout=1s",
+             server.port);
+    open_store(&s, u);
+    store_enqueue(&s, "qt-1", 1);
+    store_enqueue(&s, "qt-2", 2);
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 2);
+    /* Deleting takes 3 s: the sent outcome's statement gets no answer. */
+    pgh_exec(c, "CREATE FUNCTION public.qt_sleep() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$");
+    pgh_exec(c, "CREATE TRIGGER qt_sleep BEFORE DELETE ON outbox.outbox"
+                " FOR EACH STATEMENT EXECUTE FUNCTION public.qt_sleep()");
+    {
+        outbox_completion two[2] = {{msgs[0], OUTBOX_OUTCOME_SENT, 0, NULL},
+                                    {msgs[1], OUTBOX_OUTCOME_RETRY, outbox__now_us(), "later"}};
+        outbox_complete_params cp = {0, outbox__now_us(), NULL, 10000};
+        t0 = outbox__monotonic_us();
+        ASSERT_EQ(s.ops->complete(s.state, two, 2, &cp, &err), OUTBOX_EIO);
+        took = (outbox__monotonic_us() - t0) / 1000;
+    }
+    ASSERT(took >= 900 && took < 2900);
+    ASSERT_CONTAINS(err.message, "did not answer within 1 s (query_timeout)");
+    ASSERT_CONTAINS(err.message, "raise query_timeout");
+    ASSERT_CONTAINS(err.message, "postgres://postgres:***@127.0.0.1");
+    ASSERT(strstr(err.message, "hunter2") == NULL);
     free_msgs(msgs, n);
-    ASSERT_EQ(count_rows(c, "outbox", NULL), 0);
-    outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
-    ASSERT_CONTAINS(logs.data, "lost");
-    ASSERT_CONTAINS(logs.data, "reconnected");
+    /* The old session finishes its statement, finds its client gone and
+     * rolls back (DROP TRIGGER waits for it): nothing was recorded. */
+    pgh_exec(c, "DROP TRIGGER qt_sleep ON outbox.outbox");
+    pgh_exec(c, "DROP FUNCTION public.qt_sleep()");
+    ASSERT_EQ(count_rows(c, "outbox", "attempts = 0 AND status = 'pending'"), 2);
+    n = claim(&s, &msgs, 1);
+    ASSERT_EQ(n, 2);
+    sent_after_reconnect(&s, c, msgs, n, &logs, "lost (no answer within 1000 ms (query_timeout))");
+    ASSERT(strstr(logs.data, "hunter2") == NULL);
     outbox__buf_free(&logs);
     outbox__store_close(&s);
     PQfinish(c);
@@ -2120,6 +2194,7 @@ int main(void)
     RUN(partitions_owned_metrics);
     RUN(partitions_shared);
     RUN(reconnect);
+    RUN(query_timeout);
     fprintf(stderr, "all PostgreSQL store tests passed\n");
     return 0;
 }

@@ -469,8 +469,9 @@ TEST(driver_list)
     /* The PostgreSQL store's own table, built or not, shared by
      * postgresql://; its doc says libpq's parameters are taken as well. */
     d = outbox_driver_get(OUTBOX_DRIVER_STORE, 1);
-    /* schema, partitions, the TCP keepalive settings, then WAL capture's */
-    ASSERT_EQ(d->prop_count, 9);
+    /* schema, partitions, the TCP keepalive settings, query_timeout, then
+     * WAL capture's */
+    ASSERT_EQ(d->prop_count, 10);
     ASSERT_STREQ(d->props[0].name, "schema");
     ASSERT_STREQ(d->props[0].default_value, "outbox");
     ASSERT_STREQ(d->props[1].name, "partitions");
@@ -480,11 +481,13 @@ TEST(driver_list)
     ASSERT_STREQ(d->props[2].name, "keepalives_idle");
     ASSERT_STREQ(d->props[5].name, "tcp_user_timeout");
     ASSERT_STREQ(d->props[5].default_value, "30s");
-    ASSERT_STREQ(d->props[6].name, "capture");
-    ASSERT_STREQ(d->props[6].default_value, "table");
-    ASSERT_STREQ(d->props[6].range, "table|wal");
-    ASSERT_STREQ(d->props[7].name, "slot");
-    ASSERT_STREQ(d->props[8].name, "publication");
+    ASSERT_STREQ(d->props[6].name, "query_timeout");
+    ASSERT_STREQ(d->props[6].default_value, "30s");
+    ASSERT_STREQ(d->props[7].name, "capture");
+    ASSERT_STREQ(d->props[7].default_value, "table");
+    ASSERT_STREQ(d->props[7].range, "table|wal");
+    ASSERT_STREQ(d->props[8].name, "slot");
+    ASSERT_STREQ(d->props[9].name, "publication");
     ASSERT_CONTAINS(d->doc, "libpq's own parameters");
     ASSERT(outbox_driver_get(OUTBOX_DRIVER_STORE, 2)->props == d->props);
     ASSERT_EQ(outbox_driver_get(OUTBOX_DRIVER_STORE, 2)->built, d->built);

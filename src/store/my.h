@@ -50,6 +50,7 @@ typedef struct my_store {
     char *tls_ca, *tls_cert, *tls_key;
     int tls;
     int64_t connect_timeout_ms;
+    int64_t query_timeout_ms; /* MYSQL_OPT_READ_TIMEOUT and _WRITE_TIMEOUT */
     char prefix[48];
     int url_partitions; /* partitions= the URL gives, applied at init (0: not given) */
     int partitions;     /* from meta, 0 until read */

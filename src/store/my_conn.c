@@ -30,6 +30,7 @@ typedef struct my_config {
     char *tls_cert;
     char *tls_key;
     int64_t connect_timeout_ms;
+    int64_t query_timeout_ms;
 } my_config;
 
 static const outbox_prop my_props[] = {
@@ -55,6 +56,15 @@ static const outbox_prop my_props[] = {
      "PEM private key of tls_cert."},
     {"connect_timeout", OUTBOX_PROP_DURATION, offsetof(my_config, connect_timeout_ms), "10s",
      "1s..10m", NULL, "How long a connection attempt may take."},
+    /* Connector/C waits for the server without a limit unless told: a
+     * server (or a proxy) that keeps TCP up but never answers would hold
+     * the relay for ever. */
+    {"query_timeout", OUTBOX_PROP_DURATION, offsetof(my_config, query_timeout_ms), "30s", "1s..1d",
+     NULL,
+     "How long the relay waits for MariaDB/MySQL to answer (whole seconds: Connector/C's read "
+     "and write timeouts, which bound each wait for the server's next bytes).  When it passes, the "
+     "connection is closed and opened again (a batch not yet recorded is published again); "
+     "raise it if statements legitimately take longer."},
     OUTBOX_PROPS_END,
 };
 
@@ -279,6 +289,7 @@ static int read_settings(my_store *st, const char *url, outbox_error *err)
         st->tls_cert = c.tls_cert ? outbox__strdup(c.tls_cert) : NULL;
         st->tls_key = c.tls_key ? outbox__strdup(c.tls_key) : NULL;
         st->connect_timeout_ms = c.connect_timeout_ms;
+        st->query_timeout_ms = c.query_timeout_ms;
         if (!st->host || !st->database || (u.user && !st->user) || (u.password && !st->password) ||
             (c.socket && !st->socket))
             code = outbox__error(err, OUTBOX_ENOMEM, "out of memory opening the store");
@@ -321,6 +332,11 @@ int outbox__my_need_conn(my_store *st, outbox_error *err)
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory connecting to MariaDB/MySQL");
     timeout = (unsigned int)((st->connect_timeout_ms + 999) / 1000);
     mysql_options(st->conn, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
+    /* Seconds; a read or write that waits longer fails with the
+     * connection closed (CR_SERVER_LOST), as a reset one would. */
+    timeout = (unsigned int)((st->query_timeout_ms + 999) / 1000);
+    mysql_options(st->conn, MYSQL_OPT_READ_TIMEOUT, &timeout);
+    mysql_options(st->conn, MYSQL_OPT_WRITE_TIMEOUT, &timeout);
     mysql_options(st->conn, MYSQL_SET_CHARSET_NAME, "utf8mb4");
     if (st->tls) {
         my_bool verify = 1;

@@ -72,8 +72,13 @@ typedef struct pg_store {
     char qschema[160];
     /* keepalives and tcp_user_timeout (pg_props): for libpq as keywords,
      * and for the server's side of the session as "IDLE INTERVAL COUNT MS" */
-    char tcp_settings[160];
+    char tcp_settings[200];
     char server_tcp_settings[96];
+    /* query_timeout (pg_props): how long a statement on conn may go
+     * unanswered; timed_out: the last one did not answer in time, so conn
+     * was closed (outbox__pg_store_fail says so). */
+    int64_t query_timeout_ms;
+    int timed_out;
     int url_partitions; /* partitions= the URL gives, applied at init (0: not given) */
     int partitions;     /* from meta, 0 until read */
     int32_t part_key;   /* advisory lock class of partitions */
@@ -141,12 +146,46 @@ typedef struct pg_store {
 const char *outbox__pg_message(const char *msg, char *buf, size_t len);
 /* The error of res (NULL: conn's) as one line in buf, without row data. */
 const char *outbox__pg_error_text(const PGconn *conn, const PGresult *res, char *buf, size_t len);
-/* Maps a failed result (res may be NULL) to an outbox code, err filled. */
+/* Maps a failed result (res may be NULL) to an outbox code, err filled
+ * (on a store's connection whose statement timed out, the timeout). */
 int outbox__pg_fail(PGconn *conn, PGresult *res, const char *what, outbox_error *err);
 /* Runs sql without parameters, expecting no rows. */
 int outbox__pg_exec(PGconn *conn, const char *sql, const char *what, outbox_error *err);
 /* Rolls back an open transaction on conn, if any. */
 void outbox__pg_rollback(PGconn *conn);
+
+/* Runs sql on conn (in non-blocking mode) as PQexec does and returns the
+ * last result, or NULL when it could not be sent; waits at most timeout_ms
+ * for the server: then *expired = 1, NULL is returned and the connection
+ * is left as it was, for the caller to close. */
+PGresult *outbox__pg_query_within(PGconn *conn, int64_t timeout_ms, const char *sql, int *expired);
+
+/* The store's own connection (st->conn), with its query_timeout: these
+ * run a statement as PQexec (nparams 0: several statements may be given),
+ * PQexecParams, PQexecPrepared and PQprepare do, with text parameters, and
+ * return the last result (NULL when it could not be sent).  When the
+ * server does not answer within query_timeout, the connection is closed:
+ * NULL is returned, PQstatus(st->conn) says CONNECTION_BAD (the
+ * connection stays allocated; outbox__pg_need_conn opens a new one) and
+ * outbox__pg_store_fail says what happened. */
+PGresult *outbox__pg_store_query(pg_store *st, const char *sql, int nparams,
+                                 const char *const *params);
+PGresult *outbox__pg_store_query_prepared(pg_store *st, const char *name, int nparams,
+                                          const char *const *params);
+PGresult *outbox__pg_store_prepare(pg_store *st, const char *name, const char *sql);
+/* The error of a statement (what) the server did not answer within st's
+ * query_timeout: OUTBOX_EIO, saying what was done and what to change. */
+int outbox__pg_timeout_error(const pg_store *st, const char *what, outbox_error *err);
+/* outbox__pg_store_query when conn is a store's connection (the other
+ * files' functions that take a PGconn); PQexec or PQexecParams on any
+ * other (the caller's). */
+PGresult *outbox__pg_conn_query(PGconn *conn, const char *sql, int nparams,
+                                const char *const *params);
+/* outbox__pg_fail for st->conn: a timed-out statement is said as such. */
+int outbox__pg_store_fail(pg_store *st, PGresult *res, const char *what, outbox_error *err);
+/* outbox__pg_exec and outbox__pg_rollback on st->conn, within query_timeout. */
+int outbox__pg_store_exec(pg_store *st, const char *sql, const char *what, outbox_error *err);
+void outbox__pg_store_rollback(pg_store *st);
 /* A decimal text as int64 (0 for NULL or ""). */
 int64_t outbox__pg_parse_i64(const char *s);
 /* Connects or reconnects st and sets up its session. */

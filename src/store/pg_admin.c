@@ -93,7 +93,7 @@ static void describe_holders(pg_store *st, outbox_status *out)
         (long)st->member_key, (long)st->part_key, st->qschema, (long)st->member_key,
         (long)st->part_key);
     if (b.oom) goto out;
-    res = PQexec(st->conn, b.data);
+    res = outbox__pg_store_query(st, b.data, 0, NULL);
     outbox__buf_reset(&b);
     rows = PQresultStatus(res) == PGRES_TUPLES_OK ? PQntuples(res) : 0;
     for (i = 0; i < rows; i++)
@@ -163,14 +163,14 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
     if (code != OUTBOX_OK) return code;
     outbox__pg_end_claim(st);
     out->schema_version = outbox__pg_schema_version();
-    code = outbox__pg_exec(st->conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                           "reading the outbox status", err);
+    code = outbox__pg_store_exec(st, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                                 "reading the outbox status", err);
     if (code != OUTBOX_OK) return code;
     /* One backend scans: a parallel scan took every core of the server
      * (beside the relay's claims) and about 1.6 times the CPU, for the
      * same numbers (docs/BENCHMARKS.md, the relay monitor). */
-    code = outbox__pg_exec(st->conn, "SET LOCAL max_parallel_workers_per_gather = 0",
-                           "reading the outbox status", err);
+    code = outbox__pg_store_exec(st, "SET LOCAL max_parallel_workers_per_gather = 0",
+                                 "reading the outbox status", err);
     if (code != OUTBOX_OK) goto out;
     outbox__buf_reset(&st->sql);
     outbox__buf_printf(
@@ -190,9 +190,9 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
                                                                       " attempts > 0)") ", 0) FROM "
                                                                                         "%s.outbox",
         st->qschema);
-    res = PQexec(st->conn, st->sql.data);
+    res = outbox__pg_store_query(st, st->sql.data, 0, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res, "reading the outbox status", err);
+        code = outbox__pg_store_fail(st, res, "reading the outbox status", err);
         PQclear(res);
         goto out;
     }
@@ -214,9 +214,9 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
                        " ON f.aggregate_id = o.aggregate_id AND o.seq > f.seq"
                        " WHERE o.status = 'pending'",
                        st->qschema, st->qschema);
-    res = PQexec(st->conn, st->sql.data);
+    res = outbox__pg_store_query(st, st->sql.data, 0, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res, "counting the messages held behind failed ones", err);
+        code = outbox__pg_store_fail(st, res, "counting the messages held behind failed ones", err);
         PQclear(res);
         goto out;
     }
@@ -227,7 +227,7 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
     describe_holders(st, out);
     code = outbox__pg_wal_status(st, out, err);
 out:
-    outbox__pg_rollback(st->conn);
+    outbox__pg_store_rollback(st);
     return code;
 }
 

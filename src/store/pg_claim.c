@@ -106,18 +106,18 @@ static int prepare_hot(pg_store *st, outbox_error *err)
     /* No JIT either: a plan that must sort anyway (the pipelined claim's
      * few rows) carries enable_sort's penalty in its cost, which is far
      * above jit_above_cost, and compiling it took 1.6 s a claim. */
-    code = outbox__pg_exec(st->conn,
-                           "SET enable_sort = off; SET enable_bitmapscan = off;"
-                           " SET enable_material = off; SET jit = off",
-                           "configuring the relay's session", err);
+    code = outbox__pg_store_exec(st,
+                                 "SET enable_sort = off; SET enable_bitmapscan = off;"
+                                 " SET enable_material = off; SET jit = off",
+                                 "configuring the relay's session", err);
     if (code != OUTBOX_OK) return code;
     for (i = 0; i < P_COUNT; i++) {
         PGresult *res;
         outbox__pg_expand(&st->sql, hot_tmpl[i], st->qschema, st->schema, 0);
         if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory preparing");
-        res = PQprepare(st->conn, hot_name[i], st->sql.data, 0, NULL);
+        res = outbox__pg_store_prepare(st, hot_name[i], st->sql.data);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            code = outbox__pg_fail(st->conn, res, "preparing the relay's statements", err);
+            code = outbox__pg_store_fail(st, res, "preparing the relay's statements", err);
             PQclear(res);
             return code;
         }
@@ -131,7 +131,7 @@ static int prepare_hot(pg_store *st, outbox_error *err)
 void outbox__pg_end_claim(pg_store *st)
 {
     if (st->in_txn) {
-        outbox__pg_rollback(st->conn);
+        outbox__pg_store_rollback(st);
         st->in_txn = 0;
     }
 }
@@ -140,9 +140,9 @@ void outbox__pg_end_claim(pg_store *st)
  * wait for its WAL flush at commit (see claim).  Rolls back on failure. */
 static int begin_async(pg_store *st, const char *what, outbox_error *err)
 {
-    int code = outbox__pg_exec(st->conn, "BEGIN; SET LOCAL synchronous_commit = off", what, err);
+    int code = outbox__pg_store_exec(st, "BEGIN; SET LOCAL synchronous_commit = off", what, err);
     if (code != OUTBOX_OK) {
-        outbox__pg_rollback(st->conn);
+        outbox__pg_store_rollback(st);
         return code;
     }
     st->in_txn = 1;
@@ -155,13 +155,13 @@ static PGresult *floor_query(pg_store *st, const char *sql, const char *param, i
                              outbox_error *err)
 {
     const char *params[1] = {param};
-    PGresult *res = PQexecParams(st->conn, sql, param ? 1 : 0, NULL, params, NULL, NULL, 0);
+    PGresult *res = outbox__pg_store_query(st, sql, param ? 1 : 0, params);
     char msg[300];
 
     *code = OUTBOX_OK;
     if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) return res;
     if (PQstatus(st->conn) != CONNECTION_OK) {
-        *code = outbox__pg_fail(st->conn, res, "refreshing the claim floor", err);
+        *code = outbox__pg_store_fail(st, res, "refreshing the claim floor", err);
     } else {
         outbox__log(OUTBOX_LOG_INFO, COMPONENT,
                     "%s: claims scan the pending index from its start (the claim floor needs "
@@ -307,7 +307,7 @@ static int quarantine(pg_store *st, const bad_row *bad, size_t n, outbox_error *
                            " last_error = u.err FROM unnest($1::bigint[], $2::text[]) AS u(seq,"
                            " err) WHERE o.seq = u.seq AND o.status = 'pending'",
                            st->qschema);
-        res = PQexecParams(st->conn, st->sql.data, 2, NULL, params, NULL, NULL, 0);
+        res = outbox__pg_store_query(st, st->sql.data, 2, params);
         if (PQresultStatus(res) == PGRES_COMMAND_OK) {
             for (i = from; i < to; i++)
                 outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
@@ -324,7 +324,7 @@ static int quarantine(pg_store *st, const bad_row *bad, size_t n, outbox_error *
                      "marking stored message seq %lld (id %s) Failed, which cannot be "
                      "published (%.80s)",
                      (long long)bad[from].seq, bad[from].id, bad[from].error);
-            code = outbox__pg_fail(st->conn, res, what, err);
+            code = outbox__pg_store_fail(st, res, what, err);
             PQclear(res);
             if (one_by_one)
                 outbox__log(OUTBOX_LOG_ERROR, COMPONENT,
@@ -434,7 +434,7 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
 
     for (round = 0;; round++) {
         if (pipelined) {
-            res = PQexecPrepared(st->conn, hot_name[P_CLAIM_PIPELINED], 8, params, NULL, NULL, 0);
+            res = outbox__pg_store_query_prepared(st, hot_name[P_CLAIM_PIPELINED], 8, params);
         } else {
             /* Outcomes need not be durable: a completion lost in a database
              * crash only makes its messages be published again (at least
@@ -442,10 +442,10 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
              * flush. */
             code = begin_async(st, "starting the claim transaction", err);
             if (code != OUTBOX_OK) return code;
-            res = PQexecPrepared(st->conn, hot_name[P_CLAIM], 6, params, NULL, NULL, 0);
+            res = outbox__pg_store_query_prepared(st, hot_name[P_CLAIM], 6, params);
         }
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            code = outbox__pg_fail(st->conn, res, "claiming messages", err);
+            code = outbox__pg_store_fail(st, res, "claiming messages", err);
             goto fail;
         }
         rows = PQntuples(res);
@@ -544,9 +544,9 @@ int outbox__pg_claim_pipelined(void *state, const outbox_claim_params *p, const 
 static int run_hot(pg_store *st, int which, int nparams, const char *const *params,
                    const char *what, outbox_error *err)
 {
-    PGresult *res = PQexecPrepared(st->conn, hot_name[which], nparams, params, NULL, NULL, 0);
+    PGresult *res = outbox__pg_store_query_prepared(st, hot_name[which], nparams, params);
     int code = OUTBOX_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) code = outbox__pg_fail(st->conn, res, what, err);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) code = outbox__pg_store_fail(st, res, what, err);
     PQclear(res);
     return code;
 }
@@ -597,10 +597,10 @@ static int complete_range(pg_store *st, const outbox_completion *c, size_t n,
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
     }
     if (pipelined) st->in_txn = 1; /* a failure below rolls it back */
-    code = outbox__pg_exec(st->conn, st->sql.data,
-                           p && p->on_sent == OUTBOX_ON_SENT_MARK ? "marking messages sent"
-                                                                  : "deleting sent messages",
-                           err);
+    code = outbox__pg_store_exec(st, st->sql.data,
+                                 p && p->on_sent == OUTBOX_ON_SENT_MARK ? "marking messages sent"
+                                                                        : "deleting sent messages",
+                                 err);
     if (code != OUTBOX_OK) {
         outbox__pg_end_claim(st);
         return code;
@@ -742,7 +742,7 @@ static int complete(pg_store *st, const outbox_completion *c, size_t n,
                              "injected fault during_mark_sent: outcomes not recorded");
         goto fail;
     }
-    code = outbox__pg_exec(st->conn, "COMMIT", "committing message outcomes", err);
+    code = outbox__pg_store_exec(st, "COMMIT", "committing message outcomes", err);
     st->in_txn = 0;
     if (code != OUTBOX_OK) goto fail;
 done:
@@ -776,11 +776,11 @@ int outbox__pg_complete_pipelined(void *state, const outbox_completion *c, size_
  * for NULL). */
 static int scalar(pg_store *st, const char *sql, int64_t *out, const char *what, outbox_error *err)
 {
-    PGresult *res = PQexec(st->conn, sql);
+    PGresult *res = outbox__pg_store_query(st, sql, 0, NULL);
     int code = OUTBOX_OK;
     *out = 0;
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
-        code = outbox__pg_fail(st->conn, res, what, err);
+        code = outbox__pg_store_fail(st, res, what, err);
     else
         *out = outbox__pg_parse_i64(PQgetvalue(res, 0, 0));
     PQclear(res);

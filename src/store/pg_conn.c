@@ -33,6 +33,7 @@ typedef struct pg_config {
     int64_t keepalives_interval_ms;
     int64_t keepalives_count;
     int64_t tcp_user_timeout_ms;
+    int64_t query_timeout_ms;
     int capture; /* 0 table, 1 wal */
     char *slot;
     char *publication;
@@ -65,6 +66,17 @@ static const outbox_prop pg_props[] = {
      "0ms..1d", NULL,
      "How long sent data may stay unacknowledged (and keepalive probes unanswered) before the "
      "connection is dropped (TCP_USER_TIMEOUT; 0: the system's, about 15 minutes)."},
+    /* Keepalives and TCP_USER_TIMEOUT notice a peer that is gone, not one
+     * that keeps TCP healthy and never answers (a hung server, a proxy);
+     * libpq itself waits for an answer without a limit. */
+    {"query_timeout", OUTBOX_PROP_DURATION, offsetof(pg_config, query_timeout_ms), "30s", "1s..1d",
+     NULL,
+     "How long the relay waits for PostgreSQL to answer a statement.  When it passes, the "
+     "connection is closed and opened again (a batch not yet recorded is published again), and "
+     "the error says so; raise it if statements legitimately take longer.  It also bounds "
+     "connecting when the URL sets no connect_timeout (whole seconds, at least 2), and, with "
+     "capture=wal, a replication stream that stays silent (a keepalive is asked for at half of "
+     "it)."},
     /* WAL capture (docs/WAL.md). */
     {"capture", OUTBOX_PROP_ENUM, offsetof(pg_config, capture), "table", "table|wal", NULL,
      "Where the relay reads messages: table (the outbox table) or wal (messages emitted with "
@@ -82,11 +94,17 @@ static const outbox_prop pg_props[] = {
 
 #ifdef OUTBOX_HAVE_LIBPQ
 
+#include <libpq-events.h>
+
 #include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 /* ------------------------------------------------------------------------
  * Helpers
@@ -147,13 +165,33 @@ const char *outbox__pg_error_text(const PGconn *conn, const PGresult *res, char 
     return outbox__pg_message(primary, buf, len);
 }
 
+/* Marks a store's own connection (need_conn registers it with the store
+ * as its instance data), so that the functions of the other files, which
+ * take a PGconn, find the store and its query_timeout.  Nothing to do on
+ * any event. */
+static int store_event(PGEventId id, void *info, void *pass_through)
+{
+    (void)id;
+    (void)info;
+    (void)pass_through;
+    return 1;
+}
+
+/* The store whose connection conn is; NULL for another (the caller's). */
+static pg_store *store_of(const PGconn *conn)
+{
+    return conn ? PQinstanceData(conn, store_event) : NULL;
+}
+
 /* Maps a failed result (res may be NULL) to an outbox code and fills err. */
 int outbox__pg_fail(PGconn *conn, PGresult *res, const char *what, outbox_error *err)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const pg_store *st = store_of(conn);
     char buf[400];
     int code = OUTBOX_ESTORE;
 
+    if (st && st->timed_out) return outbox__pg_timeout_error(st, what, err);
     outbox__pg_error_text(conn, res, buf, sizeof buf);
     if (conn == NULL || PQstatus(conn) == CONNECTION_BAD)
         return outbox__error(err, OUTBOX_EIO, "%s: the PostgreSQL connection was lost: %s", what,
@@ -181,15 +219,25 @@ int outbox__pg_fail(PGconn *conn, PGresult *res, const char *what, outbox_error 
     return outbox__error(err, code, "%s: %s (SQLSTATE %s)", what, buf, state ? state : "none");
 }
 
+/* Clears res, a statement's result that should hold no rows (COMMAND_OK or
+ * TUPLES_OK); otherwise maps it (on st's connection when st is given, else
+ * on conn) to an outbox code. */
+static int expect_done(PGresult *res, PGconn *conn, pg_store *st, const char *what,
+                       outbox_error *err)
+{
+    ExecStatusType s = PQresultStatus(res);
+    int code = OUTBOX_OK;
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
+        code =
+            st ? outbox__pg_store_fail(st, res, what, err) : outbox__pg_fail(conn, res, what, err);
+    PQclear(res);
+    return code;
+}
+
 /* Runs sql without parameters; expects no rows (COMMAND_OK or TUPLES_OK). */
 int outbox__pg_exec(PGconn *conn, const char *sql, const char *what, outbox_error *err)
 {
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType s = PQresultStatus(res);
-    int code = OUTBOX_OK;
-    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) code = outbox__pg_fail(conn, res, what, err);
-    PQclear(res);
-    return code;
+    return expect_done(PQexec(conn, sql), conn, NULL, what, err);
 }
 
 void outbox__pg_rollback(PGconn *conn)
@@ -198,6 +246,185 @@ void outbox__pg_rollback(PGconn *conn)
         PGresult *res = PQexec(conn, "ROLLBACK");
         PQclear(res);
     }
+}
+
+/* ------------------------------------------------------------------------
+ * Statements within a deadline
+ *
+ * libpq's calls wait for the server's answer without a limit: a server (or
+ * a middlebox) that keeps the TCP connection healthy but never answers
+ * would hold the relay for ever, as keepalives and TCP_USER_TIMEOUT only
+ * notice a peer that is gone.  So the store's statements go through
+ * libpq's asynchronous calls on its non-blocking connection, polling the
+ * socket up to a deadline.
+ * ---------------------------------------------------------------------- */
+
+/* How run_within sends its statement. */
+enum { SEND_QUERY, SEND_PARAMS, SEND_PREPARED, SEND_PREPARE };
+
+/* Waits until conn's socket has one of events (or an error: libpq's next
+ * call says which): 1; 0 when the monotonic deadline passed first. */
+static int wait_socket(PGconn *conn, short events, int64_t deadline_us)
+{
+    for (;;) {
+        struct pollfd pfd;
+        int64_t left_ms = (deadline_us - outbox__monotonic_us() + 999) / 1000;
+        int rc;
+
+        if (left_ms <= 0) return 0;
+        pfd.fd = PQsocket(conn);
+        if (pfd.fd < 0) return 1;
+        pfd.events = events;
+        pfd.revents = 0;
+        rc = poll(&pfd, 1, left_ms > INT_MAX ? INT_MAX : (int)left_ms);
+        if (rc > 0 || (rc < 0 && errno != EINTR)) return 1;
+    }
+}
+
+/* Sends a statement (how: SEND_*) on the non-blocking conn, flushes it
+ * while reading (the server may wait for room to send), and reads until
+ * its results are in.  Returns the last result, as PQexec does (after a
+ * failed statement the server skips the rest, so an error is the last;
+ * a COPY result ends the statement's results), or NULL when it could not
+ * be sent; NULL with *expired = 1 when the server did not answer within
+ * timeout_ms. */
+static PGresult *run_within(PGconn *conn, int64_t timeout_ms, int how, const char *name,
+                            const char *sql, int nparams, const char *const *params, int *expired)
+{
+    int64_t deadline_us = outbox__monotonic_us() + timeout_ms * 1000;
+    PGresult *res, *last = NULL;
+    int sent;
+
+    *expired = 0;
+    if (how == SEND_QUERY)
+        sent = PQsendQuery(conn, sql);
+    else if (how == SEND_PARAMS)
+        sent = PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    else if (how == SEND_PREPARED)
+        sent = PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0);
+    else
+        sent = PQsendPrepare(conn, name, sql, 0, NULL);
+    if (!sent) return NULL;
+    while (PQflush(conn) > 0) {
+        if (!wait_socket(conn, POLLIN | POLLOUT, deadline_us)) goto expired;
+        if (!PQconsumeInput(conn)) break; /* lost: PQgetResult says so */
+    }
+    for (;;) {
+        ExecStatusType s;
+        while (PQisBusy(conn)) { /* false once the connection is lost */
+            if (!wait_socket(conn, POLLIN, deadline_us)) goto expired;
+            if (!PQconsumeInput(conn)) break;
+        }
+        res = PQgetResult(conn);
+        if (!res) break;
+        PQclear(last);
+        last = res;
+        s = PQresultStatus(res);
+        if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH ||
+            PQstatus(conn) == CONNECTION_BAD)
+            break;
+    }
+    return last;
+
+expired:
+    PQclear(last);
+    *expired = 1;
+    return NULL;
+}
+
+PGresult *outbox__pg_query_within(PGconn *conn, int64_t timeout_ms, const char *sql, int *expired)
+{
+    return run_within(conn, timeout_ms, SEND_QUERY, NULL, sql, 0, NULL, expired);
+}
+
+/* The server did not answer a statement on st->conn in time.  Its socket
+ * is shut down, so that libpq reads the end of it as if the server had
+ * closed it and marks the connection CONNECTION_BAD: every path that meets
+ * a lost connection then takes over (the object stays for them, and
+ * outbox__pg_need_conn replaces it).  No cancel request: it would go over
+ * a new connection, which PQcancel opens without any timeout; the
+ * server's side ends with the connection (tcp_keepalives_*, and the
+ * session's end rolls back its transaction and frees its locks). */
+static void drop_unanswered(pg_store *st)
+{
+    int fd = PQsocket(st->conn), i;
+
+    st->timed_out = 1;
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+    /* What arrived before the shutdown is read first, then the end. */
+    for (i = 0; i < 1000 && PQstatus(st->conn) == CONNECTION_OK; i++)
+        if (!PQconsumeInput(st->conn)) break;
+    if (PQstatus(st->conn) == CONNECTION_OK) { /* not expected: drop it outright */
+        PQfinish(st->conn);
+        st->conn = NULL;
+    }
+}
+
+/* A statement on st->conn within query_timeout (see pg.h). */
+static PGresult *store_run(pg_store *st, int how, const char *name, const char *sql, int nparams,
+                           const char *const *params)
+{
+    PGresult *res;
+    int expired;
+
+    if (!st->conn) return NULL;
+    res = run_within(st->conn, st->query_timeout_ms, how, name, sql, nparams, params, &expired);
+    if (expired) drop_unanswered(st);
+    return res;
+}
+
+PGresult *outbox__pg_store_query(pg_store *st, const char *sql, int nparams,
+                                 const char *const *params)
+{
+    return store_run(st, nparams > 0 ? SEND_PARAMS : SEND_QUERY, NULL, sql, nparams, params);
+}
+
+PGresult *outbox__pg_store_query_prepared(pg_store *st, const char *name, int nparams,
+                                          const char *const *params)
+{
+    return store_run(st, SEND_PREPARED, name, NULL, nparams, params);
+}
+
+PGresult *outbox__pg_store_prepare(pg_store *st, const char *name, const char *sql)
+{
+    return store_run(st, SEND_PREPARE, name, sql, 0, NULL);
+}
+
+int outbox__pg_timeout_error(const pg_store *st, const char *what, outbox_error *err)
+{
+    int64_t ms = st->query_timeout_ms;
+    return outbox__error(err, OUTBOX_EIO,
+                         "%s: PostgreSQL at %s did not answer within %lld %s (query_timeout): the "
+                         "connection was closed and is opened again; if statements legitimately "
+                         "take longer, raise query_timeout",
+                         what, st->shown, (long long)(ms % 1000 ? ms : ms / 1000),
+                         ms % 1000 ? "ms" : "s");
+}
+
+PGresult *outbox__pg_conn_query(PGconn *conn, const char *sql, int nparams,
+                                const char *const *params)
+{
+    pg_store *st = store_of(conn);
+    if (st) return outbox__pg_store_query(st, sql, nparams, params);
+    return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+}
+
+int outbox__pg_store_fail(pg_store *st, PGresult *res, const char *what, outbox_error *err)
+{
+    if (st->timed_out) return outbox__pg_timeout_error(st, what, err);
+    return outbox__pg_fail(st->conn, res, what, err);
+}
+
+int outbox__pg_store_exec(pg_store *st, const char *sql, const char *what, outbox_error *err)
+{
+    return expect_done(outbox__pg_store_query(st, sql, 0, NULL), st->conn, st, what, err);
+}
+
+void outbox__pg_store_rollback(pg_store *st)
+{
+    if (st->conn && PQstatus(st->conn) == CONNECTION_OK &&
+        PQtransactionStatus(st->conn) != PQTRANS_IDLE)
+        PQclear(outbox__pg_store_query(st, "ROLLBACK", 0, NULL));
 }
 
 int64_t outbox__pg_parse_i64(const char *s)
@@ -290,6 +517,7 @@ static int read_settings(pg_store *st, outbox_url *u, outbox_error *err)
     if (code == OUTBOX_OK) {
         snprintf(st->schema, sizeof st->schema, "%s", c.schema);
         st->url_partitions = outbox__url_param(u, "partitions") ? (int)c.partitions : 0;
+        st->query_timeout_ms = c.query_timeout_ms;
         snprintf(st->tcp_settings, sizeof st->tcp_settings,
                  "keepalives_idle=%lld keepalives_interval=%lld keepalives_count=%lld "
                  "tcp_user_timeout=%lld",
@@ -478,13 +706,41 @@ static int conninfo_with(const char *conninfo, int uri, const char *settings, ch
     return OUTBOX_OK;
 }
 
+/* Does conninfo (or the environment) give libpq a connect_timeout?  A
+ * conninfo libpq cannot parse counts as yes: pg_open refuses it. */
+static int has_connect_timeout(const char *conninfo)
+{
+    const char *env = getenv("PGCONNECT_TIMEOUT");
+    PQconninfoOption *opts, *o;
+    int found = 0;
+
+    if (env && *env) return 1;
+    opts = PQconninfoParse(conninfo, NULL);
+    if (!opts) return 1;
+    for (o = opts; o->keyword; o++)
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && *o->val) found = 1;
+    PQconninfoFree(opts);
+    return found;
+}
+
 /* Adds st->tcp_settings to st->conninfo: the store's keepalive and timeout
- * settings, which libpq reads under the same names; and, for capture=wal,
- * makes the replication connection's conninfo. */
+ * settings, which libpq reads under the same names, and a connect_timeout
+ * of query_timeout when none is given (libpq would wait for ever for a
+ * server that accepts the connection and never answers; it takes whole
+ * seconds, at least 2); and, for capture=wal, makes the replication
+ * connection's conninfo. */
 static int add_tcp_settings(pg_store *st, int uri, outbox_error *err)
 {
     char *with;
-    int code = conninfo_with(st->conninfo, uri, st->tcp_settings, &with, err);
+    int code;
+
+    if (!has_connect_timeout(st->conninfo)) {
+        int64_t s = (st->query_timeout_ms + 999) / 1000;
+        size_t used = strlen(st->tcp_settings);
+        snprintf(st->tcp_settings + used, sizeof st->tcp_settings - used, " connect_timeout=%lld",
+                 (long long)(s < 2 ? 2 : s));
+    }
+    code = conninfo_with(st->conninfo, uri, st->tcp_settings, &with, err);
     if (code != OUTBOX_OK) return code;
     outbox__free(st->conninfo);
     st->conninfo = with;
@@ -503,6 +759,7 @@ static void forget_connection_state(pg_store *st)
     if (st->held) memset(st->held, 0, MAX_PARTITIONS);
     st->held_count = 0;
     st->next_rebalance_us = 0;
+    st->timed_out = 0;
 }
 
 /* Server notices and warnings on the store's connections go to the log
@@ -536,10 +793,15 @@ int outbox__pg_need_conn(pg_store *st, outbox_error *err)
 
     if (st->conn && PQstatus(st->conn) == CONNECTION_OK) return OUTBOX_OK;
     if (st->conn) {
+        if (st->timed_out)
+            snprintf(msg, sizeof msg, "no answer within %lld ms (query_timeout)",
+                     (long long)st->query_timeout_ms);
+        else
+            outbox__pg_message(PQerrorMessage(st->conn), msg, sizeof msg);
         outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                     "connection to %s lost (%s); reconnecting; an unrecorded batch will be "
                     "published again",
-                    st->shown, outbox__pg_message(PQerrorMessage(st->conn), msg, sizeof msg));
+                    st->shown, msg);
         PQfinish(st->conn);
         st->conn = NULL;
         forget_connection_state(st);
@@ -556,18 +818,34 @@ int outbox__pg_need_conn(pg_store *st, outbox_error *err)
     }
     forget_connection_state(st);
     PQsetNoticeReceiver(st->conn, notice_receiver, st);
+    /* Non-blocking for good (its output is empty now, so this does not
+     * wait): the statements within query_timeout need it, and the other
+     * calls do not mind (PQexec waits as before, and PQfinish no longer
+     * waits to send its goodbye to a server that does not read). */
+    if (PQsetnonblocking(st->conn, 1) != 0) {
+        code =
+            outbox__error(err, OUTBOX_EIO, "cannot make the connection to %s non-blocking: %s",
+                          st->shown, outbox__pg_message(PQerrorMessage(st->conn), msg, sizeof msg));
+        goto fail;
+    }
+    if (!PQregisterEventProc(st->conn, store_event, "outbox store", NULL) ||
+        !PQsetInstanceData(st->conn, store_event, st)) {
+        code = outbox__error(err, OUTBOX_ENOMEM, "out of memory connecting to PostgreSQL");
+        goto fail;
+    }
     /* The same keepalives on the server's side of the session, so that the
      * server too drops a session whose relay vanished (and the partition
      * locks it holds) instead of keeping it for hours. */
     params[0] = st->server_tcp_settings;
-    res = PQexecParams(st->conn,
-                       "SELECT set_config('tcp_keepalives_idle', split_part($1, ' ', 1), false),"
-                       " set_config('tcp_keepalives_interval', split_part($1, ' ', 2), false),"
-                       " set_config('tcp_keepalives_count', split_part($1, ' ', 3), false),"
-                       " set_config('tcp_user_timeout', split_part($1, ' ', 4), false)",
-                       1, NULL, params, NULL, NULL, 0);
+    res = outbox__pg_store_query(
+        st,
+        "SELECT set_config('tcp_keepalives_idle', split_part($1, ' ', 1), false),"
+        " set_config('tcp_keepalives_interval', split_part($1, ' ', 2), false),"
+        " set_config('tcp_keepalives_count', split_part($1, ' ', 3), false),"
+        " set_config('tcp_user_timeout', split_part($1, ' ', 4), false)",
+        1, params);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res, "setting the session's TCP keepalives", err);
+        code = outbox__pg_store_fail(st, res, "setting the session's TCP keepalives", err);
         PQclear(res);
         goto fail;
     }
@@ -575,13 +853,13 @@ int outbox__pg_need_conn(pg_store *st, outbox_error *err)
     code = outbox__pg_quote_schema(st->conn, st->schema, st->qschema, sizeof st->qschema, err);
     if (code != OUTBOX_OK) goto fail;
     params[0] = st->schema;
-    res = PQexecParams(st->conn,
-                       "SELECT hashtext('outbox.partition:' || $1) & 2147483647,"
-                       " hashtext('outbox.relay:' || $1) & 2147483647,"
-                       " hashtext('outbox.sleep:' || $1)",
-                       1, NULL, params, NULL, NULL, 0);
+    res = outbox__pg_store_query(st,
+                                 "SELECT hashtext('outbox.partition:' || $1) & 2147483647,"
+                                 " hashtext('outbox.relay:' || $1) & 2147483647,"
+                                 " hashtext('outbox.sleep:' || $1)",
+                                 1, params);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res, "setting up the store connection", err);
+        code = outbox__pg_store_fail(st, res, "setting up the store connection", err);
         PQclear(res);
         goto fail;
     }
@@ -590,7 +868,7 @@ int outbox__pg_need_conn(pg_store *st, outbox_error *err)
     st->sleep_key = (int32_t)outbox__pg_parse_i64(PQgetvalue(res, 0, 2));
     PQclear(res);
     snprintf(sql, sizeof sql, "LISTEN %s", st->qschema);
-    code = outbox__pg_exec(st->conn, sql, "listening for enqueue notifications", err);
+    code = outbox__pg_store_exec(st, sql, "listening for enqueue notifications", err);
     if (code != OUTBOX_OK) goto fail;
     st->listening = 1;
     if (st->had_conn) outbox__log(OUTBOX_LOG_INFO, COMPONENT, "reconnected to %s", st->shown);

@@ -37,7 +37,7 @@ static int delete_dead_relays(pg_store *st, outbox_error *err)
              " AND l.objid = (r.id & 2147483647)::oid"
              " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
              st->qschema, (long)st->member_key);
-    return outbox__pg_exec(st->conn, sql, "deleting the rows of stopped relays", err);
+    return outbox__pg_store_exec(st, sql, "deleting the rows of stopped relays", err);
 }
 
 /* Writes st->waiting into this relay's row.  Asynchronous commit: a flag
@@ -68,15 +68,15 @@ static int set_waiting(pg_store *st, outbox_error *err)
              " UPDATE %s.relays SET waiting = %s WHERE id = %lld AND waiting <> %s; COMMIT%s",
              st->qschema, st->waiting ? "true" : "false", (long long)st->member_id,
              st->waiting ? "true" : "false", lock);
-    res = PQexec(st->conn, sql);
+    res = outbox__pg_store_query(st, sql, 0, NULL);
     status = PQresultStatus(res);
     if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res,
-                               st->waiting ? "setting the relay's waiting flag"
-                                           : "clearing the relay's waiting flag",
-                               err);
+        code = outbox__pg_store_fail(st, res,
+                                     st->waiting ? "setting the relay's waiting flag"
+                                                 : "clearing the relay's waiting flag",
+                                     err);
         PQclear(res);
-        outbox__pg_rollback(st->conn);
+        outbox__pg_store_rollback(st);
         return code;
     }
     if (lock[0])
@@ -86,9 +86,9 @@ static int set_waiting(pg_store *st, outbox_error *err)
     for (attempt = 0; st->waiting && !st->sleep_held && attempt < 3; attempt++) {
         snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock_shared((%ld)::integer, 0)",
                  (long)st->sleep_key);
-        res = PQexec(st->conn, sql);
+        res = outbox__pg_store_query(st, sql, 0, NULL);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            code = outbox__pg_fail(st->conn, res, "taking the relay's asleep lock", err);
+            code = outbox__pg_store_fail(st, res, "taking the relay's asleep lock", err);
             PQclear(res);
             return code;
         }
@@ -115,7 +115,7 @@ static void release_sleep_lock(pg_store *st)
     if (!st->sleep_held || !st->conn || PQtransactionStatus(st->conn) != PQTRANS_IDLE) return;
     snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock_shared((%ld)::integer, 0)",
              (long)st->sleep_key);
-    res = PQexec(st->conn, sql);
+    res = outbox__pg_store_query(st, sql, 0, NULL);
     if (PQresultStatus(res) == PGRES_TUPLES_OK)
         st->sleep_held = 0;
     else
@@ -148,26 +148,26 @@ int outbox__pg_register_member(pg_store *st, outbox_error *err)
     params[1] = host;
     params[2] = pid;
     params[3] = st->note[0] ? st->note : NULL;
-    code = outbox__pg_exec(st->conn, "BEGIN", "registering the relay", err);
+    code = outbox__pg_store_exec(st, "BEGIN", "registering the relay", err);
     if (code != OUTBOX_OK) return code;
     snprintf(sql, sizeof sql,
              "INSERT INTO %s.relays (name, host, pid, backend_pid, note) VALUES ($1, $2,"
              " $3::integer, pg_backend_pid(), $4) RETURNING id",
              st->qschema);
-    res = PQexecParams(st->conn, sql, 4, NULL, params, NULL, NULL, 0);
+    res = outbox__pg_store_query(st, sql, 4, params);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res, "registering the relay", err);
+        code = outbox__pg_store_fail(st, res, "registering the relay", err);
         PQclear(res);
-        outbox__pg_rollback(st->conn);
+        outbox__pg_store_rollback(st);
         return code;
     }
     st->member_id = outbox__pg_parse_i64(PQgetvalue(res, 0, 0));
     PQclear(res);
     snprintf(sql, sizeof sql, "SELECT pg_advisory_lock(%ld, %ld); COMMIT", (long)st->member_key,
              (long)(st->member_id & 0x7fffffff));
-    code = outbox__pg_exec(st->conn, sql, "taking the relay membership lock", err);
+    code = outbox__pg_store_exec(st, sql, "taking the relay membership lock", err);
     if (code != OUTBOX_OK) {
-        outbox__pg_rollback(st->conn);
+        outbox__pg_store_rollback(st);
         st->member_id = 0;
         return code;
     }
@@ -200,9 +200,9 @@ static int write_heartbeat(pg_store *st, outbox_error *err)
     outbox__buf_printf(&st->sql, "UPDATE %s.relays SET heartbeat_at = now()%s WHERE id = %lld",
                        st->qschema, st->note_dirty ? ", note = $1" : "", (long long)st->member_id);
     if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
-    res = PQexecParams(st->conn, st->sql.data, st->note_dirty ? 1 : 0, NULL, params, NULL, NULL, 0);
+    res = outbox__pg_store_query(st, st->sql.data, st->note_dirty ? 1 : 0, params);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        code = outbox__pg_fail(st->conn, res, "recording the relay heartbeat", err);
+        code = outbox__pg_store_fail(st, res, "recording the relay heartbeat", err);
     else
         st->note_dirty = 0;
     PQclear(res);
@@ -231,9 +231,9 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
              " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
              " AND classid IN (%ld::oid, %ld::oid)",
              (long)st->member_key, (long)st->part_key);
-    res = PQexec(st->conn, sql);
+    res = outbox__pg_store_query(st, sql, 0, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res, "reading the partition leases", err);
+        code = outbox__pg_store_fail(st, res, "reading the partition leases", err);
         PQclear(res);
         goto out;
     }
@@ -259,7 +259,7 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
     for (i = st->partitions - 1; i >= 0 && st->held_count > share; i--) {
         if (!st->held[i]) continue;
         snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock(%ld, %d)", (long)st->part_key, i);
-        code = outbox__pg_exec(st->conn, sql, "releasing a partition", err);
+        code = outbox__pg_store_exec(st, sql, "releasing a partition", err);
         if (code != OUTBOX_OK) goto out;
         st->held[i] = 0;
         st->held_count--;
@@ -271,9 +271,9 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
         int p = (start + i) % st->partitions;
         if (st->held[p] || taken[p]) continue;
         snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%ld, %d)", (long)st->part_key, p);
-        res = PQexec(st->conn, sql);
+        res = outbox__pg_store_query(st, sql, 0, NULL);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            code = outbox__pg_fail(st->conn, res, "taking a partition", err);
+            code = outbox__pg_store_fail(st, res, "taking a partition", err);
             PQclear(res);
             goto out;
         }
@@ -376,13 +376,13 @@ int outbox__pg_lease_release(void *state, const char *owner, outbox_error *err)
         return OUTBOX_OK; /* a lost session holds nothing */
     }
     outbox__pg_end_claim(st);
-    code = outbox__pg_exec(st->conn, "SELECT pg_advisory_unlock_all()", "releasing the partitions",
-                           err);
+    code = outbox__pg_store_exec(st, "SELECT pg_advisory_unlock_all()", "releasing the partitions",
+                                 err);
     if (code == OUTBOX_OK) st->sleep_held = 0;
     if (code == OUTBOX_OK && st->member_id) {
         snprintf(sql, sizeof sql, "DELETE FROM %s.relays WHERE id = %lld", st->qschema,
                  (long long)st->member_id);
-        code = outbox__pg_exec(st->conn, sql, "unregistering the relay", err);
+        code = outbox__pg_store_exec(st, sql, "unregistering the relay", err);
     }
     /* The session stays (prepared statements, LISTEN); the leases go. */
     st->member_id = 0;

@@ -521,7 +521,7 @@ static int read_meta(PGconn *conn, const char *qschema, int *version, int *parti
     if (partitions) *partitions = 0;
     if (bad && bad_len) bad[0] = '\0';
     snprintf(sql, sizeof sql, "SELECT key, value FROM %s.meta", qschema);
-    res = PQexec(conn, sql);
+    res = outbox__pg_conn_query(conn, sql, 0, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         if (state && (strcmp(state, "42P01") == 0 || strcmp(state, "3F000") == 0)) {

@@ -450,7 +450,7 @@ int outbox__pg_wal_lag(PGconn *c, const char *slot, outbox_pg_wal_lag *out, outb
              " FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1"
              " LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid",
              idle_age);
-    res = PQexecParams(c, sql, 1, NULL, params, NULL, NULL, 0);
+    res = outbox__pg_conn_query(c, sql, 1, params);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         code = outbox__pg_fail(c, res, "reading the replication slot's lag", err);
         PQclear(res);

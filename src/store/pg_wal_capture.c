@@ -87,7 +87,8 @@ typedef struct wal_entry {
 struct pg_wal {
     PGconn *repl; /* the replication connection, NULL while down */
     int streaming;
-    int set_up; /* the slot and publication were checked */
+    int walsender_pid; /* the server process of the last stream (0: none yet) */
+    int set_up;        /* the slot and publication were checked */
     int ever_streamed;
     int64_t reconnect_at_us; /* monotonic */
     unsigned reconnect_failures;
@@ -105,6 +106,8 @@ struct pg_wal {
     uint64_t reported;   /* the flush position last sent */
     int64_t status_at_us;
     int reply_due;
+    int64_t heard_at_us;  /* monotonic time the server last sent anything */
+    int64_t asked_at_us;  /* a keepalive was asked for since then (0: not) */
     int arrived;          /* committed entries since `changed` last said so */
     uint64_t once_target; /* --once: the WAL's end when the drain began */
     int caught_up;        /* --once: the stream reached once_target */
@@ -217,9 +220,9 @@ static int blocked_load(pg_store *st, int fba, outbox_error *err)
                        " OR (status = 'failed' AND $1::boolean)",
                        st->qschema);
     if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory");
-    res = PQexecParams(st->conn, st->sql.data, 1, NULL, params, NULL, NULL, 0);
+    res = outbox__pg_store_query(st, st->sql.data, 1, params);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(st->conn, res, "reading the aggregates the table holds", err);
+        code = outbox__pg_store_fail(st, res, "reading the aggregates the table holds", err);
         PQclear(res);
         return code;
     }
@@ -273,8 +276,9 @@ static void put_u64(unsigned char *p, uint64_t v)
 #define LSN_ARGS(l) (unsigned)((l) >> 32), (unsigned)(l)
 
 /* Sends a standby status update: written, flushed and applied are all
- * the flush position (nothing past it may be skipped after a restart). */
-static void send_status(struct pg_wal *w)
+ * the flush position (nothing past it may be skipped after a restart);
+ * ask: the server is to answer at once (with a keepalive). */
+static void send_status(struct pg_wal *w, int ask)
 {
     unsigned char buf[34];
     if (!w->streaming) return;
@@ -283,7 +287,7 @@ static void send_status(struct pg_wal *w)
     put_u64(buf + 9, w->flushed);
     put_u64(buf + 17, w->flushed);
     put_u64(buf + 25, (uint64_t)(outbox__now_us() - PG_EPOCH_US));
-    buf[33] = 0;
+    buf[33] = ask ? 1 : 0;
     if (PQputCopyData(w->repl, (const char *)buf, sizeof buf) != 1 || PQflush(w->repl) < 0) {
         char msg[300];
         outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "sending the slot's flush position: %s",
@@ -295,12 +299,32 @@ static void send_status(struct pg_wal *w)
     w->reply_due = 0;
 }
 
-static void maybe_send_status(struct pg_wal *w)
+/* Sends a status update when one is due; and, when the stream has been
+ * silent for half of query_timeout (an idle server sends nothing while
+ * the updates come), one that asks for a keepalive, once: a live server
+ * answers at once, so that a stream still silent half a query_timeout
+ * later is dropped (silent_stream). */
+static void maybe_send_status(const pg_store *st)
 {
-    int64_t since = outbox__monotonic_us() - w->status_at_us;
-    if (w->reply_due || since >= STATUS_EVERY_US ||
-        (w->flushed != w->reported && since >= STATUS_MOVED_US))
-        send_status(w);
+    struct pg_wal *w = st->wal;
+    int64_t now = outbox__monotonic_us(), since = now - w->status_at_us;
+    int ask = w->asked_at_us == 0 && now - w->heard_at_us >= st->query_timeout_ms * 500;
+
+    if (ask || w->reply_due || since >= STATUS_EVERY_US ||
+        (w->flushed != w->reported && since >= STATUS_MOVED_US)) {
+        send_status(w, ask);
+        if (ask) w->asked_at_us = now;
+    }
+}
+
+/* Has the stream said nothing for query_timeout, not even the keepalive
+ * asked for half of it ago?  (Counted from the question, not from the
+ * last data: a relay busy elsewhere for a while asks late.) */
+static int silent_stream(const pg_store *st)
+{
+    const struct pg_wal *w = st->wal;
+    return w->asked_at_us != 0 &&
+           outbox__monotonic_us() - w->asked_at_us >= st->query_timeout_ms * 500;
 }
 
 /* Pops the confirmed entries at the head and moves the flush position:
@@ -348,6 +372,34 @@ static void stream_lost(pg_store *st, const char *why)
     w->reconnect_at_us = outbox__monotonic_us() + pause_ms * 1000;
 }
 
+/* The slot is busy: is it with this relay's own previous stream, lost on
+ * this side (a timeout, a network that failed) while its walsender on the
+ * server still waits (for wal_sender_timeout, or its keepalives)?  That
+ * one is ended, on the table connection, and 1 returned: the stream can
+ * start again in a moment.  0 when another process streams from it. */
+static int end_own_stale_stream(pg_store *st)
+{
+    const char *params[2];
+    char pid[16];
+    PGresult *res;
+    outbox_error ignored;
+    int ended;
+
+    if (st->wal->walsender_pid <= 0 || outbox__pg_need_conn(st, &ignored) != OUTBOX_OK) return 0;
+    snprintf(pid, sizeof pid, "%d", st->wal->walsender_pid);
+    params[0] = st->slot;
+    params[1] = pid;
+    res = outbox__pg_store_query(st,
+                                 "SELECT pg_terminate_backend(active_pid) FROM"
+                                 " pg_replication_slots WHERE slot_name = $1"
+                                 " AND active_pid = $2::integer",
+                                 2, params);
+    ended = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+            PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    return ended;
+}
+
 /* Opens the replication connection and starts streaming from the slot at
  * the flush position.  OUTBOX_ELEASED when another relay streams from the
  * slot. */
@@ -356,7 +408,7 @@ static int stream_start(pg_store *st, outbox_error *err)
     struct pg_wal *w = st->wal;
     PGresult *res;
     char sql[300], msg[300];
-    int code;
+    int code, expired;
 
     w->repl = PQconnectdb(st->repl_conninfo);
     if (!w->repl) return outbox__error(err, OUTBOX_ENOMEM, "out of memory connecting");
@@ -369,9 +421,18 @@ static int stream_start(pg_store *st, outbox_error *err)
                           st->shown, outbox__pg_message(PQerrorMessage(w->repl), msg, sizeof msg));
         goto fail;
     }
-    res = PQexec(w->repl, "IDENTIFY_SYSTEM");
+    /* Non-blocking from the start: its statements wait at most
+     * query_timeout, and the stream is read without waiting. */
+    if (PQsetnonblocking(w->repl, 1) != 0) {
+        code =
+            outbox__error(err, OUTBOX_EIO, "cannot make the replication connection non-blocking");
+        goto fail;
+    }
+    res = outbox__pg_query_within(w->repl, st->query_timeout_ms, "IDENTIFY_SYSTEM", &expired);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        code = outbox__pg_fail(w->repl, res, "identifying the server for replication", err);
+        code = expired
+                   ? outbox__pg_timeout_error(st, "identifying the server for replication", err)
+                   : outbox__pg_fail(w->repl, res, "identifying the server for replication", err);
         PQclear(res);
         goto fail;
     }
@@ -380,10 +441,20 @@ static int stream_start(pg_store *st, outbox_error *err)
              "START_REPLICATION SLOT \"%s\" LOGICAL " LSN_FMT
              " (proto_version '1', publication_names '\"%s\"', messages 'true')",
              st->slot, LSN_ARGS(w->flushed), st->publication);
-    res = PQexec(w->repl, sql);
+    res = outbox__pg_query_within(w->repl, st->query_timeout_ms, sql, &expired);
+    if (expired) {
+        code = outbox__pg_timeout_error(st, "starting to stream from the replication slot", err);
+        goto fail;
+    }
     if (PQresultStatus(res) != PGRES_COPY_BOTH) {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        if (state && strcmp(state, "55006") == 0) {
+        if (state && strcmp(state, "55006") == 0 && end_own_stale_stream(st)) {
+            code = outbox__error(err, OUTBOX_EIO,
+                                 "replication slot %s was still streamed to this relay's lost "
+                                 "connection (walsender pid %d): that session was ended; "
+                                 "streaming again in a moment",
+                                 st->slot, st->wal->walsender_pid);
+        } else if (state && strcmp(state, "55006") == 0) {
             code = outbox__error(err, OUTBOX_ELEASED,
                                  "replication slot %s is streamed by another relay (%s)", st->slot,
                                  outbox__pg_error_text(w->repl, res, msg, sizeof msg));
@@ -396,14 +467,11 @@ static int stream_start(pg_store *st, outbox_error *err)
         goto fail;
     }
     PQclear(res);
-    if (PQsetnonblocking(w->repl, 1) != 0) {
-        code =
-            outbox__error(err, OUTBOX_EIO, "cannot make the replication connection non-blocking");
-        goto fail;
-    }
     w->streaming = 1;
+    w->walsender_pid = PQbackendPID(w->repl);
     w->in_txn = 0;
-    w->status_at_us = outbox__monotonic_us();
+    w->status_at_us = w->heard_at_us = outbox__monotonic_us();
+    w->asked_at_us = 0;
     if (w->ever_streamed)
         outbox__log(OUTBOX_LOG_INFO, COMPONENT,
                     "reconnected to %s: streaming slot %s again from " LSN_FMT, st->shown, st->slot,
@@ -560,7 +628,11 @@ static int stream_read(pg_store *st, outbox_error *err)
     for (;;) {
         char *buf = NULL;
         int n, code;
-        if (!w->in_txn && w->len >= WAL_QUEUE_MAX) break;
+        if (!w->in_txn && w->len >= WAL_QUEUE_MAX) {
+            w->heard_at_us = outbox__monotonic_us(); /* not read: not silent */
+            w->asked_at_us = 0;
+            break;
+        }
         n = PQgetCopyData(w->repl, &buf, 1);
         if (n == 0) break;
         if (n < 0) {
@@ -570,6 +642,8 @@ static int stream_read(pg_store *st, outbox_error *err)
             stream_lost(st, n == -1 ? "the server ended the stream" : msg);
             return OUTBOX_OK;
         }
+        w->heard_at_us = outbox__monotonic_us();
+        w->asked_at_us = 0;
         code = on_copy_data(st, (const unsigned char *)buf, (size_t)n, err);
         PQfreemem(buf);
         if (code == OUTBOX_EIO) {
@@ -581,8 +655,17 @@ static int stream_read(pg_store *st, outbox_error *err)
             return code;
         }
     }
+    if (silent_stream(st)) {
+        snprintf(msg, sizeof msg,
+                 "the server sent nothing for %lld ms, not even the keepalive asked for "
+                 "(query_timeout %lld ms)",
+                 (long long)((outbox__monotonic_us() - w->heard_at_us) / 1000),
+                 (long long)st->query_timeout_ms);
+        stream_lost(st, msg);
+        return OUTBOX_OK;
+    }
     advance_flush(w);
-    maybe_send_status(w);
+    maybe_send_status(st);
     return OUTBOX_OK;
 }
 
@@ -642,9 +725,9 @@ static int insert_entry(pg_store *st, wal_entry *e, outbox_error *err)
         outbox__buf_free(&payload);
         return outbox__error(err, OUTBOX_ENOMEM, "out of memory writing to the table");
     }
-    res = PQexecParams(st->conn, st->sql.data, 10, NULL, params, NULL, NULL, 0);
+    res = outbox__pg_store_query(st, st->sql.data, 10, params);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        code = outbox__pg_fail(st->conn, res, "writing a WAL message to the table", err);
+        code = outbox__pg_store_fail(st, res, "writing a WAL message to the table", err);
     PQclear(res);
     outbox__buf_free(&payload);
     return code;
@@ -664,7 +747,7 @@ static int flush_table(pg_store *st, outbox_error *err)
     if (count == 0) return OUTBOX_OK;
     if (st->in_txn) return OUTBOX_OK; /* a claim's transaction is open: after its complete */
     for (round = 0; round < 2; round++) {
-        code = outbox__pg_exec(st->conn, "BEGIN", "writing WAL messages to the table", err);
+        code = outbox__pg_store_exec(st, "BEGIN", "writing WAL messages to the table", err);
         for (i = 0; i < w->len && code == OUTBOX_OK; i++) {
             wal_entry *e = entry_at(w, i);
             if (e->state != E_TABLE) continue;
@@ -691,13 +774,13 @@ static int flush_table(pg_store *st, outbox_error *err)
             }
         }
         if (code == OUTBOX_OK) break;
-        outbox__pg_rollback(st->conn);
+        outbox__pg_store_rollback(st);
         if (PQstatus(st->conn) != CONNECTION_OK) return code;
     }
     if (code == OUTBOX_OK)
-        code = outbox__pg_exec(st->conn, "COMMIT", "committing WAL messages", err);
+        code = outbox__pg_store_exec(st, "COMMIT", "committing WAL messages", err);
     if (code != OUTBOX_OK) {
-        outbox__pg_rollback(st->conn);
+        outbox__pg_store_rollback(st);
         return code;
     }
     for (i = 0; i < w->len; i++)
@@ -789,7 +872,7 @@ int outbox__pg_wal_lease_release(void *state, const char *owner, outbox_error *e
     if (w->streaming) {
         (void)stream_read(st, NULL);
         advance_flush(w);
-        send_status(w);
+        send_status(w, 0);
         outbox__log(OUTBOX_LOG_INFO, COMPONENT, "slot %s confirmed up to " LSN_FMT, st->slot,
                     LSN_ARGS(w->flushed));
     }
@@ -895,11 +978,11 @@ static int catch_up(pg_store *st, outbox_error *err)
 
     if (w->caught_up || !w->streaming) return OUTBOX_OK;
     if (w->once_target == 0) {
-        PGresult *res = PQexec(st->conn, "SELECT pg_current_wal_flush_lsn()");
+        PGresult *res = outbox__pg_store_query(st, "SELECT pg_current_wal_flush_lsn()", 0, NULL);
         unsigned hi = 0, lo = 0;
         if (PQresultStatus(res) != PGRES_TUPLES_OK ||
             sscanf(PQgetvalue(res, 0, 0), "%X/%X", &hi, &lo) != 2) {
-            code = outbox__pg_fail(st->conn, res, "reading the WAL's position", err);
+            code = outbox__pg_store_fail(st, res, "reading the WAL's position", err);
             PQclear(res);
             return code;
         }
@@ -909,7 +992,7 @@ static int catch_up(pg_store *st, outbox_error *err)
     while (w->streaming && w->stream_pos < w->once_target && w->len < WAL_QUEUE_MAX &&
            outbox__monotonic_us() < until) {
         struct pollfd pfd;
-        send_status(w);
+        send_status(w, 0);
         pfd.fd = PQsocket(w->repl);
         pfd.events = POLLIN;
         pfd.revents = 0;
@@ -969,7 +1052,7 @@ static int wal_claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     if (code == OUTBOX_OK) code = flush_table(st, err);
     if (code != OUTBOX_OK) goto fail;
     advance_flush(w);
-    maybe_send_status(w);
+    maybe_send_status(st);
 
     /* The table's rows: pending ones of blocked aggregates, requeued ones,
      * rows written by table-mode producers. */
@@ -1106,7 +1189,7 @@ static int wal_complete(pg_store *st, const outbox_completion *c, size_t n,
     if (code != OUTBOX_OK) return code;
     code = flush_table(st, err);
     advance_flush(w);
-    maybe_send_status(w);
+    maybe_send_status(st);
     return code;
 }
 
@@ -1171,7 +1254,7 @@ int outbox__pg_wal_wait_fd(void *state)
     pg_store *st = state;
     struct pg_wal *w = st->wal;
     if (!w->streaming) return outbox__pg_wait_fd(state);
-    maybe_send_status(w);
+    maybe_send_status(st);
     return PQsocket(w->repl);
 }
 
