@@ -1,13 +1,14 @@
 /*
  * test_crash_pg_wal.c - guarantees 2 (at least once) and 4 (order) with
  * WAL capture (capture=wal, docs/WAL.md) under crashes of the relay and of
- * the database.
+ * the database, to two destinations: `file:` (to_file) and JetStream
+ * (to_jetstream).
  *
  * Four producer threads write messages to the WAL (pg_logical_emit_message
  * with the encoding v1, as <schema>.emit does) in transactions of 1-50
  * messages over 1,000 aggregates each, every payload carrying its
- * aggregate's counter; `outbox relay --store ...?capture=wal --to
- * file:OUT` publishes.
+ * aggregate's counter; `outbox relay --store ...?capture=wal --to ...`
+ * publishes.  Each leg runs the same two phases:
  *
  *   1. 100,000 messages (25,000 per producer), the relay SIGKILLed at
  *      random moments at least 50 times and restarted while they write;
@@ -17,9 +18,17 @@
  *
  * Checked per producer: lost 0, per-aggregate order violations 0 (the WAL
  * is in commit order, so each producer's messages come in its commit
- * order); duplicates (replays after a kill, absorbed by de-duplication at a
- * real destination) are counted and printed.  Nothing may be left in the
- * table.  OUTBOX_TEST_SCALE (default 1) scales message and kill counts.
+ * order); every message published is some producer's; nothing is left in
+ * the table.  Each kill replays from the slot's confirmed position:
+ * `file:` keeps the replays (duplicates are counted and printed; a relay
+ * killed inside its write(2) may leave a torn line), while JetStream drops
+ * them by Nats-Msg-Id, so the stream, read back in stream order, must hold
+ * every message exactly once: duplicates 0, torn 0.  The JetStream leg
+ * starts a nats-server -js whose stream keeps a 10-minute duplicate window
+ * (tests/support/nats.c), longer than the whole test; it is left out, with
+ * a message, in a build without the NATS destination or on a machine
+ * without nats-server.  OUTBOX_TEST_SCALE (default 1) scales message and
+ * kill counts.
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -32,8 +41,9 @@ int main(void)
 
 #include "support/chaos.h"
 #include "support/pg.h"
-
-#include <signal.h>
+#ifdef OUTBOX_HAVE_NATS
+#include "support/nats.h"
+#endif
 
 #define PRODUCERS 4
 
@@ -41,10 +51,23 @@ static pgh_server server;
 static uint64_t rng;
 static char wal_url[700];
 
-static void relay_argv(const char **argv, char *to, size_t to_len, const char *out)
+/* A leg's destination: all that differs between the legs. */
+typedef struct wal_dest {
+    const char *name; /* labels the output and names the leg's files */
+    int dedup;        /* de-duplicates by id: duplicates and torn lines must be 0 */
+    /* The relay's --to; out: the leg's output file. */
+    void (*to)(char *to, size_t to_len, const char *out);
+    /* Committed messages not yet at the destination (<= 0: all there),
+     * polled while the last relay drains. */
+    int64_t (*missing)(const struct wal_dest *d, const char *out, ch_producer *p);
+    /* NULL, or writes what the destination holds into out as lines for
+     * ch_check_file, once the relay has stopped. */
+    void (*collect)(const char *out);
+} wal_dest;
+
+static void relay_argv(const char **argv, const char *to)
 {
     int i = 0;
-    snprintf(to, to_len, "file:%s", out);
     argv[i++] = test_outbox_bin();
     argv[i++] = "relay";
     argv[i++] = "--store";
@@ -72,30 +95,41 @@ static int occurrences(const char *path, const char *needle)
     return n;
 }
 
-/* Checks out against every producer; *lost: their sum.  A relay killed
- * inside its write(2) leaves a partial line (never confirmed, so
- * published again): at most max_torn of them. */
-static void check_all(const char *out, ch_producer *p, int print, int max_torn, int64_t *lost)
+typedef struct wal_totals {
+    int64_t lost, duplicates, violations;
+} wal_totals;
+
+/* Checks out against every producer; returns the sums.  With verify set,
+ * prints each producer's counts and fails the test unless nothing is lost
+ * or out of order, every line is some producer's message and, when d
+ * de-duplicates, nothing is there twice and no line is torn; otherwise at
+ * most max_torn lines may be torn (a relay killed inside its write(2)
+ * leaves a partial line, never confirmed, so published again). */
+static wal_totals check_all(const wal_dest *d, const char *out, ch_producer *p, int max_torn,
+                            int verify)
 {
-    int64_t own = 0, lines = 0;
-    *lost = 0;
+    wal_totals t = {0, 0, 0};
+    int64_t own = 0, published = 0;
     for (int i = 0; i < PRODUCERS; i++) {
         ch_report r;
-        char label[32];
+        char label[64];
         ch_check_file(out, &p[i], &r);
-        *lost += r.lost;
-        lines = r.published;
+        t.lost += r.lost;
+        t.duplicates += r.duplicates;
+        t.violations += r.violations;
+        published = r.published;
         own += r.published - r.foreign;
-        if (!print) continue;
-        snprintf(label, sizeof label, "producer %d", i + 1);
+        if (!verify) continue;
+        snprintf(label, sizeof label, "%s: producer %d", d->name, i + 1);
         ch_report_print(label, &r);
         ASSERT_EQ(r.expected, p[i].total);
         ASSERT_EQ(r.lost, 0);
         ASSERT_EQ(r.violations, 0);
-        ASSERT(r.torn <= max_torn);
+        ASSERT(r.torn <= (d->dedup ? 0 : max_torn));
+        if (d->dedup) ASSERT_EQ(r.duplicates, 0);
     }
-    /* Every line is some producer's message. */
-    if (print) ASSERT_EQ(own, lines);
+    if (verify) ASSERT_EQ(own, published);
+    return t;
 }
 
 static int64_t table_rows(void)
@@ -106,19 +140,24 @@ static int64_t table_rows(void)
     return n;
 }
 
-TEST(kills_and_restarts)
+/* The leg: producers and relay kills, then two database crashes under the
+ * relay that drains the rest, then d's checks. */
+static void kills_and_restarts(const wal_dest *d, int per_producer)
 {
-    char out[CH_PATH], errp[CH_PATH], drain_err[CH_PATH], to[CH_PATH + 8];
+    char out[CH_PATH], errp[CH_PATH], drain_err[CH_PATH], to[CH_PATH + 64], name[64];
     const char *argv[16];
     ch_producer p[PRODUCERS];
     int min_kills = test_scaled(50, 5), kills = 0, lives = 0;
-    int per_producer = test_scaled(25000, 250);
-    int64_t started = ch_now_ms(), lost = 0;
+    int64_t started = ch_now_ms();
 
-    ch_path(out, "wal.jsonl");
-    ch_path(errp, "wal-relay.err");
-    ch_path(drain_err, "wal-drain.err");
-    relay_argv(argv, to, sizeof to, out);
+    snprintf(name, sizeof name, "wal-%s.jsonl", d->name);
+    ch_path(out, name);
+    snprintf(name, sizeof name, "wal-%s-relay.err", d->name);
+    ch_path(errp, name);
+    snprintf(name, sizeof name, "wal-%s-drain.err", d->name);
+    ch_path(drain_err, name);
+    d->to(to, sizeof to, out);
+    relay_argv(argv, to);
     memset(p, 0, sizeof p);
     for (int i = 0; i < PRODUCERS; i++) {
         p[i].pg_conninfo = server.conninfo;
@@ -144,8 +183,8 @@ TEST(kills_and_restarts)
     }
     for (int i = 0; i < PRODUCERS; i++)
         ch_producer_join(&p[i]);
-    fprintf(stderr, "kills: %d messages from %d producers, %d relay lives, %d kills, %.1f s\n",
-            PRODUCERS * per_producer, PRODUCERS, lives, kills,
+    fprintf(stderr, "%s kills: %d messages from %d producers, %d relay lives, %d kills, %.1f s\n",
+            d->name, PRODUCERS * per_producer, PRODUCERS, lives, kills,
             (double)(ch_now_ms() - started) / 1000.0);
 
     /* 2. A relay drains the rest while PostgreSQL crashes twice. */
@@ -168,20 +207,101 @@ TEST(kills_and_restarts)
             }
             ch_sleep_ms(50);
         }
-        fprintf(stderr, "database restart %d: the relay streams again\n", restart);
+        fprintf(stderr, "%s: database restart %d: the relay streams again\n", d->name, restart);
     }
     int64_t deadline = ch_now_ms() + 180000;
-    for (;;) {
-        check_all(out, p, 0, kills, &lost);
-        if (lost == 0 || ch_now_ms() > deadline) break;
+    while (d->missing(d, out, p) > 0 && ch_now_ms() < deadline)
         ch_sleep_ms(1000);
-    }
     ch_relays_stop(&relay, 1, &drain_err);
-    check_all(out, p, 1, kills, &lost);
+    if (d->collect) d->collect(out);
+    wal_totals t = check_all(d, out, p, kills, 1);
     ASSERT_EQ(table_rows(), 0);
-    fprintf(stderr, "kills and restarts: %.1f s\n", (double)(ch_now_ms() - started) / 1000.0);
+    fprintf(stderr,
+            "%s kills and restarts: %d kills, 2 database restarts, %d messages: lost %lld, "
+            "duplicates %lld, order violations %lld, %.1f s\n",
+            d->name, kills, PRODUCERS * per_producer, (long long)t.lost, (long long)t.duplicates,
+            (long long)t.violations, (double)(ch_now_ms() - started) / 1000.0);
     for (int i = 0; i < PRODUCERS; i++)
         ch_producer_free(&p[i]);
+}
+
+/* ------------------------------------------------------------------------
+ * file:
+ * ---------------------------------------------------------------------- */
+
+static void file_to(char *to, size_t to_len, const char *out)
+{
+    snprintf(to, to_len, "file:%s", out);
+}
+
+static int64_t file_missing(const wal_dest *d, const char *out, ch_producer *p)
+{
+    return check_all(d, out, p, 0, 0).lost;
+}
+
+TEST(to_file)
+{
+    static const wal_dest file = {.name = "file", .to = file_to, .missing = file_missing};
+    kills_and_restarts(&file, test_scaled(25000, 250));
+}
+
+/* ------------------------------------------------------------------------
+ * JetStream
+ * ---------------------------------------------------------------------- */
+
+#ifdef OUTBOX_HAVE_NATS
+#define STREAM "WALCRASH"
+
+static nh_server nats;
+
+static void stream_to(char *to, size_t to_len, const char *out)
+{
+    (void)out;
+    snprintf(to, to_len, "%s?stream=" STREAM, nats.url);
+}
+
+static int64_t stream_missing(const wal_dest *d, const char *out, ch_producer *p)
+{
+    int64_t committed = 0, held = nh_stream_count(&nats, STREAM);
+    (void)d;
+    (void)out;
+    for (int i = 0; i < PRODUCERS; i++)
+        committed += p[i].committed;
+    return committed - held;
+}
+
+static void stream_collect(const char *out)
+{
+    int64_t n = nh_stream_dump(&nats, STREAM, "outbox.>", out);
+    fprintf(stderr, "jetstream: the stream holds %lld messages\n", (long long)n);
+}
+#endif
+
+TEST(to_jetstream)
+{
+#ifdef OUTBOX_HAVE_NATS
+    static const wal_dest stream = {.name = "jetstream",
+                                    .dedup = 1,
+                                    .to = stream_to,
+                                    .missing = stream_missing,
+                                    .collect = stream_collect};
+    if (access(NH_SERVER_BIN, X_OK) != 0) {
+        fprintf(stderr, "to_jetstream: left out: %s not found (install nats-server)\n",
+                NH_SERVER_BIN);
+        return;
+    }
+    memset(&nats, 0, sizeof nats);
+    nh_server_start(&nats);
+    /* Duplicate window 10 minutes: longer than the test, so that every
+     * replay after a kill is dropped. */
+    nh_stream_create(&nats, STREAM, "outbox.>");
+    kills_and_restarts(&stream, test_scaled(25000, 250));
+    nh_server_stop(&nats);
+    nats_Close();
+#else
+    fprintf(stderr, "to_jetstream: left out: this build has no NATS destination (nats.c not "
+                    "found)\n");
+#endif
 }
 
 int main(void)
@@ -194,7 +314,8 @@ int main(void)
     pgh_start(&server);
     snprintf(wal_url, sizeof wal_url, "%s?capture=wal", server.url);
     pgh_init_wal(&server);
-    RUN(kills_and_restarts);
+    RUN(to_file);
+    RUN(to_jetstream);
     return 0;
 }
 

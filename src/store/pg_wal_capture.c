@@ -184,6 +184,10 @@ static void queue_clear(struct pg_wal *w)
     }
     w->first_no = w->next_no;
     w->in_txn = 0;
+    /* What was in memory is read again from the flush position: left at the
+     * lost stream's position, the next advance_flush of the empty queue
+     * would confirm it unpublished. */
+    w->stream_pos = w->flushed;
 }
 
 static void blocked_clear(struct pg_wal *w)
