@@ -667,7 +667,7 @@ typedef struct outbox_status {
     int64_t retrying;    /* pending with attempts > 0 */
     int64_t sent;        /* kept with on_sent=mark */
     int64_t failed;
-    int64_t oldest_pending_us; /* occurred_at of the oldest pending, 0 if none */
+    int64_t oldest_pending_us; /* occurred_at of the first pending in outbox order, or 0 */
     int64_t next_due_us;       /* earliest available_at of pending, 0 if none */
     char lease_owner[128];     /* "" when no relay holds a live lease */
     int64_t lease_expires_us;

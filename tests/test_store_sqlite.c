@@ -1476,6 +1476,41 @@ TEST(drop_failed)
 
 /* status counts what Failed messages hold back, and names the lease holder
  * with its pid and host, saying when its process is gone. */
+/* The oldest pending age is that of the head of the queue: a message
+ * enqueued later with an older occurred_at counts once it is the head. */
+TEST(status_oldest_is_head)
+{
+    outbox_store st;
+    outbox_error err_buf = {0}, *err = &err_buf;
+    outbox_status s;
+    outbox_msg *m = NULL;
+    int64_t now = outbox__now_us();
+    sh_batch b;
+
+    open_store(&st, "oldest.db");
+    ASSERT_OK(st.ops->status(st.state, &s, err), err);
+    ASSERT_EQ(s.oldest_pending_us, 0);
+    ASSERT_OK(outbox_msg_new(&m, "OrderPlaced", "Order", "A", "{}", err), err);
+    ASSERT_OK(outbox_msg_set_occurred_at(m, now - 10000000, err), err);
+    ASSERT_OK(st.ops->enqueue(st.state, m, err), err);
+    outbox_msg_free(m);
+    ASSERT_OK(outbox_msg_new(&m, "OrderPlaced", "Order", "B", "{}", err), err);
+    ASSERT_OK(outbox_msg_set_occurred_at(m, now - 86400000000LL, err), err);
+    ASSERT_OK(st.ops->enqueue(st.state, m, err), err);
+    outbox_msg_free(m);
+    ASSERT_OK(st.ops->status(st.state, &s, err), err);
+    ASSERT_EQ(s.pending, 2);
+    ASSERT_EQ(s.oldest_pending_us, now - 10000000);
+    b = sh_claim_due(&st, now, 1);
+    ASSERT_EQ(b.n, 2);
+    ASSERT_OK(sh_complete_one(&st, b.msgs[0], OUTBOX_OUTCOME_SENT, 0, 0, err), err);
+    ASSERT_OK(st.ops->status(st.state, &s, err), err);
+    ASSERT_EQ(s.pending, 1);
+    ASSERT_EQ(s.oldest_pending_us, now - 86400000000LL);
+    sh_batch_free(&b);
+    outbox__store_close(&st);
+}
+
 TEST(status_blocked_and_holder)
 {
     outbox_store st;
@@ -1726,6 +1761,7 @@ int main(int argc, char **argv)
     RUN(lease_same_name_not_shared);
     RUN(drop_failed);
     RUN(status_blocked_and_holder);
+    RUN(status_oldest_is_head);
     RUN(newer_schema_refused_everywhere);
     RUN(unversioned_tables_explained);
     fprintf(stderr, "all store tests passed\n");

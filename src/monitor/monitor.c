@@ -10,8 +10,9 @@
  * the monitor's own, queried by the refresh thread at most once per
  * refresh interval and cached; a request reads the cache and never
  * triggers that query, so a slow store slows neither the relay nor a
- * scrape.  The counts read every pending message (the oldest one's age
- * needs them all), which takes a while on a large backlog: the next refresh
+ * scrape.  The counts read every pending message in a server store
+ * (SQLite counts its table by pages), which takes a while on a large
+ * backlog: the next refresh
  * then waits REFRESH_BUSY_FACTOR times as long as the last counts took, if
  * that is longer than the interval, so the counts keep the store (and this
  * thread) busy at most 1/51 of the time: the 2% a monitored relay may
@@ -37,6 +38,11 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define COMPONENT "monitor"
 
@@ -238,6 +244,14 @@ static void *refresh_main(void *arg)
     outbox_monitor *m = arg;
     int64_t next_refresh = 0, next_sample = 0;
 
+#ifdef __linux__
+    /* The counts must not take CPU from the relay: on Linux a thread has a
+     * nice value of its own, and this one runs at the lowest.  On a busy
+     * machine the numbers come later (the refresh timestamp says how old
+     * they are).  A store whose counts run in a server (PostgreSQL,
+     * MariaDB) keeps its own priority there. */
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+#endif
     pthread_mutex_lock(&m->lock);
     while (!m->stopping) {
         int64_t now = outbox__monotonic_us(), until;

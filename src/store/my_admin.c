@@ -69,10 +69,13 @@ int outbox__my_status(void *state, outbox_status *out, outbox_error *err)
         " COALESCE(SUM(status = 'pending' AND (attempts = 0 OR available_at <= %lld)),"
         " 0), COALESCE(SUM(status = 'pending' AND attempts > 0), 0),"
         " COALESCE(SUM(status = 'sent'), 0), COALESCE(SUM(status = 'failed'), 0),"
-        " COALESCE(MIN(CASE WHEN status = 'pending' THEN occurred_at END), 0),"
-        " COALESCE(MIN(CASE WHEN status = 'pending' AND attempts > 0 THEN"
-        " available_at END), 0) FROM ",
+        " COALESCE((SELECT occurred_at FROM ",
         (long long)now);
+    /* The head of the queue, one probe of the (status, seq) key. */
+    outbox__my_table(&st->sql, st->prefix, NULL);
+    outbox__buf_puts(&st->sql, " WHERE status = 'pending' ORDER BY seq LIMIT 1), 0),"
+                               " COALESCE(MIN(CASE WHEN status = 'pending' AND attempts > 0 THEN"
+                               " available_at END), 0) FROM ");
     outbox__my_table(&st->sql, st->prefix, NULL);
     res = outbox__my_query(st->conn, st->sql.data, "reading the outbox status", &code, err);
     if (!res) return code;

@@ -168,8 +168,12 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
     if (code != OUTBOX_OK) return code;
     /* One backend scans: a parallel scan took every core of the server
      * (beside the relay's claims) and about 1.6 times the CPU, for the
-     * same numbers (docs/BENCHMARKS.md, the relay monitor). */
-    code = outbox__pg_store_exec(st, "SET LOCAL max_parallel_workers_per_gather = 0",
+     * same numbers (docs/BENCHMARKS.md, the relay monitor).  No JIT: past
+     * a couple of million rows the scan's cost passes jit_above_cost, and
+     * compiling its seven aggregates costs more than it saves. */
+    code = outbox__pg_store_exec(st,
+                                 "SET LOCAL max_parallel_workers_per_gather = 0;"
+                                 " SET LOCAL jit = off",
                                  "reading the outbox status", err);
     if (code != OUTBOX_OK) goto out;
     outbox__buf_reset(&st->sql);
@@ -181,15 +185,13 @@ int outbox__pg_status(void *state, outbox_status *out, outbox_error *err)
         " count(*) FILTER (WHERE status = 'pending' AND attempts > 0),"
         " count(*) FILTER (WHERE status = 'sent'),"
         " count(*) FILTER (WHERE status = 'failed'),"
-        " coalesce(" US(
-            "min(occurred_at) FILTER (WHERE status = 'pending')") ", 0),"
-                                                                  " coalesce(" US(
-                                                                      "min(available_at) FILTER "
-                                                                      "(WHERE status = 'pending' "
-                                                                      "AND"
-                                                                      " attempts > 0)") ", 0) FROM "
-                                                                                        "%s.outbox",
-        st->qschema);
+        /* The head of the queue, one probe of outbox_pending (as SQLite). */
+        " coalesce((SELECT " US(
+            "occurred_at") " FROM %s.outbox WHERE status = 'pending'"
+                           " ORDER BY seq LIMIT 1), 0),"
+                           " coalesce(" US("min(available_at) FILTER (WHERE status = 'pending' AND "
+                                           "attempts > 0)") ", 0) FROM %s.outbox",
+        st->qschema, st->qschema);
     res = outbox__pg_store_query(st, st->sql.data, 0, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         code = outbox__pg_store_fail(st, res, "reading the outbox status", err);

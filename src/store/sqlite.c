@@ -1746,9 +1746,12 @@ static int sqlite_status(void *state, outbox_status *out, outbox_error *err)
     not_due = sqlite3_column_int64(s, 1);
     sqlite3_finalize(s);
     s = NULL;
-    /* The oldest still reads every pending row (occurred_at has no index). */
+    /* The oldest is the head of the queue: the first pending message in
+     * outbox order, one probe of outbox_pending.  (The least occurred_at
+     * would read every pending row: a whole backlog's pages at each count.) */
     code = query_int64(st->db,
-                       "SELECT coalesce(min(occurred_at), 0) FROM outbox WHERE status = 'pending'",
+                       "SELECT coalesce((SELECT occurred_at FROM outbox WHERE status = 'pending'"
+                       " ORDER BY seq LIMIT 1), 0)",
                        what, &out->oldest_pending_us, err);
     if (code != OUTBOX_OK) goto out;
 
