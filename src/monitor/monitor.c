@@ -12,11 +12,10 @@
  * triggers that query, so a slow store slows neither the relay nor a
  * scrape.  The counts read every pending message in a server store
  * (SQLite counts its table by pages), which takes a while on a large
- * backlog: the next refresh
- * then waits REFRESH_BUSY_FACTOR times as long as the last counts took, if
- * that is longer than the interval, so the counts keep the store (and this
- * thread) busy at most 1/51 of the time: the 2% a monitored relay may
- * cost, whatever the backlog.  The refresh thread also keeps the console's
+ * backlog: the next refresh then waits REFRESH_BUSY_FACTOR times as long
+ * as the last counts took, if that is longer than the interval, so the
+ * counts keep the store (and this thread) busy at most 1/51 of the time:
+ * the 2% a monitored relay may cost, whatever the backlog.  The refresh thread also keeps the console's
  * history: a ring of MONITOR_HISTORY_POINTS points, one every
  * MONITOR_HISTORY_INTERVAL_S.
  *
