@@ -414,6 +414,13 @@ static int stream_start(pg_store *st, outbox_error *err)
     char sql[300], msg[300];
     int code, expired;
 
+    /* Test builds fail a start here as an unreachable server would
+     * (test_store_pg_wal: a reconnect that fails once after a lost stream). */
+    if (OUTBOX_FAULT("wal_stream_start") != 0)
+        return outbox__error(err, OUTBOX_EIO,
+                             "cannot open a replication connection to %s: fault point "
+                             "wal_stream_start",
+                             st->shown);
     w->repl = PQconnectdb(st->repl_conninfo);
     if (!w->repl) return outbox__error(err, OUTBOX_ENOMEM, "out of memory connecting");
     if (PQstatus(w->repl) != CONNECTION_OK) {
