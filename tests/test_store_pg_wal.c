@@ -261,13 +261,23 @@ static int64_t count_sql(const char *sql)
     return n;
 }
 
+/* The WAL position function fn (pg_current_wal_lsn, ...) returns, as text. */
+static void wal_position(PGconn *c, const char *fn, char lsn[64])
+{
+    char sql[80];
+    snprintf(sql, sizeof sql, "SELECT %s()", fn);
+    PGresult *res = PQexec(c, sql);
+    ASSERT_EQ(PQresultStatus(res), PGRES_TUPLES_OK);
+    snprintf(lsn, 64, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
 /* ------------------------------------------------------------------------ */
 
 TEST(commit_order)
 {
     PGconn *a = pgh_connect(&server), *b = pgh_connect(&server);
     char ids[8][37], rolled[37], lsn[64];
-    PGresult *res;
 
     sink_reset();
     relay_thread t;
@@ -289,10 +299,7 @@ TEST(commit_order)
     /* Autocommit messages of two aggregates. */
     emit(b, "fourth", "agg-c", ids[3]);
     emit(a, "fifth", "agg-a", ids[4]);
-    res = PQexec(a, "SELECT pg_current_wal_lsn()");
-    ASSERT_EQ(PQresultStatus(res), PGRES_TUPLES_OK);
-    snprintf(lsn, sizeof lsn, "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
+    wal_position(a, "pg_current_wal_lsn", lsn);
     emit(b, "sixth", "agg-b", ids[5]);
 
     wait_published(6, 30000);
@@ -570,7 +577,6 @@ TEST(lost_stream_keeps_held_messages)
     PGconn *c = pgh_connect(&server);
     char held[3][37], other[2][37], lsn[64], sql[300];
     int64_t pid, deadline;
-    PGresult *res;
     relay_thread t;
 
     sink_reset();
@@ -590,10 +596,7 @@ TEST(lost_stream_keeps_held_messages)
     emit(c, "free", "agg-free", other[0]);
     emit(c, "held", "agg-held", held[1]);
     emit(c, "held", "agg-held", held[2]);
-    res = PQexec(c, "SELECT pg_current_wal_insert_lsn()");
-    ASSERT_EQ(PQresultStatus(res), PGRES_TUPLES_OK);
-    snprintf(lsn, sizeof lsn, "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
+    wal_position(c, "pg_current_wal_insert_lsn", lsn);
     pgh_exec(c, "COMMIT");
     emit(c, "free", "agg-free", other[1]);
     snprintf(sql, sizeof sql,
