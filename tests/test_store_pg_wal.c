@@ -13,7 +13,11 @@
  *   - content with our prefix that cannot be decoded is kept as Failed;
  *   - two relays on one slot: the second refuses without --wait-lease,
  *     stands by with it, and continues when the first is SIGKILLed, with
- *     nothing lost.
+ *     nothing lost;
+ *   - (fault-point builds) the stream lost while messages are held in
+ *     memory, and its first reconnect failing (fault point
+ *     wal_stream_start): the slot is never confirmed past them, and they
+ *     are all published once the destination takes them.
  */
 #include "test.h"
 
@@ -155,6 +159,8 @@ typedef struct sink {
     int rejected;
     char retry_type[64]; /* this one fails once with a retriable code */
     int retried;
+    char hold_type[64]; /* this one fails retriably for as long as it is set */
+    int held;           /* how often it did */
 } sink;
 
 static sink the_sink = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -171,6 +177,10 @@ static int sink_publish(void *user, const outbox_msg *m, outbox_error *err)
     } else if (!s->retried && s->retry_type[0] && strcmp(outbox_msg_type(m), s->retry_type) == 0) {
         s->retried = 1;
         snprintf(err->message, sizeof err->message, "busy, says the test");
+        rc = OUTBOX_EPUBLISH;
+    } else if (s->hold_type[0] && strcmp(outbox_msg_type(m), s->hold_type) == 0) {
+        s->held++;
+        snprintf(err->message, sizeof err->message, "held back by the test");
         rc = OUTBOX_EPUBLISH;
     } else if (s->n < 512) {
         snprintf(s->ids[s->n], 37, "%s", outbox_msg_id(m));
@@ -193,8 +203,8 @@ static void sink_reset(void)
 {
     pthread_mutex_lock(&the_sink.lock);
     the_sink.n = 0;
-    the_sink.reject_type[0] = the_sink.retry_type[0] = '\0';
-    the_sink.rejected = the_sink.retried = 0;
+    the_sink.reject_type[0] = the_sink.retry_type[0] = the_sink.hold_type[0] = '\0';
+    the_sink.rejected = the_sink.retried = the_sink.held = 0;
     pthread_mutex_unlock(&the_sink.lock);
 }
 
@@ -251,13 +261,23 @@ static int64_t count_sql(const char *sql)
     return n;
 }
 
+/* The WAL position function fn (pg_current_wal_lsn, ...) returns, as text. */
+static void wal_position(PGconn *c, const char *fn, char lsn[64])
+{
+    char sql[80];
+    snprintf(sql, sizeof sql, "SELECT %s()", fn);
+    PGresult *res = PQexec(c, sql);
+    ASSERT_EQ(PQresultStatus(res), PGRES_TUPLES_OK);
+    snprintf(lsn, 64, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
 /* ------------------------------------------------------------------------ */
 
 TEST(commit_order)
 {
     PGconn *a = pgh_connect(&server), *b = pgh_connect(&server);
     char ids[8][37], rolled[37], lsn[64];
-    PGresult *res;
 
     sink_reset();
     relay_thread t;
@@ -279,10 +299,7 @@ TEST(commit_order)
     /* Autocommit messages of two aggregates. */
     emit(b, "fourth", "agg-c", ids[3]);
     emit(a, "fifth", "agg-a", ids[4]);
-    res = PQexec(a, "SELECT pg_current_wal_lsn()");
-    ASSERT_EQ(PQresultStatus(res), PGRES_TUPLES_OK);
-    snprintf(lsn, sizeof lsn, "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
+    wal_position(a, "pg_current_wal_lsn", lsn);
     emit(b, "sixth", "agg-b", ids[5]);
 
     wait_published(6, 30000);
@@ -530,6 +547,117 @@ TEST(standby_takes_over)
     ch_producer_free(&p);
 }
 
+#ifdef OUTBOX_FAULT_INJECTION
+
+/* The slot's walsender pid, 0 while no stream is active. */
+static int64_t walsender_pid(void)
+{
+    return count_sql("SELECT coalesce(max(active_pid), 0) FROM pg_replication_slots"
+                     " WHERE slot_name = 'outbox_outbox' AND active");
+}
+
+static int held_count(void)
+{
+    pthread_mutex_lock(&the_sink.lock);
+    int n = the_sink.held;
+    pthread_mutex_unlock(&the_sink.lock);
+    return n;
+}
+
+/* The stream is lost while a transaction's messages are in memory, not
+ * yet published, and the first reconnect fails.  Dropping the queue used
+ * to leave the stream position at the lost stream's end, so the claims
+ * made while the stream was down advanced the flush position over the
+ * dropped messages: the stream restarted after them and the slot was
+ * confirmed past them (lost).  The crash test caught it only when a
+ * claim happened to fall into the reconnect pause; the failed reconnect
+ * (fault point wal_stream_start) makes that certain. */
+TEST(lost_stream_keeps_held_messages)
+{
+    PGconn *c = pgh_connect(&server);
+    char held[3][37], other[2][37], lsn[64], sql[300];
+    int64_t pid, deadline;
+    relay_thread t;
+
+    sink_reset();
+    snprintf(the_sink.hold_type, sizeof the_sink.hold_type, "held");
+    start_relay(&t);
+    deadline = ch_now_ms() + 30000;
+    while ((pid = walsender_pid()) == 0 && ch_now_ms() < deadline)
+        ch_sleep_ms(20);
+    ASSERT(pid != 0);
+
+    /* One transaction: three held messages of one aggregate and one of
+     * another, which is published; then one more transaction.  lsn: the
+     * end of the held messages' records, before the commit's: a slot
+     * confirmed past it would skip the transaction on its next start. */
+    pgh_exec(c, "BEGIN");
+    emit(c, "held", "agg-held", held[0]);
+    emit(c, "free", "agg-free", other[0]);
+    emit(c, "held", "agg-held", held[1]);
+    emit(c, "held", "agg-held", held[2]);
+    wal_position(c, "pg_current_wal_insert_lsn", lsn);
+    pgh_exec(c, "COMMIT");
+    emit(c, "free", "agg-free", other[1]);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'outbox_outbox'"
+             " AND confirmed_flush_lsn > '%s'::pg_lsn",
+             lsn);
+
+    /* Both transactions are in memory: the held ones were tried, the
+     * others published. */
+    deadline = ch_now_ms() + 30000;
+    while ((held_count() == 0 || published_at(other[1]) < 0) && ch_now_ms() < deadline)
+        ch_sleep_ms(20);
+    ASSERT(held_count() > 0);
+    ASSERT(published_at(other[0]) >= 0 && published_at(other[1]) >= 0);
+    ASSERT_EQ(count_sql(sql), 0);
+
+    /* Lose the stream; its first restart fails. */
+    outbox__fault_set("wal_stream_start:error");
+    ASSERT_EQ(count_sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name ="
+                        " 'outbox_outbox' AND pg_terminate_backend(active_pid)"),
+              1);
+    deadline = ch_now_ms() + 30000;
+    while (ch_now_ms() < deadline) {
+        int64_t now_pid = walsender_pid();
+        ASSERT_EQ(count_sql(sql), 0);
+        if (outbox__fault_fired() > 0 && now_pid != 0 && now_pid != pid) break;
+        ch_sleep_ms(20);
+    }
+    ASSERT_EQ(outbox__fault_fired(), 1);
+    ASSERT(walsender_pid() != pid);
+    /* Streaming again: still not confirmed past them, while they wait
+     * (a status update goes out within 200 ms of a move). */
+    for (int i = 0; i < 50; i++) {
+        ASSERT_EQ(count_sql(sql), 0);
+        ch_sleep_ms(20);
+    }
+    for (int i = 0; i < 3; i++)
+        ASSERT_EQ(published_at(held[i]), -1);
+
+    /* The destination takes them: all three, in order. */
+    pthread_mutex_lock(&the_sink.lock);
+    the_sink.hold_type[0] = '\0';
+    pthread_mutex_unlock(&the_sink.lock);
+    deadline = ch_now_ms() + 30000;
+    while (published_at(held[2]) < 0 && ch_now_ms() < deadline)
+        ch_sleep_ms(20);
+    stop_relay(&t);
+    outbox__fault_set(NULL);
+    for (int i = 0; i < 3; i++)
+        if (published_at(held[i]) < 0)
+            TEST_FAIL_("held message %d of 3 was never published (lost with the stream)", i + 1);
+    ASSERT(published_at(held[0]) < published_at(held[1]));
+    ASSERT(published_at(held[1]) < published_at(held[2]));
+    /* Confirmed now: the relay stopped with nothing in memory. */
+    ASSERT_EQ(count_sql(sql), 1);
+    ASSERT_EQ(count_sql("SELECT count(*) FROM outbox.outbox"), 0);
+    PQfinish(c);
+}
+
+#endif /* OUTBOX_FAULT_INJECTION */
+
 #endif /* NO_PG */
 
 static void log_stderr(void *user, int level, const char *component, const char *message)
@@ -561,6 +689,11 @@ int main(void)
     RUN(undecodable_is_failed);
     RUN(once_drains);
     RUN(standby_takes_over);
+#ifdef OUTBOX_FAULT_INJECTION
+    RUN(lost_stream_keeps_held_messages);
+#else
+    fprintf(stderr, "skipped lost_stream_keeps_held_messages: this build has no fault points\n");
+#endif
     return 0;
 #endif
 }
