@@ -97,8 +97,10 @@ struct pg_wal {
     /* The queue: a ring of entries in arrival order. */
     wal_entry *q;
     size_t cap, head, len;
-    uint64_t first_no; /* arrival number of q[head] */
-    uint64_t next_no;  /* of the next entry */
+    uint64_t first_no;   /* arrival number of q[head] */
+    uint64_t next_no;    /* of the next entry */
+    uint64_t flight_end; /* one past the last entry ever claimed: none after it is FLIGHT */
+    size_t ntable;       /* TABLE entries: flush_table has work */
 
     int in_txn;          /* between Begin and Commit */
     uint64_t stream_pos; /* end of the last commit, or a keepalive's position outside one */
@@ -183,6 +185,7 @@ static void queue_clear(struct pg_wal *w)
         w->first_no++;
     }
     w->first_no = w->next_no;
+    w->ntable = 0;
     w->in_txn = 0;
     /* What was in memory is read again from the flush position: left at the
      * lost stream's position, the next advance_flush of the empty queue
@@ -571,6 +574,7 @@ static int on_message(pg_store *st, const unsigned char *p, size_t n, outbox_err
     if (!transactional) { /* not what emit writes: a transaction of its own */
         e->end_lsn = lsn + 1;
         e->state = e->msg ? E_NEW : E_TABLE;
+        if (!e->msg) w->ntable++;
         w->arrived++;
     }
     return OUTBOX_OK;
@@ -605,6 +609,7 @@ static int on_copy_data(pg_store *st, const unsigned char *p, size_t n, outbox_e
             if (e->state != E_OPEN) break;
             e->end_lsn = end;
             e->state = e->msg ? E_NEW : E_TABLE;
+            if (!e->msg) w->ntable++;
             w->arrived++;
         }
         w->in_txn = 0;
@@ -743,12 +748,12 @@ static int insert_entry(pg_store *st, wal_entry *e, outbox_error *err)
 static int flush_table(pg_store *st, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
-    size_t i, count = 0;
+    size_t i;
     int code, round;
 
-    for (i = 0; i < w->len; i++)
-        if (entry_at(w, i)->state == E_TABLE) count++;
-    if (count == 0) return OUTBOX_OK;
+    /* Called at every claim and complete: counted, not looked for (the
+     * queue holds up to WAL_QUEUE_MAX entries). */
+    if (w->ntable == 0) return OUTBOX_OK;
     if (st->in_txn) return OUTBOX_OK; /* a claim's transaction is open: after its complete */
     for (round = 0; round < 2; round++) {
         code = outbox__pg_store_exec(st, "BEGIN", "writing WAL messages to the table", err);
@@ -789,6 +794,7 @@ static int flush_table(pg_store *st, outbox_error *err)
     }
     for (i = 0; i < w->len; i++)
         if (entry_at(w, i)->state == E_TABLE) entry_at(w, i)->state = E_DONE;
+    w->ntable = 0;
     w->table_due = 1;
     advance_flush(w);
     return OUTBOX_OK;
@@ -906,13 +912,64 @@ static void pin(struct pg_wal *w, const char *agg, uint32_t bits)
     outbox__aggindex_insert(&w->walk, agg, v | bits, NULL);
 }
 
+/* The relay's copy of an entry's message.  A message decoded from the
+ * stream is one allocation from itself to block_end (outbox__msg_from_row):
+ * copied whole, its string pointers moved to the copy, which costs a
+ * fraction of building it again (no validation, no strlen). */
+static outbox_msg *msg_copy(const outbox_msg *m, outbox_error *err)
+{
+    const char *from = (const char *)m;
+    size_t size, i;
+    outbox_msg *c;
+    char *to;
+
+    if (!m->block_end) {
+        if (outbox__msg_from_row_lenient(&c, m->seq, m->id, m->occurred_at, m->type,
+                                         m->aggregate_type, m->aggregate_id, m->payload,
+                                         m->headers_json, err) != OUTBOX_OK)
+            return NULL;
+        c->attempts = m->attempts;
+        return c;
+    }
+    size = (size_t)(m->block_end - from);
+    c = outbox__malloc(size);
+    if (!c) {
+        outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+        return NULL;
+    }
+    memcpy(c, m, size);
+    to = (char *)c;
+#define MOVE(field) (c->field = to + (m->field - from))
+    MOVE(type);
+    MOVE(aggregate_type);
+    MOVE(aggregate_id);
+    MOVE(payload);
+    MOVE(headers_json);
+    MOVE(block_end);
+    if (m->header_count > 0) {
+        c->header_names = (char **)(void *)(to + ((const char *)m->header_names - from));
+        c->header_values = (char **)(void *)(to + ((const char *)m->header_values - from));
+        for (i = 0; i < m->header_count; i++) {
+            MOVE(header_names[i]);
+            MOVE(header_values[i]);
+        }
+    }
+#undef MOVE
+    c->last_error = NULL;
+    return c;
+}
+
 /* Routes the committed entries and claims up to max of them into arr (the
  * relay's copies), in arrival order, applying the ordering rule; entries
- * of blocked aggregates become TABLE entries. */
+ * of blocked aggregates become TABLE entries.  With no aggregate blocked
+ * (the usual case) only held-back aggregates are marked in w->walk: the
+ * other marks (PIN_EARLIER alone) only matter to a blocked aggregate, and
+ * marking every message in flight and claimed cost a hash insert each. */
 static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_msg **arr, size_t max,
                            size_t *count, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
+    int any_blocked = w->blocked.count > 0;
     size_t i;
 
     *count = 0;
@@ -932,12 +989,12 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
          * does as well.  Without blocked aggregates, stop (the queue holds
          * up to WAL_QUEUE_MAX messages; walking all of them at every claim
          * took about 14% of the relay's CPU in a profile). */
-        if (*count >= max && w->blocked.count == 0) break;
+        if (*count >= max && !any_blocked) break;
         if (e->state == E_DONE || e->state == E_TABLE || !e->msg) continue;
         agg = e->msg->aggregate_id;
         outbox__aggindex_lookup(&w->walk, agg, &pins);
         if (e->state == E_FLIGHT) {
-            pin(w, agg, PIN_EARLIER);
+            if (any_blocked) pin(w, agg, PIN_EARLIER);
             continue;
         }
         blocked = outbox__aggindex_lookup(&w->blocked, agg, NULL);
@@ -949,6 +1006,7 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
             }
             e->state = E_TABLE;
             e->table_status = OUTBOX_STATUS_PENDING;
+            w->ntable++;
             continue;
         }
         due = e->state == E_READY || e->due_us <= p->now_us;
@@ -956,15 +1014,13 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
             pin(w, agg, PIN_EARLIER | PIN_HOLD);
             continue;
         }
-        if (outbox__msg_from_row_lenient(&copy, e->msg->seq, e->msg->id, e->msg->occurred_at,
-                                         e->msg->type, e->msg->aggregate_type, agg, e->msg->payload,
-                                         e->msg->headers_json, err) != OUTBOX_OK)
-            return OUTBOX_ENOMEM;
-        copy->attempts = e->msg->attempts;
+        copy = msg_copy(e->msg, err);
+        if (!copy) return OUTBOX_ENOMEM;
         copy->status = OUTBOX_STATUS_PENDING;
         arr[(*count)++] = copy;
         e->state = E_FLIGHT;
-        pin(w, agg, PIN_EARLIER);
+        if (w->first_no + i + 1 > w->flight_end) w->flight_end = w->first_no + i + 1;
+        if (any_blocked) pin(w, agg, PIN_EARLIER);
     }
     return OUTBOX_OK;
 }
@@ -1029,7 +1085,9 @@ static int wal_claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     /* A batch the relay dropped without recording it (a plain claim: any;
      * pipelined: those not in flight) is claimed again. */
     outbox__pg_end_claim(st);
-    for (i = 0; i < w->len; i++)
+    /* Only entries up to the last one claimed can be in flight: not the
+     * whole queue (up to WAL_QUEUE_MAX) at every claim. */
+    for (i = 0; w->flight_end > w->first_no && i < w->len && i < w->flight_end - w->first_no; i++)
         if (entry_at(w, i)->state == E_FLIGHT) entry_at(w, i)->state = E_READY;
     for (i = 0; i < exclude_count; i++) {
         wal_entry *e = exclude[i] < 0 ? entry_of(w, (uint64_t)(-exclude[i])) : NULL;
@@ -1145,6 +1203,7 @@ static int wal_outcome(pg_store *st, const outbox_completion *c, int fba)
         if (!e->error) return OUTBOX_ENOMEM;
         e->state = E_TABLE;
         e->table_status = OUTBOX_STATUS_FAILED;
+        w->ntable++;
         if (fba) return blocked_add(w, e->msg->aggregate_id);
         break;
     default:
