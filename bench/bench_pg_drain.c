@@ -205,6 +205,7 @@ static struct cpu_watch {
     long pid[CPU_WATCH_MAX];
     double first[CPU_WATCH_MAX], last[CPU_WATCH_MAX];
     double self0;
+    double own_s; /* the sampling thread's own CPU, not the relay's */
 } cpu_watch;
 static drain_cpu last_drain; /* of the last relay_drain, with --capture wal */
 
@@ -233,11 +234,14 @@ static void cpu_watch_sample(int initial)
 
 static void *cpu_watch_main(void *arg)
 {
+    struct timespec ts;
     (void)arg;
     while (!atomic_load(&cpu_watch.stop)) {
         usleep(10000);
         cpu_watch_sample(0);
     }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    cpu_watch.own_s = (double)ts.tv_sec + ts.tv_nsec / 1e9;
     return NULL;
 }
 
@@ -257,7 +261,7 @@ static void cpu_watch_stop(drain_cpu *out)
     atomic_store(&cpu_watch.stop, 1);
     pthread_join(cpu_watch.th, NULL);
     cpu_watch_sample(0);
-    out->relay_s = self_cpu_s() - cpu_watch.self0;
+    out->relay_s = self_cpu_s() - cpu_watch.self0 - cpu_watch.own_s;
     out->server_s = out->top_s = 0;
     for (int i = 0; i < cpu_watch.n; i++) {
         double d = cpu_watch.last[i] - cpu_watch.first[i];
