@@ -28,8 +28,9 @@
  *   After a crash or a lost connection the stream resumes from there and
  *   the replay is published again (de-duplicated by id at the
  *   destination).
- * - Reading stops between transactions while WAL_QUEUE_MAX messages are in
- *   memory (the slot keeps the WAL meanwhile); status updates go on.
+ * - Reading stops between transactions once WAL_QUEUE_MAX messages are in
+ *   memory (the slot keeps the WAL meanwhile), and starts again when they
+ *   are down to WAL_QUEUE_RESUME; status updates go on.
  */
 #include "internal.h"
 
@@ -47,6 +48,13 @@
 /* Messages in memory (any state) above which no further transaction is
  * read from the stream. */
 #define WAL_QUEUE_MAX 20000
+/* ... and below which reading starts again.  Not at the first free place:
+ * a relay slower than the stream (a broker's acknowledgements) would then
+ * read a few messages after each completion, and each such read lets the
+ * walsender, blocked on a full socket, wake up and send a few more: in a
+ * profile that tripled the walsender's CPU per message.  Reading a quarter
+ * of the queue at a time wakes it once per quarter. */
+#define WAL_QUEUE_RESUME (WAL_QUEUE_MAX * 3 / 4)
 /* Standby status updates: when the flush position moved, at most this
  * often; and at least this often anyway (wal_sender_timeout is 60 s by
  * default), or when the server asks. */
@@ -100,6 +108,7 @@ struct pg_wal {
     uint64_t first_no;   /* arrival number of q[head] */
     uint64_t next_no;    /* of the next entry */
     uint64_t flight_end; /* one past the last entry ever claimed: none after it is FLIGHT */
+    int full;            /* reading paused: the queue reached WAL_QUEUE_MAX */
     size_t ntable;       /* TABLE entries: flush_table has work */
 
     int in_txn;          /* between Begin and Commit */
@@ -186,11 +195,23 @@ static void queue_clear(struct pg_wal *w)
     }
     w->first_no = w->next_no;
     w->ntable = 0;
+    w->full = 0;
     w->in_txn = 0;
     /* What was in memory is read again from the flush position: left at the
      * lost stream's position, the next advance_flush of the empty queue
      * would confirm it unpublished. */
     w->stream_pos = w->flushed;
+}
+
+/* May the stream be read (the queue has room)?  No from when it holds
+ * WAL_QUEUE_MAX entries until it is down to WAL_QUEUE_RESUME. */
+static int queue_room(struct pg_wal *w)
+{
+    if (w->len >= WAL_QUEUE_MAX)
+        w->full = 1;
+    else if (w->len <= WAL_QUEUE_RESUME)
+        w->full = 0;
+    return !w->full;
 }
 
 static void blocked_clear(struct pg_wal *w)
@@ -637,7 +658,7 @@ static int stream_read(pg_store *st, outbox_error *err)
     for (;;) {
         char *buf = NULL;
         int n, code;
-        if (!w->in_txn && w->len >= WAL_QUEUE_MAX) {
+        if (!w->in_txn && !queue_room(w)) {
             w->heard_at_us = outbox__monotonic_us(); /* not read: not silent */
             w->asked_at_us = 0;
             break;
@@ -1025,12 +1046,23 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
     return OUTBOX_OK;
 }
 
+/* Entries never claimed (arrival order: those after the last claimed). */
+static size_t unclaimed(const struct pg_wal *w)
+{
+    uint64_t from = w->flight_end > w->first_no ? w->flight_end : w->first_no;
+    return (size_t)(w->next_no - from);
+}
+
 /* --once: reads the stream up to the WAL's end as it was at the first
  * claim (bounded by CATCH_UP_MAX_US and the queue's size), so that a
- * drain sees what was committed before it began.  The status updates
- * sent meanwhile make the walsender send keepalives with its position
- * once it has nothing more. */
-static int catch_up(pg_store *st, outbox_error *err)
+ * drain sees what was committed before it began; but stops waiting once
+ * want entries that were never claimed are in memory, so that the relay
+ * publishes them while the walsender goes on sending (waiting for a full
+ * queue left the relay idle while the walsender filled it, and the
+ * walsender blocked while the relay worked through it).  The status
+ * updates sent meanwhile make the walsender send keepalives with its
+ * position once it has nothing more. */
+static int catch_up(pg_store *st, size_t want, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
     int64_t until = outbox__monotonic_us() + CATCH_UP_MAX_US;
@@ -1049,7 +1081,7 @@ static int catch_up(pg_store *st, outbox_error *err)
         PQclear(res);
         w->once_target = ((uint64_t)hi << 32) | lo;
     }
-    while (w->streaming && w->stream_pos < w->once_target && w->len < WAL_QUEUE_MAX &&
+    while (w->streaming && w->stream_pos < w->once_target && queue_room(w) && unclaimed(w) < want &&
            outbox__monotonic_us() < until) {
         struct pollfd pfd;
         send_status(w, 0);
@@ -1099,7 +1131,7 @@ static int wal_claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         return stream_code;
     }
     code = stream_read(st, err);
-    if (code == OUTBOX_OK && p->once) code = catch_up(st, err);
+    if (code == OUTBOX_OK && p->once) code = catch_up(st, p->batch_size, err);
     if (code != OUTBOX_OK) return code;
     code = outbox__pg_need_schema(st, err);
     if (code != OUTBOX_OK) return code;
@@ -1111,6 +1143,13 @@ static int wal_claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     arr = outbox__calloc(p->batch_size, sizeof *arr);
     if (!arr) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
     code = route_and_claim(st, p, arr, p->batch_size, &count, err);
+    if (code == OUTBOX_OK && count == 0 && p->once && !w->caught_up) {
+        /* What is in memory cannot be published yet (held back, blocked):
+         * read on, as far as the queue allows, before a --once relay is
+         * told there is nothing left. */
+        code = catch_up(st, SIZE_MAX, err);
+        if (code == OUTBOX_OK) code = route_and_claim(st, p, arr, p->batch_size, &count, err);
+    }
     if (code == OUTBOX_OK) code = flush_table(st, err);
     if (code != OUTBOX_OK) goto fail;
     advance_flush(w);
