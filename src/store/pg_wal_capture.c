@@ -51,8 +51,8 @@
 /* ... and below which reading starts again.  Not at the first free place:
  * a relay slower than the stream (a broker's acknowledgements) would then
  * read a few messages after each completion, and each such read lets the
- * walsender, blocked on a full socket, wake up and send a few more: in a
- * profile that tripled the walsender's CPU per message.  Reading a quarter
+ * walsender, blocked on a full socket, wake up and send a few more: to
+ * JetStream that tripled the walsender's CPU per message.  Reading a quarter
  * of the queue at a time wakes it once per quarter. */
 #define WAL_QUEUE_RESUME (WAL_QUEUE_MAX * 3 / 4)
 /* Standby status updates: when the flush position moved, at most this
@@ -109,7 +109,7 @@ struct pg_wal {
     uint64_t next_no;    /* of the next entry */
     uint64_t flight_end; /* one past the last entry ever claimed: none after it is FLIGHT */
     int full;            /* reading paused: the queue reached WAL_QUEUE_MAX */
-    size_t ntable;       /* TABLE entries: flush_table has work */
+    size_t ntable;       /* TABLE entries (counted wherever one becomes TABLE) */
 
     int in_txn;          /* between Begin and Commit */
     uint64_t stream_pos; /* end of the last commit, or a keepalive's position outside one */
