@@ -183,6 +183,95 @@ static double baseline(PGconn *c)
     return dt;
 }
 
+static double proc_cpu_s(long pid);
+static double self_cpu_s(void);
+
+/* --capture wal: the CPU a drain costs, which the machine's load does not
+ * move as it moves the drain's time: this process's (the relay, in a
+ * thread of it; nothing else runs meanwhile) and the server's, by process.
+ * The relay's backend and the walsender are born and end within the
+ * drain, so a thread samples the postmaster's children every 10 ms and
+ * keeps each one's last figure (what a process uses in its last 10 ms is
+ * missed). */
+typedef struct drain_cpu {
+    double relay_s;  /* this process, user+sys */
+    double server_s; /* the server's processes, user+sys */
+    double top_s;    /* the busiest server process (the walsender, or the relay's backend) */
+} drain_cpu;
+
+#define CPU_WATCH_MAX 256
+static struct cpu_watch {
+    pthread_t th;
+    atomic_int stop;
+    int n;
+    long pid[CPU_WATCH_MAX];
+    double first[CPU_WATCH_MAX], last[CPU_WATCH_MAX];
+    double self0;
+    double own_s; /* the sampling thread's own CPU, not the relay's */
+} cpu_watch;
+static drain_cpu last_drain; /* of the last relay_drain, with --capture wal */
+
+static void cpu_watch_sample(int initial)
+{
+    char path[96];
+    long child;
+    snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", (long)server_pid, (long)server_pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    while (fscanf(f, "%ld", &child) == 1) {
+        double cpu = proc_cpu_s(child);
+        int i;
+        for (i = 0; i < cpu_watch.n && cpu_watch.pid[i] != child; i++)
+            ;
+        if (i == cpu_watch.n) {
+            if (i == CPU_WATCH_MAX) continue;
+            cpu_watch.n++;
+            cpu_watch.pid[i] = child;
+            cpu_watch.first[i] = initial ? cpu : 0; /* born since: from 0 */
+        }
+        if (cpu > cpu_watch.last[i]) cpu_watch.last[i] = cpu;
+    }
+    fclose(f);
+}
+
+static void *cpu_watch_main(void *arg)
+{
+    struct timespec ts;
+    (void)arg;
+    while (!atomic_load(&cpu_watch.stop)) {
+        usleep(10000);
+        cpu_watch_sample(0);
+    }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    cpu_watch.own_s = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    return NULL;
+}
+
+static void cpu_watch_start(void)
+{
+    memset(cpu_watch.pid, 0, sizeof cpu_watch.pid);
+    memset(cpu_watch.last, 0, sizeof cpu_watch.last);
+    cpu_watch.n = 0;
+    atomic_store(&cpu_watch.stop, 0);
+    cpu_watch_sample(1);
+    cpu_watch.self0 = self_cpu_s();
+    pthread_create(&cpu_watch.th, NULL, cpu_watch_main, NULL);
+}
+
+static void cpu_watch_stop(drain_cpu *out)
+{
+    atomic_store(&cpu_watch.stop, 1);
+    pthread_join(cpu_watch.th, NULL);
+    cpu_watch_sample(0);
+    out->relay_s = self_cpu_s() - cpu_watch.self0 - cpu_watch.own_s;
+    out->server_s = out->top_s = 0;
+    for (int i = 0; i < cpu_watch.n; i++) {
+        double d = cpu_watch.last[i] - cpu_watch.first[i];
+        out->server_s += d;
+        if (d > out->top_s) out->top_s = d;
+    }
+}
+
 /* The relay from store_url to discard:, once; monitored: with the monitor
  * serving it and /metrics scraped every 100 ms (--listen). */
 static double relay_drain(const char *store_url, int monitored)
@@ -197,12 +286,15 @@ static double relay_drain(const char *store_url, int monitored)
     outbox_relay_options_init(&o);
     o.once = 1;
     o.batch_size = (unsigned)batch;
+    int watched = capture_wal && server_pid > 0;
+    if (watched) cpu_watch_start();
     double t0 = now_s();
     if (outbox_relay_new(&r, store_url, "discard:", &o, &err) != OUTBOX_OK)
         TEST_FAIL_("relay: %s", err.message);
     if (monitored && bench_monitor_start(&mon, r, 100, why, sizeof why) != 0) TEST_FAIL_("%s", why);
     if (outbox_relay_run(r, &err) != OUTBOX_OK) TEST_FAIL_("relay: %s", err.message);
     double dt = now_s() - t0;
+    if (watched) cpu_watch_stop(&last_drain);
     if (monitored) {
         if ((scrapes = bench_monitor_stop(&mon)) < 0) TEST_FAIL_("a scrape of /metrics failed");
         printf("  (%ld scrapes of /metrics during the drain)\n", scrapes);
@@ -249,6 +341,7 @@ static long long slot_drop(void)
 static void wal_drain(PGconn *c, double table_s, double baseline_s)
 {
     long long wal_bytes, lag;
+    drain_cpu table_cpu = last_drain; /* of the table relay's drain before this */
     pgh_exec(c, "DELETE FROM bench_outbox.outbox");
     pgh_exec(c, "VACUUM bench_outbox.outbox");
     slot_create();
@@ -269,6 +362,14 @@ static void wal_drain(PGconn *c, double table_s, double baseline_s)
     printf("  wal drain: %.2fx the table relay's rate (target >= 1.3x: %s); the slot lagged %lld"
            " bytes when dropped\n",
            table_s / tw, table_s / tw >= 1.3 ? "met" : "MISSED", lag);
+    if (server_pid > 0) {
+        /* Per message, in microseconds: what the load does not move. */
+        double per = 1e6 / (double)n_msgs;
+        printf("  CPU per message (us): relay table %.2f, wal %.2f; server table %.2f (busiest"
+               " process %.2f), wal %.2f (busiest, the walsender: %.2f)\n",
+               table_cpu.relay_s * per, last_drain.relay_s * per, table_cpu.server_s * per,
+               table_cpu.top_s * per, last_drain.server_s * per, last_drain.top_s * per);
+    }
     fflush(stdout);
 }
 

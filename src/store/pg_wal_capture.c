@@ -28,8 +28,9 @@
  *   After a crash or a lost connection the stream resumes from there and
  *   the replay is published again (de-duplicated by id at the
  *   destination).
- * - Reading stops between transactions while WAL_QUEUE_MAX messages are in
- *   memory (the slot keeps the WAL meanwhile); status updates go on.
+ * - Reading stops between transactions once WAL_QUEUE_MAX messages are in
+ *   memory (the slot keeps the WAL meanwhile), and starts again when they
+ *   are down to WAL_QUEUE_RESUME; status updates go on.
  */
 #include "internal.h"
 
@@ -47,6 +48,13 @@
 /* Messages in memory (any state) above which no further transaction is
  * read from the stream. */
 #define WAL_QUEUE_MAX 20000
+/* ... and below which reading starts again.  Not at the first free place:
+ * a relay slower than the stream (a broker's acknowledgements) would then
+ * read a few messages after each completion, and each such read lets the
+ * walsender, blocked on a full socket, wake up and send a few more: to
+ * JetStream that tripled the walsender's CPU per message.  Reading a quarter
+ * of the queue at a time wakes it once per quarter. */
+#define WAL_QUEUE_RESUME (WAL_QUEUE_MAX * 3 / 4)
 /* Standby status updates: when the flush position moved, at most this
  * often; and at least this often anyway (wal_sender_timeout is 60 s by
  * default), or when the server asks. */
@@ -99,8 +107,11 @@ struct pg_wal {
     /* The queue: a ring of entries in arrival order. */
     wal_entry *q;
     size_t cap, head, len;
-    uint64_t first_no; /* arrival number of q[head] */
-    uint64_t next_no;  /* of the next entry */
+    uint64_t first_no;   /* arrival number of q[head] */
+    uint64_t next_no;    /* of the next entry */
+    uint64_t flight_end; /* one past the last entry ever claimed: none after it is FLIGHT */
+    int full;            /* reading paused: the queue reached WAL_QUEUE_MAX */
+    size_t ntable;       /* TABLE entries (counted wherever one becomes TABLE) */
 
     int in_txn;          /* between Begin and Commit */
     uint64_t stream_pos; /* end of the last commit, or a keepalive's position outside one */
@@ -191,11 +202,24 @@ static void queue_clear(struct pg_wal *w)
         w->first_no++;
     }
     w->first_no = w->next_no;
+    w->ntable = 0;
+    w->full = 0;
     w->in_txn = 0;
     /* What was in memory is read again from the flush position: left at the
      * lost stream's position, the next advance_flush of the empty queue
      * would confirm it unpublished. */
     w->stream_pos = w->flushed;
+}
+
+/* May the stream be read (the queue has room)?  No from when it holds
+ * WAL_QUEUE_MAX entries until it is down to WAL_QUEUE_RESUME. */
+static int queue_room(struct pg_wal *w)
+{
+    if (w->len >= WAL_QUEUE_MAX)
+        w->full = 1;
+    else if (w->len <= WAL_QUEUE_RESUME)
+        w->full = 0;
+    return !w->full;
 }
 
 static void blocked_clear(struct pg_wal *w)
@@ -586,6 +610,7 @@ static int on_message(pg_store *st, const unsigned char *p, size_t n, outbox_err
     if (!transactional) { /* not what emit writes: a transaction of its own */
         e->end_lsn = lsn + 1;
         e->state = e->msg ? E_NEW : E_TABLE;
+        if (!e->msg) w->ntable++;
         w->arrived++;
     }
     return OUTBOX_OK;
@@ -620,6 +645,7 @@ static int on_copy_data(pg_store *st, const unsigned char *p, size_t n, outbox_e
             if (e->state != E_OPEN) break;
             e->end_lsn = end;
             e->state = e->msg ? E_NEW : E_TABLE;
+            if (!e->msg) w->ntable++;
             w->arrived++;
             w->commit_at_us = outbox__monotonic_us(); /* one with messages of ours */
         }
@@ -648,7 +674,7 @@ static int stream_read(pg_store *st, outbox_error *err)
     for (;;) {
         char *buf = NULL;
         int n, code;
-        if (!w->in_txn && w->len >= WAL_QUEUE_MAX) {
+        if (!w->in_txn && !queue_room(w)) {
             w->heard_at_us = outbox__monotonic_us(); /* not read: not silent */
             w->asked_at_us = 0;
             break;
@@ -759,12 +785,12 @@ static int insert_entry(pg_store *st, wal_entry *e, outbox_error *err)
 static int flush_table(pg_store *st, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
-    size_t i, count = 0;
+    size_t i;
     int code, round;
 
-    for (i = 0; i < w->len; i++)
-        if (entry_at(w, i)->state == E_TABLE) count++;
-    if (count == 0) return OUTBOX_OK;
+    /* Called at every claim and complete: counted, not looked for (the
+     * queue holds up to WAL_QUEUE_MAX entries). */
+    if (w->ntable == 0) return OUTBOX_OK;
     if (st->in_txn) return OUTBOX_OK; /* a claim's transaction is open: after its complete */
     for (round = 0; round < 2; round++) {
         code = outbox__pg_store_exec(st, "BEGIN", "writing WAL messages to the table", err);
@@ -805,6 +831,7 @@ static int flush_table(pg_store *st, outbox_error *err)
     }
     for (i = 0; i < w->len; i++)
         if (entry_at(w, i)->state == E_TABLE) entry_at(w, i)->state = E_DONE;
+    w->ntable = 0;
     w->table_due = 1;
     advance_flush(w);
     return OUTBOX_OK;
@@ -922,13 +949,64 @@ static void pin(struct pg_wal *w, const char *agg, uint32_t bits)
     outbox__aggindex_insert(&w->walk, agg, v | bits, NULL);
 }
 
+/* The relay's copy of an entry's message.  A message decoded from the
+ * stream is one allocation from itself to block_end (outbox__msg_from_row):
+ * copied whole, its string pointers moved to the copy, which costs a
+ * fraction of building it again (no validation, no strlen). */
+static outbox_msg *msg_copy(const outbox_msg *m, outbox_error *err)
+{
+    const char *from = (const char *)m;
+    size_t size, i;
+    outbox_msg *c;
+    char *to;
+
+    if (!m->block_end) {
+        if (outbox__msg_from_row_lenient(&c, m->seq, m->id, m->occurred_at, m->type,
+                                         m->aggregate_type, m->aggregate_id, m->payload,
+                                         m->headers_json, err) != OUTBOX_OK)
+            return NULL;
+        c->attempts = m->attempts;
+        return c;
+    }
+    size = (size_t)(m->block_end - from);
+    c = outbox__malloc(size);
+    if (!c) {
+        outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+        return NULL;
+    }
+    memcpy(c, m, size);
+    to = (char *)c;
+#define MOVE(field) (c->field = to + (m->field - from))
+    MOVE(type);
+    MOVE(aggregate_type);
+    MOVE(aggregate_id);
+    MOVE(payload);
+    MOVE(headers_json);
+    MOVE(block_end);
+    if (m->header_count > 0) {
+        c->header_names = (char **)(void *)(to + ((const char *)m->header_names - from));
+        c->header_values = (char **)(void *)(to + ((const char *)m->header_values - from));
+        for (i = 0; i < m->header_count; i++) {
+            MOVE(header_names[i]);
+            MOVE(header_values[i]);
+        }
+    }
+#undef MOVE
+    c->last_error = NULL;
+    return c;
+}
+
 /* Routes the committed entries and claims up to max of them into arr (the
  * relay's copies), in arrival order, applying the ordering rule; entries
- * of blocked aggregates become TABLE entries. */
+ * of blocked aggregates become TABLE entries.  With no aggregate blocked
+ * (the usual case) only held-back aggregates are marked in w->walk: the
+ * other marks (PIN_EARLIER alone) only matter to a blocked aggregate, and
+ * marking every message in flight and claimed cost a hash insert each. */
 static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_msg **arr, size_t max,
                            size_t *count, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
+    int any_blocked = w->blocked.count > 0;
     size_t i;
 
     *count = 0;
@@ -948,12 +1026,12 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
          * does as well.  Without blocked aggregates, stop (the queue holds
          * up to WAL_QUEUE_MAX messages; walking all of them at every claim
          * took about 14% of the relay's CPU in a profile). */
-        if (*count >= max && w->blocked.count == 0) break;
+        if (*count >= max && !any_blocked) break;
         if (e->state == E_DONE || e->state == E_TABLE || !e->msg) continue;
         agg = e->msg->aggregate_id;
         outbox__aggindex_lookup(&w->walk, agg, &pins);
         if (e->state == E_FLIGHT) {
-            pin(w, agg, PIN_EARLIER);
+            if (any_blocked) pin(w, agg, PIN_EARLIER);
             continue;
         }
         blocked = outbox__aggindex_lookup(&w->blocked, agg, NULL);
@@ -965,6 +1043,7 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
             }
             e->state = E_TABLE;
             e->table_status = OUTBOX_STATUS_PENDING;
+            w->ntable++;
             continue;
         }
         due = e->state == E_READY || e->due_us <= p->now_us;
@@ -972,25 +1051,34 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
             pin(w, agg, PIN_EARLIER | PIN_HOLD);
             continue;
         }
-        if (outbox__msg_from_row_lenient(&copy, e->msg->seq, e->msg->id, e->msg->occurred_at,
-                                         e->msg->type, e->msg->aggregate_type, agg, e->msg->payload,
-                                         e->msg->headers_json, err) != OUTBOX_OK)
-            return OUTBOX_ENOMEM;
-        copy->attempts = e->msg->attempts;
+        copy = msg_copy(e->msg, err);
+        if (!copy) return OUTBOX_ENOMEM;
         copy->status = OUTBOX_STATUS_PENDING;
         arr[(*count)++] = copy;
         e->state = E_FLIGHT;
-        pin(w, agg, PIN_EARLIER);
+        if (w->first_no + i + 1 > w->flight_end) w->flight_end = w->first_no + i + 1;
+        if (any_blocked) pin(w, agg, PIN_EARLIER);
     }
     return OUTBOX_OK;
 }
 
+/* Entries never claimed (arrival order: those after the last claimed). */
+static size_t unclaimed(const struct pg_wal *w)
+{
+    uint64_t from = w->flight_end > w->first_no ? w->flight_end : w->first_no;
+    return (size_t)(w->next_no - from);
+}
+
 /* --once: reads the stream up to the WAL's end as it was at the first
  * claim (bounded by CATCH_UP_MAX_US and the queue's size), so that a
- * drain sees what was committed before it began.  The status updates
- * sent meanwhile make the walsender send keepalives with its position
- * once it has nothing more. */
-static int catch_up(pg_store *st, outbox_error *err)
+ * drain sees what was committed before it began; but stops waiting once
+ * want entries that were never claimed are in memory, so that the relay
+ * publishes them while the walsender goes on sending (waiting for a full
+ * queue left the relay idle while the walsender filled it, and the
+ * walsender blocked while the relay worked through it).  The status
+ * updates sent meanwhile make the walsender send keepalives with its
+ * position once it has nothing more. */
+static int catch_up(pg_store *st, size_t want, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
     int64_t until = outbox__monotonic_us() + CATCH_UP_MAX_US;
@@ -1009,7 +1097,7 @@ static int catch_up(pg_store *st, outbox_error *err)
         PQclear(res);
         w->once_target = ((uint64_t)hi << 32) | lo;
     }
-    while (w->streaming && w->stream_pos < w->once_target && w->len < WAL_QUEUE_MAX &&
+    while (w->streaming && w->stream_pos < w->once_target && queue_room(w) && unclaimed(w) < want &&
            outbox__monotonic_us() < until) {
         struct pollfd pfd;
         send_status(w, 0);
@@ -1057,7 +1145,9 @@ static int wal_claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     /* A batch the relay dropped without recording it (a plain claim: any;
      * pipelined: those not in flight) is claimed again. */
     outbox__pg_end_claim(st);
-    for (i = 0; i < w->len; i++)
+    /* Only entries up to the last one claimed can be in flight: not the
+     * whole queue (up to WAL_QUEUE_MAX) at every claim. */
+    for (i = 0; w->flight_end > w->first_no && i < w->len && i < w->flight_end - w->first_no; i++)
         if (entry_at(w, i)->state == E_FLIGHT) entry_at(w, i)->state = E_READY;
     for (i = 0; i < exclude_count; i++) {
         wal_entry *e = exclude[i] < 0 ? entry_of(w, (uint64_t)(-exclude[i])) : NULL;
@@ -1069,7 +1159,7 @@ static int wal_claim(pg_store *st, const outbox_claim_params *p, int pipelined,
         return stream_code;
     }
     code = stream_read(st, err);
-    if (code == OUTBOX_OK && p->once) code = catch_up(st, err);
+    if (code == OUTBOX_OK && p->once) code = catch_up(st, p->batch_size, err);
     if (code != OUTBOX_OK) return code;
     code = outbox__pg_need_schema(st, err);
     if (code != OUTBOX_OK) return code;
@@ -1081,6 +1171,13 @@ static int wal_claim(pg_store *st, const outbox_claim_params *p, int pipelined,
     arr = outbox__calloc(p->batch_size, sizeof *arr);
     if (!arr) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
     code = route_and_claim(st, p, arr, p->batch_size, &count, err);
+    if (code == OUTBOX_OK && count == 0 && p->once && !w->caught_up) {
+        /* What is in memory cannot be published yet (held back, blocked):
+         * read on, as far as the queue allows, before a --once relay is
+         * told there is nothing left. */
+        code = catch_up(st, SIZE_MAX, err);
+        if (code == OUTBOX_OK) code = route_and_claim(st, p, arr, p->batch_size, &count, err);
+    }
     if (code == OUTBOX_OK) code = flush_table(st, err);
     if (code != OUTBOX_OK) goto fail;
     advance_flush(w);
@@ -1178,6 +1275,7 @@ static int wal_outcome(pg_store *st, const outbox_completion *c, int fba)
         if (!e->error) return OUTBOX_ENOMEM;
         e->state = E_TABLE;
         e->table_status = OUTBOX_STATUS_FAILED;
+        w->ntable++;
         if (fba) return blocked_add(w, e->msg->aggregate_id);
         break;
     default:
