@@ -1325,7 +1325,9 @@ static int claim_read(sqlite_store *st, sqlite3_stmt *s, size_t batch_size, outb
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         outbox_msg *m = NULL;
         if (*count == *cap) {
-            size_t ncap = *cap ? *cap * 2 : (batch_size < 64 ? batch_size : 64);
+            /* A batch's worth at once (a drain fills it), bounded so that
+             * a huge batch size does not allocate for rows not there. */
+            size_t ncap = *cap ? *cap * 2 : (batch_size < 1024 ? batch_size : 1024);
             outbox_msg **na = outbox__realloc(*arr, ncap * sizeof *na);
             if (!na) goto nomem;
             *arr = na;
