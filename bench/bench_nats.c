@@ -49,7 +49,9 @@
  *   kafka ceiling,   with librdkafka's mock cluster (3 brokers, 8
  *   sqlite -> kafka, partitions, in this process, real Kafka protocol over
  *   postgres -> kafka loopback): a raw idempotent producer (acks=all) of N
- *                    messages, then the relay from a SQLite copy and from
+ *                    messages, with the kafka:// destination's producer
+ *                    settings and the same headers as the relay sends,
+ *                    then the relay from a SQLite copy and from
  *                    PostgreSQL to kafka:// through a publish window of
  *                    --kafka-window messages (window_messages), and from
  *                    SQLite through a window of two batches (what the
