@@ -45,9 +45,13 @@
  * backoff (or is Failed, when that blocks).  Only rows in outbox_blocking
  * (Failed, or retried) can block, so when it holds none (a drain without
  * failures) one look at it (an InitPlan, once per claim) stands in for the
- * probe per row: 44 instead of 1,086 buffer hits for a claim of 512. */
+ * probe per row: 44 instead of 1,086 buffer hits for a claim of 512.  The
+ * look is a scalar subquery in the index's order, not an EXISTS: without
+ * table statistics PostgreSQL answered the EXISTS with a scan of the whole
+ * table (37 ms for 30,000 rows), the ordered LIMIT 1 takes the index. */
 #define CLAIM_NOT_BLOCKED                                                                          \
-    " AND (NOT EXISTS (SELECT 1 FROM {s}.outbox b WHERE b.status = 'failed' OR b.attempts > 0)"    \
+    " AND ((SELECT 1 FROM {s}.outbox b WHERE b.status = 'failed' OR b.attempts > 0"                \
+    "  ORDER BY left(b.aggregate_id, 256), b.seq LIMIT 1) IS NULL"                                 \
     "  OR NOT EXISTS (SELECT 1 FROM {s}.outbox p"                                                  \
     "  WHERE left(p.aggregate_id, 256) = left(o.aggregate_id, 256)"                                \
     "  AND p.aggregate_id = o.aggregate_id AND p.seq < o.seq"                                      \
