@@ -49,7 +49,9 @@
  *   kafka ceiling,   with librdkafka's mock cluster (3 brokers, 8
  *   sqlite -> kafka, partitions, in this process, real Kafka protocol over
  *   postgres -> kafka loopback): a raw idempotent producer (acks=all) of N
- *                    messages, then the relay from a SQLite copy and from
+ *                    messages, with the kafka:// destination's producer
+ *                    settings and the same headers as the relay sends,
+ *                    then the relay from a SQLite copy and from
  *                    PostgreSQL to kafka:// through a publish window of
  *                    --kafka-window messages (window_messages), and from
  *                    SQLite through a window of two batches (what the
@@ -587,11 +589,18 @@ static long long kafka_window = 20000; /* --kafka-window: the destination's wind
 
 static char kafka_bootstraps[256];
 
+/* The producer settings of the raw case are the kafka:// destination's own
+ * (src/transport/kafka.c, kafka_open): idempotent, gapless, acks=all, no
+ * message timeout, linger.ms 5, so that the ceiling and the relay build
+ * the same requests. */
 static int kafka_conf(rd_kafka_conf_t *conf, char *errstr, size_t len)
 {
     const char *kv[][2] = {{"bootstrap.servers", kafka_bootstraps},
                            {"enable.idempotence", "true"},
+                           {"enable.gapless.guarantee", "true"},
                            {"acks", "all"},
+                           {"message.timeout.ms", "0"},
+                           {"linger.ms", "5"},
                            {"log_level", "3"}};
     size_t i;
     for (i = 0; i < sizeof kv / sizeof kv[0]; i++)
@@ -611,7 +620,9 @@ static void kafka_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         kafka_delivered++;
 }
 
-/* Child: the raw idempotent producer, same key, payload and headers. */
+/* Child: the raw idempotent producer, same key, payload and headers as the
+ * relay sends for the filled rows (CloudEvents attributes, aggregate type
+ * "Order" as ce_aggregatetype, no message headers). */
 static void run_kafka_ceiling(void *arg, bench_report *r)
 {
     const char *topic = arg;
@@ -647,6 +658,7 @@ static void run_kafka_ceiling(void *arg, bench_report *r)
         rd_kafka_header_add(h, "ce_subject", -1, agg, -1);
         rd_kafka_header_add(h, "ce_time", -1, "2026-11-28T02:00:00.000000Z", -1);
         rd_kafka_header_add(h, "content-type", -1, "application/json", -1);
+        rd_kafka_header_add(h, "ce_aggregatetype", -1, "Order", -1);
         for (;;) {
             e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(agg, strlen(agg)),
                                   RD_KAFKA_V_VALUE(payload, PAYLOAD_BYTES),

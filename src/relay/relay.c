@@ -167,6 +167,7 @@ typedef struct relay_batch {
     outbox_publish_result *results;
     outbox_completion *completions;
     size_t *error_offsets; /* into errors.data, per message with an error */
+    int64_t *seqs;         /* pipelined: msgs[i]->seq, copied once when claimed */
     size_t cap;
     outbox_buf errors;
 } relay_batch;
@@ -788,6 +789,9 @@ static int grow_scratch(relay_batch *b, size_t n)
     p = outbox__realloc(b->error_offsets, cap * sizeof *b->error_offsets);
     if (p == NULL) return -1;
     b->error_offsets = p;
+    p = outbox__realloc(b->seqs, cap * sizeof *b->seqs);
+    if (p == NULL) return -1;
+    b->seqs = p;
     b->cap = cap;
     return 0;
 }
@@ -1244,10 +1248,12 @@ static void abandon_window(outbox_relay *r)
 }
 
 /* Fills r->exclude with the seqs of every open batch; *count: how many.
- * -1 when out of memory. */
+ * -1 when out of memory.  The seqs come from each batch's own copy
+ * (relay_batch.seqs): reading them through the messages cost a cache miss
+ * per message in flight at every claim (20,000 with Kafka's window). */
 static int window_seqs(outbox_relay *r, size_t *count)
 {
-    size_t total = 0, i, at = 0;
+    size_t total = 0, at = 0;
     int k;
     for (k = 0; k < r->window_count; k++)
         total += window_at(r, k)->n;
@@ -1259,8 +1265,8 @@ static int window_seqs(outbox_relay *r, size_t *count)
     }
     for (k = 0; k < r->window_count; k++) {
         const relay_batch *b = window_at(r, k);
-        for (i = 0; i < b->n; i++)
-            r->exclude[at++] = b->msgs[i]->seq;
+        if (b->n > 0) memcpy(r->exclude + at, b->seqs, b->n * sizeof *b->seqs);
+        at += b->n;
     }
     *count = total;
     return 0;
@@ -1282,7 +1288,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
     outbox_error claim_err;
     uint64_t quarantined = 0;
     int rc, claim_rc = OUTBOX_OK, open_before = r->window_count;
-    size_t nexclude = 0;
+    size_t nexclude = 0, i;
 
     *claimed = 0;
     *held_back = 0;
@@ -1336,6 +1342,8 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
             cur = NULL;
             goto finish;
         }
+        for (i = 0; i < cur->n; i++)
+            cur->seqs[i] = cur->msgs[i]->seq;
         cur->chained = open_before > 0;
         cur->results[0].error[0] = '\0';
         cur->publish_start_us = outbox__monotonic_us();
@@ -1852,6 +1860,7 @@ void outbox_relay_free(outbox_relay *relay)
         release_batch(&r->batches[i]);
         outbox__free(r->batches[i].results);
         outbox__free(r->batches[i].completions);
+        outbox__free(r->batches[i].seqs);
         outbox__free(r->batches[i].error_offsets);
         outbox__buf_free(&r->batches[i].errors);
     }

@@ -41,13 +41,23 @@
                                           " AND (o.attempts = 0 OR o.available_at <= "             \
                                           "'epoch'::timestamptz + $2::bigint * interval"           \
                                           " '1 microsecond')"
+/* The ordering rule: no earlier message of the row's aggregate waits in
+ * backoff (or is Failed, when that blocks).  Only rows in outbox_blocking
+ * (Failed, or retried) can block, so when it holds none (a drain without
+ * failures) one look at it (an InitPlan, once per claim) stands in for the
+ * probe per row: 63 instead of 1,086 buffer hits for a claim of 512.  The
+ * look is a scalar subquery in the index's order, not an EXISTS: without
+ * table statistics PostgreSQL answered the EXISTS with a scan of the whole
+ * table (37 ms for 30,000 rows), the ordered LIMIT 1 takes the index. */
 #define CLAIM_NOT_BLOCKED                                                                          \
-    " AND NOT EXISTS (SELECT 1 FROM {s}.outbox p"                                                  \
+    " AND ((SELECT 1 FROM {s}.outbox b WHERE b.status = 'failed' OR b.attempts > 0"                \
+    "  ORDER BY left(b.aggregate_id, 256), b.seq LIMIT 1) IS NULL"                                 \
+    "  OR NOT EXISTS (SELECT 1 FROM {s}.outbox p"                                                  \
     "  WHERE left(p.aggregate_id, 256) = left(o.aggregate_id, 256)"                                \
     "  AND p.aggregate_id = o.aggregate_id AND p.seq < o.seq"                                      \
     "  AND (p.status = 'failed' OR p.attempts > 0)"                                                \
     "  AND ((p.status = 'pending' AND p.available_at > 'epoch'::timestamptz + $2::bigint *"        \
-    " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean)))"
+    " interval '1 microsecond') OR (p.status = 'failed' AND $3::boolean))))"
 
 static const char claim_tmpl[] =
     CLAIM_SELECT_WHERE CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT $4 FOR UPDATE OF o SKIP LOCKED";
@@ -89,7 +99,8 @@ static const char *const hot_name[P_COUNT] = {"outbox_claim", "outbox_delete",
 
 /* Prepares the relay's statements on this connection, and pins the
  * claim's plan: the walk of outbox_pending in seq order that stops at the
- * batch size, with one outbox_blocking probe per row it returns.  Without
+ * batch size, with one outbox_blocking probe per row it returns (when that
+ * index holds any row: CLAIM_NOT_BLOCKED).  Without
  * table statistics (a new table, a bulk load, before autovacuum's first
  * ANALYZE) PostgreSQL estimates a handful of pending rows and prefers a
  * bitmap scan of all of them, a probe per row and a sort: 30,000 pending

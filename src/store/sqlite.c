@@ -711,17 +711,25 @@ enum {
     S_COUNT
 };
 
+/* The claims' ordering rule: no earlier message of the row's aggregate
+ * waits in backoff (or is Failed, when ?2 says that blocks).  Only rows in
+ * outbox_blocking (Failed, or retried) can block, so when it holds none (a
+ * drain without failures) one look at it per claim stands in for the probe
+ * per row. */
+#define CLAIM_NOT_BLOCKED                                                                          \
+    " AND (NOT EXISTS (SELECT 1 FROM outbox b WHERE b.status = 'failed' OR b.attempts > 0)"        \
+    "  OR NOT EXISTS (SELECT 1 FROM outbox p"                                                      \
+    "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"                                    \
+    "  AND (p.status = 'failed' OR p.attempts > 0)"                                                \
+    "  AND ((p.status = 'pending' AND p.available_at > ?1)"                                        \
+    "       OR (p.status = 'failed' AND ?2))))"
+
 static const char *const stmt_sql[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
     [S_CLAIM] = "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
                 " attempts FROM outbox o"
-                " WHERE o.status = 'pending' AND o.available_at <= ?1"
-                " AND NOT EXISTS (SELECT 1 FROM outbox p"
-                "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
-                "  AND (p.status = 'failed' OR p.attempts > 0)"
-                "  AND ((p.status = 'pending' AND p.available_at > ?1)"
-                "       OR (p.status = 'failed' AND ?2)))"
+                " WHERE o.status = 'pending' AND o.available_at <= ?1" CLAIM_NOT_BLOCKED
                 " ORDER BY o.seq LIMIT ?3",
     /* The same within the seqs ?4 to ?5: the pipelined claim reads each
      * stretch between the ranges in flight (outbox__stretches_between), one seek
@@ -730,13 +738,7 @@ static const char *const stmt_sql[S_COUNT] = {
         "SELECT seq, id, occurred_at, type, aggregate_type, aggregate_id, payload, headers,"
         " attempts FROM outbox o"
         " WHERE o.status = 'pending' AND o.available_at <= ?1"
-        " AND o.seq BETWEEN ?4 AND ?5"
-        " AND NOT EXISTS (SELECT 1 FROM outbox p"
-        "  WHERE p.aggregate_id = o.aggregate_id AND p.seq < o.seq"
-        "  AND (p.status = 'failed' OR p.attempts > 0)"
-        "  AND ((p.status = 'pending' AND p.available_at > ?1)"
-        "       OR (p.status = 'failed' AND ?2)))"
-        " ORDER BY o.seq LIMIT ?3",
+        " AND o.seq BETWEEN ?4 AND ?5" CLAIM_NOT_BLOCKED " ORDER BY o.seq LIMIT ?3",
     /* ?1 is a JSON array of seqs: one statement for a whole batch. */
     [S_DELETE_MANY] = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))",
     [S_MARK_SENT_MANY] = "UPDATE outbox SET status = 'sent', sent_at = ?2"
@@ -1325,7 +1327,9 @@ static int claim_read(sqlite_store *st, sqlite3_stmt *s, size_t batch_size, outb
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         outbox_msg *m = NULL;
         if (*count == *cap) {
-            size_t ncap = *cap ? *cap * 2 : (batch_size < 64 ? batch_size : 64);
+            /* A batch's worth at once (a drain fills it), bounded so that
+             * a huge batch size does not allocate for rows not there. */
+            size_t ncap = *cap ? *cap * 2 : (batch_size < 1024 ? batch_size : 1024);
             outbox_msg **na = outbox__realloc(*arr, ncap * sizeof *na);
             if (!na) goto nomem;
             *arr = na;

@@ -567,6 +567,7 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         rd_kafka_headers_t *h;
         rd_kafka_resp_err_t perr;
         outbox_error rerr;
+        size_t key_len, value_len;
 
         if (agg_failed(b, i, m->aggregate_id) ||
             agg_failed_before(st, st->count - 1, m->aggregate_id)) {
@@ -585,11 +586,12 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
             set_result(&results[i], OUTBOX_ENOMEM, "out of memory for Kafka headers");
             goto not_sent;
         }
+        key_len = strlen(m->aggregate_id);
+        value_len = strlen(m->payload);
         for (;;) {
             perr = rd_kafka_producev(
-                st->rk, RD_KAFKA_V_TOPIC(st->topic.data),
-                RD_KAFKA_V_KEY(m->aggregate_id, strlen(m->aggregate_id)),
-                RD_KAFKA_V_VALUE(m->payload, strlen(m->payload)), RD_KAFKA_V_HEADERS(h),
+                st->rk, RD_KAFKA_V_TOPIC(st->topic.data), RD_KAFKA_V_KEY(m->aggregate_id, key_len),
+                RD_KAFKA_V_VALUE(m->payload, value_len), RD_KAFKA_V_HEADERS(h),
                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                 RD_KAFKA_V_OPAQUE((void *)(((uintptr_t)b->gen << 32) | (uintptr_t)(i + 1))),
                 RD_KAFKA_V_END);
@@ -609,14 +611,16 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         }
         b->outstanding++;
         st->unconfirmed++;
-        st->unconfirmed_bytes += strlen(m->payload) + strlen(m->aggregate_id);
-        rd_kafka_poll(st->rk, 0);
+        st->unconfirmed_bytes += value_len + key_len;
         continue;
     not_sent:
         b->done[i] = 1;
         b->failed[i] = 1;
         b->nfailed++;
     }
+    /* The reports that came in meanwhile, once per batch rather than after
+     * every message (a full queue is polled above). */
+    rd_kafka_poll(st->rk, 0);
     return OUTBOX_OK;
 }
 
