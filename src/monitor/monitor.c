@@ -10,13 +10,15 @@
  * the monitor's own, queried by the refresh thread at most once per
  * refresh interval and cached; a request reads the cache and never
  * triggers that query, so a slow store slows neither the relay nor a
- * scrape.  The counts read every pending message in a server store
- * (SQLite counts its table by pages), which takes a while on a large
- * backlog: the next refresh then waits REFRESH_BUSY_FACTOR times as long
- * as the last counts took, if that is longer than the interval, so the
- * counts keep the store (and this thread) busy at most 1/51 of the time:
- * the 2% a monitored relay may cost, whatever the backlog.  The refresh thread also keeps the
- * console's history: a ring of MONITOR_HISTORY_POINTS points, one every MONITOR_HISTORY_INTERVAL_S.
+ * scrape.  The counts may read every pending row (a scan in the server:
+ * MariaDB, or PostgreSQL where the pages are not all-visible), which takes
+ * a while on a large backlog: the next refresh then waits
+ * REFRESH_BUSY_FACTOR times as long as the last counts took, if that is
+ * longer than the interval, so the counts keep the store (and this thread)
+ * busy at most 1/51 of the time: the 2% a monitored relay may cost,
+ * whatever the backlog.  The refresh thread also keeps the console's
+ * history: a ring of MONITOR_HISTORY_POINTS points, one every
+ * MONITOR_HISTORY_INTERVAL_S.
  *
  * Safety: a non-loopback address is refused unless allow_public is set,
  * and on a loopback address a request must name the host as an IP address
