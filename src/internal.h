@@ -93,6 +93,9 @@ int outbox__msg_from_row_lenient(outbox_msg **out, int64_t seq, const char *id, 
                                  const char *type, const char *aggregate_type,
                                  const char *aggregate_id, const char *payload,
                                  const char *headers_json, outbox_error *err);
+/* A copy of m as the relay gets it from a claim (no last_error): one
+ * memcpy for a message from outbox__msg_from_row, built again otherwise. */
+outbox_msg *outbox__msg_clone(const outbox_msg *m, outbox_error *err);
 
 /* 1 when uuid (a valid UUID) is the nil UUID, all zeros. */
 int outbox__uuid_is_nil(const char *uuid);

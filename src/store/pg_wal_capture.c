@@ -949,53 +949,6 @@ static void pin(struct pg_wal *w, const char *agg, uint32_t bits)
     outbox__aggindex_insert(&w->walk, agg, v | bits, NULL);
 }
 
-/* The relay's copy of an entry's message.  A message decoded from the
- * stream is one allocation from itself to block_end (outbox__msg_from_row):
- * copied whole, its string pointers moved to the copy, which costs a
- * fraction of building it again (no validation, no strlen). */
-static outbox_msg *msg_copy(const outbox_msg *m, outbox_error *err)
-{
-    const char *from = (const char *)m;
-    size_t size, i;
-    outbox_msg *c;
-    char *to;
-
-    if (!m->block_end) {
-        if (outbox__msg_from_row_lenient(&c, m->seq, m->id, m->occurred_at, m->type,
-                                         m->aggregate_type, m->aggregate_id, m->payload,
-                                         m->headers_json, err) != OUTBOX_OK)
-            return NULL;
-        c->attempts = m->attempts;
-        return c;
-    }
-    size = (size_t)(m->block_end - from);
-    c = outbox__malloc(size);
-    if (!c) {
-        outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
-        return NULL;
-    }
-    memcpy(c, m, size);
-    to = (char *)c;
-#define MOVE(field) (c->field = to + (m->field - from))
-    MOVE(type);
-    MOVE(aggregate_type);
-    MOVE(aggregate_id);
-    MOVE(payload);
-    MOVE(headers_json);
-    MOVE(block_end);
-    if (m->header_count > 0) {
-        c->header_names = (char **)(void *)(to + ((const char *)m->header_names - from));
-        c->header_values = (char **)(void *)(to + ((const char *)m->header_values - from));
-        for (i = 0; i < m->header_count; i++) {
-            MOVE(header_names[i]);
-            MOVE(header_values[i]);
-        }
-    }
-#undef MOVE
-    c->last_error = NULL;
-    return c;
-}
-
 /* Routes the committed entries and claims up to max of them into arr (the
  * relay's copies), in arrival order, applying the ordering rule; entries
  * of blocked aggregates become TABLE entries.  With no aggregate blocked
@@ -1051,7 +1004,7 @@ static int route_and_claim(pg_store *st, const outbox_claim_params *p, outbox_ms
             pin(w, agg, PIN_EARLIER | PIN_HOLD);
             continue;
         }
-        copy = msg_copy(e->msg, err);
+        copy = outbox__msg_clone(e->msg, err);
         if (!copy) return OUTBOX_ENOMEM;
         copy->status = OUTBOX_STATUS_PENDING;
         arr[(*count)++] = copy;
