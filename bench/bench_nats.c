@@ -742,7 +742,8 @@ static void kafka_cases(const char *master, const char *copy)
     char errstr[512], to[700];
     double ceiling = 0;
     long long got;
-    const char *topics[] = {"bench.ceiling", "bench.relay", "bench.relay2", "bench.pg"};
+    const char *topics[] = {"bench.ceiling", "bench.relay", "bench.relay2",
+                            "bench.pg",      "bench.turn",  "bench.pgturn"};
     int i;
 
     rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr);
@@ -759,7 +760,7 @@ static void kafka_cases(const char *master, const char *copy)
         return;
     }
     snprintf(kafka_bootstraps, sizeof kafka_bootstraps, "%s", rd_kafka_mock_cluster_bootstraps(mc));
-    for (i = 0; i < 4; i++)
+    for (i = 0; i < (int)(sizeof topics / sizeof *topics); i++)
         if (rd_kafka_mock_topic_create(mc, topics[i], KAFKA_PARTITIONS, 3)) {
             fprintf(stderr, "bench_nats: mock topic %s failed\n", topics[i]);
             failures++;
@@ -788,6 +789,17 @@ static void kafka_cases(const char *master, const char *copy)
         kafka_check_row("sqlite -> kafka (relay, mock)", topics[1], &res, ceiling);
     else
         failures++;
+    /* The same without the claim ahead (the relay's children inherit the
+     * variable): what reading the next batch on another thread buys. */
+    setenv("OUTBOX_RELAY_CLAIM_AHEAD", "0", 1);
+    snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%lld", kafka_bootstraps, topics[4],
+             kafka_window);
+    if (bench_sqlite_relay_case("sqlite -> kafka (claim in turn)", master, copy, to, 0, batch,
+                                n_msgs, disarm_parent_handlers, &res) == 0)
+        kafka_check_row("sqlite -> kafka (claim in turn)", topics[4], &res, ceiling);
+    else
+        failures++;
+    unsetenv("OUTBOX_RELAY_CLAIM_AHEAD");
     snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%u", kafka_bootstraps, topics[2],
              2 * batch);
     if (bench_sqlite_relay_case("sqlite -> kafka (2 batches)", master, copy, to, 0, batch, n_msgs,
@@ -803,6 +815,14 @@ static void kafka_cases(const char *master, const char *copy)
             kafka_check_row("postgres -> kafka (relay, mock)", topics[3], &res, ceiling);
         else
             failures++;
+        setenv("OUTBOX_RELAY_CLAIM_AHEAD", "0", 1);
+        snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%lld", kafka_bootstraps,
+                 topics[5], kafka_window);
+        if (pg_relay_to("postgres -> kafka (claim in turn)", to, &res) == 0)
+            kafka_check_row("postgres -> kafka (claim in turn)", topics[5], &res, ceiling);
+        else
+            failures++;
+        unsetenv("OUTBOX_RELAY_CLAIM_AHEAD");
     }
 #endif
 out:

@@ -661,7 +661,7 @@ typedef struct outbox_store_ops {
     int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge;
                            4 adds the pipelined claim and complete; 5 adds drop
                            and lease_note; 6 adds usage, doc and props;
-                           7 adds partitions_held */
+                           7 adds partitions_held; 8 adds the claim ahead */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -789,6 +789,32 @@ typedef struct outbox_store_ops {
      * so the relay reads it after those calls, on its own thread (the
      * handle is not thread-safe). */
     int (*partitions_held)(void *state);
+
+    /* Version 8 (optional, both or neither: NULL = the relay claims with
+     * claim_pipelined only). */
+
+    /* The pipelined claim, started ahead: claim_ahead starts reading what
+     * claim_pipelined(p, exclude) would return and comes back without
+     * waiting for it (on a connection or thread of the store's own: the
+     * store copies what it needs, exclude included).  Until
+     * claim_ahead_end the relay goes on with the handle as usual
+     * (complete_pipelined of batches in exclude, lease renewals, notes), so
+     * the read sees the store as of some moment in between: safe, because
+     * everything in flight is in exclude, and the relay discards the batch
+     * when an outcome in between could change what may be claimed (a
+     * failure, a message held back).  OUTBOX_ENOTBUILT: this handle cannot
+     * claim ahead (e.g. an in-memory database); any other error: not
+     * started this time.  Neither changes the store. */
+    int (*claim_ahead)(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                       size_t exclude_count, outbox_error *err);
+    /* Waits for the claim started by claim_ahead.  keep != 0: returns its
+     * batch as claim_pipelined would (p: the params for a read again that
+     * the store may need, e.g. to quarantine rows on the handle's own
+     * connection, and its quarantined counter); keep == 0: discards it
+     * (*msgs NULL, *n 0; never fails).  Without a claim started it returns
+     * nothing. */
+    int (*claim_ahead_end)(void *state, int keep, const outbox_claim_params *p, outbox_msg ***msgs,
+                           size_t *n, outbox_error *err);
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state.  The public

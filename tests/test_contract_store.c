@@ -770,6 +770,111 @@ static void bad_rows_quarantined(const store_driver *d)
     outbox__store_close(&st);
 }
 
+/* ------------------------------------------------------------------------
+ * Claim ahead (version 8)
+ * ---------------------------------------------------------------------- */
+
+/* Completes every message of b as sent, pipelined, with in_flight as given. */
+static void complete_sent_pipelined(outbox_store *st, const sh_batch *b, int in_flight)
+{
+    outbox_completion c[16];
+    outbox_complete_params cp = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 10000};
+    outbox_error err = {0};
+    size_t i;
+    ASSERT(b->n <= 16);
+    for (i = 0; i < b->n; i++) {
+        memset(&c[i], 0, sizeof c[i]);
+        c[i].msg = b->msgs[i];
+        c[i].outcome = OUTBOX_OUTCOME_SENT;
+    }
+    ASSERT_OK(st->ops->complete_pipelined(st->state, c, b->n, &cp, in_flight, &err), &err);
+}
+
+static size_t seqs_of(const sh_batch *b, int64_t *out)
+{
+    size_t i;
+    for (i = 0; i < b->n; i++)
+        out[i] = b->msgs[i]->seq;
+    return b->n;
+}
+
+/* The claim started ahead returns what claim_pipelined would, with the
+ * store used in between (the batch before it recorded); a discarded one
+ * changes nothing; rows to quarantine are quarantined as by a claim. */
+static void claim_ahead(const store_driver *d)
+{
+    outbox_store st;
+    outbox_error err_buf = {0}, *err = &err_buf;
+    char url[700], ids[9][37], c1[37], d1[37];
+    uint64_t quarantined = 0;
+    outbox_claim_params p = {3, 0, 1, 0, &quarantined};
+    int64_t ex[16];
+    size_t nex, i;
+    sh_batch x, y, z;
+    outbox_msg *got = NULL;
+
+    open_fresh(d, &st, url, sizeof url, "ahead");
+    if (!OUTBOX__HAS(st.ops, 8, claim_ahead)) {
+        fprintf(stderr, "   (no claim ahead: nothing to check)\n");
+        outbox__store_close(&st);
+        return;
+    }
+    for (i = 0; i < 9; i++)
+        sh_put(&st, i % 2 ? "B" : "A", ids[i]);
+
+    /* Without a claim started, the end returns nothing. */
+    ASSERT_OK(st.ops->claim_ahead_end(st.state, 1, &p, &y.msgs, &y.n, err), err);
+    ASSERT_EQ(y.n, 0);
+
+    p.now_us = outbox__now_us();
+    ASSERT_OK(st.ops->claim_pipelined(st.state, &p, NULL, 0, &x.msgs, &x.n, err), err);
+    ASSERT_EQ(x.n, 3);
+    nex = seqs_of(&x, ex);
+    ASSERT_OK(st.ops->claim_ahead(st.state, &p, ex, nex, err), err);
+    /* The batch in flight is recorded while the next one is read. */
+    complete_sent_pipelined(&st, &x, 1);
+    ASSERT_OK(st.ops->claim_ahead_end(st.state, 1, &p, &y.msgs, &y.n, err), err);
+    ASSERT_EQ(y.n, 3);
+    for (i = 0; i < 3; i++)
+        ASSERT_STREQ(y.msgs[i]->id, ids[3 + i]);
+    sh_batch_free(&x);
+
+    /* Discarded: nothing changes, the same rows come next. */
+    nex = seqs_of(&y, ex);
+    ASSERT_OK(st.ops->claim_ahead(st.state, &p, ex, nex, err), err);
+    ASSERT_OK(st.ops->claim_ahead_end(st.state, 0, NULL, &z.msgs, &z.n, NULL), err);
+    ASSERT_EQ(z.n, 0);
+    ASSERT(z.msgs == NULL);
+    ASSERT_OK(st.ops->claim_pipelined(st.state, &p, ex, nex, &z.msgs, &z.n, err), err);
+    ASSERT_EQ(z.n, 3);
+    for (i = 0; i < 3; i++)
+        ASSERT_STREQ(z.msgs[i]->id, ids[6 + i]);
+    complete_sent_pipelined(&st, &y, 1);
+    sh_batch_free(&y);
+
+    /* A row to quarantine in the batch read ahead: quarantined, counted,
+     * and the rest claimed as a claim would. */
+    sh_put(&st, "C", c1);
+    (void)d->insert_bad_row(url, "C");
+    sh_put(&st, "D", d1);
+    nex = seqs_of(&z, ex);
+    p.now_us = outbox__now_us();
+    ASSERT_OK(st.ops->claim_ahead(st.state, &p, ex, nex, err), err);
+    ASSERT_OK(st.ops->claim_ahead_end(st.state, 1, &p, &y.msgs, &y.n, err), err);
+    ASSERT_EQ(quarantined, 1);
+    ASSERT_EQ(y.n, 2);
+    ASSERT_STREQ(y.msgs[0]->id, c1);
+    ASSERT_STREQ(y.msgs[1]->id, d1);
+    ASSERT_OK(st.ops->get(st.state, "0190a5b8-7e3a-7c4d-9f1e-2b3c4d5e6f72", &got, err), err);
+    ASSERT_EQ(got->status, OUTBOX_STATUS_FAILED);
+    outbox_msg_free(got);
+    complete_sent_pipelined(&st, &z, 1);
+    complete_sent_pipelined(&st, &y, 0);
+    sh_batch_free(&z);
+    sh_batch_free(&y);
+    outbox__store_close(&st);
+}
+
 /* ------------------------------------------------------------------------ */
 
 typedef struct contract_case {
@@ -785,6 +890,7 @@ static const contract_case cases[] = {
     {"leases", leases},
     {"retry_drop_purge", retry_drop_purge},
     {"bad_rows_quarantined", bad_rows_quarantined},
+    {"claim_ahead", claim_ahead},
 };
 
 int main(void)

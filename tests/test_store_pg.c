@@ -2067,6 +2067,62 @@ static void sent_after_reconnect(outbox_store *s, PGconn *c, outbox_msg **msgs, 
     ASSERT_CONTAINS(logs->data, "reconnected");
 }
 
+/* The session dies while a claim ahead is out (or as it is started): an
+ * error, never a batch, and nothing recorded; after reconnecting, the
+ * batch in flight and the one read ahead are claimed again. */
+TEST(claim_ahead_connection_lost)
+{
+    PGconn *c = pgh_connect(&server);
+    outbox_store s;
+    outbox_error err;
+    outbox_claim_params p = {1, 0, 1, 0, NULL};
+    outbox_msg **msgs = NULL, **next = NULL;
+    size_t n = 0, m = 0;
+    char first[37];
+    int64_t ex[1];
+    int rc;
+
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    open_store(&s, server.url);
+    store_enqueue(&s, "ahead", 1);
+    store_enqueue(&s, "ahead", 2);
+    p.now_us = outbox__now_us();
+    ASSERT_OK(s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err), &err);
+    ASSERT_EQ(n, 1);
+    snprintf(first, sizeof first, "%s", msgs[0]->id);
+    ex[0] = msgs[0]->seq;
+    pgh_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <>"
+                " pg_backend_pid() AND datname = current_database() AND backend_type ="
+                " 'client backend'");
+    usleep(100000);
+    rc = s.ops->claim_ahead(s.state, &p, ex, 1, &err);
+    if (rc == OUTBOX_OK) rc = s.ops->claim_ahead_end(s.state, 1, &p, &next, &m, &err);
+    ASSERT_EQ(rc, OUTBOX_EIO);
+    ASSERT_EQ(m, 0);
+    ASSERT(next == NULL);
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.outbox WHERE status = 'pending'"), 2);
+    free_msgs(msgs, n);
+
+    /* Reconnected: the first message again, then the second read ahead. */
+    p.batch_size = 1;
+    p.now_us = outbox__now_us();
+    rc = s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err);
+    if (rc != OUTBOX_OK) rc = s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err);
+    ASSERT_OK(rc, &err);
+    ASSERT_EQ(n, 1);
+    ASSERT_STREQ(msgs[0]->id, first);
+    ex[0] = msgs[0]->seq;
+    ASSERT_OK(s.ops->claim_ahead(s.state, &p, ex, 1, &err), &err);
+    ASSERT_OK(s.ops->claim_ahead_end(s.state, 1, &p, &next, &m, &err), &err);
+    ASSERT_EQ(m, 1);
+    ASSERT(next[0]->seq > ex[0]);
+    free_msgs(next, m);
+    free_msgs(msgs, n);
+    outbox__store_close(&s);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    PQfinish(c);
+}
+
 TEST(reconnect)
 {
     outbox_store s;
@@ -2196,6 +2252,7 @@ int main(void)
     RUN(partitions_owned_metrics);
     RUN(partitions_shared);
     RUN(reconnect);
+    RUN(claim_ahead_connection_lost);
     RUN(query_timeout);
     fprintf(stderr, "all PostgreSQL store tests passed\n");
     return 0;

@@ -1729,6 +1729,40 @@ TEST(unversioned_tables_explained)
     outbox_msg_free(m);
 }
 
+/* The claim ahead needs a second connection to the same database: an
+ * in-memory one has none (ENOTBUILT: the relay claims in turn); a store
+ * closed with a claim ahead still out waits for its reader and frees it. */
+TEST(claim_ahead_memory_and_close)
+{
+    outbox_store st;
+    outbox_error err_buf = {0}, *err = &err_buf;
+    outbox_claim_params p = {2, 0, 1, 0, NULL};
+    int64_t ex[1];
+    sh_batch b;
+
+    sh_store_open(&st, "sqlite::memory:");
+    ASSERT_OK(st.ops->init(st.state, NULL, NULL, err), err);
+    p.now_us = outbox__now_us();
+    ex[0] = 1;
+    ASSERT_EQ(st.ops->claim_ahead(st.state, &p, ex, 1, err), OUTBOX_ENOTBUILT);
+    ASSERT_CONTAINS(err->message, "in-memory");
+    outbox__store_close(&st);
+
+    open_store(&st, "ahead-close.db");
+    sh_put(&st, "A", NULL);
+    sh_put(&st, "A", NULL);
+    sh_put(&st, "B", NULL);
+    b = sh_claim_at(&st, outbox__now_us(), 1, 1);
+    ASSERT_EQ(b.n, 1);
+    ex[0] = b.msgs[0]->seq;
+    p.now_us = outbox__now_us();
+    ASSERT_OK(st.ops->claim_ahead(st.state, &p, ex, 1, err), err);
+    /* A second one before the end is refused. */
+    ASSERT_EQ(st.ops->claim_ahead(st.state, &p, ex, 1, err), OUTBOX_EINVAL);
+    sh_batch_free(&b);
+    outbox__store_close(&st);
+}
+
 int main(int argc, char **argv)
 {
 #ifdef OUTBOX_FAULT_INJECTION
@@ -1762,6 +1796,7 @@ int main(int argc, char **argv)
     RUN(drop_failed);
     RUN(status_blocked_and_holder);
     RUN(status_oldest_is_head);
+    RUN(claim_ahead_memory_and_close);
     RUN(newer_schema_refused_everywhere);
     RUN(unversioned_tables_explained);
     fprintf(stderr, "all store tests passed\n");

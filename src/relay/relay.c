@@ -73,6 +73,17 @@
  *   - The pipeline is emptied at least every PIPELINE_SPAN_US, and whenever
  *     a claim comes back short, so the store can rebalance and the relay can
  *     go idle with nothing out.
+ *   - Claim ahead (stores with claim_ahead: SQLite on a reader thread,
+ *     PostgreSQL sent without waiting): right after a full batch is claimed,
+ *     the claim of the next one is started, excluding every open batch and
+ *     this one, and its batch is taken by the next step's claim.  It reads
+ *     while this thread publishes and records the oldest batch, which is
+ *     what bounds a deep window (the store's work and the producer's on one
+ *     thread).  Recording the oldest while it reads is safe for the reason
+ *     above (everything in flight is excluded); when a step ends with the
+ *     pipeline draining (a failure or a message held back: the read may not
+ *     have seen the retry that now blocks its aggregate), on an error, and
+ *     when the relay stops, the batch read ahead is discarded unpublished.
  *
  * Waiting: poll() on a self-pipe that outbox_relay_stop, outbox_relay_wake
  * and outbox_relay_reopen write to (one byte at most for wakes, coalesced by an atomic flag), with
@@ -211,6 +222,8 @@ struct outbox_relay {
     int64_t pipeline_since_us; /* monotonic: when the pipeline last was empty */
     int64_t *exclude;          /* seqs of the open batches, for the claim */
     size_t exclude_cap;
+    int ahead;     /* a claim ahead (the store's claim_ahead) is out */
+    int ahead_off; /* the store cannot claim ahead (or it failed to start) */
 
     /* Destination outage (see the top of the file). */
     int outage;      /* the last batch recorded was one: pause before the next */
@@ -469,6 +482,10 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
                         OUTBOX__HAS(sops, 4, complete_pipelined) &&
                         OUTBOX__HAS(tops, 4, publish_begin) && OUTBOX__HAS(tops, 4, publish_end) &&
                         !(env != NULL && strcmp(env, "0") == 0);
+        env = getenv("OUTBOX_RELAY_CLAIM_AHEAD");
+        r->ahead_off = !OUTBOX__HAS(sops, 8, claim_ahead) ||
+                       !OUTBOX__HAS(sops, 8, claim_ahead_end) ||
+                       (env != NULL && strcmp(env, "0") == 0);
     }
 
     *out = r;
@@ -1232,28 +1249,13 @@ static int finish_oldest(outbox_relay *r, size_t *held_back, outbox_error *err)
     return rc;
 }
 
-/* Ends the open batches without recording anything (their messages are
- * published again): for a relay that stops on a fatal store error. */
-static void abandon_window(outbox_relay *r)
-{
-    while (r->window_count > 0) {
-        relay_batch *b = window_at(r, 0);
-        r->window_first = (r->window_first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
-        r->window_count--;
-        if (b->open) r->transport.ops->publish_end(r->transport.state, b->msgs, b->n, b->results);
-        b->open = 0;
-        release_batch(b);
-    }
-    r->drain = 0;
-}
-
 /* Fills r->exclude with the seqs of every open batch; *count: how many.
  * -1 when out of memory.  The seqs come from each batch's own copy
  * (relay_batch.seqs): reading them through the messages cost a cache miss
  * per message in flight at every claim (20,000 with Kafka's window). */
-static int window_seqs(outbox_relay *r, size_t *count)
+static int window_seqs(outbox_relay *r, const relay_batch *extra, size_t *count)
 {
-    size_t total = 0, at = 0;
+    size_t total = extra ? extra->n : 0, at = 0;
     int k;
     for (k = 0; k < r->window_count; k++)
         total += window_at(r, k)->n;
@@ -1268,8 +1270,58 @@ static int window_seqs(outbox_relay *r, size_t *count)
         if (b->n > 0) memcpy(r->exclude + at, b->seqs, b->n * sizeof *b->seqs);
         at += b->n;
     }
+    if (extra && extra->n > 0) memcpy(r->exclude + at, extra->seqs, extra->n * sizeof *extra->seqs);
     *count = total;
     return 0;
+}
+
+/* Discards the batch read ahead, if a claim ahead is out (see the top of
+ * the file): its messages stay pending, nothing was published. */
+static void ahead_drop(outbox_relay *r)
+{
+    outbox_msg **msgs = NULL;
+    size_t n = 0;
+    if (!r->ahead) return;
+    r->ahead = 0;
+    (void)r->store.ops->claim_ahead_end(r->store.state, 0, NULL, &msgs, &n, NULL);
+}
+
+/* Starts the claim of the batch after cur, which was just claimed: it
+ * excludes every open batch and cur.  A store that cannot claim ahead is
+ * not asked again; one that could not start this time is asked again
+ * after the next claim. */
+static void ahead_start(outbox_relay *r, const outbox_claim_params *cp, const relay_batch *cur)
+{
+    outbox_error e;
+    size_t nexclude = 0;
+    int rc;
+    if (r->ahead || r->ahead_off) return;
+    if (window_seqs(r, cur, &nexclude) != 0) return; /* out of memory: claim in turn */
+    rc = r->store.ops->claim_ahead(r->store.state, cp, r->exclude, nexclude, &e);
+    if (rc == OUTBOX_OK) {
+        r->ahead = 1;
+        return;
+    }
+    if (rc == OUTBOX_ENOTBUILT) r->ahead_off = 1;
+    if (outbox__log_enabled(OUTBOX_LOG_DEBUG))
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "claim ahead not started (claiming in turn): %s",
+                    e.message);
+}
+
+/* Ends the open batches without recording anything (their messages are
+ * published again): for a relay that stops on a fatal store error. */
+static void abandon_window(outbox_relay *r)
+{
+    ahead_drop(r);
+    while (r->window_count > 0) {
+        relay_batch *b = window_at(r, 0);
+        r->window_first = (r->window_first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
+        r->window_count--;
+        if (b->open) r->transport.ops->publish_end(r->transport.state, b->msgs, b->n, b->results);
+        b->open = 0;
+        release_batch(b);
+    }
+    r->drain = 0;
 }
 
 /* One step of the pipelined loop: while the window has room, claim the
@@ -1299,6 +1351,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
                reopen_pending(r)) {
         r->drain = 1; /* let the store rebalance and the retries below come in */
     }
+    if (r->drain || stopping(r)) ahead_drop(r);
 
     if (!stopping(r) && open_before > 0 && r->drain) *held_back = r->opts.batch_size;
     if (!stopping(r) && !(open_before > 0 && r->drain) && window_has_room(r)) {
@@ -1309,14 +1362,19 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         cp.failed_blocks_aggregate = r->opts.failed_blocks_aggregate;
         cp.once = r->opts.once;
         cp.quarantined = &quarantined;
-        if (window_seqs(r, &nexclude) != 0) {
+        if (r->ahead) {
+            r->ahead = 0;
+            claim_rc = r->store.ops->claim_ahead_end(r->store.state, 1, &cp, &cur->msgs, &cur->n,
+                                                     &claim_err);
+        } else if (window_seqs(r, NULL, &nexclude) != 0) {
             claim_rc =
                 outbox__error(&claim_err, OUTBOX_ENOMEM, "out of memory claiming the next batch");
             cur = NULL;
             goto finish;
+        } else {
+            claim_rc = r->store.ops->claim_pipelined(r->store.state, &cp, r->exclude, nexclude,
+                                                     &cur->msgs, &cur->n, &claim_err);
         }
-        claim_rc = r->store.ops->claim_pipelined(r->store.state, &cp, r->exclude, nexclude,
-                                                 &cur->msgs, &cur->n, &claim_err);
         atomic_fetch_add_explicit(&r->quarantined, quarantined, memory_order_relaxed);
         if (claim_rc != OUTBOX_OK || cur->n == 0) {
             release_batch(cur);
@@ -1344,6 +1402,9 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         }
         for (i = 0; i < cur->n; i++)
             cur->seqs[i] = cur->msgs[i]->seq;
+        /* A full batch: more is likely due; read it while this one is
+         * published and the oldest recorded. */
+        if (cur->n == r->opts.batch_size && !r->drain && !stopping(r)) ahead_start(r, &cp, cur);
         cur->chained = open_before > 0;
         cur->results[0].error[0] = '\0';
         cur->publish_start_us = outbox__monotonic_us();
@@ -1360,10 +1421,15 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
         r->window_count++;
         if (r->window_count > r->window_max_seen) {
             r->window_max_seen = r->window_count;
-            if (outbox__log_enabled(OUTBOX_LOG_DEBUG))
+            if (outbox__log_enabled(OUTBOX_LOG_DEBUG)) {
+                size_t open_msgs = 0;
+                int k;
+                for (k = 0; k < r->window_count; k++)
+                    open_msgs += window_at(r, k)->n;
                 outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
                             "publish window: %d batches open (%zu messages)", r->window_count,
-                            nexclude + cur->n);
+                            open_msgs);
+            }
         }
     }
 
@@ -1376,6 +1442,9 @@ finish:
         rc = finish_oldest(r, &held, err);
         *held_back += held;
     }
+    /* An outcome just recorded may block what was read ahead (see the top
+     * of the file). */
+    if (r->drain || rc != OUTBOX_OK || claim_rc != OUTBOX_OK) ahead_drop(r);
     if (rc != OUTBOX_OK) return rc;
     if (claim_rc != OUTBOX_OK) {
         if (err) *err = claim_err;
@@ -1765,6 +1834,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
         if (claimed > 0) store_awake(r);
         if (r->window_count > 0) continue; /* the next steps finish them */
         if (r->outage) {
+            ahead_drop(r);
             /* The destination is down: nothing was charged; wait, then
              * claim the same messages again. */
             int64_t pause = outage_pause_ms(r);
@@ -1794,6 +1864,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
             continue;
         }
         if (claimed >= r->opts.batch_size || held_back > 0) continue;
+        ahead_drop(r); /* nothing is read ahead of a short claim; this keeps it so */
         if (r->opts.once) {
             if (claimed > 0) continue;
             log_not_due(r);
@@ -1810,6 +1881,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
     rc = OUTBOX_OK;
 
 unregister:
+    ahead_drop(r);
     outbox__wake_unregister(wake_relay, r);
     store_awake(r);
     if (r->lease_held) set_note(r, NULL); /* it spoke of this run */

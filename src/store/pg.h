@@ -123,6 +123,12 @@ typedef struct pg_store {
     char publication[64]; /* and publication */
     char *repl_conninfo;  /* conninfo with replication=database */
     struct pg_wal *wal;   /* the stream's state; NULL in table mode */
+
+    /* Claim ahead (pg_claim.c): the pipelined claim sent without waiting. */
+    int ahead_out;             /* 1: sent (its result to come), 2: nothing to read */
+    int ahead_sent;            /* its results are still to be read from conn */
+    int64_t ahead_deadline_us; /* monotonic: query_timeout from its sending */
+    PGresult *ahead_res;       /* its result, read by outbox__pg_store_settle */
 } pg_store;
 
 /* Timestamps as unix microseconds, total: no stored value can make a
@@ -173,6 +179,17 @@ PGresult *outbox__pg_store_query(pg_store *st, const char *sql, int nparams,
 PGresult *outbox__pg_store_query_prepared(pg_store *st, const char *name, int nparams,
                                           const char *const *params);
 PGresult *outbox__pg_store_prepare(pg_store *st, const char *name, const char *sql);
+/* Sends a prepared statement on st->conn without waiting for its answer
+ * (the claim ahead): 1 when sent, 0 when not (the connection was lost,
+ * or the server did not read it within query_timeout, which closes the
+ * connection as above).  Until outbox__pg_store_settle its results are due
+ * on st->conn; every statement above settles first. */
+int outbox__pg_store_send_prepared(pg_store *st, const char *name, int nparams,
+                                   const char *const *params);
+/* Reads the results of the statement sent ahead, if one is due, into
+ * st->ahead_res (NULL when the connection was lost or the server did not
+ * answer within query_timeout from its sending). */
+void outbox__pg_store_settle(pg_store *st);
 /* The error of a statement (what) the server did not answer within st's
  * query_timeout: OUTBOX_EIO, saying what was done and what to change. */
 int outbox__pg_timeout_error(const pg_store *st, const char *what, outbox_error *err);
@@ -252,6 +269,10 @@ int outbox__pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***ms
 int outbox__pg_claim_pipelined(void *state, const outbox_claim_params *p, const int64_t *exclude,
                                size_t exclude_count, outbox_msg ***msgs, size_t *n,
                                outbox_error *err);
+int outbox__pg_claim_ahead(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                           size_t exclude_count, outbox_error *err);
+int outbox__pg_claim_ahead_end(void *state, int keep, const outbox_claim_params *p,
+                               outbox_msg ***msgs, size_t *n, outbox_error *err);
 int outbox__pg_complete(void *state, const outbox_completion *c, size_t n,
                         const outbox_complete_params *p, outbox_error *err);
 int outbox__pg_complete_pipelined(void *state, const outbox_completion *c, size_t n,

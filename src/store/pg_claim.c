@@ -361,21 +361,22 @@ static int quarantine(pg_store *st, const bad_row *bad, size_t n, outbox_error *
  * cannot be decoded are quarantined (see quarantine) and the claim reads
  * again, so that the rest of their aggregates is held back as behind any
  * Failed message while every other aggregate flows. */
-static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, const int64_t *exclude,
-                 size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err)
-{
+/* A claim's statement parameters (claim_setup). */
+typedef struct claim_args {
     const char *params[8];
     char now[32], limit[32], floor[32];
-    outbox_msg **arr = NULL;
-    bad_row *bad = NULL;
-    PGresult *res = NULL;
-    size_t count = 0, nbad = 0;
-    int i, rows, code, any = 0, round;
-    /* A pipelined batch is still out: keep every partition held. */
-    int keep = pipelined && exclude_count > 0;
+    int none; /* the session holds no partition: nothing to read */
+} claim_args;
 
-    *msgs = NULL;
-    *n = 0;
+/* Everything a claim does before its read: the session (kept as it is
+ * while a pipelined batch is out: keep), the hot statements, the floor,
+ * and the parameters, the pipelined ones from st->between. */
+static int claim_setup(pg_store *st, const outbox_claim_params *p, int pipelined, int keep,
+                       claim_args *a, outbox_error *err)
+{
+    int i, code, any = 0;
+
+    a->none = 0;
     if (!p || p->batch_size == 0)
         return outbox__error(err, OUTBOX_EINVAL, "claim: batch_size is 0");
     if (keep && (!st->conn || PQstatus(st->conn) != CONNECTION_OK))
@@ -412,21 +413,22 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
     }
     outbox__buf_puts(&st->a1, "}");
     if (st->a1.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
-    if (!any) return OUTBOX_OK; /* holds no partition right now */
-    snprintf(now, sizeof now, "%lld", (long long)p->now_us);
-    snprintf(limit, sizeof limit, "%zu", p->batch_size);
-    params[0] = st->a1.data;
-    params[1] = now;
-    params[2] = p->failed_blocks_aggregate ? "true" : "false";
-    params[3] = limit;
-    snprintf(floor, sizeof floor, "%lld", (long long)st->floor);
-    params[4] = st->floor_epoch;
-    params[5] = floor;
+    if (!any) {
+        a->none = 1; /* holds no partition right now */
+        return OUTBOX_OK;
+    }
+    snprintf(a->now, sizeof a->now, "%lld", (long long)p->now_us);
+    snprintf(a->limit, sizeof a->limit, "%zu", p->batch_size);
+    a->params[0] = st->a1.data;
+    a->params[1] = a->now;
+    a->params[2] = p->failed_blocks_aggregate ? "true" : "false";
+    a->params[3] = a->limit;
+    snprintf(a->floor, sizeof a->floor, "%lld", (long long)st->floor);
+    a->params[4] = st->floor_epoch;
+    a->params[5] = a->floor;
 
     if (pipelined) {
         size_t k, his;
-        if (outbox__stretches_between(&st->between, exclude, exclude_count) != 0)
-            return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
         /* Both array literals in a2, the second after the first's NUL. */
         outbox__buf_reset(&st->a2);
         outbox__buf_puts(&st->a2, "{");
@@ -439,13 +441,111 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
             outbox__buf_printf(&st->a2, "%s%lld", k ? "," : "", (long long)st->between.r[k].hi);
         outbox__buf_puts(&st->a2, "}");
         if (st->a2.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
-        params[6] = st->a2.data;
-        params[7] = st->a2.data + his;
+        a->params[6] = st->a2.data;
+        a->params[7] = st->a2.data + his;
     }
+    return OUTBOX_OK;
+}
 
+static void free_claimed(outbox_msg **arr, size_t count)
+{
+    size_t i;
+    for (i = 0; i < count; i++)
+        outbox_msg_free(arr[i]);
+    outbox__free(arr);
+}
+
+/* The messages of a claim's result (rows > 0); rows that do not decode go
+ * to *bad (allocated for all rows), not into *arr. */
+static int claim_rows(PGresult *res, outbox_msg ***out, size_t *count, bad_row **out_bad,
+                      size_t *nbad, outbox_error *err)
+{
+    int i, rows = PQntuples(res), code;
+    outbox_msg **arr = outbox__calloc((size_t)rows, sizeof *arr);
+    bad_row *bad = NULL;
+
+    *out = NULL;
+    *count = 0;
+    *out_bad = NULL;
+    *nbad = 0;
+    if (!arr) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming %d messages", rows);
+    for (i = 0; i < rows; i++) {
+        outbox_error why;
+        int64_t seq = outbox__pg_parse_i64(PQgetvalue(res, i, 0));
+        if (PQgetisnull(res, i, 2)) {
+            code = outbox__error(&why, OUTBOX_EINVAL,
+                                 "stored message seq %lld: occurred_at %.40s is outside the "
+                                 "years 1970 to 9999",
+                                 (long long)seq, PQgetvalue(res, i, 9));
+        } else {
+            code = outbox__msg_from_row(&arr[*count], seq, PQgetvalue(res, i, 1),
+                                        outbox__pg_parse_i64(PQgetvalue(res, i, 2)),
+                                        PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+                                        PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
+                                        PQgetvalue(res, i, 7), &why);
+            if (code == OUTBOX_ENOMEM) {
+                if (err) *err = why;
+                goto fail;
+            }
+        }
+        if (code != OUTBOX_OK) {
+            if (!bad) bad = outbox__calloc((size_t)rows, sizeof *bad);
+            if (!bad) {
+                code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+                goto fail;
+            }
+            bad[*nbad].seq = seq;
+            snprintf(bad[*nbad].id, sizeof bad[*nbad].id, "%.36s", PQgetvalue(res, i, 1));
+            snprintf(bad[*nbad].error, sizeof bad[*nbad].error, "%s", why.message);
+            (*nbad)++;
+            continue;
+        }
+        arr[*count]->attempts = (int)outbox__pg_parse_i64(PQgetvalue(res, i, 8));
+        arr[*count]->status = OUTBOX_STATUS_PENDING;
+        (*count)++;
+    }
+    *out = arr;
+    *out_bad = bad;
+    return OUTBOX_OK;
+
+fail:
+    free_claimed(arr, *count);
+    outbox__free(bad);
+    *count = 0;
+    *nbad = 0;
+    return code;
+}
+
+/* Quarantines what claim_rows found (see quarantine) and counts it. */
+static int claim_quarantine(pg_store *st, const outbox_claim_params *p, bad_row *bad, size_t nbad,
+                            outbox_error *err)
+{
+    int code;
+    outbox__pg_end_claim(st);
+    code = quarantine(st, bad, nbad, err);
+    if (code == OUTBOX_OK && p->quarantined) *p->quarantined += nbad;
+    outbox__free(bad);
+    return code;
+}
+
+/* The claim's read, after st->between is set for a pipelined one. */
+static int claim_read(pg_store *st, const outbox_claim_params *p, int pipelined, int keep,
+                      outbox_msg ***msgs, size_t *n, outbox_error *err)
+{
+    claim_args a;
+    outbox_msg **arr = NULL;
+    bad_row *bad = NULL;
+    PGresult *res = NULL;
+    size_t count = 0, nbad = 0;
+    int code, round;
+
+    *msgs = NULL;
+    *n = 0;
+    code = claim_setup(st, p, pipelined, keep, &a, err);
+    if (code != OUTBOX_OK || a.none) return code;
     for (round = 0;; round++) {
         if (pipelined) {
-            res = outbox__pg_store_query_prepared(st, hot_name[P_CLAIM_PIPELINED], 8, params);
+            res = outbox__pg_store_query_prepared(st, hot_name[P_CLAIM_PIPELINED], 8, a.params);
         } else {
             /* Outcomes need not be durable: a completion lost in a database
              * crash only makes its messages be published again (at least
@@ -453,60 +553,25 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
              * flush. */
             code = begin_async(st, "starting the claim transaction", err);
             if (code != OUTBOX_OK) return code;
-            res = outbox__pg_store_query_prepared(st, hot_name[P_CLAIM], 6, params);
+            res = outbox__pg_store_query_prepared(st, hot_name[P_CLAIM], 6, a.params);
         }
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             code = outbox__pg_store_fail(st, res, "claiming messages", err);
-            goto fail;
+            PQclear(res);
+            outbox__pg_end_claim(st);
+            return code;
         }
-        rows = PQntuples(res);
-        if (rows == 0) {
+        if (PQntuples(res) == 0) {
             PQclear(res);
             outbox__pg_end_claim(st); /* nothing locked: end the transaction now */
             return OUTBOX_OK;
         }
-        arr = outbox__calloc((size_t)rows, sizeof *arr);
-        if (!arr) {
-            code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming %d messages", rows);
-            goto fail;
-        }
-        for (i = 0; i < rows; i++) {
-            outbox_error why;
-            int64_t seq = outbox__pg_parse_i64(PQgetvalue(res, i, 0));
-            if (PQgetisnull(res, i, 2)) {
-                code = outbox__error(&why, OUTBOX_EINVAL,
-                                     "stored message seq %lld: occurred_at %.40s is outside the "
-                                     "years 1970 to 9999",
-                                     (long long)seq, PQgetvalue(res, i, 9));
-            } else {
-                code = outbox__msg_from_row(&arr[count], seq, PQgetvalue(res, i, 1),
-                                            outbox__pg_parse_i64(PQgetvalue(res, i, 2)),
-                                            PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
-                                            PQgetvalue(res, i, 5), PQgetvalue(res, i, 6),
-                                            PQgetvalue(res, i, 7), &why);
-                if (code == OUTBOX_ENOMEM) {
-                    if (err) *err = why;
-                    goto fail;
-                }
-            }
-            if (code != OUTBOX_OK) {
-                if (!bad) bad = outbox__calloc((size_t)rows, sizeof *bad);
-                if (!bad) {
-                    code = outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
-                    goto fail;
-                }
-                bad[nbad].seq = seq;
-                snprintf(bad[nbad].id, sizeof bad[nbad].id, "%.36s", PQgetvalue(res, i, 1));
-                snprintf(bad[nbad].error, sizeof bad[nbad].error, "%s", why.message);
-                nbad++;
-                continue;
-            }
-            arr[count]->attempts = (int)outbox__pg_parse_i64(PQgetvalue(res, i, 8));
-            arr[count]->status = OUTBOX_STATUS_PENDING;
-            count++;
-        }
+        code = claim_rows(res, &arr, &count, &bad, &nbad, err);
         PQclear(res);
-        res = NULL;
+        if (code != OUTBOX_OK) {
+            outbox__pg_end_claim(st);
+            return code;
+        }
         if (nbad == 0) {
             *msgs = arr;
             *n = count;
@@ -514,28 +579,23 @@ static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, cons
         }
         /* Read again once they are Failed: later rows of their aggregates
          * may be in this batch. */
-        for (i = 0; (size_t)i < count; i++)
-            outbox_msg_free(arr[i]);
-        outbox__free(arr);
+        free_claimed(arr, count);
         arr = NULL;
         count = 0;
-        outbox__pg_end_claim(st);
-        code = quarantine(st, bad, nbad, err);
-        if (code == OUTBOX_OK && p->quarantined) *p->quarantined += nbad;
-        outbox__free(bad);
-        bad = NULL;
-        nbad = 0;
+        code = claim_quarantine(st, p, bad, nbad, err);
         if (code != OUTBOX_OK || round + 1 >= QUARANTINE_ROUNDS) return code;
     }
+}
 
-fail:
-    PQclear(res);
-    for (i = 0; (size_t)i < count; i++)
-        outbox_msg_free(arr[i]);
-    outbox__free(arr);
-    outbox__free(bad);
-    outbox__pg_end_claim(st);
-    return code;
+static int claim(pg_store *st, const outbox_claim_params *p, int pipelined, const int64_t *exclude,
+                 size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err)
+{
+    *msgs = NULL;
+    *n = 0;
+    if (pipelined && outbox__stretches_between(&st->between, exclude, exclude_count) != 0)
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming");
+    /* A pipelined batch is still out: keep every partition held. */
+    return claim_read(st, p, pipelined, pipelined && exclude_count > 0, msgs, n, err);
 }
 
 int outbox__pg_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
@@ -549,6 +609,91 @@ int outbox__pg_claim_pipelined(void *state, const outbox_claim_params *p, const 
                                outbox_error *err)
 {
     return claim(state, p, 1, exclude, exclude_count, msgs, n, err);
+}
+
+/* Claim ahead: the pipelined claim's statement is sent and left to run
+ * while the relay publishes; the next statement on the connection (the
+ * oldest batch's outcomes, usually) reads its result first
+ * (outbox__pg_store_settle), and claim_ahead_end turns it into messages.
+ * One connection: the session that holds the partitions reads them, and
+ * the server runs the claim while this process does the producer's
+ * work.  A result with rows to quarantine is dropped, the rows are
+ * quarantined and the claim is made again, as claim_pipelined would. */
+int outbox__pg_claim_ahead(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                           size_t exclude_count, outbox_error *err)
+{
+    pg_store *st = state;
+    claim_args a;
+    int code;
+
+    if (st->wal || st->capture_wal)
+        return outbox__error(err, OUTBOX_ENOTBUILT,
+                             "no claim ahead with capture=wal: messages come from the stream");
+    if (st->ahead_out)
+        return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: the one before is still out");
+    if (exclude_count == 0)
+        return outbox__error(err, OUTBOX_EINVAL,
+                             "claim_ahead: nothing in flight to claim ahead of");
+    if (outbox__stretches_between(&st->between, exclude, exclude_count) != 0)
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming ahead");
+    code = claim_setup(st, p, 1, 1, &a, err);
+    if (code != OUTBOX_OK) return code;
+    if (a.none) {
+        st->ahead_out = 2;
+        return OUTBOX_OK;
+    }
+    if (!outbox__pg_store_send_prepared(st, hot_name[P_CLAIM_PIPELINED], 8, a.params))
+        return outbox__pg_store_fail(st, NULL, "claiming messages ahead", err);
+    st->ahead_out = 1;
+    return OUTBOX_OK;
+}
+
+int outbox__pg_claim_ahead_end(void *state, int keep, const outbox_claim_params *p,
+                               outbox_msg ***msgs, size_t *n, outbox_error *err)
+{
+    pg_store *st = state;
+    outbox_msg **arr = NULL;
+    bad_row *bad = NULL;
+    PGresult *res;
+    size_t count = 0, nbad = 0;
+    int out = st->ahead_out, code;
+
+    *msgs = NULL;
+    *n = 0;
+    st->ahead_out = 0;
+    if (out != 1) return OUTBOX_OK;
+    outbox__pg_store_settle(st);
+    res = st->ahead_res;
+    st->ahead_res = NULL;
+    if (!keep) {
+        PQclear(res);
+        return OUTBOX_OK;
+    }
+    if (!res && st->conn && PQstatus(st->conn) == CONNECTION_OK && !st->timed_out) {
+        /* The connection was replaced in between: read again on the new one. */
+        return claim_read(st, p, 1, 1, msgs, n, err);
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        code = outbox__pg_store_fail(st, res, "claiming messages", err);
+        PQclear(res);
+        return code;
+    }
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return OUTBOX_OK;
+    }
+    code = claim_rows(res, &arr, &count, &bad, &nbad, err);
+    PQclear(res);
+    if (code != OUTBOX_OK) return code;
+    if (nbad == 0) {
+        *msgs = arr;
+        *n = count;
+        return OUTBOX_OK;
+    }
+    free_claimed(arr, count);
+    code = claim_quarantine(st, p, bad, nbad, err);
+    if (code != OUTBOX_OK) return code;
+    return claim_read(st, p, 1, 1, msgs, n, err);
 }
 
 /* Runs a prepared hot statement with text parameters. */

@@ -288,14 +288,12 @@ static int wait_socket(PGconn *conn, short events, int64_t deadline_us)
  * a COPY result ends the statement's results), or NULL when it could not
  * be sent; NULL with *expired = 1 when the server did not answer within
  * timeout_ms. */
-static PGresult *run_within(PGconn *conn, int64_t timeout_ms, int how, const char *name,
-                            const char *sql, int nparams, const char *const *params, int *expired)
+/* The first half of run_within: sends and flushes.  1 when sent, 0 when
+ * it could not be, -1 when the server did not read it by the deadline. */
+static int send_within(PGconn *conn, int64_t deadline_us, int how, const char *name,
+                       const char *sql, int nparams, const char *const *params)
 {
-    int64_t deadline_us = outbox__monotonic_us() + timeout_ms * 1000;
-    PGresult *res, *last = NULL;
     int sent;
-
-    *expired = 0;
     if (how == SEND_QUERY)
         sent = PQsendQuery(conn, sql);
     else if (how == SEND_PARAMS)
@@ -304,11 +302,21 @@ static PGresult *run_within(PGconn *conn, int64_t timeout_ms, int how, const cha
         sent = PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0);
     else
         sent = PQsendPrepare(conn, name, sql, 0, NULL);
-    if (!sent) return NULL;
+    if (!sent) return 0;
     while (PQflush(conn) > 0) {
-        if (!wait_socket(conn, POLLIN | POLLOUT, deadline_us)) goto expired;
+        if (!wait_socket(conn, POLLIN | POLLOUT, deadline_us)) return -1;
         if (!PQconsumeInput(conn)) break; /* lost: PQgetResult says so */
     }
+    return 1;
+}
+
+/* The second half: reads until the statement's results are in (see
+ * run_within). */
+static PGresult *collect_within(PGconn *conn, int64_t deadline_us, int *expired)
+{
+    PGresult *res, *last = NULL;
+
+    *expired = 0;
     for (;;) {
         ExecStatusType s;
         while (PQisBusy(conn)) { /* false once the connection is lost */
@@ -330,6 +338,17 @@ expired:
     PQclear(last);
     *expired = 1;
     return NULL;
+}
+
+static PGresult *run_within(PGconn *conn, int64_t timeout_ms, int how, const char *name,
+                            const char *sql, int nparams, const char *const *params, int *expired)
+{
+    int64_t deadline_us = outbox__monotonic_us() + timeout_ms * 1000;
+    int sent = send_within(conn, deadline_us, how, name, sql, nparams, params);
+
+    *expired = sent < 0;
+    if (sent <= 0) return NULL;
+    return collect_within(conn, deadline_us, expired);
 }
 
 PGresult *outbox__pg_query_within(PGconn *conn, int64_t timeout_ms, const char *sql, int *expired)
@@ -368,9 +387,33 @@ static PGresult *store_run(pg_store *st, int how, const char *name, const char *
     int expired;
 
     if (!st->conn) return NULL;
+    if (st->ahead_sent) outbox__pg_store_settle(st);
     res = run_within(st->conn, st->query_timeout_ms, how, name, sql, nparams, params, &expired);
     if (expired) drop_unanswered(st);
     return res;
+}
+
+int outbox__pg_store_send_prepared(pg_store *st, const char *name, int nparams,
+                                   const char *const *params)
+{
+    int sent;
+    if (!st->conn) return 0;
+    if (st->ahead_sent) outbox__pg_store_settle(st);
+    st->ahead_deadline_us = outbox__monotonic_us() + st->query_timeout_ms * 1000;
+    sent = send_within(st->conn, st->ahead_deadline_us, SEND_PREPARED, name, NULL, nparams, params);
+    if (sent < 0) drop_unanswered(st);
+    st->ahead_sent = sent > 0;
+    return sent > 0;
+}
+
+void outbox__pg_store_settle(pg_store *st)
+{
+    int expired;
+    if (!st->ahead_sent) return;
+    st->ahead_sent = 0;
+    PQclear(st->ahead_res);
+    st->ahead_res = collect_within(st->conn, st->ahead_deadline_us, &expired);
+    if (expired) drop_unanswered(st);
 }
 
 PGresult *outbox__pg_store_query(pg_store *st, const char *sql, int nparams,
@@ -422,6 +465,7 @@ int outbox__pg_store_exec(pg_store *st, const char *sql, const char *what, outbo
 
 void outbox__pg_store_rollback(pg_store *st)
 {
+    if (st->ahead_sent) outbox__pg_store_settle(st);
     if (st->conn && PQstatus(st->conn) == CONNECTION_OK &&
         PQtransactionStatus(st->conn) != PQTRANS_IDLE)
         PQclear(outbox__pg_store_query(st, "ROLLBACK", 0, NULL));
@@ -750,6 +794,11 @@ static int add_tcp_settings(pg_store *st, int uri, outbox_error *err)
 
 static void forget_connection_state(pg_store *st)
 {
+    /* A statement sent ahead went with the connection: its batch is read
+     * again on the new one. */
+    st->ahead_sent = 0;
+    PQclear(st->ahead_res);
+    st->ahead_res = NULL;
     st->in_txn = 0;
     st->prepared = 0;
     st->schema_ok = 0;
@@ -892,6 +941,7 @@ static void pg_close(void *state)
     pg_store *st = state;
     if (!st) return;
     outbox__pg_wal_close(st);
+    PQclear(st->ahead_res);
     if (st->conn) PQfinish(st->conn);
     outbox__free(st->conninfo);
     outbox__free(st->repl_conninfo);
@@ -1069,7 +1119,7 @@ PG_MODE(int, wait_fd, (void *state), (state))
 /* clang-format off */
 #define PG_STORE_OPS(scheme_, usage_, doc_)                                                        \
     {                                                                                              \
-        .version = 7,                                                                              \
+        .version = 8,                                                                              \
         .scheme = scheme_,                                                                         \
         .open = PG_ENTRY(pg_open),                                                                 \
         .close = PG_ENTRY(pg_close),                                                               \
@@ -1097,6 +1147,8 @@ PG_MODE(int, wait_fd, (void *state), (state))
         .drop = PG_ENTRY(outbox__pg_drop),                                                         \
         .lease_note = PG_ENTRY(outbox__pg_lease_note),                                             \
         .partitions_held = PG_ENTRY(outbox__pg_partitions_held),                                   \
+        .claim_ahead = PG_ENTRY(outbox__pg_claim_ahead),                                           \
+        .claim_ahead_end = PG_ENTRY(outbox__pg_claim_ahead_end),                                   \
         .usage = usage_,                                                                           \
         .doc = doc_,                                                                               \
         .props = pg_props,                                                                         \

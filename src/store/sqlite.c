@@ -51,6 +51,7 @@
 #include <sqlite3.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -756,16 +757,21 @@ static const char *const stmt_sql[S_COUNT] = {
                    " WHERE (status = 'failed' OR attempts > 0) AND +status = 'pending'",
 };
 
+struct sqlite_ahead;
+
 typedef struct sqlite_store {
     sqlite3 *db; /* NULL while the database file does not exist */
     char *path;
     int version_checked; /* the schema version was found writable on db */
     char instance[33];   /* random hex token: the lease row this handle holds */
     sqlite3_stmt *stmts[S_COUNT];
-    int64_t data_version;     /* -1 before the first `changed` */
-    outbox_buf sent;          /* complete: JSON array of the sent seqs */
-    outbox_stretches between; /* pipelined claim: the seqs not in flight */
+    int64_t data_version;       /* -1 before the first `changed` */
+    outbox_buf sent;            /* complete: JSON array of the sent seqs */
+    outbox_stretches between;   /* pipelined claim: the seqs not in flight */
+    struct sqlite_ahead *ahead; /* claim_ahead's reader thread; NULL until the first */
 } sqlite_store;
+
+static void ahead_free(struct sqlite_ahead *a);
 
 /* Returns the cached statement idx, preparing it on first use. */
 static sqlite3_stmt *stmt(sqlite_store *st, int idx, int *code, outbox_error *err)
@@ -874,6 +880,7 @@ static void sqlite_close(void *state)
     sqlite_store *st = state;
     int i;
     if (!st) return;
+    ahead_free(st->ahead);
     for (i = 0; i < S_COUNT; i++)
         sqlite3_finalize(st->stmts[i]);
     outbox__buf_free(&st->sent);
@@ -1314,6 +1321,8 @@ static void hold_back(outbox_msg **msgs, size_t *n, const bad_row *bad, size_t n
 /* How often one claim reads again after quarantining rows and finding
  * nothing else to return. */
 #define CLAIM_ROUNDS 8
+/* claim() without may_write met a row to quarantine (not an OUTBOX_E*). */
+#define CLAIM_NEEDS_WRITE 2
 
 /* One read of the claim statement s (bound): decodable rows into *arr
  * (count, cap), undecodable ones into *bad (nbad).  The statement is
@@ -1379,7 +1388,8 @@ static void free_bad(bad_row *bad, size_t n)
  * quarantined, not returned as an error; when that leaves nothing to
  * return, the claim reads again. */
 static int claim(void *state, const outbox_claim_params *p, int pipelined, const int64_t *exclude,
-                 size_t exclude_count, outbox_msg ***msgs, size_t *n, outbox_error *err)
+                 size_t exclude_count, int may_write, outbox_msg ***msgs, size_t *n,
+                 outbox_error *err)
 {
     sqlite_store *st = state;
     sqlite3_stmt *s;
@@ -1418,6 +1428,10 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
             if (code != OUTBOX_OK) break;
         }
         if (code != OUTBOX_OK || nbad == 0) break;
+        if (!may_write) {
+            code = CLAIM_NEEDS_WRITE;
+            break;
+        }
         code = quarantine(st, bad, nbad, err);
         if (code != OUTBOX_OK) break;
         if (p->quarantined) *p->quarantined += nbad;
@@ -1440,14 +1454,204 @@ static int claim(void *state, const outbox_claim_params *p, int pipelined, const
 static int sqlite_claim(void *state, const outbox_claim_params *p, outbox_msg ***msgs, size_t *n,
                         outbox_error *err)
 {
-    return claim(state, p, 0, NULL, 0, msgs, n, err);
+    return claim(state, p, 0, NULL, 0, 1, msgs, n, err);
 }
 
 static int sqlite_claim_pipelined(void *state, const outbox_claim_params *p, const int64_t *exclude,
                                   size_t exclude_count, outbox_msg ***msgs, size_t *n,
                                   outbox_error *err)
 {
-    return claim(state, p, 1, exclude, exclude_count, msgs, n, err);
+    return claim(state, p, 1, exclude, exclude_count, 1, msgs, n, err);
+}
+
+/* ------------------------------------------------------------------------
+ * Claim ahead: a reader thread
+ * ---------------------------------------------------------------------- */
+
+/* claim_ahead's reader: a thread with a handle (a connection) of its own
+ * runs the pipelined claim while the relay's thread publishes and records
+ * outcomes on the handle's connection; in WAL mode a reader and the writer
+ * do not wait for each other.  It only reads: a row that must be
+ * quarantined (a write), or any error, makes claim_ahead_end claim again
+ * on the handle's own connection, which says what is wrong as a claim
+ * would.  The fields below the lock's are the relay thread's while no
+ * claim is asked, the reader's while one is. */
+typedef struct sqlite_ahead {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int asked; /* a claim is asked for and its result not yet taken */
+    int done;  /* its result is in */
+    int quit;
+    sqlite_store *reader;
+    outbox_claim_params p;
+    int64_t *exclude;
+    size_t exclude_count, exclude_cap;
+    outbox_msg **msgs;
+    size_t n;
+    int code;
+    outbox_error err;
+} sqlite_ahead;
+
+static void *ahead_main(void *arg)
+{
+    sqlite_ahead *a = arg;
+    pthread_mutex_lock(&a->mu);
+    for (;;) {
+        outbox_msg **msgs = NULL;
+        size_t n = 0;
+        outbox_error e;
+        int code;
+
+        while (!a->quit && (!a->asked || a->done))
+            pthread_cond_wait(&a->cv, &a->mu);
+        if (a->quit) break;
+        pthread_mutex_unlock(&a->mu);
+        e.code = 0;
+        e.message[0] = '\0';
+        code = claim(a->reader, &a->p, 1, a->exclude, a->exclude_count, 0, &msgs, &n, &e);
+        pthread_mutex_lock(&a->mu);
+        a->msgs = msgs;
+        a->n = n;
+        a->code = code;
+        a->err = e;
+        a->done = 1;
+        pthread_cond_broadcast(&a->cv);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return NULL;
+}
+
+/* Waits for the claim asked for, if any, and takes its result. */
+static void ahead_wait(sqlite_ahead *a)
+{
+    pthread_mutex_lock(&a->mu);
+    while (a->asked && !a->done)
+        pthread_cond_wait(&a->cv, &a->mu);
+    a->asked = 0;
+    a->done = 0;
+    pthread_mutex_unlock(&a->mu);
+}
+
+static void ahead_free(sqlite_ahead *a)
+{
+    if (!a) return;
+    pthread_mutex_lock(&a->mu);
+    a->quit = 1;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    pthread_join(a->thread, NULL);
+    free_msgs(a->msgs, a->n);
+    sqlite_close(a->reader);
+    pthread_cond_destroy(&a->cv);
+    pthread_mutex_destroy(&a->mu);
+    outbox__free(a->exclude);
+    outbox__free(a);
+}
+
+/* The reader: a handle on the same file that never holds the lease. */
+static int ahead_new(sqlite_store *st, outbox_error *err)
+{
+    sqlite_ahead *a = outbox__calloc(1, sizeof *a);
+    sqlite_store *rd = outbox__calloc(1, sizeof *rd);
+    char *path = outbox__strdup(st->path);
+
+    if (!a || !rd || !path) goto nomem;
+    rd->path = path;
+    rd->data_version = -1;
+    outbox__buf_init(&rd->sent);
+    a->reader = rd;
+    if (pthread_mutex_init(&a->mu, NULL) != 0) goto nomem_reader;
+    if (pthread_cond_init(&a->cv, NULL) != 0) {
+        pthread_mutex_destroy(&a->mu);
+        goto nomem_reader;
+    }
+    if (pthread_create(&a->thread, NULL, ahead_main, a) != 0) {
+        pthread_cond_destroy(&a->cv);
+        pthread_mutex_destroy(&a->mu);
+        sqlite_close(rd);
+        outbox__free(a);
+        return outbox__error(err, OUTBOX_EIO, "cannot start the claim-ahead thread");
+    }
+    st->ahead = a;
+    return OUTBOX_OK;
+
+nomem_reader:
+    sqlite_close(rd);
+    outbox__free(a);
+    return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting the claim ahead");
+nomem:
+    outbox__free(path);
+    outbox__free(rd);
+    outbox__free(a);
+    return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting the claim ahead");
+}
+
+static int sqlite_claim_ahead(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                              size_t exclude_count, outbox_error *err)
+{
+    sqlite_store *st = state;
+    sqlite_ahead *a;
+    int code;
+
+    if (!p || p->batch_size == 0)
+        return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: batch_size must be at least 1");
+    /* Another connection would open another, empty, in-memory database. */
+    if (strcmp(st->path, ":memory:") == 0 || !sqlite3_threadsafe())
+        return outbox__error(err, OUTBOX_ENOTBUILT,
+                             "no claim ahead on an in-memory database or a single-threaded "
+                             "SQLite library");
+    if (!st->ahead && (code = ahead_new(st, err)) != OUTBOX_OK) return code;
+    a = st->ahead;
+    if (a->asked)
+        return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: the one before is still out");
+    if (exclude_count > a->exclude_cap) {
+        int64_t *e = outbox__realloc(a->exclude, exclude_count * sizeof *e);
+        if (!e) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming ahead");
+        a->exclude = e;
+        a->exclude_cap = exclude_count;
+    }
+    if (exclude_count > 0) memcpy(a->exclude, exclude, exclude_count * sizeof *exclude);
+    a->exclude_count = exclude_count;
+    a->p = *p;
+    a->p.quarantined = NULL; /* it never quarantines */
+    pthread_mutex_lock(&a->mu);
+    a->asked = 1;
+    a->done = 0;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    return OUTBOX_OK;
+}
+
+static int sqlite_claim_ahead_end(void *state, int keep, const outbox_claim_params *p,
+                                  outbox_msg ***msgs, size_t *n, outbox_error *err)
+{
+    sqlite_store *st = state;
+    sqlite_ahead *a = st->ahead;
+    outbox_msg **got;
+    size_t count;
+    int code;
+
+    *msgs = NULL;
+    *n = 0;
+    if (!a || !a->asked) return OUTBOX_OK;
+    ahead_wait(a);
+    got = a->msgs;
+    count = a->n;
+    code = a->code;
+    a->msgs = NULL;
+    a->n = 0;
+    if (!keep || code != OUTBOX_OK) {
+        free_msgs(got, count);
+        if (!keep) return OUTBOX_OK;
+        if (code != CLAIM_NEEDS_WRITE && outbox__log_enabled(OUTBOX_LOG_DEBUG))
+            outbox__log(OUTBOX_LOG_DEBUG, "store.sqlite", "claim ahead: %s (claiming again)",
+                        a->err.message);
+        return claim(st, p, 1, a->exclude, a->exclude_count, 1, msgs, n, err);
+    }
+    *msgs = got;
+    *n = count;
+    return OUTBOX_OK;
 }
 
 /* Records one RETRY or FAILED completion with its cached statement. */
@@ -2119,7 +2323,7 @@ static int sqlite_inbox_purge(void *state, int64_t retention_ms, int64_t redeliv
 
 /* The SQLite store driver (scheme "sqlite"). */
 const outbox_store_ops outbox__store_sqlite = {
-    .version = 6,
+    .version = 8,
     .scheme = "sqlite",
     .open = sqlite_open,
     .close = sqlite_close,
@@ -2149,5 +2353,8 @@ const outbox_store_ops outbox__store_sqlite = {
     .usage = "sqlite:PATH",
     .doc = "An SQLite database file: sqlite:PATH (relative or absolute) or sqlite://PATH "
            "(sqlite:///var/lib/app.db is /var/lib/app.db).  Only init creates a missing file.",
-    .props = NULL, /* the URL takes no query: a '?' is refused (sqlite_open) */
+    .props = NULL,           /* the URL takes no query: a '?' is refused (sqlite_open) */
+    .partitions_held = NULL, /* one relay holds the whole outbox */
+    .claim_ahead = sqlite_claim_ahead,
+    .claim_ahead_end = sqlite_claim_ahead_end,
 };
