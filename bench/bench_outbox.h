@@ -237,7 +237,7 @@ static inline void bench_run_relay(void *arg, bench_report *r)
     outbox_relay_options opts;
     outbox_relay_stats stats;
     outbox_error err = {0};
-    double t0 = bench_now();
+    double t0 = bench_now(), cpu0 = bench_thread_cpu();
 
     outbox_relay_options_init(&opts);
     opts.once = 1;
@@ -254,6 +254,7 @@ static inline void bench_run_relay(void *arg, bench_report *r)
     /* Every message is confirmed and recorded when run returns: the time
      * stops here, as the ceilings' stop at their last confirm. */
     r->seconds = bench_now() - t0;
+    r->thread_cpu_seconds = bench_thread_cpu() - cpu0;
     outbox_relay_get_stats(relay, &stats);
     t0 = bench_now();
     outbox_relay_free(relay);

@@ -661,7 +661,8 @@ typedef struct outbox_store_ops {
     int version;        /* 1; 2 adds idle and wait_fd; 3 adds inbox_purge;
                            4 adds the pipelined claim and complete; 5 adds drop
                            and lease_note; 6 adds usage, doc and props;
-                           7 adds partitions_held; 8 adds the claim ahead */
+                           7 adds partitions_held; 8 adds the claim ahead and the
+                           complete behind */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -815,6 +816,19 @@ typedef struct outbox_store_ops {
      * nothing. */
     int (*claim_ahead_end)(void *state, int keep, const outbox_claim_params *p, outbox_msg ***msgs,
                            size_t *n, outbox_error *err);
+
+    /* Version 8 too (optional, both or neither): complete_pipelined, left
+     * to run (on a connection or thread of the store's own) while the
+     * relay goes on; c, its messages and p must stay as they are until
+     * complete_behind_end, which waits for it and returns what
+     * complete_pipelined would have (OUTBOX_OK: recorded).  One at a time;
+     * claims in between must exclude its messages (the relay keeps them in
+     * its exclude list until the end).  OUTBOX_ENOTBUILT from
+     * complete_behind: this handle cannot (then nothing was started);
+     * complete_behind_end without one started returns OUTBOX_OK. */
+    int (*complete_behind)(void *state, const outbox_completion *c, size_t n,
+                           const outbox_complete_params *p, int in_flight, outbox_error *err);
+    int (*complete_behind_end)(void *state, outbox_error *err);
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state.  The public

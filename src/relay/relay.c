@@ -118,6 +118,9 @@
 
 #define COMPONENT "relay"
 
+/* The slot of the batch being recorded behind (complete_behind). */
+#define REC_SLOT OUTBOX_PIPELINE_MAX_DEPTH
+
 /* After a wake: how often and how long to look for the enqueuer's commit. */
 #define WAKE_SPIN_STEP_US 200
 #define WAKE_SPIN_TOTAL_US 50000
@@ -208,9 +211,11 @@ struct outbox_relay {
     int64_t last_renew_us; /* monotonic time of the last lease renewal */
     int64_t renew_due_us;  /* monotonic time of the next renewal attempt */
 
-    /* batches[0] is the serial loop's; pipelining uses them as a ring of
-     * open batches (the window), oldest at window_first. */
-    relay_batch batches[OUTBOX_PIPELINE_MAX_DEPTH];
+    /* batches[0] is the serial loop's; pipelining uses the first
+     * OUTBOX_PIPELINE_MAX_DEPTH as a ring of open batches (the window),
+     * oldest at window_first, and batches[REC_SLOT] for the batch being
+     * recorded behind. */
+    relay_batch batches[OUTBOX_PIPELINE_MAX_DEPTH + 1];
     agg_set held;
 
     /* Pipelining (see the top of the file). */
@@ -223,7 +228,10 @@ struct outbox_relay {
     int64_t *exclude;          /* seqs of the open batches, for the claim */
     size_t exclude_cap;
     int ahead;     /* a claim ahead (the store's claim_ahead) is out */
-    int ahead_off; /* the store cannot claim ahead (or it failed to start) */
+    int ahead_off; /* the store cannot claim ahead */
+    int rec_busy;   /* batches[REC_SLOT] is being recorded behind */
+    int behind_off; /* the store cannot complete behind */
+    outbox_complete_params rec_params; /* its complete's, kept until the end */
 
     /* Destination outage (see the top of the file). */
     int outage;      /* the last batch recorded was one: pause before the next */
@@ -404,7 +412,7 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
     r->pipe_rd = r->pipe_wr = -1;
     pthread_mutex_init(&r->metrics_lock, NULL);
     atomic_store(&r->loop_turn_us, outbox__monotonic_us());
-    for (i = 0; i < OUTBOX_PIPELINE_MAX_DEPTH; i++)
+    for (i = 0; i <= REC_SLOT; i++)
         outbox__buf_init(&r->batches[i].errors);
     /* Only the caller's size is read: fields past it keep their defaults. */
     outbox_relay_options_init(&r->opts);
@@ -483,9 +491,12 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
                         OUTBOX__HAS(tops, 4, publish_begin) && OUTBOX__HAS(tops, 4, publish_end) &&
                         !(env != NULL && strcmp(env, "0") == 0);
         env = getenv("OUTBOX_RELAY_CLAIM_AHEAD");
-        r->ahead_off = !OUTBOX__HAS(sops, 8, claim_ahead) ||
-                       !OUTBOX__HAS(sops, 8, claim_ahead_end) ||
+        r->ahead_off = !OUTBOX__HAS(sops, 8, claim_ahead) || !OUTBOX__HAS(sops, 8, claim_ahead_end) ||
                        (env != NULL && strcmp(env, "0") == 0);
+        env = getenv("OUTBOX_RELAY_COMPLETE_BEHIND");
+        r->behind_off = !OUTBOX__HAS(sops, 8, complete_behind) ||
+                        !OUTBOX__HAS(sops, 8, complete_behind_end) ||
+                        (env != NULL && strcmp(env, "0") == 0);
     }
 
     *out = r;
@@ -1053,6 +1064,42 @@ static void destination_observed(outbox_relay *r, int outage, int answered)
     set_note(r, NULL);
 }
 
+/* Counts the outcomes of batch b, just recorded (its completions filled),
+ * in the relay's counters and histograms. */
+static void count_recorded(outbox_relay *r, const relay_batch *b, int64_t now_us, size_t retried,
+                           size_t failed, size_t rejected, size_t held, size_t carried, int outage)
+{
+    size_t i, n = b->n, sent = 0;
+
+    r->last_renew_us = outbox__monotonic_us();
+    if (OUTBOX_FAULT("after_mark_sent") != 0)
+        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "injected fault after_mark_sent (ignored)");
+    /* Commit to publish: from the message's creation (occurred_at, set just
+     * before its enqueue committed) to now, after the confirmation. */
+    for (i = 0; i < n; i++)
+        if (b->completions[i].outcome == OUTBOX_OUTCOME_SENT) {
+            int64_t age_us = now_us - b->msgs[i]->occurred_at;
+            observe(r->observed.commit, &r->observed.commit_sum, seconds_bounds,
+                    age_us > 0 ? (double)age_us / 1e6 : 0.0);
+            r->observed.dirty = 1;
+            sent++;
+        }
+    atomic_fetch_add_explicit(&r->published, sent, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->retried, retried, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->failed_rejected, rejected, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->failed, failed, memory_order_relaxed);
+    metrics_merge(r);
+    if (outbox__log_enabled(OUTBOX_LOG_DEBUG))
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
+                    "batch of %zu%s: %zu sent, %zu retrying, %zu failed, %zu held back "
+                    "(%zu acked but behind a failure in the batch before)%s",
+                    n, b->chained ? " (pipelined)" : "", sent, retried, failed, held, carried,
+                    outage ? "; the destination is down: nothing charged" : "");
+}
+
+static int complete_behind(outbox_relay *r, relay_batch *b, const outbox_complete_params *done,
+                           int in_flight, outbox_error *err);
+
 /* Decides and records the outcomes of a published batch b (its results
  * filled).  pipelined/in_flight go to the store's complete.  *held_back
  * receives how many messages were held back or left unrecorded. */
@@ -1095,38 +1142,76 @@ static int record_batch(outbox_relay *r, relay_batch *b, int pipelined, int in_f
     done.now_us = now_us;
     done.lease_owner = r->name;
     done.lease_ttl_ms = r->opts.lease_ttl_ms;
+    /* A wholly sent batch of the pipeline: recorded behind when the store
+     * can, while the relay goes on (see the top of the file). */
+    if (pipelined && sent == n && !r->behind_off) {
+        rc = complete_behind(r, b, &done, in_flight, err);
+        if (rc != OUTBOX_ENOTBUILT) {
+            *held_back = 0;
+            return rc;
+        }
+    }
     if (pipelined)
         rc = r->store.ops->complete_pipelined(r->store.state, b->completions, n, &done, in_flight,
                                               err);
     else
         rc = r->store.ops->complete(r->store.state, b->completions, n, &done, err);
     if (rc != OUTBOX_OK) return rc;
-    r->last_renew_us = outbox__monotonic_us();
     *held_back = held;
-    if (OUTBOX_FAULT("after_mark_sent") != 0)
-        outbox__log(OUTBOX_LOG_WARN, COMPONENT, "injected fault after_mark_sent (ignored)");
-
-    /* Commit to publish: from the message's creation (occurred_at, set just
-     * before its enqueue committed) to now, after the confirmation. */
-    for (i = 0; sent > 0 && i < n; i++)
-        if (b->completions[i].outcome == OUTBOX_OUTCOME_SENT) {
-            int64_t age_us = now_us - b->msgs[i]->occurred_at;
-            observe(r->observed.commit, &r->observed.commit_sum, seconds_bounds,
-                    age_us > 0 ? (double)age_us / 1e6 : 0.0);
-            r->observed.dirty = 1;
-        }
-    atomic_fetch_add_explicit(&r->published, sent, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->retried, retried, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->failed_rejected, rejected, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->failed, failed, memory_order_relaxed);
-    metrics_merge(r);
-    if (outbox__log_enabled(OUTBOX_LOG_DEBUG))
-        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
-                    "batch of %zu%s: %zu sent, %zu retrying, %zu failed, %zu held back "
-                    "(%zu acked but behind a failure in the batch before)%s",
-                    n, b->chained ? " (pipelined)" : "", sent, retried, failed, held, carried,
-                    outage ? "; the destination is down: nothing charged" : "");
+    count_recorded(r, b, now_us, retried, failed, rejected, held, carried, outage);
     return OUTBOX_OK;
+}
+
+/* Ends the batch being recorded behind, if any: waits for its outcomes to
+ * be written and counts them.  Its messages are released either way; when
+ * they were not recorded (an error), they are claimed and published again,
+ * after the pipeline drains. */
+static int recording_end(outbox_relay *r, outbox_error *err)
+{
+    relay_batch *b = &r->batches[REC_SLOT];
+    outbox_error e;
+    int rc;
+
+    if (!r->rec_busy) return OUTBOX_OK;
+    r->rec_busy = 0;
+    rc = r->store.ops->complete_behind_end(r->store.state, err ? err : &e);
+    if (rc == OUTBOX_OK)
+        count_recorded(r, b, r->rec_params.now_us, 0, 0, 0, 0, 0, 0);
+    else
+        r->drain = 1;
+    release_batch(b);
+    return rc;
+}
+
+/* Starts recording the wholly sent batch b behind: b's messages and
+ * outcomes move to batches[REC_SLOT] (b gets that slot's empty scratch),
+ * after the batch recorded behind before it has ended.  OUTBOX_ENOTBUILT:
+ * the store cannot; b is as it was, for complete_pipelined. */
+static int complete_behind(outbox_relay *r, relay_batch *b, const outbox_complete_params *done,
+                           int in_flight, outbox_error *err)
+{
+    relay_batch *rec = &r->batches[REC_SLOT], tmp;
+    outbox_error e;
+    int rc = recording_end(r, err);
+
+    if (rc != OUTBOX_OK) return rc;
+    tmp = *rec;
+    *rec = *b;
+    *b = tmp;
+    r->rec_params = *done;
+    rc = r->store.ops->complete_behind(r->store.state, rec->completions, rec->n, &r->rec_params,
+                                       in_flight, &e);
+    if (rc == OUTBOX_OK) {
+        r->rec_busy = 1;
+        return OUTBOX_OK;
+    }
+    tmp = *rec;
+    *rec = *b;
+    *b = tmp;
+    if (rc == OUTBOX_ENOTBUILT) r->behind_off = 1;
+    outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: recording in turn: %s", r->name,
+                e.message);
+    return OUTBOX_ENOTBUILT;
 }
 
 static void observe_batch(outbox_relay *r, size_t n)
@@ -1255,7 +1340,8 @@ static int finish_oldest(outbox_relay *r, size_t *held_back, outbox_error *err)
  * per message in flight at every claim (20,000 with Kafka's window). */
 static int window_seqs(outbox_relay *r, const relay_batch *extra, size_t *count)
 {
-    size_t total = extra ? extra->n : 0, at = 0;
+    const relay_batch *rec = r->rec_busy ? &r->batches[REC_SLOT] : NULL;
+    size_t total = (extra ? extra->n : 0) + (rec ? rec->n : 0), at = 0;
     int k;
     for (k = 0; k < r->window_count; k++)
         total += window_at(r, k)->n;
@@ -1270,7 +1356,12 @@ static int window_seqs(outbox_relay *r, const relay_batch *extra, size_t *count)
         if (b->n > 0) memcpy(r->exclude + at, b->seqs, b->n * sizeof *b->seqs);
         at += b->n;
     }
-    if (extra && extra->n > 0) memcpy(r->exclude + at, extra->seqs, extra->n * sizeof *extra->seqs);
+    if (extra && extra->n > 0) {
+        memcpy(r->exclude + at, extra->seqs, extra->n * sizeof *extra->seqs);
+        at += extra->n;
+    }
+    /* Recorded behind: maybe not yet written, so still pending. */
+    if (rec && rec->n > 0) memcpy(r->exclude + at, rec->seqs, rec->n * sizeof *rec->seqs);
     *count = total;
     return 0;
 }
@@ -1313,6 +1404,7 @@ static void ahead_start(outbox_relay *r, const outbox_claim_params *cp, const re
 static void abandon_window(outbox_relay *r)
 {
     ahead_drop(r);
+    (void)recording_end(r, NULL);
     while (r->window_count > 0) {
         relay_batch *b = window_at(r, 0);
         r->window_first = (r->window_first + 1) % OUTBOX_PIPELINE_MAX_DEPTH;
@@ -1441,6 +1533,15 @@ finish:
         size_t held = 0;
         rc = finish_oldest(r, &held, err);
         *held_back += held;
+    }
+    /* With nothing more in flight, or the pipeline draining, the batch
+     * recorded behind ends too: what comes next (a claim that must see
+     * every outcome, idling, the end of --once, an outage pause) sees its
+     * outcomes. */
+    if (r->rec_busy && (r->window_count == 0 || r->drain || stopping(r) || rc != OUTBOX_OK ||
+                        claim_rc != OUTBOX_OK)) {
+        int rec_rc = recording_end(r, rc == OUTBOX_OK ? err : NULL);
+        if (rc == OUTBOX_OK) rc = rec_rc;
     }
     /* An outcome just recorded may block what was read ahead (see the top
      * of the file). */
@@ -1882,6 +1983,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
 
 unregister:
     ahead_drop(r);
+    (void)recording_end(r, NULL);
     outbox__wake_unregister(wake_relay, r);
     store_awake(r);
     if (r->lease_held) set_note(r, NULL); /* it spoke of this run */
@@ -1928,7 +2030,7 @@ void outbox_relay_free(outbox_relay *relay)
     if (r->store.ops != NULL) outbox__store_close(&r->store);
     if (r->pipe_rd >= 0) close(r->pipe_rd);
     if (r->pipe_wr >= 0) close(r->pipe_wr);
-    for (i = 0; i < OUTBOX_PIPELINE_MAX_DEPTH; i++) {
+    for (i = 0; i <= REC_SLOT; i++) {
         release_batch(&r->batches[i]);
         outbox__free(r->batches[i].results);
         outbox__free(r->batches[i].completions);

@@ -757,7 +757,7 @@ static const char *const stmt_sql[S_COUNT] = {
                    " WHERE (status = 'failed' OR attempts > 0) AND +status = 'pending'",
 };
 
-struct sqlite_ahead;
+struct sqlite_worker;
 
 typedef struct sqlite_store {
     sqlite3 *db; /* NULL while the database file does not exist */
@@ -768,10 +768,11 @@ typedef struct sqlite_store {
     int64_t data_version;       /* -1 before the first `changed` */
     outbox_buf sent;            /* complete: JSON array of the sent seqs */
     outbox_stretches between;   /* pipelined claim: the seqs not in flight */
-    struct sqlite_ahead *ahead; /* claim_ahead's reader thread; NULL until the first */
+    /* claim_ahead's and complete_behind's threads; NULL until their first */
+    struct sqlite_worker *reader, *writer;
 } sqlite_store;
 
-static void ahead_free(struct sqlite_ahead *a);
+static void worker_free(struct sqlite_worker *w);
 
 /* Returns the cached statement idx, preparing it on first use. */
 static sqlite3_stmt *stmt(sqlite_store *st, int idx, int *code, outbox_error *err)
@@ -880,7 +881,8 @@ static void sqlite_close(void *state)
     sqlite_store *st = state;
     int i;
     if (!st) return;
-    ahead_free(st->ahead);
+    worker_free(st->reader);
+    worker_free(st->writer);
     for (i = 0; i < S_COUNT; i++)
         sqlite3_finalize(st->stmts[i]);
     outbox__buf_free(&st->sent);
@@ -1464,196 +1466,6 @@ static int sqlite_claim_pipelined(void *state, const outbox_claim_params *p, con
     return claim(state, p, 1, exclude, exclude_count, 1, msgs, n, err);
 }
 
-/* ------------------------------------------------------------------------
- * Claim ahead: a reader thread
- * ---------------------------------------------------------------------- */
-
-/* claim_ahead's reader: a thread with a handle (a connection) of its own
- * runs the pipelined claim while the relay's thread publishes and records
- * outcomes on the handle's connection; in WAL mode a reader and the writer
- * do not wait for each other.  It only reads: a row that must be
- * quarantined (a write), or any error, makes claim_ahead_end claim again
- * on the handle's own connection, which says what is wrong as a claim
- * would.  The fields below the lock's are the relay thread's while no
- * claim is asked, the reader's while one is. */
-typedef struct sqlite_ahead {
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int asked; /* a claim is asked for and its result not yet taken */
-    int done;  /* its result is in */
-    int quit;
-    sqlite_store *reader;
-    outbox_claim_params p;
-    int64_t *exclude;
-    size_t exclude_count, exclude_cap;
-    outbox_msg **msgs;
-    size_t n;
-    int code;
-    outbox_error err;
-} sqlite_ahead;
-
-static void *ahead_main(void *arg)
-{
-    sqlite_ahead *a = arg;
-    pthread_mutex_lock(&a->mu);
-    for (;;) {
-        outbox_msg **msgs = NULL;
-        size_t n = 0;
-        outbox_error e;
-        int code;
-
-        while (!a->quit && (!a->asked || a->done))
-            pthread_cond_wait(&a->cv, &a->mu);
-        if (a->quit) break;
-        pthread_mutex_unlock(&a->mu);
-        e.code = 0;
-        e.message[0] = '\0';
-        code = claim(a->reader, &a->p, 1, a->exclude, a->exclude_count, 0, &msgs, &n, &e);
-        pthread_mutex_lock(&a->mu);
-        a->msgs = msgs;
-        a->n = n;
-        a->code = code;
-        a->err = e;
-        a->done = 1;
-        pthread_cond_broadcast(&a->cv);
-    }
-    pthread_mutex_unlock(&a->mu);
-    return NULL;
-}
-
-/* Waits for the claim asked for, if any, and takes its result. */
-static void ahead_wait(sqlite_ahead *a)
-{
-    pthread_mutex_lock(&a->mu);
-    while (a->asked && !a->done)
-        pthread_cond_wait(&a->cv, &a->mu);
-    a->asked = 0;
-    a->done = 0;
-    pthread_mutex_unlock(&a->mu);
-}
-
-static void ahead_free(sqlite_ahead *a)
-{
-    if (!a) return;
-    pthread_mutex_lock(&a->mu);
-    a->quit = 1;
-    pthread_cond_broadcast(&a->cv);
-    pthread_mutex_unlock(&a->mu);
-    pthread_join(a->thread, NULL);
-    free_msgs(a->msgs, a->n);
-    sqlite_close(a->reader);
-    pthread_cond_destroy(&a->cv);
-    pthread_mutex_destroy(&a->mu);
-    outbox__free(a->exclude);
-    outbox__free(a);
-}
-
-/* The reader: a handle on the same file that never holds the lease. */
-static int ahead_new(sqlite_store *st, outbox_error *err)
-{
-    sqlite_ahead *a = outbox__calloc(1, sizeof *a);
-    sqlite_store *rd = outbox__calloc(1, sizeof *rd);
-    char *path = outbox__strdup(st->path);
-
-    if (!a || !rd || !path) goto nomem;
-    rd->path = path;
-    rd->data_version = -1;
-    outbox__buf_init(&rd->sent);
-    a->reader = rd;
-    if (pthread_mutex_init(&a->mu, NULL) != 0) goto nomem_reader;
-    if (pthread_cond_init(&a->cv, NULL) != 0) {
-        pthread_mutex_destroy(&a->mu);
-        goto nomem_reader;
-    }
-    if (pthread_create(&a->thread, NULL, ahead_main, a) != 0) {
-        pthread_cond_destroy(&a->cv);
-        pthread_mutex_destroy(&a->mu);
-        sqlite_close(rd);
-        outbox__free(a);
-        return outbox__error(err, OUTBOX_EIO, "cannot start the claim-ahead thread");
-    }
-    st->ahead = a;
-    return OUTBOX_OK;
-
-nomem_reader:
-    sqlite_close(rd);
-    outbox__free(a);
-    return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting the claim ahead");
-nomem:
-    outbox__free(path);
-    outbox__free(rd);
-    outbox__free(a);
-    return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting the claim ahead");
-}
-
-static int sqlite_claim_ahead(void *state, const outbox_claim_params *p, const int64_t *exclude,
-                              size_t exclude_count, outbox_error *err)
-{
-    sqlite_store *st = state;
-    sqlite_ahead *a;
-    int code;
-
-    if (!p || p->batch_size == 0)
-        return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: batch_size must be at least 1");
-    /* Another connection would open another, empty, in-memory database. */
-    if (strcmp(st->path, ":memory:") == 0 || !sqlite3_threadsafe())
-        return outbox__error(err, OUTBOX_ENOTBUILT,
-                             "no claim ahead on an in-memory database or a single-threaded "
-                             "SQLite library");
-    if (!st->ahead && (code = ahead_new(st, err)) != OUTBOX_OK) return code;
-    a = st->ahead;
-    if (a->asked)
-        return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: the one before is still out");
-    if (exclude_count > a->exclude_cap) {
-        int64_t *e = outbox__realloc(a->exclude, exclude_count * sizeof *e);
-        if (!e) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming ahead");
-        a->exclude = e;
-        a->exclude_cap = exclude_count;
-    }
-    if (exclude_count > 0) memcpy(a->exclude, exclude, exclude_count * sizeof *exclude);
-    a->exclude_count = exclude_count;
-    a->p = *p;
-    a->p.quarantined = NULL; /* it never quarantines */
-    pthread_mutex_lock(&a->mu);
-    a->asked = 1;
-    a->done = 0;
-    pthread_cond_broadcast(&a->cv);
-    pthread_mutex_unlock(&a->mu);
-    return OUTBOX_OK;
-}
-
-static int sqlite_claim_ahead_end(void *state, int keep, const outbox_claim_params *p,
-                                  outbox_msg ***msgs, size_t *n, outbox_error *err)
-{
-    sqlite_store *st = state;
-    sqlite_ahead *a = st->ahead;
-    outbox_msg **got;
-    size_t count;
-    int code;
-
-    *msgs = NULL;
-    *n = 0;
-    if (!a || !a->asked) return OUTBOX_OK;
-    ahead_wait(a);
-    got = a->msgs;
-    count = a->n;
-    code = a->code;
-    a->msgs = NULL;
-    a->n = 0;
-    if (!keep || code != OUTBOX_OK) {
-        free_msgs(got, count);
-        if (!keep) return OUTBOX_OK;
-        if (code != CLAIM_NEEDS_WRITE && outbox__log_enabled(OUTBOX_LOG_DEBUG))
-            outbox__log(OUTBOX_LOG_DEBUG, "store.sqlite", "claim ahead: %s (claiming again)",
-                        a->err.message);
-        return claim(st, p, 1, a->exclude, a->exclude_count, 1, msgs, n, err);
-    }
-    *msgs = got;
-    *n = count;
-    return OUTBOX_OK;
-}
-
 /* Records one RETRY or FAILED completion with its cached statement. */
 static int record(sqlite_store *st, const outbox_completion *c, outbox_error *err)
 {
@@ -1764,6 +1576,246 @@ static int sqlite_complete_pipelined(void *state, const outbox_completion *c, si
 {
     (void)in_flight;
     return sqlite_complete(state, c, n, p, err);
+}
+
+/* ------------------------------------------------------------------------
+ * Claim ahead and complete behind: worker threads
+ * ---------------------------------------------------------------------- */
+
+/* A thread with a handle (a connection) of its own, running one job at a
+ * time for the relay's thread: the reader runs the pipelined claim
+ * (claim_ahead), the writer records a batch's outcomes (complete_behind),
+ * while the relay's thread publishes on.  In WAL mode a reader and the
+ * writer do not wait for each other; two writers take turns (busy
+ * timeout).  The reader only reads: a row that must be quarantined (a
+ * write), or any error, makes claim_ahead_end claim again on the handle's
+ * own connection, which says what is wrong as a claim would.  The writer
+ * holds the handle's lease token, so its transaction renews the lease as
+ * complete does.  The job's fields are the relay thread's while no job is
+ * asked, the worker's while one is. */
+typedef struct sqlite_worker {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int asked; /* a job is asked for and its result not yet taken */
+    int done;  /* its result is in */
+    int quit;
+    int writes; /* the writer: runs completes; else claims */
+    sqlite_store *h;
+    int code;
+    outbox_error err;
+    /* claim */
+    outbox_claim_params p;
+    int64_t *exclude;
+    size_t exclude_count, exclude_cap;
+    outbox_msg **msgs;
+    size_t n;
+    /* complete: the caller's, kept until complete_behind_end */
+    const outbox_completion *c;
+    size_t nc;
+    outbox_complete_params cp;
+} sqlite_worker;
+
+static void *worker_main(void *arg)
+{
+    sqlite_worker *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        outbox_msg **msgs = NULL;
+        size_t n = 0;
+        outbox_error e;
+        int code;
+
+        while (!w->quit && (!w->asked || w->done))
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (w->quit) break;
+        pthread_mutex_unlock(&w->mu);
+        e.code = 0;
+        e.message[0] = '\0';
+        if (w->writes)
+            code = sqlite_complete(w->h, w->c, w->nc, &w->cp, &e);
+        else
+            code = claim(w->h, &w->p, 1, w->exclude, w->exclude_count, 0, &msgs, &n, &e);
+        pthread_mutex_lock(&w->mu);
+        w->msgs = msgs;
+        w->n = n;
+        w->code = code;
+        w->err = e;
+        w->done = 1;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static void worker_ask(sqlite_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->asked = 1;
+    w->done = 0;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Waits for the job asked for, if any; its result stays in w. */
+static void worker_wait(sqlite_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (w->asked && !w->done)
+        pthread_cond_wait(&w->cv, &w->mu);
+    w->asked = 0;
+    w->done = 0;
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void worker_free(sqlite_worker *w)
+{
+    if (!w) return;
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    free_msgs(w->msgs, w->n);
+    sqlite_close(w->h);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    outbox__free(w->exclude);
+    outbox__free(w);
+}
+
+/* A worker on the same file as st; the writer with st's lease token. */
+static int worker_new(sqlite_store *st, int writes, sqlite_worker **out, outbox_error *err)
+{
+    sqlite_worker *w;
+    sqlite_store *h;
+
+    /* Another connection would open another, empty, in-memory database. */
+    if (strcmp(st->path, ":memory:") == 0 || !sqlite3_threadsafe())
+        return outbox__error(err, OUTBOX_ENOTBUILT,
+                             "no claim ahead or complete behind on an in-memory database or a "
+                             "single-threaded SQLite library");
+    w = outbox__calloc(1, sizeof *w);
+    h = outbox__calloc(1, sizeof *h);
+    if (w) w->h = h;
+    if (h) h->path = outbox__strdup(st->path);
+    if (!w || !h || !h->path) {
+        if (h) outbox__free(h->path);
+        outbox__free(h);
+        outbox__free(w);
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting a store thread");
+    }
+    h->data_version = -1;
+    outbox__buf_init(&h->sent);
+    memcpy(h->instance, st->instance, sizeof h->instance);
+    w->writes = writes;
+    if (pthread_mutex_init(&w->mu, NULL) != 0) goto fail_h;
+    if (pthread_cond_init(&w->cv, NULL) != 0) goto fail_mu;
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) goto fail_cv;
+    *out = w;
+    return OUTBOX_OK;
+
+fail_cv:
+    pthread_cond_destroy(&w->cv);
+fail_mu:
+    pthread_mutex_destroy(&w->mu);
+fail_h:
+    sqlite_close(h);
+    outbox__free(w);
+    return outbox__error(err, OUTBOX_EIO, "cannot start a store thread");
+}
+
+static int sqlite_claim_ahead(void *state, const outbox_claim_params *p, const int64_t *exclude,
+                              size_t exclude_count, outbox_error *err)
+{
+    sqlite_store *st = state;
+    sqlite_worker *w;
+    int code;
+
+    if (!p || p->batch_size == 0)
+        return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: batch_size must be at least 1");
+    if (!st->reader && (code = worker_new(st, 0, &st->reader, err)) != OUTBOX_OK) return code;
+    w = st->reader;
+    if (w->asked)
+        return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: the one before is still out");
+    if (exclude_count > w->exclude_cap) {
+        int64_t *e = outbox__realloc(w->exclude, exclude_count * sizeof *e);
+        if (!e) return outbox__error(err, OUTBOX_ENOMEM, "out of memory claiming ahead");
+        w->exclude = e;
+        w->exclude_cap = exclude_count;
+    }
+    if (exclude_count > 0) memcpy(w->exclude, exclude, exclude_count * sizeof *exclude);
+    w->exclude_count = exclude_count;
+    w->p = *p;
+    w->p.quarantined = NULL; /* it never quarantines */
+    worker_ask(w);
+    return OUTBOX_OK;
+}
+
+static int sqlite_claim_ahead_end(void *state, int keep, const outbox_claim_params *p,
+                                  outbox_msg ***msgs, size_t *n, outbox_error *err)
+{
+    sqlite_store *st = state;
+    sqlite_worker *w = st->reader;
+    outbox_msg **got;
+    size_t count;
+    int code;
+
+    *msgs = NULL;
+    *n = 0;
+    if (!w || !w->asked) return OUTBOX_OK;
+    worker_wait(w);
+    got = w->msgs;
+    count = w->n;
+    code = w->code;
+    w->msgs = NULL;
+    w->n = 0;
+    if (!keep || code != OUTBOX_OK) {
+        free_msgs(got, count);
+        if (!keep) return OUTBOX_OK;
+        if (code != CLAIM_NEEDS_WRITE && outbox__log_enabled(OUTBOX_LOG_DEBUG))
+            outbox__log(OUTBOX_LOG_DEBUG, "store.sqlite", "claim ahead: %s (claiming again)",
+                        w->err.message);
+        return claim(st, p, 1, w->exclude, w->exclude_count, 1, msgs, n, err);
+    }
+    *msgs = got;
+    *n = count;
+    return OUTBOX_OK;
+}
+
+static int sqlite_complete_behind(void *state, const outbox_completion *c, size_t n,
+                                  const outbox_complete_params *p, int in_flight,
+                                  outbox_error *err)
+{
+    sqlite_store *st = state;
+    sqlite_worker *w;
+    int code;
+
+    (void)in_flight; /* the relay is alone: nothing to keep */
+    if (!p || (n > 0 && !c))
+        return outbox__error(err, OUTBOX_EINVAL, "complete: completions or params are NULL");
+    if (!st->writer && (code = worker_new(st, 1, &st->writer, err)) != OUTBOX_OK) return code;
+    w = st->writer;
+    if (w->asked)
+        return outbox__error(err, OUTBOX_EINVAL, "complete_behind: the one before is still out");
+    w->c = c;
+    w->nc = n;
+    w->cp = *p;
+    worker_ask(w);
+    return OUTBOX_OK;
+}
+
+static int sqlite_complete_behind_end(void *state, outbox_error *err)
+{
+    sqlite_store *st = state;
+    sqlite_worker *w = st->writer;
+
+    if (!w || !w->asked) return OUTBOX_OK;
+    worker_wait(w);
+    w->c = NULL;
+    w->nc = 0;
+    if (w->code != OUTBOX_OK && err) *err = w->err;
+    return w->code;
 }
 
 static int sqlite_changed(void *state, int *changed, outbox_error *err)
@@ -2357,4 +2409,6 @@ const outbox_store_ops outbox__store_sqlite = {
     .partitions_held = NULL, /* one relay holds the whole outbox */
     .claim_ahead = sqlite_claim_ahead,
     .claim_ahead_end = sqlite_claim_ahead_end,
+    .complete_behind = sqlite_complete_behind,
+    .complete_behind_end = sqlite_complete_behind_end,
 };
