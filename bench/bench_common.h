@@ -30,8 +30,8 @@
 typedef struct bench_report {
     int ok;
     double seconds;
-    long long count;         /* messages handled, as the child saw it */
-    double teardown_seconds; /* after the measured work: closing, freeing */
+    long long count;           /* messages handled, as the child saw it */
+    double teardown_seconds;   /* after the measured work: closing, freeing */
     double thread_cpu_seconds; /* CPU of the thread that did the work, while measured */
     char message[512];
 } bench_report;

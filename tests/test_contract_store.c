@@ -875,6 +875,78 @@ static void claim_ahead(const store_driver *d)
     outbox__store_close(&st);
 }
 
+/* A batch recorded behind: recorded as complete_pipelined records it, with
+ * claims in between that exclude it; a lease taken over in between makes
+ * its end ELEASELOST with nothing recorded, as complete would. */
+static void complete_behind(const store_driver *d)
+{
+    outbox_store st, other;
+    outbox_error err_buf = {0}, *err = &err_buf;
+    char url[700], ids[4][37];
+    outbox_claim_params p = {2, 0, 1, 0, NULL};
+    outbox_completion c[2];
+    outbox_complete_params cp = {OUTBOX_ON_SENT_DELETE, 0, "relay-b", 30000};
+    int64_t ex[2];
+    size_t i;
+    sh_batch x, y;
+    int rc;
+
+    open_fresh(d, &st, url, sizeof url, "behind");
+    if (!OUTBOX__HAS(st.ops, 8, complete_behind)) {
+        fprintf(stderr, "   (no complete behind: nothing to check)\n");
+        outbox__store_close(&st);
+        return;
+    }
+    ASSERT_OK(st.ops->complete_behind_end(st.state, err), err); /* none out */
+    for (i = 0; i < 4; i++)
+        sh_put(&st, i % 2 ? "B" : "A", ids[i]);
+    ASSERT_OK(st.ops->lease_acquire(st.state, "relay-b", 30000, err), err);
+
+    p.now_us = outbox__now_us();
+    ASSERT_OK(st.ops->claim_pipelined(st.state, &p, NULL, 0, &x.msgs, &x.n, err), err);
+    ASSERT_EQ(x.n, 2);
+    for (i = 0; i < 2; i++) {
+        memset(&c[i], 0, sizeof c[i]);
+        c[i].msg = x.msgs[i];
+        c[i].outcome = OUTBOX_OUTCOME_SENT;
+        ex[i] = x.msgs[i]->seq;
+    }
+    cp.now_us = outbox__now_us();
+    ASSERT_OK(st.ops->complete_behind(st.state, c, 2, &cp, 0, err), err);
+    ASSERT_EQ(st.ops->complete_behind(st.state, c, 2, &cp, 0, err),
+              OUTBOX_EINVAL); /* one at a time */
+    ASSERT_OK(st.ops->claim_pipelined(st.state, &p, ex, 2, &y.msgs, &y.n, err), err);
+    ASSERT_EQ(y.n, 2);
+    ASSERT_STREQ(y.msgs[0]->id, ids[2]);
+    ASSERT_STREQ(y.msgs[1]->id, ids[3]);
+    ASSERT_OK(st.ops->complete_behind_end(st.state, err), err);
+    ASSERT_EQ(status_of(&st, ids[0]), -1);
+    ASSERT_EQ(status_of(&st, ids[1]), -1);
+    sh_batch_free(&x);
+
+    /* The lease is taken over before the batch is recorded. */
+    if (d->exclusive_lease) {
+        sh_store_open(&other, url);
+        ASSERT_OK(st.ops->lease_acquire(st.state, "relay-b", -1000, err), err);
+        ASSERT_OK(other.ops->lease_acquire(other.state, "relay-c", 30000, err), err);
+        for (i = 0; i < 2; i++) {
+            memset(&c[i], 0, sizeof c[i]);
+            c[i].msg = y.msgs[i];
+            c[i].outcome = OUTBOX_OUTCOME_SENT;
+        }
+        cp.now_us = outbox__now_us();
+        rc = st.ops->complete_behind(st.state, c, 2, &cp, 0, err);
+        if (rc == OUTBOX_OK) rc = st.ops->complete_behind_end(st.state, err);
+        ASSERT_EQ(rc, OUTBOX_ELEASELOST);
+        ASSERT_EQ(status_of(&st, ids[2]), OUTBOX_STATUS_PENDING);
+        ASSERT_EQ(status_of(&st, ids[3]), OUTBOX_STATUS_PENDING);
+        ASSERT_OK(other.ops->lease_release(other.state, "relay-c", err), err);
+        outbox__store_close(&other);
+    }
+    sh_batch_free(&y);
+    outbox__store_close(&st);
+}
+
 /* ------------------------------------------------------------------------ */
 
 typedef struct contract_case {
@@ -891,6 +963,7 @@ static const contract_case cases[] = {
     {"retry_drop_purge", retry_drop_purge},
     {"bad_rows_quarantined", bad_rows_quarantined},
     {"claim_ahead", claim_ahead},
+    {"complete_behind", complete_behind},
 };
 
 int main(void)

@@ -313,12 +313,17 @@ typedef void (*chaos_fn)(uint64_t *rng, int step);
 static atomic_long pipelined_batches;
 static atomic_long producers_rebuilt; /* "producer rebuilt after a fatal error" */
 static atomic_int window_max;         /* "publish window: N batches open" */
+static atomic_long claimed_ahead;     /* "claimed ahead: N messages" */
+static atomic_long recorded_behind;   /* "batch of ...; recorded behind" */
 
 static void count_pipelined(void *user, int level, const char *component, const char *message)
 {
     (void)user;
     if (strncmp(message, "batch of ", 9) == 0 && strstr(message, "(pipelined)") != NULL)
         atomic_fetch_add(&pipelined_batches, 1);
+    if (strncmp(message, "batch of ", 9) == 0 && strstr(message, "; recorded behind") != NULL)
+        atomic_fetch_add(&recorded_behind, 1);
+    if (strncmp(message, "claimed ahead: ", 15) == 0) atomic_fetch_add(&claimed_ahead, 1);
     if (strstr(message, "producer rebuilt after a fatal error") != NULL)
         atomic_fetch_add(&producers_rebuilt, 1);
     if (strncmp(message, "publish window: ", 16) == 0) {
@@ -374,6 +379,8 @@ static void chaos_drain_shaped(const char *name, const char *topic, int total, i
              bootstraps, topic, ack_timeout, shape->extra);
     atomic_store(&pipelined_batches, 0);
     atomic_store(&window_max, 0);
+    atomic_store(&claimed_ahead, 0);
+    atomic_store(&recorded_behind, 0);
     atomic_store(&producers_rebuilt, 0);
     outbox_log_set(count_pipelined, NULL, OUTBOX_LOG_DEBUG);
     memset(&t, 0, sizeof t);
@@ -396,9 +403,11 @@ static void chaos_drain_shaped(const char *name, const char *topic, int total, i
     ASSERT_OK(t.rc, &t.err);
     /* The relay pipelined (the next batch produced while the reports of the
      * one before were outstanding): this drain tests that path. */
-    fprintf(stderr, "   %ld pipelined batches, at most %d open, %ld producers rebuilt\n",
-            atomic_load(&pipelined_batches), atomic_load(&window_max),
-            atomic_load(&producers_rebuilt));
+    fprintf(stderr,
+            "   %ld pipelined batches, at most %d open, %ld claimed ahead, %ld recorded behind, "
+            "%ld producers rebuilt\n",
+            atomic_load(&pipelined_batches), atomic_load(&window_max), atomic_load(&claimed_ahead),
+            atomic_load(&recorded_behind), atomic_load(&producers_rebuilt));
     const char *pipe_env = getenv("OUTBOX_RELAY_PIPELINE");
     if (!(pipe_env && strcmp(pipe_env, "0") == 0)) ASSERT_GE(atomic_load(&pipelined_batches), 1);
     outbox_relay_stats stats;
@@ -724,6 +733,10 @@ TEST(deep_window)
                        &deep);
     ASSERT_GE(atomic_load(&window_max), 3); /* more than two batches open at once */
     ASSERT_GE(atomic_load(&producers_rebuilt), 1);
+    /* The store read and recorded beside the relay's thread (SQLite's
+     * reader and writer threads) while errors were injected. */
+    ASSERT_GE(atomic_load(&claimed_ahead), 1);
+    ASSERT_GE(atomic_load(&recorded_behind), 1);
 }
 
 TEST(brokers_down)

@@ -227,10 +227,10 @@ struct outbox_relay {
     int64_t pipeline_since_us; /* monotonic: when the pipeline last was empty */
     int64_t *exclude;          /* seqs of the open batches, for the claim */
     size_t exclude_cap;
-    int ahead;     /* a claim ahead (the store's claim_ahead) is out */
-    int ahead_off; /* the store cannot claim ahead */
-    int rec_busy;   /* batches[REC_SLOT] is being recorded behind */
-    int behind_off; /* the store cannot complete behind */
+    int ahead;                         /* a claim ahead (the store's claim_ahead) is out */
+    int ahead_off;                     /* the store cannot claim ahead */
+    int rec_busy;                      /* batches[REC_SLOT] is being recorded behind */
+    int behind_off;                    /* the store cannot complete behind */
     outbox_complete_params rec_params; /* its complete's, kept until the end */
 
     /* Destination outage (see the top of the file). */
@@ -491,7 +491,8 @@ int outbox_relay_new(outbox_relay **out, const char *store_url, const char *to_u
                         OUTBOX__HAS(tops, 4, publish_begin) && OUTBOX__HAS(tops, 4, publish_end) &&
                         !(env != NULL && strcmp(env, "0") == 0);
         env = getenv("OUTBOX_RELAY_CLAIM_AHEAD");
-        r->ahead_off = !OUTBOX__HAS(sops, 8, claim_ahead) || !OUTBOX__HAS(sops, 8, claim_ahead_end) ||
+        r->ahead_off = !OUTBOX__HAS(sops, 8, claim_ahead) ||
+                       !OUTBOX__HAS(sops, 8, claim_ahead_end) ||
                        (env != NULL && strcmp(env, "0") == 0);
         env = getenv("OUTBOX_RELAY_COMPLETE_BEHIND");
         r->behind_off = !OUTBOX__HAS(sops, 8, complete_behind) ||
@@ -1067,7 +1068,8 @@ static void destination_observed(outbox_relay *r, int outage, int answered)
 /* Counts the outcomes of batch b, just recorded (its completions filled),
  * in the relay's counters and histograms. */
 static void count_recorded(outbox_relay *r, const relay_batch *b, int64_t now_us, size_t retried,
-                           size_t failed, size_t rejected, size_t held, size_t carried, int outage)
+                           size_t failed, size_t rejected, size_t held, size_t carried, int outage,
+                           int behind)
 {
     size_t i, n = b->n, sent = 0;
 
@@ -1092,9 +1094,10 @@ static void count_recorded(outbox_relay *r, const relay_batch *b, int64_t now_us
     if (outbox__log_enabled(OUTBOX_LOG_DEBUG))
         outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
                     "batch of %zu%s: %zu sent, %zu retrying, %zu failed, %zu held back "
-                    "(%zu acked but behind a failure in the batch before)%s",
+                    "(%zu acked but behind a failure in the batch before)%s%s",
                     n, b->chained ? " (pipelined)" : "", sent, retried, failed, held, carried,
-                    outage ? "; the destination is down: nothing charged" : "");
+                    outage ? "; the destination is down: nothing charged" : "",
+                    behind ? "; recorded behind" : "");
 }
 
 static int complete_behind(outbox_relay *r, relay_batch *b, const outbox_complete_params *done,
@@ -1158,7 +1161,7 @@ static int record_batch(outbox_relay *r, relay_batch *b, int pipelined, int in_f
         rc = r->store.ops->complete(r->store.state, b->completions, n, &done, err);
     if (rc != OUTBOX_OK) return rc;
     *held_back = held;
-    count_recorded(r, b, now_us, retried, failed, rejected, held, carried, outage);
+    count_recorded(r, b, now_us, retried, failed, rejected, held, carried, outage, 0);
     return OUTBOX_OK;
 }
 
@@ -1176,7 +1179,7 @@ static int recording_end(outbox_relay *r, outbox_error *err)
     r->rec_busy = 0;
     rc = r->store.ops->complete_behind_end(r->store.state, err ? err : &e);
     if (rc == OUTBOX_OK)
-        count_recorded(r, b, r->rec_params.now_us, 0, 0, 0, 0, 0, 0);
+        count_recorded(r, b, r->rec_params.now_us, 0, 0, 0, 0, 0, 0, 1);
     else
         r->drain = 1;
     release_batch(b);
@@ -1209,8 +1212,7 @@ static int complete_behind(outbox_relay *r, relay_batch *b, const outbox_complet
     *rec = *b;
     *b = tmp;
     if (rc == OUTBOX_ENOTBUILT) r->behind_off = 1;
-    outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: recording in turn: %s", r->name,
-                e.message);
+    outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: recording in turn: %s", r->name, e.message);
     return OUTBOX_ENOTBUILT;
 }
 
@@ -1458,6 +1460,8 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
             r->ahead = 0;
             claim_rc = r->store.ops->claim_ahead_end(r->store.state, 1, &cp, &cur->msgs, &cur->n,
                                                      &claim_err);
+            if (claim_rc == OUTBOX_OK && outbox__log_enabled(OUTBOX_LOG_DEBUG))
+                outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "claimed ahead: %zu messages", cur->n);
         } else if (window_seqs(r, NULL, &nexclude) != 0) {
             claim_rc =
                 outbox__error(&claim_err, OUTBOX_ENOMEM, "out of memory claiming the next batch");

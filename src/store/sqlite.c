@@ -765,9 +765,9 @@ typedef struct sqlite_store {
     int version_checked; /* the schema version was found writable on db */
     char instance[33];   /* random hex token: the lease row this handle holds */
     sqlite3_stmt *stmts[S_COUNT];
-    int64_t data_version;       /* -1 before the first `changed` */
-    outbox_buf sent;            /* complete: JSON array of the sent seqs */
-    outbox_stretches between;   /* pipelined claim: the seqs not in flight */
+    int64_t data_version;     /* -1 before the first `changed` */
+    outbox_buf sent;          /* complete: JSON array of the sent seqs */
+    outbox_stretches between; /* pipelined claim: the seqs not in flight */
     /* claim_ahead's and complete_behind's threads; NULL until their first */
     struct sqlite_worker *reader, *writer;
 } sqlite_store;
@@ -1784,8 +1784,7 @@ static int sqlite_claim_ahead_end(void *state, int keep, const outbox_claim_para
 }
 
 static int sqlite_complete_behind(void *state, const outbox_completion *c, size_t n,
-                                  const outbox_complete_params *p, int in_flight,
-                                  outbox_error *err)
+                                  const outbox_complete_params *p, int in_flight, outbox_error *err)
 {
     sqlite_store *st = state;
     sqlite_worker *w;
