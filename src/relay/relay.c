@@ -73,7 +73,7 @@
  *   - The pipeline is emptied at least every PIPELINE_SPAN_US, and whenever
  *     a claim comes back short, so the store can rebalance and the relay can
  *     go idle with nothing out.
- *   - Claim ahead (stores with claim_ahead: SQLite on a reader thread,
+ *   - Claim ahead (stores with claim_ahead: SQLite on its store thread,
  *     PostgreSQL sent without waiting): right after a full batch is claimed,
  *     the claim of the next one is started, excluding every open batch and
  *     this one, and its batch is taken by the next step's claim.  It reads
@@ -84,6 +84,14 @@
  *     pipeline draining (a failure or a message held back: the read may not
  *     have seen the retry that now blocks its aggregate), on an error, and
  *     when the relay stops, the batch read ahead is discarded unpublished.
+ *   - Complete behind (stores with complete_behind: SQLite's store thread):
+ *     a wholly sent batch is recorded while this thread goes on; its slot
+ *     (batches[REC_SLOT]) keeps its messages, and its seqs stay in every
+ *     claim's exclude list, until the outcomes are written (the next such
+ *     batch, or a step that ends with nothing in flight or the pipeline
+ *     draining, waits for that).  Only then is it counted as published; when
+ *     the write fails, its messages are published again, as when complete
+ *     fails.  A batch with any other outcome is recorded in turn.
  *
  * Waiting: poll() on a self-pipe that outbox_relay_stop, outbox_relay_wake
  * and outbox_relay_reopen write to (one byte at most for wakes, coalesced by an atomic flag), with

@@ -768,8 +768,8 @@ typedef struct sqlite_store {
     int64_t data_version;     /* -1 before the first `changed` */
     outbox_buf sent;          /* complete: JSON array of the sent seqs */
     outbox_stretches between; /* pipelined claim: the seqs not in flight */
-    /* claim_ahead's and complete_behind's threads; NULL until their first */
-    struct sqlite_worker *reader, *writer;
+    /* claim_ahead's and complete_behind's thread; NULL until its first job */
+    struct sqlite_worker *worker;
 } sqlite_store;
 
 static void worker_free(struct sqlite_worker *w);
@@ -881,8 +881,7 @@ static void sqlite_close(void *state)
     sqlite_store *st = state;
     int i;
     if (!st) return;
-    worker_free(st->reader);
-    worker_free(st->writer);
+    worker_free(st->worker);
     for (i = 0; i < S_COUNT; i++)
         sqlite3_finalize(st->stmts[i]);
     outbox__buf_free(&st->sent);
@@ -1579,92 +1578,140 @@ static int sqlite_complete_pipelined(void *state, const outbox_completion *c, si
 }
 
 /* ------------------------------------------------------------------------
- * Claim ahead and complete behind: worker threads
+ * Claim ahead and complete behind: the store's thread
  * ---------------------------------------------------------------------- */
 
-/* A thread with a handle (a connection) of its own, running one job at a
- * time for the relay's thread: the reader runs the pipelined claim
- * (claim_ahead), the writer records a batch's outcomes (complete_behind),
- * while the relay's thread publishes on.  In WAL mode a reader and the
- * writer do not wait for each other; two writers take turns (busy
- * timeout).  The reader only reads: a row that must be quarantined (a
- * write), or any error, makes claim_ahead_end claim again on the handle's
- * own connection, which says what is wrong as a claim would.  The writer
- * holds the handle's lease token, so its transaction renews the lease as
- * complete does.  The job's fields are the relay thread's while no job is
- * asked, the worker's while one is. */
+/* A thread with a handle (a connection) of its own runs the relay's hot
+ * store work while the relay's thread publishes: the pipelined claim of
+ * the next batch (claim_ahead) and the outcomes of a wholly sent batch
+ * (complete_behind), one job at a time, the claim first when both wait.
+ * One connection for both keeps its page cache: a connection's cache is
+ * dropped whenever another one has written since its last read (WAL
+ * mode), which a reader beside a writer would pay at every claim.  The
+ * claim only reads: a row that must be quarantined (a write the relay's
+ * connection makes, counted and logged), or any error, makes
+ * claim_ahead_end claim again on the handle's own connection, which says
+ * what is wrong as a claim would.  The thread's handle holds the lease
+ * token of the relay's, so its transaction renews the lease as complete
+ * does.  A job's fields are the relay thread's while it is not asked, the
+ * runner's while it is. */
+enum { JOB_CLAIM, JOB_COMPLETE, JOB_COUNT };
+
+typedef struct worker_job {
+    int asked; /* asked for, result not yet taken */
+    int taken; /* being run (by the thread, or by the caller in worker_wait) */
+    int done;  /* its result is in */
+    int code;
+    outbox_error err;
+} worker_job;
+
 typedef struct sqlite_worker {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int asked; /* a job is asked for and its result not yet taken */
-    int done;  /* its result is in */
     int quit;
-    int writes; /* the writer: runs completes; else claims */
+    int busy; /* a job runs on h: one at a time */
     sqlite_store *h;
-    int code;
-    outbox_error err;
-    /* claim */
+    worker_job job[JOB_COUNT];
+    /* JOB_CLAIM */
     outbox_claim_params p;
     int64_t *exclude;
     size_t exclude_count, exclude_cap;
     outbox_msg **msgs;
     size_t n;
-    /* complete: the caller's, kept until complete_behind_end */
+    /* JOB_COMPLETE: the caller's, kept until complete_behind_end */
     const outbox_completion *c;
     size_t nc;
     outbox_complete_params cp;
 } sqlite_worker;
 
+/* Runs job k on w->h (taken and busy set under the lock by the caller)
+ * and stores its result; called without the lock. */
+static void worker_run(sqlite_worker *w, int k)
+{
+    outbox_msg **msgs = NULL;
+    size_t n = 0;
+    outbox_error e;
+    int code;
+
+    e.code = 0;
+    e.message[0] = '\0';
+    if (k == JOB_COMPLETE)
+        code = sqlite_complete(w->h, w->c, w->nc, &w->cp, &e);
+    else
+        code = claim(w->h, &w->p, 1, w->exclude, w->exclude_count, 0, &msgs, &n, &e);
+    pthread_mutex_lock(&w->mu);
+    if (k == JOB_CLAIM) {
+        w->msgs = msgs;
+        w->n = n;
+    }
+    w->job[k].code = code;
+    w->job[k].err = e;
+    w->job[k].done = 1;
+    w->busy = 0;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* The job to run next: asked, not taken, the claim first; -1: none. */
+static int worker_next(const sqlite_worker *w)
+{
+    int k;
+    if (w->busy) return -1;
+    for (k = 0; k < JOB_COUNT; k++)
+        if (w->job[k].asked && !w->job[k].taken) return k;
+    return -1;
+}
+
 static void *worker_main(void *arg)
 {
     sqlite_worker *w = arg;
+    int k;
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        outbox_msg **msgs = NULL;
-        size_t n = 0;
-        outbox_error e;
-        int code;
-
-        while (!w->quit && (!w->asked || w->done))
+        while (!w->quit && (k = worker_next(w)) < 0)
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->quit) break;
+        w->job[k].taken = 1;
+        w->busy = 1;
         pthread_mutex_unlock(&w->mu);
-        e.code = 0;
-        e.message[0] = '\0';
-        if (w->writes)
-            code = sqlite_complete(w->h, w->c, w->nc, &w->cp, &e);
-        else
-            code = claim(w->h, &w->p, 1, w->exclude, w->exclude_count, 0, &msgs, &n, &e);
+        worker_run(w, k);
         pthread_mutex_lock(&w->mu);
-        w->msgs = msgs;
-        w->n = n;
-        w->code = code;
-        w->err = e;
-        w->done = 1;
-        pthread_cond_broadcast(&w->cv);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
 
-static void worker_ask(sqlite_worker *w)
+static void worker_ask(sqlite_worker *w, int k)
 {
     pthread_mutex_lock(&w->mu);
-    w->asked = 1;
-    w->done = 0;
+    w->job[k].asked = 1;
+    w->job[k].taken = 0;
+    w->job[k].done = 0;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
 
-/* Waits for the job asked for, if any; its result stays in w. */
-static void worker_wait(sqlite_worker *w)
+/* Waits for job k, if asked; its result stays in w.  When the thread has
+ * not taken it and runs nothing (on a loaded machine it may not have been
+ * scheduled since), the caller runs it itself rather than wait for the
+ * thread to get a CPU. */
+static void worker_wait(sqlite_worker *w, int k)
 {
+    worker_job *j = &w->job[k];
     pthread_mutex_lock(&w->mu);
-    while (w->asked && !w->done)
+    if (j->asked && !j->taken && !w->busy) {
+        j->taken = 1;
+        w->busy = 1;
+        pthread_mutex_unlock(&w->mu);
+        worker_run(w, k);
+        pthread_mutex_lock(&w->mu);
+    }
+    while (j->asked && !j->done)
         pthread_cond_wait(&w->cv, &w->mu);
-    w->asked = 0;
-    w->done = 0;
+    j->asked = 0;
+    j->taken = 0;
+    j->done = 0;
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -1684,12 +1731,14 @@ static void worker_free(sqlite_worker *w)
     outbox__free(w);
 }
 
-/* A worker on the same file as st; the writer with st's lease token. */
-static int worker_new(sqlite_store *st, int writes, sqlite_worker **out, outbox_error *err)
+/* The store's thread, started on first use, with a handle on the same
+ * file as st holding st's lease token. */
+static int need_worker(sqlite_store *st, outbox_error *err)
 {
     sqlite_worker *w;
     sqlite_store *h;
 
+    if (st->worker) return OUTBOX_OK;
     /* Another connection would open another, empty, in-memory database. */
     if (strcmp(st->path, ":memory:") == 0 || !sqlite3_threadsafe())
         return outbox__error(err, OUTBOX_ENOTBUILT,
@@ -1703,16 +1752,15 @@ static int worker_new(sqlite_store *st, int writes, sqlite_worker **out, outbox_
         if (h) outbox__free(h->path);
         outbox__free(h);
         outbox__free(w);
-        return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting a store thread");
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting the store's thread");
     }
     h->data_version = -1;
     outbox__buf_init(&h->sent);
     memcpy(h->instance, st->instance, sizeof h->instance);
-    w->writes = writes;
     if (pthread_mutex_init(&w->mu, NULL) != 0) goto fail_h;
     if (pthread_cond_init(&w->cv, NULL) != 0) goto fail_mu;
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) goto fail_cv;
-    *out = w;
+    st->worker = w;
     return OUTBOX_OK;
 
 fail_cv:
@@ -1722,7 +1770,7 @@ fail_mu:
 fail_h:
     sqlite_close(h);
     outbox__free(w);
-    return outbox__error(err, OUTBOX_EIO, "cannot start a store thread");
+    return outbox__error(err, OUTBOX_EIO, "cannot start the store's thread");
 }
 
 static int sqlite_claim_ahead(void *state, const outbox_claim_params *p, const int64_t *exclude,
@@ -1734,9 +1782,9 @@ static int sqlite_claim_ahead(void *state, const outbox_claim_params *p, const i
 
     if (!p || p->batch_size == 0)
         return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: batch_size must be at least 1");
-    if (!st->reader && (code = worker_new(st, 0, &st->reader, err)) != OUTBOX_OK) return code;
-    w = st->reader;
-    if (w->asked)
+    if ((code = need_worker(st, err)) != OUTBOX_OK) return code;
+    w = st->worker;
+    if (w->job[JOB_CLAIM].asked)
         return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: the one before is still out");
     if (exclude_count > w->exclude_cap) {
         int64_t *e = outbox__realloc(w->exclude, exclude_count * sizeof *e);
@@ -1748,7 +1796,7 @@ static int sqlite_claim_ahead(void *state, const outbox_claim_params *p, const i
     w->exclude_count = exclude_count;
     w->p = *p;
     w->p.quarantined = NULL; /* it never quarantines */
-    worker_ask(w);
+    worker_ask(w, JOB_CLAIM);
     return OUTBOX_OK;
 }
 
@@ -1756,18 +1804,18 @@ static int sqlite_claim_ahead_end(void *state, int keep, const outbox_claim_para
                                   outbox_msg ***msgs, size_t *n, outbox_error *err)
 {
     sqlite_store *st = state;
-    sqlite_worker *w = st->reader;
+    sqlite_worker *w = st->worker;
     outbox_msg **got;
     size_t count;
     int code;
 
     *msgs = NULL;
     *n = 0;
-    if (!w || !w->asked) return OUTBOX_OK;
-    worker_wait(w);
+    if (!w || !w->job[JOB_CLAIM].asked) return OUTBOX_OK;
+    worker_wait(w, JOB_CLAIM);
     got = w->msgs;
     count = w->n;
-    code = w->code;
+    code = w->job[JOB_CLAIM].code;
     w->msgs = NULL;
     w->n = 0;
     if (!keep || code != OUTBOX_OK) {
@@ -1775,7 +1823,7 @@ static int sqlite_claim_ahead_end(void *state, int keep, const outbox_claim_para
         if (!keep) return OUTBOX_OK;
         if (code != CLAIM_NEEDS_WRITE && outbox__log_enabled(OUTBOX_LOG_DEBUG))
             outbox__log(OUTBOX_LOG_DEBUG, "store.sqlite", "claim ahead: %s (claiming again)",
-                        w->err.message);
+                        w->job[JOB_CLAIM].err.message);
         return claim(st, p, 1, w->exclude, w->exclude_count, 1, msgs, n, err);
     }
     *msgs = got;
@@ -1793,28 +1841,30 @@ static int sqlite_complete_behind(void *state, const outbox_completion *c, size_
     (void)in_flight; /* the relay is alone: nothing to keep */
     if (!p || (n > 0 && !c))
         return outbox__error(err, OUTBOX_EINVAL, "complete: completions or params are NULL");
-    if (!st->writer && (code = worker_new(st, 1, &st->writer, err)) != OUTBOX_OK) return code;
-    w = st->writer;
-    if (w->asked)
+    if ((code = need_worker(st, err)) != OUTBOX_OK) return code;
+    w = st->worker;
+    if (w->job[JOB_COMPLETE].asked)
         return outbox__error(err, OUTBOX_EINVAL, "complete_behind: the one before is still out");
     w->c = c;
     w->nc = n;
     w->cp = *p;
-    worker_ask(w);
+    worker_ask(w, JOB_COMPLETE);
     return OUTBOX_OK;
 }
 
 static int sqlite_complete_behind_end(void *state, outbox_error *err)
 {
     sqlite_store *st = state;
-    sqlite_worker *w = st->writer;
+    sqlite_worker *w = st->worker;
+    worker_job *j;
 
-    if (!w || !w->asked) return OUTBOX_OK;
-    worker_wait(w);
+    if (!w || !w->job[JOB_COMPLETE].asked) return OUTBOX_OK;
+    worker_wait(w, JOB_COMPLETE);
+    j = &w->job[JOB_COMPLETE];
     w->c = NULL;
     w->nc = 0;
-    if (w->code != OUTBOX_OK && err) *err = w->err;
-    return w->code;
+    if (j->code != OUTBOX_OK && err) *err = j->err;
+    return j->code;
 }
 
 static int sqlite_changed(void *state, int *changed, outbox_error *err)
