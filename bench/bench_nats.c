@@ -831,13 +831,15 @@ static void kafka_cases(const char *master, const char *copy)
         else
             failures++;
         setenv("OUTBOX_RELAY_CLAIM_AHEAD", "0", 1);
+        setenv("OUTBOX_RELAY_COMPLETE_BEHIND", "0", 1);
         snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%lld", kafka_bootstraps,
                  topics[5], kafka_window);
-        if (pg_relay_to("postgres -> kafka (claim in turn)", to, &res) == 0)
-            kafka_check_row("postgres -> kafka (claim in turn)", topics[5], &res, ceiling);
+        if (pg_relay_to("postgres -> kafka (store in turn)", to, &res) == 0)
+            kafka_check_row("postgres -> kafka (store in turn)", topics[5], &res, ceiling);
         else
             failures++;
         unsetenv("OUTBOX_RELAY_CLAIM_AHEAD");
+        unsetenv("OUTBOX_RELAY_COMPLETE_BEHIND");
     }
 #endif
 out:

@@ -2123,6 +2123,60 @@ TEST(claim_ahead_connection_lost)
     PQfinish(c);
 }
 
+/* The outcomes recorded behind lose their connection: an error, nothing
+ * recorded; the next batch recorded behind opens a new one. */
+TEST(complete_behind_connection_lost)
+{
+    PGconn *c = pgh_connect(&server);
+    outbox_store s;
+    outbox_error err;
+    outbox_claim_params p = {2, 0, 1, 0, NULL};
+    outbox_complete_params cp = {OUTBOX_ON_SENT_DELETE, 0, NULL, 10000};
+    outbox_completion done[2];
+    outbox_msg **msgs = NULL;
+    size_t n = 0, i;
+    int rc;
+
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    open_store(&s, server.url);
+    for (i = 0; i < 6; i++)
+        store_enqueue(&s, "behind", (int)i);
+    for (int round = 0; round < 3; round++) {
+        p.now_us = outbox__now_us();
+        rc = s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err);
+        if (rc != OUTBOX_OK) rc = s.ops->claim_pipelined(s.state, &p, NULL, 0, &msgs, &n, &err);
+        ASSERT_OK(rc, &err);
+        ASSERT_EQ(n, 2);
+        for (i = 0; i < n; i++) {
+            memset(&done[i], 0, sizeof done[i]);
+            done[i].msg = msgs[i];
+            done[i].outcome = OUTBOX_OUTCOME_SENT;
+        }
+        cp.now_us = outbox__now_us();
+        if (round == 1) {
+            /* Every session of the store, the recording one included. */
+            pgh_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <>"
+                        " pg_backend_pid() AND datname = current_database() AND backend_type ="
+                        " 'client backend'");
+            usleep(100000);
+        }
+        rc = s.ops->complete_behind(s.state, done, n, &cp, 0, &err);
+        if (rc == OUTBOX_OK) rc = s.ops->complete_behind_end(s.state, &err);
+        if (round == 1) {
+            ASSERT_EQ(rc, OUTBOX_EIO);
+            ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.outbox"), 4);
+        } else {
+            ASSERT_OK(rc, &err);
+        }
+        free_msgs(msgs, n);
+    }
+    /* Rounds 0 and 2 recorded theirs; round 1's two are pending again. */
+    ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM outbox.outbox"), 2);
+    outbox__store_close(&s);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    PQfinish(c);
+}
+
 TEST(reconnect)
 {
     outbox_store s;
@@ -2253,6 +2307,7 @@ int main(void)
     RUN(partitions_shared);
     RUN(reconnect);
     RUN(claim_ahead_connection_lost);
+    RUN(complete_behind_connection_lost);
     RUN(query_timeout);
     fprintf(stderr, "all PostgreSQL store tests passed\n");
     return 0;

@@ -1219,6 +1219,10 @@ static int complete_behind(outbox_relay *r, relay_batch *b, const outbox_complet
     tmp = *rec;
     *rec = *b;
     *b = tmp;
+    if (rc == OUTBOX_EFAULT) { /* an injected failure of the recording itself */
+        if (err) *err = e;
+        return rc;
+    }
     if (rc == OUTBOX_ENOTBUILT) r->behind_off = 1;
     outbox__log(OUTBOX_LOG_DEBUG, COMPONENT, "relay %s: recording in turn: %s", r->name, e.message);
     return OUTBOX_ENOTBUILT;

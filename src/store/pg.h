@@ -129,6 +129,12 @@ typedef struct pg_store {
     int ahead_sent;            /* its results are still to be read from conn */
     int64_t ahead_deadline_us; /* monotonic: query_timeout from its sending */
     PGresult *ahead_res;       /* its result, read by outbox__pg_store_settle */
+
+    /* Complete behind (pg_claim.c): a wholly sent batch's outcomes, sent on
+     * a connection of their own without waiting. */
+    PGconn *rec_conn;        /* NULL until the first, or after a failure */
+    int rec_sent;            /* its result is still to be read */
+    int64_t rec_deadline_us; /* monotonic: query_timeout from its sending */
 } pg_store;
 
 /* Timestamps as unix microseconds, total: no stored value can make a
@@ -205,6 +211,17 @@ int outbox__pg_store_exec(pg_store *st, const char *sql, const char *what, outbo
 void outbox__pg_store_rollback(pg_store *st);
 /* A decimal text as int64 (0 for NULL or ""). */
 int64_t outbox__pg_parse_i64(const char *s);
+/* The two halves of a statement within a deadline (monotonic us), for a
+ * connection other than st->conn: outbox__pg_send_within sends sql (several
+ * statements may be given) on the non-blocking conn: 1 when sent, 0 when
+ * not, -1 when the server did not read it by the deadline;
+ * outbox__pg_collect_within reads its last result (NULL and *expired = 1
+ * past the deadline). */
+int outbox__pg_send_within(PGconn *conn, int64_t deadline_us, const char *sql);
+PGresult *outbox__pg_collect_within(PGconn *conn, int64_t deadline_us, int *expired);
+/* A non-blocking connection with st's settings and no session set-up
+ * (no lease, no LISTEN): NULL with err filled when it cannot connect. */
+PGconn *outbox__pg_connect_plain(pg_store *st, outbox_error *err);
 /* Connects or reconnects st and sets up its session. */
 int outbox__pg_need_conn(pg_store *st, outbox_error *err);
 
@@ -273,6 +290,9 @@ int outbox__pg_claim_ahead(void *state, const outbox_claim_params *p, const int6
                            size_t exclude_count, outbox_error *err);
 int outbox__pg_claim_ahead_end(void *state, int keep, const outbox_claim_params *p,
                                outbox_msg ***msgs, size_t *n, outbox_error *err);
+int outbox__pg_complete_behind(void *state, const outbox_completion *c, size_t n,
+                               const outbox_complete_params *p, int in_flight, outbox_error *err);
+int outbox__pg_complete_behind_end(void *state, outbox_error *err);
 int outbox__pg_complete(void *state, const outbox_completion *c, size_t n,
                         const outbox_complete_params *p, outbox_error *err);
 int outbox__pg_complete_pipelined(void *state, const outbox_completion *c, size_t n,

@@ -928,6 +928,100 @@ int outbox__pg_complete_pipelined(void *state, const outbox_completion *c, size_
     return complete(state, c, n, p, 1, in_flight, err);
 }
 
+/* Complete behind: a wholly sent batch's DELETE (or UPDATE to sent) is
+ * sent, in a transaction of its own, on a second connection (rec_conn)
+ * without waiting, and read by complete_behind_end; the relay's session
+ * meanwhile claims and publishes.  It needs no partition lock: the rows
+ * are this relay's published messages, and the relay keeps them out of
+ * its claims until the end (were another relay to hold them by then, the
+ * statement would wait for its claim and find them gone).  A failure says
+ * so at the end, and the connection is opened again for the next. */
+int outbox__pg_complete_behind(void *state, const outbox_completion *c, size_t n,
+                               const outbox_complete_params *p, int in_flight, outbox_error *err)
+{
+    pg_store *st = state;
+    size_t i;
+    int contiguous = 1, sent;
+
+    (void)in_flight;
+    if (st->wal || st->capture_wal)
+        return outbox__error(err, OUTBOX_ENOTBUILT,
+                             "no complete behind with capture=wal: its outcomes go with the "
+                             "stream's position");
+    if (st->rec_sent)
+        return outbox__error(err, OUTBOX_EINVAL, "complete_behind: the one before is still out");
+    if (!p || n == 0 || !c)
+        return outbox__error(err, OUTBOX_EINVAL, "complete_behind: no outcomes to record");
+    for (i = 0; i < n; i++) {
+        if (!c[i].msg || c[i].outcome != OUTBOX_OUTCOME_SENT)
+            return outbox__error(err, OUTBOX_EINVAL,
+                                 "complete_behind records wholly sent batches only");
+        if (c[i].msg->seq != c[0].msg->seq + (int64_t)i) contiguous = 0;
+    }
+    if (OUTBOX_FAULT("during_mark_sent") != 0)
+        return outbox__error(err, OUTBOX_EFAULT,
+                             "injected fault during_mark_sent: outcomes not recorded");
+    outbox__buf_reset(&st->sql);
+    outbox__buf_puts(&st->sql, "BEGIN; SET LOCAL synchronous_commit = off; ");
+    if (p->on_sent == OUTBOX_ON_SENT_MARK)
+        outbox__buf_printf(&st->sql,
+                           "UPDATE %s.outbox SET status = 'sent', sent_at = 'epoch'::timestamptz"
+                           " + %lld * interval '1 microsecond'",
+                           st->qschema, (long long)(p->now_us ? p->now_us : outbox__now_us()));
+    else
+        outbox__buf_printf(&st->sql, "DELETE FROM %s.outbox", st->qschema);
+    if (contiguous) {
+        outbox__buf_printf(&st->sql, " WHERE seq BETWEEN %lld AND %lld", (long long)c[0].msg->seq,
+                           (long long)c[n - 1].msg->seq);
+    } else {
+        outbox__buf_puts(&st->sql, " WHERE seq = ANY('{");
+        for (i = 0; i < n; i++)
+            outbox__buf_printf(&st->sql, "%s%lld", i ? "," : "", (long long)c[i].msg->seq);
+        outbox__buf_puts(&st->sql, "}'::bigint[])");
+    }
+    outbox__buf_puts(&st->sql, "; COMMIT");
+    if (st->sql.oom) return outbox__error(err, OUTBOX_ENOMEM, "out of memory recording outcomes");
+    if (!st->rec_conn || PQstatus(st->rec_conn) != CONNECTION_OK) {
+        if (st->rec_conn) PQfinish(st->rec_conn);
+        st->rec_conn = outbox__pg_connect_plain(st, err);
+        if (!st->rec_conn) return err ? err->code : OUTBOX_EIO;
+    }
+    st->rec_deadline_us = outbox__monotonic_us() + st->query_timeout_ms * 1000;
+    sent = outbox__pg_send_within(st->rec_conn, st->rec_deadline_us, st->sql.data);
+    if (sent <= 0) {
+        PQfinish(st->rec_conn);
+        st->rec_conn = NULL;
+        return outbox__error(err, OUTBOX_EIO,
+                             "recording outcomes: could not send them to PostgreSQL at %s",
+                             st->shown);
+    }
+    st->rec_sent = 1;
+    return OUTBOX_OK;
+}
+
+int outbox__pg_complete_behind_end(void *state, outbox_error *err)
+{
+    pg_store *st = state;
+    PGresult *res;
+    int expired, code = OUTBOX_OK;
+
+    if (!st->rec_sent) return OUTBOX_OK;
+    st->rec_sent = 0;
+    res = outbox__pg_collect_within(st->rec_conn, st->rec_deadline_us, &expired);
+    if (expired) {
+        code = outbox__pg_timeout_error(st, "recording outcomes", err);
+    } else if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        code = outbox__pg_fail(st->rec_conn, res, "recording outcomes", err);
+        if (code == OUTBOX_OK) code = OUTBOX_ESTORE;
+    }
+    PQclear(res);
+    if (code != OUTBOX_OK) {
+        PQfinish(st->rec_conn); /* a new one for the next: nothing is left half-done on it */
+        st->rec_conn = NULL;
+    }
+    return code;
+}
+
 /* Runs a query returning one row, one column; *out = its int64 value (0
  * for NULL). */
 static int scalar(pg_store *st, const char *sql, int64_t *out, const char *what, outbox_error *err)

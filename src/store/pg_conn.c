@@ -351,6 +351,16 @@ static PGresult *run_within(PGconn *conn, int64_t timeout_ms, int how, const cha
     return collect_within(conn, deadline_us, expired);
 }
 
+int outbox__pg_send_within(PGconn *conn, int64_t deadline_us, const char *sql)
+{
+    return send_within(conn, deadline_us, SEND_QUERY, NULL, sql, 0, NULL);
+}
+
+PGresult *outbox__pg_collect_within(PGconn *conn, int64_t deadline_us, int *expired)
+{
+    return collect_within(conn, deadline_us, expired);
+}
+
 PGresult *outbox__pg_query_within(PGconn *conn, int64_t timeout_ms, const char *sql, int *expired)
 {
     return run_within(conn, timeout_ms, SEND_QUERY, NULL, sql, 0, NULL, expired);
@@ -831,6 +841,24 @@ static void notice_receiver(void *arg, const PGresult *res)
                 outbox__pg_error_text(NULL, res, text, sizeof text));
 }
 
+PGconn *outbox__pg_connect_plain(pg_store *st, outbox_error *err)
+{
+    char msg[300];
+    PGconn *conn = PQconnectdb(st->conninfo);
+    if (!conn) {
+        outbox__error(err, OUTBOX_ENOMEM, "out of memory connecting to PostgreSQL");
+        return NULL;
+    }
+    if (PQstatus(conn) != CONNECTION_OK || PQsetnonblocking(conn, 1) != 0) {
+        outbox__error(err, OUTBOX_EIO, "cannot connect to PostgreSQL at %s: %s", st->shown,
+                      outbox__pg_message(PQerrorMessage(conn), msg, sizeof msg));
+        PQfinish(conn);
+        return NULL;
+    }
+    PQsetNoticeReceiver(conn, notice_receiver, st);
+    return conn;
+}
+
 /* Makes sure st->conn is up: connects (or reconnects after a loss, logging
  * it) and sets up the session (LISTEN, lock keys, relay membership). */
 int outbox__pg_need_conn(pg_store *st, outbox_error *err)
@@ -942,6 +970,7 @@ static void pg_close(void *state)
     if (!st) return;
     outbox__pg_wal_close(st);
     PQclear(st->ahead_res);
+    if (st->rec_conn) PQfinish(st->rec_conn);
     if (st->conn) PQfinish(st->conn);
     outbox__free(st->conninfo);
     outbox__free(st->repl_conninfo);
@@ -1149,6 +1178,8 @@ PG_MODE(int, wait_fd, (void *state), (state))
         .partitions_held = PG_ENTRY(outbox__pg_partitions_held),                                   \
         .claim_ahead = PG_ENTRY(outbox__pg_claim_ahead),                                           \
         .claim_ahead_end = PG_ENTRY(outbox__pg_claim_ahead_end),                                   \
+        .complete_behind = PG_ENTRY(outbox__pg_complete_behind),                                   \
+        .complete_behind_end = PG_ENTRY(outbox__pg_complete_behind_end),                           \
         .usage = usage_,                                                                           \
         .doc = doc_,                                                                               \
         .props = pg_props,                                                                         \
