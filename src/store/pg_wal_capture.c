@@ -680,7 +680,14 @@ static int stream_read(pg_store *st, outbox_error *err)
     size_t got = 0; /* bytes of CopyData since the socket was last read */
 
     if (!w->streaming) return OUTBOX_OK;
-    if (!PQconsumeInput(w->repl)) {
+    /* While reading is paused the socket is not read either: libpq would
+     * read all it holds into its input buffer, which it enlarges without
+     * bound, and move what is left of it to the buffer's start at every
+     * read; at every claim and completion of a relay slower than the
+     * stream (JetStream), that kept the walsender streaming into the
+     * relay's memory instead of pausing, and the moves took about 6% of the
+     * relay's CPU.  (Status updates go on: the walsender does not time out.) */
+    if ((w->in_txn || queue_room(w)) && !PQconsumeInput(w->repl)) {
         stream_lost(st, outbox__pg_message(PQerrorMessage(w->repl), msg, sizeof msg));
         return OUTBOX_OK;
     }
@@ -1404,6 +1411,10 @@ int outbox__pg_wal_wait_fd(void *state)
     struct pg_wal *w = st->wal;
     if (!w->streaming) return outbox__pg_wait_fd(state);
     maybe_send_status(st);
+    /* Paused, the stream's socket is left unread (stream_read) and would
+     * stay readable: nothing it brings is read before a completion makes
+     * room, so the table connection's tells what may change. */
+    if (!w->in_txn && !queue_room(w)) return outbox__pg_wait_fd(state);
     return PQsocket(w->repl);
 }
 
