@@ -73,6 +73,18 @@
 /* A --once relay reads the stream up to where the WAL was when it started
  * for at most this long before its first claim. */
 #define CATCH_UP_MAX_US 10000000
+/* While it waits for messages there, it wakes up at most this often, so
+ * that a backlog arrives in large reads: woken for every protocol message
+ * the walsender sends on its own (and answering each wake-up with a status
+ * update), the relay and the walsender both paid for every message's
+ * wake-up, two to three times their CPU per message. */
+#define CATCH_UP_GATHER_US 200
+/* ... and when the stream has been quiet this long, it asks the walsender
+ * for its position (a keepalive), which says when the end is reached. */
+#define CATCH_UP_QUIET_MS 20
+/* libpq reads at most its input buffer (16 KiB) from the socket at a time:
+ * a read that brought at least half of that may have left more behind. */
+#define STREAM_REFILL_BYTES 8192
 /* PostgreSQL's epoch (2000-01-01) in unix microseconds. */
 #define PG_EPOCH_US INT64_C(946684800000000)
 
@@ -665,9 +677,17 @@ static int stream_read(pg_store *st, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
     char msg[300];
+    size_t got = 0; /* bytes of CopyData since the socket was last read */
 
     if (!w->streaming) return OUTBOX_OK;
-    if (!PQconsumeInput(w->repl)) {
+    /* While reading is paused the socket is not read either: libpq would
+     * read all it holds into its input buffer, which it enlarges without
+     * bound, and move what is left of it to the buffer's start at every
+     * read; at every claim and completion of a relay slower than the
+     * stream (JetStream), that kept the walsender streaming into the
+     * relay's memory instead of pausing, and the moves took about 6% of the
+     * relay's CPU.  (Status updates go on: the walsender does not time out.) */
+    if ((w->in_txn || queue_room(w)) && !PQconsumeInput(w->repl)) {
         stream_lost(st, outbox__pg_message(PQerrorMessage(w->repl), msg, sizeof msg));
         return OUTBOX_OK;
     }
@@ -680,6 +700,14 @@ static int stream_read(pg_store *st, outbox_error *err)
             break;
         }
         n = PQgetCopyData(w->repl, &buf, 1);
+        if (n == 0 && got >= STREAM_REFILL_BYTES) {
+            got = 0;
+            if (!PQconsumeInput(w->repl)) {
+                stream_lost(st, outbox__pg_message(PQerrorMessage(w->repl), msg, sizeof msg));
+                return OUTBOX_OK;
+            }
+            continue;
+        }
         if (n == 0) break;
         if (n < 0) {
             PGresult *res = PQgetResult(w->repl);
@@ -688,6 +716,7 @@ static int stream_read(pg_store *st, outbox_error *err)
             stream_lost(st, n == -1 ? "the server ended the stream" : msg);
             return OUTBOX_OK;
         }
+        got += (size_t)n;
         w->heard_at_us = outbox__monotonic_us();
         w->asked_at_us = 0;
         code = on_copy_data(st, (const unsigned char *)buf, (size_t)n, err);
@@ -1022,15 +1051,23 @@ static size_t unclaimed(const struct pg_wal *w)
     return (size_t)(w->next_no - from);
 }
 
+/* Is catch_up to read on (see there)? */
+static int catching_up(struct pg_wal *w, size_t want, int64_t until)
+{
+    return w->streaming && w->stream_pos < w->once_target && queue_room(w) && unclaimed(w) < want &&
+           outbox__monotonic_us() < until;
+}
+
 /* --once: reads the stream up to the WAL's end as it was at the first
  * claim (bounded by CATCH_UP_MAX_US and the queue's size), so that a
  * drain sees what was committed before it began; but stops waiting once
  * want entries that were never claimed are in memory, so that the relay
  * publishes them while the walsender goes on sending (waiting for a full
  * queue left the relay idle while the walsender filled it, and the
- * walsender blocked while the relay worked through it).  The status
- * updates sent meanwhile make the walsender send keepalives with its
- * position once it has nothing more. */
+ * walsender blocked while the relay worked through it).  A walsender
+ * with nothing more to send sends a keepalive with its position while the
+ * relay has not confirmed all it sent; one asked for when the stream has
+ * been quiet for CATCH_UP_QUIET_MS makes sure. */
 static int catch_up(pg_store *st, size_t want, outbox_error *err)
 {
     struct pg_wal *w = st->wal;
@@ -1050,16 +1087,17 @@ static int catch_up(pg_store *st, size_t want, outbox_error *err)
         PQclear(res);
         w->once_target = ((uint64_t)hi << 32) | lo;
     }
-    while (w->streaming && w->stream_pos < w->once_target && queue_room(w) && unclaimed(w) < want &&
-           outbox__monotonic_us() < until) {
+    while (catching_up(w, want, until)) {
         struct pollfd pfd;
-        send_status(w, 0);
+        int ready;
         pfd.fd = PQsocket(w->repl);
         pfd.events = POLLIN;
         pfd.revents = 0;
-        (void)poll(&pfd, 1, 50);
+        ready = poll(&pfd, 1, CATCH_UP_QUIET_MS);
+        if (ready == 0) send_status(w, 1);
         code = stream_read(st, err);
         if (code != OUTBOX_OK) return code;
+        if (ready > 0 && catching_up(w, want, until)) outbox__sleep_us(CATCH_UP_GATHER_US);
     }
     if (w->stream_pos >= w->once_target) w->caught_up = 1;
     return OUTBOX_OK;
@@ -1373,6 +1411,10 @@ int outbox__pg_wal_wait_fd(void *state)
     struct pg_wal *w = st->wal;
     if (!w->streaming) return outbox__pg_wait_fd(state);
     maybe_send_status(st);
+    /* Paused, the stream's socket is left unread (stream_read) and would
+     * stay readable: nothing it brings is read before a completion makes
+     * room, so the table connection's tells what may change. */
+    if (!w->in_txn && !queue_room(w)) return outbox__pg_wait_fd(state);
     return PQsocket(w->repl);
 }
 
