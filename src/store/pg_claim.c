@@ -1,7 +1,8 @@
 /*
  * pg_claim.c - the PostgreSQL relay's hot path: claim and complete, plain
- * and pipelined, with their prepared statements, the claim floor, and the
- * quarantine of rows that cannot be published.  The design is in
+ * and pipelined (and ahead and behind: sent without waiting), with their
+ * prepared statements, the claim floor, and the quarantine of rows that
+ * cannot be published.  The design is in
  * docs/POSTGRES.md ("Claim and complete", "Claim floor").
  */
 #include "internal.h"

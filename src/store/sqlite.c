@@ -44,7 +44,9 @@
  * relay name: a live holder is never shared, whatever the names.
  *
  * A store handle is used by one thread at a time (its statements are
- * cached in it); open one store per thread.
+ * cached in it); open one store per thread.  The relay's claim ahead and
+ * complete behind run on a store thread the handle starts, with a handle
+ * (a connection) of its own ("Claim ahead and complete behind" below).
  */
 #include "internal.h"
 
