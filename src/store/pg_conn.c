@@ -281,13 +281,6 @@ static int wait_socket(PGconn *conn, short events, int64_t deadline_us)
     }
 }
 
-/* Sends a statement (how: SEND_*) on the non-blocking conn, flushes it
- * while reading (the server may wait for room to send), and reads until
- * its results are in.  Returns the last result, as PQexec does (after a
- * failed statement the server skips the rest, so an error is the last;
- * a COPY result ends the statement's results), or NULL when it could not
- * be sent; NULL with *expired = 1 when the server did not answer within
- * timeout_ms. */
 /* The first half of run_within: sends and flushes.  1 when sent, 0 when
  * it could not be, -1 when the server did not read it by the deadline. */
 static int send_within(PGconn *conn, int64_t deadline_us, int how, const char *name,
@@ -340,6 +333,13 @@ expired:
     return NULL;
 }
 
+/* Sends a statement (how: SEND_*) on the non-blocking conn, flushes it
+ * while reading (the server may wait for room to send), and reads until
+ * its results are in.  Returns the last result, as PQexec does (after a
+ * failed statement the server skips the rest, so an error is the last;
+ * a COPY result ends the statement's results), or NULL when it could not
+ * be sent; NULL with *expired = 1 when the server did not answer within
+ * timeout_ms. */
 static PGresult *run_within(PGconn *conn, int64_t timeout_ms, int how, const char *name,
                             const char *sql, int nparams, const char *const *params, int *expired)
 {
