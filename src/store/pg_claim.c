@@ -708,6 +708,19 @@ static int run_hot(pg_store *st, int which, int nparams, const char *const *para
     return code;
 }
 
+/* Appends to st->sql the head of the statement that records sent messages
+ * (their WHERE follows): DELETE, or UPDATE to sent when p says mark. */
+static void sent_statement(pg_store *st, const outbox_complete_params *p)
+{
+    if (p && p->on_sent == OUTBOX_ON_SENT_MARK)
+        outbox__buf_printf(&st->sql,
+                           "UPDATE %s.outbox SET status = 'sent', sent_at = 'epoch'::timestamptz"
+                           " + %lld * interval '1 microsecond'",
+                           st->qschema, (long long)(p->now_us ? p->now_us : outbox__now_us()));
+    else
+        outbox__buf_printf(&st->sql, "DELETE FROM %s.outbox", st->qschema);
+}
+
 /* complete()'s usual case, a batch sent whole whose seqs are consecutive,
  * in one round trip: its rows are exactly the seqs from the first to the
  * last (seqs are unique), deleted (or marked) by that range, one index
@@ -740,13 +753,7 @@ static int complete_range(pg_store *st, const outbox_completion *c, size_t n,
     }
     outbox__buf_reset(&st->sql);
     if (pipelined) outbox__buf_puts(&st->sql, "BEGIN; SET LOCAL synchronous_commit = off; ");
-    if (p && p->on_sent == OUTBOX_ON_SENT_MARK)
-        outbox__buf_printf(&st->sql,
-                           "UPDATE %s.outbox SET status = 'sent', sent_at = 'epoch'::timestamptz"
-                           " + %lld * interval '1 microsecond'",
-                           st->qschema, (long long)(p->now_us ? p->now_us : outbox__now_us()));
-    else
-        outbox__buf_printf(&st->sql, "DELETE FROM %s.outbox", st->qschema);
+    sent_statement(st, p);
     outbox__buf_printf(&st->sql, " WHERE seq BETWEEN %lld AND %lld; COMMIT", (long long)lo,
                        (long long)hi);
     if (st->sql.oom) {
@@ -964,13 +971,7 @@ int outbox__pg_complete_behind(void *state, const outbox_completion *c, size_t n
                              "injected fault during_mark_sent: outcomes not recorded");
     outbox__buf_reset(&st->sql);
     outbox__buf_puts(&st->sql, "BEGIN; SET LOCAL synchronous_commit = off; ");
-    if (p->on_sent == OUTBOX_ON_SENT_MARK)
-        outbox__buf_printf(&st->sql,
-                           "UPDATE %s.outbox SET status = 'sent', sent_at = 'epoch'::timestamptz"
-                           " + %lld * interval '1 microsecond'",
-                           st->qschema, (long long)(p->now_us ? p->now_us : outbox__now_us()));
-    else
-        outbox__buf_printf(&st->sql, "DELETE FROM %s.outbox", st->qschema);
+    sent_statement(st, p);
     if (contiguous) {
         outbox__buf_printf(&st->sql, " WHERE seq BETWEEN %lld AND %lld", (long long)c[0].msg->seq,
                            (long long)c[n - 1].msg->seq);
