@@ -242,6 +242,30 @@ if grep -q "was already applied (redelivery)" "$DIR/inventory.log"; then ok; els
     fail "inventory never saw the redelivery of the message committed before its SIGKILL"
 fi
 
+# Every outbox drains (the relays confirmed everything to JetStream).
+deadline=$(($(now_ms) + 10000))
+for s in order inventory payment notification; do
+    while :; do
+        n=$(sqlite3 -cmd ".timeout 5000" "$DIR/$s.db" \
+            "SELECT count(*) FROM outbox WHERE status != 'sent'" 2>&1)
+        [ "$n" = 0 ] && { ok; break; }
+        [ "$(now_ms)" -gt "$deadline" ] && { fail "$s: $n outbox messages not sent"; break; }
+        sleep 0.2
+    done
+done
+
+# An order ends (cancelled) in the same transaction that enqueues its
+# ReleaseStockRequested: settled orders can still have that event on its
+# way to inventory (a relay backing off after the nats-server restart, a
+# restarted consumer).  The checks below are about the end state, so they
+# wait for it (at most 20 s; a lost event would still fail them).
+deadline=$(($(now_ms) + 20000))
+until [ "$(q "$ALL SELECT count(*) FROM orders o WHERE o.state = 'cancelled' AND (SELECT count(*)
+        FROM inv.handled h WHERE h.order_id = o.id AND h.event = 'ReleaseStockRequested') = 0" 2>&1)" = 0 ] ||
+    [ "$(now_ms)" -gt "$deadline" ]; do
+    sleep 0.2
+done
+
 # expect_zero WHAT SQL: the query (over all four databases) must give 0.
 expect_zero() {
     local v
@@ -287,17 +311,6 @@ expect_zero "orders without their received and final notification" \
 expect_zero "notifications for unknown orders" \
     "SELECT count(*) FROM ntf.notifications WHERE order_id NOT IN (SELECT id FROM orders)"
 
-# Every outbox drains (the relays confirmed everything to JetStream).
-deadline=$(($(now_ms) + 10000))
-for s in order inventory payment notification; do
-    while :; do
-        n=$(sqlite3 -cmd ".timeout 5000" "$DIR/$s.db" \
-            "SELECT count(*) FROM outbox WHERE status != 'sent'" 2>&1)
-        [ "$n" = 0 ] && { ok; break; }
-        [ "$(now_ms)" -gt "$deadline" ] && { fail "$s: $n outbox messages not sent"; break; }
-        sleep 0.2
-    done
-done
 
 # SIGTERM: every service stops cleanly (consumer thread, relay, database).
 for s in order inventory payment notification; do
