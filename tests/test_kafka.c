@@ -491,6 +491,7 @@ TEST(oversized)
               1);
 }
 
+#ifdef OUTBOX_FAULT_INJECTION
 /* A fatal producer error (injected with the kafka_fatal fault point on the
  * second batch of this drain): the producer is rebuilt and nothing is lost
  * or reordered. */
@@ -555,6 +556,7 @@ TEST(fatal_rebuild)
     ASSERT_EQ(rep.violations, 0);
     ch_producer_free(&p);
 }
+#endif /* OUTBOX_FAULT_INJECTION */
 
 /* Appends each message's payload and a space to a text (one key: one
  * partition, so this is the key's log order). */
