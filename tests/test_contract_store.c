@@ -570,6 +570,75 @@ static void complete_outcomes(const store_driver *d)
     outbox__store_close(&st);
 }
 
+/* The sent messages of one call are written by runs of consecutive seqs
+ * (SQLite: a range of the primary key each, or one statement over all of
+ * them past a few runs): whatever the pattern of outcomes, exactly the
+ * sent ones are deleted or marked, and a retried or unsent one between
+ * them stays as it was.  Two patterns, in both on_sent modes: 3 runs with a
+ * retry and an unsent message between them; 20 runs (every other one sent). */
+static void complete_runs(const store_driver *d)
+{
+    enum { N = 40 };
+    outbox_store st;
+    outbox_error err = {0};
+    char url[700], ids[N][37];
+    int64_t later = outbox__now_us() + 3600 * 1000000LL;
+    int pattern, on_sent;
+
+    for (pattern = 0; pattern < 2; pattern++)
+        for (on_sent = OUTBOX_ON_SENT_DELETE; on_sent <= OUTBOX_ON_SENT_MARK; on_sent++) {
+            char name[32];
+            outbox_completion c[N];
+            outbox_complete_params p = {on_sent, outbox__now_us(), NULL, 0};
+            sh_batch b;
+            int i, sent = 0;
+
+            snprintf(name, sizeof name, "runs%d%d", pattern, on_sent);
+            open_fresh(d, &st, url, sizeof url, name);
+            for (i = 0; i < N; i++) {
+                char agg[16];
+                snprintf(agg, sizeof agg, "runs-%d", i);
+                sh_put(&st, agg, ids[i]);
+            }
+            b = sh_claim_due(&st, outbox__now_us(), 0);
+            ASSERT_EQ(b.n, N);
+            memset(c, 0, sizeof c);
+            for (i = 0; i < N; i++) {
+                c[i].msg = b.msgs[i];
+                c[i].available_at = later;
+                c[i].error = "boom";
+                if (pattern == 0)
+                    c[i].outcome = i == 12   ? OUTBOX_OUTCOME_RETRY
+                                   : i == 25 ? OUTBOX_OUTCOME_UNSENT
+                                             : OUTBOX_OUTCOME_SENT;
+                else
+                    c[i].outcome = i % 2 ? OUTBOX_OUTCOME_RETRY : OUTBOX_OUTCOME_SENT;
+            }
+            ASSERT_OK(st.ops->complete(st.state, c, N, &p, &err), &err);
+            for (i = 0; i < N; i++) {
+                outbox_msg *got = NULL;
+                int rc = st.ops->get(st.state, b.msgs[i]->id, &got, &err);
+                if (c[i].outcome == OUTBOX_OUTCOME_SENT) {
+                    sent++;
+                    if (on_sent == OUTBOX_ON_SENT_DELETE) {
+                        ASSERT_EQ(rc, OUTBOX_ENOTFOUND);
+                        continue;
+                    }
+                    ASSERT_OK(rc, &err);
+                    ASSERT_EQ(got->status, OUTBOX_STATUS_SENT);
+                } else {
+                    ASSERT_OK(rc, &err);
+                    ASSERT_EQ(got->status, OUTBOX_STATUS_PENDING);
+                    ASSERT_EQ(got->attempts, c[i].outcome == OUTBOX_OUTCOME_RETRY ? 1 : 0);
+                }
+                outbox_msg_free(got);
+            }
+            ASSERT_EQ(sent, pattern == 0 ? N - 2 : N / 2);
+            sh_batch_free(&b);
+            outbox__store_close(&st);
+        }
+}
+
 /* ------------------------------------------------------------------------
  * Leases
  * ---------------------------------------------------------------------- */
@@ -959,6 +1028,7 @@ static const contract_case cases[] = {
     {"failed_blocks_option", failed_blocks_option},
     {"out_of_order_commits", out_of_order_commits},
     {"complete_outcomes", complete_outcomes},
+    {"complete_runs", complete_runs},
     {"leases", leases},
     {"retry_drop_purge", retry_drop_purge},
     {"bad_rows_quarantined", bad_rows_quarantined},

@@ -1351,7 +1351,10 @@ static int finish_oldest(outbox_relay *r, size_t *held_back, outbox_error *err)
 /* Fills r->exclude with the seqs of every open batch; *count: how many.
  * -1 when out of memory.  The seqs come from each batch's own copy
  * (relay_batch.seqs): reading them through the messages cost a cache miss
- * per message in flight at every claim (20,000 with Kafka's window). */
+ * per message in flight at every claim (20,000 with Kafka's window).  They
+ * go in claim order, the batch recorded behind (the oldest) first, so that
+ * in a drain the list is already sorted and the store need not sort it
+ * (outbox__stretches_between). */
 static int window_seqs(outbox_relay *r, const relay_batch *extra, size_t *count)
 {
     const relay_batch *rec = r->rec_busy ? &r->batches[REC_SLOT] : NULL;
@@ -1365,17 +1368,17 @@ static int window_seqs(outbox_relay *r, const relay_batch *extra, size_t *count)
         r->exclude = e;
         r->exclude_cap = total;
     }
+    /* Recorded behind: maybe not yet written, so still pending. */
+    if (rec && rec->n > 0) {
+        memcpy(r->exclude, rec->seqs, rec->n * sizeof *rec->seqs);
+        at = rec->n;
+    }
     for (k = 0; k < r->window_count; k++) {
         const relay_batch *b = window_at(r, k);
         if (b->n > 0) memcpy(r->exclude + at, b->seqs, b->n * sizeof *b->seqs);
         at += b->n;
     }
-    if (extra && extra->n > 0) {
-        memcpy(r->exclude + at, extra->seqs, extra->n * sizeof *extra->seqs);
-        at += extra->n;
-    }
-    /* Recorded behind: maybe not yet written, so still pending. */
-    if (rec && rec->n > 0) memcpy(r->exclude + at, rec->seqs, rec->n * sizeof *rec->seqs);
+    if (extra && extra->n > 0) memcpy(r->exclude + at, extra->seqs, extra->n * sizeof *extra->seqs);
     *count = total;
     return 0;
 }

@@ -706,6 +706,8 @@ enum {
     S_CLAIM_PIPELINED,
     S_DELETE_MANY,
     S_MARK_SENT_MANY,
+    S_DELETE_RANGE,
+    S_MARK_SENT_RANGE,
     S_RETRY,
     S_FAIL,
     S_LEASE_RENEW,
@@ -746,6 +748,10 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_DELETE_MANY] = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))",
     [S_MARK_SENT_MANY] = "UPDATE outbox SET status = 'sent', sent_at = ?2"
                          " WHERE seq IN (SELECT value FROM json_each(?1))",
+    /* The same for the seqs ?1 to ?3, every one of them sent (record_sent). */
+    [S_DELETE_RANGE] = "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?3",
+    [S_MARK_SENT_RANGE] =
+        "UPDATE outbox SET status = 'sent', sent_at = ?2 WHERE seq BETWEEN ?1 AND ?3",
     [S_RETRY] = "UPDATE outbox SET attempts = attempts + 1, available_at = ?1, last_error = ?2"
                 " WHERE seq = ?3",
     [S_FAIL] = "UPDATE outbox SET attempts = attempts + 1, status = 'failed', last_error = ?1"
@@ -1490,17 +1496,23 @@ static int record(sqlite_store *st, const outbox_completion *c, outbox_error *er
     return code;
 }
 
-/* Deletes or marks every sent message (their seqs are the JSON array in
- * st->sent) with one statement. */
-static int record_sent(sqlite_store *st, const outbox_complete_params *p, outbox_error *err)
+/* Deletes or marks the sent messages whose seqs are lo to hi (idx:
+ * S_DELETE_RANGE or S_MARK_SENT_RANGE), or those in the JSON array in
+ * st->sent (S_DELETE_MANY or S_MARK_SENT_MANY). */
+static int sent_statement(sqlite_store *st, int idx, int64_t lo, int64_t hi, int64_t now_us,
+                          outbox_error *err)
 {
     sqlite3_stmt *s;
     int code = OUTBOX_OK, rc;
-    int mark = p->on_sent == OUTBOX_ON_SENT_MARK;
 
-    if (!(s = stmt(st, mark ? S_MARK_SENT_MANY : S_DELETE_MANY, &code, err))) return code;
-    sqlite3_bind_text(s, 1, st->sent.data, (int)st->sent.len, SQLITE_STATIC);
-    if (mark) sqlite3_bind_int64(s, 2, p->now_us);
+    if (!(s = stmt(st, idx, &code, err))) return code;
+    if (idx == S_DELETE_RANGE || idx == S_MARK_SENT_RANGE) {
+        sqlite3_bind_int64(s, 1, lo);
+        sqlite3_bind_int64(s, 3, hi);
+    } else {
+        sqlite3_bind_text(s, 1, st->sent.data, (int)st->sent.len, SQLITE_STATIC);
+    }
+    if (idx == S_MARK_SENT_RANGE || idx == S_MARK_SENT_MANY) sqlite3_bind_int64(s, 2, now_us);
     rc = sqlite3_step(s);
     if (rc != SQLITE_DONE) code = db_fail(st->db, rc, "recording sent messages", err);
     sqlite3_reset(s);
@@ -1508,8 +1520,60 @@ static int record_sent(sqlite_store *st, const outbox_complete_params *p, outbox
     return code;
 }
 
+/* At most this many runs of consecutive seqs are written as ranges. */
+#define SENT_RUNS_MAX 8
+
+/* Deletes or marks every sent message of c.  A drain's batch is one run
+ * of consecutive seqs, or a few: each run is written as a range of the
+ * primary key (a seek, then a walk), which costs less than a lookup per
+ * seq through a JSON array of them.  Every seq of a run is in the batch,
+ * so the range holds no other row.  More runs than SENT_RUNS_MAX: one
+ * statement over the JSON array of the seqs. */
+static int record_sent(sqlite_store *st, const outbox_completion *c, size_t n,
+                       const outbox_complete_params *p, outbox_error *err)
+{
+    int mark = p->on_sent == OUTBOX_ON_SENT_MARK, open = 0, code;
+    int64_t lo = 0, hi = 0;
+    size_t i, runs = 0, sent = 0;
+
+    for (i = 0; i < n; i++) {
+        if (c[i].outcome != OUTBOX_OUTCOME_SENT) continue;
+        if (!open || hi == INT64_MAX || c[i].msg->seq != hi + 1) runs++;
+        open = 1;
+        hi = c[i].msg->seq;
+    }
+    if (runs > SENT_RUNS_MAX) {
+        outbox__buf_reset(&st->sent);
+        outbox__buf_append(&st->sent, "[", 1);
+        for (i = 0; i < n; i++)
+            if (c[i].outcome == OUTBOX_OUTCOME_SENT)
+                outbox__buf_printf(&st->sent, sent++ ? ",%lld" : "%lld", (long long)c[i].msg->seq);
+        outbox__buf_append(&st->sent, "]", 1);
+        if (st->sent.oom)
+            return outbox__error(err, OUTBOX_ENOMEM, "out of memory recording message outcomes");
+        return sent_statement(st, mark ? S_MARK_SENT_MANY : S_DELETE_MANY, 0, 0, p->now_us, err);
+    }
+    open = 0;
+    for (i = 0; i < n; i++) {
+        int64_t seq;
+        if (c[i].outcome != OUTBOX_OUTCOME_SENT) continue;
+        seq = c[i].msg->seq;
+        if (open && hi != INT64_MAX && seq == hi + 1) {
+            hi = seq;
+            continue;
+        }
+        if (open && (code = sent_statement(st, mark ? S_MARK_SENT_RANGE : S_DELETE_RANGE, lo, hi,
+                                           p->now_us, err)) != OUTBOX_OK)
+            return code;
+        lo = hi = seq;
+        open = 1;
+    }
+    if (!open) return OUTBOX_OK;
+    return sent_statement(st, mark ? S_MARK_SENT_RANGE : S_DELETE_RANGE, lo, hi, p->now_us, err);
+}
+
 /* One transaction: renew the lease (when asked), then RETRY/FAILED rows one
- * statement each (they are few), then all SENT rows in one statement. */
+ * statement each (they are few), then the SENT rows (record_sent). */
 static int sqlite_complete(void *state, const outbox_completion *c, size_t n,
                            const outbox_complete_params *p, outbox_error *err)
 {
@@ -1528,16 +1592,8 @@ static int sqlite_complete(void *state, const outbox_completion *c, size_t n,
     }
     code = need_db(st, err);
     if (code != OUTBOX_OK) return code;
-
-    outbox__buf_reset(&st->sent);
-    outbox__buf_append(&st->sent, "[", 1);
-    for (i = 0; i < n; i++) {
-        if (c[i].outcome != OUTBOX_OUTCOME_SENT) continue;
-        outbox__buf_printf(&st->sent, sent++ ? ",%lld" : "%lld", (long long)c[i].msg->seq);
-    }
-    outbox__buf_append(&st->sent, "]", 1);
-    if (st->sent.oom)
-        return outbox__error(err, OUTBOX_ENOMEM, "out of memory recording message outcomes");
+    for (i = 0; i < n; i++)
+        if (c[i].outcome == OUTBOX_OUTCOME_SENT) sent++;
 
     code = run(st, S_BEGIN, "starting the completion transaction", err);
     if (code != OUTBOX_OK) return code;
@@ -1552,7 +1608,7 @@ static int sqlite_complete(void *state, const outbox_completion *c, size_t n,
         written++;
     }
     if (sent > 0) {
-        code = record_sent(st, p, err);
+        code = record_sent(st, c, n, p, err);
         if (code != OUTBOX_OK) goto fail;
         written++;
     }
