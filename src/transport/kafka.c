@@ -97,7 +97,8 @@ static const outbox_prop kafka_props[] = {
     {"window_messages", OUTBOX_PROP_INT, offsetof(kafka_config, window_messages), "20000",
      "1..10000000", NULL,
      "The publish window: the relay begins another batch only while the messages produced "
-     "without a delivery report, plus that batch, stay within this many."},
+     "without a delivery report, plus that batch, stay within this many (and at most 64 batches "
+     "are open: 32768 messages with batches of 512)."},
     {"window_bytes", OUTBOX_PROP_SIZE, offsetof(kafka_config, window_bytes), "32m", "1..", NULL,
      "The publish window in bytes (keys and payloads produced without a delivery report): "
      "another batch is begun only while fewer are out."},
