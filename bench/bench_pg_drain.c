@@ -64,13 +64,15 @@
  *
  * The server: --conninfo/--url of an existing one (the outbox schema
  * "bench_outbox" is dropped and recreated there), or by default a fresh
- * cluster started by tests/support/pg.h (fsync on, shared_buffers 64MB).
+ * cluster started by tests/support/pg.h (fsync on, shared_buffers 64MB),
+ * reached over TCP on 127.0.0.1, or with --unix through its Unix socket
+ * (a relay on the database host).
  *
  * Usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T]
  *                       [--clients C] [--repeat R] [--url URL] [--skip-latency]
  *                       [--skip-enqueue] [--skip-drain] [--listen]
  *                       [--capture wal] [--low-rate R2] [--low-txn M2]
- *                       [--wal-txn M]
+ *                       [--wal-txn M] [--unix]
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -817,7 +819,7 @@ static const char *const case_name[CASE_COUNT] = {"business row",
 int main(int argc, char **argv)
 {
     static pgh_server server;
-    int skip_latency = 0, skip_enqueue = 0, skip_drain = 0, listen = 0;
+    int skip_latency = 0, skip_enqueue = 0, skip_drain = 0, listen = 0, unix_socket = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-n") && i + 1 < argc)
             n_msgs = atoll(argv[++i]);
@@ -843,6 +845,8 @@ int main(int argc, char **argv)
             no_analyze = 1;
         else if (!strcmp(argv[i], "--listen"))
             listen = 1;
+        else if (!strcmp(argv[i], "--unix"))
+            unix_socket = 1;
         else if (!strcmp(argv[i], "--capture") && i + 1 < argc && !strcmp(argv[i + 1], "wal")) {
             capture_wal = 1;
             i++;
@@ -853,20 +857,22 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--wal-txn") && i + 1 < argc)
             wal_txn = atoi(argv[++i]);
         else {
-            fprintf(
-                stderr,
-                "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
-                "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
-                " [--skip-enqueue] [--skip-drain] [--no-analyze] [--listen]"
-                " [--capture wal] [--low-rate R2] [--low-txn M2] [--wal-txn M]\n"
-                "  --capture wal   also WAL capture, next to the table: the catch-up drain of"
-                " N messages\n"
-                "                  emitted to the WAL (M per transaction, default 10), and"
-                " the latency\n"
-                "                  with outbox_emit_pg, at R and at R2 msg/s (default 100,"
-                " M2 messages\n"
-                "                  to a transaction, default 1); needs\n"
-                "                  wal_level = logical; makes and drops its replication slot\n");
+            fprintf(stderr,
+                    "usage: bench_pg_drain [-n N] [-b BATCH] [--rate R] [--seconds T] "
+                    "[--clients C] [--repeat R] [--url postgres://...] [--skip-latency]"
+                    " [--skip-enqueue] [--skip-drain] [--no-analyze] [--listen]"
+                    " [--capture wal] [--low-rate R2] [--low-txn M2] [--wal-txn M] [--unix]\n"
+                    "  --capture wal   also WAL capture, next to the table: the catch-up drain of"
+                    " N messages\n"
+                    "                  emitted to the WAL (M per transaction, default 10), and"
+                    " the latency\n"
+                    "                  with outbox_emit_pg, at R and at R2 msg/s (default 100,"
+                    " M2 messages\n"
+                    "                  to a transaction, default 1); needs\n"
+                    "                  wal_level = logical; makes and drops its replication slot\n"
+                    "  --unix          every connection through the server's Unix socket instead of"
+                    " TCP on\n"
+                    "                  127.0.0.1 (the server this bench starts; not with --url)\n");
             return 2;
         }
     }
@@ -879,7 +885,15 @@ int main(int argc, char **argv)
     if (!url[0]) {
         pgh_start(&server);
         server_pid = server.pid;
-        snprintf(url, sizeof url, "%s", server.url);
+        if (unix_socket)
+            snprintf(url, sizeof url, "postgres://postgres@/postgres?host=%s&port=%d", server.dir,
+                     server.port);
+        else
+            snprintf(url, sizeof url, "%s", server.url);
+    } else if (unix_socket) {
+        fprintf(stderr,
+                "bench_pg_drain: --unix is for the server this bench starts (without --url)\n");
+        return 2;
     }
     snprintf(conninfo, sizeof conninfo, "%s", url);
     {
