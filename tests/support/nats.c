@@ -232,12 +232,41 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
          * lose messages past nats.c's default 65,536. */
         st = natsSubscription_SetPendingLimits(sub, -1, -1);
         if (st != NATS_OK) TEST_FAIL_("pending limits: %s", natsStatus_GetText(st));
+        uint64_t last = 0; /* the stream sequence of the last message read */
+        int resumed = 0;
         while (got < total) {
             natsMsg *m = NULL;
+            jsMsgMetaData *meta = NULL;
             st = natsSubscription_NextMsg(&m, sub, 10000);
+            if (st == NATS_TIMEOUT && resumed < 3) {
+                /* An ordered consumer on a cluster that just lost and got
+                 * back a node can stall; a new one from the next sequence
+                 * reads on (the stream itself holds every message). */
+                natsSubscription_Unsubscribe(sub);
+                natsSubscription_Destroy(sub);
+                sub = NULL;
+                so.Config.DeliverPolicy = js_DeliverByStartSequence;
+                so.Config.OptStartSeq = last + 1;
+                st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
+                if (st != NATS_OK)
+                    TEST_FAIL_("subscribe %s again: %s (%d)", name, natsStatus_GetText(st),
+                               (int)jerr);
+                st = natsSubscription_SetPendingLimits(sub, -1, -1);
+                if (st != NATS_OK) TEST_FAIL_("pending limits: %s", natsStatus_GetText(st));
+                fprintf(stderr,
+                        "reading stream %s: no message for 10 s after %lld of %lld; "
+                        "reading on from sequence %llu\n",
+                        name, (long long)got, (long long)total, (unsigned long long)(last + 1));
+                resumed++;
+                continue;
+            }
             if (st != NATS_OK)
                 TEST_FAIL_("reading stream %s: %s after %lld of %lld", name, natsStatus_GetText(st),
                            (long long)got, (long long)total);
+            if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+                last = meta->Sequence.Stream;
+                jsMsgMetaData_Destroy(meta);
+            }
             fn(user, m);
             natsMsg_Destroy(m);
             got++;
