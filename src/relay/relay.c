@@ -70,10 +70,16 @@
  *     sent stops the pipeline (drain): nothing more is claimed until N+1 is
  *     recorded too, so every claim sees all outcomes but those of the one
  *     batch in flight.
- *   - The pipeline is emptied at least every PIPELINE_SPAN_US, and whenever
- *     a claim comes back short, so the store can rebalance and the relay can
- *     go idle with nothing out.
- *   - Claim ahead (stores with claim_ahead: SQLite on its store thread,
+ *   - The pipeline is emptied whenever a claim comes back short, so the
+ *     relay can go idle with nothing out, and, with a store whose relays
+ *     share its partitions (partitions_held: PostgreSQL, MariaDB), at least
+ *     every PIPELINE_SPAN_US, so that it can rebalance them (it does so only
+ *     with nothing out).  A store held by one relay (SQLite) has nothing to
+ *     rebalance: emptying a deep window there stalled it for the recording
+ *     of every open batch in turn (about a third of a busy Kafka relay's
+ *     time, docs/BENCHMARKS.md).  Retries that fall due need no emptying:
+ *     every claim excludes only the seqs in flight, so it sees them.
+ *   - Claim ahead (stores with claim_ahead: SQLite on a store thread,
  *     PostgreSQL sent without waiting): right after a full batch is claimed,
  *     the claim of the next one is started, excluding every open batch and
  *     this one, and its batch is taken by the next step's claim.  It reads
@@ -84,7 +90,7 @@
  *     pipeline draining (a failure or a message held back: the read may not
  *     have seen the retry that now blocks its aggregate), on an error, and
  *     when the relay stops, the batch read ahead is discarded unpublished.
- *   - Complete behind (stores with complete_behind: SQLite's store thread):
+ *   - Complete behind (stores with complete_behind: SQLite on another store thread):
  *     a wholly sent batch is recorded while this thread goes on; its slot
  *     (batches[REC_SLOT]) keeps its messages, and its seqs stay in every
  *     claim's exclude list, until the outcomes are written (the next such
@@ -145,8 +151,8 @@
 /* In once mode, how long a destination may stay down before run() gives
  * up and returns the outage's error (like the store errors' budget). */
 #define ONCE_OUTAGE_BUDGET_MS 10000
-/* Pipelining: the pipeline is emptied at least this often, so the store
- * can rebalance its partitions and retries that fell due come in. */
+/* Pipelining: with a store whose relays share its partitions, the
+ * pipeline is emptied at least this often, so that it can rebalance them. */
 #define PIPELINE_SPAN_US 500000
 
 /* Histogram bounds (outbox_histogram.le): seconds for commit-to-publish
@@ -1456,9 +1462,10 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
     if (open_before == 0) {
         r->drain = 0;
         r->pipeline_since_us = outbox__monotonic_us();
-    } else if (outbox__monotonic_us() - r->pipeline_since_us > PIPELINE_SPAN_US ||
+    } else if ((OUTBOX__HAS(r->store.ops, 7, partitions_held) &&
+                outbox__monotonic_us() - r->pipeline_since_us > PIPELINE_SPAN_US) ||
                reopen_pending(r)) {
-        r->drain = 1; /* let the store rebalance and the retries below come in */
+        r->drain = 1; /* let the store rebalance; let the destination reopen */
     }
     if (r->drain || stopping(r)) ahead_drop(r);
 

@@ -45,8 +45,9 @@
  *
  * A store handle is used by one thread at a time (its statements are
  * cached in it); open one store per thread.  The relay's claim ahead and
- * complete behind run on a store thread the handle starts, with a handle
- * (a connection) of its own ("Claim ahead and complete behind" below).
+ * complete behind, and the WAL checkpoints of the latter, run on threads
+ * the handle starts, each with a handle (a connection) of its own ("Claim
+ * ahead and complete behind" below).
  */
 #include "internal.h"
 
@@ -767,6 +768,9 @@ static const char *const stmt_sql[S_COUNT] = {
 
 struct sqlite_worker;
 
+/* The store's threads: claim ahead, complete behind, checkpoint (JOB_*). */
+#define SQLITE_WORKERS 3
+
 typedef struct sqlite_store {
     sqlite3 *db; /* NULL while the database file does not exist */
     char *path;
@@ -776,8 +780,8 @@ typedef struct sqlite_store {
     int64_t data_version;     /* -1 before the first `changed` */
     outbox_buf sent;          /* complete: JSON array of the sent seqs */
     outbox_stretches between; /* pipelined claim: the seqs not in flight */
-    /* claim_ahead's and complete_behind's thread; NULL until its first job */
-    struct sqlite_worker *worker;
+    /* the store's threads, by job (JOB_*); NULL until their first job */
+    struct sqlite_worker *worker[SQLITE_WORKERS];
 } sqlite_store;
 
 static void worker_free(struct sqlite_worker *w);
@@ -889,7 +893,9 @@ static void sqlite_close(void *state)
     sqlite_store *st = state;
     int i;
     if (!st) return;
-    worker_free(st->worker);
+    /* In job order: the completing thread asks the checkpointing one. */
+    for (i = 0; i < SQLITE_WORKERS; i++)
+        worker_free(st->worker[i]);
     for (i = 0; i < S_COUNT; i++)
         sqlite3_finalize(st->stmts[i]);
     outbox__buf_free(&st->sent);
@@ -1636,24 +1642,46 @@ static int sqlite_complete_pipelined(void *state, const outbox_completion *c, si
 }
 
 /* ------------------------------------------------------------------------
- * Claim ahead and complete behind: the store's thread
+ * Claim ahead and complete behind: the store's threads
  * ---------------------------------------------------------------------- */
 
-/* A thread with a handle (a connection) of its own runs the relay's hot
- * store work while the relay's thread publishes: the pipelined claim of
- * the next batch (claim_ahead) and the outcomes of a wholly sent batch
- * (complete_behind), one job at a time, the claim first when both wait.
- * One connection for both keeps its page cache: a connection's cache is
- * dropped whenever another one has written since its last read (WAL
- * mode), which a reader beside a writer would pay at every claim.  The
- * claim only reads: a row that must be quarantined (a write the relay's
- * connection makes, counted and logged), or any error, makes
- * claim_ahead_end claim again on the handle's own connection, which says
- * what is wrong as a claim would.  The thread's handle holds the lease
- * token of the relay's, so its transaction renews the lease as complete
- * does.  A job's fields are the relay thread's while it is not asked, the
+/* Threads, each with a handle (a connection) of its own, run the relay's
+ * hot store work while the relay's thread publishes: the pipelined claim
+ * of the next batch (claim_ahead), the outcomes of a wholly sent batch
+ * (complete_behind), and the checkpoints of the WAL those write.
+ *
+ * A claim and a complete run side by side (WAL mode lets one connection
+ * read while another writes).  The claiming connection's page cache is
+ * dropped whenever the completing one has written since its last read,
+ * so each claim reads the b-tree's upper pages again (from the OS's
+ * cache); a claim queued behind a complete on one connection cost more
+ * (docs/BENCHMARKS.md).  The claim only reads: a row that must be
+ * quarantined (a write the relay's connection makes, counted and logged),
+ * or any error, makes claim_ahead_end claim again on the handle's own
+ * connection, which says what is wrong as a claim would.  The completing
+ * handle holds the lease token of the relay's, so its transaction renews
+ * the lease as complete does.
+ *
+ * Checkpoints: SQLite checkpoints in the connection whose commit takes
+ * the WAL past 1,000 pages, so a complete paid for copying the WAL into
+ * the database and its two fsyncs (about half its time).  The completing
+ * connection asks the checkpoint thread instead (a WAL hook in place of
+ * the automatic checkpoint), which runs a PASSIVE checkpoint (it waits
+ * for no reader or writer) on its own connection.  Should it fall behind,
+ * past CHECKPOINT_INLINE_FRAMES, the completing connection checkpoints
+ * itself as before, so the WAL stays bounded.  Other connections (the
+ * relay's own, the application's) keep their automatic checkpoint.
+ *
+ * A job's fields are the relay thread's while it is not asked, the
  * runner's while it is. */
-enum { JOB_CLAIM, JOB_COMPLETE, JOB_COUNT };
+enum { JOB_CLAIM, JOB_COMPLETE, JOB_CHECKPOINT, JOB_COUNT };
+_Static_assert(JOB_COUNT == SQLITE_WORKERS, "one thread per job");
+
+/* WAL pages after which a checkpoint is asked for (SQLite's default
+ * automatic checkpoint), and after which the completing connection runs
+ * one itself. */
+#define CHECKPOINT_FRAMES 1000
+#define CHECKPOINT_INLINE_FRAMES 8000
 
 typedef struct worker_job {
     int asked; /* asked for, result not yet taken */
@@ -1681,7 +1709,36 @@ typedef struct sqlite_worker {
     const outbox_completion *c;
     size_t nc;
     outbox_complete_params cp;
+    struct sqlite_worker *checkpointer; /* NULL: h->db checkpoints itself */
+    int hooked;                         /* h->db asks checkpointer */
 } sqlite_worker;
+
+static void worker_ask(sqlite_worker *w, int k);
+
+/* The completing connection's WAL hook (see above): called after each of
+ * its commits with the pages in the WAL. */
+static int wal_written(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    if (frames >= CHECKPOINT_INLINE_FRAMES)
+        (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    else if (frames >= CHECKPOINT_FRAMES)
+        worker_ask(arg, JOB_CHECKPOINT);
+    return SQLITE_OK;
+}
+
+/* A PASSIVE checkpoint on h's connection.  SQLITE_BUSY (another
+ * checkpoint runs) is no error: the next request catches up. */
+static int checkpoint(sqlite_store *h, outbox_error *err)
+{
+    int code = need_db(h, err), rc;
+    if (code != OUTBOX_OK) return code;
+    rc = sqlite3_wal_checkpoint_v2(h->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+        code = db_fail(h->db, rc, "checkpointing the WAL", err);
+        outbox__log(OUTBOX_LOG_WARN, "store.sqlite", "%s", err->message);
+    }
+    return code;
+}
 
 /* Runs job k on w->h (taken and busy set under the lock by the caller)
  * and stores its result; called without the lock. */
@@ -1696,8 +1753,15 @@ static void worker_run(sqlite_worker *w, int k)
     e.message[0] = '\0';
     if (k == JOB_COMPLETE)
         code = sqlite_complete(w->h, w->c, w->nc, &w->cp, &e);
-    else
+    else if (k == JOB_CLAIM)
         code = claim(w->h, &w->p, 1, w->exclude, w->exclude_count, 0, &msgs, &n, &e);
+    else
+        code = checkpoint(w->h, &e);
+    /* The connection is opened by its first job. */
+    if (k == JOB_COMPLETE && w->checkpointer && !w->hooked && w->h->db) {
+        (void)sqlite3_wal_hook(w->h->db, wal_written, w->checkpointer);
+        w->hooked = 1;
+    }
     pthread_mutex_lock(&w->mu);
     if (k == JOB_CLAIM) {
         w->msgs = msgs;
@@ -1711,7 +1775,7 @@ static void worker_run(sqlite_worker *w, int k)
     pthread_mutex_unlock(&w->mu);
 }
 
-/* The job to run next: asked, not taken, the claim first; -1: none. */
+/* The job to run next: asked, not taken; -1: none. */
 static int worker_next(const sqlite_worker *w)
 {
     int k;
@@ -1789,14 +1853,23 @@ static void worker_free(sqlite_worker *w)
     outbox__free(w);
 }
 
-/* The store's thread, started on first use, with a handle on the same
- * file as st holding st's lease token. */
-static int need_worker(sqlite_store *st, outbox_error *err)
+/* The thread of job k, started on first use, with a handle on the same
+ * file as st holding st's lease token.  The completing one starts the
+ * checkpointing one first; without it, its connection checkpoints itself. */
+static int need_worker(sqlite_store *st, int k, outbox_error *err)
 {
     sqlite_worker *w;
     sqlite_store *h;
 
-    if (st->worker) return OUTBOX_OK;
+    if (st->worker[k]) return OUTBOX_OK;
+    if (k == JOB_COMPLETE) {
+        outbox_error e;
+        e.message[0] = '\0';
+        if (need_worker(st, JOB_CHECKPOINT, &e) != OUTBOX_OK)
+            outbox__log(OUTBOX_LOG_WARN, "store.sqlite",
+                        "no checkpoint thread (%s): the relay's completes checkpoint themselves",
+                        e.message);
+    }
     /* Another connection would open another, empty, in-memory database. */
     if (strcmp(st->path, ":memory:") == 0 || !sqlite3_threadsafe())
         return outbox__error(err, OUTBOX_ENOTBUILT,
@@ -1810,15 +1883,16 @@ static int need_worker(sqlite_store *st, outbox_error *err)
         if (h) outbox__free(h->path);
         outbox__free(h);
         outbox__free(w);
-        return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting the store's thread");
+        return outbox__error(err, OUTBOX_ENOMEM, "out of memory starting a store thread");
     }
     h->data_version = -1;
     outbox__buf_init(&h->sent);
     memcpy(h->instance, st->instance, sizeof h->instance);
     if (pthread_mutex_init(&w->mu, NULL) != 0) goto fail_h;
     if (pthread_cond_init(&w->cv, NULL) != 0) goto fail_mu;
+    w->checkpointer = k == JOB_COMPLETE ? st->worker[JOB_CHECKPOINT] : NULL;
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) goto fail_cv;
-    st->worker = w;
+    st->worker[k] = w;
     return OUTBOX_OK;
 
 fail_cv:
@@ -1828,7 +1902,7 @@ fail_mu:
 fail_h:
     sqlite_close(h);
     outbox__free(w);
-    return outbox__error(err, OUTBOX_EIO, "cannot start the store's thread");
+    return outbox__error(err, OUTBOX_EIO, "cannot start a store thread");
 }
 
 static int sqlite_claim_ahead(void *state, const outbox_claim_params *p, const int64_t *exclude,
@@ -1840,8 +1914,8 @@ static int sqlite_claim_ahead(void *state, const outbox_claim_params *p, const i
 
     if (!p || p->batch_size == 0)
         return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: batch_size must be at least 1");
-    if ((code = need_worker(st, err)) != OUTBOX_OK) return code;
-    w = st->worker;
+    if ((code = need_worker(st, JOB_CLAIM, err)) != OUTBOX_OK) return code;
+    w = st->worker[JOB_CLAIM];
     if (w->job[JOB_CLAIM].asked)
         return outbox__error(err, OUTBOX_EINVAL, "claim_ahead: the one before is still out");
     if (exclude_count > w->exclude_cap) {
@@ -1862,7 +1936,7 @@ static int sqlite_claim_ahead_end(void *state, int keep, const outbox_claim_para
                                   outbox_msg ***msgs, size_t *n, outbox_error *err)
 {
     sqlite_store *st = state;
-    sqlite_worker *w = st->worker;
+    sqlite_worker *w = st->worker[JOB_CLAIM];
     outbox_msg **got;
     size_t count;
     int code;
@@ -1899,8 +1973,8 @@ static int sqlite_complete_behind(void *state, const outbox_completion *c, size_
     (void)in_flight; /* the relay is alone: nothing to keep */
     if (!p || (n > 0 && !c))
         return outbox__error(err, OUTBOX_EINVAL, "complete: completions or params are NULL");
-    if ((code = need_worker(st, err)) != OUTBOX_OK) return code;
-    w = st->worker;
+    if ((code = need_worker(st, JOB_COMPLETE, err)) != OUTBOX_OK) return code;
+    w = st->worker[JOB_COMPLETE];
     if (w->job[JOB_COMPLETE].asked)
         return outbox__error(err, OUTBOX_EINVAL, "complete_behind: the one before is still out");
     w->c = c;
@@ -1913,7 +1987,7 @@ static int sqlite_complete_behind(void *state, const outbox_completion *c, size_
 static int sqlite_complete_behind_end(void *state, outbox_error *err)
 {
     sqlite_store *st = state;
-    sqlite_worker *w = st->worker;
+    sqlite_worker *w = st->worker[JOB_COMPLETE];
     worker_job *j;
 
     if (!w || !w->job[JOB_COMPLETE].asked) return OUTBOX_OK;

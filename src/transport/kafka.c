@@ -59,6 +59,13 @@
  * behind a failed one with OUT_OF_ORDER_SEQUENCE_NUMBER, the mock appends
  * it.)
 
+ * Topics: the producer keeps a handle for each topic it has produced to
+ * (up to KAFKA_TOPICS_MAX; more are produced to by name), and asks the
+ * cluster for a topic's metadata when it makes its handle, waiting up to
+ * a second.  librdkafka, told of a topic after its brokers are up, looks
+ * its partitions up only at its next once-a-second scan: the first batch
+ * of every topic waited about a second for it (docs/BENCHMARKS.md).
+ *
  * Size: a message over message.max.bytes (librdkafka refuses it when
  * produced) or over the topic's limit (the broker's report) is rejected
  * for good, not retried.  Start-up logs a message.max.bytes smaller than
@@ -136,9 +143,19 @@ typedef struct kafka_batch {
     int64_t deadline;   /* monotonic us: ack_timeout after it began */
 } kafka_batch;
 
+/* A topic of the current producer (see "Topics" above). */
+enum { KAFKA_TOPICS_MAX = 32, KAFKA_METADATA_WAIT_MS = 1000 };
+typedef struct kafka_topic {
+    char *name;
+    rd_kafka_topic_t *rkt;
+} kafka_topic;
+
 typedef struct kafka_state {
     rd_kafka_conf_t *conf; /* template: duplicated for each producer */
     rd_kafka_t *rk;
+    kafka_topic topics[KAFKA_TOPICS_MAX];
+    int ntopics;
+    int last_topic; /* the index used last: consecutive messages share it */
     outbox_route *route;
     char *source;
     char brokers[256];
@@ -280,10 +297,56 @@ static int make_producer(kafka_state *st, outbox_error *err)
     return OUTBOX_OK;
 }
 
+/* The handle of topic name on the current producer, made (and its
+ * metadata asked for) on first use; NULL when there is no room for
+ * another: produce by name then. */
+static rd_kafka_topic_t *topic_handle(kafka_state *st, const char *name)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e;
+    kafka_topic *t;
+    int k, wait_ms;
+
+    if (st->last_topic < st->ntopics && strcmp(st->topics[st->last_topic].name, name) == 0)
+        return st->topics[st->last_topic].rkt;
+    for (k = 0; k < st->ntopics; k++)
+        if (strcmp(st->topics[k].name, name) == 0) {
+            st->last_topic = k;
+            return st->topics[k].rkt;
+        }
+    if (st->ntopics == KAFKA_TOPICS_MAX) return NULL;
+    t = &st->topics[st->ntopics];
+    t->name = outbox__strdup(name);
+    t->rkt = t->name ? rd_kafka_topic_new(st->rk, name, NULL) : NULL;
+    if (t->rkt == NULL) {
+        outbox__free(t->name);
+        t->name = NULL;
+        return NULL;
+    }
+    st->last_topic = st->ntopics++;
+    wait_ms = st->ack_timeout_ms < KAFKA_METADATA_WAIT_MS ? (int)st->ack_timeout_ms
+                                                          : KAFKA_METADATA_WAIT_MS;
+    e = rd_kafka_metadata(st->rk, 0, t->rkt, &md, wait_ms);
+    if (md) rd_kafka_metadata_destroy(md);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        outbox__log(OUTBOX_LOG_DEBUG, COMPONENT,
+                    "no metadata for topic %s yet (%s): librdkafka asks again by itself", name,
+                    rd_kafka_err2str(e));
+    return t->rkt;
+}
+
 static void destroy_producer(kafka_state *st)
 {
     int k;
     if (st->rk == NULL) return;
+    for (k = 0; k < st->ntopics; k++) {
+        rd_kafka_topic_destroy(st->topics[k].rkt);
+        outbox__free(st->topics[k].name);
+        st->topics[k].rkt = NULL;
+        st->topics[k].name = NULL;
+    }
+    st->ntopics = 0;
+    st->last_topic = 0;
     rd_kafka_purge(st->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     for (k = 0; k < st->count; k++) /* reports of purged messages are ignored */
         st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH].results = NULL;
@@ -566,6 +629,7 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
     for (i = 0; i < n; i++) {
         const outbox_msg *m = msgs[i];
         rd_kafka_headers_t *h;
+        rd_kafka_topic_t *rkt;
         rd_kafka_resp_err_t perr;
         outbox_error rerr;
         size_t key_len, value_len;
@@ -589,13 +653,22 @@ static int kafka_publish_begin(void *state, outbox_msg *const *msgs, size_t n,
         }
         key_len = strlen(m->aggregate_id);
         value_len = strlen(m->payload);
+        rkt = topic_handle(st, st->topic.data);
         for (;;) {
-            perr = rd_kafka_producev(
-                st->rk, RD_KAFKA_V_TOPIC(st->topic.data), RD_KAFKA_V_KEY(m->aggregate_id, key_len),
-                RD_KAFKA_V_VALUE(m->payload, value_len), RD_KAFKA_V_HEADERS(h),
-                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_OPAQUE((void *)(((uintptr_t)b->gen << 32) | (uintptr_t)(i + 1))),
-                RD_KAFKA_V_END);
+            void *tag = (void *)(((uintptr_t)b->gen << 32) | (uintptr_t)(i + 1));
+            if (rkt != NULL)
+                perr = rd_kafka_producev(
+                    st->rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(m->aggregate_id, key_len),
+                    RD_KAFKA_V_VALUE(m->payload, value_len), RD_KAFKA_V_HEADERS(h),
+                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(tag),
+                    RD_KAFKA_V_END);
+            else
+                perr = rd_kafka_producev(st->rk, RD_KAFKA_V_TOPIC(st->topic.data),
+                                         RD_KAFKA_V_KEY(m->aggregate_id, key_len),
+                                         RD_KAFKA_V_VALUE(m->payload, value_len),
+                                         RD_KAFKA_V_HEADERS(h),
+                                         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                         RD_KAFKA_V_OPAQUE(tag), RD_KAFKA_V_END);
             if (perr != RD_KAFKA_RESP_ERR__QUEUE_FULL || outbox__monotonic_us() >= b->deadline)
                 break;
             rd_kafka_poll(st->rk, 10);
