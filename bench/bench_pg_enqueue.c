@@ -30,7 +30,9 @@
  * exists (a slot would keep the emitted WAL; decoding is the relay's cost,
  * not the producer's).
  *
- * Usage: bench_pg_enqueue [--seconds T] [--rounds R] [--clients C]
+ * With --unix, every connection goes through the server's Unix socket
+ * instead of TCP on 127.0.0.1 (an application on the database host).
+ * Usage: bench_pg_enqueue [--seconds T] [--rounds R] [--clients C] [--unix]
  */
 #ifndef OUTBOX_HAVE_LIBPQ
 #include <stdio.h>
@@ -376,7 +378,9 @@ static double percentile(const double *sorted, size_t n, double q)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench_pg_enqueue [--seconds T] [--rounds R] [--clients C]\n");
+    fprintf(stderr, "usage: bench_pg_enqueue [--seconds T] [--rounds R] [--clients C] [--unix]\n"
+                    "  --unix  every connection through the server's Unix socket (default: TCP "
+                    "on 127.0.0.1)\n");
     exit(2);
 }
 
@@ -385,7 +389,8 @@ int main(int argc, char **argv)
     static pgh_server server;
     static case_result results[2][MSG_KINDS];
     double seconds = 10;
-    int rounds = 3, clients = 8;
+    int rounds = 3, clients = 8, unix_socket = 0;
+    char conninfo[700];
     outbox_error err;
 
     for (int i = 1; i < argc; i++) {
@@ -395,6 +400,8 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--clients") == 0 && i + 1 < argc)
             clients = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--unix") == 0)
+            unix_socket = 1;
         else
             usage();
     }
@@ -402,6 +409,11 @@ int main(int argc, char **argv)
         usage();
 
     pgh_start(&server);
+    if (unix_socket)
+        snprintf(conninfo, sizeof conninfo, "host=%s port=%d user=postgres dbname=postgres",
+                 server.dir, server.port);
+    else
+        snprintf(conninfo, sizeof conninfo, "%s", server.conninfo);
     PGconn *c = pgh_connect(&server);
     if (outbox_schema_init_pg(c, NULL, &err) != OUTBOX_OK) {
         fprintf(stderr, "bench_pg_enqueue: %s\n", err.message);
@@ -419,16 +431,16 @@ int main(int argc, char **argv)
 
     PGresult *r = PQexec(c, "SELECT current_setting('wal_level'), current_setting('fsync')");
     printf("bench_pg_enqueue: PostgreSQL %d, %d connections, %.0f s per case (+1 s warm-up), "
-           "%d rounds; wal_level %s, fsync %s\n",
-           PQserverVersion(c), clients, seconds, rounds, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
+           "%d rounds; wal_level %s, fsync %s; %s\n",
+           PQserverVersion(c), clients, seconds, rounds, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1),
+           unix_socket ? "through the Unix socket" : "over TCP on 127.0.0.1");
     PQclear(r);
     fflush(stdout);
     for (int round = 0; round < rounds; round++) {
         for (int t = 0; t < 2; t++) {
             for (int k = 0; k < MSG_KINDS; k++) {
                 bench_case bc = {t == 0, (message_kind)k};
-                double rate =
-                    run_case(server.conninfo, bc, clients, seconds, round, &results[t][k]);
+                double rate = run_case(conninfo, bc, clients, seconds, round, &results[t][k]);
                 if (rate < 0) return 1;
                 results[t][k].txn_s[round] = rate;
                 fprintf(stderr, "  round %d, %s, %s: %.0f txn/s\n", round + 1,

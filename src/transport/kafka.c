@@ -217,12 +217,16 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     size_t i = (size_t)(tag & 0xffffffffu);
     kafka_batch *b = NULL;
     outbox_publish_result *r;
-    int k;
+    uint32_t k;
     (void)rk;
 
-    for (k = 0; k < st->count; k++) {
-        kafka_batch *c = &st->batches[(st->first + k) % OUTBOX_PIPELINE_MAX_DEPTH];
-        if (c->results != NULL && c->gen == gen) b = c;
+    /* The open batches' generations are consecutive, oldest first. */
+    if (st->count > 0) {
+        k = gen - st->batches[st->first].gen;
+        if (k < (uint32_t)st->count) {
+            kafka_batch *c = &st->batches[(st->first + (int)k) % OUTBOX_PIPELINE_MAX_DEPTH];
+            if (c->results != NULL && c->gen == gen) b = c;
+        }
     }
     if (b == NULL || i == 0 || i > b->n) return; /* a late report */
     i--;
