@@ -725,7 +725,6 @@ static long long kafka_topic_count(const char *topic)
 
 static int no_pg_kafka; /* --no-pg */
 
-/* Prints a relay row once topic holds exactly n_msgs messages. */
 /* The producing thread's CPU per message (the raw producer's main thread,
  * the relay's thread): what bounds both rates, whatever the load. */
 static void kafka_thread_line(const bench_result *res)
