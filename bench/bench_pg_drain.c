@@ -886,8 +886,7 @@ int main(int argc, char **argv)
         pgh_start(&server);
         server_pid = server.pid;
         if (unix_socket)
-            snprintf(url, sizeof url, "postgres://postgres@/postgres?host=%s&port=%d", server.dir,
-                     server.port);
+            pgh_unix_url(&server, url, sizeof url);
         else
             snprintf(url, sizeof url, "%s", server.url);
     } else if (unix_socket) {

@@ -410,8 +410,7 @@ int main(int argc, char **argv)
 
     pgh_start(&server);
     if (unix_socket)
-        snprintf(conninfo, sizeof conninfo, "host=%s port=%d user=postgres dbname=postgres",
-                 server.dir, server.port);
+        pgh_unix_url(&server, conninfo, sizeof conninfo);
     else
         snprintf(conninfo, sizeof conninfo, "%s", server.conninfo);
     PGconn *c = pgh_connect(&server);

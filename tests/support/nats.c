@@ -203,6 +203,29 @@ int64_t nh_stream_count(const nh_server *s, const char *name)
     return n;
 }
 
+/* An ordered consumer of stream name (so), for nh_stream_read. */
+static natsSubscription *read_subscribe(jsCtx *js, const char *name, const char *filter,
+                                        jsSubOptions *so)
+{
+    natsSubscription *sub = NULL;
+    jsErrCode jerr = 0;
+    natsStatus st = NATS_OK;
+    /* A cluster that just got a node back may take a moment to create
+     * the consumer. */
+    for (int tries = 0; tries < 20; tries++) {
+        st = js_SubscribeSync(&sub, js, filter, NULL, so, &jerr);
+        if (st != NATS_TIMEOUT) break;
+        ch_sleep_ms(500);
+    }
+    if (st != NATS_OK) TEST_FAIL_("subscribe %s: %s (%d)", name, natsStatus_GetText(st), (int)jerr);
+    /* No limit on what waits to be read: a reader slowed by a loaded
+     * machine (or a sanitizer) would otherwise be a slow consumer and
+     * lose messages past nats.c's default 65,536. */
+    st = natsSubscription_SetPendingLimits(sub, -1, -1);
+    if (st != NATS_OK) TEST_FAIL_("pending limits: %s", natsStatus_GetText(st));
+    return sub;
+}
+
 int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter, nh_msg_fn fn,
                        void *user)
 {
@@ -211,27 +234,13 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
     natsConnection *nc = nh_connect(s, &js);
     natsSubscription *sub = NULL;
     jsSubOptions so;
-    jsErrCode jerr = 0;
     natsStatus st;
     if (total < 0) TEST_FAIL_("stream %s does not exist", name);
     jsSubOptions_Init(&so);
     so.Stream = name;
     so.Ordered = true;
     if (total > 0) {
-        /* A cluster that just got a node back may take a moment to create
-         * the consumer. */
-        for (int tries = 0; tries < 20; tries++) {
-            st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
-            if (st != NATS_TIMEOUT) break;
-            ch_sleep_ms(500);
-        }
-        if (st != NATS_OK)
-            TEST_FAIL_("subscribe %s: %s (%d)", name, natsStatus_GetText(st), (int)jerr);
-        /* No limit on what waits to be read: a reader slowed by a loaded
-         * machine (or a sanitizer) would otherwise be a slow consumer and
-         * lose messages past nats.c's default 65,536. */
-        st = natsSubscription_SetPendingLimits(sub, -1, -1);
-        if (st != NATS_OK) TEST_FAIL_("pending limits: %s", natsStatus_GetText(st));
+        sub = read_subscribe(js, name, filter, &so);
         uint64_t last = 0; /* the stream sequence of the last message read */
         int resumed = 0;
         while (got < total) {
@@ -244,15 +253,9 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
                  * reads on (the stream itself holds every message). */
                 natsSubscription_Unsubscribe(sub);
                 natsSubscription_Destroy(sub);
-                sub = NULL;
                 so.Config.DeliverPolicy = js_DeliverByStartSequence;
                 so.Config.OptStartSeq = last + 1;
-                st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
-                if (st != NATS_OK)
-                    TEST_FAIL_("subscribe %s again: %s (%d)", name, natsStatus_GetText(st),
-                               (int)jerr);
-                st = natsSubscription_SetPendingLimits(sub, -1, -1);
-                if (st != NATS_OK) TEST_FAIL_("pending limits: %s", natsStatus_GetText(st));
+                sub = read_subscribe(js, name, filter, &so);
                 fprintf(stderr,
                         "reading stream %s: no message for 10 s after %lld of %lld; "
                         "reading on from sequence %llu\n",

@@ -211,6 +211,11 @@ void pgh_start(pgh_server *s)
     pgh_start_server(s);
 }
 
+void pgh_unix_url(const pgh_server *s, char *out, size_t len)
+{
+    snprintf(out, len, "postgres://postgres@/postgres?host=%s&port=%d", s->dir, s->port);
+}
+
 PGconn *pgh_connect(const pgh_server *s)
 {
     PGconn *c = PQconnectdb(s->conninfo);

@@ -64,6 +64,10 @@ void pgh_stop_immediate(pgh_server *s);
 /* In a forked child: this process's exit no longer stops the server. */
 void pgh_forget(void);
 
+/* The server's URL through its Unix socket instead of TCP (a client on the
+ * database host); libpq takes it as a connection string too. */
+void pgh_unix_url(const pgh_server *s, char *out, size_t len);
+
 /* Connects to the test server; fails the test when it cannot. */
 PGconn *pgh_connect(const pgh_server *s);
 
