@@ -662,7 +662,7 @@ typedef struct outbox_store_ops {
                            4 adds the pipelined claim and complete; 5 adds drop
                            and lease_note; 6 adds usage, doc and props;
                            7 adds partitions_held; 8 adds the claim ahead and the
-                           complete behind */
+                           complete behind; 9 adds rebalance_wanted */
     const char *scheme; /* "sqlite" */
 
     /* Opens the store named by url (scheme included).  Does not create the
@@ -829,6 +829,15 @@ typedef struct outbox_store_ops {
     int (*complete_behind)(void *state, const outbox_completion *c, size_t n,
                            const outbox_complete_params *p, int in_flight, outbox_error *err);
     int (*complete_behind_end)(void *state, outbox_error *err);
+
+    /* Version 9 (optional: NULL = the relay empties its window at least
+     * every 0.5 s so that a partitioned store can rebalance). */
+
+    /* Nonzero when the handle holds partitions it should give up (another
+     * relay joined) and can do so only with nothing in flight; its claims
+     * and completes with batches out take free partitions and set this.
+     * No I/O, like partitions_held; the relay then empties its window. */
+    int (*rebalance_wanted)(void *state);
 } outbox_store_ops;
 
 /* An open store: its driver and the driver's state.  The public

@@ -2053,6 +2053,95 @@ TEST(partitions_shared)
     PQfinish(c);
 }
 
+/* Records a pipelined batch as sent; in_flight: another batch is still out. */
+static void complete_sent_pipelined(outbox_store *s, outbox_msg **msgs, size_t n, int in_flight)
+{
+    outbox_completion *c = calloc(n ? n : 1, sizeof *c);
+    outbox_complete_params p = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 10000};
+    outbox_error err;
+    for (size_t i = 0; i < n; i++) {
+        c[i].msg = msgs[i];
+        c[i].outcome = OUTBOX_OUTCOME_SENT;
+    }
+    ASSERT_OK(s->ops->complete_pipelined(s->state, c, n, &p, in_flight, &err), &err);
+    free(c);
+}
+
+/* A pipelined relay rebalances with batches out: it takes free partitions
+ * at once and keeps those it should give up until nothing is in flight
+ * (rebalance_wanted tells the relay to empty its window), so no partition
+ * whose messages are out here can be claimed by another relay. */
+TEST(partitions_rebalanced_in_flight)
+{
+    outbox_store a, b;
+    outbox_error err;
+    outbox_msg **first = NULL, **second = NULL, **mb = NULL;
+    size_t n1, n2, nb, i;
+    int64_t seqs[20];
+    PGconn *c = pgh_connect(&server);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    open_store(&a, url);
+    open_store(&b, url);
+    ASSERT(OUTBOX__HAS(a.ops, 9, rebalance_wanted));
+    ASSERT_OK(a.ops->lease_acquire(a.state, "relay-a", 2000, &err), &err);
+    ASSERT_EQ(a.ops->partitions_held(a.state), 32);
+    for (i = 0; i < 200; i++) {
+        char agg[16];
+        snprintf(agg, sizeof agg, "g%zu", i);
+        store_enqueue(&a, agg, (int)i);
+    }
+    outbox_claim_params p = {10, outbox__now_us(), 1, 0, NULL};
+    ASSERT_OK(a.ops->claim_pipelined(a.state, &p, NULL, 0, &first, &n1, &err), &err);
+    ASSERT_EQ(n1, 10);
+    for (i = 0; i < n1; i++)
+        seqs[i] = first[i]->seq;
+
+    /* b joins while a's batch is out: a keeps all 32 and asks for a
+     * quiet moment, whatever it claims or records meanwhile. */
+    ASSERT_OK(b.ops->lease_acquire(b.state, "relay-b", 2000, &err), &err);
+    ASSERT_EQ(b.ops->partitions_held(b.state), 0);
+    usleep(700000); /* a's next rebalance is due */
+    ASSERT_OK(a.ops->claim_pipelined(a.state, &p, seqs, n1, &second, &n2, &err), &err);
+    ASSERT_EQ(n2, 10);
+    ASSERT_EQ(a.ops->partitions_held(a.state), 32);
+    ASSERT(a.ops->rebalance_wanted(a.state));
+    complete_sent_pipelined(&a, first, n1, 1);
+    ASSERT_EQ(a.ops->partitions_held(a.state), 32);
+    ASSERT(a.ops->rebalance_wanted(a.state));
+    ASSERT_OK(b.ops->claim(b.state, &p, &mb, &nb, &err), &err);
+    ASSERT_EQ(nb, 0); /* nothing for b yet */
+    free(mb);
+    /* Nothing in flight: a gives up its extra share at once, b takes it. */
+    complete_sent_pipelined(&a, second, n2, 0);
+    ASSERT_EQ(a.ops->partitions_held(a.state), 16);
+    ASSERT(!a.ops->rebalance_wanted(a.state));
+    ASSERT_OK(b.ops->lease_renew(b.state, "relay-b", 2000, &err), &err);
+    ASSERT_EQ(b.ops->partitions_held(b.state), 16);
+    free_msgs(first, n1);
+    free_msgs(second, n2);
+
+    /* b leaves while a has a batch out: a takes b's partitions without
+     * waiting for its window to empty. */
+    ASSERT_OK(a.ops->claim_pipelined(a.state, &p, NULL, 0, &first, &n1, &err), &err);
+    ASSERT_EQ(n1, 10);
+    for (i = 0; i < n1; i++)
+        seqs[i] = first[i]->seq;
+    outbox__store_close(&b);
+    usleep(700000);
+    ASSERT_OK(a.ops->claim_pipelined(a.state, &p, seqs, n1, &second, &n2, &err), &err);
+    ASSERT_EQ(a.ops->partitions_held(a.state), 32);
+    ASSERT(!a.ops->rebalance_wanted(a.state));
+    complete_sent_pipelined(&a, first, n1, 1);
+    complete_sent_pipelined(&a, second, n2, 0);
+    free_msgs(first, n1);
+    free_msgs(second, n2);
+    ASSERT_EQ(count_rows(c, "outbox", NULL), 200 - 30 - (int64_t)n2);
+    ASSERT_OK(a.ops->lease_release(a.state, "relay-a", &err), &err);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    outbox__store_close(&a);
+    PQfinish(c);
+}
+
 /* Completes msgs (claimed again after a reconnect) as sent, checks that
  * the outbox is empty and that the log, captured into logs until now, said
  * the connection was lost (lost: how) and reconnected. */
@@ -2305,6 +2394,7 @@ int main(void)
     RUN(two_relays_rearm);
     RUN(partitions_owned_metrics);
     RUN(partitions_shared);
+    RUN(partitions_rebalanced_in_flight);
     RUN(reconnect);
     RUN(claim_ahead_connection_lost);
     RUN(complete_behind_connection_lost);

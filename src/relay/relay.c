@@ -72,12 +72,14 @@
  *     batch in flight.
  *   - The pipeline is emptied whenever a claim comes back short, so the
  *     relay can go idle with nothing out, and, with a store whose relays
- *     share its partitions (partitions_held: PostgreSQL, MariaDB), at least
- *     every PIPELINE_SPAN_US, so that it can rebalance them (it does so only
- *     with nothing out).  A store held by one relay (SQLite) has nothing to
- *     rebalance: emptying a deep window there stalled it for the recording
- *     of every open batch in turn (about a third of a busy Kafka relay's
- *     time, docs/BENCHMARKS.md).  Retries that fall due need no emptying:
+ *     share its partitions, so that it can give partitions up (only with
+ *     nothing out): when the store says so (rebalance_wanted: PostgreSQL,
+ *     which takes free partitions with batches out and asks only when it
+ *     holds more than its share), else (partitions_held: MariaDB) at least
+ *     every PIPELINE_SPAN_US.  A store held by one relay (SQLite) has
+ *     nothing to rebalance.  Emptying a deep window stalls the relay for
+ *     the recording of every open batch in turn (about a third of a busy
+ *     Kafka relay's time, docs/BENCHMARKS.md).  Retries that fall due need no emptying:
  *     every claim excludes only the seqs in flight, so it sees them.
  *   - Claim ahead (stores with claim_ahead: SQLite on a store thread,
  *     PostgreSQL sent without waiting): right after a full batch is claimed,
@@ -1439,6 +1441,16 @@ static void abandon_window(outbox_relay *r)
     r->drain = 0;
 }
 
+/* Whether the pipeline must be emptied so that the store can rebalance
+ * its partitions (see the pipeline notes at the top). */
+static int rebalance_due(const outbox_relay *r)
+{
+    if (OUTBOX__HAS(r->store.ops, 9, rebalance_wanted))
+        return r->store.ops->rebalance_wanted(r->store.state);
+    return OUTBOX__HAS(r->store.ops, 7, partitions_held) &&
+           outbox__monotonic_us() - r->pipeline_since_us > PIPELINE_SPAN_US;
+}
+
 /* One step of the pipelined loop: while the window has room, claim the
  * next batch (excluding the open ones) and begin publishing it; then, when
  * the window is full, or the claim came back short or empty, wait for the
@@ -1462,9 +1474,7 @@ static int pipeline_step(outbox_relay *r, size_t *claimed, size_t *held_back, ou
     if (open_before == 0) {
         r->drain = 0;
         r->pipeline_since_us = outbox__monotonic_us();
-    } else if ((OUTBOX__HAS(r->store.ops, 7, partitions_held) &&
-                outbox__monotonic_us() - r->pipeline_since_us > PIPELINE_SPAN_US) ||
-               reopen_pending(r)) {
+    } else if (rebalance_due(r) || reopen_pending(r)) {
         r->drain = 1; /* let the store rebalance; let the destination reopen */
     }
     if (r->drain || stopping(r)) ahead_drop(r);

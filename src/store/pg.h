@@ -103,6 +103,7 @@ typedef struct pg_store {
     unsigned char *held; /* partitions[i] != 0 when this session holds i */
     int held_count;
     int64_t next_rebalance_us; /* monotonic */
+    int release_wanted;        /* holds more than its share; releases with nothing in flight */
     int64_t ttl_ms;
 
     /* Claim floor (see "Claim floor" in docs/POSTGRES.md). */
@@ -254,6 +255,7 @@ int outbox__pg_schema_version(void);
 void outbox__pg_host_name(char *out, size_t len);
 int outbox__pg_register_member(pg_store *st, outbox_error *err);
 int outbox__pg_maybe_rebalance(pg_store *st, int force, outbox_error *err);
+int outbox__pg_rebalance_in_flight(pg_store *st, outbox_error *err);
 int outbox__pg_take_all_for_once(pg_store *st, outbox_error *err);
 
 /* ------------------------------------------------------------------------
@@ -275,6 +277,7 @@ int outbox__pg_lease_renew(void *state, const char *owner, int64_t ttl_ms, outbo
 int outbox__pg_lease_release(void *state, const char *owner, outbox_error *err);
 int outbox__pg_lease_note(void *state, const char *owner, const char *note, outbox_error *err);
 int outbox__pg_partitions_held(void *state);
+int outbox__pg_rebalance_wanted(void *state);
 int outbox__pg_changed(void *state, int *changed, outbox_error *err);
 const char *outbox__pg_wake_path(void *state);
 int outbox__pg_idle(void *state, int waiting, outbox_error *err);

@@ -389,8 +389,12 @@ static int claim_setup(pg_store *st, const outbox_claim_params *p, int pipelined
     code = outbox__pg_need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     outbox__pg_end_claim(st);
-    if (keep) {
-        /* no rebalancing while a batch is in flight */
+    if (keep && st->owner[0] && !p->once) {
+        /* A batch is in flight: take, never release (see rebalance). */
+        code = outbox__pg_rebalance_in_flight(st, err);
+        if (code != OUTBOX_OK) return code;
+    } else if (keep) {
+        /* --once: every partition was taken at the start */
     } else if (st->owner[0] && p->once) {
         code = outbox__pg_take_all_for_once(st, err);
         if (code != OUTBOX_OK) return code;
@@ -910,10 +914,12 @@ static int complete(pg_store *st, const outbox_completion *c, size_t n,
     st->in_txn = 0;
     if (code != OUTBOX_OK) goto fail;
 done:
-    /* Between batches: keep the share of partitions current. */
-    if (st->owner[0] && !(pipelined && in_flight)) {
+    /* Between batches: keep the share of partitions current (only taking
+     * while a batch is in flight). */
+    if (st->owner[0]) {
         outbox_error e;
-        if (outbox__pg_maybe_rebalance(st, 0, &e) != OUTBOX_OK)
+        if ((pipelined && in_flight ? outbox__pg_rebalance_in_flight(st, &e)
+                                    : outbox__pg_maybe_rebalance(st, 0, &e)) != OUTBOX_OK)
             outbox__log(OUTBOX_LOG_WARN, COMPONENT, "relay %s: rebalancing failed: %s", st->owner,
                         e.message);
     }

@@ -818,6 +818,7 @@ static void forget_connection_state(pg_store *st)
     if (st->held) memset(st->held, 0, MAX_PARTITIONS);
     st->held_count = 0;
     st->next_rebalance_us = 0;
+    st->release_wanted = 0;
     st->timed_out = 0;
 }
 
@@ -1148,7 +1149,7 @@ PG_MODE(int, wait_fd, (void *state), (state))
 /* clang-format off */
 #define PG_STORE_OPS(scheme_, usage_, doc_)                                                        \
     {                                                                                              \
-        .version = 8,                                                                              \
+        .version = 9,                                                                              \
         .scheme = scheme_,                                                                         \
         .open = PG_ENTRY(pg_open),                                                                 \
         .close = PG_ENTRY(pg_close),                                                               \
@@ -1176,6 +1177,7 @@ PG_MODE(int, wait_fd, (void *state), (state))
         .drop = PG_ENTRY(outbox__pg_drop),                                                         \
         .lease_note = PG_ENTRY(outbox__pg_lease_note),                                             \
         .partitions_held = PG_ENTRY(outbox__pg_partitions_held),                                   \
+        .rebalance_wanted = PG_ENTRY(outbox__pg_rebalance_wanted),                                 \
         .claim_ahead = PG_ENTRY(outbox__pg_claim_ahead),                                           \
         .claim_ahead_end = PG_ENTRY(outbox__pg_claim_ahead_end),                                   \
         .complete_behind = PG_ENTRY(outbox__pg_complete_behind),                                   \

@@ -210,8 +210,11 @@ static int write_heartbeat(pg_store *st, outbox_error *err)
 }
 
 /* Takes this relay's share of the partitions (all free ones when greedy)
- * and releases what it holds beyond it.  Called with no transaction open. */
-static int rebalance(pg_store *st, int greedy, outbox_error *err)
+ * and releases what it holds beyond it; with a batch in flight (in_flight)
+ * it only takes, and notes in release_wanted that it holds too many (a
+ * partition released then could be claimed by another relay while its
+ * messages are still out here).  Called with no transaction open. */
+static int rebalance(pg_store *st, int greedy, int in_flight, outbox_error *err)
 {
     char sql[512];
     PGresult *res;
@@ -256,7 +259,8 @@ static int rebalance(pg_store *st, int greedy, outbox_error *err)
     share = greedy ? st->partitions : (st->partitions + live - 1) / live;
 
     /* Release the extras (highest first). */
-    for (i = st->partitions - 1; i >= 0 && st->held_count > share; i--) {
+    st->release_wanted = in_flight && st->held_count > share;
+    for (i = st->partitions - 1; i >= 0 && !in_flight && st->held_count > share; i--) {
         if (!st->held[i]) continue;
         snprintf(sql, sizeof sql, "SELECT pg_advisory_unlock(%ld, %d)", (long)st->part_key, i);
         code = outbox__pg_store_exec(st, sql, "releasing a partition", err);
@@ -294,19 +298,35 @@ out:
     return code;
 }
 
-int outbox__pg_maybe_rebalance(pg_store *st, int force, outbox_error *err)
+/* Rebalances when it is due (force: now); at once when a rebalance with a
+ * batch in flight found partitions to release. */
+static int rebalance_when_due(pg_store *st, int force, int in_flight, outbox_error *err)
 {
     int64_t now = outbox__monotonic_us();
     int code;
     if (!st->owner[0]) return OUTBOX_OK;
-    if (!force && now < st->next_rebalance_us) return OUTBOX_OK;
-    code = rebalance(st, 0, err);
+    if (!force && !(st->release_wanted && !in_flight) && now < st->next_rebalance_us)
+        return OUTBOX_OK;
+    code = rebalance(st, 0, in_flight, err);
     if (code == OUTBOX_OK) {
         int64_t step =
             st->ttl_ms > 0 && st->ttl_ms / 3 < REBALANCE_MS ? st->ttl_ms / 3 : REBALANCE_MS;
         st->next_rebalance_us = now + step * 1000;
     }
     return code;
+}
+
+int outbox__pg_maybe_rebalance(pg_store *st, int force, outbox_error *err)
+{
+    return rebalance_when_due(st, force, 0, err);
+}
+
+/* Between the batches of a pipelined relay, with some still out: the
+ * heartbeat, the partitions of relays that left, and release_wanted, which
+ * tells the relay to empty its window (rebalance_wanted). */
+int outbox__pg_rebalance_in_flight(pg_store *st, outbox_error *err)
+{
+    return rebalance_when_due(st, 0, 1, err);
 }
 
 /* A --once relay drains everything it can: it takes every free partition,
@@ -319,13 +339,13 @@ int outbox__pg_take_all_for_once(pg_store *st, outbox_error *err)
     int64_t deadline;
     int code;
     if (st->held_count == st->partitions) return OUTBOX_OK;
-    code = rebalance(st, 1, err);
+    code = rebalance(st, 1, 0, err);
     if (code != OUTBOX_OK || st->held_count == st->partitions || st->once_waited) return code;
     st->once_waited = 1;
     deadline = outbox__monotonic_us() + (st->ttl_ms > 0 ? st->ttl_ms : 10000) * 1000;
     while (st->held_count < st->partitions && outbox__monotonic_us() < deadline) {
         outbox__sleep_us(50000);
-        code = rebalance(st, 1, err);
+        code = rebalance(st, 1, 0, err);
         if (code != OUTBOX_OK) return code;
     }
     if (st->held_count < st->partitions)
@@ -389,6 +409,7 @@ int outbox__pg_lease_release(void *state, const char *owner, outbox_error *err)
     memset(st->held, 0, MAX_PARTITIONS);
     st->held_count = 0;
     st->next_rebalance_us = 0;
+    st->release_wanted = 0;
     st->owner[0] = '\0';
     return code;
 }
@@ -399,6 +420,14 @@ int outbox__pg_partitions_held(void *state)
 {
     const pg_store *st = state;
     return st->held_count;
+}
+
+/* release_wanted is set and cleared by rebalance, and cleared with the
+ * leases. */
+int outbox__pg_rebalance_wanted(void *state)
+{
+    const pg_store *st = state;
+    return st->release_wanted;
 }
 
 /* Keeps note (one line, at most 255 bytes, cut on a character boundary) as
