@@ -96,8 +96,10 @@ static void free_msgs(outbox_msg **m, size_t n)
 }
 
 /* Completes all of msgs with one outcome. */
-static void complete_all(outbox_store *s, outbox_msg **msgs, size_t n, int outcome,
-                         int64_t available_at, const char *error, int on_sent)
+/* Records one outcome for all of msgs: with complete, or with
+ * complete_pipelined when in_flight >= 0 (another batch out: 1). */
+static void complete_outcome(outbox_store *s, outbox_msg **msgs, size_t n, int outcome,
+                             int64_t available_at, const char *error, int on_sent, int in_flight)
 {
     outbox_completion *c = calloc(n ? n : 1, sizeof *c);
     outbox_complete_params p = {on_sent, outbox__now_us(), NULL, 10000};
@@ -108,8 +110,17 @@ static void complete_all(outbox_store *s, outbox_msg **msgs, size_t n, int outco
         c[i].available_at = available_at;
         c[i].error = error;
     }
-    ASSERT_OK(s->ops->complete(s->state, c, n, &p, &err), &err);
+    if (in_flight >= 0)
+        ASSERT_OK(s->ops->complete_pipelined(s->state, c, n, &p, in_flight, &err), &err);
+    else
+        ASSERT_OK(s->ops->complete(s->state, c, n, &p, &err), &err);
     free(c);
+}
+
+static void complete_all(outbox_store *s, outbox_msg **msgs, size_t n, int outcome,
+                         int64_t available_at, const char *error, int on_sent)
+{
+    complete_outcome(s, msgs, n, outcome, available_at, error, on_sent, -1);
 }
 
 static int64_t count_rows(PGconn *c, const char *schema, const char *where)
@@ -2056,15 +2067,7 @@ TEST(partitions_shared)
 /* Records a pipelined batch as sent; in_flight: another batch is still out. */
 static void complete_sent_pipelined(outbox_store *s, outbox_msg **msgs, size_t n, int in_flight)
 {
-    outbox_completion *c = calloc(n ? n : 1, sizeof *c);
-    outbox_complete_params p = {OUTBOX_ON_SENT_DELETE, outbox__now_us(), NULL, 10000};
-    outbox_error err;
-    for (size_t i = 0; i < n; i++) {
-        c[i].msg = msgs[i];
-        c[i].outcome = OUTBOX_OUTCOME_SENT;
-    }
-    ASSERT_OK(s->ops->complete_pipelined(s->state, c, n, &p, in_flight, &err), &err);
-    free(c);
+    complete_outcome(s, msgs, n, OUTBOX_OUTCOME_SENT, 0, NULL, OUTBOX_ON_SENT_DELETE, in_flight);
 }
 
 /* A pipelined relay rebalances with batches out: it takes free partitions
