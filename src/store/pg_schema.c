@@ -425,31 +425,35 @@ static const char *const migrations[] = {
      * every statement that inserts or updates rows (the headers check's
      * jsonpath is parsed each time): the five constraints cost an INSERT
      * of one row about as much as the row itself (docs/BENCHMARKS.md).  The
-     * function's expression is planned once per session.  Same rules and
-     * SQLSTATE 23514; NOT VALID as in 5.  Repeatable, like 4. */
+     * function's expression is planned once per session; it names its
+     * functions with pg_catalog, so that an inserting role's search_path
+     * cannot change what they do.  Same rules and SQLSTATE 23514; NOT VALID
+     * as in 5.  Repeatable, like 4. */
     "CREATE OR REPLACE FUNCTION {s}.pending_row_valid(id uuid, type text, aggregate_type text,"
     " aggregate_id text, headers jsonb, occurred_at timestamptz, available_at timestamptz)"
     " RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$\n"
     "BEGIN\n"
     " RETURN id <> '00000000-0000-0000-0000-000000000000'"
-    "  AND octet_length(type) <= 256 AND type ~ '[^ \\t]' AND type !~ '[\\x01-\\x1f\\x7f]'"
-    "  AND octet_length(aggregate_id) <= 256 AND aggregate_id ~ '[^ \\t]'"
-    "  AND aggregate_id !~ '[\\x01-\\x1f\\x7f]' AND octet_length(aggregate_type) <= 256"
+    "  AND pg_catalog.octet_length(type) <= 256 AND type ~ '[^ \\t]' AND type !~ "
+    "'[\\x01-\\x1f\\x7f]'"
+    "  AND pg_catalog.octet_length(aggregate_id) <= 256 AND aggregate_id ~ '[^ \\t]'"
+    "  AND aggregate_id !~ '[\\x01-\\x1f\\x7f]' AND pg_catalog.octet_length(aggregate_type) <= 256"
     "  AND aggregate_type !~ '[\\x01-\\x1f\\x7f]'"
     "  AND occurred_at >= '1970-01-01 00:00:00+00' AND occurred_at < '10000-01-01 00:00:00+00'"
     "  AND available_at >= '1970-01-01 00:00:00+00'"
     "  AND available_at < '10000-01-01 00:00:00+00'"
     "  AND (headers = '{}' OR ("
-    "  NOT jsonb_path_exists(headers, 'strict $.* ? (@.type() != \"string\")')"
+    "  NOT pg_catalog.jsonb_path_exists(headers, 'strict $.* ? (@.type() != \"string\")')"
     "  AND NOT headers ? ''"
     "  AND headers::text !~ '(^|[^\\\\])(\\\\\\\\)*\\\\(u00[01][0-9a-fA-F]|[bfnrt])|\\x7f'"
     "  AND coalesce((headers ->> 'traceparent') ~"
     "   '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-|$)'"
-    "   AND left(headers ->> 'traceparent', 2) <> 'ff'"
-    "   AND NOT (left(headers ->> 'traceparent', 3) = '00-'"
-    "    AND length(headers ->> 'traceparent') > 55)"
-    "   AND substr(headers ->> 'traceparent', 4, 32) <> repeat('0', 32)"
-    "   AND substr(headers ->> 'traceparent', 37, 16) <> repeat('0', 16), true)));\n"
+    "   AND pg_catalog.left(headers ->> 'traceparent', 2) <> 'ff'"
+    "   AND NOT (pg_catalog.left(headers ->> 'traceparent', 3) = '00-'"
+    "    AND pg_catalog.length(headers ->> 'traceparent') > 55)"
+    "   AND pg_catalog.substr(headers ->> 'traceparent', 4, 32) <> pg_catalog.repeat('0', 32)"
+    "   AND pg_catalog.substr(headers ->> 'traceparent', 37, 16) <> pg_catalog.repeat('0', 16), "
+    "true)));\n"
     "END $fn$;"
     "ALTER TABLE {s}.outbox DROP CONSTRAINT IF EXISTS outbox_id_valid,"
     " DROP CONSTRAINT IF EXISTS outbox_type_valid, DROP CONSTRAINT IF EXISTS"
