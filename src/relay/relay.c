@@ -79,8 +79,9 @@
  *     every PIPELINE_SPAN_US.  A store held by one relay (SQLite) has
  *     nothing to rebalance.  Emptying a deep window stalls the relay for
  *     the recording of every open batch in turn (about a third of a busy
- *     Kafka relay's time, docs/BENCHMARKS.md).  Retries that fall due need no emptying:
- *     every claim excludes only the seqs in flight, so it sees them.
+ *     Kafka relay's time, docs/BENCHMARKS.md).  Retries that fall due need
+ *     no emptying: every claim excludes only the seqs in flight, so it
+ *     sees them.
  *   - Claim ahead (stores with claim_ahead: SQLite on a store thread,
  *     PostgreSQL sent without waiting): right after a full batch is claimed,
  *     the claim of the next one is started, excluding every open batch and
