@@ -70,8 +70,8 @@ static const char claim_tmpl[] =
  * pending: reading around them, rather than over them with a filter,
  * keeps a claim's work independent of the window (a drain has two
  * stretches: below the window and above it).  No row locks: the relay's
- * partition advisory locks keep the rows its own, and it keeps them while
- * a batch is out (no rebalancing). */
+ * partition advisory locks keep the rows its own, and it gives none up
+ * while a batch is out (see rebalance in pg_lease.c). */
 static const char claim_pipelined_tmpl[] =
     "SELECT c.* FROM unnest($7::bigint[], $8::bigint[]) AS r(lo, hi) CROSS JOIN LATERAL "
     "(" CLAIM_SELECT_WHERE " AND o.seq BETWEEN r.lo AND r.hi" CLAIM_NOT_BLOCKED
