@@ -2071,9 +2071,10 @@ static void complete_sent_pipelined(outbox_store *s, outbox_msg **msgs, size_t n
 }
 
 /* A pipelined relay rebalances with batches out: it takes free partitions
- * at once and keeps those it should give up until nothing is in flight
- * (rebalance_wanted tells the relay to empty its window), so no partition
- * whose messages are out here can be claimed by another relay. */
+ * (at its next rebalance) and keeps those it should give up until nothing
+ * is in flight (rebalance_wanted tells the relay to empty its window), so
+ * no partition whose messages are out here can be claimed by another
+ * relay. */
 TEST(partitions_rebalanced_in_flight)
 {
     outbox_store a, b;
