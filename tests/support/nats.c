@@ -274,6 +274,17 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
             fn(user, m);
             natsMsg_Destroy(m);
             got++;
+            if (got == total) {
+                /* The count came from one stream info, which a cluster that
+                 * just got a node back can answer with a state a message
+                 * behind: read on while the stream says it holds more. */
+                int64_t now = nh_stream_count(s, name);
+                if (now > total) {
+                    fprintf(stderr, "reading stream %s: it holds %lld, not %lld; reading on\n",
+                            name, (long long)now, (long long)total);
+                    total = now;
+                }
+            }
         }
         natsSubscription_Unsubscribe(sub);
         natsSubscription_Destroy(sub);
