@@ -389,12 +389,11 @@ static int claim_setup(pg_store *st, const outbox_claim_params *p, int pipelined
     code = outbox__pg_need_schema(st, err);
     if (code != OUTBOX_OK) return code;
     outbox__pg_end_claim(st);
-    if (keep && st->owner[0] && !p->once) {
-        /* A batch is in flight: take, never release (see rebalance). */
-        code = outbox__pg_rebalance_in_flight(st, err);
+    if (keep) {
+        /* A batch is in flight: take, never release (see rebalance); a
+         * --once relay took every partition at the start. */
+        if (st->owner[0] && !p->once) code = outbox__pg_rebalance_in_flight(st, err);
         if (code != OUTBOX_OK) return code;
-    } else if (keep) {
-        /* --once: every partition was taken at the start */
     } else if (st->owner[0] && p->once) {
         code = outbox__pg_take_all_for_once(st, err);
         if (code != OUTBOX_OK) return code;
