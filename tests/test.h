@@ -19,11 +19,32 @@
 #include "outbox.h"
 
 #define TEST(name) static void test_##name(void)
+/* Runs a case, or skips it when OUTBOX_TEST_ONLY names others (a
+ * comma-separated list of case names, to repeat one case of a program). */
 #define RUN(name)                                                                                  \
     do {                                                                                           \
+        if (!test_selected_(#name)) {                                                              \
+            fprintf(stderr, "-- %s (skipped: not in OUTBOX_TEST_ONLY)\n", #name);                  \
+            break;                                                                                 \
+        }                                                                                          \
         fprintf(stderr, "-- %s\n", #name);                                                         \
         test_##name();                                                                             \
     } while (0)
+
+/* Is case `name` among OUTBOX_TEST_ONLY's (all are, when it is unset)? */
+static inline int test_selected_(const char *name)
+{
+    const char *only = getenv("OUTBOX_TEST_ONLY"), *p;
+    size_t n = strlen(name);
+    if (!only || !*only) return 1;
+    for (p = only; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == n && strncmp(p, name, n) == 0) return 1;
+        p += len;
+        if (*p == ',') p++;
+    }
+    return 0;
+}
 
 #define TEST_FAIL_(...)                                                                            \
     do {                                                                                           \
