@@ -39,16 +39,24 @@ static pgh_server server;
 static char url[700];
 
 /* Runs sql and returns its SQLSTATE ("" when it succeeded). */
+/* The last sql_state's error: its primary message and constraint name
+ * ("" when none). */
+static char last_message[512], last_constraint[64];
+
 static const char *sql_state(PGconn *c, const char *sql)
 {
     static char state[8];
     PGresult *r = PQexec(c, sql);
     ExecStatusType st = PQresultStatus(r);
     const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *m = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    const char *k = PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME);
     snprintf(state, sizeof state, "%s",
              st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? ""
              : s                                             ? s
                                                              : "?");
+    snprintf(last_message, sizeof last_message, "%s", m ? m : "");
+    snprintf(last_constraint, sizeof last_constraint, "%s", k ? k : "");
     PQclear(r);
     return state;
 }
@@ -195,6 +203,15 @@ TEST(odd_values_refused_by_table)
         if (strcmp(state, "23514") != 0)
             TEST_FAIL_("%s: INSERT gave SQLSTATE '%s', expected 23514 (check_violation)",
                        odd[i].what, state);
+        /* Since version 8 the refusal says which rule, as enqueue would,
+         * and still names the constraint. */
+        if (strncmp(last_message, "a pending row of outbox.outbox: ", 32) != 0 ||
+            !strstr(last_message + 32,
+                    strcmp(odd[i].column, "headers") == 0 ? "header" : odd[i].column))
+            TEST_FAIL_("%s: refused with \"%s\", expected \"a pending row of outbox.outbox: "
+                       "...\" naming %s",
+                       odd[i].what, last_message, odd[i].column);
+        ASSERT_STREQ(last_constraint, "outbox_pending_valid");
     }
     /* What the table lets in is published when enqueue accepts it, and
      * quarantined otherwise. */
@@ -227,6 +244,9 @@ TEST(odd_values_refused_by_table)
                               " 'infinity', 'failed')"),
                  "");
     ASSERT_STREQ(sql_state(c, "UPDATE outbox.outbox SET status = 'pending'"), "23514");
+    ASSERT_STREQ(last_message,
+                 "a pending row of outbox.outbox: occurred_at infinity is outside the years 1970 "
+                 "to 9999");
 
     /* The SQL function. */
     const char *fn[] = {"SELECT outbox.enqueue('T', 'a', '{}', occurred_at => 'infinity')",
@@ -351,7 +371,7 @@ static void quarantine_scenario(int pipelined)
         int from = 0, to = 0;
         ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
         ASSERT_EQ(from, 4);
-        ASSERT_EQ(to, 7);
+        ASSERT_EQ(to, 8);
     }
     /* The checks came back without judging the old rows (one constraint
      * since version 7). */
@@ -718,7 +738,7 @@ TEST(newer_schema_refused_everywhere)
     do {                                                                                           \
         int rc_ = (call);                                                                          \
         if (rc_ != OUTBOX_ESCHEMANEWER) TEST_FAIL_("%s: %d %s", #call, rc_, err.message);          \
-        ASSERT_CONTAINS(err.message, "version 99, newer than this build's 7");                     \
+        ASSERT_CONTAINS(err.message, "version 99, newer than this build's 8");                     \
     } while (0)
     NEWER(s.ops->check_schema(s.state, &err));
     NEWER(s.ops->status(s.state, &st, &err));
@@ -790,9 +810,9 @@ TEST(init_without_meta_row)
     pgh_exec(c, "DELETE FROM lost_meta.meta WHERE key IN ('schema_version', 'partitions')");
     ASSERT_EQ(outbox_schema_init_pg(c, "lost_meta", &err), OUTBOX_ESTORE);
     ASSERT_CONTAINS(err.message, "no schema_version");
-    ASSERT_CONTAINS(err.message, "version 7 with 32 partitions");
+    ASSERT_CONTAINS(err.message, "version 8 with 32 partitions");
     ASSERT_CONTAINS(err.message, "INSERT INTO \"lost_meta\".meta");
-    pgh_exec(c, "INSERT INTO \"lost_meta\".meta (key, value) VALUES ('schema_version', '7'),"
+    pgh_exec(c, "INSERT INTO \"lost_meta\".meta (key, value) VALUES ('schema_version', '8'),"
                 " ('partitions', '32') ON CONFLICT (key) DO UPDATE SET value = excluded.value");
     ASSERT_OK(outbox_schema_init_pg(c, "lost_meta", &err), &err);
 
@@ -843,8 +863,8 @@ TEST(init_up_to_date)
     snprintf(u, sizeof u, "%s?partitions=8", url);
     sh_store_open(&s, u);
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-    ASSERT_EQ(from, 7);
-    ASSERT_EQ(to, 7);
+    ASSERT_EQ(from, 8);
+    ASSERT_EQ(to, 8);
     outbox__store_close(&s);
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     ASSERT_CONTAINS(logs.data, "W partitions=8 is not applied: the outbox schema outbox has 32 "
@@ -918,7 +938,7 @@ TEST(documented_roles)
         snprintf(u, sizeof u, "postgres://outbox_relay@127.0.0.1:%d/postgres", server.port);
         sh_store_open(&s, u);
         ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-        ASSERT_EQ(to, 7);
+        ASSERT_EQ(to, 8);
         ASSERT_OK(s.ops->lease_acquire(s.state, "role-relay", 5000, &err), &err);
         for (int round = 0; round < 5; round++) {
             outbox_msg **msgs = NULL;

@@ -27,6 +27,34 @@ static const char meta_sql[] =
     "CREATE SCHEMA IF NOT EXISTS {s};"
     "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL);";
 
+/* The rules a pending row must follow (version 7's pending_row_valid; 8
+ * adds what failed), in parentheses.  Its functions are named with
+ * pg_catalog, so that an inserting role's search_path cannot change what
+ * they do. */
+#define PENDING_ROW_RULES                                                                          \
+    "(id <> '00000000-0000-0000-0000-000000000000'"                                                \
+    "  AND pg_catalog.octet_length(type) <= 256"                                                   \
+    "  AND type ~ '[^ \\t]' AND type !~ '[\\x01-\\x1f\\x7f]'"                                      \
+    "  AND pg_catalog.octet_length(aggregate_id) <= 256"                                           \
+    "  AND aggregate_id ~ '[^ \\t]' AND aggregate_id !~ '[\\x01-\\x1f\\x7f]'"                      \
+    "  AND pg_catalog.octet_length(aggregate_type) <= 256"                                         \
+    "  AND aggregate_type !~ '[\\x01-\\x1f\\x7f]'"                                                 \
+    "  AND occurred_at >= '1970-01-01 00:00:00+00' AND occurred_at < '10000-01-01 00:00:00+00'"    \
+    "  AND available_at >= '1970-01-01 00:00:00+00'"                                               \
+    "  AND available_at < '10000-01-01 00:00:00+00'"                                               \
+    "  AND (headers = '{}' OR ("                                                                   \
+    "  NOT pg_catalog.jsonb_path_exists(headers, 'strict $.* ? (@.type() != \"string\")')"         \
+    "  AND NOT headers ? ''"                                                                       \
+    "  AND headers::text !~ '(^|[^\\\\])(\\\\\\\\)*\\\\(u00[01][0-9a-fA-F]|[bfnrt])|\\x7f'"        \
+    "  AND coalesce((headers ->> 'traceparent') ~"                                                 \
+    "   '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-|$)'"                                 \
+    "   AND pg_catalog.left(headers ->> 'traceparent', 2) <> 'ff'"                                 \
+    "   AND NOT (pg_catalog.left(headers ->> 'traceparent', 3) = '00-'"                            \
+    "    AND pg_catalog.length(headers ->> 'traceparent') > 55)"                                   \
+    "   AND pg_catalog.substr(headers ->> 'traceparent', 4, 32) <> pg_catalog.repeat('0', 32)"     \
+    "   AND pg_catalog.substr(headers ->> 'traceparent', 37, 16)"                                  \
+    "    <> pg_catalog.repeat('0', 16), true))))"
+
 /* migrations[i] takes the schema from version i to i + 1.  Append only. */
 static const char *const migrations[] = {
     /* 1 */
@@ -433,28 +461,7 @@ static const char *const migrations[] = {
     " aggregate_id text, headers jsonb, occurred_at timestamptz, available_at timestamptz)"
     " RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$\n"
     "BEGIN\n"
-    " RETURN id <> '00000000-0000-0000-0000-000000000000'"
-    "  AND pg_catalog.octet_length(type) <= 256"
-    "  AND type ~ '[^ \\t]' AND type !~ '[\\x01-\\x1f\\x7f]'"
-    "  AND pg_catalog.octet_length(aggregate_id) <= 256"
-    "  AND aggregate_id ~ '[^ \\t]' AND aggregate_id !~ '[\\x01-\\x1f\\x7f]'"
-    "  AND pg_catalog.octet_length(aggregate_type) <= 256"
-    "  AND aggregate_type !~ '[\\x01-\\x1f\\x7f]'"
-    "  AND occurred_at >= '1970-01-01 00:00:00+00' AND occurred_at < '10000-01-01 00:00:00+00'"
-    "  AND available_at >= '1970-01-01 00:00:00+00'"
-    "  AND available_at < '10000-01-01 00:00:00+00'"
-    "  AND (headers = '{}' OR ("
-    "  NOT pg_catalog.jsonb_path_exists(headers, 'strict $.* ? (@.type() != \"string\")')"
-    "  AND NOT headers ? ''"
-    "  AND headers::text !~ '(^|[^\\\\])(\\\\\\\\)*\\\\(u00[01][0-9a-fA-F]|[bfnrt])|\\x7f'"
-    "  AND coalesce((headers ->> 'traceparent') ~"
-    "   '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-|$)'"
-    "   AND pg_catalog.left(headers ->> 'traceparent', 2) <> 'ff'"
-    "   AND NOT (pg_catalog.left(headers ->> 'traceparent', 3) = '00-'"
-    "    AND pg_catalog.length(headers ->> 'traceparent') > 55)"
-    "   AND pg_catalog.substr(headers ->> 'traceparent', 4, 32) <> pg_catalog.repeat('0', 32)"
-    "   AND pg_catalog.substr(headers ->> 'traceparent', 37, 16)"
-    "    <> pg_catalog.repeat('0', 16), true)));\n"
+    " RETURN " PENDING_ROW_RULES ";\n"
     "END $fn$;"
     "ALTER TABLE {s}.outbox DROP CONSTRAINT IF EXISTS outbox_id_valid,"
     " DROP CONSTRAINT IF EXISTS outbox_type_valid, DROP CONSTRAINT IF EXISTS"
@@ -464,6 +471,43 @@ static const char *const migrations[] = {
     "ALTER TABLE {s}.outbox ADD CONSTRAINT outbox_pending_valid CHECK (status <> 'pending'"
     " OR {s}.pending_row_valid(id, type, aggregate_type, aggregate_id, headers, occurred_at,"
     " available_at)) NOT VALID;",
+    /* 8: a pending row the table refuses says why.  The rules are 7's (a
+     * row that follows them costs what it did); one that does not is
+     * given to validate_message, whose text for the first rule it breaks
+     * (enqueue's and emit's, "a pending row of <schema>.outbox: ...") is
+     * raised with SQLSTATE 23514 and the constraint's name, where 7 gave
+     * only the name.  The block that catches validate_message's error
+     * (a subtransaction) runs only for a refused row, hence PARALLEL
+     * RESTRICTED.  A rule validate_message does not have (available_at)
+     * is said here; were none found, false gives PostgreSQL's own error.
+     * Repeatable, like 4. */
+    "CREATE OR REPLACE FUNCTION {s}.pending_row_valid(id uuid, type text, aggregate_type text,"
+    " aggregate_id text, headers jsonb, occurred_at timestamptz, available_at timestamptz)"
+    " RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL RESTRICTED AS $fn$\n"
+    "DECLARE why text;\n"
+    "BEGIN\n"
+    " IF " PENDING_ROW_RULES " THEN\n"
+    "  RETURN true;\n"
+    " END IF;\n"
+    " BEGIN\n"
+    "  PERFORM {s}.validate_message('a pending row of {n}.outbox', type, aggregate_id,"
+    " '{}'::jsonb, coalesce(headers, '{}'), coalesce(aggregate_type, ''), id, occurred_at);\n"
+    " EXCEPTION WHEN invalid_parameter_value THEN\n"
+    "  GET STACKED DIAGNOSTICS why = MESSAGE_TEXT;\n"
+    " WHEN program_limit_exceeded THEN\n"
+    "  NULL;\n"
+    " END;\n"
+    " IF why IS NULL AND NOT (available_at >= '1970-01-01 00:00:00+00'"
+    "  AND available_at < '10000-01-01 00:00:00+00') THEN\n"
+    "  why := 'a pending row of {n}.outbox: available_at ' || available_at"
+    " || ' is outside the years 1970 to 9999';\n"
+    " END IF;\n"
+    " IF why IS NOT NULL THEN\n"
+    "  RAISE EXCEPTION USING MESSAGE = why, ERRCODE = 'check_violation',"
+    " CONSTRAINT = 'outbox_pending_valid', TABLE = 'outbox', SCHEMA = '{n}';\n"
+    " END IF;\n"
+    " RETURN false;\n"
+    "END $fn$;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -612,6 +656,8 @@ static int unrecorded_schema(PGconn *conn, const char *schema, const char *qsche
         "SELECT CASE"
         " WHEN NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)"
         "  AND attname = 'partition' AND NOT attisdropped) THEN 0"
+        " WHEN EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'pending_row_valid'"
+        "  AND pronamespace = $3::regnamespace AND prosrc LIKE '%validate_message%') THEN 8"
         " WHEN EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'pending_row_valid'"
         "  AND pronamespace = $3::regnamespace) THEN 7"
         " WHEN EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'emit'"
