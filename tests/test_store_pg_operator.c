@@ -38,11 +38,11 @@ int main(void)
 static pgh_server server;
 static char url[700];
 
-/* Runs sql and returns its SQLSTATE ("" when it succeeded). */
 /* The last sql_state's error: its primary message and constraint name
  * ("" when none). */
 static char last_message[512], last_constraint[64];
 
+/* Runs sql and returns its SQLSTATE ("" when it succeeded). */
 static const char *sql_state(PGconn *c, const char *sql)
 {
     static char state[8];
