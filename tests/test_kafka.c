@@ -336,11 +336,21 @@ static void count_pipelined(void *user, int level, const char *component, const 
      * partition succeeded.  On the mock cluster that success proves
      * nothing (see chaos_drain_shaped), so a drain that loses messages
      * says whether this happened. */
-    if (strstr(message, "IMPLICITACK") != NULL) {
-        atomic_fetch_add(&implicit_acks, 1);
-        fprintf(stderr, "[%s] %s\n", component, message);
-    } else if (level >= OUTBOX_LOG_WARN) {
-        fprintf(stderr, "[%s] %s\n", component, message);
+    int implicit_ack = strstr(message, "IMPLICITACK") != NULL;
+    if (implicit_ack) atomic_fetch_add(&implicit_acks, 1);
+    if (implicit_ack || level >= OUTBOX_LOG_WARN) fprintf(stderr, "[%s] %s\n", component, message);
+}
+
+/* Waits until the store at db holds no pending message (a relay thread
+ * drains it), at most timeout_ms. */
+static void wait_none_pending(const char *db, int64_t timeout_ms)
+{
+    int64_t deadline = ch_now_ms() + timeout_ms;
+    while (ch_outbox_count(db, "pending") > 0) {
+        if (ch_now_ms() > deadline)
+            TEST_FAIL_("%lld messages still pending after %lld ms",
+                       (long long)ch_outbox_count(db, "pending"), (long long)timeout_ms);
+        ch_sleep_ms(50);
     }
 }
 
@@ -404,13 +414,7 @@ static void chaos_drain_shaped(const char *name, const char *topic, int total, i
         chaos(&rng, i);
     }
     ch_producer_join(&p);
-    int64_t deadline = ch_now_ms() + 120000;
-    while (ch_outbox_count(db, "pending") > 0) {
-        if (ch_now_ms() > deadline)
-            TEST_FAIL_("%lld messages still pending after 120 s",
-                       (long long)ch_outbox_count(db, "pending"));
-        ch_sleep_ms(50);
-    }
+    wait_none_pending(db, 120000);
     relay_thread_stop(&t);
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     ASSERT_OK(t.rc, &t.err);
@@ -541,12 +545,7 @@ TEST(fatal_rebuild)
     memset(&t, 0, sizeof t);
     ASSERT_OK(ch_relay_new(&t.relay, db, to, 0, &t.err), &t.err);
     if (relay_thread_start(&t) != 0) TEST_FAIL_("pthread_create");
-    int64_t deadline = ch_now_ms() + 60000;
-    while (ch_outbox_count(db, NULL) > 0) {
-        if (ch_now_ms() > deadline)
-            TEST_FAIL_("%lld messages left after 60 s", (long long)ch_outbox_count(db, NULL));
-        ch_sleep_ms(50);
-    }
+    wait_none_pending(db, 60000);
     relay_thread_stop(&t);
     ASSERT_OK(t.rc, &t.err);
     outbox_relay_get_stats(t.relay, &stats);
