@@ -544,11 +544,26 @@ out:
     PQfinish(conn);
 }
 
+/* The server's CPU during the last pg_relay_to, seconds (its busiest
+ * process: the relay's claims), or -1 when the server is not ours. */
+static double pg_server_s = -1, pg_server_top_s;
+
+/* Prints pg_server_s per message of res, under its row. */
+static void pg_server_line(const bench_result *res)
+{
+    if (pg_server_s >= 0 && res->count > 0)
+        printf("  PostgreSQL server: %.2f us of CPU per message (%.2f s; its busiest process "
+               "%.2f s)\n",
+               pg_server_s * 1e6 / (double)res->count, pg_server_s, pg_server_top_s);
+}
+
 /* The relay from a freshly filled PostgreSQL outbox to to_url (the server
  * started when pg_case did not run), checked for no unsent row left.  0 or
  * -1. */
 static int pg_relay_to(const char *name, const char *to_url, bench_result *res)
 {
+    bench_pg_cpu watch;
+    int watched;
     static int started;
     bench_relay_case c;
     PGconn *conn;
@@ -570,13 +585,18 @@ static int pg_relay_to(const char *name, const char *to_url, bench_result *res)
     c.expect = n_msgs;
     snprintf(c.store_url, sizeof c.store_url, "%s?schema=bench_outbox", pg.url);
     snprintf(c.to_url, sizeof c.to_url, "%s", to_url);
+    watched = bench_pg_cpu_start(&watch, (long)pg.pid) == 0;
+    pg_server_s = -1;
     if (bench_run_child(name, bench_run_relay, &c, disarm_parent_handlers, res) == 0) {
+        if (watched) pg_server_s = bench_pg_cpu_stop(&watch, &pg_server_top_s);
+        watched = 0;
         left = bench_pg_left(conn);
         if (left == 0)
             rc = 0;
         else
             fprintf(stderr, "bench_nats: %s: %lld unsent rows left\n", name, left);
     }
+    if (watched) (void)bench_pg_cpu_stop(&watch, NULL);
     PQfinish(conn);
     return rc;
 }
@@ -843,18 +863,20 @@ static void kafka_cases(const char *master, const char *copy)
         snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%lld", kafka_bootstraps,
                  topics[3], kafka_window);
         rate = 0;
-        if (pg_relay_to("postgres -> kafka", to, &res) == 0)
+        if (pg_relay_to("postgres -> kafka", to, &res) == 0) {
             rate = kafka_check_row("postgres -> kafka (relay, mock)", topics[3], &res, ceiling);
-        else
+            pg_server_line(&res);
+        } else
             failures++;
         kafka_against_after(rate, ceiling, kafka_ceiling("kafka raw produce (after)", topics[7]));
         setenv("OUTBOX_RELAY_CLAIM_AHEAD", "0", 1);
         setenv("OUTBOX_RELAY_COMPLETE_BEHIND", "0", 1);
         snprintf(to, sizeof to, "kafka://%s?topic=%s&window_messages=%lld", kafka_bootstraps,
                  topics[5], kafka_window);
-        if (pg_relay_to("postgres -> kafka (store in turn)", to, &res) == 0)
+        if (pg_relay_to("postgres -> kafka (store in turn)", to, &res) == 0) {
             kafka_check_row("postgres -> kafka (store in turn)", topics[5], &res, ceiling);
-        else
+            pg_server_line(&res);
+        } else
             failures++;
         unsetenv("OUTBOX_RELAY_CLAIM_AHEAD");
         unsetenv("OUTBOX_RELAY_COMPLETE_BEHIND");

@@ -20,6 +20,8 @@
 #include <sqlite3.h>
 #ifdef OUTBOX_HAVE_LIBPQ
 #include "support/pg.h"
+#include <pthread.h>
+#include <stdatomic.h>
 #endif
 
 enum { BENCH_FILL_TXN_ROWS = 50000 };
@@ -214,6 +216,107 @@ static inline double bench_pg_emit_fill(PGconn *conn, long long n, int per_txn, 
     pgh_exec(conn, "CHECKPOINT");
     *wal_bytes = (long long)pgh_count(conn, wal_pos) - start;
     return bench_now() - t0;
+}
+
+/* CPU seconds (user + system) of process pid from /proc; 0 when gone. */
+static inline double bench_proc_cpu_s(long pid)
+{
+    char path[64], buf[1024];
+    unsigned long ut = 0, st = 0;
+    size_t n;
+    char *q;
+    FILE *f;
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    if (!(f = fopen(path, "r"))) return 0;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    q = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The CPU a case costs the PostgreSQL server this program started, which
+ * the machine's load moves less than the case's time: its processes'.
+ * A relay's backends are born and end within the case, so a thread samples
+ * the postmaster's children every 10 ms and keeps each one's last figure
+ * (what a process uses in its last 10 ms is missed). */
+#define BENCH_PG_CPU_MAX 256
+typedef struct bench_pg_cpu {
+    pthread_t th;
+    atomic_int stop;
+    long server; /* the postmaster */
+    int n;
+    long pid[BENCH_PG_CPU_MAX];
+    double first[BENCH_PG_CPU_MAX], last[BENCH_PG_CPU_MAX];
+    double own_s; /* the sampling thread's own CPU */
+} bench_pg_cpu;
+
+static inline void bench_pg_cpu_sample(bench_pg_cpu *w, int initial)
+{
+    char path[96];
+    long child;
+    FILE *f;
+    int i;
+    snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", w->server, w->server);
+    if (!(f = fopen(path, "r"))) return;
+    while (fscanf(f, "%ld", &child) == 1) {
+        double cpu = bench_proc_cpu_s(child);
+        for (i = 0; i < w->n && w->pid[i] != child; i++)
+            ;
+        if (i == w->n) {
+            if (i == BENCH_PG_CPU_MAX) continue;
+            w->n++;
+            w->pid[i] = child;
+            w->first[i] = initial ? cpu : 0; /* born since: from 0 */
+            w->last[i] = 0;
+        }
+        if (cpu > w->last[i]) w->last[i] = cpu;
+    }
+    fclose(f);
+}
+
+static inline void *bench_pg_cpu_main(void *arg)
+{
+    bench_pg_cpu *w = arg;
+    struct timespec ts;
+    while (!atomic_load(&w->stop)) {
+        usleep(10000);
+        bench_pg_cpu_sample(w, 0);
+    }
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    w->own_s = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    return NULL;
+}
+
+/* Starts sampling server's processes; 0, or -1 (no server of our own, or
+ * no thread: nothing to stop). */
+static inline int bench_pg_cpu_start(bench_pg_cpu *w, long server)
+{
+    memset(w, 0, sizeof *w);
+    if (server <= 0) return -1;
+    w->server = server;
+    bench_pg_cpu_sample(w, 1);
+    return pthread_create(&w->th, NULL, bench_pg_cpu_main, w) == 0 ? 0 : -1;
+}
+
+/* Stops it: the server's CPU seconds since the start, and in *top_s (when
+ * not NULL) the busiest process's. */
+static inline double bench_pg_cpu_stop(bench_pg_cpu *w, double *top_s)
+{
+    double total = 0, top = 0;
+    int i;
+    atomic_store(&w->stop, 1);
+    pthread_join(w->th, NULL);
+    bench_pg_cpu_sample(w, 0);
+    for (i = 0; i < w->n; i++) {
+        double d = w->last[i] - w->first[i];
+        total += d;
+        if (d > top) top = d;
+    }
+    if (top_s) *top_s = top;
+    return total;
 }
 #endif
 

@@ -185,93 +185,35 @@ static double baseline(PGconn *c)
     return dt;
 }
 
-static double proc_cpu_s(long pid);
 static double self_cpu_s(void);
 
 /* --capture wal: the CPU a drain costs, which the machine's load does not
  * move as it moves the drain's time: this process's (the relay, in a
- * thread of it; nothing else runs meanwhile) and the server's, by process.
- * The relay's backend and the walsender are born and end within the
- * drain, so a thread samples the postmaster's children every 10 ms and
- * keeps each one's last figure (what a process uses in its last 10 ms is
- * missed). */
+ * thread of it; nothing else runs meanwhile) and the server's, by process
+ * (bench_pg_cpu, bench_outbox.h). */
 typedef struct drain_cpu {
     double relay_s;  /* this process, user+sys */
     double server_s; /* the server's processes, user+sys */
     double top_s;    /* the busiest server process (the walsender, or the relay's backend) */
 } drain_cpu;
 
-#define CPU_WATCH_MAX 256
-static struct cpu_watch {
-    pthread_t th;
-    atomic_int stop;
-    int n;
-    long pid[CPU_WATCH_MAX];
-    double first[CPU_WATCH_MAX], last[CPU_WATCH_MAX];
-    double self0;
-    double own_s; /* the sampling thread's own CPU, not the relay's */
-} cpu_watch;
+static bench_pg_cpu cpu_watch;
+static double cpu_watch_self0;
 static drain_cpu last_drain; /* of the last relay_drain, with --capture wal */
-
-static void cpu_watch_sample(int initial)
-{
-    char path[96];
-    long child;
-    snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", (long)server_pid, (long)server_pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    while (fscanf(f, "%ld", &child) == 1) {
-        double cpu = proc_cpu_s(child);
-        int i;
-        for (i = 0; i < cpu_watch.n && cpu_watch.pid[i] != child; i++)
-            ;
-        if (i == cpu_watch.n) {
-            if (i == CPU_WATCH_MAX) continue;
-            cpu_watch.n++;
-            cpu_watch.pid[i] = child;
-            cpu_watch.first[i] = initial ? cpu : 0; /* born since: from 0 */
-        }
-        if (cpu > cpu_watch.last[i]) cpu_watch.last[i] = cpu;
-    }
-    fclose(f);
-}
-
-static void *cpu_watch_main(void *arg)
-{
-    struct timespec ts;
-    (void)arg;
-    while (!atomic_load(&cpu_watch.stop)) {
-        usleep(10000);
-        cpu_watch_sample(0);
-    }
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    cpu_watch.own_s = (double)ts.tv_sec + ts.tv_nsec / 1e9;
-    return NULL;
-}
 
 static void cpu_watch_start(void)
 {
-    memset(cpu_watch.pid, 0, sizeof cpu_watch.pid);
-    memset(cpu_watch.last, 0, sizeof cpu_watch.last);
-    cpu_watch.n = 0;
-    atomic_store(&cpu_watch.stop, 0);
-    cpu_watch_sample(1);
-    cpu_watch.self0 = self_cpu_s();
-    pthread_create(&cpu_watch.th, NULL, cpu_watch_main, NULL);
+    cpu_watch_self0 = self_cpu_s();
+    if (bench_pg_cpu_start(&cpu_watch, (long)server_pid) != 0) {
+        fprintf(stderr, "bench_pg_drain: cannot sample the server's CPU\n");
+        exit(1);
+    }
 }
 
 static void cpu_watch_stop(drain_cpu *out)
 {
-    atomic_store(&cpu_watch.stop, 1);
-    pthread_join(cpu_watch.th, NULL);
-    cpu_watch_sample(0);
-    out->relay_s = self_cpu_s() - cpu_watch.self0 - cpu_watch.own_s;
-    out->server_s = out->top_s = 0;
-    for (int i = 0; i < cpu_watch.n; i++) {
-        double d = cpu_watch.last[i] - cpu_watch.first[i];
-        out->server_s += d;
-        if (d > out->top_s) out->top_s = d;
-    }
+    out->server_s = bench_pg_cpu_stop(&cpu_watch, &out->top_s);
+    out->relay_s = self_cpu_s() - cpu_watch_self0 - cpu_watch.own_s;
 }
 
 /* The relay from store_url to discard:, once; monitored: with the monitor
@@ -574,8 +516,6 @@ typedef struct worker {
     pthread_t th;
 } worker;
 
-static double proc_cpu_s(long pid);
-
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -586,7 +526,7 @@ static void *worker_main(void *arg)
         PQprepare(c, "biz", "INSERT INTO bench_orders (customer, total) VALUES ($1, $2)", 2, NULL);
     PQclear(r);
     long backend = PQbackendPID(c);
-    double cpu0 = server_pid > 0 ? proc_cpu_s(backend) : 0;
+    double cpu0 = server_pid > 0 ? bench_proc_cpu_s(backend) : 0;
     long i = 0;
     while (now_s() < w->until) {
         PQclear(PQexec(c, "BEGIN"));
@@ -628,7 +568,7 @@ static void *worker_main(void *arg)
         atomic_fetch_add(&txn_total, 1);
         i++;
     }
-    w->backend_cpu_s = server_pid > 0 ? proc_cpu_s(backend) - cpu0 : 0;
+    w->backend_cpu_s = server_pid > 0 ? bench_proc_cpu_s(backend) - cpu0 : 0;
     PQfinish(c);
     return NULL;
 }
@@ -639,23 +579,6 @@ static void *drain_thread(void *arg)
     outbox_error err;
     if (outbox_relay_run(arg, &err) != OUTBOX_OK) fprintf(stderr, "relay: %s\n", err.message);
     return NULL;
-}
-
-/* CPU seconds (user + system) of process pid from /proc; 0 when gone. */
-static double proc_cpu_s(long pid)
-{
-    char path[64], buf[1024];
-    unsigned long ut = 0, st = 0;
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *q = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* CPU seconds of the postmaster and its children (WAL writer,
@@ -675,13 +598,13 @@ static void server_snap(server_snapshot *snap)
     snap->n = 0;
     if (server_pid <= 0) return;
     snap->pid[snap->n] = server_pid;
-    snap->cpu[snap->n++] = proc_cpu_s(server_pid);
+    snap->cpu[snap->n++] = bench_proc_cpu_s(server_pid);
     snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", (long)server_pid, (long)server_pid);
     FILE *f = fopen(path, "r");
     if (!f) return;
     while (snap->n < 256 && fscanf(f, "%ld", &child) == 1) {
         snap->pid[snap->n] = child;
-        snap->cpu[snap->n++] = proc_cpu_s(child);
+        snap->cpu[snap->n++] = bench_proc_cpu_s(child);
     }
     fclose(f);
 }

@@ -1306,6 +1306,54 @@ TEST(claim_pipelined_deep)
     fprintf(stderr, "claim_pipelined_deep: %zu claimed in 200 claims, as the reference read\n",
             claimed);
     ASSERT(claimed > 3000);
+    /* A drain's window: one run of consecutive seqs in flight, i.e. two
+     * stretches around it (the two-stretch statement), with due retries
+     * and rows in backoff below and above it.  Read as the reference. */
+    {
+        PGresult *mm = PQexec(c, "SELECT min(seq), max(seq) FROM outbox.outbox");
+        int64_t lo_seq, hi_seq;
+        size_t two = 0;
+        ASSERT_EQ(PQresultStatus(mm), PGRES_TUPLES_OK);
+        lo_seq = strtoll(PQgetvalue(mm, 0, 0), NULL, 10);
+        hi_seq = strtoll(PQgetvalue(mm, 0, 1), NULL, 10);
+        PQclear(mm);
+        ASSERT(hi_seq - lo_seq > 1000);
+        for (step = 0; step < 60; step++) {
+            outbox_claim_params p = {1 + (size_t)(ch_rand(&rng) % 600), outbox__now_us(), 1, 0,
+                                     NULL};
+            outbox_msg **msgs = NULL;
+            size_t n = 0, run = 1 + (size_t)(ch_rand(&rng) % 1500);
+            int64_t first = lo_seq + (int64_t)(ch_rand(&rng) % (uint64_t)(hi_seq - lo_seq));
+            char now[32], limit[32];
+            const char *params[3];
+            PGresult *ref;
+
+            nflight = 0;
+            if (step % 10 != 0) /* and sometimes nothing in flight: one stretch */
+                for (i = 0; i < run && nflight < 4000; i++)
+                    flight[nflight++] = first + (int64_t)i;
+            ASSERT_OK(s.ops->claim_pipelined(s.state, &p, flight, nflight, &msgs, &n, &err), &err);
+            outbox__buf_reset(&arr);
+            outbox__buf_puts(&arr, "{");
+            for (i = 0; i < nflight; i++)
+                outbox__buf_printf(&arr, i ? ",%lld" : "%lld", (long long)flight[i]);
+            outbox__buf_puts(&arr, "}");
+            snprintf(now, sizeof now, "%lld", (long long)p.now_us);
+            snprintf(limit, sizeof limit, "%zu", p.batch_size);
+            params[0] = now;
+            params[1] = arr.data;
+            params[2] = limit;
+            ref = PQexecParams(c, DEEP_REFERENCE, 3, NULL, params, NULL, NULL, 0);
+            ASSERT_EQ(PQresultStatus(ref), PGRES_TUPLES_OK);
+            ASSERT_EQ((size_t)PQntuples(ref), n);
+            for (i = 0; i < n; i++)
+                ASSERT_EQ(msgs[i]->seq, (int64_t)strtoll(PQgetvalue(ref, (int)i, 0), NULL, 10));
+            if (n > 0 && nflight > 0 && msgs[0]->seq < first) two++;
+            free_msgs(msgs, n);
+        }
+        /* Rows below the run were read with rows above it. */
+        ASSERT(two > 0);
+    }
     outbox__buf_free(&arr);
     free(flight);
     pgh_exec(c, "DELETE FROM outbox.outbox");
