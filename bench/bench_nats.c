@@ -59,7 +59,9 @@
  *                    window's memory.  The raw producer runs again right
  *                    after the SQLite relay ("again") and after the
  *                    PostgreSQL one ("after"): each relay is set against
- *                    the ceiling before it and the one after
+ *                    the ceiling before it and the one after; under each
+ *                    PostgreSQL -> Kafka row, the server's CPU per message
+ *                    (its processes, bench_pg_cpu) when it started the server
  *
  * Each case runs in a forked child (bench_common.h): peak RSS and CPU time
  * from wait4().  A figure is printed only after the parent checked the
