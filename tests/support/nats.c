@@ -241,36 +241,46 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
     so.Ordered = true;
     if (total > 0) {
         sub = read_subscribe(js, name, filter, &so);
-        int64_t skip = 0; /* already read: passed over after a new consumer */
+        uint64_t last = 0; /* the stream sequence of the last message handed to fn */
         int resumed = 0;
         while (got < total) {
             natsMsg *m = NULL;
+            jsMsgMetaData *meta = NULL;
+            uint64_t seq;
             st = natsSubscription_NextMsg(&m, sub, 10000);
             if (st == NATS_TIMEOUT && resumed < 3) {
                 /* An ordered consumer on a cluster that just lost and got
-                 * back a node can stall; a new one reads the stream again
-                 * from its start, in the same order, and the messages
-                 * already read are passed over (the stream itself holds
-                 * every message). */
+                 * back a node can stall; a new one reads on from the
+                 * stream sequence after the last message read. */
                 natsSubscription_Unsubscribe(sub);
                 natsSubscription_Destroy(sub);
+                so.Config.DeliverPolicy = js_DeliverByStartSequence;
+                so.Config.OptStartSeq = last + 1;
                 sub = read_subscribe(js, name, filter, &so);
-                skip = got;
                 fprintf(stderr,
                         "reading stream %s: no message for 10 s after %lld of %lld; "
-                        "reading it again with a new consumer\n",
-                        name, (long long)got, (long long)total);
+                        "reading on from sequence %llu with a new consumer\n",
+                        name, (long long)got, (long long)total, (unsigned long long)(last + 1));
                 resumed++;
                 continue;
             }
             if (st != NATS_OK)
                 TEST_FAIL_("reading stream %s: %s after %lld of %lld", name, natsStatus_GetText(st),
                            (long long)got, (long long)total);
-            if (skip > 0) {
-                skip--;
+            st = natsMsg_GetMetaData(&meta, m);
+            if (st != NATS_OK)
+                TEST_FAIL_("reading stream %s: no metadata: %s", name, natsStatus_GetText(st));
+            seq = meta->Sequence.Stream;
+            jsMsgMetaData_Destroy(meta);
+            /* A consumer that restarted itself (ordered consumers do) may
+             * deliver again what was read: each stream sequence is read
+             * once, so a message stored twice is seen twice and one
+             * delivered twice is not. */
+            if (seq <= last) {
                 natsMsg_Destroy(m);
                 continue;
             }
+            last = seq;
             fn(user, m);
             natsMsg_Destroy(m);
             got++;
