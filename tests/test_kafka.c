@@ -341,19 +341,6 @@ static void count_pipelined(void *user, int level, const char *component, const 
     if (implicit_ack || level >= OUTBOX_LOG_WARN) fprintf(stderr, "[%s] %s\n", component, message);
 }
 
-/* Waits until the store at db holds no pending message (a relay thread
- * drains it), at most timeout_ms. */
-static void wait_none_pending(const char *db, int64_t timeout_ms)
-{
-    int64_t deadline = ch_now_ms() + timeout_ms;
-    while (ch_outbox_count(db, "pending") > 0) {
-        if (ch_now_ms() > deadline)
-            TEST_FAIL_("%lld messages still pending after %lld ms",
-                       (long long)ch_outbox_count(db, "pending"), (long long)timeout_ms);
-        ch_sleep_ms(50);
-    }
-}
-
 /* How a chaos drain's messages are written and sent. */
 typedef struct drain_shape {
     int aggregates;
@@ -414,7 +401,7 @@ static void chaos_drain_shaped(const char *name, const char *topic, int total, i
         chaos(&rng, i);
     }
     ch_producer_join(&p);
-    wait_none_pending(db, 120000);
+    ch_wait_drained(db, 0, 120000, NULL);
     relay_thread_stop(&t);
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     ASSERT_OK(t.rc, &t.err);
@@ -545,7 +532,7 @@ TEST(fatal_rebuild)
     memset(&t, 0, sizeof t);
     ASSERT_OK(ch_relay_new(&t.relay, db, to, 0, &t.err), &t.err);
     if (relay_thread_start(&t) != 0) TEST_FAIL_("pthread_create");
-    wait_none_pending(db, 60000);
+    ch_wait_drained(db, 0, 60000, NULL);
     relay_thread_stop(&t);
     ASSERT_OK(t.rc, &t.err);
     outbox_relay_get_stats(t.relay, &stats);

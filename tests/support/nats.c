@@ -295,13 +295,12 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
     if (total > 0) {
         sub = read_subscribe(js, name, filter, &so);
         uint64_t last = 0; /* the stream sequence of the last message handed to fn */
-        int resumed = 0;
         while (got < total) {
             natsMsg *m = NULL;
             jsMsgMetaData *meta = NULL;
             uint64_t seq;
             st = natsSubscription_NextMsg(&m, sub, 10000);
-            if (st == NATS_TIMEOUT && !resumed) {
+            if (st == NATS_TIMEOUT) {
                 /* An ordered consumer on a cluster that just lost and got
                  * back a node can stall: the rest is read by sequence from
                  * the stream's leader, the stream's own record. */
@@ -310,7 +309,6 @@ int64_t nh_stream_read(const nh_server *s, const char *name, const char *filter,
                         "from sequence %llu by sequence\n",
                         name, (long long)got, (long long)total, (unsigned long long)(last + 1));
                 got += read_by_sequence(js, name, filter, last + 1, fn, user);
-                resumed = 1;
                 if (got != total)
                     TEST_FAIL_("reading stream %s: %lld of %lld messages by sequence", name,
                                (long long)got, (long long)total);
