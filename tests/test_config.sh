@@ -62,7 +62,7 @@ ids=[json.loads(l)["id"] for l in open(sys.argv[1])]
 print("dup" if len(ids) != len(set(ids)) else "")' "$1")" ]
 }
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_ports 1)
 cat >hook.py <<'EOF'
 import http.server, sys
 class Hook(http.server.BaseHTTPRequestHandler):

@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 static struct sockaddr_in loopback(int port)
 {
@@ -20,16 +22,59 @@ static struct sockaddr_in loopback(int port)
     return a;
 }
 
+/* The low end of the kernel's ephemeral range, whose ports connect() hands
+ * out as local ports: a port picked there can be taken by any process's
+ * outgoing connection before the server binds it. */
+static int ephemeral_low(void)
+{
+    int lo = 32768, hi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2) lo = 32768;
+        fclose(f);
+    }
+    return lo;
+}
+
+static int bind_free(int port)
+{
+    struct sockaddr_in a = loopback(port);
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), got = -1;
+    if (fd < 0) TEST_FAIL_("cannot open a socket: %s", strerror(errno));
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        got = ntohs(a.sin_port);
+    close(fd);
+    return got;
+}
+
 int ch_free_port(void)
 {
-    struct sockaddr_in a = loopback(0);
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        TEST_FAIL_("cannot find a free port: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
+    enum { FIRST = 15000, TRIES = 200 };
+    static int given[256], ngiven;
+    static uint64_t state;
+    int lo = ephemeral_low(), port = -1;
+    if (state == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        state = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec;
+        state |= 1;
+    }
+    for (int t = 0; t < TRIES && port < 0; t++) {
+        int cand = 0, dup = 0;
+        if (lo - FIRST >= 1000) {
+            state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+            cand = FIRST + (int)(state % (uint64_t)(lo - FIRST));
+        }
+        port = bind_free(cand);
+        for (int i = 0; i < ngiven && port > 0; i++)
+            dup |= given[i] == port;
+        if (dup) port = -1;
+    }
+    if (port < 0) TEST_FAIL_("cannot find a free port of 127.0.0.1 in %d tries", (int)TRIES);
+    if (ngiven < (int)(sizeof given / sizeof given[0])) given[ngiven++] = port;
+    return port;
 }
 
 int ch_port_open(int port)

@@ -4,8 +4,10 @@
 #ifndef OUTBOX_TEST_SUPPORT_NET_H
 #define OUTBOX_TEST_SUPPORT_NET_H
 
-/* A port of 127.0.0.1 that was free a moment ago (bound to port 0, then
- * closed: a small race, fine in tests); fails the test when none. */
+/* A port of 127.0.0.1 that was free a moment ago (bound, then closed: a small
+ * race, fine in tests), below the kernel's ephemeral range, so that no
+ * outgoing connection takes it before its server binds it, and never one
+ * this process was given before; fails the test when none. */
 int ch_free_port(void);
 
 /* 1 when something accepts connections on 127.0.0.1:port. */
