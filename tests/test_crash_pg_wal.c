@@ -234,8 +234,15 @@ static void file_to(char *to, size_t to_len, const char *out)
     snprintf(to, to_len, "file:%s", out);
 }
 
+/* A line count first: the full check reads every line once a producer
+ * (about 30 s a time under AddressSanitizer with 200,000 lines), so it runs
+ * only once there are as many lines as committed messages. */
 static int64_t file_missing(const wal_dest *d, const char *out, ch_producer *p)
 {
+    int64_t committed = 0, lines = occurrences(out, "\n");
+    for (int i = 0; i < PRODUCERS; i++)
+        committed += p[i].committed;
+    if (lines < committed) return committed - lines;
     return check_all(d, out, p, 0, 0).lost;
 }
 
