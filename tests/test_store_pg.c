@@ -144,9 +144,9 @@ TEST(init_and_schema)
     ASSERT_CONTAINS(err.message, "outbox init");
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
     ASSERT_EQ(from, 0);
-    ASSERT_EQ(to, 8);
+    ASSERT_EQ(to, 9);
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-    ASSERT_EQ(from, 8);
+    ASSERT_EQ(from, 9);
     ASSERT_OK(s.ops->check_schema(s.state, &err), &err);
     outbox__store_close(&s);
 
@@ -160,13 +160,13 @@ TEST(init_and_schema)
     ASSERT_EQ(outbox_schema_init_pg(c, "other_schema", &err), OUTBOX_EINVAL);
     pgh_exec(c, "ROLLBACK");
 
-    /* A version 1 schema (no waiting flag) is upgraded to 8. */
+    /* A version 1 schema (no waiting flag) is upgraded to 9. */
     pgh_exec(c, "ALTER TABLE other_schema.relays DROP COLUMN waiting");
     pgh_exec(c, "DROP FUNCTION other_schema.wake_relays()");
     pgh_exec(c, "UPDATE other_schema.meta SET value = '1' WHERE key = 'schema_version'");
     ASSERT_OK(outbox_schema_init_pg(c, "other_schema", &err), &err);
     ASSERT_EQ(pgh_count(c, "SELECT value::int FROM other_schema.meta WHERE key = 'schema_version'"),
-              8);
+              9);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM information_schema.columns WHERE table_schema ="
                            " 'other_schema' AND table_name = 'relays' AND column_name = 'waiting'"),
               1);
@@ -234,7 +234,7 @@ TEST(upgrade_v2_to_v3)
 
     ASSERT_OK(outbox_schema_init_pg(c, "v2_schema", &err), &err);
     ASSERT_EQ(pgh_count(c, "SELECT value::int FROM v2_schema.meta WHERE key = 'schema_version'"),
-              8);
+              9);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM v2_schema.outbox"), 2);
     ASSERT_EQ(pgh_count(c, "SELECT count(*) FROM pg_proc WHERE proname = 'notify_enqueue'"
                            " AND pronamespace = 'v2_schema'::regnamespace AND NOT prosecdef"),
@@ -429,7 +429,7 @@ TEST(url_settings)
              server.port);
     open_store_as(&s, u, c, "outbox kw");
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-    ASSERT_EQ(from, 8);
+    ASSERT_EQ(from, 9);
     outbox__store_close(&s);
     ASSERT(logs.data == NULL || strstr(logs.data, "not applied") == NULL);
     snprintf(u, sizeof u,
@@ -1131,7 +1131,7 @@ TEST(claim_order_and_outcomes)
     ASSERT_EQ(st.pending, 0);
     ASSERT_EQ(st.failed, 1);
     ASSERT_EQ(st.sent, 1);
-    ASSERT_EQ(st.schema_version, 8);
+    ASSERT_EQ(st.schema_version, 9);
     char failed_id[64];
     snprintf(failed_id, sizeof failed_id, "%s", "");
     {

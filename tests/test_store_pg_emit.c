@@ -230,6 +230,7 @@ TEST(sql_emit_validation)
         "NULL, 'a', '{}'",
         "'T', NULL, '{}'",
         "'T', '', '{}'",
+        "'T', '   ', '{}'",
         "'T', E'a\\x7f', '{}'",
         "'T', repeat('a', 257), '{}'",
         "'T', 'a', NULL",
@@ -280,6 +281,38 @@ static outbox_msg *make_msg(const char *type, const char *agg, const char *paylo
     outbox_error err;
     ASSERT_OK(outbox_msg_new(&m, type, "Order", agg, payload, &err), &err);
     return m;
+}
+
+/* The 1,048,576-byte limit at its edge, where the one expression enqueue and
+ * emit test first (schema version 9) and validate_message must agree: type
+ * T, aggregate a, no aggregate type, headers {} (2 bytes) and a JSON string
+ * of n bytes as its text: n = 1,048,572 is at the limit, one more is over. */
+TEST(sql_size_limit_edge)
+{
+    static const char *const fns[] = {"enqueue", "emit"};
+    PGconn *c = pgh_connect(&server);
+    char sql[200], state[6], msg[600], *msgs[MAX_MSGS];
+    int n;
+
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    (void)take_messages(c, msgs);
+    for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+        snprintf(sql, sizeof sql, "SELECT outbox.%s('T', 'a', to_jsonb(repeat('x', 1048570)))",
+                 fns[i]);
+        pgh_exec(c, sql);
+        snprintf(sql, sizeof sql, "SELECT outbox.%s('T', 'a', to_jsonb(repeat('x', 1048571)))",
+                 fns[i]);
+        sql_error(c, sql, state, msg, sizeof msg);
+        ASSERT_STREQ(state, "54000");
+        ASSERT_CONTAINS(msg, "is 1048577 bytes, over the 1048576-byte limit");
+    }
+    ASSERT_EQ(outbox_rows(c), 1);
+    n = take_messages(c, msgs);
+    ASSERT_EQ(n, 1);
+    ASSERT(strlen(msgs[0]) > 1048570);
+    free_messages(msgs, n);
+    pgh_exec(c, "DELETE FROM outbox.outbox");
+    PQfinish(c);
 }
 
 TEST(c_emit)
@@ -479,6 +512,7 @@ int main(void)
     PQfinish(c);
     RUN(sql_emit_to_wal);
     RUN(sql_emit_validation);
+    RUN(sql_size_limit_edge);
     RUN(c_emit);
     RUN(c_emit_commit);
     fprintf(stderr, "all PostgreSQL emit tests passed\n");

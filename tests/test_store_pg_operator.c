@@ -371,7 +371,7 @@ static void quarantine_scenario(int pipelined)
         int from = 0, to = 0;
         ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
         ASSERT_EQ(from, 4);
-        ASSERT_EQ(to, 8);
+        ASSERT_EQ(to, 9);
     }
     /* The checks came back without judging the old rows (one constraint
      * since version 7). */
@@ -738,7 +738,7 @@ TEST(newer_schema_refused_everywhere)
     do {                                                                                           \
         int rc_ = (call);                                                                          \
         if (rc_ != OUTBOX_ESCHEMANEWER) TEST_FAIL_("%s: %d %s", #call, rc_, err.message);          \
-        ASSERT_CONTAINS(err.message, "version 99, newer than this build's 8");                     \
+        ASSERT_CONTAINS(err.message, "version 99, newer than this build's 9");                     \
     } while (0)
     NEWER(s.ops->check_schema(s.state, &err));
     NEWER(s.ops->status(s.state, &st, &err));
@@ -810,9 +810,9 @@ TEST(init_without_meta_row)
     pgh_exec(c, "DELETE FROM lost_meta.meta WHERE key IN ('schema_version', 'partitions')");
     ASSERT_EQ(outbox_schema_init_pg(c, "lost_meta", &err), OUTBOX_ESTORE);
     ASSERT_CONTAINS(err.message, "no schema_version");
-    ASSERT_CONTAINS(err.message, "version 8 with 32 partitions");
+    ASSERT_CONTAINS(err.message, "version 9 with 32 partitions");
     ASSERT_CONTAINS(err.message, "INSERT INTO \"lost_meta\".meta");
-    pgh_exec(c, "INSERT INTO \"lost_meta\".meta (key, value) VALUES ('schema_version', '8'),"
+    pgh_exec(c, "INSERT INTO \"lost_meta\".meta (key, value) VALUES ('schema_version', '9'),"
                 " ('partitions', '32') ON CONFLICT (key) DO UPDATE SET value = excluded.value");
     ASSERT_OK(outbox_schema_init_pg(c, "lost_meta", &err), &err);
 
@@ -863,8 +863,8 @@ TEST(init_up_to_date)
     snprintf(u, sizeof u, "%s?partitions=8", url);
     sh_store_open(&s, u);
     ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-    ASSERT_EQ(from, 8);
-    ASSERT_EQ(to, 8);
+    ASSERT_EQ(from, 9);
+    ASSERT_EQ(to, 9);
     outbox__store_close(&s);
     outbox_log_set(NULL, NULL, OUTBOX_LOG_INFO);
     ASSERT_CONTAINS(logs.data, "W partitions=8 is not applied: the outbox schema outbox has 32 "
@@ -938,7 +938,7 @@ TEST(documented_roles)
         snprintf(u, sizeof u, "postgres://outbox_relay@127.0.0.1:%d/postgres", server.port);
         sh_store_open(&s, u);
         ASSERT_OK(s.ops->init(s.state, &from, &to, &err), &err);
-        ASSERT_EQ(to, 8);
+        ASSERT_EQ(to, 9);
         ASSERT_OK(s.ops->lease_acquire(s.state, "role-relay", 5000, &err), &err);
         for (int round = 0; round < 5; round++) {
             outbox_msg **msgs = NULL;

@@ -55,6 +55,23 @@ static const char meta_sql[] =
     "   AND pg_catalog.substr(headers ->> 'traceparent', 37, 16)"                                  \
     "    <> pg_catalog.repeat('0', 16), true))))"
 
+/* What validate_message checks, as one expression that holds for a message
+ * it would let through without headers: enqueue and emit (version 9) test
+ * it first and call validate_message, for its texts, only when it does not
+ * hold or there are headers.  F names the function whose parameters type,
+ * aggregate_id and payload are; agt, at, hd (jsonb) and new_id are the
+ * caller's variables.  IS NOT TRUE: a NULL argument makes it NULL. */
+#define MESSAGE_FAST_RULES(F)                                                                      \
+    "(hd = '{}' AND octet_length(" F ".type) BETWEEN 1 AND 256"                                    \
+    "  AND " F ".type !~ '[\\x01-\\x1f\\x7f]' AND " F ".type ~ '[^ \\t]'"                          \
+    "  AND octet_length(" F ".aggregate_id) BETWEEN 1 AND 256"                                     \
+    "  AND " F ".aggregate_id !~ '[\\x01-\\x1f\\x7f]' AND " F ".aggregate_id ~ '[^ \\t]'"          \
+    "  AND octet_length(agt) <= 256 AND agt !~ '[\\x01-\\x1f\\x7f]'"                               \
+    "  AND at >= '1970-01-01 00:00:00+00' AND at < '10000-01-01 00:00:00+00'"                      \
+    "  AND octet_length(" F ".payload::text) + 2 + octet_length(" F ".type)"                       \
+    "  + octet_length(" F ".aggregate_id) + octet_length(agt) <= 1048576"                          \
+    "  AND new_id <> '00000000-0000-0000-0000-000000000000')"
+
 /* migrations[i] takes the schema from version i to i + 1.  Append only. */
 static const char *const migrations[] = {
     /* 1 */
@@ -508,6 +525,75 @@ static const char *const migrations[] = {
     " END IF;\n"
     " RETURN false;\n"
     "END $fn$;",
+    /* 9: enqueue and emit test MESSAGE_FAST_RULES before anything else
+     * and call validate_message only when it does not hold or the message
+     * has headers.  PL/pgSQL sets up every expression of a function again
+     * in each transaction; the nested call and validate_message's dozen IF
+     * statements cost a transaction with one enqueue 8-11 us of server CPU
+     * more than the one expression, median of 50-60 rounds
+     * (docs/BENCHMARKS.md).  Same checks, same texts and SQLSTATEs
+     * (validate_message's, which a refused message still reaches); the
+     * table's constraint is unchanged.  Repeatable, like 4. */
+    "CREATE OR REPLACE FUNCTION {s}.enqueue(type text, aggregate_id text, payload jsonb,"
+    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
+    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
+    "DECLARE hd jsonb := coalesce(enqueue.headers, '{}');\n"
+    " agt text := coalesce(enqueue.aggregate_type, '');\n"
+    " at timestamptz := coalesce(enqueue.occurred_at, now());\n"
+    " new_id uuid := coalesce(enqueue.id, {s}.uuid_v7());\n"
+    "BEGIN\n"
+    " IF " MESSAGE_FAST_RULES(
+        "enqueue") " IS NOT TRUE THEN\n"
+                   "  new_id := {s}.validate_message('outbox.enqueue', enqueue.type, "
+                   "enqueue.aggregate_id,"
+                   "   enqueue.payload, hd, agt, new_id, at);\n"
+                   " END IF;\n"
+                   " INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, "
+                   "payload,"
+                   " headers) VALUES (new_id, at, enqueue.type, agt, enqueue.aggregate_id, "
+                   "enqueue.payload,"
+                   " hd);\n"
+                   " RETURN new_id;\n"
+                   "END $fn$;"
+                   "CREATE OR REPLACE FUNCTION {s}.emit(type text, aggregate_id text, payload "
+                   "jsonb,"
+                   " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT "
+                   "NULL,"
+                   " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
+                   "DECLARE hd jsonb := coalesce(emit.headers, '{}');\n"
+                   " agt text := coalesce(emit.aggregate_type, '');\n"
+                   " at timestamptz := coalesce(emit.occurred_at, now());\n"
+                   " new_id uuid := coalesce(emit.id, {s}.uuid_v7());\n"
+                   " i text; ty text := emit.type; agi text := emit.aggregate_id; us text; hds "
+                   "text; pl text;\n"
+                   " lsn pg_lsn;\n"
+                   "BEGIN\n"
+                   " IF " MESSAGE_FAST_RULES(
+                       "emit") " IS NOT TRUE THEN\n"
+                               "  new_id := {s}.validate_message('outbox.emit', emit.type, "
+                               "emit.aggregate_id, emit.payload,"
+                               "   hd, agt, new_id, at);\n"
+                               " END IF;\n"
+                               " IF current_setting('wal_level') <> 'logical' THEN\n"
+                               "  RAISE EXCEPTION 'outbox.emit: wal_level is %; set wal_level = "
+                               "logical in"
+                               " postgresql.conf and restart PostgreSQL (nothing can capture this "
+                               "message)',"
+                               " current_setting('wal_level') USING ERRCODE = '55000';\n"
+                               " END IF;\n"
+                               " i := new_id::text; us := (extract(epoch FROM at) * "
+                               "1000000)::bigint::text;\n"
+                               " hds := hd::text; pl := emit.payload::text;\n"
+                               " lsn := pg_logical_emit_message(true, 'outbox:{n}', 'v1' || "
+                               "octet_length(i) || ':' || i"
+                               "  || ',' || octet_length(ty) || ':' || ty || ',' || "
+                               "octet_length(agt) || ':' || agt || ','"
+                               "  || octet_length(agi) || ':' || agi || ',' || octet_length(us) || "
+                               "':' || us || ','"
+                               "  || octet_length(hds) || ':' || hds || ',' || octet_length(pl) || "
+                               "':' || pl || ',');\n"
+                               " RETURN new_id;\n"
+                               "END $fn$;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -656,6 +742,8 @@ static int unrecorded_schema(PGconn *conn, const char *schema, const char *qsche
         "SELECT CASE"
         " WHEN NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)"
         "  AND attname = 'partition' AND NOT attisdropped) THEN 0"
+        " WHEN EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'enqueue'"
+        "  AND pronamespace = $3::regnamespace AND prosrc LIKE '%IS NOT TRUE THEN%') THEN 9"
         " WHEN EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'pending_row_valid'"
         "  AND pronamespace = $3::regnamespace AND prosrc LIKE '%validate_message%') THEN 8"
         " WHEN EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'pending_row_valid'"
