@@ -285,8 +285,9 @@ static outbox_msg *make_msg(const char *type, const char *agg, const char *paylo
 
 /* The 1,048,576-byte limit at its edge, where the one expression enqueue and
  * emit test first (schema version 9) and validate_message must agree: type
- * T, aggregate a, no aggregate type, headers {} (2 bytes) and a JSON string
- * of n bytes as its text: n = 1,048,572 is at the limit, one more is over. */
+ * T, aggregate a, no aggregate type, headers {} (2 bytes) and a payload
+ * whose text is a JSON string of 1,048,570 x's (1,048,572 bytes) is at the
+ * limit; one x more is over. */
 TEST(sql_size_limit_edge)
 {
     static const char *const fns[] = {"enqueue", "emit"};
