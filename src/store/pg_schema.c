@@ -59,10 +59,11 @@ static const char meta_sql[] =
  * it would let through without headers: enqueue and emit (version 9) test
  * it first and call validate_message, for its texts, only when it does not
  * hold or there are headers.  F names the function whose parameters type,
- * aggregate_id and payload are; agt, at, hd (jsonb) and new_id are the
- * caller's variables.  IS NOT TRUE: a NULL argument makes it NULL. */
-#define MESSAGE_FAST_RULES(F)                                                                      \
-    "(hd = '{}' AND octet_length(" F ".type) BETWEEN 1 AND 256"                                    \
+ * aggregate_id and payload are, H the caller's jsonb variable for the
+ * headers; agt, at and new_id are the caller's variables too.  IS NOT TRUE: a NULL argument makes
+ * it NULL. */
+#define MESSAGE_FAST_RULES(F, H)                                                                   \
+    "(" H " = '{}' AND octet_length(" F ".type) BETWEEN 1 AND 256"                                 \
     "  AND " F ".type !~ '[\\x01-\\x1f\\x7f]' AND " F ".type ~ '[^ \\t]'"                          \
     "  AND octet_length(" F ".aggregate_id) BETWEEN 1 AND 256"                                     \
     "  AND " F ".aggregate_id !~ '[\\x01-\\x1f\\x7f]' AND " F ".aggregate_id ~ '[^ \\t]'"          \
@@ -71,8 +72,44 @@ static const char meta_sql[] =
     "  AND octet_length(" F ".payload::text) + 2 + octet_length(" F ".type)"                       \
     "  + octet_length(" F ".aggregate_id) + octet_length(agt) <= 1048576"                          \
     "  AND new_id <> '00000000-0000-0000-0000-000000000000')"
-#define ENQUEUE_FAST_RULES MESSAGE_FAST_RULES("enqueue")
-#define EMIT_FAST_RULES MESSAGE_FAST_RULES("emit")
+#define ENQUEUE_FAST_RULES MESSAGE_FAST_RULES("enqueue", "hd")
+#define EMIT_FAST_RULES MESSAGE_FAST_RULES("emit", "hdr")
+
+/* What migrations 6 and 9 both say of enqueue and emit: their signatures
+ * and first variables, enqueue's INSERT, and emit's check of wal_level and
+ * its message (whose variables i, ty, agt, agi, us, hd and pl are text). */
+#define ENQUEUE_HEAD                                                                               \
+    "CREATE OR REPLACE FUNCTION {s}.enqueue(type text, aggregate_id text, payload jsonb,"          \
+    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"           \
+    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"              \
+    "DECLARE hd jsonb := coalesce(enqueue.headers, '{}');\n"                                       \
+    " agt text := coalesce(enqueue.aggregate_type, '');\n"                                         \
+    " at timestamptz := coalesce(enqueue.occurred_at, now());\n"
+#define ENQUEUE_INSERT                                                                             \
+    " INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload,"       \
+    " headers) VALUES (new_id, at, enqueue.type, agt, enqueue.aggregate_id, enqueue.payload,"      \
+    " hd);\n"                                                                                      \
+    " RETURN new_id;\n"                                                                            \
+    "END $fn$;"
+#define EMIT_HEAD                                                                                  \
+    "CREATE OR REPLACE FUNCTION {s}.emit(type text, aggregate_id text, payload jsonb,"             \
+    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"           \
+    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"              \
+    "DECLARE hdr jsonb := coalesce(emit.headers, '{}');\n"                                         \
+    " agt text := coalesce(emit.aggregate_type, '');\n"                                            \
+    " at timestamptz := coalesce(emit.occurred_at, now());\n"
+#define EMIT_MESSAGE                                                                               \
+    " IF current_setting('wal_level') <> 'logical' THEN\n"                                         \
+    "  RAISE EXCEPTION 'outbox.emit: wal_level is %; set wal_level = logical in"                   \
+    " postgresql.conf and restart PostgreSQL (nothing can capture this message)',"                 \
+    " current_setting('wal_level') USING ERRCODE = '55000';\n"                                     \
+    " END IF;\n"                                                                                   \
+    " lsn := pg_logical_emit_message(true, 'outbox:{n}', 'v1' || octet_length(i) || ':' || i"      \
+    "  || ',' || octet_length(ty) || ':' || ty || ',' || octet_length(agt) || ':' || agt || ','"   \
+    "  || octet_length(agi) || ':' || agi || ',' || octet_length(us) || ':' || us || ','"          \
+    "  || octet_length(hd) || ':' || hd || ',' || octet_length(pl) || ':' || pl || ',');\n"        \
+    " RETURN new_id;\n"                                                                            \
+    "END $fn$;"
 
 /* migrations[i] takes the schema from version i to i + 1.  Append only. */
 static const char *const migrations[] = {
@@ -427,46 +464,21 @@ static const char *const migrations[] = {
     " END IF;\n"
     " RETURN new_id;\n"
     "END $fn$;"
-    "CREATE OR REPLACE FUNCTION {s}.enqueue(type text, aggregate_id text, payload jsonb,"
-    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
-    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
-    "DECLARE hd jsonb := coalesce(enqueue.headers, '{}');\n"
-    " agt text := coalesce(enqueue.aggregate_type, '');\n"
-    " at timestamptz := coalesce(enqueue.occurred_at, now());\n"
+    /* enqueue: validate_message, then the INSERT */
+    ENQUEUE_HEAD
     " new_id uuid := {s}.validate_message('outbox.enqueue', enqueue.type, enqueue.aggregate_id,"
     "  enqueue.payload, hd, agt, enqueue.id, at);\n"
-    "BEGIN\n"
-    " INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload,"
-    " headers) VALUES (new_id, at, enqueue.type, agt, enqueue.aggregate_id, enqueue.payload,"
-    " hd);\n"
-    " RETURN new_id;\n"
-    "END $fn$;"
-    /* A message emitted while wal_level is below logical cannot be
-     * decoded by any slot: lost, so refused (the setting needs a restart,
-     * which ends the session: one look per call is enough). */
-    "CREATE OR REPLACE FUNCTION {s}.emit(type text, aggregate_id text, payload jsonb,"
-    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
-    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
-    "DECLARE hdr jsonb := coalesce(emit.headers, '{}');\n"
-    " agt text := coalesce(emit.aggregate_type, '');\n"
-    " at timestamptz := coalesce(emit.occurred_at, now());\n"
+    "BEGIN\n" ENQUEUE_INSERT
+        /* A message emitted while wal_level is below logical cannot be
+         * decoded by any slot: lost, so refused (the setting needs a restart,
+         * which ends the session: one look per call is enough). */
+        EMIT_HEAD
     " new_id uuid := {s}.validate_message('outbox.emit', emit.type, emit.aggregate_id,"
     "  emit.payload, hdr, agt, emit.id, at);\n"
     " i text := new_id::text; ty text := emit.type; agi text := emit.aggregate_id;\n"
     " us text := (extract(epoch FROM at) * 1000000)::bigint::text;\n"
     " hd text := hdr::text; pl text := emit.payload::text; lsn pg_lsn;\n"
-    "BEGIN\n"
-    " IF current_setting('wal_level') <> 'logical' THEN\n"
-    "  RAISE EXCEPTION 'outbox.emit: wal_level is %; set wal_level = logical in"
-    " postgresql.conf and restart PostgreSQL (nothing can capture this message)',"
-    " current_setting('wal_level') USING ERRCODE = '55000';\n"
-    " END IF;\n"
-    " lsn := pg_logical_emit_message(true, 'outbox:{n}', 'v1' || octet_length(i) || ':' || i"
-    "  || ',' || octet_length(ty) || ':' || ty || ',' || octet_length(agt) || ':' || agt || ','"
-    "  || octet_length(agi) || ':' || agi || ',' || octet_length(us) || ':' || us || ','"
-    "  || octet_length(hd) || ':' || hd || ',' || octet_length(pl) || ':' || pl || ',');\n"
-    " RETURN new_id;\n"
-    "END $fn$;",
+    "BEGIN\n" EMIT_MESSAGE,
     /* 7: version 5's checks in one constraint that calls a PL/pgSQL
      * function.  PostgreSQL prepares a table's CHECK expressions again for
      * every statement that inserts or updates rows (the headers check's
@@ -536,50 +548,24 @@ static const char *const migrations[] = {
      * (docs/BENCHMARKS.md).  Same checks, same texts and SQLSTATEs
      * (validate_message's, which a refused message still reaches); the
      * table's constraint is unchanged.  Repeatable, like 4. */
-    "CREATE OR REPLACE FUNCTION {s}.enqueue(type text, aggregate_id text, payload jsonb,"
-    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
-    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
-    "DECLARE hd jsonb := coalesce(enqueue.headers, '{}');\n"
-    " agt text := coalesce(enqueue.aggregate_type, '');\n"
-    " at timestamptz := coalesce(enqueue.occurred_at, now());\n"
+    ENQUEUE_HEAD
     " new_id uuid := coalesce(enqueue.id, {s}.uuid_v7());\n"
     "BEGIN\n"
     " IF " ENQUEUE_FAST_RULES " IS NOT TRUE THEN\n"
     "  new_id := {s}.validate_message('outbox.enqueue', enqueue.type, enqueue.aggregate_id,"
     "   enqueue.payload, hd, agt, new_id, at);\n"
-    " END IF;\n"
-    " INSERT INTO {s}.outbox (id, occurred_at, type, aggregate_type, aggregate_id, payload,"
-    " headers) VALUES (new_id, at, enqueue.type, agt, enqueue.aggregate_id, enqueue.payload,"
-    " hd);\n"
-    " RETURN new_id;\n"
-    "END $fn$;"
-    "CREATE OR REPLACE FUNCTION {s}.emit(type text, aggregate_id text, payload jsonb,"
-    " headers jsonb DEFAULT '{}', aggregate_type text DEFAULT '', id uuid DEFAULT NULL,"
-    " occurred_at timestamptz DEFAULT now()) RETURNS uuid LANGUAGE plpgsql AS $fn$\n"
-    "DECLARE hd jsonb := coalesce(emit.headers, '{}');\n"
-    " agt text := coalesce(emit.aggregate_type, '');\n"
-    " at timestamptz := coalesce(emit.occurred_at, now());\n"
-    " new_id uuid := coalesce(emit.id, {s}.uuid_v7());\n"
-    " i text; ty text := emit.type; agi text := emit.aggregate_id; us text; hds text; pl text;\n"
+    " END IF;\n" ENQUEUE_INSERT
+        /* emit: the same first test, then version 6's message */
+        EMIT_HEAD " new_id uuid := coalesce(emit.id, {s}.uuid_v7());\n"
+    " i text; ty text := emit.type; agi text := emit.aggregate_id; us text; hd text; pl text;\n"
     " lsn pg_lsn;\n"
     "BEGIN\n"
     " IF " EMIT_FAST_RULES " IS NOT TRUE THEN\n"
     "  new_id := {s}.validate_message('outbox.emit', emit.type, emit.aggregate_id, emit.payload,"
-    "   hd, agt, new_id, at);\n"
-    " END IF;\n"
-    " IF current_setting('wal_level') <> 'logical' THEN\n"
-    "  RAISE EXCEPTION 'outbox.emit: wal_level is %; set wal_level = logical in"
-    " postgresql.conf and restart PostgreSQL (nothing can capture this message)',"
-    " current_setting('wal_level') USING ERRCODE = '55000';\n"
+    "   hdr, agt, new_id, at);\n"
     " END IF;\n"
     " i := new_id::text; us := (extract(epoch FROM at) * 1000000)::bigint::text;\n"
-    " hds := hd::text; pl := emit.payload::text;\n"
-    " lsn := pg_logical_emit_message(true, 'outbox:{n}', 'v1' || octet_length(i) || ':' || i"
-    "  || ',' || octet_length(ty) || ':' || ty || ',' || octet_length(agt) || ':' || agt || ','"
-    "  || octet_length(agi) || ':' || agi || ',' || octet_length(us) || ':' || us || ','"
-    "  || octet_length(hds) || ':' || hds || ',' || octet_length(pl) || ':' || pl || ',');\n"
-    " RETURN new_id;\n"
-    "END $fn$;",
+    " hd := hdr::text; pl := emit.payload::text;\n" EMIT_MESSAGE,
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
