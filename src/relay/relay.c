@@ -1595,6 +1595,11 @@ finish:
  * Lease and idle waiting
  * ---------------------------------------------------------------------- */
 
+static int64_t min64(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
 /* Keeps how many partitions the store handle holds, for the metrics: the
  * store changes it in lease_acquire, lease_renew and the claims (a
  * rebalance, a takeover, a lost session), so the relay reads it after
@@ -1607,9 +1612,13 @@ static void note_partitions(outbox_relay *r)
     atomic_store_explicit(&r->partitions_owned, held, memory_order_relaxed);
 }
 
+/* Takes the lease, waiting for it with --wait-lease.  A store error that
+ * may pass (the connection lost to a database restart, a busy database) is
+ * retried with the main loop's backoff, as it is once the relay runs; a
+ * --once run returns it. */
 static int acquire_lease(outbox_relay *r, outbox_error *err)
 {
-    int64_t step_ms = r->opts.lease_ttl_ms / 2;
+    int64_t step_ms = r->opts.lease_ttl_ms / 2, store_pause_ms = STORE_RETRY_FIRST_MS;
     int logged = 0;
     int rc;
 
@@ -1624,14 +1633,25 @@ static int acquire_lease(outbox_relay *r, outbox_error *err)
             atomic_store(&r->state, OUTBOX_RELAY_RUNNING);
             return OUTBOX_OK;
         }
-        if (rc != OUTBOX_ELEASED || !r->opts.wait_for_lease) return rc;
-        atomic_store(&r->state, OUTBOX_RELAY_STANDBY);
-        if (!logged) {
-            outbox__log(OUTBOX_LOG_INFO, COMPONENT, "relay %s: waiting for the lease: %s", r->name,
-                        err->message);
-            logged = 1;
+        if (rc == OUTBOX_ELEASED && r->opts.wait_for_lease) {
+            atomic_store(&r->state, OUTBOX_RELAY_STANDBY);
+            if (!logged) {
+                outbox__log(OUTBOX_LOG_INFO, COMPONENT, "relay %s: waiting for the lease: %s",
+                            r->name, err->message);
+                logged = 1;
+            }
+            pause_ms(r, step_ms);
+        } else if (rc != OUTBOX_ELEASED && outbox_err_retriable(rc) && !r->opts.once) {
+            atomic_fetch_add_explicit(&r->store_errors, 1, memory_order_relaxed);
+            note_error(r, err->message);
+            outbox__log(OUTBOX_LOG_WARN, COMPONENT,
+                        "relay %s: cannot take the lease yet (retrying in %lld ms): %s", r->name,
+                        (long long)store_pause_ms, err->message);
+            pause_ms(r, store_pause_ms);
+            store_pause_ms = min64(store_pause_ms * 2, STORE_RETRY_MAX_MS);
+        } else {
+            return rc;
         }
-        pause_ms(r, step_ms);
         if (stopping(r)) return OUTBOX_ESTOPPED;
     }
 }
@@ -1672,11 +1692,6 @@ static int maybe_renew(outbox_relay *r, outbox_error *err)
     outbox__log(OUTBOX_LOG_WARN, COMPONENT, "relay %s: could not renew the lease (will retry): %s",
                 r->name, e.message);
     return OUTBOX_OK;
-}
-
-static int64_t min64(int64_t a, int64_t b)
-{
-    return a < b ? a : b;
 }
 
 /* Calls the store's change check; errors count as "changed" (a claim then
