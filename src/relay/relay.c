@@ -1600,6 +1600,14 @@ static int64_t min64(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
+/* Waits *pause after a store error, and doubles it for the next one in a
+ * row, up to STORE_RETRY_MAX_MS. */
+static void store_backoff(outbox_relay *r, int64_t *pause)
+{
+    pause_ms(r, *pause);
+    *pause = min64(*pause * 2, STORE_RETRY_MAX_MS);
+}
+
 /* Keeps how many partitions the store handle holds, for the metrics: the
  * store changes it in lease_acquire, lease_renew and the claims (a
  * rebalance, a takeover, a lost session), so the relay reads it after
@@ -1647,8 +1655,7 @@ static int acquire_lease(outbox_relay *r, outbox_error *err)
             outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                         "relay %s: cannot take the lease yet (retrying in %lld ms): %s", r->name,
                         (long long)store_pause_ms, err->message);
-            pause_ms(r, store_pause_ms);
-            store_pause_ms = min64(store_pause_ms * 2, STORE_RETRY_MAX_MS);
+            store_backoff(r, &store_pause_ms);
         } else {
             return rc;
         }
@@ -1977,8 +1984,7 @@ int outbox_relay_run(outbox_relay *relay, outbox_error *err)
             outbox__log(OUTBOX_LOG_WARN, COMPONENT,
                         "relay %s: store error (retrying in %lld ms): %s", r->name,
                         (long long)store_pause_ms, e.message);
-            pause_ms(r, store_pause_ms);
-            store_pause_ms = min64(store_pause_ms * 2, STORE_RETRY_MAX_MS);
+            store_backoff(r, &store_pause_ms);
             continue;
         }
         store_pause_ms = STORE_RETRY_FIRST_MS;

@@ -60,8 +60,8 @@ static const char meta_sql[] =
  * it first and call validate_message, for its texts, only when it does not
  * hold or there are headers.  F names the function whose parameters type,
  * aggregate_id and payload are, H the caller's jsonb variable for the
- * headers; agt, at and new_id are the caller's variables too.  IS NOT TRUE: a NULL argument makes
- * it NULL. */
+ * headers; agt, at and new_id are the caller's variables too.  Tested with
+ * IS NOT TRUE: a NULL argument makes it NULL. */
 #define MESSAGE_FAST_RULES(F, H)                                                                   \
     "(" H " = '{}' AND octet_length(" F ".type) BETWEEN 1 AND 256"                                 \
     "  AND " F ".type !~ '[\\x01-\\x1f\\x7f]' AND " F ".type ~ '[^ \\t]'"                          \

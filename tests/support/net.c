@@ -3,6 +3,8 @@
  */
 #include "support/net.h"
 
+#include "support/chaos.h"
+
 #include "test.h"
 
 #include <arpa/inet.h>
@@ -59,14 +61,9 @@ int ch_free_port(void)
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         state = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec;
-        state |= 1;
     }
     for (int t = 0; t < TRIES && port < 0; t++) {
-        int cand = 0, dup = 0;
-        if (lo - FIRST >= 1000) {
-            state ^= state << 13, state ^= state >> 7, state ^= state << 17;
-            cand = FIRST + (int)(state % (uint64_t)(lo - FIRST));
-        }
+        int cand = lo - FIRST >= 1000 ? (int)ch_rand_range(&state, FIRST, lo - 1) : 0, dup = 0;
         port = bind_free(cand);
         for (int i = 0; i < ngiven && port > 0; i++)
             dup |= given[i] == port;
